@@ -1,0 +1,116 @@
+"""Configuration: environment detection, presets, and URL handling.
+
+``DATAFLOW_ENV`` (development | testing | production) picks a preset; explicit
+keyword arguments to ``DataFlow(...)`` override any preset value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import ValidationError, did_you_mean
+
+ENVIRONMENTS = ("development", "testing", "production")
+
+# The spec's last section, as data: what each environment is tuned for.
+PRESETS: dict[str, dict[str, object]] = {
+    "development": dict(
+        pool_size=5,
+        max_overflow=10,
+        pool_timeout=30.0,
+        pool_recycle=3600,
+        pool_pre_ping=False,
+        auto_migrate=True,
+        echo=True,
+        monitoring=False,
+    ),
+    "testing": dict(
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=30.0,
+        pool_recycle=3600,
+        pool_pre_ping=True,
+        auto_migrate=True,
+        echo=False,
+        monitoring=True,
+    ),
+    "production": dict(
+        pool_size=100,
+        max_overflow=200,
+        pool_timeout=30.0,
+        pool_recycle=3600,
+        pool_pre_ping=True,
+        auto_migrate=False,
+        echo=False,
+        monitoring=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DataFlowConfig:
+    """Everything a DataFlow instance was configured with (password-free repr)."""
+
+    database_url: str
+    environment: str = "development"
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout: float = 30.0
+    pool_recycle: int = 3600
+    pool_pre_ping: bool = False
+    auto_migrate: bool = True
+    echo: bool = False
+    monitoring: bool = False
+    statement_timeout: float | None = 60.0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f.name}={redact_url(getattr(self, f.name)) if f.name == 'database_url' else getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+        )
+        return f"DataFlowConfig({fields})"
+
+    @classmethod
+    def from_env(cls, database_url: str | None = None, **options: object) -> DataFlowConfig:
+        environment = str(options.pop("environment", None) or os.environ.get("DATAFLOW_ENV") or "development")
+        environment = environment.strip().lower()
+        if environment not in ENVIRONMENTS:
+            raise ValidationError(
+                f"Unknown DATAFLOW_ENV '{environment}'.{did_you_mean(environment, ENVIRONMENTS)}",
+                hint=f"use one of {', '.join(ENVIRONMENTS)} (unset means development).",
+            )
+        known = {f.name for f in dataclasses.fields(cls)} - {"database_url", "environment"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValidationError(
+                f"Unknown DataFlow option '{unknown[0]}'.{did_you_mean(unknown[0], known)}",
+                hint=f"known options: {', '.join(sorted(known))}.",
+            )
+        url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
+        values = {**PRESETS[environment], **options}
+        return cls(database_url=url, environment=environment, **values)
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+
+
+def redact_url(url: object) -> str:
+    """Replace the password part of a URL with ***."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(url))
+
+
+def password_of(url: str) -> str | None:
+    match = _PASSWORD_IN_URL.search(url)
+    return match["pw"] if match and match["pw"] else None
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove a URL's password from any text (error messages from drivers)."""
+    password = password_of(url)
+    text = redact_url(text)
+    if password:
+        text = text.replace(password, "***")
+    return text

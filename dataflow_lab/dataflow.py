@@ -1,0 +1,245 @@
+"""DataFlow: one database, its models, their tables and their generated nodes.
+
+``DataFlow()`` with no URL is an in-memory SQLite database private to this
+instance. The database is opened lazily on the runtime's background loop,
+and each table is created the first time a workflow uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from . import _loop
+from .config import DataFlowConfig, redact_url
+from .errors import DataFlowError, MigrationError, ValidationError
+from .model import ModelSchema, parse_model
+from .nodes import registry
+from .nodes.base import Node
+
+__all__ = ["DataFlow"]
+
+
+class DataFlow:
+    """A database and the models defined on it.
+
+    >>> db = DataFlow()                      # in-memory SQLite, private to db
+    >>> db = DataFlow("postgresql://u@host/app")
+    """
+
+    def __init__(self, database_url: str | None = None, **options: Any):
+        from .dialects import dialect_for
+
+        self.config = DataFlowConfig.from_env(database_url, **options)
+        self._dialect = dialect_for(self.config)
+        self._models: dict[str, ModelSchema] = {}
+        self._tables: dict[str, Any] = {}
+        self._nodes: dict[str, type[Node]] = {}
+        self._ready: set[tuple] = set()
+        self._open_future: asyncio.Future | None = None
+        self._ddl_lock: asyncio.Lock | None = None
+        self._closed = False
+        registry.register(self)
+        _track(self)
+
+    # -- identity ----------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The database URL with any password replaced by ***."""
+        return redact_url(self.config.database_url)
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect.name
+
+    def __repr__(self) -> str:
+        models = ", ".join(self._models) or "no models"
+        state = ", closed" if self._closed else ""
+        return f"DataFlow({self.url!r}, {models}{state})"
+
+    # -- models and nodes --------------------------------------------------
+    def model(self, cls: type) -> type:
+        """Register a typed class as a model; generates its eleven nodes. Returns the class."""
+        from .nodes.bulk import BULK_OPERATIONS
+        from .nodes.crud import CRUD_OPERATIONS
+        from .schema import ModelTable
+
+        self._check_open()
+        schema = parse_model(cls)
+        self._check_redefinition(schema)
+        table = ModelTable(schema, self._dialect)
+        for old in [n for n, c in self._nodes.items() if c.model is not None and c.model.name == schema.name]:
+            del self._nodes[old]
+        for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS):
+            bulk = "Bulk" if op in BULK_OPERATIONS else ""
+            name = f"{schema.name}{bulk}{op.op_name}Node"
+            node_cls = type(
+                name,
+                (op,),
+                {
+                    "type_name": name,
+                    "dataflow": self,
+                    "model": schema,
+                    "mt": table,
+                    "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
+                    "__module__": __name__,
+                    "__doc__": f"{op.description} Generated for model {schema.name}.",
+                },
+            )
+            node_cls.parameters = node_cls.make_parameters(schema)
+            self._nodes[name] = node_cls
+        self._models[schema.name] = schema
+        self._tables[schema.name] = table
+        cls.__dataflow_model__ = schema
+        return cls
+
+    def _check_redefinition(self, schema: ModelSchema) -> None:
+        for other in self._models.values():
+            if other.name != schema.name and other.table_name == schema.table_name:
+                raise ValidationError(
+                    f"Models '{other.name}' and '{schema.name}' would share table '{schema.table_name}'.",
+                    hint="set __tablename__ on one of them.",
+                )
+        old = self._models.get(schema.name)
+        if old is None or old.signature() == schema.signature():
+            return
+        if not any(key[0] == old.table_name for key in self._ready):
+            return  # its table was never created: any change is fine
+        problems = _non_additive(old, schema)
+        if problems:
+            raise MigrationError(
+                f"Redefining model '{schema.name}' changes its table in a way dataflow_lab will not "
+                f"migrate by itself: {'; '.join(problems)}.",
+                hint="only adding Optional or defaulted fields is automatic; use a new DataFlow "
+                "(or a new table name) for other changes.",
+            )
+
+    @property
+    def nodes(self) -> Mapping[str, type[Node]]:
+        """Generated node classes by name ('UserCreateNode', ...)."""
+        return MappingProxyType(self._nodes)
+
+    @property
+    def models(self) -> Mapping[str, ModelSchema]:
+        return MappingProxyType(self._models)
+
+    def table(self, model: type | str) -> Any:
+        name = model if isinstance(model, str) else model.__name__
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise ValidationError(
+                f"Model '{name}' is not defined on {self!r}.", hint="decorate the class with @db.model first."
+            ) from None
+
+    # -- lifecycle -----------------------------------------------------------
+    async def _opened(self) -> Any:
+        """The dialect, opened once, on the background loop."""
+        self._check_open()
+        if self._open_future is None:
+            self._open_future = asyncio.ensure_future(self._dialect.open())
+        try:
+            await asyncio.shield(self._open_future)
+        except Exception as exc:
+            self._open_future = None
+            raise DataFlowError(
+                f"Could not open {self!r}: {self._dialect.scrub(str(exc))}",
+                hint="check the database URL and that the server is running.",
+            ) from None
+        return self._dialect
+
+    async def _ensure_table(self, table: Any) -> None:
+        key = (table.model.table_name, table.model.signature())
+        if key in self._ready:
+            return
+        if self._ddl_lock is None:
+            self._ddl_lock = asyncio.Lock()
+        async with self._ddl_lock:
+            if key in self._ready:
+                return
+            dialect = await self._opened()
+            conn = await dialect.acquire()
+            try:
+                await conn.begin()
+                try:
+                    await table.ensure(conn, auto_migrate=self.config.auto_migrate)
+                    await conn.commit()
+                except BaseException:
+                    await conn.rollback()
+                    raise
+            finally:
+                await dialect.release(conn)
+            self._ready = {k for k in self._ready if k[0] != key[0]} | {key}
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DataFlowError(f"{self!r} is closed.", hint="create a new DataFlow.")
+
+    def pool_status(self) -> dict[str, Any]:
+        """Connection pool figures (size, checked out, overflow...)."""
+        return self._dialect.pool_status()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        registry.unregister(self)
+        if self._open_future is not None and self._open_future.done() and not self._open_future.exception():
+            await self._dialect.dispose()
+
+    def close(self) -> None:
+        """Release every connection and thread this instance holds. Idempotent."""
+        if self._closed:
+            return
+        if self._open_future is None:
+            self._closed = True
+            registry.unregister(self)
+            return
+        _loop.run(self.aclose())
+
+    def __enter__(self) -> DataFlow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> DataFlow:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await _loop.run_async(self.aclose())
+
+
+def _non_additive(old: ModelSchema, new: ModelSchema) -> list[str]:
+    problems = []
+    if old.table_name != new.table_name:
+        problems.append(f"table name {old.table_name} -> {new.table_name}")
+    for f in old.fields:
+        g = new.by_name.get(f.name)
+        if g is None:
+            problems.append(f"field '{f.name}' removed")
+        elif (g.type.name, g.nullable, g.primary_key) != (f.type.name, f.nullable, f.primary_key):
+            problems.append(f"field '{f.name}' changed from {f.describe()} to {g.describe()}")
+    for g in new.fields:
+        if g.name not in old.by_name and g.required:
+            problems.append(f"new field '{g.name}' is required (give it a default or make it Optional)")
+    if (old.unique, old.indexes) != (new.unique, new.indexes):
+        problems.append("unique constraints or indexes changed")
+    return problems
+
+
+_INSTANCES: weakref.WeakSet[DataFlow] = weakref.WeakSet()
+
+
+def _track(dataflow: DataFlow) -> None:
+    if not _INSTANCES:
+        _loop.on_exit(_close_all)
+    _INSTANCES.add(dataflow)
+
+
+async def _close_all() -> None:
+    for dataflow in list(_INSTANCES):
+        await dataflow.aclose()

@@ -1,0 +1,30 @@
+"""Dialects: the facts and fast paths of each database, chosen by URL scheme."""
+
+from __future__ import annotations
+
+from ..config import DataFlowConfig, redact_url
+from ..errors import ValidationError
+from .base import Connection, Dialect
+
+__all__ = ["Connection", "Dialect", "dialect_for"]
+
+
+def dialect_for(config: DataFlowConfig) -> Dialect:
+    url = config.database_url
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        from .sqlite import SQLiteDialect
+
+        return SQLiteDialect(config, url)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresDialect
+
+        return PostgresDialect(config, url.replace("postgres://", "postgresql://", 1))
+    if scheme == "duckdb":
+        from .duckdb import DuckDBDialect
+
+        return DuckDBDialect(config, url)
+    raise ValidationError(
+        f"Unsupported database URL '{redact_url(url)}'.",
+        hint="use sqlite:///file.db, sqlite:///:memory:, postgresql://user@host/db or duckdb:///file.duckdb.",
+    )

@@ -1,0 +1,221 @@
+"""What every dialect provides, and the pooled connection source they share.
+
+A dialect module holds the facts of one database: how each logical type is
+stored and converted, its bind-parameter limit, its upsert syntax, and its
+fastest bulk path. Nodes ask the dialect; they never branch on its name.
+
+Execution goes through the raw driver connection (aiosqlite, asyncpg or
+duckdb). SQLAlchemy Core compiles every statement and, for SQLite and
+PostgreSQL, owns the connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..config import DataFlowConfig, scrub
+from ..errors import ConnectionError
+
+log = logging.getLogger("dataflow_lab.sql")
+
+Converter = Callable[[Any], Any] | None
+
+
+class Connection:
+    """One raw driver connection, as the runtime sees it."""
+
+    async def begin(self) -> None: ...
+    async def commit(self) -> None: ...
+    async def rollback(self) -> None: ...
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Dialect:
+    """Facts about one database. Subclasses fill in the tables and hooks."""
+
+    name = "base"
+    serialized = False  # True when the database allows one writer at a time
+    max_bind_params = 32766
+    storage: dict[str, Callable[[], sa.types.TypeEngine]] = {}
+    to_db: dict[str, Converter] = {}
+    from_db: dict[str, Converter] = {}
+
+    def __init__(self, config: DataFlowConfig, url: str):
+        self.config = config
+        self.url = url
+        self.sa_dialect = self._sa_dialect()
+
+    # -- compiling -------------------------------------------------------
+    def _sa_dialect(self) -> sa.engine.Dialect:
+        raise NotImplementedError
+
+    def compile(self, stmt: sa.ClauseElement) -> tuple[str, list[Any]]:
+        """Compile a statement whose values are bound in it: (sql, params)."""
+        compiled = stmt.compile(dialect=self.sa_dialect, compile_kwargs={"render_postcompile": True})
+        values = compiled.params
+        return compiled.string, [values[name] for name in compiled.positiontup or ()]
+
+    def compile_named(self, stmt: sa.ClauseElement) -> tuple[str, tuple[str, ...]]:
+        """Compile a statement of named bindparams: (sql, bind names in order)."""
+        compiled = stmt.compile(dialect=self.sa_dialect)
+        return compiled.string, tuple(compiled.positiontup or ())
+
+    def ddl(self, element: sa.schema.ExecutableDDLElement) -> str:
+        return str(element.compile(dialect=self.sa_dialect))
+
+    # -- schema facts ----------------------------------------------------
+    def column_type(self, logical: str) -> sa.types.TypeEngine:
+        return self.storage[logical]()
+
+    def id_column(self, table_name: str, logical: str) -> sa.Column:
+        raise NotImplementedError
+
+    def table_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def before_create(self, table: sa.Table) -> list[str]:
+        """DDL that must run before CREATE TABLE (sequences, say)."""
+        return []
+
+    def regex(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
+        return column.regexp_match(pattern)
+
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT construct that supports ON CONFLICT for this database."""
+        return sa.insert(table)
+
+    # -- connections -----------------------------------------------------
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def acquire(self) -> Connection:
+        raise NotImplementedError
+
+    async def release(self, conn: Connection) -> None:
+        raise NotImplementedError
+
+    async def dispose(self) -> None:
+        raise NotImplementedError
+
+    def pool_status(self) -> dict[str, Any]:
+        return {}
+
+    async def bulk_insert(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Insert many rows fast, in the caller's transaction (executemany)."""
+        sql, _ = self.compile_named(sa.insert(table).values({c: sa.bindparam(c) for c in columns}))
+        await conn.executemany(sql, rows)
+
+    async def bulk_upsert(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+    ) -> None:
+        """INSERT ... ON CONFLICT DO UPDATE for many rows, in the caller's transaction."""
+        sql, _ = self.compile_named(self.upsert_statement(table, columns, conflict_on, update_columns))
+        await conn.executemany(sql, rows)
+
+    def upsert_statement(
+        self,
+        table: sa.Table,
+        columns: Sequence[str],
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+    ) -> Any:
+        stmt = self.insert(table).values({c: sa.bindparam(c) for c in columns})
+        if not update_columns:
+            return stmt.on_conflict_do_nothing(index_elements=list(conflict_on))
+        return stmt.on_conflict_do_update(
+            index_elements=list(conflict_on), set_={c: stmt.excluded[c] for c in update_columns}
+        )
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, self.url)
+
+
+class PooledDialect(Dialect):
+    """A dialect whose connections come from SQLAlchemy's async engine pool."""
+
+    def __init__(self, config: DataFlowConfig, url: str):
+        super().__init__(config, url)
+        self.engine = None
+        self._serial_lock: asyncio.Lock | None = None
+        self._checkouts: dict[int, Any] = {}
+
+    def engine_url(self) -> str:
+        raise NotImplementedError
+
+    def engine_options(self) -> dict[str, Any]:
+        return {}
+
+    def wrap(self, driver_connection: Any) -> Connection:
+        raise NotImplementedError
+
+    async def open(self) -> None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        self.engine = create_async_engine(self.engine_url(), **self.engine_options())
+        self._install_events(self.engine.sync_engine)
+
+    def _install_events(self, sync_engine: sa.engine.Engine) -> None:
+        pass
+
+    async def acquire(self) -> Connection:
+        if self.serialized:
+            if self._serial_lock is None:
+                self._serial_lock = asyncio.Lock()
+            await self._serial_lock.acquire()
+        try:
+            async_conn = await self.engine.connect()
+            try:
+                fairy = await async_conn.get_raw_connection()
+                conn = self.wrap(fairy.driver_connection)
+            except BaseException:
+                await async_conn.close()
+                raise
+        except BaseException as exc:
+            if self.serialized:
+                self._serial_lock.release()
+            if isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
+                raise ConnectionError(
+                    f"Could not connect to {self.scrub(self.url)}: {self.scrub(str(exc))}",
+                    hint="check that the database server is running and the URL is right.",
+                ) from None
+            raise
+        self._checkouts[id(conn)] = async_conn
+        return conn
+
+    async def release(self, conn: Connection) -> None:
+        async_conn = self._checkouts.pop(id(conn))
+        try:
+            await async_conn.close()
+        finally:
+            if self.serialized:
+                self._serial_lock.release()
+
+    async def dispose(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    def pool_status(self) -> dict[str, Any]:
+        pool = self.engine.pool if self.engine is not None else None
+        if pool is None:
+            return {}
+        status = {"pool": type(pool).__name__, "checked_out": len(self._checkouts)}
+        for key in ("size", "overflow", "checkedin"):
+            method = getattr(pool, key, None)
+            if callable(method):
+                status[key] = method()
+        return status

@@ -1,0 +1,160 @@
+"""SQLite through aiosqlite: STRICT tables, one writer, executemany for bulk.
+
+Facts:
+- STRICT tables accept only INTEGER, REAL, TEXT, BLOB and ANY, so booleans are
+  stored as INTEGER and dates, decimals, UUIDs and JSON as TEXT; the model
+  layer converts them back. STRICT makes SQLite refuse "abc" in an INTEGER
+  column instead of storing it.
+- SQLite has one writer at a time, so this dialect serializes transactions.
+- The zero-config database is in memory, on one connection that every
+  workflow of the DataFlow shares (StaticPool); two DataFlows never share it.
+- The driver runs in autocommit mode and dataflow_lab issues BEGIN itself, so
+  DDL and reads are inside the transaction too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from .base import Connection, PooledDialect
+
+MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
+class SQLiteConnection(Connection):
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any):
+        self.raw = raw  # aiosqlite.Connection
+
+    async def begin(self) -> None:
+        await self.raw.execute("BEGIN")
+
+    async def commit(self) -> None:
+        await self.raw.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if self.raw.in_transaction:
+            await self.raw.execute("ROLLBACK")
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return await self.raw.execute_fetchall(sql, params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self.raw.execute(sql, params)
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        cursor = await self.raw.executemany(sql, rows)
+        await cursor.close()
+
+
+def _enum_text(member: Any) -> str:
+    return str(member.value)
+
+
+class SQLiteDialect(PooledDialect):
+    name = "sqlite"
+    serialized = True
+    max_bind_params = MAX_BIND_PARAMS
+    storage = {
+        "text": sa.Text,
+        "integer": sa.Integer,
+        "float": sa.REAL,
+        "boolean": sa.Integer,
+        "datetime": sa.Text,
+        "date": sa.Text,
+        "decimal": sa.Text,
+        "bytes": sa.LargeBinary,
+        "uuid": sa.Text,
+        "enum": sa.Text,
+        "json": sa.Text,
+    }
+    to_db = {
+        "boolean": int,
+        "datetime": dt.datetime.isoformat,
+        "date": dt.date.isoformat,
+        "decimal": str,
+        "uuid": str,
+        "enum": _enum_text,
+        "json": json.dumps,
+    }
+    from_db = {
+        "boolean": bool,
+        "datetime": dt.datetime.fromisoformat,
+        "date": dt.date.fromisoformat,
+        "decimal": Decimal,
+        "uuid": uuid.UUID,
+        "json": json.loads,
+    }
+
+    def _sa_dialect(self) -> sa.engine.Dialect:
+        from sqlalchemy.dialects.sqlite.aiosqlite import dialect
+
+        return dialect()
+
+    @property
+    def in_memory(self) -> bool:
+        path = self.path
+        return path in ("", ":memory:") or "mode=memory" in path
+
+    @property
+    def path(self) -> str:
+        return sa.engine.make_url(self.url).database or ":memory:"
+
+    def engine_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.path}"
+
+    def engine_options(self) -> dict[str, Any]:
+        from sqlalchemy.pool import StaticPool
+
+        timeout = self.config.statement_timeout or 30.0
+        options: dict[str, Any] = {"connect_args": {"timeout": timeout}}
+        if self.in_memory:
+            options["poolclass"] = StaticPool
+        else:
+            options.update(
+                pool_size=self.config.pool_size,
+                max_overflow=self.config.max_overflow,
+                pool_timeout=self.config.pool_timeout,
+                pool_recycle=self.config.pool_recycle,
+                pool_pre_ping=self.config.pool_pre_ping,
+            )
+        return options
+
+    def _install_events(self, sync_engine: sa.engine.Engine) -> None:
+        file_backed = not self.in_memory
+
+        @sa.event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if file_backed:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    def wrap(self, driver_connection: Any) -> Connection:
+        return SQLiteConnection(driver_connection)
+
+    def id_column(self, table_name: str, logical: str) -> sa.Column:
+        return sa.Column("id", sa.Integer if logical == "integer" else sa.Text, primary_key=True)
+
+    def table_kwargs(self) -> dict[str, Any]:
+        return {"sqlite_autoincrement": True, "sqlite_strict": sqlite3.sqlite_version_info >= (3, 37)}
+
+    def insert(self, table: sa.Table) -> Any:
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert(table)

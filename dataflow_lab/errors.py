@@ -1,0 +1,128 @@
+"""One error root for everything dataflow_lab raises.
+
+Every error says what happened and, through ``hint``, what to do about it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ConnectionError",
+    "DataFlowError",
+    "MigrationError",
+    "NodeExecutionError",
+    "NodeNotFoundError",
+    "NotFoundError",
+    "TransactionError",
+    "ValidationError",
+    "WorkflowValidationError",
+    "did_you_mean",
+]
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest candidate, or ''."""
+    matches = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean '{matches[0]}'?" if matches else ""
+
+
+class DataFlowError(Exception):
+    """Root of every dataflow_lab error. ``hint`` says what to do."""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} Hint: {hint}" if hint else message)
+
+
+class ValidationError(DataFlowError, ValueError):
+    """Bad input: an unknown field, a wrong type, an unsafe request."""
+
+
+class NodeNotFoundError(DataFlowError, LookupError):
+    """A node type name that no live DataFlow defines (or that several do)."""
+
+
+class NotFoundError(DataFlowError, LookupError):
+    """A row that a Read, Update or Delete asked for does not exist."""
+
+    def __init__(self, message: str, *, model: str, id: object, hint: str | None = None):
+        self.model = model
+        self.id = id
+        super().__init__(message, hint=hint)
+
+
+class WorkflowValidationError(DataFlowError):
+    """``build()`` found problems; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        listing = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"The workflow has {len(self.problems)} problem(s):\n{listing}",
+            hint="fix each listed problem, then call build() again.",
+        )
+
+
+class TransactionError(DataFlowError):
+    """A transaction could not begin, commit or roll back."""
+
+
+class MigrationError(DataFlowError):
+    """A schema change that dataflow_lab will not apply by itself."""
+
+
+class ConnectionError(DataFlowError):  # noqa: A001 - deliberate, namespaced by the package
+    """The database could not be reached or refused the connection."""
+
+
+class NodeExecutionError(DataFlowError):
+    """A node failed while the workflow ran. Names the node id and type.
+
+    When the cause is itself a DataFlowError (say NotFoundError), the raised
+    object is also an instance of the cause's class, so either can be caught.
+    """
+
+    def __init__(self, node_id: str, node_type: str, cause: BaseException):
+        self.node_id = node_id
+        self.node_type = node_type
+        self.cause = cause
+        cause_text = str(cause) or type(cause).__name__
+        hint = getattr(cause, "hint", None)
+        if hint:
+            cause_text = getattr(cause, "message", cause_text)
+        DataFlowError.__init__(
+            self,
+            f"Node '{node_id}' ({node_type}) failed: {type(cause).__name__}: {cause_text}",
+            hint=hint,
+        )
+        for attr in ("model", "id", "problems"):
+            if hasattr(cause, attr):
+                setattr(self, attr, getattr(cause, attr))
+
+    @classmethod
+    def wrap(cls, node_id: str, node_type: str, cause: BaseException) -> NodeExecutionError:
+        """Build the error, mixing in the cause's class when it is ours."""
+        if isinstance(cause, DataFlowError) and not isinstance(cause, NodeExecutionError):
+            combined = _combined_class(type(cause))
+            error = combined.__new__(combined)
+            NodeExecutionError.__init__(error, node_id, node_type, cause)
+            return error
+        return cls(node_id, node_type, cause)
+
+
+_COMBINED: dict[type, type] = {}
+
+
+def _combined_class(cause_cls: type) -> type:
+    combined = _COMBINED.get(cause_cls)
+    if combined is None:
+        combined = type(
+            f"NodeExecutionError[{cause_cls.__name__}]",
+            (NodeExecutionError, cause_cls),
+            {"__init__": NodeExecutionError.__init__, "__module__": __name__},
+        )
+        _COMBINED[cause_cls] = combined
+    return combined

@@ -1,0 +1,236 @@
+"""Filter documents ({"age": {"$gte": 18}}) -> SQLAlchemy expressions.
+
+``normalize`` validates a document against a model (field names, operators,
+value types) and returns it with values coerced; ``to_sql`` turns a
+normalized document into a WHERE expression for one ModelTable. Values always
+become bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ValidationError, did_you_mean
+from .model import ModelSchema
+
+__all__ = ["OPERATORS", "normalize", "normalize_order_by", "to_sql", "order_clauses"]
+
+COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
+OPERATORS = (*COMPARISONS, "$in", "$nin", "$like", "$ilike", "$regex", "$exists", "$null", "$not")
+LOGICAL = ("$and", "$or", "$not")
+
+
+def normalize(model: ModelSchema, doc: Any, *, node: str = "") -> dict[str, Any]:
+    """Check a filter document; return a copy with values coerced."""
+    from .schema import check_value
+
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ValidationError(
+            f"{_where(model, node)}filter must be a dict, got {type(doc).__name__}.",
+            hint='write filters like {"age": {"$gte": 18}}.',
+        )
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in ("$and", "$or"):
+            if not isinstance(value, list | tuple):
+                raise ValidationError(
+                    f"{_where(model, node)}{key} takes a list of filters.",
+                    hint=f'write {{"{key}": [{{...}}, {{...}}]}}.',
+                )
+            out[key] = [normalize(model, d, node=node) for d in value]
+        elif key == "$not":
+            out[key] = normalize(model, value, node=node)
+        elif key.startswith("$"):
+            raise ValidationError(
+                f"{_where(model, node)}unknown filter operator '{key}' at top level.{did_you_mean(key, LOGICAL)}",
+                hint="top-level operators are $and, $or and $not; put field operators under a field name.",
+            )
+        else:
+            f = model.field(key, context=f"the filter of {node}" if node else "a filter")
+            out[key] = _normalize_condition(model, f, value, node, check_value)
+    return out
+
+
+def _normalize_condition(model: ModelSchema, f: Any, cond: Any, node: str, check_value: Any) -> Any:
+    if not (
+        isinstance(cond, Mapping) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)
+    ):
+        return {"$eq": None if cond is None else check_value(model, _loose(f), cond, node=node)}
+    out: dict[str, Any] = {}
+    for op, value in cond.items():
+        if op not in OPERATORS:
+            raise ValidationError(
+                f"{_where(model, node)}unknown operator '{op}' on field '{f.name}'.{did_you_mean(op, OPERATORS)}",
+                hint=f"operators: {' '.join(OPERATORS)}.",
+            )
+        if op in ("$eq", "$ne"):
+            out[op] = None if value is None else check_value(model, _loose(f), value, node=node)
+        elif op in COMPARISONS:
+            out[op] = (
+                check_value(model, f, value, node=node) if value is not None else _no_none(model, f, op, node)
+            )
+        elif op in ("$in", "$nin"):
+            if not isinstance(value, list | tuple | set | frozenset):
+                raise ValidationError(
+                    f"{_where(model, node)}{op} on '{f.name}' takes a list.",
+                    hint=f'write {{"{f.name}": {{"{op}": [a, b]}}}}.',
+                )
+            out[op] = [None if v is None else check_value(model, _loose(f), v, node=node) for v in value]
+        elif op in ("$like", "$ilike", "$regex"):
+            if not isinstance(value, str):
+                raise ValidationError(f"{_where(model, node)}{op} on '{f.name}' takes a string pattern.")
+            if op == "$regex":
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    raise ValidationError(
+                        f"{_where(model, node)}$regex on '{f.name}' is not a valid regular expression: {exc}."
+                    ) from None
+            out[op] = value
+        elif op in ("$exists", "$null"):
+            if not isinstance(value, bool):
+                raise ValidationError(f"{_where(model, node)}{op} on '{f.name}' takes True or False.")
+            out[op] = value
+        else:  # $not
+            out[op] = _normalize_condition(model, f, value, node, check_value)
+    return out
+
+
+def _loose(f: Any) -> Any:
+    """Equality against NULL is allowed on any field."""
+    from dataclasses import replace
+
+    return replace(f, nullable=True) if not f.nullable else f
+
+
+def _no_none(model: ModelSchema, f: Any, op: str, node: str) -> None:
+    raise ValidationError(
+        f"{_where(model, node)}{op} on '{f.name}' cannot compare with None.",
+        hint='use {"$null": true} or {"$eq": None} to find missing values.',
+    )
+
+
+def _where(model: ModelSchema, node: str) -> str:
+    return f"{model.name} ({node}): " if node else f"{model.name}: "
+
+
+def to_sql(mt: Any, doc: Mapping[str, Any]) -> Any:
+    """A normalized filter -> a SQLAlchemy boolean expression (or None)."""
+    import sqlalchemy as sa
+
+    clauses = []
+    for key, value in doc.items():
+        if key == "$and":
+            clauses.append(sa.and_(sa.true(), *[_expr(mt, d) for d in value]))
+        elif key == "$or":
+            clauses.append(sa.or_(sa.false(), *[_expr(mt, d) for d in value]))
+        elif key == "$not":
+            clauses.append(sa.not_(_expr(mt, value)))
+        else:
+            clauses.append(_condition(mt, key, value))
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else sa.and_(*clauses)
+
+
+def _expr(mt: Any, doc: Mapping[str, Any]) -> Any:
+    import sqlalchemy as sa
+
+    return to_sql(mt, doc) if doc else sa.true()
+
+
+def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
+    import sqlalchemy as sa
+
+    col = mt.table.c[name]
+    nullable = mt.model.by_name[name].nullable
+
+    def bind(v: Any) -> Any:
+        return sa.bindparam(None, mt.to_db(name, v), type_=col.type)
+
+    parts = []
+    for op, value in cond.items():
+        if op == "$eq":
+            parts.append(col.is_(None) if value is None else col == bind(value))
+        elif op == "$ne":
+            if value is None:
+                parts.append(col.is_not(None))
+            else:
+                parts.append(sa.or_(col != bind(value), col.is_(None)) if nullable else col != bind(value))
+        elif op in ("$gt", "$gte", "$lt", "$lte"):
+            compare = {"$gt": col.__gt__, "$gte": col.__ge__, "$lt": col.__lt__, "$lte": col.__le__}[op]
+            parts.append(compare(bind(value)))
+        elif op == "$in":
+            parts.append(_in(col, bind, value))
+        elif op == "$nin":
+            inner = _in(col, bind, value)
+            has_null = any(v is None for v in value)
+            parts.append(
+                sa.and_(sa.not_(inner), col.is_not(None))
+                if has_null
+                else sa.or_(sa.not_(inner), col.is_(None))
+                if nullable
+                else sa.not_(inner)
+            )
+        elif op == "$like":
+            parts.append(col.like(sa.bindparam(None, value)))
+        elif op == "$ilike":
+            parts.append(col.ilike(sa.bindparam(None, value)))
+        elif op == "$regex":
+            parts.append(mt.dialect.regex(col, value))
+        elif op == "$exists":
+            parts.append(col.is_not(None) if value else col.is_(None))
+        elif op == "$null":
+            parts.append(col.is_(None) if value else col.is_not(None))
+        elif op == "$not":
+            parts.append(sa.not_(sa.and_(sa.true(), _condition(mt, name, value))))
+    return parts[0] if len(parts) == 1 else sa.and_(*parts)
+
+
+def _in(col: Any, bind: Any, values: list[Any]) -> Any:
+    import sqlalchemy as sa
+
+    present = [v for v in values if v is not None]
+    clause = col.in_([bind(v) for v in present]) if present else sa.false()
+    return sa.or_(clause, col.is_(None)) if len(present) < len(values) else clause
+
+
+def normalize_order_by(model: ModelSchema, order_by: Any, *, node: str = "") -> list[tuple[str, bool]]:
+    """'age', ['-age'], [{'age': -1}] -> [('age', descending)]."""
+    if order_by is None:
+        return []
+    items = [order_by] if isinstance(order_by, str | Mapping) else list(order_by)
+    out: list[tuple[str, bool]] = []
+    for item in items:
+        if isinstance(item, str):
+            desc = item.startswith("-")
+            name = item.lstrip("-+")
+            out.append((model.field(name, context=f"order_by of {node}" if node else "order_by").name, desc))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bool):
+            out.append((model.field(item[0], context="order_by").name, item[1]))
+        elif isinstance(item, Mapping):
+            for name, direction in item.items():
+                model.field(name, context=f"order_by of {node}" if node else "order_by")
+                if direction not in (1, -1, "asc", "desc", "ASC", "DESC"):
+                    raise ValidationError(
+                        f"{_where(model, node)}order_by direction for '{name}' is {direction!r}.",
+                        hint="use 1 or 'asc' for ascending, -1 or 'desc' for descending.",
+                    )
+                out.append((name, direction in (-1, "desc", "DESC")))
+        else:
+            raise ValidationError(
+                f"{_where(model, node)}order_by item {item!r} is not understood.",
+                hint="use 'age', '-age' or {'age': -1}.",
+            )
+    return out
+
+
+def order_clauses(mt: Any, order: list[tuple[str, bool]]) -> list[Any]:
+    clauses = [mt.table.c[name].desc() if desc else mt.table.c[name].asc() for name, desc in order]
+    if not any(name == "id" for name, _ in order):
+        clauses.append(mt.table.c.id.asc())  # a stable, documented default: id ascending
+    return clauses

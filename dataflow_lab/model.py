@@ -1,0 +1,238 @@
+"""``@db.model``: a typed class becomes a ModelSchema.
+
+Every model gets ``id`` (an integer primary key, or ``id: str`` supplied by
+the caller), ``created_at`` and ``updated_at``. Table names are snake_case
+plurals unless ``__tablename__`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+
+from .errors import ValidationError, did_you_mean
+from .types import LOGICAL_TYPES, SUPPORTED, LogicalType, resolve_annotation
+
+__all__ = ["Field", "ModelSchema", "MISSING", "parse_model", "table_name_for"]
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+TIMESTAMP_FIELDS = ("created_at", "updated_at")
+MODEL_OPTIONS = ("unique", "indexes")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: typing.Any = _Missing()
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: LogicalType
+    nullable: bool = False
+    default: typing.Any = MISSING
+    primary_key: bool = False
+    generated: bool = False  # filled in by dataflow_lab (integer id, timestamps)
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING and not self.nullable and not self.generated
+
+    def describe(self) -> str:
+        text = self.type.python.__name__ + (" | None" if self.nullable else "")
+        if self.default is not MISSING:
+            text += f" = {self.default!r}"
+        return text
+
+
+@dataclass(frozen=True)
+class ModelSchema:
+    name: str
+    table_name: str
+    fields: tuple[Field, ...]
+    unique: tuple[tuple[str, ...], ...] = ()
+    indexes: tuple[tuple[str, ...], ...] = ()
+    by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({f.name: f for f in self.fields})
+
+    @property
+    def id_field(self) -> Field:
+        return self.by_name["id"]
+
+    @property
+    def user_fields(self) -> tuple[Field, ...]:
+        """Fields a caller may write (id only when it is caller-supplied)."""
+        return tuple(f for f in self.fields if not f.generated)
+
+    def field(self, name: str, *, context: str = "") -> Field:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            where = f" in {context}" if context else ""
+            raise ValidationError(
+                f"Model '{self.name}' has no field '{name}'{where}.{did_you_mean(name, self.by_name)}",
+                hint=f"fields of {self.name}: {', '.join(self.by_name)}.",
+            ) from None
+
+    def is_unique(self, names: typing.Iterable[str]) -> bool:
+        key = tuple(sorted(names))
+        return key == ("id",) or any(tuple(sorted(u)) == key for u in self.unique)
+
+    def signature(self) -> tuple:
+        """What the table's shape depends on; equal signatures need no migration."""
+        return (
+            self.table_name,
+            tuple((f.name, f.type.name, f.nullable, f.primary_key) for f in self.fields),
+            self.unique,
+            self.indexes,
+        )
+
+
+_IRREGULAR = {
+    "person": "people",
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "mouse": "mice",
+    "goose": "geese",
+    "foot": "feet",
+    "tooth": "teeth",
+    "datum": "data",
+    "medium": "media",
+    "criterion": "criteria",
+    "index": "indices",
+}
+_UNCOUNTABLE = {"data", "information", "equipment", "news", "series", "species", "metadata", "feedback"}
+
+
+def _pluralize(word: str) -> str:
+    if word in _UNCOUNTABLE:
+        return word
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if re.search(r"[^aeiou]y$", word):
+        return word[:-1] + "ies"
+    if re.search(r"(s|x|z|ch|sh)$", word):
+        return word + "es"
+    return word + "s"
+
+
+def table_name_for(class_name: str) -> str:
+    """User -> users, Person -> people, OrderStatus -> order_statuses."""
+    words = re.findall(r"[A-Z]+(?=[A-Z][a-z]|\d|\b)|[A-Z]?[a-z]+|[A-Z]+|\d+", class_name)
+    words = [w.lower() for w in words] or [class_name.lower()]
+    words[-1] = _pluralize(words[-1])
+    return "_".join(words)
+
+
+def check_identifier(name: str, what: str) -> str:
+    if not isinstance(name, str) or not IDENTIFIER.match(name):
+        raise ValidationError(
+            f"{what} '{name}' is not a valid identifier.",
+            hint="use letters, digits and underscores, start with a letter or underscore, at most 63 characters.",
+        )
+    return name
+
+
+def parse_model(cls: type) -> ModelSchema:
+    """Read a class's annotations, defaults and options into a ModelSchema."""
+    name = cls.__name__
+    check_identifier(name, "Model name")
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except Exception as exc:  # a NameError in a forward reference, usually
+        raise ValidationError(
+            f"Model '{name}': its type hints could not be resolved ({exc}).",
+            hint="define every type a field uses before the model class.",
+        ) from exc
+    hints = {
+        k: v
+        for k, v in hints.items()
+        if not k.startswith("_") and typing.get_origin(v) is not typing.ClassVar
+    }
+    if not hints:
+        raise ValidationError(
+            f"Model '{name}' declares no fields.", hint="annotate fields on the class, e.g. `name: str`."
+        )
+    fields = [_id_field(name, hints.pop("id", None))]
+    for field_name, annotation in hints.items():
+        fields.append(_user_field(cls, name, field_name, annotation))
+    stamp = LOGICAL_TYPES[__import__("datetime").datetime]
+    fields += [Field(n, stamp, generated=True) for n in TIMESTAMP_FIELDS]
+    table = getattr(cls, "__tablename__", None) or table_name_for(name)
+    check_identifier(table, f"Table name of model '{name}'")
+    options = _options(cls, name, {f.name for f in fields})
+    return ModelSchema(name, table, tuple(fields), **options)
+
+
+def _id_field(model: str, annotation: object) -> Field:
+    if annotation is None or annotation is int:
+        return Field("id", LOGICAL_TYPES[int], primary_key=True, generated=True)
+    if annotation is str:
+        return Field("id", LOGICAL_TYPES[str], primary_key=True)
+    raise ValidationError(
+        f"Model '{model}': field 'id' must be int (generated) or str (supplied by the caller).",
+        hint="remove the `id` annotation to get an integer id counting from 1, or declare `id: str`.",
+    )
+
+
+def _user_field(cls: type, model: str, name: str, annotation: object) -> Field:
+    check_identifier(name, f"Field of model '{model}'")
+    if name in TIMESTAMP_FIELDS:
+        raise ValidationError(
+            f"Model '{model}': field '{name}' is reserved; every model gets it automatically.",
+            hint="remove it from the class, or rename your field.",
+        )
+    resolved = resolve_annotation(annotation)
+    if resolved is None:
+        raise ValidationError(
+            f"Model '{model}': field '{name}' has type {annotation!r}, which dataflow_lab cannot store.",
+            hint=f"use one of {SUPPORTED}, optionally wrapped in Optional[...].",
+        )
+    logical, nullable = resolved
+    default = cls.__dict__.get(name, MISSING)
+    if default is not MISSING and default is not None:
+        try:
+            default = logical.check(default)
+        except TypeError as exc:
+            raise ValidationError(
+                f"Model '{model}': the default of field '{name}' is {default!r}: {exc}.",
+                hint="give a default of the field's own type.",
+            ) from None
+    elif default is None and not nullable:
+        raise ValidationError(
+            f"Model '{model}': field '{name}' defaults to None but is not Optional.",
+            hint=f"annotate it as Optional[{getattr(annotation, '__name__', annotation)}].",
+        )
+    return Field(name, logical, nullable=nullable, default=default)
+
+
+def _options(cls: type, model: str, field_names: set[str]) -> dict:
+    raw = dict(getattr(cls, "__dataflow__", None) or {})
+    unknown = [k for k in raw if k not in MODEL_OPTIONS]
+    if unknown:
+        raise ValidationError(
+            f"Model '{model}': unknown __dataflow__ option '{unknown[0]}'.{did_you_mean(unknown[0], MODEL_OPTIONS)}",
+            hint=f"known options: {', '.join(MODEL_OPTIONS)}.",
+        )
+    result = {}
+    for key in MODEL_OPTIONS:
+        groups = []
+        for entry in raw.get(key, ()):
+            group = (entry,) if isinstance(entry, str) else tuple(entry)
+            for column in group:
+                if column not in field_names:
+                    raise ValidationError(
+                        f"Model '{model}': __dataflow__['{key}'] names unknown field '{column}'."
+                        + did_you_mean(column, field_names),
+                        hint=f"fields: {', '.join(sorted(field_names))}.",
+                    )
+            groups.append(group)
+        result[key] = tuple(groups)
+    return result

@@ -1,0 +1,164 @@
+"""Node: the unit a workflow runs. Parameters are declared, checked, introspectable.
+
+A node class declares ``parameters`` (a tuple of ``Param``). ``check`` validates
+a parameter dict at ``add_node`` time (``partial=True``: connections may still
+supply the rest) and again, completely, just before the node runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ValidationError, did_you_mean
+from ..model import MISSING, ModelSchema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..dataflow import DataFlow
+
+__all__ = ["MISSING", "Node", "Param", "RunContext"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared node parameter, for tools and widgets to introspect."""
+
+    name: str
+    type: Any
+    required: bool = False
+    default: Any = MISSING
+    description: str = ""
+    check: Callable[[Any], Any] | None = None  # validates and coerces; raises ValidationError
+
+    @property
+    def type_name(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        return " | ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in types)
+
+
+class RunContext:
+    """What a running node may ask of the runtime (implemented by the runtime)."""
+
+    run_id: str
+    now: dt.datetime
+
+    async def connection(self, dataflow: DataFlow) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Node:
+    """Base of every node class: generated CRUD/bulk nodes and Python callables."""
+
+    type_name: ClassVar[str] = "Node"
+    parameters: ClassVar[tuple[Param, ...]] = ()
+    dataflow: ClassVar[DataFlow | None] = None
+    model: ClassVar[ModelSchema | None] = None
+    operation: ClassVar[str] = ""
+    writes: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    def __init__(self, node_id: str, params: Mapping[str, Any]):
+        self.node_id = node_id
+        self.params = dict(params)
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name} {self.node_id!r}>"
+
+    @classmethod
+    def param_map(cls) -> dict[str, Param]:
+        cached = cls.__dict__.get("_param_map")
+        if cached is None:
+            cached = {p.name: p for p in cls.parameters}
+            cls._param_map = cached
+        return cached
+
+    @classmethod
+    def check(
+        cls, params: Mapping[str, Any] | None, *, node_id: str, partial: bool = False
+    ) -> dict[str, Any]:
+        """Validate params; unless ``partial``, require every required one and fill defaults."""
+        params = dict(params or {})
+        declared = cls.param_map()
+        where = f"{cls.type_name} '{node_id}'"
+        for name in params:
+            if name not in declared:
+                raise ValidationError(
+                    f"{where}: unknown parameter '{name}'.{did_you_mean(name, declared)}",
+                    hint=f"{cls.type_name} takes: {', '.join(declared) or 'no parameters'}.",
+                )
+        out = {name: cls._check_one(declared[name], value, where) for name, value in params.items()}
+        if partial:
+            cls.check_together(out, node_id=node_id, partial=True)
+            return out
+        return cls.complete(out, node_id=node_id)
+
+    @classmethod
+    def complete(cls, checked: Mapping[str, Any], *, node_id: str) -> dict[str, Any]:
+        """Already-checked params -> a full set: required ones present, defaults filled."""
+        out = dict(checked)
+        missing = [p.name for p in cls.parameters if p.required and p.name not in out]
+        if missing:
+            raise ValidationError(
+                f"{cls.type_name} '{node_id}': missing required parameter(s) {', '.join(missing)}.",
+                hint="pass them in add_node(...) or connect another node's output to them.",
+            )
+        for p in cls.parameters:
+            if p.name not in out and p.default is not MISSING:
+                out[p.name] = _fresh(p.default)
+        cls.check_together(out, node_id=node_id, partial=False)
+        return out
+
+    @classmethod
+    def _check_one(cls, p: Param, value: Any, where: str) -> Any:
+        if p.check is not None:
+            try:
+                return p.check(value)
+            except ValidationError as exc:
+                raise ValidationError(
+                    f"{where}: parameter '{p.name}': {exc.message}", hint=exc.hint
+                ) from None
+        if p.type is Any or isinstance(value, p.type):
+            if isinstance(value, bool) and p.type is int:
+                raise ValidationError(f"{where}: parameter '{p.name}' must be int, got bool.")
+            return value
+        if p.type is int and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise ValidationError(
+            f"{where}: parameter '{p.name}' must be {p.type_name}, got {type(value).__name__} {value!r:.60}.",
+            hint=p.description or None,
+        )
+
+    @classmethod
+    def check_together(cls, params: dict[str, Any], *, node_id: str, partial: bool) -> None:
+        """Checks that involve several parameters (overridden by node kinds)."""
+
+    @classmethod
+    def required_names(cls) -> list[str]:
+        return [p.name for p in cls.parameters if p.required]
+
+    async def run(self, ctx: RunContext) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """Parameters as plain dicts: name, type, required, default, description."""
+        return [
+            {
+                "name": p.name,
+                "type": p.type_name,
+                "required": p.required,
+                "default": None if p.default is MISSING else p.default,
+                "description": p.description,
+            }
+            for p in cls.parameters
+        ]
+
+
+def _fresh(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        import copy
+
+        return copy.deepcopy(value)
+    return value

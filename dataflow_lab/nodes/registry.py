@@ -1,0 +1,67 @@
+"""Which node classes exist: per-DataFlow registries and name resolution.
+
+Every live DataFlow keeps its own node classes. ``resolve`` finds a name
+across live instances when exactly one defines it, or within one instance
+when the caller scopes the lookup.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NodeNotFoundError, ValidationError, did_you_mean
+from .base import Node
+from .python import python_node
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..dataflow import DataFlow
+
+__all__ = ["live_dataflows", "register", "resolve", "unregister"]
+
+_LIVE: weakref.WeakSet[DataFlow] = weakref.WeakSet()
+
+
+def register(dataflow: DataFlow) -> None:
+    _LIVE.add(dataflow)
+
+
+def unregister(dataflow: DataFlow) -> None:
+    _LIVE.discard(dataflow)
+
+
+def live_dataflows() -> list[DataFlow]:
+    return list(_LIVE)
+
+
+def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
+    """A node name, a Node class or a callable -> a Node class."""
+    if isinstance(node_type, type) and issubclass(node_type, Node):
+        return node_type
+    if isinstance(node_type, str):
+        return _by_name(node_type, dataflow)
+    if callable(node_type):
+        return python_node(node_type)
+    raise ValidationError(f"Node type {node_type!r} is not a node name, Node class or callable.")
+
+
+def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
+    scopes = [dataflow] if dataflow is not None else live_dataflows()
+    found = [(db, db.nodes[name]) for db in scopes if name in db.nodes]
+    if len(found) == 1:
+        return found[0][1]
+    if len(found) > 1:
+        names = ", ".join(repr(db) for db, _ in found)
+        raise NodeNotFoundError(
+            f"Node type '{name}' is defined by {len(found)} DataFlow instances ({names}).",
+            hint="scope the lookup with WorkflowBuilder(dataflow=db), or pass the node class itself "
+            f"(db.nodes['{name}']).",
+        )
+    known = sorted({n for db in scopes for n in db.nodes})
+    where = "this DataFlow" if dataflow is not None else "any live DataFlow"
+    raise NodeNotFoundError(
+        f"Node type '{name}' is not defined by {where}.{did_you_mean(name, known)}",
+        hint="define the model with @db.model first; generated names look like 'UserCreateNode'."
+        if not known
+        else f"known node types: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}.",
+    )

@@ -1,0 +1,202 @@
+"""A model's table on one database: columns, value conversion, and DDL.
+
+``ModelTable`` is what the nodes use: the SQLAlchemy ``Table`` built with the
+dialect's storage types, the per-field converters to and from the driver, and
+``ensure``, which creates the table on first use and migrates additive
+changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from .dialects import Connection, Dialect
+from .errors import MigrationError, ValidationError
+from .model import MISSING, Field, ModelSchema
+
+__all__ = ["ModelTable"]
+
+
+def _enum_reader(enum_cls: Any) -> Any:
+    by_text = {str(m.value): m for m in enum_cls}
+    return lambda value: by_text[str(value)]
+
+
+class ModelTable:
+    """One model bound to one dialect."""
+
+    def __init__(self, model: ModelSchema, dialect: Dialect):
+        self.model = model
+        self.dialect = dialect
+        self.table = self._build_table(sa.MetaData())
+        self.columns = tuple(f.name for f in model.fields)
+        self._to_db = {f.name: self._writer(f) for f in model.fields}
+        self._readers = [(i, r) for i, f in enumerate(model.fields) if (r := self._reader(f)) is not None]
+        self._sql: dict[Any, tuple[str, tuple[str, ...]]] = {}
+
+    def template(self, key: Any, build: Any) -> tuple[str, tuple[str, ...]]:
+        """Compile ``build()`` once per key: (sql, bind names in order)."""
+        hit = self._sql.get(key)
+        if hit is None:
+            hit = self._sql[key] = self.dialect.compile_named(build())
+        return hit
+
+    def compiled(self, key: Any, build: Any) -> tuple[str, list[Any]]:
+        """Compile ``build()`` once per key, values included: (sql, params)."""
+        hit = self._sql.get(key)
+        if hit is None:
+            hit = self._sql[key] = self.dialect.compile(build())
+        return hit
+
+    # -- building --------------------------------------------------------
+    def _build_table(self, metadata: sa.MetaData) -> sa.Table:
+        d, m = self.dialect, self.model
+        columns = [d.id_column(m.table_name, m.id_field.type.name)]
+        for f in m.fields[1:]:
+            columns.append(sa.Column(f.name, d.column_type(f.type.name), nullable=f.nullable))
+        constraints = [
+            sa.UniqueConstraint(*group, name=f"uq_{m.table_name}_{'_'.join(group)}") for group in m.unique
+        ]
+        indexes = [sa.Index(f"ix_{m.table_name}_{'_'.join(group)}", *group) for group in m.indexes]
+        return sa.Table(m.table_name, metadata, *columns, *constraints, *indexes, **d.table_kwargs())
+
+    def _writer(self, f: Field) -> Any:
+        return self.dialect.to_db.get(f.type.name)
+
+    def _reader(self, f: Field) -> Any:
+        if f.type.name == "enum":
+            return _enum_reader(f.type.python)
+        return self.dialect.from_db.get(f.type.name)
+
+    # -- values ----------------------------------------------------------
+    def check(self, name: str, value: Any, *, node: str = "") -> Any:
+        """Validate (and losslessly coerce) one value for field ``name``."""
+        f = self.model.field(name, context=node)
+        return check_value(self.model, f, value, node=node)
+
+    def to_db(self, name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        convert = self._to_db[name]
+        return convert(value) if convert is not None else value
+
+    def rows(self, raw_rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Driver rows (in column order) -> dicts of Python values."""
+        names, readers = self.columns, self._readers
+        out = []
+        for raw in raw_rows:
+            values = list(raw)
+            for i, read in readers:
+                v = values[i]
+                if v is not None:
+                    values[i] = read(v)
+            out.append(dict(zip(names, values, strict=True)))
+        return out
+
+    def new_row(self, values: Mapping[str, Any], *, now: dt.datetime) -> dict[str, Any]:
+        """A complete row for INSERT: defaults filled, timestamps set."""
+        row: dict[str, Any] = {}
+        for f in self.model.fields:
+            if f.name in values:
+                row[f.name] = values[f.name]
+            elif f.name in ("created_at", "updated_at"):
+                row[f.name] = now
+            elif f.default is not MISSING:
+                row[f.name] = _fresh(f.default)
+            elif f.nullable:
+                row[f.name] = None
+        return row
+
+    # -- DDL -------------------------------------------------------------
+    async def ensure(self, conn: Connection, *, auto_migrate: bool) -> None:
+        """Create the table if missing; add new columns when allowed."""
+        d = self.dialect
+        existing = await self._existing_columns(conn)
+        if not existing:
+            for sql in d.before_create(self.table):
+                await conn.execute(sql)
+            await conn.execute(d.ddl(CreateTable(self.table, if_not_exists=True)))
+            for index in self.table.indexes:
+                await conn.execute(d.ddl(CreateIndex(index, if_not_exists=True)))
+            return
+        missing = [f for f in self.model.fields if f.name not in existing]
+        extra = sorted(existing - set(self.columns))
+        if extra:
+            raise MigrationError(
+                f"Table '{self.table.name}' has column(s) {', '.join(extra)} that model "
+                f"'{self.model.name}' does not declare.",
+                hint="add the field(s) back to the model; dataflow_lab never drops columns by itself.",
+            )
+        if missing:
+            await self._add_columns(conn, missing, auto_migrate=auto_migrate)
+
+    async def _existing_columns(self, conn: Connection) -> set[str]:
+        if self.dialect.name == "sqlite":
+            rows = await conn.fetch("SELECT name FROM pragma_table_info(?)", (self.table.name,))
+        else:
+            sql, params = self.dialect.compile(
+                sa.select(sa.column("column_name"))
+                .select_from(sa.table("columns", schema="information_schema"))
+                .where(sa.column("table_name") == self.table.name)
+                .where(sa.column("table_schema") == sa.func.current_schema())
+            )
+            rows = await conn.fetch(sql, params)
+        return {r[0] for r in rows}
+
+    async def _add_columns(self, conn: Connection, fields: list[Field], *, auto_migrate: bool) -> None:
+        names = ", ".join(f.name for f in fields)
+        if not auto_migrate:
+            raise MigrationError(
+                f"Model '{self.model.name}' adds field(s) {names}, but auto-migrate is off in this environment.",
+                hint="run the migration explicitly, or pass auto_migrate=True to DataFlow(...).",
+            )
+        count_sql, _ = self.dialect.compile(sa.select(sa.func.count()).select_from(self.table))
+        has_rows = (await conn.fetch(count_sql))[0][0] > 0
+        for f in fields:
+            if f.required and has_rows:
+                raise MigrationError(
+                    f"Model '{self.model.name}' adds required field '{f.name}' to table "
+                    f"'{self.table.name}', which already has rows.",
+                    hint=f"give '{f.name}' a default or make it Optional, so existing rows get a value.",
+                )
+            column_type = self.table.c[f.name].type.compile(dialect=self.dialect.sa_dialect)
+            await conn.execute(f'ALTER TABLE "{self.table.name}" ADD COLUMN "{f.name}" {column_type}')
+            if f.default is not MISSING and has_rows:
+                sql, params = self.dialect.compile(
+                    sa.update(self.table).values({f.name: self.to_db(f.name, f.default)})
+                )
+                await conn.execute(sql, params)
+
+
+def _fresh(default: Any) -> Any:
+    if isinstance(default, dict | list):
+        import copy
+
+        return copy.deepcopy(default)
+    return default
+
+
+def check_value(model: ModelSchema, f: Field, value: Any, *, node: str = "") -> Any:
+    if value is None:
+        if f.nullable:
+            return None
+        raise ValidationError(
+            f"{_where(model, node)}field '{f.name}' may not be None.",
+            hint=f"give '{f.name}' a {f.type.python.__name__}, or declare it Optional in the model.",
+        )
+    try:
+        return f.type.check(value)
+    except TypeError as exc:
+        raise ValidationError(
+            f"{_where(model, node)}field '{f.name}' got {type(value).__name__} {value!r:.60}: {exc}.",
+            hint=f"pass a value of type {f.type.python.__name__} for '{f.name}'.",
+        ) from None
+
+
+def _where(model: ModelSchema, node: str) -> str:
+    return f"{model.name} ({node}): " if node else f"{model.name}: "

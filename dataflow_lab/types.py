@@ -1,0 +1,205 @@
+"""Python annotation -> logical column type, and the checks that guard writes.
+
+The mapping is data: ``LOGICAL_TYPES`` names each logical type with the
+Python type it holds and the function that checks (and losslessly coerces) a
+value. How each logical type is *stored* is a dialect fact, kept in
+``dialects/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+import types as _pytypes
+import typing
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+__all__ = ["LOGICAL_TYPES", "LogicalType", "resolve_annotation"]
+
+_INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError("expected str")
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected int, not bool")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT_TEXT.match(value):
+        return int(value)
+    raise TypeError("expected int (a whole number; '42' is accepted, 3.7 and 'abc' are not)")
+
+
+def _float(value: object) -> float:
+    if isinstance(value, bool):
+        raise TypeError("expected float, not bool")
+    if isinstance(value, int | float | Decimal):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise TypeError("expected float")
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError("expected bool (True or False)")
+
+
+def _datetime(value: object) -> dt.datetime:
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise TypeError("expected datetime or an ISO 8601 string") from None
+    if isinstance(value, dt.datetime):
+        # Naive datetimes are taken as UTC; everything is stored and returned in UTC.
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+    raise TypeError("expected datetime")
+
+
+def _date(value: object) -> dt.date:
+    if isinstance(value, dt.datetime):
+        raise TypeError("expected date, not datetime (use .date())")
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise TypeError("expected date or an ISO 8601 date string")
+
+
+def _decimal(value: object) -> Decimal:
+    if isinstance(value, bool):
+        raise TypeError("expected Decimal, not bool")
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            pass
+    raise TypeError("expected Decimal")
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError("expected bytes")
+
+
+def _uuid(value: object) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise TypeError("expected UUID or a UUID string")
+
+
+def _json_dict(value: object) -> dict:
+    if isinstance(value, dict):
+        return value
+    raise TypeError("expected dict")
+
+
+def _json_list(value: object) -> list:
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise TypeError("expected list")
+
+
+@dataclass(frozen=True)
+class LogicalType:
+    name: str
+    python: type
+    check: Callable[[object], object]
+
+
+LOGICAL_TYPES: dict[type, LogicalType] = {
+    str: LogicalType("text", str, _text),
+    int: LogicalType("integer", int, _integer),
+    float: LogicalType("float", float, _float),
+    bool: LogicalType("boolean", bool, _boolean),
+    dt.datetime: LogicalType("datetime", dt.datetime, _datetime),
+    dt.date: LogicalType("date", dt.date, _date),
+    Decimal: LogicalType("decimal", Decimal, _decimal),
+    bytes: LogicalType("bytes", bytes, _bytes),
+    uuid.UUID: LogicalType("uuid", uuid.UUID, _uuid),
+    dict: LogicalType("json", dict, _json_dict),
+    list: LogicalType("json", list, _json_list),
+}
+
+SUPPORTED = "str, int, float, bool, datetime, date, Decimal, bytes, UUID, an Enum, dict or list"
+
+
+def enum_type(enum_cls: type[enum.Enum]) -> LogicalType:
+    """A logical type for one Enum class: accepts a member, its value or its name."""
+    by_value = {m.value: m for m in enum_cls}
+    by_text = {str(m.value): m for m in enum_cls}
+
+    def check(value: object) -> enum.Enum:
+        if isinstance(value, enum_cls):
+            return value
+        try:
+            if value in by_value:
+                return by_value[value]
+        except TypeError:
+            pass
+        if isinstance(value, str):
+            if value in by_text:
+                return by_text[value]
+            if value in enum_cls.__members__:
+                return enum_cls[value]
+        choices = ", ".join(repr(m.value) for m in enum_cls)
+        raise TypeError(f"expected one of {enum_cls.__name__}'s values: {choices}")
+
+    return LogicalType("enum", enum_cls, check)
+
+
+def resolve_annotation(annotation: object) -> tuple[LogicalType, bool] | None:
+    """Map an annotation to (logical type, nullable); None when unsupported."""
+    nullable = False
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is _pytypes.UnionType:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            return None
+        nullable = len(args) < len(typing.get_args(annotation))
+        annotation = args[0]
+        origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+        origin = typing.get_origin(annotation)
+    if origin in (dict, list):
+        annotation = origin
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return enum_type(annotation), nullable
+    logical = LOGICAL_TYPES.get(annotation)  # type: ignore[arg-type]
+    return (logical, nullable) if logical else None

@@ -1,0 +1,227 @@
+"""WorkflowBuilder -> an immutable Workflow, validated as a whole at build().
+
+``add_node`` checks what it can at once (the type exists, parameters are
+known and well-typed). ``build`` checks the rest together and reports every
+problem in one WorkflowValidationError: dangling connections, required
+inputs nobody supplies, unknown outputs, and cycles.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import itertools
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .errors import DataFlowError, ValidationError, WorkflowValidationError, did_you_mean
+from .nodes.base import Node
+from .nodes.registry import resolve
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataflow import DataFlow
+
+__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder"]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a workflow: its id, class, and parameters (as given, and as checked)."""
+
+    node_id: str
+    node_class: type[Node]
+    params: Mapping[str, Any]
+    checked: Mapping[str, Any]
+
+    @property
+    def type_name(self) -> str:
+        return self.node_class.type_name
+
+
+@dataclass(frozen=True)
+class Connection:
+    """``source``'s output at ``source_output`` feeds ``target``'s ``target_input``."""
+
+    source: str
+    source_output: str
+    target: str
+    target_input: str
+
+    def __str__(self) -> str:
+        return f"{self.source}.{self.source_output} -> {self.target}.{self.target_input}"
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A built, validated, immutable workflow. Run it with LocalRuntime().execute(workflow)."""
+
+    workflow_id: str
+    name: str
+    nodes: Mapping[str, NodeSpec]
+    connections: tuple[Connection, ...]
+    order: tuple[str, ...]
+    inputs: Mapping[str, tuple[Connection, ...]] = field(repr=False)
+
+    def dataflows(self) -> list[DataFlow]:
+        seen: dict[int, DataFlow] = {}
+        for spec in self.nodes.values():
+            db = spec.node_class.dataflow
+            if db is not None:
+                seen.setdefault(id(db), db)
+        return list(seen.values())
+
+    def models(self) -> list[tuple[DataFlow, Any]]:
+        pairs: dict[tuple[int, str], tuple[DataFlow, Any]] = {}
+        for spec in self.nodes.values():
+            cls = spec.node_class
+            if cls.dataflow is not None and cls.model is not None:
+                pairs.setdefault((id(cls.dataflow), cls.model.name), (cls.dataflow, cls.mt))
+        return list(pairs.values())
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r}: {len(self.nodes)} node(s), {len(self.connections)} connection(s)>"
+
+    def describe(self) -> str:
+        lines = [repr(self)]
+        for node_id in self.order:
+            spec = self.nodes[node_id]
+            lines.append(f"  {node_id}: {spec.type_name}")
+            for c in self.inputs.get(node_id, ()):
+                lines.append(f"    <- {c}")
+        return "\n".join(lines)
+
+
+class WorkflowBuilder:
+    """Collects nodes and connections; ``build()`` returns an immutable Workflow."""
+
+    def __init__(self, dataflow: DataFlow | None = None, *, name: str | None = None):
+        self.dataflow = dataflow
+        self.name = name or "workflow"
+        self._nodes: dict[str, NodeSpec] = {}
+        self._connections: list[Connection] = []
+        self._counter = itertools.count(1)
+
+    def add_node(
+        self, node_type: Any, node_id: str | None = None, params: Mapping[str, Any] | None = None, **more: Any
+    ) -> str:
+        """Add a node (a name like 'UserCreateNode', a Node class, or a callable). Returns its id."""
+        node_class = resolve(node_type, self.dataflow)
+        if node_id is None:
+            node_id = f"{node_class.type_name.lower()}_{next(self._counter)}"
+        if not isinstance(node_id, str) or not node_id:
+            raise ValidationError(f"Node id {node_id!r} must be a non-empty string.")
+        if node_id in self._nodes:
+            raise ValidationError(
+                f"Node id '{node_id}' is already used in this workflow.", hint="give every node a unique id."
+            )
+        if params is not None and not isinstance(params, Mapping):
+            raise ValidationError(
+                f"{node_class.type_name} '{node_id}': params must be a dict, got {type(params).__name__}."
+            )
+        given = {**(params or {}), **more}
+        checked = node_class.check(given, node_id=node_id, partial=True)
+        self._nodes[node_id] = NodeSpec(
+            node_id, node_class, MappingProxyType(dict(given)), MappingProxyType(checked)
+        )
+        return node_id
+
+    def add_connection(
+        self, source: str, source_output: str, target: str, target_input: str
+    ) -> WorkflowBuilder:
+        """Feed ``source``'s output (a dotted path like 'records.0.id') into ``target_input``."""
+        for what, value in (("source_output", source_output), ("target_input", target_input)):
+            if not isinstance(value, str) or not value:
+                raise ValidationError(f"add_connection: {what} must be a non-empty string, got {value!r}.")
+        self._connections.append(Connection(source, source_output, target, target_input))
+        return self
+
+    connect = add_connection
+
+    def build(self, *, name: str | None = None, workflow_id: str | None = None) -> Workflow:
+        problems: list[str] = []
+        inputs: dict[str, list[Connection]] = {n: [] for n in self._nodes}
+        for c in self._connections:
+            problems += self._check_connection(c)
+            if c.target in inputs and c.source in self._nodes:
+                inputs[c.target].append(c)
+        for node_id, spec in self._nodes.items():
+            problems += self._check_complete(spec, inputs[node_id])
+        order: tuple[str, ...] = ()
+        try:
+            order = _stable_order({n: [c.source for c in inputs[n]] for n in self._nodes})
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            problems.append(f"the connections form a cycle: {cycle}.")
+        if problems:
+            raise WorkflowValidationError(problems)
+        return Workflow(
+            workflow_id=workflow_id or str(uuid.uuid4()),
+            name=name or self.name,
+            nodes=MappingProxyType(dict(self._nodes)),
+            connections=tuple(self._connections),
+            order=order,
+            inputs=MappingProxyType({k: tuple(v) for k, v in inputs.items() if v}),
+        )
+
+    def _check_connection(self, c: Connection) -> list[str]:
+        problems = []
+        for end in (c.source, c.target):
+            if end not in self._nodes:
+                problems.append(f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}")
+        if problems:
+            return problems
+        if c.source == c.target:
+            return [f"connection {c}: a node cannot feed itself."]
+        target = self._nodes[c.target].node_class
+        root = c.target_input.split(".", 1)[0]
+        if root not in target.param_map():
+            problems.append(
+                f"connection {c}: {target.type_name} has no input '{root}'."
+                f"{did_you_mean(root, target.param_map())}"
+            )
+        outputs = output_keys(self._nodes[c.source].node_class)
+        head = c.source_output.split(".", 1)[0]
+        if outputs is not None and head not in outputs:
+            problems.append(
+                f"connection {c}: {self._nodes[c.source].type_name} has no output '{head}'."
+                f"{did_you_mean(head, outputs)}"
+            )
+        return problems
+
+    def _check_complete(self, spec: NodeSpec, incoming: list[Connection]) -> list[str]:
+        supplied = frozenset(c.target_input.split(".", 1)[0] for c in incoming)
+        missing = [n for n in spec.node_class.required_names() if n not in spec.checked and n not in supplied]
+        if missing:
+            return [
+                f"node '{spec.node_id}' ({spec.type_name}) needs {', '.join(repr(m) for m in missing)}: "
+                "pass it as a parameter or connect another node's output to it."
+            ]
+        if supplied:
+            return []
+        try:
+            spec.node_class.check(dict(spec.params), node_id=spec.node_id)
+        except DataFlowError as exc:
+            return [str(exc)]
+        return []
+
+
+def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
+    """Topological order that keeps insertion order among independent nodes."""
+    sorter = graphlib.TopologicalSorter(depends_on)
+    sorter.prepare()  # raises CycleError
+    rank = {node: i for i, node in enumerate(depends_on)}
+    order: list[str] = []
+    ready: list[str] = []
+    while sorter.is_active():
+        ready = sorted([*ready, *sorter.get_ready()], key=rank.__getitem__)
+        node = ready.pop(0)
+        order.append(node)
+        sorter.done(node)
+    return tuple(order)
+
+
+def output_keys(node_class: type[Node]) -> set[str] | None:
+    keys = getattr(node_class, "output_keys", None)
+    return keys() if callable(keys) else None

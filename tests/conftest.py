@@ -1,0 +1,92 @@
+"""Fixtures: a fresh real database per test, on SQLite, DuckDB and PostgreSQL.
+
+PostgreSQL tests use the server named by DATAFLOW_TEST_POSTGRES_URL (``.ci/run``
+starts one). Without it they are skipped, unless DATAFLOW_REQUIRE_POSTGRES=1,
+in which case they fail: CI must never silently skip them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from dataflow_lab import DataFlow
+from dataflow_lab.nodes import registry
+
+PG_URL = os.environ.get("DATAFLOW_TEST_POSTGRES_URL")
+PG_URL2 = os.environ.get("DATAFLOW_TEST_POSTGRES_URL2")
+REQUIRE_PG = os.environ.get("DATAFLOW_REQUIRE_POSTGRES") == "1"
+BACKENDS = ("sqlite", "duckdb", "postgres")
+
+
+def reset_postgres(url: str) -> None:
+    """Drop everything in the public schema, so each test starts empty."""
+    import asyncpg
+
+    async def reset() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;")
+        finally:
+            await conn.close()
+
+    asyncio.run(reset())
+
+
+def postgres_url(which: str | None = None) -> str:
+    url = which or PG_URL
+    if not url:
+        if REQUIRE_PG:
+            pytest.fail("DATAFLOW_REQUIRE_POSTGRES=1 but DATAFLOW_TEST_POSTGRES_URL is not set")
+        pytest.skip("no PostgreSQL: set DATAFLOW_TEST_POSTGRES_URL (bash .ci/run does)")
+    reset_postgres(url)
+    return url
+
+
+def url_for(backend: str, tmp_path) -> str | None:
+    if backend == "sqlite":
+        return None  # the zero-config default: in-memory SQLite
+    if backend == "sqlite_file":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if backend == "duckdb":
+        return "duckdb:///:memory:"
+    if backend == "duckdb_file":
+        return f"duckdb:///{tmp_path / 'test.duckdb'}"
+    if backend == "postgres":
+        return postgres_url()
+    raise ValueError(backend)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def url(backend, tmp_path) -> str | None:
+    return url_for(backend, tmp_path)
+
+
+@pytest.fixture
+def db(url):
+    """A fresh DataFlow on each backend."""
+    dataflow = DataFlow(url)
+    yield dataflow
+    dataflow.close()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    return postgres_url()
+
+
+@pytest.fixture(autouse=True)
+def _reset_registries(monkeypatch):
+    """Each test starts with no live DataFlow and a development environment."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATAFLOW_ENV", raising=False)
+    yield
+    for dataflow in registry.live_dataflows():
+        dataflow.close()
