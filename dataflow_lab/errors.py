@@ -54,8 +54,8 @@ class NotFoundError(DataFlowError, LookupError):
         super().__init__(message, hint=hint)
 
 
-class WorkflowValidationError(DataFlowError):
-    """``build()`` found problems; ``problems`` lists every one of them."""
+class WorkflowValidationError(ValidationError):
+    """``build()`` found problems; ``problems`` lists every one of them (bad input, so a ValidationError)."""
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)

@@ -146,11 +146,15 @@ def _expr(mt: Any, doc: Mapping[str, Any]) -> Any:
 def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
     import sqlalchemy as sa
 
-    col = mt.table.c[name]
-    nullable = mt.model.by_name[name].nullable
+    field = mt.model.by_name[name]
+    nullable = field.nullable
+    raw_col = mt.table.c[name]
+    col = mt.dialect.comparable(raw_col, field.type.name)
 
     def bind(v: Any) -> Any:
-        return sa.bindparam(None, mt.to_db(name, v), type_=col.type)
+        return mt.dialect.comparable(
+            sa.bindparam(None, mt.to_db(name, v), type_=raw_col.type), field.type.name
+        )
 
     parts = []
     for op, value in cond.items():
@@ -177,11 +181,11 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
                 else sa.not_(inner)
             )
         elif op == "$like":
-            parts.append(col.like(sa.bindparam(None, value)))
+            parts.append(raw_col.like(sa.bindparam(None, value)))
         elif op == "$ilike":
-            parts.append(col.ilike(sa.bindparam(None, value)))
+            parts.append(raw_col.ilike(sa.bindparam(None, value)))
         elif op == "$regex":
-            parts.append(mt.dialect.regex(col, value))
+            parts.append(mt.dialect.regex(raw_col, value))
         elif op == "$exists":
             parts.append(col.is_not(None) if value else col.is_(None))
         elif op == "$null":
@@ -230,7 +234,10 @@ def normalize_order_by(model: ModelSchema, order_by: Any, *, node: str = "") -> 
 
 
 def order_clauses(mt: Any, order: list[tuple[str, bool]]) -> list[Any]:
-    clauses = [mt.table.c[name].desc() if desc else mt.table.c[name].asc() for name, desc in order]
+    clauses = []
+    for name, desc in order:
+        column = mt.dialect.comparable(mt.table.c[name], mt.model.by_name[name].type.name)
+        clauses.append(column.desc() if desc else column.asc())
     if not any(name == "id" for name, _ in order):
         clauses.append(mt.table.c.id.asc())  # a stable, documented default: id ascending
     return clauses

@@ -30,30 +30,34 @@ TRANSACTION_MODES = ("workflow", "node")
 
 
 class _Run(RunContext):
-    """One run: its id and the open transaction on each database it touched."""
+    """One run: its id and the connection it holds on each database it touched.
+
+    A transaction begins lazily, before the run's first write to a database:
+    reads before that are single statements on the same connection, so a
+    read-only run pays no BEGIN/COMMIT round trips.
+    """
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.now = dt.datetime.now(dt.UTC)
-        self._open: dict[int, tuple[DataFlow, DBConnection]] = {}
+        self.writing = False  # set by the runtime before each node runs
+        self._open: dict[int, list[Any]] = {}  # id(dataflow) -> [dataflow, connection, begun]
 
     async def connection(self, dataflow: DataFlow) -> DBConnection:
         entry = self._open.get(id(dataflow))
-        if entry is not None:
-            return entry[1]
-        dialect = await dataflow._opened()
-        conn = await dialect.acquire()
-        try:
-            await conn.begin()
-        except BaseException:
-            await dialect.release(conn)
-            raise
-        self._open[id(dataflow)] = (dataflow, conn)
-        return conn
+        if entry is None:
+            dialect = await dataflow._opened()
+            entry = self._open[id(dataflow)] = [dataflow, await dialect.acquire(), False]
+        if self.writing and not entry[2]:
+            await entry[1].begin()
+            entry[2] = True
+        return entry[1]
 
     async def commit(self) -> None:
         try:
-            for dataflow, conn in list(self._open.values()):
+            for dataflow, conn, begun in list(self._open.values()):
+                if not begun:
+                    continue
                 try:
                     await conn.commit()
                 except Exception as exc:
@@ -66,7 +70,9 @@ class _Run(RunContext):
 
     async def rollback(self) -> None:
         try:
-            for dataflow, conn in list(self._open.values()):
+            for dataflow, conn, begun in list(self._open.values()):
+                if not begun:
+                    continue
                 try:
                     await conn.rollback()
                 except Exception:  # the original error matters more; the pool discards broken connections
@@ -76,7 +82,7 @@ class _Run(RunContext):
 
     async def release(self) -> None:
         entries, self._open = list(self._open.values()), {}
-        for dataflow, conn in entries:
+        for dataflow, conn, _begun in entries:
             await dataflow._dialect.release(conn)
 
 
@@ -170,6 +176,7 @@ class LocalRuntime:
                 params = cls.check(params, node_id=node_id)
             else:
                 params = cls.complete(spec.checked, node_id=node_id)
+            run.writing = cls.writes
             return await cls(node_id, params).run(run)
         except NodeExecutionError:
             raise

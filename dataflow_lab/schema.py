@@ -36,7 +36,7 @@ class ModelTable:
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
         self._to_db = {f.name: self._writer(f) for f in model.fields}
-        self._readers = [(i, r) for i, f in enumerate(model.fields) if (r := self._reader(f)) is not None]
+        self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
         self._sql: dict[Any, tuple[str, tuple[str, ...]]] = {}
 
     def template(self, key: Any, build: Any) -> tuple[str, tuple[str, ...]]:
@@ -87,16 +87,7 @@ class ModelTable:
 
     def rows(self, raw_rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
         """Driver rows (in column order) -> dicts of Python values."""
-        names, readers = self.columns, self._readers
-        out = []
-        for raw in raw_rows:
-            values = list(raw)
-            for i, read in readers:
-                v = values[i]
-                if v is not None:
-                    values[i] = read(v)
-            out.append(dict(zip(names, values, strict=True)))
-        return out
+        return list(map(self._row_dict, raw_rows))
 
     def new_row(self, values: Mapping[str, Any], *, now: dt.datetime) -> dict[str, Any]:
         """A complete row for INSERT: defaults filled, timestamps set."""
@@ -171,6 +162,26 @@ class ModelTable:
                     sa.update(self.table).values({f.name: self.to_db(f.name, f.default)})
                 )
                 await conn.execute(sql, params)
+
+
+def _row_builder(fields: Sequence[Field], readers: Sequence[Any]) -> Any:
+    """A function row -> dict for these fields, generated once per table.
+
+    This is the hot path of every read (a List of 1,000 rows calls it 1,000
+    times), so instead of looping over columns per row, it is one dict display:
+    ``lambda r: {"id": r[0], "active": _r4(r[4]) if r[4] is not None else None, ...}``.
+    Field names are validated identifiers, so the generated source is safe.
+    """
+    namespace: dict[str, Any] = {}
+    items = []
+    for i, (f, read) in enumerate(zip(fields, readers, strict=True)):
+        if read is None:
+            items.append(f"{f.name!r}: r[{i}]")
+        else:
+            namespace[f"_r{i}"] = read
+            guard = "" if (not f.nullable and f.generated) else f" if r[{i}] is not None else None"
+            items.append(f"{f.name!r}: _r{i}(r[{i}]){guard}")
+    return eval(f"lambda r: {{{', '.join(items)}}}", namespace)  # noqa: S307 - built from identifiers only
 
 
 def _fresh(default: Any) -> Any:

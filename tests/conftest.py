@@ -21,14 +21,17 @@ REQUIRE_PG = os.environ.get("DATAFLOW_REQUIRE_POSTGRES") == "1"
 BACKENDS = ("sqlite", "duckdb", "postgres")
 
 
-def reset_postgres(url: str) -> None:
-    """Drop everything in the public schema, so each test starts empty."""
+SCHEMA = f"test_{os.getpid()}"  # one schema per test process, so parallel runs never collide
+
+
+def reset_postgres(url: str, schema: str = SCHEMA) -> None:
+    """Drop and recreate this process's schema, so each test starts empty."""
     import asyncpg
 
     async def reset() -> None:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;")
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; CREATE SCHEMA "{schema}";')
         finally:
             await conn.close()
 
@@ -36,13 +39,14 @@ def reset_postgres(url: str) -> None:
 
 
 def postgres_url(which: str | None = None) -> str:
+    """A PostgreSQL URL whose tables live in an empty schema of this test process."""
     url = which or PG_URL
     if not url:
         if REQUIRE_PG:
             pytest.fail("DATAFLOW_REQUIRE_POSTGRES=1 but DATAFLOW_TEST_POSTGRES_URL is not set")
         pytest.skip("no PostgreSQL: set DATAFLOW_TEST_POSTGRES_URL (bash .ci/run does)")
     reset_postgres(url)
-    return url
+    return f"{url}{'&' if '?' in url else '?'}schema={SCHEMA}"
 
 
 def url_for(backend: str, tmp_path) -> str | None:

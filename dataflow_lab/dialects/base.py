@@ -84,6 +84,14 @@ class Dialect:
         """DDL that must run before CREATE TABLE (sequences, say)."""
         return []
 
+    def sync_id_sequence_sql(self, table: sa.Table) -> str | None:
+        """SQL that moves the id sequence past ids a caller inserted explicitly (None: not needed)."""
+        return None
+
+    def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
+        """How to compare and sort a stored value of this logical type (identity by default)."""
+        return expr
+
     def regex(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
         return column.regexp_match(pattern)
 

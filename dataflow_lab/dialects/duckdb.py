@@ -29,7 +29,8 @@ def _enum_text(member: Any) -> str:
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC)
+    # Sessions run with TimeZone='UTC', so only the tzinfo object differs.
+    return value.replace(tzinfo=dt.UTC)
 
 
 class DuckDBConnection(Connection):
@@ -159,6 +160,10 @@ class DuckDBDialect(Dialect):
         if isinstance(table.c.id.type, sa.BigInteger):
             return [f'CREATE SEQUENCE IF NOT EXISTS "{table.name}_id_seq" START 1']
         return []
+
+    def sync_id_sequence_sql(self, table: sa.Table) -> str | None:
+        seq = f"'{table.name}_id_seq'"
+        return f'SELECT setval({seq}, GREATEST(COALESCE((SELECT MAX(id) FROM "{table.name}"), 0), nextval({seq})))'
 
     def insert(self, table: sa.Table) -> Any:
         from sqlalchemy.dialects.postgresql import insert

@@ -7,6 +7,7 @@ Facts:
   insert an explicit id.
 - ``statement_timeout`` is set per connection so nothing hangs forever.
 - Upsert is ``INSERT ... ON CONFLICT``.
+- ``?schema=name`` in the URL sets the connection's search_path.
 """
 
 from __future__ import annotations
@@ -90,11 +91,14 @@ class PostgresDialect(PooledDialect):
         return dialect()
 
     def engine_url(self) -> str:
-        url = sa.engine.make_url(self.url)
+        url = sa.engine.make_url(self.url).difference_update_query(["schema"])
         return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
     def engine_options(self) -> dict[str, Any]:
         settings = {}
+        schema = sa.engine.make_url(self.url).query.get("schema")
+        if schema:  # postgresql://.../db?schema=name puts the tables in that schema
+            settings["search_path"] = schema if isinstance(schema, str) else schema[-1]
         if self.config.statement_timeout:
             settings["statement_timeout"] = str(int(self.config.statement_timeout * 1000))
         return dict(
@@ -113,6 +117,10 @@ class PostgresDialect(PooledDialect):
         if logical == "integer":
             return sa.Column("id", sa.BigInteger, sa.Identity(start=1), primary_key=True)
         return sa.Column("id", sa.Text, primary_key=True)
+
+    def sync_id_sequence_sql(self, table: sa.Table) -> str | None:
+        seq = f"pg_get_serial_sequence('\"{table.name}\"', 'id')"
+        return f'SELECT setval({seq}, GREATEST(COALESCE((SELECT MAX(id) FROM "{table.name}"), 0), nextval({seq})))'
 
     def insert(self, table: sa.Table) -> Any:
         from sqlalchemy.dialects.postgresql import insert

@@ -8,6 +8,8 @@ Facts:
 - SQLite has one writer at a time, so this dialect serializes transactions.
 - The zero-config database is in memory, on one connection that every
   workflow of the DataFlow shares (StaticPool); two DataFlows never share it.
+- Decimals are compared and sorted as REAL (exact to ~15 digits), stored as TEXT.
+- ``case_sensitive_like`` is on, so $like matches case like the other databases.
 - The driver runs in autocommit mode and dataflow_lab issues BEGIN itself, so
   DDL and reads are inside the transaction too.
 """
@@ -140,6 +142,9 @@ class SQLiteDialect(PooledDialect):
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(
+                "PRAGMA case_sensitive_like=ON"
+            )  # $like is case-sensitive everywhere; $ilike is not
             if file_backed:
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
@@ -153,6 +158,11 @@ class SQLiteDialect(PooledDialect):
 
     def table_kwargs(self) -> dict[str, Any]:
         return {"sqlite_autoincrement": True, "sqlite_strict": sqlite3.sqlite_version_info >= (3, 37)}
+
+    def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
+        # Decimals are stored as exact TEXT; compare and sort them as numbers
+        # (REAL: exact to about 15 significant digits).
+        return sa.cast(expr, sa.REAL) if logical == "decimal" else expr
 
     def insert(self, table: sa.Table) -> Any:
         from sqlalchemy.dialects.sqlite import insert

@@ -267,6 +267,13 @@ class BulkUpsert(_BulkRows):
             await mt.dialect.bulk_upsert(
                 conn, mt.table, columns, rows[start : start + size], conflict_on, update_columns
             )
+        sync = (
+            mt.dialect.sync_id_sequence_sql(mt.table)
+            if "id" in columns and not self.model.id_field.required
+            else None
+        )
+        if sync and len(rows) > existing:
+            await conn.fetch(sync)
         return {"inserted": len(rows) - existing, "updated": existing}
 
     def _update_columns(self, columns: tuple[str, ...], conflict_on: list[str]) -> list[str]:

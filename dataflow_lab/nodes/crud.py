@@ -17,6 +17,7 @@ from .. import filters
 from ..errors import NotFoundError, ValidationError
 from ..model import ModelSchema
 from ..schema import ModelTable
+from ..types import LOGICAL_TYPES
 from .base import Node, Param, RunContext
 
 __all__ = ["CRUD_OPERATIONS", "ModelNode", "Records"]
@@ -449,9 +450,13 @@ def _non_negative(name: str, *, allow_none: bool = False) -> Any:
     def check(value: Any) -> Any:
         if value is None and allow_none:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        try:
+            number = LOGICAL_TYPES[int].check(value)
+        except TypeError:
+            number = -1
+        if number < 0:
             raise ValidationError(f"parameter '{name}' must be a non-negative int, got {value!r}.")
-        return value
+        return number
 
     return check
 
