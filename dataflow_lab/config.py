@@ -97,20 +97,27 @@ class DataFlowConfig:
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
 
 
+_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
+
+
 def redact_url(url: object) -> str:
-    """Replace the password part of a URL with ***."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(url))
+    """Replace the password of a URL (user:pw@host, or ?password=pw) with ***."""
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(url))
+    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", text)
 
 
-def password_of(url: str) -> str | None:
-    match = _PASSWORD_IN_URL.search(url)
-    return match["pw"] if match and match["pw"] else None
+def passwords_of(url: str) -> list[str]:
+    found = [m["pw"] for pattern in (_PASSWORD_IN_URL, _PASSWORD_IN_QUERY) for m in pattern.finditer(url)]
+    return [pw for pw in found if pw]
 
 
 def scrub(text: str, url: str) -> str:
     """Remove a URL's password from any text (error messages from drivers)."""
-    password = password_of(url)
     text = redact_url(text)
-    if password:
+    for password in passwords_of(url):
         text = text.replace(password, "***")
+        if "%" in password:
+            from urllib.parse import unquote
+
+            text = text.replace(unquote(password), "***")
     return text

@@ -85,6 +85,10 @@ class ModelTable:
         convert = self._to_db[name]
         return convert(value) if convert is not None else value
 
+    def db_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A dict of Python values -> driver values."""
+        return {k: self.to_db(k, v) for k, v in values.items()}
+
     def rows(self, raw_rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
         """Driver rows (in column order) -> dicts of Python values."""
         return list(map(self._row_dict, raw_rows))

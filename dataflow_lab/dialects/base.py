@@ -26,8 +26,16 @@ log = logging.getLogger("dataflow_lab.sql")
 Converter = Callable[[Any], Any] | None
 
 
+def echo_sql(sql: str, params: Sequence[Any] | None = None) -> None:
+    """Log a statement on 'dataflow_lab.sql' (the ``echo`` setting; on in development)."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s  -- %r", sql.strip(), list(params) if params is not None else "executemany")
+
+
 class Connection:
     """One raw driver connection, as the runtime sees it."""
+
+    echo = False  # set per connection from the DataFlow's ``echo`` setting
 
     async def begin(self) -> None: ...
     async def commit(self) -> None: ...
@@ -190,6 +198,7 @@ class PooledDialect(Dialect):
             try:
                 fairy = await async_conn.get_raw_connection()
                 conn = self.wrap(fairy.driver_connection)
+                conn.echo = self.config.echo
             except BaseException:
                 await async_conn.close()
                 raise

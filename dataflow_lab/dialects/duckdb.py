@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, Dialect
+from .base import Connection, Dialect, echo_sql
 
 
 def _enum_text(member: Any) -> str:
@@ -57,9 +57,14 @@ class DuckDBConnection(Connection):
         await self._run(rollback)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self.echo:
+            echo_sql(sql, params)
         return await self._run(lambda: self.dialect.con.execute(sql, list(params)).fetchall())
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self.echo:
+            echo_sql(sql, params)
+
         def run() -> int:
             result = self.dialect.con.execute(sql, list(params)).fetchall()
             return (
@@ -69,6 +74,8 @@ class DuckDBConnection(Connection):
         return await self._run(run)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.echo:
+            echo_sql(sql, None)
         await self._run(lambda: self.dialect.con.executemany(sql, [list(r) for r in rows]))
 
 
@@ -132,7 +139,9 @@ class DuckDBDialect(Dialect):
         if self._lock is None:
             self._lock = asyncio.Lock()
         await self._lock.acquire()
-        return DuckDBConnection(self)
+        conn = DuckDBConnection(self)
+        conn.echo = self.config.echo
+        return conn
 
     async def release(self, conn: Connection) -> None:
         self._lock.release()

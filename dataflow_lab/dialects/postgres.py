@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect
+from .base import Connection, PooledDialect, echo_sql
 
 
 class PostgresConnection(Connection):
@@ -43,14 +43,20 @@ class PostgresConnection(Connection):
             await tx.rollback()
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self.echo:
+            echo_sql(sql, params)
         return await self.raw.fetch(sql, *params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self.echo:
+            echo_sql(sql, params)
         status = await self.raw.execute(sql, *params)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else -1
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.echo:
+            echo_sql(sql, None)
         await self.raw.executemany(sql, rows)
 
 

@@ -16,7 +16,7 @@ from .. import filters
 from ..errors import ValidationError, did_you_mean
 from ..model import ModelSchema
 from .base import Param, RunContext
-from .crud import ModelNode, check_conflict_on
+from .model_node import ModelNode, check_conflict_on
 
 __all__ = ["BULK_OPERATIONS"]
 
@@ -116,6 +116,11 @@ class BulkCreate(_BulkRows):
             ),
         )
 
+    def statements(self) -> list[Any]:
+        """One INSERT, run for every row (the dialect may use a faster path)."""
+        columns = [f.name for f in self.model.fields if not f.generated or f.name != "id"]
+        return [sa.insert(self.mt.table).values({c: sa.bindparam(c) for c in columns})]
+
     async def run(self, ctx: RunContext) -> dict[str, int]:
         columns, rows = self.prepared_rows(with_id=self.model.id_field.type.name == "text")
         if rows:
@@ -162,15 +167,19 @@ class BulkUpdate(_FilterWrite):
             Param("confirmed", bool, default=False, description="required with an empty filter"),
         )
 
-    async def run(self, ctx: RunContext) -> dict[str, int]:
+    def statements(self) -> list[Any]:
+        return [self._statement()]
+
+    def _statement(self) -> Any:
         mt = self.mt
         values = {**self.params["fields"], "updated_at": self.now()}
         stmt = sa.update(mt.table).values({k: mt.to_db(k, v) for k, v in values.items()})
         where = self.where_clause()
-        if where is not None:
-            stmt = stmt.where(where)
+        return stmt if where is None else stmt.where(where)
+
+    async def run(self, ctx: RunContext) -> dict[str, int]:
         conn = await ctx.connection(self.dataflow)
-        return {"updated": await conn.execute(*mt.dialect.compile(stmt))}
+        return {"updated": await conn.execute(*self.mt.dialect.compile(self._statement()))}
 
 
 class BulkDelete(_FilterWrite):
@@ -187,14 +196,17 @@ class BulkDelete(_FilterWrite):
             Param("confirmed", bool, default=False, description="required with an empty filter"),
         )
 
-    async def run(self, ctx: RunContext) -> dict[str, int]:
-        mt = self.mt
-        stmt = sa.delete(mt.table)
+    def statements(self) -> list[Any]:
+        return [self._statement()]
+
+    def _statement(self) -> Any:
         where = self.where_clause()
-        if where is not None:
-            stmt = stmt.where(where)
+        stmt = sa.delete(self.mt.table)
+        return stmt if where is None else stmt.where(where)
+
+    async def run(self, ctx: RunContext) -> dict[str, int]:
         conn = await ctx.connection(self.dataflow)
-        return {"deleted": await conn.execute(*mt.dialect.compile(stmt))}
+        return {"deleted": await conn.execute(*self.mt.dialect.compile(self._statement()))}
 
 
 class BulkUpsert(_BulkRows):
@@ -236,6 +248,13 @@ class BulkUpsert(_BulkRows):
                 check=_batch_check,
             ),
         )
+
+    def statements(self) -> list[Any]:
+        """One INSERT ... ON CONFLICT DO UPDATE, run for every row."""
+        columns = [f.name for f in self.model.fields]
+        conflict_on = self.params["conflict_on"]
+        update = self._update_columns(tuple(columns), conflict_on)
+        return [self.mt.dialect.upsert_statement(self.mt.table, columns, conflict_on, update)]
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
         mt, conflict_on = self.mt, self.params["conflict_on"]
