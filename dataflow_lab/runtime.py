@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _loop
 from .errors import DataFlowError, NodeExecutionError, TransactionError, ValidationError, did_you_mean
+from .hooks import Hooks, _Fanout
 from .nodes.base import RunContext
 from .workflow import Connection, Workflow, WorkflowBuilder
 
@@ -37,10 +39,12 @@ class _Run(RunContext):
     read-only run pays no BEGIN/COMMIT round trips.
     """
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, hooks: _Fanout):
         self.run_id = run_id
+        self.hooks = hooks
         self.now = dt.datetime.now(dt.UTC)
         self.writing = False  # set by the runtime before each node runs
+        self.node_id = ""  # the node running now
         self._open: dict[int, list[Any]] = {}  # id(dataflow) -> [dataflow, connection, begun]
 
     async def connection(self, dataflow: DataFlow) -> DBConnection:
@@ -51,7 +55,19 @@ class _Run(RunContext):
         if self.writing and not entry[2]:
             await entry[1].begin()
             entry[2] = True
+            self._transaction(dataflow, "begin")
         return entry[1]
+
+    def _transaction(self, dataflow: DataFlow, event: str) -> None:
+        if self.hooks.wants("transaction"):
+            self.hooks.emit(
+                "transaction", run_id=self.run_id, dataflow=dataflow, event=event, node_id=self.node_id
+            )
+
+    def progress(self, done: int, total: int | None) -> None:
+        """Report bulk progress of the running node (rows done, of total if known)."""
+        if self.hooks.wants("progress"):
+            self.hooks.emit("progress", run_id=self.run_id, node_id=self.node_id, done=done, total=total)
 
     async def commit(self) -> None:
         try:
@@ -60,6 +76,7 @@ class _Run(RunContext):
                     continue
                 try:
                     await conn.commit()
+                    self._transaction(dataflow, "commit")
                 except Exception as exc:
                     raise TransactionError(
                         f"Commit failed on {dataflow!r}: {dataflow._dialect.scrub(str(exc))}",
@@ -75,6 +92,7 @@ class _Run(RunContext):
                     continue
                 try:
                     await conn.rollback()
+                    self._transaction(dataflow, "rollback")
                 except Exception:  # the original error matters more; the pool discards broken connections
                     log.warning("rollback failed on %r", dataflow, exc_info=True)
         finally:
@@ -89,7 +107,9 @@ class _Run(RunContext):
 class LocalRuntime:
     """Runs workflows. ``execute`` blocks; ``execute_async`` awaits. Both return (results, run_id)."""
 
-    def __init__(self, *, transaction: str = "workflow"):
+    def __init__(self, *, transaction: str = "workflow", hooks: Any = ()):
+        self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
+        self._emit = _Fanout(self.hooks)
         if transaction not in TRANSACTION_MODES:
             raise ValidationError(
                 f"Unknown transaction mode '{transaction}'.{did_you_mean(transaction, TRANSACTION_MODES)}",
@@ -140,11 +160,16 @@ class LocalRuntime:
     async def _execute(
         self, workflow: Workflow, overrides: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], str]:
-        run = _Run(str(uuid.uuid4()))
-        for dataflow, table in workflow.models():
-            await dataflow._ensure_table(table)
+        run = _Run(str(uuid.uuid4()), self._emit)
+        emit = self._emit
+        started = time.perf_counter()
         results: dict[str, Any] = {}
+        error: BaseException | None = None
+        if emit.wants("before_workflow"):
+            emit.emit("before_workflow", run_id=run.run_id, workflow=workflow, runtime=self)
         try:
+            for dataflow, table in workflow.models():
+                await dataflow._ensure_table(table)
             for node_id in workflow.order:
                 results[node_id] = await self._run_node(
                     run, workflow, node_id, results, overrides.get(node_id)
@@ -152,9 +177,20 @@ class LocalRuntime:
                 if self.transaction == "node":
                     await run.commit()
             await run.commit()
-        except BaseException:
+        except BaseException as exc:
+            error = exc
             await run.rollback()
             raise
+        finally:
+            if emit.wants("after_workflow"):
+                emit.emit(
+                    "after_workflow",
+                    run_id=run.run_id,
+                    workflow=workflow,
+                    results=results,
+                    error=error,
+                    duration=time.perf_counter() - started,
+                )
         return results, run.run_id
 
     async def _run_node(
@@ -167,8 +203,50 @@ class LocalRuntime:
     ) -> Any:
         spec = workflow.nodes[node_id]
         cls = spec.node_class
+        emit = self._emit
+        run.node_id = node_id
+        if emit.wants("before_node"):
+            emit.emit(
+                "before_node",
+                run_id=run.run_id,
+                node_id=node_id,
+                node_type=cls.type_name,
+                params=dict(spec.params),
+                node_class=cls,
+            )
+        started = time.perf_counter()
+        result: Any = None
+        error: BaseException | None = None
         try:
-            incoming = workflow.inputs.get(node_id, ())
+            result = await self._call_node(run, spec, workflow.inputs.get(node_id, ()), results, override)
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if emit.wants("after_node"):
+                emit.emit(
+                    "after_node",
+                    run_id=run.run_id,
+                    node_id=node_id,
+                    node_type=cls.type_name,
+                    result=result,
+                    error=error,
+                    duration=time.perf_counter() - started,
+                    rows=rows_of(result),
+                    node_class=cls,
+                )
+
+    async def _call_node(
+        self,
+        run: _Run,
+        spec: Any,
+        incoming: tuple[Connection, ...],
+        results: dict[str, Any],
+        override: dict[str, Any] | None,
+    ) -> Any:
+        node_id, cls = spec.node_id, spec.node_class
+        try:
             if incoming or override:
                 params = {**spec.params, **(override or {})}
                 for c in incoming:
@@ -191,6 +269,25 @@ class LocalRuntime:
 
 class AsyncLocalRuntime(LocalRuntime):
     """LocalRuntime for async code: ``await runtime.execute_async(workflow)``."""
+
+
+def rows_of(result: Any) -> int | None:
+    """How many rows a node's output stands for (None when it is not a database result)."""
+    if result is None:
+        return 0
+    if isinstance(result, dict):
+        if "records" in result:
+            return len(result["records"])
+        counts = [result[k] for k in ("inserted", "updated", "deleted") if isinstance(result.get(k), int)]
+        if counts:
+            return sum(counts)
+        if "deleted" in result:
+            return int(bool(result["deleted"]))
+        if "record" in result or "id" in result:
+            return 1
+        if isinstance(result.get("count"), int):
+            return 1
+    return None
 
 
 def _follow(value: Any, c: Connection) -> Any:

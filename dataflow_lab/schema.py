@@ -111,7 +111,7 @@ class ModelTable:
     async def ensure(self, conn: Connection, *, auto_migrate: bool) -> None:
         """Create the table if missing; add new columns when allowed."""
         d = self.dialect
-        existing = await self._existing_columns(conn)
+        existing = await d.live_columns(conn, self.table.name)
         if not existing:
             for sql in d.before_create(self.table):
                 await conn.execute(sql)
@@ -120,7 +120,19 @@ class ModelTable:
                 await conn.execute(d.ddl(CreateIndex(index, if_not_exists=True)))
             return
         missing = [f for f in self.model.fields if f.name not in existing]
-        extra = sorted(existing - set(self.columns))
+        extra = sorted(set(existing) - set(self.columns))
+        retyped = [
+            f"{name} ({existing[name]} in the table, {d.declared_type(self.table.c[name])} in the model)"
+            for name in self.columns
+            if name in existing and existing[name] != d.declared_type(self.table.c[name])
+        ]
+        if retyped:
+            raise MigrationError(
+                f"Model '{self.model.name}' gives column(s) of table '{self.table.name}' a different type: "
+                f"{'; '.join(retyped)}.",
+                hint="change the field's type back, or migrate the table explicitly; dataflow_lab never "
+                "retypes columns by itself.",
+            )
         if extra:
             raise MigrationError(
                 f"Table '{self.table.name}' has column(s) {', '.join(extra)} that model "
@@ -129,19 +141,6 @@ class ModelTable:
             )
         if missing:
             await self._add_columns(conn, missing, auto_migrate=auto_migrate)
-
-    async def _existing_columns(self, conn: Connection) -> set[str]:
-        if self.dialect.name == "sqlite":
-            rows = await conn.fetch("SELECT name FROM pragma_table_info(?)", (self.table.name,))
-        else:
-            sql, params = self.dialect.compile(
-                sa.select(sa.column("column_name"))
-                .select_from(sa.table("columns", schema="information_schema"))
-                .where(sa.column("table_name") == self.table.name)
-                .where(sa.column("table_schema") == sa.func.current_schema())
-            )
-            rows = await conn.fetch(sql, params)
-        return {r[0] for r in rows}
 
     async def _add_columns(self, conn: Connection, fields: list[Field], *, auto_migrate: bool) -> None:
         names = ", ".join(f.name for f in fields)

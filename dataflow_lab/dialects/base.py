@@ -32,6 +32,21 @@ def echo_sql(sql: str, params: Sequence[Any] | None = None) -> None:
         log.info("%s  -- %r", sql.strip(), list(params) if params is not None else "executemany")
 
 
+_TYPE_SYNONYMS = {
+    "TEXT": "VARCHAR", "CHARACTERVARYING": "VARCHAR", "DOUBLEPRECISION": "DOUBLE", "FLOAT8": "DOUBLE",
+    "BYTEA": "BLOB", "NUMERIC": "DECIMAL", "INT8": "BIGINT", "TIMESTAMPTZ": "TIMESTAMPWITHTIMEZONE",
+    "BOOL": "BOOLEAN",
+}  # fmt: skip
+
+
+def normalize_type(name: str) -> str:
+    """'double precision' and 'DOUBLE', 'TEXT' and 'VARCHAR'... -> one spelling, for schema diffs."""
+    compact = "".join(str(name).upper().split())
+    base, _, args = compact.partition("(")
+    base = _TYPE_SYNONYMS.get(base, base)
+    return f"{base}({args}" if args else base
+
+
 class Connection:
     """One raw driver connection, as the runtime sees it."""
 
@@ -91,6 +106,20 @@ class Dialect:
     def before_create(self, table: sa.Table) -> list[str]:
         """DDL that must run before CREATE TABLE (sequences, say)."""
         return []
+
+    async def live_columns(self, conn: Connection, table_name: str) -> dict[str, str]:
+        """The table's columns as they exist in the database: name -> normalized type."""
+        sql, params = self.compile(
+            sa.select(sa.column("column_name"), sa.column("data_type"))
+            .select_from(sa.table("columns", schema="information_schema"))
+            .where(sa.column("table_name") == table_name)
+            .where(sa.column("table_schema") == sa.func.current_schema())
+        )
+        return {name: normalize_type(kind) for name, kind in await conn.fetch(sql, params)}
+
+    def declared_type(self, column: sa.Column) -> str:
+        """The normalized type name this dialect declares for a column."""
+        return normalize_type(column.type.compile(dialect=self.sa_dialect))
 
     def sync_id_sequence_sql(self, table: sa.Table) -> str | None:
         """SQL that moves the id sequence past ids a caller inserted explicitly (None: not needed)."""

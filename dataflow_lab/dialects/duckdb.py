@@ -33,6 +33,18 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC)
 
 
+_KEYWORDS: set[str] = set()
+
+
+def _duckdb_keywords() -> set[str]:
+    if not _KEYWORDS:
+        import duckdb
+
+        rows = duckdb.sql("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'")
+        _KEYWORDS.update(r[0].lower() for r in rows.fetchall())
+    return _KEYWORDS
+
+
 class DuckDBConnection(Connection):
     def __init__(self, dialect: DuckDBDialect):
         self.dialect = dialect
@@ -114,7 +126,11 @@ class DuckDBDialect(Dialect):
             raise DataFlowError(
                 "DuckDB support needs the duckdb extra.", hint="pip install 'dataflow-lab[duckdb]'"
             ) from exc
-        return duckdb_engine.Dialect(paramstyle="qmark")
+        dialect = duckdb_engine.Dialect(paramstyle="qmark")
+        # duckdb-engine quotes PostgreSQL's reserved words; DuckDB reserves more (e.g. "at").
+        preparer = dialect.identifier_preparer
+        preparer.reserved_words = set(preparer.reserved_words) | _duckdb_keywords()
+        return dialect
 
     @property
     def path(self) -> str:

@@ -7,6 +7,7 @@ when the caller scopes the lookup.
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,13 @@ def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
 def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
     scopes = [dataflow] if dataflow is not None else live_dataflows()
     found = [(db, db.nodes[name]) for db in scopes if name in db.nodes]
+    if len(found) > 1 and dataflow is None:
+        # A notebook cell re-run leaves the old DataFlow unreferenced but alive until the
+        # garbage collector breaks its reference cycles (its node classes point back at it).
+        refs = [weakref.ref(db) for db, _ in found]
+        del found, scopes
+        gc.collect()
+        found = [(db, db.nodes[name]) for ref in refs if (db := ref()) is not None and db in _LIVE]
     if len(found) == 1:
         return found[0][1]
     if len(found) > 1:

@@ -1,0 +1,118 @@
+"""Hooks: the one link from the runtime to metrics, progress bars and widgets.
+
+A subscriber is any object with some of these methods; each takes keyword-only
+arguments and must accept ``**future`` so that new fields never break it::
+
+    before_workflow(*, run_id, workflow, runtime, **future)
+    after_workflow(*, run_id, workflow, results, error, duration, **future)
+    before_node(*, run_id, node_id, node_type, params, **future)
+    after_node(*, run_id, node_id, node_type, result, error, duration, rows, **future)   # always runs
+    transaction(*, run_id, dataflow, event, **future)    # event: "begin" | "commit" | "rollback"
+    progress(*, run_id, node_id, done, total, **future)  # bulk chunks
+    retry(*, run_id, node_id, attempt, error, delay, **future)
+    compensation(*, run_id, node_id, status, error, **future)
+
+Hooks run on the runtime's loop thread, in the order subscribed. They must be
+quick (a widget throttles itself); an exception in a subscriber is logged and
+never breaks a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["EVENTS", "Hooks", "global_hooks", "subscribe", "unsubscribe"]
+
+log = logging.getLogger("dataflow_lab.hooks")
+
+EVENTS = (
+    "before_workflow", "after_workflow", "before_node", "after_node",
+    "transaction", "progress", "retry", "compensation",
+)  # fmt: skip
+
+
+class Hooks:
+    """An ordered set of subscribers, and the calls that reach them."""
+
+    def __init__(self, subscribers: Iterable[Any] = ()):
+        self._lock = threading.Lock()
+        self._subscribers: tuple[Any, ...] = ()
+        self._by_event: dict[str, tuple[Any, ...]] = {e: () for e in EVENTS}
+        for subscriber in subscribers:
+            self.subscribe(subscriber)
+
+    def subscribe(self, subscriber: Any) -> Any:
+        """Add a subscriber (returned, so this works as a decorator for classes' instances)."""
+        if not any(callable(getattr(subscriber, e, None)) for e in EVENTS):
+            from .errors import ValidationError
+
+            raise ValidationError(
+                f"{subscriber!r} has none of the hook methods.",
+                hint=f"define one or more of: {', '.join(EVENTS)}.",
+            )
+        with self._lock:
+            if subscriber not in self._subscribers:
+                self._subscribers = (*self._subscribers, subscriber)
+                self._reindex()
+        return subscriber
+
+    def unsubscribe(self, subscriber: Any) -> None:
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+            self._reindex()
+
+    def _reindex(self) -> None:
+        self._by_event = {
+            e: tuple(getattr(s, e) for s in self._subscribers if callable(getattr(s, e, None)))
+            for e in EVENTS
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def wants(self, event: str) -> bool:
+        return bool(self._by_event[event])
+
+    def emit(self, hook: str, /, **fields: Any) -> None:
+        """Call every subscriber's ``hook`` method; log (never raise) their errors."""
+        for method in self._by_event[hook]:
+            try:
+                method(**fields)
+            except Exception:
+                log.exception("hook %s of %r failed", hook, getattr(method, "__self__", method))
+
+
+global_hooks = Hooks()
+
+
+def subscribe(subscriber: Any) -> Any:
+    """Subscribe to every runtime's events."""
+    return global_hooks.subscribe(subscriber)
+
+
+def unsubscribe(subscriber: Any) -> None:
+    global_hooks.unsubscribe(subscriber)
+
+
+class _Fanout:
+    """The runtime's own hooks followed by the global ones."""
+
+    __slots__ = ("local",)
+
+    def __init__(self, local: Hooks):
+        self.local = local
+
+    def wants(self, event: str) -> bool:
+        return self.local.wants(event) or global_hooks.wants(event)
+
+    def emit(self, hook: str, /, **fields: Any) -> None:
+        if self.local._by_event[hook]:
+            self.local.emit(hook, **fields)
+        if global_hooks._by_event[hook]:
+            global_hooks.emit(hook, **fields)
