@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,33 @@ def python_node(fn: Callable[..., Any]) -> type[Node]:
         return _node_class.__wrapped__(fn)
 
 
+def _in_daemon_thread(fn: Callable[..., Any], params: dict[str, Any]) -> asyncio.Future:
+    """Run a sync callable off the loop, on a daemon thread.
+
+    Not asyncio.to_thread: its pool's threads are joined at interpreter exit, so a
+    Ctrl-C during a slow callable would keep the process alive until it returned.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def work() -> None:
+        try:
+            outcome = (True, fn(**params))
+        except BaseException as exc:  # delivered to the awaiting node
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: the process is exiting
+            pass
+
+    threading.Thread(target=work, name=f"dataflow-node-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return future
+
+
 class PythonNode(Node):
     operation = "python"
     fn: Callable[..., Any]
@@ -78,7 +106,7 @@ class PythonNode(Node):
     async def run(self, ctx: RunContext) -> Any:
         if inspect.iscoroutinefunction(self.fn):
             return await self.fn(**self.params)
-        result = await asyncio.to_thread(self.fn, **self.params)
+        result = await _in_daemon_thread(self.fn, self.params)
         if inspect.isawaitable(result):
             result = await result
         return result
