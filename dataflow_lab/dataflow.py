@@ -170,6 +170,13 @@ class DataFlow:
                 except BaseException:
                     await conn.rollback()
                     raise
+            except DataFlowError:
+                raise
+            except Exception as exc:
+                raise DataFlowError(
+                    f"Could not prepare table '{table.model.table_name}' on {self!r}: {dialect.scrub(str(exc))}",
+                    hint="check that the database is reachable and writable; the run changed nothing.",
+                ) from exc
             finally:
                 await dialect.release(conn)
             self._ready = {k for k in self._ready if k[0] != key[0]} | {key}

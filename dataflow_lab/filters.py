@@ -169,9 +169,9 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
             compare = {"$gt": col.__gt__, "$gte": col.__ge__, "$lt": col.__lt__, "$lte": col.__le__}[op]
             parts.append(compare(bind(value)))
         elif op == "$in":
-            parts.append(_in(col, bind, value))
+            parts.append(_in(mt, name, col, bind, value))
         elif op == "$nin":
-            inner = _in(col, bind, value)
+            inner = _in(mt, name, col, bind, value)
             has_null = any(v is None for v in value)
             parts.append(
                 sa.and_(sa.not_(inner), col.is_not(None))
@@ -195,11 +195,17 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
     return parts[0] if len(parts) == 1 else sa.and_(*parts)
 
 
-def _in(col: Any, bind: Any, values: list[Any]) -> Any:
+LONG_IN = 500  # longer $in lists travel as one array parameter (no bind-limit trouble)
+
+
+def _in(mt: Any, name: str, col: Any, bind: Any, values: list[Any]) -> Any:
     import sqlalchemy as sa
 
     present = [v for v in values if v is not None]
-    clause = col.in_([bind(v) for v in present]) if present else sa.false()
+    if len(present) > LONG_IN and col is mt.table.c[name]:
+        clause = mt.dialect.in_array(col, [mt.to_db(name, v) for v in present])
+    else:
+        clause = col.in_([bind(v) for v in present]) if present else sa.false()
     return sa.or_(clause, col.is_(None)) if len(present) < len(values) else clause
 
 

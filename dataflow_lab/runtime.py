@@ -8,6 +8,7 @@ back. ``transaction="node"`` commits after each node instead.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import time
@@ -39,7 +40,8 @@ class _Run(RunContext):
     read-only run pays no BEGIN/COMMIT round trips.
     """
 
-    def __init__(self, run_id: str, hooks: _Fanout):
+    def __init__(self, run_id: str, hooks: _Fanout, parent: _Run | None = None):
+        self.parent = parent  # a run started from inside a running node joins its transaction
         self.run_id = run_id
         self.hooks = hooks
         self.now = dt.datetime.now(dt.UTC)
@@ -48,6 +50,9 @@ class _Run(RunContext):
         self._open: dict[int, list[Any]] = {}  # id(dataflow) -> [dataflow, connection, begun]
 
     async def connection(self, dataflow: DataFlow) -> DBConnection:
+        if self.parent is not None:
+            self.parent.writing = self.writing  # the parent's node is waiting for us
+            return await self.parent.connection(dataflow)
         entry = self._open.get(id(dataflow))
         if entry is None:
             dialect = await dataflow._opened()
@@ -70,6 +75,8 @@ class _Run(RunContext):
             self.hooks.emit("progress", run_id=self.run_id, node_id=self.node_id, done=done, total=total)
 
     async def commit(self) -> None:
+        if self.parent is not None:
+            return  # the outer run commits
         try:
             for dataflow, conn, begun in list(self._open.values()):
                 if not begun:
@@ -86,6 +93,8 @@ class _Run(RunContext):
             await self.release()
 
     async def rollback(self) -> None:
+        if self.parent is not None:
+            return  # the error reaches the outer run, which rolls back
         try:
             for dataflow, conn, begun in list(self._open.values()):
                 if not begun:
@@ -102,6 +111,12 @@ class _Run(RunContext):
         entries, self._open = list(self._open.values()), {}
         for dataflow, conn, _begun in entries:
             await dataflow._dialect.release(conn)
+
+
+# The run whose node is executing in this context. A workflow started from inside a
+# running node (a callable that calls execute) joins that run's transaction: on SQLite and
+# DuckDB it could never get the connection the outer run holds.
+_ACTIVE_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("dataflow_lab_run", default=None)
 
 
 class LocalRuntime:
@@ -160,7 +175,8 @@ class LocalRuntime:
     async def _execute(
         self, workflow: Workflow, overrides: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], str]:
-        run = _Run(str(uuid.uuid4()), self._emit)
+        run = _Run(str(uuid.uuid4()), self._emit, parent=_ACTIVE_RUN.get())
+        token = _ACTIVE_RUN.set(run)
         emit = self._emit
         started = time.perf_counter()
         results: dict[str, Any] = {}
@@ -182,6 +198,7 @@ class LocalRuntime:
             await run.rollback()
             raise
         finally:
+            _ACTIVE_RUN.reset(token)
             if emit.wants("after_workflow"):
                 emit.emit(
                     "after_workflow",

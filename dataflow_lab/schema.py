@@ -111,6 +111,9 @@ class ModelTable:
     async def ensure(self, conn: Connection, *, auto_migrate: bool) -> None:
         """Create the table if missing; add new columns when allowed."""
         d = self.dialect
+        lock = d.ddl_lock_sql(self.table.name)
+        if lock:
+            await conn.fetch(lock)
         existing = await d.live_columns(conn, self.table.name)
         if not existing:
             for sql in d.before_create(self.table):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import re
 import types as _pytypes
 import typing
@@ -29,15 +30,20 @@ def _text(value: object) -> str:
     raise TypeError("expected str")
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
 def _integer(value: object) -> int:
     if isinstance(value, bool):
         raise TypeError("expected int, not bool")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and _INT_TEXT.match(value):
-        return int(value)
+        value = int(value)
+    elif isinstance(value, str) and _INT_TEXT.match(value):
+        value = int(value)
+    if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise TypeError("expected an int that fits in 64 bits (databases store BIGINT)")
+        return value
     raise TypeError("expected int (a whole number; '42' is accepted, 3.7 and 'abc' are not)")
 
 
@@ -123,15 +129,25 @@ def _uuid(value: object) -> uuid.UUID:
     raise TypeError("expected UUID or a UUID string")
 
 
+def _json_ready(value: object) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"a JSON field can hold only JSON values ({exc})") from None
+
+
 def _json_dict(value: object) -> dict:
     if isinstance(value, dict):
+        _json_ready(value)
         return value
     raise TypeError("expected dict")
 
 
 def _json_list(value: object) -> list:
     if isinstance(value, list | tuple):
-        return list(value)
+        value = list(value)
+        _json_ready(value)
+        return value
     raise TypeError("expected list")
 
 

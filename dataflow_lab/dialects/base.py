@@ -121,6 +121,10 @@ class Dialect:
         """The normalized type name this dialect declares for a column."""
         return normalize_type(column.type.compile(dialect=self.sa_dialect))
 
+    def ddl_lock_sql(self, table_name: str) -> str | None:
+        """SQL that serializes schema changes to one table across processes (None: not needed)."""
+        return None
+
     def sync_id_sequence_sql(self, table: sa.Table) -> str | None:
         """SQL that moves the id sequence past ids a caller inserted explicitly (None: not needed)."""
         return None
@@ -128,6 +132,10 @@ class Dialect:
     def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
         """How to compare and sort a stored value of this logical type (identity by default)."""
         return expr
+
+    def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
+        """``column IN values`` for a long list, bound as one parameter."""
+        return column.in_(values)
 
     def regex(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
         return column.regexp_match(pattern)
@@ -152,12 +160,41 @@ class Dialect:
     def pool_status(self) -> dict[str, Any]:
         return {}
 
+    # -- bulk paths (the fast path of each database overrides these) ----------
+    supports_savepoints = True
+    upsert_reports_counts = False  # True when bulk_upsert returns (inserted, updated)
+
+    def bulk_batch_size(self, n_columns: int) -> int:
+        """Rows per bulk chunk: what one statement may bind (and a sane cap)."""
+        return max(1, min(50_000, self.max_bind_params // max(1, n_columns)))
+
     async def bulk_insert(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
-        """Insert many rows fast, in the caller's transaction (executemany)."""
-        sql, _ = self.compile_named(sa.insert(table).values({c: sa.bindparam(c) for c in columns}))
-        await conn.executemany(sql, rows)
+        """Insert many rows, in the caller's transaction (executemany)."""
+        await conn.executemany(self.multirow_insert_sql(table, columns, 1), rows)
+
+    async def bulk_insert_returning_ids(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[Any]:
+        """Multi-row INSERT ... RETURNING id; ids in input order."""
+        ids: list[Any] = []
+        per_statement = max(1, self.max_bind_params // max(1, len(columns)))
+        for start in range(0, len(rows), per_statement):
+            part = rows[start : start + per_statement]
+            sql = self.multirow_insert_sql(table, columns, len(part)) + " RETURNING id"
+            returned = await conn.fetch(sql, [v for row in part for v in row])
+            ids.extend(sorted(r[0] for r in returned))  # ids grow in insertion order within a statement
+        return ids
+
+    def multirow_insert_sql(self, table: sa.Table, columns: Sequence[str], n_rows: int) -> str:
+        quote = self.sa_dialect.identifier_preparer.quote
+        cols = ", ".join(quote(c) for c in columns)
+        values = ", ".join(self.placeholders(len(columns), start=i * len(columns)) for i in range(n_rows))
+        return f"INSERT INTO {quote(table.name)} ({cols}) VALUES {values}"
+
+    def placeholders(self, n: int, *, start: int = 0) -> str:
+        return "(" + ", ".join("?" * n) + ")"
 
     async def bulk_upsert(
         self,
@@ -167,10 +204,27 @@ class Dialect:
         rows: Sequence[Sequence[Any]],
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
-    ) -> None:
-        """INSERT ... ON CONFLICT DO UPDATE for many rows, in the caller's transaction."""
-        sql, _ = self.compile_named(self.upsert_statement(table, columns, conflict_on, update_columns))
+    ) -> tuple[int, int] | None:
+        """INSERT ... ON CONFLICT DO UPDATE for many rows (keys unique within ``rows``).
+
+        Returns (inserted, updated) when the database reports them, else None
+        (the caller then counts existing keys beforehand).
+        """
+        sql = (
+            self.multirow_insert_sql(table, columns, 1)
+            + " "
+            + self.on_conflict_sql(conflict_on, update_columns)
+        )
         await conn.executemany(sql, rows)
+        return None
+
+    def on_conflict_sql(self, conflict_on: Sequence[str], update_columns: Sequence[str]) -> str:
+        quote = self.sa_dialect.identifier_preparer.quote
+        keys = ", ".join(quote(c) for c in conflict_on)
+        if not update_columns:
+            return f"ON CONFLICT ({keys}) DO NOTHING"
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in update_columns)
+        return f"ON CONFLICT ({keys}) DO UPDATE SET {sets}"
 
     def upsert_statement(
         self,

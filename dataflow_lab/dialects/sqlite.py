@@ -38,7 +38,9 @@ class SQLiteConnection(Connection):
         self.raw = raw  # aiosqlite.Connection
 
     async def begin(self) -> None:
-        await self.raw.execute("BEGIN")
+        # IMMEDIATE takes the write lock now, waiting (busy timeout) for other writers; a deferred
+        # BEGIN would fail at once with "database is locked" when its first write finds one.
+        await self.raw.execute("BEGIN IMMEDIATE")
 
     async def commit(self) -> None:
         await self.raw.execute("COMMIT")
@@ -89,7 +91,6 @@ class SQLiteDialect(PooledDialect):
         "json": sa.Text,
     }
     to_db = {
-        "boolean": int,
         "datetime": dt.datetime.isoformat,
         "date": dt.date.isoformat,
         "decimal": str,
@@ -169,6 +170,12 @@ class SQLiteDialect(PooledDialect):
     async def live_columns(self, conn: Connection, table_name: str) -> dict[str, str]:
         rows = await conn.fetch("SELECT name, type FROM pragma_table_info(?)", (table_name,))
         return {name: normalize_type(kind) for name, kind in rows}
+
+    def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
+        if any(isinstance(v, bytes) for v in values):
+            return column.in_(values)
+        each = sa.func.json_each(sa.bindparam(None, json.dumps(values))).table_valued("value")
+        return column.in_(sa.select(each.c.value))
 
     def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
         # Decimals are stored as exact TEXT; compare and sort them as numbers

@@ -1,90 +1,43 @@
 """The four bulk nodes: BulkCreate, BulkUpdate, BulkDelete, BulkUpsert.
 
-All of them are atomic: every row is checked before anything is written, and
-the writes happen in the run's transaction, so a bad row anywhere leaves the
-database as it was. Inserts take the dialect's fastest path.
+They are atomic by default: rows are checked (``rows.RowShaper``) as they are
+written, inside the run's transaction, so a bad row anywhere leaves the
+database as it was. ``on_error="skip"`` is the explicit opt-in that skips bad
+rows and reports them. Inserts take the dialect's fastest path (SQLite
+executemany, PostgreSQL COPY, DuckDB Arrow); ``data`` is consumed chunk by
+chunk, so a generator of a million rows never sits in memory at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
 from .. import filters
-from ..errors import ValidationError, did_you_mean
+from ..errors import ValidationError
 from ..model import ModelSchema
+from ..rows import Chunk, RowShaper, is_dataframe, is_sized
 from .base import Param, RunContext
 from .model_node import ModelNode, check_conflict_on
 
 __all__ = ["BULK_OPERATIONS"]
 
-DEFAULT_BATCH = 10_000
+ON_ERROR = ("raise", "skip")
+PROGRESS_DELAY = 1.0  # seconds before a progress bar appears (tqdm's delay)
 
 
-class _BulkRows(ModelNode):
-    """Shared by the nodes that take ``data``: checking rows into tuples."""
-
-    def prepared_rows(self, *, with_id: bool) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        """Check every row; return (columns, driver-ready tuples). Raises naming the row index."""
-        mt, model = self.mt, self.model
-        now = self.now()
-        writable = {f.name for f in model.user_fields} | ({"id"} if with_id else set())
-        columns: tuple[str, ...] | None = None
-        out: list[tuple[Any, ...]] = []
-        for index, raw in enumerate(self.params["data"]):
-            if not isinstance(raw, Mapping):
-                raise ValidationError(
-                    f"{self.where(self.node_id)}: row {index} is {type(raw).__name__}, not a dict."
-                )
-            unknown = [k for k in raw if k not in writable]
-            if unknown:
-                raise ValidationError(
-                    f"{self.where(self.node_id)}: row {index}: unknown or read-only field '{unknown[0]}'."
-                    + did_you_mean(unknown[0], writable),
-                    hint=f"writable fields of {model.name}: {', '.join(sorted(writable))}.",
-                )
-            values = {}
-            for name, value in raw.items():
-                try:
-                    values[name] = mt.check(name, value)
-                except ValidationError as exc:
-                    raise ValidationError(
-                        f"{self.where(self.node_id)}: row {index}: {exc.message}", hint=exc.hint
-                    ) from None
-            missing = [f.name for f in model.user_fields if f.required and f.name not in values]
-            if missing:
-                raise ValidationError(
-                    f"{self.where(self.node_id)}: row {index}: missing required field '{missing[0]}'.",
-                    hint="give every row a value for each required field.",
-                )
-            row = mt.new_row(values, now=now)
-            if columns is None:
-                columns = tuple(row)
-            elif tuple(row) != columns:
-                row = {c: row.get(c) for c in columns} if set(row) == set(columns) else row
-                if tuple(row) != columns:
-                    raise ValidationError(
-                        f"{self.where(self.node_id)}: row {index} has fields {sorted(raw)}, unlike row 0.",
-                        hint="give every row the same fields (use None for missing optional values).",
-                    )
-            out.append(tuple(mt.to_db(c, row[c]) for c in columns))
-        return columns or (), out
-
-    def batch_size(self, columns: int) -> int:
-        size = self.params.get("batch_size") or DEFAULT_BATCH
-        return max(1, size)
-
-
-def _data_check(value: Any) -> list[Any]:
-    if isinstance(value, list | tuple):
-        return list(value)
-    if hasattr(value, "to_dict") and hasattr(value, "columns"):  # a pandas DataFrame
-        return value.to_dict("records")
+def _data_check(value: Any) -> Any:
+    """Lists, DataFrames and other iterables of dicts; iterables are not consumed here."""
+    if isinstance(value, list | tuple) or is_dataframe(value):
+        return value
     if isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
-        return list(value)
-    raise ValidationError(f"'data' must be a list of dicts (or a DataFrame), got {type(value).__name__}.")
+        return value
+    raise ValidationError(
+        f"'data' must be a list of dicts, a DataFrame or an iterable of dicts, got {type(value).__name__}."
+    )
 
 
 def _batch_check(value: Any) -> int | None:
@@ -95,8 +48,128 @@ def _batch_check(value: Any) -> int | None:
     return value
 
 
+def _on_error_check(value: Any) -> str:
+    if value not in ON_ERROR:
+        raise ValidationError(
+            f"'on_error' must be 'raise' or 'skip', got {value!r}.",
+            hint="'raise' (the default) writes nothing when any row is bad.",
+        )
+    return value
+
+
+def _common_parameters() -> tuple[Param, ...]:
+    return (
+        Param(
+            "data",
+            list,
+            required=True,
+            description="a list of dicts, a DataFrame, or an iterable of dicts",
+            check=_data_check,
+        ),
+        Param(
+            "batch_size",
+            (int, type(None)),
+            default=None,
+            description="rows per chunk (default: the database's best)",
+            check=_batch_check,
+        ),
+        Param(
+            "on_error",
+            str,
+            default="raise",
+            description="'raise': a bad row means nothing is written; 'skip': skip and report bad rows",
+            check=_on_error_check,
+        ),
+        Param(
+            "progress",
+            (bool, type(None)),
+            default=None,
+            description="progress bar: None shows one for operations over a second, False never",
+        ),
+    )
+
+
+class _BulkRows(ModelNode):
+    """Shared by the nodes that take ``data``: chunking, checking, progress, skipping."""
+
+    def shaper(self, *, allow_id: bool) -> RowShaper:
+        return RowShaper(
+            self.mt,
+            node=self.where(self.node_id),
+            now=self.now(),
+            allow_id=allow_id,
+            on_error=self.params.get("on_error", "raise"),
+        )
+
+    def chunks(self, ctx: RunContext, shaper: RowShaper) -> Iterator[Chunk]:
+        """Checked chunks of ``data``, reporting progress to hooks and the progress bar."""
+        data = self.params["data"]
+        total = is_sized(data)
+        size = self.params.get("batch_size") or self.mt.dialect.bulk_batch_size(len(self.model.fields))
+        done = 0
+        with _progress_bar(self, total) as bar:
+            for chunk in shaper.chunks(data, size):
+                yield chunk
+                seen = len(chunk.rows) + len(chunk.skipped)
+                done += seen
+                ctx.progress(done, total)
+                if bar is not None:
+                    bar.update(seen)
+
+    async def write_or_skip(self, conn: Any, chunk: Chunk, write: Any) -> list[tuple]:
+        """Write a chunk; with on_error='skip', retry a refused chunk row by row in savepoints."""
+        if self.params.get("on_error") != "skip" or not self.mt.dialect.supports_savepoints:
+            await write(chunk.rows)
+            return chunk.rows
+        await conn.execute("SAVEPOINT dataflow_chunk")
+        try:
+            await write(chunk.rows)
+            await conn.execute("RELEASE SAVEPOINT dataflow_chunk")
+            return chunk.rows
+        except Exception:
+            await conn.execute("ROLLBACK TO SAVEPOINT dataflow_chunk")
+            await conn.execute("RELEASE SAVEPOINT dataflow_chunk")
+        written = []
+        for offset, row in enumerate(chunk.rows):
+            await conn.execute("SAVEPOINT dataflow_row")
+            try:
+                await write([row])
+                written.append(row)
+            except Exception as exc:
+                await conn.execute("ROLLBACK TO SAVEPOINT dataflow_row")
+                chunk.skipped.append(
+                    {"index": chunk.first_index + offset, "error": self.mt.dialect.scrub(str(exc))}
+                )
+            await conn.execute("RELEASE SAVEPOINT dataflow_row")
+        return written
+
+
+@contextlib.contextmanager
+def _progress_bar(node: _BulkRows, total: int | None) -> Iterator[Any]:
+    wanted = node.params.get("progress")
+    if wanted is False:
+        yield None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional (the notebook extra)
+        yield None
+        return
+    bar = tqdm(
+        total=total,
+        desc=f"{node.node_id} ({node.type_name})",
+        unit="rows",
+        leave=False,
+        delay=0 if wanted else PROGRESS_DELAY,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 class BulkCreate(_BulkRows):
-    outputs = ("inserted",)
+    outputs = ("inserted", "ids", "skipped")
     op_name = "Create"
     writes = True
     description = "Insert many rows, all or nothing; ids follow input order."
@@ -104,31 +177,44 @@ class BulkCreate(_BulkRows):
     @classmethod
     def make_parameters(cls, model: ModelSchema) -> tuple[Param, ...]:
         return (
-            Param(
-                "data", list, required=True, description="a list of dicts (or a DataFrame)", check=_data_check
-            ),
-            Param(
-                "batch_size",
-                (int, type(None)),
-                default=None,
-                description="rows per batch",
-                check=_batch_check,
-            ),
+            *_common_parameters(),
+            Param("return_ids", bool, default=False, description="also return the new ids, in input order"),
         )
 
     def statements(self) -> list[Any]:
-        """One INSERT, run for every row (the dialect may use a faster path)."""
-        columns = [f.name for f in self.model.fields if not f.generated or f.name != "id"]
+        """One INSERT, run for every row (the dialect may use a faster path: COPY, Arrow)."""
+        columns = [f.name for f in self.model.fields if f.name != "id" or not f.generated]
         return [sa.insert(self.mt.table).values({c: sa.bindparam(c) for c in columns})]
 
-    async def run(self, ctx: RunContext) -> dict[str, int]:
-        columns, rows = self.prepared_rows(with_id=self.model.id_field.type.name == "text")
-        if rows:
-            conn = await ctx.connection(self.dataflow)
-            size = self.batch_size(len(columns))
-            for start in range(0, len(rows), size):
-                await self.mt.dialect.bulk_insert(conn, self.mt.table, columns, rows[start : start + size])
-        return {"inserted": len(rows)}
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        mt, dialect = self.mt, self.mt.dialect
+        conn = await ctx.connection(self.dataflow)
+        shaper = self.shaper(allow_id=False)
+        return_ids, text_ids = self.params.get("return_ids"), self.model.id_field.type.name == "text"
+        inserted, ids, skipped = 0, [], []
+        for chunk in self.chunks(ctx, shaper):
+            skipped.extend(chunk.skipped)
+            if not chunk.rows:
+                continue
+            if return_ids and not text_ids:
+
+                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
+                    ids.extend(await dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows))
+            else:
+
+                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
+                    await dialect.bulk_insert(conn, mt.table, columns, rows)
+
+            written = await self.write_or_skip(conn, chunk, write)
+            inserted += len(written)
+            if return_ids and text_ids:
+                ids.extend(row[chunk.columns.index("id")] for row in written)
+        result: dict[str, Any] = {"inserted": inserted}
+        if return_ids:
+            result["ids"] = ids
+        if self.params.get("on_error") == "skip":
+            result["skipped"] = sorted(skipped, key=lambda s: s["index"])
+        return result
 
 
 class _FilterWrite(ModelNode):
@@ -210,20 +296,18 @@ class BulkDelete(_FilterWrite):
 
 
 class BulkUpsert(_BulkRows):
-    outputs = ("inserted", "updated")
+    outputs = ("inserted", "updated", "skipped")
     op_name = "Upsert"
     writes = True
     description = (
-        "Insert rows, or update those whose conflict_on key exists; duplicate keys in the "
-        "input: the last one wins. Returns {'inserted': a, 'updated': b}."
+        "Insert rows, or update those whose conflict_on key exists; when the input holds a key "
+        "twice, the last row wins. Returns {'inserted': a, 'updated': b}."
     )
 
     @classmethod
     def make_parameters(cls, model: ModelSchema) -> tuple[Param, ...]:
         return (
-            Param(
-                "data", list, required=True, description="a list of dicts (or a DataFrame)", check=_data_check
-            ),
+            *_common_parameters(),
             Param(
                 "conflict_on",
                 list,
@@ -235,65 +319,96 @@ class BulkUpsert(_BulkRows):
                 "update_fields",
                 (list, type(None)),
                 default=None,
-                description="fields an update may change (default: all given)",
+                description="fields an update may change (default: every field given)",
                 check=lambda v: (
                     None if v is None else [model.field(n, context="update_fields").name for n in v]
                 ),
             ),
-            Param(
-                "batch_size",
-                (int, type(None)),
-                default=None,
-                description="rows per batch",
-                check=_batch_check,
-            ),
         )
 
     def statements(self) -> list[Any]:
-        """One INSERT ... ON CONFLICT DO UPDATE, run for every row."""
+        """One INSERT ... ON CONFLICT DO UPDATE over all rows (PostgreSQL: from a COPY-filled temp table)."""
         columns = [f.name for f in self.model.fields]
         conflict_on = self.params["conflict_on"]
         update = self._update_columns(tuple(columns), conflict_on)
         return [self.mt.dialect.upsert_statement(self.mt.table, columns, conflict_on, update)]
 
-    async def run(self, ctx: RunContext) -> dict[str, int]:
-        mt, conflict_on = self.mt, self.params["conflict_on"]
-        columns, rows = self.prepared_rows(with_id=True)
-        if not rows:
-            return {"inserted": 0, "updated": 0}
-        missing = [c for c in conflict_on if c not in columns]
-        if missing == ["id"] and conflict_on == ["id"]:  # no ids given: every row is new
-            conn = await ctx.connection(self.dataflow)
-            await mt.dialect.bulk_insert(conn, mt.table, columns, rows)
-            return {"inserted": len(rows), "updated": 0}
-        if missing:
-            raise ValidationError(
-                f"{self.where(self.node_id)}: rows lack conflict_on field(s) {missing}.",
-                hint="every row needs a value for each conflict_on field.",
-            )
-        key_index = [columns.index(c) for c in conflict_on]
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        mt, dialect, conflict_on = self.mt, self.mt.dialect, self.params["conflict_on"]
+        conn = await ctx.connection(self.dataflow)
+        inserted = updated = 0
+        seen: set[tuple] = set()
+        skipped: list[dict[str, Any]] = []
+        wrote_ids = False
+        for chunk in self.chunks(ctx, self.shaper(allow_id=True)):
+            skipped.extend(chunk.skipped)
+            columns = chunk.columns
+            missing = [c for c in conflict_on if c not in columns]
+            if missing == ["id"] and conflict_on == ["id"]:  # no ids given: every row is new
+                written = await self.write_or_skip(
+                    conn, chunk, lambda rows, c=columns: dialect.bulk_insert(conn, mt.table, c, rows)
+                )
+                inserted += len(written)
+                continue
+            if missing:
+                raise ValidationError(
+                    f"{self.where(self.node_id)}: rows lack conflict_on field(s) {missing}.",
+                    hint="every row needs a value for each conflict_on field.",
+                )
+            rows, repeats = self._last_wins(chunk.rows, [columns.index(c) for c in conflict_on], seen)
+            update_columns = self._update_columns(columns, conflict_on)
+            new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
+            existing = None
+            counts: list[tuple[int, int] | None] = []
+
+            async def write(
+                part: list[tuple],
+                c: tuple[str, ...] = columns,
+                u: list[str] = update_columns,
+                out: list = counts,
+            ) -> None:
+                out.append(await dialect.bulk_upsert(conn, mt.table, c, part, conflict_on, u))
+
+            if not dialect.upsert_reports_counts:
+                existing = await self._count_existing(conn, conflict_on, new_keys)
+            chunk.rows = rows
+            written = await self.write_or_skip(conn, chunk, write)
+            if existing is None:  # the database counted for us (PostgreSQL)
+                got_inserted = sum(c[0] for c in counts if c)
+                inserted += got_inserted
+                updated += len(written) - got_inserted - len(repeats)
+            else:
+                fresh = len(new_keys) - existing
+                inserted += fresh
+                updated += len(written) - fresh - len(repeats)
+            wrote_ids = wrote_ids or "id" in columns
+        if wrote_ids and not self.model.id_field.required and inserted:
+            sync = dialect.sync_id_sequence_sql(mt.table)
+            if sync:
+                await conn.fetch(sync)
+        result: dict[str, Any] = {"inserted": inserted, "updated": updated}
+        if self.params.get("on_error") == "skip":
+            result["skipped"] = sorted(skipped, key=lambda s: s["index"])
+        return result
+
+    @staticmethod
+    def _last_wins(
+        rows: list[tuple], key_index: list[int], seen: set[tuple]
+    ) -> tuple[list[tuple], set[tuple]]:
+        """Keep the last row of each key; also say which keys earlier chunks already wrote."""
         unique: dict[tuple, tuple] = {}
-        for row in rows:  # the last duplicate wins
+        for row in rows:
             key = tuple(row[i] for i in key_index)
             unique.pop(key, None)
             unique[key] = row
-        rows = list(unique.values())
-        conn = await ctx.connection(self.dataflow)
-        existing = await self._count_existing(conn, conflict_on, list(unique))
-        update_columns = self._update_columns(columns, conflict_on)
-        size = self.batch_size(len(columns))
-        for start in range(0, len(rows), size):
-            await mt.dialect.bulk_upsert(
-                conn, mt.table, columns, rows[start : start + size], conflict_on, update_columns
-            )
-        sync = (
-            mt.dialect.sync_id_sequence_sql(mt.table)
-            if "id" in columns and not self.model.id_field.required
-            else None
-        )
-        if sync and len(rows) > existing:
-            await conn.fetch(sync)
-        return {"inserted": len(rows) - existing, "updated": existing}
+        repeats = {k for k in unique if k in seen}
+        seen.update(unique)
+        return list(unique.values()), repeats
+
+    @staticmethod
+    def _keys(rows: list[tuple], columns: tuple[str, ...], conflict_on: list[str]) -> list[tuple]:
+        index = [columns.index(c) for c in conflict_on]
+        return [tuple(row[i] for i in index) for row in rows]
 
     def _update_columns(self, columns: tuple[str, ...], conflict_on: list[str]) -> list[str]:
         allowed = self.params["update_fields"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -80,6 +81,7 @@ def _in_daemon_thread(fn: Callable[..., Any], params: dict[str, Any]) -> asyncio
     """
     loop = asyncio.get_running_loop()
     future = loop.create_future()
+    context = contextvars.copy_context()  # so a workflow run from inside joins this run
 
     def settle(ok: bool, value: Any) -> None:
         if not future.done():
@@ -87,7 +89,7 @@ def _in_daemon_thread(fn: Callable[..., Any], params: dict[str, Any]) -> asyncio
 
     def work() -> None:
         try:
-            outcome = (True, fn(**params))
+            outcome = (True, context.run(fn, **params))
         except BaseException as exc:  # delivered to the awaiting node
             outcome = (False, exc)
         try:

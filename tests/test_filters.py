@@ -1,0 +1,578 @@
+"""Filter documents and order_by, on every backend.
+
+Every filter is checked through List (which rows, in which order) and Count
+(how many), so both code paths see the same document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from decimal import Decimal
+from typing import Optional
+
+import pytest
+
+from dataflow_lab import LocalRuntime, ValidationError, WorkflowBuilder
+
+PEOPLE = [
+    # id 1..6, in this order
+    {"name": "Alice", "age": 30, "city": "Paris", "active": True, "score": 7.5, "code": "X1"},
+    {"name": "bob", "age": 25, "city": None, "active": False, "score": 3.0, "code": "Y22"},
+    {"name": "Anne", "age": 41, "city": "Berlin", "active": True, "score": 9.25, "code": "x333"},
+    {"name": "Eve", "age": 19, "city": "paris", "active": False, "score": 5.0, "code": "Z4444"},
+    {"name": "Alfred", "age": None, "city": "Rome", "active": True, "score": 1.5, "code": "W"},
+    {"name": "Zoe", "age": 30, "city": None, "active": True, "score": 8.0, "code": "q9"},
+]
+ALL = [1, 2, 3, 4, 5, 6]
+
+
+def run_one(db, node_type, params):
+    workflow = WorkflowBuilder(db)
+    workflow.add_node(node_type, "node", params)
+    results, _ = LocalRuntime().execute(workflow.build())
+    return results["node"]
+
+
+@pytest.fixture
+def people(db):
+    @db.model
+    class Person:
+        name: str
+        age: Optional[int]  # noqa: UP045
+        city: Optional[str]  # noqa: UP045
+        active: bool
+        score: float
+        code: str
+
+    assert run_one(db, "PersonBulkCreateNode", {"data": PEOPLE}) == {"inserted": 6}
+    return db
+
+
+def ids(db, where, order_by=None):
+    """Ids of the rows matching ``where`` (via List), checked against Count."""
+    params = {"filter": where}
+    if order_by is not None:
+        params["order_by"] = order_by
+    listed = run_one(db, "PersonListNode", params)
+    found = [r["id"] for r in listed["records"]]
+    counted = run_one(db, "PersonCountNode", {"filter": where})["count"]
+    assert counted == len(found), f"Count says {counted}, List returned {found} for {where}"
+    return found
+
+
+# -- plain values -----------------------------------------------------------------
+def test_an_empty_filter_matches_every_row(people):
+    assert ids(people, {}) == ALL
+
+
+def test_a_plain_value_means_equality(people):
+    assert ids(people, {"name": "Alice"}) == [1]
+    assert ids(people, {"age": 30}) == [1, 6]
+    assert ids(people, {"score": 9.25}) == [3]
+
+
+def test_a_plain_boolean_value_matches_that_boolean(people):
+    assert ids(people, {"active": True}) == [1, 3, 5, 6]
+    assert ids(people, {"active": False}) == [2, 4]
+
+
+def test_plain_equality_is_case_sensitive_for_text(people):
+    assert ids(people, {"city": "Paris"}) == [1]
+    assert ids(people, {"city": "paris"}) == [4]
+
+
+def test_several_fields_are_anded(people):
+    assert ids(people, {"age": 30, "active": True}) == [1, 6]
+    assert ids(people, {"age": 30, "name": "Zoe"}) == [6]
+    assert ids(people, {"age": 30, "name": "bob"}) == []
+
+
+def test_none_means_is_null(people):
+    assert ids(people, {"city": None}) == [2, 6]
+    assert ids(people, {"age": None}) == [5]
+
+
+def test_a_plain_value_is_coerced_losslessly_like_a_write(people):
+    assert ids(people, {"age": "30"}) == [1, 6]
+
+
+def test_a_value_of_the_wrong_type_is_refused_naming_the_field(people):
+    with pytest.raises(ValidationError, match="age"):
+        ids(people, {"age": "thirty"})
+
+
+# -- comparison operators ---------------------------------------------------------
+def test_eq_matches_equal_values(people):
+    assert ids(people, {"age": {"$eq": 30}}) == [1, 6]
+    assert ids(people, {"code": {"$eq": "W"}}) == [5]
+
+
+def test_eq_none_means_is_null(people):
+    assert ids(people, {"city": {"$eq": None}}) == [2, 6]
+
+
+def test_ne_matches_every_other_value_including_missing_ones(people):
+    assert ids(people, {"active": {"$ne": True}}) == [2, 4]
+    assert ids(people, {"city": {"$ne": "Paris"}}) == [2, 3, 4, 5, 6]
+
+
+def test_ne_none_means_is_not_null(people):
+    assert ids(people, {"city": {"$ne": None}}) == [1, 3, 4, 5]
+
+
+def test_gt_gte_lt_lte_compare_numbers(people):
+    assert ids(people, {"age": {"$gt": 30}}) == [3]
+    assert ids(people, {"age": {"$gte": 30}}) == [1, 3, 6]
+    assert ids(people, {"age": {"$lt": 25}}) == [4]
+    assert ids(people, {"age": {"$lte": 25}}) == [2, 4]
+
+
+def test_comparisons_work_on_floats(people):
+    assert ids(people, {"score": {"$gt": 7.5}}) == [3, 6]
+    assert ids(people, {"score": {"$lte": 3}}) == [2, 5]
+
+
+def test_comparisons_never_match_null(people):
+    assert 5 not in ids(people, {"age": {"$lt": 100}})
+    assert 5 not in ids(people, {"age": {"$gt": -1}})
+
+
+def test_comparisons_with_none_are_refused(people):
+    with pytest.raises(ValidationError, match="age"):
+        ids(people, {"age": {"$gt": None}})
+
+
+def test_several_operators_on_one_field_are_anded(people):
+    assert ids(people, {"age": {"$gte": 25, "$lt": 41}}) == [1, 2, 6]
+    assert ids(people, {"age": {"$gt": 19, "$ne": 30}}) == [2, 3]
+    assert ids(people, {"score": {"$gt": 5, "$lt": 5}}) == []
+
+
+# -- $in / $nin -------------------------------------------------------------------
+def test_in_matches_any_listed_value(people):
+    assert ids(people, {"age": {"$in": [25, 41]}}) == [2, 3]
+    assert ids(people, {"name": {"$in": ["Eve", "Zoe", "nobody"]}}) == [4, 6]
+
+
+def test_in_with_an_empty_list_matches_nothing(people):
+    assert ids(people, {"age": {"$in": []}}) == []
+
+
+def test_in_with_none_also_matches_null(people):
+    assert ids(people, {"age": {"$in": [19, None]}}) == [4, 5]
+
+
+def test_nin_matches_every_unlisted_value(people):
+    assert ids(people, {"age": {"$nin": [30, 25]}}) == [3, 4, 5]
+    assert ids(people, {"code": {"$nin": ["X1", "W"]}}) == [2, 3, 4, 6]
+
+
+def test_nin_with_an_empty_list_matches_everything(people):
+    assert ids(people, {"age": {"$nin": []}}) == ALL
+
+
+def test_nin_with_none_excludes_null(people):
+    assert ids(people, {"city": {"$nin": [None, "Rome"]}}) == [1, 3, 4]
+
+
+def test_in_takes_a_list(people):
+    with pytest.raises(ValidationError, match=r"\$in"):
+        ids(people, {"age": {"$in": 30}})
+
+
+# -- pattern operators ------------------------------------------------------------
+def test_like_matches_sql_wildcards(people):
+    assert ids(people, {"name": {"$like": "A%"}}) == [1, 3, 5]
+    assert ids(people, {"name": {"$like": "Al_ce"}}) == [1]
+    assert ids(people, {"name": {"$like": "%e"}}) == [1, 3, 4, 6]
+
+
+def test_like_is_case_sensitive(people):
+    assert ids(people, {"name": {"$like": "a%"}}) == []
+    assert ids(people, {"city": {"$like": "paris"}}) == [4]
+
+
+def test_ilike_ignores_case(people):
+    assert ids(people, {"name": {"$ilike": "a%"}}) == [1, 3, 5]
+    assert ids(people, {"city": {"$ilike": "PARIS"}}) == [1, 4]
+    assert ids(people, {"name": {"$ilike": "BOB"}}) == [2]
+
+
+def test_regex_anchors_and_wildcards(people):
+    assert ids(people, {"name": {"$regex": "^A.*e$"}}) == [1, 3]
+
+
+def test_regex_finds_a_match_anywhere_in_the_value(people):
+    assert ids(people, {"name": {"$regex": "li"}}) == [1]
+    assert ids(people, {"code": {"$regex": "33"}}) == [3]
+
+
+def test_regex_character_classes_and_quantifiers(people):
+    assert ids(people, {"code": {"$regex": "^[A-Z][0-9]+$"}}) == [1, 2, 4]
+    assert ids(people, {"code": {"$regex": "[0-9]{3,}"}}) == [3, 4]
+    assert ids(people, {"name": {"$regex": "^[a-z]"}}) == [2]
+
+
+def test_regex_is_case_sensitive(people):
+    assert ids(people, {"code": {"$regex": "^x"}}) == [3]
+    assert ids(people, {"name": {"$regex": "^alice$"}}) == []
+
+
+def test_an_invalid_regex_is_refused(people):
+    with pytest.raises(ValidationError, match="regular expression"):
+        ids(people, {"name": {"$regex": "(unclosed"}})
+
+
+def test_pattern_operators_take_strings(people):
+    with pytest.raises(ValidationError, match=r"\$like"):
+        ids(people, {"name": {"$like": 5}})
+
+
+# -- $exists / $null --------------------------------------------------------------
+def test_exists_true_matches_non_null_values(people):
+    assert ids(people, {"city": {"$exists": True}}) == [1, 3, 4, 5]
+
+
+def test_exists_false_matches_null_values(people):
+    assert ids(people, {"city": {"$exists": False}}) == [2, 6]
+
+
+def test_null_true_matches_null_values(people):
+    assert ids(people, {"age": {"$null": True}}) == [5]
+    assert ids(people, {"city": {"$null": True}}) == [2, 6]
+
+
+def test_null_false_matches_non_null_values(people):
+    assert ids(people, {"age": {"$null": False}}) == [1, 2, 3, 4, 6]
+
+
+def test_exists_and_null_take_booleans(people):
+    with pytest.raises(ValidationError, match=r"\$null"):
+        ids(people, {"age": {"$null": "yes"}})
+
+
+# -- $and / $or / $not ------------------------------------------------------------
+def test_top_level_and(people):
+    assert ids(people, {"$and": [{"age": {"$gte": 25}}, {"active": True}]}) == [1, 3, 6]
+
+
+def test_top_level_or(people):
+    assert ids(people, {"$or": [{"name": "bob"}, {"city": "Rome"}]}) == [2, 5]
+    assert ids(people, {"$or": [{"age": {"$lt": 20}}, {"score": {"$gt": 9}}]}) == [3, 4]
+
+
+def test_top_level_not(people):
+    assert ids(people, {"$not": {"active": True}}) == [2, 4]
+    assert ids(people, {"$not": {"score": {"$gte": 5}}}) == [2, 5]
+
+
+def test_or_combined_with_a_sibling_field_is_anded(people):
+    assert ids(people, {"active": True, "$or": [{"city": "Paris"}, {"city": "Rome"}]}) == [1, 5]
+
+
+def test_nested_logical_operators(people):
+    doc = {
+        "$or": [
+            {"$and": [{"age": {"$gt": 20}}, {"city": "Paris"}]},
+            {"$not": {"name": {"$like": "%e%"}}},
+        ]
+    }
+    assert ids(people, doc) == [1, 2]
+
+
+def test_deeply_nested_logical_operators(people):
+    doc = {
+        "$and": [
+            {"$or": [{"active": False}, {"$and": [{"score": {"$gt": 8}}, {"$not": {"code": "q9"}}]}]},
+            {"$not": {"$or": [{"name": "Eve"}, {"name": "Zoe"}]}},
+        ]
+    }
+    assert ids(people, doc) == [2, 3]
+
+
+def test_not_on_a_field_negates_its_operators(people):
+    assert ids(people, {"score": {"$not": {"$gt": 5}}}) == [2, 4, 5]
+    assert ids(people, {"name": {"$not": {"$regex": "^A"}}}) == [2, 4, 6]
+
+
+def test_and_and_or_take_lists(people):
+    with pytest.raises(ValidationError, match=r"\$or"):
+        ids(people, {"$or": {"name": "bob"}})
+
+
+# -- order_by ---------------------------------------------------------------------
+KNOWN_AGE = {"age": {"$null": False}}  # ages 30, 25, 41, 19, 30 for ids 1, 2, 3, 4, 6
+
+
+def test_order_by_a_field_name_sorts_ascending_with_ties_by_id(people):
+    assert ids(people, KNOWN_AGE, "age") == [4, 2, 1, 6, 3]
+    assert ids(people, KNOWN_AGE, ["age"]) == [4, 2, 1, 6, 3]
+
+
+def test_order_by_a_minus_prefixed_name_sorts_descending(people):
+    assert ids(people, KNOWN_AGE, ["-age"]) == [3, 1, 6, 2, 4]
+
+
+def test_order_by_a_dict_direction(people):
+    assert ids(people, KNOWN_AGE, [{"age": -1}]) == [3, 1, 6, 2, 4]
+    assert ids(people, KNOWN_AGE, [{"age": 1}]) == [4, 2, 1, 6, 3]
+
+
+def test_order_by_several_fields(people):
+    assert ids(people, {}, ["-active", "-score"]) == [3, 6, 1, 5, 4, 2]
+    assert ids(people, KNOWN_AGE, ["age", "-id"]) == [4, 2, 6, 1, 3]
+
+
+def test_order_by_floats(people):
+    assert ids(people, {}, "score") == [5, 2, 4, 1, 6, 3]
+
+
+def test_order_by_an_unknown_field_is_refused_with_a_suggestion(people):
+    with pytest.raises(ValidationError, match="agee") as info:
+        ids(people, {}, ["-agee"])
+    assert "Did you mean 'age'" in str(info.value)
+
+
+def test_order_by_a_bad_direction_is_refused(people):
+    with pytest.raises(ValidationError, match="age"):
+        ids(people, {}, [{"age": 2}])
+
+
+# -- unknown names ----------------------------------------------------------------
+def test_an_unknown_operator_is_refused_naming_it_and_suggesting_a_close_one(people):
+    with pytest.raises(ValidationError, match=r"\$gtt") as info:
+        ids(people, {"age": {"$gtt": 3}})
+    assert "Did you mean '$gt'" in str(info.value)
+
+
+def test_an_unknown_field_is_refused_naming_it_and_suggesting_a_close_one(people):
+    with pytest.raises(ValidationError, match="agee") as info:
+        ids(people, {"agee": 3})
+    assert "Did you mean 'age'" in str(info.value)
+
+
+def test_an_unknown_field_inside_a_nested_filter_is_refused(people):
+    with pytest.raises(ValidationError, match="nmae") as info:
+        ids(people, {"$or": [{"age": 3}, {"$not": {"nmae": "bob"}}]})
+    assert "Did you mean 'name'" in str(info.value)
+
+
+def test_an_unknown_top_level_operator_is_refused_with_a_suggestion(people):
+    with pytest.raises(ValidationError, match=r"\$nor") as info:
+        ids(people, {"$nor": [{"age": 3}]})
+    assert "Did you mean '$or'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "node_type, extra",
+    [
+        ("PersonCountNode", {}),
+        ("PersonBulkUpdateNode", {"fields": {"age": 1}}),
+        ("PersonBulkDeleteNode", {}),
+    ],
+)
+def test_every_filtering_node_refuses_an_unknown_field_at_add_node(people, node_type, extra):
+    with pytest.raises(ValidationError, match="Did you mean 'score'"):
+        WorkflowBuilder(people).add_node(node_type, "node", {"filter": {"scor": 1}, **extra})
+
+
+def test_in_accepts_more_values_than_a_statement_can_bind(people):
+    many = [*range(100, 33_000), 19, 41]  # more than PostgreSQL's 32,767 bind parameters
+    counted = run_one(people, "PersonCountNode", {"filter": {"age": {"$in": many}}})
+    assert counted == {"count": 2}
+
+
+# -- values are bound parameters ----------------------------------------------------
+INJECTIONS = ["x' OR 1=1 --", "' OR '1'='1", "Robert'); DROP TABLE people; --", '" OR ""="', "%", "\\"]
+
+
+def escape_regex(text):
+    """Escape the characters every backend's regex dialect treats specially."""
+    return "".join("\\" + c if c in "\\()[]{}.*+?^$|" else c for c in text)
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+def test_an_injection_attempt_in_a_value_matches_nothing_and_breaks_nothing(people, value):
+    assert ids(people, {"name": value}) == []
+    assert ids(people, {"name": {"$in": [value, "nobody"]}}) == []
+    assert ids(people, {"name": {"$regex": "^" + escape_regex(value) + "$"}}) == []
+    assert ids(people, {"$or": [{"name": value}, {"code": value}]}) == []
+    assert ids(people, {}) == ALL
+
+
+def test_an_injection_attempt_in_like_and_ilike_matches_nothing(people):
+    assert ids(people, {"name": {"$like": "x' OR 1=1 --"}}) == []
+    assert ids(people, {"name": {"$ilike": "' OR '1'='1"}}) == []
+    assert ids(people, {}) == ALL
+
+
+def test_a_stored_value_that_looks_like_sql_is_found_by_exact_match(people):
+    evil = "x' OR 1=1 --"
+    run_one(
+        people,
+        "PersonCreateNode",
+        {"name": evil, "age": 1, "city": None, "active": True, "score": 0.0, "code": "e"},
+    )
+    assert ids(people, {"name": evil}) == [7]
+    assert ids(people, {"name": {"$ne": evil}}) == ALL
+
+
+def test_bulk_update_with_an_injection_attempt_changes_nothing(people):
+    result = run_one(
+        people, "PersonBulkUpdateNode", {"filter": {"name": "x' OR 1=1 --"}, "fields": {"age": 0}}
+    )
+    assert result == {"updated": 0}
+    assert ids(people, {"age": 0}) == []
+
+
+def test_bulk_delete_with_an_injection_attempt_deletes_nothing(people):
+    assert run_one(people, "PersonBulkDeleteNode", {"filter": {"code": "' OR '1'='1"}}) == {"deleted": 0}
+    assert ids(people, {}) == ALL
+
+
+def test_the_same_filter_selects_the_same_rows_in_bulk_update_and_bulk_delete(people):
+    doc = {"$or": [{"age": {"$lt": 26}}, {"city": {"$ilike": "rome"}}]}
+    assert ids(people, doc) == [2, 4, 5]
+    assert run_one(people, "PersonBulkUpdateNode", {"filter": doc, "fields": {"code": "hit"}}) == {
+        "updated": 3
+    }
+    assert ids(people, {"code": "hit"}) == [2, 4, 5]
+    assert run_one(people, "PersonBulkDeleteNode", {"filter": doc}) == {"deleted": 3}
+    assert ids(people, {}) == [1, 3, 6]
+
+
+# -- other column types -------------------------------------------------------------
+@pytest.fixture
+def prices(db):
+    @db.model
+    class Price:
+        label: str
+        amount: Decimal
+        day: dt.date
+        stamp: dt.datetime
+
+    rows = [
+        {
+            "label": "a",
+            "amount": Decimal("9.99"),
+            "day": dt.date(2024, 1, 9),
+            "stamp": "2024-01-09T10:00:00+00:00",
+        },
+        {
+            "label": "b",
+            "amount": Decimal("10.5"),
+            "day": dt.date(2024, 1, 10),
+            "stamp": "2024-01-10T10:00:00+00:00",
+        },
+        {
+            "label": "c",
+            "amount": Decimal("100"),
+            "day": dt.date(2023, 12, 31),
+            "stamp": "2023-12-31T23:00:00+00:00",
+        },
+        {
+            "label": "d",
+            "amount": Decimal("-2.5"),
+            "day": dt.date(2024, 2, 1),
+            "stamp": "2024-02-01T00:00:00+00:00",
+        },
+    ]
+    assert run_one(db, "PriceBulkCreateNode", {"data": rows}) == {"inserted": 4}
+    return db
+
+
+def labels(db, where, order_by=None):
+    params = {"filter": where, **({"order_by": order_by} if order_by is not None else {})}
+    return [r["label"] for r in run_one(db, "PriceListNode", params)["records"]]
+
+
+def test_comparisons_on_decimal_fields_compare_numbers_not_text(prices):
+    assert labels(prices, {"amount": {"$gt": Decimal("9.999")}}) == ["b", "c"]
+    assert labels(prices, {"amount": {"$lt": 10}}) == ["a", "d"]
+    assert labels(prices, {"amount": Decimal("10.5")}) == ["b"]
+
+
+def test_order_by_a_decimal_field_sorts_numerically(prices):
+    assert labels(prices, {}, "amount") == ["d", "a", "b", "c"]
+
+
+def test_comparisons_on_dates(prices):
+    assert labels(prices, {"day": {"$gte": dt.date(2024, 1, 10)}}) == ["b", "d"]
+    assert labels(prices, {"day": {"$lt": "2024-01-01"}}) == ["c"]
+    assert labels(prices, {}, ["-day"]) == ["d", "b", "a", "c"]
+
+
+def test_comparisons_on_datetimes_respect_time_zones(prices):
+    tokyo = dt.timezone(dt.timedelta(hours=9))
+    # 2024-01-10 08:00 in Tokyo is 2024-01-09 23:00 UTC: after a, before b.
+    moment = dt.datetime(2024, 1, 10, 8, 0, tzinfo=tokyo)
+    assert labels(prices, {"stamp": {"$gt": moment}}) == ["b", "d"]
+    assert labels(prices, {"stamp": {"$lte": moment}}) == ["a", "c"]
+    assert labels(prices, {"stamp": dt.datetime(2024, 1, 9, 19, 0, tzinfo=tokyo)}) == ["a"]
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@pytest.fixture
+def things(db):
+    @db.model
+    class Thing:
+        colour: Colour
+        flag: bool
+        uid: uuid.UUID
+        day: dt.date
+        raw: bytes
+        stamp: dt.datetime
+
+    rows = [
+        {
+            "colour": colour,
+            "flag": flag,
+            "uid": uuid.UUID(int=i),
+            "day": dt.date(2020, 1, i + 1),
+            "raw": bytes([i]),
+            "stamp": dt.datetime(2020, 1, 1, i, tzinfo=dt.UTC),
+        }
+        for i, (colour, flag) in enumerate([(Colour.RED, True), (Colour.BLUE, False), (Colour.RED, True)])
+    ]
+    assert run_one(db, "ThingBulkCreateNode", {"data": rows}) == {"inserted": 3}
+    return db
+
+
+def thing_ids(db, where, order_by=None):
+    params = {"filter": where, **({"order_by": order_by} if order_by is not None else {})}
+    found = [r["id"] for r in run_one(db, "ThingListNode", params)["records"]]
+    assert run_one(db, "ThingCountNode", {"filter": where})["count"] == len(found)
+    return found
+
+
+def test_filters_on_enum_fields_take_members_or_values(things):
+    assert thing_ids(things, {"colour": Colour.BLUE}) == [2]
+    assert thing_ids(things, {"colour": "red"}) == [1, 3]
+    assert thing_ids(things, {"colour": {"$in": [Colour.BLUE]}}) == [2]
+    assert thing_ids(things, {"colour": {"$ne": Colour.RED}}) == [2]
+
+
+def test_filters_on_bool_uuid_date_bytes_and_datetime_fields(things):
+    assert thing_ids(things, {"flag": {"$in": [False]}}) == [2]
+    assert thing_ids(things, {"uid": {"$in": [uuid.UUID(int=0), str(uuid.UUID(int=2))]}}) == [1, 3]
+    assert thing_ids(things, {"uid": {"$ne": uuid.UUID(int=0)}}) == [2, 3]
+    assert thing_ids(things, {"day": {"$in": [dt.date(2020, 1, 2)]}}) == [2]
+    assert thing_ids(things, {"raw": bytes([2])}) == [3]
+    assert thing_ids(things, {"stamp": {"$in": [dt.datetime(2020, 1, 1, 1, tzinfo=dt.UTC)]}}) == [2]
+
+
+def test_order_by_bool_and_uuid_fields(things):
+    assert thing_ids(things, {}, ["-flag", "-id"]) == [3, 1, 2]
+    assert thing_ids(things, {}, ["-uid"]) == [3, 2, 1]
+
+
+def test_filters_on_the_generated_timestamps(things):
+    now = dt.datetime.now(dt.UTC)
+    assert thing_ids(things, {"created_at": {"$lte": now}}) == [1, 2, 3]
+    assert thing_ids(things, {"updated_at": {"$gt": now + dt.timedelta(minutes=1)}}) == []

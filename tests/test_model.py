@@ -1,0 +1,433 @@
+"""@db.model: table names, generated fields, refused declarations, awkward field names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import typing
+from typing import Any, Optional
+
+import pytest
+
+from dataflow_lab import DataFlow, DataFlowError, LocalRuntime, ValidationError, WorkflowBuilder
+from dataflow_lab.model import table_name_for
+
+
+def run_one(db, node_type, params):
+    workflow = WorkflowBuilder(db)
+    workflow.add_node(node_type, "node", params)
+    results, _ = LocalRuntime().execute(workflow.build())
+    return results["node"]
+
+
+def make_class(name, annotations, namespace=None):
+    """A class with the given name and annotations (for names a class statement can't vary)."""
+    return type(name, (), {"__annotations__": dict(annotations), **(namespace or {})})
+
+
+# -- table names --------------------------------------------------------------------
+TABLE_NAMES = [
+    ("User", "users"),
+    ("Person", "people"),
+    ("Category", "categories"),
+    ("OrderStatus", "order_statuses"),
+    ("Address", "addresses"),
+    ("Box", "boxes"),
+    ("Church", "churches"),
+    ("Wish", "wishes"),
+    ("Key", "keys"),
+    ("Child", "children"),
+    ("BlogPost", "blog_posts"),
+    ("HTTPRequest", "http_requests"),
+]
+
+
+@pytest.mark.parametrize("class_name, table", TABLE_NAMES)
+def test_table_names_are_snake_case_plurals(class_name, table):
+    assert table_name_for(class_name) == table
+
+
+@pytest.mark.parametrize("class_name, table", TABLE_NAMES)
+def test_a_model_gets_the_snake_case_plural_table_name(class_name, table):
+    db = DataFlow()
+    db.model(make_class(class_name, {"label": str}))
+    assert db.models[class_name].table_name == table
+    db.close()
+
+
+def test_tablename_overrides_the_generated_name(db):
+    @db.model
+    class Person:
+        __tablename__ = "staff_members"
+        name: str
+
+    assert db.models["Person"].table_name == "staff_members"
+    row = run_one(db, "PersonCreateNode", {"name": "Ann"})
+    assert run_one(db, "PersonListNode", {})["records"] == [row]
+
+
+def test_the_generated_and_overridden_table_names_are_the_real_tables(tmp_path):
+    path = tmp_path / "names.db"
+    db = DataFlow(f"sqlite:///{path}")
+
+    @db.model
+    class OrderStatus:
+        label: str
+
+    @db.model
+    class Person:
+        __tablename__ = "staff_members"
+        name: str
+
+    run_one(db, "OrderStatusCreateNode", {"label": "open"})
+    run_one(db, "PersonCreateNode", {"name": "Ann"})
+    db.close()
+    with sqlite3.connect(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"order_statuses", "staff_members"} <= tables
+        assert "people" not in tables
+        assert conn.execute("SELECT label FROM order_statuses").fetchall() == [("open",)]
+
+
+def test_an_invalid_tablename_is_refused(db):
+    with pytest.raises(ValidationError, match="bad name"):
+
+        @db.model
+        class Thing:
+            __tablename__ = "bad name"
+            label: str
+
+
+def test_two_models_sharing_a_table_are_refused(db):
+    @db.model
+    class Person:
+        name: str
+
+    with pytest.raises(ValidationError, match="people"):
+
+        @db.model
+        class Human:
+            __tablename__ = "people"
+            name: str
+
+
+# -- generated fields -----------------------------------------------------------------
+def test_every_model_gets_id_created_at_and_updated_at(db):
+    @db.model
+    class User:
+        name: str
+
+    schema = db.models["User"]
+    assert [f.name for f in schema.fields] == ["id", "name", "created_at", "updated_at"]
+    assert schema.id_field.primary_key is True
+    assert schema.by_name["id"].type.python is int
+    assert schema.by_name["created_at"].type.python is dt.datetime
+    assert schema.by_name["updated_at"].type.python is dt.datetime
+
+
+def test_generated_fields_appear_in_created_rows_but_are_not_create_parameters(db):
+    @db.model
+    class User:
+        name: str
+
+    names = {p.name for p in db.nodes["UserCreateNode"].parameters}
+    assert names == {"name"}
+    row = run_one(db, "UserCreateNode", {"name": "Ann"})
+    assert set(row) == {"id", "name", "created_at", "updated_at"}
+    assert row["id"] == 1
+
+
+def test_generated_fields_cannot_be_set_on_create(db):
+    @db.model
+    class User:
+        name: str
+
+    for field in ("id", "created_at", "updated_at"):
+        with pytest.raises(ValidationError, match=field):
+            WorkflowBuilder(db).add_node("UserCreateNode", "c", {"name": "Ann", field: 1})
+
+
+def test_generated_fields_cannot_be_changed_by_update(db):
+    @db.model
+    class User:
+        name: str
+
+    for field in ("id", "created_at", "updated_at"):
+        with pytest.raises(ValidationError, match=field):
+            WorkflowBuilder(db).add_node("UserUpdateNode", "u", {"id": 1, "fields": {field: 1}})
+
+
+def test_an_int_id_annotation_is_the_generated_integer_id(db):
+    @db.model
+    class Item:
+        id: int
+        label: str
+
+    assert run_one(db, "ItemCreateNode", {"label": "a"})["id"] == 1
+    assert {p.name for p in db.nodes["ItemCreateNode"].parameters} == {"label"}
+
+
+def test_a_str_id_is_a_required_create_parameter(db):
+    @db.model
+    class Item:
+        id: str
+        label: str
+
+    params = {p.name: p for p in db.nodes["ItemCreateNode"].parameters}
+    assert params["id"].required is True
+    assert run_one(db, "ItemCreateNode", {"id": "k-1", "label": "a"})["id"] == "k-1"
+
+
+def test_a_duplicate_str_id_is_refused_and_nothing_changes(db):
+    @db.model
+    class Item:
+        id: str
+        label: str
+
+    run_one(db, "ItemCreateNode", {"id": "k", "label": "first"})
+    with pytest.raises(DataFlowError):
+        run_one(db, "ItemCreateNode", {"id": "k", "label": "second"})
+    assert [r["label"] for r in run_one(db, "ItemListNode", {})["records"]] == ["first"]
+
+
+# -- refused declarations ---------------------------------------------------------------
+@pytest.mark.parametrize("reserved", ["created_at", "updated_at"])
+def test_reserved_field_names_are_refused(db, reserved):
+    with pytest.raises(ValidationError, match=reserved) as info:
+        db.model(make_class("Thing", {"label": str, reserved: dt.datetime}))
+    assert "reserved" in str(info.value)
+
+
+@pytest.mark.parametrize("annotation", [float, bytes, Optional[int]])  # noqa: UP045
+def test_an_id_that_is_neither_int_nor_str_is_refused(db, annotation):
+    with pytest.raises(ValidationError, match="'id'"):
+        db.model(make_class("Thing", {"id": annotation, "label": str}))
+
+
+class Point:
+    def __init__(self, x: int, y: int):
+        self.x, self.y = x, y
+
+
+UNSUPPORTED = [
+    ("coords", set),
+    ("pair", tuple),
+    ("complex_number", complex),
+    ("point", Point),
+    ("anything", Any),
+    ("either", typing.Union[int, str]),  # noqa: UP007
+    ("either_or_none", int | str | None),
+    ("stamp", dt.time),
+]
+
+
+@pytest.mark.parametrize("field, annotation", UNSUPPORTED, ids=[f for f, _ in UNSUPPORTED])
+def test_an_unsupported_type_is_refused_naming_the_field(db, field, annotation):
+    with pytest.raises(ValidationError) as info:
+        db.model(make_class("Thing", {"label": str, field: annotation}))
+    message = str(info.value)
+    assert f"'{field}'" in message
+    assert "Thing" in message
+    assert "str, int" in message  # the error lists the supported types
+
+
+def test_a_refused_model_generates_no_nodes(db):
+    with pytest.raises(ValidationError):
+        db.model(make_class("Thing", {"label": str, "coords": set}))
+    assert "ThingCreateNode" not in db.nodes
+    assert "Thing" not in db.models
+
+
+def test_a_model_without_fields_is_refused(db):
+    with pytest.raises(ValidationError, match="Empty"):
+        db.model(make_class("Empty", {}))
+
+
+def test_a_default_of_the_wrong_type_is_refused_naming_the_field(db):
+    with pytest.raises(ValidationError, match="retries"):
+        db.model(make_class("Thing", {"retries": int}, {"retries": "many"}))
+
+
+def test_a_none_default_on_a_non_optional_field_is_refused(db):
+    with pytest.raises(ValidationError, match="label"):
+        db.model(make_class("Thing", {"label": str}, {"label": None}))
+
+
+def test_an_unknown_dataflow_option_is_refused_with_a_suggestion(db):
+    with pytest.raises(ValidationError, match="Did you mean 'unique'"):
+        db.model(make_class("Thing", {"label": str}, {"__dataflow__": {"uniqe": [["label"]]}}))
+
+
+def test_a_unique_constraint_on_an_unknown_field_is_refused(db):
+    with pytest.raises(ValidationError, match="lable"):
+        db.model(make_class("Thing", {"label": str}, {"__dataflow__": {"unique": [["lable"]]}}))
+
+
+def test_private_and_classvar_attributes_are_not_fields(db):
+    @db.model
+    class Thing:
+        label: str
+        _cache: dict
+        registry: typing.ClassVar[dict] = {}
+
+    assert [f.name for f in db.models["Thing"].fields] == ["id", "label", "created_at", "updated_at"]
+
+
+def test_optional_and_defaulted_fields_are_not_required(db):
+    @db.model
+    class Thing:
+        label: str
+        note: Optional[str]  # noqa: UP045
+        other: int | None
+        count: int = 0
+
+    params = {p.name: p.required for p in db.nodes["ThingCreateNode"].parameters}
+    assert params == {"label": True, "note": False, "other": False, "count": False}
+    row = run_one(db, "ThingCreateNode", {"label": "x"})
+    assert (row["note"], row["other"], row["count"]) == (None, None, 0)
+
+
+def test_a_declared_unique_constraint_is_enforced(db):
+    @db.model
+    class Account:
+        email: str
+        __dataflow__ = {"unique": [["email"]], "indexes": ["email"]}
+
+    run_one(db, "AccountCreateNode", {"email": "a@example.com"})
+    with pytest.raises(DataFlowError):
+        run_one(db, "AccountCreateNode", {"email": "a@example.com"})
+    assert run_one(db, "AccountCountNode", {}) == {"count": 1}
+
+
+def test_the_decorator_returns_the_class(db):
+    class Thing:
+        label: str
+
+    assert db.model(Thing) is Thing
+
+
+# -- awkward field names ------------------------------------------------------------------
+def test_fields_named_like_node_parameters_work(db):
+    @db.model
+    class Record:
+        id: str
+        name: str
+        filter: str
+        data: dict
+        fields: Optional[str] = None  # noqa: UP045
+        limit: int = 0
+
+    created = run_one(
+        db,
+        "RecordCreateNode",
+        {"id": "r1", "name": "first", "filter": "f1", "data": {"k": 1}, "fields": "x", "limit": 5},
+    )
+    assert created["id"] == "r1"
+    assert (created["name"], created["filter"], created["data"]) == ("first", "f1", {"k": 1})
+    assert (created["fields"], created["limit"]) == ("x", 5)
+    assert run_one(db, "RecordReadNode", {"id": "r1"}) == created
+
+    run_one(
+        db,
+        "RecordBulkCreateNode",
+        {"data": [{"id": "r2", "name": "second", "filter": "f2", "data": {"k": 2}, "limit": 7}]},
+    )
+    listed = run_one(db, "RecordListNode", {"filter": {"filter": "f2"}})
+    assert [r["id"] for r in listed["records"]] == ["r2"]
+    assert listed["records"][0]["data"] == {"k": 2}
+    by_name = run_one(db, "RecordListNode", {"filter": {"name": "first"}, "order_by": ["-limit"]})
+    assert [r["id"] for r in by_name["records"]] == ["r1"]
+    ordered = run_one(db, "RecordListNode", {"order_by": ["-limit"]})
+    assert [r["id"] for r in ordered["records"]] == ["r2", "r1"]
+
+    updated = run_one(db, "RecordUpdateNode", {"id": "r1", "fields": {"filter": "changed", "data": {}}})
+    assert (updated["filter"], updated["data"]) == ("changed", {})
+    assert run_one(db, "RecordCountNode", {"filter": {"filter": "changed"}}) == {"count": 1}
+
+
+def test_a_str_id_model_lists_in_id_order(db):
+    @db.model
+    class Code:
+        id: str
+        name: str
+
+    run_one(db, "CodeBulkCreateNode", {"data": [{"id": i, "name": i.upper()} for i in ("c", "a", "b")]})
+    assert [r["id"] for r in run_one(db, "CodeListNode", {})["records"]] == ["a", "b", "c"]
+
+
+def exercise_keyword_fields(db, model_name, names):
+    """Create, read, list (filter + order_by), update, count, bulk create/upsert and delete."""
+    values = {name: f"{name}-1" for name in names}
+    created = run_one(db, f"{model_name}CreateNode", values)
+    assert {name: created[name] for name in names} == values
+    assert run_one(db, f"{model_name}ReadNode", {"id": created["id"]}) == created
+
+    bulk = [{name: f"{name}-{i}" for name in names} for i in (2, 3)]
+    assert run_one(db, f"{model_name}BulkCreateNode", {"data": bulk}) == {"inserted": 2}
+    first = names[0]
+    listed = run_one(
+        db, f"{model_name}ListNode", {"filter": {first: {"$ne": f"{first}-2"}}, "order_by": [f"-{first}"]}
+    )
+    assert [r[first] for r in listed["records"]] == [f"{first}-3", f"{first}-1"]
+
+    updated = run_one(db, f"{model_name}UpdateNode", {"id": created["id"], "fields": {first: "changed"}})
+    assert updated[first] == "changed"
+    assert run_one(db, f"{model_name}CountNode", {"filter": {first: "changed"}}) == {"count": 1}
+    upsert = [{"id": created["id"], **{n: "upserted" for n in names}}]
+    assert run_one(db, f"{model_name}BulkUpsertNode", {"data": upsert}) == {"inserted": 0, "updated": 1}
+    changed = run_one(
+        db, f"{model_name}BulkUpdateNode", {"filter": {first: "upserted"}, "fields": {first: "bulk"}}
+    )
+    assert changed == {"updated": 1}
+    assert run_one(db, f"{model_name}BulkDeleteNode", {"filter": {first: "bulk"}}) == {"deleted": 1}
+    assert run_one(db, f"{model_name}CountNode", {}) == {"count": 2}
+
+
+def test_sql_keywords_order_select_and_group_work_as_field_names(db):
+    @db.model
+    class Keyword:
+        order: str
+        select: str
+        group: str
+
+    exercise_keyword_fields(db, "Keyword", ["order", "select", "group"])
+
+
+@pytest.mark.parametrize(
+    "keyword",
+    [
+        "from",
+        "where",
+        "table",
+        "user",
+        "limit",
+        "desc",
+        "default",
+        "check",
+        "end",
+        "at",
+        "values",
+        "qualify",
+        "pivot",
+    ],
+)
+def test_other_sql_keywords_work_as_field_names(db, keyword):
+    db.model(make_class("Keyword", {keyword: str, "label": str}))
+    exercise_keyword_fields(db, "Keyword", [keyword, "label"])
+
+
+def test_keyword_model_names_get_keyword_free_tables(db):
+    @db.model
+    class Order:
+        select: str
+
+    @db.model
+    class Group:
+        order: int
+
+    assert db.models["Order"].table_name == "orders"
+    assert db.models["Group"].table_name == "groups"
+    run_one(db, "OrderCreateNode", {"select": "x"})
+    run_one(db, "GroupCreateNode", {"order": 3})
+    assert run_one(db, "GroupListNode", {"order_by": "order"})["records"][0]["order"] == 3
+    assert run_one(db, "OrderCountNode", {"filter": {"select": "x"}}) == {"count": 1}
