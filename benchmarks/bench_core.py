@@ -410,8 +410,9 @@ def main() -> int:
     return 0
 
 
-def write(path: str, report: str) -> None:
-    marker_start, marker_end = "<!-- bench_core:start -->", "<!-- bench_core:end -->"
+def write(path: str, report: str, key: str = "bench_core") -> None:
+    """Replace (or append) this benchmark's block in a markdown file."""
+    marker_start, marker_end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
     text = open(path).read() if os.path.exists(path) else ""
     block = f"{marker_start}\n{report}\n{marker_end}"
     if marker_start in text:

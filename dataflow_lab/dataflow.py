@@ -135,6 +135,16 @@ class DataFlow:
                 f"Model '{name}' is not defined on {self!r}.", hint="decorate the class with @db.model first."
             ) from None
 
+    def import_csv(self, model: type | str, path: Any, **options: Any) -> dict[str, Any]:
+        """Stream a CSV file (header = field names) into ``model``'s table, in one transaction.
+
+        Options: delimiter, encoding, batch_size, on_error ("raise" | "skip"), progress.
+        Returns BulkCreate's output, e.g. ``{"inserted": 1000}``.
+        """
+        from .csv_import import import_csv
+
+        return import_csv(self, model, path, **options)
+
     # -- lifecycle -----------------------------------------------------------
     async def _opened(self) -> Any:
         """The dialect, opened once, on the background loop."""

@@ -27,12 +27,14 @@ from typing import Any
 
 from .errors import ValidationError, did_you_mean
 from .model import MISSING
+from .types import INT64
 
 __all__ = ["Chunk", "RowShaper", "iter_records", "is_dataframe"]
 
 # Python types that pass unchanged for each logical type (before the dialect's converter).
 _FAST_TYPES: dict[str, tuple[type, ...]] = {
     "text": (str,),
+    "integer": (int,),
     "float": (float,),
     "boolean": (bool,),
     "date": (dt.date,),
@@ -40,7 +42,7 @@ _FAST_TYPES: dict[str, tuple[type, ...]] = {
     "decimal": (Decimal,),
     "bytes": (bytes,),
     "uuid": (uuid.UUID,),
-}  # fmt: skip  (no entry: checked row by row; ints need their 64-bit range checked too)
+}  # fmt: skip  (json has no entry: its values are checked row by row)
 
 
 @dataclass
@@ -85,13 +87,9 @@ def _native_column(series: Any) -> list[Any]:
     if kind.startswith("datetime64"):
         return [None if v is None or v != v else v.to_pydatetime() for v in series.astype(object).tolist()]
     values = series.tolist()
-    if (
-        kind in ("float64", "float32")
-        or kind == "object"
-        or kind.startswith(("Int", "Float", "boolean", "string"))
-    ):
-        return [None if _missing(v) else v for v in values]
-    return values
+    if kind in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool"):
+        return values  # these dtypes cannot hold a missing value
+    return [None if _missing(v) else v for v in values]  # float, str, object, category, nullable dtypes
 
 
 def _missing(value: Any) -> bool:
@@ -126,6 +124,7 @@ class RowShaper:
         self.columns = (*self._given, *(f.name for f in rest), "created_at", "updated_at")
         self._fast = [self._fast_types(f) for f in given]
         self._convert = [(i, c) for i, f in enumerate(given) if (c := self._converter(f)) is not None]
+        self._ints = [(i, f.nullable) for i, f in enumerate(given) if f.type.name == "integer"]
         self._good: set[tuple[type, ...]] = set()
         # When row 0 lacks a required field, every row takes the slow path (which names it).
         self._fast_ok = _REQUIRED not in self._tail
@@ -177,6 +176,27 @@ class RowShaper:
                 if signature in good or self._signature_ok(signature, fast):
                     rows.append(values + tail if not self._convert else self._converted(values) + tail)
                     continue
+            try:
+                rows.append(self._slow(record, first_index + offset))
+            except ValidationError as exc:
+                if self.on_error != "skip":
+                    raise
+                skipped.append({"index": first_index + offset, "error": exc.message})
+        if self._ints and rows and not self._ints_fit(rows):
+            return self._all_slow(records, first_index)  # some int is beyond 64 bits: find and name it
+        return Chunk(self.columns, rows, first_index, skipped)
+
+    def _ints_fit(self, rows: list[tuple[Any, ...]]) -> bool:
+        """One min/max pass per int column, instead of a range check per value."""
+        for i, nullable in self._ints:
+            column = [r[i] for r in rows if r[i] is not None] if nullable else [r[i] for r in rows]
+            if column and (min(column) < INT64[0] or max(column) > INT64[1]):
+                return False
+        return True
+
+    def _all_slow(self, records: list[Any], first_index: int) -> Chunk:
+        rows, skipped = [], []
+        for offset, record in enumerate(records):
             try:
                 rows.append(self._slow(record, first_index + offset))
             except ValidationError as exc:

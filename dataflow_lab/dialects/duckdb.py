@@ -266,6 +266,8 @@ class DuckDBDialect(Dialect):
         )
         return sorted(r[0] for r in returned)
 
+    upsert_reports_counts = True
+
     async def bulk_upsert(
         self,
         conn: Connection,
@@ -274,12 +276,24 @@ class DuckDBDialect(Dialect):
         rows: Sequence[Sequence[Any]],
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Arrow view -> count the keys that exist (a join), then one INSERT ... ON CONFLICT."""
+        keys = ", ".join(f'"{c}"' for c in conflict_on)
         action = self.on_conflict_sql(conflict_on, update_columns)
-        await self._from_arrow(
-            table,
-            columns,
-            rows,
-            lambda view, cols: f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM {view} {action}',
-        )
-        return None
+        data = self._arrow(table, columns, rows)
+        cols = ", ".join(f'"{c}"' for c in columns)
+        view = f"_dataflow_bulk_{id(data)}"
+
+        def load() -> int:
+            self.con.register(view, data)
+            try:
+                existing = self.con.execute(
+                    f'SELECT count(*) FROM "{table.name}" JOIN "{view}" USING ({keys})'
+                ).fetchone()[0]
+                self.con.execute(f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{view}" {action}')
+                return int(existing)
+            finally:
+                self.con.unregister(view)
+
+        existing = await self.run(load)
+        return len(rows) - existing, existing

@@ -171,6 +171,29 @@ class SQLiteDialect(PooledDialect):
         rows = await conn.fetch("SELECT name, type FROM pragma_table_info(?)", (table_name,))
         return {name: normalize_type(kind) for name, kind in rows}
 
+    upsert_reports_counts = True
+
+    async def bulk_upsert(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+    ) -> tuple[int, int]:
+        """executemany of INSERT ... ON CONFLICT; new rows are those past the old max(rowid).
+
+        Exact because this connection holds SQLite's write lock (BEGIN IMMEDIATE), and an
+        update never changes a row's rowid.
+        """
+        quote = self.sa_dialect.identifier_preparer.quote
+        before = (await conn.fetch(f"SELECT coalesce(max(rowid), 0) FROM {quote(table.name)}"))[0][0]
+        await super().bulk_upsert(conn, table, columns, rows, conflict_on, update_columns)
+        count = await conn.fetch(f"SELECT count(*) FROM {quote(table.name)} WHERE rowid > ?", (before,))
+        inserted = int(count[0][0])
+        return inserted, len(rows) - inserted
+
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         if any(isinstance(v, bytes) for v in values):
             return column.in_(values)

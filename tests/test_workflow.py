@@ -1,0 +1,608 @@
+"""WorkflowBuilder: add_node checks at once, build() reports every problem, Workflows are immutable."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pytest
+
+from dataflow_lab import (
+    DataFlow,
+    LocalRuntime,
+    NodeExecutionError,
+    NodeNotFoundError,
+    ValidationError,
+    Workflow,
+    WorkflowBuilder,
+    WorkflowValidationError,
+)
+
+
+def define_user(db: DataFlow) -> type:
+    @db.model
+    class User:
+        name: str
+        email: str
+        age: int = 0
+        nickname: Optional[str] = None  # noqa: UP045 - Optional is the documented spelling
+
+    return User
+
+
+@pytest.fixture
+def mem_db():
+    """A zero-config DataFlow with a User model, for checks that need no particular backend."""
+    db = DataFlow()
+    define_user(db)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def user_db(db):
+    """The parametrized real database (sqlite, duckdb, postgres) with a User model."""
+    define_user(db)
+    return db
+
+
+def create_users(db: DataFlow, *names: str) -> list[dict]:
+    wf = WorkflowBuilder(dataflow=db)
+    for i, name in enumerate(names):
+        wf.add_node("UserCreateNode", f"c{i}", {"name": name, "email": f"{name}@example.com"})
+    results, _ = LocalRuntime().execute(wf.build())
+    return [results[f"c{i}"] for i in range(len(names))]
+
+
+# --------------------------------------------------------------------------- add_node checks at once
+
+
+def test_an_unknown_node_type_is_refused_at_add_node_with_a_did_you_mean(mem_db):
+    wf = WorkflowBuilder()
+    with pytest.raises(NodeNotFoundError) as info:
+        wf.add_node("UserCreatNode", "c", {"name": "a", "email": "a@x"})
+    assert "Did you mean 'UserCreateNode'" in str(info.value)
+    assert "UserCreatNode" in str(info.value)
+
+
+def test_an_unknown_node_type_is_refused_even_when_no_model_is_close():
+    db = DataFlow()
+    define_user(db)
+    wf = WorkflowBuilder()
+    with pytest.raises(NodeNotFoundError, match="Zebra"):
+        wf.add_node("ZebraStripeNode", "z", {})
+    db.close()
+
+
+def test_an_unknown_parameter_is_refused_at_add_node_with_a_suggestion(mem_db):
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError) as info:
+        wf.add_node("UserCreateNode", "c", {"nmae": "Alice", "email": "a@x"})
+    message = str(info.value)
+    assert "nmae" in message
+    assert "Did you mean 'name'" in message
+    assert "'c'" in message
+
+
+@pytest.mark.parametrize("bad", ["abc", 3.7, [1], {"a": 1}])
+def test_a_wrongly_typed_value_for_an_int_field_is_refused_at_add_node(mem_db, bad):
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError) as info:
+        wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": bad})
+    assert "age" in str(info.value)
+
+
+def test_a_bool_is_not_accepted_as_an_int_field(mem_db):
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError, match="age"):
+        wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": True})
+
+
+def test_a_wrongly_typed_value_for_an_int_parameter_of_a_generated_node_is_refused(mem_db):
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError, match="limit"):
+        wf.add_node("UserListNode", "l", {"limit": "ten"})
+    with pytest.raises(ValidationError, match="offset"):
+        wf.add_node("UserListNode", "l", {"offset": 2.5})
+
+
+def test_a_lossless_numeric_string_is_coerced_to_int_for_an_int_field(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": "42"})
+    workflow = wf.build()
+    assert workflow.nodes["c"].checked["age"] == 42
+    assert type(workflow.nodes["c"].checked["age"]) is int
+    results, _ = LocalRuntime().execute(workflow)
+    assert results["c"]["age"] == 42
+    assert type(results["c"]["age"]) is int
+
+
+def test_a_lossless_numeric_string_is_coerced_for_an_int_parameter_of_a_generated_node(user_db):
+    create_users(user_db, "a", "b", "c")
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserListNode", "l", {"limit": "2"})
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["l"]["count"] == 2
+
+
+def test_a_wrongly_typed_value_for_an_int_argument_of_a_callable_is_refused_and_a_numeric_string_coerced():
+    def double(x: int) -> int:
+        return x * 2
+
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError, match="x"):
+        wf.add_node(double, "d", {"x": "abc"})
+    with pytest.raises(ValidationError, match="x"):
+        wf.add_node(double, "d", {"x": 3.7})
+    wf.add_node(double, "d", {"x": "21"})
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["d"] == 42
+
+
+def test_a_params_argument_that_is_not_a_dict_is_refused(mem_db):
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError, match="dict"):
+        wf.add_node("UserCreateNode", "c", [("name", "A")])
+
+
+def test_a_duplicate_node_id_is_refused(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    with pytest.raises(ValidationError, match="'c'"):
+        wf.add_node("UserListNode", "c", {})
+    workflow = wf.build()
+    assert list(workflow.nodes) == ["c"]
+    assert workflow.nodes["c"].type_name == "UserCreateNode"
+
+
+def test_a_refused_add_node_leaves_the_builder_unchanged(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserListNode", "l", {})
+    with pytest.raises(ValidationError):
+        wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": "abc"})
+    assert list(wf.build().nodes) == ["l"]
+
+
+# --------------------------------------------------------------------------- what add_node accepts as a type
+
+
+def test_a_node_class_from_db_nodes_is_accepted_as_the_type(user_db):
+    wf = WorkflowBuilder()
+    wf.add_node(user_db.nodes["UserCreateNode"], "c", {"name": "Cls", "email": "cls@x"})
+    wf.add_node(user_db.nodes["UserReadNode"], "r", {})
+    wf.add_connection("c", "id", "r", "id")
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["r"]["name"] == "Cls"
+    assert results["r"] == results["c"]
+
+
+def test_a_node_class_is_checked_at_add_node_like_a_name(mem_db):
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError, match="Did you mean 'email'"):
+        wf.add_node(mem_db.nodes["UserCreateNode"], "c", {"name": "A", "emial": "a@x"})
+
+
+def test_a_plain_callable_takes_its_parameters_as_inputs_and_returns_its_output(user_db):
+    def greeting(name: str, punctuation: str = "!") -> dict:
+        return {"text": f"Hello, {name}{punctuation}", "length": len(name)}
+
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "Alice", "email": "alice@x"})
+    wf.add_node(greeting, "greet", {})
+    wf.add_connection("c", "name", "greet", "name")
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["greet"] == {"text": "Hello, Alice!", "length": 5}
+
+
+def test_a_callable_parameter_without_a_default_is_a_required_input():
+    def needs(a: int, b: int = 1) -> int:
+        return a + b
+
+    wf = WorkflowBuilder()
+    wf.add_node(needs, "n", {})
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert len(info.value.problems) == 1
+    assert "'a'" in info.value.problems[0]
+    assert "'b'" not in info.value.problems[0]
+
+
+def test_an_unknown_argument_for_a_callable_is_refused_with_a_suggestion():
+    def add(left: int, right: int) -> int:
+        return left + right
+
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError, match="Did you mean 'right'"):
+        wf.add_node(add, "a", {"left": 1, "rigth": 2})
+
+
+def test_an_async_callable_is_awaited_and_its_result_is_the_output(user_db):
+    async def shout(name: str) -> dict:
+        import asyncio
+
+        await asyncio.sleep(0)
+        return {"loud": name.upper()}
+
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "bob", "email": "bob@x"})
+    wf.add_node(shout, "s", {})
+    wf.add_node("UserUpdateNode", "u", {"fields": {}})
+    wf.add_connection("c", "name", "s", "name")
+    wf.add_connection("c", "id", "u", "id")
+    wf.add_connection("s", "loud", "u", "fields.name")
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["s"] == {"loud": "BOB"}
+    assert results["u"]["name"] == "BOB"
+
+
+def test_a_lambda_is_accepted_as_a_node():
+    wf = WorkflowBuilder()
+    wf.add_node(lambda x: x + 1, "inc", {"x": 1})
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["inc"] == 2
+
+
+def test_a_value_that_is_not_a_name_class_or_callable_is_refused():
+    wf = WorkflowBuilder()
+    with pytest.raises(ValidationError):
+        wf.add_node(42, "n", {})
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def test_a_dotted_source_output_reaches_into_a_list_of_records(user_db):
+    create_users(user_db, "first", "second")
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserListNode", "l", {"order_by": ["-id"]})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_connection("l", "records.0.id", "r", "id")
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["r"]["name"] == "second"
+
+
+def test_a_dotted_target_input_sets_one_key_of_a_dict_parameter_and_keeps_the_others(user_db):
+    def make_email(name: str) -> dict:
+        return {"email": f"{name.lower()}@new.example"}
+
+    (alice,) = create_users(user_db, "Alice")
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserReadNode", "r", {"id": alice["id"]})
+    wf.add_node(make_email, "mk", {})
+    wf.add_node("UserUpdateNode", "u", {"id": alice["id"], "fields": {"age": 31}})
+    wf.add_connection("r", "name", "mk", "name")
+    wf.add_connection("mk", "email", "u", "fields.email")
+    workflow = wf.build()
+    results, _ = LocalRuntime().execute(workflow)
+    assert results["u"]["email"] == "alice@new.example"
+    assert results["u"]["age"] == 31
+    assert results["u"]["name"] == "Alice"
+    # the node's own parameter dict is not modified by a run
+    assert dict(workflow.nodes["u"].params["fields"]) == {"age": 31}
+
+
+def test_a_dotted_target_input_alone_supplies_a_required_dict_parameter(user_db):
+    (alice,) = create_users(user_db, "Alice")
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserReadNode", "r", {"id": alice["id"]})
+    wf.add_node("UserUpdateNode", "u", {})
+    wf.add_connection("r", "id", "u", "id")
+    wf.add_connection("r", "email", "u", "fields.nickname")
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["u"]["nickname"] == alice["email"]
+
+
+def test_a_connected_value_is_checked_and_coerced_like_a_parameter(user_db):
+    def age_text() -> dict:
+        return {"age": "57", "bad": "old"}
+
+    (alice,) = create_users(user_db, "Alice")
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node(age_text, "t", {})
+    wf.add_node("UserUpdateNode", "u", {"id": alice["id"], "fields": {}})
+    wf.add_connection("t", "age", "u", "fields.age")
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["u"]["age"] == 57
+
+    wf2 = WorkflowBuilder(dataflow=user_db)
+    wf2.add_node(age_text, "t", {})
+    wf2.add_node("UserUpdateNode", "u", {"id": alice["id"], "fields": {}})
+    wf2.add_connection("t", "bad", "u", "fields.age")
+    with pytest.raises(ValidationError, match="age"):
+        LocalRuntime().execute(wf2.build())
+
+
+def test_a_source_output_path_that_the_result_lacks_fails_the_run_naming_the_node_and_path(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_connection("l", "records.0.id", "r", "id")
+    with pytest.raises(NodeExecutionError) as info:
+        LocalRuntime().execute(wf.build())
+    assert info.value.node_id == "r"
+    assert "records.0.id" in str(info.value)
+
+
+def test_add_connection_refuses_an_empty_path(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserReadNode", "r", {})
+    with pytest.raises(ValidationError):
+        wf.add_connection("l", "", "r", "id")
+    with pytest.raises(ValidationError):
+        wf.add_connection("l", "count", "r", "")
+
+
+# --------------------------------------------------------------------------- build() reports every problem
+
+
+def test_build_reports_a_dangling_connection_naming_the_missing_node(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "creator", {"name": "A", "email": "a@x"})
+    wf.add_node("UserReadNode", "r", {"id": 1})
+    wf.add_connection("craetor", "id", "r", "id")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert len(info.value.problems) == 1
+    assert "'craetor'" in info.value.problems[0]
+    assert "Did you mean 'creator'" in info.value.problems[0]
+
+
+def test_build_reports_a_connection_into_a_missing_target(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    wf.add_connection("c", "id", "nowhere", "id")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert any("'nowhere'" in p for p in info.value.problems)
+
+
+def test_build_reports_a_required_input_that_nobody_supplies(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A"})
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert len(info.value.problems) == 1
+    assert "'c'" in info.value.problems[0]
+    assert "'email'" in info.value.problems[0]
+
+
+def test_a_required_input_supplied_by_a_connection_satisfies_build(mem_db):
+    def email() -> dict:
+        return {"address": "a@x"}
+
+    wf = WorkflowBuilder()
+    wf.add_node(email, "e", {})
+    wf.add_node("UserCreateNode", "c", {"name": "A"})
+    wf.add_connection("e", "address", "c", "email")
+    workflow = wf.build()
+    assert workflow.order == ("e", "c")
+    results, _ = LocalRuntime().execute(workflow)
+    assert results["c"]["email"] == "a@x"
+
+
+def test_build_reports_an_unknown_output_of_a_generated_node_with_a_suggestion(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_connection("l", "recods.0.id", "r", "id")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert len(info.value.problems) == 1
+    assert "recods" in info.value.problems[0]
+    assert "Did you mean 'records'" in info.value.problems[0]
+
+
+def test_build_reports_an_unknown_input_of_the_target(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_connection("c", "id", "r", "idd")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert any("idd" in p and "Did you mean 'id'" in p for p in info.value.problems)
+
+
+def test_build_reports_a_cycle_naming_its_nodes():
+    def a(x: int) -> dict:
+        return {"y": x}
+
+    def b(y: int) -> dict:
+        return {"x": y}
+
+    wf = WorkflowBuilder()
+    wf.add_node(a, "first", {})
+    wf.add_node(b, "second", {})
+    wf.add_connection("first", "y", "second", "y")
+    wf.add_connection("second", "x", "first", "x")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert len(info.value.problems) == 1
+    assert "cycle" in info.value.problems[0]
+    assert "first" in info.value.problems[0]
+    assert "second" in info.value.problems[0]
+
+
+def test_build_reports_a_node_feeding_itself():
+    def a(x: int = 0) -> dict:
+        return {"x": x}
+
+    wf = WorkflowBuilder()
+    wf.add_node(a, "loop", {})
+    wf.add_connection("loop", "x", "loop", "x")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert any("loop" in p for p in info.value.problems)
+
+
+def test_build_reports_every_problem_at_once_in_one_error(mem_db):
+    def a(x: int) -> dict:
+        return {"y": x}
+
+    def b(y: int) -> dict:
+        return {"x": y}
+
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "incomplete", {"name": "A"})  # no email
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_connection("l", "rekords.0.id", "r", "id")  # unknown output
+    wf.add_connection("ghost", "id", "incomplete", "age")  # dangling
+    wf.add_node(a, "first", {})
+    wf.add_node(b, "second", {})
+    wf.add_connection("first", "y", "second", "y")
+    wf.add_connection("second", "x", "first", "x")  # cycle
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    problems = info.value.problems
+    assert isinstance(problems, list)
+    assert len(problems) == 4
+    assert any("ghost" in p for p in problems)
+    assert any("'email'" in p and "incomplete" in p for p in problems)
+    assert any("rekords" in p for p in problems)
+    assert any("cycle" in p for p in problems)
+    assert "4 problem" in str(info.value)
+    for p in problems:
+        assert p in str(info.value)
+
+
+def test_build_refuses_a_single_record_update_whose_filter_is_not_an_id(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserUpdateNode", "u", {"filter": {"name": "A"}, "fields": {"age": 1}})
+    with pytest.raises((WorkflowValidationError, ValidationError)):
+        wf.build()
+
+
+def test_an_empty_workflow_builds_and_runs_to_empty_results():
+    workflow = WorkflowBuilder().build()
+    assert isinstance(workflow, Workflow)
+    results, run_id = LocalRuntime().execute(workflow)
+    assert results == {}
+    assert run_id
+
+
+# --------------------------------------------------------------------------- the built Workflow
+
+
+def test_build_returns_an_immutable_workflow(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    workflow = wf.build()
+    assert isinstance(workflow, Workflow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        workflow.name = "changed"
+    with pytest.raises(TypeError):
+        workflow.nodes["x"] = workflow.nodes["c"]
+    with pytest.raises(TypeError):
+        workflow.nodes["c"].params["name"] = "B"
+    with pytest.raises(AttributeError):
+        workflow.connections.append(None)
+
+
+def test_changing_the_builder_after_build_does_not_change_the_built_workflow(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    first = wf.build()
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_connection("c", "id", "r", "id")
+    second = wf.build()
+    assert list(first.nodes) == ["c"]
+    assert first.connections == ()
+    assert list(second.nodes) == ["c", "r"]
+    assert len(second.connections) == 1
+
+
+def test_a_mutable_params_dict_changed_after_add_node_does_not_change_the_workflow(user_db):
+    params = {"name": "Before", "email": "b@x"}
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "c", params)
+    params["name"] = "After"
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["c"]["name"] == "Before"
+
+
+def test_nodes_run_in_dependency_order_regardless_of_insertion_order(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_node("UserCreateNode", "c", {"name": "Late", "email": "late@x"})
+    wf.add_connection("c", "id", "r", "id")
+    workflow = wf.build()
+    assert workflow.order == ("c", "r")
+    results, _ = LocalRuntime().execute(workflow)
+    assert results["r"]["name"] == "Late"
+
+
+def test_each_build_gets_a_distinct_workflow_id(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserListNode", "l", {})
+    assert wf.build().workflow_id != wf.build().workflow_id
+
+
+# --------------------------------------------------------------------------- parameters at execute
+
+
+def test_parameters_at_execute_override_node_parameters(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "c", {"name": "Default", "email": "d@x"})
+    workflow = wf.build()
+    runtime = LocalRuntime()
+    results, _ = runtime.execute(workflow, parameters={"c": {"name": "Override", "email": "o@x"}})
+    assert results["c"]["name"] == "Override"
+    assert results["c"]["email"] == "o@x"
+    # the workflow itself keeps its own parameters for the next run
+    results, _ = runtime.execute(workflow)
+    assert results["c"]["name"] == "Default"
+
+
+def test_parameters_at_execute_override_only_the_named_keys(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "c", {"name": "Default", "email": "d@x", "age": 5})
+    results, _ = LocalRuntime().execute(wf.build(), parameters={"c": {"age": 6}})
+    assert (results["c"]["name"], results["c"]["email"], results["c"]["age"]) == ("Default", "d@x", 6)
+
+
+def test_parameters_at_execute_are_checked_and_coerced(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    workflow = wf.build()
+    with pytest.raises(ValidationError, match="age"):
+        LocalRuntime().execute(workflow, parameters={"c": {"age": "abc"}})
+    with pytest.raises(ValidationError, match="Did you mean 'name'"):
+        LocalRuntime().execute(workflow, parameters={"c": {"nam": "B"}})
+    results, _ = LocalRuntime().execute(workflow, parameters={"c": {"age": "8"}})
+    assert results["c"]["age"] == 8
+
+
+def test_parameters_at_execute_naming_an_unknown_node_are_refused_and_nothing_runs(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "create", {"name": "A", "email": "a@x"})
+    workflow = wf.build()
+    with pytest.raises(ValidationError) as info:
+        LocalRuntime().execute(workflow, parameters={"craete": {"name": "B"}})
+    assert "craete" in str(info.value)
+    assert "Did you mean 'create'" in str(info.value)
+    check = WorkflowBuilder(dataflow=user_db)
+    check.add_node("UserCountNode", "n", {})
+    assert LocalRuntime().execute(check.build())[0]["n"] == {"count": 0}
+
+
+def test_parameters_at_execute_may_override_a_parameter_that_a_connection_also_feeds(user_db):
+    (alice,) = create_users(user_db, "Alice")
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserReadNode", "r", {"id": alice["id"]})
+    wf.add_node("UserUpdateNode", "u", {"fields": {"age": 1}})
+    wf.add_connection("r", "id", "u", "id")
+    results, _ = LocalRuntime().execute(wf.build(), parameters={"u": {"fields": {"age": 2}}})
+    assert results["u"]["age"] == 2
+
+
+def test_the_builder_itself_can_be_executed(user_db):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    results, _ = LocalRuntime().execute(wf)
+    assert results["c"]["name"] == "A"
+
+
+def test_execute_refuses_something_that_is_not_a_workflow():
+    with pytest.raises(ValidationError, match="Workflow"):
+        LocalRuntime().execute({"nodes": []})
