@@ -15,10 +15,26 @@ from .errors import (
     ValidationError,
     WorkflowValidationError,
 )
+from .monitoring import MetricsCollector
 from .runtime import AsyncLocalRuntime, LocalRuntime
 from .workflow import Workflow, WorkflowBuilder
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ip: object) -> None:
+    """``%load_ext dataflow_lab``: registers the %dataflow magics (imported only now)."""
+    from .notebook import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip: object) -> None:
+    """``%unload_ext dataflow_lab``: removes the %dataflow magics."""
+    from .notebook import unload_ipython_extension as unload
+
+    unload(ip)
+
 
 __all__ = [
     "AsyncLocalRuntime",
@@ -26,6 +42,7 @@ __all__ = [
     "DataFlow",
     "DataFlowError",
     "LocalRuntime",
+    "MetricsCollector",
     "MigrationError",
     "NodeExecutionError",
     "NodeNotFoundError",

@@ -65,6 +65,7 @@ class DataFlowConfig:
     echo: bool = False
     monitoring: bool = False
     statement_timeout: float | None = 60.0
+    in_doubt_grace: float = 60.0  # seconds before start-up recovery resolves another process's 2PC
 
     def __repr__(self) -> str:
         fields = ", ".join(

@@ -8,6 +8,7 @@ and each table is created the first time a workflow uses it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -42,8 +43,15 @@ class DataFlow:
         self._open_future: asyncio.Future | None = None
         self._ddl_lock: asyncio.Lock | None = None
         self._closed = False
+        self._two_phase: bool | None = None
+        self._recovered = False
         registry.register(self)
         _track(self)
+        self._monitor = None
+        if self.config.monitoring:
+            from .monitoring import attach
+
+            self._monitor = attach(self)
 
     # -- identity ----------------------------------------------------------
     @property
@@ -161,7 +169,31 @@ class DataFlow:
             ) from None
         return self._dialect
 
-    async def _ensure_table(self, table: Any) -> None:
+    async def _ensure_table(self, table: Any, scope: Any = None) -> None:
+        if not self._recovered:
+            self._recovered = True
+            await self._recover_at_start()
+        if (
+            scope is not None
+            and scope.holds(self)
+            and table.model.signature() not in self._ready_signatures()
+        ):
+            # Inside an open transaction on this database: a second connection could wait forever for
+            # the one writer (SQLite, DuckDB). Create the table in that transaction; a rollback undoes it,
+            # so it is not marked ready.
+            conn = await scope.connection(self, write=True)
+            await table.ensure(conn, auto_migrate=self.config.auto_migrate)
+            return
+        await self._ensure_table_once(table)
+
+    def _ready_signatures(self) -> set:
+        return {key[1] for key in self._ready}
+
+    async def _ensure_table_once(self, table: Any) -> None:
+        if table.model.audit_log:  # its writes log to the audit table in their own transaction
+            from .audit import ensure_table
+
+            await ensure_table(self)
         key = (table.model.table_name, table.model.signature())
         if key in self._ready:
             return
@@ -191,6 +223,108 @@ class DataFlow:
                 await dialect.release(conn)
             self._ready = {k for k in self._ready if k[0] != key[0]} | {key}
 
+    async def _allows_two_phase(self) -> bool:
+        """PostgreSQL with max_prepared_transactions > 0 (asked once)."""
+        if self._two_phase is None:
+            self._two_phase = False
+            if self.dialect == "postgresql":
+                dialect = await self._opened()
+                conn = await dialect.acquire()
+                try:
+                    self._two_phase = int((await conn.fetch("SHOW max_prepared_transactions"))[0][0]) > 0
+                finally:
+                    await dialect.release(conn)
+        return self._two_phase
+
+    def transaction(self, isolation: str | None = None) -> Any:
+        """One transaction for a block: ``with db.transaction():`` or ``async with db.transaction():``.
+
+        Workflows run inside it join it; a nested block is a savepoint; an exception
+        rolls the block back and propagates unchanged.
+        """
+        from .transactions import TransactionBlock
+
+        self._check_open()
+        return TransactionBlock(self, isolation)
+
+    def recover_in_doubt(self, *others: DataFlow) -> dict[str, str]:
+        """Resolve prepared (two-phase) transactions a crash left behind, on this and ``others``.
+
+        Commits those whose decision the coordinator recorded; rolls back the rest.
+        """
+        from .transactions import recover_in_doubt
+
+        return _loop.run(recover_in_doubt([self, *others]))
+
+    async def _recover_at_start(self) -> None:
+        """At first use of a PostgreSQL database: resolve two-phase commits a crash left in doubt."""
+        from .transactions import recover_in_doubt
+
+        if self.dialect != "postgresql" or not await self._allows_two_phase():
+            return
+        others = [db for db in registry.live_dataflows() if db is not self and db.dialect == "postgresql"]
+        try:
+            outcome = await recover_in_doubt([self, *others], min_age=self.config.in_doubt_grace)
+        except Exception:  # recovery must never stop a database from opening
+            logging.getLogger("dataflow_lab.transactions").warning("in-doubt recovery failed", exc_info=True)
+            return
+        if outcome:
+            logging.getLogger("dataflow_lab.transactions").warning(
+                "resolved in-doubt transactions: %s", outcome
+            )
+
+    # -- monitoring and audit (monitoring.py, metrics_export.py, audit.py) ---------
+    @property
+    def monitor(self) -> Any:
+        """This database's MetricsCollector (None when monitoring is off)."""
+        return self._monitor
+
+    def metrics(self) -> dict[str, Any]:
+        """The dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
+        return self._collector().dashboard()
+
+    def metrics_frame(self) -> Any:
+        """Recent node runs (duration, rows, queries, errors...) as a pandas DataFrame."""
+        return self._collector().frame()
+
+    def metrics_json(self) -> str:
+        """A JSON snapshot: the dashboard, figures per node type, transaction alerts, anomalies."""
+        from .metrics_export import json_snapshot
+
+        return json_snapshot(self._collector())
+
+    def metrics_text(self) -> str:
+        """The metrics in Prometheus text exposition format."""
+        from .metrics_export import prometheus_text
+
+        return prometheus_text(self._collector())
+
+    def serve_metrics(self, port: int = 0, *, host: str = "127.0.0.1") -> Any:
+        """Serve Prometheus metrics on http://host:port/metrics (0: any free port); ``.close()`` stops it."""
+        from .metrics_export import serve
+
+        return serve(self._collector(), port, host=host)
+
+    def audit(self, model: type | str, id: Any = None) -> list[Any]:
+        """The audit history of one row (or, without ``id``, of every row) of an audited model."""
+        from .audit import history
+
+        return history(self, model, id)
+
+    def _collector(self) -> Any:
+        if self._monitor is None:
+            raise DataFlowError(
+                f"Monitoring is off for {self!r} (the {self.config.environment} preset).",
+                hint="pass monitoring=True to DataFlow(...), or set DATAFLOW_ENV=testing or production.",
+            )
+        return self._monitor
+
+    def _stop_monitoring(self) -> None:
+        if self._monitor is not None:
+            from .monitoring import detach
+
+            detach(self, self._monitor)
+
     def _check_open(self) -> None:
         if self._closed:
             raise DataFlowError(f"{self!r} is closed.", hint="create a new DataFlow.")
@@ -204,6 +338,7 @@ class DataFlow:
             return
         self._closed = True
         registry.unregister(self)
+        self._stop_monitoring()
         if self._open_future is not None and self._open_future.done() and not self._open_future.exception():
             await self._dialect.dispose()
 
@@ -214,6 +349,7 @@ class DataFlow:
         if self._open_future is None:
             self._closed = True
             registry.unregister(self)
+            self._stop_monitoring()
             return
         _loop.run(self.aclose())
 

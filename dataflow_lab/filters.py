@@ -129,7 +129,8 @@ def to_sql(mt: Any, doc: Mapping[str, Any]) -> Any:
         elif key == "$or":
             clauses.append(sa.or_(sa.false(), *[_expr(mt, d) for d in value]))
         elif key == "$not":
-            clauses.append(sa.not_(_expr(mt, value)))
+            # NOT over SQL's unknown (a comparison with NULL) would drop the row; treat unknown as false
+            clauses.append(sa.not_(sa.func.coalesce(_expr(mt, value), sa.false())))
         else:
             clauses.append(_condition(mt, key, value))
     if not clauses:
@@ -191,7 +192,9 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
         elif op == "$null":
             parts.append(col.is_(None) if value else col.is_not(None))
         elif op == "$not":
-            parts.append(sa.not_(sa.and_(sa.true(), _condition(mt, name, value))))
+            parts.append(
+                sa.not_(sa.func.coalesce(sa.and_(sa.true(), _condition(mt, name, value)), sa.false()))
+            )
     return parts[0] if len(parts) == 1 else sa.and_(*parts)
 
 

@@ -11,6 +11,7 @@ arguments and must accept ``**future`` so that new fields never break it::
     progress(*, run_id, node_id, done, total, **future)  # bulk chunks
     retry(*, run_id, node_id, attempt, error, delay, **future)
     compensation(*, run_id, node_id, status, error, **future)
+    anomaly(*, run_id, node_id, anomaly, **future)      # monitoring: a run far off its baseline
 
 Hooks run on the runtime's loop thread, in the order subscribed. They must be
 quick (a widget throttles itself); an exception in a subscriber is logged and
@@ -30,7 +31,7 @@ log = logging.getLogger("dataflow_lab.hooks")
 
 EVENTS = (
     "before_workflow", "after_workflow", "before_node", "after_node",
-    "transaction", "progress", "retry", "compensation",
+    "transaction", "progress", "retry", "compensation", "anomaly",
 )  # fmt: skip
 
 
@@ -109,10 +110,13 @@ class _Fanout:
         self.local = local
 
     def wants(self, event: str) -> bool:
-        return self.local.wants(event) or global_hooks.wants(event)
+        return bool(self.local._by_event[event] or global_hooks._by_event[event])
 
     def emit(self, hook: str, /, **fields: Any) -> None:
-        if self.local._by_event[hook]:
-            self.local.emit(hook, **fields)
-        if global_hooks._by_event[hook]:
-            global_hooks.emit(hook, **fields)
+        # one loop over both lists, calling each method directly: this runs several times per
+        # node whenever monitoring is on, so it avoids re-packing the fields per Hooks object
+        for method in self.local._by_event[hook] + global_hooks._by_event[hook]:
+            try:
+                method(**fields)
+            except Exception:
+                log.exception("hook %s of %r failed", hook, getattr(method, "__self__", method))

@@ -18,7 +18,7 @@ __all__ = ["Field", "ModelSchema", "MISSING", "parse_model", "table_name_for"]
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 TIMESTAMP_FIELDS = ("created_at", "updated_at")
-MODEL_OPTIONS = ("unique", "indexes")
+MODEL_OPTIONS = ("unique", "indexes", "audit_log")
 
 
 class _Missing:
@@ -56,6 +56,7 @@ class ModelSchema:
     fields: tuple[Field, ...]
     unique: tuple[tuple[str, ...], ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
+    audit_log: bool = False  # every write is logged (audit.py)
     by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -221,8 +222,14 @@ def _options(cls: type, model: str, field_names: set[str]) -> dict:
             f"Model '{model}': unknown __dataflow__ option '{unknown[0]}'.{did_you_mean(unknown[0], MODEL_OPTIONS)}",
             hint=f"known options: {', '.join(MODEL_OPTIONS)}.",
         )
-    result = {}
-    for key in MODEL_OPTIONS:
+    audit_log = raw.get("audit_log", False)
+    if not isinstance(audit_log, bool):
+        raise ValidationError(
+            f"Model '{model}': __dataflow__['audit_log'] must be True or False, got {audit_log!r}.",
+            hint="write __dataflow__ = {'audit_log': True} to log every write of this model.",
+        )
+    result: dict = {"audit_log": audit_log}
+    for key in ("unique", "indexes"):
         groups = []
         for entry in raw.get(key, ()):
             group = (entry,) if isinstance(entry, str) else tuple(entry)

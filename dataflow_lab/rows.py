@@ -114,6 +114,11 @@ class RowShaper:
         self._now = now
         self.columns: tuple[str, ...] | None = None
 
+    @property
+    def given(self) -> tuple[str, ...]:
+        """The fields row 0 gave (the others were filled with defaults)."""
+        return self._given
+
     # -- layout, fixed by the first row ----------------------------------
     def _layout(self, first: Mapping[str, Any]) -> None:
         given = [f for f in self.writable if f.name in first]

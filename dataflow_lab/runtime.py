@@ -1,136 +1,80 @@
 """LocalRuntime and AsyncLocalRuntime: run a Workflow, in one transaction by default.
 
-Every run happens on the background loop (``_loop``). Nodes run in
-topological order. With ``transaction="workflow"`` (the default) all writes
-of one run to one database share a transaction: any failure rolls all of them
-back. ``transaction="node"`` commits after each node instead.
+Every run happens on the background loop (``_loop``), nodes in topological
+order. The ``transaction`` mode decides what a failure undoes:
+
+- ``"workflow"`` (default): all writes of a run to a database share one
+  transaction; any failure rolls all of them back.
+- ``"node"``: each node commits on its own; a failure keeps earlier nodes.
+- ``"saga"``: each node commits on its own, and a failure runs the
+  compensations of the committed nodes in reverse order (see ``saga.py``).
+- ``"2pc"``: one transaction per database, committed with two-phase commit
+  across PostgreSQL databases (see ``transactions.py``).
+- ``"auto"``: one database -> "workflow"; several PostgreSQL databases that
+  allow prepared transactions -> "2pc"; otherwise "saga".
+
+Transient failures (lost connections, timeouts, deadlocks, serialization
+failures) are retried per ``RetryPolicy``: the whole run in "workflow" and
+"2pc" modes (its transaction was rolled back, so nothing is applied twice),
+the failing node's own transaction in "node" and "saga" modes.
 """
 
 from __future__ import annotations
 
-import contextvars
-import datetime as dt
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _loop
-from .errors import DataFlowError, NodeExecutionError, TransactionError, ValidationError, did_you_mean
+from . import _loop, saga
+from .audit import run_as
+from .errors import DataFlowError, NodeExecutionError, ValidationError, did_you_mean
 from .hooks import Hooks, _Fanout
-from .nodes.base import RunContext
-from .workflow import Connection, Workflow, WorkflowBuilder
+from .nodes.base import Node
+from .retry import RetryPolicy, retry_reason
+from .transactions import ACTIVE_SCOPE, Scope, check_isolation
+from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
-    from .dialects import Connection as DBConnection
+    pass
 
 __all__ = ["AsyncLocalRuntime", "LocalRuntime"]
 
 log = logging.getLogger("dataflow_lab.runtime")
-TRANSACTION_MODES = ("workflow", "node")
-
-
-class _Run(RunContext):
-    """One run: its id and the connection it holds on each database it touched.
-
-    A transaction begins lazily, before the run's first write to a database:
-    reads before that are single statements on the same connection, so a
-    read-only run pays no BEGIN/COMMIT round trips.
-    """
-
-    def __init__(self, run_id: str, hooks: _Fanout, parent: _Run | None = None):
-        self.parent = parent  # a run started from inside a running node joins its transaction
-        self.run_id = run_id
-        self.hooks = hooks
-        self.now = dt.datetime.now(dt.UTC)
-        self.writing = False  # set by the runtime before each node runs
-        self.node_id = ""  # the node running now
-        self._open: dict[int, list[Any]] = {}  # id(dataflow) -> [dataflow, connection, begun]
-
-    async def connection(self, dataflow: DataFlow) -> DBConnection:
-        if self.parent is not None:
-            self.parent.writing = self.writing  # the parent's node is waiting for us
-            return await self.parent.connection(dataflow)
-        entry = self._open.get(id(dataflow))
-        if entry is None:
-            dialect = await dataflow._opened()
-            entry = self._open[id(dataflow)] = [dataflow, await dialect.acquire(), False]
-        if self.writing and not entry[2]:
-            await entry[1].begin()
-            entry[2] = True
-            self._transaction(dataflow, "begin")
-        return entry[1]
-
-    def _transaction(self, dataflow: DataFlow, event: str) -> None:
-        if self.hooks.wants("transaction"):
-            self.hooks.emit(
-                "transaction", run_id=self.run_id, dataflow=dataflow, event=event, node_id=self.node_id
-            )
-
-    def progress(self, done: int, total: int | None) -> None:
-        """Report bulk progress of the running node (rows done, of total if known)."""
-        if self.hooks.wants("progress"):
-            self.hooks.emit("progress", run_id=self.run_id, node_id=self.node_id, done=done, total=total)
-
-    async def commit(self) -> None:
-        if self.parent is not None:
-            return  # the outer run commits
-        try:
-            for dataflow, conn, begun in list(self._open.values()):
-                if not begun:
-                    continue
-                try:
-                    await conn.commit()
-                    self._transaction(dataflow, "commit")
-                except Exception as exc:
-                    raise TransactionError(
-                        f"Commit failed on {dataflow!r}: {dataflow._dialect.scrub(str(exc))}",
-                        hint="nothing of this run was kept on that database; run the workflow again.",
-                    ) from exc
-        finally:
-            await self.release()
-
-    async def rollback(self) -> None:
-        if self.parent is not None:
-            return  # the error reaches the outer run, which rolls back
-        try:
-            for dataflow, conn, begun in list(self._open.values()):
-                if not begun:
-                    continue
-                try:
-                    await conn.rollback()
-                    self._transaction(dataflow, "rollback")
-                except Exception:  # the original error matters more; the pool discards broken connections
-                    log.warning("rollback failed on %r", dataflow, exc_info=True)
-        finally:
-            await self.release()
-
-    async def release(self) -> None:
-        entries, self._open = list(self._open.values()), {}
-        for dataflow, conn, _begun in entries:
-            await dataflow._dialect.release(conn)
-
-
-# The run whose node is executing in this context. A workflow started from inside a
-# running node (a callable that calls execute) joins that run's transaction: on SQLite and
-# DuckDB it could never get the connection the outer run holds.
-_ACTIVE_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("dataflow_lab_run", default=None)
+TRANSACTION_MODES = ("workflow", "node", "saga", "2pc", "auto")
+_ONCE = RetryPolicy(attempts=1)
 
 
 class LocalRuntime:
-    """Runs workflows. ``execute`` blocks; ``execute_async`` awaits. Both return (results, run_id)."""
+    """Runs workflows. ``execute`` blocks; ``execute_async`` awaits. Both return (results, run_id).
 
-    def __init__(self, *, transaction: str = "workflow", hooks: Any = ()):
-        self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
-        self._emit = _Fanout(self.hooks)
+    ``transaction``: "workflow" (default), "node", "saga", "2pc" or "auto".
+    ``retry``: a RetryPolicy, a number of attempts, or False. ``isolation``: e.g.
+    "serializable". ``hooks``: subscribers (see ``hooks.py``).
+    """
+
+    def __init__(
+        self,
+        *,
+        transaction: str = "workflow",
+        hooks: Any = (),
+        retry: Any = None,
+        isolation: str | None = None,
+        user: str | None = None,
+    ):
+        self.user = user  # who the runs act for: the audit log's "who"
         if transaction not in TRANSACTION_MODES:
             raise ValidationError(
                 f"Unknown transaction mode '{transaction}'.{did_you_mean(transaction, TRANSACTION_MODES)}",
-                hint="use 'workflow' (one transaction per run, the default) or 'node' (commit after each node).",
+                hint="use 'workflow' (one transaction per run, the default), 'node', 'saga', '2pc' or 'auto'.",
             )
         self.transaction = transaction
+        self.retry = RetryPolicy.of(retry)
+        self.isolation = check_isolation(isolation)
+        self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
+        self._emit = _Fanout(self.hooks)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transaction={self.transaction!r})"
@@ -140,14 +84,14 @@ class LocalRuntime:
     ) -> tuple[dict[str, Any], str]:
         """Run the workflow and wait: (results by node id, run id)."""
         workflow, parameters = self._prepare(workflow, parameters)
-        return _loop.run(self._execute(workflow, parameters))
+        return _loop.run(run_as(self.user, self._execute(workflow, parameters)))
 
     async def execute_async(
         self, workflow: Workflow | WorkflowBuilder, parameters: Mapping[str, Mapping[str, Any]] | None = None
     ) -> tuple[dict[str, Any], str]:
         """The async form of ``execute``; safe from any event loop, Jupyter's included."""
         workflow, parameters = self._prepare(workflow, parameters)
-        return await _loop.run_async(self._execute(workflow, parameters))
+        return await _loop.run_async(run_as(self.user, self._execute(workflow, parameters)))
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
         if isinstance(workflow, WorkflowBuilder):
@@ -167,65 +111,198 @@ class LocalRuntime:
                 )
             if not isinstance(values, Mapping):
                 raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
-            spec = workflow.nodes[node_id]
-            spec.node_class.check(values, node_id=node_id, partial=True)
+            workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
             overrides[node_id] = dict(values)
         return workflow, overrides
 
+    # -- a run ---------------------------------------------------------------
     async def _execute(
         self, workflow: Workflow, overrides: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], str]:
-        run = _Run(str(uuid.uuid4()), self._emit, parent=_ACTIVE_RUN.get())
-        token = _ACTIVE_RUN.set(run)
-        emit = self._emit
-        started = time.perf_counter()
+        parent = ACTIVE_SCOPE.get()
+        run_id = str(uuid.uuid4())
+        emit, started = self._emit, time.perf_counter()
         results: dict[str, Any] = {}
         error: BaseException | None = None
         if emit.wants("before_workflow"):
-            emit.emit("before_workflow", run_id=run.run_id, workflow=workflow, runtime=self)
+            emit.emit("before_workflow", run_id=run_id, workflow=workflow, runtime=self)
         try:
             for dataflow, table in workflow.models():
-                await dataflow._ensure_table(table)
-            for node_id in workflow.order:
-                results[node_id] = await self._run_node(
-                    run, workflow, node_id, results, overrides.get(node_id)
-                )
-                if self.transaction == "node":
-                    await run.commit()
-            await run.commit()
+                await dataflow._ensure_table(table, parent)
+            mode = "workflow" if parent is not None else await self._resolve_mode(workflow)
+            whole_run = mode in ("workflow", "2pc") and parent is None
+            for attempt in range(1, (self.retry if whole_run else _ONCE).attempts + 1):
+                results.clear()
+                try:
+                    await self._attempt(workflow, overrides, mode, parent, run_id, results)
+                    return results, run_id
+                except Exception as exc:
+                    if not whole_run or not await self._should_retry(exc, attempt, run_id):
+                        raise
         except BaseException as exc:
             error = exc
-            await run.rollback()
             raise
         finally:
-            _ACTIVE_RUN.reset(token)
             if emit.wants("after_workflow"):
                 emit.emit(
                     "after_workflow",
-                    run_id=run.run_id,
+                    run_id=run_id,
                     workflow=workflow,
                     results=results,
                     error=error,
                     duration=time.perf_counter() - started,
+                    mode=self.transaction,
                 )
-        return results, run.run_id
+        raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _should_retry(
+        self, exc: BaseException, attempt: int, run_id: str, node_id: str | None = None
+    ) -> bool:
+        reason = retry_reason(exc)
+        if reason is None or attempt >= self.retry.attempts:
+            return False
+        delay = self.retry.delay(attempt)
+        log.info("retrying %s after %s (attempt %d): %s", node_id or "the run", reason, attempt, exc)
+        if self._emit.wants("retry"):
+            self._emit.emit(
+                "retry",
+                run_id=run_id,
+                node_id=node_id or getattr(exc, "node_id", None),
+                attempt=attempt,
+                error=exc,
+                delay=delay,
+                reason=reason,
+            )
+        await asyncio.sleep(delay)
+        return True
+
+    async def _attempt(
+        self,
+        workflow: Workflow,
+        overrides: dict[str, dict[str, Any]],
+        mode: str,
+        parent: Scope | None,
+        run_id: str,
+        results: dict[str, Any],
+    ) -> None:
+        if mode in ("node", "saga"):
+            await self._node_by_node(workflow, overrides, mode, run_id, results)
+            return
+        scope = Scope(run_id, self._emit, parent=parent, isolation=self.isolation)
+        token = ACTIVE_SCOPE.set(scope)
+        try:
+            for node_id in workflow.order:
+                results[node_id] = await self._run_node(
+                    scope, workflow, node_id, results, overrides.get(node_id)
+                )
+            await scope.commit(two_phase=mode == "2pc")
+        except BaseException:
+            await scope.rollback()
+            raise
+        finally:
+            ACTIVE_SCOPE.reset(token)
+
+    async def _node_by_node(
+        self,
+        workflow: Workflow,
+        overrides: dict[str, dict[str, Any]],
+        mode: str,
+        run_id: str,
+        results: dict[str, Any],
+    ) -> None:
+        """Each node in its own transaction (retried alone); in saga mode, undo on failure."""
+        steps: list[saga.SagaStep] = []
+        for node_id in workflow.order:
+            for attempt in range(1, self.retry.attempts + 1):
+                scope = Scope(run_id, self._emit, isolation=self.isolation)
+                token = ACTIVE_SCOPE.set(scope)
+                try:
+                    recorder = steps if mode == "saga" else None
+                    results[node_id] = await self._run_node(
+                        scope, workflow, node_id, results, overrides.get(node_id), saga_steps=recorder
+                    )
+                    await scope.commit()
+                    break
+                except Exception as exc:
+                    await scope.rollback()
+                    if await self._should_retry(exc, attempt, run_id, node_id):
+                        continue
+                    if mode == "saga":
+                        exc.compensations = await self._compensate(steps, run_id)
+                    raise
+                except BaseException:
+                    await scope.rollback()
+                    raise
+                finally:
+                    ACTIVE_SCOPE.reset(token)
+
+    async def _compensate(self, steps: list[saga.SagaStep], run_id: str) -> list[dict[str, Any]]:
+        """Run compensations newest first, each in its own (retried) transaction; record each."""
+        record = []
+        for saga_step in reversed(steps):
+            entry = {
+                "node_id": saga_step.node_id,
+                "node_type": saga_step.node_type,
+                "status": "compensated",
+                "error": None,
+            }
+            for attempt in range(1, self.retry.attempts + 1):
+                scope = Scope(run_id, self._emit)
+                try:
+                    dataflow = saga_step.node.dataflow
+                    conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
+                    await saga.compensate(saga_step, conn)
+                    await scope.commit()
+                    break
+                except Exception as exc:
+                    await scope.rollback()
+                    if await self._should_retry(exc, attempt, run_id, saga_step.node_id):
+                        continue
+                    entry.update(status="failed", error=str(exc))
+                    log.error("compensation of %s failed: %s", saga_step.node_id, exc)
+                    break
+            record.append(entry)
+            if self._emit.wants("compensation"):
+                self._emit.emit(
+                    "compensation",
+                    run_id=run_id,
+                    node_id=saga_step.node_id,
+                    status=entry["status"],
+                    error=entry["error"],
+                    node_type=saga_step.node_type,
+                )
+        return record
+
+    async def _resolve_mode(self, workflow: Workflow) -> str:
+        if self.transaction != "auto":
+            return self.transaction
+        dataflows = workflow.dataflows()
+        if len(dataflows) <= 1:
+            return "workflow"
+        if all(db.dialect == "postgresql" for db in dataflows):
+            if all([await db._allows_two_phase() for db in dataflows]):
+                return "2pc"
+        return "saga"
+
+    # -- a node --------------------------------------------------------------
     async def _run_node(
         self,
-        run: _Run,
+        scope: Scope,
         workflow: Workflow,
         node_id: str,
         results: dict[str, Any],
         override: dict[str, Any] | None,
+        *,
+        saga_steps: list | None = None,
     ) -> Any:
         spec = workflow.nodes[node_id]
         cls = spec.node_class
         emit = self._emit
-        run.node_id = node_id
+        scope.node_id = node_id
         if emit.wants("before_node"):
             emit.emit(
                 "before_node",
-                run_id=run.run_id,
+                run_id=scope.run_id,
                 node_id=node_id,
                 node_type=cls.type_name,
                 params=dict(spec.params),
@@ -235,7 +312,9 @@ class LocalRuntime:
         result: Any = None
         error: BaseException | None = None
         try:
-            result = await self._call_node(run, spec, workflow.inputs.get(node_id, ()), results, override)
+            result = await self._call_node(
+                scope, spec, workflow.inputs.get(node_id, ()), results, override, saga_steps
+            )
             return result
         except BaseException as exc:
             error = exc
@@ -244,7 +323,7 @@ class LocalRuntime:
             if emit.wants("after_node"):
                 emit.emit(
                     "after_node",
-                    run_id=run.run_id,
+                    run_id=scope.run_id,
                     node_id=node_id,
                     node_type=cls.type_name,
                     result=result,
@@ -256,23 +335,20 @@ class LocalRuntime:
 
     async def _call_node(
         self,
-        run: _Run,
-        spec: Any,
+        scope: Scope,
+        spec: NodeSpec,
         incoming: tuple[Connection, ...],
         results: dict[str, Any],
         override: dict[str, Any] | None,
+        saga_steps: list | None,
     ) -> Any:
         node_id, cls = spec.node_id, spec.node_class
         try:
-            if incoming or override:
-                params = {**spec.params, **(override or {})}
-                for c in incoming:
-                    _assign(params, c.target_input, _follow(results[c.source], c))
-                params = cls.check(params, node_id=node_id)
-            else:
-                params = cls.complete(spec.checked, node_id=node_id)
-            run.writing = cls.writes
-            return await cls(node_id, params).run(run)
+            node = cls(node_id, _params(spec, incoming, results, override))
+            scope.writing = cls.writes
+            if saga_steps is None or not saga.needs_compensation(node):
+                return await node.run(scope)
+            return await self._run_saga_step(scope, node, saga_steps)
         except NodeExecutionError:
             raise
         except Exception as exc:
@@ -283,9 +359,35 @@ class LocalRuntime:
                     error.args = (scrubbed,)
             raise error from exc
 
+    async def _run_saga_step(self, scope: Scope, node: Node, saga_steps: list) -> Any:
+        conn = await scope.connection(node.dataflow, write=True) if node.dataflow is not None else None
+        if "return_ids" in node.param_map():
+            node.params["return_ids"] = True  # compensation deletes exactly the rows it created
+        before = await saga.capture(node, conn) if conn is not None else []
+        result = await node.run(scope)
+        saga_steps.append(
+            await saga.step(node, conn, before, result)
+            if conn is not None
+            else saga.SagaStep(node.node_id, node.type_name, node, dict(node.params), result)
+        )
+        return result
+
 
 class AsyncLocalRuntime(LocalRuntime):
     """LocalRuntime for async code: ``await runtime.execute_async(workflow)``."""
+
+
+def _params(
+    spec: NodeSpec, incoming: tuple[Connection, ...], results: dict[str, Any], override: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The node's parameters: as checked at add_node, or re-checked with inputs and overrides."""
+    cls = spec.node_class
+    if not incoming and not override:
+        return cls.complete(spec.checked, node_id=spec.node_id)
+    params = {**spec.params, **(override or {})}
+    for c in incoming:
+        _assign(params, c.target_input, _follow(results[c.source], c))
+    return cls.check(params, node_id=spec.node_id)
 
 
 def rows_of(result: Any) -> int | None:

@@ -83,6 +83,12 @@ class Workflow:
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self.nodes)} node(s), {len(self.connections)} connection(s)>"
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Notebook display: the DAG (SVG, or a table without Graphviz) and describe() as text."""
+        from .viz import workflow_bundle
+
+        return workflow_bundle(self)
+
     def describe(self) -> str:
         lines = [repr(self)]
         for node_id in self.order:

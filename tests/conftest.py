@@ -46,6 +46,10 @@ def postgres_url(which: str | None = None) -> str:
             pytest.fail("DATAFLOW_REQUIRE_POSTGRES=1 but DATAFLOW_TEST_POSTGRES_URL is not set")
         pytest.skip("no PostgreSQL: set DATAFLOW_TEST_POSTGRES_URL (bash .ci/run does)")
     reset_postgres(url)
+    return with_schema(url)
+
+
+def with_schema(url: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}schema={SCHEMA}"
 
 
@@ -84,6 +88,16 @@ def db(url):
 @pytest.fixture
 def pg_url() -> str:
     return postgres_url()
+
+
+@pytest.fixture
+def pg_url2() -> str:
+    """A second PostgreSQL database (for two-phase commit and cross-database tests)."""
+    if not PG_URL2:
+        if REQUIRE_PG:
+            pytest.fail("DATAFLOW_REQUIRE_POSTGRES=1 but DATAFLOW_TEST_POSTGRES_URL2 is not set")
+        pytest.skip("no second PostgreSQL database: set DATAFLOW_TEST_POSTGRES_URL2 (bash .ci/run does)")
+    return postgres_url(PG_URL2)
 
 
 @pytest.fixture(autouse=True)

@@ -52,9 +52,22 @@ class Connection:
 
     echo = False  # set per connection from the DataFlow's ``echo`` setting
 
-    async def begin(self) -> None: ...
+    usable = True  # False once the driver connection is known to be dead
+
+    async def begin(self, isolation: str | None = None) -> None: ...
     async def commit(self) -> None: ...
     async def rollback(self) -> None: ...
+
+    async def savepoint(self, name: str) -> None:
+        await self.execute(f"SAVEPOINT {name}")
+
+    async def release_savepoint(self, name: str) -> None:
+        await self.execute(f"RELEASE SAVEPOINT {name}")
+
+    async def rollback_to_savepoint(self, name: str) -> None:
+        await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        await self.execute(f"RELEASE SAVEPOINT {name}")
+
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
@@ -69,6 +82,7 @@ class Dialect:
     storage: dict[str, Callable[[], sa.types.TypeEngine]] = {}
     to_db: dict[str, Converter] = {}
     from_db: dict[str, Converter] = {}
+    observe: Callable[[Connection], Connection] | None = None  # monitoring wraps each connection
 
     def __init__(self, config: DataFlowConfig, url: str):
         self.config = config
@@ -120,6 +134,10 @@ class Dialect:
     def declared_type(self, column: sa.Column) -> str:
         """The normalized type name this dialect declares for a column."""
         return normalize_type(column.type.compile(dialect=self.sa_dialect))
+
+    def commit_never_sent(self, error: BaseException) -> bool:
+        """True when COMMIT failed before reaching the server (so the server rolled back)."""
+        return False
 
     def ddl_lock_sql(self, table_name: str) -> str | None:
         """SQL that serializes schema changes to one table across processes (None: not needed)."""
@@ -252,6 +270,11 @@ class PooledDialect(Dialect):
         self.engine = None
         self._serial_lock: asyncio.Lock | None = None
         self._checkouts: dict[int, Any] = {}
+        self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
+
+    @property
+    def single_connection(self) -> bool:
+        return False
 
     def engine_url(self) -> str:
         raise NotImplementedError
@@ -272,35 +295,55 @@ class PooledDialect(Dialect):
         pass
 
     async def acquire(self) -> Connection:
-        if self.serialized:
-            if self._serial_lock is None:
-                self._serial_lock = asyncio.Lock()
-            await self._serial_lock.acquire()
+        self.stats["waiting"] += 1
+        try:
+            if self.serialized:
+                if self._serial_lock is None:
+                    self._serial_lock = asyncio.Lock()
+                await self._serial_lock.acquire()
+            try:
+                conn = await self._checkout()
+            except BaseException:
+                if self.serialized:
+                    self._serial_lock.release()
+                raise
+        finally:
+            self.stats["waiting"] -= 1
+        self.stats["acquired_total"] += 1
+        return conn
+
+    async def _checkout(self) -> Connection:
         try:
             async_conn = await self.engine.connect()
             try:
                 fairy = await async_conn.get_raw_connection()
                 conn = self.wrap(fairy.driver_connection)
                 conn.echo = self.config.echo
+                if self.observe is not None:
+                    conn = self.observe(conn)
             except BaseException:
                 await async_conn.close()
                 raise
-        except BaseException as exc:
-            if self.serialized:
-                self._serial_lock.release()
-            if isinstance(exc, Exception) and not isinstance(exc, asyncio.CancelledError):
-                raise ConnectionError(
-                    f"Could not connect to {self.scrub(self.url)}: {self.scrub(str(exc))}",
-                    hint="check that the database server is running and the URL is right.",
-                ) from None
-            raise
+        except Exception as exc:
+            self.stats["failures"] += 1
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise ConnectionError(
+                f"Could not connect to {self.scrub(self.url)}: {self.scrub(str(exc))}",
+                hint="check that the database server is running and the URL is right.",
+            ) from None
         self._checkouts[id(conn)] = async_conn
         return conn
 
     async def release(self, conn: Connection) -> None:
         async_conn = self._checkouts.pop(id(conn))
         try:
+            if not conn.usable:  # the server went away: never hand this connection out again
+                self.stats["invalidated"] += 1
+                await async_conn.invalidate()
             await async_conn.close()
+        except Exception:  # closing a dead connection can fail; the pool has already let it go
+            log.debug("closing a connection failed", exc_info=True)
         finally:
             if self.serialized:
                 self._serial_lock.release()
@@ -310,12 +353,19 @@ class PooledDialect(Dialect):
             await self.engine.dispose()
 
     def pool_status(self) -> dict[str, Any]:
+        """size, checked_out, overflow, waiting, acquired_total, failures (and the pool's kind)."""
         pool = self.engine.pool if self.engine is not None else None
-        if pool is None:
-            return {}
-        status = {"pool": type(pool).__name__, "checked_out": len(self._checkouts)}
-        for key in ("size", "overflow", "checkedin"):
-            method = getattr(pool, key, None)
-            if callable(method):
-                status[key] = method()
+        status: dict[str, Any] = {
+            "pool": type(pool).__name__ if pool is not None else "not opened",
+            "size": self.config.pool_size if not self.single_connection else 1,
+            "checked_out": len(self._checkouts),
+            "overflow": 0,
+            **self.stats,
+        }
+        if pool is not None:
+            for key in ("size", "overflow", "checkedin"):
+                method = getattr(pool, key, None)
+                if callable(method):
+                    status[key] = method()
+            status["overflow"] = max(0, status["overflow"])
         return status

@@ -54,7 +54,8 @@ class DuckDBConnection(Connection):
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.dialect.run(fn, *args)
 
-    async def begin(self) -> None:
+    async def begin(self, isolation: str | None = None) -> None:
+        # DuckDB runs snapshot isolation, and this dialect admits one writer at a time.
         await self._run(self.dialect.con.begin)
 
     async def commit(self) -> None:
@@ -118,6 +119,7 @@ class DuckDBDialect(Dialect):
         self.con = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock: asyncio.Lock | None = None
+        self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
 
     def _sa_dialect(self) -> sa.engine.Dialect:
         try:
@@ -156,10 +158,15 @@ class DuckDBDialect(Dialect):
     async def acquire(self) -> Connection:
         if self._lock is None:
             self._lock = asyncio.Lock()
-        await self._lock.acquire()
+        self.stats["waiting"] += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.stats["waiting"] -= 1
+        self.stats["acquired_total"] += 1
         conn = DuckDBConnection(self)
         conn.echo = self.config.echo
-        return conn
+        return conn if self.observe is None else self.observe(conn)
 
     async def release(self, conn: Connection) -> None:
         self._lock.release()
@@ -173,7 +180,13 @@ class DuckDBDialect(Dialect):
 
     def pool_status(self) -> dict[str, Any]:
         locked = self._lock is not None and self._lock.locked()
-        return {"pool": "single DuckDB connection", "size": 1, "checked_out": int(locked)}
+        return {
+            "pool": "single DuckDB connection",
+            "size": 1,
+            "checked_out": int(locked),
+            "overflow": 0,
+            **self.stats,
+        }
 
     def id_column(self, table_name: str, logical: str) -> sa.Column:
         if logical == "integer":

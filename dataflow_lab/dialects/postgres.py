@@ -22,26 +22,46 @@ import sqlalchemy as sa
 
 from .base import Connection, PooledDialect, echo_sql
 
+_ISOLATION_SQL = {
+    "read_uncommitted": "READ UNCOMMITTED", "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ", "serializable": "SERIALIZABLE",
+}  # fmt: skip
+
 
 class PostgresConnection(Connection):
-    __slots__ = ("raw", "_tx")
+    """Transactions are plain SQL (not asyncpg's Transaction), so PREPARE TRANSACTION works too."""
+
+    __slots__ = ("raw", "_in_tx")
 
     def __init__(self, raw: Any):
         self.raw = raw  # asyncpg.Connection
-        self._tx = None
+        self._in_tx = False
 
-    async def begin(self) -> None:
-        self._tx = self.raw.transaction()
-        await self._tx.start()
+    async def begin(self, isolation: str | None = None) -> None:
+        level = f" ISOLATION LEVEL {_ISOLATION_SQL[isolation]}" if isolation else ""
+        await self.raw.execute(f"BEGIN{level}")
+        self._in_tx = True
 
     async def commit(self) -> None:
-        tx, self._tx = self._tx, None
-        await tx.commit()
+        self._in_tx = False
+        await self.raw.execute("COMMIT")
 
     async def rollback(self) -> None:
-        tx, self._tx = self._tx, None
-        if tx is not None and not self.raw.is_closed():
-            await tx.rollback()
+        in_tx, self._in_tx = self._in_tx, False
+        if in_tx and not self.raw.is_closed():
+            await self.raw.execute("ROLLBACK")
+
+    async def prepare(self, gid: str) -> None:
+        """Phase one of two-phase commit: the transaction survives a crash, awaiting a verdict."""
+        self._in_tx = False
+        await self.raw.execute(f"PREPARE TRANSACTION {_literal(gid)}")
+
+    async def finish_prepared(self, gid: str, *, commit: bool) -> None:
+        await self.raw.execute(f"{'COMMIT' if commit else 'ROLLBACK'} PREPARED {_literal(gid)}")
+
+    @property
+    def usable(self) -> bool:
+        return not self.raw.is_closed()
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.echo:
@@ -141,6 +161,10 @@ class PostgresDialect(PooledDialect):
         from sqlalchemy.dialects.postgresql import ARRAY
 
         return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
+
+    def commit_never_sent(self, error: BaseException) -> bool:
+        # asyncpg refuses to send anything on a connection it already knows is closed
+        return type(error).__name__ == "InterfaceError" and "connection is closed" in str(error)
 
     def ddl_lock_sql(self, table_name: str) -> str | None:
         # Concurrent CREATE TABLE IF NOT EXISTS races on pg_type; one lock per table name serializes it.

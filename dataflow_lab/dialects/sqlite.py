@@ -37,7 +37,8 @@ class SQLiteConnection(Connection):
     def __init__(self, raw: Any):
         self.raw = raw  # aiosqlite.Connection
 
-    async def begin(self) -> None:
+    async def begin(self, isolation: str | None = None) -> None:
+        # SQLite transactions are serializable whatever level is asked for.
         # IMMEDIATE takes the write lock now, waiting (busy timeout) for other writers; a deferred
         # BEGIN would fail at once with "database is locked" when its first write finds one.
         await self.raw.execute("BEGIN IMMEDIATE")
@@ -114,6 +115,10 @@ class SQLiteDialect(PooledDialect):
         return dialect()
 
     @property
+    def single_connection(self) -> bool:
+        return self.in_memory
+
+    @property
     def in_memory(self) -> bool:
         path = self.path
         return path in ("", ":memory:") or "mode=memory" in path
@@ -188,6 +193,13 @@ class SQLiteDialect(PooledDialect):
         update never changes a row's rowid.
         """
         quote = self.sa_dialect.identifier_preparer.quote
+        if "id" in columns and isinstance(table.c.id.type, sa.Integer):
+            # Explicit integer ids are the rowid: a new row may land below the old max. Count keys instead.
+            ids = json.dumps([row[columns.index("id")] for row in rows])
+            sql = f"SELECT count(*) FROM {quote(table.name)} WHERE id IN (SELECT value FROM json_each(?))"
+            existing = int((await conn.fetch(sql, (ids,)))[0][0])
+            await super().bulk_upsert(conn, table, columns, rows, conflict_on, update_columns)
+            return len(rows) - existing, existing
         before = (await conn.fetch(f"SELECT coalesce(max(rowid), 0) FROM {quote(table.name)}"))[0][0]
         await super().bulk_upsert(conn, table, columns, rows, conflict_on, update_columns)
         count = await conn.fetch(f"SELECT count(*) FROM {quote(table.name)} WHERE rowid > ?", (before,))
@@ -195,8 +207,9 @@ class SQLiteDialect(PooledDialect):
         return inserted, len(rows) - inserted
 
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
-        if any(isinstance(v, bytes) for v in values):
-            return column.in_(values)
+        if any(isinstance(v, bytes) or (isinstance(v, str) and "\x00" in v) for v in values):
+            # JSON cannot carry these faithfully through json_each: bind them one by one, in groups
+            return sa.or_(*[column.in_(values[i : i + 500]) for i in range(0, len(values), 500)])
         each = sa.func.json_each(sa.bindparam(None, json.dumps(values))).table_valued("value")
         return column.in_(sa.select(each.c.value))
 

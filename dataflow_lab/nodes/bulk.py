@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import filters
+from .. import audit, filters
 from ..errors import ValidationError
 from ..model import ModelSchema
 from ..rows import Chunk, RowShaper, is_dataframe, is_sized
@@ -92,6 +92,10 @@ def _common_parameters() -> tuple[Param, ...]:
 class _BulkRows(ModelNode):
     """Shared by the nodes that take ``data``: chunking, checking, progress, skipping."""
 
+    def __init__(self, node_id: str, params: Mapping[str, Any]):
+        super().__init__(node_id, params)
+        self.refused: list[dict[str, Any]] = []  # rows the database refused, with on_error="skip"
+
     def shaper(self, *, allow_id: bool) -> RowShaper:
         return RowShaper(
             self.mt,
@@ -109,15 +113,20 @@ class _BulkRows(ModelNode):
         done = 0
         with _progress_bar(self, total) as bar:
             for chunk in shaper.chunks(data, size):
+                seen = len(chunk.rows) + len(chunk.skipped)  # input rows, before the node reshapes them
                 yield chunk
-                seen = len(chunk.rows) + len(chunk.skipped)
                 done += seen
                 ctx.progress(done, total)
                 if bar is not None:
                     bar.update(seen)
 
-    async def write_or_skip(self, conn: Any, chunk: Chunk, write: Any) -> list[tuple]:
-        """Write a chunk; with on_error='skip', retry a refused chunk row by row in savepoints."""
+    async def write_or_skip(
+        self, conn: Any, chunk: Chunk, write: Any, indexes: list[int] | None = None
+    ) -> list[tuple]:
+        """Write a chunk; with on_error='skip', retry a refused chunk row by row in savepoints.
+
+        ``indexes`` are the input positions of ``chunk.rows`` (default: consecutive from the chunk's first).
+        """
         if self.params.get("on_error") != "skip" or not self.mt.dialect.supports_savepoints:
             await write(chunk.rows)
             return chunk.rows
@@ -137,9 +146,8 @@ class _BulkRows(ModelNode):
                 written.append(row)
             except Exception as exc:
                 await conn.execute("ROLLBACK TO SAVEPOINT dataflow_row")
-                chunk.skipped.append(
-                    {"index": chunk.first_index + offset, "error": self.mt.dialect.scrub(str(exc))}
-                )
+                index = indexes[offset] if indexes else chunk.first_index + offset
+                self.refused.append({"index": index, "error": self.mt.dialect.scrub(str(exc))})
             await conn.execute("RELEASE SAVEPOINT dataflow_row")
         return written
 
@@ -196,7 +204,13 @@ class BulkCreate(_BulkRows):
             skipped.extend(chunk.skipped)
             if not chunk.rows:
                 continue
-            if return_ids and not text_ids:
+            if self.model.audit_log:  # learn the new ids, to log each row as stored
+
+                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
+                    new_ids = await audit.insert_and_record(self, ctx, conn, columns, rows)
+                    if return_ids and not text_ids:
+                        ids.extend(new_ids)
+            elif return_ids and not text_ids:
 
                 async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
                     ids.extend(await dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows))
@@ -213,7 +227,7 @@ class BulkCreate(_BulkRows):
         if return_ids:
             result["ids"] = ids
         if self.params.get("on_error") == "skip":
-            result["skipped"] = sorted(skipped, key=lambda s: s["index"])
+            result["skipped"] = sorted(skipped + self.refused, key=lambda s: s["index"])
         return result
 
 
@@ -265,6 +279,9 @@ class BulkUpdate(_FilterWrite):
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
         conn = await ctx.connection(self.dataflow)
+        if self.model.audit_log:
+            updated = await audit.update_and_record(self, ctx, conn, self._statement(), self.where_clause())
+            return {"updated": updated}
         return {"updated": await conn.execute(*self.mt.dialect.compile(self._statement()))}
 
 
@@ -292,6 +309,8 @@ class BulkDelete(_FilterWrite):
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
         conn = await ctx.connection(self.dataflow)
+        if self.model.audit_log:
+            return {"deleted": await audit.delete_and_record(self, ctx, conn, self._statement())}
         return {"deleted": await conn.execute(*self.mt.dialect.compile(self._statement()))}
 
 
@@ -340,13 +359,20 @@ class BulkUpsert(_BulkRows):
         seen: set[tuple] = set()
         skipped: list[dict[str, Any]] = []
         wrote_ids = False
-        for chunk in self.chunks(ctx, self.shaper(allow_id=True)):
+        shaper = self.shaper(allow_id=True)
+        for chunk in self.chunks(ctx, shaper):
             skipped.extend(chunk.skipped)
             columns = chunk.columns
             missing = [c for c in conflict_on if c not in columns]
             if missing == ["id"] and conflict_on == ["id"]:  # no ids given: every row is new
                 written = await self.write_or_skip(
-                    conn, chunk, lambda rows, c=columns: dialect.bulk_insert(conn, mt.table, c, rows)
+                    conn,
+                    chunk,
+                    lambda rows, c=columns: (
+                        audit.insert_and_record(self, ctx, conn, c, rows)
+                        if self.model.audit_log
+                        else dialect.bulk_insert(conn, mt.table, c, rows)
+                    ),
                 )
                 inserted += len(written)
                 continue
@@ -355,8 +381,8 @@ class BulkUpsert(_BulkRows):
                     f"{self.where(self.node_id)}: rows lack conflict_on field(s) {missing}.",
                     hint="every row needs a value for each conflict_on field.",
                 )
-            rows, repeats = self._last_wins(chunk.rows, [columns.index(c) for c in conflict_on], seen)
-            update_columns = self._update_columns(columns, conflict_on)
+            rows, indexes, repeats = self._last_wins(chunk, [columns.index(c) for c in conflict_on], seen)
+            update_columns = self._update_columns(columns, conflict_on, shaper.given)
             new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
             existing = None
             counts: list[tuple[int, int] | None] = []
@@ -367,12 +393,16 @@ class BulkUpsert(_BulkRows):
                 u: list[str] = update_columns,
                 out: list = counts,
             ) -> None:
+                audited = self.model.audit_log
+                before = await audit.rows_by_keys(self, conn, c, part, conflict_on) if audited else None
                 out.append(await dialect.bulk_upsert(conn, mt.table, c, part, conflict_on, u))
+                if before is not None:
+                    await audit.record_upsert(self, ctx, conn, c, part, conflict_on, before)
 
             if not dialect.upsert_reports_counts:
                 existing = await self._count_existing(conn, conflict_on, new_keys)
             chunk.rows = rows
-            written = await self.write_or_skip(conn, chunk, write)
+            written = await self.write_or_skip(conn, chunk, write, indexes)
             if existing is None:  # the database counted for us (PostgreSQL)
                 got_inserted = sum(c[0] for c in counts if c)
                 inserted += got_inserted
@@ -388,35 +418,40 @@ class BulkUpsert(_BulkRows):
                 await conn.fetch(sync)
         result: dict[str, Any] = {"inserted": inserted, "updated": updated}
         if self.params.get("on_error") == "skip":
-            result["skipped"] = sorted(skipped, key=lambda s: s["index"])
+            result["skipped"] = sorted(skipped + self.refused, key=lambda s: s["index"])
         return result
 
     @staticmethod
     def _last_wins(
-        rows: list[tuple], key_index: list[int], seen: set[tuple]
-    ) -> tuple[list[tuple], set[tuple]]:
-        """Keep the last row of each key; also say which keys earlier chunks already wrote."""
-        unique: dict[tuple, tuple] = {}
-        for row in rows:
+        chunk: Chunk, key_index: list[int], seen: set[tuple]
+    ) -> tuple[list[tuple], list[int], set[tuple]]:
+        """Keep the last row of each key (with its input index); say which keys earlier chunks wrote."""
+        unique: dict[tuple, tuple[int, tuple]] = {}
+        for offset, row in enumerate(chunk.rows):
             key = tuple(row[i] for i in key_index)
             unique.pop(key, None)
-            unique[key] = row
+            unique[key] = (chunk.first_index + offset, row)
         repeats = {k for k in unique if k in seen}
         seen.update(unique)
-        return list(unique.values()), repeats
+        return [r for _, r in unique.values()], [i for i, _ in unique.values()], repeats
 
     @staticmethod
     def _keys(rows: list[tuple], columns: tuple[str, ...], conflict_on: list[str]) -> list[tuple]:
         index = [columns.index(c) for c in conflict_on]
         return [tuple(row[i] for i in index) for row in rows]
 
-    def _update_columns(self, columns: tuple[str, ...], conflict_on: list[str]) -> list[str]:
+    def _update_columns(
+        self, columns: tuple[str, ...], conflict_on: list[str], given: tuple[str, ...] | None = None
+    ) -> list[str]:
+        """What an update changes: the fields the rows give (not defaults filled in), within update_fields."""
         allowed = self.params["update_fields"]
+        given = columns if given is None else given
         keep = {"id", "created_at", *conflict_on}
-        chosen = [
-            c for c in columns if c not in keep and (allowed is None or c in allowed or c == "updated_at")
+        return [
+            c
+            for c in columns
+            if c == "updated_at" or (c not in keep and c in given and (allowed is None or c in allowed))
         ]
-        return chosen
 
     async def _count_existing(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> int:
         mt = self.mt

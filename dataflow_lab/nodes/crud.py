@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import filters
+from .. import audit, filters
 from ..errors import ValidationError
 from ..model import ModelSchema
 from .base import Param, RunContext
@@ -62,6 +62,8 @@ class Create(ModelNode):
         columns = tuple(row)
         sql, names = mt.template(("insert", columns), lambda c=columns: insert_returning(mt, c))
         rows = await self._fetch_rows(ctx, sql, [mt.to_db(n, row[n]) for n in names])
+        if self.model.audit_log:
+            await audit.record(self, ctx, [(None, rows[0])])
         return rows[0]
 
 
@@ -144,7 +146,10 @@ class Update(ModelNode):
         columns = tuple(values)
         sql, names = mt.template(("update", columns), lambda: update_by_id(mt, columns))
         params = [row_id if n == "_id" else mt.to_db(n, values[n]) for n in names]
+        before = await audit.row_before(self, ctx, row_id) if self.model.audit_log else None
         rows = await self._fetch_rows(ctx, sql, params)
+        if rows and before is not None:
+            await audit.record(self, ctx, [(before, rows[0])])
         return rows[0] if rows else missing_row(self, row_id)
 
 
@@ -183,7 +188,10 @@ class Delete(ModelNode):
             lambda: sa.delete(mt.table).where(mt.table.c.id == sa.bindparam("id")).returning(mt.table.c.id),
         )
         conn = await ctx.connection(self.dataflow)
+        before = await audit.row_before(self, ctx, row_id) if self.model.audit_log else None
         rows = await conn.fetch(sql, [row_id])
+        if rows and before is not None:
+            await audit.record(self, ctx, [(before, None)])
         return {"id": row_id, "deleted": bool(rows)}
 
 
@@ -333,7 +341,12 @@ class Upsert(ModelNode):
         for _attempt in range(2):
             found = await self._find(conn, where)
             if found is not None:
-                return {"created": False, "record": await self._update(conn, found, now)}
+                audited = self.model.audit_log and self.params["update"]
+                before = await audit.row_before(self, ctx, found) if audited else None
+                record = await self._update(conn, found, now)
+                if before is not None:
+                    await audit.record(self, ctx, [(before, record)])
+                return {"created": False, "record": record}
             row = mt.new_row({**where, **p["create"]}, now=now)
             missing = [f.name for f in self.model.user_fields if f.required and f.name not in row]
             if missing:
@@ -352,6 +365,8 @@ class Upsert(ModelNode):
                 )
             inserted = mt.rows(await conn.fetch(sql, [mt.to_db(n, row[n]) for n in names]))
             if inserted:
+                if self.model.audit_log:
+                    await audit.record(self, ctx, [(None, inserted[0])])
                 return {"created": True, "record": inserted[0]}
         raise ValidationError(
             f"{self.where(self.node_id)}: the row conflicts on {conflict_on} but does not "

@@ -1,0 +1,336 @@
+"""The audit log: who changed which row, when, and its values before and after.
+
+Opt in per model with ``__dataflow__ = {"audit_log": True}``. Every write node
+of that model (Create, Update, Delete, Upsert and the four bulk nodes) then
+appends one entry per row to the ``dataflow_audit_log`` table, on the run's own
+connection and **in the run's transaction**: a rolled-back write leaves no
+entry behind. Updates and deletes read the rows they change first, only when
+the model is audited.
+
+"Who" is the runtime's user, ``LocalRuntime(user="alice")``; a workflow run
+from inside a running node inherits it. ``db.audit(Model, id)`` reads a row's
+history back, oldest first, with values converted to the model's types.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import uuid
+import weakref
+from collections.abc import Coroutine, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+
+from . import _loop
+from .errors import ValidationError
+from .model import parse_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataflow import DataFlow
+    from .nodes.model_node import ModelNode
+    from .schema import ModelTable
+
+__all__ = ["AUDIT_TABLE", "AuditEntry", "current_user", "history", "run_as"]
+
+AUDIT_TABLE = "dataflow_audit_log"
+T = TypeVar("T")
+
+_USER: ContextVar[str | None] = ContextVar("dataflow_lab_user", default=None)
+
+
+def current_user() -> str | None:
+    """The user the running workflow acts for (``LocalRuntime(user=...)``), or None."""
+    return _USER.get()
+
+
+def run_as(user: str | None, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+    """``coro``, to be run acting for ``user`` (None: for whoever the caller acts for)."""
+    return coro if user is None else _acting(user, coro)
+
+
+async def _acting(user: str, coro: Coroutine[Any, Any, T]) -> T:
+    token = _USER.set(user)
+    try:
+        return await coro
+    finally:
+        _USER.reset(token)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited write of one row."""
+
+    id: int
+    model: str
+    record_id: str
+    operation: str  # the node's operation: create, update, delete, upsert, bulk_create...
+    user: str | None
+    run_id: str | None
+    node_id: str | None
+    at: dt.datetime
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+    @property
+    def changes(self) -> dict[str, tuple[Any, Any]]:
+        """Fields whose value differs: field -> (before, after)."""
+        before, after = self.before or {}, self.after or {}
+        return {k: (before.get(k), after.get(k)) for k in {*before, *after} if before.get(k) != after.get(k)}
+
+
+class _AuditRecord:
+    """The audit table, declared as a model so each dialect stores it its own way."""
+
+    __tablename__ = AUDIT_TABLE
+    __dataflow__ = {"indexes": [["model", "record_id"]]}
+    model: str
+    record_id: str
+    operation: str
+    actor: str | None
+    run_id: str | None
+    node_id: str | None
+    before: dict | None
+    after: dict | None
+
+
+_SCHEMA = parse_model(_AuditRecord)
+_COLUMNS = (
+    "model", "record_id", "operation", "actor", "run_id", "node_id", "before", "after", "created_at", "updated_at",
+)  # fmt: skip
+_TABLES: weakref.WeakKeyDictionary[Any, ModelTable] = weakref.WeakKeyDictionary()
+
+
+def audit_table(dataflow: DataFlow) -> ModelTable:
+    table = _TABLES.get(dataflow)
+    if table is None:
+        from .schema import ModelTable
+
+        table = _TABLES[dataflow] = ModelTable(_SCHEMA, dataflow._dialect)
+    return table
+
+
+async def ensure_table(dataflow: DataFlow) -> None:
+    """Create the audit table (called before a run that writes an audited model takes its connection)."""
+    await dataflow._ensure_table(audit_table(dataflow))
+
+
+# -- writing (called by the write nodes, on the run's connection) ----------------------------
+async def record(node: ModelNode, ctx: Any, changes: Sequence[tuple[dict | None, dict | None]]) -> None:
+    """Append one entry per (before, after) pair of row dicts, in the run's transaction."""
+    if not changes:
+        return
+    dataflow = node.dataflow
+    table = audit_table(dataflow)
+    now, user, op = dt.datetime.now(dt.UTC), _USER.get(), node.operation
+    run_id, node_id = getattr(ctx, "run_id", None), node.node_id
+    to_db = [table.to_db] * len(_COLUMNS)
+    rows = []
+    for before, after in changes:
+        row_id = (after or before)["id"]
+        values = (
+            node.model.name,
+            str(row_id),
+            op,
+            user,
+            run_id,
+            node_id,
+            _jsonable(before),
+            _jsonable(after),
+        )
+        rows.append(tuple(map(lambda f, c, v: f(c, v), to_db, _COLUMNS, (*values, now, now))))
+    conn = await ctx.connection(dataflow)  # a write node's: its transaction has begun
+    dialect = table.dialect
+    if len(rows) == 1:
+        await conn.execute(dialect.multirow_insert_sql(table.table, _COLUMNS, 1), rows[0])
+    else:
+        await dialect.bulk_insert(conn, table.table, _COLUMNS, rows)
+
+
+async def rows_by_ids(node: ModelNode, conn: Any, ids: Iterable[Any]) -> dict[Any, dict[str, Any]]:
+    """The current rows with these ids, by id (read before an update or delete)."""
+    mt, ids = node.mt, list(ids)
+    found: dict[Any, dict[str, Any]] = {}
+    step = max(1, mt.dialect.max_bind_params - 1)
+    for start in range(0, len(ids), step):
+        part = ids[start : start + step]
+        cond = mt.table.c.id == part[0] if len(part) == 1 else mt.dialect.in_array(mt.table.c.id, part)
+        sql, params = mt.dialect.compile(sa.select(*mt.table.c).where(cond))
+        found.update((r["id"], r) for r in mt.rows(await conn.fetch(sql, params)))
+    return found
+
+
+async def rows_matching(node: ModelNode, conn: Any, where: Any) -> dict[Any, dict[str, Any]]:
+    """The rows a bulk update is about to change, by id."""
+    mt = node.mt
+    stmt = sa.select(*mt.table.c)
+    if where is not None:
+        stmt = stmt.where(where)
+    sql, params = mt.dialect.compile(stmt)
+    return {r["id"]: r for r in mt.rows(await conn.fetch(sql, params))}
+
+
+async def rows_by_keys(
+    node: ModelNode, conn: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]], keys: Sequence[str]
+) -> dict[tuple, dict[str, Any]]:
+    """Current rows whose ``keys`` match those of driver-ready ``rows``, by their key values."""
+    mt = node.mt
+    index = [columns.index(k) for k in keys]
+    wanted = list({tuple(r[i] for i in index) for r in rows})
+    cols = [mt.table.c[k] for k in keys]
+    step = max(1, mt.dialect.max_bind_params // (2 * len(keys)) - 1)
+    found: dict[tuple, dict[str, Any]] = {}
+    for start in range(0, len(wanted), step):
+        part = wanted[start : start + step]
+        if len(cols) == 1:
+            cond = cols[0].in_([k[0] for k in part])
+        else:
+            cond = sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
+        sql, params = mt.dialect.compile(sa.select(*mt.table.c).where(cond))
+        found.update((tuple(r[k] for k in keys), r) for r in mt.rows(await conn.fetch(sql, params)))
+    return found
+
+
+async def returning_rows(node: ModelNode, conn: Any, stmt: Any) -> list[dict[str, Any]]:
+    """Run an UPDATE or DELETE with RETURNING every column: the rows after (or before) it."""
+    mt = node.mt
+    sql, params = mt.dialect.compile(stmt.returning(*mt.table.c))
+    return mt.rows(await conn.fetch(sql, params))
+
+
+async def insert_and_record(
+    node: ModelNode, ctx: Any, conn: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> list[Any]:
+    """Bulk insert that learns the new ids, then audits the rows as stored. Returns the ids."""
+    mt = node.mt
+    if "id" in columns:
+        await mt.dialect.bulk_insert(conn, mt.table, columns, rows)
+        ids = [r[columns.index("id")] for r in rows]
+    else:
+        ids = await mt.dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows)
+    stored = await rows_by_ids(node, conn, ids)
+    await record(node, ctx, [(None, stored[i]) for i in ids if i in stored])
+    return ids
+
+
+async def row_before(node: ModelNode, ctx: Any, row_id: Any) -> dict[str, Any] | None:
+    """The row as it is now (read before a single-row update or delete)."""
+    conn = await ctx.connection(node.dataflow)
+    return (await rows_by_ids(node, conn, [row_id])).get(row_id)
+
+
+async def update_and_record(node: ModelNode, ctx: Any, conn: Any, stmt: Any, where: Any) -> int:
+    """A bulk UPDATE that audits each changed row: reads the matches, updates RETURNING the new rows."""
+    before = await rows_matching(node, conn, where)
+    after = await returning_rows(node, conn, stmt)
+    await record(node, ctx, [(before.get(row["id"]), row) for row in after])
+    return len(after)
+
+
+async def delete_and_record(node: ModelNode, ctx: Any, conn: Any, stmt: Any) -> int:
+    """A bulk DELETE that audits each deleted row (DELETE ... RETURNING gives the values before)."""
+    before = await returning_rows(node, conn, stmt)
+    await record(node, ctx, [(row, None) for row in before])
+    return len(before)
+
+
+async def record_upsert(
+    node: ModelNode,
+    ctx: Any,
+    conn: Any,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    keys: Sequence[str],
+    before: dict[tuple, dict[str, Any]],
+) -> None:
+    """Audit a bulk upsert of ``rows``: each row as stored now, against ``before`` (None: inserted)."""
+    after = await rows_by_keys(node, conn, columns, rows, keys)
+    await record(node, ctx, [(before.get(k), row) for k, row in after.items() if before.get(k) != row])
+
+
+# -- reading ---------------------------------------------------------------------------------
+def history(dataflow: DataFlow, model: type | str, record_id: Any = None) -> list[AuditEntry]:
+    """The audit entries of one row of ``model`` (or of all its rows), oldest first."""
+    schema = dataflow.models.get(model if isinstance(model, str) else model.__name__)
+    if schema is None:
+        dataflow.table(model)  # raises, naming the model and the fix
+    if not schema.audit_log:
+        raise ValidationError(
+            f"Model '{schema.name}' is not audited, so it has no audit history.",
+            hint="declare __dataflow__ = {'audit_log': True} on the model; writes from then on are logged.",
+        )
+    return _loop.run(_history(dataflow, schema, record_id))
+
+
+async def _history(dataflow: DataFlow, schema: Any, record_id: Any) -> list[AuditEntry]:
+    table = audit_table(dataflow)
+    await ensure_table(dataflow)
+    t = table.table
+    stmt = sa.select(*t.c).where(t.c.model == schema.name).order_by(t.c.id)
+    if record_id is not None:
+        stmt = stmt.where(t.c.record_id == str(record_id))
+    sql, params = table.dialect.compile(stmt)
+    dialect = await dataflow._opened()
+    conn = await dialect.acquire()
+    try:
+        rows = table.rows(await conn.fetch(sql, params))
+    finally:
+        await dialect.release(conn)
+    return [
+        AuditEntry(
+            r["id"],
+            r["model"],
+            r["record_id"],
+            r["operation"],
+            r["actor"],
+            r["run_id"],
+            r["node_id"],
+            r["created_at"],
+            _typed(schema, r["before"]),
+            _typed(schema, r["after"]),
+        )  # fmt: skip
+        for r in rows
+    ]
+
+
+# -- values <-> JSON -------------------------------------------------------------------------
+def _jsonable(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: _json_value(v) for k, v in row.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    return value
+
+
+def _typed(schema: Any, values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """JSON values back to the model's Python types (fields the model no longer has stay as stored)."""
+    if values is None:
+        return None
+    out = {}
+    for name, value in values.items():
+        f = schema.by_name.get(name)
+        if f is None or value is None or f.type.name == "json":
+            out[name] = value
+        elif f.type.name == "bytes":
+            out[name] = base64.b64decode(value)
+        else:
+            try:
+                out[name] = f.type.check(value)
+            except TypeError:
+                out[name] = value
+    return out

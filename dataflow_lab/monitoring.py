@@ -1,0 +1,522 @@
+"""MetricsCollector: the hooks subscriber behind ``db.metrics()``.
+
+Every DataFlow whose ``monitoring`` setting is on (the testing and production
+presets; pass ``monitoring=True`` in development) gets one collector,
+subscribed to the global hooks, that keeps:
+
+- per node run: duration, rows, queries, the SQL text (in development), the
+  error and the retries (``metrics_frame()`` shows the recent ones);
+- per workflow run: duration, status, and the totals of its nodes;
+- pool snapshots (at most one a second), and the live pool in ``metrics()``;
+- a transaction monitor (``transaction_monitor.py``) and an anomaly detector
+  (``anomaly.py``), whose alerts go to the log and to the ``anomaly`` hook.
+
+Queries are counted by a thin proxy around each connection the database hands
+out while monitoring is on: it bumps the tally of the node running in the
+current task (a context variable), so concurrent runs never mix counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from .anomaly import Anomaly, AnomalyDetector
+from .transaction_monitor import TransactionMonitor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataflow import DataFlow
+
+__all__ = ["MetricsCollector", "NodeRun", "WorkflowRun"]
+
+log = logging.getLogger("dataflow_lab.monitoring")
+
+MAX_SQL_PER_NODE = 50  # statements kept per node run (a skip-mode bulk load may run thousands)
+POOL_SNAPSHOT_EVERY = 1.0  # seconds
+RECENT_FAILURE_SECONDS = 60.0  # a connection failure this recent makes the pool "degraded"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRun:
+    """One node of one run, as the collector saw it."""
+
+    run_id: str
+    node_id: str
+    node_type: str
+    model: str | None
+    operation: str
+    started: dt.datetime
+    duration_ms: float
+    rows: int | None
+    queries: int
+    status: str  # "success" | "error"
+    error: str | None
+    retries: int
+    sql: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRun:
+    """One workflow run: its outcome and the totals of its nodes."""
+
+    run_id: str
+    workflow: str
+    user: str | None
+    started: dt.datetime
+    duration_ms: float
+    status: str
+    error: str | None
+    nodes: int
+    queries: int
+    rows: int
+    retries: int
+
+
+# -- query counting ----------------------------------------------------------------------
+class _Tally:
+    __slots__ = ("queries", "sql")
+
+    def __init__(self, capture_sql: bool):
+        self.queries = 0
+        self.sql: list[str] | None = [] if capture_sql else None
+
+    def note(self, sql: str) -> None:
+        self.queries += 1
+        if self.sql is not None and len(self.sql) < MAX_SQL_PER_NODE:
+            self.sql.append(sql.strip())
+
+
+_TALLY: ContextVar[_Tally | None] = ContextVar("dataflow_lab_tally", default=None)
+
+
+class ObservedConnection:
+    """A connection that counts its statements for the node running in this task."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # begin, commit, rollback, raw, echo...
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"<observed {self.inner!r}>"
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.note(sql)
+        return await self.inner.fetch(sql, params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.note(sql)
+        return await self.inner.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.note(sql)
+        await self.inner.executemany(sql, rows)
+
+    async def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.note(f"COPY {table} ({', '.join(columns)}) FROM STDIN")
+        await self.inner.copy(table, columns, rows)
+
+
+# -- the collector -------------------------------------------------------------------------
+class _RunState:
+    __slots__ = (
+        "wall",
+        "workflow",
+        "user",
+        "emit",
+        "tallies",
+        "retries",
+        "nodes",
+        "queries",
+        "rows",
+        "retried",
+    )
+
+    def __init__(self, workflow: str, user: str | None, emit: Any):
+        self.wall = time.time()
+        self.workflow = workflow
+        self.user = user
+        self.emit = emit
+        self.tallies: dict[str, _Tally] = {}
+        self.retries: dict[str, int] = {}
+        self.nodes = self.queries = self.rows = self.retried = 0
+
+
+class _TypeStats:
+    __slots__ = ("model", "operation", "count", "errors", "duration_ms", "rows", "queries", "retries")
+
+    def __init__(self, node_class: Any):
+        model = getattr(node_class, "model", None)
+        self.model: str | None = model.name if model is not None else None
+        self.operation: str = getattr(node_class, "operation", "") or "python"
+        self.count = self.errors = self.rows = self.queries = self.retries = 0
+        self.duration_ms = 0.0
+
+
+class MetricsCollector:
+    """Subscribe it to hooks (``db`` does this itself when monitoring is on).
+
+    ``dataflow``: count only that database's nodes and workflows (None: every run).
+    """
+
+    def __init__(
+        self,
+        dataflow: DataFlow | None = None,
+        *,
+        capture_sql: bool = False,
+        keep: int = 1000,
+        detector: AnomalyDetector | None = None,
+        long_transaction_seconds: float = 5.0,
+    ):
+        self._dataflow = weakref.ref(dataflow) if dataflow is not None else None
+        self.capture_sql = capture_sql
+        self.detector = detector or AnomalyDetector()
+        self.transactions = TransactionMonitor(long_seconds=long_transaction_seconds, keep=keep)
+        self._lock = threading.Lock()
+        self._keep = keep
+        self._runs: dict[str, _RunState] = {}
+        self._touches: dict[int, tuple[Any, bool]] = {}  # id(workflow) -> (weakref, has a node of ours)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every figure (baselines and transaction counts included)."""
+        with self._lock:
+            # the hot path appends plain tuples; node_runs / workflow_runs build the dataclasses
+            self._node_log: deque[tuple] = deque(maxlen=self._keep)
+            self._workflow_log: deque[tuple] = deque(maxlen=self._keep)
+            self.anomalies: deque[Anomaly] = deque(maxlen=self._keep)
+            self.pool_snapshots: deque[dict[str, Any]] = deque(maxlen=self._keep)
+            self.by_type: dict[str, _TypeStats] = {}
+            self.workflows = {"total": 0, "successful": 0, "failed": 0, "duration_ms": 0.0}
+            self.today = (0, 0)  # (UTC day number, runs that day)
+            self.retries = 0
+            self.compensations: dict[str, int] = {}
+            self._last_pool = 0.0
+            self._failures_seen, self._failure_at = 0, None
+            self.detector.reset()
+            self.transactions = TransactionMonitor(
+                long_seconds=self.transactions.long_seconds, keep=self._keep
+            )
+
+    @property
+    def node_runs(self) -> list[NodeRun]:
+        """The recent node runs, oldest first."""
+        with self._lock:
+            log = list(self._node_log)
+        return [
+            NodeRun(
+                run_id,
+                node_id,
+                node_type,
+                stats.model,
+                stats.operation,
+                dt.datetime.fromtimestamp(started, dt.UTC),
+                duration_ms,
+                rows,
+                queries,
+                "success" if error is None else "error",
+                error,
+                retries,
+                tuple(sql or ()),
+            )  # fmt: skip
+            for run_id, node_id, node_type, stats, started, duration_ms, rows, queries, error, retries, sql in log
+        ]
+
+    @property
+    def workflow_runs(self) -> list[WorkflowRun]:
+        """The recent workflow runs, oldest first."""
+        with self._lock:
+            log = list(self._workflow_log)
+        return [
+            WorkflowRun(
+                run_id,
+                name,
+                user,
+                dt.datetime.fromtimestamp(wall, dt.UTC),
+                duration_ms,
+                "success" if error is None else "error",
+                error,
+                nodes,
+                queries,
+                rows,
+                retried,
+            )  # fmt: skip
+            for run_id, name, user, wall, duration_ms, error, nodes, queries, rows, retried in log
+        ]
+
+    def __repr__(self) -> str:
+        db = self._dataflow() if self._dataflow is not None else None
+        return f"<MetricsCollector for {db!r}: {self.workflows['total']} run(s), {len(self._node_log)} node run(s)>"
+
+    @property
+    def dataflow(self) -> DataFlow | None:
+        return self._dataflow() if self._dataflow is not None else None
+
+    def _mine(self, node_class: Any) -> bool:
+        if self._dataflow is None or node_class is None:
+            return True
+        owner = node_class.dataflow
+        return owner is None or owner is self._dataflow()
+
+    # -- hooks ---------------------------------------------------------------------
+    def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any = None, **future: Any) -> None:
+        if self._dataflow is not None:
+            cached = self._touches.get(id(workflow))
+            if cached is not None and cached[0]() is workflow:
+                touches = cached[1]
+            else:
+                mine = self._dataflow()
+                touches = any(spec.node_class.dataflow is mine for spec in workflow.nodes.values())
+                if len(self._touches) > 1000:
+                    self._touches.clear()
+                self._touches[id(workflow)] = (weakref.ref(workflow), touches)
+            if not touches:
+                return
+        self._runs[run_id] = _RunState(
+            workflow.name, getattr(runtime, "user", None), getattr(runtime, "_emit", None)
+        )
+
+    def before_node(self, *, run_id: str, node_id: str, node_class: Any = None, **future: Any) -> None:
+        state = self._runs.get(run_id)
+        if state is None or not self._mine(node_class):
+            return
+        tally = state.tallies[node_id] = _Tally(self.capture_sql)
+        _TALLY.set(tally)
+
+    def after_node(
+        self,
+        *,
+        run_id: str,
+        node_id: str,
+        node_type: str,
+        error: BaseException | None,
+        duration: float,
+        rows: int | None,
+        node_class: Any = None,
+        **future: Any,
+    ) -> None:
+        state = self._runs.get(run_id)
+        tally = state.tallies.pop(node_id, None) if state is not None else None
+        if tally is None:
+            return
+        duration_ms = duration * 1000.0
+        queries = tally.queries
+        retries = state.retries.pop(node_id, 0) if state.retries else 0
+        message = None if error is None else _first_line(error)
+        state.nodes += 1
+        state.queries += queries
+        state.rows += rows or 0
+        with self._lock:
+            stats = self.by_type.get(node_type)
+            if stats is None:
+                stats = self.by_type[node_type] = _TypeStats(node_class)
+            self._node_log.append(
+                (run_id, node_id, node_type, stats, time.time() - duration, duration_ms, rows, queries,
+                 message, retries, tally.sql)
+            )  # fmt: skip
+            stats.count += 1
+            stats.duration_ms += duration_ms
+            stats.rows += rows or 0
+            stats.queries += queries
+            stats.retries += retries
+            if error is not None:
+                stats.errors += 1
+        if error is not None:
+            self.transactions.error(run_id, node_id, error)
+            return  # a failed run's duration says nothing about speed
+        anomaly = self.detector.observe(
+            node_type, duration_ms, node_id=node_id, run_id=run_id, database=stats.model is not None
+        )
+        if anomaly is not None:
+            self._alert(anomaly, state)
+
+    def after_workflow(
+        self, *, run_id: str, error: BaseException | None, duration: float, **future: Any
+    ) -> None:
+        state = self._runs.pop(run_id, None)
+        if state is None:
+            return
+        self.transactions.workflow_ended(run_id)
+        now = time.time()
+        duration_ms = duration * 1000.0
+        record = (
+            run_id, state.workflow, state.user, state.wall, duration_ms,
+            None if error is None else _first_line(error), state.nodes, state.queries, state.rows, state.retried,
+        )  # fmt: skip
+        day = int(now // 86400)
+        with self._lock:
+            self._workflow_log.append(record)
+            totals = self.workflows
+            totals["total"] += 1
+            totals["successful" if error is None else "failed"] += 1
+            totals["duration_ms"] += duration_ms
+            self.today = (day, self.today[1] + 1 if self.today[0] == day else 1)
+        if now - self._last_pool >= POOL_SNAPSHOT_EVERY:
+            self._last_pool = now
+            self.snapshot_pool()
+
+    def transaction(
+        self, *, run_id: str, dataflow: Any, event: str, node_id: str = "", **future: Any
+    ) -> None:
+        if self._dataflow is not None and dataflow is not self._dataflow():
+            return
+        key = (run_id, id(dataflow))
+        if event == "begin":
+            self.transactions.begin(key, run_id, node_id)
+        elif event in ("commit", "rollback"):
+            self.transactions.end(key, event)
+
+    def retry(self, *, run_id: str, node_id: str, error: BaseException | None = None, **future: Any) -> None:
+        state = self._runs.get(run_id)
+        if state is None:
+            return
+        state.retries[node_id] = state.retries.get(node_id, 0) + 1
+        state.retried += 1
+        with self._lock:
+            self.retries += 1
+        self.transactions.error(run_id, node_id, error, retried=True)
+
+    def compensation(self, *, run_id: str, status: str = "done", **future: Any) -> None:
+        if run_id in self._runs:
+            with self._lock:
+                self.compensations[status] = self.compensations.get(status, 0) + 1
+
+    # -- alerts and snapshots ------------------------------------------------------------
+    def _alert(self, anomaly: Anomaly, state: _RunState) -> None:
+        with self._lock:
+            self.anomalies.append(anomaly)
+        log.warning(
+            "anomaly: %s '%s' took %.1f ms against a baseline of %.1f ms (%.1f standard deviations). %s",
+            anomaly.node_type, anomaly.node_id, anomaly.current_response_time_ms,
+            anomaly.baseline_response_time_ms, anomaly.deviation, anomaly.recommended_action,
+        )  # fmt: skip
+        emit = state.emit
+        if emit is not None and emit.wants("anomaly"):
+            emit.emit("anomaly", anomaly=anomaly, **anomaly.as_dict())  # as_dict names run_id and node_id
+
+    def snapshot_pool(self) -> dict[str, Any]:
+        """Record (and return) the pool's figures now."""
+        db = self.dataflow
+        status = dict(db.pool_status()) if db is not None and not db._closed else {}
+        status["at"] = dt.datetime.now(dt.UTC).isoformat()
+        with self._lock:
+            self.pool_snapshots.append(status)
+        return status
+
+    # -- views ---------------------------------------------------------------------------
+    def dashboard(self) -> dict[str, Any]:
+        """The spec's dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
+        from .metrics_export import pool_health
+
+        with self._lock:
+            totals = dict(self.workflows)
+            day, today = self.today
+            db_types = [s for s in self.by_type.values() if s.model is not None]
+            retries = self.retries
+            anomalies = len(self.anomalies)
+            compensations = sum(self.compensations.values())
+        operations = sum(s.count for s in db_types)
+        tx = self.transactions.counts()
+        return {
+            "workflow_executions": {
+                "total": totals["total"],
+                "total_today": today if day == int(time.time() // 86400) else 0,
+                "successful": totals["successful"],
+                "failed": totals["failed"],
+                "average_duration_ms": _mean(totals["duration_ms"], totals["total"]),
+            },
+            "database_operations": {
+                "total_operations": operations,
+                "total_queries": sum(s.queries for s in db_types),
+                "bulk_operations": sum(s.count for s in db_types if s.operation.startswith("bulk_")),
+                "rows": sum(s.rows for s in db_types),
+                "errors": sum(s.errors for s in db_types),
+                "average_response_time_ms": _mean(sum(s.duration_ms for s in db_types), operations),
+                "cache_hit_rate": None,  # dataflow_lab has no result cache
+            },
+            "connection_pool": self._pool_view(pool_health),
+            "safety_events": {
+                "automatic_retries": retries,
+                "transaction_rollbacks": tx["rollbacks"],
+                "deadlock_resolutions": tx["deadlock_resolutions"],
+                "anomalies_detected": anomalies,
+                "deadlocks_detected": tx["deadlocks"],
+                "long_running_transactions": tx["long_running"],
+                "compensations": compensations,
+            },
+        }
+
+    def _pool_view(self, pool_health: Any) -> dict[str, Any]:
+        db = self.dataflow
+        status = dict(db.pool_status()) if db is not None and not db._closed else {}
+        failures = int(status.get("failures") or 0)
+        now = time.monotonic()
+        if failures > self._failures_seen:
+            self._failures_seen, self._failure_at = failures, now
+        recent = self._failure_at is not None and now - self._failure_at < RECENT_FAILURE_SECONDS
+        overflow = db.config.max_overflow if db is not None else 0
+        return pool_health(status, max_overflow=overflow, recent_failure=recent)
+
+    def frame(self) -> Any:
+        """Recent node runs as a pandas DataFrame (one row per node run, oldest first)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            from .errors import DataFlowError
+
+            raise DataFlowError(
+                "metrics_frame() needs pandas.", hint="pip install 'dataflow-lab[pandas]'"
+            ) from exc
+        runs = self.node_runs
+        columns = [f.name for f in fields(NodeRun)]
+        frame = pd.DataFrame.from_records([asdict(r) for r in runs], columns=columns)
+        return frame.astype({"duration_ms": "float64", "queries": "int64", "retries": "int64"})
+
+
+def _first_line(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0][:500]
+
+
+def _mean(total: float, count: int) -> float:
+    return round(total / count, 3) if count else 0.0
+
+
+# -- wiring to a DataFlow ---------------------------------------------------------------
+def attach(dataflow: DataFlow) -> MetricsCollector:
+    """Give ``dataflow`` a collector: subscribed to the global hooks, counting its connections' queries."""
+    from . import hooks
+
+    collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
+    hooks.subscribe(collector)
+    dataflow._dialect.observe = ObservedConnection
+    weakref.finalize(dataflow, hooks.unsubscribe, collector)
+    return collector
+
+
+def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
+    from . import hooks
+
+    hooks.unsubscribe(collector)
+    dataflow._dialect.observe = None

@@ -1,0 +1,354 @@
+"""``%dataflow`` and ``%%dataflow``: models, workflows and runs from notebook cells.
+
+Line:  connect URL | run NAME [--params JSON] [--background] [--transaction MODE]
+       | show NAME | nodes [MODEL] | status
+Cell:  model | workflow NAME [--run] [--params JSON] [--background] [--transaction MODE]
+
+A user's mistake becomes one UsageError line with a hint ("did you mean ..."),
+never a traceback (``%config DataFlowMagics.short_errors = False`` shows it).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import keyword
+import shlex
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, needs_local_scope, no_var_expand
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import display
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
+
+from ..config import redact_url
+from ..errors import DataFlowError, did_you_mean
+from ..workflow import Workflow, WorkflowBuilder
+from .catalogue import Catalogue
+from .dag import DagView
+from .display import widgets_available
+from .run import NotebookRun, start_run, wait_in_cell
+from .session import Session
+from .workflow_cell import build_workflow
+
+__all__ = ["DataFlowMagics"]
+
+LINE_COMMANDS = ("connect", "run", "show", "nodes", "status")
+CELL_COMMANDS = ("model", "workflow")
+USAGE = """\
+%dataflow connect URL                 switch the notebook's database (models move over)
+%dataflow run NAME [--params JSON] [--background] [--transaction workflow|node]
+%dataflow show NAME                   the workflow's DAG (coloured by its last run)
+%dataflow nodes [MODEL]               the node catalogue: parameters and SQL
+%dataflow status                      database, models, workflows, last runs
+%%dataflow model                      a cell of classes -> models (shows their nodes)
+%%dataflow workflow NAME [--run] ...  a cell of `node = NodeType(param=value)` lines
+Settings: %config DataFlowMagics"""
+
+
+class _SecretURL(str):
+    """A database URL whose repr hides the password (so %config never shows it)."""
+
+    def __repr__(self) -> str:
+        return repr(redact_url(str(self)))
+
+
+class _URLTrait(Unicode):
+    def validate(self, obj: Any, value: Any) -> _SecretURL:
+        return _SecretURL(super().validate(obj, value))
+
+
+def _run_options(parser: MagicArgumentParser) -> MagicArgumentParser:
+    parser.add_argument(
+        "--params", nargs="+", default=None, help="JSON object: node id -> {parameter: value}"
+    )
+    parser.add_argument("--background", action="store_true", help="return a handle at once; the run goes on")
+    parser.add_argument("--transaction", choices=("workflow", "node"), default=None)
+    return parser
+
+
+def _parser(prog: str, *positional: tuple[str, str], run: bool = False) -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog=f"%dataflow {prog}", add_help=False)
+    for name, nargs in positional:
+        parser.add_argument(name, nargs=nargs)
+    if prog == "workflow":
+        parser.add_argument("--run", action="store_true", help="run the workflow after building it")
+    return _run_options(parser) if run else parser
+
+
+PARSERS = {
+    "connect": _parser("connect", ("url", "?")),
+    "run": _parser("run", ("name", "?"), run=True),
+    "show": _parser("show", ("name", "?")),
+    "nodes": _parser("nodes", ("models", "*")),
+    "status": _parser("status"),
+    "model": _parser("model"),
+    "workflow": _parser("workflow", ("name", "?"), run=True),
+}
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _usage_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a DataFlowError into one UsageError line (the Python API raises normally)."""
+
+    @functools.wraps(method)
+    def wrapper(self: DataFlowMagics, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except UsageError as exc:
+            raise UsageError(self.session.scrub(str(exc))) from None
+        except DataFlowError as exc:
+            if not self.short_errors:
+                raise
+            problems = getattr(exc, "problems", None)
+            message = exc.message if not problems else f"{len(problems)} problem(s): " + "; ".join(problems)
+            hint = f" Hint: {exc.hint}" if exc.hint else ""
+            raise UsageError(self.session.scrub(_one_line(message + hint))) from None
+
+    return wrapper
+
+
+@magics_class
+class DataFlowMagics(Magics):
+    """The %dataflow magics. Settings: ``%config DataFlowMagics``."""
+
+    database_url = _URLTrait(
+        "",
+        help="Database of the notebook's DataFlow when %dataflow connect was not used: '' means "
+        "DATABASE_URL if set, else in-memory SQLite. Its password is never shown.",
+    ).tag(config=True)
+    echo = Bool(False, help="Print each SQL statement the notebook's runs send to the database.").tag(
+        config=True
+    )
+    display_limit = Int(
+        10, help="Rows of each List output shown (as a DataFrame) in a run's summary; 0 shows all."
+    ).tag(config=True)
+    live = Bool(
+        True, help="Show a live DAG and monitor panel for runs that last longer than live_after seconds."
+    ).tag(config=True)
+    live_after = Float(
+        0.1, help="Seconds a run must last before its live panel is made (quicker runs show only a summary)."
+    ).tag(config=True)
+    refresh_interval = Float(
+        0.1, help="Seconds between two updates of a live panel (the hooks are throttled to this)."
+    ).tag(config=True)
+    transaction = CaselessStrEnum(
+        ("workflow", "node"),
+        default_value="workflow",
+        help="Default transaction mode of runs: 'workflow' (one transaction, all or nothing) or 'node'.",
+    ).tag(config=True)
+    short_errors = Bool(
+        True, help="Show %dataflow errors as one line with a hint; False shows the full traceback."
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, session: Session | None = None, **kwargs: Any):
+        self.session = session or Session()  # before the config loads: its observers use it
+        super().__init__(shell=shell, **kwargs)
+        self.session.default_url = self.database_url
+        self.session.echo(self.echo)
+
+    @observe("database_url")
+    def _database_url_changed(self, change: dict[str, Any]) -> None:
+        self.session.default_url = change["new"]
+        if self.session.current is not None and change["new"]:
+            self.session.connect(change["new"])
+
+    @observe("echo")
+    def _echo_changed(self, change: dict[str, Any]) -> None:
+        self.session.echo(change["new"])
+
+    # -- dispatch ------------------------------------------------------------
+    @no_var_expand
+    @needs_local_scope
+    @line_cell_magic
+    def dataflow(self, line: str, cell: str | None = None, local_ns: Mapping[str, Any] | None = None) -> Any:
+        """Models, workflows and runs; `%dataflow` alone lists the commands."""
+        return self._dispatch(line, cell, local_ns)
+
+    @_usage_errors
+    def _dispatch(self, line: str, cell: str | None, local_ns: Mapping[str, Any] | None) -> Any:
+        command, _, rest = line.strip().partition(" ")
+        if not command or command in ("help", "-h", "--help"):
+            print(USAGE)
+            return None
+        if command not in PARSERS:
+            raise UsageError(
+                f"%dataflow has no command '{command}'.{did_you_mean(command, PARSERS)} "
+                f"Hint: commands: {', '.join(LINE_COMMANDS)} (line), {', '.join(CELL_COMMANDS)} (cell)."
+            )
+        if cell is None and command in CELL_COMMANDS:
+            raise UsageError(
+                f"'{command}' is a cell command. Hint: start the cell with %%dataflow {command}."
+            )
+        if cell is not None and command in LINE_COMMANDS:
+            raise UsageError(
+                f"'{command}' is a line command. Hint: write it as %dataflow {command} ... on one line."
+            )
+        try:
+            argv = shlex.split(rest)
+        except ValueError as exc:
+            raise UsageError(f"%dataflow {command}: {exc}. Hint: close every quote.") from None
+        args = PARSERS[command].parse_args(argv)
+        namespace = self.shell.user_ns if local_ns is None else {**self.shell.user_ns, **local_ns}
+        handler = getattr(self, f"_{command}")
+        return handler(args, namespace) if cell is None else handler(args, cell, namespace)
+
+    # -- cells -----------------------------------------------------------------
+    def _model(self, args: Any, cell: str, namespace: dict[str, Any]) -> Catalogue:
+        try:
+            tree = ast.parse(cell)
+        except SyntaxError as exc:
+            raise UsageError(f"model cell line {exc.lineno}: {exc.msg}.") from None
+        names = [stmt.name for stmt in tree.body if isinstance(stmt, ast.ClassDef)]
+        if not names:
+            raise UsageError(
+                "a model cell defines classes. Hint: class User:\\n    name: str\\n    email: str"
+            )
+        try:
+            code = compile(tree, "<model cell>", "exec", flags=self.shell.compile.flags, dont_inherit=True)
+            exec(code, self.shell.user_ns)  # noqa: S102 - the user's own cell
+        except Exception as exc:
+            line = _cell_line(exc, "<model cell>")
+            raise UsageError(f"model cell line {line}: {type(exc).__name__}: {exc}") from None
+        for name in names:
+            self.session.add_model(self.shell.user_ns[name])
+        return Catalogue(self.session.db, names)
+
+    def _workflow(self, args: Any, cell: str, namespace: dict[str, Any]) -> Any:
+        name = self._name(args.name, "workflow")
+        workflow = build_workflow(cell, name=name, dataflow=self.session.current, namespace=namespace)
+        self.shell.user_ns[name] = workflow
+        self.session.workflow_sources[name] = cell
+        if args.run or args.background:
+            return self._start(workflow, args, namespace)
+        return workflow
+
+    # -- lines -----------------------------------------------------------------
+    def _connect(self, args: Any, namespace: dict[str, Any]) -> None:
+        if not args.url:
+            raise UsageError(
+                "which database? Hint: %dataflow connect sqlite:///notes.db (or postgresql://...)."
+            )
+        url = self.shell.var_expand(args.url) if ("$" in args.url or "{" in args.url) else args.url
+        new, old = self.session.connect(url)
+        moved = f"; models: {', '.join(self.session.model_classes)}" if self.session.model_classes else ""
+        closed = f" (closed {old.url})" if old is not None else ""
+        print(f"Connected to {new.url} ({new.dialect}){moved}{closed}")
+
+    def _run(self, args: Any, namespace: dict[str, Any]) -> Any:
+        workflow = self._lookup(args.name, namespace)
+        return self._start(workflow, args, namespace)
+
+    def _show(self, args: Any, namespace: dict[str, Any]) -> DagView:
+        workflow = self._lookup(args.name, namespace)
+        last = self.session.last_runs.get(workflow.name)
+        snapshot = last.snapshot() if last is not None and last.workflow is workflow else None
+        return DagView(workflow, snapshot)
+
+    def _nodes(self, args: Any, namespace: dict[str, Any]) -> Catalogue:
+        return Catalogue(self.session.db, args.models or None)
+
+    def _status(self, args: Any, namespace: dict[str, Any]) -> None:
+        print(self.session.describe())
+
+    # -- helpers -----------------------------------------------------------
+    def _name(self, name: str | None, what: str) -> str:
+        if not name:
+            raise UsageError(f"%%dataflow {what} needs a name. Hint: %%dataflow {what} onboarding --run")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise UsageError(
+                f"'{name}' is not a Python name. Hint: use letters, digits and _, like onboarding."
+            )
+        return name
+
+    def _lookup(self, name: str | None, namespace: Mapping[str, Any]) -> Workflow:
+        if not name:
+            raise UsageError("which workflow? Hint: %dataflow run onboarding")
+        value = namespace.get(name)
+        if isinstance(value, WorkflowBuilder):
+            value = value.build(name=name)
+        if isinstance(value, Workflow):
+            return self._rebuilt(name, value, namespace)
+        known = [k for k, v in namespace.items() if isinstance(v, Workflow | WorkflowBuilder)]
+        known += [k for k in self.session.workflow_sources if k not in known]
+        where = f" ({name} is a {type(value).__name__})" if value is not None else ""
+        raise UsageError(
+            f"no workflow named '{name}'{where}.{did_you_mean(name, known)} "
+            f"Hint: {'workflows: ' + ', '.join(known) if known else 'build one in a %%dataflow workflow cell'}."
+        )
+
+    def _rebuilt(self, name: str, workflow: Workflow, namespace: Mapping[str, Any]) -> Workflow:
+        """After %dataflow connect, a workflow cell's nodes point at the closed DataFlow: rebuild it."""
+        stale = any(getattr(db, "_closed", False) for db in workflow.dataflows())
+        source = self.session.workflow_sources.get(name)
+        if not stale or source is None:
+            return workflow
+        workflow = build_workflow(source, name=name, dataflow=self.session.db, namespace=namespace)
+        self.shell.user_ns[name] = workflow
+        return workflow
+
+    def _params(self, words: list[str] | None, namespace: Mapping[str, Any]) -> Any:
+        if words is None:
+            return None
+        text = " ".join(words)
+        if text.isidentifier() and isinstance(namespace.get(text), Mapping):
+            return namespace[text]
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"--params is not valid JSON ({exc.msg} at column {exc.colno}). "
+                'Hint: quote it whole: --params \'{"create": {"name": "Bob"}}\''
+            ) from None
+
+    def _start(self, workflow: Workflow, args: Any, namespace: Mapping[str, Any]) -> NotebookRun:
+        run = start_run(
+            workflow,
+            parameters=self._params(args.params, namespace),
+            name=workflow.name,
+            transaction=args.transaction or self.transaction,
+            interval=self.refresh_interval,
+            display_limit=self.display_limit,
+            background=args.background,
+        )
+        self.session.last_runs[workflow.name] = run
+        live = self.live and self._frontend_has_widgets()
+        if args.background:
+            if live:
+                run.start_live(cancel=True)
+            return run
+        # One display slot per run, made before waiting, so quick and slow runs give the same outputs.
+        slot = display({"text/plain": ""}, raw=True, display_id=True) if live else None
+        try:
+            wait_in_cell(
+                run, live_after=self.live_after if live else None, show=slot.update if slot else None
+            )
+        except KeyboardInterrupt:
+            display(run)
+            raise
+        if run.status != "done":
+            display(run)
+            error = run.error
+            if isinstance(error, DataFlowError) or error is None:
+                raise error or DataFlowError(f"Run '{workflow.name}' was cancelled.")
+            raise error
+        return run
+
+    def _frontend_has_widgets(self) -> bool:
+        """Live panels need ipywidgets and a kernel (a frontend that renders widgets)."""
+        return widgets_available() and getattr(self.shell, "kernel", None) is not None
+
+
+def _cell_line(exc: BaseException, filename: str) -> int | None:
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

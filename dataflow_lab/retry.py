@@ -1,0 +1,103 @@
+"""Which failures are transient, and how long to wait before trying again.
+
+Connection errors, timeouts and SQLite's "database is locked" are retried
+with exponential backoff and jitter; deadlocks (PostgreSQL 40P01) and
+serialization failures (40001) retry the whole transaction. A failed COMMIT
+is never retried: its outcome is unknown, and retrying could apply a write
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from dataclasses import dataclass
+
+from .errors import ConnectionError as DataFlowConnectionError
+from .errors import DataFlowError, TransactionError, ValidationError
+
+__all__ = ["RetryPolicy", "retry_reason"]
+
+_SQLSTATE_REASONS = {
+    "40P01": "deadlock", "40001": "serialization failure",
+    "57P01": "server shut down", "57P02": "server crashed", "57P03": "server starting up",
+    "08000": "connection lost", "08003": "connection lost", "08006": "connection lost",
+    "08001": "cannot connect", "08004": "connection refused",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``attempts`` tries in all; waits base_delay * 2**n (capped), times 1 +/- jitter."""
+
+    attempts: int = 4
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay < 0 or self.max_delay < 0 or not 0 <= self.jitter <= 1:
+            raise ValidationError(
+                f"RetryPolicy{(self.attempts, self.base_delay, self.max_delay, self.jitter)} is not valid.",
+                hint="attempts >= 1, delays >= 0, 0 <= jitter <= 1.",
+            )
+
+    @classmethod
+    def of(cls, value: RetryPolicy | int | bool | None) -> RetryPolicy:
+        if isinstance(value, RetryPolicy):
+            return value
+        if value is None or value is True:
+            return cls()
+        if value is False:
+            return cls(attempts=1)
+        if isinstance(value, int):
+            return cls(attempts=value)
+        raise ValidationError(f"retry must be a RetryPolicy, an int (attempts) or a bool, got {value!r}.")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return base * (1 + random.uniform(-self.jitter, self.jitter))
+
+
+def retry_reason(error: BaseException) -> str | None:
+    """Why ``error`` is worth retrying (None: it is not)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        reason = _reason_of(error)
+        if reason is not None or isinstance(error, TransactionError):
+            return reason
+        error = getattr(error, "cause", None) or error.__cause__
+    return None
+
+
+def _reason_of(error: BaseException) -> str | None:
+    if isinstance(error, TransactionError):
+        return None  # a failed COMMIT: outcome unknown, never retried
+    if isinstance(error, DataFlowConnectionError):
+        return "cannot connect"
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate in _SQLSTATE_REASONS:
+            return _SQLSTATE_REASONS[sqlstate]
+        if sqlstate.startswith("08"):
+            return "connection lost"
+        return None
+    name = type(error).__name__
+    if name in ("ConnectionDoesNotExistError", "InterfaceError") and "closed" in str(error).lower():
+        return "connection lost"
+    if name == "ConnectionDoesNotExistError":
+        return "connection lost"
+    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error).lower():
+        return "database locked"
+    if name == "TransactionException" and "conflict" in str(error).lower():  # DuckDB
+        return "write conflict"
+    if isinstance(error, ConnectionRefusedError | ConnectionResetError | BrokenPipeError):
+        return "connection lost"
+    if isinstance(error, asyncio.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(error, DataFlowError):
+        return None
+    return None

@@ -1,0 +1,141 @@
+"""Saga compensation: undo committed nodes, newest first, when a later node fails.
+
+Before a write node runs under ``transaction="saga"``, ``capture`` reads what
+the node is about to change (its *before-image*). After it commits, ``step``
+notes which rows it created. Compensating a step is then the same for every
+operation, and idempotent:
+
+- delete the rows the node created (Create, BulkCreate, the inserts of upserts);
+- write back the before-image (Update, Delete, BulkUpdate, BulkDelete, the
+  updates of upserts) with ``INSERT ... ON CONFLICT (id) DO UPDATE``.
+
+A Python callable declares its own compensation with ``@compensate_with(undo)``;
+``undo(result=..., **params)`` is called with the node's output and parameters.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import filters
+from .nodes.base import Node
+
+__all__ = ["SagaStep", "capture", "compensate", "compensate_with", "step"]
+
+
+def compensate_with(undo: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare how to undo a Python node: ``undo(result=..., **params)`` (sync or async)."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__dataflow_compensation__ = undo
+        return fn
+
+    return mark
+
+
+@dataclass
+class SagaStep:
+    """What one committed node did, and what undoing it needs."""
+
+    node_id: str
+    node_type: str
+    node: Node
+    params: dict[str, Any]
+    result: Any = None
+    before: list[dict[str, Any]] = field(default_factory=list)
+    created: list[Any] = field(default_factory=list)
+
+
+async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
+    """The rows ``node`` may change, read before it runs (empty for inserts and reads)."""
+    from .nodes.bulk import BulkDelete, BulkUpdate, BulkUpsert
+    from .nodes.crud import Delete, Update, Upsert
+
+    mt, p = getattr(node, "mt", None), node.params
+    if isinstance(node, Update | Delete):
+        return await _select(mt, conn, {"id": {"$eq": node._id_from(p)}})
+    if isinstance(node, Upsert):
+        return await _select(mt, conn, {k: {"$eq": v} for k, v in p["where"].items()})
+    if isinstance(node, BulkUpdate | BulkDelete):
+        return await _select(mt, conn, p.get("filter") or {})
+    if isinstance(node, BulkUpsert):
+        p["data"] = list(p["data"]) if not isinstance(p["data"], list) else p["data"]  # read it twice
+        keys = p["conflict_on"]
+        values = [tuple(row.get(k) for k in keys) for row in p["data"] if all(k in row for k in keys)]
+        if not values:
+            return []
+        if len(keys) == 1:
+            doc = {keys[0]: {"$in": [mt.check(keys[0], v[0]) for v in values]}}
+        else:
+            doc = {
+                "$or": [{k: {"$eq": mt.check(k, x)} for k, x in zip(keys, v, strict=True)} for v in values]
+            }
+        return await _select(mt, conn, doc)
+    return []
+
+
+async def step(node: Node, conn: Any, before: list[dict[str, Any]], result: Any) -> SagaStep:
+    """Record a committed node: its before-image and the ids of rows it created."""
+    from .nodes.bulk import BulkCreate, BulkUpsert
+    from .nodes.crud import Create, Upsert
+
+    created: list[Any] = []
+    if isinstance(node, Create):
+        created = [result["id"]]
+    elif isinstance(node, Upsert) and result["created"]:
+        created = [result["record"]["id"]]
+    elif isinstance(node, BulkCreate):
+        created = list(result.get("ids", []))
+    elif isinstance(node, BulkUpsert):
+        keys = node.params["conflict_on"]
+        values = [tuple(row.get(k) for k in keys) for row in node.params["data"]]
+        known = {tuple(row[k] for k in keys) for row in before}
+        fresh = [v for v in values if v not in known and None not in v]
+        if fresh:
+            doc = {
+                "$or": [
+                    {k: {"$eq": node.mt.check(k, x)} for k, x in zip(keys, v, strict=True)} for v in fresh
+                ]
+            }
+            created = [row["id"] for row in await _select(node.mt, conn, doc)]
+    return SagaStep(node.node_id, node.type_name, node, dict(node.params), result, before, created)
+
+
+async def compensate(saga_step: SagaStep, conn: Any) -> None:
+    """Undo one step on ``conn`` (inside a transaction the caller commits). Idempotent."""
+    node = saga_step.node
+    undo = getattr(getattr(node, "fn", None), "__dataflow_compensation__", None)
+    if undo is not None:
+        outcome = undo(result=saga_step.result, **saga_step.params)
+        if inspect.isawaitable(outcome):
+            await outcome
+        return
+    mt = getattr(node, "mt", None)
+    if mt is None:
+        return
+    if saga_step.created:
+        for start in range(0, len(saga_step.created), 500):
+            ids = saga_step.created[start : start + 500]
+            await conn.execute(*mt.dialect.compile(sa.delete(mt.table).where(mt.table.c.id.in_(ids))))
+    if saga_step.before:
+        columns = mt.columns
+        rows = [tuple(mt.to_db(c, row[c]) for c in columns) for row in saga_step.before]
+        update = [c for c in columns if c != "id"]
+        await mt.dialect.bulk_upsert(conn, mt.table, columns, rows, ["id"], update)
+
+
+def needs_compensation(node: Node) -> bool:
+    return node.writes or hasattr(getattr(node, "fn", None), "__dataflow_compensation__")
+
+
+async def _select(mt: Any, conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    stmt = sa.select(*mt.table.c)
+    where = filters.to_sql(mt, doc)
+    if where is not None:
+        stmt = stmt.where(where)
+    return mt.rows(await conn.fetch(*mt.dialect.compile(stmt.order_by(mt.table.c.id))))

@@ -1,0 +1,124 @@
+"""viz: workflow -> DOT, SVG recoloured per state from one rendering, and the fallbacks."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from dataflow_lab import DataFlow, ValidationError, WorkflowBuilder, viz
+
+needs_dot = pytest.mark.skipif(not viz.dot_available(), reason="Graphviz's dot is not installed")
+
+
+@pytest.fixture
+def workflow():
+    db = DataFlow()
+
+    @db.model
+    class User:
+        name: str
+        email: str
+
+    builder = WorkflowBuilder(db)
+    builder.add_node("UserCreateNode", "create", {"name": "Alice", "email": "alice@example.com"})
+    builder.add_node("UserReadNode", "read")
+    builder.add_connection("create", "id", "read", "id")
+    builder.add_node("UserListNode", "everyone")
+    builder.add_node("UserUpdateNode", "rename", {"fields": {"name": "Al"}})
+    builder.add_connection("everyone", "records.0.id", "rename", "id")
+    yield builder.build(name="onboarding")
+    db.close()
+
+
+def test_dot_labels_each_edge_source_output_to_target_input(workflow):
+    dot = viz.to_dot(workflow)
+    assert "create -> read" in dot
+    assert "create.id → read.id" in dot
+    assert "everyone.records.0.id → rename.id" in dot
+    assert 'id="df-node-create"' in dot
+
+
+def test_dot_colours_nodes_by_state(workflow):
+    dot = viz.to_dot(workflow, {"create": "done", "read": "failed"})
+    assert f'fillcolor="{viz.STATE_COLOURS["done"]}"' in dot
+    assert f'fillcolor="{viz.STATE_COLOURS["failed"]}"' in dot
+    assert f'fillcolor="{viz.STATE_COLOURS["pending"]}"' in dot
+
+
+def test_an_unknown_state_is_refused_with_a_suggestion(workflow):
+    with pytest.raises(ValidationError, match="Did you mean 'rolled back'"):
+        viz.to_dot(workflow, {"create": "roled back"})
+
+
+@needs_dot
+def test_svg_shows_every_state_colour_and_status_line(workflow):
+    drawing = viz.DagDrawing(workflow)
+    states = dict(zip(workflow.order, ("done", "rolled back", "compensated", "running")))
+    svg = drawing.svg(states, {"create": "1 row · 0.4 ms"})
+    assert svg.startswith("<svg")
+    for state in states.values():
+        assert f'fill="{viz.STATE_COLOURS[state]}"' in svg
+    assert "1 row · 0.4 ms" in svg
+    assert "QQS" not in svg and "#fe000" not in svg  # no placeholder left behind
+    assert "create.id → read.id" in svg
+
+
+@needs_dot
+def test_svg_is_rendered_once_per_graph_shape_then_only_recoloured(workflow, monkeypatch):
+    viz._CACHE.clear()
+    calls = []
+    render = viz._render
+    monkeypatch.setattr(viz, "_render", lambda source: calls.append(source) or render(source))
+    drawing = viz.DagDrawing(workflow)
+    drawing.svg()
+    for state in viz.STATES:
+        drawing.svg(dict.fromkeys(workflow.order, state), dict.fromkeys(workflow.order, "12.3 ms"))
+    viz.DagDrawing(workflow).svg({"read": "done"})  # a new drawing of the same shape shares the cache
+    assert len(calls) == 1
+
+
+def test_without_dot_the_dag_is_a_table_with_its_dot_text_and_an_install_hint(workflow, monkeypatch):
+    monkeypatch.setattr(viz, "dot_available", lambda: False)
+    viz._CACHE.clear()
+    page = viz.to_html(workflow, {"create": "done"})
+    assert "<svg" not in page
+    assert "<table>" in page and "UserCreateNode" in page
+    assert "DOT source" in page and "digraph onboarding" in page
+    assert "apt-get install graphviz" in page
+    with pytest.raises(viz.DataFlowError, match="dot"):
+        viz.to_svg(workflow)
+
+
+def test_without_the_graphviz_package_the_table_still_shows_and_names_the_install(workflow, monkeypatch):
+    monkeypatch.setattr(viz, "dot_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "graphviz", None)
+    page = viz.to_html(workflow)
+    assert "UserReadNode" in page
+    assert "pip install" in page
+
+
+def test_a_workflow_displays_its_dag_and_text_in_a_notebook(workflow):
+    data = workflow._repr_mimebundle_()
+    assert data["text/plain"] == viz.DagDrawing(workflow).text()
+    assert "read: UserReadNode [pending]" in data["text/plain"]
+    assert "<code>" not in data["text/plain"]
+    assert 'class="df-dag' in data["text/html"]
+
+
+def test_node_ids_that_are_not_identifiers_are_quoted(workflow):
+    db = DataFlow()
+
+    @db.model
+    class Item:
+        label: str
+
+    builder = WorkflowBuilder(db)
+    builder.add_node("ItemCreateNode", 'new "item"', {"label": "x"})
+    builder.add_node("ItemReadNode", "read it")
+    builder.add_connection('new "item"', "id", "read it", "id")
+    built = builder.build()
+    dot = viz.to_dot(built)
+    assert '"new \\"item\\"" -> "read it"' in dot
+    if viz.dot_available():
+        assert "read it" in viz.to_svg(built)
