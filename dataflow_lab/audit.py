@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
+import functools
 import uuid
 import weakref
 from collections.abc import Coroutine, Iterable, Sequence
@@ -99,11 +100,15 @@ class _AuditRecord:
     after: dict | None
 
 
-_SCHEMA = parse_model(_AuditRecord)
 _COLUMNS = (
     "model", "record_id", "operation", "actor", "run_id", "node_id", "before", "after", "created_at", "updated_at",
 )  # fmt: skip
 _TABLES: weakref.WeakKeyDictionary[Any, ModelTable] = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _schema() -> Any:
+    return parse_model(_AuditRecord)
 
 
 def audit_table(dataflow: DataFlow) -> ModelTable:
@@ -111,7 +116,7 @@ def audit_table(dataflow: DataFlow) -> ModelTable:
     if table is None:
         from .schema import ModelTable
 
-        table = _TABLES[dataflow] = ModelTable(_SCHEMA, dataflow._dialect)
+        table = _TABLES[dataflow] = ModelTable(_schema(), dataflow._dialect)
     return table
 
 

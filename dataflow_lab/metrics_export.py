@@ -102,7 +102,7 @@ def _node_types(collector: MetricsCollector) -> dict[str, dict[str, Any]]:
                 "retries": s.retries,
                 "average_duration_ms": round(s.duration_ms / s.count, 3) if s.count else 0.0,
             }
-            for name, s in collector.by_type.items()
+            for name, s in list(collector.by_type.items())
         }
 
 
@@ -135,7 +135,7 @@ class _Families:
         with c._lock:
             totals = dict(c.workflows)
             types = [(name, s.operation, s.count, s.errors, s.duration_ms, s.queries, s.rows, s.retries)
-                     for name, s in c.by_type.items()]  # fmt: skip
+                     for name, s in list(c.by_type.items())]  # fmt: skip
         runs = CounterMetricFamily(
             "dataflow_workflow_runs", "Workflow runs by outcome.", labels=["database", "status"]
         )

@@ -11,9 +11,8 @@ subscribed to the global hooks, that keeps:
 - a transaction monitor (``transaction_monitor.py``) and an anomaly detector
   (``anomaly.py``), whose alerts go to the log and to the ``anomaly`` hook.
 
-Queries are counted by a thin proxy around each connection the database hands
-out while monitoring is on: it bumps the tally of the node running in the
-current task (a context variable), so concurrent runs never mix counts.
+Queries are counted by ``query_count.ObservedConnection``, a thin proxy around
+each connection the database hands out while monitoring is on.
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .anomaly import Anomaly, AnomalyDetector
+from .query_count import ObservedConnection, Tally, start_tally
 from .transaction_monitor import TransactionMonitor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +37,6 @@ __all__ = ["MetricsCollector", "NodeRun", "WorkflowRun"]
 
 log = logging.getLogger("dataflow_lab.monitoring")
 
-MAX_SQL_PER_NODE = 50  # statements kept per node run (a skip-mode bulk load may run thousands)
 POOL_SNAPSHOT_EVERY = 1.0  # seconds
 RECENT_FAILURE_SECONDS = 60.0  # a connection failure this recent makes the pool "degraded"
 
@@ -80,83 +77,15 @@ class WorkflowRun:
     retries: int
 
 
-# -- query counting ----------------------------------------------------------------------
-class _Tally:
-    __slots__ = ("queries", "sql")
-
-    def __init__(self, capture_sql: bool):
-        self.queries = 0
-        self.sql: list[str] | None = [] if capture_sql else None
-
-    def note(self, sql: str) -> None:
-        self.queries += 1
-        if self.sql is not None and len(self.sql) < MAX_SQL_PER_NODE:
-            self.sql.append(sql.strip())
-
-
-_TALLY: ContextVar[_Tally | None] = ContextVar("dataflow_lab_tally", default=None)
-
-
-class ObservedConnection:
-    """A connection that counts its statements for the node running in this task."""
-
-    __slots__ = ("inner",)
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:  # begin, commit, rollback, raw, echo...
-        return getattr(self.inner, name)
-
-    def __repr__(self) -> str:
-        return f"<observed {self.inner!r}>"
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        tally = _TALLY.get()
-        if tally is not None:
-            tally.note(sql)
-        return await self.inner.fetch(sql, params)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        tally = _TALLY.get()
-        if tally is not None:
-            tally.note(sql)
-        return await self.inner.execute(sql, params)
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        tally = _TALLY.get()
-        if tally is not None:
-            tally.note(sql)
-        await self.inner.executemany(sql, rows)
-
-    async def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        tally = _TALLY.get()
-        if tally is not None:
-            tally.note(f"COPY {table} ({', '.join(columns)}) FROM STDIN")
-        await self.inner.copy(table, columns, rows)
-
-
 # -- the collector -------------------------------------------------------------------------
 class _RunState:
-    __slots__ = (
-        "wall",
-        "workflow",
-        "user",
-        "emit",
-        "tallies",
-        "retries",
-        "nodes",
-        "queries",
-        "rows",
-        "retried",
-    )
+    __slots__ = ("wall", "workflow", "runtime", "tallies", "retries", "nodes", "queries", "rows", "retried")
 
-    def __init__(self, workflow: str, user: str | None, emit: Any):
+    def __init__(self, workflow: str, runtime: Any):
         self.wall = time.time()
         self.workflow = workflow
-        self.user = user
-        self.emit = emit
-        self.tallies: dict[str, _Tally] = {}
+        self.runtime = runtime
+        self.tallies: dict[str, Tally] = {}
         self.retries: dict[str, int] = {}
         self.nodes = self.queries = self.rows = self.retried = 0
 
@@ -271,12 +200,6 @@ class MetricsCollector:
     def dataflow(self) -> DataFlow | None:
         return self._dataflow() if self._dataflow is not None else None
 
-    def _mine(self, node_class: Any) -> bool:
-        if self._dataflow is None or node_class is None:
-            return True
-        owner = node_class.dataflow
-        return owner is None or owner is self._dataflow()
-
     # -- hooks ---------------------------------------------------------------------
     def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any = None, **future: Any) -> None:
         if self._dataflow is not None:
@@ -291,16 +214,17 @@ class MetricsCollector:
                 self._touches[id(workflow)] = (weakref.ref(workflow), touches)
             if not touches:
                 return
-        self._runs[run_id] = _RunState(
-            workflow.name, getattr(runtime, "user", None), getattr(runtime, "_emit", None)
-        )
+        self._runs[run_id] = _RunState(workflow.name, runtime)
 
     def before_node(self, *, run_id: str, node_id: str, node_class: Any = None, **future: Any) -> None:
         state = self._runs.get(run_id)
-        if state is None or not self._mine(node_class):
+        if state is None:
             return
-        tally = state.tallies[node_id] = _Tally(self.capture_sql)
-        _TALLY.set(tally)
+        if self._dataflow is not None and node_class is not None:
+            owner = node_class.dataflow
+            if owner is not None and owner is not self._dataflow():
+                return  # another database's node in a workflow that also uses ours
+        state.tallies[node_id] = start_tally(self.capture_sql)
 
     def after_node(
         self,
@@ -325,22 +249,22 @@ class MetricsCollector:
         state.nodes += 1
         state.queries += queries
         state.rows += rows or 0
-        with self._lock:
-            stats = self.by_type.get(node_type)
-            if stats is None:
-                stats = self.by_type[node_type] = _TypeStats(node_class)
-            self._node_log.append(
-                (run_id, node_id, node_type, stats, time.time() - duration, duration_ms, rows, queries,
-                 message, retries, tally.sql)
-            )  # fmt: skip
-            stats.count += 1
-            stats.duration_ms += duration_ms
-            stats.rows += rows or 0
-            stats.queries += queries
-            stats.retries += retries
-            if error is not None:
-                stats.errors += 1
+        # Hooks run on the runtime's one loop thread, so writers never race each other; readers
+        # copy with list() and dict(), single C-level calls that the GIL keeps whole.
+        stats = self.by_type.get(node_type)
+        if stats is None:
+            stats = self.by_type[node_type] = _TypeStats(node_class)
+        self._node_log.append(
+            (run_id, node_id, node_type, stats, time.time() - duration, duration_ms, rows, queries,
+             message, retries, tally.sql)
+        )  # fmt: skip
+        stats.count += 1
+        stats.duration_ms += duration_ms
+        stats.rows += rows or 0
+        stats.queries += queries
+        stats.retries += retries
         if error is not None:
+            stats.errors += 1
             self.transactions.error(run_id, node_id, error)
             return  # a failed run's duration says nothing about speed
         anomaly = self.detector.observe(
@@ -359,7 +283,7 @@ class MetricsCollector:
         now = time.time()
         duration_ms = duration * 1000.0
         record = (
-            run_id, state.workflow, state.user, state.wall, duration_ms,
+            run_id, state.workflow, getattr(state.runtime, "user", None), state.wall, duration_ms,
             None if error is None else _first_line(error), state.nodes, state.queries, state.rows, state.retried,
         )  # fmt: skip
         day = int(now // 86400)
@@ -409,7 +333,7 @@ class MetricsCollector:
             anomaly.node_type, anomaly.node_id, anomaly.current_response_time_ms,
             anomaly.baseline_response_time_ms, anomaly.deviation, anomaly.recommended_action,
         )  # fmt: skip
-        emit = state.emit
+        emit = getattr(state.runtime, "_emit", None)  # the runtime's own hooks, then the global ones
         if emit is not None and emit.wants("anomaly"):
             emit.emit("anomaly", anomaly=anomaly, **anomaly.as_dict())  # as_dict names run_id and node_id
 
@@ -430,7 +354,7 @@ class MetricsCollector:
         with self._lock:
             totals = dict(self.workflows)
             day, today = self.today
-            db_types = [s for s in self.by_type.values() if s.model is not None]
+            db_types = [s for s in list(self.by_type.values()) if s.model is not None]
             retries = self.retries
             anomalies = len(self.anomalies)
             compensations = sum(self.compensations.values())

@@ -190,7 +190,7 @@ def test_transaction_node_keeps_the_entries_of_the_nodes_that_committed(users):
         wf.add_connection("kept", "name", "dup", "name")
 
     with pytest.raises(DataFlowError):
-        run(users, build, LocalRuntime(transaction="node", user="bob", retry=False))
+        run(users, build, LocalRuntime(transaction="node", user="bob"))
     entries = users.audit("User")
     assert [(e.operation, e.user, e.after["name"]) for e in entries] == [("create", "bob", "Kept")]
 

@@ -499,3 +499,80 @@ def test_the_specs_example_fires_when_the_floor_is_lowered_for_fast_operations()
     anomaly = detector.observe("UserCreateNode", 45.2)
     assert anomaly is not None and round(anomaly.baseline_response_time_ms) == 15
     assert AnomalyDetector().observe("T", 45.2) is None  # no baseline yet
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_metrics_text_is_prometheus_exposition_with_the_exact_figures(mdb, backend):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for _ in range(2):
+        run(mdb, create_and_read)
+    families = {f.name: f for f in text_string_to_metric_families(mdb.metrics_text())}
+
+    def value(family: str, sample: str, **labels: str) -> float:
+        (found,) = [
+            s.value
+            for s in families[family].samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        return found
+
+    assert value("dataflow_workflow_runs", "dataflow_workflow_runs_total", status="success") == 2
+    assert value("dataflow_workflow_runs", "dataflow_workflow_runs_total", status="error") == 0
+    node = {"node_type": "UserCreateNode", "operation": "create"}
+    assert value("dataflow_node_runs", "dataflow_node_runs_total", status="success", **node) == 2
+    assert value("dataflow_node_rows", "dataflow_node_rows_total", **node) == 2
+    assert value("dataflow_node_duration_seconds", "dataflow_node_duration_seconds_count", **node) == 2
+    if backend in EXACT_QUERIES:
+        assert value("dataflow_node_queries", "dataflow_node_queries_total", **node) == 2
+    assert value("dataflow_transactions", "dataflow_transactions_total", event="commit") == 2
+    assert value("dataflow_pool_connections", "dataflow_pool_connections", state="active") == 0
+    databases = {s.labels["database"] for f in families.values() for s in f.samples}
+    assert databases == {mdb.url}
+
+
+def test_the_database_label_never_shows_a_password():
+    db = DataFlow("postgresql://app:s3cret@127.0.0.1:1/none", monitoring=True)
+    text = db.metrics_text()
+    assert "s3cret" not in text and "app:***@" in text
+    db.close()
+
+
+def test_serve_metrics_answers_scrapes_on_localhost_until_closed(mdb):
+    import urllib.request
+
+    run(mdb, create_and_read)
+    server = mdb.serve_metrics(0)
+    try:
+        assert server.host == "127.0.0.1" and server.port > 0
+        body = urllib.request.urlopen(server.url, timeout=10).read().decode()
+        assert 'dataflow_workflow_runs_total{database="' in body
+    finally:
+        server.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(server.url, timeout=2)
+
+
+def test_serve_metrics_on_a_taken_port_says_so(mdb):
+    server = mdb.serve_metrics(0)
+    try:
+        with pytest.raises(DataFlowError, match="Could not serve metrics") as info:
+            mdb.serve_metrics(server.port)
+        assert "another port" in info.value.hint
+    finally:
+        server.close()
+
+
+def test_metrics_json_is_the_dashboard_plus_detail(mdb):
+    import json
+
+    run(mdb, create_and_read)
+    snapshot = json.loads(mdb.metrics_json())
+    dashboard = mdb.metrics()
+    for key in ("workflow_executions", "database_operations", "safety_events"):
+        assert snapshot[key] == dashboard[key]
+    assert snapshot["node_types"]["UserCreateNode"]["runs"] == 1
+    assert snapshot["transactions"]["commits"] == 1
+    assert snapshot["anomalies"] == [] and snapshot["database"] == mdb.url
