@@ -4,11 +4,10 @@
 - bulk: BulkCreate of 10,000 rows.
 
 Each backend gets two DataFlows, one monitored and one not, both warmed up.
-Rounds alternate between them (off, on, on, off, ...); each on-round is paired
-with the off-round next to it and we report the median of those ratios, in
-wall time and in process CPU time, so drift on a shared machine hits both sides.
-While the unmonitored side runs, the monitored side's collector is
-unsubscribed, so the "off" figures carry no hook calls at all.
+Calls alternate between them one by one (off, on, on, off, ...) and we compare
+median call times, in wall time and in process CPU time, so drift on a shared
+machine hits both sides alike. While the unmonitored side runs, the monitored
+side's collector is unsubscribed, so the "off" figures carry no hook calls.
 
 Targets (issue 6): single-op at most 5% slower, bulk at most 2%.
 Run: python benchmarks/bench_monitoring.py [--write docs/performance.md]
@@ -29,8 +28,10 @@ from _harness import fmt_ms, table  # noqa: E402
 from bench_core import write  # noqa: E402
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder, hooks  # noqa: E402
+from dataflow_lab.monitoring import MetricsCollector  # noqa: E402
 
 BULK_ROWS = 10_000
+ACCOUNTING: list[str] = []
 
 
 def make(url: str | None, monitoring: bool) -> tuple[DataFlow, Callable[[], object], Callable[[], object]]:
@@ -57,43 +58,89 @@ def make(url: str | None, monitoring: bool) -> tuple[DataFlow, Callable[[], obje
 
 
 def compare(
-    off: Callable[[], object], on: Callable[[], object], collector: object, *, n: int, rounds: int
+    off: Callable[[], object], on: Callable[[], object], collector: object, *, n: int
 ) -> dict[str, float]:
-    """Seconds per call with monitoring off and on, and the median of the paired per-round ratios.
+    """Median seconds per call with monitoring off and on, calls interleaved one by one.
 
-    Rounds alternate (off, on, on, off, ...), and each on-round is compared with the off-round
-    next to it, so load that drifts during the run cancels out. Wall time and process CPU time
-    are both kept: on a busy shared machine the CPU figure is the steadier of the two.
+    Call i runs the unmonitored workflow and then the monitored one (the other way round
+    on odd i), so load that drifts during the run hits both sides alike; the collector is
+    unsubscribed around each unmonitored call, so those carry no hook calls at all.
+    Wall time and process CPU time are both kept.
     """
     for fn in (off, on):
-        for _ in range(max(1, n // 5)):
+        for _ in range(max(1, n // 10)):
             fn()  # warm up both sides
     wall: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
-    for r in range(rounds):
-        for monitored in (False, True) if r % 2 == 0 else (True, False):
+    gc.collect()
+    for i in range(n):
+        for monitored in (False, True) if i % 2 == 0 else (True, False):
             if monitored:
                 hooks.subscribe(collector)
             else:
                 hooks.unsubscribe(collector)
             fn = on if monitored else off
-            gc.collect()
             w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(n):
-                fn()
-            cpu[monitored].append((time.process_time() - c0) / n)
-            wall[monitored].append((time.perf_counter() - w0) / n)
+            fn()
+            cpu[monitored].append(time.process_time() - c0)
+            wall[monitored].append(time.perf_counter() - w0)
     hooks.subscribe(collector)
-
-    def paired(times: dict[bool, list[float]]) -> float:
-        return statistics.median(b / a for a, b in zip(times[False], times[True]))
-
+    median = statistics.median
     return {
-        "off": statistics.median(wall[False]),
-        "on": statistics.median(wall[True]),
-        "wall": paired(wall),
-        "cpu": paired(cpu),
+        "off": median(wall[False]),
+        "on": median(wall[True]),
+        "wall": median(wall[True]) / median(wall[False]),
+        "cpu": median(cpu[True]) / median(cpu[False]),
     }
+
+
+def time_in_collector(
+    collector: MetricsCollector, single_on: Callable[[], object], single_off: Callable[[], object], n: int
+) -> tuple[float, float]:
+    """(seconds inside the collector's hook methods per single-op run, seconds per unmonitored run).
+
+    An accounting figure, steadier than the A/B ratio on a busy machine: each hook method is
+    wrapped in a timer (whose own cost is subtracted); hook dispatch and query counting are not in it.
+    """
+    spent = [0.0]
+    clock = time.perf_counter
+    names = ("before_workflow", "after_workflow", "before_node", "after_node", "transaction")
+    originals = {name: getattr(MetricsCollector, name) for name in names}
+
+    def timed(fn: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*a: object, **k: object) -> object:
+            start = clock()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[0] += clock() - start
+
+        return wrapper
+
+    empty = timed(lambda: None)
+    start = clock()
+    for _ in range(10_000):
+        empty()
+    wrapper_cost, spent[0] = (clock() - start) / 10_000, 0.0
+    for name in names:
+        setattr(MetricsCollector, name, timed(originals[name]))
+    hooks.unsubscribe(collector)
+    hooks.subscribe(collector)  # hooks keep bound methods: subscribe again to pick up the timers
+    try:
+        start = clock()
+        for _ in range(n):
+            single_on()
+        calls_per_run = 8  # before/after workflow, 2 x before/after node, begin and commit
+        inside = spent[0] / n - calls_per_run * wrapper_cost
+    finally:
+        for name in names:
+            setattr(MetricsCollector, name, originals[name])
+        hooks.unsubscribe(collector)
+        hooks.subscribe(collector)
+    start = clock()
+    for _ in range(n):
+        single_off()
+    return inside, (clock() - start) / n
 
 
 def measure(label: str, url: str | None, args: argparse.Namespace) -> list[tuple]:
@@ -104,7 +151,7 @@ def measure(label: str, url: str | None, args: argparse.Namespace) -> list[tuple
         ("single-op (create + read)", single_off, single_on, args.n, "<= 1.05x"),
         (f"bulk create {BULK_ROWS:,} rows", bulk_off, bulk_on, args.bulk_n, "<= 1.02x"),
     ):
-        r = compare(off, on, db_on.monitor, n=n, rounds=args.rounds)
+        r = compare(off, on, db_on.monitor, n=n)
         rows.append(
             (
                 label,
@@ -116,6 +163,11 @@ def measure(label: str, url: str | None, args: argparse.Namespace) -> list[tuple
                 target,
             )
         )
+    inside, per_run = time_in_collector(db_on.monitor, single_on, single_off, args.n)
+    ACCOUNTING.append(
+        f"- {label}: {inside * 1e6:.1f} us inside the collector per single-op run, "
+        f"{inside / per_run:.1%} of an unmonitored run ({fmt_ms(per_run)})"
+    )
     m = db_on.metrics()
     assert m["workflow_executions"]["failed"] == 0 and m["database_operations"]["total_operations"] > 0
     db_off.close()
@@ -128,9 +180,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-n", type=int, default=50, help="single-op calls per round")
-    parser.add_argument("--bulk-n", type=int, default=2, help="bulk calls per round")
-    parser.add_argument("--rounds", type=int, default=40, help="rounds per side (alternating)")
+    parser.add_argument("-n", type=int, default=3000, help="single-op calls per side")
+    parser.add_argument("--bulk-n", type=int, default=40, help="bulk calls per side")
     parser.add_argument("--write", metavar="PATH", help="also write the figures as markdown to PATH")
     args = parser.parse_args()
     pg = os.environ.get("DATAFLOW_TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL")
@@ -141,11 +192,18 @@ def main() -> int:
     rows = [row for label, url in backends for row in measure(label, url, args)]
     headers = ("backend", "workload", "off (wall)", "on (wall)", "on / off, wall", "on / off, CPU", "target")
     report = table(rows, headers)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     report = (
         "## Monitoring overhead\n\n"
         "`python benchmarks/bench_monitoring.py --write docs/performance.md`: the same workflow with\n"
         "monitoring off and on (MetricsCollector, query counting, transaction monitor, anomaly detector),\n"
-        "alternating rounds in one process; medians of the per-round times.\n\n" + report + "\n"
+        "calls interleaved one by one in one process (off, on, on, off, ...); the ratio of the median\n"
+        "call times, in wall time and in process CPU time.\n\n"
+        + report
+        + "\n\nTime spent inside the collector's hook methods (an accounting figure: hook dispatch and\n"
+        + "query counting are not in it):\n\n"
+        + "\n".join(ACCOUNTING)
+        + f"\n\nLoad average (1, 5, 15 min) at the end of the run: {load} on {os.cpu_count()} cores.\n"
     )
     print(report)
     if args.write:

@@ -22,12 +22,16 @@ OPERATORS = (*COMPARISONS, "$in", "$nin", "$like", "$ilike", "$regex", "$exists"
 LOGICAL = ("$and", "$or", "$not")
 
 
-def normalize(model: ModelSchema, doc: Any, *, node: str = "") -> dict[str, Any]:
+MAX_DEPTH = 32  # nesting of $and/$or/$not; deeper documents would overflow the SQL parsers
+
+
+def normalize(model: ModelSchema, doc: Any, *, node: str = "", depth: int = 0) -> dict[str, Any]:
     """Check a filter document; return a copy with values coerced."""
     from .schema import check_value
 
     if doc is None:
         return {}
+    _check_depth(model, node, depth)
     if not isinstance(doc, Mapping):
         raise ValidationError(
             f"{_where(model, node)}filter must be a dict, got {type(doc).__name__}.",
@@ -41,9 +45,14 @@ def normalize(model: ModelSchema, doc: Any, *, node: str = "") -> dict[str, Any]
                     f"{_where(model, node)}{key} takes a list of filters.",
                     hint=f'write {{"{key}": [{{...}}, {{...}}]}}.',
                 )
-            out[key] = [normalize(model, d, node=node) for d in value]
+            out[key] = [normalize(model, d, node=node, depth=depth + 1) for d in value]
         elif key == "$not":
-            out[key] = normalize(model, value, node=node)
+            out[key] = normalize(model, value, node=node, depth=depth + 1)
+        elif not isinstance(key, str):
+            raise ValidationError(
+                f"{_where(model, node)}filter keys must be field names or operators, got {key!r}.",
+                hint=f"fields of {model.name}: {', '.join(model.by_name)}.",
+            )
         elif key.startswith("$"):
             raise ValidationError(
                 f"{_where(model, node)}unknown filter operator '{key}' at top level.{did_you_mean(key, LOGICAL)}",
@@ -51,11 +60,22 @@ def normalize(model: ModelSchema, doc: Any, *, node: str = "") -> dict[str, Any]
             )
         else:
             f = model.field(key, context=f"the filter of {node}" if node else "a filter")
-            out[key] = _normalize_condition(model, f, value, node, check_value)
+            out[key] = _normalize_condition(model, f, value, node, check_value, depth + 1)
     return out
 
 
-def _normalize_condition(model: ModelSchema, f: Any, cond: Any, node: str, check_value: Any) -> Any:
+def _check_depth(model: ModelSchema, node: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValidationError(
+            f"{_where(model, node)}the filter nests deeper than {MAX_DEPTH} levels.",
+            hint="flatten it: $and/$or take lists, so nesting is rarely needed.",
+        )
+
+
+def _normalize_condition(
+    model: ModelSchema, f: Any, cond: Any, node: str, check_value: Any, depth: int = 0
+) -> Any:
+    _check_depth(model, node, depth)
     if not (
         isinstance(cond, Mapping) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)
     ):
@@ -81,6 +101,11 @@ def _normalize_condition(model: ModelSchema, f: Any, cond: Any, node: str, check
                 )
             out[op] = [None if v is None else check_value(model, _loose(f), v, node=node) for v in value]
         elif op in ("$like", "$ilike", "$regex"):
+            if f.type.name not in ("text", "enum"):
+                raise ValidationError(
+                    f"{_where(model, node)}{op} works on text fields; '{f.name}' holds {f.type.python.__name__}.",
+                    hint="compare numbers and dates with $gt/$lt/$in instead.",
+                )
             if not isinstance(value, str):
                 raise ValidationError(f"{_where(model, node)}{op} on '{f.name}' takes a string pattern.")
             if op == "$regex":
@@ -96,7 +121,7 @@ def _normalize_condition(model: ModelSchema, f: Any, cond: Any, node: str, check
                 raise ValidationError(f"{_where(model, node)}{op} on '{f.name}' takes True or False.")
             out[op] = value
         else:  # $not
-            out[op] = _normalize_condition(model, f, value, node, check_value)
+            out[op] = _normalize_condition(model, f, value, node, check_value, depth + 1)
     return out
 
 
@@ -216,7 +241,15 @@ def normalize_order_by(model: ModelSchema, order_by: Any, *, node: str = "") -> 
     """'age', ['-age'], [{'age': -1}] -> [('age', descending)]."""
     if order_by is None:
         return []
-    items = [order_by] if isinstance(order_by, str | Mapping) else list(order_by)
+    if isinstance(order_by, str | Mapping):
+        items = [order_by]
+    elif isinstance(order_by, list | tuple):
+        items = list(order_by)
+    else:
+        raise ValidationError(
+            f"{_where(model, node)}order_by must be a field name, a list or a dict, got {type(order_by).__name__}.",
+            hint="use 'age', ['-age'] or [{'age': -1}].",
+        )
     out: list[tuple[str, bool]] = []
     for item in items:
         if isinstance(item, str):

@@ -287,13 +287,12 @@ class MetricsCollector:
             None if error is None else _first_line(error), state.nodes, state.queries, state.rows, state.retried,
         )  # fmt: skip
         day = int(now // 86400)
-        with self._lock:
-            self._workflow_log.append(record)
-            totals = self.workflows
-            totals["total"] += 1
-            totals["successful" if error is None else "failed"] += 1
-            totals["duration_ms"] += duration_ms
-            self.today = (day, self.today[1] + 1 if self.today[0] == day else 1)
+        self._workflow_log.append(record)  # the loop thread is the only writer (see after_node)
+        totals = self.workflows
+        totals["total"] += 1
+        totals["successful" if error is None else "failed"] += 1
+        totals["duration_ms"] += duration_ms
+        self.today = (day, self.today[1] + 1 if self.today[0] == day else 1)
         if now - self._last_pool >= POOL_SNAPSHOT_EVERY:
             self._last_pool = now
             self.snapshot_pool()
@@ -301,9 +300,12 @@ class MetricsCollector:
     def transaction(
         self, *, run_id: str, dataflow: Any, event: str, node_id: str = "", **future: Any
     ) -> None:
-        if self._dataflow is not None and dataflow is not self._dataflow():
+        if self._dataflow is None:
+            key: Any = (run_id, id(dataflow))  # a standalone collector sees every database
+        elif dataflow is self._dataflow():
+            key = run_id
+        else:
             return
-        key = (run_id, id(dataflow))
         if event == "begin":
             self.transactions.begin(key, run_id, node_id)
         elif event in ("commit", "rollback"):

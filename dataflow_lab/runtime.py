@@ -28,8 +28,7 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _loop, saga
-from .audit import run_as
+from . import _loop
 from .errors import DataFlowError, NodeExecutionError, ValidationError, did_you_mean
 from .hooks import Hooks, _Fanout
 from .nodes.base import Node
@@ -38,7 +37,7 @@ from .transactions import ACTIVE_SCOPE, Scope, check_isolation
 from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from .dataflow import DataFlow
 
 __all__ = ["AsyncLocalRuntime", "LocalRuntime"]
 
@@ -84,6 +83,8 @@ class LocalRuntime:
     ) -> tuple[dict[str, Any], str]:
         """Run the workflow and wait: (results by node id, run id)."""
         workflow, parameters = self._prepare(workflow, parameters)
+        from .audit import run_as  # imported on first use: it needs SQLAlchemy
+
         return _loop.run(run_as(self.user, self._execute(workflow, parameters)))
 
     async def execute_async(
@@ -91,6 +92,8 @@ class LocalRuntime:
     ) -> tuple[dict[str, Any], str]:
         """The async form of ``execute``; safe from any event loop, Jupyter's included."""
         workflow, parameters = self._prepare(workflow, parameters)
+        from .audit import run_as
+
         return await _loop.run_async(run_as(self.user, self._execute(workflow, parameters)))
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
@@ -189,6 +192,7 @@ class LocalRuntime:
             await self._node_by_node(workflow, overrides, mode, run_id, results)
             return
         scope = Scope(run_id, self._emit, parent=parent, isolation=self.isolation)
+        scope.eager = {id(db) for db in _written_dataflows(workflow)}
         token = ACTIVE_SCOPE.set(scope)
         try:
             for node_id in workflow.order:
@@ -211,7 +215,7 @@ class LocalRuntime:
         results: dict[str, Any],
     ) -> None:
         """Each node in its own transaction (retried alone); in saga mode, undo on failure."""
-        steps: list[saga.SagaStep] = []
+        steps: list = []  # saga.SagaStep
         for node_id in workflow.order:
             for attempt in range(1, self.retry.attempts + 1):
                 scope = Scope(run_id, self._emit, isolation=self.isolation)
@@ -236,8 +240,10 @@ class LocalRuntime:
                 finally:
                     ACTIVE_SCOPE.reset(token)
 
-    async def _compensate(self, steps: list[saga.SagaStep], run_id: str) -> list[dict[str, Any]]:
+    async def _compensate(self, steps: list, run_id: str) -> list[dict[str, Any]]:
         """Run compensations newest first, each in its own (retried) transaction; record each."""
+        from . import saga
+
         record = []
         for saga_step in reversed(steps):
             entry = {
@@ -346,7 +352,11 @@ class LocalRuntime:
         try:
             node = cls(node_id, _params(spec, incoming, results, override))
             scope.writing = cls.writes
-            if saga_steps is None or not saga.needs_compensation(node):
+            if saga_steps is None:
+                return await node.run(scope)
+            from . import saga  # only saga runs pay for its import
+
+            if not saga.needs_compensation(node):
                 return await node.run(scope)
             return await self._run_saga_step(scope, node, saga_steps)
         except NodeExecutionError:
@@ -360,6 +370,8 @@ class LocalRuntime:
             raise error from exc
 
     async def _run_saga_step(self, scope: Scope, node: Node, saga_steps: list) -> Any:
+        from . import saga
+
         conn = await scope.connection(node.dataflow, write=True) if node.dataflow is not None else None
         if "return_ids" in node.param_map():
             node.params["return_ids"] = True  # compensation deletes exactly the rows it created
@@ -375,6 +387,14 @@ class LocalRuntime:
 
 class AsyncLocalRuntime(LocalRuntime):
     """LocalRuntime for async code: ``await runtime.execute_async(workflow)``."""
+
+
+def _written_dataflows(workflow: Workflow) -> list[DataFlow]:
+    return [
+        spec.node_class.dataflow
+        for spec in workflow.nodes.values()
+        if spec.node_class.writes and spec.node_class.dataflow is not None
+    ]
 
 
 def _params(

@@ -1,8 +1,9 @@
 """Transaction scopes: a run's transactions, db.transaction(), savepoints and two-phase commit.
 
 A ``Scope`` holds the connection a run (or a ``db.transaction()`` block) uses on
-each database. A transaction begins lazily, before the first write to a
-database, so a read-only run pays no BEGIN/COMMIT. A scope opened inside
+each database. A run's transaction on a database it writes to begins at its
+first statement there, so its reads and writes share one snapshot; a database
+it only reads pays no BEGIN/COMMIT. A scope opened inside
 another (a workflow run inside ``with db.transaction():``, or from inside a
 running node) joins the outer transaction under a savepoint: if it fails, its
 own writes are undone and the error reaches the outer scope.
@@ -75,11 +76,14 @@ class Scope(RunContext):
         self.now = dt.datetime.now(dt.UTC)
         self.writing = False  # set by the runtime before each node runs
         self.node_id = ""  # the node running now
+        # Databases this run will write to: their transaction begins at first use, so the run's reads
+        # see the same snapshot its writes act on. Other databases are read outside a transaction.
+        self.eager: set[int] = set()
         self._held: dict[int, _Held] = {}
 
     # -- connections -------------------------------------------------------
     async def connection(self, dataflow: DataFlow, *, write: bool | None = None) -> Connection:
-        write = self.writing if write is None else write
+        write = self.writing or id(dataflow) in self.eager if write is None else write
         held = self._held.get(id(dataflow))
         if held is None:
             if self.parent is not None:

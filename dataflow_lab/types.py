@@ -50,14 +50,18 @@ def _integer(value: object) -> int:
 def _float(value: object) -> float:
     if isinstance(value, bool):
         raise TypeError("expected float, not bool")
-    if isinstance(value, int | float | Decimal):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise TypeError("expected float")
+    try:
+        if isinstance(value, int | float | Decimal):
+            number = float(value)
+        elif isinstance(value, str):
+            number = float(value)
+        else:
+            raise TypeError("expected float")
+    except (ValueError, ArithmeticError):
+        raise TypeError("expected float") from None
+    if number != number:
+        raise TypeError("expected a float that is not NaN (SQLite cannot store NaN; use None for missing)")
+    return number
 
 
 def _boolean(value: object) -> bool:
@@ -98,18 +102,23 @@ def _date(value: object) -> dt.date:
 def _decimal(value: object) -> Decimal:
     if isinstance(value, bool):
         raise TypeError("expected Decimal, not bool")
+    number: Decimal | None = None
     if isinstance(value, Decimal):
-        return value
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, str):
+        number = value
+    elif isinstance(value, int):
+        number = Decimal(value)
+    elif isinstance(value, float):
+        number = Decimal(repr(value))
+    elif isinstance(value, str):
         try:
-            return Decimal(value)
+            number = Decimal(value)
         except InvalidOperation:
             pass
-    raise TypeError("expected Decimal")
+    if number is None:
+        raise TypeError("expected Decimal")
+    if not number.is_finite():
+        raise TypeError("expected a finite Decimal (not NaN or Infinity)")
+    return number
 
 
 def _bytes(value: object) -> bytes:

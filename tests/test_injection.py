@@ -174,7 +174,15 @@ def test_payloads_round_trip_as_values_are_refused_as_identifiers_and_tables_sta
 
     storable = [p for p in PAYLOADS if "\x00" not in p] if backend == "postgres" else list(PAYLOADS)
     nul = [p for p in PAYLOADS if p not in set(storable)]
-    figures: dict[str, Any] = {"backend": backend, "value payloads": len(storable)}
+    figures: dict[str, Any] = {}
+
+    def note(name: str, value: Any) -> None:  # recorded at once, so a failure keeps the figures so far
+        figures[name] = value
+        record_property(name, value)
+
+    note("backend", backend)
+    note("payloads tried", len(set(PAYLOADS) | set(IDENTIFIER_PAYLOADS)))
+    note("value payloads", len(storable))
 
     # 1. BulkCreate every payload at once; List returns each exactly.
     out = one(
@@ -237,7 +245,7 @@ def test_payloads_round_trip_as_values_are_refused_as_identifiers_and_tables_sta
             }, p
             assert read == updated and {f: read[f] for f in FIELDS} == value_row(p), (p, read)
             assert results[f"n{k}"] == {"count": 1}, (p, results[f"n{k}"])  # the BulkCreate row only
-    figures["single-row payloads (Create, Update, Read, Count)"] = len(sample)
+    note("single-row payloads (Create, Update, Read, Count)", len(sample))
 
     # 4. NUL on PostgreSQL: refused cleanly, nothing written.
     nul_refused = 0
@@ -253,7 +261,7 @@ def test_payloads_round_trip_as_values_are_refused_as_identifiers_and_tables_sta
                 assert "'n'" in str(caught.value), f"the error does not name the node: {caught.value}"
                 nul_refused += 1
         assert table_counts(db) == before
-        figures["NUL payloads refused (PostgreSQL stores no NUL in text)"] = nul_refused
+        note("NUL payloads refused (PostgreSQL stores no NUL in text)", nul_refused)
 
     # 5. Identifiers: every payload into the contexts the issue names, and the classic and
     #    identifier-shaped ones into every context.
@@ -267,9 +275,9 @@ def test_payloads_round_trip_as_values_are_refused_as_identifiers_and_tables_sta
             assert refused(call), f"{node_type} accepted a row with the key {p!r}"
             tried += 1
     assert table_counts(db) == counts_before
-    figures["identifier payloads"] = len(IDENTIFIER_PAYLOADS)
-    figures["identifier attempts refused with ValidationError"] = tried
-    figures["identifier attempts accepted"] = 0
+    note("identifier payloads", len(IDENTIFIER_PAYLOADS))
+    note("identifier attempts refused with ValidationError", tried)
+    note("identifier attempts accepted", 0)
 
     # 6. Intact: the same tables and columns, the same rows, the sentinel untouched.
     assert schema_snapshot(db) == schema_before
@@ -278,10 +286,7 @@ def test_payloads_round_trip_as_values_are_refused_as_identifiers_and_tables_sta
     assert sentinel["name"] == "sentinel"
     assert one(db, "VictimCountNode", {"filter": {"text": "pwned"}}) == {"count": 0}
 
-    figures["payloads tried"] = len(set(PAYLOADS) | set(IDENTIFIER_PAYLOADS))
-    figures["tables intact"] = "yes"
-    for name, value in figures.items():
-        record_property(name, value)
+    note("tables intact", "yes")
     print(f"\n[injection {backend}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
@@ -289,6 +294,8 @@ def test_a_long_in_list_of_payloads_matches_exactly_their_rows(db, backend, reco
     """$in / $nin over every payload at once (a list this long travels as one array parameter)."""
     define_models(db)
     storable = [p for p in PAYLOADS if "\x00" not in p] if backend == "postgres" else list(PAYLOADS)
+    record_property("backend", backend)
+    record_property("payloads in one $in", len(storable))
     data = [{"text": "control"}, *({"text": p} for p in storable)]
     assert one(db, "VictimBulkCreateNode", {"data": data, "progress": False}) == {"inserted": len(data)}
     found = {r["text"] for r in one(db, "VictimListNode", {"filter": {"text": {"$in": storable}}})["records"]}
@@ -298,8 +305,6 @@ def test_a_long_in_list_of_payloads_matches_exactly_their_rows(db, backend, reco
         r["text"] for r in one(db, "VictimListNode", {"filter": {"text": {"$nin": storable}}})["records"]
     ]
     assert others == ["control"], f"$nin over every payload returned {len(others)} rows: {others[:4]}"
-    record_property("backend", backend)
-    record_property("payloads in one $in", len(storable))
 
 
 def try_identifiers(db: Any, payloads: list[str], *, every_context: set[str]) -> int:

@@ -391,7 +391,7 @@ def test_a_run_summary_has_meaningful_text(users):
     text = run._repr_mimebundle_()["text/plain"]
     assert text.startswith("Run 'onboarding' done in ")
     assert "read (UserReadNode): done, 1 row" in text
-    assert "BEGIN on sqlite at create -> COMMIT on sqlite" in text
+    assert "transactions: BEGIN on sqlite -> COMMIT on sqlite" in text
     assert "run.frame('active')" in text
 
 
@@ -425,6 +425,21 @@ def test_node_mode_keeps_what_committed_before_the_failure(users):
     assert "a (UserCreateNode): done" in out.outputs[-1].data["text/plain"]
     run, _ = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
     assert run.results["n"]["count"] == 1
+
+
+def test_a_saga_run_shows_the_compensated_node_and_keeps_nothing(users):
+    users.user_ns["refuse"] = lambda name: (_ for _ in ()).throw(ValueError(f"no {name}"))
+    source = "a = UserCreateNode(name='A', email='a@x.org')\nb = refuse(name=a.name)\n"
+    cell(users, f"%%dataflow workflow broken\n{source}")
+    with capture_output() as out, pytest.raises(UsageError, match="ValueError: no A"):
+        users.run_cell("%dataflow run broken --transaction saga")
+    shown = out.outputs[-1].data
+    assert "a (UserCreateNode): compensated" in shown["text/plain"]
+    assert "COMPENSATE a: compensated" in shown["text/plain"]
+    if viz.dot_available():
+        assert viz.STATE_COLOURS["compensated"] in shown["text/html"]
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    assert run.results["n"]["count"] == 0
 
 
 def test_show_draws_the_dag_coloured_by_the_last_run(users):
@@ -586,7 +601,7 @@ def test_the_monitor_shows_bulk_chunks_pool_and_transactions(users):
     assert chunks == [10, 20, 30, 40, 50]
     final = seen[-1]
     assert final.nodes["add"].rows == 50 and final.total_rows == 50
-    assert final.events == ("BEGIN on sqlite at add", "COMMIT on sqlite at add")
+    assert final.events == ("BEGIN on sqlite", "COMMIT on sqlite")
     assert "checked_out" in next(iter(final.pool.values()))
     panel = notebook.MonitorPanel(final)
     assert "50 rows" in panel.text() and "COMMIT on sqlite" in panel.html()

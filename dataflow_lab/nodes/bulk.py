@@ -357,6 +357,7 @@ class BulkUpsert(_BulkRows):
         conn = await ctx.connection(self.dataflow)
         inserted = updated = 0
         seen: set[tuple] = set()
+        ours: set[tuple] = set()  # keys this node inserted (tracked when update_fields is given)
         skipped: list[dict[str, Any]] = []
         wrote_ids = False
         shaper = self.shaper(allow_id=True)
@@ -381,21 +382,38 @@ class BulkUpsert(_BulkRows):
                     f"{self.where(self.node_id)}: rows lack conflict_on field(s) {missing}.",
                     hint="every row needs a value for each conflict_on field.",
                 )
-            rows, indexes, repeats = self._last_wins(chunk, [columns.index(c) for c in conflict_on], seen)
+            key_index = [columns.index(c) for c in conflict_on]
+            rows, indexes, repeats = self._last_wins(chunk, key_index, seen)
             update_columns = self._update_columns(columns, conflict_on, shaper.given)
             new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
             existing = None
             counts: list[tuple[int, int] | None] = []
+            # With update_fields, a key this node itself inserted in an earlier chunk is overwritten
+            # whole (the last row wins), while rows that existed before get only update_fields.
+            mine = set(ours) if self.params["update_fields"] is not None else set()
+            if self.params["update_fields"] is not None:
+                before_keys = await self._existing_keys(conn, conflict_on, new_keys)
+                ours.update(k for k in new_keys if k not in before_keys)
+            overwrite = self._update_columns(columns, conflict_on, shaper.given, restricted=False)
 
             async def write(
                 part: list[tuple],
                 c: tuple[str, ...] = columns,
                 u: list[str] = update_columns,
                 out: list = counts,
+                k: list[int] = key_index,
+                m: set = mine,
+                o: list[str] = overwrite,
             ) -> None:
                 audited = self.model.audit_log
                 before = await audit.rows_by_keys(self, conn, c, part, conflict_on) if audited else None
-                out.append(await dialect.bulk_upsert(conn, mt.table, c, part, conflict_on, u))
+                own = [r for r in part if tuple(r[i] for i in k) in m] if m else []
+                rest = [r for r in part if tuple(r[i] for i in k) not in m] if m else part
+                if own:
+                    found = await dialect.bulk_upsert(conn, mt.table, c, own, conflict_on, o)
+                    out.append((0, len(own)) if found is not None else None)
+                if rest:
+                    out.append(await dialect.bulk_upsert(conn, mt.table, c, rest, conflict_on, u))
                 if before is not None:
                     await audit.record_upsert(self, ctx, conn, c, part, conflict_on, before)
 
@@ -441,10 +459,15 @@ class BulkUpsert(_BulkRows):
         return [tuple(row[i] for i in index) for row in rows]
 
     def _update_columns(
-        self, columns: tuple[str, ...], conflict_on: list[str], given: tuple[str, ...] | None = None
+        self,
+        columns: tuple[str, ...],
+        conflict_on: list[str],
+        given: tuple[str, ...] | None = None,
+        *,
+        restricted: bool = True,
     ) -> list[str]:
         """What an update changes: the fields the rows give (not defaults filled in), within update_fields."""
-        allowed = self.params["update_fields"]
+        allowed = self.params["update_fields"] if restricted else None
         given = columns if given is None else given
         keep = {"id", "created_at", *conflict_on}
         return [
@@ -452,6 +475,22 @@ class BulkUpsert(_BulkRows):
             for c in columns
             if c == "updated_at" or (c not in keep and c in given and (allowed is None or c in allowed))
         ]
+
+    async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> set[tuple]:
+        """Which of ``keys`` are in the table now."""
+        mt = self.mt
+        cols = [mt.table.c[c] for c in conflict_on]
+        chunk = max(1, mt.dialect.max_bind_params // (len(cols) * 2) - 1)
+        found: set[tuple] = set()
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            if len(cols) == 1:
+                cond = cols[0].in_([k[0] for k in part])
+            else:
+                cond = sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
+            sql, params = mt.dialect.compile(sa.select(*cols).where(cond))
+            found.update(tuple(r) for r in await conn.fetch(sql, params))
+        return found
 
     async def _count_existing(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> int:
         mt = self.mt

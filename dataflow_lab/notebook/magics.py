@@ -26,6 +26,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
 from ..config import redact_url
 from ..errors import DataFlowError, did_you_mean
+from ..runtime import TRANSACTION_MODES
 from ..workflow import Workflow, WorkflowBuilder
 from .catalogue import Catalogue
 from .dag import DagView
@@ -40,7 +41,7 @@ LINE_COMMANDS = ("connect", "run", "show", "nodes", "status")
 CELL_COMMANDS = ("model", "workflow")
 USAGE = """\
 %dataflow connect URL                 switch the notebook's database (models move over)
-%dataflow run NAME [--params JSON] [--background] [--transaction workflow|node]
+%dataflow run NAME [--params JSON] [--background] [--transaction workflow|node|saga|2pc|auto]
 %dataflow show NAME                   the workflow's DAG (coloured by its last run)
 %dataflow nodes [MODEL]               the node catalogue: parameters and SQL
 %dataflow status                      database, models, workflows, last runs
@@ -66,7 +67,7 @@ def _run_options(parser: MagicArgumentParser) -> MagicArgumentParser:
         "--params", nargs="+", default=None, help="JSON object: node id -> {parameter: value}"
     )
     parser.add_argument("--background", action="store_true", help="return a handle at once; the run goes on")
-    parser.add_argument("--transaction", choices=("workflow", "node"), default=None)
+    parser.add_argument("--transaction", choices=TRANSACTION_MODES, default=None)
     return parser
 
 
@@ -139,9 +140,10 @@ class DataFlowMagics(Magics):
         0.1, help="Seconds between two updates of a live panel (the hooks are throttled to this)."
     ).tag(config=True)
     transaction = CaselessStrEnum(
-        ("workflow", "node"),
+        TRANSACTION_MODES,
         default_value="workflow",
-        help="Default transaction mode of runs: 'workflow' (one transaction, all or nothing) or 'node'.",
+        help="Default transaction mode of runs: 'workflow' (one transaction, all or nothing), 'node' "
+        "(commit node by node), 'saga' (commit node by node, compensate on failure), '2pc' or 'auto'.",
     ).tag(config=True)
     short_errors = Bool(
         True, help="Show %dataflow errors as one line with a hint; False shows the full traceback."

@@ -171,8 +171,7 @@ class RunObserver:
         if run_id != self.run_id:
             return
         with self._lock:
-            node = future.get("node_id")
-            self._events.append(f"{event.upper()} on {dataflow.dialect}" + (f" at {node}" if node else ""))
+            self._events.append(f"{event.upper()} on {dataflow.dialect}")  # the DAG shows where
             writers = self._uncommitted.pop(id(dataflow), []) if event in ("commit", "rollback") else []
             if event == "rollback":
                 for node_id in writers:

@@ -177,7 +177,7 @@ class NotebookRun:
 
     @property
     def events(self) -> tuple[str, ...]:
-        """Transaction and compensation events, in order ('BEGIN on sqlite at create', ...)."""
+        """Transaction and compensation events, in order ('BEGIN on sqlite', 'COMMIT on sqlite', ...)."""
         return self.observer.snapshot().events
 
     # -- data --------------------------------------------------------------
