@@ -4,6 +4,10 @@ Each statement bumps the tally of the node running in the current task (a
 context variable the MetricsCollector sets in ``before_node``), so concurrent
 runs on one event loop never mix their counts. With monitoring off the
 dialect hands out its connections unwrapped, and nothing here runs.
+
+Not counted: DuckDB's Arrow bulk path (it runs on the database's own
+connection object, not through ``Connection``), and BEGIN / COMMIT, which the
+transaction monitor counts as transactions instead.
 """
 
 from __future__ import annotations
