@@ -36,6 +36,7 @@ def regenerate(path: Path) -> None:
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
         store_widget_state=False,
+        record_timing=False,  # no timestamps in cell metadata: regenerating changes only outputs
     )
     client.execute()
     notebook.metadata.pop("widgets", None)

@@ -15,6 +15,11 @@ import pytest
 from dataflow_lab import DataFlow
 from dataflow_lab.nodes import registry
 
+# Kernels that tests start (nbval's for notebooks/, the magics' and browser tests') import
+# dataflow_lab from this checkout, not from wherever `pip install -e` last pointed.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
+
 PG_URL = os.environ.get("DATAFLOW_TEST_POSTGRES_URL")
 PG_URL2 = os.environ.get("DATAFLOW_TEST_POSTGRES_URL2")
 REQUIRE_PG = os.environ.get("DATAFLOW_REQUIRE_POSTGRES") == "1"
