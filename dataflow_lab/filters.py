@@ -108,6 +108,12 @@ def _normalize_condition(
                 )
             if not isinstance(value, str):
                 raise ValidationError(f"{_where(model, node)}{op} on '{f.name}' takes a string pattern.")
+            if op != "$regex" and (len(value) - len(value.rstrip("\\"))) % 2 == 1:
+                raise ValidationError(
+                    f"{_where(model, node)}{op} pattern on '{f.name}' ends with a lone backslash, the escape "
+                    "character.",
+                    hint="double it (\\\\) to match a backslash, or remove it.",
+                )
             if op == "$regex":
                 try:
                     re.compile(value)
@@ -178,6 +184,12 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
     col = mt.dialect.comparable(raw_col, field.type.name)
 
     def bind(v: Any) -> Any:
+        if isinstance(v, str) and "\x00" in v and not mt.dialect.text_allows_nul:
+            raise ValidationError(
+                f"{mt.model.name}: a filter value for '{name}' contains a NUL character, which "
+                f"{mt.dialect.name} text cannot hold.",
+                hint="remove the NUL (\\x00) from the value; no stored text can contain it.",
+            )
         return mt.dialect.comparable(
             sa.bindparam(None, mt.to_db(name, v), type_=raw_col.type), field.type.name
         )

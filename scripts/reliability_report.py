@@ -135,9 +135,7 @@ def git(*args: str) -> str:
         return "?"
 
 
-def render(
-    cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: float, args: argparse.Namespace
-) -> str:
+def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: float) -> str:
     counts = defaultdict(int)
     for case in cases:
         counts[case.outcome] += 1
@@ -151,8 +149,9 @@ def render(
         "",
         f"- When: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`{dirty}",
         f"- Python {platform.python_version()} on {platform.system()} {platform.machine()}; PostgreSQL: {pg}",
-        f"- Sizes: `DATAFLOW_STATEFUL_STEPS={args.steps or 'CI default'}`, "
-        f"`DATAFLOW_FUZZ_EXAMPLES={args.fuzz_examples or 'CI default'}`",
+        f"- Sizes: stateful operations per backend "
+        f"{os.environ.get('DATAFLOW_STATEFUL_STEPS') or 'CI default (2,000)'}, "
+        f"filter fuzz examples {os.environ.get('DATAFLOW_FUZZ_EXAMPLES') or 'CI default (2,000)'}",
         f"- Result: {counts['passed']} passed, {counts['FAILED']} failed, {counts['ERROR']} errors, "
         f"{counts['skipped']} skipped in {seconds:,.0f} s (pytest exit code {rc})",
         "",
@@ -236,7 +235,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="reliability-") as tmp:
         junit, figures = Path(tmp) / "junit.xml", Path(tmp) / "figures.jsonl"
         rc, seconds = run_pytest(files, junit, figures, extra)
-        document = render(read_junit(junit), read_figures(figures), rc, seconds, args)
+        document = render(read_junit(junit), read_figures(figures), rc, seconds)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(document)
     print(f"wrote {args.output} ({len(document.splitlines())} lines)")

@@ -201,7 +201,11 @@ def _condition(field: str, *, junk: bool) -> st.SearchStrategy:
         ]
         if field in TEXT_FIELDS:
             clean += [
-                st.tuples(st.sampled_from(["$like", "$ilike"]), st.text("ab%_\\'", max_size=4)),
+                st.tuples(
+                    st.sampled_from(["$like", "$ilike"]),
+                    # a pattern may not end with a lone backslash (the escape character): that is refused
+                    st.text("ab%_\\'", max_size=4).filter(lambda p: (len(p) - len(p.rstrip("\\"))) % 2 == 0),
+                ),
                 st.tuples(st.just("$regex"), st.sampled_from(["^a", "a$", "[ab]", "a{2,}", "^$", "e"])),
             ]
         ops = st.lists(st.one_of(clean), min_size=1, max_size=2).map(dict)

@@ -174,6 +174,7 @@ class PostgresDialect(PooledDialect):
         return "(" + ", ".join(f"${start + i + 1}" for i in range(n)) + ")"
 
     upsert_reports_counts = True
+    text_allows_nul = False
 
     def bulk_batch_size(self, n_columns: int) -> int:
         return 50_000  # COPY has no bind limit
