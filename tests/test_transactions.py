@@ -414,6 +414,10 @@ def test_a_lost_connection_is_retried_and_the_write_is_applied_once(pg_url):
             killer = await asyncpg.connect(pg_url.split("?")[0])
             await killer.execute("SELECT pg_terminate_backend($1)", conn.raw.get_server_pid())
             await killer.close()
+            for _ in range(200):  # let the client notice, as it would a network failure
+                if conn.raw.is_closed():
+                    break
+                await asyncio.sleep(0.01)
         return x
 
     retries = []

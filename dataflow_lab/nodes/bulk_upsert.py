@@ -1,0 +1,215 @@
+"""BulkUpsert: insert rows, or update those whose ``conflict_on`` key exists.
+
+When the input holds a key twice, the last row wins; inserted and updated counts
+are exact on every backend (the dialect reports them where it can).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import audit
+from ..errors import ValidationError
+from ..model import ModelSchema
+from ..rows import Chunk
+from .base import Param, RunContext
+from .bulk_rows import BulkRows, common_parameters
+from .model_node import check_conflict_on
+
+__all__ = ["BulkUpsert"]
+
+
+class BulkUpsert(BulkRows):
+    outputs = ("inserted", "updated", "skipped")
+    op_name = "Upsert"
+    writes = True
+    description = (
+        "Insert rows, or update those whose conflict_on key exists; when the input holds a key "
+        "twice, the last row wins. Returns {'inserted': a, 'updated': b}."
+    )
+
+    @classmethod
+    def make_parameters(cls, model: ModelSchema) -> tuple[Param, ...]:
+        return (
+            *common_parameters(),
+            Param(
+                "conflict_on",
+                list,
+                default=["id"],
+                description="primary key or unique fields",
+                check=lambda v: check_conflict_on(model, v, what="conflict_on"),
+            ),
+            Param(
+                "update_fields",
+                (list, type(None)),
+                default=None,
+                description="fields an update may change (default: every field given)",
+                check=lambda v: (
+                    None if v is None else [model.field(n, context="update_fields").name for n in v]
+                ),
+            ),
+        )
+
+    def statements(self) -> list[Any]:
+        """One INSERT ... ON CONFLICT DO UPDATE over all rows (PostgreSQL: from a COPY-filled temp table)."""
+        columns = [f.name for f in self.model.fields]
+        conflict_on = self.params["conflict_on"]
+        update = self._update_columns(tuple(columns), conflict_on)
+        return [self.mt.dialect.upsert_statement(self.mt.table, columns, conflict_on, update)]
+
+    async def run(self, ctx: RunContext) -> dict[str, Any]:
+        mt, dialect, conflict_on = self.mt, self.mt.dialect, self.params["conflict_on"]
+        conn = await ctx.connection(self.dataflow)
+        inserted = updated = 0
+        seen: set[tuple] = set()
+        ours: set[tuple] = set()  # keys this node inserted (tracked when update_fields is given)
+        skipped: list[dict[str, Any]] = []
+        wrote_ids = False
+        shaper = self.shaper(allow_id=True)
+        for chunk in self.chunks(ctx, shaper):
+            skipped.extend(chunk.skipped)
+            columns = chunk.columns
+            missing = [c for c in conflict_on if c not in columns]
+            if missing == ["id"] and conflict_on == ["id"]:  # no ids given: every row is new
+                written = await self.write_or_skip(
+                    conn,
+                    chunk,
+                    lambda rows, c=columns: (
+                        audit.insert_and_record(self, ctx, conn, c, rows)
+                        if self.model.audit_log
+                        else dialect.bulk_insert(conn, mt.table, c, rows)
+                    ),
+                )
+                inserted += len(written)
+                continue
+            if missing:
+                raise ValidationError(
+                    f"{self.where(self.node_id)}: rows lack conflict_on field(s) {missing}.",
+                    hint="every row needs a value for each conflict_on field.",
+                )
+            key_index = [columns.index(c) for c in conflict_on]
+            rows, indexes, repeats = self._last_wins(chunk, key_index, seen)
+            update_columns = self._update_columns(columns, conflict_on, shaper.given)
+            new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
+            existing = None
+            counts: list[tuple[int, int] | None] = []
+            # With update_fields, a key this node itself inserted in an earlier chunk is overwritten
+            # whole (the last row wins), while rows that existed before get only update_fields.
+            mine = set(ours) if self.params["update_fields"] is not None else set()
+            if self.params["update_fields"] is not None:
+                before_keys = await self._existing_keys(conn, conflict_on, new_keys)
+                ours.update(k for k in new_keys if k not in before_keys)
+            overwrite = self._update_columns(columns, conflict_on, shaper.given, restricted=False)
+
+            async def write(
+                part: list[tuple],
+                c: tuple[str, ...] = columns,
+                u: list[str] = update_columns,
+                out: list = counts,
+                k: list[int] = key_index,
+                m: set = mine,
+                o: list[str] = overwrite,
+            ) -> None:
+                audited = self.model.audit_log
+                before = await audit.rows_by_keys(self, conn, c, part, conflict_on) if audited else None
+                own = [r for r in part if tuple(r[i] for i in k) in m] if m else []
+                rest = [r for r in part if tuple(r[i] for i in k) not in m] if m else part
+                if own:
+                    found = await dialect.bulk_upsert(conn, mt.table, c, own, conflict_on, o)
+                    out.append((0, len(own)) if found is not None else None)
+                if rest:
+                    out.append(await dialect.bulk_upsert(conn, mt.table, c, rest, conflict_on, u))
+                if before is not None:
+                    await audit.record_upsert(self, ctx, conn, c, part, conflict_on, before)
+
+            if not dialect.upsert_reports_counts:
+                existing = await self._count_existing(conn, conflict_on, new_keys)
+            chunk.rows = rows
+            written = await self.write_or_skip(conn, chunk, write, indexes)
+            if existing is None:  # the database counted for us (PostgreSQL)
+                got_inserted = sum(c[0] for c in counts if c)
+                inserted += got_inserted
+                updated += len(written) - got_inserted - len(repeats)
+            else:
+                fresh = len(new_keys) - existing
+                inserted += fresh
+                updated += len(written) - fresh - len(repeats)
+            wrote_ids = wrote_ids or "id" in columns
+        if wrote_ids and not self.model.id_field.required and inserted:
+            sync = dialect.sync_id_sequence_sql(mt.table)
+            if sync:
+                await conn.fetch(sync)
+        result: dict[str, Any] = {"inserted": inserted, "updated": updated}
+        if self.params.get("on_error") == "skip":
+            result["skipped"] = sorted(skipped + self.refused, key=lambda s: s["index"])
+        return result
+
+    @staticmethod
+    def _last_wins(
+        chunk: Chunk, key_index: list[int], seen: set[tuple]
+    ) -> tuple[list[tuple], list[int], set[tuple]]:
+        """Keep the last row of each key (with its input index); say which keys earlier chunks wrote."""
+        unique: dict[tuple, tuple[int, tuple]] = {}
+        for offset, row in enumerate(chunk.rows):
+            key = tuple(row[i] for i in key_index)
+            unique.pop(key, None)
+            unique[key] = (chunk.first_index + offset, row)
+        repeats = {k for k in unique if k in seen}
+        seen.update(unique)
+        return [r for _, r in unique.values()], [i for i, _ in unique.values()], repeats
+
+    @staticmethod
+    def _keys(rows: list[tuple], columns: tuple[str, ...], conflict_on: list[str]) -> list[tuple]:
+        index = [columns.index(c) for c in conflict_on]
+        return [tuple(row[i] for i in index) for row in rows]
+
+    def _update_columns(
+        self,
+        columns: tuple[str, ...],
+        conflict_on: list[str],
+        given: tuple[str, ...] | None = None,
+        *,
+        restricted: bool = True,
+    ) -> list[str]:
+        """What an update changes: the fields the rows give (not defaults filled in), within update_fields."""
+        allowed = self.params["update_fields"] if restricted else None
+        given = columns if given is None else given
+        keep = {"id", "created_at", *conflict_on}
+        return [
+            c
+            for c in columns
+            if c == "updated_at" or (c not in keep and c in given and (allowed is None or c in allowed))
+        ]
+
+    async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> set[tuple]:
+        """Which of ``keys`` are in the table now."""
+        mt = self.mt
+        cols = [mt.table.c[c] for c in conflict_on]
+        chunk = max(1, mt.dialect.max_bind_params // (len(cols) * 2) - 1)
+        found: set[tuple] = set()
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            if len(cols) == 1:
+                cond = cols[0].in_([k[0] for k in part])
+            else:
+                cond = sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
+            sql, params = mt.dialect.compile(sa.select(*cols).where(cond))
+            found.update(tuple(r) for r in await conn.fetch(sql, params))
+        return found
+
+    async def _count_existing(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> int:
+        mt = self.mt
+        cols = [mt.table.c[c] for c in conflict_on]
+        chunk = max(1, mt.dialect.max_bind_params // (len(cols) * 2) - 1)
+        total = 0
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            if len(cols) == 1:
+                cond = cols[0].in_([k[0] for k in part])
+            else:
+                cond = sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
+            sql, params = mt.dialect.compile(sa.select(sa.func.count()).select_from(mt.table).where(cond))
+            total += int((await conn.fetch(sql, params))[0][0])
+        return total
