@@ -6,6 +6,7 @@
 from .dataflow import DataFlow
 from .errors import (
     ConnectionError,
+    CycleNotConvergedError,
     DataFlowError,
     MigrationError,
     NodeExecutionError,
@@ -16,10 +17,20 @@ from .errors import (
     WorkflowValidationError,
 )
 from .monitoring import MetricsCollector
+from .nodes.switch import SwitchNode
+from .routing import RunResults, Skipped
 from .runtime import AsyncLocalRuntime, LocalRuntime
 from .workflow import Workflow, WorkflowBuilder
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    if name == "DaskRuntime":  # its module is light, but keep dask's import cost off this path entirely
+        from .dask_runtime import DaskRuntime
+
+        return DaskRuntime
+    raise AttributeError(f"module 'dataflow_lab' has no attribute {name!r}")
 
 
 def load_ipython_extension(ip: object) -> None:
@@ -39,6 +50,7 @@ def unload_ipython_extension(ip: object) -> None:
 __all__ = [
     "AsyncLocalRuntime",
     "ConnectionError",
+    "CycleNotConvergedError",
     "DataFlow",
     "DataFlowError",
     "LocalRuntime",
@@ -47,6 +59,9 @@ __all__ = [
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "RunResults",
+    "Skipped",
+    "SwitchNode",
     "TransactionError",
     "ValidationError",
     "Workflow",

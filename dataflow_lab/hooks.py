@@ -12,6 +12,8 @@ arguments and must accept ``**future`` so that new fields never break it::
     retry(*, run_id, node_id, attempt, error, delay, **future)
     compensation(*, run_id, node_id, status, error, **future)
     anomaly(*, run_id, node_id, anomaly, **future)      # monitoring: a run far off its baseline
+    node_skipped(*, run_id, node_id, node_type, reason, **future)  # a route not taken (routing.py)
+    cycle_iteration(*, run_id, nodes, iteration, output, converged, **future)  # after each pass of a cycle
 
 Hooks run on the runtime's loop thread, in the order subscribed. They must be
 quick (a widget throttles itself); an exception in a subscriber is logged and
@@ -31,7 +33,7 @@ log = logging.getLogger("dataflow_lab.hooks")
 
 EVENTS = (
     "before_workflow", "after_workflow", "before_node", "after_node",
-    "transaction", "progress", "retry", "compensation", "anomaly",
+    "transaction", "progress", "retry", "compensation", "anomaly", "node_skipped", "cycle_iteration",
 )  # fmt: skip
 
 

@@ -46,7 +46,17 @@ def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
     raise ValidationError(f"Node type {node_type!r} is not a node name, Node class or callable.")
 
 
+def builtin_nodes() -> dict[str, type[Node]]:
+    """Node types every workflow can use by name, whatever its DataFlow."""
+    from .switch import SwitchNode
+
+    return {"SwitchNode": SwitchNode}
+
+
 def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
+    builtin = builtin_nodes().get(name)
+    if builtin is not None:
+        return builtin
     scopes = [dataflow] if dataflow is not None else live_dataflows()
     found = [(db, db.nodes[name]) for db in scopes if name in db.nodes]
     if len(found) > 1 and dataflow is None:
@@ -68,7 +78,7 @@ def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
     known = sorted({n for db in scopes for n in db.nodes})
     where = "this DataFlow" if dataflow is not None else "any live DataFlow"
     raise NodeNotFoundError(
-        f"Node type '{name}' is not defined by {where}.{did_you_mean(name, known)}",
+        f"Node type '{name}' is not defined by {where}.{did_you_mean(name, [*known, *builtin_nodes()])}",
         hint="define the model with @db.model first; generated names look like 'UserCreateNode'."
         if not known
         else f"known node types: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}.",
