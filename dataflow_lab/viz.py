@@ -31,7 +31,7 @@ __all__ = [
     "to_svg",
 ]
 
-STATES = ("pending", "running", "done", "failed", "rolled back", "compensated")
+STATES = ("pending", "running", "done", "failed", "rolled back", "compensated", "skipped")
 STATE_COLOURS = {
     "pending": "#e8eaed",
     "running": "#fdd663",
@@ -39,6 +39,7 @@ STATE_COLOURS = {
     "failed": "#f28b82",
     "rolled back": "#fcad70",
     "compensated": "#c58af9",
+    "skipped": "#ffffff",
 }
 INSTALL_HINT = (
     "Install Graphviz's `dot` to draw this DAG: apt-get install graphviz (Debian/Ubuntu), "

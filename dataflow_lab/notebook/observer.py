@@ -167,6 +167,10 @@ class RunObserver:
         else:
             self._update(run_id, node_id, state="failed", duration=duration, error=_one_line(error))
 
+    def node_skipped(self, *, run_id: str, node_id: str, reason: str = "", **future: Any) -> None:
+        """A route not taken: the node did not run and never will in this run."""
+        self._update(run_id, node_id, state="skipped", error=reason or None)
+
     def transaction(self, *, run_id: str, dataflow: Any, event: str, **future: Any) -> None:
         if run_id != self.run_id:
             return
