@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from . import _loop
 from .errors import NodeExecutionError, ValidationError, did_you_mean
 from .hooks import Hooks, _Fanout
-from .nodes.base import Node
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
 from .scheduler import Walk, node_params, rows_of
@@ -101,26 +100,7 @@ class LocalRuntime:
         return await _loop.run_async(run_as(self.user, self._execute(workflow, parameters)))
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
-        if isinstance(workflow, WorkflowBuilder):
-            workflow = workflow.build()
-        if not isinstance(workflow, Workflow):
-            raise ValidationError(
-                f"execute() takes a Workflow, got {type(workflow).__name__}.",
-                hint="build one with WorkflowBuilder().build().",
-            )
-        overrides = {}
-        for node_id, values in (parameters or {}).items():
-            if node_id not in workflow.nodes:
-                raise ValidationError(
-                    f"parameters name node '{node_id}', which the workflow does not have."
-                    f"{did_you_mean(node_id, workflow.nodes)}",
-                    hint=f"nodes: {', '.join(workflow.nodes)}.",
-                )
-            if not isinstance(values, Mapping):
-                raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
-            workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
-            overrides[node_id] = dict(values)
-        return workflow, overrides
+        return prepare(workflow, parameters)
 
     # -- a run ---------------------------------------------------------------
     async def _execute(
@@ -226,28 +206,10 @@ class LocalRuntime:
         steps: list = []  # saga.SagaStep, in the order they committed
         recorder = steps if mode == "saga" else None
 
-        async def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
-            for attempt in range(1, self.retry.attempts + 1):
-                scope = Scope(run_id, self._emit, isolation=self.isolation)
-                token = ACTIVE_SCOPE.set(scope)
-                try:
-                    result = await self._run_node(
-                        scope, workflow, node_id, results, overrides.get(node_id),
-                        incoming=incoming, saga_steps=recorder,
-                    )  # fmt: skip
-                    await scope.commit()
-                    return result
-                except Exception as exc:
-                    await scope.rollback()
-                    if await self._should_retry(exc, attempt, run_id, node_id):
-                        continue
-                    raise
-                except BaseException:
-                    await scope.rollback()
-                    raise
-                finally:
-                    ACTIVE_SCOPE.reset(token)
-            raise AssertionError("unreachable")  # pragma: no cover
+        def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
+            return self._in_own_transaction(
+                workflow, node_id, results, overrides.get(node_id), incoming, run_id, recorder
+            )
 
         walk = Walk(
             workflow, results, run_node, emit=self._emit, run_id=run_id, concurrency=self.max_concurrency
@@ -259,44 +221,43 @@ class LocalRuntime:
                 exc.compensations = await self._compensate(steps, run_id)
             raise
 
+    async def _in_own_transaction(
+        self,
+        workflow: Workflow,
+        node_id: str,
+        results: dict[str, Any],
+        override: dict[str, Any] | None,
+        incoming: tuple[Connection, ...],
+        run_id: str,
+        saga_steps: list | None,
+    ) -> Any:
+        """Run one node in its own transaction, retrying it alone on transient failures."""
+        for attempt in range(1, self.retry.attempts + 1):
+            scope = Scope(run_id, self._emit, isolation=self.isolation)
+            token = ACTIVE_SCOPE.set(scope)
+            try:
+                result = await self._run_node(
+                    scope, workflow, node_id, results, override, incoming=incoming, saga_steps=saga_steps
+                )
+                await scope.commit()
+                return result
+            except Exception as exc:
+                await scope.rollback()
+                if await self._should_retry(exc, attempt, run_id, node_id):
+                    continue
+                raise
+            except BaseException:
+                await scope.rollback()
+                raise
+            finally:
+                ACTIVE_SCOPE.reset(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _compensate(self, steps: list, run_id: str) -> list[dict[str, Any]]:
         """Run compensations newest first, each in its own (retried) transaction; record each."""
         from . import saga
 
-        record = []
-        for saga_step in reversed(steps):
-            entry = {
-                "node_id": saga_step.node_id,
-                "node_type": saga_step.node_type,
-                "status": "compensated",
-                "error": None,
-            }
-            for attempt in range(1, self.retry.attempts + 1):
-                scope = Scope(run_id, self._emit)
-                try:
-                    dataflow = saga_step.node.dataflow
-                    conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
-                    await saga.compensate(saga_step, conn)
-                    await scope.commit()
-                    break
-                except Exception as exc:
-                    await scope.rollback()
-                    if await self._should_retry(exc, attempt, run_id, saga_step.node_id):
-                        continue
-                    entry.update(status="failed", error=str(exc))
-                    log.error("compensation of %s failed: %s", saga_step.node_id, exc)
-                    break
-            record.append(entry)
-            if self._emit.wants("compensation"):
-                self._emit.emit(
-                    "compensation",
-                    run_id=run_id,
-                    node_id=saga_step.node_id,
-                    status=entry["status"],
-                    error=entry["error"],
-                    node_type=saga_step.node_type,
-                )
-        return record
+        return await saga.compensate_steps(self, steps, run_id)
 
     async def _resolve_mode(self, workflow: Workflow) -> str:
         if self.transaction != "auto":
@@ -376,7 +337,7 @@ class LocalRuntime:
 
             if not saga.needs_compensation(node):
                 return await node.run(scope)
-            return await self._run_saga_step(scope, node, saga_steps)
+            return await saga.run_step(scope, node, saga_steps)
         except NodeExecutionError:
             raise
         except Exception as exc:
@@ -386,21 +347,6 @@ class LocalRuntime:
                 if scrubbed != str(error):
                     error.args = (scrubbed,)
             raise error from exc
-
-    async def _run_saga_step(self, scope: Scope, node: Node, saga_steps: list) -> Any:
-        from . import saga
-
-        conn = await scope.connection(node.dataflow, write=True) if node.dataflow is not None else None
-        if "return_ids" in node.param_map():
-            node.params["return_ids"] = True  # compensation deletes exactly the rows it created
-        before = await saga.capture(node, conn) if conn is not None else []
-        result = await node.run(scope)
-        saga_steps.append(
-            await saga.step(node, conn, before, result)
-            if conn is not None
-            else saga.SagaStep(node.node_id, node.type_name, node, dict(node.params), result)
-        )
-        return result
 
 
 class AsyncLocalRuntime(LocalRuntime):
@@ -432,3 +378,27 @@ def _written_dataflows(workflow: Workflow) -> list[DataFlow]:
         for spec in workflow.nodes.values()
         if spec.node_class.writes and spec.node_class.dataflow is not None
     ]
+
+
+def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
+    """A built Workflow and checked per-node parameter overrides (every runtime's first step)."""
+    if isinstance(workflow, WorkflowBuilder):
+        workflow = workflow.build()
+    if not isinstance(workflow, Workflow):
+        raise ValidationError(
+            f"execute() takes a Workflow, got {type(workflow).__name__}.",
+            hint="build one with WorkflowBuilder().build().",
+        )
+    overrides = {}
+    for node_id, values in (parameters or {}).items():
+        if node_id not in workflow.nodes:
+            raise ValidationError(
+                f"parameters name node '{node_id}', which the workflow does not have."
+                f"{did_you_mean(node_id, workflow.nodes)}",
+                hint=f"nodes: {', '.join(workflow.nodes)}.",
+            )
+        if not isinstance(values, Mapping):
+            raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
+        workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
+        overrides[node_id] = dict(values)
+    return workflow, overrides
