@@ -51,6 +51,7 @@ __all__ = [
     "AsyncLocalRuntime",
     "ConnectionError",
     "CycleNotConvergedError",
+    "DaskRuntime",
     "DataFlow",
     "DataFlowError",
     "LocalRuntime",

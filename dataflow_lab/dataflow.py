@@ -8,7 +8,9 @@ and each table is created the first time a workflow uses it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import uuid
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -43,6 +45,7 @@ class DataFlow:
         self._open_future: asyncio.Future | None = None
         self._ddl_lock: asyncio.Lock | None = None
         self._closed = False
+        self._token = uuid.uuid4().hex  # names this instance across processes (see __reduce__)
         self._two_phase: bool | None = None
         self._recovered = False
         registry.register(self)
@@ -71,12 +74,18 @@ class DataFlow:
     # -- models and nodes --------------------------------------------------
     def model(self, cls: type) -> type:
         """Register a typed class as a model; generates its eleven nodes. Returns the class."""
+        self._check_open()
+        schema = parse_model(cls)
+        self._add_model(schema)
+        cls.__dataflow_model__ = schema
+        return cls
+
+    def _add_model(self, schema: ModelSchema) -> None:
+        """Register a parsed model: its table and its eleven node classes."""
         from .nodes.bulk import BULK_OPERATIONS
         from .nodes.crud import CRUD_OPERATIONS
         from .schema import ModelTable
 
-        self._check_open()
-        schema = parse_model(cls)
         self._check_redefinition(schema)
         table = ModelTable(schema, self._dialect)
         for old in [n for n, c in self._nodes.items() if c.model is not None and c.model.name == schema.name]:
@@ -101,8 +110,18 @@ class DataFlow:
             self._nodes[name] = node_cls
         self._models[schema.name] = schema
         self._tables[schema.name] = table
-        cls.__dataflow_model__ = schema
-        return cls
+
+    def __reduce__(self) -> tuple:
+        """Pickle as a description (URL, configuration, model schemas), never as pools or connections.
+
+        Another process (a Dask worker) rebuilds an equivalent DataFlow from it once and reuses it
+        (see ``_remote.py``); this process gets this very instance back.
+        """
+        from ._remote import dataflow_from_description
+
+        options = dataclasses.asdict(self.config)
+        url = options.pop("database_url")
+        return dataflow_from_description, (self._token, url, options, tuple(self._models.values()))
 
     def _check_redefinition(self, schema: ModelSchema) -> None:
         for other in self._models.values():

@@ -15,13 +15,13 @@ their inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .workflow import Connection, NodeSpec
+from .workflow import Connection, Workflow
 
-__all__ = ["RunResults", "Skipped", "live_connections", "skip_reason"]
+__all__ = ["RunResults", "Skipped", "live_connections", "routers"]
 
 
 @dataclass(frozen=True)
@@ -72,18 +72,23 @@ class _Verdict:
     dead: dict[str, str] = field(default_factory=dict)  # input -> why
 
 
-def _dead_because(c: Connection, results: Mapping[str, Any], nodes: Mapping[str, NodeSpec]) -> str | None:
+def routers(workflow: Workflow) -> frozenset[str]:
+    """The ids of the nodes that route (SwitchNode): their absent outputs are routes not taken."""
+    return frozenset(n for n, spec in workflow.nodes.items() if getattr(spec.node_class, "routes", False))
+
+
+def _dead_because(c: Connection, results: Mapping[str, Any], routing: Collection[str]) -> str | None:
     out = results[c.source]
     if isinstance(out, Skipped):
         return f"'{c.source}' was skipped"
     head = c.source_output.split(".", 1)[0]
-    if getattr(nodes[c.source].node_class, "routes", False) and head != "case" and head not in out:
+    if c.source in routing and head != "case" and head not in out:
         return f"'{c.source}' chose {out.get('case')!r}, not {head!r}"
     return None
 
 
 def live_connections(
-    incoming: tuple[Connection, ...], results: Mapping[str, Any], nodes: Mapping[str, NodeSpec]
+    incoming: tuple[Connection, ...], results: Mapping[str, Any], routing: Collection[str]
 ) -> list[Connection] | str:
     """The connections that carry a value into a node, or (a str) why the node is skipped."""
     verdicts: dict[str, _Verdict] = {}
@@ -91,7 +96,7 @@ def live_connections(
         if c.cycle and c.source not in results:
             continue  # the first iteration of a cycle: the target's own parameter applies
         verdict = verdicts.setdefault(c.target_input, _Verdict())
-        why = _dead_because(c, results, nodes)
+        why = _dead_because(c, results, routing)
         if why is None:
             verdict.live.append(c)
         else:
@@ -102,10 +107,3 @@ def live_connections(
             return f"input '{target_input}' has no live connection: {verdict.dead[target_input]}"
         live += verdict.live
     return live
-
-
-def skip_reason(
-    incoming: tuple[Connection, ...], results: Mapping[str, Any], nodes: Mapping[str, NodeSpec]
-) -> str | None:
-    outcome = live_connections(incoming, results, nodes)
-    return outcome if isinstance(outcome, str) else None

@@ -22,7 +22,7 @@ from typing import Any
 
 from .cycles import Cycle
 from .errors import CycleNotConvergedError, DataFlowError
-from .routing import RunResults, Skipped, live_connections
+from .routing import RunResults, Skipped, live_connections, routers
 from .workflow import Connection, NodeSpec, Workflow
 
 __all__ = ["Walk", "node_params", "rows_of"]
@@ -45,6 +45,7 @@ class Walk:
     ):
         self.workflow, self.results, self.run_node = workflow, results, run_node
         self.emit, self.run_id, self.concurrency = emit, run_id, concurrency
+        self.routers = routers(workflow)
 
     async def run(self) -> None:
         try:
@@ -68,7 +69,7 @@ class Walk:
 
     async def _node(self, node_id: str) -> None:
         workflow = self.workflow
-        live = live_connections(workflow.inputs.get(node_id, ()), self.results, workflow.nodes)
+        live = live_connections(workflow.inputs.get(node_id, ()), self.results, self.routers)
         if isinstance(live, str):
             self.results[node_id] = Skipped(live)
             if self.emit.wants("node_skipped"):

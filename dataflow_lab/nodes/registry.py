@@ -18,7 +18,7 @@ from .python import python_node
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
 
-__all__ = ["live_dataflows", "register", "resolve", "unregister"]
+__all__ = ["live_dataflows", "node_ref", "register", "resolve", "resolve_ref", "unregister"]
 
 _LIVE: weakref.WeakSet[DataFlow] = weakref.WeakSet()
 
@@ -44,6 +44,31 @@ def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
     if callable(node_type):
         return python_node(node_type)
     raise ValidationError(f"Node type {node_type!r} is not a node name, Node class or callable.")
+
+
+def node_ref(cls: type[Node]) -> tuple:
+    """A picklable reference to a node class: generated classes are named through their DataFlow."""
+    from .python import PythonNode
+
+    if cls.dataflow is not None and cls.model is not None:
+        return ("model", cls.dataflow, cls.type_name)
+    if issubclass(cls, PythonNode):
+        return ("python", cls.fn)
+    return ("class", cls)
+
+
+def resolve_ref(ref: tuple) -> type[Node]:
+    kind, *rest = ref
+    if kind == "model":
+        dataflow, type_name = rest
+        return dataflow.nodes[type_name]
+    if kind == "python":
+        return python_node(rest[0])
+    return rest[0]
+
+
+def rebuild_node(ref: tuple, node_id: str, params: dict[str, Any]) -> Node:
+    return resolve_ref(ref)(node_id, params)
 
 
 def builtin_nodes() -> dict[str, type[Node]]:

@@ -1,0 +1,296 @@
+"""DaskRuntime on a real 2-process LocalCluster with PostgreSQL as the shared store.
+
+The cluster starts once for this module. Without PostgreSQL the tests skip (or
+fail under DATAFLOW_REQUIRE_POSTGRES=1), before any cluster is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+
+import pytest
+
+from dataflow_lab import (
+    AsyncLocalRuntime,
+    CycleNotConvergedError,
+    DaskRuntime,
+    DataFlow,
+    LocalRuntime,
+    NodeExecutionError,
+    Skipped,
+    ValidationError,
+    WorkflowBuilder,
+)
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    cluster = distributed.LocalCluster(
+        processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=40
+    )
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture
+def shop(pg_url):
+    db = DataFlow(pg_url)
+
+    @db.model
+    class Customer:
+        name: str
+        tier: str = "basic"
+        spent: int = 0
+
+    yield db
+    db.close()
+
+
+def greet(name: str) -> dict:
+    return {"greeting": f"hello {name}", "pid": os.getpid()}
+
+
+def restart(db: DataFlow, table: str) -> None:
+    """Empty a table and restart its ids, so each runtime's run starts from the same state."""
+    import asyncpg
+
+    async def truncate() -> None:
+        conn = await asyncpg.connect(os.environ["DATAFLOW_TEST_POSTGRES_URL"])
+        try:
+            schema = db.config.database_url.rsplit("schema=", 1)[1]
+            if await conn.fetchval("SELECT to_regclass($1)", f'"{schema}"."{table}"'):
+                await conn.execute(f'TRUNCATE "{schema}"."{table}" RESTART IDENTITY')
+        finally:
+            await conn.close()
+
+    asyncio.run(truncate())
+
+
+def order_flow(db: DataFlow, spent: int) -> WorkflowBuilder:
+    """Create a customer, route on what they spent, upgrade the big spenders, count, greet."""
+    wf = WorkflowBuilder(dataflow=db, name="orders")
+    wf.add_node("CustomerCreateNode", "create", name="ada", spent=spent)
+    wf.add_node(
+        "SwitchNode",
+        "route",
+        condition=lambda c: "gold" if c["spent"] > 100 else "basic",
+        cases=["gold", "basic"],
+    )
+    wf.add_node("CustomerUpdateNode", "upgrade", fields={"tier": "gold"})
+    wf.add_node(lambda customer: {"note": f"customer {customer['id']} stays basic"}, "keep")
+    wf.add_node("CustomerCountNode", "count")
+    wf.add_node(greet, "greet")
+    wf.add_connection("create", "spent", "route", "value.spent")
+    wf.add_connection("create", "id", "route", "value.id")
+    wf.add_connection("route", "gold.id", "upgrade", "id")
+    wf.add_connection("route", "basic", "keep", "customer")
+    wf.add_connection("create", "name", "count", "filter.name")  # counts after the create committed
+    wf.add_connection("create", "name", "greet", "name")
+    return wf
+
+
+def without_volatile(results: dict) -> dict:
+    """Results minus what differs between any two runs: timestamps and the worker's pid."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in ("created_at", "updated_at", "pid")}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return {node_id: clean(out) for node_id, out in results.items()}
+
+
+# --------------------------------------------------------------------------- same results everywhere
+
+
+@pytest.mark.parametrize("spent", [500, 20], ids=["gold", "basic"])
+def test_one_workflow_gives_identical_results_on_local_async_and_dask(shop, dask_client, spent):
+    runs = {}
+    for name, runtime in [
+        ("local", LocalRuntime()),
+        ("async", AsyncLocalRuntime(transaction="node")),
+        ("dask", DaskRuntime(dask_client)),
+    ]:
+        restart(shop, "customers")
+        results, _ = runtime.execute(order_flow(shop, spent).build())
+        runs[name] = without_volatile(results)
+    assert runs["local"] == runs["async"] == runs["dask"]
+    skipped = "keep" if spent > 100 else "upgrade"
+    assert isinstance(runs["dask"][skipped], Skipped)
+    assert list(runs["dask"]) == ["create", "route", "upgrade", "keep", "count", "greet"]
+
+
+def test_nodes_run_on_the_worker_processes(shop, dask_client):
+    results, _ = DaskRuntime(dask_client).execute(order_flow(shop, 1).build())
+    worker_pids = set(dask_client.run(os.getpid).values())
+    assert results["greet"]["pid"] in worker_pids and results["greet"]["pid"] != os.getpid()
+    assert results["create"]["id"] == 1 and results["count"]["count"] == 1
+
+
+def test_task_keys_are_unique_per_run(shop, dask_client):
+    runtime = DaskRuntime(dask_client)
+    with distributed.get_task_stream(dask_client) as stream:
+        _, first = runtime.execute(order_flow(shop, 1).build())
+        _, second = runtime.execute(order_flow(shop, 1).build())
+    keys = {str(t["key"]) for t in stream.data}
+    assert {f"create-{first}", f"create-{second}", f"greet-{first}", f"greet-{second}"} <= keys
+
+
+def test_the_switch_routes_both_ways_on_dask(shop, dask_client):
+    runtime = DaskRuntime(dask_client)
+    gold, _ = runtime.execute(order_flow(shop, 500).build())
+    basic, _ = runtime.execute(order_flow(shop, 5).build())
+    assert gold["upgrade"]["tier"] == "gold" and isinstance(gold["keep"], Skipped)
+    assert basic["keep"] == {"note": "customer 2 stays basic"} and isinstance(basic["upgrade"], Skipped)
+    assert "'route' chose 'basic', not 'gold'" in basic["upgrade"].reason
+
+
+# --------------------------------------------------------------------------- cycles
+
+
+def halve(x: float = 64.0) -> dict:
+    return {"x": x / 2}
+
+
+def test_a_converging_cycle_stops_at_the_right_iteration_on_dask(dask_client, pg_url):
+    wf = WorkflowBuilder()
+    wf.add_node(halve, "halve")
+    wf.add_connection(
+        "halve", "x", "halve", "x", cycle=True, max_iterations=20, converge_when=lambda o: o["x"] <= 4
+    )
+    results, _ = DaskRuntime(dask_client).execute(wf.build())
+    assert results["halve"] == {"x": 4.0}
+    assert [o["x"] for o in results.iterations["halve"]] == [32, 16, 8, 4]
+
+
+def test_a_non_converging_cycle_raises_at_max_iterations_on_dask(dask_client, pg_url):
+    wf = WorkflowBuilder()
+    wf.add_node(halve, "halve")
+    wf.add_connection("halve", "x", "halve", "x", cycle=True, max_iterations=3, converge_when=lambda o: False)
+    with pytest.raises(CycleNotConvergedError) as caught:
+        DaskRuntime(dask_client).execute(wf.build())
+    assert caught.value.iterations == 3 and caught.value.last_outputs == {"halve": {"x": 8.0}}
+
+
+def test_a_cycle_writing_to_postgres_on_dask_commits_each_iteration(shop, dask_client):
+    def next_name(n: int = 0) -> dict:
+        return {"n": n + 1, "name": f"customer {n + 1}"}
+
+    wf = WorkflowBuilder(dataflow=shop)
+    wf.add_node(next_name, "next")
+    wf.add_node("CustomerCreateNode", "create")
+    wf.add_connection("next", "name", "create", "name")
+    wf.add_connection("next", "n", "create", "spent")
+    wf.add_connection(
+        "create", "spent", "next", "n", cycle=True, max_iterations=10, converge_when=lambda c: c["spent"] == 3
+    )
+    results, _ = DaskRuntime(dask_client).execute(wf.build())
+    assert [c["name"] for c in results.iterations["create"]] == ["customer 1", "customer 2", "customer 3"]
+    count = WorkflowBuilder(dataflow=shop)
+    count.add_node("CustomerCountNode", "n")
+    assert LocalRuntime().execute(count.build())[0]["n"]["count"] == 3
+
+
+# --------------------------------------------------------------------------- failures and transactions
+
+
+def declined(customer_id: int) -> dict:
+    raise RuntimeError(f"payment for customer {customer_id} declined")
+
+
+def checkout(db: DataFlow) -> WorkflowBuilder:
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("CustomerCreateNode", "create", name="bob", spent=10)
+    wf.add_node("CustomerUpdateNode", "spend", fields={"spent": 99})
+    wf.add_node(declined, "pay")
+    wf.add_connection("create", "id", "spend", "id")
+    wf.add_connection("spend", "id", "pay", "customer_id")
+    return wf
+
+
+def customers(db: DataFlow) -> list[dict]:
+    listing = WorkflowBuilder(dataflow=db)
+    listing.add_node("CustomerListNode", "all")
+    return LocalRuntime().execute(listing.build())[0]["all"]["records"]
+
+
+def test_a_failing_node_on_dask_raises_its_node_execution_error(shop, dask_client):
+    with pytest.raises(NodeExecutionError, match="payment for customer 1 declined") as caught:
+        DaskRuntime(dask_client).execute(checkout(shop).build())
+    assert caught.value.node_id == "pay"
+    # per-node transactions: what committed before the failure stays
+    assert [(c["name"], c["spent"]) for c in customers(shop)] == [("bob", 99)]
+
+
+def test_saga_on_dask_compensates_committed_nodes_newest_first(shop, dask_client):
+    with pytest.raises(NodeExecutionError, match="declined") as caught:
+        DaskRuntime(dask_client, transaction="saga").execute(checkout(shop).build())
+    assert [(e["node_id"], e["status"]) for e in caught.value.compensations] == [
+        ("spend", "compensated"),
+        ("create", "compensated"),
+    ]
+    assert customers(shop) == []
+
+
+def test_a_node_error_keeps_its_class_across_processes(shop, dask_client):
+    wf = WorkflowBuilder(dataflow=shop)
+    wf.add_node("CustomerReadNode", "read", id=12345)
+    from dataflow_lab import NotFoundError
+
+    with pytest.raises(NotFoundError) as caught:
+        DaskRuntime(dask_client).execute(wf.build())
+    assert caught.value.id == 12345 and caught.value.node_id == "read"
+
+
+class Events:
+    def __init__(self):
+        self.after: list[str] = []
+        self.skipped: list[str] = []
+
+    def after_node(self, *, node_id, error, **future):
+        self.after.append(node_id)
+
+    def node_skipped(self, *, node_id, **future):
+        self.skipped.append(node_id)
+
+
+def test_dask_runs_emit_node_hooks_on_the_client(shop, dask_client):
+    events = Events()
+    DaskRuntime(dask_client, hooks=[events]).execute(order_flow(shop, 1).build())
+    assert sorted(events.after) == ["count", "create", "greet", "keep", "route"]
+    assert events.skipped == ["upgrade"]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_dask_refuses_a_database_private_to_this_process(dask_client, pg_url):
+    db = DataFlow()
+
+    @db.model
+    class Note:
+        text: str
+
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("NoteCreateNode", "n", text="x")
+    with pytest.raises(ValidationError, match="Dask workers cannot share it"):
+        DaskRuntime(dask_client).execute(wf.build())
+
+
+def test_dask_refuses_a_transaction_per_run(dask_client, pg_url):
+    with pytest.raises(ValidationError, match="each node commits on its own worker"):
+        DaskRuntime(dask_client, transaction="workflow")
+
+
+def test_a_dataflow_pickles_as_its_description_and_comes_back_as_itself_here(shop):
+    data = pickle.dumps(shop)
+    assert b"asyncpg" not in data  # no pool, no connection: a URL, options and model schemas
+    assert pickle.loads(data) is shop
