@@ -245,3 +245,25 @@ def test_the_readme_examples_for_cycles_routing_and_parallel_branches_run():
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # each block asserts what it shows
     assert namespace["results"].skipped == ["small"]
+
+
+def test_declared_cycles_may_not_share_nodes():
+    wf = WorkflowBuilder()
+    wf.add_node(double, "a", x=1)
+    wf.add_node(minus_three, "b")
+    wf.add_connection("a", "x", "b", "x")
+    wf.add_connection("b", "x", "a", "x", cycle=True, max_iterations=3)
+    wf.add_connection("b", "x", "b", "x", cycle=True, max_iterations=3)
+    with pytest.raises(WorkflowValidationError, match="may not overlap or nest"):
+        wf.build()
+
+
+def test_the_run_observer_logs_each_cycle_iteration():
+    from dataflow_lab.notebook.observer import RunObserver
+
+    workflow = halving_loop(max_iterations=10, converge_when=lambda out: out["x"] <= 16).build()
+    observer = RunObserver(workflow)
+    LocalRuntime(hooks=[observer]).execute(workflow)
+    snapshot = observer.snapshot()
+    assert "CYCLE halve: iteration 2 (converged)" in snapshot.events
+    assert snapshot.states()["halve"] == "done"

@@ -160,7 +160,7 @@ def halve(x: float = 64.0) -> dict:
     return {"x": x / 2}
 
 
-def test_a_converging_cycle_stops_at_the_right_iteration_on_dask(dask_client, pg_url):
+def test_a_converging_cycle_stops_at_the_right_iteration_on_dask(pg_url, dask_client):
     wf = WorkflowBuilder()
     wf.add_node(halve, "halve")
     wf.add_connection(
@@ -171,7 +171,7 @@ def test_a_converging_cycle_stops_at_the_right_iteration_on_dask(dask_client, pg
     assert [o["x"] for o in results.iterations["halve"]] == [32, 16, 8, 4]
 
 
-def test_a_non_converging_cycle_raises_at_max_iterations_on_dask(dask_client, pg_url):
+def test_a_non_converging_cycle_raises_at_max_iterations_on_dask(pg_url, dask_client):
     wf = WorkflowBuilder()
     wf.add_node(halve, "halve")
     wf.add_connection("halve", "x", "halve", "x", cycle=True, max_iterations=3, converge_when=lambda o: False)
@@ -272,7 +272,7 @@ def test_dask_runs_emit_node_hooks_on_the_client(shop, dask_client):
 # --------------------------------------------------------------------------- refusals
 
 
-def test_dask_refuses_a_database_private_to_this_process(dask_client, pg_url):
+def test_dask_refuses_a_database_private_to_this_process(pg_url, dask_client):
     db = DataFlow()
 
     @db.model
@@ -285,7 +285,7 @@ def test_dask_refuses_a_database_private_to_this_process(dask_client, pg_url):
         DaskRuntime(dask_client).execute(wf.build())
 
 
-def test_dask_refuses_a_transaction_per_run(dask_client, pg_url):
+def test_dask_refuses_a_transaction_per_run(pg_url, dask_client):
     with pytest.raises(ValidationError, match="each node commits on its own worker"):
         DaskRuntime(dask_client, transaction="workflow")
 
