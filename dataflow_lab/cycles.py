@@ -101,7 +101,3 @@ def plan(order: Iterable[str], forward: Iterable[tuple[str, str]], cycles: list[
             depends[unit[target]].append(unit[source])
     by_target = {cycle.target: cycle for cycle in cycles}
     return tuple(by_target.get(u, u) for u in _stable_order(depends))
-
-
-def step_nodes(step: str | Cycle) -> tuple[str, ...]:
-    return step.body if isinstance(step, Cycle) else (step,)
