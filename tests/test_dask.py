@@ -294,3 +294,12 @@ def test_a_dataflow_pickles_as_its_description_and_comes_back_as_itself_here(sho
     data = pickle.dumps(shop)
     assert b"asyncpg" not in data  # no pool, no connection: a URL, options and model schemas
     assert pickle.loads(data) is shop
+
+
+def test_a_dask_runtime_made_from_an_address_owns_and_closes_its_client(shop, dask_client):
+    with DaskRuntime(dask_client.scheduler.address) as runtime:
+        results, _ = runtime.execute(order_flow(shop, 1).build())
+        assert results["greet"]["greeting"] == "hello ada"
+        assert runtime.client is not dask_client
+    assert runtime.client.status == "closed"
+    assert dask_client.status == "running"  # a client passed in is the caller's to close
