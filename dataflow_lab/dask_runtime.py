@@ -211,7 +211,7 @@ class _DaskRun:
                 return
         if cycle.converge_when is not None:
             last = {n: self.results.iterations[n][-1] for n in cycle.body}
-            raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, dict(self.results))
+            raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, self.results.copy())
 
     def _settle(self) -> tuple[dict[str, Any], BaseException | None]:
         """Wait for every submitted task; report each; the first failure in run order is the cause."""

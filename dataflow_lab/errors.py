@@ -127,7 +127,8 @@ class CycleNotConvergedError(DataFlowError):
     """A declared cycle ran ``max_iterations`` times without its convergence condition holding.
 
     ``nodes`` are the cycle's node ids, ``iterations`` how many ran, ``last_outputs``
-    each cycle node's output in the last iteration, and ``results`` the run's results so far.
+    each cycle node's output in the last iteration, and ``results`` the run's results so far
+    (a RunResults: ``results.iterations`` holds every iteration's outputs).
     """
 
     def __init__(self, nodes: tuple[str, ...], iterations: int, last_outputs: dict, results: dict):

@@ -56,6 +56,9 @@ class RunResults(dict):
         super().clear()
         self.iterations.clear()
 
+    def copy(self) -> RunResults:
+        return _rebuild_results(dict(self), {k: list(v) for k, v in self.iterations.items()})
+
     def __reduce__(self) -> tuple:
         return _rebuild_results, (dict(self), self.iterations)
 

@@ -105,7 +105,7 @@ class Walk:
                 return
         if cycle.converge_when is not None:
             last = {n: results[n] for n in cycle.body}
-            raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, dict(results))
+            raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, results.copy())
 
     async def _concurrently(self) -> None:
         """Start each step once its upstream steps are done; at most ``concurrency`` at a time."""

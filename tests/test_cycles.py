@@ -129,6 +129,7 @@ def test_a_non_converging_cycle_stops_at_max_iterations_and_raises_with_its_last
     error = caught.value
     assert error.iterations == 3 and error.nodes == ("halve",)
     assert error.last_outputs == {"halve": {"x": 8.0, "small": False}}
+    assert [out["x"] for out in error.results.iterations["halve"]] == [32, 16, 8]
     assert "did not converge in 3 iteration(s)" in str(error) and "max_iterations" in str(error)
 
 
