@@ -109,7 +109,9 @@ class Workflow:
             spec = self.nodes[node_id]
             lines.append(f"  {node_id}: {spec.type_name}")
             for c in self.inputs.get(node_id, ()):
-                lines.append(f"    <- {c}")
+                lines.append(
+                    f"    <- {c}" + (f"  (closes a cycle, at most {c.max_iterations}x)" if c.cycle else "")
+                )
         return "\n".join(lines)
 
 
