@@ -303,3 +303,11 @@ def test_a_dask_runtime_made_from_an_address_owns_and_closes_its_client(shop, da
         assert runtime.client is not dask_client
     assert runtime.client.status == "closed"
     assert dask_client.status == "running"  # a client passed in is the caller's to close
+
+
+def test_run_parameters_override_node_parameters_on_dask(shop, dask_client):
+    results, _ = DaskRuntime(dask_client).execute(
+        order_flow(shop, 1).build(), parameters={"create": {"name": "zed"}}
+    )
+    assert results["greet"]["greeting"] == "hello zed"
+    assert results["create"]["name"] == "zed"
