@@ -17,6 +17,7 @@ from typing import Any
 from . import _loop
 from .config import DataFlowConfig, redact_url
 from .errors import DataFlowError, MigrationError, ValidationError
+from .ledger import TransactionLedger
 from .model import ModelSchema, parse_model
 from .nodes import registry
 from .nodes.base import Node
@@ -36,6 +37,7 @@ class DataFlow:
 
         self.config = DataFlowConfig.from_env(database_url, **options)
         self._dialect = dialect_for(self.config)
+        self._ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
         self._models: dict[str, ModelSchema] = {}
         self._tables: dict[str, Any] = {}
         self._nodes: dict[str, type[Node]] = {}

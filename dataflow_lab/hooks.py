@@ -4,9 +4,10 @@ A subscriber is any object with some of these methods; each takes keyword-only
 arguments and must accept ``**future`` so that new fields never break it::
 
     before_workflow(*, run_id, workflow, runtime, **future)
-    after_workflow(*, run_id, workflow, results, error, duration, **future)
+    after_workflow(*, run_id, workflow, results, error, duration, runtime, **future)
     before_node(*, run_id, node_id, node_type, params, **future)
-    after_node(*, run_id, node_id, node_type, result, error, duration, rows, **future)   # always runs
+    after_node(*, run_id, node_id, node_type, result, error, duration, rows,
+               queries, sql, workflow, runtime, **future)   # always runs; queries/sql: when monitored
     transaction(*, run_id, dataflow, event, **future)    # event: "begin" | "commit" | "rollback"
     progress(*, run_id, node_id, done, total, **future)  # bulk chunks
     retry(*, run_id, node_id, attempt, error, delay, **future)

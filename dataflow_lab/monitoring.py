@@ -11,8 +11,8 @@ subscribed to the global hooks, that keeps:
 - a transaction monitor (``transaction_monitor.py``) and an anomaly detector
   (``anomaly.py``), whose alerts go to the log and to the ``anomaly`` hook.
 
-Queries are counted by ``query_count.ObservedConnection``, a thin proxy around
-each connection the database hands out while monitoring is on.
+Queries are counted by the database's own connections while monitoring is on
+(``query_count.py``); the runtime reports each node's count in ``after_node``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .anomaly import Anomaly, AnomalyDetector
-from .query_count import ObservedConnection, Tally, start_tally
 from .transaction_monitor import TransactionMonitor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,13 +78,11 @@ class WorkflowRun:
 
 # -- the collector -------------------------------------------------------------------------
 class _RunState:
-    __slots__ = ("wall", "workflow", "runtime", "tallies", "retries", "nodes", "queries", "rows", "retried")
+    __slots__ = ("workflow", "runtime", "retries", "nodes", "queries", "rows", "retried")
 
     def __init__(self, workflow: str, runtime: Any):
-        self.wall = time.time()
         self.workflow = workflow
         self.runtime = runtime
-        self.tallies: dict[str, Tally] = {}
         self.retries: dict[str, int] = {}
         self.nodes = self.queries = self.rows = self.retried = 0
 
@@ -119,7 +116,12 @@ class MetricsCollector:
         self._dataflow = weakref.ref(dataflow) if dataflow is not None else None
         self.capture_sql = capture_sql
         self.detector = detector or AnomalyDetector()
-        self.transactions = TransactionMonitor(long_seconds=long_transaction_seconds, keep=keep)
+        self._ledger = dataflow._ledger if dataflow is not None else None  # None: feed our own from hooks
+        if dataflow is None:
+            self.transaction = self._transaction_event  # only a standalone collector needs each event
+        self.transactions = TransactionMonitor(
+            long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger
+        )
         self._lock = threading.Lock()
         self._keep = keep
         self._runs: dict[str, _RunState] = {}
@@ -142,8 +144,9 @@ class MetricsCollector:
             self._last_pool = 0.0
             self._failures_seen, self._failure_at = 0, None
             self.detector.reset()
+            self.transactions.close()
             self.transactions = TransactionMonitor(
-                long_seconds=self.transactions.long_seconds, keep=self._keep
+                long_seconds=self.transactions.long_seconds, keep=self._keep, ledger=self._ledger
             )
 
     @property
@@ -201,7 +204,10 @@ class MetricsCollector:
         return self._dataflow() if self._dataflow is not None else None
 
     # -- hooks ---------------------------------------------------------------------
-    def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any = None, **future: Any) -> None:
+    def _start(self, run_id: str, workflow: Any, runtime: Any) -> _RunState | None:
+        """This run's state, made at its first event (None: the workflow has no node of our database)."""
+        if workflow is None:
+            return None
         if self._dataflow is not None:
             cached = self._touches.get(id(workflow))
             if cached is not None and cached[0]() is workflow:
@@ -213,18 +219,9 @@ class MetricsCollector:
                     self._touches.clear()
                 self._touches[id(workflow)] = (weakref.ref(workflow), touches)
             if not touches:
-                return
-        self._runs[run_id] = _RunState(workflow.name, runtime)
-
-    def before_node(self, *, run_id: str, node_id: str, node_class: Any = None, **future: Any) -> None:
-        state = self._runs.get(run_id)
-        if state is None:
-            return
-        if self._dataflow is not None and node_class is not None:
-            owner = node_class.dataflow
-            if owner is not None and owner is not self._dataflow():
-                return  # another database's node in a workflow that also uses ours
-        state.tallies[node_id] = start_tally(self.capture_sql)
+                return None
+        state = self._runs[run_id] = _RunState(workflow.name, runtime)
+        return state
 
     def after_node(
         self,
@@ -236,14 +233,22 @@ class MetricsCollector:
         duration: float,
         rows: int | None,
         node_class: Any = None,
+        queries: int = 0,
+        sql: list[str] | None = None,
+        workflow: Any = None,
+        runtime: Any = None,
         **future: Any,
     ) -> None:
         state = self._runs.get(run_id)
-        tally = state.tallies.pop(node_id, None) if state is not None else None
-        if tally is None:
-            return
+        if state is None:
+            state = self._start(run_id, workflow, runtime)
+            if state is None:
+                return
+        if self._dataflow is not None and node_class is not None:
+            owner = node_class.dataflow
+            if owner is not None and owner is not self._dataflow():
+                return  # another database's node in a workflow that also uses ours
         duration_ms = duration * 1000.0
-        queries = tally.queries
         retries = state.retries.pop(node_id, 0) if state.retries else 0
         message = None if error is None else _first_line(error)
         state.nodes += 1
@@ -256,7 +261,7 @@ class MetricsCollector:
             stats = self.by_type[node_type] = _TypeStats(node_class)
         self._node_log.append(
             (run_id, node_id, node_type, stats, time.time() - duration, duration_ms, rows, queries,
-             message, retries, tally.sql)
+             message, retries, sql)
         )  # fmt: skip
         stats.count += 1
         stats.duration_ms += duration_ms
@@ -274,16 +279,27 @@ class MetricsCollector:
             self._alert(anomaly, state)
 
     def after_workflow(
-        self, *, run_id: str, error: BaseException | None, duration: float, **future: Any
+        self,
+        *,
+        run_id: str,
+        error: BaseException | None,
+        duration: float,
+        workflow: Any = None,
+        runtime: Any = None,
+        **future: Any,
     ) -> None:
         state = self._runs.pop(run_id, None)
-        if state is None:
-            return
-        self.transactions.workflow_ended(run_id)
+        if state is None:  # no node of ours ran: count the run if the workflow has one
+            state = self._start(run_id, workflow, runtime)
+            if state is None:
+                return
+            del self._runs[run_id]
+        if self.transactions._deadlocked_runs:
+            self.transactions.workflow_ended(run_id)
         now = time.time()
         duration_ms = duration * 1000.0
         record = (
-            run_id, state.workflow, getattr(state.runtime, "user", None), state.wall, duration_ms,
+            run_id, state.workflow, getattr(state.runtime, "user", None), now - duration, duration_ms,
             None if error is None else _first_line(error), state.nodes, state.queries, state.rows, state.retried,
         )  # fmt: skip
         day = int(now // 86400)
@@ -297,15 +313,11 @@ class MetricsCollector:
             self._last_pool = now
             self.snapshot_pool()
 
-    def transaction(
+    def _transaction_event(
         self, *, run_id: str, dataflow: Any, event: str, node_id: str = "", **future: Any
     ) -> None:
-        if self._dataflow is None:
-            key: Any = (run_id, id(dataflow))  # a standalone collector sees every database
-        elif dataflow is self._dataflow():
-            key = run_id
-        else:
-            return
+        """The ``transaction`` hook, for a standalone collector (a bound one reads its database's ledger)."""
+        key = (run_id, id(dataflow))
         if event == "begin":
             self.transactions.begin(key, run_id, node_id)
         elif event in ("commit", "rollback"):
@@ -436,7 +448,7 @@ def attach(dataflow: DataFlow) -> MetricsCollector:
 
     collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
     hooks.subscribe(collector)
-    dataflow._dialect.observe = ObservedConnection
+    dataflow._dialect.observe = 2 if collector.capture_sql else 1
     weakref.finalize(dataflow, hooks.unsubscribe, collector)
     return collector
 
@@ -445,4 +457,5 @@ def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
     from . import hooks
 
     hooks.unsubscribe(collector)
-    dataflow._dialect.observe = None
+    collector.transactions.close()
+    dataflow._dialect.observe = 0

@@ -155,6 +155,7 @@ class LocalRuntime:
                     error=error,
                     duration=time.perf_counter() - started,
                     mode=self.transaction,
+                    runtime=self,
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -305,6 +306,7 @@ class LocalRuntime:
         cls = spec.node_class
         emit = self._emit
         scope.node_id = node_id
+        scope.queries, scope.sql = 0, None
         if emit.wants("before_node"):
             emit.emit(
                 "before_node",
@@ -337,6 +339,10 @@ class LocalRuntime:
                     duration=time.perf_counter() - started,
                     rows=rows_of(result),
                     node_class=cls,
+                    queries=scope.queries,
+                    sql=scope.sql,
+                    workflow=workflow,
+                    runtime=self,
                 )
 
     async def _call_node(

@@ -12,6 +12,7 @@ PostgreSQL, owns the connection pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +33,30 @@ def echo_sql(sql: str, params: Sequence[Any] | None = None) -> None:
         log.info("%s  -- %r", sql.strip(), list(params) if params is not None else "executemany")
 
 
+Note = Callable[[str, Sequence[Any] | None], None]
+
+
+@functools.cache
+def statement_note(echo: bool, observe: int) -> Note | None:
+    """What a connection calls with each statement it sends: echo it, count it, both, or nothing.
+
+    ``observe``: 0 off, 1 count statements for monitoring, 2 count them and keep their text.
+    """
+    if not observe:
+        return echo_sql if echo else None
+    from ..query_count import count_statement, keep_statement
+
+    count = keep_statement if observe > 1 else count_statement
+    if not echo:
+        return count
+
+    def echo_and_count(sql: str, params: Sequence[Any] | None) -> None:
+        echo_sql(sql, params)
+        count(sql, params)
+
+    return echo_and_count
+
+
 _TYPE_SYNONYMS = {
     "TEXT": "VARCHAR", "CHARACTERVARYING": "VARCHAR", "DOUBLEPRECISION": "DOUBLE", "FLOAT8": "DOUBLE",
     "BYTEA": "BLOB", "NUMERIC": "DECIMAL", "INT8": "BIGINT", "TIMESTAMPTZ": "TIMESTAMPWITHTIMEZONE",
@@ -50,7 +75,8 @@ def normalize_type(name: str) -> str:
 class Connection:
     """One raw driver connection, as the runtime sees it."""
 
-    echo = False  # set per connection from the DataFlow's ``echo`` setting
+    # Called with each statement sent (echo and/or monitoring's query count); set at every checkout.
+    note: Note | None = None
 
     usable = True  # False once the driver connection is known to be dead
 
@@ -82,7 +108,7 @@ class Dialect:
     storage: dict[str, Callable[[], sa.types.TypeEngine]] = {}
     to_db: dict[str, Converter] = {}
     from_db: dict[str, Converter] = {}
-    observe: Callable[[Connection], Connection] | None = None  # monitoring wraps each connection
+    observe = 0  # monitoring: 0 off, 1 count each connection's statements, 2 count and keep their text
 
     def __init__(self, config: DataFlowConfig, url: str):
         self.config = config
@@ -319,9 +345,7 @@ class PooledDialect(Dialect):
             try:
                 fairy = await async_conn.get_raw_connection()
                 conn = self.wrap(fairy.driver_connection)
-                conn.echo = self.config.echo
-                if self.observe is not None:
-                    conn = self.observe(conn)
+                conn.note = statement_note(self.config.echo, self.observe)
             except BaseException:
                 await async_conn.close()
                 raise
