@@ -60,7 +60,9 @@ class NotFoundError(DataFlowError, LookupError):
 class ConcurrencyError(DataFlowError):
     """An Update of a versioned model expected a version the row no longer has; nothing changed."""
 
-    def __init__(self, message: str, *, model: str, id: object, expected: int, actual: int, hint: str | None = None):
+    def __init__(
+        self, message: str, *, model: str, id: object, expected: int, actual: int, hint: str | None = None
+    ):
         self.model = model
         self.id = id
         self.expected = expected

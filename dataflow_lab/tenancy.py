@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .model import ModelSchema
 
-__all__ = ["captured", "current", "require", "run_with", "tenant_scope"]
+__all__ = ["activated", "captured", "current", "require", "run_with", "tenant_scope"]
 
 T = TypeVar("T")
 EVERY_DATAFLOW = None  # the key of a tenant given to runtime.execute(..., tenant=...)
@@ -72,6 +72,16 @@ def captured(tenant: str | None = None) -> Mapping[Any, str]:
     if tenant is not None:
         return MappingProxyType({EVERY_DATAFLOW: check_tenant(tenant)})
     return _TENANTS.get()
+
+
+@contextlib.contextmanager
+def activated(tenants: Mapping[Any, str]) -> Iterator[None]:
+    """Within the block, exactly ``tenants`` are set (as captured by ``captured``)."""
+    token = _TENANTS.set(tenants)
+    try:
+        yield
+    finally:
+        _TENANTS.reset(token)
 
 
 def run_with(tenants: Mapping[Any, str], coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:

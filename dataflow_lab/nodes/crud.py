@@ -182,16 +182,19 @@ class Delete(ModelNode):
 
     def statements(self) -> list[Any]:
         now = self.mt.to_db("updated_at", self.now())
-        return [self._statement().params(_id=self._id_from(self.params), _now=now, _now2=now)]
+        return [self._statement({"_id": self._id_from(self.params), "_now": now, "_now2": now})]
 
-    def _statement(self) -> Any:
-        """Soft delete: mark the live row; otherwise (or hard=True) remove it."""
-        t = self.mt.table
+    def _statement(self, values: dict[str, Any] | None = None) -> Any:
+        """Soft delete: mark the live row; otherwise (or hard=True) remove it. ``values`` binds them in."""
+        t, values = self.mt.table, values or {}
         if self.model.soft_delete and not self.params.get("hard"):
-            stmt = sa.update(t).values(deleted_at=sa.bindparam("_now"), updated_at=sa.bindparam("_now2"))
+            stmt = sa.update(t).values(
+                deleted_at=sa.bindparam("_now", values.get("_now")),
+                updated_at=sa.bindparam("_now2", values.get("_now2")),
+            )
         else:
             stmt = sa.delete(t)
-        stmt = stmt.where(t.c.id == sa.bindparam("_id"))
+        stmt = stmt.where(t.c.id == sa.bindparam("_id", values.get("_id")))
         return self.guarded(stmt, include_deleted=bool(self.params.get("hard"))).returning(t.c.id)
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:

@@ -141,16 +141,25 @@ class ModelNode(Node):
         return ["tenant_id", *(n for n in names if n != "tenant_id")]
 
     def update_one(
-        self, columns: tuple[str, ...], *, check_version: bool, include_deleted: bool = False
+        self,
+        columns: tuple[str, ...],
+        *,
+        check_version: bool,
+        include_deleted: bool = False,
+        values: Mapping[str, Any] | None = None,
     ) -> Any:
-        """UPDATE one row by ``_id`` (bind names: the columns, _id, _version, _tenant); bumps ``version``."""
-        t = self.mt.table
-        stmt = sa.update(t).values({c: sa.bindparam(c) for c in columns})
+        """UPDATE one row by ``_id`` (bind names: the columns, _id, _version, _tenant); bumps ``version``.
+
+        ``values`` binds the parameters in (for ``sql()``); templates leave them unbound.
+        """
+        t, values = self.mt.table, values or {}
+        stmt = sa.update(t).values({c: sa.bindparam(c, values.get(c)) for c in columns})
         if self.model.versioned:
-            stmt = stmt.values(version=t.c.version + 1)
-        stmt = self.guarded(stmt.where(t.c.id == sa.bindparam("_id")), include_deleted=include_deleted)
+            stmt = stmt.values(version=t.c.version + sa.literal_column("1"))
+        stmt = stmt.where(t.c.id == sa.bindparam("_id", values.get("_id")))
+        stmt = self.guarded(stmt, include_deleted=include_deleted)
         if check_version:
-            stmt = stmt.where(t.c.version == sa.bindparam("_version"))
+            stmt = stmt.where(t.c.version == sa.bindparam("_version", values.get("_version")))
         return stmt.returning(*t.c)
 
     async def version_conflict(self, conn: Any, row_id: Any) -> None:
@@ -205,11 +214,10 @@ class ModelNode(Node):
     def _update_statement(self, row_id: Any, fields: dict[str, Any], *, check_version: bool = False) -> Any:
         """The UPDATE of one row, its values bound in (for ``sql()``)."""
         values = self.mt.db_values({**fields, "updated_at": self.now()})
-        stmt = self.update_one(tuple(values), check_version=check_version, include_deleted=not check_version)
         bound = {**values, "_id": row_id, "_version": self.params.get("version")}
-        if self.model.multi_tenant:
-            bound["_tenant"] = self.tenant()
-        return stmt.params(bound)
+        return self.update_one(
+            tuple(values), check_version=check_version, include_deleted=not check_version, values=bound
+        )
 
     @classmethod
     def sql(cls, params: Mapping[str, Any] | None = None) -> str:
