@@ -314,3 +314,39 @@ def test_concurrent_updates_of_one_version_let_exactly_one_win(db):
     assert isinstance(losers[0], ConcurrencyError), losers[0]
     row = one(db, "DocReadNode", {"id": 1})
     assert (row["body"], row["version"]) == (winners[0], 2)
+
+
+# -- the options together ------------------------------------------------------------
+def test_all_options_together_with_the_audit_log(db):
+    @db.model
+    class Page:
+        slug: str
+        body: str = ""
+        __dataflow__ = {
+            "soft_delete": True,
+            "versioned": True,
+            "multi_tenant": True,
+            "audit_log": True,
+            "unique": ["slug"],
+        }
+
+    with db.tenant("acme"):
+        page = one(db, "PageCreateNode", {"slug": "home"})
+        assert (page["tenant_id"], page["version"], page["deleted_at"]) == ("acme", 1, None)
+        page = one(db, "PageUpdateNode", {"id": page["id"], "version": 1, "fields": {"body": "hi"}})
+        assert page["version"] == 2
+        one(db, "PageBulkDeleteNode", {"filter": {"slug": "home"}})
+        assert one(db, "PageCountNode")["count"] == 0
+        with pytest.raises(NotFoundError):  # a deleted row cannot be updated, whatever its version
+            one(db, "PageUpdateNode", {"id": page["id"], "version": 2, "fields": {"body": "x"}})
+        out = one(
+            db, "PageBulkUpsertNode", {"data": [{"slug": "home", "body": "back"}], "conflict_on": ["slug"]}
+        )
+        assert (out["inserted"], out["updated"]) == (0, 1)
+        page = one(db, "PageReadNode", {"id": page["id"]})
+        assert (page["body"], page["version"], page["deleted_at"]) == ("back", 3, None)
+    with db.tenant("globex"):
+        assert one(db, "PageCountNode", {"include_deleted": True})["count"] == 0
+        assert one(db, "PageUpsertNode", {"where": {"slug": "home"}})["record"]["id"] != page["id"]
+    operations = [e.operation for e in db.audit("Page", page["id"])]
+    assert operations == ["create", "update", "bulk_delete", "bulk_upsert"]

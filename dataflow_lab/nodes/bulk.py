@@ -128,7 +128,7 @@ class BulkUpdate(_FilterWrite):
         values = {**self.params["fields"], "updated_at": self.now()}
         stmt = sa.update(mt.table).values({k: mt.to_db(k, v) for k, v in values.items()})
         if self.model.versioned:
-            stmt = stmt.values(version=mt.table.c.version + 1)
+            stmt = stmt.values(version=mt.table.c.version + sa.literal_column("1"))
         where = self.where_clause()
         return stmt if where is None else stmt.where(where)
 
