@@ -37,16 +37,18 @@ GROUPS = {"read": READS, "write": WRITES, "all": OPERATIONS}
 
 @dataclass(frozen=True)
 class User:
-    """Who a run acts for: ``name`` goes to the audit log, ``roles`` meet ``db.grant``."""
+    """Who a run acts for: ``name`` goes to the audit log (None: unnamed), ``roles`` meet ``db.grant``."""
 
-    name: str
+    name: str | None
     roles: frozenset[str] = field(default_factory=frozenset)
 
-    def __init__(self, name: str, roles: Iterable[str] = ()):
-        if not isinstance(name, str) or not name:
-            raise ValidationError(f"User name must be a non-empty string, got {name!r}.")
-        if isinstance(roles, str):
-            roles = (roles,)
+    def __init__(self, name: str | None = None, roles: Iterable[str] = ()):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValidationError(f"User name must be a non-empty string or None, got {name!r}.")
+        roles = (roles,) if isinstance(roles, str) else tuple(roles)
+        bad = [r for r in roles if not isinstance(r, str) or not r]
+        if bad:
+            raise ValidationError(f"User roles must be non-empty strings, got {bad[0]!r}.")
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "roles", frozenset(roles))
 
@@ -134,7 +136,7 @@ def _describe(user: Any) -> str:
         return "A run with no user"
     if isinstance(user, User):
         roles = ", ".join(sorted(user.roles)) or "none"
-        return f"User '{user.name}' (roles: {roles})"
+        return f"User '{user.name}' (roles: {roles})" if user.name else f"An unnamed user (roles: {roles})"
     return f"User '{user}' (a plain name, so no roles)"
 
 

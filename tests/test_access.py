@@ -151,3 +151,18 @@ def test_user_is_a_frozen_value():
     assert repr(user) == "User('ann', roles=['a', 'b'])"
     with pytest.raises(ValidationError):
         User("")
+    with pytest.raises(ValidationError, match="roles"):
+        User("ann", roles=[""])
+
+
+def test_a_user_may_be_just_roles(db):
+    define(db)
+    db.grant("viewer", "Order", "read")
+    results, _ = LocalRuntime().execute(
+        workflow(db, ("OrderCountNode", "n", {})), user=User(roles=["viewer"])
+    )
+    assert results["n"]["count"] == 0
+    with pytest.raises(AccessDeniedError, match="unnamed user"):
+        LocalRuntime().execute(
+            workflow(db, ("OrderCreateNode", "c", {"item": "x"})), user=User(roles=["viewer"])
+        )

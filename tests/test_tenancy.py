@@ -176,3 +176,24 @@ def test_saga_compensation_stays_within_the_tenant(db):
     with db.tenant("globex"):
         rows = one(db, "ItemListNode")["records"]
     assert [(r["name"], r["qty"]) for r in rows] == [("a", 3), ("c", 4)]
+
+
+def test_caller_supplied_ids_never_cross_tenants(db):
+    @db.model
+    class Key:
+        id: str
+        label: str = ""
+        __dataflow__ = {"multi_tenant": True}
+
+    with db.tenant("acme"):
+        one(db, "KeyCreateNode", {"id": "k1", "label": "acme's"})
+    with db.tenant("globex"):
+        with pytest.raises(Exception, match="(?i)unique|duplicate|constraint|primary"):
+            one(db, "KeyCreateNode", {"id": "k1", "label": "mine"})
+        with pytest.raises(ValidationError, match="another tenant"):
+            one(db, "KeyBulkUpsertNode", {"data": [{"id": "k1", "label": "mine"}]})
+        with pytest.raises(ValidationError, match="another tenant"):
+            one(db, "KeyUpsertNode", {"where": {"id": "k1"}, "update": {"label": "mine"}})
+        assert one(db, "KeyBulkUpsertNode", {"data": [{"id": "k2", "label": "g"}]})["inserted"] == 1
+    with db.tenant("acme"):
+        assert [(r["id"], r["label"]) for r in one(db, "KeyListNode")["records"]] == [("k1", "acme's")]
