@@ -195,7 +195,8 @@ class BulkUpsert(BulkRows):
         step = max(1, self.mt.dialect.max_bind_params - 2)
         for start in range(0, len(ids), step):
             part = ids[start : start + step]
-            stmt = sa.select(t.c.id).where(t.c.id.in_(part), t.c.tenant_id != tenant).limit(5)
+            others = sa.or_(t.c.tenant_id != tenant, t.c.tenant_id.is_(None))
+            stmt = sa.select(t.c.id).where(t.c.id.in_(part), others).limit(5)
             taken = [r[0] for r in await conn.fetch(*self.mt.dialect.compile(stmt))]
             if taken:
                 raise ValidationError(

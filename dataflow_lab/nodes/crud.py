@@ -136,7 +136,11 @@ class Update(ModelNode):
 
     def statements(self) -> list[Any]:
         row_id, versioned = self._id_from(self.params), self.model.versioned
-        return [self._update_statement(row_id, self.params["fields"], check_version=versioned)]
+        return [
+            self._update_statement(
+                row_id, self.params["fields"], check_version=versioned, include_deleted=False
+            )
+        ]
 
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
         mt, row_id, versioned = self.mt, self._id_from(self.params), self.model.versioned

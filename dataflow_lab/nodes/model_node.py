@@ -211,12 +211,14 @@ class ModelNode(Node):
         """The SQLAlchemy statements this node runs, with its parameters bound."""
         raise NotImplementedError
 
-    def _update_statement(self, row_id: Any, fields: dict[str, Any], *, check_version: bool = False) -> Any:
+    def _update_statement(
+        self, row_id: Any, fields: dict[str, Any], *, check_version: bool, include_deleted: bool
+    ) -> Any:
         """The UPDATE of one row, its values bound in (for ``sql()``)."""
         values = self.mt.db_values({**fields, "updated_at": self.now()})
         bound = {**values, "_id": row_id, "_version": self.params.get("version")}
         return self.update_one(
-            tuple(values), check_version=check_version, include_deleted=not check_version, values=bound
+            tuple(values), check_version=check_version, include_deleted=include_deleted, values=bound
         )
 
     @classmethod
@@ -295,15 +297,6 @@ def insert_returning(mt: ModelTable, columns: tuple[str, ...]) -> Any:
 def insert_or_nothing(mt: ModelTable, columns: tuple[str, ...], conflict_on: list[str]) -> Any:
     stmt = mt.dialect.insert(mt.table).values({c: sa.bindparam(c) for c in columns})
     return stmt.on_conflict_do_nothing(index_elements=list(conflict_on)).returning(*mt.table.c)
-
-
-def update_by_id(mt: ModelTable, columns: tuple[str, ...]) -> Any:
-    return (
-        sa.update(mt.table)
-        .values({c: sa.bindparam(c) for c in columns})
-        .where(mt.table.c.id == sa.bindparam("_id"))
-        .returning(*mt.table.c)
-    )
 
 
 def read_by_id(node: ModelNode, row_id: Any) -> tuple[str, list[Any]]:

@@ -77,7 +77,10 @@ class Upsert(ModelNode):
             insert = insert.on_conflict_do_nothing(index_elements=conflict_on)
         statements = [self._find_statement(p["where"]), insert.returning(*mt.table.c)]
         if p["update"]:
-            statements.append(self._update_statement("<the found id>", p["update"]))
+            found = "<the found id>"
+            statements.append(
+                self._update_statement(found, p["update"], check_version=False, include_deleted=True)
+            )
         return statements
 
     def _conflict_on(self) -> list[str] | None:
