@@ -197,3 +197,23 @@ def test_caller_supplied_ids_never_cross_tenants(db):
         assert one(db, "KeyBulkUpsertNode", {"data": [{"id": "k2", "label": "g"}]})["inserted"] == 1
     with db.tenant("acme"):
         assert [(r["id"], r["label"]) for r in one(db, "KeyListNode")["records"]] == [("k1", "acme's")]
+
+
+def test_bulk_create_stamps_the_tenant_through_the_dialects_fast_path(db, monkeypatch):
+    define_item(db)
+    dialect_cls = type(db._dialect)
+    real = dialect_cls.bulk_insert
+    calls = []
+
+    async def spy(self, conn, table, columns, rows):
+        calls.append((tuple(columns), len(rows)))
+        return await real(self, conn, table, columns, rows)
+
+    monkeypatch.setattr(dialect_cls, "bulk_insert", spy)
+    with db.tenant("acme"):
+        out = one(db, "ItemBulkCreateNode", {"data": [{"name": f"n{i}", "qty": i} for i in range(500)]})
+        assert out["inserted"] == 500
+        assert one(db, "ItemCountNode", {"filter": {"qty": {"$gte": 0}}})["count"] == 500
+    assert sum(n for _, n in calls) == 500
+    assert all("tenant_id" in columns for columns, _ in calls)
+    assert one(db, "ItemCountNode", tenant="globex")["count"] == 0
