@@ -3,14 +3,18 @@
 >>> from dataflow_lab import DataFlow, WorkflowBuilder, LocalRuntime
 """
 
+from .access import User
 from .dataflow import DataFlow
 from .errors import (
+    AccessDeniedError,
+    ConcurrencyError,
     ConnectionError,
     DataFlowError,
     MigrationError,
     NodeExecutionError,
     NodeNotFoundError,
     NotFoundError,
+    TenantRequiredError,
     TransactionError,
     ValidationError,
     WorkflowValidationError,
@@ -37,7 +41,9 @@ def unload_ipython_extension(ip: object) -> None:
 
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncLocalRuntime",
+    "ConcurrencyError",
     "ConnectionError",
     "DataFlow",
     "DataFlowError",
@@ -47,7 +53,9 @@ __all__ = [
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "TenantRequiredError",
     "TransactionError",
+    "User",
     "ValidationError",
     "Workflow",
     "WorkflowBuilder",

@@ -145,6 +145,21 @@ class DataFlow:
                 f"Model '{name}' is not defined on {self!r}.", hint="decorate the class with @db.model first."
             ) from None
 
+    def tenant(self, tenant: str) -> Any:
+        """``with db.tenant("acme"):``: multi_tenant models of this database see only acme's rows."""
+        from .tenancy import tenant_scope
+
+        return tenant_scope(self, tenant)
+
+    def grant(self, role: str, model: type | str, ops: str | list[str]) -> None:
+        """Let ``role`` run ``ops`` ("read", "write", "all", or node names like "bulk_create") on ``model``.
+
+        Once a database has any grant, runs need a ``User`` whose roles hold the grants (access.py).
+        """
+        from .access import grant
+
+        grant(self, role, model, ops)
+
     def import_csv(self, model: type | str, path: Any, **options: Any) -> dict[str, Any]:
         """Stream a CSV file (header = field names) into ``model``'s table, in one transaction.
 

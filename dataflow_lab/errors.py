@@ -9,12 +9,15 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "AccessDeniedError",
+    "ConcurrencyError",
     "ConnectionError",
     "DataFlowError",
     "MigrationError",
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "TenantRequiredError",
     "TransactionError",
     "ValidationError",
     "WorkflowValidationError",
@@ -51,6 +54,31 @@ class NotFoundError(DataFlowError, LookupError):
     def __init__(self, message: str, *, model: str, id: object, hint: str | None = None):
         self.model = model
         self.id = id
+        super().__init__(message, hint=hint)
+
+
+class ConcurrencyError(DataFlowError):
+    """An Update of a versioned model expected a version the row no longer has; nothing changed."""
+
+    def __init__(
+        self, message: str, *, model: str, id: object, expected: int, actual: int, hint: str | None = None
+    ):
+        self.model = model
+        self.id = id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message, hint=hint)
+
+
+class TenantRequiredError(ValidationError):
+    """A node of a multi_tenant model ran with no tenant set."""
+
+
+class AccessDeniedError(DataFlowError, PermissionError):
+    """A user's roles lack a grant a node needs (``db.grant``); ``denials`` lists each one."""
+
+    def __init__(self, message: str, *, denials: list[str], hint: str | None = None):
+        self.denials = list(denials)
         super().__init__(message, hint=hint)
 
 
@@ -98,7 +126,7 @@ class NodeExecutionError(DataFlowError):
             f"Node '{node_id}' ({node_type}) failed: {type(cause).__name__}: {cause_text}",
             hint=hint,
         )
-        for attr in ("model", "id", "problems"):
+        for attr in ("model", "id", "problems", "expected", "actual", "denials"):
             if hasattr(cause, attr):
                 setattr(self, attr, getattr(cause, attr))
 

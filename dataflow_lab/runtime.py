@@ -61,9 +61,9 @@ class LocalRuntime:
         hooks: Any = (),
         retry: Any = None,
         isolation: str | None = None,
-        user: str | None = None,
+        user: Any = None,
     ):
-        self.user = user  # who the runs act for: the audit log's "who"
+        self.user = user  # who the runs act for: a name (the audit log's "who") or an access.User
         if transaction not in TRANSACTION_MODES:
             raise ValidationError(
                 f"Unknown transaction mode '{transaction}'.{did_you_mean(transaction, TRANSACTION_MODES)}",
@@ -79,22 +79,38 @@ class LocalRuntime:
         return f"{type(self).__name__}(transaction={self.transaction!r})"
 
     def execute(
-        self, workflow: Workflow | WorkflowBuilder, parameters: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """Run the workflow and wait: (results by node id, run id)."""
-        workflow, parameters = self._prepare(workflow, parameters)
-        from .audit import run_as  # imported on first use: it needs SQLAlchemy
+        """Run the workflow and wait: (results by node id, run id).
 
-        return _loop.run(run_as(self.user, self._execute(workflow, parameters)))
+        ``user``: a ``User`` (or a name) for this run instead of the runtime's; ``tenant``: the
+        tenant of multi_tenant models instead of ``with db.tenant(...)``. See ``access.py``.
+        """
+        workflow, parameters = self._prepare(workflow, parameters)
+        from .access import prepare_run  # imported on first use: it needs SQLAlchemy
+
+        user = self.user if user is None else user
+        return _loop.run(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
 
     async def execute_async(
-        self, workflow: Workflow | WorkflowBuilder, parameters: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
     ) -> tuple[dict[str, Any], str]:
         """The async form of ``execute``; safe from any event loop, Jupyter's included."""
         workflow, parameters = self._prepare(workflow, parameters)
-        from .audit import run_as
+        from .access import prepare_run
 
-        return await _loop.run_async(run_as(self.user, self._execute(workflow, parameters)))
+        user = self.user if user is None else user
+        return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
         if isinstance(workflow, WorkflowBuilder):

@@ -59,10 +59,14 @@ class ModelTable:
         columns = [d.id_column(m.table_name, m.id_field.type.name)]
         for f in m.fields[1:]:
             columns.append(sa.Column(f.name, d.column_type(f.type.name), nullable=f.nullable))
+        unique, indexed = m.unique, m.indexes
+        if m.multi_tenant:  # uniqueness holds within a tenant, and every query filters on tenant_id
+            unique = tuple(_tenant_first(g) for g in unique)
+            indexed = tuple(dict.fromkeys((("tenant_id",), *(_tenant_first(g) for g in indexed))))
         constraints = [
-            sa.UniqueConstraint(*group, name=f"uq_{m.table_name}_{'_'.join(group)}") for group in m.unique
+            sa.UniqueConstraint(*group, name=f"uq_{m.table_name}_{'_'.join(group)}") for group in unique
         ]
-        indexes = [sa.Index(f"ix_{m.table_name}_{'_'.join(group)}", *group) for group in m.indexes]
+        indexes = [sa.Index(f"ix_{m.table_name}_{'_'.join(group)}", *group) for group in indexed]
         return sa.Table(m.table_name, metadata, *columns, *constraints, *indexes, **d.table_kwargs())
 
     def _writer(self, f: Field) -> Any:
@@ -168,6 +172,10 @@ class ModelTable:
                     sa.update(self.table).values({f.name: self.to_db(f.name, f.default)})
                 )
                 await conn.execute(sql, params)
+
+
+def _tenant_first(group: tuple[str, ...]) -> tuple[str, ...]:
+    return ("tenant_id", *(c for c in group if c != "tenant_id"))
 
 
 def _row_builder(fields: Sequence[Field], readers: Sequence[Any]) -> Any:

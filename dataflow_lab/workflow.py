@@ -145,7 +145,8 @@ class WorkflowBuilder:
 
     connect = add_connection
 
-    def build(self, *, name: str | None = None, workflow_id: str | None = None) -> Workflow:
+    def build(self, *, name: str | None = None, workflow_id: str | None = None, user: Any = None) -> Workflow:
+        """Validate everything, then freeze. With ``user``, also check its grants (access.py) now."""
         problems: list[str] = []
         inputs: dict[str, list[Connection]] = {n: [] for n in self._nodes}
         for c in self._connections:
@@ -162,6 +163,10 @@ class WorkflowBuilder:
             problems.append(f"the connections form a cycle: {cycle}.")
         if problems:
             raise WorkflowValidationError(problems)
+        if user is not None:
+            from .access import check_nodes
+
+            check_nodes(self._nodes.values(), user)
         return Workflow(
             workflow_id=workflow_id or str(uuid.uuid4()),
             name=name or self.name,

@@ -258,17 +258,25 @@ class Dialect:
         sql = (
             self.multirow_insert_sql(table, columns, 1)
             + " "
-            + self.on_conflict_sql(conflict_on, update_columns)
+            + self.on_conflict_sql(table, conflict_on, update_columns)
         )
         await conn.executemany(sql, rows)
         return None
 
-    def on_conflict_sql(self, conflict_on: Sequence[str], update_columns: Sequence[str]) -> str:
+    def on_conflict_sql(
+        self, table: sa.Table, conflict_on: Sequence[str], update_columns: Sequence[str]
+    ) -> str:
+        """``ON CONFLICT ... DO UPDATE``; a ``version`` column (the versioned option) counts up instead."""
         quote = self.sa_dialect.identifier_preparer.quote
         keys = ", ".join(quote(c) for c in conflict_on)
         if not update_columns:
             return f"ON CONFLICT ({keys}) DO NOTHING"
-        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in update_columns)
+        sets = ", ".join(
+            f"{quote(c)} = {quote(table.name)}.{quote(c)} + 1"
+            if c == "version"
+            else f"{quote(c)} = excluded.{quote(c)}"
+            for c in update_columns
+        )
         return f"ON CONFLICT ({keys}) DO UPDATE SET {sets}"
 
     def upsert_statement(
@@ -281,9 +289,8 @@ class Dialect:
         stmt = self.insert(table).values({c: sa.bindparam(c) for c in columns})
         if not update_columns:
             return stmt.on_conflict_do_nothing(index_elements=list(conflict_on))
-        return stmt.on_conflict_do_update(
-            index_elements=list(conflict_on), set_={c: stmt.excluded[c] for c in update_columns}
-        )
+        sets = {c: table.c[c] + 1 if c == "version" else stmt.excluded[c] for c in update_columns}
+        return stmt.on_conflict_do_update(index_elements=list(conflict_on), set_=sets)
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.url)

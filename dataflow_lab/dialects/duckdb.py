@@ -292,7 +292,7 @@ class DuckDBDialect(Dialect):
     ) -> tuple[int, int]:
         """Arrow view -> count the keys that exist (a join), then one INSERT ... ON CONFLICT."""
         keys = ", ".join(f'"{c}"' for c in conflict_on)
-        action = self.on_conflict_sql(conflict_on, update_columns)
+        action = self.on_conflict_sql(table, conflict_on, update_columns)
         data = self._arrow(table, columns, rows)
         cols = ", ".join(f'"{c}"' for c in columns)
         view = f"_dataflow_bulk_{id(data)}"

@@ -212,7 +212,7 @@ class PostgresDialect(PooledDialect):
         await conn.copy(temp, columns, rows)
         result = await conn.fetch(
             f"WITH up AS (INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {quote(temp)} "
-            f"{self.on_conflict_sql(conflict_on, update_columns)} RETURNING (xmax = 0) AS inserted) "
+            f"{self.on_conflict_sql(table, conflict_on, update_columns)} RETURNING (xmax = 0) AS inserted) "
             "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
         )
         return int(result[0][0]), int(result[0][1])
