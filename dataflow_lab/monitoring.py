@@ -12,7 +12,7 @@ subscribed to the global hooks, that keeps:
   (``anomaly.py``), whose alerts go to the log and to the ``anomaly`` hook.
 
 Queries are counted by the database's own connections while monitoring is on
-(``query_count.py``); the runtime reports each node's count in ``after_node``.
+(``query_count.py``); the runtime reports each node's count in its record (``hooks.NODE_RECORD``).
 """
 
 from __future__ import annotations
@@ -40,16 +40,6 @@ POOL_SNAPSHOT_EVERY = 1.0  # seconds
 
 
 # -- the collector -------------------------------------------------------------------------
-class _RunState:
-    __slots__ = ("workflow", "runtime", "retries", "nodes", "queries", "rows", "retried")
-
-    def __init__(self, workflow: str, runtime: Any):
-        self.workflow = workflow
-        self.runtime = runtime
-        self.retries: dict[str, int] = {}
-        self.nodes = self.queries = self.rows = self.retried = 0
-
-
 class _TypeStats:
     __slots__ = ("model", "operation", "count", "errors", "duration_ms", "rows", "queries", "retries")
 
@@ -87,7 +77,8 @@ class MetricsCollector(CollectorViews):
         )
         self._lock = threading.Lock()
         self._keep = keep
-        self._runs: dict[str, _RunState] = {}
+        # retries and compensations reported during a run, kept until its after_workflow says whose it is
+        self._pending: dict[str, dict[str, Any]] = {}
         self._touches: dict[int, tuple[Any, bool]] = {}  # id(workflow) -> (weakref, has a node of ours)
         self.reset()
 
@@ -121,79 +112,21 @@ class MetricsCollector(CollectorViews):
         return self._dataflow() if self._dataflow is not None else None
 
     # -- hooks ---------------------------------------------------------------------
-    def _start(self, run_id: str, workflow: Any, runtime: Any) -> _RunState | None:
-        """This run's state, made at its first event (None: the workflow has no node of our database)."""
+    def _ours(self, workflow: Any) -> bool:
+        """Whether ``workflow`` has a node of our database (always, for a standalone collector)."""
+        if self._dataflow is None:
+            return True
         if workflow is None:
-            return None
-        if self._dataflow is not None:
-            cached = self._touches.get(id(workflow))
-            if cached is not None and cached[0]() is workflow:
-                touches = cached[1]
-            else:
-                mine = self._dataflow()
-                touches = any(spec.node_class.dataflow is mine for spec in workflow.nodes.values())
-                if len(self._touches) > 1000:
-                    self._touches.clear()
-                self._touches[id(workflow)] = (weakref.ref(workflow), touches)
-            if not touches:
-                return None
-        state = self._runs[run_id] = _RunState(workflow.name, runtime)
-        return state
-
-    def after_node(
-        self,
-        *,
-        run_id: str,
-        node_id: str,
-        node_type: str,
-        error: BaseException | None,
-        duration: float,
-        rows: int | None,
-        node_class: Any = None,
-        queries: int = 0,
-        sql: list[str] | None = None,
-        workflow: Any = None,
-        runtime: Any = None,
-        **future: Any,
-    ) -> None:
-        state = self._runs.get(run_id)
-        if state is None:
-            state = self._start(run_id, workflow, runtime)
-            if state is None:
-                return
-        if self._dataflow is not None and node_class is not None:
-            owner = node_class.dataflow
-            if owner is not None and owner is not self._dataflow():
-                return  # another database's node in a workflow that also uses ours
-        duration_ms = duration * 1000.0
-        retries = state.retries.pop(node_id, 0) if state.retries else 0
-        message = None if error is None else _first_line(error)
-        state.nodes += 1
-        state.queries += queries
-        state.rows += rows or 0
-        # Hooks run on the runtime's one loop thread, so writers never race each other; readers
-        # copy with list() and dict(), single C-level calls that the GIL keeps whole.
-        stats = self.by_type.get(node_type)
-        if stats is None:
-            stats = self.by_type[node_type] = _TypeStats(node_class)
-        self._node_log.append(
-            (run_id, node_id, node_type, stats, time.time() - duration, duration_ms, rows, queries,
-             message, retries, sql)
-        )  # fmt: skip
-        stats.count += 1
-        stats.duration_ms += duration_ms
-        stats.rows += rows or 0
-        stats.queries += queries
-        stats.retries += retries
-        if error is not None:
-            stats.errors += 1
-            self.transactions.error(run_id, node_id, error)
-            return  # a failed run's duration says nothing about speed
-        anomaly = self.detector.observe(
-            node_type, duration_ms, node_id=node_id, run_id=run_id, database=stats.model is not None
-        )
-        if anomaly is not None:
-            self._alert(anomaly, state)
+            return False
+        cached = self._touches.get(id(workflow))
+        if cached is not None and cached[0]() is workflow:
+            return cached[1]
+        mine = self._dataflow()
+        touches = any(spec.node_class.dataflow is mine for spec in workflow.nodes.values())
+        if len(self._touches) > 1000:
+            self._touches.clear()
+        self._touches[id(workflow)] = (weakref.ref(workflow), touches)
+        return touches
 
     def after_workflow(
         self,
@@ -203,24 +136,74 @@ class MetricsCollector(CollectorViews):
         duration: float,
         workflow: Any = None,
         runtime: Any = None,
+        nodes: list[tuple] | None = None,
         **future: Any,
     ) -> None:
-        state = self._runs.pop(run_id, None)
-        if state is None:  # no node of ours ran: count the run if the workflow has one
-            state = self._start(run_id, workflow, runtime)
-            if state is None:
-                return
-            del self._runs[run_id]
+        """Everything about a run arrives here, once: its node records (``hooks.NODE_RECORD``) and outcome."""
+        pending = self._pending.pop(run_id, None) if self._pending else None
+        if not self._ours(workflow):
+            return
+        retries = pending["retries"] if pending else {}
+        mine = self._dataflow() if self._dataflow is not None else None
+        clock_now, now = time.perf_counter(), time.time()
+        run_queries = run_rows = run_nodes = 0
+        by_type, node_log, detector = self.by_type, self._node_log, self.detector
+        last = {}  # node_id -> index in node_log of its last record (the one its retries belong to)
+        for node_id, cls, started, seconds, rows, queries, sql, failure in nodes or ():
+            if mine is not None and cls.dataflow is not None and cls.dataflow is not mine:
+                continue  # another database's node in a workflow that also uses ours
+            type_name = cls.type_name
+            stats = by_type.get(type_name)
+            if stats is None:
+                stats = by_type[type_name] = _TypeStats(cls)
+            duration_ms = seconds * 1000.0
+            rows_n = rows or 0
+            message = None if failure is None else _first_line(failure)
+            # Hooks run on the runtime's one loop thread, so writers never race each other; readers
+            # copy with list() and dict(), single C-level calls that the GIL keeps whole.
+            node_log.append(
+                (run_id, node_id, type_name, stats, now - (clock_now - started), duration_ms, rows,
+                 queries, message, 0, sql)
+            )  # fmt: skip
+            if retries:
+                last[node_id] = len(node_log) - 1
+            run_nodes += 1
+            run_queries += queries
+            run_rows += rows_n
+            stats.count += 1
+            stats.duration_ms += duration_ms
+            stats.rows += rows_n
+            stats.queries += queries
+            if failure is not None:
+                stats.errors += 1
+                self.transactions.error(run_id, node_id, failure)
+                continue  # a failed run's duration says nothing about speed
+            anomaly = detector.observe(type_name, duration_ms, node_id, run_id, stats.model is not None)
+            if anomaly is not None:
+                self._alert(anomaly, runtime)
+        retried = 0
+        for node_id, count in retries.items():
+            retried += count
+            at = last.get(node_id)
+            if at is not None:
+                entry = node_log[at]
+                node_log[at] = (*entry[:9], count, entry[10])
+                entry[3].retries += count
+        if pending:
+            with self._lock:
+                self.retries += retried
+                for status, count in pending["compensations"].items():
+                    self.compensations[status] = self.compensations.get(status, 0) + count
         if self.transactions._deadlocked_runs:
             self.transactions.workflow_ended(run_id)
-        now = time.time()
         duration_ms = duration * 1000.0
+        name = workflow.name if workflow is not None else ""
         record = (
-            run_id, state.workflow, getattr(state.runtime, "user", None), now - duration, duration_ms,
-            None if error is None else _first_line(error), state.nodes, state.queries, state.rows, state.retried,
+            run_id, name, getattr(runtime, "user", None), now - duration, duration_ms,
+            None if error is None else _first_line(error), run_nodes, run_queries, run_rows, retried,
         )  # fmt: skip
         day = int(now // 86400)
-        self._workflow_log.append(record)  # the loop thread is the only writer (see after_node)
+        self._workflow_log.append(record)  # the loop thread is the only writer
         totals = self.workflows
         totals["total"] += 1
         totals["successful" if error is None else "failed"] += 1
@@ -240,23 +223,23 @@ class MetricsCollector(CollectorViews):
         elif event in ("commit", "rollback"):
             self.transactions.end(key, event)
 
+    def _pending_for(self, run_id: str) -> dict[str, Any]:
+        pending = self._pending.get(run_id)
+        if pending is None:
+            pending = self._pending[run_id] = {"retries": {}, "compensations": {}}
+        return pending
+
     def retry(self, *, run_id: str, node_id: str, error: BaseException | None = None, **future: Any) -> None:
-        state = self._runs.get(run_id)
-        if state is None:
-            return
-        state.retries[node_id] = state.retries.get(node_id, 0) + 1
-        state.retried += 1
-        with self._lock:
-            self.retries += 1
+        retries = self._pending_for(run_id)["retries"]
+        retries[node_id] = retries.get(node_id, 0) + 1
         self.transactions.error(run_id, node_id, error, retried=True)
 
     def compensation(self, *, run_id: str, status: str = "done", **future: Any) -> None:
-        if run_id in self._runs:
-            with self._lock:
-                self.compensations[status] = self.compensations.get(status, 0) + 1
+        compensations = self._pending_for(run_id)["compensations"]
+        compensations[status] = compensations.get(status, 0) + 1
 
     # -- alerts and snapshots ------------------------------------------------------------
-    def _alert(self, anomaly: Anomaly, state: _RunState) -> None:
+    def _alert(self, anomaly: Anomaly, runtime: Any) -> None:
         with self._lock:
             self.anomalies.append(anomaly)
         log.warning(
@@ -264,7 +247,7 @@ class MetricsCollector(CollectorViews):
             anomaly.node_type, anomaly.node_id, anomaly.current_response_time_ms,
             anomaly.baseline_response_time_ms, anomaly.deviation, anomaly.recommended_action,
         )  # fmt: skip
-        emit = getattr(state.runtime, "_emit", None)  # the runtime's own hooks, then the global ones
+        emit = getattr(runtime, "_emit", None)  # the runtime's own hooks, then the global ones
         if emit is not None and emit.wants("anomaly"):
             emit.emit("anomaly", anomaly=anomaly, **anomaly.as_dict())  # as_dict names run_id and node_id
 

@@ -74,6 +74,8 @@ class LocalRuntime:
         self.isolation = check_isolation(isolation)
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
         self._emit = _Fanout(self.hooks)
+        # run_id -> the run's node records, kept while someone wants after_workflow (its ``nodes``)
+        self._records: dict[str, list[tuple]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transaction={self.transaction!r})"
@@ -145,6 +147,7 @@ class LocalRuntime:
         error: BaseException | None = None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=run_id, workflow=workflow, runtime=self)
+        records = self._records[run_id] = [] if emit.wants("after_workflow") else None
         try:
             for dataflow, table in workflow.models():
                 await dataflow._ensure_table(table, parent)
@@ -162,7 +165,8 @@ class LocalRuntime:
             error = exc
             raise
         finally:
-            if emit.wants("after_workflow"):
+            if records is not None:
+                del self._records[run_id]
                 emit.emit(
                     "after_workflow",
                     run_id=run_id,
@@ -172,6 +176,7 @@ class LocalRuntime:
                     duration=time.perf_counter() - started,
                     mode=self.transaction,
                     runtime=self,
+                    nodes=records,
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -344,6 +349,12 @@ class LocalRuntime:
             error = exc
             raise
         finally:
+            duration = time.perf_counter() - started
+            records = self._records.get(scope.run_id)
+            if records is not None:  # for after_workflow's ``nodes``: see hooks.NODE_RECORD
+                records.append(
+                    (node_id, cls, started, duration, rows_of(result), scope.queries, scope.sql, error)
+                )
             if emit.wants("after_node"):
                 emit.emit(
                     "after_node",
@@ -352,13 +363,11 @@ class LocalRuntime:
                     node_type=cls.type_name,
                     result=result,
                     error=error,
-                    duration=time.perf_counter() - started,
+                    duration=duration,
                     rows=rows_of(result),
                     node_class=cls,
                     queries=scope.queries,
                     sql=scope.sql,
-                    workflow=workflow,
-                    runtime=self,
                 )
 
     async def _call_node(

@@ -273,34 +273,33 @@ def test_a_connection_failure_makes_the_pool_critical():
 def test_retry_and_compensation_events_are_counted_per_node_and_in_safety_events():
     collector = MetricsCollector()
 
-    class Spec:
-        node_class = None
+    class Node:  # only the fields the collector reads
+        type_name = "T"
+        dataflow = None
+        model = None
+        operation = ""
 
-    class FakeWorkflow:  # only the fields the collector reads
+    class FakeWorkflow:
         name = "wf"
-        nodes = {"n": Spec()}
+        nodes = {}
 
-    wf = FakeWorkflow()
-    collector.after_node(
-        run_id="r1",
-        node_id="n",
-        node_type="T",
-        result=None,
-        error=TimeoutError("slow"),
-        duration=0.01,
-        rows=None,
-        workflow=wf,
-    )  # the runtime reports the failed attempt, then the retry
+    # the runtime reports retries (and compensations) as they happen, and the node runs at the end
     collector.retry(run_id="r1", node_id="n", attempt=1, error=TimeoutError("slow"), delay=0.0)
     collector.retry(run_id="r1", node_id="n", attempt=2, error=TimeoutError("slow"), delay=0.0)
-    collector.after_node(
-        run_id="r1", node_id="n", node_type="T", result=1, error=None, duration=0.01, rows=None, workflow=wf
-    )
     collector.compensation(run_id="r1", node_id="n", status="compensated", error=None)
-    collector.after_workflow(run_id="r1", workflow=FakeWorkflow(), results={}, error=None, duration=0.02)
+    t = time.perf_counter()
+    nodes = [
+        ("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
+        ("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
+        ("n", Node, t, 0.01, 1, 1, None, None),
+    ]
+    collector.after_workflow(
+        run_id="r1", workflow=FakeWorkflow(), results={}, error=None, duration=0.02, nodes=nodes
+    )
     assert collector.dashboard()["safety_events"]["automatic_retries"] == 2
     assert collector.dashboard()["safety_events"]["compensations"] == 1
-    assert [r.retries for r in collector.node_runs] == [0, 2]
+    assert [r.retries for r in collector.node_runs] == [0, 0, 2]
+    assert [r.status for r in collector.node_runs] == ["error", "error", "success"]
     assert list(collector.workflow_runs)[0].retries == 2
 
 
