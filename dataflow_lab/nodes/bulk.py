@@ -120,7 +120,7 @@ class BulkUpdate(_FilterWrite):
 
     def _statement(self) -> Any:
         mt = self.mt
-        values = {**self.params["fields"], "updated_at": self.now()}
+        values = mt.touched(self.params["fields"], self.now())
         stmt = sa.update(mt.table).values({k: mt.to_db(k, v) for k, v in values.items()})
         where = self.where_clause()
         return stmt if where is None else stmt.where(where)

@@ -142,7 +142,7 @@ class Update(ModelNode):
 
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
         mt, row_id = self.mt, self._id_from(self.params)
-        values = {**self.params["fields"], "updated_at": self.now()}
+        values = mt.touched(self.params["fields"], self.now())
         columns = tuple(values)
         sql, names = mt.template(("update", columns), lambda: update_by_id(mt, columns))
         params = [row_id if n == "_id" else mt.to_db(n, values[n]) for n in names]
@@ -385,7 +385,7 @@ class Upsert(ModelNode):
                 "read", lambda: sa.select(*mt.table.c).where(mt.table.c.id == sa.bindparam("id"))
             )
             return mt.rows(await conn.fetch(sql, [row_id]))[0]
-        values = {**self.params["update"], "updated_at": now}
+        values = mt.touched(self.params["update"], now)
         columns = tuple(values)
         sql, names = mt.template(("update", columns), lambda: update_by_id(mt, columns))
         return mt.rows(

@@ -96,7 +96,7 @@ class ModelNode(Node):
         return lambda value: cls.mt.check("id", value)
 
     def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
+        return self.dataflow.clock.now()  # clock.py: the system clock, or a stepping one in testing
 
     def _id_from(self, params: dict[str, Any]) -> Any:
         if "id" in params:
@@ -130,7 +130,7 @@ class ModelNode(Node):
         raise NotImplementedError
 
     def _update_statement(self, mt: ModelTable, row_id: Any, fields: dict[str, Any]) -> Any:
-        values = mt.db_values({**fields, "updated_at": self.now()})
+        values = mt.db_values(mt.touched(fields, self.now()))
         return sa.update(mt.table).values(values).where(mt.table.c.id == row_id).returning(*mt.table.c)
 
     @classmethod
