@@ -171,7 +171,7 @@ def _column_step(
         down += _restore_sql(sql, live, backup, [c.name])
     if c.kind == "drop_column" and not old.nullable:
         down.insert(-1 if backup and live.primary_key else len(down), f"{alter} SET NOT NULL")
-    return Step(live.name, describe, tuple(up), tuple(down), destructive=True, slug=name)
+    return Step(live.name, describe, tuple(up), tuple(down), destructive=c.destructive, slug=name)
 
 
 def _ddl(dialect: Dialect, element: sa.schema.ExecutableDDLElement) -> str:
