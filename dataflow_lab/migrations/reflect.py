@@ -144,7 +144,7 @@ def class_name_for(table: str) -> str:
         last = last[:-3] + "y"
     elif last.endswith(("ses", "xes", "zes", "ches", "shes")):
         last = last[:-2]
-    elif last.endswith("s") and not last.endswith("ss"):
+    elif last.endswith("s") and not last.endswith(("ss", "us", "is")):
         last = last[:-1]
     words[-1] = last
     return "".join(w[:1].upper() + w[1:] for w in words)
