@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import threading
+from decimal import Decimal
 from typing import Optional
 
 import pytest
@@ -347,3 +350,32 @@ def test_two_processes_applying_at_once_apply_exactly_once(kind, tmp_path, reque
 )
 def test_widening_retypes_are_the_ones_that_keep_every_value(old, new, expected):
     assert widens(old, new) is expected
+
+
+class Tier(enum.Enum):
+    FREE = "free"
+    PRO = "pro"
+
+
+def test_added_fields_give_existing_rows_their_defaults_of_every_type(db):
+    seed(db)
+
+    @db.model
+    class User:
+        name: str
+        email: str
+        score: float
+        active: bool = True
+        tags: list = ["a"]  # noqa: RUF012 - a model default, copied per row
+        blob: bytes = b"\x00\xff"
+        since: dt.date = dt.date(2024, 2, 29)
+        seen: dt.datetime = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+        price: Decimal = Decimal("9.99")
+        tier: Tier = Tier.PRO
+        __dataflow__ = {"indexes": ["email"]}
+
+    first = rows(db)[0]
+    assert first["active"] is True and first["tags"] == ["a"] and first["blob"] == b"\x00\xff"
+    assert first["since"] == dt.date(2024, 2, 29)
+    assert first["seen"] == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert first["price"] == Decimal("9.99") and first["tier"] is Tier.PRO

@@ -101,8 +101,8 @@ class Migrations:
         if not plan:
             return []
         if plan.destructive and not confirm:
-            models = ", ".join(sorted({s.table for s in plan.steps if s.destructive}))
-            raise engine.destructive_error(models, plan.steps)
+            tables = ", ".join(sorted({s.table for s in plan.steps if s.destructive}))
+            raise engine.destructive_error(f"Table(s) {tables}", plan.steps)
         return [await engine.run_and_record(conn, dialect, plan.steps, source="api")]
 
     async def _apply_files(self, conn: Any, dialect: Any, directory: Path) -> list[AppliedMigration]:

@@ -232,7 +232,7 @@ async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existin
     """
     dialect: Dialect = mt.dialect
     if existing_schema:
-        await _check_untouched(conn, mt)
+        await check_untouched(conn, mt)
         return
     sql = dialect.ddl_lock_sql(HISTORY_TABLE)
     if sql:
@@ -249,16 +249,16 @@ async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existin
             "then run db.migrations.apply(directory='migrations').",
         )
     if any(s.destructive for s in steps):
-        raise destructive_error(mt.model.name, steps)
+        raise destructive_error(f"Model '{mt.model.name}'", steps)
     await lock(conn, dialect)
     await run_and_record(conn, dialect, steps, source="auto")
 
 
-def destructive_error(model: str, steps: Sequence[Step]) -> DestructiveMigrationError:
+def destructive_error(subject: str, steps: Sequence[Step]) -> DestructiveMigrationError:
     plan = MigrationPlan(tuple(steps))
     what = "; ".join(s.description for s in steps if s.destructive)
     return DestructiveMigrationError(
-        f"Model '{model}' needs a destructive change: {what}. Nothing was changed. It would run:\n{plan.sql}",
+        f"{subject} needs a destructive change: {what}. Nothing was changed. It would run:\n{plan.sql}",
         sql=plan.up,
         hint="if you mean it, run db.migrations.apply(confirm_destructive=True): dropped and narrowed "
         "values are kept in a backup table, and db.migrations.rollback() puts them back. Otherwise "
@@ -266,7 +266,7 @@ def destructive_error(model: str, steps: Sequence[Step]) -> DestructiveMigration
     )
 
 
-async def _check_untouched(conn: Connection, mt: Any) -> None:
+async def check_untouched(conn: Connection, mt: Any) -> None:
     live = await read_table(mt.dialect, conn, mt.table.name)
     if live is None:
         raise MigrationError(

@@ -68,7 +68,9 @@ def literal(dialect: Dialect, value: object, column: sa.Column) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bytes):
-        return "X'" + value.hex() + "'" if dialect.name != "postgresql" else "'\\x" + value.hex() + "'::bytea"
+        if dialect.name == "duckdb":
+            return "'" + "".join(f"\\x{b:02x}" for b in value) + "'::BLOB"
+        return f"'\\x{value.hex()}'::bytea" if dialect.name == "postgresql" else f"X'{value.hex()}'"
     render = {"literal_binds": True}
     try:
         return str(

@@ -27,7 +27,7 @@ from ..errors import ValidationError
 from ..model import TIMESTAMP_FIELDS, Field, ModelSchema, check_identifier
 from ..schema import ModelTable
 from ..types import LOGICAL_TYPES
-from .engine import _check_untouched
+from .engine import check_untouched
 from .live import TableShape, read_table, table_names
 
 __all__ = ["ReflectedTable", "reflect", "model_from_table"]
@@ -53,7 +53,7 @@ class ReflectedTable(ModelTable):
     """A model table that already exists: checked at first use, never changed."""
 
     async def ensure(self, conn: Any, **_policy: Any) -> None:
-        await _check_untouched(conn, self)
+        await check_untouched(conn, self)
 
 
 async def reflect(db: Any, tables: list[str] | None) -> list[str]:
