@@ -379,3 +379,104 @@ def test_added_fields_give_existing_rows_their_defaults_of_every_type(db):
     assert first["since"] == dt.date(2024, 2, 29)
     assert first["seen"] == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     assert first["price"] == Decimal("9.99") and first["tier"] is Tier.PRO
+
+
+def define_v1_with_age(db):
+    @db.model
+    class User:
+        name: str
+        email: str
+        score: float
+        age: int = 30
+        __dataflow__ = {"indexes": ["email"]}
+
+
+def test_an_applier_waits_for_the_sqlite_write_lock_and_then_plans_afresh(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    db = DataFlow(f"sqlite:///{path}")
+    seed(db)
+    define_v1_with_age(db)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    result: list = []
+    applier = threading.Thread(target=lambda: result.append(db.migrations.apply()))
+    applier.start()
+    applier.join(0.3)  # not a timing assertion: whichever ran first, the outcome below is the same
+    holder.execute(
+        "ALTER TABLE users ADD COLUMN age INTEGER NOT NULL DEFAULT 30"
+    )  # the other process migrates
+    holder.execute("COMMIT")
+    applier.join()
+    assert result == [[]]  # planned inside the lock: it found the column there, and did nothing
+    assert [r["age"] for r in rows(db)] == [30, 30, 30]
+    holder.close()
+    db.close()
+
+
+def test_an_applier_waits_for_the_postgres_advisory_lock_and_then_plans_afresh(pg_url):
+    import asyncio
+
+    import asyncpg
+    from conftest import PG_URL, SCHEMA
+
+    db = DataFlow(pg_url)
+    seed(db)
+    define_v1_with_age(db)
+    result: list = []
+
+    async def other_process() -> None:
+        conn = await asyncpg.connect(PG_URL, server_settings={"search_path": SCHEMA})
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('dataflow_lab:dataflow_migrations'))"
+                )
+                applier.start()
+                waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                for _ in range(500):  # until the applier waits for our lock (bounded: never hang)
+                    if await conn.fetchval(waiting):
+                        break
+                    await asyncio.sleep(0.02)
+                await conn.execute("ALTER TABLE users ADD COLUMN age BIGINT NOT NULL DEFAULT 30")
+        finally:
+            await conn.close()
+
+    applier = threading.Thread(target=lambda: result.append(db.migrations.apply()))
+    asyncio.run(other_process())
+    applier.join()
+    assert result == [[]]
+    assert [r["age"] for r in rows(db)] == [30, 30, 30]
+    db.close()
+
+
+def test_making_an_optional_field_required_is_destructive_and_works_once_confirmed(db):
+    define_v1(db)
+
+    @db.model
+    class User:
+        name: str
+        email: str
+        score: float
+        nick: Optional[str] = None  # noqa: UP045
+        __dataflow__ = {"indexes": ["email"]}
+
+    execute(
+        db,
+        lambda wf: wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a", "score": 1, "nick": "a"}),
+    )
+
+    @db.model
+    class User:  # noqa: F811
+        name: str
+        email: str
+        score: float
+        nick: str = ""
+        __dataflow__ = {"indexes": ["email"]}
+
+    with pytest.raises(DestructiveMigrationError, match="set not null 'nick'"):
+        rows(db)
+    db.migrations.apply(confirm_destructive=True)
+    assert rows(db)[0]["nick"] == "a"
+    assert not live(db).columns["nick"].nullable
