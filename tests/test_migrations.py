@@ -480,3 +480,33 @@ def test_making_an_optional_field_required_is_destructive_and_works_once_confirm
     db.migrations.apply(confirm_destructive=True)
     assert rows(db)[0]["nick"] == "a"
     assert not live(db).columns["nick"].nullable
+
+
+def test_a_unique_constraint_removed_from_the_model_is_dropped_and_rows_kept(db):
+    @db.model
+    class User:
+        name: str
+        __dataflow__ = {"unique": ["name"]}
+
+    execute(db, lambda wf: wf.add_node("UserCreateNode", "c", {"name": "A"}))
+
+    @db.model
+    class User:  # noqa: F811
+        name: str
+
+    assert [r["name"] for r in rows(db)] == ["A"]
+    assert not any(i.unique for i in live(db).indexes)
+    execute(db, lambda wf: wf.add_node("UserCreateNode", "c", {"name": "A"}))  # duplicates are allowed now
+    assert len(rows(db)) == 2
+
+
+def test_a_plan_shows_itself_in_text_and_in_a_notebook(db):
+    seed(db)
+    define_v2(db)
+    plan = db.migrations.plan()
+    assert "users: rebuild" in repr(plan) or "drop column 'email'" in repr(plan)
+    assert "[destructive]" in repr(plan)
+    page = plan._repr_html_()
+    assert "<table>" in page and "destructive" in page and "email" in page
+    define_v1(db)
+    assert repr(db.migrations.plan()) == "MigrationPlan(nothing to do)"

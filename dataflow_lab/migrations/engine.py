@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import html
 import json
 import re
 from collections.abc import Sequence
@@ -85,6 +86,19 @@ class MigrationPlan:
 
     def describe(self) -> list[str]:
         return [s.description + (" [destructive]" if s.destructive else "") for s in self.steps]
+
+    def _repr_html_(self) -> str:
+        if not self.steps:
+            return "<p>MigrationPlan: nothing to do.</p>"
+        rows = []
+        for s in self.steps:
+            sql = html.escape("".join(f"{statement};\n" for statement in s.up))
+            flag = "<b>destructive</b>" if s.destructive else "additive"
+            rows.append(
+                f"<tr><td>{html.escape(s.description)}</td><td>{flag}</td><td><pre>{sql}</pre></td></tr>"
+            )
+        head = "<tr><th>step</th><th>kind</th><th>up SQL</th></tr>"
+        return f"<table>{head}{''.join(rows)}</table>"
 
     def __repr__(self) -> str:
         if not self.steps:
@@ -234,10 +248,10 @@ async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existin
     if existing_schema:
         await check_untouched(conn, mt)
         return
-    sql = dialect.ddl_lock_sql(HISTORY_TABLE)
-    if sql:
-        await conn.fetch(sql)
-    steps = await table_plan(conn, mt)
+    if not await table_plan(conn, mt):  # the usual case: nothing to do, and no lock taken
+        return
+    await lock(conn, dialect)
+    steps = await table_plan(conn, mt)  # again, under the lock: another process may have migrated
     if not steps:
         return
     creating = steps[0].description.startswith("create table")
@@ -250,7 +264,6 @@ async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existin
         )
     if any(s.destructive for s in steps):
         raise destructive_error(f"Model '{mt.model.name}'", steps)
-    await lock(conn, dialect)
     await run_and_record(conn, dialect, steps, source="auto")
 
 
