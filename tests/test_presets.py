@@ -107,3 +107,21 @@ def test_a_stepping_clock_can_be_set_and_takes_naive_times_as_utc():
 def test_the_development_clock_is_the_real_time(db):
     before = dt.datetime.now(dt.UTC)
     assert before <= db.clock.now() <= dt.datetime.now(dt.UTC)
+
+
+def test_audit_entries_take_their_time_from_the_same_clock():
+    db = DataFlow(environment="testing")
+
+    @db.model
+    class Account:
+        owner: str
+        __dataflow__ = {"audit_log": True}
+
+    db.clock.set(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("AccountCreateNode", "c", {"owner": "ann"})
+    created = LocalRuntime().execute(wf.build())[0]["c"]
+    (entry,) = db.audit("Account")
+    assert created["created_at"] == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    assert entry.at == dt.datetime(2030, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
+    db.close()
