@@ -195,10 +195,11 @@ def _backup_sql(sql: _Sql, live: TableShape, backup: str, columns: Sequence[str]
 
 
 def _restore_sql(sql: _Sql, live: TableShape, backup: str, columns: Sequence[str]) -> list[str]:
+    """Put saved values back: one UPDATE ... FROM (a join, not a subquery per row), then drop the backup."""
     t, b = sql.q(live.name), sql.q(backup)
     match = " AND ".join(f"b.{sql.q(k)} = {t}.{sql.q(k)}" for k in live.primary_key)
-    sets = ", ".join(f"{sql.q(c)} = (SELECT b.{sql.q(c)} FROM {b} b WHERE {match})" for c in columns)
-    return [f"UPDATE {t} SET {sets}", f"DROP TABLE {b}"]
+    sets = ", ".join(f"{sql.q(c)} = b.{sql.q(c)}" for c in columns)
+    return [f"UPDATE {t} SET {sets} FROM {b} b WHERE {match}", f"DROP TABLE {b}"]
 
 
 _CREATE_TABLE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:"(?:[^"]|"")*"|[^\s(]+)', re.IGNORECASE)
