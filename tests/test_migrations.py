@@ -97,6 +97,7 @@ def seed(db) -> list[dict]:
 
 def test_plan_apply_rollback_round_trip_keeps_every_row_and_value(db):
     before = seed(db)
+    live_score_type = live(db).columns["score"].type
     define_v2(db)
 
     plan = db.migrations.plan()
@@ -121,6 +122,7 @@ def test_plan_apply_rollback_round_trip_keeps_every_row_and_value(db):
     assert [m.name for m in rolled] == [applied[0].name]
     shape = live(db)
     assert "age" not in shape.columns and "email" in shape.columns
+    assert not shape.columns["email"].nullable and shape.columns["score"].type == live_score_type
     assert any(i.columns == ("email",) for i in shape.indexes)  # the index came back too
     define_v1(db)
     assert rows(db) == before  # emails and exact scores restored from the backup

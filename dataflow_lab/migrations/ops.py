@@ -11,6 +11,7 @@ back.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -157,23 +158,28 @@ def _column_step(
         drop, add = f"{alter} DROP NOT NULL", f"{alter} SET NOT NULL"
         up, down = (drop, add) if c.kind == "drop_not_null" else (add, drop)
         return Step(live.name, describe, (up,), (down,), destructive=c.destructive, slug=name)
-    backup = _backup_name(live.name) if c.destructive else None
+    return _drop_or_retype(sql, table, live, c, Step(live.name, describe, (), (), c.destructive, slug=name))
+
+
+def _drop_or_retype(sql: _Sql, table: sa.Table, live: TableShape, c: Change, step: Step) -> Step:
+    """Drop or retype a column in place; a destructive one saves its values first, for rollback."""
+    t, col = sql.q(live.name), sql.q(c.name)
+    alter = f"ALTER TABLE {t} ALTER COLUMN {col}"
     old: ColumnShape = c.old  # type: ignore[assignment]
-    up, down = [], []
-    if backup and live.primary_key:
-        up.append(_backup_sql(sql, live, backup, [c.name]))
+    backup = _backup_name(live.name) if c.destructive and live.primary_key else None
+    up = [_backup_sql(sql, live, backup, [c.name])] if backup else []
     if c.kind == "drop_column":
         up.append(f"ALTER TABLE {t} DROP COLUMN {col}")
-        down.append(f"ALTER TABLE {t} ADD COLUMN {col} {old.raw_type}")
+        down = [f"ALTER TABLE {t} ADD COLUMN {col} {old.raw_type}"]
     else:  # retype
         new_type = sql.type_of(table.c[c.name])
         up.append(f"{alter} TYPE {new_type} USING {sql.cast(col, new_type)}")
-        down.append(f"{alter} TYPE {old.raw_type} USING {sql.cast(col, old.raw_type)}")
-    if backup and live.primary_key:
-        down += _restore_sql(sql, live, backup, [c.name])
+        down = [f"{alter} TYPE {old.raw_type} USING {sql.cast(col, old.raw_type)}"]
+    restore, drop_backup = _restore_sql(sql, live, backup, [c.name]) if backup else ([], [])
+    down += restore
     if c.kind == "drop_column" and not old.nullable:
-        down.insert(-1 if backup and live.primary_key else len(down), f"{alter} SET NOT NULL")
-    return Step(live.name, describe, tuple(up), tuple(down), destructive=c.destructive, slug=name)
+        down.append(f"{alter} SET NOT NULL")  # once the values are back
+    return dataclasses.replace(step, up=tuple(up), down=tuple(down + drop_backup))
 
 
 def _ddl(dialect: Dialect, element: sa.schema.ExecutableDDLElement) -> str:
@@ -194,12 +200,14 @@ def _backup_sql(sql: _Sql, live: TableShape, backup: str, columns: Sequence[str]
     return f"CREATE TABLE {sql.q(backup)} AS SELECT {cols} FROM {sql.q(live.name)}"
 
 
-def _restore_sql(sql: _Sql, live: TableShape, backup: str, columns: Sequence[str]) -> list[str]:
-    """Put saved values back: one UPDATE ... FROM (a join, not a subquery per row), then drop the backup."""
+def _restore_sql(
+    sql: _Sql, live: TableShape, backup: str, columns: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Put saved values back with one UPDATE ... FROM (a join, not a subquery per row); drop the backup."""
     t, b = sql.q(live.name), sql.q(backup)
     match = " AND ".join(f"b.{sql.q(k)} = {t}.{sql.q(k)}" for k in live.primary_key)
     sets = ", ".join(f"{sql.q(c)} = b.{sql.q(c)}" for c in columns)
-    return [f"UPDATE {t} SET {sets} FROM {b} b WHERE {match}", f"DROP TABLE {b}"]
+    return [f"UPDATE {t} SET {sets} FROM {b} b WHERE {match}"], [f"DROP TABLE {b}"]
 
 
 _CREATE_TABLE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:"(?:[^"]|"")*"|[^\s(]+)', re.IGNORECASE)
