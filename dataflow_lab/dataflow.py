@@ -56,7 +56,11 @@ class DataFlow:
 
             self._monitor = attach(self)
         if self.config.existing_schema:
-            self.reflect()
+            try:
+                self.reflect()
+            except BaseException:
+                self.close()  # a DataFlow that could not start is not left registered
+                raise
 
     # -- identity ----------------------------------------------------------
     @property

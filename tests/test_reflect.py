@@ -175,3 +175,13 @@ def test_existing_schema_never_creates_a_missing_table(tmp_path):
 )  # fmt: skip
 def test_class_names_are_the_table_name_in_the_singular(table, model):
     assert class_name_for(table) == model
+
+
+def test_existing_schema_on_an_unreachable_database_fails_at_once_and_leaves_nothing_behind():
+    from dataflow_lab.errors import DataFlowError
+    from dataflow_lab.nodes import registry
+
+    before = len(registry.live_dataflows())
+    with pytest.raises(DataFlowError, match="Could not connect"):
+        DataFlow("postgresql://nobody@127.0.0.1:1/none", existing_schema=True, statement_timeout=2)
+    assert len(registry.live_dataflows()) == before
