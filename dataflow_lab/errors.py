@@ -13,7 +13,9 @@ __all__ = [
     "ConcurrencyError",
     "ConnectionError",
     "DataFlowError",
+    "DestructiveMigrationError",
     "MigrationError",
+    "MigrationRequiredError",
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
@@ -100,6 +102,18 @@ class TransactionError(DataFlowError):
 
 class MigrationError(DataFlowError):
     """A schema change that dataflow_lab will not apply by itself."""
+
+
+class DestructiveMigrationError(MigrationError):
+    """A migration would drop or narrow data and was not confirmed; ``sql`` is what it would run."""
+
+    def __init__(self, message: str, *, sql: list[str], hint: str | None = None):
+        self.sql = list(sql)
+        super().__init__(message, hint=hint)
+
+
+class MigrationRequiredError(MigrationError):
+    """The models and the database differ, and this environment does not migrate by itself."""
 
 
 class ConnectionError(DataFlowError):  # noqa: A001 - deliberate, namespaced by the package

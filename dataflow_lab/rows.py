@@ -120,7 +120,9 @@ class RowShaper:
         self.model = mt.model
         self.writable = [f for f in self.model.fields if not f.generated or (allow_id and f.primary_key)]
         self.writable_names = {f.name for f in self.writable}
-        self._now_db = mt.to_db("created_at", now)
+        # a reflected table may lack these columns
+        self._times = tuple(n for n in ("created_at", "updated_at") if n in self.model.by_name)
+        self._now_db = mt.to_db(self._times[0], now) if self._times else None
         self._now = now
         self.columns: tuple[str, ...] | None = None
 
@@ -136,8 +138,8 @@ class RowShaper:
         self._given = tuple(f.name for f in given)
         self._getter = itemgetter(*self._given) if len(self._given) > 1 else _single(self._given)
         stamped = tuple(self.mt.to_db(name, value) for name, value in self._stamps.items())
-        self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db, self._now_db) + stamped
-        self.columns = (*self._given, *(f.name for f in rest), "created_at", "updated_at", *self._stamps)
+        self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db,) * len(self._times) + stamped
+        self.columns = (*self._given, *(f.name for f in rest), *self._times, *self._stamps)
         self._fast = [self._fast_types(f) for f in given]
         self._convert = [(i, c) for i, f in enumerate(given) if (c := self._converter(f)) is not None]
         self._ints = [(i, f.nullable) for i, f in enumerate(given) if f.type.name == "integer"]

@@ -147,16 +147,6 @@ class Dialect:
         """DDL that must run before CREATE TABLE (sequences, say)."""
         return []
 
-    async def live_columns(self, conn: Connection, table_name: str) -> dict[str, str]:
-        """The table's columns as they exist in the database: name -> normalized type."""
-        sql, params = self.compile(
-            sa.select(sa.column("column_name"), sa.column("data_type"))
-            .select_from(sa.table("columns", schema="information_schema"))
-            .where(sa.column("table_name") == table_name)
-            .where(sa.column("table_schema") == sa.func.current_schema())
-        )
-        return {name: normalize_type(kind) for name, kind in await conn.fetch(sql, params)}
-
     def declared_type(self, column: sa.Column) -> str:
         """The normalized type name this dialect declares for a column."""
         return normalize_type(column.type.compile(dialect=self.sa_dialect))

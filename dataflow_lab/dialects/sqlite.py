@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect, normalize_type
+from .base import Connection, PooledDialect
 
 MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
@@ -171,10 +171,6 @@ class SQLiteDialect(PooledDialect):
 
     def table_kwargs(self) -> dict[str, Any]:
         return {"sqlite_autoincrement": True, "sqlite_strict": sqlite3.sqlite_version_info >= (3, 37)}
-
-    async def live_columns(self, conn: Connection, table_name: str) -> dict[str, str]:
-        rows = await conn.fetch("SELECT name, type FROM pragma_table_info(?)", (table_name,))
-        return {name: normalize_type(kind) for name, kind in rows}
 
     upsert_reports_counts = True
 

@@ -125,7 +125,7 @@ class BulkUpdate(_FilterWrite):
 
     def _statement(self) -> Any:
         mt = self.mt
-        values = {**self.params["fields"], "updated_at": self.now()}
+        values = mt.touched(self.params["fields"], self.now())
         stmt = sa.update(mt.table).values({k: mt.to_db(k, v) for k, v in values.items()})
         if self.model.versioned:
             stmt = stmt.values(version=mt.table.c.version + sa.literal_column("1"))

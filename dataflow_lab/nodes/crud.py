@@ -144,7 +144,7 @@ class Update(ModelNode):
 
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
         mt, row_id, versioned = self.mt, self._id_from(self.params), self.model.versioned
-        values = mt.db_values({**self.params["fields"], "updated_at": self.now()})
+        values = mt.db_values(mt.touched(self.params["fields"], self.now()))
         columns = tuple(values)
         sql, names = mt.template(
             ("update", columns), lambda: self.update_one(columns, check_version=versioned)

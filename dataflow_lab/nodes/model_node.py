@@ -97,7 +97,7 @@ class ModelNode(Node):
         return lambda value: cls.mt.check("id", value)
 
     def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
+        return self.dataflow.clock.now()  # clock.py: the system clock, or a stepping one in testing
 
     # the model's flag options (multi_tenant, soft_delete, versioned), in one place ------------
     def tenant(self) -> str | None:
@@ -215,7 +215,7 @@ class ModelNode(Node):
         self, row_id: Any, fields: dict[str, Any], *, check_version: bool, include_deleted: bool
     ) -> Any:
         """The UPDATE of one row, its values bound in (for ``sql()``)."""
-        values = self.mt.db_values({**fields, "updated_at": self.now()})
+        values = self.mt.db_values(self.mt.touched(fields, self.now()))
         bound = {**values, "_id": row_id, "_version": self.params.get("version")}
         return self.update_one(
             tuple(values), check_version=check_version, include_deleted=include_deleted, values=bound

@@ -149,7 +149,9 @@ class Upsert(ModelNode):
         mt = self.mt
         if not self.params["update"] and not revive:
             return mt.rows(await conn.fetch(*read_by_id(self, row_id)))[0]
-        values = {**self.params["update"], "updated_at": now, **({"deleted_at": None} if revive else {})}
+        values = mt.touched(self.params["update"], now)  # a reflected table may have no updated_at
+        if revive:
+            values["deleted_at"] = None
         values = mt.db_values(values)
         columns = tuple(values)
         sql, names = mt.template(
