@@ -147,8 +147,8 @@ class MetricsCollector(CollectorViews):
         mine = self._dataflow() if self._dataflow is not None else None
         clock_now, now = time.perf_counter(), time.time()
         run_queries = run_rows = run_nodes = 0
-        by_type, node_log, detector = self.by_type, self._node_log, self.detector
-        last = {}  # node_id -> index in node_log of its last record (the one its retries belong to)
+        by_type, detector = self.by_type, self.detector
+        entries: list[tuple] = []
         for node_id, cls, started, seconds, rows, queries, sql, failure in nodes or ():
             if mine is not None and cls.dataflow is not None and cls.dataflow is not mine:
                 continue  # another database's node in a workflow that also uses ours
@@ -159,14 +159,10 @@ class MetricsCollector(CollectorViews):
             duration_ms = seconds * 1000.0
             rows_n = rows or 0
             message = None if failure is None else _first_line(failure)
-            # Hooks run on the runtime's one loop thread, so writers never race each other; readers
-            # copy with list() and dict(), single C-level calls that the GIL keeps whole.
-            node_log.append(
+            entries.append(
                 (run_id, node_id, type_name, stats, now - (clock_now - started), duration_ms, rows,
                  queries, message, 0, sql)
             )  # fmt: skip
-            if retries:
-                last[node_id] = len(node_log) - 1
             run_nodes += 1
             run_queries += queries
             run_rows += rows_n
@@ -182,13 +178,16 @@ class MetricsCollector(CollectorViews):
             if anomaly is not None:
                 self._alert(anomaly, runtime)
         retried = 0
-        for node_id, count in retries.items():
+        for node_id, count in retries.items():  # a node's retries belong to its last run
             retried += count
-            at = last.get(node_id)
+            at = next((i for i in range(len(entries) - 1, -1, -1) if entries[i][1] == node_id), None)
             if at is not None:
-                entry = node_log[at]
-                node_log[at] = (*entry[:9], count, entry[10])
+                entry = entries[at]
+                entries[at] = (*entry[:9], count, entry[10])
                 entry[3].retries += count
+        # Hooks run on the runtime's one loop thread, so writers never race each other; readers
+        # copy with list() and dict(), single C-level calls that the GIL keeps whole.
+        self._node_log.extend(entries)
         if pending:
             with self._lock:
                 self.retries += retried
