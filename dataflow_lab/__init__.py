@@ -3,15 +3,21 @@
 >>> from dataflow_lab import DataFlow, WorkflowBuilder, LocalRuntime
 """
 
+from .access import User
 from .dataflow import DataFlow
 from .errors import (
+    AccessDeniedError,
+    ConcurrencyError,
     ConnectionError,
     CycleNotConvergedError,
     DataFlowError,
+    DestructiveMigrationError,
     MigrationError,
+    MigrationRequiredError,
     NodeExecutionError,
     NodeNotFoundError,
     NotFoundError,
+    TenantRequiredError,
     TransactionError,
     ValidationError,
     WorkflowValidationError,
@@ -48,22 +54,28 @@ def unload_ipython_extension(ip: object) -> None:
 
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncLocalRuntime",
+    "ConcurrencyError",
     "ConnectionError",
     "CycleNotConvergedError",
     "DaskRuntime",
     "DataFlow",
     "DataFlowError",
     "LocalRuntime",
+    "DestructiveMigrationError",
     "MetricsCollector",
     "MigrationError",
+    "MigrationRequiredError",
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
     "RunResults",
     "Skipped",
     "SwitchNode",
+    "TenantRequiredError",
     "TransactionError",
+    "User",
     "ValidationError",
     "Workflow",
     "WorkflowBuilder",

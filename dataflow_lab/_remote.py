@@ -30,7 +30,11 @@ _LOCK = threading.Lock()
 
 
 def dataflow_from_description(
-    token: str, url: str, options: dict[str, Any], schemas: tuple[ModelSchema, ...]
+    token: str,
+    url: str,
+    options: dict[str, Any],
+    schemas: tuple[ModelSchema, ...],
+    reflected: frozenset[str] = frozenset(),
 ) -> Any:
     """The DataFlow a description names: the original in its own process, else one rebuilt here."""
     from .dataflow import DataFlow
@@ -38,25 +42,33 @@ def dataflow_from_description(
     with _LOCK:
         for live in registry.live_dataflows():
             if live._token == token:
-                _add_missing_models(live, schemas)
+                _add_missing_models(live, schemas, reflected)
                 return live
         db = _REBUILT.pop(token, None)
         if db is None or db._closed:
-            # monitoring stays off on workers: nobody reads their collectors
-            db = DataFlow(url, **{**options, "monitoring": False})
+            # monitoring stays off on workers (nobody reads their collectors); the models arrive with the
+            # description, so nothing is reflected at start
+            db = DataFlow(url, **{**options, "monitoring": False, "existing_schema": False})
             db._token = token
         _REBUILT[token] = db
         while len(_REBUILT) > _KEEP:
             _REBUILT.popitem(last=False)[1].close()
-        _add_missing_models(db, schemas)
+        _add_missing_models(db, schemas, reflected)
         return db
 
 
-def _add_missing_models(db: Any, schemas: tuple[ModelSchema, ...]) -> None:
+def _add_missing_models(db: Any, schemas: tuple[ModelSchema, ...], reflected: frozenset) -> None:
+    """Install the models this process's copy lacks, as model() or reflect() did in the original."""
+    from .migrations.reflect import ReflectedTable
+    from .schema import ModelTable
+
     for schema in schemas:
         known = db._models.get(schema.name)
         if known is None or known.signature() != schema.signature():
-            db._add_model(schema)
+            table_class = ReflectedTable if schema.name in reflected else ModelTable
+            db._install(schema, table_class(schema, db._dialect))
+            if schema.name in reflected:
+                db._reflected.add(schema.name)
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,8 @@ class NodeTask:
     mode: str  # "node" | "saga"
     retry: RetryPolicy
     isolation: str | None = None
-    user: str | None = None
+    user: str | None = None  # the audit log's "who" (grants were checked on the client)
+    tenants: dict[Any, str] = field(default_factory=dict)  # tenancy.captured(): DataFlow (or None) -> tenant
 
 
 @dataclass
@@ -92,9 +105,11 @@ def run_node(task: NodeTask, sources: tuple[str, ...], *upstream: Outcome) -> Ou
     live = live_connections(task.incoming, results, task.routers)
     if isinstance(live, str):
         return Outcome(Skipped(live))
+    from . import tenancy
     from .audit import run_as
 
-    return _loop.run(run_as(task.user, _run(task, tuple(live), results)))
+    run = tenancy.run_with(MappingProxyType(task.tenants), _run(task, tuple(live), results))
+    return _loop.run(run_as(task.user, run))
 
 
 async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, Any]) -> Outcome:

@@ -120,7 +120,7 @@ class AnomalyDetector:
         return {"samples": n, "mean_ms": mean, "std_ms": std}
 
     def observe(
-        self, key: str, duration_ms: float, *, node_id: str = "", run_id: str = "", database: bool = True
+        self, key: str, duration_ms: float, node_id: str = "", run_id: str = "", database: bool = True
     ) -> Anomaly | None:
         baseline = self._baselines.get(key)
         if baseline is None:

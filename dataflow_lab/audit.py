@@ -132,7 +132,7 @@ async def record(node: ModelNode, ctx: Any, changes: Sequence[tuple[dict | None,
         return
     dataflow = node.dataflow
     table = audit_table(dataflow)
-    now, user, op = dt.datetime.now(dt.UTC), _USER.get(), node.operation
+    now, user, op = dataflow.clock.now(), _USER.get(), node.operation
     run_id, node_id = getattr(ctx, "run_id", None), node.node_id
     to_db = [table.to_db] * len(_COLUMNS)
     rows = []

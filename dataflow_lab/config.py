@@ -15,7 +15,7 @@ from .errors import ValidationError, did_you_mean
 
 ENVIRONMENTS = ("development", "testing", "production")
 
-# The spec's last section, as data: what each environment is tuned for.
+# The spec's last section ("Developer vs Production Differences"), as data; README.md has the table.
 PRESETS: dict[str, dict[str, object]] = {
     "development": dict(
         pool_size=5,
@@ -26,6 +26,8 @@ PRESETS: dict[str, dict[str, object]] = {
         auto_migrate=True,
         echo=True,
         monitoring=False,
+        statement_timeout=60.0,
+        deterministic=False,
     ),
     "testing": dict(
         pool_size=10,
@@ -36,6 +38,8 @@ PRESETS: dict[str, dict[str, object]] = {
         auto_migrate=True,
         echo=False,
         monitoring=True,
+        statement_timeout=60.0,
+        deterministic=True,
     ),
     "production": dict(
         pool_size=100,
@@ -46,6 +50,8 @@ PRESETS: dict[str, dict[str, object]] = {
         auto_migrate=False,
         echo=False,
         monitoring=True,
+        statement_timeout=30.0,
+        deterministic=False,
     ),
 }
 
@@ -66,6 +72,8 @@ class DataFlowConfig:
     monitoring: bool = False
     statement_timeout: float | None = 60.0
     in_doubt_grace: float = 60.0  # seconds before start-up recovery resolves another process's 2PC
+    deterministic: bool = False  # timestamps from a SteppingClock (clock.py): reproducible test runs
+    existing_schema: bool = False  # reflect the database's tables as models; never issue DDL
 
     def __repr__(self) -> str:
         fields = ", ".join(

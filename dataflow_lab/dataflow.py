@@ -17,8 +17,10 @@ from types import MappingProxyType
 from typing import Any
 
 from . import _loop
+from .clock import clock_for
 from .config import DataFlowConfig, redact_url
-from .errors import DataFlowError, MigrationError, ValidationError
+from .errors import DataFlowError, ValidationError
+from .ledger import TransactionLedger
 from .model import ModelSchema, parse_model
 from .nodes import registry
 from .nodes.base import Node
@@ -38,6 +40,7 @@ class DataFlow:
 
         self.config = DataFlowConfig.from_env(database_url, **options)
         self._dialect = dialect_for(self.config)
+        self._ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
         self._models: dict[str, ModelSchema] = {}
         self._tables: dict[str, Any] = {}
         self._nodes: dict[str, type[Node]] = {}
@@ -46,6 +49,8 @@ class DataFlow:
         self._ddl_lock: asyncio.Lock | None = None
         self._closed = False
         self._token = uuid.uuid4().hex  # names this instance across processes (see __reduce__)
+        self._reflected: set[str] = set()  # models reflected from existing tables: never any DDL
+        self.clock = clock_for(self.config.deterministic)
         self._two_phase: bool | None = None
         self._recovered = False
         registry.register(self)
@@ -55,6 +60,12 @@ class DataFlow:
             from .monitoring import attach
 
             self._monitor = attach(self)
+        if self.config.existing_schema:
+            try:
+                self.reflect()
+            except BaseException:
+                self.close()  # a DataFlow that could not start is not left registered
+                raise
 
     # -- identity ----------------------------------------------------------
     @property
@@ -73,21 +84,25 @@ class DataFlow:
 
     # -- models and nodes --------------------------------------------------
     def model(self, cls: type) -> type:
-        """Register a typed class as a model; generates its eleven nodes. Returns the class."""
+        """Register a typed class as a model; generates its eleven nodes. Returns the class.
+
+        The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
+        """
+        from .schema import ModelTable
+
         self._check_open()
         schema = parse_model(cls)
-        self._add_model(schema)
+        self._check_redefinition(schema)
+        self._reflected.discard(schema.name)
+        self._install(schema, ModelTable(schema, self._dialect))
         cls.__dataflow_model__ = schema
         return cls
 
-    def _add_model(self, schema: ModelSchema) -> None:
-        """Register a parsed model: its table and its eleven node classes."""
+    def _install(self, schema: ModelSchema, table: Any) -> None:
+        """Generate and register the eleven nodes of ``schema``."""
         from .nodes.bulk import BULK_OPERATIONS
         from .nodes.crud import CRUD_OPERATIONS
-        from .schema import ModelTable
 
-        self._check_redefinition(schema)
-        table = ModelTable(schema, self._dialect)
         for old in [n for n, c in self._nodes.items() if c.model is not None and c.model.name == schema.name]:
             del self._nodes[old]
         for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS):
@@ -111,6 +126,17 @@ class DataFlow:
         self._models[schema.name] = schema
         self._tables[schema.name] = table
 
+    def reflect(self, tables: list[str] | None = None) -> list[str]:
+        """Model existing tables as they are (all, or ``tables``); returns the new model names.
+
+        Each table gets its eleven nodes (``users`` -> ``UserCreateNode`` ...). Reflected
+        tables are never created, altered or migrated. See migrations/reflect.py for the rules.
+        """
+        from .migrations.reflect import reflect
+
+        self._check_open()
+        return _loop.run(reflect(self, tables))
+
     def __reduce__(self) -> tuple:
         """Pickle as a description (URL, configuration, model schemas), never as pools or connections.
 
@@ -121,7 +147,8 @@ class DataFlow:
 
         options = dataclasses.asdict(self.config)
         url = options.pop("database_url")
-        return dataflow_from_description, (self._token, url, options, tuple(self._models.values()))
+        schemas = tuple(self._models.values())
+        return dataflow_from_description, (self._token, url, options, schemas, frozenset(self._reflected))
 
     def _check_redefinition(self, schema: ModelSchema) -> None:
         for other in self._models.values():
@@ -130,19 +157,8 @@ class DataFlow:
                     f"Models '{other.name}' and '{schema.name}' would share table '{schema.table_name}'.",
                     hint="set __tablename__ on one of them.",
                 )
-        old = self._models.get(schema.name)
-        if old is None or old.signature() == schema.signature():
-            return
-        if not any(key[0] == old.table_name for key in self._ready):
-            return  # its table was never created: any change is fine
-        problems = _non_additive(old, schema)
-        if problems:
-            raise MigrationError(
-                f"Redefining model '{schema.name}' changes its table in a way dataflow_lab will not "
-                f"migrate by itself: {'; '.join(problems)}.",
-                hint="only adding Optional or defaulted fields is automatic; use a new DataFlow "
-                "(or a new table name) for other changes.",
-            )
+        # Other changes to a model's table are the migration engine's business, at first use
+        # (additive: applied in development; destructive: refused until confirmed).
 
     @property
     def nodes(self) -> Mapping[str, type[Node]]:
@@ -161,6 +177,21 @@ class DataFlow:
             raise ValidationError(
                 f"Model '{name}' is not defined on {self!r}.", hint="decorate the class with @db.model first."
             ) from None
+
+    def tenant(self, tenant: str) -> Any:
+        """``with db.tenant("acme"):``: multi_tenant models of this database see only acme's rows."""
+        from .tenancy import tenant_scope
+
+        return tenant_scope(self, tenant)
+
+    def grant(self, role: str, model: type | str, ops: str | list[str]) -> None:
+        """Let ``role`` run ``ops`` ("read", "write", "all", or node names like "bulk_create") on ``model``.
+
+        Once a database has any grant, runs need a ``User`` whose roles hold the grants (access.py).
+        """
+        from .access import grant
+
+        grant(self, role, model, ops)
 
     def import_csv(self, model: type | str, path: Any, **options: Any) -> dict[str, Any]:
         """Stream a CSV file (header = field names) into ``model``'s table, in one transaction.
@@ -201,9 +232,19 @@ class DataFlow:
             # the one writer (SQLite, DuckDB). Create the table in that transaction; a rollback undoes it,
             # so it is not marked ready.
             conn = await scope.connection(self, write=True)
-            await table.ensure(conn, auto_migrate=self.config.auto_migrate)
+            await table.ensure(conn, **self._migration_policy())
             return
         await self._ensure_table_once(table)
+
+    def _migration_policy(self) -> dict[str, bool]:
+        return {"auto_migrate": self.config.auto_migrate, "existing_schema": self.config.existing_schema}
+
+    @property
+    def migrations(self) -> Any:
+        """Plan, apply, roll back and generate schema migrations (migrations/__init__.py)."""
+        from .migrations import Migrations
+
+        return Migrations(self)
 
     def _ready_signatures(self) -> set:
         return {key[1] for key in self._ready}
@@ -226,7 +267,7 @@ class DataFlow:
             try:
                 await conn.begin()
                 try:
-                    await table.ensure(conn, auto_migrate=self.config.auto_migrate)
+                    await table.ensure(conn, **self._migration_policy())
                     await conn.commit()
                 except BaseException:
                     await conn.rollback()
@@ -383,24 +424,6 @@ class DataFlow:
 
     async def __aexit__(self, *exc: object) -> None:
         await _loop.run_async(self.aclose())
-
-
-def _non_additive(old: ModelSchema, new: ModelSchema) -> list[str]:
-    problems = []
-    if old.table_name != new.table_name:
-        problems.append(f"table name {old.table_name} -> {new.table_name}")
-    for f in old.fields:
-        g = new.by_name.get(f.name)
-        if g is None:
-            problems.append(f"field '{f.name}' removed")
-        elif (g.type.name, g.nullable, g.primary_key) != (f.type.name, f.nullable, f.primary_key):
-            problems.append(f"field '{f.name}' changed from {f.describe()} to {g.describe()}")
-    for g in new.fields:
-        if g.name not in old.by_name and g.required:
-            problems.append(f"new field '{g.name}' is required (give it a default or make it Optional)")
-    if (old.unique, old.indexes) != (new.unique, new.indexes):
-        problems.append("unique constraints or indexes changed")
-    return problems
 
 
 _INSTANCES: weakref.WeakSet[DataFlow] = weakref.WeakSet()

@@ -9,13 +9,18 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "AccessDeniedError",
+    "ConcurrencyError",
     "ConnectionError",
     "CycleNotConvergedError",
     "DataFlowError",
+    "DestructiveMigrationError",
     "MigrationError",
+    "MigrationRequiredError",
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "TenantRequiredError",
     "TransactionError",
     "ValidationError",
     "WorkflowValidationError",
@@ -60,6 +65,31 @@ class NotFoundError(DataFlowError, LookupError):
         super().__init__(message, hint=hint)
 
 
+class ConcurrencyError(DataFlowError):
+    """An Update of a versioned model expected a version the row no longer has; nothing changed."""
+
+    def __init__(
+        self, message: str, *, model: str, id: object, expected: int, actual: int, hint: str | None = None
+    ):
+        self.model = model
+        self.id = id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message, hint=hint)
+
+
+class TenantRequiredError(ValidationError):
+    """A node of a multi_tenant model ran with no tenant set."""
+
+
+class AccessDeniedError(DataFlowError, PermissionError):
+    """A user's roles lack a grant a node needs (``db.grant``); ``denials`` lists each one."""
+
+    def __init__(self, message: str, *, denials: list[str], hint: str | None = None):
+        self.denials = list(denials)
+        super().__init__(message, hint=hint)
+
+
 class WorkflowValidationError(ValidationError):
     """``build()`` found problems; ``problems`` lists every one of them (bad input, so a ValidationError)."""
 
@@ -78,6 +108,18 @@ class TransactionError(DataFlowError):
 
 class MigrationError(DataFlowError):
     """A schema change that dataflow_lab will not apply by itself."""
+
+
+class DestructiveMigrationError(MigrationError):
+    """A migration would drop or narrow data and was not confirmed; ``sql`` is what it would run."""
+
+    def __init__(self, message: str, *, sql: list[str], hint: str | None = None):
+        self.sql = list(sql)
+        super().__init__(message, hint=hint)
+
+
+class MigrationRequiredError(MigrationError):
+    """The models and the database differ, and this environment does not migrate by itself."""
 
 
 class ConnectionError(DataFlowError):  # noqa: A001 - deliberate, namespaced by the package
@@ -104,7 +146,7 @@ class NodeExecutionError(DataFlowError):
             f"Node '{node_id}' ({node_type}) failed: {type(cause).__name__}: {cause_text}",
             hint=hint,
         )
-        for attr in ("model", "id", "problems"):
+        for attr in ("model", "id", "problems", "expected", "actual", "denials"):
             if hasattr(cause, attr):
                 setattr(self, attr, getattr(cause, attr))
 

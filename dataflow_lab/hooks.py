@@ -4,9 +4,10 @@ A subscriber is any object with some of these methods; each takes keyword-only
 arguments and must accept ``**future`` so that new fields never break it::
 
     before_workflow(*, run_id, workflow, runtime, **future)
-    after_workflow(*, run_id, workflow, results, error, duration, **future)
+    after_workflow(*, run_id, workflow, results, error, duration, runtime, nodes, **future)
     before_node(*, run_id, node_id, node_type, params, **future)
-    after_node(*, run_id, node_id, node_type, result, error, duration, rows, **future)   # always runs
+    after_node(*, run_id, node_id, node_type, result, error, duration, rows,
+               queries, sql, **future)                   # always runs; queries/sql: when monitored
     transaction(*, run_id, dataflow, event, **future)    # event: "begin" | "commit" | "rollback"
     progress(*, run_id, node_id, done, total, **future)  # bulk chunks
     retry(*, run_id, node_id, attempt, error, delay, **future)
@@ -14,6 +15,13 @@ arguments and must accept ``**future`` so that new fields never break it::
     anomaly(*, run_id, node_id, anomaly, **future)      # monitoring: a run far off its baseline
     node_skipped(*, run_id, node_id, node_type, reason, **future)  # a route not taken (routing.py)
     cycle_iteration(*, run_id, nodes, iteration, output, converged, **future)  # after each pass of a cycle
+
+``after_workflow``'s ``nodes`` lists every node run of the run, in the order they
+ended (failed attempts included), as tuples in NODE_RECORD's order: a subscriber
+that only needs totals (the MetricsCollector) takes them there, in one call per
+run, instead of subscribing to ``after_node``. ``started`` is a
+``time.perf_counter()`` reading; ``queries`` and ``sql`` are counted only on a
+monitored database (``query_count.py``).
 
 Hooks run on the runtime's loop thread, in the order subscribed. They must be
 quick (a widget throttles itself); an exception in a subscriber is logged and
@@ -27,9 +35,11 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["EVENTS", "Hooks", "global_hooks", "subscribe", "unsubscribe"]
+__all__ = ["EVENTS", "NODE_RECORD", "Hooks", "global_hooks", "subscribe", "unsubscribe"]
 
 log = logging.getLogger("dataflow_lab.hooks")
+
+NODE_RECORD = ("node_id", "node_class", "started", "duration", "rows", "queries", "sql", "error")
 
 EVENTS = (
     "before_workflow", "after_workflow", "before_node", "after_node",

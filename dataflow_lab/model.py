@@ -7,6 +7,7 @@ plurals unless ``__tablename__`` says otherwise.
 
 from __future__ import annotations
 
+import datetime
 import re
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,13 @@ __all__ = ["Field", "ModelSchema", "MISSING", "parse_model", "table_name_for"]
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 TIMESTAMP_FIELDS = ("created_at", "updated_at")
-MODEL_OPTIONS = ("unique", "indexes", "audit_log")
+MODEL_OPTIONS = ("unique", "indexes", "audit_log", "soft_delete", "versioned", "multi_tenant")
+FLAG_OPTIONS = {  # option -> (the column it adds, what it does), for error messages
+    "audit_log": (None, "log every write of this model"),
+    "soft_delete": ("deleted_at", "make Delete mark rows instead of removing them"),
+    "versioned": ("version", "make Update check and bump a version number (optimistic locking)"),
+    "multi_tenant": ("tenant_id", "keep each tenant's rows apart (with db.tenant(...))"),
+}
 
 
 class _Missing:
@@ -60,6 +67,9 @@ class ModelSchema:
     unique: tuple[tuple[str, ...], ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
     audit_log: bool = False  # every write is logged (audit.py)
+    soft_delete: bool = False  # a deleted_at column; Delete marks rows, reads hide them
+    versioned: bool = False  # a version column; Update takes the expected version
+    multi_tenant: bool = False  # a tenant_id column; every node works within db.tenant(...)
     by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -85,7 +95,8 @@ class ModelSchema:
             ) from None
 
     def is_unique(self, names: typing.Iterable[str]) -> bool:
-        key = tuple(sorted(names))
+        """Whether ``names`` are the primary key or a unique group (within a tenant, for multi_tenant)."""
+        key = tuple(sorted(n for n in names if not (self.multi_tenant and n == "tenant_id")))
         return key == ("id",) or any(tuple(sorted(u)) == key for u in self.unique)
 
     def signature(self) -> tuple:
@@ -167,12 +178,41 @@ def parse_model(cls: type) -> ModelSchema:
     fields = [_id_field(name, hints.pop("id", None))]
     for field_name, annotation in hints.items():
         fields.append(_user_field(cls, name, field_name, annotation))
-    stamp = LOGICAL_TYPES[__import__("datetime").datetime]
-    fields += [Field(n, stamp, generated=True) for n in TIMESTAMP_FIELDS]
+    stamp = LOGICAL_TYPES[datetime.datetime]
     table = getattr(cls, "__tablename__", None) or table_name_for(name)
     check_identifier(table, f"Table name of model '{name}'")
+    flags = _flags(cls, name, set(hints))
+    fields += [OPTION_FIELDS[option] for option in OPTION_FIELDS if flags.get(option)]
+    fields += [Field(n, stamp, generated=True) for n in TIMESTAMP_FIELDS]
     options = _options(cls, name, {f.name for f in fields})
-    return ModelSchema(name, table, tuple(fields), **options)
+    return ModelSchema(name, table, tuple(fields), **flags, **options)
+
+
+OPTION_FIELDS = {  # the column each flag option adds, managed by dataflow_lab like the timestamps
+    "multi_tenant": Field("tenant_id", LOGICAL_TYPES[str], generated=True),
+    "versioned": Field("version", LOGICAL_TYPES[int], default=1, generated=True),
+    "soft_delete": Field("deleted_at", LOGICAL_TYPES[datetime.datetime], nullable=True, generated=True),
+}
+
+
+def _flags(cls: type, model: str, declared: set[str]) -> dict[str, bool]:
+    """The on/off options; each refuses a class that declares the column it would add."""
+    raw = dict(getattr(cls, "__dataflow__", None) or {})
+    flags = {}
+    for option, (column, purpose) in FLAG_OPTIONS.items():
+        value = raw.get(option, False)
+        if not isinstance(value, bool):
+            raise ValidationError(
+                f"Model '{model}': __dataflow__['{option}'] must be True or False, got {value!r}.",
+                hint=f"write __dataflow__ = {{'{option}': True}} to {purpose}.",
+            )
+        if value and column in declared:
+            raise ValidationError(
+                f"Model '{model}': option '{option}' adds field '{column}', which the class also declares.",
+                hint=f"remove or rename the class's '{column}'; dataflow_lab manages it.",
+            )
+        flags[option] = value
+    return flags
 
 
 def _id_field(model: str, annotation: object) -> Field:
@@ -225,13 +265,7 @@ def _options(cls: type, model: str, field_names: set[str]) -> dict:
             f"Model '{model}': unknown __dataflow__ option '{unknown[0]}'.{did_you_mean(unknown[0], MODEL_OPTIONS)}",
             hint=f"known options: {', '.join(MODEL_OPTIONS)}.",
         )
-    audit_log = raw.get("audit_log", False)
-    if not isinstance(audit_log, bool):
-        raise ValidationError(
-            f"Model '{model}': __dataflow__['audit_log'] must be True or False, got {audit_log!r}.",
-            hint="write __dataflow__ = {'audit_log': True} to log every write of this model.",
-        )
-    result: dict = {"audit_log": audit_log}
+    result: dict = {}
     for key in ("unique", "indexes"):
         groups = []
         for entry in raw.get(key, ()):

@@ -11,8 +11,8 @@ subscribed to the global hooks, that keeps:
 - a transaction monitor (``transaction_monitor.py``) and an anomaly detector
   (``anomaly.py``), whose alerts go to the log and to the ``anomaly`` hook.
 
-Queries are counted by ``query_count.ObservedConnection``, a thin proxy around
-each connection the database hands out while monitoring is on.
+Queries are counted by the database's own connections while monitoring is on
+(``query_count.py``); the runtime reports each node's count in its record (``hooks.NODE_RECORD``).
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .anomaly import Anomaly, AnomalyDetector
-from .query_count import ObservedConnection, Tally, start_tally
+from .monitoring_views import CollectorViews, NodeRun, WorkflowRun
 from .transaction_monitor import TransactionMonitor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,58 +37,9 @@ __all__ = ["MetricsCollector", "NodeRun", "WorkflowRun"]
 log = logging.getLogger("dataflow_lab.monitoring")
 
 POOL_SNAPSHOT_EVERY = 1.0  # seconds
-RECENT_FAILURE_SECONDS = 60.0  # a connection failure this recent makes the pool "degraded"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRun:
-    """One node of one run, as the collector saw it."""
-
-    run_id: str
-    node_id: str
-    node_type: str
-    model: str | None
-    operation: str
-    started: dt.datetime
-    duration_ms: float
-    rows: int | None
-    queries: int
-    status: str  # "success" | "error"
-    error: str | None
-    retries: int
-    sql: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkflowRun:
-    """One workflow run: its outcome and the totals of its nodes."""
-
-    run_id: str
-    workflow: str
-    user: str | None
-    started: dt.datetime
-    duration_ms: float
-    status: str
-    error: str | None
-    nodes: int
-    queries: int
-    rows: int
-    retries: int
 
 
 # -- the collector -------------------------------------------------------------------------
-class _RunState:
-    __slots__ = ("wall", "workflow", "runtime", "tallies", "retries", "nodes", "queries", "rows", "retried")
-
-    def __init__(self, workflow: str, runtime: Any):
-        self.wall = time.time()
-        self.workflow = workflow
-        self.runtime = runtime
-        self.tallies: dict[str, Tally] = {}
-        self.retries: dict[str, int] = {}
-        self.nodes = self.queries = self.rows = self.retried = 0
-
-
 class _TypeStats:
     __slots__ = ("model", "operation", "count", "errors", "duration_ms", "rows", "queries", "retries")
 
@@ -101,7 +51,7 @@ class _TypeStats:
         self.duration_ms = 0.0
 
 
-class MetricsCollector:
+class MetricsCollector(CollectorViews):
     """Subscribe it to hooks (``db`` does this itself when monitoring is on).
 
     ``dataflow``: count only that database's nodes and workflows (None: every run).
@@ -119,10 +69,16 @@ class MetricsCollector:
         self._dataflow = weakref.ref(dataflow) if dataflow is not None else None
         self.capture_sql = capture_sql
         self.detector = detector or AnomalyDetector()
-        self.transactions = TransactionMonitor(long_seconds=long_transaction_seconds, keep=keep)
+        self._ledger = dataflow._ledger if dataflow is not None else None  # None: feed our own from hooks
+        if dataflow is None:
+            self.transaction = self._transaction_event  # only a standalone collector needs each event
+        self.transactions = TransactionMonitor(
+            long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger
+        )
         self._lock = threading.Lock()
         self._keep = keep
-        self._runs: dict[str, _RunState] = {}
+        # retries and compensations reported during a run, kept until its after_workflow says whose it is
+        self._pending: dict[str, dict[str, Any]] = {}
         self._touches: dict[int, tuple[Any, bool]] = {}  # id(workflow) -> (weakref, has a node of ours)
         self.reset()
 
@@ -142,55 +98,10 @@ class MetricsCollector:
             self._last_pool = 0.0
             self._failures_seen, self._failure_at = 0, None
             self.detector.reset()
+            self.transactions.close()
             self.transactions = TransactionMonitor(
-                long_seconds=self.transactions.long_seconds, keep=self._keep
+                long_seconds=self.transactions.long_seconds, keep=self._keep, ledger=self._ledger
             )
-
-    @property
-    def node_runs(self) -> list[NodeRun]:
-        """The recent node runs, oldest first."""
-        with self._lock:
-            log = list(self._node_log)
-        return [
-            NodeRun(
-                run_id,
-                node_id,
-                node_type,
-                stats.model,
-                stats.operation,
-                dt.datetime.fromtimestamp(started, dt.UTC),
-                duration_ms,
-                rows,
-                queries,
-                "success" if error is None else "error",
-                error,
-                retries,
-                tuple(sql or ()),
-            )  # fmt: skip
-            for run_id, node_id, node_type, stats, started, duration_ms, rows, queries, error, retries, sql in log
-        ]
-
-    @property
-    def workflow_runs(self) -> list[WorkflowRun]:
-        """The recent workflow runs, oldest first."""
-        with self._lock:
-            log = list(self._workflow_log)
-        return [
-            WorkflowRun(
-                run_id,
-                name,
-                user,
-                dt.datetime.fromtimestamp(wall, dt.UTC),
-                duration_ms,
-                "success" if error is None else "error",
-                error,
-                nodes,
-                queries,
-                rows,
-                retried,
-            )  # fmt: skip
-            for run_id, name, user, wall, duration_ms, error, nodes, queries, rows, retried in log
-        ]
 
     def __repr__(self) -> str:
         db = self._dataflow() if self._dataflow is not None else None
@@ -201,93 +112,97 @@ class MetricsCollector:
         return self._dataflow() if self._dataflow is not None else None
 
     # -- hooks ---------------------------------------------------------------------
-    def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any = None, **future: Any) -> None:
-        if self._dataflow is not None:
-            cached = self._touches.get(id(workflow))
-            if cached is not None and cached[0]() is workflow:
-                touches = cached[1]
-            else:
-                mine = self._dataflow()
-                touches = any(spec.node_class.dataflow is mine for spec in workflow.nodes.values())
-                if len(self._touches) > 1000:
-                    self._touches.clear()
-                self._touches[id(workflow)] = (weakref.ref(workflow), touches)
-            if not touches:
-                return
-        self._runs[run_id] = _RunState(workflow.name, runtime)
+    def _ours(self, workflow: Any) -> bool:
+        """Whether ``workflow`` has a node of our database (always, for a standalone collector)."""
+        if self._dataflow is None:
+            return True
+        if workflow is None:
+            return False
+        cached = self._touches.get(id(workflow))
+        if cached is not None and cached[0]() is workflow:
+            return cached[1]
+        mine = self._dataflow()
+        touches = any(spec.node_class.dataflow is mine for spec in workflow.nodes.values())
+        if len(self._touches) > 1000:
+            self._touches.clear()
+        self._touches[id(workflow)] = (weakref.ref(workflow), touches)
+        return touches
 
-    def before_node(self, *, run_id: str, node_id: str, node_class: Any = None, **future: Any) -> None:
-        state = self._runs.get(run_id)
-        if state is None:
-            return
-        if self._dataflow is not None and node_class is not None:
-            owner = node_class.dataflow
-            if owner is not None and owner is not self._dataflow():
-                return  # another database's node in a workflow that also uses ours
-        state.tallies[node_id] = start_tally(self.capture_sql)
-
-    def after_node(
+    def after_workflow(
         self,
         *,
         run_id: str,
-        node_id: str,
-        node_type: str,
         error: BaseException | None,
         duration: float,
-        rows: int | None,
-        node_class: Any = None,
+        workflow: Any = None,
+        runtime: Any = None,
+        nodes: list[tuple] | None = None,
         **future: Any,
     ) -> None:
-        state = self._runs.get(run_id)
-        tally = state.tallies.pop(node_id, None) if state is not None else None
-        if tally is None:
+        """Everything about a run arrives here, once: its node records (``hooks.NODE_RECORD``) and outcome."""
+        pending = self._pending.pop(run_id, None) if self._pending else None
+        if not self._ours(workflow):
             return
-        duration_ms = duration * 1000.0
-        queries = tally.queries
-        retries = state.retries.pop(node_id, 0) if state.retries else 0
-        message = None if error is None else _first_line(error)
-        state.nodes += 1
-        state.queries += queries
-        state.rows += rows or 0
+        retries = pending["retries"] if pending else {}
+        mine = self._dataflow() if self._dataflow is not None else None
+        clock_now, now = time.perf_counter(), time.time()
+        run_queries = run_rows = run_nodes = 0
+        by_type, detector = self.by_type, self.detector
+        entries: list[tuple] = []
+        for node_id, cls, started, seconds, rows, queries, sql, failure in nodes or ():
+            if mine is not None and cls.dataflow is not None and cls.dataflow is not mine:
+                continue  # another database's node in a workflow that also uses ours
+            type_name = cls.type_name
+            stats = by_type.get(type_name)
+            if stats is None:
+                stats = by_type[type_name] = _TypeStats(cls)
+            duration_ms = seconds * 1000.0
+            rows_n = rows or 0
+            message = None if failure is None else _first_line(failure)
+            entries.append(
+                (run_id, node_id, type_name, stats, now - (clock_now - started), duration_ms, rows,
+                 queries, message, 0, sql)
+            )  # fmt: skip
+            run_nodes += 1
+            run_queries += queries
+            run_rows += rows_n
+            stats.count += 1
+            stats.duration_ms += duration_ms
+            stats.rows += rows_n
+            stats.queries += queries
+            if failure is not None:
+                stats.errors += 1
+                self.transactions.error(run_id, node_id, failure)
+                continue  # a failed run's duration says nothing about speed
+            anomaly = detector.observe(type_name, duration_ms, node_id, run_id, stats.model is not None)
+            if anomaly is not None:
+                self._alert(anomaly, runtime)
+        retried = 0
+        for node_id, count in retries.items():  # a node's retries belong to its last run
+            retried += count
+            at = next((i for i in range(len(entries) - 1, -1, -1) if entries[i][1] == node_id), None)
+            if at is not None:
+                entry = entries[at]
+                entries[at] = (*entry[:9], count, entry[10])
+                entry[3].retries += count
         # Hooks run on the runtime's one loop thread, so writers never race each other; readers
         # copy with list() and dict(), single C-level calls that the GIL keeps whole.
-        stats = self.by_type.get(node_type)
-        if stats is None:
-            stats = self.by_type[node_type] = _TypeStats(node_class)
-        self._node_log.append(
-            (run_id, node_id, node_type, stats, time.time() - duration, duration_ms, rows, queries,
-             message, retries, tally.sql)
-        )  # fmt: skip
-        stats.count += 1
-        stats.duration_ms += duration_ms
-        stats.rows += rows or 0
-        stats.queries += queries
-        stats.retries += retries
-        if error is not None:
-            stats.errors += 1
-            self.transactions.error(run_id, node_id, error)
-            return  # a failed run's duration says nothing about speed
-        anomaly = self.detector.observe(
-            node_type, duration_ms, node_id=node_id, run_id=run_id, database=stats.model is not None
-        )
-        if anomaly is not None:
-            self._alert(anomaly, state)
-
-    def after_workflow(
-        self, *, run_id: str, error: BaseException | None, duration: float, **future: Any
-    ) -> None:
-        state = self._runs.pop(run_id, None)
-        if state is None:
-            return
-        self.transactions.workflow_ended(run_id)
-        now = time.time()
+        self._node_log.extend(entries)
+        if pending:
+            with self._lock:
+                self.retries += retried
+                for status, count in pending["compensations"].items():
+                    self.compensations[status] = self.compensations.get(status, 0) + count
+        if self.transactions._deadlocked_runs:
+            self.transactions.workflow_ended(run_id)
         duration_ms = duration * 1000.0
+        name = workflow.name if workflow is not None else ""
         record = (
-            run_id, state.workflow, getattr(state.runtime, "user", None), state.wall, duration_ms,
-            None if error is None else _first_line(error), state.nodes, state.queries, state.rows, state.retried,
+            run_id, name, getattr(runtime, "user", None), now - duration, duration_ms,
+            None if error is None else _first_line(error), run_nodes, run_queries, run_rows, retried,
         )  # fmt: skip
         day = int(now // 86400)
-        self._workflow_log.append(record)  # the loop thread is the only writer (see after_node)
+        self._workflow_log.append(record)  # the loop thread is the only writer
         totals = self.workflows
         totals["total"] += 1
         totals["successful" if error is None else "failed"] += 1
@@ -297,37 +212,33 @@ class MetricsCollector:
             self._last_pool = now
             self.snapshot_pool()
 
-    def transaction(
+    def _transaction_event(
         self, *, run_id: str, dataflow: Any, event: str, node_id: str = "", **future: Any
     ) -> None:
-        if self._dataflow is None:
-            key: Any = (run_id, id(dataflow))  # a standalone collector sees every database
-        elif dataflow is self._dataflow():
-            key = run_id
-        else:
-            return
+        """The ``transaction`` hook, for a standalone collector (a bound one reads its database's ledger)."""
+        key = (run_id, id(dataflow))
         if event == "begin":
             self.transactions.begin(key, run_id, node_id)
         elif event in ("commit", "rollback"):
             self.transactions.end(key, event)
 
+    def _pending_for(self, run_id: str) -> dict[str, Any]:
+        pending = self._pending.get(run_id)
+        if pending is None:
+            pending = self._pending[run_id] = {"retries": {}, "compensations": {}}
+        return pending
+
     def retry(self, *, run_id: str, node_id: str, error: BaseException | None = None, **future: Any) -> None:
-        state = self._runs.get(run_id)
-        if state is None:
-            return
-        state.retries[node_id] = state.retries.get(node_id, 0) + 1
-        state.retried += 1
-        with self._lock:
-            self.retries += 1
+        retries = self._pending_for(run_id)["retries"]
+        retries[node_id] = retries.get(node_id, 0) + 1
         self.transactions.error(run_id, node_id, error, retried=True)
 
     def compensation(self, *, run_id: str, status: str = "done", **future: Any) -> None:
-        if run_id in self._runs:
-            with self._lock:
-                self.compensations[status] = self.compensations.get(status, 0) + 1
+        compensations = self._pending_for(run_id)["compensations"]
+        compensations[status] = compensations.get(status, 0) + 1
 
     # -- alerts and snapshots ------------------------------------------------------------
-    def _alert(self, anomaly: Anomaly, state: _RunState) -> None:
+    def _alert(self, anomaly: Anomaly, runtime: Any) -> None:
         with self._lock:
             self.anomalies.append(anomaly)
         log.warning(
@@ -335,7 +246,7 @@ class MetricsCollector:
             anomaly.node_type, anomaly.node_id, anomaly.current_response_time_ms,
             anomaly.baseline_response_time_ms, anomaly.deviation, anomaly.recommended_action,
         )  # fmt: skip
-        emit = getattr(state.runtime, "_emit", None)  # the runtime's own hooks, then the global ones
+        emit = getattr(runtime, "_emit", None)  # the runtime's own hooks, then the global ones
         if emit is not None and emit.wants("anomaly"):
             emit.emit("anomaly", anomaly=anomaly, **anomaly.as_dict())  # as_dict names run_id and node_id
 
@@ -348,85 +259,12 @@ class MetricsCollector:
             self.pool_snapshots.append(status)
         return status
 
-    # -- views ---------------------------------------------------------------------------
-    def dashboard(self) -> dict[str, Any]:
-        """The spec's dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
-        from .metrics_export import pool_health
-
-        with self._lock:
-            totals = dict(self.workflows)
-            day, today = self.today
-            db_types = [s for s in list(self.by_type.values()) if s.model is not None]
-            retries = self.retries
-            anomalies = len(self.anomalies)
-            compensations = sum(self.compensations.values())
-        operations = sum(s.count for s in db_types)
-        tx = self.transactions.counts()
-        return {
-            "workflow_executions": {
-                "total": totals["total"],
-                "total_today": today if day == int(time.time() // 86400) else 0,
-                "successful": totals["successful"],
-                "failed": totals["failed"],
-                "average_duration_ms": _mean(totals["duration_ms"], totals["total"]),
-            },
-            "database_operations": {
-                "total_operations": operations,
-                "total_queries": sum(s.queries for s in db_types),
-                "bulk_operations": sum(s.count for s in db_types if s.operation.startswith("bulk_")),
-                "rows": sum(s.rows for s in db_types),
-                "errors": sum(s.errors for s in db_types),
-                "average_response_time_ms": _mean(sum(s.duration_ms for s in db_types), operations),
-                "cache_hit_rate": None,  # dataflow_lab has no result cache
-            },
-            "connection_pool": self._pool_view(pool_health),
-            "safety_events": {
-                "automatic_retries": retries,
-                "transaction_rollbacks": tx["rollbacks"],
-                "deadlock_resolutions": tx["deadlock_resolutions"],
-                "anomalies_detected": anomalies,
-                "deadlocks_detected": tx["deadlocks"],
-                "long_running_transactions": tx["long_running"],
-                "compensations": compensations,
-            },
-        }
-
-    def _pool_view(self, pool_health: Any) -> dict[str, Any]:
-        db = self.dataflow
-        status = dict(db.pool_status()) if db is not None and not db._closed else {}
-        failures = int(status.get("failures") or 0)
-        now = time.monotonic()
-        if failures > self._failures_seen:
-            self._failures_seen, self._failure_at = failures, now
-        recent = self._failure_at is not None and now - self._failure_at < RECENT_FAILURE_SECONDS
-        overflow = db.config.max_overflow if db is not None else 0
-        return pool_health(status, max_overflow=overflow, recent_failure=recent)
-
-    def frame(self) -> Any:
-        """Recent node runs as a pandas DataFrame (one row per node run, oldest first)."""
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            from .errors import DataFlowError
-
-            raise DataFlowError(
-                "metrics_frame() needs pandas.", hint="pip install 'dataflow-lab[pandas]'"
-            ) from exc
-        runs = self.node_runs
-        columns = [f.name for f in fields(NodeRun)]
-        frame = pd.DataFrame.from_records([asdict(r) for r in runs], columns=columns)
-        return frame.astype({"duration_ms": "float64", "queries": "int64", "retries": "int64"})
-
 
 def _first_line(error: BaseException | None) -> str | None:
     if error is None:
         return None
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:500]
-
-
-def _mean(total: float, count: int) -> float:
-    return round(total / count, 3) if count else 0.0
 
 
 # -- wiring to a DataFlow ---------------------------------------------------------------
@@ -436,7 +274,7 @@ def attach(dataflow: DataFlow) -> MetricsCollector:
 
     collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
     hooks.subscribe(collector)
-    dataflow._dialect.observe = ObservedConnection
+    dataflow._dialect.observe = 2 if collector.capture_sql else 1
     weakref.finalize(dataflow, hooks.unsubscribe, collector)
     return collector
 
@@ -445,4 +283,5 @@ def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
     from . import hooks
 
     hooks.unsubscribe(collector)
-    dataflow._dialect.observe = None
+    collector.transactions.close()
+    dataflow._dialect.observe = 0

@@ -103,14 +103,26 @@ def _missing(value: Any) -> bool:
 class RowShaper:
     """Turns records into driver tuples for one model table and one node."""
 
-    def __init__(self, mt: Any, *, node: str, now: dt.datetime, allow_id: bool, on_error: str = "raise"):
+    def __init__(
+        self,
+        mt: Any,
+        *,
+        node: str,
+        now: dt.datetime,
+        allow_id: bool,
+        on_error: str = "raise",
+        stamps: Mapping[str, Any] | None = None,
+    ):
         self.mt = mt
+        self._stamps = dict(stamps or {})  # managed values every row gets (tenant_id, version, deleted_at)
         self.node = node
         self.on_error = on_error
         self.model = mt.model
         self.writable = [f for f in self.model.fields if not f.generated or (allow_id and f.primary_key)]
         self.writable_names = {f.name for f in self.writable}
-        self._now_db = mt.to_db("created_at", now)
+        # a reflected table may lack these columns
+        self._times = tuple(n for n in ("created_at", "updated_at") if n in self.model.by_name)
+        self._now_db = mt.to_db(self._times[0], now) if self._times else None
         self._now = now
         self.columns: tuple[str, ...] | None = None
 
@@ -125,8 +137,9 @@ class RowShaper:
         rest = [f for f in self.writable if f.name not in first and not f.primary_key]
         self._given = tuple(f.name for f in given)
         self._getter = itemgetter(*self._given) if len(self._given) > 1 else _single(self._given)
-        self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db, self._now_db)
-        self.columns = (*self._given, *(f.name for f in rest), "created_at", "updated_at")
+        stamped = tuple(self.mt.to_db(name, value) for name, value in self._stamps.items())
+        self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db,) * len(self._times) + stamped
+        self.columns = (*self._given, *(f.name for f in rest), *self._times, *self._stamps)
         self._fast = [self._fast_types(f) for f in given]
         self._convert = [(i, c) for i, f in enumerate(given) if (c := self._converter(f)) is not None]
         self._ints = [(i, f.nullable) for i, f in enumerate(given) if f.type.name == "integer"]
@@ -228,6 +241,11 @@ class RowShaper:
         where = f"{self.node}: row {index}"
         self._require_mapping(record, index)
         unknown = [k for k in record if k not in self.writable_names]
+        if unknown and unknown[0] in self._stamps:
+            raise ValidationError(
+                f"{where}: field '{unknown[0]}' is managed by dataflow_lab and cannot be given.",
+                hint="tenant_id comes from `with db.tenant(...)`; version and deleted_at from the nodes.",
+            )
         if unknown:
             raise ValidationError(
                 f"{where}: unknown or read-only field '{unknown[0]}'.{did_you_mean(unknown[0], self.writable_names)}",
@@ -251,7 +269,7 @@ class RowShaper:
                 f"{where}: field '{extra[0]}' is given here but not in row {0}, which fixed the columns.",
                 hint="give every row the same fields (use None for missing optional values).",
             )
-        row = self.mt.new_row(values, now=self._now)
+        row = self.mt.new_row({**values, **self._stamps}, now=self._now)
         return tuple(self.mt.to_db(c, row.get(c)) for c in self.columns)
 
     def _require_mapping(self, record: Any, index: int) -> None:

@@ -62,9 +62,9 @@ class LocalRuntime:
         hooks: Any = (),
         retry: Any = None,
         isolation: str | None = None,
-        user: str | None = None,
+        user: Any = None,
     ):
-        self.user = user  # who the runs act for: the audit log's "who"
+        self.user = user  # who the runs act for: a name (the audit log's "who") or an access.User
         if transaction not in TRANSACTION_MODES:
             raise ValidationError(
                 f"Unknown transaction mode '{transaction}'.{did_you_mean(transaction, TRANSACTION_MODES)}",
@@ -75,6 +75,8 @@ class LocalRuntime:
         self.isolation = check_isolation(isolation)
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
         self._emit = _Fanout(self.hooks)
+        # run_id -> the run's node records, kept while someone wants after_workflow (its ``nodes``)
+        self._records: dict[str, list[tuple]] = {}
 
     max_concurrency = 1  # nodes at once in "node"/"saga" mode (AsyncLocalRuntime runs branches concurrently)
 
@@ -82,22 +84,38 @@ class LocalRuntime:
         return f"{type(self).__name__}(transaction={self.transaction!r})"
 
     def execute(
-        self, workflow: Workflow | WorkflowBuilder, parameters: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """Run the workflow and wait: (results by node id, run id)."""
-        workflow, parameters = self._prepare(workflow, parameters)
-        from .audit import run_as  # imported on first use: it needs SQLAlchemy
+        """Run the workflow and wait: (results by node id, run id).
 
-        return _loop.run(run_as(self.user, self._execute(workflow, parameters)))
+        ``user``: a ``User`` (or a name) for this run instead of the runtime's; ``tenant``: the
+        tenant of multi_tenant models instead of ``with db.tenant(...)``. See ``access.py``.
+        """
+        workflow, parameters = self._prepare(workflow, parameters)
+        from .access import prepare_run  # imported on first use: it needs SQLAlchemy
+
+        user = self.user if user is None else user
+        return _loop.run(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
 
     async def execute_async(
-        self, workflow: Workflow | WorkflowBuilder, parameters: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
     ) -> tuple[dict[str, Any], str]:
         """The async form of ``execute``; safe from any event loop, Jupyter's included."""
         workflow, parameters = self._prepare(workflow, parameters)
-        from .audit import run_as
+        from .access import prepare_run
 
-        return await _loop.run_async(run_as(self.user, self._execute(workflow, parameters)))
+        user = self.user if user is None else user
+        return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
         return prepare(workflow, parameters)
@@ -113,6 +131,7 @@ class LocalRuntime:
         error: BaseException | None = None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=run_id, workflow=workflow, runtime=self)
+        records = self._records[run_id] = [] if emit.wants("after_workflow") else None
         try:
             for dataflow, table in workflow.models():
                 await dataflow._ensure_table(table, parent)
@@ -130,7 +149,8 @@ class LocalRuntime:
             error = exc
             raise
         finally:
-            if emit.wants("after_workflow"):
+            if records is not None:
+                del self._records[run_id]
                 emit.emit(
                     "after_workflow",
                     run_id=run_id,
@@ -139,6 +159,8 @@ class LocalRuntime:
                     error=error,
                     duration=time.perf_counter() - started,
                     mode=self.transaction,
+                    runtime=self,
+                    nodes=records,
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -286,6 +308,7 @@ class LocalRuntime:
         cls = spec.node_class
         emit = self._emit
         scope.node_id = node_id
+        scope.queries, scope.sql = 0, None
         if emit.wants("before_node"):
             emit.emit(
                 "before_node",
@@ -305,6 +328,12 @@ class LocalRuntime:
             error = exc
             raise
         finally:
+            duration = time.perf_counter() - started
+            records = self._records.get(scope.run_id)
+            if records is not None:  # for after_workflow's ``nodes``: see hooks.NODE_RECORD
+                records.append(
+                    (node_id, cls, started, duration, rows_of(result), scope.queries, scope.sql, error)
+                )
             if emit.wants("after_node"):
                 emit.emit(
                     "after_node",
@@ -313,9 +342,11 @@ class LocalRuntime:
                     node_type=cls.type_name,
                     result=result,
                     error=error,
-                    duration=time.perf_counter() - started,
+                    duration=duration,
                     rows=rows_of(result),
                     node_class=cls,
+                    queries=scope.queries,
+                    sql=scope.sql,
                 )
 
     async def _call_node(

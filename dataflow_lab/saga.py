@@ -60,12 +60,13 @@ async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
     from .nodes.crud import Delete, Update, Upsert
 
     mt, p = getattr(node, "mt", None), node.params
+    guards = node.guards(include_deleted=True) if mt is not None else []  # only the run's tenant's rows
     if isinstance(node, Update | Delete):
-        return await _select(mt, conn, {"id": {"$eq": node._id_from(p)}})
+        return await _select(mt, conn, {"id": {"$eq": node._id_from(p)}}, guards)
     if isinstance(node, Upsert):
-        return await _select(mt, conn, {k: {"$eq": v} for k, v in p["where"].items()})
+        return await _select(mt, conn, {k: {"$eq": v} for k, v in p["where"].items()}, guards)
     if isinstance(node, BulkUpdate | BulkDelete):
-        return await _select(mt, conn, p.get("filter") or {})
+        return await _select(mt, conn, p.get("filter") or {}, guards)
     if isinstance(node, BulkUpsert):
         p["data"] = list(p["data"]) if not isinstance(p["data"], list) else p["data"]  # read it twice
         keys = p["conflict_on"]
@@ -78,7 +79,7 @@ async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
             doc = {
                 "$or": [{k: {"$eq": mt.check(k, x)} for k, x in zip(keys, v, strict=True)} for v in values]
             }
-        return await _select(mt, conn, doc)
+        return await _select(mt, conn, doc, guards)
     return []
 
 
@@ -105,7 +106,8 @@ async def step(node: Node, conn: Any, before: list[dict[str, Any]], result: Any)
                     {k: {"$eq": node.mt.check(k, x)} for k, x in zip(keys, v, strict=True)} for v in fresh
                 ]
             }
-            created = [row["id"] for row in await _select(node.mt, conn, doc)]
+            guards = node.guards(include_deleted=True)
+            created = [row["id"] for row in await _select(node.mt, conn, doc, guards)]
     return SagaStep(node.node_id, node.type_name, node, dict(node.params), result, before, created)
 
 
@@ -136,11 +138,13 @@ def needs_compensation(node: Node) -> bool:
     return node.writes or hasattr(getattr(node, "fn", None), "__dataflow_compensation__")
 
 
-async def _select(mt: Any, conn: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+async def _select(mt: Any, conn: Any, doc: dict[str, Any], guards: Any = ()) -> list[dict[str, Any]]:
     stmt = sa.select(*mt.table.c)
     where = filters.to_sql(mt, doc)
     if where is not None:
         stmt = stmt.where(where)
+    if guards:
+        stmt = stmt.where(*guards)
     return mt.rows(await conn.fetch(*mt.dialect.compile(stmt.order_by(mt.table.c.id))))
 
 

@@ -2,8 +2,8 @@
 
 ``ModelTable`` is what the nodes use: the SQLAlchemy ``Table`` built with the
 dialect's storage types, the per-field converters to and from the driver, and
-``ensure``, which creates the table on first use and migrates additive
-changes.
+``ensure``, which creates the table on first use and migrates it as the
+environment allows (``migrations/``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 from .dialects import Connection, Dialect
-from .errors import MigrationError, ValidationError
+from .errors import ValidationError
 from .model import MISSING, Field, ModelSchema
 
 __all__ = ["ModelTable"]
@@ -59,10 +58,14 @@ class ModelTable:
         columns = [d.id_column(m.table_name, m.id_field.type.name)]
         for f in m.fields[1:]:
             columns.append(sa.Column(f.name, d.column_type(f.type.name), nullable=f.nullable))
+        unique, indexed = m.unique, m.indexes
+        if m.multi_tenant:  # uniqueness holds within a tenant, and every query filters on tenant_id
+            unique = tuple(_tenant_first(g) for g in unique)
+            indexed = tuple(dict.fromkeys((("tenant_id",), *(_tenant_first(g) for g in indexed))))
         constraints = [
-            sa.UniqueConstraint(*group, name=f"uq_{m.table_name}_{'_'.join(group)}") for group in m.unique
+            sa.UniqueConstraint(*group, name=f"uq_{m.table_name}_{'_'.join(group)}") for group in unique
         ]
-        indexes = [sa.Index(f"ix_{m.table_name}_{'_'.join(group)}", *group) for group in m.indexes]
+        indexes = [sa.Index(f"ix_{m.table_name}_{'_'.join(group)}", *group) for group in indexed]
         return sa.Table(m.table_name, metadata, *columns, *constraints, *indexes, **d.table_kwargs())
 
     def _writer(self, f: Field) -> Any:
@@ -107,67 +110,20 @@ class ModelTable:
                 row[f.name] = None
         return row
 
-    # -- DDL -------------------------------------------------------------
-    async def ensure(self, conn: Connection, *, auto_migrate: bool) -> None:
-        """Create the table if missing; add new columns when allowed."""
-        d = self.dialect
-        lock = d.ddl_lock_sql(self.table.name)
-        if lock:
-            await conn.fetch(lock)
-        existing = await d.live_columns(conn, self.table.name)
-        if not existing:
-            for sql in d.before_create(self.table):
-                await conn.execute(sql)
-            await conn.execute(d.ddl(CreateTable(self.table, if_not_exists=True)))
-            for index in self.table.indexes:
-                await conn.execute(d.ddl(CreateIndex(index, if_not_exists=True)))
-            return
-        missing = [f for f in self.model.fields if f.name not in existing]
-        extra = sorted(set(existing) - set(self.columns))
-        retyped = [
-            f"{name} ({existing[name]} in the table, {d.declared_type(self.table.c[name])} in the model)"
-            for name in self.columns
-            if name in existing and existing[name] != d.declared_type(self.table.c[name])
-        ]
-        if retyped:
-            raise MigrationError(
-                f"Model '{self.model.name}' gives column(s) of table '{self.table.name}' a different type: "
-                f"{'; '.join(retyped)}.",
-                hint="change the field's type back, or migrate the table explicitly; dataflow_lab never "
-                "retypes columns by itself.",
-            )
-        if extra:
-            raise MigrationError(
-                f"Table '{self.table.name}' has column(s) {', '.join(extra)} that model "
-                f"'{self.model.name}' does not declare.",
-                hint="add the field(s) back to the model; dataflow_lab never drops columns by itself.",
-            )
-        if missing:
-            await self._add_columns(conn, missing, auto_migrate=auto_migrate)
+    def touched(self, values: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+        """``values`` plus updated_at (when the table has one: a reflected table may not)."""
+        return {**values, "updated_at": now} if "updated_at" in self.model.by_name else dict(values)
 
-    async def _add_columns(self, conn: Connection, fields: list[Field], *, auto_migrate: bool) -> None:
-        names = ", ".join(f.name for f in fields)
-        if not auto_migrate:
-            raise MigrationError(
-                f"Model '{self.model.name}' adds field(s) {names}, but auto-migrate is off in this environment.",
-                hint="run the migration explicitly, or pass auto_migrate=True to DataFlow(...).",
-            )
-        count_sql, _ = self.dialect.compile(sa.select(sa.func.count()).select_from(self.table))
-        has_rows = (await conn.fetch(count_sql))[0][0] > 0
-        for f in fields:
-            if f.required and has_rows:
-                raise MigrationError(
-                    f"Model '{self.model.name}' adds required field '{f.name}' to table "
-                    f"'{self.table.name}', which already has rows.",
-                    hint=f"give '{f.name}' a default or make it Optional, so existing rows get a value.",
-                )
-            column_type = self.table.c[f.name].type.compile(dialect=self.dialect.sa_dialect)
-            await conn.execute(f'ALTER TABLE "{self.table.name}" ADD COLUMN "{f.name}" {column_type}')
-            if f.default is not MISSING and has_rows:
-                sql, params = self.dialect.compile(
-                    sa.update(self.table).values({f.name: self.to_db(f.name, f.default)})
-                )
-                await conn.execute(sql, params)
+    # -- DDL -------------------------------------------------------------
+    async def ensure(self, conn: Connection, *, auto_migrate: bool, existing_schema: bool = False) -> None:
+        """Create the table if missing, and migrate it as the environment allows (migrations/engine.py)."""
+        from .migrations.engine import ensure_table
+
+        await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema)
+
+
+def _tenant_first(group: tuple[str, ...]) -> tuple[str, ...]:
+    return ("tenant_id", *(c for c in group if c != "tenant_id"))
 
 
 def _row_builder(fields: Sequence[Field], readers: Sequence[Any]) -> Any:

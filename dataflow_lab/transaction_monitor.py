@@ -1,10 +1,13 @@
 """The transaction monitor: long-running transactions, deadlocks and rollbacks.
 
-Fed by the runtime's ``transaction`` hook (begin, commit, rollback) and by the
-errors that reach ``after_node`` and ``retry``. A transaction still open after
-``long_seconds`` is flagged while it is still open (a watchdog timer on the
-runtime's loop checks every quarter of the threshold while any transaction is
-open), and a warning goes to the log.
+Counts come from the database's transaction ledger (``ledger.py``), which the
+transaction scopes keep themselves; a standalone collector, which watches every
+database, feeds a ledger of its own from the ``transaction`` hook. Deadlocks
+come from the errors that reach ``after_node`` and ``retry``. A transaction
+still open after ``long_seconds`` is flagged while it is still open (a watchdog
+timer on the runtime's loop checks every quarter of the threshold while any
+transaction is open; the first begin after an idle spell wakes it), or when it
+ends if it ended between two checks; a warning goes to the log.
 
 A deadlock is an error whose chain holds PostgreSQL's SQLSTATE ``40P01``
 (asyncpg's ``DeadlockDetectedError``) or the text "deadlock detected". The
@@ -21,6 +24,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+from .ledger import TransactionLedger
 
 __all__ = ["TransactionAlert", "TransactionMonitor", "is_deadlock"]
 
@@ -56,65 +61,92 @@ class TransactionAlert:
     message: str = ""
 
 
-class _Open:
-    __slots__ = ("run_id", "node_id", "started", "flagged")
-
-    def __init__(self, run_id: str, node_id: str, started: float):
-        self.run_id = run_id
-        self.node_id = node_id
-        self.started = started
-        self.flagged = False
-
-
 class TransactionMonitor:
-    """Counts and flags transactions of one database (or of all, in a standalone collector)."""
+    """Counts and flags the transactions of one ledger: one database's, or a standalone collector's own."""
 
-    def __init__(self, *, long_seconds: float = 5.0, keep: int = 200):
-        self.long_seconds = long_seconds
-        self.begun = self.commits = self.rollbacks = 0
+    def __init__(
+        self, *, long_seconds: float = 5.0, keep: int = 200, ledger: TransactionLedger | None = None
+    ):
+        self.ledger = ledger if ledger is not None else TransactionLedger()
+        # counts start from zero here, whatever the ledger had counted before
+        self._base = (self.ledger.begun, self.ledger.commits, self.ledger.rollbacks)
         self.long_running = self.deadlocks = self.deadlock_resolutions = 0
         self.alerts: deque[TransactionAlert] = deque(maxlen=keep)
-        self._open: dict[str, _Open] = {}
+        self._flagged: set[Any] = set()  # keys of open transactions already flagged
         self._deadlocked_runs: set[str] = set()
         self._seen: deque[int] = deque(maxlen=256)  # ids of deadlock errors already counted
         self._watchdog: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.long_seconds = long_seconds
+        self.ledger.overdue.clear()
+        self.ledger.on_open = self._watch
+
+    @property
+    def long_seconds(self) -> float:
+        return self._long_seconds
+
+    @long_seconds.setter
+    def long_seconds(self, seconds: float) -> None:
+        self._long_seconds = seconds
+        self.ledger.long_seconds = seconds
+
+    @property
+    def begun(self) -> int:
+        return self.ledger.begun - self._base[0]
+
+    @property
+    def commits(self) -> int:
+        return self.ledger.commits - self._base[1]
+
+    @property
+    def rollbacks(self) -> int:
+        return self.ledger.rollbacks - self._base[2]
+
+    def close(self) -> None:
+        """Stop watching (the collector was detached or reset)."""
+        self._closed = True
+        if self.ledger.on_open == self._watch:
+            self.ledger.on_open = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     # -- events ------------------------------------------------------------------------
     def begin(self, key: Any, run_id: str, node_id: str) -> None:
-        """A transaction began; ``key`` tells it apart (one run may hold one per database)."""
-        self._open[key] = _Open(run_id, node_id, time.monotonic())
-        self.begun += 1
-        if self._watchdog is None:
-            self._watch()
+        """A transaction began (standalone collectors, from the hook); ``key`` tells it apart."""
+        self.ledger.begin(key, run_id, node_id)
+
+    def end(self, key: Any, event: str) -> None:
+        self.ledger.end(key, event == "commit")
 
     def _watch(self) -> None:
         """Check open transactions every quarter threshold while any are open (one timer, not one each)."""
         self._watchdog = None
-        now = time.monotonic()
-        for entry in list(self._open.values()):
-            if not entry.flagged and now - entry.started >= self.long_seconds:
-                self._flag_long(entry)
-        if not self._open:
+        if self._closed:
             return
+        self._check()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # driven by hand, outside a loop: flagged when it ends instead
+            loop = None
+        if loop is None or not self.ledger.open:
+            self.ledger.on_open = self._watch  # idle: the next begin wakes us
             return
         self._watchdog = loop.call_later(max(self.long_seconds / 4, 0.01), self._watch)
 
-    def end(self, key: Any, event: str) -> None:
-        entry = self._open.pop(key, None)
-        if event == "commit":
-            self.commits += 1
-        else:
-            self.rollbacks += 1
-        if entry is None:
-            return
-        if not entry.flagged and time.monotonic() - entry.started >= self.long_seconds:
-            self._flag_long(entry)
-        if event == "rollback" and entry.run_id in self._deadlocked_runs:
-            self.deadlock_resolutions += 1
-        self._deadlocked_runs.discard(entry.run_id)
+    def _check(self) -> None:
+        ledger, now = self.ledger, time.monotonic()
+        while ledger.overdue:
+            key, (run_id, node_id, _), seconds = ledger.overdue.popleft()
+            if key not in self._flagged:
+                self._flag_long(run_id, node_id, seconds)
+            self._flagged.discard(key)
+        for key, (run_id, node_id, started) in list(ledger.open.items()):
+            if key not in self._flagged and now - started >= self.long_seconds:
+                self._flagged.add(key)
+                self._flag_long(run_id, node_id, now - started)
+        if self._flagged:
+            self._flagged &= ledger.open.keys()
 
     def error(self, run_id: str, node_id: str, error: BaseException | None, *, retried: bool = False) -> None:
         """An error reached a node (or a retry): count it when it is a deadlock."""
@@ -142,41 +174,38 @@ class TransactionMonitor:
         return False
 
     def workflow_ended(self, run_id: str) -> None:
-        """Forget a finished run (a read-only run never begins a transaction, so nothing else would)."""
-        self._deadlocked_runs.discard(run_id)
+        """A run ended: a deadlock victim's run was rolled back by then, so its deadlock is resolved."""
+        if run_id in self._deadlocked_runs:
+            self._deadlocked_runs.discard(run_id)
+            self.deadlock_resolutions += 1
 
     # -- views -------------------------------------------------------------------------
     def open_transactions(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         return [
-            {"run_id": e.run_id, "node_id": e.node_id, "seconds": round(now - e.started, 3)}
-            for e in list(self._open.values())
+            {"run_id": run_id, "node_id": node_id, "seconds": round(now - started, 3)}
+            for run_id, node_id, started in list(self.ledger.open.values())
         ]
 
     def counts(self) -> dict[str, int]:
+        self._check()
         return {
             "begun": self.begun,
             "commits": self.commits,
             "rollbacks": self.rollbacks,
-            "open": len(self._open),
+            "open": len(self.ledger.open),
             "long_running": self.long_running,
             "deadlocks": self.deadlocks,
             "deadlock_resolutions": self.deadlock_resolutions,
         }
 
-    def _flag_long(self, entry: _Open) -> None:
-        if entry.flagged:
-            return
-        entry.flagged = True
+    def _flag_long(self, run_id: str, node_id: str, seconds: float) -> None:
         self.long_running += 1
-        seconds = time.monotonic() - entry.started
         message = (
-            f"transaction of run {entry.run_id} (begun in node '{entry.node_id}') has been open "
+            f"transaction of run {run_id} (begun in node '{node_id}') has been open "
             f"{seconds:.1f}s, over the {self.long_seconds:g}s threshold"
         )
         self.alerts.append(
-            TransactionAlert(
-                "long_transaction", entry.run_id, entry.node_id, dt.datetime.now(dt.UTC), seconds, message
-            )
+            TransactionAlert("long_transaction", run_id, node_id, dt.datetime.now(dt.UTC), seconds, message)
         )
         log.warning("%s", message)

@@ -76,6 +76,10 @@ class Scope(RunContext):
         self.now = dt.datetime.now(dt.UTC)
         self.writing = False  # set by the runtime before each node runs
         self.node_id = ""  # the node running now
+        # statements the running node has sent, counted only when monitoring is on (query_count.py);
+        # the runtime zeroes these before each node
+        self.queries = 0
+        self.sql: list[str] | None = None
         # Databases this run will write to: their transaction begins at first use, so the run's reads
         # see the same snapshot its writes act on. Other databases are read outside a transaction.
         self.eager: set[int] = set()
@@ -99,7 +103,7 @@ class Scope(RunContext):
     async def _begin(self, held: _Held) -> None:
         if self.parent is None:
             await held.conn.begin(self.isolation)
-            self._event(held.dataflow, "begin")
+            self._event(held.dataflow, "begin", held)
         else:
             await self.parent.connection(held.dataflow, write=True)  # the outer transaction begins first
             if held.dataflow._dialect.supports_savepoints:
@@ -108,7 +112,11 @@ class Scope(RunContext):
                 self._event(held.dataflow, "savepoint")
         held.begun = True
 
-    def _event(self, dataflow: DataFlow, event: str) -> None:
+    def _event(self, dataflow: DataFlow, event: str, held: _Held | None = None) -> None:
+        if event == "begin":
+            dataflow._ledger.begin(held, self.run_id, self.node_id)
+        elif event == "commit" or event == "rollback":
+            dataflow._ledger.end(held, event == "commit")
         if self.hooks is not None and self.hooks.wants("transaction"):
             self.hooks.emit(
                 "transaction", run_id=self.run_id, dataflow=dataflow, event=event, node_id=self.node_id
@@ -165,7 +173,7 @@ class Scope(RunContext):
                 hint="the outcome on that database is unknown if the connection broke during COMMIT; "
                 "check the data before running the workflow again.",
             ) from exc
-        self._event(held.dataflow, "commit")
+        self._event(held.dataflow, "commit", held)
 
     async def rollback(self) -> None:
         """Undo every begun transaction (a nested scope rolls back to its savepoints)."""
@@ -176,7 +184,7 @@ class Scope(RunContext):
                         await held.conn.rollback()
                     elif held.savepoint:
                         await held.conn.rollback_to_savepoint(held.savepoint)
-                    self._event(held.dataflow, "rollback")
+                    self._event(held.dataflow, "rollback", held)
                 except Exception:  # the original error matters more; a dead connection is discarded
                     log.warning("rollback failed on %r", held.dataflow, exc_info=True)
         finally:
@@ -230,7 +238,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str) -> None:
         raise TransactionError("simulated crash after the commit decision was recorded")
     for held, part in zip(begun, gids, strict=True):
         await held.conn.finish_prepared(part, commit=True)
-        scope._event(held.dataflow, "commit")
+        scope._event(held.dataflow, "commit", held)
     await coordinator.conn.execute(f"DELETE FROM {DECISION_TABLE} WHERE gid = $1", [gid])
 
 

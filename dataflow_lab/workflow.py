@@ -192,7 +192,8 @@ class WorkflowBuilder:
 
     connect = add_connection
 
-    def build(self, *, name: str | None = None, workflow_id: str | None = None) -> Workflow:
+    def build(self, *, name: str | None = None, workflow_id: str | None = None, user: Any = None) -> Workflow:
+        """Validate everything, then freeze. With ``user``, also check its grants (access.py) now."""
         problems: list[str] = []
         inputs: dict[str, list[Connection]] = {n: [] for n in self._nodes}
         for c in self._connections:
@@ -222,6 +223,10 @@ class WorkflowBuilder:
             order = tuple(n for step in steps for n in (step.body if isinstance(step, Cycle) else (step,)))
         if problems:
             raise WorkflowValidationError(problems)
+        if user is not None:
+            from .access import check_nodes
+
+            check_nodes(self._nodes.values(), user)
         return Workflow(
             workflow_id=workflow_id or str(uuid.uuid4()),
             name=name or self.name,

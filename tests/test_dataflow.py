@@ -15,6 +15,7 @@ import dataflow_lab
 from dataflow_lab import (
     DataFlow,
     DataFlowError,
+    DestructiveMigrationError,
     LocalRuntime,
     MigrationError,
     NodeNotFoundError,
@@ -431,61 +432,80 @@ def test_an_additive_change_by_a_new_dataflow_on_an_existing_file_migrates_it(tm
     second.close()
 
 
-def test_removing_a_field_after_the_table_exists_raises_migration_error(db):
+def test_removing_a_field_is_refused_at_first_use_showing_the_sql_until_confirmed(db):
+    # Redefining a model registers it; its table is checked when a workflow next uses it.
     define_user(db)
     alice = create_user(db, "Alice")
-    with pytest.raises(MigrationError) as info:
 
-        @db.model
-        class User:
-            name: str
+    @db.model
+    class User:
+        name: str
 
+    with pytest.raises(DestructiveMigrationError) as info:
+        list_users(db)
     message = str(info.value)
-    assert "User" in message
-    assert "email" in message
-    assert "removed" in message
-    # the refused redefinition changed nothing: the old model still works
-    assert "email" in db.models["User"].by_name
+    assert "User" in message and "email" in message
+    assert "Nothing was changed" in message
+    assert "confirm_destructive=True" in message
+    assert any("email" in sql for sql in info.value.sql)
+    # the refusal changed nothing: the old definition still works on the untouched table
+    define_user(db)
     assert list_users(db) == [alice]
-    assert create_user(db, "Bob")["email"] == "bob@example.com"
 
 
-def test_changing_a_field_type_after_the_table_exists_raises_migration_error(db):
+def test_a_confirmed_field_removal_keeps_the_other_columns_of_every_row(db):
     define_user(db)
     create_user(db, "Alice")
-    with pytest.raises(MigrationError) as info:
 
-        @db.model
-        class User:
-            name: int
-            email: str
+    @db.model
+    class User:
+        name: str
 
+    db.migrations.apply(confirm_destructive=True)
+    assert [u["name"] for u in list_users(db)] == ["Alice"]
+    assert "email" not in list_users(db)[0]
+
+
+def test_changing_a_field_type_narrowly_is_refused_at_first_use(db):
+    define_user(db)
+    create_user(db, "Alice")
+
+    @db.model
+    class User:
+        name: int
+        email: str
+
+    with pytest.raises(DestructiveMigrationError) as info:
+        list_users(db)
     assert "name" in str(info.value)
-    assert "changed" in str(info.value)
-    assert db.models["User"].by_name["name"].type.name != "integer"
+    assert "narrowing" in str(info.value)
 
 
-def test_adding_a_required_field_after_the_table_exists_raises_migration_error(db):
+def test_adding_a_required_field_after_the_table_has_rows_raises_migration_error(db):
     define_user(db)
     create_user(db, "Alice")
+
+    @db.model
+    class User:
+        name: str
+        email: str
+        phone: str
+
     with pytest.raises(MigrationError, match="phone"):
-
-        @db.model
-        class User:
-            name: str
-            email: str
-            phone: str
+        list_users(db)
 
 
-def test_making_a_field_optional_after_the_table_exists_raises_migration_error(db):
+def test_making_a_field_optional_is_applied_automatically_and_keeps_the_rows(db):
     define_user(db)
-    create_user(db, "Alice")
-    with pytest.raises(MigrationError, match="email"):
+    alice = create_user(db, "Alice")
 
-        @db.model
-        class User:
-            name: str
-            email: Optional[str]  # noqa: UP045
+    @db.model
+    class User:
+        name: str
+        email: Optional[str]  # noqa: UP045
+
+    assert list_users(db) == [alice]
+    assert create_user(db, "Bob", email=None)["email"] is None
 
 
 def test_a_new_dataflow_whose_model_lacks_an_existing_column_raises_migration_error(tmp_path):

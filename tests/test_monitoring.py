@@ -273,25 +273,33 @@ def test_a_connection_failure_makes_the_pool_critical():
 def test_retry_and_compensation_events_are_counted_per_node_and_in_safety_events():
     collector = MetricsCollector()
 
-    class Spec:
-        node_class = None
+    class Node:  # only the fields the collector reads
+        type_name = "T"
+        dataflow = None
+        model = None
+        operation = ""
 
-    class FakeWorkflow:  # only the fields the collector reads
+    class FakeWorkflow:
         name = "wf"
-        nodes = {"n": Spec()}
+        nodes = {}
 
-    collector.before_workflow(run_id="r1", workflow=FakeWorkflow(), runtime=None)
-    collector.before_node(run_id="r1", node_id="n", node_type="T", params={})
+    # the runtime reports retries (and compensations) as they happen, and the node runs at the end
     collector.retry(run_id="r1", node_id="n", attempt=1, error=TimeoutError("slow"), delay=0.0)
     collector.retry(run_id="r1", node_id="n", attempt=2, error=TimeoutError("slow"), delay=0.0)
-    collector.after_node(
-        run_id="r1", node_id="n", node_type="T", result=1, error=None, duration=0.01, rows=None
-    )
     collector.compensation(run_id="r1", node_id="n", status="compensated", error=None)
-    collector.after_workflow(run_id="r1", workflow=FakeWorkflow(), results={}, error=None, duration=0.02)
+    t = time.perf_counter()
+    nodes = [
+        ("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
+        ("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
+        ("n", Node, t, 0.01, 1, 1, None, None),
+    ]
+    collector.after_workflow(
+        run_id="r1", workflow=FakeWorkflow(), results={}, error=None, duration=0.02, nodes=nodes
+    )
     assert collector.dashboard()["safety_events"]["automatic_retries"] == 2
     assert collector.dashboard()["safety_events"]["compensations"] == 1
-    assert list(collector.node_runs)[0].retries == 2
+    assert [r.retries for r in collector.node_runs] == [0, 0, 2]
+    assert [r.status for r in collector.node_runs] == ["error", "error", "success"]
     assert list(collector.workflow_runs)[0].retries == 2
 
 
@@ -319,6 +327,69 @@ def test_a_long_running_transaction_is_flagged_while_it_is_still_open(mdb, caplo
     (alert,) = mdb.monitor.transactions.alerts
     assert (alert.kind, alert.node_id) == ("long_transaction", "create")
     assert "over the 0.2s threshold" in caplog.text
+
+
+def test_a_long_transaction_that_ends_between_two_checks_is_flagged_when_it_ends(mdb):
+    monitor = mdb.monitor.transactions
+    monitor.long_seconds = 0.15  # checks every 0.0375 s would catch it: push the next check far away
+    if monitor._watchdog is not None:
+        monitor._watchdog.cancel()
+    monitor._watchdog, mdb._ledger.on_open = None, None  # no timer: only the end can flag it
+
+    def slow(x: int) -> int:
+        time.sleep(0.3)
+        return x
+
+    def build(wf: WorkflowBuilder) -> None:
+        wf.add_node("UserCreateNode", "create", {"name": "Slow"})
+        wf.add_node(slow, "slow", {})
+        wf.add_connection("create", "id", "slow", "x")
+
+    run(mdb, build)
+    counts = monitor.counts()
+    assert (counts["long_running"], counts["open"], counts["commits"]) == (1, 0, 1)
+    (alert,) = monitor.alerts
+    assert alert.node_id == "create" and alert.seconds >= 0.3
+
+
+def test_a_standalone_collector_counts_every_databases_transactions_from_the_hook(tmp_path):
+    collector = hooks.subscribe(MetricsCollector())
+    try:
+        dbs = [DataFlow(f"sqlite:///{tmp_path / name}") for name in ("a.db", "b.db")]
+        for db in dbs:
+            define_user(db)
+            run(db, create_and_read)
+            with pytest.raises(DataFlowError):
+                run(
+                    db,
+                    lambda wf: (
+                        wf.add_node("UserCreateNode", "c", {"name": "x"}),
+                        wf.add_node(boom, "b", {}),
+                    ),
+                )
+        counts = collector.transactions.counts()
+        assert (counts["begun"], counts["commits"], counts["rollbacks"], counts["open"]) == (4, 2, 2, 0)
+        assert collector.dashboard()["safety_events"]["transaction_rollbacks"] == 2
+    finally:
+        hooks.unsubscribe(collector)
+        for db in dbs:
+            db.close()
+
+
+def test_transaction_counts_start_at_zero_when_monitoring_starts(url):
+    db = DataFlow(url)
+    define_user(db)
+    run(db, create_and_read)  # counted by the database's ledger, before anyone monitors
+    from dataflow_lab.monitoring import attach, detach
+
+    collector = attach(db)
+    try:
+        run(db, create_and_read)
+        assert collector.transactions.counts()["commits"] == 1
+        assert db._ledger.commits == 2
+    finally:
+        detach(db, collector)
+        db.close()
 
 
 def test_short_transactions_are_not_flagged(mdb):

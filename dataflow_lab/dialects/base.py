@@ -12,6 +12,7 @@ PostgreSQL, owns the connection pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +33,30 @@ def echo_sql(sql: str, params: Sequence[Any] | None = None) -> None:
         log.info("%s  -- %r", sql.strip(), list(params) if params is not None else "executemany")
 
 
+Note = Callable[[str, Sequence[Any] | None], None]
+
+
+@functools.cache
+def statement_note(echo: bool, observe: int) -> Note | None:
+    """What a connection calls with each statement it sends: echo it, count it, both, or nothing.
+
+    ``observe``: 0 off, 1 count statements for monitoring, 2 count them and keep their text.
+    """
+    if not observe:
+        return echo_sql if echo else None
+    from ..query_count import count_statement, keep_statement
+
+    count = keep_statement if observe > 1 else count_statement
+    if not echo:
+        return count
+
+    def echo_and_count(sql: str, params: Sequence[Any] | None) -> None:
+        echo_sql(sql, params)
+        count(sql, params)
+
+    return echo_and_count
+
+
 _TYPE_SYNONYMS = {
     "TEXT": "VARCHAR", "CHARACTERVARYING": "VARCHAR", "DOUBLEPRECISION": "DOUBLE", "FLOAT8": "DOUBLE",
     "BYTEA": "BLOB", "NUMERIC": "DECIMAL", "INT8": "BIGINT", "TIMESTAMPTZ": "TIMESTAMPWITHTIMEZONE",
@@ -50,7 +75,8 @@ def normalize_type(name: str) -> str:
 class Connection:
     """One raw driver connection, as the runtime sees it."""
 
-    echo = False  # set per connection from the DataFlow's ``echo`` setting
+    # Called with each statement sent (echo and/or monitoring's query count); set at every checkout.
+    note: Note | None = None
 
     usable = True  # False once the driver connection is known to be dead
 
@@ -82,7 +108,7 @@ class Dialect:
     storage: dict[str, Callable[[], sa.types.TypeEngine]] = {}
     to_db: dict[str, Converter] = {}
     from_db: dict[str, Converter] = {}
-    observe: Callable[[Connection], Connection] | None = None  # monitoring wraps each connection
+    observe = 0  # monitoring: 0 off, 1 count each connection's statements, 2 count and keep their text
 
     def __init__(self, config: DataFlowConfig, url: str):
         self.config = config
@@ -120,16 +146,6 @@ class Dialect:
     def before_create(self, table: sa.Table) -> list[str]:
         """DDL that must run before CREATE TABLE (sequences, say)."""
         return []
-
-    async def live_columns(self, conn: Connection, table_name: str) -> dict[str, str]:
-        """The table's columns as they exist in the database: name -> normalized type."""
-        sql, params = self.compile(
-            sa.select(sa.column("column_name"), sa.column("data_type"))
-            .select_from(sa.table("columns", schema="information_schema"))
-            .where(sa.column("table_name") == table_name)
-            .where(sa.column("table_schema") == sa.func.current_schema())
-        )
-        return {name: normalize_type(kind) for name, kind in await conn.fetch(sql, params)}
 
     def declared_type(self, column: sa.Column) -> str:
         """The normalized type name this dialect declares for a column."""
@@ -232,17 +248,25 @@ class Dialect:
         sql = (
             self.multirow_insert_sql(table, columns, 1)
             + " "
-            + self.on_conflict_sql(conflict_on, update_columns)
+            + self.on_conflict_sql(table, conflict_on, update_columns)
         )
         await conn.executemany(sql, rows)
         return None
 
-    def on_conflict_sql(self, conflict_on: Sequence[str], update_columns: Sequence[str]) -> str:
+    def on_conflict_sql(
+        self, table: sa.Table, conflict_on: Sequence[str], update_columns: Sequence[str]
+    ) -> str:
+        """``ON CONFLICT ... DO UPDATE``; a ``version`` column (the versioned option) counts up instead."""
         quote = self.sa_dialect.identifier_preparer.quote
         keys = ", ".join(quote(c) for c in conflict_on)
         if not update_columns:
             return f"ON CONFLICT ({keys}) DO NOTHING"
-        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in update_columns)
+        sets = ", ".join(
+            f"{quote(c)} = {quote(table.name)}.{quote(c)} + 1"
+            if c == "version"
+            else f"{quote(c)} = excluded.{quote(c)}"
+            for c in update_columns
+        )
         return f"ON CONFLICT ({keys}) DO UPDATE SET {sets}"
 
     def upsert_statement(
@@ -255,9 +279,8 @@ class Dialect:
         stmt = self.insert(table).values({c: sa.bindparam(c) for c in columns})
         if not update_columns:
             return stmt.on_conflict_do_nothing(index_elements=list(conflict_on))
-        return stmt.on_conflict_do_update(
-            index_elements=list(conflict_on), set_={c: stmt.excluded[c] for c in update_columns}
-        )
+        sets = {c: table.c[c] + 1 if c == "version" else stmt.excluded[c] for c in update_columns}
+        return stmt.on_conflict_do_update(index_elements=list(conflict_on), set_=sets)
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.url)
@@ -319,9 +342,7 @@ class PooledDialect(Dialect):
             try:
                 fairy = await async_conn.get_raw_connection()
                 conn = self.wrap(fairy.driver_connection)
-                conn.echo = self.config.echo
-                if self.observe is not None:
-                    conn = self.observe(conn)
+                conn.note = statement_note(self.config.echo, self.observe)
             except BaseException:
                 await async_conn.close()
                 raise

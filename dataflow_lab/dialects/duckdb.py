@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, Dialect, echo_sql
+from .base import Connection, Dialect, statement_note
 
 
 def _enum_text(member: Any) -> str:
@@ -72,13 +72,13 @@ class DuckDBConnection(Connection):
         await self._run(rollback)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        if self.echo:
-            echo_sql(sql, params)
+        if self.note is not None:
+            self.note(sql, params)
         return await self._run(lambda: self.dialect.con.execute(sql, list(params)).fetchall())
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self.echo:
-            echo_sql(sql, params)
+        if self.note is not None:
+            self.note(sql, params)
 
         def run() -> int:
             result = self.dialect.con.execute(sql, list(params)).fetchall()
@@ -89,8 +89,8 @@ class DuckDBConnection(Connection):
         return await self._run(run)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if self.echo:
-            echo_sql(sql, None)
+        if self.note is not None:
+            self.note(sql, None)
         await self._run(lambda: self.dialect.con.executemany(sql, [list(r) for r in rows]))
 
 
@@ -165,8 +165,8 @@ class DuckDBDialect(Dialect):
             self.stats["waiting"] -= 1
         self.stats["acquired_total"] += 1
         conn = DuckDBConnection(self)
-        conn.echo = self.config.echo
-        return conn if self.observe is None else self.observe(conn)
+        conn.note = statement_note(self.config.echo, self.observe)
+        return conn
 
     async def release(self, conn: Connection) -> None:
         self._lock.release()
@@ -292,7 +292,7 @@ class DuckDBDialect(Dialect):
     ) -> tuple[int, int]:
         """Arrow view -> count the keys that exist (a join), then one INSERT ... ON CONFLICT."""
         keys = ", ".join(f'"{c}"' for c in conflict_on)
-        action = self.on_conflict_sql(conflict_on, update_columns)
+        action = self.on_conflict_sql(table, conflict_on, update_columns)
         data = self._arrow(table, columns, rows)
         cols = ", ".join(f'"{c}"' for c in columns)
         view = f"_dataflow_bulk_{id(data)}"

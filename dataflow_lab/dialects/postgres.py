@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect, echo_sql
+from .base import Connection, PooledDialect
 
 _ISOLATION_SQL = {
     "read_uncommitted": "READ UNCOMMITTED", "read_committed": "READ COMMITTED",
@@ -64,23 +64,25 @@ class PostgresConnection(Connection):
         return not self.raw.is_closed()
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        if self.echo:
-            echo_sql(sql, params)
+        if self.note is not None:
+            self.note(sql, params)
         return await self.raw.fetch(sql, *params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self.echo:
-            echo_sql(sql, params)
+        if self.note is not None:
+            self.note(sql, params)
         status = await self.raw.execute(sql, *params)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else -1
 
     async def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self.note is not None:
+            self.note(f"COPY {table} ({', '.join(columns)}) FROM STDIN", None)
         await self.raw.copy_records_to_table(table, records=rows, columns=list(columns))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if self.echo:
-            echo_sql(sql, None)
+        if self.note is not None:
+            self.note(sql, None)
         await self.raw.executemany(sql, rows)
 
 
@@ -210,7 +212,7 @@ class PostgresDialect(PooledDialect):
         await conn.copy(temp, columns, rows)
         result = await conn.fetch(
             f"WITH up AS (INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {quote(temp)} "
-            f"{self.on_conflict_sql(conflict_on, update_columns)} RETURNING (xmax = 0) AS inserted) "
+            f"{self.on_conflict_sql(table, conflict_on, update_columns)} RETURNING (xmax = 0) AS inserted) "
             "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
         )
         return int(result[0][0]), int(result[0][1])

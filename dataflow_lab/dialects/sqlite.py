@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect, echo_sql, normalize_type
+from .base import Connection, PooledDialect
 
 MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
@@ -51,21 +51,21 @@ class SQLiteConnection(Connection):
             await self.raw.execute("ROLLBACK")
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        if self.echo:
-            echo_sql(sql, params)
+        if self.note is not None:
+            self.note(sql, params)
         return await self.raw.execute_fetchall(sql, params)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self.echo:
-            echo_sql(sql, params)
+        if self.note is not None:
+            self.note(sql, params)
         cursor = await self.raw.execute(sql, params)
         count = cursor.rowcount
         await cursor.close()
         return count
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if self.echo:
-            echo_sql(sql, None)
+        if self.note is not None:
+            self.note(sql, None)
         cursor = await self.raw.executemany(sql, rows)
         await cursor.close()
 
@@ -171,10 +171,6 @@ class SQLiteDialect(PooledDialect):
 
     def table_kwargs(self) -> dict[str, Any]:
         return {"sqlite_autoincrement": True, "sqlite_strict": sqlite3.sqlite_version_info >= (3, 37)}
-
-    async def live_columns(self, conn: Connection, table_name: str) -> dict[str, str]:
-        rows = await conn.fetch("SELECT name, type FROM pragma_table_info(?)", (table_name,))
-        return {name: normalize_type(kind) for name, kind in rows}
 
     upsert_reports_counts = True
 

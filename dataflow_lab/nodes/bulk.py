@@ -19,7 +19,8 @@ from ..model import ModelSchema
 from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
 from .bulk_upsert import BulkUpsert
-from .model_node import ModelNode
+from .crud import hard_param
+from .model_node import ModelNode, include_deleted_param
 
 __all__ = ["BULK_OPERATIONS", "BulkCreate", "BulkDelete", "BulkUpdate", "BulkUpsert"]
 
@@ -90,8 +91,11 @@ class _FilterWrite(ModelNode):
                 hint="pass a filter, or confirmed=True if you really mean every row.",
             )
 
-    def where_clause(self) -> Any:
-        return filters.to_sql(self.mt, self.params.get("filter") or {})
+    def where_clause(self, *, include_deleted: bool | None = None) -> Any:
+        """The filter, within the node's guards (the tenant's rows; live ones unless include_deleted)."""
+        where = filters.to_sql(self.mt, self.params.get("filter") or {})
+        conditions = [c for c in (where, *self.guards(include_deleted=include_deleted)) if c is not None]
+        return sa.and_(*conditions) if len(conditions) > 1 else (conditions[0] if conditions else None)
 
 
 class BulkUpdate(_FilterWrite):
@@ -113,6 +117,7 @@ class BulkUpdate(_FilterWrite):
                 check=cls._fields_checker("fields"),
             ),
             Param("confirmed", bool, default=False, description="required with an empty filter"),
+            *include_deleted_param(model),
         )
 
     def statements(self) -> list[Any]:
@@ -120,8 +125,10 @@ class BulkUpdate(_FilterWrite):
 
     def _statement(self) -> Any:
         mt = self.mt
-        values = {**self.params["fields"], "updated_at": self.now()}
+        values = mt.touched(self.params["fields"], self.now())
         stmt = sa.update(mt.table).values({k: mt.to_db(k, v) for k, v in values.items()})
+        if self.model.versioned:
+            stmt = stmt.values(version=mt.table.c.version + sa.literal_column("1"))
         where = self.where_clause()
         return stmt if where is None else stmt.where(where)
 
@@ -145,18 +152,30 @@ class BulkDelete(_FilterWrite):
         return (
             Param("filter", dict, default={}, description="which rows", check=cls._filter_checker()),
             Param("confirmed", bool, default=False, description="required with an empty filter"),
+            *hard_param(model),
         )
 
     def statements(self) -> list[Any]:
         return [self._statement()]
 
+    def _soft(self) -> bool:
+        return self.model.soft_delete and not self.params.get("hard")
+
     def _statement(self) -> Any:
-        where = self.where_clause()
-        stmt = sa.delete(self.mt.table)
+        """Soft delete: mark the live matching rows; otherwise (or hard=True) remove them."""
+        where = self.where_clause(include_deleted=bool(self.params.get("hard")))
+        if self._soft():
+            now = self.mt.to_db("updated_at", self.now())
+            stmt = sa.update(self.mt.table).values(deleted_at=now, updated_at=now)
+        else:
+            stmt = sa.delete(self.mt.table)
         return stmt if where is None else stmt.where(where)
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
         conn = await ctx.connection(self.dataflow)
+        if self.model.audit_log and self._soft():
+            updated = await audit.update_and_record(self, ctx, conn, self._statement(), self.where_clause())
+            return {"deleted": updated}
         if self.model.audit_log:
             return {"deleted": await audit.delete_and_record(self, ctx, conn, self._statement())}
         return {"deleted": await conn.execute(*self.mt.dialect.compile(self._statement()))}

@@ -96,7 +96,22 @@ class BulkRows(ModelNode):
             now=self.now(),
             allow_id=allow_id,
             on_error=self.params.get("on_error", "raise"),
+            stamps=self.row_stamps(),
         )
+
+    def row_stamps(self) -> dict[str, Any]:
+        """Managed columns every written row carries: tenant_id, version 1, deleted_at None.
+
+        ``deleted_at`` is written (as NULL) so an upsert that meets a soft-deleted row revives it.
+        Empty for models without these options: their rows stay exactly as fast.
+        """
+        m = self.model
+        stamps = self.stamps()
+        if m.versioned:
+            stamps["version"] = 1
+        if m.soft_delete:
+            stamps["deleted_at"] = None
+        return stamps
 
     def chunks(self, ctx: RunContext, shaper: RowShaper) -> Iterator[Chunk]:
         """Checked chunks of ``data``, reporting progress to hooks and the progress bar."""

@@ -20,6 +20,9 @@ from .model_node import check_conflict_on
 
 __all__ = ["BulkUpsert"]
 
+# Managed columns an update always writes: the new updated_at, version + 1, deleted_at NULL (a revive).
+_ALWAYS_UPDATED = ("updated_at", "version", "deleted_at")
+
 
 class BulkUpsert(BulkRows):
     outputs = ("inserted", "updated", "skipped")
@@ -55,12 +58,12 @@ class BulkUpsert(BulkRows):
     def statements(self) -> list[Any]:
         """One INSERT ... ON CONFLICT DO UPDATE over all rows (PostgreSQL: from a COPY-filled temp table)."""
         columns = [f.name for f in self.model.fields]
-        conflict_on = self.params["conflict_on"]
+        conflict_on = self.conflict_target(self.params["conflict_on"])
         update = self._update_columns(tuple(columns), conflict_on)
         return [self.mt.dialect.upsert_statement(self.mt.table, columns, conflict_on, update)]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        mt, dialect, conflict_on = self.mt, self.mt.dialect, self.params["conflict_on"]
+        mt, dialect, conflict_on = self.mt, self.mt.dialect, self.conflict_target(self.params["conflict_on"])
         conn = await ctx.connection(self.dataflow)
         inserted = updated = 0
         seen: set[tuple] = set()
@@ -91,6 +94,8 @@ class BulkUpsert(BulkRows):
                 )
             key_index = [columns.index(c) for c in conflict_on]
             rows, indexes, repeats = self._last_wins(chunk, key_index, seen)
+            if self.model.multi_tenant and conflict_on == ["id"]:
+                await self._refuse_other_tenants(conn, self._keys(rows, columns, conflict_on))
             update_columns = self._update_columns(columns, conflict_on, shaper.given)
             new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
             existing = None
@@ -176,12 +181,29 @@ class BulkUpsert(BulkRows):
         """What an update changes: the fields the rows give (not defaults filled in), within update_fields."""
         allowed = self.params["update_fields"] if restricted else None
         given = columns if given is None else given
-        keep = {"id", "created_at", *conflict_on}
+        keep = {"id", "created_at", "tenant_id", *conflict_on}
         return [
             c
             for c in columns
-            if c == "updated_at" or (c not in keep and c in given and (allowed is None or c in allowed))
+            if c in _ALWAYS_UPDATED or (c not in keep and c in given and (allowed is None or c in allowed))
         ]
+
+    async def _refuse_other_tenants(self, conn: Any, keys: list[tuple]) -> None:
+        """Ids that another tenant's rows hold: refused before anything is written (no cross-tenant update)."""
+        t, tenant = self.mt.table, self.tenant()
+        ids = [k[0] for k in keys]
+        step = max(1, self.mt.dialect.max_bind_params - 2)
+        for start in range(0, len(ids), step):
+            part = ids[start : start + step]
+            others = sa.or_(t.c.tenant_id != tenant, t.c.tenant_id.is_(None))
+            stmt = sa.select(t.c.id).where(t.c.id.in_(part), others).limit(5)
+            taken = [r[0] for r in await conn.fetch(*self.mt.dialect.compile(stmt))]
+            if taken:
+                raise ValidationError(
+                    f"{self.where(self.node_id)}: id(s) {taken} belong to rows of another tenant; "
+                    "nothing was written.",
+                    hint="leave out 'id' to insert new rows, or use ids of your own tenant's rows.",
+                )
 
     async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> set[tuple]:
         """Which of ``keys`` are in the table now."""

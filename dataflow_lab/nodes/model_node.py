@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
-from .. import filters
-from ..errors import NotFoundError, ValidationError
+from .. import filters, tenancy
+from ..errors import ConcurrencyError, NotFoundError, ValidationError
 from ..model import ModelSchema
 from ..schema import ModelTable
 from ..types import LOGICAL_TYPES
@@ -51,6 +51,7 @@ class ModelNode(Node):
     op_name: ClassVar[str] = ""
 
     outputs: ClassVar[tuple[str, ...] | None] = None  # None: the model's fields (a row)
+    previewing = False  # True inside sql(): a missing tenant shows as '<tenant>' instead of raising
 
     @classmethod
     def make_parameters(cls, model: ModelSchema) -> tuple[Param, ...]:
@@ -80,7 +81,7 @@ class ModelNode(Node):
                 if (f.generated or f.primary_key) and not (allow_id and f.primary_key):
                     raise ValidationError(
                         f"{model.name}: field '{name}' cannot be set in '{what}'.",
-                        hint="id, created_at and updated_at are managed by dataflow_lab.",
+                        hint=f"dataflow_lab manages {name}{_MANAGED_HOW.get(name, '')}.",
                     )
                 out[name] = cls.mt.check(name, value)
             return out
@@ -96,7 +97,88 @@ class ModelNode(Node):
         return lambda value: cls.mt.check("id", value)
 
     def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
+        return self.dataflow.clock.now()  # clock.py: the system clock, or a stepping one in testing
+
+    # the model's flag options (multi_tenant, soft_delete, versioned), in one place ------------
+    def tenant(self) -> str | None:
+        """The run's tenant for a multi_tenant model (None for others); a missing one is refused."""
+        if not self.model.multi_tenant:
+            return None
+        if self.previewing:
+            return tenancy.current(self.dataflow) or "<tenant>"
+        return tenancy.require(self.dataflow, self.model, self.where(self.node_id))
+
+    def guards(self, *, include_deleted: bool | None = None) -> list[Any]:
+        """What every statement of this node must add to its WHERE: the tenant's rows, not deleted ones.
+
+        ``include_deleted`` defaults to the node's own parameter (False when it has none).
+        """
+        c, conditions = self.mt.table.c, []
+        if self.model.multi_tenant:
+            conditions.append(c.tenant_id == sa.bindparam("_tenant", self.tenant()))
+        if include_deleted is None:
+            include_deleted = bool(self.params.get("include_deleted"))
+        if self.model.soft_delete and not include_deleted:
+            conditions.append(c.deleted_at.is_(None))
+        return conditions
+
+    def guarded(self, stmt: Any, *, include_deleted: bool | None = None) -> Any:
+        conditions = self.guards(include_deleted=include_deleted)
+        return stmt.where(*conditions) if conditions else stmt
+
+    def stamps(self) -> dict[str, Any]:
+        """Values a new row takes from the run rather than the caller: its tenant."""
+        return {"tenant_id": self.tenant()} if self.model.multi_tenant else {}
+
+    def bind(self, names: tuple[str, ...], values: Mapping[str, Any]) -> list[Any]:
+        """Values for a compiled template's bind names; ``_tenant`` is the run's tenant."""
+        return [self.tenant() if n == "_tenant" else values[n] for n in names]
+
+    def conflict_target(self, names: list[str]) -> list[str]:
+        """The columns of the unique constraint behind ``names``: tenant_id leads for multi_tenant models."""
+        if not self.model.multi_tenant or names == ["id"]:
+            return names
+        return ["tenant_id", *(n for n in names if n != "tenant_id")]
+
+    def update_one(
+        self,
+        columns: tuple[str, ...],
+        *,
+        check_version: bool,
+        include_deleted: bool = False,
+        values: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """UPDATE one row by ``_id`` (bind names: the columns, _id, _version, _tenant); bumps ``version``.
+
+        ``values`` binds the parameters in (for ``sql()``); templates leave them unbound.
+        """
+        t, values = self.mt.table, values or {}
+        stmt = sa.update(t).values({c: sa.bindparam(c, values.get(c)) for c in columns})
+        if self.model.versioned:
+            stmt = stmt.values(version=t.c.version + sa.literal_column("1"))
+        stmt = stmt.where(t.c.id == sa.bindparam("_id", values.get("_id")))
+        stmt = self.guarded(stmt, include_deleted=include_deleted)
+        if check_version:
+            stmt = stmt.where(t.c.version == sa.bindparam("_version", values.get("_version")))
+        return stmt.returning(*t.c)
+
+    async def version_conflict(self, conn: Any, row_id: Any) -> None:
+        """After a versioned Update changed nothing: raise ConcurrencyError if the row exists."""
+        t = self.mt.table
+        sql, params = self.mt.dialect.compile(self.guarded(sa.select(t.c.version).where(t.c.id == row_id)))
+        found = await conn.fetch(sql, params)
+        if not found:
+            return
+        expected, actual = self.params["version"], found[0][0]
+        raise ConcurrencyError(
+            f"{self.where(self.node_id)}: {self.model.name} with id {row_id!r} is at version {actual}, "
+            f"not the expected {expected}; someone else changed it. Nothing was updated.",
+            model=self.model.name,
+            id=row_id,
+            expected=expected,
+            actual=actual,
+            hint="read the row again, reapply your change to what it holds now, and update with its version.",
+        )
 
     def _id_from(self, params: dict[str, Any]) -> Any:
         if "id" in params:
@@ -129,9 +211,15 @@ class ModelNode(Node):
         """The SQLAlchemy statements this node runs, with its parameters bound."""
         raise NotImplementedError
 
-    def _update_statement(self, mt: ModelTable, row_id: Any, fields: dict[str, Any]) -> Any:
-        values = mt.db_values({**fields, "updated_at": self.now()})
-        return sa.update(mt.table).values(values).where(mt.table.c.id == row_id).returning(*mt.table.c)
+    def _update_statement(
+        self, row_id: Any, fields: dict[str, Any], *, check_version: bool, include_deleted: bool
+    ) -> Any:
+        """The UPDATE of one row, its values bound in (for ``sql()``)."""
+        values = self.mt.db_values(self.mt.touched(fields, self.now()))
+        bound = {**values, "_id": row_id, "_version": self.params.get("version")}
+        return self.update_one(
+            tuple(values), check_version=check_version, include_deleted=include_deleted, values=bound
+        )
 
     @classmethod
     def sql(cls, params: Mapping[str, Any] | None = None) -> str:
@@ -141,11 +229,19 @@ class ModelNode(Node):
         'SELECT users.id, ... FROM users WHERE users.id = ?\n-- parameters: [1]'
         """
         node = cls("sql", cls.check(params or {}, node_id="sql"))
+        node.previewing = True
         parts = []
         for stmt in node.statements():
             text, values = cls.mt.dialect.compile(stmt)
             parts.append(f"{text.strip()}\n-- parameters: {values!r}")
         return "\n\n".join(parts)
+
+
+_MANAGED_HOW = {
+    "tenant_id": ": it is the tenant of `with db.tenant(...)`",
+    "version": ": pass the version you read as the node's 'version' parameter",
+    "deleted_at": ": use the model's Delete nodes",
+}
 
 
 def field_check(cls: type[ModelNode], name: str) -> Any:
@@ -203,20 +299,34 @@ def insert_or_nothing(mt: ModelTable, columns: tuple[str, ...], conflict_on: lis
     return stmt.on_conflict_do_nothing(index_elements=list(conflict_on)).returning(*mt.table.c)
 
 
-def update_by_id(mt: ModelTable, columns: tuple[str, ...]) -> Any:
+def read_by_id(node: ModelNode, row_id: Any) -> tuple[str, list[Any]]:
+    """The compiled SELECT of one row by id, within the node's guards, and its values."""
+    t = node.mt.table
+    key = ("read", bool(node.params.get("include_deleted")))
+    sql, names = node.mt.template(
+        key, lambda: node.guarded(sa.select(*t.c).where(t.c.id == sa.bindparam("_id")))
+    )
+    return sql, node.bind(names, {"_id": row_id})
+
+
+def include_deleted_param(model: ModelSchema) -> tuple[Param, ...]:
+    """The ``include_deleted`` parameter, for the nodes that read or filter a soft_delete model."""
+    if not model.soft_delete:
+        return ()
     return (
-        sa.update(mt.table)
-        .values({c: sa.bindparam(c) for c in columns})
-        .where(mt.table.c.id == sa.bindparam("_id"))
-        .returning(*mt.table.c)
+        Param("include_deleted", bool, default=False, description="also rows marked deleted (soft_delete)"),
     )
 
 
-def select_rows(mt: ModelTable, doc: dict[str, Any], order: tuple, limit: int | None, offset: int) -> Any:
+def select_rows(
+    mt: ModelTable, doc: dict[str, Any], order: tuple, limit: int | None, offset: int, guards: list = ()
+) -> Any:
     stmt = sa.select(*mt.table.c)
     where = filters.to_sql(mt, doc)
     if where is not None:
         stmt = stmt.where(where)
+    if guards:
+        stmt = stmt.where(*guards)
     stmt = stmt.order_by(*filters.order_clauses(mt, list(order)))
     if limit is not None:
         stmt = stmt.limit(limit)

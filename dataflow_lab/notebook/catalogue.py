@@ -59,7 +59,7 @@ def example_params(model: ModelSchema) -> dict[str, dict[str, Any]]:
     return {
         "create": row,
         "read": {"id": key},
-        "update": {"id": key, "fields": change},
+        "update": {"id": key, "fields": change, **({"version": 1} if model.versioned else {})},
         "delete": {"id": key},
         "list": {"limit": 10},
         "count": {},

@@ -1,0 +1,150 @@
+"""``db.migrations``: plan, apply, roll back and generate schema migrations.
+
+>>> plan = db.migrations.plan()            # doctest: +SKIP
+>>> db.migrations.apply()                  # additive changes; destructive ones need confirming
+>>> db.migrations.apply(confirm_destructive=True)
+>>> db.migrations.rollback()               # runs the last migration's down SQL
+>>> db.migrations.generate("migrations")   # production: a reviewable file ...
+>>> db.migrations.apply(directory="migrations")  # ... applied from there
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import _loop
+from ..errors import DestructiveMigrationError, MigrationError
+from . import engine
+from .engine import AppliedMigration, MigrationPlan
+from .files import read_directory, write_file
+
+__all__ = ["AppliedMigration", "MigrationPlan", "Migrations"]
+
+
+class Migrations:
+    """The migrations of one DataFlow's models (reach it as ``db.migrations``)."""
+
+    def __init__(self, dataflow: Any):
+        self._db = dataflow
+
+    def __repr__(self) -> str:
+        return f"<migrations of {self._db!r}>"
+
+    # -- public API (blocking; runs on the background loop) ---------------------------
+    def plan(self) -> MigrationPlan:
+        """What ``apply()`` would do now, for every model: steps with up and down SQL."""
+        return _loop.run(self._session(self._plan, write=False))
+
+    def apply(
+        self, *, confirm_destructive: bool = False, directory: str | Path | None = None
+    ) -> list[AppliedMigration]:
+        """Apply the plan (or the pending files of ``directory``); returns what was applied.
+
+        Destructive steps (drops, narrowing retypes, NOT NULL) run only with
+        ``confirm_destructive=True``; files in ``directory`` count as reviewed.
+        """
+        if directory is not None:
+            return _loop.run(self._session(lambda conn, d: self._apply_files(conn, d, Path(directory))))
+        return _loop.run(self._session(lambda conn, d: self._apply(conn, d, confirm_destructive)))
+
+    def rollback(self, steps: int = 1, *, confirm_destructive: bool = False) -> list[AppliedMigration]:
+        """Run the down SQL of the last ``steps`` applied migrations, newest first."""
+        if steps < 1:
+            raise MigrationError(f"rollback(steps={steps}) rolls back nothing.", hint="pass steps=1 or more.")
+        return _loop.run(self._session(lambda conn, d: self._rollback(conn, d, steps, confirm_destructive)))
+
+    def history(self) -> list[AppliedMigration]:
+        """Every recorded migration, oldest first (rolled-back ones have ``rolled_back_at``)."""
+        return _loop.run(self._session(self._history, write=False))
+
+    def generate(self, directory: str | Path) -> Path | None:
+        """Write the current plan as the next numbered .sql file in ``directory`` (None: nothing to do)."""
+        plan = self.plan()
+        if not plan:
+            return None
+        return write_file(directory, plan, engine._slug(plan.steps))
+
+    # -- internals ---------------------------------------------------------------------
+    async def _session(self, work: Any, *, write: bool = True) -> Any:
+        db = self._db
+        db._check_open()
+        dialect = await db._opened()
+        conn = await dialect.acquire()
+        try:
+            await conn.begin()
+            try:
+                if write:
+                    await engine.lock(conn, dialect)
+                result = await work(conn, dialect)
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+        finally:
+            await dialect.release(conn)
+        if write:
+            db._ready.clear()  # every table is checked again at its next use
+        return result
+
+    def _model_tables(self) -> list[Any]:
+        return [t for name, t in self._db._tables.items() if name not in self._db._reflected]
+
+    async def _plan(self, conn: Any, dialect: Any) -> MigrationPlan:
+        steps = []
+        for mt in self._model_tables():
+            steps += await engine.table_plan(conn, mt)
+        return MigrationPlan(tuple(steps))
+
+    async def _apply(self, conn: Any, dialect: Any, confirm: bool) -> list[AppliedMigration]:
+        plan = await self._plan(conn, dialect)
+        if not plan:
+            return []
+        if plan.destructive and not confirm:
+            tables = ", ".join(sorted({s.table for s in plan.steps if s.destructive}))
+            raise engine.destructive_error(f"Table(s) {tables}", plan.steps)
+        return [await engine.run_and_record(conn, dialect, plan.steps, source="api")]
+
+    async def _apply_files(self, conn: Any, dialect: Any, directory: Path) -> list[AppliedMigration]:
+        applied = {m.name: m for m in await engine.history(conn, dialect) if m.rolled_back_at is None}
+        done = []
+        for file in read_directory(directory):
+            known = applied.get(file.name)
+            if known is not None:
+                if known.checksum != file.checksum:
+                    raise MigrationError(
+                        f"Migration file '{file.path}' was edited after it was applied.",
+                        hint="never edit an applied migration; generate a new one for further changes.",
+                    )
+                continue
+            for sql in file.up:
+                await conn.execute(sql)
+            done.append(await engine.record(conn, dialect, file.up, file.down, file.destructive, True,
+                                            source=str(file.path), name=file.name))  # fmt: skip
+        return done
+
+    async def _rollback(self, conn: Any, dialect: Any, steps: int, confirm: bool) -> list[AppliedMigration]:
+        live = [m for m in await engine.history(conn, dialect) if m.rolled_back_at is None]
+        chosen = list(reversed(live))[:steps]
+        if not chosen:
+            raise MigrationError(
+                "There is no applied migration to roll back.", hint="see db.migrations.history()."
+            )
+        risky = [m for m in chosen if m.down_destructive]
+        if risky and not confirm:
+            sql = "".join(f"{s};\n" for m in risky for s in m.down)
+            raise DestructiveMigrationError(
+                f"Rolling back {', '.join(m.name for m in risky)} drops what it created. It would run:\n{sql}",
+                sql=[s for m in risky for s in m.down],
+                hint="if you mean it, call db.migrations.rollback(confirm_destructive=True).",
+            )
+        for m in chosen:
+            for sql in m.down:
+                await conn.execute(sql)
+            await engine.mark_rolled_back(conn, dialect, m.seq)
+        return chosen
+
+    async def _history(self, conn: Any, dialect: Any) -> list[AppliedMigration]:
+        if not await engine.has_history(conn, dialect):
+            return []
+        return await engine.history(conn, dialect)

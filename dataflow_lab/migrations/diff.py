@@ -1,0 +1,99 @@
+"""The difference between a table as it is and as its model wants it.
+
+``diff(live, target)`` lists ``Change``s: columns added, removed, retyped or
+changing nullability, and indexes or unique constraints added or removed.
+A change is *destructive* when it can lose or refuse existing data: dropping
+a column, a narrowing retype (``TEXT`` to ``BIGINT``), or ``NOT NULL`` on a
+nullable column. Everything else (new columns, widening retypes, new or
+dropped indexes) is additive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .live import ColumnShape, IndexShape, TableShape
+
+__all__ = ["Change", "diff", "widens"]
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # add_column | drop_column | retype | drop_not_null | set_not_null | add_index | drop_index
+    name: str  # the column's or the index's name
+    destructive: bool
+    old: ColumnShape | IndexShape | None = None
+    new: ColumnShape | IndexShape | None = None
+
+    def describe(self) -> str:
+        old, new = self.old, self.new
+        if self.kind == "retype":
+            widening = "widening" if not self.destructive else "narrowing"
+            return f"retype column '{self.name}' {old.type} -> {new.type} ({widening})"  # type: ignore[union-attr]
+        if self.kind in ("add_index", "drop_index"):
+            shape = new or old
+            what = "unique" if shape.unique else "index"  # type: ignore[union-attr]
+            verb = "add" if self.kind == "add_index" else "drop"
+            return f"{verb} {what} {self.name} on ({', '.join(shape.columns)})"  # type: ignore[union-attr]
+        return f"{self.kind.replace('_', ' ')} '{self.name}'"
+
+
+_INTEGERS = {"SMALLINT": 1, "INT2": 1, "INTEGER": 2, "INT": 2, "INT4": 2, "BIGINT": 3, "INT8": 3}
+_FLOATS = {"REAL": 1, "FLOAT4": 1, "FLOAT": 2, "DOUBLE": 2, "DECIMAL": 3}
+
+
+def widens(old: str, new: str) -> bool:
+    """True when every value of type ``old`` survives a cast to ``new`` (normalized type names)."""
+    if old == new:
+        return True
+    old_base, _, old_args = old.partition("(")
+    new_base, _, new_args = new.partition("(")
+    if new_base == "VARCHAR":
+        if old_base == "VARCHAR":
+            return not new_args or (old_args != "" and _length(old_args) <= _length(new_args))
+        return old_base != "BLOB"
+    if old_base in _INTEGERS and new_base in _INTEGERS:
+        return _INTEGERS[new_base] >= _INTEGERS[old_base]
+    if old_base in _INTEGERS and new_base in _FLOATS:
+        return True
+    if old_base in _FLOATS and new_base in _FLOATS:
+        return _FLOATS[new_base] >= _FLOATS[old_base]
+    return old_base == "TIMESTAMP" and new_base == "TIMESTAMPWITHTIMEZONE"
+
+
+def _length(args: str) -> int:
+    digits = "".join(ch for ch in args if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def diff(live: TableShape, target: TableShape) -> list[Change]:
+    """Changes that turn ``live`` into ``target``, index drops first and index adds last."""
+    changes = _index_changes(live, target, drops=True)
+    for name, new in target.columns.items():
+        old = live.columns.get(name)
+        if old is None:
+            changes.append(Change("add_column", name, False, None, new))
+            continue
+        if old.type != new.type:
+            changes.append(Change("retype", name, not widens(old.type, new.type), old, new))
+        if old.nullable and not new.nullable:
+            changes.append(Change("set_not_null", name, True, old, new))
+        elif new.nullable and not old.nullable:
+            changes.append(Change("drop_not_null", name, False, old, new))
+    for name, old in live.columns.items():
+        if name not in target.columns:
+            changes.append(Change("drop_column", name, True, old, None))
+    return changes + _index_changes(live, target, drops=False)
+
+
+def _index_changes(live: TableShape, target: TableShape, *, drops: bool) -> list[Change]:
+    def key(index: IndexShape) -> tuple:
+        return index.columns, index.unique
+
+    live_keys = {key(i) for i in live.indexes}
+    target_keys = {key(i) for i in target.indexes}
+    if drops:
+        gone = [i for i in live.indexes if key(i) not in target_keys]
+        return [Change("drop_index", i.name, False, i, None) for i in gone]
+    new = [i for i in target.indexes if key(i) not in live_keys]
+    return [Change("add_index", i.name, False, None, i) for i in new]

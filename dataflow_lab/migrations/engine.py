@@ -1,0 +1,296 @@
+"""Plan, apply, record and roll back migrations, one locked transaction at a time.
+
+Every path that changes a schema (a model's first use, ``db.migrations.apply``,
+``rollback``, files from a directory) runs in one transaction that first takes
+the migration lock: a PostgreSQL advisory transaction lock, SQLite's write
+lock (``BEGIN IMMEDIATE``), DuckDB's single writer. The plan is made *inside*
+the lock, so of two processes applying at once, the second finds nothing left
+to do. Each applied migration is a row of ``dataflow_migrations`` with its up
+and down SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import html
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateTable
+
+from ..dialects import Connection, Dialect
+from ..errors import DestructiveMigrationError, MigrationError, MigrationRequiredError
+from ..model import MISSING
+from .diff import diff
+from .live import model_shape, read_table
+from .ops import Step, create_steps, literal, slug, table_steps
+
+__all__ = ["HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table"]
+
+HISTORY_TABLE = "dataflow_migrations"
+
+
+def history_table() -> sa.Table:
+    return sa.Table(
+        HISTORY_TABLE,
+        sa.MetaData(),
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.Text, nullable=False),
+        sa.Column("checksum", sa.Text, nullable=False),
+        sa.Column("up_sql", sa.Text, nullable=False),  # a JSON list of statements
+        sa.Column("down_sql", sa.Text, nullable=False),
+        sa.Column("destructive", sa.Integer, nullable=False),
+        sa.Column("down_destructive", sa.Integer, nullable=False),
+        sa.Column("source", sa.Text, nullable=False),  # auto | api | the file it came from
+        sa.Column("applied_at", sa.Text, nullable=False),
+        sa.Column("rolled_back_at", sa.Text),
+    )
+
+
+_HISTORY = history_table()
+
+
+def checksum(up: Sequence[str], down: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps([list(up), list(down)]).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """What applying would do: steps with their up and down SQL."""
+
+    steps: tuple[Step, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    @property
+    def destructive(self) -> bool:
+        return any(s.destructive for s in self.steps)
+
+    @property
+    def up(self) -> list[str]:
+        return [sql for s in self.steps for sql in s.up]
+
+    @property
+    def down(self) -> list[str]:
+        return [sql for s in reversed(self.steps) for sql in s.down]
+
+    @property
+    def sql(self) -> str:
+        return "".join(f"{sql};\n" for sql in self.up)
+
+    def describe(self) -> list[str]:
+        return [s.description + (" [destructive]" if s.destructive else "") for s in self.steps]
+
+    def _repr_html_(self) -> str:
+        if not self.steps:
+            return "<p>MigrationPlan: nothing to do.</p>"
+        rows = []
+        for s in self.steps:
+            sql = html.escape("".join(f"{statement};\n" for statement in s.up))
+            flag = "<b>destructive</b>" if s.destructive else "additive"
+            rows.append(
+                f"<tr><td>{html.escape(s.description)}</td><td>{flag}</td><td><pre>{sql}</pre></td></tr>"
+            )
+        head = "<tr><th>step</th><th>kind</th><th>up SQL</th></tr>"
+        return f"<table>{head}{''.join(rows)}</table>"
+
+    def __repr__(self) -> str:
+        if not self.steps:
+            return "MigrationPlan(nothing to do)"
+        return "MigrationPlan(\n" + "".join(f"  {line}\n" for line in self.describe()) + ")"
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    """One row of the migration history."""
+
+    seq: int
+    name: str
+    checksum: str
+    up: tuple[str, ...]
+    down: tuple[str, ...]
+    destructive: bool
+    down_destructive: bool
+    source: str
+    applied_at: str
+    rolled_back_at: str | None
+
+
+# -- planning ------------------------------------------------------------------------
+async def table_plan(conn: Connection, mt: Any) -> list[Step]:
+    """Steps that bring ``mt``'s table (a ModelTable) to its model's shape."""
+    dialect: Dialect = mt.dialect
+    live = await read_table(dialect, conn, mt.table.name)
+    if live is None:
+        return create_steps(dialect, mt.table)
+    changes = diff(live, model_shape(dialect, mt.table))
+    if not changes:
+        return []
+    added = {c.name for c in changes if c.kind == "add_column"}
+    defaults = {}
+    for f in mt.model.fields:
+        if f.name in added and f.default is not MISSING:
+            defaults[f.name] = literal(dialect, mt.to_db(f.name, f.default), mt.table.c[f.name])
+    required = [n for n in added if not mt.table.c[n].nullable and n not in defaults]
+    if required and await _has_rows(conn, dialect, mt.table.name):
+        raise MigrationError(
+            f"Model '{mt.model.name}' adds required field '{required[0]}' to table '{mt.table.name}', "
+            "which already has rows.",
+            hint=f"give '{required[0]}' a default or make it Optional, so existing rows get a value.",
+        )
+    return table_steps(dialect, mt.table, live, changes, defaults)
+
+
+async def _has_rows(conn: Connection, dialect: Dialect, table: str) -> bool:
+    sql, params = dialect.compile(sa.select(sa.literal(1)).select_from(sa.table(table)).limit(1))
+    return bool(await conn.fetch(sql, params))
+
+
+# -- locking, running, recording -----------------------------------------------------------
+async def lock(conn: Connection, dialect: Dialect) -> None:
+    """Take the migration lock in the connection's open transaction; make sure history exists."""
+    sql = dialect.ddl_lock_sql(HISTORY_TABLE)
+    if sql:
+        await conn.fetch(sql)
+    await conn.execute(dialect.ddl(CreateTable(_HISTORY, if_not_exists=True)))
+
+
+async def run_and_record(
+    conn: Connection, dialect: Dialect, steps: Sequence[Step], *, source: str, name: str | None = None
+) -> AppliedMigration:
+    plan = MigrationPlan(tuple(steps))
+    for sql in plan.up:
+        await conn.execute(sql)
+    return await record(conn, dialect, plan.up, plan.down, plan.destructive, _down_destructive(steps),
+                        source=source, name=name or _slug(steps))  # fmt: skip
+
+
+async def record(
+    conn: Connection,
+    dialect: Dialect,
+    up: Sequence[str],
+    down: Sequence[str],
+    destructive: bool,
+    down_destructive: bool,
+    *,
+    source: str,
+    name: str,
+) -> AppliedMigration:
+    sql, params = dialect.compile(sa.select(sa.func.coalesce(sa.func.max(_HISTORY.c.seq), 0)))
+    seq = int((await conn.fetch(sql, params))[0][0]) + 1
+    if not re.match(r"^\d{4}_", name):
+        name = f"{seq:04d}_{name}"
+    row = AppliedMigration(seq, name, checksum(up, down), tuple(up), tuple(down), destructive,
+                           down_destructive, source, dt.datetime.now(dt.UTC).isoformat(), None)  # fmt: skip
+    values = {
+        "seq": row.seq, "name": row.name, "checksum": row.checksum, "up_sql": json.dumps(list(up)),
+        "down_sql": json.dumps(list(down)), "destructive": int(destructive),
+        "down_destructive": int(down_destructive), "source": source, "applied_at": row.applied_at,
+    }  # fmt: skip
+    await conn.execute(*dialect.compile(sa.insert(_HISTORY).values(values)))
+    return row
+
+
+def _down_destructive(steps: Sequence[Step]) -> bool:
+    return any(s.down_destructive for s in steps)
+
+
+def _slug(steps: Sequence[Step]) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", slug(steps))
+
+
+async def history(conn: Connection, dialect: Dialect) -> list[AppliedMigration]:
+    sql, params = dialect.compile(sa.select(*_HISTORY.c).order_by(_HISTORY.c.seq))
+    rows = await conn.fetch(sql, params)
+    return [
+        AppliedMigration(
+            int(r[0]),
+            r[1],
+            r[2],
+            tuple(json.loads(r[3])),
+            tuple(json.loads(r[4])),
+            bool(r[5]),
+            bool(r[6]),
+            r[7],
+            r[8],
+            r[9],
+        )  # fmt: skip
+        for r in rows
+    ]
+
+
+async def has_history(conn: Connection, dialect: Dialect) -> bool:
+    return await read_table(dialect, conn, HISTORY_TABLE) is not None
+
+
+async def mark_rolled_back(conn: Connection, dialect: Dialect, seq: int) -> None:
+    stmt = sa.update(_HISTORY).where(_HISTORY.c.seq == seq)
+    await conn.execute(*dialect.compile(stmt.values(rolled_back_at=dt.datetime.now(dt.UTC).isoformat())))
+
+
+# -- a model's first use -----------------------------------------------------------------
+async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existing_schema: bool) -> None:
+    """Bring one model's table up to date in the connection's open transaction, as policy allows.
+
+    - existing_schema: never any DDL; a missing table or a difference is an error.
+    - a missing table is created (there is nothing to lose), and recorded.
+    - auto_migrate (development, testing): additive changes are applied and recorded; destructive
+      ones raise DestructiveMigrationError showing the SQL.
+    - otherwise (production): any difference raises MigrationRequiredError.
+    """
+    dialect: Dialect = mt.dialect
+    if existing_schema:
+        await check_untouched(conn, mt)
+        return
+    if not await table_plan(conn, mt):  # the usual case: nothing to do, and no lock taken
+        return
+    await lock(conn, dialect)
+    steps = await table_plan(conn, mt)  # again, under the lock: another process may have migrated
+    if not steps:
+        return
+    creating = steps[0].description.startswith("create table")
+    if not creating and not auto_migrate:
+        raise MigrationRequiredError(
+            f"Table '{mt.table.name}' does not match model '{mt.model.name}': "
+            f"{'; '.join(s.description for s in steps)}. This environment does not migrate by itself.",
+            hint="generate the migration with db.migrations.generate('migrations'), review the file, "
+            "then run db.migrations.apply(directory='migrations').",
+        )
+    if any(s.destructive for s in steps):
+        raise destructive_error(f"Model '{mt.model.name}'", steps)
+    await run_and_record(conn, dialect, steps, source="auto")
+
+
+def destructive_error(subject: str, steps: Sequence[Step]) -> DestructiveMigrationError:
+    plan = MigrationPlan(tuple(steps))
+    what = "; ".join(s.description for s in steps if s.destructive)
+    return DestructiveMigrationError(
+        f"{subject} needs a destructive change: {what}. Nothing was changed. It would run:\n{plan.sql}",
+        sql=plan.up,
+        hint="if you mean it, run db.migrations.apply(confirm_destructive=True): dropped and narrowed "
+        "values are kept in a backup table, and db.migrations.rollback() puts them back. Otherwise "
+        "change the model back.",
+    )
+
+
+async def check_untouched(conn: Connection, mt: Any) -> None:
+    live = await read_table(mt.dialect, conn, mt.table.name)
+    if live is None:
+        raise MigrationError(
+            f"Table '{mt.table.name}' of model '{mt.model.name}' does not exist, and this DataFlow was "
+            "opened with existing_schema=True, which never creates or alters tables.",
+            hint="create the table with your own migration tool, or drop existing_schema=True.",
+        )
+    missing = [c for c in mt.columns if c not in live.columns]
+    if missing:
+        raise MigrationError(
+            f"Table '{mt.table.name}' has no column(s) {', '.join(missing)} that model '{mt.model.name}' "
+            "declares, and existing_schema=True never alters tables.",
+            hint="remove the field(s) from the model, or use db.reflect() to model the table as it is.",
+        )

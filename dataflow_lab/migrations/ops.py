@@ -1,0 +1,280 @@
+"""Changes rendered as steps: up SQL, down SQL, and whether each can lose data.
+
+PostgreSQL alters tables in place (its DDL is transactional). SQLite and
+DuckDB refuse many ALTERs (DuckDB will not drop or retype a column that an
+index or constraint depends on), so there a table whose columns change is
+*rebuilt*: a new table with the target shape, the rows copied across, the old
+table dropped and the new one renamed, its indexes recreated. Dropped or
+narrowed values are first copied to a backup table, so a rollback puts them
+back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from ..dialects import Dialect
+from .diff import Change
+from .live import ColumnShape, IndexShape, TableShape
+
+__all__ = ["Step", "create_steps", "table_steps"]
+
+# Which column changes each database makes with ALTER TABLE; the others rebuild the table.
+_IN_PLACE = {
+    "postgresql": {"add_column", "drop_column", "retype", "drop_not_null", "set_not_null"},
+    "sqlite": {"add_column"},  # nullable or defaulted only (SQLite's own rule)
+    "duckdb": set(),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One reversible piece of a migration."""
+
+    table: str
+    description: str
+    up: tuple[str, ...]
+    down: tuple[str, ...]
+    destructive: bool = False  # up can lose or refuse data
+    down_destructive: bool = False  # down can (it drops what up created)
+    slug: str = ""  # for names: "users_add_age"
+
+
+class _Sql:
+    def __init__(self, dialect: Dialect):
+        self.dialect = dialect
+        self.q = dialect.sa_dialect.identifier_preparer.quote
+
+    def type_of(self, column: sa.Column) -> str:
+        return column.type.compile(dialect=self.dialect.sa_dialect)
+
+    def cast(self, expr: str, type_sql: str) -> str:
+        return f"CAST({expr} AS {type_sql})"
+
+    def create_index(self, table: str, index: IndexShape) -> str:
+        unique = "UNIQUE " if index.unique else ""
+        cols = ", ".join(self.q(c) for c in index.columns)
+        return f"CREATE {unique}INDEX {self.q(index.name)} ON {self.q(table)} ({cols})"
+
+
+def literal(dialect: Dialect, value: object, column: sa.Column) -> str:
+    """A value as an SQL literal of the column's type (for DEFAULT clauses and back-fills)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        if dialect.name == "duckdb":
+            return "'" + "".join(f"\\x{b:02x}" for b in value) + "'::BLOB"
+        return f"'\\x{value.hex()}'::bytea" if dialect.name == "postgresql" else f"X'{value.hex()}'"
+    render = {"literal_binds": True}
+    try:
+        return str(
+            sa.literal(value, type_=column.type).compile(dialect=dialect.sa_dialect, compile_kwargs=render)
+        )
+    except sa.exc.CompileError:  # no literal form for this type (JSONB...): cast its text
+        text = sa.literal(value if isinstance(value, str) else str(value), type_=sa.Text)
+        kind = column.type.compile(dialect=dialect.sa_dialect)
+        return f"CAST({text.compile(dialect=dialect.sa_dialect, compile_kwargs=render)} AS {kind})"
+
+
+def create_steps(dialect: Dialect, table: sa.Table) -> list[Step]:
+    up = [*dialect.before_create(table), _ddl(dialect, CreateTable(table))]
+    up += [_ddl(dialect, CreateIndex(index)) for index in table.indexes]
+    down = [f"DROP TABLE {_Sql(dialect).q(table.name)}"]
+    return [
+        Step(table.name, f"create table {table.name}", tuple(up), tuple(down), down_destructive=True,
+             slug=f"create_{table.name}")
+    ]  # fmt: skip
+
+
+def table_steps(
+    dialect: Dialect,
+    table: sa.Table,
+    live: TableShape,
+    changes: Sequence[Change],
+    defaults: Mapping[str, str],
+) -> list[Step]:
+    """Steps that apply ``changes`` to ``live`` (one rebuild when the database needs it)."""
+    in_place = _IN_PLACE[dialect.name]
+
+    def rebuilds(c: Change) -> bool:
+        if c.kind == "add_index":
+            return False
+        if c.kind == "drop_index":
+            return c.old.constraint and dialect.name != "postgresql"  # type: ignore[union-attr]
+        if c.kind == "add_column" and dialect.name == "sqlite":
+            return not c.new.nullable and c.name not in defaults  # type: ignore[union-attr]
+        return c.kind not in in_place
+
+    if any(rebuilds(c) for c in changes):  # the new table has the model's constraints and indexes
+        return [_rebuild(dialect, table, live, changes, defaults)]
+    sql = _Sql(dialect)
+    steps = []
+    for c in changes:
+        if c.kind in ("add_index", "drop_index"):
+            steps.append(_index_step(dialect, live, c))
+        else:
+            steps.append(_column_step(sql, table, live, c, defaults))
+    return steps
+
+
+def _index_step(dialect: Dialect, live: TableShape, c: Change) -> Step:
+    sql, t = _Sql(dialect), live.name
+    index: IndexShape = c.new if c.kind == "add_index" else c.old  # type: ignore[assignment]
+    if index.constraint and c.kind == "drop_index":  # PostgreSQL only: the others rebuild
+        cols = ", ".join(sql.q(x) for x in index.columns)
+        up = f"ALTER TABLE {sql.q(t)} DROP CONSTRAINT {sql.q(index.name)}"
+        down = f"ALTER TABLE {sql.q(t)} ADD CONSTRAINT {sql.q(index.name)} UNIQUE ({cols})"
+    else:
+        create = sql.create_index(t, index)
+        drop = f"DROP INDEX {sql.q(index.name)}"
+        up, down = (create, drop) if c.kind == "add_index" else (drop, create)
+    return Step(t, f"{t}: {c.describe()}", (up,), (down,), slug=f"{t}_{c.kind}_{c.name}")
+
+
+def _column_step(
+    sql: _Sql, table: sa.Table, live: TableShape, c: Change, defaults: Mapping[str, str]
+) -> Step:
+    t, col = sql.q(live.name), sql.q(c.name)
+    alter = f"ALTER TABLE {t} ALTER COLUMN {col}"
+    describe = f"{live.name}: {c.describe()}"
+    name = f"{live.name}_{c.kind.split('_')[0]}_{c.name}"
+    if c.kind == "add_column":
+        column = table.c[c.name]
+        clause = f"ALTER TABLE {t} ADD COLUMN {col} {sql.type_of(column)}"
+        clause += "" if c.new.nullable else " NOT NULL"  # type: ignore[union-attr]
+        up = [clause + (f" DEFAULT {defaults[c.name]}" if c.name in defaults else "")]
+        if c.name in defaults and sql.dialect.name == "postgresql":
+            up.append(f"{alter} DROP DEFAULT")  # the model fills defaults; the table keeps none
+        down = (f"ALTER TABLE {t} DROP COLUMN {col}",)
+        return Step(live.name, describe, tuple(up), down, down_destructive=True, slug=name)
+    if c.kind in ("drop_not_null", "set_not_null"):
+        drop, add = f"{alter} DROP NOT NULL", f"{alter} SET NOT NULL"
+        up, down = (drop, add) if c.kind == "drop_not_null" else (add, drop)
+        return Step(live.name, describe, (up,), (down,), destructive=c.destructive, slug=name)
+    return _drop_or_retype(sql, table, live, c, Step(live.name, describe, (), (), c.destructive, slug=name))
+
+
+def _drop_or_retype(sql: _Sql, table: sa.Table, live: TableShape, c: Change, step: Step) -> Step:
+    """Drop or retype a column in place; a destructive one saves its values first, for rollback."""
+    t, col = sql.q(live.name), sql.q(c.name)
+    alter = f"ALTER TABLE {t} ALTER COLUMN {col}"
+    old: ColumnShape = c.old  # type: ignore[assignment]
+    backup = _backup_name(live.name) if c.destructive and live.primary_key else None
+    up = [_backup_sql(sql, live, backup, [c.name])] if backup else []
+    if c.kind == "drop_column":
+        up.append(f"ALTER TABLE {t} DROP COLUMN {col}")
+        down = [f"ALTER TABLE {t} ADD COLUMN {col} {old.raw_type}"]
+    else:  # retype
+        new_type = sql.type_of(table.c[c.name])
+        up.append(f"{alter} TYPE {new_type} USING {sql.cast(col, new_type)}")
+        down = [f"{alter} TYPE {old.raw_type} USING {sql.cast(col, old.raw_type)}"]
+    restore, drop_backup = _restore_sql(sql, live, backup, [c.name]) if backup else ([], [])
+    down += restore
+    if c.kind == "drop_column" and not old.nullable:
+        down.append(f"{alter} SET NOT NULL")  # once the values are back
+    return dataclasses.replace(step, up=tuple(up), down=tuple(down + drop_backup))
+
+
+def _ddl(dialect: Dialect, element: sa.schema.ExecutableDDLElement) -> str:
+    return "\n".join(line.rstrip() for line in dialect.ddl(element).strip().splitlines() if line.strip())
+
+
+def slug(steps: Sequence[Step]) -> str:
+    """A file-name-friendly summary: create_users, users_add_age_drop_email..."""
+    return "_".join(step.slug for step in steps)[:48].rstrip("_") or "migration"
+
+
+def _backup_name(table: str) -> str:
+    return f"_dataflow_backup_{table[:24]}_{uuid.uuid4().hex[:8]}"
+
+
+def _backup_sql(sql: _Sql, live: TableShape, backup: str, columns: Sequence[str]) -> str:
+    cols = ", ".join(sql.q(c) for c in (*live.primary_key, *columns))
+    return f"CREATE TABLE {sql.q(backup)} AS SELECT {cols} FROM {sql.q(live.name)}"
+
+
+def _restore_sql(
+    sql: _Sql, live: TableShape, backup: str, columns: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Put saved values back with one UPDATE ... FROM (a join, not a subquery per row); drop the backup."""
+    t, b = sql.q(live.name), sql.q(backup)
+    match = " AND ".join(f"b.{sql.q(k)} = {t}.{sql.q(k)}" for k in live.primary_key)
+    sets = ", ".join(f"{sql.q(c)} = b.{sql.q(c)}" for c in columns)
+    return [f"UPDATE {t} SET {sets} FROM {b} b WHERE {match}"], [f"DROP TABLE {b}"]
+
+
+_CREATE_TABLE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:"(?:[^"]|"")*"|[^\s(]+)', re.IGNORECASE)
+
+
+def _rebuild(
+    dialect: Dialect,
+    table: sa.Table,
+    live: TableShape,
+    changes: Sequence[Change],
+    defaults: Mapping[str, str],
+) -> Step:
+    """Copy the rows into a table of the new shape (up), or of the old one (down)."""
+    sql, name = _Sql(dialect), live.name
+    if live.ddl is None:
+        raise ValueError(f"no stored CREATE TABLE for {name}")  # SQLite and DuckDB always keep one
+    tmp = f"_dataflow_rebuild_{name[:40]}"
+    saved = [c.name for c in changes if c.destructive and c.kind in ("drop_column", "retype")]
+    backup = _backup_name(name) if saved and live.primary_key else None
+    target = table.to_metadata(sa.MetaData(), name=tmp)
+    up = [_backup_sql(sql, live, backup, saved)] if backup else []
+    copy_up = []
+    for column in table.columns:
+        old = live.columns.get(column.name)
+        if old is None:
+            copy_up.append(defaults.get(column.name, "NULL"))
+        elif old.type != dialect.declared_type(column):
+            copy_up.append(sql.cast(sql.q(column.name), sql.type_of(column)))
+        else:
+            copy_up.append(sql.q(column.name))
+    up += _swap(
+        sql, name, tmp, _ddl(dialect, CreateTable(target)), [c.name for c in table.columns], copy_up, ""
+    )
+    up += [_ddl(dialect, CreateIndex(index)) for index in table.indexes]
+    copy_down = []
+    for old in live.columns.values():
+        if backup and old.name in saved:
+            copy_down.append(f"b.{sql.q(old.name)}")
+        elif old.name not in table.c:
+            copy_down.append("NULL")
+        elif old.type != dialect.declared_type(table.c[old.name]):
+            copy_down.append(sql.cast(f"{sql.q(name)}.{sql.q(old.name)}", old.raw_type))
+        else:
+            copy_down.append(f"{sql.q(name)}.{sql.q(old.name)}")
+    join = ""
+    if backup:
+        match = " AND ".join(f"b.{sql.q(k)} = {sql.q(name)}.{sql.q(k)}" for k in live.primary_key)
+        join = f" LEFT JOIN {sql.q(backup)} b ON {match}"
+    old_ddl = _CREATE_TABLE.sub(f"CREATE TABLE {sql.q(tmp)}", live.ddl, count=1).rstrip().rstrip(";")
+    down = _swap(sql, name, tmp, old_ddl, list(live.columns), copy_down, join)
+    down += [i.sql.rstrip().rstrip(";") for i in live.indexes if i.sql and not i.constraint]
+    down += [f"DROP TABLE {sql.q(backup)}"] if backup else []
+    what = "; ".join(c.describe() for c in changes)
+    destructive = any(c.destructive for c in changes)
+    words = "_".join(f"{c.kind.split('_')[0]}_{c.name}" for c in changes if c.kind != "drop_index")
+    return Step(name, f"{name}: rebuild ({what})", tuple(up), tuple(down), destructive=destructive,
+                slug=f"{name}_{words}")  # fmt: skip
+
+
+def _swap(
+    sql: _Sql, name: str, tmp: str, create: str, columns: list[str], exprs: list[str], join: str
+) -> list[str]:
+    cols = ", ".join(sql.q(c) for c in columns)
+    return [
+        *(["PRAGMA defer_foreign_keys = ON"] if sql.dialect.name == "sqlite" else []),
+        create,
+        f"INSERT INTO {sql.q(tmp)} ({cols}) SELECT {', '.join(exprs)} FROM {sql.q(name)}{join}",
+        f"DROP TABLE {sql.q(name)}",
+        f"ALTER TABLE {sql.q(tmp)} RENAME TO {sql.q(name)}",
+    ]

@@ -1,0 +1,150 @@
+"""Existing tables as models: ``db.reflect()`` and ``DataFlow(url, existing_schema=True)``.
+
+Rules:
+- A table becomes a model named after it in the singular (``order_items`` ->
+  ``OrderItem``), with the eleven nodes (``OrderItemCreateNode``...).
+- It needs a single-column primary key named ``id``. An integer ``id`` with a
+  database default (SQLite ``INTEGER PRIMARY KEY``, a sequence, an identity)
+  is generated; without one, and for a text ``id``, the caller supplies it.
+  Tables without such a key are skipped with a warning (named explicitly, they
+  are refused), because every node addresses rows by ``id``.
+- Columns map back to logical types (``_LOGICAL``). A column of another type
+  is left out of the model with a warning that names it.
+- ``created_at`` / ``updated_at`` columns, when present, are kept up to date
+  like a declared model's; tables without them simply have none.
+- Reflected tables are never created, altered or migrated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+import warnings
+from decimal import Decimal
+from typing import Any
+
+from ..errors import ValidationError
+from ..model import TIMESTAMP_FIELDS, Field, ModelSchema, check_identifier
+from ..schema import ModelTable
+from ..types import LOGICAL_TYPES
+from .engine import check_untouched
+from .live import TableShape, read_table, table_names
+
+__all__ = ["ReflectedTable", "reflect", "model_from_table"]
+
+_LOGICAL: dict[str, type] = {
+    **dict.fromkeys(("INTEGER", "INT", "BIGINT", "SMALLINT", "TINYINT", "INT2", "INT4", "MEDIUMINT"), int),
+    **dict.fromkeys(("VARCHAR", "CHAR", "CHARACTER", "CLOB", "STRING", "NVARCHAR", "NCHAR"), str),
+    **dict.fromkeys(("REAL", "DOUBLE", "FLOAT", "FLOAT4"), float),
+    **dict.fromkeys(
+        ("TIMESTAMP", "DATETIME", "TIMESTAMPWITHTIMEZONE", "TIMESTAMPWITHOUTTIMEZONE"), dt.datetime
+    ),
+    "BOOLEAN": bool,
+    "DATE": dt.date,
+    "DECIMAL": Decimal,
+    "BLOB": bytes,
+    "UUID": uuid.UUID,
+    "JSON": dict,
+    "JSONB": dict,
+}
+
+
+class ReflectedTable(ModelTable):
+    """A model table that already exists: checked at first use, never changed."""
+
+    async def ensure(self, conn: Any, **_policy: Any) -> None:
+        await check_untouched(conn, self)
+
+
+async def reflect(db: Any, tables: list[str] | None) -> list[str]:
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        available = await table_names(dialect, conn)
+        wanted = available if tables is None else list(tables)
+        modeled = {m.table_name for m in db.models.values()}
+        shapes = []
+        for name in wanted:
+            if name in modeled and tables is None:
+                continue
+            shape = await read_table(dialect, conn, name)
+            if shape is None:
+                raise ValidationError(f"Table '{name}' does not exist in {db!r}.",
+                                      hint=f"tables: {', '.join(available) or 'none'}.")  # fmt: skip
+            shapes.append(shape)
+    finally:
+        await dialect.release(conn)
+    added = []
+    for shape in shapes:
+        schema = model_from_table(shape, strict=tables is not None)
+        if schema is None:
+            continue
+        db._install(schema, ReflectedTable(schema, db._dialect))
+        db._reflected.add(schema.name)
+        added.append(schema.name)
+    return added
+
+
+def model_from_table(shape: TableShape, *, strict: bool = False) -> ModelSchema | None:
+    """A ModelSchema for an existing table (None, with a warning, when it cannot have nodes)."""
+    problem = _key_problem(shape)
+    if problem:
+        if strict:
+            raise ValidationError(f"Table '{shape.name}' cannot be reflected: {problem}.",
+                                  hint="give it a single-column primary key named id.")  # fmt: skip
+        warnings.warn(f"dataflow_lab: table '{shape.name}' skipped: {problem}.", stacklevel=3)
+        return None
+    fields = []
+    for column in shape.columns.values():
+        python = _LOGICAL.get(column.type.partition("(")[0])
+        if python is None:
+            warnings.warn(
+                f"dataflow_lab: column '{shape.name}.{column.name}' has type {column.raw_type or column.type}, "
+                "which has no logical type; it is left out of the model.",
+                stacklevel=3,
+            )
+            continue
+        fields.append(_field(shape, column.name, python, column.nullable, column.default))
+    fields.sort(key=lambda f: f.name != "id")
+    indexes = tuple(i.columns for i in shape.indexes if not i.unique)
+    unique = tuple(i.columns for i in shape.indexes if i.unique)
+    name = check_identifier(class_name_for(shape.name), f"Model name for table '{shape.name}'")
+    return ModelSchema(name, shape.name, tuple(fields), unique=unique, indexes=indexes)
+
+
+def _key_problem(shape: TableShape) -> str | None:
+    if shape.primary_key != ("id",):
+        found = ", ".join(shape.primary_key) or "none"
+        return f"its primary key is ({found}), not a single 'id' column"
+    if shape.columns["id"].type.partition("(")[0] not in _LOGICAL:
+        return f"its id column has type {shape.columns['id'].raw_type}"
+    return None
+
+
+def _field(shape: TableShape, name: str, python: type, nullable: bool, default: str | None) -> Field:
+    logical = LOGICAL_TYPES[python]
+    if name == "id":
+        return Field("id", logical, primary_key=True, generated=python is int and default is not None)
+    if name in TIMESTAMP_FIELDS and python is dt.datetime:
+        return Field(name, logical, nullable=nullable, generated=True)
+    return Field(name, logical, nullable=nullable)
+
+
+_IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "data": "datum",
+              "media": "medium", "criteria": "criterion", "indices": "index", "mice": "mouse"}  # fmt: skip
+
+
+def class_name_for(table: str) -> str:
+    """users -> User, order_items -> OrderItem, people -> Person, categories -> Category."""
+    words = [w for w in table.split("_") if w] or [table]
+    last = words[-1].lower()
+    if last in _IRREGULAR:
+        last = _IRREGULAR[last]
+    elif last.endswith("ies") and len(last) > 3:
+        last = last[:-3] + "y"
+    elif last.endswith(("ses", "xes", "zes", "ches", "shes")):
+        last = last[:-2]
+    elif last.endswith("s") and not last.endswith(("ss", "us", "is")):
+        last = last[:-1]
+    words[-1] = last
+    return "".join(w[:1].upper() + w[1:] for w in words)

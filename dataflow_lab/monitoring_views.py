@@ -1,0 +1,175 @@
+"""The collector's read side: recent runs as records, the dashboard, and a DataFrame.
+
+``MetricsCollector`` (monitoring.py) takes these methods from ``CollectorViews``;
+its hook methods only append tuples and bump counters, and everything here turns
+them into what people read, when they read it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]
+
+RECENT_FAILURE_SECONDS = 60.0  # a connection failure this recent makes the pool "degraded"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRun:
+    """One node of one run, as the collector saw it."""
+
+    run_id: str
+    node_id: str
+    node_type: str
+    model: str | None
+    operation: str
+    started: dt.datetime
+    duration_ms: float
+    rows: int | None
+    queries: int
+    status: str  # "success" | "error"
+    error: str | None
+    retries: int
+    sql: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRun:
+    """One workflow run: its outcome and the totals of its nodes."""
+
+    run_id: str
+    workflow: str
+    user: str | None
+    started: dt.datetime
+    duration_ms: float
+    status: str
+    error: str | None
+    nodes: int
+    queries: int
+    rows: int
+    retries: int
+
+
+class CollectorViews:
+    """Read-side methods of MetricsCollector (they read its logs, counters and monitors)."""
+
+    @property
+    def node_runs(self) -> list[NodeRun]:
+        """The recent node runs, oldest first."""
+        with self._lock:
+            log = list(self._node_log)
+        return [
+            NodeRun(
+                run_id,
+                node_id,
+                node_type,
+                stats.model,
+                stats.operation,
+                dt.datetime.fromtimestamp(started, dt.UTC),
+                duration_ms,
+                rows,
+                queries,
+                "success" if error is None else "error",
+                error,
+                retries,
+                tuple(sql or ()),
+            )  # fmt: skip
+            for run_id, node_id, node_type, stats, started, duration_ms, rows, queries, error, retries, sql in log
+        ]
+
+    @property
+    def workflow_runs(self) -> list[WorkflowRun]:
+        """The recent workflow runs, oldest first."""
+        with self._lock:
+            log = list(self._workflow_log)
+        return [
+            WorkflowRun(
+                run_id,
+                name,
+                user,
+                dt.datetime.fromtimestamp(wall, dt.UTC),
+                duration_ms,
+                "success" if error is None else "error",
+                error,
+                nodes,
+                queries,
+                rows,
+                retried,
+            )  # fmt: skip
+            for run_id, name, user, wall, duration_ms, error, nodes, queries, rows, retried in log
+        ]
+
+    def dashboard(self) -> dict[str, Any]:
+        """The spec's dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
+        from .metrics_export import pool_health
+
+        with self._lock:
+            totals = dict(self.workflows)
+            day, today = self.today
+            db_types = [s for s in list(self.by_type.values()) if s.model is not None]
+            retries = self.retries
+            anomalies = len(self.anomalies)
+            compensations = sum(self.compensations.values())
+        operations = sum(s.count for s in db_types)
+        tx = self.transactions.counts()
+        return {
+            "workflow_executions": {
+                "total": totals["total"],
+                "total_today": today if day == int(time.time() // 86400) else 0,
+                "successful": totals["successful"],
+                "failed": totals["failed"],
+                "average_duration_ms": _mean(totals["duration_ms"], totals["total"]),
+            },
+            "database_operations": {
+                "total_operations": operations,
+                "total_queries": sum(s.queries for s in db_types),
+                "bulk_operations": sum(s.count for s in db_types if s.operation.startswith("bulk_")),
+                "rows": sum(s.rows for s in db_types),
+                "errors": sum(s.errors for s in db_types),
+                "average_response_time_ms": _mean(sum(s.duration_ms for s in db_types), operations),
+                "cache_hit_rate": None,  # dataflow_lab has no result cache
+            },
+            "connection_pool": self._pool_view(pool_health),
+            "safety_events": {
+                "automatic_retries": retries,
+                "transaction_rollbacks": tx["rollbacks"],
+                "deadlock_resolutions": tx["deadlock_resolutions"],
+                "anomalies_detected": anomalies,
+                "deadlocks_detected": tx["deadlocks"],
+                "long_running_transactions": tx["long_running"],
+                "compensations": compensations,
+            },
+        }
+
+    def _pool_view(self, pool_health: Any) -> dict[str, Any]:
+        db = self.dataflow
+        status = dict(db.pool_status()) if db is not None and not db._closed else {}
+        failures = int(status.get("failures") or 0)
+        now = time.monotonic()
+        if failures > self._failures_seen:
+            self._failures_seen, self._failure_at = failures, now
+        recent = self._failure_at is not None and now - self._failure_at < RECENT_FAILURE_SECONDS
+        overflow = db.config.max_overflow if db is not None else 0
+        return pool_health(status, max_overflow=overflow, recent_failure=recent)
+
+    def frame(self) -> Any:
+        """Recent node runs as a pandas DataFrame (one row per node run, oldest first)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            from .errors import DataFlowError
+
+            raise DataFlowError(
+                "metrics_frame() needs pandas.", hint="pip install 'dataflow-lab[pandas]'"
+            ) from exc
+        runs = self.node_runs
+        columns = [f.name for f in fields(NodeRun)]
+        frame = pd.DataFrame.from_records([asdict(r) for r in runs], columns=columns)
+        return frame.astype({"duration_ms": "float64", "queries": "int64", "retries": "int64"})
+
+
+def _mean(total: float, count: int) -> float:
+    return round(total / count, 3) if count else 0.0
