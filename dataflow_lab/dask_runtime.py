@@ -87,12 +87,25 @@ class DaskRuntime:
         self.close()
 
     def execute(
-        self, workflow: Workflow | WorkflowBuilder, parameters: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
     ) -> tuple[RunResults, str]:
-        """Run the workflow on the cluster and wait: (results by node id, run id)."""
+        """Run the workflow on the cluster and wait: (results by node id, run id).
+
+        ``user`` and ``tenant`` as for LocalRuntime: grants are checked here, and each task
+        runs as the user (the audit log's "who") within the captured tenants.
+        """
+        from .access import check_run, user_name
+
         workflow, overrides = prepare(workflow, parameters)
         _check_shareable(workflow)
-        run = _DaskRun(self, workflow, overrides)
+        user = self.user if user is None else user
+        tenants = check_run(workflow, user, tenant)
+        run = _DaskRun(self, workflow, overrides, user_name(user), dict(tenants))
         emit, started, error = self._emit, time.perf_counter(), None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=run.run_id, workflow=workflow, runtime=self)
@@ -112,6 +125,8 @@ class DaskRuntime:
                     error=error,
                     duration=time.perf_counter() - started,
                     mode=self.transaction,
+                    runtime=self,
+                    nodes=run.records,
                 )
 
     async def execute_async(
@@ -126,8 +141,17 @@ class DaskRuntime:
 class _DaskRun:
     """One run: submit the steps, iterate cycles, settle every future, compensate on failure."""
 
-    def __init__(self, runtime: DaskRuntime, workflow: Workflow, overrides: dict[str, dict[str, Any]]):
+    def __init__(
+        self,
+        runtime: DaskRuntime,
+        workflow: Workflow,
+        overrides: dict[str, dict[str, Any]],
+        user: str | None,
+        tenants: dict[Any, str],
+    ):
         self.runtime, self.workflow, self.overrides = runtime, workflow, overrides
+        self.user, self.tenants = user, tenants
+        self.records: list[tuple] = []  # hooks.NODE_RECORD tuples, for after_workflow's ``nodes``
         self.run_id = str(uuid.uuid4())
         self.results = RunResults()
         self.routers = routers(workflow)
@@ -169,7 +193,7 @@ class _DaskRun:
         task = NodeTask(
             node_id, node_ref(spec.node_class), dict(spec.params), incoming, self.routers,
             self.overrides.get(node_id), self.run_id, self.runtime.transaction, self.runtime.retry,
-            self.runtime.isolation, self.runtime.user,
+            self.runtime.isolation, self.user, self.tenants,
         )  # fmt: skip
         emit = self.runtime._emit
         if emit.wants("before_node"):  # on Dask: when the task is submitted
@@ -244,8 +268,13 @@ class _DaskRun:
                     reason=outcome.result.reason,
                 )
             return
+        result = None if outcome is None else outcome.result
+        duration = 0.0 if outcome is None else outcome.duration
+        # hooks.NODE_RECORD. "started" is a client-side reading (workers' clocks are their own);
+        # queries are not counted: the workers' copies of the DataFlow are not monitored
+        started = time.perf_counter() - duration
+        self.records.append((node_id, spec.node_class, started, duration, rows_of(result), 0, None, error))
         if emit.wants("after_node"):
-            result = None if outcome is None else outcome.result
             emit.emit(
                 "after_node",
                 run_id=self.run_id,
@@ -253,9 +282,11 @@ class _DaskRun:
                 node_type=spec.type_name,
                 result=result,
                 error=error,
-                duration=0.0 if outcome is None else outcome.duration,
+                duration=duration,
                 rows=rows_of(result),
                 node_class=spec.node_class,
+                queries=0,
+                sql=None,
             )
 
     def _compensate(self) -> list[dict[str, Any]]:

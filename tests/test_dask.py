@@ -311,3 +311,47 @@ def test_run_parameters_override_node_parameters_on_dask(shop, dask_client):
     )
     assert results["greet"]["greeting"] == "hello zed"
     assert results["create"]["name"] == "zed"
+
+
+# --------------------------------------------------------------------------- users, tenants, monitoring
+
+
+def test_dask_tasks_run_as_the_user_and_within_the_tenant(pg_url, dask_client):
+    from dataflow_lab import TenantRequiredError
+
+    db = DataFlow(pg_url)
+
+    @db.model
+    class Invoice:
+        __dataflow__ = {"multi_tenant": True, "audit_log": True}
+        amount: int
+
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("InvoiceCreateNode", "bill", amount=40)
+    runtime = DaskRuntime(dask_client, user="dora")
+    with pytest.raises(TenantRequiredError):
+        runtime.execute(wf.build())  # refused on the client, before any task
+    results, _ = runtime.execute(wf.build(), tenant="acme")
+    assert results["bill"]["tenant_id"] == "acme"
+    count = WorkflowBuilder(dataflow=db)
+    count.add_node("InvoiceCountNode", "n")
+    assert LocalRuntime().execute(count.build(), tenant="acme")[0]["n"]["count"] == 1
+    assert LocalRuntime().execute(count.build(), tenant="globex")[0]["n"]["count"] == 0
+    assert [(e.operation, e.user) for e in db.audit("Invoice")] == [("create", "dora")]
+    db.close()
+
+
+def test_a_monitored_dataflow_records_dask_runs(pg_url, dask_client):
+    db = DataFlow(pg_url, monitoring=True)
+
+    @db.model
+    class Ping:
+        n: int
+
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("PingCreateNode", "a", n=1)
+    wf.add_node("PingCreateNode", "b", n=2)
+    DaskRuntime(dask_client).execute(wf.build())
+    assert sorted(r.node_id for r in db.monitor.node_runs) == ["a", "b"]
+    assert db.metrics()["workflow_executions"]["total"] == 1
+    db.close()
