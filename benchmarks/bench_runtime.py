@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(__file__), _ROOT]  # this checkout, here and in the Dask workers
@@ -125,7 +126,30 @@ def cpu_rows(rounds: int, width: int, loops: int) -> tuple[list[tuple], float, f
     finally:
         client.close()
         cluster.close()
+    rows.append(_ceiling(rounds, width, loops))
     return rows, startup, overlap
+
+
+class _Plain:
+    """The same CPU fan-out without dataflow_lab: a loop, or a 2-process pool (what the cores allow)."""
+
+    def __init__(self, width: int, loops: int, pool: Any = None):
+        self.width, self.loops, self.pool = width, loops, pool
+
+    def execute(self, _workflow: Any) -> None:
+        if self.pool is None:
+            [burn(i, self.loops) for i in range(self.width)]
+        else:
+            list(self.pool.map(burn, range(self.width), [self.loops] * self.width))
+
+
+def _ceiling(rounds: int, width: int, loops: int) -> tuple:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        base, cand, ratios = compare(_Plain(width, loops), _Plain(width, loops, pool), None, rounds)
+    return _row(f"CPU, no dataflow_lab: {width} x ~0.2 s", "ProcessPoolExecutor(2): the machine's ceiling",
+                "a Python loop", base, cand, ratios, "-")  # fmt: skip
 
 
 def _overlap(client, dask, workflow) -> float:
@@ -185,7 +209,10 @@ def main() -> int:
         f"{args.rounds} rounds after a warm-up);\n"
         "speed-up = median sequential time / median time of the runtime.\n\n"
         + table(rows, headers)
-        + f"\n\nLocalCluster start-up (2 worker processes): {startup:.2f} s, not included above.\n"
+        + "\n\nThe last row runs the same arithmetic with no dataflow_lab and no Dask, in a loop and on a\n"
+        "2-process pool, right after the Dask rows: the speed-up two processes get on this shared\n"
+        "machine at that time. Read DaskRuntime's figure against that ceiling.\n"
+        + f"\nLocalCluster start-up (2 worker processes): {startup:.2f} s, not included above.\n"
         + f"Dask workers' compute time over wall time in one more CPU run: {overlap:.2f} (2.00 = both "
         "workers busy throughout; below that, the 2 cores were shared with other processes).\n"
         + f"Load average (1, 5, 15 min) at the end of the run: {load} on {os.cpu_count()} cores.\n"
