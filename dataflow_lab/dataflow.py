@@ -312,13 +312,13 @@ class DataFlow:
 
         Commits those whose decision the coordinator recorded; rolls back the rest.
         """
-        from .transactions import recover_in_doubt
+        from .two_phase import recover_in_doubt
 
         return _loop.run(recover_in_doubt([self, *others]))
 
     async def _recover_at_start(self) -> None:
         """At first use of a PostgreSQL database: resolve two-phase commits a crash left in doubt."""
-        from .transactions import recover_in_doubt
+        from .two_phase import recover_in_doubt
 
         if self.dialect != "postgresql" or not await self._allows_two_phase():
             return

@@ -324,7 +324,7 @@ def pending_prepared(url: str) -> list[str]:
 
 
 def crash_during_commit(monkeypatch, first, second, *, after_decision: bool) -> None:
-    from dataflow_lab import transactions
+    from dataflow_lab import transactions, two_phase
 
     if after_decision:
         real = transactions.Scope.commit
@@ -339,7 +339,7 @@ def crash_during_commit(monkeypatch, first, second, *, after_decision: bool) -> 
         async def no_decision(conn, gid):
             raise TransactionError("simulated crash after PREPARE, before the decision")
 
-        monkeypatch.setattr(transactions, "_record_decision", no_decision)
+        monkeypatch.setattr(two_phase, "_record_decision", no_decision)
     with pytest.raises(TransactionError, match="simulated crash"):
         LocalRuntime(transaction="2pc").execute(cross_workflow(first, second))
     monkeypatch.undo()
