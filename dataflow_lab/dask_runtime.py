@@ -166,14 +166,18 @@ class _DaskRun:
             run(dataflow._ensure_table(table))
         failure: BaseException | None = None
         try:
-            for step in self.workflow.steps:
-                if isinstance(step, Cycle):
-                    self._cycle(step)
-                else:
-                    self._submit(step, f"{step}-{self.run_id}")
-        except Exception as exc:  # a cycle's node failed, or it did not converge
-            failure = exc
-        outcomes, node_failure = self._settle()
+            try:
+                for step in self.workflow.steps:
+                    if isinstance(step, Cycle):
+                        self._cycle(step)
+                    else:
+                        self._submit(step, f"{step}-{self.run_id}")
+            except Exception as exc:  # a cycle's node failed, or it did not converge
+                failure = exc
+            outcomes, node_failure = self._settle()
+        except BaseException:  # Ctrl-C: tasks not yet started never start (running ones finish)
+            self.runtime.client.cancel([future for _, future in self.submitted])
+            raise
         failure = node_failure or failure
         for node_id in self.workflow.order:
             if node_id in outcomes:

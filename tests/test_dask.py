@@ -128,6 +128,37 @@ def test_one_workflow_gives_identical_results_on_local_async_and_dask(shop, dask
     assert list(runs["dask"]) == ["create", "route", "upgrade", "keep", "count", "greet"]
 
 
+def test_a_cycle_gives_identical_results_and_iterations_on_local_async_and_dask(shop, dask_client):
+    def next_name(n: int = 0) -> dict:
+        return {"n": n + 1, "name": f"customer {n + 1}"}
+
+    def build() -> WorkflowBuilder:
+        wf = WorkflowBuilder(dataflow=shop)
+        wf.add_node(next_name, "next")
+        wf.add_node("CustomerCreateNode", "create")
+        wf.add_node("CustomerCountNode", "count")
+        wf.add_connection("next", "name", "create", "name")
+        wf.add_connection("next", "n", "create", "spent")
+        wf.add_connection("create", "spent", "next", "n", cycle=True, max_iterations=9,
+                          converge_when=lambda c: c["spent"] >= 4)  # fmt: skip
+        wf.add_connection("create", "tier", "count", "filter.tier")
+        return wf
+
+    runs = {}
+    for name, runtime in [
+        ("local", LocalRuntime()),
+        ("async", AsyncLocalRuntime(transaction="node")),
+        ("dask", DaskRuntime(dask_client)),
+    ]:
+        restart(shop, "customers")
+        results, _ = runtime.execute(build().build())
+        runs[name] = (without_volatile(results), without_volatile(results.iterations))
+    assert runs["local"] == runs["async"] == runs["dask"]
+    results, iterations = runs["dask"]
+    assert results["count"] == {"count": 4}
+    assert [c["id"] for c in iterations["create"]] == [1, 2, 3, 4]
+
+
 def test_nodes_run_on_the_worker_processes(shop, dask_client):
     results, _ = DaskRuntime(dask_client).execute(order_flow(shop, 1).build())
     worker_pids = set(dask_client.run(os.getpid).values())
