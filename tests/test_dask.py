@@ -386,3 +386,13 @@ def test_a_monitored_dataflow_records_dask_runs(pg_url, dask_client):
     assert sorted(r.node_id for r in db.monitor.node_runs) == ["a", "b"]
     assert db.metrics()["workflow_executions"]["total"] == 1
     db.close()
+
+
+def test_model_schemas_pickle_with_missing_defaults_intact(shop):
+    from dataflow_lab.model import MISSING
+
+    schema = shop.models["Customer"]
+    copy = pickle.loads(pickle.dumps(schema))
+    assert copy == schema and copy.signature() == schema.signature()
+    assert copy.by_name["name"].default is MISSING  # still "no default", not a look-alike object
+    assert copy.by_name["name"].required
