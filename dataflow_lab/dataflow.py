@@ -141,7 +141,8 @@ class DataFlow:
         """Pickle as a description (URL, configuration, model schemas), never as pools or connections.
 
         Another process (a Dask worker) rebuilds an equivalent DataFlow from it once and reuses it
-        (see ``_remote.py``); this process gets this very instance back.
+        (see ``_remote.py``); this process gets this very instance back. The description holds the
+        full URL, password included, since workers must connect: pickle it only to your own workers.
         """
         from ._remote import dataflow_from_description
 
