@@ -115,11 +115,17 @@ class ModelTable:
         return {**values, "updated_at": now} if "updated_at" in self.model.by_name else dict(values)
 
     # -- DDL -------------------------------------------------------------
-    async def ensure(self, conn: Connection, *, auto_migrate: bool, existing_schema: bool = False) -> None:
-        """Create the table if missing, and migrate it as the environment allows (migrations/engine.py)."""
+    async def ensure(self, conn: Connection, *, auto_migrate: bool, existing_schema: bool = False,
+                     clock: Any = None) -> None:  # fmt: skip
+        """Create the table if missing, and migrate it as the environment allows (migrations/engine.py).
+
+        ``clock`` (the DataFlow's) dates the migration history; None: the system clock.
+        """
+        from .clock import SystemClock
         from .migrations.engine import ensure_table
 
-        await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema)
+        await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
+                           clock=clock or SystemClock())  # fmt: skip
 
 
 def _tenant_first(group: tuple[str, ...]) -> tuple[str, ...]:

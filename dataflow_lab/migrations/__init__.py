@@ -103,7 +103,7 @@ class Migrations:
         if plan.destructive and not confirm:
             tables = ", ".join(sorted({s.table for s in plan.steps if s.destructive}))
             raise engine.destructive_error(f"Table(s) {tables}", plan.steps)
-        return [await engine.run_and_record(conn, dialect, plan.steps, source="api")]
+        return [await engine.run_and_record(conn, dialect, plan.steps, source="api", clock=self._db.clock)]
 
     async def _apply_files(self, conn: Any, dialect: Any, directory: Path) -> list[AppliedMigration]:
         applied = {m.name: m for m in await engine.history(conn, dialect) if m.rolled_back_at is None}
@@ -120,7 +120,7 @@ class Migrations:
             for sql in file.up:
                 await conn.execute(sql)
             done.append(await engine.record(conn, dialect, file.up, file.down, file.destructive, True,
-                                            source=str(file.path), name=file.name))  # fmt: skip
+                                            source=str(file.path), name=file.name, clock=self._db.clock))  # fmt: skip
         return done
 
     async def _rollback(self, conn: Any, dialect: Any, steps: int, confirm: bool) -> list[AppliedMigration]:
@@ -141,7 +141,7 @@ class Migrations:
         for m in chosen:
             for sql in m.down:
                 await conn.execute(sql)
-            await engine.mark_rolled_back(conn, dialect, m.seq)
+            await engine.mark_rolled_back(conn, dialect, m.seq, self._db.clock)
         return chosen
 
     async def _history(self, conn: Any, dialect: Any) -> list[AppliedMigration]:

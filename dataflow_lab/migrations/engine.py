@@ -11,14 +11,13 @@ and down SQL.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import html
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
@@ -33,6 +32,10 @@ from .ops import Step, create_steps, literal, slug, table_steps
 __all__ = ["HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table"]
 
 HISTORY_TABLE = "dataflow_migrations"
+
+
+class Clock(Protocol):  # the DataFlow's clock (clock.py): the testing preset's is reproducible
+    def peek(self) -> Any: ...
 
 
 def history_table() -> sa.Table:
@@ -108,7 +111,7 @@ class MigrationPlan:
 
 @dataclass(frozen=True)
 class AppliedMigration:
-    """One row of the migration history."""
+    """One row of the migration history (its times come from the DataFlow's clock, in ISO 8601)."""
 
     seq: int
     name: str
@@ -162,13 +165,13 @@ async def lock(conn: Connection, dialect: Dialect) -> None:
 
 
 async def run_and_record(
-    conn: Connection, dialect: Dialect, steps: Sequence[Step], *, source: str, name: str | None = None
+    conn: Connection, dialect: Dialect, steps: Sequence[Step], *, source: str, clock: Clock
 ) -> AppliedMigration:
     plan = MigrationPlan(tuple(steps))
     for sql in plan.up:
         await conn.execute(sql)
     return await record(conn, dialect, plan.up, plan.down, plan.destructive, _down_destructive(steps),
-                        source=source, name=name or _slug(steps))  # fmt: skip
+                        source=source, name=_slug(steps), clock=clock)  # fmt: skip
 
 
 async def record(
@@ -181,13 +184,14 @@ async def record(
     *,
     source: str,
     name: str,
+    clock: Clock,
 ) -> AppliedMigration:
     sql, params = dialect.compile(sa.select(sa.func.coalesce(sa.func.max(_HISTORY.c.seq), 0)))
     seq = int((await conn.fetch(sql, params))[0][0]) + 1
     if not re.match(r"^\d{4}_", name):
         name = f"{seq:04d}_{name}"
     row = AppliedMigration(seq, name, checksum(up, down), tuple(up), tuple(down), destructive,
-                           down_destructive, source, dt.datetime.now(dt.UTC).isoformat(), None)  # fmt: skip
+                           down_destructive, source, clock.peek().isoformat(), None)  # fmt: skip
     values = {
         "seq": row.seq, "name": row.name, "checksum": row.checksum, "up_sql": json.dumps(list(up)),
         "down_sql": json.dumps(list(down)), "destructive": int(destructive),
@@ -229,13 +233,15 @@ async def has_history(conn: Connection, dialect: Dialect) -> bool:
     return await read_table(dialect, conn, HISTORY_TABLE) is not None
 
 
-async def mark_rolled_back(conn: Connection, dialect: Dialect, seq: int) -> None:
+async def mark_rolled_back(conn: Connection, dialect: Dialect, seq: int, clock: Clock) -> None:
     stmt = sa.update(_HISTORY).where(_HISTORY.c.seq == seq)
-    await conn.execute(*dialect.compile(stmt.values(rolled_back_at=dt.datetime.now(dt.UTC).isoformat())))
+    await conn.execute(*dialect.compile(stmt.values(rolled_back_at=clock.peek().isoformat())))
 
 
 # -- a model's first use -----------------------------------------------------------------
-async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existing_schema: bool) -> None:
+async def ensure_table(
+    conn: Connection, mt: Any, *, auto_migrate: bool, existing_schema: bool, clock: Clock
+) -> None:
     """Bring one model's table up to date in the connection's open transaction, as policy allows.
 
     - existing_schema: never any DDL; a missing table or a difference is an error.
@@ -264,7 +270,7 @@ async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existin
         )
     if any(s.destructive for s in steps):
         raise destructive_error(f"Model '{mt.model.name}'", steps)
-    await run_and_record(conn, dialect, steps, source="auto")
+    await run_and_record(conn, dialect, steps, source="auto", clock=clock)
 
 
 def destructive_error(subject: str, steps: Sequence[Step]) -> DestructiveMigrationError:
