@@ -15,7 +15,7 @@ import hashlib
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,8 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
 from ..dialects import Connection, Dialect
-from ..errors import DestructiveMigrationError, MigrationError, MigrationRequiredError
+from ..errors import BackfillRequiredError, DestructiveMigrationError, MigrationError, MigrationRequiredError
 from ..model import MISSING
+from ..schema import check_value
 from .diff import diff
 from .live import model_shape, read_table
 from .ops import Step, create_steps, literal, slug, table_steps
@@ -126,8 +127,12 @@ class AppliedMigration:
 
 
 # -- planning ------------------------------------------------------------------------
-async def table_plan(conn: Connection, mt: Any) -> list[Step]:
-    """Steps that bring ``mt``'s table (a ModelTable) to its model's shape."""
+async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | None = None) -> list[Step]:
+    """Steps that bring ``mt``'s table (a ModelTable) to its model's shape.
+
+    A column added NOT NULL gives existing rows its field's default, else its ``backfill`` value
+    (which wins over the default); with neither, a table with rows raises BackfillRequiredError.
+    """
     dialect: Dialect = mt.dialect
     live = await read_table(dialect, conn, mt.table.name)
     if live is None:
@@ -136,23 +141,57 @@ async def table_plan(conn: Connection, mt: Any) -> list[Step]:
     if not changes:
         return []
     added = {c.name for c in changes if c.kind == "add_column"}
+    backfill = {k: v for k, v in (backfill or {}).items() if k in added}
     defaults = {}
     for f in mt.model.fields:
-        if f.name in added and f.default is not MISSING:
+        if f.name in backfill:
+            value = backfill_value(mt, f, backfill[f.name])
+            defaults[f.name] = literal(dialect, mt.to_db(f.name, value), mt.table.c[f.name])
+        elif f.name in added and f.default is not MISSING:
             defaults[f.name] = literal(dialect, mt.to_db(f.name, f.default), mt.table.c[f.name])
-    required = [n for n in added if not mt.table.c[n].nullable and n not in defaults]
-    if required and await _has_rows(conn, dialect, mt.table.name):
-        raise MigrationError(
-            f"Model '{mt.model.name}' adds required field '{required[0]}' to table '{mt.table.name}', "
-            "which already has rows.",
-            hint=f"give '{required[0]}' a default or make it Optional, so existing rows get a value.",
-        )
-    return table_steps(dialect, mt.table, live, changes, defaults)
+    required = sorted(n for n in added if not mt.table.c[n].nullable and n not in defaults)
+    if required:
+        count = await _row_count(conn, dialect, mt.table.name)
+        if count:
+            raise backfill_error(mt, required, count)
+    return table_steps(dialect, mt.table, live, changes, defaults, backfilled=frozenset(backfill))
 
 
-async def _has_rows(conn: Connection, dialect: Dialect, table: str) -> bool:
-    sql, params = dialect.compile(sa.select(sa.literal(1)).select_from(sa.table(table)).limit(1))
-    return bool(await conn.fetch(sql, params))
+def backfill_value(mt: Any, f: Any, value: Any) -> Any:
+    """``value`` checked as a value of field ``f`` (a tenant: a non-empty string)."""
+    if f.name == "tenant_id" and mt.model.multi_tenant:
+        from ..tenancy import check_tenant
+
+        return check_tenant(value)
+    return check_value(mt.model, f, value, node="backfill")
+
+
+def backfill_error(mt: Any, required: Sequence[str], count: int) -> BackfillRequiredError:
+    model, table, rows = mt.model.name, mt.table.name, f"{count} row{'s' if count != 1 else ''}"
+    if required == ["tenant_id"] and mt.model.multi_tenant:
+        what = (f"Model '{model}' turns on multi_tenant, and table '{table}' already has {rows}: each "
+                "needs a tenant_id, or no tenant would ever see it again.")  # fmt: skip
+        example = "{'tenant_id': 'acme'}"
+        how = "say whose rows they are"
+    else:
+        names = ", ".join(f"'{n}'" for n in required)
+        what = f"Model '{model}' adds required field(s) {names} to table '{table}', which already has {rows}."
+        example = "{" + ", ".join(f"'{n}': ..." for n in required) + "}"
+        how = f"give {names} a default or make it Optional, or fill the existing rows once"
+    return BackfillRequiredError(
+        f"{what} Nothing was changed.",
+        model=model,
+        table=table,
+        columns=list(required),
+        rows=count,
+        hint=f"{how}: db.migrations.apply(backfill={example}) sets it on the existing rows in the "
+        "migration's own transaction (db.migrations.generate(..., backfill=...) writes it into the file).",
+    )
+
+
+async def _row_count(conn: Connection, dialect: Dialect, table: str) -> int:
+    sql, params = dialect.compile(sa.select(sa.func.count()).select_from(sa.table(table)))
+    return int((await conn.fetch(sql, params))[0][0])
 
 
 # -- locking, running, recording -----------------------------------------------------------
