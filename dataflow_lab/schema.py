@@ -97,7 +97,7 @@ class ModelTable:
         return list(map(self._row_dict, raw_rows))
 
     def new_row(self, values: Mapping[str, Any], *, now: dt.datetime) -> dict[str, Any]:
-        """A complete row for INSERT: defaults filled, timestamps set."""
+        """A complete row for INSERT: defaults filled, timestamps set (a server default: left out)."""
         row: dict[str, Any] = {}
         for f in self.model.fields:
             if f.name in values:
@@ -106,7 +106,7 @@ class ModelTable:
                 row[f.name] = now
             elif f.default is not MISSING:
                 row[f.name] = _fresh(f.default)
-            elif f.nullable:
+            elif f.nullable and not f.server_default:
                 row[f.name] = None
         return row
 
