@@ -16,7 +16,7 @@ ID = {
 def create_schema(db) -> None:
     statements = ["CREATE SEQUENCE tickets_seq"] if db.dialect == "duckdb" else []
     statements.append(
-        f"CREATE TABLE tickets ({ID[db.dialect]}, title TEXT NOT NULL, "
+        f"CREATE TABLE tickets ({ID[db.dialect]}, title VARCHAR(40) NOT NULL UNIQUE, "
         "status VARCHAR(20) NOT NULL DEFAULT 'open', priority INTEGER NOT NULL DEFAULT 3, "
         "note TEXT DEFAULT 'none', owner TEXT)"
     )
@@ -76,3 +76,14 @@ def test_bulk_create_without_them_lets_the_database_fill_them(db):
         ("b", "open", 3, "none", None),
         ("c", "done", 5, "none", None),
     ]
+
+
+def test_upserts_that_create_let_the_database_fill_them(db):
+    create_schema(db)
+    out = run(db, "TicketUpsertNode", {"where": {"title": "a"}})
+    assert out["created"] is True and fields(out["record"]) == ("a", "open", 3, "none", None)
+    out = run(db, "TicketBulkUpsertNode", {"data": [{"title": "a", "owner": "ann"}, {"title": "b"}],
+                                             "conflict_on": ["title"]})  # fmt: skip
+    assert (out["inserted"], out["updated"]) == (1, 1)
+    stored = run(db, "TicketListNode", {"order_by": ["id"]})["records"]
+    assert [fields(r) for r in stored] == [("a", "open", 3, "none", "ann"), ("b", "open", 3, "none", None)]
