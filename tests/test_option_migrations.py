@@ -193,3 +193,18 @@ def test_turning_on_soft_delete_leaves_every_row_live(db):
     assert [r["deleted_at"] for r in one(db, "SeatListNode")["records"]] == [None] * 3
     one(db, "SeatDeleteNode", {"id": 1})
     assert seats(db) == ROWS[1:]
+
+
+def test_backfill_also_fills_an_added_optional_field(db):
+    seed(db)
+
+    @db.model
+    class Seat:
+        room: str
+        number: int
+        label: str | None = None
+        __dataflow__ = {"unique": [("room", "number")]}
+
+    db.migrations.apply(backfill={"label": "legacy"})
+    assert [r["label"] for r in one(db, "SeatListNode")["records"]] == ["legacy"] * 3
+    assert one(db, "SeatCreateNode", {"room": "c", "number": 1})["label"] is None  # new rows: the model's

@@ -6,7 +6,11 @@ the migration lock: a PostgreSQL advisory transaction lock, SQLite's write
 lock (``BEGIN IMMEDIATE``), DuckDB's single writer. The plan is made *inside*
 the lock, so of two processes applying at once, the second finds nothing left
 to do. Each applied migration is a row of ``dataflow_migrations`` with its up
-and down SQL.
+and down SQL, dated by the DataFlow's clock.
+
+A column added NOT NULL to a table with rows needs a value for those rows: the
+field's default, or a ``backfill`` value given to apply/plan/generate (turning
+on ``multi_tenant``: whose rows they are). Without either, BackfillRequiredError.
 """
 
 from __future__ import annotations
