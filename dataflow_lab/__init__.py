@@ -7,6 +7,7 @@ from .access import User
 from .dataflow import DataFlow
 from .errors import (
     AccessDeniedError,
+    BackfillRequiredError,
     ConcurrencyError,
     ConnectionError,
     CycleNotConvergedError,
@@ -63,6 +64,7 @@ __all__ = [
     "DataFlow",
     "DataFlowError",
     "LocalRuntime",
+    "BackfillRequiredError",
     "DestructiveMigrationError",
     "MetricsCollector",
     "MigrationError",

@@ -21,6 +21,10 @@ class SystemClock:
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 
+    def peek(self) -> dt.datetime:
+        """The time now (for bookkeeping such as the migration history)."""
+        return self.now()
+
     def __repr__(self) -> str:
         return "SystemClock()"
 
@@ -49,6 +53,12 @@ class SteppingClock:
         with self._lock:
             current, self._next = self._next, self._next + self.step
         return current
+
+    def peek(self) -> dt.datetime:
+        """What ``now()`` would return, without stepping: bookkeeping (the migration history)
+        does not shift the timestamps that rows get."""
+        with self._lock:
+            return self._next
 
     def __repr__(self) -> str:
         return f"SteppingClock(next={self._next.isoformat()}, step={self.step})"

@@ -237,8 +237,9 @@ class DataFlow:
             return
         await self._ensure_table_once(table)
 
-    def _migration_policy(self) -> dict[str, bool]:
-        return {"auto_migrate": self.config.auto_migrate, "existing_schema": self.config.existing_schema}
+    def _migration_policy(self) -> dict[str, Any]:
+        return {"auto_migrate": self.config.auto_migrate, "existing_schema": self.config.existing_schema,
+                "clock": self.clock}  # fmt: skip
 
     @property
     def migrations(self) -> Any:

@@ -122,6 +122,19 @@ class MigrationRequiredError(MigrationError):
     """The models and the database differ, and this environment does not migrate by itself."""
 
 
+class BackfillRequiredError(MigrationError):
+    """A migration adds required column(s) to a table with rows and no value to give those rows.
+
+    ``model``, ``table``, ``columns`` and ``rows`` (how many rows need a value) say which; proceed
+    with ``db.migrations.apply(backfill={column: value})``.
+    """
+
+    def __init__(self, message: str, *, model: str, table: str, columns: list[str], rows: int,
+                 hint: str | None = None):  # fmt: skip
+        self.model, self.table, self.columns, self.rows = model, table, list(columns), rows
+        super().__init__(message, hint=hint)
+
+
 class ConnectionError(DataFlowError):  # noqa: A001 - deliberate, namespaced by the package
     """The database could not be reached or refused the connection."""
 

@@ -175,6 +175,17 @@ def _expr(mt: Any, doc: Mapping[str, Any]) -> Any:
     return to_sql(mt, doc) if doc else sa.true()
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is anywhere in ``value``: a string, or a JSON value's keys and strings."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
     import sqlalchemy as sa
 
@@ -184,7 +195,7 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
     col = mt.dialect.comparable(raw_col, field.type.name)
 
     def bind(v: Any) -> Any:
-        if isinstance(v, str) and "\x00" in v and not mt.dialect.text_allows_nul:
+        if not mt.dialect.text_allows_nul and _has_nul(v):
             raise ValidationError(
                 f"{mt.model.name}: a filter value for '{name}' contains a NUL character, which "
                 f"{mt.dialect.name} text cannot hold.",

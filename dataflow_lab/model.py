@@ -47,15 +47,20 @@ class Field:
     default: typing.Any = MISSING
     primary_key: bool = False
     generated: bool = False  # filled in by dataflow_lab (integer id, timestamps)
+    server_default: bool = False  # the database fills it when a write omits it (reflected tables)
 
     @property
     def required(self) -> bool:
-        return self.default is MISSING and not self.nullable and not self.generated
+        return (
+            self.default is MISSING and not self.nullable and not self.generated and not self.server_default
+        )
 
     def describe(self) -> str:
         text = self.type.python.__name__ + (" | None" if self.nullable else "")
         if self.default is not MISSING:
             text += f" = {self.default!r}"
+        elif self.server_default:
+            text += " = <database default>"
         return text
 
 

@@ -85,7 +85,8 @@ class MetricsCollector(CollectorViews):
     def reset(self) -> None:
         """Forget every figure (baselines and transaction counts included)."""
         with self._lock:
-            # the hot path appends plain tuples; node_runs / workflow_runs build the dataclasses
+            # the hot path appends plain tuples; node_runs / workflow_runs build the dataclasses.
+            # _node_log: per run (run_id, wall clock minus perf_counter, node records, retries by node)
             self._node_log: deque[tuple] = deque(maxlen=self._keep)
             self._workflow_log: deque[tuple] = deque(maxlen=self._keep)
             self.anomalies: deque[Anomaly] = deque(maxlen=self._keep)
@@ -105,7 +106,7 @@ class MetricsCollector(CollectorViews):
 
     def __repr__(self) -> str:
         db = self._dataflow() if self._dataflow is not None else None
-        return f"<MetricsCollector for {db!r}: {self.workflows['total']} run(s), {len(self._node_log)} node run(s)>"
+        return f"<MetricsCollector for {db!r}: {self.workflows['total']} run(s), {len(self._workflow_log)} in the log>"
 
     @property
     def dataflow(self) -> DataFlow | None:
@@ -143,51 +144,55 @@ class MetricsCollector(CollectorViews):
         pending = self._pending.pop(run_id, None) if self._pending else None
         if not self._ours(workflow):
             return
-        retries = pending["retries"] if pending else {}
+        retries = pending["retries"] if pending else None
         mine = self._dataflow() if self._dataflow is not None else None
-        clock_now, now = time.perf_counter(), time.time()
+        now = time.time()
         run_queries = run_rows = run_nodes = 0
         by_type, detector = self.by_type, self.detector
-        entries: list[tuple] = []
-        for node_id, cls, started, seconds, rows, queries, sql, failure in nodes or ():
-            if mine is not None and cls.dataflow is not None and cls.dataflow is not mine:
+        nodes = nodes or []
+        foreign = failed = False
+        for record in nodes:
+            node_id, cls, _, seconds, rows, queries, _, failure = record
+            owner = cls.dataflow
+            if owner is not mine and owner is not None and mine is not None:
+                foreign = True
                 continue  # another database's node in a workflow that also uses ours
             type_name = cls.type_name
             stats = by_type.get(type_name)
             if stats is None:
                 stats = by_type[type_name] = _TypeStats(cls)
             duration_ms = seconds * 1000.0
-            rows_n = rows or 0
-            message = None if failure is None else _first_line(failure)
-            entries.append(
-                (run_id, node_id, type_name, stats, now - (clock_now - started), duration_ms, rows,
-                 queries, message, 0, sql)
-            )  # fmt: skip
             run_nodes += 1
             run_queries += queries
-            run_rows += rows_n
             stats.count += 1
             stats.duration_ms += duration_ms
-            stats.rows += rows_n
             stats.queries += queries
+            if rows:
+                run_rows += rows
+                stats.rows += rows
             if failure is not None:
+                failed = True
                 stats.errors += 1
                 self.transactions.error(run_id, node_id, failure)
                 continue  # a failed run's duration says nothing about speed
             anomaly = detector.observe(type_name, duration_ms, node_id, run_id, stats.model is not None)
             if anomaly is not None:
                 self._alert(anomaly, runtime)
+        kept = nodes  # the runtime's own list, kept as it is unless a record must change
+        if foreign:
+            kept = [r for r in kept if r[1].dataflow is None or r[1].dataflow is mine]
+        if failed:  # keep the message, never the exception and the frames it holds
+            kept = [(*r[:7], _first_line(r[7])) if r[7] is not None else r for r in kept]
         retried = 0
-        for node_id, count in retries.items():  # a node's retries belong to its last run
-            retried += count
-            at = next((i for i in range(len(entries) - 1, -1, -1) if entries[i][1] == node_id), None)
-            if at is not None:
-                entry = entries[at]
-                entries[at] = (*entry[:9], count, entry[10])
-                entry[3].retries += count
+        if retries:
+            for node_id, count in retries.items():  # a node's retries belong to its last run
+                retried += count
+                cls = next((r[1] for r in reversed(kept) if r[0] == node_id), None)
+                if cls is not None:
+                    by_type[cls.type_name].retries += count
         # Hooks run on the runtime's one loop thread, so writers never race each other; readers
         # copy with list() and dict(), single C-level calls that the GIL keeps whole.
-        self._node_log.extend(entries)
+        self._node_log.append((run_id, now - time.perf_counter(), kept, retries))
         if pending:
             with self._lock:
                 self.retries += retried

@@ -58,27 +58,33 @@ class CollectorViews:
 
     @property
     def node_runs(self) -> list[NodeRun]:
-        """The recent node runs, oldest first."""
+        """The recent node runs (at most ``keep``), oldest first."""
         with self._lock:
             log = list(self._node_log)
-        return [
-            NodeRun(
-                run_id,
-                node_id,
-                node_type,
-                stats.model,
-                stats.operation,
-                dt.datetime.fromtimestamp(started, dt.UTC),
-                duration_ms,
-                rows,
-                queries,
-                "success" if error is None else "error",
-                error,
-                retries,
-                tuple(sql or ()),
-            )  # fmt: skip
-            for run_id, node_id, node_type, stats, started, duration_ms, rows, queries, error, retries, sql in log
-        ]
+            by_type = dict(self.by_type)
+        runs: list[NodeRun] = []
+        for run_id, wall_offset, records, retries in log:
+            last = {r[0]: i for i, r in enumerate(records)} if retries else {}
+            for i, (node_id, cls, started, seconds, rows, queries, sql, error) in enumerate(records):
+                stats = by_type.get(cls.type_name)
+                runs.append(
+                    NodeRun(
+                        run_id,
+                        node_id,
+                        cls.type_name,
+                        stats.model if stats is not None else None,
+                        stats.operation if stats is not None else "",
+                        dt.datetime.fromtimestamp(started + wall_offset, dt.UTC),
+                        seconds * 1000.0,
+                        rows,
+                        queries,
+                        "success" if error is None else "error",
+                        error,
+                        retries.get(node_id, 0) if retries and last.get(node_id) == i else 0,
+                        tuple(s.strip() for s in sql or ()),
+                    )
+                )
+        return runs[-self._keep :]
 
     @property
     def workflow_runs(self) -> list[WorkflowRun]:

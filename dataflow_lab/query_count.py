@@ -37,6 +37,6 @@ def keep_statement(sql: str, params: Sequence[Any] | None) -> None:
         scope.queries += 1
         kept = scope.sql
         if kept is None:
-            scope.sql = [sql.strip()]
+            scope.sql = [sql]  # stripped when read (monitoring_views)
         elif len(kept) < MAX_SQL_PER_NODE:
-            kept.append(sql.strip())
+            kept.append(sql)

@@ -134,7 +134,10 @@ class RowShaper:
     # -- layout, fixed by the first row ----------------------------------
     def _layout(self, first: Mapping[str, Any]) -> None:
         given = [f for f in self.writable if f.name in first]
-        rest = [f for f in self.writable if f.name not in first and not f.primary_key]
+        # a field with a server default that row 0 omits is left out: the database fills it
+        rest = [
+            f for f in self.writable if f.name not in first and not f.primary_key and not f.server_default
+        ]
         self._given = tuple(f.name for f in given)
         self._getter = itemgetter(*self._given) if len(self._given) > 1 else _single(self._given)
         stamped = tuple(self.mt.to_db(name, value) for name, value in self._stamps.items())

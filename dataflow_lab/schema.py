@@ -97,7 +97,7 @@ class ModelTable:
         return list(map(self._row_dict, raw_rows))
 
     def new_row(self, values: Mapping[str, Any], *, now: dt.datetime) -> dict[str, Any]:
-        """A complete row for INSERT: defaults filled, timestamps set."""
+        """A complete row for INSERT: defaults filled, timestamps set (a server default: left out)."""
         row: dict[str, Any] = {}
         for f in self.model.fields:
             if f.name in values:
@@ -106,7 +106,7 @@ class ModelTable:
                 row[f.name] = now
             elif f.default is not MISSING:
                 row[f.name] = _fresh(f.default)
-            elif f.nullable:
+            elif f.nullable and not f.server_default:
                 row[f.name] = None
         return row
 
@@ -115,11 +115,17 @@ class ModelTable:
         return {**values, "updated_at": now} if "updated_at" in self.model.by_name else dict(values)
 
     # -- DDL -------------------------------------------------------------
-    async def ensure(self, conn: Connection, *, auto_migrate: bool, existing_schema: bool = False) -> None:
-        """Create the table if missing, and migrate it as the environment allows (migrations/engine.py)."""
+    async def ensure(self, conn: Connection, *, auto_migrate: bool, existing_schema: bool = False,
+                     clock: Any = None) -> None:  # fmt: skip
+        """Create the table if missing, and migrate it as the environment allows (migrations/engine.py).
+
+        ``clock`` (the DataFlow's) dates the migration history; None: the system clock.
+        """
+        from .clock import SystemClock
         from .migrations.engine import ensure_table
 
-        await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema)
+        await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
+                           clock=clock or SystemClock())  # fmt: skip
 
 
 def _tenant_first(group: tuple[str, ...]) -> tuple[str, ...]:

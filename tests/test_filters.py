@@ -576,3 +576,17 @@ def test_filters_on_the_generated_timestamps(things):
     now = dt.datetime.now(dt.UTC)
     assert thing_ids(things, {"created_at": {"$lte": now}}) == [1, 2, 3]
     assert thing_ids(things, {"updated_at": {"$gt": now + dt.timedelta(minutes=1)}}) == []
+
+
+def test_a_nul_inside_a_json_filter_value_is_refused_where_text_cannot_hold_it(db, backend):
+    @db.model
+    class Doc:
+        data: dict
+
+    run_one(db, "DocCreateNode", {"data": {"a": 1}})
+    where = {"data": {"$eq": {"a\x00": 1}}}
+    if backend == "postgres":  # PostgreSQL refuses \u0000 in json text: a clear error, before any SQL
+        with pytest.raises(ValidationError, match="NUL"):
+            run_one(db, "DocListNode", {"filter": where})
+    else:
+        assert run_one(db, "DocListNode", {"filter": where})["records"] == []

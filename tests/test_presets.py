@@ -125,3 +125,32 @@ def test_audit_entries_take_their_time_from_the_same_clock():
     assert created["created_at"] == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     assert entry.at == dt.datetime(2030, 1, 1, 0, 0, 1, tzinfo=dt.UTC)
     db.close()
+
+
+def test_migration_history_times_come_from_the_clock_without_moving_it():
+    db = DataFlow(environment="testing")
+    db.clock.set(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+
+    @db.model
+    class Account:
+        owner: str
+
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("AccountCreateNode", "c", {"owner": "ann"})
+    created = LocalRuntime().execute(wf.build())[0]["c"]
+
+    @db.model
+    class Account:  # noqa: F811 - the model, one field later
+        owner: str
+        plan: str = "free"
+
+    db.clock.set(dt.datetime(2031, 6, 1, tzinfo=dt.UTC))
+    db.migrations.apply()
+    db.clock.set(dt.datetime(2032, 1, 1, tzinfo=dt.UTC))
+    db.migrations.rollback(confirm_destructive=True)
+    created_at, added = db.migrations.history()
+    assert created_at.applied_at == "2030-01-01T00:00:00+00:00"  # the table's creation at first use
+    assert created["created_at"] == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)  # the row's tick is its own
+    assert added.applied_at == "2031-06-01T00:00:00+00:00"
+    assert added.rolled_back_at == "2032-01-01T00:00:00+00:00"
+    db.close()

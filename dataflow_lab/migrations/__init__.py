@@ -3,6 +3,7 @@
 >>> plan = db.migrations.plan()            # doctest: +SKIP
 >>> db.migrations.apply()                  # additive changes; destructive ones need confirming
 >>> db.migrations.apply(confirm_destructive=True)
+>>> db.migrations.apply(backfill={"tenant_id": "acme"})  # a value for existing rows of new columns
 >>> db.migrations.rollback()               # runs the last migration's down SQL
 >>> db.migrations.generate("migrations")   # production: a reviewable file ...
 >>> db.migrations.apply(directory="migrations")  # ... applied from there
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +34,34 @@ class Migrations:
         return f"<migrations of {self._db!r}>"
 
     # -- public API (blocking; runs on the background loop) ---------------------------
-    def plan(self) -> MigrationPlan:
+    def plan(self, *, backfill: Mapping[str, Any] | None = None) -> MigrationPlan:
         """What ``apply()`` would do now, for every model: steps with up and down SQL."""
-        return _loop.run(self._session(self._plan, write=False))
+        fill = self._backfill(backfill)
+        return _loop.run(self._session(lambda conn, d: self._plan(conn, d, fill), write=False))
 
     def apply(
-        self, *, confirm_destructive: bool = False, directory: str | Path | None = None
+        self,
+        *,
+        confirm_destructive: bool = False,
+        directory: str | Path | None = None,
+        backfill: Mapping[str, Any] | None = None,
     ) -> list[AppliedMigration]:
         """Apply the plan (or the pending files of ``directory``); returns what was applied.
 
         Destructive steps (drops, narrowing retypes, NOT NULL) run only with
         ``confirm_destructive=True``; files in ``directory`` count as reviewed.
+        ``backfill`` maps a column to the value its existing rows get when a migration adds it
+        NOT NULL (``{"tenant_id": "acme"}`` when turning on multi_tenant), in the same transaction.
         """
         if directory is not None:
+            if backfill:
+                raise MigrationError(
+                    "apply(directory=..., backfill=...): a migration file already holds its values.",
+                    hint="pass backfill= to db.migrations.generate(...) instead, then apply the file.",
+                )
             return _loop.run(self._session(lambda conn, d: self._apply_files(conn, d, Path(directory))))
-        return _loop.run(self._session(lambda conn, d: self._apply(conn, d, confirm_destructive)))
+        fill = self._backfill(backfill)
+        return _loop.run(self._session(lambda conn, d: self._apply(conn, d, confirm_destructive, fill)))
 
     def rollback(self, steps: int = 1, *, confirm_destructive: bool = False) -> list[AppliedMigration]:
         """Run the down SQL of the last ``steps`` applied migrations, newest first."""
@@ -58,9 +73,9 @@ class Migrations:
         """Every recorded migration, oldest first (rolled-back ones have ``rolled_back_at``)."""
         return _loop.run(self._session(self._history, write=False))
 
-    def generate(self, directory: str | Path) -> Path | None:
+    def generate(self, directory: str | Path, *, backfill: Mapping[str, Any] | None = None) -> Path | None:
         """Write the current plan as the next numbered .sql file in ``directory`` (None: nothing to do)."""
-        plan = self.plan()
+        plan = self.plan(backfill=backfill)
         if not plan:
             return None
         return write_file(directory, plan, engine._slug(plan.steps))
@@ -90,20 +105,36 @@ class Migrations:
     def _model_tables(self) -> list[Any]:
         return [t for name, t in self._db._tables.items() if name not in self._db._reflected]
 
-    async def _plan(self, conn: Any, dialect: Any) -> MigrationPlan:
+    def _backfill(self, backfill: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``backfill`` checked: every key is a field of some model (a typo must not pass silently)."""
+        fields = {f.name for mt in self._model_tables() for f in mt.model.fields}
+        for column in backfill or {}:
+            if column not in fields:
+                raise MigrationError(
+                    f"backfill names '{column}', which no model of {self._db!r} has.",
+                    hint=f"backfill maps a column a migration adds to the value existing rows get; "
+                    f"fields: {', '.join(sorted(fields))}.",
+                )
+        return dict(backfill or {})
+
+    async def _plan(
+        self, conn: Any, dialect: Any, backfill: Mapping[str, Any] | None = None
+    ) -> MigrationPlan:
         steps = []
         for mt in self._model_tables():
-            steps += await engine.table_plan(conn, mt)
+            steps += await engine.table_plan(conn, mt, backfill)
         return MigrationPlan(tuple(steps))
 
-    async def _apply(self, conn: Any, dialect: Any, confirm: bool) -> list[AppliedMigration]:
-        plan = await self._plan(conn, dialect)
+    async def _apply(
+        self, conn: Any, dialect: Any, confirm: bool, backfill: Mapping[str, Any]
+    ) -> list[AppliedMigration]:
+        plan = await self._plan(conn, dialect, backfill)
         if not plan:
             return []
         if plan.destructive and not confirm:
             tables = ", ".join(sorted({s.table for s in plan.steps if s.destructive}))
             raise engine.destructive_error(f"Table(s) {tables}", plan.steps)
-        return [await engine.run_and_record(conn, dialect, plan.steps, source="api")]
+        return [await engine.run_and_record(conn, dialect, plan.steps, source="api", clock=self._db.clock)]
 
     async def _apply_files(self, conn: Any, dialect: Any, directory: Path) -> list[AppliedMigration]:
         applied = {m.name: m for m in await engine.history(conn, dialect) if m.rolled_back_at is None}
@@ -120,7 +151,7 @@ class Migrations:
             for sql in file.up:
                 await conn.execute(sql)
             done.append(await engine.record(conn, dialect, file.up, file.down, file.destructive, True,
-                                            source=str(file.path), name=file.name))  # fmt: skip
+                                            source=str(file.path), name=file.name, clock=self._db.clock))  # fmt: skip
         return done
 
     async def _rollback(self, conn: Any, dialect: Any, steps: int, confirm: bool) -> list[AppliedMigration]:
@@ -141,7 +172,7 @@ class Migrations:
         for m in chosen:
             for sql in m.down:
                 await conn.execute(sql)
-            await engine.mark_rolled_back(conn, dialect, m.seq)
+            await engine.mark_rolled_back(conn, dialect, m.seq, self._db.clock)
         return chosen
 
     async def _history(self, conn: Any, dialect: Any) -> list[AppliedMigration]:

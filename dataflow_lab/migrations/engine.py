@@ -6,26 +6,30 @@ the migration lock: a PostgreSQL advisory transaction lock, SQLite's write
 lock (``BEGIN IMMEDIATE``), DuckDB's single writer. The plan is made *inside*
 the lock, so of two processes applying at once, the second finds nothing left
 to do. Each applied migration is a row of ``dataflow_migrations`` with its up
-and down SQL.
+and down SQL, dated by the DataFlow's clock.
+
+A column added NOT NULL to a table with rows needs a value for those rows: the
+field's default, or a ``backfill`` value given to apply/plan/generate (turning
+on ``multi_tenant``: whose rows they are). Without either, BackfillRequiredError.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
 from ..dialects import Connection, Dialect
-from ..errors import DestructiveMigrationError, MigrationError, MigrationRequiredError
+from ..errors import BackfillRequiredError, DestructiveMigrationError, MigrationError, MigrationRequiredError
 from ..model import MISSING
+from ..schema import check_value
 from .diff import diff
 from .live import model_shape, read_table
 from .ops import Step, create_steps, literal, slug, table_steps
@@ -33,6 +37,10 @@ from .ops import Step, create_steps, literal, slug, table_steps
 __all__ = ["HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table"]
 
 HISTORY_TABLE = "dataflow_migrations"
+
+
+class Clock(Protocol):  # the DataFlow's clock (clock.py): the testing preset's is reproducible
+    def peek(self) -> Any: ...
 
 
 def history_table() -> sa.Table:
@@ -108,7 +116,7 @@ class MigrationPlan:
 
 @dataclass(frozen=True)
 class AppliedMigration:
-    """One row of the migration history."""
+    """One row of the migration history (its times come from the DataFlow's clock, in ISO 8601)."""
 
     seq: int
     name: str
@@ -123,8 +131,12 @@ class AppliedMigration:
 
 
 # -- planning ------------------------------------------------------------------------
-async def table_plan(conn: Connection, mt: Any) -> list[Step]:
-    """Steps that bring ``mt``'s table (a ModelTable) to its model's shape."""
+async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | None = None) -> list[Step]:
+    """Steps that bring ``mt``'s table (a ModelTable) to its model's shape.
+
+    A column added NOT NULL gives existing rows its field's default, else its ``backfill`` value
+    (which wins over the default); with neither, a table with rows raises BackfillRequiredError.
+    """
     dialect: Dialect = mt.dialect
     live = await read_table(dialect, conn, mt.table.name)
     if live is None:
@@ -133,23 +145,57 @@ async def table_plan(conn: Connection, mt: Any) -> list[Step]:
     if not changes:
         return []
     added = {c.name for c in changes if c.kind == "add_column"}
+    backfill = {k: v for k, v in (backfill or {}).items() if k in added}
     defaults = {}
     for f in mt.model.fields:
-        if f.name in added and f.default is not MISSING:
+        if f.name in backfill:
+            value = backfill_value(mt, f, backfill[f.name])
+            defaults[f.name] = literal(dialect, mt.to_db(f.name, value), mt.table.c[f.name])
+        elif f.name in added and f.default is not MISSING:
             defaults[f.name] = literal(dialect, mt.to_db(f.name, f.default), mt.table.c[f.name])
-    required = [n for n in added if not mt.table.c[n].nullable and n not in defaults]
-    if required and await _has_rows(conn, dialect, mt.table.name):
-        raise MigrationError(
-            f"Model '{mt.model.name}' adds required field '{required[0]}' to table '{mt.table.name}', "
-            "which already has rows.",
-            hint=f"give '{required[0]}' a default or make it Optional, so existing rows get a value.",
-        )
-    return table_steps(dialect, mt.table, live, changes, defaults)
+    required = sorted(n for n in added if not mt.table.c[n].nullable and n not in defaults)
+    if required:
+        count = await _row_count(conn, dialect, mt.table.name)
+        if count:
+            raise backfill_error(mt, required, count)
+    return table_steps(dialect, mt.table, live, changes, defaults, backfilled=frozenset(backfill))
 
 
-async def _has_rows(conn: Connection, dialect: Dialect, table: str) -> bool:
-    sql, params = dialect.compile(sa.select(sa.literal(1)).select_from(sa.table(table)).limit(1))
-    return bool(await conn.fetch(sql, params))
+def backfill_value(mt: Any, f: Any, value: Any) -> Any:
+    """``value`` checked as a value of field ``f`` (a tenant: a non-empty string)."""
+    if f.name == "tenant_id" and mt.model.multi_tenant:
+        from ..tenancy import check_tenant
+
+        return check_tenant(value)
+    return check_value(mt.model, f, value, node="backfill")
+
+
+def backfill_error(mt: Any, required: Sequence[str], count: int) -> BackfillRequiredError:
+    model, table, rows = mt.model.name, mt.table.name, f"{count} row{'s' if count != 1 else ''}"
+    if required == ["tenant_id"] and mt.model.multi_tenant:
+        what = (f"Model '{model}' turns on multi_tenant, and table '{table}' already has {rows}: each "
+                "needs a tenant_id, or no tenant would ever see it again.")  # fmt: skip
+        example = "{'tenant_id': 'acme'}"
+        how = "say whose rows they are"
+    else:
+        names = ", ".join(f"'{n}'" for n in required)
+        what = f"Model '{model}' adds required field(s) {names} to table '{table}', which already has {rows}."
+        example = "{" + ", ".join(f"'{n}': ..." for n in required) + "}"
+        how = f"give {names} a default or make it Optional, or fill the existing rows once"
+    return BackfillRequiredError(
+        f"{what} Nothing was changed.",
+        model=model,
+        table=table,
+        columns=list(required),
+        rows=count,
+        hint=f"{how}: db.migrations.apply(backfill={example}) sets it on the existing rows in the "
+        "migration's own transaction (db.migrations.generate(..., backfill=...) writes it into the file).",
+    )
+
+
+async def _row_count(conn: Connection, dialect: Dialect, table: str) -> int:
+    sql, params = dialect.compile(sa.select(sa.func.count()).select_from(sa.table(table)))
+    return int((await conn.fetch(sql, params))[0][0])
 
 
 # -- locking, running, recording -----------------------------------------------------------
@@ -162,13 +208,13 @@ async def lock(conn: Connection, dialect: Dialect) -> None:
 
 
 async def run_and_record(
-    conn: Connection, dialect: Dialect, steps: Sequence[Step], *, source: str, name: str | None = None
+    conn: Connection, dialect: Dialect, steps: Sequence[Step], *, source: str, clock: Clock
 ) -> AppliedMigration:
     plan = MigrationPlan(tuple(steps))
     for sql in plan.up:
         await conn.execute(sql)
     return await record(conn, dialect, plan.up, plan.down, plan.destructive, _down_destructive(steps),
-                        source=source, name=name or _slug(steps))  # fmt: skip
+                        source=source, name=_slug(steps), clock=clock)  # fmt: skip
 
 
 async def record(
@@ -181,13 +227,14 @@ async def record(
     *,
     source: str,
     name: str,
+    clock: Clock,
 ) -> AppliedMigration:
     sql, params = dialect.compile(sa.select(sa.func.coalesce(sa.func.max(_HISTORY.c.seq), 0)))
     seq = int((await conn.fetch(sql, params))[0][0]) + 1
     if not re.match(r"^\d{4}_", name):
         name = f"{seq:04d}_{name}"
     row = AppliedMigration(seq, name, checksum(up, down), tuple(up), tuple(down), destructive,
-                           down_destructive, source, dt.datetime.now(dt.UTC).isoformat(), None)  # fmt: skip
+                           down_destructive, source, clock.peek().isoformat(), None)  # fmt: skip
     values = {
         "seq": row.seq, "name": row.name, "checksum": row.checksum, "up_sql": json.dumps(list(up)),
         "down_sql": json.dumps(list(down)), "destructive": int(destructive),
@@ -229,13 +276,15 @@ async def has_history(conn: Connection, dialect: Dialect) -> bool:
     return await read_table(dialect, conn, HISTORY_TABLE) is not None
 
 
-async def mark_rolled_back(conn: Connection, dialect: Dialect, seq: int) -> None:
+async def mark_rolled_back(conn: Connection, dialect: Dialect, seq: int, clock: Clock) -> None:
     stmt = sa.update(_HISTORY).where(_HISTORY.c.seq == seq)
-    await conn.execute(*dialect.compile(stmt.values(rolled_back_at=dt.datetime.now(dt.UTC).isoformat())))
+    await conn.execute(*dialect.compile(stmt.values(rolled_back_at=clock.peek().isoformat())))
 
 
 # -- a model's first use -----------------------------------------------------------------
-async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existing_schema: bool) -> None:
+async def ensure_table(
+    conn: Connection, mt: Any, *, auto_migrate: bool, existing_schema: bool, clock: Clock
+) -> None:
     """Bring one model's table up to date in the connection's open transaction, as policy allows.
 
     - existing_schema: never any DDL; a missing table or a difference is an error.
@@ -264,7 +313,7 @@ async def ensure_table(conn: Connection, mt: Any, *, auto_migrate: bool, existin
         )
     if any(s.destructive for s in steps):
         raise destructive_error(f"Model '{mt.model.name}'", steps)
-    await run_and_record(conn, dialect, steps, source="auto")
+    await run_and_record(conn, dialect, steps, source="auto", clock=clock)
 
 
 def destructive_error(subject: str, steps: Sequence[Step]) -> DestructiveMigrationError:

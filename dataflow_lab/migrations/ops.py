@@ -99,8 +99,14 @@ def table_steps(
     live: TableShape,
     changes: Sequence[Change],
     defaults: Mapping[str, str],
+    *,
+    backfilled: frozenset[str] = frozenset(),
 ) -> list[Step]:
-    """Steps that apply ``changes`` to ``live`` (one rebuild when the database needs it)."""
+    """Steps that apply ``changes`` to ``live`` (one rebuild when the database needs it).
+
+    ``defaults`` fill added columns of existing rows. SQLite keeps an ADD COLUMN's DEFAULT for
+    good, so a ``backfilled`` column (a one-off value, such as a tenant) is added by a rebuild.
+    """
     in_place = _IN_PLACE[dialect.name]
 
     def rebuilds(c: Change) -> bool:
@@ -109,7 +115,7 @@ def table_steps(
         if c.kind == "drop_index":
             return c.old.constraint and dialect.name != "postgresql"  # type: ignore[union-attr]
         if c.kind == "add_column" and dialect.name == "sqlite":
-            return not c.new.nullable and c.name not in defaults  # type: ignore[union-attr]
+            return (not c.new.nullable and c.name not in defaults) or c.name in backfilled  # type: ignore[union-attr]
         return c.kind not in in_place
 
     if any(rebuilds(c) for c in changes):  # the new table has the model's constraints and indexes

@@ -10,6 +10,8 @@ Rules:
   are refused), because every node addresses rows by ``id``.
 - Columns map back to logical types (``_LOGICAL``). A column of another type
   is left out of the model with a warning that names it.
+- A column with a database default (``DEFAULT 'new'``, a sequence...) is
+  optional: a Create or BulkCreate that omits it leaves it to the database.
 - ``created_at`` / ``updated_at`` columns, when present, are kept up to date
   like a declared model's; tables without them simply have none.
 - Reflected tables are never created, altered or migrated.
@@ -127,7 +129,7 @@ def _field(shape: TableShape, name: str, python: type, nullable: bool, default: 
         return Field("id", logical, primary_key=True, generated=python is int and default is not None)
     if name in TIMESTAMP_FIELDS and python is dt.datetime:
         return Field(name, logical, nullable=nullable, generated=True)
-    return Field(name, logical, nullable=nullable)
+    return Field(name, logical, nullable=nullable, server_default=default is not None)
 
 
 _IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "data": "datum",

@@ -178,6 +178,7 @@ class Delete(ModelNode):
                 "filter", dict, description="alternative to id: {'id': value}", check=cls._filter_checker()
             ),
             *hard_param(model),
+            *_version_param(model, required=False),
         )
 
     @classmethod
@@ -186,10 +187,17 @@ class Delete(ModelNode):
 
     def statements(self) -> list[Any]:
         now = self.mt.to_db("updated_at", self.now())
-        return [self._statement({"_id": self._id_from(self.params), "_now": now, "_now2": now})]
+        return [self._statement(self._values(now))]
+
+    def _values(self, now: Any) -> dict[str, Any]:
+        p = self.params
+        return {"_id": self._id_from(p), "_now": now, "_now2": now, "_version": p.get("version")}
 
     def _statement(self, values: dict[str, Any] | None = None) -> Any:
-        """Soft delete: mark the live row; otherwise (or hard=True) remove it. ``values`` binds them in."""
+        """Soft delete: mark the live row; otherwise (or hard=True) remove it. ``values`` binds them in.
+
+        With ``version`` (versioned models), only the row still at that version is deleted.
+        """
         t, values = self.mt.table, values or {}
         if self.model.soft_delete and not self.params.get("hard"):
             stmt = sa.update(t).values(
@@ -199,17 +207,21 @@ class Delete(ModelNode):
         else:
             stmt = sa.delete(t)
         stmt = stmt.where(t.c.id == sa.bindparam("_id", values.get("_id")))
+        if self.params.get("version") is not None:
+            stmt = stmt.where(t.c.version == sa.bindparam("_version", values.get("_version")))
         return self.guarded(stmt, include_deleted=bool(self.params.get("hard"))).returning(t.c.id)
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        mt, row_id = self.mt, self._id_from(self.params)
-        sql, names = mt.template(("delete", bool(self.params.get("hard"))), self._statement)
-        now = mt.to_db("updated_at", self.now())
+        mt, row_id, hard = self.mt, self._id_from(self.params), bool(self.params.get("hard"))
+        checked = self.params.get("version") is not None
+        sql, names = mt.template(("delete", hard, checked), self._statement)
         conn = await ctx.connection(self.dataflow)
         before = await audit.row_before(self, ctx, row_id) if self.model.audit_log else None
-        rows = await conn.fetch(sql, self.bind(names, {"_id": row_id, "_now": now, "_now2": now}))
+        rows = await conn.fetch(sql, self.bind(names, self._values(mt.to_db("updated_at", self.now()))))
         if rows and before is not None:
             await audit.record(self, ctx, [(before, None)])
+        if not rows and checked:
+            await self.version_conflict(conn, row_id, action="deleted", include_deleted=hard)
         return {"id": row_id, "deleted": bool(rows)}
 
 
@@ -294,14 +306,15 @@ class Count(ModelNode):
         return {"count": int((await conn.fetch(sql, params))[0][0])}
 
 
-def _version_param(model: ModelSchema) -> tuple[Param, ...]:
+def _version_param(model: ModelSchema, *, required: bool = True) -> tuple[Param, ...]:
+    """Update must name the version it read; Delete may (then a row that moved on is not deleted)."""
     if not model.versioned:
         return ()
     return (
         Param(
             "version",
             int,
-            required=True,
+            required=required,
             description="the version you read (versioned model); if the row moved on, ConcurrencyError",
             check=non_negative("version"),
         ),

@@ -162,17 +162,20 @@ class ModelNode(Node):
             stmt = stmt.where(t.c.version == sa.bindparam("_version", values.get("_version")))
         return stmt.returning(*t.c)
 
-    async def version_conflict(self, conn: Any, row_id: Any) -> None:
-        """After a versioned Update changed nothing: raise ConcurrencyError if the row exists."""
+    async def version_conflict(
+        self, conn: Any, row_id: Any, *, action: str = "updated", include_deleted: bool = False
+    ) -> None:
+        """After a versioned Update (or Delete) changed nothing: raise ConcurrencyError if the row exists."""
         t = self.mt.table
-        sql, params = self.mt.dialect.compile(self.guarded(sa.select(t.c.version).where(t.c.id == row_id)))
+        select = sa.select(t.c.version).where(t.c.id == row_id)
+        sql, params = self.mt.dialect.compile(self.guarded(select, include_deleted=include_deleted))
         found = await conn.fetch(sql, params)
         if not found:
             return
         expected, actual = self.params["version"], found[0][0]
         raise ConcurrencyError(
             f"{self.where(self.node_id)}: {self.model.name} with id {row_id!r} is at version {actual}, "
-            f"not the expected {expected}; someone else changed it. Nothing was updated.",
+            f"not the expected {expected}; someone else changed it. Nothing was {action}.",
             model=self.model.name,
             id=row_id,
             expected=expected,
