@@ -179,3 +179,14 @@ def test_the_dag_view_shows_skipped_nodes_as_skipped():
     from dataflow_lab.viz import STATE_COLOURS
 
     assert "skipped" in STATE_COLOURS
+
+
+def test_the_live_panel_shows_a_skipped_node_with_an_empty_bar_and_says_skipped():
+    from dataflow_lab.notebook.monitor import node_fraction
+
+    workflow = branching(20).build()
+    observer = RunObserver(workflow)
+    LocalRuntime(hooks=[observer]).execute(workflow)
+    skipped = observer.snapshot().nodes["big"]
+    assert node_fraction(skipped) == 0.0 and skipped.label() == "skipped"
+    assert "'route' chose 'small', not 'big'" in skipped.error
