@@ -34,6 +34,7 @@ from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
 from .runtime import prepare
 from .scheduler import converges, rows_of
+from .transactions import check_isolation
 from .workflow import Workflow, WorkflowBuilder
 
 __all__ = ["DaskRuntime"]
@@ -67,7 +68,7 @@ class DaskRuntime:
         self.client, self._owns_client = _client(client_or_address), isinstance(client_or_address, str)
         self.transaction = transaction
         self.retry = RetryPolicy.of(retry)
-        self.isolation = isolation
+        self.isolation = check_isolation(isolation)
         self.user = user
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
         self._emit = _Fanout(self.hooks)
@@ -130,12 +131,17 @@ class DaskRuntime:
                 )
 
     async def execute_async(
-        self, workflow: Workflow | WorkflowBuilder, parameters: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
     ) -> tuple[RunResults, str]:
-        """``execute`` on a thread, so an event loop (Jupyter's) stays free while the cluster works."""
+        """``execute`` on a thread (with this context's tenants), so the event loop stays free."""
         import asyncio
 
-        return await asyncio.to_thread(self.execute, workflow, parameters)
+        return await asyncio.to_thread(self.execute, workflow, parameters, user=user, tenant=tenant)
 
 
 class _DaskRun:

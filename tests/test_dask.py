@@ -396,3 +396,23 @@ def test_model_schemas_pickle_with_missing_defaults_intact(shop):
     assert copy == schema and copy.signature() == schema.signature()
     assert copy.by_name["name"].default is MISSING  # still "no default", not a look-alike object
     assert copy.by_name["name"].required
+
+
+def test_execute_async_runs_on_dask_without_blocking_the_event_loop(shop, dask_client):
+    async def main() -> tuple:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        ticker = asyncio.ensure_future(tick())
+        results, _ = await DaskRuntime(dask_client).execute_async(order_flow(shop, 1).build())
+        ticker.cancel()
+        return results, ticks
+
+    results, ticks = asyncio.run(main())
+    assert results["greet"]["greeting"] == "hello ada"
+    assert ticks > 1  # the loop kept running while the cluster worked
