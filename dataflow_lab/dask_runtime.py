@@ -32,10 +32,9 @@ from .errors import CycleNotConvergedError, ValidationError
 from .hooks import Hooks, _Fanout
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
-from .runtime import prepare
 from .scheduler import converges, rows_of
 from .transactions import check_isolation
-from .workflow import Workflow, WorkflowBuilder
+from .workflow import Workflow, WorkflowBuilder, prepare
 
 __all__ = ["DaskRuntime"]
 

@@ -35,7 +35,7 @@ from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
 from .scheduler import Walk, node_params, rows_of
 from .transactions import ACTIVE_SCOPE, Scope, check_isolation
-from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder
+from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -409,27 +409,3 @@ def _written_dataflows(workflow: Workflow) -> list[DataFlow]:
         for spec in workflow.nodes.values()
         if spec.node_class.writes and spec.node_class.dataflow is not None
     ]
-
-
-def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
-    """A built Workflow and checked per-node parameter overrides (every runtime's first step)."""
-    if isinstance(workflow, WorkflowBuilder):
-        workflow = workflow.build()
-    if not isinstance(workflow, Workflow):
-        raise ValidationError(
-            f"execute() takes a Workflow, got {type(workflow).__name__}.",
-            hint="build one with WorkflowBuilder().build().",
-        )
-    overrides = {}
-    for node_id, values in (parameters or {}).items():
-        if node_id not in workflow.nodes:
-            raise ValidationError(
-                f"parameters name node '{node_id}', which the workflow does not have."
-                f"{did_you_mean(node_id, workflow.nodes)}",
-                hint=f"nodes: {', '.join(workflow.nodes)}.",
-            )
-        if not isinstance(values, Mapping):
-            raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
-        workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
-        overrides[node_id] = dict(values)
-    return workflow, overrides

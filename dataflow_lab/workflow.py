@@ -25,7 +25,7 @@ from .nodes.registry import resolve
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
 
-__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder"]
+__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -304,3 +304,27 @@ def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
 def output_keys(node_class: type[Node]) -> set[str] | None:
     keys = getattr(node_class, "output_keys", None)
     return keys() if callable(keys) else None
+
+
+def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
+    """A built Workflow and checked per-node parameter overrides: every runtime's first step."""
+    if isinstance(workflow, WorkflowBuilder):
+        workflow = workflow.build()
+    if not isinstance(workflow, Workflow):
+        raise ValidationError(
+            f"execute() takes a Workflow, got {type(workflow).__name__}.",
+            hint="build one with WorkflowBuilder().build().",
+        )
+    overrides = {}
+    for node_id, values in (parameters or {}).items():
+        if node_id not in workflow.nodes:
+            raise ValidationError(
+                f"parameters name node '{node_id}', which the workflow does not have."
+                f"{did_you_mean(node_id, workflow.nodes)}",
+                hint=f"nodes: {', '.join(workflow.nodes)}.",
+            )
+        if not isinstance(values, Mapping):
+            raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
+        workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
+        overrides[node_id] = dict(values)
+    return workflow, overrides
