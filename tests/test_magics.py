@@ -720,3 +720,27 @@ class _env:
     def __exit__(self, *exc):
         os.environ.clear()
         os.environ.update(self.saved)
+
+
+def test_run_as_a_user_of_the_notebook(users):
+    from dataflow_lab import User as AccessUser
+
+    cell(users, f"%%dataflow workflow onboarding\n{ONBOARDING}")
+    magics(users).session.db.grant("staff", "User", "all")
+    users.user_ns["teacher"] = AccessUser("ada", roles=["staff"])
+    with pytest.raises(UsageError, match="may not run 3 node"):
+        cell(users, "%dataflow run onboarding")
+    with pytest.raises(UsageError, match="may not run"):
+        cell(users, "%dataflow run onboarding --user ada")  # a plain name holds no roles
+    run, _ = cell(users, "%dataflow run onboarding --user teacher")
+    assert run.results["read"]["name"] == "Alice"
+
+
+def test_a_tenant_around_the_cell_reaches_the_run_on_the_loop_thread(ip):
+    cell(ip, "%%dataflow model\nclass Note:\n    text: str\n    __dataflow__ = {'multi_tenant': True}\n")
+    cell(ip, "%%dataflow workflow jot\njot = NoteCreateNode(text='hi')\n")
+    ip.user_ns["db"] = magics(ip).session.db
+    with pytest.raises(UsageError, match="tenant"):
+        cell(ip, "%dataflow run jot")
+    run, _ = cell(ip, "with db.tenant('acme'):\n    handle = %dataflow run jot --background\nhandle.wait()")
+    assert ip.user_ns["handle"].results["jot"]["tenant_id"] == "acme"

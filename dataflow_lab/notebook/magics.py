@@ -1,8 +1,8 @@
 """``%dataflow`` and ``%%dataflow``: models, workflows and runs from notebook cells.
 
-Line:  connect URL | run NAME [--params JSON] [--background] [--transaction MODE]
+Line:  connect URL | run NAME [--params JSON] [--background] [--transaction MODE] [--user U]
        | show NAME | nodes [MODEL] | status
-Cell:  model | workflow NAME [--run] [--params JSON] [--background] [--transaction MODE]
+Cell:  model | workflow NAME [--run] [--params JSON] [--background] [--transaction MODE] [--user U]
 
 A user's mistake becomes one UsageError line with a hint ("did you mean ..."),
 never a traceback (``%config DataFlowMagics.short_errors = False`` shows it).
@@ -41,7 +41,7 @@ LINE_COMMANDS = ("connect", "run", "show", "nodes", "status")
 CELL_COMMANDS = ("model", "workflow")
 USAGE = """\
 %dataflow connect URL                 switch the notebook's database (models move over)
-%dataflow run NAME [--params JSON] [--background] [--transaction workflow|node|saga|2pc|auto]
+%dataflow run NAME [--params JSON] [--background] [--transaction workflow|node|saga|2pc|auto] [--user U]
 %dataflow show NAME                   the workflow's DAG (coloured by its last run)
 %dataflow nodes [MODEL]               the node catalogue: parameters and SQL
 %dataflow status                      database, models, workflows, last runs
@@ -68,6 +68,9 @@ def _run_options(parser: MagicArgumentParser) -> MagicArgumentParser:
     )
     parser.add_argument("--background", action="store_true", help="return a handle at once; the run goes on")
     parser.add_argument("--transaction", choices=TRANSACTION_MODES, default=None)
+    parser.add_argument(
+        "--user", default=None, help="run as this user: a User variable of the notebook, or a plain name"
+    )
     return parser
 
 
@@ -309,12 +312,23 @@ class DataFlowMagics(Magics):
                 'Hint: quote it whole: --params \'{"create": {"name": "Bob"}}\''
             ) from None
 
+    @staticmethod
+    def _user(word: str | None, namespace: Mapping[str, Any]) -> Any:
+        """``--user teacher``: the notebook's ``teacher`` when it is a User, else the name itself."""
+        if word is None:
+            return None
+        from ..access import User
+
+        found = namespace.get(word)
+        return found if isinstance(found, User) else word
+
     def _start(self, workflow: Workflow, args: Any, namespace: Mapping[str, Any]) -> NotebookRun:
         run = start_run(
             workflow,
             parameters=self._params(args.params, namespace),
             name=workflow.name,
             transaction=args.transaction or self.transaction,
+            user=self._user(args.user, namespace),
             interval=self.refresh_interval,
             display_limit=self.display_limit,
             background=args.background,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import html
 import threading
 from collections.abc import Iterator, Mapping
@@ -111,9 +112,9 @@ class NotebookRun:
         self._ended.wait(_WIND_DOWN)
         return self.status == "cancelled"
 
-    def _launch(self, coro: Any) -> None:
+    def _launch(self, coro: Any, context: contextvars.Context | None = None) -> None:
         """On the loop thread: start the run as a task whose end settles the handle's future."""
-        self._task = asyncio.get_running_loop().create_task(coro)
+        self._task = asyncio.get_running_loop().create_task(coro, context=context)
         self._task.add_done_callback(self._settle)
 
     def _settle(self, task: asyncio.Task) -> None:
@@ -286,19 +287,24 @@ def start_run(
     parameters: Mapping[str, Any] | None = None,
     name: str | None = None,
     transaction: str = "workflow",
+    user: Any = None,
     interval: float = 0.1,
     display_limit: int = 10,
     background: bool = False,
 ) -> NotebookRun:
-    """Submit a run to the runtime's loop and return its handle at once."""
+    """Submit a run to the runtime's loop and return its handle at once.
+
+    The run starts in a copy of the caller's context, so ``with db.tenant(...):`` around the
+    cell reaches it although it runs on the loop thread.
+    """
     parameters = check_parameters(workflow, parameters)
     observer = RunObserver(workflow, name=name or workflow.name, interval=interval)
-    runtime = LocalRuntime(transaction=transaction, hooks=[observer])
+    runtime = LocalRuntime(transaction=transaction, hooks=[observer], user=user)
     run = NotebookRun(
         workflow, observer, concurrent.futures.Future(), background=background, display_limit=display_limit
     )
     coro = runtime.execute_async(workflow, parameters)
-    _loop.loop().call_soon_threadsafe(run._launch, coro)
+    _loop.loop().call_soon_threadsafe(run._launch, coro, contextvars.copy_context())
     return run
 
 
