@@ -10,6 +10,7 @@ from .errors import (
     BackfillRequiredError,
     ConcurrencyError,
     ConnectionError,
+    CycleNotConvergedError,
     DataFlowError,
     DestructiveMigrationError,
     MigrationError,
@@ -23,10 +24,20 @@ from .errors import (
     WorkflowValidationError,
 )
 from .monitoring import MetricsCollector
+from .nodes.switch import SwitchNode
+from .routing import RunResults, Skipped
 from .runtime import AsyncLocalRuntime, LocalRuntime
 from .workflow import Workflow, WorkflowBuilder
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    if name == "DaskRuntime":  # its module is light, but keep dask's import cost off this path entirely
+        from .dask_runtime import DaskRuntime
+
+        return DaskRuntime
+    raise AttributeError(f"module 'dataflow_lab' has no attribute {name!r}")
 
 
 def load_ipython_extension(ip: object) -> None:
@@ -48,6 +59,8 @@ __all__ = [
     "AsyncLocalRuntime",
     "ConcurrencyError",
     "ConnectionError",
+    "CycleNotConvergedError",
+    "DaskRuntime",
     "DataFlow",
     "DataFlowError",
     "LocalRuntime",
@@ -59,6 +72,9 @@ __all__ = [
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "RunResults",
+    "Skipped",
+    "SwitchNode",
     "TenantRequiredError",
     "TransactionError",
     "User",

@@ -16,7 +16,7 @@ Operations are the node names in snake case (``create``, ``read``, ``update``,
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .workflow import Workflow
 
-__all__ = ["OPERATIONS", "User", "check_nodes", "grant", "prepare_run"]
+__all__ = ["OPERATIONS", "User", "check_nodes", "check_run", "grant", "prepare_run"]
 
 T = TypeVar("T")
 READS = ("read", "list", "count")
@@ -140,24 +140,35 @@ def _describe(user: Any) -> str:
     return f"User '{user}' (a plain name, so no roles)"
 
 
+def check_run(workflow: Workflow, user: Any, tenant: str | None) -> Mapping[Any, str]:
+    """Check access and tenants for a run; return the tenants it runs within (``tenancy.captured``).
+
+    Called in the caller's thread, where ``with db.tenant(...)`` is visible.
+    """
+    from . import tenancy
+
+    check_nodes(workflow.nodes.values(), user)
+    tenants = tenancy.captured(tenant)
+    with tenancy.activated(tenants):
+        for spec in workflow.nodes.values():
+            model = spec.node_class.model
+            if model is not None and model.multi_tenant:
+                where = f"{spec.node_class.type_name} '{spec.node_id}'"
+                tenancy.require(spec.node_class.dataflow, model, where)
+    return tenants
+
+
 def prepare_run(workflow: Workflow, user: Any, tenant: str | None, coro: Coroutine[Any, Any, T]) -> Any:
     """Check access and tenants for a run, then wrap ``coro`` to run as ``user`` within the tenant(s).
 
-    Called in the caller's thread, where ``with db.tenant(...)`` is visible; the run itself happens
-    on the background loop, so the tenants are captured here and set again around it.
+    The run itself happens on the background loop, so the tenants are captured here (``check_run``)
+    and set again around it.
     """
     from . import tenancy
     from .audit import run_as
 
     try:
-        check_nodes(workflow.nodes.values(), user)
-        tenants = tenancy.captured(tenant)
-        with tenancy.activated(tenants):
-            for spec in workflow.nodes.values():
-                model = spec.node_class.model
-                if model is not None and model.multi_tenant:
-                    where = f"{spec.node_class.type_name} '{spec.node_id}'"
-                    tenancy.require(spec.node_class.dataflow, model, where)
+        tenants = check_run(workflow, user, tenant)
     except BaseException:
         coro.close()  # never started: close it, so Python does not warn it was never awaited
         raise

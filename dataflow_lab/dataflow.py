@@ -8,7 +8,9 @@ and each table is created the first time a workflow uses it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import uuid
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -46,6 +48,7 @@ class DataFlow:
         self._open_future: asyncio.Future | None = None
         self._ddl_lock: asyncio.Lock | None = None
         self._closed = False
+        self._token = uuid.uuid4().hex  # names this instance across processes (see __reduce__)
         self._reflected: set[str] = set()  # models reflected from existing tables: never any DDL
         self.clock = clock_for(self.config.deterministic)
         self._two_phase: bool | None = None
@@ -133,6 +136,20 @@ class DataFlow:
 
         self._check_open()
         return _loop.run(reflect(self, tables))
+
+    def __reduce__(self) -> tuple:
+        """Pickle as a description (URL, configuration, model schemas), never as pools or connections.
+
+        Another process (a Dask worker) rebuilds an equivalent DataFlow from it once and reuses it
+        (see ``_remote.py``); this process gets this very instance back. The description holds the
+        full URL, password included, since workers must connect: pickle it only to your own workers.
+        """
+        from ._remote import dataflow_from_description
+
+        options = dataclasses.asdict(self.config)
+        url = options.pop("database_url")
+        schemas = tuple(self._models.values())
+        return dataflow_from_description, (self._token, url, options, schemas, frozenset(self._reflected))
 
     def _check_redefinition(self, schema: ModelSchema) -> None:
         for other in self._models.values():

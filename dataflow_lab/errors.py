@@ -12,6 +12,7 @@ __all__ = [
     "AccessDeniedError",
     "ConcurrencyError",
     "ConnectionError",
+    "CycleNotConvergedError",
     "DataFlowError",
     "DestructiveMigrationError",
     "MigrationError",
@@ -40,6 +41,11 @@ class DataFlowError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(f"{message} Hint: {hint}" if hint else message)
+
+    def __reduce__(self) -> tuple:
+        # errors cross process boundaries (DaskRuntime's workers): rebuild from args and attributes,
+        # since subclasses' __init__ signatures differ from their args
+        return _restore_error, (type(self), self.args, dict(self.__dict__))
 
 
 class ValidationError(DataFlowError, ValueError):
@@ -157,6 +163,10 @@ class NodeExecutionError(DataFlowError):
             if hasattr(cause, attr):
                 setattr(self, attr, getattr(cause, attr))
 
+    def __reduce__(self) -> tuple:
+        state = dict(self.__dict__)
+        return _restore_node_error, (self.node_id, self.node_type, self.cause, self.args, state)
+
     @classmethod
     def wrap(cls, node_id: str, node_type: str, cause: BaseException) -> NodeExecutionError:
         """Build the error, mixing in the cause's class when it is ours."""
@@ -166,6 +176,43 @@ class NodeExecutionError(DataFlowError):
             NodeExecutionError.__init__(error, node_id, node_type, cause)
             return error
         return cls(node_id, node_type, cause)
+
+
+class CycleNotConvergedError(DataFlowError):
+    """A declared cycle ran ``max_iterations`` times without its convergence condition holding.
+
+    ``nodes`` are the cycle's node ids, ``iterations`` how many ran, ``last_outputs``
+    each cycle node's output in the last iteration, and ``results`` the run's results so far
+    (a RunResults: ``results.iterations`` holds every iteration's outputs).
+    """
+
+    def __init__(self, nodes: tuple[str, ...], iterations: int, last_outputs: dict, results: dict):
+        self.nodes = tuple(nodes)
+        self.iterations = iterations
+        self.last_outputs = last_outputs
+        self.results = results
+        super().__init__(
+            f"The cycle {' -> '.join(self.nodes)} did not converge in {iterations} iteration(s); "
+            f"the last output of '{self.nodes[-1]}' was {last_outputs.get(self.nodes[-1])!r:.80}.",
+            hint="raise max_iterations, or check the converge_when condition against these outputs "
+            "(error.last_outputs).",
+        )
+
+
+def _restore_error(cls: type, args: tuple, state: dict) -> BaseException:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+def _restore_node_error(
+    node_id: str, node_type: str, cause: BaseException, args: tuple, state: dict
+) -> BaseException:
+    error = NodeExecutionError.wrap(node_id, node_type, cause)
+    error.__dict__.update(state)
+    error.args = args  # the message as raised (the runtime may have scrubbed it)
+    return error
 
 
 _COMBINED: dict[type, type] = {}

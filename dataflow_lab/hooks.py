@@ -13,6 +13,8 @@ arguments and must accept ``**future`` so that new fields never break it::
     retry(*, run_id, node_id, attempt, error, delay, **future)
     compensation(*, run_id, node_id, status, error, **future)
     anomaly(*, run_id, node_id, anomaly, **future)      # monitoring: a run far off its baseline
+    node_skipped(*, run_id, node_id, node_type, reason, **future)  # a route not taken (routing.py)
+    cycle_iteration(*, run_id, nodes, iteration, output, converged, **future)  # after each pass of a cycle
 
 ``after_workflow``'s ``nodes`` lists every node run of the run, in the order they
 ended (failed attempts included), as tuples in NODE_RECORD's order: a subscriber
@@ -41,7 +43,7 @@ NODE_RECORD = ("node_id", "node_class", "started", "duration", "rows", "queries"
 
 EVENTS = (
     "before_workflow", "after_workflow", "before_node", "after_node",
-    "transaction", "progress", "retry", "compensation", "anomaly",
+    "transaction", "progress", "retry", "compensation", "anomaly", "node_skipped", "cycle_iteration",
 )  # fmt: skip
 
 

@@ -32,6 +32,9 @@ class _Missing:
     def __repr__(self) -> str:
         return "MISSING"
 
+    def __reduce__(self) -> str:
+        return "MISSING"  # unpickles as this module's MISSING, so `is MISSING` holds in every process
+
 
 MISSING: typing.Any = _Missing()
 

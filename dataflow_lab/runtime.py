@@ -29,17 +29,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _loop
-from .errors import DataFlowError, NodeExecutionError, ValidationError, did_you_mean
+from .errors import NodeExecutionError, ValidationError, did_you_mean
 from .hooks import Hooks, _Fanout
-from .nodes.base import Node
 from .retry import RetryPolicy, retry_reason
+from .routing import RunResults
+from .scheduler import Walk, node_params, rows_of
 from .transactions import ACTIVE_SCOPE, Scope, check_isolation
-from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder
+from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
 
-__all__ = ["AsyncLocalRuntime", "LocalRuntime"]
+__all__ = ["AsyncLocalRuntime", "LocalRuntime", "rows_of"]
 
 log = logging.getLogger("dataflow_lab.runtime")
 TRANSACTION_MODES = ("workflow", "node", "saga", "2pc", "auto")
@@ -76,6 +77,8 @@ class LocalRuntime:
         self._emit = _Fanout(self.hooks)
         # run_id -> the run's node records, kept while someone wants after_workflow (its ``nodes``)
         self._records: dict[str, list[tuple]] = {}
+
+    max_concurrency = 1  # nodes at once in "node"/"saga" mode (AsyncLocalRuntime runs branches concurrently)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transaction={self.transaction!r})"
@@ -115,26 +118,7 @@ class LocalRuntime:
         return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
-        if isinstance(workflow, WorkflowBuilder):
-            workflow = workflow.build()
-        if not isinstance(workflow, Workflow):
-            raise ValidationError(
-                f"execute() takes a Workflow, got {type(workflow).__name__}.",
-                hint="build one with WorkflowBuilder().build().",
-            )
-        overrides = {}
-        for node_id, values in (parameters or {}).items():
-            if node_id not in workflow.nodes:
-                raise ValidationError(
-                    f"parameters name node '{node_id}', which the workflow does not have."
-                    f"{did_you_mean(node_id, workflow.nodes)}",
-                    hint=f"nodes: {', '.join(workflow.nodes)}.",
-                )
-            if not isinstance(values, Mapping):
-                raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
-            workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
-            overrides[node_id] = dict(values)
-        return workflow, overrides
+        return prepare(workflow, parameters)
 
     # -- a run ---------------------------------------------------------------
     async def _execute(
@@ -143,7 +127,7 @@ class LocalRuntime:
         parent = ACTIVE_SCOPE.get()
         run_id = str(uuid.uuid4())
         emit, started = self._emit, time.perf_counter()
-        results: dict[str, Any] = {}
+        results = RunResults()
         error: BaseException | None = None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=run_id, workflow=workflow, runtime=self)
@@ -208,7 +192,7 @@ class LocalRuntime:
         mode: str,
         parent: Scope | None,
         run_id: str,
-        results: dict[str, Any],
+        results: RunResults,
     ) -> None:
         if mode in ("node", "saga"):
             await self._node_by_node(workflow, overrides, mode, run_id, results)
@@ -216,11 +200,15 @@ class LocalRuntime:
         scope = Scope(run_id, self._emit, parent=parent, isolation=self.isolation)
         scope.eager = {id(db) for db in _written_dataflows(workflow)}
         token = ACTIVE_SCOPE.set(scope)
+
+        def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
+            return self._run_node(
+                scope, workflow, node_id, results, overrides.get(node_id), incoming=incoming
+            )
+
         try:
-            for node_id in workflow.order:
-                results[node_id] = await self._run_node(
-                    scope, workflow, node_id, results, overrides.get(node_id)
-                )
+            # one connection per database is shared by every node: they run one after another
+            await Walk(workflow, results, run_node, emit=self._emit, run_id=run_id).run()
             await scope.commit(two_phase=mode == "2pc")
         except BaseException:
             await scope.rollback()
@@ -234,72 +222,64 @@ class LocalRuntime:
         overrides: dict[str, dict[str, Any]],
         mode: str,
         run_id: str,
-        results: dict[str, Any],
+        results: RunResults,
     ) -> None:
         """Each node in its own transaction (retried alone); in saga mode, undo on failure."""
-        steps: list = []  # saga.SagaStep
-        for node_id in workflow.order:
-            for attempt in range(1, self.retry.attempts + 1):
-                scope = Scope(run_id, self._emit, isolation=self.isolation)
-                token = ACTIVE_SCOPE.set(scope)
-                try:
-                    recorder = steps if mode == "saga" else None
-                    results[node_id] = await self._run_node(
-                        scope, workflow, node_id, results, overrides.get(node_id), saga_steps=recorder
-                    )
-                    await scope.commit()
-                    break
-                except Exception as exc:
-                    await scope.rollback()
-                    if await self._should_retry(exc, attempt, run_id, node_id):
-                        continue
-                    if mode == "saga":
-                        exc.compensations = await self._compensate(steps, run_id)
-                    raise
-                except BaseException:
-                    await scope.rollback()
-                    raise
-                finally:
-                    ACTIVE_SCOPE.reset(token)
+        steps: list = []  # saga.SagaStep, in the order they committed
+        recorder = steps if mode == "saga" else None
+
+        def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
+            return self._in_own_transaction(
+                workflow, node_id, results, overrides.get(node_id), incoming, run_id, recorder
+            )
+
+        walk = Walk(
+            workflow, results, run_node, emit=self._emit, run_id=run_id, concurrency=self.max_concurrency
+        )
+        try:
+            await walk.run()
+        except Exception as exc:
+            if mode == "saga":
+                exc.compensations = await self._compensate(steps, run_id)
+            raise
+
+    async def _in_own_transaction(
+        self,
+        workflow: Workflow,
+        node_id: str,
+        results: dict[str, Any],
+        override: dict[str, Any] | None,
+        incoming: tuple[Connection, ...],
+        run_id: str,
+        saga_steps: list | None,
+    ) -> Any:
+        """Run one node in its own transaction, retrying it alone on transient failures."""
+        for attempt in range(1, self.retry.attempts + 1):
+            scope = Scope(run_id, self._emit, isolation=self.isolation)
+            token = ACTIVE_SCOPE.set(scope)
+            try:
+                result = await self._run_node(
+                    scope, workflow, node_id, results, override, incoming=incoming, saga_steps=saga_steps
+                )
+                await scope.commit()
+                return result
+            except Exception as exc:
+                await scope.rollback()
+                if await self._should_retry(exc, attempt, run_id, node_id):
+                    continue
+                raise
+            except BaseException:
+                await scope.rollback()
+                raise
+            finally:
+                ACTIVE_SCOPE.reset(token)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _compensate(self, steps: list, run_id: str) -> list[dict[str, Any]]:
         """Run compensations newest first, each in its own (retried) transaction; record each."""
         from . import saga
 
-        record = []
-        for saga_step in reversed(steps):
-            entry = {
-                "node_id": saga_step.node_id,
-                "node_type": saga_step.node_type,
-                "status": "compensated",
-                "error": None,
-            }
-            for attempt in range(1, self.retry.attempts + 1):
-                scope = Scope(run_id, self._emit)
-                try:
-                    dataflow = saga_step.node.dataflow
-                    conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
-                    await saga.compensate(saga_step, conn)
-                    await scope.commit()
-                    break
-                except Exception as exc:
-                    await scope.rollback()
-                    if await self._should_retry(exc, attempt, run_id, saga_step.node_id):
-                        continue
-                    entry.update(status="failed", error=str(exc))
-                    log.error("compensation of %s failed: %s", saga_step.node_id, exc)
-                    break
-            record.append(entry)
-            if self._emit.wants("compensation"):
-                self._emit.emit(
-                    "compensation",
-                    run_id=run_id,
-                    node_id=saga_step.node_id,
-                    status=entry["status"],
-                    error=entry["error"],
-                    node_type=saga_step.node_type,
-                )
-        return record
+        return await saga.compensate_steps(self, steps, run_id)
 
     async def _resolve_mode(self, workflow: Workflow) -> str:
         if self.transaction != "auto":
@@ -321,6 +301,7 @@ class LocalRuntime:
         results: dict[str, Any],
         override: dict[str, Any] | None,
         *,
+        incoming: tuple[Connection, ...] = (),
         saga_steps: list | None = None,
     ) -> Any:
         spec = workflow.nodes[node_id]
@@ -341,9 +322,7 @@ class LocalRuntime:
         result: Any = None
         error: BaseException | None = None
         try:
-            result = await self._call_node(
-                scope, spec, workflow.inputs.get(node_id, ()), results, override, saga_steps
-            )
+            result = await self._call_node(scope, spec, incoming, results, override, saga_steps)
             return result
         except BaseException as exc:
             error = exc
@@ -381,7 +360,7 @@ class LocalRuntime:
     ) -> Any:
         node_id, cls = spec.node_id, spec.node_class
         try:
-            node = cls(node_id, _params(spec, incoming, results, override))
+            node = cls(node_id, node_params(spec, incoming, results, override))
             scope.writing = cls.writes
             if saga_steps is None:
                 return await node.run(scope)
@@ -389,7 +368,7 @@ class LocalRuntime:
 
             if not saga.needs_compensation(node):
                 return await node.run(scope)
-            return await self._run_saga_step(scope, node, saga_steps)
+            return await saga.run_step(scope, node, saga_steps)
         except NodeExecutionError:
             raise
         except Exception as exc:
@@ -400,24 +379,28 @@ class LocalRuntime:
                     error.args = (scrubbed,)
             raise error from exc
 
-    async def _run_saga_step(self, scope: Scope, node: Node, saga_steps: list) -> Any:
-        from . import saga
-
-        conn = await scope.connection(node.dataflow, write=True) if node.dataflow is not None else None
-        if "return_ids" in node.param_map():
-            node.params["return_ids"] = True  # compensation deletes exactly the rows it created
-        before = await saga.capture(node, conn) if conn is not None else []
-        result = await node.run(scope)
-        saga_steps.append(
-            await saga.step(node, conn, before, result)
-            if conn is not None
-            else saga.SagaStep(node.node_id, node.type_name, node, dict(node.params), result)
-        )
-        return result
-
 
 class AsyncLocalRuntime(LocalRuntime):
-    """LocalRuntime for async code: ``await runtime.execute_async(workflow)``."""
+    """LocalRuntime for async code: ``await runtime.execute_async(workflow)``.
+
+    With ``transaction="node"`` or ``"saga"``, independent branches run concurrently, at most
+    ``max_concurrency`` nodes at a time. In the "workflow" and "2pc" modes nodes share one
+    connection per database (one transaction), so they run one after another.
+    """
+
+    def __init__(self, *, max_concurrency: int = 10, **options: Any):
+        super().__init__(**options)
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValidationError(
+                f"max_concurrency must be a positive int, got {max_concurrency!r}.",
+                hint="1 runs nodes one at a time; 10 (the default) runs up to 10 branches at once.",
+            )
+        self.max_concurrency = max_concurrency
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(transaction={self.transaction!r}, max_concurrency={self.max_concurrency})"
+        )
 
 
 def _written_dataflows(workflow: Workflow) -> list[DataFlow]:
@@ -426,64 +409,3 @@ def _written_dataflows(workflow: Workflow) -> list[DataFlow]:
         for spec in workflow.nodes.values()
         if spec.node_class.writes and spec.node_class.dataflow is not None
     ]
-
-
-def _params(
-    spec: NodeSpec, incoming: tuple[Connection, ...], results: dict[str, Any], override: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The node's parameters: as checked at add_node, or re-checked with inputs and overrides."""
-    cls = spec.node_class
-    if not incoming and not override:
-        return cls.complete(spec.checked, node_id=spec.node_id)
-    params = {**spec.params, **(override or {})}
-    for c in incoming:
-        _assign(params, c.target_input, _follow(results[c.source], c))
-    return cls.check(params, node_id=spec.node_id)
-
-
-def rows_of(result: Any) -> int | None:
-    """How many rows a node's output stands for (None when it is not a database result)."""
-    if result is None:
-        return 0
-    if isinstance(result, dict):
-        if "records" in result:
-            return len(result["records"])
-        counts = [result[k] for k in ("inserted", "updated", "deleted") if isinstance(result.get(k), int)]
-        if counts:
-            return sum(counts)
-        if "deleted" in result:
-            return int(bool(result["deleted"]))
-        if "record" in result or "id" in result:
-            return 1
-        if isinstance(result.get("count"), int):
-            return 1
-    return None
-
-
-def _follow(value: Any, c: Connection) -> Any:
-    """Walk a dotted output path ('records.0.id') through dicts, lists and attributes."""
-    for part in c.source_output.split("."):
-        try:
-            if isinstance(value, Mapping):
-                value = value[part]
-            elif isinstance(value, list | tuple):
-                value = value[int(part)]
-            else:
-                value = getattr(value, part)
-        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
-            raise DataFlowError(
-                f"connection {c}: the output of '{c.source}' has no '{part}'.",
-                hint="check the source_output path against what the source node returned.",
-            ) from None
-    return value
-
-
-def _assign(params: dict[str, Any], path: str, value: Any) -> None:
-    """Set params['fields']['email'] for the path 'fields.email' (copying nested dicts)."""
-    head, _, rest = path.partition(".")
-    if not rest:
-        params[head] = value
-        return
-    inner = dict(params.get(head) or {})
-    _assign(inner, rest, value)
-    params[head] = inner

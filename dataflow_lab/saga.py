@@ -16,6 +16,7 @@ A Python callable declares its own compensation with ``@compensate_with(undo)``;
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,9 @@ import sqlalchemy as sa
 from . import filters
 from .nodes.base import Node
 
-__all__ = ["SagaStep", "capture", "compensate", "compensate_with", "step"]
+__all__ = ["SagaStep", "capture", "compensate", "compensate_steps", "compensate_with", "run_step", "step"]
+
+log = logging.getLogger("dataflow_lab.runtime")
 
 
 def compensate_with(undo: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -143,3 +146,53 @@ async def _select(mt: Any, conn: Any, doc: dict[str, Any], guards: Any = ()) -> 
     if guards:
         stmt = stmt.where(*guards)
     return mt.rows(await conn.fetch(*mt.dialect.compile(stmt.order_by(mt.table.c.id))))
+
+
+async def run_step(scope: Any, node: Node, saga_steps: list[SagaStep]) -> Any:
+    """Run a node that needs compensation, recording what undoing it takes in ``saga_steps``."""
+    conn = await scope.connection(node.dataflow, write=True) if node.dataflow is not None else None
+    if "return_ids" in node.param_map():
+        node.params["return_ids"] = True  # compensation deletes exactly the rows it created
+    before = await capture(node, conn) if conn is not None else []
+    result = await node.run(scope)
+    saga_steps.append(
+        await step(node, conn, before, result)
+        if conn is not None
+        else SagaStep(node.node_id, node.type_name, node, dict(node.params), result)
+    )
+    return result
+
+
+async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> list[dict[str, Any]]:
+    """Undo ``steps`` newest first, each in its own transaction retried per ``runtime.retry``."""
+    from .transactions import Scope
+
+    emit = runtime._emit
+    record = []
+    for saga_step in reversed(steps):
+        entry = {
+            "node_id": saga_step.node_id,
+            "node_type": saga_step.node_type,
+            "status": "compensated",
+            "error": None,
+        }
+        for attempt in range(1, runtime.retry.attempts + 1):
+            scope = Scope(run_id, emit)
+            try:
+                dataflow = saga_step.node.dataflow
+                conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
+                await compensate(saga_step, conn)
+                await scope.commit()
+                break
+            except Exception as exc:
+                await scope.rollback()
+                if await runtime._should_retry(exc, attempt, run_id, saga_step.node_id):
+                    continue
+                entry.update(status="failed", error=str(exc))
+                log.error("compensation of %s failed: %s", saga_step.node_id, exc)
+                break
+        record.append(entry)
+        if emit.wants("compensation"):
+            emit.emit("compensation", run_id=run_id, node_id=saga_step.node_id, status=entry["status"],
+                      error=entry["error"], node_type=saga_step.node_type)  # fmt: skip
+    return record

@@ -31,7 +31,7 @@ __all__ = [
     "to_svg",
 ]
 
-STATES = ("pending", "running", "done", "failed", "rolled back", "compensated")
+STATES = ("pending", "running", "done", "failed", "rolled back", "compensated", "skipped")
 STATE_COLOURS = {
     "pending": "#e8eaed",
     "running": "#fdd663",
@@ -39,6 +39,7 @@ STATE_COLOURS = {
     "failed": "#f28b82",
     "rolled back": "#fcad70",
     "compensated": "#c58af9",
+    "skipped": "#ffffff",
 }
 INSTALL_HINT = (
     "Install Graphviz's `dot` to draw this DAG: apt-get install graphviz (Debian/Ubuntu), "
@@ -102,9 +103,12 @@ class DagDrawing:
             label = "\\n".join(_dot_text(line) for line in lines)
             graph.node(node_id, label=label, fillcolor=fill, id=f"df-node-{node_id}", tooltip=spec.type_name)
         for c in self.workflow.connections:
-            graph.edge(
-                c.source, c.target, label=f" {c.source}.{c.source_output} → {c.target}.{c.target_input} "
-            )
+            label = f" {c.source}.{c.source_output} → {c.target}.{c.target_input} "
+            if c.cycle:  # a declared cycle's closing edge: dashed, and left out of the ranking
+                label += f"(cycle, ≤ {c.max_iterations}×) "
+                graph.edge(c.source, c.target, label=label, style="dashed", constraint="false")
+            else:
+                graph.edge(c.source, c.target, label=label)
         return graph.source
 
     def svg(self, states: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None) -> str:

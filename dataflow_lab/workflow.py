@@ -3,7 +3,8 @@
 ``add_node`` checks what it can at once (the type exists, parameters are
 known and well-typed). ``build`` checks the rest together and reports every
 problem in one WorkflowValidationError: dangling connections, required
-inputs nobody supplies, unknown outputs, and cycles.
+inputs nobody supplies, unknown outputs, and cycles that were not declared
+(``add_connection(..., cycle=True, max_iterations=N)``, see ``cycles.py``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import graphlib
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .cycles import Cycle, find_cycles, plan
 from .errors import DataFlowError, ValidationError, WorkflowValidationError, did_you_mean
 from .nodes.base import Node
 from .nodes.registry import resolve
@@ -23,7 +25,7 @@ from .nodes.registry import resolve
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
 
-__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder"]
+__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,18 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class Connection:
-    """``source``'s output at ``source_output`` feeds ``target``'s ``target_input``."""
+    """``source``'s output at ``source_output`` feeds ``target``'s ``target_input``.
+
+    ``cycle=True`` marks the connection that closes a declared cycle (see ``cycles.py``).
+    """
 
     source: str
     source_output: str
     target: str
     target_input: str
+    cycle: bool = False
+    max_iterations: int | None = None
+    converge_when: Callable[[Any], bool] | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.source}.{self.source_output} -> {self.target}.{self.target_input}"
@@ -63,6 +71,12 @@ class Workflow:
     connections: tuple[Connection, ...]
     order: tuple[str, ...]
     inputs: Mapping[str, tuple[Connection, ...]] = field(repr=False)
+    cycles: tuple[Cycle, ...] = ()
+    steps: tuple[str | Cycle, ...] = field(default=(), repr=False)  # order, each cycle one step
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            object.__setattr__(self, "steps", self.order)
 
     def dataflows(self) -> list[DataFlow]:
         seen: dict[int, DataFlow] = {}
@@ -95,7 +109,9 @@ class Workflow:
             spec = self.nodes[node_id]
             lines.append(f"  {node_id}: {spec.type_name}")
             for c in self.inputs.get(node_id, ()):
-                lines.append(f"    <- {c}")
+                lines.append(
+                    f"    <- {c}" + (f"  (closes a cycle, at most {c.max_iterations}x)" if c.cycle else "")
+                )
         return "\n".join(lines)
 
 
@@ -134,13 +150,44 @@ class WorkflowBuilder:
         return node_id
 
     def add_connection(
-        self, source: str, source_output: str, target: str, target_input: str
+        self,
+        source: str,
+        source_output: str,
+        target: str,
+        target_input: str,
+        *,
+        cycle: bool = False,
+        max_iterations: int | None = None,
+        converge_when: Callable[[Any], bool] | None = None,
     ) -> WorkflowBuilder:
-        """Feed ``source``'s output (a dotted path like 'records.0.id') into ``target_input``."""
+        """Feed ``source``'s output (a dotted path like 'records.0.id') into ``target_input``.
+
+        ``cycle=True`` closes a loop: the nodes from ``target`` to ``source`` repeat up to
+        ``max_iterations`` times, until ``converge_when(output of source)`` is true (see cycles.py).
+        """
         for what, value in (("source_output", source_output), ("target_input", target_input)):
             if not isinstance(value, str) or not value:
                 raise ValidationError(f"add_connection: {what} must be a non-empty string, got {value!r}.")
-        self._connections.append(Connection(source, source_output, target, target_input))
+        where = f"add_connection({source!r}, {source_output!r}, {target!r}, {target_input!r})"
+        if cycle:
+            if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+                raise ValidationError(
+                    f"{where}: a cycle needs max_iterations, a positive int; got {max_iterations!r}.",
+                    hint="say how many times the cycle may run at most, e.g. max_iterations=50.",
+                )
+            if converge_when is not None and not callable(converge_when):
+                raise ValidationError(
+                    f"{where}: converge_when must be a callable taking the output of '{source}', "
+                    f"got {type(converge_when).__name__}."
+                )
+        elif max_iterations is not None or converge_when is not None:
+            raise ValidationError(
+                f"{where}: max_iterations and converge_when apply only to a cycle connection.",
+                hint="pass cycle=True on the connection that closes the loop.",
+            )
+        self._connections.append(
+            Connection(source, source_output, target, target_input, cycle, max_iterations, converge_when)
+        )
         return self
 
     connect = add_connection
@@ -156,11 +203,24 @@ class WorkflowBuilder:
         for node_id, spec in self._nodes.items():
             problems += self._check_complete(spec, inputs[node_id])
         order: tuple[str, ...] = ()
+        forward = {n: [c.source for c in inputs[n] if not c.cycle] for n in self._nodes}
         try:
-            order = _stable_order({n: [c.source for c in inputs[n]] for n in self._nodes})
+            order = _stable_order(forward)
         except graphlib.CycleError as exc:
             cycle = " -> ".join(exc.args[1])
-            problems.append(f"the connections form a cycle: {cycle}.")
+            problems.append(
+                f"the connections form a cycle that was not declared: {cycle}. Declare it on the "
+                "connection that closes it: add_connection(..., cycle=True, max_iterations=N)."
+            )
+        cycles: list[Cycle] = []
+        steps: tuple = ()
+        if order:
+            edges = [(source, n) for n, sources in forward.items() for source in sources]
+            closing = [c for c in self._connections if c.cycle and {c.source, c.target} <= self._nodes.keys()]
+            cycles, cycle_problems = find_cycles(order, edges, closing)
+            problems += cycle_problems
+            steps = plan(order, edges, cycles)
+            order = tuple(n for step in steps for n in (step.body if isinstance(step, Cycle) else (step,)))
         if problems:
             raise WorkflowValidationError(problems)
         if user is not None:
@@ -174,6 +234,8 @@ class WorkflowBuilder:
             connections=tuple(self._connections),
             order=order,
             inputs=MappingProxyType({k: tuple(v) for k, v in inputs.items() if v}),
+            cycles=tuple(cycles),
+            steps=steps,
         )
 
     def _check_connection(self, c: Connection) -> list[str]:
@@ -183,8 +245,11 @@ class WorkflowBuilder:
                 problems.append(f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}")
         if problems:
             return problems
-        if c.source == c.target:
-            return [f"connection {c}: a node cannot feed itself."]
+        if c.source == c.target and not c.cycle:
+            return [
+                f"connection {c}: a node cannot feed itself, unless the connection is a declared cycle "
+                "(cycle=True, max_iterations=N)."
+            ]
         target = self._nodes[c.target].node_class
         root = c.target_input.split(".", 1)[0]
         if root not in target.param_map():
@@ -192,7 +257,9 @@ class WorkflowBuilder:
                 f"connection {c}: {target.type_name} has no input '{root}'."
                 f"{did_you_mean(root, target.param_map())}"
             )
-        outputs = output_keys(self._nodes[c.source].node_class)
+        source = self._nodes[c.source]
+        outputs_for = getattr(source.node_class, "outputs_for", None)
+        outputs = outputs_for(source.checked) if outputs_for else output_keys(source.node_class)
         head = c.source_output.split(".", 1)[0]
         if outputs is not None and head not in outputs:
             problems.append(
@@ -202,14 +269,15 @@ class WorkflowBuilder:
         return problems
 
     def _check_complete(self, spec: NodeSpec, incoming: list[Connection]) -> list[str]:
-        supplied = frozenset(c.target_input.split(".", 1)[0] for c in incoming)
+        # a cycle connection carries nothing into the first iteration: it does not supply an input
+        supplied = frozenset(c.target_input.split(".", 1)[0] for c in incoming if not c.cycle)
         missing = [n for n in spec.node_class.required_names() if n not in spec.checked and n not in supplied]
         if missing:
             return [
                 f"node '{spec.node_id}' ({spec.type_name}) needs {', '.join(repr(m) for m in missing)}: "
                 "pass it as a parameter or connect another node's output to it."
             ]
-        if supplied:
+        if supplied or any(c.cycle for c in incoming):
             return []
         try:
             spec.node_class.check(dict(spec.params), node_id=spec.node_id)
@@ -236,3 +304,27 @@ def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
 def output_keys(node_class: type[Node]) -> set[str] | None:
     keys = getattr(node_class, "output_keys", None)
     return keys() if callable(keys) else None
+
+
+def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
+    """A built Workflow and checked per-node parameter overrides: every runtime's first step."""
+    if isinstance(workflow, WorkflowBuilder):
+        workflow = workflow.build()
+    if not isinstance(workflow, Workflow):
+        raise ValidationError(
+            f"execute() takes a Workflow, got {type(workflow).__name__}.",
+            hint="build one with WorkflowBuilder().build().",
+        )
+    overrides = {}
+    for node_id, values in (parameters or {}).items():
+        if node_id not in workflow.nodes:
+            raise ValidationError(
+                f"parameters name node '{node_id}', which the workflow does not have."
+                f"{did_you_mean(node_id, workflow.nodes)}",
+                hint=f"nodes: {', '.join(workflow.nodes)}.",
+            )
+        if not isinstance(values, Mapping):
+            raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
+        workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
+        overrides[node_id] = dict(values)
+    return workflow, overrides

@@ -9,7 +9,8 @@ import sys
 def test_importing_the_package_loads_no_heavy_library():
     code = (
         "import sys, dataflow_lab\n"
-        "heavy = [m for m in ('sqlalchemy', 'pandas', 'duckdb', 'asyncpg', 'ipywidgets', 'graphviz', 'pyarrow')"
+        "heavy = [m for m in ('sqlalchemy', 'pandas', 'duckdb', 'asyncpg', 'ipywidgets', 'graphviz', 'pyarrow',"
+        " 'dask', 'distributed', 'cloudpickle')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

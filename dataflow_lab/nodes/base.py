@@ -66,6 +66,12 @@ class Node:
     def __repr__(self) -> str:
         return f"<{self.type_name} {self.node_id!r}>"
 
+    def __reduce__(self) -> tuple:
+        # generated node classes are not importable: pickle a reference to the class instead
+        from .registry import node_ref, rebuild_node
+
+        return rebuild_node, (node_ref(type(self)), self.node_id, self.params)
+
     @classmethod
     def param_map(cls) -> dict[str, Param]:
         cached = cls.__dict__.get("_param_map")

@@ -18,7 +18,7 @@ from .python import python_node
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
 
-__all__ = ["live_dataflows", "register", "resolve", "unregister"]
+__all__ = ["live_dataflows", "node_ref", "register", "resolve", "resolve_ref", "unregister"]
 
 _LIVE: weakref.WeakSet[DataFlow] = weakref.WeakSet()
 
@@ -46,7 +46,42 @@ def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
     raise ValidationError(f"Node type {node_type!r} is not a node name, Node class or callable.")
 
 
+def node_ref(cls: type[Node]) -> tuple:
+    """A picklable reference to a node class: generated classes are named through their DataFlow."""
+    from .python import PythonNode
+
+    if cls.dataflow is not None and cls.model is not None:
+        return ("model", cls.dataflow, cls.type_name)
+    if issubclass(cls, PythonNode):
+        return ("python", cls.fn)
+    return ("class", cls)
+
+
+def resolve_ref(ref: tuple) -> type[Node]:
+    kind, *rest = ref
+    if kind == "model":
+        dataflow, type_name = rest
+        return dataflow.nodes[type_name]
+    if kind == "python":
+        return python_node(rest[0])
+    return rest[0]
+
+
+def rebuild_node(ref: tuple, node_id: str, params: dict[str, Any]) -> Node:
+    return resolve_ref(ref)(node_id, params)
+
+
+def builtin_nodes() -> dict[str, type[Node]]:
+    """Node types every workflow can use by name, whatever its DataFlow."""
+    from .switch import SwitchNode
+
+    return {"SwitchNode": SwitchNode}
+
+
 def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
+    builtin = builtin_nodes().get(name)
+    if builtin is not None:
+        return builtin
     scopes = [dataflow] if dataflow is not None else live_dataflows()
     found = [(db, db.nodes[name]) for db in scopes if name in db.nodes]
     if len(found) > 1 and dataflow is None:
@@ -68,7 +103,7 @@ def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
     known = sorted({n for db in scopes for n in db.nodes})
     where = "this DataFlow" if dataflow is not None else "any live DataFlow"
     raise NodeNotFoundError(
-        f"Node type '{name}' is not defined by {where}.{did_you_mean(name, known)}",
+        f"Node type '{name}' is not defined by {where}.{did_you_mean(name, [*known, *builtin_nodes()])}",
         hint="define the model with @db.model first; generated names look like 'UserCreateNode'."
         if not known
         else f"known node types: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}.",

@@ -23,7 +23,7 @@ _LAST_EVENTS = 8
 
 def node_fraction(status: NodeStatus) -> float:
     """How far a node is, 0..1 (bulk nodes report chunks; others jump from 0 to 1)."""
-    if status.state == "pending":
+    if status.state in ("pending", "skipped"):  # a skipped node never ran: an empty bar
         return 0.0
     if status.state == "running":
         return min(status.done / status.total, 1.0) if status.done is not None and status.total else 0.0

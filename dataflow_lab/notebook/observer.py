@@ -167,6 +167,20 @@ class RunObserver:
         else:
             self._update(run_id, node_id, state="failed", duration=duration, error=_one_line(error))
 
+    def node_skipped(self, *, run_id: str, node_id: str, reason: str = "", **future: Any) -> None:
+        """A route not taken: the node did not run and never will in this run."""
+        self._update(run_id, node_id, state="skipped", error=reason or None)
+
+    def cycle_iteration(
+        self, *, run_id: str, nodes: tuple, iteration: int, converged: bool, **future: Any
+    ) -> None:
+        if run_id != self.run_id:
+            return
+        with self._lock:
+            ending = " (converged)" if converged else ""
+            self._events.append(f"CYCLE {' -> '.join(nodes)}: iteration {iteration}{ending}")
+        self._changed()
+
     def transaction(self, *, run_id: str, dataflow: Any, event: str, **future: Any) -> None:
         if run_id != self.run_id:
             return

@@ -1,0 +1,145 @@
+"""The worker side of DaskRuntime: one node per task, against DataFlows rebuilt from descriptions.
+
+Nothing here imports dask: a task is a plain function call. A DataFlow arrives
+pickled as its description (``DataFlow.__reduce__``: URL, configuration, model
+schemas); ``dataflow_from_description`` rebuilds it once per worker process and
+keeps it, so its connection pool serves every later task on that worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from . import _loop
+from .model import ModelSchema
+from .nodes import registry
+from .retry import RetryPolicy
+from .routing import Skipped, live_connections
+from .workflow import Connection, NodeSpec, Workflow
+
+__all__ = ["NodeTask", "Outcome", "compensate", "dataflow_from_description", "run_node"]
+
+_KEEP = 16  # rebuilt DataFlows kept per worker process (the oldest is closed beyond this)
+_REBUILT: OrderedDict[str, Any] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def dataflow_from_description(
+    token: str,
+    url: str,
+    options: dict[str, Any],
+    schemas: tuple[ModelSchema, ...],
+    reflected: frozenset[str] = frozenset(),
+) -> Any:
+    """The DataFlow a description names: the original in its own process, else one rebuilt here."""
+    from .dataflow import DataFlow
+
+    with _LOCK:
+        for live in registry.live_dataflows():
+            if live._token == token:
+                _add_missing_models(live, schemas, reflected)
+                return live
+        db = _REBUILT.pop(token, None)
+        if db is None or db._closed:
+            # monitoring stays off on workers (nobody reads their collectors); the models arrive with the
+            # description, so nothing is reflected at start
+            db = DataFlow(url, **{**options, "monitoring": False, "existing_schema": False})
+            db._token = token
+        _REBUILT[token] = db
+        while len(_REBUILT) > _KEEP:
+            _REBUILT.popitem(last=False)[1].close()
+        _add_missing_models(db, schemas, reflected)
+        return db
+
+
+def _add_missing_models(db: Any, schemas: tuple[ModelSchema, ...], reflected: frozenset) -> None:
+    """Install the models this process's copy lacks, as model() or reflect() did in the original."""
+    from .migrations.reflect import ReflectedTable
+    from .schema import ModelTable
+
+    for schema in schemas:
+        known = db._models.get(schema.name)
+        if known is None or known.signature() != schema.signature():
+            table_class = ReflectedTable if schema.name in reflected else ModelTable
+            db._install(schema, table_class(schema, db._dialect))
+            if schema.name in reflected:
+                db._reflected.add(schema.name)
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """Everything a worker needs to run one node of one run."""
+
+    node_id: str
+    ref: tuple  # registry.node_ref of the node class
+    params: dict[str, Any]  # as given to add_node
+    incoming: tuple[Connection, ...]
+    routers: frozenset[str]
+    override: dict[str, Any] | None
+    run_id: str
+    mode: str  # "node" | "saga"
+    retry: RetryPolicy
+    isolation: str | None = None
+    user: str | None = None  # the audit log's "who" (grants were checked on the client)
+    tenants: dict[Any, str] = field(default_factory=dict)  # tenancy.captured(): DataFlow (or None) -> tenant
+
+
+@dataclass
+class Outcome:
+    """A node's output as a task result, with what the client needs to report and undo it."""
+
+    result: Any
+    duration: float = 0.0
+    finished: float = field(default_factory=time.time)  # orders saga steps across workers
+    saga_steps: list = field(default_factory=list)
+
+
+def run_node(task: NodeTask, sources: tuple[str, ...], *upstream: Outcome) -> Outcome:
+    """The task body: skip by the routing rule, or run the node in its own transaction here."""
+    results = {name: outcome.result for name, outcome in zip(sources, upstream, strict=True)}
+    live = live_connections(task.incoming, results, task.routers)
+    if isinstance(live, str):
+        return Outcome(Skipped(live))
+    from . import tenancy
+    from .audit import run_as
+
+    run = tenancy.run_with(MappingProxyType(task.tenants), _run(task, tuple(live), results))
+    return _loop.run(run_as(task.user, run))
+
+
+async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, Any]) -> Outcome:
+    from .runtime import LocalRuntime
+
+    cls = registry.resolve_ref(task.ref)
+    checked = cls.check(task.params, node_id=task.node_id, partial=True)
+    spec = NodeSpec(task.node_id, cls, MappingProxyType(dict(task.params)), MappingProxyType(checked))
+    workflow = Workflow(
+        workflow_id=task.run_id,
+        name=task.node_id,
+        nodes=MappingProxyType({task.node_id: spec}),
+        connections=(),
+        order=(task.node_id,),
+        inputs=MappingProxyType({}),
+    )
+    if cls.dataflow is not None and cls.model is not None:
+        await cls.dataflow._ensure_table(cls.mt)
+    runtime = LocalRuntime(transaction=task.mode, retry=task.retry, isolation=task.isolation)
+    steps: list | None = [] if task.mode == "saga" else None
+    started = time.perf_counter()
+    result = await runtime._in_own_transaction(
+        workflow, task.node_id, results, task.override, live, task.run_id, steps
+    )
+    return Outcome(result, time.perf_counter() - started, time.time(), steps or [])
+
+
+def compensate(steps: list, run_id: str, retry: RetryPolicy) -> list[dict[str, Any]]:
+    """Undo committed saga steps newest first, on this worker (see ``saga.compensate_steps``)."""
+    from .runtime import LocalRuntime
+
+    runtime = LocalRuntime(transaction="saga", retry=retry)
+    return _loop.run(runtime._compensate(steps, run_id))

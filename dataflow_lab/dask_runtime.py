@@ -1,0 +1,345 @@
+"""DaskRuntime: run a Workflow on dask.distributed, one task per node.
+
+Each node becomes ``client.submit(run_node, task, ..., *upstream_futures,
+key=f"{node_id}-{run_id}", pure=False)``, so Dask starts it once the nodes it
+takes inputs from are done, on whichever worker is free. Workers rebuild each
+DataFlow from its description (URL, configuration, models) and keep it, so
+connection pools are per worker process and never pickled (``_remote.py``).
+
+Transactions are per node: a node commits on its worker when it succeeds.
+``transaction="saga"`` records what each committed node did, and when a node
+fails, undoes the committed ones newest first, in one task on a worker. Every
+node of the run is submitted up front, so branches that do not depend on the
+failed node may still run and commit; the runtime waits for all of them, then
+compensates every committed node (saga) or keeps them (node). Declared cycles
+iterate from the client: each iteration is submitted, and the client reads the
+closing node's output to test convergence. SwitchNode routes and skips exactly
+as on LocalRuntime. Results have LocalRuntime's shape.
+
+Databases private to one process (in-memory SQLite, DuckDB) are refused: the
+workers could not see them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .cycles import Cycle
+from .errors import CycleNotConvergedError, ValidationError
+from .hooks import Hooks, _Fanout
+from .retry import RetryPolicy
+from .routing import RunResults, Skipped, routers
+from .scheduler import converges, rows_of
+from .transactions import check_isolation
+from .workflow import Workflow, WorkflowBuilder, prepare
+
+__all__ = ["DaskRuntime"]
+
+MODES = ("node", "saga")
+
+
+class DaskRuntime:
+    """Runs workflows on a dask.distributed cluster. ``execute`` returns (results, run_id).
+
+    ``client_or_address``: a ``distributed.Client``, or a scheduler address to connect to
+    (that client is closed by ``close()``). ``transaction``: "node" (default) or "saga".
+    """
+
+    def __init__(
+        self,
+        client_or_address: Any,
+        *,
+        transaction: str = "node",
+        retry: Any = None,
+        isolation: str | None = None,
+        hooks: Any = (),
+        user: str | None = None,
+    ):
+        if transaction not in MODES:
+            raise ValidationError(
+                f"DaskRuntime cannot run transaction mode {transaction!r}.",
+                hint="on Dask each node commits on its own worker: use transaction='node', or 'saga' to "
+                "undo committed nodes when one fails. One transaction per run needs LocalRuntime.",
+            )
+        self.client, self._owns_client = _client(client_or_address), isinstance(client_or_address, str)
+        self.transaction = transaction
+        self.retry = RetryPolicy.of(retry)
+        self.isolation = check_isolation(isolation)
+        self.user = user
+        self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
+        self._emit = _Fanout(self.hooks)
+
+    def __repr__(self) -> str:
+        return f"DaskRuntime({self.client.scheduler.address!r}, transaction={self.transaction!r})"
+
+    def close(self) -> None:
+        """Close the client if this runtime opened it (from an address)."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> DaskRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def execute(
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
+    ) -> tuple[RunResults, str]:
+        """Run the workflow on the cluster and wait: (results by node id, run id).
+
+        ``user`` and ``tenant`` as for LocalRuntime: grants are checked here, and each task
+        runs as the user (the audit log's "who") within the captured tenants.
+        """
+        from .access import check_run, user_name
+
+        workflow, overrides = prepare(workflow, parameters)
+        _check_shareable(workflow)
+        user = self.user if user is None else user
+        tenants = check_run(workflow, user, tenant)
+        run = _DaskRun(self, workflow, overrides, user_name(user), dict(tenants))
+        emit, started, error = self._emit, time.perf_counter(), None
+        if emit.wants("before_workflow"):
+            emit.emit("before_workflow", run_id=run.run_id, workflow=workflow, runtime=self)
+        try:
+            run.go()
+            return run.results, run.run_id
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if emit.wants("after_workflow"):
+                emit.emit(
+                    "after_workflow",
+                    run_id=run.run_id,
+                    workflow=workflow,
+                    results=run.results,
+                    error=error,
+                    duration=time.perf_counter() - started,
+                    mode=self.transaction,
+                    runtime=self,
+                    nodes=run.records,
+                )
+
+    async def execute_async(
+        self,
+        workflow: Workflow | WorkflowBuilder,
+        parameters: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        user: Any = None,
+        tenant: str | None = None,
+    ) -> tuple[RunResults, str]:
+        """``execute`` on a thread (with this context's tenants), so the event loop stays free."""
+        import asyncio
+
+        return await asyncio.to_thread(self.execute, workflow, parameters, user=user, tenant=tenant)
+
+
+class _DaskRun:
+    """One run: submit the steps, iterate cycles, settle every future, compensate on failure."""
+
+    def __init__(
+        self,
+        runtime: DaskRuntime,
+        workflow: Workflow,
+        overrides: dict[str, dict[str, Any]],
+        user: str | None,
+        tenants: dict[Any, str],
+    ):
+        self.runtime, self.workflow, self.overrides = runtime, workflow, overrides
+        self.user, self.tenants = user, tenants
+        self.records: list[tuple] = []  # hooks.NODE_RECORD tuples, for after_workflow's ``nodes``
+        self.run_id = str(uuid.uuid4())
+        self.results = RunResults()
+        self.routers = routers(workflow)
+        self.latest: dict[str, Any] = {}  # node id -> its newest future
+        self.submitted: list[tuple[str, Any]] = []  # (node id, future), in submission order
+        self.committed: list[Any] = []  # the Outcomes of every node that finished
+
+    def go(self) -> None:
+        from ._loop import run
+
+        for dataflow, table in self.workflow.models():  # once, here, rather than racing on every worker
+            run(dataflow._ensure_table(table))
+        failure: BaseException | None = None
+        try:
+            try:
+                for step in self.workflow.steps:
+                    if isinstance(step, Cycle):
+                        self._cycle(step)
+                    else:
+                        self._submit(step, f"{step}-{self.run_id}")
+            except Exception as exc:  # a cycle's node failed, or it did not converge
+                failure = exc
+            outcomes, node_failure = self._settle()
+        except BaseException:  # Ctrl-C: tasks not yet started never start (running ones finish)
+            self.runtime.client.cancel([future for _, future in self.submitted])
+            raise
+        failure = node_failure or failure
+        for node_id in self.workflow.order:
+            if node_id in outcomes:
+                self.results[node_id] = outcomes[node_id].result
+        if failure is not None:
+            if self.runtime.transaction == "saga":
+                failure.compensations = self._compensate()
+            raise failure
+
+    def _submit(self, node_id: str, key: str) -> Any:
+        from ._remote import NodeTask, run_node
+        from .nodes.registry import node_ref
+
+        spec = self.workflow.nodes[node_id]
+        incoming = self.workflow.inputs.get(node_id, ())
+        sources = tuple(dict.fromkeys(c.source for c in incoming if c.source in self.latest))
+        task = NodeTask(
+            node_id, node_ref(spec.node_class), dict(spec.params), incoming, self.routers,
+            self.overrides.get(node_id), self.run_id, self.runtime.transaction, self.runtime.retry,
+            self.runtime.isolation, self.user, self.tenants,
+        )  # fmt: skip
+        emit = self.runtime._emit
+        if emit.wants("before_node"):  # on Dask: when the task is submitted
+            emit.emit(
+                "before_node",
+                run_id=self.run_id,
+                node_id=node_id,
+                node_type=spec.type_name,
+                params=dict(spec.params),
+                node_class=spec.node_class,
+            )
+        future = self.runtime.client.submit(
+            run_node, task, sources, *(self.latest[s] for s in sources), key=key, pure=False
+        )
+        self.latest[node_id] = future
+        self.submitted.append((node_id, future))
+        return future
+
+    def _cycle(self, cycle: Cycle) -> None:
+        """Submit the body once per iteration; the client reads the closing output to decide."""
+        for iteration in range(1, cycle.max_iterations + 1):
+            futures = [self._submit(n, f"{n}-{iteration}-{self.run_id}") for n in cycle.body]
+            outcomes = self.runtime.client.gather(futures)  # raises the first failure
+            for node_id, outcome in zip(cycle.body, outcomes, strict=True):
+                self.results.iterations.setdefault(node_id, []).append(outcome.result)
+            output = outcomes[-1].result  # the closing node: every other body node leads to it, so it is last
+            converged = converges(cycle, output)
+            emit = self.runtime._emit
+            if emit.wants("cycle_iteration"):
+                emit.emit(
+                    "cycle_iteration",
+                    run_id=self.run_id,
+                    nodes=cycle.body,
+                    iteration=iteration,
+                    output=output,
+                    converged=converged,
+                )
+            if converged:
+                return
+        if cycle.converge_when is not None:
+            last = {n: self.results.iterations[n][-1] for n in cycle.body}
+            raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, self.results.copy())
+
+    def _settle(self) -> tuple[dict[str, Any], BaseException | None]:
+        """Wait for every submitted task; report each; the first failure in run order is the cause."""
+        from distributed import wait
+
+        wait([future for _, future in self.submitted])
+        finished = [(n, f) for n, f in self.submitted if f.status == "finished"]
+        values = dict(zip((id(f) for _, f in finished), self.runtime.client.gather([f for _, f in finished])))
+        outcomes: dict[str, Any] = {}
+        failure: BaseException | None = None
+        for node_id, future in self.submitted:
+            if id(future) in values:
+                outcomes[node_id] = outcome = values[id(future)]
+                self._report(node_id, outcome, None)
+            elif failure is None:
+                failure = future.exception()
+                self._report(node_id, None, failure)
+        self.committed = [values[id(f)] for _, f in finished]
+        return outcomes, failure
+
+    def _report(self, node_id: str, outcome: Any, error: BaseException | None) -> None:
+        emit, spec = self.runtime._emit, self.workflow.nodes[node_id]
+        if outcome is not None and isinstance(outcome.result, Skipped):
+            if emit.wants("node_skipped"):
+                emit.emit(
+                    "node_skipped",
+                    run_id=self.run_id,
+                    node_id=node_id,
+                    node_type=spec.type_name,
+                    reason=outcome.result.reason,
+                )
+            return
+        result = None if outcome is None else outcome.result
+        duration = 0.0 if outcome is None else outcome.duration
+        # hooks.NODE_RECORD. "started" is a client-side reading (workers' clocks are their own);
+        # queries are not counted: the workers' copies of the DataFlow are not monitored
+        started = time.perf_counter() - duration
+        self.records.append((node_id, spec.node_class, started, duration, rows_of(result), 0, None, error))
+        if emit.wants("after_node"):
+            emit.emit(
+                "after_node",
+                run_id=self.run_id,
+                node_id=node_id,
+                node_type=spec.type_name,
+                result=result,
+                error=error,
+                duration=duration,
+                rows=rows_of(result),
+                node_class=spec.node_class,
+                queries=0,
+                sql=None,
+            )
+
+    def _compensate(self) -> list[dict[str, Any]]:
+        from ._remote import compensate
+
+        committed = sorted(self.committed, key=lambda outcome: outcome.finished)
+        steps = [step for outcome in committed for step in outcome.saga_steps]
+        if not steps:
+            return []
+        record = self.runtime.client.submit(
+            compensate, steps, self.run_id, self.runtime.retry, key=f"compensate-{self.run_id}", pure=False
+        ).result()
+        emit = self.runtime._emit
+        if emit.wants("compensation"):
+            for entry in record:
+                emit.emit("compensation", run_id=self.run_id, **entry)
+        return record
+
+
+def _client(client_or_address: Any) -> Any:
+    if isinstance(client_or_address, str):
+        try:
+            from distributed import Client
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ValidationError(
+                "DaskRuntime needs dask.distributed.", hint="pip install 'dataflow-lab[dask]'."
+            ) from None
+        return Client(client_or_address)
+    if not callable(getattr(client_or_address, "submit", None)):
+        raise ValidationError(
+            f"DaskRuntime takes a distributed.Client or a scheduler address, got {type(client_or_address).__name__}.",
+            hint="e.g. DaskRuntime(Client(LocalCluster())) or DaskRuntime('tcp://scheduler:8786').",
+        )
+    return client_or_address
+
+
+def _check_shareable(workflow: Workflow) -> None:
+    for db in workflow.dataflows():
+        url = db.config.database_url
+        private = db.dialect == "duckdb" or (db.dialect == "sqlite" and ":memory:" in url)
+        if private:
+            raise ValidationError(
+                f"{db!r} lives in one process (in-memory SQLite, or DuckDB, which one process opens at "
+                "a time), so Dask workers cannot share it.",
+                hint="run this workflow on LocalRuntime, or put its models on PostgreSQL "
+                "(or a SQLite file) for DaskRuntime.",
+            )
