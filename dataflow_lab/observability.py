@@ -1,0 +1,70 @@
+"""What a DataFlow shows of itself: metrics, their export, and the audit log.
+
+``DataFlow`` takes these methods from ``Observability``; each hands off to its
+module (monitoring.py, metrics_export.py, audit.py), imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import DataFlowError
+
+__all__ = ["Observability"]
+
+
+class Observability:
+    """Monitoring and audit methods of DataFlow (it sets ``_monitor`` and ``config``)."""
+
+    _monitor: Any
+
+    @property
+    def monitor(self) -> Any:
+        """This database's MetricsCollector (None when monitoring is off)."""
+        return self._monitor
+
+    def metrics(self) -> dict[str, Any]:
+        """The dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
+        return self._collector().dashboard()
+
+    def metrics_frame(self) -> Any:
+        """Recent node runs (duration, rows, queries, errors...) as a pandas DataFrame."""
+        return self._collector().frame()
+
+    def metrics_json(self) -> str:
+        """A JSON snapshot: the dashboard, figures per node type, transaction alerts, anomalies."""
+        from .metrics_export import json_snapshot
+
+        return json_snapshot(self._collector())
+
+    def metrics_text(self) -> str:
+        """The metrics in Prometheus text exposition format."""
+        from .metrics_export import prometheus_text
+
+        return prometheus_text(self._collector())
+
+    def serve_metrics(self, port: int = 0, *, host: str = "127.0.0.1") -> Any:
+        """Serve Prometheus metrics on http://host:port/metrics (0: any free port); ``.close()`` stops it."""
+        from .metrics_export import serve
+
+        return serve(self._collector(), port, host=host)
+
+    def audit(self, model: type | str, id: Any = None) -> list[Any]:
+        """The audit history of one row (or, without ``id``, of every row) of an audited model."""
+        from .audit import history
+
+        return history(self, model, id)
+
+    def _collector(self) -> Any:
+        if self._monitor is None:
+            raise DataFlowError(
+                f"Monitoring is off for {self!r} (the {self.config.environment} preset).",
+                hint="pass monitoring=True to DataFlow(...), or set DATAFLOW_ENV=testing or production.",
+            )
+        return self._monitor
+
+    def _stop_monitoring(self) -> None:
+        if self._monitor is not None:
+            from .monitoring import detach
+
+            detach(self, self._monitor)
