@@ -11,9 +11,16 @@ import asyncio
 import os
 
 import pytest
+from hypothesis import settings
 
 from dataflow_lab import DataFlow
 from dataflow_lab.nodes import registry
+
+# CI (.ci/run) runs the property tests on Hypothesis's fixed examples, so a run on a fresh machine
+# is repeatable; local runs explore new random examples (DATAFLOW_FUZZ_EXAMPLES for many more).
+if os.environ.get("DATAFLOW_HYPOTHESIS_DERANDOMIZE"):
+    settings.register_profile("ci", derandomize=True)
+    settings.load_profile("ci")
 
 # Kernels that tests start (nbval's for notebooks/, the magics' and browser tests') import
 # dataflow_lab from this checkout, not from wherever `pip install -e` last pointed.
