@@ -51,7 +51,7 @@ class TestingShell(InteractiveShell):
 
 @pytest.fixture(scope="module")
 def shell():
-    return TestingShell.instance(history_length=0, colors="NoColor")  # display() needs the singleton
+    return TestingShell.instance(history_length=0, colors="nocolor")  # display() needs the singleton
 
 
 @pytest.fixture
