@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -150,6 +151,10 @@ class Dialect:
     def declared_type(self, column: sa.Column) -> str:
         """The normalized type name this dialect declares for a column."""
         return normalize_type(column.type.compile(dialect=self.sa_dialect))
+
+    def busy_at_connect(self, error: BaseException) -> bool:
+        """Whether a new connection failed only because another held a lock: worth a short wait."""
+        return False
 
     def commit_never_sent(self, error: BaseException) -> bool:
         """True when COMMIT failed before reaching the server (so the server rolled back)."""
@@ -336,9 +341,22 @@ class PooledDialect(Dialect):
         self.stats["acquired_total"] += 1
         return conn
 
+    async def _connect(self) -> Any:
+        """A pooled connection; a connect that found the database busy (busy_at_connect) is tried again."""
+        delay, deadline = 0.005, time.monotonic() + (self.config.pool_timeout or 30.0)
+        while True:
+            try:
+                return await self.engine.connect()
+            except Exception as exc:
+                if not self.busy_at_connect(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.debug("database busy while connecting; trying again in %.3f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
     async def _checkout(self) -> Connection:
         try:
-            async_conn = await self.engine.connect()
+            async_conn = await self._connect()
             try:
                 fairy = await async_conn.get_raw_connection()
                 conn = self.wrap(fairy.driver_connection)

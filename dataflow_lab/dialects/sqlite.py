@@ -163,6 +163,13 @@ class SQLiteDialect(PooledDialect):
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+    def busy_at_connect(self, error: BaseException) -> bool:
+        # A connection's first statements (PRAGMA journal_mode=WAL when the file is new) can meet
+        # SQLITE_BUSY without SQLite calling the busy handler, while another connection converts the
+        # file to WAL or holds the write lock: the next attempt a moment later succeeds.
+        text = str(error)
+        return "database is locked" in text or "database is busy" in text
+
     def wrap(self, driver_connection: Any) -> Connection:
         return SQLiteConnection(driver_connection)
 
