@@ -28,11 +28,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .cycles import Cycle
-from .errors import CycleNotConvergedError, ValidationError
+from .errors import ValidationError
 from .hooks import Hooks, _Fanout
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
-from .scheduler import converges, rows_of
+from .scheduler import iteration_ended, node_ended, not_converged
 from .transactions import check_isolation
 from .workflow import Workflow, WorkflowBuilder, prepare
 
@@ -229,22 +229,9 @@ class _DaskRun:
             for node_id, outcome in zip(cycle.body, outcomes, strict=True):
                 self.results.iterations.setdefault(node_id, []).append(outcome.result)
             output = outcomes[-1].result  # the closing node: every other body node leads to it, so it is last
-            converged = converges(cycle, output)
-            emit = self.runtime._emit
-            if emit.wants("cycle_iteration"):
-                emit.emit(
-                    "cycle_iteration",
-                    run_id=self.run_id,
-                    nodes=cycle.body,
-                    iteration=iteration,
-                    output=output,
-                    converged=converged,
-                )
-            if converged:
+            if iteration_ended(self.runtime._emit, self.run_id, cycle, iteration, output):
                 return
-        if cycle.converge_when is not None:
-            last = {n: self.results.iterations[n][-1] for n in cycle.body}
-            raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, self.results.copy())
+        not_converged(cycle, {n: self.results.iterations[n][-1] for n in cycle.body}, self.results)
 
     def _settle(self) -> tuple[dict[str, Any], BaseException | None]:
         """Wait for every submitted task; report each; the first failure in run order is the cause."""
@@ -279,24 +266,19 @@ class _DaskRun:
             return
         result = None if outcome is None else outcome.result
         duration = 0.0 if outcome is None else outcome.duration
-        # hooks.NODE_RECORD. "started" is a client-side reading (workers' clocks are their own);
-        # queries are not counted: the workers' copies of the DataFlow are not monitored
-        started = time.perf_counter() - duration
-        self.records.append((node_id, spec.node_class, started, duration, rows_of(result), 0, None, error))
-        if emit.wants("after_node"):
-            emit.emit(
-                "after_node",
-                run_id=self.run_id,
-                node_id=node_id,
-                node_type=spec.type_name,
-                result=result,
-                error=error,
-                duration=duration,
-                rows=rows_of(result),
-                node_class=spec.node_class,
-                queries=0,
-                sql=None,
-            )
+        # "started" is a client-side reading (workers' clocks are their own); queries are not
+        # counted: the workers' copies of the DataFlow are not monitored
+        node_ended(
+            emit,
+            self.records,
+            run_id=self.run_id,
+            node_id=node_id,
+            node_class=spec.node_class,
+            started=time.perf_counter() - duration,
+            duration=duration,
+            result=result,
+            error=error,
+        )
 
     def _compensate(self) -> list[dict[str, Any]]:
         from ._remote import compensate

@@ -33,7 +33,7 @@ from .errors import NodeExecutionError, ValidationError, did_you_mean
 from .hooks import Hooks, _Fanout
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
-from .scheduler import Walk, node_params, rows_of
+from .scheduler import Walk, node_ended, node_params, rows_of
 from .transactions import ACTIVE_SCOPE, Scope, check_isolation
 from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder, prepare
 
@@ -328,26 +328,19 @@ class LocalRuntime:
             error = exc
             raise
         finally:
-            duration = time.perf_counter() - started
-            records = self._records.get(scope.run_id)
-            if records is not None:  # for after_workflow's ``nodes``: see hooks.NODE_RECORD
-                records.append(
-                    (node_id, cls, started, duration, rows_of(result), scope.queries, scope.sql, error)
-                )
-            if emit.wants("after_node"):
-                emit.emit(
-                    "after_node",
-                    run_id=scope.run_id,
-                    node_id=node_id,
-                    node_type=cls.type_name,
-                    result=result,
-                    error=error,
-                    duration=duration,
-                    rows=rows_of(result),
-                    node_class=cls,
-                    queries=scope.queries,
-                    sql=scope.sql,
-                )
+            node_ended(
+                emit,
+                self._records.get(scope.run_id),
+                run_id=scope.run_id,
+                node_id=node_id,
+                node_class=cls,
+                started=started,
+                duration=time.perf_counter() - started,
+                result=result,
+                error=error,
+                queries=scope.queries,
+                sql=scope.sql,
+            )
 
     async def _call_node(
         self,

@@ -23,7 +23,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import filters
 from .nodes.base import Node
 
 __all__ = ["SagaStep", "capture", "compensate", "compensate_steps", "compensate_with", "run_step", "step"]
@@ -139,13 +138,9 @@ def needs_compensation(node: Node) -> bool:
 
 
 async def _select(mt: Any, conn: Any, doc: dict[str, Any], guards: Any = ()) -> list[dict[str, Any]]:
-    stmt = sa.select(*mt.table.c)
-    where = filters.to_sql(mt, doc)
-    if where is not None:
-        stmt = stmt.where(where)
-    if guards:
-        stmt = stmt.where(*guards)
-    return mt.rows(await conn.fetch(*mt.dialect.compile(stmt.order_by(mt.table.c.id))))
+    from .nodes.model_node import select_rows
+
+    return mt.rows(await conn.fetch(*mt.dialect.compile(select_rows(mt, doc, (), None, 0, guards))))
 
 
 async def run_step(scope: Any, node: Node, saga_steps: list[SagaStep]) -> Any:

@@ -25,7 +25,7 @@ from .errors import CycleNotConvergedError, DataFlowError
 from .routing import RunResults, Skipped, live_connections, routers
 from .workflow import Connection, NodeSpec, Workflow
 
-__all__ = ["Walk", "node_params", "rows_of"]
+__all__ = ["Walk", "node_ended", "node_params", "rows_of"]
 
 RunNode = Callable[[str, tuple[Connection, ...]], Awaitable[Any]]
 
@@ -90,22 +90,9 @@ class Walk:
             for node_id in cycle.body:
                 await self._node(node_id)
                 results.iterations.setdefault(node_id, []).append(results[node_id])
-            output = results[cycle.source]
-            converged = converges(cycle, output)
-            if self.emit.wants("cycle_iteration"):
-                self.emit.emit(
-                    "cycle_iteration",
-                    run_id=self.run_id,
-                    nodes=cycle.body,
-                    iteration=iteration,
-                    output=output,
-                    converged=converged,
-                )
-            if converged:
+            if iteration_ended(self.emit, self.run_id, cycle, iteration, results[cycle.source]):
                 return
-        if cycle.converge_when is not None:
-            last = {n: results[n] for n in cycle.body}
-            raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, results.copy())
+        not_converged(cycle, {n: results[n] for n in cycle.body}, results)
 
     async def _concurrently(self) -> None:
         """Start each step once its upstream steps are done; at most ``concurrency`` at a time."""
@@ -142,16 +129,33 @@ class Walk:
             raise failure
 
 
-def converges(cycle: Cycle, output: Any) -> bool:
-    if cycle.converge_when is None:
-        return False
-    try:
-        return bool(cycle.converge_when(output))
-    except Exception as exc:
-        raise DataFlowError(
-            f"converge_when of the cycle {cycle} raised {type(exc).__name__}: {exc}",
-            hint=f"it is called with the output of '{cycle.source}' after each iteration.",
-        ) from exc
+def iteration_ended(emit: Any, run_id: str, cycle: Cycle, iteration: int, output: Any) -> bool:
+    """Whether the cycle converged with ``output`` (its closing node's); tells ``cycle_iteration``."""
+    converged = False
+    if cycle.converge_when is not None:
+        try:
+            converged = bool(cycle.converge_when(output))
+        except Exception as exc:
+            raise DataFlowError(
+                f"converge_when of the cycle {cycle} raised {type(exc).__name__}: {exc}",
+                hint=f"it is called with the output of '{cycle.source}' after each iteration.",
+            ) from exc
+    if emit.wants("cycle_iteration"):
+        emit.emit(
+            "cycle_iteration",
+            run_id=run_id,
+            nodes=cycle.body,
+            iteration=iteration,
+            output=output,
+            converged=converged,
+        )
+    return converged
+
+
+def not_converged(cycle: Cycle, last: dict[str, Any], results: RunResults) -> None:
+    """After max_iterations: a cycle with a convergence condition that never held is an error."""
+    if cycle.converge_when is not None:
+        raise CycleNotConvergedError(cycle.body, cycle.max_iterations, last, results.copy())
 
 
 def step_dependencies(workflow: Workflow) -> dict[str | Cycle, set[str | Cycle]]:
@@ -183,6 +187,40 @@ def node_params(
     for c in incoming:
         _assign(params, c.target_input, _follow(results[c.source], c))
     return cls.check(params, node_id=spec.node_id)
+
+
+def node_ended(
+    emit: Any,
+    records: list[tuple] | None,
+    *,
+    run_id: str,
+    node_id: str,
+    node_class: Any,
+    started: float,
+    duration: float,
+    result: Any,
+    error: BaseException | None,
+    queries: int = 0,
+    sql: list[str] | None = None,
+) -> None:
+    """Report a node's end: its record for after_workflow (``hooks.NODE_RECORD``) and ``after_node``."""
+    rows = rows_of(result)
+    if records is not None:
+        records.append((node_id, node_class, started, duration, rows, queries, sql, error))
+    if emit.wants("after_node"):
+        emit.emit(
+            "after_node",
+            run_id=run_id,
+            node_id=node_id,
+            node_type=node_class.type_name,
+            result=result,
+            error=error,
+            duration=duration,
+            rows=rows,
+            node_class=node_class,
+            queries=queries,
+            sql=sql,
+        )
 
 
 def rows_of(result: Any) -> int | None:

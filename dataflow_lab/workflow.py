@@ -25,7 +25,7 @@ from .nodes.registry import resolve
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
 
-__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder", "prepare"]
+__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder", "check_parameters", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -315,16 +315,28 @@ def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[st
             f"execute() takes a Workflow, got {type(workflow).__name__}.",
             hint="build one with WorkflowBuilder().build().",
         )
+    return workflow, check_parameters(workflow, parameters)
+
+
+def check_parameters(workflow: Workflow, parameters: Any) -> dict[str, dict[str, Any]]:
+    """Run parameters ({node id: {param: value}}) checked against the workflow's nodes."""
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise ValidationError(
+            f"run parameters must map node ids to parameters, got {type(parameters).__name__}.",
+            hint='e.g. {"create": {"name": "Bob"}}',
+        )
     overrides = {}
-    for node_id, values in (parameters or {}).items():
+    for node_id, values in parameters.items():
         if node_id not in workflow.nodes:
             raise ValidationError(
-                f"parameters name node '{node_id}', which the workflow does not have."
+                f"run parameters name node '{node_id}', which workflow '{workflow.name}' does not have."
                 f"{did_you_mean(node_id, workflow.nodes)}",
-                hint=f"nodes: {', '.join(workflow.nodes)}.",
+                hint=f"its nodes: {', '.join(workflow.nodes)}.",
             )
         if not isinstance(values, Mapping):
-            raise ValidationError(f"parameters['{node_id}'] must be a dict of parameter -> value.")
+            raise ValidationError(f"run parameters for '{node_id}' must be a dict of parameter -> value.")
         workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
         overrides[node_id] = dict(values)
-    return workflow, overrides
+    return overrides

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _loop
 from ..errors import DataFlowError, ValidationError, did_you_mean
 from ..runtime import LocalRuntime
+from ..workflow import check_parameters
 from .dag import DagView
 from .display import (
     bundle,
@@ -37,33 +38,9 @@ from .observer import RunObserver, RunSnapshot
 if TYPE_CHECKING:  # pragma: no cover
     from ..workflow import Workflow
 
-__all__ = ["NotebookRun", "check_parameters", "start_run"]
+__all__ = ["NotebookRun", "start_run"]
 
 _WIND_DOWN = 5.0  # seconds to wait for a cancelled run to roll back before showing it
-
-
-def check_parameters(workflow: Workflow, parameters: Any) -> dict[str, dict[str, Any]]:
-    """Validate run parameters ({node id: {param: value}}) with notebook-friendly errors."""
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, Mapping):
-        raise ValidationError(
-            f"run parameters must map node ids to parameters, got {type(parameters).__name__}.",
-            hint='e.g. --params \'{"create": {"name": "Bob"}}\'',
-        )
-    out = {}
-    for node_id, values in parameters.items():
-        if node_id not in workflow.nodes:
-            raise ValidationError(
-                f"run parameters name node '{node_id}', which workflow '{workflow.name}' does not have."
-                f"{did_you_mean(node_id, workflow.nodes)}",
-                hint=f"its nodes: {', '.join(workflow.nodes)}.",
-            )
-        if not isinstance(values, Mapping):
-            raise ValidationError(f"run parameters for '{node_id}' must be an object of parameter -> value.")
-        workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
-        out[node_id] = dict(values)
-    return out
 
 
 class NotebookRun:
