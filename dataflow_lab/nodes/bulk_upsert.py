@@ -6,6 +6,7 @@ are exact on every backend (the dialect reports them where it can).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -205,33 +206,29 @@ class BulkUpsert(BulkRows):
                     hint="leave out 'id' to insert new rows, or use ids of your own tenant's rows.",
                 )
 
-    async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> set[tuple]:
-        """Which of ``keys`` are in the table now."""
+    def _key_matches(self, conflict_on: list[str], keys: list[tuple]) -> Iterator[tuple[list, Any]]:
+        """(key columns, a condition matching a chunk of ``keys``), chunked to the bind limit."""
         mt = self.mt
         cols = [mt.table.c[c] for c in conflict_on]
         chunk = max(1, mt.dialect.max_bind_params // (len(cols) * 2) - 1)
-        found: set[tuple] = set()
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             if len(cols) == 1:
-                cond = cols[0].in_([k[0] for k in part])
+                yield cols, cols[0].in_([k[0] for k in part])
             else:
-                cond = sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
-            sql, params = mt.dialect.compile(sa.select(*cols).where(cond))
+                yield cols, sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
+
+    async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> set[tuple]:
+        """Which of ``keys`` are in the table now."""
+        found: set[tuple] = set()
+        for cols, cond in self._key_matches(conflict_on, keys):
+            sql, params = self.mt.dialect.compile(sa.select(*cols).where(cond))
             found.update(tuple(r) for r in await conn.fetch(sql, params))
         return found
 
     async def _count_existing(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> int:
-        mt = self.mt
-        cols = [mt.table.c[c] for c in conflict_on]
-        chunk = max(1, mt.dialect.max_bind_params // (len(cols) * 2) - 1)
-        total = 0
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            if len(cols) == 1:
-                cond = cols[0].in_([k[0] for k in part])
-            else:
-                cond = sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
-            sql, params = mt.dialect.compile(sa.select(sa.func.count()).select_from(mt.table).where(cond))
+        total, table = 0, self.mt.table
+        for _, cond in self._key_matches(conflict_on, keys):
+            sql, params = self.mt.dialect.compile(sa.select(sa.func.count()).select_from(table).where(cond))
             total += int((await conn.fetch(sql, params))[0][0])
         return total
