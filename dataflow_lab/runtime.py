@@ -328,19 +328,21 @@ class LocalRuntime:
             error = exc
             raise
         finally:
-            node_ended(
-                emit,
-                self._records.get(scope.run_id),
-                run_id=scope.run_id,
-                node_id=node_id,
-                node_class=cls,
-                started=started,
-                duration=time.perf_counter() - started,
-                result=result,
-                error=error,
-                queries=scope.queries,
-                sql=scope.sql,
-            )
+            records = self._records.get(scope.run_id)
+            if records is not None or emit.wants("after_node"):  # nobody listening: no call at all
+                node_ended(
+                    emit,
+                    records,
+                    run_id=scope.run_id,
+                    node_id=node_id,
+                    node_class=cls,
+                    started=started,
+                    duration=time.perf_counter() - started,
+                    result=result,
+                    error=error,
+                    queries=scope.queries,
+                    sql=scope.sql,
+                )
 
     async def _call_node(
         self,
