@@ -40,3 +40,18 @@ def test_the_spec_walkthrough_creates_alice_and_returns_her_row_with_an_id(url):
     assert results["users"]["count"] == 1
     assert results["alice"] == created
     db.close()
+
+
+def test_the_readme_opens_with_a_virtual_environment_and_ci_makes_its_own():
+    """First contact: a stock Debian/Ubuntu python3 refuses `pip install` (PEP 668)."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert first_block[0].startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -e . && ")
+    assert "python -m dataflow_lab demo" in first_block[0]
+    assert first_block[1].startswith("bash .ci/run")
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8")
+    assert 'python3 -m venv "$VENV"' in ci and 'source "$VENV/bin/activate"' in ci
+    assert "DPkg::Lock::Timeout=600" in ci
