@@ -54,6 +54,17 @@ class Chunk:
     first_index: int
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def span(self) -> range:
+        """The input positions this chunk covers: its rows and the rows it skipped."""
+        return range(self.first_index, self.first_index + len(self.rows) + len(self.skipped))
+
+    @property
+    def indexes(self) -> list[int]:
+        """The input position of each of ``rows`` (skipped rows leave gaps)."""
+        gone = {s["index"] for s in self.skipped}
+        return [i for i in self.span if i not in gone]
+
 
 def is_dataframe(data: Any) -> bool:
     return hasattr(data, "columns") and hasattr(data, "iloc") and hasattr(data, "dtypes")

@@ -491,7 +491,7 @@ def test_on_error_skip_progress_ends_at_the_number_of_input_rows_when_the_databa
     assert [e["done"] for e in spy.events] == [5, 10, 12]
 
 
-def test_on_error_skip_with_return_ids_returns_ids_of_the_written_rows_only(savepoint_db):
+def test_on_error_skip_with_return_ids_puts_none_where_a_row_was_skipped(savepoint_db):
     db = savepoint_db
     bulk(db, "UserBulkCreateNode", {"data": [{"name": "old", "email": "taken"}]})
     data = [
@@ -502,8 +502,30 @@ def test_on_error_skip_with_return_ids_returns_ids_of_the_written_rows_only(save
     ]
     result = bulk(db, "UserBulkCreateNode", {"data": data, "on_error": "skip", "return_ids": True})
     by_name = {r["name"]: r["id"] for r in records(db)}
-    assert result["ids"] == [by_name["a"], by_name["b"]]
+    assert result["ids"] == [by_name["a"], None, None, by_name["b"]]
     assert result["inserted"] == 2
+
+
+def test_on_error_skip_reports_the_true_index_of_a_refused_row_after_an_invalid_one(savepoint_db):
+    db = savepoint_db
+    bulk(db, "UserBulkCreateNode", {"data": [{"name": "old", "email": "taken"}]})
+    data = [
+        {"name": "bad-type", "email": "x", "age": "abc"},
+        {"name": "a", "email": "a"},
+        {"name": "dup", "email": "taken"},
+        {"name": "b", "email": "b"},
+    ]
+    result = bulk(db, "UserBulkCreateNode", {"data": data, "on_error": "skip", "batch_size": 10})
+    assert [s["index"] for s in result["skipped"]] == [0, 2]
+    assert "age" in result["skipped"][0]["error"]
+
+
+def test_on_error_skip_with_return_ids_keeps_input_positions_across_chunks_on_every_backend(users):
+    data = [{"name": f"n{i}", "email": f"e{i}", "age": "bad" if i in (1, 5, 6) else i} for i in range(8)]
+    result = bulk(users, "UserBulkCreateNode", {"data": data, "on_error": "skip", "return_ids": True,
+                                               "batch_size": 3})
+    by_age = {r["age"]: r["id"] for r in records(users)}
+    assert result["ids"] == [None if i in (1, 5, 6) else by_age[i] for i in range(8)]
 
 
 def test_on_error_skip_on_duckdb_still_skips_invalid_rows_but_raises_on_a_database_refusal_and_writes_nothing():

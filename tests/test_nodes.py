@@ -897,3 +897,56 @@ def test_describe_reports_required_and_defaults_as_plain_values(users):
     read = {d["name"]: d for d in users.nodes["UserReadNode"].describe()}
     assert read["id"]["required"] is True
     assert isinstance(read["id"]["type"], str)
+
+
+# -- natural-key Upsert on a model with a caller-supplied id (issue 12) ------------------------
+def define_product(db):
+    @db.model
+    class Product:
+        id: str
+        sku: str
+        name: str = ""
+
+        __dataflow__ = {"unique": [["sku"]]}
+
+    return Product
+
+
+def test_upsert_with_supplied_id_in_create_creates_then_updates_by_natural_key(db):
+    define_product(db)
+    first = one(
+        db,
+        "ProductUpsertNode",
+        {"where": {"sku": "A-1"}, "create": {"id": "p1", "name": "One"}, "update": {"name": "One"},
+         "conflict_on": ["sku"]},
+    )
+    assert first["created"] is True
+    assert first["record"]["id"] == "p1"
+    second = one(
+        db,
+        "ProductUpsertNode",
+        {"where": {"sku": "A-1"}, "create": {"id": "other", "name": "Two"}, "update": {"name": "Two"},
+         "conflict_on": ["sku"]},
+    )
+    assert second["created"] is False
+    assert second["record"]["id"] == "p1"  # the id never changes on update
+    assert second["record"]["name"] == "Two"
+    assert one(db, "ProductCountNode", {}) == {"count": 1}
+
+
+def test_upsert_still_refuses_an_id_in_update_and_a_generated_id_in_create(db, users):
+    define_product(db)
+    with pytest.raises(ValidationError, match="cannot be set in 'update'"):
+        one(db, "ProductUpsertNode", {"where": {"sku": "A"}, "update": {"id": "x"}})
+    with pytest.raises(ValidationError, match="cannot be set in 'create'"):
+        one(users, "UserUpsertNode", {"where": {"email": "a@b"}, "create": {"id": 5, "name": "A"}})
+
+
+def test_bulk_upsert_on_natural_key_keeps_the_stored_id(db):
+    define_product(db)
+    params = {"conflict_on": ["sku"]}
+    one(db, "ProductBulkUpsertNode", {**params, "data": [{"id": "p1", "sku": "A", "name": "One"}]})
+    result = one(db, "ProductBulkUpsertNode", {**params, "data": [{"id": "p9", "sku": "A", "name": "Two"}]})
+    assert (result["inserted"], result["updated"]) == (0, 1)
+    rows = one(db, "ProductListNode", {})
+    assert [(r["id"], r["sku"], r["name"]) for r in rows["records"]] == [("p1", "A", "Two")]

@@ -51,18 +51,21 @@ class BulkCreate(BulkRows):
         inserted, ids, skipped = 0, [], []
         for chunk in self.chunks(ctx, shaper):
             skipped.extend(chunk.skipped)
+            chunk_ids: list[Any] = []
             if not chunk.rows:
+                ids.extend([None] * len(chunk.span) if return_ids else [])
                 continue
+            refused_before = len(self.refused)
             if self.model.audit_log:  # learn the new ids, to log each row as stored
 
-                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
+                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids) -> None:
                     new_ids = await audit.insert_and_record(self, ctx, conn, columns, rows)
                     if return_ids and not text_ids:
-                        ids.extend(new_ids)
+                        out.extend(new_ids)
             elif return_ids and not text_ids:
 
-                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
-                    ids.extend(await dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows))
+                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids) -> None:
+                    out.extend(await dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows))
             else:
 
                 async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
@@ -70,8 +73,10 @@ class BulkCreate(BulkRows):
 
             written = await self.write_or_skip(conn, chunk, write)
             inserted += len(written)
-            if return_ids and text_ids:
-                ids.extend(row[chunk.columns.index("id")] for row in written)
+            if return_ids:  # in input order, None where a row was skipped
+                got = iter([r[chunk.columns.index("id")] for r in written] if text_ids else chunk_ids)
+                gone = {s["index"] for s in chunk.skipped + self.refused[refused_before:]}
+                ids.extend(None if i in gone else next(got) for i in chunk.span)
         result: dict[str, Any] = {"inserted": inserted}
         if return_ids:
             result["ids"] = ids

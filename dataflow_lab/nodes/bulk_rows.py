@@ -133,7 +133,7 @@ class BulkRows(ModelNode):
     ) -> list[tuple]:
         """Write a chunk; with on_error='skip', retry a refused chunk row by row in savepoints.
 
-        ``indexes`` are the input positions of ``chunk.rows`` (default: consecutive from the chunk's first).
+        ``indexes`` are the input positions of ``chunk.rows`` (default: ``chunk.indexes``).
         """
         if self.params.get("on_error") != "skip" or not self.mt.dialect.supports_savepoints:
             await write(chunk.rows)
@@ -146,7 +146,7 @@ class BulkRows(ModelNode):
         except Exception:
             await conn.execute("ROLLBACK TO SAVEPOINT dataflow_chunk")
             await conn.execute("RELEASE SAVEPOINT dataflow_chunk")
-        written = []
+        written, indexes = [], indexes or chunk.indexes
         for offset, row in enumerate(chunk.rows):
             await conn.execute("SAVEPOINT dataflow_row")
             try:
@@ -154,8 +154,7 @@ class BulkRows(ModelNode):
                 written.append(row)
             except Exception as exc:
                 await conn.execute("ROLLBACK TO SAVEPOINT dataflow_row")
-                index = indexes[offset] if indexes else chunk.first_index + offset
-                self.refused.append({"index": index, "error": self.mt.dialect.scrub(str(exc))})
+                self.refused.append({"index": indexes[offset], "error": self.mt.dialect.scrub(str(exc))})
             await conn.execute("RELEASE SAVEPOINT dataflow_row")
         return written
 

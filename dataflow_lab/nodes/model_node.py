@@ -67,7 +67,8 @@ class ModelNode(Node):
 
     # shared checkers ---------------------------------------------------
     @classmethod
-    def _fields_checker(cls, what: str, *, allow_id: bool = False) -> Any:
+    def _fields_checker(cls, what: str, *, allow_id: bool = False, supplied_id: bool = False) -> Any:
+        """``allow_id``: any id may be named; ``supplied_id``: a caller-supplied (not generated) id may."""
         model = cls.model
 
         def check(values: Any) -> dict[str, Any]:
@@ -78,7 +79,8 @@ class ModelNode(Node):
             out = {}
             for name, value in values.items():
                 f = model.field(name, context=f"'{what}'")
-                if (f.generated or f.primary_key) and not (allow_id and f.primary_key):
+                own_id = f.primary_key and (allow_id or (supplied_id and not f.generated))
+                if (f.generated or f.primary_key) and not own_id:
                     raise ValidationError(
                         f"{model.name}: field '{name}' cannot be set in '{what}'.",
                         hint=f"dataflow_lab manages {name}{_MANAGED_HOW.get(name, '')}.",

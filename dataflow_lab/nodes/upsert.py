@@ -43,8 +43,8 @@ class Upsert(ModelNode):
                 "create",
                 dict,
                 default={},
-                description="extra fields when creating",
-                check=cls._fields_checker("create"),
+                description="extra fields when creating (a caller-supplied id goes here)",
+                check=cls._fields_checker("create", supplied_id=True),
             ),
             Param(
                 "update",
