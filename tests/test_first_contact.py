@@ -100,3 +100,13 @@ def test_a_connection_error_is_one_line_naming_what_is_wrong(wrong):
     assert said[wrong] in last
     assert "s3cretpw" not in done.stderr and "sqlalche.me" not in done.stderr
     assert done.stderr.count('File "') <= 4  # the script, execute and the re-raise: no driver internals
+
+
+def test_the_readme_names_resolve_after_a_plain_import():
+    script = (
+        "import dataflow_lab\nfrom dataflow_lab import RetryPolicy\n"
+        "assert callable(dataflow_lab.saga.compensate_with)\nprint(RetryPolicy(attempts=4).attempts)"
+    )
+    done = run_python(["-c", script])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4"
