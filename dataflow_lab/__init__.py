@@ -24,6 +24,7 @@ from .errors import (
     WorkflowValidationError,
 )
 from .monitoring import MetricsCollector
+from .retry import RetryPolicy
 from .nodes.switch import SwitchNode
 from .routing import RunResults, Skipped
 from .runtime import AsyncLocalRuntime, LocalRuntime
@@ -37,6 +38,10 @@ def __getattr__(name: str) -> object:
         from .dask_runtime import DaskRuntime
 
         return DaskRuntime
+    if name == "saga":  # the README writes @dataflow_lab.saga.compensate_with(...) after `import dataflow_lab`
+        import importlib
+
+        return importlib.import_module(".saga", __name__)
     raise AttributeError(f"module 'dataflow_lab' has no attribute {name!r}")
 
 
@@ -72,6 +77,7 @@ __all__ = [
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "RetryPolicy",
     "RunResults",
     "Skipped",
     "SwitchNode",

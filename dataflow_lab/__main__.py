@@ -6,10 +6,18 @@ import argparse
 import sys
 
 
+IN_MEMORY = "sqlite:///:memory:"
+
+
 def demo(database_url: str | None = None) -> int:
+    """Run the walkthrough on ``database_url``; without one, always in-memory SQLite.
+
+    ``DATABASE_URL`` is deliberately not read: the demo creates a ``users`` table and
+    writes to it, which must never happen to a real database by accident.
+    """
     from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
 
-    db = DataFlow(database_url)
+    db = DataFlow(database_url or IN_MEMORY)
     print(f"1. db = DataFlow()          -> {db!r} ({db.dialect}, {db.config.environment})")
 
     @db.model
@@ -83,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dataflow_lab", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     run_demo = sub.add_parser("demo", help="run the spec's walkthrough and print what happened")
-    run_demo.add_argument("--url", default=None, help="database URL (default: in-memory SQLite)")
+    run_demo.add_argument(
+        "--url", default=None, help="database URL (default: in-memory SQLite; DATABASE_URL is ignored)",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.url)

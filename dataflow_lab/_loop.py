@@ -15,7 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from .errors import DataFlowError
+from .errors import ConnectionError, DataFlowError
 
 T = TypeVar("T")
 
@@ -68,6 +68,8 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise
+    except ConnectionError as exc:  # a wrong URL: the loop thread's frames would only hide the message
+        raise exc.with_traceback(None) from None
 
 
 async def run_async(coro: Coroutine[Any, Any, T]) -> T:

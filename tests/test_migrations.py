@@ -263,7 +263,7 @@ def test_production_refuses_to_migrate_and_applies_reviewed_files(url, tmp_path)
     assert "age" not in live(db).columns
 
     path = db.migrations.generate(tmp_path / "migrations")
-    assert path.name == "0001_users_add_age.sql"
+    assert path.name == "0002_users_add_age.sql"  # the history's 0001 created the table
     text = path.read_text()
     assert "-- +up" in text and "-- +down" in text and "age" in text
     assert db.migrations.apply(directory=tmp_path / "migrations")[0].source == str(path)
@@ -512,3 +512,34 @@ def test_a_plan_shows_itself_in_text_and_in_a_notebook(db):
     assert "<table>" in page and "destructive" in page and "email" in page
     define_v1(db)
     assert repr(db.migrations.plan()) == "MigrationPlan(nothing to do)"
+
+
+def test_generate_into_an_empty_directory_numbers_after_the_history(url, tmp_path):
+    db = DataFlow(url, auto_migrate=False)
+    seed(db)
+
+    @db.model
+    class User:
+        name: str
+        email: str
+        score: float
+        age: int = 30
+        __dataflow__ = {"indexes": ["email"]}
+
+    first = db.migrations.generate(tmp_path / "first")
+    db.migrations.apply(directory=tmp_path / "first")
+
+    @db.model
+    class User:  # noqa: F811 - the model grows again
+        name: str
+        email: str
+        score: float
+        age: int = 30
+        level: int = 1
+        __dataflow__ = {"indexes": ["email"]}
+
+    second = db.migrations.generate(tmp_path / "second")  # an empty directory
+    names = [m.name for m in db.migrations.history()]
+    assert names[-1] == first.stem and second.name.startswith(f"{len(names) + 1:04d}_")
+    assert len({name[:4] for name in names + [second.stem]}) == len(names) + 1  # no number twice
+    db.close()

@@ -290,6 +290,12 @@ class Dialect:
     def scrub(self, text: str) -> str:
         return scrub(text, self.url)
 
+    def connect_failure(self, exc: BaseException) -> tuple[str, str]:
+        """(message, hint) of a failed connect, one line each; dialects name what was wrong."""
+        from .connect_errors import generic_failure
+
+        return generic_failure(exc, self.scrub(self.url))
+
 
 class PooledDialect(Dialect):
     """A dialect whose connections come from SQLAlchemy's async engine pool."""
@@ -368,10 +374,8 @@ class PooledDialect(Dialect):
             self.stats["failures"] += 1
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise ConnectionError(
-                f"Could not connect to {self.scrub(self.url)}: {self.scrub(str(exc))}",
-                hint="check that the database server is running and the URL is right.",
-            ) from None
+            message, hint = self.connect_failure(exc)
+            raise ConnectionError(self.scrub(message), hint=self.scrub(hint)) from None
         self._checkouts[id(conn)] = async_conn
         return conn
 

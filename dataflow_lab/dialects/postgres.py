@@ -126,6 +126,11 @@ class PostgresDialect(PooledDialect):
     to_db = {"enum": _enum_text, "json": json.dumps}
     from_db = {"json": _json_out, "uuid": _uuid_out, "datetime": _datetime_out}
 
+    def connect_failure(self, exc: BaseException) -> tuple[str, str]:
+        from .connect_errors import postgres_failure
+
+        return postgres_failure(exc, self.url)
+
     def _sa_dialect(self) -> sa.engine.Dialect:
         from sqlalchemy.dialects.postgresql.asyncpg import dialect
 

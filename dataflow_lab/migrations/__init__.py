@@ -78,7 +78,8 @@ class Migrations:
         plan = self.plan(backfill=backfill)
         if not plan:
             return None
-        return write_file(directory, plan, engine._slug(plan.steps))
+        taken = [applied.name for applied in self.history()]
+        return write_file(directory, plan, engine._slug(plan.steps), taken)
 
     # -- internals ---------------------------------------------------------------------
     async def _session(self, work: Any, *, write: bool = True) -> Any:

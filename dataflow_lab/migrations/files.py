@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import MigrationError
 from .engine import MigrationPlan, checksum
@@ -39,11 +40,16 @@ class FileMigration:
         return checksum(self.up, self.down)
 
 
-def write_file(directory: str | Path, plan: MigrationPlan, slug: str) -> Path:
-    """Write ``plan`` as the next numbered file of ``directory``; returns its path."""
+def write_file(directory: str | Path, plan: MigrationPlan, slug: str, taken: Iterable[str] = ()) -> Path:
+    """Write ``plan`` as the next numbered file of ``directory``; returns its path.
+
+    ``taken`` are names already used (the history's): the number follows them too, so an
+    empty directory does not start again at 0001 over a history that already has one.
+    """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    names = [p.name for p in folder.iterdir()] + [f"{name}.sql" for name in taken]
+    numbers = [int(m.group(1)) for name in names if (m := _NAME.match(name))]
     name = f"{max(numbers, default=0) + 1:04d}_{slug}"
     lines = [
         f"-- dataflow_lab migration {name}",
