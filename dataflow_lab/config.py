@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, object]] = {
         monitoring=False,
         statement_timeout=60.0,
         deterministic=False,
+        health_check_interval=60.0,
     ),
     "testing": dict(
         pool_size=10,
@@ -40,6 +41,7 @@ PRESETS: dict[str, dict[str, object]] = {
         monitoring=True,
         statement_timeout=60.0,
         deterministic=True,
+        health_check_interval=60.0,
     ),
     "production": dict(
         pool_size=100,
@@ -52,6 +54,7 @@ PRESETS: dict[str, dict[str, object]] = {
         monitoring=True,
         statement_timeout=30.0,
         deterministic=False,
+        health_check_interval=60.0,
     ),
 }
 
@@ -74,6 +77,7 @@ class DataFlowConfig:
     in_doubt_grace: float = 60.0  # seconds before start-up recovery resolves another process's 2PC
     deterministic: bool = False  # timestamps from a SteppingClock (clock.py): reproducible test runs
     existing_schema: bool = False  # reflect the database's tables as models; never issue DDL
+    health_check_interval: float | None = 60.0  # seconds between background pool probes (health.py); None: off
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -100,7 +104,17 @@ class DataFlowConfig:
             )
         url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
         values = {**PRESETS[environment], **options}
+        _check_interval(values.get("health_check_interval"))
         return cls(database_url=url, environment=environment, **values)
+
+
+def _check_interval(value: object) -> None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
+        return
+    raise ValidationError(
+        f"health_check_interval must be a positive number of seconds or None, got {value!r}.",
+        hint="e.g. DataFlow(health_check_interval=60), or None to turn background probes off.",
+    )
 
 
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")

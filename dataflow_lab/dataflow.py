@@ -20,6 +20,7 @@ from . import _loop
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .errors import DataFlowError, ValidationError
+from .health import HealthMonitor, HealthReport
 from .ledger import TransactionLedger
 from .model import ModelSchema, parse_model
 from .nodes import registry
@@ -57,6 +58,7 @@ class DataFlow(Observability):
         registry.register(self)
         _track(self)
         self._monitor = None
+        self._health = HealthMonitor(self)
         if self.config.monitoring:
             from .monitoring import attach
 
@@ -211,6 +213,7 @@ class DataFlow(Observability):
         self._check_open()
         if self._open_future is None:
             self._open_future = asyncio.ensure_future(self._dialect.open())
+            self._open_future.add_done_callback(lambda f: f.cancelled() or f.exception() or self._health.start())
         try:
             await asyncio.shield(self._open_future)
         except Exception as exc:
@@ -342,7 +345,12 @@ class DataFlow(Observability):
 
     def pool_status(self) -> dict[str, Any]:
         """Connection pool figures (size, checked out, overflow...)."""
-        return self._dialect.pool_status()
+        return {**self._dialect.pool_status(), "health_status": self._health.status_word()}
+
+    def health(self) -> HealthReport:
+        """Probe the database now: ping idle pooled connections, discard dead ones (see health.py)."""
+        self._check_open()
+        return _loop.run(self._health.check())
 
     async def aclose(self) -> None:
         if self._closed:
@@ -350,6 +358,7 @@ class DataFlow(Observability):
         self._closed = True
         registry.unregister(self)
         self._stop_monitoring()
+        self._health.stop()
         if self._open_future is not None and self._open_future.done() and not self._open_future.exception():
             await self._dialect.dispose()
 

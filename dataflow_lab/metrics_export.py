@@ -27,19 +27,21 @@ def pool_health(
 ) -> dict[str, Any]:
     """The dashboard's ``connection_pool`` from ``db.pool_status()``: use, utilization, a health word.
 
-    Health: "critical" when connecting failed lately and nothing is connected, "degraded" when
-    connecting failed lately or callers wait on a full pool, "busy" from 80% use, "good" from
-    50%, else "excellent".
+    Health: "critical" when the latest health probe (health.py) found the database down, or
+    connecting failed lately and nothing is connected; "degraded" when the probe discarded dead
+    connections, connecting failed lately or callers wait on a full pool; "busy" from 80% use,
+    "good" from 50%, else "excellent".
     """
+    probe = status.get("health_status")
     active = int(status.get("checked_out") or 0)
     size = status.get("size") if isinstance(status.get("size"), int) else 1
     queue = "QueuePool" in str(status.get("pool") or "")
     capacity = max(1, size + (max(0, max_overflow) if queue else 0))
     waiting = int(status.get("waiting") or 0)
     utilization = round(active / capacity, 3)
-    if recent_failure and active == 0:
+    if probe == "down" or (recent_failure and active == 0):
         health = "critical"
-    elif recent_failure or (waiting and utilization >= 1.0):
+    elif probe == "degraded" or recent_failure or (waiting and utilization >= 1.0):
         health = "degraded"
     elif utilization >= 0.8:
         health = "busy"
@@ -58,6 +60,7 @@ def pool_health(
         "acquired_total": int(status.get("acquired_total") or 0),
         "failed_connections": int(status.get("failures") or 0),
         "health_status": health,
+        "probe_status": probe or "unknown",
     }
 
 

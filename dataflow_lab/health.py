@@ -1,0 +1,188 @@
+"""Health that probes: ping the pool's idle connections, discard dead ones, record the outcome.
+
+``db.health()`` runs a probe now; with ``health_check_interval`` (seconds, preset 60, ``None``
+turns it off) a task on the runtime's background loop probes on its own, so a connection the
+server killed (``pg_terminate_backend``, a restart, an idle timeout) is discarded before a run
+meets it. ``pool_status()["health_status"]`` and the dashboard read the latest probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import html
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataflow import DataFlow
+
+__all__ = ["HealthMonitor", "HealthReport"]
+
+log = logging.getLogger("dataflow_lab.health")
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One probe's outcome: ``ok`` (every connection answered), ``degraded`` (dead connections were
+    discarded, but the database answers), ``down`` (no connection could be made or used)."""
+
+    status: str
+    latency_ms: float | None
+    error: str | None
+    checked_at: dt.datetime
+    pinged: int = 0
+    discarded: int = 0
+
+    def __repr__(self) -> str:
+        latency = "n/a" if self.latency_ms is None else f"{self.latency_ms:.1f} ms"
+        error = f", error={self.error!r}" if self.error else ""
+        return (
+            f"HealthReport({self.status}, latency={latency}, pinged={self.pinged}, "
+            f"discarded={self.discarded}, checked_at={self.checked_at.isoformat(timespec='seconds')}{error})"
+        )
+
+    def _repr_html_(self) -> str:
+        colour = {"ok": "#1a7f37", "degraded": "#9a6700", "down": "#cf222e"}.get(self.status, "#57606a")
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{name}</th><td>{html.escape(str(value))}</td></tr>"
+            for name, value in (
+                ("latency", "n/a" if self.latency_ms is None else f"{self.latency_ms:.1f} ms"),
+                ("pinged", self.pinged),
+                ("discarded", self.discarded),
+                ("checked at", self.checked_at.isoformat(timespec="seconds")),
+                ("last error", self.error or "none"),
+            )
+        )
+        return f"<b style='color:{colour}'>health: {self.status}</b><table>{rows}</table>"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def _ping_through_dialect(dialect: Any) -> None:
+    conn = await dialect.acquire()
+    try:
+        await conn.fetch("SELECT 1")
+    finally:
+        await dialect.release(conn)
+
+
+async def _ping_engine_connection(engine: Any) -> bool:
+    """True if a pooled connection answered; a dead one is invalidated (discarded) instead."""
+    conn = await engine.connect()
+    try:
+        await conn.exec_driver_sql("SELECT 1")
+        return True
+    except Exception:
+        log.info("health probe: a pooled connection is dead; discarding it", exc_info=True)
+        try:
+            await conn.invalidate()
+        except Exception:  # noqa: BLE001 - the connection is gone either way
+            log.debug("invalidating a dead connection failed", exc_info=True)
+        return False
+    finally:
+        await conn.close()
+
+
+async def _ping_idle(dialect: Any) -> tuple[int, int]:
+    """Ping every idle pooled connection (then one more, so the database itself is tried).
+
+    Returns (pinged, discarded). Raises when no connection could be made at all.
+    """
+    engine = dialect.engine
+    idle = engine.pool.checkedin() if callable(getattr(engine.pool, "checkedin", None)) else 0
+    pinged = discarded = 0
+    for _ in range(max(1, idle)):
+        pinged += 1
+        if not await _ping_engine_connection(engine):
+            discarded += 1
+    if discarded and discarded == pinged:  # every one was dead: does a fresh connection work?
+        pinged += 1
+        if not await _ping_engine_connection(engine):
+            raise ConnectionError("a fresh connection did not answer SELECT 1")
+    if discarded:
+        dialect.stats["invalidated"] = dialect.stats.get("invalidated", 0) + discarded
+    return pinged, discarded
+
+
+async def probe(dialect: Any, timeout: float) -> HealthReport:
+    start = time.perf_counter()
+    try:
+        if getattr(dialect, "engine", None) is not None and not dialect.serialized:
+            pinged, discarded = await asyncio.wait_for(_ping_idle(dialect), timeout)
+        else:
+            await asyncio.wait_for(_ping_through_dialect(dialect), timeout)
+            pinged, discarded = 1, 0
+    except Exception as exc:  # noqa: BLE001 - the probe's job is to report it
+        message = dialect.scrub(str(exc) or type(exc).__name__)
+        return HealthReport("down", None, message, _now())
+    latency = (time.perf_counter() - start) * 1000
+    status = "degraded" if discarded else "ok"
+    error = f"discarded {discarded} dead connection(s)" if discarded else None
+    return HealthReport(status, round(latency, 3), error, _now(), pinged, discarded)
+
+
+class HealthMonitor:
+    """The latest probe of one DataFlow and the background task that refreshes it."""
+
+    def __init__(self, dataflow: DataFlow):
+        self._dataflow = weakref.ref(dataflow)
+        self.last: HealthReport | None = None
+        self.last_error: str | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def interval(self) -> float | None:
+        db = self._dataflow()
+        return None if db is None else db.config.health_check_interval
+
+    async def check(self) -> HealthReport:
+        db = self._dataflow()
+        timeout = min(10.0, db.config.pool_timeout or 10.0)
+        try:
+            dialect = await db._opened()
+        except Exception as exc:  # noqa: BLE001 - could not even open: the database is down
+            report = HealthReport("down", None, str(exc), _now())
+        else:
+            report = await probe(dialect, timeout)
+        self._record(report)
+        return report
+
+    def _record(self, report: HealthReport) -> None:
+        self.last = report
+        if report.error:
+            self.last_error = report.error
+        if report.status != "ok":
+            log.warning("health check: %r", report)
+
+    def start(self) -> None:
+        """Begin periodic probing (on the running loop); no-op when off or already running."""
+        if self.interval is None or self._task is not None:
+            return
+        self._task = asyncio.ensure_future(_periodic(self._dataflow, self.interval))
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def status_word(self) -> str:
+        return self.last.status if self.last is not None else "unknown"
+
+
+async def _periodic(ref: weakref.ref, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        db = ref()
+        if db is None or db._closed:
+            return
+        try:
+            await db._health.check()
+        except Exception:  # noqa: BLE001 - a probe must never kill the loop's task
+            log.debug("health probe failed", exc_info=True)
+        del db  # hold no strong reference while sleeping
