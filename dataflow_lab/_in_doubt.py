@@ -64,6 +64,8 @@ async def recover_in_doubt(dataflows: list[DataFlow], *, min_age: float = 0.0) -
 
 
 async def _verdict(gid: str, base: str, coordinator: str | None, seen: list[_Seen], by_key: dict) -> str | None:
+    if coordinator in by_key and await _alive(by_key[coordinator].db, base):
+        return "alive"  # its coordinating process is still committing it: never touch it
     for s in seen:
         if base in s.decisions:
             return s.decisions[base][0]
@@ -94,6 +96,18 @@ async def _presume_abort(coordinator: _Seen, base: str) -> str | None:
             return rows[0][0]
         finally:
             await conn.fetch(f"SELECT pg_advisory_unlock({tp._LOCK_SQL})", [base])
+    finally:
+        await dialect.release(conn)
+
+
+async def _alive(db: DataFlow, base: str) -> bool:
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp._LOCK_SQL})", [base]))[0][0]:
+            return True
+        await conn.fetch(f"SELECT pg_advisory_unlock({tp._LOCK_SQL})", [base])
+        return False
     finally:
         await dialect.release(conn)
 
