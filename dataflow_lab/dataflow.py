@@ -313,14 +313,17 @@ class DataFlow(Observability):
         self._check_open()
         return TransactionBlock(self, isolation)
 
-    def recover_in_doubt(self, *others: DataFlow) -> dict[str, str]:
+    def recover_in_doubt(self, *others: DataFlow, force: bool = False) -> dict[str, str]:
         """Resolve prepared (two-phase) transactions a crash left behind, on this and ``others``.
 
-        Commits those whose decision the coordinator recorded; rolls back the rest.
+        Commits those whose decision the coordinator recorded; rolls back the rest. Like
+        start-up recovery it leaves transactions younger than ``in_doubt_grace`` alone unless
+        ``force=True``; never one whose coordinating process is still alive.
         """
         from .two_phase import recover_in_doubt
 
-        return _loop.run(recover_in_doubt([self, *others]))
+        grace = 0.0 if force else self.config.in_doubt_grace
+        return _loop.run(recover_in_doubt([self, *others], min_age=grace))
 
     async def _recover_at_start(self) -> None:
         """At first use of a PostgreSQL database: resolve two-phase commits a crash left in doubt."""

@@ -151,15 +151,19 @@ class Scope(RunContext):
 
                 await commit_two_phase(self, begun)
             else:
+                committed: list[_Held] = []
                 for held in begun:
-                    await self._commit_one(held)
+                    await self._commit_one(held, committed)
+                    committed.append(held)
         finally:
             await self.release()
 
-    async def _commit_one(self, held: _Held) -> None:
+    async def _commit_one(self, held: _Held, committed: list[_Held]) -> None:
         try:
             await held.conn.commit()
         except Exception as exc:
+            if committed:  # never retried as a whole: that would apply the committed part again
+                raise _partial_commit(held, committed, exc) from exc
             if held.dataflow._dialect.commit_never_sent(exc):
                 raise ConnectionError(
                     f"The connection to {held.dataflow!r} was lost before COMMIT; the server rolled back.",
@@ -195,6 +199,18 @@ class Scope(RunContext):
         if self.parent is None:
             for h in held:
                 await h.dataflow._dialect.release(h.conn)
+
+
+def _partial_commit(failed: _Held, committed: list[_Held], exc: Exception) -> TransactionError:
+    done = ", ".join(repr(h.dataflow) for h in committed)
+    lost = failed.dataflow._dialect.commit_never_sent(exc)
+    there = "was rolled back there" if lost else "has an unknown outcome there"
+    return TransactionError(
+        f"The run committed on {done}, then COMMIT failed on {failed.dataflow!r} "
+        f"({failed.dataflow._dialect.scrub(str(exc))}): its part {there}.",
+        hint="the run is not retried (that would write the committed part twice); use "
+        "transaction='2pc' (or 'saga') for runs that write to several databases.",
+    )
 
 
 class TransactionBlock:

@@ -1,13 +1,24 @@
 """Two-phase commit across PostgreSQL databases, and recovery of what a crash left in doubt.
 
 Commit is PREPARE TRANSACTION on every database, a decision row on the first
-(the coordinator), then COMMIT PREPARED everywhere. A crash in between leaves
-prepared transactions that ``recover_in_doubt`` resolves at start-up: commit
-when the coordinator recorded the decision, roll back when it did not.
+(the coordinator), then COMMIT PREPARED everywhere. The coordinating process
+holds an advisory lock on the coordinator for the whole commit, so recovery in
+another process never touches a commit that is still alive.
+
+Once anything is prepared the run is never retried: an error after PREPARE is
+resolved from the decision record (commit if it exists, roll back if it does
+not), and if a database cannot be reached the error says what state each one
+is in. ``recover_in_doubt`` resolves the rest later. A decision row is deleted
+only once every participant has resolved.
+
+Gids are ``dataflow_lab:<coordinator key>:<run id>:<n>``; the coordinator key
+names the coordinator's database (server system identifier + database name), so
+recovery on any participant knows where the decision lives.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from .errors import TransactionError
@@ -17,10 +28,34 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dialects import Connection
     from .transactions import Scope, _Held
 
-__all__ = ["DECISION_TABLE", "GID_PREFIX", "commit_two_phase", "recover_in_doubt"]
+__all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "recover_in_doubt"]
 
 DECISION_TABLE = "dataflow_lab_2pc_decisions"
 GID_PREFIX = "dataflow_lab"
+_KEY_SQL = (
+    "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
+)
+_LOCK_SQL = "hashtextextended($1, 0)"
+
+
+class InDoubtError(TransactionError):
+    """A two-phase commit failed after PREPARE; ``states`` says what each database holds now.
+
+    Never retried as a whole: some databases may have committed already.
+    """
+
+    def __init__(self, message: str, *, states: dict[str, str], hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.states = states
+
+
+class _SimulatedCrash(TransactionError):
+    """Fault injection for tests: the process 'dies' with no resolution attempted."""
+
+
+async def _key_of(conn: Connection) -> str:
+    ident = (await conn.fetch(_KEY_SQL))[0][0]
+    return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
 async def commit_two_phase(scope: Scope, begun: list[_Held]) -> None:
@@ -31,119 +66,209 @@ async def commit_two_phase(scope: Scope, begun: list[_Held]) -> None:
                 f"Two-phase commit needs PostgreSQL; {held.dataflow!r} cannot prepare a transaction.",
                 hint="use transaction='saga' across other databases.",
             )
-    gid = f"{GID_PREFIX}:{scope.run_id}"  # the decision's name; each database prepares gid:<n>
+    coordinator = begun[0]
+    keys = [await _key_of(held.conn) for held in begun]
+    gid = f"{GID_PREFIX}:{keys[0]}:{scope.run_id}"  # the decision's name; each database prepares gid:<n>
+    alive = await _hold_liveness_lock(coordinator.dataflow, gid)
     _IN_FLIGHT.add(gid)
     try:
-        await _two_phase(scope, begun, gid)
+        await _two_phase(scope, begun, gid, keys)
     finally:
         _IN_FLIGHT.discard(gid)
+        await _release_liveness_lock(coordinator.dataflow, alive, gid)
 
 
-async def _two_phase(scope: Scope, begun: list[_Held], gid: str) -> None:
+async def _hold_liveness_lock(db: DataFlow, gid: str) -> Connection:
+    """A session advisory lock on the coordinator, held while this process commits ``gid``."""
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        await conn.fetch(f"SELECT pg_advisory_lock({_LOCK_SQL})", [gid])
+    except BaseException:
+        await dialect.release(conn)
+        raise
+    return conn
+
+
+async def _release_liveness_lock(db: DataFlow, conn: Connection, gid: str) -> None:
+    try:
+        await conn.fetch(f"SELECT pg_advisory_unlock({_LOCK_SQL})", [gid])
+    except Exception:  # a dead session has released its lock already
+        pass
+    finally:
+        await db._dialect.release(conn)
+
+
+async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]) -> None:
     gids = [f"{gid}:{n}" for n in range(len(begun))]  # unique per server, as PostgreSQL requires
     prepared: list[_Held] = []
-    try:
-        for held, part in zip(begun, gids, strict=True):
-            await held.conn.prepare(part)
-            prepared.append(held)
-            scope._event(held.dataflow, "prepare")
-    except Exception as exc:
-        for held, part in zip(prepared, gids, strict=False):
-            await held.conn.finish_prepared(part, commit=False)
-        for held in begun[len(prepared) :]:
-            await held.conn.rollback()
-        raise TransactionError(
-            f"PREPARE TRANSACTION failed: {exc}", hint="nothing was committed on any database."
-        ) from exc
-    coordinator = begun[0]
-    await _record_decision(coordinator.conn, gid)
-    if getattr(scope, "_crash_after_decision", False):  # fault injection for tests
-        raise TransactionError("simulated crash after the commit decision was recorded")
     for held, part in zip(begun, gids, strict=True):
-        await held.conn.finish_prepared(part, commit=True)
+        try:
+            await held.conn.prepare(part)
+        except Exception as exc:
+            await _abort_prepare(scope, begun, gids, len(prepared), exc)
+        prepared.append(held)
+        scope._event(held.dataflow, "prepare")
+    coordinator = begun[0]
+    try:
+        await _record_decision(coordinator.conn, gid, keys, coordinator.dataflow)
+    except Exception as exc:
+        await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=set())
+        return
+    if getattr(scope, "_crash_after_decision", False):  # fault injection for tests
+        raise _SimulatedCrash("simulated crash after the commit decision was recorded")
+    committed: set[int] = set()
+    for n, (held, part) in enumerate(zip(begun, gids, strict=True)):
+        try:
+            await held.conn.finish_prepared(part, commit=True)
+        except Exception as exc:
+            await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=committed)
+            return
+        committed.add(n)
         scope._event(held.dataflow, "commit", held)
-    await coordinator.conn.execute(f"DELETE FROM {DECISION_TABLE} WHERE gid = $1", [gid])
+    await _forget_decision(coordinator.dataflow, coordinator.conn, gid)
 
 
-async def _record_decision(conn: Connection, gid: str) -> None:
+async def _abort_prepare(scope: Scope, begun: list[_Held], gids: list[str], done: int, exc: Exception) -> None:
+    """PREPARE failed on begun[done]: roll back every half (its reply may be lost: it may be prepared)."""
+    states: dict[str, str] = {}
+    for n, (held, part) in enumerate(zip(begun, gids, strict=True)):
+        if n < done:
+            ok = await _try_finish(held.dataflow, part, commit=False)
+        elif n == done:
+            ok = await _try_finish(held.dataflow, part, commit=False, missing_ok=True)
+        else:
+            ok = True
+            try:
+                await held.conn.rollback()
+            except Exception:
+                ok = False
+        states[held.dataflow.url] = "rolled back" if ok else "prepared, no decision (recovery rolls it back)"
+    scrub = begun[done].dataflow._dialect.scrub
+    raise InDoubtError(
+        f"PREPARE TRANSACTION failed on {begun[done].dataflow!r}: {scrub(str(exc))}. "
+        f"State: {_describe(states)}",
+        states=states,
+        hint="nothing was committed on any database; prepared halves without a decision are rolled "
+        "back by recover_in_doubt() or at start-up.",
+    ) from exc
+
+
+async def _resolve_after_prepare(
+    scope: Scope, begun: list[_Held], gids: list[str], gid: str, exc: Exception, *, committed: set[int]
+) -> None:
+    """An error after every PREPARE: settle the decision, finish each half, or say what is where."""
+    coordinator = begun[0].dataflow
+    outcome = await _settle(coordinator, gid)
+    states: dict[str, str] = {}
+    for n, (held, part) in enumerate(zip(begun, gids, strict=True)):
+        url = held.dataflow.url
+        if n in committed:
+            states[url] = "committed"
+        elif outcome is None:
+            states[url] = "prepared, decision unknown (recover_in_doubt() resolves it)"
+        elif await _try_finish(held.dataflow, part, commit=outcome == "commit", missing_ok=True):
+            states[url] = "committed" if outcome == "commit" else "rolled back"
+            if outcome == "commit":
+                scope._event(held.dataflow, "commit", held)
+        else:
+            verb = "commits" if outcome == "commit" else "rolls back"
+            states[url] = f"prepared, decision '{outcome}' (recover_in_doubt() {verb} it)"
+    if outcome == "commit" and all(s == "committed" for s in states.values()):
+        await _forget_decision(coordinator, None, gid)
+        return  # every half committed, exactly once: the run succeeded
+    scrub = begun[0].dataflow._dialect.scrub
+    nothing = all(s != "committed" for s in states.values()) and outcome != "commit"
+    raise InDoubtError(
+        f"Two-phase commit {gid} failed after PREPARE: {scrub(str(exc))}. State: {_describe(states)}",
+        states=states,
+        hint=("nothing was committed on any database; " if nothing else "")
+        + "the run is not retried; check the states above before running it again.",
+    ) from exc
+
+
+def _describe(states: dict[str, str]) -> str:
+    return "; ".join(f"{url}: {state}" for url, state in states.items())
+
+
+async def _settle(db: DataFlow, gid: str) -> str | None:
+    """The decision for ``gid``: the recorded one, else 'abort' (recorded now); None if unreachable."""
+    try:
+        dialect = await db._opened()
+        conn = await dialect.acquire()
+    except Exception:
+        return None
+    try:
+        await _ensure_decision_table(db, conn)
+        await conn.execute(
+            f"INSERT INTO {DECISION_TABLE} (gid, outcome) VALUES ($1, 'abort') ON CONFLICT DO NOTHING", [gid]
+        )
+        rows = await conn.fetch(f"SELECT outcome FROM {DECISION_TABLE} WHERE gid = $1", [gid])
+        return rows[0][0] if rows else None
+    except Exception:
+        return None
+    finally:
+        await dialect.release(conn)
+
+
+async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool = True) -> bool:
+    """COMMIT/ROLLBACK PREPARED on a fresh connection; a gid no longer prepared counts as done."""
+    try:
+        dialect = await db._opened()
+        conn = await dialect.acquire()
+    except Exception:
+        return False
+    try:
+        rows = await conn.fetch("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", [gid])
+        if rows:
+            await conn.finish_prepared(gid, commit=commit)
+            return True
+        return missing_ok
+    except Exception:
+        return False
+    finally:
+        await dialect.release(conn)
+
+
+async def _ensure_decision_table(db: DataFlow, conn: Connection) -> None:
+    if getattr(db, "_decision_table_ready", False):
+        return
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {DECISION_TABLE} (gid text PRIMARY KEY, decided_at "
-        "timestamptz NOT NULL DEFAULT now())"
+        "timestamptz NOT NULL DEFAULT now(), outcome text NOT NULL DEFAULT 'commit', participants text[])"
     )
-    await conn.execute(f"INSERT INTO {DECISION_TABLE} (gid) VALUES ($1) ON CONFLICT DO NOTHING", [gid])
+    for column in ("outcome text NOT NULL DEFAULT 'commit'", "participants text[]"):  # older tables
+        await conn.execute(f"ALTER TABLE {DECISION_TABLE} ADD COLUMN IF NOT EXISTS {column}")
+    db._decision_table_ready = True
+
+
+async def _record_decision(conn: Connection, gid: str, participants: list[str], db: DataFlow) -> None:
+    await _ensure_decision_table(db, conn)
+    rows = await conn.fetch(
+        f"INSERT INTO {DECISION_TABLE} (gid, outcome, participants) VALUES ($1, 'commit', $2) "
+        "ON CONFLICT DO NOTHING RETURNING gid",
+        [gid, participants],
+    )
+    if not rows:
+        raise TransactionError(f"a decision other than 'commit' was recorded for {gid} first")
+
+
+async def _forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> None:
+    """Every half committed: the decision row is not needed any more (a failure here is harmless)."""
+    dialect = await db._opened()
+    own = conn is None
+    try:
+        if own:
+            conn = await dialect.acquire()
+        await conn.execute(f"DELETE FROM {DECISION_TABLE} WHERE gid = $1", [gid])
+    except Exception:  # recovery forgets it later, once it sees every participant resolved
+        pass
+    finally:
+        if own and conn is not None:
+            await dialect.release(conn)
 
 
 _IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
 
 
-async def recover_in_doubt(dataflows: list[DataFlow], *, min_age: float = 0.0) -> dict[str, str]:
-    """Resolve prepared transactions a crash left behind: {gid@url: 'committed' | 'rolled back' | 'in doubt'}.
-
-    Participant 0 of each two-phase commit is its coordinator. A prepared transaction is
-    committed when a decision row exists on any of ``dataflows``; rolled back when its
-    coordinator is among them and recorded no decision (presumed abort); otherwise left
-    in doubt. Only transactions prepared at least ``min_age`` seconds ago are touched, so
-    another process's commit in progress is left alone.
-    """
-    pg = [db for db in dataflows if db.dialect == "postgresql"]
-    decided: set[str] = set()
-    pending: list[tuple[DataFlow, str]] = []
-    for db in pg:
-        rows, decisions = await _in_doubt_on(db, min_age)
-        pending += [(db, gid) for gid in rows if gid.rsplit(":", 1)[0] not in _IN_FLIGHT]
-        decided |= decisions
-    coordinated = {gid.rsplit(":", 1)[0] for _, gid in pending if gid.endswith(":0")}
-    outcome: dict[str, str] = {}
-    for db, gid in pending:
-        base = gid.rsplit(":", 1)[0]
-        if base in decided:
-            verdict = True
-        elif base in coordinated or gid.endswith(":0"):
-            verdict = False
-        else:
-            outcome[f"{gid}@{db.url}"] = "in doubt"
-            continue
-        await _finish(db, gid, verdict)
-        outcome[f"{gid}@{db.url}"] = "committed" if verdict else "rolled back"
-    for db in pg:
-        await _forget_finished_decisions(db)
-    return outcome
-
-
-async def _in_doubt_on(db: DataFlow, min_age: float) -> tuple[list[str], set[str]]:
-    dialect = await db._opened()
-    conn = await dialect.acquire()
-    try:
-        rows = await conn.fetch(
-            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1 "
-            "AND prepared <= now() - make_interval(secs => $2)",
-            [f"{GID_PREFIX}:%", float(min_age)],
-        )
-        decisions: set[str] = set()
-        if (await conn.fetch("SELECT to_regclass($1) IS NOT NULL", [DECISION_TABLE]))[0][0]:
-            decisions = {r[0] for r in await conn.fetch(f"SELECT gid FROM {DECISION_TABLE}")}
-        return [r[0] for r in rows], decisions
-    finally:
-        await dialect.release(conn)
-
-
-async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
-    dialect = await db._opened()
-    conn = await dialect.acquire()
-    try:
-        await conn.finish_prepared(gid, commit=commit)
-    finally:
-        await dialect.release(conn)
-
-
-async def _forget_finished_decisions(db: DataFlow) -> None:
-    dialect = await db._opened()
-    conn = await dialect.acquire()
-    try:
-        if (await conn.fetch("SELECT to_regclass($1) IS NOT NULL", [DECISION_TABLE]))[0][0]:
-            await conn.execute(
-                f"DELETE FROM {DECISION_TABLE} d WHERE NOT EXISTS (SELECT 1 FROM "
-                "pg_prepared_xacts p WHERE p.gid LIKE d.gid || ':%')"
-            )
-    finally:
-        await dialect.release(conn)
+from ._in_doubt import recover_in_doubt  # noqa: E402  (recovery reads this module's helpers)

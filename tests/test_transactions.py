@@ -336,10 +336,14 @@ def crash_during_commit(monkeypatch, first, second, *, after_decision: bool) -> 
         monkeypatch.setattr(transactions.Scope, "commit", commit)
     else:
 
-        async def no_decision(conn, gid):
-            raise TransactionError("simulated crash after PREPARE, before the decision")
+        async def no_decision(*args):
+            raise two_phase._SimulatedCrash("simulated crash after PREPARE, before the decision")
+
+        async def dead(scope, begun, gids, gid, exc, committed):  # the process died: nothing resolves
+            raise exc
 
         monkeypatch.setattr(two_phase, "_record_decision", no_decision)
+        monkeypatch.setattr(two_phase, "_resolve_after_prepare", dead)
     with pytest.raises(TransactionError, match="simulated crash"):
         LocalRuntime(transaction="2pc").execute(cross_workflow(first, second))
     monkeypatch.undo()
@@ -351,7 +355,7 @@ def test_in_doubt_transactions_with_a_recorded_decision_are_committed_at_recover
     first, second = two_databases(pg_url, pg_url2)
     crash_during_commit(monkeypatch, first, second, after_decision=True)
     assert len(pending_prepared(pg_url)) == 2
-    outcome = first.recover_in_doubt(second)
+    outcome = first.recover_in_doubt(second, force=True)
     assert sorted(outcome.values()) == ["committed", "committed"]
     assert pending_prepared(pg_url) == []
     assert both_counts(first, second) == (1, 1)

@@ -1,0 +1,169 @@
+"""Recovery of two-phase commits a crash (or a lost reply) left prepared.
+
+Every participant is searched for prepared transactions with our gid prefix
+(pg_prepared_xacts), whether or not the committing process saw its PREPARE
+reply. A transaction is committed when its coordinator recorded 'commit';
+rolled back when the decision is 'abort' or, once its coordinator is reachable
+and no longer alive (its advisory lock is free), no decision exists (presumed
+abort: 'abort' is recorded first, so a late commit cannot race it). A
+decision row is deleted only when every participant it lists is among the
+databases searched and none of them still holds a prepared half.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import two_phase as tp
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataflow import DataFlow
+    from .dialects import Connection
+
+__all__ = ["recover_in_doubt"]
+
+
+def _parse(gid: str) -> tuple[str, str | None]:
+    """'dataflow_lab:<key>:<run>:<n>' -> (base, coordinator key); older gids have no key."""
+    base = gid.rsplit(":", 1)[0]
+    parts = base.split(":")
+    return base, parts[1] if len(parts) == 3 else None
+
+
+class _Seen:
+    __slots__ = ("db", "key", "gids", "decisions")
+
+    def __init__(self, db: DataFlow, key: str, gids: list[str], decisions: dict[str, tuple[str, Any]]):
+        self.db, self.key, self.gids, self.decisions = db, key, gids, decisions
+
+
+async def recover_in_doubt(dataflows: list[DataFlow], *, min_age: float = 0.0) -> dict[str, str]:
+    """Resolve prepared transactions left behind: {gid@url: 'committed' | 'rolled back' | 'in doubt'}.
+
+    Only transactions prepared at least ``min_age`` seconds ago are touched, and never one
+    whose coordinating process is alive (it holds the commit's advisory lock).
+    """
+    seen = [await _scan(db, min_age) for db in dataflows if db.dialect == "postgresql"]
+    by_key = {s.key: s for s in seen}
+    outcome: dict[str, str] = {}
+    for s in seen:
+        for gid in s.gids:
+            base, coordinator = _parse(gid)
+            if base in tp._IN_FLIGHT:
+                continue
+            verdict = await _verdict(gid, base, coordinator, seen, by_key)
+            if verdict == "alive":
+                continue
+            if verdict is None:
+                outcome[f"{gid}@{s.db.url}"] = "in doubt"
+                continue
+            await _finish(s.db, gid, verdict == "commit")
+            outcome[f"{gid}@{s.db.url}"] = "committed" if verdict == "commit" else "rolled back"
+    await _forget_resolved(seen, by_key)
+    return outcome
+
+
+async def _verdict(gid: str, base: str, coordinator: str | None, seen: list[_Seen], by_key: dict) -> str | None:
+    if coordinator in by_key and await _alive(by_key[coordinator].db, base):
+        return "alive"  # its coordinating process is still committing it: never touch it
+    for s in seen:
+        if base in s.decisions:
+            return s.decisions[base][0]
+    if coordinator is None:  # an older gid: participant 0 was the coordinator
+        coordinated = any(g.startswith(base + ":") and g.endswith(":0") for s in seen for g in s.gids)
+        return "abort" if coordinated or gid.endswith(":0") else None
+    if coordinator not in by_key:
+        return None  # the decision lives on a database not searched: leave it to a recovery that sees it
+    return await _presume_abort(by_key[coordinator], base)
+
+
+async def _presume_abort(coordinator: _Seen, base: str) -> str | None:
+    """No decision yet: if the coordinating process is gone, record 'abort' (or read what won)."""
+    db = coordinator.db
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp._LOCK_SQL})", [base]))[0][0]:
+            return "alive"
+        try:
+            await tp._ensure_decision_table(db, conn)
+            await conn.execute(
+                f"INSERT INTO {tp.DECISION_TABLE} (gid, outcome) VALUES ($1, 'abort') ON CONFLICT DO NOTHING",
+                [base],
+            )
+            rows = await conn.fetch(f"SELECT outcome FROM {tp.DECISION_TABLE} WHERE gid = $1", [base])
+            coordinator.decisions[base] = (rows[0][0], None)
+            return rows[0][0]
+        finally:
+            await conn.fetch(f"SELECT pg_advisory_unlock({tp._LOCK_SQL})", [base])
+    finally:
+        await dialect.release(conn)
+
+
+async def _alive(db: DataFlow, base: str) -> bool:
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp._LOCK_SQL})", [base]))[0][0]:
+            return True
+        await conn.fetch(f"SELECT pg_advisory_unlock({tp._LOCK_SQL})", [base])
+        return False
+    finally:
+        await dialect.release(conn)
+
+
+async def _scan(db: DataFlow, min_age: float) -> _Seen:
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        key = await tp._key_of(conn)
+        rows = await conn.fetch(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1 "
+            "AND prepared <= now() - make_interval(secs => $2)",
+            [f"{tp.GID_PREFIX}:%", float(min_age)],
+        )
+        return _Seen(db, key, [r[0] for r in rows], await _decisions(db, conn))
+    finally:
+        await dialect.release(conn)
+
+
+async def _decisions(db: DataFlow, conn: Connection) -> dict[str, tuple[str, Any]]:
+    if not (await conn.fetch("SELECT to_regclass($1) IS NOT NULL", [tp.DECISION_TABLE]))[0][0]:
+        return {}
+    await tp._ensure_decision_table(db, conn)
+    rows = await conn.fetch(f"SELECT gid, outcome, participants FROM {tp.DECISION_TABLE}")
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        await conn.finish_prepared(gid, commit=commit)
+    finally:
+        await dialect.release(conn)
+
+
+async def _still_prepared(db: DataFlow, base: str) -> bool:
+    dialect = await db._opened()
+    conn = await dialect.acquire()
+    try:
+        return bool(await conn.fetch("SELECT 1 FROM pg_prepared_xacts WHERE gid LIKE $1", [base + ":%"]))
+    finally:
+        await dialect.release(conn)
+
+
+async def _forget_resolved(seen: list[_Seen], by_key: dict[str, _Seen]) -> None:
+    """Delete a decision only once every participant it names is searched and resolved."""
+    for s in seen:
+        for base, (_, participants) in list(s.decisions.items()):
+            if base in tp._IN_FLIGHT:
+                continue
+            where = [by_key.get(p) for p in participants] if participants else [s]
+            if any(w is None for w in where):
+                continue  # a participant not searched may still hold its half: keep the decision
+            if any([await _still_prepared(w.db, base) for w in where]):
+                continue
+            if participants is None and _parse(base)[1] is not None:
+                continue  # an 'abort' written by recovery before every half was seen: keep it
+            await tp._forget_decision(s.db, None, base)
