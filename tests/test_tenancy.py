@@ -260,7 +260,11 @@ def test_concurrent_bulk_upserts_with_ids_never_overwrite_another_tenants_rows(p
         for t in threads:
             t.join(timeout=300)
         assert not failures, failures
-        rows = [r for t in ("acme", "globex") for r in one(db, "SlotListNode", {"limit": 10_000}, tenant=t)["records"]]
+        rows = [
+            r
+            for t in ("acme", "globex")
+            for r in one(db, "SlotListNode", {"limit": 10_000}, tenant=t)["records"]
+        ]
         foreign = [r for r in rows if r["label"] != r["tenant_id"]]
         assert foreign == []  # 0 rows overwritten by the other tenant
         assert len(rows) == rounds * width  # every batch was written whole by exactly one tenant
