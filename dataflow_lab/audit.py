@@ -259,8 +259,14 @@ async def record_upsert(
 
 
 # -- reading ---------------------------------------------------------------------------------
-def history(dataflow: DataFlow, model: type | str, record_id: Any = None) -> list[AuditEntry]:
-    """The audit entries of one row of ``model`` (or of all its rows), oldest first."""
+def history(
+    dataflow: DataFlow, model: type | str, record_id: Any = None, *, tenant: str | None = None
+) -> list[AuditEntry]:
+    """The audit entries of one row of ``model`` (or of all its rows), oldest first.
+
+    A multi_tenant model's entries are the caller's tenant's only (``tenant=``, else
+    ``with db.tenant(...)``), like every other read; no tenant set is an error.
+    """
     schema = dataflow.models.get(model if isinstance(model, str) else model.__name__)
     if schema is None:
         dataflow.table(model)  # raises, naming the model and the fix
@@ -269,10 +275,26 @@ def history(dataflow: DataFlow, model: type | str, record_id: Any = None) -> lis
             f"Model '{schema.name}' is not audited, so it has no audit history.",
             hint="declare __dataflow__ = {'audit_log': True} on the model; writes from then on are logged.",
         )
-    return _loop.run(_history(dataflow, schema, record_id))
+    owner = None
+    if schema.multi_tenant:
+        from . import tenancy
+
+        owner = tenancy.check_tenant(tenant) if tenant is not None else None
+        owner = owner or tenancy.require(dataflow, schema, f"db.audit({schema.name!r})")
+    return _loop.run(_history(dataflow, schema, record_id, owner))
 
 
-async def _history(dataflow: DataFlow, schema: Any, record_id: Any) -> list[AuditEntry]:
+def _owned_by(row: dict[str, Any], tenant: str | None) -> bool:
+    """Whether an audit row is of ``tenant``'s row (its tenant_id is in the row's stored values)."""
+    if tenant is None:
+        return True
+    values = row["after"] or row["before"] or {}
+    return values.get("tenant_id") == tenant
+
+
+async def _history(
+    dataflow: DataFlow, schema: Any, record_id: Any, tenant: str | None = None
+) -> list[AuditEntry]:
     table = audit_table(dataflow)
     await ensure_table(dataflow)
     t = table.table
@@ -300,6 +322,7 @@ async def _history(dataflow: DataFlow, schema: Any, record_id: Any) -> list[Audi
             _typed(schema, r["after"]),
         )  # fmt: skip
         for r in rows
+        if _owned_by(r, tenant)
     ]
 
 

@@ -229,10 +229,10 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
                 if nullable
                 else sa.not_(inner)
             )
-        elif op == "$like":
-            parts.append(raw_col.like(sa.bindparam(None, value)))
+        elif op == "$like":  # one escape rule everywhere: \% \_ \\ match literally
+            parts.append(raw_col.like(sa.bindparam(None, value), escape="\\"))
         elif op == "$ilike":
-            parts.append(raw_col.ilike(sa.bindparam(None, value)))
+            parts.append(raw_col.ilike(sa.bindparam(None, value), escape="\\"))
         elif op == "$regex":
             parts.append(mt.dialect.regex(raw_col, value))
         elif op == "$exists":

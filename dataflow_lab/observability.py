@@ -49,11 +49,14 @@ class Observability:
 
         return serve(self._collector(), port, host=host)
 
-    def audit(self, model: type | str, id: Any = None) -> list[Any]:
-        """The audit history of one row (or, without ``id``, of every row) of an audited model."""
+    def audit(self, model: type | str, id: Any = None, *, tenant: str | None = None) -> list[Any]:
+        """The audit history of one row (or, without ``id``, of every row) of an audited model.
+
+        On a multi_tenant model, only the tenant's rows: ``tenant=`` or ``with db.tenant(...)``.
+        """
         from .audit import history
 
-        return history(self, model, id)
+        return history(self, model, id, tenant=tenant)
 
     def _collector(self) -> Any:
         if self._monitor is None:

@@ -157,6 +157,7 @@ class RowShaper:
         self._fast = [self._fast_types(f) for f in given]
         self._convert = [(i, c) for i, f in enumerate(given) if (c := self._converter(f)) is not None]
         self._ints = [(i, f.nullable) for i, f in enumerate(given) if f.type.name == "integer"]
+        self._reals = [i for i, f in enumerate(given) if f.type.name in ("float", "decimal")]
         self._good: set[tuple[type, ...]] = set()
         # When row 0 lacks a required field, every row takes the slow path (which names it).
         self._fast_ok = _REQUIRED not in self._tail
@@ -216,6 +217,8 @@ class RowShaper:
                 skipped.append({"index": first_index + offset, "error": exc.message})
         if self._ints and rows and not self._ints_fit(rows):
             return self._all_slow(records, first_index)  # some int is beyond 64 bits: find and name it
+        if self._reals and rows and not self._reals_ok(rows):
+            return self._all_slow(records, first_index)  # a NaN or Infinity Create refuses: name it
         return Chunk(self.columns, rows, first_index, skipped)
 
     def _ints_fit(self, rows: list[tuple[Any, ...]]) -> bool:
@@ -224,6 +227,20 @@ class RowShaper:
             column = [r[i] for r in rows if r[i] is not None] if nullable else [r[i] for r in rows]
             if column and (min(column) < INT64[0] or max(column) > INT64[1]):
                 return False
+        return True
+
+    def _reals_ok(self, rows: list[tuple[Any, ...]]) -> bool:
+        """No float NaN and no non-finite Decimal (what the fields' checks refuse on Create).
+
+        Values may already be converted for the driver: a Decimal stored as text is finite
+        exactly when its text ends in a digit ('NaN', 'Infinity', 'sNaN' do not).
+        """
+        for i in self._reals:
+            for v in (r[i] for r in rows):
+                if isinstance(v, float) and v != v or isinstance(v, Decimal) and not v.is_finite():
+                    return False
+                if isinstance(v, str) and not v[-1:].isdigit():
+                    return False
         return True
 
     def _all_slow(self, records: list[Any], first_index: int) -> Chunk:

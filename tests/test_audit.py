@@ -284,3 +284,26 @@ def test_audit_log_is_a_known_model_option(db):
 
 def test_history_before_any_write_is_empty(users):
     assert users.audit("User", 1) == []
+
+
+def test_audit_reads_keep_to_the_callers_tenant(db):
+    """Issue 13, item 8: tenant A must not read tenant B's history or values."""
+    from dataflow_lab import TenantRequiredError
+
+    @db.model
+    class Account:
+        owner: str
+        __dataflow__ = {"audit_log": True, "multi_tenant": True}
+
+    rt = LocalRuntime(user="alice")
+    with db.tenant("acme"):
+        a = one(db, "AccountCreateNode", {"owner": "acme-secret"}, rt)["id"]
+        one(db, "AccountUpdateNode", {"id": a, "fields": {"owner": "acme-secret-2"}}, rt)
+    with db.tenant("globex"):
+        b = one(db, "AccountCreateNode", {"owner": "globex-secret"}, rt)["id"]
+        assert [e.after["owner"] for e in db.audit("Account")] == ["globex-secret"]
+        assert db.audit("Account", a) == []  # acme's row: no history, no values
+    assert [e.after["owner"] for e in db.audit("Account", tenant="acme")] == ["acme-secret", "acme-secret-2"]
+    assert db.audit(Account, b, tenant="acme") == []
+    with pytest.raises(TenantRequiredError, match="Account"):
+        db.audit("Account")

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import sqlite3
 import time
+from decimal import Decimal
 from typing import Optional
 
 import numpy as np
@@ -996,3 +997,30 @@ def test_by_default_a_quick_bulk_operation_shows_no_progress_bar(users, capsys):
     capsys.readouterr()
     bulk(users, "UserBulkCreateNode", {"data": user_rows(50)})
     assert "UserBulkCreateNode" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("node", ["BulkCreate", "BulkUpsert"])
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("x", float("nan")),
+        ("d", Decimal("NaN")),
+        ("d", Decimal("Infinity")),
+        ("d", Decimal("-Infinity")),
+        ("d", Decimal("sNaN")),
+    ],
+)
+def test_the_bulk_fast_path_refuses_the_nan_and_infinity_create_refuses(db, node, field, bad):
+    """Issue 13, item 13: BulkCreate/BulkUpsert (executemany, COPY, Arrow) validate like Create."""
+
+    @db.model
+    class Nan:
+        x: float = 0.0
+        d: Decimal = Decimal("0")
+
+    good = [{"x": 1.5, "d": Decimal("1.5")} for _ in range(5)]
+    with pytest.raises(ValidationError, match=f"row 3.*'{field}'|'{field}'.*row 3"):
+        bulk(db, f"Nan{node}Node", {"data": [*good[:3], {**good[0], field: bad}, *good[3:]]})
+    with pytest.raises(ValidationError):
+        bulk(db, "NanCreateNode", {field: bad})
+    assert count(db, "Nan") == 0

@@ -590,3 +590,28 @@ def test_a_nul_inside_a_json_filter_value_is_refused_where_text_cannot_hold_it(d
             run_one(db, "DocListNode", {"filter": where})
     else:
         assert run_one(db, "DocListNode", {"filter": where})["records"] == []
+
+
+def test_like_and_ilike_take_backslash_escapes_on_every_backend(db):
+    """Issue 13, item 14: ESCAPE '\\' everywhere (it worked only on PostgreSQL)."""
+    from dataflow_lab import LocalRuntime, WorkflowBuilder
+
+    @db.model
+    class Code:
+        text: str
+
+    def listed(flt):
+        wf = WorkflowBuilder(db)
+        wf.add_node("CodeListNode", "l", {"filter": {"text": flt}, "order_by": ["text"]})
+        return [r["text"] for r in LocalRuntime().execute(wf.build())[0]["l"]["records"]]
+
+    wf = WorkflowBuilder(db)
+    wf.add_node(
+        "CodeBulkCreateNode", "c", {"data": [{"text": t} for t in ["100%", "1000", "a_b", "axb", "c\\d"]]}
+    )
+    LocalRuntime().execute(wf.build())
+    assert listed({"$like": "100\\%"}) == ["100%"]
+    assert listed({"$like": "a\\_b"}) == ["a_b"]
+    assert listed({"$ilike": "A\\_B"}) == ["a_b"]
+    assert listed({"$like": "c\\\\d"}) == ["c\\d"]
+    assert listed({"$like": "a_b"}) == ["a_b", "axb"]  # unescaped _ is still a wildcard

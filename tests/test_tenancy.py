@@ -217,3 +217,57 @@ def test_bulk_create_stamps_the_tenant_through_the_dialects_fast_path(db, monkey
     assert sum(n for _, n in calls) == 500
     assert all("tenant_id" in columns for columns, _ in calls)
     assert one(db, "ItemCountNode", tenant="globex")["count"] == 0
+
+
+def test_concurrent_bulk_upserts_with_ids_never_overwrite_another_tenants_rows(pg_url):
+    """Two tenants race BulkUpserts onto the same fresh ids (issue 13, item 3).
+
+    A check-then-write let the second writer's ON CONFLICT update the first one's row;
+    the tenant condition now sits in the statement, so the loser is refused instead.
+    """
+    from dataflow_lab import DataFlow
+
+    db = DataFlow(pg_url)
+    try:
+
+        @db.model
+        class Slot:
+            label: str
+            __dataflow__ = {"multi_tenant": True}
+
+        rounds, width = 30, 20
+        barrier = threading.Barrier(2)
+        refused: dict[str, int] = {"acme": 0, "globex": 0}
+        failures: list[BaseException] = []
+
+        def writer(tenant: str) -> None:
+            try:
+                for r in range(rounds):
+                    data = [{"id": r * width + i + 1, "label": tenant} for i in range(width)]
+                    barrier.wait(timeout=60)
+                    try:
+                        one(db, "SlotBulkUpsertNode", {"data": data}, tenant=tenant)
+                    except ValidationError as exc:
+                        assert "another tenant" in str(exc)
+                        refused[tenant] += 1
+            except BaseException as exc:  # surfaced below, not lost in the thread
+                failures.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in ("acme", "globex")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not failures, failures
+        rows = [
+            r
+            for t in ("acme", "globex")
+            for r in one(db, "SlotListNode", {"limit": 10_000}, tenant=t)["records"]
+        ]
+        foreign = [r for r in rows if r["label"] != r["tenant_id"]]
+        assert foreign == []  # 0 rows overwritten by the other tenant
+        assert len(rows) == rounds * width  # every batch was written whole by exactly one tenant
+        assert refused["acme"] + refused["globex"] == rounds
+    finally:
+        db.close()

@@ -244,24 +244,33 @@ class Dialect:
         rows: Sequence[Sequence[Any]],
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
+        guard: Sequence[str] = (),
     ) -> tuple[int, int] | None:
         """INSERT ... ON CONFLICT DO UPDATE for many rows (keys unique within ``rows``).
 
         Returns (inserted, updated) when the database reports them, else None
-        (the caller then counts existing keys beforehand).
+        (the caller then counts existing keys beforehand). ``guard``: see ``on_conflict_sql``.
         """
         sql = (
             self.multirow_insert_sql(table, columns, 1)
             + " "
-            + self.on_conflict_sql(table, conflict_on, update_columns)
+            + self.on_conflict_sql(table, conflict_on, update_columns, guard)
         )
         await conn.executemany(sql, rows)
         return None
 
     def on_conflict_sql(
-        self, table: sa.Table, conflict_on: Sequence[str], update_columns: Sequence[str]
+        self,
+        table: sa.Table,
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+        guard: Sequence[str] = (),
     ) -> str:
-        """``ON CONFLICT ... DO UPDATE``; a ``version`` column (the versioned option) counts up instead."""
+        """``ON CONFLICT ... DO UPDATE``; a ``version`` column (the versioned option) counts up instead.
+
+        ``guard``: columns the existing row must share with the new one to be updated (tenant_id:
+        the check is in the statement, so no concurrent writer can slip in between check and write).
+        """
         quote = self.sa_dialect.identifier_preparer.quote
         keys = ", ".join(quote(c) for c in conflict_on)
         if not update_columns:
@@ -272,7 +281,8 @@ class Dialect:
             else f"{quote(c)} = excluded.{quote(c)}"
             for c in update_columns
         )
-        return f"ON CONFLICT ({keys}) DO UPDATE SET {sets}"
+        where = " AND ".join(f"{quote(table.name)}.{quote(c)} = excluded.{quote(c)}" for c in guard)
+        return f"ON CONFLICT ({keys}) DO UPDATE SET {sets}" + (f" WHERE {where}" if where else "")
 
     def upsert_statement(
         self,
@@ -280,12 +290,14 @@ class Dialect:
         columns: Sequence[str],
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
+        guard: Sequence[str] = (),
     ) -> Any:
         stmt = self.insert(table).values({c: sa.bindparam(c) for c in columns})
         if not update_columns:
             return stmt.on_conflict_do_nothing(index_elements=list(conflict_on))
         sets = {c: table.c[c] + 1 if c == "version" else stmt.excluded[c] for c in update_columns}
-        return stmt.on_conflict_do_update(index_elements=list(conflict_on), set_=sets)
+        where = sa.and_(*(table.c[c] == stmt.excluded[c] for c in guard)) if guard else None
+        return stmt.on_conflict_do_update(index_elements=list(conflict_on), set_=sets, where=where)
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.url)

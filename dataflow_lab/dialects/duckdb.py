@@ -289,10 +289,11 @@ class DuckDBDialect(Dialect):
         rows: Sequence[Sequence[Any]],
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
+        guard: Sequence[str] = (),
     ) -> tuple[int, int]:
         """Arrow view -> count the keys that exist (a join), then one INSERT ... ON CONFLICT."""
         keys = ", ".join(f'"{c}"' for c in conflict_on)
-        action = self.on_conflict_sql(table, conflict_on, update_columns)
+        action = self.on_conflict_sql(table, conflict_on, update_columns, guard)
         data = self._arrow(table, columns, rows)
         cols = ", ".join(f'"{c}"' for c in columns)
         view = f"_dataflow_bulk_{id(data)}"

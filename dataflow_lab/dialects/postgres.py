@@ -200,6 +200,7 @@ class PostgresDialect(PooledDialect):
         rows: Sequence[Sequence[Any]],
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
+        guard: Sequence[str] = (),
     ) -> tuple[int, int]:
         """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT.
 
@@ -217,7 +218,7 @@ class PostgresDialect(PooledDialect):
         await conn.copy(temp, columns, rows)
         result = await conn.fetch(
             f"WITH up AS (INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {quote(temp)} "
-            f"{self.on_conflict_sql(table, conflict_on, update_columns)} RETURNING (xmax = 0) AS inserted) "
+            f"{self.on_conflict_sql(table, conflict_on, update_columns, guard)} RETURNING (xmax = 0) AS inserted) "
             "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up"
         )
         return int(result[0][0]), int(result[0][1])

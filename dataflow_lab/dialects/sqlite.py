@@ -189,6 +189,7 @@ class SQLiteDialect(PooledDialect):
         rows: Sequence[Sequence[Any]],
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
+        guard: Sequence[str] = (),
     ) -> tuple[int, int]:
         """executemany of INSERT ... ON CONFLICT; new rows are those past the old max(rowid).
 
@@ -201,10 +202,10 @@ class SQLiteDialect(PooledDialect):
             ids = json.dumps([row[columns.index("id")] for row in rows])
             sql = f"SELECT count(*) FROM {quote(table.name)} WHERE id IN (SELECT value FROM json_each(?))"
             existing = int((await conn.fetch(sql, (ids,)))[0][0])
-            await super().bulk_upsert(conn, table, columns, rows, conflict_on, update_columns)
+            await super().bulk_upsert(conn, table, columns, rows, conflict_on, update_columns, guard)
             return len(rows) - existing, existing
         before = (await conn.fetch(f"SELECT coalesce(max(rowid), 0) FROM {quote(table.name)}"))[0][0]
-        await super().bulk_upsert(conn, table, columns, rows, conflict_on, update_columns)
+        await super().bulk_upsert(conn, table, columns, rows, conflict_on, update_columns, guard)
         count = await conn.fetch(f"SELECT count(*) FROM {quote(table.name)} WHERE rowid > ?", (before,))
         inserted = int(count[0][0])
         return inserted, len(rows) - inserted

@@ -61,7 +61,8 @@ class BulkUpsert(BulkRows):
         columns = [f.name for f in self.model.fields]
         conflict_on = self.conflict_target(self.params["conflict_on"])
         update = self._update_columns(tuple(columns), conflict_on)
-        return [self.mt.dialect.upsert_statement(self.mt.table, columns, conflict_on, update)]
+        guard = ("tenant_id",) if self.model.multi_tenant and conflict_on == ["id"] else ()
+        return [self.mt.dialect.upsert_statement(self.mt.table, columns, conflict_on, update, guard)]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         mt, dialect, conflict_on = self.mt, self.mt.dialect, self.conflict_target(self.params["conflict_on"])
@@ -95,8 +96,6 @@ class BulkUpsert(BulkRows):
                 )
             key_index = [columns.index(c) for c in conflict_on]
             rows, indexes, repeats = self._last_wins(chunk, key_index, seen)
-            if self.model.multi_tenant and conflict_on == ["id"]:
-                await self._refuse_other_tenants(conn, self._keys(rows, columns, conflict_on))
             update_columns = self._update_columns(columns, conflict_on, shaper.given)
             new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
             existing = None
@@ -108,6 +107,7 @@ class BulkUpsert(BulkRows):
                 before_keys = await self._existing_keys(conn, conflict_on, new_keys)
                 ours.update(k for k in new_keys if k not in before_keys)
             overwrite = self._update_columns(columns, conflict_on, shaper.given, restricted=False)
+            guard = ("tenant_id",) if self.model.multi_tenant and conflict_on == ["id"] else ()
 
             async def write(
                 part: list[tuple],
@@ -117,16 +117,19 @@ class BulkUpsert(BulkRows):
                 k: list[int] = key_index,
                 m: set = mine,
                 o: list[str] = overwrite,
+                g: tuple[str, ...] = guard,
             ) -> None:
                 audited = self.model.audit_log
                 before = await audit.rows_by_keys(self, conn, c, part, conflict_on) if audited else None
                 own = [r for r in part if tuple(r[i] for i in k) in m] if m else []
                 rest = [r for r in part if tuple(r[i] for i in k) not in m] if m else part
                 if own:
-                    found = await dialect.bulk_upsert(conn, mt.table, c, own, conflict_on, o)
+                    found = await dialect.bulk_upsert(conn, mt.table, c, own, conflict_on, o, g)
                     out.append((0, len(own)) if found is not None else None)
                 if rest:
-                    out.append(await dialect.bulk_upsert(conn, mt.table, c, rest, conflict_on, u))
+                    out.append(await dialect.bulk_upsert(conn, mt.table, c, rest, conflict_on, u, g))
+                if g:  # the statement left other tenants' rows alone; any still there is an error
+                    await self._refuse_other_tenants(conn, self._keys(part, c, conflict_on))
                 if before is not None:
                     await audit.record_upsert(self, ctx, conn, c, part, conflict_on, before)
 
@@ -190,7 +193,11 @@ class BulkUpsert(BulkRows):
         ]
 
     async def _refuse_other_tenants(self, conn: Any, keys: list[tuple]) -> None:
-        """Ids that another tenant's rows hold: refused before anything is written (no cross-tenant update)."""
+        """Ids that another tenant's rows hold after the guarded write (which left them unchanged): an error.
+
+        Raised inside the run's transaction, so the batch leaves the database as it was
+        (with on_error='skip', just those rows are skipped and reported).
+        """
         t, tenant = self.mt.table, self.tenant()
         ids = [k[0] for k in keys]
         step = max(1, self.mt.dialect.max_bind_params - 2)
