@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from .errors import ValidationError, did_you_mean
 
@@ -117,30 +117,60 @@ def _check_interval(value: object) -> None:
     )
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+_SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token")
 
 
-_PASSWORD_IN_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
+def _is_secret_key(key: str) -> bool:
+    return any(word in key.lower() for word in _SECRET_WORDS)
+
+
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where the secrets of a URL are: its password and secret query values (``?sslpassword=``).
+
+    Follows SQLAlchemy's URL grammar (``make_url``, which is what connects): the username is
+    ``[^:/]*``, the password runs to the next ``@``, the query starts at the next ``?``.
+    """
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme or not all(c.isalnum() or c in "+.-_" for c in scheme):
+        return []
+    base, spans, after = len(scheme) + 3, [], 0
+    user_end = next((i for i, c in enumerate(rest) if c in ":/"), len(rest))
+    if rest[user_end : user_end + 1] == ":" and "@" in rest[user_end:]:
+        at = rest.index("@", user_end)
+        spans.append((base + user_end + 1, base + at))
+        after = at + 1
+    query = rest.find("?", after)
+    if query >= 0:
+        pos = base + query + 1
+        for pair in rest[query + 1 :].split("&"):
+            key, eq, _ = pair.partition("=")
+            if eq and _is_secret_key(unquote_plus(key)):
+                spans.append((pos + len(key) + 1, pos + len(pair)))
+            pos += len(pair) + 1
+    return spans
 
 
 def redact_url(url: object) -> str:
-    """Replace the password of a URL (user:pw@host, or ?password=pw) with ***."""
-    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(url))
-    return _PASSWORD_IN_QUERY.sub(lambda m: f"{m['head']}***", text)
+    """Replace the password of a URL (user:pw@host) and secret query values with ***."""
+    text = str(url)
+    for start, end in reversed(_secret_spans(text)):
+        if end > start:
+            text = f"{text[:start]}***{text[end:]}"
+    return text
 
 
 def passwords_of(url: str) -> list[str]:
-    found = [m["pw"] for pattern in (_PASSWORD_IN_URL, _PASSWORD_IN_QUERY) for m in pattern.finditer(url)]
-    return [pw for pw in found if pw]
+    """Each secret of a URL in every form it may show up in (as written, decoded, re-encoded)."""
+    raw = [url[start:end] for start, end in _secret_spans(url)]
+    forms = {form for secret in raw for form in (secret, unquote(secret), unquote_plus(secret))}
+    forms |= {quote(form, safe="") for form in set(forms)} | {quote_plus(form) for form in set(forms)}
+    return sorted((form for form in forms if form and form != "***"), key=len, reverse=True)
 
 
 def scrub(text: str, url: str) -> str:
     """Remove a URL's password from any text (error messages from drivers)."""
+    text = text.replace(url, redact_url(url)) if url else text
     text = redact_url(text)
     for password in passwords_of(url):
         text = text.replace(password, "***")
-        if "%" in password:
-            from urllib.parse import unquote
-
-            text = text.replace(unquote(password), "***")
     return text
