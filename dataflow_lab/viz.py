@@ -251,7 +251,74 @@ def to_html(workflow: Workflow, states: Mapping[str, str] | None = None) -> str:
     return DagDrawing(workflow).html(states)
 
 
-def workflow_bundle(workflow: Workflow) -> dict[str, str]:
-    """The display bundle behind ``Workflow._repr_mimebundle_``."""
-    drawing = DagDrawing(workflow)
-    return {"text/plain": drawing.text(), "text/html": drawing.html()}
+def workflow_bundle(workflow: Workflow) -> dict[str, Any]:
+    """The display bundle behind ``Workflow._repr_mimebundle_``: a picture that renders untrusted."""
+    return picture_bundle(DagDrawing(workflow))
+
+
+# -- static pictures: what survives saving, sharing and untrusted viewing ------------------------
+# JupyterLab's sanitizer strips inline <svg> from untrusted HTML, and a saved widget view has no
+# model once the kernel is gone. A picture (image/svg+xml, image/png, or an <img> with a data URI
+# inside text/html) renders everywhere: trusted or not, with or without a kernel, in nbconvert.
+
+_MIN_SCALE = 0.6  # a DAG shrinks to fit the output down to 60% of its natural size, then scrolls
+_SIZE = re.compile(r'<svg\b([^>]*?)\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"')
+
+
+def svg_size(svg: str) -> tuple[float, float]:
+    """The natural size of graphviz's SVG in CSS pixels (graphviz writes points)."""
+    m = _SIZE.search(svg)
+    return (float(m[2]) * 4 / 3, float(m[3]) * 4 / 3) if m else (0.0, 0.0)
+
+
+def fit_style(width: float) -> str:
+    """CSS that scales a picture to the output's width, but not below a readable minimum."""
+    if width <= 0:
+        return "max-width:100%"
+    return f"width:100%;max-width:{width:.0f}px;min-width:{width * _MIN_SCALE:.0f}px;height:auto"
+
+
+def fit_svg(svg: str) -> str:
+    """Inline SVG that scales to its container (for the live widget, which is trusted)."""
+    width, _ = svg_size(svg)
+    return _SIZE.sub(lambda m: f'<svg{m[1]} style="{fit_style(width)}"', svg, count=1)
+
+
+def scroller(inner: str) -> str:
+    """A box that scrolls horizontally once its content is at its minimum width."""
+    return f'<div class="df-dag" style="overflow-x:auto;max-width:100%">{inner}</div>'
+
+
+def render_png(drawing: DagDrawing, states: Mapping[str, str] | None, labels: Mapping[str, str] | None) -> bytes:
+    graphviz = _graphviz()
+    try:
+        return graphviz.Source(drawing.dot(states, labels)).pipe(format="png")
+    except (graphviz.ExecutableNotFound, graphviz.CalledProcessError) as exc:
+        raise DataFlowError("Graphviz could not draw the workflow as PNG.", hint=INSTALL_HINT) from exc
+
+
+def picture_bundle(
+    drawing: DagDrawing, states: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """image/svg+xml, image/png, sanitizer-safe text/html (an <img>) and text/plain for one DAG.
+
+    Without ``dot`` it is the HTML table plus the DOT text and a hint, and the plain text.
+    """
+    import base64
+
+    data: dict[str, Any] = {"text/plain": drawing.text(states, labels)}
+    try:
+        svg = drawing.svg(states, labels) if dot_available() else None
+        png = render_png(drawing, states, labels) if svg else None
+    except DataFlowError:
+        svg = png = None
+    if svg is None:
+        data["text/html"] = drawing.fallback_html(states, labels)
+        return data
+    width, _ = svg_size(svg)
+    uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+    alt = html.escape(f"DAG of workflow '{drawing.workflow.name}'")
+    data["text/html"] = scroller(f'<img class="df-dag-img" src="{uri}" alt="{alt}" style="{fit_style(width)}">')
+    data["image/svg+xml"] = svg
+    data["image/png"] = base64.b64encode(png).decode()
+    return data

@@ -184,10 +184,11 @@ def test_the_catalogue_shows_each_nodes_parameters_and_the_sql_it_generates(user
     assert page.count("<details>") == 11 and "INSERT INTO users" in page
 
 
-def test_the_catalogue_is_a_widget_with_html_and_text_fallbacks(users):
+def test_the_catalogue_displays_as_static_html_that_survives_saving(users):
     catalogue, _ = cell(users, "%dataflow nodes")
     data = catalogue._repr_mimebundle_()
-    assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(data)
+    assert set(data) == {"text/plain", "text/html"}  # no widget view: it would be dead once saved
+    assert data["text/html"].count("<details>") == 11 and "<svg" not in data["text/html"]
     widget = catalogue.widget()
     assert "df-catalogue" in widget._dom_classes
     assert len(widget.children[1].children) == 11
@@ -450,7 +451,9 @@ def test_show_draws_the_dag_coloured_by_the_last_run(users):
     view, _ = cell(users, "%dataflow show onboarding")
     assert "create: UserCreateNode [done]  1 row · " in view.text()
     if viz.dot_available():
-        assert f'fill="{viz.STATE_COLOURS["done"]}"' in view.html()
+        data = view._repr_mimebundle_()
+        assert f'fill="{viz.STATE_COLOURS["done"]}"' in data["image/svg+xml"]
+        assert data["image/png"] and "<svg" not in data["text/html"]  # safe for untrusted output
 
 
 def test_status_describes_the_session(users):
@@ -557,6 +560,16 @@ def test_a_slow_run_gets_a_live_view_that_ends_done(frontend):
     assert "Run 'slow' done" in live.monitor.widget().children[0].value
 
 
+def test_a_slow_run_is_shown_once_its_live_slot_emptied_for_the_summary(frontend):
+    cell(frontend, "%config DataFlowMagics.live_after = 0.05")
+    frontend.user_ns["nap"] = lambda count: time.sleep(0.3) or {"count": count}
+    run, out = cell(frontend, "%%dataflow workflow slow --run\nn = UserCountNode()\nz = nap(count=n.count)\n")
+    assert run.live is not None
+    # first frame, then the live view, then emptied: the cell's result (the summary) is the one view
+    assert out.outputs[-1].data == {"text/plain": ""}
+    assert not any("widget-view" in k for k in out.outputs[-1].data)
+
+
 def test_a_background_run_shows_a_live_view_with_a_cancel_button(frontend, gate):
     handle, _ = cell(frontend, "%dataflow run gated --background")
     data = handle._repr_mimebundle_()
@@ -572,7 +585,7 @@ def test_without_ipywidgets_runs_show_static_html(users, monkeypatch):
     monkeypatch.setattr(DataFlowMagics, "_frontend_has_widgets", lambda self: nbdisplay.widgets_available())
     run, out = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
     assert out.outputs == [] and run.live is None
-    assert set(run._repr_mimebundle_()) == {"text/plain", "text/html"}
+    assert {"text/plain", "text/html"} <= set(run._repr_mimebundle_()) and "<svg" not in run.summary_html()
 
 
 def test_the_observer_throttles_updates_to_about_ten_a_second(users):

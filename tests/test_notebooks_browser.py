@@ -162,22 +162,13 @@ def test_notebook_01_runs_in_jupyterlab_and_its_live_dag_ends_done(lab):
             expect(catalogue).to_contain_text("UserCreateNode")
             expect(catalogue).to_contain_text("UserBulkUpsertNode")
 
-            summary_dag = page.locator(".df-run .df-dag svg").first
+            summary_dag = page.locator(".df-run img.df-dag-img").first  # a picture: survives saving
             expect(summary_dag).to_be_visible()
-            assert summary_dag.locator("g.node").count() == 3
-            assert summary_dag.locator(f'g.node path[fill="{DONE}"]').count() == 3
-
-            live = page.locator(".df-live").filter(has_text="Run 'welcome'")  # the slow run's live view
-            expect(live).to_be_visible()
-            live_nodes = live.locator(".df-live-dag svg g.node")
-            expect(live_nodes).to_have_count(2)
-            expect(live.locator(f'.df-live-dag svg g.node path[fill="{DONE}"]')).to_have_count(
-                2, timeout=10_000
-            )
-            expect(live.locator(".df-monitor")).to_contain_text("Run 'welcome' done")
-
-            _screenshot(page, live, "notebook_01_live_dag.png")
-            catalogue.get_by_text("UserCreateNode: Insert one row").click()
+            expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+            run = page.locator(".df-run").filter(has_text="Run 'welcome' done")  # the slow run: one view
+            expect(run).to_have_count(1)
+            _screenshot(page, run.first, "notebook_01_live_dag.png")
+            catalogue.get_by_text("UserCreateNode").first.click()
             expect(catalogue.get_by_text("INSERT INTO users").first).to_be_visible()
             _screenshot(page, catalogue, "notebook_01_catalogue.png")
         finally:

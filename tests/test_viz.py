@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 
 import pytest
@@ -122,3 +123,28 @@ def test_node_ids_that_are_not_identifiers_are_quoted(workflow):
     assert '"new \\"item\\"" -> "read it"' in dot
     if viz.dot_available():
         assert "read it" in viz.to_svg(built)
+
+
+@pytest.mark.skipif(not viz.dot_available(), reason="needs graphviz's dot")
+def test_a_dag_is_a_picture_that_renders_untrusted_and_without_a_kernel(workflow):
+    data = workflow._repr_mimebundle_()
+    assert data["image/svg+xml"].startswith("<svg")
+    assert base64.b64decode(data["image/png"]).startswith(b"\x89PNG")
+    assert "<svg" not in data["text/html"] and "<script" not in data["text/html"]  # the sanitizer keeps it
+    assert '<img class="df-dag-img" src="data:image/svg+xml;base64,' in data["text/html"]
+    assert "overflow-x:auto" in data["text/html"]
+
+
+@pytest.mark.skipif(not viz.dot_available(), reason="needs graphviz's dot")
+def test_a_long_chain_scales_to_the_output_down_to_a_readable_minimum(workflow):
+    svg = viz.to_svg(workflow)
+    width, _ = viz.svg_size(svg)
+    fitted = viz.fit_svg(svg)
+    assert 'width="' not in fitted.split(">", 1)[0]  # no fixed size: it follows its container
+    assert f"max-width:{width:.0f}px" in fitted and f"min-width:{width * 0.6:.0f}px" in fitted
+
+
+def test_without_dot_the_picture_bundle_is_the_table_and_text(workflow, monkeypatch):
+    monkeypatch.setattr(viz, "dot_available", lambda: False)
+    data = viz.picture_bundle(viz.DagDrawing(workflow))
+    assert set(data) == {"text/plain", "text/html"} and "apt-get install graphviz" in data["text/html"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataFlowError, ValidationError, did_you_mean
 from ..model import MISSING, Field, ModelSchema
-from .display import bundle, widgets, widgets_available
+from .display import bundle, widgets
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
@@ -187,5 +187,7 @@ class Catalogue:
         return view
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        widget = self.widget() if widgets_available() and self.entries else None
-        return bundle(self.text(), self.html(), widget)
+        # Static HTML with <details> disclosures: it stays interactive with no kernel and untrusted,
+        # where a saved widget view would read "Error displaying widget: model not found".
+        # ``widget()`` still builds the accordion for code that wants one.
+        return bundle(self.text(), self.html())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import viz
-from .display import bundle, widgets
+from .display import widgets
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..workflow import Workflow
@@ -36,7 +36,24 @@ class DagView:
         return self.snapshot.states(), self.snapshot.labels()
 
     def html(self) -> str:
-        return self.drawing.html(*self._states()) + viz.legend_html()
+        """Static HTML: the DAG as an <img> (safe for untrusted output), then the legend."""
+        return self.bundle()["text/html"]
+
+    def bundle(self) -> dict[str, Any]:
+        """image/svg+xml, image/png, text/html and text/plain: renders without kernel or trust."""
+        data = viz.picture_bundle(self.drawing, *self._states())
+        data["text/html"] += viz.legend_html()
+        return data
+
+    def live_html(self) -> str:
+        """For the live widget (trusted): inline SVG that scales to the output, then scrolls."""
+        if not viz.dot_available():
+            return self.drawing.fallback_html(*self._states()) + viz.legend_html()
+        try:
+            svg = self.drawing.svg(*self._states())
+        except viz.DataFlowError:
+            return self.drawing.fallback_html(*self._states()) + viz.legend_html()
+        return viz.scroller(viz.fit_svg(svg)) + viz.legend_html()
 
     def text(self) -> str:
         return self.drawing.text(*self._states())
@@ -44,14 +61,14 @@ class DagView:
     def widget(self) -> Any:
         """The live ipywidgets.HTML showing this DAG (created on first call)."""
         if self._widget is None:
-            self._widget = widgets().HTML(value=self.html())
+            self._widget = widgets().HTML(value=self.live_html())
             self._widget.add_class("df-live-dag")
         return self._widget
 
     def update(self, snapshot: RunSnapshot) -> None:
         self.snapshot = snapshot
         if self._widget is not None:
-            self._widget.value = self.html()
+            self._widget.value = self.live_html()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return bundle(self.text(), self.html())
+        return self.bundle()

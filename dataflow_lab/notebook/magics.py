@@ -346,9 +346,12 @@ class DataFlowMagics(Magics):
                 run, live_after=self.live_after if live else None, show=slot.update if slot else None
             )
         except KeyboardInterrupt:
+            _clear(slot, run)
             display(run)
             raise
+        _clear(slot, run)  # the live panel goes; the static summary takes its place, so a run is shown once
         if run.status != "done":
+            run.show_error = False  # the error is reported once, as this magic's one-line error
             display(run)
             error = run.error
             if isinstance(error, DataFlowError) or error is None:
@@ -359,6 +362,12 @@ class DataFlowMagics(Magics):
     def _frontend_has_widgets(self) -> bool:
         """Live panels need ipywidgets and a kernel (a frontend that renders widgets)."""
         return widgets_available() and getattr(self.shell, "kernel", None) is not None
+
+
+def _clear(slot: Any, run: NotebookRun) -> None:
+    """Empty a run's live slot, so no widget view (dead once the kernel is gone) is saved."""
+    if slot is not None and run.live is not None:
+        slot.update({"text/plain": ""}, raw=True)
 
 
 def _cell_line(exc: BaseException, filename: str) -> int | None:

@@ -30,10 +30,14 @@ def node_fraction(status: NodeStatus) -> float:
     return 1.0
 
 
+def node_seconds(snapshot: RunSnapshot) -> float:
+    """Time spent inside the nodes that moved rows (setup and waiting left out)."""
+    return sum(n.duration or 0.0 for n in snapshot.nodes.values() if n.rows)
+
+
 def headline(snapshot: RunSnapshot) -> str:
-    rate = (
-        f" · {snapshot.rows_per_second:,.0f} rows/s" if snapshot.total_rows and snapshot.elapsed > 0 else ""
-    )
+    busy = node_seconds(snapshot)
+    rate = f" · {snapshot.total_rows / busy:,.0f} rows/s" if snapshot.total_rows and busy > 0 else ""
     return (
         f"Run '{snapshot.name}' {snapshot.status} · {duration(snapshot.elapsed)} · "
         f"{snapshot.total_rows:,} rows{rate}"

@@ -62,6 +62,7 @@ class NotebookRun:
         self.background = background
         self.display_limit = display_limit
         self.live: Any = None  # the LiveView, once made
+        self.show_error = True  # False when the caller reports the error itself (the magic does)
         self._future = future
         self._task: asyncio.Task | None = None  # set on the loop thread when the run starts
         self._ended = threading.Event()  # set once the run's task has really finished (rollback included)
@@ -208,7 +209,7 @@ class NotebookRun:
         if s.finished:
             head += f" in {duration(s.elapsed)}"
         lines = [head + (f" (run id {s.run_id})" if s.run_id else "")]
-        if self.status in ("failed", "cancelled") and self.error is not None:
+        if self.show_error and self.status in ("failed", "cancelled") and self.error is not None:
             lines.append(f"  error: {_error_line(self.error)}")
         for n in s.nodes.values():
             tail = " · ".join(p for p in (rows(n.rows), duration(n.duration)) if p)
@@ -232,8 +233,8 @@ class NotebookRun:
         if s.run_id:
             head += f" · run id <code>{s.run_id}</code>"
         parts = [f"<div>{head}</div>"]
-        if self.status in ("failed", "cancelled") and self.error is not None:
-            parts.append(f'<div style="color:#b3261e">{html.escape(_error_line(self.error))}</div>')
+        if self.show_error and self.status in ("failed", "cancelled") and self.error is not None:
+            parts.append(_error_html(self.error))
         parts.append(DagView(self.workflow, s).html())
         parts.append(MonitorPanel(s)._events_html())
         if self.status == "done":
@@ -255,7 +256,10 @@ class NotebookRun:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         if self.live is not None and not self.done():
             return self.live._repr_mimebundle_()
-        return bundle(self.summary(), self.summary_html())
+        data = bundle(self.summary(), self.summary_html())
+        picture = DagView(self.workflow, self.observer.snapshot()).bundle()
+        data.update({k: v for k, v in picture.items() if k.startswith("image/")})
+        return data
 
 
 def start_run(
@@ -308,6 +312,17 @@ def wait_in_cell(run: NotebookRun, *, live_after: float | None, show: Any = None
 
 def _error_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+def _error_html(error: BaseException) -> str:
+    """One line; a long message (rebuild SQL, say) sits behind a disclosure."""
+    line = _error_line(error)
+    if len(line) <= 160:
+        return f'<div class="df-error">{html.escape(line)}</div>'
+    return (
+        f'<details class="df-error"><summary>{html.escape(line[:150])}…</summary>'
+        f"<pre>{html.escape(str(error))}</pre></details>"
+    )
 
 
 def _ms(seconds: float | None) -> float | None:
