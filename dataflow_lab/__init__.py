@@ -24,8 +24,8 @@ from .errors import (
     WorkflowValidationError,
 )
 from .monitoring import MetricsCollector
-from .retry import RetryPolicy
 from .nodes.switch import SwitchNode
+from .retry import RetryPolicy
 from .routing import RunResults, Skipped
 from .runtime import AsyncLocalRuntime, LocalRuntime
 from .workflow import Workflow, WorkflowBuilder
@@ -38,7 +38,9 @@ def __getattr__(name: str) -> object:
         from .dask_runtime import DaskRuntime
 
         return DaskRuntime
-    if name == "saga":  # the README writes @dataflow_lab.saga.compensate_with(...) after `import dataflow_lab`
+    if (
+        name == "saga"
+    ):  # the README writes @dataflow_lab.saga.compensate_with(...) after `import dataflow_lab`
         import importlib
 
         return importlib.import_module(".saga", __name__)

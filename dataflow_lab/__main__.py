@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 IN_MEMORY = "sqlite:///:memory:"
 
 
@@ -92,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     run_demo = sub.add_parser("demo", help="run the spec's walkthrough and print what happened")
     run_demo.add_argument(
-        "--url", default=None, help="database URL (default: in-memory SQLite; DATABASE_URL is ignored)",
+        "--url",
+        default=None,
+        help="database URL (default: in-memory SQLite; DATABASE_URL is ignored)",
     )
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -63,7 +63,9 @@ async def recover_in_doubt(dataflows: list[DataFlow], *, min_age: float = 0.0) -
     return outcome
 
 
-async def _verdict(gid: str, base: str, coordinator: str | None, seen: list[_Seen], by_key: dict) -> str | None:
+async def _verdict(
+    gid: str, base: str, coordinator: str | None, seen: list[_Seen], by_key: dict
+) -> str | None:
     if coordinator in by_key and await _alive(by_key[coordinator].db, base):
         return "alive"  # its coordinating process is still committing it: never touch it
     for s in seen:

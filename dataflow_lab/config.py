@@ -77,7 +77,9 @@ class DataFlowConfig:
     in_doubt_grace: float = 60.0  # seconds before start-up recovery resolves another process's 2PC
     deterministic: bool = False  # timestamps from a SteppingClock (clock.py): reproducible test runs
     existing_schema: bool = False  # reflect the database's tables as models; never issue DDL
-    health_check_interval: float | None = 60.0  # seconds between background pool probes (health.py); None: off
+    health_check_interval: float | None = (
+        60.0  # seconds between background pool probes (health.py); None: off
+    )
 
     def __repr__(self) -> str:
         fields = ", ".join(

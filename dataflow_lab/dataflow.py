@@ -213,7 +213,9 @@ class DataFlow(Observability):
         self._check_open()
         if self._open_future is None:
             self._open_future = asyncio.ensure_future(self._dialect.open())
-            self._open_future.add_done_callback(lambda f: f.cancelled() or f.exception() or self._health.start())
+            self._open_future.add_done_callback(
+                lambda f: f.cancelled() or f.exception() or self._health.start()
+            )
         try:
             await asyncio.shield(self._open_future)
         except Exception as exc:

@@ -32,9 +32,7 @@ __all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "
 
 DECISION_TABLE = "dataflow_lab_2pc_decisions"
 GID_PREFIX = "dataflow_lab"
-_KEY_SQL = (
-    "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
-)
+_KEY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
 _LOCK_SQL = "hashtextextended($1, 0)"
 
 
@@ -129,7 +127,9 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
     await _forget_decision(coordinator.dataflow, coordinator.conn, gid)
 
 
-async def _abort_prepare(scope: Scope, begun: list[_Held], gids: list[str], done: int, exc: Exception) -> None:
+async def _abort_prepare(
+    scope: Scope, begun: list[_Held], gids: list[str], done: int, exc: Exception
+) -> None:
     """PREPARE failed on begun[done]: roll back every half (its reply may be lost: it may be prepared)."""
     states: dict[str, str] = {}
     for n, (held, part) in enumerate(zip(begun, gids, strict=True)):

@@ -289,7 +289,9 @@ def scroller(inner: str) -> str:
     return f'<div class="df-dag" style="overflow-x:auto;max-width:100%">{inner}</div>'
 
 
-def render_png(drawing: DagDrawing, states: Mapping[str, str] | None, labels: Mapping[str, str] | None) -> bytes:
+def render_png(
+    drawing: DagDrawing, states: Mapping[str, str] | None, labels: Mapping[str, str] | None
+) -> bytes:
     graphviz = _graphviz()
     try:
         return graphviz.Source(drawing.dot(states, labels)).pipe(format="png")
@@ -318,7 +320,9 @@ def picture_bundle(
     width, _ = svg_size(svg)
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
     alt = html.escape(f"DAG of workflow '{drawing.workflow.name}'")
-    data["text/html"] = scroller(f'<img class="df-dag-img" src="{uri}" alt="{alt}" style="{fit_style(width)}">')
+    data["text/html"] = scroller(
+        f'<img class="df-dag-img" src="{uri}" alt="{alt}" style="{fit_style(width)}">'
+    )
     data["image/svg+xml"] = svg
     data["image/png"] = base64.b64encode(png).decode()
     return data

@@ -523,8 +523,9 @@ def test_on_error_skip_reports_the_true_index_of_a_refused_row_after_an_invalid_
 
 def test_on_error_skip_with_return_ids_keeps_input_positions_across_chunks_on_every_backend(users):
     data = [{"name": f"n{i}", "email": f"e{i}", "age": "bad" if i in (1, 5, 6) else i} for i in range(8)]
-    result = bulk(users, "UserBulkCreateNode", {"data": data, "on_error": "skip", "return_ids": True,
-                                               "batch_size": 3})
+    result = bulk(
+        users, "UserBulkCreateNode", {"data": data, "on_error": "skip", "return_ids": True, "batch_size": 3}
+    )
     by_age = {r["age"]: r["id"] for r in records(users)}
     assert result["ids"] == [None if i in (1, 5, 6) else by_age[i] for i in range(8)]
 

@@ -21,11 +21,10 @@ import threading
 import uuid
 
 import pytest
+from test_faults import record
 
 from dataflow_lab import DataFlow, LocalRuntime, TransactionError, WorkflowBuilder
 from dataflow_lab.two_phase import InDoubtError, recover_in_doubt
-
-from test_faults import record
 
 asyncpg = pytest.importorskip("asyncpg")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -274,11 +273,18 @@ class Pair:
 
     def decisions(self) -> list[str]:
         rows = admin(
-            self.ports[0], "SELECT to_regclass('dataflow_lab_2pc_decisions') IS NOT NULL", database=self.names[0]
+            self.ports[0],
+            "SELECT to_regclass('dataflow_lab_2pc_decisions') IS NOT NULL",
+            database=self.names[0],
         )
         if not rows[0][0]:
             return []
-        return [r[0] for r in admin(self.ports[0], "SELECT gid FROM dataflow_lab_2pc_decisions", database=self.names[0])]
+        return [
+            r[0]
+            for r in admin(
+                self.ports[0], "SELECT gid FROM dataflow_lab_2pc_decisions", database=self.names[0]
+            )
+        ]
 
     def warm(self, runtime: LocalRuntime) -> None:
         """One clean run first: tables exist, so the fault hits the commit, not DDL."""
@@ -369,7 +375,13 @@ def test_a_connection_closed_after_another_database_committed_is_never_retried_a
             assert "committed on" in str(error) and pair.a.url.split("@")[-1] in str(error)
             assert (a, b) == (1, 0)
     assert duplicated == 0
-    record(f"2 databases, B closed after A committed ({mode})", runs=RUNS, duplicated=0, partial="reported", leaked=0)
+    record(
+        f"2 databases, B closed after A committed ({mode})",
+        runs=RUNS,
+        duplicated=0,
+        partial="reported",
+        leaked=0,
+    )
 
 
 # --------------------------------------------------------------------------- 4. cross-server decisions

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import url_for
+
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,21 +59,27 @@ LocalRuntime().execute(wf.build())
 
 @pytest.mark.parametrize(
     "module, url, extra",
-    [("asyncpg", "postgresql://app:s3cret@db.example/app", "postgres"), ("duckdb", "duckdb:///:memory:", "duckdb")],
+    [
+        ("asyncpg", "postgresql://app:s3cret@db.example/app", "postgres"),
+        ("duckdb", "duckdb:///:memory:", "duckdb"),
+    ],
 )
 def test_a_missing_driver_says_what_to_install_at_dataflow(module, url, extra):
-    script = f"import sys; sys.modules[{module!r}] = None\nfrom dataflow_lab import DataFlow\nDataFlow({url!r})"
+    script = (
+        f"import sys; sys.modules[{module!r}] = None\nfrom dataflow_lab import DataFlow\nDataFlow({url!r})"
+    )
     done = run_python(["-c", script])
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
-    assert f"pip install 'dataflow-lab[{extra}]'" in last and "in __init__" in done.stderr  # raised by DataFlow(...)
+    assert (
+        f"pip install 'dataflow-lab[{extra}]'" in last and "in __init__" in done.stderr
+    )  # raised by DataFlow(...)
     assert "s3cret" not in done.stderr
 
 
 def _pg_parts() -> tuple[str, int, str]:
-    from sqlalchemy.engine import make_url
-
     from conftest import PG_URL
+    from sqlalchemy.engine import make_url
 
     if not PG_URL:
         pytest.skip("no PostgreSQL")

@@ -917,16 +917,24 @@ def test_upsert_with_supplied_id_in_create_creates_then_updates_by_natural_key(d
     first = one(
         db,
         "ProductUpsertNode",
-        {"where": {"sku": "A-1"}, "create": {"id": "p1", "name": "One"}, "update": {"name": "One"},
-         "conflict_on": ["sku"]},
+        {
+            "where": {"sku": "A-1"},
+            "create": {"id": "p1", "name": "One"},
+            "update": {"name": "One"},
+            "conflict_on": ["sku"],
+        },
     )
     assert first["created"] is True
     assert first["record"]["id"] == "p1"
     second = one(
         db,
         "ProductUpsertNode",
-        {"where": {"sku": "A-1"}, "create": {"id": "other", "name": "Two"}, "update": {"name": "Two"},
-         "conflict_on": ["sku"]},
+        {
+            "where": {"sku": "A-1"},
+            "create": {"id": "other", "name": "Two"},
+            "update": {"name": "Two"},
+            "conflict_on": ["sku"],
+        },
     )
     assert second["created"] is False
     assert second["record"]["id"] == "p1"  # the id never changes on update

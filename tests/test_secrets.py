@@ -14,8 +14,8 @@ import pytest
 
 from dataflow_lab import DataFlow, DataFlowError
 from dataflow_lab.config import redact_url, scrub
-from dataflow_lab.workflow import WorkflowBuilder
 from dataflow_lab.runtime import LocalRuntime
+from dataflow_lab.workflow import WorkflowBuilder
 
 
 def _urls(char: str) -> list[tuple[str, str]]:

@@ -42,7 +42,10 @@ def postgres_failure(exc: BaseException, url: str) -> tuple[str, str]:
     cause = root_cause(exc)
     kind = type(cause).__name__
     if isinstance(cause, socket.gaierror):
-        return f"Could not connect to {where}: the host '{host}' is unknown.", "check the host name in the URL."
+        return (
+            f"Could not connect to {where}: the host '{host}' is unknown.",
+            "check the host name in the URL.",
+        )
     if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == 111:
         return (
             f"Could not connect to {where}: nothing accepts connections on port {port} of {host}.",
@@ -51,7 +54,7 @@ def postgres_failure(exc: BaseException, url: str) -> tuple[str, str]:
     if kind == "InvalidCatalogNameError":
         return (
             f"Could not connect to {where}: the database '{database}' does not exist on {host}:{port}.",
-            f"check the database name in the URL, or create it (CREATE DATABASE \"{database}\").",
+            f'check the database name in the URL, or create it (CREATE DATABASE "{database}").',
         )
     if kind in ("InvalidPasswordError", "InvalidAuthorizationSpecificationError"):
         return (
@@ -70,4 +73,7 @@ def postgres_failure(exc: BaseException, url: str) -> tuple[str, str]:
 def generic_failure(exc: BaseException, shown_url: str) -> tuple[str, str]:
     cause: Any = root_cause(exc)
     text = first_line(str(cause)) or type(cause).__name__
-    return f"Could not connect to {shown_url}: {text}", "check that the database server is running and the URL is right."
+    return (
+        f"Could not connect to {shown_url}: {text}",
+        "check that the database server is running and the URL is right.",
+    )

@@ -15,9 +15,9 @@ applied, its checksum is in the history, and editing it is an error.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import MigrationError
 from .engine import MigrationPlan, checksum

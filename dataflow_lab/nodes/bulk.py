@@ -58,13 +58,17 @@ class BulkCreate(BulkRows):
             refused_before = len(self.refused)
             if self.model.audit_log:  # learn the new ids, to log each row as stored
 
-                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids) -> None:
+                async def write(
+                    rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids
+                ) -> None:
                     new_ids = await audit.insert_and_record(self, ctx, conn, columns, rows)
                     if return_ids and not text_ids:
                         out.extend(new_ids)
             elif return_ids and not text_ids:
 
-                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids) -> None:
+                async def write(
+                    rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids
+                ) -> None:
                     out.extend(await dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows))
             else:
 
