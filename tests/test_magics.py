@@ -660,7 +660,9 @@ def test_a_failed_connect_hides_the_password_and_keeps_the_old_database(users):
     before = magics(users).session.db
     with pytest.raises(UsageError) as error:
         cell(users, "%dataflow connect postgresql://ann:s3cret-pw@127.0.0.1:9/app")
-    assert "s3cret-pw" not in str(error.value) and "127.0.0.1:9" in str(error.value)  # one line: host and port, never the password
+    assert "s3cret-pw" not in str(error.value) and "127.0.0.1:9" in str(
+        error.value
+    )  # one line: host and port, never the password
     assert magics(users).session.db is before
 
 

@@ -348,5 +348,7 @@ def test_all_options_together_with_the_audit_log(db):
     with db.tenant("globex"):
         assert one(db, "PageCountNode", {"include_deleted": True})["count"] == 0
         assert one(db, "PageUpsertNode", {"where": {"slug": "home"}})["record"]["id"] != page["id"]
-    operations = [e.operation for e in db.audit("Page", page["id"], tenant="acme")]  # audit reads are tenant-scoped
+    operations = [
+        e.operation for e in db.audit("Page", page["id"], tenant="acme")
+    ]  # audit reads are tenant-scoped
     assert operations == ["create", "update", "bulk_delete", "bulk_upsert"]
