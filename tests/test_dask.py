@@ -368,7 +368,7 @@ def test_dask_tasks_run_as_the_user_and_within_the_tenant(pg_url, dask_client):
     count.add_node("InvoiceCountNode", "n")
     assert LocalRuntime().execute(count.build(), tenant="acme")[0]["n"]["count"] == 1
     assert LocalRuntime().execute(count.build(), tenant="globex")[0]["n"]["count"] == 0
-    assert [(e.operation, e.user) for e in db.audit("Invoice")] == [("create", "dora")]
+    assert [(e.operation, e.user) for e in db.audit("Invoice", tenant="acme")] == [("create", "dora")]
     db.close()
 
 
