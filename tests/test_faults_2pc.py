@@ -251,10 +251,14 @@ class Pair:
 
         return a, b
 
-    def workflow(self, tag: str):
+    def workflow(self, tag: str, *, a_first: bool = False):
+        """One Create on A and one on B; ``a_first`` makes B wait for A, so A's connection opens
+        (and commits) first. Without it the two nodes run concurrently in either order."""
         wf = WorkflowBuilder()
         wf.add_node(self.a.nodes["ItemCreateNode"], "a", {"name": tag})
-        wf.add_node(self.b.nodes["ItemCreateNode"], "b", {"name": tag})
+        wf.add_node(self.b.nodes["ItemCreateNode"], "b", {} if a_first else {"name": tag})
+        if a_first:
+            wf.add_connection("a", "name", "b", "name")
         return wf.build()
 
     def counts(self, tag: str | None = None) -> tuple[int, int]:
@@ -365,7 +369,7 @@ def test_a_connection_closed_after_another_database_committed_is_never_retried_a
     duplicated = 0
     for i in range(RUNS):
         pair.proxies[1].arm("INSERT INTO items", "close_after_reply")
-        error = run(runtime, pair.workflow(f"run{i}"))
+        error = run(runtime, pair.workflow(f"run{i}", a_first=True))
         assert pair.proxies[1].fired.is_set()
         a, b = pair.counts(f"run{i}")
         duplicated += a > 1 or b > 1
