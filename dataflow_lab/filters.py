@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ValidationError, did_you_mean
 from .model import ModelSchema
+from .types import ANY_DECIMAL, decimal_bound
 
 __all__ = ["OPERATORS", "normalize", "normalize_order_by", "to_sql", "order_clauses"]
 
@@ -79,7 +80,7 @@ def _normalize_condition(
     if not (
         isinstance(cond, Mapping) and cond and all(isinstance(k, str) and k.startswith("$") for k in cond)
     ):
-        return {"$eq": None if cond is None else check_value(model, _loose(f), cond, node=node)}
+        return {"$eq": None if cond is None else check_value(model, _loose(_comparand(f)), cond, node=node)}
     out: dict[str, Any] = {}
     for op, value in cond.items():
         if op not in OPERATORS:
@@ -88,10 +89,12 @@ def _normalize_condition(
                 hint=f"operators: {' '.join(OPERATORS)}.",
             )
         if op in ("$eq", "$ne"):
-            out[op] = None if value is None else check_value(model, _loose(f), value, node=node)
+            out[op] = None if value is None else check_value(model, _loose(_comparand(f)), value, node=node)
         elif op in COMPARISONS:
             out[op] = (
-                check_value(model, f, value, node=node) if value is not None else _no_none(model, f, op, node)
+                check_value(model, _comparand(f), value, node=node)
+                if value is not None
+                else _no_none(model, f, op, node)
             )
         elif op in ("$in", "$nin"):
             if not isinstance(value, list | tuple | set | frozenset):
@@ -99,7 +102,8 @@ def _normalize_condition(
                     f"{_where(model, node)}{op} on '{f.name}' takes a list.",
                     hint=f'write {{"{f.name}": {{"{op}": [a, b]}}}}.',
                 )
-            out[op] = [None if v is None else check_value(model, _loose(f), v, node=node) for v in value]
+            loose = _loose(_comparand(f))
+            out[op] = [None if v is None else check_value(model, loose, v, node=node) for v in value]
         elif op in ("$like", "$ilike", "$regex"):
             if f.type.name not in ("text", "enum"):
                 raise ValidationError(
@@ -136,6 +140,16 @@ def _loose(f: Any) -> Any:
     from dataclasses import replace
 
     return replace(f, nullable=True) if not f.nullable else f
+
+
+def _comparand(f: Any) -> Any:
+    """The field as a filter sees it: a Decimal field compares with any finite Decimal.
+
+    (A bound the field cannot hold is not refused: ``_decimal_bound`` rewrites it where needed.)
+    """
+    from dataclasses import replace
+
+    return replace(f, type=ANY_DECIMAL) if f.type.name == "decimal" else f
 
 
 def _no_none(model: ModelSchema, f: Any, op: str, node: str) -> None:
@@ -205,9 +219,16 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
             sa.bindparam(None, mt.to_db(name, v), type_=raw_col.type), field.type.name
         )
 
+    bounds = mt.dialect.decimal_bounds(field.type.digits) if field.type.name == "decimal" else None
     parts = []
     for op, value in cond.items():
-        if op == "$eq":
+        if bounds is not None and value is not None:
+            op, value = decimal_bound(op, value, bounds)
+        if op == "$true":
+            parts.append(sa.true())
+        elif op == "$false":
+            parts.append(sa.false())
+        elif op == "$eq":
             parts.append(col.is_(None) if value is None else col == bind(value))
         elif op == "$ne":
             if value is None:
@@ -232,7 +253,7 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
         elif op == "$like":  # one escape rule everywhere: \% \_ \\ match literally
             parts.append(raw_col.like(sa.bindparam(None, value), escape="\\"))
         elif op == "$ilike":
-            parts.append(raw_col.ilike(sa.bindparam(None, value), escape="\\"))
+            parts.append(mt.dialect.ilike(raw_col, value))
         elif op == "$regex":
             parts.append(mt.dialect.regex(raw_col, value))
         elif op == "$exists":

@@ -108,7 +108,7 @@ class ModelSchema:
         """What the table's shape depends on; equal signatures need no migration."""
         return (
             self.table_name,
-            tuple((f.name, f.type.name, f.nullable, f.primary_key) for f in self.fields),
+            tuple((f.name, f.type.name, f.type.digits, f.nullable, f.primary_key) for f in self.fields),
             self.unique,
             self.indexes,
         )
@@ -238,7 +238,13 @@ def _user_field(cls: type, model: str, name: str, annotation: object) -> Field:
             f"Model '{model}': field '{name}' is reserved; every model gets it automatically.",
             hint="remove it from the class, or rename your field.",
         )
-    resolved = resolve_annotation(annotation)
+    try:
+        resolved = resolve_annotation(annotation)
+    except ValueError as exc:
+        raise ValidationError(
+            f"Model '{model}': field '{name}' declares {annotation!r}: {exc}.",
+            hint="write Annotated[Decimal, precision, scale], e.g. Annotated[Decimal, 38, 18].",
+        ) from None
     if resolved is None:
         raise ValidationError(
             f"Model '{model}': field '{name}' has type {annotation!r}, which dataflow_lab cannot store.",

@@ -177,7 +177,7 @@ class RowShaper:
 
     def _converter(self, f: Any) -> Any:
         to_db = self.mt._to_db[f.name]
-        if f.type.name == "datetime":  # normalize to aware UTC, then convert
+        if f.type.name in ("datetime", "decimal"):  # normalize to aware UTC / fit the digits, then convert
             check = f.type.check
             return (lambda v: to_db(check(v))) if to_db else check
         return to_db
@@ -207,8 +207,11 @@ class RowShaper:
             if values is not None:
                 signature = tuple(map(type, values))
                 if signature in good or self._signature_ok(signature, fast):
-                    rows.append(values + tail if not self._convert else self._converted(values) + tail)
-                    continue
+                    try:
+                        rows.append(values + tail if not self._convert else self._converted(values) + tail)
+                        continue
+                    except (TypeError, OverflowError):
+                        pass  # a value its field's check refuses: the slow path names row and field
             try:
                 rows.append(self._slow(record, first_index + offset))
             except ValidationError as exc:

@@ -57,7 +57,7 @@ class ModelTable:
         d, m = self.dialect, self.model
         columns = [d.id_column(m.table_name, m.id_field.type.name)]
         for f in m.fields[1:]:
-            columns.append(sa.Column(f.name, d.column_type(f.type.name), nullable=f.nullable))
+            columns.append(sa.Column(f.name, self._column_type(f), nullable=f.nullable))
         unique, indexed = m.unique, m.indexes
         if m.multi_tenant:  # uniqueness holds within a tenant, and every query filters on tenant_id
             unique = tuple(_tenant_first(g) for g in unique)
@@ -67,6 +67,11 @@ class ModelTable:
         ]
         indexes = [sa.Index(f"ix_{m.table_name}_{'_'.join(group)}", *group) for group in indexed]
         return sa.Table(m.table_name, metadata, *columns, *constraints, *indexes, **d.table_kwargs())
+
+    def _column_type(self, f: Field) -> sa.types.TypeEngine:
+        if f.type.name == "decimal":
+            return self.dialect.decimal_type(self.model.name, f.name, f.type.digits)
+        return self.dialect.column_type(f.type.name)
 
     def _writer(self, f: Field) -> Any:
         return self.dialect.to_db.get(f.type.name)

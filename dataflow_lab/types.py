@@ -17,9 +17,9 @@ import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation, localcontext
 
-__all__ = ["LOGICAL_TYPES", "LogicalType", "resolve_annotation"]
+__all__ = ["LOGICAL_TYPES", "LogicalType", "decimal_type", "resolve_annotation"]
 
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
 
@@ -121,6 +121,102 @@ def _decimal(value: object) -> Decimal:
     return number
 
 
+DECIMAL_DEFAULT = (38, 18)  # an undeclared Decimal: DuckDB's widest DECIMAL, 20 digits before the point
+
+
+def _fits(number: Decimal, precision: int, scale: int) -> Decimal:
+    """``number`` with exactly ``scale`` decimals; TypeError when that would round or overflow."""
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if exponent < -scale and any(digits[exponent + scale :]):
+        raise TypeError(
+            f"{number} has more than {scale} digit(s) after the point, and would be rounded "
+            f"(the field holds Decimal({precision}, {scale}))"
+        )
+    whole = len(digits) + exponent if any(digits) else 0  # digits before the point
+    if whole > precision - scale:
+        raise TypeError(
+            f"{number} has {whole} digit(s) before the point; the field holds Decimal({precision}, {scale}), "
+            f"at most {precision - scale}"
+        )
+    kept = (
+        digits[: len(digits) + exponent + scale] if exponent < -scale else digits + (0,) * (exponent + scale)
+    )
+    return Decimal((sign if any(kept) else 0, kept or (0,), -scale))  # one zero: 0.00, never -0.00
+
+
+def decimal_type(precision: int, scale: int, *, declared: bool = True) -> LogicalType:
+    """A Decimal that holds ``precision`` digits, ``scale`` of them after the point.
+
+    Declared (``Annotated[Decimal, 38, 18]``): values are stored with exactly ``scale``
+    decimals, as NUMERIC(p, s) does. Undeclared: values keep their own scale, within
+    ``DECIMAL_DEFAULT``. A value that does not fit is refused, never rounded.
+    """
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (precision, scale)):
+        raise ValueError("precision and scale must be whole numbers")
+    if not (1 <= precision <= 1000 and 0 <= scale <= precision):
+        raise ValueError(
+            f"Decimal({precision}, {scale}) needs 1 <= precision <= 1000 and 0 <= scale <= precision"
+        )
+
+    def check(value: object) -> Decimal:
+        number = _decimal(value)
+        if declared:
+            return _fits(number, precision, scale)
+        try:
+            _fits(number, precision, scale)
+        except TypeError as exc:
+            raise TypeError(
+                f"{exc}; declare the field Annotated[Decimal, precision, scale] to hold it"
+            ) from None
+        return number
+
+    return LogicalType("decimal", Decimal, check, (precision, scale) if declared else None)
+
+
+def decimal_bound(op: str, value: object, digits: tuple[int, int]) -> tuple[str, object]:
+    """A filter's (op, value) on a Decimal(p, s) column, with a bound the column cannot hold rewritten.
+
+    Stored values all fit ``digits``, so ``= 0.1000000000000000001`` on Decimal(38, 18) is false
+    and ``< 0.1000000000000000001`` is ``<= 0.1``: exact, where binding the value would round it.
+    Returns ``("$true"|"$false", None)`` when the condition holds for every or no stored value.
+    """
+    precision, scale = digits
+    if op in ("$in", "$nin"):
+        assert isinstance(value, list)
+        return op, [v for v in (_fitted(v, precision, scale) for v in value) if v is not _UNFIT]
+    if op not in ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte"):
+        return op, value
+    assert isinstance(value, Decimal)
+    fitted = _fitted(value, precision, scale)
+    if fitted is not _UNFIT:
+        return op, fitted
+    if op in ("$eq", "$ne"):
+        return ("$false" if op == "$eq" else "$true"), None
+    largest = Decimal((0, (9,) * precision, -scale))
+    above = op in ("$gt", "$gte")  # a lower bound
+    if abs(value) > largest:
+        return ("$false", None) if above == (value > 0) else ("$null", False)
+    step = Decimal((0, (1,), -scale))
+    with localcontext() as context:
+        context.prec = precision + 2
+        rounded = value.quantize(step, rounding=ROUND_CEILING if above else ROUND_FLOOR)
+    return ("$gte" if above else "$lte"), rounded
+
+
+_UNFIT = object()
+
+
+def _fitted(value: object, precision: int, scale: int) -> object:
+    if value is None:
+        return None
+    assert isinstance(value, Decimal)
+    try:
+        return _fits(value, precision, scale)
+    except TypeError:
+        return _UNFIT
+
+
 def _bytes(value: object) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
@@ -165,6 +261,7 @@ class LogicalType:
     name: str
     python: type
     check: Callable[[object], object]
+    digits: tuple[int, int] | None = None  # a declared Decimal's (precision, scale)
 
 
 LOGICAL_TYPES: dict[type, LogicalType] = {
@@ -174,12 +271,14 @@ LOGICAL_TYPES: dict[type, LogicalType] = {
     bool: LogicalType("boolean", bool, _boolean),
     dt.datetime: LogicalType("datetime", dt.datetime, _datetime),
     dt.date: LogicalType("date", dt.date, _date),
-    Decimal: LogicalType("decimal", Decimal, _decimal),
+    Decimal: decimal_type(*DECIMAL_DEFAULT, declared=False),
     bytes: LogicalType("bytes", bytes, _bytes),
     uuid.UUID: LogicalType("uuid", uuid.UUID, _uuid),
     dict: LogicalType("json", dict, _json_dict),
     list: LogicalType("json", list, _json_list),
 }
+
+ANY_DECIMAL = LogicalType("decimal", Decimal, _decimal)  # what a filter compares a Decimal field with
 
 SUPPORTED = "str, int, float, bool, datetime, date, Decimal, bytes, UUID, an Enum, dict or list"
 
@@ -209,7 +308,11 @@ def enum_type(enum_cls: type[enum.Enum]) -> LogicalType:
 
 
 def resolve_annotation(annotation: object) -> tuple[LogicalType, bool] | None:
-    """Map an annotation to (logical type, nullable); None when unsupported."""
+    """Map an annotation to (logical type, nullable); None when unsupported.
+
+    ``Annotated[Decimal, 38, 18]`` declares a Decimal's precision and scale (ValueError when
+    they make no sense).
+    """
     nullable = False
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is _pytypes.UnionType:
@@ -219,9 +322,15 @@ def resolve_annotation(annotation: object) -> tuple[LogicalType, bool] | None:
         nullable = len(args) < len(typing.get_args(annotation))
         annotation = args[0]
         origin = typing.get_origin(annotation)
+    digits: tuple = ()
     if origin is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
+        annotation, *extras = typing.get_args(annotation)
+        digits = tuple(x for x in extras if isinstance(x, int) and not isinstance(x, bool))
         origin = typing.get_origin(annotation)
+    if annotation is Decimal and digits:
+        if len(digits) != 2:
+            raise ValueError(f"Annotated[Decimal, ...] takes a precision and a scale, got {digits}")
+        return decimal_type(*digits), nullable
     if origin in (dict, list):
         annotation = origin
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):

@@ -138,6 +138,17 @@ class Dialect:
     def column_type(self, logical: str) -> sa.types.TypeEngine:
         return self.storage[logical]()
 
+    def decimal_type(self, model: str, field: str, digits: tuple[int, int] | None) -> sa.types.TypeEngine:
+        """The column type of a Decimal field; ``digits`` is its declared (precision, scale), or None."""
+        return sa.Numeric(*digits) if digits else sa.Numeric()
+
+    def decimal_bounds(self, digits: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The (precision, scale) a Decimal bound in a filter must fit; None: any Decimal compares exactly.
+
+        A bound is cast to its column's type, so it must fit the declared digits.
+        """
+        return digits
+
     def id_column(self, table_name: str, logical: str) -> sa.Column:
         raise NotImplementedError
 
@@ -175,6 +186,10 @@ class Dialect:
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         """``column IN values`` for a long list, bound as one parameter."""
         return column.in_(values)
+
+    def ilike(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
+        """``$ilike``: LIKE with Unicode case folding (lower() of both sides), escape character ``\\``."""
+        return column.ilike(sa.bindparam(None, pattern), escape="\\")
 
     def regex(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
         return column.regexp_match(pattern)

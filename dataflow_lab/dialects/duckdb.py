@@ -7,7 +7,10 @@ Facts:
 - Ids come from a sequence: ``BIGINT DEFAULT nextval('<table>_id_seq')``.
 - Bulk inserts go through a pyarrow table; DuckDB's ``executemany`` runs at
   about 2k rows/s and is never used for bulk work.
-- Decimals are stored as exact text and compared as DOUBLE (DECIMAL(38, s) truncates).
+- Decimals are DECIMAL(p, s): the field's declared digits, else (38, 18). DuckDB
+  rounds a value with more decimals, and binds a filter value it cannot hold as
+  DOUBLE, so the field's check refuses such writes and filters rewrite such bounds
+  (``decimal_bounds``); PostgreSQL and SQLite compare any Decimal exactly.
 - Sessions use ``TimeZone='UTC'`` so timestamps come back in UTC.
 """
 
@@ -18,11 +21,12 @@ import datetime as dt
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from ..errors import ValidationError
+from ..types import DECIMAL_DEFAULT
 from .base import Connection, Dialect, statement_note
 
 
@@ -111,8 +115,9 @@ class DuckDBDialect(Dialect):
         "enum": sa.Text,
         "json": sa.Text,
     }
-    to_db = {"enum": _enum_text, "json": json.dumps, "decimal": str}
-    from_db = {"datetime": _utc, "json": json.loads, "decimal": Decimal}
+    to_db = {"enum": _enum_text, "json": json.dumps}
+    from_db = {"datetime": _utc, "json": json.loads}
+    max_decimal_digits = 38
 
     def __init__(self, config: Any, url: str):
         super().__init__(config, url)
@@ -196,9 +201,18 @@ class DuckDBDialect(Dialect):
             )
         return sa.Column("id", sa.Text, primary_key=True)
 
-    def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
-        # Decimals are stored as exact text (DECIMAL(38, s) would truncate); compare them as numbers.
-        return sa.cast(expr, sa.Double) if logical == "decimal" else expr
+    def decimal_type(self, model: str, field: str, digits: tuple[int, int] | None) -> sa.types.TypeEngine:
+        precision, scale = digits or DECIMAL_DEFAULT
+        if precision > self.max_decimal_digits:
+            raise ValidationError(
+                f"Model '{model}': field '{field}' is Decimal({precision}, {scale}); DuckDB's DECIMAL "
+                f"holds at most {self.max_decimal_digits} digits.",
+                hint=f"declare Annotated[Decimal, {self.max_decimal_digits}, {min(scale, 38)}] or fewer digits.",
+            )
+        return sa.Numeric(precision, scale)
+
+    def decimal_bounds(self, digits: tuple[int, int] | None) -> tuple[int, int] | None:
+        return digits or DECIMAL_DEFAULT
 
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         return column.in_(sa.select(sa.func.unnest(sa.bindparam(None, values))))

@@ -8,8 +8,12 @@ Facts:
 - SQLite has one writer at a time, so this dialect serializes transactions.
 - The zero-config database is in memory, on one connection that every
   workflow of the DataFlow shares (StaticPool); two DataFlows never share it.
-- Decimals are compared and sorted as REAL (exact to ~15 digits), stored as TEXT.
-- ``case_sensitive_like`` is on, so $like matches case like the other databases.
+- Decimals are stored as TEXT, and compared and sorted exactly through
+  ``dataflow_decimal_key``, a function registered on each connection that maps
+  a decimal's text to bytes in numeric order (``_decimal_key``).
+- ``case_sensitive_like`` is on, so $like matches case like the other databases;
+  $ilike folds case through ``dataflow_lower``, a registered Unicode lower()
+  (SQLite's own folds only ASCII), the simple mapping PostgreSQL and DuckDB use.
 - The driver runs in autocommit mode and dataflow_lab issues BEGIN itself, so
   DDL and reads are inside the transaction too.
 """
@@ -72,6 +76,43 @@ class SQLiteConnection(Connection):
 
 def _enum_text(member: Any) -> str:
     return str(member.value)
+
+
+def _decimal_key(text: Any) -> Any:
+    """A decimal's text -> bytes whose byte order is the numbers' order, equal for equal numbers.
+
+    Layout: a sign byte (negative < zero < positive), then for the magnitude the
+    exponent of its first digit (8 bytes, offset so that byte order is numeric
+    order) and its digits without trailing zeros. A negative's magnitude bytes are
+    complemented, and end in 0xFF so that a longer magnitude sorts first.
+    Text that is not a finite decimal comes back unchanged (SQLite sorts text before bytes).
+    """
+    if not isinstance(text, str):
+        return text
+    try:
+        number = Decimal(text)
+    except ArithmeticError:
+        return text
+    if not number.is_finite():
+        return text
+    sign, digits, exponent = number.as_tuple()
+    significant = "".join(map(str, digits)).lstrip("0")
+    if not significant:
+        return b"\x02"
+    first = exponent + len(significant) - 1  # the power of ten of the first digit
+    body = (first + 2**63).to_bytes(8, "big") + significant.rstrip("0").encode()
+    if sign:
+        return b"\x01" + bytes(255 - b for b in body) + b"\xff"
+    return b"\x03" + body
+
+
+def _lower(text: Any) -> Any:
+    """Unicode lower case, one character to one (the simple mapping PostgreSQL's lower() uses)."""
+    if not isinstance(text, str):
+        return text
+    if "\u03a3" not in text and "\u0130" not in text:  # Σ and İ: str.lower() maps them by context / to two
+        return text.lower()
+    return "".join(ch.lower()[0] for ch in text)
 
 
 class SQLiteDialect(PooledDialect):
@@ -162,6 +203,8 @@ class SQLiteDialect(PooledDialect):
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+            dbapi_connection.create_function("dataflow_decimal_key", 1, _decimal_key, deterministic=True)
+            dbapi_connection.create_function("dataflow_lower", 1, _lower, deterministic=True)
 
     def busy_at_connect(self, error: BaseException) -> bool:
         # A connection's first statements (PRAGMA journal_mode=WAL when the file is new) can meet
@@ -218,9 +261,15 @@ class SQLiteDialect(PooledDialect):
         return column.in_(sa.select(each.c.value))
 
     def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
-        # Decimals are stored as exact TEXT; compare and sort them as numbers
-        # (REAL: exact to about 15 significant digits).
-        return sa.cast(expr, sa.REAL) if logical == "decimal" else expr
+        # Decimals are stored as exact TEXT; compare and sort them exactly, as numbers.
+        return sa.func.dataflow_decimal_key(expr, type_=sa.LargeBinary) if logical == "decimal" else expr
+
+    def decimal_type(self, model: str, field: str, digits: tuple[int, int] | None) -> sa.types.TypeEngine:
+        return sa.Text()  # the declared digits are enforced by the field's check
+
+    def ilike(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
+        folded = sa.func.dataflow_lower(sa.bindparam(None, pattern), type_=sa.Text)
+        return sa.func.dataflow_lower(column, type_=sa.Text).like(folded, escape="\\")
 
     def insert(self, table: sa.Table) -> Any:
         from sqlalchemy.dialects.sqlite import insert

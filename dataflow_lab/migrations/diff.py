@@ -56,9 +56,26 @@ def widens(old: str, new: str) -> bool:
         return _INTEGERS[new_base] >= _INTEGERS[old_base]
     if old_base in _INTEGERS and new_base in _FLOATS:
         return True
+    if old_base == new_base == "DECIMAL":
+        return _decimal_widens(old_args, new_args)
     if old_base in _FLOATS and new_base in _FLOATS:
         return _FLOATS[new_base] >= _FLOATS[old_base]
     return old_base == "TIMESTAMP" and new_base == "TIMESTAMPWITHTIMEZONE"
+
+
+def _decimal_widens(old_args: str, new_args: str) -> bool:
+    """DECIMAL(p, s) holds every DECIMAL(p2, s2) with as many digits before and after the point."""
+    if not new_args:
+        return True  # unbounded NUMERIC holds every value
+    if not old_args:
+        return False
+    (p1, s1), (p2, s2) = (_digits(old_args), _digits(new_args))
+    return s2 >= s1 and p2 - s2 >= p1 - s1
+
+
+def _digits(args: str) -> tuple[int, int]:
+    parts = [int(p) for p in args.rstrip(")").split(",") if p.strip().isdigit()]
+    return (parts[0], parts[1] if len(parts) > 1 else 0) if parts else (1000, 0)
 
 
 def _length(args: str) -> int:

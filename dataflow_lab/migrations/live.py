@@ -119,7 +119,9 @@ async def _sqlite_names(conn: Connection) -> list[str]:
 _PG_COLUMNS = """
 SELECT column_name, data_type, is_nullable, column_default, is_identity,
        CASE WHEN data_type = 'character varying' AND character_maximum_length IS NOT NULL
-            THEN 'varchar(' || character_maximum_length || ')' ELSE data_type END
+            THEN 'varchar(' || character_maximum_length || ')'
+            WHEN data_type = 'numeric' AND numeric_precision IS NOT NULL
+            THEN 'numeric(' || numeric_precision || ',' || numeric_scale || ')' ELSE data_type END
 FROM information_schema.columns
 WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"""
 
@@ -143,7 +145,8 @@ async def _pg_table(conn: Connection, name: str) -> TableShape | None:
     columns = {}
     for n, kind, nullable, default, identity, raw in rows:
         default = "identity" if identity == "YES" else default
-        columns[n] = ColumnShape(n, normalize_type(kind), nullable == "YES", raw, default)
+        declared = raw if kind == "numeric" else kind  # NUMERIC(p, s): its digits are part of the type
+        columns[n] = ColumnShape(n, normalize_type(declared), nullable == "YES", raw, default)
     pk: tuple[str, ...] = ()
     indexes = []
     for index, unique, primary, cols, constraint, sql in await conn.fetch(_PG_INDEXES, (name,)):
