@@ -615,3 +615,32 @@ def test_like_and_ilike_take_backslash_escapes_on_every_backend(db):
     assert listed({"$ilike": "A\\_B"}) == ["a_b"]
     assert listed({"$like": "c\\\\d"}) == ["c\\d"]
     assert listed({"$like": "a_b"}) == ["a_b", "axb"]  # unescaped _ is still a wildcard
+
+
+WORDS = ["ÄÖÜ", "äöü", "Straße", "STRASSE", "ΟΔΟΣ", "οδοσ", "Привет", "ПРИВЕТ", "plain"]
+
+
+def test_ilike_folds_unicode_case_the_same_on_every_backend(db):
+    """Issue 13, item 14: SQLite's $ilike folded only ASCII; PostgreSQL and DuckDB fold Unicode."""
+    from dataflow_lab import LocalRuntime, WorkflowBuilder
+
+    @db.model
+    class Word:
+        text: str
+
+    def listed(flt):
+        wf = WorkflowBuilder(db)
+        wf.add_node("WordListNode", "l", {"filter": {"text": flt}, "order_by": ["id"]})
+        return [r["text"] for r in LocalRuntime().execute(wf.build())[0]["l"]["records"]]
+
+    wf = WorkflowBuilder(db)
+    wf.add_node("WordBulkCreateNode", "c", {"data": [{"text": t} for t in WORDS]})
+    LocalRuntime().execute(wf.build())
+    assert listed({"$ilike": "äöü"}) == ["ÄÖÜ", "äöü"]
+    assert listed({"$ilike": "%Ö%"}) == ["ÄÖÜ", "äöü"]
+    assert listed({"$ilike": "straße"}) == ["Straße"]  # lower(), not casefold(): ß is not ss
+    assert listed({"$ilike": "strasse"}) == ["STRASSE"]
+    assert listed({"$ilike": "οδοσ"}) == ["ΟΔΟΣ", "οδοσ"]  # final Σ lowers to σ, as in PostgreSQL
+    assert listed({"$ilike": "привет"}) == ["Привет", "ПРИВЕТ"]
+    assert listed({"$ilike": "п_ивет"}) == ["Привет", "ПРИВЕТ"]  # _ is one character, not one byte
+    assert listed({"$like": "привет"}) == []  # $like still matches case
