@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from .errors import ValidationError, did_you_mean
 from .types import LOGICAL_TYPES, SUPPORTED, LogicalType, resolve_annotation
 
-__all__ = ["Field", "ModelSchema", "MISSING", "parse_model", "table_name_for"]
+__all__ = ["Field", "ModelSchema", "MISSING", "check_table_name", "parse_model", "table_name_for"]
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # whole string (fullmatch): "name\n" is refused
+# Names the databases or dataflow_lab keep for themselves (lower case; SQLite's names ignore case).
+RESERVED_TABLE_PREFIXES = ("sqlite_", "pg_", "duckdb_", "dataflow_", "_dataflow")
+RESERVED_TABLES = ("information_schema",)
 TIMESTAMP_FIELDS = ("created_at", "updated_at")
 MODEL_OPTIONS = ("unique", "indexes", "audit_log", "soft_delete", "versioned", "multi_tenant")
 FLAG_OPTIONS = {  # option -> (the column it adds, what it does), for error messages
@@ -152,12 +155,26 @@ def table_name_for(class_name: str) -> str:
 
 
 def check_identifier(name: str, what: str) -> str:
-    if not isinstance(name, str) or not IDENTIFIER.match(name):
+    if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
         raise ValidationError(
             f"{what} '{name}' is not a valid identifier.",
             hint="use letters, digits and underscores, start with a letter or underscore, at most 63 characters.",
         )
     return name
+
+
+def check_table_name(table: str, model: str) -> str:
+    """A valid identifier that no database nor dataflow_lab reserves (sqlite_master, pg_class...)."""
+    check_identifier(table, f"Table name of model '{model}'")
+    lowered = table.lower()
+    if lowered in RESERVED_TABLES or lowered.startswith(RESERVED_TABLE_PREFIXES):
+        raise ValidationError(
+            f"Model '{model}': table name '{table}' is reserved (names starting with "
+            f"{', '.join(RESERVED_TABLE_PREFIXES)} and {', '.join(RESERVED_TABLES)} belong to the "
+            "databases' catalogues or to dataflow_lab's own tables).",
+            hint=f"give the model another __tablename__, e.g. '{lowered.lstrip('_')}_table'.",
+        )
+    return table
 
 
 def parse_model(cls: type) -> ModelSchema:
@@ -185,7 +202,7 @@ def parse_model(cls: type) -> ModelSchema:
         fields.append(_user_field(cls, name, field_name, annotation))
     stamp = LOGICAL_TYPES[datetime.datetime]
     table = getattr(cls, "__tablename__", None) or table_name_for(name)
-    check_identifier(table, f"Table name of model '{name}'")
+    check_table_name(table, name)
     flags = _flags(cls, name, set(hints))
     fields += [OPTION_FIELDS[option] for option in OPTION_FIELDS if flags.get(option)]
     fields += [Field(n, stamp, generated=True) for n in TIMESTAMP_FIELDS]

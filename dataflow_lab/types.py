@@ -50,6 +50,11 @@ def _integer(value: object) -> int:
 def _float(value: object) -> float:
     if isinstance(value, bool):
         raise TypeError("expected float, not bool")
+    if isinstance(value, int) and not -(2**53) <= value <= 2**53 and not _float_holds(value):
+        raise TypeError(
+            "expected a float; this int has more digits than a float holds and would be rounded "
+            "(use an int or Decimal field)"
+        )
     try:
         if isinstance(value, int | float | Decimal):
             number = float(value)
@@ -62,6 +67,13 @@ def _float(value: object) -> float:
     if number != number:
         raise TypeError("expected a float that is not NaN (SQLite cannot store NaN; use None for missing)")
     return number
+
+
+def _float_holds(value: int) -> bool:
+    try:
+        return int(float(value)) == value
+    except OverflowError:
+        return False
 
 
 def _boolean(value: object) -> bool:
@@ -82,7 +94,13 @@ def _datetime(value: object) -> dt.datetime:
         # Naive datetimes are taken as UTC; everything is stored and returned in UTC.
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:
+            raise TypeError(
+                f"a datetime whose UTC time is outside years 1..9999 ({value.isoformat()} is, after its "
+                f"{value.utcoffset()} offset); use a moment within the calendar"
+            ) from None
     raise TypeError("expected datetime")
 
 

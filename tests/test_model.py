@@ -431,3 +431,31 @@ def test_keyword_model_names_get_keyword_free_tables(db):
     run_one(db, "GroupCreateNode", {"order": 3})
     assert run_one(db, "GroupListNode", {"order_by": "order"})["records"][0]["order"] == 3
     assert run_one(db, "OrderCountNode", {"filter": {"select": "x"}}) == {"count": 1}
+
+
+# -- issue 13, item 15 ---------------------------------------------------------------
+@pytest.mark.parametrize("where", ["field", "table", "model"])
+def test_an_identifier_ending_in_a_newline_is_refused(db, where):
+    """`$` in a regex matches before a trailing newline: 'name\\n' passed as an identifier."""
+    if where == "field":
+        cls = make_class("Thing", {"name\n": str})
+    elif where == "table":
+        cls = make_class("Thing", {"name": str}, {"__tablename__": "things\n"})
+    else:
+        cls = make_class("Thing\n", {"name": str})
+    with pytest.raises(ValidationError, match="not a valid identifier"):
+        db.model(cls)
+    assert "Thing" not in db.models
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["sqlite_master", "SQLITE_SEQUENCE", "pg_class", "pg_stat_activity", "information_schema", "duckdb_tables",
+     "dataflow_migrations", "dataflow_audit_log", "_dataflow_backup"],
+)  # fmt: skip
+def test_a_reserved_or_system_table_name_is_refused_at_the_model(db, table):
+    with pytest.raises(ValidationError, match=f"Thing.*'{table}' is reserved") as caught:
+        db.model(make_class("Thing", {"name": str}, {"__tablename__": table}))
+    assert "__tablename__" in caught.value.hint
+    assert "Thing" not in db.models
+    assert not db.migrations.plan()  # before, sqlite_master made plan() raise IndexError

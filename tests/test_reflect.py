@@ -185,3 +185,47 @@ def test_existing_schema_on_an_unreachable_database_fails_at_once_and_leaves_not
     with pytest.raises(DataFlowError, match="Could not connect"):
         DataFlow("postgresql://nobody@127.0.0.1:1/none", existing_schema=True, statement_timeout=2)
     assert len(registry.live_dataflows()) == before
+
+
+@pytest.mark.parametrize("kind", ["sqlite_file", "duckdb_file", "postgres"])
+def test_a_table_whose_name_makes_no_model_name_is_skipped_with_a_warning(kind, tmp_path, request):
+    """Issue 13, item 15: one table named 2024_orders made existing_schema=True fail for the whole database."""
+    url = {
+        "sqlite_file": f"sqlite:///{tmp_path / 'legacy.db'}",
+        "duckdb_file": f"duckdb:///{tmp_path / 'legacy.duckdb'}",
+    }.get(kind) or request.getfixturevalue("pg_url")
+    setup = DataFlow(url)
+    create_schema(setup)
+    run_sql(setup, 'CREATE TABLE "2024_orders" (id INTEGER PRIMARY KEY, total INTEGER)')
+    setup.close()
+
+    with pytest.warns(UserWarning) as warned:
+        db = DataFlow(url, existing_schema=True)
+    try:
+        assert set(db.models) == {"Product"}
+        assert any("'2024_orders' skipped" in str(w.message) for w in warned)
+        exercise_nodes(db)
+        with pytest.raises(ValidationError, match="2024_orders"):
+            db.reflect(["2024_orders"])  # named explicitly: refused, not skipped
+    finally:
+        db.close()
+
+
+def test_a_reflected_numeric_column_keeps_its_digits(db):
+    """A NUMERIC(10,2) column becomes Annotated[Decimal, 10, 2]: a value it would round is refused."""
+    from decimal import Decimal
+
+    ddl = {"sqlite": "INTEGER PRIMARY KEY", "postgresql": "SERIAL PRIMARY KEY"}.get(db.dialect)
+    if db.dialect == "duckdb":
+        run_sql(db, "CREATE SEQUENCE prices_seq")
+        ddl = "INTEGER PRIMARY KEY DEFAULT nextval('prices_seq')"
+    run_sql(db, f"CREATE TABLE prices (id {ddl}, amount NUMERIC(10, 2) NOT NULL)")
+    assert db.reflect() == ["Price"]
+    made = execute(db, lambda wf: wf.add_node("PriceCreateNode", "c", {"amount": Decimal("0.1")}))["c"]
+    assert made["amount"] == Decimal("0.1")  # (SQLite's NUMERIC affinity stores REAL 0.1: read as 0.1)
+    made = execute(db, lambda wf: wf.add_node("PriceCreateNode", "c", {"amount": Decimal("1.5")}))["c"]
+    assert made["amount"] == Decimal("1.5")
+    with pytest.raises(ValidationError, match="Price.*'amount'.*rounded"):
+        execute(db, lambda wf: wf.add_node("PriceCreateNode", "c", {"amount": Decimal("1.234")}))
+    found = execute(db, lambda wf: wf.add_node("PriceListNode", "l", {"filter": {"amount": {"$gt": 1}}}))
+    assert [r["amount"] for r in found["l"]["records"]] == [Decimal("1.5")]

@@ -591,3 +591,66 @@ def test_a_lossless_value_is_coerced_to_the_field_type(samples, field, given, ex
     assert row[field] == expected
     assert type(row[field]) is type(expected)
     assert run_one(samples, "SampleReadNode", {"id": row["id"]})[field] == expected
+
+
+# -- issue 13, item 15 ---------------------------------------------------------------
+AHEAD = dt.timezone(dt.timedelta(hours=5))
+BEHIND = dt.timezone(dt.timedelta(hours=-5))
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [dt.datetime.max.replace(tzinfo=BEHIND), dt.datetime(1, 1, 1, 2, tzinfo=AHEAD)],
+    ids=["max-5h", "1+5h"],
+)
+def test_an_aware_datetime_beyond_the_calendar_in_utc_is_refused_naming_model_and_field(db, moment):
+    """It raised a bare OverflowError (from astimezone), on Create and in bulk."""
+
+    @db.model
+    class Event:
+        at_time: dt.datetime
+
+    with pytest.raises(ValidationError, match="Event.*'at_time'.*outside years 1..9999"):
+        run_one(db, "EventCreateNode", {"at_time": moment})
+    with pytest.raises(ValidationError, match="Event.*'at_time'.*outside years 1..9999"):
+        good = dt.datetime(2024, 1, 1, tzinfo=AHEAD)
+        run_one(db, "EventBulkCreateNode", {"data": [{"at_time": good}, {"at_time": moment}]})
+    assert run_one(db, "EventCountNode", {}) == {"count": 0}
+
+
+@pytest.mark.parametrize("value", [2**53 + 1, -(2**53) - 1, 10**17 + 1, 2**63 - 1])
+def test_an_int_a_float_cannot_hold_exactly_is_refused_for_a_float_field(db, value):
+    @db.model
+    class Reading:
+        level: float
+
+    with pytest.raises(ValidationError, match="Reading.*'level'.*would be rounded"):
+        run_one(db, "ReadingCreateNode", {"level": value})
+    with pytest.raises(ValidationError, match="Reading.*'level'.*would be rounded"):
+        run_one(db, "ReadingBulkCreateNode", {"data": [{"level": 1.5}, {"level": value}]})
+    assert run_one(db, "ReadingCountNode", {}) == {"count": 0}
+    assert run_one(db, "ReadingCreateNode", {"level": 2**53})["level"] == 2.0**53  # exact: accepted
+    assert run_one(db, "ReadingCreateNode", {"level": 10**20})["level"] == 1e20  # a power of ten is exact
+
+
+def test_json_floats_of_1e16_and_above_stay_floats(db):
+    """JSONB printed 1e16 as 10000000000000000, which read back as an int (PostgreSQL)."""
+
+    @db.model
+    class Doc:
+        body: dict
+        items: list
+
+    body = {"big": 1e16, "huge": 1.7976931348623157e308, "neg": -2.5e20, "small": 1e-20, "int": 10**16,
+            "nested": [{"x": 3e300}], "text": "1e+16"}  # fmt: skip
+    items = [1e16, 123456789012345678.0, 10**16]
+    row = run_one(db, "DocCreateNode", {"body": body, "items": items})
+    for stored in (row, run_one(db, "DocReadNode", {"id": row["id"]})):
+        assert stored["body"] == body and stored["items"] == items
+        assert [type(v) for v in stored["items"]] == [float, float, int]
+        assert {k: type(v) for k, v in stored["body"].items()} == {k: type(v) for k, v in body.items()}
+        assert type(stored["body"]["nested"][0]["x"]) is float
+    bulk = run_one(db, "DocBulkCreateNode", {"data": [{"body": body, "items": items}]})
+    assert bulk == {"inserted": 1}
+    listed = run_one(db, "DocListNode", {"order_by": ["id"]})["records"][-1]
+    assert [type(v) for v in listed["items"]] == [float, float, int]

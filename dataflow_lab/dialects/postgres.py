@@ -94,6 +94,30 @@ def _enum_text(member: Any) -> str:
     return str(member.value)
 
 
+def _json_in(value: Any) -> str:
+    """JSON text that JSONB gives back with its floats still floats.
+
+    JSONB keeps numbers as NUMERIC and prints 1e16 as 10000000000000000, which reads back as
+    an int. A float that Python prints with an exponent (1e+16 and above, all whole numbers)
+    is written in full with ``.0``, which NUMERIC keeps, so it reads back as the same float.
+    """
+    text = json.dumps(value)
+    return text if "e+" not in text else _json_text(value)
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, float) and "e+" in repr(value):
+        return f"{int(value)}.0"
+    if isinstance(value, dict):
+        keys = (json.dumps({k: 0})[1:-4] for k in value)  # as json.dumps writes a key: '"1"' for 1
+        return (
+            "{" + ", ".join(f"{k}: {_json_text(v)}" for k, v in zip(keys, value.values(), strict=True)) + "}"
+        )
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_json_text, value)) + "]"
+    return json.dumps(value)
+
+
 def _json_out(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -123,7 +147,7 @@ class PostgresDialect(PooledDialect):
         "enum": sa.Text,
         "json": lambda: __import__("sqlalchemy.dialects.postgresql", fromlist=["JSONB"]).JSONB(),
     }
-    to_db = {"enum": _enum_text, "json": json.dumps}
+    to_db = {"enum": _enum_text, "json": _json_in}
     from_db = {"json": _json_out, "uuid": _uuid_out, "datetime": _datetime_out}
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:

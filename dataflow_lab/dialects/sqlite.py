@@ -86,7 +86,10 @@ def _decimal_key(text: Any) -> Any:
     order) and its digits without trailing zeros. A negative's magnitude bytes are
     complemented, and end in 0xFF so that a longer magnitude sorts first.
     Text that is not a finite decimal comes back unchanged (SQLite sorts text before bytes).
+    Integers and reals (a reflected NUMERIC column's) get the key of the number they print as.
     """
+    if isinstance(text, int | float):  # a NUMERIC column of a table made elsewhere holds numbers
+        text = repr(text)
     if not isinstance(text, str):
         return text
     try:
@@ -104,6 +107,11 @@ def _decimal_key(text: Any) -> Any:
     if sign:
         return b"\x01" + bytes(255 - b for b in body) + b"\xff"
     return b"\x03" + body
+
+
+def _decimal_out(value: Any) -> Decimal:
+    # A NUMERIC column of a table made elsewhere hands back REAL: take the number it prints as.
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
 
 
 def _lower(text: Any) -> Any:
@@ -145,7 +153,7 @@ class SQLiteDialect(PooledDialect):
         "boolean": bool,
         "datetime": dt.datetime.fromisoformat,
         "date": dt.date.fromisoformat,
-        "decimal": Decimal,
+        "decimal": _decimal_out,
         "uuid": uuid.UUID,
         "json": json.loads,
     }

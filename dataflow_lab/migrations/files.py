@@ -24,7 +24,7 @@ from .engine import MigrationPlan, checksum
 
 __all__ = ["FileMigration", "read_directory", "write_file"]
 
-_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql\Z")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ValidationError
 from ..model import TIMESTAMP_FIELDS, Field, ModelSchema, check_identifier
 from ..schema import ModelTable
-from ..types import LOGICAL_TYPES
+from ..types import LOGICAL_TYPES, LogicalType, decimal_type
 from .engine import check_untouched
 from .live import TableShape, read_table, table_names
 
@@ -106,11 +106,17 @@ def model_from_table(shape: TableShape, *, strict: bool = False) -> ModelSchema 
                 stacklevel=3,
             )
             continue
-        fields.append(_field(shape, column.name, python, column.nullable, column.default))
+        fields.append(_field(shape, column.name, python, column.nullable, column.default, column.type))
     fields.sort(key=lambda f: f.name != "id")
     indexes = tuple(i.columns for i in shape.indexes if not i.unique)
     unique = tuple(i.columns for i in shape.indexes if i.unique)
-    name = check_identifier(class_name_for(shape.name), f"Model name for table '{shape.name}'")
+    try:
+        name = check_identifier(class_name_for(shape.name), f"Model name for table '{shape.name}'")
+    except ValidationError as exc:
+        if strict:
+            raise
+        warnings.warn(f"dataflow_lab: table '{shape.name}' skipped: {exc.message}", stacklevel=3)
+        return None
     return ModelSchema(name, shape.name, tuple(fields), unique=unique, indexes=indexes)
 
 
@@ -123,13 +129,23 @@ def _key_problem(shape: TableShape) -> str | None:
     return None
 
 
-def _field(shape: TableShape, name: str, python: type, nullable: bool, default: str | None) -> Field:
-    logical = LOGICAL_TYPES[python]
+def _field(
+    shape: TableShape, name: str, python: type, nullable: bool, default: str | None, kind: str = ""
+) -> Field:
+    logical = _decimal_of(kind) if python is Decimal else LOGICAL_TYPES[python]
     if name == "id":
         return Field("id", logical, primary_key=True, generated=python is int and default is not None)
     if name in TIMESTAMP_FIELDS and python is dt.datetime:
         return Field(name, logical, nullable=nullable, generated=True)
     return Field(name, logical, nullable=nullable, server_default=default is not None)
+
+
+def _decimal_of(kind: str) -> LogicalType:
+    """DECIMAL(10,2) -> a Decimal field with those digits (so writes are checked, never rounded)."""
+    args = [a for a in kind.partition("(")[2].rstrip(")").split(",") if a.strip().isdigit()]
+    if not args:
+        return LOGICAL_TYPES[Decimal]
+    return decimal_type(int(args[0]), int(args[1]) if len(args) > 1 else 0)
 
 
 _IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "data": "datum",

@@ -56,7 +56,7 @@ def _check_cases(cases: Any) -> list[str]:
     if isinstance(cases, str) or not isinstance(cases, list | tuple) or not cases:
         raise ValidationError(f"must be a non-empty list of output names, got {cases!r:.60}.")
     for name in cases:
-        if not isinstance(name, str) or not IDENTIFIER.match(name) or name == "case":
+        if not isinstance(name, str) or not IDENTIFIER.fullmatch(name) or name == "case":
             raise ValidationError(
                 f"case {name!r} is not a valid output name.",
                 hint="use identifiers (letters, digits, underscores); 'case' is reserved for the chosen name.",
