@@ -218,3 +218,23 @@ def test_decimal_widening_knows_precision_and_scale():
 def test_a_long_decimal_in_list_is_exact(ledger):
     many = [D(i).scaleb(-19) for i in range(2, 700)] + [D("0.1000000000000000001"), D("-10.5")]
     assert labels(ledger, {"amount": {"$in": many}}) == ["neg_ten", "tiny"]
+
+
+def test_random_decimals_sort_and_compare_as_python_does(db):
+    import random
+
+    @db.model
+    class Sample:
+        amount: Decimal
+
+    rng = random.Random(13)
+    values = [D(rng.randint(-(10**12), 10**12)).scaleb(rng.randint(-18, 8)) for _ in range(300)]
+    values += [D("0E-5"), D("1E+3"), D("-1E-18"), D("1000.000")]
+    run_one(db, "SampleBulkCreateNode", {"data": [{"amount": v} for v in values]})
+    listed = run_one(db, "SampleListNode", {"order_by": ["amount", "id"], "limit": 1000})["records"]
+    assert [r["amount"] for r in listed] == sorted(values)
+    for bound in rng.sample(values, 5):
+        found = run_one(db, "SampleCountNode", {"filter": {"amount": {"$lte": bound}}})["count"]
+        assert found == sum(v <= bound for v in values)
+        equal = run_one(db, "SampleCountNode", {"filter": {"amount": bound}})["count"]
+        assert equal == values.count(bound)

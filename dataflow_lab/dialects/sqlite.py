@@ -83,8 +83,8 @@ def _decimal_key(text: Any) -> Any:
 
     Layout: a sign byte (negative < zero < positive), then for the magnitude the
     exponent of its first digit (8 bytes, offset so that byte order is numeric
-    order) and its digits without trailing zeros. A negative's magnitude bytes are
-    complemented, and end in 0xFF so that a longer magnitude sorts first.
+    order) and its digits without leading or trailing zeros. A negative's magnitude
+    bytes are complemented, and end in 0xFF so that a longer magnitude sorts first.
     Text that is not a finite decimal comes back unchanged (SQLite sorts text before bytes).
     Integers and reals (a reflected NUMERIC column's) get the key of the number they print as.
     """
@@ -92,6 +92,24 @@ def _decimal_key(text: Any) -> Any:
         text = repr(text)
     if not isinstance(text, str):
         return text
+    negative = text.startswith("-")
+    whole, _, fraction = text.lstrip("+-").partition(".")
+    if not (whole + fraction).isdigit() or not whole.isascii() or not fraction.isascii():
+        return _exotic_key(text)  # an exponent (1E+3), spaces, or not a number
+    digits = (whole + fraction).lstrip("0")
+    if not digits:
+        return b"\x02"
+    first = len(whole.lstrip("0")) - 1 if whole.lstrip("0") else len(digits) - len(fraction) - 1
+    body = (first + 2**63).to_bytes(8, "big") + digits.rstrip("0").encode()
+    if negative:
+        return b"\x01" + body.translate(_COMPLEMENT) + b"\xff"
+    return b"\x03" + body
+
+
+_COMPLEMENT = bytes(range(255, -1, -1))  # byte b -> 255 - b
+
+
+def _exotic_key(text: str) -> Any:
     try:
         number = Decimal(text)
     except ArithmeticError:
@@ -99,14 +117,14 @@ def _decimal_key(text: Any) -> Any:
     if not number.is_finite():
         return text
     sign, digits, exponent = number.as_tuple()
-    significant = "".join(map(str, digits)).lstrip("0")
-    if not significant:
-        return b"\x02"
-    first = exponent + len(significant) - 1  # the power of ten of the first digit
-    body = (first + 2**63).to_bytes(8, "big") + significant.rstrip("0").encode()
-    if sign:
-        return b"\x01" + bytes(255 - b for b in body) + b"\xff"
-    return b"\x03" + body
+    assert isinstance(exponent, int)
+    fixed = "".join(map(str, digits))
+    if exponent >= 0:
+        plain = fixed + "0" * exponent
+    else:
+        fixed = fixed.rjust(-exponent + 1, "0")
+        plain = f"{fixed[:exponent]}.{fixed[exponent:]}"
+    return _decimal_key(("-" if sign else "") + plain)
 
 
 def _decimal_out(value: Any) -> Decimal:
