@@ -108,7 +108,7 @@ _TABLES: weakref.WeakKeyDictionary[Any, ModelTable] = weakref.WeakKeyDictionary(
 
 @functools.cache
 def _schema() -> Any:
-    return parse_model(_AuditRecord)
+    return parse_model(_AuditRecord, internal=True)
 
 
 def audit_table(dataflow: DataFlow) -> ModelTable:

@@ -172,13 +172,16 @@ def check_table_name(table: str, model: str) -> str:
             f"Model '{model}': table name '{table}' is reserved (names starting with "
             f"{', '.join(RESERVED_TABLE_PREFIXES)} and {', '.join(RESERVED_TABLES)} belong to the "
             "databases' catalogues or to dataflow_lab's own tables).",
-            hint=f"give the model another __tablename__, e.g. '{lowered.lstrip('_')}_table'.",
+            hint=f"give the model another __tablename__, such as 'app_{lowered.lstrip('_')}'.",
         )
     return table
 
 
-def parse_model(cls: type) -> ModelSchema:
-    """Read a class's annotations, defaults and options into a ModelSchema."""
+def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
+    """Read a class's annotations, defaults and options into a ModelSchema.
+
+    ``internal``: one of dataflow_lab's own tables (the audit log), whose names are reserved.
+    """
     name = cls.__name__
     check_identifier(name, "Model name")
     try:
@@ -202,7 +205,10 @@ def parse_model(cls: type) -> ModelSchema:
         fields.append(_user_field(cls, name, field_name, annotation))
     stamp = LOGICAL_TYPES[datetime.datetime]
     table = getattr(cls, "__tablename__", None) or table_name_for(name)
-    check_table_name(table, name)
+    if internal:
+        check_identifier(table, f"Table name of model '{name}'")
+    else:
+        check_table_name(table, name)
     flags = _flags(cls, name, set(hints))
     fields += [OPTION_FIELDS[option] for option in OPTION_FIELDS if flags.get(option)]
     fields += [Field(n, stamp, generated=True) for n in TIMESTAMP_FIELDS]
