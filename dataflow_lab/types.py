@@ -329,8 +329,9 @@ def resolve_annotation(annotation: object) -> tuple[LogicalType, bool] | None:
     """Map an annotation to (logical type, nullable); None when unsupported.
 
     ``Annotated[Decimal, 38, 18]`` declares a Decimal's precision and scale (ValueError when
-    they make no sense).
+    they make no sense); ``Optional`` may wrap it or be wrapped by it.
     """
+    annotation, digits = _annotated(annotation)
     nullable = False
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is _pytypes.UnionType:
@@ -338,12 +339,8 @@ def resolve_annotation(annotation: object) -> tuple[LogicalType, bool] | None:
         if len(args) != 1:
             return None
         nullable = len(args) < len(typing.get_args(annotation))
-        annotation = args[0]
-        origin = typing.get_origin(annotation)
-    digits: tuple = ()
-    if origin is typing.Annotated:
-        annotation, *extras = typing.get_args(annotation)
-        digits = tuple(x for x in extras if isinstance(x, int) and not isinstance(x, bool))
+        annotation, inner = _annotated(args[0])
+        digits = digits or inner
         origin = typing.get_origin(annotation)
     if annotation is Decimal and digits:
         if len(digits) != 2:
@@ -355,3 +352,11 @@ def resolve_annotation(annotation: object) -> tuple[LogicalType, bool] | None:
         return enum_type(annotation), nullable
     logical = LOGICAL_TYPES.get(annotation)  # type: ignore[arg-type]
     return (logical, nullable) if logical else None
+
+
+def _annotated(annotation: object) -> tuple[object, tuple[int, ...]]:
+    """``Annotated[T, 10, 2]`` -> (T, (10, 2)); any other annotation -> (it, ())."""
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return annotation, ()
+    inner, *extras = typing.get_args(annotation)
+    return inner, tuple(x for x in extras if isinstance(x, int) and not isinstance(x, bool))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Optional
 
 import pytest
 
@@ -238,3 +238,16 @@ def test_random_decimals_sort_and_compare_as_python_does(db):
         assert found == sum(v <= bound for v in values)
         equal = run_one(db, "SampleCountNode", {"filter": {"amount": bound}})["count"]
         assert equal == values.count(bound)
+
+
+def test_optional_may_wrap_a_declared_decimal_or_be_wrapped_by_it(db):
+    @db.model
+    class Quote:
+        bid: Optional[Annotated[Decimal, 6, 3]]  # noqa: UP045
+        ask: Annotated[Optional[Decimal], 6, 3]  # noqa: UP045
+
+    for name in ("bid", "ask"):
+        field = db.models["Quote"].by_name[name]
+        assert field.nullable and field.type.digits == (6, 3)
+    created = run_one(db, "QuoteCreateNode", {"bid": None, "ask": D("1.5")})
+    assert created["bid"] is None and str(created["ask"]) == "1.500"
