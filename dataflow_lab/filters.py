@@ -145,7 +145,7 @@ def _loose(f: Any) -> Any:
 def _comparand(f: Any) -> Any:
     """The field as a filter sees it: a Decimal field compares with any finite Decimal.
 
-    (A bound the field cannot hold is not refused: ``_decimal_bound`` rewrites it where needed.)
+    (A bound the field cannot hold is not refused: ``types.decimal_bound`` rewrites it where needed.)
     """
     from dataclasses import replace
 
