@@ -172,6 +172,15 @@ class Dialect:
         """How to compare and sort a stored value of this logical type (identity by default)."""
         return expr
 
+    supports_nulls_order = True  # ORDER BY ... NULLS FIRST / NULLS LAST
+
+    def nulls_placed(self, column: sa.ColumnElement, clause: Any, *, first: bool) -> list[Any]:
+        """``clause`` (column ASC or DESC) with its NULLs first or last, as ORDER BY clauses."""
+        if self.supports_nulls_order:
+            return [clause.nulls_first() if first else clause.nulls_last()]
+        is_null = column.is_(None)  # emulated: sort on (column IS NULL) first
+        return [is_null.desc() if first else is_null.asc(), clause]
+
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         """``column IN values`` for a long list, bound as one parameter."""
         return column.in_(values)

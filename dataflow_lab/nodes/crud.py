@@ -244,7 +244,7 @@ class List(ModelNode):
                 "order_by",
                 (str, list, dict),
                 default=[],
-                description="'age', ['-age'] or [{'age': -1}]",
+                description="'age', ['-age'], [{'age': -1}] or {'age': {'nulls': 'first'}}",
                 check=lambda v: filters.normalize_order_by(model, v),
             ),
             Param(
