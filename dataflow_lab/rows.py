@@ -146,14 +146,16 @@ class RowShaper:
     def _layout(self, first: Mapping[str, Any]) -> None:
         given = [f for f in self.writable if f.name in first]
         # a field with a server default that row 0 omits is left out: the database fills it
-        rest = [
-            f for f in self.writable if f.name not in first and not f.primary_key and not f.server_default
-        ]
+        omitted = [f for f in self.writable if f.name not in first and not f.server_default]
+        # a value made fresh for each row (uuid4 for an id: UUID); other omitted ids are not written
+        self._made = [(f.name, f.default_factory) for f in omitted if f.default_factory is not None]
+        rest = [f for f in omitted if not f.primary_key and f.default_factory is None]
         self._given = tuple(f.name for f in given)
         self._getter = itemgetter(*self._given) if len(self._given) > 1 else _single(self._given)
         stamped = tuple(self.mt.to_db(name, value) for name, value in self._stamps.items())
         self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db,) * len(self._times) + stamped
-        self.columns = (*self._given, *(f.name for f in rest), *self._times, *self._stamps)
+        made = tuple(name for name, _ in self._made)
+        self.columns = (*self._given, *made, *(f.name for f in rest), *self._times, *self._stamps)
         self._fast = [self._fast_types(f) for f in given]
         self._convert = [(i, c) for i, f in enumerate(given) if (c := self._converter(f)) is not None]
         self._ints = [(i, f.nullable) for i, f in enumerate(given) if f.type.name == "integer"]
@@ -207,7 +209,8 @@ class RowShaper:
             if values is not None:
                 signature = tuple(map(type, values))
                 if signature in good or self._signature_ok(signature, fast):
-                    rows.append(values + tail if not self._convert else self._converted(values) + tail)
+                    row = values if not self._convert else self._converted(values)
+                    rows.append(row + tail if not self._made else row + self._fresh_values() + tail)
                     continue
             try:
                 rows.append(self._slow(record, first_index + offset))
@@ -259,6 +262,9 @@ class RowShaper:
             self._good.add(signature)
             return True
         return False
+
+    def _fresh_values(self) -> tuple[Any, ...]:
+        return tuple(self.mt.to_db(name, make()) for name, make in self._made)
 
     def _converted(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         out = list(values)

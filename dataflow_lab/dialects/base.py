@@ -275,7 +275,7 @@ class Dialect:
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
     ) -> str:
-        """``ON CONFLICT ... DO UPDATE``; a ``version`` column (the versioned option) counts up instead.
+        """``ON CONFLICT ... DO UPDATE``; a counter column (versioned's ``version``) counts up instead.
 
         ``guard``: columns the existing row must share with the new one to be updated (tenant_id:
         the check is in the statement, so no concurrent writer can slip in between check and write).
@@ -286,7 +286,7 @@ class Dialect:
             return f"ON CONFLICT ({keys}) DO NOTHING"
         sets = ", ".join(
             f"{quote(c)} = {quote(table.name)}.{quote(c)} + 1"
-            if c == "version"
+            if table.c[c].info.get("counter")
             else f"{quote(c)} = excluded.{quote(c)}"
             for c in update_columns
         )
@@ -304,7 +304,9 @@ class Dialect:
         stmt = self.insert(table).values({c: sa.bindparam(c) for c in columns})
         if not update_columns:
             return stmt.on_conflict_do_nothing(index_elements=list(conflict_on))
-        sets = {c: table.c[c] + 1 if c == "version" else stmt.excluded[c] for c in update_columns}
+        sets = {
+            c: table.c[c] + 1 if table.c[c].info.get("counter") else stmt.excluded[c] for c in update_columns
+        }
         where = sa.and_(*(table.c[c] == stmt.excluded[c] for c in guard)) if guard else None
         return stmt.on_conflict_do_update(index_elements=list(conflict_on), set_=sets, where=where)
 

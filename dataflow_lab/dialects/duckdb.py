@@ -194,7 +194,7 @@ class DuckDBDialect(Dialect):
             return sa.Column(
                 "id", sa.BigInteger, primary_key=True, server_default=sa.text(f"nextval('{seq}')")
             )
-        return sa.Column("id", sa.Text, primary_key=True)
+        return sa.Column("id", self.column_type(logical), primary_key=True)  # text, or native UUID
 
     def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
         # Decimals are stored as exact text (DECIMAL(38, s) would truncate); compare them as numbers.
