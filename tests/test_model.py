@@ -626,3 +626,19 @@ def test_upsert_and_bulk_upsert_make_a_uuid4_for_new_rows(tokens):
     again = [{"id": rows[1]["id"], "label": "bb"}]
     assert run_one(tokens, "TokenBulkUpsertNode", {"data": again}) == {"inserted": 0, "updated": 1}
     assert run_one(tokens, "TokenReadNode", {"id": rows[1]["id"]})["label"] == "bb"
+
+
+def test_update_and_delete_by_a_uuid_id_take_uuid_or_str_with_audit_soft_delete_and_versions(db):
+    @db.model
+    class Ticket:
+        id: uuid.UUID
+        label: str
+        __dataflow__ = {"audit_log": True, "soft_delete": True, "versioned": True}
+
+    row = run_one(db, "TicketCreateNode", {"label": "a"})
+    changed = run_one(db, "TicketUpdateNode", {"id": str(row["id"]), "version": 1, "fields": {"label": "b"}})
+    assert (changed["id"], changed["label"], changed["version"]) == (row["id"], "b", 2)
+    assert run_one(db, "TicketDeleteNode", {"id": row["id"]}) == {"id": row["id"], "deleted": True}
+    assert run_one(db, "TicketCountNode", {})["count"] == 0
+    entries = db.audit("Ticket")
+    assert [e.operation for e in entries] == ["create", "update", "delete"]
