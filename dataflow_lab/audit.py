@@ -163,7 +163,7 @@ async def rows_by_ids(node: ModelNode, conn: Any, ids: Iterable[Any]) -> dict[An
     found: dict[Any, dict[str, Any]] = {}
     step = max(1, mt.dialect.max_bind_params - 1)
     for start in range(0, len(ids), step):
-        part = ids[start : start + step]
+        part = [mt.to_db("id", i) for i in ids[start : start + step]]
         cond = mt.table.c.id == part[0] if len(part) == 1 else mt.dialect.in_array(mt.table.c.id, part)
         sql, params = mt.dialect.compile(sa.select(*mt.table.c).where(cond))
         found.update((r["id"], r) for r in mt.rows(await conn.fetch(sql, params)))

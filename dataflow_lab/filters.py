@@ -281,8 +281,17 @@ def _in(mt: Any, name: str, col: Any, bind: Any, values: list[Any]) -> Any:
     return sa.or_(clause, col.is_(None)) if len(present) < len(values) else clause
 
 
-def normalize_order_by(model: ModelSchema, order_by: Any, *, node: str = "") -> list[tuple[str, bool]]:
-    """'age', ['-age'], [{'age': -1}] -> [('age', descending)]."""
+_DIRECTIONS = {1: False, "asc": False, "ASC": False, -1: True, "desc": True, "DESC": True}
+_NULLS = {"first": True, "last": False}
+_ORDER_FORMS = "'age', '-age', {'age': -1} or {'age': {'direction': 'desc', 'nulls': 'first'}}"
+
+
+def normalize_order_by(model: ModelSchema, order_by: Any, *, node: str = "") -> list[tuple[str, bool, bool]]:
+    """'age', ['-age'], [{'age': -1}], {'age': {'nulls': 'first'}} -> [(field, descending, nulls_first)].
+
+    NULLs sort last ascending and first descending (as on PostgreSQL), on every backend,
+    unless ``nulls`` says otherwise.
+    """
     if order_by is None:
         return []
     if isinstance(order_by, str | Mapping):
@@ -292,38 +301,68 @@ def normalize_order_by(model: ModelSchema, order_by: Any, *, node: str = "") -> 
     else:
         raise ValidationError(
             f"{_where(model, node)}order_by must be a field name, a list or a dict, got {type(order_by).__name__}.",
-            hint="use 'age', ['-age'] or [{'age': -1}].",
+            hint=f"use {_ORDER_FORMS}.",
         )
-    out: list[tuple[str, bool]] = []
+    context = f"order_by of {node}" if node else "order_by"
+    out: list[tuple[str, bool, bool]] = []
     for item in items:
         if isinstance(item, str):
             desc = item.startswith("-")
-            name = item.lstrip("-+")
-            out.append((model.field(name, context=f"order_by of {node}" if node else "order_by").name, desc))
+            out.append((model.field(item.lstrip("-+"), context=context).name, desc, desc))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bool):
-            out.append((model.field(item[0], context="order_by").name, item[1]))
+            out.append((model.field(item[0], context=context).name, item[1], item[1]))
         elif isinstance(item, Mapping):
-            for name, direction in item.items():
-                model.field(name, context=f"order_by of {node}" if node else "order_by")
-                if direction not in (1, -1, "asc", "desc", "ASC", "DESC"):
-                    raise ValidationError(
-                        f"{_where(model, node)}order_by direction for '{name}' is {direction!r}.",
-                        hint="use 1 or 'asc' for ascending, -1 or 'desc' for descending.",
-                    )
-                out.append((name, direction in (-1, "desc", "DESC")))
+            for name, spec in item.items():
+                model.field(name, context=context)
+                out.append((name, *_order_spec(model, node, name, spec)))
         else:
             raise ValidationError(
-                f"{_where(model, node)}order_by item {item!r} is not understood.",
-                hint="use 'age', '-age' or {'age': -1}.",
+                f"{_where(model, node)}order_by item {item!r} is not understood.", hint=f"use {_ORDER_FORMS}."
             )
     return out
 
 
-def order_clauses(mt: Any, order: list[tuple[str, bool]]) -> list[Any]:
+def _order_spec(model: ModelSchema, node: str, name: str, spec: Any) -> tuple[bool, bool]:
+    """A direction (1, -1, 'asc', 'desc') or {'direction': ..., 'nulls': 'first' | 'last'}."""
+    if not isinstance(spec, Mapping):
+        desc = _direction(model, node, name, spec)
+        return desc, desc
+    unknown = [k for k in spec if k not in ("direction", "nulls")]
+    if unknown:
+        raise ValidationError(
+            f"{_where(model, node)}order_by for '{name}' has unknown key {unknown[0]!r}."
+            + did_you_mean(str(unknown[0]), ("direction", "nulls")),
+            hint="use {'direction': 'asc' | 'desc', 'nulls': 'first' | 'last'}; both are optional.",
+        )
+    desc = _direction(model, node, name, spec.get("direction", 1))
+    nulls = spec.get("nulls", "first" if desc else "last")
+    if not isinstance(nulls, str) or nulls.lower() not in _NULLS:
+        raise ValidationError(
+            f"{_where(model, node)}order_by 'nulls' for '{name}' is {nulls!r}.",
+            hint="use 'first' or 'last' (the default: last ascending, first descending).",
+        )
+    return desc, _NULLS[nulls.lower()]
+
+
+def _direction(model: ModelSchema, node: str, name: str, direction: Any) -> bool:
+    if isinstance(direction, bool) or not isinstance(direction, int | str) or direction not in _DIRECTIONS:
+        raise ValidationError(
+            f"{_where(model, node)}order_by direction for '{name}' is {direction!r}.",
+            hint="use 1 or 'asc' for ascending, -1 or 'desc' for descending.",
+        )
+    return _DIRECTIONS[direction]
+
+
+def order_clauses(mt: Any, order: list[tuple[str, bool, bool]]) -> list[Any]:
+    """ORDER BY clauses: NULLs placed explicitly (the databases' defaults differ), then id ascending."""
     clauses = []
-    for name, desc in order:
+    for name, desc, nulls_first in order:
         column = mt.dialect.comparable(mt.table.c[name], mt.model.by_name[name].type.name)
-        clauses.append(column.desc() if desc else column.asc())
-    if not any(name == "id" for name, _ in order):
+        clause = column.desc() if desc else column.asc()
+        if mt.model.by_name[name].nullable:
+            clauses.extend(mt.dialect.nulls_placed(column, clause, first=nulls_first))
+        else:
+            clauses.append(clause)
+    if not any(entry[0] == "id" for entry in order):
         clauses.append(mt.table.c.id.asc())  # a stable, documented default: id ascending
     return clauses

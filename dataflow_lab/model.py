@@ -1,8 +1,11 @@
 """``@db.model``: a typed class becomes a ModelSchema.
 
-Every model gets ``id`` (an integer primary key, or ``id: str`` supplied by
-the caller), ``created_at`` and ``updated_at``. Table names are snake_case
-plurals unless ``__tablename__`` says otherwise.
+Every model gets ``id`` (an integer primary key, ``id: str`` supplied by the
+caller, or ``id: UUID``, a uuid4 unless the caller gives one), ``created_at``
+and ``updated_at``. A class may declare those managed columns (and the option
+columns ``deleted_at``, ``version``, ``tenant_id``) with the type dataflow_lab
+gives them; they stay managed. Table names are snake_case plurals unless
+``__tablename__`` says otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import datetime
 import re
 import typing
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import ValidationError, did_you_mean
@@ -51,17 +56,24 @@ class Field:
     primary_key: bool = False
     generated: bool = False  # filled in by dataflow_lab (integer id, timestamps)
     server_default: bool = False  # the database fills it when a write omits it (reflected tables)
+    default_factory: Callable[[], typing.Any] | None = None  # a fresh value per row (uuid4 for id: UUID)
 
     @property
     def required(self) -> bool:
         return (
-            self.default is MISSING and not self.nullable and not self.generated and not self.server_default
+            self.default is MISSING
+            and self.default_factory is None
+            and not self.nullable
+            and not self.generated
+            and not self.server_default
         )
 
     def describe(self) -> str:
         text = self.type.python.__name__ + (" | None" if self.nullable else "")
         if self.default is not MISSING:
             text += f" = {self.default!r}"
+        elif self.default_factory is not None:
+            text += f" = <{self.default_factory.__name__}()>"
         elif self.server_default:
             text += " = <database default>"
         return text
@@ -201,17 +213,19 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
             f"Model '{name}' declares no fields.", hint="annotate fields on the class, e.g. `name: str`."
         )
     fields = [_id_field(name, hints.pop("id", None))]
+    flags = _flags(cls, name)
+    managed = [*(OPTION_FIELDS[o] for o in OPTION_FIELDS if flags[o]), *STAMP_FIELDS]
+    for f in managed:  # declared with the type dataflow_lab gives it: accepted, and still managed
+        if f.name in hints:
+            _check_managed(cls, name, f, hints.pop(f.name))
     for field_name, annotation in hints.items():
         fields.append(_user_field(cls, name, field_name, annotation))
-    stamp = LOGICAL_TYPES[datetime.datetime]
     table = getattr(cls, "__tablename__", None) or table_name_for(name)
     if internal:
         check_identifier(table, f"Table name of model '{name}'")
     else:
         check_table_name(table, name)
-    flags = _flags(cls, name, set(hints))
-    fields += [OPTION_FIELDS[option] for option in OPTION_FIELDS if flags.get(option)]
-    fields += [Field(n, stamp, generated=True) for n in TIMESTAMP_FIELDS]
+    fields += managed
     options = _options(cls, name, {f.name for f in fields})
     return ModelSchema(name, table, tuple(fields), **flags, **options)
 
@@ -221,23 +235,50 @@ OPTION_FIELDS = {  # the column each flag option adds, managed by dataflow_lab l
     "versioned": Field("version", LOGICAL_TYPES[int], default=1, generated=True),
     "soft_delete": Field("deleted_at", LOGICAL_TYPES[datetime.datetime], nullable=True, generated=True),
 }
+STAMP_FIELDS = tuple(Field(n, LOGICAL_TYPES[datetime.datetime], generated=True) for n in TIMESTAMP_FIELDS)
+_MANAGED_HOW = {
+    "created_at": "sets it when a row is inserted",
+    "updated_at": "sets it on every write",
+    "deleted_at": "sets it when Delete marks a row (soft_delete)",
+    "version": "starts it at 1 and bumps it on every Update (versioned)",
+    "tenant_id": "fills it from `with db.tenant(...)` (multi_tenant)",
+}
 
 
-def _flags(cls: type, model: str, declared: set[str]) -> dict[str, bool]:
-    """The on/off options; each refuses a class that declares the column it would add."""
+def _check_managed(cls: type, model: str, managed: Field, annotation: object) -> None:
+    """A class's declaration of a managed column: its type must be the one dataflow_lab gives it.
+
+    ``Optional[...]`` and a default of None (or the managed default, version's 1) are accepted,
+    since the column is filled on every write either way.
+    """
+    resolved = resolve_annotation(annotation)
+    expected = managed.type.python.__name__
+    if resolved is None or resolved[0] is not managed.type:
+        shown = getattr(annotation, "__name__", None) or repr(annotation)
+        raise ValidationError(
+            f"Model '{model}': field '{managed.name}' is declared as {shown}, but dataflow_lab manages "
+            f"'{managed.name}' as {expected}.",
+            hint=f"declare `{managed.name}: {expected}`, or remove it (dataflow_lab {_MANAGED_HOW[managed.name]}).",
+        )
+    default = cls.__dict__.get(managed.name, MISSING)
+    if default not in (MISSING, None, managed.default) or isinstance(default, bool):
+        raise ValidationError(
+            f"Model '{model}': field '{managed.name}' has default {default!r}, but dataflow_lab "
+            f"{_MANAGED_HOW[managed.name]}.",
+            hint=f"remove the default (`{managed.name}: {expected}` alone is enough).",
+        )
+
+
+def _flags(cls: type, model: str) -> dict[str, bool]:
+    """The on/off options (each adds a managed column; see OPTION_FIELDS)."""
     raw = dict(getattr(cls, "__dataflow__", None) or {})
     flags = {}
-    for option, (column, purpose) in FLAG_OPTIONS.items():
+    for option, (_column, purpose) in FLAG_OPTIONS.items():
         value = raw.get(option, False)
         if not isinstance(value, bool):
             raise ValidationError(
                 f"Model '{model}': __dataflow__['{option}'] must be True or False, got {value!r}.",
                 hint=f"write __dataflow__ = {{'{option}': True}} to {purpose}.",
-            )
-        if value and column in declared:
-            raise ValidationError(
-                f"Model '{model}': option '{option}' adds field '{column}', which the class also declares.",
-                hint=f"remove or rename the class's '{column}'; dataflow_lab manages it.",
             )
         flags[option] = value
     return flags
@@ -248,19 +289,17 @@ def _id_field(model: str, annotation: object) -> Field:
         return Field("id", LOGICAL_TYPES[int], primary_key=True, generated=True)
     if annotation is str:
         return Field("id", LOGICAL_TYPES[str], primary_key=True)
+    if annotation is uuid.UUID:  # a uuid4 when a write omits it; the caller may give one
+        return Field("id", LOGICAL_TYPES[uuid.UUID], primary_key=True, default_factory=uuid.uuid4)
     raise ValidationError(
-        f"Model '{model}': field 'id' must be int (generated) or str (supplied by the caller).",
-        hint="remove the `id` annotation to get an integer id counting from 1, or declare `id: str`.",
+        f"Model '{model}': field 'id' must be int (generated), str (supplied by the caller) "
+        "or UUID (a uuid4 unless the caller gives one).",
+        hint="remove the `id` annotation to get an integer id counting from 1, or declare `id: str` or `id: UUID`.",
     )
 
 
 def _user_field(cls: type, model: str, name: str, annotation: object) -> Field:
     check_identifier(name, f"Field of model '{model}'")
-    if name in TIMESTAMP_FIELDS:
-        raise ValidationError(
-            f"Model '{model}': field '{name}' is reserved; every model gets it automatically.",
-            hint="remove it from the class, or rename your field.",
-        )
     try:
         resolved = resolve_annotation(annotation)
     except ValueError as exc:

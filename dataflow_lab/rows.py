@@ -14,6 +14,7 @@ the row index, the field and the value's type.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 import json
@@ -70,10 +71,14 @@ def is_dataframe(data: Any) -> bool:
     return hasattr(data, "columns") and hasattr(data, "iloc") and hasattr(data, "dtypes")
 
 
-def iter_records(data: Any, chunk_rows: int) -> Iterator[list[Any]]:
-    """Lists of records (dicts), at most ``chunk_rows`` each, without materializing the input."""
+def iter_records(data: Any, chunk_rows: int, *, fill: Mapping[str, Any] | None = None) -> Iterator[list[Any]]:
+    """Lists of records (dicts), at most ``chunk_rows`` each, without materializing the input.
+
+    ``fill``: for a DataFrame, the value a missing cell (NaN, NaT, NA, None) of that column
+    means (the field's default); other missing cells become None.
+    """
     if is_dataframe(data):
-        yield from _frame_records(data, chunk_rows)
+        yield from _frame_records(data, chunk_rows, fill or {})
         return
     if isinstance(data, list | tuple):
         for start in range(0, len(data), chunk_rows):
@@ -84,23 +89,26 @@ def iter_records(data: Any, chunk_rows: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _frame_records(frame: Any, chunk_rows: int) -> Iterator[list[dict[str, Any]]]:
-    """DataFrame slices -> dicts of native Python values; NaN, NaT and NA become None."""
+def _frame_records(frame: Any, chunk_rows: int, fill: Mapping[str, Any]) -> Iterator[list[dict[str, Any]]]:
+    """DataFrame slices -> dicts of native Python values; NaN, NaT and NA become ``fill`` or None."""
     names = [str(c) for c in frame.columns]
     for start in range(0, len(frame), chunk_rows):
         part = frame.iloc[start : start + chunk_rows]
-        columns = [_native_column(part[c]) for c in part.columns]
+        columns = [_native_column(part[c], fill.get(n)) for c, n in zip(part.columns, names, strict=True)]
         yield [dict(zip(names, values)) for values in zip(*columns)] if columns else []
 
 
-def _native_column(series: Any) -> list[Any]:
+def _native_column(series: Any, default: Any = None) -> list[Any]:
+    """A column's native values; a missing one becomes ``default`` (a fresh copy of a dict or list)."""
     kind = str(series.dtype)
+    missing = (lambda: copy.deepcopy(default)) if isinstance(default, dict | list) else (lambda: default)
     if kind.startswith("datetime64"):
-        return [None if v is None or v != v else v.to_pydatetime() for v in series.astype(object).tolist()]
+        values = series.astype(object).tolist()
+        return [missing() if v is None or v != v else v.to_pydatetime() for v in values]
     values = series.tolist()
     if kind in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool"):
         return values  # these dtypes cannot hold a missing value
-    return [None if _missing(v) else v for v in values]  # float, str, object, category, nullable dtypes
+    return [missing() if _missing(v) else v for v in values]  # float, str, object, category, nullable
 
 
 def _missing(value: Any) -> bool:
@@ -131,6 +139,8 @@ class RowShaper:
         self.model = mt.model
         self.writable = [f for f in self.model.fields if not f.generated or (allow_id and f.primary_key)]
         self.writable_names = {f.name for f in self.writable}
+        # a DataFrame's missing cell in a non-Optional field with a default means that default
+        self._fill = {f.name: f.default for f in self.writable if not f.nullable and f.default is not MISSING}
         # a reflected table may lack these columns
         self._times = tuple(n for n in ("created_at", "updated_at") if n in self.model.by_name)
         self._now_db = mt.to_db(self._times[0], now) if self._times else None
@@ -146,14 +156,16 @@ class RowShaper:
     def _layout(self, first: Mapping[str, Any]) -> None:
         given = [f for f in self.writable if f.name in first]
         # a field with a server default that row 0 omits is left out: the database fills it
-        rest = [
-            f for f in self.writable if f.name not in first and not f.primary_key and not f.server_default
-        ]
+        omitted = [f for f in self.writable if f.name not in first and not f.server_default]
+        # a value made fresh for each row (uuid4 for an id: UUID); other omitted ids are not written
+        self._made = [(f.name, f.default_factory) for f in omitted if f.default_factory is not None]
+        rest = [f for f in omitted if not f.primary_key and f.default_factory is None]
         self._given = tuple(f.name for f in given)
         self._getter = itemgetter(*self._given) if len(self._given) > 1 else _single(self._given)
         stamped = tuple(self.mt.to_db(name, value) for name, value in self._stamps.items())
         self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db,) * len(self._times) + stamped
-        self.columns = (*self._given, *(f.name for f in rest), *self._times, *self._stamps)
+        made = tuple(name for name, _ in self._made)
+        self.columns = (*self._given, *made, *(f.name for f in rest), *self._times, *self._stamps)
         self._fast = [self._fast_types(f) for f in given]
         self._convert = [(i, c) for i, f in enumerate(given) if (c := self._converter(f)) is not None]
         self._ints = [(i, f.nullable) for i, f in enumerate(given) if f.type.name == "integer"]
@@ -185,7 +197,7 @@ class RowShaper:
     # -- chunks ----------------------------------------------------------
     def chunks(self, data: Any, size: int) -> Iterator[Chunk]:
         index = 0
-        for records in iter_records(data, size):
+        for records in iter_records(data, size, fill=self._fill):
             if not records:
                 continue
             if self.columns is None:
@@ -208,7 +220,8 @@ class RowShaper:
                 signature = tuple(map(type, values))
                 if signature in good or self._signature_ok(signature, fast):
                     try:
-                        rows.append(values + tail if not self._convert else self._converted(values) + tail)
+                        row = values if not self._convert else self._converted(values)
+                        rows.append(row + tail if not self._made else row + self._fresh_values() + tail)
                         continue
                     except (TypeError, OverflowError):
                         pass  # a value its field's check refuses: the slow path names row and field
@@ -262,6 +275,9 @@ class RowShaper:
             self._good.add(signature)
             return True
         return False
+
+    def _fresh_values(self) -> tuple[Any, ...]:
+        return tuple(self.mt.to_db(name, make()) for name, make in self._made)
 
     def _converted(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
         out = list(values)
@@ -330,9 +346,14 @@ def _single(names: tuple[str, ...]) -> Any:
 
 
 def parse_csv_value(field: Any, text: str) -> Any:
-    """A CSV cell (always text) -> the field's type; '' means None for Optional fields."""
+    """A CSV cell (always text) -> the field's type.
+
+    An empty cell is missing: None for an Optional field, the default for a field with one.
+    """
     if text == "" and field.nullable:
         return None
+    if text == "" and field.default is not MISSING:
+        return copy.deepcopy(field.default)
     kind = field.type.name
     if kind == "boolean":
         lowered = text.strip().lower()

@@ -57,7 +57,9 @@ class ModelTable:
         d, m = self.dialect, self.model
         columns = [d.id_column(m.table_name, m.id_field.type.name)]
         for f in m.fields[1:]:
-            columns.append(sa.Column(f.name, self._column_type(f), nullable=f.nullable))
+            counter = m.versioned and f.generated and f.name == "version"  # an upsert bumps it
+            info = {"counter": True} if counter else {}
+            columns.append(sa.Column(f.name, self._column_type(f), nullable=f.nullable, info=info))
         unique, indexed = m.unique, m.indexes
         if m.multi_tenant:  # uniqueness holds within a tenant, and every query filters on tenant_id
             unique = tuple(_tenant_first(g) for g in unique)
@@ -97,6 +99,11 @@ class ModelTable:
         """A dict of Python values -> driver values."""
         return {k: self.to_db(k, v) for k, v in values.items()}
 
+    def ids_from_db(self, raw_ids: Iterable[Any]) -> list[Any]:
+        """Driver id values -> Python ids (a UUID stored as text comes back as uuid.UUID)."""
+        read = self._reader(self.model.id_field)
+        return [read(i) for i in raw_ids] if read is not None else list(raw_ids)
+
     def rows(self, raw_rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
         """Driver rows (in column order) -> dicts of Python values."""
         return list(map(self._row_dict, raw_rows))
@@ -111,6 +118,8 @@ class ModelTable:
                 row[f.name] = now
             elif f.default is not MISSING:
                 row[f.name] = _fresh(f.default)
+            elif f.default_factory is not None:
+                row[f.name] = f.default_factory()
             elif f.nullable and not f.server_default:
                 row[f.name] = None
         return row

@@ -1025,3 +1025,113 @@ def test_the_bulk_fast_path_refuses_the_nan_and_infinity_create_refuses(db, node
     with pytest.raises(ValidationError):
         bulk(db, "NanCreateNode", {field: bad})
     assert count(db, "Nan") == 0
+
+
+# -- missing values in non-Optional fields with a default (issue 12, item 4) -----------------
+def define_task(db):
+    @db.model
+    class Task:
+        title: str
+        priority: int = 3
+        weight: float = 1.0
+        done: bool = False
+        due: dt.datetime = dt.datetime(2030, 1, 1, tzinfo=UTC)
+        label: str = "none"
+        note: Optional[str] = "n/a"  # noqa: UP045 - Optional: a missing cell is NULL, not the default
+
+        __dataflow__ = {"unique": [["title"]]}
+
+    return Task
+
+
+TASK_DEFAULTS = {"priority": 3, "weight": 1.0, "done": False, "due": dt.datetime(2030, 1, 1, tzinfo=UTC)}
+
+
+def task_frame():
+    return pd.DataFrame(
+        {
+            "title": ["a", "b", "c"],
+            "priority": [1, np.nan, 2],  # float64 with NaN
+            "weight": [np.nan, 2.5, np.nan],
+            "done": pd.array([True, None, pd.NA], dtype="object"),
+            "due": pd.to_datetime(["2024-01-01", None, "2024-03-01"], utc=True),  # NaT
+            "label": ["x", None, np.nan],
+            "note": ["keep", None, np.nan],
+        }
+    )
+
+
+def test_a_dataframe_missing_cell_in_a_field_with_a_default_takes_the_default(db):
+    define_task(db)
+    assert bulk(db, "TaskBulkCreateNode", {"data": task_frame()}) == {"inserted": 3}
+    rows = records(db, "Task", order_by="title")
+    assert [r["priority"] for r in rows] == [1, 3, 2]
+    assert [r["weight"] for r in rows] == [1.0, 2.5, 1.0]
+    assert [r["done"] for r in rows] == [True, False, False]
+    assert [r["due"] for r in rows] == [dt.datetime(2024, 1, 1, tzinfo=UTC), TASK_DEFAULTS["due"],
+                                        dt.datetime(2024, 3, 1, tzinfo=UTC)]  # fmt: skip
+    assert [r["label"] for r in rows] == ["x", "none", "none"]
+    assert [r["note"] for r in rows] == ["keep", None, None]  # Optional: missing is NULL
+
+
+def test_a_dataframe_missing_cell_takes_the_default_on_the_slow_path_too(db):
+    define_task(db)
+    frame = pd.DataFrame({"title": ["a", "b", "c"], "priority": pd.array([1, None, "5"], dtype="object")})
+    assert bulk(db, "TaskBulkCreateNode", {"data": frame}) == {"inserted": 3}  # '5' is coerced, row by row
+    assert [r["priority"] for r in records(db, "Task", order_by="title")] == [1, 3, 5]
+
+
+def test_bulk_upsert_of_a_dataframe_writes_the_default_for_a_missing_cell(db):
+    define_task(db)
+    bulk(db, "TaskBulkCreateNode", {"data": [{"title": "a", "priority": 9}, {"title": "b", "priority": 9}]})
+    frame = pd.DataFrame({"title": ["a", "b", "c"], "priority": [1, np.nan, np.nan]})
+    result = bulk(db, "TaskBulkUpsertNode", {"data": frame, "conflict_on": ["title"]})
+    assert result == {"inserted": 1, "updated": 2}
+    assert [r["priority"] for r in records(db, "Task", order_by="title")] == [1, 3, 3]
+
+
+@pytest.mark.parametrize("node", ["BulkCreate", "BulkUpsert"])
+def test_a_dataframe_missing_cell_in_a_field_without_a_default_is_an_error_naming_field_and_row(db, node):
+    @db.model
+    class Probe:
+        name: str
+        value: float
+
+    frame = pd.DataFrame({"name": ["a", "b", "c"], "value": [1.0, 2.0, np.nan]})
+    params = {"data": frame, **({"conflict_on": ["id"]} if node == "BulkUpsert" else {})}
+    with pytest.raises(ValidationError, match=r"row 2: .*'value' may not be None"):
+        bulk(db, f"Probe{node}Node", params)
+    frame = pd.DataFrame({"name": ["a", None], "value": [1.0, 2.0]})
+    with pytest.raises(ValidationError, match=r"row 1: .*'name' may not be None"):
+        bulk(db, f"Probe{node}Node", {**params, "data": frame})
+    assert count(db, "Probe") == 0
+
+
+def test_an_explicit_nan_in_a_python_row_is_still_refused_like_create(db):
+    define_task(db)  # a DataFrame cell's NaN means missing; a Python float('nan') is a value Create refuses
+    with pytest.raises(ValidationError, match="row 1.*'weight'.*NaN"):
+        bulk(db, "TaskBulkCreateNode", {"data": [{"title": "a"}, {"title": "b", "weight": float("nan")}]})
+    with pytest.raises(ValidationError, match="'weight'.*NaN"):
+        bulk(db, "TaskCreateNode", {"title": "c", "weight": float("nan")})
+    assert count(db, "Task") == 0
+
+
+def test_import_csv_empty_cell_in_a_field_with_a_default_takes_the_default(db, tmp_path):
+    define_task(db)
+    path = write_csv(
+        tmp_path, "title,priority,weight,done,due,label,note\na,,,,,,\nb,7,2.5,true,2024-01-01,x,y\n"
+    )
+    assert db.import_csv("Task", path) == {"inserted": 2}
+    a, b = records(db, "Task", order_by="title")
+    assert {k: a[k] for k in TASK_DEFAULTS} == TASK_DEFAULTS
+    assert (a["label"], a["note"]) == ("none", None)
+    assert (b["priority"], b["weight"], b["done"], b["label"], b["note"]) == (7, 2.5, True, "x", "y")
+
+
+def test_import_csv_empty_cell_in_a_field_without_a_default_is_an_error_naming_row_and_field(items, tmp_path):
+    path = write_csv(
+        tmp_path, "sku,qty,price,in_stock,added\nA,1,1.0,true,2024-01-01\nB,2,,true,2024-01-01\n"
+    )
+    with pytest.raises(ValidationError, match=r"row 1: .*'price'"):
+        items.import_csv("Item", path)
+    assert count(items, "Item") == 0

@@ -340,6 +340,44 @@ def test_order_by_a_bad_direction_is_refused(people):
         ids(people, {}, [{"age": 2}])
 
 
+def test_nulls_sort_last_ascending_and_first_descending_on_every_backend(people):
+    # ages: 1:30 2:25 3:41 4:19 5:None 6:30
+    assert ids(people, {}, "age") == [4, 2, 1, 6, 3, 5]
+    assert ids(people, {}, "-age") == [5, 3, 1, 6, 2, 4]
+    assert ids(people, {}, [{"age": "desc"}]) == [5, 3, 1, 6, 2, 4]
+
+
+def test_order_by_nulls_first_or_last_overrides_the_default(people):
+    assert ids(people, {}, {"age": {"nulls": "first"}}) == [5, 4, 2, 1, 6, 3]
+    assert ids(people, {}, [{"age": {"direction": "desc", "nulls": "last"}}]) == [3, 1, 6, 2, 4, 5]
+    assert ids(people, {}, [{"age": {"direction": -1}}]) == [5, 3, 1, 6, 2, 4]
+    # cities: 1:Paris 2:None 3:Berlin 4:paris 5:Rome 6:None; NULL ties broken by id
+    assert ids(people, {}, [{"city": {"nulls": "first"}}, "-id"])[:2] == [6, 2]
+
+
+def test_order_by_nulls_is_emulated_where_the_database_lacks_nulls_first(people, monkeypatch):
+    dialect = people.table("Person").dialect
+    monkeypatch.setattr(dialect, "supports_nulls_order", False)
+    assert ids(people, {}, "age") == [4, 2, 1, 6, 3, 5]
+    assert ids(people, {}, "-age") == [5, 3, 1, 6, 2, 4]
+    assert ids(people, {}, {"age": {"direction": "asc", "nulls": "first"}}) == [5, 4, 2, 1, 6, 3]
+
+
+@pytest.mark.parametrize(
+    "order_by, message",
+    [
+        ({"age": {"nulls": "middle"}}, "'nulls' for 'age' is 'middle'"),
+        ({"age": {"nulls": None}}, "'nulls' for 'age' is None"),
+        ({"age": {"direction": "up"}}, "direction for 'age' is 'up'"),
+        ({"age": {"nuls": "first"}}, "unknown key 'nuls'.*Did you mean 'nulls'"),
+        ({"age": True}, "direction for 'age' is True"),
+    ],
+)
+def test_order_by_a_bad_nulls_or_direction_is_refused_naming_the_field(people, order_by, message):
+    with pytest.raises(ValidationError, match=message):
+        ids(people, {}, order_by)
+
+
 # -- unknown names ----------------------------------------------------------------
 def test_an_unknown_operator_is_refused_naming_it_and_suggesting_a_close_one(people):
     with pytest.raises(ValidationError, match=r"\$gtt") as info:

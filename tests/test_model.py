@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import typing
+import uuid
 from typing import Any, Optional
 
 import pytest
 
-from dataflow_lab import DataFlow, DataFlowError, LocalRuntime, ValidationError, WorkflowBuilder
+from dataflow_lab import DataFlow, DataFlowError, LocalRuntime, ValidationError, WorkflowBuilder, _loop
 from dataflow_lab.model import table_name_for
 
 
@@ -191,16 +192,113 @@ def test_a_duplicate_str_id_is_refused_and_nothing_changes(db):
 
 
 # -- refused declarations ---------------------------------------------------------------
-@pytest.mark.parametrize("reserved", ["created_at", "updated_at"])
-def test_reserved_field_names_are_refused(db, reserved):
-    with pytest.raises(ValidationError, match=reserved) as info:
-        db.model(make_class("Thing", {"label": str, reserved: dt.datetime}))
-    assert "reserved" in str(info.value)
+@pytest.mark.parametrize(
+    "field, annotation, option, expected",
+    [
+        ("created_at", str, None, "datetime"),
+        ("updated_at", int, None, "datetime"),
+        ("created_at", Optional[dt.date], None, "datetime"),  # noqa: UP045
+        ("deleted_at", int, "soft_delete", "datetime"),
+        ("version", str, "versioned", "int"),
+        ("version", float, "versioned", "int"),
+        ("tenant_id", int, "multi_tenant", "str"),
+    ],
+)
+def test_a_managed_column_declared_with_another_type_is_refused_saying_what_is_expected(
+    db, field, annotation, option, expected
+):
+    namespace = {"__dataflow__": {option: True}} if option else {}
+    with pytest.raises(ValidationError) as info:
+        db.model(make_class("Thing", {"label": str, field: annotation}, namespace))
+    message = str(info.value)
+    assert f"'{field}'" in message and f"manages '{field}' as {expected}" in message
+    assert f"{field}: {expected}" in info.value.hint
+    assert "Thing" not in db.models
+
+
+@pytest.mark.parametrize(
+    "field, default, option", [("created_at", dt.datetime(2020, 1, 1), None), ("version", 5, "versioned")]
+)
+def test_a_managed_column_declared_with_a_default_is_refused(db, field, default, option):
+    annotation = dt.datetime if field == "created_at" else int
+    namespace = {field: default, **({"__dataflow__": {option: True}} if option else {})}
+    with pytest.raises(ValidationError, match=f"'{field}' has default"):
+        db.model(make_class("Thing", {"label": str, field: annotation}, namespace))
+
+
+def test_created_at_and_updated_at_declared_as_datetime_are_accepted_and_still_managed(db):
+    @db.model
+    class Plain:
+        label: str
+
+    @db.model
+    class Stamped:
+        created_at: dt.datetime
+        label: str
+        updated_at: Optional[dt.datetime] = None  # noqa: UP045
+
+    plain, stamped = db.models["Plain"], db.models["Stamped"]
+    assert [f.name for f in stamped.fields] == [f.name for f in plain.fields]
+    assert stamped.by_name["created_at"] == plain.by_name["created_at"]  # generated, not nullable
+    row = run_one(db, "StampedCreateNode", {"label": "a"})
+    assert isinstance(row["created_at"], dt.datetime) and row["updated_at"] == row["created_at"]
+    with pytest.raises(ValidationError, match="unknown parameter 'created_at'"):
+        run_one(db, "StampedCreateNode", {"label": "b", "created_at": dt.datetime(2020, 1, 1)})
+    later = run_one(db, "StampedUpdateNode", {"id": row["id"], "fields": {"label": "c"}})
+    assert later["updated_at"] >= row["updated_at"] and later["created_at"] == row["created_at"]
+    with pytest.raises(ValidationError, match="cannot be set"):
+        run_one(db, "StampedUpdateNode", {"id": row["id"], "fields": {"updated_at": dt.datetime(2020, 1, 1)}})
+
+
+def test_option_columns_declared_with_their_types_are_accepted_and_managed(db):
+    @db.model
+    class Note:
+        text: str
+        version: int = 1
+        deleted_at: Optional[dt.datetime] = None  # noqa: UP045
+        tenant_id: str
+        __dataflow__ = {"versioned": True, "soft_delete": True, "multi_tenant": True}
+
+    assert all(db.models["Note"].by_name[n].generated for n in ("version", "deleted_at", "tenant_id"))
+    with db.tenant("acme"):
+        row = run_one(db, "NoteCreateNode", {"text": "a"})
+        assert (row["version"], row["deleted_at"], row["tenant_id"]) == (1, None, "acme")
+        row = run_one(db, "NoteUpdateNode", {"id": row["id"], "version": 1, "fields": {"text": "b"}})
+        assert row["version"] == 2
+        run_one(db, "NoteDeleteNode", {"id": row["id"]})
+        assert run_one(db, "NoteListNode", {})["count"] == 0
+        assert run_one(db, "NoteListNode", {"include_deleted": True})["records"][0]["deleted_at"] is not None
+
+
+def test_deleted_at_and_version_without_their_options_are_plain_user_fields(db):
+    @db.model
+    class Doc:
+        name: str
+        version: int = 0
+        deleted_at: Optional[dt.datetime] = None  # noqa: UP045
+        __dataflow__ = {"unique": [["name"]]}
+
+    model = db.models["Doc"]
+    assert not model.soft_delete and not model.versioned
+    assert not model.by_name["version"].generated and not model.by_name["deleted_at"].generated
+    when = dt.datetime(2021, 5, 6, tzinfo=dt.UTC)
+    row = run_one(db, "DocCreateNode", {"name": "a", "version": 7, "deleted_at": when})
+    assert (row["version"], row["deleted_at"]) == (7, when)
+    # BulkUpsert sets a user's version (it bumps only versioned's) and keeps a user's deleted_at
+    data = [{"name": "a", "version": 3}]
+    assert run_one(db, "DocBulkUpsertNode", {"data": data, "conflict_on": ["name"]}) == {
+        "inserted": 0,
+        "updated": 1,
+    }
+    row = run_one(db, "DocReadNode", {"id": row["id"]})
+    assert (row["version"], row["deleted_at"]) == (3, when)
+    assert run_one(db, "DocDeleteNode", {"id": row["id"]})["deleted"] is True  # a real delete
+    assert run_one(db, "DocCountNode", {})["count"] == 0
 
 
 @pytest.mark.parametrize("annotation", [float, bytes, Optional[int]])  # noqa: UP045
-def test_an_id_that_is_neither_int_nor_str_is_refused(db, annotation):
-    with pytest.raises(ValidationError, match="'id'"):
+def test_an_id_that_is_neither_int_str_nor_uuid_is_refused(db, annotation):
+    with pytest.raises(ValidationError, match="'id'.*UUID"):
         db.model(make_class("Thing", {"id": annotation, "label": str}))
 
 
@@ -459,3 +557,116 @@ def test_a_reserved_or_system_table_name_is_refused_at_the_model(db, table):
     assert "__tablename__" in caught.value.hint
     assert "Thing" not in db.models
     assert not db.migrations.plan()  # before, sqlite_master made plan() raise IndexError
+
+
+# -- id: UUID --------------------------------------------------------------------------
+@pytest.fixture
+def tokens(db):
+    @db.model
+    class Token:
+        id: uuid.UUID
+        label: str
+        __dataflow__ = {"unique": [["label"]]}
+
+    return db
+
+
+def raw_fetch(db, sql: str) -> list[tuple]:
+    """A workflow-free query on the DataFlow's own database (its in-memory SQLite too)."""
+
+    async def fetch() -> list[tuple]:
+        dialect = await db._opened()
+        conn = await dialect.acquire()
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await dialect.release(conn)
+
+    return _loop.run(fetch())
+
+
+def stored_id_type(db) -> str:
+    if db.dialect == "sqlite":
+        return raw_fetch(db, "SELECT typeof(id) FROM tokens LIMIT 1")[0][0]
+    rows = raw_fetch(
+        db,
+        "SELECT data_type FROM information_schema.columns "
+        "WHERE table_name = 'tokens' AND column_name = 'id' AND table_schema = current_schema()",
+    )
+    return rows[0][0]
+
+
+def test_a_uuid_id_is_a_uuid4_when_create_omits_it_and_is_stored_natively(tokens):
+    row = run_one(tokens, "TokenCreateNode", {"label": "a"})
+    assert type(row["id"]) is uuid.UUID and row["id"].version == 4
+    assert (
+        stored_id_type(tokens).lower()
+        == {"sqlite": "text", "duckdb": "uuid", "postgresql": "uuid"}[tokens.dialect]
+    )
+    if tokens.dialect == "sqlite":  # text in canonical form
+        assert raw_fetch(tokens, "SELECT id FROM tokens") == [(str(row["id"]),)]
+    assert run_one(tokens, "TokenReadNode", {"id": row["id"]})["label"] == "a"
+    assert run_one(tokens, "TokenReadNode", {"id": str(row["id"])})["id"] == row["id"]
+
+
+def test_a_uuid_id_given_by_the_caller_is_kept_as_uuid_or_str(tokens):
+    mine = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert run_one(tokens, "TokenCreateNode", {"id": mine, "label": "a"})["id"] == mine
+    other = uuid.uuid4()
+    assert run_one(tokens, "TokenCreateNode", {"id": str(other).upper(), "label": "b"})["id"] == other
+    with pytest.raises(ValidationError, match="'id'.*UUID"):
+        run_one(tokens, "TokenCreateNode", {"id": "not-a-uuid", "label": "c"})
+
+
+def test_filters_by_a_uuid_id_take_uuid_or_str(tokens):
+    ids = run_one(tokens, "TokenBulkCreateNode", {"data": [{"label": x} for x in "abc"], "return_ids": True})[
+        "ids"
+    ]
+    assert all(type(i) is uuid.UUID for i in ids) and len(set(ids)) == 3
+    listed = run_one(tokens, "TokenListNode", {"filter": {"id": str(ids[1])}})["records"]
+    assert [r["label"] for r in listed] == ["b"]
+    listed = run_one(
+        tokens, "TokenListNode", {"filter": {"id": {"$in": [ids[0], str(ids[2])]}}, "order_by": "label"}
+    )
+    assert [r["label"] for r in listed["records"]] == ["a", "c"]
+    assert run_one(tokens, "TokenCountNode", {"filter": {"id": {"$ne": ids[0]}}})["count"] == 2
+
+
+def test_bulk_create_makes_a_uuid4_per_row_on_the_fast_and_the_slow_path(tokens):
+    given = uuid.uuid4()
+    data = [{"label": "a"}, {"label": "b"}, {"label": "c", "id": str(given)}, {"label": 4}]
+    data[3]["label"] = "d"  # a str label after all: rows 0, 1, 3 fast, row 2 slow (it adds id)
+    ids = run_one(tokens, "TokenBulkCreateNode", {"data": data, "return_ids": True})["ids"]
+    assert ids[2] == given and len(set(ids)) == 4 and all(type(i) is uuid.UUID for i in ids)
+    rows = run_one(tokens, "TokenListNode", {"order_by": "label"})["records"]
+    assert [r["id"] for r in rows] == ids
+
+
+def test_upsert_and_bulk_upsert_make_a_uuid4_for_new_rows(tokens):
+    out = run_one(tokens, "TokenUpsertNode", {"where": {"label": "a"}, "update": {}, "create": {}})
+    assert out["created"] and type(out["record"]["id"]) is uuid.UUID
+    data = [{"label": "a"}, {"label": "b"}, {"label": "c"}]
+    result = run_one(tokens, "TokenBulkUpsertNode", {"data": data, "conflict_on": ["label"]})
+    assert result == {"inserted": 2, "updated": 1}
+    rows = run_one(tokens, "TokenListNode", {"order_by": "label"})["records"]
+    assert rows[0]["id"] == out["record"]["id"]  # an update never changes the id
+    assert len({r["id"] for r in rows}) == 3 and all(r["id"].version == 4 for r in rows)
+    again = [{"id": rows[1]["id"], "label": "bb"}]
+    assert run_one(tokens, "TokenBulkUpsertNode", {"data": again}) == {"inserted": 0, "updated": 1}
+    assert run_one(tokens, "TokenReadNode", {"id": rows[1]["id"]})["label"] == "bb"
+
+
+def test_update_and_delete_by_a_uuid_id_take_uuid_or_str_with_audit_soft_delete_and_versions(db):
+    @db.model
+    class Ticket:
+        id: uuid.UUID
+        label: str
+        __dataflow__ = {"audit_log": True, "soft_delete": True, "versioned": True}
+
+    row = run_one(db, "TicketCreateNode", {"label": "a"})
+    changed = run_one(db, "TicketUpdateNode", {"id": str(row["id"]), "version": 1, "fields": {"label": "b"}})
+    assert (changed["id"], changed["label"], changed["version"]) == (row["id"], "b", 2)
+    assert run_one(db, "TicketDeleteNode", {"id": row["id"]}) == {"id": row["id"], "deleted": True}
+    assert run_one(db, "TicketCountNode", {})["count"] == 0
+    entries = db.audit("Ticket")
+    assert [e.operation for e in entries] == ["create", "update", "delete"]

@@ -183,6 +183,15 @@ class Dialect:
         """How to compare and sort a stored value of this logical type (identity by default)."""
         return expr
 
+    supports_nulls_order = True  # ORDER BY ... NULLS FIRST / NULLS LAST
+
+    def nulls_placed(self, column: sa.ColumnElement, clause: Any, *, first: bool) -> list[Any]:
+        """``clause`` (column ASC or DESC) with its NULLs first or last, as ORDER BY clauses."""
+        if self.supports_nulls_order:
+            return [clause.nulls_first() if first else clause.nulls_last()]
+        is_null = column.is_(None)  # emulated: sort on (column IS NULL) first
+        return [is_null.desc() if first else is_null.asc(), clause]
+
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         """``column IN values`` for a long list, bound as one parameter."""
         return column.in_(values)
@@ -281,7 +290,7 @@ class Dialect:
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
     ) -> str:
-        """``ON CONFLICT ... DO UPDATE``; a ``version`` column (the versioned option) counts up instead.
+        """``ON CONFLICT ... DO UPDATE``; a counter column (versioned's ``version``) counts up instead.
 
         ``guard``: columns the existing row must share with the new one to be updated (tenant_id:
         the check is in the statement, so no concurrent writer can slip in between check and write).
@@ -292,7 +301,7 @@ class Dialect:
             return f"ON CONFLICT ({keys}) DO NOTHING"
         sets = ", ".join(
             f"{quote(c)} = {quote(table.name)}.{quote(c)} + 1"
-            if c == "version"
+            if table.c[c].info.get("counter")
             else f"{quote(c)} = excluded.{quote(c)}"
             for c in update_columns
         )
@@ -310,7 +319,9 @@ class Dialect:
         stmt = self.insert(table).values({c: sa.bindparam(c) for c in columns})
         if not update_columns:
             return stmt.on_conflict_do_nothing(index_elements=list(conflict_on))
-        sets = {c: table.c[c] + 1 if c == "version" else stmt.excluded[c] for c in update_columns}
+        sets = {
+            c: table.c[c] + 1 if table.c[c].info.get("counter") else stmt.excluded[c] for c in update_columns
+        }
         where = sa.and_(*(table.c[c] == stmt.excluded[c] for c in guard)) if guard else None
         return stmt.on_conflict_do_update(index_elements=list(conflict_on), set_=sets, where=where)
 

@@ -199,7 +199,7 @@ class DuckDBDialect(Dialect):
             return sa.Column(
                 "id", sa.BigInteger, primary_key=True, server_default=sa.text(f"nextval('{seq}')")
             )
-        return sa.Column("id", sa.Text, primary_key=True)
+        return sa.Column("id", self.column_type(logical), primary_key=True)  # text, or native UUID
 
     def decimal_type(self, model: str, field: str, digits: tuple[int, int] | None) -> sa.types.TypeEngine:
         precision, scale = digits or DECIMAL_DEFAULT

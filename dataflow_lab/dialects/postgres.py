@@ -186,7 +186,7 @@ class PostgresDialect(PooledDialect):
     def id_column(self, table_name: str, logical: str) -> sa.Column:
         if logical == "integer":
             return sa.Column("id", sa.BigInteger, sa.Identity(start=1), primary_key=True)
-        return sa.Column("id", sa.Text, primary_key=True)
+        return sa.Column("id", self.column_type(logical), primary_key=True)  # text, or native uuid
 
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         from sqlalchemy.dialects.postgresql import ARRAY

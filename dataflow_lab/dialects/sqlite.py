@@ -243,7 +243,11 @@ class SQLiteDialect(PooledDialect):
         return SQLiteConnection(driver_connection)
 
     def id_column(self, table_name: str, logical: str) -> sa.Column:
-        return sa.Column("id", sa.Integer if logical == "integer" else sa.Text, primary_key=True)
+        return sa.Column(
+            "id", sa.Integer if logical == "integer" else sa.Text, primary_key=True
+        )  # uuid: text
+
+    supports_nulls_order = sqlite3.sqlite_version_info >= (3, 30)  # older SQLite: emulated
 
     def table_kwargs(self) -> dict[str, Any]:
         return {"sqlite_autoincrement": True, "sqlite_strict": sqlite3.sqlite_version_info >= (3, 37)}

@@ -47,7 +47,8 @@ class BulkCreate(BulkRows):
         mt, dialect = self.mt, self.mt.dialect
         conn = await ctx.connection(self.dataflow)
         shaper = self.shaper(allow_id=False)
-        return_ids, text_ids = self.params.get("return_ids"), self.model.id_field.type.name == "text"
+        # own ids (id: str, id: UUID) are in the rows; generated integer ids come back from the database
+        return_ids, text_ids = self.params.get("return_ids"), not self.model.id_field.generated
         inserted, ids, skipped = 0, [], []
         for chunk in self.chunks(ctx, shaper):
             skipped.extend(chunk.skipped)
@@ -78,7 +79,8 @@ class BulkCreate(BulkRows):
             written = await self.write_or_skip(conn, chunk, write)
             inserted += len(written)
             if return_ids:  # in input order, None where a row was skipped
-                got = iter([r[chunk.columns.index("id")] for r in written] if text_ids else chunk_ids)
+                at = chunk.columns.index("id") if text_ids else None
+                got = iter(mt.ids_from_db(r[at] for r in written) if text_ids else chunk_ids)
                 gone = {s["index"] for s in chunk.skipped + self.refused[refused_before:]}
                 ids.extend(None if i in gone else next(got) for i in chunk.span)
         result: dict[str, Any] = {"inserted": inserted}

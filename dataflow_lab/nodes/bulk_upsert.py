@@ -146,7 +146,7 @@ class BulkUpsert(BulkRows):
                 inserted += fresh
                 updated += len(written) - fresh - len(repeats)
             wrote_ids = wrote_ids or "id" in columns
-        if wrote_ids and not self.model.id_field.required and inserted:
+        if wrote_ids and self.model.id_field.generated and inserted:
             sync = dialect.sync_id_sequence_sql(mt.table)
             if sync:
                 await conn.fetch(sync)
@@ -185,11 +185,14 @@ class BulkUpsert(BulkRows):
         """What an update changes: the fields the rows give (not defaults filled in), within update_fields."""
         allowed = self.params["update_fields"] if restricted else None
         given = columns if given is None else given
-        keep = {"id", "created_at", "tenant_id", *conflict_on}
+        managed = {c for c in columns if self.model.by_name[c].generated}  # a user's own 'version' is data
+        keep = {"id", *conflict_on, *({"created_at", "tenant_id"} & managed)}
         return [
             c
             for c in columns
-            if c in _ALWAYS_UPDATED or (c not in keep and c in given and (allowed is None or c in allowed))
+            if c in _ALWAYS_UPDATED
+            and c in managed
+            or (c not in keep and c in given and (allowed is None or c in allowed))
         ]
 
     async def _refuse_other_tenants(self, conn: Any, keys: list[tuple]) -> None:

@@ -90,7 +90,7 @@ class Read(ModelNode):
 
     def statements(self) -> list[Any]:
         t = self.mt.table
-        return [self.guarded(sa.select(*t.c).where(t.c.id == self.params["id"]))]
+        return [self.guarded(sa.select(*t.c).where(t.c.id == self.mt.to_db("id", self.params["id"])))]
 
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
         rows = await self._fetch_rows(ctx, *read_by_id(self, self.params["id"]))
@@ -191,7 +191,12 @@ class Delete(ModelNode):
 
     def _values(self, now: Any) -> dict[str, Any]:
         p = self.params
-        return {"_id": self._id_from(p), "_now": now, "_now2": now, "_version": p.get("version")}
+        return {
+            "_id": self.mt.to_db("id", self._id_from(p)),
+            "_now": now,
+            "_now2": now,
+            "_version": p.get("version"),
+        }
 
     def _statement(self, values: dict[str, Any] | None = None) -> Any:
         """Soft delete: mark the live row; otherwise (or hard=True) remove it. ``values`` binds them in.
@@ -244,7 +249,7 @@ class List(ModelNode):
                 "order_by",
                 (str, list, dict),
                 default=[],
-                description="'age', ['-age'] or [{'age': -1}]",
+                description="'age', ['-age'], [{'age': -1}] or {'age': {'nulls': 'first'}}",
                 check=lambda v: filters.normalize_order_by(model, v),
             ),
             Param(

@@ -133,8 +133,10 @@ class ModelNode(Node):
         return {"tenant_id": self.tenant()} if self.model.multi_tenant else {}
 
     def bind(self, names: tuple[str, ...], values: Mapping[str, Any]) -> list[Any]:
-        """Values for a compiled template's bind names; ``_tenant`` is the run's tenant."""
-        return [self.tenant() if n == "_tenant" else values[n] for n in names]
+        """Values for a compiled template's bind names; ``_tenant`` is the run's tenant, ``_id`` as stored."""
+        to_db = self.mt.to_db
+        return [self.tenant() if n == "_tenant" else to_db("id", values[n]) if n == "_id" else values[n]
+                for n in names]  # fmt: skip
 
     def conflict_target(self, names: list[str]) -> list[str]:
         """The columns of the unique constraint behind ``names``: tenant_id leads for multi_tenant models."""
@@ -158,7 +160,7 @@ class ModelNode(Node):
         stmt = sa.update(t).values({c: sa.bindparam(c, values.get(c)) for c in columns})
         if self.model.versioned:
             stmt = stmt.values(version=t.c.version + sa.literal_column("1"))
-        stmt = stmt.where(t.c.id == sa.bindparam("_id", values.get("_id")))
+        stmt = stmt.where(t.c.id == sa.bindparam("_id", self.mt.to_db("id", values.get("_id"))))
         stmt = self.guarded(stmt, include_deleted=include_deleted)
         if check_version:
             stmt = stmt.where(t.c.version == sa.bindparam("_version", values.get("_version")))
@@ -169,7 +171,7 @@ class ModelNode(Node):
     ) -> None:
         """After a versioned Update (or Delete) changed nothing: raise ConcurrencyError if the row exists."""
         t = self.mt.table
-        select = sa.select(t.c.version).where(t.c.id == row_id)
+        select = sa.select(t.c.version).where(t.c.id == self.mt.to_db("id", row_id))
         sql, params = self.mt.dialect.compile(self.guarded(select, include_deleted=include_deleted))
         found = await conn.fetch(sql, params)
         if not found:

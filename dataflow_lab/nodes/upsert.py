@@ -143,7 +143,7 @@ class Upsert(ModelNode):
         found = await conn.fetch(*self.mt.dialect.compile(self._find_statement(where)))
         if not found:
             return None
-        return found[0][0], len(found[0]) > 1 and found[0][1] is not None
+        return self.mt.ids_from_db([found[0][0]])[0], len(found[0]) > 1 and found[0][1] is not None
 
     async def _update(self, conn: Any, row_id: Any, now: dt.datetime, *, revive: bool) -> dict[str, Any]:
         mt = self.mt
