@@ -242,7 +242,10 @@ class WorkflowBuilder:
         problems = []
         for end in (c.source, c.target):
             if end not in self._nodes:
-                problems.append(f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}")
+                problems.append(
+                    f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}"
+                    f" The workflow's nodes: {_listing(self._nodes)}."
+                )
         if problems:
             return problems
         if c.source == c.target and not c.cycle:
@@ -255,7 +258,7 @@ class WorkflowBuilder:
         if root not in target.param_map():
             problems.append(
                 f"connection {c}: {target.type_name} has no input '{root}'."
-                f"{did_you_mean(root, target.param_map())}"
+                f"{did_you_mean(root, target.param_map())} Its inputs: {_listing(target.param_map())}."
             )
         source = self._nodes[c.source]
         outputs_for = getattr(source.node_class, "outputs_for", None)
@@ -264,7 +267,7 @@ class WorkflowBuilder:
         if outputs is not None and head not in outputs:
             problems.append(
                 f"connection {c}: {self._nodes[c.source].type_name} has no output '{head}'."
-                f"{did_you_mean(head, outputs)}"
+                f"{did_you_mean(head, outputs)} Its outputs: {_listing(sorted(outputs))}."
             )
         return problems
 
@@ -284,6 +287,10 @@ class WorkflowBuilder:
         except DataFlowError as exc:
             return [str(exc)]
         return []
+
+
+def _listing(names: Any) -> str:
+    return ", ".join(names) or "none"
 
 
 def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:

@@ -321,6 +321,14 @@ def test_dask_refuses_a_transaction_per_run(pg_url, dask_client):
         DaskRuntime(dask_client, transaction="workflow")
 
 
+def test_dask_refuses_a_misspelled_option_with_a_suggestion_before_connecting():
+    # checked before the address is dialled: no scheduler listens there
+    with pytest.raises(
+        ValidationError, match="Unknown DaskRuntime option 'transactions'. Did you mean 'transaction'"
+    ):
+        DaskRuntime("tcp://127.0.0.1:9", transactions="saga")
+
+
 def test_a_dataflow_pickles_as_its_description_and_comes_back_as_itself_here(shop):
     data = pickle.dumps(shop)
     assert b"asyncpg" not in data  # no pool, no connection: a URL, options and model schemas

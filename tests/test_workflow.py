@@ -393,6 +393,37 @@ def test_build_reports_an_unknown_output_of_a_generated_node_with_a_suggestion(m
     assert "Did you mean 'records'" in info.value.problems[0]
 
 
+def test_a_missing_source_node_is_suggested_by_similarity_or_not_at_all(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserReadNode", "read_user", {"id": 1})
+    wf.add_node("UserListNode", "list_users", {})
+    wf.add_connection("create_usr", "id", "read_user", "id")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    (problem,) = info.value.problems
+    assert "there is no node 'create_usr'." in problem
+    assert "Did you mean" not in problem  # nothing is close: no wrong guess
+    assert "The workflow's nodes: read_user, list_users." in problem
+    wf.add_node("UserCreateNode", "create_user", {"name": "A", "email": "a@x"})
+    with pytest.raises(WorkflowValidationError, match="Did you mean 'create_user'"):
+        wf.build()
+
+
+def test_an_unknown_input_or_output_lists_the_valid_ones(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    wf.add_node("UserUpdateNode", "u", {"id": 1})
+    wf.add_connection("c", "name", "u", "feilds.name")
+    wf.add_connection("c", "nmae", "u", "fields.name")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    inputs, outputs = info.value.problems
+    assert "UserUpdateNode has no input 'feilds'. Did you mean 'fields'?" in inputs
+    assert "Its inputs: id, filter, fields, raise_on_not_found." in inputs
+    assert "UserCreateNode has no output 'nmae'. Did you mean 'name'?" in outputs
+    assert "Its outputs: age, created_at, email, id, name, nickname, updated_at." in outputs
+
+
 def test_build_reports_an_unknown_input_of_the_target(mem_db):
     wf = WorkflowBuilder()
     wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
