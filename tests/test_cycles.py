@@ -90,8 +90,12 @@ def test_the_cycle_target_still_needs_a_starting_value():
     wf = WorkflowBuilder()
     wf.add_node(double, "a")  # x has no default and nothing feeds the first iteration
     wf.add_connection("a", "x", "a", "x", cycle=True, max_iterations=3)
-    with pytest.raises(WorkflowValidationError, match="needs 'x'"):
-        wf.build()
+    workflow = wf.build()
+    assert [str(i) for i in workflow.workflow_inputs] == ["a.x"]  # the run must pass the start
+    with pytest.raises(ValidationError, match="a.x"):
+        LocalRuntime().execute(workflow)
+    results, _ = LocalRuntime().execute(workflow, parameters={"a": {"x": 1}})
+    assert [r["x"] for r in results.iterations["a"]] == [2, 4, 8]
 
 
 def test_build_orders_a_cycle_as_one_step_between_its_upstream_and_downstream():

@@ -344,6 +344,18 @@ def test_a_dask_runtime_made_from_an_address_owns_and_closes_its_client(shop, da
     assert dask_client.status == "running"  # a client passed in is the caller's to close
 
 
+def test_dask_refuses_a_run_without_its_workflow_inputs_before_submitting_anything(shop, dask_client):
+    wf = WorkflowBuilder(dataflow=shop)
+    wf.add_node("CustomerCreateNode", "create", {"tier": "gold"})
+    with pytest.raises(ValidationError, match=r"needs run parameters it was not given: create.name \(str\)"):
+        DaskRuntime(dask_client).execute(wf.build())
+    count = WorkflowBuilder(dataflow=shop)
+    count.add_node("CustomerCountNode", "n", {})
+    assert LocalRuntime().execute(count.build())[0]["n"]["count"] == 0
+    results, _ = DaskRuntime(dask_client).execute(wf.build(), parameters={"create": {"name": "ada"}})
+    assert (results["create"]["name"], results["create"]["tier"]) == ("ada", "gold")
+
+
 def test_run_parameters_override_node_parameters_on_dask(shop, dask_client):
     results, _ = DaskRuntime(dask_client).execute(
         order_flow(shop, 1).build(), parameters={"create": {"name": "zed"}}
