@@ -238,20 +238,6 @@ def test_a_cycle_writing_to_the_database_writes_once_per_iteration(db):
     assert [r["n"] for r in rows] == [1, 2, 3, 4]
 
 
-def test_the_readme_examples_for_cycles_routing_and_parallel_branches_run():
-    import pathlib
-    import re
-
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Cycles") : readme.index("### Dask")]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-    assert len(blocks) == 2
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)  # each block asserts what it shows
-    assert namespace["results"].skipped == ["small"]
-
-
 def test_declared_cycles_may_not_share_nodes():
     wf = WorkflowBuilder()
     wf.add_node(double, "a", x=1)

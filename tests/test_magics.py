@@ -51,7 +51,9 @@ class TestingShell(InteractiveShell):
 
 @pytest.fixture(scope="module")
 def shell():
-    return TestingShell.instance(history_length=0, colors="nocolor")  # display() needs the singleton
+    main = sys.modules["__main__"]  # the shell puts its own in; later tests (Dask's spawn) need this one
+    yield TestingShell.instance(history_length=0, colors="nocolor")  # display() needs the singleton
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture
