@@ -18,11 +18,12 @@ from dataflow_lab import (
     ValidationError,
     Workflow,
     WorkflowBuilder,
+    WorkflowInput,
     WorkflowValidationError,
     _loop,
     viz,
 )
-from dataflow_lab.workflow import WorkflowInput, prepare
+from dataflow_lab.workflow import prepare
 
 
 def define_user(db: DataFlow) -> type:
