@@ -28,7 +28,7 @@ from .nodes.switch import SwitchNode
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped
 from .runtime import AsyncLocalRuntime, LocalRuntime
-from .workflow import Workflow, WorkflowBuilder
+from .workflow import Workflow, WorkflowBuilder, WorkflowInput
 
 __version__ = "0.1.0"
 
@@ -89,6 +89,7 @@ __all__ = [
     "ValidationError",
     "Workflow",
     "WorkflowBuilder",
+    "WorkflowInput",
     "WorkflowValidationError",
     "__version__",
 ]

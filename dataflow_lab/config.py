@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from .errors import ValidationError, did_you_mean
+from .errors import ValidationError, did_you_mean, refuse_unknown_options
 
 ENVIRONMENTS = ("development", "testing", "production")
 
@@ -98,12 +98,7 @@ class DataFlowConfig:
                 hint=f"use one of {', '.join(ENVIRONMENTS)} (unset means development).",
             )
         known = {f.name for f in dataclasses.fields(cls)} - {"database_url", "environment"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValidationError(
-                f"Unknown DataFlow option '{unknown[0]}'.{did_you_mean(unknown[0], known)}",
-                hint=f"known options: {', '.join(sorted(known))}.",
-            )
+        refuse_unknown_options("DataFlow", options, known)
         url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
         values = {**PRESETS[environment], **options}
         _check_interval(values.get("health_check_interval"))

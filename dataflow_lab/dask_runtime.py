@@ -28,10 +28,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .cycles import Cycle
-from .errors import ValidationError
+from .errors import ValidationError, refuse_unknown_options
 from .hooks import Hooks, _Fanout
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
+from .runtime import keyword_options
 from .scheduler import iteration_ended, node_ended, not_converged
 from .transactions import check_isolation
 from .workflow import Workflow, WorkflowBuilder, prepare
@@ -57,7 +58,9 @@ class DaskRuntime:
         isolation: str | None = None,
         hooks: Any = (),
         user: str | None = None,
+        **unknown: Any,
     ):
+        refuse_unknown_options("DaskRuntime", unknown, keyword_options(DaskRuntime))
         if transaction not in MODES:
             raise ValidationError(
                 f"DaskRuntime cannot run transaction mode {transaction!r}.",

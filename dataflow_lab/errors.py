@@ -6,6 +6,7 @@ Every error says what happened and, through ``hint``, what to do about it.
 from __future__ import annotations
 
 import difflib
+import os.path
 from collections.abc import Iterable
 
 __all__ = [
@@ -25,13 +26,61 @@ __all__ = [
     "ValidationError",
     "WorkflowValidationError",
     "did_you_mean",
+    "refuse_unknown_options",
 ]
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """Return ' Did you mean 'x'?' for the closest candidate, or ''."""
-    matches = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
-    return f" Did you mean '{matches[0]}'?" if matches else ""
+    """Return ' Did you mean 'x'?' for the closest candidate, or '' when none is close."""
+    match = closest(name, candidates)
+    return f" Did you mean '{match}'?" if match is not None else ""
+
+
+def refuse_unknown_options(owner: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse option names ``owner`` does not take, with a did-you-mean and the list it does take."""
+    known = sorted(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValidationError(
+            f"Unknown {owner} option '{unknown[0]}'.{did_you_mean(unknown[0], known)}",
+            hint=f"known options: {', '.join(known)}.",
+        )
+
+
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` most likely misspells, or None when none is close.
+
+    Close means a few typos away (at most one edit per three characters, a swap of two
+    neighbours counting as one), or sharing most of its start ('UserCreat' -> 'UserCreateNode').
+    difflib's ratio alone is not enough: it finds 'read_user' close to 'create_usr'.
+    """
+    typed = str(name).lower()
+    scored = []
+    for candidate in candidates:
+        text = str(candidate).lower()
+        distance = _typos(typed, text)
+        shorter, longer = sorted((typed, text), key=len)
+        shared = len(os.path.commonprefix([typed, text]))
+        if (distance < len(shorter) and distance <= max(1, len(longer) // 3)) or (
+            shared >= max(4, 2 * len(longer) // 3)
+        ):
+            ratio = difflib.SequenceMatcher(None, typed, text).ratio()
+            scored.append((distance, -ratio, str(candidate)))
+    return min(scored)[2] if scored else None
+
+
+def _typos(a: str, b: str) -> int:
+    """Edits (insert, delete, replace, swap of neighbours) that turn ``a`` into ``b``."""
+    previous, row = None, list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            cost = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (x != y))
+            if previous is not None and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                cost = min(cost, previous[j - 2] + 1)
+            current.append(cost)
+        previous, row = row, current
+    return row[-1]
 
 
 class DataFlowError(Exception):

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _loop
-from .errors import NodeExecutionError, ValidationError, did_you_mean
+from .errors import NodeExecutionError, ValidationError, did_you_mean, refuse_unknown_options
 from .hooks import Hooks, _Fanout
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
@@ -63,7 +63,9 @@ class LocalRuntime:
         retry: Any = None,
         isolation: str | None = None,
         user: Any = None,
+        **unknown: Any,
     ):
+        refuse_unknown_options(type(self).__name__, unknown, keyword_options(type(self)))
         self.user = user  # who the runs act for: a name (the audit log's "who") or an access.User
         if transaction not in TRANSACTION_MODES:
             raise ValidationError(
@@ -396,6 +398,19 @@ class AsyncLocalRuntime(LocalRuntime):
         return (
             f"{type(self).__name__}(transaction={self.transaction!r}, max_concurrency={self.max_concurrency})"
         )
+
+
+def keyword_options(cls: type) -> set[str]:
+    """The keyword-only options of ``cls`` and of the classes it builds on (``**options`` passed up)."""
+    import inspect
+
+    return {
+        p.name
+        for klass in cls.__mro__
+        if "__init__" in klass.__dict__ and klass is not object
+        for p in inspect.signature(klass.__init__).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
 
 
 def _written_dataflows(workflow: Workflow) -> list[DataFlow]:

@@ -99,7 +99,9 @@ class DagDrawing:
         graph.attr("edge", fontname="Helvetica", fontsize="9", color=_LINE, fontcolor=_INK, arrowsize="0.7")
         for node_id, fill, status in zip(self.node_ids, fills, statuses):
             spec = self.workflow.nodes[node_id]
-            lines = [node_id, spec.type_name] + ([status] if status else [])
+            lines = [node_id, spec.type_name, *_run_inputs(self.workflow, node_id)] + (
+                [status] if status else []
+            )
             label = "\\n".join(_dot_text(line) for line in lines)
             graph.node(node_id, label=label, fillcolor=fill, id=f"df-node-{node_id}", tooltip=spec.type_name)
         for c in self.workflow.connections:
@@ -128,7 +130,7 @@ class DagDrawing:
     def _shape(self) -> tuple:
         """What the drawing's layout depends on (the cache key)."""
         nodes = tuple((n, self.workflow.nodes[n].type_name) for n in self.node_ids)
-        return self.workflow.name, nodes, self.workflow.connections
+        return self.workflow.name, nodes, self.workflow.connections, self.workflow.workflow_inputs
 
     def _template(self) -> tuple[list[str], list[tuple[str, int]]]:
         shape = self._shape()
@@ -167,8 +169,13 @@ class DagDrawing:
         for node_id in self.node_ids:
             state = _check_state(states.get(node_id, "pending"))
             inputs = ", ".join(
-                f"{c.source}.{c.source_output} → {c.target_input}"
-                for c in self.workflow.inputs.get(node_id, ())
+                [
+                    *(
+                        f"{c.source}.{c.source_output} → {c.target_input}"
+                        for c in self.workflow.inputs.get(node_id, ())
+                    ),
+                    *_run_inputs(self.workflow, node_id),
+                ]
             )
             rows.append(
                 f"<tr><td><b>{html.escape(node_id)}</b></td>"
@@ -197,7 +204,16 @@ class DagDrawing:
                 f"  {node_id}: {self.workflow.nodes[node_id].type_name} [{state}]{'  ' + status if status else ''}"
             )
             lines += [f"    <- {c}" for c in self.workflow.inputs.get(node_id, ())]
+            lines += [
+                f"    <- {i}: {i.type_name}, a workflow input" for i in self.workflow.inputs_of(node_id)
+            ]
         return "\n".join(lines)
+
+
+def _run_inputs(workflow: Workflow, node_id: str) -> list[str]:
+    """'run input: id, fields' for a node whose required inputs each run passes (workflow inputs)."""
+    names = [i.name for i in workflow.inputs_of(node_id)]
+    return [f"run input: {', '.join(names)}"] if names else []
 
 
 def _dot_text(text: str) -> str:

@@ -2,9 +2,13 @@
 
 ``add_node`` checks what it can at once (the type exists, parameters are
 known and well-typed). ``build`` checks the rest together and reports every
-problem in one WorkflowValidationError: dangling connections, required
-inputs nobody supplies, unknown outputs, and cycles that were not declared
-(``add_connection(..., cycle=True, max_iterations=N)``, see ``cycles.py``).
+problem in one WorkflowValidationError: dangling connections, unknown inputs
+and outputs, and cycles that were not declared (``add_connection(..., cycle=True,
+max_iterations=N)``, see ``cycles.py``).
+
+A required input that no parameter and no connection supplies is a workflow
+input (``Workflow.workflow_inputs``): each run passes it in ``parameters``, and
+``check_parameters`` refuses a run without it before anything runs.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from .nodes.registry import resolve
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
 
-__all__ = ["Connection", "NodeSpec", "Workflow", "WorkflowBuilder", "check_parameters", "prepare"]
+__all__ = [
+    "Connection",
+    "NodeSpec",
+    "Workflow",
+    "WorkflowBuilder",
+    "WorkflowInput",
+    "check_parameters",
+    "prepare",
+]
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,22 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class WorkflowInput:
+    """A required input of a node that no parameter and no connection supplies: each run passes it.
+
+    ``execute(workflow, parameters={node_id: {name: value}})`` gives it; a run without it is
+    refused before anything runs.
+    """
+
+    node_id: str
+    name: str
+    type_name: str
+
+    def __str__(self) -> str:
+        return f"{self.node_id}.{self.name}"
+
+
+@dataclass(frozen=True)
 class Workflow:
     """A built, validated, immutable workflow. Run it with LocalRuntime().execute(workflow)."""
 
@@ -73,6 +101,7 @@ class Workflow:
     inputs: Mapping[str, tuple[Connection, ...]] = field(repr=False)
     cycles: tuple[Cycle, ...] = ()
     steps: tuple[str | Cycle, ...] = field(default=(), repr=False)  # order, each cycle one step
+    workflow_inputs: tuple[WorkflowInput, ...] = ()  # what every run must pass (see WorkflowInput)
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -112,7 +141,14 @@ class Workflow:
                 lines.append(
                     f"    <- {c}" + (f"  (closes a cycle, at most {c.max_iterations}x)" if c.cycle else "")
                 )
+            lines += [f"    <- {i}: {i.type_name}, a workflow input" for i in self.inputs_of(node_id)]
+        if self.workflow_inputs:
+            lines.append(f"  each run passes: parameters={_run_example(self.workflow_inputs)}")
         return "\n".join(lines)
+
+    def inputs_of(self, node_id: str) -> tuple[WorkflowInput, ...]:
+        """The workflow inputs of one node: what each run must pass it."""
+        return tuple(i for i in self.workflow_inputs if i.node_id == node_id)
 
 
 class WorkflowBuilder:
@@ -200,8 +236,12 @@ class WorkflowBuilder:
             problems += self._check_connection(c)
             if c.target in inputs and c.source in self._nodes:
                 inputs[c.target].append(c)
+        workflow_inputs: list[WorkflowInput] = []
         for node_id, spec in self._nodes.items():
-            problems += self._check_complete(spec, inputs[node_id])
+            open_inputs = _open_inputs(spec, inputs[node_id])
+            workflow_inputs += open_inputs
+            if not open_inputs:
+                problems += _check_complete(spec, inputs[node_id])
         order: tuple[str, ...] = ()
         forward = {n: [c.source for c in inputs[n] if not c.cycle] for n in self._nodes}
         try:
@@ -236,13 +276,17 @@ class WorkflowBuilder:
             inputs=MappingProxyType({k: tuple(v) for k, v in inputs.items() if v}),
             cycles=tuple(cycles),
             steps=steps,
+            workflow_inputs=tuple(workflow_inputs),
         )
 
     def _check_connection(self, c: Connection) -> list[str]:
         problems = []
         for end in (c.source, c.target):
             if end not in self._nodes:
-                problems.append(f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}")
+                problems.append(
+                    f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}"
+                    f" The workflow's nodes: {_listing(self._nodes)}."
+                )
         if problems:
             return problems
         if c.source == c.target and not c.cycle:
@@ -255,7 +299,7 @@ class WorkflowBuilder:
         if root not in target.param_map():
             problems.append(
                 f"connection {c}: {target.type_name} has no input '{root}'."
-                f"{did_you_mean(root, target.param_map())}"
+                f"{did_you_mean(root, target.param_map())} Its inputs: {_listing(target.param_map())}."
             )
         source = self._nodes[c.source]
         outputs_for = getattr(source.node_class, "outputs_for", None)
@@ -264,26 +308,38 @@ class WorkflowBuilder:
         if outputs is not None and head not in outputs:
             problems.append(
                 f"connection {c}: {self._nodes[c.source].type_name} has no output '{head}'."
-                f"{did_you_mean(head, outputs)}"
+                f"{did_you_mean(head, outputs)} Its outputs: {_listing(sorted(outputs))}."
             )
         return problems
 
-    def _check_complete(self, spec: NodeSpec, incoming: list[Connection]) -> list[str]:
-        # a cycle connection carries nothing into the first iteration: it does not supply an input
-        supplied = frozenset(c.target_input.split(".", 1)[0] for c in incoming if not c.cycle)
-        missing = [n for n in spec.node_class.required_names() if n not in spec.checked and n not in supplied]
-        if missing:
-            return [
-                f"node '{spec.node_id}' ({spec.type_name}) needs {', '.join(repr(m) for m in missing)}: "
-                "pass it as a parameter or connect another node's output to it."
-            ]
-        if supplied or any(c.cycle for c in incoming):
-            return []
-        try:
-            spec.node_class.check(dict(spec.params), node_id=spec.node_id)
-        except DataFlowError as exc:
-            return [str(exc)]
+
+def _supplied(spec: NodeSpec, incoming: Any) -> set[str]:
+    # a cycle connection carries nothing into the first iteration: it does not supply an input
+    return set(spec.checked) | {c.target_input.split(".", 1)[0] for c in incoming if not c.cycle}
+
+
+def _open_inputs(spec: NodeSpec, incoming: list[Connection]) -> list[WorkflowInput]:
+    """Required inputs that neither a parameter nor a connection supplies: the run must."""
+    declared = spec.node_class.param_map()
+    return [
+        WorkflowInput(spec.node_id, name, declared[name].type_name)
+        for name in spec.node_class.open_inputs(_supplied(spec, incoming))
+    ]
+
+
+def _check_complete(spec: NodeSpec, incoming: list[Connection]) -> list[str]:
+    """With nothing left open and nothing connected, the parameters must pass the full check now."""
+    if incoming:  # connected values arrive at run time, and are checked then
         return []
+    try:
+        spec.node_class.check(dict(spec.params), node_id=spec.node_id)
+    except DataFlowError as exc:
+        return [str(exc)]
+    return []
+
+
+def _listing(names: Any) -> str:
+    return ", ".join(names) or "none"
 
 
 def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
@@ -321,7 +377,7 @@ def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[st
 def check_parameters(workflow: Workflow, parameters: Any) -> dict[str, dict[str, Any]]:
     """Run parameters ({node id: {param: value}}) checked against the workflow's nodes."""
     if parameters is None:
-        return {}
+        parameters = {}
     if not isinstance(parameters, Mapping):
         raise ValidationError(
             f"run parameters must map node ids to parameters, got {type(parameters).__name__}.",
@@ -339,4 +395,32 @@ def check_parameters(workflow: Workflow, parameters: Any) -> dict[str, dict[str,
             raise ValidationError(f"run parameters for '{node_id}' must be a dict of parameter -> value.")
         workflow.nodes[node_id].node_class.check(values, node_id=node_id, partial=True)
         overrides[node_id] = dict(values)
+    _check_workflow_inputs(workflow, overrides)
     return overrides
+
+
+def _check_workflow_inputs(workflow: Workflow, overrides: dict[str, dict[str, Any]]) -> None:
+    """Refuse a run that leaves a workflow input open; complete nodes now get the full check."""
+    missing: list[WorkflowInput] = []
+    for node_id in dict.fromkeys(i.node_id for i in workflow.workflow_inputs):
+        spec, incoming = workflow.nodes[node_id], workflow.inputs.get(node_id, ())
+        given = _supplied(spec, incoming) | set(overrides.get(node_id, {}))
+        still_open = set(spec.node_class.open_inputs(given))
+        missing += [i for i in workflow.inputs_of(node_id) if i.name in still_open]
+        if not still_open and not incoming:
+            spec.node_class.check({**spec.params, **overrides.get(node_id, {})}, node_id=node_id)
+    if missing:
+        raise ValidationError(
+            f"workflow '{workflow.name}' needs run parameters it was not given: "
+            f"{', '.join(f'{i} ({i.type_name})' for i in missing)}. Nothing ran.",
+            hint=f"pass them to execute(): parameters={_run_example(missing)} "
+            f"(in a notebook: %dataflow run NAME --params '{_run_example(missing)}').",
+        )
+
+
+def _run_example(inputs: Any) -> str:
+    """The ``parameters=`` a run passes for ``inputs``: {"read": {"id": ...}}."""
+    by_node: dict[str, list[str]] = {}
+    for i in inputs:
+        by_node.setdefault(i.node_id, []).append(f'"{i.name}": ...')
+    return "{" + ", ".join(f'"{n}": {{{", ".join(names)}}}' for n, names in by_node.items()) + "}"

@@ -79,6 +79,19 @@ def url_for(backend: str, tmp_path) -> str | None:
     raise ValueError(backend)
 
 
+def spy_on_opens(monkeypatch, dataflow: DataFlow) -> list[str]:
+    """Record each time ``dataflow`` is asked for its database: every connection goes through it."""
+    opens: list[str] = []
+    real = dataflow._opened
+
+    async def opened():
+        opens.append("opened")
+        return await real()
+
+    monkeypatch.setattr(dataflow, "_opened", opened)
+    return opens
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
     return request.param

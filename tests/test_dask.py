@@ -321,6 +321,14 @@ def test_dask_refuses_a_transaction_per_run(pg_url, dask_client):
         DaskRuntime(dask_client, transaction="workflow")
 
 
+def test_dask_refuses_a_misspelled_option_with_a_suggestion_before_connecting():
+    # checked before the address is dialled: no scheduler listens there
+    with pytest.raises(
+        ValidationError, match="Unknown DaskRuntime option 'transactions'. Did you mean 'transaction'"
+    ):
+        DaskRuntime("tcp://127.0.0.1:9", transactions="saga")
+
+
 def test_a_dataflow_pickles_as_its_description_and_comes_back_as_itself_here(shop):
     data = pickle.dumps(shop)
     assert b"asyncpg" not in data  # no pool, no connection: a URL, options and model schemas
@@ -334,6 +342,18 @@ def test_a_dask_runtime_made_from_an_address_owns_and_closes_its_client(shop, da
         assert runtime.client is not dask_client
     assert runtime.client.status == "closed"
     assert dask_client.status == "running"  # a client passed in is the caller's to close
+
+
+def test_dask_refuses_a_run_without_its_workflow_inputs_before_submitting_anything(shop, dask_client):
+    wf = WorkflowBuilder(dataflow=shop)
+    wf.add_node("CustomerCreateNode", "create", {"tier": "gold"})
+    with pytest.raises(ValidationError, match=r"needs run parameters it was not given: create.name \(str\)"):
+        DaskRuntime(dask_client).execute(wf.build())
+    count = WorkflowBuilder(dataflow=shop)
+    count.add_node("CustomerCountNode", "n", {})
+    assert LocalRuntime().execute(count.build())[0]["n"]["count"] == 0
+    results, _ = DaskRuntime(dask_client).execute(wf.build(), parameters={"create": {"name": "ada"}})
+    assert (results["create"]["name"], results["create"]["tier"]) == ("ada", "gold")
 
 
 def test_run_parameters_override_node_parameters_on_dask(shop, dask_client):

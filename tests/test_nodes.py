@@ -11,6 +11,7 @@ import time
 from typing import Optional
 
 import pytest
+from conftest import spy_on_opens
 
 from dataflow_lab import (
     DataFlowError,
@@ -110,11 +111,16 @@ def test_create_stores_the_row_so_a_later_read_returns_it(users):
     assert one(users, "UserReadNode", {"id": created["id"]}) == created
 
 
-def test_create_without_a_required_field_is_refused_before_running(users):
+def test_create_without_a_required_field_is_refused_before_running(users, monkeypatch):
+    # build() records the missing field as a workflow input; a run that does not pass it is refused
     workflow = WorkflowBuilder(users)
     workflow.add_node("UserCreateNode", "create", {"name": "Alice"})
-    with pytest.raises(DataFlowError, match="email"):
-        workflow.build()
+    built = workflow.build()
+    assert [str(i) for i in built.workflow_inputs] == ["create.email"]
+    opens = spy_on_opens(monkeypatch, users)
+    with pytest.raises(DataFlowError, match="create.email"):
+        LocalRuntime().execute(built)
+    assert opens == []
     assert count_users(users) == 0
 
 
@@ -217,11 +223,17 @@ def test_update_of_a_missing_id_returns_none_when_raise_on_not_found_is_false(us
     assert count_users(users) == 0
 
 
-def test_update_without_id_or_filter_is_refused(users):
+def test_update_without_id_or_filter_is_refused_before_running(users, monkeypatch):
+    add_users(users, 1, age=7)
     workflow = WorkflowBuilder(users)
     workflow.add_node("UserUpdateNode", "update", {"fields": {"age": 1}})
-    with pytest.raises(DataFlowError, match="id"):
-        workflow.build()
+    built = workflow.build()
+    assert [str(i) for i in built.workflow_inputs] == ["update.id"]
+    opens = spy_on_opens(monkeypatch, users)
+    with pytest.raises(DataFlowError, match="update.id"):
+        LocalRuntime().execute(built)
+    assert opens == []
+    assert [r["age"] for r in all_users(users)] == [7]
 
 
 def test_update_with_a_filter_on_another_field_is_refused_and_points_to_bulk_update(users):
@@ -792,11 +804,16 @@ def test_a_str_id_model_creates_and_reads_with_the_callers_id(tags):
     assert one(tags, "TagReadNode", {"id": "py"}) == created
 
 
-def test_a_str_id_model_requires_the_callers_id_on_create(tags):
+def test_a_str_id_model_requires_the_callers_id_on_create(tags, monkeypatch):
     workflow = WorkflowBuilder(tags)
     workflow.add_node("TagCreateNode", "create", {"label": "no id"})
-    with pytest.raises(DataFlowError, match="id"):
-        workflow.build()
+    built = workflow.build()
+    assert [str(i) for i in built.workflow_inputs] == ["create.id"]
+    opens = spy_on_opens(monkeypatch, tags)
+    with pytest.raises(DataFlowError, match="create.id"):
+        LocalRuntime().execute(built)
+    assert opens == []
+    assert one(tags, "TagCountNode", {}) == {"count": 0}
 
 
 def test_a_str_id_model_requires_an_id_in_every_bulk_create_row(tags):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from conftest import spy_on_opens
 
 from dataflow_lab import (
     ConcurrencyError,
@@ -262,13 +263,19 @@ def test_a_stale_version_raises_and_changes_nothing(db):
         one(db, "DocUpdateNode", {"id": 99, "version": 1, "fields": {"body": "x"}})
 
 
-def test_update_of_a_versioned_model_requires_the_version():
-    db = DataFlow()
+def test_update_of_a_versioned_model_requires_the_version(db, monkeypatch):
     define_doc(db)
+    one(db, "DocCreateNode", {"title": "a"})
     workflow = WorkflowBuilder(db)
     workflow.add_node("DocUpdateNode", "u", {"id": 1, "fields": {"body": "x"}})
-    with pytest.raises(ValidationError, match="version"):
-        workflow.build()
+    built = workflow.build()
+    assert [str(i) for i in built.workflow_inputs] == ["u.version"]
+    opens = spy_on_opens(monkeypatch, db)
+    with pytest.raises(ValidationError, match="u.version"):
+        LocalRuntime().execute(built)
+    assert opens == []
+    assert one(db, "DocReadNode", {"id": 1})["body"] != "x"
+    assert LocalRuntime().execute(built, parameters={"u": {"version": 1}})[0]["u"]["body"] == "x"
 
 
 def test_a_version_conflict_rolls_back_the_whole_workflow(db):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import spy_on_opens
 
 from dataflow_lab import LocalRuntime, ValidationError, WorkflowBuilder, _loop
 
@@ -44,7 +45,7 @@ def fields(row: dict) -> tuple:
     return row["title"], row["status"], row["priority"], row["note"], row["owner"]
 
 
-def test_columns_with_a_server_default_are_optional_in_create(db):
+def test_columns_with_a_server_default_are_optional_in_create(db, monkeypatch):
     create_schema(db)
     params = {p["name"]: p for p in db.nodes["TicketCreateNode"].describe()}
     assert params["title"]["required"] is True
@@ -52,8 +53,12 @@ def test_columns_with_a_server_default_are_optional_in_create(db):
     assert "<database default>" in params["status"]["description"]
     workflow = WorkflowBuilder(db)
     workflow.add_node("TicketCreateNode", "c", {"status": "x"})
-    with pytest.raises(ValidationError, match="title"):
-        workflow.build()
+    built = workflow.build()  # title alone is left for the run to pass
+    assert [str(i) for i in built.workflow_inputs] == ["c.title"]
+    opens = spy_on_opens(monkeypatch, db)
+    with pytest.raises(ValidationError, match="c.title"):
+        LocalRuntime().execute(built)
+    assert opens == []
 
 
 def test_create_without_them_lets_the_database_fill_them(db):

@@ -277,6 +277,20 @@ def test_an_unknown_transaction_mode_is_refused_with_a_suggestion():
         AsyncLocalRuntime(transaction="per-statement")
 
 
+def test_a_misspelled_runtime_option_is_refused_with_a_suggestion():
+    with pytest.raises(ValidationError) as info:
+        LocalRuntime(transactions="node")
+    assert str(info.value).startswith(
+        "Unknown LocalRuntime option 'transactions'. Did you mean 'transaction'?"
+    )
+    assert "known options: hooks, isolation, retry, transaction, user." in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        AsyncLocalRuntime(max_concurency=2)
+    assert "AsyncLocalRuntime option 'max_concurency'. Did you mean 'max_concurrency'?" in str(info.value)
+    with pytest.raises(ValidationError, match="Did you mean 'transaction'"):
+        AsyncLocalRuntime(transactions="node")
+
+
 def test_a_run_spanning_two_databases_rolls_back_both(tmp_path):
     first = DataFlow(f"sqlite:///{tmp_path / 'one.db'}")
     second = DataFlow("duckdb:///:memory:")

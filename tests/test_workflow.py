@@ -6,17 +6,24 @@ import dataclasses
 from typing import Optional
 
 import pytest
+from conftest import spy_on_opens
 
 from dataflow_lab import (
+    AsyncLocalRuntime,
     DataFlow,
+    DataFlowError,
     LocalRuntime,
     NodeExecutionError,
     NodeNotFoundError,
     ValidationError,
     Workflow,
     WorkflowBuilder,
+    WorkflowInput,
     WorkflowValidationError,
+    _loop,
+    viz,
 )
+from dataflow_lab.workflow import prepare
 
 
 def define_user(db: DataFlow) -> type:
@@ -200,11 +207,13 @@ def test_a_callable_parameter_without_a_default_is_a_required_input():
 
     wf = WorkflowBuilder()
     wf.add_node(needs, "n", {})
-    with pytest.raises(WorkflowValidationError) as info:
-        wf.build()
-    assert len(info.value.problems) == 1
-    assert "'a'" in info.value.problems[0]
-    assert "'b'" not in info.value.problems[0]
+    workflow = wf.build()
+    assert [(i.node_id, i.name, i.type_name) for i in workflow.workflow_inputs] == [("n", "a", "int")]
+    with pytest.raises(ValidationError) as info:
+        LocalRuntime().execute(workflow)
+    assert "n.a (int)" in str(info.value)
+    assert "n.b" not in str(info.value)
+    assert LocalRuntime().execute(workflow, parameters={"n": {"a": 2}})[0]["n"] == 3
 
 
 def test_an_unknown_argument_for_a_callable_is_refused_with_a_suggestion():
@@ -357,14 +366,13 @@ def test_build_reports_a_connection_into_a_missing_target(mem_db):
     assert any("'nowhere'" in p for p in info.value.problems)
 
 
-def test_build_reports_a_required_input_that_nobody_supplies(mem_db):
+def test_build_records_a_required_input_that_nobody_supplies_as_a_workflow_input(mem_db):
     wf = WorkflowBuilder()
     wf.add_node("UserCreateNode", "c", {"name": "A"})
-    with pytest.raises(WorkflowValidationError) as info:
-        wf.build()
-    assert len(info.value.problems) == 1
-    assert "'c'" in info.value.problems[0]
-    assert "'email'" in info.value.problems[0]
+    workflow = wf.build()
+    assert [str(i) for i in workflow.workflow_inputs] == ["c.email"]
+    with pytest.raises(ValidationError, match="c.email"):
+        LocalRuntime().execute(workflow)
 
 
 def test_a_required_input_supplied_by_a_connection_satisfies_build(mem_db):
@@ -391,6 +399,37 @@ def test_build_reports_an_unknown_output_of_a_generated_node_with_a_suggestion(m
     assert len(info.value.problems) == 1
     assert "recods" in info.value.problems[0]
     assert "Did you mean 'records'" in info.value.problems[0]
+
+
+def test_a_missing_source_node_is_suggested_by_similarity_or_not_at_all(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserReadNode", "read_user", {"id": 1})
+    wf.add_node("UserListNode", "list_users", {})
+    wf.add_connection("create_usr", "id", "read_user", "id")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    (problem,) = info.value.problems
+    assert "there is no node 'create_usr'." in problem
+    assert "Did you mean" not in problem  # nothing is close: no wrong guess
+    assert "The workflow's nodes: read_user, list_users." in problem
+    wf.add_node("UserCreateNode", "create_user", {"name": "A", "email": "a@x"})
+    with pytest.raises(WorkflowValidationError, match="Did you mean 'create_user'"):
+        wf.build()
+
+
+def test_an_unknown_input_or_output_lists_the_valid_ones(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    wf.add_node("UserUpdateNode", "u", {"id": 1})
+    wf.add_connection("c", "name", "u", "feilds.name")
+    wf.add_connection("c", "nmae", "u", "fields.name")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    inputs, outputs = info.value.problems
+    assert "UserUpdateNode has no input 'feilds'. Did you mean 'fields'?" in inputs
+    assert "Its inputs: id, filter, fields, raise_on_not_found." in inputs
+    assert "UserCreateNode has no output 'nmae'. Did you mean 'name'?" in outputs
+    assert "Its outputs: age, created_at, email, id, name, nickname, updated_at." in outputs
 
 
 def test_build_reports_an_unknown_input_of_the_target(mem_db):
@@ -443,7 +482,8 @@ def test_build_reports_every_problem_at_once_in_one_error(mem_db):
         return {"x": y}
 
     wf = WorkflowBuilder()
-    wf.add_node("UserCreateNode", "incomplete", {"name": "A"})  # no email
+    wf.add_node("UserCreateNode", "incomplete", {"name": "A"})  # no email: a workflow input, no problem
+    wf.add_node("UserBulkUpdateNode", "everyone", {"fields": {"age": 1}})  # no filter, not confirmed
     wf.add_node("UserListNode", "l", {})
     wf.add_node("UserReadNode", "r", {})
     wf.add_connection("l", "rekords.0.id", "r", "id")  # unknown output
@@ -458,7 +498,8 @@ def test_build_reports_every_problem_at_once_in_one_error(mem_db):
     assert isinstance(problems, list)
     assert len(problems) == 4
     assert any("ghost" in p for p in problems)
-    assert any("'email'" in p and "incomplete" in p for p in problems)
+    assert any("'everyone'" in p and "every User row" in p for p in problems)
+    assert not any("email" in p for p in problems)
     assert any("rekords" in p for p in problems)
     assert any("cycle" in p for p in problems)
     assert "4 problem" in str(info.value)
@@ -606,3 +647,122 @@ def test_the_builder_itself_can_be_executed(user_db):
 def test_execute_refuses_something_that_is_not_a_workflow():
     with pytest.raises(ValidationError, match="Workflow"):
         LocalRuntime().execute({"nodes": []})
+
+
+# --------------------------------------------------------------------------- workflow inputs: run parameters
+
+
+class Events:
+    """A hooks subscriber that records what the runtime started."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def before_workflow(self, **_):
+        self.seen.append("workflow")
+
+    def before_node(self, *, node_id, **_):
+        self.seen.append(node_id)
+
+
+def count_rows(db: DataFlow) -> int:
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("UserCountNode", "n", {})
+    return LocalRuntime().execute(wf.build())[0]["n"]["count"]
+
+
+def test_run_parameters_supply_a_required_input_as_in_kailashs_quickstart(user_db):
+    (alice,) = create_users(user_db, "Alice")
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserReadNode", "read", {})
+    workflow = wf.build()
+    assert workflow.workflow_inputs == (WorkflowInput("read", "id", "int"),)
+    results, _ = LocalRuntime().execute(workflow, parameters={"read": {"id": alice["id"]}})
+    assert results["read"] == alice
+
+
+def test_a_run_without_a_workflow_input_is_refused_before_anything_runs(user_db, monkeypatch):
+    count_rows(user_db)  # the table exists: what the refused run would write to
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "create", {"name": "A", "email": "a@x"})
+    wf.add_node("UserReadNode", "read", {})
+    wf.add_node("UserUpdateNode", "rename", {})
+    workflow = wf.build()
+    opens, events = spy_on_opens(monkeypatch, user_db), Events()
+    for runtime in (LocalRuntime(hooks=[events]), AsyncLocalRuntime(hooks=[events])):
+        with pytest.raises(ValidationError) as info:
+            runtime.execute(workflow, parameters={"rename": {"fields": {"name": "B"}}})
+        assert str(info.value).startswith(
+            "workflow 'workflow' needs run parameters it was not given: read.id (int), rename.id (int). "
+            "Nothing ran."
+        )
+        assert 'parameters={"read": {"id": ...}, "rename": {"id": ...}}' in str(info.value)
+    with pytest.raises(ValidationError, match="read.id"):
+        _loop.run(AsyncLocalRuntime().execute_async(workflow))
+    with pytest.raises(ValidationError, match="read.id"):
+        prepare(workflow, None)
+    assert opens == [] and events.seen == []
+    assert count_rows(user_db) == 0
+
+
+def test_a_wrong_typed_run_parameter_is_refused_before_anything_runs(user_db, monkeypatch):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "create", {"name": "A", "email": "a@x"})
+    wf.add_node("UserReadNode", "read", {})
+    workflow = wf.build()
+    opens = spy_on_opens(monkeypatch, user_db)
+    with pytest.raises(ValidationError, match="UserReadNode 'read': parameter 'id': .* expected int"):
+        LocalRuntime().execute(workflow, parameters={"read": {"id": "first"}})
+    assert opens == []
+    with pytest.raises(ValidationError, match="parameter 'id': .* expected int"):
+        WorkflowBuilder(dataflow=user_db).add_node(
+            "UserReadNode", "read", {"id": "first"}
+        )  # at build, as before
+
+
+def test_run_parameters_that_complete_a_node_get_its_full_check_before_anything_runs(user_db, monkeypatch):
+    wf = WorkflowBuilder(dataflow=user_db)
+    wf.add_node("UserCreateNode", "create", {"name": "A", "email": "a@x"})
+    wf.add_node("UserUpdateNode", "rename", {"fields": {"name": "B"}})
+    workflow = wf.build()
+    opens = spy_on_opens(monkeypatch, user_db)
+    with pytest.raises(ValidationError, match="UserBulkUpdateNode"):  # a filter on another field than id
+        LocalRuntime().execute(workflow, parameters={"rename": {"filter": {"name": "A"}}})
+    assert opens == []
+    results, _ = LocalRuntime().execute(workflow, parameters={"rename": {"filter": {"id": 1}}})
+    assert results["rename"]["name"] == "B"  # a filter on the id stands in for the id
+
+
+def test_a_connected_or_given_input_is_no_workflow_input(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+    wf.add_node("UserReadNode", "connected", {})
+    wf.add_node("UserReadNode", "given", {"id": 1})
+    wf.add_connection("c", "id", "connected", "id")
+    workflow = wf.build()
+    assert workflow.workflow_inputs == ()
+    assert "workflow input" not in workflow.describe()
+    assert LocalRuntime().execute(workflow)[0]["given"]["name"] == "A"
+
+
+def test_describe_and_the_dag_show_the_workflow_inputs(mem_db):
+    wf = WorkflowBuilder(name="lookup")
+    wf.add_node("UserCreateNode", "c", {"name": "A"})
+    wf.add_node("UserReadNode", "read", {})
+    workflow = wf.build()
+    assert workflow.describe().splitlines() == [
+        "<Workflow 'lookup': 2 node(s), 0 connection(s)>",
+        "  c: UserCreateNode",
+        "    <- c.email: str, a workflow input",
+        "  read: UserReadNode",
+        "    <- read.id: int, a workflow input",
+        '  each run passes: parameters={"c": {"email": ...}, "read": {"id": ...}}',
+    ]
+    drawing = viz.DagDrawing(workflow)
+    assert "    <- read.id: int, a workflow input" in drawing.text().splitlines()
+    assert "run input: id" in drawing.fallback_html()
+    try:
+        dot = drawing.dot()
+    except DataFlowError:  # the graphviz package is not installed
+        return
+    assert "read\\nUserReadNode\\nrun input: id" in dot

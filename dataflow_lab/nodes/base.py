@@ -8,7 +8,7 @@ supply the rest) and again, completely, just before the node runs.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -108,7 +108,8 @@ class Node:
         if missing:
             raise ValidationError(
                 f"{cls.type_name} '{node_id}': missing required parameter(s) {', '.join(missing)}.",
-                hint="pass them in add_node(...) or connect another node's output to them.",
+                hint="pass them in add_node(...), connect another node's output to them, "
+                'or pass them at run: execute(workflow, parameters={"node_id": {...}}).',
             )
         for p in cls.parameters:
             if p.name not in out and p.default is not MISSING:
@@ -143,6 +144,11 @@ class Node:
     @classmethod
     def required_names(cls) -> list[str]:
         return [p.name for p in cls.parameters if p.required]
+
+    @classmethod
+    def open_inputs(cls, supplied: Collection[str]) -> list[str]:
+        """What a run must still pass when ``supplied`` are given or connected (workflow inputs)."""
+        return [name for name in cls.required_names() if name not in supplied]
 
     async def run(self, ctx: RunContext) -> Any:  # pragma: no cover - interface
         raise NotImplementedError

@@ -7,6 +7,7 @@ SQLAlchemy Core and compiled once per statement shape.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -134,6 +135,10 @@ class Update(ModelNode):
     def check_together(cls, params: dict[str, Any], *, node_id: str, partial: bool) -> None:
         cls._check_id_or_filter(params, node_id, partial)
 
+    @classmethod
+    def open_inputs(cls, supplied: Collection[str]) -> list[str]:
+        return [*cls._open_id(supplied), *super().open_inputs(supplied)]
+
     def statements(self) -> list[Any]:
         row_id, versioned = self._id_from(self.params), self.model.versioned
         return [
@@ -184,6 +189,10 @@ class Delete(ModelNode):
     @classmethod
     def check_together(cls, params: dict[str, Any], *, node_id: str, partial: bool) -> None:
         cls._check_id_or_filter(params, node_id, partial)
+
+    @classmethod
+    def open_inputs(cls, supplied: Collection[str]) -> list[str]:
+        return [*cls._open_id(supplied), *super().open_inputs(supplied)]
 
     def statements(self) -> list[Any]:
         now = self.mt.to_db("updated_at", self.now())

@@ -8,7 +8,7 @@ node will run (for teaching and debugging).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -192,6 +192,11 @@ class ModelNode(Node):
             return params["id"]
         doc = params.get("filter") or {}
         return doc["id"]["$eq"]
+
+    @classmethod
+    def _open_id(cls, supplied: Collection[str]) -> list[str]:
+        """For nodes taking 'id' or filter={'id': ...}: 'id' stays open when neither is supplied."""
+        return [] if {"id", "filter"} & set(supplied) else ["id"]
 
     @classmethod
     def _check_id_or_filter(cls, params: dict[str, Any], node_id: str, partial: bool) -> None:

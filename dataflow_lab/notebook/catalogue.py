@@ -71,6 +71,12 @@ def example_params(model: ModelSchema) -> dict[str, dict[str, Any]]:
     }
 
 
+REQUIRED_NOTE = (
+    "A required parameter comes from add_node, from a connection, or from each run: build() "
+    'records one left open as a workflow input, passed as execute(wf, parameters={"node_id": {...}}).'
+)
+
+
 @dataclass(frozen=True)
 class NodeEntry:
     """One generated node, as the catalogue shows it."""
@@ -137,7 +143,9 @@ class Catalogue:
             table = self.dataflow.models[model].table_name
             lines.append(f"{model} · table {table} · {len(entries)} nodes")
             lines += [f"  {e.signature()}  # {e.description}" for e in entries]
-        return "\n".join(lines) or "No models yet: define one in a %%dataflow model cell."
+        if not lines:
+            return "No models yet: define one in a %%dataflow model cell."
+        return "\n".join([*lines, REQUIRED_NOTE])
 
     def __repr__(self) -> str:
         return self.text()
@@ -166,6 +174,8 @@ class Catalogue:
                 f"{self.node_html(e)}</details>"
                 for e in entries
             ]
+        if parts:
+            parts.append(f"<p><i>{html.escape(REQUIRED_NOTE)}</i></p>")
         return f'<div class="df-catalogue">{"".join(parts) or html.escape(self.text())}</div>'
 
     def widget(self) -> Any:
