@@ -136,9 +136,10 @@ class DataFlow(Observability):
         tables are never created, altered or migrated. See migrations/reflect.py for the rules.
         """
         from .migrations.reflect import reflect
+        from .transactions import ACTIVE_SCOPE
 
         self._check_open()
-        return _loop.run(reflect(self, tables))
+        return _loop.run(reflect(self, tables, ACTIVE_SCOPE.get()))
 
     def __reduce__(self) -> tuple:
         """Pickle as a description (URL, configuration, model schemas), never as pools or connections.
