@@ -278,15 +278,15 @@ def attach(dataflow: DataFlow) -> MetricsCollector:
     from . import hooks
 
     collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
-    hooks.subscribe(collector)
+    # weakly: the collector's logs reach the DataFlow (node classes), and the global hooks live forever
+    collector._subscription = hooks.subscribe_weakly(collector)
     dataflow._dialect.observe = 2 if collector.capture_sql else 1
-    weakref.finalize(dataflow, hooks.unsubscribe, collector)
     return collector
 
 
 def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
     from . import hooks
 
-    hooks.unsubscribe(collector)
+    hooks.unsubscribe(getattr(collector, "_subscription", collector))
     collector.transactions.close()
     dataflow._dialect.observe = 0
