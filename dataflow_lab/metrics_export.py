@@ -260,9 +260,12 @@ class MetricsServer:
         return f"<MetricsServer {self.url} {state}>"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2.0)
+        """Stop serving (idempotent); the stopped endpoint no longer holds the collector."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._thread.join(timeout=2.0)
 
     def __enter__(self) -> MetricsServer:
         return self

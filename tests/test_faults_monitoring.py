@@ -11,6 +11,7 @@ import asyncio
 import gc
 import weakref
 
+import pytest
 from test_faults import record
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder, hooks
@@ -88,3 +89,21 @@ def test_hundreds_of_recreated_monitored_dataflows_free_their_connections(pg_url
     assert alive == 0
     assert after - baseline <= 1  # at most a connection in the middle of closing
     assert peak - baseline <= 5
+
+
+def test_closing_a_dataflow_stops_its_metrics_endpoint_and_frees_it():
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    db = DataFlow(monitoring=True)
+    define(db)
+    use(db)
+    server = db.serve_metrics(0)
+    assert urllib.request.urlopen(server.url, timeout=10).status == 200
+    ref = weakref.ref(db)
+    db.close()
+    del db
+    gc.collect()
+    assert ref() is None
+    with pytest.raises(OSError):
+        urllib.request.urlopen(server.url, timeout=2)
