@@ -77,6 +77,7 @@ def _enum_text(member: Any) -> str:
 class SQLiteDialect(PooledDialect):
     name = "sqlite"
     serialized = True
+    adds_decimals_exactly = False  # Decimals are stored as text (see above)
     max_bind_params = MAX_BIND_PARAMS
     storage = {
         "text": sa.Text,
