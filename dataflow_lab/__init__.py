@@ -28,6 +28,7 @@ from .nodes.switch import SwitchNode
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped
 from .runtime import AsyncLocalRuntime, LocalRuntime
+from .saga_log import ResumedCompensation
 from .workflow import Workflow, WorkflowBuilder
 
 __version__ = "0.1.0"
@@ -79,6 +80,7 @@ __all__ = [
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "ResumedCompensation",
     "RetryPolicy",
     "RunResults",
     "Skipped",

@@ -201,6 +201,13 @@ def _transaction_families(db: str, tx: dict[str, int], safety: dict[str, int]) -
         family = CounterMetricFamily(name, text, labels=["database"])
         family.add_metric([db], value)
         yield family
+    if safety.get("pending_compensations") is not None:
+        owed = GaugeMetricFamily(
+            "dataflow_pending_compensations", "Saga compensations still owed (see db.resume_compensations()).",
+            labels=["database"],
+        )  # fmt: skip
+        owed.add_metric([db], safety["pending_compensations"])
+        yield owed
 
 
 def _pool_families(db: str, pool: dict[str, Any], gauge: Any, counter: Any) -> Iterator[Any]:
