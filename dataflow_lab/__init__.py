@@ -28,7 +28,6 @@ from .nodes.switch import SwitchNode
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped
 from .runtime import AsyncLocalRuntime, LocalRuntime
-from .saga_log import ResumedCompensation
 from .workflow import Workflow, WorkflowBuilder
 
 __version__ = "0.1.0"
@@ -39,6 +38,10 @@ def __getattr__(name: str) -> object:
         from .dask_runtime import DaskRuntime
 
         return DaskRuntime
+    if name == "ResumedCompensation":  # saga_log.py needs SQLAlchemy: loaded on first use
+        from .saga_log import ResumedCompensation
+
+        return ResumedCompensation
     if (
         name == "saga"
     ):  # the README writes @dataflow_lab.saga.compensate_with(...) after `import dataflow_lab`
