@@ -38,6 +38,10 @@ def __getattr__(name: str) -> object:
         from .dask_runtime import DaskRuntime
 
         return DaskRuntime
+    if name == "ResumedCompensation":  # saga_log.py needs SQLAlchemy: loaded on first use
+        from .saga_log import ResumedCompensation
+
+        return ResumedCompensation
     if (
         name == "saga"
     ):  # the README writes @dataflow_lab.saga.compensate_with(...) after `import dataflow_lab`
@@ -79,6 +83,7 @@ __all__ = [
     "NodeExecutionError",
     "NodeNotFoundError",
     "NotFoundError",
+    "ResumedCompensation",
     "RetryPolicy",
     "RunResults",
     "Skipped",

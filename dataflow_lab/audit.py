@@ -281,7 +281,9 @@ def history(
 
         owner = tenancy.check_tenant(tenant) if tenant is not None else None
         owner = owner or tenancy.require(dataflow, schema, f"db.audit({schema.name!r})")
-    return _loop.run(_history(dataflow, schema, record_id, owner))
+    from .transactions import ACTIVE_SCOPE
+
+    return _loop.run(_history(dataflow, schema, record_id, owner, ACTIVE_SCOPE.get()))
 
 
 def _owned_by(row: dict[str, Any], tenant: str | None) -> bool:
@@ -293,21 +295,19 @@ def _owned_by(row: dict[str, Any], tenant: str | None) -> bool:
 
 
 async def _history(
-    dataflow: DataFlow, schema: Any, record_id: Any, tenant: str | None = None
+    dataflow: DataFlow, schema: Any, record_id: Any, tenant: str | None = None, scope: Any = None
 ) -> list[AuditEntry]:
+    from .transactions import borrowed
+
     table = audit_table(dataflow)
-    await ensure_table(dataflow)
+    await dataflow._ensure_table(table, scope)  # inside db.transaction(): on the block's connection
     t = table.table
     stmt = sa.select(*t.c).where(t.c.model == schema.name).order_by(t.c.id)
     if record_id is not None:
         stmt = stmt.where(t.c.record_id == str(record_id))
     sql, params = table.dialect.compile(stmt)
-    dialect = await dataflow._opened()
-    conn = await dialect.acquire()
-    try:
+    async with borrowed(dataflow, scope) as conn:
         rows = table.rows(await conn.fetch(sql, params))
-    finally:
-        await dialect.release(conn)
     return [
         AuditEntry(
             r["id"],

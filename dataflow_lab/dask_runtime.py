@@ -194,6 +194,11 @@ class _DaskRun:
             if self.runtime.transaction == "saga":
                 failure.compensations = self._compensate()
             raise failure
+        if self.runtime.transaction == "saga":  # it succeeded: its saga log owes nothing
+            from . import saga_log
+
+            steps = [step for outcome in self.committed for step in outcome.saga_steps]
+            run(saga_log.forget_run(self.run_id, steps))
 
     def _submit(self, node_id: str, key: str) -> Any:
         from ._remote import NodeTask, run_node

@@ -55,6 +55,8 @@ class DataFlow(Observability):
         self.clock = clock_for(self.config.deterministic)
         self._two_phase: bool | None = None
         self._recovered = False
+        self._sagas_resumed = False  # owed saga compensations are run at first use (saga_log.py)
+        self._pending_compensations: int | None = None  # None: not counted since the last change
         registry.register(self)
         _track(self)
         self._monitor = None
@@ -136,9 +138,10 @@ class DataFlow(Observability):
         tables are never created, altered or migrated. See migrations/reflect.py for the rules.
         """
         from .migrations.reflect import reflect
+        from .transactions import ACTIVE_SCOPE
 
         self._check_open()
-        return _loop.run(reflect(self, tables))
+        return _loop.run(reflect(self, tables, ACTIVE_SCOPE.get()))
 
     def __reduce__(self) -> tuple:
         """Pickle as a description (URL, configuration, model schemas), never as pools or connections.
@@ -230,6 +233,10 @@ class DataFlow(Observability):
         if not self._recovered:
             self._recovered = True
             await self._recover_at_start()
+        if not self._sagas_resumed and (scope is None or not scope.holds(self)):
+            # (inside an open transaction a second connection could wait forever: at a later use)
+            self._sagas_resumed = True
+            await self._resume_at_start()
         if (
             scope is not None
             and scope.holds(self)
@@ -343,6 +350,39 @@ class DataFlow(Observability):
             logging.getLogger("dataflow_lab.transactions").warning(
                 "resolved in-doubt transactions: %s", outcome
             )
+
+    def resume_compensations(self, *, force: bool = False) -> list[Any]:
+        """Run the saga compensations still owed on this database (the server was down when they
+        ran, or the process died); returns a ``ResumedCompensation`` per compensation tried.
+
+        Like start-up, which does this at first use, it leaves entries younger than
+        ``in_doubt_grace`` seconds alone (a run in another process may still own them) unless
+        ``force=True``.
+        """
+        from .saga_log import resume
+
+        self._check_open()
+        grace = 0.0 if force else self.config.in_doubt_grace
+        return _loop.run(resume(self, min_age=grace))
+
+    def pending_compensations(self) -> int:
+        """How many saga compensations are still owed on this database (see resume_compensations)."""
+        from .saga_log import pending
+
+        self._check_open()
+        self._pending_compensations = len(_loop.run(pending(self)))
+        return self._pending_compensations
+
+    async def _resume_at_start(self) -> None:
+        from .saga_log import resume
+
+        try:
+            done = await resume(self, min_age=self.config.in_doubt_grace)
+        except Exception:  # resuming must never stop a database from opening
+            logging.getLogger("dataflow_lab.transactions").warning("saga resume failed", exc_info=True)
+            return
+        if done:
+            logging.getLogger("dataflow_lab.transactions").warning("resumed saga compensations: %s", done)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["EVENTS", "NODE_RECORD", "Hooks", "global_hooks", "subscribe", "unsubscribe"]
+__all__ = ["EVENTS", "NODE_RECORD", "Hooks", "global_hooks", "subscribe", "subscribe_weakly", "unsubscribe"]
 
 log = logging.getLogger("dataflow_lab.hooks")
 
@@ -111,6 +112,39 @@ def subscribe(subscriber: Any) -> Any:
 
 def unsubscribe(subscriber: Any) -> None:
     global_hooks.unsubscribe(subscriber)
+
+
+class _Weakly:
+    """Forwards the hooks ``subscriber`` has to it while it lives; unsubscribes itself when it dies.
+
+    The global hooks live as long as the process: holding a DataFlow's collector strongly there
+    kept every DataFlow (and its pool) alive, closed or not.
+    """
+
+    def __init__(self, subscriber: Any, hooks: Hooks):
+        self.target = weakref.ref(subscriber, lambda _: hooks.unsubscribe(self))
+        for event in EVENTS:
+            if callable(getattr(subscriber, event, None)):
+                setattr(self, event, self._forwarder(event))
+
+    def _forwarder(self, event: str) -> Any:
+        target = self.target
+
+        def forward(**fields: Any) -> None:
+            subscriber = target()
+            if subscriber is not None:
+                getattr(subscriber, event)(**fields)
+
+        return forward
+
+    def __repr__(self) -> str:
+        return f"<weakly {self.target()!r}>"
+
+
+def subscribe_weakly(subscriber: Any) -> Any:
+    """Subscribe to every runtime's events without keeping ``subscriber`` alive; returns the handle
+    to pass to ``unsubscribe``."""
+    return global_hooks.subscribe(_Weakly(subscriber, global_hooks))
 
 
 class _Fanout:

@@ -201,6 +201,13 @@ def _transaction_families(db: str, tx: dict[str, int], safety: dict[str, int]) -
         family = CounterMetricFamily(name, text, labels=["database"])
         family.add_metric([db], value)
         yield family
+    if safety.get("pending_compensations") is not None:
+        owed = GaugeMetricFamily(
+            "dataflow_pending_compensations", "Saga compensations still owed (see db.resume_compensations()).",
+            labels=["database"],
+        )  # fmt: skip
+        owed.add_metric([db], safety["pending_compensations"])
+        yield owed
 
 
 def _pool_families(db: str, pool: dict[str, Any], gauge: Any, counter: Any) -> Iterator[Any]:
@@ -260,9 +267,12 @@ class MetricsServer:
         return f"<MetricsServer {self.url} {state}>"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2.0)
+        """Stop serving (idempotent); the stopped endpoint no longer holds the collector."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._thread.join(timeout=2.0)
 
     def __enter__(self) -> MetricsServer:
         return self

@@ -80,6 +80,7 @@ class MetricsCollector(CollectorViews):
         # retries and compensations reported during a run, kept until its after_workflow says whose it is
         self._pending: dict[str, dict[str, Any]] = {}
         self._touches: dict[int, tuple[Any, bool]] = {}  # id(workflow) -> (weakref, has a node of ours)
+        self._servers: list[Any] = []  # /metrics endpoints serving this collector (stopped at detach)
         self.reset()
 
     def reset(self) -> None:
@@ -278,15 +279,18 @@ def attach(dataflow: DataFlow) -> MetricsCollector:
     from . import hooks
 
     collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
-    hooks.subscribe(collector)
+    # weakly: the collector's logs reach the DataFlow (node classes), and the global hooks live forever
+    collector._subscription = hooks.subscribe_weakly(collector)
     dataflow._dialect.observe = 2 if collector.capture_sql else 1
-    weakref.finalize(dataflow, hooks.unsubscribe, collector)
     return collector
 
 
 def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
     from . import hooks
 
-    hooks.unsubscribe(collector)
+    hooks.unsubscribe(getattr(collector, "_subscription", collector))
+    for server in collector._servers:
+        server.close()
+    collector._servers.clear()
     collector.transactions.close()
     dataflow._dialect.observe = 0

@@ -147,8 +147,21 @@ class CollectorViews:
                 "deadlocks_detected": tx["deadlocks"],
                 "long_running_transactions": tx["long_running"],
                 "compensations": compensations,
+                "pending_compensations": self._pending_compensations(),
             },
         }
+
+    def _pending_compensations(self) -> int | None:
+        """Saga compensations still owed on the database (None: it could not be asked)."""
+        db = self.dataflow
+        if db is None or db._closed:
+            return None
+        if db._pending_compensations is None:
+            try:
+                db.pending_compensations()
+            except Exception:
+                return None
+        return db._pending_compensations
 
     def _pool_view(self, pool_health: Any) -> dict[str, Any]:
         db = self.dataflow

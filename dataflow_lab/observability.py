@@ -44,10 +44,13 @@ class Observability:
         return prometheus_text(self._collector())
 
     def serve_metrics(self, port: int = 0, *, host: str = "127.0.0.1") -> Any:
-        """Serve Prometheus metrics on http://host:port/metrics (0: any free port); ``.close()`` stops it."""
+        """Serve Prometheus metrics on http://host:port/metrics (0: any free port); ``.close()`` stops it,
+        and so does closing this DataFlow."""
         from .metrics_export import serve
 
-        return serve(self._collector(), port, host=host)
+        server = serve(self._collector(), port, host=host)
+        self._collector()._servers.append(server)  # its thread holds the collector: stopped at close()
+        return server
 
     def audit(self, model: type | str, id: Any = None, *, tenant: str | None = None) -> list[Any]:
         """The audit history of one row (or, without ``id``, of every row) of an audited model.

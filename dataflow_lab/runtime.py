@@ -238,12 +238,21 @@ class LocalRuntime:
         walk = Walk(
             workflow, results, run_node, emit=self._emit, run_id=run_id, concurrency=self.max_concurrency
         )
+        if mode != "saga":
+            await walk.run()
+            return
+        from . import saga_log
+
+        saga_log._IN_FLIGHT.add(run_id)  # its log entries are not owed compensations while it runs
         try:
             await walk.run()
         except Exception as exc:
-            if mode == "saga":
-                exc.compensations = await self._compensate(steps, run_id)
+            exc.compensations = await self._compensate(steps, run_id)
             raise
+        else:
+            await saga_log.forget_run(run_id, steps)
+        finally:
+            saga_log._IN_FLIGHT.discard(run_id)
 
     async def _in_own_transaction(
         self,

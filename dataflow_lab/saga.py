@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
+from . import saga_log
 from .nodes.base import Node
 
 __all__ = ["SagaStep", "capture", "compensate", "compensate_steps", "compensate_with", "run_step", "step"]
@@ -51,6 +50,7 @@ class SagaStep:
     result: Any = None
     before: list[dict[str, Any]] = field(default_factory=list)
     created: list[Any] = field(default_factory=list)
+    logged: tuple[str, int] | None = None  # (run_id, seq) of its saga log entry (saga_log.py)
 
 
 async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
@@ -122,15 +122,8 @@ async def compensate(saga_step: SagaStep, conn: Any) -> None:
     mt = getattr(node, "mt", None)
     if mt is None:
         return
-    if saga_step.created:
-        for start in range(0, len(saga_step.created), 500):
-            ids = saga_step.created[start : start + 500]
-            await conn.execute(*mt.dialect.compile(sa.delete(mt.table).where(mt.table.c.id.in_(ids))))
-    if saga_step.before:
-        columns = mt.columns
-        rows = [tuple(mt.to_db(c, row[c]) for c in columns) for row in saga_step.before]
-        update = [c for c in columns if c != "id"]
-        await mt.dialect.bulk_upsert(conn, mt.table, columns, rows, ["id"], update)
+    await saga_log.undo(mt, conn, saga_step.created, saga_step.before)
+    await saga_log.forget_step(saga_step, conn)  # in the same transaction: owed exactly until undone
 
 
 def needs_compensation(node: Node) -> bool:
@@ -145,16 +138,19 @@ async def _select(mt: Any, conn: Any, doc: dict[str, Any], guards: Any = ()) -> 
 
 async def run_step(scope: Any, node: Node, saga_steps: list[SagaStep]) -> Any:
     """Run a node that needs compensation, recording what undoing it takes in ``saga_steps``."""
+    if getattr(node, "mt", None) is not None and node.dataflow is not None:
+        await saga_log.ensure_log(node.dataflow, scope)  # before its transaction begins
     conn = await scope.connection(node.dataflow, write=True) if node.dataflow is not None else None
     if "return_ids" in node.param_map():
         node.params["return_ids"] = True  # compensation deletes exactly the rows it created
     before = await capture(node, conn) if conn is not None else []
     result = await node.run(scope)
-    saga_steps.append(
-        await step(node, conn, before, result)
-        if conn is not None
-        else SagaStep(node.node_id, node.type_name, node, dict(node.params), result)
-    )
+    if conn is None:
+        saga_steps.append(SagaStep(node.node_id, node.type_name, node, dict(node.params), result))
+        return result
+    saga_step = await step(node, conn, before, result)
+    await saga_log.log_step(scope, saga_step)  # in the node's transaction: committed with its writes
+    saga_steps.append(saga_step)
     return result
 
 
@@ -184,6 +180,8 @@ async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> 
                 if await runtime._should_retry(exc, attempt, run_id, saga_step.node_id):
                     continue
                 entry.update(status="failed", error=str(exc))
+                if saga_step.node.dataflow is not None:
+                    saga_step.node.dataflow._pending_compensations = None  # counted again when asked
                 log.error("compensation of %s failed: %s", saga_step.node_id, exc)
                 break
         record.append(entry)

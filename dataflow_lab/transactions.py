@@ -14,6 +14,7 @@ two-phase protocol of ``two_phase.py``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import itertools
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .dialects import Connection
 
-__all__ = ["ACTIVE_SCOPE", "ISOLATION_LEVELS", "Scope", "TransactionBlock", "check_isolation"]
+__all__ = ["ACTIVE_SCOPE", "ISOLATION_LEVELS", "Scope", "TransactionBlock", "borrowed", "check_isolation"]
 
 log = logging.getLogger("dataflow_lab.transactions")
 
@@ -199,6 +200,24 @@ class Scope(RunContext):
         if self.parent is None:
             for h in held:
                 await h.dataflow._dialect.release(h.conn)
+
+
+@contextlib.asynccontextmanager
+async def borrowed(dataflow: DataFlow, scope: Scope | None) -> Any:
+    """A connection to ``dataflow`` for a read outside any run: the open transaction's when ``scope``
+    (the caller's ``ACTIVE_SCOPE``) holds one, else a pooled one, released after.
+
+    SQLite and DuckDB have one writer: a second connection would wait forever for the block's.
+    """
+    if scope is not None and scope.holds(dataflow):
+        yield await scope.connection(dataflow)
+        return
+    dialect = await dataflow._opened()
+    conn = await dialect.acquire()
+    try:
+        yield conn
+    finally:
+        await dialect.release(conn)
 
 
 def _partial_commit(failed: _Held, committed: list[_Held], exc: Exception) -> TransactionError:

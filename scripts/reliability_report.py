@@ -40,6 +40,10 @@ GLOBS = ["tests/test_faults*.py", "tests/test_transactions*.py"]
 
 ABOUT = {
     "test_faults": "Server crashes, pool pressure and deadlock storms against a real PostgreSQL.",
+    "test_faults_saga": "Sagas whose compensations are cut off by a server kill: owed compensations are "
+    "resumed after the restart, at the next start or by db.resume_compensations().",
+    "test_faults_monitoring": "Hundreds of monitored DataFlows created and closed on PostgreSQL: none stays "
+    "alive, no connection leaks.",
     "test_transactions": "Transaction blocks, savepoints, isolation levels, sagas, two-phase commit, retries.",
     "test_stateful": "Random Create/Read/Update/Delete/Upsert/List/Count and bulk operations, each a real "
     "workflow, compared with an in-memory reference model after every step.",

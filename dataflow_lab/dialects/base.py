@@ -226,6 +226,7 @@ class Dialect:
     # -- bulk paths (the fast path of each database overrides these) ----------
     supports_savepoints = True
     text_allows_nul = True  # PostgreSQL text cannot hold "\x00"
+    adds_decimals_exactly = True  # False where Decimals are stored as text: `col + :v` would be a float sum
     upsert_reports_counts = False  # True when bulk_upsert returns (inserted, updated)
 
     def bulk_batch_size(self, n_columns: int) -> int:

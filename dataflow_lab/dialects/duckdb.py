@@ -232,6 +232,7 @@ class DuckDBDialect(Dialect):
         return insert(table)
 
     supports_savepoints = False
+    adds_decimals_exactly = False  # Decimals are stored as text (see above)
 
     def bulk_batch_size(self, n_columns: int) -> int:
         return 100_000

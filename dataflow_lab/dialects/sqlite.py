@@ -144,6 +144,7 @@ def _lower(text: Any) -> Any:
 class SQLiteDialect(PooledDialect):
     name = "sqlite"
     serialized = True
+    adds_decimals_exactly = False  # Decimals are stored as text (see above)
     max_bind_params = MAX_BIND_PARAMS
     storage = {
         "text": sa.Text,

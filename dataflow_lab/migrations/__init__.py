@@ -37,7 +37,7 @@ class Migrations:
     def plan(self, *, backfill: Mapping[str, Any] | None = None) -> MigrationPlan:
         """What ``apply()`` would do now, for every model: steps with up and down SQL."""
         fill = self._backfill(backfill)
-        return _loop.run(self._session(lambda conn, d: self._plan(conn, d, fill), write=False))
+        return self._run(lambda conn, d: self._plan(conn, d, fill), write=False)
 
     def apply(
         self,
@@ -59,19 +59,19 @@ class Migrations:
                     "apply(directory=..., backfill=...): a migration file already holds its values.",
                     hint="pass backfill= to db.migrations.generate(...) instead, then apply the file.",
                 )
-            return _loop.run(self._session(lambda conn, d: self._apply_files(conn, d, Path(directory))))
+            return self._run(lambda conn, d: self._apply_files(conn, d, Path(directory)))
         fill = self._backfill(backfill)
-        return _loop.run(self._session(lambda conn, d: self._apply(conn, d, confirm_destructive, fill)))
+        return self._run(lambda conn, d: self._apply(conn, d, confirm_destructive, fill))
 
     def rollback(self, steps: int = 1, *, confirm_destructive: bool = False) -> list[AppliedMigration]:
         """Run the down SQL of the last ``steps`` applied migrations, newest first."""
         if steps < 1:
             raise MigrationError(f"rollback(steps={steps}) rolls back nothing.", hint="pass steps=1 or more.")
-        return _loop.run(self._session(lambda conn, d: self._rollback(conn, d, steps, confirm_destructive)))
+        return self._run(lambda conn, d: self._rollback(conn, d, steps, confirm_destructive))
 
     def history(self) -> list[AppliedMigration]:
         """Every recorded migration, oldest first (rolled-back ones have ``rolled_back_at``)."""
-        return _loop.run(self._session(self._history, write=False))
+        return self._run(self._history, write=False)
 
     def generate(self, directory: str | Path, *, backfill: Mapping[str, Any] | None = None) -> Path | None:
         """Write the current plan as the next numbered .sql file in ``directory`` (None: nothing to do)."""
@@ -82,6 +82,26 @@ class Migrations:
         return write_file(directory, plan, engine._slug(plan.steps), taken)
 
     # -- internals ---------------------------------------------------------------------
+    def _run(self, work: Any, *, write: bool = True) -> Any:
+        """Run ``work(conn, dialect)`` in a session of its own, or, for a read inside
+        ``with db.transaction():``, on that block's connection (a second one could wait forever
+        for the block's on SQLite and DuckDB). Changing the schema inside a block is refused."""
+        from ..transactions import ACTIVE_SCOPE
+
+        scope = ACTIVE_SCOPE.get()
+        if scope is not None and scope.holds(self._db):
+            if write:
+                raise MigrationError(
+                    f"Migrations of {self._db!r} cannot be applied or rolled back inside db.transaction().",
+                    hint="call db.migrations.apply() / rollback() outside the transaction block.",
+                )
+            return _loop.run(self._in_scope(work, scope))
+        return _loop.run(self._session(work, write=write))
+
+    async def _in_scope(self, work: Any, scope: Any) -> Any:
+        dialect = await self._db._opened()
+        return await work(await scope.connection(self._db), dialect)
+
     async def _session(self, work: Any, *, write: bool = True) -> Any:
         db = self._db
         db._check_open()

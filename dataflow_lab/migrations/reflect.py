@@ -58,10 +58,11 @@ class ReflectedTable(ModelTable):
         await check_untouched(conn, self)
 
 
-async def reflect(db: Any, tables: list[str] | None) -> list[str]:
+async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[str]:
+    from ..transactions import borrowed
+
     dialect = await db._opened()
-    conn = await dialect.acquire()
-    try:
+    async with borrowed(db, scope) as conn:  # inside db.transaction(): the block's connection
         available = await table_names(dialect, conn)
         wanted = available if tables is None else list(tables)
         modeled = {m.table_name for m in db.models.values()}
@@ -74,8 +75,6 @@ async def reflect(db: Any, tables: list[str] | None) -> list[str]:
                 raise ValidationError(f"Table '{name}' does not exist in {db!r}.",
                                       hint=f"tables: {', '.join(available) or 'none'}.")  # fmt: skip
             shapes.append(shape)
-    finally:
-        await dialect.release(conn)
     added = []
     for shape in shapes:
         schema = model_from_table(shape, strict=tables is not None)

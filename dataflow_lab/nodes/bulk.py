@@ -20,6 +20,7 @@ from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
 from .bulk_upsert import BulkUpsert
 from .crud import hard_param
+from .increments import set_values, split
 from .model_node import ModelNode, include_deleted_param
 
 __all__ = ["BULK_OPERATIONS", "BulkCreate", "BulkDelete", "BulkUpdate", "BulkUpsert"]
@@ -124,8 +125,8 @@ class BulkUpdate(_FilterWrite):
                 "fields",
                 dict,
                 required=True,
-                description="field -> new value",
-                check=cls._fields_checker("fields"),
+                description="field -> new value, or {'$inc': n} to add n atomically",
+                check=cls._fields_checker("fields", increments=True),
             ),
             Param("confirmed", bool, default=False, description="required with an empty filter"),
             *include_deleted_param(model),
@@ -136,8 +137,9 @@ class BulkUpdate(_FilterWrite):
 
     def _statement(self) -> Any:
         mt = self.mt
-        values = mt.touched(self.params["fields"], self.now())
-        stmt = sa.update(mt.table).values({k: mt.to_db(k, v) for k, v in values.items()})
+        plain, increments = split(self.params["fields"])
+        values = mt.db_values(mt.touched(plain, self.now()))
+        stmt = sa.update(mt.table).values(set_values(mt.table, tuple(values), increments, values))
         if self.model.versioned:
             stmt = stmt.values(version=mt.table.c.version + sa.literal_column("1"))
         where = self.where_clause()

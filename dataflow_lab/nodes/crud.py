@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from .. import audit, filters
 from ..model import ModelSchema
 from .base import Param, RunContext
+from .increments import split
 from .model_node import (
     ModelNode,
     Records,
@@ -119,8 +120,8 @@ class Update(ModelNode):
                 "fields",
                 dict,
                 required=True,
-                description="field -> new value",
-                check=cls._fields_checker("fields"),
+                description="field -> new value, or {'$inc': n} to add n atomically",
+                check=cls._fields_checker("fields", increments=True),
             ),
             Param(
                 "raise_on_not_found",
@@ -149,10 +150,12 @@ class Update(ModelNode):
 
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
         mt, row_id, versioned = self.mt, self._id_from(self.params), self.model.versioned
-        values = mt.db_values(mt.touched(self.params["fields"], self.now()))
+        plain, increments = split(self.params["fields"])
+        values = mt.db_values(mt.touched(plain, self.now()))
         columns = tuple(values)
         sql, names = mt.template(
-            ("update", columns), lambda: self.update_one(columns, check_version=versioned)
+            ("update", columns, increments),
+            lambda: self.update_one(columns, check_version=versioned, increments=increments),
         )
         params = self.bind(names, {**values, "_id": row_id, "_version": self.params.get("version")})
         before = await audit.row_before(self, ctx, row_id) if self.model.audit_log else None

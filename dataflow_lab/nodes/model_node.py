@@ -19,6 +19,7 @@ from ..model import ModelSchema
 from ..schema import ModelTable
 from ..types import LOGICAL_TYPES
 from .base import Node, Param, RunContext
+from .increments import check_increment, is_increment, set_values, split
 
 __all__ = ["ModelNode", "Records", "check_conflict_on"]
 
@@ -67,8 +68,11 @@ class ModelNode(Node):
 
     # shared checkers ---------------------------------------------------
     @classmethod
-    def _fields_checker(cls, what: str, *, allow_id: bool = False, supplied_id: bool = False) -> Any:
-        """``allow_id``: any id may be named; ``supplied_id``: a caller-supplied (not generated) id may."""
+    def _fields_checker(
+        cls, what: str, *, allow_id: bool = False, supplied_id: bool = False, increments: bool = False
+    ) -> Any:
+        """``allow_id``: any id may be named; ``supplied_id``: a caller-supplied (not generated) id may;
+        ``increments``: a numeric field may be ``{"$inc": n}`` (increments.py)."""
         model = cls.model
 
         def check(values: Any) -> dict[str, Any]:
@@ -85,7 +89,10 @@ class ModelNode(Node):
                         f"{model.name}: field '{name}' cannot be set in '{what}'.",
                         hint=f"dataflow_lab manages {name}{_MANAGED_HOW.get(name, '')}.",
                     )
-                out[name] = cls.mt.check(name, value)
+                if is_increment(f, value):
+                    out[name] = check_increment(cls.mt, f, value, what=what, allowed=increments)
+                else:
+                    out[name] = cls.mt.check(name, value)
             return out
 
         return check
@@ -151,13 +158,15 @@ class ModelNode(Node):
         check_version: bool,
         include_deleted: bool = False,
         values: Mapping[str, Any] | None = None,
+        increments: frozenset[str] = frozenset(),
     ) -> Any:
         """UPDATE one row by ``_id`` (bind names: the columns, _id, _version, _tenant); bumps ``version``.
 
         ``values`` binds the parameters in (for ``sql()``); templates leave them unbound.
+        ``increments``: columns set to ``col + :col`` (atomic increments, increments.py).
         """
         t, values = self.mt.table, values or {}
-        stmt = sa.update(t).values({c: sa.bindparam(c, values.get(c)) for c in columns})
+        stmt = sa.update(t).values(set_values(t, columns, increments, values))
         if self.model.versioned:
             stmt = stmt.values(version=t.c.version + sa.literal_column("1"))
         stmt = stmt.where(t.c.id == sa.bindparam("_id", self.mt.to_db("id", values.get("_id"))))
@@ -227,11 +236,11 @@ class ModelNode(Node):
         self, row_id: Any, fields: dict[str, Any], *, check_version: bool, include_deleted: bool
     ) -> Any:
         """The UPDATE of one row, its values bound in (for ``sql()``)."""
-        values = self.mt.db_values(self.mt.touched(fields, self.now()))
+        plain, increments = split(fields)
+        values = self.mt.db_values(self.mt.touched(plain, self.now()))
         bound = {**values, "_id": row_id, "_version": self.params.get("version")}
-        return self.update_one(
-            tuple(values), check_version=check_version, include_deleted=include_deleted, values=bound
-        )
+        return self.update_one(tuple(values), check_version=check_version, include_deleted=include_deleted,
+                               values=bound, increments=increments)  # fmt: skip
 
     @classmethod
     def sql(cls, params: Mapping[str, Any] | None = None) -> str:
