@@ -118,6 +118,7 @@ class DataFlow(Observability):
                     "type_name": name,
                     "dataflow": self,
                     "model": schema,
+                    "model_name": schema.name,
                     "mt": table,
                     "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
                     "__module__": __name__,
@@ -165,9 +166,9 @@ class DataFlow(Observability):
         # (additive: applied in development; destructive: refused until confirmed).
 
     @property
-    def nodes(self) -> Mapping[str, type[Node]]:
-        """Generated node classes by name ('UserCreateNode', ...)."""
-        return MappingProxyType(self._nodes)
+    def nodes(self) -> registry.NodeNamespace:
+        """Generated node classes by name: ``db.nodes.UserCreateNode`` or ``db.nodes["UserCreateNode"]``."""
+        return registry.NodeNamespace(self, self._nodes)
 
     @property
     def models(self) -> Mapping[str, ModelSchema]:
