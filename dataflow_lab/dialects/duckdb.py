@@ -97,6 +97,7 @@ class DuckDBConnection(Connection):
 class DuckDBDialect(Dialect):
     name = "duckdb"
     serialized = True
+    warm_modules = ("duckdb",)  # opening opens (and locks) the file: that stays at the first use
     max_bind_params = 65535
     storage = {
         "text": sa.Text,

@@ -77,6 +77,7 @@ def _enum_text(member: Any) -> str:
 class SQLiteDialect(PooledDialect):
     name = "sqlite"
     serialized = True
+    warm_modules = ("aiosqlite", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.sqlite.aiosqlite")
     max_bind_params = MAX_BIND_PARAMS
     storage = {
         "text": sa.Text,
