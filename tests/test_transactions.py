@@ -142,6 +142,30 @@ def test_an_inner_block_that_succeeded_is_undone_with_the_middle_block_that_fail
     assert snapshot(db) == [(1, "outer", 0)]
 
 
+def test_on_duckdb_a_failed_undo_of_an_inner_run_makes_the_outer_block_refuse_to_commit():
+    db = DataFlow("duckdb:///:memory:")
+    define(db)
+    run(db, "AccountCreateNode", {"name": "before"})
+    table = db._tables["Account"].table.name
+
+    async def sabotage(new_id: int) -> None:  # leaves the inner run's undo nothing to undo on
+        conn = await ACTIVE_SCOPE.get().connection(db, write=True)
+        await conn.execute(f'ALTER TABLE "{table}" RENAME TO "{table}_elsewhere"', [])
+        raise RuntimeError("the inner run fails")
+
+    with pytest.raises(TransactionError, match="could not be undone") as raised:
+        with db.transaction():
+            run(db, "AccountCreateNode", {"name": "outer"})
+            wf = WorkflowBuilder(dataflow=db)
+            wf.add_node("AccountCreateNode", "create", {"name": "inner"})
+            wf.add_node(sabotage, "sabotage")
+            wf.add_connection("create", "id", "sabotage", "new_id")
+            with pytest.raises(NodeExecutionError):
+                LocalRuntime().execute(wf.build())
+    assert "rolled back as a whole" in str(raised.value)
+    assert names(db) == ["before"]  # nothing of the block was kept, the rename included
+
+
 def test_an_async_transaction_block_commits_and_rolls_back(db):
     define(db)
 
