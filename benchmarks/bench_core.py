@@ -6,6 +6,8 @@ DATAFLOW_TEST_POSTGRES_URL or DATABASE_URL names one):
 - single-op: one transaction that inserts a row (RETURNING *) and reads it back by id;
   for dataflow_lab that is a two-node workflow (Create -> Read) run by LocalRuntime.
 - list-1000: fetch 1,000 rows as dicts; for dataflow_lab a ListNode with limit=1000.
+- cold start: a fresh interpreter that imports, opens the database, defines the table
+  and runs Create -> Read once (the whole subprocess, wall clock, median of several).
 
 We report ratios (ours / baseline), because absolute times drift 30-50% on shared
 machines. Run: python benchmarks/bench_core.py [--write docs/performance.md]
@@ -18,8 +20,10 @@ import asyncio
 import datetime as dt
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _harness import fmt_ms, per_op, table  # noqa: E402
@@ -324,6 +328,86 @@ def sqlalchemy_core(url: str, n: int) -> tuple[float, float]:
     return single_t, list_t
 
 
+# -- cold start: a fresh process to its first result -----------------------------
+COLD_OURS = """
+import os
+from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+db = DataFlow(os.environ["COLD_URL"] or None)
+@db.model
+class Item:
+    name: str
+    qty: int
+    price: float
+    active: bool = True
+wf = WorkflowBuilder(dataflow=db)
+wf.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3, "price": 9.5})
+wf.add_node("ItemReadNode", "read", {})
+wf.add_connection("create", "id", "read", "id")
+assert LocalRuntime().execute(wf.build())[0]["read"]["name"] == "widget"
+"""
+
+COLD_SQLALCHEMY = """
+import asyncio, datetime as dt, os
+import sqlalchemy as sa
+url = os.environ["COLD_URL"]
+md = sa.MetaData()
+items = sa.Table(
+    "sa_cold_items", md,
+    sa.Column("id", sa.Integer if url.startswith("sqlite") else sa.BigInteger,
+              sa.Sequence("sa_cold_seq") if url.startswith("duckdb") else sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False), sa.Column("qty", sa.BigInteger, nullable=False),
+    sa.Column("price", sa.Double, nullable=False), sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+now = dt.datetime.now(dt.UTC)
+row = dict(name="widget", qty=3, price=9.5, active=True, created_at=now, updated_at=now)
+if url.startswith("duckdb"):
+    engine = sa.create_engine(url)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        new = conn.execute(items.insert().returning(*items.c), row).one()
+        assert conn.execute(items.select().where(items.c.id == new.id)).one().name == "widget"
+else:
+    from sqlalchemy.ext.asyncio import create_async_engine
+    if url.startswith("sqlite"):
+        engine = create_async_engine("sqlite+aiosqlite://")
+    else:
+        engine = create_async_engine(sa.engine.make_url(url).set(drivername="postgresql+asyncpg"))
+    async def main():
+        async with engine.begin() as conn:
+            await conn.run_sync(md.create_all)
+            new = (await conn.execute(items.insert().returning(*items.c), row)).one()
+            got = (await conn.execute(items.select().where(items.c.id == new.id))).one()
+            assert got.name == "widget"
+        await engine.dispose()
+    asyncio.run(main())
+"""
+
+
+def cold_start(url: str | None, sa_url: str, runs: int = 7) -> tuple[float, float]:
+    """Wall seconds of a fresh process to its first result: (ours, SQLAlchemy Core), median of ``runs``.
+
+    The two alternate, so a noisy neighbour slows both alike.
+    """
+
+    def one(code: str, target: str) -> float:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", code],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "COLD_URL": target},
+        )
+        return time.perf_counter() - start
+
+    ours_t, sa_t = [], []
+    for _ in range(runs):
+        ours_t.append(one(COLD_OURS, url or ""))
+        sa_t.append(one(COLD_SQLALCHEMY, sa_url))
+    return statistics.median(ours_t), statistics.median(sa_t)
+
+
 def import_time() -> float:
     """Seconds for `import dataflow_lab` in a fresh interpreter (minus bare startup), best of 5."""
 
@@ -349,6 +433,7 @@ def main() -> int:
     )
     parser.add_argument("-n", type=int, default=500, help="single-op iterations per round")
     parser.add_argument("--write", metavar="PATH", help="also write the figures as markdown to PATH")
+    parser.add_argument("--cold-runs", type=int, default=7, help="fresh processes per cold-start figure")
     args = parser.parse_args()
     pg = os.environ.get("DATAFLOW_TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL")
     os.environ.pop("DATABASE_URL", None)
@@ -387,6 +472,18 @@ def main() -> int:
                 f"{ours_list / sa_list:.2f}x",
             )
         )
+        ours_cold, sa_cold = cold_start(url, sa_url, args.cold_runs)
+        rows.append(
+            (
+                label,
+                "cold start to first result",
+                fmt_ms(ours_cold),
+                "",
+                fmt_ms(sa_cold),
+                "",
+                f"{ours_cold / sa_cold:.2f}x",
+            )
+        )
         print(f"done: {label}", file=sys.stderr)
     imp = import_time()
     report = table(
@@ -403,6 +500,9 @@ def main() -> int:
     )
     report += (
         f"\n\n`import dataflow_lab`: {imp * 1000:.0f} ms (fresh interpreter, best of 5; target <= 300 ms)\n"
+        "\nCold start: a fresh process (interpreter start included) that imports, opens the database,\n"
+        "defines the table and runs Create -> Read once, wall clock, median of "
+        f"{args.cold_runs} alternating runs; target <= 1.20x SQLAlchemy Core (same drivers).\n"
     )
     print(report)
     if args.write:

@@ -2,7 +2,9 @@
 
 ``DataFlow()`` with no URL is an in-memory SQLite database private to this
 instance. The database is opened lazily on the runtime's background loop,
-and each table is created the first time a workflow uses it.
+and each table is created the first time a workflow uses it. The first
+``DataFlow()`` of a process imports SQLAlchemy and prepares its engine on a
+background thread (``_warmup.py``), so it returns at once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import _loop
+from ._warmup import Warm, dialect_now_or_soon
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .errors import DataFlowError, ValidationError
@@ -38,10 +41,8 @@ class DataFlow(Observability):
     """
 
     def __init__(self, database_url: str | None = None, **options: Any):
-        from .dialects import dialect_for
-
         self.config = DataFlowConfig.from_env(database_url, **options)
-        self._dialect = dialect_for(self.config)
+        self._dialect_or_warmup = dialect_now_or_soon(self.config)
         self._ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
         self._models: dict[str, ModelSchema] = {}
         self._tables: dict[str, Any] = {}
@@ -72,6 +73,14 @@ class DataFlow(Observability):
                 self.close()  # a DataFlow that could not start is not left registered
                 raise
 
+    @property
+    def _dialect(self) -> Any:
+        """The dialect; the first use waits for the warm-up, and raises the error it met, if any."""
+        dialect = self._dialect_or_warmup
+        if isinstance(dialect, Warm):
+            dialect = self._dialect_or_warmup = dialect.result()
+        return dialect
+
     # -- identity ----------------------------------------------------------
     @property
     def url(self) -> str:
@@ -93,13 +102,14 @@ class DataFlow(Observability):
 
         The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
         """
-        from .schema import ModelTable
-
         self._check_open()
         schema = parse_model(cls)
         self._check_redefinition(schema)
+        dialect = self._dialect  # waits for the warm-up before importing what it imports
+        from .schema import ModelTable
+
         self._reflected.discard(schema.name)
-        self._install(schema, ModelTable(schema, self._dialect))
+        self._install(schema, ModelTable(schema, dialect))
         cls.__dataflow_model__ = schema
         return cls
 
@@ -120,6 +130,7 @@ class DataFlow(Observability):
                     "type_name": name,
                     "dataflow": self,
                     "model": schema,
+                    "model_name": schema.name,
                     "mt": table,
                     "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
                     "__module__": __name__,
@@ -168,9 +179,9 @@ class DataFlow(Observability):
         # (additive: applied in development; destructive: refused until confirmed).
 
     @property
-    def nodes(self) -> Mapping[str, type[Node]]:
-        """Generated node classes by name ('UserCreateNode', ...)."""
-        return MappingProxyType(self._nodes)
+    def nodes(self) -> registry.NodeNamespace:
+        """Generated node classes by name: ``db.nodes.UserCreateNode`` or ``db.nodes["UserCreateNode"]``."""
+        return registry.NodeNamespace(self, self._nodes)
 
     @property
     def models(self) -> Mapping[str, ModelSchema]:

@@ -52,7 +52,9 @@ class Hooks:
     """An ordered set of subscribers, and the calls that reach them."""
 
     def __init__(self, subscribers: Iterable[Any] = ()):
-        self._lock = threading.Lock()
+        # Reentrant: a finalizer (``weakref.finalize(db, unsubscribe, ...)``) may run during a garbage
+        # collection inside subscribe(), and unsubscribe on the same thread.
+        self._lock = threading.RLock()
         self._subscribers: tuple[Any, ...] = ()
         self._by_event: dict[str, tuple[Any, ...]] = {e: () for e in EVENTS}
         for subscriber in subscribers:
@@ -79,10 +81,14 @@ class Hooks:
             self._reindex()
 
     def _reindex(self) -> None:
-        self._by_event = {
-            e: tuple(getattr(s, e) for s in self._subscribers if callable(getattr(s, e, None)))
-            for e in EVENTS
-        }
+        while True:  # again if a finalizer changed the subscribers meanwhile
+            subscribers = self._subscribers
+            by_event = {
+                e: tuple(getattr(s, e) for s in subscribers if callable(getattr(s, e, None))) for e in EVENTS
+            }
+            if subscribers is self._subscribers:
+                self._by_event = by_event
+                return
 
     def __bool__(self) -> bool:
         return bool(self._subscribers)

@@ -368,6 +368,8 @@ class LocalRuntime:
         try:
             node = cls(node_id, node_params(spec, incoming, results, override))
             scope.writing = cls.writes
+            if saga_steps is None and cls.writes:  # a nested scope without SAVEPOINT keeps an undo log
+                saga_steps = await scope.undo_log(cls.dataflow)
             if saga_steps is None:
                 return await node.run(scope)
             from . import saga  # only saga runs pay for its import

@@ -6,7 +6,11 @@ first statement there, so its reads and writes share one snapshot; a database
 it only reads pays no BEGIN/COMMIT. A scope opened inside
 another (a workflow run inside ``with db.transaction():``, or from inside a
 running node) joins the outer transaction under a savepoint: if it fails, its
-own writes are undone and the error reaches the outer scope.
+own writes are undone and the error reaches the outer scope. A database without
+SAVEPOINT (DuckDB) gets the same outcome from an undo log: before each write
+node of a nested scope runs, its before-image is read (as the saga does, see
+``saga.py``), and a failed nested scope writes the before-images back inside the
+outer transaction, newest first.
 
 With several PostgreSQL databases and ``two_phase=True``, commit is the
 two-phase protocol of ``two_phase.py``.
@@ -55,10 +59,13 @@ def check_isolation(level: str | None) -> str | None:
 
 
 class _Held:
-    __slots__ = ("dataflow", "conn", "begun", "savepoint")
+    __slots__ = ("dataflow", "conn", "begun", "savepoint", "undo")
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
         self.dataflow, self.conn, self.begun, self.savepoint = dataflow, conn, False, None
+        # A nested scope on a database without SAVEPOINT: what its write nodes did (saga.SagaStep),
+        # undone on rollback. None where a real savepoint (or the transaction itself) does the undoing.
+        self.undo: list[Any] | None = None
 
 
 class Scope(RunContext):
@@ -80,6 +87,8 @@ class Scope(RunContext):
         # see the same snapshot its writes act on. Other databases are read outside a transaction.
         self.eager: set[int] = set()
         self._held: dict[int, _Held] = {}
+        # Set when a nested scope's writes could not be undone: this transaction must not commit.
+        self.doomed: BaseException | None = None
 
     # -- connections -------------------------------------------------------
     async def connection(self, dataflow: DataFlow, *, write: bool | None = None) -> Connection:
@@ -106,7 +115,21 @@ class Scope(RunContext):
                 held.savepoint = f"dataflow_sp_{next(_savepoint_names)}"
                 await held.conn.savepoint(held.savepoint)
                 self._event(held.dataflow, "savepoint")
+            else:
+                held.undo = []
+                self._event(held.dataflow, "savepoint")
         held.begun = True
+
+    async def undo_log(self, dataflow: DataFlow | None) -> list[Any] | None:
+        """Where a write node on ``dataflow`` records how to undo it (None: nothing to record).
+
+        Only a nested scope on a database without SAVEPOINT keeps one; the runtime
+        then runs the node through ``saga.run_step``, which reads its before-image.
+        """
+        if dataflow is None or self.parent is None or dataflow._dialect.supports_savepoints:
+            return None
+        await self.connection(dataflow, write=True)
+        return self._held[id(dataflow)].undo
 
     def _event(self, dataflow: DataFlow, event: str, held: _Held | None = None) -> None:
         if event == "begin":
@@ -145,7 +168,13 @@ class Scope(RunContext):
                 for held in self._begun():
                     if held.savepoint:
                         await held.conn.release_savepoint(held.savepoint)
+                    elif held.undo:
+                        self._hand_undo_to_parent(held)
+                if self.doomed is not None:
+                    self.parent.doomed = self.doomed
                 return
+            if self.doomed is not None:
+                await self._refuse_doomed_commit()
             begun = self._begun()
             if two_phase and len(begun) > 1:
                 from .two_phase import commit_two_phase
@@ -177,6 +206,26 @@ class Scope(RunContext):
             ) from exc
         self._event(held.dataflow, "commit", held)
 
+    def _hand_undo_to_parent(self, held: _Held) -> None:
+        """A nested scope succeeded: its writes are now the outer scope's, to undo if that one fails."""
+        outer = self.parent._held.get(id(held.dataflow))
+        if outer is not None and outer.undo is not None:
+            outer.undo.extend(held.undo)
+
+    async def _refuse_doomed_commit(self) -> None:
+        cause = self.doomed
+        for held in self._begun():
+            try:
+                await held.conn.rollback()
+                self._event(held.dataflow, "rollback", held)
+            except Exception:  # the refusal below matters more
+                log.warning("rollback failed on %r", held.dataflow, exc_info=True)
+        raise TransactionError(
+            f"A failed inner block's writes could not be undone ({cause}); nothing of the outer "
+            "transaction was committed: it was rolled back as a whole.",
+            hint="the data is as it was before the outer block; run it again.",
+        ) from cause
+
     async def rollback(self) -> None:
         """Undo every begun transaction (a nested scope rolls back to its savepoints)."""
         try:
@@ -186,11 +235,26 @@ class Scope(RunContext):
                         await held.conn.rollback()
                     elif held.savepoint:
                         await held.conn.rollback_to_savepoint(held.savepoint)
+                    elif held.undo:
+                        await self._undo(held)
                     self._event(held.dataflow, "rollback", held)
                 except Exception:  # the original error matters more; a dead connection is discarded
                     log.warning("rollback failed on %r", held.dataflow, exc_info=True)
+            if self.parent is not None and self.doomed is not None:
+                self.parent.doomed = self.doomed
         finally:
             await self.release()
+
+    async def _undo(self, held: _Held) -> None:
+        """Emulate ROLLBACK TO SAVEPOINT: write back the before-images, newest first."""
+        from .saga import compensate
+
+        try:
+            for step in reversed(held.undo):
+                await compensate(step, held.conn)
+        except Exception as exc:  # the outer transaction now holds half-undone writes: it must not commit
+            self.parent.doomed = exc
+            raise
 
     def _begun(self) -> list[_Held]:
         return [h for h in self._held.values() if h.begun]

@@ -13,6 +13,7 @@ input (``Workflow.workflow_inputs``): each run passes it in ``parameters``, and
 
 from __future__ import annotations
 
+import datetime as dt
 import graphlib
 import itertools
 import uuid
@@ -42,12 +43,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node of a workflow: its id, class, and parameters (as given, and as checked)."""
+    """One node of a workflow: its id, class, and parameters (as given, and as checked).
+
+    ``metadata`` holds ``added_at`` (UTC), and for a generated node its ``model_name``
+    and ``operation`` ('create', 'bulk_upsert', ...); both are None for other nodes.
+    """
 
     node_id: str
     node_class: type[Node]
     params: Mapping[str, Any]
     checked: Mapping[str, Any]
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     @property
     def type_name(self) -> str:
@@ -91,7 +97,11 @@ class WorkflowInput:
 
 @dataclass(frozen=True)
 class Workflow:
-    """A built, validated, immutable workflow. Run it with LocalRuntime().execute(workflow)."""
+    """A built, validated, immutable workflow. Run it with LocalRuntime().execute(workflow).
+
+    ``metadata`` holds ``workflow_id``, ``workflow_name``, ``created_at`` (UTC, at build)
+    and ``dataflow_models``, the names of the models its nodes act on.
+    """
 
     workflow_id: str
     name: str
@@ -102,6 +112,9 @@ class Workflow:
     cycles: tuple[Cycle, ...] = ()
     steps: tuple[str | Cycle, ...] = field(default=(), repr=False)  # order, each cycle one step
     workflow_inputs: tuple[WorkflowInput, ...] = ()  # what every run must pass (see WorkflowInput)
+    metadata: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -160,6 +173,8 @@ class WorkflowBuilder:
         self._nodes: dict[str, NodeSpec] = {}
         self._connections: list[Connection] = []
         self._counter = itertools.count(1)
+        # what the spec's builder records: the models its nodes act on ('User', ...)
+        self.metadata: dict[str, Any] = {"dataflow_models": set()}
 
     def add_node(
         self, node_type: Any, node_id: str | None = None, params: Mapping[str, Any] | None = None, **more: Any
@@ -180,9 +195,20 @@ class WorkflowBuilder:
             )
         given = {**(params or {}), **more}
         checked = node_class.check(given, node_id=node_id, partial=True)
+        metadata = {
+            "added_at": dt.datetime.now(dt.UTC),
+            "model_name": node_class.model_name,
+            "operation": node_class.operation or None,
+        }
         self._nodes[node_id] = NodeSpec(
-            node_id, node_class, MappingProxyType(dict(given)), MappingProxyType(checked)
+            node_id,
+            node_class,
+            MappingProxyType(dict(given)),
+            MappingProxyType(checked),
+            MappingProxyType(metadata),
         )
+        if node_class.model_name is not None:
+            self.metadata["dataflow_models"].add(node_class.model_name)
         return node_id
 
     def add_connection(
@@ -267,8 +293,16 @@ class WorkflowBuilder:
             from .access import check_nodes
 
             check_nodes(self._nodes.values(), user)
+        workflow_id = workflow_id or str(uuid.uuid4())
+        metadata = {
+            "workflow_id": workflow_id,
+            "workflow_name": name or self.name,
+            "created_at": dt.datetime.now(dt.UTC),
+            "dataflow_models": frozenset(spec.node_class.model_name for spec in self._nodes.values())
+            - {None},
+        }
         return Workflow(
-            workflow_id=workflow_id or str(uuid.uuid4()),
+            workflow_id=workflow_id,
             name=name or self.name,
             nodes=MappingProxyType(dict(self._nodes)),
             connections=tuple(self._connections),
@@ -277,6 +311,7 @@ class WorkflowBuilder:
             cycles=tuple(cycles),
             steps=steps,
             workflow_inputs=tuple(workflow_inputs),
+            metadata=MappingProxyType(metadata),
         )
 
     def _check_connection(self, c: Connection) -> list[str]:

@@ -647,3 +647,32 @@ def test_metrics_json_is_the_dashboard_plus_detail(mdb):
     assert snapshot["node_types"]["UserCreateNode"]["runs"] == 1
     assert snapshot["transactions"]["commits"] == 1
     assert snapshot["anomalies"] == [] and snapshot["database"] == mdb.url
+
+
+def test_a_subscriber_removed_while_the_hooks_reindex_does_not_deadlock_or_linger():
+    # What a garbage collection inside subscribe() does: a DataFlow's finalizer unsubscribes its collector.
+    registry = hooks.Hooks()
+
+    class Gone:
+        def after_node(self, **fields):
+            pass
+
+    gone = Gone()
+    registry.subscribe(gone)
+
+    class Collecting:
+        looked_up = 0
+
+        @property
+        def before_node(self):
+            Collecting.looked_up += 1
+            if Collecting.looked_up == 2:  # subscribe() checks the methods, then indexes them under its lock
+                registry.unsubscribe(gone)  # as a finalizer would, on this thread
+            return lambda **fields: None
+
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (registry.subscribe(Collecting()), done.set()), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert done.is_set(), "subscribe() deadlocked on its own lock"
+    assert not registry.wants("after_node") and registry.wants("before_node")

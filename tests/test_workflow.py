@@ -766,3 +766,95 @@ def test_describe_and_the_dag_show_the_workflow_inputs(mem_db):
     except DataFlowError:  # the graphviz package is not installed
         return
     assert "read\\nUserReadNode\\nrun input: id" in dot
+
+
+# --------------------------------------------------------------------------- the spec's node surface
+
+
+def test_each_generated_node_class_carries_its_model_name_and_operation(mem_db):
+    operations = {name: cls.operation for name, cls in mem_db.nodes.items()}
+    assert operations == {
+        "UserCreateNode": "create",
+        "UserReadNode": "read",
+        "UserUpdateNode": "update",
+        "UserDeleteNode": "delete",
+        "UserListNode": "list",
+        "UserUpsertNode": "upsert",
+        "UserCountNode": "count",
+        "UserBulkCreateNode": "bulk_create",
+        "UserBulkUpdateNode": "bulk_update",
+        "UserBulkDeleteNode": "bulk_delete",
+        "UserBulkUpsertNode": "bulk_upsert",
+    }
+    assert {cls.model_name for cls in mem_db.nodes.values()} == {"User"}
+
+
+def test_generated_nodes_are_attributes_of_the_node_namespace_and_tab_complete(mem_db):
+    assert mem_db.nodes.UserCreateNode is mem_db.nodes["UserCreateNode"]
+    assert "UserBulkUpsertNode" in dir(mem_db.nodes)
+
+    @mem_db.model
+    class Order:
+        total: int
+
+    assert mem_db.nodes.OrderCreateNode.model_name == "Order"  # a live view: later models appear
+    assert "OrderReadNode" in dir(mem_db.nodes) and len(mem_db.nodes) == 22
+
+
+def test_a_wrong_node_attribute_is_an_attribute_error_that_suggests_the_close_name(mem_db):
+    with pytest.raises(AttributeError, match=r"no node 'UserCreatNode'. Did you mean 'UserCreateNode'\?"):
+        getattr(mem_db.nodes, "UserCreatNode")  # noqa: B009 - the attribute lookup is the point
+    with pytest.raises(NodeNotFoundError):
+        getattr(mem_db.nodes, "UserCreatNode")  # noqa: B009 - the attribute lookup is the point
+    assert not hasattr(mem_db.nodes, "UserFrobNode")
+    with pytest.raises(KeyError):
+        mem_db.nodes["UserCreatNode"]
+
+
+def test_a_node_class_from_the_namespace_can_be_passed_to_add_node(mem_db):
+    wf = WorkflowBuilder(dataflow=mem_db)
+    wf.add_node(mem_db.nodes.UserCreateNode, "create", {"name": "Ann", "email": "a@x"})
+    wf.add_node(mem_db.nodes.UserCountNode, "count", {})
+    wf.add_connection("create", "id", "count", "filter.id")
+    results, _ = LocalRuntime().execute(wf.build())
+    assert results["create"]["name"] == "Ann" and results["count"]["count"] == 1
+
+
+def test_add_node_records_when_it_was_added_and_what_the_node_does(mem_db):
+    import datetime as dt
+
+    wf = WorkflowBuilder(dataflow=mem_db)
+    before = dt.datetime.now(dt.UTC)
+    wf.add_node("UserBulkUpsertNode", "upsert", {"data": []})
+    wf.add_node(lambda x: x, "plain", {"x": 1})
+    after = dt.datetime.now(dt.UTC)
+    workflow = wf.build()
+    upsert, plain = workflow.nodes["upsert"].metadata, workflow.nodes["plain"].metadata
+    assert before <= upsert["added_at"] <= after and before <= plain["added_at"] <= after
+    assert (upsert["model_name"], upsert["operation"]) == ("User", "bulk_upsert")
+    assert (plain["model_name"], plain["operation"]) == (None, "python")
+
+
+def test_a_built_workflow_records_its_id_name_creation_time_and_models(mem_db):
+    import datetime as dt
+
+    @mem_db.model
+    class Order:
+        total: int
+
+    wf = WorkflowBuilder(dataflow=mem_db, name="checkout")
+    wf.add_node("UserCreateNode", "user", {"name": "Ann", "email": "a@x"})
+    wf.add_node("OrderCreateNode", "order", {"total": 3})
+    wf.add_node(lambda: 1, "plain")
+    assert wf.metadata["dataflow_models"] == {"User", "Order"}
+    before = dt.datetime.now(dt.UTC)
+    workflow = wf.build(workflow_id="wf-1")
+    assert dict(workflow.metadata, created_at=None) == {
+        "workflow_id": "wf-1",
+        "workflow_name": "checkout",
+        "created_at": None,
+        "dataflow_models": {"User", "Order"},
+    }
+    assert before <= workflow.metadata["created_at"] <= dt.datetime.now(dt.UTC)
+    with pytest.raises(TypeError):
+        workflow.metadata["dataflow_models"] = set()  # the built workflow is immutable

@@ -1,12 +1,38 @@
-"""Dialects: the facts and fast paths of each database, chosen by URL scheme."""
+"""Dialects: the facts and fast paths of each database, chosen by URL scheme.
+
+Choosing one (``check_url``) imports nothing heavy; building one (``dialect_for``)
+imports SQLAlchemy and the dialect's module, which ``_warmup.py`` may do in the
+background.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ..config import DataFlowConfig, redact_url
 from ..errors import ValidationError
-from .base import Connection, Dialect
 
-__all__ = ["Connection", "Dialect", "dialect_for", "require_driver"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Connection, Dialect
+
+__all__ = ["Connection", "Dialect", "check_url", "dialect_for", "require_driver"]
+
+# scheme -> (dialect module, class, driver module, pip extra, database name)
+_DIALECTS = {
+    "sqlite": ("sqlite", "SQLiteDialect", "aiosqlite", None, "SQLite"),
+    "postgresql": ("postgres", "PostgresDialect", "asyncpg", "postgres", "PostgreSQL"),
+    "postgres": ("postgres", "PostgresDialect", "asyncpg", "postgres", "PostgreSQL"),
+    "duckdb": ("duckdb", "DuckDBDialect", "duckdb", "duckdb", "DuckDB"),
+}
+
+
+def __getattr__(name: str) -> Any:  # Connection and Dialect load SQLAlchemy: only when asked for
+    if name in ("Connection", "Dialect"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def require_driver(module: str, database: str, extra: str) -> None:
@@ -26,24 +52,31 @@ def require_driver(module: str, database: str, extra: str) -> None:
         ) from None
 
 
-def dialect_for(config: DataFlowConfig) -> Dialect:
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+
+
+def check_url(config: DataFlowConfig) -> str:
+    """The dialect module ``config``'s URL needs ('dataflow_lab.dialects.sqlite'), its driver checked."""
     url = config.database_url
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-    if scheme == "sqlite":
-        from .sqlite import SQLiteDialect
+    scheme = _scheme(url)
+    if scheme not in _DIALECTS:
+        raise ValidationError(
+            f"Unsupported database URL '{redact_url(url)}'.",
+            hint="use sqlite:///file.db, sqlite:///:memory:, postgresql://user@host/db or duckdb:///file.duckdb.",
+        )
+    module, _, driver, extra, database = _DIALECTS[scheme]
+    if extra is not None:
+        require_driver(driver, database, extra)
+    return f"{__name__}.{module}"
 
-        return SQLiteDialect(config, url)
-    if scheme in ("postgresql", "postgres"):
-        require_driver("asyncpg", "PostgreSQL", "postgres")
-        from .postgres import PostgresDialect
 
-        return PostgresDialect(config, url.replace("postgres://", "postgresql://", 1))
-    if scheme == "duckdb":
-        require_driver("duckdb", "DuckDB", "duckdb")
-        from .duckdb import DuckDBDialect
+def driver_module(config: DataFlowConfig) -> str:
+    """The driver module of ``config``'s database ('aiosqlite', 'asyncpg', 'duckdb')."""
+    return _DIALECTS[_scheme(config.database_url)][2]
 
-        return DuckDBDialect(config, url)
-    raise ValidationError(
-        f"Unsupported database URL '{redact_url(url)}'.",
-        hint="use sqlite:///file.db, sqlite:///:memory:, postgresql://user@host/db or duckdb:///file.duckdb.",
-    )
+
+def dialect_for(config: DataFlowConfig) -> Dialect:
+    module = importlib.import_module(check_url(config))
+    url = config.database_url.replace("postgres://", "postgresql://", 1)
+    return getattr(module, _DIALECTS[_scheme(url)][1])(config, url)

@@ -110,11 +110,15 @@ class Dialect:
     to_db: dict[str, Converter] = {}
     from_db: dict[str, Converter] = {}
     observe = 0  # monitoring: 0 off, 1 count each connection's statements, 2 count and keep their text
+    warm_modules: tuple[str, ...] = ()  # what opening imports: the warm-up loads them early (_warmup.py)
 
     def __init__(self, config: DataFlowConfig, url: str):
         self.config = config
         self.url = url
         self.sa_dialect = self._sa_dialect()
+
+    def prepare(self) -> None:
+        """What opening needs that involves no connection and no event loop (the warm-up does it)."""
 
     # -- compiling -------------------------------------------------------
     def _sa_dialect(self) -> sa.engine.Dialect:
@@ -359,11 +363,17 @@ class PooledDialect(Dialect):
     def wrap(self, driver_connection: Any) -> Connection:
         raise NotImplementedError
 
-    async def open(self) -> None:
-        from sqlalchemy.ext.asyncio import create_async_engine
+    def prepare(self) -> None:
+        """Create the engine (no connection yet; the first one is made at the first acquire)."""
+        if self.engine is None:
+            from sqlalchemy.ext.asyncio import create_async_engine
 
-        self.engine = create_async_engine(self.engine_url(), **self.engine_options())
-        self._install_events(self.engine.sync_engine)
+            engine = create_async_engine(self.engine_url(), **self.engine_options())
+            self._install_events(engine.sync_engine)
+            self.engine = engine
+
+    async def open(self) -> None:
+        self.prepare()
 
     def _install_events(self, sync_engine: sa.engine.Engine) -> None:
         pass

@@ -101,6 +101,7 @@ class DuckDBConnection(Connection):
 class DuckDBDialect(Dialect):
     name = "duckdb"
     serialized = True
+    warm_modules = ("duckdb",)  # opening opens (and locks) the file: that stays at the first use
     max_bind_params = 65535
     storage = {
         "text": sa.Text,
@@ -232,7 +233,7 @@ class DuckDBDialect(Dialect):
         return insert(table)
 
     supports_savepoints = False
-    adds_decimals_exactly = False  # Decimals are stored as text (see above)
+    adds_decimals_exactly = True  # DECIMAL(p, s): `col + :v` is exact (the result is checked against p, s)
 
     def bulk_batch_size(self, n_columns: int) -> int:
         return 100_000

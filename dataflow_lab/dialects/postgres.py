@@ -134,6 +134,7 @@ def _uuid_out(value: Any) -> uuid.UUID:
 class PostgresDialect(PooledDialect):
     name = "postgresql"
     max_bind_params = 32767
+    warm_modules = ("asyncpg", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.postgresql.asyncpg")
     storage = {
         "text": sa.Text,
         "integer": sa.BigInteger,

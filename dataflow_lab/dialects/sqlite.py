@@ -145,6 +145,7 @@ class SQLiteDialect(PooledDialect):
     name = "sqlite"
     serialized = True
     adds_decimals_exactly = False  # Decimals are stored as text (see above)
+    warm_modules = ("aiosqlite", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.sqlite.aiosqlite")
     max_bind_params = MAX_BIND_PARAMS
     storage = {
         "text": sa.Text,

@@ -55,7 +55,8 @@ class Node:
     parameters: ClassVar[tuple[Param, ...]] = ()
     dataflow: ClassVar[DataFlow | None] = None
     model: ClassVar[ModelSchema | None] = None
-    operation: ClassVar[str] = ""
+    model_name: ClassVar[str | None] = None  # a generated node's model, e.g. 'User'
+    operation: ClassVar[str] = ""  # a generated node's operation: 'create', 'bulk_upsert', ...
     writes: ClassVar[bool] = False
     description: ClassVar[str] = ""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NodeNotFoundError, ValidationError, did_you_mean
@@ -18,9 +19,53 @@ from .python import python_node
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
 
-__all__ = ["live_dataflows", "node_ref", "register", "resolve", "resolve_ref", "unregister"]
+__all__ = ["NodeNamespace", "live_dataflows", "node_ref", "register", "resolve", "resolve_ref", "unregister"]
 
 _LIVE: weakref.WeakSet[DataFlow] = weakref.WeakSet()
+
+
+class UnknownNodeError(NodeNotFoundError, AttributeError):
+    """``db.nodes.UserCreatNode``: an attribute lookup of a node name that this DataFlow lacks."""
+
+
+class NodeNamespace(Mapping[str, type[Node]]):
+    """A DataFlow's generated node classes, by name: ``db.nodes.UserCreateNode`` or ``db.nodes["..."]``.
+
+    A live, read-only view: models defined later appear in it. ``dir()`` lists the node
+    names, so notebooks tab-complete them.
+    """
+
+    __slots__ = ("_owner", "_classes")
+
+    def __init__(self, owner: DataFlow, classes: dict[str, type[Node]]):
+        self._owner, self._classes = owner, classes
+
+    def __getitem__(self, name: str) -> type[Node]:
+        return self._classes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    def __getattr__(self, name: str) -> type[Node]:
+        if name.startswith("_"):  # dunder probes (copy, pickle, IPython) must fail as usual
+            raise AttributeError(name)
+        try:
+            return self._classes[name]
+        except KeyError:
+            known = ", ".join(sorted(self._classes)[:6]) or "none: define a model with @db.model first"
+            raise UnknownNodeError(
+                f"{self._owner!r} has no node '{name}'.{did_you_mean(name, self._classes)}",
+                hint=f"its nodes are {known}{', ...' if len(self._classes) > 6 else ''}.",
+            ) from None
+
+    def __dir__(self) -> list[str]:
+        return sorted({*self._classes, *super().__dir__()})
+
+    def __repr__(self) -> str:
+        return f"<nodes of {self._owner!r}: {', '.join(self._classes) or 'none'}>"
 
 
 def register(dataflow: DataFlow) -> None:

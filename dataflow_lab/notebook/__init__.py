@@ -35,7 +35,13 @@ _SESSIONS: dict[int, Session] = {}  # per shell, so %reload_ext keeps the notebo
 
 
 def load_ipython_extension(ip: Any) -> DataFlowMagics:
-    """Register the %dataflow magics on ``ip`` and list their settings under %config."""
+    """Register the %dataflow magics on ``ip`` and list their settings under %config.
+
+    Also starts importing what the first run needs, in the background (``_warmup.py``).
+    """
+    from .._warmup import warm_imports
+
+    warm_imports()
     session = _SESSIONS.setdefault(id(ip), Session())
     magics = DataFlowMagics(shell=ip, session=session)
     ip.register_magics(magics)
