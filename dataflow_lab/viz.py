@@ -31,12 +31,13 @@ __all__ = [
     "to_svg",
 ]
 
-STATES = ("pending", "running", "done", "failed", "rolled back", "compensated", "skipped")
+STATES = ("pending", "running", "done", "failed", "cancelled", "rolled back", "compensated", "skipped")
 STATE_COLOURS = {
     "pending": "#e8eaed",
     "running": "#fdd663",
     "done": "#81c995",
     "failed": "#f28b82",
+    "cancelled": "#bdc1c6",
     "rolled back": "#fcad70",
     "compensated": "#c58af9",
     "skipped": "#ffffff",
@@ -109,6 +110,8 @@ class DagDrawing:
                 graph.edge(c.source, c.target, label=label, style="dashed", constraint="false")
             else:
                 graph.edge(c.source, c.target, label=label)
+        for before, after in ordering_edges(self.workflow):
+            graph.edge(before, after, label=" then ", style="dashed", tooltip="runs after (cell order)")
         return graph.source
 
     def svg(self, states: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None) -> str:
@@ -198,6 +201,32 @@ class DagDrawing:
             )
             lines += [f"    <- {c}" for c in self.workflow.inputs.get(node_id, ())]
         return "\n".join(lines)
+
+
+def ordering_edges(workflow: Workflow) -> list[tuple[str, str]]:
+    """Consecutive nodes of the run order with no data path between them ("load, then count").
+
+    The runtime runs a workflow's nodes in this order, so the second sees the first's writes;
+    the DAG draws that as a dashed edge, which also lays unconnected nodes out in cell order.
+    """
+    downstream: dict[str, set[str]] = {n: set() for n in workflow.nodes}
+    for c in workflow.connections:
+        if not c.cycle:
+            downstream[c.source].add(c.target)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo += downstream[node]
+        return False
+
+    order = list(workflow.order)
+    return [(a, b) for a, b in zip(order, order[1:]) if not reaches(a, b)]
 
 
 def _dot_text(text: str) -> str:

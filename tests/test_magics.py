@@ -515,6 +515,7 @@ def test_a_background_run_can_be_cancelled_and_rolls_back(users, gate):
     assert handle.cancel() is True
     assert handle.status == "cancelled"
     assert handle.snapshot().nodes["a"].state == "rolled back"
+    assert handle.snapshot().nodes["g"].state == "cancelled"  # not "failed": nothing went wrong
     assert "ROLLBACK on sqlite" in handle.events[-1]
     with pytest.raises(DataFlowError, match="was cancelled"):
         _ = handle.results
@@ -578,6 +579,78 @@ def test_a_background_run_shows_a_live_view_with_a_cancel_button(frontend, gate)
     handle.live.button.click()
     assert handle.status == "cancelled"
     assert handle.live.button.disabled
+    # the ended run's button says what happened, in a neutral style (no red "danger" left behind)
+    assert (handle.live.button.description, handle.live.button.button_style) == ("Cancelled", "")
+
+
+def test_a_finished_background_run_leaves_a_neutral_button_saying_finished(frontend, gate):
+    handle, _ = cell(frontend, "%dataflow run gated --background")
+    handle._repr_mimebundle_()
+    gate.set()
+    assert handle.wait(5).status == "done"
+    deadline = time.time() + 2
+    while handle.live.button.description != "Finished" and time.time() < deadline:
+        time.sleep(0.01)
+    assert (handle.live.button.description, handle.live.button.button_style) == ("Finished", "")
+
+
+def test_a_bulk_node_in_a_notebook_run_draws_no_second_progress_bar(users, monkeypatch):
+    import tqdm.auto
+
+    made = []
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    users.user_ns["people"] = [{"name": f"u{i}", "email": f"u{i}@x.org"} for i in range(50)]
+    run, _ = cell(users, "%%dataflow workflow load --run\nadd = UserBulkCreateNode(data=people)\n")
+    assert run.results["add"]["inserted"] == 50
+    assert made == []  # the panel's bar is the one bar
+    run, _ = cell(
+        users, "%%dataflow workflow load2 --run\nadd = UserBulkCreateNode(data=people[:1], progress=True)\n"
+    )
+    assert made == ["add (UserBulkCreateNode)"]  # asked for explicitly: still there
+
+
+def test_a_summary_folds_node_tables_past_the_second_and_shows_timestamps_to_the_second(users):
+    run, _ = cell(
+        users,
+        "%%dataflow workflow many --run\n"
+        "a = UserCreateNode(name='A', email='a@x.org')\n"
+        "b = UserCreateNode(name='B', email='b@x.org')\n"
+        "c = UserCreateNode(name='C', email='c@x.org')\n"
+        "everyone = UserListNode()\n",
+    )
+    page = run.summary_html()
+    assert page.count("<details open>") == 2
+    assert page.count("<details><summary>") >= 2  # c and everyone: folded, one click away
+    created = run.results["a"]["created_at"]
+    assert created.isoformat(sep=" ", timespec="seconds") in page
+    assert f"{created:%H:%M:%S}.{created:%f}" not in page  # no microseconds in a table
+
+
+def test_a_quiet_pool_gets_no_line_in_the_monitor(users):
+    from dataflow_lab.notebook.monitor import MonitorPanel
+
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    snapshot = run.snapshot()
+    assert snapshot.pool  # the figures are there ...
+    assert "pool " not in MonitorPanel(snapshot).text() and "<meter" not in MonitorPanel(snapshot).html()
+
+
+def test_the_pool_line_appears_only_when_something_is_notable():
+    from dataflow_lab.notebook.monitor import pool_notable
+
+    quiet = {"pool": "AsyncAdaptedQueuePool", "size": 5, "checked_out": 1, "overflow": 0, "waiting": 0,
+             "failures": 0, "invalidated": 0, "health_status": "ok"}  # fmt: skip
+    assert not pool_notable(quiet)
+    assert pool_notable({**quiet, "waiting": 2})
+    assert pool_notable({**quiet, "overflow": 1})
+    assert pool_notable({**quiet, "failures": 1})
+    assert pool_notable({**quiet, "health_status": "degraded"})
 
 
 def test_without_ipywidgets_runs_show_static_html(users, monkeypatch):

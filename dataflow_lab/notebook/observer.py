@@ -131,10 +131,17 @@ class RunObserver:
             else:
                 self.status = "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
                 self.error = _one_line(error)
-                for node_id, s in self._nodes.items():
-                    if s.state == "running":
-                        self._nodes[node_id] = dataclasses.replace(s, state="failed", error=self.status)
+                self._end_unfinished()
         self.flush()
+
+    def _end_unfinished(self) -> None:
+        """Under the lock: a failed run's running node failed; a cancelled run's unfinished nodes
+        are drawn cancelled (its finished writers turn "rolled back" at the rollback event)."""
+        for node_id, s in self._nodes.items():
+            if self.status == "cancelled" and s.state in ("pending", "running"):
+                self._nodes[node_id] = dataclasses.replace(s, state="cancelled", error="cancelled")
+            elif s.state == "running":
+                self._nodes[node_id] = dataclasses.replace(s, state="failed", error=self.status)
 
     def settle(self, status: str, error: BaseException | None = None) -> None:
         """The run's task ended; record it if the runtime never could (cancelled before it began)."""
@@ -143,6 +150,7 @@ class RunObserver:
                 return
             self.status, self._ended = status, time.perf_counter()
             self.error = _one_line(error) if error is not None else None
+            self._end_unfinished()
         self.flush()
 
     def before_node(self, *, run_id: str, node_id: str, **future: Any) -> None:
@@ -164,6 +172,8 @@ class RunObserver:
             if db is not None and self._nodes[node_id].writes:
                 with self._lock:
                     self._uncommitted.setdefault(id(db), []).append(node_id)
+        elif isinstance(error, asyncio.CancelledError):  # stopped, not broken
+            self._update(run_id, node_id, state="cancelled", duration=duration, error="cancelled")
         else:
             self._update(run_id, node_id, state="failed", duration=duration, error=_one_line(error))
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _loop
 from ..errors import DataFlowError, ValidationError, did_you_mean
+from ..nodes.bulk_rows import PANEL_PROGRESS
 from ..runtime import LocalRuntime
 from ..workflow import check_parameters
 from .dag import DagView
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["NotebookRun", "start_run"]
 
 _WIND_DOWN = 5.0  # seconds to wait for a cancelled run to roll back before showing it
+_OPEN_TABLES = 2  # node tables shown open in a summary; the others sit behind their disclosure
 
 
 class NotebookRun:
@@ -243,14 +245,15 @@ class NotebookRun:
 
     def _results_html(self) -> str:
         out = []
-        for node_id, value in self.results.items():
+        for position, (node_id, value) in enumerate(self.results.items()):
             kind = self.workflow.nodes[node_id].type_name
             if is_list_output(value):
                 body = records_html(value["records"], self.display_limit)
                 title = f"{node_id} · {kind} · {rows(len(value['records']))}"
             else:
                 body, title = value_html(value), f"{node_id} · {kind}"
-            out.append(f"<details open><summary>{html.escape(title)}</summary>{body}</details>")
+            opened = " open" if position < _OPEN_TABLES else ""  # a long run stays short: the rest fold
+            out.append(f"<details{opened}><summary>{html.escape(title)}</summary>{body}</details>")
         return "".join(out)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
@@ -285,7 +288,9 @@ def start_run(
         workflow, observer, concurrent.futures.Future(), background=background, display_limit=display_limit
     )
     coro = runtime.execute_async(workflow, parameters)
-    _loop.loop().call_soon_threadsafe(run._launch, coro, contextvars.copy_context())
+    context = contextvars.copy_context()
+    context.run(PANEL_PROGRESS.set, True)  # the live panel shows bulk progress: no second (tqdm) bar
+    _loop.loop().call_soon_threadsafe(run._launch, coro, context)
     return run
 
 
