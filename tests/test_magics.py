@@ -561,6 +561,31 @@ def test_a_slow_run_gets_a_live_view_that_ends_done(frontend):
     assert "Run 'slow' done" in live.monitor.widget().children[0].value
 
 
+def test_a_live_view_keeps_moving_during_a_long_python_step(frontend):
+    cell(frontend, "%config DataFlowMagics.live_after = 0.05")
+    frontend.user_ns["nap"] = lambda count: time.sleep(1.5) or {"count": count}
+    run, _ = cell(frontend, "%%dataflow workflow slow --run\nn = UserCountNode()\nz = nap(count=n.count)\n")
+    assert run.live is not None and run.live.snapshot.status == "done"
+    # no hook fires while nap sleeps, yet the view was refreshed at least twice a second
+    assert run.live.updates >= 4, run.live.updates
+
+
+def test_a_running_node_shows_its_time_so_far(users):
+    cell(users, "%%dataflow workflow n\nn = UserCountNode()\n")
+    observer = RunObserver(users.user_ns["n"], interval=0.1)
+    observer.before_workflow(run_id="r")
+    observer.before_node(run_id="r", node_id="n")
+    time.sleep(0.05)
+    first = observer.snapshot().nodes["n"]
+    time.sleep(0.05)
+    second = observer.snapshot().nodes["n"]
+    assert first.state == second.state == "running"
+    assert 0.05 <= first.duration < second.duration
+    assert re.fullmatch(r"running · [\d.]+ ms", second.label())
+    observer.progress(run_id="r", node_id="n", done=500, total=1000)
+    assert re.fullmatch(r"500/1,000 rows · [\d.]+ ms", observer.snapshot().nodes["n"].label())
+
+
 def test_a_slow_run_is_shown_once_its_live_slot_emptied_for_the_summary(frontend):
     cell(frontend, "%config DataFlowMagics.live_after = 0.05")
     frontend.user_ns["nap"] = lambda count: time.sleep(0.3) or {"count": count}
@@ -832,3 +857,56 @@ def test_a_tenant_around_the_cell_reaches_the_run_on_the_loop_thread(ip):
         cell(ip, "%dataflow run jot")
     run, _ = cell(ip, "with db.tenant('acme'):\n    handle = %dataflow run jot --background\nhandle.wait()")
     assert ip.user_ns["handle"].results["jot"]["tenant_id"] == "acme"
+
+
+# -- model cells that meet the database ------------------------------------------------------------
+
+
+def test_re_running_a_model_cell_with_a_drop_says_so_at_that_cell_in_one_line(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    notice, _ = cell(users, "%%dataflow model\nclass User:\n    name: str\n    email: str\n")  # drops active
+    text, page = repr(notice), notice._repr_mimebundle_()["text/html"]
+    assert "\n" not in text and "drop column 'active'" in text and "Nothing was changed" in text
+    assert "%dataflow migrate --confirm" in text and "db." not in text  # the notebook has no `db`
+    assert "CREATE TABLE" not in text and "<details><summary>the SQL it would run</summary>" in page
+    assert "CREATE TABLE" in page  # one click away
+
+
+def test_a_refused_run_names_the_magic_not_the_python_api_and_shows_no_sql(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    cell(users, "%%dataflow model\nclass User:\n    name: str\n    email: str\n")
+    with pytest.raises(UsageError) as refused:
+        cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    message = str(refused.value)
+    assert "%dataflow migrate --confirm" in message and "db.migrations" not in message
+    assert "CREATE TABLE" not in message and len(message) < 450
+
+
+def test_dataflow_migrate_shows_a_drop_then_applies_it_with_confirm(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    cell(users, "%%dataflow model\nclass User:\n    name: str\n    email: str\n")
+    _, out = cell(users, "%dataflow migrate")
+    assert "Re-run with %dataflow migrate --confirm" in out.outputs[0].data["text/plain"]
+    _, out = cell(users, "%dataflow migrate --confirm")
+    assert out.stdout.startswith("Applied: ") and "drop" in out.stdout
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserListNode()\n")
+    assert [set(r) >= {"name", "email"} and "active" not in r for r in run.results["n"]["records"]] == [True]
+    _, out = cell(users, "%dataflow migrate")
+    assert out.stdout.strip() == "Nothing to migrate: every table matches its model."
+
+
+def test_a_new_required_field_is_reported_at_the_cell_and_backfilled_by_the_magic(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    notice, _ = cell(users, f"%%dataflow model\n{USER_MODEL}    nick: str\n")
+    assert "adds required field(s) 'nick'" in repr(notice)
+    assert "%dataflow migrate --backfill '{\"nick\": ...}'" in repr(notice)
+    _, out = cell(users, '%dataflow migrate --backfill \'{"nick": "none"}\'')
+    assert out.stdout.startswith("Applied: ")
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserListNode()\n")
+    assert [r["nick"] for r in run.results["n"]["records"]] == ["none"]
+
+
+def test_an_additive_model_change_shows_the_catalogue_as_usual(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    shown, _ = cell(users, f"%%dataflow model\n{USER_MODEL}    nick: str = ''\n")
+    assert "UserCreateNode" in repr(shown)
