@@ -597,10 +597,11 @@ def test_a_slow_run_is_shown_once_its_live_slot_emptied_for_the_summary(frontend
 
 
 def test_a_background_run_shows_a_live_view_with_a_cancel_button(frontend, gate):
-    handle, _ = cell(frontend, "%dataflow run gated --background")
-    data = handle._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in data
-    assert re.match(r"Live view: Run 'gated' (starting|running) · ", data["text/plain"])
+    handle, out = cell(frontend, "h = %dataflow run gated --background\nh")
+    (shown,) = out.outputs  # the magic shows the live view itself, even when its handle is assigned
+    assert "application/vnd.jupyter.widget-view+json" in shown.data
+    assert shown.data["text/plain"] == "Live view: run 'gated' in the background"  # a steady first frame
+    assert handle._repr_mimebundle_()["text/plain"].startswith("Run 'gated' running in the background")
     handle.live.button.click()
     assert handle.status == "cancelled"
     assert handle.live.button.disabled
@@ -610,7 +611,6 @@ def test_a_background_run_shows_a_live_view_with_a_cancel_button(frontend, gate)
 
 def test_a_finished_background_run_leaves_a_neutral_button_saying_finished(frontend, gate):
     handle, _ = cell(frontend, "%dataflow run gated --background")
-    handle._repr_mimebundle_()
     gate.set()
     assert handle.wait(5).status == "done"
     deadline = time.time() + 2
@@ -676,6 +676,27 @@ def test_the_pool_line_appears_only_when_something_is_notable():
     assert pool_notable({**quiet, "overflow": 1})
     assert pool_notable({**quiet, "failures": 1})
     assert pool_notable({**quiet, "health_status": "degraded"})
+
+
+def test_a_finished_background_run_replaces_its_live_view_in_place_with_pictures(frontend, gate, monkeypatch):
+    updates = []
+    monkeypatch.setattr(
+        "IPython.display.DisplayHandle.update", lambda self, obj, **kw: updates.append((self.display_id, obj))
+    )
+    handle, out = cell(frontend, "%dataflow run gated --background")
+    slot = handle._slot.display_id
+    gate.set()
+    handle.wait(5)
+    deadline = time.time() + 5
+    while not updates and time.time() < deadline:
+        time.sleep(0.02)
+    ((display_id, final),) = updates
+    assert display_id == slot
+    assert not any("widget" in k for k in final)  # nothing that needs the kernel is left
+    assert final["text/plain"].startswith("Run 'gated' done")
+    if viz.dot_available():
+        assert {"image/png", "image/svg+xml"} <= set(final) and "<img" in final["text/html"]
+    assert handle._repr_mimebundle_()["text/plain"].startswith("Run 'gated' done")
 
 
 def test_without_ipywidgets_runs_show_static_html(users, monkeypatch):

@@ -410,7 +410,7 @@ class DataFlowMagics(Magics):
         live = self.live and self._frontend_has_widgets()
         if args.background:
             if live:
-                run.start_live(cancel=True)
+                run.show_in_place(display)  # shown now (also for `h = %dataflow run ... --background`)
             return run
         # One display slot per run, made before waiting, so quick and slow runs give the same outputs.
         slot = display({"text/plain": ""}, raw=True, display_id=True) if live else None
