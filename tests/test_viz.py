@@ -182,3 +182,18 @@ def test_a_cancelled_node_has_its_own_colour_not_failed(workflow):
         viz.STATE_COLOURS["cancelled"] in dot
         and viz.STATE_COLOURS["cancelled"] != viz.STATE_COLOURS["failed"]
     )
+
+
+def test_every_label_on_every_state_colour_passes_wcag_aa_in_both_themes():
+    # the DAG is a picture on its own white card, so the dark theme changes nothing inside it
+    assert viz.contrast("#000000", "#ffffff") == pytest.approx(21)
+    for state, colour in viz.STATE_COLOURS.items():
+        assert viz.contrast(viz._INK, colour) >= 4.5, state
+    assert viz.contrast(viz._INK, viz._CARD) >= 4.5  # edge labels
+    assert viz.contrast(viz._LINE, viz._CARD) >= 3  # edges and borders (non-text)
+    assert f"color:{viz._INK}" in viz.legend_html()  # chips carry their own ink, not the theme's
+
+
+@needs_dot
+def test_the_picture_carries_its_own_background(workflow):
+    assert f'fill="{viz._CARD}"' in viz.DagDrawing(workflow).svg()

@@ -110,8 +110,9 @@ class NotebookRun:
             self.observer.settle("failed", task.exception())
         else:
             self._future.set_result(task.result())
-        self._ended.set()
-        if self._slot is not None:  # off the loop: drawing the picture runs graphviz
+        if self._slot is None:
+            self._ended.set()
+        else:  # off the loop (drawing runs graphviz); wait() and cancel() return once it is shown
             asyncio.get_running_loop().run_in_executor(None, self._replace_slot)
 
     def show_in_place(self, show: Callable[..., Any]) -> None:
@@ -129,6 +130,8 @@ class NotebookRun:
             self._slot.update(self._static_bundle(), raw=True)
         except Exception:  # a display must never break the run's handle
             log.warning("could not replace the live view of run '%s'", self.observer.name, exc_info=True)
+        finally:
+            self._ended.set()
 
     @property
     def status(self) -> str:
