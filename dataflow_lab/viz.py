@@ -31,12 +31,13 @@ __all__ = [
     "to_svg",
 ]
 
-STATES = ("pending", "running", "done", "failed", "rolled back", "compensated", "skipped")
+STATES = ("pending", "running", "done", "failed", "cancelled", "rolled back", "compensated", "skipped")
 STATE_COLOURS = {
     "pending": "#e8eaed",
     "running": "#fdd663",
     "done": "#81c995",
     "failed": "#f28b82",
+    "cancelled": "#bdc1c6",
     "rolled back": "#fcad70",
     "compensated": "#c58af9",
     "skipped": "#ffffff",
@@ -45,7 +46,8 @@ INSTALL_HINT = (
     "Install Graphviz's `dot` to draw this DAG: apt-get install graphviz (Debian/Ubuntu), "
     "brew install graphviz (macOS), or conda install graphviz."
 )
-_INK = "#3c4043"
+_INK = "#202124"  # on every state colour and on the card: WCAG AA (≥ 4.5:1), tested
+_CARD = "#ffffff"  # the picture's own background: an <img> cannot follow the theme, so it carries one
 _LINE = "#5f6368"
 _STATUS_WIDTH = 22  # characters reserved for a node's status line ("12.3 ms · 1,234 rows")
 _SLOT = re.compile(r"#fe([0-9a-f]{4})|QQS(\d{5})Q*")
@@ -93,7 +95,7 @@ class DagDrawing:
     def _source(self, fills: list[str], statuses: list[str]) -> str:
         graphviz = _graphviz()
         graph = graphviz.Digraph(self.workflow.name)
-        graph.attr("graph", rankdir="LR", bgcolor="transparent", nodesep="0.3", ranksep="0.45")
+        graph.attr("graph", rankdir="LR", bgcolor=_CARD, pad="0.08", nodesep="0.3", ranksep="0.45")
         graph.attr("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
         graph.attr("node", color=_LINE, fontcolor=_INK, margin="0.12,0.06")
         graph.attr("edge", fontname="Helvetica", fontsize="9", color=_LINE, fontcolor=_INK, arrowsize="0.7")
@@ -111,6 +113,8 @@ class DagDrawing:
                 graph.edge(c.source, c.target, label=label, style="dashed", constraint="false")
             else:
                 graph.edge(c.source, c.target, label=label)
+        for before, after in ordering_edges(self.workflow):
+            graph.edge(before, after, label=" then ", style="dashed", tooltip="runs after (cell order)")
         return graph.source
 
     def svg(self, states: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None) -> str:
@@ -216,6 +220,32 @@ def _run_inputs(workflow: Workflow, node_id: str) -> list[str]:
     return [f"run input: {', '.join(names)}"] if names else []
 
 
+def ordering_edges(workflow: Workflow) -> list[tuple[str, str]]:
+    """Consecutive nodes of the run order with no data path between them ("load, then count").
+
+    The runtime runs a workflow's nodes in this order, so the second sees the first's writes;
+    the DAG draws that as a dashed edge, which also lays unconnected nodes out in cell order.
+    """
+    downstream: dict[str, set[str]] = {n: set() for n in workflow.nodes}
+    for c in workflow.connections:
+        if not c.cycle:
+            downstream[c.source].add(c.target)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node == goal:
+                return True
+            if node not in seen:
+                seen.add(node)
+                todo += downstream[node]
+        return False
+
+    order = list(workflow.order)
+    return [(a, b) for a, b in zip(order, order[1:]) if not reaches(a, b)]
+
+
 def _dot_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", " ")
 
@@ -243,10 +273,23 @@ def _render(source: str) -> str:
     return _SVG_NOISE.sub("", svg).strip()
 
 
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two #rrggbb colours (1 to 21)."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
 def legend_html() -> str:
     """A row of coloured chips naming the node states."""
     chips = "".join(
-        f'<span style="background:{colour};padding:0 6px;margin-right:4px;border-radius:3px">{state}</span>'
+        f'<span style="background:{colour};color:{_INK};padding:0 6px;margin-right:4px;'
+        f'border-radius:3px;border:1px solid {_LINE}">{state}</span>'
         for state, colour in STATE_COLOURS.items()
     )
     return f'<div class="df-legend" style="font-size:11px;margin:2px 0">{chips}</div>'

@@ -21,11 +21,26 @@ HERE = Path(__file__).resolve().parent
 
 
 class FirstFrames(NotebookClient):
-    """A NotebookClient that records displays as first shown, as nbval sees them."""
+    """A NotebookClient that records displays as first shown, as nbval sees them.
+
+    Cells marked NBVAL_IGNORE_OUTPUT are not compared, so they keep their final frame, as a
+    notebook saved from JupyterLab does: a background run's live view replaced by its summary.
+    """
 
     def _update_display_id(self, display_id, msg):  # noqa: ANN001 - nbclient's signature
-        if msg["header"]["msg_type"] != "update_display_data":
+        cells = self._display_id_map.get(display_id, {})
+        ignored = cells and all(_ignored(self.nb.cells[i].source) for i in cells)
+        if msg["header"]["msg_type"] != "update_display_data" or ignored:
             super()._update_display_id(display_id, msg)
+
+
+def _ignored(source: str) -> bool:
+    """nbval's marker: a comment line that is exactly NBVAL_IGNORE_OUTPUT."""
+    return any(
+        line.lstrip("#").strip() == "NBVAL_IGNORE_OUTPUT"
+        for line in source.splitlines()
+        if line.startswith("#")
+    )
 
 
 def regenerate(path: Path) -> None:

@@ -530,6 +530,7 @@ def test_a_background_run_can_be_cancelled_and_rolls_back(users, gate):
     assert handle.cancel() is True
     assert handle.status == "cancelled"
     assert handle.snapshot().nodes["a"].state == "rolled back"
+    assert handle.snapshot().nodes["g"].state == "cancelled"  # not "failed": nothing went wrong
     assert "ROLLBACK on sqlite" in handle.events[-1]
     with pytest.raises(DataFlowError, match="was cancelled"):
         _ = handle.results
@@ -575,6 +576,31 @@ def test_a_slow_run_gets_a_live_view_that_ends_done(frontend):
     assert "Run 'slow' done" in live.monitor.widget().children[0].value
 
 
+def test_a_live_view_keeps_moving_during_a_long_python_step(frontend):
+    cell(frontend, "%config DataFlowMagics.live_after = 0.05")
+    frontend.user_ns["nap"] = lambda count: time.sleep(1.5) or {"count": count}
+    run, _ = cell(frontend, "%%dataflow workflow slow --run\nn = UserCountNode()\nz = nap(count=n.count)\n")
+    assert run.live is not None and run.live.snapshot.status == "done"
+    # no hook fires while nap sleeps, yet the view was refreshed at least twice a second
+    assert run.live.updates >= 4, run.live.updates
+
+
+def test_a_running_node_shows_its_time_so_far(users):
+    cell(users, "%%dataflow workflow n\nn = UserCountNode()\n")
+    observer = RunObserver(users.user_ns["n"], interval=0.1)
+    observer.before_workflow(run_id="r")
+    observer.before_node(run_id="r", node_id="n")
+    time.sleep(0.05)
+    first = observer.snapshot().nodes["n"]
+    time.sleep(0.05)
+    second = observer.snapshot().nodes["n"]
+    assert first.state == second.state == "running"
+    assert 0.05 <= first.duration < second.duration
+    assert re.fullmatch(r"running · [\d.]+ ms", second.label())
+    observer.progress(run_id="r", node_id="n", done=500, total=1000)
+    assert re.fullmatch(r"500/1,000 rows · [\d.]+ ms", observer.snapshot().nodes["n"].label())
+
+
 def test_a_slow_run_is_shown_once_its_live_slot_emptied_for_the_summary(frontend):
     cell(frontend, "%config DataFlowMagics.live_after = 0.05")
     frontend.user_ns["nap"] = lambda count: time.sleep(0.3) or {"count": count}
@@ -586,13 +612,106 @@ def test_a_slow_run_is_shown_once_its_live_slot_emptied_for_the_summary(frontend
 
 
 def test_a_background_run_shows_a_live_view_with_a_cancel_button(frontend, gate):
-    handle, _ = cell(frontend, "%dataflow run gated --background")
-    data = handle._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in data
-    assert re.match(r"Live view: Run 'gated' (starting|running) · ", data["text/plain"])
+    handle, out = cell(frontend, "h = %dataflow run gated --background\nh")
+    (shown,) = out.outputs  # the magic shows the live view itself, even when its handle is assigned
+    assert "application/vnd.jupyter.widget-view+json" in shown.data
+    assert shown.data["text/plain"] == "Live view: run 'gated' in the background"  # a steady first frame
+    assert handle._repr_mimebundle_()["text/plain"].startswith("Run 'gated' running in the background")
     handle.live.button.click()
     assert handle.status == "cancelled"
     assert handle.live.button.disabled
+    # the ended run's button says what happened, in a neutral style (no red "danger" left behind)
+    assert (handle.live.button.description, handle.live.button.button_style) == ("Cancelled", "")
+
+
+def test_a_finished_background_run_leaves_a_neutral_button_saying_finished(frontend, gate):
+    handle, _ = cell(frontend, "%dataflow run gated --background")
+    gate.set()
+    assert handle.wait(5).status == "done"
+    deadline = time.time() + 2
+    while handle.live.button.description != "Finished" and time.time() < deadline:
+        time.sleep(0.01)
+    assert (handle.live.button.description, handle.live.button.button_style) == ("Finished", "")
+
+
+def test_a_bulk_node_in_a_notebook_run_draws_no_second_progress_bar(users, monkeypatch):
+    import tqdm.auto
+
+    made = []
+
+    class Recording(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("desc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    users.user_ns["people"] = [{"name": f"u{i}", "email": f"u{i}@x.org"} for i in range(50)]
+    run, _ = cell(users, "%%dataflow workflow load --run\nadd = UserBulkCreateNode(data=people)\n")
+    assert run.results["add"]["inserted"] == 50
+    assert made == []  # the panel's bar is the one bar
+    run, _ = cell(
+        users, "%%dataflow workflow load2 --run\nadd = UserBulkCreateNode(data=people[:1], progress=True)\n"
+    )
+    assert made == ["add (UserBulkCreateNode)"]  # asked for explicitly: still there
+
+
+def test_a_summary_folds_node_tables_past_the_second_and_shows_timestamps_to_the_second(users):
+    run, _ = cell(
+        users,
+        "%%dataflow workflow many --run\n"
+        "a = UserCreateNode(name='A', email='a@x.org')\n"
+        "b = UserCreateNode(name='B', email='b@x.org')\n"
+        "c = UserCreateNode(name='C', email='c@x.org')\n"
+        "everyone = UserListNode()\n",
+    )
+    page = run.summary_html()
+    assert page.count("<details open>") == 2
+    assert page.count("<details><summary>") >= 2  # c and everyone: folded, one click away
+    created = run.results["a"]["created_at"]
+    assert created.isoformat(sep=" ", timespec="seconds") in page
+    assert f"{created:%H:%M:%S}.{created:%f}" not in page  # no microseconds in a table
+
+
+def test_a_quiet_pool_gets_no_line_in_the_monitor(users):
+    from dataflow_lab.notebook.monitor import MonitorPanel
+
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    snapshot = run.snapshot()
+    assert snapshot.pool  # the figures are there ...
+    assert "pool " not in MonitorPanel(snapshot).text() and "<meter" not in MonitorPanel(snapshot).html()
+
+
+def test_the_pool_line_appears_only_when_something_is_notable():
+    from dataflow_lab.notebook.monitor import pool_notable
+
+    quiet = {"pool": "AsyncAdaptedQueuePool", "size": 5, "checked_out": 1, "overflow": 0, "waiting": 0,
+             "failures": 0, "invalidated": 0, "health_status": "ok"}  # fmt: skip
+    assert not pool_notable(quiet)
+    assert pool_notable({**quiet, "waiting": 2})
+    assert pool_notable({**quiet, "overflow": 1})
+    assert pool_notable({**quiet, "failures": 1})
+    assert pool_notable({**quiet, "health_status": "degraded"})
+
+
+def test_a_finished_background_run_replaces_its_live_view_in_place_with_pictures(frontend, gate, monkeypatch):
+    updates = []
+    monkeypatch.setattr(
+        "IPython.display.DisplayHandle.update", lambda self, obj, **kw: updates.append((self.display_id, obj))
+    )
+    handle, out = cell(frontend, "%dataflow run gated --background")
+    slot = handle._slot.display_id
+    gate.set()
+    handle.wait(5)
+    deadline = time.time() + 5
+    while not updates and time.time() < deadline:
+        time.sleep(0.02)
+    ((display_id, final),) = updates
+    assert display_id == slot
+    assert not any("widget" in k for k in final)  # nothing that needs the kernel is left
+    assert final["text/plain"].startswith("Run 'gated' done")
+    if viz.dot_available():
+        assert {"image/png", "image/svg+xml"} <= set(final) and "<img" in final["text/html"]
+    assert handle._repr_mimebundle_()["text/plain"].startswith("Run 'gated' done")
 
 
 def test_without_ipywidgets_runs_show_static_html(users, monkeypatch):
@@ -774,3 +893,56 @@ def test_a_tenant_around_the_cell_reaches_the_run_on_the_loop_thread(ip):
         cell(ip, "%dataflow run jot")
     run, _ = cell(ip, "with db.tenant('acme'):\n    handle = %dataflow run jot --background\nhandle.wait()")
     assert ip.user_ns["handle"].results["jot"]["tenant_id"] == "acme"
+
+
+# -- model cells that meet the database ------------------------------------------------------------
+
+
+def test_re_running_a_model_cell_with_a_drop_says_so_at_that_cell_in_one_line(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    notice, _ = cell(users, "%%dataflow model\nclass User:\n    name: str\n    email: str\n")  # drops active
+    text, page = repr(notice), notice._repr_mimebundle_()["text/html"]
+    assert "\n" not in text and "drop column 'active'" in text and "Nothing was changed" in text
+    assert "%dataflow migrate --confirm" in text and "db." not in text  # the notebook has no `db`
+    assert "CREATE TABLE" not in text and "<details><summary>the SQL it would run</summary>" in page
+    assert "CREATE TABLE" in page  # one click away
+
+
+def test_a_refused_run_names_the_magic_not_the_python_api_and_shows_no_sql(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    cell(users, "%%dataflow model\nclass User:\n    name: str\n    email: str\n")
+    with pytest.raises(UsageError) as refused:
+        cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    message = str(refused.value)
+    assert "%dataflow migrate --confirm" in message and "db.migrations" not in message
+    assert "CREATE TABLE" not in message and len(message) < 450
+
+
+def test_dataflow_migrate_shows_a_drop_then_applies_it_with_confirm(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    cell(users, "%%dataflow model\nclass User:\n    name: str\n    email: str\n")
+    _, out = cell(users, "%dataflow migrate")
+    assert "Re-run with %dataflow migrate --confirm" in out.outputs[0].data["text/plain"]
+    _, out = cell(users, "%dataflow migrate --confirm")
+    assert out.stdout.startswith("Applied: ") and "drop" in out.stdout
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserListNode()\n")
+    assert [set(r) >= {"name", "email"} and "active" not in r for r in run.results["n"]["records"]] == [True]
+    _, out = cell(users, "%dataflow migrate")
+    assert out.stdout.strip() == "Nothing to migrate: every table matches its model."
+
+
+def test_a_new_required_field_is_reported_at_the_cell_and_backfilled_by_the_magic(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    notice, _ = cell(users, f"%%dataflow model\n{USER_MODEL}    nick: str\n")
+    assert "adds required field(s) 'nick'" in repr(notice)
+    assert "%dataflow migrate --backfill '{\"nick\": ...}'" in repr(notice)
+    _, out = cell(users, '%dataflow migrate --backfill \'{"nick": "none"}\'')
+    assert out.stdout.startswith("Applied: ")
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserListNode()\n")
+    assert [r["nick"] for r in run.results["n"]["records"]] == ["none"]
+
+
+def test_an_additive_model_change_shows_the_catalogue_as_usual(users):
+    cell(users, "%%dataflow workflow w --run\nc = UserCreateNode(name='a', email='a@x.org')\n")
+    shown, _ = cell(users, f"%%dataflow model\n{USER_MODEL}    nick: str = ''\n")
+    assert "UserCreateNode" in repr(shown)

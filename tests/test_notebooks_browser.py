@@ -1,4 +1,7 @@
-"""A real browser runs notebook 01 in JupyterLab and looks at what a person would see.
+"""A real browser runs the notebooks in JupyterLab and looks at what a person would see.
+
+Notebook 01 runs live; notebook 05 (a background run) is run, saved and reopened; the shipped
+notebooks are opened untrusted, as they come; a 7-node chain must fit its output area.
 
 JupyterLab serves a copy of the notebook (outputs cleared) on 127.0.0.1 with
 an empty token; Playwright drives Debian's chromium (never `playwright
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -51,6 +55,19 @@ SETTINGS = {  # no news prompt; every cell stays in the DOM (no windowing), so s
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": '{"windowingMode": "none"}',
 }
 DONE = viz.STATE_COLOURS["done"]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CHAIN_CELLS = [
+    "%load_ext dataflow_lab",
+    "%%dataflow model\nclass Item:\n    name: str\n    qty: int = 0",
+    "%%dataflow workflow chain --run\n"
+    "made = ItemCreateNode(name='a')\n"
+    "read = ItemReadNode(id=made.id)\n"
+    "bumped = ItemUpdateNode(id=read.id, fields={'qty': 1})\n"
+    "again = ItemReadNode(id=bumped.id)\n"
+    "renamed = ItemUpdateNode(id=again.id, fields={'name': 'b'})\n"
+    "last = ItemReadNode(id=renamed.id)\n"
+    "gone = ItemDeleteNode(id=last.id)",
+]
 
 
 def _missing() -> list[str]:
@@ -79,17 +96,24 @@ def lab(tmp_path_factory):
     for name, text in SETTINGS.items():
         (home / "settings" / name).parent.mkdir(parents=True, exist_ok=True)
         (home / "settings" / name).write_text(text)
-    notebook = nbformat.read(ROOT / "notebooks" / "01_quick_start.ipynb", as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nbformat.write(notebook, served / "01_quick_start.ipynb")
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        nbformat.write(notebook, served / f"committed_{path.name}")  # as shipped: outputs, untrusted
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(notebook, served / path.name)
+    chain = nbformat.v4.new_notebook()
+    chain.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    chain.cells = [nbformat.v4.new_code_cell(source) for source in CHAIN_CELLS]
+    nbformat.write(chain, served / "chain.ipynb")
     port = _free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "JUPYTER_CONFIG_DIR": str(config),
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_DATA_DIR": str(home / "data"),  # an empty trust database: shipped notebooks are untrusted
     }
     command = [sys.executable, "-m", "jupyterlab", f"--port={port}", f"--ServerApp.root_dir={served}",
                f"--LabApp.workspaces_dir={home / 'workspaces'}", f"--LabApp.user_settings_dir={home / 'settings'}"]  # fmt: skip
@@ -174,3 +198,130 @@ def test_notebook_01_runs_in_jupyterlab_and_its_live_dag_ends_done(lab):
         finally:
             browser.close()
     assert (ARTIFACTS / "notebook_01_live_dag.png").stat().st_size > 10_000
+
+
+def _open(page, lab: str, name: str, *, kernel: bool = True) -> None:
+    """Open ``name`` alone (``?reset``: no tabs restored from an earlier test) and wait for it."""
+    page.goto(f"{lab}/lab/tree/{name}?reset")
+    page.wait_for_function(
+        f"() => window.jupyterapp?.shell.currentWidget?.context?.path === {name!r}"
+        " && window.jupyterapp.shell.currentWidget.context.isReady",
+        timeout=60_000,
+    )
+    page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell", timeout=60_000)
+    if kernel:
+        page.wait_for_function(
+            "() => window.jupyterapp.shell.currentWidget.sessionContext?.session?.kernel?.status === 'idle'",
+            timeout=60_000,
+        )
+
+
+def _pictures(page) -> int:
+    """DAG pictures in the open notebook: our <img> inside HTML, or JupyterLab's image renderer."""
+    return page.evaluate(
+        "() => window.jupyterapp.shell.currentWidget.node.querySelectorAll("
+        "'img.df-dag-img, .jp-RenderedImage img, .jp-RenderedSVG svg').length"
+    )
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def test_shipped_notebooks_opened_untrusted_show_every_dag_as_a_picture(lab):
+    import json
+
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for path in NOTEBOOKS:
+                stored = [o for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
+                dags = sum("image/svg+xml" in o.get("data", {}) for o in stored)
+                _open(page, lab, f"committed_{path.name}", kernel=False)
+                trusted = page.evaluate(
+                    "window.jupyterapp.shell.currentWidget.content.model.cells.get(1).trusted"
+                )
+                assert trusted is False, "the shipped copy should open untrusted"
+                expect(page.locator(".jp-OutputArea-output").first).to_be_visible(timeout=30_000)
+                assert _pictures(page) >= dags, f"{path.name}: {_pictures(page)} pictures for {dags} DAGs"
+                expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+                expect(page.get_by_text(re.compile(r"running · [\d.]+ (ms|s)"))).to_have_count(0)
+        finally:
+            browser.close()
+
+
+def test_notebook_05_run_saved_and_reopened_keeps_its_pictures_and_no_dead_widget(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            _open(page, lab, "05_monitoring.ipynb")
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            expect(
+                page.locator(".jp-OutputArea-output").filter(has_text="Run 'how_many' done")
+            ).to_have_count(1, timeout=120_000)
+            # the background run's live view has become its summary, in place
+            expect(page.locator(".df-run").filter(has_text="Run 'ingest' done")).to_have_count(
+                2, timeout=30_000
+            )
+            page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+            page.wait_for_function(
+                "() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000
+            )
+            page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+            page.wait_for_timeout(1000)
+            _open(page, lab, "05_monitoring.ipynb", kernel=False)  # as a student opens the shared file
+            expect(page.locator(".jp-OutputArea-output").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("Error displaying widget")).to_have_count(0)
+            expect(page.get_by_text(re.compile(r"running · [\d.]+ (ms|s)"))).to_have_count(0)
+            assert _pictures(page) >= 4
+            expect(page.locator(".df-run").filter(has_text="Run 'ingest' cancelled")).to_have_count(1)
+        finally:
+            browser.close()
+
+
+def test_a_seven_node_chain_fits_its_output_area_or_scrolls_at_a_readable_size(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            _open(page, lab, "chain.ipynb")
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            expect(page.locator(".df-run").filter(has_text="Run 'chain' done")).to_have_count(
+                1, timeout=90_000
+            )
+            boxes = page.evaluate(
+                """() => [...document.querySelectorAll('img.df-dag-img')].map(img => {
+                    const box = img.closest('.df-dag'), area = img.closest('.jp-OutputArea-output');
+                    return {img: img.getBoundingClientRect().width, natural: img.naturalWidth,
+                            box: box.clientWidth, scroll: box.scrollWidth,
+                            right: box.getBoundingClientRect().right, area: area.getBoundingClientRect().right};
+                })"""
+            )
+            assert boxes, "no DAG picture"
+            for b in boxes:
+                assert b["right"] <= b["area"] + 1, b  # the box never sticks out of the output area
+                fits = b["img"] <= b["box"] + 1
+                scrolls = b["scroll"] > b["box"]
+                assert fits or scrolls, b
+                assert b["img"] >= 0.59 * b["natural"], b  # never shrunk past a readable minimum
+            ARTIFACTS.mkdir(exist_ok=True)
+            _screenshot(page, page.locator(".df-run").first, "chain_light.png")
+            page.evaluate(
+                "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+            )
+            page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
+            _screenshot(page, page.locator(".df-run").first, "chain_dark.png")
+            page.evaluate(
+                "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
+            )
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "chain_dark.png").stat().st_size > 10_000

@@ -148,3 +148,52 @@ def test_without_dot_the_picture_bundle_is_the_table_and_text(workflow, monkeypa
     monkeypatch.setattr(viz, "dot_available", lambda: False)
     data = viz.picture_bundle(viz.DagDrawing(workflow))
     assert set(data) == {"text/plain", "text/html"} and "apt-get install graphviz" in data["text/html"]
+
+
+@needs_dot
+def test_unconnected_nodes_are_drawn_in_cell_order_joined_by_dashed_then_edges():
+    import re
+
+    db = DataFlow()
+
+    @db.model
+    class Trip:
+        km: int
+
+    builder = WorkflowBuilder(db)
+    builder.add_node("TripBulkCreateNode", "load", {"data": [{"km": 1}]})
+    builder.add_node("TripCountNode", "count")  # no data edge: it runs after load, and sees its rows
+    builder.add_node("TripListNode", "listing")
+    builder.add_node("TripReadNode", "first")
+    builder.add_connection("listing", "records.0.id", "first", "id")
+    workflow = builder.build()
+    assert viz.ordering_edges(workflow) == [("load", "count"), ("count", "listing")]
+    svg = viz.DagDrawing(workflow).svg()
+    x = {n: float(re.search(rf'id="df&#45;node&#45;{n}".*?x="([\d.]+)"', svg, re.S)[1]) for n in
+         ("load", "count", "listing", "first")}  # fmt: skip
+    assert x["load"] < x["count"] < x["listing"] < x["first"]  # left to right, as in the cell
+    assert svg.count("stroke-dasharray") == 2 and svg.count("> then <") == 2
+    db.close()
+
+
+def test_a_cancelled_node_has_its_own_colour_not_failed(workflow):
+    dot = viz.DagDrawing(workflow).dot({"create": "cancelled"})
+    assert (
+        viz.STATE_COLOURS["cancelled"] in dot
+        and viz.STATE_COLOURS["cancelled"] != viz.STATE_COLOURS["failed"]
+    )
+
+
+def test_every_label_on_every_state_colour_passes_wcag_aa_in_both_themes():
+    # the DAG is a picture on its own white card, so the dark theme changes nothing inside it
+    assert viz.contrast("#000000", "#ffffff") == pytest.approx(21)
+    for state, colour in viz.STATE_COLOURS.items():
+        assert viz.contrast(viz._INK, colour) >= 4.5, state
+    assert viz.contrast(viz._INK, viz._CARD) >= 4.5  # edge labels
+    assert viz.contrast(viz._LINE, viz._CARD) >= 3  # edges and borders (non-text)
+    assert f"color:{viz._INK}" in viz.legend_html()  # chips carry their own ink, not the theme's
+
+
+@needs_dot
+def test_the_picture_carries_its_own_background(workflow):
+    assert f'fill="{viz._CARD}"' in viz.DagDrawing(workflow).svg()

@@ -8,6 +8,7 @@ transaction, so a bad row anywhere leaves the database as it was;
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -20,6 +21,11 @@ __all__ = ["BulkRows", "common_parameters"]
 
 ON_ERROR = ("raise", "skip")
 PROGRESS_DELAY = 1.0  # seconds before a progress bar appears (tqdm's delay)
+# True inside a notebook run whose live panel draws progress from the hooks: the node's own
+# tqdm bar would be a second bar with other numbers. progress=True still forces it.
+PANEL_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dataflow_panel_progress", default=False
+)
 
 
 def _data_check(value: Any) -> Any:
@@ -162,7 +168,7 @@ class BulkRows(ModelNode):
 @contextlib.contextmanager
 def _progress_bar(node: BulkRows, total: int | None) -> Iterator[Any]:
     wanted = node.params.get("progress")
-    if wanted is False:
+    if wanted is False or (wanted is None and PANEL_PROGRESS.get()):
         yield None
         return
     try:

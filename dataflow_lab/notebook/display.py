@@ -83,11 +83,21 @@ def records_html(records: Sequence[Mapping[str, Any]], limit: int) -> str:
     shown = list(records) if limit <= 0 else list(records[:limit])
     more = len(records) - len(shown)
     try:
-        body = frame(shown).to_html(index=False, border=0, max_cols=20)
+        body = _to_seconds(frame(shown)).to_html(index=False, border=0, max_cols=20)
     except DataFlowError:
         body = table_html(shown)
     note = f"<p><i>… {more:,} more row{'s' if more != 1 else ''} (run.frame(...) has them all)</i></p>"
     return body + (note if more > 0 else "")
+
+
+def _to_seconds(df: Any) -> Any:
+    """Timestamp columns shown to the second (the stored values keep their microseconds)."""
+    for column in df.columns:
+        if str(df[column].dtype).startswith("datetime64"):
+            df[column] = df[column].dt.floor("s")
+        elif df[column].dtype == object and any(isinstance(v, dt.datetime) for v in df[column].head(5)):
+            df[column] = [_short(v) if isinstance(v, dt.datetime) else v for v in df[column]]
+    return df
 
 
 def table_html(records: Sequence[Mapping[str, Any]]) -> str:
@@ -111,7 +121,12 @@ def value_html(value: Any) -> str:
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else str(value) if isinstance(value, _AS_STR) else repr(value)
+    if isinstance(value, dt.datetime):
+        text = value.isoformat(sep=" ", timespec="seconds")  # to the second: a table, not a log
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = str(value) if isinstance(value, _AS_STR) else repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -1,7 +1,7 @@
 """``%dataflow`` and ``%%dataflow``: models, workflows and runs from notebook cells.
 
 Line:  connect URL | run NAME [--params JSON] [--background] [--transaction MODE] [--user U]
-       | show NAME | nodes [MODEL] | status
+       | show NAME | nodes [MODEL] | status | migrate [--confirm] [--backfill JSON] [--rollback]
 Cell:  model | workflow NAME [--run] [--params JSON] [--background] [--transaction MODE] [--user U]
 
 A user's mistake becomes one UsageError line with a hint ("did you mean ..."),
@@ -25,7 +25,7 @@ from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
 from ..config import redact_url
-from ..errors import DataFlowError, did_you_mean
+from ..errors import BackfillRequiredError, DataFlowError, DestructiveMigrationError, did_you_mean
 from ..runtime import TRANSACTION_MODES
 from ..workflow import Workflow, WorkflowBuilder
 from .catalogue import Catalogue
@@ -37,7 +37,7 @@ from .workflow_cell import build_workflow
 
 __all__ = ["DataFlowMagics"]
 
-LINE_COMMANDS = ("connect", "run", "show", "nodes", "status")
+LINE_COMMANDS = ("connect", "run", "show", "nodes", "status", "migrate")
 CELL_COMMANDS = ("model", "workflow")
 USAGE = """\
 %dataflow connect URL                 switch the notebook's database (models move over)
@@ -45,6 +45,7 @@ USAGE = """\
 %dataflow show NAME                   the workflow's DAG (coloured by its last run)
 %dataflow nodes [MODEL]               the node catalogue: parameters and SQL
 %dataflow status                      database, models, workflows, last runs
+%dataflow migrate [--confirm]         bring the tables to the models (--confirm: drops and narrowing too)
 %%dataflow model                      a cell of classes -> models (shows their nodes)
 %%dataflow workflow NAME [--run] ...  a cell of `node = NodeType(param=value)` lines
 Settings: %config DataFlowMagics"""
@@ -83,15 +84,44 @@ def _parser(prog: str, *positional: tuple[str, str], run: bool = False) -> Magic
     return _run_options(parser) if run else parser
 
 
+def _migrate_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="%dataflow migrate", add_help=False)
+    parser.add_argument("--confirm", action="store_true", help="also run drops and narrowing retypes")
+    parser.add_argument(
+        "--backfill", nargs="+", default=None, help="JSON object: column -> value for existing rows"
+    )
+    parser.add_argument("--rollback", action="store_true", help="undo the last migration")
+    return parser
+
+
 PARSERS = {
     "connect": _parser("connect", ("url", "?")),
     "run": _parser("run", ("name", "?"), run=True),
     "show": _parser("show", ("name", "?")),
     "nodes": _parser("nodes", ("models", "*")),
     "status": _parser("status"),
+    "migrate": _migrate_parser(),
     "model": _parser("model"),
     "workflow": _parser("workflow", ("name", "?"), run=True),
 }
+
+
+def notebook_terms(exc: DataFlowError, message: str) -> tuple[str, str | None]:
+    """A migration refusal said in the notebook's words: no SQL dump, and a hint naming the magic
+    (the Python API's hint names ``db``, which a notebook of magics does not have)."""
+    if isinstance(exc, DestructiveMigrationError):
+        return message.split(" It would run:")[0], (
+            "if you mean it, run %dataflow migrate --confirm (dropped and narrowed values are kept in "
+            "a backup table; %dataflow migrate --rollback puts them back); %dataflow migrate shows "
+            "the SQL. Otherwise change the model back and re-run its cell."
+        )
+    if isinstance(exc, BackfillRequiredError):
+        example = json.dumps({c: "..." for c in exc.columns}).replace('"..."', "...")
+        return message, (
+            f"give it a default or make it Optional and re-run the model cell, or fill the existing "
+            f"rows once: %dataflow migrate --backfill '{example}'"
+        )
+    return message, exc.hint
 
 
 def _one_line(message: str) -> str:
@@ -112,7 +142,8 @@ def _usage_errors(method: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             problems = getattr(exc, "problems", None)
             message = exc.message if not problems else f"{len(problems)} problem(s): " + "; ".join(problems)
-            hint = f" Hint: {exc.hint}" if exc.hint else ""
+            message, hint = notebook_terms(exc, message)
+            hint = f" Hint: {hint}" if hint else ""
             raise UsageError(self.session.scrub(_one_line(message + hint))) from None
 
     return wrapper
@@ -221,9 +252,32 @@ class DataFlowMagics(Magics):
         except Exception as exc:
             line = _cell_line(exc, "<model cell>")
             raise UsageError(f"model cell line {line}: {type(exc).__name__}: {exc}") from None
+        again = [n for n in names if n in self.session.model_classes]
         for name in names:
             self.session.add_model(self.shell.user_ns[name])
+        if again or self.session.db._open_future is not None:  # a re-run cell may meet existing tables
+            notice = self._model_change(names)
+            if notice is not None:
+                return notice
         return Catalogue(self.session.db, names)
+
+    def _model_change(self, names: list[str]) -> ModelChange | None:
+        """What the database would refuse of these models, said at the model cell, or None."""
+        db = self.session.db
+        try:
+            plan = db.migrations.plan()
+        except BackfillRequiredError as exc:
+            message, hint = notebook_terms(exc, exc.message)
+            return ModelChange(names, f"{message} Hint: {hint}", sql="")
+        steps = [s for s in plan.steps if s.destructive]
+        if not steps:
+            return None
+        what = "; ".join(s.description for s in steps)
+        _, hint = notebook_terms(DestructiveMigrationError("", sql=[]), "")
+        line = f"The database will refuse this model change: {what}. Nothing was changed. Hint: {hint}"
+        return ModelChange(
+            names, self.session.scrub(line), sql="".join(f"{q};\n" for s in steps for q in s.up)
+        )
 
     def _workflow(self, args: Any, cell: str, namespace: dict[str, Any]) -> Any:
         name = self._name(args.name, "workflow")
@@ -262,6 +316,24 @@ class DataFlowMagics(Magics):
     def _status(self, args: Any, namespace: dict[str, Any]) -> None:
         print(self.session.describe())
 
+    def _migrate(self, args: Any, namespace: dict[str, Any]) -> None:
+        """Apply the models' pending changes to the notebook's database (what the hints point at)."""
+        migrations = self.session.db.migrations
+        if args.rollback:
+            undone = migrations.rollback(confirm_destructive=args.confirm)
+            print("\n".join(f"Rolled back: {m.name}" for m in undone) or "Nothing to roll back.")
+            return
+        backfill = self._params(args.backfill, namespace, option="--backfill")
+        plan = migrations.plan(backfill=backfill)
+        if not plan:
+            print("Nothing to migrate: every table matches its model.")
+            return
+        if plan.destructive and not args.confirm:  # shown, not run: the reader confirms with --confirm
+            display(ModelChange(list(self.session.model_classes), "", sql=plan.sql, plan=plan))
+            return
+        for m in migrations.apply(confirm_destructive=args.confirm, backfill=backfill):
+            print(f"Applied: {m.name}")
+
     # -- helpers -----------------------------------------------------------
     def _name(self, name: str | None, what: str) -> str:
         if not name:
@@ -298,7 +370,7 @@ class DataFlowMagics(Magics):
         self.shell.user_ns[name] = workflow
         return workflow
 
-    def _params(self, words: list[str] | None, namespace: Mapping[str, Any]) -> Any:
+    def _params(self, words: list[str] | None, namespace: Mapping[str, Any], option: str = "--params") -> Any:
         if words is None:
             return None
         text = " ".join(words)
@@ -307,9 +379,10 @@ class DataFlowMagics(Magics):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
+            example = '{"create": {"name": "Bob"}}' if option == "--params" else '{"nick": "none"}'
             raise UsageError(
-                f"--params is not valid JSON ({exc.msg} at column {exc.colno}). "
-                'Hint: quote it whole: --params \'{"create": {"name": "Bob"}}\''
+                f"{option} is not valid JSON ({exc.msg} at column {exc.colno}). "
+                f"Hint: quote it whole: {option} '{example}'"
             ) from None
 
     @staticmethod
@@ -337,7 +410,7 @@ class DataFlowMagics(Magics):
         live = self.live and self._frontend_has_widgets()
         if args.background:
             if live:
-                run.start_live(cancel=True)
+                run.show_in_place(display)  # shown now (also for `h = %dataflow run ... --background`)
             return run
         # One display slot per run, made before waiting, so quick and slow runs give the same outputs.
         slot = display({"text/plain": ""}, raw=True, display_id=True) if live else None
@@ -362,6 +435,34 @@ class DataFlowMagics(Magics):
     def _frontend_has_widgets(self) -> bool:
         """Live panels need ipywidgets and a kernel (a frontend that renders widgets)."""
         return widgets_available() and getattr(self.shell, "kernel", None) is not None
+
+
+class ModelChange:
+    """A model cell's change that the database would refuse: one line, the SQL behind a disclosure."""
+
+    def __init__(self, models: list[str], line: str, *, sql: str, plan: Any = None):
+        self.models, self.line, self.sql, self.plan = models, line, sql, plan
+
+    def __repr__(self) -> str:
+        return self.line or repr(self.plan)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        import html
+
+        head = html.escape(self.line) if self.line else "This migration drops or narrows data:"
+        sql = (f"<details><summary>the SQL it would run</summary><pre>{html.escape(self.sql)}</pre></details>"
+               if self.sql else "")  # fmt: skip
+        tail = (
+            ""
+            if self.line
+            else "<div>Re-run with <code>%dataflow migrate --confirm</code> to apply it.</div>"
+        )
+        return {
+            "text/plain": repr(self)
+            if self.line
+            else f"{self.plan!r}\nRe-run with %dataflow migrate --confirm.",
+            "text/html": f'<div class="df-model-change">⚠ {head}{sql}{tail}</div>',
+        }
 
 
 def _clear(slot: Any, run: NotebookRun) -> None:

@@ -18,12 +18,13 @@ from .observer import NodeStatus, RunSnapshot
 __all__ = ["MonitorPanel"]
 
 _BAR_STYLE = {"done": "success", "failed": "danger", "rolled back": "warning", "compensated": "info"}
+_NOTABLE = ("waiting", "overflow", "failures", "invalidated")  # pool figures worth a line when above 0
 _LAST_EVENTS = 8
 
 
 def node_fraction(status: NodeStatus) -> float:
     """How far a node is, 0..1 (bulk nodes report chunks; others jump from 0 to 1)."""
-    if status.state in ("pending", "skipped"):  # a skipped node never ran: an empty bar
+    if status.state in ("pending", "skipped", "cancelled"):  # it never ran (or never finished)
         return 0.0
     if status.state == "running":
         return min(status.done / status.total, 1.0) if status.done is not None and status.total else 0.0
@@ -47,6 +48,13 @@ def headline(snapshot: RunSnapshot) -> str:
 def pool_text(pool: Mapping[str, Any]) -> str:
     figures = [f"{k.replace('_', ' ')} {v}" for k, v in pool.items() if k != "pool"]
     return f"{pool.get('pool', 'pool')}: {', '.join(figures) or 'no figures'}"
+
+
+def pool_notable(pool: Mapping[str, Any]) -> bool:
+    """Whether the pool is worth a line: something waits, overflows, failed, or the probe worries."""
+    if any(isinstance(pool.get(k), int) and pool[k] > 0 for k in _NOTABLE):
+        return True
+    return "error" in pool or pool.get("health_status") in ("degraded", "down")
 
 
 def pool_html(url: str, pool: Mapping[str, Any]) -> str:
@@ -76,7 +84,7 @@ class MonitorPanel:
         lines = [headline(s)]
         for status in s.nodes.values():
             lines.append(f"  {status.node_id}: {status.label() or status.state}")
-        lines += [f"  pool {url}: {pool_text(p)}" for url, p in s.pool.items()]
+        lines += [f"  pool {url}: {pool_text(p)}" for url, p in s.pool.items() if pool_notable(p)]
         lines += [f"  {e}" for e in s.events[-_LAST_EVENTS:]]
         lines += [f"  retry {r}" for r in s.retries[-_LAST_EVENTS:]]
         return "\n".join(lines)
@@ -95,7 +103,7 @@ class MonitorPanel:
         )
 
     def _pool_html(self) -> str:
-        return "".join(pool_html(url, p) for url, p in self.snapshot.pool.items())
+        return "".join(pool_html(url, p) for url, p in self.snapshot.pool.items() if pool_notable(p))
 
     def _events_html(self) -> str:
         s = self.snapshot

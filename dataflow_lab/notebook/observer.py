@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["NodeStatus", "RunObserver", "RunSnapshot"]
 
 COMPENSATED = ("compensated", "done", "ok", "success", "succeeded")
+TICK = 0.4  # seconds between refreshes of a live view while nothing else changes (≥ 2 a second)
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,23 @@ class NodeStatus:
     total: int | None = None  # ... of this many, when known
     retries: int = 0
     writes: bool = False
+    started: float | None = None  # perf_counter() when it began running (a snapshot's duration runs on)
 
     def label(self) -> str:
-        """The status line drawn under the node: rows and duration, or progress."""
-        if self.state == "running" and self.done is not None:
-            return f"{self.done:,}/{self.total:,} rows" if self.total else f"{self.done:,} rows"
-        if self.state in ("pending", "running"):
-            return self.state + (f" (retry {self.retries})" if self.retries else "")
+        """The status line drawn under the node: rows and duration, or progress and time so far."""
+        if self.state == "running":
+            parts = (
+                [f"{self.done:,}/{self.total:,} rows" if self.total else f"{self.done:,} rows"]
+                if (self.done is not None)
+                else ["running"]
+            )
+            if self.retries:
+                parts.append(f"retry {self.retries}")
+            if self.duration is not None:
+                parts.append(duration(self.duration))
+            return " · ".join(parts)
+        if self.state == "pending":
+            return self.state
         parts = [p for p in (rows(self.rows), duration(self.duration)) if p]
         if self.state != "done":
             parts.insert(0, self.state)
@@ -131,10 +142,17 @@ class RunObserver:
             else:
                 self.status = "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
                 self.error = _one_line(error)
-                for node_id, s in self._nodes.items():
-                    if s.state == "running":
-                        self._nodes[node_id] = dataclasses.replace(s, state="failed", error=self.status)
+                self._end_unfinished()
         self.flush()
+
+    def _end_unfinished(self) -> None:
+        """Under the lock: a failed run's running node failed; a cancelled run's unfinished nodes
+        are drawn cancelled (its finished writers turn "rolled back" at the rollback event)."""
+        for node_id, s in self._nodes.items():
+            if self.status == "cancelled" and s.state in ("pending", "running"):
+                self._nodes[node_id] = dataclasses.replace(s, state="cancelled", error="cancelled")
+            elif s.state == "running":
+                self._nodes[node_id] = dataclasses.replace(s, state="failed", error=self.status)
 
     def settle(self, status: str, error: BaseException | None = None) -> None:
         """The run's task ended; record it if the runtime never could (cancelled before it began)."""
@@ -143,10 +161,11 @@ class RunObserver:
                 return
             self.status, self._ended = status, time.perf_counter()
             self.error = _one_line(error) if error is not None else None
+            self._end_unfinished()
         self.flush()
 
     def before_node(self, *, run_id: str, node_id: str, **future: Any) -> None:
-        self._update(run_id, node_id, state="running")
+        self._update(run_id, node_id, state="running", started=time.perf_counter())
 
     def after_node(
         self,
@@ -164,6 +183,8 @@ class RunObserver:
             if db is not None and self._nodes[node_id].writes:
                 with self._lock:
                     self._uncommitted.setdefault(id(db), []).append(node_id)
+        elif isinstance(error, asyncio.CancelledError):  # stopped, not broken
+            self._update(run_id, node_id, state="cancelled", duration=duration, error="cancelled")
         else:
             self._update(run_id, node_id, state="failed", duration=duration, error=_one_line(error))
 
@@ -239,12 +260,19 @@ class RunObserver:
     # -- snapshots and the throttle ------------------------------------------
     def snapshot(self, *, pool: bool = False) -> RunSnapshot:
         with self._lock:
-            end = self._ended if self._ended is not None else time.perf_counter()
+            now = time.perf_counter()
+            end = self._ended if self._ended is not None else now
+            nodes = {
+                n: dataclasses.replace(s, duration=now - s.started)
+                if s.state == "running" and s.started is not None
+                else s
+                for n, s in self._nodes.items()
+            }  # a running node's duration is its time so far
             return RunSnapshot(
                 name=self.name,
                 run_id=self.run_id,
                 status=self.status,
-                nodes=MappingProxyType(dict(self._nodes)),
+                nodes=MappingProxyType(nodes),
                 events=tuple(self._events),
                 retries=tuple(self._retries),
                 pool=self._pool() if pool else {},
@@ -262,10 +290,23 @@ class RunObserver:
         return status
 
     def attach(self, sink: Callable[[RunSnapshot], None]) -> None:
-        """Send snapshots to ``sink`` from now on (one right away)."""
+        """Send snapshots to ``sink`` from now on: one right away, one per change (throttled),
+        and one every ``TICK`` seconds while the run goes on, so a long step's clock moves."""
         with self._lock:
             self._sink = sink
         self.flush()
+        loop = _loop.loop()
+        if _loop.in_loop_thread():
+            loop.call_later(TICK, self._tick)
+        else:
+            loop.call_soon_threadsafe(loop.call_later, TICK, self._tick)
+
+    def _tick(self) -> None:
+        if self._sink is None or self.status not in ("starting", "running"):
+            return  # the end flush already showed the final state
+        if time.perf_counter() - self._last_flush >= TICK * 0.9:
+            self.flush()
+        _loop.loop().call_later(TICK, self._tick)
 
     def flush(self) -> None:
         """Send the current snapshot to the attached view now."""

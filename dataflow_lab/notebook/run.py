@@ -13,12 +13,14 @@ import asyncio
 import concurrent.futures
 import contextvars
 import html
+import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import _loop
 from ..errors import DataFlowError, ValidationError, did_you_mean
+from ..nodes.bulk_rows import PANEL_PROGRESS
 from ..runtime import LocalRuntime
 from ..workflow import check_parameters
 from .dag import DagView
@@ -40,7 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["NotebookRun", "start_run"]
 
+log = logging.getLogger(__name__)
+
 _WIND_DOWN = 5.0  # seconds to wait for a cancelled run to roll back before showing it
+_OPEN_TABLES = 2  # node tables shown open in a summary; the others sit behind their disclosure
 
 
 class NotebookRun:
@@ -66,6 +71,7 @@ class NotebookRun:
         self._future = future
         self._task: asyncio.Task | None = None  # set on the loop thread when the run starts
         self._ended = threading.Event()  # set once the run's task has really finished (rollback included)
+        self._slot: Any = None  # a background run's own display, replaced by the summary at the end
 
     # -- state -------------------------------------------------------------
     def done(self) -> bool:
@@ -104,7 +110,28 @@ class NotebookRun:
             self.observer.settle("failed", task.exception())
         else:
             self._future.set_result(task.result())
-        self._ended.set()
+        if self._slot is None:
+            self._ended.set()
+        else:  # off the loop (drawing runs graphviz); wait() and cancel() return once it is shown
+            asyncio.get_running_loop().run_in_executor(None, self._replace_slot)
+
+    def show_in_place(self, show: Callable[..., Any]) -> None:
+        """Display the live view in a slot of its own (``show`` is IPython's ``display``); when the
+        run ends the slot is replaced in place by the static summary, so a saved notebook holds the
+        outcome as pictures and tables, never a widget that needs the kernel, never "running"."""
+        data = self.start_live(cancel=True)._repr_mimebundle_()
+        data["text/plain"] = f"Live view: run '{self.observer.name}' in the background"  # steady first frame
+        self._slot = show(data, raw=True, display_id=True)
+        if self.done():
+            self._replace_slot()
+
+    def _replace_slot(self) -> None:
+        try:
+            self._slot.update(self._static_bundle(), raw=True)
+        except Exception:  # a display must never break the run's handle
+            log.warning("could not replace the live view of run '%s'", self.observer.name, exc_info=True)
+        finally:
+            self._ended.set()
 
     @property
     def status(self) -> str:
@@ -243,19 +270,26 @@ class NotebookRun:
 
     def _results_html(self) -> str:
         out = []
-        for node_id, value in self.results.items():
+        for position, (node_id, value) in enumerate(self.results.items()):
             kind = self.workflow.nodes[node_id].type_name
             if is_list_output(value):
                 body = records_html(value["records"], self.display_limit)
                 title = f"{node_id} · {kind} · {rows(len(value['records']))}"
             else:
                 body, title = value_html(value), f"{node_id} · {kind}"
-            out.append(f"<details open><summary>{html.escape(title)}</summary>{body}</details>")
+            opened = " open" if position < _OPEN_TABLES else ""  # a long run stays short: the rest fold
+            out.append(f"<details{opened}><summary>{html.escape(title)}</summary>{body}</details>")
         return "".join(out)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        if self._slot is not None and not self.done():  # its live view is already on the page
+            line = f"Run '{self.observer.name}' {self.status} in the background (its live view is above)."
+            return {"text/plain": line + " .wait() waits for it, .cancel() stops it."}
         if self.live is not None and not self.done():
             return self.live._repr_mimebundle_()
+        return self._static_bundle()
+
+    def _static_bundle(self) -> dict[str, Any]:
         data = bundle(self.summary(), self.summary_html())
         picture = DagView(self.workflow, self.observer.snapshot()).bundle()
         data.update({k: v for k, v in picture.items() if k.startswith("image/")})
@@ -285,7 +319,9 @@ def start_run(
         workflow, observer, concurrent.futures.Future(), background=background, display_limit=display_limit
     )
     coro = runtime.execute_async(workflow, parameters)
-    _loop.loop().call_soon_threadsafe(run._launch, coro, contextvars.copy_context())
+    context = contextvars.copy_context()
+    context.run(PANEL_PROGRESS.set, True)  # the live panel shows bulk progress: no second (tqdm) bar
+    _loop.loop().call_soon_threadsafe(run._launch, coro, context)
     return run
 
 

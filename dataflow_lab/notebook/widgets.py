@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LiveView"]
 
+_ENDED_TEXT = {"done": "Finished", "failed": "Failed", "cancelled": "Cancelled"}
+_ENDED_ICON = {"done": "check", "failed": "times", "cancelled": "ban"}
+
 
 class LiveView:
     """DAG + monitor panel (+ Cancel for background runs), updated from snapshots."""
@@ -48,7 +51,10 @@ class LiveView:
         self.monitor.update(snapshot)
         if self.button is not None and snapshot.finished:
             self.button.disabled = True
-            self.button.description = snapshot.status
+            self.button.button_style = ""  # neutral: the run is over, nothing is in danger
+            self.button.icon = _ENDED_ICON.get(snapshot.status, "")
+            self.button.description = _ENDED_TEXT.get(snapshot.status, snapshot.status)
+            self.button.tooltip = f"Run '{snapshot.name}' {snapshot.status}"
 
     def text(self) -> str:
         return f"Live view: {headline(self.snapshot)}"
