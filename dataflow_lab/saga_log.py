@@ -81,7 +81,7 @@ _TABLES: weakref.WeakKeyDictionary[Any, ModelTable] = weakref.WeakKeyDictionary(
 
 @functools.cache
 def _schema() -> Any:
-    return parse_model(_SagaEntry)
+    return parse_model(_SagaEntry, internal=True)
 
 
 def log_table(dataflow: DataFlow) -> ModelTable:
