@@ -8,10 +8,10 @@ transaction, so a bad row anywhere leaves the database as it was;
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from .._panel import PANEL_PROGRESS
 from ..errors import ValidationError
 from ..rows import Chunk, RowShaper, is_dataframe, is_sized
 from .base import Param, RunContext
@@ -21,11 +21,6 @@ __all__ = ["BulkRows", "common_parameters"]
 
 ON_ERROR = ("raise", "skip")
 PROGRESS_DELAY = 1.0  # seconds before a progress bar appears (tqdm's delay)
-# True inside a notebook run whose live panel draws progress from the hooks: the node's own
-# tqdm bar would be a second bar with other numbers. progress=True still forces it.
-PANEL_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "dataflow_panel_progress", default=False
-)
 
 
 def _data_check(value: Any) -> Any:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import _loop
+from .._panel import PANEL_PROGRESS
 from ..errors import DataFlowError, ValidationError, did_you_mean
-from ..nodes.bulk_rows import PANEL_PROGRESS
 from ..runtime import LocalRuntime
 from ..workflow import check_parameters
 from .dag import DagView
