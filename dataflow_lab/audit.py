@@ -22,7 +22,7 @@ from collections.abc import Coroutine, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -32,7 +32,6 @@ from .schema import ModelTable, internal_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
-    from .nodes.model_node import ModelNode
 
 __all__ = ["AUDIT_TABLE", "AuditEntry", "current_user", "history", "run_as"]
 
@@ -111,8 +110,17 @@ async def ensure_table(dataflow: DataFlow) -> None:
     await dataflow._ensure_table(audit_table(dataflow))
 
 
-# -- writing (called by the write nodes, on the run's connection) ----------------------------
-async def record(node: ModelNode, ctx: Any, changes: Sequence[tuple[dict | None, dict | None]]) -> None:
+# -- writing (called by the audit_log behaviour, on the run's connection) -------------------
+class Writer(Protocol):
+    """What ``record`` needs of the node that wrote (a generated node of an audited model)."""
+
+    dataflow: Any
+    model: Any
+    operation: str
+    node_id: str
+
+
+async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, dict | None]]) -> None:
     """Append one entry per (before, after) pair of row dicts, in the run's transaction."""
     if not changes:
         return
