@@ -78,7 +78,9 @@ def test_a_behaviours_column_is_managed_and_kept_by_upserts(ledger):
     with pytest.raises(ValidationError, match="source"):
         one(ledger, "EntryBulkCreateNode", {"data": [{"code": "x", "source": "me"}]})
     one(ledger, "EntryCreateNode", {"code": "a"})
-    result = one(ledger, "EntryBulkUpsertNode", {"data": [{"code": "a", "amount": 9}], "conflict_on": ["code"]})
+    result = one(
+        ledger, "EntryBulkUpsertNode", {"data": [{"code": "a", "amount": 9}], "conflict_on": ["code"]}
+    )
     assert result == {"inserted": 0, "updated": 1}
     row = one(ledger, "EntryReadNode", {"id": 1})
     assert (row["amount"], row["source"]) == (9, "etl")

@@ -85,6 +85,11 @@ class Behaviours:
             hit = cache[hook] = tuple(b for b in self.items if getattr(type(b), hook) is not default)
         return hit
 
+    def how(self, column: str) -> str:
+        """How a caller sets a managed ``column`` instead (': ...'), for the error that refuses it."""
+        hint = next((b.managed[column] for b in self.items if column in b.managed), "")
+        return f": {hint}" if hint else ""
+
     # -- parameters and statement shapes -------------------------------------------------------
     def parameters(self, operation: str) -> tuple[Param, ...]:
         return tuple(p for b in self.items for p in b.parameters(operation))

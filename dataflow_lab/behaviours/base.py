@@ -10,7 +10,8 @@ it; no node knows any option by name.
 
 Every hook has a no-op default, so a behaviour overrides only what it changes:
 
-- ``fields``: managed columns it adds to the model (callers cannot write them).
+- ``fields``: managed columns it adds to the model (callers cannot write them); ``managed``:
+  how a caller sets such a column instead, for the error that refuses it.
 - ``parameters(operation)``: node parameters it adds (``include_deleted``, ``version``).
 - ``guards(node, table, include_deleted=)``: conditions every statement's WHERE takes.
 - ``binds(node)``: values of the bind names its conditions use (``_tenant``, ``_version``).
@@ -59,6 +60,7 @@ class Behaviour:
     refreshed: tuple[str, ...] = ()
     wants_images: bool = False
     why_conflict: str = ""  # appended to the error of an Upsert whose row conflicts elsewhere
+    managed: Mapping[str, str] = {}  # column -> how a caller sets it instead (for error hints)
 
     def parameters(self, operation: str) -> tuple[Param, ...]:
         """Parameters it adds to the node of ``operation`` ('read', 'bulk_update'...)."""

@@ -25,6 +25,7 @@ __all__ = ["MultiTenant"]
 class MultiTenant(Behaviour):
     name = "multi_tenant"
     why_conflict = " (it may belong to another tenant)"
+    managed = {"tenant_id": "it is the tenant of `with db.tenant(...)`"}
 
     def tenant(self, node: Any) -> str:
         """The run's tenant; a missing one is refused (``sql()`` shows '<tenant>' instead)."""

@@ -26,6 +26,7 @@ _DELETING = ("delete", "bulk_delete")  # the nodes that take hard
 class SoftDelete(Behaviour):
     name = "soft_delete"
     refreshed = ("deleted_at",)  # written as NULL on every upserted row: a deleted one is revived
+    managed = {"deleted_at": "use the model's Delete nodes"}
 
     def parameters(self, operation: str) -> tuple[Param, ...]:
         if operation in _FILTERING:

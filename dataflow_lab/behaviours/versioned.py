@@ -25,6 +25,7 @@ __all__ = ["Versioned"]
 class Versioned(Behaviour):
     name = "versioned"
     refreshed = ("version",)  # the column is a counter: an upsert counts it up (dialects)
+    managed = {"version": "pass the version you read as the node's 'version' parameter"}
 
     def parameters(self, operation: str) -> tuple[Param, ...]:
         """Update must name the version it read; Delete may (then a row that moved on is not deleted)."""

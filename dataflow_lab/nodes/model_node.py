@@ -97,7 +97,7 @@ class ModelNode(Node):
                 if (f.generated or f.primary_key) and not own_id:
                     raise ValidationError(
                         f"{model.name}: field '{name}' cannot be set in '{what}'.",
-                        hint=f"dataflow_lab manages {name}{_MANAGED_HOW.get(name, '')}.",
+                        hint=f"dataflow_lab manages {name}{cls.behaviours.how(name)}.",
                     )
                 if is_increment(f, value):
                     out[name] = check_increment(cls.mt, f, value, what=what, allowed=increments)
@@ -242,13 +242,6 @@ class ModelNode(Node):
             text, values = cls.mt.dialect.compile(stmt)
             parts.append(f"{text.strip()}\n-- parameters: {values!r}")
         return "\n\n".join(parts)
-
-
-_MANAGED_HOW = {
-    "tenant_id": ": it is the tenant of `with db.tenant(...)`",
-    "version": ": pass the version you read as the node's 'version' parameter",
-    "deleted_at": ": use the model's Delete nodes",
-}
 
 
 def field_check(cls: type[ModelNode], name: str) -> Any:
