@@ -89,24 +89,33 @@ class BulkUpsert(BulkRows):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
-        tally = _Tally()
-        shaper = self.shaper(allow_id=True)
+        tally, shaper = _Tally(), self.shaper(allow_id=True)
         for chunk in self.chunks(ctx, shaper):
             tally.skipped.extend(chunk.skipped)
             if self._all_new(chunk.columns):
-                written = await self.write_or_skip(conn, chunk, lambda rows, c=chunk.columns: self.insert_rows(
-                    ctx, conn, c, rows, ids=False))  # fmt: skip
-                tally.inserted += len(written)
-                continue
-            await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally)
+                tally.inserted += await self._insert_chunk(ctx, conn, chunk)
+            else:
+                await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally)
         if tally.wrote_ids and self.model.id_field.generated and tally.inserted:
-            sync = self.mt.dialect.sync_id_sequence_sql(self.mt.table)
-            if sync:
-                await conn.fetch(sync)
+            await self._sync_id_sequence(conn)
         result: dict[str, Any] = {"inserted": tally.inserted, "updated": tally.updated}
         if self.params.get("on_error") == "skip":
             result["skipped"] = sorted(tally.skipped + self.refused, key=lambda s: s["index"])
         return result
+
+    async def _insert_chunk(self, ctx: RunContext, conn: Any, chunk: Chunk) -> int:
+        """Insert a chunk of new rows; how many were written."""
+
+        async def write(rows: list[tuple]) -> None:
+            await self.insert_rows(ctx, conn, chunk.columns, rows, ids=False)
+
+        return len(await self.write_or_skip(conn, chunk, write))
+
+    async def _sync_id_sequence(self, conn: Any) -> None:
+        """Rows written with their own integer ids: the next generated id must come after them."""
+        sync = self.mt.dialect.sync_id_sequence_sql(self.mt.table)
+        if sync:
+            await conn.fetch(sync)
 
     def _all_new(self, columns: tuple[str, ...]) -> bool:
         """No ids given, conflicting on ids: every row is new (and rows lacking another key are refused)."""
@@ -155,9 +164,11 @@ class BulkUpsert(BulkRows):
         tally.wrote_ids = tally.wrote_ids or "id" in columns
 
     async def _claim(self, conn: Any, conflict_on: list[str], keys: list[tuple], tally: _Tally) -> set[tuple]:
-        """With update_fields, a key this node itself inserted in an earlier chunk is overwritten whole
-        (the last row wins), while rows that existed before get only update_fields: the keys it owns
-        before this chunk, after noting which of ``keys`` this chunk inserts."""
+        """The keys this node inserted in earlier chunks (noting which of ``keys`` this chunk inserts).
+
+        With update_fields, such a row is overwritten whole (the last row wins), while rows
+        that existed before the run get only update_fields.
+        """
         if self.params["update_fields"] is None:
             return set()
         mine = set(tally.ours)
