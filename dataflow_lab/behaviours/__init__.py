@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ValidationError
 from .audit_log import AuditLog
 from .base import Behaviour, Change
 from .multi_tenant import MultiTenant
@@ -44,7 +45,13 @@ def compose(model: ModelSchema) -> Behaviours:
     if times:
         found.append(Timestamps(times))
     found += [make() for option, make in _FLAGS if getattr(model, option)]
-    found += model.behaviours
+    for own in model.behaviours:
+        if not isinstance(own, Behaviour):
+            raise ValidationError(
+                f"Model '{model.name}': {own!r} in __dataflow__['behaviours'] is not a Behaviour.",
+                hint="subclass dataflow_lab.behaviours.Behaviour and override the hooks you need.",
+            )
+        found.append(own)
     if model.audit_log:
         found.append(AuditLog())
     return Behaviours(found)
@@ -66,6 +73,7 @@ class Behaviours:
         self.watched = any(b.wants_images for b in self.items)  # some behaviour wants before/after rows
         self.refreshed = frozenset(c for b in self.items for c in b.refreshed)
         self.why_conflict = "".join(b.why_conflict for b in self.items)
+        self._hooks: dict[str, tuple[Behaviour, ...]] = {}
 
     def __iter__(self) -> Iterator[Behaviour]:
         return iter(self.items)
@@ -78,11 +86,10 @@ class Behaviours:
 
     def _having(self, hook: str) -> tuple[Behaviour, ...]:
         """The behaviours that override ``hook`` (cached: asked on every run)."""
-        cache = self.__dict__.setdefault("_hooks", {})
-        hit = cache.get(hook)
+        hit = self._hooks.get(hook)
         if hit is None:
             default = getattr(Behaviour, hook)
-            hit = cache[hook] = tuple(b for b in self.items if getattr(type(b), hook) is not default)
+            hit = self._hooks[hook] = tuple(b for b in self.items if getattr(type(b), hook) is not default)
         return hit
 
     def how(self, column: str) -> str:
