@@ -17,21 +17,18 @@ cannot be stored: their failures are reported on the error only.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import itertools
 import logging
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .model import parse_model
+from .schema import ModelTable, internal_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .saga import SagaStep
-    from .schema import ModelTable
 
 __all__ = [
     "SAGA_LOG_TABLE",
@@ -76,21 +73,10 @@ class _SagaEntry:
 
 
 _COLUMNS = ("run_id", "seq", "node_id", "model", "created", "before", "created_at", "updated_at")
-_TABLES: weakref.WeakKeyDictionary[Any, ModelTable] = weakref.WeakKeyDictionary()
-
-
-@functools.cache
-def _schema() -> Any:
-    return parse_model(_SagaEntry, internal=True)
 
 
 def log_table(dataflow: DataFlow) -> ModelTable:
-    table = _TABLES.get(dataflow)
-    if table is None:
-        from .schema import ModelTable
-
-        table = _TABLES[dataflow] = ModelTable(_schema(), dataflow._dialect)
-    return table
+    return internal_table(_SagaEntry, dataflow)
 
 
 # -- writing (in the step's transaction) -------------------------------------------------------
