@@ -23,6 +23,7 @@ __all__ = [
     "NotFoundError",
     "TenantRequiredError",
     "TransactionError",
+    "UnknownNodeTypeError",
     "ValidationError",
     "WorkflowValidationError",
     "did_you_mean",
@@ -149,6 +150,10 @@ class WorkflowValidationError(ValidationError):
             f"The workflow has {len(self.problems)} problem(s):\n{listing}",
             hint="fix each listed problem, then call build() again.",
         )
+
+
+class UnknownNodeTypeError(WorkflowValidationError, NodeNotFoundError):
+    """``build()`` found problems, among them a node type that no DataFlow in scope defines."""
 
 
 class TransactionError(DataFlowError):

@@ -26,7 +26,7 @@ _ALWAYS_UPDATED = ("updated_at", "version", "deleted_at")
 
 
 class BulkUpsert(BulkRows):
-    outputs = ("inserted", "updated", "skipped")
+    outputs = {"inserted": int, "updated": int, "skipped": list[dict]}
     op_name = "Upsert"
     writes = True
     description = (
