@@ -36,9 +36,9 @@ from .errors import (
     WorkflowValidationError,
     did_you_mean,
 )
-from .nodes import outputs
 from .nodes.base import Node
 from .nodes.registry import resolve
+from .wiring import Connection, Problem, check_connection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -72,39 +72,6 @@ class NodeSpec:
     @property
     def type_name(self) -> str:
         return self.node_class.type_name
-
-
-@dataclass(frozen=True)
-class Connection:
-    """``source``'s output at ``source_output`` feeds ``target``'s ``target_input``.
-
-    ``cycle=True`` marks the connection that closes a declared cycle (see ``cycles.py``).
-    """
-
-    source: str
-    source_output: str
-    target: str
-    target_input: str
-    cycle: bool = False
-    max_iterations: int | None = None
-    converge_when: Callable[[Any], bool] | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        return f"{self.source}.{self.source_output} -> {self.target}.{self.target_input}"
-
-
-class Problem(str):
-    """One problem ``build()`` reports: its text, and the node it is about (None: the workflow's)."""
-
-    node_id: str | None
-
-    def __new__(cls, text: str, node_id: str | None = None) -> Problem:
-        problem = super().__new__(cls, text)
-        problem.node_id = node_id
-        return problem
-
-    def __reduce__(self) -> tuple:
-        return Problem, (str(self), self.node_id)
 
 
 @dataclass(frozen=True)
@@ -311,7 +278,7 @@ class WorkflowBuilder:
         flawed = {p.node_id for p in problems}
         inputs: dict[str, list[Connection]] = {n: [] for n in self._nodes}
         for c in self._connections:
-            problems += self._check_connection(c)
+            problems += check_connection(c, self._nodes, self._unresolved)
             if c.target in inputs and c.source in self._nodes:
                 inputs[c.target].append(c)
         workflow_inputs: list[WorkflowInput] = []
@@ -368,54 +335,6 @@ class WorkflowBuilder:
             metadata=MappingProxyType(metadata),
         )
 
-    def _check_connection(self, c: Connection) -> list[Problem]:
-        if {c.source, c.target} & self._unresolved:
-            return []  # the node's unknown type is the problem already reported
-        problems = []
-        for end in (c.source, c.target):
-            if end not in self._nodes:
-                problems.append(
-                    f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}"
-                    f" The workflow's nodes: {_listing(self._nodes)}."
-                )
-        if not problems and c.source == c.target and not c.cycle:
-            problems.append(
-                f"connection {c}: a node cannot feed itself, unless the connection is a declared cycle "
-                "(cycle=True, max_iterations=N)."
-            )
-        if not problems:
-            problems = self._check_ends(c)
-        return [Problem(p, c.target) for p in problems]
-
-    def _check_ends(self, c: Connection) -> list[str]:
-        """The target has the input, the source the output, and the output's type fits the input's."""
-        problems = []
-        target, source = self._nodes[c.target].node_class, self._nodes[c.source]
-        root = c.target_input.split(".", 1)[0]
-        if root not in target.param_map():
-            problems.append(
-                f"connection {c}: {target.type_name} has no input '{root}'."
-                f"{did_you_mean(root, target.param_map())} Its inputs: {_listing(target.param_map())}."
-            )
-        output_type = source.node_class.output_type()
-        outputs_for = getattr(source.node_class, "outputs_for", None)
-        names = outputs_for(source.checked) if outputs_for else outputs.keys(output_type)
-        head = c.source_output.split(".", 1)[0]
-        if names is not None and head not in names:
-            problems.append(
-                f"connection {c}: {source.type_name} has no output '{head}'."
-                f"{did_you_mean(head, names)} Its outputs: {_listing(sorted(names))}."
-            )
-        if problems or outputs_for:
-            return problems
-        arrives, walked, missing = outputs.walk(output_type, c.source_output)
-        if missing is not None:
-            return [_missing_output(c, source, walked, missing)]
-        expects = target.input_type(c.target_input)
-        if expects is not None and not expects.admits(arrives):
-            return [_mismatch(c, source, self._nodes[c.target], arrives, expects)]
-        return []
-
 
 def _check_given(node_class: type[Node], given: dict[str, Any], node_id: str) -> tuple[dict, list[Problem]]:
     """``node_class.check(given, partial=True)``, every unknown parameter reported rather than the first."""
@@ -433,32 +352,6 @@ def _check_given(node_class: type[Node], given: dict[str, Any], node_id: str) ->
     except DataFlowError as exc:
         return {}, [*problems, Problem(str(exc), node_id)]
     return checked, problems
-
-
-def _missing_output(c: Connection, source: NodeSpec, walked: str, missing: Any) -> str:
-    owner, part = missing.owner, missing.part
-    what = f"'{walked}' of {source.type_name} '{c.source}'" if walked else f"the output of '{c.source}'"
-    names = outputs.keys(owner)
-    if names is None:  # a list: the runtime indexes it
-        return (
-            f"connection {c}: {what} is {outputs.label(owner)}, a list, so it has no '{part}'. "
-            f"Name an index: '{'.'.join(filter(None, (walked, '0', part)))}' is the first one's."
-        )
-    return (
-        f"connection {c}: {what} is {outputs.label(owner)}, which has no '{part}'."
-        f"{did_you_mean(part, names)} It has: {_listing(names)}."
-    )
-
-
-def _mismatch(c: Connection, source: NodeSpec, target: NodeSpec, arrives: Any, expects: Any) -> str:
-    given = outputs.label(arrives)
-    return (
-        f"connection {c}: {source.type_name} '{c.source}' outputs '{c.source_output}' as {given}, but "
-        f"{target.type_name} '{c.target}' takes '{c.target_input}' as {expects}: no {given} passes that "
-        f"check, so the run would stop at '{c.target}' after the nodes before it had written. Connect an "
-        f"output of type {expects}, or convert the value in a Python node between the two "
-        f"(e.g. a function taking {given} and returning {{'value': ...}} as {expects})."
-    )
 
 
 def _supplied(spec: NodeSpec, incoming: Any) -> set[str]:
@@ -484,10 +377,6 @@ def _check_complete(spec: NodeSpec, incoming: list[Connection]) -> list[Problem]
     except DataFlowError as exc:
         return [Problem(str(exc), spec.node_id)]
     return []
-
-
-def _listing(names: Any) -> str:
-    return ", ".join(names) or "none"
 
 
 def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, TypedDict
 
 import pytest
 from conftest import spy_on_opens
@@ -24,6 +24,17 @@ from dataflow_lab import (
     viz,
 )
 from dataflow_lab.workflow import prepare
+
+
+class Totals(TypedDict):
+    """What a typed Python node returns: build() checks connections from it."""
+
+    count: int
+    label: str
+
+
+def totals() -> Totals:
+    return {"count": 3, "label": "three"}
 
 
 def define_user(db: DataFlow) -> type:
@@ -294,6 +305,98 @@ def test_a_value_that_is_not_a_name_class_or_callable_is_refused():
     wf = WorkflowBuilder()
     with pytest.raises(ValidationError):
         wf.add_node(42, "n", {})
+
+
+# --------------------------------------------------------------------------- typed connections
+
+
+def test_an_int_output_wired_into_a_str_field_is_refused_at_build_naming_both_ends(user_db, monkeypatch):
+    wf = WorkflowBuilder(user_db)
+    wf.add_node("UserCreateNode", "first", {"name": "A", "email": "a@x"})
+    wf.add_node("UserCountNode", "count", {})
+    wf.add_node("UserCreateNode", "third", {"email": "c@x"})
+    wf.add_connection("first", "id", "count", "filter.id")
+    wf.add_connection("count", "count", "third", "name")
+    opens = spy_on_opens(monkeypatch, user_db)
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    (problem,) = info.value.problems
+    assert problem.startswith(
+        "connection count.count -> third.name: UserCountNode 'count' outputs 'count' as int"
+    )
+    assert "UserCreateNode 'third' takes 'name' as str" in problem
+    assert "Connect an output of type str, or convert the value in a Python node" in problem
+    assert opens == [] and count_rows(user_db) == 0
+
+
+def test_a_row_field_of_the_wrong_type_is_refused_through_a_path_and_an_update_field(mem_db):
+    wf = WorkflowBuilder(mem_db)
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserUpdateNode", "u", {"id": 1, "fields": {}})
+    wf.add_connection("l", "records.0.created_at", "u", "fields.email")
+    wf.add_connection("l", "records.0.name", "u", "fields.age")
+    message = build_problems(wf)
+    assert (
+        "outputs 'records.0.created_at' as datetime" in message and "takes 'fields.email' as str" in message
+    )
+    assert "fields.age" not in message  # a text may hold a whole number: '42' is an int, at run time
+
+
+def test_a_typed_python_nodes_return_annotation_is_its_output_type(mem_db):
+    wf = WorkflowBuilder(mem_db)
+    wf.add_node(totals, "t", {})
+    wf.add_node("UserCreateNode", "c", {"email": "a@x"})
+    wf.add_connection("t", "count", "c", "name")
+    wf.add_connection("t", "labl", "c", "age")
+    message = build_problems(wf)
+    assert "totals 't' outputs 'count' as int" in message
+    assert "has no output 'labl'. Did you mean 'label'?" in message
+
+
+def test_conversions_the_runtime_makes_still_build_and_run(db):
+    @db.model
+    class Reading:
+        label: str
+        value: float
+        level: int = 0
+        note: Optional[str] = None  # noqa: UP045 - Optional is the documented spelling
+
+    def as_text(level: int) -> dict[str, str]:
+        return {"level": str(level)}
+
+    def untyped(x):
+        return {"anything": x}
+
+    wf = WorkflowBuilder(db)
+    wf.add_node("ReadingCreateNode", "first", {"label": "a", "value": 1.5, "level": 7})
+    wf.add_node("ReadingReadNode", "read", {})  # a row, or None: Optional
+    wf.add_node(as_text, "text", {})
+    wf.add_node(untyped, "any", {})
+    wf.add_node("ReadingCreateNode", "second", {"label": "b"})
+    wf.add_connection("first", "id", "read", "id")  # a row's id into an id input
+    wf.add_connection("read", "level", "second", "value")  # int into a float field
+    wf.add_connection("read", "level", "text", "level")
+    wf.add_connection("text", "level", "second", "level")  # '7' into an int field
+    wf.add_connection("read", "label", "any", "x")  # into Any
+    wf.add_connection("any", "anything", "second", "note")  # from Any, into an Optional field
+    results, _ = LocalRuntime().execute(wf.build())
+    assert (results["second"]["value"], results["second"]["level"], results["second"]["note"]) == (
+        7.0,
+        7,
+        "a",
+    )
+
+
+def test_a_path_into_a_row_that_lacks_the_field_is_refused_with_a_did_you_mean(mem_db):
+    wf = WorkflowBuilder(mem_db)
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_node("UserReadNode", "s", {})
+    wf.add_connection("l", "records.0.idd", "r", "id")
+    wf.add_connection("l", "records.id", "s", "id")
+    message = build_problems(wf)
+    assert "'records.0' of UserListNode 'l' is a User row, which has no 'idd'. Did you mean 'id'?" in message
+    assert "is Records[User], a list, so it has no 'id'. Name an index: 'records.0.id'" in message
 
 
 # --------------------------------------------------------------------------- connections
