@@ -143,7 +143,7 @@ class AccessDeniedError(DataFlowError, PermissionError):
 class WorkflowValidationError(ValidationError):
     """``build()`` found problems; ``problems`` lists every one of them (bad input, so a ValidationError)."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: Iterable[str]):
         self.problems = list(problems)
         listing = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(

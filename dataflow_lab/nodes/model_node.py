@@ -30,7 +30,7 @@ __all__ = ["ModelNode", "Records", "check_conflict_on"]
 class Records(list):
     """A list of row dicts that can become a pandas DataFrame. ``Records[ROW]``: its type, in ``outputs``."""
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: ClassVar[Any] = classmethod(types.GenericAlias)
 
     def to_pandas(self) -> Any:
         try:
@@ -58,6 +58,7 @@ class ModelNode(Node):
 
     # what run() returns (outputs.py): ROW, the model's row; a dict: named outputs; ID: the id's type
     outputs: ClassVar[Any] = ROW
+    _output_type: ClassVar[Any]  # outputs, resolved (output_type)
     previewing = False  # True inside sql(): a missing tenant shows as '<tenant>' instead of raising
 
     @classmethod
@@ -70,6 +71,7 @@ class ModelNode(Node):
         cached = cls.__dict__.get("_output_type")
         if cached is None:
             model = cls.model
+            assert model is not None  # a ModelNode class is made for a model
             cached = resolve(cls.outputs, row_type(model), model.id_field.type.python, cls.type_name)
             cls._output_type = cached
         return cached
