@@ -114,10 +114,7 @@ def _takes(target: type, source: type, coerces: bool) -> bool:
 def _coerced(target: type) -> tuple[type, ...]:
     if issubclass(target, enum.Enum):
         return (target, str, *{type(m.value) for m in target})
-    for base, takes in _COERCES.items():
-        if target is base:
-            return takes
-    return (target,)
+    return _COERCES.get(target, (target,))
 
 
 def _arms(source: Any) -> list[type] | None:
