@@ -2,7 +2,10 @@
 
 A node class declares ``parameters`` (a tuple of ``Param``). ``check`` validates
 a parameter dict at ``add_node`` time (``partial=True``: connections may still
-supply the rest) and again, completely, just before the node runs.
+supply the rest) and again, completely, just before the node runs. It also
+declares what it returns (``output_type``) and what a connection into each input
+must carry (``input_type``), so that ``build()`` can check connections
+(``outputs.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ValidationError, did_you_mean
 from ..model import MISSING, ModelSchema
+from .outputs import Expects
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
@@ -150,6 +154,26 @@ class Node:
     def open_inputs(cls, supplied: Collection[str]) -> list[str]:
         """What a run must still pass when ``supplied`` are given or connected (workflow inputs)."""
         return [name for name in cls.required_names() if name not in supplied]
+
+    @classmethod
+    def output_type(cls) -> Any:
+        """What ``run`` returns, as a type: a model row, Records, int, a TypedDict of named outputs...
+
+        ``Any`` (the default) when the node cannot say: a connection from it is not type-checked.
+        """
+        return Any
+
+    @classmethod
+    def input_type(cls, path: str) -> Expects | None:
+        """What a connection into ``path`` ('x', 'fields.email') must carry; None when unchecked.
+
+        A parameter without a ``check`` of its own takes what ``_check_one`` takes: its type.
+        """
+        root, _, rest = path.partition(".")
+        p = cls.param_map().get(root)
+        if p is None or rest or p.check is not None or p.type is Any:
+            return None
+        return Expects(p.type if isinstance(p.type, tuple) else (p.type,))
 
     async def run(self, ctx: RunContext) -> Any:  # pragma: no cover - interface
         raise NotImplementedError

@@ -23,12 +23,13 @@ from .bulk_rows import BulkRows, common_parameters
 from .bulk_upsert import BulkUpsert
 from .increments import set_values, split
 from .model_node import ModelNode
+from .outputs import ID
 
 __all__ = ["BULK_OPERATIONS", "BulkCreate", "BulkDelete", "BulkUpdate", "BulkUpsert"]
 
 
 class BulkCreate(BulkRows):
-    outputs = ("inserted", "ids", "skipped")
+    outputs = {"inserted": int, "ids": list[ID | None], "skipped": list[dict]}  # ids, skipped: when asked
     op_name = "Create"
     writes = True
     description = "Insert many rows, all or nothing; ids follow input order."
@@ -125,7 +126,7 @@ class _FilterWrite(ModelNode):
 
 
 class BulkUpdate(_FilterWrite):
-    outputs = ("updated",)
+    outputs = {"updated": int}
     op_name = "Update"
     verb = "update"
     writes = True
@@ -164,7 +165,7 @@ class BulkUpdate(_FilterWrite):
 
 
 class BulkDelete(_FilterWrite):
-    outputs = ("deleted",)
+    outputs = {"deleted": int}
     op_name = "Delete"
     verb = "delete"
     writes = True

@@ -49,7 +49,7 @@ class _Plan:
 
 
 class BulkUpsert(BulkRows):
-    outputs = ("inserted", "updated", "skipped")
+    outputs = {"inserted": int, "updated": int, "skipped": list[dict]}
     op_name = "Upsert"
     writes = True
     description = (

@@ -26,6 +26,7 @@ from .model_node import (
     read_by_id,
     select_rows,
 )
+from .outputs import ID, ROW
 from .upsert import Upsert
 
 __all__ = ["CRUD_OPERATIONS"]
@@ -68,6 +69,7 @@ class Create(ModelNode):
 
 class Read(ModelNode):
     op_name = "Read"
+    outputs = ROW | None  # None: raise_on_not_found=False and no such row
     description = "Fetch one row by id."
 
     @classmethod
@@ -100,6 +102,7 @@ class Read(ModelNode):
 
 class Update(ModelNode):
     op_name = "Update"
+    outputs = ROW | None
     writes = True
     description = "Change fields of one row; returns the row after the update."
 
@@ -163,7 +166,7 @@ class Update(ModelNode):
 
 class Delete(ModelNode):
     op_name = "Delete"
-    outputs = ("id", "deleted")
+    outputs = {"id": ID, "deleted": bool}
     writes = True
     description = "Delete one row by id; returns {'id': id, 'deleted': bool}."
 
@@ -227,7 +230,7 @@ class Delete(ModelNode):
 
 class List(ModelNode):
     op_name = "List"
-    outputs = ("records", "count")
+    outputs = {"records": Records[ROW], "count": int}
     description = "Rows matching a filter, ordered (id ascending by default); no silent limit."
 
     @classmethod
@@ -280,7 +283,7 @@ class List(ModelNode):
 
 class Count(ModelNode):
     op_name = "Count"
-    outputs = ("count",)
+    outputs = {"count": int}
     description = "How many rows match a filter."
 
     @classmethod

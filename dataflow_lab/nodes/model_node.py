@@ -8,7 +8,9 @@ node will run (for teaching and debugging).
 from __future__ import annotations
 
 import datetime as dt
+import types
 from collections.abc import Collection, Mapping
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -22,12 +24,15 @@ from ..types import LOGICAL_TYPES
 from . import images
 from .base import Node, Param, RunContext
 from .increments import check_increment, is_increment, set_values, split
+from .outputs import ROW, Expects, resolve, row_type
 
 __all__ = ["ModelNode", "Records", "check_conflict_on"]
 
 
 class Records(list):
-    """A list of row dicts that can become a pandas DataFrame."""
+    """A list of row dicts that can become a pandas DataFrame. ``Records[ROW]``: its type, in ``outputs``."""
+
+    __class_getitem__: ClassVar[Any] = classmethod(types.GenericAlias)
 
     def to_pandas(self) -> Any:
         try:
@@ -60,7 +65,9 @@ class ModelNode(Node):
     mt: ClassVar[ModelTable]
     op_name: ClassVar[str] = ""
 
-    outputs: ClassVar[tuple[str, ...] | None] = None  # None: the model's fields (a row)
+    # what run() returns (outputs.py): ROW, the model's row; a dict: named outputs; ID: the id's type
+    outputs: ClassVar[Any] = ROW
+    _output_type: ClassVar[Any]  # outputs, resolved (output_type)
     behaviours = _ComposedBehaviours()  # the model's options, composed once (behaviours/)
     previewing = False  # True inside sql(): a missing tenant shows as '<tenant>' instead of raising
 
@@ -69,8 +76,29 @@ class ModelNode(Node):
         raise NotImplementedError
 
     @classmethod
-    def output_keys(cls) -> set[str]:
-        return set(cls.outputs) if cls.outputs is not None else set(cls.model.by_name)
+    def output_type(cls) -> Any:
+        """``outputs`` made this model's: a User row, ``{"records": Records[User], "count": int}``..."""
+        cached = cls.__dict__.get("_output_type")
+        if cached is None:
+            model = cls.model
+            assert model is not None  # a ModelNode class is made for a model
+            cached = resolve(cls.outputs, row_type(model), model.id_field.type.python, cls.type_name)
+            cls._output_type = cached
+        return cached
+
+    @classmethod
+    def input_type(cls, path: str) -> Expects | None:
+        """A model field's input ('id', Create's 'name', 'fields.age', 'where.email'): the field's type."""
+        root, _, rest = path.partition(".")
+        by_name = cls.model.by_name
+        p = cls.param_map().get(root)
+        if p is None or p.check is None:
+            return super().input_type(path)
+        if not rest and root in by_name and (root == "id" or cls.operation == "create"):
+            return _field_expects(by_name[root])
+        if rest in by_name and root in _FIELD_DICTS:
+            return _field_expects(by_name[rest], increments=True)
+        return None
 
     @classmethod
     def where(cls, node_id: str) -> str:
@@ -242,6 +270,15 @@ class ModelNode(Node):
             text, values = cls.mt.dialect.compile(stmt)
             parts.append(f"{text.strip()}\n-- parameters: {values!r}")
         return "\n\n".join(parts)
+
+
+_FIELD_DICTS = ("fields", "where", "create", "update")  # dict parameters of field -> value
+
+
+def _field_expects(f: Any, *, increments: bool = False) -> Expects:
+    """A field takes its own type (losslessly coerced); a numeric one in a dict also {'$inc': n}."""
+    also = (dict,) if increments and f.type.python in (int, float, Decimal) else ()
+    return Expects.field(f.type.python, f.nullable, *also)
 
 
 def field_check(cls: type[ModelNode], name: str) -> Any:

@@ -1,4 +1,8 @@
-"""Plain Python callables as nodes: parameters are inputs, the return is the output."""
+"""Plain Python callables as nodes: parameters are inputs, the return is the output.
+
+The return annotation, when there is one, is the node's output type (``outputs.py``):
+``-> dict`` says little, a TypedDict or a dataclass names each output and its type.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ def _node_class(fn: Callable[..., Any]) -> type[Node]:
             "type_name": name,
             "parameters": tuple(params),
             "fn": staticmethod(fn),
+            "returns": hints.get("return", Any),
             "description": (inspect.getdoc(fn) or "").split("\n")[0],
         },
     )
@@ -104,6 +109,11 @@ def _in_daemon_thread(fn: Callable[..., Any], params: dict[str, Any]) -> asyncio
 class PythonNode(Node):
     operation = "python"
     fn: Callable[..., Any]
+    returns: Any = Any  # the return annotation: what build() checks connections from it against
+
+    @classmethod
+    def output_type(cls) -> Any:
+        return cls.returns
 
     async def run(self, ctx: RunContext) -> Any:
         if inspect.iscoroutinefunction(self.fn):

@@ -19,13 +19,14 @@ from ..errors import ValidationError
 from ..model import ModelSchema
 from .base import Param, RunContext
 from .model_node import ModelNode, check_conflict_on, insert_or_nothing, insert_returning, read_by_id
+from .outputs import ROW
 
 __all__ = ["Upsert"]
 
 
 class Upsert(ModelNode):
     op_name = "Upsert"
-    outputs = ("created", "record")
+    outputs = {"created": bool, "record": ROW}
     writes = True
     description = "Update the row matching `where`, or create it; returns {'created': bool, 'record': row}."
 
