@@ -154,18 +154,18 @@ class CollectorViews:
     def _pending_compensations(self) -> int | None:
         """Saga compensations still owed on the database (None: it could not be asked)."""
         db = self.dataflow
-        if db is None or db._closed:
+        if db is None or db.database.closed:
             return None
-        if db._pending_compensations is None:
+        if db.database.pending_count is None:
             try:
                 db.pending_compensations()
             except Exception:
                 return None
-        return db._pending_compensations
+        return db.database.pending_count
 
     def _pool_view(self, pool_health: Any) -> dict[str, Any]:
         db = self.dataflow
-        status = dict(db.pool_status()) if db is not None and not db._closed else {}
+        status = dict(db.pool_status()) if db is not None and not db.database.closed else {}
         failures = int(status.get("failures") or 0)
         now = time.monotonic()
         if failures > self._failures_seen:
