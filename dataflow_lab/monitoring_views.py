@@ -59,7 +59,7 @@ class CollectorViews:
     @property
     def node_runs(self) -> list[NodeRun]:
         """The recent node runs (at most ``keep``), oldest first."""
-        with self._lock:
+        with self.lock:
             log = list(self._node_log)
             by_type = dict(self.by_type)
         runs: list[NodeRun] = []
@@ -89,7 +89,7 @@ class CollectorViews:
     @property
     def workflow_runs(self) -> list[WorkflowRun]:
         """The recent workflow runs, oldest first."""
-        with self._lock:
+        with self.lock:
             log = list(self._workflow_log)
         return [
             WorkflowRun(
@@ -112,7 +112,7 @@ class CollectorViews:
         """The spec's dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
         from .metrics_export import pool_health
 
-        with self._lock:
+        with self.lock:
             totals = dict(self.workflows)
             day, today = self.today
             db_types = [s for s in list(self.by_type.values()) if s.model is not None]
