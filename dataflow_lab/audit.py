@@ -107,7 +107,7 @@ def audit_table(dataflow: DataFlow) -> ModelTable:
 
 async def ensure_table(dataflow: DataFlow) -> None:
     """Create the audit table (called before a run that writes an audited model takes its connection)."""
-    await dataflow._ensure_table(audit_table(dataflow))
+    await dataflow.database.ensure_table(audit_table(dataflow))
 
 
 # -- writing (called by the audit_log behaviour, on the run's connection) -------------------
@@ -193,7 +193,7 @@ async def _history(
     from .transactions import borrowed
 
     table = audit_table(dataflow)
-    await dataflow._ensure_table(table, scope)  # inside db.transaction(): on the block's connection
+    await dataflow.database.ensure_table(table, scope)  # inside db.transaction(): on the block's connection
     t = table.table
     stmt = sa.select(*t.c).where(t.c.model == schema.name).order_by(t.c.id)
     if record_id is not None:

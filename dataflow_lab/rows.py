@@ -190,7 +190,7 @@ class RowShaper:
         return frozenset((*kinds, type(None)) if f.nullable else kinds)
 
     def _converter(self, f: Any) -> Any:
-        to_db = self.mt._to_db[f.name]
+        to_db = self.mt.writers[f.name]
         if f.type.name in ("datetime", "decimal"):  # normalize to aware UTC / fit the digits, then convert
             check = f.type.check
             return (lambda v: to_db(check(v))) if to_db else check

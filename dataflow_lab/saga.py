@@ -181,7 +181,7 @@ async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> 
                     continue
                 entry.update(status="failed", error=str(exc))
                 if saga_step.node.dataflow is not None:
-                    saga_step.node.dataflow._pending_compensations = None  # counted again when asked
+                    saga_step.node.dataflow.database.pending_count = None  # counted again when asked
                 log.error("compensation of %s failed: %s", saga_step.node_id, exc)
                 break
         record.append(entry)

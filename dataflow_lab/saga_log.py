@@ -43,7 +43,7 @@ __all__ = [
 log = logging.getLogger("dataflow_lab.transactions")
 
 SAGA_LOG_TABLE = "dataflow_lab_saga_log"
-_IN_FLIGHT: set[str] = set()  # saga runs of this process that have not ended: never resumed here
+IN_FLIGHT: set[str] = set()  # saga runs of this process that have not ended: never resumed here
 _FINISHED: set[str] = set()  # runs that succeeded but whose entries could not be deleted (server down)
 _seq = itertools.count(1)
 
@@ -87,13 +87,13 @@ async def ensure_log(db: DataFlow, scope: Any) -> None:
     """
     table = log_table(db)
     key = (table.model.table_name, table.model.signature())
-    if key in db._ready:
+    if db.database.is_ready(key):
         return
     policy = {"auto_migrate": True, "existing_schema": False, "clock": db.clock}
     if scope.holds(db):  # a second connection could wait forever for this one (SQLite, DuckDB)
         await table.ensure(await scope.connection(db, write=True), **policy)
         return
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
         await conn.begin()
@@ -105,7 +105,7 @@ async def ensure_log(db: DataFlow, scope: Any) -> None:
             raise
     finally:
         await dialect.release(conn)
-    db._ready = db._ready | {key}
+    db.database.mark_ready(key)
 
 
 async def log_step(scope: Any, saga_step: SagaStep) -> None:
@@ -143,7 +143,7 @@ async def forget_run(run_id: str, steps: list[SagaStep]) -> None:
     for db in {id(s.node.dataflow): s.node.dataflow for s in steps if s.logged is not None}.values():
         table = log_table(db)
         try:
-            dialect = await db._opened()
+            dialect = await db.database.open()
             conn = await dialect.acquire()
             try:
                 await conn.execute(
@@ -163,7 +163,7 @@ async def pending(db: DataFlow, *, min_age: float = 0.0) -> list[dict[str, Any]]
     from .migrations.live import read_table
 
     table = log_table(db)
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
         if await read_table(dialect, conn, SAGA_LOG_TABLE) is None:
@@ -176,7 +176,7 @@ async def pending(db: DataFlow, *, min_age: float = 0.0) -> list[dict[str, Any]]
     return [
         r
         for r in rows
-        if r["run_id"] not in _IN_FLIGHT and r["run_id"] not in _FINISHED and r["created_at"] <= cutoff
+        if r["run_id"] not in IN_FLIGHT and r["run_id"] not in _FINISHED and r["created_at"] <= cutoff
     ]
 
 
@@ -190,19 +190,19 @@ async def resume(db: DataFlow, *, min_age: float = 0.0) -> list[ResumedCompensat
     for run in runs.values():
         for entry in sorted(run, key=lambda e: e["seq"], reverse=True):
             done.append(await _resume_one(db, entry))
-    db._pending_compensations = None  # counted again when asked (fresh entries were not tried)
+    db.database.pending_count = None  # counted again when asked (fresh entries were not tried)
     return done
 
 
 async def _resume_one(db: DataFlow, entry: dict[str, Any]) -> ResumedCompensation:
-    mt = db._tables.get(entry["model"])
+    mt = db.database.tables.get(entry["model"])
     what = {"run_id": entry["run_id"], "node_id": entry["node_id"], "model": entry["model"]}
     if mt is None:
         return ResumedCompensation(**what, status="pending", error=f"model '{entry['model']}' is not defined "
                                    f"on {db!r}; define it and call db.resume_compensations()")  # fmt: skip
-    dialect = await db._opened()
+    dialect = await db.database.open()
     try:
-        await db._ensure_table(mt)
+        await db.database.ensure_table(mt)
         conn = await dialect.acquire()
     except Exception as exc:
         return ResumedCompensation(**what, status="failed", error=dialect.scrub(str(exc)))

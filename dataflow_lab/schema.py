@@ -35,7 +35,7 @@ class ModelTable:
         self.dialect = dialect
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
-        self._to_db = {f.name: self._writer(f) for f in model.fields}
+        self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
         self._sql: dict[Any, tuple[str, tuple[str, ...]]] = {}
 
@@ -93,7 +93,7 @@ class ModelTable:
     def to_db(self, name: str, value: Any) -> Any:
         if value is None:
             return None
-        convert = self._to_db[name]
+        convert = self.writers[name]
         return convert(value) if convert is not None else value
 
     def db_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def internal_table(model_class: type, dataflow: Any) -> ModelTable:
     tables = _INTERNAL.setdefault(dataflow, {})
     table = tables.get(model_class)
     if table is None:
-        table = tables[model_class] = ModelTable(_internal_schema(model_class), dataflow._dialect)
+        table = tables[model_class] = ModelTable(_internal_schema(model_class), dataflow.database.dialect)
     return table
 
 

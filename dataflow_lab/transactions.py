@@ -98,7 +98,7 @@ class Scope(RunContext):
             if self.parent is not None:
                 conn = await self.parent.connection(dataflow, write=write)
             else:
-                dialect = await dataflow._opened()
+                dialect = await dataflow.database.open()
                 conn = await dialect.acquire()
             held = self._held[id(dataflow)] = _Held(dataflow, conn)
         if write and not held.begun:
@@ -108,16 +108,16 @@ class Scope(RunContext):
     async def _begin(self, held: _Held) -> None:
         if self.parent is None:
             await held.conn.begin(self.isolation)
-            self._event(held.dataflow, "begin", held)
+            self.record_event(held.dataflow, "begin", held)
         else:
             await self.parent.connection(held.dataflow, write=True)  # the outer transaction begins first
-            if held.dataflow._dialect.supports_savepoints:
+            if held.dataflow.database.dialect.supports_savepoints:
                 held.savepoint = f"dataflow_sp_{next(_savepoint_names)}"
                 await held.conn.savepoint(held.savepoint)
-                self._event(held.dataflow, "savepoint")
+                self.record_event(held.dataflow, "savepoint")
             else:
                 held.undo = []
-                self._event(held.dataflow, "savepoint")
+                self.record_event(held.dataflow, "savepoint")
         held.begun = True
 
     async def undo_log(self, dataflow: DataFlow | None) -> list[Any] | None:
@@ -126,16 +126,17 @@ class Scope(RunContext):
         Only a nested scope on a database without SAVEPOINT keeps one; the runtime
         then runs the node through ``saga.run_step``, which reads its before-image.
         """
-        if dataflow is None or self.parent is None or dataflow._dialect.supports_savepoints:
+        if dataflow is None or self.parent is None or dataflow.database.dialect.supports_savepoints:
             return None
         await self.connection(dataflow, write=True)
         return self._held[id(dataflow)].undo
 
-    def _event(self, dataflow: DataFlow, event: str, held: _Held | None = None) -> None:
+    def record_event(self, dataflow: DataFlow, event: str, held: _Held | None = None) -> None:
+        """Count a transaction event (begin, commit...) in the database's ledger; report it to hooks."""
         if event == "begin":
-            dataflow._ledger.begin(held, self.run_id, self.node_id)
+            dataflow.database.ledger.begin(held, self.run_id, self.node_id)
         elif event == "commit" or event == "rollback":
-            dataflow._ledger.end(held, event == "commit")
+            dataflow.database.ledger.end(held, event == "commit")
         if self.hooks is not None and self.hooks.wants("transaction"):
             self.hooks.emit(
                 "transaction", run_id=self.run_id, dataflow=dataflow, event=event, node_id=self.node_id
@@ -194,17 +195,17 @@ class Scope(RunContext):
         except Exception as exc:
             if committed:  # never retried as a whole: that would apply the committed part again
                 raise _partial_commit(held, committed, exc) from exc
-            if held.dataflow._dialect.commit_never_sent(exc):
+            if held.dataflow.database.dialect.commit_never_sent(exc):
                 raise ConnectionError(
                     f"The connection to {held.dataflow!r} was lost before COMMIT; the server rolled back.",
                     hint="nothing of this run was kept there; running it again is safe.",
                 ) from exc
             raise TransactionError(
-                f"COMMIT failed on {held.dataflow!r}: {held.dataflow._dialect.scrub(str(exc))}",
+                f"COMMIT failed on {held.dataflow!r}: {held.dataflow.database.dialect.scrub(str(exc))}",
                 hint="the outcome on that database is unknown if the connection broke during COMMIT; "
                 "check the data before running the workflow again.",
             ) from exc
-        self._event(held.dataflow, "commit", held)
+        self.record_event(held.dataflow, "commit", held)
 
     def _hand_undo_to_parent(self, held: _Held) -> None:
         """A nested scope succeeded: its writes are now the outer scope's, to undo if that one fails."""
@@ -217,7 +218,7 @@ class Scope(RunContext):
         for held in self._begun():
             try:
                 await held.conn.rollback()
-                self._event(held.dataflow, "rollback", held)
+                self.record_event(held.dataflow, "rollback", held)
             except Exception:  # the refusal below matters more
                 log.warning("rollback failed on %r", held.dataflow, exc_info=True)
         raise TransactionError(
@@ -237,7 +238,7 @@ class Scope(RunContext):
                         await held.conn.rollback_to_savepoint(held.savepoint)
                     elif held.undo:
                         await self._undo(held)
-                    self._event(held.dataflow, "rollback", held)
+                    self.record_event(held.dataflow, "rollback", held)
                 except Exception:  # the original error matters more; a dead connection is discarded
                     log.warning("rollback failed on %r", held.dataflow, exc_info=True)
             if self.parent is not None and self.doomed is not None:
@@ -263,7 +264,7 @@ class Scope(RunContext):
         held, self._held = list(self._held.values()), {}
         if self.parent is None:
             for h in held:
-                await h.dataflow._dialect.release(h.conn)
+                await h.dataflow.database.release(h.conn)
 
 
 @contextlib.asynccontextmanager
@@ -276,7 +277,7 @@ async def borrowed(dataflow: DataFlow, scope: Scope | None) -> Any:
     if scope is not None and scope.holds(dataflow):
         yield await scope.connection(dataflow)
         return
-    dialect = await dataflow._opened()
+    dialect = await dataflow.database.open()
     conn = await dialect.acquire()
     try:
         yield conn
@@ -286,11 +287,11 @@ async def borrowed(dataflow: DataFlow, scope: Scope | None) -> Any:
 
 def _partial_commit(failed: _Held, committed: list[_Held], exc: Exception) -> TransactionError:
     done = ", ".join(repr(h.dataflow) for h in committed)
-    lost = failed.dataflow._dialect.commit_never_sent(exc)
+    lost = failed.dataflow.database.dialect.commit_never_sent(exc)
     there = "was rolled back there" if lost else "has an unknown outcome there"
     return TransactionError(
         f"The run committed on {done}, then COMMIT failed on {failed.dataflow!r} "
-        f"({failed.dataflow._dialect.scrub(str(exc))}): its part {there}.",
+        f"({failed.dataflow.database.dialect.scrub(str(exc))}): its part {there}.",
         hint="the run is not retried (that would write the committed part twice); use "
         "transaction='2pc' (or 'saga') for runs that write to several databases.",
     )

@@ -11,8 +11,10 @@ ROOT is a checkout (default: this one). It prints:
 - ``option_branches_in_nodes``: mentions of a model option (``audit_log``,
   ``multi_tenant``, ``soft_delete``, ``versioned``) in ``dataflow_lab/nodes/``.
 - ``dialect_name_comparisons``: comparisons of a ``....name`` attribute of
-  something called ``dialect`` (``dialect.name == ...``, ``mt.dialect.name in``)
-  outside ``dataflow_lab/dialects/``.
+  something called ``dialect`` (``dialect.name == ...``, ``mt.dialect.name in``),
+  or of anything with a backend's name (``url.startswith`` aside:
+  ``kind == "duckdb"``, ``x in ("sqlite", "postgresql")``), outside
+  ``dataflow_lab/dialects/``.
 - ``function_local_internal_imports``: internal imports made inside a
   function, and their share of all internal imports.
 - ``import_cycles``: strongly connected groups of package modules, counting
@@ -119,6 +121,18 @@ class Counter(ast.NodeVisitor):
         if node.level or (node.module or "").split(".")[0] == PACKAGE:
             for target in resolve(self.module, self.is_package, node, self.modules):
                 self.imports.append((target, self.depth > 0, node.lineno))
+
+
+BACKENDS = {"sqlite", "postgresql", "postgres", "duckdb", "mysql", "mariadb"}
+
+
+def _names_backend(side: ast.expr) -> bool:
+    """A backend's name as a literal, or a tuple/set/list of them: ``x == "duckdb"``, ``x in ("sqlite",)``."""
+    if isinstance(side, ast.Constant):
+        return isinstance(side.value, str) and side.value in BACKENDS
+    if isinstance(side, ast.Tuple | ast.List | ast.Set):
+        return any(_names_backend(e) for e in side.elts)
+    return False
 
 
 def _is_self(value: ast.expr) -> bool:

@@ -122,7 +122,7 @@ def raw_fetch(db: Any, sql: str) -> list[tuple]:
     """A workflow-free query on the DataFlow's own database (its in-memory SQLite too)."""
 
     async def fetch() -> list[tuple]:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return [tuple(r) for r in await conn.fetch(sql)]
