@@ -1,7 +1,7 @@
 """The saga log: what undoing each committed saga step takes, kept in the database it wrote to.
 
-A step's entry (the ids it created, the before-image of the rows it changed) is
-written in the step's own transaction, so it exists exactly when the step's writes
+A step's entry is its node's ``RowUndo`` (``nodes/undo.py``: the ids it created, the
+before-image of the rows it changed), written in the step's own transaction, so it exists exactly when the step's writes
 do. Compensating the step deletes its entry in the compensation's transaction, and a
 run that succeeds deletes its entries. So an entry that outlives its run is a
 compensation still owed: the database was down when it ran, or the process died.
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .model import parse_model
+from .nodes.undo import RowUndo
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -123,20 +124,23 @@ async def ensure_log(db: DataFlow, scope: Any) -> None:
 
 
 async def log_step(scope: Any, saga_step: SagaStep) -> None:
-    """Record what undoing ``saga_step`` takes, on its database, in its (not yet committed) transaction."""
+    """Record what undoing ``saga_step`` takes, on its database, in its (not yet committed) transaction.
+
+    Only a ``RowUndo`` can be stored (it is data); other undos are owed in memory only.
+    """
     from .audit import _jsonable
 
-    node = saga_step.node
-    mt, db = getattr(node, "mt", None), node.dataflow
-    if mt is None or db is None or not (saga_step.created or saga_step.before):
+    undo = saga_step.undo
+    if not isinstance(undo, RowUndo) or undo.empty:
         return
+    db = undo.dataflow
     table = log_table(db)
     conn = await scope.connection(db, write=True)
     now = dt.datetime.now(dt.UTC)  # the wall clock, even under a deterministic one: it dates the grace
     seq = next(_seq)
-    created = [_jsonable({"id": i})["id"] for i in saga_step.created]
-    values = (scope.run_id, seq, node.node_id, node.model.name, created,
-              [_jsonable(row) for row in saga_step.before], now, now)  # fmt: skip
+    created = [_jsonable({"id": i})["id"] for i in undo.created]
+    values = (scope.run_id, seq, saga_step.node_id, undo.model, created,
+              [_jsonable(row) for row in undo.before], now, now)  # fmt: skip
     row = tuple(table.to_db(c, v) for c, v in zip(_COLUMNS, values, strict=True))
     await conn.execute(table.dialect.multirow_insert_sql(table.table, _COLUMNS, 1), row)
     saga_step.logged = (scope.run_id, seq)
@@ -223,7 +227,8 @@ async def _resume_one(db: DataFlow, entry: dict[str, Any]) -> ResumedCompensatio
     try:
         await conn.begin()
         try:
-            await undo(mt, conn, _ids(mt, entry["created"]), _images(mt, entry["before"]))
+            undo = RowUndo(db, entry["model"], _ids(mt, entry["created"]), _images(mt, entry["before"]))
+            await undo.apply(conn)
             t = log_table(db).table
             await conn.execute(*dialect.compile(sa.delete(t).where(t.c.id == entry["id"])))
             await conn.commit()
@@ -245,15 +250,3 @@ def _images(mt: ModelTable, before: list[dict[str, Any]]) -> list[dict[str, Any]
     from .audit import _typed
 
     return [_typed(mt.model, row) for row in before]
-
-
-async def undo(mt: ModelTable, conn: Any, created: list[Any], before: list[dict[str, Any]]) -> None:
-    """Delete the rows a step created; write back the rows it changed (idempotent)."""
-    for start in range(0, len(created), 500):
-        ids = created[start : start + 500]
-        await conn.execute(*mt.dialect.compile(sa.delete(mt.table).where(mt.table.c.id.in_(ids))))
-    if before:
-        columns = mt.columns
-        rows = [tuple(mt.to_db(c, row[c]) for c in columns) for row in before]
-        update = [c for c in columns if c != "id"]
-        await mt.dialect.bulk_upsert(conn, mt.table, columns, rows, ["id"], update)

@@ -22,6 +22,7 @@ from .bulk_upsert import BulkUpsert
 from .crud import hard_param
 from .increments import set_values, split
 from .model_node import ModelNode, include_deleted_param
+from .undo import RowUndo, rows_before
 
 __all__ = ["BULK_OPERATIONS", "BulkCreate", "BulkDelete", "BulkUpdate", "BulkUpsert"]
 
@@ -91,6 +92,15 @@ class BulkCreate(BulkRows):
             result["skipped"] = sorted(skipped + self.refused, key=lambda s: s["index"])
         return result
 
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> None:
+        """Nothing to read: the rows are new. But run() must report their ids, for undo to delete."""
+        self.params["return_ids"] = True
+
+    async def undo(self, conn: Any, before: Any, result: dict[str, Any]) -> RowUndo:
+        """Delete the rows it inserted."""
+        return RowUndo.of(self, created=list(result.get("ids", [])))
+
 
 class _FilterWrite(ModelNode):
     @classmethod
@@ -152,6 +162,14 @@ class BulkUpdate(_FilterWrite):
             return {"updated": updated}
         return {"updated": await conn.execute(*self.mt.dialect.compile(self._statement()))}
 
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, self.params.get("filter") or {})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back every matching row as it was."""
+        return RowUndo.of(self, before=before)
+
 
 class BulkDelete(_FilterWrite):
     outputs = ("deleted",)
@@ -192,6 +210,14 @@ class BulkDelete(_FilterWrite):
         if self.model.audit_log:
             return {"deleted": await audit.delete_and_record(self, ctx, conn, self._statement())}
         return {"deleted": await conn.execute(*self.mt.dialect.compile(self._statement()))}
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, self.params.get("filter") or {})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back every matching row as it was."""
+        return RowUndo.of(self, before=before)
 
 
 BULK_OPERATIONS = (BulkCreate, BulkUpdate, BulkDelete, BulkUpsert)
