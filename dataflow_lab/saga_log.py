@@ -104,16 +104,15 @@ async def ensure_log(db: DataFlow, scope: Any) -> None:
     key = (table.model.table_name, table.model.signature())
     if key in db._ready:
         return
-    policy = {"auto_migrate": True, "existing_schema": False, "clock": db.clock}
     if scope.holds(db):  # a second connection could wait forever for this one (SQLite, DuckDB)
-        await table.ensure(await scope.connection(db, write=True), **policy)
+        await table.ensure(await scope.connection(db, write=True), auto_migrate=True, clock=db.clock)
         return
     dialect = await db._opened()
     conn = await dialect.acquire()
     try:
         await conn.begin()
         try:
-            await table.ensure(conn, **policy)
+            await table.ensure(conn, auto_migrate=True, clock=db.clock)
             await conn.commit()
         except BaseException:
             await conn.rollback()
@@ -128,7 +127,7 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
 
     Only a ``RowUndo`` can be stored (it is data); other undos are owed in memory only.
     """
-    from .audit import _jsonable
+    from .audit import _json_value, _jsonable
 
     undo = saga_step.undo
     if not isinstance(undo, RowUndo) or undo.empty:
@@ -138,7 +137,7 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
     conn = await scope.connection(db, write=True)
     now = dt.datetime.now(dt.UTC)  # the wall clock, even under a deterministic one: it dates the grace
     seq = next(_seq)
-    created = [_jsonable({"id": i})["id"] for i in undo.created]
+    created = [_json_value(i) for i in undo.created]
     values = (scope.run_id, seq, saga_step.node_id, undo.model, created,
               [_jsonable(row) for row in undo.before], now, now)  # fmt: skip
     row = tuple(table.to_db(c, v) for c, v in zip(_COLUMNS, values, strict=True))
@@ -148,17 +147,18 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
 
 async def forget_step(saga_step: SagaStep, conn: Any) -> None:
     """Delete a compensated step's entry, in the compensation's transaction."""
-    if saga_step.logged is None:
+    if saga_step.logged is None or not isinstance(saga_step.undo, RowUndo):
         return
     run_id, seq = saga_step.logged
-    t = log_table(saga_step.node.dataflow).table
-    stmt = sa.delete(t).where(t.c.run_id == run_id, t.c.seq == seq)
-    await conn.execute(*log_table(saga_step.node.dataflow).dialect.compile(stmt))
+    table = log_table(saga_step.undo.dataflow)
+    stmt = sa.delete(table.table).where(table.table.c.run_id == run_id, table.table.c.seq == seq)
+    await conn.execute(*table.dialect.compile(stmt))
 
 
 async def forget_run(run_id: str, steps: list[SagaStep]) -> None:
     """A run that succeeded owes nothing: delete its entries on every database it logged to."""
-    for db in {id(s.node.dataflow): s.node.dataflow for s in steps if s.logged is not None}.values():
+    logged = [s.undo.dataflow for s in steps if s.logged is not None and isinstance(s.undo, RowUndo)]
+    for db in {id(db): db for db in logged}.values():
         table = log_table(db)
         try:
             dialect = await db._opened()
@@ -249,4 +249,4 @@ def _ids(mt: ModelTable, created: list[Any]) -> list[Any]:
 def _images(mt: ModelTable, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from .audit import _typed
 
-    return [_typed(mt.model, row) for row in before]
+    return [typed for row in before if (typed := _typed(mt.model, row)) is not None]

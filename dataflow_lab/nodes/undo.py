@@ -14,6 +14,7 @@ rows it changed. Any node class may return it, or an ``Undo`` of its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +47,11 @@ class RowUndo(Undo):
 
     @classmethod
     def of(
-        cls, node: ModelNode, *, created: list[Any] = (), before: list[dict[str, Any]] | None = None
+        cls, node: ModelNode, *, created: Sequence[Any] = (), before: Sequence[dict[str, Any]] = ()
     ) -> RowUndo:
-        return cls(node.dataflow, node.model.name, list(created), list(before or []))
+        """The undo of a generated node: its own DataFlow and model."""
+        assert node.dataflow is not None and node.model is not None
+        return cls(node.dataflow, node.model.name, list(created), list(before))
 
     @property
     def empty(self) -> bool:
