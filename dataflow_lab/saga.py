@@ -87,7 +87,7 @@ async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> 
     emit = runtime._emit
     record = []
     for saga_step in reversed(list(steps)):
-        entry = await _compensate_one(runtime, saga_step, run_id)
+        entry = await _compensate_one(runtime, emit, saga_step, run_id)
         record.append(entry)
         if emit.wants("compensation"):
             emit.emit("compensation", run_id=run_id, node_id=saga_step.node_id, status=entry["status"],
@@ -95,14 +95,14 @@ async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> 
     return record
 
 
-async def _compensate_one(runtime: Any, saga_step: SagaStep, run_id: str) -> dict[str, Any]:
+async def _compensate_one(runtime: Any, emit: Any, saga_step: SagaStep, run_id: str) -> dict[str, Any]:
     from .transactions import Scope
 
     entry = {"node_id": saga_step.node_id, "node_type": saga_step.node_type, "status": "compensated",
              "error": None}  # fmt: skip
     dataflow = saga_step.node.dataflow
     for attempt in range(1, runtime.retry.attempts + 1):
-        scope = Scope(run_id, runtime._emit)
+        scope = Scope(run_id, emit)
         try:
             conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
             await compensate(saga_step, conn)

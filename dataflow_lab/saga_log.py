@@ -213,11 +213,11 @@ async def resume(db: DataFlow, *, min_age: float = 0.0) -> list[ResumedCompensat
 
 
 async def _resume_one(db: DataFlow, entry: dict[str, Any]) -> ResumedCompensation:
-    mt = db._tables.get(entry["model"])
     what = {"run_id": entry["run_id"], "node_id": entry["node_id"], "model": entry["model"]}
-    if mt is None:
+    if entry["model"] not in db.models:
         return ResumedCompensation(**what, status="pending", error=f"model '{entry['model']}' is not defined "
                                    f"on {db!r}; define it and call db.resume_compensations()")  # fmt: skip
+    mt = db.table(entry["model"])
     dialect = await db._opened()
     try:
         await db._ensure_table(mt)
