@@ -7,10 +7,11 @@ it only reads pays no BEGIN/COMMIT. A scope opened inside
 another (a workflow run inside ``with db.transaction():``, or from inside a
 running node) joins the outer transaction under a savepoint: if it fails, its
 own writes are undone and the error reaches the outer scope. A database without
-SAVEPOINT (DuckDB) gets the same outcome from an undo log: before each write
-node of a nested scope runs, its before-image is read (as the saga does, see
-``saga.py``), and a failed nested scope writes the before-images back inside the
-outer transaction, newest first.
+SAVEPOINT (DuckDB) gets the same outcome from an undo log: each write node of a
+nested scope runs through ``saga.run_step``, which asks the node its before-image
+and its undo (``nodes/undo.py``), and a failed nested scope applies the undos
+inside the outer transaction, newest first. Unlike a saga's, this undo log is kept
+in memory only: the outer transaction decides whether the writes stand.
 
 With several PostgreSQL databases and ``two_phase=True``, commit is the
 two-phase protocol of ``two_phase.py``.
@@ -63,8 +64,8 @@ class _Held:
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
         self.dataflow, self.conn, self.begun, self.savepoint = dataflow, conn, False, None
-        # A nested scope on a database without SAVEPOINT: what its write nodes did (saga.SagaStep),
-        # undone on rollback. None where a real savepoint (or the transaction itself) does the undoing.
+        # A nested scope on a database without SAVEPOINT: its write nodes and their undos
+        # (saga.SagaStep), applied on rollback. None where a real savepoint (or the transaction itself) does the undoing.
         self.undo: list[Any] | None = None
 
 
@@ -89,6 +90,11 @@ class Scope(RunContext):
         self._held: dict[int, _Held] = {}
         # Set when a nested scope's writes could not be undone: this transaction must not commit.
         self.doomed: BaseException | None = None
+
+    @property
+    def nested(self) -> bool:
+        """Whether this scope joined an outer one, whose transaction its writes commit or roll back with."""
+        return self.parent is not None
 
     # -- connections -------------------------------------------------------
     async def connection(self, dataflow: DataFlow, *, write: bool | None = None) -> Connection:
@@ -124,7 +130,7 @@ class Scope(RunContext):
         """Where a write node on ``dataflow`` records how to undo it (None: nothing to record).
 
         Only a nested scope on a database without SAVEPOINT keeps one; the runtime
-        then runs the node through ``saga.run_step``, which reads its before-image.
+        then runs the node through ``saga.run_step``, which asks the node how to undo it.
         """
         if dataflow is None or self.parent is None or dataflow.database.dialect.supports_savepoints:
             return None
@@ -247,7 +253,7 @@ class Scope(RunContext):
             await self.release()
 
     async def _undo(self, held: _Held) -> None:
-        """Emulate ROLLBACK TO SAVEPOINT: write back the before-images, newest first."""
+        """Emulate ROLLBACK TO SAVEPOINT: apply the nodes' undos, newest first."""
         from .saga import compensate
 
         try:

@@ -22,7 +22,7 @@ from .outputs import Expects
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
 
-__all__ = ["MISSING", "Node", "Param", "RunContext"]
+__all__ = ["MISSING", "Node", "Param", "RunContext", "Undo"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,18 @@ class RunContext:
     now: dt.datetime
 
     async def connection(self, dataflow: DataFlow) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Undo:
+    """How to reverse what one node did: what ``Node.undo`` returns (``nodes/undo.py``: model rows).
+
+    ``apply`` runs on the node's database connection (None for a node without a
+    database), inside a transaction the caller commits. It must be idempotent: a
+    compensation may be retried, or resumed after a crash.
+    """
+
+    async def apply(self, conn: Any) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -177,6 +189,20 @@ class Node:
 
     async def run(self, ctx: RunContext) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
+
+    # -- compensation: asked by the saga and by nested scopes without SAVEPOINT (nodes/undo.py) --
+    async def before_image(self, conn: Any) -> Any:
+        """What this node is about to change, read on ``conn`` (its database's, in its transaction;
+        None without a database) just before it runs. Passed to ``undo`` afterwards."""
+        return None
+
+    async def undo(self, conn: Any, before: Any, result: Any) -> Undo | None:
+        """How to reverse what this node did, asked right after it ran, on the same ``conn``.
+
+        ``before`` is what ``before_image`` read, ``result`` what ``run`` returned. None
+        (the default: reads, pure functions) means there is nothing to undo.
+        """
+        return None
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from .bulk_upsert import BulkUpsert
 from .increments import set_values, split
 from .model_node import ModelNode
 from .outputs import ID
+from .undo import RowUndo, rows_before
 
 __all__ = ["BULK_OPERATIONS", "BulkCreate", "BulkDelete", "BulkUpdate", "BulkUpsert"]
 
@@ -87,6 +88,15 @@ class BulkCreate(BulkRows):
             at = chunk.columns.index("id")
             return written, self.mt.ids_from_db(r[at] for r in written)
         return written, learned
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> None:
+        """Nothing to read: the rows are new. But run() must report their ids, for undo to delete."""
+        self.params["return_ids"] = True
+
+    async def undo(self, conn: Any, before: Any, result: dict[str, Any]) -> RowUndo:
+        """Delete the rows it inserted."""
+        return RowUndo.of(self, created=list(result.get("ids", [])))
 
 
 class _FilterWrite(ModelNode):
@@ -163,6 +173,14 @@ class BulkUpdate(_FilterWrite):
     async def run(self, ctx: RunContext) -> dict[str, int]:
         return {"updated": await self.write(ctx, self._statement())}
 
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, self.params.get("filter") or {})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back every matching row as it was."""
+        return RowUndo.of(self, before=before)
+
 
 class BulkDelete(_FilterWrite):
     outputs = {"deleted": int}
@@ -191,6 +209,14 @@ class BulkDelete(_FilterWrite):
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
         return {"deleted": await self.write(ctx, self._statement())}
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, self.params.get("filter") or {})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back every matching row as it was."""
+        return RowUndo.of(self, before=before)
 
 
 BULK_OPERATIONS = (BulkCreate, BulkUpdate, BulkDelete, BulkUpsert)

@@ -6,7 +6,7 @@ are exact on every backend (the dialect reports them where it can).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +14,12 @@ import sqlalchemy as sa
 
 from ..errors import ValidationError
 from ..model import ModelSchema
-from ..rows import Chunk
+from ..rows import Chunk, is_dataframe, iter_records
 from . import images
 from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
 from .model_node import check_conflict_on
+from .undo import RowUndo, rows_before
 
 __all__ = ["BulkUpsert"]
 
@@ -270,3 +271,41 @@ class BulkUpsert(BulkRows):
             sql, params = self.mt.dialect.compile(sa.select(sa.func.count()).select_from(table).where(cond))
             total += int((await conn.fetch(sql, params))[0][0])
         return total
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        """The rows whose conflict_on keys the data names (an iterator is made a list: it is read twice)."""
+        data = self.params["data"]
+        if not isinstance(data, list | tuple) and not is_dataframe(data):
+            self.params["data"] = list(data)
+        keys = self._data_keys()
+        return await rows_before(self, conn, self._keys_filter(keys)) if keys else []
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Delete the rows it inserted (keys that were not there before); write back those it updated."""
+        conflict_on = self.params["conflict_on"]
+        known = {tuple(row[k] for k in conflict_on) for row in before}
+        fresh = [key for key in self._data_keys() if key not in known and None not in key]
+        created = (
+            [row["id"] for row in await rows_before(self, conn, self._keys_filter(fresh))] if fresh else []
+        )
+        return RowUndo.of(self, created=created, before=before)
+
+    def _data_keys(self) -> list[tuple]:
+        """The conflict_on key of each row of ``data`` that gives a valid one, checked as stored."""
+        names, keys = self.params["conflict_on"], []
+        for batch in iter_records(self.params["data"], 10_000):
+            for row in batch:
+                if not isinstance(row, Mapping) or not all(k in row for k in names):
+                    continue  # such a row inserts (or was refused): nothing there before
+                try:
+                    keys.append(tuple(self.mt.check(k, row[k]) for k in names))
+                except ValidationError:  # refused by the node itself (on_error="skip")
+                    continue
+        return keys
+
+    def _keys_filter(self, keys: list[tuple]) -> dict[str, Any]:
+        names = self.params["conflict_on"]
+        if len(names) == 1:
+            return {names[0]: {"$in": [key[0] for key in keys]}}
+        return {"$or": [{k: {"$eq": v} for k, v in zip(names, key, strict=True)} for key in keys]}

@@ -27,6 +27,7 @@ from .model_node import (
     select_rows,
 )
 from .outputs import ID, ROW
+from .undo import RowUndo, rows_before
 from .upsert import Upsert
 
 __all__ = ["CRUD_OPERATIONS"]
@@ -65,6 +66,11 @@ class Create(ModelNode):
         if self.behaviours.watched:
             await self.behaviours.written(self, ctx, [(None, rows[0])])
         return rows[0]
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def undo(self, conn: Any, before: Any, result: dict[str, Any]) -> RowUndo:
+        """Delete the row it inserted."""
+        return RowUndo.of(self, created=[result["id"]])
 
 
 class Read(ModelNode):
@@ -163,6 +169,14 @@ class Update(ModelNode):
             await self.nothing_changed(await ctx.connection(self.dataflow), row_id)
         return rows[0] if rows else missing_row(self, row_id)
 
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, {"id": {"$eq": self._id_from(self.params)}})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back the row as it was."""
+        return RowUndo.of(self, before=before)
+
 
 class Delete(ModelNode):
     op_name = "Delete"
@@ -226,6 +240,14 @@ class Delete(ModelNode):
         if not rows:
             await self.nothing_changed(conn, row_id, action="deleted")
         return {"id": row_id, "deleted": bool(rows)}
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, {"id": {"$eq": self._id_from(self.params)}})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back the row as it was."""
+        return RowUndo.of(self, before=before)
 
 
 class List(ModelNode):

@@ -20,6 +20,7 @@ from ..model import ModelSchema
 from .base import Param, RunContext
 from .model_node import ModelNode, check_conflict_on, insert_or_nothing, insert_returning, read_by_id
 from .outputs import ROW
+from .undo import RowUndo, rows_before
 
 __all__ = ["Upsert"]
 
@@ -167,3 +168,12 @@ class Upsert(ModelNode):
             lambda: self.update_one(columns, check_version=False, include_deleted=True),
         )
         return mt.rows(await conn.fetch(sql, self.bind(names, {**values, "_id": row_id})))[0]
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, {k: {"$eq": v} for k, v in self.params["where"].items()})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: dict[str, Any]) -> RowUndo:
+        """Delete the row it created, or write back the row it updated (or revived)."""
+        created = [result["record"]["id"]] if result["created"] else []
+        return RowUndo.of(self, created=created, before=before)
