@@ -176,9 +176,6 @@ def test_a_saga_does_not_undo_rows_a_bulk_upsert_found_and_left_alone(accounts):
     assert db.pending_compensations() == 0
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BulkUpsert.run does not report the ids of rows it inserts without an id"
-)
 def test_a_saga_undoes_the_rows_a_bulk_upsert_inserted_without_ids(accounts):
     db = accounts
     wf = WorkflowBuilder(dataflow=db)

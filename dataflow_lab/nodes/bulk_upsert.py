@@ -51,6 +51,7 @@ class _Plan:
 
 class BulkUpsert(BulkRows):
     outputs = {"inserted": int, "updated": int, "skipped": list[dict]}
+    new_ids: list[Any] | None = None  # ids of rows inserted without one, kept when undo will need them
     op_name = "Upsert"
     writes = True
     description = (
@@ -108,7 +109,9 @@ class BulkUpsert(BulkRows):
         """Insert a chunk of new rows; how many were written."""
 
         async def write(rows: list[tuple]) -> None:
-            await self.insert_rows(ctx, conn, chunk.columns, rows, ids=False)
+            ids = await self.insert_rows(ctx, conn, chunk.columns, rows, ids=self.new_ids is not None)
+            if self.new_ids is not None:
+                self.new_ids.extend(ids)
 
         return len(await self.write_or_skip(conn, chunk, write))
 
@@ -278,6 +281,7 @@ class BulkUpsert(BulkRows):
         data = self.params["data"]
         if not isinstance(data, list | tuple) and not is_dataframe(data):
             self.params["data"] = list(data)
+        self.new_ids = []  # rows without an id get theirs from the database: undo deletes them by it
         keys = self._data_keys()
         return await rows_before(self, conn, self._keys_filter(keys)) if keys else []
 
@@ -289,7 +293,7 @@ class BulkUpsert(BulkRows):
         created = (
             [row["id"] for row in await rows_before(self, conn, self._keys_filter(fresh))] if fresh else []
         )
-        return RowUndo.of(self, created=created, before=before)
+        return RowUndo.of(self, created=[*created, *(self.new_ids or [])], before=before)
 
     def _data_keys(self) -> list[tuple]:
         """The conflict_on key of each row of ``data`` that gives a valid one, checked as stored."""
