@@ -317,6 +317,20 @@ def test_generated_node_classes_have_docstrings(db):
     assert db.nodes.UserCountNode.__doc__
 
 
+def test_the_count_nodes_filter_is_an_optional_dict_defaulting_to_empty(db):
+    # kailash: unit/nodes/test_count_node.py::test_count_node_filter_optional (and ::test_count_node_default_filter)
+    define_user(db)
+    (filter_param,) = [p for p in db.nodes.UserCountNode.describe() if p["name"] == "filter"]
+    assert (filter_param["type"], filter_param["required"], filter_param["default"]) == ("dict", False, {})
+
+
+def test_generated_node_parameters_have_descriptions(db):
+    # kailash: unit/nodes/test_count_node.py::test_count_node_parameters_have_descriptions
+    define_user(db)
+    for kind in ("Count", "List", "BulkCreate", "Upsert"):
+        assert all(p["description"] for p in getattr(db.nodes, f"User{kind}Node").describe())
+
+
 def test_count_without_filter_counts_every_row(db):
     # kailash: unit/nodes/test_count_node.py::test_count_node_without_filter
     define_user(db)
@@ -1993,3 +2007,20 @@ def test_tenant_contexts_are_isolated_between_threads(db):
         with db.tenant(f"t{i}"):
             titles = {r["title"] for r in one(db, "TenantNoteListNode")["records"]}
             assert titles == {f"t{i}"}
+
+
+# -- docs/kailash.md ----------------------------------------------------------------
+def test_every_python_block_of_the_kailash_guide_runs(url):
+    """docs/kailash.md's blocks run in order, in one namespace, on each backend."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "kailash.md").read_text(encoding="utf-8")
+    namespace: dict = {"__name__": "kailash_guide"}
+    for match in re.finditer(r"```python\n(.*?)```", text, re.DOTALL):
+        code = match[1]
+        if url is not None:
+            code = code.replace("db = DataFlow()", f"db = DataFlow({url!r})", 1)
+        line = text.count("\n", 0, match.start(1)) + 1
+        exec(compile(code, f"docs/kailash.md, block at line {line}", "exec"), namespace)
+    namespace["db"].close()
