@@ -2009,6 +2009,212 @@ def test_tenant_contexts_are_isolated_between_threads(db):
             assert titles == {f"t{i}"}
 
 
+# -- JSON fields ------------------------------------------------------------------------
+def define_config(db):
+    @db.model
+    class Setting:
+        name: str
+        settings: dict
+
+    return Setting
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"theme": "dark", "count": 3},
+        {"outer": {"inner": {"deep": [1, {"x": True}]}}, "flag": False},
+        {
+            "message": "It's a test with 'quotes' and \"double quotes\"",
+            "path": "/path/with\\backslash",
+            "unicode": "Hello 世界 🌍",
+        },
+        {},
+        {"key1": None, "key2": "value", "key3": None},
+        {f"key_{i}": f"value_{i}" * 100 for i in range(100)},
+        {"tags": ["a", "b"], "matrix": [[1, 2], [3, 4]], "empty": []},
+    ],
+    ids=["simple", "nested", "special-characters", "empty", "null-values", "large", "arrays"],
+)
+def test_a_dict_field_round_trips(db, settings):
+    # kailash: integration/test_jsonb_bug_reproduction.py::test_simple_dict_jsonb (and ::test_nested_dict_jsonb,
+    # ::test_dict_with_special_characters, ::test_empty_dict_jsonb, ::test_dict_with_null_values,
+    # ::test_large_dict_jsonb, ::test_dict_with_arrays)
+    define_config(db)
+    created = one(db, "SettingCreateNode", {"name": "c", "settings": settings})
+    assert created["settings"] == settings
+    assert one(db, "SettingReadNode", {"id": created["id"]})["settings"] == settings
+
+
+def test_several_json_fields_on_one_model(db):
+    # kailash: integration/test_jsonb_bug_reproduction.py::test_multiple_jsonb_fields
+    @db.model
+    class Profile:
+        name: str
+        preferences: dict
+        metadata_: dict
+        history: list
+
+    row = one(
+        db,
+        "ProfileCreateNode",
+        {"name": "p", "preferences": {"lang": "en"}, "metadata_": {"v": 2}, "history": [{"at": 1}]},
+    )
+    read = one(db, "ProfileReadNode", {"id": row["id"]})
+    assert (read["preferences"], read["metadata_"], read["history"]) == (
+        {"lang": "en"},
+        {"v": 2},
+        [{"at": 1}],
+    )
+
+
+# -- ids as parameters -----------------------------------------------------------------
+def test_several_nodes_with_their_own_id_parameters(db):
+    # kailash: integration/test_bug_3_reserved_fields_fix.py::test_multiple_nodes_with_id_parameters
+    define_user(db)
+    one(db, "UserBulkCreateNode", {"data": [{"name": n, "email": n} for n in ("A", "B", "C")]})
+    results = run(db, *[("UserReadNode", f"read_{i}", {"id": i}) for i in (3, 1, 2)])
+    assert [results[f"read_{i}"]["name"] for i in (1, 2, 3)] == ["A", "B", "C"]
+
+
+def test_a_string_id_is_a_field_not_the_node_id(db):
+    # kailash: integration/test_bug_3_reserved_fields_fix.py::test_user_can_use_id_parameter
+    define_account(db)
+    results = run(
+        db, ("AccountCreateNode", "create_account", {"id": "custom-id-1", "email": "e", "name": "n"})
+    )
+    assert results["create_account"]["id"] == "custom-id-1"
+
+
+def test_delete_by_a_user_given_id_in_a_workflow(db):
+    # kailash: integration/test_bug_3_reserved_fields_fix.py::test_deletenode_works_without_workaround
+    define_account(db)
+    results = run(
+        db,
+        ("AccountCreateNode", "create", {"id": "to-delete", "email": "e", "name": "n"}),
+        ("AccountDeleteNode", "delete", {}),
+        connections=[("create", "id", "delete", "id")],
+    )
+    assert results["delete"] == {"id": "to-delete", "deleted": True}
+
+
+# -- transactions and routing ----------------------------------------------------------
+def define_bank(db):
+    @db.model
+    class BankAccount:
+        number: str
+        balance: float = 0.0
+
+    one(db, "BankAccountCreateNode", {"number": "ACC-1", "balance": 100.0})
+
+
+def test_nodes_chain_data_from_one_to_the_next(db):
+    # kailash: integration/transactions/test_workflow_integration.py::test_node_chaining
+    define_bank(db)
+    results = run(
+        db,
+        ("BankAccountListNode", "find", {"filter": {"number": "ACC-1"}, "limit": 1}),
+        ("BankAccountUpdateNode", "credit", {"fields": {"balance": {"$inc": 50.0}}}),
+        ("BankAccountReadNode", "check", {}),
+        connections=[("find", "records.0.id", "credit", "id"), ("credit", "id", "check", "id")],
+    )
+    assert results["check"]["balance"] == 150.0
+
+
+def test_a_switch_routes_a_withdrawal(db):
+    # kailash: integration/transactions/test_workflow_integration.py::test_conditional_workflow
+    define_bank(db)
+
+    def withdraw(account: dict) -> dict:
+        return {"balance": {"$inc": -30.0}}
+
+    workflow = WorkflowBuilder(db)
+    workflow.add_node("BankAccountReadNode", "account", {"id": 1})
+    workflow.add_node(
+        "SwitchNode", "enough", cases=["yes", "no"], condition=lambda v: "yes" if v["balance"] >= 30 else "no"
+    )
+    workflow.add_node(withdraw, "withdraw")
+    workflow.add_node("BankAccountUpdateNode", "save", {"id": 1})
+    workflow.add_node(lambda account: {"text": "refused"}, "refuse")
+    workflow.add_connection("account", "balance", "enough", "value.balance")
+    workflow.add_connection("enough", "yes", "withdraw", "account")
+    workflow.add_connection("enough", "no", "refuse", "account")
+    workflow.add_connection("withdraw", "balance", "save", "fields.balance")
+    results, _ = LocalRuntime().execute(workflow.build())
+    assert results["save"]["balance"] == 70.0
+    assert results.skipped == ["refuse"]
+
+
+def test_independent_nodes_run_in_parallel_with_the_same_results(db):
+    # kailash: integration/transactions/test_workflow_integration.py::test_parallel_execution
+    define_user(db)
+    workflow = WorkflowBuilder(db)
+    for i in range(5):
+        workflow.add_node("UserCreateNode", f"create_{i}", {"name": f"U{i}", "email": f"u{i}@x"})
+    runtime = AsyncLocalRuntime(transaction="node", max_concurrency=5)
+    results, _ = asyncio.run(runtime.execute_async(workflow.build()))
+    assert sorted(results[f"create_{i}"]["name"] for i in range(5)) == [f"U{i}" for i in range(5)]
+    assert one(db, "UserCountNode")["count"] == 5
+
+
+def test_a_transaction_block_rolls_back_every_workflow_inside_it(db):
+    # kailash: integration/transactions/test_workflow_integration.py::test_workflow_transaction
+    define_bank(db)
+    with pytest.raises(RuntimeError):
+        with db.transaction():
+            one(db, "BankAccountUpdateNode", {"id": 1, "fields": {"balance": 0.0}})
+            one(db, "BankAccountCreateNode", {"number": "ACC-2"})
+            raise RuntimeError("transfer failed")
+    assert one(db, "BankAccountReadNode", {"id": 1})["balance"] == 100.0
+    assert one(db, "BankAccountCountNode")["count"] == 1
+
+
+def test_a_nested_block_undoes_only_its_own_writes(db):
+    # kailash: integration/transactions/test_workflow_integration.py::test_nested_transactions
+    define_bank(db)
+    with db.transaction():
+        one(db, "BankAccountCreateNode", {"number": "OUTER"})
+        with pytest.raises(NodeExecutionError):
+            with db.transaction():
+                run(
+                    db,
+                    ("BankAccountCreateNode", "inner", {"number": "INNER"}),
+                    ("BankAccountReadNode", "missing", {"id": 999}),
+                )
+    numbers = [r["number"] for r in one(db, "BankAccountListNode", {"order_by": ["id"]})["records"]]
+    assert numbers == ["ACC-1", "OUTER"]
+
+
+def test_monitoring_counts_workflow_runs(url):
+    # kailash: integration/transactions/test_workflow_integration.py::test_query_monitoring
+    from dataflow_lab import DataFlow
+
+    db = DataFlow(url, monitoring=True)
+    try:
+        define_user(db)
+        for i in range(3):
+            one(db, "UserCreateNode", {"name": str(i), "email": str(i)})
+        dashboard = db.metrics()
+        assert set(dashboard) >= {
+            "workflow_executions",
+            "database_operations",
+            "connection_pool",
+            "safety_events",
+        }
+        assert dashboard["workflow_executions"]["total"] >= 3
+    finally:
+        db.close()
+
+
+def test_pool_status_reports_the_pool(db):
+    # kailash: integration/transactions/test_workflow_integration.py::test_connection_pool_monitoring
+    define_user(db)
+    one(db, "UserCountNode")
+    status = db.pool_status()
+    assert {"size", "checked_out", "overflow", "acquired_total", "failures"} <= set(status)
+    assert status["acquired_total"] >= 1 and status["checked_out"] == 0
+
+
 # -- docs/kailash.md ----------------------------------------------------------------
 def test_every_python_block_of_the_kailash_guide_runs(url):
     """docs/kailash.md's blocks run in order, in one namespace, on each backend."""
