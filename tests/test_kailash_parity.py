@@ -22,6 +22,7 @@ import pytest
 
 from dataflow_lab import (
     AsyncLocalRuntime,
+    DataFlow,
     DataFlowError,
     LocalRuntime,
     NodeExecutionError,
@@ -2230,3 +2231,51 @@ def test_every_python_block_of_the_kailash_guide_runs(url):
         line = text.count("\n", 0, match.start(1)) + 1
         exec(compile(code, f"docs/kailash.md, block at line {line}", "exec"), namespace)
     namespace["db"].close()
+
+
+# kailash: integration/test_single_upsert_conflict_fields.py::test_postgresql_conflict_on_with_null_values
+def test_an_upsert_on_a_null_natural_key_inserts_as_bulk_upsert_and_unique_do(db):
+    @db.model
+    class Ticket:
+        title: str
+        external_id: Optional[str] = None  # noqa: UP045
+
+        __dataflow__ = {"unique": [["external_id"]]}
+
+    params = {"where": {"external_id": None}, "create": {"title": "t"}, "conflict_on": ["external_id"]}
+    first = one(db, "TicketUpsertNode", params)
+    second = one(db, "TicketUpsertNode", {**params, "create": {"title": "u"}})
+    assert (first["created"], second["created"]) == (True, True)
+    assert first["record"]["id"] != second["record"]["id"]
+    bulk = one(db, "TicketBulkUpsertNode", {"data": [{"title": "v", "external_id": None}],
+                                            "conflict_on": ["external_id"]})  # fmt: skip
+    assert bulk["inserted"] == 1
+    assert one(db, "TicketCountNode", {})["count"] == 3
+    # a key with a value still finds its row
+    keyed = {"where": {"external_id": "x"}, "create": {"title": "w"}, "update": {"title": "w2"},
+             "conflict_on": ["external_id"]}  # fmt: skip
+    assert one(db, "TicketUpsertNode", keyed)["created"] is True
+    assert one(db, "TicketUpsertNode", keyed)["created"] is False
+
+
+# kailash: integration/test_jsonb_bug_reproduction.py and 42 other files (`await db.initialize()` first)
+def test_initialize_and_create_tables_make_every_table_before_any_workflow(url):
+    import asyncio
+
+    db = DataFlow(url)
+    try:
+
+        @db.model
+        class Ledger:
+            title: str
+
+        assert db.migrations.history() == []
+        assert asyncio.run(db.initialize()) == ["Ledger"]
+        assert [m.name for m in db.migrations.history()] == ["0001_create_ledgers"]
+        assert db.create_tables() == ["Ledger"]  # again: nothing to do
+        assert len(db.migrations.history()) == 1
+        assert one(db, "LedgerCountNode", {})["count"] == 0
+        asyncio.run(db.close_async())
+        assert db.database.closed
+    finally:
+        db.close()
