@@ -164,6 +164,10 @@ async def forget_run(run_id: str, steps: list[SagaStep]) -> None:
 # -- reading and resuming ----------------------------------------------------------------------
 async def pending(db: DataFlow, *, min_age: float = 0.0) -> list[dict[str, Any]]:
     """The entries still owed on ``db``, oldest run first (``[]`` when it has no saga log)."""
+    # The package first: importing the submodule directly takes its lock before the package's, and
+    # the warm-up thread importing the package (which imports .live) then deadlocks with this one;
+    # Python breaks the tie with a partially initialized module ("saga resume failed" on stderr).
+    from . import migrations  # noqa: F401
     from .migrations.live import read_table
 
     table = log_table(db)

@@ -23,9 +23,13 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "STATES",
     "STATE_COLOURS",
+    "THEME",
     "DagDrawing",
     "dot_available",
     "legend_html",
+    "muted_style",
+    "state_style",
+    "themed",
     "to_dot",
     "to_html",
     "to_svg",
@@ -49,6 +53,17 @@ INSTALL_HINT = (
 _INK = "#202124"  # on every state colour and on the card: WCAG AA (≥ 4.5:1), tested
 _CARD = "#ffffff"  # the picture's own background: an <img> cannot follow the theme, so it carries one
 _LINE = "#5f6368"
+# The HTML parts around the pictures follow JupyterLab's theme through its CSS variables, with our
+# palette as the fallback where a frontend has none. An untrusted notebook's sanitizer drops var()
+# values, so there the text inherits the theme's own colour. State colours have no JupyterLab
+# counterpart (and must match the picture they explain), so a state chip or cell carries its own
+# background and ink: readable on any theme. All pairs pass WCAG AA in the light and dark themes
+# (tests/test_viz.py reads the values from JupyterLab's theme CSS).
+THEME = {
+    "text": ("--jp-ui-font-color1", _INK),
+    "muted": ("--jp-ui-font-color2", _LINE),
+    "error": ("--jp-error-color1", "#c5221f"),
+}
 _STATUS_WIDTH = 22  # characters reserved for a node's status line ("12.3 ms · 1,234 rows")
 _SLOT = re.compile(r"#fe([0-9a-f]{4})|QQS(\d{5})Q*")
 _SVG_NOISE = re.compile(r"<\?xml.*?\?>|<!DOCTYPE.*?>|<!--.*?-->", re.DOTALL)
@@ -184,17 +199,17 @@ class DagDrawing:
             rows.append(
                 f"<tr><td><b>{html.escape(node_id)}</b></td>"
                 f"<td>{html.escape(self.workflow.nodes[node_id].type_name)}</td>"
-                f'<td style="background:{STATE_COLOURS[state]}">{state}</td>'
+                f'<td style="{state_style(state)}">{state}</td>'
                 f"<td>{html.escape(labels.get(node_id, ''))}</td><td>{html.escape(inputs)}</td></tr>"
             )
         try:
             dot = f"<details><summary>DOT source</summary><pre>{html.escape(self.dot(states, labels))}</pre></details>"
         except DataFlowError as exc:  # the graphviz package itself is missing
-            dot = f"<p><i>{html.escape(exc.message)} {html.escape(exc.hint or '')}</i></p>"
+            dot = f"<p{muted_style()}><i>{html.escape(exc.message)} {html.escape(exc.hint or '')}</i></p>"
         return (
             '<div class="df-dag df-dag-table"><table>'
             "<tr><th>node</th><th>type</th><th>state</th><th>status</th><th>inputs</th></tr>"
-            f"{''.join(rows)}</table>{dot}<p><i>{html.escape(INSTALL_HINT)}</i></p></div>"
+            f"{''.join(rows)}</table>{dot}<p{muted_style()}><i>{html.escape(INSTALL_HINT)}</i></p></div>"
         )
 
     def text(self, states: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None) -> str:
@@ -285,12 +300,28 @@ def contrast(a: str, b: str) -> float:
     return (high + 0.05) / (low + 0.05)
 
 
+def themed(role: str) -> str:
+    """A CSS colour for ``role`` (a THEME key): JupyterLab's variable, our palette as fallback."""
+    variable, fallback = THEME[role]
+    return f"var({variable}, {fallback})"
+
+
+def state_style(state: str) -> str:
+    """The inline style of a chip or table cell showing ``state``: its colour with our ink on it."""
+    return f"background:{STATE_COLOURS.get(state, _CARD)};color:{_INK}"
+
+
+def muted_style() -> str:
+    """` style="color:…"` for notes and hints (secondary text)."""
+    return f' style="color:{themed("muted")}"'
+
+
 def legend_html() -> str:
     """A row of coloured chips naming the node states."""
     chips = "".join(
-        f'<span style="background:{colour};color:{_INK};padding:0 6px;margin-right:4px;'
+        f'<span style="{state_style(state)};padding:0 6px;margin-right:4px;'
         f'border-radius:3px;border:1px solid {_LINE}">{state}</span>'
-        for state, colour in STATE_COLOURS.items()
+        for state in STATE_COLOURS
     )
     return f'<div class="df-legend" style="font-size:11px;margin:2px 0">{chips}</div>'
 

@@ -6,6 +6,8 @@ end are the ones that prove the magics work where notebooks run them.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import subprocess
@@ -21,6 +23,7 @@ from IPython.utils.capture import capture_output
 
 from dataflow_lab import DataFlowError, LocalRuntime, notebook, viz
 from dataflow_lab.notebook import display as nbdisplay
+from dataflow_lab.notebook import saving
 from dataflow_lab.notebook.magics import DataFlowMagics
 from dataflow_lab.notebook.observer import RunObserver
 
@@ -195,13 +198,51 @@ def test_the_catalogue_displays_as_static_html_that_survives_saving(users):
     assert data["text/html"].count("<details>") == 11 and "<svg" not in data["text/html"]
     widget = catalogue.widget()
     assert "df-catalogue" in widget._dom_classes
-    assert len(widget.children[1].children) == 11
+    assert len(widget.children[0].children[1].children) == 11
+    assert "workflow input" in widget.children[1].value
 
 
 def test_without_ipywidgets_the_catalogue_is_static_html(users, monkeypatch):
     monkeypatch.setattr(nbdisplay, "_WIDGETS", False)
     catalogue, _ = cell(users, "%dataflow nodes")
     assert set(catalogue._repr_mimebundle_()) == {"text/plain", "text/html"}
+
+
+@pytest.fixture
+def saving_server(users, monkeypatch):
+    """A kernel started by a notebook server that runs dataflow_lab's save hook."""
+    monkeypatch.setenv(saving.SAVES_STATIC, "1")
+    monkeypatch.setattr(users, "kernel", object(), raising=False)
+    return users
+
+
+def test_under_a_server_that_saves_static_twins_the_catalogue_is_a_widget_beside_its_html(saving_server):
+    catalogue, _ = cell(saving_server, "%dataflow nodes")
+    data, metadata = catalogue._repr_mimebundle_()
+    assert set(data) == {"text/plain", "text/html", saving.WIDGET_VIEW}
+    assert data["text/html"].count("<details>") == 11  # the twin the notebook keeps
+    assert metadata == {"dataflow_lab": {"saved": "static"}}
+    assert data[saving.WIDGET_VIEW]["model_id"]
+
+
+def test_the_server_saves_the_catalogue_as_its_static_html(saving_server, tmp_path):
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+
+    catalogue, _ = cell(saving_server, "%dataflow nodes")
+    data, metadata = catalogue._repr_mimebundle_()
+    other = {"output_type": "display_data", "data": {saving.WIDGET_VIEW: {"model_id": "x"}}, "metadata": {}}
+    ours = {"output_type": "execute_result", "execution_count": 1, "data": data, "metadata": metadata}
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "a", "source": "%dataflow nodes", "metadata": {}, "execution_count": 1,
+         "outputs": [ours, other]},
+    ]}  # fmt: skip
+    contents = FileContentsManager(root_dir=str(tmp_path))
+    saving._load_jupyter_server_extension(type("App", (), {"contents_manager": contents, "log": logging})())
+    contents.save({"type": "notebook", "format": "json", "content": notebook}, "shared.ipynb")
+    saved = json.loads((tmp_path / "shared.ipynb").read_text())["cells"][0]["outputs"]
+    assert set(saved[0]["data"]) == {"text/plain", "text/html"}  # reopened, it renders without a kernel
+    assert "".join(saved[0]["data"]["text/html"]) == data["text/html"]
+    assert saving.WIDGET_VIEW in saved[1]["data"]  # other libraries' widgets are left alone
 
 
 def test_a_model_cell_mistake_is_one_line_naming_the_line(ip):
@@ -628,6 +669,12 @@ def test_a_background_run_shows_a_live_view_with_a_cancel_button(frontend, gate)
     (shown,) = out.outputs  # the magic shows the live view itself, even when its handle is assigned
     assert "application/vnd.jupyter.widget-view+json" in shown.data
     assert shown.data["text/plain"] == "Live view: run 'gated' in the background"  # a steady first frame
+    # saved before the run ends (under a server with the save hook), the notebook keeps a note, not a dead widget
+    page = {
+        "cells": [{"cell_type": "code", "outputs": [{"data": dict(shown.data), "metadata": shown.metadata}]}]
+    }
+    assert saving.static_saved_form(page) == 1
+    assert "had not ended when this notebook was saved" in page["cells"][0]["outputs"][0]["data"]["text/html"]
     assert handle._repr_mimebundle_()["text/plain"].startswith("Run 'gated' running in the background")
     handle.live.button.click()
     assert handle.status == "cancelled"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import sys
 
 import pytest
@@ -192,6 +193,65 @@ def test_every_label_on_every_state_colour_passes_wcag_aa_in_both_themes():
     assert viz.contrast(viz._INK, viz._CARD) >= 4.5  # edge labels
     assert viz.contrast(viz._LINE, viz._CARD) >= 3  # edges and borders (non-text)
     assert f"color:{viz._INK}" in viz.legend_html()  # chips carry their own ink, not the theme's
+
+
+def _theme_colours(name: str) -> dict[str, str]:
+    """JupyterLab's CSS variables in one of its themes, as installed (skips without JupyterLab)."""
+    jupyterlab = pytest.importorskip("jupyterlab")
+    from pathlib import Path
+
+    css = Path(
+        sys.prefix, "share", "jupyter", "lab", "themes", "@jupyterlab", f"theme-{name}-extension", "index.css"
+    )
+    if not css.exists():
+        pytest.skip(f"JupyterLab {jupyterlab.__version__}'s {name} theme is not at {css}")
+    return dict(re.findall(r"(--jp-[\w-]+):\s*([^;}]+)", css.read_text()))
+
+
+def _resolve(value: str, variables: dict[str, str], background: str) -> str:
+    """A theme value as #rrggbb: var() followed to its fallback, names, rgba() over ``background``."""
+    value = value.strip()
+    if match := re.fullmatch(r"var\((--[\w-]+)(?:,\s*(.+))?\)", value):
+        found = variables.get(match[1], match[2])
+        return _resolve(found, variables, background)
+    if value == "white" or value == "#fff":
+        return "#ffffff"
+    if value == "#000":
+        return "#000000"
+    if match := re.fullmatch(r"#(\w)(\w)(\w)", value):
+        return "#" + "".join(c * 2 for c in match.groups())
+    if match := re.fullmatch(r"rgba\(\s*(\d+),\s*(\d+),\s*(\d+),\s*([\d.]+)\)", value):
+        *rgb, alpha = (float(x) for x in match.groups())
+        under = [int(background[i : i + 2], 16) for i in (1, 3, 5)]
+        return "#" + "".join(f"{round(alpha * c + (1 - alpha) * u):02x}" for c, u in zip(rgb, under))
+    assert re.fullmatch(r"#[0-9a-fA-F]{6}", value), value
+    return value.lower()
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_the_html_colours_follow_jupyterlabs_theme_and_pass_wcag_aa_in_it(theme):
+    variables = _theme_colours(theme)
+    background = _resolve(variables["--jp-layout-color0"], variables, "#ffffff")  # the notebook's page
+    for role, (variable, fallback) in viz.THEME.items():
+        assert viz.themed(role) == f"var({variable}, {fallback})"
+        colour = _resolve(variables[variable], variables, background)
+        assert viz.contrast(colour, background) >= 4.5, (theme, role, colour, background)
+        assert viz.contrast(fallback, "#ffffff") >= 4.5, (role, fallback)  # a frontend without the variables
+    # state chips and cells carry their own background and ink: the theme's text colour never lands on them
+    for state in viz.STATE_COLOURS:
+        assert viz.state_style(state) == f"background:{viz.STATE_COLOURS[state]};color:{viz._INK}"
+
+
+def test_html_state_cells_and_notes_carry_their_colours(workflow):
+    from dataflow_lab.notebook import MonitorPanel, RunObserver
+
+    table = viz.DagDrawing(workflow).fallback_html({"create": "done"})  # drawn when dot is missing
+    assert f'<td style="{viz.state_style("done")}">done</td>' in table
+    assert f'style="color:{viz.themed("muted")}"' in table
+    observer = RunObserver(workflow, name="themed")
+    panel = MonitorPanel(observer.snapshot()).html()
+    assert f'style="{viz.state_style("pending")}"' in panel
+    assert f'style="color:{viz.themed("text")}"' in panel
 
 
 @needs_dot

@@ -2,8 +2,9 @@
 
 The SQL comes from ``ModelNode.sql(params)`` with example parameters made
 from the model's fields, so what you read is what the node would send.
-Displayed as an ipywidgets accordion where widgets exist, with the same
-content as HTML and as text for every other frontend.
+Displayed as an ipywidgets accordion while the kernel lives (in a JupyterLab whose server
+saves it as its static twin, see saving.py), and as HTML with disclosures and as text
+everywhere else, and in the saved notebook.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from .. import viz
 from ..errors import DataFlowError, ValidationError, did_you_mean
 from ..model import MISSING, Field, ModelSchema
-from .display import bundle, widgets
+from .display import bundle, widgets, widgets_available
+from .saving import saves_static, widget_bundle
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
@@ -175,7 +178,7 @@ class Catalogue:
                 for e in entries
             ]
         if parts:
-            parts.append(f"<p><i>{html.escape(REQUIRED_NOTE)}</i></p>")
+            parts.append(f"<p{viz.muted_style()}><i>{html.escape(REQUIRED_NOTE)}</i></p>")
         return f'<div class="df-catalogue">{"".join(parts) or html.escape(self.text())}</div>'
 
     def widget(self) -> Any:
@@ -193,11 +196,24 @@ class Catalogue:
         else:
             view = w.Tab(children=boxes)
             view.titles = tuple(self.entries)
+        view = w.VBox([view, w.HTML(f"<i>{html.escape(REQUIRED_NOTE)}</i>")])
         view.add_class("df-catalogue")
         return view
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        # Static HTML with <details> disclosures: it stays interactive with no kernel and untrusted,
-        # where a saved widget view would read "Error displaying widget: model not found".
-        # ``widget()`` still builds the accordion for code that wants one.
-        return bundle(self.text(), self.html())
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        # While the kernel lives, the accordion; the saved notebook keeps the static HTML
+        # (<details> disclosures, interactive with no kernel and untrusted) beside it. A widget
+        # view is shown only when the notebook server saves it as that static twin (saving.py):
+        # a stored view whose model is gone reads "Error displaying widget: model not found".
+        data = bundle(self.text(), self.html())
+        if self.entries and _live_widgets():
+            return widget_bundle(data, self.widget())
+        return data
+
+
+def _live_widgets() -> bool:
+    """A kernel, ipywidgets, and a server that saves our widgets as their static twins."""
+    from IPython import get_ipython
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    return kernel is not None and saves_static() and widgets_available()

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from .. import viz
 from ..errors import DataFlowError
 
 __all__ = [
@@ -86,7 +87,8 @@ def records_html(records: Sequence[Mapping[str, Any]], limit: int) -> str:
         body = _to_seconds(frame(shown)).to_html(index=False, border=0, max_cols=20)
     except DataFlowError:
         body = table_html(shown)
-    note = f"<p><i>… {more:,} more row{'s' if more != 1 else ''} (run.frame(...) has them all)</i></p>"
+    more_rows = f"… {more:,} more row{'s' if more != 1 else ''} (run.frame(...) has them all)"
+    note = f"<p{viz.muted_style()}><i>{more_rows}</i></p>"
     return body + (note if more > 0 else "")
 
 

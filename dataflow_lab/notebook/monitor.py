@@ -66,6 +66,10 @@ def pool_html(url: str, pool: Mapping[str, Any]) -> str:
     return f"<div>{gauge}<code>{html.escape(url)}</code> {html.escape(pool_text(pool))}</div>"
 
 
+def _headline_html(snapshot: RunSnapshot) -> str:
+    return f'<b style="color:{viz.themed("text")}">{html.escape(headline(snapshot), quote=False)}</b>'
+
+
 class MonitorPanel:
     """The live monitor of one run."""
 
@@ -94,11 +98,11 @@ class MonitorPanel:
         rows = "".join(
             f"<tr><td>{html.escape(n.node_id)}</td>"
             f'<td><progress max="1" value="{node_fraction(n):.3f}"></progress></td>'
-            f'<td style="background:{viz.STATE_COLOURS.get(n.state, "")}">{html.escape(n.label() or n.state)}</td></tr>'
+            f'<td style="{viz.state_style(n.state)}">{html.escape(n.label() or n.state)}</td></tr>'
             for n in s.nodes.values()
         )
         return (
-            f'<div class="df-monitor"><b>{html.escape(headline(s), quote=False)}</b><table>{rows}</table>'
+            f'<div class="df-monitor">{_headline_html(s)}<table>{rows}</table>'
             f"{self._pool_html()}{self.events_html()}</div>"
         )
 
@@ -111,7 +115,7 @@ class MonitorPanel:
         items += [f"retry {html.escape(r)}" for r in s.retries[-_LAST_EVENTS:]]
         if not items:
             quiet = "no writes, so no transaction" if s.finished else "no transaction yet"
-            return f'<div class="df-events"><i>{quiet}</i></div>'
+            return f'<div class="df-events"{viz.muted_style()}><i>{quiet}</i></div>'
         return '<div class="df-events">' + " → ".join(items) + "</div>"
 
     # -- live ------------------------------------------------------------------
@@ -140,7 +144,7 @@ class MonitorPanel:
 
     def _refresh(self) -> None:
         s = self.snapshot
-        self._parts["head"].value = f"<b>{html.escape(headline(s), quote=False)}</b>"
+        self._parts["head"].value = _headline_html(s)
         for node_id, (bar, label) in self._bars.items():
             status = s.nodes[node_id]
             bar.value = node_fraction(status)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import _loop
+from .. import _loop, viz
 from .._panel import PANEL_PROGRESS
 from ..errors import DataFlowError, ValidationError, did_you_mean
 from ..runtime import LocalRuntime
@@ -45,6 +45,7 @@ __all__ = ["NotebookRun", "start_run"]
 log = logging.getLogger(__name__)
 
 _WIND_DOWN = 5.0  # seconds to wait for a cancelled run to roll back before showing it
+_ERROR_STYLE = f"color:{viz.themed('error')}"  # one line in the theme's error colour
 _OPEN_TABLES = 2  # node tables shown open in a summary; the others sit behind their disclosure
 
 
@@ -119,9 +120,9 @@ class NotebookRun:
         """Display the live view in a slot of its own (``show`` is IPython's ``display``); when the
         run ends the slot is replaced in place by the static summary, so a saved notebook holds the
         outcome as pictures and tables, never a widget that needs the kernel, never "running"."""
-        data = self.start_live(cancel=True)._repr_mimebundle_()
+        data, metadata = self.start_live(cancel=True)._repr_mimebundle_()
         data["text/plain"] = f"Live view: run '{self.observer.name}' in the background"  # steady first frame
-        self._slot = show(data, raw=True, display_id=True)
+        self._slot = show(data, raw=True, metadata=metadata, display_id=True)
         if self.done():
             self._replace_slot()
 
@@ -259,7 +260,7 @@ class NotebookRun:
             head += f" in {duration(s.elapsed)}"
         if s.run_id:
             head += f" · run id <code>{s.run_id}</code>"
-        parts = [f"<div>{head}</div>"]
+        parts = [f'<div style="color:{viz.themed("text")}">{head}</div>']
         if self.show_error and self.status in ("failed", "cancelled") and self.error is not None:
             parts.append(_error_html(self.error))
         parts.append(DagView(self.workflow, s).html())
@@ -281,7 +282,7 @@ class NotebookRun:
             out.append(f"<details{opened}><summary>{html.escape(title)}</summary>{body}</details>")
         return "".join(out)
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
         if self._slot is not None and not self.done():  # its live view is already on the page
             line = f"Run '{self.observer.name}' {self.status} in the background (its live view is above)."
             return {"text/plain": line + " .wait() waits for it, .cancel() stops it."}
@@ -354,9 +355,9 @@ def _error_html(error: BaseException) -> str:
     """One line; a long message (rebuild SQL, say) sits behind a disclosure."""
     line = _error_line(error)
     if len(line) <= 160:
-        return f'<div class="df-error">{html.escape(line)}</div>'
+        return f'<div class="df-error" style="{_ERROR_STYLE}">{html.escape(line)}</div>'
     return (
-        f'<details class="df-error"><summary>{html.escape(line[:150])}…</summary>'
+        f'<details class="df-error" style="{_ERROR_STYLE}"><summary>{html.escape(line[:150])}…</summary>'
         f"<pre>{html.escape(str(error))}</pre></details>"
     )
 

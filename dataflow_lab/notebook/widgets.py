@@ -8,12 +8,15 @@ Cancel button is shown for background runs only.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import viz
 from .dag import DagView
 from .display import bundle, widgets
 from .monitor import MonitorPanel, headline
+from .saving import widget_bundle
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..workflow import Workflow
@@ -62,5 +65,11 @@ class LiveView:
     def __repr__(self) -> str:
         return self.text()
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return bundle(self.text(), widget=self.widget)
+    def saved_html(self) -> str:
+        """What a notebook saved mid-run keeps in the widget's place (see saving.py)."""
+        note = f"Run '{self.snapshot.name}' had not ended when this notebook was saved: run the cell again."
+        return f'<div class="df-run"><i style="color:{viz.themed("muted")}">{html.escape(note)}</i></div>'
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        # the widget while the kernel lives; a notebook saved before the run ends keeps the note
+        return widget_bundle(bundle(self.text(), self.saved_html()), self.widget)
