@@ -161,8 +161,9 @@ async def _forget_resolved(seen: list[_Seen], by_key: dict[str, _Seen]) -> None:
         for base, (_, participants) in list(s.decisions.items()):
             if base in tp._IN_FLIGHT:
                 continue
-            where = [by_key.get(p) for p in participants] if participants else [s]
-            if any(w is None for w in where):
+            found = [by_key.get(p) for p in participants] if participants else [s]
+            where = [w for w in found if w is not None]
+            if len(where) < len(found):
                 continue  # a participant not searched may still hold its half: keep the decision
             if any([await _still_prepared(w.db, base) for w in where]):
                 continue

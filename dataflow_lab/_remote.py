@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _loop
 from .model import ModelSchema
@@ -21,6 +21,9 @@ from .nodes import registry
 from .retry import RetryPolicy
 from .routing import Skipped, live_connections
 from .workflow import Connection, NodeSpec, Workflow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .nodes.model_node import ModelNode
 
 __all__ = ["NodeTask", "Outcome", "compensate", "dataflow_from_description", "run_node"]
 
@@ -127,7 +130,7 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
         inputs=MappingProxyType({}),
     )
     if cls.dataflow is not None and cls.model is not None:
-        await cls.dataflow._ensure_table(cls.mt)
+        await cls.dataflow._ensure_table(cast("type[ModelNode]", cls).mt)  # a node with a model
     runtime = LocalRuntime(transaction=task.mode, retry=task.retry, isolation=task.isolation)
     steps: list | None = [] if task.mode == "saga" else None
     started = time.perf_counter()

@@ -24,7 +24,7 @@ from collections.abc import Coroutine, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import sqlalchemy as sa
 
@@ -137,7 +137,7 @@ async def record(node: ModelNode, ctx: Any, changes: Sequence[tuple[dict | None,
     to_db = [table.to_db] * len(_COLUMNS)
     rows = []
     for before, after in changes:
-        row_id = (after or before)["id"]
+        row_id = (after or before or {})["id"]
         values = (
             node.model.name,
             str(row_id),
@@ -192,6 +192,7 @@ async def rows_by_keys(
     found: dict[tuple, dict[str, Any]] = {}
     for start in range(0, len(wanted), step):
         part = wanted[start : start + step]
+        cond: sa.ColumnElement[bool]
         if len(cols) == 1:
             cond = cols[0].in_([k[0] for k in part])
         else:
@@ -267,9 +268,7 @@ def history(
     A multi_tenant model's entries are the caller's tenant's only (``tenant=``, else
     ``with db.tenant(...)``), like every other read; no tenant set is an error.
     """
-    schema = dataflow.models.get(model if isinstance(model, str) else model.__name__)
-    if schema is None:
-        dataflow.table(model)  # raises, naming the model and the fix
+    schema = dataflow.table(model).model  # raises for an unknown model, naming it and the fix
     if not schema.audit_log:
         raise ValidationError(
             f"Model '{schema.name}' is not audited, so it has no audit history.",
@@ -327,6 +326,10 @@ async def _history(
 
 
 # -- values <-> JSON -------------------------------------------------------------------------
+@overload
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _jsonable(row: None) -> None: ...
 def _jsonable(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -345,6 +348,10 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+@overload
+def _typed(schema: Any, values: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _typed(schema: Any, values: None) -> None: ...
 def _typed(schema: Any, values: dict[str, Any] | None) -> dict[str, Any] | None:
     """JSON values back to the model's Python types (fields the model no longer has stay as stored)."""
     if values is None:

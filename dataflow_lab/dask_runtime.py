@@ -192,7 +192,7 @@ class _DaskRun:
                 self.results[node_id] = outcomes[node_id].result
         if failure is not None:
             if self.runtime.transaction == "saga":
-                failure.compensations = self._compensate()
+                setattr(failure, "compensations", self._compensate())  # noqa: B010 - any exception
             raise failure
         if self.runtime.transaction == "saga":  # it succeeded: its saga log owes nothing
             from . import saga_log

@@ -16,7 +16,7 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _loop
 from ._warmup import Warm, dialect_now_or_soon
@@ -30,6 +30,10 @@ from .nodes import registry
 from .nodes.base import Node
 from .observability import Observability
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .nodes.model_node import ModelNode
+    from .schema import ModelTable
+
 __all__ = ["DataFlow"]
 
 
@@ -40,12 +44,14 @@ class DataFlow(Observability):
     >>> db = DataFlow("postgresql://u@host/app")
     """
 
+    _decision_table_ready: bool  # set once two_phase.py has made its decision table here
+
     def __init__(self, database_url: str | None = None, **options: Any):
         self.config = DataFlowConfig.from_env(database_url, **options)
         self._dialect_or_warmup = dialect_now_or_soon(self.config)
         self._ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
         self._models: dict[str, ModelSchema] = {}
-        self._tables: dict[str, Any] = {}
+        self._tables: dict[str, ModelTable] = {}
         self._nodes: dict[str, type[Node]] = {}
         self._ready: set[tuple] = set()
         self._open_future: asyncio.Future | None = None
@@ -110,10 +116,10 @@ class DataFlow(Observability):
 
         self._reflected.discard(schema.name)
         self._install(schema, ModelTable(schema, dialect))
-        cls.__dataflow_model__ = schema
+        setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
         return cls
 
-    def _install(self, schema: ModelSchema, table: Any) -> None:
+    def _install(self, schema: ModelSchema, table: ModelTable) -> None:
         """Generate and register the eleven nodes of ``schema``."""
         from .nodes.bulk import BULK_OPERATIONS
         from .nodes.crud import CRUD_OPERATIONS
@@ -123,19 +129,22 @@ class DataFlow(Observability):
         for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS):
             bulk = "Bulk" if op in BULK_OPERATIONS else ""
             name = f"{schema.name}{bulk}{op.op_name}Node"
-            node_cls = type(
-                name,
-                (op,),
-                {
-                    "type_name": name,
-                    "dataflow": self,
-                    "model": schema,
-                    "model_name": schema.name,
-                    "mt": table,
-                    "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
-                    "__module__": __name__,
-                    "__doc__": f"{op.description} Generated for model {schema.name}.",
-                },
+            node_cls = cast(
+                "type[ModelNode]",
+                type(
+                    name,
+                    (op,),
+                    {
+                        "type_name": name,
+                        "dataflow": self,
+                        "model": schema,
+                        "model_name": schema.name,
+                        "mt": table,
+                        "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
+                        "__module__": __name__,
+                        "__doc__": f"{op.description} Generated for model {schema.name}.",
+                    },
+                ),
             )
             node_cls.parameters = node_cls.make_parameters(schema)
             self._nodes[name] = node_cls
@@ -187,7 +196,7 @@ class DataFlow(Observability):
     def models(self) -> Mapping[str, ModelSchema]:
         return MappingProxyType(self._models)
 
-    def table(self, model: type | str) -> Any:
+    def table(self, model: type | str) -> ModelTable:
         name = model if isinstance(model, str) else model.__name__
         try:
             return self._tables[name]
@@ -227,9 +236,12 @@ class DataFlow(Observability):
         self._check_open()
         if self._open_future is None:
             self._open_future = asyncio.ensure_future(self._dialect.open())
-            self._open_future.add_done_callback(
-                lambda f: f.cancelled() or f.exception() or self._health.start()
-            )
+
+            def opened(future: asyncio.Future) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    self._health.start()
+
+            self._open_future.add_done_callback(opened)
         try:
             await asyncio.shield(self._open_future)
         except Exception as exc:

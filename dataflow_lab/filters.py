@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import ValidationError, did_you_mean
 from .model import ModelSchema
@@ -152,7 +152,7 @@ def _comparand(f: Any) -> Any:
     return replace(f, type=ANY_DECIMAL) if f.type.name == "decimal" else f
 
 
-def _no_none(model: ModelSchema, f: Any, op: str, node: str) -> None:
+def _no_none(model: ModelSchema, f: Any, op: str, node: str) -> NoReturn:
     raise ValidationError(
         f"{_where(model, node)}{op} on '{f.name}' cannot compare with None.",
         hint='use {"$null": true} or {"$eq": None} to find missing values.',
@@ -220,7 +220,7 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
         )
 
     bounds = mt.dialect.decimal_bounds(field.type.digits) if field.type.name == "decimal" else None
-    parts = []
+    parts: list[sa.ColumnElement[bool]] = []
     for op, value in cond.items():
         if bounds is not None and value is not None:
             op, value = decimal_bound(op, value, bounds)

@@ -213,7 +213,7 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
             f"Model '{name}' declares no fields.", hint="annotate fields on the class, e.g. `name: str`."
         )
     fields = [_id_field(name, hints.pop("id", None))]
-    flags = _flags(cls, name)
+    flags: dict[str, typing.Any] = _flags(cls, name)  # keyword arguments of ModelSchema
     managed = [*(OPTION_FIELDS[o] for o in OPTION_FIELDS if flags[o]), *STAMP_FIELDS]
     for f in managed:  # declared with the type dataflow_lab gives it: accepted, and still managed
         if f.name in hints:
@@ -330,7 +330,7 @@ def _user_field(cls: type, model: str, name: str, annotation: object) -> Field:
     return Field(name, logical, nullable=nullable, default=default)
 
 
-def _options(cls: type, model: str, field_names: set[str]) -> dict:
+def _options(cls: type, model: str, field_names: set[str]) -> dict[str, typing.Any]:
     raw = dict(getattr(cls, "__dataflow__", None) or {})
     unknown = [k for k in raw if k not in MODEL_OPTIONS]
     if unknown:

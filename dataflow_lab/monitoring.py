@@ -57,6 +57,9 @@ class MetricsCollector(CollectorViews):
     ``dataflow``: count only that database's nodes and workflows (None: every run).
     """
 
+    _subscription: Any  # what attach() subscribed (hooks.subscribe_weakly)
+    _prometheus_registry: Any  # made at the first export (metrics_export.prometheus_registry)
+
     def __init__(
         self,
         dataflow: DataFlow | None = None,

@@ -78,7 +78,7 @@ class LocalRuntime:
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
         self._emit = _Fanout(self.hooks)
         # run_id -> the run's node records, kept while someone wants after_workflow (its ``nodes``)
-        self._records: dict[str, list[tuple]] = {}
+        self._records: dict[str, list[tuple] | None] = {}
 
     max_concurrency = 1  # nodes at once in "node"/"saga" mode (AsyncLocalRuntime runs branches concurrently)
 
@@ -247,7 +247,7 @@ class LocalRuntime:
         try:
             await walk.run()
         except Exception as exc:
-            exc.compensations = await self._compensate(steps, run_id)
+            setattr(exc, "compensations", await self._compensate(steps, run_id))  # noqa: B010 - any exception
             raise
         else:
             await saga_log.forget_run(run_id, steps)
@@ -419,7 +419,7 @@ def keyword_options(cls: type) -> set[str]:
         p.name
         for klass in cls.__mro__
         if "__init__" in klass.__dict__ and klass is not object
-        for p in inspect.signature(klass.__init__).parameters.values()
+        for p in inspect.signature(klass.__dict__["__init__"]).parameters.values()
         if p.kind is p.KEYWORD_ONLY
     }
 

@@ -33,7 +33,7 @@ def compensate_with(undo: Callable[..., Any]) -> Callable[[Callable[..., Any]], 
     """Declare how to undo a Python node: ``undo(result=..., **params)`` (sync or async)."""
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__dataflow_compensation__ = undo
+        fn.__dict__["__dataflow_compensation__"] = undo
         return fn
 
     return mark
@@ -57,9 +57,12 @@ async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
     """The rows ``node`` may change, read before it runs (empty for inserts and reads)."""
     from .nodes.bulk import BulkDelete, BulkUpdate, BulkUpsert
     from .nodes.crud import Delete, Update, Upsert
+    from .nodes.model_node import ModelNode
 
-    mt, p = getattr(node, "mt", None), node.params
-    guards = node.guards(include_deleted=True) if mt is not None else []  # only the run's tenant's rows
+    if not isinstance(node, ModelNode):
+        return []
+    mt, p = node.mt, node.params
+    guards = node.guards(include_deleted=True)  # only the run's tenant's rows
     if isinstance(node, Update | Delete):
         return await _select(mt, conn, {"id": {"$eq": node._id_from(p)}}, guards)
     if isinstance(node, Upsert):
@@ -72,6 +75,7 @@ async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
         values = [tuple(row.get(k) for k in keys) for row in p["data"] if all(k in row for k in keys)]
         if not values:
             return []
+        doc: dict[str, Any]
         if len(keys) == 1:
             doc = {keys[0]: {"$in": [mt.check(keys[0], v[0]) for v in values]}}
         else:

@@ -103,7 +103,7 @@ async def ensure_log(db: DataFlow, scope: Any) -> None:
     key = (table.model.table_name, table.model.signature())
     if key in db._ready:
         return
-    policy = {"auto_migrate": True, "existing_schema": False, "clock": db.clock}
+    policy: dict[str, Any] = {"auto_migrate": True, "existing_schema": False, "clock": db.clock}
     if scope.holds(db):  # a second connection could wait forever for this one (SQLite, DuckDB)
         await table.ensure(await scope.connection(db, write=True), **policy)
         return
@@ -135,7 +135,7 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
     now = dt.datetime.now(dt.UTC)  # the wall clock, even under a deterministic one: it dates the grace
     seq = next(_seq)
     created = [_jsonable({"id": i})["id"] for i in saga_step.created]
-    values = (scope.run_id, seq, node.node_id, node.model.name, created,
+    values = (scope.run_id, seq, node.node_id, mt.model.name, created,
               [_jsonable(row) for row in saga_step.before], now, now)  # fmt: skip
     row = tuple(table.to_db(c, v) for c, v in zip(_COLUMNS, values, strict=True))
     await conn.execute(table.dialect.multirow_insert_sql(table.table, _COLUMNS, 1), row)
@@ -144,17 +144,19 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
 
 async def forget_step(saga_step: SagaStep, conn: Any) -> None:
     """Delete a compensated step's entry, in the compensation's transaction."""
-    if saga_step.logged is None:
+    db = saga_step.node.dataflow
+    if saga_step.logged is None or db is None:
         return
     run_id, seq = saga_step.logged
-    t = log_table(saga_step.node.dataflow).table
+    t = log_table(db).table
     stmt = sa.delete(t).where(t.c.run_id == run_id, t.c.seq == seq)
-    await conn.execute(*log_table(saga_step.node.dataflow).dialect.compile(stmt))
+    await conn.execute(*log_table(db).dialect.compile(stmt))
 
 
 async def forget_run(run_id: str, steps: list[SagaStep]) -> None:
     """A run that succeeded owes nothing: delete its entries on every database it logged to."""
-    for db in {id(s.node.dataflow): s.node.dataflow for s in steps if s.logged is not None}.values():
+    logged = [db for s in steps if s.logged is not None and (db := s.node.dataflow) is not None]
+    for db in {id(db): db for db in logged}.values():
         table = log_table(db)
         try:
             dialect = await db._opened()

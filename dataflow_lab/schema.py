@@ -36,7 +36,8 @@ class ModelTable:
         self.columns = tuple(f.name for f in model.fields)
         self._to_db = {f.name: self._writer(f) for f in model.fields}
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
-        self._sql: dict[Any, tuple[str, tuple[str, ...]]] = {}
+        # (sql, bind names) from compile_named, or (sql, params) from compile: keyed apart by the caller
+        self._sql: dict[Any, tuple[str, Any]] = {}
 
     def template(self, key: Any, build: Any) -> tuple[str, tuple[str, ...]]:
         """Compile ``build()`` once per key: (sql, bind names in order)."""

@@ -62,7 +62,8 @@ class _Held:
     __slots__ = ("dataflow", "conn", "begun", "savepoint", "undo")
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
-        self.dataflow, self.conn, self.begun, self.savepoint = dataflow, conn, False, None
+        self.dataflow, self.conn, self.begun = dataflow, conn, False
+        self.savepoint: str | None = None
         # A nested scope on a database without SAVEPOINT: what its write nodes did (saga.SagaStep),
         # undone on rollback. None where a real savepoint (or the transaction itself) does the undoing.
         self.undo: list[Any] | None = None
@@ -112,8 +113,8 @@ class Scope(RunContext):
         else:
             await self.parent.connection(held.dataflow, write=True)  # the outer transaction begins first
             if held.dataflow._dialect.supports_savepoints:
-                held.savepoint = f"dataflow_sp_{next(_savepoint_names)}"
-                await held.conn.savepoint(held.savepoint)
+                held.savepoint = savepoint = f"dataflow_sp_{next(_savepoint_names)}"
+                await held.conn.savepoint(savepoint)
                 self._event(held.dataflow, "savepoint")
             else:
                 held.undo = []
@@ -208,6 +209,7 @@ class Scope(RunContext):
 
     def _hand_undo_to_parent(self, held: _Held) -> None:
         """A nested scope succeeded: its writes are now the outer scope's, to undo if that one fails."""
+        assert self.parent is not None and held.undo is not None, "a nested scope's undo"
         outer = self.parent._held.get(id(held.dataflow))
         if outer is not None and outer.undo is not None:
             outer.undo.extend(held.undo)
@@ -249,6 +251,7 @@ class Scope(RunContext):
         """Emulate ROLLBACK TO SAVEPOINT: write back the before-images, newest first."""
         from .saga import compensate
 
+        assert self.parent is not None and held.undo is not None, "a nested scope's undo"
         try:
             for step in reversed(held.undo):
                 await compensate(step, held.conn)
@@ -308,7 +311,7 @@ class TransactionBlock:
         self.dataflow = dataflow
         self.isolation = check_isolation(isolation)
         self._scope: Scope | None = None
-        self._token: contextvars.Token | None = None
+        self._token: contextvars.Token[Scope | None] | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._scope is not None else "idle"
@@ -322,17 +325,24 @@ class TransactionBlock:
         self._token = ACTIVE_SCOPE.set(self._scope)
         return self._scope
 
+    @property
+    def _open(self) -> Scope:
+        """The block's scope (between _enter and _leave)."""
+        assert self._scope is not None, "the transaction block is open"
+        return self._scope
+
     async def _begin(self) -> None:
-        await self._scope.connection(self.dataflow, write=True)
+        await self._open.connection(self.dataflow, write=True)
 
     async def _end(self, failed: bool) -> None:
         if failed:
-            await self._scope.rollback()
+            await self._open.rollback()
         else:
-            await self._scope.commit()
+            await self._open.commit()
 
     def _leave(self) -> None:
-        ACTIVE_SCOPE.reset(self._token)
+        if self._token is not None:
+            ACTIVE_SCOPE.reset(self._token)
         self._scope = self._token = None
 
     def __enter__(self) -> TransactionBlock:
@@ -342,7 +352,7 @@ class TransactionBlock:
         try:
             _loop.run(self._begin())
         except BaseException:
-            _loop.run(self._scope.rollback())
+            _loop.run(self._open.rollback())
             self._leave()
             raise
         return self
@@ -362,7 +372,7 @@ class TransactionBlock:
         try:
             await _loop.run_async(self._begin())
         except BaseException:
-            await _loop.run_async(self._scope.rollback())
+            await _loop.run_async(self._open.rollback())
             self._leave()
             raise
         return self

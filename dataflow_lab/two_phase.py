@@ -19,13 +19,14 @@ recovery on any participant knows where the decision lives.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .errors import TransactionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .dialects import Connection
+    from .dialects.base import TwoPhaseConnection
     from .transactions import Scope, _Held
 
 __all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "recover_in_doubt"]
@@ -102,7 +103,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
     prepared: list[_Held] = []
     for held, part in zip(begun, gids, strict=True):
         try:
-            await held.conn.prepare(part)
+            await cast("TwoPhaseConnection", held.conn).prepare(part)  # checked by commit_two_phase
         except Exception as exc:
             await _abort_prepare(scope, begun, gids, len(prepared), exc)
         prepared.append(held)
@@ -118,7 +119,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
     committed: set[int] = set()
     for n, (held, part) in enumerate(zip(begun, gids, strict=True)):
         try:
-            await held.conn.finish_prepared(part, commit=True)
+            await cast("TwoPhaseConnection", held.conn).finish_prepared(part, commit=True)
         except Exception as exc:
             await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=committed)
             return
@@ -258,7 +259,7 @@ async def _forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> N
     dialect = await db._opened()
     own = conn is None
     try:
-        if own:
+        if conn is None:
             conn = await dialect.acquire()
         await conn.execute(f"DELETE FROM {DECISION_TABLE} WHERE gid = $1", [gid])
     except Exception:  # recovery forgets it later, once it sees every participant resolved

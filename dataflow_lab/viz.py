@@ -373,7 +373,7 @@ def picture_bundle(
         png = render_png(drawing, states, labels) if svg else None
     except DataFlowError:
         svg = png = None
-    if svg is None:
+    if svg is None or png is None:
         data["text/html"] = drawing.fallback_html(states, labels)
         return data
     width, _ = svg_size(svg)

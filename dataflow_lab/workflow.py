@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .cycles import Cycle, find_cycles, plan
 from .errors import DataFlowError, ValidationError, WorkflowValidationError, did_you_mean
@@ -29,6 +29,7 @@ from .nodes.registry import resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
+    from .nodes.model_node import ModelNode
 
 __all__ = [
     "Connection",
@@ -133,7 +134,8 @@ class Workflow:
         for spec in self.nodes.values():
             cls = spec.node_class
             if cls.dataflow is not None and cls.model is not None:
-                pairs.setdefault((id(cls.dataflow), cls.model.name), (cls.dataflow, cls.mt))
+                mt = cast("type[ModelNode]", cls).mt  # a node with a model is a ModelNode
+                pairs.setdefault((id(cls.dataflow), cls.model.name), (cls.dataflow, mt))
         return list(pairs.values())
 
     def __repr__(self) -> str:

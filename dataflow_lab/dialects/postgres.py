@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -215,7 +215,7 @@ class PostgresDialect(PooledDialect):
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         """COPY through the raw asyncpg connection: the fastest way into PostgreSQL."""
-        await conn.copy(table.name, columns, rows)
+        await cast(PostgresConnection, conn).copy(table.name, columns, rows)
 
     async def bulk_upsert(
         self,
@@ -240,7 +240,7 @@ class PostgresDialect(PooledDialect):
             f"SELECT {cols} FROM {quote(table.name)} WITH NO DATA"
         )
         await conn.execute(f"TRUNCATE {quote(temp)}")
-        await conn.copy(temp, columns, rows)
+        await cast(PostgresConnection, conn).copy(temp, columns, rows)
         result = await conn.fetch(
             f"WITH up AS (INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {quote(temp)} "
             f"{self.on_conflict_sql(table, conflict_on, update_columns, guard)} RETURNING (xmax = 0) AS inserted) "

@@ -47,6 +47,9 @@ class RunContext:
     async def connection(self, dataflow: DataFlow) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def progress(self, done: int, total: int | None) -> None:  # pragma: no cover - interface
+        """``done`` of ``total`` input rows are written (bulk nodes report it as they go)."""
+
 
 class Node:
     """Base of every node class: generated CRUD/bulk nodes and Python callables."""
@@ -59,6 +62,7 @@ class Node:
     operation: ClassVar[str] = ""  # a generated node's operation: 'create', 'bulk_upsert', ...
     writes: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    _param_map: ClassVar[dict[str, Param]]  # each class's own, made at first use (param_map)
 
     def __init__(self, node_id: str, params: Mapping[str, Any]):
         self.node_id = node_id

@@ -9,7 +9,8 @@ rows never sits in memory at once.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
@@ -50,7 +51,7 @@ class BulkCreate(BulkRows):
         shaper = self.shaper(allow_id=False)
         # own ids (id: str, id: UUID) are in the rows; generated integer ids come back from the database
         return_ids, text_ids = self.params.get("return_ids"), not self.model.id_field.generated
-        inserted, ids, skipped = 0, [], []
+        inserted, ids, skipped = 0, list[Any](), list[dict[str, Any]]()
         for chunk in self.chunks(ctx, shaper):
             skipped.extend(chunk.skipped)
             chunk_ids: list[Any] = []
@@ -58,6 +59,7 @@ class BulkCreate(BulkRows):
                 ids.extend([None] * len(chunk.span) if return_ids else [])
                 continue
             refused_before = len(self.refused)
+            write: Callable[[list[tuple]], Awaitable[None]]
             if self.model.audit_log:  # learn the new ids, to log each row as stored
 
                 async def write(
@@ -80,7 +82,7 @@ class BulkCreate(BulkRows):
             written = await self.write_or_skip(conn, chunk, write)
             inserted += len(written)
             if return_ids:  # in input order, None where a row was skipped
-                at = chunk.columns.index("id") if text_ids else None
+                at = chunk.columns.index("id") if text_ids else 0
                 got = iter(mt.ids_from_db(r[at] for r in written) if text_ids else chunk_ids)
                 gone = {s["index"] for s in chunk.skipped + self.refused[refused_before:]}
                 ids.extend(None if i in gone else next(got) for i in chunk.span)
@@ -93,6 +95,8 @@ class BulkCreate(BulkRows):
 
 
 class _FilterWrite(ModelNode):
+    verb: ClassVar[str]  # "update" or "delete", for messages
+
     @classmethod
     def check_together(cls, params: dict[str, Any], *, node_id: str, partial: bool) -> None:
         if partial and "filter" not in params:
@@ -177,6 +181,7 @@ class BulkDelete(_FilterWrite):
     def _statement(self) -> Any:
         """Soft delete: mark the live matching rows; otherwise (or hard=True) remove them."""
         where = self.where_clause(include_deleted=bool(self.params.get("hard")))
+        stmt: sa.Update | sa.Delete
         if self._soft():
             now = self.mt.to_db("updated_at", self.now())
             stmt = sa.update(self.mt.table).values(deleted_at=now, updated_at=now)

@@ -216,6 +216,7 @@ class Delete(ModelNode):
         With ``version`` (versioned models), only the row still at that version is deleted.
         """
         t, values = self.mt.table, values or {}
+        stmt: sa.Update | sa.Delete
         if self.model.soft_delete and not self.params.get("hard"):
             stmt = sa.update(t).values(
                 deleted_at=sa.bindparam("_now", values.get("_now")),

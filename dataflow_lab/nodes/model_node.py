@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import sqlalchemy as sa
 
@@ -20,6 +20,9 @@ from ..schema import ModelTable
 from ..types import LOGICAL_TYPES
 from .base import Node, Param, RunContext
 from .increments import check_increment, is_increment, set_values, split
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..dataflow import DataFlow
 
 __all__ = ["ModelNode", "Records", "check_conflict_on"]
 
@@ -49,6 +52,9 @@ class ModelNode(Node):
     """A node bound to one model of one DataFlow."""
 
     mt: ClassVar[ModelTable]
+    # set on every generated class (DataFlow.install): never None here, unlike on Node
+    dataflow: ClassVar[DataFlow]
+    model: ClassVar[ModelSchema]
     op_name: ClassVar[str] = ""
 
     outputs: ClassVar[tuple[str, ...] | None] = None  # None: the model's fields (a row)
@@ -274,7 +280,7 @@ def non_negative(name: str, *, allow_none: bool = False) -> Any:
         if value is None and allow_none:
             return None
         try:
-            number = LOGICAL_TYPES[int].check(value)
+            number = cast(int, LOGICAL_TYPES[int].check(value))
         except TypeError:
             number = -1
         if number < 0:
@@ -300,7 +306,7 @@ def check_conflict_on(model: ModelSchema, value: Any, *, what: str) -> list[str]
     return names
 
 
-def missing_row(node: ModelNode, row_id: Any) -> None:
+def missing_row(node: ModelNode, row_id: Any) -> dict[str, Any] | None:
     if node.params.get("raise_on_not_found", True):
         raise NotFoundError(
             f"{node.model.name} with id {row_id!r} was not found.",
@@ -340,7 +346,12 @@ def include_deleted_param(model: ModelSchema) -> tuple[Param, ...]:
 
 
 def select_rows(
-    mt: ModelTable, doc: dict[str, Any], order: tuple, limit: int | None, offset: int, guards: list = ()
+    mt: ModelTable,
+    doc: dict[str, Any],
+    order: tuple,
+    limit: int | None,
+    offset: int,
+    guards: Collection[Any] = (),
 ) -> Any:
     stmt = sa.select(*mt.table.c)
     where = filters.to_sql(mt, doc)
