@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import two_phase as tp
+from . import _decisions as tp  # the two-phase decision records
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow

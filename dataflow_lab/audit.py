@@ -28,9 +28,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import sqlalchemy as sa
 
-from . import _loop
+from . import _loop, tenancy
 from .errors import ValidationError
 from .model import parse_model
+from .query_count import ACTIVE_SCOPE
+from .schema import ModelTable
+from .transactions import borrowed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -114,8 +117,6 @@ def _schema() -> Any:
 def audit_table(dataflow: DataFlow) -> ModelTable:
     table = _TABLES.get(dataflow)
     if table is None:
-        from .schema import ModelTable
-
         table = _TABLES[dataflow] = ModelTable(_schema(), dataflow._dialect)
     return table
 
@@ -276,11 +277,8 @@ def history(
         )
     owner = None
     if schema.multi_tenant:
-        from . import tenancy
-
         owner = tenancy.check_tenant(tenant) if tenant is not None else None
         owner = owner or tenancy.require(dataflow, schema, f"db.audit({schema.name!r})")
-    from .transactions import ACTIVE_SCOPE
 
     return _loop.run(_history(dataflow, schema, record_id, owner, ACTIVE_SCOPE.get()))
 
@@ -296,7 +294,6 @@ def _owned_by(row: dict[str, Any], tenant: str | None) -> bool:
 async def _history(
     dataflow: DataFlow, schema: Any, record_id: Any, tenant: str | None = None, scope: Any = None
 ) -> list[AuditEntry]:
-    from .transactions import borrowed
 
     table = audit_table(dataflow)
     await dataflow._ensure_table(table, scope)  # inside db.transaction(): on the block's connection

@@ -20,15 +20,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import _loop
 from ._warmup import Warm, dialect_now_or_soon
+from .access import grant
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .errors import DataFlowError, ValidationError
 from .health import HealthMonitor, HealthReport
 from .ledger import TransactionLedger
 from .model import ModelSchema, parse_model
+from .monitoring import attach
 from .nodes import registry
 from .nodes.base import Node
 from .observability import Observability
+from .transactions import ACTIVE_SCOPE, TransactionBlock
 
 if TYPE_CHECKING:  # pragma: no cover
     from .nodes.model_node import ModelNode
@@ -69,8 +72,6 @@ class DataFlow(Observability):
         self._monitor = None
         self._health = HealthMonitor(self)
         if self.config.monitoring:
-            from .monitoring import attach
-
             self._monitor = attach(self)
         if self.config.existing_schema:
             try:
@@ -158,7 +159,6 @@ class DataFlow(Observability):
         tables are never created, altered or migrated. See migrations/reflect.py for the rules.
         """
         from .migrations.reflect import reflect
-        from .transactions import ACTIVE_SCOPE
 
         self._check_open()
         return _loop.run(reflect(self, tables, ACTIVE_SCOPE.get()))
@@ -175,7 +175,8 @@ class DataFlow(Observability):
         options = dataclasses.asdict(self.config)
         url = options.pop("database_url")
         schemas = tuple(self._models.values())
-        return dataflow_from_description, (self._token, url, options, schemas, frozenset(self._reflected))
+        description = (self._token, url, options, schemas, frozenset(self._reflected))
+        return dataflow_from_description, (type(self), *description)
 
     def _check_redefinition(self, schema: ModelSchema) -> None:
         for other in self._models.values():
@@ -216,7 +217,6 @@ class DataFlow(Observability):
 
         Once a database has any grant, runs need a ``User`` whose roles hold the grants (access.py).
         """
-        from .access import grant
 
         grant(self, role, model, ops)
 
@@ -340,7 +340,6 @@ class DataFlow(Observability):
         Workflows run inside it join it; a nested block is a savepoint; an exception
         rolls the block back and propagates unchanged.
         """
-        from .transactions import TransactionBlock
 
         self._check_open()
         return TransactionBlock(self, isolation)
@@ -352,14 +351,14 @@ class DataFlow(Observability):
         start-up recovery it leaves transactions younger than ``in_doubt_grace`` alone unless
         ``force=True``; never one whose coordinating process is still alive.
         """
-        from .two_phase import recover_in_doubt
+        from ._in_doubt import recover_in_doubt
 
         grace = 0.0 if force else self.config.in_doubt_grace
         return _loop.run(recover_in_doubt([self, *others], min_age=grace))
 
     async def _recover_at_start(self) -> None:
         """At first use of a PostgreSQL database: resolve two-phase commits a crash left in doubt."""
-        from .two_phase import recover_in_doubt
+        from ._in_doubt import recover_in_doubt
 
         if self.dialect != "postgresql" or not await self._allows_two_phase():
             return

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from .errors import ValidationError, did_you_mean
-from .model import ModelSchema
+from .model import ModelSchema, check_value
 from .types import ANY_DECIMAL, decimal_bound
 
 __all__ = ["OPERATORS", "normalize", "normalize_order_by", "to_sql", "order_clauses"]
@@ -28,8 +28,6 @@ MAX_DEPTH = 32  # nesting of $and/$or/$not; deeper documents would overflow the 
 
 def normalize(model: ModelSchema, doc: Any, *, node: str = "", depth: int = 0) -> dict[str, Any]:
     """Check a filter document; return a copy with values coerced."""
-    from .schema import check_value
-
     if doc is None:
         return {}
     _check_depth(model, node, depth)

@@ -353,3 +353,24 @@ def _options(cls: type, model: str, field_names: set[str]) -> dict[str, typing.A
             groups.append(group)
         result[key] = tuple(groups)
     return result
+
+
+def check_value(model: ModelSchema, f: Field, value: typing.Any, *, node: str = "") -> typing.Any:
+    if value is None:
+        if f.nullable:
+            return None
+        raise ValidationError(
+            f"{_where(model, node)}field '{f.name}' may not be None.",
+            hint=f"give '{f.name}' a {f.type.python.__name__}, or declare it Optional in the model.",
+        )
+    try:
+        return f.type.check(value)
+    except TypeError as exc:
+        raise ValidationError(
+            f"{_where(model, node)}field '{f.name}' got {type(value).__name__} {value!r:.60}: {exc}.",
+            hint=f"pass a value of type {f.type.python.__name__} for '{f.name}'.",
+        ) from None
+
+
+def _where(model: ModelSchema, node: str) -> str:
+    return f"{model.name} ({node}): " if node else f"{model.name}: "

@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from .errors import DataFlowError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .anomaly import Anomaly
     from .dataflow import DataFlow
@@ -205,8 +207,6 @@ class CollectorViews:
         try:
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - depends on the install
-            from .errors import DataFlowError
-
             raise DataFlowError(
                 "metrics_frame() needs pandas.", hint="pip install 'dataflow-lab[pandas]'"
             ) from exc

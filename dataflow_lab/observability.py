@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DataFlowError
+from .monitoring import detach
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DataFlowConfig
@@ -76,6 +77,4 @@ class Observability:
 
     def _stop_monitoring(self) -> None:
         if self._monitor is not None:
-            from .monitoring import detach
-
             detach(cast("DataFlow", self), self._monitor)

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _loop
+from .access import prepare_run
 from .errors import NodeExecutionError, ValidationError, did_you_mean, refuse_unknown_options
 from .hooks import Hooks, _Fanout
 from .retry import RetryPolicy, retry_reason
@@ -99,7 +100,6 @@ class LocalRuntime:
         tenant of multi_tenant models instead of ``with db.tenant(...)``. See ``access.py``.
         """
         workflow, parameters = self._prepare(workflow, parameters)
-        from .access import prepare_run  # imported on first use: it needs SQLAlchemy
 
         user = self.user if user is None else user
         return _loop.run(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
@@ -114,7 +114,6 @@ class LocalRuntime:
     ) -> tuple[dict[str, Any], str]:
         """The async form of ``execute``; safe from any event loop, Jupyter's included."""
         workflow, parameters = self._prepare(workflow, parameters)
-        from .access import prepare_run
 
         user = self.user if user is None else user
         return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))

@@ -23,6 +23,10 @@ from typing import Any
 
 from . import saga_log
 from .nodes.base import Node
+from .nodes.bulk import BulkCreate, BulkDelete, BulkUpdate, BulkUpsert
+from .nodes.crud import Create, Delete, Update, Upsert
+from .nodes.model_node import ModelNode, select_rows
+from .transactions import Scope
 
 __all__ = ["SagaStep", "capture", "compensate", "compensate_steps", "compensate_with", "run_step", "step"]
 
@@ -52,12 +56,13 @@ class SagaStep:
     created: list[Any] = field(default_factory=list)
     logged: tuple[str, int] | None = None  # (run_id, seq) of its saga log entry (saga_log.py)
 
+    async def undo(self, conn: Any) -> None:
+        """Undo this step on ``conn`` (a nested scope without SAVEPOINT calls it: transactions.py)."""
+        await compensate(self, conn)
+
 
 async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
     """The rows ``node`` may change, read before it runs (empty for inserts and reads)."""
-    from .nodes.bulk import BulkDelete, BulkUpdate, BulkUpsert
-    from .nodes.crud import Delete, Update, Upsert
-    from .nodes.model_node import ModelNode
 
     if not isinstance(node, ModelNode):
         return []
@@ -88,8 +93,6 @@ async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
 
 async def step(node: Node, conn: Any, before: list[dict[str, Any]], result: Any) -> SagaStep:
     """Record a committed node: its before-image and the ids of rows it created."""
-    from .nodes.bulk import BulkCreate, BulkUpsert
-    from .nodes.crud import Create, Upsert
 
     created: list[Any] = []
     if isinstance(node, Create):
@@ -135,8 +138,6 @@ def needs_compensation(node: Node) -> bool:
 
 
 async def _select(mt: Any, conn: Any, doc: dict[str, Any], guards: Any = ()) -> list[dict[str, Any]]:
-    from .nodes.model_node import select_rows
-
     return mt.rows(await conn.fetch(*mt.dialect.compile(select_rows(mt, doc, (), None, 0, guards))))
 
 
@@ -160,7 +161,6 @@ async def run_step(scope: Any, node: Node, saga_steps: list[SagaStep]) -> Any:
 
 async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> list[dict[str, Any]]:
     """Undo ``steps`` newest first, each in its own transaction retried per ``runtime.retry``."""
-    from .transactions import Scope
 
     emit = runtime._emit
     record = []

@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .audit import _jsonable, _typed
+from .migrations.live import read_table
 from .model import parse_model
+from .schema import ModelTable
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -87,8 +90,6 @@ def _schema() -> Any:
 def log_table(dataflow: DataFlow) -> ModelTable:
     table = _TABLES.get(dataflow)
     if table is None:
-        from .schema import ModelTable
-
         table = _TABLES[dataflow] = ModelTable(_schema(), dataflow._dialect)
     return table
 
@@ -124,7 +125,6 @@ async def ensure_log(db: DataFlow, scope: Any) -> None:
 
 async def log_step(scope: Any, saga_step: SagaStep) -> None:
     """Record what undoing ``saga_step`` takes, on its database, in its (not yet committed) transaction."""
-    from .audit import _jsonable
 
     node = saga_step.node
     mt, db = getattr(node, "mt", None), node.dataflow
@@ -176,7 +176,6 @@ async def forget_run(run_id: str, steps: list[SagaStep]) -> None:
 # -- reading and resuming ----------------------------------------------------------------------
 async def pending(db: DataFlow, *, min_age: float = 0.0) -> list[dict[str, Any]]:
     """The entries still owed on ``db``, oldest run first (``[]`` when it has no saga log)."""
-    from .migrations.live import read_table
 
     table = log_table(db)
     dialect = await db._opened()
@@ -244,8 +243,6 @@ def _ids(mt: ModelTable, created: list[Any]) -> list[Any]:
 
 
 def _images(mt: ModelTable, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from .audit import _typed
-
     return [_typed(mt.model, row) for row in before]
 
 

@@ -25,8 +25,9 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import _loop
 from .errors import ConnectionError, DataFlowError, TransactionError, ValidationError, did_you_mean
-from .nodes.base import RunContext
+from .query_count import ACTIVE_SCOPE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -38,10 +39,6 @@ log = logging.getLogger("dataflow_lab.transactions")
 
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed", "repeatable_read", "serializable")
 
-# The scope whose work is running in this context; a new scope started here joins it.
-ACTIVE_SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
-    "dataflow_lab_scope", default=None
-)
 _savepoint_names = itertools.count(1)
 
 
@@ -69,8 +66,11 @@ class _Held:
         self.undo: list[Any] | None = None
 
 
-class Scope(RunContext):
-    """The connections and transactions of one run or one ``db.transaction()`` block."""
+class Scope:
+    """The connections and transactions of one run or one ``db.transaction()`` block.
+
+    It is the ``RunContext`` (nodes/base.py) every node runs with.
+    """
 
     def __init__(self, run_id: str, hooks: Any, *, parent: Scope | None = None, isolation: str | None = None):
         self.run_id = run_id
@@ -249,12 +249,10 @@ class Scope(RunContext):
 
     async def _undo(self, held: _Held) -> None:
         """Emulate ROLLBACK TO SAVEPOINT: write back the before-images, newest first."""
-        from .saga import compensate
-
         assert self.parent is not None and held.undo is not None, "a nested scope's undo"
         try:
             for step in reversed(held.undo):
-                await compensate(step, held.conn)
+                await step.undo(held.conn)  # a saga.SagaStep
         except Exception as exc:  # the outer transaction now holds half-undone writes: it must not commit
             self.parent.doomed = exc
             raise
@@ -346,8 +344,6 @@ class TransactionBlock:
         self._scope = self._token = None
 
     def __enter__(self) -> TransactionBlock:
-        from . import _loop
-
         self._enter()
         try:
             _loop.run(self._begin())
@@ -358,16 +354,12 @@ class TransactionBlock:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        from . import _loop
-
         try:
             _loop.run(self._end(exc_type is not None))
         finally:
             self._leave()
 
     async def __aenter__(self) -> TransactionBlock:
-        from . import _loop
-
         self._enter()
         try:
             await _loop.run_async(self._begin())
@@ -378,8 +370,6 @@ class TransactionBlock:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        from . import _loop
-
         try:
             await _loop.run_async(self._end(exc_type is not None))
         finally:

@@ -18,9 +18,18 @@ recovery on any participant knows where the decision lives.
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, cast
 
+from ._decisions import (
+    _IN_FLIGHT,
+    _LOCK_SQL,
+    DECISION_TABLE,
+    GID_PREFIX,
+    _ensure_decision_table,
+    _forget_decision,
+    _key_of,
+)
+from ._in_doubt import recover_in_doubt
 from .errors import TransactionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,11 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .transactions import Scope, _Held
 
 __all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "recover_in_doubt"]
-
-DECISION_TABLE = "dataflow_lab_2pc_decisions"
-GID_PREFIX = "dataflow_lab"
-_KEY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
-_LOCK_SQL = "hashtextextended($1, 0)"
 
 
 class InDoubtError(TransactionError):
@@ -50,11 +54,6 @@ class InDoubtError(TransactionError):
 
 class _SimulatedCrash(TransactionError):
     """Fault injection for tests: the process 'dies' with no resolution attempted."""
-
-
-async def _key_of(conn: Connection) -> str:
-    ident = (await conn.fetch(_KEY_SQL))[0][0]
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
 async def commit_two_phase(scope: Scope, begun: list[_Held]) -> None:
@@ -231,18 +230,6 @@ async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool 
         await dialect.release(conn)
 
 
-async def _ensure_decision_table(db: DataFlow, conn: Connection) -> None:
-    if getattr(db, "_decision_table_ready", False):
-        return
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {DECISION_TABLE} (gid text PRIMARY KEY, decided_at "
-        "timestamptz NOT NULL DEFAULT now(), outcome text NOT NULL DEFAULT 'commit', participants text[])"
-    )
-    for column in ("outcome text NOT NULL DEFAULT 'commit'", "participants text[]"):  # older tables
-        await conn.execute(f"ALTER TABLE {DECISION_TABLE} ADD COLUMN IF NOT EXISTS {column}")
-    db._decision_table_ready = True
-
-
 async def _record_decision(conn: Connection, gid: str, participants: list[str], db: DataFlow) -> None:
     await _ensure_decision_table(db, conn)
     rows = await conn.fetch(
@@ -252,24 +239,3 @@ async def _record_decision(conn: Connection, gid: str, participants: list[str], 
     )
     if not rows:
         raise TransactionError(f"a decision other than 'commit' was recorded for {gid} first")
-
-
-async def _forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> None:
-    """Every half committed: the decision row is not needed any more (a failure here is harmless)."""
-    dialect = await db._opened()
-    own = conn is None
-    try:
-        if conn is None:
-            conn = await dialect.acquire()
-        await conn.execute(f"DELETE FROM {DECISION_TABLE} WHERE gid = $1", [gid])
-    except Exception:  # recovery forgets it later, once it sees every participant resolved
-        pass
-    finally:
-        if own and conn is not None:
-            await dialect.release(conn)
-
-
-_IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
-
-
-from ._in_doubt import recover_in_doubt  # noqa: E402  (recovery reads this module's helpers)

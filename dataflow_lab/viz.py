@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataFlowError, ValidationError
+from .errors import DataFlowError, ValidationError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from .workflow import Workflow
@@ -67,8 +67,6 @@ def dot_available() -> bool:
 
 def _check_state(state: str) -> str:
     if state not in STATE_COLOURS:
-        from .errors import did_you_mean
-
         raise ValidationError(
             f"Unknown node state '{state}'.{did_you_mean(state, STATES)}",
             hint=f"states: {', '.join(STATES)}.",

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
-from .cycles import Cycle, find_cycles, plan
+from .access import check_nodes
+from .cycles import Cycle, find_cycles, plan, stable_order
 from .errors import DataFlowError, ValidationError, WorkflowValidationError, did_you_mean
 from .nodes.base import Node
 from .nodes.registry import resolve
@@ -273,7 +274,7 @@ class WorkflowBuilder:
         order: tuple[str, ...] = ()
         forward = {n: [c.source for c in inputs[n] if not c.cycle] for n in self._nodes}
         try:
-            order = _stable_order(forward)
+            order = stable_order(forward)
         except graphlib.CycleError as exc:
             cycle = " -> ".join(exc.args[1])
             problems.append(
@@ -292,8 +293,6 @@ class WorkflowBuilder:
         if problems:
             raise WorkflowValidationError(problems)
         if user is not None:
-            from .access import check_nodes
-
             check_nodes(self._nodes.values(), user)
         workflow_id = workflow_id or str(uuid.uuid4())
         metadata = {
@@ -377,21 +376,6 @@ def _check_complete(spec: NodeSpec, incoming: list[Connection]) -> list[str]:
 
 def _listing(names: Any) -> str:
     return ", ".join(names) or "none"
-
-
-def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
-    """Topological order that keeps insertion order among independent nodes."""
-    sorter = graphlib.TopologicalSorter(depends_on)
-    sorter.prepare()  # raises CycleError
-    rank = {node: i for i, node in enumerate(depends_on)}
-    order: list[str] = []
-    ready: list[str] = []
-    while sorter.is_active():
-        ready = sorted([*ready, *sorter.get_ready()], key=rank.__getitem__)
-        node = ready.pop(0)
-        order.append(node)
-        sorter.done(node)
-    return tuple(order)
 
 
 def output_keys(node_class: type[Node]) -> set[str] | None:

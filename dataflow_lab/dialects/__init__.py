@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..config import DataFlowConfig, redact_url
-from ..errors import ValidationError
+from ..errors import DataFlowError, ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Connection, Dialect
@@ -44,8 +44,6 @@ def require_driver(module: str, database: str, extra: str) -> None:
     except (ImportError, ValueError):  # ValueError: sys.modules[module] is None (import blocked)
         found = False
     if not found:
-        from ..errors import DataFlowError
-
         raise DataFlowError(
             f"{database} support needs the '{module}' driver, which is not installed.",
             hint=f"pip install 'dataflow-lab[{extra}]'",

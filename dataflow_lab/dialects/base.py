@@ -22,6 +22,8 @@ import sqlalchemy as sa
 
 from ..config import DataFlowConfig, scrub
 from ..errors import ConnectionError
+from ..query_count import count_statement, keep_statement
+from .connect_errors import generic_failure
 
 if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,7 +51,6 @@ def statement_note(echo: bool, observe: int) -> Note | None:
     """
     if not observe:
         return echo_sql if echo else None
-    from ..query_count import count_statement, keep_statement
 
     count = keep_statement if observe > 1 else count_statement
     if not echo:
@@ -355,7 +356,6 @@ class Dialect:
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
         """(message, hint) of a failed connect, one line each; dialects name what was wrong."""
-        from .connect_errors import generic_failure
 
         return generic_failure(exc, self.scrub(self.url))
 

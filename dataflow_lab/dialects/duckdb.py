@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import ValidationError
+from ..errors import DataFlowError, ValidationError
 from ..types import DECIMAL_DEFAULT
 from .base import Connection, Dialect, statement_note
 
@@ -135,8 +135,6 @@ class DuckDBDialect(Dialect):
         try:
             import duckdb_engine
         except ImportError as exc:  # pragma: no cover - depends on the install
-            from ..errors import DataFlowError
-
             raise DataFlowError(
                 "DuckDB support needs the duckdb extra.", hint="pip install 'dataflow-lab[duckdb]'"
             ) from exc

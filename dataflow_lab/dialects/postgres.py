@@ -21,6 +21,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from .base import Connection, PooledDialect
+from .connect_errors import postgres_failure
 
 _ISOLATION_SQL = {
     "read_uncommitted": "READ UNCOMMITTED", "read_committed": "READ COMMITTED",
@@ -152,8 +153,6 @@ class PostgresDialect(PooledDialect):
     from_db = {"json": _json_out, "uuid": _uuid_out, "datetime": _datetime_out}
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
-        from .connect_errors import postgres_failure
-
         return postgres_failure(exc, self.url)
 
     def _sa_dialect(self) -> sa.engine.Dialect:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import sqlalchemy as sa
 
 from .. import filters, tenancy
-from ..errors import ConcurrencyError, NotFoundError, ValidationError
+from ..errors import ConcurrencyError, DataFlowError, NotFoundError, ValidationError
 from ..model import ModelSchema
 from ..schema import ModelTable
 from ..types import LOGICAL_TYPES
@@ -34,8 +34,6 @@ class Records(list):
         try:
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - depends on the install
-            from ..errors import DataFlowError
-
             raise DataFlowError("DataFrames need pandas.", hint="pip install 'dataflow-lab[pandas]'") from exc
         return pd.DataFrame.from_records(list(self))
 

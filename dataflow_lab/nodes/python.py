@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..model import MISSING
-from .base import Node, Param, RunContext
+from .base import Node, NodeRef, Param, RunContext
 
 __all__ = ["python_node"]
 
@@ -104,6 +104,10 @@ def _in_daemon_thread(fn: Callable[..., Any], params: dict[str, Any]) -> asyncio
 class PythonNode(Node):
     operation = "python"
     fn: Callable[..., Any]
+
+    @classmethod
+    def pickle_ref(cls) -> NodeRef:
+        return python_node, (cls.fn,)
 
     async def run(self, ctx: RunContext) -> Any:
         if inspect.iscoroutinefunction(self.fn):

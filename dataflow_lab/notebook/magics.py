@@ -24,6 +24,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
+from ..access import User
 from ..config import redact_url
 from ..errors import BackfillRequiredError, DataFlowError, DestructiveMigrationError, did_you_mean
 from ..runtime import TRANSACTION_MODES
@@ -399,7 +400,6 @@ class DataFlowMagics(Magics):
         """``--user teacher``: the notebook's ``teacher`` when it is a User, else the name itself."""
         if word is None:
             return None
-        from ..access import User
 
         found = namespace.get(word)
         return found if isinstance(found, User) else word
