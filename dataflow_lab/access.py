@@ -20,7 +20,6 @@ from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import tenancy
 from .errors import AccessDeniedError, ValidationError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -146,6 +145,7 @@ def check_run(workflow: Workflow, user: Any, tenant: str | None) -> Mapping[Any,
 
     Called in the caller's thread, where ``with db.tenant(...)`` is visible.
     """
+    from . import tenancy
 
     check_nodes(workflow.nodes.values(), user)
     tenants = tenancy.captured(tenant)
@@ -164,6 +164,7 @@ def prepare_run(workflow: Workflow, user: Any, tenant: str | None, coro: Corouti
     The run itself happens on the background loop, so the tenants are captured here (``check_run``)
     and set again around it.
     """
+    from . import tenancy
     from .audit import run_as
 
     try:

@@ -31,7 +31,6 @@ from .monitoring import attach
 from .nodes import registry
 from .nodes.base import Node
 from .observability import Observability
-from .tenancy import tenant_scope
 from .transactions import ACTIVE_SCOPE, TransactionBlock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -209,6 +208,7 @@ class DataFlow(Observability):
 
     def tenant(self, tenant: str) -> Any:
         """``with db.tenant("acme"):``: multi_tenant models of this database see only acme's rows."""
+        from .tenancy import tenant_scope
 
         return tenant_scope(self, tenant)
 

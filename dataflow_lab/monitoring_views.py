@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataFlowError
-from .metrics_export import pool_health
 
 if TYPE_CHECKING:  # pragma: no cover
     from .anomaly import Anomaly
@@ -139,6 +138,7 @@ class CollectorViews:
 
     def dashboard(self) -> dict[str, Any]:
         """The spec's dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
+        from .metrics_export import pool_health
 
         with self._lock:
             totals = dict(self.workflows)

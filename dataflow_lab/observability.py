@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DataFlowError
-from .metrics_export import json_snapshot, prometheus_text, serve
 from .monitoring import detach
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,17 +39,20 @@ class Observability:
 
     def metrics_json(self) -> str:
         """A JSON snapshot: the dashboard, figures per node type, transaction alerts, anomalies."""
+        from .metrics_export import json_snapshot
 
         return json_snapshot(self._collector())
 
     def metrics_text(self) -> str:
         """The metrics in Prometheus text exposition format."""
+        from .metrics_export import prometheus_text
 
         return prometheus_text(self._collector())
 
     def serve_metrics(self, port: int = 0, *, host: str = "127.0.0.1") -> Any:
         """Serve Prometheus metrics on http://host:port/metrics (0: any free port); ``.close()`` stops it,
         and so does closing this DataFlow."""
+        from .metrics_export import serve
 
         server = serve(self._collector(), port, host=host)
         self._collector()._servers.append(server)  # its thread holds the collector: stopped at close()
