@@ -20,6 +20,7 @@ from .errors import (
     NotFoundError,
     TenantRequiredError,
     TransactionError,
+    UnknownNodeTypeError,
     ValidationError,
     WorkflowValidationError,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "SwitchNode",
     "TenantRequiredError",
     "TransactionError",
+    "UnknownNodeTypeError",
     "User",
     "ValidationError",
     "Workflow",

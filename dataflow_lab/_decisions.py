@@ -13,23 +13,32 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .dialects import Connection
 
-__all__ = ["DECISION_TABLE", "GID_PREFIX"]
+__all__ = [
+    "DECISION_TABLE",
+    "GID_PREFIX",
+    "IN_FLIGHT",
+    "LOCK_SQL",
+    "ensure_decision_table",
+    "forget_decision",
+    "key_of",
+]
 
 DECISION_TABLE = "dataflow_lab_2pc_decisions"
 GID_PREFIX = "dataflow_lab"
 _KEY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
-_LOCK_SQL = "hashtextextended($1, 0)"
+LOCK_SQL = "hashtextextended($1, 0)"
+_DECISION_KEY = (DECISION_TABLE, "2pc")  # its readiness, kept with the database's tables
 
-_IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
+IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
 
 
-async def _key_of(conn: Connection) -> str:
+async def key_of(conn: Connection) -> str:
     ident = (await conn.fetch(_KEY_SQL))[0][0]
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
-async def _ensure_decision_table(db: DataFlow, conn: Connection) -> None:
-    if getattr(db, "_decision_table_ready", False):
+async def ensure_decision_table(db: DataFlow, conn: Connection) -> None:
+    if db.database.is_ready(_DECISION_KEY):
         return
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {DECISION_TABLE} (gid text PRIMARY KEY, decided_at "
@@ -37,12 +46,12 @@ async def _ensure_decision_table(db: DataFlow, conn: Connection) -> None:
     )
     for column in ("outcome text NOT NULL DEFAULT 'commit'", "participants text[]"):  # older tables
         await conn.execute(f"ALTER TABLE {DECISION_TABLE} ADD COLUMN IF NOT EXISTS {column}")
-    db._decision_table_ready = True
+    db.database.mark_ready(_DECISION_KEY)
 
 
-async def _forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> None:
+async def forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> None:
     """Every half committed: the decision row is not needed any more (a failure here is harmless)."""
-    dialect = await db._opened()
+    dialect = await db.database.open()
     own = conn is None
     try:
         if conn is None:

@@ -135,7 +135,7 @@ class LocalRuntime:
         records = self._records[run_id] = [] if emit.wants("after_workflow") else None
         try:
             for dataflow, table in workflow.models():
-                await dataflow._ensure_table(table, parent)
+                await dataflow.database.ensure_table(table, parent)
             mode = "workflow" if parent is not None else await self._resolve_mode(workflow)
             whole_run = mode in ("workflow", "2pc") and parent is None
             for attempt in range(1, (self.retry if whole_run else _ONCE).attempts + 1):
@@ -242,7 +242,7 @@ class LocalRuntime:
             return
         from . import saga_log
 
-        saga_log._IN_FLIGHT.add(run_id)  # its log entries are not owed compensations while it runs
+        saga_log.IN_FLIGHT.add(run_id)  # its log entries are not owed compensations while it runs
         try:
             await walk.run()
         except Exception as exc:
@@ -251,7 +251,7 @@ class LocalRuntime:
         else:
             await saga_log.forget_run(run_id, steps)
         finally:
-            saga_log._IN_FLIGHT.discard(run_id)
+            saga_log.IN_FLIGHT.discard(run_id)
 
     async def _in_own_transaction(
         self,
@@ -297,8 +297,8 @@ class LocalRuntime:
         dataflows = workflow.dataflows()
         if len(dataflows) <= 1:
             return "workflow"
-        if all(db.dialect == "postgresql" for db in dataflows):
-            if all([await db._allows_two_phase() for db in dataflows]):
+        if all(db.database.dialect.supports_two_phase for db in dataflows):
+            if all([await db.database.allows_two_phase() for db in dataflows]):
                 return "2pc"
         return "saga"
 
@@ -381,7 +381,7 @@ class LocalRuntime:
         except Exception as exc:
             error = NodeExecutionError.wrap(node_id, cls.type_name, exc)
             if cls.dataflow is not None:
-                scrubbed = cls.dataflow._dialect.scrub(str(error))
+                scrubbed = cls.dataflow.database.dialect.scrub(str(error))
                 if scrubbed != str(error):
                     error.args = (scrubbed,)
             raise error from exc

@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from ._decisions import (
-    _IN_FLIGHT,
-    _LOCK_SQL,
     DECISION_TABLE,
     GID_PREFIX,
-    _ensure_decision_table,
-    _forget_decision,
-    _key_of,
+    IN_FLIGHT,
+    LOCK_SQL,
+    ensure_decision_table,
+    forget_decision,
+    key_of,
 )
 from ._in_doubt import recover_in_doubt
 from .errors import TransactionError
@@ -59,29 +59,29 @@ class _SimulatedCrash(TransactionError):
 async def commit_two_phase(scope: Scope, begun: list[_Held]) -> None:
     """PREPARE everywhere; record the decision on the coordinator; COMMIT PREPARED everywhere."""
     for held in begun:
-        if not hasattr(held.conn, "prepare"):
+        if not held.dataflow.database.dialect.supports_two_phase:
             raise TransactionError(
                 f"Two-phase commit needs PostgreSQL; {held.dataflow!r} cannot prepare a transaction.",
                 hint="use transaction='saga' across other databases.",
             )
     coordinator = begun[0]
-    keys = [await _key_of(held.conn) for held in begun]
+    keys = [await key_of(held.conn) for held in begun]
     gid = f"{GID_PREFIX}:{keys[0]}:{scope.run_id}"  # the decision's name; each database prepares gid:<n>
     alive = await _hold_liveness_lock(coordinator.dataflow, gid)
-    _IN_FLIGHT.add(gid)
+    IN_FLIGHT.add(gid)
     try:
         await _two_phase(scope, begun, gid, keys)
     finally:
-        _IN_FLIGHT.discard(gid)
+        IN_FLIGHT.discard(gid)
         await _release_liveness_lock(coordinator.dataflow, alive, gid)
 
 
 async def _hold_liveness_lock(db: DataFlow, gid: str) -> Connection:
     """A session advisory lock on the coordinator, held while this process commits ``gid``."""
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        await conn.fetch(f"SELECT pg_advisory_lock({_LOCK_SQL})", [gid])
+        await conn.fetch(f"SELECT pg_advisory_lock({LOCK_SQL})", [gid])
     except BaseException:
         await dialect.release(conn)
         raise
@@ -90,11 +90,11 @@ async def _hold_liveness_lock(db: DataFlow, gid: str) -> Connection:
 
 async def _release_liveness_lock(db: DataFlow, conn: Connection, gid: str) -> None:
     try:
-        await conn.fetch(f"SELECT pg_advisory_unlock({_LOCK_SQL})", [gid])
+        await conn.fetch(f"SELECT pg_advisory_unlock({LOCK_SQL})", [gid])
     except Exception:  # a dead session has released its lock already
         pass
     finally:
-        await db._dialect.release(conn)
+        await db.database.release(conn)
 
 
 async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]) -> None:
@@ -106,7 +106,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
         except Exception as exc:
             await _abort_prepare(scope, begun, gids, len(prepared), exc)
         prepared.append(held)
-        scope._event(held.dataflow, "prepare")
+        scope.record_event(held.dataflow, "prepare")
     coordinator = begun[0]
     try:
         await _record_decision(coordinator.conn, gid, keys, coordinator.dataflow)
@@ -123,8 +123,8 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
             await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=committed)
             return
         committed.add(n)
-        scope._event(held.dataflow, "commit", held)
-    await _forget_decision(coordinator.dataflow, coordinator.conn, gid)
+        scope.record_event(held.dataflow, "commit", held)
+    await forget_decision(coordinator.dataflow, coordinator.conn, gid)
 
 
 async def _abort_prepare(
@@ -144,7 +144,7 @@ async def _abort_prepare(
             except Exception:
                 ok = False
         states[held.dataflow.url] = "rolled back" if ok else "prepared, no decision (recovery rolls it back)"
-    scrub = begun[done].dataflow._dialect.scrub
+    scrub = begun[done].dataflow.database.dialect.scrub
     raise InDoubtError(
         f"PREPARE TRANSACTION failed on {begun[done].dataflow!r}: {scrub(str(exc))}. "
         f"State: {_describe(states)}",
@@ -170,14 +170,14 @@ async def _resolve_after_prepare(
         elif await _try_finish(held.dataflow, part, commit=outcome == "commit", missing_ok=True):
             states[url] = "committed" if outcome == "commit" else "rolled back"
             if outcome == "commit":
-                scope._event(held.dataflow, "commit", held)
+                scope.record_event(held.dataflow, "commit", held)
         else:
             verb = "commits" if outcome == "commit" else "rolls back"
             states[url] = f"prepared, decision '{outcome}' (recover_in_doubt() {verb} it)"
     if outcome == "commit" and all(s == "committed" for s in states.values()):
-        await _forget_decision(coordinator, None, gid)
+        await forget_decision(coordinator, None, gid)
         return  # every half committed, exactly once: the run succeeded
-    scrub = begun[0].dataflow._dialect.scrub
+    scrub = begun[0].dataflow.database.dialect.scrub
     nothing = all(s != "committed" for s in states.values()) and outcome != "commit"
     raise InDoubtError(
         f"Two-phase commit {gid} failed after PREPARE: {scrub(str(exc))}. State: {_describe(states)}",
@@ -194,12 +194,12 @@ def _describe(states: dict[str, str]) -> str:
 async def _settle(db: DataFlow, gid: str) -> str | None:
     """The decision for ``gid``: the recorded one, else 'abort' (recorded now); None if unreachable."""
     try:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
     except Exception:
         return None
     try:
-        await _ensure_decision_table(db, conn)
+        await ensure_decision_table(db, conn)
         await conn.execute(
             f"INSERT INTO {DECISION_TABLE} (gid, outcome) VALUES ($1, 'abort') ON CONFLICT DO NOTHING", [gid]
         )
@@ -214,14 +214,14 @@ async def _settle(db: DataFlow, gid: str) -> str | None:
 async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool = True) -> bool:
     """COMMIT/ROLLBACK PREPARED on a fresh connection; a gid no longer prepared counts as done."""
     try:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
     except Exception:
         return False
     try:
         rows = await conn.fetch("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", [gid])
         if rows:
-            await conn.finish_prepared(gid, commit=commit)
+            await cast("TwoPhaseConnection", conn).finish_prepared(gid, commit=commit)
             return True
         return missing_ok
     except Exception:
@@ -231,7 +231,7 @@ async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool 
 
 
 async def _record_decision(conn: Connection, gid: str, participants: list[str], db: DataFlow) -> None:
-    await _ensure_decision_table(db, conn)
+    await ensure_decision_table(db, conn)
     rows = await conn.fetch(
         f"INSERT INTO {DECISION_TABLE} (gid, outcome, participants) VALUES ($1, 'commit', $2) "
         "ON CONFLICT DO NOTHING RETURNING gid",

@@ -12,11 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import DataFlowConfig, redact_url
 from ..errors import DataFlowError, ValidationError
+from .kinds import register_kind, transient_reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Connection, Dialect
 
-__all__ = ["Connection", "Dialect", "check_url", "dialect_for", "require_driver"]
+__all__ = [
+    "Connection",
+    "Dialect",
+    "check_url",
+    "dialect_for",
+    "register_kind",
+    "require_driver",
+    "transient_reason",
+]
 
 # scheme -> (dialect module, class, driver module, pip extra, database name)
 _DIALECTS = {
