@@ -225,6 +225,31 @@ class DataFlow(Observability):
         return count
 
     # -- health and lifecycle ----------------------------------------------------
+    def create_tables(self) -> list[str]:
+        """Open the database and create (or migrate) every model's table now, not at first use.
+
+        The same checks apply as at first use (``auto_migrate``, destructive changes). Returns
+        the models whose tables are ready, in definition order.
+        """
+        self.database.check_open()
+        return _loop.run(self._create_tables())
+
+    async def initialize(self) -> list[str]:
+        """``create_tables()`` for async code (kailash-dataflow's spelling: ``await db.initialize()``)."""
+        self.database.check_open()
+        return await _loop.run_async(self._create_tables())
+
+    async def _create_tables(self) -> list[str]:
+        database = self.database
+        await database.open()
+        for table in list(database.tables.values()):
+            await database.ensure_table(table)
+        return list(database.tables)
+
+    async def close_async(self) -> None:
+        """``close()`` for async code (also ``async with DataFlow(...)``)."""
+        await _loop.run_async(self.aclose())
+
     def pool_status(self) -> dict[str, Any]:
         """Connection pool figures (size, checked out, overflow...)."""
         database = self.database

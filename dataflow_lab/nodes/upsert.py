@@ -87,6 +87,14 @@ class Upsert(ModelNode):
         names = self.params["conflict_on"] or (sorted(where) if self.model.is_unique(where) else None)
         return None if names is None else self.conflict_target(names)
 
+    def _null_key(self) -> bool:
+        """A conflict_on key holding NULL matches no row: UNIQUE treats NULLs as distinct, so it inserts.
+
+        That is what the database does, and what BulkUpsert does with the same rows.
+        """
+        names, where = self._conflict_on(), self.params["where"]
+        return names is not None and any(n in where and where[n] is None for n in names)
+
     def _find_statement(self, where: dict[str, Any]) -> Any:
         """The id of the guarded row matching ``where``, in any state, and what the behaviours read of it."""
         t = self.mt.table
@@ -97,7 +105,7 @@ class Upsert(ModelNode):
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         now, conn = self.now(), await ctx.connection(self.dataflow)
         for _attempt in range(2):  # a row inserted between our find and our insert: find it again
-            found = await self._find(conn, self.params["where"])
+            found = None if self._null_key() else await self._find(conn, self.params["where"])
             if found is not None:
                 return {"created": False, "record": await self._update_found(ctx, conn, *found, now)}
             inserted = await self._insert(conn, now)
