@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+
 IN_MEMORY = "sqlite:///:memory:"
 
 
@@ -14,7 +16,6 @@ def demo(database_url: str | None = None) -> int:
     ``DATABASE_URL`` is deliberately not read: the demo creates a ``users`` table and
     writes to it, which must never happen to a real database by accident.
     """
-    from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
 
     db = DataFlow(database_url or IN_MEMORY)
     print(f"1. db = DataFlow()          -> {db!r} ({db.dialect}, {db.config.environment})")

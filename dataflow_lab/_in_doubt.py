@@ -12,13 +12,14 @@ databases searched and none of them still holds a prepared half.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from . import two_phase as tp
+from . import _decisions as tp  # the two-phase decision records
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .dialects import Connection
+    from .dialects.base import TwoPhaseConnection
 
 __all__ = ["recover_in_doubt"]
 
@@ -141,7 +142,7 @@ async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
     dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        await conn.finish_prepared(gid, commit=commit)
+        await cast("TwoPhaseConnection", conn).finish_prepared(gid, commit=commit)
     finally:
         await dialect.release(conn)
 
@@ -161,8 +162,9 @@ async def _forget_resolved(seen: list[_Seen], by_key: dict[str, _Seen]) -> None:
         for base, (_, participants) in list(s.decisions.items()):
             if base in tp.IN_FLIGHT:
                 continue
-            where = [by_key.get(p) for p in participants] if participants else [s]
-            if any(w is None for w in where):
+            found = [by_key.get(p) for p in participants] if participants else [s]
+            where = [w for w in found if w is not None]
+            if len(where) < len(found):
                 continue  # a participant not searched may still hold its half: keep the decision
             if any([await _still_prepared(w.db, base) for w in where]):
                 continue

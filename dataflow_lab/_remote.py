@@ -13,14 +13,19 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from . import _loop
+from . import _loop, tenancy
 from .model import ModelSchema
 from .nodes import registry
 from .retry import RetryPolicy
 from .routing import Skipped, live_connections
+from .runtime import LocalRuntime
 from .workflow import Connection, NodeSpec, Workflow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataflow import DataFlow
+    from .nodes.model_node import ModelNode
 
 __all__ = ["NodeTask", "Outcome", "compensate", "dataflow_from_description", "run_node"]
 
@@ -30,15 +35,15 @@ _LOCK = threading.Lock()
 
 
 def dataflow_from_description(
+    cls: type[DataFlow],
     token: str,
     url: str,
     options: dict[str, Any],
     schemas: tuple[ModelSchema, ...],
     reflected: frozenset[str] = frozenset(),
-) -> Any:
-    """The DataFlow a description names: the original in its own process, else one rebuilt here."""
-    from .dataflow import DataFlow
-
+) -> DataFlow:
+    """The DataFlow a description names: the original in its own process, else one rebuilt here
+    (``cls``: DataFlow, passed by its pickle so that this module need not import it)."""
     with _LOCK:
         for live in registry.live_dataflows():
             if live.database.token == token:
@@ -48,7 +53,7 @@ def dataflow_from_description(
         if db is None or db.database.closed:
             # monitoring stays off on workers (nobody reads their collectors); the models arrive with the
             # description, so nothing is reflected at start
-            db = DataFlow(url, **{**options, "monitoring": False, "existing_schema": False})
+            db = cls(url, **{**options, "monitoring": False, "existing_schema": False})
             db.database.token = token
         _REBUILT[token] = db
         while len(_REBUILT) > _KEEP:
@@ -105,7 +110,6 @@ def run_node(task: NodeTask, sources: tuple[str, ...], *upstream: Outcome) -> Ou
     live = live_connections(task.incoming, results, task.routers)
     if isinstance(live, str):
         return Outcome(Skipped(live))
-    from . import tenancy
     from .audit import run_as
 
     run = tenancy.run_with(MappingProxyType(task.tenants), _run(task, tuple(live), results))
@@ -113,8 +117,6 @@ def run_node(task: NodeTask, sources: tuple[str, ...], *upstream: Outcome) -> Ou
 
 
 async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, Any]) -> Outcome:
-    from .runtime import LocalRuntime
-
     cls = registry.resolve_ref(task.ref)
     checked = cls.check(task.params, node_id=task.node_id, partial=True)
     spec = NodeSpec(task.node_id, cls, MappingProxyType(dict(task.params)), MappingProxyType(checked))
@@ -127,7 +129,7 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
         inputs=MappingProxyType({}),
     )
     if cls.dataflow is not None and cls.model is not None:
-        await cls.dataflow.database.ensure_table(cls.mt)
+        await cls.dataflow.database.ensure_table(cast("type[ModelNode]", cls).mt)  # a node with a model
     runtime = LocalRuntime(transaction=task.mode, retry=task.retry, isolation=task.isolation)
     steps: list | None = [] if task.mode == "saga" else None
     started = time.perf_counter()
@@ -139,7 +141,6 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
 
 def compensate(steps: list, run_id: str, retry: RetryPolicy) -> list[dict[str, Any]]:
     """Undo committed saga steps newest first, on this worker (see ``saga.compensate_steps``)."""
-    from .runtime import LocalRuntime
 
     runtime = LocalRuntime(transaction="saga", retry=retry)
     return _loop.run(runtime._compensate(steps, run_id))

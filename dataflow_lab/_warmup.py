@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .config import DataFlowConfig
 from .dialects import check_url, dialect_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -78,7 +79,6 @@ def _ready_dialect(config: DataFlowConfig) -> Dialect:
 
 def warm_imports() -> Warm:
     """Import what a first run on SQLite needs, in the background (``%load_ext``); errors wait for use."""
-    from .config import DataFlowConfig
 
     return Warm(lambda: _import_quietly(_ready_dialect, DataFlowConfig.from_env("sqlite:///:memory:")))
 

@@ -22,13 +22,15 @@ from collections.abc import Coroutine, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import sqlalchemy as sa
 
-from . import _loop
+from . import _loop, tenancy
 from .errors import ValidationError
+from .query_count import ACTIVE_SCOPE
 from .schema import ModelTable, internal_table
+from .transactions import borrowed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -131,7 +133,7 @@ async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, di
     to_db = [table.to_db] * len(_COLUMNS)
     rows = []
     for before, after in changes:
-        row_id = (after or before)["id"]
+        row_id = (after or before or {})["id"]
         values = (
             node.model.name,
             str(row_id),
@@ -160,9 +162,7 @@ def history(
     A multi_tenant model's entries are the caller's tenant's only (``tenant=``, else
     ``with db.tenant(...)``), like every other read; no tenant set is an error.
     """
-    schema = dataflow.models.get(model if isinstance(model, str) else model.__name__)
-    if schema is None:
-        dataflow.table(model)  # raises, naming the model and the fix
+    schema = dataflow.table(model).model  # raises for an unknown model, naming it and the fix
     if not schema.audit_log:
         raise ValidationError(
             f"Model '{schema.name}' is not audited, so it has no audit history.",
@@ -170,11 +170,8 @@ def history(
         )
     owner = None
     if schema.multi_tenant:
-        from . import tenancy
-
         owner = tenancy.check_tenant(tenant) if tenant is not None else None
         owner = owner or tenancy.require(dataflow, schema, f"db.audit({schema.name!r})")
-    from .transactions import ACTIVE_SCOPE
 
     return _loop.run(_history(dataflow, schema, record_id, owner, ACTIVE_SCOPE.get()))
 
@@ -190,7 +187,6 @@ def _owned_by(row: dict[str, Any], tenant: str | None) -> bool:
 async def _history(
     dataflow: DataFlow, schema: Any, record_id: Any, tenant: str | None = None, scope: Any = None
 ) -> list[AuditEntry]:
-    from .transactions import borrowed
 
     table = audit_table(dataflow)
     await dataflow.database.ensure_table(table, scope)  # inside db.transaction(): on the block's connection
@@ -220,6 +216,10 @@ async def _history(
 
 
 # -- values <-> JSON -------------------------------------------------------------------------
+@overload
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _jsonable(row: None) -> None: ...
 def _jsonable(row: dict[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -238,6 +238,10 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+@overload
+def _typed(schema: Any, values: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def _typed(schema: Any, values: None) -> None: ...
 def _typed(schema: Any, values: dict[str, Any] | None) -> dict[str, Any] | None:
     """JSON values back to the model's Python types (fields the model no longer has stay as stored)."""
     if values is None:

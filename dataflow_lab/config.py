@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from .errors import ValidationError, did_you_mean, refuse_unknown_options
@@ -100,7 +101,7 @@ class DataFlowConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"database_url", "environment"}
         refuse_unknown_options("DataFlow", options, known)
         url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
-        values = {**PRESETS[environment], **options}
+        values: dict[str, Any] = {**PRESETS[environment], **options}
         _check_interval(values.get("health_check_interval"))
         return cls(database_url=url, environment=environment, **values)
 

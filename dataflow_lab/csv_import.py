@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ValidationError, did_you_mean
 from .rows import parse_csv_value
+from .runtime import LocalRuntime
+from .workflow import WorkflowBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -32,8 +34,6 @@ def import_csv(
     runtime: Any = None,
 ) -> dict[str, Any]:
     """Import a CSV file (header row = field names) into ``model``'s table; returns BulkCreate's output."""
-    from .runtime import LocalRuntime
-    from .workflow import WorkflowBuilder
 
     table = db.table(model)
     _check_header(table.model, path, delimiter, encoding)

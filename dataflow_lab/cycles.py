@@ -19,6 +19,7 @@ Declared cycles may not share nodes (no nesting).
 
 from __future__ import annotations
 
+import graphlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,6 @@ def find_cycles(
 
 def plan(order: Iterable[str], forward: Iterable[tuple[str, str]], cycles: list[Cycle]) -> tuple:
     """The run order with each cycle as one step: node ids and Cycle objects, dependencies first."""
-    from .workflow import _stable_order  # the same tie-breaking as the workflow's own order
 
     unit = {n: n for n in order}
     for cycle in cycles:
@@ -100,4 +100,19 @@ def plan(order: Iterable[str], forward: Iterable[tuple[str, str]], cycles: list[
         if unit[source] != unit[target]:
             depends[unit[target]].append(unit[source])
     by_target = {cycle.target: cycle for cycle in cycles}
-    return tuple(by_target.get(u, u) for u in _stable_order(depends))
+    return tuple(by_target.get(u, u) for u in stable_order(depends))
+
+
+def stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
+    """Topological order that keeps insertion order among independent nodes."""
+    sorter = graphlib.TopologicalSorter(depends_on)
+    sorter.prepare()  # raises CycleError
+    rank = {node: i for i, node in enumerate(depends_on)}
+    order: list[str] = []
+    ready: list[str] = []
+    while sorter.is_active():
+        ready = sorted([*ready, *sorter.get_ready()], key=rank.__getitem__)
+        node = ready.pop(0)
+        order.append(node)
+        sorter.done(node)
+    return tuple(order)

@@ -27,9 +27,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from ._loop import run
+from ._remote import NodeTask, compensate, run_node
+from .access import check_run, user_name
 from .cycles import Cycle
 from .errors import ValidationError, refuse_unknown_options
 from .hooks import Hooks, _Fanout
+from .nodes.registry import node_ref
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
 from .runtime import keyword_options
@@ -102,7 +106,6 @@ class DaskRuntime:
         ``user`` and ``tenant`` as for LocalRuntime: grants are checked here, and each task
         runs as the user (the audit log's "who") within the captured tenants.
         """
-        from .access import check_run, user_name
 
         workflow, overrides = prepare(workflow, parameters)
         _check_shareable(workflow)
@@ -168,8 +171,6 @@ class _DaskRun:
         self.committed: list[Any] = []  # the Outcomes of every node that finished
 
     def go(self) -> None:
-        from ._loop import run
-
         for dataflow, table in self.workflow.models():  # once, here, rather than racing on every worker
             run(dataflow.database.ensure_table(table))
         failure: BaseException | None = None
@@ -192,7 +193,7 @@ class _DaskRun:
                 self.results[node_id] = outcomes[node_id].result
         if failure is not None:
             if self.runtime.transaction == "saga":
-                failure.compensations = self._compensate()
+                setattr(failure, "compensations", self._compensate())  # noqa: B010 - any exception
             raise failure
         if self.runtime.transaction == "saga":  # it succeeded: its saga log owes nothing
             from . import saga_log
@@ -201,9 +202,6 @@ class _DaskRun:
             run(saga_log.forget_run(self.run_id, steps))
 
     def _submit(self, node_id: str, key: str) -> Any:
-        from ._remote import NodeTask, run_node
-        from .nodes.registry import node_ref
-
         spec = self.workflow.nodes[node_id]
         incoming = self.workflow.inputs.get(node_id, ())
         sources = tuple(dict.fromkeys(c.source for c in incoming if c.source in self.latest))
@@ -289,8 +287,6 @@ class _DaskRun:
         )
 
     def _compensate(self) -> list[dict[str, Any]]:
-        from ._remote import compensate
-
         committed = sorted(self.committed, key=lambda outcome: outcome.finished)
         steps = [step for outcome in committed for step in outcome.saga_steps]
         if not steps:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._warmup import Warm, dialect_now_or_soon
 from .errors import DataFlowError
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dialects import Connection, Dialect
     from .model import ModelSchema
     from .nodes.base import Node
+    from .nodes.model_node import ModelNode
 
 __all__ = ["Database"]
 
@@ -99,9 +100,12 @@ class Database:
         self.check_open()
         if self._open_future is None:
             self._open_future = asyncio.ensure_future(self.dialect.open())
-            self._open_future.add_done_callback(
-                lambda f: f.cancelled() or f.exception() or self.health.start()
-            )
+
+            def opened(future: asyncio.Future) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    self.health.start()
+
+            self._open_future.add_done_callback(opened)
         try:
             await asyncio.shield(self._open_future)
         except Exception as exc:
@@ -229,19 +233,22 @@ class Database:
         for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS):
             bulk = "Bulk" if op in BULK_OPERATIONS else ""
             name = f"{schema.name}{bulk}{op.op_name}Node"
-            node_cls = type(
-                name,
-                (op,),
-                {
-                    "type_name": name,
-                    "dataflow": self.dataflow,
-                    "model": schema,
-                    "model_name": schema.name,
-                    "mt": table,
-                    "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
-                    "__module__": "dataflow_lab.dataflow",
-                    "__doc__": f"{op.description} Generated for model {schema.name}.",
-                },
+            node_cls = cast(
+                "type[ModelNode]",
+                type(
+                    name,
+                    (op,),
+                    {
+                        "type_name": name,
+                        "dataflow": self.dataflow,
+                        "model": schema,
+                        "model_name": schema.name,
+                        "mt": table,
+                        "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
+                        "__module__": "dataflow_lab.dataflow",
+                        "__doc__": f"{op.description} Generated for model {schema.name}.",
+                    },
+                ),
             )
             node_cls.parameters = node_cls.make_parameters(schema)
             self.nodes[name] = node_cls

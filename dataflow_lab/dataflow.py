@@ -17,17 +17,23 @@ import dataclasses
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _loop
+from .access import grant
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
 from .errors import ValidationError
 from .health import HealthReport
 from .model import ModelSchema, parse_model
+from .monitoring import attach
 from .nodes import registry
 from .observability import Observability
+from .transactions import ACTIVE_SCOPE, TransactionBlock
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .schema import ModelTable
 
 __all__ = ["DataFlow"]
 
@@ -48,8 +54,6 @@ class DataFlow(Observability):
         _track(self)
         self._monitor = None
         if self.config.monitoring:
-            from .monitoring import attach
-
             self._monitor = attach(self)
         if self.config.existing_schema:
             try:
@@ -86,7 +90,7 @@ class DataFlow(Observability):
         from .schema import ModelTable
 
         self.database.install(schema, ModelTable(schema, dialect))
-        cls.__dataflow_model__ = schema
+        setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
         return cls
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
@@ -96,7 +100,6 @@ class DataFlow(Observability):
         tables are never created, altered or migrated. See migrations/reflect.py for the rules.
         """
         from .migrations.reflect import reflect
-        from .transactions import ACTIVE_SCOPE
 
         self.database.check_open()
         return _loop.run(reflect(self, tables, ACTIVE_SCOPE.get()))
@@ -114,13 +117,8 @@ class DataFlow(Observability):
         url = options.pop("database_url")
         database = self.database
         schemas = tuple(database.models.values())
-        return dataflow_from_description, (
-            database.token,
-            url,
-            options,
-            schemas,
-            frozenset(database.reflected),
-        )
+        description = (database.token, url, options, schemas, frozenset(database.reflected))
+        return dataflow_from_description, (type(self), *description)
 
     def _check_redefinition(self, schema: ModelSchema) -> None:
         for other in self.database.models.values():
@@ -141,7 +139,7 @@ class DataFlow(Observability):
     def models(self) -> Mapping[str, ModelSchema]:
         return MappingProxyType(self.database.models)
 
-    def table(self, model: type | str) -> Any:
+    def table(self, model: type | str) -> ModelTable:
         name = model if isinstance(model, str) else model.__name__
         try:
             return self.database.tables[name]
@@ -161,7 +159,6 @@ class DataFlow(Observability):
 
         Once a database has any grant, runs need a ``User`` whose roles hold the grants (access.py).
         """
-        from .access import grant
 
         grant(self, role, model, ops)
 
@@ -189,7 +186,6 @@ class DataFlow(Observability):
         Workflows run inside it join it; a nested block is a savepoint; an exception
         rolls the block back and propagates unchanged.
         """
-        from .transactions import TransactionBlock
 
         self.database.check_open()
         return TransactionBlock(self, isolation)
@@ -201,7 +197,7 @@ class DataFlow(Observability):
         start-up recovery it leaves transactions younger than ``in_doubt_grace`` alone unless
         ``force=True``; never one whose coordinating process is still alive.
         """
-        from .two_phase import recover_in_doubt
+        from ._in_doubt import recover_in_doubt
 
         grace = 0.0 if force else self.config.in_doubt_grace
         return _loop.run(recover_in_doubt([self, *others], min_age=grace))

@@ -253,7 +253,7 @@ class CycleNotConvergedError(DataFlowError):
         )
 
 
-def _restore_error(cls: type, args: tuple, state: dict) -> BaseException:
+def _restore_error(cls: type[BaseException], args: tuple, state: dict) -> BaseException:
     error = cls.__new__(cls)
     Exception.__init__(error, *args)
     error.__dict__.update(state)
@@ -269,10 +269,10 @@ def _restore_node_error(
     return error
 
 
-_COMBINED: dict[type, type] = {}
+_COMBINED: dict[type, type[NodeExecutionError]] = {}
 
 
-def _combined_class(cause_cls: type) -> type:
+def _combined_class(cause_cls: type) -> type[NodeExecutionError]:
     combined = _COMBINED.get(cause_cls)
     if combined is None:
         combined = type(

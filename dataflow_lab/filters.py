@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import ValidationError, did_you_mean
-from .model import ModelSchema
+from .model import ModelSchema, check_value
 from .types import ANY_DECIMAL, decimal_bound
 
 __all__ = ["OPERATORS", "normalize", "normalize_order_by", "to_sql", "order_clauses"]
@@ -28,8 +28,6 @@ MAX_DEPTH = 32  # nesting of $and/$or/$not; deeper documents would overflow the 
 
 def normalize(model: ModelSchema, doc: Any, *, node: str = "", depth: int = 0) -> dict[str, Any]:
     """Check a filter document; return a copy with values coerced."""
-    from .schema import check_value
-
     if doc is None:
         return {}
     _check_depth(model, node, depth)
@@ -152,7 +150,7 @@ def _comparand(f: Any) -> Any:
     return replace(f, type=ANY_DECIMAL) if f.type.name == "decimal" else f
 
 
-def _no_none(model: ModelSchema, f: Any, op: str, node: str) -> None:
+def _no_none(model: ModelSchema, f: Any, op: str, node: str) -> NoReturn:
     raise ValidationError(
         f"{_where(model, node)}{op} on '{f.name}' cannot compare with None.",
         hint='use {"$null": true} or {"$eq": None} to find missing values.',
@@ -220,7 +218,7 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
         )
 
     bounds = mt.dialect.decimal_bounds(field.type.digits) if field.type.name == "decimal" else None
-    parts = []
+    parts: list[sa.ColumnElement[bool]] = []
     for op, value in cond.items():
         if bounds is not None and value is not None:
             op, value = decimal_bound(op, value, bounds)

@@ -17,6 +17,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import DataFlowError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
 
@@ -143,6 +145,8 @@ class HealthMonitor:
 
     async def check(self) -> HealthReport:
         db = self._dataflow()
+        if db is None:  # pragma: no cover - the DataFlow itself asks, so it is alive
+            raise DataFlowError("The DataFlow this health monitor probes was closed and collected.")
         timeout = min(10.0, db.config.pool_timeout or 10.0)
         try:
             dialect = await db.database.open()

@@ -36,6 +36,8 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+from .errors import ValidationError
+
 __all__ = ["EVENTS", "NODE_RECORD", "Hooks", "global_hooks", "subscribe", "subscribe_weakly", "unsubscribe"]
 
 log = logging.getLogger("dataflow_lab.hooks")
@@ -63,8 +65,6 @@ class Hooks:
     def subscribe(self, subscriber: Any) -> Any:
         """Add a subscriber (returned, so this works as a decorator for classes' instances)."""
         if not any(callable(getattr(subscriber, e, None)) for e in EVENTS):
-            from .errors import ValidationError
-
             raise ValidationError(
                 f"{subscriber!r} has none of the hook methods.",
                 hint=f"define one or more of: {', '.join(EVENTS)}.",

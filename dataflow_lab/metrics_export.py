@@ -34,7 +34,7 @@ def pool_health(
     """
     probe = status.get("health_status")
     active = int(status.get("checked_out") or 0)
-    size = status.get("size") if isinstance(status.get("size"), int) else 1
+    size = status["size"] if isinstance(status.get("size"), int) else 1
     queue = "QueuePool" in str(status.get("pool") or "")
     capacity = max(1, size + (max(0, max_overflow) if queue else 0))
     waiting = int(status.get("waiting") or 0)

@@ -214,7 +214,7 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
             f"Model '{name}' declares no fields.", hint="annotate fields on the class, e.g. `name: str`."
         )
     fields = [_id_field(name, hints.pop("id", None))]
-    flags = _flags(cls, name)
+    flags: dict[str, typing.Any] = _flags(cls, name)  # keyword arguments of ModelSchema
     own = _behaviours(cls, name)
     added = [f for b in own for f in b.fields]
     managed = [*(OPTION_FIELDS[o] for o in OPTION_FIELDS if flags[o]), *added, *STAMP_FIELDS]
@@ -357,7 +357,7 @@ def _user_field(cls: type, model: str, name: str, annotation: object) -> Field:
     return Field(name, logical, nullable=nullable, default=default)
 
 
-def _options(cls: type, model: str, field_names: set[str]) -> dict:
+def _options(cls: type, model: str, field_names: set[str]) -> dict[str, typing.Any]:
     raw = dict(getattr(cls, "__dataflow__", None) or {})
     unknown = [k for k in raw if k not in MODEL_OPTIONS]
     if unknown:
@@ -380,3 +380,24 @@ def _options(cls: type, model: str, field_names: set[str]) -> dict:
             groups.append(group)
         result[key] = tuple(groups)
     return result
+
+
+def check_value(model: ModelSchema, f: Field, value: typing.Any, *, node: str = "") -> typing.Any:
+    if value is None:
+        if f.nullable:
+            return None
+        raise ValidationError(
+            f"{_where(model, node)}field '{f.name}' may not be None.",
+            hint=f"give '{f.name}' a {f.type.python.__name__}, or declare it Optional in the model.",
+        )
+    try:
+        return f.type.check(value)
+    except TypeError as exc:
+        raise ValidationError(
+            f"{_where(model, node)}field '{f.name}' got {type(value).__name__} {value!r:.60}: {exc}.",
+            hint=f"pass a value of type {f.type.python.__name__} for '{f.name}'.",
+        ) from None
+
+
+def _where(model: ModelSchema, node: str) -> str:
+    return f"{model.name} ({node}): " if node else f"{model.name}: "

@@ -25,6 +25,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from . import hooks
 from .anomaly import Anomaly, AnomalyDetector
 from .monitoring_views import CollectorViews, NodeRun, WorkflowRun
 from .transaction_monitor import TransactionMonitor
@@ -56,6 +57,9 @@ class MetricsCollector(CollectorViews):
 
     ``dataflow``: count only that database's nodes and workflows (None: every run).
     """
+
+    _subscription: Any  # what attach() subscribed (hooks.subscribe_weakly)
+    _prometheus_registry: Any  # made at the first export (metrics_export.prometheus_registry)
 
     def __init__(
         self,
@@ -277,7 +281,6 @@ def _first_line(error: BaseException | None) -> str | None:
 # -- wiring to a DataFlow ---------------------------------------------------------------
 def attach(dataflow: DataFlow) -> MetricsCollector:
     """Give ``dataflow`` a collector: subscribed to the global hooks, counting its connections' queries."""
-    from . import hooks
 
     collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
     # weakly: the collector's logs reach the DataFlow (node classes), and the global hooks live forever
@@ -287,8 +290,6 @@ def attach(dataflow: DataFlow) -> MetricsCollector:
 
 
 def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
-    from . import hooks
-
     hooks.unsubscribe(getattr(collector, "_subscription", collector))
     for server in collector.servers:
         server.close()

@@ -8,9 +8,18 @@ them into what people read, when they read it.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import DataFlowError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .anomaly import Anomaly
+    from .dataflow import DataFlow
+    from .transaction_monitor import TransactionMonitor
 
 __all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]
 
@@ -55,6 +64,25 @@ class WorkflowRun:
 
 class CollectorViews:
     """Read-side methods of MetricsCollector (they read its logs, counters and monitors)."""
+
+    # What MetricsCollector (monitoring.py) holds and these methods read.
+    lock: threading.Lock
+    _keep: int
+    _node_log: deque[tuple]
+    _workflow_log: deque[tuple]
+    _failures_seen: int
+    _failure_at: float | None
+    by_type: dict[str, Any]  # type name -> monitoring._TypeStats
+    workflows: dict[str, Any]
+    today: tuple[int, int]
+    retries: int
+    anomalies: deque[Anomaly]
+    compensations: dict[str, int]
+    transactions: TransactionMonitor
+
+    @property
+    def dataflow(self) -> DataFlow | None:  # pragma: no cover - MetricsCollector's
+        raise NotImplementedError
 
     @property
     def node_runs(self) -> list[NodeRun]:
@@ -179,8 +207,6 @@ class CollectorViews:
         try:
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - depends on the install
-            from .errors import DataFlowError
-
             raise DataFlowError(
                 "metrics_frame() needs pandas.", hint="pip install 'dataflow-lab[pandas]'"
             ) from exc

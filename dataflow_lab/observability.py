@@ -6,9 +6,14 @@ module (monitoring.py, metrics_export.py, audit.py), imported on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DataFlowError
+from .monitoring import detach
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import DataFlowConfig
+    from .dataflow import DataFlow
 
 __all__ = ["Observability"]
 
@@ -17,6 +22,7 @@ class Observability:
     """Monitoring and audit methods of DataFlow (it sets ``_monitor`` and ``config``)."""
 
     _monitor: Any
+    config: DataFlowConfig
 
     @property
     def monitor(self) -> Any:
@@ -59,7 +65,7 @@ class Observability:
         """
         from .audit import history
 
-        return history(self, model, id, tenant=tenant)
+        return history(cast("DataFlow", self), model, id, tenant=tenant)
 
     def _collector(self) -> Any:
         if self._monitor is None:
@@ -71,6 +77,4 @@ class Observability:
 
     def _stop_monitoring(self) -> None:
         if self._monitor is not None:
-            from .monitoring import detach
-
-            detach(self, self._monitor)
+            detach(cast("DataFlow", self), self._monitor)

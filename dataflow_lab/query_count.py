@@ -15,12 +15,19 @@ transaction monitor counts as transactions instead.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .transactions import ACTIVE_SCOPE
+if TYPE_CHECKING:  # pragma: no cover
+    from .transactions import Scope
 
-__all__ = ["MAX_SQL_PER_NODE", "count_statement", "keep_statement"]
+__all__ = ["ACTIVE_SCOPE", "MAX_SQL_PER_NODE", "count_statement", "keep_statement"]
+
+# The scope whose work is running in this context; a new scope started here joins it (transactions.py).
+ACTIVE_SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+    "dataflow_lab_scope", default=None
+)
 
 MAX_SQL_PER_NODE = 50  # statements kept per node run (a skip-mode bulk load may run thousands)
 

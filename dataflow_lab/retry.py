@@ -55,7 +55,7 @@ class RetryPolicy:
         return base * (1 + random.uniform(-self.jitter, self.jitter))
 
 
-def retry_reason(error: BaseException) -> str | None:
+def retry_reason(error: BaseException | None) -> str | None:
     """Why ``error`` is worth retrying (None: it is not)."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:

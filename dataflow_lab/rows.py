@@ -20,7 +20,7 @@ import itertools
 import json
 import math
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
@@ -71,7 +71,9 @@ def is_dataframe(data: Any) -> bool:
     return hasattr(data, "columns") and hasattr(data, "iloc") and hasattr(data, "dtypes")
 
 
-def iter_records(data: Any, chunk_rows: int, *, fill: Mapping[str, Any] | None = None) -> Iterator[list[Any]]:
+def iter_records(
+    data: Any, chunk_rows: int, *, fill: Mapping[str, Any] | None = None
+) -> Iterator[Sequence[Any]]:
     """Lists of records (dicts), at most ``chunk_rows`` each, without materializing the input.
 
     ``fill``: for a DataFrame, the value a missing cell (NaN, NaT, NA, None) of that column
@@ -150,6 +152,12 @@ class RowShaper:
         self.columns: tuple[str, ...] | None = None
 
     @property
+    def _laid_out(self) -> tuple[str, ...]:
+        """The columns, once the first row fixed them."""
+        assert self.columns is not None, "the first row lays out the columns"
+        return self.columns
+
+    @property
     def given(self) -> tuple[str, ...]:
         """The fields row 0 gave (the others were filled with defaults)."""
         return self._given
@@ -163,7 +171,13 @@ class RowShaper:
         self._made = [(f.name, f.default_factory) for f in omitted if f.default_factory is not None]
         rest = [f for f in omitted if not f.primary_key and f.default_factory is None]
         self._given = tuple(f.name for f in given)
-        self._getter = itemgetter(*self._given) if len(self._given) > 1 else _single(self._given)
+        # an if, not a conditional expression: mypy crashes on itemgetter(*names) inside one
+        getter: Callable[[Any], tuple[Any, ...]]
+        if len(self._given) > 1:
+            getter = itemgetter(*self._given)
+        else:
+            getter = _single(self._given)
+        self._getter = getter
         stamped = tuple(self.mt.to_db(name, value) for name, value in self._stamps.items())
         self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db,) * len(self._times) + stamped
         made = tuple(name for name, _ in self._made)
@@ -208,7 +222,7 @@ class RowShaper:
             yield self.prepare(records, index)
             index += len(records)
 
-    def prepare(self, records: list[Any], first_index: int) -> Chunk:
+    def prepare(self, records: Sequence[Any], first_index: int) -> Chunk:
         getter, fast, good, tail = self._getter, self._fast, self._good, self._tail
         n_given = len(self._given) if self._fast_ok else -1
         rows: list[tuple[Any, ...]] = []
@@ -237,7 +251,7 @@ class RowShaper:
             return self._all_slow(records, first_index)  # some int is beyond 64 bits: find and name it
         if self._reals and rows and not self._reals_ok(rows):
             return self._all_slow(records, first_index)  # a NaN or Infinity Create refuses: name it
-        return Chunk(self.columns, rows, first_index, skipped)
+        return Chunk(self._laid_out, rows, first_index, skipped)
 
     def _ints_fit(self, rows: list[tuple[Any, ...]]) -> bool:
         """One min/max pass per int column, instead of a range check per value."""
@@ -261,7 +275,7 @@ class RowShaper:
                     return False
         return True
 
-    def _all_slow(self, records: list[Any], first_index: int) -> Chunk:
+    def _all_slow(self, records: Sequence[Any], first_index: int) -> Chunk:
         rows, skipped = [], []
         for offset, record in enumerate(records):
             try:
@@ -270,7 +284,7 @@ class RowShaper:
                 if self.on_error != "skip":
                     raise
                 skipped.append({"index": first_index + offset, "error": exc.message})
-        return Chunk(self.columns, rows, first_index, skipped)
+        return Chunk(self._laid_out, rows, first_index, skipped)
 
     def _signature_ok(self, signature: tuple[type, ...], fast: list[frozenset[type]]) -> bool:
         if all(t in ok for t, ok in zip(signature, fast, strict=True)):
@@ -315,14 +329,14 @@ class RowShaper:
                 f"{where}: missing required field '{missing[0]}'.",
                 hint="give every row a value for each required field.",
             )
-        extra = [n for n in values if n not in self.columns]
+        extra = [n for n in values if n not in self._laid_out]
         if extra:
             raise ValidationError(
                 f"{where}: field '{extra[0]}' is given here but not in row {0}, which fixed the columns.",
                 hint="give every row the same fields (use None for missing optional values).",
             )
         row = self.mt.new_row({**values, **dict.fromkeys(self._times, self._now), **self._stamps})
-        return tuple(self.mt.to_db(c, row.get(c)) for c in self.columns)
+        return tuple(self.mt.to_db(c, row.get(c)) for c in self._laid_out)
 
     def _require_mapping(self, record: Any, index: int) -> None:
         if not isinstance(record, Mapping):
@@ -340,7 +354,7 @@ class _Required:
 _REQUIRED = _Required()
 
 
-def _single(names: tuple[str, ...]) -> Any:
+def _single(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
     if not names:
         return lambda record: ()
     get = itemgetter(names[0])

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _loop
+from .access import prepare_run
 from .errors import NodeExecutionError, ValidationError, did_you_mean, refuse_unknown_options
 from .hooks import Hooks, _Fanout
 from .retry import RetryPolicy, retry_reason
@@ -78,7 +79,7 @@ class LocalRuntime:
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
         self._emit = _Fanout(self.hooks)
         # run_id -> the run's node records, kept while someone wants after_workflow (its ``nodes``)
-        self._records: dict[str, list[tuple]] = {}
+        self._records: dict[str, list[tuple] | None] = {}
 
     max_concurrency = 1  # nodes at once in "node"/"saga" mode (AsyncLocalRuntime runs branches concurrently)
 
@@ -99,7 +100,6 @@ class LocalRuntime:
         tenant of multi_tenant models instead of ``with db.tenant(...)``. See ``access.py``.
         """
         workflow, parameters = self._prepare(workflow, parameters)
-        from .access import prepare_run  # imported on first use: it needs SQLAlchemy
 
         user = self.user if user is None else user
         return _loop.run(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
@@ -114,7 +114,6 @@ class LocalRuntime:
     ) -> tuple[dict[str, Any], str]:
         """The async form of ``execute``; safe from any event loop, Jupyter's included."""
         workflow, parameters = self._prepare(workflow, parameters)
-        from .access import prepare_run
 
         user = self.user if user is None else user
         return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
@@ -247,7 +246,7 @@ class LocalRuntime:
         try:
             await walk.run()
         except Exception as exc:
-            exc.compensations = await self._compensate(steps, run_id)
+            setattr(exc, "compensations", await self._compensate(steps, run_id))  # noqa: B010 - any exception
             raise
         else:
             await saga_log.forget_run(run_id, steps)
@@ -419,7 +418,7 @@ def keyword_options(cls: type) -> set[str]:
         p.name
         for klass in cls.__mro__
         if "__init__" in klass.__dict__ and klass is not object
-        for p in inspect.signature(klass.__init__).parameters.values()
+        for p in inspect.signature(klass.__dict__["__init__"]).parameters.values()
         if p.kind is p.KEYWORD_ONLY
     }
 

@@ -24,6 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+# The migrations package is imported before its submodule: importing the submodule first took its lock
+# ahead of the package's, and the warm-up thread importing the package deadlocked with it (Python broke
+# the tie with a partial module: "saga resume failed" on stderr).
+from . import migrations  # noqa: F401
+from .audit import _jsonable, _typed
+from .migrations.live import read_table
 from .nodes.undo import RowUndo
 from .schema import ModelTable, internal_table
 
@@ -113,7 +119,7 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
 
     Only a ``RowUndo`` can be stored (it is data); other undos are owed in memory only.
     """
-    from .audit import _json_value, _jsonable
+    from .audit import _json_value
 
     undo = saga_step.undo
     if not isinstance(undo, RowUndo) or undo.empty:
@@ -164,11 +170,6 @@ async def forget_run(run_id: str, steps: list[SagaStep]) -> None:
 # -- reading and resuming ----------------------------------------------------------------------
 async def pending(db: DataFlow, *, min_age: float = 0.0) -> list[dict[str, Any]]:
     """The entries still owed on ``db``, oldest run first (``[]`` when it has no saga log)."""
-    # The package first: importing the submodule directly takes its lock before the package's, and
-    # the warm-up thread importing the package (which imports .live) then deadlocks with this one;
-    # Python breaks the tie with a partially initialized module ("saga resume failed" on stderr).
-    from . import migrations  # noqa: F401
-    from .migrations.live import read_table
 
     table = log_table(db)
     dialect = await db.database.open()
@@ -237,6 +238,4 @@ def _ids(mt: ModelTable, created: list[Any]) -> list[Any]:
 
 
 def _images(mt: ModelTable, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from .audit import _typed
-
     return [typed for row in before if (typed := _typed(mt.model, row)) is not None]

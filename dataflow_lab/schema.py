@@ -15,9 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .clock import SystemClock
 from .dialects import Connection, Dialect
-from .errors import ValidationError
-from .model import MISSING, Field, ModelSchema, parse_model
+from .migrations.engine import ensure_table
+from .model import MISSING, Field, ModelSchema, check_value, parse_model
 
 __all__ = ["ModelTable", "internal_table"]
 
@@ -37,7 +38,8 @@ class ModelTable:
         self.columns = tuple(f.name for f in model.fields)
         self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
-        self._sql: dict[Any, tuple[str, tuple[str, ...]]] = {}
+        # (sql, bind names) from compile_named, or (sql, params) from compile: keyed apart by the caller
+        self._sql: dict[Any, tuple[str, Any]] = {}
 
     def template(self, key: Any, build: Any) -> tuple[str, tuple[str, ...]]:
         """Compile ``build()`` once per key: (sql, bind names in order)."""
@@ -131,8 +133,6 @@ class ModelTable:
 
         ``clock`` (the DataFlow's) dates the migration history; None: the system clock.
         """
-        from .clock import SystemClock
-        from .migrations.engine import ensure_table
 
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
                            clock=clock or SystemClock())  # fmt: skip
@@ -188,24 +188,3 @@ def _fresh(default: Any) -> Any:
 
         return copy.deepcopy(default)
     return default
-
-
-def check_value(model: ModelSchema, f: Field, value: Any, *, node: str = "") -> Any:
-    if value is None:
-        if f.nullable:
-            return None
-        raise ValidationError(
-            f"{_where(model, node)}field '{f.name}' may not be None.",
-            hint=f"give '{f.name}' a {f.type.python.__name__}, or declare it Optional in the model.",
-        )
-    try:
-        return f.type.check(value)
-    except TypeError as exc:
-        raise ValidationError(
-            f"{_where(model, node)}field '{f.name}' got {type(value).__name__} {value!r:.60}: {exc}.",
-            hint=f"pass a value of type {f.type.python.__name__} for '{f.name}'.",
-        ) from None
-
-
-def _where(model: ModelSchema, node: str) -> str:
-    return f"{model.name} ({node}): " if node else f"{model.name}: "

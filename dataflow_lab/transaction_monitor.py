@@ -164,7 +164,8 @@ class TransactionMonitor:
         log.warning("%s", message)
 
     def _seen_before(self, error: BaseException) -> bool:
-        chain, node = [], error
+        chain: list[int] = []
+        node: BaseException | None = error
         while node is not None and len(chain) < 20:
             chain.append(id(node))
             node = getattr(node, "cause", None) or node.__cause__ or node.__context__

@@ -26,8 +26,9 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import _loop
 from .errors import ConnectionError, DataFlowError, TransactionError, ValidationError, did_you_mean
-from .nodes.base import RunContext
+from .query_count import ACTIVE_SCOPE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -39,10 +40,6 @@ log = logging.getLogger("dataflow_lab.transactions")
 
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed", "repeatable_read", "serializable")
 
-# The scope whose work is running in this context; a new scope started here joins it.
-ACTIVE_SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
-    "dataflow_lab_scope", default=None
-)
 _savepoint_names = itertools.count(1)
 
 
@@ -63,14 +60,18 @@ class _Held:
     __slots__ = ("dataflow", "conn", "begun", "savepoint", "undo")
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
-        self.dataflow, self.conn, self.begun, self.savepoint = dataflow, conn, False, None
+        self.dataflow, self.conn, self.begun = dataflow, conn, False
+        self.savepoint: str | None = None
         # A nested scope on a database without SAVEPOINT: its write nodes and their undos
         # (saga.SagaStep), applied on rollback. None where a real savepoint (or the transaction itself) does the undoing.
         self.undo: list[Any] | None = None
 
 
-class Scope(RunContext):
-    """The connections and transactions of one run or one ``db.transaction()`` block."""
+class Scope:
+    """The connections and transactions of one run or one ``db.transaction()`` block.
+
+    It is the ``RunContext`` (nodes/base.py) every node runs with.
+    """
 
     def __init__(self, run_id: str, hooks: Any, *, parent: Scope | None = None, isolation: str | None = None):
         self.run_id = run_id
@@ -118,8 +119,8 @@ class Scope(RunContext):
         else:
             await self.parent.connection(held.dataflow, write=True)  # the outer transaction begins first
             if held.dataflow.database.dialect.supports_savepoints:
-                held.savepoint = f"dataflow_sp_{next(_savepoint_names)}"
-                await held.conn.savepoint(held.savepoint)
+                held.savepoint = savepoint = f"dataflow_sp_{next(_savepoint_names)}"
+                await held.conn.savepoint(savepoint)
                 self.record_event(held.dataflow, "savepoint")
             else:
                 held.undo = []
@@ -215,6 +216,7 @@ class Scope(RunContext):
 
     def _hand_undo_to_parent(self, held: _Held) -> None:
         """A nested scope succeeded: its writes are now the outer scope's, to undo if that one fails."""
+        assert self.parent is not None and held.undo is not None, "a nested scope's undo"
         outer = self.parent._held.get(id(held.dataflow))
         if outer is not None and outer.undo is not None:
             outer.undo.extend(held.undo)
@@ -254,11 +256,11 @@ class Scope(RunContext):
 
     async def _undo(self, held: _Held) -> None:
         """Emulate ROLLBACK TO SAVEPOINT: apply the nodes' undos, newest first."""
-        from .saga import compensate
-
+        assert self.parent is not None and held.undo is not None, "a nested scope's undo"
         try:
-            for step in reversed(held.undo):
-                await compensate(step, held.conn)
+            for step in reversed(held.undo):  # saga.SagaSteps; a nested scope's are never logged
+                if step.undo is not None:
+                    await step.undo.apply(held.conn)
         except Exception as exc:  # the outer transaction now holds half-undone writes: it must not commit
             self.parent.doomed = exc
             raise
@@ -315,7 +317,7 @@ class TransactionBlock:
         self.dataflow = dataflow
         self.isolation = check_isolation(isolation)
         self._scope: Scope | None = None
-        self._token: contextvars.Token | None = None
+        self._token: contextvars.Token[Scope | None] | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._scope is not None else "idle"
@@ -329,54 +331,53 @@ class TransactionBlock:
         self._token = ACTIVE_SCOPE.set(self._scope)
         return self._scope
 
+    @property
+    def _open(self) -> Scope:
+        """The block's scope (between _enter and _leave)."""
+        assert self._scope is not None, "the transaction block is open"
+        return self._scope
+
     async def _begin(self) -> None:
-        await self._scope.connection(self.dataflow, write=True)
+        await self._open.connection(self.dataflow, write=True)
 
     async def _end(self, failed: bool) -> None:
         if failed:
-            await self._scope.rollback()
+            await self._open.rollback()
         else:
-            await self._scope.commit()
+            await self._open.commit()
 
     def _leave(self) -> None:
-        ACTIVE_SCOPE.reset(self._token)
+        if self._token is not None:
+            ACTIVE_SCOPE.reset(self._token)
         self._scope = self._token = None
 
     def __enter__(self) -> TransactionBlock:
-        from . import _loop
-
         self._enter()
         try:
             _loop.run(self._begin())
         except BaseException:
-            _loop.run(self._scope.rollback())
+            _loop.run(self._open.rollback())
             self._leave()
             raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        from . import _loop
-
         try:
             _loop.run(self._end(exc_type is not None))
         finally:
             self._leave()
 
     async def __aenter__(self) -> TransactionBlock:
-        from . import _loop
-
         self._enter()
         try:
             await _loop.run_async(self._begin())
         except BaseException:
-            await _loop.run_async(self._scope.rollback())
+            await _loop.run_async(self._open.rollback())
             self._leave()
             raise
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        from . import _loop
-
         try:
             await _loop.run_async(self._end(exc_type is not None))
         finally:

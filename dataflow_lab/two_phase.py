@@ -18,23 +18,27 @@ recovery on any participant knows where the decision lives.
 
 from __future__ import annotations
 
-import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from ._decisions import (
+    DECISION_TABLE,
+    GID_PREFIX,
+    IN_FLIGHT,
+    LOCK_SQL,
+    ensure_decision_table,
+    forget_decision,
+    key_of,
+)
+from ._in_doubt import recover_in_doubt
 from .errors import TransactionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .dialects import Connection
+    from .dialects.base import TwoPhaseConnection
     from .transactions import Scope, _Held
 
 __all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "recover_in_doubt"]
-
-DECISION_TABLE = "dataflow_lab_2pc_decisions"
-GID_PREFIX = "dataflow_lab"
-_KEY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
-LOCK_SQL = "hashtextextended($1, 0)"
-_DECISION_KEY = (DECISION_TABLE, "2pc")  # its readiness, kept with the database's tables
 
 
 class InDoubtError(TransactionError):
@@ -50,11 +54,6 @@ class InDoubtError(TransactionError):
 
 class _SimulatedCrash(TransactionError):
     """Fault injection for tests: the process 'dies' with no resolution attempted."""
-
-
-async def key_of(conn: Connection) -> str:
-    ident = (await conn.fetch(_KEY_SQL))[0][0]
-    return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
 async def commit_two_phase(scope: Scope, begun: list[_Held]) -> None:
@@ -103,7 +102,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
     prepared: list[_Held] = []
     for held, part in zip(begun, gids, strict=True):
         try:
-            await held.conn.prepare(part)
+            await cast("TwoPhaseConnection", held.conn).prepare(part)  # checked by commit_two_phase
         except Exception as exc:
             await _abort_prepare(scope, begun, gids, len(prepared), exc)
         prepared.append(held)
@@ -119,7 +118,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
     committed: set[int] = set()
     for n, (held, part) in enumerate(zip(begun, gids, strict=True)):
         try:
-            await held.conn.finish_prepared(part, commit=True)
+            await cast("TwoPhaseConnection", held.conn).finish_prepared(part, commit=True)
         except Exception as exc:
             await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=committed)
             return
@@ -222,25 +221,13 @@ async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool 
     try:
         rows = await conn.fetch("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", [gid])
         if rows:
-            await conn.finish_prepared(gid, commit=commit)
+            await cast("TwoPhaseConnection", conn).finish_prepared(gid, commit=commit)
             return True
         return missing_ok
     except Exception:
         return False
     finally:
         await dialect.release(conn)
-
-
-async def ensure_decision_table(db: DataFlow, conn: Connection) -> None:
-    if db.database.is_ready(_DECISION_KEY):
-        return
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {DECISION_TABLE} (gid text PRIMARY KEY, decided_at "
-        "timestamptz NOT NULL DEFAULT now(), outcome text NOT NULL DEFAULT 'commit', participants text[])"
-    )
-    for column in ("outcome text NOT NULL DEFAULT 'commit'", "participants text[]"):  # older tables
-        await conn.execute(f"ALTER TABLE {DECISION_TABLE} ADD COLUMN IF NOT EXISTS {column}")
-    db.database.mark_ready(_DECISION_KEY)
 
 
 async def _record_decision(conn: Connection, gid: str, participants: list[str], db: DataFlow) -> None:
@@ -252,24 +239,3 @@ async def _record_decision(conn: Connection, gid: str, participants: list[str], 
     )
     if not rows:
         raise TransactionError(f"a decision other than 'commit' was recorded for {gid} first")
-
-
-async def forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> None:
-    """Every half committed: the decision row is not needed any more (a failure here is harmless)."""
-    dialect = await db.database.open()
-    own = conn is None
-    try:
-        if own:
-            conn = await dialect.acquire()
-        await conn.execute(f"DELETE FROM {DECISION_TABLE} WHERE gid = $1", [gid])
-    except Exception:  # recovery forgets it later, once it sees every participant resolved
-        pass
-    finally:
-        if own and conn is not None:
-            await dialect.release(conn)
-
-
-IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
-
-
-from ._in_doubt import recover_in_doubt  # noqa: E402  (recovery reads this module's helpers)

@@ -350,7 +350,7 @@ def resolve_annotation(annotation: object) -> tuple[LogicalType, bool] | None:
         annotation = origin
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return enum_type(annotation), nullable
-    logical = LOGICAL_TYPES.get(annotation)  # type: ignore[arg-type]
+    logical = LOGICAL_TYPES.get(typing.cast(type, annotation))  # a type, or a key it has not got
     return (logical, nullable) if logical else None
 
 

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataFlowError, ValidationError
+from .errors import DataFlowError, ValidationError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     from .workflow import Workflow
@@ -82,8 +82,6 @@ def dot_available() -> bool:
 
 def _check_state(state: str) -> str:
     if state not in STATE_COLOURS:
-        from .errors import did_you_mean
-
         raise ValidationError(
             f"Unknown node state '{state}'.{did_you_mean(state, STATES)}",
             hint=f"states: {', '.join(STATES)}.",
@@ -404,7 +402,7 @@ def picture_bundle(
         png = render_png(drawing, states, labels) if svg else None
     except DataFlowError:
         svg = png = None
-    if svg is None:
+    if svg is None or png is None:
         data["text/html"] = drawing.fallback_html(states, labels)
         return data
     width, _ = svg_size(svg)

@@ -25,9 +25,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .cycles import Cycle, find_cycles, plan
+from .access import check_nodes
+from .cycles import Cycle, find_cycles, plan, stable_order
 from .errors import (
     DataFlowError,
     NodeNotFoundError,
@@ -42,6 +43,7 @@ from .wiring import Connection, Problem, check_connection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
+    from .nodes.model_node import ModelNode
 
 __all__ = [
     "Connection",
@@ -128,7 +130,8 @@ class Workflow:
         for spec in self.nodes.values():
             cls = spec.node_class
             if cls.dataflow is not None and cls.model is not None:
-                pairs.setdefault((id(cls.dataflow), cls.model.name), (cls.dataflow, cls.mt))
+                mt = cast("type[ModelNode]", cls).mt  # a node with a model is a ModelNode
+                pairs.setdefault((id(cls.dataflow), cls.model.name), (cls.dataflow, mt))
         return list(pairs.values())
 
     def __repr__(self) -> str:
@@ -290,7 +293,7 @@ class WorkflowBuilder:
         order: tuple[str, ...] = ()
         forward = {n: [c.source for c in inputs[n] if not c.cycle] for n in self._nodes}
         try:
-            order = _stable_order(forward)
+            order = stable_order(forward)
         except graphlib.CycleError as exc:
             cycle = " -> ".join(exc.args[1])
             problems.append(
@@ -311,8 +314,6 @@ class WorkflowBuilder:
         if problems:
             raise (UnknownNodeTypeError if self._unresolved else WorkflowValidationError)(problems)
         if user is not None:
-            from .access import check_nodes
-
             check_nodes(self._nodes.values(), user)
         workflow_id = workflow_id or str(uuid.uuid4())
         metadata = {
@@ -379,19 +380,13 @@ def _check_complete(spec: NodeSpec, incoming: list[Connection]) -> list[Problem]
     return []
 
 
-def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
-    """Topological order that keeps insertion order among independent nodes."""
-    sorter = graphlib.TopologicalSorter(depends_on)
-    sorter.prepare()  # raises CycleError
-    rank = {node: i for i, node in enumerate(depends_on)}
-    order: list[str] = []
-    ready: list[str] = []
-    while sorter.is_active():
-        ready = sorted([*ready, *sorter.get_ready()], key=rank.__getitem__)
-        node = ready.pop(0)
-        order.append(node)
-        sorter.done(node)
-    return tuple(order)
+def _listing(names: Any) -> str:
+    return ", ".join(names) or "none"
+
+
+def output_keys(node_class: type[Node]) -> set[str] | None:
+    keys = getattr(node_class, "output_keys", None)
+    return keys() if callable(keys) else None
 
 
 def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:

@@ -155,7 +155,7 @@ class Behaviours:
                 await b.written(node, ctx, changes)
 
     async def unchanged(
-        self, node: Any, conn: Any, row_id: Any, *, action: str, include_deleted: bool
+        self, node: Any, conn: Any, row_id: Any, *, action: str, include_deleted: bool | None
     ) -> None:
         for b in self._having("unchanged"):
             await b.unchanged(node, conn, row_id, action=action, include_deleted=include_deleted)

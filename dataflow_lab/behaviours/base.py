@@ -107,7 +107,7 @@ class Behaviour:
         return None
 
     async def unchanged(
-        self, node: Any, conn: Any, row_id: Any, *, action: str, include_deleted: bool
+        self, node: Any, conn: Any, row_id: Any, *, action: str, include_deleted: bool | None
     ) -> None:
         return None
 

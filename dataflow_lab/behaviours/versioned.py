@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -60,7 +60,7 @@ class Versioned(Behaviour):
         return [table.c.version == sa.bindparam("_version", version)]
 
     async def unchanged(
-        self, node: Any, conn: Any, row_id: Any, *, action: str, include_deleted: bool
+        self, node: Any, conn: Any, row_id: Any, *, action: str, include_deleted: bool | None
     ) -> None:
         """Raise ConcurrencyError if the row is there, at another version than the one given."""
         if node.params.get("version") is None:
@@ -85,7 +85,7 @@ class Versioned(Behaviour):
 
 def _non_negative(value: Any) -> int:
     try:
-        number = LOGICAL_TYPES[int].check(value)
+        number = cast(int, LOGICAL_TYPES[int].check(value))
     except TypeError:
         number = -1
     if number < 0:

@@ -11,7 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..config import DataFlowConfig, redact_url
-from ..errors import ValidationError
+from ..errors import DataFlowError, ValidationError
+from .kinds import register_kind, transient_reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Connection, Dialect
@@ -43,26 +44,6 @@ def __getattr__(name: str) -> Any:  # Connection and Dialect load SQLAlchemy: on
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_KINDS: list[Any] = []  # every Dialect class defined so far, each registered by its definition
-
-
-def register_kind(dialect_class: Any) -> None:
-    """Called by ``Dialect.__init_subclass__``: ``transient_reason`` asks every dialect defined."""
-    _KINDS.append(dialect_class)
-
-
-def transient_reason(error: BaseException) -> str | None:
-    """Why a driver's ``error`` is worth retrying, as its dialect sees it (None: no dialect's transient).
-
-    Only dialects whose module is loaded are asked: a driver's error comes from a dialect built here.
-    """
-    for kind in _KINDS:
-        reason = kind.transient_reason(error)
-        if reason is not None:
-            return reason
-    return None
-
-
 def require_driver(module: str, database: str, extra: str) -> None:
     """Fail at ``DataFlow(...)``, not at the first run, when a database's driver is not installed."""
     import importlib.util
@@ -72,8 +53,6 @@ def require_driver(module: str, database: str, extra: str) -> None:
     except (ImportError, ValueError):  # ValueError: sys.modules[module] is None (import blocked)
         found = False
     if not found:
-        from ..errors import DataFlowError
-
         raise DataFlowError(
             f"{database} support needs the '{module}' driver, which is not installed.",
             hint=f"pip install 'dataflow-lab[{extra}]'",

@@ -16,13 +16,19 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import sqlalchemy as sa
 
 from ..config import DataFlowConfig, scrub
 from ..errors import ConnectionError
-from . import register_kind
+from ..query_count import count_statement, keep_statement
+from .connect_errors import generic_failure
+from .kinds import register_kind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.sql.compiler import SQLCompiler
 
 log = logging.getLogger("dataflow_lab.sql")
 
@@ -46,7 +52,6 @@ def statement_note(echo: bool, observe: int) -> Note | None:
     """
     if not observe:
         return echo_sql if echo else None
-    from ..query_count import count_statement, keep_statement
 
     count = keep_statement if observe > 1 else count_statement
     if not echo:
@@ -80,7 +85,10 @@ class Connection:
     # Called with each statement sent (echo and/or monitoring's query count); set at every checkout.
     note: Note | None = None
 
-    usable = True  # False once the driver connection is known to be dead
+    @property
+    def usable(self) -> bool:
+        """False once the driver connection is known to be dead."""
+        return True
 
     async def begin(self, isolation: str | None = None) -> None: ...
     async def commit(self) -> None: ...
@@ -96,9 +104,20 @@ class Connection:
         await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
         await self.execute(f"RELEASE SAVEPOINT {name}")
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        raise NotImplementedError
+
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class TwoPhaseConnection(Protocol):
+    """A connection that can prepare its transaction (PostgreSQL's; two_phase.py uses it)."""
+
+    async def prepare(self, gid: str) -> None: ...
+    async def finish_prepared(self, gid: str, *, commit: bool) -> None: ...
 
 
 class Dialect:
@@ -131,13 +150,15 @@ class Dialect:
 
     def compile(self, stmt: sa.ClauseElement) -> tuple[str, list[Any]]:
         """Compile a statement whose values are bound in it: (sql, params)."""
-        compiled = stmt.compile(dialect=self.sa_dialect, compile_kwargs={"render_postcompile": True})
+        compiled = cast(
+            "SQLCompiler", stmt.compile(dialect=self.sa_dialect, compile_kwargs={"render_postcompile": True})
+        )
         values = compiled.params
         return compiled.string, [values[name] for name in compiled.positiontup or ()]
 
     def compile_named(self, stmt: sa.ClauseElement) -> tuple[str, tuple[str, ...]]:
         """Compile a statement of named bindparams: (sql, bind names in order)."""
-        compiled = stmt.compile(dialect=self.sa_dialect)
+        compiled = cast("SQLCompiler", stmt.compile(dialect=self.sa_dialect))
         return compiled.string, tuple(compiled.positiontup or ())
 
     def ddl(self, element: sa.schema.ExecutableDDLElement) -> str:
@@ -369,7 +390,6 @@ class Dialect:
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
         """(message, hint) of a failed connect, one line each; dialects name what was wrong."""
-        from .connect_errors import generic_failure
 
         return generic_failure(exc, self.scrub(self.url))
 
@@ -379,7 +399,7 @@ class PooledDialect(Dialect):
 
     def __init__(self, config: DataFlowConfig, url: str):
         super().__init__(config, url)
-        self.engine = None
+        self.engine: AsyncEngine | None = None
         self._serial_lock: asyncio.Lock | None = None
         self._checkouts: dict[int, Any] = {}
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
@@ -422,7 +442,7 @@ class PooledDialect(Dialect):
             try:
                 conn = await self._checkout()
             except BaseException:
-                if self.serialized:
+                if self._serial_lock is not None and self.serialized:
                     self._serial_lock.release()
                 raise
         finally:
@@ -434,6 +454,7 @@ class PooledDialect(Dialect):
         """A pooled connection; a connect that found the database busy (busy_at_connect) is tried again."""
         delay, deadline = 0.005, time.monotonic() + (self.config.pool_timeout or 30.0)
         while True:
+            assert self.engine is not None, "prepare() made the engine"
             try:
                 return await self.engine.connect()
             except Exception as exc:
@@ -472,7 +493,7 @@ class PooledDialect(Dialect):
         except Exception:  # closing a dead connection can fail; the pool has already let it go
             log.debug("closing a connection failed", exc_info=True)
         finally:
-            if self.serialized:
+            if self._serial_lock is not None and self.serialized:
                 self._serial_lock.release()
 
     async def dispose(self) -> None:

@@ -21,13 +21,16 @@ import datetime as dt
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import ValidationError
+from ..errors import DataFlowError, ValidationError
 from ..types import DECIMAL_DEFAULT
 from .base import Connection, Dialect, statement_note
+
+if TYPE_CHECKING:  # pragma: no cover
+    from duckdb import DuckDBPyConnection
 
 
 def _enum_text(member: Any) -> str:
@@ -47,6 +50,7 @@ def _duckdb_keywords() -> set[str]:
         import duckdb
 
         rows = duckdb.sql("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'")
+        assert rows is not None, "a SELECT has a result"
         _KEYWORDS.update(r[0].lower() for r in rows.fetchall())
     return _KEYWORDS
 
@@ -122,7 +126,7 @@ class DuckDBDialect(Dialect):
 
     def __init__(self, config: Any, url: str):
         super().__init__(config, url)
-        self.con = None
+        self._con: DuckDBPyConnection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock: asyncio.Lock | None = None
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
@@ -131,8 +135,6 @@ class DuckDBDialect(Dialect):
         try:
             import duckdb_engine
         except ImportError as exc:  # pragma: no cover - depends on the install
-            from ..errors import DataFlowError
-
             raise DataFlowError(
                 "DuckDB support needs the duckdb extra.", hint="pip install 'dataflow-lab[duckdb]'"
             ) from exc
@@ -170,12 +172,18 @@ class DuckDBDialect(Dialect):
 
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataflow-duckdb")
 
-        def connect() -> Any:
+        def connect() -> DuckDBPyConnection:
             con = duckdb.connect(self.path)
             con.execute("SET TimeZone='UTC'")
             return con
 
-        self.con = await self.run(connect)
+        self._con = await self.run(connect)
+
+    @property
+    def con(self) -> DuckDBPyConnection:
+        """The database's one connection (open() makes it, dispose() closes it)."""
+        assert self._con is not None, "the DuckDB dialect is open"
+        return self._con
 
     async def acquire(self) -> Connection:
         if self._lock is None:
@@ -191,11 +199,12 @@ class DuckDBDialect(Dialect):
         return conn
 
     async def release(self, conn: Connection) -> None:
+        assert self._lock is not None, "acquire() made the lock"
         self._lock.release()
 
     async def dispose(self) -> None:
-        if self.con is not None:
-            con, self.con = self.con, None
+        if self._con is not None:
+            con, self._con = self._con, None
             await self.run(con.close)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -333,9 +342,9 @@ class DuckDBDialect(Dialect):
         def load() -> int:
             self.con.register(view, data)
             try:
-                existing = self.con.execute(
+                (existing,) = self.con.execute(
                     f'SELECT count(*) FROM "{table.name}" JOIN "{view}" USING ({keys})'
-                ).fetchone()[0]
+                ).fetchall()[0]
                 self.con.execute(f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{view}" {action}')
                 return int(existing)
             finally:

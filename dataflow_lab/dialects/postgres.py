@@ -16,11 +16,12 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 from .base import Connection, PooledDialect
+from .connect_errors import postgres_failure
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
 _TRANSIENT_SQLSTATES = {
@@ -160,8 +161,6 @@ class PostgresDialect(PooledDialect):
     from_db = {"json": _json_out, "uuid": _uuid_out, "datetime": _datetime_out}
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
-        from .connect_errors import postgres_failure
-
         return postgres_failure(exc, self.url)
 
     def _sa_dialect(self) -> sa.engine.Dialect:
@@ -250,7 +249,7 @@ class PostgresDialect(PooledDialect):
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
         """COPY through the raw asyncpg connection: the fastest way into PostgreSQL."""
-        await conn.copy(table.name, columns, rows)
+        await cast(PostgresConnection, conn).copy(table.name, columns, rows)
 
     async def bulk_upsert(
         self,
@@ -275,7 +274,7 @@ class PostgresDialect(PooledDialect):
             f"SELECT {cols} FROM {quote(table.name)} WITH NO DATA"
         )
         await conn.execute(f"TRUNCATE {quote(temp)}")
-        await conn.copy(temp, columns, rows)
+        await cast(PostgresConnection, conn).copy(temp, columns, rows)
         result = await conn.fetch(
             f"WITH up AS (INSERT INTO {quote(table.name)} ({cols}) SELECT {cols} FROM {quote(temp)} "
             f"{self.on_conflict_sql(table, conflict_on, update_columns, guard)} RETURNING (xmax = 0) AS inserted) "

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import _loop
 from ..errors import DestructiveMigrationError, MigrationError
+from ..transactions import ACTIVE_SCOPE
 from . import engine
 from .engine import AppliedMigration, MigrationPlan
 from .files import read_directory, write_file
@@ -86,7 +87,6 @@ class Migrations:
         """Run ``work(conn, dialect)`` in a session of its own, or, for a read inside
         ``with db.transaction():``, on that block's connection (a second one could wait forever
         for the block's on SQLite and DuckDB). Changing the schema inside a block is refused."""
-        from ..transactions import ACTIVE_SCOPE
 
         scope = ACTIVE_SCOPE.get()
         if scope is not None and scope.holds(self._db):

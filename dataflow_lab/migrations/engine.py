@@ -28,8 +28,8 @@ from sqlalchemy.schema import CreateTable
 
 from ..dialects import Connection, Dialect
 from ..errors import BackfillRequiredError, DestructiveMigrationError, MigrationError, MigrationRequiredError
-from ..model import MISSING
-from ..schema import check_value
+from ..model import MISSING, check_value
+from ..tenancy import check_tenant
 from .diff import diff
 from .live import model_shape, read_table
 from .ops import Step, create_steps, literal, slug, table_steps
@@ -164,8 +164,6 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
 def backfill_value(mt: Any, f: Any, value: Any) -> Any:
     """``value`` checked as a value of field ``f`` (a tenant: a non-empty string)."""
     if f.name == "tenant_id" and mt.model.multi_tenant:
-        from ..tenancy import check_tenant
-
         return check_tenant(value)
     return check_value(mt.model, f, value, node="backfill")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -57,9 +57,12 @@ def model_shape(dialect: Dialect, table: sa.Table) -> TableShape:
         c.name: ColumnShape(c.name, dialect.declared_type(c), bool(c.nullable) and not c.primary_key)
         for c in table.columns
     }
-    indexes = [IndexShape(i.name, tuple(c.name for c in i.columns), bool(i.unique)) for i in table.indexes]
+    # cast: the package's tables name every index and constraint (schema.py)
+    indexes = [
+        IndexShape(cast(str, i.name), tuple(c.name for c in i.columns), bool(i.unique)) for i in table.indexes
+    ]
     indexes += [
-        IndexShape(u.name, tuple(c.name for c in u.columns), True, constraint=True)
+        IndexShape(cast(str, u.name), tuple(c.name for c in u.columns), True, constraint=True)
         for u in table.constraints
         if isinstance(u, sa.UniqueConstraint)
     ]

@@ -153,8 +153,8 @@ def _column_step(
         return Step(live.name, describe, tuple(up), down, down_destructive=True, slug=name)
     if c.kind in ("drop_not_null", "set_not_null"):
         drop, add = f"{alter} DROP NOT NULL", f"{alter} SET NOT NULL"
-        up, down = (drop, add) if c.kind == "drop_not_null" else (add, drop)
-        return Step(live.name, describe, (up,), (down,), destructive=c.destructive, slug=name)
+        forward, back = (drop, add) if c.kind == "drop_not_null" else (add, drop)
+        return Step(live.name, describe, (forward,), (back,), destructive=c.destructive, slug=name)
     return _drop_or_retype(sql, table, live, c, Step(live.name, describe, (), (), c.destructive, slug=name))
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import ValidationError
 from ..model import TIMESTAMP_FIELDS, Field, ModelSchema, check_identifier
 from ..schema import ModelTable
+from ..transactions import borrowed
 from ..types import LOGICAL_TYPES, LogicalType, decimal_type
 from .engine import check_untouched
 from .live import TableShape, read_table, table_names
@@ -59,8 +60,6 @@ class ReflectedTable(ModelTable):
 
 
 async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[str]:
-    from ..transactions import borrowed
-
     dialect = await db.database.open()
     async with borrowed(db, scope) as conn:  # inside db.transaction(): the block's connection
         available = await table_names(dialect, conn)

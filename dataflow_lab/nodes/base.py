@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import ValidationError, did_you_mean
 from ..model import MISSING, ModelSchema
@@ -22,7 +22,20 @@ from .outputs import Expects
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
 
-__all__ = ["MISSING", "Node", "Param", "RunContext", "Undo"]
+__all__ = [
+    "MISSING",
+    "Node",
+    "NodeRef",
+    "Param",
+    "RunContext",
+    "Undo",
+    "node_ref",
+    "rebuild_node",
+    "resolve_ref",
+]
+
+# (function, arguments): calling it gives a node class back, in this process or another (pickle).
+NodeRef = tuple[Callable[..., "type[Node]"], tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -42,14 +55,17 @@ class Param:
         return " | ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in types)
 
 
-class RunContext:
-    """What a running node may ask of the runtime (implemented by the runtime)."""
+class RunContext(Protocol):
+    """What a running node may ask of the runtime (transactions.Scope has it: nodes never import it)."""
 
     run_id: str
     now: dt.datetime
 
     async def connection(self, dataflow: DataFlow) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def progress(self, done: int, total: int | None) -> None:  # pragma: no cover - interface
+        """``done`` of ``total`` input rows are written (bulk nodes report it as they go)."""
 
 
 class Undo:
@@ -75,6 +91,7 @@ class Node:
     operation: ClassVar[str] = ""  # a generated node's operation: 'create', 'bulk_upsert', ...
     writes: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    _param_map: ClassVar[dict[str, Param]]  # each class's own, made at first use (param_map)
 
     def __init__(self, node_id: str, params: Mapping[str, Any]):
         self.node_id = node_id
@@ -85,9 +102,17 @@ class Node:
 
     def __reduce__(self) -> tuple:
         # generated node classes are not importable: pickle a reference to the class instead
-        from .registry import node_ref, rebuild_node
-
         return rebuild_node, (node_ref(type(self)), self.node_id, self.params)
+
+    @classmethod
+    def pickle_ref(cls) -> NodeRef:
+        """A picklable reference to this class: a function and the arguments that give it back.
+
+        A generated class is named through its DataFlow; PythonNode overrides this.
+        """
+        if cls.dataflow is not None and cls.model is not None:
+            return _generated_class, (cls.dataflow, cls.type_name)
+        return _same_class, (cls,)
 
     @classmethod
     def param_map(cls) -> dict[str, Param]:
@@ -225,3 +250,25 @@ def _fresh(value: Any) -> Any:
 
         return copy.deepcopy(value)
     return value
+
+
+def node_ref(cls: type[Node]) -> NodeRef:
+    """A picklable reference to a node class (``resolve_ref`` turns it back into the class)."""
+    return cls.pickle_ref()
+
+
+def resolve_ref(ref: NodeRef) -> type[Node]:
+    function, args = ref
+    return function(*args)
+
+
+def rebuild_node(ref: NodeRef, node_id: str, params: dict[str, Any]) -> Node:
+    return resolve_ref(ref)(node_id, params)
+
+
+def _generated_class(dataflow: DataFlow, type_name: str) -> type[Node]:
+    return dataflow.nodes[type_name]
+
+
+def _same_class(cls: type[Node]) -> type[Node]:
+    return cls

@@ -9,7 +9,7 @@ rows never sits in memory at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
@@ -50,7 +50,7 @@ class BulkCreate(BulkRows):
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
         return_ids = bool(self.params.get("return_ids"))
-        inserted, ids, skipped = 0, [], []
+        inserted, ids, skipped = 0, list[Any](), list[dict[str, Any]]()
         for chunk in self.chunks(ctx, self.shaper(allow_id=False)):
             skipped.extend(chunk.skipped)
             if not chunk.rows:
@@ -100,6 +100,8 @@ class BulkCreate(BulkRows):
 
 
 class _FilterWrite(ModelNode):
+    verb: ClassVar[str]  # "update" or "delete", for messages
+
     @classmethod
     def check_together(cls, params: dict[str, Any], *, node_id: str, partial: bool) -> None:
         if partial and "filter" not in params:

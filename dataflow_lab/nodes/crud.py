@@ -218,6 +218,7 @@ class Delete(ModelNode):
         ``values`` binds the parameters in (for ``sql()``); templates leave them unbound.
         """
         t, values = self.mt.table, values or {}
+        stmt: sa.Update | sa.Delete
         if marks is None:
             stmt = sa.delete(t)
         else:

@@ -49,6 +49,7 @@ async def rows_by_keys(
     found: dict[tuple, dict[str, Any]] = {}
     for start in range(0, len(wanted), step):
         part = wanted[start : start + step]
+        cond: sa.ColumnElement[bool]
         if len(cols) == 1:
             cond = cols[0].in_([k[0] for k in part])
         else:

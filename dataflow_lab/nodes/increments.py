@@ -85,8 +85,8 @@ def set_values(
     table: sa.Table, columns: tuple[str, ...], increments: frozenset[str], values: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The SET clause: ``col = :col``, or ``col = col + :col`` for an increment."""
-    out = {}
+    out: dict[str, Any] = {}
     for c in columns:
-        param = sa.bindparam(c, values.get(c))
+        param: Any = sa.bindparam(c, values.get(c))
         out[c] = table.c[c] + param if c in increments else param  # the column's type types the sum
     return out

@@ -8,16 +8,15 @@ node will run (for teaching and debugging).
 from __future__ import annotations
 
 import datetime as dt
-import types
 from collections.abc import Collection, Mapping
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import sqlalchemy as sa
 
 from .. import behaviours as behaviours_of
 from .. import filters
-from ..errors import NotFoundError, ValidationError
+from ..errors import DataFlowError, NotFoundError, ValidationError
 from ..model import ModelSchema
 from ..schema import ModelTable
 from ..types import LOGICAL_TYPES
@@ -26,20 +25,21 @@ from .base import Node, Param, RunContext
 from .increments import check_increment, is_increment, set_values, split
 from .outputs import ROW, Expects, resolve, row_type
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..dataflow import DataFlow
+
 __all__ = ["ModelNode", "Records", "check_conflict_on"]
 
+_Row = TypeVar("_Row")  # what a Records holds: ``Records[ROW]`` in a node's ``outputs``
 
-class Records(list):
+
+class Records(list[_Row]):
     """A list of row dicts that can become a pandas DataFrame. ``Records[ROW]``: its type, in ``outputs``."""
-
-    __class_getitem__: ClassVar[Any] = classmethod(types.GenericAlias)
 
     def to_pandas(self) -> Any:
         try:
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - depends on the install
-            from ..errors import DataFlowError
-
             raise DataFlowError("DataFrames need pandas.", hint="pip install 'dataflow-lab[pandas]'") from exc
         return pd.DataFrame.from_records(list(self))
 
@@ -63,6 +63,9 @@ class ModelNode(Node):
     """A node bound to one model of one DataFlow."""
 
     mt: ClassVar[ModelTable]
+    # set on every generated class (DataFlow.install): never None here, unlike on Node
+    dataflow: ClassVar[DataFlow]
+    model: ClassVar[ModelSchema]
     op_name: ClassVar[str] = ""
 
     # what run() returns (outputs.py): ROW, the model's row; a dict: named outputs; ID: the id's type
@@ -290,7 +293,7 @@ def non_negative(name: str, *, allow_none: bool = False) -> Any:
         if value is None and allow_none:
             return None
         try:
-            number = LOGICAL_TYPES[int].check(value)
+            number = cast(int, LOGICAL_TYPES[int].check(value))
         except TypeError:
             number = -1
         if number < 0:
@@ -316,7 +319,7 @@ def check_conflict_on(model: ModelSchema, value: Any, *, what: str) -> list[str]
     return names
 
 
-def missing_row(node: ModelNode, row_id: Any) -> None:
+def missing_row(node: ModelNode, row_id: Any) -> dict[str, Any] | None:
     if node.params.get("raise_on_not_found", True):
         raise NotFoundError(
             f"{node.model.name} with id {row_id!r} was not found.",
@@ -347,7 +350,12 @@ def read_by_id(node: ModelNode, row_id: Any) -> tuple[str, list[Any]]:
 
 
 def select_rows(
-    mt: ModelTable, doc: dict[str, Any], order: tuple, limit: int | None, offset: int, guards: list = ()
+    mt: ModelTable,
+    doc: dict[str, Any],
+    order: tuple,
+    limit: int | None,
+    offset: int,
+    guards: Collection[Any] = (),
 ) -> Any:
     stmt = sa.select(*mt.table.c)
     where = filters.to_sql(mt, doc)

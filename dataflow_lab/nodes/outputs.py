@@ -219,7 +219,7 @@ def keys(tp: Any) -> list[str] | None:
 def row_type(model: Any) -> type:
     """A TypedDict of a model's row: its fields and their Python types (Optional when nullable)."""
     fields = {f.name: (f.type.python | None if f.nullable else f.type.python) for f in model.fields}
-    row = typing.TypedDict(model.name, fields)  # type: ignore[misc, operator]
+    row = typing.TypedDict(model.name, fields)  # type: ignore[misc]
     row.__dataflow_row__ = model.name  # type: ignore[attr-defined]
     return row
 
@@ -232,7 +232,7 @@ def resolve(declared: Any, row: type, id_type: Any, name: str) -> Any:
         return id_type
     if isinstance(declared, dict):
         outputs = {k: resolve(v, row, id_type, name) for k, v in declared.items()}
-        return typing.TypedDict(f"{name}Output", outputs)  # type: ignore[misc, operator]
+        return typing.TypedDict(f"{name}Output", outputs)  # type: ignore[operator]
     origin, args = typing.get_origin(declared), typing.get_args(declared)
     if origin is typing.Union or origin is types.UnionType:
         return typing.Union[tuple(resolve(a, row, id_type, name) for a in args)]  # noqa: UP007

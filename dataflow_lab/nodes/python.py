@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ValidationError
 from ..model import MISSING
-from .base import Node, Param, RunContext, Undo
+from .base import Node, NodeRef, Param, RunContext, Undo
 
 __all__ = ["CallableUndo", "compensate_with", "python_node"]
 
@@ -129,6 +129,10 @@ class PythonNode(Node):
     @classmethod
     def output_type(cls) -> Any:
         return cls.returns
+
+    @classmethod
+    def pickle_ref(cls) -> NodeRef:
+        return python_node, (cls.fn,)
 
     async def run(self, ctx: RunContext) -> Any:
         if inspect.iscoroutinefunction(self.fn):

@@ -16,8 +16,9 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NodeNotFoundError, ValidationError, did_you_mean
-from .base import Node
+from .base import Node, node_ref, resolve_ref
 from .python import python_node
+from .switch import SwitchNode
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
@@ -99,34 +100,8 @@ def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
     raise ValidationError(f"Node type {node_type!r} is not a node name, Node class or callable.")
 
 
-def node_ref(cls: type[Node]) -> tuple:
-    """A picklable reference to a node class: generated classes are named through their DataFlow."""
-    from .python import PythonNode
-
-    if cls.dataflow is not None and cls.model is not None:
-        return ("model", cls.dataflow, cls.type_name)
-    if issubclass(cls, PythonNode):
-        return ("python", cls.fn)
-    return ("class", cls)
-
-
-def resolve_ref(ref: tuple) -> type[Node]:
-    kind, *rest = ref
-    if kind == "model":
-        dataflow, type_name = rest
-        return dataflow.nodes[type_name]
-    if kind == "python":
-        return python_node(rest[0])
-    return rest[0]
-
-
-def rebuild_node(ref: tuple, node_id: str, params: dict[str, Any]) -> Node:
-    return resolve_ref(ref)(node_id, params)
-
-
 def builtin_nodes() -> dict[str, type[Node]]:
     """Node types every workflow can use by name, whatever its DataFlow."""
-    from .switch import SwitchNode
 
     return {"SwitchNode": SwitchNode}
 

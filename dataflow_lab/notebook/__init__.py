@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._warmup import warm_imports
 from .catalogue import Catalogue
 from .dag import DagView
 from .magics import DataFlowMagics
@@ -39,7 +40,6 @@ def load_ipython_extension(ip: Any) -> DataFlowMagics:
 
     Also starts importing what the first run needs, in the background (``_warmup.py``).
     """
-    from .._warmup import warm_imports
 
     warm_imports()
     session = _SESSIONS.setdefault(id(ip), Session())

@@ -16,7 +16,7 @@ import json
 import keyword
 import shlex
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, needs_local_scope, no_var_expand
@@ -24,6 +24,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
+from ..access import User
 from ..config import redact_url
 from ..errors import BackfillRequiredError, DataFlowError, DestructiveMigrationError, did_you_mean
 from ..runtime import TRANSACTION_MODES
@@ -34,6 +35,9 @@ from .display import widgets_available
 from .run import NotebookRun, start_run, wait_in_cell
 from .session import Session
 from .workflow_cell import build_workflow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = ["DataFlowMagics"]
 
@@ -189,6 +193,12 @@ class DataFlowMagics(Magics):
         self.session.default_url = self.database_url
         self.session.echo(self.echo)
 
+    @property
+    def _shell(self) -> InteractiveShell:
+        """The shell running the magic (a magic always runs in one)."""
+        assert self.shell is not None, "%dataflow runs inside IPython"
+        return self.shell
+
     @observe("database_url")
     def _database_url_changed(self, change: dict[str, Any]) -> None:
         self.session.default_url = change["new"]
@@ -231,12 +241,12 @@ class DataFlowMagics(Magics):
         except ValueError as exc:
             raise UsageError(f"%dataflow {command}: {exc}. Hint: close every quote.") from None
         args = PARSERS[command].parse_args(argv)
-        namespace = self.shell.user_ns if local_ns is None else {**self.shell.user_ns, **local_ns}
+        namespace = self._shell.user_ns if local_ns is None else {**self._shell.user_ns, **local_ns}
         handler = getattr(self, f"_{command}")
         return handler(args, namespace) if cell is None else handler(args, cell, namespace)
 
     # -- cells -----------------------------------------------------------------
-    def _model(self, args: Any, cell: str, namespace: dict[str, Any]) -> Catalogue:
+    def _model(self, args: Any, cell: str, namespace: dict[str, Any]) -> Catalogue | ModelChange:
         try:
             tree = ast.parse(cell)
         except SyntaxError as exc:
@@ -247,14 +257,14 @@ class DataFlowMagics(Magics):
                 "a model cell defines classes. Hint: class User:\\n    name: str\\n    email: str"
             )
         try:
-            code = compile(tree, "<model cell>", "exec", flags=self.shell.compile.flags, dont_inherit=True)
-            exec(code, self.shell.user_ns)  # noqa: S102 - the user's own cell
+            code = compile(tree, "<model cell>", "exec", flags=self._shell.compile.flags, dont_inherit=True)
+            exec(code, self._shell.user_ns)  # noqa: S102 - the user's own cell
         except Exception as exc:
             line = _cell_line(exc, "<model cell>")
             raise UsageError(f"model cell line {line}: {type(exc).__name__}: {exc}") from None
         again = [n for n in names if n in self.session.model_classes]
         for name in names:
-            self.session.add_model(self.shell.user_ns[name])
+            self.session.add_model(self._shell.user_ns[name])
         if again or self.session.db.database.opened:  # a re-run cell may meet existing tables
             notice = self._model_change(names)
             if notice is not None:
@@ -282,7 +292,7 @@ class DataFlowMagics(Magics):
     def _workflow(self, args: Any, cell: str, namespace: dict[str, Any]) -> Any:
         name = self._name(args.name, "workflow")
         workflow = build_workflow(cell, name=name, dataflow=self.session.current, namespace=namespace)
-        self.shell.user_ns[name] = workflow
+        self._shell.user_ns[name] = workflow
         self.session.workflow_sources[name] = cell
         if args.run or args.background:
             return self._start(workflow, args, namespace)
@@ -294,7 +304,7 @@ class DataFlowMagics(Magics):
             raise UsageError(
                 "which database? Hint: %dataflow connect sqlite:///notes.db (or postgresql://...)."
             )
-        url = self.shell.var_expand(args.url) if ("$" in args.url or "{" in args.url) else args.url
+        url = self._shell.var_expand(args.url) if ("$" in args.url or "{" in args.url) else args.url
         new, old = self.session.connect(url)
         moved = f"; models: {', '.join(self.session.model_classes)}" if self.session.model_classes else ""
         closed = f" (closed {old.url})" if old is not None else ""
@@ -367,7 +377,7 @@ class DataFlowMagics(Magics):
         if not stale or source is None:
             return workflow
         workflow = build_workflow(source, name=name, dataflow=self.session.db, namespace=namespace)
-        self.shell.user_ns[name] = workflow
+        self._shell.user_ns[name] = workflow
         return workflow
 
     def _params(self, words: list[str] | None, namespace: Mapping[str, Any], option: str = "--params") -> Any:
@@ -390,7 +400,6 @@ class DataFlowMagics(Magics):
         """``--user teacher``: the notebook's ``teacher`` when it is a User, else the name itself."""
         if word is None:
             return None
-        from ..access import User
 
         found = namespace.get(word)
         return found if isinstance(found, User) else word

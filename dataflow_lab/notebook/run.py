@@ -36,6 +36,7 @@ from .display import (
 )
 from .monitor import MonitorPanel
 from .observer import RunObserver, RunSnapshot
+from .widgets import LiveView
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..workflow import Workflow
@@ -221,7 +222,6 @@ class NotebookRun:
     # -- display -----------------------------------------------------------
     def start_live(self, *, cancel: bool = False) -> Any:
         """Make the live view and attach it to the run (from then on it updates ~10 times a second)."""
-        from .widgets import LiveView
 
         if self.live is None:
             self.live = LiveView(
