@@ -18,8 +18,9 @@ ROOT is a checkout (default: this one). It prints:
 - ``function_local_internal_imports``: internal imports made inside a
   function, and their share of all internal imports.
 - ``import_cycles``: strongly connected groups of package modules, counting
-  function-local imports too (a group of two or more modules, or a module
-  importing itself).
+  function-local imports and ``if TYPE_CHECKING:`` imports too (a group of two
+  or more modules, or a module importing itself); ``import_cycles_at_run_time``
+  leaves out the ``TYPE_CHECKING`` ones, which never run.
 - ``mypy_errors`` with ``--mypy``.
 
 ``--verbose`` lists what was counted, file by file.
@@ -71,6 +72,8 @@ class Counter(ast.NodeVisitor):
         self.private: list[tuple[int, str]] = []
         self.dialect_names: list[int] = []
         self.imports: list[tuple[str, bool, int]] = []  # (candidate target, in function, line)
+        self.type_only: set[int] = set()  # lines of imports under ``if TYPE_CHECKING:``
+        self.checking = 0
 
     def visit_FunctionDef(self, node: ast.AST) -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -81,6 +84,17 @@ class Counter(ast.NodeVisitor):
 
     visit_AsyncFunctionDef = visit_FunctionDef
     visit_Lambda = visit_FunctionDef
+
+    def visit_If(self, node: ast.If) -> None:
+        if "TYPE_CHECKING" in ast.unparse(node.test):
+            self.checking += 1
+            for child in node.body:
+                self.visit(child)
+            self.checking -= 1
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         self.defined.add(node.name)
@@ -113,11 +127,15 @@ class Counter(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
+        if self.checking:
+            self.type_only.add(node.lineno)
         for alias in node.names:
             if alias.name.split(".")[0] == PACKAGE:
                 self.imports.append((alias.name, self.depth > 0, node.lineno))
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if self.checking:
+            self.type_only.add(node.lineno)
         if node.level or (node.module or "").split(".")[0] == PACKAGE:
             for target in resolve(self.module, self.is_package, node, self.modules):
                 self.imports.append((target, self.depth > 0, node.lineno))
@@ -195,6 +213,7 @@ def main() -> int:
     options: dict[str, list] = defaultdict(list)
     graph: dict[str, set[str]] = defaultdict(set)
     top_level: set[tuple[str, str]] = set()  # edges made by a module-level import
+    runtime: dict[str, set[str]] = defaultdict(set)  # the graph without ``if TYPE_CHECKING:`` imports
     local = total = 0
     for module, path in modules.items():
         text = path.read_text()
@@ -217,6 +236,8 @@ def main() -> int:
         for target, in_function, line in counter.imports:
             if target in modules and target != module:
                 graph[module].add(target)
+                if line not in counter.type_only:
+                    runtime[module].add(target)
                 if not in_function:
                     top_level.add((module, target))
                 if (line, in_function) not in seen:  # one count per import statement
@@ -227,6 +248,7 @@ def main() -> int:
 
     n_private = sum(len(v) for v in private.values())
     found = cycles(graph)
+    found_at_run_time = cycles(runtime)
     print(f"package lines (non-blank, non-comment): {lines}")
     print(f"private_per_kloc: {n_private / lines * 1000:.2f} ({n_private} accesses)")
     print(f"option_branches_in_nodes: {sum(len(v) for v in options.values())}")
@@ -235,6 +257,10 @@ def main() -> int:
     print(f"function_local_internal_imports: {local} of {total} ({share:.0f}%)")
     print(
         f"import_cycles: {len(found)} (groups of modules that import each other: {[len(g) for g in found]})"
+    )
+    print(
+        f"import_cycles_at_run_time: {len(found_at_run_time)} (without `if TYPE_CHECKING:` imports: "
+        f"{[len(g) for g in found_at_run_time]})"
     )
     if args.verbose:
         for module, hits in sorted(private.items()):
