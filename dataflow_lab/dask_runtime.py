@@ -29,7 +29,8 @@ from typing import Any
 
 from .cycles import Cycle
 from .errors import ValidationError, refuse_unknown_options
-from .hooks import Hooks, _Fanout
+from .hooks import Fanout, Hooks, NodeRecord
+from .modes import TransactionMode
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
 from .runtime import keyword_options
@@ -38,8 +39,6 @@ from .transactions import check_isolation
 from .workflow import Workflow, WorkflowBuilder, prepare
 
 __all__ = ["DaskRuntime"]
-
-MODES = ("node", "saga")
 
 
 class DaskRuntime:
@@ -61,22 +60,22 @@ class DaskRuntime:
         **unknown: Any,
     ):
         refuse_unknown_options("DaskRuntime", unknown, keyword_options(DaskRuntime))
-        if transaction not in MODES:
+        mode = TransactionMode.of(transaction, owner="DaskRuntime")
+        if not mode.strategy.per_node:
             raise ValidationError(
-                f"DaskRuntime cannot run transaction mode {transaction!r}.",
+                f"DaskRuntime cannot run transaction mode {str(transaction)!r}.",
                 hint="on Dask each node commits on its own worker: use transaction='node', or 'saga' to "
                 "undo committed nodes when one fails. One transaction per run needs LocalRuntime.",
             )
         self.client, self._owns_client = _client(client_or_address), isinstance(client_or_address, str)
-        self.transaction = transaction
+        self.transaction, self.strategy = mode, mode.strategy
         self.retry = RetryPolicy.of(retry)
         self.isolation = check_isolation(isolation)
         self.user = user
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
-        self._emit = _Fanout(self.hooks)
 
     def __repr__(self) -> str:
-        return f"DaskRuntime({self.client.scheduler.address!r}, transaction={self.transaction!r})"
+        return f"DaskRuntime({self.client.scheduler.address!r}, transaction={str(self.transaction)!r})"
 
     def close(self) -> None:
         """Close the client if this runtime opened it (from an address)."""
@@ -109,7 +108,7 @@ class DaskRuntime:
         user = self.user if user is None else user
         tenants = check_run(workflow, user, tenant)
         run = _DaskRun(self, workflow, overrides, user_name(user), dict(tenants))
-        emit, started, error = self._emit, time.perf_counter(), None
+        emit, started, error = run.emit, time.perf_counter(), None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=run.run_id, workflow=workflow, runtime=self)
         try:
@@ -159,7 +158,9 @@ class _DaskRun:
     ):
         self.runtime, self.workflow, self.overrides = runtime, workflow, overrides
         self.user, self.tenants = user, tenants
-        self.records: list[tuple] = []  # hooks.NODE_RECORD tuples, for after_workflow's ``nodes``
+        self.records: list[NodeRecord] = []  # for after_workflow's ``nodes``
+        # the runtime's hooks, those of the DataFlows the run touches, the process-wide ones
+        self.emit = Fanout(runtime.hooks, *(db.hooks for db in workflow.dataflows()))
         self.run_id = str(uuid.uuid4())
         self.results = RunResults()
         self.routers = routers(workflow)
@@ -191,10 +192,10 @@ class _DaskRun:
             if node_id in outcomes:
                 self.results[node_id] = outcomes[node_id].result
         if failure is not None:
-            if self.runtime.transaction == "saga":
+            if self.runtime.strategy.compensates:
                 failure.compensations = self._compensate()
             raise failure
-        if self.runtime.transaction == "saga":  # it succeeded: its saga log owes nothing
+        if self.runtime.strategy.compensates:  # it succeeded: its saga log owes nothing
             from . import saga_log
 
             steps = [step for outcome in self.committed for step in outcome.saga_steps]
@@ -212,7 +213,7 @@ class _DaskRun:
             self.overrides.get(node_id), self.run_id, self.runtime.transaction, self.runtime.retry,
             self.runtime.isolation, self.user, self.tenants,
         )  # fmt: skip
-        emit = self.runtime._emit
+        emit = self.emit
         if emit.wants("before_node"):  # on Dask: when the task is submitted
             emit.emit(
                 "before_node",
@@ -237,7 +238,7 @@ class _DaskRun:
             for node_id, outcome in zip(cycle.body, outcomes, strict=True):
                 self.results.iterations.setdefault(node_id, []).append(outcome.result)
             output = outcomes[-1].result  # the closing node: every other body node leads to it, so it is last
-            if iteration_ended(self.runtime._emit, self.run_id, cycle, iteration, output):
+            if iteration_ended(self.emit, self.run_id, cycle, iteration, output):
                 return
         not_converged(cycle, {n: self.results.iterations[n][-1] for n in cycle.body}, self.results)
 
@@ -261,7 +262,7 @@ class _DaskRun:
         return outcomes, failure
 
     def _report(self, node_id: str, outcome: Any, error: BaseException | None) -> None:
-        emit, spec = self.runtime._emit, self.workflow.nodes[node_id]
+        emit, spec = self.emit, self.workflow.nodes[node_id]
         if outcome is not None and isinstance(outcome.result, Skipped):
             if emit.wants("node_skipped"):
                 emit.emit(
@@ -298,7 +299,7 @@ class _DaskRun:
         record = self.runtime.client.submit(
             compensate, steps, self.run_id, self.runtime.retry, key=f"compensate-{self.run_id}", pure=False
         ).result()
-        emit = self.runtime._emit
+        emit = self.emit
         if emit.wants("compensation"):
             for entry in record:
                 emit.emit("compensation", run_id=self.run_id, **entry)

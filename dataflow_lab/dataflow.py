@@ -24,6 +24,7 @@ from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .errors import DataFlowError, ValidationError
 from .health import HealthMonitor, HealthReport
+from .hooks import Hooks
 from .ledger import TransactionLedger
 from .model import ModelSchema, parse_model
 from .nodes import registry
@@ -44,6 +45,7 @@ class DataFlow(Observability):
         self.config = DataFlowConfig.from_env(database_url, **options)
         self._dialect_or_warmup = dialect_now_or_soon(self.config)
         self._ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
+        self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
         self._models: dict[str, ModelSchema] = {}
         self._tables: dict[str, Any] = {}
         self._nodes: dict[str, type[Node]] = {}

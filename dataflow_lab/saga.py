@@ -155,10 +155,13 @@ async def run_step(scope: Any, node: Node, saga_steps: list[SagaStep]) -> Any:
 
 
 async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> list[dict[str, Any]]:
-    """Undo ``steps`` newest first, each in its own transaction retried per ``runtime.retry``."""
+    """Undo ``steps`` newest first, each in its own transaction retried per ``runtime.retry``.
+
+    ``runtime``: the run (``runtime.Run``): its ``emit``, ``retry`` and ``should_retry``.
+    """
     from .transactions import Scope
 
-    emit = runtime._emit
+    emit = runtime.emit
     record = []
     for saga_step in reversed(steps):
         entry = {
@@ -177,7 +180,7 @@ async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> 
                 break
             except Exception as exc:
                 await scope.rollback()
-                if await runtime._should_retry(exc, attempt, run_id, saga_step.node_id):
+                if await runtime.should_retry(exc, attempt, run_id, saga_step.node_id):
                     continue
                 entry.update(status="failed", error=str(exc))
                 if saga_step.node.dataflow is not None:

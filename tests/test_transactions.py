@@ -321,12 +321,13 @@ def test_compensating_twice_changes_nothing_more(db):
     async def go() -> list:
         from dataflow_lab.transactions import Scope
 
+        run = runtime.open_run(built, run_id="test")
         for node_id in built.order:
             scope = Scope("test", None)
-            await runtime._run_node(scope, built, node_id, {}, None, saga_steps=steps)
+            await run.run_node(scope, node_id, saga_steps=steps)
             await scope.commit()
         for _ in range(2):  # idempotent: the second pass finds nothing left to undo
-            await runtime._compensate(steps, "test")
+            await run.compensate(steps)
         return steps
 
     from dataflow_lab import _loop
