@@ -18,6 +18,7 @@ victim's transaction was then rolled back cleanly or the node was retried.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import logging
 import time
@@ -132,7 +133,10 @@ class TransactionMonitor:
         if loop is None or not self.ledger.open:
             self.ledger.on_open = self._watch  # idle: the next begin wakes us
             return
-        self._watchdog = loop.call_later(max(self.long_seconds / 4, 0.01), self._watch)
+        # in a context of its own: never keep the scope of the run that woke it (and what it reaches)
+        self._watchdog = loop.call_later(
+            max(self.long_seconds / 4, 0.01), self._watch, context=contextvars.Context()
+        )
 
     def _check(self) -> None:
         ledger, now = self.ledger, time.monotonic()
