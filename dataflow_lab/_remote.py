@@ -127,7 +127,7 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
         inputs=MappingProxyType({}),
     )
     if cls.dataflow is not None and cls.model is not None:
-        await cls.dataflow._ensure_table(cls.mt)
+        await cls.dataflow._ensure_table(cls.mt)  # type: ignore[attr-defined]  # a model node's table
     runtime = LocalRuntime(transaction=task.mode, retry=task.retry, isolation=task.isolation)
     overrides = {task.node_id: task.override} if task.override is not None else None
     run = runtime.open_run(workflow, overrides, run_id=task.run_id, results=results)

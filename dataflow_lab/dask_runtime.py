@@ -52,7 +52,7 @@ class DaskRuntime:
         self,
         client_or_address: Any,
         *,
-        transaction: str = "node",
+        transaction: TransactionMode | str = TransactionMode.NODE,
         retry: Any = None,
         isolation: str | None = None,
         hooks: Any = (),
@@ -193,7 +193,7 @@ class _DaskRun:
                 self.results[node_id] = outcomes[node_id].result
         if failure is not None:
             if self.runtime.strategy.compensates:
-                failure.compensations = self._compensate()
+                failure.compensations = self._compensate()  # type: ignore[attr-defined]
             raise failure
         if self.runtime.strategy.compensates:  # it succeeded: its saga log owes nothing
             from . import saga_log

@@ -101,11 +101,12 @@ class RunHooks:
         results: Any,
         error: BaseException | None,
         duration: float,
+        mode: str,
         runtime: Any,
         nodes: list[NodeRecord],
         **future: Any,
     ) -> None:
-        """A run ended (always called): ``mode`` is the transaction mode it used."""
+        """A run ended (always called); ``mode``: the TransactionMode it used ("auto" resolved)."""
 
     def before_node(self, *, run_id: str, node_id: str, node_type: str, params: Any, **future: Any) -> None:
         """A node starts."""

@@ -180,6 +180,7 @@ class Auto(Strategy):
         return _STRATEGIES[TransactionMode.TWO_PHASE]
 
     async def run(self, run: Run, parent: Scope | None) -> None:  # pragma: no cover - always resolved
+        assert run.workflow is not None
         await (await self.resolve(run.workflow)).run(run, parent)
 
 

@@ -83,6 +83,7 @@ class MetricsCollector(CollectorViews):
         # retries and compensations reported during a run, kept until its after_workflow says whose it is
         self._pending: dict[str, dict[str, Any]] = {}
         self._servers: list[Any] = []  # /metrics endpoints serving this collector (stopped at detach)
+        self.prometheus_registry: Any = None  # made by metrics_export at the first scrape, then reused
         self.reset()
 
     def reset(self) -> None:
@@ -100,7 +101,8 @@ class MetricsCollector(CollectorViews):
             self.retries = 0
             self.compensations: dict[str, int] = {}
             self._last_pool = 0.0
-            self._failures_seen, self._failure_at = 0, None
+            self._failures_seen = 0
+            self._failure_at: float | None = None
             self.detector.reset()
             self.transactions.close()
             self.transactions = TransactionMonitor(
@@ -189,12 +191,12 @@ class MetricsCollector(CollectorViews):
             self.transactions.workflow_ended(run_id)
         duration_ms = duration * 1000.0
         name = workflow.name if workflow is not None else ""
-        record = (
+        run = (
             run_id, name, getattr(runtime, "user", None), now - duration, duration_ms,
             None if error is None else _first_line(error), run_nodes, run_queries, run_rows, retried,
         )  # fmt: skip
         day = int(now // 86400)
-        self._workflow_log.append(record)  # the loop thread is the only writer
+        self._workflow_log.append(run)  # the loop thread is the only writer
         totals = self.workflows
         totals["total"] += 1
         totals["successful" if error is None else "failed"] += 1
@@ -253,7 +255,7 @@ class MetricsCollector(CollectorViews):
         return status
 
 
-def _first_line(error: BaseException | None) -> str | None:
+def _first_line(error: BaseException | str | None) -> str | None:
     if error is None:
         return None
     text = str(error) or type(error).__name__

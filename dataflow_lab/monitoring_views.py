@@ -8,9 +8,14 @@ them into what people read, when they read it.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hooks import NodeRecord
 
 __all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]
 
@@ -56,6 +61,25 @@ class WorkflowRun:
 class CollectorViews:
     """Read-side methods of MetricsCollector (they read its logs, counters and monitors)."""
 
+    # what MetricsCollector keeps (monitoring.py), read here
+    _lock: threading.Lock
+    _keep: int
+    _node_log: deque[tuple[str, float, list[NodeRecord], dict[str, int] | None]]
+    _workflow_log: deque[tuple]
+    _failures_seen: int
+    _failure_at: float | None
+    by_type: dict[str, Any]
+    workflows: dict[str, Any]
+    today: tuple[int, int]
+    retries: int
+    anomalies: deque[Any]
+    compensations: dict[str, int]
+    transactions: Any
+
+    @property
+    def dataflow(self) -> Any:  # pragma: no cover - MetricsCollector's
+        raise NotImplementedError
+
     @property
     def node_runs(self) -> list[NodeRun]:
         """The recent node runs (at most ``keep``), oldest first."""
@@ -79,7 +103,7 @@ class CollectorViews:
                         record.rows,
                         record.queries,
                         "success" if record.error is None else "error",
-                        record.error,
+                        None if record.error is None else str(record.error),  # a message, in the log
                         retries.get(record.node_id, 0) if retries and last.get(record.node_id) == i else 0,
                         tuple(s.strip() for s in record.sql or ()),
                     )

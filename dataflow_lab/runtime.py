@@ -66,7 +66,7 @@ class LocalRuntime:
     def __init__(
         self,
         *,
-        transaction: str = "workflow",
+        transaction: TransactionMode | str = TransactionMode.WORKFLOW,
         hooks: Any = (),
         retry: Any = None,
         isolation: str | None = None,
@@ -410,7 +410,7 @@ def keyword_options(cls: type) -> set[str]:
         p.name
         for klass in cls.__mro__
         if "__init__" in klass.__dict__ and klass is not object
-        for p in inspect.signature(klass.__init__).parameters.values()
+        for p in inspect.signature(klass.__dict__["__init__"]).parameters.values()
         if p.kind is p.KEYWORD_ONLY
     }
 

@@ -152,9 +152,11 @@ class TransactionMonitor:
         if self._flagged:
             self._flagged &= ledger.open.keys()
 
-    def error(self, run_id: str, node_id: str, error: BaseException | None, *, retried: bool = False) -> None:
-        """An error reached a node (or a retry): count it when it is a deadlock."""
-        if error is None or not is_deadlock(error) or self._seen_before(error):
+    def error(
+        self, run_id: str, node_id: str, error: BaseException | str | None, *, retried: bool = False
+    ) -> None:
+        """An error reached a node (or a retry): count it when it is a deadlock (a message alone: never)."""
+        if not isinstance(error, BaseException) or not is_deadlock(error) or self._seen_before(error):
             return  # after_node and then retry report the same deadlock: count it once
         self.deadlocks += 1
         if retried:
@@ -168,7 +170,8 @@ class TransactionMonitor:
         log.warning("%s", message)
 
     def _seen_before(self, error: BaseException) -> bool:
-        chain, node = [], error
+        chain: list[int] = []
+        node: BaseException | None = error
         while node is not None and len(chain) < 20:
             chain.append(id(node))
             node = getattr(node, "cause", None) or node.__cause__ or node.__context__

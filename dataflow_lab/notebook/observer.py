@@ -281,7 +281,7 @@ class RunObserver:
             )
 
     def _pool(self) -> dict[str, Mapping[str, Any]]:
-        status = {}
+        status: dict[str, Mapping[str, Any]] = {}
         for db in self.workflow.dataflows():
             try:
                 status[db.url] = db.pool_status()
