@@ -80,6 +80,13 @@ class NodeRecord(NamedTuple):
     sql: list[str] | None  # the statements' text, when the collector captures SQL
     error: BaseException | str | None  # a collector keeps only the message
 
+    def with_message(self) -> NodeRecord:
+        """This record with its error as its first line (keeping neither the exception nor its frames)."""
+        if not isinstance(self.error, BaseException):
+            return self
+        text = str(self.error) or type(self.error).__name__
+        return self._replace(error=text.splitlines()[0][:500])
+
 
 NODE_RECORD = NodeRecord._fields
 

@@ -171,7 +171,7 @@ class MetricsCollector(CollectorViews):
         if foreign:
             kept = [r for r in kept if r.node_class.dataflow is None or r.node_class.dataflow is mine]
         if failed:  # keep the message, never the exception and the frames it holds
-            kept = [r._replace(error=_first_line(r.error)) if r.error is not None else r for r in kept]
+            kept = [r.with_message() if r.error is not None else r for r in kept]
         retried = 0
         if retries:
             for node_id, count in retries.items():  # a node's retries belong to its last run
@@ -187,8 +187,7 @@ class MetricsCollector(CollectorViews):
                 self.retries += retried
                 for status, count in pending["compensations"].items():
                     self.compensations[status] = self.compensations.get(status, 0) + count
-        if self.transactions._deadlocked_runs:
-            self.transactions.workflow_ended(run_id)
+        self.transactions.workflow_ended(run_id)
         duration_ms = duration * 1000.0
         name = workflow.name if workflow is not None else ""
         run = (

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from . import _loop
 from .errors import NodeExecutionError, ValidationError, refuse_unknown_options
 from .hooks import Fanout, Hooks, NodeRecord
-from .modes import Strategy, TransactionMode, WorkflowScoped
+from .modes import Strategy, TransactionMode
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
 from .scheduler import RunNode, Walk, node_ended, node_params, rows_of
@@ -52,7 +52,7 @@ __all__ = ["AsyncLocalRuntime", "LocalRuntime", "Run", "TransactionMode", "rows_
 log = logging.getLogger("dataflow_lab.runtime")
 TRANSACTION_MODES = tuple(m.value for m in TransactionMode)  # the names, for a CLI's choices
 _ONCE = RetryPolicy(attempts=1)
-_NESTED = WorkflowScoped()  # a run inside an open transaction scope joins it
+_NESTED = TransactionMode.WORKFLOW.strategy  # a run inside an open transaction scope joins it
 
 
 class LocalRuntime:
