@@ -20,6 +20,7 @@ from .errors import (
     NotFoundError,
     TenantRequiredError,
     TransactionError,
+    UnknownNodeTypeError,
     ValidationError,
     WorkflowValidationError,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "TenantRequiredError",
     "TransactionError",
     "TransactionMode",
+    "UnknownNodeTypeError",
     "User",
     "ValidationError",
     "Workflow",

@@ -43,13 +43,13 @@ async def recover_in_doubt(dataflows: list[DataFlow], *, min_age: float = 0.0) -
     Only transactions prepared at least ``min_age`` seconds ago are touched, and never one
     whose coordinating process is alive (it holds the commit's advisory lock).
     """
-    seen = [await _scan(db, min_age) for db in dataflows if db.dialect == "postgresql"]
+    seen = [await _scan(db, min_age) for db in dataflows if db.database.dialect.supports_two_phase]
     by_key = {s.key: s for s in seen}
     outcome: dict[str, str] = {}
     for s in seen:
         for gid in s.gids:
             base, coordinator = _parse(gid)
-            if base in tp._IN_FLIGHT:
+            if base in tp.IN_FLIGHT:
                 continue
             verdict = await _verdict(gid, base, coordinator, seen, by_key)
             if verdict == "alive":
@@ -82,13 +82,13 @@ async def _verdict(
 async def _presume_abort(coordinator: _Seen, base: str) -> str | None:
     """No decision yet: if the coordinating process is gone, record 'abort' (or read what won)."""
     db = coordinator.db
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp._LOCK_SQL})", [base]))[0][0]:
+        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp.LOCK_SQL})", [base]))[0][0]:
             return "alive"
         try:
-            await tp._ensure_decision_table(db, conn)
+            await tp.ensure_decision_table(db, conn)
             await conn.execute(
                 f"INSERT INTO {tp.DECISION_TABLE} (gid, outcome) VALUES ($1, 'abort') ON CONFLICT DO NOTHING",
                 [base],
@@ -97,28 +97,28 @@ async def _presume_abort(coordinator: _Seen, base: str) -> str | None:
             coordinator.decisions[base] = (rows[0][0], None)
             return rows[0][0]
         finally:
-            await conn.fetch(f"SELECT pg_advisory_unlock({tp._LOCK_SQL})", [base])
+            await conn.fetch(f"SELECT pg_advisory_unlock({tp.LOCK_SQL})", [base])
     finally:
         await dialect.release(conn)
 
 
 async def _alive(db: DataFlow, base: str) -> bool:
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp._LOCK_SQL})", [base]))[0][0]:
+        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp.LOCK_SQL})", [base]))[0][0]:
             return True
-        await conn.fetch(f"SELECT pg_advisory_unlock({tp._LOCK_SQL})", [base])
+        await conn.fetch(f"SELECT pg_advisory_unlock({tp.LOCK_SQL})", [base])
         return False
     finally:
         await dialect.release(conn)
 
 
 async def _scan(db: DataFlow, min_age: float) -> _Seen:
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        key = await tp._key_of(conn)
+        key = await tp.key_of(conn)
         rows = await conn.fetch(
             "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1 "
             "AND prepared <= now() - make_interval(secs => $2)",
@@ -132,13 +132,13 @@ async def _scan(db: DataFlow, min_age: float) -> _Seen:
 async def _decisions(db: DataFlow, conn: Connection) -> dict[str, tuple[str, Any]]:
     if not (await conn.fetch("SELECT to_regclass($1) IS NOT NULL", [tp.DECISION_TABLE]))[0][0]:
         return {}
-    await tp._ensure_decision_table(db, conn)
+    await tp.ensure_decision_table(db, conn)
     rows = await conn.fetch(f"SELECT gid, outcome, participants FROM {tp.DECISION_TABLE}")
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
 async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
         await conn.finish_prepared(gid, commit=commit)
@@ -147,7 +147,7 @@ async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
 
 
 async def _still_prepared(db: DataFlow, base: str) -> bool:
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
         return bool(await conn.fetch("SELECT 1 FROM pg_prepared_xacts WHERE gid LIKE $1", [base + ":%"]))
@@ -159,7 +159,7 @@ async def _forget_resolved(seen: list[_Seen], by_key: dict[str, _Seen]) -> None:
     """Delete a decision only once every participant it names is searched and resolved."""
     for s in seen:
         for base, (_, participants) in list(s.decisions.items()):
-            if base in tp._IN_FLIGHT:
+            if base in tp.IN_FLIGHT:
                 continue
             where = [by_key.get(p) for p in participants] if participants else [s]
             if any(w is None for w in where):
@@ -168,4 +168,4 @@ async def _forget_resolved(seen: list[_Seen], by_key: dict[str, _Seen]) -> None:
                 continue
             if participants is None and _parse(base)[1] is not None:
                 continue  # an 'abort' written by recovery before every half was seen: keep it
-            await tp._forget_decision(s.db, None, base)
+            await tp.forget_decision(s.db, None, base)

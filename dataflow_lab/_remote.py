@@ -43,15 +43,15 @@ def dataflow_from_description(
 
     with _LOCK:
         for live in registry.live_dataflows():
-            if live._token == token:
+            if live.database.token == token:
                 _add_missing_models(live, schemas, reflected)
                 return live
         db = _REBUILT.pop(token, None)
-        if db is None or db._closed:
+        if db is None or db.database.closed:
             # monitoring stays off on workers (nobody reads their collectors); the models arrive with the
             # description, so nothing is reflected at start
             db = DataFlow(url, **{**options, "monitoring": False, "existing_schema": False})
-            db._token = token
+            db.database.token = token
         _REBUILT[token] = db
         while len(_REBUILT) > _KEEP:
             _REBUILT.popitem(last=False)[1].close()
@@ -65,12 +65,12 @@ def _add_missing_models(db: Any, schemas: tuple[ModelSchema, ...], reflected: fr
     from .schema import ModelTable
 
     for schema in schemas:
-        known = db._models.get(schema.name)
+        known = db.database.models.get(schema.name)
         if known is None or known.signature() != schema.signature():
             table_class = ReflectedTable if schema.name in reflected else ModelTable
-            db._install(schema, table_class(schema, db._dialect))
-            if schema.name in reflected:
-                db._reflected.add(schema.name)
+            db.database.install(
+                schema, table_class(schema, db.database.dialect), reflected=schema.name in reflected
+            )
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
         inputs=MappingProxyType({}),
     )
     if cls.dataflow is not None and cls.model is not None:
-        await cls.dataflow._ensure_table(cls.mt)  # type: ignore[attr-defined]  # a model node's table
+        await cls.dataflow.database.ensure_table(cls.mt)
     runtime = LocalRuntime(transaction=task.mode, retry=task.retry, isolation=task.isolation)
     overrides = {task.node_id: task.override} if task.override is not None else None
     run = runtime.open_run(workflow, overrides, run_id=task.run_id, results=results)

@@ -8,7 +8,7 @@ driver at once (as before), then does the rest on a daemon thread and returns;
 
 Why this cannot race:
 
-- The dialect is only reachable through ``Warm.result()`` (``DataFlow._dialect``),
+- The dialect is only reachable through ``Warm.result()`` (``DataFlow.database.dialect``),
   which waits for the thread. ``db.model``, a run and ``close()`` all pass there
   first, so the first run waits for the warm-up and never sees half of it.
 - An error the thread met is kept and raised by ``result()``, unchanged, to every

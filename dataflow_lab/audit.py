@@ -17,25 +17,21 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import enum
-import functools
 import uuid
-import weakref
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
 from . import _loop
 from .errors import ValidationError
-from .model import parse_model
+from .schema import ModelTable, internal_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
-    from .nodes.model_node import ModelNode
-    from .schema import ModelTable
 
 __all__ = ["AUDIT_TABLE", "AuditEntry", "current_user", "history", "run_as"]
 
@@ -103,30 +99,28 @@ class _AuditRecord:
 _COLUMNS = (
     "model", "record_id", "operation", "actor", "run_id", "node_id", "before", "after", "created_at", "updated_at",
 )  # fmt: skip
-_TABLES: weakref.WeakKeyDictionary[Any, ModelTable] = weakref.WeakKeyDictionary()
-
-
-@functools.cache
-def _schema() -> Any:
-    return parse_model(_AuditRecord, internal=True)
 
 
 def audit_table(dataflow: DataFlow) -> ModelTable:
-    table = _TABLES.get(dataflow)
-    if table is None:
-        from .schema import ModelTable
-
-        table = _TABLES[dataflow] = ModelTable(_schema(), dataflow._dialect)
-    return table
+    return internal_table(_AuditRecord, dataflow)
 
 
 async def ensure_table(dataflow: DataFlow) -> None:
     """Create the audit table (called before a run that writes an audited model takes its connection)."""
-    await dataflow._ensure_table(audit_table(dataflow))
+    await dataflow.database.ensure_table(audit_table(dataflow))
 
 
-# -- writing (called by the write nodes, on the run's connection) ----------------------------
-async def record(node: ModelNode, ctx: Any, changes: Sequence[tuple[dict | None, dict | None]]) -> None:
+# -- writing (called by the audit_log behaviour, on the run's connection) -------------------
+class Writer(Protocol):
+    """What ``record`` needs of the node that wrote (a generated node of an audited model)."""
+
+    dataflow: Any
+    model: Any
+    operation: str
+    node_id: str
+
+
+async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, dict | None]]) -> None:
     """Append one entry per (before, after) pair of row dicts, in the run's transaction."""
     if not changes:
         return
@@ -155,107 +149,6 @@ async def record(node: ModelNode, ctx: Any, changes: Sequence[tuple[dict | None,
         await conn.execute(dialect.multirow_insert_sql(table.table, _COLUMNS, 1), rows[0])
     else:
         await dialect.bulk_insert(conn, table.table, _COLUMNS, rows)
-
-
-async def rows_by_ids(node: ModelNode, conn: Any, ids: Iterable[Any]) -> dict[Any, dict[str, Any]]:
-    """The current rows with these ids, by id (read before an update or delete)."""
-    mt, ids = node.mt, list(ids)
-    found: dict[Any, dict[str, Any]] = {}
-    step = max(1, mt.dialect.max_bind_params - 1)
-    for start in range(0, len(ids), step):
-        part = [mt.to_db("id", i) for i in ids[start : start + step]]
-        cond = mt.table.c.id == part[0] if len(part) == 1 else mt.dialect.in_array(mt.table.c.id, part)
-        sql, params = mt.dialect.compile(sa.select(*mt.table.c).where(cond))
-        found.update((r["id"], r) for r in mt.rows(await conn.fetch(sql, params)))
-    return found
-
-
-async def rows_matching(node: ModelNode, conn: Any, where: Any) -> dict[Any, dict[str, Any]]:
-    """The rows a bulk update is about to change, by id."""
-    mt = node.mt
-    stmt = sa.select(*mt.table.c)
-    if where is not None:
-        stmt = stmt.where(where)
-    sql, params = mt.dialect.compile(stmt)
-    return {r["id"]: r for r in mt.rows(await conn.fetch(sql, params))}
-
-
-async def rows_by_keys(
-    node: ModelNode, conn: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]], keys: Sequence[str]
-) -> dict[tuple, dict[str, Any]]:
-    """Current rows whose ``keys`` match those of driver-ready ``rows``, by their key values."""
-    mt = node.mt
-    index = [columns.index(k) for k in keys]
-    wanted = list({tuple(r[i] for i in index) for r in rows})
-    cols = [mt.table.c[k] for k in keys]
-    step = max(1, mt.dialect.max_bind_params // (2 * len(keys)) - 1)
-    found: dict[tuple, dict[str, Any]] = {}
-    for start in range(0, len(wanted), step):
-        part = wanted[start : start + step]
-        if len(cols) == 1:
-            cond = cols[0].in_([k[0] for k in part])
-        else:
-            cond = sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
-        sql, params = mt.dialect.compile(sa.select(*mt.table.c).where(cond))
-        found.update((tuple(r[k] for k in keys), r) for r in mt.rows(await conn.fetch(sql, params)))
-    return found
-
-
-async def returning_rows(node: ModelNode, conn: Any, stmt: Any) -> list[dict[str, Any]]:
-    """Run an UPDATE or DELETE with RETURNING every column: the rows after (or before) it."""
-    mt = node.mt
-    sql, params = mt.dialect.compile(stmt.returning(*mt.table.c))
-    return mt.rows(await conn.fetch(sql, params))
-
-
-async def insert_and_record(
-    node: ModelNode, ctx: Any, conn: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> list[Any]:
-    """Bulk insert that learns the new ids, then audits the rows as stored. Returns the ids."""
-    mt = node.mt
-    if "id" in columns:
-        await mt.dialect.bulk_insert(conn, mt.table, columns, rows)
-        ids = [r[columns.index("id")] for r in rows]
-    else:
-        ids = await mt.dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows)
-    stored = await rows_by_ids(node, conn, ids)
-    await record(node, ctx, [(None, stored[i]) for i in ids if i in stored])
-    return ids
-
-
-async def row_before(node: ModelNode, ctx: Any, row_id: Any) -> dict[str, Any] | None:
-    """The row as it is now (read before a single-row update or delete)."""
-    conn = await ctx.connection(node.dataflow)
-    return (await rows_by_ids(node, conn, [row_id])).get(row_id)
-
-
-async def update_and_record(node: ModelNode, ctx: Any, conn: Any, stmt: Any, where: Any) -> int:
-    """A bulk UPDATE that audits each changed row: reads the matches, updates RETURNING the new rows."""
-    before = await rows_matching(node, conn, where)
-    after = await returning_rows(node, conn, stmt)
-    await record(node, ctx, [(before.get(row["id"]), row) for row in after])
-    return len(after)
-
-
-async def delete_and_record(node: ModelNode, ctx: Any, conn: Any, stmt: Any) -> int:
-    """A bulk DELETE that audits each deleted row (DELETE ... RETURNING gives the values before)."""
-    before = await returning_rows(node, conn, stmt)
-    await record(node, ctx, [(row, None) for row in before])
-    return len(before)
-
-
-async def record_upsert(
-    node: ModelNode,
-    ctx: Any,
-    conn: Any,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Any]],
-    keys: Sequence[str],
-    before: dict[tuple, dict[str, Any]],
-) -> None:
-    """Audit a bulk upsert of ``rows``: each row as stored now, against ``before`` (None: inserted)."""
-    after = await rows_by_keys(node, conn, columns, rows, keys)
-    await record(node, ctx, [(before.get(k), row) for k, row in after.items() if before.get(k) != row])
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -300,7 +193,7 @@ async def _history(
     from .transactions import borrowed
 
     table = audit_table(dataflow)
-    await dataflow._ensure_table(table, scope)  # inside db.transaction(): on the block's connection
+    await dataflow.database.ensure_table(table, scope)  # inside db.transaction(): on the block's connection
     t = table.table
     stmt = sa.select(*t.c).where(t.c.model == schema.name).order_by(t.c.id)
     if record_id is not None:

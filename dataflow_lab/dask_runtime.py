@@ -172,7 +172,7 @@ class _DaskRun:
         from ._loop import run
 
         for dataflow, table in self.workflow.models():  # once, here, rather than racing on every worker
-            run(dataflow._ensure_table(table))
+            run(dataflow.database.ensure_table(table))
         failure: BaseException | None = None
         try:
             try:
@@ -325,9 +325,7 @@ def _client(client_or_address: Any) -> Any:
 
 def _check_shareable(workflow: Workflow) -> None:
     for db in workflow.dataflows():
-        url = db.config.database_url
-        private = db.dialect == "duckdb" or (db.dialect == "sqlite" and ":memory:" in url)
-        if private:
+        if db.database.dialect.process_local():
             raise ValidationError(
                 f"{db!r} lives in one process (in-memory SQLite, or DuckDB, which one process opens at "
                 "a time), so Dask workers cannot share it.",

@@ -5,30 +5,29 @@ instance. The database is opened lazily on the runtime's background loop,
 and each table is created the first time a workflow uses it. The first
 ``DataFlow()`` of a process imports SQLAlchemy and prepares its engine on a
 background thread (``_warmup.py``), so it returns at once.
+
+``DataFlow`` is the public facade. What it holds (connections, tables, the
+transaction ledger, the models and nodes) is its ``database`` (database.py),
+whose documented interface the package's other modules use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
-import uuid
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 from . import _loop
-from ._warmup import Warm, dialect_now_or_soon
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
-from .errors import DataFlowError, ValidationError
-from .health import HealthMonitor, HealthReport
+from .database import Database
+from .errors import ValidationError
+from .health import HealthReport
 from .hooks import Hooks
-from .ledger import TransactionLedger
 from .model import ModelSchema, parse_model
 from .nodes import registry
-from .nodes.base import Node
 from .observability import Observability
 
 __all__ = ["DataFlow"]
@@ -43,27 +42,13 @@ class DataFlow(Observability):
 
     def __init__(self, database_url: str | None = None, **options: Any):
         self.config = DataFlowConfig.from_env(database_url, **options)
-        self._dialect_or_warmup = dialect_now_or_soon(self.config)
-        self._ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
         self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
-        self._models: dict[str, ModelSchema] = {}
-        self._tables: dict[str, Any] = {}
-        self._nodes: dict[str, type[Node]] = {}
-        self._ready: set[tuple] = set()
-        self._open_future: asyncio.Future | None = None
-        self._ddl_lock: asyncio.Lock | None = None
-        self._closed = False
-        self._token = uuid.uuid4().hex  # names this instance across processes (see __reduce__)
-        self._reflected: set[str] = set()  # models reflected from existing tables: never any DDL
         self.clock = clock_for(self.config.deterministic)
-        self._two_phase: bool | None = None
-        self._recovered = False
-        self._sagas_resumed = False  # owed saga compensations are run at first use (saga_log.py)
-        self._pending_compensations: int | None = None  # None: not counted since the last change
+        # its connections, tables, ledger and registry: the package's other modules use this
+        self.database = Database(self, self.config)
         registry.register(self)
         _track(self)
         self._monitor = None
-        self._health = HealthMonitor(self)
         if self.config.monitoring:
             from .monitoring import attach
 
@@ -75,14 +60,6 @@ class DataFlow(Observability):
                 self.close()  # a DataFlow that could not start is not left registered
                 raise
 
-    @property
-    def _dialect(self) -> Any:
-        """The dialect; the first use waits for the warm-up, and raises the error it met, if any."""
-        dialect = self._dialect_or_warmup
-        if isinstance(dialect, Warm):
-            dialect = self._dialect_or_warmup = dialect.result()
-        return dialect
-
     # -- identity ----------------------------------------------------------
     @property
     def url(self) -> str:
@@ -91,11 +68,11 @@ class DataFlow(Observability):
 
     @property
     def dialect(self) -> str:
-        return self._dialect.name
+        return self.database.dialect.name
 
     def __repr__(self) -> str:
-        models = ", ".join(self._models) or "no models"
-        state = ", closed" if self._closed else ""
+        models = ", ".join(self.database.models) or "no models"
+        state = ", closed" if self.database.closed else ""
         return f"DataFlow({self.url!r}, {models}{state})"
 
     # -- models and nodes --------------------------------------------------
@@ -104,45 +81,15 @@ class DataFlow(Observability):
 
         The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
         """
-        self._check_open()
+        self.database.check_open()
         schema = parse_model(cls)
         self._check_redefinition(schema)
-        dialect = self._dialect  # waits for the warm-up before importing what it imports
+        dialect = self.database.dialect  # waits for the warm-up before importing what it imports
         from .schema import ModelTable
 
-        self._reflected.discard(schema.name)
-        self._install(schema, ModelTable(schema, dialect))
+        self.database.install(schema, ModelTable(schema, dialect))
         cls.__dataflow_model__ = schema
         return cls
-
-    def _install(self, schema: ModelSchema, table: Any) -> None:
-        """Generate and register the eleven nodes of ``schema``."""
-        from .nodes.bulk import BULK_OPERATIONS
-        from .nodes.crud import CRUD_OPERATIONS
-
-        for old in [n for n, c in self._nodes.items() if c.model is not None and c.model.name == schema.name]:
-            del self._nodes[old]
-        for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS):
-            bulk = "Bulk" if op in BULK_OPERATIONS else ""
-            name = f"{schema.name}{bulk}{op.op_name}Node"
-            node_cls = type(
-                name,
-                (op,),
-                {
-                    "type_name": name,
-                    "dataflow": self,
-                    "model": schema,
-                    "model_name": schema.name,
-                    "mt": table,
-                    "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
-                    "__module__": __name__,
-                    "__doc__": f"{op.description} Generated for model {schema.name}.",
-                },
-            )
-            node_cls.parameters = node_cls.make_parameters(schema)
-            self._nodes[name] = node_cls
-        self._models[schema.name] = schema
-        self._tables[schema.name] = table
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
         """Model existing tables as they are (all, or ``tables``); returns the new model names.
@@ -153,7 +100,7 @@ class DataFlow(Observability):
         from .migrations.reflect import reflect
         from .transactions import ACTIVE_SCOPE
 
-        self._check_open()
+        self.database.check_open()
         return _loop.run(reflect(self, tables, ACTIVE_SCOPE.get()))
 
     def __reduce__(self) -> tuple:
@@ -167,11 +114,18 @@ class DataFlow(Observability):
 
         options = dataclasses.asdict(self.config)
         url = options.pop("database_url")
-        schemas = tuple(self._models.values())
-        return dataflow_from_description, (self._token, url, options, schemas, frozenset(self._reflected))
+        database = self.database
+        schemas = tuple(database.models.values())
+        return dataflow_from_description, (
+            database.token,
+            url,
+            options,
+            schemas,
+            frozenset(database.reflected),
+        )
 
     def _check_redefinition(self, schema: ModelSchema) -> None:
-        for other in self._models.values():
+        for other in self.database.models.values():
             if other.name != schema.name and other.table_name == schema.table_name:
                 raise ValidationError(
                     f"Models '{other.name}' and '{schema.name}' would share table '{schema.table_name}'.",
@@ -183,16 +137,16 @@ class DataFlow(Observability):
     @property
     def nodes(self) -> registry.NodeNamespace:
         """Generated node classes by name: ``db.nodes.UserCreateNode`` or ``db.nodes["UserCreateNode"]``."""
-        return registry.NodeNamespace(self, self._nodes)
+        return registry.NodeNamespace(self, self.database.nodes)
 
     @property
     def models(self) -> Mapping[str, ModelSchema]:
-        return MappingProxyType(self._models)
+        return MappingProxyType(self.database.models)
 
     def table(self, model: type | str) -> Any:
         name = model if isinstance(model, str) else model.__name__
         try:
-            return self._tables[name]
+            return self.database.tables[name]
         except KeyError:
             raise ValidationError(
                 f"Model '{name}' is not defined on {self!r}.", hint="decorate the class with @db.model first."
@@ -223,50 +177,6 @@ class DataFlow(Observability):
 
         return import_csv(self, model, path, **options)
 
-    # -- lifecycle -----------------------------------------------------------
-    async def _opened(self) -> Any:
-        """The dialect, opened once, on the background loop."""
-        self._check_open()
-        if self._open_future is None:
-            self._open_future = asyncio.ensure_future(self._dialect.open())
-            self._open_future.add_done_callback(
-                lambda f: f.cancelled() or f.exception() or self._health.start()
-            )
-        try:
-            await asyncio.shield(self._open_future)
-        except Exception as exc:
-            self._open_future = None
-            raise DataFlowError(
-                f"Could not open {self!r}: {self._dialect.scrub(str(exc))}",
-                hint="check the database URL and that the server is running.",
-            ) from None
-        return self._dialect
-
-    async def _ensure_table(self, table: Any, scope: Any = None) -> None:
-        if not self._recovered:
-            self._recovered = True
-            await self._recover_at_start()
-        if not self._sagas_resumed and (scope is None or not scope.holds(self)):
-            # (inside an open transaction a second connection could wait forever: at a later use)
-            self._sagas_resumed = True
-            await self._resume_at_start()
-        if (
-            scope is not None
-            and scope.holds(self)
-            and table.model.signature() not in self._ready_signatures()
-        ):
-            # Inside an open transaction on this database: a second connection could wait forever for
-            # the one writer (SQLite, DuckDB). Create the table in that transaction; a rollback undoes it,
-            # so it is not marked ready.
-            conn = await scope.connection(self, write=True)
-            await table.ensure(conn, **self._migration_policy())
-            return
-        await self._ensure_table_once(table)
-
-    def _migration_policy(self) -> dict[str, Any]:
-        return {"auto_migrate": self.config.auto_migrate, "existing_schema": self.config.existing_schema,
-                "clock": self.clock}  # fmt: skip
-
     @property
     def migrations(self) -> Any:
         """Plan, apply, roll back and generate schema migrations (migrations/__init__.py)."""
@@ -274,56 +184,7 @@ class DataFlow(Observability):
 
         return Migrations(self)
 
-    def _ready_signatures(self) -> set:
-        return {key[1] for key in self._ready}
-
-    async def _ensure_table_once(self, table: Any) -> None:
-        if table.model.audit_log:  # its writes log to the audit table in their own transaction
-            from .audit import ensure_table
-
-            await ensure_table(self)
-        key = (table.model.table_name, table.model.signature())
-        if key in self._ready:
-            return
-        if self._ddl_lock is None:
-            self._ddl_lock = asyncio.Lock()
-        async with self._ddl_lock:
-            if key in self._ready:
-                return
-            dialect = await self._opened()
-            conn = await dialect.acquire()
-            try:
-                await conn.begin()
-                try:
-                    await table.ensure(conn, **self._migration_policy())
-                    await conn.commit()
-                except BaseException:
-                    await conn.rollback()
-                    raise
-            except DataFlowError:
-                raise
-            except Exception as exc:
-                raise DataFlowError(
-                    f"Could not prepare table '{table.model.table_name}' on {self!r}: {dialect.scrub(str(exc))}",
-                    hint="check that the database is reachable and writable; the run changed nothing.",
-                ) from exc
-            finally:
-                await dialect.release(conn)
-            self._ready = {k for k in self._ready if k[0] != key[0]} | {key}
-
-    async def _allows_two_phase(self) -> bool:
-        """PostgreSQL with max_prepared_transactions > 0 (asked once)."""
-        if self._two_phase is None:
-            self._two_phase = False
-            if self.dialect == "postgresql":
-                dialect = await self._opened()
-                conn = await dialect.acquire()
-                try:
-                    self._two_phase = int((await conn.fetch("SHOW max_prepared_transactions"))[0][0]) > 0
-                finally:
-                    await dialect.release(conn)
-        return self._two_phase
-
+    # -- transactions ----------------------------------------------------------
     def transaction(self, isolation: str | None = None) -> Any:
         """One transaction for a block: ``with db.transaction():`` or ``async with db.transaction():``.
 
@@ -332,7 +193,7 @@ class DataFlow(Observability):
         """
         from .transactions import TransactionBlock
 
-        self._check_open()
+        self.database.check_open()
         return TransactionBlock(self, isolation)
 
     def recover_in_doubt(self, *others: DataFlow, force: bool = False) -> dict[str, str]:
@@ -347,23 +208,6 @@ class DataFlow(Observability):
         grace = 0.0 if force else self.config.in_doubt_grace
         return _loop.run(recover_in_doubt([self, *others], min_age=grace))
 
-    async def _recover_at_start(self) -> None:
-        """At first use of a PostgreSQL database: resolve two-phase commits a crash left in doubt."""
-        from .two_phase import recover_in_doubt
-
-        if self.dialect != "postgresql" or not await self._allows_two_phase():
-            return
-        others = [db for db in registry.live_dataflows() if db is not self and db.dialect == "postgresql"]
-        try:
-            outcome = await recover_in_doubt([self, *others], min_age=self.config.in_doubt_grace)
-        except Exception:  # recovery must never stop a database from opening
-            logging.getLogger("dataflow_lab.transactions").warning("in-doubt recovery failed", exc_info=True)
-            return
-        if outcome:
-            logging.getLogger("dataflow_lab.transactions").warning(
-                "resolved in-doubt transactions: %s", outcome
-            )
-
     def resume_compensations(self, *, force: bool = False) -> list[Any]:
         """Run the saga compensations still owed on this database (the server was down when they
         ran, or the process died); returns a ``ResumedCompensation`` per compensation tried.
@@ -374,7 +218,7 @@ class DataFlow(Observability):
         """
         from .saga_log import resume
 
-        self._check_open()
+        self.database.check_open()
         grace = 0.0 if force else self.config.in_doubt_grace
         return _loop.run(resume(self, min_age=grace))
 
@@ -382,52 +226,36 @@ class DataFlow(Observability):
         """How many saga compensations are still owed on this database (see resume_compensations)."""
         from .saga_log import pending
 
-        self._check_open()
-        self._pending_compensations = len(_loop.run(pending(self)))
-        return self._pending_compensations
+        self.database.check_open()
+        count = self.database.pending_count = len(_loop.run(pending(self)))
+        return count
 
-    async def _resume_at_start(self) -> None:
-        from .saga_log import resume
-
-        try:
-            done = await resume(self, min_age=self.config.in_doubt_grace)
-        except Exception:  # resuming must never stop a database from opening
-            logging.getLogger("dataflow_lab.transactions").warning("saga resume failed", exc_info=True)
-            return
-        if done:
-            logging.getLogger("dataflow_lab.transactions").warning("resumed saga compensations: %s", done)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise DataFlowError(f"{self!r} is closed.", hint="create a new DataFlow.")
-
+    # -- health and lifecycle ----------------------------------------------------
     def pool_status(self) -> dict[str, Any]:
         """Connection pool figures (size, checked out, overflow...)."""
-        return {**self._dialect.pool_status(), "health_status": self._health.status_word()}
+        database = self.database
+        return {**database.dialect.pool_status(), "health_status": database.health.status_word()}
 
     def health(self) -> HealthReport:
         """Probe the database now: ping idle pooled connections, discard dead ones (see health.py)."""
-        self._check_open()
-        return _loop.run(self._health.check())
+        self.database.check_open()
+        return _loop.run(self.database.health.check())
 
     async def aclose(self) -> None:
-        if self._closed:
+        if self.database.closed:
             return
-        self._closed = True
         registry.unregister(self)
         self._stop_monitoring()
-        self._health.stop()
-        if self._open_future is not None and self._open_future.done() and not self._open_future.exception():
-            await self._dialect.dispose()
+        await self.database.close()
 
     def close(self) -> None:
         """Release every connection and thread this instance holds. Idempotent."""
-        if self._closed:
+        if self.database.closed:
             return
-        if self._open_future is None:
-            self._closed = True
+        if not self.database.opened:
             registry.unregister(self)
             self._stop_monitoring()
+            self.database.shut()
             return
         _loop.run(self.aclose())
 

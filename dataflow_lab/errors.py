@@ -23,6 +23,7 @@ __all__ = [
     "NotFoundError",
     "TenantRequiredError",
     "TransactionError",
+    "UnknownNodeTypeError",
     "ValidationError",
     "WorkflowValidationError",
     "did_you_mean",
@@ -142,13 +143,17 @@ class AccessDeniedError(DataFlowError, PermissionError):
 class WorkflowValidationError(ValidationError):
     """``build()`` found problems; ``problems`` lists every one of them (bad input, so a ValidationError)."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: Iterable[str]):
         self.problems = list(problems)
         listing = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
             f"The workflow has {len(self.problems)} problem(s):\n{listing}",
             hint="fix each listed problem, then call build() again.",
         )
+
+
+class UnknownNodeTypeError(WorkflowValidationError, NodeNotFoundError):
+    """``build()`` found problems, among them a node type that no DataFlow in scope defines."""
 
 
 class TransactionError(DataFlowError):

@@ -146,7 +146,7 @@ class HealthMonitor:
         db = self._dataflow()
         timeout = min(10.0, db.config.pool_timeout or 10.0)
         try:
-            dialect = await db._opened()
+            dialect = await db.database.open()
         except Exception as exc:  # noqa: BLE001 - could not even open: the database is down
             report = HealthReport("down", None, str(exc), _now())
         else:
@@ -183,10 +183,10 @@ async def _periodic(ref: weakref.ref, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         db = ref()
-        if db is None or db._closed:
+        if db is None or db.database.closed:
             return
         try:
-            await db._health.check()
+            await db.database.health.check()
         except Exception:  # noqa: BLE001 - a probe must never kill the loop's task
             log.debug("health probe failed", exc_info=True)
         del db  # hold no strong reference while sleeping

@@ -94,7 +94,7 @@ def _alert_dict(alert: Any) -> dict[str, Any]:
 
 
 def _node_types(collector: MetricsCollector) -> dict[str, dict[str, Any]]:
-    with collector._lock:
+    with collector.lock:
         return {
             name: {
                 "model": s.model,
@@ -136,7 +136,7 @@ class _Families:
         c = self.collector
         db = c.dataflow.url if c.dataflow is not None else ""
         dash = c.dashboard()
-        with c._lock:
+        with c.lock:
             totals = dict(c.workflows)
             types = [(name, s.operation, s.count, s.errors, s.duration_ms, s.queries, s.rows, s.retries)
                      for name, s in list(c.by_type.items())]  # fmt: skip

@@ -27,7 +27,7 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # whole string (fullmat
 RESERVED_TABLE_PREFIXES = ("sqlite_", "pg_", "duckdb_", "dataflow_", "_dataflow")
 RESERVED_TABLES = ("information_schema",)
 TIMESTAMP_FIELDS = ("created_at", "updated_at")
-MODEL_OPTIONS = ("unique", "indexes", "audit_log", "soft_delete", "versioned", "multi_tenant")
+MODEL_OPTIONS = ("unique", "indexes", "audit_log", "soft_delete", "versioned", "multi_tenant", "behaviours")
 FLAG_OPTIONS = {  # option -> (the column it adds, what it does), for error messages
     "audit_log": (None, "log every write of this model"),
     "soft_delete": ("deleted_at", "make Delete mark rows instead of removing them"),
@@ -90,6 +90,7 @@ class ModelSchema:
     soft_delete: bool = False  # a deleted_at column; Delete marks rows, reads hide them
     versioned: bool = False  # a version column; Update takes the expected version
     multi_tenant: bool = False  # a tenant_id column; every node works within db.tenant(...)
+    behaviours: tuple[typing.Any, ...] = field(default=(), compare=False, repr=False)  # the model's own
     by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -214,7 +215,9 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
         )
     fields = [_id_field(name, hints.pop("id", None))]
     flags = _flags(cls, name)
-    managed = [*(OPTION_FIELDS[o] for o in OPTION_FIELDS if flags[o]), *STAMP_FIELDS]
+    own = _behaviours(cls, name)
+    added = [f for b in own for f in b.fields]
+    managed = [*(OPTION_FIELDS[o] for o in OPTION_FIELDS if flags[o]), *added, *STAMP_FIELDS]
     for f in managed:  # declared with the type dataflow_lab gives it: accepted, and still managed
         if f.name in hints:
             _check_managed(cls, name, f, hints.pop(f.name))
@@ -227,7 +230,7 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
         check_table_name(table, name)
     fields += managed
     options = _options(cls, name, {f.name for f in fields})
-    return ModelSchema(name, table, tuple(fields), **flags, **options)
+    return ModelSchema(name, table, tuple(fields), **flags, **options, behaviours=own)
 
 
 OPTION_FIELDS = {  # the column each flag option adds, managed by dataflow_lab like the timestamps
@@ -258,15 +261,39 @@ def _check_managed(cls: type, model: str, managed: Field, annotation: object) ->
         raise ValidationError(
             f"Model '{model}': field '{managed.name}' is declared as {shown}, but dataflow_lab manages "
             f"'{managed.name}' as {expected}.",
-            hint=f"declare `{managed.name}: {expected}`, or remove it (dataflow_lab {_MANAGED_HOW[managed.name]}).",
+            hint=f"declare `{managed.name}: {expected}`, or remove it (dataflow_lab {_how(managed.name)}).",
         )
     default = cls.__dict__.get(managed.name, MISSING)
     if default not in (MISSING, None, managed.default) or isinstance(default, bool):
         raise ValidationError(
             f"Model '{model}': field '{managed.name}' has default {default!r}, but dataflow_lab "
-            f"{_MANAGED_HOW[managed.name]}.",
+            f"{_how(managed.name)}.",
             hint=f"remove the default (`{managed.name}: {expected}` alone is enough).",
         )
+
+
+def _how(column: str) -> str:
+    return _MANAGED_HOW.get(column, "fills it (a behaviour of the model)")
+
+
+def _behaviours(cls: type, model: str) -> tuple[typing.Any, ...]:
+    """The model's own behaviours (``behaviours/base.py``), and the managed fields they add."""
+    raw = dict(getattr(cls, "__dataflow__", None) or {}).get("behaviours", ())
+    items = tuple(raw) if isinstance(raw, list | tuple) else (raw,)
+    for item in items:
+        if isinstance(item, type) or not hasattr(item, "insert_values"):
+            raise ValidationError(
+                f"Model '{model}': __dataflow__['behaviours'] holds {item!r}, which is not a behaviour object.",
+                hint="pass instances of dataflow_lab.behaviours.Behaviour subclasses, e.g. [StampSource()].",
+            )
+        for f in item.fields:
+            if not isinstance(f, Field) or not f.generated:
+                raise ValidationError(
+                    f"Model '{model}': behaviour {item!r} adds {f!r}; a behaviour's fields are managed "
+                    "Fields (generated=True).",
+                    hint="declare them as Field(name, LOGICAL_TYPES[...], generated=True).",
+                )
+    return items
 
 
 def _flags(cls: type, model: str) -> dict[str, bool]:
@@ -339,7 +366,7 @@ def _options(cls: type, model: str, field_names: set[str]) -> dict:
             hint=f"known options: {', '.join(MODEL_OPTIONS)}.",
         )
     result: dict = {}
-    for key in ("unique", "indexes"):
+    for key in ("unique", "indexes"):  # ("behaviours": _behaviours)
         groups = []
         for entry in raw.get(key, ()):
             group = (entry,) if isinstance(entry, str) else tuple(entry)

@@ -174,10 +174,10 @@ class Auto(Strategy):
         dataflows = workflow.dataflows()
         if len(dataflows) <= 1:
             return _STRATEGIES[TransactionMode.WORKFLOW]
-        for db in dataflows:
-            if not await db._allows_two_phase():  # False off PostgreSQL
-                return _STRATEGIES[TransactionMode.SAGA]
-        return _STRATEGIES[TransactionMode.TWO_PHASE]
+        if all(db.database.dialect.supports_two_phase for db in dataflows):
+            if all([await db.database.allows_two_phase() for db in dataflows]):
+                return _STRATEGIES[TransactionMode.TWO_PHASE]
+        return _STRATEGIES[TransactionMode.SAGA]
 
     async def run(self, run: Run, parent: Scope | None) -> None:  # pragma: no cover - always resolved
         assert run.workflow is not None

@@ -72,23 +72,24 @@ class MetricsCollector(CollectorViews):
         self._dataflow = weakref.ref(dataflow) if dataflow is not None else None
         self.capture_sql = capture_sql
         self.detector = detector or AnomalyDetector()
-        self._ledger = dataflow._ledger if dataflow is not None else None  # None: feed our own from hooks
+        # None: a standalone collector feeds its own ledger from the hooks
+        self._ledger = dataflow.database.ledger if dataflow is not None else None
         if dataflow is None:
             self.transaction = self._transaction_event  # only a standalone collector needs each event
         self.transactions = TransactionMonitor(
             long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger
         )
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held while the logs are read or changed (metrics_export.py too)
         self._keep = keep
         # retries and compensations reported during a run, kept until its after_workflow says whose it is
         self._pending: dict[str, dict[str, Any]] = {}
-        self._servers: list[Any] = []  # /metrics endpoints serving this collector (stopped at detach)
+        self.servers: list[Any] = []  # /metrics endpoints serving this collector (stopped at detach)
         self.prometheus_registry: Any = None  # made by metrics_export at the first scrape, then reused
         self.reset()
 
     def reset(self) -> None:
         """Forget every figure (baselines and transaction counts included)."""
-        with self._lock:
+        with self.lock:
             # the hot path appends plain tuples; node_runs / workflow_runs build the dataclasses.
             # _node_log: per run (run_id, wall clock minus perf_counter, node records, retries by node)
             self._node_log: deque[tuple] = deque(maxlen=self._keep)
@@ -183,7 +184,7 @@ class MetricsCollector(CollectorViews):
         # copy with list() and dict(), single C-level calls that the GIL keeps whole.
         self._node_log.append((run_id, now - time.perf_counter(), kept, retries))
         if pending:
-            with self._lock:
+            with self.lock:
                 self.retries += retried
                 for status, count in pending["compensations"].items():
                     self.compensations[status] = self.compensations.get(status, 0) + count
@@ -232,7 +233,7 @@ class MetricsCollector(CollectorViews):
 
     # -- alerts and snapshots ------------------------------------------------------------
     def _alert(self, anomaly: Anomaly, runtime: Any) -> None:
-        with self._lock:
+        with self.lock:
             self.anomalies.append(anomaly)
         log.warning(
             "anomaly: %s '%s' took %.1f ms against a baseline of %.1f ms (%.1f standard deviations). %s",
@@ -247,9 +248,9 @@ class MetricsCollector(CollectorViews):
     def snapshot_pool(self) -> dict[str, Any]:
         """Record (and return) the pool's figures now."""
         db = self.dataflow
-        status = dict(db.pool_status()) if db is not None and not db._closed else {}
+        status = dict(db.pool_status()) if db is not None and not db.database.closed else {}
         status["at"] = dt.datetime.now(dt.UTC).isoformat()
-        with self._lock:
+        with self.lock:
             self.pool_snapshots.append(status)
         return status
 
@@ -266,14 +267,14 @@ def attach(dataflow: DataFlow) -> MetricsCollector:
     """Give ``dataflow`` a collector: subscribed to its hooks, counting its connections' queries."""
     collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
     dataflow.hooks.subscribe(collector)  # the DataFlow holds it: it lives and goes with the DataFlow
-    dataflow._dialect.observe = 2 if collector.capture_sql else 1
+    dataflow.database.dialect.observe = 2 if collector.capture_sql else 1
     return collector
 
 
 def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
     dataflow.hooks.unsubscribe(collector)
-    for server in collector._servers:
+    for server in collector.servers:
         server.close()
-    collector._servers.clear()
+    collector.servers.clear()
     collector.transactions.close()
-    dataflow._dialect.observe = 0
+    dataflow.database.dialect.observe = 0

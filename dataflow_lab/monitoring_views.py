@@ -62,7 +62,7 @@ class CollectorViews:
     """Read-side methods of MetricsCollector (they read its logs, counters and monitors)."""
 
     # what MetricsCollector keeps (monitoring.py), read here
-    _lock: threading.Lock
+    lock: threading.Lock
     _keep: int
     _node_log: deque[tuple[str, float, list[NodeRecord], dict[str, int] | None]]
     _workflow_log: deque[tuple]
@@ -83,7 +83,7 @@ class CollectorViews:
     @property
     def node_runs(self) -> list[NodeRun]:
         """The recent node runs (at most ``keep``), oldest first."""
-        with self._lock:
+        with self.lock:
             log = list(self._node_log)
             by_type = dict(self.by_type)
         runs: list[NodeRun] = []
@@ -113,7 +113,7 @@ class CollectorViews:
     @property
     def workflow_runs(self) -> list[WorkflowRun]:
         """The recent workflow runs, oldest first."""
-        with self._lock:
+        with self.lock:
             log = list(self._workflow_log)
         return [
             WorkflowRun(
@@ -136,7 +136,7 @@ class CollectorViews:
         """The spec's dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
         from .metrics_export import pool_health
 
-        with self._lock:
+        with self.lock:
             totals = dict(self.workflows)
             day, today = self.today
             db_types = [s for s in list(self.by_type.values()) if s.model is not None]
@@ -178,18 +178,18 @@ class CollectorViews:
     def _pending_compensations(self) -> int | None:
         """Saga compensations still owed on the database (None: it could not be asked)."""
         db = self.dataflow
-        if db is None or db._closed:
+        if db is None or db.database.closed:
             return None
-        if db._pending_compensations is None:
+        if db.database.pending_count is None:
             try:
                 db.pending_compensations()
             except Exception:
                 return None
-        return db._pending_compensations
+        return db.database.pending_count
 
     def _pool_view(self, pool_health: Any) -> dict[str, Any]:
         db = self.dataflow
-        status = dict(db.pool_status()) if db is not None and not db._closed else {}
+        status = dict(db.pool_status()) if db is not None and not db.database.closed else {}
         failures = int(status.get("failures") or 0)
         now = time.monotonic()
         if failures > self._failures_seen:

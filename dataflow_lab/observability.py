@@ -49,7 +49,7 @@ class Observability:
         from .metrics_export import serve
 
         server = serve(self._collector(), port, host=host)
-        self._collector()._servers.append(server)  # its thread holds the collector: stopped at close()
+        self._collector().servers.append(server)  # its thread holds the collector: stopped at close()
         return server
 
     def audit(self, model: type | str, id: Any = None, *, tenant: str | None = None) -> list[Any]:

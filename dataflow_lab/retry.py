@@ -4,27 +4,21 @@ Connection errors, timeouts and SQLite's "database is locked" are retried
 with exponential backoff and jitter; deadlocks (PostgreSQL 40P01) and
 serialization failures (40001) retry the whole transaction. A failed COMMIT
 is never retried: its outcome is unknown, and retrying could apply a write
-twice.
+twice. Which driver errors are transient is each dialect's fact
+(``Dialect.transient_reason``); this module knows the generic ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from dataclasses import dataclass
 
+from .dialects import transient_reason
 from .errors import ConnectionError as DataFlowConnectionError
-from .errors import DataFlowError, TransactionError, ValidationError
+from .errors import TransactionError, ValidationError
 
 __all__ = ["RetryPolicy", "retry_reason"]
-
-_SQLSTATE_REASONS = {
-    "40P01": "deadlock", "40001": "serialization failure",
-    "57P01": "server shut down", "57P02": "server crashed", "57P03": "server starting up",
-    "08000": "connection lost", "08003": "connection lost", "08006": "connection lost",
-    "08001": "cannot connect", "08004": "connection refused",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -78,26 +72,11 @@ def _reason_of(error: BaseException) -> str | None:
         return None  # a failed COMMIT: outcome unknown, never retried
     if isinstance(error, DataFlowConnectionError):
         return "cannot connect"
-    sqlstate = getattr(error, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        if sqlstate in _SQLSTATE_REASONS:
-            return _SQLSTATE_REASONS[sqlstate]
-        if sqlstate.startswith("08"):
-            return "connection lost"
-        return None
-    name = type(error).__name__
-    if name in ("ConnectionDoesNotExistError", "InterfaceError") and "closed" in str(error).lower():
-        return "connection lost"
-    if name == "ConnectionDoesNotExistError":
-        return "connection lost"
-    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error).lower():
-        return "database locked"
-    if name == "TransactionException" and "conflict" in str(error).lower():  # DuckDB
-        return "write conflict"
+    reason = transient_reason(error)  # a driver's own transient errors, as its dialect knows them
+    if reason is not None:
+        return reason
     if isinstance(error, ConnectionRefusedError | ConnectionResetError | BrokenPipeError):
         return "connection lost"
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(error, DataFlowError):
-        return None
     return None

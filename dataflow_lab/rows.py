@@ -142,7 +142,9 @@ class RowShaper:
         # a DataFrame's missing cell in a non-Optional field with a default means that default
         self._fill = {f.name: f.default for f in self.writable if not f.nullable and f.default is not MISSING}
         # a reflected table may lack these columns
-        self._times = tuple(n for n in ("created_at", "updated_at") if n in self.model.by_name)
+        self._times = tuple(
+            n for n in ("created_at", "updated_at") if n in self.model.by_name and n not in self._stamps
+        )
         self._now_db = mt.to_db(self._times[0], now) if self._times else None
         self._now = now
         self.columns: tuple[str, ...] | None = None
@@ -188,7 +190,7 @@ class RowShaper:
         return frozenset((*kinds, type(None)) if f.nullable else kinds)
 
     def _converter(self, f: Any) -> Any:
-        to_db = self.mt._to_db[f.name]
+        to_db = self.mt.writers[f.name]
         if f.type.name in ("datetime", "decimal"):  # normalize to aware UTC / fit the digits, then convert
             check = f.type.check
             return (lambda v: to_db(check(v))) if to_db else check
@@ -319,7 +321,7 @@ class RowShaper:
                 f"{where}: field '{extra[0]}' is given here but not in row {0}, which fixed the columns.",
                 hint="give every row the same fields (use None for missing optional values).",
             )
-        row = self.mt.new_row({**values, **self._stamps}, now=self._now)
+        row = self.mt.new_row({**values, **dict.fromkeys(self._times, self._now), **self._stamps})
         return tuple(self.mt.to_db(c, row.get(c)) for c in self.columns)
 
     def _require_mapping(self, record: Any, index: int) -> None:

@@ -191,7 +191,7 @@ class Run:
         self.records = [] if emit.wants("after_workflow") else None
         try:
             for dataflow, table in workflow.models():
-                await dataflow._ensure_table(table, parent)
+                await dataflow.database.ensure_table(table, parent)
             strategy = _NESTED if parent is not None else await strategy.resolve(workflow)
             whole_run = strategy.retries_whole_run and parent is None
             for attempt in range(1, (self.retry if whole_run else _ONCE).attempts + 1):
@@ -375,7 +375,7 @@ class Run:
         except Exception as exc:
             error = NodeExecutionError.wrap(node_id, cls.type_name, exc)
             if cls.dataflow is not None:
-                scrubbed = cls.dataflow._dialect.scrub(str(error))
+                scrubbed = cls.dataflow.database.dialect.scrub(str(error))
                 if scrubbed != str(error):
                     error.args = (scrubbed,)
             raise error from exc

@@ -1,13 +1,12 @@
 """Saga compensation: undo committed nodes, newest first, when a later node fails.
 
-Before a write node runs under ``transaction="saga"``, ``capture`` reads what
-the node is about to change (its *before-image*). After it commits, ``step``
-notes which rows it created. Compensating a step is then the same for every
-operation, and idempotent:
-
-- delete the rows the node created (Create, BulkCreate, the inserts of upserts);
-- write back the before-image (Update, Delete, BulkUpdate, BulkDelete, the
-  updates of upserts) with ``INSERT ... ON CONFLICT (id) DO UPDATE``.
+What undoing a node takes is the node's own answer (``nodes/undo.py``): before it
+runs under ``transaction="saga"``, ``run_step`` asks its ``before_image`` (what it
+is about to change), and after it ran, in the same transaction, its ``undo`` (how
+to reverse it). The answer is logged in that transaction (``saga_log.py``), so it
+is owed exactly while the node's writes stand. When a later node fails,
+``compensate_steps`` applies the answers newest first, each in its own
+transaction; applying one is idempotent.
 
 A Python callable declares its own compensation with ``@compensate_with(undo)``;
 ``undo(result=..., **params)`` is called with the node's output and parameters.
@@ -15,180 +14,111 @@ A Python callable declares its own compensation with ``@compensate_with(undo)``;
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from . import saga_log
-from .nodes.base import Node
+from .nodes.base import Node, Undo
+from .nodes.python import compensate_with
 
-__all__ = ["SagaStep", "capture", "compensate", "compensate_steps", "compensate_with", "run_step", "step"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .transactions import Scope
+
+__all__ = ["SagaStep", "compensate", "compensate_steps", "compensate_with", "needs_compensation", "run_step"]
 
 log = logging.getLogger("dataflow_lab.runtime")
 
 
-def compensate_with(undo: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare how to undo a Python node: ``undo(result=..., **params)`` (sync or async)."""
-
-    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__dataflow_compensation__ = undo
-        return fn
-
-    return mark
-
-
 @dataclass
 class SagaStep:
-    """What one committed node did, and what undoing it needs."""
+    """A node that ran, and how to undo it (None: nothing to undo)."""
 
     node_id: str
     node_type: str
     node: Node
     params: dict[str, Any]
     result: Any = None
-    before: list[dict[str, Any]] = field(default_factory=list)
-    created: list[Any] = field(default_factory=list)
+    undo: Undo | None = None
     logged: tuple[str, int] | None = None  # (run_id, seq) of its saga log entry (saga_log.py)
 
 
-async def capture(node: Node, conn: Any) -> list[dict[str, Any]]:
-    """The rows ``node`` may change, read before it runs (empty for inserts and reads)."""
-    from .nodes.bulk import BulkDelete, BulkUpdate, BulkUpsert
-    from .nodes.crud import Delete, Update, Upsert
-
-    mt, p = getattr(node, "mt", None), node.params
-    guards = node.guards(include_deleted=True) if mt is not None else []  # only the run's tenant's rows
-    if isinstance(node, Update | Delete):
-        return await _select(mt, conn, {"id": {"$eq": node._id_from(p)}}, guards)
-    if isinstance(node, Upsert):
-        return await _select(mt, conn, {k: {"$eq": v} for k, v in p["where"].items()}, guards)
-    if isinstance(node, BulkUpdate | BulkDelete):
-        return await _select(mt, conn, p.get("filter") or {}, guards)
-    if isinstance(node, BulkUpsert):
-        p["data"] = list(p["data"]) if not isinstance(p["data"], list) else p["data"]  # read it twice
-        keys = p["conflict_on"]
-        values = [tuple(row.get(k) for k in keys) for row in p["data"] if all(k in row for k in keys)]
-        if not values:
-            return []
-        if len(keys) == 1:
-            doc = {keys[0]: {"$in": [mt.check(keys[0], v[0]) for v in values]}}
-        else:
-            doc = {
-                "$or": [{k: {"$eq": mt.check(k, x)} for k, x in zip(keys, v, strict=True)} for v in values]
-            }
-        return await _select(mt, conn, doc, guards)
-    return []
+def needs_compensation(node: Node) -> bool:
+    """Whether ``node`` runs through ``run_step``: it writes, or its class says how to undo it."""
+    return node.writes or type(node).undo is not Node.undo
 
 
-async def step(node: Node, conn: Any, before: list[dict[str, Any]], result: Any) -> SagaStep:
-    """Record a committed node: its before-image and the ids of rows it created."""
-    from .nodes.bulk import BulkCreate, BulkUpsert
-    from .nodes.crud import Create, Upsert
+async def run_step(scope: Scope, node: Node, saga_steps: list[SagaStep]) -> Any:
+    """Run a node that needs compensation, recording what undoing it takes in ``saga_steps``.
 
-    created: list[Any] = []
-    if isinstance(node, Create):
-        created = [result["id"]]
-    elif isinstance(node, Upsert) and result["created"]:
-        created = [result["record"]["id"]]
-    elif isinstance(node, BulkCreate):
-        created = list(result.get("ids", []))
-    elif isinstance(node, BulkUpsert):
-        keys = node.params["conflict_on"]
-        values = [tuple(row.get(k) for k in keys) for row in node.params["data"]]
-        known = {tuple(row[k] for k in keys) for row in before}
-        fresh = [v for v in values if v not in known and None not in v]
-        if fresh:
-            doc = {
-                "$or": [
-                    {k: {"$eq": node.mt.check(k, x)} for k, x in zip(keys, v, strict=True)} for v in fresh
-                ]
-            }
-            guards = node.guards(include_deleted=True)
-            created = [row["id"] for row in await _select(node.mt, conn, doc, guards)]
-    return SagaStep(node.node_id, node.type_name, node, dict(node.params), result, before, created)
+    A top-level scope (a saga run's node) logs the undo with the node's writes; a nested
+    scope's (``transactions.py``) lives and dies with its outer transaction, so it is not logged.
+    """
+    db, logged = node.dataflow, not scope.nested
+    if db is not None and logged:
+        await saga_log.ensure_log(db, scope)  # before its transaction begins
+    conn = await scope.connection(db, write=True) if db is not None else None
+    before = await node.before_image(conn)
+    result = await node.run(scope)
+    undo = await node.undo(conn, before, result)
+    if undo is None and not node.writes:
+        return result
+    saga_step = SagaStep(node.node_id, node.type_name, node, dict(node.params), result, undo)
+    if logged and conn is not None:
+        await saga_log.log_step(scope, saga_step)  # in the node's transaction: committed with its writes
+    saga_steps.append(saga_step)
+    return result
 
 
 async def compensate(saga_step: SagaStep, conn: Any) -> None:
     """Undo one step on ``conn`` (inside a transaction the caller commits). Idempotent."""
-    node = saga_step.node
-    undo = getattr(getattr(node, "fn", None), "__dataflow_compensation__", None)
-    if undo is not None:
-        outcome = undo(result=saga_step.result, **saga_step.params)
-        if inspect.isawaitable(outcome):
-            await outcome
-        return
-    mt = getattr(node, "mt", None)
-    if mt is None:
-        return
-    await saga_log.undo(mt, conn, saga_step.created, saga_step.before)
+    if saga_step.undo is not None:
+        await saga_step.undo.apply(conn)
     await saga_log.forget_step(saga_step, conn)  # in the same transaction: owed exactly until undone
-
-
-def needs_compensation(node: Node) -> bool:
-    return node.writes or hasattr(getattr(node, "fn", None), "__dataflow_compensation__")
-
-
-async def _select(mt: Any, conn: Any, doc: dict[str, Any], guards: Any = ()) -> list[dict[str, Any]]:
-    from .nodes.model_node import select_rows
-
-    return mt.rows(await conn.fetch(*mt.dialect.compile(select_rows(mt, doc, (), None, 0, guards))))
-
-
-async def run_step(scope: Any, node: Node, saga_steps: list[SagaStep]) -> Any:
-    """Run a node that needs compensation, recording what undoing it takes in ``saga_steps``."""
-    if getattr(node, "mt", None) is not None and node.dataflow is not None:
-        await saga_log.ensure_log(node.dataflow, scope)  # before its transaction begins
-    conn = await scope.connection(node.dataflow, write=True) if node.dataflow is not None else None
-    if "return_ids" in node.param_map():
-        node.params["return_ids"] = True  # compensation deletes exactly the rows it created
-    before = await capture(node, conn) if conn is not None else []
-    result = await node.run(scope)
-    if conn is None:
-        saga_steps.append(SagaStep(node.node_id, node.type_name, node, dict(node.params), result))
-        return result
-    saga_step = await step(node, conn, before, result)
-    await saga_log.log_step(scope, saga_step)  # in the node's transaction: committed with its writes
-    saga_steps.append(saga_step)
-    return result
 
 
 async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> list[dict[str, Any]]:
     """Undo ``steps`` newest first, each in its own transaction retried per ``runtime.retry``.
 
     ``runtime``: the run (``runtime.Run``): its ``emit``, ``retry`` and ``should_retry``.
+    Returns a record per step. It holds no state of the run that failed (each step gets
+    a fresh scope and connection), so it may run as its own task, e.g. under
+    ``asyncio.shield`` while the run is being cancelled.
     """
-    from .transactions import Scope
-
     emit = runtime.emit
     record = []
-    for saga_step in reversed(steps):
-        entry = {
-            "node_id": saga_step.node_id,
-            "node_type": saga_step.node_type,
-            "status": "compensated",
-            "error": None,
-        }
-        for attempt in range(1, runtime.retry.attempts + 1):
-            scope = Scope(run_id, emit)
-            try:
-                dataflow = saga_step.node.dataflow
-                conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
-                await compensate(saga_step, conn)
-                await scope.commit()
-                break
-            except Exception as exc:
-                await scope.rollback()
-                if await runtime.should_retry(exc, attempt, run_id, saga_step.node_id):
-                    continue
-                entry.update(status="failed", error=str(exc))
-                if saga_step.node.dataflow is not None:
-                    saga_step.node.dataflow._pending_compensations = None  # counted again when asked
-                log.error("compensation of %s failed: %s", saga_step.node_id, exc)
-                break
+    for saga_step in reversed(list(steps)):
+        entry = await _compensate_one(runtime, emit, saga_step, run_id)
         record.append(entry)
         if emit.wants("compensation"):
             emit.emit("compensation", run_id=run_id, node_id=saga_step.node_id, status=entry["status"],
                       error=entry["error"], node_type=saga_step.node_type)  # fmt: skip
     return record
+
+
+async def _compensate_one(runtime: Any, emit: Any, saga_step: SagaStep, run_id: str) -> dict[str, Any]:
+    from .transactions import Scope
+
+    entry = {"node_id": saga_step.node_id, "node_type": saga_step.node_type, "status": "compensated",
+             "error": None}  # fmt: skip
+    dataflow = saga_step.node.dataflow
+    for attempt in range(1, runtime.retry.attempts + 1):
+        scope = Scope(run_id, emit)
+        try:
+            conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
+            await compensate(saga_step, conn)
+            await scope.commit()
+            return entry
+        except Exception as exc:
+            await scope.rollback()
+            if await runtime.should_retry(exc, attempt, run_id, saga_step.node_id):
+                continue
+            entry.update(status="failed", error=str(exc))
+            if dataflow is not None:
+                dataflow.database.pending_count = None  # counted again when asked
+            log.error("compensation of %s failed: %s", saga_step.node_id, exc)
+            return entry
+        except BaseException:  # cancelled: its saga log entry stays owed, resumed later
+            await scope.rollback()
+            raise
+    return entry  # pragma: no cover - the loop always returns

@@ -1,7 +1,7 @@
 """The saga log: what undoing each committed saga step takes, kept in the database it wrote to.
 
-A step's entry (the ids it created, the before-image of the rows it changed) is
-written in the step's own transaction, so it exists exactly when the step's writes
+A step's entry is its node's ``RowUndo`` (``nodes/undo.py``: the ids it created, the
+before-image of the rows it changed), written in the step's own transaction, so it exists exactly when the step's writes
 do. Compensating the step deletes its entry in the compensation's transaction, and a
 run that succeeds deletes its entries. So an entry that outlives its run is a
 compensation still owed: the database was down when it ran, or the process died.
@@ -17,21 +17,19 @@ cannot be stored: their failures are reported on the error only.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import itertools
 import logging
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .model import parse_model
+from .nodes.undo import RowUndo
+from .schema import ModelTable, internal_table
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
     from .saga import SagaStep
-    from .schema import ModelTable
 
 __all__ = [
     "SAGA_LOG_TABLE",
@@ -48,19 +46,19 @@ __all__ = [
 log = logging.getLogger("dataflow_lab.transactions")
 
 SAGA_LOG_TABLE = "dataflow_lab_saga_log"
-_IN_FLIGHT: set[str] = set()  # saga runs of this process that have not ended: never resumed here
+IN_FLIGHT: set[str] = set()  # saga runs of this process that have not ended: never resumed here
 _FINISHED: set[str] = set()  # runs that succeeded but whose entries could not be deleted (server down)
 _seq = itertools.count(1)
 
 
 def begin_run(run_id: str) -> None:
     """A saga run of this process starts: its entries are not owed compensations while it runs."""
-    _IN_FLIGHT.add(run_id)
+    IN_FLIGHT.add(run_id)
 
 
 def end_run(run_id: str) -> None:
     """The saga run ended (committed, or compensated as far as it could be)."""
-    _IN_FLIGHT.discard(run_id)
+    IN_FLIGHT.discard(run_id)
 
 
 @dataclass(frozen=True)
@@ -88,21 +86,10 @@ class _SagaEntry:
 
 
 _COLUMNS = ("run_id", "seq", "node_id", "model", "created", "before", "created_at", "updated_at")
-_TABLES: weakref.WeakKeyDictionary[Any, ModelTable] = weakref.WeakKeyDictionary()
-
-
-@functools.cache
-def _schema() -> Any:
-    return parse_model(_SagaEntry, internal=True)
 
 
 def log_table(dataflow: DataFlow) -> ModelTable:
-    table = _TABLES.get(dataflow)
-    if table is None:
-        from .schema import ModelTable
-
-        table = _TABLES[dataflow] = ModelTable(_schema(), dataflow._dialect)
-    return table
+    return internal_table(_SagaEntry, dataflow)
 
 
 # -- writing (in the step's transaction) -------------------------------------------------------
@@ -113,42 +100,44 @@ async def ensure_log(db: DataFlow, scope: Any) -> None:
     """
     table = log_table(db)
     key = (table.model.table_name, table.model.signature())
-    if key in db._ready:
+    if db.database.is_ready(key):
         return
-    policy = {"auto_migrate": True, "existing_schema": False, "clock": db.clock}
     if scope.holds(db):  # a second connection could wait forever for this one (SQLite, DuckDB)
-        await table.ensure(await scope.connection(db, write=True), **policy)
+        await table.ensure(await scope.connection(db, write=True), auto_migrate=True, clock=db.clock)
         return
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
         await conn.begin()
         try:
-            await table.ensure(conn, **policy)
+            await table.ensure(conn, auto_migrate=True, clock=db.clock)
             await conn.commit()
         except BaseException:
             await conn.rollback()
             raise
     finally:
         await dialect.release(conn)
-    db._ready = db._ready | {key}
+    db.database.mark_ready(key)
 
 
 async def log_step(scope: Any, saga_step: SagaStep) -> None:
-    """Record what undoing ``saga_step`` takes, on its database, in its (not yet committed) transaction."""
-    from .audit import _jsonable
+    """Record what undoing ``saga_step`` takes, on its database, in its (not yet committed) transaction.
 
-    node = saga_step.node
-    mt, db = getattr(node, "mt", None), node.dataflow
-    if mt is None or db is None or not (saga_step.created or saga_step.before):
+    Only a ``RowUndo`` can be stored (it is data); other undos are owed in memory only.
+    """
+    from .audit import _json_value, _jsonable
+
+    undo = saga_step.undo
+    if not isinstance(undo, RowUndo) or undo.empty:
         return
+    db = undo.dataflow
     table = log_table(db)
     conn = await scope.connection(db, write=True)
     now = dt.datetime.now(dt.UTC)  # the wall clock, even under a deterministic one: it dates the grace
     seq = next(_seq)
-    created = [_jsonable({"id": i})["id"] for i in saga_step.created]
-    values = (scope.run_id, seq, node.node_id, node.model.name, created,
-              [_jsonable(row) for row in saga_step.before], now, now)  # fmt: skip
+    created = [_json_value(i) for i in undo.created]
+    values = (scope.run_id, seq, saga_step.node_id, undo.model, created,
+              [_jsonable(row) for row in undo.before], now, now)  # fmt: skip
     row = tuple(table.to_db(c, v) for c, v in zip(_COLUMNS, values, strict=True))
     await conn.execute(table.dialect.multirow_insert_sql(table.table, _COLUMNS, 1), row)
     saga_step.logged = (scope.run_id, seq)
@@ -156,20 +145,21 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
 
 async def forget_step(saga_step: SagaStep, conn: Any) -> None:
     """Delete a compensated step's entry, in the compensation's transaction."""
-    if saga_step.logged is None:
+    if saga_step.logged is None or not isinstance(saga_step.undo, RowUndo):
         return
     run_id, seq = saga_step.logged
-    t = log_table(saga_step.node.dataflow).table
-    stmt = sa.delete(t).where(t.c.run_id == run_id, t.c.seq == seq)
-    await conn.execute(*log_table(saga_step.node.dataflow).dialect.compile(stmt))
+    table = log_table(saga_step.undo.dataflow)
+    stmt = sa.delete(table.table).where(table.table.c.run_id == run_id, table.table.c.seq == seq)
+    await conn.execute(*table.dialect.compile(stmt))
 
 
 async def forget_run(run_id: str, steps: list[SagaStep]) -> None:
     """A run that succeeded owes nothing: delete its entries on every database it logged to."""
-    for db in {id(s.node.dataflow): s.node.dataflow for s in steps if s.logged is not None}.values():
+    logged = [s.undo.dataflow for s in steps if s.logged is not None and isinstance(s.undo, RowUndo)]
+    for db in {id(db): db for db in logged}.values():
         table = log_table(db)
         try:
-            dialect = await db._opened()
+            dialect = await db.database.open()
             conn = await dialect.acquire()
             try:
                 await conn.execute(
@@ -189,7 +179,7 @@ async def pending(db: DataFlow, *, min_age: float = 0.0) -> list[dict[str, Any]]
     from .migrations.live import read_table
 
     table = log_table(db)
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
         if await read_table(dialect, conn, SAGA_LOG_TABLE) is None:
@@ -202,7 +192,7 @@ async def pending(db: DataFlow, *, min_age: float = 0.0) -> list[dict[str, Any]]
     return [
         r
         for r in rows
-        if r["run_id"] not in _IN_FLIGHT and r["run_id"] not in _FINISHED and r["created_at"] <= cutoff
+        if r["run_id"] not in IN_FLIGHT and r["run_id"] not in _FINISHED and r["created_at"] <= cutoff
     ]
 
 
@@ -216,26 +206,27 @@ async def resume(db: DataFlow, *, min_age: float = 0.0) -> list[ResumedCompensat
     for run in runs.values():
         for entry in sorted(run, key=lambda e: e["seq"], reverse=True):
             done.append(await _resume_one(db, entry))
-    db._pending_compensations = None  # counted again when asked (fresh entries were not tried)
+    db.database.pending_count = None  # counted again when asked (fresh entries were not tried)
     return done
 
 
 async def _resume_one(db: DataFlow, entry: dict[str, Any]) -> ResumedCompensation:
-    mt = db._tables.get(entry["model"])
     what = {"run_id": entry["run_id"], "node_id": entry["node_id"], "model": entry["model"]}
-    if mt is None:
+    if entry["model"] not in db.models:
         return ResumedCompensation(**what, status="pending", error=f"model '{entry['model']}' is not defined "
                                    f"on {db!r}; define it and call db.resume_compensations()")  # fmt: skip
-    dialect = await db._opened()
+    mt = db.table(entry["model"])
+    dialect = await db.database.open()
     try:
-        await db._ensure_table(mt)
+        await db.database.ensure_table(mt)
         conn = await dialect.acquire()
     except Exception as exc:
         return ResumedCompensation(**what, status="failed", error=dialect.scrub(str(exc)))
     try:
         await conn.begin()
         try:
-            await undo(mt, conn, _ids(mt, entry["created"]), _images(mt, entry["before"]))
+            undo = RowUndo(db, entry["model"], _ids(mt, entry["created"]), _images(mt, entry["before"]))
+            await undo.apply(conn)
             t = log_table(db).table
             await conn.execute(*dialect.compile(sa.delete(t).where(t.c.id == entry["id"])))
             await conn.commit()
@@ -256,16 +247,4 @@ def _ids(mt: ModelTable, created: list[Any]) -> list[Any]:
 def _images(mt: ModelTable, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from .audit import _typed
 
-    return [_typed(mt.model, row) for row in before]
-
-
-async def undo(mt: ModelTable, conn: Any, created: list[Any], before: list[dict[str, Any]]) -> None:
-    """Delete the rows a step created; write back the rows it changed (idempotent)."""
-    for start in range(0, len(created), 500):
-        ids = created[start : start + 500]
-        await conn.execute(*mt.dialect.compile(sa.delete(mt.table).where(mt.table.c.id.in_(ids))))
-    if before:
-        columns = mt.columns
-        rows = [tuple(mt.to_db(c, row[c]) for c in columns) for row in before]
-        update = [c for c in columns if c != "id"]
-        await mt.dialect.bulk_upsert(conn, mt.table, columns, rows, ["id"], update)
+    return [typed for row in before if (typed := _typed(mt.model, row)) is not None]

@@ -8,7 +8,8 @@ environment allows (``migrations/``).
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,9 +17,9 @@ import sqlalchemy as sa
 
 from .dialects import Connection, Dialect
 from .errors import ValidationError
-from .model import MISSING, Field, ModelSchema
+from .model import MISSING, Field, ModelSchema, parse_model
 
-__all__ = ["ModelTable"]
+__all__ = ["ModelTable", "internal_table"]
 
 
 def _enum_reader(enum_cls: Any) -> Any:
@@ -34,7 +35,7 @@ class ModelTable:
         self.dialect = dialect
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
-        self._to_db = {f.name: self._writer(f) for f in model.fields}
+        self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
         self._sql: dict[Any, tuple[str, tuple[str, ...]]] = {}
 
@@ -92,7 +93,7 @@ class ModelTable:
     def to_db(self, name: str, value: Any) -> Any:
         if value is None:
             return None
-        convert = self._to_db[name]
+        convert = self.writers[name]
         return convert(value) if convert is not None else value
 
     def db_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,14 +109,13 @@ class ModelTable:
         """Driver rows (in column order) -> dicts of Python values."""
         return list(map(self._row_dict, raw_rows))
 
-    def new_row(self, values: Mapping[str, Any], *, now: dt.datetime) -> dict[str, Any]:
-        """A complete row for INSERT: defaults filled, timestamps set (a server default: left out)."""
+    def new_row(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A complete row for INSERT: ``values`` (the caller's and the behaviours' stamps, such as the
+        timestamps), then defaults (a server default: left out)."""
         row: dict[str, Any] = {}
         for f in self.model.fields:
             if f.name in values:
                 row[f.name] = values[f.name]
-            elif f.name in ("created_at", "updated_at"):
-                row[f.name] = now
             elif f.default is not MISSING:
                 row[f.name] = _fresh(f.default)
             elif f.default_factory is not None:
@@ -123,10 +123,6 @@ class ModelTable:
             elif f.nullable and not f.server_default:
                 row[f.name] = None
         return row
-
-    def touched(self, values: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
-        """``values`` plus updated_at (when the table has one: a reflected table may not)."""
-        return {**values, "updated_at": now} if "updated_at" in self.model.by_name else dict(values)
 
     # -- DDL -------------------------------------------------------------
     async def ensure(self, conn: Connection, *, auto_migrate: bool, existing_schema: bool = False,
@@ -140,6 +136,26 @@ class ModelTable:
 
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
                            clock=clock or SystemClock())  # fmt: skip
+
+
+_INTERNAL: weakref.WeakKeyDictionary[Any, dict[type, ModelTable]] = weakref.WeakKeyDictionary()
+
+
+def internal_table(model_class: type, dataflow: Any) -> ModelTable:
+    """The table of one of dataflow_lab's own models (the audit log, the saga log) on ``dataflow``.
+
+    Parsed once per class, bound once per DataFlow (and forgotten with it).
+    """
+    tables = _INTERNAL.setdefault(dataflow, {})
+    table = tables.get(model_class)
+    if table is None:
+        table = tables[model_class] = ModelTable(_internal_schema(model_class), dataflow.database.dialect)
+    return table
+
+
+@functools.cache
+def _internal_schema(model_class: type) -> ModelSchema:
+    return parse_model(model_class, internal=True)
 
 
 def _tenant_first(group: tuple[str, ...]) -> tuple[str, ...]:

@@ -74,7 +74,7 @@ class TransactionMonitor:
         self.long_running = self.deadlocks = self.deadlock_resolutions = 0
         self.alerts: deque[TransactionAlert] = deque(maxlen=keep)
         self._flagged: set[Any] = set()  # keys of open transactions already flagged
-        self._deadlocked_runs: set[str] = set()
+        self.deadlocked_runs: set[str] = set()  # runs that met a deadlock (the collector reads it)
         self._seen: deque[int] = deque(maxlen=256)  # ids of deadlock errors already counted
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
@@ -162,7 +162,7 @@ class TransactionMonitor:
         if retried:
             self.deadlock_resolutions += 1
         else:
-            self._deadlocked_runs.add(run_id)
+            self.deadlocked_runs.add(run_id)
         message = f"deadlock in node '{node_id}' of run {run_id}: {str(error).splitlines()[0][:200]}"
         self.alerts.append(
             TransactionAlert("deadlock", run_id, node_id, dt.datetime.now(dt.UTC), None, message)
@@ -182,8 +182,8 @@ class TransactionMonitor:
 
     def workflow_ended(self, run_id: str) -> None:
         """A run ended: a deadlock victim's run was rolled back by then, so its deadlock is resolved."""
-        if run_id in self._deadlocked_runs:
-            self._deadlocked_runs.discard(run_id)
+        if run_id in self.deadlocked_runs:
+            self.deadlocked_runs.discard(run_id)
             self.deadlock_resolutions += 1
 
     # -- views -------------------------------------------------------------------------

@@ -7,10 +7,11 @@ it only reads pays no BEGIN/COMMIT. A scope opened inside
 another (a workflow run inside ``with db.transaction():``, or from inside a
 running node) joins the outer transaction under a savepoint: if it fails, its
 own writes are undone and the error reaches the outer scope. A database without
-SAVEPOINT (DuckDB) gets the same outcome from an undo log: before each write
-node of a nested scope runs, its before-image is read (as the saga does, see
-``saga.py``), and a failed nested scope writes the before-images back inside the
-outer transaction, newest first.
+SAVEPOINT (DuckDB) gets the same outcome from an undo log: each write node of a
+nested scope runs through ``saga.run_step``, which asks the node its before-image
+and its undo (``nodes/undo.py``), and a failed nested scope applies the undos
+inside the outer transaction, newest first. Unlike a saga's, this undo log is kept
+in memory only: the outer transaction decides whether the writes stand.
 
 With several PostgreSQL databases and ``two_phase=True``, commit is the
 two-phase protocol of ``two_phase.py``.
@@ -63,8 +64,8 @@ class _Held:
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
         self.dataflow, self.conn, self.begun, self.savepoint = dataflow, conn, False, None
-        # A nested scope on a database without SAVEPOINT: what its write nodes did (saga.SagaStep),
-        # undone on rollback. None where a real savepoint (or the transaction itself) does the undoing.
+        # A nested scope on a database without SAVEPOINT: its write nodes and their undos
+        # (saga.SagaStep), applied on rollback. None where a real savepoint (or the transaction itself) does the undoing.
         self.undo: list[Any] | None = None
 
 
@@ -90,6 +91,11 @@ class Scope(RunContext):
         # Set when a nested scope's writes could not be undone: this transaction must not commit.
         self.doomed: BaseException | None = None
 
+    @property
+    def nested(self) -> bool:
+        """Whether this scope joined an outer one, whose transaction its writes commit or roll back with."""
+        return self.parent is not None
+
     # -- connections -------------------------------------------------------
     async def connection(self, dataflow: DataFlow, *, write: bool | None = None) -> Connection:
         write = self.writing or id(dataflow) in self.eager if write is None else write
@@ -98,7 +104,7 @@ class Scope(RunContext):
             if self.parent is not None:
                 conn = await self.parent.connection(dataflow, write=write)
             else:
-                dialect = await dataflow._opened()
+                dialect = await dataflow.database.open()
                 conn = await dialect.acquire()
             held = self._held[id(dataflow)] = _Held(dataflow, conn)
         if write and not held.begun:
@@ -108,34 +114,35 @@ class Scope(RunContext):
     async def _begin(self, held: _Held) -> None:
         if self.parent is None:
             await held.conn.begin(self.isolation)
-            self._event(held.dataflow, "begin", held)
+            self.record_event(held.dataflow, "begin", held)
         else:
             await self.parent.connection(held.dataflow, write=True)  # the outer transaction begins first
-            if held.dataflow._dialect.supports_savepoints:
+            if held.dataflow.database.dialect.supports_savepoints:
                 held.savepoint = f"dataflow_sp_{next(_savepoint_names)}"
                 await held.conn.savepoint(held.savepoint)
-                self._event(held.dataflow, "savepoint")
+                self.record_event(held.dataflow, "savepoint")
             else:
                 held.undo = []
-                self._event(held.dataflow, "savepoint")
+                self.record_event(held.dataflow, "savepoint")
         held.begun = True
 
     async def undo_log(self, dataflow: DataFlow | None) -> list[Any] | None:
         """Where a write node on ``dataflow`` records how to undo it (None: nothing to record).
 
         Only a nested scope on a database without SAVEPOINT keeps one; the runtime
-        then runs the node through ``saga.run_step``, which reads its before-image.
+        then runs the node through ``saga.run_step``, which asks the node how to undo it.
         """
-        if dataflow is None or self.parent is None or dataflow._dialect.supports_savepoints:
+        if dataflow is None or self.parent is None or dataflow.database.dialect.supports_savepoints:
             return None
         await self.connection(dataflow, write=True)
         return self._held[id(dataflow)].undo
 
-    def _event(self, dataflow: DataFlow, event: str, held: _Held | None = None) -> None:
+    def record_event(self, dataflow: DataFlow, event: str, held: _Held | None = None) -> None:
+        """Count a transaction event (begin, commit...) in the database's ledger; report it to hooks."""
         if event == "begin":
-            dataflow._ledger.begin(held, self.run_id, self.node_id)
+            dataflow.database.ledger.begin(held, self.run_id, self.node_id)
         elif event == "commit" or event == "rollback":
-            dataflow._ledger.end(held, event == "commit")
+            dataflow.database.ledger.end(held, event == "commit")
         if self.hooks is not None and self.hooks.wants("transaction"):
             self.hooks.emit(
                 "transaction", run_id=self.run_id, dataflow=dataflow, event=event, node_id=self.node_id
@@ -194,17 +201,17 @@ class Scope(RunContext):
         except Exception as exc:
             if committed:  # never retried as a whole: that would apply the committed part again
                 raise _partial_commit(held, committed, exc) from exc
-            if held.dataflow._dialect.commit_never_sent(exc):
+            if held.dataflow.database.dialect.commit_never_sent(exc):
                 raise ConnectionError(
                     f"The connection to {held.dataflow!r} was lost before COMMIT; the server rolled back.",
                     hint="nothing of this run was kept there; running it again is safe.",
                 ) from exc
             raise TransactionError(
-                f"COMMIT failed on {held.dataflow!r}: {held.dataflow._dialect.scrub(str(exc))}",
+                f"COMMIT failed on {held.dataflow!r}: {held.dataflow.database.dialect.scrub(str(exc))}",
                 hint="the outcome on that database is unknown if the connection broke during COMMIT; "
                 "check the data before running the workflow again.",
             ) from exc
-        self._event(held.dataflow, "commit", held)
+        self.record_event(held.dataflow, "commit", held)
 
     def _hand_undo_to_parent(self, held: _Held) -> None:
         """A nested scope succeeded: its writes are now the outer scope's, to undo if that one fails."""
@@ -217,7 +224,7 @@ class Scope(RunContext):
         for held in self._begun():
             try:
                 await held.conn.rollback()
-                self._event(held.dataflow, "rollback", held)
+                self.record_event(held.dataflow, "rollback", held)
             except Exception:  # the refusal below matters more
                 log.warning("rollback failed on %r", held.dataflow, exc_info=True)
         raise TransactionError(
@@ -237,7 +244,7 @@ class Scope(RunContext):
                         await held.conn.rollback_to_savepoint(held.savepoint)
                     elif held.undo:
                         await self._undo(held)
-                    self._event(held.dataflow, "rollback", held)
+                    self.record_event(held.dataflow, "rollback", held)
                 except Exception:  # the original error matters more; a dead connection is discarded
                     log.warning("rollback failed on %r", held.dataflow, exc_info=True)
             if self.parent is not None and self.doomed is not None:
@@ -246,7 +253,7 @@ class Scope(RunContext):
             await self.release()
 
     async def _undo(self, held: _Held) -> None:
-        """Emulate ROLLBACK TO SAVEPOINT: write back the before-images, newest first."""
+        """Emulate ROLLBACK TO SAVEPOINT: apply the nodes' undos, newest first."""
         from .saga import compensate
 
         try:
@@ -263,7 +270,7 @@ class Scope(RunContext):
         held, self._held = list(self._held.values()), {}
         if self.parent is None:
             for h in held:
-                await h.dataflow._dialect.release(h.conn)
+                await h.dataflow.database.release(h.conn)
 
 
 @contextlib.asynccontextmanager
@@ -276,7 +283,7 @@ async def borrowed(dataflow: DataFlow, scope: Scope | None) -> Any:
     if scope is not None and scope.holds(dataflow):
         yield await scope.connection(dataflow)
         return
-    dialect = await dataflow._opened()
+    dialect = await dataflow.database.open()
     conn = await dialect.acquire()
     try:
         yield conn
@@ -286,11 +293,11 @@ async def borrowed(dataflow: DataFlow, scope: Scope | None) -> Any:
 
 def _partial_commit(failed: _Held, committed: list[_Held], exc: Exception) -> TransactionError:
     done = ", ".join(repr(h.dataflow) for h in committed)
-    lost = failed.dataflow._dialect.commit_never_sent(exc)
+    lost = failed.dataflow.database.dialect.commit_never_sent(exc)
     there = "was rolled back there" if lost else "has an unknown outcome there"
     return TransactionError(
         f"The run committed on {done}, then COMMIT failed on {failed.dataflow!r} "
-        f"({failed.dataflow._dialect.scrub(str(exc))}): its part {there}.",
+        f"({failed.dataflow.database.dialect.scrub(str(exc))}): its part {there}.",
         hint="the run is not retried (that would write the committed part twice); use "
         "transaction='2pc' (or 'saga') for runs that write to several databases.",
     )

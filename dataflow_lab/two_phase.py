@@ -33,7 +33,8 @@ __all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "
 DECISION_TABLE = "dataflow_lab_2pc_decisions"
 GID_PREFIX = "dataflow_lab"
 _KEY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
-_LOCK_SQL = "hashtextextended($1, 0)"
+LOCK_SQL = "hashtextextended($1, 0)"
+_DECISION_KEY = (DECISION_TABLE, "2pc")  # its readiness, kept with the database's tables
 
 
 class InDoubtError(TransactionError):
@@ -51,7 +52,7 @@ class _SimulatedCrash(TransactionError):
     """Fault injection for tests: the process 'dies' with no resolution attempted."""
 
 
-async def _key_of(conn: Connection) -> str:
+async def key_of(conn: Connection) -> str:
     ident = (await conn.fetch(_KEY_SQL))[0][0]
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
@@ -59,29 +60,29 @@ async def _key_of(conn: Connection) -> str:
 async def commit_two_phase(scope: Scope, begun: list[_Held]) -> None:
     """PREPARE everywhere; record the decision on the coordinator; COMMIT PREPARED everywhere."""
     for held in begun:
-        if not hasattr(held.conn, "prepare"):
+        if not held.dataflow.database.dialect.supports_two_phase:
             raise TransactionError(
                 f"Two-phase commit needs PostgreSQL; {held.dataflow!r} cannot prepare a transaction.",
                 hint="use transaction='saga' across other databases.",
             )
     coordinator = begun[0]
-    keys = [await _key_of(held.conn) for held in begun]
+    keys = [await key_of(held.conn) for held in begun]
     gid = f"{GID_PREFIX}:{keys[0]}:{scope.run_id}"  # the decision's name; each database prepares gid:<n>
     alive = await _hold_liveness_lock(coordinator.dataflow, gid)
-    _IN_FLIGHT.add(gid)
+    IN_FLIGHT.add(gid)
     try:
         await _two_phase(scope, begun, gid, keys)
     finally:
-        _IN_FLIGHT.discard(gid)
+        IN_FLIGHT.discard(gid)
         await _release_liveness_lock(coordinator.dataflow, alive, gid)
 
 
 async def _hold_liveness_lock(db: DataFlow, gid: str) -> Connection:
     """A session advisory lock on the coordinator, held while this process commits ``gid``."""
-    dialect = await db._opened()
+    dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        await conn.fetch(f"SELECT pg_advisory_lock({_LOCK_SQL})", [gid])
+        await conn.fetch(f"SELECT pg_advisory_lock({LOCK_SQL})", [gid])
     except BaseException:
         await dialect.release(conn)
         raise
@@ -90,11 +91,11 @@ async def _hold_liveness_lock(db: DataFlow, gid: str) -> Connection:
 
 async def _release_liveness_lock(db: DataFlow, conn: Connection, gid: str) -> None:
     try:
-        await conn.fetch(f"SELECT pg_advisory_unlock({_LOCK_SQL})", [gid])
+        await conn.fetch(f"SELECT pg_advisory_unlock({LOCK_SQL})", [gid])
     except Exception:  # a dead session has released its lock already
         pass
     finally:
-        await db._dialect.release(conn)
+        await db.database.release(conn)
 
 
 async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]) -> None:
@@ -106,7 +107,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
         except Exception as exc:
             await _abort_prepare(scope, begun, gids, len(prepared), exc)
         prepared.append(held)
-        scope._event(held.dataflow, "prepare")
+        scope.record_event(held.dataflow, "prepare")
     coordinator = begun[0]
     try:
         await _record_decision(coordinator.conn, gid, keys, coordinator.dataflow)
@@ -123,8 +124,8 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
             await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=committed)
             return
         committed.add(n)
-        scope._event(held.dataflow, "commit", held)
-    await _forget_decision(coordinator.dataflow, coordinator.conn, gid)
+        scope.record_event(held.dataflow, "commit", held)
+    await forget_decision(coordinator.dataflow, coordinator.conn, gid)
 
 
 async def _abort_prepare(
@@ -144,7 +145,7 @@ async def _abort_prepare(
             except Exception:
                 ok = False
         states[held.dataflow.url] = "rolled back" if ok else "prepared, no decision (recovery rolls it back)"
-    scrub = begun[done].dataflow._dialect.scrub
+    scrub = begun[done].dataflow.database.dialect.scrub
     raise InDoubtError(
         f"PREPARE TRANSACTION failed on {begun[done].dataflow!r}: {scrub(str(exc))}. "
         f"State: {_describe(states)}",
@@ -170,14 +171,14 @@ async def _resolve_after_prepare(
         elif await _try_finish(held.dataflow, part, commit=outcome == "commit", missing_ok=True):
             states[url] = "committed" if outcome == "commit" else "rolled back"
             if outcome == "commit":
-                scope._event(held.dataflow, "commit", held)
+                scope.record_event(held.dataflow, "commit", held)
         else:
             verb = "commits" if outcome == "commit" else "rolls back"
             states[url] = f"prepared, decision '{outcome}' (recover_in_doubt() {verb} it)"
     if outcome == "commit" and all(s == "committed" for s in states.values()):
-        await _forget_decision(coordinator, None, gid)
+        await forget_decision(coordinator, None, gid)
         return  # every half committed, exactly once: the run succeeded
-    scrub = begun[0].dataflow._dialect.scrub
+    scrub = begun[0].dataflow.database.dialect.scrub
     nothing = all(s != "committed" for s in states.values()) and outcome != "commit"
     raise InDoubtError(
         f"Two-phase commit {gid} failed after PREPARE: {scrub(str(exc))}. State: {_describe(states)}",
@@ -194,12 +195,12 @@ def _describe(states: dict[str, str]) -> str:
 async def _settle(db: DataFlow, gid: str) -> str | None:
     """The decision for ``gid``: the recorded one, else 'abort' (recorded now); None if unreachable."""
     try:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
     except Exception:
         return None
     try:
-        await _ensure_decision_table(db, conn)
+        await ensure_decision_table(db, conn)
         await conn.execute(
             f"INSERT INTO {DECISION_TABLE} (gid, outcome) VALUES ($1, 'abort') ON CONFLICT DO NOTHING", [gid]
         )
@@ -214,7 +215,7 @@ async def _settle(db: DataFlow, gid: str) -> str | None:
 async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool = True) -> bool:
     """COMMIT/ROLLBACK PREPARED on a fresh connection; a gid no longer prepared counts as done."""
     try:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
     except Exception:
         return False
@@ -230,8 +231,8 @@ async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool 
         await dialect.release(conn)
 
 
-async def _ensure_decision_table(db: DataFlow, conn: Connection) -> None:
-    if getattr(db, "_decision_table_ready", False):
+async def ensure_decision_table(db: DataFlow, conn: Connection) -> None:
+    if db.database.is_ready(_DECISION_KEY):
         return
     await conn.execute(
         f"CREATE TABLE IF NOT EXISTS {DECISION_TABLE} (gid text PRIMARY KEY, decided_at "
@@ -239,11 +240,11 @@ async def _ensure_decision_table(db: DataFlow, conn: Connection) -> None:
     )
     for column in ("outcome text NOT NULL DEFAULT 'commit'", "participants text[]"):  # older tables
         await conn.execute(f"ALTER TABLE {DECISION_TABLE} ADD COLUMN IF NOT EXISTS {column}")
-    db._decision_table_ready = True
+    db.database.mark_ready(_DECISION_KEY)
 
 
 async def _record_decision(conn: Connection, gid: str, participants: list[str], db: DataFlow) -> None:
-    await _ensure_decision_table(db, conn)
+    await ensure_decision_table(db, conn)
     rows = await conn.fetch(
         f"INSERT INTO {DECISION_TABLE} (gid, outcome, participants) VALUES ($1, 'commit', $2) "
         "ON CONFLICT DO NOTHING RETURNING gid",
@@ -253,9 +254,9 @@ async def _record_decision(conn: Connection, gid: str, participants: list[str], 
         raise TransactionError(f"a decision other than 'commit' was recorded for {gid} first")
 
 
-async def _forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> None:
+async def forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> None:
     """Every half committed: the decision row is not needed any more (a failure here is harmless)."""
-    dialect = await db._opened()
+    dialect = await db.database.open()
     own = conn is None
     try:
         if own:
@@ -268,7 +269,7 @@ async def _forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> N
             await dialect.release(conn)
 
 
-_IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
+IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
 
 
 from ._in_doubt import recover_in_doubt  # noqa: E402  (recovery reads this module's helpers)

@@ -1,10 +1,15 @@
 """WorkflowBuilder -> an immutable Workflow, validated as a whole at build().
 
-``add_node`` checks what it can at once (the type exists, parameters are
-known and well-typed). ``build`` checks the rest together and reports every
-problem in one WorkflowValidationError: dangling connections, unknown inputs
-and outputs, and cycles that were not declared (``add_connection(..., cycle=True,
-max_iterations=N)``, see ``cycles.py``).
+``add_node`` resolves the node type and checks the parameters, but what it finds
+wrong (an unknown type or parameter, a value of the wrong type) is kept, not
+raised: ``build`` reports it with everything else in one WorkflowValidationError:
+dangling connections, unknown inputs and outputs, a connection whose output type
+the input can never take (``nodes/outputs.py``), and cycles that were not declared
+(``add_connection(..., cycle=True, max_iterations=N)``, see ``cycles.py``).
+
+A bare node name belongs to the builder's DataFlow (``WorkflowBuilder(db)``); a
+builder given none takes it from the one live DataFlow that defines it
+(``nodes/registry.py``).
 
 A required input that no parameter and no connection supplies is a workflow
 input (``Workflow.workflow_inputs``): each run passes it in ``parameters``, and
@@ -23,9 +28,17 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .cycles import Cycle, find_cycles, plan
-from .errors import DataFlowError, ValidationError, WorkflowValidationError, did_you_mean
+from .errors import (
+    DataFlowError,
+    NodeNotFoundError,
+    UnknownNodeTypeError,
+    ValidationError,
+    WorkflowValidationError,
+    did_you_mean,
+)
 from .nodes.base import Node
 from .nodes.registry import resolve
+from .wiring import Connection, Problem, check_connection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
@@ -33,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Connection",
     "NodeSpec",
+    "Problem",
     "Workflow",
     "WorkflowBuilder",
     "WorkflowInput",
@@ -58,25 +72,6 @@ class NodeSpec:
     @property
     def type_name(self) -> str:
         return self.node_class.type_name
-
-
-@dataclass(frozen=True)
-class Connection:
-    """``source``'s output at ``source_output`` feeds ``target``'s ``target_input``.
-
-    ``cycle=True`` marks the connection that closes a declared cycle (see ``cycles.py``).
-    """
-
-    source: str
-    source_output: str
-    target: str
-    target_input: str
-    cycle: bool = False
-    max_iterations: int | None = None
-    converge_when: Callable[[Any], bool] | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        return f"{self.source}.{self.source_output} -> {self.target}.{self.target_input}"
 
 
 @dataclass(frozen=True)
@@ -165,12 +160,17 @@ class Workflow:
 
 
 class WorkflowBuilder:
-    """Collects nodes and connections; ``build()`` returns an immutable Workflow."""
+    """Collects nodes and connections; ``build()`` returns an immutable Workflow.
+
+    ``WorkflowBuilder(db)`` (or ``dataflow=db``) scopes bare node names to ``db``.
+    """
 
     def __init__(self, dataflow: DataFlow | None = None, *, name: str | None = None):
         self.dataflow = dataflow
         self.name = name or "workflow"
         self._nodes: dict[str, NodeSpec] = {}
+        self._problems: list[Problem] = []  # what add_node found, reported by build()
+        self._unresolved: set[str] = set()  # ids of nodes whose type no DataFlow in scope defines
         self._connections: list[Connection] = []
         self._counter = itertools.count(1)
         # what the spec's builder records: the models its nodes act on ('User', ...)
@@ -179,22 +179,36 @@ class WorkflowBuilder:
     def add_node(
         self, node_type: Any, node_id: str | None = None, params: Mapping[str, Any] | None = None, **more: Any
     ) -> str:
-        """Add a node (a name like 'UserCreateNode', a Node class, or a callable). Returns its id."""
-        node_class = resolve(node_type, self.dataflow)
+        """Add a node (a name like 'UserCreateNode', a Node class, or a callable). Returns its id.
+
+        An unknown node type or parameter, or a value of the wrong type, is reported by ``build()``
+        together with every other problem of the workflow. A misuse of this call itself (a node id
+        that is not a string or is taken, params that are not a dict) raises at once.
+        """
+        try:
+            node_class: type[Node] | None = resolve(node_type, self.dataflow)
+        except NodeNotFoundError as exc:
+            node_class, unknown = None, exc
+        type_name = node_class.type_name if node_class is not None else str(node_type)
         if node_id is None:
-            node_id = f"{node_class.type_name.lower()}_{next(self._counter)}"
+            node_id = f"{type_name.lower()}_{next(self._counter)}"
         if not isinstance(node_id, str) or not node_id:
             raise ValidationError(f"Node id {node_id!r} must be a non-empty string.")
-        if node_id in self._nodes:
+        if node_id in self._nodes or node_id in self._unresolved:
             raise ValidationError(
                 f"Node id '{node_id}' is already used in this workflow.", hint="give every node a unique id."
             )
         if params is not None and not isinstance(params, Mapping):
             raise ValidationError(
-                f"{node_class.type_name} '{node_id}': params must be a dict, got {type(params).__name__}."
+                f"{type_name} '{node_id}': params must be a dict, got {type(params).__name__}."
             )
+        if node_class is None:
+            self._unresolved.add(node_id)
+            self._problems.append(Problem(f"node '{node_id}': {unknown}", node_id))
+            return node_id
         given = {**(params or {}), **more}
-        checked = node_class.check(given, node_id=node_id, partial=True)
+        checked, problems = _check_given(node_class, given, node_id)
+        self._problems += problems
         metadata = {
             "added_at": dt.datetime.now(dt.UTC),
             "model_name": node_class.model_name,
@@ -255,18 +269,23 @@ class WorkflowBuilder:
     connect = add_connection
 
     def build(self, *, name: str | None = None, workflow_id: str | None = None, user: Any = None) -> Workflow:
-        """Validate everything, then freeze. With ``user``, also check its grants (access.py) now."""
-        problems: list[str] = []
+        """Validate everything, then freeze. With ``user``, also check its grants (access.py) now.
+
+        Every problem is reported at once, in one WorkflowValidationError (an UnknownNodeTypeError,
+        also a NodeNotFoundError, when a node type is unknown); each one is a ``Problem``.
+        """
+        problems: list[Problem] = list(self._problems)
+        flawed = {p.node_id for p in problems}
         inputs: dict[str, list[Connection]] = {n: [] for n in self._nodes}
         for c in self._connections:
-            problems += self._check_connection(c)
+            problems += check_connection(c, self._nodes, self._unresolved)
             if c.target in inputs and c.source in self._nodes:
                 inputs[c.target].append(c)
         workflow_inputs: list[WorkflowInput] = []
         for node_id, spec in self._nodes.items():
             open_inputs = _open_inputs(spec, inputs[node_id])
             workflow_inputs += open_inputs
-            if not open_inputs:
+            if not open_inputs and node_id not in flawed:
                 problems += _check_complete(spec, inputs[node_id])
         order: tuple[str, ...] = ()
         forward = {n: [c.source for c in inputs[n] if not c.cycle] for n in self._nodes}
@@ -275,8 +294,10 @@ class WorkflowBuilder:
         except graphlib.CycleError as exc:
             cycle = " -> ".join(exc.args[1])
             problems.append(
-                f"the connections form a cycle that was not declared: {cycle}. Declare it on the "
-                "connection that closes it: add_connection(..., cycle=True, max_iterations=N)."
+                Problem(
+                    f"the connections form a cycle that was not declared: {cycle}. Declare it on the "
+                    "connection that closes it: add_connection(..., cycle=True, max_iterations=N)."
+                )
             )
         cycles: list[Cycle] = []
         steps: tuple = ()
@@ -284,11 +305,11 @@ class WorkflowBuilder:
             edges = [(source, n) for n, sources in forward.items() for source in sources]
             closing = [c for c in self._connections if c.cycle and {c.source, c.target} <= self._nodes.keys()]
             cycles, cycle_problems = find_cycles(order, edges, closing)
-            problems += cycle_problems
+            problems += [Problem(p) for p in cycle_problems]
             steps = plan(order, edges, cycles)
             order = tuple(n for step in steps for n in (step.body if isinstance(step, Cycle) else (step,)))
         if problems:
-            raise WorkflowValidationError(problems)
+            raise (UnknownNodeTypeError if self._unresolved else WorkflowValidationError)(problems)
         if user is not None:
             from .access import check_nodes
 
@@ -314,38 +335,23 @@ class WorkflowBuilder:
             metadata=MappingProxyType(metadata),
         )
 
-    def _check_connection(self, c: Connection) -> list[str]:
-        problems = []
-        for end in (c.source, c.target):
-            if end not in self._nodes:
-                problems.append(
-                    f"connection {c}: there is no node '{end}'.{did_you_mean(end, self._nodes)}"
-                    f" The workflow's nodes: {_listing(self._nodes)}."
-                )
-        if problems:
-            return problems
-        if c.source == c.target and not c.cycle:
-            return [
-                f"connection {c}: a node cannot feed itself, unless the connection is a declared cycle "
-                "(cycle=True, max_iterations=N)."
-            ]
-        target = self._nodes[c.target].node_class
-        root = c.target_input.split(".", 1)[0]
-        if root not in target.param_map():
-            problems.append(
-                f"connection {c}: {target.type_name} has no input '{root}'."
-                f"{did_you_mean(root, target.param_map())} Its inputs: {_listing(target.param_map())}."
-            )
-        source = self._nodes[c.source]
-        outputs_for = getattr(source.node_class, "outputs_for", None)
-        outputs = outputs_for(source.checked) if outputs_for else output_keys(source.node_class)
-        head = c.source_output.split(".", 1)[0]
-        if outputs is not None and head not in outputs:
-            problems.append(
-                f"connection {c}: {self._nodes[c.source].type_name} has no output '{head}'."
-                f"{did_you_mean(head, outputs)} Its outputs: {_listing(sorted(outputs))}."
-            )
-        return problems
+
+def _check_given(node_class: type[Node], given: dict[str, Any], node_id: str) -> tuple[dict, list[Problem]]:
+    """``node_class.check(given, partial=True)``, every unknown parameter reported rather than the first."""
+    declared = node_class.param_map()
+    problems = []
+    for name in [n for n in given if n not in declared]:
+        try:  # the check's own message for this name, its did-you-mean and the names the node takes
+            node_class.check({name: given[name]}, node_id=node_id, partial=True)
+        except DataFlowError as exc:
+            problems.append(Problem(str(exc), node_id))
+    try:
+        checked = node_class.check(
+            {k: v for k, v in given.items() if k in declared}, node_id=node_id, partial=True
+        )
+    except DataFlowError as exc:
+        return {}, [*problems, Problem(str(exc), node_id)]
+    return checked, problems
 
 
 def _supplied(spec: NodeSpec, incoming: Any) -> set[str]:
@@ -362,19 +368,15 @@ def _open_inputs(spec: NodeSpec, incoming: list[Connection]) -> list[WorkflowInp
     ]
 
 
-def _check_complete(spec: NodeSpec, incoming: list[Connection]) -> list[str]:
+def _check_complete(spec: NodeSpec, incoming: list[Connection]) -> list[Problem]:
     """With nothing left open and nothing connected, the parameters must pass the full check now."""
     if incoming:  # connected values arrive at run time, and are checked then
         return []
     try:
         spec.node_class.check(dict(spec.params), node_id=spec.node_id)
     except DataFlowError as exc:
-        return [str(exc)]
+        return [Problem(str(exc), spec.node_id)]
     return []
-
-
-def _listing(names: Any) -> str:
-    return ", ".join(names) or "none"
 
 
 def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
@@ -390,11 +392,6 @@ def _stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
         order.append(node)
         sorter.done(node)
     return tuple(order)
-
-
-def output_keys(node_class: type[Node]) -> set[str] | None:
-    keys = getattr(node_class, "output_keys", None)
-    return keys() if callable(keys) else None
 
 
 def prepare(workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:

@@ -82,13 +82,13 @@ def url_for(backend: str, tmp_path) -> str | None:
 def spy_on_opens(monkeypatch, dataflow: DataFlow) -> list[str]:
     """Record each time ``dataflow`` is asked for its database: every connection goes through it."""
     opens: list[str] = []
-    real = dataflow._opened
+    real = dataflow.database.open
 
     async def opened():
         opens.append("opened")
         return await real()
 
-    monkeypatch.setattr(dataflow, "_opened", opened)
+    monkeypatch.setattr(dataflow.database, "open", opened)
     return opens
 
 

@@ -48,7 +48,7 @@ def audit_rows(db: DataFlow) -> int:
     from dataflow_lab import _loop
 
     async def count() -> int:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return (await conn.fetch(f"SELECT count(*) FROM {AUDIT_TABLE}"))[0][0]

@@ -271,8 +271,10 @@ def test_an_ambiguous_node_name_raises_node_not_found_saying_how_to_scope_it():
     first, second = DataFlow(), DataFlow()
     define_user(first)
     define_user(second)
+    builder = WorkflowBuilder()
+    builder.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
     with pytest.raises(NodeNotFoundError) as info:
-        WorkflowBuilder().add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+        builder.build()
     message = str(info.value)
     assert "UserCreateNode" in message
     assert "WorkflowBuilder(dataflow=" in message
@@ -304,8 +306,10 @@ def test_a_name_defined_by_exactly_one_live_dataflow_resolves_without_scoping():
     results = execute(None, lambda wf: wf.add_node("PostCreateNode", "p", {"title": "Hello"}))
     assert results["p"]["title"] == "Hello"
     assert execute(posts, lambda wf: wf.add_node("PostCountNode", "n", {}))["n"] == {"count": 1}
+    builder = WorkflowBuilder(dataflow=users)
+    builder.add_node("PostCreateNode", "p", {"title": "x"})
     with pytest.raises(NodeNotFoundError):
-        WorkflowBuilder(dataflow=users).add_node("PostCreateNode", "p", {"title": "x"})
+        builder.build()
     users.close()
     posts.close()
 
@@ -320,20 +324,52 @@ def test_a_closed_dataflow_no_longer_makes_a_name_ambiguous():
     first.close()
 
 
-def test_rerunning_a_notebook_cell_that_makes_a_new_dataflow_keeps_unscoped_names_resolvable():
-    def cell() -> dict:
+def test_rerunning_a_notebook_cell_that_makes_a_new_dataflow_makes_a_bare_name_ambiguous_until_scoped():
+    def cell(*, scoped: bool) -> dict:
         db = DataFlow()
         define_user(db)
-        return create_user(None, "Again")  # unscoped, as in the README's first example
+        return create_user(db if scoped else None, "Again")  # unscoped, as WorkflowBuilder() is
 
     # automatic garbage collection runs at arbitrary moments; with it paused, the outcome is deterministic
     gc.disable()
     try:
-        assert cell()["id"] == 1
-        # the first cell's DataFlow is no longer referenced by anything the user holds
-        assert cell()["id"] == 1
+        assert cell(scoped=False)["id"] == 1
+        # the first cell's DataFlow is no longer referenced, but alive until the collector frees it; a
+        # lookup never collects garbage, so the bare name is ambiguous, and the error says what to do
+        with pytest.raises(NodeNotFoundError, match="2 live DataFlow instances, oldest first: 1. ") as info:
+            cell(scoped=False)
+        assert "WorkflowBuilder(dataflow=db)" in str(info.value)
+        assert "old_db.close()" in str(info.value)
+        assert cell(scoped=True)["id"] == 1  # a builder given its DataFlow finds the name there
     finally:
         gc.enable()
+
+
+def test_a_name_lookup_never_collects_garbage(monkeypatch):
+    db = DataFlow()
+    define_user(db)
+    monkeypatch.setattr(gc, "collect", lambda *a: pytest.fail("a node-name lookup called gc.collect()"))
+    assert create_user(None, "Ann")["id"] == 1
+    assert create_user(db, "Bob")["id"] == 2
+    db.close()
+
+
+def test_a_scoped_builder_does_not_look_at_other_dataflows_but_its_error_names_the_one_that_has_it():
+    users, posts = DataFlow(), DataFlow()
+    define_user(users)
+
+    @posts.model
+    class Post:
+        title: str
+
+    wf = WorkflowBuilder(users)
+    wf.add_node("PostCreateNode", "p", {"title": "x"})
+    with pytest.raises(NodeNotFoundError) as info:
+        wf.build()
+    assert "not defined by this DataFlow" in str(info.value)
+    assert "Post" in str(info.value) and "WorkflowBuilder(that DataFlow)" in str(info.value)
+    users.close()
+    posts.close()
 
 
 def test_node_classes_of_two_dataflows_are_distinct():
@@ -369,8 +405,10 @@ def test_redefining_a_model_before_its_table_exists_replaces_it():
     assert "name" not in db.models["User"].by_name
     results = execute(db, lambda wf: wf.add_node("UserCreateNode", "c", {"title": "T", "score": 3}))
     assert (results["c"]["title"], results["c"]["score"]) == ("T", 3)
+    builder = WorkflowBuilder(dataflow=db)
+    builder.add_node("UserCreateNode", "c", {"name": "old"})
     with pytest.raises(ValidationError):
-        WorkflowBuilder(dataflow=db).add_node("UserCreateNode", "c", {"name": "old"})
+        builder.build()
     db.close()
 
 
@@ -633,8 +671,10 @@ def test_a_closed_dataflows_nodes_are_no_longer_found_by_name():
     db = DataFlow()
     define_user(db)
     db.close()
+    builder = WorkflowBuilder()
+    builder.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
     with pytest.raises(NodeNotFoundError):
-        WorkflowBuilder().add_node("UserCreateNode", "c", {"name": "A", "email": "a@x"})
+        builder.build()
 
 
 # --------------------------------------------------------------------------- secrets
@@ -692,8 +732,10 @@ def test_a_password_is_not_in_the_ambiguous_node_name_error():
     second = DataFlow(SECRET_URL.replace("/db", "/other"))
     define_user(first)
     define_user(second)
+    builder = WorkflowBuilder()
+    builder.add_node("UserListNode", "l", {})
     with pytest.raises(NodeNotFoundError) as info:
-        WorkflowBuilder().add_node("UserListNode", "l", {})
+        builder.build()
     assert "127.0.0.1" in str(info.value)
     assert SECRET not in str(info.value)
     first.close()

@@ -158,7 +158,7 @@ class FaultProxy:
         return data
 
     def _upstream(self, client: socket.socket, server: socket.socket, state: dict) -> None:
-        typed, matched = False, None
+        typed, matched, kind = False, None, b""
         try:
             while True:
                 head = self._read(client, 5 if typed else 4)
@@ -175,8 +175,12 @@ class FaultProxy:
                         action, matched = matched, None
                         if self._fire(action, client, server, state, message):
                             return
+                        if state["close_after"] and kind == b"Q":
+                            return  # nothing after it reaches the server (the downstream closes both)
                         continue
                 server.sendall(message)
+                if state["close_after"] and kind == b"S":
+                    return  # the statement's Sync is sent: a COMMIT sent after its reply must never arrive
         except OSError:
             pass
         finally:

@@ -48,12 +48,12 @@ def test_the_background_task_probes_on_its_own(url):
         define(db)
         assert count(db) == 0
         deadline = time.monotonic() + 20
-        while db._health.last is None and time.monotonic() < deadline:
+        while db.database.health.last is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert db._health.last is not None and db._health.last.status == "ok"
+        assert db.database.health.last is not None and db.database.health.last.status == "ok"
     finally:
         db.close()
-    assert db._health._task is None  # close() stops the task
+    assert db.database.health._task is None  # close() stops the task
 
 
 def test_no_background_task_when_the_interval_is_none(url):
@@ -61,7 +61,7 @@ def test_no_background_task_when_the_interval_is_none(url):
     try:
         define(db)
         count(db)
-        assert db._health._task is None and db._health.last is None
+        assert db.database.health._task is None and db.database.health.last is None
     finally:
         db.close()
 
@@ -76,7 +76,7 @@ def _backend_pids(db: DataFlow, n: int) -> list[int]:
     """Open n pooled connections at once (so n stay idle in the pool) and return their server pids."""
 
     async def grab() -> list[int]:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conns = [await dialect.acquire() for _ in range(n)]
         try:
             return [(await c.fetch("SELECT pg_backend_pid()"))[0][0] for c in conns]
@@ -111,14 +111,14 @@ def test_the_health_task_discards_a_connection_the_server_killed(pg_url):
         _terminate(pg_url, pids[:1])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            last = db._health.last
+            last = db.database.health.last
             if last is not None and last.discarded:
                 break
             time.sleep(0.05)
         assert last is not None and last.discarded == 1, last
         assert last.status == "degraded" and "dead connection" in (last.error or "")
         assert db.pool_status()["invalidated"] >= 1
-        assert db._health.last_error is not None
+        assert db.database.health.last_error is not None
         # the killed connection is gone from the pool: every remaining one answers
         assert sorted(set(_backend_pids(db, 2)) & set(pids[:1])) == []
         assert count(db) == 0

@@ -122,7 +122,7 @@ def raw_fetch(db: Any, sql: str) -> list[tuple]:
     """A workflow-free query on the DataFlow's own database (its in-memory SQLite too)."""
 
     async def fetch() -> list[tuple]:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return [tuple(r) for r in await conn.fetch(sql)]
@@ -326,7 +326,12 @@ def identifier_attempts(db: Any, p: str, *, every_context: bool) -> list[tuple[s
     """
 
     def node(node_type: str, params: dict[str, Any]) -> Any:
-        return lambda: WorkflowBuilder(db).add_node(node_type, "n", params)
+        def build() -> Any:  # add_node keeps what it finds wrong; build() reports it
+            builder = WorkflowBuilder(db)
+            builder.add_node(node_type, "n", params)
+            return builder.build()
+
+        return build
 
     def model(annotations: dict[str, Any], name: str = "Evil", **attrs: Any) -> Any:
         return lambda: db.model(type(name, (), {"__annotations__": annotations, **attrs}))

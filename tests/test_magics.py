@@ -310,6 +310,18 @@ def test_workflow_cell_mistakes_are_one_line_naming_the_line(users, source, mess
     assert "\n" not in str(error.value)
 
 
+def test_a_workflow_cell_reports_every_problem_at_once_each_on_its_line(users):
+    source = "c = UserCreateNode(nme='A', email='a')\nr = UserReadNode(idd=1)\nn = UserCountNode()\n"
+    with pytest.raises(UsageError) as error:
+        cell(users, f"%%dataflow workflow w\n{source}")
+    message = str(error.value)
+    assert (
+        "2 problem(s): line 1: UserCreateNode 'c': unknown parameter 'nme'. Did you mean 'name'?" in message
+    )
+    assert "; line 2: UserReadNode 'r': unknown parameter 'idd'. Did you mean 'id'?" in message
+    assert "\n" not in message
+
+
 def test_a_workflow_name_must_be_a_python_name(users):
     with pytest.raises(UsageError, match="'my-flow' is not a Python name"):
         cell(users, "%%dataflow workflow my-flow\nc = UserCountNode()\n")

@@ -36,7 +36,7 @@ def rows(db) -> list[dict]:
 
 def live(db, table: str = "users"):
     async def read():
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return await read_table(dialect, conn, table)
@@ -48,7 +48,7 @@ def live(db, table: str = "users"):
 
 def tables(db) -> list[str]:
     async def read():
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return await table_names(dialect, conn)

@@ -144,8 +144,10 @@ def test_generated_fields_cannot_be_set_on_create(db):
         name: str
 
     for field in ("id", "created_at", "updated_at"):
+        builder = WorkflowBuilder(db)
+        builder.add_node("UserCreateNode", "c", {"name": "Ann", field: 1})
         with pytest.raises(ValidationError, match=field):
-            WorkflowBuilder(db).add_node("UserCreateNode", "c", {"name": "Ann", field: 1})
+            builder.build()
 
 
 def test_generated_fields_cannot_be_changed_by_update(db):
@@ -154,8 +156,10 @@ def test_generated_fields_cannot_be_changed_by_update(db):
         name: str
 
     for field in ("id", "created_at", "updated_at"):
+        builder = WorkflowBuilder(db)
+        builder.add_node("UserUpdateNode", "u", {"id": 1, "fields": {field: 1}})
         with pytest.raises(ValidationError, match=field):
-            WorkflowBuilder(db).add_node("UserUpdateNode", "u", {"id": 1, "fields": {field: 1}})
+            builder.build()
 
 
 def test_an_int_id_annotation_is_the_generated_integer_id(db):
@@ -575,7 +579,7 @@ def raw_fetch(db, sql: str) -> list[tuple]:
     """A workflow-free query on the DataFlow's own database (its in-memory SQLite too)."""
 
     async def fetch() -> list[tuple]:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return [tuple(r) for r in await conn.fetch(sql)]

@@ -83,7 +83,7 @@ def test_auto_resolves_to_two_phase_across_postgresql_databases_that_allow_it(pg
     two = WorkflowBuilder()
     two.add_node(first.nodes["ItemCreateNode"], "a", {"name": "a"})
     two.add_node(second.nodes["ItemCreateNode"], "b", {"name": "b"})
-    allowed = _loop.run(first._allows_two_phase()) and _loop.run(second._allows_two_phase())
+    allowed = _loop.run(first.database.allows_two_phase()) and _loop.run(second.database.allows_two_phase())
     resolved = _loop.run(strategy("auto").resolve(two.build()))
     assert type(resolved) is (TwoPhase if allowed else Saga)
     first.close()

@@ -338,7 +338,7 @@ def test_a_long_transaction_that_ends_between_two_checks_is_flagged_when_it_ends
     monitor.long_seconds = 0.15  # checks every 0.0375 s would catch it: push the next check far away
     if monitor._watchdog is not None:
         monitor._watchdog.cancel()
-    monitor._watchdog, mdb._ledger.on_open = None, None  # no timer: only the end can flag it
+    monitor._watchdog, mdb.database.ledger.on_open = None, None  # no timer: only the end can flag it
 
     def slow(x: int) -> int:
         time.sleep(0.3)
@@ -390,7 +390,7 @@ def test_transaction_counts_start_at_zero_when_monitoring_starts(url):
     try:
         run(db, create_and_read)
         assert collector.transactions.counts()["commits"] == 1
-        assert db._ledger.commits == 2
+        assert db.database.ledger.commits == 2
     finally:
         detach(db, collector)
         db.close()

@@ -126,8 +126,9 @@ def test_create_without_a_required_field_is_refused_before_running(users, monkey
 
 def test_create_refuses_an_unknown_field_and_suggests_the_close_one(users):
     workflow = WorkflowBuilder(users)
+    workflow.add_node("UserCreateNode", "create", {"name": "A", "emial": "a@example.com"})
     with pytest.raises(ValidationError, match="emial") as info:
-        workflow.add_node("UserCreateNode", "create", {"name": "A", "emial": "a@example.com"})
+        workflow.build()
     assert "Did you mean 'email'" in str(info.value)
 
 
@@ -245,10 +246,11 @@ def test_update_with_a_filter_on_another_field_is_refused_and_points_to_bulk_upd
     assert [r["age"] for r in all_users(users)] == [1, 2]
 
 
-def test_update_refuses_a_wrong_type_in_fields_at_add_node(users):
+def test_update_refuses_a_wrong_type_in_fields_at_build(users):
     workflow = WorkflowBuilder(users)
+    workflow.add_node("UserUpdateNode", "update", {"id": 1, "fields": {"age": "old"}})
     with pytest.raises(ValidationError, match="age"):
-        workflow.add_node("UserUpdateNode", "update", {"id": 1, "fields": {"age": "old"}})
+        workflow.build()
 
 
 # -- Delete -------------------------------------------------------------------
@@ -350,8 +352,10 @@ def test_list_offset_without_a_limit_returns_the_rest(users):
 
 
 def test_list_refuses_a_negative_limit(users):
+    builder = WorkflowBuilder(users)
+    builder.add_node("UserListNode", "list", {"limit": -1})
     with pytest.raises(ValidationError, match="limit"):
-        WorkflowBuilder(users).add_node("UserListNode", "list", {"limit": -1})
+        builder.build()
 
 
 # -- Count --------------------------------------------------------------------
@@ -445,12 +449,13 @@ def test_upsert_on_id_updates_an_existing_row(users):
 
 def test_upsert_refuses_a_conflict_on_that_is_not_unique(users):
     workflow = WorkflowBuilder(users)
+    workflow.add_node(
+        "UserUpsertNode",
+        "upsert",
+        {"where": {"name": "Alice"}, "create": {"email": "a@example.com"}, "conflict_on": ["name"]},
+    )
     with pytest.raises(ValidationError, match="name"):
-        workflow.add_node(
-            "UserUpsertNode",
-            "upsert",
-            {"where": {"name": "Alice"}, "create": {"email": "a@example.com"}, "conflict_on": ["name"]},
-        )
+        workflow.build()
 
 
 def test_upsert_refuses_a_non_unique_conflict_on_before_anything_is_written(users):
@@ -587,8 +592,9 @@ def test_bulk_update_matching_nothing_reports_zero(users):
 def test_bulk_update_with_an_empty_filter_needs_confirmed_true(users):
     add_users(users, 3)
     workflow = WorkflowBuilder(users)
+    workflow.add_node("UserBulkUpdateNode", "all", {"filter": {}, "fields": {"age": 0}})
     with pytest.raises(ValidationError, match="confirmed=True"):
-        workflow.add_node("UserBulkUpdateNode", "all", {"filter": {}, "fields": {"age": 0}})
+        workflow.build()
     assert [r["age"] for r in all_users(users)] == [1, 2, 3]
 
 
@@ -630,8 +636,10 @@ def test_bulk_delete_matching_nothing_reports_zero(users):
 
 def test_bulk_delete_with_an_empty_filter_needs_confirmed_true(users):
     add_users(users, 3)
+    builder = WorkflowBuilder(users)
+    builder.add_node("UserBulkDeleteNode", "all", {"filter": {}})
     with pytest.raises(ValidationError, match="confirmed=True"):
-        WorkflowBuilder(users).add_node("UserBulkDeleteNode", "all", {"filter": {}})
+        builder.build()
     assert count_users(users) == 3
 
 
@@ -755,10 +763,12 @@ def test_create_after_a_bulk_upsert_with_explicit_new_ids_does_not_collide(users
 
 
 def test_bulk_upsert_refuses_a_conflict_on_that_is_not_unique(users):
+    builder = WorkflowBuilder(users)
+    builder.add_node(
+        "UserBulkUpsertNode", "bulk", {"data": [{"name": "a", "email": "a"}], "conflict_on": ["name"]}
+    )
     with pytest.raises(ValidationError) as info:
-        WorkflowBuilder(users).add_node(
-            "UserBulkUpsertNode", "bulk", {"data": [{"name": "a", "email": "a"}], "conflict_on": ["name"]}
-        )
+        builder.build()
     assert "name" in str(info.value)
     assert "unique" in str(info.value)
 

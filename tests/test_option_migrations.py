@@ -24,7 +24,7 @@ def one(db, node_type, params=None, **execute):
 
 def live(db, table: str = "seats"):
     async def read():
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return await read_table(dialect, conn, table)

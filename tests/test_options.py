@@ -81,8 +81,10 @@ def test_the_option_columns_are_managed_and_cannot_be_set():
         "id", "text", "version", "deleted_at", "created_at", "updated_at",
     ]  # fmt: skip
     assert "version" not in db.nodes["NoteCreateNode"].param_map()
+    builder = WorkflowBuilder(db)
+    builder.add_node("NoteUpdateNode", "u", {"id": 1, "version": 1, "fields": {"version": 9}})
     with pytest.raises(ValidationError, match="version"):
-        WorkflowBuilder(db).add_node("NoteUpdateNode", "u", {"id": 1, "version": 1, "fields": {"version": 9}})
+        builder.build()
 
 
 def test_generated_nodes_show_the_option_parameters():

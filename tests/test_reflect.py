@@ -40,7 +40,7 @@ SEED = "INSERT INTO products (name, price, in_stock, sku) VALUES ('bolt', 0.25, 
 
 def run_sql(db: DataFlow, *statements: str) -> None:
     async def go() -> None:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             for sql in statements:
@@ -53,7 +53,7 @@ def run_sql(db: DataFlow, *statements: str) -> None:
 
 def snapshot(db: DataFlow) -> tuple:
     async def go() -> tuple:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             return tuple([await read_table(dialect, conn, t) for t in ("products", "line_items")])

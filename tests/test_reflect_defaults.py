@@ -23,7 +23,7 @@ def create_schema(db) -> None:
     )
 
     async def go() -> None:
-        dialect = await db._opened()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             for sql in statements:

@@ -115,7 +115,7 @@ def test_the_dashboard_and_metrics_count_pending_compensations():
     run(db, "AccountCreateNode", {"name": "b"})
     assert db.metrics()["safety_events"]["pending_compensations"] == 0
     commit_steps_then_die(db)
-    db._pending_compensations = None  # another process wrote them: counted when asked
+    db.database.pending_count = None  # another process wrote them: counted when asked
     assert db.metrics()["safety_events"]["pending_compensations"] == 3
     assert "dataflow_pending_compensations{database=" in db.metrics_text()
     assert db.metrics_text().count(" 3.0\n") >= 1

@@ -117,9 +117,11 @@ def test_a_condition_choosing_an_unknown_case_fails_the_node_with_the_cases_name
         ({"condition": bool, "cases": ["case"]}, "reserved"),
     ],
 )
-def test_bad_switch_parameters_are_refused_at_add_node(params, message):
+def test_bad_switch_parameters_are_refused_at_build(params, message):
+    builder = WorkflowBuilder()
+    builder.add_node(SwitchNode, "route", **params)
     with pytest.raises(ValidationError, match=message):
-        WorkflowBuilder().add_node(SwitchNode, "route", **params)
+        builder.build()
 
 
 def test_a_switch_writes_only_on_the_taken_branch(db):

@@ -201,7 +201,7 @@ def test_caller_supplied_ids_never_cross_tenants(db):
 
 def test_bulk_create_stamps_the_tenant_through_the_dialects_fast_path(db, monkeypatch):
     define_item(db)
-    dialect_cls = type(db._dialect)
+    dialect_cls = type(db.database.dialect)
     real = dialect_cls.bulk_insert
     calls = []
 

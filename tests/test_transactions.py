@@ -149,7 +149,7 @@ def test_on_duckdb_a_failed_undo_of_an_inner_run_makes_the_outer_block_refuse_to
     db = DataFlow("duckdb:///:memory:")
     define(db)
     run(db, "AccountCreateNode", {"name": "before"})
-    table = db._tables["Account"].table.name
+    table = db.database.tables["Account"].table.name
 
     async def sabotage(new_id: int) -> None:  # leaves the inner run's undo nothing to undo on
         conn = await ACTIVE_SCOPE.get().connection(db, write=True)

@@ -95,8 +95,10 @@ def test_the_version_parameter_is_optional_and_checked_and_shown_in_sql():
     params = {p["name"]: p for p in db.nodes["DocDeleteNode"].describe()}
     assert params["version"]["required"] is False
     assert "version" not in db.nodes["PlainDeleteNode"].param_map()
+    builder = WorkflowBuilder(db)
+    builder.add_node("DocDeleteNode", "d", {"id": 1, "version": -1})
     with pytest.raises(ValidationError, match="version"):
-        WorkflowBuilder(db).add_node("DocDeleteNode", "d", {"id": 1, "version": -1})
+        builder.build()
     sql = db.nodes["DocDeleteNode"].sql({"id": 1, "version": 3})
     assert "version =" in sql and "[1, 3]" in sql
     assert "version =" not in db.nodes["DocDeleteNode"].sql({"id": 1})

@@ -1,9 +1,9 @@
-"""WorkflowBuilder: add_node checks at once, build() reports every problem, Workflows are immutable."""
+"""WorkflowBuilder: add_node checks, build() reports every problem at once, Workflows are immutable."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, TypedDict
 
 import pytest
 from conftest import spy_on_opens
@@ -24,6 +24,17 @@ from dataflow_lab import (
     viz,
 )
 from dataflow_lab.workflow import prepare
+
+
+class Totals(TypedDict):
+    """What a typed Python node returns: build() checks connections from it."""
+
+    count: int
+    label: str
+
+
+def totals() -> Totals:
+    return {"count": 3, "label": "three"}
 
 
 def define_user(db: DataFlow) -> type:
@@ -53,6 +64,13 @@ def user_db(db):
     return db
 
 
+def build_problems(wf: WorkflowBuilder, error: type[Exception] = WorkflowValidationError) -> str:
+    """What build() refuses the workflow for: its one error, as text."""
+    with pytest.raises(error) as info:
+        wf.build()
+    return str(info.value)
+
+
 def create_users(db: DataFlow, *names: str) -> list[dict]:
     wf = WorkflowBuilder(dataflow=db)
     for i, name in enumerate(names):
@@ -61,56 +79,86 @@ def create_users(db: DataFlow, *names: str) -> list[dict]:
     return [results[f"c{i}"] for i in range(len(names))]
 
 
-# --------------------------------------------------------------------------- add_node checks at once
+# --------------------------------------------------------------------------- add_node's checks, reported by build()
 
 
-def test_an_unknown_node_type_is_refused_at_add_node_with_a_did_you_mean(mem_db):
+def test_an_unknown_node_type_is_reported_by_build_with_a_did_you_mean(mem_db):
     wf = WorkflowBuilder()
-    with pytest.raises(NodeNotFoundError) as info:
-        wf.add_node("UserCreatNode", "c", {"name": "a", "email": "a@x"})
-    assert "Did you mean 'UserCreateNode'" in str(info.value)
-    assert "UserCreatNode" in str(info.value)
+    wf.add_node("UserCreatNode", "c", {"name": "a", "email": "a@x"})
+    message = build_problems(wf, NodeNotFoundError)
+    assert "Did you mean 'UserCreateNode'" in message
+    assert "UserCreatNode" in message
 
 
-def test_an_unknown_node_type_is_refused_even_when_no_model_is_close():
+def test_an_unknown_node_type_is_reported_even_when_no_model_is_close():
     db = DataFlow()
     define_user(db)
     wf = WorkflowBuilder()
-    with pytest.raises(NodeNotFoundError, match="Zebra"):
-        wf.add_node("ZebraStripeNode", "z", {})
+    wf.add_node("ZebraStripeNode", "z", {})
+    assert "Zebra" in build_problems(wf, NodeNotFoundError)
     db.close()
 
 
-def test_an_unknown_parameter_is_refused_at_add_node_with_a_suggestion(mem_db):
+def test_an_unknown_parameter_is_reported_by_build_with_a_suggestion(mem_db):
     wf = WorkflowBuilder()
-    with pytest.raises(ValidationError) as info:
-        wf.add_node("UserCreateNode", "c", {"nmae": "Alice", "email": "a@x"})
-    message = str(info.value)
+    wf.add_node("UserCreateNode", "c", {"nmae": "Alice", "email": "a@x"})
+    message = build_problems(wf)
     assert "nmae" in message
     assert "Did you mean 'name'" in message
     assert "'c'" in message
 
 
 @pytest.mark.parametrize("bad", ["abc", 3.7, [1], {"a": 1}])
-def test_a_wrongly_typed_value_for_an_int_field_is_refused_at_add_node(mem_db, bad):
+def test_a_wrongly_typed_value_for_an_int_field_is_reported_by_build(mem_db, bad):
     wf = WorkflowBuilder()
-    with pytest.raises(ValidationError) as info:
-        wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": bad})
-    assert "age" in str(info.value)
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": bad})
+    assert "age" in build_problems(wf)
 
 
 def test_a_bool_is_not_accepted_as_an_int_field(mem_db):
     wf = WorkflowBuilder()
-    with pytest.raises(ValidationError, match="age"):
-        wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": True})
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": True})
+    assert "age" in build_problems(wf)
 
 
 def test_a_wrongly_typed_value_for_an_int_parameter_of_a_generated_node_is_refused(mem_db):
     wf = WorkflowBuilder()
-    with pytest.raises(ValidationError, match="limit"):
-        wf.add_node("UserListNode", "l", {"limit": "ten"})
-    with pytest.raises(ValidationError, match="offset"):
-        wf.add_node("UserListNode", "l", {"offset": 2.5})
+    wf.add_node("UserListNode", "l", {"limit": "ten"})
+    wf.add_node("UserListNode", "m", {"offset": 2.5})
+    message = build_problems(wf)
+    assert "limit" in message and "offset" in message
+
+
+def test_build_reports_every_problem_at_once_each_with_its_did_you_mean(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreatNode", "typo", {})
+    wf.add_node("UserCreateNode", "c", {"nmae": "A", "emial": "a@x", "age": "old"})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_node(lambda x: {"x": x}, "a", {})
+    wf.add_node(lambda x: {"x": x}, "b", {})
+    wf.add_connection("craetor", "id", "r", "id")
+    wf.add_connection("a", "x", "b", "x")
+    wf.add_connection("b", "x", "a", "x")
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    error = info.value
+    assert isinstance(error, NodeNotFoundError)  # one of its problems is an unknown node type
+    message = str(error)
+    assert "Did you mean 'UserCreateNode'" in message
+    assert "unknown parameter 'nmae'. Did you mean 'name'?" in message
+    assert "unknown parameter 'emial'. Did you mean 'email'?" in message
+    assert "there is no node 'craetor'" in message
+    assert "cycle that was not declared" in message
+    assert "field 'age' got str 'old'" in message
+    assert len(error.problems) == 6
+    assert [p.node_id for p in error.problems][:3] == ["typo", "c", "c"]
+
+
+def test_a_node_with_a_bad_value_is_reported_and_its_other_values_still_checked(mem_db):
+    wf = WorkflowBuilder()
+    wf.add_node("UserCreateNode", "c", {"name": 5, "emial": "a@x"})
+    message = build_problems(wf)
+    assert "emial" in message and "'name'" in message
 
 
 def test_a_lossless_numeric_string_is_coerced_to_int_for_an_int_field(user_db):
@@ -136,11 +184,11 @@ def test_a_wrongly_typed_value_for_an_int_argument_of_a_callable_is_refused_and_
     def double(x: int) -> int:
         return x * 2
 
+    for bad in ("abc", 3.7):
+        wf = WorkflowBuilder()
+        wf.add_node(double, "d", {"x": bad})
+        assert "'x'" in build_problems(wf)
     wf = WorkflowBuilder()
-    with pytest.raises(ValidationError, match="x"):
-        wf.add_node(double, "d", {"x": "abc"})
-    with pytest.raises(ValidationError, match="x"):
-        wf.add_node(double, "d", {"x": 3.7})
     wf.add_node(double, "d", {"x": "21"})
     results, _ = LocalRuntime().execute(wf.build())
     assert results["d"] == 42
@@ -162,12 +210,14 @@ def test_a_duplicate_node_id_is_refused(mem_db):
     assert workflow.nodes["c"].type_name == "UserCreateNode"
 
 
-def test_a_refused_add_node_leaves_the_builder_unchanged(mem_db):
+def test_a_node_with_a_bad_value_is_the_only_problem_build_reports(mem_db):
     wf = WorkflowBuilder()
     wf.add_node("UserListNode", "l", {})
-    with pytest.raises(ValidationError):
-        wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": "abc"})
-    assert list(wf.build().nodes) == ["l"]
+    wf.add_node("UserCreateNode", "c", {"name": "A", "email": "a@x", "age": "abc"})
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    assert [p.node_id for p in info.value.problems] == ["c"]
+    assert "age" in info.value.problems[0]
 
 
 # --------------------------------------------------------------------------- what add_node accepts as a type
@@ -183,10 +233,10 @@ def test_a_node_class_from_db_nodes_is_accepted_as_the_type(user_db):
     assert results["r"] == results["c"]
 
 
-def test_a_node_class_is_checked_at_add_node_like_a_name(mem_db):
+def test_a_node_class_is_checked_like_a_name(mem_db):
     wf = WorkflowBuilder()
-    with pytest.raises(ValidationError, match="Did you mean 'email'"):
-        wf.add_node(mem_db.nodes["UserCreateNode"], "c", {"name": "A", "emial": "a@x"})
+    wf.add_node(mem_db.nodes["UserCreateNode"], "c", {"name": "A", "emial": "a@x"})
+    assert "Did you mean 'email'" in build_problems(wf)
 
 
 def test_a_plain_callable_takes_its_parameters_as_inputs_and_returns_its_output(user_db):
@@ -221,8 +271,8 @@ def test_an_unknown_argument_for_a_callable_is_refused_with_a_suggestion():
         return left + right
 
     wf = WorkflowBuilder()
-    with pytest.raises(ValidationError, match="Did you mean 'right'"):
-        wf.add_node(add, "a", {"left": 1, "rigth": 2})
+    wf.add_node(add, "a", {"left": 1, "rigth": 2})
+    assert "Did you mean 'right'" in build_problems(wf)
 
 
 def test_an_async_callable_is_awaited_and_its_result_is_the_output(user_db):
@@ -255,6 +305,98 @@ def test_a_value_that_is_not_a_name_class_or_callable_is_refused():
     wf = WorkflowBuilder()
     with pytest.raises(ValidationError):
         wf.add_node(42, "n", {})
+
+
+# --------------------------------------------------------------------------- typed connections
+
+
+def test_an_int_output_wired_into_a_str_field_is_refused_at_build_naming_both_ends(user_db, monkeypatch):
+    wf = WorkflowBuilder(user_db)
+    wf.add_node("UserCreateNode", "first", {"name": "A", "email": "a@x"})
+    wf.add_node("UserCountNode", "count", {})
+    wf.add_node("UserCreateNode", "third", {"email": "c@x"})
+    wf.add_connection("first", "id", "count", "filter.id")
+    wf.add_connection("count", "count", "third", "name")
+    opens = spy_on_opens(monkeypatch, user_db)
+    with pytest.raises(WorkflowValidationError) as info:
+        wf.build()
+    (problem,) = info.value.problems
+    assert problem.startswith(
+        "connection count.count -> third.name: UserCountNode 'count' outputs 'count' as int"
+    )
+    assert "UserCreateNode 'third' takes 'name' as str" in problem
+    assert "Connect an output of type str, or convert the value in a Python node" in problem
+    assert opens == [] and count_rows(user_db) == 0
+
+
+def test_a_row_field_of_the_wrong_type_is_refused_through_a_path_and_an_update_field(mem_db):
+    wf = WorkflowBuilder(mem_db)
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserUpdateNode", "u", {"id": 1, "fields": {}})
+    wf.add_connection("l", "records.0.created_at", "u", "fields.email")
+    wf.add_connection("l", "records.0.name", "u", "fields.age")
+    message = build_problems(wf)
+    assert (
+        "outputs 'records.0.created_at' as datetime" in message and "takes 'fields.email' as str" in message
+    )
+    assert "fields.age" not in message  # a text may hold a whole number: '42' is an int, at run time
+
+
+def test_a_typed_python_nodes_return_annotation_is_its_output_type(mem_db):
+    wf = WorkflowBuilder(mem_db)
+    wf.add_node(totals, "t", {})
+    wf.add_node("UserCreateNode", "c", {"email": "a@x"})
+    wf.add_connection("t", "count", "c", "name")
+    wf.add_connection("t", "labl", "c", "age")
+    message = build_problems(wf)
+    assert "totals 't' outputs 'count' as int" in message
+    assert "has no output 'labl'. Did you mean 'label'?" in message
+
+
+def test_conversions_the_runtime_makes_still_build_and_run(db):
+    @db.model
+    class Reading:
+        label: str
+        value: float
+        level: int = 0
+        note: Optional[str] = None  # noqa: UP045 - Optional is the documented spelling
+
+    def as_text(level: int) -> dict[str, str]:
+        return {"level": str(level)}
+
+    def untyped(x):
+        return {"anything": x}
+
+    wf = WorkflowBuilder(db)
+    wf.add_node("ReadingCreateNode", "first", {"label": "a", "value": 1.5, "level": 7})
+    wf.add_node("ReadingReadNode", "read", {})  # a row, or None: Optional
+    wf.add_node(as_text, "text", {})
+    wf.add_node(untyped, "any", {})
+    wf.add_node("ReadingCreateNode", "second", {"label": "b"})
+    wf.add_connection("first", "id", "read", "id")  # a row's id into an id input
+    wf.add_connection("read", "level", "second", "value")  # int into a float field
+    wf.add_connection("read", "level", "text", "level")
+    wf.add_connection("text", "level", "second", "level")  # '7' into an int field
+    wf.add_connection("read", "label", "any", "x")  # into Any
+    wf.add_connection("any", "anything", "second", "note")  # from Any, into an Optional field
+    results, _ = LocalRuntime().execute(wf.build())
+    assert (results["second"]["value"], results["second"]["level"], results["second"]["note"]) == (
+        7.0,
+        7,
+        "a",
+    )
+
+
+def test_a_path_into_a_row_that_lacks_the_field_is_refused_with_a_did_you_mean(mem_db):
+    wf = WorkflowBuilder(mem_db)
+    wf.add_node("UserListNode", "l", {})
+    wf.add_node("UserReadNode", "r", {})
+    wf.add_node("UserReadNode", "s", {})
+    wf.add_connection("l", "records.0.idd", "r", "id")
+    wf.add_connection("l", "records.id", "s", "id")
+    message = build_problems(wf)
+    assert "'records.0' of UserListNode 'l' is a User row, which has no 'idd'. Did you mean 'id'?" in message
+    assert "is Records[User], a list, so it has no 'id'. Name an index: 'records.0.id'" in message
 
 
 # --------------------------------------------------------------------------- connections
@@ -714,10 +856,10 @@ def test_a_wrong_typed_run_parameter_is_refused_before_anything_runs(user_db, mo
     with pytest.raises(ValidationError, match="UserReadNode 'read': parameter 'id': .* expected int"):
         LocalRuntime().execute(workflow, parameters={"read": {"id": "first"}})
     assert opens == []
+    at_build = WorkflowBuilder(dataflow=user_db)
+    at_build.add_node("UserReadNode", "read", {"id": "first"})
     with pytest.raises(ValidationError, match="parameter 'id': .* expected int"):
-        WorkflowBuilder(dataflow=user_db).add_node(
-            "UserReadNode", "read", {"id": "first"}
-        )  # at build, as before
+        at_build.build()  # at build, as before
 
 
 def test_run_parameters_that_complete_a_node_get_its_full_check_before_anything_runs(user_db, monkeypatch):

@@ -16,7 +16,15 @@ from ..errors import ValidationError
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Connection, Dialect
 
-__all__ = ["Connection", "Dialect", "check_url", "dialect_for", "require_driver"]
+__all__ = [
+    "Connection",
+    "Dialect",
+    "check_url",
+    "dialect_for",
+    "register_kind",
+    "require_driver",
+    "transient_reason",
+]
 
 # scheme -> (dialect module, class, driver module, pip extra, database name)
 _DIALECTS = {
@@ -33,6 +41,26 @@ def __getattr__(name: str) -> Any:  # Connection and Dialect load SQLAlchemy: on
 
         return getattr(base, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_KINDS: list[Any] = []  # every Dialect class defined so far, each registered by its definition
+
+
+def register_kind(dialect_class: Any) -> None:
+    """Called by ``Dialect.__init_subclass__``: ``transient_reason`` asks every dialect defined."""
+    _KINDS.append(dialect_class)
+
+
+def transient_reason(error: BaseException) -> str | None:
+    """Why a driver's ``error`` is worth retrying, as its dialect sees it (None: no dialect's transient).
+
+    Only dialects whose module is loaded are asked: a driver's error comes from a dialect built here.
+    """
+    for kind in _KINDS:
+        reason = kind.transient_reason(error)
+        if reason is not None:
+            return reason
+    return None
 
 
 def require_driver(module: str, database: str, extra: str) -> None:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from ..config import DataFlowConfig, scrub
 from ..errors import ConnectionError
+from . import register_kind
 
 log = logging.getLogger("dataflow_lab.sql")
 
@@ -117,6 +118,10 @@ class Dialect:
         self.url = url
         self.sa_dialect = self._sa_dialect()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_kind(cls)  # so retry.py can ask every dialect about a driver's error
+
     def prepare(self) -> None:
         """What opening needs that involves no connection and no event loop (the warm-up does it)."""
 
@@ -174,6 +179,35 @@ class Dialect:
     def commit_never_sent(self, error: BaseException) -> bool:
         """True when COMMIT failed before reaching the server (so the server rolled back)."""
         return False
+
+    # -- capabilities the other layers ask about (they never branch on the name) ---------
+    supports_two_phase = False  # PREPARE TRANSACTION / COMMIT PREPARED (two_phase.py)
+
+    async def two_phase_enabled(self, conn: Connection) -> bool:
+        """Whether the server is set up for two-phase commit (asked once per database)."""
+        return False
+
+    def process_local(self) -> bool:
+        """Whether the database lives in this process only, so no other process can open it
+        (an in-memory SQLite; DuckDB, whose file one process holds at a time)."""
+        return False
+
+    @classmethod
+    def transient_reason(cls, error: BaseException) -> str | None:
+        """Why this database's driver ``error`` is worth retrying ("deadlock"...), None if it is not
+        one of this driver's transient errors (retry.py asks every dialect)."""
+        return None
+
+    # -- migration facts (migrations/ops.py) -----------------------------------------------
+    # Column changes made with ALTER TABLE; the others rebuild the table. "drop_constraint":
+    # ALTER TABLE ... DROP CONSTRAINT (a table-level UNIQUE).
+    alters_in_place: frozenset[str] = frozenset()
+    added_column_keeps_default = False  # ADD COLUMN ... DEFAULT stays the column's default for good
+    rebuild_preamble: tuple[str, ...] = ()  # statements a table rebuild runs first
+
+    def bytes_literal(self, value: bytes) -> str:
+        """``value`` as an SQL literal (DEFAULT clauses and back-fills)."""
+        return f"X'{value.hex()}'"
 
     def ddl_lock_sql(self, table_name: str) -> str | None:
         """SQL that serializes schema changes to one table across processes (None: not needed)."""

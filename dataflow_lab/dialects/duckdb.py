@@ -146,6 +146,22 @@ class DuckDBDialect(Dialect):
     def path(self) -> str:
         return sa.engine.make_url(self.url).database or ":memory:"
 
+    def process_local(self) -> bool:
+        return True  # one process opens (and locks) a DuckDB file at a time
+
+    # Migrations: DuckDB will not drop or retype a column an index or constraint depends on, so
+    # every column change rebuilds the table.
+    alters_in_place: frozenset[str] = frozenset()
+
+    def bytes_literal(self, value: bytes) -> str:
+        return "'" + "".join(f"\\x{b:02x}" for b in value) + "'::BLOB"
+
+    @classmethod
+    def transient_reason(cls, error: BaseException) -> str | None:
+        if type(error).__name__ == "TransactionException" and "conflict" in str(error).lower():
+            return "write conflict"
+        return None
+
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 

@@ -22,6 +22,14 @@ import sqlalchemy as sa
 
 from .base import Connection, PooledDialect
 
+# SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
+_TRANSIENT_SQLSTATES = {
+    "40P01": "deadlock", "40001": "serialization failure",
+    "57P01": "server shut down", "57P02": "server crashed", "57P03": "server starting up",
+    "08000": "connection lost", "08003": "connection lost", "08006": "connection lost",
+    "08001": "cannot connect", "08004": "connection refused",
+}  # fmt: skip
+
 _ISOLATION_SQL = {
     "read_uncommitted": "READ UNCOMMITTED", "read_committed": "READ COMMITTED",
     "repeatable_read": "REPEATABLE READ", "serializable": "SERIALIZABLE",
@@ -193,6 +201,33 @@ class PostgresDialect(PooledDialect):
         from sqlalchemy.dialects.postgresql import ARRAY
 
         return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
+
+    supports_two_phase = True
+
+    async def two_phase_enabled(self, conn: Connection) -> bool:
+        return int((await conn.fetch("SHOW max_prepared_transactions"))[0][0]) > 0
+
+    # Migrations: ALTER TABLE does every column change in place (its DDL is transactional), drops
+    # a UNIQUE constraint, and an added column's DEFAULT can be dropped once existing rows have it.
+    alters_in_place = frozenset(
+        {"add_column", "drop_column", "retype", "drop_not_null", "set_not_null", "drop_constraint"}
+    )
+
+    def bytes_literal(self, value: bytes) -> str:
+        return f"'\\x{value.hex()}'::bytea"
+
+    @classmethod
+    def transient_reason(cls, error: BaseException) -> str | None:
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            if sqlstate in _TRANSIENT_SQLSTATES:
+                return _TRANSIENT_SQLSTATES[sqlstate]
+            return "connection lost" if sqlstate.startswith("08") else None
+        if type(error).__name__ == "ConnectionDoesNotExistError":
+            return "connection lost"
+        if type(error).__name__ == "InterfaceError" and "closed" in str(error).lower():
+            return "connection lost"
+        return None
 
     def commit_never_sent(self, error: BaseException) -> bool:
         # asyncpg refuses to send anything on a connection it already knows is closed

@@ -192,6 +192,21 @@ class SQLiteDialect(PooledDialect):
         path = self.path
         return path in ("", ":memory:") or "mode=memory" in path
 
+    def process_local(self) -> bool:
+        return self.in_memory
+
+    # Migrations: ALTER TABLE only adds a column (nullable or defaulted, SQLite's own rule), and
+    # that DEFAULT stays the column's for good; a rebuild defers foreign keys to its end.
+    alters_in_place = frozenset({"add_column"})
+    added_column_keeps_default = True
+    rebuild_preamble = ("PRAGMA defer_foreign_keys = ON",)
+
+    @classmethod
+    def transient_reason(cls, error: BaseException) -> str | None:
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error).lower():
+            return "database locked"
+        return None
+
     @property
     def path(self) -> str:
         return sa.engine.make_url(self.url).database or ":memory:"

@@ -79,7 +79,7 @@ class Migrations:
         if not plan:
             return None
         taken = [applied.name for applied in self.history()]
-        return write_file(directory, plan, engine._slug(plan.steps), taken)
+        return write_file(directory, plan, engine.file_slug(plan.steps), taken)
 
     # -- internals ---------------------------------------------------------------------
     def _run(self, work: Any, *, write: bool = True) -> Any:
@@ -99,13 +99,13 @@ class Migrations:
         return _loop.run(self._session(work, write=write))
 
     async def _in_scope(self, work: Any, scope: Any) -> Any:
-        dialect = await self._db._opened()
+        dialect = await self._db.database.open()
         return await work(await scope.connection(self._db), dialect)
 
     async def _session(self, work: Any, *, write: bool = True) -> Any:
         db = self._db
-        db._check_open()
-        dialect = await db._opened()
+        db.database.check_open()
+        dialect = await db.database.open()
         conn = await dialect.acquire()
         try:
             await conn.begin()
@@ -120,11 +120,11 @@ class Migrations:
         finally:
             await dialect.release(conn)
         if write:
-            db._ready.clear()  # every table is checked again at its next use
+            db.database.forget_ready()  # every table is checked again at its next use
         return result
 
     def _model_tables(self) -> list[Any]:
-        return [t for name, t in self._db._tables.items() if name not in self._db._reflected]
+        return [t for name, t in self._db.database.tables.items() if name not in self._db.database.reflected]
 
     def _backfill(self, backfill: Mapping[str, Any] | None) -> dict[str, Any]:
         """``backfill`` checked: every key is a field of some model (a typo must not pass silently)."""

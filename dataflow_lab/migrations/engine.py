@@ -214,7 +214,7 @@ async def run_and_record(
     for sql in plan.up:
         await conn.execute(sql)
     return await record(conn, dialect, plan.up, plan.down, plan.destructive, _down_destructive(steps),
-                        source=source, name=_slug(steps), clock=clock)  # fmt: skip
+                        source=source, name=file_slug(steps), clock=clock)  # fmt: skip
 
 
 async def record(
@@ -248,7 +248,8 @@ def _down_destructive(steps: Sequence[Step]) -> bool:
     return any(s.down_destructive for s in steps)
 
 
-def _slug(steps: Sequence[Step]) -> str:
+def file_slug(steps: Sequence[Step]) -> str:
+    """The slug of a migration's name and file: ``slug`` with only [A-Za-z0-9_]."""
     return re.sub(r"[^A-Za-z0-9_]+", "_", slug(steps))
 
 

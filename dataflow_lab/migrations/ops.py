@@ -26,13 +26,6 @@ from .live import ColumnShape, IndexShape, TableShape
 
 __all__ = ["Step", "create_steps", "table_steps"]
 
-# Which column changes each database makes with ALTER TABLE; the others rebuild the table.
-_IN_PLACE = {
-    "postgresql": {"add_column", "drop_column", "retype", "drop_not_null", "set_not_null"},
-    "sqlite": {"add_column"},  # nullable or defaulted only (SQLite's own rule)
-    "duckdb": set(),
-}
-
 
 @dataclass(frozen=True)
 class Step:
@@ -69,9 +62,7 @@ def literal(dialect: Dialect, value: object, column: sa.Column) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bytes):
-        if dialect.name == "duckdb":
-            return "'" + "".join(f"\\x{b:02x}" for b in value) + "'::BLOB"
-        return f"'\\x{value.hex()}'::bytea" if dialect.name == "postgresql" else f"X'{value.hex()}'"
+        return dialect.bytes_literal(value)
     render = {"literal_binds": True}
     try:
         return str(
@@ -107,14 +98,14 @@ def table_steps(
     ``defaults`` fill added columns of existing rows. SQLite keeps an ADD COLUMN's DEFAULT for
     good, so a ``backfilled`` column (a one-off value, such as a tenant) is added by a rebuild.
     """
-    in_place = _IN_PLACE[dialect.name]
+    in_place = dialect.alters_in_place
 
     def rebuilds(c: Change) -> bool:
         if c.kind == "add_index":
             return False
         if c.kind == "drop_index":
-            return c.old.constraint and dialect.name != "postgresql"  # type: ignore[union-attr]
-        if c.kind == "add_column" and dialect.name == "sqlite":
+            return c.old.constraint and "drop_constraint" not in in_place  # type: ignore[union-attr]
+        if c.kind == "add_column" and dialect.added_column_keeps_default:
             return (not c.new.nullable and c.name not in defaults) or c.name in backfilled  # type: ignore[union-attr]
         return c.kind not in in_place
 
@@ -133,7 +124,7 @@ def table_steps(
 def _index_step(dialect: Dialect, live: TableShape, c: Change) -> Step:
     sql, t = _Sql(dialect), live.name
     index: IndexShape = c.new if c.kind == "add_index" else c.old  # type: ignore[assignment]
-    if index.constraint and c.kind == "drop_index":  # PostgreSQL only: the others rebuild
+    if index.constraint and c.kind == "drop_index":  # where "drop_constraint" is in place; others rebuild
         cols = ", ".join(sql.q(x) for x in index.columns)
         up = f"ALTER TABLE {sql.q(t)} DROP CONSTRAINT {sql.q(index.name)}"
         down = f"ALTER TABLE {sql.q(t)} ADD CONSTRAINT {sql.q(index.name)} UNIQUE ({cols})"
@@ -156,7 +147,7 @@ def _column_step(
         clause = f"ALTER TABLE {t} ADD COLUMN {col} {sql.type_of(column)}"
         clause += "" if c.new.nullable else " NOT NULL"  # type: ignore[union-attr]
         up = [clause + (f" DEFAULT {defaults[c.name]}" if c.name in defaults else "")]
-        if c.name in defaults and sql.dialect.name == "postgresql":
+        if c.name in defaults and not sql.dialect.added_column_keeps_default:
             up.append(f"{alter} DROP DEFAULT")  # the model fills defaults; the table keeps none
         down = (f"ALTER TABLE {t} DROP COLUMN {col}",)
         return Step(live.name, describe, tuple(up), down, down_destructive=True, slug=name)
@@ -278,7 +269,7 @@ def _swap(
 ) -> list[str]:
     cols = ", ".join(sql.q(c) for c in columns)
     return [
-        *(["PRAGMA defer_foreign_keys = ON"] if sql.dialect.name == "sqlite" else []),
+        *sql.dialect.rebuild_preamble,
         create,
         f"INSERT INTO {sql.q(tmp)} ({cols}) SELECT {', '.join(exprs)} FROM {sql.q(name)}{join}",
         f"DROP TABLE {sql.q(name)}",

@@ -61,7 +61,7 @@ class ReflectedTable(ModelTable):
 async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[str]:
     from ..transactions import borrowed
 
-    dialect = await db._opened()
+    dialect = await db.database.open()
     async with borrowed(db, scope) as conn:  # inside db.transaction(): the block's connection
         available = await table_names(dialect, conn)
         wanted = available if tables is None else list(tables)
@@ -80,8 +80,7 @@ async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[
         schema = model_from_table(shape, strict=tables is not None)
         if schema is None:
             continue
-        db._install(schema, ReflectedTable(schema, db._dialect))
-        db._reflected.add(schema.name)
+        db.database.install(schema, ReflectedTable(schema, db.database.dialect), reflected=True)
         added.append(schema.name)
     return added
 

@@ -2,7 +2,10 @@
 
 A node class declares ``parameters`` (a tuple of ``Param``). ``check`` validates
 a parameter dict at ``add_node`` time (``partial=True``: connections may still
-supply the rest) and again, completely, just before the node runs.
+supply the rest) and again, completely, just before the node runs. It also
+declares what it returns (``output_type``) and what a connection into each input
+must carry (``input_type``), so that ``build()`` can check connections
+(``outputs.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ValidationError, did_you_mean
 from ..model import MISSING, ModelSchema
+from .outputs import Expects
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
 
-__all__ = ["MISSING", "Node", "Param", "RunContext"]
+__all__ = ["MISSING", "Node", "Param", "RunContext", "Undo"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,18 @@ class RunContext:
     now: dt.datetime
 
     async def connection(self, dataflow: DataFlow) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Undo:
+    """How to reverse what one node did: what ``Node.undo`` returns (``nodes/undo.py``: model rows).
+
+    ``apply`` runs on the node's database connection (None for a node without a
+    database), inside a transaction the caller commits. It must be idempotent: a
+    compensation may be retried, or resumed after a crash.
+    """
+
+    async def apply(self, conn: Any) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -151,8 +167,42 @@ class Node:
         """What a run must still pass when ``supplied`` are given or connected (workflow inputs)."""
         return [name for name in cls.required_names() if name not in supplied]
 
+    @classmethod
+    def output_type(cls) -> Any:
+        """What ``run`` returns, as a type: a model row, Records, int, a TypedDict of named outputs...
+
+        ``Any`` (the default) when the node cannot say: a connection from it is not type-checked.
+        """
+        return Any
+
+    @classmethod
+    def input_type(cls, path: str) -> Expects | None:
+        """What a connection into ``path`` ('x', 'fields.email') must carry; None when unchecked.
+
+        A parameter without a ``check`` of its own takes what ``_check_one`` takes: its type.
+        """
+        root, _, rest = path.partition(".")
+        p = cls.param_map().get(root)
+        if p is None or rest or p.check is not None or p.type is Any:
+            return None
+        return Expects(p.type if isinstance(p.type, tuple) else (p.type,))
+
     async def run(self, ctx: RunContext) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
+
+    # -- compensation: asked by the saga and by nested scopes without SAVEPOINT (nodes/undo.py) --
+    async def before_image(self, conn: Any) -> Any:
+        """What this node is about to change, read on ``conn`` (its database's, in its transaction;
+        None without a database) just before it runs. Passed to ``undo`` afterwards."""
+        return None
+
+    async def undo(self, conn: Any, before: Any, result: Any) -> Undo | None:
+        """How to reverse what this node did, asked right after it ran, on the same ``conn``.
+
+        ``before`` is what ``before_image`` read, ``result`` what ``run`` returned. None
+        (the default: reads, pure functions) means there is nothing to undo.
+        """
+        return None
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:

@@ -13,21 +13,24 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import audit, filters
+from .. import filters
 from ..errors import ValidationError
 from ..model import ModelSchema
+from ..rows import Chunk
+from . import images
 from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
 from .bulk_upsert import BulkUpsert
-from .crud import hard_param
 from .increments import set_values, split
-from .model_node import ModelNode, include_deleted_param
+from .model_node import ModelNode
+from .outputs import ID
+from .undo import RowUndo, rows_before
 
 __all__ = ["BULK_OPERATIONS", "BulkCreate", "BulkDelete", "BulkUpdate", "BulkUpsert"]
 
 
 class BulkCreate(BulkRows):
-    outputs = ("inserted", "ids", "skipped")
+    outputs = {"inserted": int, "ids": list[ID | None], "skipped": list[dict]}  # ids, skipped: when asked
     op_name = "Create"
     writes = True
     description = "Insert many rows, all or nothing; ids follow input order."
@@ -45,44 +48,20 @@ class BulkCreate(BulkRows):
         return [sa.insert(self.mt.table).values({c: sa.bindparam(c) for c in columns})]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        mt, dialect = self.mt, self.mt.dialect
         conn = await ctx.connection(self.dataflow)
-        shaper = self.shaper(allow_id=False)
-        # own ids (id: str, id: UUID) are in the rows; generated integer ids come back from the database
-        return_ids, text_ids = self.params.get("return_ids"), not self.model.id_field.generated
+        return_ids = bool(self.params.get("return_ids"))
         inserted, ids, skipped = 0, [], []
-        for chunk in self.chunks(ctx, shaper):
+        for chunk in self.chunks(ctx, self.shaper(allow_id=False)):
             skipped.extend(chunk.skipped)
-            chunk_ids: list[Any] = []
             if not chunk.rows:
                 ids.extend([None] * len(chunk.span) if return_ids else [])
                 continue
             refused_before = len(self.refused)
-            if self.model.audit_log:  # learn the new ids, to log each row as stored
-
-                async def write(
-                    rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids
-                ) -> None:
-                    new_ids = await audit.insert_and_record(self, ctx, conn, columns, rows)
-                    if return_ids and not text_ids:
-                        out.extend(new_ids)
-            elif return_ids and not text_ids:
-
-                async def write(
-                    rows: list[tuple], columns: tuple[str, ...] = chunk.columns, out=chunk_ids
-                ) -> None:
-                    out.extend(await dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows))
-            else:
-
-                async def write(rows: list[tuple], columns: tuple[str, ...] = chunk.columns) -> None:
-                    await dialect.bulk_insert(conn, mt.table, columns, rows)
-
-            written = await self.write_or_skip(conn, chunk, write)
+            written, chunk_ids = await self._write(ctx, conn, chunk, return_ids)
             inserted += len(written)
             if return_ids:  # in input order, None where a row was skipped
-                at = chunk.columns.index("id") if text_ids else None
-                got = iter(mt.ids_from_db(r[at] for r in written) if text_ids else chunk_ids)
                 gone = {s["index"] for s in chunk.skipped + self.refused[refused_before:]}
+                got = iter(chunk_ids)
                 ids.extend(None if i in gone else next(got) for i in chunk.span)
         result: dict[str, Any] = {"inserted": inserted}
         if return_ids:
@@ -90,6 +69,34 @@ class BulkCreate(BulkRows):
         if self.params.get("on_error") == "skip":
             result["skipped"] = sorted(skipped + self.refused, key=lambda s: s["index"])
         return result
+
+    async def _write(self, ctx: RunContext, conn: Any, chunk: Chunk, return_ids: bool) -> tuple[list, list]:
+        """Write one chunk: (the rows written, their ids when ``return_ids``).
+
+        Own ids (id: str, id: UUID) are in the rows; generated integer ids come back from the database.
+        """
+        own_ids = not self.model.id_field.generated
+        learned: list[Any] = []
+
+        async def write(rows: list[tuple]) -> None:
+            learned.extend(
+                await self.insert_rows(ctx, conn, chunk.columns, rows, ids=return_ids and not own_ids)
+            )
+
+        written = await self.write_or_skip(conn, chunk, write)
+        if return_ids and own_ids:
+            at = chunk.columns.index("id")
+            return written, self.mt.ids_from_db(r[at] for r in written)
+        return written, learned
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> None:
+        """Nothing to read: the rows are new. But run() must report their ids, for undo to delete."""
+        self.params["return_ids"] = True
+
+    async def undo(self, conn: Any, before: Any, result: dict[str, Any]) -> RowUndo:
+        """Delete the rows it inserted."""
+        return RowUndo.of(self, created=list(result.get("ids", [])))
 
 
 class _FilterWrite(ModelNode):
@@ -104,14 +111,32 @@ class _FilterWrite(ModelNode):
             )
 
     def where_clause(self, *, include_deleted: bool | None = None) -> Any:
-        """The filter, within the node's guards (the tenant's rows; live ones unless include_deleted)."""
+        """The filter, within the node's guards (``include_deleted`` None: as the node's parameters say)."""
         where = filters.to_sql(self.mt, self.params.get("filter") or {})
         conditions = [c for c in (where, *self.guards(include_deleted=include_deleted)) if c is not None]
         return sa.and_(*conditions) if len(conditions) > 1 else (conditions[0] if conditions else None)
 
+    def filtered(self, stmt: Any) -> Any:
+        """``stmt`` (an UPDATE or DELETE) limited to the filter, the guards and the behaviours' checks."""
+        where = self.where_clause()
+        checks = self.behaviours.update_where(self, self.mt.table)
+        return stmt.where(*[c for c in (where, *checks) if c is not None])
+
+    async def write(self, ctx: RunContext, stmt: Any) -> int:
+        """Run the statement; how many rows it changed. Images go to the behaviours that want them."""
+        conn = await ctx.connection(self.dataflow)
+        if not self.behaviours.watched:
+            return await conn.execute(*self.mt.dialect.compile(stmt))
+        if isinstance(stmt, sa.Delete):  # DELETE ... RETURNING gives the rows as they were
+            changes = await images.deleted_changes(self.mt, conn, stmt)
+        else:
+            changes = await images.updated_changes(self.mt, conn, stmt, self.where_clause())
+        await self.behaviours.written(self, ctx, changes)
+        return len(changes)
+
 
 class BulkUpdate(_FilterWrite):
-    outputs = ("updated",)
+    outputs = {"updated": int}
     op_name = "Update"
     verb = "update"
     writes = True
@@ -129,32 +154,36 @@ class BulkUpdate(_FilterWrite):
                 check=cls._fields_checker("fields", increments=True),
             ),
             Param("confirmed", bool, default=False, description="required with an empty filter"),
-            *include_deleted_param(model),
+            *cls.behaviours.parameters(cls.operation),
         )
 
     def statements(self) -> list[Any]:
         return [self._statement()]
 
     def _statement(self) -> Any:
-        mt = self.mt
+        mt, behaviours = self.mt, self.behaviours
         plain, increments = split(self.params["fields"])
-        values = mt.db_values(mt.touched(plain, self.now()))
+        values = mt.db_values({**plain, **behaviours.touch_values(self, self.now())})
         stmt = sa.update(mt.table).values(set_values(mt.table, tuple(values), increments, values))
-        if self.model.versioned:
-            stmt = stmt.values(version=mt.table.c.version + sa.literal_column("1"))
-        where = self.where_clause()
-        return stmt if where is None else stmt.where(where)
+        extra = behaviours.update_set(mt.table)
+        if extra:
+            stmt = stmt.values(extra)
+        return self.filtered(stmt)
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
-        conn = await ctx.connection(self.dataflow)
-        if self.model.audit_log:
-            updated = await audit.update_and_record(self, ctx, conn, self._statement(), self.where_clause())
-            return {"updated": updated}
-        return {"updated": await conn.execute(*self.mt.dialect.compile(self._statement()))}
+        return {"updated": await self.write(ctx, self._statement())}
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, self.params.get("filter") or {})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back every matching row as it was."""
+        return RowUndo.of(self, before=before)
 
 
 class BulkDelete(_FilterWrite):
-    outputs = ("deleted",)
+    outputs = {"deleted": int}
     op_name = "Delete"
     verb = "delete"
     writes = True
@@ -165,33 +194,29 @@ class BulkDelete(_FilterWrite):
         return (
             Param("filter", dict, default={}, description="which rows", check=cls._filter_checker()),
             Param("confirmed", bool, default=False, description="required with an empty filter"),
-            *hard_param(model),
+            *cls.behaviours.parameters(cls.operation),
         )
 
     def statements(self) -> list[Any]:
         return [self._statement()]
 
-    def _soft(self) -> bool:
-        return self.model.soft_delete and not self.params.get("hard")
-
     def _statement(self) -> Any:
-        """Soft delete: mark the live matching rows; otherwise (or hard=True) remove them."""
-        where = self.where_clause(include_deleted=bool(self.params.get("hard")))
-        if self._soft():
-            now = self.mt.to_db("updated_at", self.now())
-            stmt = sa.update(self.mt.table).values(deleted_at=now, updated_at=now)
-        else:
-            stmt = sa.delete(self.mt.table)
-        return stmt if where is None else stmt.where(where)
+        """Remove the matching rows, or, when a behaviour marks rows instead, UPDATE them with its marks."""
+        marks = self.behaviours.delete_values(self, self.now())
+        if marks is None:
+            return self.filtered(sa.delete(self.mt.table))
+        return self.filtered(sa.update(self.mt.table).values(self.mt.db_values(marks)))
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
-        conn = await ctx.connection(self.dataflow)
-        if self.model.audit_log and self._soft():
-            updated = await audit.update_and_record(self, ctx, conn, self._statement(), self.where_clause())
-            return {"deleted": updated}
-        if self.model.audit_log:
-            return {"deleted": await audit.delete_and_record(self, ctx, conn, self._statement())}
-        return {"deleted": await conn.execute(*self.mt.dialect.compile(self._statement()))}
+        return {"deleted": await self.write(ctx, self._statement())}
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, self.params.get("filter") or {})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back every matching row as it was."""
+        return RowUndo.of(self, before=before)
 
 
 BULK_OPERATIONS = (BulkCreate, BulkUpdate, BulkDelete, BulkUpsert)

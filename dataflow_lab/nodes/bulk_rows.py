@@ -14,6 +14,7 @@ from typing import Any
 from .._panel import PANEL_PROGRESS
 from ..errors import ValidationError
 from ..rows import Chunk, RowShaper, is_dataframe, is_sized
+from . import images
 from .base import Param, RunContext
 from .model_node import ModelNode
 
@@ -91,28 +92,37 @@ class BulkRows(ModelNode):
         self.refused: list[dict[str, Any]] = []  # rows the database refused, with on_error="skip"
 
     def shaper(self, *, allow_id: bool) -> RowShaper:
+        """Checks and shapes ``data``; every row carries the behaviours' stamps (timestamps, tenant...).
+
+        The stamps are written even where they equal a default, so that an upsert meeting an
+        existing row writes them again (``Behaviour.refreshed``: a deleted row is revived).
+        """
+        now = self.now()
         return RowShaper(
             self.mt,
             node=self.where(self.node_id),
-            now=self.now(),
+            now=now,
             allow_id=allow_id,
             on_error=self.params.get("on_error", "raise"),
-            stamps=self.row_stamps(),
+            stamps=self.stamps(now),
         )
 
-    def row_stamps(self) -> dict[str, Any]:
-        """Managed columns every written row carries: tenant_id, version 1, deleted_at None.
+    async def insert_rows(
+        self, ctx: RunContext, conn: Any, columns: tuple[str, ...], rows: list[tuple], *, ids: bool
+    ) -> list[Any]:
+        """Insert driver-ready rows; with ``ids``, return the new ids (in order).
 
-        ``deleted_at`` is written (as NULL) so an upsert that meets a soft-deleted row revives it.
-        Empty for models without these options: their rows stay exactly as fast.
+        When a behaviour wants the rows as stored (the audit log), they are read back and handed over.
         """
-        m = self.model
-        stamps = self.stamps()
-        if m.versioned:
-            stamps["version"] = 1
-        if m.soft_delete:
-            stamps["deleted_at"] = None
-        return stamps
+        mt, behaviours = self.mt, self.behaviours
+        if behaviours.watched:
+            new_ids, changes = await images.inserted_rows(mt, conn, columns, rows)
+            await behaviours.written(self, ctx, changes)
+            return new_ids if ids else []
+        if ids:
+            return await mt.dialect.bulk_insert_returning_ids(conn, mt.table, columns, rows)
+        await mt.dialect.bulk_insert(conn, mt.table, columns, rows)
+        return []
 
     def chunks(self, ctx: RunContext, shaper: RowShaper) -> Iterator[Chunk]:
         """Checked chunks of ``data``, reporting progress to hooks and the progress bar."""

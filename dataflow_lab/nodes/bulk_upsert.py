@@ -6,27 +6,52 @@ are exact on every backend (the dialect reports them where it can).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from .. import audit
 from ..errors import ValidationError
 from ..model import ModelSchema
-from ..rows import Chunk
+from ..rows import Chunk, is_dataframe, iter_records
+from . import images
 from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
 from .model_node import check_conflict_on
+from .undo import RowUndo, rows_before
 
 __all__ = ["BulkUpsert"]
 
-# Managed columns an update always writes: the new updated_at, version + 1, deleted_at NULL (a revive).
-_ALWAYS_UPDATED = ("updated_at", "version", "deleted_at")
+
+@dataclass
+class _Tally:
+    """What a BulkUpsert run has counted and seen so far."""
+
+    inserted: int = 0
+    updated: int = 0
+    seen: set[tuple] = field(default_factory=set)  # keys written by earlier chunks
+    ours: set[tuple] = field(default_factory=set)  # keys this node inserted (tracked with update_fields)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    wrote_ids: bool = False
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one chunk is upserted."""
+
+    columns: tuple[str, ...]
+    conflict_on: list[str]
+    key_index: list[int]
+    mine: set[tuple]  # keys this node inserted in earlier chunks: overwritten whole
+    update: list[str]  # what an update of an existing row changes
+    overwrite: list[str]  # what an update of a row of ``mine`` changes
+    guard: tuple[str, ...]  # columns an existing row must share for the upsert to change it
 
 
 class BulkUpsert(BulkRows):
-    outputs = ("inserted", "updated", "skipped")
+    outputs = {"inserted": int, "updated": int, "skipped": list[dict]}
+    new_ids: list[Any] | None = None  # ids of rows inserted without one, kept when undo will need them
     op_name = "Upsert"
     writes = True
     description = (
@@ -61,99 +86,124 @@ class BulkUpsert(BulkRows):
         columns = [f.name for f in self.model.fields]
         conflict_on = self.conflict_target(self.params["conflict_on"])
         update = self._update_columns(tuple(columns), conflict_on)
-        guard = ("tenant_id",) if self.model.multi_tenant and conflict_on == ["id"] else ()
+        guard = self.behaviours.upsert_guard(conflict_on)
         return [self.mt.dialect.upsert_statement(self.mt.table, columns, conflict_on, update, guard)]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        mt, dialect, conflict_on = self.mt, self.mt.dialect, self.conflict_target(self.params["conflict_on"])
         conn = await ctx.connection(self.dataflow)
-        inserted = updated = 0
-        seen: set[tuple] = set()
-        ours: set[tuple] = set()  # keys this node inserted (tracked when update_fields is given)
-        skipped: list[dict[str, Any]] = []
-        wrote_ids = False
-        shaper = self.shaper(allow_id=True)
+        tally, shaper = _Tally(), self.shaper(allow_id=True)
         for chunk in self.chunks(ctx, shaper):
-            skipped.extend(chunk.skipped)
-            columns = chunk.columns
-            missing = [c for c in conflict_on if c not in columns]
-            if missing == ["id"] and conflict_on == ["id"]:  # no ids given: every row is new
-                written = await self.write_or_skip(
-                    conn,
-                    chunk,
-                    lambda rows, c=columns: (
-                        audit.insert_and_record(self, ctx, conn, c, rows)
-                        if self.model.audit_log
-                        else dialect.bulk_insert(conn, mt.table, c, rows)
-                    ),
-                )
-                inserted += len(written)
-                continue
-            if missing:
-                raise ValidationError(
-                    f"{self.where(self.node_id)}: rows lack conflict_on field(s) {missing}.",
-                    hint="every row needs a value for each conflict_on field.",
-                )
-            key_index = [columns.index(c) for c in conflict_on]
-            rows, indexes, repeats = self._last_wins(chunk, key_index, seen)
-            update_columns = self._update_columns(columns, conflict_on, shaper.given)
-            new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
-            existing = None
-            counts: list[tuple[int, int] | None] = []
-            # With update_fields, a key this node itself inserted in an earlier chunk is overwritten
-            # whole (the last row wins), while rows that existed before get only update_fields.
-            mine = set(ours) if self.params["update_fields"] is not None else set()
-            if self.params["update_fields"] is not None:
-                before_keys = await self._existing_keys(conn, conflict_on, new_keys)
-                ours.update(k for k in new_keys if k not in before_keys)
-            overwrite = self._update_columns(columns, conflict_on, shaper.given, restricted=False)
-            guard = ("tenant_id",) if self.model.multi_tenant and conflict_on == ["id"] else ()
-
-            async def write(
-                part: list[tuple],
-                c: tuple[str, ...] = columns,
-                u: list[str] = update_columns,
-                out: list = counts,
-                k: list[int] = key_index,
-                m: set = mine,
-                o: list[str] = overwrite,
-                g: tuple[str, ...] = guard,
-            ) -> None:
-                audited = self.model.audit_log
-                before = await audit.rows_by_keys(self, conn, c, part, conflict_on) if audited else None
-                own = [r for r in part if tuple(r[i] for i in k) in m] if m else []
-                rest = [r for r in part if tuple(r[i] for i in k) not in m] if m else part
-                if own:
-                    found = await dialect.bulk_upsert(conn, mt.table, c, own, conflict_on, o, g)
-                    out.append((0, len(own)) if found is not None else None)
-                if rest:
-                    out.append(await dialect.bulk_upsert(conn, mt.table, c, rest, conflict_on, u, g))
-                if g:  # the statement left other tenants' rows alone; any still there is an error
-                    await self._refuse_other_tenants(conn, self._keys(part, c, conflict_on))
-                if before is not None:
-                    await audit.record_upsert(self, ctx, conn, c, part, conflict_on, before)
-
-            if not dialect.upsert_reports_counts:
-                existing = await self._count_existing(conn, conflict_on, new_keys)
-            chunk.rows = rows
-            written = await self.write_or_skip(conn, chunk, write, indexes)
-            if existing is None:  # the database counted for us (PostgreSQL)
-                got_inserted = sum(c[0] for c in counts if c)
-                inserted += got_inserted
-                updated += len(written) - got_inserted - len(repeats)
+            tally.skipped.extend(chunk.skipped)
+            if self._all_new(chunk.columns):
+                tally.inserted += await self._insert_chunk(ctx, conn, chunk)
             else:
-                fresh = len(new_keys) - existing
-                inserted += fresh
-                updated += len(written) - fresh - len(repeats)
-            wrote_ids = wrote_ids or "id" in columns
-        if wrote_ids and self.model.id_field.generated and inserted:
-            sync = dialect.sync_id_sequence_sql(mt.table)
-            if sync:
-                await conn.fetch(sync)
-        result: dict[str, Any] = {"inserted": inserted, "updated": updated}
+                await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally)
+        if tally.wrote_ids and self.model.id_field.generated and tally.inserted:
+            await self._sync_id_sequence(conn)
+        result: dict[str, Any] = {"inserted": tally.inserted, "updated": tally.updated}
         if self.params.get("on_error") == "skip":
-            result["skipped"] = sorted(skipped + self.refused, key=lambda s: s["index"])
+            result["skipped"] = sorted(tally.skipped + self.refused, key=lambda s: s["index"])
         return result
+
+    async def _insert_chunk(self, ctx: RunContext, conn: Any, chunk: Chunk) -> int:
+        """Insert a chunk of new rows; how many were written."""
+
+        async def write(rows: list[tuple]) -> None:
+            ids = await self.insert_rows(ctx, conn, chunk.columns, rows, ids=self.new_ids is not None)
+            if self.new_ids is not None:
+                self.new_ids.extend(ids)
+
+        return len(await self.write_or_skip(conn, chunk, write))
+
+    async def _sync_id_sequence(self, conn: Any) -> None:
+        """Rows written with their own integer ids: the next generated id must come after them."""
+        sync = self.mt.dialect.sync_id_sequence_sql(self.mt.table)
+        if sync:
+            await conn.fetch(sync)
+
+    def _all_new(self, columns: tuple[str, ...]) -> bool:
+        """No ids given, conflicting on ids: every row is new (and rows lacking another key are refused)."""
+        conflict_on = self.conflict_target(self.params["conflict_on"])
+        missing = [c for c in conflict_on if c not in columns]
+        if missing == ["id"] and conflict_on == ["id"]:
+            return True
+        if missing:
+            raise ValidationError(
+                f"{self.where(self.node_id)}: rows lack conflict_on field(s) {missing}.",
+                hint="every row needs a value for each conflict_on field.",
+            )
+        return False
+
+    async def _upsert_chunk(
+        self, ctx: RunContext, conn: Any, chunk: Chunk, given: tuple[str, ...], tally: _Tally
+    ) -> None:
+        """Upsert one chunk (the last row of each key), and count what it inserted and updated."""
+        columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
+        key_index = [columns.index(c) for c in conflict_on]
+        rows, indexes, repeats = self._last_wins(chunk, key_index, tally.seen)
+        new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
+        plan = _Plan(
+            columns,
+            conflict_on,
+            key_index,
+            mine=await self._claim(conn, conflict_on, new_keys, tally),
+            update=self._update_columns(columns, conflict_on, given),
+            overwrite=self._update_columns(columns, conflict_on, given, restricted=False),
+            guard=self.behaviours.upsert_guard(conflict_on),
+        )
+        existing = None
+        if not self.mt.dialect.upsert_reports_counts:
+            existing = await self._count_existing(conn, conflict_on, new_keys)
+        counts: list[tuple[int, int] | None] = []
+        chunk.rows = rows
+        written = await self.write_or_skip(
+            conn, chunk, lambda part: self._write(ctx, conn, plan, part, counts), indexes
+        )
+        if existing is None:  # the database counted for us (PostgreSQL)
+            fresh = sum(c[0] for c in counts if c)
+        else:
+            fresh = len(new_keys) - existing
+        tally.inserted += fresh
+        tally.updated += len(written) - fresh - len(repeats)
+        tally.wrote_ids = tally.wrote_ids or "id" in columns
+
+    async def _claim(self, conn: Any, conflict_on: list[str], keys: list[tuple], tally: _Tally) -> set[tuple]:
+        """The keys this node inserted in earlier chunks (noting which of ``keys`` this chunk inserts).
+
+        With update_fields, such a row is overwritten whole (the last row wins), while rows
+        that existed before the run get only update_fields.
+        """
+        if self.params["update_fields"] is None:
+            return set()
+        mine = set(tally.ours)
+        before = await self._existing_keys(conn, conflict_on, keys)
+        tally.ours.update(k for k in keys if k not in before)
+        return mine
+
+    async def _write(
+        self, ctx: RunContext, conn: Any, plan: _Plan, part: list[tuple], counts: list[tuple[int, int] | None]
+    ) -> None:
+        """Upsert ``part``: rows this node inserted earlier overwritten whole, the others as asked."""
+        mt, behaviours, c, conflict_on = self.mt, self.behaviours, plan.columns, plan.conflict_on
+        before = await images.rows_by_keys(mt, conn, c, part, conflict_on) if behaviours.watched else None
+        own = [r for r in part if tuple(r[i] for i in plan.key_index) in plan.mine] if plan.mine else []
+        rest = (
+            [r for r in part if tuple(r[i] for i in plan.key_index) not in plan.mine] if plan.mine else part
+        )
+        if own:
+            found = await mt.dialect.bulk_upsert(
+                conn, mt.table, c, own, conflict_on, plan.overwrite, plan.guard
+            )
+            counts.append((0, len(own)) if found is not None else None)
+        if rest:
+            counts.append(
+                await mt.dialect.bulk_upsert(conn, mt.table, c, rest, conflict_on, plan.update, plan.guard)
+            )
+        await behaviours.upserted(self, conn, c, part, conflict_on)
+        if before is not None:
+            await behaviours.written(
+                self, ctx, await images.upserted_changes(mt, conn, c, part, conflict_on, before)
+            )
 
     @staticmethod
     def _last_wins(
@@ -182,39 +232,21 @@ class BulkUpsert(BulkRows):
         *,
         restricted: bool = True,
     ) -> list[str]:
-        """What an update changes: the fields the rows give (not defaults filled in), within update_fields."""
+        """What an update changes: the fields the rows give (not defaults filled in), within update_fields,
+        and the managed columns the behaviours refresh (updated_at...; created_at and the like stay)."""
         allowed = self.params["update_fields"] if restricted else None
         given = columns if given is None else given
         managed = {c for c in columns if self.model.by_name[c].generated}  # a user's own 'version' is data
-        keep = {"id", *conflict_on, *({"created_at", "tenant_id"} & managed)}
+        refreshed, keep = self.behaviours.refreshed, {"id", *conflict_on}
         return [
             c
             for c in columns
-            if c in _ALWAYS_UPDATED
-            and c in managed
-            or (c not in keep and c in given and (allowed is None or c in allowed))
+            if (
+                c in refreshed
+                if c in managed
+                else c not in keep and c in given and (allowed is None or c in allowed)
+            )
         ]
-
-    async def _refuse_other_tenants(self, conn: Any, keys: list[tuple]) -> None:
-        """Ids that another tenant's rows hold after the guarded write (which left them unchanged): an error.
-
-        Raised inside the run's transaction, so the batch leaves the database as it was
-        (with on_error='skip', just those rows are skipped and reported).
-        """
-        t, tenant = self.mt.table, self.tenant()
-        ids = [k[0] for k in keys]
-        step = max(1, self.mt.dialect.max_bind_params - 2)
-        for start in range(0, len(ids), step):
-            part = ids[start : start + step]
-            others = sa.or_(t.c.tenant_id != tenant, t.c.tenant_id.is_(None))
-            stmt = sa.select(t.c.id).where(t.c.id.in_(part), others).limit(5)
-            taken = [r[0] for r in await conn.fetch(*self.mt.dialect.compile(stmt))]
-            if taken:
-                raise ValidationError(
-                    f"{self.where(self.node_id)}: id(s) {taken} belong to rows of another tenant; "
-                    "nothing was written.",
-                    hint="leave out 'id' to insert new rows, or use ids of your own tenant's rows.",
-                )
 
     def _key_matches(self, conflict_on: list[str], keys: list[tuple]) -> Iterator[tuple[list, Any]]:
         """(key columns, a condition matching a chunk of ``keys``), chunked to the bind limit."""
@@ -242,3 +274,42 @@ class BulkUpsert(BulkRows):
             sql, params = self.mt.dialect.compile(sa.select(sa.func.count()).select_from(table).where(cond))
             total += int((await conn.fetch(sql, params))[0][0])
         return total
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        """The rows whose conflict_on keys the data names (an iterator is made a list: it is read twice)."""
+        data = self.params["data"]
+        if not isinstance(data, list | tuple) and not is_dataframe(data):
+            self.params["data"] = list(data)
+        self.new_ids = []  # rows without an id get theirs from the database: undo deletes them by it
+        keys = self._data_keys()
+        return await rows_before(self, conn, self._keys_filter(keys)) if keys else []
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Delete the rows it inserted (keys that were not there before); write back those it updated."""
+        conflict_on = self.params["conflict_on"]
+        known = {tuple(row[k] for k in conflict_on) for row in before}
+        fresh = [key for key in self._data_keys() if key not in known and None not in key]
+        created = (
+            [row["id"] for row in await rows_before(self, conn, self._keys_filter(fresh))] if fresh else []
+        )
+        return RowUndo.of(self, created=[*created, *(self.new_ids or [])], before=before)
+
+    def _data_keys(self) -> list[tuple]:
+        """The conflict_on key of each row of ``data`` that gives a valid one, checked as stored."""
+        names, keys = self.params["conflict_on"], []
+        for batch in iter_records(self.params["data"], 10_000):
+            for row in batch:
+                if not isinstance(row, Mapping) or not all(k in row for k in names):
+                    continue  # such a row inserts (or was refused): nothing there before
+                try:
+                    keys.append(tuple(self.mt.check(k, row[k]) for k in names))
+                except ValidationError:  # refused by the node itself (on_error="skip")
+                    continue
+        return keys
+
+    def _keys_filter(self, keys: list[tuple]) -> dict[str, Any]:
+        names = self.params["conflict_on"]
+        if len(names) == 1:
+            return {names[0]: {"$in": [key[0] for key in keys]}}
+        return {"$or": [{k: {"$eq": v} for k, v in zip(names, key, strict=True)} for key in keys]}

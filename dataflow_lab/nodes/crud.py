@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import audit, filters
+from .. import filters
 from ..model import ModelSchema
 from .base import Param, RunContext
 from .increments import split
@@ -20,13 +20,14 @@ from .model_node import (
     ModelNode,
     Records,
     field_check,
-    include_deleted_param,
     insert_returning,
     missing_row,
     non_negative,
     read_by_id,
     select_rows,
 )
+from .outputs import ID, ROW
+from .undo import RowUndo, rows_before
 from .upsert import Upsert
 
 __all__ = ["CRUD_OPERATIONS"]
@@ -53,22 +54,28 @@ class Create(ModelNode):
 
     def statements(self) -> list[Any]:
         mt = self.mt
-        row = mt.new_row({**self.params, **self.stamps()}, now=self.now())
+        row = mt.new_row({**self.params, **self.stamps()})
         return [sa.insert(mt.table).values(mt.db_values(row)).returning(*mt.table.c)]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         mt = self.mt
-        row = mt.new_row({**self.params, **self.stamps()}, now=self.now())
+        row = mt.new_row({**self.params, **self.stamps()})
         columns = tuple(row)
         sql, names = mt.template(("insert", columns), lambda c=columns: insert_returning(mt, c))
         rows = await self._fetch_rows(ctx, sql, [mt.to_db(n, row[n]) for n in names])
-        if self.model.audit_log:
-            await audit.record(self, ctx, [(None, rows[0])])
+        if self.behaviours.watched:
+            await self.behaviours.written(self, ctx, [(None, rows[0])])
         return rows[0]
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def undo(self, conn: Any, before: Any, result: dict[str, Any]) -> RowUndo:
+        """Delete the row it inserted."""
+        return RowUndo.of(self, created=[result["id"]])
 
 
 class Read(ModelNode):
     op_name = "Read"
+    outputs = ROW | None  # None: raise_on_not_found=False and no such row
     description = "Fetch one row by id."
 
     @classmethod
@@ -87,7 +94,7 @@ class Read(ModelNode):
                 default=True,
                 description="raise NotFoundError when missing (else return None)",
             ),
-            *include_deleted_param(model),
+            *cls.behaviours.parameters(cls.operation),
         )
 
     def statements(self) -> list[Any]:
@@ -101,6 +108,7 @@ class Read(ModelNode):
 
 class Update(ModelNode):
     op_name = "Update"
+    outputs = ROW | None
     writes = True
     description = "Change fields of one row; returns the row after the update."
 
@@ -129,7 +137,7 @@ class Update(ModelNode):
                 default=True,
                 description="raise NotFoundError when missing (else return None)",
             ),
-            *_version_param(model),
+            *cls.behaviours.parameters(cls.operation),
         )
 
     @classmethod
@@ -141,35 +149,38 @@ class Update(ModelNode):
         return [*cls._open_id(supplied), *super().open_inputs(supplied)]
 
     def statements(self) -> list[Any]:
-        row_id, versioned = self._id_from(self.params), self.model.versioned
-        return [
-            self._update_statement(
-                row_id, self.params["fields"], check_version=versioned, include_deleted=False
-            )
-        ]
+        return [self._update_statement(self._id_from(self.params), self.params["fields"])]
 
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
-        mt, row_id, versioned = self.mt, self._id_from(self.params), self.model.versioned
+        mt, row_id, behaviours = self.mt, self._id_from(self.params), self.behaviours
         plain, increments = split(self.params["fields"])
-        values = mt.db_values(mt.touched(plain, self.now()))
+        values = mt.db_values({**plain, **behaviours.touch_values(self, self.now())})
         columns = tuple(values)
         sql, names = mt.template(
-            ("update", columns, increments),
-            lambda: self.update_one(columns, check_version=versioned, increments=increments),
+            self.template_key("update", columns, increments),
+            lambda: self.update_one(columns, increments=increments),
         )
-        params = self.bind(names, {**values, "_id": row_id, "_version": self.params.get("version")})
-        before = await audit.row_before(self, ctx, row_id) if self.model.audit_log else None
+        params = self.bind(names, {**values, "_id": row_id})
+        before = await self.row_before(ctx, row_id) if behaviours.watched else None
         rows = await self._fetch_rows(ctx, sql, params)
         if rows and before is not None:
-            await audit.record(self, ctx, [(before, rows[0])])
-        if not rows and versioned:
-            await self.version_conflict(await ctx.connection(self.dataflow), row_id)
+            await behaviours.written(self, ctx, [(before, rows[0])])
+        if not rows:
+            await self.nothing_changed(await ctx.connection(self.dataflow), row_id)
         return rows[0] if rows else missing_row(self, row_id)
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, {"id": {"$eq": self._id_from(self.params)}})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back the row as it was."""
+        return RowUndo.of(self, before=before)
 
 
 class Delete(ModelNode):
     op_name = "Delete"
-    outputs = ("id", "deleted")
+    outputs = {"id": ID, "deleted": bool}
     writes = True
     description = "Delete one row by id; returns {'id': id, 'deleted': bool}."
 
@@ -185,8 +196,7 @@ class Delete(ModelNode):
             Param(
                 "filter", dict, description="alternative to id: {'id': value}", check=cls._filter_checker()
             ),
-            *hard_param(model),
-            *_version_param(model, required=False),
+            *cls.behaviours.parameters(cls.operation),
         )
 
     @classmethod
@@ -198,53 +208,51 @@ class Delete(ModelNode):
         return [*cls._open_id(supplied), *super().open_inputs(supplied)]
 
     def statements(self) -> list[Any]:
-        now = self.mt.to_db("updated_at", self.now())
-        return [self._statement(self._values(now))]
+        marks = self.behaviours.delete_values(self, self.now())
+        return [self._statement(marks, {"_id": self.mt.to_db("id", self._id_from(self.params))})]
 
-    def _values(self, now: Any) -> dict[str, Any]:
-        p = self.params
-        return {
-            "_id": self.mt.to_db("id", self._id_from(p)),
-            "_now": now,
-            "_now2": now,
-            "_version": p.get("version"),
-        }
+    def _statement(self, marks: dict[str, Any] | None, values: dict[str, Any] | None = None) -> Any:
+        """Remove the row, or, when a behaviour marks rows instead (``marks``), UPDATE it with them.
 
-    def _statement(self, values: dict[str, Any] | None = None) -> Any:
-        """Soft delete: mark the live row; otherwise (or hard=True) remove it. ``values`` binds them in.
-
-        With ``version`` (versioned models), only the row still at that version is deleted.
+        The behaviours' checks apply (a version given: only the row still at that version goes).
+        ``values`` binds the parameters in (for ``sql()``); templates leave them unbound.
         """
         t, values = self.mt.table, values or {}
-        if self.model.soft_delete and not self.params.get("hard"):
-            stmt = sa.update(t).values(
-                deleted_at=sa.bindparam("_now", values.get("_now")),
-                updated_at=sa.bindparam("_now2", values.get("_now2")),
-            )
-        else:
+        if marks is None:
             stmt = sa.delete(t)
-        stmt = stmt.where(t.c.id == sa.bindparam("_id", values.get("_id")))
-        if self.params.get("version") is not None:
-            stmt = stmt.where(t.c.version == sa.bindparam("_version", values.get("_version")))
-        return self.guarded(stmt, include_deleted=bool(self.params.get("hard"))).returning(t.c.id)
+        else:
+            stmt = sa.update(t).values({c: sa.bindparam(c, v) for c, v in self.mt.db_values(marks).items()})
+        stmt = stmt.where(
+            t.c.id == sa.bindparam("_id", values.get("_id")), *self.behaviours.update_where(self, t)
+        )
+        return self.guarded(stmt).returning(t.c.id)
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        mt, row_id, hard = self.mt, self._id_from(self.params), bool(self.params.get("hard"))
-        checked = self.params.get("version") is not None
-        sql, names = mt.template(("delete", hard, checked), self._statement)
+        mt, row_id, behaviours = self.mt, self._id_from(self.params), self.behaviours
+        marks = behaviours.delete_values(self, self.now())
+        key = self.template_key("delete", None if marks is None else tuple(marks))
+        sql, names = mt.template(key, lambda: self._statement(marks))
         conn = await ctx.connection(self.dataflow)
-        before = await audit.row_before(self, ctx, row_id) if self.model.audit_log else None
-        rows = await conn.fetch(sql, self.bind(names, self._values(mt.to_db("updated_at", self.now()))))
+        before = await self.row_before(ctx, row_id) if behaviours.watched else None
+        rows = await conn.fetch(sql, self.bind(names, {**mt.db_values(marks or {}), "_id": row_id}))
         if rows and before is not None:
-            await audit.record(self, ctx, [(before, None)])
-        if not rows and checked:
-            await self.version_conflict(conn, row_id, action="deleted", include_deleted=hard)
+            await behaviours.written(self, ctx, [(before, None)])
+        if not rows:
+            await self.nothing_changed(conn, row_id, action="deleted")
         return {"id": row_id, "deleted": bool(rows)}
+
+    # -- compensation (nodes/undo.py) -------------------------------------------------
+    async def before_image(self, conn: Any) -> list[dict[str, Any]]:
+        return await rows_before(self, conn, {"id": {"$eq": self._id_from(self.params)}})
+
+    async def undo(self, conn: Any, before: list[dict[str, Any]], result: Any) -> RowUndo:
+        """Write back the row as it was."""
+        return RowUndo.of(self, before=before)
 
 
 class List(ModelNode):
     op_name = "List"
-    outputs = ("records", "count")
+    outputs = {"records": Records[ROW], "count": int}
     description = "Rows matching a filter, ordered (id ascending by default); no silent limit."
 
     @classmethod
@@ -272,7 +280,7 @@ class List(ModelNode):
                 check=non_negative("limit", allow_none=True),
             ),
             Param("offset", int, default=0, description="skip this many rows", check=non_negative("offset")),
-            *include_deleted_param(model),
+            *cls.behaviours.parameters(cls.operation),
         )
 
     def statements(self) -> list[Any]:
@@ -297,7 +305,7 @@ class List(ModelNode):
 
 class Count(ModelNode):
     op_name = "Count"
-    outputs = ("count",)
+    outputs = {"count": int}
     description = "How many rows match a filter."
 
     @classmethod
@@ -306,7 +314,7 @@ class Count(ModelNode):
             Param(
                 "filter", dict, default={}, description='e.g. {"active": True}', check=cls._filter_checker()
             ),
-            *include_deleted_param(model),
+            *cls.behaviours.parameters(cls.operation),
         )
 
     def statements(self) -> list[Any]:
@@ -321,27 +329,6 @@ class Count(ModelNode):
         sql, params = self.mt.dialect.compile(self._count())
         conn = await ctx.connection(self.dataflow)
         return {"count": int((await conn.fetch(sql, params))[0][0])}
-
-
-def _version_param(model: ModelSchema, *, required: bool = True) -> tuple[Param, ...]:
-    """Update must name the version it read; Delete may (then a row that moved on is not deleted)."""
-    if not model.versioned:
-        return ()
-    return (
-        Param(
-            "version",
-            int,
-            required=required,
-            description="the version you read (versioned model); if the row moved on, ConcurrencyError",
-            check=non_negative("version"),
-        ),
-    )
-
-
-def hard_param(model: ModelSchema) -> tuple[Param, ...]:
-    if not model.soft_delete:
-        return ()
-    return (Param("hard", bool, default=False, description="remove rows for good instead of marking them"),)
 
 
 CRUD_OPERATIONS = (Create, Read, Update, Delete, List, Count, Upsert)

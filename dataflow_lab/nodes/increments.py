@@ -62,7 +62,7 @@ def check_increment(mt: Any, f: Any, value: Mapping[str, Any], *, what: str, all
             f"{model}: '$inc' on Decimal field '{name}' is not exact on {mt.dialect.name}, which stores "
             "Decimals as text (the database would add them as floats).",
             hint="use PostgreSQL for atomic Decimal increments, or read, add in Python and update a "
-            "versioned model (optimistic locking).",
+            "model whose rows carry a version (optimistic locking).",
         )
     by = value["$inc"]
     if isinstance(by, bool) or not isinstance(by, takes):

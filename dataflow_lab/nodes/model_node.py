@@ -8,24 +8,31 @@ node will run (for teaching and debugging).
 from __future__ import annotations
 
 import datetime as dt
+import types
 from collections.abc import Collection, Mapping
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
-from .. import filters, tenancy
-from ..errors import ConcurrencyError, NotFoundError, ValidationError
+from .. import behaviours as behaviours_of
+from .. import filters
+from ..errors import NotFoundError, ValidationError
 from ..model import ModelSchema
 from ..schema import ModelTable
 from ..types import LOGICAL_TYPES
+from . import images
 from .base import Node, Param, RunContext
 from .increments import check_increment, is_increment, set_values, split
+from .outputs import ROW, Expects, resolve, row_type
 
 __all__ = ["ModelNode", "Records", "check_conflict_on"]
 
 
 class Records(list):
-    """A list of row dicts that can become a pandas DataFrame."""
+    """A list of row dicts that can become a pandas DataFrame. ``Records[ROW]``: its type, in ``outputs``."""
+
+    __class_getitem__: ClassVar[Any] = classmethod(types.GenericAlias)
 
     def to_pandas(self) -> Any:
         try:
@@ -45,13 +52,23 @@ class Records(list):
             return None
 
 
+class _ComposedBehaviours:
+    """``cls.behaviours``: the behaviours of the node's model, composed when its nodes are made."""
+
+    def __get__(self, node: Any, cls: type[ModelNode]) -> behaviours_of.Behaviours:
+        return behaviours_of.of(cls.mt)
+
+
 class ModelNode(Node):
     """A node bound to one model of one DataFlow."""
 
     mt: ClassVar[ModelTable]
     op_name: ClassVar[str] = ""
 
-    outputs: ClassVar[tuple[str, ...] | None] = None  # None: the model's fields (a row)
+    # what run() returns (outputs.py): ROW, the model's row; a dict: named outputs; ID: the id's type
+    outputs: ClassVar[Any] = ROW
+    _output_type: ClassVar[Any]  # outputs, resolved (output_type)
+    behaviours = _ComposedBehaviours()  # the model's options, composed once (behaviours/)
     previewing = False  # True inside sql(): a missing tenant shows as '<tenant>' instead of raising
 
     @classmethod
@@ -59,8 +76,29 @@ class ModelNode(Node):
         raise NotImplementedError
 
     @classmethod
-    def output_keys(cls) -> set[str]:
-        return set(cls.outputs) if cls.outputs is not None else set(cls.model.by_name)
+    def output_type(cls) -> Any:
+        """``outputs`` made this model's: a User row, ``{"records": Records[User], "count": int}``..."""
+        cached = cls.__dict__.get("_output_type")
+        if cached is None:
+            model = cls.model
+            assert model is not None  # a ModelNode class is made for a model
+            cached = resolve(cls.outputs, row_type(model), model.id_field.type.python, cls.type_name)
+            cls._output_type = cached
+        return cached
+
+    @classmethod
+    def input_type(cls, path: str) -> Expects | None:
+        """A model field's input ('id', Create's 'name', 'fields.age', 'where.email'): the field's type."""
+        root, _, rest = path.partition(".")
+        by_name = cls.model.by_name
+        p = cls.param_map().get(root)
+        if p is None or p.check is None:
+            return super().input_type(path)
+        if not rest and root in by_name and (root == "id" or cls.operation == "create"):
+            return _field_expects(by_name[root])
+        if rest in by_name and root in _FIELD_DICTS:
+            return _field_expects(by_name[rest], increments=True)
+        return None
 
     @classmethod
     def where(cls, node_id: str) -> str:
@@ -87,7 +125,7 @@ class ModelNode(Node):
                 if (f.generated or f.primary_key) and not own_id:
                     raise ValidationError(
                         f"{model.name}: field '{name}' cannot be set in '{what}'.",
-                        hint=f"dataflow_lab manages {name}{_MANAGED_HOW.get(name, '')}.",
+                        hint=f"dataflow_lab manages {name}{cls.behaviours.how(name)}.",
                     )
                 if is_increment(f, value):
                     out[name] = check_increment(cls.mt, f, value, what=what, allowed=increments)
@@ -108,93 +146,69 @@ class ModelNode(Node):
     def now(self) -> dt.datetime:
         return self.dataflow.clock.now()  # clock.py: the system clock, or a stepping one in testing
 
-    # the model's flag options (multi_tenant, soft_delete, versioned), in one place ------------
-    def tenant(self) -> str | None:
-        """The run's tenant for a multi_tenant model (None for others); a missing one is refused."""
-        if not self.model.multi_tenant:
-            return None
-        if self.previewing:
-            return tenancy.current(self.dataflow) or "<tenant>"
-        return tenancy.require(self.dataflow, self.model, self.where(self.node_id))
-
+    # what the model's behaviours add (behaviours/), asked in one place ---------------------------
     def guards(self, *, include_deleted: bool | None = None) -> list[Any]:
-        """What every statement of this node must add to its WHERE: the tenant's rows, not deleted ones.
+        """What every statement of this node must add to its WHERE (the tenant's rows, live ones...).
 
-        ``include_deleted`` defaults to the node's own parameter (False when it has none).
+        ``include_deleted``: None lets the node's own parameters decide.
         """
-        c, conditions = self.mt.table.c, []
-        if self.model.multi_tenant:
-            conditions.append(c.tenant_id == sa.bindparam("_tenant", self.tenant()))
-        if include_deleted is None:
-            include_deleted = bool(self.params.get("include_deleted"))
-        if self.model.soft_delete and not include_deleted:
-            conditions.append(c.deleted_at.is_(None))
-        return conditions
+        return self.behaviours.guards(self, self.mt.table, include_deleted=include_deleted)
 
     def guarded(self, stmt: Any, *, include_deleted: bool | None = None) -> Any:
         conditions = self.guards(include_deleted=include_deleted)
         return stmt.where(*conditions) if conditions else stmt
 
-    def stamps(self) -> dict[str, Any]:
-        """Values a new row takes from the run rather than the caller: its tenant."""
-        return {"tenant_id": self.tenant()} if self.model.multi_tenant else {}
+    def stamps(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """Values a new row takes from the run rather than the caller (its tenant, timestamps...)."""
+        return self.behaviours.insert_values(self, self.now() if now is None else now)
 
     def bind(self, names: tuple[str, ...], values: Mapping[str, Any]) -> list[Any]:
-        """Values for a compiled template's bind names; ``_tenant`` is the run's tenant, ``_id`` as stored."""
-        to_db = self.mt.to_db
-        return [self.tenant() if n == "_tenant" else to_db("id", values[n]) if n == "_id" else values[n]
-                for n in names]  # fmt: skip
+        """Values for a compiled template's bind names: ``values``, the behaviours' own (``_tenant``...),
+        and ``_id`` as stored."""
+        given, to_db = {**self.behaviours.binds(self), **values}, self.mt.to_db
+        return [to_db("id", given[n]) if n == "_id" else given[n] for n in names]
 
     def conflict_target(self, names: list[str]) -> list[str]:
-        """The columns of the unique constraint behind ``names``: tenant_id leads for multi_tenant models."""
-        if not self.model.multi_tenant or names == ["id"]:
-            return names
-        return ["tenant_id", *(n for n in names if n != "tenant_id")]
+        """The columns of the unique constraint behind ``names`` (a behaviour may lead with tenant_id)."""
+        return self.behaviours.conflict_target(names)
+
+    def template_key(self, *parts: Any) -> tuple:
+        """A cache key for a compiled statement: ``parts`` and what the behaviours make of the params."""
+        return (*parts, self.behaviours.shape(self))
 
     def update_one(
         self,
         columns: tuple[str, ...],
         *,
-        check_version: bool,
-        include_deleted: bool = False,
+        check_version: bool = True,
+        include_deleted: bool | None = None,
         values: Mapping[str, Any] | None = None,
         increments: frozenset[str] = frozenset(),
     ) -> Any:
-        """UPDATE one row by ``_id`` (bind names: the columns, _id, _version, _tenant); bumps ``version``.
+        """UPDATE one row by ``_id`` (bind names: the columns, _id, the behaviours' own), RETURNING it.
 
-        ``values`` binds the parameters in (for ``sql()``); templates leave them unbound.
-        ``increments``: columns set to ``col + :col`` (atomic increments, increments.py).
+        The behaviours add what every update sets (version + 1) and checks (the version read;
+        ``check_version=False`` leaves those checks out). ``values`` binds the parameters in (for
+        ``sql()``); templates leave them unbound. ``increments``: columns set to ``col + :col``.
         """
         t, values = self.mt.table, values or {}
         stmt = sa.update(t).values(set_values(t, columns, increments, values))
-        if self.model.versioned:
-            stmt = stmt.values(version=t.c.version + sa.literal_column("1"))
+        extra = self.behaviours.update_set(t)
+        if extra:
+            stmt = stmt.values(extra)
         stmt = stmt.where(t.c.id == sa.bindparam("_id", self.mt.to_db("id", values.get("_id"))))
         stmt = self.guarded(stmt, include_deleted=include_deleted)
-        if check_version:
-            stmt = stmt.where(t.c.version == sa.bindparam("_version", values.get("_version")))
-        return stmt.returning(*t.c)
+        checks = self.behaviours.update_where(self, t) if check_version else []
+        return (stmt.where(*checks) if checks else stmt).returning(*t.c)
 
-    async def version_conflict(
-        self, conn: Any, row_id: Any, *, action: str = "updated", include_deleted: bool = False
-    ) -> None:
-        """After a versioned Update (or Delete) changed nothing: raise ConcurrencyError if the row exists."""
-        t = self.mt.table
-        select = sa.select(t.c.version).where(t.c.id == self.mt.to_db("id", row_id))
-        sql, params = self.mt.dialect.compile(self.guarded(select, include_deleted=include_deleted))
-        found = await conn.fetch(sql, params)
-        if not found:
-            return
-        expected, actual = self.params["version"], found[0][0]
-        raise ConcurrencyError(
-            f"{self.where(self.node_id)}: {self.model.name} with id {row_id!r} is at version {actual}, "
-            f"not the expected {expected}; someone else changed it. Nothing was {action}.",
-            model=self.model.name,
-            id=row_id,
-            expected=expected,
-            actual=actual,
-            hint="read the row again, reapply your change to what it holds now, and update with its version.",
-        )
+    async def nothing_changed(self, conn: Any, row_id: Any, *, action: str = "updated") -> None:
+        """After a single-row Update or Delete changed nothing: the behaviours may say why (a version)."""
+        await self.behaviours.unchanged(self, conn, row_id, action=action, include_deleted=None)
+
+    async def row_before(self, ctx: RunContext, row_id: Any) -> dict[str, Any] | None:
+        """The row as it is now (read before a single-row write, for the behaviours that want images)."""
+        conn = await ctx.connection(self.dataflow)
+        return (await images.rows_by_ids(self.mt, conn, [row_id])).get(row_id)
 
     def _id_from(self, params: dict[str, Any]) -> Any:
         if "id" in params:
@@ -233,14 +247,14 @@ class ModelNode(Node):
         raise NotImplementedError
 
     def _update_statement(
-        self, row_id: Any, fields: dict[str, Any], *, check_version: bool, include_deleted: bool
+        self, row_id: Any, fields: dict[str, Any], *, include_deleted: bool | None = None
     ) -> Any:
         """The UPDATE of one row, its values bound in (for ``sql()``)."""
         plain, increments = split(fields)
-        values = self.mt.db_values(self.mt.touched(plain, self.now()))
-        bound = {**values, "_id": row_id, "_version": self.params.get("version")}
-        return self.update_one(tuple(values), check_version=check_version, include_deleted=include_deleted,
-                               values=bound, increments=increments)  # fmt: skip
+        values = self.mt.db_values({**plain, **self.behaviours.touch_values(self, self.now())})
+        bound = {**values, "_id": row_id}
+        return self.update_one(tuple(values), include_deleted=include_deleted, values=bound,
+                               increments=increments)  # fmt: skip
 
     @classmethod
     def sql(cls, params: Mapping[str, Any] | None = None) -> str:
@@ -258,11 +272,13 @@ class ModelNode(Node):
         return "\n\n".join(parts)
 
 
-_MANAGED_HOW = {
-    "tenant_id": ": it is the tenant of `with db.tenant(...)`",
-    "version": ": pass the version you read as the node's 'version' parameter",
-    "deleted_at": ": use the model's Delete nodes",
-}
+_FIELD_DICTS = ("fields", "where", "create", "update")  # dict parameters of field -> value
+
+
+def _field_expects(f: Any, *, increments: bool = False) -> Expects:
+    """A field takes its own type (losslessly coerced); a numeric one in a dict also {'$inc': n}."""
+    also = (dict,) if increments and f.type.python in (int, float, Decimal) else ()
+    return Expects.field(f.type.python, f.nullable, *also)
 
 
 def field_check(cls: type[ModelNode], name: str) -> Any:
@@ -323,20 +339,11 @@ def insert_or_nothing(mt: ModelTable, columns: tuple[str, ...], conflict_on: lis
 def read_by_id(node: ModelNode, row_id: Any) -> tuple[str, list[Any]]:
     """The compiled SELECT of one row by id, within the node's guards, and its values."""
     t = node.mt.table
-    key = ("read", bool(node.params.get("include_deleted")))
+    key = node.template_key("read")
     sql, names = node.mt.template(
         key, lambda: node.guarded(sa.select(*t.c).where(t.c.id == sa.bindparam("_id")))
     )
     return sql, node.bind(names, {"_id": row_id})
-
-
-def include_deleted_param(model: ModelSchema) -> tuple[Param, ...]:
-    """The ``include_deleted`` parameter, for the nodes that read or filter a soft_delete model."""
-    if not model.soft_delete:
-        return ()
-    return (
-        Param("include_deleted", bool, default=False, description="also rows marked deleted (soft_delete)"),
-    )
 
 
 def select_rows(

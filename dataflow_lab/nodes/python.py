@@ -1,4 +1,8 @@
-"""Plain Python callables as nodes: parameters are inputs, the return is the output."""
+"""Plain Python callables as nodes: parameters are inputs, the return is the output.
+
+The return annotation, when there is one, is the node's output type (``outputs.py``):
+``-> dict`` says little, a TypedDict or a dataclass names each output and its type.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,30 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ValidationError
 from ..model import MISSING
-from .base import Node, Param, RunContext
+from .base import Node, Param, RunContext, Undo
 
-__all__ = ["python_node"]
+__all__ = ["CallableUndo", "compensate_with", "python_node"]
 
 _PLAIN = (str, int, float, bool, dict, list, tuple, bytes)
+_COMPENSATION = "__dataflow_compensation__"  # where compensate_with marks a callable
+
+
+def compensate_with(undo: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare how to undo a Python node: ``undo(result=..., **params)`` (sync or async).
+
+    The saga calls it when a later node fails, with the node's output and parameters.
+    """
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, _COMPENSATION, undo)
+        return fn
+
+    return mark
 
 
 @functools.lru_cache(maxsize=1024)
@@ -60,6 +79,7 @@ def _node_class(fn: Callable[..., Any]) -> type[Node]:
             "type_name": name,
             "parameters": tuple(params),
             "fn": staticmethod(fn),
+            "returns": hints.get("return", Any),
             "description": (inspect.getdoc(fn) or "").split("\n")[0],
         },
     )
@@ -104,6 +124,11 @@ def _in_daemon_thread(fn: Callable[..., Any], params: dict[str, Any]) -> asyncio
 class PythonNode(Node):
     operation = "python"
     fn: Callable[..., Any]
+    returns: Any = Any  # the return annotation: what build() checks connections from it against
+
+    @classmethod
+    def output_type(cls) -> Any:
+        return cls.returns
 
     async def run(self, ctx: RunContext) -> Any:
         if inspect.iscoroutinefunction(self.fn):
@@ -112,3 +137,22 @@ class PythonNode(Node):
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    async def undo(self, conn: Any, before: Any, result: Any) -> Undo | None:
+        """The callable's ``@compensate_with(undo)``, if it declared one."""
+        undo = getattr(self.fn, _COMPENSATION, None)
+        return None if undo is None else CallableUndo(undo, result, dict(self.params))
+
+
+@dataclass
+class CallableUndo(Undo):
+    """A Python node's own undo: ``undo(result=..., **params)``. The saga log cannot store it."""
+
+    fn: Callable[..., Any]
+    result: Any
+    params: dict[str, Any]
+
+    async def apply(self, conn: Any) -> None:
+        outcome = self.fn(result=self.result, **self.params)
+        if inspect.isawaitable(outcome):
+            await outcome

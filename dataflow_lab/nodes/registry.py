@@ -1,13 +1,16 @@
 """Which node classes exist: per-DataFlow registries and name resolution.
 
-Every live DataFlow keeps its own node classes. ``resolve`` finds a name
-across live instances when exactly one defines it, or within one instance
-when the caller scopes the lookup.
+Every live DataFlow keeps its own node classes, and a node name belongs to one
+of them. ``resolve`` looks a bare name up in the DataFlow a builder is given
+(``WorkflowBuilder(db)``). A builder given none looks across the live
+DataFlows: the one that defines the name, or, when two or more do, an error
+that lists them and says how to scope the name. A lookup never collects
+garbage: a DataFlow counts until it is closed (or freed).
 """
 
 from __future__ import annotations
 
-import gc
+import itertools
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["NodeNamespace", "live_dataflows", "node_ref", "register", "resolve", "resolve_ref", "unregister"]
 
-_LIVE: weakref.WeakSet[DataFlow] = weakref.WeakSet()
+_LIVE: weakref.WeakValueDictionary[int, DataFlow] = weakref.WeakValueDictionary()  # by registration
+_ORDER = itertools.count()
 
 
 class UnknownNodeError(NodeNotFoundError, AttributeError):
@@ -69,15 +73,19 @@ class NodeNamespace(Mapping[str, type[Node]]):
 
 
 def register(dataflow: DataFlow) -> None:
-    _LIVE.add(dataflow)
+    if dataflow not in live_dataflows():
+        _LIVE[next(_ORDER)] = dataflow
 
 
 def unregister(dataflow: DataFlow) -> None:
-    _LIVE.discard(dataflow)
+    for key, db in list(_LIVE.items()):
+        if db is dataflow:
+            del _LIVE[key]
 
 
 def live_dataflows() -> list[DataFlow]:
-    return list(_LIVE)
+    """The DataFlows not closed (nor freed), oldest first."""
+    return [db for _, db in sorted(_LIVE.items(), key=lambda item: item[0])]
 
 
 def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
@@ -127,29 +135,47 @@ def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
     builtin = builtin_nodes().get(name)
     if builtin is not None:
         return builtin
-    scopes = [dataflow] if dataflow is not None else live_dataflows()
-    found = [(db, db.nodes[name]) for db in scopes if name in db.nodes]
-    if len(found) > 1 and dataflow is None:
-        # A notebook cell re-run leaves the old DataFlow unreferenced but alive until the
-        # garbage collector breaks its reference cycles (its node classes point back at it).
-        refs = [weakref.ref(db) for db, _ in found]
-        del found, scopes
-        gc.collect()
-        found = [(db, db.nodes[name]) for ref in refs if (db := ref()) is not None and db in _LIVE]
+    if dataflow is not None:
+        return _in(dataflow, name)
+    found = [db for db in live_dataflows() if name in db.nodes]
     if len(found) == 1:
-        return found[0][1]
-    if len(found) > 1:
-        names = ", ".join(repr(db) for db, _ in found)
+        return found[0].nodes[name]
+    if found:
+        listing = "; ".join(f"{i}. {db!r}" for i, db in enumerate(found, 1))
         raise NodeNotFoundError(
-            f"Node type '{name}' is defined by {len(found)} DataFlow instances ({names}).",
-            hint="scope the lookup with WorkflowBuilder(dataflow=db), or pass the node class itself "
-            f"(db.nodes['{name}']).",
+            f"Node type '{name}' is defined by {len(found)} live DataFlow instances, oldest first: {listing}. "
+            "A bare name must belong to one.",
+            hint=f"scope the name: WorkflowBuilder(dataflow=db) (or WorkflowBuilder(db)), or pass the node "
+            f"class itself (db.nodes.{name}). A notebook cell run again leaves its old DataFlow alive "
+            "until the garbage collector frees it: close the one you no longer use (old_db.close()).",
         )
-    known = sorted({n for db in scopes for n in db.nodes})
-    where = "this DataFlow" if dataflow is not None else "any live DataFlow"
+    known = sorted({n for db in live_dataflows() for n in db.nodes})
     raise NodeNotFoundError(
-        f"Node type '{name}' is not defined by {where}.{did_you_mean(name, [*known, *builtin_nodes()])}",
-        hint="define the model with @db.model first; generated names look like 'UserCreateNode'."
-        if not known
-        else f"known node types: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}.",
+        f"Node type '{name}' is not defined by any live DataFlow.{did_you_mean(name, [*known, *builtin_nodes()])}",
+        hint=_known_hint(known),
     )
+
+
+def _in(dataflow: DataFlow, name: str) -> type[Node]:
+    """``name`` among the nodes of ``dataflow``; the error says which other DataFlow defines it, if one does."""
+    if name in dataflow.nodes:
+        return dataflow.nodes[name]
+    known = sorted(dataflow.nodes)
+    elsewhere = [db for db in live_dataflows() if db is not dataflow and name in db.nodes]
+    hint = (
+        f"it is a node of {elsewhere[0]!r}: build with WorkflowBuilder(that DataFlow), or pass its class "
+        f"(other_db.nodes.{name})."
+        if elsewhere
+        else _known_hint(known)
+    )
+    raise NodeNotFoundError(
+        f"Node type '{name}' is not defined by this DataFlow ({dataflow!r})."
+        f"{did_you_mean(name, [*known, *builtin_nodes()])}",
+        hint=hint,
+    )
+
+
+def _known_hint(known: list[str]) -> str:
+    if not known:
+        return "define the model with @db.model first; generated names look like 'UserCreateNode'."
+    return f"known node types: {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}."

@@ -255,7 +255,7 @@ class DataFlowMagics(Magics):
         again = [n for n in names if n in self.session.model_classes]
         for name in names:
             self.session.add_model(self.shell.user_ns[name])
-        if again or self.session.db._open_future is not None:  # a re-run cell may meet existing tables
+        if again or self.session.db.database.opened:  # a re-run cell may meet existing tables
             notice = self._model_change(names)
             if notice is not None:
                 return notice
@@ -362,7 +362,7 @@ class DataFlowMagics(Magics):
 
     def _rebuilt(self, name: str, workflow: Workflow, namespace: Mapping[str, Any]) -> Workflow:
         """After %dataflow connect, a workflow cell's nodes point at the closed DataFlow: rebuild it."""
-        stale = any(getattr(db, "_closed", False) for db in workflow.dataflows())
+        stale = any(db.database.closed for db in workflow.dataflows())
         source = self.session.workflow_sources.get(name)
         if not stale or source is None:
             return workflow

@@ -99,13 +99,13 @@ class MonitorPanel:
         )
         return (
             f'<div class="df-monitor"><b>{html.escape(headline(s), quote=False)}</b><table>{rows}</table>'
-            f"{self._pool_html()}{self._events_html()}</div>"
+            f"{self._pool_html()}{self.events_html()}</div>"
         )
 
     def _pool_html(self) -> str:
         return "".join(pool_html(url, p) for url, p in self.snapshot.pool.items() if pool_notable(p))
 
-    def _events_html(self) -> str:
+    def events_html(self) -> str:
         s = self.snapshot
         items = [html.escape(e) for e in s.events[-_LAST_EVENTS:]]
         items += [f"retry {html.escape(r)}" for r in s.retries[-_LAST_EVENTS:]]
@@ -147,7 +147,7 @@ class MonitorPanel:
             bar.bar_style = _BAR_STYLE.get(status.state, "info" if status.state == "running" else "")
             label.value = status.label() or status.state
         self._parts["pool"].value = self._pool_html()
-        self._parts["events"].value = self._events_html()
+        self._parts["events"].value = self.events_html()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return bundle(self.text(), self.html())

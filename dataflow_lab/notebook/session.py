@@ -25,7 +25,7 @@ SQL_LOGGER = "dataflow_lab.sql"
 
 async def _ping(db: DataFlow) -> None:
     """Open ``db`` and check out one connection, so a bad URL or password fails now."""
-    dialect = await db._opened()
+    dialect = await db.database.open()
     await dialect.release(await dialect.acquire())
 
 
@@ -51,7 +51,7 @@ class Session:
     @property
     def db(self) -> DataFlow:
         """The notebook's DataFlow, made on first use."""
-        if self.current is None or getattr(self.current, "_closed", False):
+        if self.current is None or self.current.database.closed:
             self.current = self._open(self.default_url or None)
             for cls in self.model_classes.values():
                 self.current.model(cls)

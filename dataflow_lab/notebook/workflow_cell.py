@@ -13,10 +13,10 @@ import ast
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataFlowError, NodeNotFoundError, ValidationError, did_you_mean
+from ..errors import DataFlowError, NodeNotFoundError, ValidationError, WorkflowValidationError, did_you_mean
 from ..nodes.base import Node
 from ..nodes.registry import live_dataflows, resolve
-from ..workflow import Workflow, WorkflowBuilder
+from ..workflow import Problem, Workflow, WorkflowBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..dataflow import DataFlow
@@ -57,7 +57,16 @@ def build_workflow(
             raise CellError(call.lineno, exc.message, hint=exc.hint) from None
         for source_id, path, target in links:
             builder.add_connection(source_id, path, node_id, target)
-    return builder.build(name=name)
+    try:
+        return builder.build(name=name)
+    except WorkflowValidationError as exc:  # each problem about a node names the line it is on
+        lines = {node_id: call.lineno for node_id, call in calls}
+        raise type(exc)([_on_line(p, lines) for p in exc.problems]) from None
+
+
+def _on_line(problem: Any, lines: dict[str, int]) -> Problem:
+    line = lines.get(getattr(problem, "node_id", None) or "")
+    return Problem(f"line {line}: {problem}" if line else str(problem), getattr(problem, "node_id", None))
 
 
 def _node_lines(source: str) -> list[tuple[str, ast.Call]]:

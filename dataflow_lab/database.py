@@ -1,0 +1,294 @@
+"""Database: what a DataFlow holds, behind the interface the package's other modules use.
+
+``DataFlow`` (dataflow.py) is the public facade; ``db.database`` is this object,
+package-internal, and the only way other modules reach a DataFlow's state. Its
+interface is the list below; everything else on it is private.
+
+=============  ==========================================================================
+lifecycle      ``await open()`` -> the opened ``Dialect`` (once; later calls share that
+               opening), ``await close()`` / ``shut()``, ``closed``, ``opened``,
+               ``check_open()``
+connections    ``await acquire()`` (opens first) / ``await release(conn)``
+dialect        ``dialect``: the database's facts and capabilities (dialects/base.py); the
+               first use waits for the warm-up (_warmup.py)
+tables         ``await ensure_table(table, scope=None)``: created or migrated once (inside
+               ``scope``'s transaction when it holds this database); ``is_ready(key)`` /
+               ``mark_ready(key)`` for dataflow_lab's own tables; ``forget_ready()`` after a
+               migration, so every table is checked again
+transactions   ``ledger`` (ledger.py), ``await allows_two_phase()``
+registry       ``models``, ``tables``, ``nodes``, ``reflected``; ``install(schema, table)``
+               generates and registers a model's eleven nodes
+identity       ``dataflow`` (the facade), ``token`` (names it across processes, _remote.py)
+health         ``health``: the HealthMonitor (health.py)
+sagas          ``pending_count``: compensations owed, as last counted (None: count again)
+=============  ==========================================================================
+
+At first use (the first ``ensure_table``) it resolves what a crash left behind:
+two-phase commits in doubt (two_phase.py) and saga compensations still owed
+(saga_log.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ._warmup import Warm, dialect_now_or_soon
+from .errors import DataFlowError
+from .health import HealthMonitor
+from .ledger import TransactionLedger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import DataFlowConfig
+    from .dataflow import DataFlow
+    from .dialects import Connection, Dialect
+    from .model import ModelSchema
+    from .nodes.base import Node
+
+__all__ = ["Database"]
+
+log = logging.getLogger("dataflow_lab.transactions")
+
+
+class Database:
+    """The connections, tables, ledger and registry of one DataFlow (see the module's docstring)."""
+
+    def __init__(self, dataflow: DataFlow, config: DataFlowConfig):
+        self.dataflow = dataflow
+        self.config = config
+        self.token = uuid.uuid4().hex  # names this database across processes (DataFlow.__reduce__)
+        self.ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
+        self.models: dict[str, ModelSchema] = {}
+        self.tables: dict[str, Any] = {}
+        self.nodes: dict[str, type[Node]] = {}
+        self.reflected: set[str] = set()  # models reflected from existing tables: never any DDL
+        self.health = HealthMonitor(dataflow)
+        self.pending_count: int | None = None  # saga compensations owed; None: not counted since a change
+        self.closed = False
+        self._dialect: Dialect | Warm = dialect_now_or_soon(config)
+        self._open_future: asyncio.Future | None = None
+        self._ready: set[tuple[str, Any]] = set()  # (table name, signature) of tables checked
+        self._ddl_lock: asyncio.Lock | None = None
+        self._two_phase: bool | None = None
+        self._recovered = False
+        self._sagas_resumed = False  # owed saga compensations are run at first use (saga_log.py)
+
+    # -- the dialect ---------------------------------------------------------------------
+    @property
+    def dialect(self) -> Dialect:
+        """The dialect; the first use waits for the warm-up, and raises the error it met, if any."""
+        dialect = self._dialect
+        if isinstance(dialect, Warm):
+            dialect = self._dialect = dialect.result()
+        return dialect
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def opened(self) -> bool:
+        """Whether opening has been asked for (it may still be under way)."""
+        return self._open_future is not None
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise DataFlowError(f"{self.dataflow!r} is closed.", hint="create a new DataFlow.")
+
+    async def open(self) -> Dialect:
+        """The dialect, opened once, on the background loop (the health task starts then)."""
+        self.check_open()
+        if self._open_future is None:
+            self._open_future = asyncio.ensure_future(self.dialect.open())
+            self._open_future.add_done_callback(
+                lambda f: f.cancelled() or f.exception() or self.health.start()
+            )
+        try:
+            await asyncio.shield(self._open_future)
+        except Exception as exc:
+            self._open_future = None
+            raise DataFlowError(
+                f"Could not open {self.dataflow!r}: {self.dialect.scrub(str(exc))}",
+                hint="check the database URL and that the server is running.",
+            ) from None
+        return self.dialect
+
+    def shut(self) -> None:
+        """Refuse any further use and stop the health task (``close()`` also disposes of the pool)."""
+        self.closed = True
+        self.health.stop()
+
+    async def close(self) -> None:
+        """Shut, then release every pooled connection (when it was ever opened). Idempotent."""
+        if self.closed:
+            return
+        self.shut()
+        future = self._open_future
+        if future is not None and future.done() and not future.cancelled() and not future.exception():
+            await self.dialect.dispose()
+
+    # -- connections -----------------------------------------------------------------------
+    async def acquire(self) -> Connection:
+        """A connection of its own (opens the database first); give it back with ``release``."""
+        dialect = await self.open()
+        return await dialect.acquire()
+
+    async def release(self, conn: Connection) -> None:
+        await self.dialect.release(conn)
+
+    # -- tables ----------------------------------------------------------------------------
+    def is_ready(self, key: tuple[str, Any]) -> bool:
+        """Whether the table ``key`` ((name, signature)) was checked since the last migration."""
+        return key in self._ready
+
+    def mark_ready(self, key: tuple[str, Any]) -> None:
+        """Record ``key`` as checked; an older signature of the same table is forgotten."""
+        self._ready = {k for k in self._ready if k[0] != key[0]} | {key}
+
+    def forget_ready(self) -> None:
+        """Check every table again at its next use (after a migration)."""
+        self._ready.clear()
+
+    async def ensure_table(self, table: Any, scope: Any = None) -> None:
+        """Create or migrate a model's table, once, before it is used.
+
+        Inside an open transaction on this database (``scope`` holds it), a second connection
+        could wait forever for the one writer (SQLite, DuckDB): then the table is made in that
+        transaction, and not marked ready, since a rollback undoes it.
+        """
+        await self._first_use(scope)
+        held = scope is not None and scope.holds(self.dataflow)
+        if held and table.model.signature() not in {key[1] for key in self._ready}:
+            conn = await scope.connection(self.dataflow, write=True)
+            await table.ensure(conn, **self._migration_policy())
+            return
+        await self._ensure_table_once(table)
+
+    def _migration_policy(self) -> dict[str, Any]:
+        return {"auto_migrate": self.config.auto_migrate, "existing_schema": self.config.existing_schema,
+                "clock": self.dataflow.clock}  # fmt: skip
+
+    async def _ensure_table_once(self, table: Any) -> None:
+        if table.model.audit_log:  # its writes log to the audit table in their own transaction
+            from .audit import ensure_table
+
+            await ensure_table(self.dataflow)
+        key = (table.model.table_name, table.model.signature())
+        if key in self._ready:
+            return
+        if self._ddl_lock is None:
+            self._ddl_lock = asyncio.Lock()
+        async with self._ddl_lock:
+            if key in self._ready:
+                return
+            dialect = await self.open()
+            conn = await dialect.acquire()
+            try:
+                await self._ensure_in_own_transaction(table, conn)
+            except DataFlowError:
+                raise
+            except Exception as exc:
+                raise DataFlowError(
+                    f"Could not prepare table '{table.model.table_name}' on {self.dataflow!r}: "
+                    f"{dialect.scrub(str(exc))}",
+                    hint="check that the database is reachable and writable; the run changed nothing.",
+                ) from exc
+            finally:
+                await dialect.release(conn)
+            self.mark_ready(key)
+
+    async def _ensure_in_own_transaction(self, table: Any, conn: Connection) -> None:
+        await conn.begin()
+        try:
+            await table.ensure(conn, **self._migration_policy())
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+
+    # -- transactions ----------------------------------------------------------------------
+    async def allows_two_phase(self) -> bool:
+        """Whether this database takes part in two-phase commits (asked of the server once)."""
+        if self._two_phase is None:
+            self._two_phase = False
+            if self.dialect.supports_two_phase:
+                conn = await self.acquire()
+                try:
+                    self._two_phase = await self.dialect.two_phase_enabled(conn)
+                finally:
+                    await self.release(conn)
+        return self._two_phase
+
+    # -- registry --------------------------------------------------------------------------
+    def install(self, schema: ModelSchema, table: Any, *, reflected: bool = False) -> None:
+        """Generate and register the eleven nodes of ``schema`` (replacing an older definition)."""
+        from .nodes.bulk import BULK_OPERATIONS
+        from .nodes.crud import CRUD_OPERATIONS
+
+        for old in [n for n, c in self.nodes.items() if c.model is not None and c.model.name == schema.name]:
+            del self.nodes[old]
+        for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS):
+            bulk = "Bulk" if op in BULK_OPERATIONS else ""
+            name = f"{schema.name}{bulk}{op.op_name}Node"
+            node_cls = type(
+                name,
+                (op,),
+                {
+                    "type_name": name,
+                    "dataflow": self.dataflow,
+                    "model": schema,
+                    "model_name": schema.name,
+                    "mt": table,
+                    "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
+                    "__module__": "dataflow_lab.dataflow",
+                    "__doc__": f"{op.description} Generated for model {schema.name}.",
+                },
+            )
+            node_cls.parameters = node_cls.make_parameters(schema)
+            self.nodes[name] = node_cls
+        self.models[schema.name] = schema
+        self.tables[schema.name] = table
+        if reflected:
+            self.reflected.add(schema.name)
+        else:
+            self.reflected.discard(schema.name)
+
+    # -- start-up recovery -----------------------------------------------------------------
+    async def _first_use(self, scope: Any) -> None:
+        if not self._recovered:
+            self._recovered = True
+            await self._recover_in_doubt()
+        if not self._sagas_resumed and (scope is None or not scope.holds(self.dataflow)):
+            # (inside an open transaction a second connection could wait forever: at a later use)
+            self._sagas_resumed = True
+            await self._resume_compensations()
+
+    async def _recover_in_doubt(self) -> None:
+        """Resolve the two-phase commits a crash left in doubt (where two-phase commit is on)."""
+        from .nodes import registry
+        from .two_phase import recover_in_doubt
+
+        if not self.dialect.supports_two_phase or not await self.allows_two_phase():
+            return
+        others = [
+            db
+            for db in registry.live_dataflows()
+            if db is not self.dataflow and db.database.dialect.supports_two_phase
+        ]
+        try:
+            outcome = await recover_in_doubt([self.dataflow, *others], min_age=self.config.in_doubt_grace)
+        except Exception:  # recovery must never stop a database from opening
+            log.warning("in-doubt recovery failed", exc_info=True)
+            return
+        if outcome:
+            log.warning("resolved in-doubt transactions: %s", outcome)
+
+    async def _resume_compensations(self) -> None:
+        from .saga_log import resume
+
+        try:
+            done = await resume(self.dataflow, min_age=self.config.in_doubt_grace)
+        except Exception:  # resuming must never stop a database from opening
+            log.warning("saga resume failed", exc_info=True)
+            return
+        if done:
+            log.warning("resumed saga compensations: %s", done)
