@@ -24,6 +24,8 @@ from .errors import (
     ValidationError,
     WorkflowValidationError,
 )
+from .hooks import NodeRecord, RunHooks
+from .modes import TransactionMode
 from .monitoring import MetricsCollector
 from .nodes.switch import SwitchNode
 from .retry import RetryPolicy
@@ -83,14 +85,17 @@ __all__ = [
     "MigrationRequiredError",
     "NodeExecutionError",
     "NodeNotFoundError",
+    "NodeRecord",
     "NotFoundError",
     "ResumedCompensation",
     "RetryPolicy",
+    "RunHooks",
     "RunResults",
     "Skipped",
     "SwitchNode",
     "TenantRequiredError",
     "TransactionError",
+    "TransactionMode",
     "UnknownNodeTypeError",
     "User",
     "ValidationError",

@@ -52,18 +52,23 @@ def in_loop_thread() -> bool:
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run a coroutine on the background loop and wait for its result."""
+    """Run a coroutine on the background loop and wait for its result.
+
+    On KeyboardInterrupt the coroutine is cancelled and waited for (a run rolls back, a saga
+    compensates) before the interrupt is re-raised; a second interrupt stops the waiting.
+    """
     if in_loop_thread():
         coro.close()
         raise DataFlowError(
             "A blocking dataflow_lab call was made from inside a running workflow.",
             hint="use `await AsyncLocalRuntime().execute_async(...)` from async code instead.",
         )
-    future = asyncio.run_coroutine_threadsafe(coro, loop())
+    future, run = _submit(coro)
     try:
         return future.result(timeout)
     except KeyboardInterrupt:
-        future.cancel()
+        run.cancel(future)
+        run.ended.result()
         raise
     except concurrent.futures.TimeoutError:
         future.cancel()
@@ -73,10 +78,59 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
 
 
 async def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Await a coroutine that must run on the background loop, from any loop."""
+    """Await a coroutine that must run on the background loop, from any loop.
+
+    Cancelling the caller cancels the coroutine, and waits for it to end (a run rolls back, a
+    saga compensates) before the cancellation reaches the caller.
+    """
     if in_loop_thread():
         return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop()))
+    future, run = _submit(coro)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        run.cancel(future)
+        await asyncio.wrap_future(run.ended)  # cancelled again meanwhile: stop waiting
+        raise
+
+
+class _Submitted:
+    """A coroutine submitted to the loop, and whether it began and ended there (loop thread only)."""
+
+    __slots__ = ("abandoned", "began", "ended")
+
+    def __init__(self) -> None:
+        self.began = self.abandoned = False
+        self.ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    async def settled(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.abandoned:  # cancelled before it began: it never begins
+            coro.close()
+            raise asyncio.CancelledError
+        self.began = True
+        try:
+            return await coro
+        finally:
+            self.end()
+
+    def cancel(self, future: concurrent.futures.Future) -> None:
+        """From the caller's thread: cancel it; ``ended`` is set once it stopped (or never began)."""
+        future.cancel()
+        loop().call_soon_threadsafe(self._abandon)
+
+    def _abandon(self) -> None:
+        if not self.began:
+            self.abandoned = True
+            self.end()
+
+    def end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+def _submit(coro: Coroutine[Any, Any, T]) -> tuple[concurrent.futures.Future[T], _Submitted]:
+    submitted = _Submitted()
+    return asyncio.run_coroutine_threadsafe(submitted.settled(coro), loop()), submitted
 
 
 def on_exit(callback: Callable[[], Awaitable[None]]) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import _loop, tenancy
 from .model import ModelSchema
+from .modes import TransactionMode
 from .nodes import registry
 from .retry import RetryPolicy
 from .routing import Skipped, live_connections
@@ -87,7 +88,7 @@ class NodeTask:
     routers: frozenset[str]
     override: dict[str, Any] | None
     run_id: str
-    mode: str  # "node" | "saga"
+    mode: TransactionMode  # one whose strategy runs each node on its own (node, saga)
     retry: RetryPolicy
     isolation: str | None = None
     user: str | None = None  # the audit log's "who" (grants were checked on the client)
@@ -131,16 +132,15 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
     if cls.dataflow is not None and cls.model is not None:
         await cls.dataflow.database.ensure_table(cast("type[ModelNode]", cls).mt)  # a node with a model
     runtime = LocalRuntime(transaction=task.mode, retry=task.retry, isolation=task.isolation)
-    steps: list | None = [] if task.mode == "saga" else None
+    overrides = {task.node_id: task.override} if task.override is not None else None
+    run = runtime.open_run(workflow, overrides, run_id=task.run_id, results=results)
+    steps = runtime.strategy.saga_steps()  # a list when the mode compensates
     started = time.perf_counter()
-    result = await runtime._in_own_transaction(
-        workflow, task.node_id, results, task.override, live, task.run_id, steps
-    )
+    result = await run.node_in_own_transaction(task.node_id, live, steps)
     return Outcome(result, time.perf_counter() - started, time.time(), steps or [])
 
 
 def compensate(steps: list, run_id: str, retry: RetryPolicy) -> list[dict[str, Any]]:
     """Undo committed saga steps newest first, on this worker (see ``saga.compensate_steps``)."""
-
-    runtime = LocalRuntime(transaction="saga", retry=retry)
-    return _loop.run(runtime._compensate(steps, run_id))
+    runtime = LocalRuntime(transaction=TransactionMode.SAGA, retry=retry)
+    return _loop.run(runtime.open_run(None, run_id=run_id).compensate(steps))

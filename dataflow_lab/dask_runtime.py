@@ -32,8 +32,9 @@ from ._remote import NodeTask, compensate, run_node
 from .access import check_run, user_name
 from .cycles import Cycle
 from .errors import ValidationError, refuse_unknown_options
-from .hooks import Hooks, _Fanout
-from .nodes.registry import node_ref
+from .hooks import Fanout, Hooks, NodeRecord
+from .modes import TransactionMode
+from .nodes.base import node_ref
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
 from .runtime import keyword_options
@@ -42,8 +43,6 @@ from .transactions import check_isolation
 from .workflow import Workflow, WorkflowBuilder, prepare
 
 __all__ = ["DaskRuntime"]
-
-MODES = ("node", "saga")
 
 
 class DaskRuntime:
@@ -57,7 +56,7 @@ class DaskRuntime:
         self,
         client_or_address: Any,
         *,
-        transaction: str = "node",
+        transaction: TransactionMode | str = TransactionMode.NODE,
         retry: Any = None,
         isolation: str | None = None,
         hooks: Any = (),
@@ -65,22 +64,22 @@ class DaskRuntime:
         **unknown: Any,
     ):
         refuse_unknown_options("DaskRuntime", unknown, keyword_options(DaskRuntime))
-        if transaction not in MODES:
+        mode = TransactionMode.of(transaction, owner="DaskRuntime")
+        if not mode.strategy.per_node:
             raise ValidationError(
-                f"DaskRuntime cannot run transaction mode {transaction!r}.",
+                f"DaskRuntime cannot run transaction mode {str(transaction)!r}.",
                 hint="on Dask each node commits on its own worker: use transaction='node', or 'saga' to "
                 "undo committed nodes when one fails. One transaction per run needs LocalRuntime.",
             )
         self.client, self._owns_client = _client(client_or_address), isinstance(client_or_address, str)
-        self.transaction = transaction
+        self.transaction, self.strategy = mode, mode.strategy
         self.retry = RetryPolicy.of(retry)
         self.isolation = check_isolation(isolation)
         self.user = user
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
-        self._emit = _Fanout(self.hooks)
 
     def __repr__(self) -> str:
-        return f"DaskRuntime({self.client.scheduler.address!r}, transaction={self.transaction!r})"
+        return f"DaskRuntime({self.client.scheduler.address!r}, transaction={str(self.transaction)!r})"
 
     def close(self) -> None:
         """Close the client if this runtime opened it (from an address)."""
@@ -112,7 +111,7 @@ class DaskRuntime:
         user = self.user if user is None else user
         tenants = check_run(workflow, user, tenant)
         run = _DaskRun(self, workflow, overrides, user_name(user), dict(tenants))
-        emit, started, error = self._emit, time.perf_counter(), None
+        emit, started, error = run.emit, time.perf_counter(), None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=run.run_id, workflow=workflow, runtime=self)
         try:
@@ -162,7 +161,9 @@ class _DaskRun:
     ):
         self.runtime, self.workflow, self.overrides = runtime, workflow, overrides
         self.user, self.tenants = user, tenants
-        self.records: list[tuple] = []  # hooks.NODE_RECORD tuples, for after_workflow's ``nodes``
+        self.records: list[NodeRecord] = []  # for after_workflow's ``nodes``
+        # the runtime's hooks, those of the DataFlows the run touches, the process-wide ones
+        self.emit = Fanout(runtime.hooks, *(db.hooks for db in workflow.dataflows()))
         self.run_id = str(uuid.uuid4())
         self.results = RunResults()
         self.routers = routers(workflow)
@@ -192,10 +193,10 @@ class _DaskRun:
             if node_id in outcomes:
                 self.results[node_id] = outcomes[node_id].result
         if failure is not None:
-            if self.runtime.transaction == "saga":
-                setattr(failure, "compensations", self._compensate())  # noqa: B010 - any exception
+            if self.runtime.strategy.compensates:
+                failure.compensations = self._compensate()  # type: ignore[attr-defined]
             raise failure
-        if self.runtime.transaction == "saga":  # it succeeded: its saga log owes nothing
+        if self.runtime.strategy.compensates:  # it succeeded: its saga log owes nothing
             from . import saga_log
 
             steps = [step for outcome in self.committed for step in outcome.saga_steps]
@@ -210,7 +211,7 @@ class _DaskRun:
             self.overrides.get(node_id), self.run_id, self.runtime.transaction, self.runtime.retry,
             self.runtime.isolation, self.user, self.tenants,
         )  # fmt: skip
-        emit = self.runtime._emit
+        emit = self.emit
         if emit.wants("before_node"):  # on Dask: when the task is submitted
             emit.emit(
                 "before_node",
@@ -235,7 +236,7 @@ class _DaskRun:
             for node_id, outcome in zip(cycle.body, outcomes, strict=True):
                 self.results.iterations.setdefault(node_id, []).append(outcome.result)
             output = outcomes[-1].result  # the closing node: every other body node leads to it, so it is last
-            if iteration_ended(self.runtime._emit, self.run_id, cycle, iteration, output):
+            if iteration_ended(self.emit, self.run_id, cycle, iteration, output):
                 return
         not_converged(cycle, {n: self.results.iterations[n][-1] for n in cycle.body}, self.results)
 
@@ -259,7 +260,7 @@ class _DaskRun:
         return outcomes, failure
 
     def _report(self, node_id: str, outcome: Any, error: BaseException | None) -> None:
-        emit, spec = self.runtime._emit, self.workflow.nodes[node_id]
+        emit, spec = self.emit, self.workflow.nodes[node_id]
         if outcome is not None and isinstance(outcome.result, Skipped):
             if emit.wants("node_skipped"):
                 emit.emit(
@@ -294,7 +295,7 @@ class _DaskRun:
         record = self.runtime.client.submit(
             compensate, steps, self.run_id, self.runtime.retry, key=f"compensate-{self.run_id}", pure=False
         ).result()
-        emit = self.runtime._emit
+        emit = self.emit
         if emit.wants("compensation"):
             for entry in record:
                 emit.emit("compensation", run_id=self.run_id, **entry)

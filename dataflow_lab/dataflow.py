@@ -26,6 +26,7 @@ from .config import DataFlowConfig, redact_url
 from .database import Database
 from .errors import ValidationError
 from .health import HealthReport
+from .hooks import Hooks
 from .model import ModelSchema, parse_model
 from .monitoring import attach
 from .nodes import registry
@@ -47,6 +48,7 @@ class DataFlow(Observability):
 
     def __init__(self, database_url: str | None = None, **options: Any):
         self.config = DataFlowConfig.from_env(database_url, **options)
+        self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
         self.clock = clock_for(self.config.deterministic)
         # its connections, tables, ledger and registry: the package's other modules use this
         self.database = Database(self, self.config)

@@ -9,6 +9,7 @@ meets it. ``pool_status()["health_status"]`` and the dashboard read the latest p
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import html
 import logging
@@ -168,7 +169,10 @@ class HealthMonitor:
         """Begin periodic probing (on the running loop); no-op when off or already running."""
         if self.interval is None or self._task is not None:
             return
-        self._task = asyncio.ensure_future(_periodic(self._dataflow, self.interval))
+        # in a context of its own: the run whose first use started it must not live on in the task
+        # (its transaction scope reaches the DataFlow's hooks, and so the DataFlow)
+        probe = _periodic(self._dataflow, self.interval)
+        self._task = asyncio.get_running_loop().create_task(probe, context=contextvars.Context())
 
     def stop(self) -> None:
         if self._task is not None:

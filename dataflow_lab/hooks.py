@@ -1,10 +1,12 @@
 """Hooks: the one link from the runtime to metrics, progress bars and widgets.
 
-A subscriber is any object with some of these methods; each takes keyword-only
-arguments and must accept ``**future`` so that new fields never break it::
+A subscriber is any object with some of these methods (or a ``RunHooks``
+subclass, whose defaults do nothing); each takes keyword-only arguments and
+must accept ``**future`` so that new fields never break it::
 
     before_workflow(*, run_id, workflow, runtime, **future)
-    after_workflow(*, run_id, workflow, results, error, duration, runtime, nodes, **future)
+    after_workflow(*, run_id, workflow, results, error, duration, mode, runtime, nodes, **future)
+                                                         # mode: the TransactionMode used ("auto" resolved)
     before_node(*, run_id, node_id, node_type, params, **future)
     after_node(*, run_id, node_id, node_type, result, error, duration, rows,
                queries, sql, **future)                   # always runs; queries/sql: when monitored
@@ -17,11 +19,17 @@ arguments and must accept ``**future`` so that new fields never break it::
     cycle_iteration(*, run_id, nodes, iteration, output, converged, **future)  # after each pass of a cycle
 
 ``after_workflow``'s ``nodes`` lists every node run of the run, in the order they
-ended (failed attempts included), as tuples in NODE_RECORD's order: a subscriber
+ended (failed attempts included), as ``NodeRecord`` named tuples: a subscriber
 that only needs totals (the MetricsCollector) takes them there, in one call per
 run, instead of subscribing to ``after_node``. ``started`` is a
 ``time.perf_counter()`` reading; ``queries`` and ``sql`` are counted only on a
 monitored database (``query_count.py``).
+
+Where subscribers live: a runtime's own (``LocalRuntime(hooks=[...])``), a
+DataFlow's (``db.hooks.subscribe(...)``: every run that touches one of its
+models), and the process-wide ones (``hooks.subscribe``, for global tools). A
+run reaches all three, in that order, through one ``Fanout``. ``subscribe``
+refuses a public method that looks like a misspelled event (``after_nodes``).
 
 Hooks run on the runtime's loop thread, in the order subscribed. They must be
 quick (a widget throttles itself); an exception in a subscriber is logged and
@@ -30,24 +38,143 @@ never breaks a run.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
-from .errors import ValidationError
+from .errors import ValidationError, closest
 
-__all__ = ["EVENTS", "NODE_RECORD", "Hooks", "global_hooks", "subscribe", "subscribe_weakly", "unsubscribe"]
+__all__ = [
+    "EVENTS",
+    "NODE_RECORD",
+    "Fanout",
+    "Hooks",
+    "NodeRecord",
+    "RunHooks",
+    "global_hooks",
+    "subscribe",
+    "subscribe_weakly",
+    "unsubscribe",
+]
 
 log = logging.getLogger("dataflow_lab.hooks")
-
-NODE_RECORD = ("node_id", "node_class", "started", "duration", "rows", "queries", "sql", "error")
 
 EVENTS = (
     "before_workflow", "after_workflow", "before_node", "after_node",
     "transaction", "progress", "retry", "compensation", "anomaly", "node_skipped", "cycle_iteration",
 )  # fmt: skip
+
+
+class NodeRecord(NamedTuple):
+    """One node run, as ``after_workflow`` lists them in ``nodes``."""
+
+    node_id: str
+    node_class: Any  # the generated Node class (its ``type_name``, ``dataflow``, ``model``)
+    started: float  # a time.perf_counter() reading
+    duration: float  # seconds
+    rows: int | None
+    queries: int  # counted on a monitored database only
+    sql: list[str] | None  # the statements' text, when the collector captures SQL
+    error: BaseException | str | None  # a collector keeps only the message
+
+    def with_message(self) -> NodeRecord:
+        """This record with its error as its first line (keeping neither the exception nor its frames)."""
+        if not isinstance(self.error, BaseException):
+            return self
+        text = str(self.error) or type(self.error).__name__
+        return self._replace(error=text.splitlines()[0][:500])
+
+
+NODE_RECORD = NodeRecord._fields
+
+
+class RunHooks:
+    """A base class for subscribers: every event, doing nothing. Override the ones you need.
+
+    Only the overridden methods are called (the runtime skips the work of events nobody wants).
+    """
+
+    def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any, **future: Any) -> None:
+        """A run starts."""
+
+    def after_workflow(
+        self,
+        *,
+        run_id: str,
+        workflow: Any,
+        results: Any,
+        error: BaseException | None,
+        duration: float,
+        mode: str,
+        runtime: Any,
+        nodes: list[NodeRecord],
+        **future: Any,
+    ) -> None:
+        """A run ended (always called); ``mode``: the TransactionMode it used ("auto" resolved)."""
+
+    def before_node(self, *, run_id: str, node_id: str, node_type: str, params: Any, **future: Any) -> None:
+        """A node starts."""
+
+    def after_node(
+        self, *, run_id: str, node_id: str, node_type: str, result: Any, error: BaseException | None,
+        duration: float, rows: int | None, **future: Any,
+    ) -> None:  # fmt: skip
+        """A node ended (always called, failed or not)."""
+
+    def transaction(self, *, run_id: str, dataflow: Any, event: str, **future: Any) -> None:
+        """A transaction began, committed or rolled back."""
+
+    def progress(self, *, run_id: str, node_id: str, done: int, total: int | None, **future: Any) -> None:
+        """A bulk node wrote another chunk."""
+
+    def retry(self, *, run_id: str, node_id: str | None, attempt: int, error: BaseException, delay: float,
+              **future: Any) -> None:  # fmt: skip
+        """A transient failure is retried after ``delay`` seconds."""
+
+    def compensation(
+        self, *, run_id: str, node_id: str, status: str, error: str | None, **future: Any
+    ) -> None:
+        """A saga compensation ran (``status``: "compensated" or "failed")."""
+
+    def anomaly(self, *, run_id: str, node_id: str, anomaly: Any, **future: Any) -> None:
+        """A node ran far off its baseline (monitoring)."""
+
+    def node_skipped(self, *, run_id: str, node_id: str, node_type: str, reason: str, **future: Any) -> None:
+        """A route not taken: the node will not run in this run."""
+
+    def cycle_iteration(self, *, run_id: str, nodes: Any, iteration: int, output: Any, converged: bool,
+                        **future: Any) -> None:  # fmt: skip
+        """A declared cycle finished one pass."""
+
+
+def _handles(subscriber: Any, event: str) -> bool:
+    """Whether ``subscriber`` has its own ``event`` method (a RunHooks default does not count)."""
+    if getattr(type(subscriber), event, None) is getattr(RunHooks, event):
+        return event in getattr(subscriber, "__dict__", {})  # set on the instance, over the default
+    return callable(getattr(subscriber, event, None))
+
+
+def _refuse_misspelled(subscriber: Any) -> None:
+    """Refuse a public method named like an event but not one (``after_nodes``): it would never run."""
+    names = set(dir(type(subscriber))) | set(getattr(subscriber, "__dict__", ()))
+    for name in sorted(names - set(EVENTS)):
+        if name.startswith("_"):
+            continue
+        try:
+            method = inspect.getattr_static(subscriber, name)  # never runs a property
+        except AttributeError:  # pragma: no cover - dir() listed it
+            continue
+        if not callable(method) and not isinstance(method, staticmethod | classmethod):
+            continue
+        match = closest(name, EVENTS)
+        if match is not None:
+            raise ValidationError(
+                f"{subscriber!r} has a method '{name}', which is no hook event. Did you mean '{match}'?",
+                hint=f"rename it (the events are: {', '.join(EVENTS)}), or make it private ('_{name}').",
+            )
 
 
 class Hooks:
@@ -64,7 +191,8 @@ class Hooks:
 
     def subscribe(self, subscriber: Any) -> Any:
         """Add a subscriber (returned, so this works as a decorator for classes' instances)."""
-        if not any(callable(getattr(subscriber, e, None)) for e in EVENTS):
+        _refuse_misspelled(subscriber)
+        if not any(_handles(subscriber, e) for e in EVENTS):
             raise ValidationError(
                 f"{subscriber!r} has none of the hook methods.",
                 hint=f"define one or more of: {', '.join(EVENTS)}.",
@@ -83,12 +211,13 @@ class Hooks:
     def _reindex(self) -> None:
         while True:  # again if a finalizer changed the subscribers meanwhile
             subscribers = self._subscribers
-            by_event = {
-                e: tuple(getattr(s, e) for s in subscribers if callable(getattr(s, e, None))) for e in EVENTS
-            }
+            by_event = {e: tuple(getattr(s, e) for s in subscribers if _handles(s, e)) for e in EVENTS}
             if subscribers is self._subscribers:
                 self._by_event = by_event
                 return
+
+    def __contains__(self, subscriber: Any) -> bool:
+        return any(s is subscriber for s in self._subscribers)
 
     def __bool__(self) -> bool:
         return bool(self._subscribers)
@@ -96,23 +225,22 @@ class Hooks:
     def __len__(self) -> int:
         return len(self._subscribers)
 
+    def __repr__(self) -> str:
+        return f"<Hooks: {len(self._subscribers)} subscriber(s)>"
+
     def wants(self, event: str) -> bool:
         return bool(self._by_event[event])
 
     def emit(self, hook: str, /, **fields: Any) -> None:
         """Call every subscriber's ``hook`` method; log (never raise) their errors."""
-        for method in self._by_event[hook]:
-            try:
-                method(**fields)
-            except Exception:
-                log.exception("hook %s of %r failed", hook, getattr(method, "__self__", method))
+        Fanout(self, process_wide=False).emit(hook, **fields)
 
 
 global_hooks = Hooks()
 
 
 def subscribe(subscriber: Any) -> Any:
-    """Subscribe to every runtime's events."""
+    """Subscribe to every runtime's events, process-wide (a DataFlow's own: ``db.hooks.subscribe``)."""
     return global_hooks.subscribe(subscriber)
 
 
@@ -123,14 +251,14 @@ def unsubscribe(subscriber: Any) -> None:
 class _Weakly:
     """Forwards the hooks ``subscriber`` has to it while it lives; unsubscribes itself when it dies.
 
-    The global hooks live as long as the process: holding a DataFlow's collector strongly there
-    kept every DataFlow (and its pool) alive, closed or not.
+    The global hooks live as long as the process: holding a subscriber strongly there keeps it
+    (and whatever it reaches, e.g. a DataFlow and its pool) alive.
     """
 
     def __init__(self, subscriber: Any, hooks: Hooks):
         self.target = weakref.ref(subscriber, lambda _: hooks.unsubscribe(self))
         for event in EVENTS:
-            if callable(getattr(subscriber, event, None)):
+            if _handles(subscriber, event):
                 setattr(self, event, self._forwarder(event))
 
     def _forwarder(self, event: str) -> Any:
@@ -153,22 +281,27 @@ def subscribe_weakly(subscriber: Any) -> Any:
     return global_hooks.subscribe(_Weakly(subscriber, global_hooks))
 
 
-class _Fanout:
-    """The runtime's own hooks followed by the global ones."""
+class Fanout:
+    """The hooks one run reaches: ``hooks`` in order (the runtime's own, then those of the DataFlows
+    it touches), then the process-wide ones. Each ``Hooks`` is called once, however often given."""
 
-    __slots__ = ("local",)
+    __slots__ = ("hooks",)
 
-    def __init__(self, local: Hooks):
-        self.local = local
+    def __init__(self, *hooks: Hooks | None, process_wide: bool = True):
+        chosen = [h for h in hooks if h is not None]
+        if process_wide:
+            chosen.append(global_hooks)
+        self.hooks: tuple[Hooks, ...] = tuple({id(h): h for h in chosen}.values())
 
     def wants(self, event: str) -> bool:
-        return bool(self.local._by_event[event] or global_hooks._by_event[event])
+        return any(h._by_event[event] for h in self.hooks)
 
     def emit(self, hook: str, /, **fields: Any) -> None:
-        # one loop over both lists, calling each method directly: this runs several times per
-        # node whenever monitoring is on, so it avoids re-packing the fields per Hooks object
-        for method in self.local._by_event[hook] + global_hooks._by_event[hook]:
-            try:
-                method(**fields)
-            except Exception:
-                log.exception("hook %s of %r failed", hook, getattr(method, "__self__", method))
+        # calls each method directly: this runs several times per node whenever monitoring is on,
+        # so it avoids re-packing the fields per Hooks object
+        for hooks in self.hooks:
+            for method in hooks._by_event[hook]:
+                try:
+                    method(**fields)
+                except Exception:
+                    log.exception("hook %s of %r failed", hook, getattr(method, "__self__", method))

@@ -34,7 +34,8 @@ def pool_health(
     """
     probe = status.get("health_status")
     active = int(status.get("checked_out") or 0)
-    size = status["size"] if isinstance(status.get("size"), int) else 1
+    given = status.get("size")
+    size = given if isinstance(given, int) else 1
     queue = "QueuePool" in str(status.get("pool") or "")
     capacity = max(1, size + (max(0, max_overflow) if queue else 0))
     waiting = int(status.get("waiting") or 0)
@@ -236,12 +237,12 @@ def _pool_families(db: str, pool: dict[str, Any], gauge: Any, counter: Any) -> I
 
 def prometheus_registry(collector: MetricsCollector) -> Any:
     """A prometheus_client CollectorRegistry holding this collector's figures (made once, then reused)."""
-    registry = getattr(collector, "_prometheus_registry", None)
+    registry = collector.prometheus_registry
     if registry is None:
         prometheus_client = _prometheus()
         registry = prometheus_client.CollectorRegistry(auto_describe=False)
         registry.register(_Families(collector))
-        collector._prometheus_registry = registry
+        collector.prometheus_registry = registry
     return registry
 
 

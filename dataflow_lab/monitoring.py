@@ -2,7 +2,8 @@
 
 Every DataFlow whose ``monitoring`` setting is on (the testing and production
 presets; pass ``monitoring=True`` in development) gets one collector,
-subscribed to the global hooks, that keeps:
+subscribed to that DataFlow's own hooks (``db.hooks``: the runs that touch its
+models), that keeps:
 
 - per node run: duration, rows, queries, the SQL text (in development), the
   error and the retries (``metrics_frame()`` shows the recent ones);
@@ -12,7 +13,7 @@ subscribed to the global hooks, that keeps:
   (``anomaly.py``), whose alerts go to the log and to the ``anomaly`` hook.
 
 Queries are counted by the database's own connections while monitoring is on
-(``query_count.py``); the runtime reports each node's count in its record (``hooks.NODE_RECORD``).
+(``query_count.py``); the runtime reports each node's count in its record (``hooks.NodeRecord``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import hooks
 from .anomaly import Anomaly, AnomalyDetector
+from .hooks import Fanout, NodeRecord
 from .monitoring_views import CollectorViews, NodeRun, WorkflowRun
 from .transaction_monitor import TransactionMonitor
 
@@ -53,9 +54,10 @@ class _TypeStats:
 
 
 class MetricsCollector(CollectorViews):
-    """Subscribe it to hooks (``db`` does this itself when monitoring is on).
+    """Subscribe it to hooks (``db`` does this itself, to ``db.hooks``, when monitoring is on).
 
-    ``dataflow``: count only that database's nodes and workflows (None: every run).
+    ``dataflow``: count only that database's nodes (subscribe it to that DataFlow's hooks, which
+    see only the runs that touch it). None: every run of the hooks it is subscribed to.
     """
 
     _subscription: Any  # what attach() subscribed (hooks.subscribe_weakly)
@@ -84,8 +86,8 @@ class MetricsCollector(CollectorViews):
         self._keep = keep
         # retries and compensations reported during a run, kept until its after_workflow says whose it is
         self._pending: dict[str, dict[str, Any]] = {}
-        self._touches: dict[int, tuple[Any, bool]] = {}  # id(workflow) -> (weakref, has a node of ours)
         self.servers: list[Any] = []  # /metrics endpoints serving this collector (stopped at detach)
+        self.prometheus_registry: Any = None  # made by metrics_export at the first scrape, then reused
         self.reset()
 
     def reset(self) -> None:
@@ -103,7 +105,8 @@ class MetricsCollector(CollectorViews):
             self.retries = 0
             self.compensations: dict[str, int] = {}
             self._last_pool = 0.0
-            self._failures_seen, self._failure_at = 0, None
+            self._failures_seen = 0
+            self._failure_at: float | None = None
             self.detector.reset()
             self.transactions.close()
             self.transactions = TransactionMonitor(
@@ -119,22 +122,6 @@ class MetricsCollector(CollectorViews):
         return self._dataflow() if self._dataflow is not None else None
 
     # -- hooks ---------------------------------------------------------------------
-    def _ours(self, workflow: Any) -> bool:
-        """Whether ``workflow`` has a node of our database (always, for a standalone collector)."""
-        if self._dataflow is None:
-            return True
-        if workflow is None:
-            return False
-        cached = self._touches.get(id(workflow))
-        if cached is not None and cached[0]() is workflow:
-            return cached[1]
-        mine = self._dataflow()
-        touches = any(spec.node_class.dataflow is mine for spec in workflow.nodes.values())
-        if len(self._touches) > 1000:
-            self._touches.clear()
-        self._touches[id(workflow)] = (weakref.ref(workflow), touches)
-        return touches
-
     def after_workflow(
         self,
         *,
@@ -143,13 +130,11 @@ class MetricsCollector(CollectorViews):
         duration: float,
         workflow: Any = None,
         runtime: Any = None,
-        nodes: list[tuple] | None = None,
+        nodes: list[NodeRecord] | None = None,
         **future: Any,
     ) -> None:
-        """Everything about a run arrives here, once: its node records (``hooks.NODE_RECORD``) and outcome."""
+        """Everything about a run arrives here, once: its node records (``hooks.NodeRecord``) and outcome."""
         pending = self._pending.pop(run_id, None) if self._pending else None
-        if not self._ours(workflow):
-            return
         retries = pending["retries"] if pending else None
         mine = self._dataflow() if self._dataflow is not None else None
         now = time.time()
@@ -158,7 +143,7 @@ class MetricsCollector(CollectorViews):
         nodes = nodes or []
         foreign = failed = False
         for record in nodes:
-            node_id, cls, _, seconds, rows, queries, _, failure = record
+            cls, rows, queries = record.node_class, record.rows, record.queries
             owner = cls.dataflow
             if owner is not mine and owner is not None and mine is not None:
                 foreign = True
@@ -167,7 +152,7 @@ class MetricsCollector(CollectorViews):
             stats = by_type.get(type_name)
             if stats is None:
                 stats = by_type[type_name] = _TypeStats(cls)
-            duration_ms = seconds * 1000.0
+            duration_ms = record.duration * 1000.0
             run_nodes += 1
             run_queries += queries
             stats.count += 1
@@ -176,24 +161,26 @@ class MetricsCollector(CollectorViews):
             if rows:
                 run_rows += rows
                 stats.rows += rows
-            if failure is not None:
+            if record.error is not None:
                 failed = True
                 stats.errors += 1
-                self.transactions.error(run_id, node_id, failure)
+                self.transactions.error(run_id, record.node_id, record.error)
                 continue  # a failed run's duration says nothing about speed
-            anomaly = detector.observe(type_name, duration_ms, node_id, run_id, stats.model is not None)
+            anomaly = detector.observe(
+                type_name, duration_ms, record.node_id, run_id, stats.model is not None
+            )
             if anomaly is not None:
                 self._alert(anomaly, runtime)
         kept = nodes  # the runtime's own list, kept as it is unless a record must change
         if foreign:
-            kept = [r for r in kept if r[1].dataflow is None or r[1].dataflow is mine]
+            kept = [r for r in kept if r.node_class.dataflow is None or r.node_class.dataflow is mine]
         if failed:  # keep the message, never the exception and the frames it holds
-            kept = [(*r[:7], _first_line(r[7])) if r[7] is not None else r for r in kept]
+            kept = [r.with_message() if r.error is not None else r for r in kept]
         retried = 0
         if retries:
             for node_id, count in retries.items():  # a node's retries belong to its last run
                 retried += count
-                cls = next((r[1] for r in reversed(kept) if r[0] == node_id), None)
+                cls = next((r.node_class for r in reversed(kept) if r.node_id == node_id), None)
                 if cls is not None:
                     by_type[cls.type_name].retries += count
         # Hooks run on the runtime's one loop thread, so writers never race each other; readers
@@ -204,16 +191,15 @@ class MetricsCollector(CollectorViews):
                 self.retries += retried
                 for status, count in pending["compensations"].items():
                     self.compensations[status] = self.compensations.get(status, 0) + count
-        if self.transactions.deadlocked_runs:
-            self.transactions.workflow_ended(run_id)
+        self.transactions.workflow_ended(run_id)
         duration_ms = duration * 1000.0
         name = workflow.name if workflow is not None else ""
-        record = (
+        run = (
             run_id, name, getattr(runtime, "user", None), now - duration, duration_ms,
             None if error is None else _first_line(error), run_nodes, run_queries, run_rows, retried,
         )  # fmt: skip
         day = int(now // 86400)
-        self._workflow_log.append(record)  # the loop thread is the only writer
+        self._workflow_log.append(run)  # the loop thread is the only writer
         totals = self.workflows
         totals["total"] += 1
         totals["successful" if error is None else "failed"] += 1
@@ -257,8 +243,9 @@ class MetricsCollector(CollectorViews):
             anomaly.node_type, anomaly.node_id, anomaly.current_response_time_ms,
             anomaly.baseline_response_time_ms, anomaly.deviation, anomaly.recommended_action,
         )  # fmt: skip
-        emit = getattr(runtime, "_emit", None)  # the runtime's own hooks, then the global ones
-        if emit is not None and emit.wants("anomaly"):
+        db = self.dataflow  # the runtime's own hooks, our database's, then the process-wide ones
+        emit = Fanout(getattr(runtime, "hooks", None), db.hooks if db is not None else None)
+        if emit.wants("anomaly"):
             emit.emit("anomaly", anomaly=anomaly, **anomaly.as_dict())  # as_dict names run_id and node_id
 
     def snapshot_pool(self) -> dict[str, Any]:
@@ -271,7 +258,7 @@ class MetricsCollector(CollectorViews):
         return status
 
 
-def _first_line(error: BaseException | None) -> str | None:
+def _first_line(error: BaseException | str | None) -> str | None:
     if error is None:
         return None
     text = str(error) or type(error).__name__
@@ -280,17 +267,15 @@ def _first_line(error: BaseException | None) -> str | None:
 
 # -- wiring to a DataFlow ---------------------------------------------------------------
 def attach(dataflow: DataFlow) -> MetricsCollector:
-    """Give ``dataflow`` a collector: subscribed to the global hooks, counting its connections' queries."""
-
+    """Give ``dataflow`` a collector: subscribed to its hooks, counting its connections' queries."""
     collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
-    # weakly: the collector's logs reach the DataFlow (node classes), and the global hooks live forever
-    collector._subscription = hooks.subscribe_weakly(collector)
+    dataflow.hooks.subscribe(collector)  # the DataFlow holds it: it lives and goes with the DataFlow
     dataflow.database.dialect.observe = 2 if collector.capture_sql else 1
     return collector
 
 
 def detach(dataflow: DataFlow, collector: MetricsCollector) -> None:
-    hooks.unsubscribe(getattr(collector, "_subscription", collector))
+    dataflow.hooks.unsubscribe(collector)
     for server in collector.servers:
         server.close()
     collector.servers.clear()

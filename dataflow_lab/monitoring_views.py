@@ -19,6 +19,7 @@ from .errors import DataFlowError
 if TYPE_CHECKING:  # pragma: no cover
     from .anomaly import Anomaly
     from .dataflow import DataFlow
+    from .hooks import NodeRecord
     from .transaction_monitor import TransactionMonitor
 
 __all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]
@@ -68,7 +69,7 @@ class CollectorViews:
     # What MetricsCollector (monitoring.py) holds and these methods read.
     lock: threading.Lock
     _keep: int
-    _node_log: deque[tuple]
+    _node_log: deque[tuple[str, float, list[NodeRecord], dict[str, int] | None]]
     _workflow_log: deque[tuple]
     _failures_seen: int
     _failure_at: float | None
@@ -92,24 +93,24 @@ class CollectorViews:
             by_type = dict(self.by_type)
         runs: list[NodeRun] = []
         for run_id, wall_offset, records, retries in log:
-            last = {r[0]: i for i, r in enumerate(records)} if retries else {}
-            for i, (node_id, cls, started, seconds, rows, queries, sql, error) in enumerate(records):
-                stats = by_type.get(cls.type_name)
+            last = {r.node_id: i for i, r in enumerate(records)} if retries else {}
+            for i, record in enumerate(records):
+                stats = by_type.get(record.node_class.type_name)
                 runs.append(
                     NodeRun(
                         run_id,
-                        node_id,
-                        cls.type_name,
+                        record.node_id,
+                        record.node_class.type_name,
                         stats.model if stats is not None else None,
                         stats.operation if stats is not None else "",
-                        dt.datetime.fromtimestamp(started + wall_offset, dt.UTC),
-                        seconds * 1000.0,
-                        rows,
-                        queries,
-                        "success" if error is None else "error",
-                        error,
-                        retries.get(node_id, 0) if retries and last.get(node_id) == i else 0,
-                        tuple(s.strip() for s in sql or ()),
+                        dt.datetime.fromtimestamp(record.started + wall_offset, dt.UTC),
+                        record.duration * 1000.0,
+                        record.rows,
+                        record.queries,
+                        "success" if record.error is None else "error",
+                        None if record.error is None else str(record.error),  # a message, in the log
+                        retries.get(record.node_id, 0) if retries and last.get(record.node_id) == i else 0,
+                        tuple(s.strip() for s in record.sql or ()),
                     )
                 )
         return runs[-self._keep :]

@@ -1,17 +1,23 @@
 """LocalRuntime and AsyncLocalRuntime: run a Workflow, in one transaction by default.
 
 Every run happens on the background loop (``_loop``), nodes in topological
-order. The ``transaction`` mode decides what a failure undoes:
+order. The ``transaction`` mode (a ``TransactionMode``) decides what a failure
+undoes; each mode is a strategy object in ``modes.py``:
 
 - ``"workflow"`` (default): all writes of a run to a database share one
   transaction; any failure rolls all of them back.
 - ``"node"``: each node commits on its own; a failure keeps earlier nodes.
-- ``"saga"``: each node commits on its own, and a failure runs the
-  compensations of the committed nodes in reverse order (see ``saga.py``).
+- ``"saga"``: each node commits on its own, and a failure (or a cancellation)
+  runs the compensations of the committed nodes in reverse order (``saga.py``).
 - ``"2pc"``: one transaction per database, committed with two-phase commit
   across PostgreSQL databases (see ``transactions.py``).
 - ``"auto"``: one database -> "workflow"; several PostgreSQL databases that
   allow prepared transactions -> "2pc"; otherwise "saga".
+
+A run is a ``Run``: the runtime's settings, the hooks it reaches (the
+runtime's, those of every DataFlow it touches, the process-wide ones) and the
+node records for ``after_workflow``. The strategies, ``saga.py`` and the Dask
+workers (``_remote.py``) drive a run through its package-internal methods.
 
 Transient failures (lost connections, timeouts, deadlocks, serialization
 failures) are retried per ``RetryPolicy``: the whole run in "workflow" and
@@ -30,36 +36,38 @@ from typing import TYPE_CHECKING, Any
 
 from . import _loop
 from .access import prepare_run
-from .errors import NodeExecutionError, ValidationError, did_you_mean, refuse_unknown_options
-from .hooks import Hooks, _Fanout
+from .errors import NodeExecutionError, ValidationError, refuse_unknown_options
+from .hooks import Fanout, Hooks, NodeRecord
+from .modes import Strategy, TransactionMode
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
-from .scheduler import Walk, node_ended, node_params, rows_of
+from .scheduler import RunNode, Walk, node_ended, node_params, rows_of
 from .transactions import ACTIVE_SCOPE, Scope, check_isolation
 from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dataflow import DataFlow
 
-__all__ = ["AsyncLocalRuntime", "LocalRuntime", "rows_of"]
+__all__ = ["AsyncLocalRuntime", "LocalRuntime", "Run", "TransactionMode", "rows_of"]
 
 log = logging.getLogger("dataflow_lab.runtime")
-TRANSACTION_MODES = ("workflow", "node", "saga", "2pc", "auto")
+TRANSACTION_MODES = tuple(m.value for m in TransactionMode)  # the names, for a CLI's choices
 _ONCE = RetryPolicy(attempts=1)
+_NESTED = TransactionMode.WORKFLOW.strategy  # a run inside an open transaction scope joins it
 
 
 class LocalRuntime:
     """Runs workflows. ``execute`` blocks; ``execute_async`` awaits. Both return (results, run_id).
 
-    ``transaction``: "workflow" (default), "node", "saga", "2pc" or "auto".
-    ``retry``: a RetryPolicy, a number of attempts, or False. ``isolation``: e.g.
+    ``transaction``: a ``TransactionMode`` or its name: "workflow" (default), "node", "saga",
+    "2pc" or "auto". ``retry``: a RetryPolicy, a number of attempts, or False. ``isolation``: e.g.
     "serializable". ``hooks``: subscribers (see ``hooks.py``).
     """
 
     def __init__(
         self,
         *,
-        transaction: str = "workflow",
+        transaction: TransactionMode | str = TransactionMode.WORKFLOW,
         hooks: Any = (),
         retry: Any = None,
         isolation: str | None = None,
@@ -68,23 +76,16 @@ class LocalRuntime:
     ):
         refuse_unknown_options(type(self).__name__, unknown, keyword_options(type(self)))
         self.user = user  # who the runs act for: a name (the audit log's "who") or an access.User
-        if transaction not in TRANSACTION_MODES:
-            raise ValidationError(
-                f"Unknown transaction mode '{transaction}'.{did_you_mean(transaction, TRANSACTION_MODES)}",
-                hint="use 'workflow' (one transaction per run, the default), 'node', 'saga', '2pc' or 'auto'.",
-            )
-        self.transaction = transaction
+        self.transaction = TransactionMode.of(transaction, owner=type(self).__name__)
+        self.strategy: Strategy = self.transaction.strategy
         self.retry = RetryPolicy.of(retry)
         self.isolation = check_isolation(isolation)
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
-        self._emit = _Fanout(self.hooks)
-        # run_id -> the run's node records, kept while someone wants after_workflow (its ``nodes``)
-        self._records: dict[str, list[tuple] | None] = {}
 
     max_concurrency = 1  # nodes at once in "node"/"saga" mode (AsyncLocalRuntime runs branches concurrently)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(transaction={self.transaction!r})"
+        return f"{type(self).__name__}(transaction={str(self.transaction)!r})"
 
     def execute(
         self,
@@ -100,7 +101,6 @@ class LocalRuntime:
         tenant of multi_tenant models instead of ``with db.tenant(...)``. See ``access.py``.
         """
         workflow, parameters = self._prepare(workflow, parameters)
-
         user = self.user if user is None else user
         return _loop.run(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
 
@@ -112,71 +112,124 @@ class LocalRuntime:
         user: Any = None,
         tenant: str | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """The async form of ``execute``; safe from any event loop, Jupyter's included."""
-        workflow, parameters = self._prepare(workflow, parameters)
+        """The async form of ``execute``; safe from any event loop, Jupyter's included.
 
+        Cancelling it (``asyncio.wait_for``, a task's ``cancel()``) cancels the run, which rolls
+        back or, in saga mode, compensates, before the cancellation reaches the caller.
+        """
+        workflow, parameters = self._prepare(workflow, parameters)
         user = self.user if user is None else user
         return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
         return prepare(workflow, parameters)
 
-    # -- a run ---------------------------------------------------------------
     async def _execute(
         self, workflow: Workflow, overrides: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any], str]:
-        parent = ACTIVE_SCOPE.get()
-        run_id = str(uuid.uuid4())
-        emit, started = self._emit, time.perf_counter()
-        results = RunResults()
-        error: BaseException | None = None
+        run = self.open_run(workflow, overrides)
+        return await run.execute(ACTIVE_SCOPE.get()), run.run_id
+
+    # -- package-internal ------------------------------------------------------------
+    def open_run(
+        self,
+        workflow: Workflow | None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        *,
+        run_id: str | None = None,
+        results: dict[str, Any] | None = None,
+    ) -> Run:
+        """Package-internal: a run of ``workflow`` on this runtime, not started.
+
+        ``execute`` runs it whole; a Dask worker (``_remote.py``) runs one node of it with
+        ``node_in_own_transaction``, or its compensations with ``compensate``.
+        """
+        return Run(self, workflow, overrides, run_id=run_id, results=results)
+
+
+class Run:
+    """Package-internal: one run of a workflow on a LocalRuntime.
+
+    It holds what every node of the run shares: the run id, the results so far, the hooks the run
+    reaches (``emit``: the runtime's, those of the DataFlows it touches, the process-wide ones)
+    and the node records for ``after_workflow``. The strategies of ``modes.py`` run it with
+    ``scope``, ``walk``, ``node_in`` and ``node_alone``; ``saga.compensate_steps`` uses ``emit``,
+    ``retry`` and ``should_retry``.
+    """
+
+    def __init__(
+        self,
+        runtime: LocalRuntime,
+        workflow: Workflow | None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        *,
+        run_id: str | None = None,
+        results: dict[str, Any] | None = None,
+    ):
+        self.runtime, self.workflow, self.overrides = runtime, workflow, overrides or {}
+        self.run_id = run_id or str(uuid.uuid4())
+        self.results: dict[str, Any] = RunResults() if results is None else results
+        self.retry, self.isolation = runtime.retry, runtime.isolation
+        self.concurrency = runtime.max_concurrency
+        dataflows = workflow.dataflows() if workflow is not None else ()
+        self.emit = Fanout(runtime.hooks, *(db.hooks for db in dataflows))
+        self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} on {self.runtime!r}>"
+
+    async def execute(self, parent: Scope | None) -> RunResults:
+        """The whole run, retried whole when its mode allows; reported to the hooks."""
+        workflow, emit, started = self.workflow, self.emit, time.perf_counter()
+        assert workflow is not None and isinstance(self.results, RunResults)
+        strategy, error = self.runtime.strategy, None
         if emit.wants("before_workflow"):
-            emit.emit("before_workflow", run_id=run_id, workflow=workflow, runtime=self)
-        records = self._records[run_id] = [] if emit.wants("after_workflow") else None
+            emit.emit("before_workflow", run_id=self.run_id, workflow=workflow, runtime=self.runtime)
+        self.records = [] if emit.wants("after_workflow") else None
         try:
             for dataflow, table in workflow.models():
                 await dataflow.database.ensure_table(table, parent)
-            mode = "workflow" if parent is not None else await self._resolve_mode(workflow)
-            whole_run = mode in ("workflow", "2pc") and parent is None
+            strategy = _NESTED if parent is not None else await strategy.resolve(workflow)
+            whole_run = strategy.retries_whole_run and parent is None
             for attempt in range(1, (self.retry if whole_run else _ONCE).attempts + 1):
-                results.clear()
+                self.results.clear()
                 try:
-                    await self._attempt(workflow, overrides, mode, parent, run_id, results)
-                    return results, run_id
+                    await strategy.run(self, parent)
+                    return self.results
                 except Exception as exc:
-                    if not whole_run or not await self._should_retry(exc, attempt, run_id):
+                    if not whole_run or not await self.should_retry(exc, attempt, self.run_id):
                         raise
         except BaseException as exc:
             error = exc
             raise
         finally:
-            if records is not None:
-                del self._records[run_id]
+            if self.records is not None:
                 emit.emit(
                     "after_workflow",
-                    run_id=run_id,
+                    run_id=self.run_id,
                     workflow=workflow,
-                    results=results,
+                    results=self.results,
                     error=error,
                     duration=time.perf_counter() - started,
-                    mode=self.transaction,
-                    runtime=self,
-                    nodes=records,
+                    mode=strategy.mode,  # "auto" resolved (until it could be, "auto")
+                    runtime=self.runtime,
+                    nodes=self.records,
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _should_retry(
-        self, exc: BaseException, attempt: int, run_id: str, node_id: str | None = None
+    async def should_retry(
+        self, exc: BaseException, attempt: int, run_id: str | None = None, node_id: str | None = None
     ) -> bool:
+        """Whether ``exc`` is transient and attempts are left; if so, report it and wait the delay."""
         reason = retry_reason(exc)
         if reason is None or attempt >= self.retry.attempts:
             return False
         delay = self.retry.delay(attempt)
         log.info("retrying %s after %s (attempt %d): %s", node_id or "the run", reason, attempt, exc)
-        if self._emit.wants("retry"):
-            self._emit.emit(
+        if self.emit.wants("retry"):
+            self.emit.emit(
                 "retry",
-                run_id=run_id,
+                run_id=run_id or self.run_id,
                 node_id=node_id or getattr(exc, "node_id", None),
                 attempt=attempt,
                 error=exc,
@@ -186,96 +239,53 @@ class LocalRuntime:
         await asyncio.sleep(delay)
         return True
 
-    async def _attempt(
-        self,
-        workflow: Workflow,
-        overrides: dict[str, dict[str, Any]],
-        mode: str,
-        parent: Scope | None,
-        run_id: str,
-        results: RunResults,
-    ) -> None:
-        if mode in ("node", "saga"):
-            await self._node_by_node(workflow, overrides, mode, run_id, results)
-            return
-        scope = Scope(run_id, self._emit, parent=parent, isolation=self.isolation)
-        scope.eager = {id(db) for db in _written_dataflows(workflow)}
-        token = ACTIVE_SCOPE.set(scope)
+    # -- for the strategies ------------------------------------------------------------
+    def scope(self, parent: Scope | None = None) -> Scope:
+        """A transaction scope of this run (nested in ``parent``'s when given)."""
+        return Scope(self.run_id, self.emit, parent=parent, isolation=self.isolation)
 
-        def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
-            return self._run_node(
-                scope, workflow, node_id, results, overrides.get(node_id), incoming=incoming
-            )
+    def written_dataflows(self) -> list[DataFlow]:
+        assert self.workflow is not None
+        return _written_dataflows(self.workflow)
 
-        try:
-            # one connection per database is shared by every node: they run one after another
-            await Walk(workflow, results, run_node, emit=self._emit, run_id=run_id).run()
-            await scope.commit(two_phase=mode == "2pc")
-        except BaseException:
-            await scope.rollback()
-            raise
-        finally:
-            ACTIVE_SCOPE.reset(token)
-
-    async def _node_by_node(
-        self,
-        workflow: Workflow,
-        overrides: dict[str, dict[str, Any]],
-        mode: str,
-        run_id: str,
-        results: RunResults,
-    ) -> None:
-        """Each node in its own transaction (retried alone); in saga mode, undo on failure."""
-        steps: list = []  # saga.SagaStep, in the order they committed
-        recorder = steps if mode == "saga" else None
-
-        def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
-            return self._in_own_transaction(
-                workflow, node_id, results, overrides.get(node_id), incoming, run_id, recorder
-            )
-
+    async def walk(self, run_node: RunNode, *, concurrency: int = 1) -> None:
+        """Walk the workflow's steps, running each node with ``run_node``."""
+        assert self.workflow is not None and isinstance(self.results, RunResults)
         walk = Walk(
-            workflow, results, run_node, emit=self._emit, run_id=run_id, concurrency=self.max_concurrency
+            self.workflow, self.results, run_node, emit=self.emit, run_id=self.run_id, concurrency=concurrency
         )
-        if mode != "saga":
-            await walk.run()
-            return
-        from . import saga_log
+        await walk.run()
 
-        saga_log.IN_FLIGHT.add(run_id)  # its log entries are not owed compensations while it runs
-        try:
-            await walk.run()
-        except Exception as exc:
-            setattr(exc, "compensations", await self._compensate(steps, run_id))  # noqa: B010 - any exception
-            raise
-        else:
-            await saga_log.forget_run(run_id, steps)
-        finally:
-            saga_log.IN_FLIGHT.discard(run_id)
+    def node_in(self, scope: Scope) -> RunNode:
+        """Run each node in ``scope``, the one transaction the whole run shares."""
 
-    async def _in_own_transaction(
-        self,
-        workflow: Workflow,
-        node_id: str,
-        results: dict[str, Any],
-        override: dict[str, Any] | None,
-        incoming: tuple[Connection, ...],
-        run_id: str,
-        saga_steps: list | None,
+        def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
+            return self.run_node(scope, node_id, incoming=incoming)
+
+        return run_node
+
+    def node_alone(self, saga_steps: list | None) -> RunNode:
+        """Run each node in its own transaction; record saga steps in ``saga_steps`` when given."""
+
+        def run_node(node_id: str, incoming: tuple[Connection, ...]) -> Any:
+            return self.node_in_own_transaction(node_id, incoming, saga_steps)
+
+        return run_node
+
+    async def node_in_own_transaction(
+        self, node_id: str, incoming: tuple[Connection, ...], saga_steps: list | None
     ) -> Any:
         """Run one node in its own transaction, retrying it alone on transient failures."""
         for attempt in range(1, self.retry.attempts + 1):
-            scope = Scope(run_id, self._emit, isolation=self.isolation)
+            scope = self.scope()
             token = ACTIVE_SCOPE.set(scope)
             try:
-                result = await self._run_node(
-                    scope, workflow, node_id, results, override, incoming=incoming, saga_steps=saga_steps
-                )
+                result = await self.run_node(scope, node_id, incoming=incoming, saga_steps=saga_steps)
                 await scope.commit()
                 return result
             except Exception as exc:
                 await scope.rollback()
-                if await self._should_retry(exc, attempt, run_id, node_id):
+                if await self.should_retry(exc, attempt, self.run_id, node_id):
                     continue
                 raise
             except BaseException:
@@ -285,38 +295,26 @@ class LocalRuntime:
                 ACTIVE_SCOPE.reset(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _compensate(self, steps: list, run_id: str) -> list[dict[str, Any]]:
+    async def compensate(self, steps: list) -> list[dict[str, Any]]:
         """Run compensations newest first, each in its own (retried) transaction; record each."""
-        from . import saga
+        from . import saga  # it needs SQLAlchemy, which `import dataflow_lab` must not load
 
-        return await saga.compensate_steps(self, steps, run_id)
-
-    async def _resolve_mode(self, workflow: Workflow) -> str:
-        if self.transaction != "auto":
-            return self.transaction
-        dataflows = workflow.dataflows()
-        if len(dataflows) <= 1:
-            return "workflow"
-        if all(db.database.dialect.supports_two_phase for db in dataflows):
-            if all([await db.database.allows_two_phase() for db in dataflows]):
-                return "2pc"
-        return "saga"
+        return await saga.compensate_steps(self, steps, self.run_id)
 
     # -- a node --------------------------------------------------------------
-    async def _run_node(
+    async def run_node(
         self,
         scope: Scope,
-        workflow: Workflow,
         node_id: str,
-        results: dict[str, Any],
-        override: dict[str, Any] | None,
         *,
         incoming: tuple[Connection, ...] = (),
         saga_steps: list | None = None,
     ) -> Any:
-        spec = workflow.nodes[node_id]
+        """Run one node in ``scope``, between its before_node and after_node (and its record)."""
+        assert self.workflow is not None
+        spec = self.workflow.nodes[node_id]
         cls = spec.node_class
-        emit = self._emit
+        emit = self.emit
         scope.node_id = node_id
         scope.queries, scope.sql = 0, None
         if emit.wants("before_node"):
@@ -332,17 +330,16 @@ class LocalRuntime:
         result: Any = None
         error: BaseException | None = None
         try:
-            result = await self._call_node(scope, spec, incoming, results, override, saga_steps)
+            result = await self._call_node(scope, spec, incoming, saga_steps)
             return result
         except BaseException as exc:
             error = exc
             raise
         finally:
-            records = self._records.get(scope.run_id)
-            if records is not None or emit.wants("after_node"):  # nobody listening: no call at all
+            if self.records is not None or emit.wants("after_node"):  # nobody listening: no call at all
                 node_ended(
                     emit,
-                    records,
+                    self.records,
                     run_id=scope.run_id,
                     node_id=node_id,
                     node_class=cls,
@@ -355,17 +352,11 @@ class LocalRuntime:
                 )
 
     async def _call_node(
-        self,
-        scope: Scope,
-        spec: NodeSpec,
-        incoming: tuple[Connection, ...],
-        results: dict[str, Any],
-        override: dict[str, Any] | None,
-        saga_steps: list | None,
+        self, scope: Scope, spec: NodeSpec, incoming: tuple[Connection, ...], saga_steps: list | None
     ) -> Any:
         node_id, cls = spec.node_id, spec.node_class
         try:
-            node = cls(node_id, node_params(spec, incoming, results, override))
+            node = cls(node_id, node_params(spec, incoming, self.results, self.overrides.get(node_id)))
             scope.writing = cls.writes
             if saga_steps is None and cls.writes:  # a nested scope without SAVEPOINT keeps an undo log
                 saga_steps = await scope.undo_log(cls.dataflow)
@@ -405,9 +396,7 @@ class AsyncLocalRuntime(LocalRuntime):
         self.max_concurrency = max_concurrency
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(transaction={self.transaction!r}, max_concurrency={self.max_concurrency})"
-        )
+        return f"{type(self).__name__}(transaction={str(self.transaction)!r}, max_concurrency={self.max_concurrency})"
 
 
 def keyword_options(cls: type) -> set[str]:

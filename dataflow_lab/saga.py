@@ -80,11 +80,12 @@ async def compensate(saga_step: SagaStep, conn: Any) -> None:
 async def compensate_steps(runtime: Any, steps: list[SagaStep], run_id: str) -> list[dict[str, Any]]:
     """Undo ``steps`` newest first, each in its own transaction retried per ``runtime.retry``.
 
+    ``runtime``: the run (``runtime.Run``): its ``emit``, ``retry`` and ``should_retry``.
     Returns a record per step. It holds no state of the run that failed (each step gets
     a fresh scope and connection), so it may run as its own task, e.g. under
     ``asyncio.shield`` while the run is being cancelled.
     """
-    emit = runtime._emit
+    emit = runtime.emit
     record = []
     for saga_step in reversed(list(steps)):
         entry = await _compensate_one(runtime, emit, saga_step, run_id)
@@ -110,7 +111,7 @@ async def _compensate_one(runtime: Any, emit: Any, saga_step: SagaStep, run_id: 
             return entry
         except Exception as exc:
             await scope.rollback()
-            if await runtime._should_retry(exc, attempt, run_id, saga_step.node_id):
+            if await runtime.should_retry(exc, attempt, run_id, saga_step.node_id):
                 continue
             entry.update(status="failed", error=str(exc))
             if dataflow is not None:

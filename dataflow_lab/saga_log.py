@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "SAGA_LOG_TABLE",
     "ResumedCompensation",
+    "begin_run",
+    "end_run",
     "ensure_log",
     "forget_run",
     "log_step",
@@ -53,6 +55,16 @@ SAGA_LOG_TABLE = "dataflow_lab_saga_log"
 IN_FLIGHT: set[str] = set()  # saga runs of this process that have not ended: never resumed here
 _FINISHED: set[str] = set()  # runs that succeeded but whose entries could not be deleted (server down)
 _seq = itertools.count(1)
+
+
+def begin_run(run_id: str) -> None:
+    """A saga run of this process starts: its entries are not owed compensations while it runs."""
+    IN_FLIGHT.add(run_id)
+
+
+def end_run(run_id: str) -> None:
+    """The saga run ended (committed, or compensated as far as it could be)."""
+    IN_FLIGHT.discard(run_id)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from .cycles import Cycle
 from .errors import CycleNotConvergedError, DataFlowError
+from .hooks import NodeRecord
 from .routing import RunResults, Skipped, live_connections, routers
 from .workflow import Connection, NodeSpec, Workflow
 
@@ -191,7 +192,7 @@ def node_params(
 
 def node_ended(
     emit: Any,
-    records: list[tuple] | None,
+    records: list[NodeRecord] | None,
     *,
     run_id: str,
     node_id: str,
@@ -206,7 +207,7 @@ def node_ended(
     """Report a node's end: its record for after_workflow (``hooks.NODE_RECORD``) and ``after_node``."""
     rows = rows_of(result)
     if records is not None:
-        records.append((node_id, node_class, started, duration, rows, queries, sql, error))
+        records.append(NodeRecord(node_id, node_class, started, duration, rows, queries, sql, error))
     if emit.wants("after_node"):
         emit.emit(
             "after_node",

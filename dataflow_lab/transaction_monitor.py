@@ -18,6 +18,7 @@ victim's transaction was then rolled back cleanly or the node was retried.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import logging
 import time
@@ -132,7 +133,10 @@ class TransactionMonitor:
         if loop is None or not self.ledger.open:
             self.ledger.on_open = self._watch  # idle: the next begin wakes us
             return
-        self._watchdog = loop.call_later(max(self.long_seconds / 4, 0.01), self._watch)
+        # in a context of its own: never keep the scope of the run that woke it (and what it reaches)
+        self._watchdog = loop.call_later(
+            max(self.long_seconds / 4, 0.01), self._watch, context=contextvars.Context()
+        )
 
     def _check(self) -> None:
         ledger, now = self.ledger, time.monotonic()
@@ -148,9 +152,11 @@ class TransactionMonitor:
         if self._flagged:
             self._flagged &= ledger.open.keys()
 
-    def error(self, run_id: str, node_id: str, error: BaseException | None, *, retried: bool = False) -> None:
-        """An error reached a node (or a retry): count it when it is a deadlock."""
-        if error is None or not is_deadlock(error) or self._seen_before(error):
+    def error(
+        self, run_id: str, node_id: str, error: BaseException | str | None, *, retried: bool = False
+    ) -> None:
+        """An error reached a node (or a retry): count it when it is a deadlock (a message alone: never)."""
+        if not isinstance(error, BaseException) or not is_deadlock(error) or self._seen_before(error):
             return  # after_node and then retry report the same deadlock: count it once
         self.deadlocks += 1
         if retried:

@@ -77,8 +77,10 @@ def test_monitoring_is_on_by_default_in_testing_and_production(monkeypatch, envi
 def test_closing_a_dataflow_unsubscribes_its_collector():
     before = len(hooks.global_hooks)
     db = DataFlow(monitoring=True)
-    assert len(hooks.global_hooks) == before + 1
+    assert db.monitor in db.hooks and len(db.hooks) == 1  # its own hooks: nothing process-wide
+    assert len(hooks.global_hooks) == before
     db.close()
+    assert db.monitor not in db.hooks and len(db.hooks) == 0
     assert len(hooks.global_hooks) == before
 
 
@@ -291,9 +293,9 @@ def test_retry_and_compensation_events_are_counted_per_node_and_in_safety_events
     collector.compensation(run_id="r1", node_id="n", status="compensated", error=None)
     t = time.perf_counter()
     nodes = [
-        ("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
-        ("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
-        ("n", Node, t, 0.01, 1, 1, None, None),
+        hooks.NodeRecord("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
+        hooks.NodeRecord("n", Node, t, 0.01, None, 0, None, TimeoutError("slow")),
+        hooks.NodeRecord("n", Node, t, 0.01, 1, 1, None, None),
     ]
     collector.after_workflow(
         run_id="r1", workflow=FakeWorkflow(), results={}, error=None, duration=0.02, nodes=nodes

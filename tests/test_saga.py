@@ -140,11 +140,12 @@ def test_compensating_under_a_shield_finishes_while_the_run_is_cancelled(account
     built = wf.build()
 
     async def go() -> list:
+        run = runtime.open_run(built, run_id="cancelled")
         for node_id in built.order:
             scope = Scope("cancelled", None)
-            await runtime._run_node(scope, built, node_id, {}, None, saga_steps=steps)
+            await run.run_node(scope, node_id, saga_steps=steps)
             await scope.commit()
-        compensation = asyncio.ensure_future(runtime._compensate(steps, "cancelled"))
+        compensation = asyncio.ensure_future(run.compensate(steps))
         waiter = asyncio.ensure_future(asyncio.shield(compensation))
         await asyncio.sleep(0)
         waiter.cancel()  # the run is cancelled while its compensation is under way

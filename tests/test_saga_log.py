@@ -39,9 +39,10 @@ def commit_steps_then_die(db: DataFlow, run_id: str = "died") -> None:
     built = wf.build()
 
     async def go() -> None:
+        run = runtime.open_run(built, run_id=run_id)
         for node_id in built.order:
             scope = Scope(run_id, None)
-            await runtime._run_node(scope, built, node_id, {}, None, saga_steps=steps)
+            await run.run_node(scope, node_id, saga_steps=steps)
             await scope.commit()
 
     _loop.run(go())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import asyncpg
 import pytest
 
 from dataflow_lab import (
+    AsyncLocalRuntime,
     DataFlow,
     LocalRuntime,
     NodeExecutionError,
@@ -306,6 +309,87 @@ def test_a_python_node_can_declare_its_own_compensation():
     ]
 
 
+def saga_that_blocks(db: DataFlow, started: threading.Event) -> Any:
+    """A saga whose first node commits a row and whose second node blocks until cancelled."""
+
+    async def wait_forever(account_id: int) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("AccountCreateNode", "create", {"name": "committed, then cancelled"})
+    wf.add_node(wait_forever, "blocks", {})
+    wf.add_connection("create", "id", "blocks", "account_id")  # it runs once create committed
+    return wf.build()
+
+
+def test_a_saga_cancelled_by_a_timeout_compensates_and_the_timeout_reaches_the_caller(db):
+    define(db)
+    started, compensated = threading.Event(), []
+
+    class Spy:
+        def compensation(self, *, node_id, status, **future):
+            compensated.append((node_id, status))
+
+    workflow = saga_that_blocks(db, started)
+    runtime = AsyncLocalRuntime(transaction="saga", hooks=[Spy()])
+
+    async def go() -> None:
+        async with asyncio.timeout(120) as deadline:
+            run = asyncio.ensure_future(runtime.execute_async(workflow))
+            await asyncio.to_thread(started.wait, 60)  # "create" committed; "blocks" is running
+            deadline.reschedule(asyncio.get_running_loop().time())  # the timeout strikes now
+            await run
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(go())
+    assert started.is_set()
+    assert compensated == [("create", "compensated")]  # before the timeout reached the caller
+    assert snapshot(db) == []
+
+
+def test_a_saga_cancelled_with_wait_for_is_compensated_before_the_timeout_error(db):
+    define(db)
+    started = threading.Event()
+    workflow = saga_that_blocks(db, started)
+
+    async def go() -> None:
+        await asyncio.wait_for(LocalRuntime(transaction="saga").execute_async(workflow), timeout=3)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(go())
+    assert started.is_set()  # the timeout struck while the second node ran
+    assert snapshot(db) == []
+
+
+def test_a_cancelled_notebook_saga_run_is_compensated(db):
+    from dataflow_lab.notebook.run import start_run
+
+    define(db)
+    started = threading.Event()
+    handle = start_run(saga_that_blocks(db, started), transaction="saga", background=True)
+    assert started.wait(60)
+    assert handle.cancel() is True  # the notebook's Cancel: CancelledError inside the run
+    assert handle.status == "cancelled"
+    assert snapshot(db) == []
+
+
+def test_a_saga_cancelled_after_a_node_committed_compensates_then_raises_cancelled_error(db):
+    define(db)
+    started = threading.Event()
+    workflow = saga_that_blocks(db, started)
+
+    async def go() -> None:
+        run = asyncio.ensure_future(LocalRuntime(transaction="saga").execute_async(workflow))
+        await asyncio.to_thread(started.wait, 60)
+        run.cancel()
+        await run
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(go())
+    assert snapshot(db) == []
+
+
 def test_compensating_twice_changes_nothing_more(db):
     from dataflow_lab import saga
 
@@ -321,12 +405,13 @@ def test_compensating_twice_changes_nothing_more(db):
     async def go() -> list:
         from dataflow_lab.transactions import Scope
 
+        run = runtime.open_run(built, run_id="test")
         for node_id in built.order:
             scope = Scope("test", None)
-            await runtime._run_node(scope, built, node_id, {}, None, saga_steps=steps)
+            await run.run_node(scope, node_id, saga_steps=steps)
             await scope.commit()
         for _ in range(2):  # idempotent: the second pass finds nothing left to undo
-            await runtime._compensate(steps, "test")
+            await run.compensate(steps)
         return steps
 
     from dataflow_lab import _loop

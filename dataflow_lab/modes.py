@@ -1,0 +1,194 @@
+"""Transaction modes: what a failure undoes, one strategy object per mode.
+
+``TransactionMode`` names the modes (a ``StrEnum``: the plain strings work
+everywhere a mode is taken). Each maps to a ``Strategy`` that runs one attempt
+of a run, given the runtime's ``Run`` (``runtime.py``):
+
+- ``WorkflowScoped`` ("workflow"): one transaction per database for the whole
+  run; any failure rolls all of them back. A failed run is retried whole.
+- ``TwoPhase`` ("2pc"): the same, committed with two-phase commit across
+  PostgreSQL databases (``two_phase.py``).
+- ``PerNode`` ("node"): each node commits on its own (and is retried alone); a
+  failure keeps earlier nodes.
+- ``Saga`` ("saga"): per node, and a failure *or a cancellation* runs the
+  compensations of the committed nodes newest first (``saga.py``), shielded
+  from the cancellation, which then propagates.
+- ``Auto`` ("auto"): resolves, per run, to "workflow" for one database, "2pc"
+  when every database is a PostgreSQL that allows prepared transactions, and
+  "saga" otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import ValidationError, did_you_mean
+from .transactions import ACTIVE_SCOPE, Scope
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import Run
+    from .workflow import Workflow
+
+__all__ = ["Auto", "PerNode", "Saga", "Strategy", "TransactionMode", "TwoPhase", "WorkflowScoped", "strategy"]
+
+
+class TransactionMode(StrEnum):
+    """The ``transaction=`` of a runtime."""
+
+    WORKFLOW = "workflow"
+    NODE = "node"
+    SAGA = "saga"
+    TWO_PHASE = "2pc"
+    AUTO = "auto"
+
+    @classmethod
+    def of(cls, value: Any, *, owner: str = "LocalRuntime") -> TransactionMode:
+        """The mode ``value`` names, or a ValidationError with a did-you-mean."""
+        try:
+            return cls(value)
+        except ValueError:
+            names = [m.value for m in cls]
+            raise ValidationError(
+                f"Unknown transaction mode '{value}'.{did_you_mean(str(value), names)}",
+                hint=f"{owner} takes 'workflow' (one transaction per run, the default), 'node', 'saga', "
+                "'2pc' or 'auto'.",
+            ) from None
+
+    @property
+    def strategy(self) -> Strategy:
+        return _STRATEGIES[self]
+
+
+class Strategy:
+    """How one mode runs an attempt of a run. Stateless: one instance per mode serves every run."""
+
+    mode: ClassVar[TransactionMode]
+    retries_whole_run: ClassVar[bool] = False  # a failed attempt rolled everything back: run it again
+    per_node: ClassVar[bool] = False  # each node commits on its own (what DaskRuntime can run)
+    compensates: ClassVar[bool] = False  # committed nodes record how to undo them
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} strategy ({self.mode!s})>"
+
+    async def resolve(self, workflow: Workflow) -> Strategy:
+        """The strategy that runs ``workflow`` (itself, except for "auto")."""
+        return self
+
+    def saga_steps(self) -> list | None:
+        """A list to record committed steps in, when this mode compensates (else None)."""
+        return [] if self.compensates else None
+
+    async def run(self, run: Run, parent: Scope | None) -> None:
+        raise NotImplementedError
+
+
+class WorkflowScoped(Strategy):
+    """One transaction per database for the whole run (inside ``parent``'s, when nested)."""
+
+    mode = TransactionMode.WORKFLOW
+    retries_whole_run = True
+
+    async def run(self, run: Run, parent: Scope | None) -> None:
+        scope = run.scope(parent)
+        scope.eager = {id(db) for db in run.written_dataflows()}
+        token = ACTIVE_SCOPE.set(scope)
+        try:
+            # one connection per database is shared by every node: they run one after another
+            await run.walk(run.node_in(scope))
+            await self.commit(scope)
+        except BaseException:
+            await scope.rollback()
+            raise
+        finally:
+            ACTIVE_SCOPE.reset(token)
+
+    async def commit(self, scope: Scope) -> None:
+        await scope.commit()
+
+
+class TwoPhase(WorkflowScoped):
+    """As "workflow", committed with two-phase commit when the run wrote to several databases."""
+
+    mode = TransactionMode.TWO_PHASE
+
+    async def commit(self, scope: Scope) -> None:
+        await scope.commit(two_phase=True)
+
+
+class PerNode(Strategy):
+    """Each node in its own transaction, retried alone; a failure keeps the nodes that committed."""
+
+    mode = TransactionMode.NODE
+    per_node = True
+
+    async def run(self, run: Run, parent: Scope | None) -> None:
+        await run.walk(run.node_alone(None), concurrency=run.concurrency)
+
+
+class Saga(PerNode):
+    """Per node; when the run fails or is cancelled, the committed nodes are compensated."""
+
+    mode = TransactionMode.SAGA
+    compensates = True
+
+    async def run(self, run: Run, parent: Scope | None) -> None:
+        from . import saga_log  # it needs SQLAlchemy, which `import dataflow_lab` must not load
+
+        steps: list = []  # saga.SagaStep, in the order they committed
+        saga_log.begin_run(run.run_id)  # its log entries are not owed compensations while it runs
+        try:
+            await run.walk(run.node_alone(steps), concurrency=run.concurrency)
+        except BaseException as exc:
+            compensations = await _shielded(run.compensate(steps))
+            if isinstance(exc, Exception):
+                exc.compensations = compensations  # type: ignore[attr-defined]
+            raise
+        else:
+            await saga_log.forget_run(run.run_id, steps)
+        finally:
+            saga_log.end_run(run.run_id)
+
+
+async def _shielded(work: Any) -> Any:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile (again and again)."""
+    task = asyncio.ensure_future(work)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            # cancelled again while compensating: finish undoing first; the caller's own
+            # cancellation is already on its way up
+
+
+class Auto(Strategy):
+    """Chooses per run: one database -> "workflow"; PostgreSQL databases that all allow prepared
+    transactions -> "2pc"; otherwise "saga"."""
+
+    mode = TransactionMode.AUTO
+
+    async def resolve(self, workflow: Workflow) -> Strategy:
+        dataflows = workflow.dataflows()
+        if len(dataflows) <= 1:
+            return _STRATEGIES[TransactionMode.WORKFLOW]
+        if all(db.database.dialect.supports_two_phase for db in dataflows):
+            if all([await db.database.allows_two_phase() for db in dataflows]):
+                return _STRATEGIES[TransactionMode.TWO_PHASE]
+        return _STRATEGIES[TransactionMode.SAGA]
+
+    async def run(self, run: Run, parent: Scope | None) -> None:  # pragma: no cover - always resolved
+        assert run.workflow is not None
+        await (await self.resolve(run.workflow)).run(run, parent)
+
+
+_STRATEGIES: dict[TransactionMode, Strategy] = {
+    s.mode: s for s in (WorkflowScoped(), TwoPhase(), PerNode(), Saga(), Auto())
+}
+
+
+def strategy(mode: Any, *, owner: str = "LocalRuntime") -> Strategy:
+    """The strategy of ``mode`` (a TransactionMode or its string)."""
+    return TransactionMode.of(mode, owner=owner).strategy
