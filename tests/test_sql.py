@@ -245,3 +245,50 @@ def test_writes_reads_the_keywords(query, expected):
 
 def test_statements_split_at_semicolons_outside_strings():
     assert statements("SELECT ';'; SELECT 2;;  ") == ["SELECT ';'", "SELECT 2"]
+
+
+# -- engine="duckdb": DuckDB over the database's tables ---------------------------------------------
+
+GROUPED = "SELECT name, sum(qty) AS qty FROM items WHERE qty >= :low GROUP BY name ORDER BY name"
+
+
+def test_duckdb_engine_gives_the_databases_own_answer(items):
+    assert items.sql(GROUPED, low=0, engine="duckdb").to_dict("records") == items.sql(GROUPED, low=0).to_dict(
+        "records"
+    )
+    assert names(items.sql(GROUPED, low=4, engine="duckdb")) == ["pear"]
+
+
+def test_duckdb_engine_sees_each_committed_change(items):
+    before = len(items.sql("SELECT * FROM items", engine="duckdb"))
+    items.sql("DELETE FROM items WHERE name = 'fig'", write=True)
+    assert len(items.sql("SELECT * FROM items", engine="duckdb")) == before - 1
+
+
+def test_duckdb_engine_reads_only_and_never_inside_a_block(items, backend):
+    if backend == "duckdb":
+        pytest.skip("on DuckDB itself engine='duckdb' is the plain path, transactions included")
+    with pytest.raises(ValidationError, match="reads only"):
+        items.sql("DELETE FROM items", engine="duckdb")
+    with pytest.raises(ValidationError, match="reads only"):
+        items.sql("SELECT 1", engine="duckdb", write=True)
+    with pytest.raises(ValidationError, match="would not see the block's writes"), items.transaction():
+        items.sql("SELECT 1", engine="duckdb")
+    with pytest.raises(ValidationError, match="no engine 'duck'"):
+        items.sql("SELECT 1", engine="duck")
+
+
+def test_duckdb_engine_on_a_sqlite_file(tmp_path):
+    db = DataFlow(f"sqlite:///{tmp_path}/file.db")
+
+    @db.model
+    class Item:
+        name: str
+        qty: int = 0
+
+    db.sql("SELECT 1 AS one")  # makes the table
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("ItemBulkCreateNode", "load", {"data": [{"name": "a", "qty": 1}, {"name": "a", "qty": 2}]})
+    LocalRuntime().execute(wf.build())
+    assert db.sql(GROUPED, low=0, engine="duckdb").to_dict("records") == [{"name": "a", "qty": 3}]
+    db.close()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 import sqlalchemy as sa
 
 from ..config import DataFlowConfig, scrub
-from ..errors import ConnectionError
+from ..errors import ConnectionError, ValidationError
 from ..query_count import count_statement, keep_statement
 from .connect_errors import generic_failure
 from .kinds import register_kind
@@ -120,6 +120,14 @@ class Connection:
     async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         """``query`` with writes refused by the database itself, whatever the statement is."""
         raise NotImplementedError
+
+
+class DuckAttachment(NamedTuple):
+    """How DuckDB attaches a database read-only (``db.sql(..., engine="duckdb")``)."""
+
+    extension: str  # the DuckDB scanner: "sqlite" or "postgres"
+    target: str  # the ATTACH string: a file path, or a libpq connection string
+    schema: str | None  # the schema the model tables are in, where the database has schemas
 
 
 class QueryResult(NamedTuple):
@@ -296,6 +304,16 @@ class Dialect:
 
     def pool_status(self) -> dict[str, Any]:
         return {}
+
+    # -- DuckDB over this database (db.sql(..., engine="duckdb")) ------------------
+    runs_duckdb_sql = False  # True where the database is DuckDB itself: engine="duckdb" is the default path
+
+    async def attach_to_duckdb(self, directory: str) -> DuckAttachment:
+        """How DuckDB can read this database's tables; ``directory`` may hold a snapshot file."""
+        raise ValidationError(
+            f"engine='duckdb' reads SQLite and PostgreSQL databases, not {self.name}.",
+            hint="run the query on the database itself: db.sql(query).",
+        )
 
     # -- bulk paths (the fast path of each database overrides these) ----------
     supports_savepoints = True

@@ -298,6 +298,7 @@ class DuckDBDialect(Dialect):
         return insert(table)
 
     supports_savepoints = False
+    runs_duckdb_sql = True
     adds_decimals_exactly = True  # DECIMAL(p, s): `col + :v` is exact (the result is checked against p, s)
 
     def bulk_batch_size(self, n_columns: int) -> int:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect, QueryResult
+from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .connect_errors import postgres_failure
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
@@ -214,6 +214,16 @@ class PostgresDialect(PooledDialect):
             connect_args={"server_settings": settings, "timeout": 10},
         )
 
+    async def attach_to_duckdb(self, directory: str) -> DuckAttachment:
+        url = sa.engine.make_url(self.url)
+        parts = {"host": url.host, "port": url.port, "dbname": url.database, "user": url.username,
+                 "password": url.password}  # fmt: skip
+        conninfo = " ".join(f"{k}={_conninfo_value(str(v))}" for k, v in parts.items() if v is not None)
+        schema = url.query.get("schema")
+        return DuckAttachment(
+            "postgres", conninfo, (schema if isinstance(schema, str) else schema[-1]) if schema else "public"
+        )
+
     def wrap(self, driver_connection: Any) -> Connection:
         return PostgresConnection(driver_connection)
 
@@ -319,3 +329,10 @@ class PostgresDialect(PooledDialect):
         from sqlalchemy.dialects.postgresql import insert
 
         return insert(table)
+
+
+def _conninfo_value(value: str) -> str:
+    """A libpq conninfo value, quoted when it holds spaces or quotes."""
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect, QueryResult
+from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 
 MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
@@ -213,6 +214,20 @@ class SQLiteDialect(PooledDialect):
 
     def process_local(self) -> bool:
         return self.in_memory
+
+    async def attach_to_duckdb(self, directory: str) -> DuckAttachment:
+        if not self.in_memory:
+            return DuckAttachment("sqlite", self.path, None)
+        # Another process's (DuckDB's) view of an in-memory database: a consistent copy, per query.
+        snapshot = os.path.join(directory, "snapshot.sqlite")
+        target = sqlite3.connect(snapshot)
+        conn = await self.acquire()
+        try:
+            await cast("SQLiteConnection", conn).raw.backup(target)
+        finally:
+            await self.release(conn)
+            target.close()
+        return DuckAttachment("sqlite", snapshot, None)
 
     # Migrations: ALTER TABLE only adds a column (nullable or defaulted, SQLite's own rule), and
     # that DEFAULT stays the column's for good; a rebuild defers foreign keys to its end.

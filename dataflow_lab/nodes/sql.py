@@ -32,7 +32,7 @@ class SqlOutput(TypedDict):
     rowcount: int
 
 
-def _one_statement(query: Any) -> str:
+def one_statement(query: Any) -> str:
     if not isinstance(query, str) or not query.strip():
         raise ValidationError("SQL query must be a non-empty string.")
     parts = statements(query)
@@ -49,7 +49,7 @@ class SqlNode(Node):
     description = "One SQL statement of your own, parameters bound (:name); read-only unless a write node."
     parameters = (
         Param("query", str, required=True, description="one statement, with :name parameters",
-              check=_one_statement),
+              check=one_statement),
         Param("params", dict, default={}, description="values for the :name parameters"),
     )  # fmt: skip
 
