@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import AccessDeniedError, ValidationError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
-    from .workflow import Workflow
+    from .interfaces import DataFlow, Workflow
 
 __all__ = ["OPERATIONS", "User", "check_nodes", "check_run", "grant", "prepare_run"]
 

@@ -42,8 +42,8 @@ from .ledger import TransactionLedger
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DataFlowConfig
-    from .dataflow import DataFlow
     from .dialects import Connection, Dialect
+    from .interfaces import DataFlow
     from .model import ModelSchema
     from .nodes.base import Node
     from .nodes.model_node import ModelNode

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import TenantRequiredError, ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
     from .model import ModelSchema
 
 __all__ = ["activated", "captured", "current", "require", "run_with", "tenant_scope"]
@@ -39,7 +38,7 @@ def check_tenant(tenant: Any) -> str:
 
 
 @contextlib.contextmanager
-def tenant_scope(dataflow: DataFlow | None, tenant: str) -> Iterator[str]:
+def tenant_scope(dataflow: object, tenant: str) -> Iterator[str]:
     """Within the block, multi_tenant models of ``dataflow`` (None: of every DataFlow) see ``tenant``."""
     tenant = check_tenant(tenant)
     token = _TENANTS.set(MappingProxyType({**_TENANTS.get(), dataflow: tenant}))
@@ -49,7 +48,7 @@ def tenant_scope(dataflow: DataFlow | None, tenant: str) -> Iterator[str]:
         _TENANTS.reset(token)
 
 
-def current(dataflow: DataFlow | None) -> str | None:
+def current(dataflow: object) -> str | None:
     """The tenant set for ``dataflow`` (by db.tenant, else by the run), or None."""
     tenants = _TENANTS.get()
     if not tenants:
@@ -57,7 +56,7 @@ def current(dataflow: DataFlow | None) -> str | None:
     return tenants.get(dataflow) or tenants.get(EVERY_DATAFLOW)
 
 
-def require(dataflow: DataFlow | None, model: ModelSchema, where: str) -> str:
+def require(dataflow: object, model: ModelSchema, where: str) -> str:
     tenant = current(dataflow)
     if tenant is None:
         raise TenantRequiredError(
