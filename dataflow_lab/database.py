@@ -172,10 +172,9 @@ class Database:
                 "clock": self.dataflow.clock}  # fmt: skip
 
     async def _ensure_table_once(self, table: Any) -> None:
-        if table.model.audit_log:  # its writes log to the audit table in their own transaction
-            from .audit import ensure_table
+        from .behaviours import of  # they import SQLAlchemy, which `import dataflow_lab` must not load
 
-            await ensure_table(self.dataflow)
+        await of(table).prepare(self.dataflow)  # the internal tables its behaviours write to (audit)
         key = (table.model.table_name, table.model.signature())
         if key in self._ready:
             return

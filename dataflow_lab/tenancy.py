@@ -13,12 +13,9 @@ import contextlib
 from collections.abc import Coroutine, Iterator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import TenantRequiredError, ValidationError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import ModelSchema
 
 __all__ = ["activated", "captured", "current", "require", "run_with", "tenant_scope"]
 
@@ -56,7 +53,14 @@ def current(dataflow: object) -> str | None:
     return tenants.get(dataflow) or tenants.get(EVERY_DATAFLOW)
 
 
-def require(dataflow: object, model: ModelSchema, where: str) -> str:
+class Named(Protocol):
+    """A model, as the refusal names it (a model.ModelSchema; declarations.py imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def require(dataflow: object, model: Named, where: str) -> str:
     tenant = current(dataflow)
     if tenant is None:
         raise TenantRequiredError(
