@@ -25,13 +25,25 @@ from .errors import AccessDeniedError, ValidationError, did_you_mean
 if TYPE_CHECKING:  # pragma: no cover
     from .interfaces import DataFlow, Workflow
 
-__all__ = ["OPERATIONS", "User", "check_nodes", "check_run", "grant", "prepare_run"]
+__all__ = [
+    "OPERATIONS",
+    "SQL_OPERATIONS",
+    "User",
+    "check_nodes",
+    "check_run",
+    "check_sql",
+    "grant",
+    "prepare_run",
+]
 
 T = TypeVar("T")
 READS = ("read", "list", "count")
 WRITES = ("create", "update", "delete", "upsert", "bulk_create", "bulk_update", "bulk_delete", "bulk_upsert")
 OPERATIONS = (*READS, *WRITES)
 GROUPS = {"read": READS, "write": WRITES, "all": OPERATIONS}
+# Your own SQL (db.sql) sees past every grant, tenant and soft delete: granted only on "*", and
+# never by a group ("all" included).
+SQL_OPERATIONS = ("sql", "sql_write")
 
 
 @dataclass(frozen=True)
@@ -69,13 +81,20 @@ def grant(dataflow: DataFlow, role: str, model: Any, ops: str | Iterable[str]) -
     if not isinstance(role, str) or not role:
         raise ValidationError(f"grant(): role must be a non-empty string, got {role!r}.")
     name = model if isinstance(model, str) else getattr(model, "__name__", model)
+    expanded = _expand(ops)
+    if name != "*" and expanded & set(SQL_OPERATIONS):
+        raise ValidationError(
+            f"grant(): 'sql' and 'sql_write' are granted on \"*\", not on model '{name}': "
+            "a statement of your own can read any table.",
+            hint=f'db.grant("{role}", "*", "sql").',
+        )
     if name != "*" and name not in dataflow.models:
         raise ValidationError(
             f"grant(): model '{name}' is not defined on {dataflow!r}.{did_you_mean(name, dataflow.models)}",
             hint='decorate the class with @db.model first, or pass "*" for every model.',
         )
     granted = dataflow.__dict__.setdefault("_grants", {})
-    granted.setdefault(role, {}).setdefault(name, set()).update(_expand(ops))
+    granted.setdefault(role, {}).setdefault(name, set()).update(expanded)
 
 
 def _expand(ops: str | Iterable[str]) -> set[str]:
@@ -83,12 +102,13 @@ def _expand(ops: str | Iterable[str]) -> set[str]:
     if not names:
         raise ValidationError("grant(): ops is empty.", hint='e.g. "read", "write", ["create", "update"].')
     out: set[str] = set()
-    known = (*GROUPS, *OPERATIONS)
+    known = (*GROUPS, *OPERATIONS, *SQL_OPERATIONS)
     for op in names:
         if op not in known:
             raise ValidationError(
                 f"grant(): unknown operation {op!r}.{did_you_mean(str(op), known)}",
-                hint=f"operations: {', '.join(OPERATIONS)}; groups: read, write, all.",
+                hint=f"operations: {', '.join(OPERATIONS)}; groups: read, write, all; "
+                'on "*" only: sql, sql_write.',
             )
         out.update(GROUPS.get(op, (op,)))
     return out
@@ -127,6 +147,22 @@ def check_nodes(nodes: Iterable[Any], user: Any) -> None:
             f"{described} may not run {len(denials)} node(s) of this workflow; nothing was run:\n{listing}",
             denials=denials,
             hint="run as a User whose roles hold these grants, or grant them: db.grant(role, Model, op).",
+        )
+
+
+def check_sql(dataflow: DataFlow, user: Any, *, write: bool) -> None:
+    """On a DataFlow with access control, ``db.sql`` needs a role granted "sql" (or "sql_write") on "*"."""
+    if not dataflow.__dict__.get("_grants"):
+        return
+    op = "sql_write" if write else "sql"
+    if not _allowed(dataflow, _roles(user), "*", op):
+        holders = _holders(dataflow, "*", op)
+        who = f"roles {', '.join(holders)} may" if holders else "no role may"
+        raise AccessDeniedError(
+            f"{_describe(user)} may not run its own SQL on this DataFlow ({op}); {who}. Nothing was run.",
+            denials=[f"{op} on *"],
+            hint=f'SQL sees past grants and tenants: grant it on purpose, db.grant(role, "*", "{op}"), '
+            "and pass user=User(..., roles=[role]).",
         )
 
 

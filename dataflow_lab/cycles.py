@@ -20,6 +20,7 @@ Declared cycles may not share nodes (no nesting).
 from __future__ import annotations
 
 import graphlib
+import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -104,15 +105,20 @@ def plan(order: Iterable[str], forward: Iterable[tuple[str, str]], cycles: list[
 
 
 def stable_order(depends_on: dict[str, list[str]]) -> tuple[str, ...]:
-    """Topological order that keeps insertion order among independent nodes."""
+    """Topological order that keeps insertion order among independent nodes.
+
+    The ready nodes wait in a heap keyed by insertion rank, so each step costs O(log n): the
+    earlier version re-sorted the whole ready list per step, quadratic on a wide fan-out.
+    """
     sorter = graphlib.TopologicalSorter(depends_on)
     sorter.prepare()  # raises CycleError
     rank = {node: i for i, node in enumerate(depends_on)}
     order: list[str] = []
-    ready: list[str] = []
+    ready: list[tuple[int, str]] = []
     while sorter.is_active():
-        ready = sorted([*ready, *sorter.get_ready()], key=rank.__getitem__)
-        node = ready.pop(0)
+        for node in sorter.get_ready():
+            heapq.heappush(ready, (rank[node], node))
+        _, node = heapq.heappop(ready)
         order.append(node)
         sorter.done(node)
     return tuple(order)

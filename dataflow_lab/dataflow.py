@@ -31,9 +31,12 @@ from .model import ModelSchema, parse_model
 from .monitoring import attach
 from .nodes import registry
 from .observability import Observability
+from .queries import run_sql, run_sql_async
 from .transactions import ACTIVE_SCOPE, TransactionBlock
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
     from .schema import ModelTable
 
 __all__ = ["DataFlow"]
@@ -180,6 +183,29 @@ class DataFlow(Observability):
         from .migrations import Migrations
 
         return Migrations(self)
+
+    # -- your own SQL ----------------------------------------------------------
+    def sql(
+        self, query: str, params: Mapping[str, Any] | None = None, *, write: bool = False,
+        user: Any = None, **named: Any,
+    ) -> pd.DataFrame:  # fmt: skip
+        """One SQL statement on this database, as a DataFrame: ``db.sql("SELECT ... WHERE a > :a", a=1)``.
+
+        Values are bound (``:name``, never pasted into the text); a list value binds one
+        parameter per item, for ``IN (:ids)``. Read-only unless ``write=True``, which runs it in
+        a transaction and reports the rows it changed (``frame.attrs["rows_affected"]``, or the
+        rows of RETURNING). Inside ``with db.transaction():`` it joins the block. It sees every
+        row, whatever tenant, soft delete or grant the models declare: with access control on,
+        it needs a grant of its own, ``db.grant(role, "*", "sql")``.
+        """
+        return run_sql(self, query, {**(params or {}), **named}, write=write, user=user)
+
+    async def asql(
+        self, query: str, params: Mapping[str, Any] | None = None, *, write: bool = False,
+        user: Any = None, **named: Any,
+    ) -> pd.DataFrame:  # fmt: skip
+        """The async form of ``sql``."""
+        return await run_sql_async(self, query, {**(params or {}), **named}, write=write, user=user)
 
     # -- transactions ----------------------------------------------------------
     def transaction(self, isolation: str | None = None) -> Any:

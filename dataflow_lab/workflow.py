@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from .access import check_nodes
 from .cycles import Cycle, find_cycles, plan, stable_order
@@ -43,7 +43,6 @@ from .wiring import Connection, Problem, check_connection
 
 if TYPE_CHECKING:  # pragma: no cover
     from .interfaces import DataFlow
-    from .nodes.model_node import ModelNode
 
 __all__ = [
     "Connection",
@@ -129,9 +128,9 @@ class Workflow:
         pairs: dict[tuple[int, str], tuple[DataFlow, Any]] = {}
         for spec in self.nodes.values():
             cls = spec.node_class
-            if cls.dataflow is not None and cls.model is not None:
-                mt = cast("type[ModelNode]", cls).mt  # a node with a model is a ModelNode
-                pairs.setdefault((id(cls.dataflow), cls.model.name), (cls.dataflow, mt))
+            if cls.dataflow is not None:
+                for mt in cls.tables():
+                    pairs.setdefault((id(cls.dataflow), mt.model.name), (cls.dataflow, mt))
         return list(pairs.values())
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Optional, TypedDict
 
 import pytest
@@ -249,6 +250,51 @@ def test_a_plain_callable_takes_its_parameters_as_inputs_and_returns_its_output(
     wf.add_connection("c", "name", "greet", "name")
     results, _ = LocalRuntime().execute(wf.build())
     assert results["greet"] == {"text": "Hello, Alice!", "length": 5}
+
+
+def test_sync_callables_run_on_kept_worker_threads_not_a_new_thread_per_call():
+    seen: list[threading.Thread] = []
+
+    def where(n: int) -> int:
+        seen.append(threading.current_thread())
+        return n
+
+    workflow = WorkflowBuilder()
+    workflow.add_node(where, "w", {"n": 1})
+    built = workflow.build()
+    runtime = LocalRuntime()
+    for _ in range(30):
+        runtime.execute(built)
+    assert len(seen) == 30
+    assert len(set(seen)) <= 2, "a thread was started per call"
+    assert all(t is not threading.main_thread() and t.daemon for t in seen)
+
+
+def test_parallel_sync_callables_still_overlap_on_the_worker_threads():
+    gate = threading.Barrier(3, timeout=10)
+
+    def meet(n: int) -> int:
+        gate.wait()  # all three must be running at once, or this times out
+        return n
+
+    workflow = WorkflowBuilder()
+    for i in range(3):
+        workflow.add_node(meet, f"m{i}", {"n": i})
+    results, _ = AsyncLocalRuntime(transaction="node").execute(workflow.build())
+    assert [results[f"m{i}"] for i in range(3)] == [0, 1, 2]
+
+
+def test_a_wide_fan_out_keeps_insertion_order_among_independent_nodes():
+    def one(x: int = 1) -> int:
+        return x
+
+    workflow = WorkflowBuilder()
+    workflow.add_node(one, "root", {"x": 1})
+    for i in reversed(range(300)):
+        workflow.add_node(one, f"n{i}")
+        workflow.add_connection("root", "result", f"n{i}", "x")
+    order = [step for step in workflow.build().order]
+    assert order == ["root", *[f"n{i}" for i in reversed(range(300))]]
 
 
 def test_a_callable_parameter_without_a_default_is_a_required_input():

@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import sqlalchemy as sa
 
@@ -111,6 +111,21 @@ class Connection:
         raise NotImplementedError
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    # -- a user's own SQL (db.sql, %%dataflow sql) ---------------------------------
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        """Run one statement of the user's: its column names, rows and rows affected."""
+        raise NotImplementedError
+
+    async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        """``query`` with writes refused by the database itself, whatever the statement is."""
+        raise NotImplementedError
+
+
+class QueryResult(NamedTuple):
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    rowcount: int  # rows a write changed; -1 when the driver does not say
 
 
 class TwoPhaseConnection(Protocol):
@@ -316,6 +331,10 @@ class Dialect:
         cols = ", ".join(quote(c) for c in columns)
         values = ", ".join(self.placeholders(len(columns), start=i * len(columns)) for i in range(n_rows))
         return f"INSERT INTO {quote(table.name)} ({cols}) VALUES {values}"
+
+    def placeholder(self, index: int) -> str:
+        """The driver's positional parameter ``index`` (from 0) in SQL text."""
+        return "?"
 
     def placeholders(self, n: int, *, start: int = 0) -> str:
         return "(" + ", ".join("?" * n) + ")"

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..errors import DataFlowError, ValidationError
+from ..sqltext import writes
 from ..types import DECIMAL_DEFAULT
-from .base import Connection, Dialect, statement_note
+from .base import Connection, Dialect, QueryResult, statement_note
 
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection
@@ -100,6 +101,45 @@ class DuckDBConnection(Connection):
         if self.note is not None:
             self.note(sql, None)
         await self._run(lambda: self.dialect.con.executemany(sql, [list(r) for r in rows]))
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        if self.note is not None:
+            self.note(sql, params)
+
+        def run() -> QueryResult:
+            con = self.dialect.con
+            kind = _statement_kinds(con, sql)
+            cursor = con.execute(sql, list(params))
+            columns = [d[0] for d in cursor.description or ()]
+            rows = [tuple(r) for r in cursor.fetchall()]
+            if kind <= _COUNTED and columns == ["Count"] and len(rows) == 1:  # a write reports its count
+                return QueryResult([], [], int(rows[0][0]))
+            return QueryResult(columns, rows, -1)
+
+        return await self._run(run)
+
+    async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        # DuckDB has no read-only switch per transaction: its own parser says what the statement is.
+        kinds = await self._run(lambda: _statement_kinds(self.dialect.con, sql))
+        if not kinds <= _READ_KINDS or _explain_analyze_writes(sql):
+            raise ValidationError(
+                f"this {', '.join(sorted(kinds))} statement writes, and SQL runs read-only by default.",
+                hint="pass write=True (db.sql) or --write (%%dataflow sql) to run it in a transaction.",
+            )
+        return await self.query(sql, params)
+
+
+_READ_KINDS = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
+_COUNTED = frozenset({"INSERT", "UPDATE", "DELETE"})
+
+
+def _statement_kinds(con: Any, sql: str) -> frozenset[str]:
+    """What DuckDB's parser says each statement of ``sql`` is: 'SELECT', 'INSERT', ..."""
+    return frozenset(str(s.type).rsplit(".", 1)[-1] for s in con.extract_statements(sql))
+
+
+def _explain_analyze_writes(sql: str) -> bool:
+    return writes(sql) and sql.lstrip().lower().startswith("explain")
 
 
 class DuckDBDialect(Dialect):

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect
+from .base import Connection, PooledDialect, QueryResult
 from .connect_errors import postgres_failure
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
@@ -88,6 +88,32 @@ class PostgresConnection(Connection):
         if self.note is not None:
             self.note(f"COPY {table} ({', '.join(columns)}) FROM STDIN", None)
         await self.raw.copy_records_to_table(table, records=rows, columns=list(columns))
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        if self.note is not None:
+            self.note(sql, params)
+        statement = await self.raw.prepare(sql)
+        rows = [tuple(r) for r in await statement.fetch(*params)]
+        tail = (statement.get_statusmsg() or "").rsplit(" ", 1)[-1]  # 'UPDATE 3', 'INSERT 0 1'
+        columns = [a.name for a in statement.get_attributes()]
+        return QueryResult(columns, rows, int(tail) if tail.isdigit() else -1)
+
+    async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        # In a savepoint that is always rolled back, with the transaction read-only until then: the
+        # server refuses writes, and the savepoint's end restores read-write for the rest of the run.
+        if not self._in_tx:
+            await self.raw.execute("BEGIN READ ONLY")
+            try:
+                return await self.query(sql, params)
+            finally:
+                await self.raw.execute("ROLLBACK")
+        await self.raw.execute("SAVEPOINT dataflow_read_only")
+        try:
+            await self.raw.execute("SET LOCAL transaction_read_only = on")
+            return await self.query(sql, params)
+        finally:
+            await self.raw.execute("ROLLBACK TO SAVEPOINT dataflow_read_only")
+            await self.raw.execute("RELEASE SAVEPOINT dataflow_read_only")
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:
@@ -235,6 +261,9 @@ class PostgresDialect(PooledDialect):
     def ddl_lock_sql(self, table_name: str) -> str | None:
         # Concurrent CREATE TABLE IF NOT EXISTS races on pg_type; one lock per table name serializes it.
         return f"SELECT pg_advisory_xact_lock(hashtext('dataflow_lab:' || {_literal(table_name)}))"
+
+    def placeholder(self, index: int) -> str:
+        return f"${index + 1}"
 
     def placeholders(self, n: int, *, start: int = 0) -> str:
         return "(" + ", ".join(f"${start + i + 1}" for i in range(n)) + ")"

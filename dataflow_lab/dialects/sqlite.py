@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect
+from .base import Connection, PooledDialect, QueryResult
 
 MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
@@ -66,6 +66,25 @@ class SQLiteConnection(Connection):
         count = cursor.rowcount
         await cursor.close()
         return count
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        if self.note is not None:
+            self.note(sql, params)
+        cursor = await self.raw.execute(sql, params)
+        try:
+            rows = [tuple(r) for r in await cursor.fetchall()]
+            columns = [d[0] for d in cursor.description or ()]
+            return QueryResult(columns, rows, cursor.rowcount)
+        finally:
+            await cursor.close()
+
+    async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        # query_only: SQLite itself refuses any write on this connection until it is turned off.
+        await self.raw.execute("PRAGMA query_only = ON")
+        try:
+            return await self.query(sql, params)
+        finally:
+            await self.raw.execute("PRAGMA query_only = OFF")
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:

@@ -221,6 +221,11 @@ class Node:
     async def run(self, ctx: RunContext) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @classmethod
+    def tables(cls) -> tuple[Any, ...]:
+        """The model tables (schema.ModelTable) a run must create or migrate before this node runs."""
+        return ()
+
     # -- compensation: asked by the saga and by nested scopes without SAVEPOINT (nodes/undo.py) --
     async def before_image(self, conn: Any) -> Any:
         """What this node is about to change, read on ``conn`` (its database's, in its transaction;

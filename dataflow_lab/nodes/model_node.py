@@ -79,6 +79,10 @@ class ModelNode(Node):
         raise NotImplementedError
 
     @classmethod
+    def tables(cls) -> tuple[Any, ...]:
+        return (cls.mt,)
+
+    @classmethod
     def output_type(cls) -> Any:
         """``outputs`` made this model's: a User row, ``{"records": Records[User], "count": int}``..."""
         cached = cls.__dict__.get("_output_type")

@@ -2,7 +2,9 @@
 
 Line:  connect URL | run NAME [--params JSON] [--background] [--transaction MODE] [--user U]
        | show NAME | nodes [MODEL] | status | migrate [--confirm] [--backfill JSON] [--rollback]
+       | plot KIND [--x COL] [--y COL] [--from NAME] [--title T]
 Cell:  model | workflow NAME [--run] [--params JSON] [--background] [--transaction MODE] [--user U]
+Both:  sql [-o NAME] [--db NAME] [--write] [--user U] [SQL]
 
 A user's mistake becomes one UsageError line with a hint ("did you mean ..."),
 never a traceback (``%config DataFlowMagics.short_errors = False`` shows it).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import html
 import json
 import keyword
 import shlex
@@ -26,12 +29,15 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
 from ..access import User
 from ..config import redact_url
+from ..dataflow import DataFlow
 from ..errors import BackfillRequiredError, DataFlowError, DestructiveMigrationError, did_you_mean
 from ..runtime import TRANSACTION_MODES
+from ..sqltext import braces_to_names, parameter_names
 from ..workflow import Workflow, WorkflowBuilder
 from .catalogue import Catalogue
 from .dag import DagView
 from .display import widgets_available
+from .plot import KINDS, Plot, plot
 from .run import NotebookRun, start_run, wait_in_cell
 from .session import Session
 from .workflow_cell import build_workflow
@@ -41,8 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DataFlowMagics"]
 
-LINE_COMMANDS = ("connect", "run", "show", "nodes", "status", "migrate")
+LINE_COMMANDS = ("connect", "run", "show", "nodes", "status", "migrate", "plot")
 CELL_COMMANDS = ("model", "workflow")
+LINE_AND_CELL_COMMANDS = ("sql",)
 USAGE = """\
 %dataflow connect URL                 switch the notebook's database (models move over)
 %dataflow run NAME [--params JSON] [--background] [--transaction workflow|node|saga|2pc|auto] [--user U]
@@ -50,8 +57,11 @@ USAGE = """\
 %dataflow nodes [MODEL]               the node catalogue: parameters and SQL
 %dataflow status                      database, models, workflows, last runs
 %dataflow migrate [--confirm]         bring the tables to the models (--confirm: drops and narrowing too)
+%dataflow plot bar|line|hist|scatter [--x COL] [--y COL] [--from NAME] [--title T]   chart a DataFrame
 %%dataflow model                      a cell of classes -> models (shows their nodes)
 %%dataflow workflow NAME [--run] ...  a cell of `node = NodeType(param=value)` lines
+%%dataflow sql [-o NAME] [--db NAME] [--write]   a cell of SQL -> a DataFrame ({var}, :var bound)
+%dataflow sql [-o NAME] [--db NAME] [--write] SELECT ...   the same on one line
 Settings: %config DataFlowMagics"""
 
 
@@ -98,6 +108,18 @@ def _migrate_parser() -> MagicArgumentParser:
     return parser
 
 
+def _plot_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="%dataflow plot", add_help=False)
+    parser.add_argument("kind", nargs="?", help=" | ".join(KINDS))
+    parser.add_argument("--x", default=None, help="the column along the x axis")
+    parser.add_argument("--y", default=None, help="the column along the y axis")
+    parser.add_argument(
+        "--from", dest="source", default=None, help="a DataFrame variable (default: the last SQL result)"
+    )
+    parser.add_argument("--title", default=None)
+    return parser
+
+
 PARSERS = {
     "connect": _parser("connect", ("url", "?")),
     "run": _parser("run", ("name", "?"), run=True),
@@ -105,6 +127,7 @@ PARSERS = {
     "nodes": _parser("nodes", ("models", "*")),
     "status": _parser("status"),
     "migrate": _migrate_parser(),
+    "plot": _plot_parser(),
     "model": _parser("model"),
     "workflow": _parser("workflow", ("name", "?"), run=True),
 }
@@ -223,9 +246,12 @@ class DataFlowMagics(Magics):
         if not command or command in ("help", "-h", "--help"):
             print(USAGE)
             return None
+        if command in LINE_AND_CELL_COMMANDS:
+            namespace = self._shell.user_ns if local_ns is None else {**self._shell.user_ns, **local_ns}
+            return self._sql(rest, cell, namespace)
         if command not in PARSERS:
             raise UsageError(
-                f"%dataflow has no command '{command}'.{did_you_mean(command, PARSERS)} "
+                f"%dataflow has no command '{command}'.{did_you_mean(command, [*PARSERS, *LINE_AND_CELL_COMMANDS])} "
                 f"Hint: commands: {', '.join(LINE_COMMANDS)} (line), {', '.join(CELL_COMMANDS)} (cell)."
             )
         if cell is None and command in CELL_COMMANDS:
@@ -343,6 +369,90 @@ class DataFlowMagics(Magics):
             return
         for m in migrations.apply(confirm_destructive=args.confirm, backfill=backfill):
             print(f"Applied: {m.name}")
+
+    def _sql(self, line: str, cell: str | None, namespace: Mapping[str, Any]) -> Any:
+        """``%%dataflow sql`` / ``%dataflow sql``: one statement on the notebook's database, as a DataFrame."""
+        options, query = sql_options(line)
+        if cell is not None:
+            if query:
+                raise UsageError(
+                    f"%%dataflow sql: the query goes in the cell, not after the options ('{query[:30]}'). "
+                    "Hint: %%dataflow sql -o counts, then the SQL on the lines below."
+                )
+            query = cell
+        if not query.strip():
+            raise UsageError("which query? Hint: %dataflow sql SELECT count(*) FROM readings")
+        db = self._sql_database(options.get("db"), namespace)
+        query, values = braces_to_names(query, lambda name: self._variable(name, namespace, "{" + name + "}"))
+        for name in parameter_names(query):
+            values.setdefault(name, self._variable(name, namespace, ":" + name))
+        frame = db.sql(
+            query, values, write="write" in options, user=self._user(options.get("user"), namespace)
+        )
+        if "o" in options:
+            self._shell.user_ns[options["o"]] = frame
+        self.session.last_frame = frame
+        display(SqlCaption(frame, options.get("o")))
+        return frame
+
+    def _plot(self, args: Any, namespace: dict[str, Any]) -> Plot:
+        if args.kind is None:
+            raise UsageError(
+                f"which kind of plot? Hint: %dataflow plot bar --x station --y trips ({', '.join(KINDS)})."
+            )
+        if args.source is not None:
+            if args.source not in namespace:
+                known = [k for k in namespace if not k.startswith("_")]
+                raise UsageError(
+                    f"--from {args.source}: no such variable.{did_you_mean(args.source, known)} "
+                    "Hint: %%dataflow sql -o counts stores a result under a name."
+                )
+            data = namespace[args.source]
+        elif self.session.last_frame is not None:
+            data = self.session.last_frame
+        else:
+            raise UsageError(
+                "nothing to plot yet. Hint: run a %%dataflow sql cell first, or pass --from NAME."
+            )
+        if isinstance(data, NotebookRun):
+            frames = data.frames()
+            if len(frames) != 1:
+                raise UsageError(
+                    f"--from {args.source}: the run has {len(frames)} List outputs. "
+                    "Hint: plot one: run.plot('node_id', 'bar', x=..., y=...)."
+                )
+            data = next(iter(frames.values()))
+        return plot(data, args.kind, args.x, args.y, title=args.title)
+
+    def _sql_database(self, name: str | None, namespace: Mapping[str, Any]) -> DataFlow:
+        """``--db NAME``; else the magics' database; else the notebook's one DataFlow, if it has one."""
+        if name is not None:
+            found = namespace.get(name)
+            if not isinstance(found, DataFlow):
+                known = [k for k, v in namespace.items() if isinstance(v, DataFlow) and not k.startswith("_")]
+                raise UsageError(
+                    f"--db {name}: no DataFlow named '{name}'.{did_you_mean(name, known)} "
+                    f"Hint: {'DataFlows here: ' + ', '.join(known) if known else 'db = DataFlow(...) first'}."
+                )
+            return found
+        if self.session.current is None:
+            mine = {
+                id(v): v for k, v in namespace.items() if isinstance(v, DataFlow) and not k.startswith("_")
+            }
+            open_ones = [db for db in mine.values() if not db.database.closed]
+            if len(open_ones) == 1:
+                return open_ones[0]
+        return self.session.db
+
+    @staticmethod
+    def _variable(name: str, namespace: Mapping[str, Any], written: str) -> Any:
+        if name not in namespace:
+            known = [k for k in namespace if not k.startswith("_")]
+            raise UsageError(
+                f"%dataflow sql: {written} names no variable of the notebook.{did_you_mean(name, known)} "
+                f"Hint: set it first ({name} = ...); its value is bound, never pasted into the SQL."
+            )
+        return namespace[name]
 
     # -- helpers -----------------------------------------------------------
     def _name(self, name: str | None, what: str) -> str:
@@ -472,6 +582,48 @@ class ModelChange:
             else f"{self.plan!r}\nRe-run with %dataflow migrate --confirm.",
             "text/html": f'<div class="df-model-change">⚠ {head}{sql}{tail}</div>',
         }
+
+
+def sql_options(line: str) -> tuple[dict[str, str], str]:
+    """``-o NAME --db NAME --write --user U`` at the start of ``line``; the rest is SQL, untouched."""
+    options: dict[str, str] = {}
+    rest = line.strip()
+    takes_value = {"-o": "o", "--out": "o", "--db": "db", "--user": "user"}
+    while rest.startswith("-"):
+        word, _, after = rest.partition(" ")
+        if word == "--write":
+            options["write"] = ""
+        elif word in takes_value:
+            value, _, after = after.strip().partition(" ")
+            if not value or value.startswith("-"):
+                raise UsageError(f"%dataflow sql: {word} needs a name. Hint: {word} counts")
+            options[takes_value[word]] = value
+        else:
+            known = ["-o", "--db", "--write", "--user"]
+            raise UsageError(
+                f"%dataflow sql has no option '{word}'.{did_you_mean(word, known)} Hint: options: {', '.join(known)}."
+            )
+        rest = after.strip()
+    if "o" in options and not options["o"].isidentifier():
+        raise UsageError(f"-o {options['o']}: not a Python name. Hint: -o counts")
+    return options, rest
+
+
+class SqlCaption:
+    """The line under a SQL cell's frame: how many rows, how long, and where it was stored."""
+
+    def __init__(self, frame: Any, stored_as: str | None):
+        attrs = frame.attrs
+        affected = attrs.get("rows_affected")
+        what = f"{affected} row(s) affected" if affected is not None else f"{len(frame)} row(s)"
+        where = f" · saved as {stored_as}" if stored_as else ""
+        self.text = f"{what} · {attrs.get('elapsed_s', 0.0) * 1000:.1f} ms{where}"
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return f'<div class="dataflow-sql-caption" style="color: var(--jp-ui-font-color2, #555)">{html.escape(self.text)}</div>'
 
 
 def _clear(slot: Any, run: NotebookRun) -> None:

@@ -36,6 +36,7 @@ from .display import (
 )
 from .monitor import MonitorPanel
 from .observer import RunObserver, RunSnapshot
+from .plot import Plot, plot
 from .widgets import LiveView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -198,6 +199,12 @@ class NotebookRun:
                 hint=f"List outputs here: {', '.join(self.frames()) or 'none'}.",
             )
         return frame(value["records"])
+
+    def plot(
+        self, node_id: str, kind: str, x: str | None = None, y: str | None = None, *, title: str | None = None
+    ) -> Plot:
+        """A List node's records as a chart: ``run.plot("counts", "bar", x="station", y="trips")``."""
+        return plot(self.frame(node_id), kind, x, y, title=title)
 
     def frames(self) -> dict[str, Any]:
         """Every List output of the run, as DataFrames by node id."""

@@ -9,7 +9,7 @@ DataFlow is closed, and no password ever reaches the output.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _loop
 from ..config import passwords_of, redact_url
@@ -45,6 +45,7 @@ class Session:
         self.model_classes: dict[str, type] = {}
         self.workflow_sources: dict[str, str] = {}
         self.last_runs: dict[str, NotebookRun] = {}
+        self.last_frame: Any = None  # the last %%dataflow sql result: what %dataflow plot draws by default
         self._secrets: set[str] = set()
         self._echo: _Echo | None = None
 
