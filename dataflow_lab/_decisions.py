@@ -10,8 +10,8 @@ import hashlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
     from .dialects import Connection
+    from .interfaces import DataFlow
 
 __all__ = [
     "DECISION_TABLE",

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, cast
 from . import _decisions as tp  # the two-phase decision records
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
     from .dialects import Connection
     from .dialects.base import TwoPhaseConnection
+    from .interfaces import DataFlow
 
 __all__ = ["recover_in_doubt"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
@@ -25,7 +26,7 @@ from .runtime import LocalRuntime
 from .workflow import Connection, NodeSpec, Workflow
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
+    from .interfaces import DataFlow
     from .nodes.model_node import ModelNode
 
 __all__ = ["NodeTask", "Outcome", "compensate", "dataflow_from_description", "run_node"]
@@ -36,7 +37,7 @@ _LOCK = threading.Lock()
 
 
 def dataflow_from_description(
-    cls: type[DataFlow],
+    cls: Callable[..., DataFlow],
     token: str,
     url: str,
     options: dict[str, Any],

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import AccessDeniedError, ValidationError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
-    from .workflow import Workflow
+    from .interfaces import DataFlow, Workflow
 
 __all__ = [
     "OPERATIONS",
@@ -187,10 +186,9 @@ def check_run(workflow: Workflow, user: Any, tenant: str | None) -> Mapping[Any,
     tenants = tenancy.captured(tenant)
     with tenancy.activated(tenants):
         for spec in workflow.nodes.values():
-            model = spec.node_class.model
-            if model is not None and model.multi_tenant:
-                where = f"{spec.node_class.type_name} '{spec.node_id}'"
-                tenancy.require(spec.node_class.dataflow, model, where)
+            cls = spec.node_class
+            if cls.model is not None:  # a model's node: its behaviours refuse a run that cannot succeed
+                cls.behaviours.before_run(cls, f"{cls.type_name} '{spec.node_id}'")
     return tenants
 
 

@@ -33,7 +33,7 @@ from .schema import ModelTable, internal_table
 from .transactions import borrowed
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
+    from .interfaces import DataFlow
 
 __all__ = ["AUDIT_TABLE", "AuditEntry", "current_user", "history", "run_as"]
 

@@ -18,11 +18,11 @@ from .runtime import LocalRuntime
 from .workflow import WorkflowBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
+    from .nodes.base import NodeOwner
 
 
 def import_csv(
-    db: DataFlow,
+    db: NodeOwner,
     model: Any,
     path: str | os.PathLike,
     *,

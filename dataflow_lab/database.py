@@ -42,8 +42,8 @@ from .ledger import TransactionLedger
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DataFlowConfig
-    from .dataflow import DataFlow
     from .dialects import Connection, Dialect
+    from .interfaces import DataFlow
     from .model import ModelSchema
     from .nodes.base import Node
     from .nodes.model_node import ModelNode
@@ -172,10 +172,9 @@ class Database:
                 "clock": self.dataflow.clock}  # fmt: skip
 
     async def _ensure_table_once(self, table: Any) -> None:
-        if table.model.audit_log:  # its writes log to the audit table in their own transaction
-            from .audit import ensure_table
+        from .behaviours import of  # they import SQLAlchemy, which `import dataflow_lab` must not load
 
-            await ensure_table(self.dataflow)
+        await of(table).prepare(self.dataflow)  # the internal tables its behaviours write to (audit)
         key = (table.model.table_name, table.model.signature())
         if key in self._ready:
             return

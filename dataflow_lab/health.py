@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import DataFlowError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
+    from .interfaces import DataFlow
 
 __all__ = ["HealthMonitor", "HealthReport"]
 

@@ -11,15 +11,39 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
+from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import DataFlowError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .monitoring import MetricsCollector
+    from .anomaly import Anomaly
+    from .interfaces import DataFlow
+    from .transaction_monitor import TransactionMonitor
 
 __all__ = ["MetricsServer", "json_snapshot", "pool_health", "prometheus_registry", "prometheus_text", "serve"]
+
+
+class MetricsCollector(Protocol):
+    """What the exports read of a ``monitoring.MetricsCollector`` (monitoring_views imports this module)."""
+
+    prometheus_registry: Any  # made at the first export, then reused
+
+    @property
+    def lock(self) -> threading.Lock: ...
+    @property
+    def by_type(self) -> dict[str, Any]: ...
+    @property
+    def workflows(self) -> dict[str, Any]: ...
+    @property
+    def anomalies(self) -> deque[Anomaly]: ...
+    @property
+    def transactions(self) -> TransactionMonitor: ...
+    @property
+    def dataflow(self) -> DataFlow | None: ...
+    def dashboard(self) -> dict[str, Any]: ...
 
 
 def pool_health(

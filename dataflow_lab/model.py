@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .declarations import DECLARED
 from .errors import ValidationError, did_you_mean
 from .types import LOGICAL_TYPES, SUPPORTED, LogicalType, resolve_annotation
 
@@ -27,13 +28,9 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # whole string (fullmat
 RESERVED_TABLE_PREFIXES = ("sqlite_", "pg_", "duckdb_", "dataflow_", "_dataflow")
 RESERVED_TABLES = ("information_schema",)
 TIMESTAMP_FIELDS = ("created_at", "updated_at")
-MODEL_OPTIONS = ("unique", "indexes", "audit_log", "soft_delete", "versioned", "multi_tenant", "behaviours")
-FLAG_OPTIONS = {  # option -> (the column it adds, what it does), for error messages
-    "audit_log": (None, "log every write of this model"),
-    "soft_delete": ("deleted_at", "make Delete mark rows instead of removing them"),
-    "versioned": ("version", "make Update check and bump a version number (optimistic locking)"),
-    "multi_tenant": ("tenant_id", "keep each tenant's rows apart (with db.tenant(...))"),
-}
+MODEL_OPTIONS = ("unique", "indexes", *(d.option for d in DECLARED), "behaviours")
+# option -> (the column it adds, what it does), for error messages (declarations.py declares them)
+FLAG_OPTIONS = {d.option: (d.column, d.purpose) for d in DECLARED}
 
 
 class _Missing:
@@ -86,15 +83,31 @@ class ModelSchema:
     fields: tuple[Field, ...]
     unique: tuple[tuple[str, ...], ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
-    audit_log: bool = False  # every write is logged (audit.py)
-    soft_delete: bool = False  # a deleted_at column; Delete marks rows, reads hide them
-    versioned: bool = False  # a version column; Update takes the expected version
-    multi_tenant: bool = False  # a tenant_id column; every node works within db.tenant(...)
+    options: frozenset[str] = frozenset()  # the flag options it turns on (declarations.py)
     behaviours: tuple[typing.Any, ...] = field(default=(), compare=False, repr=False)  # the model's own
+    # What its options and behaviours declare of the table (declarations.py), composed by parse_model:
+    counters: tuple[str, ...] = field(default=(), repr=False)  # columns an upsert counts up
+    key_scope: tuple[str, ...] = field(default=(), repr=False)  # columns leading every key and index
     by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_name.update({f.name: f for f in self.fields})
+
+    @property
+    def audit_log(self) -> bool:  # every write is logged (audit.py)
+        return "audit_log" in self.options
+
+    @property
+    def soft_delete(self) -> bool:  # a deleted_at column; Delete marks rows, reads hide them
+        return "soft_delete" in self.options
+
+    @property
+    def versioned(self) -> bool:  # a version column; Update takes the expected version
+        return "versioned" in self.options
+
+    @property
+    def multi_tenant(self) -> bool:  # a tenant_id column; every node works within db.tenant(...)
+        return "multi_tenant" in self.options
 
     @property
     def id_field(self) -> Field:
@@ -116,8 +129,8 @@ class ModelSchema:
             ) from None
 
     def is_unique(self, names: typing.Iterable[str]) -> bool:
-        """Whether ``names`` are the primary key or a unique group (within a tenant, for multi_tenant)."""
-        key = tuple(sorted(n for n in names if not (self.multi_tenant and n == "tenant_id")))
+        """Whether ``names`` are the primary key or a unique group (within its key scope: a tenant)."""
+        key = tuple(sorted(n for n in names if n not in self.key_scope))
         return key == ("id",) or any(tuple(sorted(u)) == key for u in self.unique)
 
     def signature(self) -> tuple:
@@ -214,10 +227,11 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
             f"Model '{name}' declares no fields.", hint="annotate fields on the class, e.g. `name: str`."
         )
     fields = [_id_field(name, hints.pop("id", None))]
-    flags: dict[str, typing.Any] = _flags(cls, name)  # keyword arguments of ModelSchema
+    flags = _flags(cls, name)
     own = _behaviours(cls, name)
     added = [f for b in own for f in b.fields]
-    managed = [*(OPTION_FIELDS[o] for o in OPTION_FIELDS if flags[o]), *added, *STAMP_FIELDS]
+    declared = [*(d for d in DECLARED if flags[d.option]), *own]  # what the table takes of each
+    managed = [*(f for o in OPTION_FIELDS if flags[o] for f in OPTION_FIELDS[o]), *added, *STAMP_FIELDS]
     for f in managed:  # declared with the type dataflow_lab gives it: accepted, and still managed
         if f.name in hints:
             _check_managed(cls, name, f, hints.pop(f.name))
@@ -230,21 +244,22 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
         check_table_name(table, name)
     fields += managed
     options = _options(cls, name, {f.name for f in fields})
-    return ModelSchema(name, table, tuple(fields), **flags, **options, behaviours=own)
+    return ModelSchema(
+        name, table, tuple(fields), **options, options=frozenset(o for o in flags if flags[o]), behaviours=own,
+        counters=tuple(c for d in declared for c in getattr(d, "counters", ())),
+        key_scope=tuple(dict.fromkeys(c for d in declared for c in getattr(d, "key_scope", ()))),
+    )  # fmt: skip
 
 
-OPTION_FIELDS = {  # the column each flag option adds, managed by dataflow_lab like the timestamps
-    "multi_tenant": Field("tenant_id", LOGICAL_TYPES[str], generated=True),
-    "versioned": Field("version", LOGICAL_TYPES[int], default=1, generated=True),
-    "soft_delete": Field("deleted_at", LOGICAL_TYPES[datetime.datetime], nullable=True, generated=True),
+OPTION_FIELDS = {  # the columns each flag option adds, managed by dataflow_lab like the timestamps
+    d.option: tuple(Field(c.name, LOGICAL_TYPES[c.python], generated=True, **c.options) for c in d.columns)
+    for d in DECLARED
 }
 STAMP_FIELDS = tuple(Field(n, LOGICAL_TYPES[datetime.datetime], generated=True) for n in TIMESTAMP_FIELDS)
 _MANAGED_HOW = {
     "created_at": "sets it when a row is inserted",
     "updated_at": "sets it on every write",
-    "deleted_at": "sets it when Delete marks a row (soft_delete)",
-    "version": "starts it at 1 and bumps it on every Update (versioned)",
-    "tenant_id": "fills it from `with db.tenant(...)` (multi_tenant)",
+    **{c.name: c.how for d in DECLARED for c in d.columns},
 }
 
 

@@ -22,16 +22,34 @@ from __future__ import annotations
 
 import asyncio
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .errors import ValidationError, did_you_mean
 from .transactions import ACTIVE_SCOPE, Scope
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import Run
+    from .interfaces import DataFlow
+    from .scheduler import RunNode
     from .workflow import Workflow
 
 __all__ = ["Auto", "PerNode", "Saga", "Strategy", "TransactionMode", "TwoPhase", "WorkflowScoped", "strategy"]
+
+
+class Run(Protocol):
+    """What a mode asks of the run it runs (``runtime.Run``, whose module imports this one)."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def workflow(self) -> Workflow | None: ...
+    @property
+    def concurrency(self) -> int: ...
+    def scope(self, parent: Scope | None = None) -> Scope: ...
+    def written_dataflows(self) -> list[DataFlow]: ...
+    async def walk(self, run_node: RunNode, *, concurrency: int = 1) -> None: ...
+    def node_in(self, scope: Scope) -> RunNode: ...
+    def node_alone(self, saga_steps: list | None) -> RunNode: ...
+    async def compensate(self, steps: list) -> list[dict[str, Any]]: ...
 
 
 class TransactionMode(StrEnum):

@@ -32,7 +32,7 @@ from .monitoring_views import CollectorViews, NodeRun, WorkflowRun
 from .transaction_monitor import TransactionMonitor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
+    from .interfaces import DataFlow
 
 __all__ = ["MetricsCollector", "NodeRun", "WorkflowRun"]
 

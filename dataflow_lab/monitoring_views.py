@@ -18,8 +18,8 @@ from .errors import DataFlowError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .anomaly import Anomaly
-    from .dataflow import DataFlow
     from .hooks import NodeRecord
+    from .interfaces import DataFlow
     from .transaction_monitor import TransactionMonitor
 
 __all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]

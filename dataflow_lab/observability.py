@@ -13,7 +13,7 @@ from .monitoring import detach
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DataFlowConfig
-    from .dataflow import DataFlow
+    from .interfaces import DataFlow
 
 __all__ = ["Observability"]
 

@@ -20,24 +20,24 @@ from . import _loop
 from .access import check_sql
 from .dialects.scanners import load_scanner
 from .errors import ValidationError
+from .nodes.base import NodeOwner
 from .nodes.sql import one_statement as _one_statement
 from .nodes.sql import sql_node
-from .query_count import ACTIVE_SCOPE
 from .runtime import AsyncLocalRuntime, LocalRuntime
 from .sqltext import bind, writes
+from .transactions import ACTIVE_SCOPE
 from .workflow import WorkflowBuilder
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from .dataflow import DataFlow
     from .dialects.base import DuckAttachment
     from .workflow import Workflow
 
 __all__ = ["run_sql", "run_sql_async", "run_sql_duckdb"]
 
 
-def _workflow(db: DataFlow, query: str, params: Mapping[str, Any], write: bool) -> Workflow:
+def _workflow(db: NodeOwner, query: str, params: Mapping[str, Any], write: bool) -> Workflow:
     node, values = sql_node(db, write), {"query": query, "params": dict(params)}
     node.check(values, node_id="sql")  # its own error, not one of build()'s list of problems
     builder = WorkflowBuilder(dataflow=db, name="sql")
@@ -45,7 +45,7 @@ def _workflow(db: DataFlow, query: str, params: Mapping[str, Any], write: bool) 
     return builder.build()
 
 
-def run_sql(db: DataFlow, query: str, params: Mapping[str, Any], *, write: bool, user: Any) -> pd.DataFrame:
+def run_sql(db: NodeOwner, query: str, params: Mapping[str, Any], *, write: bool, user: Any) -> pd.DataFrame:
     workflow = _workflow(db, query, params, write)
     check_sql(db, user, write=write)
     started = time.perf_counter()
@@ -54,7 +54,7 @@ def run_sql(db: DataFlow, query: str, params: Mapping[str, Any], *, write: bool,
 
 
 async def run_sql_async(
-    db: DataFlow, query: str, params: Mapping[str, Any], *, write: bool, user: Any
+    db: NodeOwner, query: str, params: Mapping[str, Any], *, write: bool, user: Any
 ) -> pd.DataFrame:
     workflow = _workflow(db, query, params, write)
     check_sql(db, user, write=write)
@@ -101,7 +101,15 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def run_sql_duckdb(db: DataFlow, query: str, params: Mapping[str, Any], *, user: Any) -> pd.DataFrame:
+async def _tables_ready(db: NodeOwner) -> None:
+    """The model tables, created or migrated as a run would make them."""
+    database = db.database
+    await database.open()
+    for table in list(database.tables.values()):
+        await database.ensure_table(table)
+
+
+def run_sql_duckdb(db: NodeOwner, query: str, params: Mapping[str, Any], *, user: Any) -> pd.DataFrame:
     """``query`` in DuckDB over ``db``'s tables (read-only, committed data): columnar GROUP BYs."""
     dialect = db.database.dialect
     if dialect.runs_duckdb_sql:
@@ -120,7 +128,7 @@ def run_sql_duckdb(db: DataFlow, query: str, params: Mapping[str, Any], *, user:
             hint="run it after the block, or without engine='duckdb' inside it.",
         )
     check_sql(db, user, write=False)
-    db.create_tables()  # the model tables, as a run would make them
+    _loop.run(_tables_ready(db))
     started = time.perf_counter()
     view = _VIEWS.get(db)
     if view is None:

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .transactions import Scope
+__all__ = ["ACTIVE_SCOPE", "MAX_SQL_PER_NODE", "Tally", "count_statement", "keep_statement"]
 
-__all__ = ["ACTIVE_SCOPE", "MAX_SQL_PER_NODE", "count_statement", "keep_statement"]
+
+class Tally(Protocol):
+    """What counting asks of the running scope (``transactions.Scope``, which reads this variable as its own)."""
+
+    queries: int
+    sql: list[str] | None
+
 
 # The scope whose work is running in this context; a new scope started here joins it (transactions.py).
-ACTIVE_SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+ACTIVE_SCOPE: contextvars.ContextVar[Tally | None] = contextvars.ContextVar(
     "dataflow_lab_scope", default=None
 )
 

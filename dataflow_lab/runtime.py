@@ -46,7 +46,7 @@ from .transactions import ACTIVE_SCOPE, Scope, check_isolation
 from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
+    from .interfaces import DataFlow
 
 __all__ = ["AsyncLocalRuntime", "LocalRuntime", "Run", "TransactionMode", "rows_of"]
 

@@ -34,8 +34,7 @@ from .nodes.undo import RowUndo
 from .schema import ModelTable, internal_table
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
-    from .saga import SagaStep
+    from .interfaces import DataFlow, SagaStep
 
 __all__ = [
     "SAGA_LOG_TABLE",

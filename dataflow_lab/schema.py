@@ -60,13 +60,12 @@ class ModelTable:
         d, m = self.dialect, self.model
         columns = [d.id_column(m.table_name, m.id_field.type.name)]
         for f in m.fields[1:]:
-            counter = m.versioned and f.generated and f.name == "version"  # an upsert bumps it
-            info = {"counter": True} if counter else {}
+            info = {"counter": True} if f.name in m.counters else {}  # an upsert counts it up
             columns.append(sa.Column(f.name, self._column_type(f), nullable=f.nullable, info=info))
         unique, indexed = m.unique, m.indexes
-        if m.multi_tenant:  # uniqueness holds within a tenant, and every query filters on tenant_id
-            unique = tuple(_tenant_first(g) for g in unique)
-            indexed = tuple(dict.fromkeys((("tenant_id",), *(_tenant_first(g) for g in indexed))))
+        if m.key_scope:  # uniqueness holds within it (a tenant), and every query filters on it
+            unique = tuple(_scoped(m.key_scope, g) for g in unique)
+            indexed = tuple(dict.fromkeys((m.key_scope, *(_scoped(m.key_scope, g) for g in indexed))))
         constraints = [
             sa.UniqueConstraint(*group, name=f"uq_{m.table_name}_{'_'.join(group)}") for group in unique
         ]
@@ -158,8 +157,9 @@ def _internal_schema(model_class: type) -> ModelSchema:
     return parse_model(model_class, internal=True)
 
 
-def _tenant_first(group: tuple[str, ...]) -> tuple[str, ...]:
-    return ("tenant_id", *(c for c in group if c != "tenant_id"))
+def _scoped(scope: tuple[str, ...], group: tuple[str, ...]) -> tuple[str, ...]:
+    """``group`` led by the key scope's columns (a unique group holds within a tenant)."""
+    return (*scope, *(c for c in group if c not in scope))
 
 
 def _row_builder(fields: Sequence[Field], readers: Sequence[Any]) -> Any:

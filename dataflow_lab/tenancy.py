@@ -13,13 +13,9 @@ import contextlib
 from collections.abc import Coroutine, Iterator, Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import TenantRequiredError, ValidationError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
-    from .model import ModelSchema
 
 __all__ = ["activated", "captured", "current", "require", "run_with", "tenant_scope"]
 
@@ -39,7 +35,7 @@ def check_tenant(tenant: Any) -> str:
 
 
 @contextlib.contextmanager
-def tenant_scope(dataflow: DataFlow | None, tenant: str) -> Iterator[str]:
+def tenant_scope(dataflow: object, tenant: str) -> Iterator[str]:
     """Within the block, multi_tenant models of ``dataflow`` (None: of every DataFlow) see ``tenant``."""
     tenant = check_tenant(tenant)
     token = _TENANTS.set(MappingProxyType({**_TENANTS.get(), dataflow: tenant}))
@@ -49,7 +45,7 @@ def tenant_scope(dataflow: DataFlow | None, tenant: str) -> Iterator[str]:
         _TENANTS.reset(token)
 
 
-def current(dataflow: DataFlow | None) -> str | None:
+def current(dataflow: object) -> str | None:
     """The tenant set for ``dataflow`` (by db.tenant, else by the run), or None."""
     tenants = _TENANTS.get()
     if not tenants:
@@ -57,7 +53,14 @@ def current(dataflow: DataFlow | None) -> str | None:
     return tenants.get(dataflow) or tenants.get(EVERY_DATAFLOW)
 
 
-def require(dataflow: DataFlow | None, model: ModelSchema, where: str) -> str:
+class Named(Protocol):
+    """A model, as the refusal names it (a model.ModelSchema; declarations.py imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def require(dataflow: object, model: Named, where: str) -> str:
     tenant = current(dataflow)
     if tenant is None:
         raise TenantRequiredError(

@@ -24,19 +24,21 @@ import contextvars
 import datetime as dt
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from . import _loop
+from . import _loop, query_count
 from .errors import ConnectionError, DataFlowError, TransactionError, ValidationError, did_you_mean
-from .query_count import ACTIVE_SCOPE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
     from .dialects import Connection
+    from .interfaces import DataFlow
 
 __all__ = ["ACTIVE_SCOPE", "ISOLATION_LEVELS", "Scope", "TransactionBlock", "borrowed", "check_isolation"]
 
 log = logging.getLogger("dataflow_lab.transactions")
+
+# query_count.py's variable, read here as what it holds: only Scopes are set in it (here, modes, runtime)
+ACTIVE_SCOPE = cast("contextvars.ContextVar[Scope | None]", query_count.ACTIVE_SCOPE)
 
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed", "repeatable_read", "serializable")
 

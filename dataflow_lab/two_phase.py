@@ -18,6 +18,7 @@ recovery on any participant knows where the decision lives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from ._decisions import (
@@ -33,10 +34,9 @@ from ._in_doubt import recover_in_doubt
 from .errors import TransactionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
     from .dialects import Connection
     from .dialects.base import TwoPhaseConnection
-    from .transactions import Scope, _Held
+    from .interfaces import DataFlow, Held, Scope
 
 __all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "recover_in_doubt"]
 
@@ -56,7 +56,7 @@ class _SimulatedCrash(TransactionError):
     """Fault injection for tests: the process 'dies' with no resolution attempted."""
 
 
-async def commit_two_phase(scope: Scope, begun: list[_Held]) -> None:
+async def commit_two_phase(scope: Scope, begun: Sequence[Held]) -> None:
     """PREPARE everywhere; record the decision on the coordinator; COMMIT PREPARED everywhere."""
     for held in begun:
         if not held.dataflow.database.dialect.supports_two_phase:
@@ -97,9 +97,9 @@ async def _release_liveness_lock(db: DataFlow, conn: Connection, gid: str) -> No
         await db.database.release(conn)
 
 
-async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]) -> None:
+async def _two_phase(scope: Scope, begun: Sequence[Held], gid: str, keys: list[str]) -> None:
     gids = [f"{gid}:{n}" for n in range(len(begun))]  # unique per server, as PostgreSQL requires
-    prepared: list[_Held] = []
+    prepared: list[Held] = []
     for held, part in zip(begun, gids, strict=True):
         try:
             await cast("TwoPhaseConnection", held.conn).prepare(part)  # checked by commit_two_phase
@@ -128,7 +128,7 @@ async def _two_phase(scope: Scope, begun: list[_Held], gid: str, keys: list[str]
 
 
 async def _abort_prepare(
-    scope: Scope, begun: list[_Held], gids: list[str], done: int, exc: Exception
+    scope: Scope, begun: Sequence[Held], gids: list[str], done: int, exc: Exception
 ) -> None:
     """PREPARE failed on begun[done]: roll back every half (its reply may be lost: it may be prepared)."""
     states: dict[str, str] = {}
@@ -155,7 +155,7 @@ async def _abort_prepare(
 
 
 async def _resolve_after_prepare(
-    scope: Scope, begun: list[_Held], gids: list[str], gid: str, exc: Exception, *, committed: set[int]
+    scope: Scope, begun: Sequence[Held], gids: list[str], gid: str, exc: Exception, *, committed: set[int]
 ) -> None:
     """An error after every PREPARE: settle the decision, finish each half, or say what is where."""
     coordinator = begun[0].dataflow

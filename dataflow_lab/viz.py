@@ -13,12 +13,12 @@ import re
 import shutil
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import DataFlowError, ValidationError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .workflow import Workflow
+    from .wiring import Connection
 
 __all__ = [
     "STATES",
@@ -34,6 +34,37 @@ __all__ = [
     "to_html",
     "to_svg",
 ]
+
+
+class Typed(Protocol):
+    """A node of a drawn workflow (``workflow.NodeSpec``), or one of its run inputs (``WorkflowInput``)."""
+
+    @property
+    def type_name(self) -> str: ...
+
+
+class RunInput(Typed, Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Workflow(Protocol):
+    """What the DAG draws of a ``workflow.Workflow`` (whose module imports this one to draw it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def order(self) -> tuple[str, ...]: ...
+    @property
+    def nodes(self) -> Mapping[str, Typed]: ...
+    @property
+    def connections(self) -> tuple[Connection, ...]: ...
+    @property
+    def inputs(self) -> Mapping[str, tuple[Connection, ...]]: ...
+    @property
+    def workflow_inputs(self) -> tuple[RunInput, ...]: ...
+    def inputs_of(self, node_id: str) -> tuple[RunInput, ...]: ...
+
 
 STATES = ("pending", "running", "done", "failed", "cancelled", "rolled back", "compensated", "skipped")
 STATE_COLOURS = {

@@ -37,12 +37,12 @@ from .errors import (
     WorkflowValidationError,
     did_you_mean,
 )
-from .nodes.base import Node
+from .nodes.base import Node, NodeOwner
 from .nodes.registry import resolve
 from .wiring import Connection, Problem, check_connection
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataflow import DataFlow
+    from .interfaces import DataFlow
 
 __all__ = [
     "Connection",
@@ -167,7 +167,7 @@ class WorkflowBuilder:
     ``WorkflowBuilder(db)`` (or ``dataflow=db``) scopes bare node names to ``db``.
     """
 
-    def __init__(self, dataflow: DataFlow | None = None, *, name: str | None = None):
+    def __init__(self, dataflow: NodeOwner | None = None, *, name: str | None = None):
         self.dataflow = dataflow
         self.name = name or "workflow"
         self._nodes: dict[str, NodeSpec] = {}

@@ -50,7 +50,7 @@ def _imported(
 
 
 class _Imports(ast.NodeVisitor):
-    """Every import a module runs, at module level or inside a function; not those under TYPE_CHECKING."""
+    """Every import statement of a module: at module level, inside a function, under TYPE_CHECKING."""
 
     def __init__(self, module: str, is_package: bool, modules: set[str]):
         self.module, self.is_package, self.modules = module, is_package, modules
@@ -63,13 +63,6 @@ class _Imports(ast.NodeVisitor):
         self.depth -= 1
 
     visit_AsyncFunctionDef = visit_FunctionDef
-
-    def visit_If(self, node: ast.If) -> None:
-        if "TYPE_CHECKING" in ast.unparse(node.test):  # annotations only: never run
-            for statement in node.orelse:
-                self.visit(statement)
-        else:
-            self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
         self._add(node)
@@ -128,7 +121,7 @@ def test_every_module_of_the_package_is_named_in_docs_architecture_md():
     assert not missing, f"docs/architecture.md does not name (in backticks, e.g. `nodes.crud`): {missing}"
 
 
-def test_the_package_has_no_import_cycle_counting_imports_made_inside_functions():
+def test_the_package_has_no_import_cycle_counting_imports_inside_functions_and_for_types_only():
     cycles = import_cycles(import_graph())
     assert not cycles, "modules that import each other: " + "; ".join(
         " <-> ".join(map(short, c)) for c in cycles
@@ -138,6 +131,25 @@ def test_the_package_has_no_import_cycle_counting_imports_made_inside_functions(
 def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert import_cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_import_graph_counts_imports_made_inside_functions_and_under_type_checking():
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from . import errors\n"
+        "if TYPE_CHECKING:\n"
+        "    from .dataflow import DataFlow\n"
+        "def f():\n"
+        "    from .nodes import base\n"
+    )
+    modules = {"dataflow_lab.errors", "dataflow_lab.dataflow", "dataflow_lab.nodes.base", "dataflow_lab.x"}
+    visitor = _Imports("dataflow_lab.x", False, modules)
+    visitor.visit(ast.parse(source))
+    assert visitor.found == [
+        ("dataflow_lab.errors", False),
+        ("dataflow_lab.dataflow", False),
+        ("dataflow_lab.nodes.base", True),
+    ]
 
 
 def test_the_layer_contract_of_pyproject_toml_is_kept():

@@ -44,7 +44,7 @@ def compose(model: ModelSchema) -> Behaviours:
     times = tuple(n for n in _TIMESTAMPS if n in model.by_name)  # a reflected table may lack them
     if times:
         found.append(Timestamps(times))
-    found += [make() for option, make in _FLAGS if getattr(model, option)]
+    found += [make() for option, make in _FLAGS if option in model.options]
     for own in model.behaviours:
         if not isinstance(own, Behaviour):
             raise ValidationError(
@@ -52,7 +52,7 @@ def compose(model: ModelSchema) -> Behaviours:
                 hint="subclass dataflow_lab.behaviours.Behaviour and override the hooks you need.",
             )
         found.append(own)
-    if model.audit_log:
+    if "audit_log" in model.options:
         found.append(AuditLog())
     return Behaviours(found)
 
@@ -146,6 +146,15 @@ class Behaviours:
 
     def revive_values(self, found: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for b in self._having("revive_values") for k, v in b.revive_values(found).items()}
+
+    # -- before a run, and before the table's first use ------------------------------------------
+    def before_run(self, node_class: Any, where: str) -> None:
+        for b in self._having("before_run"):
+            b.before_run(node_class, where)
+
+    async def prepare(self, dataflow: Any) -> None:
+        for b in self._having("prepare"):
+            await b.prepare(dataflow)
 
     # -- around a write -------------------------------------------------------------------------
     async def written(self, node: Any, ctx: Any, changes: Sequence[Change]) -> None:

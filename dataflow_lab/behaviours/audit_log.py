@@ -19,5 +19,9 @@ class AuditLog(Behaviour):
     name = "audit_log"
     wants_images = True
 
+    async def prepare(self, dataflow: Any) -> None:
+        """Its writes log to the audit table, in their own transaction: made before the model's."""
+        await audit.ensure_table(dataflow)
+
     async def written(self, node: Any, ctx: Any, changes: Sequence[Change]) -> None:
         await audit.record(node, ctx, changes)

@@ -11,7 +11,14 @@ it; no node knows any option by name.
 Every hook has a no-op default, so a behaviour overrides only what it changes:
 
 - ``fields``: managed columns it adds to the model (callers cannot write them); ``managed``:
-  how a caller sets such a column instead, for the error that refuses it.
+  how a caller sets such a column instead, for the error that refuses it. ``counters``: columns
+  an upsert counts up; ``key_scope``: columns that lead every unique key and index (a key holds
+  within them). These three are read when the model is parsed, as the built-in options'
+  declarations are (declarations.py): the table is built from them.
+- ``before_run(node_class, where)``: before a run opens any transaction (access.py), in the
+  caller's thread: refuse a run that cannot succeed (a multi_tenant node with no tenant set).
+- ``prepare(dataflow)``: before the model's table is first used, make what the behaviour writes
+  to besides it (the audit log's table).
 - ``parameters(operation)``: node parameters it adds (``include_deleted``, ``version``).
 - ``guards(node, table, include_deleted=)``: conditions every statement's WHERE takes.
 - ``binds(node)``: values of the bind names its conditions use (``_tenant``, ``_version``).
@@ -57,6 +64,8 @@ class Behaviour:
 
     name: str = "behaviour"
     fields: tuple[Field, ...] = ()
+    counters: tuple[str, ...] = ()
+    key_scope: tuple[str, ...] = ()
     refreshed: tuple[str, ...] = ()
     wants_images: bool = False
     why_conflict: str = ""  # appended to the error of an Upsert whose row conflicts elsewhere
@@ -102,6 +111,14 @@ class Behaviour:
 
     def revive_values(self, found: Mapping[str, Any]) -> Mapping[str, Any]:
         return {}
+
+    def before_run(self, node_class: Any, where: str) -> None:
+        """Before a run of a node of ``node_class`` (``where`` names it), with the run's tenants set."""
+        return None
+
+    async def prepare(self, dataflow: Any) -> None:
+        """Before the model's table is first used on ``dataflow``: the internal tables it writes to."""
+        return None
 
     async def written(self, node: Any, ctx: Any, changes: Sequence[Change]) -> None:
         return None

@@ -33,6 +33,10 @@ class MultiTenant(Behaviour):
             return tenancy.current(node.dataflow) or "<tenant>"
         return tenancy.require(node.dataflow, node.model, node.where(node.node_id))
 
+    def before_run(self, node_class: Any, where: str) -> None:
+        """A run with no tenant is refused before it opens a transaction (TenantRequiredError)."""
+        tenancy.require(node_class.dataflow, node_class.model, where)
+
     def binds(self, node: Any) -> Mapping[str, Any]:
         return {"_tenant": self.tenant(node)}
 

@@ -26,10 +26,10 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
+from ..declarations import declared_column
 from ..dialects import Connection, Dialect
 from ..errors import BackfillRequiredError, DestructiveMigrationError, MigrationError, MigrationRequiredError
 from ..model import MISSING, check_value
-from ..tenancy import check_tenant
 from .diff import diff
 from .live import model_shape, read_table
 from .ops import Step, create_steps, literal, slug, table_steps
@@ -162,19 +162,22 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
 
 
 def backfill_value(mt: Any, f: Any, value: Any) -> Any:
-    """``value`` checked as a value of field ``f`` (a tenant: a non-empty string)."""
-    if f.name == "tenant_id" and mt.model.multi_tenant:
-        return check_tenant(value)
+    """``value`` checked as a value of field ``f`` (as an option declares it: a tenant, a non-empty string)."""
+    found = declared_column(mt.model.options, f.name)
+    if found is not None and found[1].backfill is not None:
+        return found[1].backfill.check(value)
     return check_value(mt.model, f, value, node="backfill")
 
 
 def backfill_error(mt: Any, required: Sequence[str], count: int) -> BackfillRequiredError:
     model, table, rows = mt.model.name, mt.table.name, f"{count} row{'s' if count != 1 else ''}"
-    if required == ["tenant_id"] and mt.model.multi_tenant:
-        what = (f"Model '{model}' turns on multi_tenant, and table '{table}' already has {rows}: each "
-                "needs a tenant_id, or no tenant would ever see it again.")  # fmt: skip
-        example = "{'tenant_id': 'acme'}"
-        how = "say whose rows they are"
+    found = declared_column(mt.model.options, required[0]) if len(required) == 1 else None
+    if found is not None and found[1].backfill is not None:  # an option's column (multi_tenant's tenant)
+        (option, column), backfill = (found[0].option, found[1].name), found[1].backfill
+        what = (f"Model '{model}' turns on {option}, and table '{table}' already has {rows}: each "
+                f"needs a {column}, or {backfill.why}.")  # fmt: skip
+        example = f"{{{column!r}: {backfill.example!r}}}"
+        how = backfill.how
     else:
         names = ", ".join(f"'{n}'" for n in required)
         what = f"Model '{model}' adds required field(s) {names} to table '{table}', which already has {rows}."

@@ -13,18 +13,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ..errors import ValidationError, did_you_mean
+from ..interfaces import DataFlow
 from ..model import MISSING, ModelSchema
 from .outputs import Expects
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..dataflow import DataFlow
 
 __all__ = [
     "MISSING",
     "Node",
+    "NodeOwner",
     "NodeRef",
     "Param",
     "RunContext",
@@ -53,6 +52,13 @@ class Param:
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         return " | ".join("None" if t is type(None) else getattr(t, "__name__", str(t)) for t in types)
+
+
+class NodeOwner(DataFlow, Protocol):
+    """A DataFlow as the nodes ask it (registry.py): ``interfaces.DataFlow`` and its node classes by name."""
+
+    @property
+    def nodes(self) -> Mapping[str, type[Node]]: ...
 
 
 class RunContext(Protocol):
@@ -271,7 +277,7 @@ def rebuild_node(ref: NodeRef, node_id: str, params: dict[str, Any]) -> Node:
     return resolve_ref(ref)(node_id, params)
 
 
-def _generated_class(dataflow: DataFlow, type_name: str) -> type[Node]:
+def _generated_class(dataflow: NodeOwner, type_name: str) -> type[Node]:
     return dataflow.nodes[type_name]
 
 

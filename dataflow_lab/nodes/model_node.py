@@ -26,7 +26,7 @@ from .increments import check_increment, is_increment, set_values, split
 from .outputs import ROW, Expects, resolve, row_type
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..dataflow import DataFlow
+    from ..interfaces import DataFlow
 
 __all__ = ["ModelNode", "Records", "check_conflict_on"]
 

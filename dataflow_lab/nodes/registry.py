@@ -13,19 +13,16 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import NodeNotFoundError, ValidationError, did_you_mean
-from .base import Node, node_ref, resolve_ref
+from .base import Node, NodeOwner, node_ref, resolve_ref
 from .python import python_node
 from .switch import SwitchNode
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..dataflow import DataFlow
-
 __all__ = ["NodeNamespace", "live_dataflows", "node_ref", "register", "resolve", "resolve_ref", "unregister"]
 
-_LIVE: weakref.WeakValueDictionary[int, DataFlow] = weakref.WeakValueDictionary()  # by registration
+_LIVE: weakref.WeakValueDictionary[int, NodeOwner] = weakref.WeakValueDictionary()  # by registration
 _ORDER = itertools.count()
 
 
@@ -42,7 +39,7 @@ class NodeNamespace(Mapping[str, type[Node]]):
 
     __slots__ = ("_owner", "_classes")
 
-    def __init__(self, owner: DataFlow, classes: dict[str, type[Node]]):
+    def __init__(self, owner: NodeOwner, classes: dict[str, type[Node]]):
         self._owner, self._classes = owner, classes
 
     def __getitem__(self, name: str) -> type[Node]:
@@ -73,23 +70,23 @@ class NodeNamespace(Mapping[str, type[Node]]):
         return f"<nodes of {self._owner!r}: {', '.join(self._classes) or 'none'}>"
 
 
-def register(dataflow: DataFlow) -> None:
+def register(dataflow: NodeOwner) -> None:
     if dataflow not in live_dataflows():
         _LIVE[next(_ORDER)] = dataflow
 
 
-def unregister(dataflow: DataFlow) -> None:
+def unregister(dataflow: NodeOwner) -> None:
     for key, db in list(_LIVE.items()):
         if db is dataflow:
             del _LIVE[key]
 
 
-def live_dataflows() -> list[DataFlow]:
+def live_dataflows() -> list[NodeOwner]:
     """The DataFlows not closed (nor freed), oldest first."""
     return [db for _, db in sorted(_LIVE.items(), key=lambda item: item[0])]
 
 
-def resolve(node_type: Any, dataflow: DataFlow | None = None) -> type[Node]:
+def resolve(node_type: Any, dataflow: NodeOwner | None = None) -> type[Node]:
     """A node name, a Node class or a callable -> a Node class."""
     if isinstance(node_type, type) and issubclass(node_type, Node):
         return node_type
@@ -106,7 +103,7 @@ def builtin_nodes() -> dict[str, type[Node]]:
     return {"SwitchNode": SwitchNode}
 
 
-def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
+def _by_name(name: str, dataflow: NodeOwner | None) -> type[Node]:
     builtin = builtin_nodes().get(name)
     if builtin is not None:
         return builtin
@@ -131,7 +128,7 @@ def _by_name(name: str, dataflow: DataFlow | None) -> type[Node]:
     )
 
 
-def _in(dataflow: DataFlow, name: str) -> type[Node]:
+def _in(dataflow: NodeOwner, name: str) -> type[Node]:
     """``name`` among the nodes of ``dataflow``; the error says which other DataFlow defines it, if one does."""
     if name in dataflow.nodes:
         return dataflow.nodes[name]

@@ -21,7 +21,7 @@ from ..sqltext import bind, statements, writes
 from .base import Node, NodeRef, Param, RunContext
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..dataflow import DataFlow
+    from ..interfaces import DataFlow
 
 __all__ = ["SqlOutput", "sql_node"]
 

@@ -24,7 +24,7 @@ from .base import Undo
 from .model_node import select_rows
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..dataflow import DataFlow
+    from ..interfaces import DataFlow
     from .model_node import ModelNode
 
 __all__ = ["RowUndo", "rows_before"]

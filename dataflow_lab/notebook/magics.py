@@ -4,7 +4,7 @@ Line:  connect URL | run NAME [--params JSON] [--background] [--transaction MODE
        | show NAME | nodes [MODEL] | status | migrate [--confirm] [--backfill JSON] [--rollback]
        | plot KIND [--x COL] [--y COL] [--from NAME] [--title T]
 Cell:  model | workflow NAME [--run] [--params JSON] [--background] [--transaction MODE] [--user U]
-Both:  sql [-o NAME] [--db NAME] [--write] [--user U] [SQL]
+Both:  sql [-o NAME] [--db NAME] [--write | --duckdb] [--user U] [SQL]
 
 A user's mistake becomes one UsageError line with a hint ("did you mean ..."),
 never a traceback (``%config DataFlowMagics.short_errors = False`` shows it).
@@ -60,7 +60,7 @@ USAGE = """\
 %dataflow plot bar|line|hist|scatter [--x COL] [--y COL] [--from NAME] [--title T]   chart a DataFrame
 %%dataflow model                      a cell of classes -> models (shows their nodes)
 %%dataflow workflow NAME [--run] ...  a cell of `node = NodeType(param=value)` lines
-%%dataflow sql [-o NAME] [--db NAME] [--write]   a cell of SQL -> a DataFrame ({var}, :var bound)
+%%dataflow sql [-o NAME] [--db NAME] [--write | --duckdb]   a cell of SQL -> a DataFrame ({var}, :var bound)
 %dataflow sql [-o NAME] [--db NAME] [--write] SELECT ...   the same on one line
 Settings: %config DataFlowMagics"""
 
@@ -387,8 +387,9 @@ class DataFlowMagics(Magics):
         for name in parameter_names(query):
             values.setdefault(name, self._variable(name, namespace, ":" + name))
         frame = db.sql(
-            query, values, write="write" in options, user=self._user(options.get("user"), namespace)
-        )
+            query, values, write="write" in options, user=self._user(options.get("user"), namespace),
+            engine="duckdb" if "duckdb" in options else None,
+        )  # fmt: skip
         if "o" in options:
             self._shell.user_ns[options["o"]] = frame
         self.session.last_frame = frame
@@ -591,15 +592,15 @@ def sql_options(line: str) -> tuple[dict[str, str], str]:
     takes_value = {"-o": "o", "--out": "o", "--db": "db", "--user": "user"}
     while rest.startswith("-"):
         word, _, after = rest.partition(" ")
-        if word == "--write":
-            options["write"] = ""
+        if word in ("--write", "--duckdb"):
+            options[word[2:]] = ""
         elif word in takes_value:
             value, _, after = after.strip().partition(" ")
             if not value or value.startswith("-"):
                 raise UsageError(f"%dataflow sql: {word} needs a name. Hint: {word} counts")
             options[takes_value[word]] = value
         else:
-            known = ["-o", "--db", "--write", "--user"]
+            known = ["-o", "--db", "--write", "--duckdb", "--user"]
             raise UsageError(
                 f"%dataflow sql has no option '{word}'.{did_you_mean(word, known)} Hint: options: {', '.join(known)}."
             )

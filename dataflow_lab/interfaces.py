@@ -1,0 +1,106 @@
+"""What the layers below the facade ask of a DataFlow, its Database, a scope and a saga step.
+
+A lower layer is handed these objects (a node's class holds its DataFlow, a scope its
+databases, the audit log the DataFlow it writes to) and annotates them with these
+Protocols, never with the classes above it: no module imports a higher layer, not even
+for its annotations (docs/architecture.md). ``dataflow.DataFlow``, ``database.Database``,
+``transactions.Scope`` and ``saga.SagaStep`` satisfy them structurally, and mypy checks
+every call a lower layer makes against them.
+
+Each member is one a lower layer uses; a lower layer that needs more adds it here. What
+needs a type of a layer above this one is a Protocol of that layer: ``nodes.base.NodeOwner``
+(a DataFlow and its node classes), ``modes.Run`` (what a mode asks of the runtime's run),
+``viz.Workflow`` (what the DAG draws of a workflow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .clock import SteppingClock, SystemClock
+    from .config import DataFlowConfig
+    from .dialects import Connection, Dialect
+    from .hooks import Hooks
+    from .ledger import TransactionLedger
+    from .model import ModelSchema
+    from .schema import ModelTable
+
+__all__ = ["DataFlow", "Database", "Held", "SagaStep", "Scope", "Workflow"]
+
+
+class Database(Protocol):
+    """What the lower layers ask of ``db.database`` (database.py documents the whole interface)."""
+
+    closed: bool
+    pending_count: int | None  # saga compensations owed; None: count again
+    token: str  # names it across processes (_remote.py)
+
+    @property
+    def dialect(self) -> Dialect: ...
+    @property
+    def ledger(self) -> TransactionLedger: ...
+    @property
+    def tables(self) -> Mapping[str, ModelTable]: ...  # by model name
+    async def open(self) -> Dialect: ...
+    async def release(self, conn: Connection) -> None: ...
+    async def ensure_table(self, table: ModelTable, scope: Any = None) -> None: ...
+    def is_ready(self, key: tuple[str, Any]) -> bool: ...
+    def mark_ready(self, key: tuple[str, Any]) -> None: ...
+    async def allows_two_phase(self) -> bool: ...
+
+
+class DataFlow(Protocol):
+    """What the lower layers ask of a ``dataflow.DataFlow``: its database and a few facts."""
+
+    @property
+    def database(self) -> Database: ...
+    @property
+    def config(self) -> DataFlowConfig: ...
+    @property
+    def hooks(self) -> Hooks: ...
+    @property
+    def clock(self) -> SystemClock | SteppingClock: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def models(self) -> Mapping[str, ModelSchema]: ...
+    def table(self, model: type | str) -> ModelTable: ...
+    def pool_status(self) -> dict[str, Any]: ...
+    def pending_compensations(self) -> int: ...
+
+
+class Workflow(Protocol):
+    """What access control asks of a built workflow: its nodes (``workflow.NodeSpec`` by id)."""
+
+    @property
+    def nodes(self) -> Mapping[str, Any]: ...
+
+
+class Held(Protocol):
+    """One database's connection in a scope (``transactions._Held``), as two-phase commit asks it."""
+
+    @property
+    def dataflow(self) -> DataFlow: ...
+    @property
+    def conn(self) -> Connection: ...
+
+
+class Scope(Protocol):
+    """What two-phase commit asks of the scope it commits (``transactions.Scope``)."""
+
+    @property
+    def run_id(self) -> str: ...
+    def record_event(self, dataflow: DataFlow, event: str, held: Any = None) -> None: ...  # held: a Held
+
+
+class SagaStep(Protocol):
+    """What the saga log asks of a committed step (``saga.SagaStep``)."""
+
+    logged: tuple[str, int] | None  # (run_id, seq) of its log entry, set when logged
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def undo(self) -> object: ...  # an Undo (nodes/undo.py); only a RowUndo is logged
