@@ -230,8 +230,10 @@ class DataFlow(Observability):
     def create_tables(self) -> list[str]:
         """Open the database and create (or migrate) every model's table now, not at first use.
 
-        The same checks apply as at first use (``auto_migrate``, destructive changes). Returns
-        the models whose tables are ready, in definition order.
+        It is the command that creates a missing table where ``auto_migrate`` is off (production
+        and staging refuse to at first use, with ``MigrationRequiredError``). Changes to existing
+        tables get the same checks as at first use (``auto_migrate``, destructive changes).
+        Returns the models whose tables are ready, in definition order.
         """
         self.database.check_open()
         return _loop.run(self._create_tables())
@@ -245,7 +247,7 @@ class DataFlow(Observability):
         database = self.database
         await database.open()
         for table in list(database.tables.values()):
-            await database.ensure_table(table)
+            await database.ensure_table(table, create=True)
         return list(database.tables)
 
     async def close_async(self) -> None:
