@@ -14,6 +14,7 @@ whose documented interface the package's other modules use.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -27,6 +28,7 @@ from .database import Database
 from .errors import ValidationError
 from .health import HealthReport
 from .hooks import Hooks
+from .logs import show as show_logs
 from .model import ModelSchema, parse_model
 from .monitoring import attach
 from .nodes import registry
@@ -38,6 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DataFlow"]
 
+log = logging.getLogger("dataflow_lab.dataflow")
+
 
 class DataFlow(Observability):
     """A database and the models defined on it.
@@ -48,6 +52,7 @@ class DataFlow(Observability):
 
     def __init__(self, database_url: str | None = None, **options: Any):
         self.config = DataFlowConfig.from_env(database_url, **options)
+        show_logs(self.config)  # echo's SQL and log_level on stderr in a script (logs.py)
         self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
         self.clock = clock_for(self.config.deterministic)
         # its connections, tables, ledger and registry: the package's other modules use this
@@ -63,6 +68,7 @@ class DataFlow(Observability):
             except BaseException:
                 self.close()  # a DataFlow that could not start is not left registered
                 raise
+        log.info("Initialized DataFlow in %s mode: %s", self.config.environment, self.url)
 
     # -- identity ----------------------------------------------------------
     @property
@@ -86,13 +92,14 @@ class DataFlow(Observability):
         The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
         """
         self.database.check_open()
-        schema = parse_model(cls)
+        schema = parse_model(cls, defaults=self.config.model_defaults)  # DataFlow(multi_tenant=True)...
         self._check_redefinition(schema)
         dialect = self.database.dialect  # waits for the warm-up before importing what it imports
         from .schema import ModelTable
 
         self.database.install(schema, ModelTable(schema, dialect))
         setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
+        log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
         return cls
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:

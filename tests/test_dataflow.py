@@ -228,11 +228,11 @@ def test_echo_false_logs_no_sql_statements(caplog):
 
 
 def test_an_unknown_dataflow_env_is_refused(monkeypatch):
-    monkeypatch.setenv("DATAFLOW_ENV", "staging")
+    monkeypatch.setenv("DATAFLOW_ENV", "qa")
     with pytest.raises(ValidationError) as info:
         DataFlow()
-    assert "staging" in str(info.value)
-    assert "production" in str(info.value)
+    assert "'qa'" in str(info.value)
+    assert "staging" in str(info.value) and "production" in str(info.value)
 
 
 def test_a_misspelled_dataflow_env_gets_a_suggestion(monkeypatch):

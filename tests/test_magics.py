@@ -531,13 +531,18 @@ def test_status_describes_the_session(users):
     assert "models: User" in out.stdout and "last runs: onboarding (done)" in out.stdout
 
 
-def test_echo_prints_each_sql_statement(users):
+def test_echo_lists_each_sql_statement_in_the_run_summary_under_its_node(users):
     cell(users, "%config DataFlowMagics.echo = True")
-    _, out = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
-    assert "SQL: SELECT count(*)" in out.stdout
+    run, out = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    summary = run.summary().splitlines()
+    at = summary.index(next(line for line in summary if line.startswith("  n (UserCountNode)")))
+    assert summary[at + 1].startswith("    SQL: SELECT count(*)")
+    assert "SQL · 1 statement" in run.summary_html() and "SELECT count(*)" in run.summary_html()
+    printed = [line for line in out.stdout.splitlines() if line.startswith("SQL:")]
+    assert printed == []  # listed in the summary (the cell's Out), not printed a second time
     cell(users, "%config DataFlowMagics.echo = False")
-    _, out = cell(users, "%dataflow run n")
-    assert "SQL:" not in out.stdout
+    run, out = cell(users, "%dataflow run n")
+    assert "SQL" not in run.summary() and "SQL ·" not in run.summary_html() and "SQL:" not in out.stdout
 
 
 # -- background runs --------------------------------------------------------------------------
