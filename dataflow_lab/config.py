@@ -65,10 +65,8 @@ PRESETS: dict[str, dict[str, object]] = {
     ),
 }
 # staging: production's settings (monitoring on, auto_migrate off, maximum safety), a smaller pool
-PRESETS["staging"] = {
-    **PRESETS["production"],
-    **dict(pool_size=20, max_overflow=40, monitoring=True, auto_migrate=False),
-}
+PRESETS["staging"] = {**PRESETS["production"], "pool_size": 20, "max_overflow": 40, "monitoring": True,
+                       "auto_migrate": False}  # fmt: skip
 PRESETS = {env: PRESETS[env] for env in ENVIRONMENTS}  # in ENVIRONMENTS' order
 
 # The spec's keyword names ("Developer vs Production Differences") -> ours
@@ -84,16 +82,20 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 @dataclass(frozen=True)
 class SafetyLevel:
-    """What one ``safety_level`` requires before a risky operation runs (README: "Safety levels")."""
+    """What one ``safety_level`` requires before a risky operation runs (README: "Safety levels").
+
+    - ``every_row_writes``: a BulkUpdate / BulkDelete with an empty filter needs ``confirmed=True``
+      ("confirmed"), or is refused whatever it says ("refused").
+    - ``destructive_migrations``: drops and narrowing need ``confirm_destructive=True``
+      ("confirmed"), or run only from reviewed files, ``apply(directory=...)`` ("files").
+    - ``warnings_are_errors``: what dataflow_lab would warn about (a table ``reflect()`` skips)
+      raises instead.
+    """
 
     name: str
-    every_row_writes: (
-        str  # BulkUpdate / BulkDelete with an empty filter: "confirmed" (confirmed=True) or "refused"
-    )
-    destructive_migrations: (
-        str  # drops, narrowing: "confirmed" (confirm_destructive=True) or "files" (reviewed only)
-    )
-    warnings_are_errors: bool  # what dataflow_lab would warn about (a table reflect skips) raises instead
+    every_row_writes: str
+    destructive_migrations: str
+    warnings_are_errors: bool
 
 
 SAFETY_LEVELS = {

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import ValidationError, did_you_mean
 
-__all__ = ["PostgresQuery", "check_query", "translate"]
+__all__ = ["PostgresQuery", "check_query", "query_of", "translate"]
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SESSION_ATTRS = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
