@@ -62,6 +62,14 @@ def test_options_become_server_settings_and_win_over_the_preset(pg_url):
         assert where == schema
 
 
+def test_a_setting_the_server_does_not_have_is_named_as_the_urls(pg_url):
+    with DataFlow(with_query(pg_url, "options=-c%20no_such_setting%3D1")) as db:
+        with pytest.raises(ConnectionError) as caught:
+            write_and_read(db)
+    assert "no setting named in the URL's options" in str(caught.value)
+    assert '"no_such_setting"' in str(caught.value) and "?options=" in str(caught.value)
+
+
 def test_options_and_schema_must_agree(pg_url):
     with pytest.raises(ValidationError, match="search_path twice"):
         DataFlow(with_query(pg_url, "options=-c%20search_path%3Delsewhere"))

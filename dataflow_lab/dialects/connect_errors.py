@@ -57,6 +57,12 @@ def postgres_failure(exc: BaseException, url: str) -> tuple[str, str]:
             f"Could not connect to {where}: the server is not what target_session_attrs={attrs} asks for.",
             "list a server that is (host=a:5432&host=b:5432), or use target_session_attrs=any.",
         )
+    if "unrecognized configuration parameter" in str(cause):
+        return (
+            f"Could not connect to {where}: the server has no setting named in the URL's options: "
+            f"{first_line(str(cause))}.",
+            "check the -c name=value settings of ?options= (SHOW ALL lists the server's settings).",
+        )
     if isinstance(cause, socket.gaierror):
         return (
             f"Could not connect to {where}: the host '{host}' is unknown.",
