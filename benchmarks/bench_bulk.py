@@ -63,7 +63,7 @@ def run_case(backend: str, path: str, op: str, n: int, url: str) -> dict:
 def setup_ours(op: str, url: str, existing: int):
     from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
 
-    db = DataFlow(url)
+    db = DataFlow(url, echo=False)  # the engine, not the development preset's SQL on stderr
 
     @db.model
     class Item:

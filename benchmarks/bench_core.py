@@ -40,7 +40,7 @@ def now() -> dt.datetime:
 
 # -- dataflow_lab ------------------------------------------------------------
 def ours(url: str | None, n: int) -> tuple[float, float]:
-    db = DataFlow(url)
+    db = DataFlow(url, echo=False)  # the engine, not the development preset's SQL on stderr
 
     @db.model
     class Item:
@@ -332,7 +332,7 @@ def sqlalchemy_core(url: str, n: int) -> tuple[float, float]:
 COLD_OURS = """
 import os
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
-db = DataFlow(os.environ["COLD_URL"] or None)
+db = DataFlow(os.environ["COLD_URL"] or None, echo=False)
 @db.model
 class Item:
     name: str

@@ -35,7 +35,7 @@ ACCOUNTING: list[str] = []
 
 
 def make(url: str | None, monitoring: bool) -> tuple[DataFlow, Callable[[], object], Callable[[], object]]:
-    db = DataFlow(url, monitoring=monitoring)
+    db = DataFlow(url, monitoring=monitoring, echo=False)  # no SQL on stderr: the monitoring cost alone
 
     @db.model
     class Item:

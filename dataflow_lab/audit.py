@@ -108,8 +108,11 @@ def audit_table(dataflow: DataFlow) -> ModelTable:
 
 
 async def ensure_table(dataflow: DataFlow) -> None:
-    """Create the audit table (called before a run that writes an audited model takes its connection)."""
-    await dataflow.database.ensure_table(audit_table(dataflow))
+    """Create the audit table (called before a run that writes an audited model takes its connection).
+
+    It is dataflow_lab's own table: created even where auto_migrate is off (production).
+    """
+    await dataflow.database.ensure_table(audit_table(dataflow), create=True)
 
 
 # -- writing (called by the audit_log behaviour, on the run's connection) -------------------
@@ -189,7 +192,8 @@ async def _history(
 ) -> list[AuditEntry]:
 
     table = audit_table(dataflow)
-    await dataflow.database.ensure_table(table, scope)  # inside db.transaction(): on the block's connection
+    # inside db.transaction(): on the block's connection
+    await dataflow.database.ensure_table(table, scope, create=True)
     t = table.table
     stmt = sa.select(*t.c).where(t.c.model == schema.name).order_by(t.c.id)
     if record_id is not None:

@@ -1,7 +1,9 @@
 """Configuration: environment detection, presets, and URL handling.
 
-``DATAFLOW_ENV`` (development | testing | production) picks a preset; explicit
-keyword arguments to ``DataFlow(...)`` override any preset value.
+``DATAFLOW_ENV`` (development | testing | staging | production; dev, test, prod) picks a
+preset; explicit keyword arguments to ``DataFlow(...)`` override any preset value. The
+spec's keyword names (``database=``, ``connection_pool_size=``...) are aliases of ours
+(``SPEC_ALIASES``); ``safety_level`` names the checks and confirmations of ``SAFETY_LEVELS``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from .errors import ValidationError, did_you_mean, refuse_unknown_options
 
-ENVIRONMENTS = ("development", "testing", "production")
+ENVIRONMENTS = ("development", "testing", "staging", "production")
+ENVIRONMENT_ALIASES = {"dev": "development", "test": "testing", "prod": "production"}
 
 # The spec's last section ("Developer vs Production Differences"), as data; README.md has the table.
 PRESETS: dict[str, dict[str, object]] = {
@@ -30,6 +33,7 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=60.0,
         deterministic=False,
         health_check_interval=60.0,
+        safety_level="development",
     ),
     "testing": dict(
         pool_size=10,
@@ -43,6 +47,7 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=60.0,
         deterministic=True,
         health_check_interval=60.0,
+        safety_level="testing",
     ),
     "production": dict(
         pool_size=100,
@@ -56,7 +61,47 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=30.0,
         deterministic=False,
         health_check_interval=60.0,
+        safety_level="maximum",
     ),
+}
+# staging: production's settings (monitoring on, auto_migrate off, maximum safety), a smaller pool
+PRESETS["staging"] = {**PRESETS["production"], "pool_size": 20, "max_overflow": 40, "monitoring": True,
+                       "auto_migrate": False}  # fmt: skip
+PRESETS = {env: PRESETS[env] for env in ENVIRONMENTS}  # in ENVIRONMENTS' order
+
+# The spec's keyword names ("Developer vs Production Differences") -> ours
+SPEC_ALIASES = {
+    "database": "database_url",
+    "connection_pool_size": "pool_size",
+    "audit_logging": "audit_log",
+    "deterministic_ids": "deterministic",
+}
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class SafetyLevel:
+    """What one ``safety_level`` requires before a risky operation runs (README: "Safety levels").
+
+    - ``every_row_writes``: a BulkUpdate / BulkDelete with an empty filter needs ``confirmed=True``
+      ("confirmed"), or is refused whatever it says ("refused").
+    - ``destructive_migrations``: drops and narrowing need ``confirm_destructive=True``
+      ("confirmed"), or run only from reviewed files, ``apply(directory=...)`` ("files").
+    - ``warnings_are_errors``: what dataflow_lab would warn about (a table ``reflect()`` skips)
+      raises instead.
+    """
+
+    name: str
+    every_row_writes: str
+    destructive_migrations: str
+    warnings_are_errors: bool
+
+
+SAFETY_LEVELS = {
+    "development": SafetyLevel("development", "confirmed", "confirmed", warnings_are_errors=False),
+    "testing": SafetyLevel("testing", "confirmed", "confirmed", warnings_are_errors=True),
+    "maximum": SafetyLevel("maximum", "refused", "files", warnings_are_errors=True),
 }
 
 
@@ -81,6 +126,19 @@ class DataFlowConfig:
     health_check_interval: float | None = (
         60.0  # seconds between background pool probes (health.py); None: off
     )
+    safety_level: str = "development"  # which checks and confirmations risky operations need: SAFETY_LEVELS
+    audit_log: bool = False  # every model's writes are audited (a model's own __dataflow__ may say False)
+    multi_tenant: bool = False  # every model is multi_tenant (likewise)
+    log_level: str | None = None  # the 'dataflow_lab' logger's level; None leaves logging alone
+
+    @property
+    def safety(self) -> SafetyLevel:
+        return SAFETY_LEVELS[self.safety_level]
+
+    @property
+    def model_defaults(self) -> dict[str, bool]:
+        """The model options every model of this DataFlow gets unless it says otherwise."""
+        return {"audit_log": self.audit_log, "multi_tenant": self.multi_tenant}
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -91,19 +149,56 @@ class DataFlowConfig:
 
     @classmethod
     def from_env(cls, database_url: str | None = None, **options: object) -> DataFlowConfig:
-        environment = str(options.pop("environment", None) or os.environ.get("DATAFLOW_ENV") or "development")
-        environment = environment.strip().lower()
-        if environment not in ENVIRONMENTS:
-            raise ValidationError(
-                f"Unknown DATAFLOW_ENV '{environment}'.{did_you_mean(environment, ENVIRONMENTS)}",
-                hint=f"use one of {', '.join(ENVIRONMENTS)} (unset means development).",
-            )
-        known = {f.name for f in dataclasses.fields(cls)} - {"database_url", "environment"}
-        refuse_unknown_options("DataFlow", options, known)
-        url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
+        environment = _environment(options.pop("environment", None) or os.environ.get("DATAFLOW_ENV"))
+        if database_url is not None:
+            options = {"database_url": database_url, **options}
+        options = _unalias(options)
+        known = {f.name for f in dataclasses.fields(cls)} - {"environment"}
+        refuse_unknown_options("DataFlow", options, known | set(SPEC_ALIASES))
+        url = options.pop("database_url", None) or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
         values: dict[str, Any] = {**PRESETS[environment], **options}
         _check_interval(values.get("health_check_interval"))
-        return cls(database_url=url, environment=environment, **values)
+        values["safety_level"] = _choice("safety_level", values["safety_level"], tuple(SAFETY_LEVELS))
+        if values.get("log_level") is not None:
+            values["log_level"] = _choice("log_level", str(values["log_level"]).upper(), LOG_LEVELS)
+        return cls(database_url=str(url), environment=environment, **values)
+
+
+def _environment(given: object) -> str:
+    environment = str(given or "development").strip().lower()
+    environment = ENVIRONMENT_ALIASES.get(environment, environment)
+    if environment not in ENVIRONMENTS:
+        names = (*ENVIRONMENTS, *ENVIRONMENT_ALIASES)
+        raise ValidationError(
+            f"Unknown DATAFLOW_ENV '{environment}'.{did_you_mean(environment, names)}",
+            hint=f"use one of {', '.join(ENVIRONMENTS)} (or {', '.join(ENVIRONMENT_ALIASES)}; "
+            "unset means development).",
+        )
+    return environment
+
+
+def _unalias(options: dict[str, object]) -> dict[str, object]:
+    """The spec's keyword names as ours; an alias given with our name for the same setting is refused."""
+    result = dict(options)
+    for alias, ours in SPEC_ALIASES.items():
+        if alias not in result:
+            continue
+        if ours in result:
+            raise ValidationError(
+                f"DataFlow() was given both {alias}= and {ours}=, which name the same setting.",
+                hint=f"keep one ({alias} is the spec's name for {ours}).",
+            )
+        result[ours] = result.pop(alias)
+    return result
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value in choices:
+        return str(value)
+    raise ValidationError(
+        f"DataFlow({name}={value!r}): not one of {', '.join(choices)}.{did_you_mean(str(value), choices)}",
+        hint=f"e.g. DataFlow({name}={choices[0]!r}).",
+    )
 
 
 def _check_interval(value: object) -> None:

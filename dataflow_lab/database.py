@@ -11,8 +11,9 @@ lifecycle      ``await open()`` -> the opened ``Dialect`` (once; later calls sha
 connections    ``await acquire()`` (opens first) / ``await release(conn)``
 dialect        ``dialect``: the database's facts and capabilities (dialects/base.py); the
                first use waits for the warm-up (_warmup.py)
-tables         ``await ensure_table(table, scope=None)``: created or migrated once (inside
-               ``scope``'s transaction when it holds this database); ``is_ready(key)`` /
+tables         ``await ensure_table(table, scope=None, create=False)``: created or migrated
+               once (inside ``scope``'s transaction when it holds this database; without
+               auto_migrate a missing table is refused unless ``create``); ``is_ready(key)`` /
                ``mark_ready(key)`` for dataflow_lab's own tables; ``forget_ready()`` after a
                migration, so every table is checked again
 transactions   ``ledger`` (ledger.py), ``await allows_two_phase()``
@@ -152,7 +153,7 @@ class Database:
         """Check every table again at its next use (after a migration)."""
         self._ready.clear()
 
-    async def ensure_table(self, table: Any, scope: Any = None) -> None:
+    async def ensure_table(self, table: Any, scope: Any = None, *, create: bool = False) -> None:
         """Create or migrate a model's table, once, before it is used.
 
         Inside an open transaction on this database (``scope`` holds it), a second connection
@@ -163,15 +164,15 @@ class Database:
         held = scope is not None and scope.holds(self.dataflow)
         if held and table.model.signature() not in {key[1] for key in self._ready}:
             conn = await scope.connection(self.dataflow, write=True)
-            await table.ensure(conn, **self._migration_policy())
+            await table.ensure(conn, **self._migration_policy(create))
             return
-        await self._ensure_table_once(table)
+        await self._ensure_table_once(table, create)
 
-    def _migration_policy(self) -> dict[str, Any]:
+    def _migration_policy(self, create: bool) -> dict[str, Any]:
         return {"auto_migrate": self.config.auto_migrate, "existing_schema": self.config.existing_schema,
-                "clock": self.dataflow.clock}  # fmt: skip
+                "clock": self.dataflow.clock, "create": create}  # fmt: skip
 
-    async def _ensure_table_once(self, table: Any) -> None:
+    async def _ensure_table_once(self, table: Any, create: bool) -> None:
         from .behaviours import of  # they import SQLAlchemy, which `import dataflow_lab` must not load
 
         await of(table).prepare(self.dataflow)  # the internal tables its behaviours write to (audit)
@@ -186,7 +187,7 @@ class Database:
             dialect = await self.open()
             conn = await dialect.acquire()
             try:
-                await self._ensure_in_own_transaction(table, conn)
+                await self._ensure_in_own_transaction(table, conn, create)
             except DataFlowError:
                 raise
             except Exception as exc:
@@ -199,10 +200,10 @@ class Database:
                 await dialect.release(conn)
             self.mark_ready(key)
 
-    async def _ensure_in_own_transaction(self, table: Any, conn: Connection) -> None:
+    async def _ensure_in_own_transaction(self, table: Any, conn: Connection, create: bool) -> None:
         await conn.begin()
         try:
-            await table.ensure(conn, **self._migration_policy())
+            await table.ensure(conn, **self._migration_policy(create))
             await conn.commit()
         except BaseException:
             await conn.rollback()

@@ -14,6 +14,7 @@ whose documented interface the package's other modules use.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -27,6 +28,7 @@ from .database import Database
 from .errors import ValidationError
 from .health import HealthReport
 from .hooks import Hooks
+from .logs import show as show_logs
 from .model import ModelSchema, parse_model
 from .monitoring import attach
 from .nodes import registry
@@ -41,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DataFlow"]
 
+log = logging.getLogger("dataflow_lab.dataflow")
+
 
 class DataFlow(Observability):
     """A database and the models defined on it.
@@ -51,6 +55,7 @@ class DataFlow(Observability):
 
     def __init__(self, database_url: str | None = None, **options: Any):
         self.config = DataFlowConfig.from_env(database_url, **options)
+        show_logs(self.config)  # echo's SQL and log_level on stderr in a script (logs.py)
         self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
         self.clock = clock_for(self.config.deterministic)
         # its connections, tables, ledger and registry: the package's other modules use this
@@ -66,6 +71,7 @@ class DataFlow(Observability):
             except BaseException:
                 self.close()  # a DataFlow that could not start is not left registered
                 raise
+        log.info("Initialized DataFlow in %s mode: %s", self.config.environment, self.url)
 
     # -- identity ----------------------------------------------------------
     @property
@@ -89,13 +95,14 @@ class DataFlow(Observability):
         The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
         """
         self.database.check_open()
-        schema = parse_model(cls)
+        schema = parse_model(cls, defaults=self.config.model_defaults)  # DataFlow(multi_tenant=True)...
         self._check_redefinition(schema)
         dialect = self.database.dialect  # waits for the warm-up before importing what it imports
         from .schema import ModelTable
 
         self.database.install(schema, ModelTable(schema, dialect))
         setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
+        log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
         return cls
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
@@ -269,8 +276,10 @@ class DataFlow(Observability):
     def create_tables(self) -> list[str]:
         """Open the database and create (or migrate) every model's table now, not at first use.
 
-        The same checks apply as at first use (``auto_migrate``, destructive changes). Returns
-        the models whose tables are ready, in definition order.
+        It is the command that creates a missing table where ``auto_migrate`` is off (production
+        and staging refuse to at first use, with ``MigrationRequiredError``). Changes to existing
+        tables get the same checks as at first use (``auto_migrate``, destructive changes).
+        Returns the models whose tables are ready, in definition order.
         """
         self.database.check_open()
         return _loop.run(self._create_tables())
@@ -284,7 +293,7 @@ class DataFlow(Observability):
         database = self.database
         await database.open()
         for table in list(database.tables.values()):
-            await database.ensure_table(table)
+            await database.ensure_table(table, create=True)
         return list(database.tables)
 
     async def close_async(self) -> None:

@@ -203,10 +203,14 @@ def check_table_name(table: str, model: str) -> str:
     return table
 
 
-def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
+def parse_model(
+    cls: type, *, internal: bool = False, defaults: typing.Mapping[str, bool] | None = None
+) -> ModelSchema:
     """Read a class's annotations, defaults and options into a ModelSchema.
 
     ``internal``: one of dataflow_lab's own tables (the audit log), whose names are reserved.
+    ``defaults``: on/off options a model has unless its ``__dataflow__`` says otherwise
+    (``DataFlow(audit_logging=True)``, ``DataFlow(multi_tenant=True)``).
     """
     name = cls.__name__
     check_identifier(name, "Model name")
@@ -227,7 +231,7 @@ def parse_model(cls: type, *, internal: bool = False) -> ModelSchema:
             f"Model '{name}' declares no fields.", hint="annotate fields on the class, e.g. `name: str`."
         )
     fields = [_id_field(name, hints.pop("id", None))]
-    flags = _flags(cls, name)
+    flags = _flags(cls, name, defaults or {})
     own = _behaviours(cls, name)
     added = [f for b in own for f in b.fields]
     declared = [*(d for d in DECLARED if flags[d.option]), *own]  # what the table takes of each
@@ -311,12 +315,12 @@ def _behaviours(cls: type, model: str) -> tuple[typing.Any, ...]:
     return items
 
 
-def _flags(cls: type, model: str) -> dict[str, bool]:
+def _flags(cls: type, model: str, defaults: typing.Mapping[str, bool]) -> dict[str, bool]:
     """The on/off options (each adds a managed column; see OPTION_FIELDS)."""
     raw = dict(getattr(cls, "__dataflow__", None) or {})
     flags = {}
     for option, (_column, purpose) in FLAG_OPTIONS.items():
-        value = raw.get(option, False)
+        value = raw.get(option, defaults.get(option, False))
         if not isinstance(value, bool):
             raise ValidationError(
                 f"Model '{model}': __dataflow__['{option}'] must be True or False, got {value!r}.",

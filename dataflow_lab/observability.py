@@ -71,7 +71,7 @@ class Observability:
         if self._monitor is None:
             raise DataFlowError(
                 f"Monitoring is off for {self!r} (the {self.config.environment} preset).",
-                hint="pass monitoring=True to DataFlow(...), or set DATAFLOW_ENV=testing or production.",
+                hint="pass monitoring=True to DataFlow(...), or set DATAFLOW_ENV=testing, staging or production.",
             )
         return self._monitor
 

@@ -127,14 +127,15 @@ class ModelTable:
 
     # -- DDL -------------------------------------------------------------
     async def ensure(self, conn: Connection, *, auto_migrate: bool, existing_schema: bool = False,
-                     clock: Any = None) -> None:  # fmt: skip
+                     clock: Any = None, create: bool = False) -> None:  # fmt: skip
         """Create the table if missing, and migrate it as the environment allows (migrations/engine.py).
 
-        ``clock`` (the DataFlow's) dates the migration history; None: the system clock.
+        ``clock`` (the DataFlow's) dates the migration history; None: the system clock. ``create``:
+        a missing table is made even without auto_migrate (``db.create_tables()``).
         """
 
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
-                           clock=clock or SystemClock())  # fmt: skip
+                           clock=clock or SystemClock(), create=create)  # fmt: skip
 
 
 _INTERNAL: weakref.WeakKeyDictionary[Any, dict[type, ModelTable]] = weakref.WeakKeyDictionary()

@@ -18,6 +18,7 @@ from dataflow_lab import (
     DestructiveMigrationError,
     LocalRuntime,
     MigrationError,
+    MigrationRequiredError,
     NodeNotFoundError,
     ValidationError,
     WorkflowBuilder,
@@ -227,11 +228,11 @@ def test_echo_false_logs_no_sql_statements(caplog):
 
 
 def test_an_unknown_dataflow_env_is_refused(monkeypatch):
-    monkeypatch.setenv("DATAFLOW_ENV", "staging")
+    monkeypatch.setenv("DATAFLOW_ENV", "qa")
     with pytest.raises(ValidationError) as info:
         DataFlow()
-    assert "staging" in str(info.value)
-    assert "production" in str(info.value)
+    assert "'qa'" in str(info.value)
+    assert "staging" in str(info.value) and "production" in str(info.value)
 
 
 def test_a_misspelled_dataflow_env_gets_a_suggestion(monkeypatch):
@@ -256,11 +257,16 @@ def test_a_refused_dataflow_is_not_left_registered(monkeypatch):
     assert len(registry.live_dataflows()) == before
 
 
-def test_production_without_auto_migrate_still_creates_a_new_table(monkeypatch):
+def test_production_creates_no_table_at_first_use_and_create_tables_does(monkeypatch):
     monkeypatch.setenv("DATAFLOW_ENV", "production")
     db = DataFlow()
     define_user(db)
-    assert create_user(db, "Prod")["id"] == 1
+    with pytest.raises(MigrationRequiredError) as info:
+        create_user(db, "Prod")
+    message = str(info.value)
+    assert "model 'User'" in message and "'users'" in message and "db.create_tables()" in message
+    assert db.create_tables() == ["User"]
+    assert create_user(db, "Prod")["id"] == 1  # the refused run wrote nothing
     db.close()
 
 

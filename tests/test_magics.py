@@ -531,13 +531,18 @@ def test_status_describes_the_session(users):
     assert "models: User" in out.stdout and "last runs: onboarding (done)" in out.stdout
 
 
-def test_echo_prints_each_sql_statement(users):
+def test_echo_lists_each_sql_statement_in_the_run_summary_under_its_node(users):
     cell(users, "%config DataFlowMagics.echo = True")
-    _, out = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
-    assert "SQL: SELECT count(*)" in out.stdout
+    run, out = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    summary = run.summary().splitlines()
+    at = summary.index(next(line for line in summary if line.startswith("  n (UserCountNode)")))
+    assert summary[at + 1].startswith("    SQL: SELECT count(*)")
+    assert "SQL · 1 statement" in run.summary_html() and "SELECT count(*)" in run.summary_html()
+    printed = [line for line in out.stdout.splitlines() if line.startswith("SQL:")]
+    assert printed == []  # listed in the summary (the cell's Out), not printed a second time
     cell(users, "%config DataFlowMagics.echo = False")
-    _, out = cell(users, "%dataflow run n")
-    assert "SQL:" not in out.stdout
+    run, out = cell(users, "%dataflow run n")
+    assert "SQL" not in run.summary() and "SQL ·" not in run.summary_html() and "SQL:" not in out.stdout
 
 
 # -- background runs --------------------------------------------------------------------------
@@ -913,6 +918,40 @@ def test_the_magics_work_in_a_real_kernel_with_its_running_event_loop():
     assert error_text.strip() == (
         "UsageError: no workflow named 'onbording'. Did you mean 'onboarding'? Hint: workflows: onboarding."
     )
+
+
+def test_in_a_real_kernel_echo_lists_the_sql_in_the_run_summary_and_writes_nothing_to_stderr():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = [
+        "%load_ext dataflow_lab\n%config DataFlowMagics.echo = True",
+        f"%%dataflow model\n{USER_MODEL}",
+        f"%%dataflow workflow onboarding --run\n{ONBOARDING}",
+        # a DataFlow of the user's own, development preset (echo on): nothing lands on stderr
+        "from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder\n"
+        "own = DataFlow()\n"
+        "@own.model\nclass Note:\n    text: str\n"
+        "wf = WorkflowBuilder(own); wf.add_node('NoteCreateNode', 'c', {'text': 'hi'})\n"
+        "LocalRuntime().execute(wf.build())[0]['c']['text']",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = nbclient.NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    with _env(kernel_env()):
+        client.execute()
+    summary = nb.cells[2].outputs[-1]["data"]
+    lines = summary["text/plain"].splitlines()
+    create = next(i for i, line in enumerate(lines) if line.startswith("  create (UserCreateNode)"))
+    assert lines[create + 1].startswith("    SQL: INSERT INTO users")
+    assert "SQL · " in summary["text/html"] and "INSERT INTO users" in summary["text/html"]
+    run_streams = [o["text"] for o in nb.cells[2].outputs if o["output_type"] == "stream"]
+    assert not any("SQL:" in text for text in run_streams), run_streams  # in the summary, not printed too
+    stderr = [o["text"] for c in nb.cells for o in c.outputs if o.get("name") == "stderr"]
+    assert not any("INSERT" in text for text in stderr), stderr  # the kernel's stderr gets none
+    own = nb.cells[3].outputs  # a run of the user's own: no summary, so the notebook's echo prints it
+    assert any("SQL: INSERT INTO notes" in o.get("text", "") for o in own)
+    assert own[-1]["data"]["text/plain"] == "'hi'"
 
 
 class _env:

@@ -49,11 +49,12 @@ def statement_note(echo: bool, observe: int) -> Note | None:
     """What a connection calls with each statement it sends: echo it, count it, both, or nothing.
 
     ``observe``: 0 off, 1 count statements for monitoring, 2 count them and keep their text.
+    ``echo`` also keeps their text: a notebook run's summary lists each node's statements.
     """
-    if not observe:
-        return echo_sql if echo else None
+    if not observe and not echo:
+        return None
 
-    count = keep_statement if observe > 1 else count_statement
+    count = keep_statement if observe > 1 or echo else count_statement
     if not echo:
         return count
 

@@ -37,10 +37,32 @@ def first_line(text: str) -> str:
 def postgres_failure(exc: BaseException, url: str) -> tuple[str, str]:
     """(message, hint) for a failed PostgreSQL connect; says whether host, port or database is wrong."""
     parts = sa.engine.make_url(url)
-    host, port, database = parts.host or "localhost", parts.port or 5432, parts.database or parts.username
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in parts.query.items()}
+    host = parts.host or query.get("host") or "localhost"  # ?host=/run/postgresql: a socket directory
+    port, database = parts.port or query.get("port") or 5432, parts.database or parts.username
     where = f"PostgreSQL at {host}:{port}, database '{database}'"
     cause = root_cause(exc)
     kind = type(cause).__name__
+    if "rejected SSL upgrade" in str(cause):
+        mode = query.get("sslmode")
+        return (
+            f"Could not connect to {where}: the server does not accept SSL, and the URL asks for "
+            f"sslmode={mode}.",
+            "use ?sslmode=prefer (SSL when the server has it) or ?sslmode=disable, "
+            "or turn ssl on in the server's postgresql.conf.",
+        )
+    if kind == "TargetServerAttributeNotMatched":
+        attrs = query.get("target_session_attrs")
+        return (
+            f"Could not connect to {where}: the server is not what target_session_attrs={attrs} asks for.",
+            "list a server that is (host=a:5432&host=b:5432), or use target_session_attrs=any.",
+        )
+    if "unrecognized configuration parameter" in str(cause):
+        return (
+            f"Could not connect to {where}: the server has no setting named in the URL's options: "
+            f"{first_line(str(cause))}.",
+            "check the -c name=value settings of ?options= (SHOW ALL lists the server's settings).",
+        )
     if isinstance(cause, socket.gaierror):
         return (
             f"Could not connect to {where}: the host '{host}' is unknown.",

@@ -7,7 +7,8 @@ Facts:
   insert an explicit id.
 - ``statement_timeout`` is set per connection so nothing hangs forever.
 - Upsert is ``INSERT ... ON CONFLICT``.
-- ``?schema=name`` in the URL sets the connection's search_path.
+- ``?schema=name`` in the URL sets the connection's search_path; libpq's ``sslmode``,
+  ``application_name``, ``connect_timeout``, ``options`` are translated for asyncpg (pg_url.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
+from . import pg_url
 from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .connect_errors import postgres_failure
 
@@ -195,23 +197,26 @@ class PostgresDialect(PooledDialect):
         return dialect()
 
     def engine_url(self) -> str:
-        url = sa.engine.make_url(self.url).difference_update_query(["schema"])
+        # libpq's parameters (sslmode, options...) become connect arguments: engine_options
+        url = sa.engine.make_url(self.url).difference_update_query(pg_url.TRANSLATED)
         return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
     def engine_options(self) -> dict[str, Any]:
         settings = {}
-        schema = sa.engine.make_url(self.url).query.get("schema")
-        if schema:  # postgresql://.../db?schema=name puts the tables in that schema
-            settings["search_path"] = schema if isinstance(schema, str) else schema[-1]
         if self.config.statement_timeout:
             settings["statement_timeout"] = str(int(self.config.statement_timeout * 1000))
+        query = pg_url.translate(pg_url.query_of(self.url))  # the URL's own settings win
         return dict(
             pool_size=self.config.pool_size,
             max_overflow=self.config.max_overflow,
             pool_timeout=self.config.pool_timeout,
             pool_recycle=self.config.pool_recycle,
             pool_pre_ping=self.config.pool_pre_ping,
-            connect_args={"server_settings": settings, "timeout": 10},
+            connect_args={
+                "timeout": 10,
+                **query.connect_args,
+                "server_settings": {**settings, **query.server_settings},
+            },
         )
 
     async def attach_to_duckdb(self, directory: str) -> DuckAttachment:

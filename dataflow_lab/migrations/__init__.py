@@ -155,6 +155,16 @@ class Migrations:
         if plan.destructive and not confirm:
             tables = ", ".join(sorted({s.table for s in plan.steps if s.destructive}))
             raise engine.destructive_error(f"Table(s) {tables}", plan.steps)
+        if plan.destructive and self._db.config.safety.destructive_migrations == "files":
+            tables = ", ".join(sorted({s.table for s in plan.steps if s.destructive}))
+            raise DestructiveMigrationError(
+                f"Table(s) {tables} need a destructive change, and safety_level="
+                f"'{self._db.config.safety_level}' applies those only from reviewed migration files, "
+                f"confirmed or not. Nothing was changed. It would run:\n{plan.sql}",
+                sql=plan.up,
+                hint="write it as a file with db.migrations.generate('migrations'), review it, then "
+                "run db.migrations.apply(directory='migrations').",
+            )
         return [await engine.run_and_record(conn, dialect, plan.steps, source="api", clock=self._db.clock)]
 
     async def _apply_files(self, conn: Any, dialect: Any, directory: Path) -> list[AppliedMigration]:

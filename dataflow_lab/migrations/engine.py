@@ -285,15 +285,22 @@ async def mark_rolled_back(conn: Connection, dialect: Dialect, seq: int, clock: 
 
 # -- a model's first use -----------------------------------------------------------------
 async def ensure_table(
-    conn: Connection, mt: Any, *, auto_migrate: bool, existing_schema: bool, clock: Clock
+    conn: Connection,
+    mt: Any,
+    *,
+    auto_migrate: bool,
+    existing_schema: bool,
+    clock: Clock,
+    create: bool = False,
 ) -> None:
     """Bring one model's table up to date in the connection's open transaction, as policy allows.
 
     - existing_schema: never any DDL; a missing table or a difference is an error.
-    - a missing table is created (there is nothing to lose), and recorded.
-    - auto_migrate (development, testing): additive changes are applied and recorded; destructive
-      ones raise DestructiveMigrationError showing the SQL.
-    - otherwise (production): any difference raises MigrationRequiredError.
+    - auto_migrate (development, testing): a missing table is created, additive changes are
+      applied, both recorded; destructive ones raise DestructiveMigrationError showing the SQL.
+    - otherwise (production, staging): any difference raises MigrationRequiredError, a missing
+      table too, unless ``create`` (``db.create_tables()``, the explicit command, and
+      dataflow_lab's own tables) asks for it to be made.
     """
     dialect: Dialect = mt.dialect
     if existing_schema:
@@ -306,6 +313,13 @@ async def ensure_table(
     if not steps:
         return
     creating = steps[0].description.startswith("create table")
+    if creating and not (auto_migrate or create):
+        raise MigrationRequiredError(
+            f"Table '{mt.table.name}' of model '{mt.model.name}' does not exist, and this DataFlow "
+            "(auto_migrate=False) does not create tables at first use. Nothing was run.",
+            hint="create it with db.create_tables(), or review it as a file: "
+            "db.migrations.generate('migrations'), then db.migrations.apply(directory='migrations').",
+        )
     if not creating and not auto_migrate:
         raise MigrationRequiredError(
             f"Table '{mt.table.name}' does not match model '{mt.model.name}': "

@@ -76,7 +76,9 @@ async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[
             shapes.append(shape)
     added = []
     for shape in shapes:
-        schema = model_from_table(shape, strict=tables is not None)
+        # safety_level testing and maximum: what would be a warning (a table skipped) is an error
+        strict = tables is not None or db.config.safety.warnings_are_errors
+        schema = model_from_table(shape, strict=strict, columns_strict=db.config.safety.warnings_are_errors)
         if schema is None:
             continue
         db.database.install(schema, ReflectedTable(schema, db.database.dialect), reflected=True)
@@ -84,8 +86,14 @@ async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[
     return added
 
 
-def model_from_table(shape: TableShape, *, strict: bool = False) -> ModelSchema | None:
-    """A ModelSchema for an existing table (None, with a warning, when it cannot have nodes)."""
+def model_from_table(
+    shape: TableShape, *, strict: bool = False, columns_strict: bool = False
+) -> ModelSchema | None:
+    """A ModelSchema for an existing table (None, with a warning, when it cannot have nodes).
+
+    ``strict``: a table that cannot have nodes is an error; ``columns_strict``: so is a column
+    that would be left out of the model.
+    """
     problem = _key_problem(shape)
     if problem:
         if strict:
@@ -97,11 +105,15 @@ def model_from_table(shape: TableShape, *, strict: bool = False) -> ModelSchema 
     for column in shape.columns.values():
         python = _LOGICAL.get(column.type.partition("(")[0])
         if python is None:
-            warnings.warn(
-                f"dataflow_lab: column '{shape.name}.{column.name}' has type {column.raw_type or column.type}, "
-                "which has no logical type; it is left out of the model.",
-                stacklevel=3,
-            )
+            problem = (f"column '{shape.name}.{column.name}' has type {column.raw_type or column.type}, "
+                       "which has no logical type")  # fmt: skip
+            if columns_strict:
+                raise ValidationError(
+                    f"Table '{shape.name}' cannot be reflected whole: {problem}.",
+                    hint="change or drop the column, or reflect with safety_level='development', "
+                    "which leaves it out of the model with a warning.",
+                )
+            warnings.warn(f"dataflow_lab: {problem}; it is left out of the model.", stacklevel=3)
             continue
         fields.append(_field(shape, column.name, python, column.nullable, column.default, column.type))
     fields.sort(key=lambda f: f.name != "id")

@@ -106,6 +106,13 @@ class _FilterWrite(ModelNode):
     def check_together(cls, params: dict[str, Any], *, node_id: str, partial: bool) -> None:
         if partial and "filter" not in params:
             return
+        if not params.get("filter") and cls.dataflow.config.safety.every_row_writes == "refused":
+            raise ValidationError(
+                f"{cls.where(node_id)}: an empty filter would {cls.verb} every {cls.model.name} row, which "
+                f"safety_level='{cls.dataflow.config.safety_level}' refuses, confirmed or not.",
+                hint="pass a filter that names the rows; a change to every row is a reviewed migration "
+                "or a run on a DataFlow with safety_level='testing'.",
+            )
         if not params.get("filter") and not params.get("confirmed", False):
             raise ValidationError(
                 f"{cls.where(node_id)}: an empty filter would {cls.verb} every {cls.model.name} row.",

@@ -185,9 +185,9 @@ class DataFlowMagics(Magics):
         help="Database of the notebook's DataFlow when %dataflow connect was not used: '' means "
         "DATABASE_URL if set, else in-memory SQLite. Its password is never shown.",
     ).tag(config=True)
-    echo = Bool(False, help="Print each SQL statement the notebook's runs send to the database.").tag(
-        config=True
-    )
+    echo = Bool(
+        False, help="Show each SQL statement the notebook sends: in each run's summary, under its node."
+    ).tag(config=True)
     display_limit = Int(
         10, help="Rows of each List output shown (as a DataFrame) in a run's summary; 0 shows all."
     ).tag(config=True)
@@ -525,6 +525,7 @@ class DataFlowMagics(Magics):
             interval=self.refresh_interval,
             display_limit=self.display_limit,
             background=args.background,
+            show_sql=self.echo,
         )
         self.session.last_runs[workflow.name] = run
         live = self.live and self._frontend_has_widgets()

@@ -44,6 +44,7 @@ class NodeStatus:
     retries: int = 0
     writes: bool = False
     started: float | None = None  # perf_counter() when it began running (a snapshot's duration runs on)
+    sql: tuple[str, ...] = ()  # the statements it sent, when its DataFlow keeps them (echo)
 
     def label(self) -> str:
         """The status line drawn under the node: rows and duration, or progress and time so far."""
@@ -177,16 +178,17 @@ class RunObserver:
         rows: int | None,
         **future: Any,
     ) -> None:
+        sql = tuple(" ".join(s.split()) for s in future.get("sql") or ())  # kept when echo is on
         if error is None:
-            self._update(run_id, node_id, state="done", duration=duration, rows=rows)
+            self._update(run_id, node_id, state="done", duration=duration, rows=rows, sql=sql)
             db = getattr(self.workflow.nodes[node_id].node_class, "dataflow", None)
             if db is not None and self._nodes[node_id].writes:
                 with self._lock:
                     self._uncommitted.setdefault(id(db), []).append(node_id)
         elif isinstance(error, asyncio.CancelledError):  # stopped, not broken
-            self._update(run_id, node_id, state="cancelled", duration=duration, error="cancelled")
+            self._update(run_id, node_id, state="cancelled", duration=duration, error="cancelled", sql=sql)
         else:
-            self._update(run_id, node_id, state="failed", duration=duration, error=_one_line(error))
+            self._update(run_id, node_id, state="failed", duration=duration, error=_one_line(error), sql=sql)
 
     def node_skipped(self, *, run_id: str, node_id: str, reason: str = "", **future: Any) -> None:
         """A route not taken: the node did not run and never will in this run."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import _loop, viz
-from .._panel import PANEL_PROGRESS
+from .._panel import PANEL_PROGRESS, SQL_IN_SUMMARY
 from ..errors import DataFlowError, ValidationError, did_you_mean
 from ..runtime import LocalRuntime
 from ..workflow import check_parameters
@@ -64,8 +64,10 @@ class NotebookRun:
         *,
         background: bool = False,
         display_limit: int = 10,
+        show_sql: bool = False,
     ):
         self.workflow = workflow
+        self.show_sql = show_sql  # the summary lists each node's statements (echo on)
         self.observer = observer
         self.background = background
         self.display_limit = display_limit
@@ -249,6 +251,7 @@ class NotebookRun:
         for n in s.nodes.values():
             tail = " · ".join(p for p in (rows(n.rows), duration(n.duration)) if p)
             lines.append(f"  {n.node_id} ({n.node_type}): {n.state}" + (f", {tail}" if tail else ""))
+            lines.extend(f"    SQL: {statement}" for statement in (n.sql if self.show_sql else ()))
         if s.events:
             lines.append("  transactions: " + " -> ".join(s.events))
         if self.status == "done":
@@ -272,6 +275,8 @@ class NotebookRun:
             parts.append(_error_html(self.error))
         parts.append(DagView(self.workflow, s).html())
         parts.append(MonitorPanel(s).events_html())
+        if self.show_sql:
+            parts.append(_sql_html(s))
         if self.status == "done":
             parts.append(self._results_html())
         return f'<div class="df-run df-run-{self.status}">{"".join(parts)}</div>'
@@ -314,21 +319,29 @@ def start_run(
     interval: float = 0.1,
     display_limit: int = 10,
     background: bool = False,
+    show_sql: bool = False,
 ) -> NotebookRun:
     """Submit a run to the runtime's loop and return its handle at once.
 
     The run starts in a copy of the caller's context, so ``with db.tenant(...):`` around the
-    cell reaches it although it runs on the loop thread.
+    cell reaches it although it runs on the loop thread. ``show_sql``: its summary lists the SQL
+    each node sent (when its DataFlow has ``echo`` on, as the notebook's does).
     """
     parameters = check_parameters(workflow, parameters)
     observer = RunObserver(workflow, name=name or workflow.name, interval=interval)
     runtime = LocalRuntime(transaction=transaction, hooks=[observer], user=user)
     run = NotebookRun(
-        workflow, observer, concurrent.futures.Future(), background=background, display_limit=display_limit
+        workflow,
+        observer,
+        concurrent.futures.Future(),
+        background=background,
+        display_limit=display_limit,
+        show_sql=show_sql,
     )
     coro = runtime.execute_async(workflow, parameters)
     context = contextvars.copy_context()
     context.run(PANEL_PROGRESS.set, True)  # the live panel shows bulk progress: no second (tqdm) bar
+    context.run(SQL_IN_SUMMARY.set, show_sql)  # listed in the summary: not printed as well
     _loop.loop().call_soon_threadsafe(run._launch, coro, context)
     return run
 
@@ -352,6 +365,15 @@ def wait_in_cell(run: NotebookRun, *, live_after: float | None, show: Any = None
         run.cancel()
         raise
     return run
+
+
+def _sql_html(s: RunSnapshot) -> str:
+    """Each node's statements, as the text summary lists them (empty when none were kept)."""
+    lines = [f"{n.node_id}: {statement}" for n in s.nodes.values() for statement in n.sql]
+    if not lines:
+        return ""
+    count = f"{len(lines)} statement{'s' if len(lines) != 1 else ''}"
+    return f"<details open><summary>SQL · {count}</summary><pre>{html.escape(chr(10).join(lines))}</pre></details>"
 
 
 def _error_line(error: BaseException) -> str:

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import _loop
+from .._panel import SQL_IN_SUMMARY
 from ..config import passwords_of, redact_url
 from ..dataflow import DataFlow
 
@@ -30,10 +31,13 @@ async def _ping(db: DataFlow) -> None:
 
 
 class _Echo(logging.Handler):
-    """Prints echoed SQL to whatever sys.stdout is when a statement runs (the cell's output)."""
+    """Prints echoed SQL to whatever sys.stdout is when a statement runs (the cell's output).
+
+    A magic's run lists its statements in its summary instead (SQL_IN_SUMMARY)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"SQL: {record.getMessage()}")
+        if not SQL_IN_SUMMARY.get():
+            print(f"SQL: {record.getMessage()}")
 
 
 class Session:
