@@ -17,7 +17,9 @@ def demo(database_url: str | None = None) -> int:
     writes to it, which must never happen to a real database by accident.
     """
 
-    db = DataFlow(database_url or IN_MEMORY)
+    # echo off: the walkthrough prints what each step made; the development preset's SQL on stderr
+    # would bury it under the table checks and the migration history's statements
+    db = DataFlow(database_url or IN_MEMORY, echo=False)
     print(f"1. db = DataFlow()          -> {db!r} ({db.dialect}, {db.config.environment})")
 
     @db.model
