@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from .clock import SystemClock
 from .dialects import Connection, Dialect
 from .migrations.engine import ensure_table
-from .model import MISSING, Field, ModelSchema, check_value, parse_model
+from .migrations.ops import typed_literal
+from .model import MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
 
 __all__ = ["ModelTable", "internal_table"]
 
@@ -34,9 +35,9 @@ class ModelTable:
     def __init__(self, model: ModelSchema, dialect: Dialect):
         self.model = model
         self.dialect = dialect
+        self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
-        self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
         # (sql, bind names) from compile_named, or (sql, params) from compile: keyed apart by the caller
         self._sql: dict[Any, tuple[str, Any]] = {}
@@ -62,7 +63,9 @@ class ModelTable:
         for f in m.fields[1:]:
             counter = m.versioned and f.generated and f.name == "version"  # an upsert bumps it
             info = {"counter": True} if counter else {}
-            columns.append(sa.Column(f.name, self._column_type(f), nullable=f.nullable, info=info))
+            kind = self._column_type(f)
+            default = self._server_default(f, kind)
+            columns.append(sa.Column(f.name, kind, nullable=f.nullable, info=info, server_default=default))
         unique, indexed = m.unique, m.indexes
         if m.multi_tenant:  # uniqueness holds within a tenant, and every query filters on tenant_id
             unique = tuple(_tenant_first(g) for g in unique)
@@ -77,6 +80,18 @@ class ModelTable:
         if f.type.name == "decimal":
             return self.dialect.decimal_type(self.model.name, f.name, f.type.digits)
         return self.dialect.column_type(f.type.name)
+
+    def _server_default(self, f: Field, kind: sa.types.TypeEngine) -> sa.ColumnClause | None:
+        """The column's DEFAULT, so that rows other tools insert are valid: the moment of insert for
+        created_at / updated_at, a field's literal default (None: no DEFAULT, NULL is implied).
+
+        literal_column, not text(): the SQL is kept as written (text() would take ':00' for a bind).
+        """
+        if f.generated and f.name in TIMESTAMP_FIELDS and f.type.name == "datetime":
+            return sa.literal_column(self.dialect.now_default)
+        if f.default is MISSING or f.default is None:
+            return None
+        return sa.literal_column(typed_literal(self.dialect, self.to_db(f.name, f.default), kind))
 
     def _writer(self, f: Field) -> Any:
         return self.dialect.to_db.get(f.type.name)

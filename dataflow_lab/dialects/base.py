@@ -224,6 +224,8 @@ class Dialect:
     # ALTER TABLE ... DROP CONSTRAINT (a table-level UNIQUE).
     alters_in_place: frozenset[str] = frozenset()
     added_column_keeps_default = False  # ADD COLUMN ... DEFAULT stays the column's default for good
+    # The server DEFAULT of created_at / updated_at: the current moment in UTC, stored as ours are.
+    now_default = "CURRENT_TIMESTAMP"
     rebuild_preamble: tuple[str, ...] = ()  # statements a table rebuild runs first
 
     def bytes_literal(self, value: bytes) -> str:
