@@ -81,6 +81,7 @@ class DataFlowConfig:
     health_check_interval: float | None = (
         60.0  # seconds between background pool probes (health.py); None: off
     )
+    bulk_memory_mb: float = 64.0  # what one bulk chunk may hold in memory (rows.ChunkSizer)
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -103,6 +104,7 @@ class DataFlowConfig:
         url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
         values: dict[str, Any] = {**PRESETS[environment], **options}
         _check_interval(values.get("health_check_interval"))
+        _check_budget(values.get("bulk_memory_mb", 64.0))
         return cls(database_url=url, environment=environment, **values)
 
 
@@ -112,6 +114,15 @@ def _check_interval(value: object) -> None:
     raise ValidationError(
         f"health_check_interval must be a positive number of seconds or None, got {value!r}.",
         hint="e.g. DataFlow(health_check_interval=60), or None to turn background probes off.",
+    )
+
+
+def _check_budget(value: object) -> None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return
+    raise ValidationError(
+        f"bulk_memory_mb must be a positive number of megabytes, got {value!r}.",
+        hint="e.g. DataFlow(bulk_memory_mb=64): bulk chunks hold about that much at once.",
     )
 
 
