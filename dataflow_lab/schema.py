@@ -32,9 +32,10 @@ def _enum_reader(enum_cls: Any) -> Any:
 class ModelTable:
     """One model bound to one dialect."""
 
-    def __init__(self, model: ModelSchema, dialect: Dialect):
+    def __init__(self, model: ModelSchema, dialect: Dialect, *, server_defaults: bool = True):
         self.model = model
         self.dialect = dialect
+        self._server_defaults = server_defaults  # False: dataflow_lab's own tables, which only it writes
         self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
@@ -87,6 +88,8 @@ class ModelTable:
 
         literal_column, not text(): the SQL is kept as written (text() would take ':00' for a bind).
         """
+        if not self._server_defaults:
+            return None
         if f.generated and f.name in TIMESTAMP_FIELDS and f.type.name == "datetime":
             return sa.literal_column(self.dialect.now_default)
         if f.default is MISSING or f.default is None:
@@ -164,7 +167,8 @@ def internal_table(model_class: type, dataflow: Any) -> ModelTable:
     tables = _INTERNAL.setdefault(dataflow, {})
     table = tables.get(model_class)
     if table is None:
-        table = tables[model_class] = ModelTable(_internal_schema(model_class), dataflow.database.dialect)
+        schema = _internal_schema(model_class)
+        table = tables[model_class] = ModelTable(schema, dataflow.database.dialect, server_defaults=False)
     return table
 
 

@@ -28,8 +28,10 @@ def wide(url):
     class Doc:
         title: str
         body: str
+        __dataflow__ = {"unique": ["title"]}
 
     bulk(db, [{"title": "warm", "body": "up"}])  # the table, the pool, compiled statements
+    upsert(db, [{"title": "warm", "body": "up"}])
     yield db
     db.close()
 
@@ -46,6 +48,14 @@ def bulk(db, data, *, hooks=(), **params) -> dict:
     workflow = WorkflowBuilder(db)
     workflow.add_node("DocBulkCreateNode", "load", {"data": data, "progress": False, **params})
     return LocalRuntime(hooks=list(hooks)).execute(workflow.build())[0]["load"]
+
+
+def upsert(db, data) -> dict:
+    workflow = WorkflowBuilder(db)
+    workflow.add_node(
+        "DocBulkUpsertNode", "load", {"data": data, "conflict_on": ["title"], "progress": False}
+    )
+    return LocalRuntime().execute(workflow.build())[0]["load"]
 
 
 def wide_rows(n: int = ROWS):
@@ -76,6 +86,14 @@ def stored(db) -> tuple[int, int]:
 def test_a_stream_of_wide_rows_stays_within_the_memory_budget(wide):
     peak, result = peak_of(lambda: bulk(wide, wide_rows()))
     assert result == {"inserted": ROWS}
+    assert peak < BUDGET_MB * MB + CONSTANT, f"{peak / MB:.1f} MB for a {BUDGET_MB} MB budget"
+    assert stored(wide) == (ROWS + 1, ROWS * (WIDE + 6) + 2)
+
+
+def test_a_streamed_upsert_of_wide_rows_stays_within_the_memory_budget(wide):
+    bulk(wide, wide_rows(ROWS // 2))  # half of them exist: updated, the rest inserted
+    peak, result = peak_of(lambda: upsert(wide, wide_rows()))
+    assert (result["inserted"], result["updated"]) == (ROWS // 2, ROWS // 2)
     assert peak < BUDGET_MB * MB + CONSTANT, f"{peak / MB:.1f} MB for a {BUDGET_MB} MB budget"
     assert stored(wide) == (ROWS + 1, ROWS * (WIDE + 6) + 2)
 

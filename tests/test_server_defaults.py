@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
+import logging
 import re
 import sqlite3
 from decimal import Decimal
@@ -20,6 +21,7 @@ from conftest import SCHEMA, postgres_url
 from sqlalchemy.schema import CreateTable
 
 from dataflow_lab import DataFlow, LocalRuntime, MigrationRequiredError, WorkflowBuilder, _loop
+from dataflow_lab.audit import audit_table
 
 BACKENDS = ("sqlite_file", "duckdb_file", "postgres")
 
@@ -192,19 +194,54 @@ def test_an_existing_table_without_defaults_gets_them_from_a_migration(place):
     db.close()
 
 
-def test_production_asks_for_the_defaults_migration(place, tmp_path):
+def test_production_keeps_running_and_warns_until_the_reviewed_defaults_migration_is_applied(
+    place, tmp_path, caplog
+):
     backend, url = place
     db = DataFlow(url, auto_migrate=False)
     define(db)
     legacy_table(db)
-    with pytest.raises(MigrationRequiredError, match="set default of 'qty'"):
-        run(db, "GadgetCreateNode", {"name": "x"})
+    with caplog.at_level(logging.WARNING, logger="dataflow_lab.migrations"):
+        assert run(db, "GadgetCreateNode", {"name": "ours"})["qty"] == 3  # our writes need no DEFAULT
+    (warning,) = [r.getMessage() for r in caplog.records if "lacks server defaults" in r.getMessage()]
+    assert "set default of 'qty'" in warning and "db.migrations.generate" in warning
     path = db.migrations.generate(tmp_path / "migrations")
     assert "DEFAULT" in path.read_text()
     db.migrations.apply(directory=tmp_path / "migrations")
-    raw_execute(backend, url, "INSERT INTO gadgets (name) VALUES ('after')")
-    assert only_row(db)["qty"] == 3
+    raw_execute(backend, url, "INSERT INTO gadgets (name) VALUES ('theirs')")
+    assert [r["qty"] for r in run(db, "GadgetListNode", {"order_by": ["id"]})["records"]] == [3, 3]
     db.close()
+
+
+def test_production_still_refuses_other_changes_with_the_defaults(place):
+    _backend, url = place
+    db = DataFlow(url, auto_migrate=False)
+    define(db)
+    legacy_table(db)
+
+    @db.model
+    class Gadget:  # the legacy table, and a new field
+        name: str
+        qty: int = 3
+        size: Optional[int] = None  # noqa: UP045
+
+    with pytest.raises(MigrationRequiredError, match="size"):
+        run(db, "GadgetCreateNode", {"name": "x"})
+    db.close()
+
+
+def test_dataflow_labs_own_tables_get_no_server_defaults(db):
+    @db.model
+    class Note:
+        text: str
+        __dataflow__ = {"audit_log": True}
+
+    run_note = WorkflowBuilder(db)
+    run_note.add_node("NoteCreateNode", "n", {"text": "x"})
+    LocalRuntime().execute(run_note.build())
+    assert db.table("Note").table.c.created_at.server_default is not None
+    audit = audit_table(db).table
+    assert all(c.server_default is None for c in audit.columns if not c.primary_key)
 
 
 def test_defaults_read_back_from_the_database_are_not_diffed_again(place):

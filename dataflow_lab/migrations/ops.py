@@ -38,6 +38,7 @@ class Step:
     destructive: bool = False  # up can lose or refuse data
     down_destructive: bool = False  # down can (it drops what up created)
     slug: str = ""  # for names: "users_add_age"
+    defaults_only: bool = False  # it only sets or drops server DEFAULTs (what other tools' inserts get)
 
 
 class _Sql:
@@ -162,7 +163,7 @@ def _column_step(
         old, new = c.old.default, c.new.default  # type: ignore[union-attr]
         forward = f"{alter} SET DEFAULT {new}" if new is not None else f"{alter} DROP DEFAULT"
         back = f"{alter} SET DEFAULT {old}" if old is not None else f"{alter} DROP DEFAULT"
-        return Step(live.name, describe, (forward,), (back,), slug=name)
+        return Step(live.name, describe, (forward,), (back,), slug=name, defaults_only=True)
     if c.kind in ("drop_not_null", "set_not_null"):
         drop, add = f"{alter} DROP NOT NULL", f"{alter} SET NOT NULL"
         forward, back = (drop, add) if c.kind == "drop_not_null" else (add, drop)
@@ -272,8 +273,9 @@ def _rebuild(
     what = "; ".join(c.describe() for c in changes)
     destructive = any(c.destructive for c in changes)
     words = "_".join(f"{c.kind.split('_')[0]}_{c.name}" for c in changes if c.kind != "drop_index")
+    defaults_only = all(c.kind in ("set_default", "drop_default") for c in changes)
     return Step(name, f"{name}: rebuild ({what})", tuple(up), tuple(down), destructive=destructive,
-                slug=f"{name}_{words}")  # fmt: skip
+                slug=f"{name}_{words}", defaults_only=defaults_only)  # fmt: skip
 
 
 def _swap(
