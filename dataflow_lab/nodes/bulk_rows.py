@@ -65,7 +65,7 @@ def common_parameters() -> tuple[Param, ...]:
             "batch_size",
             (int, type(None)),
             default=None,
-            description="rows per chunk (default: the database's best)",
+            description="rows per chunk (default: what bulk_memory_mb holds, within the database's limit)",
             check=_batch_check,
         ),
         Param(
