@@ -160,7 +160,7 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
         count = await _row_count(conn, dialect, mt.table.name)
         if count:
             raise backfill_error(mt, required, count)
-    return table_steps(dialect, mt.table, live, changes, defaults, backfilled=frozenset(backfill))
+    return table_steps(dialect, mt.table, live, changes, defaults)
 
 
 def backfill_value(mt: Any, f: Any, value: Any) -> Any:

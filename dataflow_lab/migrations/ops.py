@@ -94,14 +94,12 @@ def table_steps(
     live: TableShape,
     changes: Sequence[Change],
     defaults: Mapping[str, str],
-    *,
-    backfilled: frozenset[str] = frozenset(),
 ) -> list[Step]:
     """Steps that apply ``changes`` to ``live`` (one rebuild when the database needs it).
 
     ``defaults`` fill added columns of existing rows. SQLite keeps an ADD COLUMN's DEFAULT for
-    good, so a column whose fill is not its server DEFAULT (a ``backfilled`` one-off value, such as
-    a tenant), or whose DEFAULT is an expression (which ADD COLUMN refuses), is added by a rebuild.
+    good, so a column whose fill is not its server DEFAULT (a back-filled one-off value, such as a
+    tenant), or whose DEFAULT is an expression (which ADD COLUMN refuses), is added by a rebuild.
     """
     in_place = dialect.alters_in_place
 
