@@ -65,7 +65,7 @@ def common_parameters() -> tuple[Param, ...]:
             "batch_size",
             (int, type(None)),
             default=None,
-            description="rows per chunk (default: what bulk_memory_mb holds, within the database's limit)",
+            description="rows per chunk (default: the database's best)",
             check=_batch_check,
         ),
         Param(
