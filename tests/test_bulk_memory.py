@@ -176,3 +176,12 @@ def test_the_chunks_after_wider_rows_are_smaller():
 def test_a_memory_budget_that_is_not_a_positive_number_is_refused(value):
     with pytest.raises(ValidationError, match="bulk_memory_mb"):
         DataFlow(bulk_memory_mb=value)
+
+
+def test_a_dataframe_of_wide_rows_is_written_in_chunks_that_fit_the_budget(wide):
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame(list(wide_rows(60)))
+    spy = ProgressSpy()
+    assert bulk(wide, frame, hooks=[spy]) == {"inserted": 60}
+    sizes = [b - a for a, b in zip([0, *spy.done], spy.done, strict=False)]
+    assert len(sizes) > 3 and max(sizes) * WIDE * 2 <= BUDGET_MB * MB
