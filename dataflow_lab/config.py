@@ -130,6 +130,7 @@ class DataFlowConfig:
     audit_log: bool = False  # every model's writes are audited (a model's own __dataflow__ may say False)
     multi_tenant: bool = False  # every model is multi_tenant (likewise)
     log_level: str | None = None  # the 'dataflow_lab' logger's level; None leaves logging alone
+    bulk_memory_mb: float = 64.0  # what one bulk chunk may hold in memory (rows.ChunkSizer)
 
     @property
     def safety(self) -> SafetyLevel:
@@ -161,6 +162,7 @@ class DataFlowConfig:
         values["safety_level"] = _choice("safety_level", values["safety_level"], tuple(SAFETY_LEVELS))
         if values.get("log_level") is not None:
             values["log_level"] = _choice("log_level", str(values["log_level"]).upper(), LOG_LEVELS)
+        _check_budget(values.get("bulk_memory_mb", 64.0))
         return cls(database_url=str(url), environment=environment, **values)
 
 
@@ -207,6 +209,15 @@ def _check_interval(value: object) -> None:
     raise ValidationError(
         f"health_check_interval must be a positive number of seconds or None, got {value!r}.",
         hint="e.g. DataFlow(health_check_interval=60), or None to turn background probes off.",
+    )
+
+
+def _check_budget(value: object) -> None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return
+    raise ValidationError(
+        f"bulk_memory_mb must be a positive number of megabytes, got {value!r}.",
+        hint="e.g. DataFlow(bulk_memory_mb=64): bulk chunks hold about that much at once.",
     )
 
 

@@ -1,7 +1,9 @@
 """User data -> checked, driver-ready row chunks, for the bulk nodes.
 
 ``data`` may be a list of dicts, a pandas DataFrame, or any iterable of dicts
-(a generator is consumed chunk by chunk, so memory stays bounded).
+(a generator is consumed chunk by chunk, so memory stays bounded). A chunk holds as
+many rows as a memory budget allows at the width measured on its first rows
+(``ChunkSizer``), within the database's own limit.
 
 Checking is fast on the common path: the first row fixes which fields are
 given; each later row with the same fields becomes a tuple through one
@@ -19,6 +21,7 @@ import datetime as dt
 import itertools
 import json
 import math
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +33,7 @@ from .errors import ValidationError, did_you_mean
 from .model import MISSING
 from .types import INT64
 
-__all__ = ["Chunk", "RowShaper", "iter_records", "is_dataframe"]
+__all__ = ["Chunk", "ChunkSizer", "RowShaper", "iter_records", "is_dataframe"]
 
 # Python types that pass unchanged for each logical type (before the dialect's converter).
 _FAST_TYPES: dict[str, tuple[type, ...]] = {
@@ -71,33 +74,96 @@ def is_dataframe(data: Any) -> bool:
     return hasattr(data, "columns") and hasattr(data, "iloc") and hasattr(data, "dtypes")
 
 
+SAMPLE_ROWS = 16  # rows measured per chunk; a stream's first chunk is this many (it is measured first)
+
+
+def record_bytes(record: Any) -> int:
+    """About what one input row holds in memory: the dict and its values (a JSON value's items too)."""
+    size = sys.getsizeof(record)
+    for value in record.values() if isinstance(record, Mapping) else ():
+        size += sys.getsizeof(value)
+        if isinstance(value, dict):
+            size += sum(map(sys.getsizeof, value.values()))
+        elif isinstance(value, list | tuple):
+            size += sum(map(sys.getsizeof, value))
+    return size
+
+
+class ChunkSizer:
+    """Rows per chunk: as many as ``budget`` bytes hold at the widest row measured so far, at most ``cap``.
+
+    ``copies``: how many times a chunk is held at once per byte of input row (the records of a
+    streamed chunk, the driver-ready rows, a driver's own copy such as DuckDB's Arrow table).
+    Each chunk is measured (a sample of its rows), so the chunks after wider rows are smaller.
+    """
+
+    def __init__(self, cap: int, budget: float | None = None, copies: float = 1.0):
+        self.cap, self.budget, self.copies = max(1, cap), budget, copies
+        self.width = 0.0
+
+    @property
+    def measuring(self) -> bool:
+        return self.budget is not None
+
+    def measure(self, records: Sequence[Any]) -> None:
+        """Widen to ``records``' mean width, measured on ``SAMPLE_ROWS`` of them spread across them."""
+        sample = records[:: max(1, len(records) // SAMPLE_ROWS)][:SAMPLE_ROWS]
+        if self.measuring and sample:
+            self.width = max(self.width, sum(map(record_bytes, sample)) / len(sample))
+
+    @property
+    def rows(self) -> int:
+        if not self.width or self.budget is None:
+            return self.cap
+        return max(1, min(self.cap, int(self.budget // (self.width * self.copies))))
+
+
 def iter_records(
-    data: Any, chunk_rows: int, *, fill: Mapping[str, Any] | None = None
+    data: Any, chunk_rows: int | ChunkSizer, *, fill: Mapping[str, Any] | None = None
 ) -> Iterator[Sequence[Any]]:
-    """Lists of records (dicts), at most ``chunk_rows`` each, without materializing the input.
+    """Lists of records (dicts), without materializing the input: at most ``chunk_rows`` each, or as
+    many as a ``ChunkSizer`` says (measured before each chunk of a list or DataFrame is cut; a
+    stream's first chunk is ``SAMPLE_ROWS`` rows, measured, and sizes the next).
 
     ``fill``: for a DataFrame, the value a missing cell (NaN, NaT, NA, None) of that column
     means (the field's default); other missing cells become None.
     """
+    sizer = chunk_rows if isinstance(chunk_rows, ChunkSizer) else ChunkSizer(chunk_rows)
     if is_dataframe(data):
-        yield from _frame_records(data, chunk_rows, fill or {})
+        frame, names, missing = data, [str(c) for c in data.columns], fill or {}
+        yield from _cut(
+            lambda start, stop: _frame_records(frame, names, start, stop, missing), len(data), sizer
+        )
         return
     if isinstance(data, list | tuple):
-        for start in range(0, len(data), chunk_rows):
-            yield data[start : start + chunk_rows]
+        yield from _cut(lambda start, stop: data[start:stop], len(data), sizer)
         return
     iterator = iter(data)
-    while batch := list(itertools.islice(iterator, chunk_rows)):
+    size = SAMPLE_ROWS if sizer.measuring else sizer.rows
+    while batch := list(itertools.islice(iterator, size)):
+        sizer.measure(batch)
         yield batch
+        size = sizer.rows
 
 
-def _frame_records(frame: Any, chunk_rows: int, fill: Mapping[str, Any]) -> Iterator[list[dict[str, Any]]]:
-    """DataFrame slices -> dicts of native Python values; NaN, NaT and NA become ``fill`` or None."""
-    names = [str(c) for c in frame.columns]
-    for start in range(0, len(frame), chunk_rows):
-        part = frame.iloc[start : start + chunk_rows]
-        columns = [_native_column(part[c], fill.get(n)) for c, n in zip(part.columns, names, strict=True)]
-        yield [dict(zip(names, values)) for values in zip(*columns)] if columns else []
+def _cut(read: Callable[[int, int], Sequence[Any]], total: int, sizer: ChunkSizer) -> Iterator[Sequence[Any]]:
+    """``read(start, stop)`` for consecutive spans of ``total`` rows, each as long as ``sizer`` says."""
+    start = 0
+    while start < total:
+        if sizer.measuring:
+            sizer.measure(read(start, min(total, start + SAMPLE_ROWS)))
+        stop = min(total, start + sizer.rows)
+        yield read(start, stop)
+        start = stop
+
+
+def _frame_records(
+    frame: Any, names: list[str], start: int, stop: int, fill: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """A DataFrame slice -> dicts of native Python values; NaN, NaT and NA become ``fill`` or None."""
+    part = frame.iloc[start:stop]
+    columns = [_native_column(part[c], fill.get(n)) for c, n in zip(part.columns, names, strict=True)]
+    return [dict(zip(names, values)) for values in zip(*columns)] if columns else []
 
 
 def _native_column(series: Any, default: Any = None) -> list[Any]:
@@ -211,7 +277,7 @@ class RowShaper:
         return to_db
 
     # -- chunks ----------------------------------------------------------
-    def chunks(self, data: Any, size: int) -> Iterator[Chunk]:
+    def chunks(self, data: Any, size: int | ChunkSizer) -> Iterator[Chunk]:
         index = 0
         for records in iter_records(data, size, fill=self._fill):
             if not records:

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from .clock import SystemClock
 from .dialects import Connection, Dialect
 from .migrations.engine import ensure_table
-from .model import MISSING, Field, ModelSchema, check_value, parse_model
+from .migrations.ops import typed_literal
+from .model import MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
 
 __all__ = ["ModelTable", "internal_table"]
 
@@ -31,12 +32,13 @@ def _enum_reader(enum_cls: Any) -> Any:
 class ModelTable:
     """One model bound to one dialect."""
 
-    def __init__(self, model: ModelSchema, dialect: Dialect):
+    def __init__(self, model: ModelSchema, dialect: Dialect, *, server_defaults: bool = True):
         self.model = model
         self.dialect = dialect
+        self._server_defaults = server_defaults  # False: dataflow_lab's own tables, which only it writes
+        self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
-        self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
         # (sql, bind names) from compile_named, or (sql, params) from compile: keyed apart by the caller
         self._sql: dict[Any, tuple[str, Any]] = {}
@@ -61,7 +63,9 @@ class ModelTable:
         columns = [d.id_column(m.table_name, m.id_field.type.name)]
         for f in m.fields[1:]:
             info = {"counter": True} if f.name in m.counters else {}  # an upsert counts it up
-            columns.append(sa.Column(f.name, self._column_type(f), nullable=f.nullable, info=info))
+            kind = self._column_type(f)
+            default = self._server_default(f, kind)
+            columns.append(sa.Column(f.name, kind, nullable=f.nullable, info=info, server_default=default))
         unique, indexed = m.unique, m.indexes
         if m.key_scope:  # uniqueness holds within it (a tenant), and every query filters on it
             unique = tuple(_scoped(m.key_scope, g) for g in unique)
@@ -76,6 +80,20 @@ class ModelTable:
         if f.type.name == "decimal":
             return self.dialect.decimal_type(self.model.name, f.name, f.type.digits)
         return self.dialect.column_type(f.type.name)
+
+    def _server_default(self, f: Field, kind: sa.types.TypeEngine) -> sa.ColumnClause | None:
+        """The column's DEFAULT, so that rows other tools insert are valid: the moment of insert for
+        created_at / updated_at, a field's literal default (None: no DEFAULT, NULL is implied).
+
+        literal_column, not text(): the SQL is kept as written (text() would take ':00' for a bind).
+        """
+        if not self._server_defaults:
+            return None
+        if f.generated and f.name in TIMESTAMP_FIELDS and f.type.name == "datetime":
+            return sa.literal_column(self.dialect.now_default)
+        if f.default is MISSING or f.default is None:
+            return None
+        return sa.literal_column(typed_literal(self.dialect, self.to_db(f.name, f.default), kind))
 
     def _writer(self, f: Field) -> Any:
         return self.dialect.to_db.get(f.type.name)
@@ -149,7 +167,8 @@ def internal_table(model_class: type, dataflow: Any) -> ModelTable:
     tables = _INTERNAL.setdefault(dataflow, {})
     table = tables.get(model_class)
     if table is None:
-        table = tables[model_class] = ModelTable(_internal_schema(model_class), dataflow.database.dialect)
+        schema = _internal_schema(model_class)
+        table = tables[model_class] = ModelTable(schema, dataflow.database.dialect, server_defaults=False)
     return table
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import spy_on_opens
+from conftest import spy_on_opens, url_for
 
-from dataflow_lab import LocalRuntime, ValidationError, WorkflowBuilder, _loop
+from dataflow_lab import DataFlow, LocalRuntime, ValidationError, WorkflowBuilder, _loop
 
 ID = {
     "sqlite": "id INTEGER PRIMARY KEY",
@@ -92,3 +92,27 @@ def test_upserts_that_create_let_the_database_fill_them(db):
     assert (out["inserted"], out["updated"]) == (1, 1)
     stored = run(db, "TicketListNode", {"order_by": ["id"]})["records"]
     assert [fields(r) for r in stored] == [("a", "open", 3, "none", "ann"), ("b", "open", 3, "none", None)]
+
+
+def test_a_table_dataflow_made_is_reflected_with_its_defaults_left_to_the_database(backend, tmp_path):
+    url = url_for({"sqlite": "sqlite_file", "duckdb": "duckdb_file"}.get(backend, backend), tmp_path)
+    maker = DataFlow(url)
+
+    @maker.model
+    class Ticket:
+        title: str
+        status: str = "open"
+        priority: int = 3
+
+    maker.create_tables()
+    maker.close()
+    db = DataFlow(url)
+    assert db.reflect() == ["Ticket"]
+    params = {p["name"]: p for p in db.nodes["TicketCreateNode"].describe()}
+    assert params["title"]["required"] is True
+    assert "<database default>" in params["status"]["description"]
+    assert params["priority"]["required"] is False
+    made = run(db, "TicketCreateNode", {"title": "printer jam"})
+    assert (made["status"], made["priority"]) == ("open", 3)
+    assert made["created_at"] is not None  # on SQLite a TEXT column, reflected as text
+    db.close()

@@ -248,6 +248,8 @@ class Dialect:
     # ALTER TABLE ... DROP CONSTRAINT (a table-level UNIQUE).
     alters_in_place: frozenset[str] = frozenset()
     added_column_keeps_default = False  # ADD COLUMN ... DEFAULT stays the column's default for good
+    # The server DEFAULT of created_at / updated_at: the current moment in UTC, stored as ours are.
+    now_default = "CURRENT_TIMESTAMP"
     rebuild_preamble: tuple[str, ...] = ()  # statements a table rebuild runs first
 
     def bytes_literal(self, value: bytes) -> str:
@@ -322,8 +324,11 @@ class Dialect:
     adds_decimals_exactly = True  # False where Decimals are stored as text: `col + :v` would be a float sum
     upsert_reports_counts = False  # True when bulk_upsert returns (inserted, updated)
 
+    bulk_copies = 0  # further copies of a chunk the bulk path makes at once (DuckDB: its Arrow table)
+
     def bulk_batch_size(self, n_columns: int) -> int:
-        """Rows per bulk chunk: what one statement may bind (and a sane cap)."""
+        """The most rows per bulk chunk: what one statement may bind (and a sane cap); the memory
+        budget (``bulk_memory_mb``) may make chunks smaller (rows.ChunkSizer)."""
         return max(1, min(50_000, self.max_bind_params // max(1, n_columns)))
 
     async def bulk_insert(

@@ -301,6 +301,8 @@ class DuckDBDialect(Dialect):
     runs_duckdb_sql = True
     adds_decimals_exactly = True  # DECIMAL(p, s): `col + :v` is exact (the result is checked against p, s)
 
+    bulk_copies = 1  # the Arrow table is a second copy of the chunk
+
     def bulk_batch_size(self, n_columns: int) -> int:
         return 100_000
 

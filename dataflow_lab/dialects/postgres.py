@@ -248,9 +248,11 @@ class PostgresDialect(PooledDialect):
         return int((await conn.fetch("SHOW max_prepared_transactions"))[0][0]) > 0
 
     # Migrations: ALTER TABLE does every column change in place (its DDL is transactional), drops
-    # a UNIQUE constraint, and an added column's DEFAULT can be dropped once existing rows have it.
+    # a UNIQUE constraint, and sets or drops a column's DEFAULT (an added column's fill for the
+    # existing rows is replaced by its own DEFAULT).
     alters_in_place = frozenset(
-        {"add_column", "drop_column", "retype", "drop_not_null", "set_not_null", "drop_constraint"}
+        ("add_column", "drop_column", "retype", "drop_not_null", "set_not_null", "drop_constraint")
+        + ("set_default", "drop_default")
     )
 
     def bytes_literal(self, value: bytes) -> str:

@@ -233,6 +233,10 @@ class SQLiteDialect(PooledDialect):
     # that DEFAULT stays the column's for good; a rebuild defers foreign keys to its end.
     alters_in_place = frozenset({"add_column"})
     added_column_keeps_default = True
+    # ISO 8601 text in UTC, as dt.datetime.isoformat writes ours, with six digits after the second:
+    # SQLite's clock has millisecond resolution, so the last three are zeros. An expression in
+    # parentheses, which ALTER TABLE ... ADD COLUMN refuses (such a column is added by a rebuild).
+    now_default = "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000+00:00')"
     rebuild_preamble = ("PRAGMA defer_foreign_keys = ON",)
 
     @classmethod

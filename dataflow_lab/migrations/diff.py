@@ -5,21 +5,27 @@ changing nullability, and indexes or unique constraints added or removed.
 A change is *destructive* when it can lose or refuse existing data: dropping
 a column, a narrowing retype (``TEXT`` to ``BIGINT``), or ``NOT NULL`` on a
 nullable column. Everything else (new columns, widening retypes, new or
-dropped indexes) is additive.
+dropped indexes, a column's server DEFAULT set, changed or dropped) is additive.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import json
+import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 from .live import ColumnShape, IndexShape, TableShape
 
-__all__ = ["Change", "diff", "widens"]
+__all__ = ["Change", "default_key", "diff", "widens"]
 
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # add_column | drop_column | retype | drop_not_null | set_not_null | add_index | drop_index
+    kind: str  # add_column | drop_column | retype | drop_not_null | set_not_null | set_default | drop_default
+    #            | add_index | drop_index
     name: str  # the column's or the index's name
     destructive: bool
     old: ColumnShape | IndexShape | None = None
@@ -35,6 +41,8 @@ class Change:
             what = "unique" if shape.unique else "index"  # type: ignore[union-attr]
             verb = "add" if self.kind == "add_index" else "drop"
             return f"{verb} {what} {self.name} on ({', '.join(shape.columns)})"  # type: ignore[union-attr]
+        if self.kind == "set_default":
+            return f"set default of '{self.name}' to {new.default}"  # type: ignore[union-attr]
         return f"{self.kind.replace('_', ' ')} '{self.name}'"
 
 
@@ -83,6 +91,62 @@ def _length(args: str) -> int:
     return int(digits) if digits else 0
 
 
+def default_key(column: ColumnShape) -> object:
+    """A column's server DEFAULT in a form that compares across spellings: what we wrote, and what
+    the database shows back (PostgreSQL: ``'-3'::integer``, ``'2024-01-01 00:00:00+00'::timestamp
+    with time zone``, JSONB with its keys re-ordered; SQLite without the outer parentheses; DuckDB
+    ``CAST(... AS TEXT)``). Values are compared as the column's type reads them."""
+    if column.default is None:
+        return None
+    text, quoted = _bare(column.default)
+    base = column.type.partition("(")[0]
+    if base in ("JSON", "JSONB"):
+        with contextlib.suppress(ValueError):
+            return ("json", json.dumps(json.loads(text), sort_keys=True))
+    elif base.startswith(("TIMESTAMP", "DATE")) and quoted:
+        with contextlib.suppress(ValueError):
+            return ("moment", dt.datetime.fromisoformat(text))
+    elif base not in ("VARCHAR", "BLOB"):
+        with contextlib.suppress(ArithmeticError, ValueError):
+            return ("number", Decimal(text))
+    keyword = not quoted and text.replace("_", "").removesuffix("()").isalpha()  # true, CURRENT_TIMESTAMP
+    return ("text", text.lower() if keyword else text)
+
+
+_CAST_SUFFIX = re.compile(r"::[A-Za-z][A-Za-z0-9_ ]*(?:\(\d+(?:,\s*\d+)?\))?$")
+_CAST_CALL = re.compile(r"^CAST\((.*) AS [A-Za-z][A-Za-z0-9_ ]*(?:\(\d+(?:,\s*\d+)?\))?\)$", re.I | re.S)
+
+
+def _bare(sql: str) -> tuple[str, bool]:
+    """SQL of a DEFAULT without enclosing parentheses and casts: (its text, whether it was quoted)."""
+    text = sql.strip()
+    while True:
+        before = text
+        if text.startswith("(") and text.endswith(")") and _encloses(text):
+            text = text[1:-1].strip()
+        text = _CAST_SUFFIX.sub("", text).strip()
+        if match := _CAST_CALL.match(text):
+            text = match.group(1).strip()
+        if text == before:
+            break
+    if len(text) >= 2 and text[0] == text[-1] == "'" and "'" not in text[1:-1].replace("''", ""):
+        return text[1:-1].replace("''", "'"), True
+    return text, False
+
+
+def _encloses(text: str) -> bool:
+    """Whether the parenthesis that opens ``text`` is the one that closes it (quotes skipped)."""
+    depth, quoted = 0, False
+    for i, ch in enumerate(text):
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth == 0:
+                return i == len(text) - 1
+    return False
+
+
 def diff(live: TableShape, target: TableShape) -> list[Change]:
     """Changes that turn ``live`` into ``target``, index drops first and index adds last."""
     changes = _index_changes(live, target, drops=True)
@@ -97,6 +161,8 @@ def diff(live: TableShape, target: TableShape) -> list[Change]:
             changes.append(Change("set_not_null", name, True, old, new))
         elif new.nullable and not old.nullable:
             changes.append(Change("drop_not_null", name, False, old, new))
+        if name not in target.primary_key and default_key(old) != default_key(new):
+            changes.append(Change("set_default" if new.default else "drop_default", name, False, old, new))
     for name, old in live.columns.items():
         if name not in target.columns:
             changes.append(Change("drop_column", name, True, old, None))

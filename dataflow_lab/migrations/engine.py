@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from .ops import Step, create_steps, literal, slug, table_steps
 __all__ = ["HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table"]
 
 HISTORY_TABLE = "dataflow_migrations"
+log = logging.getLogger("dataflow_lab.migrations")
 
 
 class Clock(Protocol):  # the DataFlow's clock (clock.py): the testing preset's is reproducible
@@ -158,7 +160,7 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
         count = await _row_count(conn, dialect, mt.table.name)
         if count:
             raise backfill_error(mt, required, count)
-    return table_steps(dialect, mt.table, live, changes, defaults, backfilled=frozenset(backfill))
+    return table_steps(dialect, mt.table, live, changes, defaults)
 
 
 def backfill_value(mt: Any, f: Any, value: Any) -> Any:
@@ -300,7 +302,8 @@ async def ensure_table(
       applied, both recorded; destructive ones raise DestructiveMigrationError showing the SQL.
     - otherwise (production, staging): any difference raises MigrationRequiredError, a missing
       table too, unless ``create`` (``db.create_tables()``, the explicit command, and
-      dataflow_lab's own tables) asks for it to be made.
+      dataflow_lab's own tables) asks for it to be made; except missing or stale server DEFAULTs
+      alone, which our own writes never need: a warning says how to add them.
     """
     dialect: Dialect = mt.dialect
     if existing_schema:
@@ -320,6 +323,9 @@ async def ensure_table(
             hint="create it with db.create_tables(), or review it as a file: "
             "db.migrations.generate('migrations'), then db.migrations.apply(directory='migrations').",
         )
+    if not creating and not auto_migrate and all(s.defaults_only for s in steps):
+        _warn_defaults(mt, steps)  # our own writes need no DEFAULT: runs go on until it is applied
+        return
     if not creating and not auto_migrate:
         raise MigrationRequiredError(
             f"Table '{mt.table.name}' does not match model '{mt.model.name}': "
@@ -330,6 +336,24 @@ async def ensure_table(
     if any(s.destructive for s in steps):
         raise destructive_error(f"Model '{mt.model.name}'", steps)
     await run_and_record(conn, dialect, steps, source="auto", clock=clock)
+
+
+def _warn_defaults(mt: Any, steps: Sequence[Step]) -> None:
+    """Once per table and process: the table lacks server DEFAULTs the model gives (a table made before
+    dataflow_lab wrote them), which only rows other tools insert need."""
+    key = (mt.dialect.url, mt.table.name)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    log.warning(
+        "Table '%s' of model '%s' lacks server defaults: %s. Rows that other tools insert without "
+        "these columns are refused until you generate the migration with "
+        "db.migrations.generate('migrations'), review it and run db.migrations.apply(directory='migrations').",
+        mt.table.name, mt.model.name, "; ".join(s.description for s in steps),
+    )  # fmt: skip
+
+
+_WARNED: set[tuple[str, str]] = set()
 
 
 def destructive_error(subject: str, steps: Sequence[Step]) -> DestructiveMigrationError:

@@ -18,7 +18,9 @@ import sqlalchemy as sa
 from ..dialects import Connection, Dialect
 from ..dialects.base import normalize_type
 
-__all__ = ["ColumnShape", "IndexShape", "TableShape", "model_shape", "read_table", "table_names"]
+__all__ = [
+    "ColumnShape", "IndexShape", "TableShape", "column_default", "model_shape", "read_table", "table_names"
+]  # fmt: skip
 
 INTERNAL_PREFIXES = ("dataflow_", "_dataflow")  # history, audit, 2PC decisions, backups
 
@@ -53,10 +55,10 @@ class TableShape:
 
 def model_shape(dialect: Dialect, table: sa.Table) -> TableShape:
     """The shape a model's table should have on this dialect."""
-    columns = {
-        c.name: ColumnShape(c.name, dialect.declared_type(c), bool(c.nullable) and not c.primary_key)
-        for c in table.columns
-    }
+    columns = {}
+    for c in table.columns:
+        nullable = bool(c.nullable) and not c.primary_key
+        columns[c.name] = ColumnShape(c.name, dialect.declared_type(c), nullable, default=column_default(c))
     # cast: the package's tables name every index and constraint (schema.py)
     indexes = [
         IndexShape(cast(str, i.name), tuple(c.name for c in i.columns), bool(i.unique)) for i in table.indexes
@@ -68,6 +70,12 @@ def model_shape(dialect: Dialect, table: sa.Table) -> TableShape:
     ]
     pk = tuple(c.name for c in table.primary_key.columns)
     return TableShape(table.name, columns, pk, tuple(indexes))
+
+
+def column_default(column: sa.Column) -> str | None:
+    """A column's server DEFAULT as SQL text (a key's is the dialect's id machinery: not compared)."""
+    arg = None if column.primary_key else getattr(column.server_default, "arg", None)
+    return None if arg is None else str(getattr(arg, "text", None) or getattr(arg, "name", arg))
 
 
 async def read_table(dialect: Dialect, conn: Connection, name: str) -> TableShape | None:

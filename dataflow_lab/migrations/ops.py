@@ -22,9 +22,9 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..dialects import Dialect
 from .diff import Change
-from .live import ColumnShape, IndexShape, TableShape
+from .live import ColumnShape, IndexShape, TableShape, column_default
 
-__all__ = ["Step", "create_steps", "table_steps"]
+__all__ = ["Step", "create_steps", "table_steps", "typed_literal"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Step:
     destructive: bool = False  # up can lose or refuse data
     down_destructive: bool = False  # down can (it drops what up created)
     slug: str = ""  # for names: "users_add_age"
+    defaults_only: bool = False  # it only sets or drops server DEFAULTs (what other tools' inserts get)
 
 
 class _Sql:
@@ -59,18 +60,21 @@ class _Sql:
 
 def literal(dialect: Dialect, value: object, column: sa.Column) -> str:
     """A value as an SQL literal of the column's type (for DEFAULT clauses and back-fills)."""
+    return typed_literal(dialect, value, column.type)
+
+
+def typed_literal(dialect: Dialect, value: object, type_: sa.types.TypeEngine) -> str:
+    """A driver value as an SQL literal of ``type_`` (a model's server DEFAULTs, schema.py)."""
     if value is None:
         return "NULL"
     if isinstance(value, bytes):
         return dialect.bytes_literal(value)
     render = {"literal_binds": True}
     try:
-        return str(
-            sa.literal(value, type_=column.type).compile(dialect=dialect.sa_dialect, compile_kwargs=render)
-        )
+        return str(sa.literal(value, type_=type_).compile(dialect=dialect.sa_dialect, compile_kwargs=render))
     except sa.exc.CompileError:  # no literal form for this type (JSONB...): cast its text
         text = sa.literal(value if isinstance(value, str) else str(value), type_=sa.Text)
-        kind = column.type.compile(dialect=dialect.sa_dialect)
+        kind = type_.compile(dialect=dialect.sa_dialect)
         return f"CAST({text.compile(dialect=dialect.sa_dialect, compile_kwargs=render)} AS {kind})"
 
 
@@ -90,13 +94,12 @@ def table_steps(
     live: TableShape,
     changes: Sequence[Change],
     defaults: Mapping[str, str],
-    *,
-    backfilled: frozenset[str] = frozenset(),
 ) -> list[Step]:
     """Steps that apply ``changes`` to ``live`` (one rebuild when the database needs it).
 
     ``defaults`` fill added columns of existing rows. SQLite keeps an ADD COLUMN's DEFAULT for
-    good, so a ``backfilled`` column (a one-off value, such as a tenant) is added by a rebuild.
+    good, so a column whose fill is not its server DEFAULT (a back-filled one-off value, such as a
+    tenant), or whose DEFAULT is an expression (which ADD COLUMN refuses), is added by a rebuild.
     """
     in_place = dialect.alters_in_place
 
@@ -106,7 +109,9 @@ def table_steps(
         if c.kind == "drop_index":
             return c.old.constraint and "drop_constraint" not in in_place  # type: ignore[union-attr]
         if c.kind == "add_column" and dialect.added_column_keeps_default:
-            return (not c.new.nullable and c.name not in defaults) or c.name in backfilled  # type: ignore[union-attr]
+            fill, default = defaults.get(c.name), c.new.default  # type: ignore[union-attr]
+            expression = default is not None and default.startswith("(")
+            return (not c.new.nullable and fill is None) or fill != default or expression  # type: ignore[union-attr]
         return c.kind not in in_place
 
     if any(rebuilds(c) for c in changes):  # the new table has the model's constraints and indexes
@@ -143,14 +148,20 @@ def _column_step(
     describe = f"{live.name}: {c.describe()}"
     name = f"{live.name}_{c.kind.split('_')[0]}_{c.name}"
     if c.kind == "add_column":
-        column = table.c[c.name]
+        column, default = table.c[c.name], c.new.default  # type: ignore[union-attr]
         clause = f"ALTER TABLE {t} ADD COLUMN {col} {sql.type_of(column)}"
         clause += "" if c.new.nullable else " NOT NULL"  # type: ignore[union-attr]
-        up = [clause + (f" DEFAULT {defaults[c.name]}" if c.name in defaults else "")]
-        if c.name in defaults and not sql.dialect.added_column_keeps_default:
-            up.append(f"{alter} DROP DEFAULT")  # the model fills defaults; the table keeps none
+        fill = defaults.get(c.name, default)  # existing rows get it
+        up = [clause + (f" DEFAULT {fill}" if fill is not None else "")]
+        if fill != default and not sql.dialect.added_column_keeps_default:  # then the column keeps its own
+            up.append(f"{alter} SET DEFAULT {default}" if default is not None else f"{alter} DROP DEFAULT")
         down = (f"ALTER TABLE {t} DROP COLUMN {col}",)
         return Step(live.name, describe, tuple(up), down, down_destructive=True, slug=name)
+    if c.kind in ("set_default", "drop_default"):
+        old, new = c.old.default, c.new.default  # type: ignore[union-attr]
+        forward = f"{alter} SET DEFAULT {new}" if new is not None else f"{alter} DROP DEFAULT"
+        back = f"{alter} SET DEFAULT {old}" if old is not None else f"{alter} DROP DEFAULT"
+        return Step(live.name, describe, (forward,), (back,), slug=name, defaults_only=True)
     if c.kind in ("drop_not_null", "set_not_null"):
         drop, add = f"{alter} DROP NOT NULL", f"{alter} SET NOT NULL"
         forward, back = (drop, add) if c.kind == "drop_not_null" else (add, drop)
@@ -230,7 +241,7 @@ def _rebuild(
     for column in table.columns:
         old = live.columns.get(column.name)
         if old is None:
-            copy_up.append(defaults.get(column.name, "NULL"))
+            copy_up.append(defaults.get(column.name) or column_default(column) or "NULL")
         elif old.type != dialect.declared_type(column):
             copy_up.append(sql.cast(sql.q(column.name), sql.type_of(column)))
         else:
@@ -260,8 +271,9 @@ def _rebuild(
     what = "; ".join(c.describe() for c in changes)
     destructive = any(c.destructive for c in changes)
     words = "_".join(f"{c.kind.split('_')[0]}_{c.name}" for c in changes if c.kind != "drop_index")
+    defaults_only = all(c.kind in ("set_default", "drop_default") for c in changes)
     return Step(name, f"{name}: rebuild ({what})", tuple(up), tuple(down), destructive=destructive,
-                slug=f"{name}_{words}")  # fmt: skip
+                slug=f"{name}_{words}", defaults_only=defaults_only)  # fmt: skip
 
 
 def _swap(

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._panel import PANEL_PROGRESS
 from ..errors import ValidationError
-from ..rows import Chunk, RowShaper, is_dataframe, is_sized
+from ..rows import Chunk, ChunkSizer, RowShaper, is_dataframe, is_sized
 from . import images
 from .base import Param, RunContext
 from .model_node import ModelNode
@@ -128,7 +128,7 @@ class BulkRows(ModelNode):
         """Checked chunks of ``data``, reporting progress to hooks and the progress bar."""
         data = self.params["data"]
         total = is_sized(data)
-        size = self.params.get("batch_size") or self.mt.dialect.bulk_batch_size(len(self.model.fields))
+        size = self.params.get("batch_size") or self.chunk_sizer()
         done = 0
         with _progress_bar(self, total) as bar:
             for chunk in shaper.chunks(data, size):
@@ -138,6 +138,16 @@ class BulkRows(ModelNode):
                 ctx.progress(done, total)
                 if bar is not None:
                     bar.update(seen)
+
+    def chunk_sizer(self) -> ChunkSizer:
+        """Rows per chunk within the database's limit and the memory budget (``bulk_memory_mb``).
+
+        A chunk is held as the input's records (a stream's), as driver-ready rows, and in any copy
+        the database's bulk path makes (DuckDB's Arrow table).
+        """
+        dialect = self.mt.dialect
+        cap = dialect.bulk_batch_size(len(self.model.fields))
+        return ChunkSizer(cap, dialect.config.bulk_memory_mb * 2**20, copies=2 + dialect.bulk_copies)
 
     async def write_or_skip(
         self, conn: Any, chunk: Chunk, write: Any, indexes: list[int] | None = None
