@@ -170,8 +170,8 @@ def test_a_model_cell_defines_the_class_registers_it_and_shows_its_catalogue(ip)
     catalogue, _ = cell(ip, f"%%dataflow model\n{USER_MODEL}")
     db = magics(ip).session.db
     assert ip.user_ns["User"].__dataflow_model__ is db.models["User"]
-    assert len(catalogue.entries["User"]) == 11
-    assert catalogue.text().startswith("User · table users · 11 nodes")
+    assert len(catalogue.entries["User"]) == 12
+    assert catalogue.text().startswith("User · table users · 12 nodes")
 
 
 def test_the_catalogue_shows_each_nodes_parameters_and_the_sql_it_generates(users):
