@@ -124,7 +124,8 @@ class Aggregate(ModelNode):
             return cls.output_type()  # (unchecked: a connection brings them)
         schema = _result_schema(cls.model, params.get("group_by", []), metrics)
         row = typing.TypedDict(  # type: ignore[misc]
-            f"{cls.model.name}AggregateRow", {f.name: f.type.python | None for f in schema.fields}
+            f"{cls.model.name}AggregateRow",
+            {f.name: f.type.python | None if f.nullable else f.type.python for f in schema.fields},
         )
         return typing.TypedDict(f"{cls.type_name}Output", {"records": Records[row], "count": int})  # type: ignore[operator]
 
@@ -179,7 +180,10 @@ class Aggregate(ModelNode):
         for name, desc, nulls_first in order:
             column = by_name[name]
             expr = dialect.comparable(column.expr, column.field.type.name)
-            clauses += dialect.nulls_placed(expr, expr.desc() if desc else expr.asc(), first=nulls_first)
+            clause = expr.desc() if desc else expr.asc()
+            clauses += (
+                dialect.nulls_placed(expr, clause, first=nulls_first) if column.field.nullable else [clause]
+            )
         return clauses
 
     def statements(self) -> list[Any]:
@@ -312,14 +316,15 @@ def _measurable(model: ModelSchema, metric: str, function: str, f: Field) -> Non
 
 
 def _result_schema(model: ModelSchema, group_by: Any, metrics: Mapping[str, Any]) -> ModelSchema:
-    """The output rows as a schema (every column nullable): what having and order_by check against."""
+    """The output rows as a schema: what having and order_by check against (and whether NULLs are placed)."""
     fields = []
     for (unit, name), key in zip(_keys(group_by), _key_names(group_by), strict=True):
         source = model.by_name[name]
         kind = source.type if unit is None else LOGICAL_TYPES[dt.date]
-        fields.append(Field(key, kind, nullable=True))
+        fields.append(Field(key, kind, nullable=source.nullable))
     for name, (function, field_name) in metrics.items():
-        fields.append(Field(name, _metric_type(model, function, field_name), nullable=True))
+        counts = function in ("count", "count_distinct")  # never NULL; the others are over no rows
+        fields.append(Field(name, _metric_type(model, function, field_name), nullable=not counts))
     return ModelSchema(model.name, model.table_name, tuple(fields))
 
 
