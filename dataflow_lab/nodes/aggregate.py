@@ -176,7 +176,7 @@ class Aggregate(ModelNode):
         order = filters.normalize_order_by(result, self.params["order_by"], node=self.node_id)
         named = {name for name, _, _ in order}
         order += [(c.name, False, False) for c in keys if c.name not in named]
-        clauses = []
+        clauses: list[Any] = []
         for name, desc, nulls_first in order:
             column = by_name[name]
             expr = dialect.comparable(column.expr, column.field.type.name)
