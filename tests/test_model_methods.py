@@ -282,3 +282,17 @@ def test_methods_and_the_workflow_by_hand_agree(db):
     assert {k: v for k, v in method.items() if k not in ("id", "created_at", "updated_at")} == {
         k: v for k, v in by_hand["create"].items() if k not in ("id", "created_at", "updated_at")
     }
+
+
+def test_a_monitored_dataflow_counts_each_method_as_a_run(url):
+    from dataflow_lab import DataFlow
+
+    db = DataFlow(url, monitoring=True)
+    try:
+        Person = define_person(db)
+        Person.create(name="Ann")
+        Person.list()
+        runs = db.metrics()["workflow_executions"]
+        assert (runs["total"], runs["successful"]) == (2, 2)
+    finally:
+        db.close()
