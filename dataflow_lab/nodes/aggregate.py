@@ -190,9 +190,13 @@ class Aggregate(ModelNode):
         return [self._statement()]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
-        stmt = self._statement()
+        mt, p = self.mt, self.params
         keys, metrics = self._columns()
-        sql, params = self.mt.dialect.compile(stmt)
+        if p["filter"] or p["having"] or self.guards():  # bound values (a tenant...): compiled each time
+            sql, params = mt.dialect.compile(self._statement())
+        else:
+            shape = ("aggregate", repr(p["group_by"]), repr(p["metrics"]), repr(p["order_by"]), p["limit"])
+            sql, params = mt.compiled(self.template_key(*shape), self._statement)
         conn = await ctx.connection(self.dataflow)
         columns = [(c.name, c.read) for c in (*keys, *metrics)]
         records = Records(
