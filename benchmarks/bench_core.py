@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _harness import fmt_ms, per_op, table  # noqa: E402
@@ -353,12 +354,26 @@ def method_vs_hand(url: str | None, n: int) -> tuple[float, float]:
     def method() -> None:
         Item.create(name="widget", qty=3, price=9.5)
 
-    methods, hands = [], []
-    for _ in range(5):
-        methods.append(per_op(method, n=n, rounds=1))
-        hands.append(per_op(by_hand, n=n, rounds=1))
+    method_t, hand_t = alternating(method, by_hand, blocks=25, calls=max(4, n // 5))
     db.close()
-    return statistics.median(methods), statistics.median(hands)
+    return method_t, hand_t
+
+
+def alternating(ours: Any, theirs: Any, *, blocks: int, calls: int) -> tuple[float, float]:
+    """Seconds per call of each, medians over ``blocks`` short blocks that alternate (after a warm-up).
+
+    On a shared machine the load moves within seconds: short alternating blocks meet the same load.
+    """
+    for fn in (ours, theirs):
+        fn()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(blocks):
+        for fn, out in ((ours, times[0]), (theirs, times[1])):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            out.append((time.perf_counter() - start) / calls)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 # -- Aggregate over many rows against the same GROUP BY through the raw driver ----------
@@ -385,11 +400,11 @@ def _agg_rows(rows: int) -> list[dict]:
     return [{"station": f"s{i % 100:03d}", "km": (i % 97) * 0.25, "minutes": i % 61} for i in range(rows)]
 
 
-def aggregate_vs_raw(label: str, url: str, rows: int, n: int = 3) -> tuple[float, float]:
+def aggregate_vs_raw(label: str, url: str, rows: int) -> tuple[float, float]:
     """(AggTrip.aggregate over ``rows`` rows, the same GROUP BY on the raw driver), seconds per query.
 
-    The raw connection is open beside ours, on the same table, and the two alternate round by round
-    (a page cache or a noisy neighbour then favours neither); medians of 5 rounds.
+    The raw connection is open beside ours, on the same table, and the two alternate query by query
+    (a page cache or a noisy neighbour then favours neither); medians of 15 queries each.
     """
     db = DataFlow(url)
     AggTrip = _agg_model(db)
@@ -404,16 +419,12 @@ def aggregate_vs_raw(label: str, url: str, rows: int, n: int = 3) -> tuple[float
     raw_once, close = {"SQLite": _raw_sqlite_agg, "DuckDB": _raw_duckdb_agg, "PostgreSQL": _raw_asyncpg_agg}[
         label.split()[0]
     ](url)
-    ours_t, raw_t = [], []
     try:
-        for _ in range(5):
-            ours_t.append(per_op(ours_once, n=n, rounds=1))
-            raw_t.append(per_op(raw_once, n=n, rounds=1))
+        return alternating(ours_once, raw_once, blocks=15, calls=1)
     finally:
         close()
         AggTrip.bulk_delete({}, confirmed=True)
         db.close()
-    return statistics.median(ours_t), statistics.median(raw_t)
 
 
 def _dicts(rows: list) -> None:

@@ -63,12 +63,12 @@ def _create(m: ModelMethods, row: Any = None, /, **fields: Any) -> Call:
     return "create", {**m.row_values(row), **fields}, _KEEP
 
 
-def _get(m: ModelMethods, id: Any, /, **options: Any) -> Call:  # noqa: A002 - the field's name
+def _get(m: ModelMethods, /, id: Any, **options: Any) -> Call:  # noqa: A002 - the field's name
     """The row with this id; ``raise_on_not_found=False`` gives None for a missing one."""
     return "read", {"id": id, **options}, _KEEP
 
 
-def _update(m: ModelMethods, id: Any, /, **values: Any) -> Call:  # noqa: A002
+def _update(m: ModelMethods, /, id: Any, **values: Any) -> Call:  # noqa: A002
     """Change fields of one row and return it: ``User.update(1, email="new@x")`` (``{"$inc": n}`` adds).
 
     Options of the node (``version=`` of a versioned model, ``raise_on_not_found=``) go with them.
@@ -77,12 +77,12 @@ def _update(m: ModelMethods, id: Any, /, **values: Any) -> Call:  # noqa: A002
     return "update", {"id": id, "fields": fields, **options}, _KEEP
 
 
-def _delete(m: ModelMethods, id: Any, /, **options: Any) -> Call:  # noqa: A002
+def _delete(m: ModelMethods, /, id: Any, **options: Any) -> Call:  # noqa: A002
     """Delete one row: ``{"id": id, "deleted": bool}`` (a soft_delete model marks it; ``hard=True``)."""
     return "delete", {"id": id, **options}, _KEEP
 
 
-def _list(m: ModelMethods, filter: Any = None, order_by: Any = None, limit: int | None = None,  # noqa: A002
+def _list(m: ModelMethods, /, filter: Any = None, order_by: Any = None, limit: int | None = None,  # noqa: A002
           offset: int | None = None, **options: Any) -> Call:  # fmt: skip
     """Rows matching ``filter``, as a list of dicts (``.to_pandas()`` makes a DataFrame)."""
     return (
@@ -92,24 +92,24 @@ def _list(m: ModelMethods, filter: Any = None, order_by: Any = None, limit: int 
     )
 
 
-def _count_rows(m: ModelMethods, filter: Any = None, **options: Any) -> Call:  # noqa: A002
+def _count_rows(m: ModelMethods, /, filter: Any = None, **options: Any) -> Call:  # noqa: A002
     """How many rows match ``filter``, an int."""
     return "count", {**_given(filter=filter), **options}, _count
 
 
-def _upsert(m: ModelMethods, where: Any, /, create: Any = None, update: Any = None,
+def _upsert(m: ModelMethods, /, where: Any, create: Any = None, update: Any = None,
             conflict_on: Any = None, **options: Any) -> Call:  # fmt: skip
     """Update the row matching ``where``, or create it: ``{"created": bool, "record": row}``."""
     given = _given(create=create, update=update, conflict_on=conflict_on)
     return "upsert", {"where": where, **given, **options}, _KEEP
 
 
-def _bulk_create(m: ModelMethods, data: Any, /, **options: Any) -> Call:
+def _bulk_create(m: ModelMethods, /, data: Any, **options: Any) -> Call:
     """Insert many rows (dicts, or a pandas DataFrame) in one transaction: ``{"inserted": n, ...}``."""
     return "bulk_create", {"data": data, **options}, _KEEP
 
 
-def _bulk_update(m: ModelMethods, filter: Any, fields: Any = None, /, **values: Any) -> Call:  # noqa: A002
+def _bulk_update(m: ModelMethods, /, filter: Any, fields: Any = None, **values: Any) -> Call:  # noqa: A002
     """Change the rows matching ``filter``: ``User.bulk_update({"active": False}, score=0)``.
 
     An empty filter (every row) needs ``confirmed=True``.
@@ -118,24 +118,24 @@ def _bulk_update(m: ModelMethods, filter: Any, fields: Any = None, /, **values: 
     return "bulk_update", {"filter": filter, "fields": {**(fields or {}), **more}, **options}, _KEEP
 
 
-def _bulk_delete(m: ModelMethods, filter: Any, /, **options: Any) -> Call:  # noqa: A002
+def _bulk_delete(m: ModelMethods, /, filter: Any, **options: Any) -> Call:  # noqa: A002
     """Delete the rows matching ``filter`` (an empty one, every row, needs ``confirmed=True``)."""
     return "bulk_delete", {"filter": filter, **options}, _KEEP
 
 
-def _bulk_upsert(m: ModelMethods, data: Any, /, **options: Any) -> Call:
+def _bulk_upsert(m: ModelMethods, /, data: Any, **options: Any) -> Call:
     """Insert or update many rows, matched on ``conflict_on`` (default ``["id"]``)."""
     return "bulk_upsert", {"data": data, **options}, _KEEP
 
 
-def _frame(m: ModelMethods, filter: Any = None, order_by: Any = None, limit: int | None = None,  # noqa: A002
+def _frame(m: ModelMethods, /, filter: Any = None, order_by: Any = None, limit: int | None = None,  # noqa: A002
            offset: int | None = None, **options: Any) -> Call:  # fmt: skip
     """Rows matching ``filter`` as a pandas DataFrame, one column per field (also when empty)."""
     given = _given(filter=filter, order_by=order_by, limit=limit, offset=offset)
     return "list", {**given, **options}, m.to_frame
 
 
-def _aggregate(m: ModelMethods, group_by: Any = None, metrics: Any = None, *, filter: Any = None,  # noqa: A002
+def _aggregate(m: ModelMethods, /, group_by: Any = None, metrics: Any = None, *, filter: Any = None,  # noqa: A002
                having: Any = None, order_by: Any = None, limit: int | None = None,
                **options: Any) -> Call:  # fmt: skip
     """Group and measure rows in one query, as a list of dicts (``.to_pandas()``):

@@ -296,3 +296,17 @@ def test_a_monitored_dataflow_counts_each_method_as_a_run(url):
         assert (runs["total"], runs["successful"]) == (2, 2)
     finally:
         db.close()
+
+
+def test_the_main_arguments_may_be_given_by_name(db):
+    Person = define_person(db, unique=[["name"]])
+    ann = Person.create(name="Ann")
+    assert Person.get(id=ann["id"])["name"] == "Ann"
+    assert Person.update(id=ann["id"], age=3)["age"] == 3
+    assert Person.upsert(where={"name": "Bo"}, create={"name": "Bo"})["created"] is True
+    assert Person.bulk_create(data=[{"name": "Cy"}])["inserted"] == 1
+    assert Person.bulk_update(filter={"name": "Cy"}, fields={"age": 1}) == {"updated": 1}
+    assert Person.bulk_upsert(data=[{"name": "Cy", "age": 2}], conflict_on=["name"])["updated"] == 1
+    assert Person.bulk_delete(filter={"name": "Cy"}) == {"deleted": 1}
+    assert Person.delete(id=ann["id"])["deleted"] is True
+    assert Person.aggregate(group_by=["name"], metrics={"n": "count"}) == [{"name": "Bo", "n": 1}]
