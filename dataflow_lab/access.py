@@ -10,7 +10,7 @@ runs the same check when the user is already known.
 
 Operations are the node names in snake case (``create``, ``read``, ``update``,
 ``delete``, ``list``, ``count``, ``upsert``, ``bulk_create``, ``bulk_update``,
-``bulk_delete``, ``bulk_upsert``) or a group: ``"read"`` (Read, List, Count),
+``bulk_delete``, ``bulk_upsert``, ``aggregate``) or a group: ``"read"`` (Read, List, Count, Aggregate),
 ``"write"`` (the eight writing nodes), ``"all"``.
 """
 
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-READS = ("read", "list", "count")
+READS = ("read", "list", "count", "aggregate")
 WRITES = ("create", "update", "delete", "upsert", "bulk_create", "bulk_update", "bulk_delete", "bulk_upsert")
 OPERATIONS = (*READS, *WRITES)
 GROUPS = {"read": READS, "write": WRITES, "all": OPERATIONS}

@@ -18,7 +18,7 @@ tables         ``await ensure_table(table, scope=None, create=False)``: created 
                migration, so every table is checked again
 transactions   ``ledger`` (ledger.py), ``await allows_two_phase()``
 registry       ``models``, ``tables``, ``nodes``, ``reflected``; ``install(schema, table)``
-               generates and registers a model's eleven nodes
+               generates and registers a model's twelve nodes
 identity       ``dataflow`` (the facade), ``token`` (names it across processes, _remote.py)
 health         ``health``: the HealthMonitor (health.py)
 sagas          ``pending_count``: compensations owed, as last counted (None: count again)
@@ -224,13 +224,14 @@ class Database:
 
     # -- registry --------------------------------------------------------------------------
     def install(self, schema: ModelSchema, table: Any, *, reflected: bool = False) -> None:
-        """Generate and register the eleven nodes of ``schema`` (replacing an older definition)."""
+        """Generate and register the twelve nodes of ``schema`` (replacing an older definition)."""
+        from .nodes.aggregate import AGGREGATE_OPERATIONS
         from .nodes.bulk import BULK_OPERATIONS
         from .nodes.crud import CRUD_OPERATIONS
 
         for old in [n for n, c in self.nodes.items() if c.model is not None and c.model.name == schema.name]:
             del self.nodes[old]
-        for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS):
+        for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS, *AGGREGATE_OPERATIONS):
             bulk = "Bulk" if op in BULK_OPERATIONS else ""
             name = f"{schema.name}{bulk}{op.op_name}Node"
             node_cls = cast(

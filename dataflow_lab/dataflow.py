@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _loop
+from . import _loop, model_methods
 from .access import grant
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
@@ -90,25 +90,28 @@ class DataFlow(Observability):
 
     # -- models and nodes --------------------------------------------------
     def model(self, cls: type) -> type:
-        """Register a typed class as a model; generates its eleven nodes. Returns the class.
+        """Register a typed class as a model; generates its twelve nodes and puts the convenience
+        methods on the class (``User.create(...)``, ``User.list(...)``: model_methods.py). Returns the class.
 
         The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
         """
         self.database.check_open()
         schema = parse_model(cls, defaults=self.config.model_defaults)  # DataFlow(multi_tenant=True)...
         self._check_redefinition(schema)
+        model_methods.check_names(cls, schema)
         dialect = self.database.dialect  # waits for the warm-up before importing what it imports
         from .schema import ModelTable
 
         self.database.install(schema, ModelTable(schema, dialect))
         setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
+        model_methods.install(cls, self, schema)  # User.create(...), User.list(...)... (model_methods.py)
         log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
         return cls
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
         """Model existing tables as they are (all, or ``tables``); returns the new model names.
 
-        Each table gets its eleven nodes (``users`` -> ``UserCreateNode`` ...). Reflected
+        Each table gets its twelve nodes (``users`` -> ``UserCreateNode`` ...). Reflected
         tables are never created, altered or migrated. See migrations/reflect.py for the rules.
         """
         from .migrations.reflect import reflect

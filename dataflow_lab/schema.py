@@ -98,6 +98,10 @@ class ModelTable:
     def _writer(self, f: Field) -> Any:
         return self.dialect.to_db.get(f.type.name)
 
+    def reader(self, name: str) -> Any:
+        """The from-database converter of field ``name`` (None: the driver's value is the Python value)."""
+        return self._reader(self.model.by_name[name])
+
     def _reader(self, f: Field) -> Any:
         if f.type.name == "enum":
             return _enum_reader(f.type.python)

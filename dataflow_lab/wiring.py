@@ -82,7 +82,8 @@ def _check_ends(c: Connection, nodes: Mapping[str, Any]) -> list[str]:
             f"connection {c}: {target.type_name} has no input '{root}'."
             f"{did_you_mean(root, target.param_map())} Its inputs: {listing(target.param_map())}."
         )
-    output_type = source.node_class.output_type()
+    typed_for = getattr(source.node_class, "output_type_for", None)  # an output shaped by the params
+    output_type = typed_for(source.checked) if typed_for else source.node_class.output_type()
     outputs_for = getattr(source.node_class, "outputs_for", None)
     names = outputs_for(source.checked) if outputs_for else outputs.keys(output_type)
     head = c.source_output.split(".", 1)[0]

@@ -62,7 +62,7 @@ def define_reading(db):
     @db.model
     class Reading:
         sensor: str
-        count: int
+        tally: int
         value: float
         ok: bool
         taken_at: dt.datetime
@@ -139,7 +139,7 @@ def test_a_dataframe_of_int64_float64_bool_and_datetime64_columns_is_stored_as_n
     frame = pd.DataFrame(
         {
             "sensor": ["a", "b", "c"],
-            "count": np.array([1, 2**40, -3], dtype="int64"),
+            "tally": np.array([1, 2**40, -3], dtype="int64"),
             "value": np.array([0.5, 1.25, -2.0], dtype="float64"),
             "ok": np.array([True, False, True]),
             "taken_at": pd.to_datetime(["2024-01-01 10:00:00", "2024-02-29 23:59:59", "2023-12-31 00:00:00"]),
@@ -153,8 +153,8 @@ def test_a_dataframe_of_int64_float64_bool_and_datetime64_columns_is_stored_as_n
 
     rows = records(readings, "Reading")
     assert [r["sensor"] for r in rows] == ["a", "b", "c"]
-    assert [r["count"] for r in rows] == [1, 2**40, -3]
-    assert all(type(r["count"]) is int for r in rows)
+    assert [r["tally"] for r in rows] == [1, 2**40, -3]
+    assert all(type(r["tally"]) is int for r in rows)
     assert [r["value"] for r in rows] == [0.5, 1.25, -2.0]
     assert all(type(r["value"]) is float for r in rows)
     assert [r["ok"] for r in rows] == [True, False, True]
@@ -170,7 +170,7 @@ def test_a_dataframe_with_nan_nat_and_na_in_optional_numeric_columns_stores_null
     frame = pd.DataFrame(
         {
             "sensor": ["a", "b", "c"],
-            "count": [1, 2, 3],
+            "tally": [1, 2, 3],
             "value": [1.0, 2.0, 3.0],
             "ok": [True, True, False],
             "taken_at": pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"], utc=True),
@@ -201,7 +201,7 @@ def test_a_dataframe_with_none_or_nan_in_an_optional_text_column_stores_null(rea
     frame = pd.DataFrame(
         {
             "sensor": ["a", "b", "c", "d"],
-            "count": [1, 2, 3, 4],
+            "tally": [1, 2, 3, 4],
             "value": [1.0, 2.0, 3.0, 4.0],
             "ok": [True, True, False, False],
             "taken_at": pd.to_datetime(["2024-01-01"] * 4),
@@ -216,7 +216,7 @@ def test_a_dataframe_with_a_nullable_int64_column_stores_its_na_as_null(readings
     frame = pd.DataFrame(
         {
             "sensor": ["a", "b"],
-            "count": pd.array([7, 8], dtype="Int64"),
+            "tally": pd.array([7, 8], dtype="Int64"),
             "value": [1.0, 2.0],
             "ok": [True, False],
             "taken_at": pd.to_datetime(["2024-01-01", "2024-01-02"]),
@@ -224,7 +224,7 @@ def test_a_dataframe_with_a_nullable_int64_column_stores_its_na_as_null(readings
         }
     )
     assert bulk(readings, "ReadingBulkCreateNode", {"data": frame}) == {"inserted": 2}
-    assert [(r["count"], r["level"]) for r in records(readings, "Reading")] == [(7, None), (8, 5)]
+    assert [(r["tally"], r["level"]) for r in records(readings, "Reading")] == [(7, None), (8, 5)]
 
 
 def test_a_dataframe_column_that_is_not_a_field_is_refused_and_nothing_is_written(users):

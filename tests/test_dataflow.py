@@ -384,7 +384,7 @@ def test_node_classes_of_two_dataflows_are_distinct():
     define_user(second)
     assert first.nodes["UserCreateNode"] is not second.nodes["UserCreateNode"]
     assert first.nodes["UserCreateNode"].dataflow is first
-    assert len(first.nodes) == 11
+    assert len(first.nodes) == 12
     first.close()
     second.close()
 

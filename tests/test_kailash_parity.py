@@ -923,7 +923,7 @@ def test_concurrent_upserts_of_one_key_leave_one_row(db, backend):
     class Counter:
         id: str
         name: str
-        count: int
+        hits: int
 
     runtime = LocalRuntime()
     errors = []
@@ -935,8 +935,8 @@ def test_concurrent_upserts_of_one_key_leave_one_row(db, backend):
             "up",
             {
                 "where": {"id": "c1"},
-                "update": {"count": n},
-                "create": {"id": "c1", "name": "test_counter", "count": n},
+                "update": {"hits": n},
+                "create": {"id": "c1", "name": "test_counter", "hits": n},
             },
         )
         try:

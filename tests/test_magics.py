@@ -170,8 +170,8 @@ def test_a_model_cell_defines_the_class_registers_it_and_shows_its_catalogue(ip)
     catalogue, _ = cell(ip, f"%%dataflow model\n{USER_MODEL}")
     db = magics(ip).session.db
     assert ip.user_ns["User"].__dataflow_model__ is db.models["User"]
-    assert len(catalogue.entries["User"]) == 11
-    assert catalogue.text().startswith("User · table users · 11 nodes")
+    assert len(catalogue.entries["User"]) == 12
+    assert catalogue.text().startswith("User · table users · 12 nodes")
 
 
 def test_the_catalogue_shows_each_nodes_parameters_and_the_sql_it_generates(users):
@@ -186,7 +186,7 @@ def test_the_catalogue_shows_each_nodes_parameters_and_the_sql_it_generates(user
     assert "WHERE users.id IN" in entries["UserBulkDeleteNode"].sql
     assert all(not e.sql.startswith("-- depends") for e in entries.values())
     page = catalogue.html()
-    assert page.count("<details>") == 11 and "INSERT INTO users" in page
+    assert page.count("<details>") == 12 and "INSERT INTO users" in page
     assert "records one left open as a workflow input" in page  # how a run supplies a required one
     assert catalogue.text().endswith('passed as execute(wf, parameters={"node_id": {...}}).')
 
@@ -195,10 +195,10 @@ def test_the_catalogue_displays_as_static_html_that_survives_saving(users):
     catalogue, _ = cell(users, "%dataflow nodes")
     data = catalogue._repr_mimebundle_()
     assert set(data) == {"text/plain", "text/html"}  # no widget view: it would be dead once saved
-    assert data["text/html"].count("<details>") == 11 and "<svg" not in data["text/html"]
+    assert data["text/html"].count("<details>") == 12 and "<svg" not in data["text/html"]
     widget = catalogue.widget()
     assert "df-catalogue" in widget._dom_classes
-    assert len(widget.children[0].children[1].children) == 11
+    assert len(widget.children[0].children[1].children) == 12
     assert "workflow input" in widget.children[1].value
 
 
@@ -220,7 +220,7 @@ def test_under_a_server_that_saves_static_twins_the_catalogue_is_a_widget_beside
     catalogue, _ = cell(saving_server, "%dataflow nodes")
     data, metadata = catalogue._repr_mimebundle_()
     assert set(data) == {"text/plain", "text/html", saving.WIDGET_VIEW}
-    assert data["text/html"].count("<details>") == 11  # the twin the notebook keeps
+    assert data["text/html"].count("<details>") == 12  # the twin the notebook keeps
     assert metadata == {"dataflow_lab": {"saved": "static"}}
     assert data[saving.WIDGET_VIEW]["model_id"]
 
@@ -314,6 +314,22 @@ def test_a_workflow_cell_is_parsed_not_executed(users):
     assert calls == []  # the step runs only when the workflow runs
     run, _ = cell(users, "%dataflow run w")
     assert calls == [0] and run.results["mail"] == {"sent": 0}
+
+
+def test_a_workflow_cell_takes_the_aggregate_node_and_feeds_its_records_on(users):
+    source = (
+        "load = UserBulkCreateNode(data=[{'name': 'a', 'email': 'a@x'}, {'name': 'b', 'email': 'b@x', "
+        "'active': False}, {'name': 'c', 'email': 'c@x'}])\n"
+        "per = UserAggregateNode(group_by=['active', ('day', 'created_at')], metrics={'n': 'count'}, "
+        "having={'n': {'$gte': 1}}, order_by='-n')\n"
+        "top = UserReadNode(id=per.records[0].n)\n"
+    )
+    workflow, _ = cell(users, f"%%dataflow workflow per_active\n{source}")
+    assert [str(c) for c in workflow.connections] == ["per.records.0.n -> top.id"]
+    run, _ = cell(users, "%dataflow run per_active")
+    counts = [(r["active"], r["n"]) for r in run.results["per"]["records"]]
+    assert counts == [(True, 2), (False, 1)]
+    assert run.results["top"]["id"] == 2
 
 
 @pytest.mark.parametrize(

@@ -381,12 +381,12 @@ def test_optional_and_defaulted_fields_are_not_required(db):
         label: str
         note: Optional[str]  # noqa: UP045
         other: int | None
-        count: int = 0
+        tally: int = 0
 
     params = {p.name: p.required for p in db.nodes["ThingCreateNode"].parameters}
-    assert params == {"label": True, "note": False, "other": False, "count": False}
+    assert params == {"label": True, "note": False, "other": False, "tally": False}
     row = run_one(db, "ThingCreateNode", {"label": "x"})
-    assert (row["note"], row["other"], row["count"]) == (None, None, 0)
+    assert (row["note"], row["other"], row["tally"]) == (None, None, 0)
 
 
 def test_a_declared_unique_constraint_is_enforced(db):

@@ -1,4 +1,4 @@
-"""The eleven generated nodes, one operation at a time, on every backend.
+"""The generated nodes, one operation at a time, on every backend (Aggregate: test_aggregate.py).
 
 Each test builds real workflows with WorkflowBuilder and runs them with
 LocalRuntime().execute against a fresh database (the ``db`` fixture).
@@ -868,10 +868,11 @@ EXPECTED_PARAMETERS = {
     "UserBulkUpdateNode": {"filter", "fields", "confirmed"},
     "UserBulkDeleteNode": {"filter", "confirmed"},
     "UserBulkUpsertNode": {"data", "conflict_on", "update_fields"},
+    "UserAggregateNode": {"group_by", "metrics", "filter", "having", "order_by", "limit"},
 }
 
 
-def test_a_model_generates_the_eleven_nodes(users):
+def test_a_model_generates_the_twelve_nodes(users):
     assert set(users.nodes) == set(EXPECTED_PARAMETERS)
 
 

@@ -59,7 +59,9 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
                 f"README.md line {line}: no URL to point at the test database"
             )
             code = code.replace('"postgresql://..."', repr(postgres_url()))
-        exec(compile(code, f"README.md, block at line {line}", "exec"), namespace)
+        exec(
+            compile(code, f"README.md, block at line {line}", "exec", dont_inherit=True), namespace
+        )  # as a script reads it
         if "dask" in required:
             assert namespace["results"]["visit"]["page"] == "/"  # the Dask block ran on its workers
             dask_ran = True

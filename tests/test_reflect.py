@@ -110,7 +110,7 @@ def test_reflect_turns_plain_sql_tables_into_models_with_working_nodes_and_no_dd
     assert any("products.shape" in m for m in messages)
     assert "shape" not in db.models["Product"].by_name
     assert {n for n in db.nodes if n.startswith("Product")} >= {"ProductCreateNode", "ProductBulkUpsertNode"}
-    assert len([n for n in db.nodes if n.startswith("Product")]) == 11
+    assert len([n for n in db.nodes if n.startswith("Product")]) == 12
     statements = [r.getMessage().lstrip().upper() for r in caplog.records if r.name == "dataflow_lab.sql"]
     assert statements  # echo was on: the log shows every statement
     assert not [s for s in statements if s.startswith(("CREATE", "ALTER", "DROP"))]

@@ -973,6 +973,7 @@ def test_each_generated_node_class_carries_its_model_name_and_operation(mem_db):
         "UserBulkUpdateNode": "bulk_update",
         "UserBulkDeleteNode": "bulk_delete",
         "UserBulkUpsertNode": "bulk_upsert",
+        "UserAggregateNode": "aggregate",
     }
     assert {cls.model_name for cls in mem_db.nodes.values()} == {"User"}
 
@@ -986,7 +987,7 @@ def test_generated_nodes_are_attributes_of_the_node_namespace_and_tab_complete(m
         total: int
 
     assert mem_db.nodes.OrderCreateNode.model_name == "Order"  # a live view: later models appear
-    assert "OrderReadNode" in dir(mem_db.nodes) and len(mem_db.nodes) == 22
+    assert "OrderReadNode" in dir(mem_db.nodes) and len(mem_db.nodes) == 24
 
 
 def test_a_wrong_node_attribute_is_an_attribute_error_that_suggests_the_close_name(mem_db):

@@ -19,7 +19,7 @@ from .base import Behaviour
 
 __all__ = ["SoftDelete"]
 
-_FILTERING = ("read", "list", "count", "bulk_update")  # the nodes that take include_deleted
+_FILTERING = ("read", "list", "count", "aggregate", "bulk_update")  # the nodes that take include_deleted
 _DELETING = ("delete", "bulk_delete")  # the nodes that take hard
 
 

@@ -277,6 +277,26 @@ class Dialect:
         is_null = column.is_(None)  # emulated: sort on (column IS NULL) first
         return [is_null.desc() if first else is_null.asc(), clause]
 
+    # -- analysis (nodes/aggregate.py) ------------------------------------
+    def bucket(self, unit: str, column: sa.ColumnElement, logical: str) -> sa.ColumnElement:
+        """The date that starts the ``unit`` ('day', 'week' from Monday, 'month', 'year') holding a
+        stored datetime (in UTC) or date. ``unit`` is one of those four, so it is written as a literal:
+        GROUP BY must repeat the very expression the SELECT has."""
+        return sa.cast(sa.func.date_trunc(sa.literal_column(f"'{unit}'"), column), sa.Date)
+
+    def aggregate(self, function: str, column: sa.ColumnElement | None, logical: str) -> sa.ColumnElement:
+        """``function`` (count, count_distinct, sum, avg, min, max) over a stored column of a logical
+        type (None: ``count(*)``). A sum or average of booleans counts the true ones; an average is a float."""
+        if column is None:
+            return sa.func.count()
+        if function == "count_distinct":
+            return sa.func.count(sa.distinct(column))
+        if logical == "boolean" and function in ("sum", "avg"):
+            column = sa.cast(column, sa.Integer)
+        if function == "avg":
+            return sa.cast(sa.func.avg(column), sa.Double)
+        return getattr(sa.func, function)(column)
+
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         """``column IN values`` for a long list, bound as one parameter."""
         return column.in_(values)

@@ -328,6 +328,11 @@ class PostgresDialect(PooledDialect):
         )
         return int(result[0][0]), int(result[0][1])
 
+    def bucket(self, unit: str, column: sa.ColumnElement, logical: str) -> sa.ColumnElement:
+        # date_trunc of a timestamptz follows the session's TimeZone: truncate its UTC wall time
+        utc = sa.func.timezone(sa.literal_column("'UTC'"), column) if logical == "datetime" else column
+        return sa.cast(sa.func.date_trunc(sa.literal_column(f"'{unit}'"), sa.cast(utc, sa.DateTime)), sa.Date)
+
     def sync_id_sequence_sql(self, table: sa.Table) -> str | None:
         seq = f"pg_get_serial_sequence('\"{table.name}\"', 'id')"
         return f'SELECT setval({seq}, GREATEST(COALESCE((SELECT MAX(id) FROM "{table.name}"), 0), nextval({seq})))'

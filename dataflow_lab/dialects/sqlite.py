@@ -161,6 +161,52 @@ def _lower(text: Any) -> Any:
     return "".join(ch.lower()[0] for ch in text)
 
 
+class _DecimalAggregate:
+    """sum / min / max / avg of Decimals stored as text, exactly (SQLite's own would read them as floats)."""
+
+    def __init__(self) -> None:
+        self.values: list[Decimal] = []
+
+    def step(self, text: Any) -> None:
+        if text is not None:
+            self.values.append(_decimal_out(text))
+
+
+class _DecimalSum(_DecimalAggregate):
+    def finalize(self) -> str | None:
+        return str(sum(self.values, Decimal(0))) if self.values else None
+
+
+class _DecimalMin(_DecimalAggregate):
+    def finalize(self) -> str | None:
+        return str(min(self.values)) if self.values else None
+
+
+class _DecimalMax(_DecimalAggregate):
+    def finalize(self) -> str | None:
+        return str(max(self.values)) if self.values else None
+
+
+class _DecimalAvg(_DecimalAggregate):
+    def finalize(self) -> float | None:
+        return float(sum(self.values, Decimal(0)) / len(self.values)) if self.values else None
+
+
+_DECIMAL_AGGREGATES = {"sum": _DecimalSum, "min": _DecimalMin, "max": _DecimalMax, "avg": _DecimalAvg}
+
+
+async def _create_aggregates(aio: Any) -> None:
+    """Register the Decimal aggregates on an aiosqlite connection, on its own thread (aiosqlite wraps
+    create_function, not create_aggregate: its ``_execute`` is how it runs a call there)."""
+    for function, aggregate in _DECIMAL_AGGREGATES.items():
+        await aio._execute(aio._conn.create_aggregate, f"dataflow_decimal_{function}", 1, aggregate)
+
+
+# the date a bucket starts on, from an ISO 8601 text (SQLite's date() reads its UTC offset)
+_BUCKET_MODIFIERS: dict[str, tuple[str, ...]] = {"day": (), "week": ("weekday 0", "-6 days"), "month": ("start of month",),
+                     "year": ("start of year",)}  # fmt: skip
+
+
 class SQLiteDialect(PooledDialect):
     name = "sqlite"
     serialized = True
@@ -286,6 +332,7 @@ class SQLiteDialect(PooledDialect):
             cursor.close()
             dbapi_connection.create_function("dataflow_decimal_key", 1, _decimal_key, deterministic=True)
             dbapi_connection.create_function("dataflow_lower", 1, _lower, deterministic=True)
+            dbapi_connection.run_async(_create_aggregates)
 
     def busy_at_connect(self, error: BaseException) -> bool:
         # A connection's first statements (PRAGMA journal_mode=WAL when the file is new) can meet
@@ -348,6 +395,16 @@ class SQLiteDialect(PooledDialect):
     def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
         # Decimals are stored as exact TEXT; compare and sort them exactly, as numbers.
         return sa.func.dataflow_decimal_key(expr, type_=sa.LargeBinary) if logical == "decimal" else expr
+
+    def bucket(self, unit: str, column: sa.ColumnElement, logical: str) -> sa.ColumnElement:
+        modifiers: list[Any] = [sa.literal_column(f"'{m}'") for m in _BUCKET_MODIFIERS[unit]]
+        return sa.func.date(column, *modifiers, type_=sa.Text)
+
+    def aggregate(self, function: str, column: sa.ColumnElement | None, logical: str) -> sa.ColumnElement:
+        if logical == "decimal" and function in _DECIMAL_AGGREGATES and column is not None:
+            kind = sa.Double if function == "avg" else sa.Text
+            return getattr(sa.func, f"dataflow_decimal_{function}")(column, type_=kind)
+        return super().aggregate(function, column, logical)
 
     def decimal_type(self, model: str, field: str, digits: tuple[int, int] | None) -> sa.types.TypeEngine:
         return sa.Text()  # the declared digits are enforced by the field's check

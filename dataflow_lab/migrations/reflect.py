@@ -2,7 +2,7 @@
 
 Rules:
 - A table becomes a model named after it in the singular (``order_items`` ->
-  ``OrderItem``), with the eleven nodes (``OrderItemCreateNode``...).
+  ``OrderItem``), with the twelve nodes (``OrderItemCreateNode``...).
 - It needs a single-column primary key named ``id``. An integer ``id`` with a
   database default (SQLite ``INTEGER PRIMARY KEY``, a sequence, an identity)
   is generated; without one, and for a text ``id``, the caller supplies it.

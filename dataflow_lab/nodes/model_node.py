@@ -1,6 +1,6 @@
 """ModelNode: the base of every generated node, bound to one model of one DataFlow.
 
-It holds what the eleven operations share: parameter checkers for fields,
+It holds what the twelve operations share: parameter checkers for fields,
 filters and ids, the statement builders, and ``sql()``, which shows the SQL a
 node will run (for teaching and debugging).
 """

@@ -1,4 +1,4 @@
-"""The node catalogue: each model's eleven nodes, their parameters, and the SQL they run.
+"""The node catalogue: each model's twelve nodes, their parameters, and the SQL they run.
 
 The SQL comes from ``ModelNode.sql(params)`` with example parameters made
 from the model's fields, so what you read is what the node would send.
@@ -71,7 +71,19 @@ def example_params(model: ModelSchema) -> dict[str, dict[str, Any]]:
         "bulk_update": {"filter": {"id": {"$in": [key]}}, "fields": change},
         "bulk_delete": {"filter": {"id": {"$in": [key]}}},
         "bulk_upsert": {"data": [{"id": key, **row}]},
+        "aggregate": _aggregate_example(model),
     }
+
+
+def _aggregate_example(model: ModelSchema) -> dict[str, Any]:
+    """Rows per value of the first field that groups well, and a sum of the first numeric one."""
+    fields = [f for f in model.user_fields if not f.primary_key]
+    key = next((f for f in fields if f.type.name in ("text", "enum", "boolean", "date")), None)
+    number = next((f for f in fields if f.type.name in ("integer", "float", "decimal")), None)
+    metrics: dict[str, Any] = {"rows": "count"}
+    if number is not None:
+        metrics[f"total_{number.name}"] = ("sum", number.name)
+    return {"group_by": [key.name] if key is not None else [], "metrics": metrics}
 
 
 REQUIRED_NOTE = (
