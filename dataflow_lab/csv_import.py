@@ -32,6 +32,8 @@ def import_csv(
     on_error: str = "raise",
     progress: bool | None = None,
     runtime: Any = None,
+    user: Any = None,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """Import a CSV file (header row = field names) into ``model``'s table; returns BulkCreate's output."""
 
@@ -48,7 +50,7 @@ def import_csv(
             "progress": progress,
         },
     )
-    results, _ = (runtime or LocalRuntime()).execute(workflow.build())
+    results, _ = (runtime or LocalRuntime()).execute(workflow.build(), user=user, tenant=tenant)
     return results["import_csv"]
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import inspect
+import os
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .csv_import import import_csv
 from .errors import DataFlowError, ValidationError, did_you_mean
 from .model import ModelSchema
 from .runtime import LocalRuntime
@@ -154,7 +156,8 @@ _BUILDERS: dict[str, Callable[..., Call]] = {
     "count": _count_rows, "upsert": _upsert, "bulk_create": _bulk_create, "bulk_update": _bulk_update,
     "bulk_delete": _bulk_delete, "bulk_upsert": _bulk_upsert, "frame": _frame, "aggregate": _aggregate,
 }  # fmt: skip
-RESERVED = (*_BUILDERS, *(f"a{name}" for name in _BUILDERS), "using")  # names a model's fields may not take
+# names a model's fields may not take
+RESERVED = (*_BUILDERS, *(f"a{name}" for name in _BUILDERS), "using", "import_csv")
 
 
 class ModelMethods:
@@ -188,6 +191,12 @@ class ModelMethods:
         return ModelMethods(self.dataflow, self.model_name, runtime=runtime or self.runtime,
                             user=self.user if user is None else user,
                             tenant=self.tenant if tenant is None else tenant, _cache=self._templates)  # fmt: skip
+
+    def import_csv(self, path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+        """Stream a CSV file (its header names the fields) into this model's table, all or nothing:
+        ``Trip.import_csv("trips.csv")`` -> ``{"inserted": 480}``. Options as ``db.import_csv``'s."""
+        options = {"runtime": self.runtime, "user": self.user, "tenant": self.tenant, **options}
+        return import_csv(self.dataflow, self.model_name, path, **options)
 
     # -- for the builders ----------------------------------------------------------------------
     @property

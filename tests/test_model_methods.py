@@ -245,9 +245,9 @@ def test_an_attribute_of_the_class_a_method_would_shadow_is_refused(db):
                 return self.label
 
 
-def test_reserved_names_are_the_methods_their_async_twins_and_using(db):
+def test_reserved_names_are_the_methods_their_async_twins_using_and_import_csv(db):
     Person = define_person(db)
-    assert len(RESERVED) == 27
+    assert len(RESERVED) == 28
     for name in RESERVED:
         assert callable(getattr(Person, name)), name
 
@@ -310,3 +310,29 @@ def test_the_main_arguments_may_be_given_by_name(db):
     assert Person.bulk_delete(filter={"name": "Cy"}) == {"deleted": 1}
     assert Person.delete(id=ann["id"])["deleted"] is True
     assert Person.aggregate(group_by=["name"], metrics={"n": "count"}) == [{"name": "Bo", "n": 1}]
+
+
+def test_import_csv_streams_a_file_into_the_model_all_or_nothing(db, tmp_path):
+    Person = define_person(db)
+    good = tmp_path / "people.csv"
+    good.write_text("name,age,city\nAnn,30,Oslo\nBo,,\n")
+    assert Person.import_csv(good) == {"inserted": 2}
+    assert [(p["name"], p["age"], p["city"]) for p in Person.list(order_by="name")] == [
+        ("Ann", 30, "Oslo"),
+        ("Bo", 0, None),
+    ]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,age\nCy,41\nDi,not a number\n")
+    with pytest.raises(ValidationError, match="age"):
+        Person.import_csv(bad)
+    assert Person.count() == 2  # nothing of the bad file was written
+
+
+def test_import_csv_runs_as_the_methods_user(db, tmp_path):
+    Person = define_person(db)
+    db.grant("loader", "Person", "bulk_create")
+    path = tmp_path / "people.csv"
+    path.write_text("name\nAnn\n")
+    with pytest.raises(AccessDeniedError):
+        Person.import_csv(path)
+    assert Person.using(user=User("l", roles=["loader"])).import_csv(path) == {"inserted": 1}

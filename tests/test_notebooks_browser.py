@@ -312,7 +312,18 @@ def _reopened_05(page) -> None:
     expect(page.locator(".df-run").filter(has_text="Run 'ingest' cancelled")).to_have_count(1)
 
 
-WHILE_LIVE = {"01_quick_start": _live_01, "05_monitoring": _live_05}
+def _live_03(page) -> None:
+    """The analysis notebook's SQL cell caption and its bar chart, drawn as an image."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(re.compile(r"6 row\(s\) · [\d.]+ ms · saved as by_station"))).to_be_visible()
+    chart = page.locator(".jp-OutputArea-output img[src^='data:image/png']").first
+    expect(chart).to_be_visible(timeout=30_000)
+    assert chart.evaluate("img => img.naturalWidth") > 300, "the chart is drawn at a readable size"
+    _screenshot(page, chart, "notebook_03_plot.png")
+
+
+WHILE_LIVE = {"01_quick_start": _live_01, "03_bulk_and_analysis": _live_03, "05_monitoring": _live_05}
 REOPENED = {"01_quick_start": _reopened_01, "05_monitoring": _reopened_05}
 
 

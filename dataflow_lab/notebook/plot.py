@@ -75,13 +75,17 @@ def plot(
     else:
         x, y = _pair(columns, x, y, kind)
         if kind == "bar":
-            axes.bar([str(v) for v in frame[x]], frame[y], color="#4C72B0")
-            if len(frame) > 8:
-                axes.tick_params(axis="x", labelrotation=45)
+            labels = [str(v) for v in frame[x]]
+            axes.bar(labels, frame[y], color="#4C72B0")
+            if sum(len(label) for label in labels) > 48:  # they would run into each other: slant them
+                for label in axes.get_xticklabels():
+                    label.set(rotation=30, horizontalalignment="right")
         elif kind == "line":
             axes.plot(frame[x], frame[y], marker="o" if len(frame) <= 50 else None, color="#4C72B0")
         else:
             axes.scatter(frame[x], frame[y], s=18, color="#4C72B0")
+        if kind != "bar" and _is_time(frame[x]):
+            figure.autofmt_xdate()  # dates slanted, so they do not overlap
         axes.set_xlabel(x)
         axes.set_ylabel(y)
         described = f"{kind} of {y} by {x}, {len(frame)} rows"
@@ -118,6 +122,17 @@ def _pair(columns: list[str], x: str | None, y: str | None, kind: str) -> tuple[
             hint=f"e.g. --x {columns[0]} --y {columns[-1]}; columns: {', '.join(columns)}.",
         )
     return x, y
+
+
+def _is_time(column: Any) -> bool:
+    import datetime as dt
+
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return True
+    first = column.dropna().head(1).tolist()
+    return bool(first) and isinstance(first[0], dt.date)
 
 
 def _only_numeric(frame: Any, columns: list[str]) -> str:
