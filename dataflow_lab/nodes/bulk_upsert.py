@@ -48,6 +48,11 @@ class _SeenKeys:
         found: dict[tuple, bool] = {k: self.nulls[k] for k in keys if k in self.nulls}
         if self.table is None:
             found.update((k, self.first[k]) for k in keys if k in self.first)
+        elif len(self.conflict_on) == 1:  # one parameter for the chunk's keys (an array, or JSON on SQLite)
+            col = self.table.c[self.conflict_on[0]]
+            cond = self.node.mt.dialect.in_array(col, [k[0] for k in keys if None not in k])
+            sql, params = self.node.mt.dialect.compile(sa.select(col, self.table.c.ours).where(cond))
+            found.update(((r[0],), bool(r[1])) for r in await conn.fetch(sql, params))
         else:
             for cols, cond in self.node._key_matches(self.conflict_on, keys, self.table):
                 sql, params = self.node.mt.dialect.compile(sa.select(*cols, self.table.c.ours).where(cond))
