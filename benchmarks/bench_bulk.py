@@ -6,13 +6,17 @@ Both sides start from the same list of dicts (name, qty, price) and write the
 same columns (plus the created_at/updated_at that every model carries):
 
 - SQLite (file, WAL): sqlite3 ``executemany`` in one transaction, STRICT table.
-- PostgreSQL: asyncpg ``copy_records_to_table`` (upsert: ``INSERT ... ON CONFLICT`` via executemany).
-- DuckDB: a pyarrow table inserted with ``INSERT ... SELECT`` (upsert: the same with ON CONFLICT).
+- PostgreSQL: asyncpg ``copy_records_to_table`` (upsert: COPY into a temporary table, then one
+  ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``, the fastest way asyncpg has).
+- DuckDB: a pyarrow table with typed columns (an explicit schema: string, int64, float64,
+  timestamp[us, UTC]) inserted with ``INSERT ... SELECT`` (upsert: the same with ON CONFLICT).
 
 The ``stream`` case feeds BulkCreate a generator of rows instead of a list. The ``wide`` case
 streams rows of (name, body) whose body is ``--wide-kb`` KB of text (default 50 KB, 2,000 rows:
 100 MB): BulkCreate sizes its chunks to ``bulk_memory_mb`` (64 MB), where the raw side loads the
 whole stream at once, as one ``executemany`` / COPY / Arrow table.
+``--upsert-memory`` measures BulkUpsert alone, streamed from a generator of new rows, with
+tracemalloc: its peak must not grow with the input.
 
 Run: python benchmarks/bench_bulk.py [--sizes 10000 100000 1000000] [--ops create upsert stream wide]
      [--wide-rows 2000] [--wide-kb 50] [--write docs/performance.md]
@@ -81,6 +85,45 @@ def run_case(backend: str, path: str, op: str, n: int, url: str, wide_kb: int = 
     assert written == n, (written, n)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": elapsed, "peak_mb": (peak_kb - start_rss) / 1024}
+
+
+def memory_case(backend: str, n: int, url: str) -> dict:
+    """BulkUpsert of ``n`` new rows streamed from a generator: the peak of Python's allocations
+    (tracemalloc) above what the process held before, and RSS growth. Flat in ``n`` is the target."""
+    import tracemalloc
+
+    go = setup_ours("upsert", url, 0)
+    start_rss = rss_now_kb()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    start = time.perf_counter()
+    written = go(gen_rows(n))
+    elapsed = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert written == n, (written, n)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": elapsed, "traced_mb": peak / 2**20, "rss_mb": (peak_kb - start_rss) / 1024}
+
+
+def upsert_memory(backends: list[str], sizes: list[int], pg: str | None) -> str:
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for backend in backends:
+            for n in sizes:
+                url = fresh_url(backend, workdir, f"m{n}", pg)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--memory-case", json.dumps([backend, n, url])],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                if out.returncode != 0:
+                    raise SystemExit(f"memory case {backend} {n} failed:\n{out.stderr[-3000:]}")
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append((backend, f"{n:,}", f"{r['traced_mb']:.1f} MB", f"{r['rss_mb']:.0f} MB",
+                             f"{n / r['seconds']:,.0f}"))  # fmt: skip
+                print(" | ".join(rows[-1]), file=sys.stderr)
+    return table(rows, ("backend", "rows (generator, all new)", "peak traced (tracemalloc)", "RSS growth",
+                        "rows/s (traced)"))  # fmt: skip
 
 
 def setup_ours(op: str, url: str, existing: int):
@@ -185,12 +228,17 @@ def setup_postgres(op: str, url: str, existing: int):
         stamp = dt.datetime.now(dt.UTC)
         records = [(*(r[c] for c in fields), stamp, stamp) for r in rows]
         async with con.transaction():
-            if upsert:
-                await con.executemany(
-                    "INSERT INTO bench_items (name, qty, price, created_at, updated_at) VALUES ($1,$2,$3,$4,$5) "
+            if upsert:  # COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
+                await con.execute(
+                    "CREATE TEMPORARY TABLE incoming (name TEXT, qty BIGINT, price DOUBLE PRECISION, "
+                    "created_at TIMESTAMPTZ, updated_at TIMESTAMPTZ) ON COMMIT DROP"
+                )
+                await con.copy_records_to_table("incoming", columns=columns, records=records)
+                await con.execute(
+                    "INSERT INTO bench_items (name, qty, price, created_at, updated_at) "
+                    "SELECT name, qty, price, created_at, updated_at FROM incoming "
                     "ON CONFLICT (name) DO UPDATE SET qty = excluded.qty, price = excluded.price, "
-                    "updated_at = excluded.updated_at",
-                    records,
+                    "updated_at = excluded.updated_at"
                 )
             else:
                 await con.copy_records_to_table(table_of(op), columns=columns, records=records)
@@ -213,11 +261,18 @@ def setup_duckdb(op: str, url: str, existing: int):
         "name VARCHAR NOT NULL, body VARCHAR NOT NULL, "
         "created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
     )
-    cols = ", ".join([*columns_of(op), "created_at", "updated_at"])
+    columns = [*columns_of(op), "created_at", "updated_at"]
+    cols = ", ".join(columns)
+    stamp_type = pa.timestamp("us", tz="UTC")
+    kinds = {"name": pa.string(), "body": pa.string(), "qty": pa.int64(), "price": pa.float64(),
+             "created_at": stamp_type, "updated_at": stamp_type}  # fmt: skip
+    typed = pa.schema([(c, kinds[c]) for c in columns])  # typed columns, as the raw path should be
 
     def write(rows, conflict: bool) -> int:
         stamp = dt.datetime.now(dt.UTC)
-        arrow = pa.Table.from_pylist([{**r, "created_at": stamp, "updated_at": stamp} for r in rows])
+        arrow = pa.Table.from_pylist(
+            [{**r, "created_at": stamp, "updated_at": stamp} for r in rows], schema=typed
+        )
         tail = (
             (
                 " ON CONFLICT (name) DO UPDATE SET qty = excluded.qty, price = excluded.price, "
@@ -281,12 +336,25 @@ def main() -> int:
     parser.add_argument("--wide-kb", type=int, default=WIDE_KB, help="KB of text per wide row")
     parser.add_argument("--write", metavar="PATH")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-case", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--upsert-memory",
+        action="store_true",
+        help="only BulkUpsert's memory, streamed (default sizes 100k, 1M)",
+    )
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_case(*json.loads(args.case))))
         return 0
+    if args.memory_case:
+        print(json.dumps(memory_case(*json.loads(args.memory_case))))
+        return 0
     pg = os.environ.get("DATAFLOW_TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL")
     backends = [b for b in args.backends if b != "postgres" or pg]
+    if args.upsert_memory:
+        sizes = args.sizes if "--sizes" in sys.argv else [100_000, 1_000_000]
+        print(upsert_memory(backends, sizes, pg))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for backend in backends:

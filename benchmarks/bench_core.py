@@ -1,16 +1,24 @@
 """Core benchmark: dataflow_lab against the raw driver and SQLAlchemy Core, in the same run.
 
-Two workloads per backend (SQLite in memory, DuckDB in memory, PostgreSQL when
+Four workloads per backend (SQLite in memory, DuckDB in memory, PostgreSQL when
 DATAFLOW_TEST_POSTGRES_URL or DATABASE_URL names one):
 
 - single-op: one transaction that inserts a row (RETURNING *) and reads it back by id;
   for dataflow_lab that is a two-node workflow (Create -> Read) run by LocalRuntime.
 - list-1000: fetch 1,000 rows as dicts; for dataflow_lab a ListNode with limit=1000.
+- count: how many rows match a filter (qty >= 500 AND active); a CountNode.
+- filtered list: the first 10 rows of a filter (qty < 10 AND active); a ListNode.
 - cold start: a fresh interpreter that imports, opens the database, defines the table
   and runs Create -> Read once (the whole subprocess, wall clock, median of several).
 
+"SQLAlchemy Core" is its sync engine (sqlite3, psycopg, duckdb_engine), which most
+scripts use; the async engine (aiosqlite, asyncpg) is reported beside it. SQLAlchemy
+statements are built per call, as a script writes them (SQLAlchemy caches their
+compiled form itself).
+
 We report ratios (ours / baseline), because absolute times drift 30-50% on shared
-machines. Run: python benchmarks/bench_core.py [--write docs/performance.md]
+machines. Run: python benchmarks/bench_core.py [--backends sqlite duckdb postgres]
+[--workloads single list count filtered] [--no-cold] [--write docs/performance.md]
 """
 
 from __future__ import annotations
@@ -33,14 +41,31 @@ from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder  # noqa: E402
 
 ROWS = 1000
 COLUMNS = ("id", "name", "qty", "price", "active", "created_at", "updated_at")
+WORKLOADS = {
+    "single": "single-op (create + read)",
+    "list": f"list {ROWS} rows",
+    "count": "count (filtered)",
+    "filtered": "list 10 rows (filtered)",
+}
+COUNT_MIN, LIST_BELOW = 500, 10  # count: qty >= 500 AND active; filtered list: qty < 10 AND active
 
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def seed_rows() -> list[tuple]:
+    """(name, qty, price, active) of the ROWS rows every path lists and counts."""
+    return [(f"item {i}", i, i * 0.5, True) for i in range(ROWS)]
+
+
+def timed(fns: dict, n: int, wanted: list[str]) -> dict[str, float]:
+    """Seconds per call of each wanted workload (list-1000 gets fewer calls: it is 1,000 rows)."""
+    return {w: per_op(fns[w], n=max(20, n // 10) if w == "list" else n) for w in wanted if w in fns}
+
+
 # -- dataflow_lab ------------------------------------------------------------
-def ours(url: str | None, n: int) -> tuple[float, float]:
+def ours(url: str | None, n: int, wanted: list[str]) -> dict[str, float]:
     db = DataFlow(url, echo=False)  # the engine, not the development preset's SQL on stderr
 
     @db.model
@@ -51,36 +76,48 @@ def ours(url: str | None, n: int) -> tuple[float, float]:
         active: bool = True
 
     runtime = LocalRuntime()
-    single = WorkflowBuilder(dataflow=db)
-    single.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3, "price": 9.5})
-    single.add_node("ItemReadNode", "read", {})
-    single.add_connection("create", "id", "read", "id")
-    single_wf = single.build()
-    single_t = per_op(lambda: runtime.execute(single_wf), n=n)
 
-    load = WorkflowBuilder(dataflow=db)
-    load.add_node(
-        "ItemBulkCreateNode",
-        "load",
-        {"data": [{"name": f"item {i}", "qty": i, "price": i * 0.5} for i in range(ROWS)]},
-    )
-    runtime.execute(load.build())
-    listing = WorkflowBuilder(dataflow=db)
-    listing.add_node("ItemListNode", "list", {"limit": ROWS})
-    list_wf = listing.build()
-    assert runtime.execute(list_wf)[0]["list"]["count"] == ROWS
-    list_t = per_op(lambda: runtime.execute(list_wf), n=max(20, n // 10))
+    def one(node_type: str, params: dict, *more: tuple) -> object:
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node(node_type, "a", params)
+        for node_type2, params2, connection in more:
+            wf.add_node(node_type2, "b", params2)
+            wf.add_connection("a", connection, "b", connection)
+        return wf.build()
+
+    single_wf = one("ItemCreateNode", {"name": "widget", "qty": 3, "price": 9.5}, ("ItemReadNode", {}, "id"))
+    runtime.execute(one("ItemBulkDeleteNode", {"filter": {}, "confirmed": True}))  # a kept PostgreSQL table
+    data = [dict(zip(("name", "qty", "price", "active"), r)) for r in seed_rows()]
+    runtime.execute(one("ItemBulkCreateNode", {"data": data}))
+    list_wf = one("ItemListNode", {"limit": ROWS})
+    count_wf = one("ItemCountNode", {"filter": {"qty": {"$gte": COUNT_MIN}, "active": True}})
+    filtered_wf = one("ItemListNode", {"filter": {"qty": {"$lt": LIST_BELOW}, "active": True}, "limit": 10})
+    assert runtime.execute(list_wf)[0]["a"]["count"] == ROWS
+    assert runtime.execute(count_wf)[0]["a"]["count"] == ROWS - COUNT_MIN
+    assert runtime.execute(filtered_wf)[0]["a"]["count"] == LIST_BELOW
+    fns = {
+        "list": lambda: runtime.execute(list_wf),
+        "count": lambda: runtime.execute(count_wf),
+        "filtered": lambda: runtime.execute(filtered_wf),
+    }
+    # as on every path: the reads first, then single-op (which adds rows)
+    result = {**timed(fns, n, wanted), **timed({"single": lambda: runtime.execute(single_wf)}, n, wanted)}
     db.close()
-    return single_t, list_t
+    return result
 
 
 # -- raw drivers ---------------------------------------------------------------
-def raw_sqlite(n: int) -> tuple[float, float]:
+def raw_sqlite(n: int, wanted: list[str]) -> dict[str, float]:
     con = sqlite3.connect(":memory:", isolation_level=None)
     con.execute(
         "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, qty INTEGER NOT NULL,"
         " price REAL NOT NULL, active INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
         " STRICT"
+    )
+    stamp = now().isoformat()
+    con.executemany(
+        "INSERT INTO items (name, qty, price, active, created_at, updated_at) VALUES (?,?,?,?,?,?)",
+        [(*r, stamp, stamp) for r in seed_rows()],
     )
 
     def single() -> None:
@@ -94,23 +131,24 @@ def raw_sqlite(n: int) -> tuple[float, float]:
         con.execute("SELECT * FROM items WHERE id = ?", (row[0],)).fetchone()
         con.execute("COMMIT")
 
-    single_t = per_op(single, n=n)
-    con.execute("DELETE FROM items")
-    stamp = now().isoformat()
-    con.executemany(
-        "INSERT INTO items (name, qty, price, active, created_at, updated_at) VALUES (?,?,?,?,?,?)",
-        [(f"item {i}", i, i * 0.5, 1, stamp, stamp) for i in range(ROWS)],
-    )
-
-    def listing() -> None:
-        rows = con.execute("SELECT * FROM items ORDER BY id LIMIT ?", (ROWS,)).fetchall()
+    def listing(sql: str, params: tuple) -> None:
+        rows = con.execute(sql, params).fetchall()
         [dict(zip(COLUMNS, r)) for r in rows]
 
-    list_t = per_op(listing, n=max(20, n // 10))
-    return single_t, list_t
+    fns = {
+        "list": lambda: listing("SELECT * FROM items ORDER BY id LIMIT ?", (ROWS,)),
+        "count": lambda: con.execute(
+            "SELECT count(*) FROM items WHERE qty >= ? AND active = ?", (COUNT_MIN, 1)
+        ).fetchone(),
+        "filtered": lambda: listing(
+            "SELECT * FROM items WHERE qty < ? AND active = ? ORDER BY id LIMIT ?", (LIST_BELOW, 1, 10)
+        ),
+    }
+    result = timed(fns, n, wanted)
+    return {**result, **timed({"single": single}, n, wanted)}
 
 
-def raw_asyncpg(url: str, n: int) -> tuple[float, float]:
+def raw_asyncpg(url: str, n: int, wanted: list[str]) -> dict[str, float]:
     import asyncpg
 
     loop = asyncio.new_event_loop()
@@ -122,8 +160,15 @@ def raw_asyncpg(url: str, n: int) -> tuple[float, float]:
             " created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
         )
     )
+    stamp = now()
+    loop.run_until_complete(
+        con.executemany(
+            "INSERT INTO raw_items (name, qty, price, active, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6)",
+            [(*r, stamp, stamp) for r in seed_rows()],
+        )
+    )
 
-    async def single_async() -> None:
+    async def single() -> None:
         async with con.transaction():
             stamp = now()
             row = await con.fetchrow(
@@ -138,28 +183,32 @@ def raw_asyncpg(url: str, n: int) -> tuple[float, float]:
             )
             await con.fetchrow("SELECT * FROM raw_items WHERE id = $1", row[0])
 
-    single_t = per_op(lambda: loop.run_until_complete(single_async()), n=n)
-    stamp = now()
-    loop.run_until_complete(con.execute("TRUNCATE raw_items"))
-    loop.run_until_complete(
-        con.executemany(
-            "INSERT INTO raw_items (name, qty, price, active, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6)",
-            [(f"item {i}", i, i * 0.5, True, stamp, stamp) for i in range(ROWS)],
-        )
-    )
+    async def listing(sql: str, *params: object) -> None:
+        [dict(zip(COLUMNS, r)) for r in await con.fetch(sql, *params)]
 
-    async def list_async() -> None:
-        rows = await con.fetch("SELECT * FROM raw_items ORDER BY id LIMIT $1", ROWS)
-        [dict(zip(COLUMNS, r)) for r in rows]
-
-    list_t = per_op(lambda: loop.run_until_complete(list_async()), n=max(20, n // 10))
-    loop.run_until_complete(con.execute("DROP TABLE raw_items"))
-    loop.run_until_complete(con.close())
+    run = loop.run_until_complete
+    fns = {
+        "list": lambda: run(listing("SELECT * FROM raw_items ORDER BY id LIMIT $1", ROWS)),
+        "count": lambda: run(
+            con.fetchval("SELECT count(*) FROM raw_items WHERE qty >= $1 AND active = $2", COUNT_MIN, True)
+        ),
+        "filtered": lambda: run(
+            listing(
+                "SELECT * FROM raw_items WHERE qty < $1 AND active = $2 ORDER BY id LIMIT $3",
+                LIST_BELOW,
+                True,
+                10,
+            )
+        ),
+    }
+    result = {**timed(fns, n, wanted), **timed({"single": lambda: run(single())}, n, wanted)}
+    run(con.execute("DROP TABLE raw_items"))
+    run(con.close())
     loop.close()
-    return single_t, list_t
+    return result
 
 
-def raw_duckdb(n: int) -> tuple[float, float]:
+def raw_duckdb(n: int, wanted: list[str]) -> dict[str, float]:
     import duckdb
 
     con = duckdb.connect(":memory:")
@@ -168,6 +217,11 @@ def raw_duckdb(n: int) -> tuple[float, float]:
         "CREATE SEQUENCE s START 1; CREATE TABLE items (id BIGINT DEFAULT nextval('s') PRIMARY KEY,"
         " name VARCHAR NOT NULL, qty BIGINT NOT NULL, price DOUBLE NOT NULL, active BOOLEAN NOT NULL,"
         " created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL)"
+    )
+    con.execute(
+        "INSERT INTO items (name, qty, price, active, created_at, updated_at) "
+        "SELECT 'item ' || i, i, i * 0.5, true, now(), now() FROM range(?) t(i)",
+        [ROWS],
     )
 
     def single() -> None:
@@ -181,25 +235,25 @@ def raw_duckdb(n: int) -> tuple[float, float]:
         con.execute("SELECT * FROM items WHERE id = ?", [row[0]]).fetchone()
         con.commit()
 
-    single_t = per_op(single, n=n)
-    con.execute("DELETE FROM items")
-    con.execute(
-        "INSERT INTO items (name, qty, price, active, created_at, updated_at) "
-        "SELECT 'item ' || i, i, i * 0.5, true, now(), now() FROM range(?) t(i)",
-        [ROWS],
-    )
+    def listing(sql: str, params: list) -> None:
+        [dict(zip(COLUMNS, r)) for r in con.execute(sql, params).fetchall()]
 
-    def listing() -> None:
-        rows = con.execute("SELECT * FROM items ORDER BY id LIMIT ?", [ROWS]).fetchall()
-        [dict(zip(COLUMNS, r)) for r in rows]
-
-    list_t = per_op(listing, n=max(20, n // 10))
+    fns = {
+        "list": lambda: listing("SELECT * FROM items ORDER BY id LIMIT ?", [ROWS]),
+        "count": lambda: con.execute(
+            "SELECT count(*) FROM items WHERE qty >= ? AND active = ?", [COUNT_MIN, True]
+        ).fetchone(),
+        "filtered": lambda: listing(
+            "SELECT * FROM items WHERE qty < ? AND active = ? ORDER BY id LIMIT ?", [LIST_BELOW, True, 10]
+        ),
+    }
+    result = {**timed(fns, n, wanted), **timed({"single": single}, n, wanted)}
     con.close()
-    return single_t, list_t
+    return result
 
 
 # -- SQLAlchemy Core -------------------------------------------------------------
-def sqlalchemy_core(url: str, n: int) -> tuple[float, float]:
+def _sa_table(url: str):
     import sqlalchemy as sa
 
     md = sa.MetaData()
@@ -219,53 +273,85 @@ def sqlalchemy_core(url: str, n: int) -> tuple[float, float]:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
-    insert = items.insert().returning(*items.c)
-    select_one = items.select().where(items.c.id == sa.bindparam("id"))
-    select_all = items.select().order_by(items.c.id).limit(ROWS)
+    return md, items
 
-    if url.startswith("duckdb"):
+
+def _sa_statements(items):
+    """The statements of each workload, built per call as a script writes them."""
+    import sqlalchemy as sa
+
+    stamp = now()
+    new_row = dict(name="widget", qty=3, price=9.5, active=True, created_at=stamp, updated_at=stamp)
+    return {
+        "insert": lambda: (items.insert().returning(*items.c), new_row),
+        "read": lambda row_id: items.select().where(items.c.id == row_id),
+        "list": lambda: items.select().order_by(items.c.id).limit(ROWS),
+        "count": lambda: (
+            sa.select(sa.func.count())
+            .select_from(items)
+            .where(items.c.qty >= COUNT_MIN, items.c.active.is_(True))
+        ),
+        "filtered": lambda: (
+            items.select()
+            .where(items.c.qty < LIST_BELOW, items.c.active.is_(True))
+            .order_by(items.c.id)
+            .limit(10)
+        ),
+        "seed": [
+            dict(zip(("name", "qty", "price", "active"), r), created_at=stamp, updated_at=stamp)
+            for r in seed_rows()
+        ],
+    }
+
+
+def sqlalchemy_sync(url: str, n: int, wanted: list[str]) -> dict[str, float]:
+    """SQLAlchemy Core's sync engine: sqlite3 (pysqlite), psycopg, duckdb_engine."""
+    import sqlalchemy as sa
+    from sqlalchemy.pool import StaticPool
+
+    md, items = _sa_table(url)
+    s = _sa_statements(items)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine("sqlite://", poolclass=StaticPool)
+    elif url.startswith("duckdb"):
         engine = sa.create_engine(url)
-        md.create_all(engine)
+    else:
+        engine = sa.create_engine(sa.engine.make_url(url).set(drivername="postgresql+psycopg"))
+    md.drop_all(engine)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(items.insert(), s["seed"])
 
-        def single() -> None:
-            with engine.begin() as conn:
-                stamp = now()
-                row = conn.execute(
-                    insert,
-                    dict(name="widget", qty=3, price=9.5, active=True, created_at=stamp, updated_at=stamp),
-                ).one()
-                conn.execute(select_one, {"id": row.id}).one()
-
-        single_t = per_op(single, n=n)
+    def single() -> None:
         with engine.begin() as conn:
-            conn.execute(items.delete())
-            stamp = now()
-            conn.execute(
-                items.insert(),
-                [
-                    dict(
-                        name=f"item {i}",
-                        qty=i,
-                        price=i * 0.5,
-                        active=True,
-                        created_at=stamp,
-                        updated_at=stamp,
-                    )
-                    for i in range(ROWS)
-                ],
-            )
+            row = conn.execute(*s["insert"]()).one()
+            conn.execute(s["read"](row.id)).one()
 
-        def listing() -> None:
-            with engine.connect() as conn:
-                [dict(r) for r in conn.execute(select_all).mappings()]
+    def rows(stmt) -> None:
+        with engine.connect() as conn:
+            [dict(r) for r in conn.execute(stmt).mappings()]
 
-        list_t = per_op(listing, n=max(20, n // 10))
-        engine.dispose()
-        return single_t, list_t
+    def count() -> None:
+        with engine.connect() as conn:
+            conn.execute(s["count"]()).scalar()
 
+    fns = {"list": lambda: rows(s["list"]()), "count": count, "filtered": lambda: rows(s["filtered"]())}
+    result = {**timed(fns, n, wanted), **timed({"single": single}, n, wanted)}
+    md.drop_all(engine)
+    engine.dispose()
+    return result
+
+
+def sqlalchemy_async(url: str, n: int, wanted: list[str]) -> dict[str, float]:
+    """SQLAlchemy Core's async engine: aiosqlite, asyncpg (none for DuckDB: empty)."""
+    if url.startswith("duckdb"):
+        return {}
+    import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import StaticPool
 
+    md, items = _sa_table(url)
+    s = _sa_statements(items)
     loop = asyncio.new_event_loop()
     if url.startswith("sqlite"):
         engine = create_async_engine("sqlite+aiosqlite://", poolclass=StaticPool)
@@ -276,60 +362,88 @@ def sqlalchemy_core(url: str, n: int) -> tuple[float, float]:
         async with engine.begin() as conn:
             await conn.run_sync(md.drop_all)
             await conn.run_sync(md.create_all)
+            await conn.execute(items.insert(), s["seed"])
 
     loop.run_until_complete(setup())
 
-    async def single_async() -> None:
+    async def single() -> None:
         async with engine.begin() as conn:
-            stamp = now()
-            row = (
-                await conn.execute(
-                    insert,
-                    dict(name="widget", qty=3, price=9.5, active=True, created_at=stamp, updated_at=stamp),
-                )
-            ).one()
-            (await conn.execute(select_one, {"id": row.id})).one()
+            row = (await conn.execute(*s["insert"]())).one()
+            (await conn.execute(s["read"](row.id))).one()
 
-    single_t = per_op(lambda: loop.run_until_complete(single_async()), n=n)
-
-    async def fill() -> None:
-        async with engine.begin() as conn:
-            await conn.execute(items.delete())
-            stamp = now()
-            await conn.execute(
-                items.insert(),
-                [
-                    dict(
-                        name=f"item {i}",
-                        qty=i,
-                        price=i * 0.5,
-                        active=True,
-                        created_at=stamp,
-                        updated_at=stamp,
-                    )
-                    for i in range(ROWS)
-                ],
-            )
-
-    loop.run_until_complete(fill())
-
-    async def list_async() -> None:
+    async def rows(stmt) -> None:
         async with engine.connect() as conn:
-            [dict(r) for r in (await conn.execute(select_all)).mappings()]
+            [dict(r) for r in (await conn.execute(stmt)).mappings()]
 
-    list_t = per_op(lambda: loop.run_until_complete(list_async()), n=max(20, n // 10))
+    async def count() -> None:
+        async with engine.connect() as conn:
+            (await conn.execute(s["count"]())).scalar()
+
+    run = loop.run_until_complete
+    fns = {
+        "list": lambda: run(rows(s["list"]())),
+        "count": lambda: run(count()),
+        "filtered": lambda: run(rows(s["filtered"]())),
+    }
+    result = {**timed(fns, n, wanted), **timed({"single": lambda: run(single())}, n, wanted)}
 
     async def teardown() -> None:
         async with engine.begin() as conn:
             await conn.run_sync(md.drop_all)
         await engine.dispose()
 
-    loop.run_until_complete(teardown())
+    run(teardown())
     loop.close()
-    return single_t, list_t
+    return result
 
 
-# -- convenience methods: Item.create(...) against the one-node workflow by hand ---------
+# -- cold start: a fresh process to its first result -----------------------------
+COLD_OURS = """
+import os
+from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+db = DataFlow(os.environ["COLD_URL"] or None)
+@db.model
+class Item:
+    name: str
+    qty: int
+    price: float
+    active: bool = True
+wf = WorkflowBuilder(dataflow=db)
+wf.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3, "price": 9.5})
+wf.add_node("ItemReadNode", "read", {})
+wf.add_connection("create", "id", "read", "id")
+assert LocalRuntime().execute(wf.build())[0]["read"]["name"] == "widget"
+"""
+
+COLD_SQLALCHEMY = """
+import datetime as dt, os
+import sqlalchemy as sa
+url = os.environ["COLD_URL"]
+md = sa.MetaData()
+items = sa.Table(
+    "sa_cold_items", md,
+    sa.Column("id", sa.Integer if url.startswith("sqlite") else sa.BigInteger,
+              sa.Sequence("sa_cold_seq") if url.startswith("duckdb") else sa.Identity(), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False), sa.Column("qty", sa.BigInteger, nullable=False),
+    sa.Column("price", sa.Double, nullable=False), sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+now = dt.datetime.now(dt.UTC)
+row = dict(name="widget", qty=3, price=9.5, active=True, created_at=now, updated_at=now)
+if url.startswith("sqlite"):
+    engine = sa.create_engine("sqlite://")
+elif url.startswith("duckdb"):
+    engine = sa.create_engine(url)
+else:
+    engine = sa.create_engine(sa.engine.make_url(url).set(drivername="postgresql+psycopg"))
+md.create_all(engine)
+with engine.begin() as conn:
+    new = conn.execute(items.insert().returning(*items.c), row).one()
+    assert conn.execute(items.select().where(items.c.id == new.id)).one().name == "widget"
+"""
+
+
 def method_vs_hand(url: str | None, n: int) -> tuple[float, float]:
     """(Item.create(...), the same one-node workflow built and run by hand), seconds per call.
 
@@ -460,62 +574,6 @@ def _raw_asyncpg_agg(url: str) -> tuple:
 
 
 # -- cold start: a fresh process to its first result -----------------------------
-COLD_OURS = """
-import os
-from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
-db = DataFlow(os.environ["COLD_URL"] or None, echo=False)
-@db.model
-class Item:
-    name: str
-    qty: int
-    price: float
-    active: bool = True
-wf = WorkflowBuilder(dataflow=db)
-wf.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3, "price": 9.5})
-wf.add_node("ItemReadNode", "read", {})
-wf.add_connection("create", "id", "read", "id")
-assert LocalRuntime().execute(wf.build())[0]["read"]["name"] == "widget"
-"""
-
-COLD_SQLALCHEMY = """
-import asyncio, datetime as dt, os
-import sqlalchemy as sa
-url = os.environ["COLD_URL"]
-md = sa.MetaData()
-items = sa.Table(
-    "sa_cold_items", md,
-    sa.Column("id", sa.Integer if url.startswith("sqlite") else sa.BigInteger,
-              sa.Sequence("sa_cold_seq") if url.startswith("duckdb") else sa.Identity(), primary_key=True),
-    sa.Column("name", sa.Text, nullable=False), sa.Column("qty", sa.BigInteger, nullable=False),
-    sa.Column("price", sa.Double, nullable=False), sa.Column("active", sa.Boolean, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-now = dt.datetime.now(dt.UTC)
-row = dict(name="widget", qty=3, price=9.5, active=True, created_at=now, updated_at=now)
-if url.startswith("duckdb"):
-    engine = sa.create_engine(url)
-    md.create_all(engine)
-    with engine.begin() as conn:
-        new = conn.execute(items.insert().returning(*items.c), row).one()
-        assert conn.execute(items.select().where(items.c.id == new.id)).one().name == "widget"
-else:
-    from sqlalchemy.ext.asyncio import create_async_engine
-    if url.startswith("sqlite"):
-        engine = create_async_engine("sqlite+aiosqlite://")
-    else:
-        engine = create_async_engine(sa.engine.make_url(url).set(drivername="postgresql+asyncpg"))
-    async def main():
-        async with engine.begin() as conn:
-            await conn.run_sync(md.create_all)
-            new = (await conn.execute(items.insert().returning(*items.c), row)).one()
-            got = (await conn.execute(items.select().where(items.c.id == new.id))).one()
-            assert got.name == "widget"
-        await engine.dispose()
-    asyncio.run(main())
-"""
-
-
 def cold_start(url: str | None, sa_url: str, runs: int = 7) -> tuple[float, float]:
     """Wall seconds of a fresh process to its first result: (ours, SQLAlchemy Core), median of ``runs``.
 
@@ -575,84 +633,61 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=500, help="single-op iterations per round")
     parser.add_argument("--write", metavar="PATH", help="also write the figures as markdown to PATH")
     parser.add_argument("--cold-runs", type=int, default=7, help="fresh processes per cold-start figure")
+    parser.add_argument("--no-cold", action="store_true", help="leave out the cold-start rows")
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "duckdb", "postgres"])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument(
-        "--workloads",
-        default="core,method,aggregate",
-        help="which tables: core (single-op, list, cold start), method, aggregate",
+        "--extra",
+        default="method,aggregate",
+        help="further tables: method (Item.create vs by hand), aggregate; '' for none",
     )
     parser.add_argument("--agg-rows", type=int, default=1_000_000, help="rows of the aggregate workload")
     args = parser.parse_args()
-    workloads = set(args.workloads.split(","))
     pg = os.environ.get("DATAFLOW_TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL")
     os.environ.pop("DATABASE_URL", None)
-
-    backends = [("SQLite (memory)", None, lambda: raw_sqlite(args.n), "sqlite://")]
-    backends.append(
-        ("DuckDB (memory)", "duckdb:///:memory:", lambda: raw_duckdb(args.n), "duckdb:///:memory:")
-    )
-    if pg:
-        backends.append(("PostgreSQL", pg, lambda: raw_asyncpg(pg, args.n), pg))
-
+    n, wanted = args.n, args.workloads
+    backends = {
+        "sqlite": ("SQLite (memory)", None, lambda: raw_sqlite(n, wanted), "sqlite://"),
+        "duckdb": ("DuckDB (memory)", "duckdb:///:memory:", lambda: raw_duckdb(n, wanted), "duckdb:///:memory:"),
+        "postgres": ("PostgreSQL", pg, lambda: raw_asyncpg(pg, n, wanted), pg),
+    }  # fmt: skip
     rows = []
-    for label, url, raw, sa_url in backends if "core" in workloads else ():
-        ours_single, ours_list = ours(url, args.n)
-        raw_single, raw_list = raw()
-        sa_single, sa_list = sqlalchemy_core(sa_url, args.n)
-        rows.append(
-            (
-                label,
-                "single-op (create + read)",
-                fmt_ms(ours_single),
-                fmt_ms(raw_single),
-                fmt_ms(sa_single),
-                f"{ours_single / raw_single:.2f}x",
-                f"{ours_single / sa_single:.2f}x",
-            )
-        )
-        rows.append(
-            (
-                label,
-                f"list {ROWS} rows",
-                fmt_ms(ours_list),
-                fmt_ms(raw_list),
-                fmt_ms(sa_list),
-                f"{ours_list / raw_list:.2f}x",
-                f"{ours_list / sa_list:.2f}x",
-            )
-        )
-        ours_cold, sa_cold = cold_start(url, sa_url, args.cold_runs)
-        rows.append(
-            (
-                label,
-                "cold start to first result",
-                fmt_ms(ours_cold),
-                "",
-                fmt_ms(sa_cold),
-                "",
-                f"{ours_cold / sa_cold:.2f}x",
-            )
-        )
+    for name in args.backends:
+        label, url, raw, sa_url = backends[name]
+        if name == "postgres" and not pg:
+            continue
+        times = {
+            "ours": ours(url, n, wanted),
+            "raw": raw(),
+            "sync": sqlalchemy_sync(sa_url, n, wanted),
+            "async": sqlalchemy_async(sa_url, n, wanted),
+        }
+        for w in wanted:
+            t = {path: got.get(w) for path, got in times.items()}
+            rows.append((label, WORKLOADS[w], *(fmt_ms(v) if v else "-" for v in t.values()),
+                         *(f"{t['ours'] / t[k]:.2f}x" if t[k] else "-" for k in ("raw", "sync", "async"))))  # fmt: skip
+        if not args.no_cold:
+            ours_cold, sa_cold = cold_start(url, sa_url, args.cold_runs)
+            rows.append((label, "cold start to first result", fmt_ms(ours_cold), "", fmt_ms(sa_cold), "",
+                         "", f"{ours_cold / sa_cold:.2f}x", ""))  # fmt: skip
         print(f"done: {label}", file=sys.stderr)
-    extra = extra_rows(backends, workloads, args, pg)
-    imp = import_time()
     report = table(
         rows,
-        (
-            "backend",
-            "workload",
-            "dataflow_lab",
-            "raw driver",
-            "SQLAlchemy Core",
-            "ours / raw",
-            "ours / SQLAlchemy",
-        ),
-    )
-    report += (
-        f"\n\n`import dataflow_lab`: {imp * 1000:.0f} ms (fresh interpreter, best of 5; target <= 300 ms)\n"
-        "\nCold start: a fresh process (interpreter start included) that imports, opens the database,\n"
-        "defines the table and runs Create -> Read once, wall clock, median of "
-        f"{args.cold_runs} alternating runs; target <= 1.20x SQLAlchemy Core (same drivers).\n"
-    )
+        ("backend", "workload", "dataflow_lab", "raw driver", "SQLAlchemy Core (sync)", "SQLAlchemy (async)",
+         "ours / raw", "ours / SQLAlchemy", "ours / SA async"),
+    )  # fmt: skip
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    report += f"\n\nLoad average (1, 5, 15 min) at the end of the run: {load} on {os.cpu_count()} cores.\n"
+    if not args.no_cold:
+        imp = import_time()
+        report += (
+            f"\n`import dataflow_lab`: {imp * 1000:.0f} ms (fresh interpreter, best of 5; target <= 300 ms)\n"
+            "\nCold start: a fresh process (interpreter start included) that imports, opens the database,\n"
+            "defines the table and runs Create -> Read once, wall clock, median of "
+            f"{args.cold_runs} alternating runs; target <= 1.20x SQLAlchemy Core (its sync engine).\n"
+        )
+    chosen = [backends[name] for name in args.backends if name != "postgres" or pg]
+    extra = extra_rows(chosen, set(filter(None, args.extra.split(","))), args, pg)
     if extra:
         report += "\n" + table(
             extra, ("backend", "workload", "dataflow_lab", "baseline", "ours / baseline", "target")

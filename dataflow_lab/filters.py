@@ -3,20 +3,22 @@
 ``normalize`` validates a document against a model (field names, operators,
 value types) and returns it with values coerced; ``to_sql`` turns a
 normalized document into a WHERE expression for one ModelTable. Values always
-become bound parameters.
+become bound parameters. ``shaped`` splits a document into its shape (a cache
+key) and its values, so a node compiles each shape of filter once.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .errors import ValidationError, did_you_mean
 from .model import ModelSchema, check_value
 from .types import ANY_DECIMAL, decimal_bound
 
-__all__ = ["OPERATORS", "normalize", "normalize_order_by", "to_sql", "order_clauses"]
+__all__ = ["OPERATORS", "Shaped", "normalize", "normalize_order_by", "order_clauses", "shaped", "to_sql"]
 
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 OPERATORS = (*COMPARISONS, "$in", "$nin", "$like", "$ilike", "$regex", "$exists", "$null", "$not")
@@ -161,30 +163,179 @@ def _where(model: ModelSchema, node: str) -> str:
     return f"{model.name} ({node}): " if node else f"{model.name}: "
 
 
+# -- to SQL: a document is split into its shape and its values, then built --------------------
+#
+# ``_shape_of`` walks a normalized document once: every value becomes a ``Slot`` (its place in a
+# list of driver values, converted by the dialect's ``to_db``), and what changes the SQL stays
+# in the shape (an operator, a None that becomes IS NULL, how long an $in list is, a Decimal
+# bound rewritten as always true or false). ``_build`` makes the expression from a shape, with
+# the values bound in (``to_sql``) or as named placeholders (``Shaped.where``, a template
+# compiled once per shape: schema.ModelTable.template).
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The place of one bound value in a filter's values."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class ManySlot:
+    """A long $in list's values, bound as one array parameter (``has_none``: it also holds None)."""
+
+    index: int
+    has_none: bool
+
+
+class _Unshaped(Exception):
+    """A value whose SQL depends on more than its shape (a long $in list): compile it with its values."""
+
+
+class Shaped:
+    """A filter as a cache key and its values: ``where()`` is the same for every filter of that key."""
+
+    __slots__ = ("_mt", "_shape", "key", "values")
+
+    def __init__(self, mt: Any, shape: list, values: list[Any]):
+        self._mt, self._shape = mt, shape
+        self.key = _frozen(shape)  # the structure; values replaced by their slots
+        self.values = {f"_f{i}": v for i, v in enumerate(values)}  # bind name -> driver value
+
+    def where(self) -> Any:
+        """The WHERE expression (or None), each value a bind parameter named as in ``values``."""
+        return _build(self._mt, self._shape, _named)
+
+
+def shaped(mt: Any, doc: Mapping[str, Any]) -> Shaped | None:
+    """A normalized filter split into shape and values; None when a long $in list makes it one of a kind."""
+    values: list[Any] = []
+    shape = _shape_of(mt, doc, values)
+    if any(isinstance(v, ManySlot) for v in _slots(shape)):
+        return None
+    return Shaped(mt, shape, values)
+
+
 def to_sql(mt: Any, doc: Mapping[str, Any]) -> Any:
-    """A normalized filter -> a SQLAlchemy boolean expression (or None)."""
+    """A normalized filter -> a SQLAlchemy boolean expression (or None), its values bound in."""
+    values: list[Any] = []
+    shape = _shape_of(mt, doc, values)
+
+    def bound(slot: Any, type_: Any) -> Any:
+        return (
+            values[slot.index] if type_ is _MANY else _sa().bindparam(None, values[slot.index], type_=type_)
+        )
+
+    return _build(mt, shape, bound)
+
+
+_MANY = object()  # asks a binder for a ManySlot's list itself (what the dialect's in_array binds)
+
+
+def _named(slot: Any, type_: Any) -> Any:
+    if type_ is _MANY:
+        raise _Unshaped  # pragma: no cover - shaped() never builds such a shape
+    return _sa().bindparam(f"_f{slot.index}", type_=type_)
+
+
+def _sa() -> Any:
+    import sqlalchemy as sa
+
+    return sa
+
+
+def _frozen(shape: Any) -> Any:
+    if isinstance(shape, list):
+        return (list, *map(_frozen, shape))
+    if isinstance(shape, tuple):
+        return tuple(map(_frozen, shape))
+    return shape
+
+
+def _slots(shape: Any) -> Iterator[Any]:
+    if isinstance(shape, list | tuple):
+        for item in shape:
+            yield from _slots(item)
+    elif isinstance(shape, Slot | ManySlot):
+        yield shape
+
+
+def _shape_of(mt: Any, doc: Mapping[str, Any], values: list[Any]) -> list:
+    """A document as [(key, shape)...]: '$and'/'$or' with a list of shapes, '$not' with one, a field
+    with its condition's [(op, slot or what stays)...]."""
+    out: list = []
+    for key, value in doc.items():
+        if key in ("$and", "$or"):
+            out.append((key, [_shape_of(mt, d, values) for d in value]))
+        elif key == "$not":
+            out.append((key, _shape_of(mt, value, values)))
+        else:
+            out.append((key, _condition_shape(mt, key, value, values)))
+    return out
+
+
+def _condition_shape(mt: Any, name: str, cond: Mapping[str, Any], values: list[Any]) -> list:
+    field = mt.model.by_name[name]
+
+    def slot(v: Any) -> Slot:
+        if not mt.dialect.text_allows_nul and _has_nul(v):
+            raise ValidationError(
+                f"{mt.model.name}: a filter value for '{name}' contains a NUL character, which "
+                f"{mt.dialect.name} text cannot hold.",
+                hint="remove the NUL (\\x00) from the value; no stored text can contain it.",
+            )
+        values.append(mt.to_db(name, v))
+        return Slot(len(values) - 1)
+
+    bounds = mt.dialect.decimal_bounds(field.type.digits) if field.type.name == "decimal" else None
+    unwrapped = mt.dialect.comparable(mt.table.c[name], field.type.name) is mt.table.c[name]
+    parts: list = []
+    for op, value in cond.items():
+        if bounds is not None and value is not None:
+            op, value = decimal_bound(op, value, bounds)
+        if op in ("$in", "$nin"):
+            present = [v for v in value if v is not None]
+            if len(present) > LONG_IN and unwrapped:
+                values.append([mt.to_db(name, v) for v in present])
+                parts.append((op, ManySlot(len(values) - 1, len(present) < len(value))))
+            else:
+                parts.append((op, [None if v is None else slot(v) for v in value]))
+        elif op in ("$like", "$ilike", "$regex"):
+            values.append(value)
+            parts.append((op, Slot(len(values) - 1)))
+        elif op == "$not":
+            parts.append((op, _condition_shape(mt, name, value, values)))
+        elif op in COMPARISONS and value is not None:
+            parts.append((op, slot(value)))
+        else:  # None, $exists/$null's bool, $true/$false: part of the shape
+            parts.append((op, value))
+    return parts
+
+
+def _build(mt: Any, shape: list, bind: Any) -> Any:
+    """A shape -> a SQLAlchemy boolean expression (or None); ``bind(slot, type)`` makes each value's."""
     import sqlalchemy as sa
 
     clauses = []
-    for key, value in doc.items():
+    for key, value in shape:
         if key == "$and":
-            clauses.append(sa.and_(sa.true(), *[_expr(mt, d) for d in value]))
+            clauses.append(sa.and_(sa.true(), *[_expr(mt, d, bind) for d in value]))
         elif key == "$or":
-            clauses.append(sa.or_(sa.false(), *[_expr(mt, d) for d in value]))
+            clauses.append(sa.or_(sa.false(), *[_expr(mt, d, bind) for d in value]))
         elif key == "$not":
             # NOT over SQL's unknown (a comparison with NULL) would drop the row; treat unknown as false
-            clauses.append(sa.not_(sa.func.coalesce(_expr(mt, value), sa.false())))
+            clauses.append(sa.not_(sa.func.coalesce(_expr(mt, value, bind), sa.false())))
         else:
-            clauses.append(_condition(mt, key, value))
+            clauses.append(_condition(mt, key, value, bind))
     if not clauses:
         return None
     return clauses[0] if len(clauses) == 1 else sa.and_(*clauses)
 
 
-def _expr(mt: Any, doc: Mapping[str, Any]) -> Any:
+def _expr(mt: Any, shape: list, bind: Any) -> Any:
     import sqlalchemy as sa
 
-    return to_sql(mt, doc) if doc else sa.true()
+    return _build(mt, shape, bind) if shape else sa.true()
 
 
 def _has_nul(value: Any) -> bool:
@@ -198,7 +349,7 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
+def _condition(mt: Any, name: str, shape: list, bind: Any) -> Any:
     import sqlalchemy as sa
 
     field = mt.model.by_name[name]
@@ -206,41 +357,32 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
     raw_col = mt.table.c[name]
     col = mt.dialect.comparable(raw_col, field.type.name)
 
-    def bind(v: Any) -> Any:
-        if not mt.dialect.text_allows_nul and _has_nul(v):
-            raise ValidationError(
-                f"{mt.model.name}: a filter value for '{name}' contains a NUL character, which "
-                f"{mt.dialect.name} text cannot hold.",
-                hint="remove the NUL (\\x00) from the value; no stored text can contain it.",
-            )
-        return mt.dialect.comparable(
-            sa.bindparam(None, mt.to_db(name, v), type_=raw_col.type), field.type.name
-        )
+    def value_of(slot: Slot) -> Any:
+        return mt.dialect.comparable(bind(slot, raw_col.type), field.type.name)
 
-    bounds = mt.dialect.decimal_bounds(field.type.digits) if field.type.name == "decimal" else None
     parts: list[sa.ColumnElement[bool]] = []
-    for op, value in cond.items():
-        if bounds is not None and value is not None:
-            op, value = decimal_bound(op, value, bounds)
+    for op, value in shape:
         if op == "$true":
             parts.append(sa.true())
         elif op == "$false":
             parts.append(sa.false())
         elif op == "$eq":
-            parts.append(col.is_(None) if value is None else col == bind(value))
+            parts.append(col.is_(None) if value is None else col == value_of(value))
         elif op == "$ne":
             if value is None:
                 parts.append(col.is_not(None))
             else:
-                parts.append(sa.or_(col != bind(value), col.is_(None)) if nullable else col != bind(value))
+                parts.append(
+                    sa.or_(col != value_of(value), col.is_(None)) if nullable else col != value_of(value)
+                )
         elif op in ("$gt", "$gte", "$lt", "$lte"):
             compare = {"$gt": col.__gt__, "$gte": col.__ge__, "$lt": col.__lt__, "$lte": col.__le__}[op]
-            parts.append(compare(bind(value)))
+            parts.append(compare(value_of(value)))
         elif op == "$in":
-            parts.append(_in(mt, name, col, bind, value))
+            parts.append(_in(mt, col, value_of, bind, value))
         elif op == "$nin":
-            inner = _in(mt, name, col, bind, value)
-            has_null = any(v is None for v in value)
+            inner = _in(mt, col, value_of, bind, value)
+            has_null = value.has_none if isinstance(value, ManySlot) else any(v is None for v in value)
             parts.append(
                 sa.and_(sa.not_(inner), col.is_not(None))
                 if has_null
@@ -249,18 +391,18 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
                 else sa.not_(inner)
             )
         elif op == "$like":  # one escape rule everywhere: \% \_ \\ match literally
-            parts.append(raw_col.like(sa.bindparam(None, value), escape="\\"))
+            parts.append(raw_col.like(bind(value, sa.String()), escape="\\"))
         elif op == "$ilike":
-            parts.append(mt.dialect.ilike(raw_col, value))
+            parts.append(mt.dialect.ilike(raw_col, bind(value, sa.String())))
         elif op == "$regex":
-            parts.append(mt.dialect.regex(raw_col, value))
+            parts.append(mt.dialect.regex(raw_col, bind(value, sa.String())))
         elif op == "$exists":
             parts.append(col.is_not(None) if value else col.is_(None))
         elif op == "$null":
             parts.append(col.is_(None) if value else col.is_not(None))
         elif op == "$not":
             parts.append(
-                sa.not_(sa.func.coalesce(sa.and_(sa.true(), _condition(mt, name, value)), sa.false()))
+                sa.not_(sa.func.coalesce(sa.and_(sa.true(), _condition(mt, name, value, bind)), sa.false()))
             )
     return parts[0] if len(parts) == 1 else sa.and_(*parts)
 
@@ -268,15 +410,15 @@ def _condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
 LONG_IN = 500  # longer $in lists travel as one array parameter (no bind-limit trouble)
 
 
-def _in(mt: Any, name: str, col: Any, bind: Any, values: list[Any]) -> Any:
+def _in(mt: Any, col: Any, value_of: Any, bind: Any, shape: Any) -> Any:
     import sqlalchemy as sa
 
-    present = [v for v in values if v is not None]
-    if len(present) > LONG_IN and col is mt.table.c[name]:
-        clause = mt.dialect.in_array(col, [mt.to_db(name, v) for v in present])
-    else:
-        clause = col.in_([bind(v) for v in present]) if present else sa.false()
-    return sa.or_(clause, col.is_(None)) if len(present) < len(values) else clause
+    if isinstance(shape, ManySlot):
+        clause = mt.dialect.in_array(col, bind(shape, _MANY))
+        return sa.or_(clause, col.is_(None)) if shape.has_none else clause
+    present = [s for s in shape if s is not None]
+    clause = col.in_([value_of(s) for s in present]) if present else sa.false()
+    return sa.or_(clause, col.is_(None)) if len(present) < len(shape) else clause
 
 
 _DIRECTIONS = {1: False, "asc": False, "ASC": False, -1: True, "desc": True, "DESC": True}

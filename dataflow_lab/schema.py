@@ -24,6 +24,9 @@ from .model import MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, p
 __all__ = ["ModelTable", "internal_table"]
 
 
+MAX_TEMPLATES = 1000  # compiled statements kept per table
+
+
 def _enum_reader(enum_cls: Any) -> Any:
     by_text = {str(m.value): m for m in enum_cls}
     return lambda value: by_text[str(value)]
@@ -44,9 +47,15 @@ class ModelTable:
         self._sql: dict[Any, tuple[str, Any]] = {}
 
     def template(self, key: Any, build: Any) -> tuple[str, tuple[str, ...]]:
-        """Compile ``build()`` once per key: (sql, bind names in order)."""
+        """Compile ``build()`` once per key: (sql, bind names in order).
+
+        At most ``MAX_TEMPLATES`` are kept (filters of many shapes, such as $in lists of every
+        length, would grow it without end): the oldest goes first.
+        """
         hit = self._sql.get(key)
         if hit is None:
+            if len(self._sql) >= MAX_TEMPLATES:
+                del self._sql[next(iter(self._sql))]
             hit = self._sql[key] = self.dialect.compile_named(build())
         return hit
 

@@ -663,6 +663,31 @@ def test_bulk_upsert_update_fields_keeps_unlisted_fields_refreshes_updated_at_an
     assert after["u1@example.com"] == before["u1@example.com"]
 
 
+def test_bulk_upsert_over_many_chunks_overwrites_its_own_rows_whole_and_others_only_in_update_fields(users):
+    """Keys of earlier chunks are looked up in a temporary table (flat memory): the same answers."""
+    bulk(users, "UserBulkCreateNode", {"data": user_rows(2, age=5)})
+    data = [
+        {"name": "a-first", "email": "a", "age": 1},  # chunk 1: new
+        {"name": "renamed", "email": "u0@example.com", "age": 2},  # chunk 1: existing
+        {"name": "b", "email": "b", "age": 3},  # chunk 2: new
+        {"name": "c", "email": "c", "age": 4},  # chunk 2: new
+        {"name": "a-last", "email": "a", "age": 6},  # chunk 3: this node's own row again
+        {"name": "renamed-again", "email": "u0@example.com", "age": 7},  # chunk 3: existing again
+        {"name": "b-last", "email": "b", "age": 8},  # chunk 4: own row, written by chunk 2
+    ]
+    params = {"data": iter(data), "conflict_on": ["email"], "update_fields": ["age"], "batch_size": 2}
+    assert bulk(users, "UserBulkUpsertNode", params) == {"inserted": 3, "updated": 1}
+    rows = {r["email"]: (r["name"], r["age"]) for r in records(users)}
+    assert rows == {
+        "u0@example.com": ("user0", 7),
+        "u1@example.com": ("user1", 5),
+        "a": ("a-last", 6),
+        "b": ("b-last", 8),
+        "c": ("c", 4),
+    }
+    assert bulk(users, "UserBulkUpsertNode", {**params, "data": iter(data)}) == {"inserted": 0, "updated": 4}
+
+
 def test_bulk_upsert_rows_without_id_on_conflict_id_are_inserted_and_existing_rows_are_untouched(users):
     bulk(users, "UserBulkCreateNode", {"data": user_rows(2)})
     before = records(users)

@@ -684,3 +684,117 @@ def test_ilike_folds_unicode_case_the_same_on_every_backend(db):
     assert listed({"$ilike": "привет"}) == ["Привет", "ПРИВЕТ"]
     assert listed({"$ilike": "п_ивет"}) == ["Привет", "ПРИВЕТ"]  # _ is one character, not one byte
     assert listed({"$like": "привет"}) == []  # $like still matches case
+
+
+# -- compiled once per shape ------------------------------------------------------------
+# A filtered List or Count compiles its SQL once per filter shape (filters.shaped): the
+# values of a run must never leak into another's.
+SHAPES = [
+    {"age": 30},
+    {"age": None},
+    {"age": {"$ne": None}},
+    {"age": {"$in": [19, None]}},
+    {"age": {"$nin": [30, 41]}},
+    {"city": {"$like": "P%"}, "active": False},
+    {"city": {"$ilike": "paris"}},
+    {"code": {"$regex": "^[xX]"}},
+    {"$or": [{"age": {"$gte": 40}}, {"name": {"$in": ["bob", "Eve"]}}]},
+    {"$not": {"score": {"$lt": 5.0}}},
+    {"name": {"$not": {"$in": ["Alice"]}}, "age": {"$exists": True}},
+]
+
+
+@pytest.mark.parametrize("where", SHAPES, ids=str)
+def test_a_filter_template_is_the_sql_with_the_values_bound_in(people, where):
+    from dataflow_lab import filters
+
+    mt = people.table("Person")
+    doc = filters.normalize(mt.model, where)
+    shape = filters.shaped(mt, doc)
+    sql, names = mt.dialect.compile_named(shape.where())
+    assert (sql, [shape.values[n] for n in names]) == mt.dialect.compile(filters.to_sql(mt, doc))
+
+
+def test_counts_and_lists_of_one_shape_take_each_run_s_values(people):
+    for age, expected in [(30, [1, 6]), (25, [2]), (19, [4]), (99, [])]:
+        assert ids(people, {"age": age}) == expected
+    for age, expected in [(30, [3]), (19, [1, 3, 6]), (50, [])]:
+        assert ids(people, {"age": {"$gt": age}, "active": True}) == expected
+    assert ids(people, {"name": {"$like": "A%"}}) == [1, 3, 5]
+    assert ids(people, {"name": {"$like": "Z%"}}) == [6]
+
+
+def test_none_and_in_lists_of_other_lengths_are_other_shapes(people):
+    assert ids(people, {"city": "Rome"}) == [5]
+    assert ids(people, {"city": None}) == [2, 6]  # IS NULL, not = NULL with the last run's SQL
+    assert ids(people, {"city": {"$ne": None}}) == [1, 3, 4, 5]
+    assert ids(people, {"age": {"$in": [30]}}) == [1, 6]
+    assert ids(people, {"age": {"$in": [25, 41]}}) == [2, 3]
+    assert ids(people, {"age": {"$in": [25, None]}}) == [2, 5]
+    assert ids(people, {"age": {"$in": []}}) == []
+    assert ids(people, {"age": {"$nin": [30]}}) == [2, 3, 4, 5]
+    assert ids(people, {"age": {"$nin": [30, None]}}) == [2, 3, 4]
+
+
+def test_a_long_in_list_takes_its_own_values_each_run(people):
+    assert ids(people, {"age": {"$in": list(range(600))}}) == [1, 2, 3, 4, 6]
+    assert ids(people, {"age": {"$in": list(range(26, 700))}}) == [1, 3, 6]
+    assert ids(people, {"age": {"$in": [*range(100, 700), None]}}) == [5]
+
+
+def test_converted_values_of_one_shape_take_each_run_s_values(db):
+    """UUIDs, datetimes and JSON reach the driver converted (text on SQLite): each run's own."""
+
+    @db.model
+    class Event:
+        ref: uuid.UUID
+        at: dt.datetime
+        tags: dict
+
+    refs = [uuid.uuid4() for _ in range(3)]
+    times = [dt.datetime(2024, 1, d, tzinfo=dt.UTC) for d in (1, 2, 3)]
+    rows = [{"ref": r, "at": t, "tags": {"n": i}} for i, (r, t) in enumerate(zip(refs, times, strict=True))]
+    run_one(db, "EventBulkCreateNode", {"data": rows})
+    for i, (ref, at) in enumerate(zip(refs, times, strict=True)):
+        listed = run_one(db, "EventListNode", {"filter": {"ref": ref}})["records"]
+        assert [r["ref"] for r in listed] == [ref]
+        assert run_one(db, "EventCountNode", {"filter": {"at": {"$gte": at}}})["count"] == 3 - i
+        assert run_one(db, "EventCountNode", {"filter": {"ref": {"$in": [ref, refs[0]]}}})["count"] == (
+            1 if i == 0 else 2
+        )
+
+
+def test_counts_of_one_shape_count_each_tenant_s_rows(db):
+    @db.model
+    class Ticket:
+        __dataflow__ = {"multi_tenant": True}
+        title: str
+        open: bool
+
+    runtime = LocalRuntime()
+
+    def run(node_type, params, tenant):
+        workflow = WorkflowBuilder(db)
+        workflow.add_node(node_type, "node", params)
+        return runtime.execute(workflow.build(), tenant=tenant)[0]["node"]
+
+    run("TicketBulkCreateNode", {"data": [{"title": f"a{i}", "open": True} for i in range(3)]}, "acme")
+    run("TicketBulkCreateNode", {"data": [{"title": "g", "open": True}]}, "globex")
+    for _ in range(2):  # the second round runs the cached statements
+        for tenant, expected in [("acme", 3), ("globex", 1), ("initech", 0)]:
+            assert run("TicketCountNode", {"filter": {"open": True}}, tenant)["count"] == expected
+            listed = run("TicketListNode", {"filter": {"open": True}, "limit": 10}, tenant)["records"]
+            assert {r["tenant_id"] for r in listed} <= {tenant} and len(listed) == expected
+            assert run("TicketCountNode", {}, tenant)["count"] == expected
+
+
+def test_limit_and_offset_of_one_shape_take_each_run_s_values(people):
+    def page(limit, offset):
+        params = {"filter": {"active": True}, "limit": limit, "offset": offset}
+        return [r["id"] for r in run_one(people, "PersonListNode", params)["records"]]
+
+    assert page(2, 0) == [1, 3]
+    assert page(2, 2) == [5, 6]
+    assert page(1, 1) == [3]
+    assert page(None, 3) == [6]
+    assert page(None, 0) == [1, 3, 5, 6]

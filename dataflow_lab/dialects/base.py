@@ -301,11 +301,14 @@ class Dialect:
         """``column IN values`` for a long list, bound as one parameter."""
         return column.in_(values)
 
-    def ilike(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
-        """``$ilike``: LIKE with Unicode case folding (lower() of both sides), escape character ``\\``."""
-        return column.ilike(sa.bindparam(None, pattern), escape="\\")
+    def ilike(self, column: sa.ColumnElement, pattern: sa.ColumnElement) -> sa.ColumnElement:
+        """``$ilike``: LIKE with Unicode case folding (lower() of both sides), escape character ``\\``.
 
-    def regex(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
+        ``pattern`` is the pattern's bind parameter (a value, or a placeholder of a cached template).
+        """
+        return column.ilike(pattern, escape="\\")
+
+    def regex(self, column: sa.ColumnElement, pattern: sa.ColumnElement) -> sa.ColumnElement:
         return column.regexp_match(pattern)
 
     def insert(self, table: sa.Table) -> Any:

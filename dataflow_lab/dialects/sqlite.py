@@ -409,8 +409,8 @@ class SQLiteDialect(PooledDialect):
     def decimal_type(self, model: str, field: str, digits: tuple[int, int] | None) -> sa.types.TypeEngine:
         return sa.Text()  # the declared digits are enforced by the field's check
 
-    def ilike(self, column: sa.ColumnElement, pattern: str) -> sa.ColumnElement:
-        folded = sa.func.dataflow_lower(sa.bindparam(None, pattern), type_=sa.Text)
+    def ilike(self, column: sa.ColumnElement, pattern: sa.ColumnElement) -> sa.ColumnElement:
+        folded = sa.func.dataflow_lower(pattern, type_=sa.Text)
         return sa.func.dataflow_lower(column, type_=sa.Text).like(folded, escape="\\")
 
     def insert(self, table: sa.Table) -> Any:

@@ -6,6 +6,7 @@ are exact on every backend (the dialect reports them where it can).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,14 +25,80 @@ from .undo import RowUndo, rows_before
 __all__ = ["BulkUpsert"]
 
 
+class _SeenKeys:
+    """The conflict_on keys earlier chunks wrote, and which of them this node inserted.
+
+    A key written again by a later chunk counts once (the last row wins), and with update_fields
+    a row this node inserted is overwritten whole; so each chunk asks which of its keys earlier
+    chunks wrote. The first chunk's keys stay in memory; from the second chunk on they all go to a
+    temporary table in the run's transaction (dropped at the end, or with a rollback), so memory
+    does not grow with the input. Keys holding a NULL (never equal in SQL) stay in memory.
+    """
+
+    def __init__(self, node: BulkUpsert, conflict_on: list[str]):
+        self.node, self.conflict_on = node, conflict_on
+        self.first: dict[tuple, bool] | None = None  # the first chunk's keys -> inserted by this node
+        self.nulls: dict[tuple, bool] = {}
+        self.table: sa.Table | None = None
+
+    async def lookup(self, conn: Any, keys: list[tuple]) -> tuple[set[tuple], set[tuple]]:
+        """Of ``keys``: those earlier chunks wrote, and those of them this node inserted."""
+        if self.first is None:
+            return set(), set()
+        found: dict[tuple, bool] = {k: self.nulls[k] for k in keys if k in self.nulls}
+        if self.table is None:
+            found.update((k, self.first[k]) for k in keys if k in self.first)
+        elif len(self.conflict_on) == 1:  # one parameter for the chunk's keys (an array, or JSON on SQLite)
+            col = self.table.c[self.conflict_on[0]]
+            cond = self.node.mt.dialect.in_array(col, [k[0] for k in keys if None not in k])
+            sql, params = self.node.mt.dialect.compile(sa.select(col, self.table.c.ours).where(cond))
+            found.update(((r[0],), bool(r[1])) for r in await conn.fetch(sql, params))
+        else:
+            for cols, cond in self.node._key_matches(self.conflict_on, keys, self.table):
+                sql, params = self.node.mt.dialect.compile(sa.select(*cols, self.table.c.ours).where(cond))
+                found.update((tuple(r[:-1]), bool(r[-1])) for r in await conn.fetch(sql, params))
+        return set(found), {k for k, ours in found.items() if ours}
+
+    async def record(self, conn: Any, keys: list[tuple], ours: set[tuple]) -> None:
+        """Note ``keys`` as written (none of them seen before), ``ours`` among them inserted by this node."""
+        marks = {k: k in ours for k in keys}
+        self.nulls.update((k, v) for k, v in marks.items() if None in k)
+        marks = {k: v for k, v in marks.items() if None not in k}
+        if self.first is None:
+            self.first = marks
+            return
+        if self.table is None:
+            self.table = await self._create(conn)
+            marks = {**self.first, **marks}
+            self.first = {}
+        if marks:
+            columns = [*self.conflict_on, "ours"]
+            rows = [(*k, int(v)) for k, v in marks.items()]
+            await self.node.mt.dialect.bulk_insert(conn, self.table, columns, rows)
+
+    async def _create(self, conn: Any) -> sa.Table:
+        mt = self.node.mt
+        name = f"dataflow_seen_{uuid.uuid4().hex[:16]}"
+        cols = [
+            sa.Column(c, mt.table.c[c].type, primary_key=True, autoincrement=False) for c in self.conflict_on
+        ]
+        table = sa.Table(name, sa.MetaData(), *cols, sa.Column("ours", sa.Integer), prefixes=["TEMPORARY"])
+        await conn.execute(mt.dialect.ddl(sa.schema.CreateTable(table)))
+        return table
+
+    async def close(self, conn: Any) -> None:
+        if self.table is not None:
+            await conn.execute(self.node.mt.dialect.ddl(sa.schema.DropTable(self.table)))
+            self.table = None
+
+
 @dataclass
 class _Tally:
-    """What a BulkUpsert run has counted and seen so far."""
+    """What a BulkUpsert run has counted so far."""
 
     inserted: int = 0
     updated: int = 0
-    seen: set[tuple] = field(default_factory=set)  # keys written by earlier chunks
-    ours: set[tuple] = field(default_factory=set)  # keys this node inserted (tracked with update_fields)
+    seen: _SeenKeys | None = None  # keys written by earlier chunks (and which this node inserted)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     wrote_ids: bool = False
 
@@ -98,6 +165,8 @@ class BulkUpsert(BulkRows):
                 tally.inserted += await self._insert_chunk(ctx, conn, chunk)
             else:
                 await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally)
+        if tally.seen is not None:
+            await tally.seen.close(conn)
         if tally.wrote_ids and self.model.id_field.generated and tally.inserted:
             await self._sync_id_sequence(conn)
         result: dict[str, Any] = {"inserted": tally.inserted, "updated": tally.updated}
@@ -140,13 +209,16 @@ class BulkUpsert(BulkRows):
         """Upsert one chunk (the last row of each key), and count what it inserted and updated."""
         columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
         key_index = [columns.index(c) for c in conflict_on]
-        rows, indexes, repeats = self._last_wins(chunk, key_index, tally.seen)
+        if tally.seen is None:
+            tally.seen = _SeenKeys(self, conflict_on)
+        rows, indexes = self._last_wins(chunk, key_index)
+        repeats, mine = await tally.seen.lookup(conn, self._keys(rows, columns, conflict_on))
         new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
         plan = _Plan(
             columns,
             conflict_on,
             key_index,
-            mine=await self._claim(conn, conflict_on, new_keys, tally),
+            mine=await self._claim(conn, conflict_on, new_keys, mine, tally.seen),
             update=self._update_columns(columns, conflict_on, given),
             overwrite=self._update_columns(columns, conflict_on, given, restricted=False),
             guard=self.behaviours.upsert_guard(conflict_on),
@@ -167,17 +239,20 @@ class BulkUpsert(BulkRows):
         tally.updated += len(written) - fresh - len(repeats)
         tally.wrote_ids = tally.wrote_ids or "id" in columns
 
-    async def _claim(self, conn: Any, conflict_on: list[str], keys: list[tuple], tally: _Tally) -> set[tuple]:
-        """The keys this node inserted in earlier chunks (noting which of ``keys`` this chunk inserts).
+    async def _claim(
+        self, conn: Any, conflict_on: list[str], keys: list[tuple], mine: set[tuple], seen: _SeenKeys
+    ) -> set[tuple]:
+        """``mine`` (the keys of this chunk this node inserted in earlier chunks), after noting ``keys``
+        (this chunk's new ones) as seen, and which of them this chunk inserts.
 
         With update_fields, such a row is overwritten whole (the last row wins), while rows
         that existed before the run get only update_fields.
         """
-        if self.params["update_fields"] is None:
-            return set()
-        mine = set(tally.ours)
-        before = await self._existing_keys(conn, conflict_on, keys)
-        tally.ours.update(k for k in keys if k not in before)
+        ours: set[tuple] = set()
+        if self.params["update_fields"] is not None:
+            before = await self._existing_keys(conn, conflict_on, keys)
+            ours = {k for k in keys if k not in before}
+        await seen.record(conn, keys, ours)
         return mine
 
     async def _write(
@@ -206,18 +281,14 @@ class BulkUpsert(BulkRows):
             )
 
     @staticmethod
-    def _last_wins(
-        chunk: Chunk, key_index: list[int], seen: set[tuple]
-    ) -> tuple[list[tuple], list[int], set[tuple]]:
-        """Keep the last row of each key (with its input index); say which keys earlier chunks wrote."""
+    def _last_wins(chunk: Chunk, key_index: list[int]) -> tuple[list[tuple], list[int]]:
+        """Keep the last row of each key (with its input index)."""
         unique: dict[tuple, tuple[int, tuple]] = {}
         for offset, row in enumerate(chunk.rows):
             key = tuple(row[i] for i in key_index)
             unique.pop(key, None)
             unique[key] = (chunk.first_index + offset, row)
-        repeats = {k for k in unique if k in seen}
-        seen.update(unique)
-        return [r for _, r in unique.values()], [i for i, _ in unique.values()], repeats
+        return [r for _, r in unique.values()], [i for i, _ in unique.values()]
 
     @staticmethod
     def _keys(rows: list[tuple], columns: tuple[str, ...], conflict_on: list[str]) -> list[tuple]:
@@ -248,10 +319,14 @@ class BulkUpsert(BulkRows):
             )
         ]
 
-    def _key_matches(self, conflict_on: list[str], keys: list[tuple]) -> Iterator[tuple[list, Any]]:
-        """(key columns, a condition matching a chunk of ``keys``), chunked to the bind limit."""
+    def _key_matches(
+        self, conflict_on: list[str], keys: list[tuple], table: sa.Table | None = None
+    ) -> Iterator[tuple[list, Any]]:
+        """(key columns, a condition matching a chunk of ``keys``), chunked to the bind limit.
+
+        ``table``: the model's table, or another holding the same key columns."""
         mt = self.mt
-        cols = [mt.table.c[c] for c in conflict_on]
+        cols = [(mt.table if table is None else table).c[c] for c in conflict_on]
         chunk = max(1, mt.dialect.max_bind_params // (len(cols) * 2) - 1)
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]

@@ -20,6 +20,7 @@ from .model_node import (
     ModelNode,
     Records,
     field_check,
+    filtered,
     insert_returning,
     missing_row,
     non_negative,
@@ -293,13 +294,18 @@ class List(ModelNode):
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         mt, p = self.mt, self.params
         order, limit, offset = tuple(p["order_by"]), p["limit"], p["offset"]
-        guards = self.guards()
-        if p["filter"] or guards:  # the tenant is a bound value: never cache it with the SQL
-            sql, params = mt.dialect.compile(select_rows(mt, p["filter"], order, limit, offset, guards))
+        if limit is None and offset:  # SQLite says LIMIT -1 OFFSET n, an unnamed value: not a template
+            sql, params = mt.dialect.compile(select_rows(mt, p["filter"], order, None, offset, self.guards()))
         else:
-            sql, params = mt.compiled(
-                ("list", order, limit, offset), lambda: select_rows(mt, {}, order, limit, offset)
-            )
+            pages: tuple[Any, Any] = (None, None)  # LIMIT and OFFSET: bound, as the filter's values are
+            if limit is not None:
+                pages = (sa.bindparam("_limit", limit), sa.bindparam("_offset", offset))
+
+            def build(where: Any) -> Any:
+                return select_rows(mt, {}, order, *pages, self.guards(), where=where)
+
+            bounds = {"_limit": limit, "_offset": offset}
+            sql, params = filtered(self, p["filter"], build, "list", order, limit is None, values=bounds)
         records = Records(await self._fetch_rows(ctx, sql, params))
         return {"records": records, "count": len(records)}
 
@@ -321,13 +327,15 @@ class Count(ModelNode):
     def statements(self) -> list[Any]:
         return [self._count()]
 
-    def _count(self) -> Any:
+    def _count(self, where: Any = None) -> Any:
+        """SELECT count(*) within the guards, of ``where`` (None: the filter, its values bound in)."""
         stmt = self.guarded(sa.select(sa.func.count()).select_from(self.mt.table))
-        where = filters.to_sql(self.mt, self.params["filter"])
+        if where is None:
+            where = filters.to_sql(self.mt, self.params["filter"])
         return stmt if where is None else stmt.where(where)
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
-        sql, params = self.mt.dialect.compile(self._count())
+        sql, params = filtered(self, self.params["filter"], self._count, "count")
         conn = await ctx.connection(self.dataflow)
         return {"count": int((await conn.fetch(sql, params))[0][0])}
 

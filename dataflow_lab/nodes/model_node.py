@@ -357,12 +357,18 @@ def select_rows(
     mt: ModelTable,
     doc: dict[str, Any],
     order: tuple,
-    limit: int | None,
-    offset: int,
+    limit: Any,
+    offset: Any,
     guards: Collection[Any] = (),
+    *,
+    where: Any = None,
 ) -> Any:
+    """SELECT the rows of ``doc`` (its values bound in), or of ``where``, an expression already made.
+
+    ``limit`` and ``offset`` are ints or bind parameters (a cached template's: ``filtered_rows``).
+    """
     stmt = sa.select(*mt.table.c)
-    where = filters.to_sql(mt, doc)
+    where = filters.to_sql(mt, doc) if where is None else where
     if where is not None:
         stmt = stmt.where(where)
     if guards:
@@ -370,6 +376,22 @@ def select_rows(
     stmt = stmt.order_by(*filters.order_clauses(mt, list(order)))
     if limit is not None:
         stmt = stmt.limit(limit)
-    if offset:
+    if offset is not None and (not isinstance(offset, int) or offset):
         stmt = stmt.offset(offset)
     return stmt
+
+
+def filtered(
+    node: ModelNode, doc: dict[str, Any], build: Any, *key: Any, values: Mapping[str, Any] | None = None
+) -> tuple[str, list[Any]]:
+    """A statement of ``build(where)`` compiled once per filter shape (and ``key``, and the behaviours'
+    shape), and this run's values for it: the filter's, the tenant's, ``values`` (its own bind names).
+
+    ``where`` is the filter as an expression of named bind parameters. A filter whose SQL depends on
+    its values (a long $in list, bound as one array) is compiled with them, every time.
+    """
+    shape = filters.shaped(node.mt, doc)
+    if shape is None:
+        return node.mt.dialect.compile(build(filters.to_sql(node.mt, doc)))
+    sql, names = node.mt.template(node.template_key(*key, shape.key), lambda: build(shape.where()))
+    return sql, node.bind(names, {**shape.values, **(values or {})})
