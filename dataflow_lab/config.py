@@ -30,6 +30,7 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=60.0,
         deterministic=False,
         health_check_interval=60.0,
+        min_connections=1,
     ),
     "testing": dict(
         pool_size=10,
@@ -43,6 +44,7 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=60.0,
         deterministic=True,
         health_check_interval=60.0,
+        min_connections=5,
     ),
     "production": dict(
         pool_size=100,
@@ -56,6 +58,7 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=30.0,
         deterministic=False,
         health_check_interval=60.0,
+        min_connections=25,
     ),
 }
 
@@ -81,6 +84,7 @@ class DataFlowConfig:
     health_check_interval: float | None = (
         60.0  # seconds between background pool probes (health.py); None: off
     )
+    min_connections: int = 1  # opened in the background at first use, kept by the probes (<= pool_size)
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -103,6 +107,9 @@ class DataFlowConfig:
         url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
         values: dict[str, Any] = {**PRESETS[environment], **options}
         _check_interval(values.get("health_check_interval"))
+        values["min_connections"] = _min_connections(
+            values.get("min_connections", 1), values.get("pool_size")
+        )
         return cls(database_url=url, environment=environment, **values)
 
 
@@ -113,6 +120,16 @@ def _check_interval(value: object) -> None:
         f"health_check_interval must be a positive number of seconds or None, got {value!r}.",
         hint="e.g. DataFlow(health_check_interval=60), or None to turn background probes off.",
     )
+
+
+def _min_connections(value: object, pool_size: object) -> int:
+    """``min_connections``, capped by ``pool_size`` (a pool keeps no more idle than that)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(
+            f"min_connections must be a whole number of connections, 0 or more, got {value!r}.",
+            hint="e.g. DataFlow(min_connections=5); 0 opens none ahead of use.",
+        )
+    return min(value, pool_size) if isinstance(pool_size, int) and not isinstance(pool_size, bool) else value
 
 
 _SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token")

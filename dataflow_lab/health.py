@@ -4,6 +4,10 @@
 turns it off) a task on the runtime's background loop probes on its own, so a connection the
 server killed (``pg_terminate_backend``, a restart, an idle timeout) is discarded before a run
 meets it. ``pool_status()["health_status"]`` and the dashboard read the latest probe.
+
+The same task opens ``min_connections`` (presets 1 / 5 / 25, capped by ``pool_size``) at the
+database's first use, in the background, and tops them up after each probe, so concurrent runs
+find connections already made.
 """
 
 from __future__ import annotations
@@ -138,6 +142,7 @@ class HealthMonitor:
         self.last: HealthReport | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task | None = None
+        self.warming: asyncio.Future | None = None  # connections being opened (min_connections)
 
     @property
     def interval(self) -> float | None:
@@ -166,31 +171,63 @@ class HealthMonitor:
             log.warning("health check: %r", report)
 
     def start(self) -> None:
-        """Begin periodic probing (on the running loop); no-op when off or already running."""
-        if self.interval is None or self._task is not None:
+        """Open ``min_connections`` and begin periodic probing, on the running loop (once)."""
+        db = self._dataflow()
+        if db is None or self._task is not None:
             return
+        if self.interval is None and db.config.min_connections <= 1:
+            return  # the first use opens the one connection itself
         # in a context of its own: the run whose first use started it must not live on in the task
         # (its transaction scope reaches the DataFlow's hooks, and so the DataFlow)
-        probe = _periodic(self._dataflow, self.interval)
-        self._task = asyncio.get_running_loop().create_task(probe, context=contextvars.Context())
+        keep = _maintain(self._dataflow, self.interval)
+        self._task = asyncio.get_running_loop().create_task(keep, context=contextvars.Context())
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
 
+    async def settle(self) -> None:
+        """Wait for connections being opened to reach the pool (before it is disposed of)."""
+        warming, self.warming = self.warming, None
+        if warming is not None and not warming.done():
+            await asyncio.wait([warming])
+
     def status_word(self) -> str:
         return self.last.status if self.last is not None else "unknown"
 
 
-async def _periodic(ref: weakref.ref, interval: float) -> None:
-    while True:
+async def _warm(db: DataFlow) -> None:
+    """Open connections until ``min_connections`` are open (at first use, and after each probe)."""
+    monitor = db.database.health
+    # shielded: a close() meanwhile waits for these connections (settle), then closes them with the pool
+    monitor.warming = warming = asyncio.ensure_future(db.database.dialect.warm(db.config.min_connections))
+    warming.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if abandoned
+    try:
+        opened = await asyncio.shield(warming)
+    except Exception:  # noqa: BLE001 - warming is an optimisation: the next acquire connects anyway
+        log.debug("opening warm connections failed", exc_info=True)
+        return
+    if opened:
+        log.debug("opened %d warm connection(s) for %r", opened, db)
+
+
+async def _maintain(ref: weakref.ref, interval: float | None) -> None:
+    """Warm the pool at once, then probe every ``interval`` seconds (never, when None)."""
+    db = ref()
+    if db is None or db.database.closed:
+        return
+    await _warm(db)
+    del db  # hold no strong reference while sleeping
+    while interval is not None:
         await asyncio.sleep(interval)
         db = ref()
         if db is None or db.database.closed:
             return
         try:
-            await db.database.health.check()
+            report = await db.database.health.check()
+            if report.status != "down":
+                await _warm(db)  # replace the connections the probe discarded
         except Exception:  # noqa: BLE001 - a probe must never kill the loop's task
             log.debug("health probe failed", exc_info=True)
-        del db  # hold no strong reference while sleeping
+        del db
