@@ -99,15 +99,14 @@ async def _ping_engine_connection(engine: Any) -> bool:
 async def _ping_idle(dialect: Any) -> tuple[int, int]:
     """Ping every idle pooled connection (then one more, so the database itself is tried).
 
-    Returns (pinged, discarded). Raises when no connection could be made at all.
+    The idle ones are checked out together (the pool hands out the most recently used first,
+    so one at a time would ping the same one again). Returns (pinged, discarded); raises when no
+    connection could be made at all.
     """
     engine = dialect.engine
     idle = engine.pool.checkedin() if callable(getattr(engine.pool, "checkedin", None)) else 0
-    pinged = discarded = 0
-    for _ in range(max(1, idle)):
-        pinged += 1
-        if not await _ping_engine_connection(engine):
-            discarded += 1
+    answered = await asyncio.gather(*(_ping_engine_connection(engine) for _ in range(max(1, idle))))
+    pinged, discarded = len(answered), answered.count(False)
     if discarded and discarded == pinged:  # every one was dead: does a fresh connection work?
         pinged += 1
         if not await _ping_engine_connection(engine):
@@ -213,21 +212,18 @@ async def _warm(db: DataFlow) -> None:
 
 
 async def _maintain(ref: weakref.ref, interval: float | None) -> None:
-    """Warm the pool at once, then probe every ``interval`` seconds (never, when None)."""
-    db = ref()
-    if db is None or db.database.closed:
-        return
-    await _warm(db)
-    del db  # hold no strong reference while sleeping
-    while interval is not None:
-        await asyncio.sleep(interval)
+    """Probe and warm the pool at once, then every ``interval`` seconds (probes: never, when None)."""
+    while True:
         db = ref()
         if db is None or db.database.closed:
             return
         try:
-            report = await db.database.health.check()
-            if report.status != "down":
-                await _warm(db)  # replace the connections the probe discarded
+            report = await db.database.health.check() if interval is not None else None
+            if report is None or report.status != "down":
+                await _warm(db)  # and replace the connections the probe discarded
         except Exception:  # noqa: BLE001 - a probe must never kill the loop's task
             log.debug("health probe failed", exc_info=True)
-        del db
+        del db  # hold no strong reference while sleeping
+        if interval is None:
+            return
+        await asyncio.sleep(interval)

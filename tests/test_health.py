@@ -128,6 +128,14 @@ def test_the_health_task_discards_a_connection_the_server_killed(pg_url):
         assert count(db) == 0
     finally:
         db.close()
+    record(
+        "health: one backend killed",
+        fault="one idle pooled connection killed on the server",
+        injected="pg_terminate_backend(pid) of one of two idle pooled connections",
+        times=1,
+        outcome="discarded by the next background probe (degraded, 'discarded 1 dead connection'); "
+        "the other kept; the next run succeeds",
+    )
 
 
 def test_the_dashboard_reads_the_probe(pg_url):
@@ -242,7 +250,14 @@ def test_a_stopped_server_gives_down_and_its_restart_ok_again(own_server, own_pg
         assert db.database.health.last_error is not None  # the last error is kept
     finally:
         db.close()
-    record("health_probe_server_stopped", stops=1, outcome="down while stopped, ok after the restart")
+    record(
+        "health: server stopped",
+        fault="PostgreSQL stopped under a pooled DataFlow",
+        injected="pg_ctl stop -m fast on a throwaway server, probe, pg_ctl start",
+        times=1,
+        outcome="db.health() down (no latency, error kept), dashboard critical; after the restart "
+        "the dead pooled connections are discarded, the next probe is ok and runs succeed",
+    )
 
 
 def test_min_connections_are_opened_in_the_background_at_first_use(own_server, own_pg):
@@ -288,7 +303,14 @@ def test_the_health_task_replaces_the_connections_it_discards(own_server, own_pg
         assert count(db) == 0
     finally:
         db.close()
-    record("health_probe_backends_killed", kills=len(killed), outcome="discarded and replaced")
+    record(
+        "health: every backend killed",
+        fault="every pooled connection killed on the server",
+        injected="pg_terminate_backend() of all the database's backends (throwaway server)",
+        times=len(killed),
+        outcome="the next background probe discards the dead ones (degraded), min_connections are "
+        "opened again, the next run succeeds",
+    )
 
 
 def test_min_connections_is_capped_by_the_pool_size_and_checked():

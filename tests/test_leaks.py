@@ -11,6 +11,7 @@ import time
 import warnings
 
 import pytest
+from test_faults import record
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder, _loop, leaks
 from dataflow_lab.leaks import LeakWarning
@@ -59,6 +60,13 @@ def test_a_dataflow_collected_unclosed_warns_naming_where_it_was_made(backend, t
     assert site in found[0] and "without close()" in found[0] and "connection" in found[0]
     assert leaks.count() == before + 1
     assert leaks.recent()[-1].kind == "collected" and leaks.recent()[-1].site == site
+    record(
+        f"leak: DataFlow collected unclosed ({backend})",
+        fault=f"a {backend} DataFlow dropped without close() while holding connections",
+        injected="del, gc.collect()",
+        times=1,
+        outcome="one LeakWarning naming the file:line of DataFlow(...); counted in leaks",
+    )
 
 
 def test_the_collected_dataflows_connections_are_closed_on_the_server(pg_url):
@@ -89,6 +97,13 @@ def test_the_collected_dataflows_connections_are_closed_on_the_server(pg_url):
     while _loop.run(backends()) > baseline and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _loop.run(backends()) == baseline
+    record(
+        "leak: pool of a collected DataFlow",
+        fault="a PostgreSQL DataFlow with 3 warm connections dropped without close()",
+        injected="del, gc.collect(); backends counted in pg_stat_activity",
+        times=1,
+        outcome="its pool is closed on the loop: the server's backends are back to the baseline",
+    )
 
 
 def test_the_same_site_warns_once_and_counts_every_leak(tmp_path):
@@ -142,6 +157,17 @@ def test_a_connection_kept_past_its_run_is_warned_about_and_counted(url):
         assert leak.kind == "checked_out" and "node 'keeper'" in leak.message
         assert "still checked out" in leak.message and leak.database == db.database.token
         assert db.monitor.dashboard()["safety_events"]["leaks"] == before + 1
+        exported = [
+            line for line in db.metrics_text().splitlines() if line.startswith("dataflow_leaks_total")
+        ]
+        assert exported and float(exported[0].rsplit(" ", 1)[1]) == before + 1  # and in Prometheus
+        record(
+            f"leak: connection kept past its run ({db.dialect})",
+            fault="a node acquires a connection and never releases it",
+            injected="a Node subclass calling db.database.acquire() in run()",
+            times=1,
+            outcome="warned when the run ends, naming the node; safety_events.leaks + 1",
+        )
     finally:
         for conn in kept:
             _loop.run(db.database.release(conn))
@@ -200,5 +226,12 @@ def test_a_transaction_left_open_at_exit_is_warned_about_and_rolled_back(backend
     define(db)
     try:
         assert count(db) == 0  # the row was never committed
+        record(
+            f"leak: transaction open at exit ({backend})",
+            fault="the process exits inside an open db.transaction() block",
+            injected="a subprocess enters the block, writes a row, exits",
+            times=1,
+            outcome="warned at exit (LeakWarning and log line) and rolled back: the row is absent",
+        )
     finally:
         db.close()

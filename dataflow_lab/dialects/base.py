@@ -530,18 +530,20 @@ class PooledDialect(Dialect):
         return [node for run, node in list(self._owners.values()) if run == run_id]
 
     async def warm(self, n: int) -> int:
+        # A checkout takes an idle connection first, so all of the wanted ones are held at once:
+        # the pool makes the missing ones, concurrently, and gets every one back idle.
         idle = self._idle()
-        missing = n - len(self._checkouts) - (idle or 0)
-        if idle is None or missing <= 0 or self.engine is None:
+        wanted = n - len(self._checkouts)
+        if idle is None or idle >= wanted or self.engine is None:
             return 0
         engine = self.engine
-        opened = await asyncio.gather(*(engine.connect() for _ in range(missing)), return_exceptions=True)
-        for conn in opened:
+        held = await asyncio.gather(*(engine.connect() for _ in range(wanted)), return_exceptions=True)
+        for conn in held:
             if isinstance(conn, BaseException):
                 log.debug("opening a warm connection failed: %s", conn)
             else:
                 await conn.close()  # back to the pool, idle and connected
-        return sum(not isinstance(conn, BaseException) for conn in opened)
+        return max(0, (self._idle() or 0) - idle)
 
     def pool_status(self) -> dict[str, Any]:
         """size, checked_out, overflow, waiting, acquired_total, failures (and the pool's kind)."""

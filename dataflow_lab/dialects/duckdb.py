@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -44,15 +45,22 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 
 _KEYWORDS: set[str] = set()
+_KEYWORDS_LOCK = threading.Lock()
 
 
 def _duckdb_keywords() -> set[str]:
-    if not _KEYWORDS:
-        import duckdb
+    # Two DataFlows made at once (one on the warm-up thread) both get here: one asks, on a connection
+    # of its own (DuckDB's module-level default connection refuses a second thread's call).
+    with _KEYWORDS_LOCK:
+        if not _KEYWORDS:
+            import duckdb
 
-        rows = duckdb.sql("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'")
-        assert rows is not None, "a SELECT has a result"
-        _KEYWORDS.update(r[0].lower() for r in rows.fetchall())
+            con = duckdb.connect()
+            try:
+                sql = "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'"
+                _KEYWORDS.update(r[0].lower() for r in con.execute(sql).fetchall())
+            finally:
+                con.close()
     return _KEYWORDS
 
 
