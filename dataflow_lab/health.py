@@ -163,11 +163,20 @@ class HealthMonitor:
         return report
 
     def _record(self, report: HealthReport) -> None:
-        self.last = report
+        """Keep the report; log a change of status (a WARNING when it gets worse than before).
+
+        The first probe runs at the first use, beside the run that opened the database: when it
+        finds the database down, that run says so itself, so the probe logs it at INFO only.
+        """
+        previous, self.last = self.last, report
         if report.error:
             self.last_error = report.error
-        if report.status != "ok":
-            log.warning("health check: %r", report)
+        if previous is None:
+            if report.status != "ok":
+                log.info("health check: %r", report)
+        elif report.status != previous.status:
+            level = logging.INFO if report.status == "ok" else logging.WARNING
+            log.log(level, "health check: %r (was %s)", report, previous.status)
 
     def start(self) -> None:
         """Open ``min_connections`` and begin periodic probing, on the running loop (once)."""
