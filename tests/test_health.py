@@ -11,7 +11,7 @@ import uuid
 import pytest
 from test_faults import record
 
-from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder, _loop
+from dataflow_lab import AsyncLocalRuntime, DataFlow, LocalRuntime, WorkflowBuilder, _loop
 from dataflow_lab.errors import DataFlowError, ValidationError
 from dataflow_lab.health import HealthReport
 
@@ -275,6 +275,30 @@ def test_min_connections_are_opened_in_the_background_at_first_use(own_server, o
     finally:
         db.close()
     assert backends(own_server, name) == 0  # close() closes them
+
+
+def test_concurrent_runs_after_the_first_use_open_no_connection_of_their_own(own_server, own_pg):
+    url, name = own_pg
+    db = DataFlow(url, min_connections=3, pool_size=5, health_check_interval=None)
+    try:
+        define(db)
+        assert count(db) == 0
+        deadline = time.monotonic() + 20
+        while db.pool_status()["checkedin"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        opened = backends(own_server, name)
+        assert opened >= 3
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("ItemCreateNode", "c", {"name": "x"})
+        workflow, runtime = wf.build(), AsyncLocalRuntime()
+
+        async def three() -> list:
+            return await asyncio.gather(*(runtime.execute_async(workflow) for _ in range(3)))
+
+        assert len(asyncio.run(three())) == 3 and count(db) == 3
+        assert backends(own_server, name) == opened  # the warm ones served them: no connect paid
+    finally:
+        db.close()
 
 
 def test_the_health_task_replaces_the_connections_it_discards(own_server, own_pg):
