@@ -182,6 +182,8 @@ def after_run(run_id: str, dataflows: Any) -> None:
 async def open_at_exit(dataflow: DataFlow) -> None:
     """Warn about, and roll back, each transaction of ``dataflow`` still open (interpreter exit)."""
     database = dataflow.database
+    if database.closed:  # its connections were let go at close(); the server rolled back
+        return
     for held, (run_id, node_id, started) in list(database.ledger.open.items()):
         age = time.monotonic() - started
         what = f"node '{node_id}' of run {run_id}" if node_id else run_id
