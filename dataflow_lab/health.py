@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import datetime as dt
 import html
 import logging
@@ -43,6 +44,7 @@ class HealthReport:
     checked_at: dt.datetime
     pinged: int = 0
     discarded: int = 0
+    last_error: str | None = None  # the latest error any probe of this database met (this one's or older)
 
     def __repr__(self) -> str:
         latency = "n/a" if self.latency_ms is None else f"{self.latency_ms:.1f} ms"
@@ -61,7 +63,8 @@ class HealthReport:
                 ("pinged", self.pinged),
                 ("discarded", self.discarded),
                 ("checked at", self.checked_at.isoformat(timespec="seconds")),
-                ("last error", self.error or "none"),
+                ("error", self.error or "none"),
+                ("last error seen", self.last_error or "none"),
             )
         )
         return f"<b style='color:{colour}'>health: {self.status}</b><table>{rows}</table>"
@@ -159,24 +162,25 @@ class HealthMonitor:
             report = HealthReport("down", None, str(exc), _now())
         else:
             report = await probe(dialect, timeout)
-        self._record(report)
-        return report
+        return self._record(report)
 
-    def _record(self, report: HealthReport) -> None:
+    def _record(self, report: HealthReport) -> HealthReport:
         """Keep the report; log a change of status (a WARNING when it gets worse than before).
 
         The first probe runs at the first use, beside the run that opened the database: when it
         finds the database down, that run says so itself, so the probe logs it at INFO only.
         """
-        previous, self.last = self.last, report
         if report.error:
             self.last_error = report.error
+        report = dataclasses.replace(report, last_error=self.last_error)
+        previous, self.last = self.last, report
         if previous is None:
             if report.status != "ok":
                 log.info("health check: %r", report)
         elif report.status != previous.status:
             level = logging.INFO if report.status == "ok" else logging.WARNING
             log.log(level, "health check: %r (was %s)", report, previous.status)
+        return report
 
     def start(self) -> None:
         """Open ``min_connections`` and begin periodic probing, on the running loop (once)."""

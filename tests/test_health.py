@@ -246,8 +246,10 @@ def test_a_stopped_server_gives_down_and_its_restart_ok_again(own_server, own_pg
             pg_ctl(own_server, "start")
         # the pooled connections died with the server: discarded now, then all is well
         assert db.health().status in ("ok", "degraded")
-        assert db.health().status == "ok" and count(db) == 0
-        assert db.database.health.last_error is not None  # the last error is kept
+        ok = db.health()
+        assert ok.status == "ok" and ok.error is None and count(db) == 0
+        assert ok.last_error is not None  # the last error seen is kept (the outage's, or a discard's)
+        assert ok.last_error == db.database.health.last_error
     finally:
         db.close()
     record(
