@@ -211,6 +211,8 @@ class HealthMonitor:
 
 async def _warm(db: DataFlow) -> None:
     """Open connections until ``min_connections`` are open (at first use, and after each probe)."""
+    if db.config.min_connections <= 1:
+        return  # the run that opened the database made that one (warming beside it would add one)
     monitor = db.database.health
     # shielded: a close() meanwhile waits for these connections (settle), then closes them with the pool
     monitor.warming = warming = asyncio.ensure_future(db.database.dialect.warm(db.config.min_connections))
@@ -225,13 +227,18 @@ async def _warm(db: DataFlow) -> None:
 
 
 async def _maintain(ref: weakref.ref, interval: float | None) -> None:
-    """Probe and warm the pool at once, then every ``interval`` seconds (probes: never, when None)."""
+    """Warm the pool at once, then probe (and warm again) every ``interval`` seconds (None: never).
+
+    No probe at the first use: with the first run holding the one connection, pinging would open
+    another beside it.
+    """
+    first = True
     while True:
         db = ref()
         if db is None or db.database.closed:
             return
         try:
-            report = await db.database.health.check() if interval is not None else None
+            report = None if first else await db.database.health.check()
             if report is None or report.status != "down":
                 await _warm(db)  # and replace the connections the probe discarded
         except Exception:  # noqa: BLE001 - a probe must never kill the loop's task
@@ -239,4 +246,5 @@ async def _maintain(ref: weakref.ref, interval: float | None) -> None:
         del db  # hold no strong reference while sleeping
         if interval is None:
             return
+        first = False
         await asyncio.sleep(interval)

@@ -185,9 +185,6 @@ class PostgresDialect(PooledDialect):
             pool_timeout=self.config.pool_timeout,
             pool_recycle=self.config.pool_recycle,
             pool_pre_ping=self.config.pool_pre_ping,
-            # the most recently used connection first: a lone run keeps one backend hot, the
-            # min_connections wait idle for concurrent runs (FIFO woke each backend in turn)
-            pool_use_lifo=True,
             connect_args={"server_settings": settings, "timeout": 10},
         )
 

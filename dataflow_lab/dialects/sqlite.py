@@ -228,7 +228,6 @@ class SQLiteDialect(PooledDialect):
                 pool_timeout=self.config.pool_timeout,
                 pool_recycle=self.config.pool_recycle,
                 pool_pre_ping=self.config.pool_pre_ping,
-                pool_use_lifo=True,  # as on PostgreSQL: the most recently used connection first
             )
         return options
 
