@@ -10,7 +10,12 @@ machine hits both sides alike. While the unmonitored side runs, the monitored
 side's collector is unsubscribed, so the "off" figures carry no hook calls.
 
 Targets (issue 6): single-op at most 5% slower, bulk at most 2%.
-Run: python benchmarks/bench_monitoring.py [--write docs/performance.md]
+
+The health task (health.py, issue 16) is measured the same way: the single-op workflow on a
+DataFlow whose health task probes every HEALTH_INTERVAL seconds (300 times the preset's rate)
+and keeps min_connections warm, against one with probes off; target at most 5% slower.
+
+Run: python benchmarks/bench_monitoring.py [--health-only] [--write docs/performance.md]
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from dataflow_lab.monitoring import MetricsCollector  # noqa: E402
 
 BULK_ROWS = 10_000
 ACCOUNTING: list[str] = []
+HEALTH_INTERVAL = 1.0  # seconds between probes while measuring (the presets probe every 60 s)
+HEALTH_BLOCKS = 9
+HEALTH_ACCOUNTING: list[str] = []
 
 
 def make(url: str | None, monitoring: bool) -> tuple[DataFlow, Callable[[], object], Callable[[], object]]:
@@ -176,6 +184,108 @@ def measure(label: str, url: str | None, args: argparse.Namespace) -> list[tuple
     return rows
 
 
+def single_op(db: DataFlow) -> Callable[[], object]:
+    @db.model
+    class Item:
+        name: str
+        qty: int
+
+    runtime = LocalRuntime()
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3})
+    wf.add_node("ItemReadNode", "read", {})
+    wf.add_connection("create", "id", "read", "id")
+    workflow = wf.build()
+    return lambda: runtime.execute(workflow)
+
+
+def measure_health(label: str, url: str | None, n: int, interval: float | None = HEALTH_INTERVAL) -> tuple:
+    """The single op with the health task off and probing every ``interval`` s, interleaved.
+
+    ``interval=None``: both sides without probes, the noise floor of the comparison (A/A).
+    """
+    db_off = DataFlow(url, health_check_interval=None, min_connections=5)  # the same pool, no probes
+    db_on = DataFlow(url, health_check_interval=interval, min_connections=5)
+    off, on = single_op(db_off), single_op(db_on)
+    monitor, probing = db_on.database.health, [0, 0.0]  # probes made, seconds inside them
+    real_check = monitor.check
+
+    async def timed_check():  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            return await real_check()
+        finally:
+            probing[0] += 1
+            probing[1] += time.perf_counter() - start
+
+    monitor.check = timed_check  # type: ignore[method-assign]
+    for fn in (off, on):
+        for _ in range(max(1, n // 10)):
+            fn()
+    gc.collect()
+    probing[:] = [0, 0.0]
+    started = time.perf_counter()
+    ratios: dict[str, list[float]] = {"wall": [], "cpu": []}
+    for _ in range(HEALTH_BLOCKS):  # a ratio per block, then their median: load comes in bursts here
+        wall: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(max(1, n // HEALTH_BLOCKS)):
+            for probed in (False, True) if i % 2 == 0 else (True, False):
+                w0, c0 = time.perf_counter(), time.process_time()
+                (on if probed else off)()
+                cpu[probed].append(time.process_time() - c0)
+                wall[probed].append(time.perf_counter() - w0)
+        for kind, times in (("wall", wall), ("cpu", cpu)):
+            ratios[kind].append(statistics.median(times[True]) / max(1e-9, statistics.median(times[False])))
+    elapsed = time.perf_counter() - started
+    last = db_on.database.health.last
+    assert interval is None or (last is not None and last.status == "ok"), last  # it probed; all well
+    if interval is not None:
+        each = probing[1] / max(1, probing[0])
+        HEALTH_ACCOUNTING.append(
+            f"- {label}: {probing[0]} probes in {elapsed:.1f} s, {each * 1e3:.2f} ms each: "
+            f"{probing[1] / elapsed:.2%} of the time at {interval:g} s, {each / 60:.4%} at the presets' 60 s"
+        )
+    db_off.close()
+    db_on.close()
+    median = statistics.median
+    print(f"done: health, {label}", file=sys.stderr)
+    return (
+        label if interval is not None else f"{label}, A/A: no probes either side",
+        fmt_ms(median(wall[False])),
+        fmt_ms(median(wall[True])),
+        f"{median(ratios['wall']):.3f}x",
+        f"{median(ratios['cpu']):.3f}x",
+        f"{min(ratios['wall']):.2f}x to {max(ratios['wall']):.2f}x",
+        "<= 1.05x" if interval is not None else "noise floor",
+    )
+
+
+def health_report(backends: list[tuple[str, str | None]], n: int) -> str:
+    rows = [row for label, url in backends for row in (measure_health(label, url, n),
+            measure_health(label, url, n, interval=None))]  # fmt: skip
+    headers = ("backend", "probes off (wall, last block)", "probing (wall, last block)",
+               "probing / off, wall", "CPU", "blocks, wall", "target")  # fmt: skip
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        "## Health task overhead\n\n"
+        "`python benchmarks/bench_monitoring.py --health-only --write docs/performance.md`: the\n"
+        "single-op workflow (create, then read by id) on a DataFlow whose health task pings its idle\n"
+        f"pooled connections every {HEALTH_INTERVAL:g} s (the presets: every 60 s) and keeps 5 connections\n"
+        "warm, against one with probes off (and the same 5 warm); calls interleaved one by one, in "
+        f"{HEALTH_BLOCKS} blocks: the median\nof the blocks' ratios of median call times "
+        "(and the range of the blocks' ratios). Each\nbackend's A/A row compares two DataFlows without "
+        "probes the same way: the noise floor.\n\n"
+        + table(rows, headers)
+        + "\n\nTime inside the probes (an accounting figure, steadier than the A/B ratio on a busy\n"
+        "machine: the loop spends no other time on the health task; it sleeps between probes):\n\n"
+        + "\n".join(HEALTH_ACCOUNTING)
+        + "\n\nA probe runs on the runtime's loop between runs and takes a pooled connection only while\n"
+        "it pings it.\n"
+        f"\nLoad average (1, 5, 15 min) at the end of the run: {load} on {os.cpu_count()} cores.\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,12 +293,19 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=3000, help="single-op calls per side")
     parser.add_argument("--bulk-n", type=int, default=40, help="bulk calls per side")
     parser.add_argument("--write", metavar="PATH", help="also write the figures as markdown to PATH")
+    parser.add_argument("--health-only", action="store_true", help="measure only the health task")
     args = parser.parse_args()
     pg = os.environ.get("DATAFLOW_TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL")
     os.environ.pop("DATABASE_URL", None)
     backends = [("SQLite (memory)", None), ("DuckDB (memory)", "duckdb:///:memory:")]
     if pg:
         backends.append(("PostgreSQL", pg))
+    health = health_report(backends, args.n)
+    print(health)
+    if args.write:
+        write(args.write, health, key="bench_monitoring_health")
+    if args.health_only:
+        return 0
     rows = [row for label, url in backends for row in measure(label, url, args)]
     headers = ("backend", "workload", "off (wall)", "on (wall)", "on / off, wall", "on / off, CPU", "target")
     report = table(rows, headers)

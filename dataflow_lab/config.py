@@ -34,6 +34,7 @@ PRESETS: dict[str, dict[str, object]] = {
         deterministic=False,
         health_check_interval=60.0,
         safety_level="development",
+        min_connections=1,
     ),
     "testing": dict(
         pool_size=10,
@@ -48,6 +49,7 @@ PRESETS: dict[str, dict[str, object]] = {
         deterministic=True,
         health_check_interval=60.0,
         safety_level="testing",
+        min_connections=5,
     ),
     "production": dict(
         pool_size=100,
@@ -62,11 +64,13 @@ PRESETS: dict[str, dict[str, object]] = {
         deterministic=False,
         health_check_interval=60.0,
         safety_level="maximum",
+        min_connections=25,
     ),
 }
 # staging: production's settings (monitoring on, auto_migrate off, maximum safety), a smaller pool
+# (min_connections: production's 25, capped by the smaller pool)
 PRESETS["staging"] = {**PRESETS["production"], "pool_size": 20, "max_overflow": 40, "monitoring": True,
-                       "auto_migrate": False}  # fmt: skip
+                       "auto_migrate": False, "min_connections": 20}  # fmt: skip
 PRESETS = {env: PRESETS[env] for env in ENVIRONMENTS}  # in ENVIRONMENTS' order
 
 # The spec's keyword names ("Developer vs Production Differences") -> ours
@@ -141,6 +145,8 @@ class DataFlowConfig:
         """The model options every model of this DataFlow gets unless it says otherwise."""
         return {"audit_log": self.audit_log, "multi_tenant": self.multi_tenant}
 
+    min_connections: int = 1  # opened in the background at first use, kept by the probes (<= pool_size)
+
     def __repr__(self) -> str:
         fields = ", ".join(
             f"{f.name}={redact_url(getattr(self, f.name)) if f.name == 'database_url' else getattr(self, f.name)!r}"
@@ -163,6 +169,9 @@ class DataFlowConfig:
         if values.get("log_level") is not None:
             values["log_level"] = _choice("log_level", str(values["log_level"]).upper(), LOG_LEVELS)
         _check_budget(values.get("bulk_memory_mb", 64.0))
+        values["min_connections"] = _min_connections(
+            values.get("min_connections", 1), values.get("pool_size")
+        )
         return cls(database_url=str(url), environment=environment, **values)
 
 
@@ -219,6 +228,16 @@ def _check_budget(value: object) -> None:
         f"bulk_memory_mb must be a positive number of megabytes, got {value!r}.",
         hint="e.g. DataFlow(bulk_memory_mb=64): bulk chunks hold about that much at once.",
     )
+
+
+def _min_connections(value: object, pool_size: object) -> int:
+    """``min_connections``, capped by ``pool_size`` (a pool keeps no more idle than that)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(
+            f"min_connections must be a whole number of connections, 0 or more, got {value!r}.",
+            hint="e.g. DataFlow(min_connections=5); 0 opens none ahead of use.",
+        )
+    return min(value, pool_size) if isinstance(pool_size, int) and not isinstance(pool_size, bool) else value
 
 
 _SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token")

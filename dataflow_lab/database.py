@@ -20,7 +20,7 @@ transactions   ``ledger`` (ledger.py), ``await allows_two_phase()``
 registry       ``models``, ``tables``, ``nodes``, ``reflected``; ``install(schema, table)``
                generates and registers a model's twelve nodes
 identity       ``dataflow`` (the facade), ``token`` (names it across processes, _remote.py)
-health         ``health``: the HealthMonitor (health.py)
+health         ``health``: the HealthMonitor (health.py); ``leak_watch`` (leaks.py)
 sagas          ``pending_count``: compensations owed, as last counted (None: count again)
 =============  ==========================================================================
 
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._warmup import Warm, dialect_now_or_soon
 from .errors import DataFlowError
 from .health import HealthMonitor
+from .leaks import watch
 from .ledger import TransactionLedger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +68,7 @@ class Database:
         self.nodes: dict[str, type[Node]] = {}
         self.reflected: set[str] = set()  # models reflected from existing tables: never any DDL
         self.health = HealthMonitor(dataflow)
+        self.leak_watch = watch(dataflow)  # warns if it is collected unclosed, holding connections
         self.pending_count: int | None = None  # saga compensations owed; None: not counted since a change
         self.closed = False
         self._dialect: Dialect | Warm = dialect_now_or_soon(config)
@@ -104,6 +106,7 @@ class Database:
 
             def opened(future: asyncio.Future) -> None:
                 if not future.cancelled() and future.exception() is None:
+                    self.leak_watch.dialect = self.dialect
                     self.health.start()
 
             self._open_future.add_done_callback(opened)
@@ -120,6 +123,7 @@ class Database:
     def shut(self) -> None:
         """Refuse any further use and stop the health task (``close()`` also disposes of the pool)."""
         self.closed = True
+        self.leak_watch.closed = True
         self.health.stop()
 
     async def close(self) -> None:
@@ -127,6 +131,7 @@ class Database:
         if self.closed:
             return
         self.shut()
+        await self.health.settle()
         future = self._open_future
         if future is not None and future.done() and not future.cancelled() and not future.exception():
             await self.dialect.dispose()

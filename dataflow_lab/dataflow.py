@@ -25,9 +25,11 @@ from .access import grant
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
+from .dialects import refuse_pool_options
 from .errors import ValidationError
 from .health import HealthReport
 from .hooks import Hooks
+from .leaks import open_at_exit
 from .logs import show as show_logs
 from .model import ModelSchema, parse_model
 from .monitoring import attach
@@ -56,6 +58,7 @@ class DataFlow(Observability):
     def __init__(self, database_url: str | None = None, **options: Any):
         self.config = DataFlowConfig.from_env(database_url, **options)
         show_logs(self.config)  # echo's SQL and log_level on stderr in a script (logs.py)
+        refuse_pool_options(self.config.database_url, options)  # DuckDB has no pool to size
         self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
         self.clock = clock_for(self.config.deterministic)
         # its connections, tables, ledger and registry: the package's other modules use this
@@ -355,4 +358,5 @@ def _track(dataflow: DataFlow) -> None:
 
 async def _close_all() -> None:
     for dataflow in list(_INSTANCES):
+        await open_at_exit(dataflow)  # a transaction still open is warned about and rolled back
         await dataflow.aclose()

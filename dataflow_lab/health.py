@@ -4,12 +4,17 @@
 turns it off) a task on the runtime's background loop probes on its own, so a connection the
 server killed (``pg_terminate_backend``, a restart, an idle timeout) is discarded before a run
 meets it. ``pool_status()["health_status"]`` and the dashboard read the latest probe.
+
+The same task opens ``min_connections`` (presets 1 / 5 / 25, capped by ``pool_size``) at the
+database's first use, in the background, and tops them up after each probe, so concurrent runs
+find connections already made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import datetime as dt
 import html
 import logging
@@ -39,6 +44,7 @@ class HealthReport:
     checked_at: dt.datetime
     pinged: int = 0
     discarded: int = 0
+    last_error: str | None = None  # the latest error any probe of this database met (this one's or older)
 
     def __repr__(self) -> str:
         latency = "n/a" if self.latency_ms is None else f"{self.latency_ms:.1f} ms"
@@ -57,7 +63,8 @@ class HealthReport:
                 ("pinged", self.pinged),
                 ("discarded", self.discarded),
                 ("checked at", self.checked_at.isoformat(timespec="seconds")),
-                ("last error", self.error or "none"),
+                ("error", self.error or "none"),
+                ("last error seen", self.last_error or "none"),
             )
         )
         return f"<b style='color:{colour}'>health: {self.status}</b><table>{rows}</table>"
@@ -95,15 +102,14 @@ async def _ping_engine_connection(engine: Any) -> bool:
 async def _ping_idle(dialect: Any) -> tuple[int, int]:
     """Ping every idle pooled connection (then one more, so the database itself is tried).
 
-    Returns (pinged, discarded). Raises when no connection could be made at all.
+    The idle ones are checked out together (the pool hands out the most recently used first,
+    so one at a time would ping the same one again). Returns (pinged, discarded); raises when no
+    connection could be made at all.
     """
     engine = dialect.engine
     idle = engine.pool.checkedin() if callable(getattr(engine.pool, "checkedin", None)) else 0
-    pinged = discarded = 0
-    for _ in range(max(1, idle)):
-        pinged += 1
-        if not await _ping_engine_connection(engine):
-            discarded += 1
+    answered = await asyncio.gather(*(_ping_engine_connection(engine) for _ in range(max(1, idle))))
+    pinged, discarded = len(answered), answered.count(False)
     if discarded and discarded == pinged:  # every one was dead: does a fresh connection work?
         pinged += 1
         if not await _ping_engine_connection(engine):
@@ -138,6 +144,7 @@ class HealthMonitor:
         self.last: HealthReport | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task | None = None
+        self.warming: asyncio.Future | None = None  # connections being opened (min_connections)
 
     @property
     def interval(self) -> float | None:
@@ -155,42 +162,89 @@ class HealthMonitor:
             report = HealthReport("down", None, str(exc), _now())
         else:
             report = await probe(dialect, timeout)
-        self._record(report)
-        return report
+        return self._record(report)
 
-    def _record(self, report: HealthReport) -> None:
-        self.last = report
+    def _record(self, report: HealthReport) -> HealthReport:
+        """Keep the report; log a change of status (a WARNING when it gets worse than before).
+
+        The first probe runs at the first use, beside the run that opened the database: when it
+        finds the database down, that run says so itself, so the probe logs it at INFO only.
+        """
         if report.error:
             self.last_error = report.error
-        if report.status != "ok":
-            log.warning("health check: %r", report)
+        report = dataclasses.replace(report, last_error=self.last_error)
+        previous, self.last = self.last, report
+        if previous is None:
+            if report.status != "ok":
+                log.info("health check: %r", report)
+        elif report.status != previous.status:
+            level = logging.INFO if report.status == "ok" else logging.WARNING
+            log.log(level, "health check: %r (was %s)", report, previous.status)
+        return report
 
     def start(self) -> None:
-        """Begin periodic probing (on the running loop); no-op when off or already running."""
-        if self.interval is None or self._task is not None:
+        """Open ``min_connections`` and begin periodic probing, on the running loop (once)."""
+        db = self._dataflow()
+        if db is None or self._task is not None:
             return
+        if self.interval is None and db.config.min_connections <= 1:
+            return  # the first use opens the one connection itself
         # in a context of its own: the run whose first use started it must not live on in the task
         # (its transaction scope reaches the DataFlow's hooks, and so the DataFlow)
-        probe = _periodic(self._dataflow, self.interval)
-        self._task = asyncio.get_running_loop().create_task(probe, context=contextvars.Context())
+        keep = _maintain(self._dataflow, self.interval)
+        self._task = asyncio.get_running_loop().create_task(keep, context=contextvars.Context())
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
 
+    async def settle(self) -> None:
+        """Wait for connections being opened to reach the pool (before it is disposed of)."""
+        warming, self.warming = self.warming, None
+        if warming is not None and not warming.done():
+            await asyncio.wait([warming])
+
     def status_word(self) -> str:
         return self.last.status if self.last is not None else "unknown"
 
 
-async def _periodic(ref: weakref.ref, interval: float) -> None:
+async def _warm(db: DataFlow) -> None:
+    """Open connections until ``min_connections`` are open (at first use, and after each probe)."""
+    if db.config.min_connections <= 1:
+        return  # the run that opened the database made that one (warming beside it would add one)
+    monitor = db.database.health
+    # shielded: a close() meanwhile waits for these connections (settle), then closes them with the pool
+    monitor.warming = warming = asyncio.ensure_future(db.database.dialect.warm(db.config.min_connections))
+    warming.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, even if abandoned
+    try:
+        opened = await asyncio.shield(warming)
+    except Exception:  # noqa: BLE001 - warming is an optimisation: the next acquire connects anyway
+        log.debug("opening warm connections failed", exc_info=True)
+        return
+    if opened:
+        log.debug("opened %d warm connection(s) for %r", opened, db)
+
+
+async def _maintain(ref: weakref.ref, interval: float | None) -> None:
+    """Warm the pool at once, then probe (and warm again) every ``interval`` seconds (None: never).
+
+    No probe at the first use: with the first run holding the one connection, pinging would open
+    another beside it.
+    """
+    first = True
     while True:
-        await asyncio.sleep(interval)
         db = ref()
         if db is None or db.database.closed:
             return
         try:
-            await db.database.health.check()
+            report = None if first else await db.database.health.check()
+            if report is None or report.status != "down":
+                await _warm(db)  # and replace the connections the probe discarded
         except Exception:  # noqa: BLE001 - a probe must never kill the loop's task
             log.debug("health probe failed", exc_info=True)
         del db  # hold no strong reference while sleeping
+        if interval is None:
+            return
+        first = False
+        await asyncio.sleep(interval)

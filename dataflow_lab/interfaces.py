@@ -36,6 +36,7 @@ class Database(Protocol):
     closed: bool
     pending_count: int | None  # saga compensations owed; None: count again
     token: str  # names it across processes (_remote.py)
+    health: Any  # its HealthMonitor (health.py, a layer above: probes, warm connections)
 
     @property
     def dialect(self) -> Dialect: ...

@@ -222,6 +222,7 @@ def _transaction_families(db: str, tx: dict[str, int], safety: dict[str, int]) -
         ),
         ("dataflow_anomalies", safety["anomalies_detected"], "Runs slower than their baseline."),
         ("dataflow_retries", safety["automatic_retries"], "Automatic retries."),
+        ("dataflow_leaks", safety.get("leaks", 0), "Connection and transaction leaks (leaks.py)."),
     ):
         family = CounterMetricFamily(name, text, labels=["database"])
         family.add_metric([db], value)

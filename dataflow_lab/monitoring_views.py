@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataFlowError
+from .leaks import count as leak_count
 
 if TYPE_CHECKING:  # pragma: no cover
     from .anomaly import Anomaly
@@ -177,6 +178,7 @@ class CollectorViews:
                 "long_running_transactions": tx["long_running"],
                 "compensations": compensations,
                 "pending_compensations": self._pending_compensations(),
+                "leaks": leak_count(self.dataflow.database.token if self.dataflow is not None else None),
             },
         }
 

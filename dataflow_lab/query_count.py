@@ -27,6 +27,11 @@ class Tally(Protocol):
 
     queries: int
     sql: list[str] | None
+    run_id: str
+    node_id: str  # the node running now
+
+    @property
+    def parent(self) -> Tally | None: ...  # the outer scope a nested one joined
 
 
 # The scope whose work is running in this context; a new scope started here joins it (transactions.py).

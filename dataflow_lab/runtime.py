@@ -38,6 +38,7 @@ from . import _loop
 from .access import prepare_run
 from .errors import NodeExecutionError, ValidationError, refuse_unknown_options
 from .hooks import Fanout, Hooks, NodeRecord
+from .leaks import after_run
 from .modes import Strategy, TransactionMode
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
@@ -203,6 +204,8 @@ class Run:
             error = exc
             raise
         finally:
+            if parent is None:  # a nested run's connections are its parent's
+                after_run(self.run_id, workflow.dataflows())
             if self.records is not None:
                 emit.emit(
                     "after_workflow",

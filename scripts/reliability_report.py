@@ -36,7 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "reliability.md"
 OWN_TESTS = ["tests/test_stateful.py", "tests/test_injection.py", "tests/test_filter_fuzz.py"]
-GLOBS = ["tests/test_faults*.py", "tests/test_transactions*.py"]
+GLOBS = [
+    "tests/test_faults*.py",
+    "tests/test_transactions*.py",
+    "tests/test_health.py",
+    "tests/test_leaks.py",
+]
+FAULT_COLUMNS = ("fault", "injected", "times", "outcome")  # a figure with these goes to "Faults injected"
 
 ABOUT = {
     "test_faults": "Server crashes, pool pressure and deadlock storms against a real PostgreSQL.",
@@ -44,6 +50,10 @@ ABOUT = {
     "resumed after the restart, at the next start or by db.resume_compensations().",
     "test_faults_monitoring": "Hundreds of monitored DataFlows created and closed on PostgreSQL: none stays "
     "alive, no connection leaks.",
+    "test_health": "Health probes against a PostgreSQL the tests start, stop and restart themselves: killed "
+    "and dead connections are discarded, a stopped server reads down; min_connections; DuckDB's pool options.",
+    "test_leaks": "DataFlows collected unclosed, connections kept past their run, transactions open at exit: "
+    "warned about once, counted, cleaned up.",
     "test_transactions": "Transaction blocks, savepoints, isolation levels, sagas, two-phase commit, retries.",
     "test_stateful": "Random Create/Read/Update/Delete/Upsert/List/Count and bulk operations, each a real "
     "workflow, compared with an in-memory reference model after every step.",
@@ -175,6 +185,13 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             [f"`{module}.py`", len(module_cases), status, f"{sum(c.time for c in module_cases):.1f}"]
         )
     out += table(["Test file", "Tests", "Outcome", "Seconds"], summary)
+    faults = [(title, e) for title, entries in figures.items() for e in entries if "fault" in e]
+    if faults:
+        out += ["", "## Faults injected", ""]
+        rows = [[*(e.get(c, "") for c in FAULT_COLUMNS), title] for title, e in faults]
+        out += table(["Fault", "Injected how", "Times", "Outcome", "Figures of"], rows)
+    figures = {t: [e for e in es if "fault" not in e] for t, es in figures.items()}
+    figures = {t: es for t, es in figures.items() if es}
 
     for module, module_cases in by_module.items():
         out += ["", f"## `tests/{module}.py`", ""]

@@ -8,6 +8,7 @@ background.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..config import DataFlowConfig, redact_url
@@ -23,6 +24,7 @@ __all__ = [
     "Dialect",
     "check_url",
     "dialect_for",
+    "refuse_pool_options",
     "register_kind",
     "require_driver",
     "transient_reason",
@@ -46,6 +48,29 @@ def __getattr__(name: str) -> Any:  # Connection and Dialect load SQLAlchemy: on
 
         return getattr(base, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Databases with no pool of connections, and why: a pool option given for one is refused.
+_NO_POOL = {
+    "duckdb": "DuckDB runs inside this process on one connection and one worker thread, one "
+    "transaction at a time, so there is no pool of connections to size, overflow, recycle or ping "
+    "(pool_timeout is honoured: it bounds how long a run waits for that connection)",
+}
+_POOL_OPTIONS = {"pool_size": 1, "max_overflow": 0, "pool_pre_ping": False, "pool_recycle": None}
+
+
+def refuse_pool_options(url: str, options: Mapping[str, object]) -> None:
+    """Refuse pool options given explicitly for a database that has no pool (presets are not refused)."""
+    reason = _NO_POOL.get(_scheme(url))
+    if reason is None:
+        return
+    given = [f"{k}={v!r}" for k, v in options.items() if k in _POOL_OPTIONS and v != _POOL_OPTIONS[k]]
+    if given:
+        raise ValidationError(
+            f"{', '.join(given)} cannot be honoured for {redact_url(url)}: {reason}.",
+            hint="leave the pool options out for DuckDB (pool_size=1 and max_overflow=0 are accepted); "
+            "use PostgreSQL for a pool of connections.",
+        )
 
 
 def require_driver(module: str, database: str, extra: str) -> None:

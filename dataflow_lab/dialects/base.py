@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from ..config import DataFlowConfig, scrub
 from ..errors import ConnectionError, ValidationError
+from ..leaks import owner
 from ..query_count import count_statement, keep_statement
 from .connect_errors import generic_failure
 from .kinds import register_kind
@@ -341,6 +342,18 @@ class Dialect:
             hint="run the query on the database itself: db.sql(query).",
         )
 
+    def held_connections(self) -> int:
+        """Connections open now, idle or checked out (leaks.py asks a DataFlow collected unclosed)."""
+        return 0
+
+    def checked_out_for(self, run_id: str) -> list[str]:
+        """The node ids of connections still checked out for run ``run_id`` (leaks.py)."""
+        return []
+
+    async def warm(self, n: int) -> int:
+        """Open connections until ``n`` are open (``min_connections``); returns how many were opened."""
+        return 0
+
     # -- bulk paths (the fast path of each database overrides these) ----------
     supports_savepoints = True
     text_allows_nul = True  # PostgreSQL text cannot hold "\x00"
@@ -468,6 +481,7 @@ class PooledDialect(Dialect):
         self.engine: AsyncEngine | None = None
         self._serial_lock: asyncio.Lock | None = None
         self._checkouts: dict[int, Any] = {}
+        self._owners: dict[int, tuple[str, str]] = {}  # (run id, node id) a connection is out for
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
 
     @property
@@ -547,10 +561,14 @@ class PooledDialect(Dialect):
             message, hint = self.connect_failure(exc)
             raise ConnectionError(self.scrub(message), hint=self.scrub(hint)) from None
         self._checkouts[id(conn)] = async_conn
+        run = owner()
+        if run is not None:
+            self._owners[id(conn)] = run
         return conn
 
     async def release(self, conn: Connection) -> None:
         async_conn = self._checkouts.pop(id(conn))
+        self._owners.pop(id(conn), None)
         try:
             if not conn.usable:  # the server went away: never hand this connection out again
                 self.stats["invalidated"] += 1
@@ -565,6 +583,33 @@ class PooledDialect(Dialect):
     async def dispose(self) -> None:
         if self.engine is not None:
             await self.engine.dispose()
+
+    def _idle(self) -> int | None:
+        """Idle pooled connections; None for a pool that keeps no count (one static connection)."""
+        checkedin = getattr(self.engine.pool, "checkedin", None) if self.engine is not None else None
+        return checkedin() if callable(checkedin) else None
+
+    def held_connections(self) -> int:
+        return len(self._checkouts) + (self._idle() or 0)
+
+    def checked_out_for(self, run_id: str) -> list[str]:
+        return [node for run, node in list(self._owners.values()) if run == run_id]
+
+    async def warm(self, n: int) -> int:
+        # A checkout takes an idle connection first, so all of the wanted ones are held at once:
+        # the pool makes the missing ones, concurrently, and gets every one back idle.
+        idle = self._idle()
+        wanted = n - len(self._checkouts)
+        if idle is None or idle >= wanted or self.engine is None:
+            return 0
+        engine = self.engine
+        held = await asyncio.gather(*(engine.connect() for _ in range(wanted)), return_exceptions=True)
+        for conn in held:
+            if isinstance(conn, BaseException):
+                log.debug("opening a warm connection failed: %s", conn)
+            else:
+                await conn.close()  # back to the pool, idle and connected
+        return max(0, (self._idle() or 0) - idle)
 
     def pool_status(self) -> dict[str, Any]:
         """size, checked_out, overflow, waiting, acquired_total, failures (and the pool's kind)."""

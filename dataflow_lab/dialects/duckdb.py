@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..errors import DataFlowError, ValidationError
+from ..leaks import owner
 from ..sqltext import writes
 from ..types import DECIMAL_DEFAULT
 from .base import Connection, Dialect, QueryResult, statement_note
@@ -44,15 +46,22 @@ def _utc(value: dt.datetime) -> dt.datetime:
 
 
 _KEYWORDS: set[str] = set()
+_KEYWORDS_LOCK = threading.Lock()
 
 
 def _duckdb_keywords() -> set[str]:
-    if not _KEYWORDS:
-        import duckdb
+    # Two DataFlows made at once (one on the warm-up thread) both get here: one asks, on a connection
+    # of its own (DuckDB's module-level default connection refuses a second thread's call).
+    with _KEYWORDS_LOCK:
+        if not _KEYWORDS:
+            import duckdb
 
-        rows = duckdb.sql("SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'")
-        assert rows is not None, "a SELECT has a result"
-        _KEYWORDS.update(r[0].lower() for r in rows.fetchall())
+            con = duckdb.connect()
+            try:
+                sql = "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'"
+                _KEYWORDS.update(r[0].lower() for r in con.execute(sql).fetchall())
+            finally:
+                con.close()
     return _KEYWORDS
 
 
@@ -169,6 +178,7 @@ class DuckDBDialect(Dialect):
         self._con: DuckDBPyConnection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock: asyncio.Lock | None = None
+        self._owner: tuple[str, str] | None = None  # (run id, node id) the connection is out for
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
 
     def _sa_dialect(self) -> sa.engine.Dialect:
@@ -226,20 +236,31 @@ class DuckDBDialect(Dialect):
         return self._con
 
     async def acquire(self) -> Connection:
+        """The one connection, waited for at most ``pool_timeout`` seconds."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         self.stats["waiting"] += 1
         try:
-            await self._lock.acquire()
+            await asyncio.wait_for(self._lock.acquire(), self.config.pool_timeout)
+        except TimeoutError:
+            self.stats["failures"] += 1
+            raise DataFlowError(
+                f"DuckDB's connection to {self.path} stayed in use for pool_timeout="
+                f"{self.config.pool_timeout:g} s: another run or transaction of this process holds it.",
+                hint="DuckDB runs one transaction at a time here; finish the other run or "
+                "db.transaction() block first, or raise pool_timeout.",
+            ) from None
         finally:
             self.stats["waiting"] -= 1
         self.stats["acquired_total"] += 1
+        self._owner = owner()
         conn = DuckDBConnection(self)
         conn.note = statement_note(self.config.echo, self.observe)
         return conn
 
     async def release(self, conn: Connection) -> None:
         assert self._lock is not None, "acquire() made the lock"
+        self._owner = None
         self._lock.release()
 
     async def dispose(self) -> None:
@@ -258,6 +279,13 @@ class DuckDBDialect(Dialect):
             "overflow": 0,
             **self.stats,
         }
+
+    def held_connections(self) -> int:
+        return int(self._con is not None)
+
+    def checked_out_for(self, run_id: str) -> list[str]:
+        held = self._owner
+        return [held[1]] if held is not None and held[0] == run_id else []
 
     def id_column(self, table_name: str, logical: str) -> sa.Column:
         if logical == "integer":
