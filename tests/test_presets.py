@@ -175,8 +175,10 @@ def test_staging_is_production_with_a_smaller_pool(monkeypatch):
     assert (
         db.config.pool_size < production["pool_size"] and db.config.max_overflow < production["max_overflow"]
     )
-    assert {k: v for k, v in staging.items() if k not in ("pool_size", "max_overflow")} == {
-        k: v for k, v in production.items() if k not in ("pool_size", "max_overflow")
+    pool = ("pool_size", "max_overflow", "min_connections")  # min_connections: capped by the smaller pool
+    assert staging["min_connections"] == min(production["min_connections"], staging["pool_size"])
+    assert {k: v for k, v in staging.items() if k not in pool} == {
+        k: v for k, v in production.items() if k not in pool
     }
     db.close()
 
