@@ -58,15 +58,26 @@ def _duckdb_keywords() -> set[str]:
 class DuckDBConnection(Connection):
     def __init__(self, dialect: DuckDBDialect):
         self.dialect = dialect
+        self._in_tx = False
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.dialect.run(fn, *args)
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_tx
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await self.dialect.run(fn, *args)
+        except asyncio.CancelledError:  # a time limit, Ctrl-C: stop the statement on the worker thread,
+            self.dialect.con.interrupt()  # or the rollback queued after it would wait for its end
+            raise
 
     async def begin(self, isolation: str | None = None) -> None:
         # DuckDB runs snapshot isolation, and this dialect admits one writer at a time.
         await self._run(self.dialect.con.begin)
+        self._in_tx = True
 
     async def commit(self) -> None:
+        self._in_tx = False
         await self._run(self.dialect.con.commit)
 
     async def rollback(self) -> None:
@@ -77,6 +88,7 @@ class DuckDBConnection(Connection):
                 if "no transaction is active" not in str(exc).lower():
                     raise
 
+        self._in_tx = False
         await self._run(rollback)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
@@ -200,7 +212,11 @@ class DuckDBDialect(Dialect):
 
     async def release(self, conn: Connection) -> None:
         assert self._lock is not None, "acquire() made the lock"
-        self._lock.release()
+        try:
+            if conn.in_transaction:  # left open by a failure (a later database's COMMIT failed)
+                await conn.rollback()
+        finally:
+            self._lock.release()
 
     async def dispose(self) -> None:
         if self._con is not None:
