@@ -196,6 +196,9 @@ class ConnectionError(DataFlowError):  # noqa: A001 - deliberate, namespaced by 
     """The database could not be reached or refused the connection."""
 
 
+_POOL_FIGURES = ("size", "overflow", "checked_out", "timeout")
+
+
 class PoolExhaustedError(DataFlowError):
     """No pooled connection came free within ``pool_timeout``: the database is up, the pool is full.
 
@@ -244,7 +247,7 @@ class NodeExecutionError(DataFlowError):
             f"Node '{node_id}' ({node_type}) failed: {type(cause).__name__}: {cause_text}",
             hint=hint,
         )
-        for attr in ("model", "id", "problems", "expected", "actual", "denials", "limit"):
+        for attr in ("model", "id", "problems", "expected", "actual", "denials", "limit", *_POOL_FIGURES):
             if hasattr(cause, attr):
                 setattr(self, attr, getattr(cause, attr))
 
