@@ -300,8 +300,9 @@ def _partial_commit(failed: _Held, committed: list[_Held], exc: Exception) -> Tr
     return TransactionError(
         f"The run committed on {done}, then COMMIT failed on {failed.dataflow!r} "
         f"({failed.dataflow.database.dialect.scrub(str(exc))}): its part {there}.",
-        hint="the run is not retried (that would write the committed part twice); use "
-        "transaction='2pc' (or 'saga') for runs that write to several databases.",
+        hint="the run is not retried (that would write the committed part twice). All or nothing "
+        "across databases needs 2PC (every database a PostgreSQL with max_prepared_transactions > 0, "
+        "which transaction='auto' then uses), or transaction='saga', which undoes committed nodes.",
     )
 
 
