@@ -11,7 +11,8 @@ Tests report figures in either of two ways, and both end up in the document:
   parametrization (backend...);
 - a JSON line ``{"test": "<title>", "<figure>": value, ...}`` appended to the file named
   by the environment variable ``DATAFLOW_RELIABILITY_FIGURES`` (set by this script);
-  one table per title.
+  one table per title. A line with ``injected`` (how the fault was made), ``times`` and
+  ``outcome`` is a row of the "Faults injected" table instead, its title the fault.
 
 PostgreSQL tests need ``DATAFLOW_TEST_POSTGRES_URL`` (``.ci/run`` and
 ``eval "$(bash .ci/pg.sh start)"`` set it); without it they are skipped, and the
@@ -36,7 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "reliability.md"
 OWN_TESTS = ["tests/test_stateful.py", "tests/test_injection.py", "tests/test_filter_fuzz.py"]
-GLOBS = ["tests/test_faults*.py", "tests/test_transactions*.py"]
+GLOBS = [
+    "tests/test_faults*.py",
+    "tests/test_transactions*.py",
+    "tests/test_timeouts.py",
+    "tests/test_retry.py",
+]
 
 ABOUT = {
     "test_faults": "Server crashes, pool pressure and deadlock storms against a real PostgreSQL.",
@@ -44,6 +50,12 @@ ABOUT = {
     "resumed after the restart, at the next start or by db.resume_compensations().",
     "test_faults_monitoring": "Hundreds of monitored DataFlows created and closed on PostgreSQL: none stays "
     "alive, no connection leaks.",
+    "test_faults_restart": "A test-owned PostgreSQL restarted (about 1 s down) under in-flight runs: the "
+    "default 10 s retry budget carries every run through.",
+    "test_timeouts": "Hung Python nodes and statements cancelled by run and node time limits, on every "
+    "backend and transaction mode: the database is left as the mode says, the connection returned.",
+    "test_retry": "The retry policy: its time budget, what is transient, what the final error says, and "
+    "a full pool (PoolExhaustedError).",
     "test_transactions": "Transaction blocks, savepoints, isolation levels, sagas, two-phase commit, retries.",
     "test_stateful": "Random Create/Read/Update/Delete/Upsert/List/Count and bulk operations, each a real "
     "workflow, compared with an in-memory reference model after every step.",
@@ -209,6 +221,16 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             out += table(["Test", "Outcome", "Seconds", "Message"], plain)
             out += [""]
 
+    faults = [(title, e) for title, entries in figures.items() for e in entries if "injected" in e]
+    if faults:
+        out += ["", "## Faults injected", ""]
+        rows = [
+            [title, e["injected"], e.get("times", ""), e.get("outcome", ""), _others(e)]
+            for title, e in faults
+        ]
+        out += table(["Fault", "How it was injected", "Times", "Outcome", "Figures"], rows)
+    figures = {t: [e for e in es if "injected" not in e] for t, es in figures.items()}
+    figures = {t: es for t, es in figures.items() if es}
     if figures:
         out += ["", "## Figures reported through `DATAFLOW_RELIABILITY_FIGURES`", ""]
         for title, entries in figures.items():
@@ -217,6 +239,10 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             out += table(names, [[e.get(n, "") for n in names] for e in entries])
             out += [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _others(entry: dict) -> str:
+    return ", ".join(f"{k} {cell(v)}" for k, v in entry.items() if k not in ("injected", "times", "outcome"))
 
 
 def main() -> int:

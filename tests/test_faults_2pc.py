@@ -414,8 +414,18 @@ def test_the_default_runtime_commits_two_postgresql_databases_with_2pc_all_or_no
     pair.proxies[1].down = False
     pair.a.recover_in_doubt(pair.b, force=True)
     assert pair.counts("y") == (1, 1) and pair.prepared() == []
-    record("default runtime, 2 PostgreSQL databases: 2nd PREPARE lost", runs=1, committed="none")
-    record("default runtime, 2 PostgreSQL databases: 2nd COMMIT PREPARED lost", runs=1, committed="named")
+    record(
+        "default runtime, 2 PostgreSQL databases: the 2nd PREPARE TRANSACTION never arrives",
+        injected="fault proxy closes B's connection on its PREPARE TRANSACTION",
+        times=1,
+        outcome="error; nothing committed on either database, nothing left prepared",
+    )
+    record(
+        "default runtime, 2 PostgreSQL databases: the 2nd COMMIT PREPARED fails",
+        injected="fault proxy closes B's connection on COMMIT PREPARED, then refuses connections",
+        times=1,
+        outcome="InDoubtError naming A committed, B prepared with decision 'commit'; recovery commits B",
+    )
 
 
 def sqlite_then_postgres(tmp_path, server: int, *, postgres_first: bool = False):
@@ -455,7 +465,12 @@ def test_the_default_runtime_across_sqlite_and_postgresql_names_what_committed_w
     assert f"committed on {lite!r}" in str(error) and f"COMMIT failed on {pg!r}" in str(error)
     assert "unknown outcome there" in str(error)  # the connection broke during COMMIT: it cannot know
     assert names(lite) == ["warm", "x"] and names(pg) == ["warm"]
-    record("default runtime, SQLite + PostgreSQL: 2nd COMMIT lost", runs=1, committed="named")
+    record(
+        "default runtime, SQLite then PostgreSQL (no 2PC): the 2nd COMMIT fails",
+        injected="fault proxy closes PostgreSQL's connection on its COMMIT, after SQLite committed",
+        times=1,
+        outcome="TransactionError naming SQLite committed and PostgreSQL's outcome unknown (it was not kept)",
+    )
     lite.close()
     pg.close()
 
@@ -472,7 +487,12 @@ def test_a_failed_first_commit_rolls_the_other_database_back_and_frees_its_conne
     assert lite.pool_status()["checked_out"] == 0
     runtime.execute(workflow("after"))  # SQLite's connection came back with no transaction open
     assert names(lite) == ["after", "warm"] and names(pg) == ["after", "warm"]
-    record("default runtime, PostgreSQL + SQLite: 1st COMMIT lost", runs=1, committed="none")
+    record(
+        "default runtime, PostgreSQL then SQLite (no 2PC): the 1st COMMIT fails",
+        injected="fault proxy closes PostgreSQL's connection on its COMMIT, before SQLite's",
+        times=1,
+        outcome="error; nothing committed on either; SQLite's connection returned with no open transaction",
+    )
     lite.close()
     pg.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from test_faults import record
 
 from dataflow_lab import (
     DataFlow,
@@ -112,4 +113,11 @@ def test_a_full_pool_is_pool_exhausted_not_could_not_connect(pg_url):
     assert "1 are checked out, of pool_size=1 + max_overflow=0" in str(error)
     assert not hasattr(error, "attempts")  # not retried: it already waited pool_timeout
     assert LocalRuntime().execute(wf.build())[0]["n"] == {"count": 0}
+    record(
+        "a full pool (PostgreSQL, pool_size=1, max_overflow=0, pool_timeout=0.3)",
+        injected="a db.transaction() block holds the only connection while another thread runs",
+        times=1,
+        outcome="PoolExhaustedError naming size 1, overflow 0, 1 checked out; not retried, "
+        "not 'could not connect'; the next run succeeds",
+    )
     db.close()

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from test_faults import record
 
 from dataflow_lab import (
     AsyncLocalRuntime,
@@ -79,6 +80,14 @@ def test_a_hung_async_node_is_cancelled_and_the_database_is_left_as_the_mode_say
     # workflow and auto roll the Create back, a saga compensates it, "node" keeps what committed
     assert names(db) == (["kept?"] if mode == "node" else [])
     assert checked_out(db) == 0
+    record(
+        f"an async Python node that hangs ({db.database.dialect.name}, transaction={mode!r})",
+        injected="await asyncio.sleep(30) after a Create, under node_timeout=0.3",
+        times=1,
+        outcome="NodeTimeoutError naming node and limit; "
+        + ("the committed Create kept" if mode == "node" else "the Create undone")
+        + "; 0 connections checked out",
+    )
 
 
 def test_a_sync_node_cannot_be_stopped_the_run_ends_at_the_limit_and_its_result_is_dropped(db):
@@ -97,6 +106,12 @@ def test_a_sync_node_cannot_be_stopped_the_run_ends_at_the_limit_and_its_result_
     assert not finished.is_set()  # it runs on, on its daemon thread
     assert names(db) == [] and checked_out(db) == 0
     assert finished.wait(5)  # and ends on its own; its result goes nowhere
+    record(
+        f"a sync Python node that hangs ({db.database.dialect.name})",
+        injected="time.sleep(1.5) after a Create, under node_timeout=0.3",
+        times=1,
+        outcome="the run ends at the limit, Create rolled back; the thread runs to its end, result dropped",
+    )
 
 
 def test_add_node_timeout_sets_one_nodes_limit_and_none_lifts_it():
@@ -192,6 +207,9 @@ HANG = {
 }
 
 
+SAID = {"sqlite": "an endless recursive CTE", "duckdb": "a 10^12-row range scan", "postgres": "pg_sleep(60)"}
+
+
 def hang_node(db: DataFlow, sql: str) -> type[Node]:
     class Hang(Node):
         type_name = "Hang"
@@ -217,10 +235,19 @@ def test_a_hung_statement_is_stopped_on_the_database_and_its_transaction_rolled_
     with pytest.raises(NodeTimeoutError) as info:
         LocalRuntime().execute(workflow.build())
     assert info.value.node_id == "hang" and info.value.limit == 0.5
-    assert time.monotonic() - started < 10  # the ROLLBACK did not wait for the statement's end
+    took = time.monotonic() - started
+    assert took < 10  # the ROLLBACK did not wait for the statement's end
     assert names(db) == [] and checked_out(db) == 0
     if backend == "postgres":
         assert running_statements(db.url, "dataflow-hang") == []
+    record(
+        f"a statement that never ends ({backend})",
+        injected=f"{SAID[backend]} in a node, after a Create, under add_node(timeout=0.5)",
+        times=1,
+        outcome=f"stopped on the database after {took:.1f} s"
+        + (" (pg_stat_activity: gone)" if backend == "postgres" else " (interrupted)")
+        + "; the run's Create rolled back; 0 connections checked out",
+    )
 
 
 def running_statements(url: str, marker: str) -> list[str]:
