@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _loop
 from .access import prepare_run
+from .deadlines import Deadline
 from .errors import (
     NodeExecutionError,
     NodeTimeoutError,
@@ -231,12 +232,12 @@ class Run:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _within_timeout(self, parent: Scope | None) -> None:
-        limit = asyncio.timeout(self.runtime.timeout)
+        limit = Deadline(self.runtime.timeout)
         try:
-            async with limit:
+            with limit:
                 await self._attempts(parent)
         except TimeoutError:
-            if not limit.expired():  # a TimeoutError of the run's own passes unchanged
+            if not limit.expired:  # a TimeoutError of the run's own passes unchanged
                 raise
             raise self._run_timeout() from None
 
@@ -425,12 +426,12 @@ class Run:
         self, scope: Scope, spec: NodeSpec, node: Any, saga_steps: list | None
     ) -> Any:
         limit = self.node_limit(spec)
-        timer = asyncio.timeout(limit)
+        timer = Deadline(limit)
         try:
-            async with timer:
+            with timer:
                 return await self._run_in(scope, node, saga_steps)
         except TimeoutError:
-            if limit is None or not timer.expired():  # the node's own TimeoutError passes unchanged
+            if limit is None or not timer.expired:  # the node's own TimeoutError passes unchanged
                 raise
             raise NodeTimeoutError(
                 f"it ran past its node_timeout of {limit:g} s and was cancelled.",
