@@ -475,8 +475,9 @@ class AsyncLocalRuntime(LocalRuntime):
     """LocalRuntime for async code: ``await runtime.execute_async(workflow)``.
 
     With ``transaction="node"`` or ``"saga"``, independent branches run concurrently, at most
-    ``max_concurrency`` nodes at a time. In the "workflow" and "2pc" modes nodes share one
-    connection per database (one transaction), so they run one after another.
+    ``max_concurrency`` nodes at a time. In the "workflow" and "2pc" modes (and "auto", the default,
+    which runs as one of them) nodes share one connection per database (one transaction), so they
+    run one after another.
     """
 
     def __init__(self, *, max_concurrency: int = 10, **options: Any):

@@ -221,7 +221,7 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             out += table(["Test", "Outcome", "Seconds", "Message"], plain)
             out += [""]
 
-    faults = [(title, e) for title, entries in figures.items() for e in entries if "injected" in e]
+    faults = _merged([(title, e) for title, entries in figures.items() for e in entries if "injected" in e])
     if faults:
         out += ["", "## Faults injected", ""]
         rows = [
@@ -239,6 +239,18 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             out += table(names, [[e.get(n, "") for n in names] for e in entries])
             out += [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _merged(faults: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """One row per fault, injection and outcome: their ``times`` (and ``cases``) add up."""
+    rows: dict[tuple, tuple[str, dict]] = {}
+    for title, entry in faults:
+        key = (title, entry["injected"], entry.get("outcome"), *sorted(k for k in entry if k != "times"))
+        if key in rows:
+            rows[key][1]["times"] = rows[key][1].get("times", 0) + entry.get("times", 0)
+        else:
+            rows[key] = (title, dict(entry))
+    return list(rows.values())
 
 
 def _others(entry: dict) -> str:

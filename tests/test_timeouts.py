@@ -81,7 +81,7 @@ def test_a_hung_async_node_is_cancelled_and_the_database_is_left_as_the_mode_say
     assert names(db) == (["kept?"] if mode == "node" else [])
     assert checked_out(db) == 0
     record(
-        f"an async Python node that hangs ({db.database.dialect.name}, transaction={mode!r})",
+        f"an async Python node that hangs, transaction={mode!r} (SQLite, DuckDB, PostgreSQL)",
         injected="await asyncio.sleep(30) after a Create, under node_timeout=0.3",
         times=1,
         outcome="NodeTimeoutError naming node and limit; "
@@ -107,7 +107,7 @@ def test_a_sync_node_cannot_be_stopped_the_run_ends_at_the_limit_and_its_result_
     assert names(db) == [] and checked_out(db) == 0
     assert finished.wait(5)  # and ends on its own; its result goes nowhere
     record(
-        f"a sync Python node that hangs ({db.database.dialect.name})",
+        "a sync Python node that hangs (SQLite, DuckDB, PostgreSQL)",
         injected="time.sleep(1.5) after a Create, under node_timeout=0.3",
         times=1,
         outcome="the run ends at the limit, Create rolled back; the thread runs to its end, result dropped",
@@ -281,3 +281,20 @@ def test_the_pooled_connection_of_a_cancelled_pg_sleep_serves_the_next_run(pg_ur
     assert running_statements(pg_url, "dataflow-hang") == []
     assert names(db) == [] and db.pool_status()["checked_out"] == 0
     db.close()
+
+
+def test_concurrent_branches_a_timed_out_branch_is_cancelled_alone_and_the_saga_compensates(db):
+    define(db)
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("ItemCreateNode", "create", {"name": "branch"})
+    wf.add_node(nap, "hang", {"name": "other"}, timeout=0.3)  # no connection: a branch of its own
+
+    async def go() -> None:
+        runtime = AsyncLocalRuntime(transaction="saga", max_concurrency=2)
+        await runtime.execute_async(wf.build())
+
+    with pytest.raises(NodeTimeoutError) as info:
+        asyncio.run(go())
+    assert info.value.node_id == "hang"
+    assert [(c["node_id"], c["status"]) for c in info.value.compensations] == [("create", "compensated")]
+    assert names(db) == [] and checked_out(db) == 0
