@@ -211,11 +211,13 @@ class PoolExhaustedError(DataFlowError):
         super().__init__(message, hint=hint)
 
 
-class RunTimeoutError(DataFlowError, TimeoutError):
+class RunTimeoutError(DataFlowError):
     """A run passed its ``timeout``: it was cancelled, rolled back or compensated as its mode says.
 
     ``node_id`` is the node that was running (None between nodes), ``limit`` the limit in seconds.
-    Also a builtin ``TimeoutError``; never retried.
+    Never retried. Not a builtin ``TimeoutError`` on purpose: that is also
+    ``concurrent.futures.TimeoutError``, which ``future.result(timeout)`` raises when the *wait*
+    times out, so a caller waiting on a run could not tell the two apart.
     """
 
     def __init__(self, message: str, *, node_id: str | None, limit: float, hint: str | None = None):

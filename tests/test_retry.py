@@ -80,7 +80,8 @@ def test_a_limit_passed_is_never_retried():
     from dataflow_lab import NodeTimeoutError
 
     error = NodeTimeoutError("x", node_id="n", limit=1.0)
-    assert isinstance(error, TimeoutError) and retry_reason(error) is None
+    assert retry_reason(error) is None
+    assert retry_reason(NodeExecutionError.wrap("n", "T", error)) is None
 
 
 def test_a_full_pool_is_pool_exhausted_not_could_not_connect(pg_url):
