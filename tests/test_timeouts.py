@@ -22,6 +22,7 @@ from dataflow_lab import (
     NodeExecutionError,
     NodeTimeoutError,
     RunTimeoutError,
+    TransactionError,
     ValidationError,
     WorkflowBuilder,
 )
@@ -112,6 +113,31 @@ def test_a_sync_node_cannot_be_stopped_the_run_ends_at_the_limit_and_its_result_
         times=1,
         outcome="the run ends at the limit, Create rolled back; the thread runs to its end, result dropped",
     )
+
+
+def test_what_a_sync_node_starts_after_its_run_ended_is_refused_not_written_outside_the_run(db):
+    define(db)
+    outcome: list[str] = []
+    finished = threading.Event()
+
+    def late(name: str) -> dict:
+        time.sleep(0.6)  # past the limit: the run has rolled back and given its connection back
+        nested = WorkflowBuilder(dataflow=db)
+        nested.add_node("ItemCreateNode", "c", {"name": "late"})
+        try:
+            LocalRuntime().execute(nested.build())  # would join the ended run's transaction
+            outcome.append("written")
+        except TransactionError as exc:
+            outcome.append(str(exc))
+        finally:
+            finished.set()
+        return {"name": name}
+
+    with pytest.raises(NodeTimeoutError):
+        LocalRuntime(node_timeout=0.2).execute(create_then(db, late).build())
+    assert finished.wait(5)
+    assert len(outcome) == 1 and "has ended" in outcome[0]
+    assert names(db) == [] and checked_out(db) == 0  # nothing leaked: no row, no connection
 
 
 def test_add_node_timeout_sets_one_nodes_limit_and_none_lifts_it():
