@@ -94,6 +94,7 @@ class NodeTask:
     isolation: str | None = None
     user: str | None = None  # the audit log's "who" (grants were checked on the client)
     tenants: dict[Any, str] = field(default_factory=dict)  # tenancy.captured(): DataFlow (or None) -> tenant
+    node_timeout: float | None = None  # seconds the node may run here (None: no limit)
 
 
 @dataclass
@@ -132,7 +133,13 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
     )
     if cls.dataflow is not None and cls.model is not None:
         await cls.dataflow.database.ensure_table(cast("type[ModelNode]", cls).mt)  # a node with a model
-    runtime = LocalRuntime(transaction=task.mode, retry=task.retry, isolation=task.isolation)
+    runtime = LocalRuntime(
+        transaction=task.mode,
+        retry=task.retry,
+        isolation=task.isolation,
+        timeout=None,  # the client's run has no limit on Dask (see DaskRuntime)
+        node_timeout=task.node_timeout,
+    )
     overrides = {task.node_id: task.override} if task.override is not None else None
     run = runtime.open_run(workflow, overrides, run_id=task.run_id, results=results)
     steps = runtime.strategy.saga_steps()  # a list when the mode compensates

@@ -37,7 +37,7 @@ from .modes import TransactionMode
 from .nodes.base import node_ref
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
-from .runtime import keyword_options
+from .runtime import check_timeout, keyword_options
 from .scheduler import iteration_ended, node_ended, not_converged
 from .transactions import check_isolation
 from .workflow import Workflow, WorkflowBuilder, prepare
@@ -50,6 +50,10 @@ class DaskRuntime:
 
     ``client_or_address``: a ``distributed.Client``, or a scheduler address to connect to
     (that client is closed by ``close()``). ``transaction``: "node" (default) or "saga".
+    ``node_timeout``: seconds each node may run (30; None: no limit; ``add_node(timeout=)`` sets
+    one node's), enforced on its worker: the node is cancelled there and its transaction rolled
+    back. There is no whole-run ``timeout``: Dask cannot stop a task that has started, so a run's
+    limit could not roll back what its running nodes then commit.
     """
 
     def __init__(
@@ -61,9 +65,18 @@ class DaskRuntime:
         isolation: str | None = None,
         hooks: Any = (),
         user: str | None = None,
+        node_timeout: float | None = 30.0,
         **unknown: Any,
     ):
+        if "timeout" in unknown:
+            raise ValidationError(
+                "DaskRuntime has no whole-run timeout: Dask cannot stop a task once it has started, so "
+                "a run's limit could not undo what its running nodes commit afterwards.",
+                hint="use node_timeout=seconds (each node is cancelled and rolled back on its worker), "
+                "or LocalRuntime(timeout=...).",
+            )
         refuse_unknown_options("DaskRuntime", unknown, keyword_options(DaskRuntime))
+        self.node_timeout = check_timeout("node_timeout", node_timeout, owner="DaskRuntime")
         mode = TransactionMode.of(transaction, owner="DaskRuntime")
         if not mode.strategy.per_node:
             raise ValidationError(
@@ -209,7 +222,7 @@ class _DaskRun:
         task = NodeTask(
             node_id, node_ref(spec.node_class), dict(spec.params), incoming, self.routers,
             self.overrides.get(node_id), self.run_id, self.runtime.transaction, self.runtime.retry,
-            self.runtime.isolation, self.user, self.tenants,
+            self.runtime.isolation, self.user, self.tenants, self._node_limit(spec),
         )  # fmt: skip
         emit = self.emit
         if emit.wants("before_node"):  # on Dask: when the task is submitted
@@ -227,6 +240,10 @@ class _DaskRun:
         self.latest[node_id] = future
         self.submitted.append((node_id, future))
         return future
+
+    def _node_limit(self, spec: Any) -> float | None:
+        limit = self.runtime.node_timeout if spec.timeout is None else spec.timeout
+        return None if limit is None or limit == float("inf") else limit
 
     def _cycle(self, cycle: Cycle) -> None:
         """Submit the body once per iteration; the client reads the closing output to decide."""

@@ -19,8 +19,11 @@ __all__ = [
     "MigrationError",
     "MigrationRequiredError",
     "NodeExecutionError",
+    "NodeTimeoutError",
     "NodeNotFoundError",
     "NotFoundError",
+    "PoolExhaustedError",
+    "RunTimeoutError",
     "TenantRequiredError",
     "TransactionError",
     "UnknownNodeTypeError",
@@ -193,6 +196,39 @@ class ConnectionError(DataFlowError):  # noqa: A001 - deliberate, namespaced by 
     """The database could not be reached or refused the connection."""
 
 
+_POOL_FIGURES = ("size", "overflow", "checked_out", "timeout")
+
+
+class PoolExhaustedError(DataFlowError):
+    """No pooled connection came free within ``pool_timeout``: the database is up, the pool is full.
+
+    ``size``, ``overflow`` (``max_overflow``), ``checked_out`` and ``timeout`` say how full it was.
+    """
+
+    def __init__(self, message: str, *, size: int, overflow: int, checked_out: int, timeout: float,
+                 hint: str | None = None):  # fmt: skip
+        self.size, self.overflow, self.checked_out, self.timeout = size, overflow, checked_out, timeout
+        super().__init__(message, hint=hint)
+
+
+class RunTimeoutError(DataFlowError):
+    """A run passed its ``timeout``: it was cancelled, rolled back or compensated as its mode says.
+
+    ``node_id`` is the node that was running (None between nodes), ``limit`` the limit in seconds.
+    Never retried. Not a builtin ``TimeoutError`` on purpose: that is also
+    ``concurrent.futures.TimeoutError``, which ``future.result(timeout)`` raises when the *wait*
+    times out, so a caller waiting on a run could not tell the two apart.
+    """
+
+    def __init__(self, message: str, *, node_id: str | None, limit: float, hint: str | None = None):
+        self.node_id, self.limit = node_id, limit
+        super().__init__(message, hint=hint)
+
+
+class NodeTimeoutError(RunTimeoutError):
+    """A node passed its ``node_timeout`` (the runtime's, or its own from ``add_node(timeout=)``)."""
+
+
 class NodeExecutionError(DataFlowError):
     """A node failed while the workflow ran. Names the node id and type.
 
@@ -213,7 +249,7 @@ class NodeExecutionError(DataFlowError):
             f"Node '{node_id}' ({node_type}) failed: {type(cause).__name__}: {cause_text}",
             hint=hint,
         )
-        for attr in ("model", "id", "problems", "expected", "actual", "denials"):
+        for attr in ("model", "id", "problems", "expected", "actual", "denials", "limit", *_POOL_FIGURES):
             if hasattr(cause, attr):
                 setattr(self, attr, getattr(cause, attr))
 

@@ -13,9 +13,11 @@ of a run, given the runtime's ``Run`` (``runtime.py``):
 - ``Saga`` ("saga"): per node, and a failure *or a cancellation* runs the
   compensations of the committed nodes newest first (``saga.py``), shielded
   from the cancellation, which then propagates.
-- ``Auto`` ("auto"): resolves, per run, to "workflow" for one database, "2pc"
-  when every database is a PostgreSQL that allows prepared transactions, and
-  "saga" otherwise.
+- ``Auto`` ("auto", the runtimes' default): resolves, per run, to "2pc" when the
+  run touches several databases and every one is a PostgreSQL that allows
+  prepared transactions, and to "workflow" otherwise: one transaction per
+  database, whose error names the databases that committed if a later COMMIT
+  fails.
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ class TransactionMode(StrEnum):
             names = [m.value for m in cls]
             raise ValidationError(
                 f"Unknown transaction mode '{value}'.{did_you_mean(str(value), names)}",
-                hint=f"{owner} takes 'workflow' (one transaction per run, the default), 'node', 'saga', "
-                "'2pc' or 'auto'.",
+                hint=f"{owner} takes 'auto' (the default: one transaction per run, 2PC across PostgreSQL "
+                "databases), 'workflow', 'node', 'saga' or '2pc'.",
             ) from None
 
     @property
@@ -183,8 +185,9 @@ async def _shielded(work: Any) -> Any:
 
 
 class Auto(Strategy):
-    """Chooses per run: one database -> "workflow"; PostgreSQL databases that all allow prepared
-    transactions -> "2pc"; otherwise "saga"."""
+    """Chooses per run: several databases that all allow prepared transactions (PostgreSQL) -> "2pc";
+    otherwise "workflow" (one transaction per database: all or nothing up to the COMMITs, and a
+    failed later COMMIT is reported with what committed where)."""
 
     mode = TransactionMode.AUTO
 
@@ -195,7 +198,7 @@ class Auto(Strategy):
         if all(db.database.dialect.supports_two_phase for db in dataflows):
             if all([await db.database.allows_two_phase() for db in dataflows]):
                 return _STRATEGIES[TransactionMode.TWO_PHASE]
-        return _STRATEGIES[TransactionMode.SAGA]
+        return _STRATEGIES[TransactionMode.WORKFLOW]
 
     async def run(self, run: Run, parent: Scope | None) -> None:  # pragma: no cover - always resolved
         assert run.workflow is not None

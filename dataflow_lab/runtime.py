@@ -4,15 +4,17 @@ Every run happens on the background loop (``_loop``), nodes in topological
 order. The ``transaction`` mode (a ``TransactionMode``) decides what a failure
 undoes; each mode is a strategy object in ``modes.py``:
 
-- ``"workflow"`` (default): all writes of a run to a database share one
-  transaction; any failure rolls all of them back.
+- ``"auto"`` (default): one database, or several that are not all PostgreSQL
+  allowing prepared transactions -> "workflow"; several PostgreSQL databases
+  that allow them -> "2pc".
+- ``"workflow"``: all writes of a run to a database share one transaction; any
+  failure rolls all of them back. Across databases, one COMMIT each: if a later
+  one fails, the error names the databases that committed.
 - ``"node"``: each node commits on its own; a failure keeps earlier nodes.
 - ``"saga"``: each node commits on its own, and a failure (or a cancellation)
   runs the compensations of the committed nodes in reverse order (``saga.py``).
 - ``"2pc"``: one transaction per database, committed with two-phase commit
   across PostgreSQL databases (see ``transactions.py``).
-- ``"auto"``: one database -> "workflow"; several PostgreSQL databases that
-  allow prepared transactions -> "2pc"; otherwise "saga".
 
 A run is a ``Run``: the runtime's settings, the hooks it reaches (the
 runtime's, those of every DataFlow it touches, the process-wide ones) and the
@@ -23,12 +25,21 @@ Transient failures (lost connections, timeouts, deadlocks, serialization
 failures) are retried per ``RetryPolicy``: the whole run in "workflow" and
 "2pc" modes (its transaction was rolled back, so nothing is applied twice),
 the failing node's own transaction in "node" and "saga" modes.
+
+Time limits: ``timeout`` bounds the whole run (300 s), ``node_timeout`` each node
+(30 s; ``add_node(..., timeout=)`` sets one node's). Passing one cancels the run at
+its current await, which rolls back or compensates as its mode says and returns the
+connections; the error (``RunTimeoutError``, ``NodeTimeoutError``) names the node and
+the limit. A sync Python node runs on a daemon thread, which cannot be stopped: the
+run ends at once, and the callable runs on to its own end with its result dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -36,11 +47,18 @@ from typing import TYPE_CHECKING, Any
 
 from . import _loop
 from .access import prepare_run
-from .errors import NodeExecutionError, ValidationError, refuse_unknown_options
+from .deadlines import Deadline
+from .errors import (
+    NodeExecutionError,
+    NodeTimeoutError,
+    RunTimeoutError,
+    ValidationError,
+    refuse_unknown_options,
+)
 from .hooks import Fanout, Hooks, NodeRecord
 from .leaks import after_run
 from .modes import Strategy, TransactionMode
-from .retry import RetryPolicy, retry_reason
+from .retry import RetryPolicy, note_attempts, retry_reason
 from .routing import RunResults
 from .scheduler import RunNode, Walk, node_ended, node_params, rows_of
 from .transactions import ACTIVE_SCOPE, Scope, check_isolation
@@ -53,29 +71,33 @@ __all__ = ["AsyncLocalRuntime", "LocalRuntime", "Run", "TransactionMode", "rows_
 
 log = logging.getLogger("dataflow_lab.runtime")
 TRANSACTION_MODES = tuple(m.value for m in TransactionMode)  # the names, for a CLI's choices
-_ONCE = RetryPolicy(attempts=1)
 _NESTED = TransactionMode.WORKFLOW.strategy  # a run inside an open transaction scope joins it
 
 
 class LocalRuntime:
     """Runs workflows. ``execute`` blocks; ``execute_async`` awaits. Both return (results, run_id).
 
-    ``transaction``: a ``TransactionMode`` or its name: "workflow" (default), "node", "saga",
-    "2pc" or "auto". ``retry``: a RetryPolicy, a number of attempts, or False. ``isolation``: e.g.
-    "serializable". ``hooks``: subscribers (see ``hooks.py``).
+    ``transaction``: a ``TransactionMode`` or its name: "auto" (default), "workflow", "node",
+    "saga" or "2pc". ``retry``: a RetryPolicy, a number of attempts, or False. ``isolation``: e.g.
+    "serializable". ``hooks``: subscribers (see ``hooks.py``). ``timeout``: seconds for a whole
+    run (300; None: no limit); ``node_timeout``: seconds for each node (30; None: no limit).
     """
 
     def __init__(
         self,
         *,
-        transaction: TransactionMode | str = TransactionMode.WORKFLOW,
+        transaction: TransactionMode | str = TransactionMode.AUTO,
         hooks: Any = (),
         retry: Any = None,
         isolation: str | None = None,
         user: Any = None,
+        timeout: float | None = 300.0,
+        node_timeout: float | None = 30.0,
         **unknown: Any,
     ):
         refuse_unknown_options(type(self).__name__, unknown, keyword_options(type(self)))
+        self.timeout = check_timeout("timeout", timeout, owner=type(self).__name__)
+        self.node_timeout = check_timeout("node_timeout", node_timeout, owner=type(self).__name__)
         self.user = user  # who the runs act for: a name (the audit log's "who") or an access.User
         self.transaction = TransactionMode.of(transaction, owner=type(self).__name__)
         self.strategy: Strategy = self.transaction.strategy
@@ -175,6 +197,8 @@ class Run:
         dataflows = workflow.dataflows() if workflow is not None else ()
         self.emit = Fanout(runtime.hooks, *(db.hooks for db in dataflows))
         self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow
+        self.strategy: Strategy = runtime.strategy  # what "auto" resolved to, once it has
+        self.cancelled_in: str | None = None  # the first node a cancellation (a timeout) reached
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} on {self.runtime!r}>"
@@ -183,23 +207,13 @@ class Run:
         """The whole run, retried whole when its mode allows; reported to the hooks."""
         workflow, emit, started = self.workflow, self.emit, time.perf_counter()
         assert workflow is not None and isinstance(self.results, RunResults)
-        strategy, error = self.runtime.strategy, None
+        error: BaseException | None = None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=self.run_id, workflow=workflow, runtime=self.runtime)
         self.records = [] if emit.wants("after_workflow") else None
         try:
-            for dataflow, table in workflow.models():
-                await dataflow.database.ensure_table(table, parent)
-            strategy = _NESTED if parent is not None else await strategy.resolve(workflow)
-            whole_run = strategy.retries_whole_run and parent is None
-            for attempt in range(1, (self.retry if whole_run else _ONCE).attempts + 1):
-                self.results.clear()
-                try:
-                    await strategy.run(self, parent)
-                    return self.results
-                except Exception as exc:
-                    if not whole_run or not await self.should_retry(exc, attempt, self.run_id):
-                        raise
+            await self._within_timeout(parent)
+            return self.results
         except BaseException as exc:
             error = exc
             raise
@@ -214,20 +228,69 @@ class Run:
                     results=self.results,
                     error=error,
                     duration=time.perf_counter() - started,
-                    mode=strategy.mode,  # "auto" resolved (until it could be, "auto")
+                    mode=self.strategy.mode,  # "auto" resolved (until it could be, "auto")
                     runtime=self.runtime,
                     nodes=self.records,
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _within_timeout(self, parent: Scope | None) -> None:
+        limit = Deadline(self.runtime.timeout)
+        try:
+            with limit:
+                await self._attempts(parent)
+        except TimeoutError:
+            if not limit.expired:  # a TimeoutError of the run's own passes unchanged
+                raise
+            raise self._run_timeout() from None
+
+    async def _attempts(self, parent: Scope | None) -> None:
+        """Run the strategy, again while a whole-run retry is allowed."""
+        workflow = self.workflow
+        assert workflow is not None and isinstance(self.results, RunResults)
+        for dataflow, table in workflow.models():
+            await dataflow.database.ensure_table(table, parent)
+        strategy = _NESTED if parent is not None else await self.runtime.strategy.resolve(workflow)
+        self.strategy = strategy
+        whole_run, since = strategy.retries_whole_run and parent is None, time.monotonic()
+        for attempt in itertools.count(1):
+            self.results.clear()
+            try:
+                await strategy.run(self, parent)
+                return
+            except Exception as exc:
+                if not whole_run or not await self.should_retry(exc, attempt, self.run_id, since=since):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_timeout(self) -> RunTimeoutError:
+        node = self.cancelled_in
+        where = f" while node '{node}' ran" if node else ""
+        return RunTimeoutError(
+            f"The run passed its timeout of {self.runtime.timeout:g} s{where} and was cancelled: "
+            f"{_undone(self.strategy)}.",
+            node_id=node,
+            limit=float(self.runtime.timeout or 0),
+            hint="raise LocalRuntime(timeout=...) (None: no limit), or find what the node waits on.",
+        )
+
     async def should_retry(
-        self, exc: BaseException, attempt: int, run_id: str | None = None, node_id: str | None = None
+        self,
+        exc: BaseException,
+        attempt: int,
+        run_id: str | None = None,
+        node_id: str | None = None,
+        *,
+        since: float | None = None,
     ) -> bool:
-        """Whether ``exc`` is transient and attempts are left; if so, report it and wait the delay."""
-        reason = retry_reason(exc)
-        if reason is None or attempt >= self.retry.attempts:
+        """Whether ``exc`` is transient and the policy allows another try (``since``: the first try's
+        ``time.monotonic()``); if so, report it and wait the delay. If not, the error says how many
+        attempts were made."""
+        reason, delay = retry_reason(exc), self.retry.delay(attempt)
+        elapsed = 0.0 if since is None else time.monotonic() - since
+        if reason is None or not self.retry.allows(attempt, elapsed, delay):
+            note_attempts(exc, attempt, elapsed)
             return False
-        delay = self.retry.delay(attempt)
         log.info("retrying %s after %s (attempt %d): %s", node_id or "the run", reason, attempt, exc)
         if self.emit.wants("retry"):
             self.emit.emit(
@@ -279,7 +342,8 @@ class Run:
         self, node_id: str, incoming: tuple[Connection, ...], saga_steps: list | None
     ) -> Any:
         """Run one node in its own transaction, retrying it alone on transient failures."""
-        for attempt in range(1, self.retry.attempts + 1):
+        since = time.monotonic()
+        for attempt in itertools.count(1):
             scope = self.scope()
             token = ACTIVE_SCOPE.set(scope)
             try:
@@ -288,7 +352,7 @@ class Run:
                 return result
             except Exception as exc:
                 await scope.rollback()
-                if await self.should_retry(exc, attempt, self.run_id, node_id):
+                if await self.should_retry(exc, attempt, self.run_id, node_id, since=since):
                     continue
                 raise
             except BaseException:
@@ -337,6 +401,8 @@ class Run:
             return result
         except BaseException as exc:
             error = exc
+            if isinstance(exc, asyncio.CancelledError) and self.cancelled_in is None:
+                self.cancelled_in = node_id
             raise
         finally:
             if self.records is not None or emit.wants("after_node"):  # nobody listening: no call at all
@@ -354,6 +420,39 @@ class Run:
                     sql=scope.sql,
                 )
 
+    def node_limit(self, spec: NodeSpec) -> float | None:
+        """The seconds ``spec`` may run: its own ``timeout`` when add_node gave one, else the runtime's."""
+        limit = self.runtime.node_timeout if spec.timeout is None else spec.timeout
+        return None if limit is None or math.isinf(limit) else limit
+
+    async def _within_node_timeout(
+        self, scope: Scope, spec: NodeSpec, node: Any, saga_steps: list | None
+    ) -> Any:
+        limit = self.node_limit(spec)
+        timer = Deadline(limit)
+        try:
+            with timer:
+                return await self._run_in(scope, node, saga_steps)
+        except TimeoutError:
+            if limit is None or not timer.expired:  # the node's own TimeoutError passes unchanged
+                raise
+            raise NodeTimeoutError(
+                f"it ran past its node_timeout of {limit:g} s and was cancelled.",
+                node_id=spec.node_id,
+                limit=limit,
+                hint="raise the node's limit (add_node(..., timeout=s)) or the runtime's "
+                "(LocalRuntime(node_timeout=s); None: no limit), or find what the node waits on.",
+            ) from None
+
+    async def _run_in(self, scope: Scope, node: Any, saga_steps: list | None) -> Any:
+        if saga_steps is None:
+            return await node.run(scope)
+        from . import saga  # only saga runs pay for its import
+
+        if not saga.needs_compensation(node):
+            return await node.run(scope)
+        return await saga.run_step(scope, node, saga_steps)
+
     async def _call_node(
         self, scope: Scope, spec: NodeSpec, incoming: tuple[Connection, ...], saga_steps: list | None
     ) -> Any:
@@ -363,13 +462,7 @@ class Run:
             scope.writing = cls.writes
             if saga_steps is None and cls.writes:  # a nested scope without SAVEPOINT keeps an undo log
                 saga_steps = await scope.undo_log(cls.dataflow)
-            if saga_steps is None:
-                return await node.run(scope)
-            from . import saga  # only saga runs pay for its import
-
-            if not saga.needs_compensation(node):
-                return await node.run(scope)
-            return await saga.run_step(scope, node, saga_steps)
+            return await self._within_node_timeout(scope, spec, node, saga_steps)
         except NodeExecutionError:
             raise
         except Exception as exc:
@@ -385,8 +478,9 @@ class AsyncLocalRuntime(LocalRuntime):
     """LocalRuntime for async code: ``await runtime.execute_async(workflow)``.
 
     With ``transaction="node"`` or ``"saga"``, independent branches run concurrently, at most
-    ``max_concurrency`` nodes at a time. In the "workflow" and "2pc" modes nodes share one
-    connection per database (one transaction), so they run one after another.
+    ``max_concurrency`` nodes at a time. In the "workflow" and "2pc" modes (and "auto", the default,
+    which runs as one of them) nodes share one connection per database (one transaction), so they
+    run one after another.
     """
 
     def __init__(self, *, max_concurrency: int = 10, **options: Any):
@@ -400,6 +494,27 @@ class AsyncLocalRuntime(LocalRuntime):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transaction={str(self.transaction)!r}, max_concurrency={self.max_concurrency})"
+
+
+def _undone(strategy: Strategy) -> str:
+    """What a cancelled run of ``strategy`` left behind."""
+    if strategy.compensates:
+        return "the nodes that had committed were compensated"
+    if strategy.per_node:
+        return "the running node's transaction was rolled back; the nodes that had committed are kept"
+    return "its transaction was rolled back"
+
+
+def check_timeout(name: str, value: Any, *, owner: str = "LocalRuntime") -> float | None:
+    """A time limit in seconds: a positive number, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValidationError(
+            f"{owner}: {name} must be a positive number of seconds or None, got {value!r}.",
+            hint=f"e.g. {name}=60, or {name}=None for no limit.",
+        )
+    return float(value)
 
 
 def keyword_options(cls: type) -> set[str]:

@@ -14,7 +14,9 @@ A Python callable declares its own compensation with ``@compensate_with(undo)``;
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +103,8 @@ async def _compensate_one(runtime: Any, emit: Any, saga_step: SagaStep, run_id: 
 
     entry = {"node_id": saga_step.node_id, "node_type": saga_step.node_type, "status": "compensated",
              "error": None}  # fmt: skip
-    dataflow = saga_step.node.dataflow
-    for attempt in range(1, runtime.retry.attempts + 1):
+    dataflow, since = saga_step.node.dataflow, time.monotonic()
+    for attempt in itertools.count(1):
         scope = Scope(run_id, emit)
         try:
             conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
@@ -111,7 +113,7 @@ async def _compensate_one(runtime: Any, emit: Any, saga_step: SagaStep, run_id: 
             return entry
         except Exception as exc:
             await scope.rollback()
-            if await runtime.should_retry(exc, attempt, run_id, saga_step.node_id):
+            if await runtime.should_retry(exc, attempt, run_id, saga_step.node_id, since=since):
                 continue
             entry.update(status="failed", error=str(exc))
             if dataflow is not None:

@@ -93,6 +93,9 @@ class Scope:
         self._held: dict[int, _Held] = {}
         # Set when a nested scope's writes could not be undone: this transaction must not commit.
         self.doomed: BaseException | None = None
+        # Set when the scope has committed or rolled back and given its connections back: a late
+        # caller (a sync node's thread still running after its run was cancelled) gets none.
+        self.ended = False
 
     @property
     def nested(self) -> bool:
@@ -104,6 +107,13 @@ class Scope:
         write = self.writing or id(dataflow) in self.eager if write is None else write
         held = self._held.get(id(dataflow))
         if held is None:
+            if self.ended:
+                raise TransactionError(
+                    f"Run {self.run_id} has ended (committed, rolled back, or cancelled at a time "
+                    "limit); its transaction takes no more work.",
+                    hint="a sync Python node that outlived its run's time limit is still running: "
+                    "what it starts now is refused, so nothing is written outside the run.",
+                )
             if self.parent is not None:
                 conn = await self.parent.connection(dataflow, write=write)
             else:
@@ -273,6 +283,7 @@ class Scope:
     async def release(self) -> None:
         held, self._held = list(self._held.values()), {}
         if self.parent is None:
+            self.ended = True
             for h in held:
                 await h.dataflow.database.release(h.conn)
 
@@ -302,8 +313,9 @@ def _partial_commit(failed: _Held, committed: list[_Held], exc: Exception) -> Tr
     return TransactionError(
         f"The run committed on {done}, then COMMIT failed on {failed.dataflow!r} "
         f"({failed.dataflow.database.dialect.scrub(str(exc))}): its part {there}.",
-        hint="the run is not retried (that would write the committed part twice); use "
-        "transaction='2pc' (or 'saga') for runs that write to several databases.",
+        hint="the run is not retried (that would write the committed part twice). All or nothing "
+        "across databases needs 2PC (every database a PostgreSQL with max_prepared_transactions > 0, "
+        "which transaction='auto' then uses), or transaction='saga', which undoes committed nodes.",
     )
 
 

@@ -69,6 +69,8 @@ class NodeSpec:
     params: Mapping[str, Any]
     checked: Mapping[str, Any]
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    # add_node(timeout=): seconds this node may run (inf: no limit); None: the runtime's node_timeout
+    timeout: float | None = None
 
     @property
     def type_name(self) -> str:
@@ -161,6 +163,29 @@ class Workflow:
         return tuple(i for i in self.workflow_inputs if i.node_id == node_id)
 
 
+_RUNTIME_LIMIT: Any = object()  # add_node without timeout=: the runtime's node_timeout applies
+
+
+def _node_limit(type_name: str, node_id: str, timeout: Any, node_class: type[Node] | None) -> float | None:
+    """add_node's ``timeout=`` as NodeSpec keeps it: None (the runtime's), seconds, or inf (no limit)."""
+    if timeout is _RUNTIME_LIMIT:
+        return None
+    if node_class is not None and any(p.name == "timeout" for p in node_class.parameters):
+        raise ValidationError(
+            f"{type_name} '{node_id}' has a parameter named 'timeout', so add_node(timeout=...) is ambiguous.",
+            hint="pass the parameter in params ({'timeout': ...}); a time limit for such a node comes "
+            "from LocalRuntime(node_timeout=...).",
+        )
+    if timeout is None:
+        return float("inf")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValidationError(
+            f"{type_name} '{node_id}': timeout must be a positive number of seconds or None, got {timeout!r}.",
+            hint="e.g. add_node(..., timeout=120), or timeout=None for no limit on this node.",
+        )
+    return float(timeout)
+
+
 class WorkflowBuilder:
     """Collects nodes and connections; ``build()`` returns an immutable Workflow.
 
@@ -179,9 +204,18 @@ class WorkflowBuilder:
         self.metadata: dict[str, Any] = {"dataflow_models": set()}
 
     def add_node(
-        self, node_type: Any, node_id: str | None = None, params: Mapping[str, Any] | None = None, **more: Any
+        self,
+        node_type: Any,
+        node_id: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: Any = _RUNTIME_LIMIT,
+        **more: Any,
     ) -> str:
         """Add a node (a name like 'UserCreateNode', a Node class, or a callable). Returns its id.
+
+        ``timeout``: seconds this node may run (None: no limit), instead of the runtime's
+        ``node_timeout``. A node parameter named ``timeout`` goes in ``params``.
 
         An unknown node type or parameter, or a value of the wrong type, is reported by ``build()``
         together with every other problem of the workflow. A misuse of this call itself (a node id
@@ -209,6 +243,7 @@ class WorkflowBuilder:
             self._problems.append(Problem(f"node '{node_id}': {unknown}", node_id))
             return node_id
         given = {**(params or {}), **more}
+        limit = _node_limit(type_name, node_id, timeout, node_class)
         checked, problems = _check_given(node_class, given, node_id)
         self._problems += problems
         metadata = {
@@ -222,6 +257,7 @@ class WorkflowBuilder:
             MappingProxyType(dict(given)),
             MappingProxyType(checked),
             MappingProxyType(metadata),
+            limit,
         )
         if node_class.model_name is not None:
             self.metadata["dataflow_models"].add(node_class.model_name)

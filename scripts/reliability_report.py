@@ -11,7 +11,8 @@ Tests report figures in either of two ways, and both end up in the document:
   parametrization (backend...);
 - a JSON line ``{"test": "<title>", "<figure>": value, ...}`` appended to the file named
   by the environment variable ``DATAFLOW_RELIABILITY_FIGURES`` (set by this script);
-  one table per title.
+  one table per title. A line with ``injected`` (how the fault was made), ``times`` and
+  ``outcome`` is a row of the "Faults injected" table instead, its title the fault.
 
 PostgreSQL tests need ``DATAFLOW_TEST_POSTGRES_URL`` (``.ci/run`` and
 ``eval "$(bash .ci/pg.sh start)"`` set it); without it they are skipped, and the
@@ -41,6 +42,8 @@ GLOBS = [
     "tests/test_transactions*.py",
     "tests/test_health.py",
     "tests/test_leaks.py",
+    "tests/test_timeouts.py",
+    "tests/test_retry.py",
 ]
 FAULT_COLUMNS = ("fault", "injected", "times", "outcome")  # a figure with these goes to "Faults injected"
 
@@ -54,6 +57,12 @@ ABOUT = {
     "and dead connections are discarded, a stopped server reads down; min_connections; DuckDB's pool options.",
     "test_leaks": "DataFlows collected unclosed, connections kept past their run, transactions open at exit: "
     "warned about once, counted, cleaned up.",
+    "test_faults_restart": "A test-owned PostgreSQL restarted (about 1 s down) under in-flight runs: the "
+    "default 10 s retry budget carries every run through.",
+    "test_timeouts": "Hung Python nodes and statements cancelled by run and node time limits, on every "
+    "backend and transaction mode: the database is left as the mode says, the connection returned.",
+    "test_retry": "The retry policy: its time budget, what is transient, what the final error says, and "
+    "a full pool (PoolExhaustedError).",
     "test_transactions": "Transaction blocks, savepoints, isolation levels, sagas, two-phase commit, retries.",
     "test_stateful": "Random Create/Read/Update/Delete/Upsert/List/Count and bulk operations, each a real "
     "workflow, compared with an in-memory reference model after every step.",
@@ -185,13 +194,6 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             [f"`{module}.py`", len(module_cases), status, f"{sum(c.time for c in module_cases):.1f}"]
         )
     out += table(["Test file", "Tests", "Outcome", "Seconds"], summary)
-    faults = [(title, e) for title, entries in figures.items() for e in entries if "fault" in e]
-    if faults:
-        out += ["", "## Faults injected", ""]
-        rows = [[*(e.get(c, "") for c in FAULT_COLUMNS), title] for title, e in faults]
-        out += table(["Fault", "Injected how", "Times", "Outcome", "Figures of"], rows)
-    figures = {t: [e for e in es if "fault" not in e] for t, es in figures.items()}
-    figures = {t: es for t, es in figures.items() if es}
 
     for module, module_cases in by_module.items():
         out += ["", f"## `tests/{module}.py`", ""]
@@ -226,6 +228,24 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             out += table(["Test", "Outcome", "Seconds", "Message"], plain)
             out += [""]
 
+    # one row per fault: a figure names it ("fault"), or its test's title does
+    faults = _merged(
+        [
+            (e.get("fault") or title, e)
+            for title, entries in figures.items()
+            for e in entries
+            if "injected" in e
+        ]
+    )
+    if faults:
+        out += ["", "## Faults injected", ""]
+        rows = [
+            [title, e["injected"], e.get("times", ""), e.get("outcome", ""), _others(e)]
+            for title, e in faults
+        ]
+        out += table(["Fault", "How it was injected", "Times", "Outcome", "Figures"], rows)
+    figures = {t: [e for e in es if "injected" not in e] for t, es in figures.items()}
+    figures = {t: es for t, es in figures.items() if es}
     if figures:
         out += ["", "## Figures reported through `DATAFLOW_RELIABILITY_FIGURES`", ""]
         for title, entries in figures.items():
@@ -234,6 +254,22 @@ def render(cases: list[Case], figures: dict[str, list[dict]], rc: int, seconds: 
             out += table(names, [[e.get(n, "") for n in names] for e in entries])
             out += [""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _merged(faults: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """One row per fault, injection and outcome: their ``times`` (and ``cases``) add up."""
+    rows: dict[tuple, tuple[str, dict]] = {}
+    for title, entry in faults:
+        key = (title, entry["injected"], entry.get("outcome"), *sorted(k for k in entry if k != "times"))
+        if key in rows:
+            rows[key][1]["times"] = rows[key][1].get("times", 0) + entry.get("times", 0)
+        else:
+            rows[key] = (title, dict(entry))
+    return list(rows.values())
+
+
+def _others(entry: dict) -> str:
+    return ", ".join(f"{k} {cell(v)}" for k, v in entry.items() if k not in FAULT_COLUMNS)
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from dataflow_lab import (
     DataFlow,
     LocalRuntime,
     NodeExecutionError,
+    NodeTimeoutError,
     Skipped,
     ValidationError,
     WorkflowBuilder,
@@ -269,6 +270,26 @@ def test_saga_on_dask_compensates_committed_nodes_newest_first(shop, dask_client
         ("create", "compensated"),
     ]
     assert customers(shop) == []
+
+
+async def linger(name: str) -> dict:
+    await asyncio.sleep(30)
+    return {"name": name}
+
+
+def test_a_node_past_its_timeout_is_cancelled_on_its_worker_and_the_saga_compensates(shop, dask_client):
+    wf = WorkflowBuilder(dataflow=shop)
+    wf.add_node("CustomerCreateNode", "create", name="bob")
+    wf.add_node(linger, "linger", timeout=0.5)
+    wf.add_connection("create", "name", "linger", "name")
+    with pytest.raises(NodeTimeoutError) as caught:
+        DaskRuntime(dask_client, transaction="saga", node_timeout=None).execute(wf.build())
+    assert (caught.value.node_id, caught.value.limit) == ("linger", 0.5)
+    assert [(e["node_id"], e["status"]) for e in caught.value.compensations] == [("create", "compensated")]
+    assert customers(shop) == []
+    with pytest.raises(ValidationError, match="no whole-run timeout") as refused:
+        DaskRuntime(dask_client, timeout=60)
+    assert "node_timeout" in refused.value.hint
 
 
 def test_a_node_error_keeps_its_class_across_processes(shop, dask_client):

@@ -394,6 +394,109 @@ def test_a_connection_closed_after_another_database_committed_is_never_retried_a
     )
 
 
+# --------------------------------------------------------------------------- 3. the default runtime
+
+
+def test_the_default_runtime_commits_two_postgresql_databases_with_2pc_all_or_nothing(server):
+    pair = Pair(server, server)
+    runtime = LocalRuntime(retry=False)  # the default transaction: "auto" -> 2PC across these two
+    pair.warm(runtime)
+    pair.proxies[1].arm("PREPARE TRANSACTION", "close")  # the second database never prepares
+    error = run(runtime, pair.workflow("x", a_first=True))
+    assert pair.proxies[1].fired.is_set() and error is not None
+    assert pair.counts("x") == (0, 0)  # nothing committed anywhere
+    assert pair.prepared() == [] and pair.decisions() == []
+    pair.proxies[1].arm("COMMIT PREPARED", "close", down_after=True)  # the second COMMIT fails
+    error = run(runtime, pair.workflow("y", a_first=True))
+    assert isinstance(error, InDoubtError), error  # it names what committed where
+    assert error.states[pair.a.url] == "committed"
+    assert error.states[pair.b.url].startswith("prepared, decision 'commit'")
+    pair.proxies[1].down = False
+    pair.a.recover_in_doubt(pair.b, force=True)
+    assert pair.counts("y") == (1, 1) and pair.prepared() == []
+    record(
+        "default runtime, 2 PostgreSQL databases: the 2nd PREPARE TRANSACTION never arrives",
+        injected="fault proxy closes B's connection on its PREPARE TRANSACTION",
+        times=1,
+        outcome="error; nothing committed on either database, nothing left prepared",
+    )
+    record(
+        "default runtime, 2 PostgreSQL databases: the 2nd COMMIT PREPARED fails",
+        injected="fault proxy closes B's connection on COMMIT PREPARED, then refuses connections",
+        times=1,
+        outcome="InDoubtError naming A committed, B prepared with decision 'commit'; recovery commits B",
+    )
+
+
+def sqlite_then_postgres(tmp_path, server: int, *, postgres_first: bool = False):
+    """A SQLite file and a PostgreSQL behind a proxy (no 2PC across them), one Create on each."""
+    proxy = FaultProxy(server)
+    lite, pg = DataFlow(f"sqlite:///{tmp_path / 'lite.db'}"), DataFlow(proxy.url(fresh_database(server)))
+    for db in (lite, pg):
+
+        @db.model
+        class Item:
+            name: str
+
+    def workflow(tag: str):
+        first, second = (pg, lite) if postgres_first else (lite, pg)
+        wf = WorkflowBuilder()
+        wf.add_node(first.nodes["ItemCreateNode"], "first", {"name": tag})
+        wf.add_node(second.nodes["ItemCreateNode"], "second", {})
+        wf.add_connection("first", "name", "second", "name")  # the first database commits first
+        return wf.build()
+
+    def names(db: DataFlow) -> list[str]:
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("ItemListNode", "list", {"limit": 100})
+        return sorted(r["name"] for r in LocalRuntime().execute(wf.build())[0]["list"]["records"])
+
+    return proxy, lite, pg, workflow, names
+
+
+def test_the_default_runtime_across_sqlite_and_postgresql_names_what_committed_where(tmp_path, server):
+    proxy, lite, pg, workflow, names = sqlite_then_postgres(tmp_path, server)
+    runtime = LocalRuntime(retry=False)  # "auto" -> one transaction per database: no 2PC on SQLite
+    runtime.execute(workflow("warm"))
+    proxy.arm("COMMIT", "close")  # SQLite committed; PostgreSQL's COMMIT never reaches the server
+    error = run(runtime, workflow("x"))
+    assert proxy.fired.is_set()
+    assert isinstance(error, TransactionError), error
+    assert f"committed on {lite!r}" in str(error) and f"COMMIT failed on {pg!r}" in str(error)
+    assert "unknown outcome there" in str(error)  # the connection broke during COMMIT: it cannot know
+    assert names(lite) == ["warm", "x"] and names(pg) == ["warm"]
+    record(
+        "default runtime, SQLite then PostgreSQL (no 2PC): the 2nd COMMIT fails",
+        injected="fault proxy closes PostgreSQL's connection on its COMMIT, after SQLite committed",
+        times=1,
+        outcome="TransactionError naming SQLite committed and PostgreSQL's outcome unknown (it was not kept)",
+    )
+    lite.close()
+    pg.close()
+
+
+def test_a_failed_first_commit_rolls_the_other_database_back_and_frees_its_connection(tmp_path, server):
+    proxy, lite, pg, workflow, names = sqlite_then_postgres(tmp_path, server, postgres_first=True)
+    runtime = LocalRuntime(retry=False)
+    runtime.execute(workflow("warm"))
+    proxy.arm("COMMIT", "close")  # PostgreSQL's COMMIT is lost before SQLite's is sent
+    error = run(runtime, workflow("x"))
+    assert proxy.fired.is_set() and error is not None
+    assert "committed on" not in str(error)  # nothing committed anywhere
+    assert names(lite) == ["warm"] and names(pg) == ["warm"]
+    assert lite.pool_status()["checked_out"] == 0
+    runtime.execute(workflow("after"))  # SQLite's connection came back with no transaction open
+    assert names(lite) == ["after", "warm"] and names(pg) == ["after", "warm"]
+    record(
+        "default runtime, PostgreSQL then SQLite (no 2PC): the 1st COMMIT fails",
+        injected="fault proxy closes PostgreSQL's connection on its COMMIT, before SQLite's",
+        times=1,
+        outcome="error; nothing committed on either; SQLite's connection returned with no open transaction",
+    )
+    lite.close()
+    pg.close()
+
+
 # --------------------------------------------------------------------------- 4. cross-server decisions
 
 

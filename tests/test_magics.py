@@ -512,6 +512,26 @@ def test_node_mode_keeps_what_committed_before_the_failure(users):
     assert run.results["n"]["count"] == 1
 
 
+def test_a_run_past_its_node_timeout_is_cancelled_and_rolled_back(users):
+    import asyncio
+
+    async def stall(name: str) -> str:
+        await asyncio.sleep(30)
+        return name
+
+    users.user_ns["stall"] = stall
+    source = "a = UserCreateNode(name='A', email='a@x.org')\nb = stall(name=a.name)\n"
+    cell(users, f"%%dataflow workflow stalled\n{source}")
+    with capture_output() as out, pytest.raises(UsageError, match="node_timeout of 0.3 s"):
+        users.run_cell("%dataflow run stalled --node-timeout 0.3")
+    assert "a (UserCreateNode): rolled back" in out.outputs[-1].data["text/plain"]
+    with pytest.raises(UsageError, match="timeout of 0.3 s while node 'b' ran"):
+        users.run_cell("%config DataFlowMagics.timeout = 0.3")
+        users.run_cell("%dataflow run stalled --node-timeout 0")  # 0: no node limit, the run's applies
+    run, _ = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    assert run.results["n"]["count"] == 0
+
+
 def test_a_saga_run_shows_the_compensated_node_and_keeps_nothing(users):
     users.user_ns["refuse"] = lambda name: (_ for _ in ()).throw(ValueError(f"no {name}"))
     source = "a = UserCreateNode(name='A', email='a@x.org')\nb = refuse(name=a.name)\n"

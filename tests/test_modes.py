@@ -48,7 +48,7 @@ def test_an_unknown_mode_is_refused_with_a_suggestion():
     assert "'2pc'" in info.value.hint
 
 
-def test_auto_resolves_to_workflow_for_one_database_and_saga_across_kinds(tmp_path):
+def test_auto_resolves_to_workflow_for_one_database_and_across_kinds(tmp_path):
     from dataflow_lab import WorkflowBuilder, _loop
 
     first, second = DataFlow(), DataFlow(f"duckdb:///{tmp_path / 'second.duckdb'}")
@@ -65,7 +65,7 @@ def test_auto_resolves_to_workflow_for_one_database_and_saga_across_kinds(tmp_pa
     two.add_node(second.nodes["ItemCreateNode"], "b", {"name": "b"})
     auto = strategy("auto")
     assert isinstance(_loop.run(auto.resolve(one.build())), WorkflowScoped)
-    assert isinstance(_loop.run(auto.resolve(two.build())), Saga)
+    assert isinstance(_loop.run(auto.resolve(two.build())), WorkflowScoped)  # no 2PC: one transaction each
     first.close()
     second.close()
 
@@ -85,6 +85,6 @@ def test_auto_resolves_to_two_phase_across_postgresql_databases_that_allow_it(pg
     two.add_node(second.nodes["ItemCreateNode"], "b", {"name": "b"})
     allowed = _loop.run(first.database.allows_two_phase()) and _loop.run(second.database.allows_two_phase())
     resolved = _loop.run(strategy("auto").resolve(two.build()))
-    assert type(resolved) is (TwoPhase if allowed else Saga)
+    assert type(resolved) is (TwoPhase if allowed else WorkflowScoped)
     first.close()
     second.close()

@@ -92,7 +92,7 @@ def test_every_run_gets_a_new_run_id(user_db):
 
 def test_the_runtime_repr_shows_its_transaction_mode():
     assert "node" in repr(LocalRuntime(transaction="node"))
-    assert "workflow" in repr(LocalRuntime())
+    assert "auto" in repr(LocalRuntime())  # the default (issue 16: all-or-nothing across databases)
 
 
 # --------------------------------------------------------------------------- errors raise
@@ -283,7 +283,9 @@ def test_a_misspelled_runtime_option_is_refused_with_a_suggestion():
     assert str(info.value).startswith(
         "Unknown LocalRuntime option 'transactions'. Did you mean 'transaction'?"
     )
-    assert "known options: hooks, isolation, retry, transaction, user." in str(info.value)
+    assert "known options: hooks, isolation, node_timeout, retry, timeout, transaction, user." in str(
+        info.value
+    )
     with pytest.raises(ValidationError) as info:
         AsyncLocalRuntime(max_concurency=2)
     assert "AsyncLocalRuntime option 'max_concurency'. Did you mean 'max_concurrency'?" in str(info.value)

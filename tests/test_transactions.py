@@ -281,7 +281,7 @@ def test_a_saga_keeps_nothing_on_two_databases_when_the_last_node_fails(tmp_path
     wf.add_node(second.nodes["AccountCreateNode"], "two", {"name": "two"})
     wf.add_node(first.nodes["AccountReadNode"], "fails", {"id": 999})
     with pytest.raises(NodeExecutionError):
-        LocalRuntime(transaction="auto").execute(wf.build())  # two databases, not both PostgreSQL: a saga
+        LocalRuntime(transaction="saga").execute(wf.build())
     assert names(first) == [] and names(second) == []
 
 

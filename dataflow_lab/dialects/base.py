@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 import sqlalchemy as sa
 
 from ..config import DataFlowConfig, scrub
-from ..errors import ConnectionError, ValidationError
+from ..errors import ConnectionError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..query_count import count_statement, keep_statement
 from .connect_errors import generic_failure
@@ -91,6 +91,11 @@ class Connection:
     def usable(self) -> bool:
         """False once the driver connection is known to be dead."""
         return True
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction this connection began is open (the pool never takes one back so)."""
+        return False
 
     async def begin(self, isolation: str | None = None) -> None: ...
     async def commit(self) -> None: ...
@@ -555,6 +560,8 @@ class PooledDialect(Dialect):
                 await async_conn.close()
                 raise
         except Exception as exc:
+            if isinstance(exc, sa.exc.TimeoutError):  # the pool is full, the database may be fine
+                raise self.pool_exhausted() from None
             self.stats["failures"] += 1
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -566,10 +573,34 @@ class PooledDialect(Dialect):
             self._owners[id(conn)] = run
         return conn
 
+    def pool_exhausted(self) -> PoolExhaustedError:
+        """The error for a checkout that waited ``pool_timeout`` for a free connection in vain."""
+        config, status = self.config, self.pool_status()
+        size, overflow, timeout = status["size"], config.max_overflow, config.pool_timeout
+        return PoolExhaustedError(
+            f"No connection to {self.scrub(self.url)} came free within pool_timeout={timeout:g} s: "
+            f"{status['checked_out']} are checked out, of pool_size={size} + max_overflow={overflow}.",
+            size=size,
+            overflow=overflow,
+            checked_out=status["checked_out"],
+            timeout=timeout,
+            hint="the database answers; the pool is full. Run fewer workflows at once, raise "
+            "DataFlow(pool_size=..., max_overflow=...), or look for runs that hold connections "
+            "(db.pool_status()).",
+        )
+
     async def release(self, conn: Connection) -> None:
         async_conn = self._checkouts.pop(id(conn))
         self._owners.pop(id(conn), None)
         try:
+            if (
+                conn.usable and conn.in_transaction
+            ):  # left open by a failure: the pool's reset would not end it
+                try:
+                    await conn.rollback()
+                except Exception:  # a connection that cannot roll back is not handed out again
+                    log.warning("rolling back a returned connection failed; discarding it", exc_info=True)
+                    await async_conn.invalidate()
             if not conn.usable:  # the server went away: never hand this connection out again
                 self.stats["invalidated"] += 1
                 await async_conn.invalidate()

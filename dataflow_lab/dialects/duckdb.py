@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import DataFlowError, ValidationError
+from ..errors import DataFlowError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..sqltext import writes
 from ..types import DECIMAL_DEFAULT
@@ -68,15 +68,26 @@ def _duckdb_keywords() -> set[str]:
 class DuckDBConnection(Connection):
     def __init__(self, dialect: DuckDBDialect):
         self.dialect = dialect
+        self._in_tx = False
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.dialect.run(fn, *args)
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_tx
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await self.dialect.run(fn, *args)
+        except asyncio.CancelledError:  # a time limit, Ctrl-C: stop the statement on the worker thread,
+            self.dialect.con.interrupt()  # or the rollback queued after it would wait for its end
+            raise
 
     async def begin(self, isolation: str | None = None) -> None:
         # DuckDB runs snapshot isolation, and this dialect admits one writer at a time.
         await self._run(self.dialect.con.begin)
+        self._in_tx = True
 
     async def commit(self) -> None:
+        self._in_tx = False
         await self._run(self.dialect.con.commit)
 
     async def rollback(self) -> None:
@@ -87,6 +98,7 @@ class DuckDBConnection(Connection):
                 if "no transaction is active" not in str(exc).lower():
                     raise
 
+        self._in_tx = False
         await self._run(rollback)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
@@ -244,12 +256,13 @@ class DuckDBDialect(Dialect):
             await asyncio.wait_for(self._lock.acquire(), self.config.pool_timeout)
         except TimeoutError:
             self.stats["failures"] += 1
-            raise DataFlowError(
+            raise PoolExhaustedError(
                 f"DuckDB's connection to {self.path} stayed in use for pool_timeout="
                 f"{self.config.pool_timeout:g} s: another run or transaction of this process holds it.",
+                size=1, overflow=0, checked_out=1, timeout=self.config.pool_timeout,
                 hint="DuckDB runs one transaction at a time here; finish the other run or "
                 "db.transaction() block first, or raise pool_timeout.",
-            ) from None
+            ) from None  # fmt: skip
         finally:
             self.stats["waiting"] -= 1
         self.stats["acquired_total"] += 1
@@ -261,7 +274,11 @@ class DuckDBDialect(Dialect):
     async def release(self, conn: Connection) -> None:
         assert self._lock is not None, "acquire() made the lock"
         self._owner = None
-        self._lock.release()
+        try:
+            if conn.in_transaction:  # left open by a failure (a later database's COMMIT failed)
+                await conn.rollback()
+        finally:
+            self._lock.release()
 
     async def dispose(self) -> None:
         if self._con is not None:

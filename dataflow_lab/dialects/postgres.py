@@ -74,6 +74,10 @@ class PostgresConnection(Connection):
     def usable(self) -> bool:
         return not self.raw.is_closed()
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_tx
+
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.note is not None:
             self.note(sql, params)

@@ -20,6 +20,7 @@ Facts:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -55,15 +56,27 @@ class SQLiteConnection(Connection):
         if self.raw.in_transaction:
             await self.raw.execute("ROLLBACK")
 
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.raw.in_transaction)
+
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.note is not None:
             self.note(sql, params)
-        return await self.raw.execute_fetchall(sql, params)
+        try:
+            return await self.raw.execute_fetchall(sql, params)
+        except asyncio.CancelledError:
+            await self.interrupt()
+            raise
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self.note is not None:
             self.note(sql, params)
-        cursor = await self.raw.execute(sql, params)
+        try:
+            cursor = await self.raw.execute(sql, params)
+        except asyncio.CancelledError:
+            await self.interrupt()
+            raise
         count = cursor.rowcount
         await cursor.close()
         return count
@@ -90,8 +103,17 @@ class SQLiteConnection(Connection):
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:
             self.note(sql, None)
-        cursor = await self.raw.executemany(sql, rows)
+        try:
+            cursor = await self.raw.executemany(sql, rows)
+        except asyncio.CancelledError:
+            await self.interrupt()
+            raise
         await cursor.close()
+
+    async def interrupt(self) -> None:
+        """Stop the statement running on aiosqlite's thread (a time limit, Ctrl-C): the ROLLBACK
+        queued behind it would otherwise wait for its end."""
+        await self.raw.interrupt()  # sqlite3's interrupt(), called from this thread: it does not queue
 
 
 def _enum_text(member: Any) -> str:

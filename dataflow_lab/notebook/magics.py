@@ -52,7 +52,8 @@ CELL_COMMANDS = ("model", "workflow")
 LINE_AND_CELL_COMMANDS = ("sql",)
 USAGE = """\
 %dataflow connect URL                 switch the notebook's database (models move over)
-%dataflow run NAME [--params JSON] [--background] [--transaction workflow|node|saga|2pc|auto] [--user U]
+%dataflow run NAME [--params JSON] [--background] [--transaction auto|workflow|node|saga|2pc] [--user U]
+                  [--timeout S] [--node-timeout S]   time limits (s) of the run and of each node; 0: none
 %dataflow show NAME                   the workflow's DAG (coloured by its last run)
 %dataflow nodes [MODEL]               the node catalogue: parameters and SQL
 %dataflow status                      database, models, workflows, last runs
@@ -86,7 +87,16 @@ def _run_options(parser: MagicArgumentParser) -> MagicArgumentParser:
     parser.add_argument(
         "--user", default=None, help="run as this user: a User variable of the notebook, or a plain name"
     )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds for the whole run (0: no limit)")
+    parser.add_argument(
+        "--node-timeout", type=float, default=None, help="seconds for each node (0: no limit)"
+    )
     return parser
+
+
+def _limit(seconds: float) -> float | None:
+    """A magic's time limit: 0 (or less) means none."""
+    return seconds if seconds > 0 else None
 
 
 def _parser(prog: str, *positional: tuple[str, str], run: bool = False) -> MagicArgumentParser:
@@ -202,9 +212,16 @@ class DataFlowMagics(Magics):
     ).tag(config=True)
     transaction = CaselessStrEnum(
         TRANSACTION_MODES,
-        default_value="workflow",
-        help="Default transaction mode of runs: 'workflow' (one transaction, all or nothing), 'node' "
-        "(commit node by node), 'saga' (commit node by node, compensate on failure), '2pc' or 'auto'.",
+        default_value="auto",
+        help="Default transaction mode of runs: 'auto' (one transaction per database, 2PC across "
+        "PostgreSQL databases), 'workflow' (one transaction per database), 'node' (commit node by "
+        "node), 'saga' (commit node by node, compensate on failure) or '2pc'.",
+    ).tag(config=True)
+    timeout = Float(
+        300.0, help="Seconds a run may take before it is cancelled and rolled back (0: no limit)."
+    ).tag(config=True)
+    node_timeout = Float(
+        30.0, help="Seconds each node may take before the run is cancelled and rolled back (0: no limit)."
     ).tag(config=True)
     short_errors = Bool(
         True, help="Show %dataflow errors as one line with a hint; False shows the full traceback."
@@ -526,6 +543,8 @@ class DataFlowMagics(Magics):
             display_limit=self.display_limit,
             background=args.background,
             show_sql=self.echo,
+            timeout=_limit(self.timeout if args.timeout is None else args.timeout),
+            node_timeout=_limit(self.node_timeout if args.node_timeout is None else args.node_timeout),
         )
         self.session.last_runs[workflow.name] = run
         live = self.live and self._frontend_has_widgets()

@@ -314,14 +314,18 @@ def start_run(
     *,
     parameters: Mapping[str, Any] | None = None,
     name: str | None = None,
-    transaction: str = "workflow",
+    transaction: str = "auto",
     user: Any = None,
     interval: float = 0.1,
     display_limit: int = 10,
     background: bool = False,
     show_sql: bool = False,
+    timeout: float | None = 300.0,
+    node_timeout: float | None = 30.0,
 ) -> NotebookRun:
     """Submit a run to the runtime's loop and return its handle at once.
+
+    ``timeout`` and ``node_timeout``: LocalRuntime's time limits for the run and for each node.
 
     The run starts in a copy of the caller's context, so ``with db.tenant(...):`` around the
     cell reaches it although it runs on the loop thread. ``show_sql``: its summary lists the SQL
@@ -329,7 +333,9 @@ def start_run(
     """
     parameters = check_parameters(workflow, parameters)
     observer = RunObserver(workflow, name=name or workflow.name, interval=interval)
-    runtime = LocalRuntime(transaction=transaction, hooks=[observer], user=user)
+    runtime = LocalRuntime(
+        transaction=transaction, hooks=[observer], user=user, timeout=timeout, node_timeout=node_timeout
+    )
     run = NotebookRun(
         workflow,
         observer,

@@ -1,0 +1,95 @@
+"""Deadlines: what ``asyncio.timeout`` does, for many short scopes, on one shared timer per loop.
+
+``asyncio.timeout`` arms and cancels a timer per scope (about 8 µs with its bookkeeping), and
+every run enters one for itself and one per node, nearly all of which end long before their
+limit. Here entering a deadline is a dict insert: one timer per loop fires at the earliest
+deadline, cancels the tasks whose deadline passed, and arms itself again for the next one.
+
+``with Deadline(seconds):`` inside a task: when the time passes, the task is cancelled where it
+waits, and the ``CancelledError`` leaving the block becomes a ``TimeoutError`` (``.expired``
+says whether it was this deadline's), as with ``asyncio.timeout``. ``None``: no limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from typing import Any
+
+__all__ = ["Deadline", "watching"]
+
+
+class _Watch:
+    """The deadlines of one loop, and the one timer that serves them."""
+
+    __slots__ = ("loop", "pending", "timer", "timer_at", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pending: dict[int, Deadline] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+
+    def add(self, deadline: Deadline) -> None:
+        self.pending[id(deadline)] = deadline
+        if deadline.when < self.timer_at:
+            self._arm(deadline.when)
+
+    def _arm(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_at = self.loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        self.timer, self.timer_at = None, math.inf
+        now, after = self.loop.time(), math.inf
+        for key, deadline in list(self.pending.items()):
+            if deadline.when <= now:
+                del self.pending[key]
+                deadline.expired = True
+                deadline.task.cancel()
+            else:
+                after = min(after, deadline.when)
+        if after < math.inf:
+            self._arm(after)
+
+
+_WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
+
+
+def watching() -> tuple[int, float]:
+    """(deadlines pending on the running loop, the loop time its shared timer fires next: inf if none)."""
+    watch = _WATCHES.get(asyncio.get_running_loop())
+    return (0, math.inf) if watch is None else (len(watch.pending), watch.timer_at)
+
+
+class Deadline:
+    """``with Deadline(seconds):`` in a task: a ``TimeoutError`` once ``seconds`` pass (None: never)."""
+
+    __slots__ = ("seconds", "when", "task", "expired", "_watch", "_cancelling")
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.expired = False
+
+    def __enter__(self) -> Deadline:
+        if self.seconds is None:
+            return self
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None, "a deadline is entered inside a task"
+        watch = _WATCHES.get(loop)
+        if watch is None:
+            watch = _WATCHES[loop] = _Watch(loop)
+        self.when, self.task, self._watch = loop.time() + self.seconds, task, watch
+        self._cancelling = task.cancelling()
+        watch.add(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.seconds is None:
+            return
+        self._watch.pending.pop(id(self), None)  # the timer may still fire for it: it finds nothing
+        if self.expired and self.task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
