@@ -81,6 +81,7 @@ class DataFlowConfig:
     health_check_interval: float | None = (
         60.0  # seconds between background pool probes (health.py); None: off
     )
+    run_history: int = 1000  # runs db.runs() keeps (tracking.py); always on
 
     def __repr__(self) -> str:
         fields = ", ".join(

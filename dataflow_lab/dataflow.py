@@ -31,6 +31,7 @@ from .model import ModelSchema, parse_model
 from .monitoring import attach
 from .nodes import registry
 from .observability import Observability
+from .tracking import RunTracker, check_history
 from .transactions import ACTIVE_SCOPE, TransactionBlock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,6 +50,7 @@ class DataFlow(Observability):
     def __init__(self, database_url: str | None = None, **options: Any):
         self.config = DataFlowConfig.from_env(database_url, **options)
         self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
+        self.tracker = self.hooks.subscribe(RunTracker(check_history(self.config.run_history)))
         self.clock = clock_for(self.config.deterministic)
         # its connections, tables, ledger and registry: the package's other modules use this
         self.database = Database(self, self.config)

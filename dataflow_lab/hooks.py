@@ -21,7 +21,9 @@ must accept ``**future`` so that new fields never break it::
 ``after_workflow``'s ``nodes`` lists every node run of the run, in the order they
 ended (failed attempts included), as ``NodeRecord`` named tuples: a subscriber
 that only needs totals (the MetricsCollector) takes them there, in one call per
-run, instead of subscribing to ``after_node``. ``started`` is a
+run, instead of subscribing to ``after_node``. A subscriber whose class sets
+``node_records = False`` (the run tracker, ``tracking.py``) does without them:
+when no other subscriber wants them, the runtime builds none and passes ``nodes=None``. ``started`` is a
 ``time.perf_counter()`` reading; ``queries`` and ``sql`` are counted only on a
 monitored database (``query_count.py``).
 
@@ -96,6 +98,8 @@ class RunHooks:
 
     Only the overridden methods are called (the runtime skips the work of events nobody wants).
     """
+
+    node_records = True  # False: after_workflow may get nodes=None (no NodeRecord is built for it)
 
     def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any, **future: Any) -> None:
         """A run starts."""
@@ -186,6 +190,7 @@ class Hooks:
         self._lock = threading.RLock()
         self._subscribers: tuple[Any, ...] = ()
         self._by_event: dict[str, tuple[Any, ...]] = {e: () for e in EVENTS}
+        self._records = False  # whether an after_workflow subscriber wants its ``nodes``
         for subscriber in subscribers:
             self.subscribe(subscriber)
 
@@ -212,8 +217,11 @@ class Hooks:
         while True:  # again if a finalizer changed the subscribers meanwhile
             subscribers = self._subscribers
             by_event = {e: tuple(getattr(s, e) for s in subscribers if _handles(s, e)) for e in EVENTS}
+            records = any(
+                getattr(s, "node_records", True) for s in subscribers if _handles(s, "after_workflow")
+            )
             if subscribers is self._subscribers:
-                self._by_event = by_event
+                self._by_event, self._records = by_event, records
                 return
 
     def __contains__(self, subscriber: Any) -> bool:
@@ -294,7 +302,17 @@ class Fanout:
         self.hooks: tuple[Hooks, ...] = tuple({id(h): h for h in chosen}.values())
 
     def wants(self, event: str) -> bool:
-        return any(h._by_event[event] for h in self.hooks)
+        for hooks in self.hooks:  # a loop, not any(): this is asked several times per node
+            if hooks._by_event[event]:
+                return True
+        return False
+
+    def wants_records(self) -> bool:
+        """Whether a subscriber wants after_workflow's ``nodes`` (NodeRecords, built per node)."""
+        for hooks in self.hooks:
+            if hooks._records:
+                return True
+        return False
 
     def emit(self, hook: str, /, **fields: Any) -> None:
         # calls each method directly: this runs several times per node whenever monitoring is on,

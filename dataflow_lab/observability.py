@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DataFlowError
 from .monitoring import detach
+from .tracking import Runs, RunTracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DataFlowConfig
@@ -22,7 +23,15 @@ class Observability:
     """Monitoring and audit methods of DataFlow (it sets ``_monitor`` and ``config``)."""
 
     _monitor: Any
+    tracker: RunTracker  # the recent runs (tracking.py), subscribed to its hooks
     config: DataFlowConfig
+
+    def runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> Runs:
+        """The recent runs that touched this database, oldest first, in every environment (at most
+        ``run_history``); ``.frame()`` gives a DataFrame. ``status``: "success", "error" or "cancelled"."""
+        return self.tracker.runs(status=status, workflow=workflow, limit=limit)
 
     @property
     def monitor(self) -> Any:

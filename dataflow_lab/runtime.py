@@ -42,6 +42,7 @@ from .modes import Strategy, TransactionMode
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
 from .scheduler import RunNode, Walk, node_ended, node_params, rows_of
+from .tracking import Runs, RunTracker
 from .transactions import ACTIVE_SCOPE, Scope, check_isolation
 from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder, prepare
 
@@ -81,6 +82,8 @@ class LocalRuntime:
         self.retry = RetryPolicy.of(retry)
         self.isolation = check_isolation(isolation)
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
+        self.tracker = RunTracker()  # always on: the recent runs of this runtime (tracking.py)
+        self.hooks.subscribe(self.tracker)
 
     max_concurrency = 1  # nodes at once in "node"/"saga" mode (AsyncLocalRuntime runs branches concurrently)
 
@@ -120,6 +123,12 @@ class LocalRuntime:
         workflow, parameters = self._prepare(workflow, parameters)
         user = self.user if user is None else user
         return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
+
+    def runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> Runs:
+        """The recent runs of this runtime, oldest first (``.frame()``: a DataFrame); see tracking.py."""
+        return self.tracker.runs(status=status, workflow=workflow, limit=limit)
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
         return prepare(workflow, parameters)
@@ -173,7 +182,7 @@ class Run:
         self.concurrency = runtime.max_concurrency
         dataflows = workflow.dataflows() if workflow is not None else ()
         self.emit = Fanout(runtime.hooks, *(db.hooks for db in dataflows))
-        self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow
+        self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow's nodes
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} on {self.runtime!r}>"
@@ -185,7 +194,8 @@ class Run:
         strategy, error = self.runtime.strategy, None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=self.run_id, workflow=workflow, runtime=self.runtime)
-        self.records = [] if emit.wants("after_workflow") else None
+        ended = emit.wants("after_workflow")
+        self.records = [] if ended and emit.wants_records() else None
         try:
             for dataflow, table in workflow.models():
                 await dataflow.database.ensure_table(table, parent)
@@ -201,9 +211,10 @@ class Run:
                         raise
         except BaseException as exc:
             error = exc
+            mark_run(exc, self.run_id)
             raise
         finally:
-            if self.records is not None:
+            if ended:
                 emit.emit(
                     "after_workflow",
                     run_id=self.run_id,
@@ -397,6 +408,14 @@ class AsyncLocalRuntime(LocalRuntime):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transaction={str(self.transaction)!r}, max_concurrency={self.max_concurrency})"
+
+
+def mark_run(error: BaseException, run_id: str) -> None:
+    """Name the run an error came out of (``error.run_id``, as in ``runtime.runs()``)."""
+    try:
+        error.run_id = run_id  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # pragma: no cover - an exception type that takes no attributes
+        pass
 
 
 def keyword_options(cls: type) -> set[str]:
