@@ -82,6 +82,9 @@ class DataFlowConfig:
         60.0  # seconds between background pool probes (health.py); None: off
     )
     run_history: int = 1000  # runs db.runs() keeps (tracking.py); always on
+    slow_query_threshold: float | None = 1.0  # seconds: a statement this slow is logged (statement_log.py)
+    lock_wait_threshold: float | None = 5.0  # seconds: a lock wait this long is an alert (PostgreSQL)
+    memory_tracking: str = "rss"  # per-node memory_usage_mb when monitored: "rss" or "tracemalloc"
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -104,6 +107,7 @@ class DataFlowConfig:
         url = database_url or os.environ.get("DATABASE_URL") or "sqlite:///:memory:"
         values: dict[str, Any] = {**PRESETS[environment], **options}
         _check_interval(values.get("health_check_interval"))
+        _check_thresholds(values)
         return cls(database_url=url, environment=environment, **values)
 
 
@@ -114,6 +118,28 @@ def _check_interval(value: object) -> None:
         f"health_check_interval must be a positive number of seconds or None, got {value!r}.",
         hint="e.g. DataFlow(health_check_interval=60), or None to turn background probes off.",
     )
+
+
+MEMORY_TRACKING = ("rss", "tracemalloc")
+
+
+def _check_thresholds(values: dict[str, Any]) -> None:
+    for name in ("slow_query_threshold", "lock_wait_threshold"):
+        value = values.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ValidationError(
+                f"{name} must be a positive number of seconds or None, got {value!r}.",
+                hint=f"e.g. DataFlow({name}=2.5), or None to turn it off.",
+            )
+    tracking = values.get("memory_tracking", "rss")
+    if tracking not in MEMORY_TRACKING:
+        raise ValidationError(
+            f"memory_tracking must be 'rss' or 'tracemalloc', got {tracking!r}.{did_you_mean(str(tracking), MEMORY_TRACKING)}",
+            hint="'rss' (the default) reports each node's change in resident memory; 'tracemalloc' starts "
+            "tracemalloc and reports the peak a node allocated (precise, but slows Python down).",
+        )
 
 
 _SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token")

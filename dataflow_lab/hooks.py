@@ -9,7 +9,7 @@ must accept ``**future`` so that new fields never break it::
                                                          # mode: the TransactionMode used ("auto" resolved)
     before_node(*, run_id, node_id, node_type, params, **future)
     after_node(*, run_id, node_id, node_type, result, error, duration, rows,
-               queries, sql, **future)                   # always runs; queries/sql: when monitored
+               queries, sql, memory_mb, pool_usage, **future)  # always runs; the last four: when monitored
     transaction(*, run_id, dataflow, event, **future)    # event: "begin" | "commit" | "rollback"
     progress(*, run_id, node_id, done, total, **future)  # bulk chunks
     retry(*, run_id, node_id, attempt, error, delay, **future)
@@ -23,7 +23,10 @@ ended (failed attempts included), as ``NodeRecord`` named tuples: a subscriber
 that only needs totals (the MetricsCollector) takes them there, in one call per
 run, instead of subscribing to ``after_node``. A subscriber whose class sets
 ``node_records = False`` (the run tracker, ``tracking.py``) does without them:
-when no other subscriber wants them, the runtime builds none and passes ``nodes=None``. ``started`` is a
+when no other subscriber wants them, the runtime builds none and passes ``nodes=None``.
+A subscriber with ``node_figures = "rss"`` (or ``"tracemalloc"``: the MetricsCollector sets
+its database's ``memory_tracking``) gets each node's ``memory_mb`` and ``pool_usage`` ("3/15")
+in its records and in ``after_node``; otherwise they are None and cost nothing. ``started`` is a
 ``time.perf_counter()`` reading; ``queries`` and ``sql`` are counted only on a
 monitored database (``query_count.py``).
 
@@ -81,6 +84,8 @@ class NodeRecord(NamedTuple):
     queries: int  # counted on a monitored database only
     sql: list[str] | None  # the statements' text, when the collector captures SQL
     error: BaseException | str | None  # a collector keeps only the message
+    memory_mb: float | None = None  # what the node did to the process's memory (process_memory.py)
+    pool_usage: str | None = None  # its database's connections in use / capacity at its end, "3/15"
 
     def with_message(self) -> NodeRecord:
         """This record with its error as its first line (keeping neither the exception nor its frames)."""
@@ -100,6 +105,7 @@ class RunHooks:
     """
 
     node_records = True  # False: after_workflow may get nodes=None (no NodeRecord is built for it)
+    node_figures: str | None = None  # "rss" or "tracemalloc": measure each node's memory and pool use
 
     def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any, **future: Any) -> None:
         """A run starts."""
@@ -191,6 +197,7 @@ class Hooks:
         self._subscribers: tuple[Any, ...] = ()
         self._by_event: dict[str, tuple[Any, ...]] = {e: () for e in EVENTS}
         self._records = False  # whether an after_workflow subscriber wants its ``nodes``
+        self._figures: str | None = None  # the first subscriber's node_figures
         for subscriber in subscribers:
             self.subscribe(subscriber)
 
@@ -220,8 +227,9 @@ class Hooks:
             records = any(
                 getattr(s, "node_records", True) for s in subscribers if _handles(s, "after_workflow")
             )
+            figures = next((f for s in subscribers if (f := getattr(s, "node_figures", None))), None)
             if subscribers is self._subscribers:
-                self._by_event, self._records = by_event, records
+                self._by_event, self._records, self._figures = by_event, records, figures
                 return
 
     def __contains__(self, subscriber: Any) -> bool:
@@ -265,6 +273,8 @@ class _Weakly:
 
     def __init__(self, subscriber: Any, hooks: Hooks):
         self.target = weakref.ref(subscriber, lambda _: hooks.unsubscribe(self))
+        self.node_records = getattr(subscriber, "node_records", True)
+        self.node_figures = getattr(subscriber, "node_figures", None)
         for event in EVENTS:
             if _handles(subscriber, event):
                 setattr(self, event, self._forwarder(event))
@@ -313,6 +323,13 @@ class Fanout:
             if hooks._records:
                 return True
         return False
+
+    def node_figures(self) -> str | None:
+        """How the first subscriber that asks wants node memory measured ("rss", "tracemalloc"), or None."""
+        for hooks in self.hooks:
+            if hooks._figures:
+                return hooks._figures
+        return None
 
     def emit(self, hook: str, /, **fields: Any) -> None:
         # calls each method directly: this runs several times per node whenever monitoring is on,

@@ -39,6 +39,7 @@ from .access import prepare_run
 from .errors import NodeExecutionError, ValidationError, refuse_unknown_options
 from .hooks import Fanout, Hooks, NodeRecord
 from .modes import Strategy, TransactionMode
+from .process_memory import probe_for
 from .retry import RetryPolicy, retry_reason
 from .routing import RunResults
 from .scheduler import RunNode, Walk, node_ended, node_params, rows_of
@@ -183,6 +184,8 @@ class Run:
         dataflows = workflow.dataflows() if workflow is not None else ()
         self.emit = Fanout(runtime.hooks, *(db.hooks for db in dataflows))
         self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow's nodes
+        # each node's memory and pool use, measured when a subscriber asks (the MetricsCollector)
+        self.probe = probe_for(self.emit.node_figures())
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} on {self.runtime!r}>"
@@ -337,6 +340,8 @@ class Run:
                 params=dict(spec.params),
                 node_class=cls,
             )
+        probe = self.probe
+        memory = probe.start() if probe is not None else None
         started = time.perf_counter()
         result: Any = None
         error: BaseException | None = None
@@ -348,6 +353,7 @@ class Run:
             raise
         finally:
             if self.records is not None or emit.wants("after_node"):  # nobody listening: no call at all
+                figures = _figures(probe, memory, cls) if probe is not None else (None, None)
                 node_ended(
                     emit,
                     self.records,
@@ -360,6 +366,8 @@ class Run:
                     error=error,
                     queries=scope.queries,
                     sql=scope.sql,
+                    memory_mb=figures[0],
+                    pool_usage=figures[1],
                 )
 
     async def _call_node(
@@ -408,6 +416,12 @@ class AsyncLocalRuntime(LocalRuntime):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transaction={str(self.transaction)!r}, max_concurrency={self.max_concurrency})"
+
+
+def _figures(probe: Any, memory: int | None, node_class: Any) -> tuple[float | None, str | None]:
+    """(memory_mb, pool_usage) of a node that just ended (see hooks.NodeRecord)."""
+    db = node_class.dataflow
+    return probe.megabytes(memory), db.database.dialect.pool_usage() if db is not None else None
 
 
 def mark_run(error: BaseException, run_id: str) -> None:

@@ -282,6 +282,10 @@ class Dialect:
     def pool_status(self) -> dict[str, Any]:
         return {}
 
+    def pool_usage(self) -> str | None:
+        """Connections in use / most the pool opens, e.g. "3/15" (per node, when monitored)."""
+        return None
+
     # -- bulk paths (the fast path of each database overrides these) ----------
     supports_savepoints = True
     text_allows_nul = True  # PostgreSQL text cannot hold "\x00"
@@ -499,6 +503,10 @@ class PooledDialect(Dialect):
     async def dispose(self) -> None:
         if self.engine is not None:
             await self.engine.dispose()
+
+    def pool_usage(self) -> str:
+        capacity = 1 if self.single_connection else self.config.pool_size + max(0, self.config.max_overflow)
+        return f"{len(self._checkouts)}/{capacity}"
 
     def pool_status(self) -> dict[str, Any]:
         """size, checked_out, overflow, waiting, acquired_total, failures (and the pool's kind)."""

@@ -209,6 +209,9 @@ class DuckDBDialect(Dialect):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
+    def pool_usage(self) -> str:
+        return f"{int(self._lock is not None and self._lock.locked())}/1"
+
     def pool_status(self) -> dict[str, Any]:
         locked = self._lock is not None and self._lock.locked()
         return {
