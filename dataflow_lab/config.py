@@ -30,6 +30,10 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=60.0,
         deterministic=False,
         health_check_interval=60.0,
+        slow_query_threshold=1.0,
+        lock_wait_threshold=5.0,
+        run_history=1000,
+        memory_tracking="rss",
     ),
     "testing": dict(
         pool_size=10,
@@ -43,6 +47,10 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=60.0,
         deterministic=True,
         health_check_interval=60.0,
+        slow_query_threshold=1.0,
+        lock_wait_threshold=5.0,
+        run_history=1000,
+        memory_tracking="rss",
     ),
     "production": dict(
         pool_size=100,
@@ -56,6 +64,10 @@ PRESETS: dict[str, dict[str, object]] = {
         statement_timeout=30.0,
         deterministic=False,
         health_check_interval=60.0,
+        slow_query_threshold=1.0,
+        lock_wait_threshold=5.0,
+        run_history=1000,
+        memory_tracking="rss",
     ),
 }
 

@@ -120,6 +120,9 @@ class Database:
         """Refuse any further use and stop the health task (``close()`` also disposes of the pool)."""
         self.closed = True
         self.health.stop()
+        statements = getattr(self._dialect, "statements", None)  # one still warming up has none yet
+        if statements is not None:
+            statements.close()  # no more EXPLAINs of slow statements
 
     async def close(self) -> None:
         """Shut, then release every pooled connection (when it was ever opened). Idempotent."""
@@ -128,6 +131,8 @@ class Database:
         self.shut()
         future = self._open_future
         if future is not None and future.done() and not future.cancelled() and not future.exception():
+            if self.dialect.statements is not None:
+                await self.dialect.statements.aclose()  # an EXPLAIN in flight gives its connection back
             await self.dialect.dispose()
 
     # -- connections -----------------------------------------------------------------------

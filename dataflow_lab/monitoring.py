@@ -84,8 +84,16 @@ class MetricsCollector(CollectorViews):
         self._ledger = dataflow.database.ledger if dataflow is not None else None
         if dataflow is None:
             self.transaction = self._transaction_event  # only a standalone collector needs each event
+        # lock waits: asked of the database where it can tell (PostgreSQL)
+        dialect = dataflow.database.dialect if dataflow is not None else None
+        self._lock_waits: dict[str, Any] = {
+            "lock_wait_seconds": dataflow.config.lock_wait_threshold if dataflow is not None else None,
+            "find_lock_waits": dialect.lock_waits
+            if dialect is not None and dialect.finds_lock_waits
+            else None,
+        }
         self.transactions = TransactionMonitor(
-            long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger
+            long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger, **self._lock_waits
         )
         self.lock = threading.Lock()  # held while the logs are read or changed (metrics_export.py too)
         self._keep = keep
@@ -115,8 +123,9 @@ class MetricsCollector(CollectorViews):
             self.detector.reset()
             self.transactions.close()
             self.transactions = TransactionMonitor(
-                long_seconds=self.transactions.long_seconds, keep=self._keep, ledger=self._ledger
-            )
+                long_seconds=self.transactions.long_seconds, keep=self._keep, ledger=self._ledger,
+                **self._lock_waits,
+            )  # fmt: skip
 
     def __repr__(self) -> str:
         db = self._dataflow() if self._dataflow is not None else None

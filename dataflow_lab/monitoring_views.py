@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]
 
 RECENT_FAILURE_SECONDS = 60.0  # a connection failure this recent makes the pool "degraded"
+SLOW_SHOWN = 20  # slow statements the dashboard lists (db.slow_statements() has them all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,8 @@ class CollectorViews:
             compensations = sum(self.compensations.values())
         operations = sum(s.count for s in db_types)
         tx = self.transactions.counts()
+        db = self.dataflow
+        slow = db.database.dialect.statements if db is not None and not db.database.closed else None
         return {
             "workflow_executions": {
                 "total": totals["total"],
@@ -190,7 +193,12 @@ class CollectorViews:
                 "long_running_transactions": tx["long_running"],
                 "compensations": compensations,
                 "pending_compensations": self._pending_compensations(),
+                "slow_statements": slow.total if slow is not None else 0,
+                "lock_waits": tx["lock_waits"],
             },
+            "slow_statements": [s.as_dict() for s in slow.entries()[-SLOW_SHOWN:]]
+            if slow is not None
+            else [],
         }
 
     def _pending_compensations(self) -> int | None:

@@ -38,6 +38,13 @@ class Observability:
         """This database's MetricsCollector (None when monitoring is off)."""
         return self._monitor
 
+    def slow_statements(self, run_id: str | None = None) -> list[Any]:
+        """The statements that took ``slow_query_threshold`` seconds or more (the last 100), oldest first,
+        as ``SlowStatement``s: SQL without values, seconds, run and node, error, and the plan on
+        PostgreSQL and DuckDB (statement_log.py). Kept in every environment."""
+        log = cast("DataFlow", self).database.dialect.statements
+        return [] if log is None else log.entries(run_id)
+
     def metrics(self) -> dict[str, Any]:
         """The dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
         return self._collector().dashboard()

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from ..config import DataFlowConfig, scrub
 from ..errors import ConnectionError
 from ..query_count import count_statement, keep_statement
+from ..statement_log import StatementLog
 from .connect_errors import generic_failure
 from .kinds import register_kind
 
@@ -84,6 +85,22 @@ class Connection:
 
     # Called with each statement sent (echo and/or monitoring's query count); set at every checkout.
     note: Note | None = None
+    # Where a statement that ran slow goes (statement_log.py); set at every checkout, None: not logged.
+    statements: StatementLog | None = None
+
+    def took(
+        self,
+        sql: str,
+        started: float,
+        params: Sequence[Any] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """A statement sent at ``started`` (perf_counter) ended: log it if it ran slow."""
+        log = self.statements
+        if log is not None:
+            seconds = time.perf_counter() - started
+            if seconds >= log.threshold:
+                log.took(sql, seconds, params, error)
 
     @property
     def usable(self) -> bool:
@@ -136,6 +153,12 @@ class Dialect:
         self.config = config
         self.url = url
         self.sa_dialect = self._sa_dialect()
+        threshold = config.slow_query_threshold
+        self.statements: StatementLog | None = (
+            None
+            if threshold is None
+            else StatementLog(threshold, explain=self.explain if self.explains else None)
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -281,6 +304,20 @@ class Dialect:
 
     def pool_status(self) -> dict[str, Any]:
         return {}
+
+    finds_lock_waits = False  # whether ``lock_waits`` can tell (the transaction monitor asks)
+
+    async def lock_waits(
+        self, conns: Sequence[Connection], threshold: float
+    ) -> list[tuple[int, float, float, str]]:
+        """Which of ``conns`` wait on a lock for ``threshold`` seconds or more: (index, seconds, began, what)."""
+        return []
+
+    explains = False  # whether ``explain`` gives plans (the slow-statement log asks for them)
+
+    async def explain(self, sql: str, params: Sequence[Any] | None) -> str:
+        """The plan of a statement that ran slow, on a connection of its own (statement_log.py)."""
+        raise NotImplementedError
 
     def pool_usage(self) -> str | None:
         """Connections in use / most the pool opens, e.g. "3/15" (per node, when monitored)."""
@@ -475,6 +512,7 @@ class PooledDialect(Dialect):
                 fairy = await async_conn.get_raw_connection()
                 conn = self.wrap(fairy.driver_connection)
                 conn.note = statement_note(self.config.echo, self.observe)
+                conn.statements = self.statements
             except BaseException:
                 await async_conn.close()
                 raise

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -57,12 +58,25 @@ class SQLiteConnection(Connection):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.note is not None:
             self.note(sql, params)
-        return await self.raw.execute_fetchall(sql, params)
+        started = time.perf_counter()
+        try:
+            result = await self.raw.execute_fetchall(sql, params)
+        except BaseException as exc:
+            self.took(sql, started, params, exc)
+            raise
+        self.took(sql, started, params)
+        return result
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self.note is not None:
             self.note(sql, params)
-        cursor = await self.raw.execute(sql, params)
+        started = time.perf_counter()
+        try:
+            cursor = await self.raw.execute(sql, params)
+        except BaseException as exc:
+            self.took(sql, started, params, exc)
+            raise
+        self.took(sql, started, params)
         count = cursor.rowcount
         await cursor.close()
         return count
@@ -70,7 +84,13 @@ class SQLiteConnection(Connection):
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:
             self.note(sql, None)
-        cursor = await self.raw.executemany(sql, rows)
+        started = time.perf_counter()
+        try:
+            cursor = await self.raw.executemany(sql, rows)
+        except BaseException as exc:
+            self.took(sql, started, None, exc)
+            raise
+        self.took(sql, started)
         await cursor.close()
 
 

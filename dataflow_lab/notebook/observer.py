@@ -79,6 +79,7 @@ class RunSnapshot:
     pool: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     elapsed: float = 0.0
     error: str | None = None
+    slow: tuple[Any, ...] = ()  # this run's slow statements (statement_log.SlowStatement), oldest first
 
     @property
     def total_rows(self) -> int:
@@ -278,7 +279,19 @@ class RunObserver:
                 pool=self._pool() if pool else {},
                 elapsed=end - self._started,
                 error=self.error,
+                slow=self._slow(),
             )
+
+    def _slow(self) -> tuple[Any, ...]:
+        if self.run_id is None:
+            return ()
+        slow: list[Any] = []
+        for db in self.workflow.dataflows():
+            try:
+                slow += db.slow_statements(self.run_id)
+            except Exception:  # a closed database: nothing to show, and a view must never break a run
+                continue
+        return tuple(sorted(slow, key=lambda s: s.at))
 
     def _pool(self) -> dict[str, Mapping[str, Any]]:
         status: dict[str, Mapping[str, Any]] = {}
