@@ -167,14 +167,47 @@ def _handles(subscriber: Any, event: str) -> bool:
     return callable(getattr(subscriber, event, None))
 
 
+# The events each class has its own methods for, found once per class (a LocalRuntime subscribes
+# its run tracker when it is made); an instance adds the events set on it.
+_CLASS_EVENTS: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _events_of(subscriber: Any) -> frozenset[str]:
+    """The events ``subscriber`` handles (``_handles``, for every event at once)."""
+    cls = type(subscriber)
+    events = _CLASS_EVENTS.get(cls)
+    if events is None:
+        own_class = frozenset(e for e in EVENTS if getattr(cls, e, None) is not getattr(RunHooks, e))
+        events = frozenset(e for e in own_class if callable(getattr(cls, e, None)))
+        if own_class == events:  # a class attribute that is no method is asked per instance below
+            try:
+                _CLASS_EVENTS[cls] = events
+            except TypeError:  # pragma: no cover - a class that takes no weak reference
+                pass
+    own = getattr(subscriber, "__dict__", None)
+    if own and not own.keys().isdisjoint(EVENTS):
+        events = frozenset(e for e in EVENTS if _handles(subscriber, e))
+    return events
+
+
+# Classes whose methods passed the check: each new instance checks only its own attributes (a
+# LocalRuntime subscribes its run tracker when it is made, and the check's difflib is not cheap).
+_CHECKED_CLASSES: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
 def _refuse_misspelled(subscriber: Any) -> None:
     """Refuse a public method named like an event but not one (``after_nodes``): it would never run."""
-    names = set(dir(type(subscriber))) | set(getattr(subscriber, "__dict__", ()))
+    cls = type(subscriber)
+    names = set(getattr(subscriber, "__dict__", ()))
+    checked = _CHECKED_CLASSES.get(cls, False)
+    if not checked:
+        names |= set(dir(cls))
+    own = getattr(subscriber, "__dict__", {})
     for name in sorted(names - set(EVENTS)):
         if name.startswith("_"):
             continue
-        try:
-            method = inspect.getattr_static(subscriber, name)  # never runs a property
+        try:  # never runs a property
+            method = own[name] if name in own else inspect.getattr_static(subscriber, name)
         except AttributeError:  # pragma: no cover - dir() listed it
             continue
         if not callable(method) and not isinstance(method, staticmethod | classmethod):
@@ -185,6 +218,11 @@ def _refuse_misspelled(subscriber: Any) -> None:
                 f"{subscriber!r} has a method '{name}', which is no hook event. Did you mean '{match}'?",
                 hint=f"rename it (the events are: {', '.join(EVENTS)}), or make it private ('_{name}').",
             )
+    if not checked:
+        try:
+            _CHECKED_CLASSES[cls] = True
+        except TypeError:  # pragma: no cover - a class that takes no weak reference: checked each time
+            pass
 
 
 class Hooks:
@@ -198,19 +236,22 @@ class Hooks:
         self._by_event: dict[str, tuple[Any, ...]] = {e: () for e in EVENTS}
         self._records = False  # whether an after_workflow subscriber wants its ``nodes``
         self._figures: str | None = None  # the first subscriber's node_figures
+        self._events: dict[int, frozenset[str]] = {}  # id(subscriber) -> the events it handles
         for subscriber in subscribers:
             self.subscribe(subscriber)
 
     def subscribe(self, subscriber: Any) -> Any:
         """Add a subscriber (returned, so this works as a decorator for classes' instances)."""
         _refuse_misspelled(subscriber)
-        if not any(_handles(subscriber, e) for e in EVENTS):
+        events = _events_of(subscriber)
+        if not events:
             raise ValidationError(
                 f"{subscriber!r} has none of the hook methods.",
                 hint=f"define one or more of: {', '.join(EVENTS)}.",
             )
         with self._lock:
             if subscriber not in self._subscribers:
+                self._events[id(subscriber)] = events
                 self._subscribers = (*self._subscribers, subscriber)
                 self._reindex()
         return subscriber
@@ -218,14 +259,17 @@ class Hooks:
     def unsubscribe(self, subscriber: Any) -> None:
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+            if not any(s is subscriber for s in self._subscribers):
+                self._events.pop(id(subscriber), None)
             self._reindex()
 
     def _reindex(self) -> None:
         while True:  # again if a finalizer changed the subscribers meanwhile
             subscribers = self._subscribers
-            by_event = {e: tuple(getattr(s, e) for s in subscribers if _handles(s, e)) for e in EVENTS}
+            handled = [(s, self._events.get(id(s)) or _events_of(s)) for s in subscribers]
+            by_event = {e: tuple(getattr(s, e) for s, events in handled if e in events) for e in EVENTS}
             records = any(
-                getattr(s, "node_records", True) for s in subscribers if _handles(s, "after_workflow")
+                getattr(s, "node_records", True) for s, events in handled if "after_workflow" in events
             )
             figures = next((f for s in subscribers if (f := getattr(s, "node_figures", None))), None)
             if subscribers is self._subscribers:
