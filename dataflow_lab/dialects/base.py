@@ -443,6 +443,7 @@ class PooledDialect(Dialect):
         self.engine: AsyncEngine | None = None
         self._serial_lock: asyncio.Lock | None = None
         self._checkouts: dict[int, Any] = {}
+        self._capacity: str | None = None  # "/15", made at the first pool_usage()
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
 
     @property
@@ -543,8 +544,13 @@ class PooledDialect(Dialect):
             await self.engine.dispose()
 
     def pool_usage(self) -> str:
-        capacity = 1 if self.single_connection else self.config.pool_size + max(0, self.config.max_overflow)
-        return f"{len(self._checkouts)}/{capacity}"
+        capacity = self._capacity
+        if capacity is None:  # asked per node: single_connection may parse the URL, so once
+            config = self.config
+            capacity = self._capacity = (
+                "/1" if self.single_connection else f"/{config.pool_size + max(0, config.max_overflow)}"
+            )
+        return f"{len(self._checkouts)}{capacity}"
 
     def pool_status(self) -> dict[str, Any]:
         """size, checked_out, overflow, waiting, acquired_total, failures (and the pool's kind)."""
