@@ -178,12 +178,14 @@ def _events_of(subscriber: Any) -> frozenset[str]:
     events = _CLASS_EVENTS.get(cls)
     if events is None:
         own_class = frozenset(e for e in EVENTS if getattr(cls, e, None) is not getattr(RunHooks, e))
-        events = frozenset(e for e in own_class if callable(getattr(cls, e, None)))
-        if own_class == events:  # a class attribute that is no method is asked per instance below
-            try:
-                _CLASS_EVENTS[cls] = events
-            except TypeError:  # pragma: no cover - a class that takes no weak reference
-                pass
+        methods = frozenset(e for e in own_class if callable(getattr(cls, e, None)))
+        if own_class != methods:  # a property or another attribute that is no method: ask the instance
+            return frozenset(e for e in EVENTS if _handles(subscriber, e))
+        events = methods
+        try:
+            _CLASS_EVENTS[cls] = events
+        except TypeError:  # pragma: no cover - a class that takes no weak reference
+            pass
     own = getattr(subscriber, "__dict__", None)
     if own and not own.keys().isdisjoint(EVENTS):
         events = frozenset(e for e in EVENTS if _handles(subscriber, e))
