@@ -35,6 +35,10 @@ PRESETS: dict[str, dict[str, object]] = {
         health_check_interval=60.0,
         safety_level="development",
         min_connections=1,
+        slow_query_threshold=1.0,
+        lock_wait_threshold=5.0,
+        run_history=1000,
+        memory_tracking="rss",
     ),
     "testing": dict(
         pool_size=10,
@@ -50,6 +54,10 @@ PRESETS: dict[str, dict[str, object]] = {
         health_check_interval=60.0,
         safety_level="testing",
         min_connections=5,
+        slow_query_threshold=1.0,
+        lock_wait_threshold=5.0,
+        run_history=1000,
+        memory_tracking="rss",
     ),
     "production": dict(
         pool_size=100,
@@ -65,6 +73,10 @@ PRESETS: dict[str, dict[str, object]] = {
         health_check_interval=60.0,
         safety_level="maximum",
         min_connections=25,
+        slow_query_threshold=1.0,
+        lock_wait_threshold=5.0,
+        run_history=1000,
+        memory_tracking="rss",
     ),
 }
 # staging: production's settings (monitoring on, auto_migrate off, maximum safety), a smaller pool
@@ -146,6 +158,10 @@ class DataFlowConfig:
         return {"audit_log": self.audit_log, "multi_tenant": self.multi_tenant}
 
     min_connections: int = 1  # opened in the background at first use, kept by the probes (<= pool_size)
+    run_history: int = 1000  # runs db.runs() keeps (tracking.py); always on
+    slow_query_threshold: float | None = 1.0  # seconds: a statement this slow is logged (statement_log.py)
+    lock_wait_threshold: float | None = 5.0  # seconds: a lock wait this long is an alert (PostgreSQL)
+    memory_tracking: str = "rss"  # per-node memory_usage_mb when monitored: "rss" or "tracemalloc"
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -172,6 +188,7 @@ class DataFlowConfig:
         values["min_connections"] = _min_connections(
             values.get("min_connections", 1), values.get("pool_size")
         )
+        _check_thresholds(values)
         return cls(database_url=str(url), environment=environment, **values)
 
 
@@ -238,6 +255,28 @@ def _min_connections(value: object, pool_size: object) -> int:
             hint="e.g. DataFlow(min_connections=5); 0 opens none ahead of use.",
         )
     return min(value, pool_size) if isinstance(pool_size, int) and not isinstance(pool_size, bool) else value
+
+
+MEMORY_TRACKING = ("rss", "tracemalloc")
+
+
+def _check_thresholds(values: dict[str, Any]) -> None:
+    for name in ("slow_query_threshold", "lock_wait_threshold"):
+        value = values.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ValidationError(
+                f"{name} must be a positive number of seconds or None, got {value!r}.",
+                hint=f"e.g. DataFlow({name}=2.5), or None to turn it off.",
+            )
+    tracking = values.get("memory_tracking", "rss")
+    if tracking not in MEMORY_TRACKING:
+        raise ValidationError(
+            f"memory_tracking must be 'rss' or 'tracemalloc', got {tracking!r}.{did_you_mean(str(tracking), MEMORY_TRACKING)}",
+            hint="'rss' (the default) reports each node's change in resident memory; 'tracemalloc' starts "
+            "tracemalloc and reports the peak a node allocated (precise, but slows Python down).",
+        )
 
 
 _SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token")

@@ -37,8 +37,9 @@ from .modes import TransactionMode
 from .nodes.base import node_ref
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped, routers
-from .runtime import check_timeout, keyword_options
+from .runtime import check_timeout, keyword_options, mark_run
 from .scheduler import iteration_ended, node_ended, not_converged
+from .tracking import Runs, RunTracker
 from .transactions import check_isolation
 from .workflow import Workflow, WorkflowBuilder, prepare
 
@@ -90,6 +91,14 @@ class DaskRuntime:
         self.isolation = check_isolation(isolation)
         self.user = user
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
+        self.tracker = RunTracker()  # always on: the recent runs of this runtime (tracking.py)
+        self.hooks.subscribe(self.tracker)
+
+    def runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> Runs:
+        """The recent runs of this runtime, oldest first (``.frame()``: a DataFrame); see tracking.py."""
+        return self.tracker.runs(status=status, workflow=workflow, limit=limit)
 
     def __repr__(self) -> str:
         return f"DaskRuntime({self.client.scheduler.address!r}, transaction={str(self.transaction)!r})"
@@ -132,6 +141,7 @@ class DaskRuntime:
             return run.results, run.run_id
         except BaseException as exc:
             error = exc
+            mark_run(exc, run.run_id)
             raise
         finally:
             if emit.wants("after_workflow"):

@@ -125,6 +125,9 @@ class Database:
         self.closed = True
         self.leak_watch.closed = True
         self.health.stop()
+        statements = getattr(self._dialect, "statements", None)  # one still warming up has none yet
+        if statements is not None:
+            statements.close()  # no more EXPLAINs of slow statements
 
     async def close(self) -> None:
         """Shut, then release every pooled connection (when it was ever opened). Idempotent."""
@@ -134,6 +137,8 @@ class Database:
         await self.health.settle()
         future = self._open_future
         if future is not None and future.done() and not future.cancelled() and not future.exception():
+            if self.dialect.statements is not None:
+                await self.dialect.statements.aclose()  # an EXPLAIN in flight gives its connection back
             await self.dialect.dispose()
 
     # -- connections -----------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .monitoring import attach
 from .nodes import registry
 from .observability import Observability
 from .queries import run_sql, run_sql_async, run_sql_duckdb
+from .tracking import RunTracker, check_history
 from .transactions import ACTIVE_SCOPE, TransactionBlock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,6 +61,7 @@ class DataFlow(Observability):
         show_logs(self.config)  # echo's SQL and log_level on stderr in a script (logs.py)
         refuse_pool_options(self.config.database_url, options)  # DuckDB has no pool to size
         self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
+        self.tracker = self.hooks.subscribe(RunTracker(check_history(self.config.run_history)))
         self.clock = clock_for(self.config.deterministic)
         # its connections, tables, ledger and registry: the package's other modules use this
         self.database = Database(self, self.config)

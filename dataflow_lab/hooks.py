@@ -9,7 +9,7 @@ must accept ``**future`` so that new fields never break it::
                                                          # mode: the TransactionMode used ("auto" resolved)
     before_node(*, run_id, node_id, node_type, params, **future)
     after_node(*, run_id, node_id, node_type, result, error, duration, rows,
-               queries, sql, **future)                   # always runs; queries/sql: when monitored
+               queries, sql, memory_mb, pool_usage, **future)  # always runs; the last four: when monitored
     transaction(*, run_id, dataflow, event, **future)    # event: "begin" | "commit" | "rollback"
     progress(*, run_id, node_id, done, total, **future)  # bulk chunks
     retry(*, run_id, node_id, attempt, error, delay, **future)
@@ -21,7 +21,12 @@ must accept ``**future`` so that new fields never break it::
 ``after_workflow``'s ``nodes`` lists every node run of the run, in the order they
 ended (failed attempts included), as ``NodeRecord`` named tuples: a subscriber
 that only needs totals (the MetricsCollector) takes them there, in one call per
-run, instead of subscribing to ``after_node``. ``started`` is a
+run, instead of subscribing to ``after_node``. A subscriber whose class sets
+``node_records = False`` (the run tracker, ``tracking.py``) does without them:
+when no other subscriber wants them, the runtime builds none and passes ``nodes=None``.
+A subscriber with ``node_figures = "rss"`` (or ``"tracemalloc"``: the MetricsCollector sets
+its database's ``memory_tracking``) gets each node's ``memory_mb`` and ``pool_usage`` ("3/15")
+in its records and in ``after_node``; otherwise they are None and cost nothing. ``started`` is a
 ``time.perf_counter()`` reading; ``queries`` and ``sql`` are counted only on a
 monitored database (``query_count.py``).
 
@@ -79,6 +84,8 @@ class NodeRecord(NamedTuple):
     queries: int  # counted on a monitored database only
     sql: list[str] | None  # the statements' text, when the collector captures SQL
     error: BaseException | str | None  # a collector keeps only the message
+    memory_mb: float | None = None  # what the node did to the process's memory (process_memory.py)
+    pool_usage: str | None = None  # its database's connections in use / capacity at its end, "3/15"
 
     def with_message(self) -> NodeRecord:
         """This record with its error as its first line (keeping neither the exception nor its frames)."""
@@ -96,6 +103,9 @@ class RunHooks:
 
     Only the overridden methods are called (the runtime skips the work of events nobody wants).
     """
+
+    node_records = True  # False: after_workflow may get nodes=None (no NodeRecord is built for it)
+    node_figures: str | None = None  # "rss" or "tracemalloc": measure each node's memory and pool use
 
     def before_workflow(self, *, run_id: str, workflow: Any, runtime: Any, **future: Any) -> None:
         """A run starts."""
@@ -157,14 +167,49 @@ def _handles(subscriber: Any, event: str) -> bool:
     return callable(getattr(subscriber, event, None))
 
 
+# The events each class has its own methods for, found once per class (a LocalRuntime subscribes
+# its run tracker when it is made); an instance adds the events set on it.
+_CLASS_EVENTS: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _events_of(subscriber: Any) -> frozenset[str]:
+    """The events ``subscriber`` handles (``_handles``, for every event at once)."""
+    cls = type(subscriber)
+    events = _CLASS_EVENTS.get(cls)
+    if events is None:
+        own_class = frozenset(e for e in EVENTS if getattr(cls, e, None) is not getattr(RunHooks, e))
+        methods = frozenset(e for e in own_class if callable(getattr(cls, e, None)))
+        if own_class != methods:  # a property or another attribute that is no method: ask the instance
+            return frozenset(e for e in EVENTS if _handles(subscriber, e))
+        events = methods
+        try:
+            _CLASS_EVENTS[cls] = events
+        except TypeError:  # pragma: no cover - a class that takes no weak reference
+            pass
+    own = getattr(subscriber, "__dict__", None)
+    if own and not own.keys().isdisjoint(EVENTS):
+        events = frozenset(e for e in EVENTS if _handles(subscriber, e))
+    return events
+
+
+# Classes whose methods passed the check: each new instance checks only its own attributes (a
+# LocalRuntime subscribes its run tracker when it is made, and the check's difflib is not cheap).
+_CHECKED_CLASSES: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
 def _refuse_misspelled(subscriber: Any) -> None:
     """Refuse a public method named like an event but not one (``after_nodes``): it would never run."""
-    names = set(dir(type(subscriber))) | set(getattr(subscriber, "__dict__", ()))
+    cls = type(subscriber)
+    names = set(getattr(subscriber, "__dict__", ()))
+    checked = _CHECKED_CLASSES.get(cls, False)
+    if not checked:
+        names |= set(dir(cls))
+    own = getattr(subscriber, "__dict__", {})
     for name in sorted(names - set(EVENTS)):
         if name.startswith("_"):
             continue
-        try:
-            method = inspect.getattr_static(subscriber, name)  # never runs a property
+        try:  # never runs a property
+            method = own[name] if name in own else inspect.getattr_static(subscriber, name)
         except AttributeError:  # pragma: no cover - dir() listed it
             continue
         if not callable(method) and not isinstance(method, staticmethod | classmethod):
@@ -175,6 +220,11 @@ def _refuse_misspelled(subscriber: Any) -> None:
                 f"{subscriber!r} has a method '{name}', which is no hook event. Did you mean '{match}'?",
                 hint=f"rename it (the events are: {', '.join(EVENTS)}), or make it private ('_{name}').",
             )
+    if not checked:
+        try:
+            _CHECKED_CLASSES[cls] = True
+        except TypeError:  # pragma: no cover - a class that takes no weak reference: checked each time
+            pass
 
 
 class Hooks:
@@ -186,19 +236,24 @@ class Hooks:
         self._lock = threading.RLock()
         self._subscribers: tuple[Any, ...] = ()
         self._by_event: dict[str, tuple[Any, ...]] = {e: () for e in EVENTS}
+        self._records = False  # whether an after_workflow subscriber wants its ``nodes``
+        self._figures: str | None = None  # the first subscriber's node_figures
+        self._events: dict[int, frozenset[str]] = {}  # id(subscriber) -> the events it handles
         for subscriber in subscribers:
             self.subscribe(subscriber)
 
     def subscribe(self, subscriber: Any) -> Any:
         """Add a subscriber (returned, so this works as a decorator for classes' instances)."""
         _refuse_misspelled(subscriber)
-        if not any(_handles(subscriber, e) for e in EVENTS):
+        events = _events_of(subscriber)
+        if not events:
             raise ValidationError(
                 f"{subscriber!r} has none of the hook methods.",
                 hint=f"define one or more of: {', '.join(EVENTS)}.",
             )
         with self._lock:
             if subscriber not in self._subscribers:
+                self._events[id(subscriber)] = events
                 self._subscribers = (*self._subscribers, subscriber)
                 self._reindex()
         return subscriber
@@ -206,14 +261,21 @@ class Hooks:
     def unsubscribe(self, subscriber: Any) -> None:
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+            if not any(s is subscriber for s in self._subscribers):
+                self._events.pop(id(subscriber), None)
             self._reindex()
 
     def _reindex(self) -> None:
         while True:  # again if a finalizer changed the subscribers meanwhile
             subscribers = self._subscribers
-            by_event = {e: tuple(getattr(s, e) for s in subscribers if _handles(s, e)) for e in EVENTS}
+            handled = [(s, self._events.get(id(s)) or _events_of(s)) for s in subscribers]
+            by_event = {e: tuple(getattr(s, e) for s, events in handled if e in events) for e in EVENTS}
+            records = any(
+                getattr(s, "node_records", True) for s, events in handled if "after_workflow" in events
+            )
+            figures = next((f for s in subscribers if (f := getattr(s, "node_figures", None))), None)
             if subscribers is self._subscribers:
-                self._by_event = by_event
+                self._by_event, self._records, self._figures = by_event, records, figures
                 return
 
     def __contains__(self, subscriber: Any) -> bool:
@@ -257,6 +319,8 @@ class _Weakly:
 
     def __init__(self, subscriber: Any, hooks: Hooks):
         self.target = weakref.ref(subscriber, lambda _: hooks.unsubscribe(self))
+        self.node_records = getattr(subscriber, "node_records", True)
+        self.node_figures = getattr(subscriber, "node_figures", None)
         for event in EVENTS:
             if _handles(subscriber, event):
                 setattr(self, event, self._forwarder(event))
@@ -294,7 +358,24 @@ class Fanout:
         self.hooks: tuple[Hooks, ...] = tuple({id(h): h for h in chosen}.values())
 
     def wants(self, event: str) -> bool:
-        return any(h._by_event[event] for h in self.hooks)
+        for hooks in self.hooks:  # a loop, not any(): this is asked several times per node
+            if hooks._by_event[event]:
+                return True
+        return False
+
+    def wants_records(self) -> bool:
+        """Whether a subscriber wants after_workflow's ``nodes`` (NodeRecords, built per node)."""
+        for hooks in self.hooks:
+            if hooks._records:
+                return True
+        return False
+
+    def node_figures(self) -> str | None:
+        """How the first subscriber that asks wants node memory measured ("rss", "tracemalloc"), or None."""
+        for hooks in self.hooks:
+            if hooks._figures:
+                return hooks._figures
+        return None
 
     def emit(self, hook: str, /, **fields: Any) -> None:
         # calls each method directly: this runs several times per node whenever monitoring is on,

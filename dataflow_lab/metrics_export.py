@@ -196,6 +196,20 @@ class _Families:
         yield from (node_runs, node_time, queries, rows, retries)
         yield from _transaction_families(db, c.transactions.counts(), dash["safety_events"])
         yield from _pool_families(db, dash["connection_pool"], GaugeMetricFamily, CounterMetricFamily)
+        yield from _process_families(db, dash["process"], GaugeMetricFamily)
+
+
+def _process_families(db: str, process: dict[str, Any], gauge: Any) -> Iterator[Any]:
+    memory = gauge(
+        "dataflow_process_memory_bytes",
+        "The process's memory: resident now (rss), at its peak (peak_rss), traced by tracemalloc.",
+        labels=["database", "kind"],
+    )
+    for kind, key in (("rss", "memory_rss_mb"), ("peak_rss", "memory_peak_rss_mb"),
+                      ("tracemalloc", "tracemalloc_mb"), ("tracemalloc_peak", "tracemalloc_peak_mb")):  # fmt: skip
+        if process.get(key) is not None:
+            memory.add_metric([db, kind], round(process[key] * 1024 * 1024))
+    yield memory
 
 
 def _transaction_families(db: str, tx: dict[str, int], safety: dict[str, int]) -> Iterator[Any]:

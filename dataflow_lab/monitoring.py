@@ -6,7 +6,9 @@ subscribed to that DataFlow's own hooks (``db.hooks``: the runs that touch its
 models), that keeps:
 
 - per node run: duration, rows, queries, the SQL text (in development), the
-  error and the retries (``metrics_frame()`` shows the recent ones);
+  error, the retries, the memory it took (``memory_tracking``: "rss" or
+  "tracemalloc"), its pool's use ("3/15") and tags (model, operation,
+  environment); ``metrics_frame()`` shows the recent ones;
 - per workflow run: duration, status, and the totals of its nodes;
 - pool snapshots (at most one a second), and the live pool in ``metrics()``;
 - a transaction monitor (``transaction_monitor.py``) and an anomaly detector
@@ -71,16 +73,27 @@ class MetricsCollector(CollectorViews):
         keep: int = 1000,
         detector: AnomalyDetector | None = None,
         long_transaction_seconds: float = 5.0,
+        node_figures: str | None = "rss",
     ):
         self._dataflow = weakref.ref(dataflow) if dataflow is not None else None
         self.capture_sql = capture_sql
+        # each node's memory ("rss" or "tracemalloc"; process_memory.py) and pool use, measured by the runtime
+        self.node_figures = node_figures
         self.detector = detector or AnomalyDetector()
         # None: a standalone collector feeds its own ledger from the hooks
         self._ledger = dataflow.database.ledger if dataflow is not None else None
         if dataflow is None:
             self.transaction = self._transaction_event  # only a standalone collector needs each event
+        # lock waits: asked of the database where it can tell (PostgreSQL)
+        dialect = dataflow.database.dialect if dataflow is not None else None
+        self._lock_waits: dict[str, Any] = {
+            "lock_wait_seconds": dataflow.config.lock_wait_threshold if dataflow is not None else None,
+            "find_lock_waits": dialect.lock_waits
+            if dialect is not None and dialect.finds_lock_waits
+            else None,
+        }
         self.transactions = TransactionMonitor(
-            long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger
+            long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger, **self._lock_waits
         )
         self.lock = threading.Lock()  # held while the logs are read or changed (metrics_export.py too)
         self._keep = keep
@@ -110,8 +123,9 @@ class MetricsCollector(CollectorViews):
             self.detector.reset()
             self.transactions.close()
             self.transactions = TransactionMonitor(
-                long_seconds=self.transactions.long_seconds, keep=self._keep, ledger=self._ledger
-            )
+                long_seconds=self.transactions.long_seconds, keep=self._keep, ledger=self._ledger,
+                **self._lock_waits,
+            )  # fmt: skip
 
     def __repr__(self) -> str:
         db = self._dataflow() if self._dataflow is not None else None
@@ -268,7 +282,10 @@ def _first_line(error: BaseException | str | None) -> str | None:
 # -- wiring to a DataFlow ---------------------------------------------------------------
 def attach(dataflow: DataFlow) -> MetricsCollector:
     """Give ``dataflow`` a collector: subscribed to its hooks, counting its connections' queries."""
-    collector = MetricsCollector(dataflow, capture_sql=dataflow.config.environment == "development")
+    config = dataflow.config
+    collector = MetricsCollector(
+        dataflow, capture_sql=config.environment == "development", node_figures=config.memory_tracking
+    )
     dataflow.hooks.subscribe(collector)  # the DataFlow holds it: it lives and goes with the DataFlow
     dataflow.database.dialect.observe = 2 if collector.capture_sql else 1
     return collector

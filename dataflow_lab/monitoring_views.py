@@ -11,11 +11,12 @@ import datetime as dt
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataFlowError
 from .leaks import count as leak_count
+from .process_memory import memory_figures
 
 if TYPE_CHECKING:  # pragma: no cover
     from .anomaly import Anomaly
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]
 
 RECENT_FAILURE_SECONDS = 60.0  # a connection failure this recent makes the pool "degraded"
+SLOW_SHOWN = 20  # slow statements the dashboard lists (db.slow_statements() has them all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,9 @@ class NodeRun:
     error: str | None
     retries: int
     sql: tuple[str, ...]
+    connection_pool_usage: str | None = None  # its database's connections in use / capacity, "3/15"
+    memory_usage_mb: float | None = None  # process memory it took (RSS change, or tracemalloc's peak)
+    tags: dict[str, str | None] = field(default_factory=dict)  # model, operation, environment
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +97,22 @@ class CollectorViews:
         with self.lock:
             log = list(self._node_log)
             by_type = dict(self.by_type)
+        db = self.dataflow
+        environment = db.config.environment if db is not None else None
         runs: list[NodeRun] = []
         for run_id, wall_offset, records, retries in log:
             last = {r.node_id: i for i, r in enumerate(records)} if retries else {}
             for i, record in enumerate(records):
                 stats = by_type.get(record.node_class.type_name)
+                model = stats.model if stats is not None else None
+                operation = stats.operation if stats is not None else ""
                 runs.append(
                     NodeRun(
                         run_id,
                         record.node_id,
                         record.node_class.type_name,
-                        stats.model if stats is not None else None,
-                        stats.operation if stats is not None else "",
+                        model,
+                        operation,
                         dt.datetime.fromtimestamp(record.started + wall_offset, dt.UTC),
                         record.duration * 1000.0,
                         record.rows,
@@ -112,6 +121,9 @@ class CollectorViews:
                         None if record.error is None else str(record.error),  # a message, in the log
                         retries.get(record.node_id, 0) if retries and last.get(record.node_id) == i else 0,
                         tuple(s.strip() for s in record.sql or ()),
+                        record.pool_usage,
+                        record.memory_mb,
+                        {"model": model, "operation": operation, "environment": environment},
                     )
                 )
         return runs[-self._keep :]
@@ -139,7 +151,8 @@ class CollectorViews:
         ]
 
     def dashboard(self) -> dict[str, Any]:
-        """The spec's dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
+        """The spec's dashboard: workflow_executions, database_operations, connection_pool, process
+        (resident memory now and at peak; tracemalloc's when it runs), safety_events."""
         from .metrics_export import pool_health
 
         with self.lock:
@@ -151,6 +164,8 @@ class CollectorViews:
             compensations = sum(self.compensations.values())
         operations = sum(s.count for s in db_types)
         tx = self.transactions.counts()
+        db = self.dataflow
+        slow = db.database.dialect.statements if db is not None and not db.database.closed else None
         return {
             "workflow_executions": {
                 "total": totals["total"],
@@ -169,6 +184,7 @@ class CollectorViews:
                 "cache_hit_rate": None,  # dataflow_lab has no result cache
             },
             "connection_pool": self._pool_view(pool_health),
+            "process": memory_figures(),
             "safety_events": {
                 "automatic_retries": retries,
                 "transaction_rollbacks": tx["rollbacks"],
@@ -179,7 +195,12 @@ class CollectorViews:
                 "compensations": compensations,
                 "pending_compensations": self._pending_compensations(),
                 "leaks": leak_count(self.dataflow.database.token if self.dataflow is not None else None),
+                "slow_statements": slow.total if slow is not None else 0,
+                "lock_waits": tx["lock_waits"],
             },
+            "slow_statements": [s.as_dict() for s in slow.entries()[-SLOW_SHOWN:]]
+            if slow is not None
+            else [],
         }
 
     def _pending_compensations(self) -> int | None:
@@ -216,7 +237,9 @@ class CollectorViews:
         runs = self.node_runs
         columns = [f.name for f in fields(NodeRun)]
         frame = pd.DataFrame.from_records([asdict(r) for r in runs], columns=columns)
-        return frame.astype({"duration_ms": "float64", "queries": "int64", "retries": "int64"})
+        return frame.astype(
+            {"duration_ms": "float64", "queries": "int64", "retries": "int64", "memory_usage_mb": "float64"}
+        )
 
 
 def _mean(total: float, count: int) -> float:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DataFlowError
 from .monitoring import detach
+from .tracking import Runs, RunTracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DataFlowConfig
@@ -22,12 +23,27 @@ class Observability:
     """Monitoring and audit methods of DataFlow (it sets ``_monitor`` and ``config``)."""
 
     _monitor: Any
+    tracker: RunTracker  # the recent runs (tracking.py), subscribed to its hooks
     config: DataFlowConfig
+
+    def runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> Runs:
+        """The recent runs that touched this database, oldest first, in every environment (at most
+        ``run_history``); ``.frame()`` gives a DataFrame. ``status``: "success", "error" or "cancelled"."""
+        return self.tracker.runs(status=status, workflow=workflow, limit=limit)
 
     @property
     def monitor(self) -> Any:
         """This database's MetricsCollector (None when monitoring is off)."""
         return self._monitor
+
+    def slow_statements(self, run_id: str | None = None) -> list[Any]:
+        """The statements that took ``slow_query_threshold`` seconds or more (the last 100), oldest first,
+        as ``SlowStatement``s: SQL without values, seconds, run and node, error, and the plan on
+        PostgreSQL and DuckDB (statement_log.py). Kept in every environment."""
+        log = cast("DataFlow", self).database.dialect.statements
+        return [] if log is None else log.entries(run_id)
 
     def metrics(self) -> dict[str, Any]:
         """The dashboard: workflow_executions, database_operations, connection_pool, safety_events."""

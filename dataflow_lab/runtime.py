@@ -58,9 +58,11 @@ from .errors import (
 from .hooks import Fanout, Hooks, NodeRecord
 from .leaks import after_run
 from .modes import Strategy, TransactionMode
+from .process_memory import probe_for
 from .retry import RetryPolicy, note_attempts, retry_reason
 from .routing import RunResults
 from .scheduler import RunNode, Walk, node_ended, node_params, rows_of
+from .tracking import Runs, RunTracker
 from .transactions import ACTIVE_SCOPE, Scope, check_isolation
 from .workflow import Connection, NodeSpec, Workflow, WorkflowBuilder, prepare
 
@@ -104,6 +106,8 @@ class LocalRuntime:
         self.retry = RetryPolicy.of(retry)
         self.isolation = check_isolation(isolation)
         self.hooks = Hooks(hooks if isinstance(hooks, list | tuple) else [hooks])
+        self.tracker = RunTracker()  # always on: the recent runs of this runtime (tracking.py)
+        self.hooks.subscribe(self.tracker)
 
     max_concurrency = 1  # nodes at once in "node"/"saga" mode (AsyncLocalRuntime runs branches concurrently)
 
@@ -143,6 +147,12 @@ class LocalRuntime:
         workflow, parameters = self._prepare(workflow, parameters)
         user = self.user if user is None else user
         return await _loop.run_async(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
+
+    def runs(
+        self, *, status: str | None = None, workflow: str | None = None, limit: int | None = None
+    ) -> Runs:
+        """The recent runs of this runtime, oldest first (``.frame()``: a DataFrame); see tracking.py."""
+        return self.tracker.runs(status=status, workflow=workflow, limit=limit)
 
     def _prepare(self, workflow: Any, parameters: Any) -> tuple[Workflow, dict[str, dict[str, Any]]]:
         return prepare(workflow, parameters)
@@ -196,9 +206,11 @@ class Run:
         self.concurrency = runtime.max_concurrency
         dataflows = workflow.dataflows() if workflow is not None else ()
         self.emit = Fanout(runtime.hooks, *(db.hooks for db in dataflows))
-        self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow
+        self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow's nodes
         self.strategy: Strategy = runtime.strategy  # what "auto" resolved to, once it has
         self.cancelled_in: str | None = None  # the first node a cancellation (a timeout) reached
+        # each node's memory and pool use, measured when a subscriber asks (the MetricsCollector)
+        self.probe = probe_for(self.emit.node_figures())
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} on {self.runtime!r}>"
@@ -210,17 +222,19 @@ class Run:
         error: BaseException | None = None
         if emit.wants("before_workflow"):
             emit.emit("before_workflow", run_id=self.run_id, workflow=workflow, runtime=self.runtime)
-        self.records = [] if emit.wants("after_workflow") else None
+        ended = emit.wants("after_workflow")
+        self.records = [] if ended and emit.wants_records() else None
         try:
             await self._within_timeout(parent)
             return self.results
         except BaseException as exc:
             error = exc
+            mark_run(exc, self.run_id)
             raise
         finally:
             if parent is None:  # a nested run's connections are its parent's
                 after_run(self.run_id, workflow.dataflows())
-            if self.records is not None:
+            if ended:
                 emit.emit(
                     "after_workflow",
                     run_id=self.run_id,
@@ -393,6 +407,8 @@ class Run:
                 params=dict(spec.params),
                 node_class=cls,
             )
+        probe = self.probe
+        memory = probe.start() if probe is not None else None
         started = time.perf_counter()
         result: Any = None
         error: BaseException | None = None
@@ -406,6 +422,7 @@ class Run:
             raise
         finally:
             if self.records is not None or emit.wants("after_node"):  # nobody listening: no call at all
+                figures = _figures(probe, memory, cls) if probe is not None else (None, None)
                 node_ended(
                     emit,
                     self.records,
@@ -418,6 +435,8 @@ class Run:
                     error=error,
                     queries=scope.queries,
                     sql=scope.sql,
+                    memory_mb=figures[0],
+                    pool_usage=figures[1],
                 )
 
     def node_limit(self, spec: NodeSpec) -> float | None:
@@ -515,6 +534,20 @@ def check_timeout(name: str, value: Any, *, owner: str = "LocalRuntime") -> floa
             hint=f"e.g. {name}=60, or {name}=None for no limit.",
         )
     return float(value)
+
+
+def _figures(probe: Any, memory: int | None, node_class: Any) -> tuple[float | None, str | None]:
+    """(memory_mb, pool_usage) of a node that just ended (see hooks.NodeRecord)."""
+    db = node_class.dataflow
+    return probe.megabytes(memory), db.database.dialect.pool_usage() if db is not None else None
+
+
+def mark_run(error: BaseException, run_id: str) -> None:
+    """Name the run an error came out of (``error.run_id``, as in ``runtime.runs()``)."""
+    try:
+        error.run_id = run_id  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # pragma: no cover - an exception type that takes no attributes
+        pass
 
 
 def keyword_options(cls: type) -> set[str]:

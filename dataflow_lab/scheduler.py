@@ -203,11 +203,17 @@ def node_ended(
     error: BaseException | None,
     queries: int = 0,
     sql: list[str] | None = None,
+    memory_mb: float | None = None,
+    pool_usage: str | None = None,
 ) -> None:
     """Report a node's end: its record for after_workflow (``hooks.NODE_RECORD``) and ``after_node``."""
     rows = rows_of(result)
     if records is not None:
-        records.append(NodeRecord(node_id, node_class, started, duration, rows, queries, sql, error))
+        records.append(
+            NodeRecord(
+                node_id, node_class, started, duration, rows, queries, sql, error, memory_mb, pool_usage
+            )
+        )
     if emit.wants("after_node"):
         emit.emit(
             "after_node",
@@ -221,6 +227,8 @@ def node_ended(
             node_class=node_class,
             queries=queries,
             sql=sql,
+            memory_mb=memory_mb,
+            pool_usage=pool_usage,
         )
 
 

@@ -9,6 +9,12 @@ timer on the runtime's loop checks every quarter of the threshold while any
 transaction is open; the first begin after an idle spell wakes it), or when it
 ends if it ended between two checks; a warning goes to the log.
 
+Lock waits (PostgreSQL): while a transaction has been open ``lock_wait_seconds``
+(``lock_wait_threshold``, 5 s), the same watchdog asks the database, on a pooled
+connection of its own and one question at a time, whether that transaction's
+connection waits on a lock (``pg_locks.waitstart``) that long; each wait is
+flagged once, naming the run, the node, the lock and who holds it.
+
 A deadlock is an error whose chain holds PostgreSQL's SQLSTATE ``40P01``
 (asyncpg's ``DeadlockDetectedError``) or the text "deadlock detected". The
 server resolves one by aborting a victim; we count a resolution when the
@@ -23,10 +29,14 @@ import datetime as dt
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .ledger import TransactionLedger
+
+# (connections, threshold) -> (index of the connection, seconds waited, when the wait began, what it waits on)
+FindLockWaits = Callable[[Sequence[Any], float], Awaitable[list[tuple[int, float, float, str]]]]
 
 __all__ = ["TransactionAlert", "TransactionMonitor", "is_deadlock"]
 
@@ -54,7 +64,7 @@ def is_deadlock(error: BaseException | None) -> bool:
 class TransactionAlert:
     """Something the monitor flagged: a long-running transaction or a deadlock."""
 
-    kind: str  # "long_transaction" | "deadlock"
+    kind: str  # "long_transaction" | "deadlock" | "lock_wait"
     run_id: str
     node_id: str
     at: dt.datetime
@@ -66,9 +76,22 @@ class TransactionMonitor:
     """Counts and flags the transactions of one ledger: one database's, or a standalone collector's own."""
 
     def __init__(
-        self, *, long_seconds: float = 5.0, keep: int = 200, ledger: TransactionLedger | None = None
+        self,
+        *,
+        long_seconds: float = 5.0,
+        keep: int = 200,
+        ledger: TransactionLedger | None = None,
+        lock_wait_seconds: float | None = None,
+        find_lock_waits: FindLockWaits | None = None,
     ):
         self.ledger = ledger if ledger is not None else TransactionLedger()
+        # lock waits: the database's open transactions whose connection waits on a lock this long
+        # (PostgreSQL's pg_locks, asked by find_lock_waits only while a transaction is that old)
+        self.lock_wait_seconds = lock_wait_seconds if find_lock_waits is not None else None
+        self.find_lock_waits = find_lock_waits
+        self.lock_waits = 0
+        self._lock_task: asyncio.Task | None = None
+        self._waits_seen: set[tuple[int, float]] = set()  # (id of the transaction, when its wait began)
         # counts start from zero here, whatever the ledger had counted before
         self._base = (self.ledger.begun, self.ledger.commits, self.ledger.rollbacks)
         self.long_running = self.deadlocks = self.deadlock_resolutions = 0
@@ -111,6 +134,8 @@ class TransactionMonitor:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._lock_task is not None:
+            self._lock_task.cancel()
 
     # -- events ------------------------------------------------------------------------
     def begin(self, key: Any, run_id: str, node_id: str) -> None:
@@ -134,9 +159,10 @@ class TransactionMonitor:
             self.ledger.on_open = self._watch  # idle: the next begin wakes us
             return
         # in a context of its own: never keep the scope of the run that woke it (and what it reaches)
-        self._watchdog = loop.call_later(
-            max(self.long_seconds / 4, 0.01), self._watch, context=contextvars.Context()
-        )
+        every = min(self.long_seconds, self.lock_wait_seconds or self.long_seconds) / 4
+        self._watchdog = loop.call_later(max(every, 0.01), self._watch, context=contextvars.Context())
+        if self.lock_wait_seconds is not None:
+            self._check_lock_waits(loop)
 
     def _check(self) -> None:
         ledger, now = self.ledger, time.monotonic()
@@ -151,6 +177,44 @@ class TransactionMonitor:
                 self._flag_long(run_id, node_id, now - started)
         if self._flagged:
             self._flagged &= ledger.open.keys()
+
+    def _check_lock_waits(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Ask the database about the connections of transactions open past the lock-wait threshold."""
+        assert self.lock_wait_seconds is not None and self.find_lock_waits is not None
+        if self._lock_task is not None and not self._lock_task.done():
+            return  # one question at a time
+        now, threshold = time.monotonic(), self.lock_wait_seconds
+        old = [(key, entry) for key, entry in list(self.ledger.open.items())
+               if now - entry[2] >= threshold and getattr(key, "conn", None) is not None]  # fmt: skip
+        if old:
+            self._lock_task = loop.create_task(self._ask_lock_waits(old), context=contextvars.Context())
+
+    async def _ask_lock_waits(self, old: list[tuple[Any, tuple[str, str, float]]]) -> None:
+        assert self.lock_wait_seconds is not None and self.find_lock_waits is not None
+        try:
+            waits = await self.find_lock_waits([key.conn for key, _ in old], self.lock_wait_seconds)
+        except Exception:  # the monitor must never disturb a run
+            log.debug("looking for lock waits failed", exc_info=True)
+            return
+        for index, seconds, began, detail in waits:
+            key, (run_id, node_id, _) = old[index]
+            if self._closed or (id(key), began) in self._waits_seen:
+                continue
+            self._waits_seen.add((id(key), began))
+            if len(self._waits_seen) > 1000:
+                self._waits_seen.clear()
+            self._flag_lock_wait(run_id, node_id, seconds, detail)
+
+    def _flag_lock_wait(self, run_id: str, node_id: str, seconds: float, detail: str) -> None:
+        self.lock_waits += 1
+        message = (
+            f"run {run_id} (node '{node_id}') has waited {seconds:.1f}s for a lock, over the "
+            f"{self.lock_wait_seconds:g}s threshold: {detail}"
+        )
+        self.alerts.append(
+            TransactionAlert("lock_wait", run_id, node_id, dt.datetime.now(dt.UTC), seconds, message)
+        )
+        log.warning("%s", message)
 
     def error(
         self, run_id: str, node_id: str, error: BaseException | str | None, *, retried: bool = False
@@ -204,6 +268,7 @@ class TransactionMonitor:
             "long_running": self.long_running,
             "deadlocks": self.deadlocks,
             "deadlock_resolutions": self.deadlock_resolutions,
+            "lock_waits": self.lock_waits,
         }
 
     def _flag_long(self, run_id: str, node_id: str, seconds: float) -> None:

@@ -262,6 +262,15 @@ def test_a_failing_node_on_dask_raises_its_node_execution_error(shop, dask_clien
     assert [(c["name"], c["spent"]) for c in customers(shop)] == [("bob", 99)]
 
 
+def test_a_dask_run_is_tracked_and_its_error_carries_the_run_id(shop, dask_client):
+    runtime = DaskRuntime(dask_client)
+    with pytest.raises(NodeExecutionError) as caught:
+        runtime.execute(checkout(shop).build())
+    (record,) = runtime.runs()
+    assert caught.value.run_id == record.run_id and record.status == "error" and record.failed_node == "pay"
+    assert record.nodes["pay"] == "error" and shop.runs()[-1] == record
+
+
 def test_saga_on_dask_compensates_committed_nodes_newest_first(shop, dask_client):
     with pytest.raises(NodeExecutionError, match="declined") as caught:
         DaskRuntime(dask_client, transaction="saga").execute(checkout(shop).build())

@@ -77,10 +77,11 @@ def test_monitoring_is_on_by_default_in_testing_and_production(monkeypatch, envi
 def test_closing_a_dataflow_unsubscribes_its_collector():
     before = len(hooks.global_hooks)
     db = DataFlow(monitoring=True)
-    assert db.monitor in db.hooks and len(db.hooks) == 1  # its own hooks: nothing process-wide
+    # its own hooks (beside its run tracker, always there): nothing process-wide
+    assert db.monitor in db.hooks and len(db.hooks) == 2 and db.tracker in db.hooks
     assert len(hooks.global_hooks) == before
     db.close()
-    assert db.monitor not in db.hooks and len(db.hooks) == 0
+    assert db.monitor not in db.hooks and len(db.hooks) == 1
     assert len(hooks.global_hooks) == before
 
 

@@ -24,6 +24,7 @@ from ..config import DataFlowConfig, scrub
 from ..errors import ConnectionError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..query_count import count_statement, keep_statement
+from ..statement_log import StatementLog
 from .connect_errors import generic_failure
 from .kinds import register_kind
 
@@ -86,6 +87,22 @@ class Connection:
 
     # Called with each statement sent (echo and/or monitoring's query count); set at every checkout.
     note: Note | None = None
+    # Where a statement that ran slow goes (statement_log.py); set at every checkout, None: not logged.
+    statements: StatementLog | None = None
+
+    def took(
+        self,
+        sql: str,
+        started: float,
+        params: Sequence[Any] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """A statement sent at ``started`` (perf_counter) ended: log it if it ran slow."""
+        log = self.statements
+        if log is not None:
+            seconds = time.perf_counter() - started
+            if seconds >= log.threshold:
+                log.took(sql, seconds, params, error)
 
     @property
     def usable(self) -> bool:
@@ -166,6 +183,12 @@ class Dialect:
         self.config = config
         self.url = url
         self.sa_dialect = self._sa_dialect()
+        threshold = config.slow_query_threshold
+        self.statements: StatementLog | None = (
+            None
+            if threshold is None
+            else StatementLog(threshold, explain=self.explain if self.explains else None)
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -359,6 +382,24 @@ class Dialect:
         """Open connections until ``n`` are open (``min_connections``); returns how many were opened."""
         return 0
 
+    finds_lock_waits = False  # whether ``lock_waits`` can tell (the transaction monitor asks)
+
+    async def lock_waits(
+        self, conns: Sequence[Connection], threshold: float
+    ) -> list[tuple[int, float, float, str]]:
+        """Which of ``conns`` wait on a lock for ``threshold`` seconds or more: (index, seconds, began, what)."""
+        return []
+
+    explains = False  # whether ``explain`` gives plans (the slow-statement log asks for them)
+
+    async def explain(self, sql: str, params: Sequence[Any] | None) -> str:
+        """The plan of a statement that ran slow, on a connection of its own (statement_log.py)."""
+        raise NotImplementedError
+
+    def pool_usage(self) -> str | None:
+        """Connections in use / most the pool opens, e.g. "3/15" (per node, when monitored)."""
+        return None
+
     # -- bulk paths (the fast path of each database overrides these) ----------
     supports_savepoints = True
     text_allows_nul = True  # PostgreSQL text cannot hold "\x00"
@@ -487,6 +528,7 @@ class PooledDialect(Dialect):
         self._serial_lock: asyncio.Lock | None = None
         self._checkouts: dict[int, Any] = {}
         self._owners: dict[int, tuple[str, str]] = {}  # (run id, node id) a connection is out for
+        self._capacity: str | None = None  # "/15", made at the first pool_usage()
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
 
     @property
@@ -556,6 +598,7 @@ class PooledDialect(Dialect):
                 fairy = await async_conn.get_raw_connection()
                 conn = self.wrap(fairy.driver_connection)
                 conn.note = statement_note(self.config.echo, self.observe)
+                conn.statements = self.statements
             except BaseException:
                 await async_conn.close()
                 raise
@@ -641,6 +684,15 @@ class PooledDialect(Dialect):
             else:
                 await conn.close()  # back to the pool, idle and connected
         return max(0, (self._idle() or 0) - idle)
+
+    def pool_usage(self) -> str:
+        capacity = self._capacity
+        if capacity is None:  # asked per node: single_connection may parse the URL, so once
+            config = self.config
+            capacity = self._capacity = (
+                "/1" if self.single_connection else f"/{config.pool_size + max(0, config.max_overflow)}"
+            )
+        return f"{len(self._checkouts)}{capacity}"
 
     def pool_status(self) -> dict[str, Any]:
         """size, checked_out, overflow, waiting, acquired_total, failures (and the pool's kind)."""

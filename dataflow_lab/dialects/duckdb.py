@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ import sqlalchemy as sa
 from ..errors import DataFlowError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..sqltext import writes
+from ..statement_log import without_values
 from ..types import DECIMAL_DEFAULT
 from .base import Connection, Dialect, QueryResult, statement_note
 
@@ -104,7 +106,7 @@ class DuckDBConnection(Connection):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.note is not None:
             self.note(sql, params)
-        return await self._run(lambda: self.dialect.con.execute(sql, list(params)).fetchall())
+        return await self._timed(sql, params, lambda: self.dialect.con.execute(sql, list(params)).fetchall())
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self.note is not None:
@@ -116,12 +118,22 @@ class DuckDBConnection(Connection):
                 int(result[0][0]) if result and len(result[0]) == 1 and isinstance(result[0][0], int) else -1
             )
 
-        return await self._run(run)
+        return await self._timed(sql, params, run)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:
             self.note(sql, None)
-        await self._run(lambda: self.dialect.con.executemany(sql, [list(r) for r in rows]))
+        await self._timed(sql, None, lambda: self.dialect.con.executemany(sql, [list(r) for r in rows]))
+
+    async def _timed(self, sql: str, params: Sequence[Any] | None, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await self._run(fn)
+        except BaseException as exc:
+            self.took(sql, started, params, exc)
+            raise
+        self.took(sql, started, params)
+        return result
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         if self.note is not None:
@@ -269,6 +281,7 @@ class DuckDBDialect(Dialect):
         self._owner = owner()
         conn = DuckDBConnection(self)
         conn.note = statement_note(self.config.echo, self.observe)
+        conn.statements = self.statements
         return conn
 
     async def release(self, conn: Connection) -> None:
@@ -286,6 +299,21 @@ class DuckDBDialect(Dialect):
             await self.run(con.close)
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+
+    def pool_usage(self) -> str:
+        return f"{int(self._lock is not None and self._lock.locked())}/1"
+
+    explains = True
+
+    async def explain(self, sql: str, params: Sequence[Any] | None) -> str:
+        """DuckDB's plan, which needs the values: they are written back as their placeholders."""
+        conn = await self.acquire()
+        conn.note = conn.statements = None  # the EXPLAIN is neither the run's query nor a slow one
+        try:
+            rows = await self.run(lambda: self.con.execute(f"EXPLAIN {sql}", list(params or ())).fetchall())
+        finally:
+            await self.release(conn)
+        return without_values("\n".join(str(row[-1]) for row in rows), params)
 
     def pool_status(self) -> dict[str, Any]:
         locked = self._lock is not None and self._lock.locked()

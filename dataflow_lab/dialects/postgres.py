@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
 
+from ..statement_log import placeholder_count
 from . import pg_url
 from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .connect_errors import postgres_failure
@@ -81,19 +83,39 @@ class PostgresConnection(Connection):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.note is not None:
             self.note(sql, params)
-        return await self.raw.fetch(sql, *params)
+        started = time.perf_counter()
+        try:
+            rows = await self.raw.fetch(sql, *params)
+        except BaseException as exc:
+            self.took(sql, started, params, exc)
+            raise
+        self.took(sql, started, params)
+        return rows
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self.note is not None:
             self.note(sql, params)
-        status = await self.raw.execute(sql, *params)
+        started = time.perf_counter()
+        try:
+            status = await self.raw.execute(sql, *params)
+        except BaseException as exc:
+            self.took(sql, started, params, exc)
+            raise
+        self.took(sql, started, params)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else -1
 
     async def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
         if self.note is not None:
-            self.note(f"COPY {table} ({', '.join(columns)}) FROM STDIN", None)
-        await self.raw.copy_records_to_table(table, records=rows, columns=list(columns))
+            self.note(sql, None)
+        started = time.perf_counter()
+        try:
+            await self.raw.copy_records_to_table(table, records=rows, columns=list(columns))
+        except BaseException as exc:
+            self.took(sql, started, None, exc)
+            raise
+        self.took(sql, started)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         if self.note is not None:
@@ -124,7 +146,30 @@ class PostgresConnection(Connection):
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:
             self.note(sql, None)
-        await self.raw.executemany(sql, rows)
+        started = time.perf_counter()
+        try:
+            await self.raw.executemany(sql, rows)
+        except BaseException as exc:
+            self.took(sql, started, None, exc)
+            raise
+        self.took(sql, started)
+
+
+_LOCK_WAITS = """
+SELECT l.pid, EXTRACT(EPOCH FROM now() - l.waitstart)::float8 AS seconds,
+       EXTRACT(EPOCH FROM l.waitstart)::float8 AS began, l.locktype, l.mode,
+       l.relation::regclass::text AS relation, pg_blocking_pids(l.pid) AS blockers, a.query
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE NOT l.granted AND l.pid = ANY($1::int[]) AND l.waitstart <= now() - make_interval(secs => $2)
+"""
+
+
+def _lock_detail(row: Any) -> str:
+    """'a ShareLock on transactionid, held by backend 4242, in: UPDATE ...' (the SQL binds its values)."""
+    what = row["relation"] or row["locktype"]
+    blockers = ", ".join(str(p) for p in row["blockers"] or ()) or "unknown"
+    query = " ".join(str(row["query"] or "").split())[:300]
+    return f"a {row['mode']} on {what}, held by backend {blockers}, in: {query}"
 
 
 def _literal(name: str) -> str:
@@ -191,6 +236,42 @@ class PostgresDialect(PooledDialect):
     }
     to_db = {"enum": _enum_text, "json": _json_in}
     from_db = {"json": _json_out, "uuid": _uuid_out, "datetime": _datetime_out}
+
+    finds_lock_waits = True
+
+    async def lock_waits(
+        self, conns: Sequence[Connection], threshold: float
+    ) -> list[tuple[int, float, float, str]]:
+        """From pg_locks (the lock each backend waits for, since when) and pg_stat_activity (its statement)."""
+        pids = {cast(PostgresConnection, c).raw.get_server_pid(): i for i, c in enumerate(conns)}
+        probe = cast(PostgresConnection, await self.acquire())
+        probe.note = probe.statements = None  # its own question, no run's
+        try:
+            rows = await probe.raw.fetch(_LOCK_WAITS, list(pids), float(threshold))
+        finally:
+            await self.release(probe)
+        return [(pids[r["pid"]], r["seconds"], r["began"], _lock_detail(r)) for r in rows]
+
+    explains = True
+
+    async def explain(self, sql: str, params: Sequence[Any] | None) -> str:
+        """The generic plan (parameters shown as $1...): no value reaches it (statement_log.py)."""
+        conn = cast(PostgresConnection, await self.acquire())
+        conn.note = conn.statements = None  # the EXPLAIN is neither the run's query nor a slow one
+        raw, nulls = conn.raw, ", ".join(["NULL"] * placeholder_count(sql))
+        try:
+            await raw.execute("BEGIN")
+            await raw.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            await raw.execute(f"PREPARE dataflow_explain AS {sql}")
+            rows = await raw.fetch(f"EXPLAIN EXECUTE dataflow_explain{f'({nulls})' if nulls else ''}")
+            return "\n".join(row[0] for row in rows)
+        finally:
+            try:
+                await raw.execute("ROLLBACK")
+                await raw.execute("DEALLOCATE dataflow_explain")  # PREPARE outlives a rollback
+            except Exception:  # PREPARE failed: nothing to deallocate
+                pass
+            await self.release(conn)
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
         return postgres_failure(exc, self.url)

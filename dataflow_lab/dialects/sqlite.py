@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Sequence
 from decimal import Decimal
@@ -63,20 +64,33 @@ class SQLiteConnection(Connection):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.note is not None:
             self.note(sql, params)
+        started = time.perf_counter()
         try:
-            return await self.raw.execute_fetchall(sql, params)
-        except asyncio.CancelledError:
+            result = await self.raw.execute_fetchall(sql, params)
+        except asyncio.CancelledError as exc:
+            self.took(sql, started, params, exc)
             await self.interrupt()
             raise
+        except BaseException as exc:
+            self.took(sql, started, params, exc)
+            raise
+        self.took(sql, started, params)
+        return result
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self.note is not None:
             self.note(sql, params)
+        started = time.perf_counter()
         try:
             cursor = await self.raw.execute(sql, params)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            self.took(sql, started, params, exc)
             await self.interrupt()
             raise
+        except BaseException as exc:
+            self.took(sql, started, params, exc)
+            raise
+        self.took(sql, started, params)
         count = cursor.rowcount
         await cursor.close()
         return count
@@ -103,11 +117,17 @@ class SQLiteConnection(Connection):
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:
             self.note(sql, None)
+        started = time.perf_counter()
         try:
             cursor = await self.raw.executemany(sql, rows)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            self.took(sql, started, None, exc)
             await self.interrupt()
             raise
+        except BaseException as exc:
+            self.took(sql, started, None, exc)
+            raise
+        self.took(sql, started)
         await cursor.close()
 
     async def interrupt(self) -> None:

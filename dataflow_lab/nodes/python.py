@@ -111,21 +111,26 @@ class _DaemonPool:
         self._keep = keep  # idle workers beyond this many exit
 
     def submit(self, job: Callable[[], None], name: str) -> None:
+        self._jobs.put(job)
         with self._lock:
-            if self._idle:
+            if self._idle:  # an idle worker takes it
                 self._idle -= 1
-                self._jobs.put(job)
                 return
-        threading.Thread(target=self._work, args=(job,), name=name, daemon=True).start()
+        # A new worker takes it (or another queued job). The job is never the thread's argument: a
+        # Thread keeps its arguments while it lives, and the job's closure holds the run's future,
+        # whose result or exception holds the run and its DataFlow.
+        threading.Thread(target=self._work, name=name, daemon=True).start()
 
-    def _work(self, job: Callable[[], None]) -> None:
+    def _work(self) -> None:
         while True:
+            job: Callable[[], None] | None = self._jobs.get()
+            assert job is not None
             job()
+            job = None  # let the finished job go before waiting for the next one
             with self._lock:
                 if self._idle >= self._keep:
                     return
                 self._idle += 1
-            job = self._jobs.get()
 
 
 _WORKERS = _DaemonPool()

@@ -66,6 +66,14 @@ def pool_html(url: str, pool: Mapping[str, Any]) -> str:
     return f"<div>{gauge}<code>{html.escape(url)}</code> {html.escape(pool_text(pool))}</div>"
 
 
+def slow_line(statement: Any) -> str:
+    """'slow 1.20 s in debit: UPDATE accounts SET ...' (the SQL binds its values: none shown)."""
+    where = f" in {statement.node_id}" if statement.node_id else ""
+    failed = f" (failed: {statement.error})" if statement.error else ""
+    sql = statement.sql if len(statement.sql) <= 120 else statement.sql[:117] + "..."
+    return f"slow {statement.seconds:.2f} s{where}: {sql}{failed}"
+
+
 def _headline_html(snapshot: RunSnapshot) -> str:
     return f'<b style="color:{viz.themed("text")}">{html.escape(headline(snapshot), quote=False)}</b>'
 
@@ -91,6 +99,7 @@ class MonitorPanel:
         lines += [f"  pool {url}: {pool_text(p)}" for url, p in s.pool.items() if pool_notable(p)]
         lines += [f"  {e}" for e in s.events[-_LAST_EVENTS:]]
         lines += [f"  retry {r}" for r in s.retries[-_LAST_EVENTS:]]
+        lines += [f"  {slow_line(statement)}" for statement in s.slow[-_LAST_EVENTS:]]
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -103,8 +112,21 @@ class MonitorPanel:
         )
         return (
             f'<div class="df-monitor">{_headline_html(s)}<table>{rows}</table>'
-            f"{self._pool_html()}{self.events_html()}</div>"
+            f"{self._pool_html()}{self.events_html()}{self.slow_html()}</div>"
         )
+
+    def slow_html(self) -> str:
+        """This run's slow statements, each with its plan one click away ('' when there are none)."""
+        items = []
+        for statement in self.snapshot.slow[-_LAST_EVENTS:]:
+            line = html.escape(slow_line(statement))
+            if statement.plan:
+                items.append(
+                    f"<details><summary>{line}</summary><pre>{html.escape(statement.plan)}</pre></details>"
+                )
+            else:
+                items.append(f"<div>{line}</div>")
+        return f'<div class="df-slow">{"".join(items)}</div>' if items else ""
 
     def _pool_html(self) -> str:
         return "".join(pool_html(url, p) for url, p in self.snapshot.pool.items() if pool_notable(p))
@@ -151,7 +173,7 @@ class MonitorPanel:
             bar.bar_style = _BAR_STYLE.get(status.state, "info" if status.state == "running" else "")
             label.value = status.label() or status.state
         self._parts["pool"].value = self._pool_html()
-        self._parts["events"].value = self.events_html()
+        self._parts["events"].value = self.events_html() + self.slow_html()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return bundle(self.text(), self.html())

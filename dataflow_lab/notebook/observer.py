@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import _loop
 from .display import duration, rows
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..dataflow import DataFlow
     from ..workflow import Workflow
 
 __all__ = ["NodeStatus", "RunObserver", "RunSnapshot"]
@@ -80,6 +81,7 @@ class RunSnapshot:
     pool: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     elapsed: float = 0.0
     error: str | None = None
+    slow: tuple[Any, ...] = ()  # this run's slow statements (statement_log.SlowStatement), oldest first
 
     @property
     def total_rows(self) -> int:
@@ -280,7 +282,19 @@ class RunObserver:
                 pool=self._pool() if pool else {},
                 elapsed=end - self._started,
                 error=self.error,
+                slow=self._slow(),
             )
+
+    def _slow(self) -> tuple[Any, ...]:
+        if self.run_id is None:
+            return ()
+        slow: list[Any] = []
+        for db in self.workflow.dataflows():
+            try:
+                slow += cast("DataFlow", db).slow_statements(self.run_id)  # the facade, as every DataFlow is
+            except Exception:  # a closed database: nothing to show, and a view must never break a run
+                continue
+        return tuple(sorted(slow, key=lambda s: s.at))
 
     def _pool(self) -> dict[str, Mapping[str, Any]]:
         status: dict[str, Mapping[str, Any]] = {}

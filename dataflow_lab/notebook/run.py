@@ -274,7 +274,8 @@ class NotebookRun:
         if self.show_error and self.status in ("failed", "cancelled") and self.error is not None:
             parts.append(_error_html(self.error))
         parts.append(DagView(self.workflow, s).html())
-        parts.append(MonitorPanel(s).events_html())
+        panel = MonitorPanel(s)
+        parts.append(panel.events_html() + panel.slow_html())
         if self.show_sql:
             parts.append(_sql_html(s))
         if self.status == "done":

@@ -1,0 +1,129 @@
+"""The process's memory: resident set size now and at its peak, and per-node probes.
+
+``rss_bytes()`` reads ``/proc/self/statm`` through a descriptor kept open (about
+a microsecond on Linux); elsewhere it asks psutil when it is installed, and
+gives None otherwise. A ``MemoryProbe`` measures what one node did to memory:
+
+- ``"rss"`` (the default): the change in resident memory across the node, in MB
+  (pages the process took or gave back; small nodes mostly read 0.0);
+- ``"tracemalloc"``: the most the node allocated above what was allocated when it
+  began (``tracemalloc`` is started for it, which slows Python down; ask for it).
+
+Both are process-wide: nodes that run at the same time (AsyncLocalRuntime's
+branches) share their figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import tracemalloc
+from typing import Any
+
+__all__ = ["MemoryProbe", "memory_figures", "peak_rss_bytes", "probe_for", "rss_bytes"]
+
+MB = 1024 * 1024
+_statm: int | None = None  # an open descriptor of /proc/self/statm, or -1 where there is none
+_page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_lock = threading.Lock()
+
+
+def rss_bytes() -> int | None:
+    """The process's resident set size now, in bytes (None where it cannot be read)."""
+    global _statm
+    fd = _statm
+    if fd is None:
+        with _lock:
+            if _statm is None:
+                try:
+                    _statm = os.open("/proc/self/statm", os.O_RDONLY)
+                except OSError:
+                    _statm = -1
+            fd = _statm
+    if fd >= 0:
+        try:
+            return int(os.pread(fd, 128, 0).split()[1]) * _page
+        except (OSError, ValueError, IndexError):  # pragma: no cover - /proc went away (a fork?)
+            return None
+    return _psutil_rss()
+
+
+def _psutil_rss() -> int | None:  # pragma: no cover - platforms without /proc
+    try:
+        psutil = importlib.import_module("psutil")  # optional: only where /proc is missing
+    except ImportError:
+        return None
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int | None:
+    """The most resident memory the process has had, in bytes (None where it cannot be read)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if os.uname().sysname == "Darwin" else int(peak) * 1024  # kB on Linux
+
+
+def memory_figures() -> dict[str, Any]:
+    """The dashboard's ``process`` section: resident memory now and at peak, tracemalloc's if on."""
+    rss, peak = rss_bytes(), peak_rss_bytes()
+    if rss is not None and peak is not None:
+        peak = max(peak, rss)  # the kernel updates the peak lazily; never show it below the present
+    figures: dict[str, Any] = {
+        "memory_rss_mb": None if rss is None else round(rss / MB, 3),
+        "memory_peak_rss_mb": None if peak is None else round(peak / MB, 3),
+        "tracemalloc_mb": None,
+        "tracemalloc_peak_mb": None,
+    }
+    if tracemalloc.is_tracing():
+        current, top = tracemalloc.get_traced_memory()
+        figures["tracemalloc_mb"], figures["tracemalloc_peak_mb"] = round(current / MB, 3), round(top / MB, 3)
+    return figures
+
+
+class MemoryProbe:
+    """Measures one node: ``start()`` before it, ``megabytes(start)`` after (see the module)."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        if kind == "tracemalloc" and not tracemalloc.is_tracing():
+            tracemalloc.start()
+
+    def __repr__(self) -> str:
+        return f"MemoryProbe({self.kind!r})"
+
+    def start(self) -> int | None:
+        if self.kind == "tracemalloc":
+            if not tracemalloc.is_tracing():
+                return None
+            tracemalloc.reset_peak()
+            return tracemalloc.get_traced_memory()[0]
+        return rss_bytes()
+
+    def megabytes(self, start: int | None) -> float | None:
+        if start is None:
+            return None
+        if self.kind == "tracemalloc":
+            if not tracemalloc.is_tracing():
+                return None
+            return round((tracemalloc.get_traced_memory()[1] - start) / MB, 3)
+        now = rss_bytes()
+        return None if now is None else round((now - start) / MB, 3)
+
+
+_PROBES: dict[str, MemoryProbe] = {}
+
+
+def probe_for(kind: str | None) -> MemoryProbe | None:
+    """The probe of ``kind`` ("rss" or "tracemalloc"; None: no probe), one per kind per process."""
+    if kind is None:
+        return None
+    probe = _PROBES.get(kind)
+    if probe is None:
+        probe = _PROBES[kind] = MemoryProbe(kind)
+    return probe

@@ -1,0 +1,134 @@
+"""Per-node figures of a monitored run (pool usage, memory, tags) and the process's memory in the dashboard."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dataflow_lab import DataFlow, LocalRuntime, ValidationError, WorkflowBuilder
+from dataflow_lab.monitoring import MetricsCollector
+from dataflow_lab.process_memory import memory_figures, rss_bytes
+
+KEPT: list[bytes] = []  # what the allocating node keeps alive, so its memory is still held after it
+
+
+def define(db: DataFlow) -> None:
+    @db.model
+    class Note:
+        text: str
+
+
+def create_and_list(db: DataFlow) -> WorkflowBuilder:
+    wf = WorkflowBuilder(db)
+    wf.add_node("NoteCreateNode", "create", {"text": "hello"})
+    wf.add_node("NoteListNode", "list", {})
+    wf.add_connection("create", "id", "list", "limit")
+    return wf
+
+
+def allocate(megabytes: int = 40) -> int:
+    block = b"x" * (megabytes * 1024 * 1024)  # written, so its pages are resident
+    KEPT.append(block)
+    return len(block)
+
+
+@pytest.fixture
+def mdb(url):
+    db = DataFlow(url, monitoring=True)
+    define(db)
+    yield db
+    db.close()
+
+
+def test_each_node_run_reports_its_pool_usage_memory_and_tags(mdb, backend):
+    LocalRuntime().execute(create_and_list(mdb).build())
+    runs = {r.node_id: r for r in mdb.monitor.node_runs}
+    capacity = {"sqlite": 1, "duckdb": 1, "postgres": 5 + 10}[backend]  # development: pool 5, overflow 10
+    assert runs["create"].connection_pool_usage == f"1/{capacity}"  # the run's connection, at the node's end
+    assert re.fullmatch(r"\d+/\d+", runs["list"].connection_pool_usage)
+    assert all(isinstance(r.memory_usage_mb, float) for r in runs.values())
+    assert runs["create"].tags == {"model": "Note", "operation": "create", "environment": "development"}
+    assert runs["list"].tags["operation"] == "list"
+    frame = mdb.metrics_frame()
+    assert list(frame["connection_pool_usage"])[0] == f"1/{capacity}"
+    assert frame["memory_usage_mb"].dtype == "float64"
+
+
+def test_a_node_that_takes_memory_shows_it_as_its_rss_change():
+    collector = MetricsCollector()  # standalone, on the runtime's hooks: every run of that runtime
+    wf = WorkflowBuilder()
+    wf.add_node(allocate, "allocate", {})
+    try:
+        LocalRuntime(hooks=[collector]).execute(wf.build())
+        (run,) = collector.node_runs
+        assert run.memory_usage_mb >= 35  # 40 MB written and kept
+        assert run.connection_pool_usage is None  # a Python node has no database
+        assert run.tags == {"model": None, "operation": "python", "environment": None}
+    finally:
+        KEPT.clear()
+
+
+def test_with_tracemalloc_a_node_shows_the_most_it_allocated_even_if_it_freed_it():
+    import tracemalloc
+
+    was_tracing = tracemalloc.is_tracing()
+    db = DataFlow(monitoring=True, memory_tracking="tracemalloc")
+    define(db)
+
+    def churn(id: int) -> int:
+        return len(b"y" * (20 * 1024 * 1024))  # 20 MB, freed before the node returns
+
+    wf = WorkflowBuilder(db)
+    wf.add_node("NoteCreateNode", "create", {"text": "hello"})
+    wf.add_node(churn, "churn", {})
+    wf.add_connection("create", "id", "churn", "id")
+    try:
+        LocalRuntime().execute(wf.build())
+        run = db.monitor.node_runs[-1]
+        assert tracemalloc.is_tracing()
+        assert 19 <= run.memory_usage_mb < 60
+        assert db.metrics()["process"]["tracemalloc_peak_mb"] >= 19
+    finally:
+        db.close()
+        if not was_tracing:
+            tracemalloc.stop()
+
+
+def test_an_unmonitored_run_measures_no_node(db):
+    define(db)
+    seen: list[dict] = []
+
+    class AfterNode:
+        def after_node(self, **fields) -> None:
+            seen.append(fields)
+
+    LocalRuntime(hooks=[AfterNode()]).execute(create_and_list(db).build())
+    assert [(f["memory_mb"], f["pool_usage"]) for f in seen] == [(None, None), (None, None)]
+
+
+def test_the_dashboard_and_prometheus_show_the_process_memory(mdb):
+    pytest.importorskip("prometheus_client")
+    LocalRuntime().execute(create_and_list(mdb).build())
+    process = mdb.metrics()["process"]
+    assert process["memory_rss_mb"] > 10 and process["memory_peak_rss_mb"] >= process["memory_rss_mb"]
+    text = mdb.metrics_text()
+    rss = re.search(r'dataflow_process_memory_bytes\{database="[^"]*",kind="rss"\} (\S+)', text)
+    assert rss is not None and float(rss.group(1)) > 10 * 1024 * 1024
+    assert 'kind="peak_rss"' in text
+
+
+def test_rss_is_read_from_the_process():
+    assert rss_bytes() > 1024 * 1024
+    assert set(memory_figures()) == {
+        "memory_rss_mb",
+        "memory_peak_rss_mb",
+        "tracemalloc_mb",
+        "tracemalloc_peak_mb",
+    }
+
+
+@pytest.mark.parametrize("tracking", ["psutil", None, ""])
+def test_an_unknown_memory_tracking_is_refused(tracking):
+    with pytest.raises(ValidationError, match="memory_tracking must be 'rss' or 'tracemalloc'"):
+        DataFlow(memory_tracking=tracking)
