@@ -25,7 +25,8 @@ from .access import grant
 from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
-from .errors import ValidationError
+from .encryption import HOW_TO_MAKE_A_KEY, Cipher, load_keys
+from .errors import EncryptionError, ValidationError
 from .health import HealthReport
 from .hooks import Hooks
 from .logs import show as show_logs
@@ -54,6 +55,8 @@ class DataFlow(Observability):
     """
 
     def __init__(self, database_url: str | None = None, **options: Any):
+        # the keys never enter the config (its repr, its pickle for Dask workers): encryption.py
+        self._encryption_keys = options.pop("encryption_keys", None)
         self.config = DataFlowConfig.from_env(database_url, **options)
         show_logs(self.config)  # echo's SQL and log_level on stderr in a script (logs.py)
         self.hooks = Hooks()  # subscribers to every run that touches its models (hooks.py)
@@ -95,15 +98,37 @@ class DataFlow(Observability):
         The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
         """
         self.database.check_open()
-        schema = parse_model(cls, defaults=self.config.model_defaults)  # DataFlow(multi_tenant=True)...
+        schema = parse_model(cls, defaults=self.config.model_defaults,  # DataFlow(multi_tenant=True)...
+                             encryption_at_rest=self.config.encryption_at_rest)  # fmt: skip
         self._check_redefinition(schema)
+        cipher = self._cipher(schema)
         dialect = self.database.dialect  # waits for the warm-up before importing what it imports
+        from .behaviours import compose
         from .schema import ModelTable
 
-        self.database.install(schema, ModelTable(schema, dialect))
+        compose(schema)  # a model whose options cannot go together is refused before it replaces one
+        self.database.install(schema, ModelTable(schema, dialect, cipher))
         setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
         log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
         return cls
+
+    def _cipher(self, schema: ModelSchema) -> Cipher | None:
+        """The cipher of a model with encrypted fields (None: it has none); no key: refused."""
+        if not schema.encrypted:
+            return None
+        keys = load_keys(self._encryption_keys)
+        if keys is None:
+            raise EncryptionError(
+                f"Model '{schema.name}' has encrypted fields ({', '.join(sorted(schema.encrypted))}) but "
+                f"there is no encryption key: {HOW_TO_MAKE_A_KEY}."
+            )
+        try:
+            return Cipher(keys, schema.name, schema.table_name)
+        except ImportError:
+            raise EncryptionError(
+                f"Model '{schema.name}' has encrypted fields, which need the cryptography package.",
+                hint="pip install 'dataflow-lab[encryption]'",
+            ) from None
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
         """Model existing tables as they are (all, or ``tables``); returns the new model names.

@@ -17,8 +17,10 @@ import sqlalchemy as sa
 
 from .clock import SystemClock
 from .dialects import Connection, Dialect
+from .encryption import PREFIX, Cipher
+from .errors import EncryptionError, MigrationError
 from .migrations.engine import ensure_table
-from .model import MISSING, Field, ModelSchema, check_value, parse_model
+from .model import BLIND_SUFFIX, MISSING, Field, ModelSchema, check_value, parse_model
 
 __all__ = ["ModelTable", "internal_table"]
 
@@ -29,15 +31,25 @@ def _enum_reader(enum_cls: Any) -> Any:
 
 
 class ModelTable:
-    """One model bound to one dialect."""
+    """One model bound to one dialect.
 
-    def __init__(self, model: ModelSchema, dialect: Dialect):
+    ``cipher``: seals and opens the model's encrypted fields (encryption.py). Their ciphertexts
+    bind the row id, so only the writes that know each row's id seal them (``sealed``,
+    ``seal_rows``); any other write of an encrypted field is refused by its writer, never stored
+    as plaintext.
+    """
+
+    def __init__(self, model: ModelSchema, dialect: Dialect, cipher: Cipher | None = None):
         self.model = model
         self.dialect = dialect
+        self.cipher = cipher
+        if model.encrypted and cipher is None:
+            raise EncryptionError(f"Model '{model.name}' has encrypted fields but no cipher was given.")
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
         self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
+        self._sealed = tuple((f.name, f.type.name) for f in model.fields if f.name in model.encrypted)
         # (sql, bind names) from compile_named, or (sql, params) from compile: keyed apart by the caller
         self._sql: dict[Any, tuple[str, Any]] = {}
 
@@ -73,14 +85,20 @@ class ModelTable:
         return sa.Table(m.table_name, metadata, *columns, *constraints, *indexes, **d.table_kwargs())
 
     def _column_type(self, f: Field) -> sa.types.TypeEngine:
+        if f.name in self.model.encrypted:  # the ciphertext, as text on every backend
+            return self.dialect.column_type("text")
         if f.type.name == "decimal":
             return self.dialect.decimal_type(self.model.name, f.name, f.type.digits)
         return self.dialect.column_type(f.type.name)
 
     def _writer(self, f: Field) -> Any:
+        if f.name in self.model.encrypted:
+            return _refuse_plaintext(self.model.name, f.name)
         return self.dialect.to_db.get(f.type.name)
 
     def _reader(self, f: Field) -> Any:
+        if f.name in self.model.encrypted:
+            return None  # the stored ciphertext: rows() opens it, knowing the row's id
         if f.type.name == "enum":
             return _enum_reader(f.type.python)
         return self.dialect.from_db.get(f.type.name)
@@ -107,8 +125,71 @@ class ModelTable:
         return [read(i) for i in raw_ids] if read is not None else list(raw_ids)
 
     def rows(self, raw_rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Driver rows (in column order) -> dicts of Python values."""
-        return list(map(self._row_dict, raw_rows))
+        """Driver rows (in column order) -> dicts of Python values, encrypted fields decrypted."""
+        rows = list(map(self._row_dict, raw_rows))
+        if self._sealed:
+            rows = [self._opened(r) for r in rows]
+        return rows
+
+    # -- encrypted fields (encryption.py) ------------------------------------
+    def _opened(self, row: dict[str, Any]) -> dict[str, Any]:
+        assert self.cipher is not None
+        for name, kind in self._sealed:
+            if row[name] is not None:
+                row[name] = self.cipher.open(name, kind, row["id"], row[name])
+        for name in self.model.searchable:  # the blind index is the filters' own, not a result
+            del row[name + BLIND_SUFFIX]
+        return row
+
+    def sealed(self, values: Mapping[str, Any], row_id: Any) -> dict[str, Any]:
+        """``db_values`` of one row whose id is known: encrypted fields sealed, blind indexes added."""
+        out = {k: self.to_db(k, v) for k, v in values.items() if k not in self.model.encrypted}
+        for name, kind in self._sealed:
+            if name in values:
+                out.update(self._seal_one(name, kind, row_id, values[name]))
+        return out
+
+    def _seal_one(self, name: str, kind: str, row_id: Any, value: Any) -> dict[str, Any]:
+        assert self.cipher is not None
+        sealed = None if value is None else self.cipher.seal(name, kind, row_id, value)
+        if name not in self.model.searchable:
+            return {name: sealed}
+        blind = None if value is None else self.cipher.blind(name, kind, value)
+        return {name: sealed, name + BLIND_SUFFIX: blind}
+
+    def stage(self, name: str, value: Any) -> Any:
+        """``to_db``, except that an encrypted field's value waits, checked, for ``seal_rows``."""
+        return value if name in self.model.encrypted else self.to_db(name, value)
+
+    def stager(self, name: str) -> Any:
+        """The converter ``stage`` applies to field ``name`` (None: none)."""
+        return None if name in self.model.encrypted else self.writers[name]
+
+    def seal_rows(
+        self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Staged rows -> driver rows: each encrypted column sealed to its row's id, blind indexes appended."""
+        if not self._sealed:
+            return columns, rows
+        at_id = columns.index("id")  # an encrypted model's id is made before the INSERT (model.py)
+        plan = [(columns.index(n), n, k) for n, k in self._sealed if n in columns]
+        blinds = tuple(n + BLIND_SUFFIX for _, n, _ in plan if n in self.model.searchable)
+        out = []
+        for row in rows:
+            values, extra = list(row), list[Any]()
+            for i, name, kind in plan:
+                sealed = self._seal_one(name, kind, values[at_id], values[i])
+                values[i] = sealed[name]
+                extra.extend(v for k, v in sealed.items() if k != name)
+            out.append((*values, *extra))
+        return (*columns, *blinds), out
+
+    def shown(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``db_values`` for a statement shown, not run (``sql()``): encrypted values are '<encrypted>'."""
+        out = {k: self.to_db(k, v) for k, v in values.items() if k not in self.model.encrypted}
+        out.update({k: "<encrypted>" for k in values if k in self.model.encrypted})
+        out.update({k + BLIND_SUFFIX: "<blind index>" for k in values if k in self.model.searchable})
+        return out
 
     def new_row(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """A complete row for INSERT: ``values`` (the caller's and the behaviours' stamps, such as the
@@ -136,6 +217,23 @@ class ModelTable:
 
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
                            clock=clock or SystemClock(), create=create)  # fmt: skip
+        if self._sealed:
+            await self._refuse_plaintext_rows(conn)
+
+    async def _refuse_plaintext_rows(self, conn: Connection) -> None:
+        """An encrypted field whose column already holds plaintext (encryption turned on for a table
+        with rows): refused, since encrypting existing rows in a migration is not built yet."""
+        t = self.table
+        for name, _kind in self._sealed:
+            col = t.c[name]
+            probe = sa.select(t.c.id).where(col.is_not(None), sa.not_(col.startswith(PREFIX))).limit(1)
+            if await conn.fetch(*self.dialect.compile(probe)):
+                raise MigrationError(
+                    f"Model '{self.model.name}': field '{name}' is declared encrypted, but table "
+                    f"'{t.name}' already holds unencrypted values in it; dataflow_lab does not yet encrypt "
+                    "existing rows in a migration.",
+                    hint=f"move the rows to a new encrypted model with BulkCreate, or keep '{name}' unencrypted.",
+                )
 
 
 _INTERNAL: weakref.WeakKeyDictionary[Any, dict[type, ModelTable]] = weakref.WeakKeyDictionary()
@@ -181,6 +279,18 @@ def _row_builder(fields: Sequence[Field], readers: Sequence[Any]) -> Any:
             guard = "" if (not f.nullable and f.generated) else f" if r[{i}] is not None else None"
             items.append(f"{f.name!r}: _r{i}(r[{i}]){guard}")
     return eval(f"lambda r: {{{', '.join(items)}}}", namespace)  # noqa: S307 - built from identifiers only
+
+
+def _refuse_plaintext(model: str, name: str) -> Any:
+    def refuse(value: Any) -> Any:
+        raise EncryptionError(
+            f"Model '{model}': field '{name}' is encrypted at rest, and this write cannot seal it: its "
+            "ciphertext binds the row id, which this path does not know for each row.",
+            hint="write encrypted fields with Create, Update (by id) or BulkCreate; BulkUpdate, "
+            "Upsert, BulkUpsert and undo do not encrypt yet.",
+        )
+
+    return refuse
 
 
 def _fresh(default: Any) -> Any:
