@@ -112,6 +112,49 @@ class DataFlow(Observability):
         log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
         return cls
 
+    def rotate_key(self, key_id: str, *, batch_size: int = 1000) -> dict[str, int]:
+        """Re-encrypt every encrypted field of every model under key ``key_id`` (of the keyring).
+
+        In batches of ``batch_size`` rows, each in its own transaction: a rotation that stops
+        part-way (a kill, a lost connection) resumes when run again, skipping the values already
+        under ``key_id``, and every key of the ring decrypts meanwhile. Searchable fields get
+        their blind index under ``key_id`` too. Returns model -> rows re-encrypted.
+        """
+        self.database.check_open()
+        return _loop.run(self._rotate(key_id, batch_size))
+
+    async def _rotate(self, key_id: str, batch_size: int) -> dict[str, int]:
+        database = self.database
+        tables = [t for t in database.tables.values() if t.cipher is not None]
+        for table in tables:
+            if key_id not in table.cipher.key_ids:
+                raise EncryptionError(
+                    f"rotate_key('{key_id}'): the keyring of model '{table.model.name}' has no key "
+                    f"'{key_id}' (it has {', '.join(table.cipher.key_ids)}).",
+                    hint="add it to DATAFLOW_ENCRYPTION_KEY or encryption_keys (last: current), and "
+                    "define the models again.",
+                )
+        await database.open()
+        done = {}
+        for table in tables:
+            await database.ensure_table(table)
+            after, total, read = None, 0, batch_size
+            while read == batch_size:
+                conn = await database.acquire()
+                try:
+                    await conn.begin()
+                    try:
+                        after, read, rewritten = await table.rotate(conn, key_id, after, batch_size)
+                        await conn.commit()
+                    except BaseException:
+                        await conn.rollback()
+                        raise
+                finally:
+                    await database.release(conn)
+                total += rewritten
+            done[table.model.name] = total
+        return done
+
     def _cipher(self, schema: ModelSchema) -> Cipher | None:
         """The cipher of a model with encrypted fields (None: it has none); no key: refused."""
         if not schema.encrypted:

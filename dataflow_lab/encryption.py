@@ -13,7 +13,9 @@ associated data binds the table, the column and the row id, so a ciphertext copi
 row or column does not decrypt. The stored form is text (every backend stores it, COPY and
 Arrow included): ``dfe1:`` then base64 of a version byte, the key id's length and bytes, the
 nonce and the ciphertext with its tag. A searchable field also keeps a blind index: an
-HMAC-SHA256 of the value under a key derived from the current key, in a column of its own.
+HMAC-SHA256 of the value under a key derived from the current key, in a column of its own; a
+filter asks for it under every key of the ring, so rows written before a new key still match.
+``db.rotate_key(id)`` re-encrypts (and re-indexes) the stored values under one key.
 
 ``cryptography`` is imported when a key is first used, never by ``import dataflow_lab``.
 """
@@ -166,16 +168,31 @@ class Cipher:
         self.model, self.table = model, table
         self.current = list(keys)[-1]
         self._aead = {k: AESGCM(_derive(v, b"dataflow_lab aes-256-gcm")) for k, v in keys.items()}
-        self._index_key = _derive(keys[self.current], b"dataflow_lab blind index")
-        self._head = bytes([VERSION, len(self.current.encode())]) + self.current.encode()
+        self._index = {k: _derive(v, b"dataflow_lab blind index") for k, v in keys.items()}
+        self._heads = {k: bytes([VERSION, len(k.encode())]) + k.encode() for k in keys}
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._aead)
 
     def _aad(self, column: str, row_id: Any) -> bytes:
         return f"dataflow_lab/{VERSION}\x00{self.table}\x00{column}\x00{row_id}".encode()
 
-    def seal(self, column: str, kind: str, row_id: Any, value: Any) -> str:
+    def seal(self, column: str, kind: str, row_id: Any, value: Any, key_id: str | None = None) -> str:
+        """``value`` encrypted for ``column`` of row ``row_id``, with the current key (or ``key_id``)."""
+        key_id = key_id or self.current
         nonce = os.urandom(NONCE)
-        sealed = self._aead[self.current].encrypt(nonce, _encode(kind, value), self._aad(column, row_id))
-        return PREFIX + base64.b64encode(self._head + nonce + sealed).decode()
+        sealed = self._aead[key_id].encrypt(nonce, _encode(kind, value), self._aad(column, row_id))
+        return PREFIX + base64.b64encode(self._heads[key_id] + nonce + sealed).decode()
+
+    @staticmethod
+    def key_of(stored: str) -> str | None:
+        """The id of the key a stored ciphertext was sealed with (None: not a ciphertext)."""
+        try:
+            raw = base64.b64decode(stored[len(PREFIX) : len(PREFIX) + 360])  # the head is within it
+            return raw[2 : 2 + raw[1]].decode()
+        except (binascii.Error, ValueError, IndexError):
+            return None
 
     def open(self, column: str, kind: str, row_id: Any, stored: Any) -> Any:
         where = f"{self.model}.{column} of row {row_id!r}"
@@ -213,10 +230,16 @@ class Cipher:
                 hint="check the encryption key; a value moved between rows or columns cannot be read back.",
             ) from None  # fmt: skip
 
-    def blind(self, column: str, kind: str, value: Any) -> str:
-        """The blind index of ``value``: equal values of one column give equal indexes, nothing more."""
+    def blind(self, column: str, kind: str, value: Any, key_id: str | None = None) -> str:
+        """The blind index of ``value`` under the current key (or ``key_id``): equal values of one
+        column give equal indexes, nothing more."""
         message = f"{self.table}\x00{column}\x00".encode() + _encode(kind, value)
-        return hmac.new(self._index_key, message, hashlib.sha256).hexdigest()
+        return hmac.new(self._index[key_id or self.current], message, hashlib.sha256).hexdigest()
+
+    def blinds(self, column: str, kind: str, value: Any) -> list[str]:
+        """``value``'s blind index under every key of the ring: a row indexed before a new key was
+        added (and not yet rotated) is still found."""
+        return [self.blind(column, kind, value, k) for k in self._index]
 
 
 def _derive(key: bytes, purpose: bytes) -> bytes:

@@ -234,9 +234,9 @@ def _blind_condition(mt: Any, name: str, cond: Mapping[str, Any]) -> Any:
         elif op in ("$null", "$exists"):
             parts.append(col.is_not(None))
         elif op == "$eq":
-            parts.append(blind == sa.bindparam(None, mt.cipher.blind(name, kind, value)))
+            parts.append(blind.in_(mt.cipher.blinds(name, kind, value)))
         else:  # $in
-            hashes = [mt.cipher.blind(name, kind, v) for v in value if v is not None]
+            hashes = [h for v in value if v is not None for h in mt.cipher.blinds(name, kind, v)]
             found = blind.in_(hashes) if hashes else sa.false()
             parts.append(sa.or_(found, col.is_(None)) if None in value else found)
     return sa.and_(*parts) if len(parts) > 1 else parts[0]

@@ -149,13 +149,53 @@ class ModelTable:
                 out.update(self._seal_one(name, kind, row_id, values[name]))
         return out
 
-    def _seal_one(self, name: str, kind: str, row_id: Any, value: Any) -> dict[str, Any]:
+    def _seal_one(
+        self, name: str, kind: str, row_id: Any, value: Any, key_id: str | None = None
+    ) -> dict[str, Any]:
         assert self.cipher is not None
-        sealed = None if value is None else self.cipher.seal(name, kind, row_id, value)
+        sealed = None if value is None else self.cipher.seal(name, kind, row_id, value, key_id)
         if name not in self.model.searchable:
             return {name: sealed}
-        blind = None if value is None else self.cipher.blind(name, kind, value)
+        blind = None if value is None else self.cipher.blind(name, kind, value, key_id)
         return {name: sealed, name + BLIND_SUFFIX: blind}
+
+    async def rotate(self, conn: Connection, key_id: str, after: Any, batch: int) -> tuple[Any, int, int]:
+        """Re-encrypt under ``key_id`` the values of the next ``batch`` rows (by id, after ``after``)
+        that another key sealed: (the last raw id read, rows read, rows rewritten).
+
+        A value already under ``key_id`` is left alone, so a rotation that stopped part-way resumes
+        where it stopped. Each UPDATE checks the ciphertexts it read are still there: a row written
+        meanwhile (under the current key) is not overwritten with its older value.
+        """
+        assert self.cipher is not None
+        t, names = self.table, [n for n, _ in self._sealed]
+        stmt = sa.select(t.c.id, *(t.c[n] for n in names)).order_by(t.c.id).limit(batch)
+        if after is not None:
+            stmt = stmt.where(t.c.id > sa.bindparam("after", after, type_=t.c.id.type))
+        raw = await conn.fetch(*self.dialect.compile(stmt))
+        rewritten = 0
+        for raw_id, *stored in raw:
+            row_id = self.ids_from_db([raw_id])[0]
+            stale = {
+                n: v
+                for n, v in zip(names, stored, strict=True)
+                if v is not None and self.cipher.key_of(v) != key_id
+            }
+            if not stale:
+                continue
+            values: dict[str, Any] = {}
+            for name, kind in self._sealed:
+                if name in stale:
+                    plain = self.cipher.open(name, kind, row_id, stale[name])
+                    values.update(self._seal_one(name, kind, row_id, plain, key_id))
+            same = [t.c[n] == sa.bindparam(f"was_{n}", v, type_=t.c[n].type) for n, v in stale.items()]
+            update = (
+                sa.update(t)
+                .values(values)
+                .where(t.c.id == sa.bindparam("_id", raw_id, type_=t.c.id.type), *same)
+            )
+            rewritten += await conn.execute(*self.dialect.compile(update))
+        return (raw[-1][0] if raw else after), len(raw), rewritten
 
     def stage(self, name: str, value: Any) -> Any:
         """``to_db``, except that an encrypted field's value waits, checked, for ``seal_rows``."""

@@ -388,3 +388,47 @@ def test_keygen_prints_a_key_the_environment_takes():
     db = DataFlow(encryption_keys=value)
     patients(db)
     assert one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})["ssn"] == SECRET
+
+
+def test_rotate_key_works_in_batches_and_resumes_after_an_interruption(where, monkeypatch):
+    from dataflow_lab.encryption import Cipher
+    from dataflow_lab.schema import ModelTable
+
+    backend, url, tmp_path = where
+    old, new = keygen("old"), keygen("new")
+    db = DataFlow(url, encryption_keys=old)
+    patients(db)
+    data = [{"name": f"p{i}", "ssn": f"{i:03d}", "notes": {"i": i}} for i in range(25)]
+    one(db, "PatientBulkCreateNode", {"data": data})
+    db.close()
+    db = DataFlow(url, encryption_keys=f"{old},{new}")
+    patients(db)
+    assert one(db, "PatientCountNode", {"filter": {"ssn": "007"}})["count"] == 1  # indexed under "old"
+    real, batches = ModelTable.rotate, []
+
+    async def dies_in_the_third_batch(self, *args):
+        batches.append(1)
+        if len(batches) == 3:
+            raise ConnectionResetError("the connection died mid-rotation")
+        return await real(self, *args)
+
+    monkeypatch.setattr(ModelTable, "rotate", dies_in_the_third_batch)
+    with pytest.raises(ConnectionResetError):
+        db.rotate_key("new", batch_size=10)
+    monkeypatch.setattr(ModelTable, "rotate", real)
+    db.close()
+    keys = lambda: [Cipher.key_of(v) for (v,) in raw(backend, tmp_path, "SELECT ssn FROM patients")]  # noqa: E731
+    assert sorted(keys()).count("new") == 20 and keys().count("old") == 5  # two batches committed
+    db = DataFlow(url, encryption_keys=f"{old},{new}")
+    patients(db)
+    assert db.rotate_key("new", batch_size=10) == {"Patient": 5}  # resumed: only the rest
+    db.close()
+    assert set(keys()) == {"new"}
+    db = DataFlow(url, encryption_keys=new)  # the old key is gone: nothing needs it any more
+    patients(db)
+    back = one(db, "PatientListNode", {"filter": {"ssn": "007"}})["records"]
+    assert [(r["name"], r["notes"]) for r in back] == [("p7", {"i": 7})]
+    assert len(one(db, "PatientListNode")["records"]) == 25
+    with pytest.raises(EncryptionError, match="has no key 'gone'"):
+        db.rotate_key("gone")
+    db.close()
