@@ -295,6 +295,8 @@ class RowShaper:
         return False
 
     def _fresh_values(self) -> tuple[Any, ...]:
+        if len(self._made) == 1 and self.mt.writers[self._made[0][0]] is None:  # an id made per row
+            return (self._made[0][1](),)
         return tuple(self.mt.to_db(name, make()) for name, make in self._made)
 
     def _converted(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
