@@ -21,6 +21,7 @@ from dataflow_lab import (
     EncryptionError,
     LocalRuntime,
     MigrationError,
+    NotFoundError,
     ValidationError,
     WorkflowBuilder,
     WorkflowValidationError,
@@ -432,3 +433,37 @@ def test_rotate_key_works_in_batches_and_resumes_after_an_interruption(where, mo
     with pytest.raises(EncryptionError, match="has no key 'gone'"):
         db.rotate_key("gone")
     db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "duckdb", "postgres"])
+def test_a_failed_workflow_in_a_block_writes_encrypted_rows_back_sealed(backend, tmp_path):
+    """On DuckDB the undo is emulated from before-images: they are sealed again to their rows."""
+    db = DataFlow(url_for(backend, tmp_path), encryption_keys=KEY)
+    patients(db)
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    with db.transaction():
+        workflow = WorkflowBuilder(db)
+        workflow.add_node("PatientUpdateNode", "change", {"id": ann["id"], "fields": {"ssn": "000"}})
+        workflow.add_node("PatientReadNode", "missing", {"id": 12345})
+        with pytest.raises(NotFoundError):
+            LocalRuntime().execute(workflow.build())
+    assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
+    assert one(db, "PatientCountNode", {"filter": {"ssn": SECRET}})["count"] == 1
+    db.close()
+
+
+def test_a_saga_step_that_changes_encrypted_rows_is_refused_and_rolled_back(tmp_path):
+    url = f"sqlite:///{tmp_path / 'saga.db'}"
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    workflow = WorkflowBuilder(db)
+    workflow.add_node("PatientUpdateNode", "change", {"id": ann["id"], "fields": {"ssn": "000"}})
+    with pytest.raises(EncryptionError, match="does not encrypt that log yet"):
+        LocalRuntime(transaction="saga").execute(workflow.build())
+    assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
+    created = WorkflowBuilder(db)  # a Create's undo is its ids only: a saga runs it
+    created.add_node("PatientCreateNode", "new", {"name": "Bob", "ssn": "222"})
+    LocalRuntime(transaction="saga").execute(created.build())
+    db.close()
+    assert SECRET.encode() not in (tmp_path / "saga.db").read_bytes()
