@@ -161,7 +161,7 @@ def _encode(kind: str, value: Any) -> bytes:
     if kind == "bytes":
         return bytes(value)
     if kind == "json":
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()  # keys keep their order
     return str(value).encode()
 
 

@@ -491,3 +491,11 @@ def test_turning_searchable_on_for_rows_without_a_blind_index_is_refused(tmp_pat
     with pytest.raises(MigrationError, match="equality filters would miss them"):
         one(db, "PatientCountNode", {"filter": {"ssn": SECRET}})
     db.close()
+
+
+def test_the_keys_never_enter_the_config_and_json_keeps_its_key_order():
+    db = DataFlow(encryption_keys=KEY)
+    patients(db)
+    assert KEY.split(":")[1] not in repr(db.config) and KEY.split(":")[1] not in repr(db.__reduce__())
+    made = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "notes": {"b": 1, "a": 2}})
+    assert list(one(db, "PatientReadNode", {"id": made["id"]})["notes"]) == ["b", "a"]
