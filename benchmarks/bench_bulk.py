@@ -17,6 +17,9 @@ streams rows of (name, body) whose body is ``--wide-kb`` KB of text (default 50 
 whole stream at once, as one ``executemany`` / COPY / Arrow table.
 ``--upsert-memory`` measures BulkUpsert alone, streamed from a generator of new rows, with
 tracemalloc: its peak must not grow with the input.
+The ``encrypted`` row compares BulkCreate into a model whose ``name`` is ``Encrypted[str]``
+(AES-256-GCM per value, encryption.py) with BulkCreate into the same model unencrypted (neither
+has the unique key on name, which an encrypted field cannot carry): its "raw" columns are ours, plain.
 
 Run: python benchmarks/bench_bulk.py [--sizes 10000 100000 1000000] [--ops create upsert stream wide]
      [--wide-rows 2000] [--wide-kb 50] [--write docs/performance.md]
@@ -127,17 +130,30 @@ def upsert_memory(backends: list[str], sizes: list[int], pg: str | None) -> str:
 
 
 def setup_ours(op: str, url: str, existing: int):
-    from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+    from dataflow_lab import DataFlow, Encrypted, LocalRuntime, WorkflowBuilder
+    from dataflow_lab.encryption import keygen
 
-    db = DataFlow(url, echo=False)  # the engine, not the development preset's SQL on stderr
+    db = DataFlow(url, echo=False, encryption_keys=keygen())  # echo off: the engine, not SQL on stderr
+    if op in ("plain", "encrypted"):  # encrypted against plain: no unique key (an encrypted field has none)
 
-    @db.model
-    class Item:
-        __tablename__ = "bench_items"
-        __dataflow__ = {"unique": ["name"]}
-        name: str
-        qty: int
-        price: float
+        class Item:
+            __tablename__ = "bench_items"
+            __annotations__ = {
+                "name": Encrypted[str] if op == "encrypted" else str,
+                "qty": int,
+                "price": float,
+            }
+
+        db.model(Item)
+    else:
+
+        @db.model
+        class Item:
+            __tablename__ = "bench_items"
+            __dataflow__ = {"unique": ["name"]}
+            name: str
+            qty: int
+            price: float
 
     @db.model
     class Doc:
@@ -325,6 +341,15 @@ def subprocess_case(backend: str, path: str, op: str, n: int, url: str, wide_kb:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def encrypted_row(backend: str, n: int, workdir: str, pg: str | None) -> tuple[str, ...]:
+    """BulkCreate with ``name`` encrypted, against the same model plain (in the "raw" columns)."""
+    p = subprocess_case(backend, "ours", "plain", n, fresh_url(backend, workdir, f"p{n}", pg))
+    e = subprocess_case(backend, "ours", "encrypted", n, fresh_url(backend, workdir, f"e{n}", pg))
+    return (backend, f"{n:,}", "BulkCreate, name encrypted (vs plain)", f"{n / e['seconds']:,.0f}",
+            f"{n / p['seconds']:,.0f}", f"{p['seconds'] / e['seconds']:.2f}x", f"{e['peak_mb']:.0f} MB",
+            f"{p['peak_mb']:.0f} MB", f"{e['peak_mb'] / max(p['peak_mb'], 1):.2f}x")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -386,6 +411,9 @@ def main() -> int:
                         f"{o['peak_mb'] / max(r['peak_mb'], 1):.2f}x",
                     )
                 )
+            if any(op != "wide" for op in args.ops):
+                for n in args.sizes:
+                    rows.append(encrypted_row(backend, n, workdir, pg))
                 print(" | ".join(rows[-1]), file=sys.stderr)
     report = table(
         rows,

@@ -5,6 +5,7 @@
 
 from .access import User
 from .dataflow import DataFlow
+from .encryption import Encrypted
 from .errors import (
     AccessDeniedError,
     BackfillRequiredError,
@@ -12,7 +13,9 @@ from .errors import (
     ConnectionError,
     CycleNotConvergedError,
     DataFlowError,
+    DecryptionError,
     DestructiveMigrationError,
+    EncryptionError,
     MigrationError,
     MigrationRequiredError,
     NodeExecutionError,
@@ -80,6 +83,9 @@ __all__ = [
     "DaskRuntime",
     "DataFlow",
     "DataFlowError",
+    "DecryptionError",
+    "Encrypted",
+    "EncryptionError",
     "LocalRuntime",
     "BackfillRequiredError",
     "DestructiveMigrationError",

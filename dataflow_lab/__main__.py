@@ -1,4 +1,7 @@
-"""``python -m dataflow_lab demo``: the spec's walkthrough on in-memory SQLite, narrated."""
+"""``python -m dataflow_lab demo``: the spec's walkthrough on in-memory SQLite, narrated.
+
+``python -m dataflow_lab keygen [--id ID]``: a new encryption key, as DATAFLOW_ENCRYPTION_KEY takes it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import sys
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+from dataflow_lab.encryption import ENV_KEY, keygen
 
 IN_MEMORY = "sqlite:///:memory:"
 
@@ -98,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="database URL (default: in-memory SQLite; DATABASE_URL is ignored)",
     )
+    make_key = sub.add_parser("keygen", help=f"print a new encryption key as {ENV_KEY}=id:key")
+    make_key.add_argument("--id", default="k1", help="the key's id in the keyring (default: k1)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.url)
+    if args.command == "keygen":
+        print(f"{ENV_KEY}={keygen(args.id)}")
+        print(f"# keep it secret; to rotate later, append a new id:key after a comma ({ENV_KEY}=old,new)",
+              file=sys.stderr)  # fmt: skip
+        return 0
     parser.print_help()
     return 0
 

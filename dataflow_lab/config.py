@@ -145,6 +145,7 @@ class DataFlowConfig:
     safety_level: str = "development"  # which checks and confirmations risky operations need: SAFETY_LEVELS
     audit_log: bool = False  # every model's writes are audited (a model's own __dataflow__ may say False)
     multi_tenant: bool = False  # every model is multi_tenant (likewise)
+    encryption_at_rest: bool = False  # every text, JSON and bytes field is encrypted (encryption.py)
     log_level: str | None = None  # the 'dataflow_lab' logger's level; None leaves logging alone
     bulk_memory_mb: float = 64.0  # what one bulk chunk may hold in memory (rows.ChunkSizer)
 

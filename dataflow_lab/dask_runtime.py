@@ -31,7 +31,7 @@ from ._loop import run
 from ._remote import NodeTask, compensate, run_node
 from .access import check_run, user_name
 from .cycles import Cycle
-from .errors import ValidationError, refuse_unknown_options
+from .errors import EncryptionError, ValidationError, refuse_unknown_options
 from .hooks import Fanout, Hooks, NodeRecord
 from .modes import TransactionMode
 from .nodes.base import node_ref
@@ -347,6 +347,13 @@ def _client(client_or_address: Any) -> Any:
 
 
 def _check_shareable(workflow: Workflow) -> None:
+    encrypted = [mt.model.name for _db, mt in workflow.models() if mt.model.encrypted]
+    if encrypted:  # the keys stay in this process: a worker could neither seal nor open the fields
+        raise EncryptionError(
+            f"{encrypted[0]} has encrypted fields, and DaskRuntime does not encrypt yet: its workers get "
+            "the DataFlow without its keys, and task payloads would carry the plaintext.",
+            hint="run workflows that touch encrypted models on LocalRuntime.",
+        )
     for db in workflow.dataflows():
         if db.database.dialect.process_local():
             raise ValidationError(

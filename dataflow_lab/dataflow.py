@@ -26,7 +26,8 @@ from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
 from .dialects import refuse_pool_options
-from .errors import ValidationError
+from .encryption import HOW_TO_MAKE_A_KEY, Cipher, load_keys
+from .errors import EncryptionError, ValidationError
 from .health import HealthReport
 from .hooks import Hooks
 from .leaks import open_at_exit
@@ -57,6 +58,8 @@ class DataFlow(Observability):
     """
 
     def __init__(self, database_url: str | None = None, **options: Any):
+        # the keys never enter the config (its repr, its pickle for Dask workers): encryption.py
+        self._encryption_keys = options.pop("encryption_keys", None)
         self.config = DataFlowConfig.from_env(database_url, **options)
         show_logs(self.config)  # echo's SQL and log_level on stderr in a script (logs.py)
         refuse_pool_options(self.config.database_url, options)  # DuckDB has no pool to size
@@ -101,17 +104,82 @@ class DataFlow(Observability):
         The table is created (or migrated, see ``db.migrations``) when a workflow first uses it.
         """
         self.database.check_open()
-        schema = parse_model(cls, defaults=self.config.model_defaults)  # DataFlow(multi_tenant=True)...
+        schema = parse_model(cls, defaults=self.config.model_defaults,  # DataFlow(multi_tenant=True)...
+                             encryption_at_rest=self.config.encryption_at_rest)  # fmt: skip
         self._check_redefinition(schema)
         model_methods.check_names(cls, schema)
+        cipher = self._cipher(schema)
         dialect = self.database.dialect  # waits for the warm-up before importing what it imports
+        from .behaviours import compose
         from .schema import ModelTable
 
-        self.database.install(schema, ModelTable(schema, dialect))
+        compose(schema)  # a model whose options cannot go together is refused before it replaces one
+        self.database.install(schema, ModelTable(schema, dialect, cipher))
         setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
         model_methods.install(cls, self, schema)  # User.create(...), User.list(...)... (model_methods.py)
         log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
         return cls
+
+    def rotate_key(self, key_id: str, *, batch_size: int = 1000) -> dict[str, int]:
+        """Re-encrypt every encrypted field of every model under key ``key_id`` (of the keyring).
+
+        In batches of ``batch_size`` rows, each in its own transaction: a rotation that stops
+        part-way (a kill, a lost connection) resumes when run again, skipping the values already
+        under ``key_id``, and every key of the ring decrypts meanwhile. Searchable fields get
+        their blind index under ``key_id`` too. Returns model -> rows re-encrypted.
+        """
+        self.database.check_open()
+        return _loop.run(self._rotate(key_id, batch_size))
+
+    async def _rotate(self, key_id: str, batch_size: int) -> dict[str, int]:
+        database = self.database
+        tables = [t for t in database.tables.values() if t.cipher is not None]
+        for table in tables:
+            if key_id not in table.cipher.key_ids:
+                raise EncryptionError(
+                    f"rotate_key('{key_id}'): the keyring of model '{table.model.name}' has no key "
+                    f"'{key_id}' (it has {', '.join(table.cipher.key_ids)}).",
+                    hint="add it to DATAFLOW_ENCRYPTION_KEY or encryption_keys (last: current), and "
+                    "define the models again.",
+                )
+        await database.open()
+        done = {}
+        for table in tables:
+            await database.ensure_table(table)
+            after, total, read = None, 0, batch_size
+            while read == batch_size:
+                conn = await database.acquire()
+                try:
+                    await conn.begin()
+                    try:
+                        after, read, rewritten = await table.rotate(conn, key_id, after, batch_size)
+                        await conn.commit()
+                    except BaseException:
+                        await conn.rollback()
+                        raise
+                finally:
+                    await database.release(conn)
+                total += rewritten
+            done[table.model.name] = total
+        return done
+
+    def _cipher(self, schema: ModelSchema) -> Cipher | None:
+        """The cipher of a model with encrypted fields (None: it has none); no key: refused."""
+        if not schema.encrypted:
+            return None
+        keys = load_keys(self._encryption_keys)
+        if keys is None:
+            raise EncryptionError(
+                f"Model '{schema.name}' has encrypted fields ({', '.join(sorted(schema.encrypted))}) but "
+                f"there is no encryption key: {HOW_TO_MAKE_A_KEY}."
+            )
+        try:
+            return Cipher(keys, schema.name, schema.table_name)
+        except ImportError:
+            raise EncryptionError(
+                f"Model '{schema.name}' has encrypted fields, which need the cryptography package.",
+                hint="pip install 'dataflow-lab[encryption]'",
+            ) from None
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
         """Model existing tables as they are (all, or ``tables``); returns the new model names.

@@ -15,7 +15,9 @@ __all__ = [
     "ConnectionError",
     "CycleNotConvergedError",
     "DataFlowError",
+    "DecryptionError",
     "DestructiveMigrationError",
+    "EncryptionError",
     "MigrationError",
     "MigrationRequiredError",
     "NodeExecutionError",
@@ -114,6 +116,20 @@ class NotFoundError(DataFlowError, LookupError):
 
     def __init__(self, message: str, *, model: str, id: object, hint: str | None = None):
         self.model = model
+        self.id = id
+        super().__init__(message, hint=hint)
+
+
+class EncryptionError(DataFlowError):
+    """A model's encrypted fields cannot be written or read as asked (no key, a path that does not encrypt)."""
+
+
+class DecryptionError(EncryptionError):
+    """A stored value did not decrypt: a wrong key, or a ciphertext moved to another row or column."""
+
+    def __init__(self, message: str, *, model: str, field: str, id: object, hint: str | None = None):
+        self.model = model
+        self.field = field
         self.id = id
         super().__init__(message, hint=hint)
 
@@ -249,7 +265,17 @@ class NodeExecutionError(DataFlowError):
             f"Node '{node_id}' ({node_type}) failed: {type(cause).__name__}: {cause_text}",
             hint=hint,
         )
-        for attr in ("model", "id", "problems", "expected", "actual", "denials", "limit", *_POOL_FIGURES):
+        for attr in (
+            "model",
+            "id",
+            "field",
+            "problems",
+            "expected",
+            "actual",
+            "denials",
+            "limit",
+            *_POOL_FIGURES,
+        ):
             if hasattr(cause, attr):
                 setattr(self, attr, getattr(cause, attr))
 

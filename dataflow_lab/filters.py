@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .errors import ValidationError, did_you_mean
-from .model import ModelSchema, check_value
+from .model import BLIND_SUFFIX, ModelSchema, check_value
 from .types import ANY_DECIMAL, decimal_bound
 
 __all__ = ["OPERATORS", "Shaped", "normalize", "normalize_order_by", "order_clauses", "shaped", "to_sql"]
@@ -62,7 +62,30 @@ def normalize(model: ModelSchema, doc: Any, *, node: str = "", depth: int = 0) -
         else:
             f = model.field(key, context=f"the filter of {node}" if node else "a filter")
             out[key] = _normalize_condition(model, f, value, node, check_value, depth + 1)
+            if key in model.encrypted:
+                _check_encrypted(model, key, out[key], node)
     return out
+
+
+def _check_encrypted(model: ModelSchema, name: str, cond: Mapping[str, Any], node: str) -> None:
+    """Equality (``$eq``, ``$in``) on a searchable encrypted field, through its blind index; IS NULL
+    on any encrypted field. The database holds only ciphertexts: it cannot compare or match them."""
+    searchable = name in model.searchable
+    for op, value in cond.items():
+        if op in ("$null", "$exists") or (op == "$eq" and value is None):
+            continue
+        if searchable and op in ("$eq", "$in"):
+            continue
+        why = (
+            "only equality ($eq, $in) works, through its blind index"
+            if searchable
+            else "declare it Encrypted[str, 'searchable'] for equality filters ($eq, $in) through a blind index"
+        )
+        raise ValidationError(
+            f"{_where(model, node)}{op} on '{name}' is refused: '{name}' is encrypted at rest, and the "
+            "database holds only its ciphertexts, which it cannot compare, match or order.",
+            hint=f"{why}; filter on other fields, or filter the decrypted rows in Python.",
+        )
 
 
 def _check_depth(model: ModelSchema, node: str, depth: int) -> None:
@@ -275,6 +298,8 @@ def _shape_of(mt: Any, doc: Mapping[str, Any], values: list[Any]) -> list:
 
 
 def _condition_shape(mt: Any, name: str, cond: Mapping[str, Any], values: list[Any]) -> list:
+    if name in mt.model.encrypted:
+        return _blind_shape(mt, name, cond, values)
     field = mt.model.by_name[name]
 
     def slot(v: Any) -> Slot:
@@ -349,9 +374,48 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def _blind_shape(mt: Any, name: str, cond: Mapping[str, Any], values: list[Any]) -> list:
+    """An encrypted field's condition (checked by ``_check_encrypted``) as a shape: IS NULL on its
+    column, or equality on its blind index column, whose keyed hashes are bound like any value
+    (a value can have one hash per key of the ring)."""
+    kind = mt.model.by_name[name].type.name
+    parts: list = []
+    for op, value in cond.items():
+        if op == "$eq" and value is None or op in ("$null", "$exists") and value is (op == "$null"):
+            parts.append(("$blind_null", True))
+        elif op in ("$null", "$exists"):
+            parts.append(("$blind_null", False))
+        else:  # $eq or $in
+            given = [value] if op == "$eq" else list(value)
+            slots = []
+            for v in given:
+                for hashed in mt.cipher.blinds(name, kind, v) if v is not None else ():
+                    values.append(hashed)
+                    slots.append(Slot(len(values) - 1))
+            parts.append(("$blind_in", (tuple(slots), op == "$in" and None in value)))
+    return parts
+
+
+def _blind_condition(mt: Any, name: str, shape: list, bind: Any) -> Any:
+    import sqlalchemy as sa
+
+    col, blind = mt.table.c[name], mt.table.c.get(name + BLIND_SUFFIX)
+    parts = []
+    for op, value in shape:
+        if op == "$blind_null":
+            parts.append(col.is_(None) if value else col.is_not(None))
+        else:
+            slots, with_none = value
+            found = blind.in_([bind(slot, blind.type) for slot in slots]) if slots else sa.false()
+            parts.append(sa.or_(found, col.is_(None)) if with_none else found)
+    return sa.and_(*parts) if len(parts) > 1 else parts[0]
+
+
 def _condition(mt: Any, name: str, shape: list, bind: Any) -> Any:
     import sqlalchemy as sa
 
+    if name in mt.model.encrypted:
+        return _blind_condition(mt, name, shape, bind)
     field = mt.model.by_name[name]
     nullable = field.nullable
     raw_col = mt.table.c[name]
@@ -458,6 +522,13 @@ def normalize_order_by(model: ModelSchema, order_by: Any, *, node: str = "") -> 
         else:
             raise ValidationError(
                 f"{_where(model, node)}order_by item {item!r} is not understood.", hint=f"use {_ORDER_FORMS}."
+            )
+    for name, _desc, _nulls in out:
+        if name in model.encrypted:
+            raise ValidationError(
+                f"{_where(model, node)}order_by '{name}' is refused: '{name}' is encrypted at rest, and the "
+                "database holds only its ciphertexts, whose order means nothing.",
+                hint="order by another field, or sort the decrypted rows in Python.",
             )
     return out
 

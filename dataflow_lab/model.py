@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .declarations import DECLARED
+from .encryption import ENCRYPTABLE, marked, random_id
 from .errors import ValidationError, did_you_mean
 from .types import LOGICAL_TYPES, SUPPORTED, LogicalType, resolve_annotation
 
@@ -28,7 +29,8 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # whole string (fullmat
 RESERVED_TABLE_PREFIXES = ("sqlite_", "pg_", "duckdb_", "dataflow_", "_dataflow")
 RESERVED_TABLES = ("information_schema",)
 TIMESTAMP_FIELDS = ("created_at", "updated_at")
-MODEL_OPTIONS = ("unique", "indexes", *(d.option for d in DECLARED), "behaviours")
+MODEL_OPTIONS = ("unique", "indexes", *(d.option for d in DECLARED), "behaviours", "encrypted")
+BLIND_SUFFIX = "_blind"  # a searchable encrypted field's blind index column: <field>_blind
 # option -> (the column it adds, what it does), for error messages (declarations.py declares them)
 FLAG_OPTIONS = {d.option: (d.column, d.purpose) for d in DECLARED}
 
@@ -88,6 +90,9 @@ class ModelSchema:
     # What its options and behaviours declare of the table (declarations.py), composed by parse_model:
     counters: tuple[str, ...] = field(default=(), repr=False)  # columns an upsert counts up
     key_scope: tuple[str, ...] = field(default=(), repr=False)  # columns leading every key and index
+    # Fields encrypted at rest (encryption.py), and those of them with a blind index (<field>_blind)
+    encrypted: frozenset[str] = field(default=frozenset(), repr=False)
+    searchable: frozenset[str] = field(default=frozenset(), repr=False)
     by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -204,13 +209,18 @@ def check_table_name(table: str, model: str) -> str:
 
 
 def parse_model(
-    cls: type, *, internal: bool = False, defaults: typing.Mapping[str, bool] | None = None
+    cls: type,
+    *,
+    internal: bool = False,
+    defaults: typing.Mapping[str, bool] | None = None,
+    encryption_at_rest: bool = False,
 ) -> ModelSchema:
     """Read a class's annotations, defaults and options into a ModelSchema.
 
     ``internal``: one of dataflow_lab's own tables (the audit log), whose names are reserved.
     ``defaults``: on/off options a model has unless its ``__dataflow__`` says otherwise
     (``DataFlow(audit_logging=True)``, ``DataFlow(multi_tenant=True)``).
+    ``encryption_at_rest``: every text, JSON and bytes field is encrypted (``DataFlow(encryption_at_rest=True)``).
     """
     name = cls.__name__
     check_identifier(name, "Model name")
@@ -241,6 +251,11 @@ def parse_model(
             _check_managed(cls, name, f, hints.pop(f.name))
     for field_name, annotation in hints.items():
         fields.append(_user_field(cls, name, field_name, annotation))
+    encrypted, searchable = _encrypted(cls, name, hints, fields, encryption_at_rest and not internal)
+    if encrypted and fields[0].generated:  # its ciphertexts bind the row id: made before the INSERT
+        fields[0] = Field("id", LOGICAL_TYPES[int], primary_key=True, default_factory=random_id)
+    managed = [*(Field(n + BLIND_SUFFIX, LOGICAL_TYPES[str], nullable=True, generated=True)
+                 for n in sorted(searchable)), *managed]  # fmt: skip
     table = getattr(cls, "__tablename__", None) or table_name_for(name)
     if internal:
         check_identifier(table, f"Table name of model '{name}'")
@@ -248,11 +263,64 @@ def parse_model(
         check_table_name(table, name)
     fields += managed
     options = _options(cls, name, {f.name for f in fields})
+    _check_not_keyed(name, encrypted, options)
     return ModelSchema(
         name, table, tuple(fields), **options, options=frozenset(o for o in flags if flags[o]), behaviours=own,
         counters=tuple(c for d in declared for c in getattr(d, "counters", ())),
         key_scope=tuple(dict.fromkeys(c for d in declared for c in getattr(d, "key_scope", ()))),
+        encrypted=frozenset(encrypted), searchable=frozenset(searchable),
     )  # fmt: skip
+
+
+def _encrypted(
+    cls: type, model: str, hints: typing.Mapping[str, object], fields: list[Field], everything: bool
+) -> tuple[set[str], set[str]]:
+    """The fields encrypted at rest (``Encrypted[...]``, ``__dataflow__['encrypted']``, or every
+    text, JSON and bytes field), and those of them that are searchable."""
+    by_name = {f.name: f for f in fields[1:]}
+    listed = dict(getattr(cls, "__dataflow__", None) or {}).get("encrypted", ())
+    if isinstance(listed, str) or not isinstance(listed, list | tuple | set | frozenset):
+        raise ValidationError(
+            f"Model '{model}': __dataflow__['encrypted'] must be a list of field names, got {listed!r}.",
+            hint='write __dataflow__ = {"encrypted": ["ssn", "notes"]}.',
+        )
+    for n in listed:
+        if n not in by_name:
+            raise ValidationError(
+                f"Model '{model}': __dataflow__['encrypted'] names unknown field '{n}'.{did_you_mean(n, by_name)}",
+                hint=f"fields: {', '.join(by_name)}.",
+            )
+    marks = {n: marked(a) for n, a in hints.items()}
+    searchable = {n for n, m in marks.items() if m is not None and m.searchable}
+    encrypted = {n for n, m in marks.items() if m is not None} | set(listed)
+    if everything:
+        encrypted |= {n for n, f in by_name.items() if f.type.name in ENCRYPTABLE}
+    for n in sorted(encrypted):
+        if by_name[n].type.name not in ENCRYPTABLE:
+            raise ValidationError(
+                f"Model '{model}': field '{n}' is {by_name[n].type.python.__name__}; only str, dict/list "
+                "(JSON) and bytes fields can be encrypted at rest.",
+                hint=f"store '{n}' as str (Encrypted[str]), or leave it unencrypted.",
+            )
+        if n + BLIND_SUFFIX in by_name:
+            raise ValidationError(
+                f"Model '{model}': field '{n + BLIND_SUFFIX}' clashes with the blind index column of '{n}'.",
+                hint=f"rename '{n + BLIND_SUFFIX}'.",
+            )
+    return encrypted, searchable
+
+
+def _check_not_keyed(model: str, encrypted: set[str], options: typing.Mapping[str, typing.Any]) -> None:
+    for key in ("unique", "indexes"):
+        for group in options[key]:
+            hit = [c for c in group if c in encrypted]
+            if hit:
+                raise ValidationError(
+                    f"Model '{model}': __dataflow__['{key}'] names encrypted field '{hit[0]}'; its stored "
+                    "values are random ciphertexts, so a key or index on them means nothing.",
+                    hint=f"remove '{hit[0]}' from {key}, or declare it Encrypted[str, 'searchable'] for "
+                    "equality filters.",
+                )
 
 
 OPTION_FIELDS = {  # the columns each flag option adds, managed by dataflow_lab like the timestamps
@@ -413,9 +481,14 @@ def check_value(model: ModelSchema, f: Field, value: typing.Any, *, node: str = 
         return f.type.check(value)
     except TypeError as exc:
         raise ValidationError(
-            f"{_where(model, node)}field '{f.name}' got {type(value).__name__} {value!r:.60}: {exc}.",
+            f"{_where(model, node)}field '{f.name}' got {type(value).__name__} {_shown(model, f, value)}: {exc}.",
             hint=f"pass a value of type {f.type.python.__name__} for '{f.name}'.",
         ) from None
+
+
+def _shown(model: ModelSchema, f: Field, value: typing.Any) -> str:
+    """A value in an error message; an encrypted field's never (it may be a secret given as the wrong type)."""
+    return "<encrypted>" if f.name in model.encrypted else f"{value!r:.60}"
 
 
 def _where(model: ModelSchema, node: str) -> str:

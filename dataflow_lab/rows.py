@@ -244,7 +244,7 @@ class RowShaper:
         else:
             getter = _single(self._given)
         self._getter = getter
-        stamped = tuple(self.mt.to_db(name, value) for name, value in self._stamps.items())
+        stamped = tuple(self.mt.stage(name, value) for name, value in self._stamps.items())
         self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db,) * len(self._times) + stamped
         made = tuple(name for name, _ in self._made)
         self.columns = (*self._given, *made, *(f.name for f in rest), *self._times, *self._stamps)
@@ -258,7 +258,7 @@ class RowShaper:
 
     def _default_db(self, f: Any) -> Any:
         if f.default is not MISSING:
-            return self.mt.to_db(f.name, f.default)
+            return self.mt.stage(f.name, f.default)
         if f.nullable:
             return None
         return _REQUIRED  # a row relying on it fails on the slow path, naming the field
@@ -270,7 +270,7 @@ class RowShaper:
         return frozenset((*kinds, type(None)) if f.nullable else kinds)
 
     def _converter(self, f: Any) -> Any:
-        to_db = self.mt.writers[f.name]
+        to_db = self.mt.stager(f.name)  # an encrypted field's value is sealed with its row (seal_rows)
         if f.type.name in ("datetime", "decimal"):  # normalize to aware UTC / fit the digits, then convert
             check = f.type.check
             return (lambda v: to_db(check(v))) if to_db else check
@@ -317,7 +317,8 @@ class RowShaper:
             return self._all_slow(records, first_index)  # some int is beyond 64 bits: find and name it
         if self._reals and rows and not self._reals_ok(rows):
             return self._all_slow(records, first_index)  # a NaN or Infinity Create refuses: name it
-        return Chunk(self._laid_out, rows, first_index, skipped)
+        columns, sealed = self.mt.seal_rows(self._laid_out, rows)  # encrypted fields: each bound to its row
+        return Chunk(columns, sealed, first_index, skipped)
 
     def _ints_fit(self, rows: list[tuple[Any, ...]]) -> bool:
         """One min/max pass per int column, instead of a range check per value."""
@@ -350,7 +351,8 @@ class RowShaper:
                 if self.on_error != "skip":
                     raise
                 skipped.append({"index": first_index + offset, "error": exc.message})
-        return Chunk(self._laid_out, rows, first_index, skipped)
+        columns, sealed = self.mt.seal_rows(self._laid_out, rows)  # encrypted fields: each bound to its row
+        return Chunk(columns, sealed, first_index, skipped)
 
     def _signature_ok(self, signature: tuple[type, ...], fast: list[frozenset[type]]) -> bool:
         if all(t in ok for t, ok in zip(signature, fast, strict=True)):
@@ -359,6 +361,8 @@ class RowShaper:
         return False
 
     def _fresh_values(self) -> tuple[Any, ...]:
+        if len(self._made) == 1 and self.mt.writers[self._made[0][0]] is None:  # an id made per row
+            return (self._made[0][1](),)
         return tuple(self.mt.to_db(name, make()) for name, make in self._made)
 
     def _converted(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -402,7 +406,7 @@ class RowShaper:
                 hint="give every row the same fields (use None for missing optional values).",
             )
         row = self.mt.new_row({**values, **dict.fromkeys(self._times, self._now), **self._stamps})
-        return tuple(self.mt.to_db(c, row.get(c)) for c in self._laid_out)
+        return tuple(self.mt.stage(c, row.get(c)) for c in self._laid_out)
 
     def _require_mapping(self, record: Any, index: int) -> None:
         if not isinstance(record, Mapping):

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 # the tie with a partial module: "saga resume failed" on stderr).
 from . import migrations  # noqa: F401
 from .audit import _jsonable, _typed
+from .errors import EncryptionError
 from .migrations.live import read_table
 from .nodes.undo import RowUndo
 from .schema import ModelTable, internal_table
@@ -136,6 +137,14 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
     if not isinstance(undo, RowUndo) or undo.empty:
         return
     db = undo.dataflow
+    encrypted = db.table(undo.model).model.encrypted
+    if undo.before and encrypted:  # in the step's transaction: raising rolls the step back
+        raise EncryptionError(
+            f"{saga_step.node_id}: a saga logs the rows a step changes, to undo them after a crash, "
+            f"and does not encrypt that log yet; model {undo.model} has encrypted fields "
+            f"({', '.join(sorted(encrypted))}), so this step is refused and rolled back.",
+            hint="run writes that change encrypted rows with transaction='node' or 'workflow'.",
+        )
     table = log_table(db)
     conn = await scope.connection(db, write=True)
     now = dt.datetime.now(dt.UTC)  # the wall clock, even under a deterministic one: it dates the grace

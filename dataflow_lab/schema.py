@@ -17,9 +17,11 @@ import sqlalchemy as sa
 
 from .clock import SystemClock
 from .dialects import Connection, Dialect
+from .encryption import PREFIX, Cipher
+from .errors import EncryptionError, MigrationError
 from .migrations.engine import ensure_table
 from .migrations.ops import typed_literal
-from .model import MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
+from .model import BLIND_SUFFIX, MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
 
 __all__ = ["ModelTable", "internal_table"]
 
@@ -33,16 +35,33 @@ def _enum_reader(enum_cls: Any) -> Any:
 
 
 class ModelTable:
-    """One model bound to one dialect."""
+    """One model bound to one dialect.
 
-    def __init__(self, model: ModelSchema, dialect: Dialect, *, server_defaults: bool = True):
+    ``cipher``: seals and opens the model's encrypted fields (encryption.py). Their ciphertexts
+    bind the row id, so only the writes that know each row's id seal them (``sealed``,
+    ``seal_rows``); any other write of an encrypted field is refused by its writer, never stored
+    as plaintext.
+    """
+
+    def __init__(
+        self,
+        model: ModelSchema,
+        dialect: Dialect,
+        cipher: Cipher | None = None,
+        *,
+        server_defaults: bool = True,
+    ):
         self.model = model
         self.dialect = dialect
+        self.cipher = cipher
+        if model.encrypted and cipher is None:
+            raise EncryptionError(f"Model '{model.name}' has encrypted fields but no cipher was given.")
         self._server_defaults = server_defaults  # False: dataflow_lab's own tables, which only it writes
         self.writers = {f.name: self._writer(f) for f in model.fields}  # field -> to-database converter
         self.table = self._build_table(sa.MetaData())
         self.columns = tuple(f.name for f in model.fields)
         self._row_dict = _row_builder(model.fields, [self._reader(f) for f in model.fields])
+        self._sealed = tuple((f.name, f.type.name) for f in model.fields if f.name in model.encrypted)
         # (sql, bind names) from compile_named, or (sql, params) from compile: keyed apart by the caller
         self._sql: dict[Any, tuple[str, Any]] = {}
 
@@ -86,6 +105,8 @@ class ModelTable:
         return sa.Table(m.table_name, metadata, *columns, *constraints, *indexes, **d.table_kwargs())
 
     def _column_type(self, f: Field) -> sa.types.TypeEngine:
+        if f.name in self.model.encrypted:  # the ciphertext, as text on every backend
+            return self.dialect.column_type("text")
         if f.type.name == "decimal":
             return self.dialect.decimal_type(self.model.name, f.name, f.type.digits)
         return self.dialect.column_type(f.type.name)
@@ -105,6 +126,8 @@ class ModelTable:
         return sa.literal_column(typed_literal(self.dialect, self.to_db(f.name, f.default), kind))
 
     def _writer(self, f: Field) -> Any:
+        if f.name in self.model.encrypted:
+            return _refuse_plaintext(self.model.name, f.name)
         return self.dialect.to_db.get(f.type.name)
 
     def reader(self, name: str) -> Any:
@@ -112,6 +135,8 @@ class ModelTable:
         return self._reader(self.model.by_name[name])
 
     def _reader(self, f: Field) -> Any:
+        if f.name in self.model.encrypted:
+            return None  # the stored ciphertext: rows() opens it, knowing the row's id
         if f.type.name == "enum":
             return _enum_reader(f.type.python)
         return self.dialect.from_db.get(f.type.name)
@@ -138,8 +163,120 @@ class ModelTable:
         return [read(i) for i in raw_ids] if read is not None else list(raw_ids)
 
     def rows(self, raw_rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-        """Driver rows (in column order) -> dicts of Python values."""
-        return list(map(self._row_dict, raw_rows))
+        """Driver rows (in column order) -> dicts of Python values, encrypted fields decrypted."""
+        rows = list(map(self._row_dict, raw_rows))
+        if self._sealed:
+            rows = [self._opened(r) for r in rows]
+        return rows
+
+    # -- encrypted fields (encryption.py) ------------------------------------
+    def _opened(self, row: dict[str, Any]) -> dict[str, Any]:
+        assert self.cipher is not None
+        for name, kind in self._sealed:
+            if row[name] is not None:
+                row[name] = self.cipher.open(name, kind, row["id"], row[name])
+        for name in self.model.searchable:  # the blind index is the filters' own, not a result
+            del row[name + BLIND_SUFFIX]
+        return row
+
+    def sealed(self, values: Mapping[str, Any], row_id: Any) -> dict[str, Any]:
+        """``db_values`` of one row whose id is known: encrypted fields sealed, blind indexes added."""
+        out = {k: self.to_db(k, v) for k, v in values.items() if k not in self.model.encrypted}
+        for name, kind in self._sealed:
+            if name in values:
+                out.update(self._seal_one(name, kind, row_id, values[name]))
+        return out
+
+    def _seal_one(
+        self, name: str, kind: str, row_id: Any, value: Any, key_id: str | None = None
+    ) -> dict[str, Any]:
+        assert self.cipher is not None
+        sealed = None if value is None else self.cipher.seal(name, kind, row_id, value, key_id)
+        if name not in self.model.searchable:
+            return {name: sealed}
+        blind = None if value is None else self.cipher.blind(name, kind, value, key_id)
+        return {name: sealed, name + BLIND_SUFFIX: blind}
+
+    async def rotate(self, conn: Connection, key_id: str, after: Any, batch: int) -> tuple[Any, int, int]:
+        """Re-encrypt under ``key_id`` the values of the next ``batch`` rows (by id, after ``after``)
+        that another key sealed: (the last raw id read, rows read, rows rewritten).
+
+        A value already under ``key_id`` is left alone, so a rotation that stopped part-way resumes
+        where it stopped. Each UPDATE checks the ciphertexts it read are still there: a row written
+        meanwhile (under the current key) is not overwritten with its older value.
+        """
+        assert self.cipher is not None
+        t, names = self.table, [n for n, _ in self._sealed]
+        stmt = sa.select(t.c.id, *(t.c[n] for n in names)).order_by(t.c.id).limit(batch)
+        if after is not None:
+            stmt = stmt.where(t.c.id > sa.bindparam("after", after, type_=t.c.id.type))
+        raw = await conn.fetch(*self.dialect.compile(stmt))
+        rewritten = 0
+        for raw_id, *stored in raw:
+            row_id = self.ids_from_db([raw_id])[0]
+            stale = {
+                n: v
+                for n, v in zip(names, stored, strict=True)
+                if v is not None and self.cipher.key_of(v) != key_id
+            }
+            if not stale:
+                continue
+            values: dict[str, Any] = {}
+            for name, kind in self._sealed:
+                if name in stale:
+                    plain = self.cipher.open(name, kind, row_id, stale[name])
+                    values.update(self._seal_one(name, kind, row_id, plain, key_id))
+            same = [t.c[n] == sa.bindparam(f"was_{n}", v, type_=t.c[n].type) for n, v in stale.items()]
+            update = (
+                sa.update(t)
+                .values(values)
+                .where(t.c.id == sa.bindparam("_id", raw_id, type_=t.c.id.type), *same)
+            )
+            rewritten += await conn.execute(*self.dialect.compile(update))
+        return (raw[-1][0] if raw else after), len(raw), rewritten
+
+    def stage(self, name: str, value: Any) -> Any:
+        """``to_db``, except that an encrypted field's value waits, checked, for ``seal_rows``."""
+        return value if name in self.model.encrypted else self.to_db(name, value)
+
+    def stager(self, name: str) -> Any:
+        """The converter ``stage`` applies to field ``name`` (None: none)."""
+        return None if name in self.model.encrypted else self.writers[name]
+
+    def seal_rows(
+        self, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Staged rows -> driver rows: each encrypted column sealed to its row's id, blind indexes appended."""
+        if not self._sealed:
+            return columns, rows
+        assert self.cipher is not None
+        at_id = columns.index("id")  # an encrypted model's id is made before the INSERT (model.py)
+        plan = [(columns.index(n), n, k) for n, k in self._sealed if n in columns]
+        searched = [(i, n, k) for i, n, k in plan if n in self.model.searchable]
+        # column by column (zip builds the row tuples in C): this is BulkCreate's hot path
+        ids, blind = [r[at_id] for r in rows], self.cipher.blind
+        sealed = {}
+        for i, name, kind in plan:
+            seal = self.cipher.sealer(name, kind)
+            sealed[i] = [
+                None if v is None else seal(rid, v) for rid, v in zip(ids, [r[i] for r in rows], strict=True)
+            ]
+        blinds = [[None if r[i] is None else blind(n, k, r[i]) for r in rows] for i, n, k in searched]
+        out = list(
+            zip(
+                *(sealed[j] if j in sealed else [r[j] for r in rows] for j in range(len(columns))),
+                *blinds,
+                strict=True,
+            )
+        )
+        return (*columns, *(n + BLIND_SUFFIX for _, n, _ in searched)), out
+
+    def shown(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``db_values`` for a statement shown, not run (``sql()``): encrypted values are '<encrypted>'."""
+        out = {k: self.to_db(k, v) for k, v in values.items() if k not in self.model.encrypted}
+        out.update({k: "<encrypted>" for k in values if k in self.model.encrypted})
+        out.update({k + BLIND_SUFFIX: "<blind index>" for k in values if k in self.model.searchable})
+        return out
 
     def new_row(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """A complete row for INSERT: ``values`` (the caller's and the behaviours' stamps, such as the
@@ -167,6 +304,34 @@ class ModelTable:
 
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
                            clock=clock or SystemClock(), create=create)  # fmt: skip
+        if self._sealed:
+            await self._refuse_plaintext_rows(conn)
+
+    async def _refuse_plaintext_rows(self, conn: Connection) -> None:
+        """An encrypted field whose column already holds plaintext (encryption turned on for a table
+        with rows): refused, since encrypting existing rows in a migration is not built yet."""
+        t = self.table
+        for name, _kind in self._sealed:
+            col = t.c[name]
+            probe = sa.select(t.c.id).where(col.is_not(None), sa.not_(col.startswith(PREFIX))).limit(1)
+            if await conn.fetch(*self.dialect.compile(probe)):
+                raise MigrationError(
+                    f"Model '{self.model.name}': field '{name}' is declared encrypted, but table "
+                    f"'{t.name}' already holds unencrypted values in it; dataflow_lab does not yet encrypt "
+                    "existing rows in a migration.",
+                    hint=f"move the rows to a new encrypted model with BulkCreate, or keep '{name}' unencrypted.",
+                )
+            if name not in self.model.searchable:
+                continue
+            unindexed = sa.select(t.c.id).where(col.is_not(None), t.c[name + BLIND_SUFFIX].is_(None)).limit(1)
+            if await conn.fetch(*self.dialect.compile(unindexed)):  # equality filters would miss them
+                raise MigrationError(
+                    f"Model '{self.model.name}': field '{name}' is declared searchable, but rows of table "
+                    f"'{t.name}' written before have no blind index, so equality filters would miss them; "
+                    "dataflow_lab does not yet build it for existing rows.",
+                    hint=f"declare '{name}' Encrypted[...] without 'searchable', or copy the rows into a new "
+                    "model with BulkCreate.",
+                )
 
 
 _INTERNAL: weakref.WeakKeyDictionary[Any, dict[type, ModelTable]] = weakref.WeakKeyDictionary()
@@ -213,6 +378,18 @@ def _row_builder(fields: Sequence[Field], readers: Sequence[Any]) -> Any:
             guard = "" if (not f.nullable and f.generated) else f" if r[{i}] is not None else None"
             items.append(f"{f.name!r}: _r{i}(r[{i}]){guard}")
     return eval(f"lambda r: {{{', '.join(items)}}}", namespace)  # noqa: S307 - built from identifiers only
+
+
+def _refuse_plaintext(model: str, name: str) -> Any:
+    def refuse(value: Any) -> Any:
+        raise EncryptionError(
+            f"Model '{model}': field '{name}' is encrypted at rest, and this write cannot seal it: its "
+            "ciphertext binds the row id, which this path does not know for each row.",
+            hint="write encrypted fields with Create, Update (by id) or BulkCreate; BulkUpdate, "
+            "Upsert, BulkUpsert and undo do not encrypt yet.",
+        )
+
+    return refuse
 
 
 def _fresh(default: Any) -> Any:

@@ -11,7 +11,7 @@ def test_importing_the_package_loads_no_heavy_library():
     code = (
         "import sys, dataflow_lab\n"
         "heavy = [m for m in ('sqlalchemy', 'pandas', 'duckdb', 'asyncpg', 'ipywidgets', 'graphviz', 'pyarrow',"
-        " 'dask', 'distributed', 'cloudpickle')"
+        " 'dask', 'distributed', 'cloudpickle', 'cryptography')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

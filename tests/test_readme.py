@@ -59,9 +59,8 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
                 f"README.md line {line}: no URL to point at the test database"
             )
             code = code.replace('"postgresql://..."', repr(postgres_url()))
-        exec(
-            compile(code, f"README.md, block at line {line}", "exec", dont_inherit=True), namespace
-        )  # as a script reads it
+        # dont_inherit: a block reads as a reader's script, without this file's `from __future__`
+        exec(compile(code, f"README.md, block at line {line}", "exec", dont_inherit=True), namespace)
         if "dask" in required:
             assert namespace["results"]["visit"]["page"] == "/"  # the Dask block ran on its workers
             dask_ran = True

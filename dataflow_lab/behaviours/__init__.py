@@ -15,9 +15,10 @@ import weakref
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ValidationError
+from ..errors import EncryptionError, ValidationError
 from .audit_log import AuditLog
 from .base import Behaviour, Change
+from .encrypted import Encryption
 from .multi_tenant import MultiTenant
 from .soft_delete import SoftDelete
 from .timestamps import Timestamps
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..nodes.base import Param
     from ..schema import ModelTable
 
-__all__ = ["AuditLog", "Behaviour", "Behaviours", "MultiTenant", "SoftDelete", "Timestamps", "Versioned",
+__all__ = ["AuditLog", "Behaviour", "Behaviours", "Encryption", "MultiTenant", "SoftDelete", "Timestamps", "Versioned",
            "compose", "of"]  # fmt: skip
 
 _FLAGS = (("multi_tenant", MultiTenant), ("soft_delete", SoftDelete), ("versioned", Versioned))
@@ -52,6 +53,15 @@ def compose(model: ModelSchema) -> Behaviours:
                 hint="subclass dataflow_lab.behaviours.Behaviour and override the hooks you need.",
             )
         found.append(own)
+    if model.encrypted:
+        if "audit_log" in model.options:
+            raise EncryptionError(
+                f"Model '{model.name}' has encrypted fields ({', '.join(sorted(model.encrypted))}) and "
+                "audit_log; the audit log would store their before and after images unencrypted, and "
+                "does not encrypt them yet.",
+                hint="turn audit_log off for this model (__dataflow__ = {'audit_log': False}).",
+            )
+        found.append(Encryption(model.encrypted, model.searchable))
     if "audit_log" in model.options:
         found.append(AuditLog())
     return Behaviours(found)

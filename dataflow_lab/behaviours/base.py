@@ -39,7 +39,8 @@ Every hook has a no-op default, so a behaviour overrides only what it changes:
 - ``shape(node)``: what of a node's parameters changes the SQL this behaviour adds
   (part of the key its compiled statements are cached under).
 
-Encryption and caching are meant to become behaviours too (issue 19).
+Encrypted fields (``encrypted``) are sealed by the table (``schema.ModelTable.sealed``); their
+behaviour refuses the nodes that do not encrypt yet. Caching is meant to become one too (issue 19).
 """
 
 from __future__ import annotations

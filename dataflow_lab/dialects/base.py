@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 import sqlalchemy as sa
 
 from ..config import DataFlowConfig, scrub
+from ..encryption import PREFIX as CIPHERTEXT_PREFIX
 from ..errors import ConnectionError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..query_count import count_statement, keep_statement
@@ -40,7 +41,13 @@ Converter = Callable[[Any], Any] | None
 def echo_sql(sql: str, params: Sequence[Any] | None = None) -> None:
     """Log a statement on 'dataflow_lab.sql' (the ``echo`` setting; on in development)."""
     if log.isEnabledFor(logging.INFO):
-        log.info("%s  -- %r", sql.strip(), list(params) if params is not None else "executemany")
+        shown = [_masked(p) for p in params] if params is not None else "executemany"
+        log.info("%s  -- %r", sql.strip(), shown)
+
+
+def _masked(value: Any) -> Any:
+    """An encrypted field's ciphertext is echoed as '<encrypted>' (its plaintext never reaches here)."""
+    return "<encrypted>" if isinstance(value, str) and value.startswith(CIPHERTEXT_PREFIX) else value
 
 
 Note = Callable[[str, Sequence[Any] | None], None]

@@ -56,14 +56,15 @@ class Create(ModelNode):
     def statements(self) -> list[Any]:
         mt = self.mt
         row = mt.new_row({**self.params, **self.stamps()})
-        return [sa.insert(mt.table).values(mt.db_values(row)).returning(*mt.table.c)]
+        return [sa.insert(mt.table).values(mt.shown(row)).returning(*mt.table.c)]
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         mt = self.mt
         row = mt.new_row({**self.params, **self.stamps()})
-        columns = tuple(row)
+        values = mt.sealed(row, row.get("id"))  # encrypted fields bind the id (made before the INSERT)
+        columns = tuple(values)
         sql, names = mt.template(("insert", columns), lambda c=columns: insert_returning(mt, c))
-        rows = await self._fetch_rows(ctx, sql, [mt.to_db(n, row[n]) for n in names])
+        rows = await self._fetch_rows(ctx, sql, [values[n] for n in names])
         if self.behaviours.watched:
             await self.behaviours.written(self, ctx, [(None, rows[0])])
         return rows[0]
@@ -155,7 +156,7 @@ class Update(ModelNode):
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
         mt, row_id, behaviours = self.mt, self._id_from(self.params), self.behaviours
         plain, increments = split(self.params["fields"])
-        values = mt.db_values({**plain, **behaviours.touch_values(self, self.now())})
+        values = mt.sealed({**plain, **behaviours.touch_values(self, self.now())}, row_id)
         columns = tuple(values)
         sql, names = mt.template(
             self.template_key("update", columns, increments),

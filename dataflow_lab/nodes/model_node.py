@@ -258,7 +258,7 @@ class ModelNode(Node):
     ) -> Any:
         """The UPDATE of one row, its values bound in (for ``sql()``)."""
         plain, increments = split(fields)
-        values = self.mt.db_values({**plain, **self.behaviours.touch_values(self, self.now())})
+        values = self.mt.shown({**plain, **self.behaviours.touch_values(self, self.now())})
         bound = {**values, "_id": row_id}
         return self.update_one(tuple(values), include_deleted=include_deleted, values=bound,
                                increments=increments)  # fmt: skip

@@ -63,8 +63,9 @@ class RowUndo(Undo):
             ids = self.created[start : start + _DELETE_CHUNK]
             await conn.execute(*mt.dialect.compile(sa.delete(mt.table).where(mt.table.c.id.in_(ids))))
         if self.before:
-            columns = mt.columns
-            rows = [tuple(mt.to_db(c, row[c]) for c in columns) for row in self.before]
+            sealed = [mt.sealed(row, row["id"]) for row in self.before]  # encrypted fields: to their row
+            columns = tuple(sealed[0])
+            rows = [tuple(values[c] for c in columns) for values in sealed]
             update = [c for c in columns if c != "id"]
             await mt.dialect.bulk_upsert(conn, mt.table, columns, rows, ["id"], update)
 

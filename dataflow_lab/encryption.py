@@ -1,0 +1,280 @@
+"""Encryption at rest: how a field is marked, the keys, and the cipher (AES-256-GCM).
+
+A field is encrypted when it is annotated ``Encrypted[str]`` (``dict``, ``bytes``; add
+``"searchable"`` for equality filters), named in ``__dataflow__ = {"encrypted": [...]}``, or
+when ``DataFlow(encryption_at_rest=True)`` encrypts every text, JSON and bytes field.
+
+Keys come from ``DataFlow(encryption_keys=...)`` (a keyring string, a dict, or a callable that
+returns one: a KMS plugs in there) or ``DATAFLOW_ENCRYPTION_KEY``: one base64 key, or a keyring
+``id:key,id:key`` whose last entry is current. ``python -m dataflow_lab keygen`` makes one.
+
+Each value is sealed by ``cryptography``'s AESGCM with a fresh random 96-bit nonce; the
+associated data binds the table, the column and the row id, so a ciphertext copied to another
+row or column does not decrypt. The stored form is text (every backend stores it, COPY and
+Arrow included): ``dfe1:`` then base64 of a version byte, the key id's length and bytes, the
+nonce and the ciphertext with its tag. A searchable field also keeps a blind index: an
+HMAC-SHA256 of the value under a key derived from the current key, in a column of its own; a
+filter asks for it under every key of the ring, so rows written before a new key still match.
+``db.rotate_key(id)`` re-encrypts (and re-indexes) the stored values under one key.
+
+``cryptography`` is imported when a key is first used, never by ``import dataflow_lab``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import secrets
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DecryptionError, EncryptionError
+
+__all__ = ["ENV_KEY", "PREFIX", "Cipher", "Encrypted", "Marked", "keygen", "load_keys", "marked", "random_id"]
+
+ENV_KEY = "DATAFLOW_ENCRYPTION_KEY"
+PREFIX = "dfe1:"  # every stored ciphertext starts with it (a plaintext left in the column does not)
+VERSION = 1
+NONCE = 12  # bytes: 96 bits, AES-GCM's own size
+HOW_TO_MAKE_A_KEY = (
+    f"make one with `python -m dataflow_lab keygen` and set it as {ENV_KEY}, "
+    "or pass DataFlow(encryption_keys=...)"
+)
+ENCRYPTABLE = ("text", "json", "bytes")  # the logical types a field encrypted at rest may have
+
+
+@dataclass(frozen=True)
+class Marked:
+    """The mark ``Encrypted[T]`` puts on an annotation (``Annotated[T, Marked(searchable)]``)."""
+
+    searchable: bool = False
+
+
+class Encrypted:
+    """``ssn: Encrypted[str]``, ``notes: Encrypted[dict]``, ``Encrypted[str, "searchable"]``."""
+
+    def __class_getitem__(cls, item: Any) -> Any:
+        inner, *flags = item if isinstance(item, tuple) else (item,)
+        unknown = [f for f in flags if f != "searchable"]
+        if unknown:
+            raise TypeError(f"Encrypted[...] takes a type and optionally 'searchable', not {unknown[0]!r}")
+        return typing.Annotated[inner, Marked(searchable=bool(flags))]
+
+
+def marked(annotation: object) -> Marked | None:
+    """The ``Encrypted`` mark of an annotation (also inside Optional[...]); None: not marked."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return next((m for m in typing.get_args(annotation)[1:] if isinstance(m, Marked)), None)
+    for arg in typing.get_args(annotation):  # Optional[Encrypted[str]]
+        found = marked(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fresh_ids() -> Iterator[int]:
+    return itertools.count(secrets.randbelow(2**62) + 1)
+
+
+_IDS = _fresh_ids()
+os.register_at_fork(after_in_child=lambda: globals().update(_IDS=_fresh_ids()))  # a child counts apart
+
+
+def random_id() -> int:
+    """An integer row id made before the INSERT, so a row's ciphertexts can bind it.
+
+    Each process counts up from a random start in 1 .. 2**62 (a forked child from its own): ids
+    stay in insertion order, which B-tree inserts need to stay fast, and two processes' ranges
+    overlap with a chance of about 2n / 2**63 for n rows (a unique-key error, never an overwrite).
+    """
+    return next(_IDS)
+
+
+def keygen(key_id: str = "k1") -> str:
+    """A new keyring entry, ``id:key`` (32 random bytes, base64)."""
+    return f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}"
+
+
+# -- keys ---------------------------------------------------------------------------------------
+def load_keys(given: Any) -> dict[str, bytes] | None:
+    """The keyring (id -> 32-byte key, current last) from ``given`` or the environment; None: no key."""
+    if callable(given):
+        given = given()
+    if given is None:
+        given = os.environ.get(ENV_KEY) or None
+    if given is None:
+        return None
+    if isinstance(given, bytes):
+        given = {"default": given}
+    if isinstance(given, str):
+        given = _parse_keyring(given)
+    if not isinstance(given, Mapping) or not given:
+        raise EncryptionError(
+            f"encryption_keys must be a keyring string, a dict of id -> key, or a callable returning one; "
+            f"got {type(given).__name__}.",
+            hint=HOW_TO_MAKE_A_KEY + ".",
+        )
+    return {str(k): _key_bytes(str(k), v) for k, v in given.items()}
+
+
+def _parse_keyring(text: str) -> dict[str, str]:
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if len(entries) == 1 and ":" not in entries[0]:
+        return {"default": entries[0]}
+    ring = {}
+    for entry in entries:
+        key_id, sep, key = entry.partition(":")
+        if not sep or not key_id:
+            raise EncryptionError(
+                f"{ENV_KEY}: the keyring entry {key_id[:8]!r}... is not `id:key`.",
+                hint="write one base64 key, or id:key,id:key (the last is current); "
+                + HOW_TO_MAKE_A_KEY
+                + ".",
+            )
+        ring[key_id] = key
+    return ring
+
+
+def _key_bytes(key_id: str, value: Any) -> bytes:
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value.strip() + "=" * (-len(value.strip()) % 4), altchars=b"-_")
+        except (binascii.Error, ValueError):
+            value = b""
+    if not isinstance(value, bytes) or len(value) != 32 or len(key_id.encode()) > 255:
+        raise EncryptionError(
+            f"Encryption key '{key_id}' is not 32 bytes of base64 (AES-256 needs a 256-bit key).",
+            hint=HOW_TO_MAKE_A_KEY + ".",
+        )
+    return value
+
+
+# -- the cipher ---------------------------------------------------------------------------------
+def _encode(kind: str, value: Any) -> bytes:
+    if kind == "bytes":
+        return bytes(value)
+    if kind == "json":
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()  # keys keep their order
+    return str(value).encode()
+
+
+def _decode(kind: str, data: bytes) -> Any:
+    if kind == "bytes":
+        return data
+    if kind == "json":
+        return json.loads(data)
+    return data.decode()
+
+
+class Cipher:
+    """Seals and opens the values of one model's encrypted fields (AES-256-GCM, per-key derived keys)."""
+
+    def __init__(self, keys: Mapping[str, bytes], model: str, table: str):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.model, self.table = model, table
+        self.current = list(keys)[-1]
+        self._aead = {k: AESGCM(_derive(v, b"dataflow_lab aes-256-gcm")) for k, v in keys.items()}
+        self._index = {k: _derive(v, b"dataflow_lab blind index") for k, v in keys.items()}
+        self._heads = {k: bytes([VERSION, len(k.encode())]) + k.encode() for k in keys}
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._aead)
+
+    def _aad(self, column: str, row_id: Any) -> bytes:
+        return f"dataflow_lab/{VERSION}\x00{self.table}\x00{column}\x00{row_id}".encode()
+
+    def seal(self, column: str, kind: str, row_id: Any, value: Any, key_id: str | None = None) -> str:
+        """``value`` encrypted for ``column`` of row ``row_id``, with the current key (or ``key_id``)."""
+        return self.sealer(column, kind, key_id)(row_id, value)
+
+    def sealer(self, column: str, kind: str, key_id: str | None = None) -> Callable[[Any, Any], str]:
+        """``seal`` for one column, as a function of (row id, value): BulkCreate's hot loop."""
+        key_id = key_id or self.current
+        encrypt, head, aad = self._aead[key_id].encrypt, self._heads[key_id], self._aad(column, "")
+        encode = str.encode if kind == "text" else (lambda v: _encode(kind, v))
+        urandom, b64 = os.urandom, base64.b64encode
+
+        def seal(row_id: Any, value: Any) -> str:
+            nonce = urandom(NONCE)
+            return (
+                PREFIX
+                + b64(head + nonce + encrypt(nonce, encode(value), aad + str(row_id).encode())).decode()
+            )
+
+        return seal
+
+    @staticmethod
+    def key_of(stored: str) -> str | None:
+        """The id of the key a stored ciphertext was sealed with (None: not a ciphertext)."""
+        try:
+            raw = base64.b64decode(stored[len(PREFIX) : len(PREFIX) + 360])  # the head is within it
+            return raw[2 : 2 + raw[1]].decode()
+        except (binascii.Error, ValueError, IndexError):
+            return None
+
+    def open(self, column: str, kind: str, row_id: Any, stored: Any) -> Any:
+        where = f"{self.model}.{column} of row {row_id!r}"
+        if not isinstance(stored, str) or not stored.startswith(PREFIX):
+            raise DecryptionError(
+                f"{where} holds a value that is not a dataflow_lab ciphertext (written without encryption?).",
+                model=self.model, field=column, id=row_id,
+                hint="encrypt the column's existing rows before declaring it encrypted (not supported yet).",
+            )  # fmt: skip
+        try:
+            raw = base64.b64decode(stored[len(PREFIX) :], validate=True)
+            version, size = raw[0], raw[1]
+            key_id = raw[2 : 2 + size].decode()
+            nonce, sealed = raw[2 + size : 2 + size + NONCE], raw[2 + size + NONCE :]
+        except (binascii.Error, ValueError, IndexError):
+            raise DecryptionError(f"{where} is a damaged ciphertext.", model=self.model, field=column,
+                                  id=row_id) from None  # fmt: skip
+        aead = self._aead.get(key_id)
+        if version != VERSION or aead is None:
+            raise DecryptionError(
+                f"{where} was encrypted with key '{key_id}' (format {version}), which this DataFlow's "
+                f"keyring ({', '.join(self._aead)}) does not hold.",
+                model=self.model, field=column, id=row_id,
+                hint=f"add the key to {ENV_KEY} (id:key,id:key; the last is current) or to encryption_keys.",
+            )  # fmt: skip
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return _decode(kind, aead.decrypt(nonce, sealed, self._aad(column, row_id)))
+        except InvalidTag:
+            raise DecryptionError(
+                f"{where} did not decrypt with key '{key_id}': the key is wrong, or the ciphertext was "
+                "copied from another row or column.",
+                model=self.model, field=column, id=row_id,
+                hint="check the encryption key; a value moved between rows or columns cannot be read back.",
+            ) from None  # fmt: skip
+
+    def blind(self, column: str, kind: str, value: Any, key_id: str | None = None) -> str:
+        """The blind index of ``value`` under the current key (or ``key_id``): equal values of one
+        column give equal indexes, nothing more."""
+        message = f"{self.table}\x00{column}\x00".encode() + _encode(kind, value)
+        return hmac.new(self._index[key_id or self.current], message, hashlib.sha256).hexdigest()
+
+    def blinds(self, column: str, kind: str, value: Any) -> list[str]:
+        """``value``'s blind index under every key of the ring: a row indexed before a new key was
+        added (and not yet rotated) is still found."""
+        return [self.blind(column, kind, value, k) for k in self._index]
+
+
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    """A key for one purpose (HKDF-SHA256), so the cipher and the blind index never share a key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
+
+
+KeySource = Callable[[], Any] | Mapping[str, Any] | str | bytes | None

@@ -1,0 +1,501 @@
+"""Encryption at rest (encryption.py): fields sealed on SQLite, DuckDB and PostgreSQL files and
+servers, read back with the raw drivers to see that no plaintext is stored, and every path that
+does not encrypt yet refused."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from conftest import PG_URL, SCHEMA, url_for
+
+from dataflow_lab import (
+    DataFlow,
+    DecryptionError,
+    Encrypted,
+    EncryptionError,
+    LocalRuntime,
+    MigrationError,
+    NotFoundError,
+    ValidationError,
+    WorkflowBuilder,
+    WorkflowValidationError,
+)
+from dataflow_lab.encryption import ENV_KEY, keygen
+
+ENCRYPTED_BACKENDS = ("sqlite_file", "duckdb_file", "postgres")
+KEY = keygen("k1")
+SECRET = "123-45-6789"
+
+
+def one(db, node_type, params=None):
+    workflow = WorkflowBuilder(db)
+    workflow.add_node(node_type, "node", params or {})
+    results, _ = LocalRuntime().execute(workflow.build())
+    return results["node"]
+
+
+def patients(db):
+    @db.model
+    class Patient:
+        name: str
+        ssn: Encrypted[str, "searchable"]  # noqa: F821, UP037 - a flag, not a forward reference
+        nickname: Encrypted[str] | None = None
+        notes: Encrypted[dict] | None = None
+        scan: Encrypted[bytes] | None = None
+
+    return Patient
+
+
+def raw(backend, tmp_path, sql, *, write=False):
+    """Run ``sql`` with the raw driver (sqlite3, duckdb, asyncpg), bypassing dataflow_lab."""
+    if backend == "sqlite_file":
+        conn = sqlite3.connect(tmp_path / "test.db")
+        try:
+            rows = conn.execute(sql).fetchall()
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+    if backend == "duckdb_file":
+        import duckdb
+
+        conn = duckdb.connect(str(tmp_path / "test.duckdb"))
+        try:
+            return conn.execute(sql).fetchall() if not write else conn.execute(sql)
+        finally:
+            conn.close()
+    import asyncpg
+
+    async def go():
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'SET search_path TO "{SCHEMA}"')
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(params=ENCRYPTED_BACKENDS)
+def where(request, tmp_path):
+    return request.param, url_for(request.param, tmp_path), tmp_path
+
+
+def test_raw_rows_hold_no_plaintext_after_create_and_bulk_create(where):
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    made = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "notes": {"diagnosis": "influenza-B"},
+                                         "scan": b"XRAY-IMAGE"})  # fmt: skip
+    one(db, "PatientBulkCreateNode", {"data": [{"name": f"p{i}", "ssn": f"SSN-{i:05d}"} for i in range(50)]})
+    assert one(db, "PatientReadNode", {"id": made["id"]})["notes"] == {"diagnosis": "influenza-B"}
+    db.close()
+    stored = repr(raw(backend, tmp_path, "SELECT * FROM patients"))
+    for plaintext in (SECRET, "diagnosis", "influenza-B", "XRAY-IMAGE", "SSN-00007"):  # "-": no base64 has it
+        assert plaintext not in stored
+    assert "Ann" in stored  # the unencrypted field is stored as it is
+    if backend == "sqlite_file":
+        assert SECRET.encode() not in (tmp_path / "test.db").read_bytes()
+
+
+def test_every_result_is_decrypted_on_each_path(where):
+    _backend, url, _ = where
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    made = one(
+        db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "notes": {"a": [1, 2]}, "scan": b"\x00\xff"}
+    )
+    assert (made["ssn"], made["notes"], made["scan"]) == (SECRET, {"a": [1, 2]}, b"\x00\xff")
+    assert "ssn_blind" not in made
+    updated = one(
+        db, "PatientUpdateNode", {"id": made["id"], "fields": {"ssn": "999-99-9999", "nickname": "A"}}
+    )
+    assert (updated["ssn"], updated["nickname"]) == ("999-99-9999", "A")
+    assert one(db, "PatientReadNode", {"id": made["id"]})["ssn"] == "999-99-9999"
+    listed = one(db, "PatientListNode", {"filter": {"name": "Ann"}})["records"]
+    assert [r["ssn"] for r in listed] == ["999-99-9999"]
+    assert one(db, "PatientDeleteNode", {"id": made["id"]})["deleted"] is True
+    assert one(db, "PatientCountNode")["count"] == 0
+    db.close()
+
+
+def test_bulk_create_of_many_encrypted_rows_round_trips(where):
+    _backend, url, _ = where
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    data = [{"name": f"p{i}", "ssn": f"{i:09d}", "notes": {"i": i}} for i in range(3000)]
+    out = one(db, "PatientBulkCreateNode", {"data": data, "return_ids": True})
+    assert out["inserted"] == 3000 and len(set(out["ids"])) == 3000
+    back = one(db, "PatientListNode", {"order_by": "name"})["records"]
+    assert {(r["name"], r["ssn"], r["notes"]["i"]) for r in back} == {
+        (d["name"], d["ssn"], d["notes"]["i"]) for d in data
+    }
+    assert one(db, "PatientReadNode", {"id": out["ids"][1234]})["ssn"] == "000001234"
+    db.close()
+
+
+def test_a_ciphertext_copied_to_another_row_or_column_fails_to_decrypt(where):
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "nickname": "annie"})
+    bob = one(db, "PatientCreateNode", {"name": "Bob", "ssn": "000-00-0000"})
+    db.close()
+    raw(backend, tmp_path, f"UPDATE patients SET ssn = (SELECT ssn FROM patients WHERE id = {ann['id']}) "
+                           f"WHERE id = {bob['id']}", write=True)  # fmt: skip
+    raw(backend, tmp_path, f"UPDATE patients SET nickname = ssn WHERE id = {ann['id']}", write=True)
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    with pytest.raises(DecryptionError) as info:
+        one(db, "PatientReadNode", {"id": bob["id"]})
+    assert (info.value.model, info.value.field, info.value.id) == ("Patient", "ssn", bob["id"])
+    assert "copied from another row or column" in str(info.value) and SECRET not in str(info.value)
+    with pytest.raises(DecryptionError) as info:
+        one(db, "PatientReadNode", {"id": ann["id"]})
+    assert info.value.field == "nickname"
+    db.close()
+
+
+def test_a_wrong_key_gives_a_clear_error(where):
+    _backend, url, _ = where
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    db.close()
+    db = DataFlow(url, encryption_keys=keygen("k1"))  # same id, other key
+    patients(db)
+    with pytest.raises(DecryptionError, match="did not decrypt with key 'k1': the key is wrong"):
+        one(db, "PatientReadNode", {"id": ann["id"]})
+    db.close()
+    db = DataFlow(url, encryption_keys=keygen("k2"))  # the row's key is not in the keyring at all
+    patients(db)
+    with pytest.raises(DecryptionError, match="key 'k1'.*does not hold"):
+        one(db, "PatientReadNode", {"id": ann["id"]})
+    db.close()
+
+
+def test_a_searchable_field_filters_on_equality_through_its_blind_index(where):
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    rows = [{"name": n, "ssn": s} for n, s in (("Ann", "1-1"), ("Bob", "2-2"), ("Cy", "1-1"), ("Di", "3-3"))]
+    one(db, "PatientBulkCreateNode", {"data": rows})
+    names = lambda f: sorted(r["name"] for r in one(db, "PatientListNode", {"filter": f})["records"])  # noqa: E731
+    assert names({"ssn": "1-1"}) == ["Ann", "Cy"]
+    assert names({"ssn": {"$eq": "2-2"}}) == ["Bob"]
+    assert names({"ssn": {"$in": ["2-2", "3-3"]}}) == ["Bob", "Di"]
+    assert names({"nickname": None}) == ["Ann", "Bob", "Cy", "Di"]
+    assert one(db, "PatientCountNode", {"filter": {"ssn": "1-1"}})["count"] == 2
+    ann = one(db, "PatientListNode", {"filter": {"name": "Ann"}})["records"][0]
+    one(db, "PatientUpdateNode", {"id": ann["id"], "fields": {"ssn": "4-4"}})  # its blind index follows
+    assert names({"ssn": "4-4"}) == ["Ann"] and names({"ssn": "1-1"}) == ["Cy"]
+    db.close()
+    stored = repr(raw(backend, tmp_path, "SELECT ssn, ssn_blind FROM patients"))
+    assert not any(v in stored for v in ("1-1", "2-2", "3-3", "4-4"))  # neither base64 nor hex has "-"
+
+
+@pytest.mark.parametrize(
+    "node, params, why",
+    [
+        ("PatientListNode", {"filter": {"ssn": {"$like": "1%"}}}, r"\$like on 'ssn' is refused"),
+        ("PatientListNode", {"filter": {"ssn": {"$gt": "1"}}}, r"\$gt on 'ssn' is refused"),
+        ("PatientListNode", {"filter": {"nickname": "annie"}}, "declare it Encrypted"),
+        ("PatientListNode", {"order_by": "-ssn"}, "order_by 'ssn' is refused"),
+        ("PatientCountNode", {"filter": {"notes": {"$ne": {}}}}, r"\$ne on 'notes' is refused"),
+    ],
+)
+def test_ranges_patterns_and_order_on_an_encrypted_field_are_refused_at_build(node, params, why):
+    db = DataFlow(encryption_keys=KEY)
+    patients(db)
+    workflow = WorkflowBuilder(db)
+    workflow.add_node(node, "node", params)
+    with pytest.raises(WorkflowValidationError, match=why):
+        workflow.build()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "duckdb", "postgres"])
+def test_writes_that_do_not_encrypt_yet_are_refused_and_write_nothing(backend, tmp_path):
+    db = DataFlow(url_for(backend, tmp_path), encryption_keys=KEY)
+    patients(db)
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    refused = [
+        ("PatientUpsertNode", {"where": {"id": ann["id"]}, "update": {"ssn": "x"}, "create": {"name": "A", "ssn": "x"}}),
+        ("PatientBulkUpsertNode", {"data": [{"id": ann["id"], "name": "A", "ssn": "x"}], "conflict_on": ["id"]}),
+        ("PatientBulkUpdateNode", {"filter": {"name": "Ann"}, "fields": {"ssn": "x"}}),
+    ]  # fmt: skip
+    for node, params in refused:
+        with pytest.raises(EncryptionError, match="encrypt") as info:
+            one(db, node, params)
+        assert SECRET not in str(info.value)
+    assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
+    assert (
+        one(db, "PatientBulkUpdateNode", {"filter": {"name": "Ann"}, "fields": {"name": "Anne"}})["updated"]
+        == 1
+    )
+    db.close()
+
+
+def test_a_model_with_encrypted_fields_and_no_key_is_refused_in_one_line(monkeypatch):
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    db = DataFlow()
+    with pytest.raises(EncryptionError) as info:
+        patients(db)
+    assert "python -m dataflow_lab keygen" in str(info.value) and "\n" not in str(info.value)
+    assert "PatientCreateNode" not in db.nodes
+
+
+def test_the_key_comes_from_the_environment_and_the_last_keyring_entry_is_current(monkeypatch):
+    old, new = keygen("old"), keygen("new")
+    monkeypatch.setenv(ENV_KEY, old)
+    db = DataFlow()
+    patients(db)
+    first = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    monkeypatch.setenv(ENV_KEY, f"{old},{new}")
+    patients(db)  # redefined: the keyring is read again
+    assert one(db, "PatientReadNode", {"id": first["id"]})["ssn"] == SECRET  # the old key still decrypts
+    second = one(db, "PatientCreateNode", {"name": "Bob", "ssn": "222"})
+    stored = db.sql("SELECT ssn FROM patients WHERE id = :id", {"id": second["id"]})
+    head = base64.b64decode(stored["ssn"][0].removeprefix("dfe1:"))
+    assert head[0] == 1 and head[2 : 2 + head[1]] == b"new"
+    db.close()
+
+
+def test_a_callable_key_provider_and_a_bare_base64_key_are_accepted():
+    raw_key = base64.b64encode(b"k" * 32).decode()
+    asked = []
+    db = DataFlow(encryption_keys=lambda: asked.append(1) or raw_key)
+    patients(db)
+    assert one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})["ssn"] == SECRET
+    assert asked == [1]
+    with pytest.raises(EncryptionError, match="not 32 bytes"):
+        patients(DataFlow(encryption_keys="k1:c2hvcnQ="))
+
+
+def test_fields_are_marked_by_annotation_by_option_or_by_encryption_at_rest():
+    db = DataFlow(encryption_keys=KEY)
+
+    @db.model
+    class Note:
+        title: str
+        body: str
+        __dataflow__ = {"encrypted": ["body"]}
+
+    assert db.models["Note"].encrypted == {"body"}
+    every = DataFlow(encryption_keys=KEY, encryption_at_rest=True)
+
+    @every.model
+    class Doc:
+        id: str
+        title: str
+        meta: dict
+        blob: bytes | None = None
+        pages: int = 0
+
+    assert every.models["Doc"].encrypted == {"title", "meta", "blob"}  # not id, pages or the timestamps
+    with pytest.raises(ValidationError, match="only str, dict/list"):
+
+        @db.model
+        class Bad:
+            age: Encrypted[int]
+
+    with pytest.raises(ValidationError, match="unknown field 'bodyy'"):
+
+        @db.model
+        class Typo:
+            body: str
+            __dataflow__ = {"encrypted": ["bodyy"]}
+
+
+def test_audit_log_and_unique_keys_on_encrypted_fields_are_refused_at_model():
+    db = DataFlow(encryption_keys=KEY)
+    with pytest.raises(EncryptionError, match="audit log would store"):
+
+        @db.model
+        class Audited:
+            ssn: Encrypted[str]
+            __dataflow__ = {"audit_log": True}
+
+    with pytest.raises(ValidationError, match="names encrypted field 'ssn'"):
+
+        @db.model
+        class Keyed:
+            ssn: Encrypted[str]
+            __dataflow__ = {"unique": ["ssn"]}
+
+
+def test_turning_encryption_on_for_a_column_with_plaintext_rows_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    db = DataFlow(url)
+
+    @db.model
+    class Patient:
+        name: str
+        ssn: str
+
+    one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    db.close()
+    db = DataFlow(url, encryption_keys=KEY)
+
+    @db.model
+    class Patient:  # noqa: F811
+        name: str
+        ssn: Encrypted[str]
+
+    with pytest.raises(MigrationError, match="already holds unencrypted values"):
+        one(db, "PatientListNode")
+    db.close()
+
+
+def test_dask_runtime_refuses_an_encrypted_model_before_shipping_anything():
+    from dataflow_lab import DaskRuntime
+
+    class Unused:  # a client whose submit would fail the test: nothing may be shipped
+        def submit(self, *args, **kwargs):
+            raise AssertionError("a task was shipped")
+
+    db = DataFlow(encryption_keys=KEY)
+    patients(db)
+    workflow = WorkflowBuilder(db)
+    workflow.add_node("PatientListNode", "node", {})
+    with pytest.raises(EncryptionError, match="DaskRuntime does not encrypt yet"):
+        DaskRuntime(Unused()).execute(workflow.build())
+
+
+def test_sql_previews_echo_and_errors_never_show_plaintext(caplog):
+    db = DataFlow(encryption_keys=KEY, echo=True)
+    patients(db)
+    shown = db.nodes["PatientCreateNode"].sql({"name": "Ann", "ssn": SECRET})
+    assert SECRET not in shown and "<encrypted>" in shown
+    assert SECRET not in db.nodes["PatientUpdateNode"].sql({"id": 1, "fields": {"ssn": SECRET}})
+    with caplog.at_level(logging.INFO, logger="dataflow_lab.sql"):
+        one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    assert SECRET not in caplog.text and "<encrypted>" in caplog.text
+    with pytest.raises(ValidationError) as info:
+        one(db, "PatientBulkCreateNode", {"data": [{"name": "Bob", "ssn": 123456789}]})
+    assert "123456789" not in str(info.value)
+
+
+def test_keygen_prints_a_key_the_environment_takes():
+    out = subprocess.run([sys.executable, "-m", "dataflow_lab", "keygen", "--id", "prod"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    name, _, value = out.strip().partition("=")
+    assert name == ENV_KEY and value.startswith("prod:")
+    db = DataFlow(encryption_keys=value)
+    patients(db)
+    assert one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})["ssn"] == SECRET
+
+
+def test_rotate_key_works_in_batches_and_resumes_after_an_interruption(where, monkeypatch):
+    from dataflow_lab.encryption import Cipher
+    from dataflow_lab.schema import ModelTable
+
+    backend, url, tmp_path = where
+    old, new = keygen("old"), keygen("new")
+    db = DataFlow(url, encryption_keys=old)
+    patients(db)
+    data = [{"name": f"p{i}", "ssn": f"{i:03d}", "notes": {"i": i}} for i in range(25)]
+    one(db, "PatientBulkCreateNode", {"data": data})
+    db.close()
+    db = DataFlow(url, encryption_keys=f"{old},{new}")
+    patients(db)
+    assert one(db, "PatientCountNode", {"filter": {"ssn": "007"}})["count"] == 1  # indexed under "old"
+    real, batches = ModelTable.rotate, []
+
+    async def dies_in_the_third_batch(self, *args):
+        batches.append(1)
+        if len(batches) == 3:
+            raise ConnectionResetError("the connection died mid-rotation")
+        return await real(self, *args)
+
+    monkeypatch.setattr(ModelTable, "rotate", dies_in_the_third_batch)
+    with pytest.raises(ConnectionResetError):
+        db.rotate_key("new", batch_size=10)
+    monkeypatch.setattr(ModelTable, "rotate", real)
+    db.close()
+    keys = lambda: [Cipher.key_of(v) for (v,) in raw(backend, tmp_path, "SELECT ssn FROM patients")]  # noqa: E731
+    assert sorted(keys()).count("new") == 20 and keys().count("old") == 5  # two batches committed
+    db = DataFlow(url, encryption_keys=f"{old},{new}")
+    patients(db)
+    assert db.rotate_key("new", batch_size=10) == {"Patient": 5}  # resumed: only the rest
+    db.close()
+    assert set(keys()) == {"new"}
+    db = DataFlow(url, encryption_keys=new)  # the old key is gone: nothing needs it any more
+    patients(db)
+    back = one(db, "PatientListNode", {"filter": {"ssn": "007"}})["records"]
+    assert [(r["name"], r["notes"]) for r in back] == [("p7", {"i": 7})]
+    assert len(one(db, "PatientListNode")["records"]) == 25
+    with pytest.raises(EncryptionError, match="has no key 'gone'"):
+        db.rotate_key("gone")
+    db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "duckdb", "postgres"])
+def test_a_failed_workflow_in_a_block_writes_encrypted_rows_back_sealed(backend, tmp_path):
+    """On DuckDB the undo is emulated from before-images: they are sealed again to their rows."""
+    db = DataFlow(url_for(backend, tmp_path), encryption_keys=KEY)
+    patients(db)
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    with db.transaction():
+        workflow = WorkflowBuilder(db)
+        workflow.add_node("PatientUpdateNode", "change", {"id": ann["id"], "fields": {"ssn": "000"}})
+        workflow.add_node("PatientReadNode", "missing", {"id": 12345})
+        with pytest.raises(NotFoundError):
+            LocalRuntime().execute(workflow.build())
+    assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
+    assert one(db, "PatientCountNode", {"filter": {"ssn": SECRET}})["count"] == 1
+    db.close()
+
+
+def test_a_saga_step_that_changes_encrypted_rows_is_refused_and_rolled_back(tmp_path):
+    url = f"sqlite:///{tmp_path / 'saga.db'}"
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    workflow = WorkflowBuilder(db)
+    workflow.add_node("PatientUpdateNode", "change", {"id": ann["id"], "fields": {"ssn": "000"}})
+    with pytest.raises(EncryptionError, match="does not encrypt that log yet"):
+        LocalRuntime(transaction="saga").execute(workflow.build())
+    assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
+    created = WorkflowBuilder(db)  # a Create's undo is its ids only: a saga runs it
+    created.add_node("PatientCreateNode", "new", {"name": "Bob", "ssn": "222"})
+    LocalRuntime(transaction="saga").execute(created.build())
+    db.close()
+    assert SECRET.encode() not in (tmp_path / "saga.db").read_bytes()
+
+
+def test_turning_searchable_on_for_rows_without_a_blind_index_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'blind.db'}"
+    db = DataFlow(url, encryption_keys=KEY)
+
+    @db.model
+    class Patient:
+        name: str
+        ssn: Encrypted[str]
+
+    one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    db.close()
+    db = DataFlow(url, encryption_keys=KEY)
+
+    @db.model
+    class Patient:  # noqa: F811
+        name: str
+        ssn: Encrypted[str, "searchable"]  # noqa: F821, UP037
+
+    with pytest.raises(MigrationError, match="equality filters would miss them"):
+        one(db, "PatientCountNode", {"filter": {"ssn": SECRET}})
+    db.close()
+
+
+def test_the_keys_never_enter_the_config_and_json_keeps_its_key_order():
+    db = DataFlow(encryption_keys=KEY)
+    patients(db)
+    assert KEY.split(":")[1] not in repr(db.config) and KEY.split(":")[1] not in repr(db.__reduce__())
+    made = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "notes": {"b": 1, "a": 2}})
+    assert list(one(db, "PatientReadNode", {"id": made["id"]})["notes"]) == ["b", "a"]
