@@ -27,13 +27,15 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
 from .base import Connection, DuckAttachment, PooledDialect, QueryResult
+
+T = TypeVar("T")
 
 MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
@@ -61,36 +63,27 @@ class SQLiteConnection(Connection):
     def in_transaction(self) -> bool:
         return bool(self.raw.in_transaction)
 
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+    async def _sent(self, sql: str, params: Sequence[Any] | None, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()`` one statement: noted (echo, counts), timed (the slow-statement log), and
+        interrupted on aiosqlite's thread when the run is cancelled (a time limit, Ctrl-C)."""
         if self.note is not None:
             self.note(sql, params)
         started = time.perf_counter()
         try:
-            result = await self.raw.execute_fetchall(sql, params)
-        except asyncio.CancelledError as exc:
-            self.took(sql, started, params, exc)
-            await self.interrupt()
-            raise
+            result = await send()
         except BaseException as exc:
             self.took(sql, started, params, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                await self.interrupt()
             raise
         self.took(sql, started, params)
         return result
 
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return await self._sent(sql, params, lambda: self.raw.execute_fetchall(sql, params))
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self.note is not None:
-            self.note(sql, params)
-        started = time.perf_counter()
-        try:
-            cursor = await self.raw.execute(sql, params)
-        except asyncio.CancelledError as exc:
-            self.took(sql, started, params, exc)
-            await self.interrupt()
-            raise
-        except BaseException as exc:
-            self.took(sql, started, params, exc)
-            raise
-        self.took(sql, started, params)
+        cursor = await self._sent(sql, params, lambda: self.raw.execute(sql, params))
         count = cursor.rowcount
         await cursor.close()
         return count
@@ -115,19 +108,7 @@ class SQLiteConnection(Connection):
             await self.raw.execute("PRAGMA query_only = OFF")
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if self.note is not None:
-            self.note(sql, None)
-        started = time.perf_counter()
-        try:
-            cursor = await self.raw.executemany(sql, rows)
-        except asyncio.CancelledError as exc:
-            self.took(sql, started, None, exc)
-            await self.interrupt()
-            raise
-        except BaseException as exc:
-            self.took(sql, started, None, exc)
-            raise
-        self.took(sql, started)
+        cursor = await self._sent(sql, None, lambda: self.raw.executemany(sql, rows))
         await cursor.close()
 
     async def interrupt(self) -> None:
