@@ -1160,3 +1160,23 @@ def test_import_csv_empty_cell_in_a_field_without_a_default_is_an_error_naming_r
     with pytest.raises(ValidationError, match=r"row 1: .*'price'"):
         items.import_csv("Item", path)
     assert count(items, "Item") == 0
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 2])
+def test_bulk_upsert_inserts_every_row_whose_key_is_null_and_counts_exactly(db, batch_size):
+    """NULL equals nothing in SQL: each such row is its own key, never folded into another."""
+
+    @db.model
+    class Tag:
+        label: str | None = None
+        uses: int = 0
+        __dataflow__ = {"unique": ["label"]}
+
+    data = [{"label": "a", "uses": 1}, {"label": None, "uses": 2}, {"label": None, "uses": 3},
+            {"label": "b", "uses": 4}, {"label": None, "uses": 5}, {"label": "a", "uses": 6}]  # fmt: skip
+    params = {"data": data, "conflict_on": ["label"], **({"batch_size": batch_size} if batch_size else {})}
+    first = bulk(db, "TagBulkUpsertNode", params)
+    assert (first["inserted"], first["updated"]) == (5, 0)  # 'a' twice: the last row wins
+    again = bulk(db, "TagBulkUpsertNode", params)
+    assert (again["inserted"], again["updated"]) == (3, 2)
+    assert sorted(r["uses"] for r in Tag.list()) == [2, 2, 3, 3, 4, 5, 5, 6]

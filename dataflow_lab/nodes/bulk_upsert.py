@@ -24,6 +24,8 @@ from .undo import RowUndo, rows_before
 
 __all__ = ["BulkUpsert"]
 
+_NULL_KEY = object()  # marks a key holding a NULL: unique to its row (see _last_wins)
+
 
 class _SeenKeys:
     """The conflict_on keys earlier chunks wrote, and which of them this node inserted.
@@ -32,20 +34,22 @@ class _SeenKeys:
     a row this node inserted is overwritten whole; so each chunk asks which of its keys earlier
     chunks wrote. The first chunk's keys stay in memory; from the second chunk on they all go to a
     temporary table in the run's transaction (dropped at the end, or with a rollback), so memory
-    does not grow with the input. Keys holding a NULL (never equal in SQL) stay in memory.
+    does not grow with the input. Keys holding a NULL are not kept: NULL equals nothing in SQL, so
+    such a row never meets another.
     """
 
     def __init__(self, node: BulkUpsert, conflict_on: list[str]):
         self.node, self.conflict_on = node, conflict_on
         self.first: dict[tuple, bool] | None = None  # the first chunk's keys -> inserted by this node
-        self.nulls: dict[tuple, bool] = {}
         self.table: sa.Table | None = None
 
     async def lookup(self, conn: Any, keys: list[tuple]) -> tuple[set[tuple], set[tuple]]:
-        """Of ``keys``: those earlier chunks wrote, and those of them this node inserted."""
-        if self.first is None:
+        """Of ``keys``: those earlier chunks wrote, and those of them this node inserted (a key
+        holding a NULL is never among them: it matches no other row)."""
+        keys = [k for k in keys if None not in k]
+        if self.first is None or not keys:
             return set(), set()
-        found: dict[tuple, bool] = {k: self.nulls[k] for k in keys if k in self.nulls}
+        found: dict[tuple, bool] = {}
         if self.table is None:
             found.update((k, self.first[k]) for k in keys if k in self.first)
         elif len(self.conflict_on) == 1:  # one parameter for the chunk's keys (an array, or JSON on SQLite)
@@ -61,9 +65,7 @@ class _SeenKeys:
 
     async def record(self, conn: Any, keys: list[tuple], ours: set[tuple]) -> None:
         """Note ``keys`` as written (none of them seen before), ``ours`` among them inserted by this node."""
-        marks = {k: k in ours for k in keys}
-        self.nulls.update((k, v) for k, v in marks.items() if None in k)
-        marks = {k: v for k, v in marks.items() if None not in k}
+        marks = {k: k in ours for k in keys if None not in k}  # a NULL key is never met again
         if self.first is None:
             self.first = marks
             return
@@ -282,10 +284,15 @@ class BulkUpsert(BulkRows):
 
     @staticmethod
     def _last_wins(chunk: Chunk, key_index: list[int]) -> tuple[list[tuple], list[int]]:
-        """Keep the last row of each key (with its input index)."""
+        """Keep the last row of each key (with its input index).
+
+        A key holding a NULL is never the same key twice: NULL equals nothing in SQL, so the unique
+        constraint lets every such row in, and each is inserted."""
         unique: dict[tuple, tuple[int, tuple]] = {}
         for offset, row in enumerate(chunk.rows):
             key = tuple(row[i] for i in key_index)
+            if None in key:
+                key = (_NULL_KEY, chunk.first_index + offset)  # its own key: never replaced
             unique.pop(key, None)
             unique[key] = (chunk.first_index + offset, row)
         return [r for _, r in unique.values()], [i for i, _ in unique.values()]
@@ -336,16 +343,17 @@ class BulkUpsert(BulkRows):
                 yield cols, sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
 
     async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> set[tuple]:
-        """Which of ``keys`` are in the table now."""
+        """Which of ``keys`` are in the table now (a key holding a NULL matches no row)."""
         found: set[tuple] = set()
-        for cols, cond in self._key_matches(conflict_on, keys):
+        for cols, cond in self._key_matches(conflict_on, [k for k in keys if None not in k]):
             sql, params = self.mt.dialect.compile(sa.select(*cols).where(cond))
             found.update(tuple(r) for r in await conn.fetch(sql, params))
         return found
 
     async def _count_existing(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> int:
+        """How many of ``keys`` the table holds: the rows the upsert will update, not insert."""
         total, table = 0, self.mt.table
-        for _, cond in self._key_matches(conflict_on, keys):
+        for _, cond in self._key_matches(conflict_on, [k for k in keys if None not in k]):
             sql, params = self.mt.dialect.compile(sa.select(sa.func.count()).select_from(table).where(cond))
             total += int((await conn.fetch(sql, params))[0][0])
         return total
