@@ -577,8 +577,26 @@ def test_echo_lists_each_sql_statement_in_the_run_summary_under_its_node(users):
     printed = [line for line in out.stdout.splitlines() if line.startswith("SQL:")]
     assert printed == []  # listed in the summary (the cell's Out), not printed a second time
     cell(users, "%config DataFlowMagics.echo = False")
+    cell(users, "%config DataFlowMagics.summary_sql = False")
     run, out = cell(users, "%dataflow run n")
     assert "SQL" not in run.summary() and "SQL ·" not in run.summary_html() and "SQL:" not in out.stdout
+
+
+def test_in_development_a_run_summary_lists_its_sql_by_default_behind_a_closed_disclosure(users):
+    run, out = cell(users, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    assert "    SQL: SELECT count(*)" in run.summary()
+    assert "<details><summary>SQL · 1 statement</summary>" in run.summary_html()
+    assert not [line for line in out.stdout.splitlines() if line.startswith("SQL:")]  # not printed too
+
+
+def test_outside_development_a_run_summary_lists_no_sql_unless_asked(ip, monkeypatch):
+    monkeypatch.setenv("DATAFLOW_ENV", "testing")
+    ip.run_cell(f"%%dataflow model\n{USER_MODEL}")
+    run, _ = cell(ip, "%%dataflow workflow n --run\nn = UserCountNode()\n")
+    assert "SQL" not in run.summary()
+    cell(ip, "%config DataFlowMagics.summary_sql = True")
+    run, _ = cell(ip, "%dataflow run n")
+    assert "    SQL: SELECT count(*)" in run.summary()
 
 
 # -- background runs --------------------------------------------------------------------------

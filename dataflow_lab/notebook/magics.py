@@ -198,6 +198,13 @@ class DataFlowMagics(Magics):
     echo = Bool(
         False, help="Show each SQL statement the notebook sends: in each run's summary, under its node."
     ).tag(config=True)
+    summary_sql = Bool(
+        None,
+        allow_none=True,
+        help="List each node's SQL in its run's summary (behind a disclosure). None: as the "
+        "notebook's DataFlow's environment says, on in development (the spec: SQL visible where "
+        "the user looks); echo=True turns it on too.",
+    ).tag(config=True)
     display_limit = Int(
         10, help="Rows of each List output shown (as a DataFrame) in a run's summary; 0 shows all."
     ).tag(config=True)
@@ -473,6 +480,11 @@ class DataFlowMagics(Magics):
         return namespace[name]
 
     # -- helpers -----------------------------------------------------------
+    def _summary_sql(self) -> bool:
+        if self.echo or self.summary_sql is not None:
+            return bool(self.echo or self.summary_sql)
+        return self.session.db.config.environment == "development"
+
     def _name(self, name: str | None, what: str) -> str:
         if not name:
             raise UsageError(f"%%dataflow {what} needs a name. Hint: %%dataflow {what} onboarding --run")
@@ -542,7 +554,7 @@ class DataFlowMagics(Magics):
             interval=self.refresh_interval,
             display_limit=self.display_limit,
             background=args.background,
-            show_sql=self.echo,
+            show_sql=self._summary_sql(),
             timeout=_limit(self.timeout if args.timeout is None else args.timeout),
             node_timeout=_limit(self.node_timeout if args.node_timeout is None else args.node_timeout),
         )

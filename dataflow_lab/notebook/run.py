@@ -380,7 +380,7 @@ def _sql_html(s: RunSnapshot) -> str:
     if not lines:
         return ""
     count = f"{len(lines)} statement{'s' if len(lines) != 1 else ''}"
-    return f"<details open><summary>SQL · {count}</summary><pre>{html.escape(chr(10).join(lines))}</pre></details>"
+    return f"<details><summary>SQL · {count}</summary><pre>{html.escape(chr(10).join(lines))}</pre></details>"
 
 
 def _error_line(error: BaseException) -> str:
