@@ -266,7 +266,8 @@ def test_sync_callables_run_on_kept_worker_threads_not_a_new_thread_per_call():
     for _ in range(30):
         runtime.execute(built)
     assert len(seen) == 30
-    assert len(set(seen)) <= 2, "a thread was started per call"
+    # at most the kept idle workers (8) and one more, whatever earlier tests left: not one per call
+    assert len(set(seen)) <= 9, "a thread was started per call"
     assert all(t is not threading.main_thread() and t.daemon for t in seen)
 
 
