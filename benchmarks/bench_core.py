@@ -65,8 +65,10 @@ def timed(fns: dict, n: int, wanted: list[str]) -> dict[str, float]:
 
 
 # -- dataflow_lab ------------------------------------------------------------
-def ours(url: str | None, n: int, wanted: list[str]) -> dict[str, float]:
-    db = DataFlow(url, echo=False)  # the engine, not the development preset's SQL on stderr
+def item_db(url: str | None) -> tuple[DataFlow, type]:
+    """A DataFlow with the benchmarks' Item model, and the model; echo off: the engine, not the development
+    preset's SQL on stderr."""
+    db = DataFlow(url, echo=False)
 
     @db.model
     class Item:
@@ -75,6 +77,11 @@ def ours(url: str | None, n: int, wanted: list[str]) -> dict[str, float]:
         price: float
         active: bool = True
 
+    return db, Item
+
+
+def ours(url: str | None, n: int, wanted: list[str]) -> dict[str, float]:
+    db, _ = item_db(url)
     runtime = LocalRuntime()
 
     def one(node_type: str, params: dict, *more: tuple) -> object:
@@ -449,15 +456,7 @@ def method_vs_hand(url: str | None, n: int) -> tuple[float, float]:
 
     The two alternate round by round, so a noisy neighbour slows both alike.
     """
-    db = DataFlow(url)
-
-    @db.model
-    class Item:
-        name: str
-        qty: int
-        price: float
-        active: bool = True
-
+    db, Item = item_db(url)  # noqa: N806 - a model class
     runtime = LocalRuntime()
 
     def by_hand() -> None:

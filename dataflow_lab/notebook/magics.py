@@ -29,17 +29,16 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, observe
 
 from ..access import User
 from ..config import redact_url
-from ..dataflow import DataFlow
 from ..errors import BackfillRequiredError, DataFlowError, DestructiveMigrationError, did_you_mean
 from ..runtime import TRANSACTION_MODES
-from ..sqltext import braces_to_names, parameter_names
 from ..workflow import Workflow, WorkflowBuilder
 from .catalogue import Catalogue
 from .dag import DagView
 from .display import widgets_available
-from .plot import KINDS, Plot, plot
+from .plot import KINDS, Plot
 from .run import NotebookRun, start_run, wait_in_cell
 from .session import Session
+from .sql_cell import plot_cell, sql_cell
 from .workflow_cell import build_workflow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -395,89 +394,11 @@ class DataFlowMagics(Magics):
             print(f"Applied: {m.name}")
 
     def _sql(self, line: str, cell: str | None, namespace: Mapping[str, Any]) -> Any:
-        """``%%dataflow sql`` / ``%dataflow sql``: one statement on the notebook's database, as a DataFrame."""
-        options, query = sql_options(line)
-        if cell is not None:
-            if query:
-                raise UsageError(
-                    f"%%dataflow sql: the query goes in the cell, not after the options ('{query[:30]}'). "
-                    "Hint: %%dataflow sql -o counts, then the SQL on the lines below."
-                )
-            query = cell
-        if not query.strip():
-            raise UsageError("which query? Hint: %dataflow sql SELECT count(*) FROM readings")
-        db = self._sql_database(options.get("db"), namespace)
-        query, values = braces_to_names(query, lambda name: self._variable(name, namespace, "{" + name + "}"))
-        for name in parameter_names(query):
-            values.setdefault(name, self._variable(name, namespace, ":" + name))
-        frame = db.sql(
-            query, values, write="write" in options, user=self._user(options.get("user"), namespace),
-            engine="duckdb" if "duckdb" in options else None,
-        )  # fmt: skip
-        if "o" in options:
-            self._shell.user_ns[options["o"]] = frame
-        self.session.last_frame = frame
-        display(SqlCaption(frame, options.get("o")))
-        return frame
+        """``%%dataflow sql`` / ``%dataflow sql``: one statement on the notebook's database (sql_cell.py)."""
+        return sql_cell(self.session, self._shell.user_ns, line, cell, namespace, self._user)
 
     def _plot(self, args: Any, namespace: dict[str, Any]) -> Plot:
-        if args.kind is None:
-            raise UsageError(
-                f"which kind of plot? Hint: %dataflow plot bar --x station --y trips ({', '.join(KINDS)})."
-            )
-        if args.source is not None:
-            if args.source not in namespace:
-                known = [k for k in namespace if not k.startswith("_")]
-                raise UsageError(
-                    f"--from {args.source}: no such variable.{did_you_mean(args.source, known)} "
-                    "Hint: %%dataflow sql -o counts stores a result under a name."
-                )
-            data = namespace[args.source]
-        elif self.session.last_frame is not None:
-            data = self.session.last_frame
-        else:
-            raise UsageError(
-                "nothing to plot yet. Hint: run a %%dataflow sql cell first, or pass --from NAME."
-            )
-        if isinstance(data, NotebookRun):
-            frames = data.frames()
-            if len(frames) != 1:
-                raise UsageError(
-                    f"--from {args.source}: the run has {len(frames)} List outputs. "
-                    "Hint: plot one: run.plot('node_id', 'bar', x=..., y=...)."
-                )
-            data = next(iter(frames.values()))
-        return plot(data, args.kind, args.x, args.y, title=args.title)
-
-    def _sql_database(self, name: str | None, namespace: Mapping[str, Any]) -> DataFlow:
-        """``--db NAME``; else the magics' database; else the notebook's one DataFlow, if it has one."""
-        if name is not None:
-            found = namespace.get(name)
-            if not isinstance(found, DataFlow):
-                known = [k for k, v in namespace.items() if isinstance(v, DataFlow) and not k.startswith("_")]
-                raise UsageError(
-                    f"--db {name}: no DataFlow named '{name}'.{did_you_mean(name, known)} "
-                    f"Hint: {'DataFlows here: ' + ', '.join(known) if known else 'db = DataFlow(...) first'}."
-                )
-            return found
-        if self.session.current is None:
-            mine = {
-                id(v): v for k, v in namespace.items() if isinstance(v, DataFlow) and not k.startswith("_")
-            }
-            open_ones = [db for db in mine.values() if not db.database.closed]
-            if len(open_ones) == 1:
-                return open_ones[0]
-        return self.session.db
-
-    @staticmethod
-    def _variable(name: str, namespace: Mapping[str, Any], written: str) -> Any:
-        if name not in namespace:
-            known = [k for k in namespace if not k.startswith("_")]
-            raise UsageError(
-                f"%dataflow sql: {written} names no variable of the notebook.{did_you_mean(name, known)} "
-                f"Hint: set it first ({name} = ...); its value is bound, never pasted into the SQL."
-            )
-        return namespace[name]
+        return plot_cell(self.session, args, namespace)
 
     # -- helpers -----------------------------------------------------------
     def _summary_sql(self) -> bool:
@@ -599,7 +520,6 @@ class ModelChange:
         return self.line or repr(self.plan)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        import html
 
         head = html.escape(self.line) if self.line else "This migration drops or narrows data:"
         sql = (f"<details><summary>the SQL it would run</summary><pre>{html.escape(self.sql)}</pre></details>"
@@ -615,48 +535,6 @@ class ModelChange:
             else f"{self.plan!r}\nRe-run with %dataflow migrate --confirm.",
             "text/html": f'<div class="df-model-change">⚠ {head}{sql}{tail}</div>',
         }
-
-
-def sql_options(line: str) -> tuple[dict[str, str], str]:
-    """``-o NAME --db NAME --write --user U`` at the start of ``line``; the rest is SQL, untouched."""
-    options: dict[str, str] = {}
-    rest = line.strip()
-    takes_value = {"-o": "o", "--out": "o", "--db": "db", "--user": "user"}
-    while rest.startswith("-"):
-        word, _, after = rest.partition(" ")
-        if word in ("--write", "--duckdb"):
-            options[word[2:]] = ""
-        elif word in takes_value:
-            value, _, after = after.strip().partition(" ")
-            if not value or value.startswith("-"):
-                raise UsageError(f"%dataflow sql: {word} needs a name. Hint: {word} counts")
-            options[takes_value[word]] = value
-        else:
-            known = ["-o", "--db", "--write", "--duckdb", "--user"]
-            raise UsageError(
-                f"%dataflow sql has no option '{word}'.{did_you_mean(word, known)} Hint: options: {', '.join(known)}."
-            )
-        rest = after.strip()
-    if "o" in options and not options["o"].isidentifier():
-        raise UsageError(f"-o {options['o']}: not a Python name. Hint: -o counts")
-    return options, rest
-
-
-class SqlCaption:
-    """The line under a SQL cell's frame: how many rows, how long, and where it was stored."""
-
-    def __init__(self, frame: Any, stored_as: str | None):
-        attrs = frame.attrs
-        affected = attrs.get("rows_affected")
-        what = f"{affected} row(s) affected" if affected is not None else f"{len(frame)} row(s)"
-        where = f" · saved as {stored_as}" if stored_as else ""
-        self.text = f"{what} · {attrs.get('elapsed_s', 0.0) * 1000:.1f} ms{where}"
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def _repr_html_(self) -> str:
-        return f'<div class="dataflow-sql-caption" style="color: var(--jp-ui-font-color2, #555)">{html.escape(self.text)}</div>'
 
 
 def _clear(slot: Any, run: NotebookRun) -> None:
