@@ -207,13 +207,12 @@ class TransactionMonitor:
 
     def _flag_lock_wait(self, run_id: str, node_id: str, seconds: float, detail: str) -> None:
         self.lock_waits += 1
-        message = (
-            f"run {run_id} (node '{node_id}') has waited {seconds:.1f}s for a lock, over the "
-            f"{self.lock_wait_seconds:g}s threshold: {detail}"
-        )
-        self.alerts.append(
-            TransactionAlert("lock_wait", run_id, node_id, dt.datetime.now(dt.UTC), seconds, message)
-        )
+        self._alert("lock_wait", run_id, node_id, seconds,
+                    f"run {run_id} (node '{node_id}') has waited {seconds:.1f}s for a lock, over the "
+                    f"{self.lock_wait_seconds:g}s threshold: {detail}")  # fmt: skip
+
+    def _alert(self, kind: str, run_id: str, node_id: str, seconds: float, message: str) -> None:
+        self.alerts.append(TransactionAlert(kind, run_id, node_id, dt.datetime.now(dt.UTC), seconds, message))
         log.warning("%s", message)
 
     def error(
@@ -273,11 +272,6 @@ class TransactionMonitor:
 
     def _flag_long(self, run_id: str, node_id: str, seconds: float) -> None:
         self.long_running += 1
-        message = (
-            f"transaction of run {run_id} (begun in node '{node_id}') has been open "
-            f"{seconds:.1f}s, over the {self.long_seconds:g}s threshold"
-        )
-        self.alerts.append(
-            TransactionAlert("long_transaction", run_id, node_id, dt.datetime.now(dt.UTC), seconds, message)
-        )
-        log.warning("%s", message)
+        self._alert("long_transaction", run_id, node_id, seconds,
+                    f"transaction of run {run_id} (begun in node '{node_id}') has been open "
+                    f"{seconds:.1f}s, over the {self.long_seconds:g}s threshold")  # fmt: skip

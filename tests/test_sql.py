@@ -319,3 +319,16 @@ def test_duckdb_engine_on_a_sqlite_file(tmp_path):
     LocalRuntime().execute(wf.build())
     assert db.sql(GROUPED, low=0, engine="duckdb").to_dict("records") == [{"name": "a", "qty": 3}]
     db.close()
+
+
+def test_a_dataflow_that_ran_sql_is_freed_after_close():
+    import gc
+    import weakref
+
+    db = DataFlow()
+    db.sql("SELECT 1 AS one")
+    db.close()
+    gone = weakref.ref(db)
+    del db
+    gc.collect()
+    assert gone() is None

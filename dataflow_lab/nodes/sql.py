@@ -13,7 +13,6 @@ or grant the models declare. So on a DataFlow with access control, it needs its 
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import ValidationError
@@ -90,12 +89,11 @@ class SqlNode(Node):
         return {"columns": result.columns, "rows": result.rows, "rowcount": result.rowcount}
 
 
-_CLASSES: weakref.WeakKeyDictionary[Any, dict[bool, type[SqlNode]]] = weakref.WeakKeyDictionary()
-
-
 def sql_node(dataflow: DataFlow, write: bool = False) -> type[SqlNode]:
     """The SQL node class of ``dataflow``: read-only, or (``write``) writing in the run's transaction."""
-    by_mode = _CLASSES.setdefault(dataflow, {})
+    # Kept on the DataFlow itself: each class refers to its DataFlow, so a process-wide table keyed
+    # by the DataFlow (even a weak one) would keep every DataFlow that ever ran SQL alive.
+    by_mode: dict[bool, type[SqlNode]] = vars(dataflow).setdefault("_sql_node_classes", {})
     cls = by_mode.get(write)
     if cls is None:
         name = "SqlWriteNode" if write else "SqlNode"
