@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Anomaly", "AnomalyDetector"]
+__all__ = ["Anomaly", "AnomalyDetector", "Window"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Anomaly:
         }
 
 
-class _Baseline:
+class Window:
     """The last ``window`` values, with running sums for O(1) mean and variance."""
 
     __slots__ = ("values", "total", "squares")
@@ -76,6 +76,10 @@ class _Baseline:
         values.append(value)
         self.total += value
         self.squares += value * value
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.total = self.squares = 0.0
 
     def stats(self) -> tuple[int, float, float]:
         n = len(self.values)
@@ -103,7 +107,7 @@ class AnomalyDetector:
         self.min_samples = min_samples
         self.min_ratio = min_ratio
         self.min_delta_ms = min_delta_ms
-        self._baselines: dict[str, _Baseline] = {}
+        self._baselines: dict[str, Window] = {}
 
     def __repr__(self) -> str:
         return (
@@ -114,17 +118,23 @@ class AnomalyDetector:
     def baseline(self, key: str) -> dict[str, float] | None:
         """The current baseline of ``key``: samples, mean_ms, std_ms (None before any run)."""
         found = self._baselines.get(key)
-        if found is None:
+        if found is None or not found.values:
             return None
         n, mean, std = found.stats()
         return {"samples": n, "mean_ms": mean, "std_ms": std}
 
+    def window_of(self, key: str) -> Window:
+        """The rolling window of ``key``'s durations, made at first use. A duration below
+        ``min_delta_ms`` is never an anomaly, so a caller may ``add`` it there without ``observe``."""
+        window = self._baselines.get(key)
+        if window is None:
+            window = self._baselines[key] = Window(self.window)
+        return window
+
     def observe(
         self, key: str, duration_ms: float, node_id: str = "", run_id: str = "", database: bool = True
     ) -> Anomaly | None:
-        baseline = self._baselines.get(key)
-        if baseline is None:
-            baseline = self._baselines[key] = _Baseline(self.window)
+        baseline = self.window_of(key)
         n = len(baseline.values)
         mean = baseline.total / n if n else 0.0
         excess = duration_ms - mean
@@ -150,7 +160,9 @@ class AnomalyDetector:
         )
 
     def reset(self) -> None:
-        self._baselines.clear()
+        """Forget every baseline (emptied in place: a window handed out by ``window_of`` stays this key's)."""
+        for window in self._baselines.values():
+            window.clear()
 
 
 def _advice(key: str, ratio: float, database: bool) -> str:

@@ -28,7 +28,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .anomaly import Anomaly, AnomalyDetector
+from .anomaly import Anomaly, AnomalyDetector, Window
 from .hooks import Fanout, NodeRecord
 from .monitoring_views import CollectorViews, NodeRun, WorkflowRun
 from .transaction_monitor import TransactionMonitor
@@ -41,18 +41,30 @@ __all__ = ["MetricsCollector", "NodeRun", "WorkflowRun"]
 log = logging.getLogger("dataflow_lab.monitoring")
 
 POOL_SNAPSHOT_EVERY = 1.0  # seconds
+FOLD_EVERY = 64  # runs queued before the collector counts them (readers count them at once)
 
 
 # -- the collector -------------------------------------------------------------------------
 class _TypeStats:
-    __slots__ = ("model", "operation", "count", "errors", "duration_ms", "rows", "queries", "retries")
+    __slots__ = (
+        "model",
+        "operation",
+        "count",
+        "errors",
+        "duration_ms",
+        "rows",
+        "queries",
+        "retries",
+        "baseline",
+    )
 
-    def __init__(self, node_class: Any):
+    def __init__(self, node_class: Any, baseline: Window):
         model = getattr(node_class, "model", None)
         self.model: str | None = model.name if model is not None else None
         self.operation: str = getattr(node_class, "operation", "") or "python"
         self.count = self.errors = self.rows = self.queries = self.retries = 0
         self.duration_ms = 0.0
+        self.baseline = baseline  # the anomaly detector's rolling window of this type's durations
 
 
 class MetricsCollector(CollectorViews):
@@ -95,7 +107,9 @@ class MetricsCollector(CollectorViews):
         self.transactions = TransactionMonitor(
             long_seconds=long_transaction_seconds, keep=keep, ledger=self._ledger, **self._lock_waits
         )
-        self.lock = threading.Lock()  # held while the logs are read or changed (metrics_export.py too)
+        # held while the logs are read or changed (metrics_export.py too); reentrant: reading a
+        # figure under it counts the queued runs first (``fold``)
+        self.lock = threading.RLock()
         self._keep = keep
         # retries and compensations reported during a run, kept until its after_workflow says whose it is
         self._pending: dict[str, dict[str, Any]] = {}
@@ -106,17 +120,19 @@ class MetricsCollector(CollectorViews):
     def reset(self) -> None:
         """Forget every figure (baselines and transaction counts included)."""
         with self.lock:
-            # the hot path appends plain tuples; node_runs / workflow_runs build the dataclasses.
-            # _node_log: per run (run_id, wall clock minus perf_counter, node records, retries by node)
-            self._node_log: deque[tuple] = deque(maxlen=self._keep)
-            self._workflow_log: deque[tuple] = deque(maxlen=self._keep)
+            # the hot path appends one plain tuple per run (monitoring_views.LOG_ENTRY); node_runs
+            # and workflow_runs build the dataclasses
+            self._log: deque[tuple] = deque(maxlen=self._keep)
+            # runs not counted yet (after_workflow): (run_id, workflow name, user, time.time() at the
+            # end, seconds, error, records, retries and compensations, wall clock minus perf_counter)
+            self._queue: deque[tuple] = deque()
             self.anomalies: deque[Anomaly] = deque(maxlen=self._keep)
             self.pool_snapshots: deque[dict[str, Any]] = deque(maxlen=self._keep)
-            self.by_type: dict[str, _TypeStats] = {}
-            self.workflows = {"total": 0, "successful": 0, "failed": 0, "duration_ms": 0.0}
-            self.today = (0, 0)  # (UTC day number, runs that day)
-            self.retries = 0
-            self.compensations: dict[str, int] = {}
+            self._by_type: dict[str, _TypeStats] = {}
+            self._workflows = {"total": 0, "successful": 0, "failed": 0, "duration_ms": 0.0}
+            self._today = [0, 0, 0.0]  # UTC day number, runs that day, when it ends (time.time())
+            self._retries = 0
+            self._compensations: dict[str, int] = {}
             self._last_pool = 0.0
             self._failures_seen = 0
             self._failure_at: float | None = None
@@ -129,11 +145,41 @@ class MetricsCollector(CollectorViews):
 
     def __repr__(self) -> str:
         db = self._dataflow() if self._dataflow is not None else None
-        return f"<MetricsCollector for {db!r}: {self.workflows['total']} run(s), {len(self._workflow_log)} in the log>"
+        return f"<MetricsCollector for {db!r}: {self.workflows['total']} run(s), {len(self._log)} in the log>"
 
     @property
     def dataflow(self) -> DataFlow | None:
         return self._dataflow() if self._dataflow is not None else None
+
+    # -- the figures (each counts the queued runs first) --------------------------------
+    @property
+    def by_type(self) -> dict[str, _TypeStats]:
+        """Figures per node type: runs, errors, duration_ms, rows, queries, retries."""
+        self.fold()
+        return self._by_type
+
+    @property
+    def workflows(self) -> dict[str, Any]:
+        """Runs: total, successful, failed, duration_ms."""
+        self.fold()
+        return self._workflows
+
+    @property
+    def today(self) -> list[Any]:
+        """[UTC day number, runs that day, when that day ends]."""
+        self.fold()
+        return self._today
+
+    @property
+    def retries(self) -> int:
+        self.fold()
+        return self._retries
+
+    @property
+    def compensations(self) -> dict[str, int]:
+        """Saga compensations by status."""
+        self.fold()
+        return self._compensations
 
     # -- hooks ---------------------------------------------------------------------
     def after_workflow(
@@ -147,26 +193,73 @@ class MetricsCollector(CollectorViews):
         nodes: list[NodeRecord] | None = None,
         **future: Any,
     ) -> None:
-        """Everything about a run arrives here, once: its node records (``hooks.NodeRecord``) and outcome."""
-        pending = self._pending.pop(run_id, None) if self._pending else None
-        retries = pending["retries"] if pending else None
-        mine = self._dataflow() if self._dataflow is not None else None
+        """Everything about a run arrives here, once: its node records (``hooks.NodeRecord``) and outcome.
+
+        This runs after every monitored run, inside its time, so a plain run is only queued
+        (``_queue``, one tuple); ``fold`` counts the queued runs in a batch, every FOLD_EVERY runs
+        and before anything reads the figures. A run that failed, retried or has a node slow
+        enough to be an anomaly is counted at once, so alerts and hooks are never late and no
+        queued record holds an exception (and its frames).
+        """
         now = time.time()
+        pending = self._pending.pop(run_id, None) if self._pending else None
+        records = nodes or []
+        entry = (
+            run_id, workflow.name if workflow is not None else "", getattr(runtime, "user", None), now,
+            duration, error, records, pending, now - time.perf_counter(),
+        )  # fmt: skip
+        plain = error is None and pending is None
+        if plain:
+            quick = self.detector.min_delta_ms / 1000.0  # a node quicker than this is never an anomaly
+            for record in records:
+                if record.error is not None or record.duration >= quick:
+                    plain = False
+                    break
+        if plain:
+            queue = self._queue
+            queue.append(entry)
+            if len(queue) >= FOLD_EVERY:
+                self.fold()
+        else:
+            with self.lock:
+                self._fold_queue()
+                anomalies = self._count(entry, judge=True)
+            for anomaly in anomalies:
+                self._alert(anomaly, runtime)
+        if now - self._last_pool >= POOL_SNAPSHOT_EVERY:
+            self._last_pool = now
+            self.snapshot_pool()
+
+    def fold(self) -> None:
+        """Count the queued runs (readers call this first: the figures are then up to date)."""
+        if self._queue:
+            with self.lock:
+                self._fold_queue()
+
+    def _fold_queue(self) -> None:  # with the lock held
+        queue = self._queue
+        while queue:  # popleft, not a swap: the loop thread may append meanwhile
+            self._count(queue.popleft(), judge=False)
+
+    def _count(self, entry: tuple, *, judge: bool) -> list[Anomaly]:
+        """Count one run (with the lock held); ``judge``: ask the detector about its slow nodes."""
+        run_id, name, user, now, duration, error, records, pending, wall_offset = entry
+        mine = self._dataflow() if self._dataflow is not None else None
+        by_type, detector, quick = self._by_type, self.detector, self.detector.min_delta_ms
         run_queries = run_rows = run_nodes = 0
-        by_type, detector = self.by_type, self.detector
-        nodes = nodes or []
         foreign = failed = False
-        for record in nodes:
-            cls, rows, queries = record.node_class, record.rows, record.queries
-            owner = cls.dataflow
-            if owner is not mine and owner is not None and mine is not None:
+        anomalies: list[Anomaly] = []
+        for record in records:
+            cls = record.node_class
+            if not _ours(cls, mine):
                 foreign = True
                 continue  # another database's node in a workflow that also uses ours
             type_name = cls.type_name
             stats = by_type.get(type_name)
             if stats is None:
-                stats = by_type[type_name] = _TypeStats(cls)
+                stats = by_type[type_name] = _TypeStats(cls, detector.window_of(type_name))
             duration_ms = record.duration * 1000.0
+            rows, queries = record.rows, record.queries
             run_nodes += 1
             run_queries += queries
             stats.count += 1
@@ -179,49 +272,53 @@ class MetricsCollector(CollectorViews):
                 failed = True
                 stats.errors += 1
                 self.transactions.error(run_id, record.node_id, record.error)
-                continue  # a failed run's duration says nothing about speed
-            anomaly = detector.observe(
-                type_name, duration_ms, record.node_id, run_id, stats.model is not None
-            )
-            if anomaly is not None:
-                self._alert(anomaly, runtime)
-        kept = nodes  # the runtime's own list, kept as it is unless a record must change
-        if foreign:
-            kept = [r for r in kept if r.node_class.dataflow is None or r.node_class.dataflow is mine]
-        if failed:  # keep the message, never the exception and the frames it holds
-            kept = [r.with_message() if r.error is not None else r for r in kept]
-        retried = 0
-        if retries:
-            for node_id, count in retries.items():  # a node's retries belong to its last run
-                retried += count
-                cls = next((r.node_class for r in reversed(kept) if r.node_id == node_id), None)
-                if cls is not None:
-                    by_type[cls.type_name].retries += count
-        # Hooks run on the runtime's one loop thread, so writers never race each other; readers
-        # copy with list() and dict(), single C-level calls that the GIL keeps whole.
-        self._node_log.append((run_id, now - time.perf_counter(), kept, retries))
-        if pending:
-            with self.lock:
-                self.retries += retried
-                for status, count in pending["compensations"].items():
-                    self.compensations[status] = self.compensations.get(status, 0) + count
-        self.transactions.workflow_ended(run_id)
+            elif duration_ms < quick or not judge:  # a failed run's duration says nothing about speed
+                stats.baseline.add(duration_ms)
+            else:
+                anomaly = detector.observe(
+                    type_name, duration_ms, record.node_id, run_id, stats.model is not None
+                )
+                if anomaly is not None:
+                    anomalies.append(anomaly)
+        kept = records  # the runtime's own list, kept as it is unless a record must change
+        if foreign or failed:  # keep a failure's message, never the exception and its frames
+            kept = [
+                r.with_message() if r.error is not None else r for r in records if _ours(r.node_class, mine)
+            ]
+        retried = self._settle(pending, kept) if pending else 0
         duration_ms = duration * 1000.0
-        name = workflow.name if workflow is not None else ""
-        run = (
-            run_id, name, getattr(runtime, "user", None), now - duration, duration_ms,
-            None if error is None else _first_line(error), run_nodes, run_queries, run_rows, retried,
+        self._log.append(
+            (
+                run_id, name, user, now - duration, duration_ms, None if error is None else _first_line(error),
+                run_nodes, run_queries, run_rows, retried, wall_offset, kept, pending["retries"] if pending else None,
+            )
         )  # fmt: skip
-        day = int(now // 86400)
-        self._workflow_log.append(run)  # the loop thread is the only writer
-        totals = self.workflows
+        totals = self._workflows
         totals["total"] += 1
         totals["successful" if error is None else "failed"] += 1
         totals["duration_ms"] += duration_ms
-        self.today = (day, self.today[1] + 1 if self.today[0] == day else 1)
-        if now - self._last_pool >= POOL_SNAPSHOT_EVERY:
-            self._last_pool = now
-            self.snapshot_pool()
+        today = self._today
+        if now < today[2]:
+            today[1] += 1
+        else:
+            day = int(now // 86400)
+            today[:] = [day, 1, (day + 1) * 86400.0]
+        self.transactions.workflow_ended(run_id)
+        return anomalies
+
+    def _settle(self, pending: dict[str, Any], kept: list[NodeRecord]) -> int:
+        """Count the retries and compensations reported during a run; returns its retries."""
+        retried = 0
+        for node_id, count in pending["retries"].items():  # a node's retries belong to its last run
+            retried += count
+            cls = next((r.node_class for r in reversed(kept) if r.node_id == node_id), None)
+            if cls is not None:
+                self._by_type[cls.type_name].retries += count
+        self._retries += retried
+        compensations = self._compensations
+        for status, count in pending["compensations"].items():
+            compensations[status] = compensations.get(status, 0) + count
+        return retried
 
     def _transaction_event(
         self, *, run_id: str, dataflow: Any, event: str, node_id: str = "", **future: Any
@@ -270,6 +367,12 @@ class MetricsCollector(CollectorViews):
         with self.lock:
             self.pool_snapshots.append(status)
         return status
+
+
+def _ours(node_class: Any, mine: Any) -> bool:
+    """Whether a collector bound to ``mine`` (None: standalone) counts a node of ``node_class``."""
+    owner = node_class.dataflow
+    return mine is None or owner is None or owner is mine
 
 
 def _first_line(error: BaseException | str | None) -> str | None:

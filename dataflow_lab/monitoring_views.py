@@ -20,11 +20,17 @@ from .process_memory import memory_figures
 
 if TYPE_CHECKING:  # pragma: no cover
     from .anomaly import Anomaly
-    from .hooks import NodeRecord
     from .interfaces import DataFlow
     from .transaction_monitor import TransactionMonitor
 
 __all__ = ["CollectorViews", "NodeRun", "WorkflowRun"]
+
+# What the collector's after_workflow appends per run (a plain tuple: the hot path builds nothing else).
+# wall_offset: time.time() minus time.perf_counter() at the end of the run, for the records' ``started``.
+LOG_ENTRY = (
+    "run_id", "workflow", "user", "started", "duration_ms", "error", "nodes", "queries", "rows", "retries",
+    "wall_offset", "records", "retries_by_node",
+)  # fmt: skip
 
 RECENT_FAILURE_SECONDS = 60.0  # a connection failure this recent makes the pool "degraded"
 SLOW_SHOWN = 20  # slow statements the dashboard lists (db.slow_statements() has them all)
@@ -73,19 +79,23 @@ class CollectorViews:
     """Read-side methods of MetricsCollector (they read its logs, counters and monitors)."""
 
     # What MetricsCollector (monitoring.py) holds and these methods read.
-    lock: threading.Lock
+    lock: threading.RLock
     _keep: int
-    _node_log: deque[tuple[str, float, list[NodeRecord], dict[str, int] | None]]
-    _workflow_log: deque[tuple]
+    _log: deque[tuple]  # one LOG_ENTRY per run
     _failures_seen: int
     _failure_at: float | None
-    by_type: dict[str, Any]  # type name -> monitoring._TypeStats
-    workflows: dict[str, Any]
-    today: tuple[int, int]
-    retries: int
     anomalies: deque[Anomaly]
-    compensations: dict[str, int]
     transactions: TransactionMonitor
+    # by_type, workflows, today, retries, compensations: MetricsCollector's properties, which count
+    # the runs it has queued first (fold)
+    by_type: Any
+    workflows: Any
+    today: Any
+    retries: Any
+    compensations: Any
+
+    def fold(self) -> None:  # pragma: no cover - MetricsCollector's
+        raise NotImplementedError
 
     @property
     def dataflow(self) -> DataFlow | None:  # pragma: no cover - MetricsCollector's
@@ -95,12 +105,13 @@ class CollectorViews:
     def node_runs(self) -> list[NodeRun]:
         """The recent node runs (at most ``keep``), oldest first."""
         with self.lock:
-            log = list(self._node_log)
+            self.fold()
+            log = list(self._log)
             by_type = dict(self.by_type)
         db = self.dataflow
         environment = db.config.environment if db is not None else None
         runs: list[NodeRun] = []
-        for run_id, wall_offset, records, retries in log:
+        for run_id, *_, wall_offset, records, retries in log:
             last = {r.node_id: i for i, r in enumerate(records)} if retries else {}
             for i, record in enumerate(records):
                 stats = by_type.get(record.node_class.type_name)
@@ -132,7 +143,8 @@ class CollectorViews:
     def workflow_runs(self) -> list[WorkflowRun]:
         """The recent workflow runs, oldest first."""
         with self.lock:
-            log = list(self._workflow_log)
+            self.fold()
+            log = list(self._log)
         return [
             WorkflowRun(
                 run_id,
@@ -147,7 +159,7 @@ class CollectorViews:
                 rows,
                 retried,
             )  # fmt: skip
-            for run_id, name, user, wall, duration_ms, error, nodes, queries, rows, retried in log
+            for run_id, name, user, wall, duration_ms, error, nodes, queries, rows, retried, *_ in log
         ]
 
     def dashboard(self) -> dict[str, Any]:
@@ -157,7 +169,7 @@ class CollectorViews:
 
         with self.lock:
             totals = dict(self.workflows)
-            day, today = self.today
+            day, today, _ = self.today
             db_types = [s for s in list(self.by_type.values()) if s.model is not None]
             retries = self.retries
             anomalies = len(self.anomalies)

@@ -422,22 +422,12 @@ class Run:
             raise
         finally:
             if self.records is not None or emit.wants("after_node"):  # nobody listening: no call at all
-                figures = _figures(probe, memory, cls) if probe is not None else (None, None)
+                duration = time.perf_counter() - started
+                memory_mb, pool_usage = probe.end(memory, cls) if probe is not None else (None, None)
                 node_ended(
-                    emit,
-                    self.records,
-                    run_id=scope.run_id,
-                    node_id=node_id,
-                    node_class=cls,
-                    started=started,
-                    duration=time.perf_counter() - started,
-                    result=result,
-                    error=error,
-                    queries=scope.queries,
-                    sql=scope.sql,
-                    memory_mb=figures[0],
-                    pool_usage=figures[1],
-                )
+                    emit, self.records, scope.run_id, node_id, cls, started, duration, result, error,
+                    scope.queries, scope.sql, memory_mb, pool_usage,
+                )  # fmt: skip
 
     def node_limit(self, spec: NodeSpec) -> float | None:
         """The seconds ``spec`` may run: its own ``timeout`` when add_node gave one, else the runtime's."""
@@ -534,12 +524,6 @@ def check_timeout(name: str, value: Any, *, owner: str = "LocalRuntime") -> floa
             hint=f"e.g. {name}=60, or {name}=None for no limit.",
         )
     return float(value)
-
-
-def _figures(probe: Any, memory: int | None, node_class: Any) -> tuple[float | None, str | None]:
-    """(memory_mb, pool_usage) of a node that just ended (see hooks.NodeRecord)."""
-    db = node_class.dataflow
-    return probe.megabytes(memory), db.database.dialect.pool_usage() if db is not None else None
 
 
 def mark_run(error: BaseException, run_id: str) -> None:

@@ -193,7 +193,6 @@ def node_params(
 def node_ended(
     emit: Any,
     records: list[NodeRecord] | None,
-    *,
     run_id: str,
     node_id: str,
     node_class: Any,
@@ -206,12 +205,16 @@ def node_ended(
     memory_mb: float | None = None,
     pool_usage: str | None = None,
 ) -> None:
-    """Report a node's end: its record for after_workflow (``hooks.NODE_RECORD``) and ``after_node``."""
+    """Report a node's end: its record for after_workflow (``hooks.NODE_RECORD``) and ``after_node``.
+
+    Called once per node while a run is monitored: the runtime passes the fields in order.
+    """
     rows = rows_of(result)
     if records is not None:
         records.append(
-            NodeRecord(
-                node_id, node_class, started, duration, rows, queries, sql, error, memory_mb, pool_usage
+            _record(
+                NodeRecord,
+                (node_id, node_class, started, duration, rows, queries, sql, error, memory_mb, pool_usage),
             )
         )
     if emit.wants("after_node"):
@@ -232,6 +235,9 @@ def node_ended(
         )
 
 
+_record = tuple.__new__  # a NodeRecord from its fields, without NamedTuple's Python-level __new__
+
+
 def rows_of(result: Any) -> int | None:
     """How many rows a node's output stands for (None when it is not a database result)."""
     if result is None:
@@ -239,9 +245,13 @@ def rows_of(result: Any) -> int | None:
     if isinstance(result, dict):
         if "records" in result:
             return len(result["records"])
-        counts = [result[k] for k in ("inserted", "updated", "deleted") if isinstance(result.get(k), int)]
-        if counts:
-            return sum(counts)
+        counted: int | None = None  # a loop, not a comprehension: this runs per node while monitored
+        for key in ("inserted", "updated", "deleted"):
+            value = result.get(key)
+            if isinstance(value, int):
+                counted = value if counted is None else counted + value
+        if counted is not None:
+            return int(counted)
         if "deleted" in result:
             return int(bool(result["deleted"]))
         if "record" in result or "id" in result:
