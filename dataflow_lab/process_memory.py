@@ -12,9 +12,10 @@ gives None otherwise. A ``MemoryProbe`` measures what one node did to memory:
 Both are process-wide: nodes that run at the same time (AsyncLocalRuntime's
 branches) share their figures. A run measures its nodes through a ``RunProbe``,
 which also reads the node's pool use; with "rss", a node that starts while no
-other node of its run is running starts from the reading its predecessor ended
-on (one read of ``/proc`` per node instead of two: a read costs 2-3 us inside
-a run, a sizeable share of a sub-millisecond node's monitoring).
+other node of its run is running, within a millisecond of its predecessor's end,
+starts from the reading that one ended on (one read of ``/proc`` per node instead
+of two: a read costs 2-4 us inside a run, a sizeable share of a sub-millisecond
+node's monitoring).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+import time
 import tracemalloc
 from typing import Any
 
 __all__ = ["MemoryProbe", "RunProbe", "memory_figures", "peak_rss_bytes", "probe_for", "rss_bytes"]
 
 MB = 1024 * 1024
+CHAIN_WITHIN = 0.001  # seconds: a node starting this soon after its predecessor's end starts from its reading
 _statm: int | None = None  # an open descriptor of /proc/self/statm, or -1 where there is none
 _page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _lock = threading.Lock()
@@ -127,22 +130,24 @@ class RunProbe:
     """One run's node figures: ``start()`` before a node, ``end(start, node_class)`` after it gives
     (memory_mb, pool_usage) as ``hooks.NodeRecord`` holds them.
 
-    With a chaining probe ("rss"), a node that starts while none of the run's nodes is running
-    starts from the reading the last one ended on (what the runtime does between two nodes is
-    counted in the second); with two nodes in flight each reads its own start.
+    With a chaining probe ("rss"), a node that starts while none of the run's nodes is running,
+    within CHAIN_WITHIN of the last one's end, starts from the reading that one ended on (what
+    the runtime does between two nodes is counted in the second); with two nodes in flight, or
+    after a longer gap (a retried run's backoff), a node reads its own start.
     """
 
-    __slots__ = ("probe", "mark", "running", "pools")
+    __slots__ = ("probe", "mark", "marked_at", "running", "pools")
 
     def __init__(self, probe: MemoryProbe):
         self.probe = probe
         self.mark: int | None = None  # the last node's end reading, while no node runs
+        self.marked_at = 0.0  # when it was read (time.perf_counter())
         self.running = 0
         self.pools: dict[type, Any] = {}  # node class -> its dialect's pool_usage (None: no database)
 
     def start(self) -> int | None:
         mark = self.mark
-        if mark is None or self.running:
+        if mark is None or self.running or time.perf_counter() - self.marked_at > CHAIN_WITHIN:
             mark = self.probe.start()
         self.running += 1
         return mark
@@ -162,7 +167,7 @@ class RunProbe:
         if now is None:  # pragma: no cover - /proc went away
             self.mark = None
             return None, pool
-        self.mark = None if self.running else now
+        self.mark, self.marked_at = (None, 0.0) if self.running else (now, time.perf_counter())
         return round((now - start) / MB, 3), pool
 
 

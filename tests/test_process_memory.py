@@ -132,3 +132,27 @@ def test_rss_is_read_from_the_process():
 def test_an_unknown_memory_tracking_is_refused(tracking):
     with pytest.raises(ValidationError, match="memory_tracking must be 'rss' or 'tracemalloc'"):
         DataFlow(memory_tracking=tracking)
+
+
+def test_consecutive_nodes_each_show_their_own_rss_change():
+    """A node starts from the reading its predecessor ended on (one read per node): the memory the
+    second node takes is its own, and the first, which takes none, shows none of it."""
+    collector = MetricsCollector()
+
+    def first() -> dict:
+        return {"x": 1}
+
+    def second(x: int) -> int:
+        return allocate()
+
+    wf = WorkflowBuilder()
+    wf.add_node(first, "first", {})
+    wf.add_node(second, "second", {})
+    wf.add_connection("first", "x", "second", "x")
+    try:
+        LocalRuntime(hooks=[collector]).execute(wf.build())
+        runs = {r.node_id: r for r in collector.node_runs}
+        assert runs["second"].memory_usage_mb >= 35  # 40 MB written and kept
+        assert abs(runs["first"].memory_usage_mb) < 5
+    finally:
+        KEPT.clear()
