@@ -17,7 +17,7 @@ import math
 import weakref
 from typing import Any
 
-__all__ = ["Deadline", "watching"]
+__all__ = ["Deadline", "passed", "watching"]
 
 
 class _Watch:
@@ -62,6 +62,19 @@ def watching() -> tuple[int, float]:
     """(deadlines pending on the running loop, the loop time its shared timer fires next: inf if none)."""
     watch = _WATCHES.get(asyncio.get_running_loop())
     return (0, math.inf) if watch is None else (len(watch.pending), watch.timer_at)
+
+
+def passed(loop: asyncio.AbstractEventLoop, task: asyncio.Task | None) -> bool:
+    """Whether a deadline of ``task`` on ``loop`` has passed while its timer could not fire yet.
+
+    Work that runs on the loop thread without awaiting (SQLite's statements, dialects/sqlite.py)
+    asks it now and then: the timer fires only once that work gives the loop back.
+    """
+    watch = _WATCHES.get(loop)
+    if watch is None or watch.timer_at > loop.time():
+        return False
+    now = loop.time()
+    return any(d.task is task and d.when <= now for d in list(watch.pending.values()))
 
 
 class Deadline:

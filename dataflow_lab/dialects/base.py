@@ -531,7 +531,7 @@ class PooledDialect(Dialect):
 
     def __init__(self, config: DataFlowConfig, url: str):
         super().__init__(config, url)
-        self.engine: AsyncEngine | None = None
+        self.engine: AsyncEngine | Any = None  # SQLite's is a sync Engine (dialects/sqlite.py)
         self._serial_lock: asyncio.Lock | None = None
         self._checkouts: dict[int, Any] = {}
         self._owners: dict[int, tuple[str, str]] = {}  # (run id, node id) a connection is out for
@@ -554,11 +554,15 @@ class PooledDialect(Dialect):
     def prepare(self) -> None:
         """Create the engine (no connection yet; the first one is made at the first acquire)."""
         if self.engine is None:
-            from sqlalchemy.ext.asyncio import create_async_engine
-
-            engine = create_async_engine(self.engine_url(), **self.engine_options())
-            self._install_events(engine.sync_engine)
+            engine = self._create_engine()
+            self._install_events(getattr(engine, "sync_engine", engine))
             self.engine = engine
+
+    def _create_engine(self) -> Any:
+        """The engine that owns the pool: SQLAlchemy's async engine (SQLite overrides it)."""
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        return create_async_engine(self.engine_url(), **self.engine_options())
 
     async def open(self) -> None:
         self.prepare()
@@ -588,9 +592,8 @@ class PooledDialect(Dialect):
         """A pooled connection; a connect that found the database busy (busy_at_connect) is tried again."""
         delay, deadline = 0.005, time.monotonic() + (self.config.pool_timeout or 30.0)
         while True:
-            assert self.engine is not None, "prepare() made the engine"
             try:
-                return await self.engine.connect()
+                return await self._pool_connect()
             except Exception as exc:
                 if not self.busy_at_connect(exc) or time.monotonic() + delay > deadline:
                     raise
@@ -598,16 +601,31 @@ class PooledDialect(Dialect):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
 
+    async def _pool_connect(self) -> Any:
+        """A connection out of the pool: the handle ``_pool_return`` gives back (the async engine's)."""
+        assert self.engine is not None, "prepare() made the engine"
+        return await self.engine.connect()
+
+    async def _driver_connection(self, handle: Any) -> Any:
+        """The driver's own connection under a pool handle."""
+        fairy = await handle.get_raw_connection()
+        return fairy.driver_connection
+
+    async def _pool_return(self, handle: Any, *, invalidate: bool = False) -> None:
+        """Give a handle back to the pool (``invalidate``: the connection is dead or unsure, drop it)."""
+        if invalidate:
+            await handle.invalidate()
+        await handle.close()
+
     async def _checkout(self) -> Connection:
         try:
-            async_conn = await self._connect()
+            handle = await self._connect()
             try:
-                fairy = await async_conn.get_raw_connection()
-                conn = self.wrap(fairy.driver_connection)
+                conn = self.wrap(await self._driver_connection(handle))
                 conn.note = statement_note(self.config.echo, self.observe)
                 conn.statements = self.statements
             except BaseException:
-                await async_conn.close()
+                await self._pool_return(handle)
                 raise
         except Exception as exc:
             if isinstance(exc, sa.exc.TimeoutError):  # the pool is full, the database may be fine
@@ -617,7 +635,7 @@ class PooledDialect(Dialect):
                 raise
             message, hint = self.connect_failure(exc)
             raise ConnectionError(self.scrub(message), hint=self.scrub(hint)) from None
-        self._checkouts[id(conn)] = async_conn
+        self._checkouts[id(conn)] = handle
         run = owner()
         if run is not None:
             self._owners[id(conn)] = run
@@ -640,21 +658,20 @@ class PooledDialect(Dialect):
         )
 
     async def release(self, conn: Connection) -> None:
-        async_conn = self._checkouts.pop(id(conn))
+        handle = self._checkouts.pop(id(conn))
         self._owners.pop(id(conn), None)
         try:
-            if (
-                conn.usable and conn.in_transaction
-            ):  # left open by a failure: the pool's reset would not end it
+            invalidate = False
+            if conn.usable and conn.in_transaction:  # left open by a failure: the pool never resets it
                 try:
                     await conn.rollback()
                 except Exception:  # a connection that cannot roll back is not handed out again
                     log.warning("rolling back a returned connection failed; discarding it", exc_info=True)
-                    await async_conn.invalidate()
+                    invalidate = True
             if not conn.usable:  # the server went away: never hand this connection out again
                 self.stats["invalidated"] += 1
-                await async_conn.invalidate()
-            await async_conn.close()
+                invalidate = True
+            await self._pool_return(handle, invalidate=invalidate)
         except Exception:  # closing a dead connection can fail; the pool has already let it go
             log.debug("closing a connection failed", exc_info=True)
         finally:
@@ -683,13 +700,12 @@ class PooledDialect(Dialect):
         wanted = n - len(self._checkouts)
         if idle is None or idle >= wanted or self.engine is None:
             return 0
-        engine = self.engine
-        held = await asyncio.gather(*(engine.connect() for _ in range(wanted)), return_exceptions=True)
-        for conn in held:
-            if isinstance(conn, BaseException):
-                log.debug("opening a warm connection failed: %s", conn)
+        held = await asyncio.gather(*(self._pool_connect() for _ in range(wanted)), return_exceptions=True)
+        for handle in held:
+            if isinstance(handle, BaseException):
+                log.debug("opening a warm connection failed: %s", handle)
             else:
-                await conn.close()  # back to the pool, idle and connected
+                await self._pool_return(handle)  # back to the pool, idle and connected
         return max(0, (self._idle() or 0) - idle)
 
     def pool_usage(self) -> str:
