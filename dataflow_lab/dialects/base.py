@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
@@ -361,6 +362,18 @@ class Dialect:
     async def release(self, conn: Connection) -> None:
         raise NotImplementedError
 
+    # A run on its caller's thread (runtime.py): a database whose connections need nothing of the
+    # background loop (SQLite's) may be claimed by one thread at a time, which then runs a whole
+    # run there, on a loop of its own (_loop.run_here); the background loop's users wait meanwhile.
+    runs_on_any_thread = False
+
+    def claim(self) -> bool:
+        """Claim the database for a run on this thread; False: taken, or not possible here."""
+        return False
+
+    def unclaim(self) -> None:
+        """End this thread's claim (after ``claim()`` said True)."""
+
     async def dispose(self) -> None:
         raise NotImplementedError
 
@@ -533,6 +546,9 @@ class PooledDialect(Dialect):
         super().__init__(config, url)
         self.engine: AsyncEngine | Any = None  # SQLite's is a sync Engine (dialects/sqlite.py)
         self._serial_lock: asyncio.Lock | None = None
+        # held by the thread running a run on its own loop, or by the connection out on the background loop
+        self._claim = threading.Lock() if self.runs_on_any_thread else None
+        self._claimed_by: int | None = None  # the thread that claimed it (runtime.py)
         self._checkouts: dict[int, Any] = {}
         self._owners: dict[int, tuple[str, str]] = {}  # (run id, node id) a connection is out for
         self._capacity: str | None = None  # "/15", made at the first pool_usage()
@@ -571,6 +587,10 @@ class PooledDialect(Dialect):
         pass
 
     async def acquire(self) -> Connection:
+        if self._claimed_by == threading.get_ident():  # a run on this thread holds the database
+            conn = await self._checkout()
+            self.stats["acquired_total"] += 1
+            return conn
         self.stats["waiting"] += 1
         try:
             if self.serialized:
@@ -578,7 +598,17 @@ class PooledDialect(Dialect):
                     self._serial_lock = asyncio.Lock()
                 await self._serial_lock.acquire()
             try:
-                conn = await self._checkout()
+                if self._claim is not None:  # a run on another thread may hold the database: wait
+                    delay = 0.0002
+                    while not self._claim.acquire(blocking=False):
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 0.01)
+                try:
+                    conn = await self._checkout()
+                except BaseException:
+                    if self._claim is not None:
+                        self._claim.release()
+                    raise
             except BaseException:
                 if self._serial_lock is not None and self.serialized:
                     self._serial_lock.release()
@@ -587,6 +617,17 @@ class PooledDialect(Dialect):
             self.stats["waiting"] -= 1
         self.stats["acquired_total"] += 1
         return conn
+
+    def claim(self) -> bool:
+        if self._claim is None or not self._claim.acquire(blocking=False):
+            return False
+        self._claimed_by = threading.get_ident()
+        return True
+
+    def unclaim(self) -> None:
+        assert self._claim is not None
+        self._claimed_by = None
+        self._claim.release()
 
     async def _connect(self) -> Any:
         """A pooled connection; a connect that found the database busy (busy_at_connect) is tried again."""
@@ -675,8 +716,11 @@ class PooledDialect(Dialect):
         except Exception:  # closing a dead connection can fail; the pool has already let it go
             log.debug("closing a connection failed", exc_info=True)
         finally:
-            if self._serial_lock is not None and self.serialized:
-                self._serial_lock.release()
+            if self._claimed_by != threading.get_ident():  # (a run on this thread ends its claim itself)
+                if self._claim is not None:
+                    self._claim.release()
+                if self._serial_lock is not None and self.serialized:
+                    self._serial_lock.release()
 
     async def dispose(self) -> None:
         if self.engine is not None:

@@ -291,6 +291,9 @@ _BUCKET_MODIFIERS: dict[str, tuple[str, ...]] = {"day": (), "week": ("weekday 0"
 class SQLiteDialect(PooledDialect):
     name = "sqlite"
     serialized = True
+    runs_on_any_thread = (
+        True  # its statements are calls (SQLiteConnection): a run may stay on its caller's thread
+    )
     adds_decimals_exactly = False  # Decimals are stored as text (see above)
     warm_modules = ("sqlalchemy.dialects.sqlite.pysqlite",)
     max_bind_params = MAX_BIND_PARAMS
