@@ -1,7 +1,8 @@
-"""A SQLite run stays on its caller's thread (runtime._claimed_here), and stays correct there.
+"""A SQLite or DuckDB run stays on its caller's thread (runtime._claimed_here), and stays correct there.
 
-Its statements are calls (dialects/sqlite.py), so a sync ``execute()`` of a settled SQLite
-database runs the whole run on a loop of the caller's thread. These tests check that it does,
+Their statements need nothing of the background loop (dialects/sqlite.py, dialects/duckdb.py), so a
+sync ``execute()`` of a settled SQLite or DuckDB database runs the whole run on a loop of the caller's
+thread. These tests check that it does,
 when it must not (Jupyter's running loop, ``db.transaction()``, a Python node, PostgreSQL), and
 that threads and the background loop sharing one database still serialize their transactions.
 """
@@ -45,9 +46,16 @@ class Threads:
         self.seen.append(threading.current_thread().name)
 
 
-@pytest.fixture(params=["memory", "file"])
+URLS = {
+    "memory": lambda tmp: None,
+    "file": lambda tmp: f"sqlite:///{tmp}/t.db",
+    "duckdb": lambda tmp: f"duckdb:///{tmp}/t.duckdb",
+}
+
+
+@pytest.fixture(params=list(URLS))
 def sqlite_db(request, tmp_path):
-    db = DataFlow(None if request.param == "memory" else f"sqlite:///{tmp_path}/t.db", echo=False)
+    db = DataFlow(URLS[request.param](tmp_path), echo=False)
     define(db)
     yield db
     db.close()
@@ -139,6 +147,12 @@ def test_a_failed_run_on_the_callers_thread_rolls_back_and_gives_the_database_ba
     assert count(sqlite_db) == 1
     assert sqlite_db.database.dialect.claim()  # nobody kept the claim
     sqlite_db.database.dialect.unclaim()
+
+
+HANG = {
+    "sqlite": "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r",
+    "duckdb": "SELECT sum(a.range) FROM range(1000000000000) a",
+}
 
 
 def test_a_hung_statement_on_the_callers_thread_is_interrupted_at_its_time_limit(sqlite_db):

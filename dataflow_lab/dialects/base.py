@@ -4,7 +4,7 @@ A dialect module holds the facts of one database: how each logical type is
 stored and converted, its bind-parameter limit, its upsert syntax, and its
 fastest bulk path. Nodes ask the dialect; they never branch on its name.
 
-Execution goes through the raw driver connection (aiosqlite, asyncpg or
+Execution goes through the raw driver connection (sqlite3, asyncpg or
 duckdb). SQLAlchemy Core compiles every statement and, for SQLite and
 PostgreSQL, owns the connection pool.
 """
