@@ -121,6 +121,13 @@ class _Own:
 _own = threading.local()
 
 
+def elsewhere() -> bool:
+    """Whether the code calling runs on a thread's own loop (``run_here``), not the background one:
+    work that must outlive the run (a monitor's timer, a queued EXPLAIN) goes to the background loop."""
+    own = getattr(_own, "value", None)
+    return own is not None and own.loop.is_running()
+
+
 def run_here(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on this thread's own loop, no hand-off to the background thread.
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ..deadlines import earliest, interrupting
 from ..errors import DataFlowError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..sqltext import writes
@@ -77,10 +78,28 @@ class DuckDBConnection(Connection):
         return self._in_tx
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        dialect = self.dialect
+        if dialect._claimed_by == threading.get_ident():
+            return await self._inline(fn, *args)
         try:
-            return await self.dialect.run(fn, *args)
+            return await dialect.run(fn, *args)
         except asyncio.CancelledError:  # a time limit, Ctrl-C: stop the statement on the worker thread,
-            self.dialect.con.interrupt()  # or the rollback queued after it would wait for its end
+            dialect.con.interrupt()  # or the rollback queued after it would wait for its end
+            raise
+
+    async def _inline(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A run on its caller's thread (the thread claimed the database) calls DuckDB there: a hand-off
+        to the worker thread and back would cost more than a one-row statement. The run's deadline
+        still stops it: the watchdog thread interrupts the statement when the deadline passes."""
+        task = asyncio.current_task()
+        assert task is not None, "a statement is sent inside a task"
+        try:
+            with interrupting(earliest(task), self.dialect.con.interrupt):
+                return fn(*args)
+        except Exception as exc:
+            if "interrupt" in type(exc).__name__.lower() or "interrupted" in str(exc).lower():
+                for _ in range(3):  # the deadline's timer fires now, and cancels this task at one of these
+                    await asyncio.sleep(0)
             raise
 
     async def begin(self, isolation: str | None = None) -> None:
