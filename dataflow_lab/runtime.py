@@ -530,16 +530,23 @@ def _claimed_here(workflow: Workflow) -> Any:
     a ``db.transaction()`` block, on a thread where no event loop runs (not Jupyter's kernel thread).
     While the thread holds its claim, the background loop's users of that database wait.
     """
-    dataflows = workflow.dataflows()
-    if len(dataflows) != 1 or ACTIVE_SCOPE.get() is not None:
+    if ACTIVE_SCOPE.get() is not None:
         return None
-    db = dataflows[0]
+    facts = workflow.__dict__.get("_on_one_database")  # what never changes for a built workflow: kept
+    if facts is None:
+        dataflows = workflow.dataflows()
+        alone = len(dataflows) == 1 and all(
+            s.node_class.dataflow is dataflows[0] for s in workflow.nodes.values()
+        )
+        keys = tuple((t.model.table_name, t.model.signature()) for _, t in workflow.models())
+        facts = workflow.__dict__["_on_one_database"] = (dataflows[0] if alone else None, keys)
+    db, keys = facts
+    if db is None:
+        return None
     database = db.database
     if not database.settled or not database.dialect.runs_on_any_thread:
         return None
-    if any(spec.node_class.dataflow is not db for spec in workflow.nodes.values()):
-        return None
-    if not all(database.is_ready((t.model.table_name, t.model.signature())) for _, t in workflow.models()):
+    if not all(database.is_ready(key) for key in keys):
         return None
     if not _loop.can_run_here() or not database.dialect.claim():
         return None
