@@ -99,6 +99,7 @@ class _Watchdog:
         self.waiting: dict[int, tuple[float, Callable[[], Any]]] = {}
         self.keys = itertools.count()
         self.thread: threading.Thread | None = None
+        self.wakes_at = math.inf  # when the thread wakes next: only an earlier deadline wakes it sooner
 
     def add(self, when: float, interrupt: Callable[[], Any]) -> int:
         with self.cond:
@@ -107,7 +108,8 @@ class _Watchdog:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._watch, name="dataflow-lab-watchdog", daemon=True)
                 self.thread.start()
-            elif when <= min(w for w, _ in self.waiting.values()):
+            elif when < self.wakes_at:
+                self.wakes_at = when
                 self.cond.notify()
         return key
 
@@ -126,8 +128,9 @@ class _Watchdog:
                             interrupt()
                         except Exception:  # the work ended meanwhile: nothing to stop
                             pass
-                nearest = min((w for w, _ in self.waiting.values()), default=None)
-                self.cond.wait(None if nearest is None else max(0.0, nearest - now))
+                nearest = min((w for w, _ in self.waiting.values()), default=math.inf)
+                self.wakes_at = nearest
+                self.cond.wait(None if nearest == math.inf else max(0.0, nearest - now))
 
 
 _WATCHDOG = _Watchdog()
