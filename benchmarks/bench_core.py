@@ -6,6 +6,8 @@ DATAFLOW_TEST_POSTGRES_URL or DATABASE_URL names one):
 - single-op: one transaction that inserts a row (RETURNING *) and reads it back by id;
   for dataflow_lab that is a two-node workflow (Create -> Read) run by LocalRuntime.
 - list-1000: fetch 1,000 rows as dicts; for dataflow_lab a ListNode with limit=1000.
+- create, read by id, update by id: one statement each (the writes in a transaction); for
+  dataflow_lab a one-node workflow (CreateNode, ReadNode, UpdateNode) run by LocalRuntime.
 - count: how many rows match a filter (qty >= 500 AND active); a CountNode.
 - filtered list: the first 10 rows of a filter (qty < 10 AND active); a ListNode.
 - cold start: a fresh interpreter that imports, opens the database, defines the table
@@ -18,7 +20,7 @@ compiled form itself).
 
 We report ratios (ours / baseline), because absolute times drift 30-50% on shared
 machines. Run: python benchmarks/bench_core.py [--backends sqlite duckdb postgres]
-[--workloads single list count filtered] [--no-cold] [--write docs/performance.md]
+[--workloads single create read update list count filtered] [--no-cold] [--write docs/performance.md]
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ ROWS = 1000
 COLUMNS = ("id", "name", "qty", "price", "active", "created_at", "updated_at")
 WORKLOADS = {
     "single": "single-op (create + read)",
+    "create": "create (1 node)",
+    "read": "read by id (1 node)",
+    "update": "update by id (1 node)",
     "list": f"list {ROWS} rows",
     "count": "count (filtered)",
     "filtered": "list 10 rows (filtered)",
@@ -62,6 +67,16 @@ def seed_rows() -> list[tuple]:
 def timed(fns: dict, n: int, wanted: list[str]) -> dict[str, float]:
     """Seconds per call of each wanted workload (list-1000 gets fewer calls: it is 1,000 rows)."""
     return {w: per_op(fns[w], n=max(20, n // 10) if w == "list" else n) for w in wanted if w in fns}
+
+
+WRITES = ("update", "create", "single")  # timed after the reads, on every path: they add rows
+
+
+def timed_all(fns: dict, n: int, wanted: list[str]) -> dict[str, float]:
+    """``timed`` of the reads, then of the writes."""
+    reads = {w: f for w, f in fns.items() if w not in WRITES}
+    writes = {w: fns[w] for w in WRITES if w in fns}
+    return {**timed(reads, n, wanted), **timed(writes, n, wanted)}
 
 
 # -- dataflow_lab ------------------------------------------------------------
@@ -99,16 +114,24 @@ def ours(url: str | None, n: int, wanted: list[str]) -> dict[str, float]:
     list_wf = one("ItemListNode", {"limit": ROWS})
     count_wf = one("ItemCountNode", {"filter": {"qty": {"$gte": COUNT_MIN}, "active": True}})
     filtered_wf = one("ItemListNode", {"filter": {"qty": {"$lt": LIST_BELOW}, "active": True}, "limit": 10})
-    assert runtime.execute(list_wf)[0]["a"]["count"] == ROWS
+    listed = runtime.execute(list_wf)[0]["a"]
+    assert listed["count"] == ROWS
     assert runtime.execute(count_wf)[0]["a"]["count"] == ROWS - COUNT_MIN
     assert runtime.execute(filtered_wf)[0]["a"]["count"] == LIST_BELOW
+    first = listed["records"][0]["id"]
+    create_wf = one("ItemCreateNode", {"name": "widget", "qty": 3, "price": 9.5})
+    read_wf = one("ItemReadNode", {"id": first})
+    update_wf = one("ItemUpdateNode", {"id": first, "fields": {"qty": 7}})
     fns = {
         "list": lambda: runtime.execute(list_wf),
         "count": lambda: runtime.execute(count_wf),
         "filtered": lambda: runtime.execute(filtered_wf),
+        "read": lambda: runtime.execute(read_wf),
+        "update": lambda: runtime.execute(update_wf),
+        "create": lambda: runtime.execute(create_wf),
+        "single": lambda: runtime.execute(single_wf),
     }
-    # as on every path: the reads first, then single-op (which adds rows)
-    result = {**timed(fns, n, wanted), **timed({"single": lambda: runtime.execute(single_wf)}, n, wanted)}
+    result = timed_all(fns, n, wanted)
     db.close()
     return result
 
@@ -138,6 +161,23 @@ def raw_sqlite(n: int, wanted: list[str]) -> dict[str, float]:
         con.execute("SELECT * FROM items WHERE id = ?", (row[0],)).fetchone()
         con.execute("COMMIT")
 
+    def create() -> None:
+        con.execute("BEGIN")
+        stamp = now().isoformat()
+        con.execute(
+            "INSERT INTO items (name, qty, price, active, created_at, updated_at) VALUES (?,?,?,?,?,?)"
+            " RETURNING *",
+            ("widget", 3, 9.5, 1, stamp, stamp),
+        ).fetchone()
+        con.execute("COMMIT")
+
+    def update() -> None:
+        con.execute("BEGIN")
+        con.execute(
+            "UPDATE items SET qty = ?, updated_at = ? WHERE id = ? RETURNING *", (7, now().isoformat(), 1)
+        ).fetchone()
+        con.execute("COMMIT")
+
     def listing(sql: str, params: tuple) -> None:
         rows = con.execute(sql, params).fetchall()
         [dict(zip(COLUMNS, r)) for r in rows]
@@ -151,8 +191,8 @@ def raw_sqlite(n: int, wanted: list[str]) -> dict[str, float]:
             "SELECT * FROM items WHERE qty < ? AND active = ? ORDER BY id LIMIT ?", (LIST_BELOW, 1, 10)
         ),
     }
-    result = timed(fns, n, wanted)
-    return {**result, **timed({"single": single}, n, wanted)}
+    fns["read"] = lambda: dict(zip(COLUMNS, con.execute("SELECT * FROM items WHERE id = ?", (1,)).fetchone()))
+    return timed_all({**fns, "update": update, "create": create, "single": single}, n, wanted)
 
 
 def raw_asyncpg(url: str, n: int, wanted: list[str]) -> dict[str, float]:
@@ -190,11 +230,34 @@ def raw_asyncpg(url: str, n: int, wanted: list[str]) -> dict[str, float]:
             )
             await con.fetchrow("SELECT * FROM raw_items WHERE id = $1", row[0])
 
+    async def create() -> None:
+        async with con.transaction():
+            stamp = now()
+            await con.fetchrow(
+                "INSERT INTO raw_items (name, qty, price, active, created_at, updated_at) "
+                "VALUES ($1,$2,$3,$4,$5,$6) RETURNING *",
+                "widget", 3, 9.5, True, stamp, stamp,
+            )  # fmt: skip
+
+    async def read() -> None:
+        dict(zip(COLUMNS, await con.fetchrow("SELECT * FROM raw_items WHERE id = $1", first)))
+
+    async def update() -> None:
+        async with con.transaction():
+            await con.fetchrow(
+                "UPDATE raw_items SET qty = $1, updated_at = $2 WHERE id = $3 RETURNING *", 7, now(), first
+            )
+
     async def listing(sql: str, *params: object) -> None:
         [dict(zip(COLUMNS, r)) for r in await con.fetch(sql, *params)]
 
     run = loop.run_until_complete
+    first = run(con.fetchval("SELECT min(id) FROM raw_items"))
     fns = {
+        "read": lambda: run(read()),
+        "update": lambda: run(update()),
+        "create": lambda: run(create()),
+        "single": lambda: run(single()),
         "list": lambda: run(listing("SELECT * FROM raw_items ORDER BY id LIMIT $1", ROWS)),
         "count": lambda: run(
             con.fetchval("SELECT count(*) FROM raw_items WHERE qty >= $1 AND active = $2", COUNT_MIN, True)
@@ -208,7 +271,7 @@ def raw_asyncpg(url: str, n: int, wanted: list[str]) -> dict[str, float]:
             )
         ),
     }
-    result = {**timed(fns, n, wanted), **timed({"single": lambda: run(single())}, n, wanted)}
+    result = timed_all(fns, n, wanted)
     run(con.execute("DROP TABLE raw_items"))
     run(con.close())
     loop.close()
@@ -242,6 +305,23 @@ def raw_duckdb(n: int, wanted: list[str]) -> dict[str, float]:
         con.execute("SELECT * FROM items WHERE id = ?", [row[0]]).fetchone()
         con.commit()
 
+    def create() -> None:
+        con.begin()
+        stamp = now()
+        con.execute(
+            "INSERT INTO items (name, qty, price, active, created_at, updated_at) VALUES (?,?,?,?,?,?)"
+            " RETURNING *",
+            ["widget", 3, 9.5, True, stamp, stamp],
+        ).fetchone()
+        con.commit()
+
+    def update() -> None:
+        con.begin()
+        con.execute(
+            "UPDATE items SET qty = ?, updated_at = ? WHERE id = ? RETURNING *", [7, now(), 1]
+        ).fetchone()
+        con.commit()
+
     def listing(sql: str, params: list) -> None:
         [dict(zip(COLUMNS, r)) for r in con.execute(sql, params).fetchall()]
 
@@ -254,7 +334,8 @@ def raw_duckdb(n: int, wanted: list[str]) -> dict[str, float]:
             "SELECT * FROM items WHERE qty < ? AND active = ? ORDER BY id LIMIT ?", [LIST_BELOW, True, 10]
         ),
     }
-    result = {**timed(fns, n, wanted), **timed({"single": single}, n, wanted)}
+    fns["read"] = lambda: dict(zip(COLUMNS, con.execute("SELECT * FROM items WHERE id = ?", [1]).fetchone()))
+    result = timed_all({**fns, "update": update, "create": create, "single": single}, n, wanted)
     con.close()
     return result
 
@@ -292,6 +373,9 @@ def _sa_statements(items):
     return {
         "insert": lambda: (items.insert().returning(*items.c), new_row),
         "read": lambda row_id: items.select().where(items.c.id == row_id),
+        "update": lambda row_id: (
+            items.update().where(items.c.id == row_id).values(qty=7, updated_at=now()).returning(*items.c)
+        ),
         "list": lambda: items.select().order_by(items.c.id).limit(ROWS),
         "count": lambda: (
             sa.select(sa.func.count())
@@ -329,10 +413,25 @@ def sqlalchemy_sync(url: str, n: int, wanted: list[str]) -> dict[str, float]:
     with engine.begin() as conn:
         conn.execute(items.insert(), s["seed"])
 
+    with engine.connect() as conn:
+        first = conn.execute(sa.select(sa.func.min(items.c.id))).scalar()
+
     def single() -> None:
         with engine.begin() as conn:
             row = conn.execute(*s["insert"]()).one()
             conn.execute(s["read"](row.id)).one()
+
+    def create() -> None:
+        with engine.begin() as conn:
+            conn.execute(*s["insert"]()).one()
+
+    def read() -> None:
+        with engine.connect() as conn:
+            dict(conn.execute(s["read"](first)).mappings().one())
+
+    def update() -> None:
+        with engine.begin() as conn:
+            conn.execute(s["update"](first)).one()
 
     def rows(stmt) -> None:
         with engine.connect() as conn:
@@ -342,8 +441,9 @@ def sqlalchemy_sync(url: str, n: int, wanted: list[str]) -> dict[str, float]:
         with engine.connect() as conn:
             conn.execute(s["count"]()).scalar()
 
-    fns = {"list": lambda: rows(s["list"]()), "count": count, "filtered": lambda: rows(s["filtered"]())}
-    result = {**timed(fns, n, wanted), **timed({"single": single}, n, wanted)}
+    fns = {"list": lambda: rows(s["list"]()), "count": count, "filtered": lambda: rows(s["filtered"]()),
+           "read": read, "update": update, "create": create, "single": single}  # fmt: skip
+    result = timed_all(fns, n, wanted)
     md.drop_all(engine)
     engine.dispose()
     return result
@@ -378,6 +478,22 @@ def sqlalchemy_async(url: str, n: int, wanted: list[str]) -> dict[str, float]:
             row = (await conn.execute(*s["insert"]())).one()
             (await conn.execute(s["read"](row.id))).one()
 
+    async def create() -> None:
+        async with engine.begin() as conn:
+            (await conn.execute(*s["insert"]())).one()
+
+    async def first_id() -> int:
+        async with engine.connect() as conn:
+            return (await conn.execute(sa.select(sa.func.min(items.c.id)))).scalar()
+
+    async def read() -> None:
+        async with engine.connect() as conn:
+            dict((await conn.execute(s["read"](first))).mappings().one())
+
+    async def update() -> None:
+        async with engine.begin() as conn:
+            (await conn.execute(s["update"](first))).one()
+
     async def rows(stmt) -> None:
         async with engine.connect() as conn:
             [dict(r) for r in (await conn.execute(stmt)).mappings()]
@@ -387,12 +503,17 @@ def sqlalchemy_async(url: str, n: int, wanted: list[str]) -> dict[str, float]:
             (await conn.execute(s["count"]())).scalar()
 
     run = loop.run_until_complete
+    first = run(first_id())
     fns = {
         "list": lambda: run(rows(s["list"]())),
         "count": lambda: run(count()),
         "filtered": lambda: run(rows(s["filtered"]())),
+        "read": lambda: run(read()),
+        "update": lambda: run(update()),
+        "create": lambda: run(create()),
+        "single": lambda: run(single()),
     }
-    result = {**timed(fns, n, wanted), **timed({"single": lambda: run(single())}, n, wanted)}
+    result = timed_all(fns, n, wanted)
 
     async def teardown() -> None:
         async with engine.begin() as conn:

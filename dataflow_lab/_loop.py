@@ -94,6 +94,63 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+def can_run_here() -> bool:
+    """Whether this thread may run a coroutine on a loop of its own (``run_here``): it is not the
+    background thread, and no event loop runs in it (Jupyter's kernel runs one in its main thread)."""
+    if in_loop_thread():
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+class _Own:
+    """This thread's own event loop (``run_here``), closed when the thread ends."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        self.loop.close()
+
+
+_own = threading.local()
+
+
+def elsewhere() -> bool:
+    """Whether the code calling runs on a thread's own loop (``run_here``), not the background one:
+    work that must outlive the run (a monitor's timer, a queued EXPLAIN) goes to the background loop."""
+    own = getattr(_own, "value", None)
+    return own is not None and own.loop.is_running()
+
+
+def run_here(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on this thread's own loop, no hand-off to the background thread.
+
+    Only for work that needs nothing of the background loop (a run on SQLite, whose statements
+    are calls, see dialects/sqlite.py); ``can_run_here()`` must say yes. An interrupt (Ctrl-C)
+    cancels the coroutine and waits for it to end (a run rolls back) before it is re-raised.
+    """
+    own = getattr(_own, "value", None)
+    if own is None:
+        own = _own.value = _Own()
+    task = own.loop.create_task(coro)
+    try:
+        return own.loop.run_until_complete(task)
+    except BaseException:
+        if not task.done():  # interrupted outside the task's own code: end it, so it rolls back
+            task.cancel()
+            try:
+                own.loop.run_until_complete(task)
+            except BaseException:  # its own outcome: the interrupt is what the caller sees
+                pass
+        raise
+
+
 class _Submitted:
     """A coroutine submitted to the loop, and whether it began and ended there (loop thread only)."""
 

@@ -6,8 +6,8 @@ interface is the list below; everything else on it is private.
 
 =============  ==========================================================================
 lifecycle      ``await open()`` -> the opened ``Dialect`` (once; later calls share that
-               opening), ``await close()`` / ``shut()``, ``closed``, ``opened``,
-               ``check_open()``
+               opening), ``await close()`` / ``shut()``, ``closed``, ``opened``, ``settled``
+               (opened, and its first use's recovery done), ``check_open()``
 connections    ``await acquire()`` (opens first) / ``await release(conn)``
 dialect        ``dialect``: the database's facts and capabilities (dialects/base.py); the
                first use waits for the warm-up (_warmup.py)
@@ -93,6 +93,20 @@ class Database:
     def opened(self) -> bool:
         """Whether opening has been asked for (it may still be under way)."""
         return self._open_future is not None
+
+    @property
+    def settled(self) -> bool:
+        """Whether it is open, and what its first use resolves (in-doubt commits, owed sagas) is done."""
+        future = self._open_future
+        return (
+            future is not None
+            and future.done()
+            and not future.cancelled()
+            and future.exception() is None
+            and self._recovered
+            and self._sagas_resumed
+            and not self.closed
+        )
 
     def check_open(self) -> None:
         if self.closed:

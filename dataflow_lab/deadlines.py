@@ -13,11 +13,16 @@ says whether it was this deadline's), as with ``asyncio.timeout``. ``None``: no 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import math
+import threading
+import time
 import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Deadline", "watching"]
+__all__ = ["Deadline", "earliest", "interrupting", "passed", "watching"]
 
 
 class _Watch:
@@ -62,6 +67,87 @@ def watching() -> tuple[int, float]:
     """(deadlines pending on the running loop, the loop time its shared timer fires next: inf if none)."""
     watch = _WATCHES.get(asyncio.get_running_loop())
     return (0, math.inf) if watch is None else (len(watch.pending), watch.timer_at)
+
+
+def passed(loop: asyncio.AbstractEventLoop, task: asyncio.Task | None) -> bool:
+    """Whether a deadline of ``task`` on ``loop`` has passed while its timer could not fire yet.
+
+    Work that runs on the loop thread without awaiting (SQLite's statements, dialects/sqlite.py)
+    asks it now and then: the timer fires only once that work gives the loop back.
+    """
+    watch = _WATCHES.get(loop)
+    if watch is None or watch.timer_at > loop.time():
+        return False
+    now = loop.time()
+    return any(d.task is task and d.when <= now for d in list(watch.pending.values()))
+
+
+def earliest(task: asyncio.Task) -> float | None:
+    """The loop time (``time.monotonic()``) of ``task``'s nearest pending deadline; None: it has none."""
+    watch = _WATCHES.get(task.get_loop())
+    if watch is None:
+        return None
+    whens = [d.when for d in list(watch.pending.values()) if d.task is task]
+    return min(whens) if whens else None
+
+
+class _Watchdog:
+    """One daemon thread that calls ``interrupt`` of work blocking a loop's thread once its time passes."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.waiting: dict[int, tuple[float, Callable[[], Any]]] = {}
+        self.keys = itertools.count()
+        self.thread: threading.Thread | None = None
+        self.wakes_at = math.inf  # when the thread wakes next: only an earlier deadline wakes it sooner
+
+    def add(self, when: float, interrupt: Callable[[], Any]) -> int:
+        with self.cond:
+            key = next(self.keys)
+            self.waiting[key] = (when, interrupt)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._watch, name="dataflow-lab-watchdog", daemon=True)
+                self.thread.start()
+            elif when < self.wakes_at:
+                self.wakes_at = when
+                self.cond.notify()
+        return key
+
+    def remove(self, key: int) -> None:
+        with self.cond:
+            self.waiting.pop(key, None)
+
+    def _watch(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                for key, (when, interrupt) in list(self.waiting.items()):
+                    if when <= now:
+                        del self.waiting[key]
+                        try:
+                            interrupt()
+                        except Exception:  # the work ended meanwhile: nothing to stop
+                            pass
+                nearest = min((w for w, _ in self.waiting.values()), default=math.inf)
+                self.wakes_at = nearest
+                self.cond.wait(None if nearest == math.inf else max(0.0, nearest - now))
+
+
+_WATCHDOG = _Watchdog()
+
+
+@contextlib.contextmanager
+def interrupting(when: float | None, interrupt: Callable[[], Any]) -> Iterator[None]:
+    """Around a call that blocks this thread's loop: ``interrupt()`` from another thread at ``when``
+    (``time.monotonic()``; None: never), so that a deadline still stops it (see ``earliest``)."""
+    if when is None:
+        yield
+        return
+    key = _WATCHDOG.add(when, interrupt)
+    try:
+        yield
+    finally:
+        _WATCHDOG.remove(key)
 
 
 class Deadline:

@@ -139,13 +139,17 @@ class ModelSchema:
         return key == ("id",) or any(tuple(sorted(u)) == key for u in self.unique)
 
     def signature(self) -> tuple:
-        """What the table's shape depends on; equal signatures need no migration."""
-        return (
-            self.table_name,
-            tuple((f.name, f.type.name, f.type.digits, f.nullable, f.primary_key) for f in self.fields),
-            self.unique,
-            self.indexes,
-        )
+        """What the table's shape depends on; equal signatures need no migration (asked every run: kept)."""
+        kept = self.__dict__.get("_signature")
+        if kept is None:
+            kept = (
+                self.table_name,
+                tuple((f.name, f.type.name, f.type.digits, f.nullable, f.primary_key) for f in self.fields),
+                self.unique,
+                self.indexes,
+            )
+            self.__dict__["_signature"] = kept  # frozen: its fields never change
+        return kept
 
 
 _IRREGULAR = {

@@ -129,7 +129,13 @@ class LocalRuntime:
         """
         workflow, parameters = self._prepare(workflow, parameters)
         user = self.user if user is None else user
-        return _loop.run(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
+        here = _claimed_here(workflow)
+        if here is None:
+            return _loop.run(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
+        try:  # no hand-off to the background thread: two were most of a SQLite run's time
+            return _loop.run_here(prepare_run(workflow, user, tenant, self._execute(workflow, parameters)))
+        finally:
+            here.unclaim()
 
     async def execute_async(
         self,
@@ -503,6 +509,38 @@ class AsyncLocalRuntime(LocalRuntime):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(transaction={str(self.transaction)!r}, max_concurrency={self.max_concurrency})"
+
+
+def _claimed_here(workflow: Workflow) -> Any:
+    """The dialect of a run that may run whole on the caller's thread, claimed for it; None if not.
+
+    That is a run of one database whose statements need nothing of the background loop
+    (``Dialect.runs_on_any_thread``: SQLite), already opened, with every table it uses checked,
+    whose nodes are all that database's own (no Python node, which may wait on other work), outside
+    a ``db.transaction()`` block, on a thread where no event loop runs (not Jupyter's kernel thread).
+    While the thread holds its claim, the background loop's users of that database wait.
+    """
+    if ACTIVE_SCOPE.get() is not None:
+        return None
+    facts = workflow.__dict__.get("_on_one_database")  # what never changes for a built workflow: kept
+    if facts is None:
+        dataflows = workflow.dataflows()
+        alone = len(dataflows) == 1 and all(
+            s.node_class.dataflow is dataflows[0] for s in workflow.nodes.values()
+        )
+        keys = tuple((t.model.table_name, t.model.signature()) for _, t in workflow.models())
+        facts = workflow.__dict__["_on_one_database"] = (dataflows[0] if alone else None, keys)
+    db, keys = facts
+    if db is None:
+        return None
+    database = db.database
+    if not database.settled or not database.dialect.runs_on_any_thread:
+        return None
+    if not all(database.is_ready(key) for key in keys):
+        return None
+    if not _loop.can_run_here() or not database.dialect.claim():
+        return None
+    return database.dialect
 
 
 def _undone(strategy: Strategy) -> str:

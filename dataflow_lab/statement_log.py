@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import _loop
 from .query_count import ACTIVE_SCOPE
 
 __all__ = ["SlowStatement", "StatementLog", "explainable", "placeholder_count", "without_values"]
@@ -126,6 +127,9 @@ class StatementLog:
     # -- plans, off the run ------------------------------------------------------------
     def _start_worker(self) -> None:
         if self._worker is not None and not self._worker.done():
+            return
+        if _loop.elsewhere():  # a run on its caller's thread (runtime.py): explain on the background loop
+            _loop.loop().call_soon_threadsafe(self._start_worker, context=contextvars.Context())
             return
         try:
             loop = asyncio.get_running_loop()

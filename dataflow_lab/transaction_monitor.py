@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import _loop
 from .ledger import TransactionLedger
 
 # (connections, threshold) -> (index of the connection, seconds waited, when the wait began, what it waits on)
@@ -147,6 +148,11 @@ class TransactionMonitor:
 
     def _watch(self) -> None:
         """Check open transactions every quarter threshold while any are open (one timer, not one each)."""
+        if (
+            _loop.elsewhere()
+        ):  # woken by a run on its caller's thread (runtime.py): watch from the background loop
+            _loop.loop().call_soon_threadsafe(self._watch, context=contextvars.Context())
+            return
         self._watchdog = None
         if self._closed:
             return

@@ -119,12 +119,15 @@ class Workflow:
             object.__setattr__(self, "steps", self.order)
 
     def dataflows(self) -> list[DataFlow]:
-        seen: dict[int, DataFlow] = {}
-        for spec in self.nodes.values():
-            db = spec.node_class.dataflow
-            if db is not None:
-                seen.setdefault(id(db), db)
-        return list(seen.values())
+        kept = self.__dict__.get("_dataflows")  # asked several times a run; the nodes never change
+        if kept is None:
+            seen: dict[int, DataFlow] = {}
+            for spec in self.nodes.values():
+                db = spec.node_class.dataflow
+                if db is not None:
+                    seen.setdefault(id(db), db)
+            kept = self.__dict__["_dataflows"] = tuple(seen.values())
+        return list(kept)
 
     def models(self) -> list[tuple[DataFlow, Any]]:
         pairs: dict[tuple[int, str], tuple[DataFlow, Any]] = {}

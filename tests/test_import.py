@@ -85,6 +85,10 @@ def test_load_ext_starts_importing_what_the_first_run_needs_without_waiting_for_
         "print('loaded', 'sqlalchemy' in sys.modules)\n"
         "gate.set()\n"
         "[t.join() for t in threading.enumerate() if t.name == 'dataflow-lab-warmup']\n"
-        "print(sorted(m for m in ('sqlalchemy', 'aiosqlite', 'dataflow_lab.schema') if m in sys.modules))\n"
+        "print(sorted(m for m in ('sqlalchemy', 'sqlalchemy.dialects.sqlite.pysqlite', 'dataflow_lab.schema')"
+        " if m in sys.modules))\n"
     )
-    assert run_python(code) == ["loaded False", "['aiosqlite', 'dataflow_lab.schema', 'sqlalchemy']"]
+    assert run_python(code) == [
+        "loaded False",
+        "['dataflow_lab.schema', 'sqlalchemy', 'sqlalchemy.dialects.sqlite.pysqlite']",
+    ]

@@ -32,7 +32,7 @@ __all__ = [
 
 # scheme -> (dialect module, class, driver module, pip extra, database name)
 _DIALECTS = {
-    "sqlite": ("sqlite", "SQLiteDialect", "aiosqlite", None, "SQLite"),
+    "sqlite": ("sqlite", "SQLiteDialect", "sqlite3", None, "SQLite"),
     "postgresql": ("postgres", "PostgresDialect", "asyncpg", "postgres", "PostgreSQL"),
     "postgres": ("postgres", "PostgresDialect", "asyncpg", "postgres", "PostgreSQL"),
     "duckdb": ("duckdb", "DuckDBDialect", "duckdb", "duckdb", "DuckDB"),
@@ -110,7 +110,7 @@ def check_url(config: DataFlowConfig) -> str:
 
 
 def driver_module(config: DataFlowConfig) -> str:
-    """The driver module of ``config``'s database ('aiosqlite', 'asyncpg', 'duckdb')."""
+    """The driver module of ``config``'s database ('sqlite3', 'asyncpg', 'duckdb')."""
     return _DIALECTS[_scheme(config.database_url)][2]
 
 

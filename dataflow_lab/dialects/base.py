@@ -4,7 +4,7 @@ A dialect module holds the facts of one database: how each logical type is
 stored and converted, its bind-parameter limit, its upsert syntax, and its
 fastest bulk path. Nodes ask the dialect; they never branch on its name.
 
-Execution goes through the raw driver connection (aiosqlite, asyncpg or
+Execution goes through the raw driver connection (sqlite3, asyncpg or
 duckdb). SQLAlchemy Core compiles every statement and, for SQLite and
 PostgreSQL, owns the connection pool.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
@@ -361,6 +362,18 @@ class Dialect:
     async def release(self, conn: Connection) -> None:
         raise NotImplementedError
 
+    # A run on its caller's thread (runtime.py): a database whose connections need nothing of the
+    # background loop (SQLite's) may be claimed by one thread at a time, which then runs a whole
+    # run there, on a loop of its own (_loop.run_here); the background loop's users wait meanwhile.
+    runs_on_any_thread = False
+
+    def claim(self) -> bool:
+        """Claim the database for a run on this thread; False: taken, or not possible here."""
+        return False
+
+    def unclaim(self) -> None:
+        """End this thread's claim (after ``claim()`` said True)."""
+
     async def dispose(self) -> None:
         raise NotImplementedError
 
@@ -531,8 +544,11 @@ class PooledDialect(Dialect):
 
     def __init__(self, config: DataFlowConfig, url: str):
         super().__init__(config, url)
-        self.engine: AsyncEngine | None = None
+        self.engine: AsyncEngine | Any = None  # SQLite's is a sync Engine (dialects/sqlite.py)
         self._serial_lock: asyncio.Lock | None = None
+        # held by the thread running a run on its own loop, or by the connection out on the background loop
+        self._claim = threading.Lock() if self.runs_on_any_thread else None
+        self._claimed_by: int | None = None  # the thread that claimed it (runtime.py)
         self._checkouts: dict[int, Any] = {}
         self._owners: dict[int, tuple[str, str]] = {}  # (run id, node id) a connection is out for
         self._capacity: str | None = None  # "/15", made at the first pool_usage()
@@ -554,11 +570,15 @@ class PooledDialect(Dialect):
     def prepare(self) -> None:
         """Create the engine (no connection yet; the first one is made at the first acquire)."""
         if self.engine is None:
-            from sqlalchemy.ext.asyncio import create_async_engine
-
-            engine = create_async_engine(self.engine_url(), **self.engine_options())
-            self._install_events(engine.sync_engine)
+            engine = self._create_engine()
+            self._install_events(getattr(engine, "sync_engine", engine))
             self.engine = engine
+
+    def _create_engine(self) -> Any:
+        """The engine that owns the pool: SQLAlchemy's async engine (SQLite overrides it)."""
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        return create_async_engine(self.engine_url(), **self.engine_options())
 
     async def open(self) -> None:
         self.prepare()
@@ -567,6 +587,10 @@ class PooledDialect(Dialect):
         pass
 
     async def acquire(self) -> Connection:
+        if self._claimed_by == threading.get_ident():  # a run on this thread holds the database
+            conn = await self._checkout()
+            self.stats["acquired_total"] += 1
+            return conn
         self.stats["waiting"] += 1
         try:
             if self.serialized:
@@ -574,7 +598,17 @@ class PooledDialect(Dialect):
                     self._serial_lock = asyncio.Lock()
                 await self._serial_lock.acquire()
             try:
-                conn = await self._checkout()
+                if self._claim is not None:  # a run on another thread may hold the database: wait
+                    delay = 0.0002
+                    while not self._claim.acquire(blocking=False):
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 0.01)
+                try:
+                    conn = await self._checkout()
+                except BaseException:
+                    if self._claim is not None:
+                        self._claim.release()
+                    raise
             except BaseException:
                 if self._serial_lock is not None and self.serialized:
                     self._serial_lock.release()
@@ -584,13 +618,23 @@ class PooledDialect(Dialect):
         self.stats["acquired_total"] += 1
         return conn
 
+    def claim(self) -> bool:
+        if self._claim is None or not self._claim.acquire(blocking=False):
+            return False
+        self._claimed_by = threading.get_ident()
+        return True
+
+    def unclaim(self) -> None:
+        assert self._claim is not None
+        self._claimed_by = None
+        self._claim.release()
+
     async def _connect(self) -> Any:
         """A pooled connection; a connect that found the database busy (busy_at_connect) is tried again."""
         delay, deadline = 0.005, time.monotonic() + (self.config.pool_timeout or 30.0)
         while True:
-            assert self.engine is not None, "prepare() made the engine"
             try:
-                return await self.engine.connect()
+                return await self._pool_connect()
             except Exception as exc:
                 if not self.busy_at_connect(exc) or time.monotonic() + delay > deadline:
                     raise
@@ -598,16 +642,46 @@ class PooledDialect(Dialect):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
 
+    async def _pool_connect(self) -> Any:
+        """A connection out of the pool: the handle ``_pool_return`` gives back.
+
+        The pool's own connection record, taken in one greenlet switch: an ``AsyncConnection``
+        (``engine.connect()``) cost three switches and a SQLAlchemy Connection per run, unused.
+        A failed connect is wrapped as ``engine.connect()`` wraps it (``sa.exc.DBAPIError``).
+        """
+        from sqlalchemy.util import greenlet_spawn
+
+        assert self.engine is not None, "prepare() made the engine"
+        sync_engine = self.engine.sync_engine
+        try:
+            return await greenlet_spawn(sync_engine.raw_connection)
+        except sa.exc.TimeoutError:
+            raise
+        except Exception as exc:
+            dbapi = sync_engine.dialect.loaded_dbapi
+            if isinstance(exc, sa.exc.StatementError) or not isinstance(exc, dbapi.Error):
+                raise
+            raise sa.exc.DBAPIError.instance(None, None, exc, dbapi.Error) from exc
+
+    async def _driver_connection(self, handle: Any) -> Any:
+        """The driver's own connection under a pool handle."""
+        return handle.driver_connection
+
+    async def _pool_return(self, handle: Any, *, invalidate: bool = False) -> None:
+        """Give a handle back to the pool (``invalidate``: the connection is dead or unsure, drop it)."""
+        from sqlalchemy.util import greenlet_spawn
+
+        await greenlet_spawn(handle.invalidate if invalidate else handle.close)
+
     async def _checkout(self) -> Connection:
         try:
-            async_conn = await self._connect()
+            handle = await self._connect()
             try:
-                fairy = await async_conn.get_raw_connection()
-                conn = self.wrap(fairy.driver_connection)
+                conn = self.wrap(await self._driver_connection(handle))
                 conn.note = statement_note(self.config.echo, self.observe)
                 conn.statements = self.statements
             except BaseException:
-                await async_conn.close()
+                await self._pool_return(handle)
                 raise
         except Exception as exc:
             if isinstance(exc, sa.exc.TimeoutError):  # the pool is full, the database may be fine
@@ -617,7 +691,7 @@ class PooledDialect(Dialect):
                 raise
             message, hint = self.connect_failure(exc)
             raise ConnectionError(self.scrub(message), hint=self.scrub(hint)) from None
-        self._checkouts[id(conn)] = async_conn
+        self._checkouts[id(conn)] = handle
         run = owner()
         if run is not None:
             self._owners[id(conn)] = run
@@ -640,26 +714,28 @@ class PooledDialect(Dialect):
         )
 
     async def release(self, conn: Connection) -> None:
-        async_conn = self._checkouts.pop(id(conn))
+        handle = self._checkouts.pop(id(conn))
         self._owners.pop(id(conn), None)
         try:
-            if (
-                conn.usable and conn.in_transaction
-            ):  # left open by a failure: the pool's reset would not end it
+            invalidate = False
+            if conn.usable and conn.in_transaction:  # left open by a failure: the pool never resets it
                 try:
                     await conn.rollback()
                 except Exception:  # a connection that cannot roll back is not handed out again
                     log.warning("rolling back a returned connection failed; discarding it", exc_info=True)
-                    await async_conn.invalidate()
+                    invalidate = True
             if not conn.usable:  # the server went away: never hand this connection out again
                 self.stats["invalidated"] += 1
-                await async_conn.invalidate()
-            await async_conn.close()
+                invalidate = True
+            await self._pool_return(handle, invalidate=invalidate)
         except Exception:  # closing a dead connection can fail; the pool has already let it go
             log.debug("closing a connection failed", exc_info=True)
         finally:
-            if self._serial_lock is not None and self.serialized:
-                self._serial_lock.release()
+            if self._claimed_by != threading.get_ident():  # (a run on this thread ends its claim itself)
+                if self._claim is not None:
+                    self._claim.release()
+                if self._serial_lock is not None and self.serialized:
+                    self._serial_lock.release()
 
     async def dispose(self) -> None:
         if self.engine is not None:
@@ -683,13 +759,12 @@ class PooledDialect(Dialect):
         wanted = n - len(self._checkouts)
         if idle is None or idle >= wanted or self.engine is None:
             return 0
-        engine = self.engine
-        held = await asyncio.gather(*(engine.connect() for _ in range(wanted)), return_exceptions=True)
-        for conn in held:
-            if isinstance(conn, BaseException):
-                log.debug("opening a warm connection failed: %s", conn)
+        held = await asyncio.gather(*(self._pool_connect() for _ in range(wanted)), return_exceptions=True)
+        for handle in held:
+            if isinstance(handle, BaseException):
+                log.debug("opening a warm connection failed: %s", handle)
             else:
-                await conn.close()  # back to the pool, idle and connected
+                await self._pool_return(handle)  # back to the pool, idle and connected
         return max(0, (self._idle() or 0) - idle)
 
     def pool_usage(self) -> str:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ..deadlines import earliest, interrupting
 from ..errors import DataFlowError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..sqltext import writes
@@ -77,10 +78,28 @@ class DuckDBConnection(Connection):
         return self._in_tx
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        dialect = self.dialect
+        if dialect._claimed_by == threading.get_ident():
+            return await self._inline(fn, *args)
         try:
-            return await self.dialect.run(fn, *args)
+            return await dialect.run(fn, *args)
         except asyncio.CancelledError:  # a time limit, Ctrl-C: stop the statement on the worker thread,
-            self.dialect.con.interrupt()  # or the rollback queued after it would wait for its end
+            dialect.con.interrupt()  # or the rollback queued after it would wait for its end
+            raise
+
+    async def _inline(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A run on its caller's thread (the thread claimed the database) calls DuckDB there: a hand-off
+        to the worker thread and back would cost more than a one-row statement. The run's deadline
+        still stops it: the watchdog thread interrupts the statement when the deadline passes."""
+        task = asyncio.current_task()
+        assert task is not None, "a statement is sent inside a task"
+        try:
+            with interrupting(earliest(task), self.dialect.con.interrupt):
+                return fn(*args)
+        except Exception as exc:
+            if "interrupt" in type(exc).__name__.lower() or "interrupted" in str(exc).lower():
+                for _ in range(3):  # the deadline's timer fires now, and cancels this task at one of these
+                    await asyncio.sleep(0)
             raise
 
     async def begin(self, isolation: str | None = None) -> None:
@@ -202,6 +221,8 @@ class DuckDBDialect(Dialect):
         self._con: DuckDBPyConnection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._lock: asyncio.Lock | None = None
+        self._claim = threading.Lock()  # see runs_on_any_thread
+        self._claimed_by: int | None = None
         self._owner: tuple[str, str] | None = None  # (run id, node id) the connection is out for
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
 
@@ -259,13 +280,38 @@ class DuckDBDialect(Dialect):
         assert self._con is not None, "the DuckDB dialect is open"
         return self._con
 
+    # Its statements run on its worker thread from whichever loop awaits them, so a run may stay on
+    # its caller's thread (runtime.py); the claim is held by that thread, or by the connection out
+    # on the background loop, and the other one waits.
+    runs_on_any_thread = True
+
+    def claim(self) -> bool:
+        if self._con is None or not self._claim.acquire(blocking=False):
+            return False
+        self._claimed_by = threading.get_ident()
+        return True
+
+    def unclaim(self) -> None:
+        self._claimed_by = None
+        self._claim.release()
+
     async def acquire(self) -> Connection:
         """The one connection, waited for at most ``pool_timeout`` seconds."""
+        if self._claimed_by == threading.get_ident():  # a run on this thread holds the database
+            return self._connection()
         if self._lock is None:
             self._lock = asyncio.Lock()
         self.stats["waiting"] += 1
         try:
-            await asyncio.wait_for(self._lock.acquire(), self.config.pool_timeout)
+            if self._lock.locked():
+                await asyncio.wait_for(self._lock.acquire(), self.config.pool_timeout)
+            else:
+                await self._lock.acquire()  # free: no waiting task to make
+            try:
+                await self._wait_for_claim()
+            except BaseException:
+                self._lock.release()
+                raise
         except TimeoutError:
             self.stats["failures"] += 1
             raise PoolExhaustedError(
@@ -277,6 +323,20 @@ class DuckDBDialect(Dialect):
             ) from None  # fmt: skip
         finally:
             self.stats["waiting"] -= 1
+        return self._connection()
+
+    async def _wait_for_claim(self) -> None:
+        """Wait, on the background loop, until no run on another thread holds the database."""
+        delay, deadline = 0.0002, None
+        while not self._claim.acquire(blocking=False):
+            now = time.monotonic()
+            deadline = now + (self.config.pool_timeout or 30.0) if deadline is None else deadline
+            if now >= deadline:
+                raise TimeoutError
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def _connection(self) -> Connection:
         self.stats["acquired_total"] += 1
         self._owner = owner()
         conn = DuckDBConnection(self)
@@ -285,13 +345,15 @@ class DuckDBDialect(Dialect):
         return conn
 
     async def release(self, conn: Connection) -> None:
-        assert self._lock is not None, "acquire() made the lock"
         self._owner = None
         try:
             if conn.in_transaction:  # left open by a failure (a later database's COMMIT failed)
                 await conn.rollback()
         finally:
-            self._lock.release()
+            if self._claimed_by != threading.get_ident():  # (a run on this thread ends its claim itself)
+                assert self._lock is not None, "acquire() made the lock"
+                self._claim.release()
+                self._lock.release()
 
     async def dispose(self) -> None:
         if self._con is not None:

@@ -297,6 +297,9 @@ class PostgresDialect(PooledDialect):
             pool_timeout=self.config.pool_timeout,
             pool_recycle=self.config.pool_recycle,
             pool_pre_ping=self.config.pool_pre_ping,
+            # No reset on return: a connection comes back outside a transaction (release() rolls
+            # back one a failure left open), and the pool's own reset would cost a call per run.
+            pool_reset_on_return=None,
             connect_args={
                 "timeout": 10,
                 **query.connect_args,

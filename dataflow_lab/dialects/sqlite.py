@@ -1,4 +1,4 @@
-"""SQLite through aiosqlite: STRICT tables, one writer, executemany for bulk.
+"""SQLite through sqlite3, on the runtime's loop thread: STRICT tables, one writer, executemany for bulk.
 
 Facts:
 - STRICT tables accept only INTEGER, REAL, TEXT, BLOB and ANY, so booleans are
@@ -16,23 +16,28 @@ Facts:
   (SQLite's own folds only ASCII), the simple mapping PostgreSQL and DuckDB use.
 - The driver runs in autocommit mode and dataflow_lab issues BEGIN itself, so
   DDL and reads are inside the transaction too.
+- Statements run on the runtime's loop thread, through sqlite3 itself, not on a
+  driver thread (aiosqlite): four thread hand-offs were most of a Create's time.
+  See SQLiteConnection for how lock waits, time limits and long statements go.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 
+from ..deadlines import passed
 from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 
 T = TypeVar("T")
@@ -40,81 +45,141 @@ T = TypeVar("T")
 MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 
-class SQLiteConnection(Connection):
-    __slots__ = ("raw",)
+# Every this many SQLite VM steps an inline statement asks whether its task's deadline has passed.
+_PROGRESS_STEPS = 2000
 
-    def __init__(self, raw: Any):
-        self.raw = raw  # aiosqlite.Connection
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error)
+    return "database is locked" in text or "database is busy" in text
+
+
+class SQLiteConnection(Connection):
+    """A sqlite3 connection, driven from the runtime's loop thread.
+
+    A statement of a node (``fetch``, ``execute``), BEGIN, COMMIT and savepoints run inline,
+    on the loop thread: they are short and SQLite has no network to wait on, and a thread
+    hand-off each would cost more than the statement. Their waits never block the loop:
+    the connection has no busy timeout, and a statement that finds the database locked is
+    tried again after an asyncio sleep, until ``busy_timeout`` seconds have passed. A run's
+    time limit stops an inline statement too: a progress handler asks, every few thousand
+    SQLite steps, whether the running task's deadline has passed, and interrupts it.
+    Long work (``executemany``, a user's SQL) runs on a worker thread, interrupted when
+    cancelled, as before.
+    """
+
+    __slots__ = ("raw", "busy_timeout", "_inline")
+
+    def __init__(self, raw: sqlite3.Connection, busy_timeout: float = 30.0):
+        self.raw = raw
+        self.busy_timeout = busy_timeout
+        self._inline: asyncio.Task | None = None  # the task whose statement runs inline now
+        raw.set_progress_handler(self._progress, _PROGRESS_STEPS)
+
+    def _progress(self) -> int:
+        task = self._inline
+        return 1 if task is not None and passed(task.get_loop(), task) else 0
+
+    async def _call(self, fn: Callable[[], T], *, inline: bool = True) -> T:
+        """``fn()``: inline or on a worker thread; tried again, after a sleep, while the database is locked."""
+        delay, deadline = 0.001, None
+        while True:
+            try:
+                if not inline:
+                    return await self._threaded(fn)
+                self._inline = asyncio.current_task()
+                try:
+                    return fn()
+                finally:
+                    self._inline = None
+            except sqlite3.OperationalError as exc:
+                if inline and str(exc) == "interrupted":  # the progress handler: the deadline's timer
+                    for _ in range(3):  # fires now, and cancels this task at one of these awaits
+                        await asyncio.sleep(0)
+                    raise
+                if not _busy(exc):
+                    raise
+                now = time.monotonic()
+                deadline = now + self.busy_timeout if deadline is None else deadline
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, 0.05)
+
+    async def _threaded(self, fn: Callable[[], T]) -> T:
+        future = asyncio.get_running_loop().run_in_executor(None, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.raw.interrupt()  # thread-safe: the statement stops, and the ROLLBACK after it waits for that
+            await asyncio.wait([future])
+            raise
 
     async def begin(self, isolation: str | None = None) -> None:
         # SQLite transactions are serializable whatever level is asked for.
-        # IMMEDIATE takes the write lock now, waiting (busy timeout) for other writers; a deferred
+        # IMMEDIATE takes the write lock now (waiting, as above, for other writers); a deferred
         # BEGIN would fail at once with "database is locked" when its first write finds one.
-        await self.raw.execute("BEGIN IMMEDIATE")
+        await self._call(lambda: self.raw.execute("BEGIN IMMEDIATE"))
 
     async def commit(self) -> None:
-        await self.raw.execute("COMMIT")
+        await self._call(lambda: self.raw.execute("COMMIT"))
 
     async def rollback(self) -> None:
         if self.raw.in_transaction:
-            await self.raw.execute("ROLLBACK")
+            self.raw.execute("ROLLBACK")  # never waits for a lock
 
     @property
     def in_transaction(self) -> bool:
         return bool(self.raw.in_transaction)
 
-    async def _sent(self, sql: str, params: Sequence[Any] | None, send: Callable[[], Awaitable[T]]) -> T:
-        """``send()`` one statement: noted (echo, counts), timed (the slow-statement log), and
-        interrupted on aiosqlite's thread when the run is cancelled (a time limit, Ctrl-C)."""
+    async def _sent(
+        self, sql: str, params: Sequence[Any] | None, fn: Callable[[], T], *, inline: bool = True
+    ) -> T:
+        """``fn()`` sends one statement: noted (echo, counts) and timed (the slow-statement log)."""
         if self.note is not None:
             self.note(sql, params)
         started = time.perf_counter()
         try:
-            result = await send()
+            result = await self._call(fn, inline=inline)
         except BaseException as exc:
             self.took(sql, started, params, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                await self.interrupt()
             raise
         self.took(sql, started, params)
         return result
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        return await self._sent(sql, params, lambda: self.raw.execute_fetchall(sql, params))
+        return await self._sent(sql, params, lambda: self.raw.execute(sql, params).fetchall())
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cursor = await self._sent(sql, params, lambda: self.raw.execute(sql, params))
-        count = cursor.rowcount
-        await cursor.close()
-        return count
+        return await self._sent(sql, params, lambda: self.raw.execute(sql, params).rowcount)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        def run() -> QueryResult:
+            cursor = self.raw.execute(sql, params)
+            try:
+                rows = [tuple(r) for r in cursor.fetchall()]
+                return QueryResult([d[0] for d in cursor.description or ()], rows, cursor.rowcount)
+            finally:
+                cursor.close()
+
         if self.note is not None:
             self.note(sql, params)
-        cursor = await self.raw.execute(sql, params)
-        try:
-            rows = [tuple(r) for r in await cursor.fetchall()]
-            columns = [d[0] for d in cursor.description or ()]
-            return QueryResult(columns, rows, cursor.rowcount)
-        finally:
-            await cursor.close()
+        return await self._call(run, inline=False)  # a user's query may run long: not on the loop
 
     async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         # query_only: SQLite itself refuses any write on this connection until it is turned off.
-        await self.raw.execute("PRAGMA query_only = ON")
+        self.raw.execute("PRAGMA query_only = ON")
         try:
             return await self.query(sql, params)
         finally:
-            await self.raw.execute("PRAGMA query_only = OFF")
+            self.raw.execute("PRAGMA query_only = OFF")
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        cursor = await self._sent(sql, None, lambda: self.raw.executemany(sql, rows))
-        await cursor.close()
+        await self._sent(sql, None, lambda: self.raw.executemany(sql, rows).close(), inline=False)
 
     async def interrupt(self) -> None:
-        """Stop the statement running on aiosqlite's thread (a time limit, Ctrl-C): the ROLLBACK
-        queued behind it would otherwise wait for its end."""
-        await self.raw.interrupt()  # sqlite3's interrupt(), called from this thread: it does not queue
+        """Stop the statement running on a worker thread (a time limit, Ctrl-C)."""
+        self.raw.interrupt()
 
 
 def _enum_text(member: Any) -> str:
@@ -218,13 +283,6 @@ class _DecimalAvg(_DecimalAggregate):
 _DECIMAL_AGGREGATES = {"sum": _DecimalSum, "min": _DecimalMin, "max": _DecimalMax, "avg": _DecimalAvg}
 
 
-async def _create_aggregates(aio: Any) -> None:
-    """Register the Decimal aggregates on an aiosqlite connection, on its own thread (aiosqlite wraps
-    create_function, not create_aggregate: its ``_execute`` is how it runs a call there)."""
-    for function, aggregate in _DECIMAL_AGGREGATES.items():
-        await aio._execute(aio._conn.create_aggregate, f"dataflow_decimal_{function}", 1, aggregate)
-
-
 # the date a bucket starts on, from an ISO 8601 text (SQLite's date() reads its UTC offset)
 _BUCKET_MODIFIERS: dict[str, tuple[str, ...]] = {"day": (), "week": ("weekday 0", "-6 days"), "month": ("start of month",),
                      "year": ("start of year",)}  # fmt: skip
@@ -233,8 +291,11 @@ _BUCKET_MODIFIERS: dict[str, tuple[str, ...]] = {"day": (), "week": ("weekday 0"
 class SQLiteDialect(PooledDialect):
     name = "sqlite"
     serialized = True
+    runs_on_any_thread = (
+        True  # its statements are calls (SQLiteConnection): a run may stay on its caller's thread
+    )
     adds_decimals_exactly = False  # Decimals are stored as text (see above)
-    warm_modules = ("aiosqlite", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.sqlite.aiosqlite")
+    warm_modules = ("sqlalchemy.dialects.sqlite.pysqlite",)
     max_bind_params = MAX_BIND_PARAMS
     storage = {
         "text": sa.Text,
@@ -268,7 +329,7 @@ class SQLiteDialect(PooledDialect):
     }
 
     def _sa_dialect(self) -> sa.engine.Dialect:
-        from sqlalchemy.dialects.sqlite.aiosqlite import dialect
+        from sqlalchemy.dialects.sqlite.pysqlite import dialect
 
         return dialect()
 
@@ -276,8 +337,8 @@ class SQLiteDialect(PooledDialect):
     def single_connection(self) -> bool:
         return self.in_memory
 
-    @property
-    def in_memory(self) -> bool:
+    @functools.cached_property
+    def in_memory(self) -> bool:  # asked at every checkout: the URL is parsed once
         path = self.path
         return path in ("", ":memory:") or "mode=memory" in path
 
@@ -292,7 +353,7 @@ class SQLiteDialect(PooledDialect):
         target = sqlite3.connect(snapshot)
         conn = await self.acquire()
         try:
-            await cast("SQLiteConnection", conn).raw.backup(target)
+            cast("SQLiteConnection", conn).raw.backup(target)
         finally:
             await self.release(conn)
             target.close()
@@ -314,18 +375,28 @@ class SQLiteDialect(PooledDialect):
             return "database locked"
         return None
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
         return sa.engine.make_url(self.url).database or ":memory:"
 
     def engine_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.path}"
+        return f"sqlite+pysqlite:///{self.path}"
+
+    @property
+    def busy_timeout(self) -> float:
+        """Seconds a statement waits for another writer's lock (asynchronously, see SQLiteConnection)."""
+        return self.config.statement_timeout or 30.0
 
     def engine_options(self) -> dict[str, Any]:
         from sqlalchemy.pool import StaticPool
 
-        timeout = self.config.statement_timeout or 30.0
-        options: dict[str, Any] = {"connect_args": {"timeout": timeout}}
+        # No busy timeout in sqlite3 (its wait would block the loop thread: SQLiteConnection waits);
+        # used from the loop thread, and from a worker thread for long statements, one at a time.
+        # No reset on return: a connection comes back outside a transaction, or release() ends it.
+        options: dict[str, Any] = {
+            "connect_args": {"timeout": 0, "check_same_thread": False},
+            "pool_reset_on_return": None,
+        }
         if self.in_memory:
             options["poolclass"] = StaticPool
         else:
@@ -355,7 +426,8 @@ class SQLiteDialect(PooledDialect):
             cursor.close()
             dbapi_connection.create_function("dataflow_decimal_key", 1, _decimal_key, deterministic=True)
             dbapi_connection.create_function("dataflow_lower", 1, _lower, deterministic=True)
-            dbapi_connection.run_async(_create_aggregates)
+            for function, aggregate in _DECIMAL_AGGREGATES.items():
+                dbapi_connection.create_aggregate(f"dataflow_decimal_{function}", 1, aggregate)
 
     def busy_at_connect(self, error: BaseException) -> bool:
         # A connection's first statements (PRAGMA journal_mode=WAL when the file is new) can meet
@@ -365,7 +437,37 @@ class SQLiteDialect(PooledDialect):
         return "database is locked" in text or "database is busy" in text
 
     def wrap(self, driver_connection: Any) -> Connection:
-        return SQLiteConnection(driver_connection)
+        return SQLiteConnection(driver_connection, self.busy_timeout)
+
+    # The pool: SQLAlchemy's, of its sync engine (sqlite3), driven from the loop thread. A checkout
+    # and a return are calls, not thread hand-offs; a full pool is waited for here, with asyncio.
+    def _create_engine(self) -> Any:
+        return sa.create_engine(self.engine_url(), **self.engine_options())
+
+    async def _pool_connect(self) -> Any:
+        assert self.engine is not None, "prepare() made the engine"
+        if not self.in_memory and self.config.max_overflow >= 0:
+            most = self.config.pool_size + self.config.max_overflow
+            deadline = time.monotonic() + (self.config.pool_timeout or 30.0)
+            pool: Any = self.engine.pool  # a QueuePool
+            while pool.checkedout() >= most:  # its own wait would block the loop thread
+                if time.monotonic() >= deadline:
+                    raise sa.exc.TimeoutError("the pool is full")
+                await asyncio.sleep(0.005)
+        return self.engine.raw_connection()
+
+    async def _driver_connection(self, handle: Any) -> Any:
+        return handle.driver_connection
+
+    async def _pool_return(self, handle: Any, *, invalidate: bool = False) -> None:
+        if invalidate:
+            handle.invalidate()
+        else:
+            handle.close()
+
+    async def dispose(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
 
     def id_column(self, table_name: str, logical: str) -> sa.Column:
         return sa.Column(

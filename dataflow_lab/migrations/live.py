@@ -1,7 +1,7 @@
 """What a table looks like: read from the database, or derived from a model.
 
 Both sides of a schema diff are a ``TableShape``, so ``diff.py`` compares like
-with like. Reading runs on our own driver connections (aiosqlite, asyncpg,
+with like. Reading runs on our own driver connections (sqlite3, asyncpg,
 DuckDB's worker thread) through the catalogue each database offers:
 ``pragma_*`` on SQLite, ``pg_catalog`` on PostgreSQL, ``duckdb_*()`` on DuckDB.
 """
