@@ -8,6 +8,7 @@ environment allows (``migrations/``).
 
 from __future__ import annotations
 
+import base64
 import functools
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,10 @@ __all__ = ["ModelTable", "internal_table"]
 
 
 MAX_TEMPLATES = 1000  # compiled statements kept per table
+IMAGE_LABELS = (
+    "@audit",
+    "@saga",
+)  # a log's image of an encrypted field binds '<column>@audit' (sealed_image)
 
 
 def _enum_reader(enum_cls: Any) -> Any:
@@ -271,6 +276,101 @@ class ModelTable:
         )
         return (*columns, *(n + BLIND_SUFFIX for _, n, _ in searched)), out
 
+    async def ids_by_keys(
+        self, conn: Connection, keys: Sequence[str], wanted: Iterable[tuple[Any, ...]]
+    ) -> dict[tuple[Any, ...], Any]:
+        """The raw id of the row holding each of ``wanted`` (driver values of ``keys``), by key.
+
+        A searchable encrypted key column is matched through its blind index under every key of the
+        ring (``wanted`` holds the plaintext then); a key holding a NULL matches nothing.
+        """
+        wanted = [k for k in dict.fromkeys(wanted) if None not in k]
+        t, found = self.table, {}
+        blind = [n in self.model.encrypted for n in keys]
+        kinds = [self.model.by_name[n].type.name for n in keys]
+        # a blind key: each value's index under every key of the ring, so rows not yet rotated match
+        width = 1 + sum(len(self.cipher.key_ids) - 1 for b in blind if b) if self.cipher else 1
+        step = max(1, self.dialect.max_bind_params // (2 * len(keys) * width) - 1)
+        for start in range(0, len(wanted), step):
+            part = wanted[start : start + step]
+            index: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+            matches = []
+            for key in part:
+                terms = []
+                for n, v, is_blind, kind in zip(keys, key, blind, kinds, strict=True):
+                    if is_blind:
+                        assert self.cipher is not None
+                        hashes = self.cipher.blinds(n, kind, v)
+                        index.update(((n, h), v) for h in hashes)
+                        terms.append(t.c[n + BLIND_SUFFIX].in_(hashes))
+                    else:
+                        terms.append(t.c[n] == v)
+                matches.append(sa.and_(*terms))
+            cols = [t.c[n + BLIND_SUFFIX] if b else t.c[n] for n, b in zip(keys, blind, strict=True)]
+            stmt = sa.select(t.c.id, *cols).where(sa.or_(*matches))
+            for raw_id, *values in await conn.fetch(*self.dialect.compile(stmt)):
+                key = tuple(index[(n, v)] if b else v for n, v, b in zip(keys, values, blind, strict=True))
+                found[key] = raw_id
+        return found
+
+    # A logged image's encrypted value binds the source row and column, under the log's label
+    # ('<column>@audit', '<column>@saga'): it cannot be copied back into the live row (an old value
+    # restored), to another row or column, or to the other log; only between entries of one log
+    # for the same row and column.
+    def sealed_image(
+        self, row: Mapping[str, Any] | None, row_id: Any, label: str = "@audit"
+    ) -> dict[str, Any] | None:
+        """A row as the audit log (or the saga log) stores it: each encrypted field's value a ciphertext."""
+        assert label in IMAGE_LABELS
+        if row is None or not self._sealed:
+            return None if row is None else dict(row)
+        assert self.cipher is not None
+        out = dict(row)
+        for name, kind in self._sealed:
+            if out.get(name) is not None:
+                out[name] = self.cipher.seal(name + label, kind, row_id, out[name])
+        return out
+
+    def opened_image(
+        self, image: Mapping[str, Any] | None, row_id: Any, label: str = "@audit"
+    ) -> dict[str, Any] | None:
+        """A logged image read back: each encrypted field decrypted (bytes as base64, as logs keep them)."""
+        if image is None or not self._sealed:
+            return None if image is None else dict(image)
+        assert self.cipher is not None
+        out = dict(image)
+        for name, kind in self._sealed:
+            if out.get(name) is not None:
+                value = self.cipher.open(name + label, kind, row_id, out[name])
+                out[name] = base64.b64encode(value).decode("ascii") if kind == "bytes" else value
+        return out
+
+    def bound_to_rows(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Those of ``values`` that are encrypted fields: a write of them seals each row's own."""
+        return {k: v for k, v in values.items() if k in self.model.encrypted}
+
+    def sealed_for_rows(self, values: Mapping[str, Any], raw_ids: Sequence[Any]) -> dict[str, Any]:
+        """The SET clause of an UPDATE of rows ``raw_ids`` writing encrypted fields' ``values``: each
+        row its own ciphertext (``CASE id WHEN ... THEN ...``), the blind index one hash per value."""
+        assert self.cipher is not None
+        t, ids = self.table, self.ids_from_db(raw_ids)
+        out: dict[str, Any] = {}
+        for name, kind in self._sealed:
+            if name not in values:
+                continue
+            value = values[name]
+            if value is None:
+                out[name] = None
+            else:
+                seal, text = self.cipher.sealer(name, kind), t.c[name].type
+                whens = [(t.c.id == sa.bindparam(None, raw, type_=t.c.id.type),
+                          sa.bindparam(None, seal(row_id, value), type_=text))
+                         for raw, row_id in zip(raw_ids, ids, strict=True)]  # fmt: skip
+                out[name] = sa.case(*whens, else_=t.c[name])
+            if name in self.model.searchable:
+                out[name + BLIND_SUFFIX] = None if value is None else self.cipher.blind(name, kind, value)
+        return out
+
     def shown(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``db_values`` for a statement shown, not run (``sql()``): encrypted values are '<encrypted>'."""
         out = {k: self.to_db(k, v) for k, v in values.items() if k not in self.model.encrypted}
@@ -385,8 +485,8 @@ def _refuse_plaintext(model: str, name: str) -> Any:
         raise EncryptionError(
             f"Model '{model}': field '{name}' is encrypted at rest, and this write cannot seal it: its "
             "ciphertext binds the row id, which this path does not know for each row.",
-            hint="write encrypted fields with Create, Update (by id) or BulkCreate; BulkUpdate, "
-            "Upsert, BulkUpsert and undo do not encrypt yet.",
+            hint="write encrypted fields through the nodes (Create, Update, Upsert, the bulk nodes), "
+            "which seal each value to its row.",
         )
 
     return refuse

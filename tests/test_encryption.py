@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import sqlite3
 import subprocess
@@ -220,26 +221,123 @@ def test_ranges_patterns_and_order_on_an_encrypted_field_are_refused_at_build(no
         workflow.build()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "duckdb", "postgres"])
-def test_writes_that_do_not_encrypt_yet_are_refused_and_write_nothing(backend, tmp_path):
-    db = DataFlow(url_for(backend, tmp_path), encryption_keys=KEY)
-    patients(db)
-    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
-    refused = [
-        ("PatientUpsertNode", {"where": {"id": ann["id"]}, "update": {"ssn": "x"}, "create": {"name": "A", "ssn": "x"}}),
-        ("PatientBulkUpsertNode", {"data": [{"id": ann["id"], "name": "A", "ssn": "x"}], "conflict_on": ["id"]}),
-        ("PatientBulkUpdateNode", {"filter": {"name": "Ann"}, "fields": {"ssn": "x"}}),
-    ]  # fmt: skip
-    for node, params in refused:
-        with pytest.raises(EncryptionError, match="encrypt") as info:
-            one(db, node, params)
-        assert SECRET not in str(info.value)
-    assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
-    assert (
-        one(db, "PatientBulkUpdateNode", {"filter": {"name": "Ann"}, "fields": {"name": "Anne"}})["updated"]
-        == 1
+def stored_bytes(backend, tmp_path, table):
+    """The bytes the database keeps on disk for ``table``: the SQLite or DuckDB file (and its WAL),
+    or the PostgreSQL heap pages (read by the server after a CHECKPOINT, as superuser)."""
+    if backend in ("sqlite_file", "duckdb_file"):
+        return b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("test."))
+    import asyncpg
+
+    async def go():
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute("CHECKPOINT")
+            path = await conn.fetchval(f"SELECT pg_relation_filepath('\"{SCHEMA}\".{table}')")
+            return await conn.fetchval("SELECT pg_read_binary_file($1)", path)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def members(db):
+    @db.model
+    class Member:
+        email: str
+        ssn: Encrypted[str, "searchable"]  # noqa: F821, UP037
+        notes: Encrypted[dict] | None = None
+        __dataflow__ = {"unique": ["email"]}
+
+    return Member
+
+
+def test_bulk_upsert_binds_every_ciphertext_to_the_row_it_writes(where):
+    """Keys that exist keep their rows' ids (the new ciphertexts bind them), new keys get one id
+    each (a key twice in the input: its last row), across chunks; the counts are exact."""
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY)
+    members(db)
+    one(db, "MemberBulkCreateNode", {"data": [{"email": f"m{i}", "ssn": f"OLD-{i}"} for i in range(6)]})
+    before = {r["email"]: r["id"] for r in one(db, "MemberListNode")["records"]}
+    data = [{"email": f"m{i}", "ssn": f"NEW-{i}", "notes": {"n": i}} for i in (1, 3, 5, 7, 8)]
+    data += [{"email": "m8", "ssn": "NEW-8b", "notes": None}, {"email": "m3", "ssn": "NEW-3b"}]
+    out = one(db, "MemberBulkUpsertNode", {"data": data, "conflict_on": ["email"], "batch_size": 2})
+    assert out == {"inserted": 2, "updated": 3}
+    rows = {r["email"]: r for r in one(db, "MemberListNode")["records"]}  # every ciphertext opens
+    assert {e: r["id"] for e, r in rows.items() if e in before} == before
+    assert {e: r["ssn"] for e, r in rows.items()} == {
+        "m0": "OLD-0", "m1": "NEW-1", "m2": "OLD-2", "m3": "NEW-3b", "m4": "OLD-4", "m5": "NEW-5",
+        "m7": "NEW-7", "m8": "NEW-8b",
+    }  # fmt: skip
+    assert rows["m7"]["notes"] == {"n": 7} and rows["m8"]["notes"] is None
+    assert one(db, "MemberCountNode", {"filter": {"ssn": "NEW-3b"}})["count"] == 1  # blind index follows
+    assert one(db, "MemberCountNode", {"filter": {"ssn": "OLD-3"}})["count"] == 0
+    by_id = [{"id": before["m0"], "email": "m0", "ssn": "BY-ID"}, {"id": 77, "email": "m9", "ssn": "NEW-9"}]
+    assert one(db, "MemberBulkUpsertNode", {"data": by_id}) == {"inserted": 1, "updated": 1}
+    assert one(db, "MemberReadNode", {"id": 77})["ssn"] == "NEW-9"
+    assert one(db, "MemberReadNode", {"id": before["m0"]})["ssn"] == "BY-ID"
+    bad = [{"email": "m1", "ssn": "LOST"}, {"email": "m20", "ssn": "LOST"}, {"email": "m21", "ssn": 5}]
+    with pytest.raises(ValidationError):
+        one(db, "MemberBulkUpsertNode", {"data": bad, "conflict_on": ["email"]})
+    assert one(db, "MemberCountNode")["count"] == 9  # all or nothing
+    db.close()
+    stored = stored_bytes(backend, tmp_path, "members")
+    for plaintext in (b"NEW-3b", b"OLD-2", b"BY-ID", b"NEW-9"):
+        assert plaintext not in stored
+
+
+def test_upsert_finds_its_row_by_key_or_blind_index_and_seals_to_it(where):
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY)
+    members(db)
+    first = one(db, "MemberUpsertNode", {"where": {"email": "a"}, "create": {"ssn": "111-11"}})
+    assert first["created"] is True
+    again = one(
+        db, "MemberUpsertNode", {"where": {"email": "a"}, "update": {"ssn": "222-22", "notes": {"k": 1}}}
+    )
+    assert (again["created"], again["record"]["id"]) == (False, first["record"]["id"])
+    by_blind = one(db, "MemberUpsertNode", {"where": {"ssn": "222-22"}, "update": {"notes": {"k": 2}}})
+    assert (by_blind["created"], by_blind["record"]["id"]) == (False, first["record"]["id"])
+    made = one(db, "MemberUpsertNode", {"where": {"ssn": "333-33"}, "create": {"email": "b"}})
+    assert made["created"] is True and made["record"]["ssn"] == "333-33"
+    back = {r["email"]: (r["ssn"], r["notes"]) for r in one(db, "MemberListNode")["records"]}
+    assert back == {"a": ("222-22", {"k": 2}), "b": ("333-33", None)}
+    assert "222-22" not in db.nodes["MemberUpsertNode"].sql(
+        {"where": {"email": "a"}, "update": {"ssn": "222-22"}, "create": {"ssn": "222-22"}}
     )
     db.close()
+    stored = stored_bytes(backend, tmp_path, "members")
+    assert not any(p in stored for p in (b"111-11", b"222-22", b"333-33"))
+
+
+def test_bulk_update_of_an_encrypted_field_seals_each_row_to_its_id(where):
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY)
+    patients(db)
+    one(
+        db,
+        "PatientBulkCreateNode",
+        {"data": [{"name": "a" if i % 3 else "b", "ssn": f"{i:04d}"} for i in range(300)]},
+    )
+    assert SECRET not in db.nodes["PatientBulkUpdateNode"].sql(
+        {"filter": {"name": "b"}, "fields": {"ssn": SECRET}}
+    )
+    out = one(
+        db, "PatientBulkUpdateNode", {"filter": {"name": "b"}, "fields": {"ssn": SECRET, "notes": {"s": 1}}}
+    )
+    assert out == {"updated": 100}
+    assert one(db, "PatientCountNode", {"filter": {"ssn": SECRET}})["count"] == 100
+    rows = one(db, "PatientListNode")["records"]  # each row's ciphertexts open with its own id
+    assert sorted((r["name"], r["ssn"] == SECRET, r["notes"]) for r in rows)[0] == ("a", False, None)
+    assert {(r["ssn"], str(r["notes"])) for r in rows if r["name"] == "b"} == {(SECRET, "{'s': 1}")}
+    assert one(db, "PatientBulkUpdateNode", {"filter": {"name": "b"}, "fields": {"notes": None}}) == {
+        "updated": 100
+    }
+    db.close()
+    stored = stored_bytes(backend, tmp_path, "patients")
+    assert SECRET.encode() not in stored
+    ciphertexts = [v for (v,) in raw(backend, tmp_path, "SELECT ssn FROM patients WHERE name = 'b'")]
+    assert len(set(ciphertexts)) == 100  # a nonce and a row of its own each
 
 
 def test_a_model_with_encrypted_fields_and_no_key_is_refused_in_one_line(monkeypatch):
@@ -313,21 +411,54 @@ def test_fields_are_marked_by_annotation_by_option_or_by_encryption_at_rest():
             __dataflow__ = {"encrypted": ["bodyy"]}
 
 
-def test_audit_log_and_unique_keys_on_encrypted_fields_are_refused_at_model():
+def test_unique_keys_on_encrypted_fields_are_refused_at_model():
     db = DataFlow(encryption_keys=KEY)
-    with pytest.raises(EncryptionError, match="audit log would store"):
-
-        @db.model
-        class Audited:
-            ssn: Encrypted[str]
-            __dataflow__ = {"audit_log": True}
-
     with pytest.raises(ValidationError, match="names encrypted field 'ssn'"):
 
         @db.model
         class Keyed:
             ssn: Encrypted[str]
             __dataflow__ = {"unique": ["ssn"]}
+
+
+def test_the_audit_log_stores_encrypted_images_and_reads_them_back_decrypted(where):
+    """Each image's encrypted value binds the source row and '<column>@audit': it opens only there."""
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY)
+
+    @db.model
+    class Chart:
+        name: str
+        ssn: Encrypted[str, "searchable"]  # noqa: F821, UP037
+        scan: Encrypted[bytes] | None = None
+        __dataflow__ = {"audit_log": True}
+
+    made = one(db, "ChartCreateNode", {"name": "Ann", "ssn": SECRET, "scan": b"XRAY-1"})
+    one(db, "ChartUpdateNode", {"id": made["id"], "fields": {"ssn": "SECOND-SSN"}})
+    one(db, "ChartBulkUpdateNode", {"filter": {"name": "Ann"}, "fields": {"ssn": "THIRD-SSN"}})
+    one(db, "ChartBulkUpsertNode", {"data": [{"id": made["id"], "name": "Ann", "ssn": "FOURTH-SSN"}]})
+    one(db, "ChartBulkCreateNode", {"data": [{"name": "Bob", "ssn": "BOBS-SSN"}]})
+    history = db.audit(Chart, made["id"])
+    assert [e.operation for e in history] == ["create", "update", "bulk_update", "bulk_upsert"]
+    assert history[0].after["ssn"] == SECRET and history[0].after["scan"] == b"XRAY-1"
+    assert history[1].changes["ssn"] == (SECRET, "SECOND-SSN")
+    assert history[2].changes["ssn"] == ("SECOND-SSN", "THIRD-SSN")
+    assert history[3].changes["ssn"] == ("THIRD-SSN", "FOURTH-SSN")
+    assert "ssn_blind" not in history[0].after
+    db.close()
+    stored = stored_bytes(backend, tmp_path, "dataflow_audit_log")
+    for plaintext in (SECRET, "SECOND-SSN", "THIRD-SSN", "FOURTH-SSN", "BOBS-SSN", "XRAY-1"):
+        assert plaintext.encode() not in stored
+    images = raw(backend, tmp_path, "SELECT after FROM dataflow_audit_log ORDER BY id")
+    assert all("dfe1:" in str(a) for (a,) in images)
+    image = raw(backend, tmp_path, "SELECT after FROM dataflow_audit_log ORDER BY id")[0][0]
+    audited = (json.loads(image) if isinstance(image, str) else image)["ssn"]
+    raw(backend, tmp_path, f"UPDATE charts SET ssn = '{audited}' WHERE id = {made['id']}", write=True)
+    db = DataFlow(url, encryption_keys=KEY)  # an old value copied back from the log does not open
+    db.model(Chart)
+    with pytest.raises(DecryptionError, match="copied from another row or column"):
+        one(db, "ChartReadNode", {"id": made["id"]})
+    db.close()
 
 
 def test_turning_encryption_on_for_a_column_with_plaintext_rows_is_refused(tmp_path):
@@ -453,21 +584,47 @@ def test_a_failed_workflow_in_a_block_writes_encrypted_rows_back_sealed(backend,
     db.close()
 
 
-def test_a_saga_step_that_changes_encrypted_rows_is_refused_and_rolled_back(tmp_path):
-    url = f"sqlite:///{tmp_path / 'saga.db'}"
+def test_a_saga_logs_encrypted_before_images_and_compensates_from_them(where):
+    """Steps commit and the process 'dies': the saga log holds ciphertexts, and resuming the
+    compensation writes the rows back sealed to their ids."""
+    from dataflow_lab import _loop
+    from dataflow_lab.transactions import Scope
+
+    backend, url, tmp_path = where
     db = DataFlow(url, encryption_keys=KEY)
     patients(db)
-    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
-    workflow = WorkflowBuilder(db)
-    workflow.add_node("PatientUpdateNode", "change", {"id": ann["id"], "fields": {"ssn": "000"}})
-    with pytest.raises(EncryptionError, match="does not encrypt that log yet"):
-        LocalRuntime(transaction="saga").execute(workflow.build())
+    ann = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "notes": {"dx": "influenza-B"}})
+    runtime, steps, workflow = LocalRuntime(transaction="saga"), [], WorkflowBuilder(db)
+    workflow.add_node("PatientUpdateNode", "change", {"id": ann["id"], "fields": {"ssn": "000-00-0000"}})
+    workflow.add_node("PatientBulkUpdateNode", "all", {"filter": {"name": "Ann"}, "fields": {"notes": None}})
+    built = workflow.build()
+
+    async def commit_steps_then_die():
+        run = runtime.open_run(built, run_id="died")
+        for node_id in built.order:
+            scope = Scope("died", None)
+            await run.run_node(scope, node_id, saga_steps=steps)
+            await scope.commit()
+
+    _loop.run(commit_steps_then_die())
+    assert one(db, "PatientReadNode", {"id": ann["id"]})["notes"] is None
+    assert db.pending_compensations() == 2
+    logged = repr(raw(backend, tmp_path, "SELECT before FROM dataflow_lab_saga_log"))
+    assert SECRET not in logged and "influenza-B" not in logged and "dfe1:" in logged
+    done = db.resume_compensations(force=True)
+    assert [d.status for d in done] == ["compensated", "compensated"]
+    back = one(db, "PatientReadNode", {"id": ann["id"]})
+    assert (back["ssn"], back["notes"]) == (SECRET, {"dx": "influenza-B"})
+    assert one(db, "PatientCountNode", {"filter": {"ssn": SECRET}})["count"] == 1
+    failing = WorkflowBuilder(db)  # compensated in the run: from the before-images it holds
+    failing.add_node("PatientUpdateNode", "change", {"id": ann["id"], "fields": {"ssn": "111-11-1111"}})
+    failing.add_node("PatientReadNode", "missing", {"id": 12345})
+    with pytest.raises(NotFoundError):
+        LocalRuntime(transaction="saga").execute(failing.build())
     assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
-    created = WorkflowBuilder(db)  # a Create's undo is its ids only: a saga runs it
-    created.add_node("PatientCreateNode", "new", {"name": "Bob", "ssn": "222"})
-    LocalRuntime(transaction="saga").execute(created.build())
     db.close()
-    assert SECRET.encode() not in (tmp_path / "saga.db").read_bytes()
+    stored = stored_bytes(backend, tmp_path, "dataflow_lab_saga_log")
+    assert SECRET.encode() not in stored and b"influenza-B" not in stored
 
 
 def test_turning_searchable_on_for_rows_without_a_blind_index_is_refused(tmp_path):
