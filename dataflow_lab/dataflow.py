@@ -14,6 +14,7 @@ whose documented interface the package's other modules use.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import weakref
 from collections.abc import Mapping
@@ -114,7 +115,8 @@ class DataFlow(Observability):
         from .schema import ModelTable
 
         compose(schema)  # a model whose options cannot go together is refused before it replaces one
-        self.database.install(schema, ModelTable(schema, dialect, cipher))
+        spare = functools.partial(self._spare_cipher, schema)  # a migration that decrypts needs one
+        self.database.install(schema, ModelTable(schema, dialect, cipher, spare_cipher=spare))
         setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
         model_methods.install(cls, self, schema)  # User.create(...), User.list(...)... (model_methods.py)
         log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
@@ -180,6 +182,17 @@ class DataFlow(Observability):
                 f"Model '{schema.name}' has encrypted fields, which need the cryptography package.",
                 hint="pip install 'dataflow-lab[encryption]'",
             ) from None
+
+    def _spare_cipher(self, schema: ModelSchema) -> Cipher | None:
+        """A cipher for ``schema``'s table even where it declares nothing encrypted (a migration turning
+        encryption off, or rolled back); None: this DataFlow has no key."""
+        keys = load_keys(self._encryption_keys)
+        if keys is None:
+            return None
+        try:
+            return Cipher(keys, schema.name, schema.table_name)
+        except ImportError:
+            return None
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
         """Model existing tables as they are (all, or ``tables``); returns the new model names.
