@@ -31,7 +31,7 @@ import json
 import os
 import secrets
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +211,53 @@ class Cipher:
             )
 
         return seal
+
+    def seal_many(
+        self, column: str, kind: str, row_ids: Sequence[Any], values: Sequence[Any], key_id: str | None = None
+    ) -> list[str | None]:
+        """``seal`` of each of ``values`` (None stays None) to the row id beside it: BulkCreate's hot loop.
+
+        The nonces are cut from one ``os.urandom`` call (the same CSPRNG, one system call per chunk
+        instead of per value), the associated data's prefix is made once and an int id appended as
+        bytes, and base64 is binascii's: about 1 µs a value, half of it AES-GCM itself.
+        """
+        key_id = key_id or self.current
+        encrypt, head = self._aead[key_id].encrypt, self._heads[key_id]
+        aad, prefix, b2a = self._aad(column, ""), PREFIX.encode(), binascii.b2a_base64
+        pool = os.urandom(NONCE * len(values))
+        nonces = [pool[i : i + NONCE] for i in range(0, len(pool), NONCE)]
+        if all(type(r) is int for r in row_ids):
+            aads = [aad + b"%d" % r for r in row_ids]  # the same bytes as str(r).encode()
+        else:
+            aads = [aad + str(r).encode() for r in row_ids]
+        if None in values:  # (a None may be missing from ``values`` only: its id and nonce go unused)
+            at = [i for i, v in enumerate(values) if v is not None]
+            done = iter(
+                self.seal_many(column, kind, [row_ids[i] for i in at], [values[i] for i in at], key_id)
+            )
+            return [None if v is None else next(done) for v in values]
+        plain = map(str.encode, values) if kind == "text" else (_encode(kind, v) for v in values)
+        sealed = list(map(encrypt, nonces, plain, aads))  # the AES-GCM calls, in one C-level loop
+        return [
+            (prefix + b2a(head + n + c, newline=False)).decode() for n, c in zip(nonces, sealed, strict=True)
+        ]
+
+    def blind_many(
+        self, column: str, kind: str, values: Sequence[Any], key_id: str | None = None
+    ) -> list[str | None]:
+        """``blind`` of each of ``values`` (None stays None): one keyed HMAC state copied per value."""
+        base = hmac.new(
+            self._index[key_id or self.current], f"{self.table}\x00{column}\x00".encode(), hashlib.sha256
+        )
+        out: list[str | None] = []
+        for v in values:
+            if v is None:
+                out.append(None)
+                continue
+            h = base.copy()
+            h.update(v.encode() if kind == "text" else _encode(kind, v))
+            out.append(h.hexdigest())
+        return out
 
     @staticmethod
     def key_of(stored: str) -> str | None:

@@ -263,14 +263,10 @@ class ModelTable:
         plan = [(columns.index(n), n, k) for n, k in self._sealed if n in columns]
         searched = [(i, n, k) for i, n, k in plan if n in self.model.searchable]
         # column by column (zip builds the row tuples in C): this is BulkCreate's hot path
-        ids, blind = [r[at_id] for r in rows], self.cipher.blind
-        sealed = {}
-        for i, name, kind in plan:
-            seal = self.cipher.sealer(name, kind)
-            sealed[i] = [
-                None if v is None else seal(rid, v) for rid, v in zip(ids, [r[i] for r in rows], strict=True)
-            ]
-        blinds = [[None if r[i] is None else blind(n, k, r[i]) for r in rows] for i, n, k in searched]
+        ids, cipher = [r[at_id] for r in rows], self.cipher
+        plains = {i: [r[i] for r in rows] for i, _, _ in plan}
+        sealed = {i: cipher.seal_many(name, kind, ids, plains[i]) for i, name, kind in plan}
+        blinds = [cipher.blind_many(n, k, plains[i]) for i, n, k in searched]
         out = list(
             zip(
                 *(sealed[j] if j in sealed else [r[j] for r in rows] for j in range(len(columns))),

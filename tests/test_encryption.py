@@ -8,6 +8,8 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +31,7 @@ from dataflow_lab import (
     WorkflowBuilder,
     WorkflowValidationError,
 )
-from dataflow_lab.encryption import ENV_KEY, keygen
+from dataflow_lab.encryption import ENV_KEY, Cipher, keygen
 
 ENCRYPTED_BACKENDS = ("sqlite_file", "duckdb_file", "postgres")
 KEY = keygen("k1")
@@ -673,7 +675,6 @@ def test_keygen_prints_a_key_the_environment_takes():
 
 
 def test_rotate_key_works_in_batches_and_resumes_after_an_interruption(where, monkeypatch):
-    from dataflow_lab.encryption import Cipher
     from dataflow_lab.schema import ModelTable
 
     backend, url, tmp_path = where
@@ -713,6 +714,129 @@ def test_rotate_key_works_in_batches_and_resumes_after_an_interruption(where, mo
     assert len(one(db, "PatientListNode")["records"]) == 25
     with pytest.raises(EncryptionError, match="has no key 'gone'"):
         db.rotate_key("gone")
+    db.close()
+
+
+ROTATOR = """
+import sys, time
+from dataflow_lab import DataFlow, Encrypted
+from dataflow_lab.schema import ModelTable
+
+real = ModelTable.rotate
+
+
+async def announced(self, *args):
+    out = await real(self, *args)
+    print("batch", flush=True)  # rewritten, not yet committed (each batch is its own transaction)
+    time.sleep(0.2)  # the parent kills this process here: this batch's transaction dies with it
+    return out
+
+
+ModelTable.rotate = announced
+db = DataFlow(sys.argv[1], echo=False)
+
+
+@db.model
+class Patient:
+    name: str
+    ssn: Encrypted[str, "searchable"]
+    nickname: Encrypted[str] | None = None
+    notes: Encrypted[dict] | None = None
+    scan: Encrypted[bytes] | None = None
+
+
+db.rotate_key("new", batch_size=50)
+print("finished", flush=True)
+"""
+
+
+def test_a_rotation_killed_mid_way_resumes_and_leaves_every_row_readable(where, monkeypatch):
+    """A process rotating keys is killed (SIGKILL) after some batches; the next rotation resumes."""
+    backend, url, tmp_path = where
+    old, new = keygen("old"), keygen("new")
+    db = DataFlow(url, encryption_keys=old)
+    patients(db)
+    one(db, "PatientBulkCreateNode", {"data": [{"name": f"p{i}", "ssn": f"{i:04d}"} for i in range(400)]})
+    db.close()
+    env = {**os.environ, ENV_KEY: f"{old},{new}", "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", ROTATOR, url], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):
+            assert child.stdout.readline().strip() == "batch"
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        child.kill()
+    keys = [Cipher.key_of(v) for (v,) in raw(backend, tmp_path, "SELECT ssn FROM patients")]
+    assert 100 <= keys.count("new") < 400 and keys.count("new") + keys.count("old") == 400  # 2 batches, or 3
+    monkeypatch.setenv(ENV_KEY, f"{old},{new}")
+    db = DataFlow(url)
+    patients(db)
+    assert db.rotate_key("new", batch_size=50) == {"Patient": keys.count("old")}
+    db.close()
+    db = DataFlow(url, encryption_keys=new)  # only the new key: every row reads
+    patients(db)
+    assert sorted(r["ssn"] for r in one(db, "PatientListNode")["records"]) == [f"{i:04d}" for i in range(400)]
+    assert one(db, "PatientCountNode", {"filter": {"ssn": "0123"}})["count"] == 1
+    db.close()
+
+
+def test_bulk_create_of_100k_encrypted_rows_stores_no_plaintext(where):
+    backend, url, tmp_path = where
+    db = DataFlow(url, encryption_keys=KEY, echo=False)
+    patients(db)
+    data = [
+        {"name": f"p{i}", "ssn": f"SSN-{i:06d}", "notes": {"visit": f"VISIT-{i:06d}"}} for i in range(100_000)
+    ]
+    assert one(db, "PatientBulkCreateNode", {"data": data, "progress": False})["inserted"] == 100_000
+    assert one(db, "PatientCountNode", {"filter": {"ssn": "SSN-054321"}})["count"] == 1
+    found = one(db, "PatientListNode", {"filter": {"ssn": {"$in": ["SSN-000000", "SSN-099999"]}}})["records"]
+    assert sorted(r["notes"]["visit"] for r in found) == ["VISIT-000000", "VISIT-099999"]
+    assert len(one(db, "PatientListNode", {"limit": 100_000})["records"]) == 100_000  # every row opens
+    db.close()
+    stored = stored_bytes(backend, tmp_path, "patients")
+    assert b"SSN-0" not in stored and b"VISIT-0" not in stored
+    assert stored.count(b"dfe1:") >= 100_000 or backend == "duckdb_file"  # (DuckDB compresses the prefix)
+
+
+def test_logs_metrics_displays_and_errors_never_show_plaintext(caplog):
+    from dataflow_lab.notebook.run import start_run
+
+    db = DataFlow(encryption_keys=KEY, echo=True, monitoring=True)
+    members(db)
+    with caplog.at_level(logging.DEBUG, logger="dataflow_lab"):
+        one(db, "MemberCreateNode", {"email": "a", "ssn": SECRET})
+        one(db, "MemberUpsertNode", {"where": {"email": "a"}, "update": {"ssn": SECRET}})
+        one(db, "MemberBulkUpsertNode", {"data": [{"email": "a", "ssn": SECRET}], "conflict_on": ["email"]})
+        one(
+            db,
+            "MemberBulkUpdateNode",
+            {"filter": {"email": "a"}, "fields": {"ssn": SECRET, "notes": {"x": SECRET}}},
+        )
+        with pytest.raises(Exception) as info:
+            one(db, "MemberCreateNode", {"email": "a", "ssn": SECRET})  # a unique violation on email
+        workflow = WorkflowBuilder(db)
+        workflow.add_node(
+            "MemberBulkUpdateNode", "change", {"filter": {"email": "a"}, "fields": {"ssn": SECRET}}
+        )
+        run = start_run(workflow.build(), show_sql=True).wait(30)
+    assert run.status == "done"
+    shown = [
+        caplog.text,
+        str(info.value),
+        repr(db.metrics()),
+        db.metrics_json(),
+        run.summary(),
+        run.summary_html(),
+    ]
+    shown += [db.nodes[f"Member{n}Node"].sql(p) for n, p in (
+        ("Upsert", {"where": {"email": "a"}, "update": {"ssn": SECRET}, "create": {"ssn": SECRET}}),
+        ("BulkUpdate", {"filter": {"email": "a"}, "fields": {"ssn": SECRET}}),
+        ("BulkUpsert", {"data": [{"email": "a", "ssn": SECRET}], "conflict_on": ["email"]}),
+    )]  # fmt: skip
+    assert "<encrypted>" in caplog.text and "SQL:" in run.summary()
+    for text in shown:
+        assert SECRET not in text
     db.close()
 
 
