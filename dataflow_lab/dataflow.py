@@ -27,7 +27,7 @@ from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
 from .dialects import refuse_pool_options
-from .encryption import HOW_TO_MAKE_A_KEY, Cipher, load_keys
+from .encryption import HOW_TO_MAKE_A_KEY, Cipher, Transit, load_keys
 from .errors import EncryptionError, ValidationError
 from .health import HealthReport
 from .hooks import Hooks
@@ -182,6 +182,18 @@ class DataFlow(Observability):
                 f"Model '{schema.name}' has encrypted fields, which need the cryptography package.",
                 hint="pip install 'dataflow-lab[encryption]'",
             ) from None
+
+    def cipher_for(self, schema: ModelSchema) -> Cipher | None:
+        """The cipher of ``schema``'s encrypted fields (None: it has none); no key: refused.
+
+        A Dask worker's copy of this DataFlow builds its tables with it (its key from the environment).
+        """
+        return self._cipher(schema)
+
+    def transit(self, run_id: str) -> Transit | None:
+        """What seals DaskRuntime's task payloads for run ``run_id`` (None: no key, nothing to seal)."""
+        keys = load_keys(self._encryption_keys)
+        return None if keys is None else Transit(keys, run_id)
 
     def _spare_cipher(self, schema: ModelSchema) -> Cipher | None:
         """A cipher for ``schema``'s table even where it declares nothing encrypted (a migration turning

@@ -635,21 +635,6 @@ def test_encrypting_existing_json_rows_is_refused_and_plaintext_is_never_read_as
     db.close()
 
 
-def test_dask_runtime_refuses_an_encrypted_model_before_shipping_anything():
-    from dataflow_lab import DaskRuntime
-
-    class Unused:  # a client whose submit would fail the test: nothing may be shipped
-        def submit(self, *args, **kwargs):
-            raise AssertionError("a task was shipped")
-
-    db = DataFlow(encryption_keys=KEY)
-    patients(db)
-    workflow = WorkflowBuilder(db)
-    workflow.add_node("PatientListNode", "node", {})
-    with pytest.raises(EncryptionError, match="DaskRuntime does not encrypt yet"):
-        DaskRuntime(Unused()).execute(workflow.build())
-
-
 def test_sql_previews_echo_and_errors_never_show_plaintext(caplog):
     db = DataFlow(encryption_keys=KEY, echo=True)
     patients(db)
