@@ -103,7 +103,7 @@ class ModelTable:
             kind = self._column_type(f)
             default = self._server_default(f, kind)
             columns.append(sa.Column(f.name, kind, nullable=f.nullable, info=info, server_default=default))
-        unique, indexed = m.unique, m.indexes
+        unique, indexed = _blinded(m.unique, m.searchable), _blinded(m.indexes, m.searchable)
         if m.key_scope:  # uniqueness holds within it (a tenant), and every query filters on it
             unique = tuple(_scoped(m.key_scope, g) for g in unique)
             indexed = tuple(dict.fromkeys((m.key_scope, *(_scoped(m.key_scope, g) for g in indexed))))
@@ -288,27 +288,33 @@ class ModelTable:
         t, found = self.table, {}
         blind = [n in self.model.encrypted for n in keys]
         kinds = [self.model.by_name[n].type.name for n in keys]
-        # a blind key: each value's index under every key of the ring, so rows not yet rotated match
-        width = 1 + sum(len(self.cipher.key_ids) - 1 for b in blind if b) if self.cipher else 1
-        step = max(1, self.dialect.max_bind_params // (2 * len(keys) * width) - 1)
+        rings = len(self.cipher.key_ids) if self.cipher is not None else 1
+        per_key = sum(rings if b else 1 for b in blind)  # a blind key binds its index under each key
+        step = max(1, self.dialect.max_bind_params // (2 * per_key) - 1)
+        cols = [t.c[n + BLIND_SUFFIX] if b else t.c[n] for n, b in zip(keys, blind, strict=True)]
         for start in range(0, len(wanted), step):
-            part = wanted[start : start + step]
-            index: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-            matches = []
-            for key in part:
-                terms = []
+            index: dict[tuple[str, Any], Any] = {}  # (column, blind index) -> the plaintext key value
+            terms: list[list[Any]] = []  # per key of ``part``: the values each column may hold
+            for key in wanted[start : start + step]:
+                row = []
                 for n, v, is_blind, kind in zip(keys, key, blind, kinds, strict=True):
                     if is_blind:
                         assert self.cipher is not None
                         hashes = self.cipher.blinds(n, kind, v)
                         index.update(((n, h), v) for h in hashes)
-                        terms.append(t.c[n + BLIND_SUFFIX].in_(hashes))
+                        row.append(hashes)
                     else:
-                        terms.append(t.c[n] == v)
-                matches.append(sa.and_(*terms))
-            cols = [t.c[n + BLIND_SUFFIX] if b else t.c[n] for n, b in zip(keys, blind, strict=True)]
-            stmt = sa.select(t.c.id, *cols).where(sa.or_(*matches))
-            for raw_id, *values in await conn.fetch(*self.dialect.compile(stmt)):
+                        row.append([v])
+                terms.append(row)
+            if len(keys) == 1:  # one IN list
+                where: Any = cols[0].in_([v for row in terms for v in row[0]])
+            else:
+                where = sa.or_(
+                    *[sa.and_(*[c.in_(vs) for c, vs in zip(cols, row, strict=True)]) for row in terms]
+                )
+            for raw_id, *values in await conn.fetch(
+                *self.dialect.compile(sa.select(t.c.id, *cols).where(where))
+            ):
                 key = tuple(index[(n, v)] if b else v for n, v, b in zip(keys, values, blind, strict=True))
                 found[key] = raw_id
         return found
@@ -567,6 +573,15 @@ def internal_table(model_class: type, dataflow: Any) -> ModelTable:
 @functools.cache
 def _internal_schema(model_class: type) -> ModelSchema:
     return parse_model(model_class, internal=True)
+
+
+def _blinded(groups: tuple[tuple[str, ...], ...], searchable: frozenset[str]) -> tuple[tuple[str, ...], ...]:
+    """Key and index groups with each searchable encrypted field as its blind index column: equal
+    values have equal indexes (under one key), so a unique key on it holds and an index serves
+    its equality filters."""
+    if not searchable:
+        return groups
+    return tuple(tuple(c + BLIND_SUFFIX if c in searchable else c for c in group) for group in groups)
 
 
 def _scoped(scope: tuple[str, ...], group: tuple[str, ...]) -> tuple[str, ...]:

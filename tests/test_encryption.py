@@ -311,6 +311,35 @@ def test_bulk_upsert_binds_every_ciphertext_to_the_row_it_writes(where):
         assert plaintext not in stored
 
 
+def test_a_searchable_field_is_a_unique_key_and_an_upsert_key_through_its_blind_index(where):
+    backend, url, tmp_path = where
+    old, new = keygen("old"), keygen("new")
+    db = DataFlow(url, encryption_keys=old)
+
+    @db.model
+    class Citizen:
+        name: str
+        ssn: Encrypted[str, "searchable"]  # noqa: F821, UP037
+        __dataflow__ = {"unique": ["ssn"]}
+
+    one(db, "CitizenBulkCreateNode", {"data": [{"name": "Ann", "ssn": "111"}, {"name": "Bob", "ssn": "222"}]})
+    with pytest.raises(Exception, match="(?i)unique|duplicate|constraint"):  # the blind index holds it
+        one(db, "CitizenCreateNode", {"name": "Ann again", "ssn": "111"})
+    db.close()
+    db = DataFlow(url, encryption_keys=f"{old},{new}")  # rows under "old", new values under "new"
+    db.model(Citizen)
+    data = [{"name": "Ann B.", "ssn": "111"}, {"name": "Cy", "ssn": "333"}, {"name": "Cy C.", "ssn": "333"}]
+    out = one(db, "CitizenBulkUpsertNode", {"data": data, "conflict_on": ["ssn"]})
+    assert out == {"inserted": 1, "updated": 1}
+    back = sorted((r["name"], r["ssn"]) for r in one(db, "CitizenListNode")["records"])
+    assert back == [("Ann B.", "111"), ("Bob", "222"), ("Cy C.", "333")]
+    upserted = one(db, "CitizenUpsertNode", {"where": {"ssn": "222"}, "update": {"name": "Bob B."}})
+    assert upserted["created"] is False and upserted["record"]["name"] == "Bob B."
+    db.close()
+    keys = sorted(Cipher.key_of(v) for (v,) in raw(backend, tmp_path, "SELECT ssn FROM citizens"))
+    assert keys == ["new", "new", "old"]  # Ann's and Cy's rows were rewritten; Bob's ssn was not
+
+
 def test_upsert_finds_its_row_by_key_or_blind_index_and_seals_to_it(where):
     backend, url, tmp_path = where
     db = DataFlow(url, encryption_keys=KEY)
@@ -436,7 +465,7 @@ def test_fields_are_marked_by_annotation_by_option_or_by_encryption_at_rest():
             __dataflow__ = {"encrypted": ["bodyy"]}
 
 
-def test_unique_keys_on_encrypted_fields_are_refused_at_model():
+def test_unique_keys_on_encrypted_fields_without_a_blind_index_are_refused_at_model():
     db = DataFlow(encryption_keys=KEY)
     with pytest.raises(ValidationError, match="names encrypted field 'ssn'"):
 
