@@ -159,6 +159,44 @@ async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, di
         await dialect.bulk_insert(conn, table.table, _COLUMNS, rows)
 
 
+# -- key rotation (db.rotate_key) ----------------------------------------------------------
+async def rotate_images(dataflow: DataFlow, source: ModelTable, key_id: str, batch: int = 1000) -> int:
+    """Re-encrypt under ``key_id`` the encrypted values in ``source``'s audit images, in batches,
+    each in its own transaction (resumable: an image already under the key is left alone), so the
+    history still reads once the old key is gone. Returns the entries rewritten."""
+    table = audit_table(dataflow)
+    await dataflow.database.ensure_table(table, create=True)
+    t, dialect, after, done = table.table, table.dialect, 0, 0
+    while True:
+        stmt = (
+            sa.select(*t.c)
+            .where(t.c.model == source.model.name, t.c.id > after)
+            .order_by(t.c.id)
+            .limit(batch)
+        )
+        async with borrowed(dataflow, None) as conn:
+            await conn.begin()
+            try:
+                rows = table.rows(await conn.fetch(*dialect.compile(stmt)))
+                for row in rows:
+                    fresh = {
+                        c: source.rekeyed_image(row[c], row["record_id"], key_id) for c in ("before", "after")
+                    }
+                    new = {c: table.to_db(c, image) for c, image in fresh.items() if image is not None}
+                    if new:
+                        await conn.execute(
+                            *dialect.compile(sa.update(t).where(t.c.id == row["id"]).values(new))
+                        )
+                        done += 1
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+        if len(rows) < batch:
+            return done
+        after = rows[-1]["id"]
+
+
 # -- reading ---------------------------------------------------------------------------------
 def history(
     dataflow: DataFlow, model: type | str, record_id: Any = None, *, tenant: str | None = None

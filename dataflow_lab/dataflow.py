@@ -128,7 +128,9 @@ class DataFlow(Observability):
         In batches of ``batch_size`` rows, each in its own transaction: a rotation that stops
         part-way (a kill, a lost connection) resumes when run again, skipping the values already
         under ``key_id``, and every key of the ring decrypts meanwhile. Searchable fields get
-        their blind index under ``key_id`` too. Returns model -> rows re-encrypted.
+        their blind index under ``key_id`` too, and an audited model's audit images are
+        re-encrypted after its rows. Returns model -> rows re-encrypted (and
+        ``"<model> (audit log)"`` -> entries, for an audited model).
         """
         self.database.check_open()
         return _loop.run(self._rotate(key_id, batch_size))
@@ -163,6 +165,10 @@ class DataFlow(Observability):
                     await database.release(conn)
                 total += rewritten
             done[table.model.name] = total
+            if table.model.audit_log:  # its history must still read once the old key is gone
+                from .audit import rotate_images
+
+                done[f"{table.model.name} (audit log)"] = await rotate_images(self, table, key_id, batch_size)
         return done
 
     def _cipher(self, schema: ModelSchema) -> Cipher | None:

@@ -351,6 +351,20 @@ class ModelTable:
                 out[name] = base64.b64encode(value).decode("ascii") if kind == "bytes" else value
         return out
 
+    def rekeyed_image(
+        self, image: Mapping[str, Any] | None, row_id: Any, key_id: str, label: str = "@audit"
+    ) -> dict[str, Any] | None:
+        """A logged image with its encrypted values sealed again under ``key_id`` (None: none needed it)."""
+        if image is None or self.cipher is None:
+            return None
+        out, changed = dict(image), False
+        for name, kind in self._sealed:
+            stored = out.get(name)
+            if isinstance(stored, str) and self.cipher.key_of(stored) not in (None, key_id):
+                plain = self.cipher.open(name + label, kind, row_id, stored)
+                out[name], changed = self.cipher.seal(name + label, kind, row_id, plain, key_id), True
+        return out if changed else None
+
     def bound_to_rows(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Those of ``values`` that are encrypted fields: a write of them seals each row's own."""
         return {k: v for k, v in values.items() if k in self.model.encrypted}

@@ -515,6 +515,36 @@ def test_the_audit_log_stores_encrypted_images_and_reads_them_back_decrypted(whe
     db.close()
 
 
+def test_rotate_key_re_encrypts_the_audit_images_so_history_reads_without_the_old_key(where):
+    backend, url, tmp_path = where
+    old, new = keygen("old"), keygen("new")
+
+    def charts(db):
+        @db.model
+        class Chart:
+            name: str
+            ssn: Encrypted[str]
+            __dataflow__ = {"audit_log": True}
+
+        return Chart
+
+    db = DataFlow(url, encryption_keys=old)
+    charts(db)
+    made = one(db, "ChartCreateNode", {"name": "Ann", "ssn": SECRET})
+    one(db, "ChartUpdateNode", {"id": made["id"], "fields": {"ssn": "SECOND-SSN"}})
+    db.close()
+    db = DataFlow(url, encryption_keys=f"{old},{new}")
+    charts(db)
+    assert db.rotate_key("new", batch_size=1) == {"Chart": 1, "Chart (audit log)": 2}
+    assert db.rotate_key("new") == {"Chart": 0, "Chart (audit log)": 0}  # resumable: nothing left
+    db.close()
+    db = DataFlow(url, encryption_keys=new)
+    Chart = charts(db)
+    history = db.audit(Chart, made["id"])
+    assert [e.after["ssn"] for e in history] == [SECRET, "SECOND-SSN"]
+    db.close()
+
+
 def plain_patients(db):
     @db.model
     class Patient:
