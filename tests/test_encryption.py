@@ -26,6 +26,7 @@ from dataflow_lab import (
     LocalRuntime,
     MigrationError,
     MigrationRequiredError,
+    NodeExecutionError,
     NotFoundError,
     ValidationError,
     WorkflowBuilder,
@@ -898,6 +899,31 @@ def test_a_failed_workflow_in_a_block_writes_encrypted_rows_back_sealed(backend,
             LocalRuntime().execute(workflow.build())
     assert one(db, "PatientReadNode", {"id": ann["id"]})["ssn"] == SECRET
     assert one(db, "PatientCountNode", {"filter": {"ssn": SECRET}})["count"] == 1
+    db.close()
+
+
+def refuse(first: int, second: int) -> dict:
+    raise ValueError("refused after the upserts")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "duckdb", "postgres"])
+def test_a_failed_block_undoes_an_encrypted_bulk_upsert(backend, tmp_path):
+    """DuckDB's undo is emulated: rows the upsert inserted go, rows it updated come back sealed."""
+    db = DataFlow(url_for(backend, tmp_path), encryption_keys=KEY)
+    members(db)
+    ann = one(db, "MemberCreateNode", {"email": "a", "ssn": SECRET})
+    with db.transaction():
+        workflow = WorkflowBuilder(db)
+        data = [{"email": "a", "ssn": "000"}, {"email": "b", "ssn": "111"}]
+        workflow.add_node("MemberBulkUpsertNode", "keyed", {"data": data, "conflict_on": ["email"]})
+        workflow.add_node("MemberBulkUpsertNode", "by_id", {"data": [{"email": "c", "ssn": "222"}]})
+        workflow.add_node(refuse, "refuse")
+        workflow.add_connection("keyed", "inserted", "refuse", "first")
+        workflow.add_connection("by_id", "inserted", "refuse", "second")
+        with pytest.raises(NodeExecutionError, match="refused after the upserts"):
+            LocalRuntime().execute(workflow.build())
+    rows = one(db, "MemberListNode")["records"]
+    assert [(r["id"], r["email"], r["ssn"]) for r in rows] == [(ann["id"], "a", SECRET)]
     db.close()
 
 

@@ -54,6 +54,10 @@ class Encryption(Behaviour):
         """A BulkUpsert's staged chunk, its rows given the ids of the rows their keys meet, sealed."""
         mt, columns, rows = node.mt, chunk.columns, chunk.rows
         keys = self.lookup_key(node)
+        if keys == ["id"] and rows and getattr(node, "new_ids", None) is not None:  # its undo deletes them
+            at_id = columns.index("id")
+            found = await mt.ids_by_keys(conn, keys, [(r[at_id],) for r in rows])
+            node.new_ids.extend(mt.ids_from_db([r[at_id] for r in rows if (r[at_id],) not in found]))
         if keys != ["id"] and rows:
             missing = [k for k in keys if k not in columns]
             if missing:
