@@ -369,12 +369,17 @@ class ModelTable:
         """Those of ``values`` that are encrypted fields: a write of them seals each row's own."""
         return {k: v for k, v in values.items() if k in self.model.encrypted}
 
-    def sealed_for_rows(self, values: Mapping[str, Any], raw_ids: Sequence[Any]) -> dict[str, Any]:
-        """The SET clause of an UPDATE of rows ``raw_ids`` writing encrypted fields' ``values``: each
-        row its own ciphertext (``CASE id WHEN ... THEN ...``), the blind index one hash per value."""
+    def sealed_for_rows(
+        self, values: Mapping[str, Any], raw_ids: Sequence[Any]
+    ) -> tuple[dict[str, Any], Any]:
+        """An UPDATE of rows ``raw_ids`` writing encrypted fields' ``values``, each row its own
+        ciphertext: (its SET clause, its join condition). The ciphertexts come from a VALUES list
+        joined on the id (``UPDATE ... FROM (VALUES (id, sealed), ...) AS sealed_rows``: one hash
+        join, where a CASE per id would be quadratic); a blind index is one hash per value."""
         assert self.cipher is not None
         t, ids = self.table, self.ids_from_db(raw_ids)
         out: dict[str, Any] = {}
+        sealed_columns: dict[str, list[Any]] = {}
         for name, kind in self._sealed:
             if name not in values:
                 continue
@@ -382,14 +387,16 @@ class ModelTable:
             if value is None:
                 out[name] = None
             else:
-                seal, text = self.cipher.sealer(name, kind), t.c[name].type
-                whens = [(t.c.id == sa.bindparam(None, raw, type_=t.c.id.type),
-                          sa.bindparam(None, seal(row_id, value), type_=text))
-                         for raw, row_id in zip(raw_ids, ids, strict=True)]  # fmt: skip
-                out[name] = sa.case(*whens, else_=t.c[name])
+                sealed_columns[name] = self.cipher.seal_many(name, kind, ids, [value] * len(ids))
             if name in self.model.searchable:
                 out[name + BLIND_SUFFIX] = None if value is None else self.cipher.blind(name, kind, value)
-        return out
+        if not sealed_columns:
+            return out, None
+        columns = [sa.column("id", t.c.id.type), *(sa.column(n, t.c[n].type) for n in sealed_columns)]
+        rows = list(zip(raw_ids, *sealed_columns.values(), strict=True))
+        joined = self.dialect.rows_table("sealed_rows", columns, rows)
+        out.update({n: joined.c[n] for n in sealed_columns})
+        return out, t.c.id == joined.c.id
 
     def shown(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``db_values`` for a statement shown, not run (``sql()``): encrypted values are '<encrypted>'."""

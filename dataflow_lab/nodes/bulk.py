@@ -190,17 +190,20 @@ class BulkUpdate(_FilterWrite):
 
     async def _write_sealed(self, ctx: RunContext, width: int) -> int:
         """Encrypted fields bind each row's id: the matching ids are read first, then each chunk of
-        them is one UPDATE sealing every row's value to its id (in the run's transaction)."""
+        them is one UPDATE sealing every row's value to its id, joined to the ciphertexts by id
+        (``ModelTable.sealed_for_rows``), in the run's transaction."""
         mt, conn = self.mt, await ctx.connection(self.dataflow)
         where, plain = self.where_clause(), split(self.params["fields"])[0]
         select = sa.select(mt.table.c.id) if where is None else sa.select(mt.table.c.id).where(where)
         ids = [r[0] for r in await conn.fetch(*mt.dialect.compile(select))]
-        step = max(1, (mt.dialect.max_bind_params - 100) // (2 * width + 1))
+        step = max(1, (mt.dialect.max_bind_params - 100) // (width + 1))
         total = 0
         for start in range(0, len(ids), step):
             part = ids[start : start + step]
-            stmt = self._statement(mt.sealed_for_rows(mt.bound_to_rows(plain), part))
-            total += await self.write(ctx, stmt.where(mt.dialect.in_array(mt.table.c.id, part)))
+            sets, joined = mt.sealed_for_rows(mt.bound_to_rows(plain), part)
+            stmt = self._statement(sets)
+            stmt = stmt.where(joined if joined is not None else mt.dialect.in_array(mt.table.c.id, part))
+            total += await self.write(ctx, stmt)
         return total
 
     # -- compensation (nodes/undo.py) -------------------------------------------------
