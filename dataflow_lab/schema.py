@@ -306,8 +306,8 @@ class ModelTable:
                     else:
                         row.append([v])
                 terms.append(row)
-            if len(keys) == 1:  # one IN list
-                where: Any = cols[0].in_([v for row in terms for v in row[0]])
+            if len(keys) == 1:  # one IN list, bound as one parameter where the database can
+                where: Any = self.dialect.in_array(cols[0], [v for row in terms for v in row[0]])
             else:
                 where = sa.or_(
                     *[sa.and_(*[c.in_(vs) for c, vs in zip(cols, row, strict=True)]) for row in terms]
