@@ -341,10 +341,20 @@ def subprocess_case(backend: str, path: str, op: str, n: int, url: str, wide_kb:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+ENCRYPTED_ROUNDS = 3  # plain and encrypted alternate; each keeps its best round (a shared, loaded machine)
+
+
 def encrypted_row(backend: str, n: int, workdir: str, pg: str | None) -> tuple[str, ...]:
     """BulkCreate with ``name`` encrypted, against the same model plain (in the "raw" columns)."""
-    p = subprocess_case(backend, "ours", "plain", n, fresh_url(backend, workdir, f"p{n}", pg))
-    e = subprocess_case(backend, "ours", "encrypted", n, fresh_url(backend, workdir, f"e{n}", pg))
+    plains, sealed = [], []
+    for i in range(ENCRYPTED_ROUNDS):
+        plains.append(
+            subprocess_case(backend, "ours", "plain", n, fresh_url(backend, workdir, f"p{n}_{i}", pg))
+        )
+        sealed.append(
+            subprocess_case(backend, "ours", "encrypted", n, fresh_url(backend, workdir, f"e{n}_{i}", pg))
+        )
+    p, e = min(plains, key=lambda r: r["seconds"]), min(sealed, key=lambda r: r["seconds"])
     return (backend, f"{n:,}", "BulkCreate, name encrypted (vs plain)", f"{n / e['seconds']:,.0f}",
             f"{n / p['seconds']:,.0f}", f"{p['seconds'] / e['seconds']:.2f}x", f"{e['peak_mb']:.0f} MB",
             f"{p['peak_mb']:.0f} MB", f"{e['peak_mb'] / max(p['peak_mb'], 1):.2f}x")  # fmt: skip
@@ -356,7 +366,8 @@ def main() -> int:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres", "duckdb"])
-    parser.add_argument("--ops", nargs="+", default=["create", "upsert", "stream", "wide"])
+    parser.add_argument("--ops", nargs="+", default=["create", "upsert", "stream", "wide"],
+                        help="cases: create, upsert, stream, wide; encrypted (only the encrypted rows)")  # fmt: skip
     parser.add_argument("--wide-rows", type=int, default=2_000, help="rows of the wide case")
     parser.add_argument("--wide-kb", type=int, default=WIDE_KB, help="KB of text per wide row")
     parser.add_argument("--write", metavar="PATH")
@@ -383,7 +394,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for backend in backends:
-            cases = [(n, op) for n in args.sizes for op in args.ops if op != "wide"]
+            cases = [(n, op) for n in args.sizes for op in args.ops if op not in ("wide", "encrypted")]
             cases += [(args.wide_rows, "wide")] if "wide" in args.ops else []
             for n, op in cases:
                 raw_path = "create" if op == "stream" else op

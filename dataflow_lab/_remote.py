@@ -12,11 +12,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _loop, tenancy
+from .encryption import Envelope, Transit
+from .errors import EncryptionError
 from .model import ModelSchema
 from .modes import TransactionMode
 from .nodes import registry
@@ -29,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .interfaces import DataFlow
     from .nodes.model_node import ModelNode
 
-__all__ = ["NodeTask", "Outcome", "compensate", "dataflow_from_description", "run_node"]
+__all__ = ["NodeTask", "Outcome", "compensate", "dataflow_from_description", "opened", "run_node", "sealed"]
 
 _KEEP = 16  # rebuilt DataFlows kept per worker process (the oldest is closed beyond this)
 _REBUILT: OrderedDict[str, Any] = OrderedDict()
@@ -72,10 +74,16 @@ def _add_missing_models(db: Any, schemas: tuple[ModelSchema, ...], reflected: fr
     for schema in schemas:
         known = db.database.models.get(schema.name)
         if known is None or known.signature() != schema.signature():
-            table_class = ReflectedTable if schema.name in reflected else ModelTable
-            db.database.install(
-                schema, table_class(schema, db.database.dialect), reflected=schema.name in reflected
-            )
+            table: ModelTable
+            if schema.name in reflected:
+                table = ReflectedTable(schema, db.database.dialect)
+            else:  # encrypted fields: sealed with this process's key (from its environment)
+                try:
+                    cipher = db.cipher_for(schema)
+                except EncryptionError:  # no key here: its sealed task says so (Transit.on_worker),
+                    continue  # rather than this unpickling failing, which Dask would retry
+                table = ModelTable(schema, db.database.dialect, cipher)
+            db.database.install(schema, table, reflected=schema.name in reflected)
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,10 @@ class NodeTask:
 
     node_id: str
     ref: tuple  # registry.node_ref of the node class
-    params: dict[str, Any]  # as given to add_node
+    params: dict[str, Any] | Envelope  # as given to add_node (sealed: an Envelope)
     incoming: tuple[Connection, ...]
     routers: frozenset[str]
-    override: dict[str, Any] | None
+    override: dict[str, Any] | Envelope | None
     run_id: str
     mode: TransactionMode  # one whose strategy runs each node on its own (node, saga)
     retry: RetryPolicy
@@ -95,6 +103,7 @@ class NodeTask:
     user: str | None = None  # the audit log's "who" (grants were checked on the client)
     tenants: dict[Any, str] = field(default_factory=dict)  # tenancy.captured(): DataFlow (or None) -> tenant
     node_timeout: float | None = None  # seconds the node may run here (None: no limit)
+    sealed: bool = False  # params, override, upstream results and the outcome travel as Envelopes
 
 
 @dataclass
@@ -108,21 +117,45 @@ class Outcome:
 
 
 def run_node(task: NodeTask, sources: tuple[str, ...], *upstream: Outcome) -> Outcome:
-    """The task body: skip by the routing rule, or run the node in its own transaction here."""
-    results = {name: outcome.result for name, outcome in zip(sources, upstream, strict=True)}
+    """The task body: skip by the routing rule, or run the node in its own transaction here.
+
+    A sealed task (its workflow touches encrypted fields) is opened here with this worker's key,
+    and its outcome sealed again before it leaves (``encryption.Transit``)."""
+    transit = Transit.on_worker(task.run_id) if task.sealed else None
+    if transit is not None:
+        task = replace(task, params=transit.open(task.params), override=transit.open(task.override))
+    results = {name: opened(transit, outcome).result for name, outcome in zip(sources, upstream, strict=True)}
     live = live_connections(task.incoming, results, task.routers)
     if isinstance(live, str):
-        return Outcome(Skipped(live))
+        return sealed(transit, Outcome(Skipped(live)))
     from .audit import run_as
 
     run = tenancy.run_with(MappingProxyType(task.tenants), _run(task, tuple(live), results))
-    return _loop.run(run_as(task.user, run))
+    return sealed(transit, _loop.run(run_as(task.user, run)))
+
+
+def sealed(transit: Transit | None, outcome: Outcome) -> Outcome:
+    """``outcome`` with its result and saga steps sealed (as it is without a transit)."""
+    if transit is None:
+        return outcome
+    return replace(
+        outcome, result=transit.seal(outcome.result), saga_steps=[transit.seal(outcome.saga_steps)]
+    )
+
+
+def opened(transit: Transit | None, outcome: Outcome) -> Outcome:
+    """``outcome`` with its result and saga steps opened (as it is without a transit)."""
+    if transit is None or not isinstance(outcome.result, Envelope):
+        return outcome
+    steps = transit.open(outcome.saga_steps[0]) if outcome.saga_steps else []
+    return replace(outcome, result=transit.open(outcome.result), saga_steps=steps)
 
 
 async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, Any]) -> Outcome:
     cls = registry.resolve_ref(task.ref)
-    checked = cls.check(task.params, node_id=task.node_id, partial=True)
-    spec = NodeSpec(task.node_id, cls, MappingProxyType(dict(task.params)), MappingProxyType(checked))
+    params = cast("dict[str, Any]", task.params)  # opened by run_node
+    checked = cls.check(params, node_id=task.node_id, partial=True)
+    spec = NodeSpec(task.node_id, cls, MappingProxyType(dict(params)), MappingProxyType(checked))
     workflow = Workflow(
         workflow_id=task.run_id,
         name=task.node_id,
@@ -140,7 +173,8 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
         timeout=None,  # the client's run has no limit on Dask (see DaskRuntime)
         node_timeout=task.node_timeout,
     )
-    overrides = {task.node_id: task.override} if task.override is not None else None
+    override = cast("dict[str, Any] | None", task.override)
+    overrides = {task.node_id: override} if override is not None else None
     run = runtime.open_run(workflow, overrides, run_id=task.run_id, results=results)
     steps = runtime.strategy.saga_steps()  # a list when the mode compensates
     started = time.perf_counter()
@@ -148,7 +182,10 @@ async def _run(task: NodeTask, live: tuple[Connection, ...], results: dict[str, 
     return Outcome(result, time.perf_counter() - started, time.time(), steps or [])
 
 
-def compensate(steps: list, run_id: str, retry: RetryPolicy) -> list[dict[str, Any]]:
-    """Undo committed saga steps newest first, on this worker (see ``saga.compensate_steps``)."""
+def compensate(steps: Any, run_id: str, retry: RetryPolicy, sealed: bool = False) -> list[dict[str, Any]]:
+    """Undo committed saga steps newest first, on this worker (see ``saga.compensate_steps``);
+    ``sealed``: they arrive as an Envelope (their before-images hold encrypted fields' values)."""
+    if sealed:
+        steps = Transit.on_worker(run_id).open(steps)
     runtime = LocalRuntime(transaction=TransactionMode.SAGA, retry=retry)
     return _loop.run(runtime.open_run(None, run_id=run_id).compensate(steps))

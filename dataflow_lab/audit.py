@@ -121,6 +121,7 @@ class Writer(Protocol):
 
     dataflow: Any
     model: Any
+    mt: Any  # its ModelTable: seals the images' encrypted fields
     operation: str
     node_id: str
 
@@ -133,7 +134,7 @@ async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, di
     table = audit_table(dataflow)
     now, user, op = dataflow.clock.now(), _USER.get(), node.operation
     run_id, node_id = getattr(ctx, "run_id", None), node.node_id
-    to_db = [table.to_db] * len(_COLUMNS)
+    to_db, image = [table.to_db] * len(_COLUMNS), node.mt.sealed_image
     rows = []
     for before, after in changes:
         row_id = (after or before or {})["id"]
@@ -144,8 +145,10 @@ async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, di
             user,
             run_id,
             node_id,
-            _jsonable(before),
-            _jsonable(after),
+            _jsonable(
+                image(before, row_id)
+            ),  # encrypted fields: ciphertexts (schema.ModelTable.sealed_image)
+            _jsonable(image(after, row_id)),
         )
         rows.append(tuple(map(lambda f, c, v: f(c, v), to_db, _COLUMNS, (*values, now, now))))
     conn = await ctx.connection(dataflow)  # a write node's: its transaction has begun
@@ -154,6 +157,44 @@ async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, di
         await conn.execute(dialect.multirow_insert_sql(table.table, _COLUMNS, 1), rows[0])
     else:
         await dialect.bulk_insert(conn, table.table, _COLUMNS, rows)
+
+
+# -- key rotation (db.rotate_key) ----------------------------------------------------------
+async def rotate_images(dataflow: DataFlow, source: ModelTable, key_id: str, batch: int = 1000) -> int:
+    """Re-encrypt under ``key_id`` the encrypted values in ``source``'s audit images, in batches,
+    each in its own transaction (resumable: an image already under the key is left alone), so the
+    history still reads once the old key is gone. Returns the entries rewritten."""
+    table = audit_table(dataflow)
+    await dataflow.database.ensure_table(table, create=True)
+    t, dialect, after, done = table.table, table.dialect, 0, 0
+    while True:
+        stmt = (
+            sa.select(*t.c)
+            .where(t.c.model == source.model.name, t.c.id > after)
+            .order_by(t.c.id)
+            .limit(batch)
+        )
+        async with borrowed(dataflow, None) as conn:
+            await conn.begin()
+            try:
+                rows = table.rows(await conn.fetch(*dialect.compile(stmt)))
+                for row in rows:
+                    fresh = {
+                        c: source.rekeyed_image(row[c], row["record_id"], key_id) for c in ("before", "after")
+                    }
+                    new = {c: table.to_db(c, image) for c, image in fresh.items() if image is not None}
+                    if new:
+                        await conn.execute(
+                            *dialect.compile(sa.update(t).where(t.c.id == row["id"]).values(new))
+                        )
+                        done += 1
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+        if len(rows) < batch:
+            return done
+        after = rows[-1]["id"]
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -165,7 +206,8 @@ def history(
     A multi_tenant model's entries are the caller's tenant's only (``tenant=``, else
     ``with db.tenant(...)``), like every other read; no tenant set is an error.
     """
-    schema = dataflow.table(model).model  # raises for an unknown model, naming it and the fix
+    source = dataflow.table(model)  # raises for an unknown model, naming it and the fix
+    schema = source.model
     if not schema.audit_log:
         raise ValidationError(
             f"Model '{schema.name}' is not audited, so it has no audit history.",
@@ -176,7 +218,7 @@ def history(
         owner = tenancy.check_tenant(tenant) if tenant is not None else None
         owner = owner or tenancy.require(dataflow, schema, f"db.audit({schema.name!r})")
 
-    return _loop.run(_history(dataflow, schema, record_id, owner, ACTIVE_SCOPE.get()))
+    return _loop.run(_history(dataflow, source, record_id, owner, ACTIVE_SCOPE.get()))
 
 
 def _owned_by(row: dict[str, Any], tenant: str | None) -> bool:
@@ -188,8 +230,9 @@ def _owned_by(row: dict[str, Any], tenant: str | None) -> bool:
 
 
 async def _history(
-    dataflow: DataFlow, schema: Any, record_id: Any, tenant: str | None = None, scope: Any = None
+    dataflow: DataFlow, source: Any, record_id: Any, tenant: str | None = None, scope: Any = None
 ) -> list[AuditEntry]:
+    schema, opened = source.model, source.opened_image
 
     table = audit_table(dataflow)
     # inside db.transaction(): on the block's connection
@@ -211,8 +254,8 @@ async def _history(
             r["run_id"],
             r["node_id"],
             r["created_at"],
-            _typed(schema, r["before"]),
-            _typed(schema, r["after"]),
+            _typed(schema, opened(r["before"], r["record_id"])),
+            _typed(schema, opened(r["after"], r["record_id"])),
         )  # fmt: skip
         for r in rows
         if _owned_by(r, tenant)

@@ -28,10 +28,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._loop import run
-from ._remote import NodeTask, compensate, run_node
+from ._remote import NodeTask, compensate, opened, run_node
 from .access import check_run, user_name
 from .cycles import Cycle
-from .errors import EncryptionError, ValidationError, refuse_unknown_options
+from .encryption import Transit
+from .errors import ValidationError, refuse_unknown_options
 from .hooks import Fanout, Hooks, NodeRecord
 from .modes import TransactionMode
 from .nodes.base import node_ref
@@ -193,6 +194,7 @@ class _DaskRun:
         self.latest: dict[str, Any] = {}  # node id -> its newest future
         self.submitted: list[tuple[str, Any]] = []  # (node id, future), in submission order
         self.committed: list[Any] = []  # the Outcomes of every node that finished
+        self.transit = _transit(workflow, self.run_id)  # encrypted fields: payloads travel sealed
 
     def go(self) -> None:
         for dataflow, table in self.workflow.models():  # once, here, rather than racing on every worker
@@ -229,10 +231,12 @@ class _DaskRun:
         spec = self.workflow.nodes[node_id]
         incoming = self.workflow.inputs.get(node_id, ())
         sources = tuple(dict.fromkeys(c.source for c in incoming if c.source in self.latest))
+        params, override, seal = dict(spec.params), self.overrides.get(node_id), self.transit
         task = NodeTask(
-            node_id, node_ref(spec.node_class), dict(spec.params), incoming, self.routers,
-            self.overrides.get(node_id), self.run_id, self.runtime.transaction, self.runtime.retry,
-            self.runtime.isolation, self.user, self.tenants, self._node_limit(spec),
+            node_id, node_ref(spec.node_class), params if seal is None else seal.seal(params), incoming,
+            self.routers, override if seal is None or override is None else seal.seal(override),
+            self.run_id, self.runtime.transaction, self.runtime.retry, self.runtime.isolation, self.user,
+            self.tenants, self._node_limit(spec), sealed=seal is not None,
         )  # fmt: skip
         emit = self.emit
         if emit.wants("before_node"):  # on Dask: when the task is submitted
@@ -259,7 +263,9 @@ class _DaskRun:
         """Submit the body once per iteration; the client reads the closing output to decide."""
         for iteration in range(1, cycle.max_iterations + 1):
             futures = [self._submit(n, f"{n}-{iteration}-{self.run_id}") for n in cycle.body]
-            outcomes = self.runtime.client.gather(futures)  # raises the first failure
+            outcomes = [
+                opened(self.transit, o) for o in self.runtime.client.gather(futures)
+            ]  # raises the first failure
             for node_id, outcome in zip(cycle.body, outcomes, strict=True):
                 self.results.iterations.setdefault(node_id, []).append(outcome.result)
             output = outcomes[-1].result  # the closing node: every other body node leads to it, so it is last
@@ -273,7 +279,8 @@ class _DaskRun:
 
         wait([future for _, future in self.submitted])
         finished = [(n, f) for n, f in self.submitted if f.status == "finished"]
-        values = dict(zip((id(f) for _, f in finished), self.runtime.client.gather([f for _, f in finished])))
+        gathered = [opened(self.transit, o) for o in self.runtime.client.gather([f for _, f in finished])]
+        values = dict(zip((id(f) for _, f in finished), gathered, strict=True))
         outcomes: dict[str, Any] = {}
         failure: BaseException | None = None
         for node_id, future in self.submitted:
@@ -319,9 +326,11 @@ class _DaskRun:
         steps = [step for outcome in committed for step in outcome.saga_steps]
         if not steps:
             return []
+        seal = self.transit
         record = self.runtime.client.submit(
-            compensate, steps, self.run_id, self.runtime.retry, key=f"compensate-{self.run_id}", pure=False
-        ).result()
+            compensate, steps if seal is None else seal.seal(steps), self.run_id, self.runtime.retry,
+            seal is not None, key=f"compensate-{self.run_id}", pure=False,
+        ).result()  # fmt: skip
         emit = self.emit
         if emit.wants("compensation"):
             for entry in record:
@@ -346,14 +355,14 @@ def _client(client_or_address: Any) -> Any:
     return client_or_address
 
 
+def _transit(workflow: Workflow, run_id: str) -> Transit | None:
+    """What seals the run's task payloads when its workflow touches encrypted fields (else None):
+    the keys stay in this process and the workers' environments, never in a payload."""
+    owners = [db for db, mt in workflow.models() if mt.model.encrypted]
+    return None if not owners else owners[0].transit(run_id)
+
+
 def _check_shareable(workflow: Workflow) -> None:
-    encrypted = [mt.model.name for _db, mt in workflow.models() if mt.model.encrypted]
-    if encrypted:  # the keys stay in this process: a worker could neither seal nor open the fields
-        raise EncryptionError(
-            f"{encrypted[0]} has encrypted fields, and DaskRuntime does not encrypt yet: its workers get "
-            "the DataFlow without its keys, and task payloads would carry the plaintext.",
-            hint="run workflows that touch encrypted models on LocalRuntime.",
-        )
     for db in workflow.dataflows():
         if db.database.dialect.process_local():
             raise ValidationError(

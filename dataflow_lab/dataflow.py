@@ -14,6 +14,7 @@ whose documented interface the package's other modules use.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import weakref
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
 from .dialects import refuse_pool_options
-from .encryption import HOW_TO_MAKE_A_KEY, Cipher, load_keys
+from .encryption import HOW_TO_MAKE_A_KEY, Cipher, Transit, load_keys
 from .errors import EncryptionError, ValidationError
 from .health import HealthReport
 from .hooks import Hooks
@@ -114,7 +115,8 @@ class DataFlow(Observability):
         from .schema import ModelTable
 
         compose(schema)  # a model whose options cannot go together is refused before it replaces one
-        self.database.install(schema, ModelTable(schema, dialect, cipher))
+        spare = functools.partial(self._spare_cipher, schema)  # a migration that decrypts needs one
+        self.database.install(schema, ModelTable(schema, dialect, cipher, spare_cipher=spare))
         setattr(cls, "__dataflow_model__", schema)  # noqa: B010 - any class may be decorated
         model_methods.install(cls, self, schema)  # User.create(...), User.list(...)... (model_methods.py)
         log.info("Registered model %s (table %s) on %s", schema.name, schema.table_name, self.url)
@@ -126,7 +128,9 @@ class DataFlow(Observability):
         In batches of ``batch_size`` rows, each in its own transaction: a rotation that stops
         part-way (a kill, a lost connection) resumes when run again, skipping the values already
         under ``key_id``, and every key of the ring decrypts meanwhile. Searchable fields get
-        their blind index under ``key_id`` too. Returns model -> rows re-encrypted.
+        their blind index under ``key_id`` too, and an audited model's audit images are
+        re-encrypted after its rows. Returns model -> rows re-encrypted (and
+        ``"<model> (audit log)"`` -> entries, for an audited model).
         """
         self.database.check_open()
         return _loop.run(self._rotate(key_id, batch_size))
@@ -161,6 +165,10 @@ class DataFlow(Observability):
                     await database.release(conn)
                 total += rewritten
             done[table.model.name] = total
+            if table.model.audit_log:  # its history must still read once the old key is gone
+                from .audit import rotate_images
+
+                done[f"{table.model.name} (audit log)"] = await rotate_images(self, table, key_id, batch_size)
         return done
 
     def _cipher(self, schema: ModelSchema) -> Cipher | None:
@@ -180,6 +188,29 @@ class DataFlow(Observability):
                 f"Model '{schema.name}' has encrypted fields, which need the cryptography package.",
                 hint="pip install 'dataflow-lab[encryption]'",
             ) from None
+
+    def cipher_for(self, schema: ModelSchema) -> Cipher | None:
+        """The cipher of ``schema``'s encrypted fields (None: it has none); no key: refused.
+
+        A Dask worker's copy of this DataFlow builds its tables with it (its key from the environment).
+        """
+        return self._cipher(schema)
+
+    def transit(self, run_id: str) -> Transit | None:
+        """What seals DaskRuntime's task payloads for run ``run_id`` (None: no key, nothing to seal)."""
+        keys = load_keys(self._encryption_keys)
+        return None if keys is None else Transit(keys, run_id)
+
+    def _spare_cipher(self, schema: ModelSchema) -> Cipher | None:
+        """A cipher for ``schema``'s table even where it declares nothing encrypted (a migration turning
+        encryption off, or rolled back); None: this DataFlow has no key."""
+        keys = load_keys(self._encryption_keys)
+        if keys is None:
+            return None
+        try:
+            return Cipher(keys, schema.name, schema.table_name)
+        except ImportError:
+            return None
 
     def reflect(self, tables: list[str] | None = None) -> list[str]:
         """Model existing tables as they are (all, or ``tables``); returns the new model names.

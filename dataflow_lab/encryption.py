@@ -29,15 +29,17 @@ import hmac
 import itertools
 import json
 import os
+import pickle
 import secrets
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import DecryptionError, EncryptionError
 
-__all__ = ["ENV_KEY", "PREFIX", "Cipher", "Encrypted", "Marked", "keygen", "load_keys", "marked", "random_id"]
+__all__ = ["ENV_KEY", "PREFIX", "Cipher", "Encrypted", "Envelope", "Marked", "Transit", "keygen", "load_keys", "marked",
+           "random_id"]  # fmt: skip
 
 ENV_KEY = "DATAFLOW_ENCRYPTION_KEY"
 PREFIX = "dfe1:"  # every stored ciphertext starts with it (a plaintext left in the column does not)
@@ -212,6 +214,53 @@ class Cipher:
 
         return seal
 
+    def seal_many(
+        self, column: str, kind: str, row_ids: Sequence[Any], values: Sequence[Any], key_id: str | None = None
+    ) -> list[str | None]:
+        """``seal`` of each of ``values`` (None stays None) to the row id beside it: BulkCreate's hot loop.
+
+        The nonces are cut from one ``os.urandom`` call (the same CSPRNG, one system call per chunk
+        instead of per value), the associated data's prefix is made once and an int id appended as
+        bytes, and base64 is binascii's: about 1 µs a value, half of it AES-GCM itself.
+        """
+        key_id = key_id or self.current
+        encrypt, head = self._aead[key_id].encrypt, self._heads[key_id]
+        aad, prefix, b2a = self._aad(column, ""), PREFIX.encode(), binascii.b2a_base64
+        pool = os.urandom(NONCE * len(values))
+        nonces = [pool[i : i + NONCE] for i in range(0, len(pool), NONCE)]
+        if all(type(r) is int for r in row_ids):
+            aads = [aad + b"%d" % r for r in row_ids]  # the same bytes as str(r).encode()
+        else:
+            aads = [aad + str(r).encode() for r in row_ids]
+        if None in values:  # (a None may be missing from ``values`` only: its id and nonce go unused)
+            at = [i for i, v in enumerate(values) if v is not None]
+            done = iter(
+                self.seal_many(column, kind, [row_ids[i] for i in at], [values[i] for i in at], key_id)
+            )
+            return [None if v is None else next(done) for v in values]
+        plain = map(str.encode, values) if kind == "text" else (_encode(kind, v) for v in values)
+        sealed = list(map(encrypt, nonces, plain, aads))  # the AES-GCM calls, in one C-level loop
+        return [
+            (prefix + b2a(head + n + c, newline=False)).decode() for n, c in zip(nonces, sealed, strict=True)
+        ]
+
+    def blind_many(
+        self, column: str, kind: str, values: Sequence[Any], key_id: str | None = None
+    ) -> list[str | None]:
+        """``blind`` of each of ``values`` (None stays None): one keyed HMAC state copied per value."""
+        base = hmac.new(
+            self._index[key_id or self.current], f"{self.table}\x00{column}\x00".encode(), hashlib.sha256
+        )
+        out: list[str | None] = []
+        for v in values:
+            if v is None:
+                out.append(None)
+                continue
+            h = base.copy()
+            h.update(v.encode() if kind == "text" else _encode(kind, v))
+            out.append(h.hexdigest())
+        return out
+
     @staticmethod
     def key_of(stored: str) -> str | None:
         """The id of the key a stored ciphertext was sealed with (None: not a ciphertext)."""
@@ -275,6 +324,75 @@ def _derive(key: bytes, purpose: bytes) -> bytes:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
+
+
+# -- Dask task payloads ------------------------------------------------------------------------
+@dataclass(frozen=True, repr=False)
+class Envelope:
+    """A task payload sealed for its trip to or from a Dask worker: pickled, then AES-256-GCM."""
+
+    key_id: str
+    nonce: bytes
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"<sealed payload, {len(self.data)} bytes, key {self.key_id!r}>"
+
+
+class Transit:
+    """Seals DaskRuntime's task payloads (parameters, upstream results, saga steps) whole, so that
+    neither the scheduler, the network nor a worker's spilled memory ever holds the plaintext of an
+    encrypted field. The key is derived for this purpose from the keyring's current key; the
+    associated data binds the run id, so a payload of one run does not open in another. Workers
+    take the keyring from their environment (``DATAFLOW_ENCRYPTION_KEY``), never from the payload.
+
+    Only holders of the key can make an envelope, so unpickling an opened one runs nothing foreign.
+    """
+
+    def __init__(self, keys: Mapping[str, bytes], run_id: str):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.current, self.run_id = list(keys)[-1], run_id
+        self._aead = {k: AESGCM(_derive(v, b"dataflow_lab dask transit")) for k, v in keys.items()}
+        self._aad = f"dataflow_lab/{VERSION}\x00transit\x00{run_id}".encode()
+
+    @classmethod
+    def on_worker(cls, run_id: str) -> Transit:
+        keys = load_keys(None)
+        if keys is None:
+            raise EncryptionError(
+                f"This Dask worker has no {ENV_KEY}, so it cannot open the task of run {run_id}, whose "
+                "workflow touches encrypted fields.",
+                hint=f"set {ENV_KEY} (the client's keyring) in every worker's environment.",
+            )
+        return cls(keys, run_id)
+
+    def seal(self, value: Any) -> Envelope:
+        nonce = os.urandom(NONCE)
+        data = self._aead[self.current].encrypt(nonce, pickle.dumps(value), self._aad)
+        return Envelope(self.current, nonce, data)
+
+    def open(self, value: Any) -> Any:
+        """``value`` opened (anything but an Envelope is returned as it is)."""
+        if not isinstance(value, Envelope):
+            return value
+        aead = self._aead.get(value.key_id)
+        if aead is None:
+            raise EncryptionError(
+                f"A task payload of run {self.run_id} was sealed with key '{value.key_id}', which this "
+                f"process's keyring ({', '.join(self._aead)}) does not hold.",
+                hint=f"give the client and every Dask worker the same {ENV_KEY}.",
+            )
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return pickle.loads(aead.decrypt(value.nonce, value.data, self._aad))  # noqa: S301 - authenticated
+        except InvalidTag:
+            raise EncryptionError(
+                f"A task payload of run {self.run_id} did not decrypt with key '{value.key_id}': the "
+                "client's and this worker's keys differ.",
+                hint=f"give the client and every Dask worker the same {ENV_KEY}.",
+            ) from None
 
 
 KeySource = Callable[[], Any] | Mapping[str, Any] | str | bytes | None

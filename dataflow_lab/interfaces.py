@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .clock import SteppingClock, SystemClock
     from .config import DataFlowConfig
     from .dialects import Connection, Dialect
+    from .encryption import Transit
     from .hooks import Hooks
     from .ledger import TransactionLedger
     from .model import ModelSchema
@@ -72,6 +73,7 @@ class DataFlow(Protocol):
     def table(self, model: type | str) -> ModelTable: ...
     def pool_status(self) -> dict[str, Any]: ...
     def pending_compensations(self) -> int: ...
+    def transit(self, run_id: str) -> Transit | None: ...
 
 
 class Workflow(Protocol):

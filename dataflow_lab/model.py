@@ -267,7 +267,7 @@ def parse_model(
         check_table_name(table, name)
     fields += managed
     options = _options(cls, name, {f.name for f in fields})
-    _check_not_keyed(name, encrypted, options)
+    _check_not_keyed(name, encrypted - searchable, options)  # a searchable field's key: its blind index
     return ModelSchema(
         name, table, tuple(fields), **options, options=frozenset(o for o in flags if flags[o]), behaviours=own,
         counters=tuple(c for d in declared for c in getattr(d, "counters", ())),

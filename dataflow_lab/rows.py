@@ -199,8 +199,11 @@ class RowShaper:
         allow_id: bool,
         on_error: str = "raise",
         stamps: Mapping[str, Any] | None = None,
+        seal: bool = True,
     ):
         self.mt = mt
+        # False: encrypted fields stay staged, for the node to seal once it knows each row's id
+        self._seal = mt.seal_rows if seal else _staged
         self._stamps = dict(stamps or {})  # managed values every row gets (tenant_id, version, deleted_at)
         self.node = node
         self.on_error = on_error
@@ -317,7 +320,7 @@ class RowShaper:
             return self._all_slow(records, first_index)  # some int is beyond 64 bits: find and name it
         if self._reals and rows and not self._reals_ok(rows):
             return self._all_slow(records, first_index)  # a NaN or Infinity Create refuses: name it
-        columns, sealed = self.mt.seal_rows(self._laid_out, rows)  # encrypted fields: each bound to its row
+        columns, sealed = self._seal(self._laid_out, rows)  # encrypted fields: each bound to its row
         return Chunk(columns, sealed, first_index, skipped)
 
     def _ints_fit(self, rows: list[tuple[Any, ...]]) -> bool:
@@ -351,7 +354,7 @@ class RowShaper:
                 if self.on_error != "skip":
                     raise
                 skipped.append({"index": first_index + offset, "error": exc.message})
-        columns, sealed = self.mt.seal_rows(self._laid_out, rows)  # encrypted fields: each bound to its row
+        columns, sealed = self._seal(self._laid_out, rows)  # encrypted fields: each bound to its row
         return Chunk(columns, sealed, first_index, skipped)
 
     def _signature_ok(self, signature: tuple[type, ...], fast: list[frozenset[type]]) -> bool:
@@ -422,6 +425,12 @@ class _Required:
 
 
 _REQUIRED = _Required()
+
+
+def _staged(
+    columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+    return columns, rows
 
 
 def _single(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:

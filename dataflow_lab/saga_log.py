@@ -29,7 +29,6 @@ import sqlalchemy as sa
 # the tie with a partial module: "saga resume failed" on stderr).
 from . import migrations  # noqa: F401
 from .audit import _jsonable, _typed
-from .errors import EncryptionError
 from .migrations.live import read_table
 from .nodes.undo import RowUndo
 from .schema import ModelTable, internal_table
@@ -137,21 +136,14 @@ async def log_step(scope: Any, saga_step: SagaStep) -> None:
     if not isinstance(undo, RowUndo) or undo.empty:
         return
     db = undo.dataflow
-    encrypted = db.table(undo.model).model.encrypted
-    if undo.before and encrypted:  # in the step's transaction: raising rolls the step back
-        raise EncryptionError(
-            f"{saga_step.node_id}: a saga logs the rows a step changes, to undo them after a crash, "
-            f"and does not encrypt that log yet; model {undo.model} has encrypted fields "
-            f"({', '.join(sorted(encrypted))}), so this step is refused and rolled back.",
-            hint="run writes that change encrypted rows with transaction='node' or 'workflow'.",
-        )
+    mt = db.table(undo.model)  # its encrypted fields are logged as ciphertexts (ModelTable.sealed_image)
     table = log_table(db)
     conn = await scope.connection(db, write=True)
     now = dt.datetime.now(dt.UTC)  # the wall clock, even under a deterministic one: it dates the grace
     seq = next(_seq)
     created = [_json_value(i) for i in undo.created]
     values = (scope.run_id, seq, saga_step.node_id, undo.model, created,
-              [_jsonable(row) for row in undo.before], now, now)  # fmt: skip
+              [_jsonable(mt.sealed_image(row, row["id"], "@saga")) for row in undo.before], now, now)  # fmt: skip
     row = tuple(table.to_db(c, v) for c, v in zip(_COLUMNS, values, strict=True))
     await conn.execute(table.dialect.multirow_insert_sql(table.table, _COLUMNS, 1), row)
     saga_step.logged = (scope.run_id, seq)
@@ -258,4 +250,5 @@ def _ids(mt: ModelTable, created: list[Any]) -> list[Any]:
 
 
 def _images(mt: ModelTable, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [typed for row in before if (typed := _typed(mt.model, row)) is not None]
+    opened = (mt.opened_image(row, row.get("id"), "@saga") for row in before)
+    return [typed for row in opened if (typed := _typed(mt.model, row)) is not None]

@@ -8,25 +8,31 @@ environment allows (``migrations/``).
 
 from __future__ import annotations
 
+import base64
 import functools
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from .clock import SystemClock
 from .dialects import Connection, Dialect
-from .encryption import PREFIX, Cipher
+from .encryption import HOW_TO_MAKE_A_KEY, PREFIX, Cipher
 from .errors import EncryptionError, MigrationError
-from .migrations.engine import ensure_table
-from .migrations.ops import typed_literal
+from .migrations.engine import DATA_STEP, ensure_table
+from .migrations.ops import Step, typed_literal
 from .model import BLIND_SUFFIX, MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
 
 __all__ = ["ModelTable", "internal_table"]
 
 
 MAX_TEMPLATES = 1000  # compiled statements kept per table
+PROBE_ROWS = 1000  # rows a migration samples to tell a column's state (ModelTable.data_steps)
+IMAGE_LABELS = (
+    "@audit",
+    "@saga",
+)  # a log's image of an encrypted field binds '<column>@audit' (sealed_image)
 
 
 def _enum_reader(enum_cls: Any) -> Any:
@@ -50,10 +56,14 @@ class ModelTable:
         cipher: Cipher | None = None,
         *,
         server_defaults: bool = True,
+        spare_cipher: Callable[[], Cipher | None] | None = None,
     ):
         self.model = model
         self.dialect = dialect
         self.cipher = cipher
+        # the DataFlow's keys for this table even where the model declares nothing encrypted: a
+        # migration that turns encryption off (or rolls it back) needs them (data_steps)
+        self._spare_cipher = spare_cipher
         if model.encrypted and cipher is None:
             raise EncryptionError(f"Model '{model.name}' has encrypted fields but no cipher was given.")
         self._server_defaults = server_defaults  # False: dataflow_lab's own tables, which only it writes
@@ -94,7 +104,7 @@ class ModelTable:
             kind = self._column_type(f)
             default = self._server_default(f, kind)
             columns.append(sa.Column(f.name, kind, nullable=f.nullable, info=info, server_default=default))
-        unique, indexed = m.unique, m.indexes
+        unique, indexed = _blinded(m.unique, m.searchable), _blinded(m.indexes, m.searchable)
         if m.key_scope:  # uniqueness holds within it (a tenant), and every query filters on it
             unique = tuple(_scoped(m.key_scope, g) for g in unique)
             indexed = tuple(dict.fromkeys((m.key_scope, *(_scoped(m.key_scope, g) for g in indexed))))
@@ -254,14 +264,10 @@ class ModelTable:
         plan = [(columns.index(n), n, k) for n, k in self._sealed if n in columns]
         searched = [(i, n, k) for i, n, k in plan if n in self.model.searchable]
         # column by column (zip builds the row tuples in C): this is BulkCreate's hot path
-        ids, blind = [r[at_id] for r in rows], self.cipher.blind
-        sealed = {}
-        for i, name, kind in plan:
-            seal = self.cipher.sealer(name, kind)
-            sealed[i] = [
-                None if v is None else seal(rid, v) for rid, v in zip(ids, [r[i] for r in rows], strict=True)
-            ]
-        blinds = [[None if r[i] is None else blind(n, k, r[i]) for r in rows] for i, n, k in searched]
+        ids, cipher = [r[at_id] for r in rows], self.cipher
+        plains = {i: [r[i] for r in rows] for i, _, _ in plan}
+        sealed = {i: cipher.seal_many(name, kind, ids, plains[i]) for i, name, kind in plan}
+        blinds = [cipher.blind_many(n, k, plains[i]) for i, n, k in searched]
         out = list(
             zip(
                 *(sealed[j] if j in sealed else [r[j] for r in rows] for j in range(len(columns))),
@@ -270,6 +276,128 @@ class ModelTable:
             )
         )
         return (*columns, *(n + BLIND_SUFFIX for _, n, _ in searched)), out
+
+    async def ids_by_keys(
+        self, conn: Connection, keys: Sequence[str], wanted: Iterable[tuple[Any, ...]]
+    ) -> dict[tuple[Any, ...], Any]:
+        """The raw id of the row holding each of ``wanted`` (driver values of ``keys``), by key.
+
+        A searchable encrypted key column is matched through its blind index under every key of the
+        ring (``wanted`` holds the plaintext then); a key holding a NULL matches nothing.
+        """
+        wanted = [k for k in dict.fromkeys(wanted) if None not in k]
+        t, found = self.table, {}
+        blind = [n in self.model.encrypted for n in keys]
+        kinds = [self.model.by_name[n].type.name for n in keys]
+        rings = len(self.cipher.key_ids) if self.cipher is not None else 1
+        per_key = sum(rings if b else 1 for b in blind)  # a blind key binds its index under each key
+        step = max(1, self.dialect.max_bind_params // (2 * per_key) - 1)
+        cols = [t.c[n + BLIND_SUFFIX] if b else t.c[n] for n, b in zip(keys, blind, strict=True)]
+        for start in range(0, len(wanted), step):
+            index: dict[tuple[str, Any], Any] = {}  # (column, blind index) -> the plaintext key value
+            terms: list[list[Any]] = []  # per key of ``part``: the values each column may hold
+            for key in wanted[start : start + step]:
+                row = []
+                for n, v, is_blind, kind in zip(keys, key, blind, kinds, strict=True):
+                    if is_blind:
+                        assert self.cipher is not None
+                        hashes = self.cipher.blinds(n, kind, v)
+                        index.update(((n, h), v) for h in hashes)
+                        row.append(hashes)
+                    else:
+                        row.append([v])
+                terms.append(row)
+            if len(keys) == 1:  # one IN list, bound as one parameter where the database can
+                where: Any = self.dialect.in_array(cols[0], [v for row in terms for v in row[0]])
+            else:
+                where = sa.or_(
+                    *[sa.and_(*[c.in_(vs) for c, vs in zip(cols, row, strict=True)]) for row in terms]
+                )
+            for raw_id, *values in await conn.fetch(
+                *self.dialect.compile(sa.select(t.c.id, *cols).where(where))
+            ):
+                key = tuple(index[(n, v)] if b else v for n, v, b in zip(keys, values, blind, strict=True))
+                found[key] = raw_id
+        return found
+
+    # A logged image's encrypted value binds the source row and column, under the log's label
+    # ('<column>@audit', '<column>@saga'): it cannot be copied back into the live row (an old value
+    # restored), to another row or column, or to the other log; only between entries of one log
+    # for the same row and column.
+    def sealed_image(
+        self, row: Mapping[str, Any] | None, row_id: Any, label: str = "@audit"
+    ) -> dict[str, Any] | None:
+        """A row as the audit log (or the saga log) stores it: each encrypted field's value a ciphertext."""
+        assert label in IMAGE_LABELS
+        if row is None or not self._sealed:
+            return None if row is None else dict(row)
+        assert self.cipher is not None
+        out = dict(row)
+        for name, kind in self._sealed:
+            if out.get(name) is not None:
+                out[name] = self.cipher.seal(name + label, kind, row_id, out[name])
+        return out
+
+    def opened_image(
+        self, image: Mapping[str, Any] | None, row_id: Any, label: str = "@audit"
+    ) -> dict[str, Any] | None:
+        """A logged image read back: each encrypted field decrypted (bytes as base64, as logs keep them)."""
+        if image is None or not self._sealed:
+            return None if image is None else dict(image)
+        assert self.cipher is not None
+        out = dict(image)
+        for name, kind in self._sealed:
+            if out.get(name) is not None:
+                value = self.cipher.open(name + label, kind, row_id, out[name])
+                out[name] = base64.b64encode(value).decode("ascii") if kind == "bytes" else value
+        return out
+
+    def rekeyed_image(
+        self, image: Mapping[str, Any] | None, row_id: Any, key_id: str, label: str = "@audit"
+    ) -> dict[str, Any] | None:
+        """A logged image with its encrypted values sealed again under ``key_id`` (None: none needed it)."""
+        if image is None or self.cipher is None:
+            return None
+        out, changed = dict(image), False
+        for name, kind in self._sealed:
+            stored = out.get(name)
+            if isinstance(stored, str) and self.cipher.key_of(stored) not in (None, key_id):
+                plain = self.cipher.open(name + label, kind, row_id, stored)
+                out[name], changed = self.cipher.seal(name + label, kind, row_id, plain, key_id), True
+        return out if changed else None
+
+    def bound_to_rows(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Those of ``values`` that are encrypted fields: a write of them seals each row's own."""
+        return {k: v for k, v in values.items() if k in self.model.encrypted}
+
+    def sealed_for_rows(
+        self, values: Mapping[str, Any], raw_ids: Sequence[Any]
+    ) -> tuple[dict[str, Any], Any]:
+        """An UPDATE of rows ``raw_ids`` writing encrypted fields' ``values``, each row its own
+        ciphertext: (its SET clause, its join condition). The ciphertexts come from a VALUES list
+        joined on the id (``UPDATE ... FROM (VALUES (id, sealed), ...) AS sealed_rows``: one hash
+        join, where a CASE per id would be quadratic); a blind index is one hash per value."""
+        assert self.cipher is not None
+        t, ids = self.table, self.ids_from_db(raw_ids)
+        out: dict[str, Any] = {}
+        sealed_columns: dict[str, list[Any]] = {}
+        for name, kind in self._sealed:
+            if name not in values:
+                continue
+            value = values[name]
+            if value is None:
+                out[name] = None
+            else:
+                sealed_columns[name] = self.cipher.seal_many(name, kind, ids, [value] * len(ids))
+            if name in self.model.searchable:
+                out[name + BLIND_SUFFIX] = None if value is None else self.cipher.blind(name, kind, value)
+        if not sealed_columns:
+            return out, None
+        columns = [sa.column("id", t.c.id.type), *(sa.column(n, t.c[n].type) for n in sealed_columns)]
+        rows = list(zip(raw_ids, *sealed_columns.values(), strict=True))
+        joined = self.dialect.rows_table("sealed_rows", columns, rows)
+        out.update({n: joined.c[n] for n in sealed_columns})
+        return out, t.c.id == joined.c.id
 
     def shown(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """``db_values`` for a statement shown, not run (``sql()``): encrypted values are '<encrypted>'."""
@@ -307,9 +435,131 @@ class ModelTable:
         if self._sealed:
             await self._refuse_plaintext_rows(conn)
 
+    # -- migrations of encrypted columns (migrations/engine.py runs them) --------------------------
+    def migration_cipher(self) -> Cipher | None:
+        """The model's cipher, else one from the DataFlow's keys (None: it has none)."""
+        if self.cipher is None and self._spare_cipher is not None:
+            self.cipher_for_migrations = self._spare_cipher()
+            self._spare_cipher = None
+        return self.cipher or getattr(self, "cipher_for_migrations", None)
+
+    async def data_steps(self, conn: Connection, live_columns: Collection[str]) -> list[Step]:
+        """Steps that rewrite existing rows: encrypt a column turned encrypted, decrypt one turned
+        plain (destructive: it writes plaintext, so it needs confirming), and build the blind index
+        of a field turned searchable. Each runs in Python, with the key, in the migration's
+        transaction (``rewrite_column``); their statements are ``DATAFLOW_LAB ...``, which any other
+        tool refuses rather than skipping them."""
+        t, name, steps = self.table, self.table.name, []
+        cipher = self.migration_cipher() if self.model.encrypted or self._text_fields() else None
+        for f in self.model.fields:
+            column = t.c[f.name]
+            if f.name not in live_columns or f.generated:
+                continue
+            if f.name in self.model.encrypted:
+                plain = sa.and_(column.is_not(None), sa.not_(column.startswith(PREFIX)))
+                if await self._any(conn, column, plain):
+                    if f.type.name != "text":
+                        raise MigrationError(
+                            f"Model '{self.model.name}': field '{f.name}' is declared encrypted, but table "
+                            f"'{name}' already holds unencrypted {f.type.name} values in it; a migration "
+                            "encrypts the existing rows of text (str) fields only.",
+                            hint=f"move the rows to a new encrypted model with BulkCreate, or keep "
+                            f"'{f.name}' unencrypted.",
+                        )
+                    steps.append(self._step("encrypt", f.name, "decrypt"))
+                elif f.name in self.model.searchable:
+                    blind = f.name + BLIND_SUFFIX
+                    unindexed: Any = column.is_not(None)
+                    if blind in live_columns:
+                        unindexed = sa.and_(unindexed, t.c[blind].is_(None))
+                    if await self._any(conn, column, unindexed):
+                        steps.append(self._step("index", f.name, None))
+            elif (
+                cipher is not None
+                and f.type.name == "text"
+                and await self._any(conn, column, column.startswith(PREFIX))
+            ):
+                steps.append(self._step("decrypt", f.name, "encrypt", destructive=True))
+        return steps
+
+    def _text_fields(self) -> bool:
+        return any(f.type.name == "text" and not f.generated for f in self.model.fields[1:])
+
+    async def _any(self, conn: Connection, column: Any, condition: Any) -> bool:
+        """Whether ``condition`` holds for one of the first ``PROBE_ROWS`` rows (by id) holding a
+        value in ``column``: a migration rewrites a column whole, in one transaction, so its first
+        values say what state it is in, and this costs an index range, not a scan, at every start.
+        (``ensure`` still checks every row of an encrypted column for plaintext: the safety net.)"""
+        t = self.table
+        sample = sa.select(t.c.id).where(column.is_not(None)).order_by(t.c.id).limit(PROBE_ROWS)
+        probe = sa.select(t.c.id).where(t.c.id.in_(sample), condition).limit(1)
+        return bool(await conn.fetch(*self.dialect.compile(probe)))
+
+    def _step(self, action: str, column: str, undo: str | None, *, destructive: bool = False) -> Step:
+        what = {"encrypt": "encrypt the existing values of", "decrypt": "decrypt (store as plaintext)",
+                "index": "build the blind index of"}[action]  # fmt: skip
+        statement = f"{DATA_STEP} {action.upper()} COLUMN {self.table.name}.{column}"
+        down = () if undo is None else (f"{DATA_STEP} {undo.upper()} COLUMN {self.table.name}.{column}",)
+        return Step(self.table.name, f"{self.table.name}: {what} '{column}'", (statement,), down,
+                    destructive=destructive, slug=f"{self.table.name}_{action}_{column}")  # fmt: skip
+
+    async def rewrite_column(self, conn: Connection, action: str, column: str, batch: int = 1000) -> int:
+        """Run one data step (``encrypt``, ``decrypt``, ``index``) on ``column``: its rows rewritten
+        in batches by id, in the caller's transaction (the migration's). Returns the rows rewritten."""
+        from .migrations.live import read_table
+
+        cipher = self.migration_cipher()
+        if cipher is None:
+            raise EncryptionError(
+                f"Migrating column '{column}' of table '{self.table.name}' ({action}) needs the encryption "
+                f"key, and this DataFlow has none: {HOW_TO_MAKE_A_KEY}.",
+            )
+        live = await read_table(self.dialect, conn, self.table.name)
+        blind = column + BLIND_SUFFIX
+        has_blind = live is not None and blind in live.columns
+        t = sa.table(self.table.name, sa.column("id"), sa.column(column), sa.column(blind))
+        values: dict[str, Any] = {
+            column: sa.bindparam("v"),
+            **({blind: sa.bindparam("b")} if has_blind else {}),
+        }
+        if action == "index":
+            values = {blind: sa.bindparam("b")}
+        sql, names = self.dialect.compile_named(
+            sa.update(t).values(values).where(t.c.id == sa.bindparam("i"))
+        )
+        after, done = None, 0
+        while True:
+            stmt = (
+                sa.select(t.c.id, t.c[column]).where(t.c[column].is_not(None)).order_by(t.c.id).limit(batch)
+            )
+            if after is not None:
+                stmt = stmt.where(t.c.id > sa.bindparam("after", after, type_=self.table.c.id.type))
+            rows = await conn.fetch(*self.dialect.compile(stmt))
+            if not rows:
+                return done
+            updates = []
+            new: dict[str, Any]
+            for raw_id, stored in rows:
+                row_id, sealed = self.ids_from_db([raw_id])[0], stored.startswith(PREFIX)
+                if action == "encrypt" and not sealed:
+                    new = {
+                        "v": cipher.seal(column, "text", row_id, stored),
+                        "b": cipher.blind(column, "text", stored),
+                    }
+                elif action == "decrypt" and sealed:
+                    new = {"v": cipher.open(column, "text", row_id, stored), "b": None}
+                elif action == "index" and sealed:
+                    new = {"b": cipher.blind(column, "text", cipher.open(column, "text", row_id, stored))}
+                else:
+                    continue
+                updates.append([{**new, "i": raw_id}[n] for n in names])
+            if updates:
+                await conn.executemany(sql, updates)
+            done, after = done + len(updates), rows[-1][0]
+
     async def _refuse_plaintext_rows(self, conn: Connection) -> None:
-        """An encrypted field whose column already holds plaintext (encryption turned on for a table
-        with rows): refused, since encrypting existing rows in a migration is not built yet."""
+        """An encrypted field whose column still holds plaintext (a table never migrated, as with
+        existing_schema=True): refused, never read as if it were a ciphertext."""
         t = self.table
         for name, _kind in self._sealed:
             col = t.c[name]
@@ -317,9 +567,9 @@ class ModelTable:
             if await conn.fetch(*self.dialect.compile(probe)):
                 raise MigrationError(
                     f"Model '{self.model.name}': field '{name}' is declared encrypted, but table "
-                    f"'{t.name}' already holds unencrypted values in it; dataflow_lab does not yet encrypt "
-                    "existing rows in a migration.",
-                    hint=f"move the rows to a new encrypted model with BulkCreate, or keep '{name}' unencrypted.",
+                    f"'{t.name}' still holds unencrypted values in it.",
+                    hint="encrypt them with a migration: db.migrations.apply() (or generate a file and "
+                    "apply it), with the key set.",
                 )
             if name not in self.model.searchable:
                 continue
@@ -327,10 +577,8 @@ class ModelTable:
             if await conn.fetch(*self.dialect.compile(unindexed)):  # equality filters would miss them
                 raise MigrationError(
                     f"Model '{self.model.name}': field '{name}' is declared searchable, but rows of table "
-                    f"'{t.name}' written before have no blind index, so equality filters would miss them; "
-                    "dataflow_lab does not yet build it for existing rows.",
-                    hint=f"declare '{name}' Encrypted[...] without 'searchable', or copy the rows into a new "
-                    "model with BulkCreate.",
+                    f"'{t.name}' written before have no blind index, so equality filters would miss them.",
+                    hint="build it with a migration: db.migrations.apply() (or generate a file and apply it).",
                 )
 
 
@@ -353,6 +601,15 @@ def internal_table(model_class: type, dataflow: Any) -> ModelTable:
 @functools.cache
 def _internal_schema(model_class: type) -> ModelSchema:
     return parse_model(model_class, internal=True)
+
+
+def _blinded(groups: tuple[tuple[str, ...], ...], searchable: frozenset[str]) -> tuple[tuple[str, ...], ...]:
+    """Key and index groups with each searchable encrypted field as its blind index column: equal
+    values have equal indexes (under one key), so a unique key on it holds and an index serves
+    its equality filters."""
+    if not searchable:
+        return groups
+    return tuple(tuple(c + BLIND_SUFFIX if c in searchable else c for c in group) for group in groups)
 
 
 def _scoped(scope: tuple[str, ...], group: tuple[str, ...]) -> tuple[str, ...]:
@@ -385,8 +642,8 @@ def _refuse_plaintext(model: str, name: str) -> Any:
         raise EncryptionError(
             f"Model '{model}': field '{name}' is encrypted at rest, and this write cannot seal it: its "
             "ciphertext binds the row id, which this path does not know for each row.",
-            hint="write encrypted fields with Create, Update (by id) or BulkCreate; BulkUpdate, "
-            "Upsert, BulkUpsert and undo do not encrypt yet.",
+            hint="write encrypted fields through the nodes (Create, Update, Upsert, the bulk nodes), "
+            "which seal each value to its row.",
         )
 
     return refuse

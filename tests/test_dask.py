@@ -17,6 +17,8 @@ from dataflow_lab import (
     CycleNotConvergedError,
     DaskRuntime,
     DataFlow,
+    Encrypted,
+    EncryptionError,
     LocalRuntime,
     NodeExecutionError,
     NodeTimeoutError,
@@ -24,8 +26,10 @@ from dataflow_lab import (
     ValidationError,
     WorkflowBuilder,
 )
+from dataflow_lab.encryption import ENV_KEY, keygen
 
 distributed = pytest.importorskip("distributed")
+cloudpickle = pytest.importorskip("cloudpickle")
 
 
 @pytest.fixture(scope="module")
@@ -466,3 +470,111 @@ def test_execute_async_runs_on_dask_without_blocking_the_event_loop(shop, dask_c
     results, ticks = asyncio.run(main())
     assert results["greet"]["greeting"] == "hello ada"
     assert ticks > 1  # the loop kept running while the cluster worked
+
+
+# --------------------------------------------------------------------------- encrypted fields
+
+
+def refuse(row_id: int) -> dict:
+    raise ValueError(f"row {row_id} refused")
+
+
+def set_env(name: str, value: str | None) -> None:
+    """Run on each worker: set (or, None, remove) a variable of its environment."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+class PayloadSpy:
+    """The real client, keeping a pickle of every task's arguments and every result it gathers."""
+
+    def __init__(self, client):
+        self.client, self.scheduler, self.sent = client, client.scheduler, []
+
+    def submit(self, fn, *args, **kwargs):
+        self.sent.append(
+            cloudpickle.dumps(args[0])
+        )  # the NodeTask (or a compensation's steps), as Dask sends it
+        return self.client.submit(fn, *args, **kwargs)
+
+    def gather(self, futures):
+        out = self.client.gather(futures)
+        self.sent.append(cloudpickle.dumps(out))
+        return out
+
+    def cancel(self, futures):
+        return self.client.cancel(futures)
+
+
+def test_encrypted_fields_travel_sealed_and_workers_take_the_key_from_their_environment(pg_url, dask_client):
+
+    secret, key = "123-45-6789", keygen("k1")
+    dask_client.run(set_env, ENV_KEY, key)  # the workers' own environment, not a payload
+    try:
+        db = DataFlow(pg_url, encryption_keys=key)
+
+        @db.model
+        class Patient:
+            name: str
+            ssn: Encrypted[str, "searchable"]  # noqa: F821, UP037
+
+        spy = PayloadSpy(dask_client)
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("PatientCreateNode", "add", name="Ann", ssn=secret)
+        wf.add_node("PatientReadNode", "read")
+        wf.add_node("PatientListNode", "find", filter={"ssn": secret})
+        wf.add_node(lambda ssn: {"last4": ssn[-4:], "pid": os.getpid()}, "mask")
+        wf.add_connection("add", "id", "read", "id")
+        wf.add_connection("add", "name", "find", "filter.name")
+        wf.add_connection("read", "ssn", "mask", "ssn")  # plaintext between two workers: sealed too
+        results, _ = DaskRuntime(spy).execute(wf.build())
+        assert results["read"]["ssn"] == secret and results["mask"]["last4"] == "6789"
+        assert [r["name"] for r in results["find"]["records"]] == ["Ann"]
+        assert results["mask"]["pid"] != os.getpid()  # it ran on a worker, which opened the row
+        saga = WorkflowBuilder(dataflow=db)
+        saga.add_node("PatientUpdateNode", "change", id=results["add"]["id"], fields={"ssn": "000-00-0000"})
+        saga.add_node(refuse, "refuse")
+        saga.add_connection("change", "id", "refuse", "row_id")
+        with pytest.raises(NodeExecutionError):
+            DaskRuntime(spy, transaction="saga").execute(saga.build())
+        back = LocalRuntime().execute(_read(db, results["add"]["id"]))[0]["read"]
+        assert back["ssn"] == secret  # compensated from the sealed before-image
+        assert len(spy.sent) >= 8
+        for payload in spy.sent:
+            assert secret.encode() not in payload and b"000-00-0000" not in payload
+        stored = db.sql("SELECT ssn FROM patients")["ssn"].tolist()
+        assert stored and all(v.startswith("dfe1:") for v in stored)
+        db.close()
+    finally:
+        dask_client.run(set_env, ENV_KEY, None)
+
+
+def _read(db, row_id):
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("PatientReadNode", "read", id=row_id)
+    return wf.build()
+
+
+def test_a_worker_without_the_key_refuses_the_sealed_task_and_writes_nothing(pg_url, dask_client):
+
+    db = DataFlow(pg_url, encryption_keys=keygen("k1"))
+
+    @db.model
+    class Patient:
+        name: str
+        ssn: Encrypted[str]
+
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("PatientCreateNode", "add", name="Ann", ssn="123-45-6789")
+    with pytest.raises(EncryptionError, match="has no DATAFLOW_ENCRYPTION_KEY"):
+        DaskRuntime(dask_client).execute(wf.build())
+    assert LocalRuntime().execute(_count(db))[0]["count"]["count"] == 0
+    db.close()
+
+
+def _count(db):
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node("PatientCountNode", "count")
+    return wf.build()

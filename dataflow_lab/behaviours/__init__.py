@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EncryptionError, ValidationError
+from ..errors import ValidationError
 from .audit_log import AuditLog
 from .base import Behaviour, Change
 from .encrypted import Encryption
@@ -53,14 +53,7 @@ def compose(model: ModelSchema) -> Behaviours:
                 hint="subclass dataflow_lab.behaviours.Behaviour and override the hooks you need.",
             )
         found.append(own)
-    if model.encrypted:
-        if "audit_log" in model.options:
-            raise EncryptionError(
-                f"Model '{model.name}' has encrypted fields ({', '.join(sorted(model.encrypted))}) and "
-                "audit_log; the audit log would store their before and after images unencrypted, and "
-                "does not encrypt them yet.",
-                hint="turn audit_log off for this model (__dataflow__ = {'audit_log': False}).",
-            )
+    if model.encrypted:  # before audit_log, whose images it encrypts (ModelTable.sealed_image)
         found.append(Encryption(model.encrypted, model.searchable))
     if "audit_log" in model.options:
         found.append(AuditLog())
@@ -83,6 +76,7 @@ class Behaviours:
         self.watched = any(b.wants_images for b in self.items)  # some behaviour wants before/after rows
         self.refreshed = frozenset(c for b in self.items for c in b.refreshed)
         self.why_conflict = "".join(b.why_conflict for b in self.items)
+        self.companions = {c: f for b in self.items for c, f in b.companions.items()}
         self._hooks: dict[str, tuple[Behaviour, ...]] = {}
 
     def __iter__(self) -> Iterator[Behaviour]:
@@ -189,3 +183,13 @@ class Behaviours:
     ) -> None:
         for b in self._having("upserted"):
             await b.upserted(node, conn, columns, rows, conflict_on)
+
+    async def sealing(self, node: Any, conn: Any, chunk: Any) -> Any:
+        """A BulkUpsert's staged chunk, driver-ready: the encrypted fields sealed to their rows' ids
+        (``ModelTable.seal_rows``: nothing to do for a model without them)."""
+        having = self._having("sealing")
+        if not having:
+            return chunk
+        for b in having:
+            chunk = await b.sealing(node, conn, chunk)
+        return chunk

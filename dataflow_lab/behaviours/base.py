@@ -38,9 +38,13 @@ Every hook has a no-op default, so a behaviour overrides only what it changes:
 - ``upserted(node, conn, columns, rows, conflict_on)``: after a guarded bulk upsert wrote ``rows``.
 - ``shape(node)``: what of a node's parameters changes the SQL this behaviour adds
   (part of the key its compiled statements are cached under).
+- ``companions``: managed column -> the field it follows: an upsert that updates the field
+  updates it too (a searchable field's blind index).
+- ``sealing(node, conn, chunk)``: a BulkUpsert's staged chunk, made driver-ready once each row's
+  id is known (encrypted fields bind it: behaviours/encrypted.py).
 
 Encrypted fields (``encrypted``) are sealed by the table (``schema.ModelTable.sealed``); their
-behaviour refuses the nodes that do not encrypt yet. Caching is meant to become one too (issue 19).
+behaviour finds an upsert's row ids first. Caching is meant to become a behaviour too (issue 19).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Behaviour:
     wants_images: bool = False
     why_conflict: str = ""  # appended to the error of an Upsert whose row conflicts elsewhere
     managed: Mapping[str, str] = {}  # column -> how a caller sets it instead (for error hints)
+    companions: Mapping[str, str] = {}  # managed column -> the field whose writes rewrite it
 
     def parameters(self, operation: str) -> tuple[Param, ...]:
         """Parameters it adds to the node of ``operation`` ('read', 'bulk_update'...)."""
@@ -138,6 +143,10 @@ class Behaviour:
         conflict_on: Sequence[str],
     ) -> None:
         return None
+
+    async def sealing(self, node: Any, conn: Any, chunk: Any) -> Any:
+        """A BulkUpsert's chunk of staged rows, driver-ready (its encrypted fields sealed)."""
+        return chunk
 
     def __repr__(self) -> str:
         return f"<behaviour {self.name}>"

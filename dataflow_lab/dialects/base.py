@@ -338,6 +338,10 @@ class Dialect:
         """``column IN values`` for a long list, bound as one parameter."""
         return column.in_(values)
 
+    def rows_table(self, name: str, columns: Sequence[sa.ColumnClause], rows: list[tuple[Any, ...]]) -> Any:
+        """``rows`` as a table to join in a statement: ``(VALUES (...), ...) AS name (columns)``."""
+        return sa.values(*columns, name=name).data(rows)
+
     def ilike(self, column: sa.ColumnElement, pattern: sa.ColumnElement) -> sa.ColumnElement:
         """``$ilike``: LIKE with Unicode case folding (lower() of both sides), escape character ``\\``.
 

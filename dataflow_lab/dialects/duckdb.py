@@ -418,6 +418,15 @@ class DuckDBDialect(Dialect):
     def in_array(self, column: sa.ColumnElement, values: list[Any]) -> sa.ColumnElement:
         return column.in_(sa.select(sa.func.unnest(sa.bindparam(None, values))))
 
+    def rows_table(self, name: str, columns: Sequence[sa.ColumnClause], rows: list[tuple[Any, ...]]) -> Any:
+        # one list parameter per column, unnested side by side, where VALUES binds every value apart
+        values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+        picked = [
+            sa.func.unnest(sa.bindparam(None, list(v)), type_=c.type).label(c.name)
+            for c, v in zip(columns, values, strict=True)
+        ]
+        return sa.select(*picked).subquery(name)
+
     def before_create(self, table: sa.Table) -> list[str]:
         if isinstance(table.c.id.type, sa.BigInteger):
             return [f'CREATE SEQUENCE IF NOT EXISTS "{table.name}_id_seq" START 1']

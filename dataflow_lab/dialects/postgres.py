@@ -330,6 +330,17 @@ class PostgresDialect(PooledDialect):
 
         return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(column.type)))
 
+    def rows_table(self, name: str, columns: Sequence[sa.ColumnClause], rows: list[tuple[Any, ...]]) -> Any:
+        # one array parameter per column (unnest), where VALUES would bind every value apart
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+        arrays = [
+            sa.bindparam(None, list(v), type_=ARRAY(c.type)) for c, v in zip(columns, values, strict=True)
+        ]
+        unnest = sa.func.unnest(*arrays).table_valued(*(c.name for c in columns))
+        return unnest.render_derived(name=name)
+
     supports_two_phase = True
 
     async def two_phase_enabled(self, conn: Connection) -> bool:

@@ -517,6 +517,15 @@ class SQLiteDialect(PooledDialect):
         each = sa.func.json_each(sa.bindparam(None, json.dumps(values))).table_valued("value")
         return column.in_(sa.select(each.c.value))
 
+    def rows_table(self, name: str, columns: Sequence[sa.ColumnClause], rows: list[tuple[Any, ...]]) -> Any:
+        # SQLite's VALUES takes no column names: the rows are one JSON parameter, read by json_each
+        each = sa.func.json_each(sa.bindparam(None, json.dumps(rows))).table_valued("value")
+        picked = [
+            sa.func.json_extract(each.c.value, f"$[{i}]", type_=c.type).label(c.name)
+            for i, c in enumerate(columns)
+        ]
+        return sa.select(*picked).subquery(name)
+
     def comparable(self, expr: sa.ColumnElement, logical: str) -> sa.ColumnElement:
         # Decimals are stored as exact TEXT; compare and sort them exactly, as numbers.
         return sa.func.dataflow_decimal_key(expr, type_=sa.LargeBinary) if logical == "decimal" else expr

@@ -126,6 +126,10 @@ class Migrations:
     def _model_tables(self) -> list[Any]:
         return [t for name, t in self._db.database.tables.items() if name not in self._db.database.reflected]
 
+    def _by_table(self) -> dict[str, Any]:
+        """The models' tables by name: a data step (encrypt, decrypt) runs with its table's key."""
+        return {mt.table.name: mt for mt in self._model_tables()}
+
     def _backfill(self, backfill: Mapping[str, Any] | None) -> dict[str, Any]:
         """``backfill`` checked: every key is a field of some model (a typo must not pass silently)."""
         fields = {f.name for mt in self._model_tables() for f in mt.model.fields}
@@ -165,7 +169,8 @@ class Migrations:
                 hint="write it as a file with db.migrations.generate('migrations'), review it, then "
                 "run db.migrations.apply(directory='migrations').",
             )
-        return [await engine.run_and_record(conn, dialect, plan.steps, source="api", clock=self._db.clock)]
+        return [await engine.run_and_record(conn, dialect, plan.steps, source="api", clock=self._db.clock,
+                                            tables=self._by_table())]  # fmt: skip
 
     async def _apply_files(self, conn: Any, dialect: Any, directory: Path) -> list[AppliedMigration]:
         applied = {m.name: m for m in await engine.history(conn, dialect) if m.rolled_back_at is None}
@@ -180,7 +185,7 @@ class Migrations:
                     )
                 continue
             for sql in file.up:
-                await conn.execute(sql)
+                await engine.execute(conn, sql, self._by_table())
             done.append(await engine.record(conn, dialect, file.up, file.down, file.destructive, True,
                                             source=str(file.path), name=file.name, clock=self._db.clock))  # fmt: skip
         return done
@@ -202,7 +207,7 @@ class Migrations:
             )
         for m in chosen:
             for sql in m.down:
-                await conn.execute(sql)
+                await engine.execute(conn, sql, self._by_table())
             await engine.mark_rolled_back(conn, dialect, m.seq, self._db.clock)
         return chosen
 

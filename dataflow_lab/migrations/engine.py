@@ -35,7 +35,7 @@ from .diff import diff
 from .live import model_shape, read_table
 from .ops import Step, create_steps, literal, slug, table_steps
 
-__all__ = ["HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table"]
+__all__ = ["DATA_STEP", "HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table", "execute"]
 
 HISTORY_TABLE = "dataflow_migrations"
 log = logging.getLogger("dataflow_lab.migrations")
@@ -144,8 +144,16 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
     if live is None:
         return create_steps(dialect, mt.table)
     changes = diff(live, model_shape(dialect, mt.table))
+    data = await mt.data_steps(conn, live.columns)  # rows to encrypt, decrypt or index (schema.py)
     if not changes:
-        return []
+        return data
+    return [*await _ddl_steps(conn, mt, live, changes, backfill), *data]
+
+
+async def _ddl_steps(
+    conn: Connection, mt: Any, live: Any, changes: Any, backfill: Mapping[str, Any] | None
+) -> list[Step]:
+    dialect: Dialect = mt.dialect
     added = {c.name for c in changes if c.kind == "add_column"}
     backfill = {k: v for k, v in (backfill or {}).items() if k in added}
     defaults = {}
@@ -210,12 +218,41 @@ async def lock(conn: Connection, dialect: Dialect) -> None:
     await conn.execute(dialect.ddl(CreateTable(_HISTORY, if_not_exists=True)))
 
 
+# A statement that rewrites a column's rows in Python, with the key (ModelTable.rewrite_column):
+# ``DATAFLOW_LAB ENCRYPT COLUMN patients.ssn`` (or DECRYPT, INDEX). Any other tool refuses it.
+DATA_STEP = "DATAFLOW_LAB"
+_DATA = re.compile(r"^DATAFLOW_LAB (ENCRYPT|DECRYPT|INDEX) COLUMN (\w+)\.(\w+)$")
+
+
+async def execute(conn: Connection, sql: str, tables: Mapping[str, Any]) -> None:
+    """Run one statement of a migration: SQL, or a data step on the table of one of ``tables``."""
+    found = _DATA.match(sql.strip())
+    if found is None:
+        await conn.execute(sql)
+        return
+    action, table, column = found.groups()
+    mt = tables.get(table)
+    if mt is None:
+        raise MigrationError(
+            f"The migration step '{sql}' rewrites column '{column}' of table '{table}' in Python (it needs "
+            "the encryption key), and no model of this DataFlow has that table. Nothing was changed.",
+            hint=f"define the model of table '{table}' on this DataFlow, then apply or roll back again.",
+        )
+    await mt.rewrite_column(conn, action.lower(), column)
+
+
 async def run_and_record(
-    conn: Connection, dialect: Dialect, steps: Sequence[Step], *, source: str, clock: Clock
+    conn: Connection,
+    dialect: Dialect,
+    steps: Sequence[Step],
+    *,
+    source: str,
+    clock: Clock,
+    tables: Mapping[str, Any] | None = None,
 ) -> AppliedMigration:
     plan = MigrationPlan(tuple(steps))
     for sql in plan.up:
-        await conn.execute(sql)
+        await execute(conn, sql, tables or {})
     return await record(conn, dialect, plan.up, plan.down, plan.destructive, _down_destructive(steps),
                         source=source, name=file_slug(steps), clock=clock)  # fmt: skip
 
@@ -335,7 +372,7 @@ async def ensure_table(
         )
     if any(s.destructive for s in steps):
         raise destructive_error(f"Model '{mt.model.name}'", steps)
-    await run_and_record(conn, dialect, steps, source="auto", clock=clock)
+    await run_and_record(conn, dialect, steps, source="auto", clock=clock, tables={mt.table.name: mt})
 
 
 def _warn_defaults(mt: Any, steps: Sequence[Step]) -> None:

@@ -169,18 +169,42 @@ class BulkUpdate(_FilterWrite):
     def statements(self) -> list[Any]:
         return [self._statement()]
 
-    def _statement(self) -> Any:
+    def _statement(self, sealed: dict[str, Any] | None = None) -> Any:
+        """The UPDATE; ``sealed``: the SET values of encrypted fields, one ciphertext per row (else shown)."""
         mt, behaviours = self.mt, self.behaviours
         plain, increments = split(self.params["fields"])
-        values = mt.db_values({**plain, **behaviours.touch_values(self, self.now())})
+        per_row = mt.bound_to_rows(plain)
+        rest = {k: v for k, v in plain.items() if k not in per_row}
+        values = mt.db_values({**rest, **behaviours.touch_values(self, self.now())})
         stmt = sa.update(mt.table).values(set_values(mt.table, tuple(values), increments, values))
-        extra = behaviours.update_set(mt.table)
+        extra = {**behaviours.update_set(mt.table), **(mt.shown(per_row) if sealed is None else sealed)}
         if extra:
             stmt = stmt.values(extra)
         return self.filtered(stmt)
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
+        per_row = self.mt.bound_to_rows(split(self.params["fields"])[0])
+        if per_row:
+            return {"updated": await self._write_sealed(ctx, len(per_row))}
         return {"updated": await self.write(ctx, self._statement())}
+
+    async def _write_sealed(self, ctx: RunContext, width: int) -> int:
+        """Encrypted fields bind each row's id: the matching ids are read first, then each chunk of
+        them is one UPDATE sealing every row's value to its id, joined to the ciphertexts by id
+        (``ModelTable.sealed_for_rows``), in the run's transaction."""
+        mt, conn = self.mt, await ctx.connection(self.dataflow)
+        where, plain = self.where_clause(), split(self.params["fields"])[0]
+        select = sa.select(mt.table.c.id) if where is None else sa.select(mt.table.c.id).where(where)
+        ids = [r[0] for r in await conn.fetch(*mt.dialect.compile(select))]
+        step = max(1, (mt.dialect.max_bind_params - 100) // (width + 1))
+        total = 0
+        for start in range(0, len(ids), step):
+            part = ids[start : start + step]
+            sets, joined = mt.sealed_for_rows(mt.bound_to_rows(plain), part)
+            stmt = self._statement(sets)
+            stmt = stmt.where(joined if joined is not None else mt.dialect.in_array(mt.table.c.id, part))
+            total += await self.write(ctx, stmt)
+        return total
 
     # -- compensation (nodes/undo.py) -------------------------------------------------
     async def before_image(self, conn: Any) -> list[dict[str, Any]]:

@@ -91,11 +91,12 @@ class BulkRows(ModelNode):
         super().__init__(node_id, params)
         self.refused: list[dict[str, Any]] = []  # rows the database refused, with on_error="skip"
 
-    def shaper(self, *, allow_id: bool) -> RowShaper:
+    def shaper(self, *, allow_id: bool, seal: bool = True) -> RowShaper:
         """Checks and shapes ``data``; every row carries the behaviours' stamps (timestamps, tenant...).
 
         The stamps are written even where they equal a default, so that an upsert meeting an
         existing row writes them again (``Behaviour.refreshed``: a deleted row is revived).
+        ``seal=False``: encrypted fields stay staged (``behaviours.sealing`` seals them).
         """
         now = self.now()
         return RowShaper(
@@ -105,6 +106,7 @@ class BulkRows(ModelNode):
             allow_id=allow_id,
             on_error=self.params.get("on_error", "raise"),
             stamps=self.stamps(now),
+            seal=seal,
         )
 
     async def insert_rows(

@@ -160,8 +160,9 @@ class BulkUpsert(BulkRows):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
-        tally, shaper = _Tally(), self.shaper(allow_id=True)
-        for chunk in self.chunks(ctx, shaper):
+        tally, shaper = _Tally(), self.shaper(allow_id=True, seal=False)
+        for staged in self.chunks(ctx, shaper):
+            chunk = await self.behaviours.sealing(self, conn, staged)  # each row's id known: sealed
             tally.skipped.extend(chunk.skipped)
             if self._all_new(chunk.columns):
                 tally.inserted += await self._insert_chunk(ctx, conn, chunk)
@@ -316,7 +317,8 @@ class BulkUpsert(BulkRows):
         given = columns if given is None else given
         managed = {c for c in columns if self.model.by_name[c].generated}  # a user's own 'version' is data
         refreshed, keep = self.behaviours.refreshed, {"id", *conflict_on}
-        return [
+        follows = self.behaviours.companions  # a blind index is written with its field
+        chosen = [
             c
             for c in columns
             if (
@@ -325,6 +327,7 @@ class BulkUpsert(BulkRows):
                 else c not in keep and c in given and (allowed is None or c in allowed)
             )
         ]
+        return chosen + [c for c in columns if follows.get(c) in chosen and c not in chosen]
 
     def _key_matches(
         self, conflict_on: list[str], keys: list[tuple], table: sa.Table | None = None

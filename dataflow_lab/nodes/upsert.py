@@ -74,7 +74,7 @@ class Upsert(ModelNode):
         mt, p = self.mt, self.params
         row = mt.new_row({**p["where"], **p["create"], **self.stamps()})
         conflict_on = self._conflict_on()
-        insert = mt.dialect.insert(mt.table).values(mt.db_values(row))
+        insert = mt.dialect.insert(mt.table).values(mt.shown(row))
         if conflict_on is not None:
             insert = insert.on_conflict_do_nothing(index_elements=conflict_on)
         statements = [self._find_statement(p["where"]), insert.returning(*mt.table.c)]
@@ -82,9 +82,13 @@ class Upsert(ModelNode):
             statements.append(self._update_statement("<the found id>", p["update"], include_deleted=True))
         return statements
 
-    def _conflict_on(self) -> list[str] | None:
+    def _key(self) -> list[str] | None:
+        """The unique fields ``where`` is matched on (None: no unique key)."""
         where = self.params["where"]
-        names = self.params["conflict_on"] or (sorted(where) if self.model.is_unique(where) else None)
+        return self.params["conflict_on"] or (sorted(where) if self.model.is_unique(where) else None)
+
+    def _conflict_on(self) -> list[str] | None:
+        names = self._key()
         return None if names is None else self.conflict_target(names)
 
     def _null_key(self) -> bool:
@@ -92,7 +96,7 @@ class Upsert(ModelNode):
 
         That is what the database does, and what BulkUpsert does with the same rows.
         """
-        names, where = self._conflict_on(), self.params["where"]
+        names, where = self._key(), self.params["where"]
         return names is not None and any(n in where and where[n] is None for n in names)
 
     def _find_statement(self, where: dict[str, Any]) -> Any:
@@ -130,7 +134,8 @@ class Upsert(ModelNode):
                 f"needs field(s) {', '.join(missing)}.",
                 hint="put the values a new row needs in 'create'.",
             )
-        columns = tuple(row)
+        values = mt.sealed(row, row.get("id"))  # encrypted fields bind the id (made before the INSERT)
+        columns = tuple(values)
         if conflict_on is None:
             sql, names = mt.template(("insert", columns), lambda c=columns: insert_returning(mt, c))
         else:
@@ -138,7 +143,7 @@ class Upsert(ModelNode):
                 ("insert_or_nothing", columns, tuple(conflict_on)),
                 lambda c=columns: insert_or_nothing(mt, c, conflict_on),
             )
-        inserted = mt.rows(await conn.fetch(sql, [mt.to_db(n, row[n]) for n in names]))
+        inserted = mt.rows(await conn.fetch(sql, [values[n] for n in names]))
         return inserted[0] if inserted else None
 
     async def _find(self, conn: Any, where: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
@@ -169,7 +174,7 @@ class Upsert(ModelNode):
         if not self.params["update"] and not revive:
             return mt.rows(await conn.fetch(*read_by_id(self, row_id)))[0]
         touched = self.behaviours.touch_values(self, now)  # a reflected table may have no updated_at
-        values = mt.db_values({**self.params["update"], **touched, **revive})
+        values = mt.sealed({**self.params["update"], **touched, **revive}, row_id)  # bound to the found row
         columns = tuple(values)
         sql, names = mt.template(
             ("upsert_update", columns),
