@@ -111,6 +111,10 @@ def test_the_health_task_discards_a_connection_the_server_killed(pg_url):
         define(db)
         assert count(db) == 0
         pids = _backend_pids(db, 2)
+        # the health task (every 0.1 s) checks idle connections out to ping them: wait for it
+        deadline = time.monotonic() + 10
+        while db.pool_status()["checkedin"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert db.pool_status()["checkedin"] >= 2
         _terminate(pg_url, pids[:1])
         deadline = time.monotonic() + 30
