@@ -6,9 +6,11 @@ are exact on every backend (the dialect reports them where it can).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +27,13 @@ from .undo import RowUndo, rows_before
 __all__ = ["BulkUpsert"]
 
 _NULL_KEY = object()  # marks a key holding a NULL: unique to its row (see _last_wins)
+
+
+def _key_tuples(rows: list[tuple], key_index: list[int]) -> list[tuple]:
+    """Each row's key, as a tuple of its ``key_index`` values (made in C: itemgetter, zip)."""
+    if len(key_index) == 1:
+        return list(zip(map(itemgetter(key_index[0]), rows)))
+    return list(map(itemgetter(*key_index), rows))
 
 
 class _SeenKeys:
@@ -215,8 +224,9 @@ class BulkUpsert(BulkRows):
         if tally.seen is None:
             tally.seen = _SeenKeys(self, conflict_on)
         rows, indexes = self._last_wins(chunk, key_index)
-        repeats, mine = await tally.seen.lookup(conn, self._keys(rows, columns, conflict_on))
-        new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
+        keys = _key_tuples(rows, key_index)
+        repeats, mine = await tally.seen.lookup(conn, keys)
+        new_keys = [k for k in keys if k not in repeats] if repeats else keys
         plan = _Plan(
             columns,
             conflict_on,
@@ -264,10 +274,11 @@ class BulkUpsert(BulkRows):
         """Upsert ``part``: rows this node inserted earlier overwritten whole, the others as asked."""
         mt, behaviours, c, conflict_on = self.mt, self.behaviours, plan.columns, plan.conflict_on
         before = await images.rows_by_keys(mt, conn, c, part, conflict_on) if behaviours.watched else None
-        own = [r for r in part if tuple(r[i] for i in plan.key_index) in plan.mine] if plan.mine else []
-        rest = (
-            [r for r in part if tuple(r[i] for i in plan.key_index) not in plan.mine] if plan.mine else part
-        )
+        own, rest = [], part
+        if plan.mine:
+            keys = _key_tuples(part, plan.key_index)
+            own = [r for k, r in zip(keys, part, strict=True) if k in plan.mine]
+            rest = [r for k, r in zip(keys, part, strict=True) if k not in plan.mine]
         if own:
             found = await mt.dialect.bulk_upsert(
                 conn, mt.table, c, own, conflict_on, plan.overwrite, plan.guard
@@ -289,19 +300,17 @@ class BulkUpsert(BulkRows):
 
         A key holding a NULL is never the same key twice: NULL equals nothing in SQL, so the unique
         constraint lets every such row in, and each is inserted."""
+        keys = _key_tuples(chunk.rows, key_index)
+        if len(set(keys)) == len(keys) and None not in itertools.chain.from_iterable(keys):
+            start = chunk.first_index  # no key twice (the common case): the rows as they are
+            return chunk.rows, list(range(start, start + len(keys)))
         unique: dict[tuple, tuple[int, tuple]] = {}
-        for offset, row in enumerate(chunk.rows):
-            key = tuple(row[i] for i in key_index)
+        for offset, (key, row) in enumerate(zip(keys, chunk.rows, strict=True)):
             if None in key:
                 key = (_NULL_KEY, chunk.first_index + offset)  # its own key: never replaced
             unique.pop(key, None)
             unique[key] = (chunk.first_index + offset, row)
         return [r for _, r in unique.values()], [i for i, _ in unique.values()]
-
-    @staticmethod
-    def _keys(rows: list[tuple], columns: tuple[str, ...], conflict_on: list[str]) -> list[tuple]:
-        index = [columns.index(c) for c in conflict_on]
-        return [tuple(row[i] for i in index) for row in rows]
 
     def _update_columns(
         self,
