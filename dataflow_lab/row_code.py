@@ -8,10 +8,11 @@ place, all in one loop with no per-field Python call. A row the function does no
 missing or extra field, another type, a value its check refuses) is handed to ``slow``, the
 shaper's field-by-field path, which coerces a lossless value or names the row and field.
 
-``column_function`` is the same for a columnar database (DuckDB): it makes one list per column,
-checked a column at a time (the set of its types, min and max of an int column, the sum of a
-float column, which is NaN when any value is), or returns None when any check fails, and the
-shaper shapes that chunk row by row instead.
+``column_function`` does the same a column at a time, and is tried first: one list per column,
+checked in a few passes made in C (the set of its types, min and max of an int column, the sum
+of a float column, which is NaN when any value is), or None when any check fails, and the shaper
+shapes that chunk row by row instead. A columnar database (DuckDB) takes the columns as they
+are; for the others ``zip`` makes the tuples.
 
 The functions are compiled from source made of names only: values (types, converters, bounds)
 are passed in the function's globals, never written into its text.
@@ -166,7 +167,11 @@ def _compiled_columns(keys: tuple[_Key, ...], n_tail: int, fresh: bool) -> Calla
             f"        if not kinds <= S{i}:",
             "            return None",
         ]
-        values = f"[v for v in c{i} if v is not None]" if k.nullable else f"c{i}"
+        if k.nullable and (k.is_int or k.nan):
+            lines.append(
+                f"        present = [v for v in c{i} if v is not None] if type(None) in kinds else c{i}"
+            )
+        values = "present" if k.nullable else f"c{i}"
         if k.is_int:
             lines.append(f"        if min({values}, default=0) < LO or max({values}, default=0) > HI:")
             lines.append("            return None")

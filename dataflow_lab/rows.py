@@ -277,11 +277,11 @@ class RowShaper:
         codes = tuple(self._code(f) for f in given)
         fresh = self._fresh_values if self._made else None
         self._shape = row_function(codes, self._tail, fresh) if self._fast_ok else _all_rows_slow
-        self._shape_columns = None
-        if self._columnar and self._fast_ok and given and not self.model.encrypted:
-            self._shape_columns = column_function(codes, self._tail, fresh)
+        # by column first (a few C passes per column), row by row when a value misses the checks
+        self._shape_columns = column_function(codes, self._tail, fresh) if self._fast_ok and given else None
         # a Decimal's check lets NaN and Infinity through (a float's NaN is refused inline)
         self._reals = [i for i, f in enumerate(given) if f.type.name == "decimal"]
+        self._columnar = self._columnar and not self.model.encrypted and not self._reals
 
     def _code(self, f: Any) -> FieldCode:
         """What the generated code checks and converts of field ``f``."""
@@ -316,9 +316,13 @@ class RowShaper:
             index += len(records)
 
     def prepare(self, records: Sequence[Any], first_index: int) -> Chunk:
-        """One chunk: by column when the shaper is columnar and every row passes, else row by row."""
+        """One chunk, shaped by column when every row passes (kept so for a columnar database,
+        else zipped into tuples), else row by row."""
         if self._shape_columns is not None and (by_column := self._shape_columns(records)) is not None:
-            return Chunk(self._laid_out, None, first_index, by_column=by_column)
+            if self._columnar:
+                return Chunk(self._laid_out, None, first_index, by_column=by_column)
+            made = Chunk(self._laid_out, None, first_index, by_column=by_column).rows
+            return self._finished(made, records, first_index, [])
         skipped: list[dict[str, Any]] = []
 
         def slow(record: Any, offset: int, rows: list[tuple[Any, ...]]) -> None:
@@ -329,7 +333,16 @@ class RowShaper:
                     raise
                 skipped.append({"index": first_index + offset, "error": exc.message})
 
-        rows = self._shape(records, slow)
+        return self._finished(self._shape(records, slow), records, first_index, skipped)
+
+    def _finished(
+        self,
+        rows: list[tuple[Any, ...]],
+        records: Sequence[Any],
+        first_index: int,
+        skipped: list[dict[str, Any]],
+    ) -> Chunk:
+        """``rows`` checked for what only a full pass finds, then sealed (encrypted fields)."""
         if self._reals and rows and not self._reals_ok(rows):
             return self._all_slow(records, first_index)  # a NaN or Infinity Create refuses: name it
         columns, sealed = self._seal(self._laid_out, rows)  # encrypted fields: each bound to its row

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from ..errors import ValidationError
 from ..model import ModelSchema
-from ..rows import Chunk, is_dataframe, iter_records
+from ..rows import Chunk, is_dataframe, is_sized, iter_records
 from . import images
 from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
@@ -170,13 +170,15 @@ class BulkUpsert(BulkRows):
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
         tally, shaper = _Tally(), self.shaper(allow_id=True, seal=False)
+        total = is_sized(self.params["data"])  # a list's last chunk needs not note its keys for later ones
         for staged in self.chunks(ctx, shaper):
             chunk = await self.behaviours.sealing(self, conn, staged)  # each row's id known: sealed
             tally.skipped.extend(chunk.skipped)
             if self._all_new(chunk.columns):
                 tally.inserted += await self._insert_chunk(ctx, conn, chunk)
             else:
-                await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally)
+                last = total is not None and staged.span.stop >= total
+                await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally, last=last)
         if tally.seen is not None:
             await tally.seen.close(conn)
         if tally.wrote_ids and self.model.id_field.generated and tally.inserted:
@@ -216,9 +218,11 @@ class BulkUpsert(BulkRows):
         return False
 
     async def _upsert_chunk(
-        self, ctx: RunContext, conn: Any, chunk: Chunk, given: tuple[str, ...], tally: _Tally
+        self, ctx: RunContext, conn: Any, chunk: Chunk, given: tuple[str, ...], tally: _Tally, *, last: bool
     ) -> None:
-        """Upsert one chunk (the last row of each key), and count what it inserted and updated."""
+        """Upsert one chunk (the last row of each key), and count what it inserted and updated.
+
+        ``last``: no chunk follows, so its keys are not noted for later chunks to look up."""
         columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
         key_index = [columns.index(c) for c in conflict_on]
         if tally.seen is None:
@@ -231,7 +235,7 @@ class BulkUpsert(BulkRows):
             columns,
             conflict_on,
             key_index,
-            mine=await self._claim(conn, conflict_on, new_keys, mine, tally.seen),
+            mine=mine if last else await self._claim(conn, conflict_on, new_keys, mine, tally.seen),
             update=self._update_columns(columns, conflict_on, given),
             overwrite=self._update_columns(columns, conflict_on, given, restricted=False),
             guard=self.behaviours.upsert_guard(conflict_on),
