@@ -178,9 +178,8 @@ def setup_ours(op: str, url: str, existing: int):
     def go(data) -> int:
         wf = WorkflowBuilder(dataflow=db)
         if op == "upsert":
-            wf.add_node(
-                "ItemBulkUpsertNode", "op", {"data": data, "conflict_on": ["name"], "progress": False}
-            )
+            params = {"data": data, "conflict_on": ["name"], "progress": False}
+            wf.add_node("ItemBulkUpsertNode", "op", params, timeout=None)  # 1M rows under tracemalloc: > 30 s
         elif op == "wide":
             wf.add_node("DocBulkCreateNode", "op", {"data": data, "progress": False})
         else:

@@ -433,6 +433,7 @@ class Dialect:
     upsert_reports_counts = False  # True when bulk_upsert returns (inserted, updated)
 
     bulk_copies = 0  # further copies of a chunk the bulk path makes at once (DuckDB: its Arrow table)
+    sealed_chunk_rows = 1_000_000  # the most rows per chunk of a model with encrypted fields
     columnar = False  # True where the bulk path takes columns (DuckDB's Arrow): chunks are shaped so
 
     async def bulk_insert_columns(

@@ -486,6 +486,10 @@ class SQLiteDialect(PooledDialect):
         budget allows, at most 50,000 rows (was the bind limit, 6,553 rows of 5 columns)."""
         return 50_000
 
+    # A model with encrypted fields keeps the old chunk: 100k rows took 2.0 s in chunks of 50,000,
+    # 1.6 s in chunks of 5,461 (sealing holds each chunk's ids, plaintexts and ciphertexts at once).
+    sealed_chunk_rows = 5_000
+
     async def bulk_upsert(
         self,
         conn: Connection,

@@ -151,6 +151,8 @@ class BulkRows(ModelNode):
         """
         dialect = self.mt.dialect
         cap = dialect.bulk_batch_size(len(self.model.fields))
+        if self.model.encrypted:  # sealing holds a chunk's ids, plaintexts and ciphertexts at once
+            cap = min(cap, dialect.sealed_chunk_rows)
         return ChunkSizer(cap, dialect.config.bulk_memory_mb * 2**20, copies=2 + dialect.bulk_copies)
 
     async def write_or_skip(
