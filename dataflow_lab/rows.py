@@ -6,9 +6,10 @@ many rows as a memory budget allows at the width measured on its first rows
 (``ChunkSizer``), within the database's own limit.
 
 Checking is fast on the common path: the first row fixes which fields are
-given, and a function generated for those fields (``row_code``) reads, checks and
-shapes every later row in one loop (for a columnar database, one column at a time).
-Only a row that misses that path is checked field by field, which either coerces a
+given, and functions generated for those fields (``row_code``) check and shape a
+chunk a column at a time (zipped into tuples, or kept as columns for a columnar
+database), or, when any value misses those checks, row by row in one loop.
+Only a row that misses that loop is checked field by field, which either coerces a
 lossless value ("42" for an int) or raises an error naming the row index, the field
 and the value's type.
 """
