@@ -74,7 +74,22 @@ def _ready_dialect(config: DataFlowConfig) -> Dialect:
     for name in (*dialect.warm_modules, *_FIRST_RUN_MODULES):
         importlib.import_module(name)
     dialect.prepare()
+    if (
+        dialect.warm_later
+    ):  # what a first bulk write imports (DuckDB: pyarrow), without delaying the first run
+        names = dialect.warm_later
+        threading.Thread(
+            target=_import_names, args=(names,), name="dataflow-lab-warmup-later", daemon=True
+        ).start()
     return dialect
+
+
+def _import_names(names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # pragma: no cover - the same import fails again where it is needed, and says why
+            return
 
 
 def warm_imports() -> Warm:

@@ -6,12 +6,12 @@ many rows as a memory budget allows at the width measured on its first rows
 (``ChunkSizer``), within the database's own limit.
 
 Checking is fast on the common path: the first row fixes which fields are
-given; each later row with the same fields becomes a tuple through one
-``itemgetter`` call, and its value types are checked as one signature
-(``tuple(map(type, values))``) against a cache of signatures already known to
-be fine. Only a row that misses that path is checked field by field, which
-either coerces a lossless value ("42" for an int) or raises an error naming
-the row index, the field and the value's type.
+given, and functions generated for those fields (``row_code``) check and shape a
+chunk a column at a time (zipped into tuples, or kept as columns for a columnar
+database), or, when any value misses those checks, row by row in one loop.
+Only a row that misses that loop is checked field by field, which either coerces a
+lossless value ("42" for an int) or raises an error naming the row index, the field
+and the value's type.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ import math
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
+from .dialects.arrow_columns import Same
 from .errors import ValidationError, did_you_mean
 from .model import MISSING
-from .types import INT64
+from .row_code import FieldCode, column_function, row_function
 
 __all__ = ["Chunk", "ChunkSizer", "RowShaper", "iter_records", "is_dataframe"]
 
@@ -49,19 +48,47 @@ _FAST_TYPES: dict[str, tuple[type, ...]] = {
 }  # fmt: skip  (json has no entry: its values are checked row by row)
 
 
-@dataclass
 class Chunk:
-    """Driver-ready rows for ``columns``; ``indexes`` are their positions in the input."""
+    """Driver-ready rows for ``columns``; ``indexes`` are their positions in the input.
 
-    columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]]
-    first_index: int
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    A chunk shaped for a columnar database (``RowShaper(columnar=True)``) holds ``by_column``
+    instead: one list per column, or a ``Same`` for a column with one value on every row; its
+    ``rows`` are made from them when something asks for them.
+    """
+
+    def __init__(
+        self,
+        columns: tuple[str, ...],
+        rows: list[tuple[Any, ...]] | None,
+        first_index: int,
+        skipped: list[dict[str, Any]] | None = None,
+        *,
+        by_column: list[Any] | None = None,
+    ):
+        self.columns, self.first_index = columns, first_index
+        self.skipped: list[dict[str, Any]] = skipped if skipped is not None else []
+        self._rows, self.by_column = rows, by_column
+        lists = [c for c in by_column or () if not isinstance(c, Same)]
+        self.count = len(rows) if rows is not None else len(lists[0]) if lists else 0
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        if self._rows is None:
+            n = self.count
+            made = (
+                c if not isinstance(c, Same) else itertools.repeat(c.value, n) for c in self.by_column or ()
+            )
+            self._rows = list(zip(*made, strict=False))
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows, self.by_column, self.count = rows, None, len(rows)
 
     @property
     def span(self) -> range:
         """The input positions this chunk covers: its rows and the rows it skipped."""
-        return range(self.first_index, self.first_index + len(self.rows) + len(self.skipped))
+        return range(self.first_index, self.first_index + self.count + len(self.skipped))
 
     @property
     def indexes(self) -> list[int]:
@@ -200,8 +227,10 @@ class RowShaper:
         on_error: str = "raise",
         stamps: Mapping[str, Any] | None = None,
         seal: bool = True,
+        columnar: bool = False,
     ):
         self.mt = mt
+        self._columnar = columnar  # chunks by column where every row passes (a columnar database)
         # False: encrypted fields stay staged, for the node to seal once it knows each row's id
         self._seal = mt.seal_rows if seal else _staged
         self._stamps = dict(stamps or {})  # managed values every row gets (tenant_id, version, deleted_at)
@@ -240,24 +269,26 @@ class RowShaper:
         self._made = [(f.name, f.default_factory) for f in omitted if f.default_factory is not None]
         rest = [f for f in omitted if not f.primary_key and f.default_factory is None]
         self._given = tuple(f.name for f in given)
-        # an if, not a conditional expression: mypy crashes on itemgetter(*names) inside one
-        getter: Callable[[Any], tuple[Any, ...]]
-        if len(self._given) > 1:
-            getter = itemgetter(*self._given)
-        else:
-            getter = _single(self._given)
-        self._getter = getter
         stamped = tuple(self.mt.stage(name, value) for name, value in self._stamps.items())
         self._tail = tuple(self._default_db(f) for f in rest) + (self._now_db,) * len(self._times) + stamped
         made = tuple(name for name, _ in self._made)
         self.columns = (*self._given, *made, *(f.name for f in rest), *self._times, *self._stamps)
-        self._fast = [self._fast_types(f) for f in given]
-        self._convert = [(i, c) for i, f in enumerate(given) if (c := self._converter(f)) is not None]
-        self._ints = [(i, f.nullable) for i, f in enumerate(given) if f.type.name == "integer"]
-        self._reals = [i for i, f in enumerate(given) if f.type.name in ("float", "decimal")]
-        self._good: set[tuple[type, ...]] = set()
         # When row 0 lacks a required field, every row takes the slow path (which names it).
         self._fast_ok = _REQUIRED not in self._tail
+        codes = tuple(self._code(f) for f in given)
+        fresh = self._fresh_values if self._made else None
+        self._shape = row_function(codes, self._tail, fresh) if self._fast_ok else _all_rows_slow
+        # by column first (a few C passes per column), row by row when a value misses the checks
+        self._shape_columns = column_function(codes, self._tail, fresh) if self._fast_ok and given else None
+        # a Decimal's check lets NaN and Infinity through (a float's NaN is refused inline)
+        self._reals = [i for i, f in enumerate(given) if f.type.name == "decimal"]
+        self._columnar = self._columnar and not self.model.encrypted and not self._reals
+
+    def _code(self, f: Any) -> FieldCode:
+        """What the generated code checks and converts of field ``f``."""
+        kinds = (f.type.python,) if f.type.name == "enum" else _FAST_TYPES.get(f.type.name, ())
+        is_int, is_real = f.type.name == "integer", f.type.name == "float"
+        return FieldCode(f.name, tuple(kinds), f.nullable, self._converter(f), is_int, is_real)
 
     def _default_db(self, f: Any) -> Any:
         if f.default is not MISSING:
@@ -265,12 +296,6 @@ class RowShaper:
         if f.nullable:
             return None
         return _REQUIRED  # a row relying on it fails on the slow path, naming the field
-
-    def _fast_types(self, f: Any) -> frozenset[type]:
-        kinds = _FAST_TYPES.get(f.type.name, ())
-        if f.type.name == "enum":
-            kinds = (f.type.python,)
-        return frozenset((*kinds, type(None)) if f.nullable else kinds)
 
     def _converter(self, f: Any) -> Any:
         to_db = self.mt.stager(f.name)  # an encrypted field's value is sealed with its row (seal_rows)
@@ -292,44 +317,37 @@ class RowShaper:
             index += len(records)
 
     def prepare(self, records: Sequence[Any], first_index: int) -> Chunk:
-        getter, fast, good, tail = self._getter, self._fast, self._good, self._tail
-        n_given = len(self._given) if self._fast_ok else -1
-        rows: list[tuple[Any, ...]] = []
+        """One chunk, shaped by column when every row passes (kept so for a columnar database,
+        else zipped into tuples), else row by row."""
+        if self._shape_columns is not None and (by_column := self._shape_columns(records)) is not None:
+            if self._columnar:
+                return Chunk(self._laid_out, None, first_index, by_column=by_column)
+            made = Chunk(self._laid_out, None, first_index, by_column=by_column).rows
+            return self._finished(made, records, first_index, [])
         skipped: list[dict[str, Any]] = []
-        for offset, record in enumerate(records):
-            try:
-                values = getter(record) if len(record) == n_given else None
-            except (KeyError, TypeError):
-                values = None
-            if values is not None:
-                signature = tuple(map(type, values))
-                if signature in good or self._signature_ok(signature, fast):
-                    try:
-                        row = values if not self._convert else self._converted(values)
-                        rows.append(row + tail if not self._made else row + self._fresh_values() + tail)
-                        continue
-                    except (TypeError, OverflowError):
-                        pass  # a value its field's check refuses: the slow path names row and field
+
+        def slow(record: Any, offset: int, rows: list[tuple[Any, ...]]) -> None:
             try:
                 rows.append(self._slow(record, first_index + offset))
             except ValidationError as exc:
                 if self.on_error != "skip":
                     raise
                 skipped.append({"index": first_index + offset, "error": exc.message})
-        if self._ints and rows and not self._ints_fit(rows):
-            return self._all_slow(records, first_index)  # some int is beyond 64 bits: find and name it
+
+        return self._finished(self._shape(records, slow), records, first_index, skipped)
+
+    def _finished(
+        self,
+        rows: list[tuple[Any, ...]],
+        records: Sequence[Any],
+        first_index: int,
+        skipped: list[dict[str, Any]],
+    ) -> Chunk:
+        """``rows`` checked for what only a full pass finds, then sealed (encrypted fields)."""
         if self._reals and rows and not self._reals_ok(rows):
             return self._all_slow(records, first_index)  # a NaN or Infinity Create refuses: name it
         columns, sealed = self._seal(self._laid_out, rows)  # encrypted fields: each bound to its row
         return Chunk(columns, sealed, first_index, skipped)
-
-    def _ints_fit(self, rows: list[tuple[Any, ...]]) -> bool:
-        """One min/max pass per int column, instead of a range check per value."""
-        for i, nullable in self._ints:
-            column = [r[i] for r in rows if r[i] is not None] if nullable else [r[i] for r in rows]
-            if column and (min(column) < INT64[0] or max(column) > INT64[1]):
-                return False
-        return True
 
     def _reals_ok(self, rows: list[tuple[Any, ...]]) -> bool:
         """No float NaN and no non-finite Decimal (what the fields' checks refuse on Create).
@@ -357,23 +375,10 @@ class RowShaper:
         columns, sealed = self._seal(self._laid_out, rows)  # encrypted fields: each bound to its row
         return Chunk(columns, sealed, first_index, skipped)
 
-    def _signature_ok(self, signature: tuple[type, ...], fast: list[frozenset[type]]) -> bool:
-        if all(t in ok for t, ok in zip(signature, fast, strict=True)):
-            self._good.add(signature)
-            return True
-        return False
-
     def _fresh_values(self) -> tuple[Any, ...]:
         if len(self._made) == 1 and self.mt.writers[self._made[0][0]] is None:  # an id made per row
             return (self._made[0][1](),)
         return tuple(self.mt.to_db(name, make()) for name, make in self._made)
-
-    def _converted(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        out = list(values)
-        for i, convert in self._convert:
-            if out[i] is not None:
-                out[i] = convert(out[i])
-        return tuple(out)
 
     def _slow(self, record: Any, index: int) -> tuple[Any, ...]:
         """Check one row field by field; coerce lossless values or raise naming row and field."""
@@ -433,11 +438,11 @@ def _staged(
     return columns, rows
 
 
-def _single(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    if not names:
-        return lambda record: ()
-    get = itemgetter(names[0])
-    return lambda record: (get(record),)
+def _all_rows_slow(records: Sequence[Any], slow: Callable[[Any, int, list], None]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for offset, record in enumerate(records):
+        slow(record, offset, rows)
+    return rows
 
 
 def parse_csv_value(field: Any, text: str) -> Any:

@@ -11,6 +11,7 @@ import tracemalloc
 import pytest
 
 from dataflow_lab import DataFlow, LocalRuntime, ValidationError, WorkflowBuilder
+from dataflow_lab.dialects import duckdb as duckdb_dialect
 from dataflow_lab.rows import SAMPLE_ROWS, ChunkSizer, iter_records
 
 MB = 2**20
@@ -127,14 +128,14 @@ def test_the_arrow_table_of_a_duckdb_chunk_fits_the_budget(tmp_path, monkeypatch
         body: str
 
     sizes: list[int] = []
-    real = type(db.database.dialect)._arrow
+    real = duckdb_dialect.arrow_source
 
-    def measured(self, table, columns, rows):
-        arrow = real(self, table, columns, rows)
+    def measured(types, columns, by_column):
+        arrow, select, params = real(types, columns, by_column)
         sizes.append(arrow.nbytes)  # pyarrow's own memory, which tracemalloc does not see
-        return arrow
+        return arrow, select, params
 
-    monkeypatch.setattr(type(db.database.dialect), "_arrow", measured)
+    monkeypatch.setattr(duckdb_dialect, "arrow_source", measured)
     assert bulk(db, wide_rows()) == {"inserted": ROWS}
     assert len(sizes) > 10 and max(sizes) <= BUDGET_MB * MB
     db.close()

@@ -27,6 +27,7 @@ from ..errors import ConnectionError, PoolExhaustedError, ValidationError
 from ..leaks import owner
 from ..query_count import count_statement, keep_statement
 from ..statement_log import StatementLog
+from .arrow_columns import Same
 from .connect_errors import generic_failure
 from .kinds import register_kind
 
@@ -186,6 +187,7 @@ class Dialect:
     from_db: dict[str, Converter] = {}
     observe = 0  # monitoring: 0 off, 1 count each connection's statements, 2 count and keep their text
     warm_modules: tuple[str, ...] = ()  # what opening imports: the warm-up loads them early (_warmup.py)
+    warm_later: tuple[str, ...] = ()  # imported by the warm-up once the dialect is handed over
 
     def __init__(self, config: DataFlowConfig, url: str):
         self.config = config
@@ -431,6 +433,21 @@ class Dialect:
     upsert_reports_counts = False  # True when bulk_upsert returns (inserted, updated)
 
     bulk_copies = 0  # further copies of a chunk the bulk path makes at once (DuckDB: its Arrow table)
+    sealed_chunk_rows = 1_000_000  # the most rows per chunk of a model with encrypted fields
+    columnar = False  # True where the bulk path takes columns (DuckDB's Arrow): chunks are shaped so
+
+    async def bulk_insert_columns(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], by_column: list[Any], *, ids: bool
+    ) -> list[Any]:
+        """Insert a chunk given column by column (``rows.Chunk.by_column``: a list per column, or a
+        ``arrow_columns.Same``); with ``ids``, the new ids in order. Here: made rows, then ``bulk_insert``."""
+        n = max((len(c) for c in by_column if not isinstance(c, Same)), default=0)
+        made = (c if not isinstance(c, Same) else [c.value] * n for c in by_column)
+        rows = list(zip(*made, strict=True))
+        if ids:
+            return await self.bulk_insert_returning_ids(conn, table, columns, rows)
+        await self.bulk_insert(conn, table, columns, rows)
+        return []
 
     def bulk_batch_size(self, n_columns: int) -> int:
         """The most rows per bulk chunk: what one statement may bind (and a sane cap); the memory

