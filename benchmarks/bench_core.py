@@ -37,7 +37,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import fmt_ms, per_op, table  # noqa: E402
+from _harness import fmt_ms, item_db, per_op, sa_item_table, table  # noqa: E402
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder  # noqa: E402
 
@@ -80,21 +80,6 @@ def timed_all(fns: dict, n: int, wanted: list[str]) -> dict[str, float]:
 
 
 # -- dataflow_lab ------------------------------------------------------------
-def item_db(url: str | None) -> tuple[DataFlow, type]:
-    """A DataFlow with the benchmarks' Item model, and the model; echo off: the engine, not the development
-    preset's SQL on stderr."""
-    db = DataFlow(url, echo=False)
-
-    @db.model
-    class Item:
-        name: str
-        qty: int
-        price: float
-        active: bool = True
-
-    return db, Item
-
-
 def ours(url: str | None, n: int, wanted: list[str]) -> dict[str, float]:
     db, _ = item_db(url)
     runtime = LocalRuntime()
@@ -341,29 +326,6 @@ def raw_duckdb(n: int, wanted: list[str]) -> dict[str, float]:
 
 
 # -- SQLAlchemy Core -------------------------------------------------------------
-def _sa_table(url: str):
-    import sqlalchemy as sa
-
-    md = sa.MetaData()
-    items = sa.Table(
-        "sa_items",
-        md,
-        sa.Column(
-            "id",
-            sa.Integer if url.startswith("sqlite") else sa.BigInteger,
-            sa.Sequence("sa_items_seq") if url.startswith("duckdb") else sa.Identity(),
-            primary_key=True,
-        ),
-        sa.Column("name", sa.Text, nullable=False),
-        sa.Column("qty", sa.BigInteger, nullable=False),
-        sa.Column("price", sa.Double, nullable=False),
-        sa.Column("active", sa.Boolean, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    )
-    return md, items
-
-
 def _sa_statements(items):
     """The statements of each workload, built per call as a script writes them."""
     import sqlalchemy as sa
@@ -400,7 +362,7 @@ def sqlalchemy_sync(url: str, n: int, wanted: list[str]) -> dict[str, float]:
     import sqlalchemy as sa
     from sqlalchemy.pool import StaticPool
 
-    md, items = _sa_table(url)
+    md, items = sa_item_table("sa_items", url)
     s = _sa_statements(items)
     if url.startswith("sqlite"):
         engine = sa.create_engine("sqlite://", poolclass=StaticPool)
@@ -457,7 +419,7 @@ def sqlalchemy_async(url: str, n: int, wanted: list[str]) -> dict[str, float]:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import StaticPool
 
-    md, items = _sa_table(url)
+    md, items = sa_item_table("sa_items", url)
     s = _sa_statements(items)
     loop = asyncio.new_event_loop()
     if url.startswith("sqlite"):
@@ -527,15 +489,11 @@ def sqlalchemy_async(url: str, n: int, wanted: list[str]) -> dict[str, float]:
 
 # -- cold start: a fresh process to its first result -----------------------------
 COLD_OURS = """
-import os
-from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
-db = DataFlow(os.environ["COLD_URL"] or None)
-@db.model
-class Item:
-    name: str
-    qty: int
-    price: float
-    active: bool = True
+import os, sys
+sys.path.insert(0, os.environ["COLD_BENCHMARKS"])
+from _harness import item_db
+from dataflow_lab import LocalRuntime, WorkflowBuilder
+db, _ = item_db(os.environ["COLD_URL"] or None)
 wf = WorkflowBuilder(dataflow=db)
 wf.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3, "price": 9.5})
 wf.add_node("ItemReadNode", "read", {})
@@ -745,7 +703,7 @@ def cold_start(url: str | None, sa_url: str, runs: int = 7) -> tuple[float, floa
             [sys.executable, "-c", code],
             check=True,
             capture_output=True,
-            env={**os.environ, "COLD_URL": target},
+            env={**os.environ, "COLD_URL": target, "COLD_BENCHMARKS": os.path.dirname(__file__)},
         )
         return time.perf_counter() - start
 

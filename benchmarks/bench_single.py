@@ -24,7 +24,10 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import item_db, sa_item_table  # noqa: E402
+
+from dataflow_lab import LocalRuntime, WorkflowBuilder  # noqa: E402
 
 OPS = ("create", "read", "update", "count")
 COLUMNS = ("id", "name", "qty", "price", "active", "created_at", "updated_at")
@@ -36,15 +39,7 @@ def now() -> dt.datetime:
 
 
 def ours(url: str | None) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
-    db = DataFlow(url, echo=False)
-
-    @db.model
-    class Item:
-        name: str
-        qty: int
-        price: float
-        active: bool = True
-
+    db, _ = item_db(url)
     runtime = LocalRuntime()
 
     def one(node_type: str, params: dict) -> object:
@@ -70,19 +65,9 @@ def sqlalchemy_sync(
 ) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
     from sqlalchemy.pool import StaticPool
 
-    md = sa.MetaData()
-    items = sa.Table(
-        "sa_single_items",
-        md,
-        sa.Column("id", sa.Integer if backend == "sqlite" else sa.BigInteger,
-                  sa.Sequence("sa_single_seq") if backend == "duckdb" else sa.Identity(), primary_key=True),
-        sa.Column("name", sa.Text, nullable=False),
-        sa.Column("qty", sa.BigInteger, nullable=False),
-        sa.Column("price", sa.Double, nullable=False),
-        sa.Column("active", sa.Boolean, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    )  # fmt: skip
+    md, items = sa_item_table(
+        "sa_single_items", {"sqlite": "sqlite://", "duckdb": "duckdb://"}.get(backend, "pg")
+    )
     if backend == "sqlite":
         engine = sa.create_engine("sqlite://", poolclass=StaticPool)
     elif backend == "duckdb":
