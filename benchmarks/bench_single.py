@@ -4,7 +4,9 @@ Create, Read by id, Update by id and a filtered Count, each a one-node workflow 
 LocalRuntime, against the same statement through SQLAlchemy Core's sync engine (sqlite3,
 psycopg, duckdb_engine) and through the raw driver (sqlite3, asyncpg, duckdb). The paths
 alternate in short blocks within one process, so a noisy neighbour slows all of them alike
-(``bench_core.py`` runs them one after another); each figure is the median block.
+(``bench_core.py`` runs them one after another); each figure is the median block. The CPU
+columns compare the process's CPU time per call, which a loaded machine distorts less than wall
+time (a process waiting for a core is not charged for it).
 
 Targets (issue 17): ours <= 1.5x SQLAlchemy Core on SQLite and PostgreSQL, <= 1.3x raw on DuckDB.
 Run: python benchmarks/bench_single.py [--backends sqlite duckdb postgres] [--blocks 15] [--calls 40]
@@ -208,16 +210,20 @@ def raw_asyncpg(pg: str | None) -> tuple[dict[str, Callable[[], object]], Callab
 
 
 def alternating(fns: dict[str, Callable[[], object]], blocks: int, calls: int) -> dict[str, float]:
-    """Seconds per call of each path: the median of ``blocks`` blocks of ``calls`` calls, paths alternating."""
+    """Seconds per call of each path: the median of ``blocks`` blocks of ``calls`` calls, paths
+    alternating; wall time under the path's name, the process's CPU time under ``<name>_cpu``
+    (all its threads: PostgreSQL runs go to the runtime's loop thread). A loaded machine keeps a
+    process waiting for a core, which its wall time counts and its CPU time does not."""
     for fn in fns.values():
         for _ in range(calls):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, list[float]] = {key: [] for name in fns for key in (name, f"{name}_cpu")}
     for _ in range(blocks):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 fn()
+            times[f"{name}_cpu"].append((time.process_time() - cpu) / calls)
             times[name].append((time.perf_counter() - start) / calls)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -234,9 +240,10 @@ def main() -> int:
     os.environ.pop("DATABASE_URL", None)
     urls = {"sqlite": None, "duckdb": "duckdb:///:memory:", "postgres": pg}
     print(
-        "| backend | op | dataflow_lab | SQLAlchemy Core (sync) | raw driver | ours / SQLAlchemy | ours / raw |"
+        "| backend | op | dataflow_lab | SQLAlchemy Core (sync) | raw driver | ours / SQLAlchemy | ours / raw "
+        "| CPU: ours / SQLAlchemy | CPU: ours / raw |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for backend in args.backends:
         if backend == "postgres" and not pg:
             continue
@@ -244,7 +251,8 @@ def main() -> int:
         for op in OPS:
             t = alternating({name: fns[op] for name, (fns, _) in paths.items()}, args.blocks, args.calls)
             print(f"| {backend} | {op} | {t['ours'] * 1e3:.3f} ms | {t['sa'] * 1e3:.3f} ms | {t['raw'] * 1e3:.3f} ms "
-                  f"| {t['ours'] / t['sa']:.2f}x | {t['ours'] / t['raw']:.2f}x |")  # fmt: skip
+                  f"| {t['ours'] / t['sa']:.2f}x | {t['ours'] / t['raw']:.2f}x | {t['ours_cpu'] / t['sa_cpu']:.2f}x "
+                  f"| {t['ours_cpu'] / t['raw_cpu']:.2f}x |")  # fmt: skip
         for _, close in paths.values():
             close()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
