@@ -20,7 +20,7 @@ compiled form itself).
 
 We report ratios (ours / baseline), because absolute times drift 30-50% on shared
 machines. Run: python benchmarks/bench_core.py [--backends sqlite duckdb postgres]
-[--workloads single create read update list count filtered] [--no-cold] [--write docs/performance.md]
+[--workloads single create read update list count filtered] [--no-cold | --cold-only] [--write docs/performance.md]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -37,7 +38,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import fmt_ms, per_op, table  # noqa: E402
+from _harness import fmt_ms, item_db, per_op, sa_item_table, table  # noqa: E402
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder  # noqa: E402
 
@@ -80,21 +81,6 @@ def timed_all(fns: dict, n: int, wanted: list[str]) -> dict[str, float]:
 
 
 # -- dataflow_lab ------------------------------------------------------------
-def item_db(url: str | None) -> tuple[DataFlow, type]:
-    """A DataFlow with the benchmarks' Item model, and the model; echo off: the engine, not the development
-    preset's SQL on stderr."""
-    db = DataFlow(url, echo=False)
-
-    @db.model
-    class Item:
-        name: str
-        qty: int
-        price: float
-        active: bool = True
-
-    return db, Item
-
-
 def ours(url: str | None, n: int, wanted: list[str]) -> dict[str, float]:
     db, _ = item_db(url)
     runtime = LocalRuntime()
@@ -341,29 +327,6 @@ def raw_duckdb(n: int, wanted: list[str]) -> dict[str, float]:
 
 
 # -- SQLAlchemy Core -------------------------------------------------------------
-def _sa_table(url: str):
-    import sqlalchemy as sa
-
-    md = sa.MetaData()
-    items = sa.Table(
-        "sa_items",
-        md,
-        sa.Column(
-            "id",
-            sa.Integer if url.startswith("sqlite") else sa.BigInteger,
-            sa.Sequence("sa_items_seq") if url.startswith("duckdb") else sa.Identity(),
-            primary_key=True,
-        ),
-        sa.Column("name", sa.Text, nullable=False),
-        sa.Column("qty", sa.BigInteger, nullable=False),
-        sa.Column("price", sa.Double, nullable=False),
-        sa.Column("active", sa.Boolean, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    )
-    return md, items
-
-
 def _sa_statements(items):
     """The statements of each workload, built per call as a script writes them."""
     import sqlalchemy as sa
@@ -400,7 +363,7 @@ def sqlalchemy_sync(url: str, n: int, wanted: list[str]) -> dict[str, float]:
     import sqlalchemy as sa
     from sqlalchemy.pool import StaticPool
 
-    md, items = _sa_table(url)
+    md, items = sa_item_table("sa_items", url)
     s = _sa_statements(items)
     if url.startswith("sqlite"):
         engine = sa.create_engine("sqlite://", poolclass=StaticPool)
@@ -457,7 +420,7 @@ def sqlalchemy_async(url: str, n: int, wanted: list[str]) -> dict[str, float]:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import StaticPool
 
-    md, items = _sa_table(url)
+    md, items = sa_item_table("sa_items", url)
     s = _sa_statements(items)
     loop = asyncio.new_event_loop()
     if url.startswith("sqlite"):
@@ -527,15 +490,11 @@ def sqlalchemy_async(url: str, n: int, wanted: list[str]) -> dict[str, float]:
 
 # -- cold start: a fresh process to its first result -----------------------------
 COLD_OURS = """
-import os
-from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
-db = DataFlow(os.environ["COLD_URL"] or None)
-@db.model
-class Item:
-    name: str
-    qty: int
-    price: float
-    active: bool = True
+import os, sys
+sys.path.insert(0, os.environ["COLD_BENCHMARKS"])
+from _harness import item_db
+from dataflow_lab import LocalRuntime, WorkflowBuilder
+db, _ = item_db(os.environ["COLD_URL"] or None)
 wf = WorkflowBuilder(dataflow=db)
 wf.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3, "price": 9.5})
 wf.add_node("ItemReadNode", "read", {})
@@ -723,10 +682,12 @@ def duckdb_over_sqlite(path: str, rows: int) -> tuple[float, float] | str:
 
 
 # -- cold start: a fresh process to its first result -----------------------------
-def cold_start(url: str | None, sa_url: str, runs: int = 7) -> tuple[float, float]:
-    """Wall seconds of a fresh process to its first result: (ours, SQLAlchemy Core), median of ``runs``.
+def cold_start(url: str | None, sa_url: str, runs: int = 7) -> dict[str, float]:
+    """A fresh process to its first result, ours and SQLAlchemy Core's, median of ``runs`` each:
+    wall seconds ("ours", "sa") and the CPU seconds the process used ("ours_cpu", "sa_cpu").
 
-    The two alternate, so a noisy neighbour slows both alike. Both start from
+    The two alternate, so a noisy neighbour slows both alike; CPU time moves less than wall time
+    on a loaded machine (a process waiting for a core is not charged). Both start from
     bytecode: pip compiles SQLAlchemy's modules when it installs them, and so it
     would ours from a wheel, but an editable checkout run with
     ``PYTHONDONTWRITEBYTECODE=1`` (as on the CI machines) recompiles our 16k lines
@@ -738,22 +699,62 @@ def cold_start(url: str | None, sa_url: str, runs: int = 7) -> tuple[float, floa
     import dataflow_lab
 
     compileall.compile_dir(os.path.dirname(dataflow_lab.__file__), quiet=1)
+    env = {**os.environ, "COLD_BENCHMARKS": os.path.dirname(os.path.abspath(__file__))}
 
-    def one(code: str, target: str) -> float:
+    def one(code: str, target: str) -> tuple[float, float]:
         start = time.perf_counter()
-        subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-c", code],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "COLD_URL": target},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**env, "COLD_URL": target},
         )
-        return time.perf_counter() - start
+        _, stderr = process.communicate()
+        wall = time.perf_counter() - start
+        if process.returncode:
+            raise RuntimeError(f"the cold-start process failed:\n{stderr.decode()}")
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # summed over the children so far
+        return wall, usage.ru_utime + usage.ru_stime
 
-    ours_t, sa_t = [], []
+    times: dict[str, list[float]] = {"ours": [], "sa": [], "ours_cpu": [], "sa_cpu": []}
+    cpu_before = one("pass", "")[1]
     for _ in range(runs):
-        ours_t.append(one(COLD_OURS, url or ""))
-        sa_t.append(one(COLD_SQLALCHEMY, sa_url))
-    return statistics.median(ours_t), statistics.median(sa_t)
+        for name, code, target in (("ours", COLD_OURS, url or ""), ("sa", COLD_SQLALCHEMY, sa_url)):
+            wall, cpu_after = one(code, target)
+            times[name].append(wall)
+            times[f"{name}_cpu"].append(cpu_after - cpu_before)
+            cpu_before = cpu_after
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cold_rows(label: str, cold: dict[str, float]) -> list[tuple]:
+    """The cold-start rows of the core table: wall clock, and the CPU time the process used."""
+    return [
+        (label, "cold start to first result", fmt_ms(cold["ours"]), "", fmt_ms(cold["sa"]), "", "",
+         f"{cold['ours'] / cold['sa']:.2f}x", ""),
+        (label, "cold start, CPU time", fmt_ms(cold["ours_cpu"]), "", fmt_ms(cold["sa_cpu"]), "", "",
+         f"{cold['ours_cpu'] / cold['sa_cpu']:.2f}x", ""),
+    ]  # fmt: skip
+
+
+def print_cold(args: argparse.Namespace, backends: list) -> int:
+    """``--cold-only``: the cold-start rows alone, with the load average."""
+    rows = [
+        row
+        for label, url, _raw, sa_url in backends
+        for row in cold_rows(label, cold_start(url, sa_url, args.cold_runs))
+    ]
+    print(
+        table(
+            [(r[0], r[1], r[2], r[4], r[7]) for r in rows],
+            ("backend", "workload", "dataflow_lab", "SQLAlchemy Core (sync)", "ours / SQLAlchemy"),
+        )
+    )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"\n{args.cold_runs} alternating runs each. Load average (1, 5, 15 min) at the end: {load} on {os.cpu_count()} cores."
+    )
+    return 0
 
 
 def import_time() -> float:
@@ -783,6 +784,7 @@ def main() -> int:
     parser.add_argument("--write", metavar="PATH", help="also write the figures as markdown to PATH")
     parser.add_argument("--cold-runs", type=int, default=7, help="fresh processes per cold-start figure")
     parser.add_argument("--no-cold", action="store_true", help="leave out the cold-start rows")
+    parser.add_argument("--cold-only", action="store_true", help="only the cold-start rows (no --write)")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "duckdb", "postgres"])
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument(
@@ -801,6 +803,8 @@ def main() -> int:
         "duckdb": ("DuckDB (memory)", "duckdb:///:memory:", lambda: raw_duckdb(n, wanted), "duckdb:///:memory:"),
         "postgres": ("PostgreSQL", pg, lambda: raw_asyncpg(pg, n, wanted), pg),
     }  # fmt: skip
+    if args.cold_only:
+        return print_cold(args, [backends[name] for name in args.backends if name != "postgres" or pg])
     rows = []
     for name in args.backends:
         label, url, raw, sa_url = backends[name]
@@ -817,9 +821,7 @@ def main() -> int:
             rows.append((label, WORKLOADS[w], *(fmt_ms(v) if v else "-" for v in t.values()),
                          *(f"{t['ours'] / t[k]:.2f}x" if t[k] else "-" for k in ("raw", "sync", "async"))))  # fmt: skip
         if not args.no_cold:
-            ours_cold, sa_cold = cold_start(url, sa_url, args.cold_runs)
-            rows.append((label, "cold start to first result", fmt_ms(ours_cold), "", fmt_ms(sa_cold), "",
-                         "", f"{ours_cold / sa_cold:.2f}x", ""))  # fmt: skip
+            rows += cold_rows(label, cold_start(url, sa_url, args.cold_runs))
         print(f"done: {label}", file=sys.stderr)
     report = table(
         rows,

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _harness import fmt_ms, table  # noqa: E402
+from _harness import fmt_ms, item_db, table  # noqa: E402
 from bench_core import write  # noqa: E402
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder  # noqa: E402
@@ -80,15 +80,7 @@ def fresh(url: str | None) -> str | None:
 def make(
     url: str | None, monitoring: bool
 ) -> tuple[DataFlow, LocalRuntime, Callable[[], object], Callable[[], object]]:
-    db = DataFlow(url, monitoring=monitoring, echo=False)  # no SQL on stderr: the monitoring cost alone
-
-    @db.model
-    class Item:
-        name: str
-        qty: int
-        price: float
-        active: bool = True
-
+    db, _ = item_db(url, monitoring=monitoring)  # no SQL on stderr: the monitoring cost alone
     runtime = LocalRuntime()
     single = WorkflowBuilder(dataflow=db)
     single.add_node("ItemCreateNode", "create", {"name": "widget", "qty": 3, "price": 9.5})
@@ -446,7 +438,8 @@ def main() -> int:
         + "(a failed, retried or slow run is counted at once); transactions are counted by the\n"
         + "database's own ledger and statements by its connections (an integer increment each), so\n"
         + "neither needs a hook call. Per node the runtime reads the process's resident memory once\n"
-        + "(`/proc/self/statm`: a node starts from the reading its predecessor ended on), which is the\n"
+        + "(`/proc/self/statm`: a node starts from the reading the last node on its thread ended on,\n"
+        + "its predecessor's or the previous run's last one's), which is the\n"
         + "larger part of what is left. Bulk loads stay within noise; a sub-millisecond single\n"
         + "operation pays a small visible share."
         + "\n\nRun tracking (always on, in every environment) is one after_workflow call per run to each\n"

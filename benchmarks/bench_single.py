@@ -4,7 +4,9 @@ Create, Read by id, Update by id and a filtered Count, each a one-node workflow 
 LocalRuntime, against the same statement through SQLAlchemy Core's sync engine (sqlite3,
 psycopg, duckdb_engine) and through the raw driver (sqlite3, asyncpg, duckdb). The paths
 alternate in short blocks within one process, so a noisy neighbour slows all of them alike
-(``bench_core.py`` runs them one after another); each figure is the median block.
+(``bench_core.py`` runs them one after another); each figure is the median block. The CPU
+columns compare the process's CPU time per call, which a loaded machine distorts less than wall
+time (a process waiting for a core is not charged for it).
 
 Targets (issue 17): ours <= 1.5x SQLAlchemy Core on SQLite and PostgreSQL, <= 1.3x raw on DuckDB.
 Run: python benchmarks/bench_single.py [--backends sqlite duckdb postgres] [--blocks 15] [--calls 40]
@@ -24,7 +26,10 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+sys.path.insert(0, os.path.dirname(__file__))
+from _harness import item_db, sa_item_table  # noqa: E402
+
+from dataflow_lab import LocalRuntime, WorkflowBuilder  # noqa: E402
 
 OPS = ("create", "read", "update", "count")
 COLUMNS = ("id", "name", "qty", "price", "active", "created_at", "updated_at")
@@ -36,15 +41,7 @@ def now() -> dt.datetime:
 
 
 def ours(url: str | None) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
-    db = DataFlow(url, echo=False)
-
-    @db.model
-    class Item:
-        name: str
-        qty: int
-        price: float
-        active: bool = True
-
+    db, _ = item_db(url)
     runtime = LocalRuntime()
 
     def one(node_type: str, params: dict) -> object:
@@ -70,19 +67,9 @@ def sqlalchemy_sync(
 ) -> tuple[dict[str, Callable[[], object]], Callable[[], None]]:
     from sqlalchemy.pool import StaticPool
 
-    md = sa.MetaData()
-    items = sa.Table(
-        "sa_single_items",
-        md,
-        sa.Column("id", sa.Integer if backend == "sqlite" else sa.BigInteger,
-                  sa.Sequence("sa_single_seq") if backend == "duckdb" else sa.Identity(), primary_key=True),
-        sa.Column("name", sa.Text, nullable=False),
-        sa.Column("qty", sa.BigInteger, nullable=False),
-        sa.Column("price", sa.Double, nullable=False),
-        sa.Column("active", sa.Boolean, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-    )  # fmt: skip
+    md, items = sa_item_table(
+        "sa_single_items", {"sqlite": "sqlite://", "duckdb": "duckdb://"}.get(backend, "pg")
+    )
     if backend == "sqlite":
         engine = sa.create_engine("sqlite://", poolclass=StaticPool)
     elif backend == "duckdb":
@@ -223,16 +210,20 @@ def raw_asyncpg(pg: str | None) -> tuple[dict[str, Callable[[], object]], Callab
 
 
 def alternating(fns: dict[str, Callable[[], object]], blocks: int, calls: int) -> dict[str, float]:
-    """Seconds per call of each path: the median of ``blocks`` blocks of ``calls`` calls, paths alternating."""
+    """Seconds per call of each path: the median of ``blocks`` blocks of ``calls`` calls, paths
+    alternating; wall time under the path's name, the process's CPU time under ``<name>_cpu``
+    (all its threads: PostgreSQL runs go to the runtime's loop thread). A loaded machine keeps a
+    process waiting for a core, which its wall time counts and its CPU time does not."""
     for fn in fns.values():
         for _ in range(calls):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, list[float]] = {key: [] for name in fns for key in (name, f"{name}_cpu")}
     for _ in range(blocks):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for _ in range(calls):
                 fn()
+            times[f"{name}_cpu"].append((time.process_time() - cpu) / calls)
             times[name].append((time.perf_counter() - start) / calls)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -249,9 +240,10 @@ def main() -> int:
     os.environ.pop("DATABASE_URL", None)
     urls = {"sqlite": None, "duckdb": "duckdb:///:memory:", "postgres": pg}
     print(
-        "| backend | op | dataflow_lab | SQLAlchemy Core (sync) | raw driver | ours / SQLAlchemy | ours / raw |"
+        "| backend | op | dataflow_lab | SQLAlchemy Core (sync) | raw driver | ours / SQLAlchemy | ours / raw "
+        "| CPU: ours / SQLAlchemy | CPU: ours / raw |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for backend in args.backends:
         if backend == "postgres" and not pg:
             continue
@@ -259,7 +251,8 @@ def main() -> int:
         for op in OPS:
             t = alternating({name: fns[op] for name, (fns, _) in paths.items()}, args.blocks, args.calls)
             print(f"| {backend} | {op} | {t['ours'] * 1e3:.3f} ms | {t['sa'] * 1e3:.3f} ms | {t['raw'] * 1e3:.3f} ms "
-                  f"| {t['ours'] / t['sa']:.2f}x | {t['ours'] / t['raw']:.2f}x |")  # fmt: skip
+                  f"| {t['ours'] / t['sa']:.2f}x | {t['ours'] / t['raw']:.2f}x | {t['ours_cpu'] / t['sa_cpu']:.2f}x "
+                  f"| {t['ours_cpu'] / t['raw_cpu']:.2f}x |")  # fmt: skip
         for _, close in paths.values():
             close()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -20,6 +20,7 @@ from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import tenancy
 from .errors import AccessDeniedError, ValidationError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,16 +181,21 @@ def check_run(workflow: Workflow, user: Any, tenant: str | None) -> Mapping[Any,
 
     Called in the caller's thread, where ``with db.tenant(...)`` is visible.
     """
-    from . import tenancy
-
     check_nodes(workflow.nodes.values(), user)
     tenants = tenancy.captured(tenant)
-    with tenancy.activated(tenants):
-        for spec in workflow.nodes.values():
-            cls = spec.node_class
-            if cls.model is not None:  # a model's node: its behaviours refuse a run that cannot succeed
-                cls.behaviours.before_run(cls, f"{cls.type_name} '{spec.node_id}'")
+    if tenant is None:  # the caller's own tenants, which are set here already
+        _before_run(workflow)
+    else:
+        with tenancy.activated(tenants):
+            _before_run(workflow)
     return tenants
+
+
+def _before_run(workflow: Workflow) -> None:
+    for spec in workflow.nodes.values():
+        cls = spec.node_class
+        if cls.model is not None:  # a model's node: its behaviours refuse a run that cannot succeed
+            cls.behaviours.before_run(cls, f"{cls.type_name} '{spec.node_id}'")
 
 
 def prepare_run(workflow: Workflow, user: Any, tenant: str | None, coro: Coroutine[Any, Any, T]) -> Any:
@@ -198,7 +204,6 @@ def prepare_run(workflow: Workflow, user: Any, tenant: str | None, coro: Corouti
     The run itself happens on the background loop, so the tenants are captured here (``check_run``)
     and set again around it.
     """
-    from . import tenancy
     from .audit import run_as
 
     try:

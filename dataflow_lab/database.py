@@ -288,6 +288,9 @@ class Database:
     async def _first_use(self, scope: Any) -> None:
         if not self._recovered:
             self._recovered = True
+            if self.dialect.starts_empty():  # a fresh in-memory database: nothing to recover or resume
+                self._sagas_resumed = True
+                return
             await self._recover_in_doubt()
         if not self._sagas_resumed and (scope is None or not scope.holds(self.dataflow)):
             # (inside an open transaction a second connection could wait forever: at a later use)

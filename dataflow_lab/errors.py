@@ -5,7 +5,6 @@ Every error says what happened and, through ``hint``, what to do about it.
 
 from __future__ import annotations
 
-import difflib
 import os.path
 from collections.abc import Iterable
 
@@ -64,12 +63,15 @@ def closest(name: str, candidates: Iterable[str]) -> str | None:
     scored = []
     for candidate in candidates:
         text = str(candidate).lower()
-        distance = _typos(typed, text)
         shorter, longer = sorted((typed, text), key=len)
         shared = len(os.path.commonprefix([typed, text]))
-        if (distance < len(shorter) and distance <= max(1, len(longer) // 3)) or (
-            shared >= max(4, 2 * len(longer) // 3)
-        ):
+        near_start = shared >= max(4, 2 * len(longer) // 3)
+        if not near_start and len(longer) - len(shorter) > max(1, len(longer) // 3):
+            continue  # the lengths alone take more edits than a typo makes (the slow count is spared)
+        distance = _typos(typed, text)
+        if (distance < len(shorter) and distance <= max(1, len(longer) // 3)) or near_start:
+            import difflib  # here: loaded when a name is misspelled, not by every import
+
             ratio = difflib.SequenceMatcher(None, typed, text).ratio()
             scored.append((distance, -ratio, str(candidate)))
     return min(scored)[2] if scored else None

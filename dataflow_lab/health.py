@@ -16,7 +16,6 @@ import asyncio
 import contextvars
 import dataclasses
 import datetime as dt
-import html
 import logging
 import time
 import weakref
@@ -55,6 +54,8 @@ class HealthReport:
         )
 
     def _repr_html_(self) -> str:
+        import html  # here: its entity table is no cost of opening a database
+
         colour = {"ok": "#1a7f37", "degraded": "#9a6700", "down": "#cf222e"}.get(self.status, "#57606a")
         rows = "".join(
             f"<tr><th style='text-align:left'>{name}</th><td>{html.escape(str(value))}</td></tr>"

@@ -12,10 +12,10 @@ gives None otherwise. A ``MemoryProbe`` measures what one node did to memory:
 Both are process-wide: nodes that run at the same time (AsyncLocalRuntime's
 branches) share their figures. A run measures its nodes through a ``RunProbe``,
 which also reads the node's pool use; with "rss", a node that starts while no
-other node of its run is running, within a millisecond of its predecessor's end,
-starts from the reading that one ended on (one read of ``/proc`` per node instead
-of two: a read costs 2-4 us inside a run, a sizeable share of a sub-millisecond
-node's monitoring).
+other node is running on its thread, within a millisecond of the last one's end
+(its predecessor's, or the previous run's last node's), starts from the reading
+that one ended on (one read of ``/proc`` per node instead of two: a read costs
+2-8 us inside a run, a sizeable share of a sub-millisecond node's monitoring).
 """
 
 from __future__ import annotations
@@ -126,34 +126,52 @@ class MemoryProbe:
         return None if now is None else round((now - start) / MB, 3)
 
 
+class _Chain(threading.local):
+    """What the nodes measured on one thread leave for the next: the last end reading, while no node
+    of any run on this thread is running, and when it was read."""
+
+    def __init__(self) -> None:
+        self.mark: int | None = None
+        self.marked_at = 0.0  # time.perf_counter() of the reading
+        self.running = 0  # nodes started and not yet ended on this thread, of every run
+
+
+_CHAIN = _Chain()
+
+
 class RunProbe:
     """One run's node figures: ``start()`` before a node, ``end(start, node_class)`` after it gives
     (memory_mb, pool_usage) as ``hooks.NodeRecord`` holds them.
 
-    With a chaining probe ("rss"), a node that starts while none of the run's nodes is running,
-    within CHAIN_WITHIN of the last one's end, starts from the reading that one ended on (what
-    the runtime does between two nodes is counted in the second); with two nodes in flight, or
-    after a longer gap (a retried run's backoff), a node reads its own start.
+    With a chaining probe ("rss"), a node that starts while no node is running on its thread, within
+    CHAIN_WITHIN of the last one's end, starts from the reading that one ended on (what the runtime
+    does between two nodes, or between two runs of a loop, is counted in the second); with two nodes
+    in flight (an AsyncLocalRuntime's branches, or another run's), or after a longer gap (a retried
+    run's backoff), a node reads its own start. A node's start and end are on one thread.
     """
 
-    __slots__ = ("probe", "mark", "marked_at", "running", "pools")
+    __slots__ = ("probe", "pools")
 
     def __init__(self, probe: MemoryProbe):
         self.probe = probe
-        self.mark: int | None = None  # the last node's end reading, while no node runs
-        self.marked_at = 0.0  # when it was read (time.perf_counter())
-        self.running = 0
         self.pools: dict[type, Any] = {}  # node class -> its dialect's pool_usage (None: no database)
 
     def start(self) -> int | None:
-        mark = self.mark
-        if mark is None or self.running or time.perf_counter() - self.marked_at > CHAIN_WITHIN:
+        chain = _CHAIN
+        mark = chain.mark  # only a chaining probe leaves one
+        if (
+            mark is None
+            or not self.probe.chains
+            or chain.running
+            or time.perf_counter() - chain.marked_at > CHAIN_WITHIN
+        ):
             mark = self.probe.start()
-        self.running += 1
+        chain.running += 1
         return mark
 
     def end(self, start: int | None, node_class: Any) -> tuple[float | None, str | None]:
-        self.running -= 1
+        chain = _CHAIN
+        chain.running -= 1
         usage = self.pools.get(node_class, False)
         if usage is False:
             db = node_class.dataflow
@@ -165,9 +183,9 @@ class RunProbe:
             return self.probe.megabytes(start), pool
         now = rss_bytes()
         if now is None:  # pragma: no cover - /proc went away
-            self.mark = None
+            chain.mark = None
             return None, pool
-        self.mark, self.marked_at = (None, 0.0) if self.running else (now, time.perf_counter())
+        chain.mark, chain.marked_at = (None, 0.0) if chain.running else (now, time.perf_counter())
         return round((now - start) / MB, 3), pool
 
 

@@ -986,3 +986,29 @@ def test_bulk_upsert_on_natural_key_keeps_the_stored_id(db):
     assert (result["inserted"], result["updated"]) == (0, 1)
     rows = one(db, "ProductListNode", {})
     assert [(r["id"], r["sku"], r["name"]) for r in rows["records"]] == [("p1", "A", "Two")]
+
+
+# -- compiled SQL is kept per statement shape ------------------------------------------
+def test_create_read_update_and_count_compile_their_sql_once_per_shape(db, monkeypatch):
+    define_user(db)
+    add_users(db, 3)
+    dialect = db.database.dialect
+    compiled: list[str] = []
+    for name in ("compile", "compile_named"):
+        real = getattr(dialect, name)
+        monkeypatch.setattr(dialect, name, lambda stmt, real=real: compiled.append(str(stmt)) or real(stmt))
+
+    def every_op(n: int) -> list:
+        return [
+            one(db, "UserCreateNode", {"name": f"new {n}", "email": f"new{n}@x", "age": n})["age"],
+            one(db, "UserReadNode", {"id": 1 + n})["name"],
+            one(db, "UserUpdateNode", {"id": 1 + n, "fields": {"age": 40 + n}})["age"],
+            one(db, "UserCountNode", {"filter": {"age": {"$gte": 40 + n}, "active": True}})["count"],
+        ]
+
+    assert every_op(0) == [0, "user1", 40, 1]
+    first = len(compiled)
+    assert first >= 4  # each shape compiled once, at its first run
+    assert every_op(1) == [1, "user2", 41, 1]  # other values: each run's own
+    assert every_op(2) == [2, "user3", 42, 1]
+    assert compiled[first:] == []

@@ -156,3 +156,37 @@ def test_consecutive_nodes_each_show_their_own_rss_change():
         assert abs(runs["first"].memory_usage_mb) < 5
     finally:
         KEPT.clear()
+
+
+def test_a_run_s_first_node_starts_from_the_reading_the_last_run_on_its_thread_ended_on(monkeypatch):
+    """One read of /proc per node across runs too: the second run's only node reads its end alone,
+    and still shows the memory it took as its own."""
+    from dataflow_lab import process_memory
+
+    monkeypatch.setattr(process_memory, "CHAIN_WITHIN", 60.0)  # the gap between runs never matters here
+    reads = []
+    real = process_memory.rss_bytes
+    monkeypatch.setattr(process_memory, "rss_bytes", lambda: reads.append(1) or real())
+    collector = MetricsCollector()
+
+    def small() -> int:
+        return 1
+
+    def big() -> int:
+        return allocate()
+
+    try:
+        runtime = LocalRuntime(hooks=[collector])
+        per_run = []
+        for fn in (small, small, big):  # the first run starts the chain (or takes what came before)
+            wf = WorkflowBuilder()
+            wf.add_node(fn, "only", {})
+            before = len(reads)
+            runtime.execute(wf.build())
+            per_run.append(len(reads) - before)
+        assert per_run[1:] == [1, 1]  # each run after the first reads its node's end only
+        _, first, second = collector.node_runs
+        assert abs(first.memory_usage_mb) < 5
+        assert second.memory_usage_mb >= 35  # 40 MB written and kept
+    finally:
+        KEPT.clear()

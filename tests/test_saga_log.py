@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from dataflow_lab import DataFlow, LocalRuntime, NotFoundError, WorkflowBuilder, _loop
@@ -155,3 +157,18 @@ def test_a_saga_on_an_existing_schema_database_gets_its_log_table(tmp_path):
     assert snapshot(db) == [(1, "a", 0)]
     assert db.pending_compensations() == 0
     db.close()
+
+
+@pytest.mark.parametrize("url", [None, "duckdb:///:memory:"], ids=["sqlite", "duckdb"])
+def test_a_fresh_in_memory_database_looks_for_no_owed_compensation(tmp_path, caplog, url):
+    # A private in-memory database starts empty at every open: no earlier run left a saga log in
+    # it, so its first use sends nothing to find one. A file database is looked into.
+    kept = f"sqlite:///{tmp_path / 'kept.db'}" if url is None else f"duckdb:///{tmp_path / 'kept.duckdb'}"
+    for target, looked in ((url, False), (kept, True)):
+        db = DataFlow(target, echo=True)
+        define(db)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="dataflow_lab.sql"):
+            run(db, "AccountCreateNode", {"name": "a"})
+        assert any("dataflow_lab_saga_log" in r.getMessage() for r in caplog.records) is looked
+        db.close()

@@ -276,6 +276,11 @@ class Dialect:
         (an in-memory SQLite; DuckDB, whose file one process holds at a time)."""
         return False
 
+    def starts_empty(self) -> bool:
+        """Whether each opening makes a new, empty database that nothing else can reach (a private
+        in-memory one): no earlier run can have left a saga compensation or a prepared transaction."""
+        return False
+
     @classmethod
     def transient_reason(cls, error: BaseException) -> str | None:
         """Why this database's driver ``error`` is worth retrying ("deadlock"...), None if it is not

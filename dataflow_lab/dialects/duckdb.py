@@ -248,6 +248,9 @@ class DuckDBDialect(Dialect):
     def process_local(self) -> bool:
         return True  # one process opens (and locks) a DuckDB file at a time
 
+    def starts_empty(self) -> bool:
+        return self.path == ":memory:"  # each connect() to :memory: makes its own database
+
     # Migrations: DuckDB will not drop or retype a column an index or constraint depends on, so
     # every column change rebuilds the table.
     alters_in_place: frozenset[str] = frozenset()

@@ -345,6 +345,10 @@ class SQLiteDialect(PooledDialect):
     def process_local(self) -> bool:
         return self.in_memory
 
+    def starts_empty(self) -> bool:
+        # Not a shared-cache "mode=memory" database: another DataFlow of the process reaches that one.
+        return self.path in ("", ":memory:")
+
     async def attach_to_duckdb(self, directory: str) -> DuckAttachment:
         if not self.in_memory:
             return DuckAttachment("sqlite", self.path, None)

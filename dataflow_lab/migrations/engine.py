@@ -16,7 +16,6 @@ on ``multi_tenant``: whose rows they are). Without either, BackfillRequiredError
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import re
@@ -98,6 +97,8 @@ class MigrationPlan:
         return [s.description + (" [destructive]" if s.destructive else "") for s in self.steps]
 
     def _repr_html_(self) -> str:
+        import html  # here: its entity table is no cost of a first run's migration check
+
         if not self.steps:
             return "<p>MigrationPlan: nothing to do.</p>"
         rows = []

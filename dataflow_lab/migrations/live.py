@@ -138,7 +138,7 @@ WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_posit
 
 _PG_INDEXES = """
 SELECT i.relname, ix.indisunique, ix.indisprimary,
-       array(SELECT a.attname FROM unnest(ix.indkey) WITH ORDINALITY k(n, o)
+       array(SELECT a.attname::text FROM unnest(ix.indkey) WITH ORDINALITY k(n, o)
              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.n ORDER BY k.o),
        con.conname, pg_get_indexdef(ix.indexrelid)
 FROM pg_index ix
