@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.sql.compiler import SQLCompiler
 
+    from ..result_cache import ResultCache
+
 log = logging.getLogger("dataflow_lab.sql")
 
 Converter = Callable[[Any], Any] | None
@@ -154,6 +156,12 @@ class Connection:
         raise NotImplementedError
 
 
+class Watch(Protocol):
+    """What ``Dialect.watch_changes`` returns: closed with the database."""
+
+    async def close(self) -> None: ...
+
+
 class DuckAttachment(NamedTuple):
     """How DuckDB attaches a database read-only (``db.sql(..., engine="duckdb")``)."""
 
@@ -272,6 +280,19 @@ class Dialect:
     def process_local(self) -> bool:
         """Whether the database lives in this process only, so no other process can open it
         (an in-memory SQLite; DuckDB, whose file one process holds at a time)."""
+        return False
+
+    # -- the result cache: how other processes' writes are seen (result_cache.py) ----------------
+    async def watch_changes(self, cache: ResultCache) -> Watch | None:
+        """Start telling ``cache`` of other processes' writes, then ``cache.watching(...)``; or turn
+        it off when this database has no way to (asked only of a database that is not process_local)."""
+        cache.turn_off(f"{self.name} has no way to see other processes' writes")
+        return None
+
+    async def notify_changes(self, conn: Connection, table_name: str, *, install: bool) -> bool:
+        """Whether writes to ``table_name`` from any process reach ``watch_changes`` (installing what
+        makes them, inside the migration's transaction, when ``install``). Asked where the watch
+        covers only some tables (PostgreSQL's triggers)."""
         return False
 
     @classmethod
