@@ -146,6 +146,9 @@ class Database:
         self._watch = True  # asked once, even when it fails
         dialect = self.dialect
         if dialect.process_local():  # no other process can write to it
+            shared = dialect.shared_in_process()
+            if shared is not None:
+                self.cache.share(shared)
             self.cache.watching()
             return
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ log = logging.getLogger("dataflow_lab.cache")
 
 ALL_TABLES = "*"  # a write whose tables are unknown (your own SQL): every table of the database
 Ticket = tuple[int, int]  # (epoch, the table's generation) when a read began
+
+# Caches of DataFlows of this process that share one database only this process can open (a
+# DuckDB file): a write through one invalidates them all (ResultCache.share).
+_SHARED: dict[str, weakref.WeakSet[ResultCache]] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class ResultCache:
         self._before_serve: Callable[[], bool] | None = None  # asks the channel; False: it dropped
         self.off_reason: str | None = None if settings is not None else "not enabled"
         self.hits = self.misses = self.invalidations = self.bypassed = 0
+        self._siblings: weakref.WeakSet[ResultCache] | None = None  # see share()
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -87,6 +94,13 @@ class ResultCache:
             self._before_serve = before_serve
             self._watched = set() if tables else None
             self._watching = True
+
+    def share(self, name: str) -> None:
+        """Other DataFlows of this process may open the same database ``name`` (a DuckDB file, which
+        no other process can): each one's writes invalidate every such cache."""
+        with _SHARED_LOCK:
+            self._siblings = _SHARED.setdefault(name, weakref.WeakSet())
+            self._siblings.add(self)
 
     def watch(self, table: str) -> None:
         """``table`` now notifies its changes (its trigger is installed)."""
@@ -157,11 +171,20 @@ class ResultCache:
 
     # -- invalidating -------------------------------------------------------------------------
     def invalidate(self, tables: Iterable[str]) -> None:
-        """Drop the entries of ``tables`` (``ALL_TABLES``: every one) and refuse reads begun before."""
+        """Drop the entries of ``tables`` (``ALL_TABLES``: every one) and refuse reads begun before;
+        in every cache this one ``share``s its database with, too."""
         if self.settings is None:
             return
+        tables = set(tables)
+        if self._siblings is not None:
+            for other in list(self._siblings):
+                if other is not self:
+                    other._invalidate(tables)
+        self._invalidate(tables)
+
+    def _invalidate(self, tables: set[str]) -> None:
         with self._lock:
-            for table in set(tables):
+            for table in tables:
                 if table == ALL_TABLES:
                     self._drop_all()
                 else:

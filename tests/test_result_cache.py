@@ -532,3 +532,16 @@ def test_rotate_key_and_a_migration_empty_the_cache(tmp_path):
     db.database.forget_ready()
     assert stats(db)["entries"] == 0
     db.close()
+
+
+def test_two_dataflows_of_one_duckdb_file_invalidate_each_other(tmp_path):
+    url = f"duckdb:///{tmp_path / 'one.duckdb'}"
+    first, second = DataFlow(url, cache=True), DataFlow(url, cache=True)
+    ItemA, ItemB = define(first), define(second)
+    ItemA.create(name="a", qty=1)
+    assert len(ItemB.list()) == 1 and len(ItemB.list()) == 1
+    ItemA.create(name="b", qty=2)
+    assert ItemB.list() == ItemB.list(cache=False)
+    assert len(ItemB.list()) == 2
+    first.close()
+    second.close()

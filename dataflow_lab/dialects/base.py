@@ -283,6 +283,11 @@ class Dialect:
         return False
 
     # -- the result cache: how other processes' writes are seen (result_cache.py) ----------------
+    def shared_in_process(self) -> str | None:
+        """For a process_local database that other DataFlows of this process may open too (a DuckDB
+        file): a name for it, so their caches invalidate together. None: this DataFlow's alone."""
+        return None
+
     async def watch_changes(self, cache: ResultCache) -> Watch | None:
         """Start telling ``cache`` of other processes' writes, then ``cache.watching(...)``; or turn
         it off when this database has no way to (asked only of a database that is not process_local)."""
