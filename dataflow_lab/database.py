@@ -260,7 +260,8 @@ class Database:
             await table.ensure(conn, **self._migration_policy(create))
             notifies = False
             if self.cache.enabled:  # PostgreSQL: the trigger that tells other processes' caches
-                ddl = not self.config.existing_schema and table.model.name not in self.reflected
+                ddl = self.config.auto_migrate and not self.config.existing_schema
+                ddl = ddl and table.model.name not in self.reflected  # (a reflected table gets no DDL)
                 notifies = await self.dialect.notify_changes(conn, table.model.table_name, install=ddl)
             await conn.commit()
         except BaseException:

@@ -545,3 +545,15 @@ def test_two_dataflows_of_one_duckdb_file_invalidate_each_other(tmp_path):
     assert len(ItemB.list()) == 2
     first.close()
     second.close()
+
+
+def test_postgres_without_auto_migrate_installs_no_trigger_and_reads_uncached(pg_url):
+    plain = DataFlow(pg_url)
+    define(plain).create(name="a", qty=1)  # the table, made without a cache: no trigger
+    plain.close()
+    db = DataFlow(pg_url, cache=True, auto_migrate=False)
+    Item = define(db)
+    assert Item.list() == Item.list() == Item.list(cache=False)
+    figures = stats(db)
+    assert figures["hits"] == 0 and figures["bypassed"] == 3 and figures["on"]
+    db.close()
