@@ -284,6 +284,7 @@ def test_the_cache_is_keyed_by_user_and_access_control_comes_first(cdb):
     Item = define(cdb)
     Item.create(name="a", qty=1)
     cdb.grant("viewer", Item, "read")
+    settle(cdb)
     viewer, stranger = AccessUser("vic", roles=["viewer"]), AccessUser("sam", roles=["nobody"])
     assert len(Item.using(user=viewer).list()) == 1
     with pytest.raises(DataFlowError):
@@ -296,6 +297,7 @@ def test_lru_and_ttl_bound_what_is_kept(cached_backend, tmp_path):
     db = DataFlow(url_for(cached_backend, tmp_path), cache={"max_entries": 2, "ttl": 0.05})
     Item = define(db)
     Item.create(name="a", qty=1)
+    settle(db)
     Item.list(), Item.count(), Item.get(1)
     assert stats(db)["entries"] == 2
     time.sleep(0.1)
@@ -389,6 +391,7 @@ def test_postgres_psql_update_invalidates_through_listen_notify(pg_url):
     db = DataFlow(pg_url, cache=True)
     Item = define(db)
     Item.create(name="a", qty=1)
+    settle(db)
     assert Item.list()[0]["qty"] == 1 and stats(db)["entries"] >= 1
     cache = db.database.cache
     base = pg_url.split("?")[0]
@@ -499,6 +502,7 @@ def test_encrypted_results_are_cached_and_no_plaintext_reaches_logs_or_metrics(
 
     with caplog.at_level(logging.DEBUG):
         Patient.create(name="p", ssn="123-45-6789")
+        settle(db)
         found = Patient.list(filter={"ssn": "123-45-6789"})
         assert (
             found
@@ -557,3 +561,28 @@ def test_postgres_without_auto_migrate_installs_no_trigger_and_reads_uncached(pg
     figures = stats(db)
     assert figures["hits"] == 0 and figures["bypassed"] == 3 and figures["on"]
     db.close()
+
+
+def test_a_read_on_another_thread_never_caches_an_open_transactions_rows(cdb):
+    Item = define(cdb)
+    Item.create(name="a", qty=1)
+    Item.list()
+    began, results = threading.Event(), []
+
+    def reader():
+        began.wait()
+        results.append(
+            Item.list()
+        )  # SQLite and DuckDB: waits for the block; PostgreSQL: reads committed rows
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    with pytest.raises(RuntimeError):
+        with cdb.transaction():
+            Item.create(name="uncommitted", qty=2)
+            began.set()
+            time.sleep(0.05)  # the reader runs meanwhile (or waits for this block to end)
+            raise RuntimeError("roll back")
+    thread.join()
+    assert [r["name"] for r in results[0]] == ["a"]
+    assert [r["name"] for r in same_as_database(Item)] == ["a"]

@@ -11,6 +11,8 @@ cache turns itself off (``ResultCache.turn_off``) rather than serve what it can 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ __all__ = ["CHANNEL", "TRIGGER", "Listener", "install_trigger"]
 log = logging.getLogger("dataflow_lab.cache")
 
 CHANNEL = "dataflow_cache"
+PING_SECONDS = 5.0  # how often the LISTEN connection is asked whether it still answers (a silent drop)
 TRIGGER = "dataflow_cache_notify"  # the trigger's name on every table, and its function's
 
 _FUNCTION = f"""CREATE OR REPLACE FUNCTION {TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,14 +65,29 @@ class Listener:
     def __init__(self, raw: Any, cache: ResultCache):
         self.raw = raw
         self.cache = cache
+        self._pinger: asyncio.Task | None = None
 
     @classmethod
     async def start(cls, raw: Any, cache: ResultCache) -> Listener:
         listener = cls(raw, cache)
         await raw.add_listener(CHANNEL, listener._notified)
         raw.add_termination_listener(listener._closed)
+        listener._pinger = asyncio.ensure_future(listener._ping())
         cache.watching(listener.alive, tables=True)
         return listener
+
+    async def _ping(self) -> None:
+        """A connection that died without closing (a network cut) hears nothing: ask it now and then."""
+        while not self.raw.is_closed():
+            await asyncio.sleep(PING_SECONDS)
+            try:
+                await self.raw.fetchval("SELECT 1", timeout=PING_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.cache.turn_off("the LISTEN connection to PostgreSQL stopped answering")
+                self.raw.terminate()
+                return
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, table: str) -> None:
         self.cache.invalidate([table])
@@ -82,6 +100,10 @@ class Listener:
         return not self.raw.is_closed()
 
     async def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pinger
         if not self.raw.is_closed():
             try:
                 await self.raw.close(timeout=5)
