@@ -98,6 +98,9 @@ class Scope:
         self.ended = False
         # Tables this scope wrote, by database: their cached results go when it commits (result_cache.py)
         self.wrote: dict[int, tuple[DataFlow, set[str]]] = {}
+        # Its transactions may be PREPAREd (a two-phase run): they begin with the dialect's
+        # quiet_changes_sql, and their tables are announced to other processes' caches after the commit
+        self.may_prepare = False
 
     @property
     def nested(self) -> bool:
@@ -143,19 +146,34 @@ class Scope:
 
     def note_write(self, dataflow: DataFlow, tables: tuple[str, ...]) -> None:
         """``tables`` of ``dataflow`` are written in this scope: their cached results go at its commit."""
-        if dataflow.database.cache.enabled:
-            self.wrote.setdefault(id(dataflow), (dataflow, set()))[1].update(tables)
+        self.wrote.setdefault(id(dataflow), (dataflow, set()))[1].update(tables)
 
     def _invalidate(self, dataflow: DataFlow | None = None) -> None:
         """After a commit (or one whose outcome is unknown): drop the cached results of what it wrote."""
-        for key, (db, tables) in list(self.wrote.items()):
-            if dataflow is None or db is dataflow:
-                db.database.cache.invalidate(tables)
-                del self.wrote[key]
+        for db, tables in self._written(dataflow):
+            db.database.cache.invalidate(tables)
+
+    def _written(self, dataflow: DataFlow | None = None) -> list[tuple[DataFlow, set[str]]]:
+        return [(db, tables) for db, tables in self.wrote.values() if dataflow is None or db is dataflow]
+
+    async def _announce(self, begun: list[_Held]) -> None:
+        """A quiet commit (may_prepare) sent no notifications: tell other processes' caches now."""
+        for held in begun:
+            if held.dataflow.database.dialect.quiet_changes_sql is None:
+                continue
+            for _, tables in self._written(held.dataflow):
+                try:
+                    await held.dataflow.database.dialect.announce_changes(held.conn, sorted(tables))
+                except Exception:  # committed: the error would mislead; other caches may lag
+                    log.warning("announcing the tables a commit changed failed on %r", held.dataflow,
+                                exc_info=True)  # fmt: skip
 
     async def _begin(self, held: _Held) -> None:
         if self.parent is None:
             await held.conn.begin(self.isolation)
+            quiet = held.dataflow.database.dialect.quiet_changes_sql if self.may_prepare else None
+            if quiet is not None:
+                await held.conn.execute(quiet)
             self.record_event(held.dataflow, "begin", held)
         else:
             await self.parent.connection(held.dataflow, write=True)  # the outer transaction begins first
@@ -243,6 +261,8 @@ class Scope:
                     finally:  # (a COMMIT that failed may still have happened)
                         self._invalidate(held.dataflow)
                     committed.append(held)
+            if self.may_prepare:
+                await self._announce(begun)
         finally:
             self.wrote.clear()  # a rollback invalidates nothing
             await self.release()

@@ -586,3 +586,35 @@ def test_a_read_on_another_thread_never_caches_an_open_transactions_rows(cdb):
     thread.join()
     assert [r["name"] for r in results[0]] == ["a"]
     assert [r["name"] for r in same_as_database(Item)] == ["a"]
+
+
+def test_two_phase_commit_works_on_tables_with_triggers_and_tells_other_caches(pg_url, pg_url2):
+    first, second = DataFlow(pg_url, cache=True), DataFlow(pg_url2, cache=True)
+    watcher = DataFlow(pg_url, cache=True)  # another DataFlow, as another process, caching the first
+    Item, Watched = define(first), define(watcher)
+
+    @second.model
+    class Ledger:
+        note: str
+
+    Item.count(), Ledger.count()  # both tables now carry the trigger, which NOTIFY would make unpreparable
+    settle(watcher)
+    assert Watched.count() == 0 == Watched.count()
+    wf = WorkflowBuilder()
+    wf.add_node(first.nodes["ItemCreateNode"], "a", {"name": "x", "qty": 1})
+    wf.add_node(second.nodes["LedgerCreateNode"], "b", {"note": "y"})
+    events = []
+
+    class Spy:
+        def transaction(self, *, event, **future):
+            events.append(event)
+
+    runtime = LocalRuntime(transaction="2pc")
+    runtime.hooks.subscribe(Spy())
+    runtime.execute(wf.build())
+    assert events.count("prepare") == 2
+    assert Item.count() == 1 and Ledger.count() == 1
+    settle(watcher)  # the announcement after COMMIT PREPARED has reached it
+    assert Watched.count() == 1 == Watched.count(cache=False)
+    for db in (first, second, watcher):
+        db.close()

@@ -294,6 +294,11 @@ class Dialect:
         cache.turn_off(f"{self.name} has no way to see other processes' writes")
         return None
 
+    quiet_changes_sql: str | None = None  # run first in a transaction that may be PREPAREd (see postgres)
+
+    async def announce_changes(self, conn: Connection, tables: list[str]) -> None:
+        """After a commit made with ``quiet_changes_sql``: tell other processes' caches of ``tables``."""
+
     async def notify_changes(self, conn: Connection, table_name: str, *, install: bool) -> bool:
         """Whether writes to ``table_name`` from any process reach ``watch_changes`` (installing what
         makes them, inside the migration's transaction, when ``install``). Asked where the watch

@@ -5,7 +5,9 @@ trigger, ``AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE``, whose function sends
 ``pg_notify('dataflow_cache', <table name>)``. PostgreSQL delivers a notification when, and only
 if, the writing transaction commits, whoever wrote: this process, another one, psql. Each caching
 DataFlow holds one connection of its own (out of its pool) that LISTENs on the channel and drops
-the named table's cached results as each notification arrives. If that connection closes, the
+the named table's cached results as each notification arrives. A transaction that may be
+PREPAREd cannot NOTIFY: a two-phase run turns the trigger's notice off (``QUIET``) and announces
+the tables it wrote after its commit (``announce``); a recovered commit announces ``*``. If that connection closes, the
 cache turns itself off (``ResultCache.turn_off``) rather than serve what it can no longer check.
 """
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..result_cache import ResultCache
     from .base import Connection
 
-__all__ = ["CHANNEL", "TRIGGER", "Listener", "install_trigger"]
+__all__ = ["CHANNEL", "QUIET", "TRIGGER", "Listener", "announce", "install_trigger"]
 
 log = logging.getLogger("dataflow_lab.cache")
 
@@ -28,9 +30,14 @@ CHANNEL = "dataflow_cache"
 PING_SECONDS = 5.0  # how often the LISTEN connection is asked whether it still answers (a silent drop)
 TRIGGER = "dataflow_cache_notify"  # the trigger's name on every table, and its function's
 
+# A transaction that may be PREPAREd (two-phase commit) must not NOTIFY (PostgreSQL refuses to
+# prepare it): it sets QUIET, and the committer announces its tables once it has committed.
+QUIET = "SET LOCAL dataflow.cache_notify = 'off'"
 _FUNCTION = f"""CREATE OR REPLACE FUNCTION {TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME);
+    IF coalesce(current_setting('dataflow.cache_notify', true), '') <> 'off' THEN
+        PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME);
+    END IF;
     RETURN NULL;
 END $$"""
 
@@ -57,6 +64,12 @@ async def install_trigger(conn: Connection, table: str, quoted: str, *, install:
             )
     await conn.execute("SELECT pg_notify($1, $2)", [CHANNEL, table])
     return True
+
+
+async def announce(conn: Connection, tables: list[str]) -> None:
+    """Tell every cache that ``tables`` changed (after a commit made quietly: QUIET); ``*``: all."""
+    for table in tables:
+        await conn.execute("SELECT pg_notify($1, $2)", [CHANNEL, table])
 
 
 class Listener:
@@ -90,7 +103,7 @@ class Listener:
                 return
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, table: str) -> None:
-        self.cache.invalidate([table])
+        self.cache.invalidate([table])  # ("*", after a recovered two-phase commit: every table)
 
     def _closed(self, _conn: Any) -> None:
         self.cache.turn_off("the LISTEN connection to PostgreSQL closed")

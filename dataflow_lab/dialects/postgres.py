@@ -287,6 +287,11 @@ class PostgresDialect(PooledDialect):
         handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
         return await pg_notify.Listener.start(raw, cache)
 
+    quiet_changes_sql = pg_notify.QUIET  # a transaction that may be PREPAREd must not NOTIFY
+
+    async def announce_changes(self, conn: Connection, tables: list[str]) -> None:
+        await pg_notify.announce(conn, tables)
+
     async def notify_changes(self, conn: Connection, table_name: str, *, install: bool) -> bool:
         quoted = self.sa_dialect.identifier_preparer.quote(table_name)
         return await pg_notify.install_trigger(conn, table_name, quoted, install=install)
