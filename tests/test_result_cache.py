@@ -45,7 +45,7 @@ def define(db: DataFlow):
 
 
 def stats(db: DataFlow) -> dict:
-    return db.database.cache.stats()
+    return db.cache_stats()
 
 
 _syncs = iter(range(1, 10**9))
