@@ -188,6 +188,7 @@ def test_a_write_invalidates_only_its_own_model(cdb, cached_backend):
 def test_a_failed_run_invalidates_nothing_and_its_writes_never_show(cdb):
     Item = define(cdb)
     Item.create(name="a", qty=1)
+    settle(cdb)
     cached = Item.list()
     invalidations = stats(cdb)["invalidations"]
     wf = WorkflowBuilder(dataflow=cdb)
@@ -202,6 +203,7 @@ def test_a_failed_run_invalidates_nothing_and_its_writes_never_show(cdb):
 def test_inside_a_transaction_reads_see_its_own_writes_and_nothing_is_cached(cdb):
     Item = define(cdb)
     Item.create(name="a", qty=1)
+    settle(cdb)
     assert len(Item.list()) == 1
     entries = stats(cdb)["entries"]
     with pytest.raises(RuntimeError):
