@@ -143,6 +143,9 @@ async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
     conn = await dialect.acquire()
     try:
         await cast("TwoPhaseConnection", conn).finish_prepared(gid, commit=commit)
+        if commit:  # its tables are unknown here: every cache of the database forgets everything
+            db.database.cache.clear()
+            await db.database.dialect.announce_changes(conn, ["*"])
     finally:
         await dialect.release(conn)
 

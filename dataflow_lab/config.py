@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from .errors import ValidationError, did_you_mean, refuse_unknown_options
+from .result_cache import CacheSettings
 
 ENVIRONMENTS = ("development", "testing", "staging", "production")
 ENVIRONMENT_ALIASES = {"dev": "development", "test": "testing", "prod": "production"}
@@ -148,6 +149,7 @@ class DataFlowConfig:
     encryption_at_rest: bool = False  # every text, JSON and bytes field is encrypted (encryption.py)
     log_level: str | None = None  # the 'dataflow_lab' logger's level; None leaves logging alone
     bulk_memory_mb: float = 64.0  # what one bulk chunk may hold in memory (rows.ChunkSizer)
+    cache: CacheSettings | None = None  # the result cache of Read, List and Count (result_cache.py)
 
     @property
     def safety(self) -> SafetyLevel:
@@ -190,6 +192,7 @@ class DataFlowConfig:
             values.get("min_connections", 1), values.get("pool_size")
         )
         _check_thresholds(values)
+        values["cache"] = cache_settings(values.get("cache"))
         return cls(database_url=str(url), environment=environment, **values)
 
 
@@ -256,6 +259,35 @@ def _min_connections(value: object, pool_size: object) -> int:
             hint="e.g. DataFlow(min_connections=5); 0 opens none ahead of use.",
         )
     return min(value, pool_size) if isinstance(pool_size, int) and not isinstance(pool_size, bool) else value
+
+
+def cache_settings(value: object) -> CacheSettings | None:
+    """``DataFlow(cache=...)``: False/None (off), True (the defaults) or {"max_entries": n, "ttl": s}."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CacheSettings()
+    if isinstance(value, CacheSettings):
+        return value
+    hint = 'e.g. DataFlow(cache=True) or DataFlow(cache={"max_entries": 10_000, "ttl": None}).'
+    if not isinstance(value, dict):
+        raise ValidationError(f"DataFlow(cache={value!r}): must be True, False or a dict.", hint=hint)
+    unknown = sorted(set(value) - {"max_entries", "ttl"})
+    if unknown:
+        raise ValidationError(
+            f"DataFlow(cache=...): unknown setting '{unknown[0]}'.{did_you_mean(unknown[0], ('max_entries', 'ttl'))}",
+            hint=hint,
+        )
+    most, ttl = value.get("max_entries", 10_000), value.get("ttl")
+    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+        raise ValidationError(
+            f"DataFlow(cache=...): max_entries must be a positive int, got {most!r}.", hint=hint
+        )
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+        raise ValidationError(
+            f"DataFlow(cache=...): ttl must be a positive number of seconds or None, got {ttl!r}.", hint=hint
+        )
+    return CacheSettings(max_entries=most, ttl=None if ttl is None else float(ttl))
 
 
 MEMORY_TRACKING = ("rss", "tracemalloc")

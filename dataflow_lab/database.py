@@ -21,6 +21,8 @@ registry       ``models``, ``tables``, ``nodes``, ``reflected``; ``install(schem
                generates and registers a model's twelve nodes
 identity       ``dataflow`` (the facade), ``token`` (names it across processes, _remote.py)
 health         ``health``: the HealthMonitor (health.py); ``leak_watch`` (leaks.py)
+cache          ``cache``: the ResultCache (result_cache.py), watching other processes' writes
+               from the opening on (``Dialect.watch_changes``)
 sagas          ``pending_count``: compensations owed, as last counted (None: count again)
 =============  ==========================================================================
 
@@ -41,6 +43,7 @@ from .errors import DataFlowError
 from .health import HealthMonitor
 from .leaks import watch
 from .ledger import TransactionLedger
+from .result_cache import ResultCache
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DataFlowConfig
@@ -68,6 +71,8 @@ class Database:
         self.nodes: dict[str, type[Node]] = {}
         self.reflected: set[str] = set()  # models reflected from existing tables: never any DDL
         self.health = HealthMonitor(dataflow)
+        self.cache = ResultCache(config.cache)  # off unless DataFlow(cache=...) (result_cache.py)
+        self._watch: Any = None  # what watches other processes' writes for the cache (closed at close)
         self.leak_watch = watch(dataflow)  # warns if it is collected unclosed, holding connections
         self.pending_count: int | None = None  # saga compensations owed; None: not counted since a change
         self.closed = False
@@ -132,7 +137,24 @@ class Database:
                 f"Could not open {self.dataflow!r}: {self.dialect.scrub(str(exc))}",
                 hint="check the database URL and that the server is running.",
             ) from None
+        if self._watch is None and self.cache.enabled:
+            await self._watch_changes()
         return self.dialect
+
+    async def _watch_changes(self) -> None:
+        """Start seeing other processes' writes, for the cache (once); a database that cannot turns it off."""
+        self._watch = True  # asked once, even when it fails
+        dialect = self.dialect
+        if dialect.process_local():  # no other process can write to it
+            shared = dialect.shared_in_process()
+            if shared is not None:
+                self.cache.share(shared)
+            self.cache.watching()
+            return
+        try:
+            self._watch = await dialect.watch_changes(self.cache)
+        except Exception as exc:
+            self.cache.turn_off(f"could not watch other processes' writes: {dialect.scrub(str(exc))}")
 
     def shut(self) -> None:
         """Refuse any further use and stop the health task (``close()`` also disposes of the pool)."""
@@ -151,6 +173,10 @@ class Database:
         await self.health.settle()
         future = self._open_future
         if future is not None and future.done() and not future.cancelled() and not future.exception():
+            watch, self._watch = self._watch, None
+            if watch is not None and watch is not True:
+                self.cache.turn_off("the database is closed", warn=False)
+                await watch.close()
             if self.dialect.statements is not None:
                 await self.dialect.statements.aclose()  # an EXPLAIN in flight gives its connection back
             await self.dialect.dispose()
@@ -170,12 +196,16 @@ class Database:
         return key in self._ready
 
     def mark_ready(self, key: tuple[str, Any]) -> None:
-        """Record ``key`` as checked; an older signature of the same table is forgotten."""
+        """Record ``key`` as checked; an older signature of the same table is forgotten (and its
+        cached results: the migration to this one may have changed its rows)."""
+        if any(k[0] == key[0] and k != key for k in self._ready):
+            self.cache.invalidate([key[0]])
         self._ready = {k for k in self._ready if k[0] != key[0]} | {key}
 
     def forget_ready(self) -> None:
-        """Check every table again at its next use (after a migration)."""
+        """Check every table again at its next use (after a migration); forget every cached result."""
         self._ready.clear()
+        self.cache.clear()
 
     async def ensure_table(self, table: Any, scope: Any = None, *, create: bool = False) -> None:
         """Create or migrate a model's table, once, before it is used.
@@ -228,10 +258,17 @@ class Database:
         await conn.begin()
         try:
             await table.ensure(conn, **self._migration_policy(create))
+            notifies = False
+            if self.cache.enabled:  # PostgreSQL: the trigger that tells other processes' caches
+                ddl = self.config.auto_migrate and not self.config.existing_schema
+                ddl = ddl and table.model.name not in self.reflected  # (a reflected table gets no DDL)
+                notifies = await self.dialect.notify_changes(conn, table.model.table_name, install=ddl)
             await conn.commit()
         except BaseException:
             await conn.rollback()
             raise
+        if notifies:
+            self.cache.watch(table.model.table_name)
 
     # -- transactions ----------------------------------------------------------------------
     async def allows_two_phase(self) -> bool:

@@ -158,6 +158,7 @@ class DataFlow(Observability):
                     try:
                         after, read, rewritten = await table.rotate(conn, key_id, after, batch_size)
                         await conn.commit()
+                        database.cache.invalidate([table.model.table_name])
                     except BaseException:
                         await conn.rollback()
                         raise

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .hooks import Hooks
     from .ledger import TransactionLedger
     from .model import ModelSchema
+    from .result_cache import ResultCache
     from .schema import ModelTable
 
 __all__ = ["DataFlow", "Database", "Held", "SagaStep", "Scope", "Workflow"]
@@ -38,6 +39,7 @@ class Database(Protocol):
     pending_count: int | None  # saga compensations owed; None: count again
     token: str  # names it across processes (_remote.py)
     health: Any  # its HealthMonitor (health.py, a layer above: probes, warm connections)
+    cache: ResultCache  # Read, List and Count results (result_cache.py; off unless DataFlow(cache=...))
 
     @property
     def dialect(self) -> Dialect: ...

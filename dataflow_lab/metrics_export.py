@@ -197,6 +197,31 @@ class _Families:
         yield from _transaction_families(db, c.transactions.counts(), dash["safety_events"])
         yield from _pool_families(db, dash["connection_pool"], GaugeMetricFamily, CounterMetricFamily)
         yield from _process_families(db, dash["process"], GaugeMetricFamily)
+        if dash.get("result_cache") is not None and dash["result_cache"]["enabled"]:
+            yield from _cache_families(db, dash["result_cache"], GaugeMetricFamily, CounterMetricFamily)
+
+
+def _cache_families(db: str, cache: dict[str, Any], gauge: Any, counter: Any) -> Iterator[Any]:
+    """dataflow_cache_*: the result cache's hits, misses, invalidations, entries, hit rate, on/off."""
+    for name, key, text in (
+        ("dataflow_cache_hits", "hits", "Cached Read/List/Count results served."),
+        ("dataflow_cache_misses", "misses", "Cacheable reads that asked the database."),
+        ("dataflow_cache_invalidations", "invalidations", "Tables whose cached results a write dropped."),
+        ("dataflow_cache_bypassed", "bypassed", "Reads that could not use the cache (in a transaction...)."),
+    ):
+        family = counter(name, text, labels=["database"])
+        family.add_metric([db], cache[key])
+        yield family
+    entries = gauge("dataflow_cache_entries", "Results held in the cache now.", labels=["database"])
+    entries.add_metric([db], cache["entries"])
+    yield entries
+    rate = gauge("dataflow_cache_hit_rate", "hits / (hits + misses); NaN before any.", labels=["database"])
+    rate.add_metric([db], float("nan") if cache["cache_hit_rate"] is None else cache["cache_hit_rate"])
+    yield rate
+    on = gauge("dataflow_cache_on", "1 while the cache serves results; 0 when it turned itself off.",
+               labels=["database"])  # fmt: skip
+    on.add_metric([db], 1.0 if cache["on"] else 0.0)
+    yield on
 
 
 def _process_families(db: str, process: dict[str, Any], gauge: Any) -> Iterator[Any]:

@@ -109,10 +109,12 @@ class WorkflowScoped(Strategy):
 
     mode = TransactionMode.WORKFLOW
     retries_whole_run = True
+    prepares = False  # its transactions may be PREPAREd (two-phase commit)
 
     async def run(self, run: Run, parent: Scope | None) -> None:
         scope = run.scope(parent)
         scope.eager = {id(db) for db in run.written_dataflows()}
+        scope.may_prepare = self.prepares
         token = ACTIVE_SCOPE.set(scope)
         try:
             # one connection per database is shared by every node: they run one after another
@@ -132,6 +134,7 @@ class TwoPhase(WorkflowScoped):
     """As "workflow", committed with two-phase commit when the run wrote to several databases."""
 
     mode = TransactionMode.TWO_PHASE
+    prepares = True
 
     async def commit(self, scope: Scope) -> None:
         await scope.commit(two_phase=True)

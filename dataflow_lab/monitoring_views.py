@@ -178,6 +178,7 @@ class CollectorViews:
         tx = self.transactions.counts()
         db = self.dataflow
         slow = db.database.dialect.statements if db is not None and not db.database.closed else None
+        cache = db.database.cache.stats() if db is not None else None
         return {
             "workflow_executions": {
                 "total": totals["total"],
@@ -193,8 +194,10 @@ class CollectorViews:
                 "rows": sum(s.rows for s in db_types),
                 "errors": sum(s.errors for s in db_types),
                 "average_response_time_ms": _mean(sum(s.duration_ms for s in db_types), operations),
-                "cache_hit_rate": None,  # dataflow_lab has no result cache
+                "cache_hit_rate": cache["cache_hit_rate"] if cache is not None else None,
             },
+            # DataFlow(cache=...): hits, misses, invalidations, entries, and whether it is on (why not)
+            "result_cache": cache,
             "connection_pool": self._pool_view(pool_health),
             "process": memory_figures(),
             "safety_events": {

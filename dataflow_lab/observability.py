@@ -45,6 +45,11 @@ class Observability:
         log = cast("DataFlow", self).database.dialect.statements
         return [] if log is None else log.entries(run_id)
 
+    def cache_stats(self) -> dict[str, Any]:
+        """The result cache's figures, monitored or not (README: Caching): on, off_reason, hits, misses,
+        cache_hit_rate, invalidations, entries, bypassed; ``enabled`` False without DataFlow(cache=...)."""
+        return cast("DataFlow", self).database.cache.stats()
+
     def metrics(self) -> dict[str, Any]:
         """The dashboard: workflow_executions, database_operations, connection_pool, safety_events."""
         return self._collector().dashboard()

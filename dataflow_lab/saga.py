@@ -108,6 +108,8 @@ async def _compensate_one(runtime: Any, emit: Any, saga_step: SagaStep, run_id: 
         scope = Scope(run_id, emit)
         try:
             conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
+            if dataflow is not None:
+                scope.note_write(dataflow, type(saga_step.node).written_tables())
             await compensate(saga_step, conn)
             await scope.commit()
             return entry

@@ -234,7 +234,10 @@ async def _resume_one(db: DataFlow, entry: dict[str, Any]) -> ResumedCompensatio
             await undo.apply(conn)
             t = log_table(db).table
             await conn.execute(*dialect.compile(sa.delete(t).where(t.c.id == entry["id"])))
-            await conn.commit()
+            try:
+                await conn.commit()
+            finally:
+                db.database.cache.invalidate([mt.model.table_name])
         except BaseException:
             await conn.rollback()
             raise

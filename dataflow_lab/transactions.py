@@ -96,6 +96,11 @@ class Scope:
         # Set when the scope has committed or rolled back and given its connections back: a late
         # caller (a sync node's thread still running after its run was cancelled) gets none.
         self.ended = False
+        # Tables this scope wrote, by database: their cached results go when it commits (result_cache.py)
+        self.wrote: dict[int, tuple[DataFlow, set[str]]] = {}
+        # Its transactions may be PREPAREd (a two-phase run): they begin with the dialect's
+        # quiet_changes_sql, and their tables are announced to other processes' caches after the commit
+        self.may_prepare = False
 
     @property
     def nested(self) -> bool:
@@ -124,9 +129,51 @@ class Scope:
             await self._begin(held)
         return held.conn
 
+    def transacting(self, dataflow: DataFlow) -> bool:
+        """Whether a read of ``dataflow`` here is inside a transaction: one begun by this scope or one
+        it joined, or one that begins at its first use (a run that writes there). Such a read never
+        uses the result cache: it must see the transaction's own writes, and what it reads may be
+        rolled back."""
+        if self.writing:
+            return True
+        scope: Scope | None = self
+        while scope is not None:
+            held = scope._held.get(id(dataflow))
+            if (held is not None and held.begun) or id(dataflow) in scope.eager:
+                return True
+            scope = scope.parent
+        return False
+
+    def note_write(self, dataflow: DataFlow, tables: tuple[str, ...]) -> None:
+        """``tables`` of ``dataflow`` are written in this scope: their cached results go at its commit."""
+        self.wrote.setdefault(id(dataflow), (dataflow, set()))[1].update(tables)
+
+    def _invalidate(self, dataflow: DataFlow | None = None) -> None:
+        """After a commit (or one whose outcome is unknown): drop the cached results of what it wrote."""
+        for db, tables in self._written(dataflow):
+            db.database.cache.invalidate(tables)
+
+    def _written(self, dataflow: DataFlow | None = None) -> list[tuple[DataFlow, set[str]]]:
+        return [(db, tables) for db, tables in self.wrote.values() if dataflow is None or db is dataflow]
+
+    async def _announce(self, begun: list[_Held]) -> None:
+        """A quiet commit (may_prepare) sent no notifications: tell other processes' caches now."""
+        for held in begun:
+            if held.dataflow.database.dialect.quiet_changes_sql is None:
+                continue
+            for _, tables in self._written(held.dataflow):
+                try:
+                    await held.dataflow.database.dialect.announce_changes(held.conn, sorted(tables))
+                except Exception:  # committed: the error would mislead; other caches may lag
+                    log.warning("announcing the tables a commit changed failed on %r", held.dataflow,
+                                exc_info=True)  # fmt: skip
+
     async def _begin(self, held: _Held) -> None:
         if self.parent is None:
             await held.conn.begin(self.isolation)
+            quiet = held.dataflow.database.dialect.quiet_changes_sql if self.may_prepare else None
+            if quiet is not None:
+                await held.conn.execute(quiet)
             self.record_event(held.dataflow, "begin", held)
         else:
             await self.parent.connection(held.dataflow, write=True)  # the outer transaction begins first
@@ -192,6 +239,9 @@ class Scope:
                         self._hand_undo_to_parent(held)
                 if self.doomed is not None:
                     self.parent.doomed = self.doomed
+                for db, tables in self.wrote.values():  # its writes are now the outer transaction's
+                    self.parent.note_write(db, tuple(tables))
+                self.wrote.clear()
                 return
             if self.doomed is not None:
                 await self._refuse_doomed_commit()
@@ -199,13 +249,22 @@ class Scope:
             if two_phase and len(begun) > 1:
                 from .two_phase import commit_two_phase
 
-                await commit_two_phase(self, begun)
+                try:
+                    await commit_two_phase(self, begun)
+                finally:
+                    self._invalidate()  # committed, or in doubt: either way the cache forgets
             else:
                 committed: list[_Held] = []
                 for held in begun:
-                    await self._commit_one(held, committed)
+                    try:
+                        await self._commit_one(held, committed)
+                    finally:  # (a COMMIT that failed may still have happened)
+                        self._invalidate(held.dataflow)
                     committed.append(held)
+            if self.may_prepare:
+                await self._announce(begun)
         finally:
+            self.wrote.clear()  # a rollback invalidates nothing
             await self.release()
 
     async def _commit_one(self, held: _Held, committed: list[_Held]) -> None:
@@ -249,6 +308,7 @@ class Scope:
 
     async def rollback(self) -> None:
         """Undo every begun transaction (a nested scope rolls back to its savepoints)."""
+        self.wrote.clear()  # nothing it wrote stands: no cached result goes
         try:
             for held in self._begun():
                 try:

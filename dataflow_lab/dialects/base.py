@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.sql.compiler import SQLCompiler
 
+    from ..result_cache import ResultCache
+
 log = logging.getLogger("dataflow_lab.sql")
 
 Converter = Callable[[Any], Any] | None
@@ -153,6 +155,12 @@ class Connection:
     async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         """``query`` with writes refused by the database itself, whatever the statement is."""
         raise NotImplementedError
+
+
+class Watch(Protocol):
+    """What ``Dialect.watch_changes`` returns: closed with the database."""
+
+    async def close(self) -> None: ...
 
 
 class DuckAttachment(NamedTuple):
@@ -279,6 +287,29 @@ class Dialect:
     def starts_empty(self) -> bool:
         """Whether each opening makes a new, empty database that nothing else can reach (a private
         in-memory one): no earlier run can have left a saga compensation or a prepared transaction."""
+        return False
+
+    # -- the result cache: how other processes' writes are seen (result_cache.py) ----------------
+    def shared_in_process(self) -> str | None:
+        """For a process_local database that other DataFlows of this process may open too (a DuckDB
+        file): a name for it, so their caches invalidate together. None: this DataFlow's alone."""
+        return None
+
+    async def watch_changes(self, cache: ResultCache) -> Watch | None:
+        """Start telling ``cache`` of other processes' writes, then ``cache.watching(...)``; or turn
+        it off when this database has no way to (asked only of a database that is not process_local)."""
+        cache.turn_off(f"{self.name} has no way to see other processes' writes")
+        return None
+
+    quiet_changes_sql: str | None = None  # run first in a transaction that may be PREPAREd (see postgres)
+
+    async def announce_changes(self, conn: Connection, tables: list[str]) -> None:
+        """After a commit made with ``quiet_changes_sql``: tell other processes' caches of ``tables``."""
+
+    async def notify_changes(self, conn: Connection, table_name: str, *, install: bool) -> bool:
+        """Whether writes to ``table_name`` from any process reach ``watch_changes`` (installing what
+        makes them, inside the migration's transaction, when ``install``). Asked where the watch
+        covers only some tables (PostgreSQL's triggers)."""
         return False
 
     @classmethod

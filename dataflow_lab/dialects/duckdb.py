@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -250,6 +251,10 @@ class DuckDBDialect(Dialect):
 
     def starts_empty(self) -> bool:
         return self.path == ":memory:"  # each connect() to :memory: makes its own database
+
+    def shared_in_process(self) -> str | None:
+        # several DataFlows of this process may open one file (DuckDB shares its instance)
+        return None if self.path in ("", ":memory:") else os.path.realpath(self.path)
 
     # Migrations: DuckDB will not drop or retype a column an index or constraint depends on, so
     # every column change rebuilds the table.

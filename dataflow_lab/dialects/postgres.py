@@ -22,9 +22,10 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
+from ..result_cache import ResultCache
 from ..statement_log import placeholder_count
-from . import pg_url
-from .base import Connection, DuckAttachment, PooledDialect, QueryResult
+from . import pg_notify, pg_url
+from .base import Connection, DuckAttachment, PooledDialect, QueryResult, Watch
 from .connect_errors import postgres_failure
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
@@ -275,6 +276,25 @@ class PostgresDialect(PooledDialect):
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
         return postgres_failure(exc, self.url)
+
+    # -- the result cache: triggers and one LISTEN connection (pg_notify.py) ------------------------
+    async def watch_changes(self, cache: ResultCache) -> Watch | None:
+        from sqlalchemy.util import greenlet_spawn
+
+        self.prepare()
+        handle = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+        raw = handle.driver_connection
+        handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
+        return await pg_notify.Listener.start(raw, cache)
+
+    quiet_changes_sql = pg_notify.QUIET  # a transaction that may be PREPAREd must not NOTIFY
+
+    async def announce_changes(self, conn: Connection, tables: list[str]) -> None:
+        await pg_notify.announce(conn, tables)
+
+    async def notify_changes(self, conn: Connection, table_name: str, *, install: bool) -> bool:
+        quoted = self.sa_dialect.identifier_preparer.quote(table_name)
+        return await pg_notify.install_trigger(conn, table_name, quoted, install=install)
 
     def _sa_dialect(self) -> sa.engine.Dialect:
         from sqlalchemy.dialects.postgresql.asyncpg import dialect

@@ -70,6 +70,10 @@ class RunContext(Protocol):
     async def connection(self, dataflow: DataFlow) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def transacting(self, dataflow: DataFlow) -> bool:  # pragma: no cover - interface
+        """Whether a read of ``dataflow`` now is inside a transaction (it never uses the result cache)."""
+        raise NotImplementedError
+
     def progress(self, done: int, total: int | None) -> None:  # pragma: no cover - interface
         """``done`` of ``total`` input rows are written (bulk nodes report it as they go)."""
 
@@ -119,6 +123,12 @@ class Node:
         if cls.dataflow is not None and cls.model is not None:
             return _generated_class, (cls.dataflow, cls.type_name)
         return _same_class, (cls,)
+
+    @classmethod
+    def written_tables(cls) -> tuple[str, ...]:
+        """The tables a run of this (writing) node may change, whose cached results go when it
+        commits; ``("*",)``: any table of its database (your own SQL)."""
+        return ("*",)
 
     @classmethod
     def param_map(cls) -> dict[str, Param]:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from .. import filters
 from ..model import ModelSchema
 from .base import Param, RunContext
+from .cached import CACHE_PARAM, copy_rows, through_cache
 from .increments import split
 from .model_node import (
     ModelNode,
@@ -96,6 +97,7 @@ class Read(ModelNode):
                 default=True,
                 description="raise NotFoundError when missing (else return None)",
             ),
+            CACHE_PARAM,
             *cls.behaviours.parameters(cls.operation),
         )
 
@@ -104,7 +106,10 @@ class Read(ModelNode):
         return [self.guarded(sa.select(*t.c).where(t.c.id == self.mt.to_db("id", self.params["id"])))]
 
     async def run(self, ctx: RunContext) -> dict[str, Any] | None:
-        rows = await self._fetch_rows(ctx, *read_by_id(self, self.params["id"]))
+        sql, params = read_by_id(self, self.params["id"])
+        rows = await through_cache(
+            self, ctx, sql, params, lambda: self._fetch_rows(ctx, sql, params), copy_rows
+        )
         return rows[0] if rows else missing_row(self, self.params["id"])
 
 
@@ -283,6 +288,7 @@ class List(ModelNode):
                 check=non_negative("limit", allow_none=True),
             ),
             Param("offset", int, default=0, description="skip this many rows", check=non_negative("offset")),
+            CACHE_PARAM,
             *cls.behaviours.parameters(cls.operation),
         )
 
@@ -307,7 +313,10 @@ class List(ModelNode):
 
             bounds = {"_limit": limit, "_offset": offset}
             sql, params = filtered(self, p["filter"], build, "list", order, limit is None, values=bounds)
-        records = Records(await self._fetch_rows(ctx, sql, params))
+        rows = await through_cache(
+            self, ctx, sql, params, lambda: self._fetch_rows(ctx, sql, params), copy_rows
+        )
+        records = Records(rows)
         return {"records": records, "count": len(records)}
 
 
@@ -322,6 +331,7 @@ class Count(ModelNode):
             Param(
                 "filter", dict, default={}, description='e.g. {"active": True}', check=cls._filter_checker()
             ),
+            CACHE_PARAM,
             *cls.behaviours.parameters(cls.operation),
         )
 
@@ -337,8 +347,12 @@ class Count(ModelNode):
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
         sql, params = filtered(self, self.params["filter"], self._count, "count")
-        conn = await ctx.connection(self.dataflow)
-        return {"count": int((await conn.fetch(sql, params))[0][0])}
+
+        async def fetch() -> int:
+            conn = await ctx.connection(self.dataflow)
+            return int((await conn.fetch(sql, params))[0][0])
+
+        return {"count": await through_cache(self, ctx, sql, params, fetch, int)}
 
 
 CRUD_OPERATIONS = (Create, Read, Update, Delete, List, Count, Upsert)

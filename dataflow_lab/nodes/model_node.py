@@ -83,6 +83,10 @@ class ModelNode(Node):
         return (cls.mt,)
 
     @classmethod
+    def written_tables(cls) -> tuple[str, ...]:
+        return tuple(t.model.table_name for t in cls.tables())
+
+    @classmethod
     def output_type(cls) -> Any:
         """``outputs`` made this model's: a User row, ``{"records": Records[User], "count": int}``..."""
         cached = cls.__dict__.get("_output_type")

@@ -66,6 +66,18 @@ def pool_html(url: str, pool: Mapping[str, Any]) -> str:
     return f"<div>{gauge}<code>{html.escape(url)}</code> {html.escape(pool_text(pool))}</div>"
 
 
+def cache_text(cache: Mapping[str, Any]) -> str:
+    """'result cache: 12 hits, 3 misses (80% hits), 2 invalidations, 5 entries', or why it is off."""
+    if not cache.get("on"):
+        return f"result cache OFF: {cache.get('off_reason')}"
+    rate = cache.get("cache_hit_rate")
+    shown = f" ({rate:.0%} hits)" if rate is not None else ""
+    return (
+        f"result cache: {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses{shown}, "
+        f"{cache.get('invalidations', 0)} invalidations, {cache.get('entries', 0)} entries"
+    )
+
+
 def slow_line(statement: Any) -> str:
     """'slow 1.20 s in debit: UPDATE accounts SET ...' (the SQL binds its values: none shown)."""
     where = f" in {statement.node_id}" if statement.node_id else ""
@@ -97,6 +109,7 @@ class MonitorPanel:
         for status in s.nodes.values():
             lines.append(f"  {status.node_id}: {status.label() or status.state}")
         lines += [f"  pool {url}: {pool_text(p)}" for url, p in s.pool.items() if pool_notable(p)]
+        lines += [f"  {url}: {cache_text(c)}" for url, c in s.cache.items()]
         lines += [f"  {e}" for e in s.events[-_LAST_EVENTS:]]
         lines += [f"  retry {r}" for r in s.retries[-_LAST_EVENTS:]]
         lines += [f"  {slow_line(statement)}" for statement in s.slow[-_LAST_EVENTS:]]
@@ -129,7 +142,12 @@ class MonitorPanel:
         return f'<div class="df-slow">{"".join(items)}</div>' if items else ""
 
     def _pool_html(self) -> str:
-        return "".join(pool_html(url, p) for url, p in self.snapshot.pool.items() if pool_notable(p))
+        pools = "".join(pool_html(url, p) for url, p in self.snapshot.pool.items() if pool_notable(p))
+        caches = "".join(
+            f'<div class="df-cache"><code>{html.escape(url)}</code> {html.escape(cache_text(c))}</div>'
+            for url, c in self.snapshot.cache.items()
+        )
+        return pools + caches
 
     def events_html(self) -> str:
         s = self.snapshot

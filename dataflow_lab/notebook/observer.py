@@ -79,6 +79,7 @@ class RunSnapshot:
     events: tuple[str, ...] = ()  # transaction and compensation events, in order
     retries: tuple[str, ...] = ()
     pool: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cache: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # result caches, by database URL
     elapsed: float = 0.0
     error: str | None = None
     slow: tuple[Any, ...] = ()  # this run's slow statements (statement_log.SlowStatement), oldest first
@@ -280,6 +281,7 @@ class RunObserver:
                 events=tuple(self._events),
                 retries=tuple(self._retries),
                 pool=self._pool() if pool else {},
+                cache=self._cache() if pool else {},
                 elapsed=end - self._started,
                 error=self.error,
                 slow=self._slow(),
@@ -304,6 +306,12 @@ class RunObserver:
             except Exception as exc:  # a gauge must never break a run
                 status[db.url] = {"error": _one_line(exc)}
         return status
+
+    def _cache(self) -> dict[str, Mapping[str, Any]]:
+        """The result cache of each database the run touches that has one (DataFlow(cache=...))."""
+        return {
+            db.url: db.database.cache.stats() for db in self.workflow.dataflows() if db.database.cache.enabled
+        }
 
     def attach(self, sink: Callable[[RunSnapshot], None]) -> None:
         """Send snapshots to ``sink`` from now on: one right away, one per change (throttled),
