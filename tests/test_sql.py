@@ -321,6 +321,14 @@ def test_duckdb_engine_on_a_sqlite_file(tmp_path):
     db.close()
 
 
+def test_duckdb_engine_on_a_sqlite_file_that_has_no_table_yet(tmp_path):
+    if SCANNERS_MISSING:
+        pytest.skip(f"DuckDB's scanners cannot load on this machine: {SCANNERS_MISSING}")
+    db = DataFlow(f"sqlite:///{tmp_path}/new.db")
+    assert db.sql("SELECT 42 AS answer", engine="duckdb").to_dict("records") == [{"answer": 42}]
+    db.close()
+
+
 def test_a_dataflow_that_ran_sql_is_freed_after_close():
     import gc
     import weakref

@@ -49,8 +49,9 @@ def load_scanner(con: Any, name: str) -> None:
             raise DataFlowError(
                 f"DuckDB {duckdb.__version__} has no {name} scanner here, and could not download it "
                 f"({str(exc).splitlines()[0]}).",
-                hint=f"pip install 'dataflow-lab[duckdb]' (it brings the {name} scanner for its DuckDB), "
-                "or run once with network access so DuckDB can INSTALL it.",
+                hint=f"run once where DuckDB reaches its extension repository, so that it can INSTALL {name} "
+                f"(it keeps the file), or pip install {_WHEELS[name].replace('_', '-')}=={duckdb.__version__} "
+                "where a wheel exists for this DuckDB version.",
             ) from None
 
 

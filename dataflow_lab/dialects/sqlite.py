@@ -397,6 +397,8 @@ class SQLiteDialect(PooledDialect):
 
     async def attach_to_duckdb(self, directory: str) -> DuckAttachment:
         if not self.in_memory:
+            if not os.path.exists(self.path):  # no table yet: SQLite makes the file at first use,
+                sqlite3.connect(self.path).close()  # and DuckDB cannot attach a file that is not there
             return DuckAttachment("sqlite", self.path, None)
         # Another process's (DuckDB's) view of an in-memory database: a consistent copy, per query.
         snapshot = os.path.join(directory, "snapshot.sqlite")
