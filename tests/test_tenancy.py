@@ -209,7 +209,14 @@ def test_bulk_create_stamps_the_tenant_through_the_dialects_fast_path(db, monkey
         calls.append((tuple(columns), len(rows)))
         return await real(self, conn, table, columns, rows)
 
+    real_columns = dialect_cls.bulk_insert_columns
+
+    async def spy_columns(self, conn, table, columns, by_column, *, ids):  # DuckDB's path: by column
+        calls.append((tuple(columns), max(len(c) for c in by_column if isinstance(c, list))))
+        return await real_columns(self, conn, table, columns, by_column, ids=ids)
+
     monkeypatch.setattr(dialect_cls, "bulk_insert", spy)
+    monkeypatch.setattr(dialect_cls, "bulk_insert_columns", spy_columns)
     with db.tenant("acme"):
         out = one(db, "ItemBulkCreateNode", {"data": [{"name": f"n{i}", "qty": i} for i in range(500)]})
         assert out["inserted"] == 500
