@@ -139,7 +139,8 @@ def schema_snapshot(db: Any) -> list[tuple]:
     return raw_fetch(
         db,
         "SELECT table_name, column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = current_schema() ORDER BY table_name, column_name",
+        f"WHERE table_schema = {'DATABASE()' if db.dialect == 'mysql' else 'current_schema()'} "
+        "ORDER BY table_name, column_name",
     )
 
 
