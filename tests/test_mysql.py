@@ -277,3 +277,54 @@ def test_a_decimal_wider_than_mysql_holds_is_refused_naming_the_field(db):
             amount: Annotated[Decimal, 70, 10]
 
         db.create_tables()
+
+
+# -- bulk -------------------------------------------------------------------------------------
+def test_bulk_create_sends_multi_row_inserts_within_the_statement_budget_all_or_nothing(my_url, monkeypatch):
+    from dataflow_lab.dialects.mysql_connection import MySQLConnection
+
+    sizes: list[int] = []
+    real = MySQLConnection.execute
+
+    async def spy(self, sql, params=()):
+        if sql.startswith("INSERT INTO docs"):
+            sizes.append(len(params) // 4)  # rows in this statement (name, body, created_at, updated_at)
+        return await real(self, sql, params)
+
+    monkeypatch.setattr(MySQLConnection, "execute", spy)
+    db = DataFlow(my_url, bulk_memory_mb=1)  # statements of at most 256 KB of SQL
+    try:
+
+        @db.model
+        class Doc:
+            name: str
+            body: str
+            __dataflow__ = {"unique": ["name"]}
+
+        rows = [{"name": f"d{i}", "body": "x" * 1000} for i in range(2000)]  # about 2 MB
+        assert run(db, "DocBulkCreateNode", {"data": rows, "progress": False})["inserted"] == 2000
+        assert sum(sizes) == 2000 and len(sizes) >= 8 and max(sizes) <= 256 * 1024 // 2000
+        sizes.clear()
+        more = [{"name": f"e{i}", "body": "y" * 1000} for i in range(1999)] + [{"name": "d0", "body": "dup"}]
+        with pytest.raises(NodeExecutionError, match="(?i)duplicate"):
+            run(db, "DocBulkCreateNode", {"data": more, "progress": False})
+        assert len(sizes) >= 8  # the duplicate was in the last statement: the earlier ones are undone
+        assert run(db, "DocCountNode", {})["count"] == 2000
+    finally:
+        db.close()
+
+
+def test_bulk_upsert_counts_inserts_and_updates_exactly(db):
+    @db.model
+    class Stock:
+        sku: str
+        qty: int
+        __dataflow__ = {"unique": ["sku"]}
+
+    run(db, "StockBulkCreateNode", {"data": [{"sku": f"s{i}", "qty": 1} for i in range(10)]})
+    data = [{"sku": f"s{i}", "qty": 1 if i < 3 else 2} for i in range(15)]  # 3 unchanged, 7 changed, 5 new
+    assert run(db, "StockBulkUpsertNode", {"data": data, "conflict_on": ["sku"]}) == {
+        "inserted": 5,
+        "updated": 10,
+    }
+    assert sorted(r["qty"] for r in run(db, "StockListNode", {})["records"]) == [1] * 3 + [2] * 12
