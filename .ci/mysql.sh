@@ -134,6 +134,7 @@ max-allowed-packet = 64M
 local-infile = 1
 skip-log-bin
 performance-schema = 0
+innodb-file-per-table = 0
 CNF
     chown "$user" "$dir/my.cnf" 2>/dev/null || true
     _my_log "starting $server on 127.0.0.1:$port"

@@ -212,8 +212,7 @@ class MySQLDialect(PooledDialect):
         "uuid": _uuid_out,
         "datetime": _datetime_out,
         "decimal": _decimal_out,
-        "float": float,
-    }
+    }  # (DOUBLE comes back a float, BIGINT an int: no converter)
 
     def _sa_dialect(self) -> sa.engine.Dialect:
         from sqlalchemy.dialects.mysql.asyncmy import dialect
