@@ -9,6 +9,9 @@ same columns (plus the created_at/updated_at that every model carries):
   with one ``itemgetter`` call per row.
 - PostgreSQL: asyncpg ``copy_records_to_table`` (upsert: COPY into a temporary table, then one
   ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``, the fastest way asyncpg has).
+- MySQL/MariaDB: asyncmy ``executemany`` of tuples in one transaction, which asyncmy sends as
+  multi-row INSERTs (upsert: ``INSERT ... ON DUPLICATE KEY UPDATE``); ``BENCH_MYSQL_RAW=load``
+  measures ``LOAD DATA LOCAL INFILE`` instead.
 - DuckDB: a pyarrow table of typed columns (``pa.array(column, type)``: string, int64, float64,
   each column made from the dicts in one list comprehension), inserted with ``INSERT ... SELECT``
   with the timestamps as parameters, one value for every row (upsert: the same with ON CONFLICT).
@@ -324,7 +327,70 @@ def setup_duckdb(op: str, url: str, existing: int):
     return lambda data: write(data, op == "upsert")
 
 
-SETUP_RAW = {"sqlite": setup_sqlite, "postgres": setup_postgres, "duckdb": setup_duckdb}
+def setup_mysql(op: str, url: str, existing: int):
+    """asyncmy, the fastest way it has: executemany of tuples in one transaction (asyncmy rewrites it
+    into multi-row INSERTs of up to 1 MB each; upsert: the same with ON DUPLICATE KEY UPDATE), or,
+    with BENCH_MYSQL_RAW=load, LOAD DATA LOCAL INFILE of a tab-separated file in /dev/shm (asyncmy
+    reads a local file; it takes no in-memory buffer)."""
+    import asyncmy
+    import sqlalchemy as sa
+
+    parts = sa.engine.make_url(url)
+    loop = asyncio.new_event_loop()
+    con = loop.run_until_complete(
+        asyncmy.connect(host=parts.host, port=parts.port or 3306, user=parts.username,
+                        password=parts.password or "", database=parts.database, autocommit=True,
+                        local_infile=True, charset="utf8mb4")
+    )  # fmt: skip
+    fields = columns_of(op)
+    columns = [*fields, "created_at", "updated_at"]
+    load = os.environ.get("BENCH_MYSQL_RAW") == "load"
+
+    async def run(*statements: str) -> None:
+        async with con.cursor() as cur:
+            for sql in statements:
+                await cur.execute(sql)
+
+    loop.run_until_complete(
+        run(
+            "DROP TABLE IF EXISTS bench_items",
+            "CREATE TABLE bench_items (id BIGINT AUTO_INCREMENT PRIMARY KEY, name LONGTEXT NOT NULL UNIQUE, "
+            "qty BIGINT NOT NULL, price DOUBLE NOT NULL, created_at DATETIME(6) NOT NULL, "
+            "updated_at DATETIME(6) NOT NULL) CHARSET utf8mb4 COLLATE utf8mb4_nopad_bin",
+            "DROP TABLE IF EXISTS bench_docs",
+            "CREATE TABLE bench_docs (id BIGINT AUTO_INCREMENT PRIMARY KEY, name LONGTEXT NOT NULL, "
+            "body LONGTEXT NOT NULL, created_at DATETIME(6) NOT NULL, updated_at DATETIME(6) NOT NULL) "
+            "CHARSET utf8mb4 COLLATE utf8mb4_nopad_bin",
+        )
+    )
+    cols = ", ".join(columns)
+    insert = f"INSERT INTO {table_of(op)} ({cols}) VALUES ({', '.join(['%s'] * len(columns))})"
+    upsert = (
+        insert
+        + " ON DUPLICATE KEY UPDATE qty = VALUES(qty), price = VALUES(price), updated_at = VALUES(updated_at)"
+    )
+
+    async def write(rows, conflict: bool) -> int:
+        stamp = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        records = [(*(r[c] for c in fields), stamp, stamp) for r in rows]
+        async with con.cursor() as cur:
+            await cur.execute("START TRANSACTION")
+            if load and not conflict:
+                path = f"/dev/shm/bench_mysql_{os.getpid()}.tsv"
+                with open(path, "w", encoding="utf-8") as out:
+                    out.writelines("\t".join(map(str, r)) + "\n" for r in records)
+                await cur.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {table_of(op)} ({cols})")
+                os.unlink(path)
+            else:
+                await cur.executemany(upsert if conflict else insert, records)
+            await cur.execute("COMMIT")
+        return len(records)
+
+    loop.run_until_complete(write(make_rows(existing), False))
+    return lambda data: loop.run_until_complete(write(data, op == "upsert"))
+
+
+SETUP_RAW = {"sqlite": setup_sqlite, "postgres": setup_postgres, "duckdb": setup_duckdb, "mysql": setup_mysql}
 
 
 # -- the driver ------------------------------------------------------------------
@@ -333,6 +399,8 @@ def fresh_url(backend: str, workdir: str, tag: str, pg: str | None) -> str:
         return f"sqlite:///{workdir}/{tag}.db"
     if backend == "duckdb":
         return f"duckdb:///{workdir}/{tag}.duckdb"
+    if backend == "mysql":
+        return mysql_reset(os.environ["DATAFLOW_TEST_MYSQL_URL"])
     import asyncpg
 
     async def reset() -> None:
@@ -342,6 +410,24 @@ def fresh_url(backend: str, workdir: str, tag: str, pg: str | None) -> str:
 
     asyncio.run(reset())
     return pg
+
+
+def mysql_reset(url: str) -> str:
+    """Drop the benchmark's tables (and our history of them): each case starts on an empty database."""
+    import asyncmy
+    import sqlalchemy as sa
+
+    parts = sa.engine.make_url(url)
+
+    async def reset() -> None:
+        con = await asyncmy.connect(host=parts.host, port=parts.port or 3306, user=parts.username,
+                                    password=parts.password or "", database=parts.database)  # fmt: skip
+        async with con.cursor() as cur:
+            await cur.execute("DROP TABLE IF EXISTS bench_items, bench_docs, dataflow_migrations")
+        con.close()
+
+    asyncio.run(reset())
+    return url
 
 
 def subprocess_case(backend: str, path: str, op: str, n: int, url: str, wide_kb: int = WIDE_KB) -> dict:
@@ -402,7 +488,8 @@ def main() -> int:
         print(json.dumps(memory_case(*json.loads(args.memory_case))))
         return 0
     pg = os.environ.get("DATAFLOW_TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL")
-    backends = [b for b in args.backends if b != "postgres" or pg]
+    backends = [b for b in args.backends if (b != "postgres" or pg)]
+    backends = [b for b in backends if b != "mysql" or os.environ.get("DATAFLOW_TEST_MYSQL_URL")]
     if args.upsert_memory:
         sizes = args.sizes if "--sizes" in sys.argv else [100_000, 1_000_000]
         print(upsert_memory(backends, sizes, pg))

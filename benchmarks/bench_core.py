@@ -1,7 +1,8 @@
 """Core benchmark: dataflow_lab against the raw driver and SQLAlchemy Core, in the same run.
 
 Four workloads per backend (SQLite in memory, DuckDB in memory, PostgreSQL when
-DATAFLOW_TEST_POSTGRES_URL or DATABASE_URL names one):
+DATAFLOW_TEST_POSTGRES_URL or DATABASE_URL names one, MariaDB when DATAFLOW_TEST_MYSQL_URL does,
+against asyncmy; `--backends mysql`):
 
 - single-op: one transaction that inserts a row (RETURNING *) and reads it back by id;
   for dataflow_lab that is a two-node workflow (Create -> Read) run by LocalRuntime.
@@ -260,6 +261,89 @@ def raw_asyncpg(url: str, n: int, wanted: list[str]) -> dict[str, float]:
     result = timed_all(fns, n, wanted)
     run(con.execute("DROP TABLE raw_items"))
     run(con.close())
+    loop.close()
+    return result
+
+
+def raw_asyncmy(url: str, n: int, wanted: list[str]) -> dict[str, float]:
+    """MariaDB through asyncmy itself: the same statements (MariaDB has INSERT ... RETURNING; an
+    update is UPDATE then SELECT, as it has no UPDATE ... RETURNING), autocommit off only inside
+    the write transactions."""
+    import asyncmy
+    import sqlalchemy as sa
+
+    parts = sa.engine.make_url(url)
+    loop = asyncio.new_event_loop()
+    run = loop.run_until_complete
+    con = run(asyncmy.connect(host=parts.host, port=parts.port or 3306, user=parts.username,
+                              password=parts.password or "", database=parts.database, autocommit=True,
+                              charset="utf8mb4"))  # fmt: skip
+
+    async def sql(statement: str, *params: object, many: list | None = None) -> list:
+        async with con.cursor() as cur:
+            if many is not None:
+                await cur.executemany(statement, many)
+                return []
+            await cur.execute(statement, params or None)
+            return list(await cur.fetchall())
+
+    run(sql("DROP TABLE IF EXISTS raw_items"))
+    run(sql("CREATE TABLE raw_items (id BIGINT AUTO_INCREMENT PRIMARY KEY, name LONGTEXT NOT NULL, "
+            "qty BIGINT NOT NULL, price DOUBLE NOT NULL, active BOOL NOT NULL, created_at DATETIME(6) NOT NULL, "
+            "updated_at DATETIME(6) NOT NULL)"))  # fmt: skip
+    stamp = now().replace(tzinfo=None)
+    insert = (
+        "INSERT INTO raw_items (name, qty, price, active, created_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s)"
+    )
+    run(sql(insert, many=[(*r, stamp, stamp) for r in seed_rows()]))
+
+    async def create() -> list:
+        stamp = now().replace(tzinfo=None)
+        await sql("START TRANSACTION")
+        row = await sql(insert + " RETURNING *", "widget", 3, 9.5, True, stamp, stamp)
+        await sql("COMMIT")
+        return row
+
+    async def single() -> None:
+        row = await create()
+        dict(zip(COLUMNS, (await sql("SELECT * FROM raw_items WHERE id = %s", row[0][0]))[0]))
+
+    async def update() -> None:
+        await sql("START TRANSACTION")
+        await sql(
+            "UPDATE raw_items SET qty = %s, updated_at = %s WHERE id = %s",
+            7,
+            now().replace(tzinfo=None),
+            first,
+        )
+        await sql("SELECT * FROM raw_items WHERE id = %s", first)
+        await sql("COMMIT")
+
+    async def listing(statement: str, *params: object) -> None:
+        [dict(zip(COLUMNS, r)) for r in await sql(statement, *params)]
+
+    first = run(sql("SELECT min(id) FROM raw_items"))[0][0]
+    fns = {
+        "read": lambda: run(listing("SELECT * FROM raw_items WHERE id = %s", first)),
+        "update": lambda: run(update()),
+        "create": lambda: run(create()),
+        "single": lambda: run(single()),
+        "list": lambda: run(listing("SELECT * FROM raw_items ORDER BY id LIMIT %s", ROWS)),
+        "count": lambda: run(
+            sql("SELECT count(*) FROM raw_items WHERE qty >= %s AND active = %s", COUNT_MIN, True)
+        ),
+        "filtered": lambda: run(
+            listing(
+                "SELECT * FROM raw_items WHERE qty < %s AND active = %s ORDER BY id LIMIT %s",
+                LIST_BELOW,
+                True,
+                10,
+            )
+        ),
+    }
+    result = timed_all(fns, n, wanted)
+    run(sql("DROP TABLE raw_items"))
+    con.close()
     loop.close()
     return result
 
@@ -802,31 +886,33 @@ def main() -> int:
     parser.add_argument("--agg-rows", type=int, default=1_000_000, help="rows of the aggregate workload")
     args = parser.parse_args()
     pg = os.environ.get("DATAFLOW_TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL")
+    my = os.environ.get("DATAFLOW_TEST_MYSQL_URL")
     os.environ.pop("DATABASE_URL", None)
     n, wanted = args.n, args.workloads
     backends = {
         "sqlite": ("SQLite (memory)", None, lambda: raw_sqlite(n, wanted), "sqlite://"),
         "duckdb": ("DuckDB (memory)", "duckdb:///:memory:", lambda: raw_duckdb(n, wanted), "duckdb:///:memory:"),
         "postgres": ("PostgreSQL", pg, lambda: raw_asyncpg(pg, n, wanted), pg),
+        "mysql": ("MariaDB", my, lambda: raw_asyncmy(my, n, wanted), None),  # no SQLAlchemy Core rows: no pymysql
     }  # fmt: skip
     if args.cold_only:
         return print_cold(args, [backends[name] for name in args.backends if name != "postgres" or pg])
     rows = []
     for name in args.backends:
         label, url, raw, sa_url = backends[name]
-        if name == "postgres" and not pg:
+        if (name == "postgres" and not pg) or (name == "mysql" and not my):
             continue
         times = {
             "ours": ours(url, n, wanted),
             "raw": raw(),
-            "sync": sqlalchemy_sync(sa_url, n, wanted),
-            "async": sqlalchemy_async(sa_url, n, wanted),
+            "sync": sqlalchemy_sync(sa_url, n, wanted) if sa_url else {},
+            "async": sqlalchemy_async(sa_url, n, wanted) if sa_url else {},
         }
         for w in wanted:
             t = {path: got.get(w) for path, got in times.items()}
             rows.append((label, WORKLOADS[w], *(fmt_ms(v) if v else "-" for v in t.values()),
                          *(f"{t['ours'] / t[k]:.2f}x" if t[k] else "-" for k in ("raw", "sync", "async"))))  # fmt: skip
-        if not args.no_cold:
+        if not args.no_cold and sa_url:
             rows += cold_rows(label, cold_start(url, sa_url, args.cold_runs))
         print(f"done: {label}", file=sys.stderr)
     report = table(
@@ -844,7 +930,7 @@ def main() -> int:
             "defines the table and runs Create -> Read once, wall clock, median of "
             f"{args.cold_runs} alternating runs; target <= 1.20x SQLAlchemy Core (its sync engine).\n"
         )
-    chosen = [backends[name] for name in args.backends if name != "postgres" or pg]
+    chosen = [backends[name] for name in args.backends if (name != "postgres" or pg) and name != "mysql"]
     extra = extra_rows(chosen, set(filter(None, args.extra.split(","))), args, pg)
     if extra:
         report += "\n" + table(

@@ -212,10 +212,13 @@ class Database:
 
         Inside an open transaction on this database (``scope`` holds it), a second connection
         could wait forever for the one writer (SQLite, DuckDB): then the table is made in that
-        transaction, and not marked ready, since a rollback undoes it.
+        transaction, and not marked ready, since a rollback undoes it. Where DDL commits the
+        transaction it runs in (MySQL), the table is made on a connection of its own.
         """
         await self._first_use(scope)
         held = scope is not None and scope.holds(self.dataflow)
+        if held and not (await self.open()).transactional_ddl:
+            held = False  # DDL would commit the block's transaction (MySQL): a connection of its own
         if held and table.model.signature() not in {key[1] for key in self._ready}:
             conn = await scope.connection(self.dataflow, write=True)
             await table.ensure(conn, **self._migration_policy(create))

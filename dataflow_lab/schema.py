@@ -98,20 +98,26 @@ class ModelTable:
     # -- building --------------------------------------------------------
     def _build_table(self, metadata: sa.MetaData) -> sa.Table:
         d, m = self.dialect, self.model
+        unique, indexed = _blinded(m.unique, m.searchable), _blinded(m.indexes, m.searchable)
+        if m.key_scope:  # uniqueness holds within it (a tenant), and every query filters on it
+            unique = tuple(_scoped(m.key_scope, g) for g in unique)
+            indexed = tuple(dict.fromkeys((m.key_scope, *(_scoped(m.key_scope, g) for g in indexed))))
         columns = [d.id_column(m.table_name, m.id_field.type.name)]
         for f in m.fields[1:]:
             info = {"counter": True} if f.name in m.counters else {}  # an upsert counts it up
             kind = self._column_type(f)
             default = self._server_default(f, kind)
             columns.append(sa.Column(f.name, kind, nullable=f.nullable, info=info, server_default=default))
-        unique, indexed = _blinded(m.unique, m.searchable), _blinded(m.indexes, m.searchable)
-        if m.key_scope:  # uniqueness holds within it (a tenant), and every query filters on it
-            unique = tuple(_scoped(m.key_scope, g) for g in unique)
-            indexed = tuple(dict.fromkeys((m.key_scope, *(_scoped(m.key_scope, g) for g in indexed))))
         constraints = [
             sa.UniqueConstraint(*group, name=f"uq_{m.table_name}_{'_'.join(group)}") for group in unique
         ]
-        indexes = [sa.Index(f"ix_{m.table_name}_{'_'.join(group)}", *group) for group in indexed]
+        by_name = {c.name: c for c in columns}
+        indexes = [
+            sa.Index(
+                f"ix_{m.table_name}_{'_'.join(group)}", *group, **d.index_options([by_name[c] for c in group])
+            )
+            for group in indexed
+        ]
         return sa.Table(m.table_name, metadata, *columns, *constraints, *indexes, **d.table_kwargs())
 
     def _column_type(self, f: Field) -> sa.types.TypeEngine:

@@ -1,8 +1,10 @@
-"""Fixtures: a fresh real database per test, on SQLite, DuckDB and PostgreSQL.
+"""Fixtures: a fresh real database per test, on SQLite, DuckDB, PostgreSQL and MariaDB/MySQL.
 
 PostgreSQL tests use the server named by DATAFLOW_TEST_POSTGRES_URL (``.ci/run``
 starts one). Without it they are skipped, unless DATAFLOW_REQUIRE_POSTGRES=1,
-in which case they fail: CI must never silently skip them.
+in which case they fail: CI must never silently skip them. MySQL tests likewise use
+DATAFLOW_TEST_MYSQL_URL (``.ci/mysql.sh``; any MySQL 8 or MariaDB server), required by
+DATAFLOW_REQUIRE_MYSQL=1: each test process gets a database of its own, emptied per test.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("
 PG_URL = os.environ.get("DATAFLOW_TEST_POSTGRES_URL")
 PG_URL2 = os.environ.get("DATAFLOW_TEST_POSTGRES_URL2")
 REQUIRE_PG = os.environ.get("DATAFLOW_REQUIRE_POSTGRES") == "1"
-BACKENDS = ("sqlite", "duckdb", "postgres")
+MYSQL_URL = os.environ.get("DATAFLOW_TEST_MYSQL_URL")
+MYSQL_URL2 = os.environ.get("DATAFLOW_TEST_MYSQL_URL2")
+REQUIRE_MYSQL = os.environ.get("DATAFLOW_REQUIRE_MYSQL") == "1"
+BACKENDS = ("sqlite", "duckdb", "postgres", "mysql")
 
 
 SCHEMA = f"test_{os.getpid()}"  # one schema per test process, so parallel runs never collide
@@ -65,6 +70,43 @@ def with_schema(url: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}schema={SCHEMA}"
 
 
+def reset_mysql(url: str, database: str) -> None:
+    """Drop and recreate ``database`` on the MySQL server of ``url``, so each test starts empty."""
+    import asyncmy
+    import sqlalchemy as sa
+
+    parts = sa.engine.make_url(url)
+
+    async def reset() -> None:
+        conn = await asyncmy.connect(
+            host=parts.host, port=parts.port or 3306, user=parts.username, password=parts.password or ""
+        )
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+                await cursor.execute(
+                    f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+                )
+        finally:
+            conn.close()
+
+    asyncio.run(reset())
+
+
+def mysql_url(which: str | None = None, suffix: str = "") -> str:
+    """A MySQL URL of a database of this test process's own, empty."""
+    url = which or MYSQL_URL
+    if not url:
+        if REQUIRE_MYSQL:
+            pytest.fail("DATAFLOW_REQUIRE_MYSQL=1 but DATAFLOW_TEST_MYSQL_URL is not set")
+        pytest.skip("no MySQL: set DATAFLOW_TEST_MYSQL_URL (bash .ci/run does; .ci/mysql.sh starts one)")
+    import sqlalchemy as sa
+
+    database = f"{SCHEMA}{suffix}"
+    reset_mysql(url, database)
+    return sa.engine.make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
 def url_for(backend: str, tmp_path) -> str | None:
     if backend == "sqlite":
         return None  # the zero-config default: in-memory SQLite
@@ -76,6 +118,8 @@ def url_for(backend: str, tmp_path) -> str | None:
         return f"duckdb:///{tmp_path / 'test.duckdb'}"
     if backend == "postgres":
         return postgres_url()
+    if backend == "mysql":
+        return mysql_url()
     raise ValueError(backend)
 
 
@@ -123,6 +167,17 @@ def pg_url2() -> str:
             pytest.fail("DATAFLOW_REQUIRE_POSTGRES=1 but DATAFLOW_TEST_POSTGRES_URL2 is not set")
         pytest.skip("no second PostgreSQL database: set DATAFLOW_TEST_POSTGRES_URL2 (bash .ci/run does)")
     return postgres_url(PG_URL2)
+
+
+@pytest.fixture
+def my_url() -> str:
+    return mysql_url()
+
+
+@pytest.fixture
+def my_url2() -> str:
+    """A second MySQL database (two-phase commit across databases)."""
+    return mysql_url(MYSQL_URL2 or MYSQL_URL, suffix="_2")
 
 
 @pytest.fixture(autouse=True)

@@ -266,5 +266,9 @@ def test_the_catalogue_lists_the_aggregate_node_with_its_sql(db):
     catalogue = Catalogue(db)
     assert "12 nodes" in catalogue.text() and "TripAggregateNode(group_by:" in catalogue.text()
     entry = next(e for e in catalogue.entries["Trip"] if e.name == "TripAggregateNode")
-    assert "count(*) AS rows" in entry.sql and "GROUP BY" in entry.sql and "sum(trips.km)" in entry.sql
+    assert (
+        entry.sql.replace("`", "").count("count(*) AS rows") == 1
+        and "GROUP BY" in entry.sql
+        and "sum(trips.km)" in entry.sql
+    )
     assert "GROUP BY" in catalogue.html()

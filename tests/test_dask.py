@@ -57,6 +57,26 @@ def shop(pg_url):
     db.close()
 
 
+def test_a_workflow_runs_on_dask_workers_against_mysql(my_url, dask_client):
+    db = DataFlow(my_url)
+    try:
+
+        @db.model
+        class Customer:
+            name: str
+            spent: int = 0
+
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("CustomerCreateNode", "create", {"name": "Ann", "spent": 5})
+        wf.add_node("CustomerReadNode", "read", {})
+        wf.add_connection("create", "id", "read", "id")
+        results, _ = DaskRuntime(dask_client).execute(wf.build())
+        assert results["read"]["name"] == "Ann" and results["read"]["spent"] == 5
+        assert [r["name"] for r in db.sql("SELECT name FROM customers").to_dict("records")] == ["Ann"]
+    finally:
+        db.close()
+
+
 def greet(name: str) -> dict:
     return {"greeting": f"hello {name}", "pid": os.getpid()}
 

@@ -167,8 +167,8 @@ def test_an_in_memory_database_is_empty_for_the_next_dataflow():
 
 
 def test_an_unsupported_url_scheme_is_refused():
-    with pytest.raises(DataFlowError):
-        DataFlow("mysql://user@localhost/db")
+    with pytest.raises(DataFlowError, match="Unsupported database URL 'oracle://user@localhost/db'"):
+        DataFlow("oracle://user@localhost/db")
 
 
 # --------------------------------------------------------------------------- environments and options

@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import math
 import os
+import sys
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -378,18 +379,35 @@ def test_fuzzed_filters_raise_only_validation_error(record_property):
     assert tally.accepted > tally.examples // 20, "too few valid filters reach the database"
 
 
+def finite(x: float) -> float:
+    return x if math.isfinite(x) else math.copysign(sys.float_info.max, x)
+
+
+def has_infinity(doc: Any) -> bool:
+    if isinstance(doc, float):
+        return math.isinf(doc)
+    if isinstance(doc, dict):
+        return any(has_infinity(v) for v in doc.values())
+    if isinstance(doc, list | tuple):
+        return any(has_infinity(v) for v in doc)
+    return False
+
+
 def test_fuzzed_valid_filters_run_on_every_backend(db, backend, record_property):
     """Filters written as documented (typed values, real operators, text operators on text fields)
     are all accepted and run on every backend, where List and Count agree."""
     define(db)
     workflow = WorkflowBuilder(db)
-    workflow.add_node("ThingBulkCreateNode", "rows", {"data": ROWS, "progress": False})
+    rows = ROWS if backend != "mysql" else [{**r, "x": finite(r["x"])} for r in ROWS]
+    workflow.add_node("ThingBulkCreateNode", "rows", {"data": rows, "progress": False})
     LocalRuntime().execute(workflow.build())
     tally = Tally()
 
     @fuzz_settings(BACKEND_EXAMPLES)
     @given(where=well_typed, order_by=VALID_ORDER_BY)
     def check(where: Any, order_by: Any) -> None:
+        if backend == "mysql" and has_infinity(where):  # MySQL's DOUBLE has none: refused (test_mysql.py)
+            return
         tally.examples += 1
         try:
             run_list_and_count(db, where, order_by)  # through the nodes: their checks, then the database

@@ -164,7 +164,7 @@ def test_decimal_inc_is_exact_where_decimals_are_numeric_and_refused_where_they_
 
     row = run(db, "WalletCreateNode", {"amount": Decimal("0.1")})
     params = {"id": row["id"], "fields": {"amount": {"$inc": Decimal("0.2")}}}
-    if db.dialect in ("postgresql", "duckdb"):  # NUMERIC / DECIMAL(38, 18)
+    if db.dialect in ("postgresql", "duckdb", "mysql"):  # NUMERIC / DECIMAL(38, 18)
         assert run(db, "WalletUpdateNode", params)["amount"] == Decimal("0.3")
         assert run(db, "WalletUpdateNode", {"id": row["id"], "fields": {"amount": {"$inc": 1}}})[
             "amount"

@@ -931,6 +931,16 @@ def test_connect_to_postgres_never_prints_the_password(users, pg_url):
     assert "t0p-secret" not in repr(magics(users).session.db)
 
 
+def test_connect_to_mysql_then_run_a_workflow_and_an_sql_cell(users, my_url):
+    _, out = cell(users, f"%dataflow connect {my_url}")
+    assert "mysql://" in out.stdout
+    created, _ = cell(users, '%%dataflow workflow c --run\nc = UserCreateNode(name="Ann", email="a@x.io")\n')
+    assert created.results["c"]["name"] == "Ann"
+    frame, _ = cell(users, "%%dataflow sql\nSELECT name FROM users")
+    assert list(frame["name"]) == ["Ann"]
+    assert magics(users).session.db.dialect == "mysql"
+
+
 # -- in a real kernel -----------------------------------------------------------------------------
 
 

@@ -102,10 +102,12 @@ def start_appliers(url: str, tmp_path, mode: str) -> list:
 
 
 def url_of(kind: str, tmp_path, request) -> str:
-    return f"sqlite:///{tmp_path / 'app.db'}" if kind == "sqlite_file" else request.getfixturevalue("pg_url")
+    if kind == "sqlite_file":
+        return f"sqlite:///{tmp_path / 'app.db'}"
+    return request.getfixturevalue("pg_url" if kind == "postgres" else "my_url")
 
 
-@pytest.mark.parametrize("kind", ["sqlite_file", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite_file", "postgres", "mysql"])
 def test_two_os_processes_applying_at_once_apply_exactly_once(kind, tmp_path, request):
     url = url_of(kind, tmp_path, request)
     seed_v1(url)
@@ -129,6 +131,7 @@ def test_two_os_processes_applying_at_once_apply_exactly_once(kind, tmp_path, re
     db.close()
 
 
+@pytest.mark.mysql_subset  # MySQL: its lock is the one test_two_os_processes_applying_at_once takes
 @pytest.mark.parametrize("kind", ["sqlite_file", "postgres"])
 def test_two_os_processes_migrating_at_first_use_migrate_once(kind, tmp_path, request):
     url = url_of(kind, tmp_path, request)

@@ -595,7 +595,8 @@ def stored_id_type(db) -> str:
     rows = raw_fetch(
         db,
         "SELECT data_type FROM information_schema.columns "
-        "WHERE table_name = 'tokens' AND column_name = 'id' AND table_schema = current_schema()",
+        "WHERE table_name = 'tokens' AND column_name = 'id' AND table_schema = "
+        + ("DATABASE()" if db.dialect == "mysql" else "current_schema()"),
     )
     return rows[0][0]
 
@@ -605,7 +606,7 @@ def test_a_uuid_id_is_a_uuid4_when_create_omits_it_and_is_stored_natively(tokens
     assert type(row["id"]) is uuid.UUID and row["id"].version == 4
     assert (
         stored_id_type(tokens).lower()
-        == {"sqlite": "text", "duckdb": "uuid", "postgresql": "uuid"}[tokens.dialect]
+        == {"sqlite": "text", "duckdb": "uuid", "postgresql": "uuid", "mysql": "char"}[tokens.dialect]
     )
     if tokens.dialect == "sqlite":  # text in canonical form
         assert raw_fetch(tokens, "SELECT id FROM tokens") == [(str(row["id"]),)]

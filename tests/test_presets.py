@@ -95,6 +95,12 @@ def test_the_testing_preset_writes_the_same_ids_and_timestamps_on_every_run(url,
 
         reset_postgres(url.split("?")[0])
         second = run_once(url)
+    elif backend == "mysql":
+        first = run_once(url)
+        from conftest import SCHEMA, reset_mysql
+
+        reset_mysql(url, SCHEMA)
+        second = run_once(url)
     else:
         first, second = run_once(url), run_once(url)
     assert first == second

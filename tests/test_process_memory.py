@@ -44,7 +44,9 @@ def mdb(url):
 def test_each_node_run_reports_its_pool_usage_memory_and_tags(mdb, backend):
     LocalRuntime().execute(create_and_list(mdb).build())
     runs = {r.node_id: r for r in mdb.monitor.node_runs}
-    capacity = {"sqlite": 1, "duckdb": 1, "postgres": 5 + 10}[backend]  # development: pool 5, overflow 10
+    capacity = {"sqlite": 1, "duckdb": 1, "postgres": 5 + 10, "mysql": 5 + 10}[
+        backend
+    ]  # development: pool 5, overflow 10
     assert runs["create"].connection_pool_usage == f"1/{capacity}"  # the run's connection, at the node's end
     assert re.fullmatch(r"\d+/\d+", runs["list"].connection_pool_usage)
     assert all(isinstance(r.memory_usage_mb, float) for r in runs.values())

@@ -34,6 +34,13 @@ SCHEMA = {
         "CREATE TABLE line_items (order_id INTEGER, product_id INTEGER, qty INTEGER, "
         "PRIMARY KEY (order_id, product_id))",
     ],
+    "mysql": [
+        "CREATE TABLE products (id INT AUTO_INCREMENT PRIMARY KEY, name TEXT NOT NULL, price DOUBLE, "
+        "in_stock BOOLEAN NOT NULL DEFAULT true, sku VARCHAR(20) UNIQUE, shape POINT)",
+        "CREATE INDEX products_name ON products (name(100))",
+        "CREATE TABLE line_items (order_id INTEGER, product_id INTEGER, qty INTEGER, "
+        "PRIMARY KEY (order_id, product_id))",
+    ],
 }
 SEED = "INSERT INTO products (name, price, in_stock, sku) VALUES ('bolt', 0.25, true, 'B-1')"
 
@@ -215,7 +222,11 @@ def test_a_reflected_numeric_column_keeps_its_digits(db):
     """A NUMERIC(10,2) column becomes Annotated[Decimal, 10, 2]: a value it would round is refused."""
     from decimal import Decimal
 
-    ddl = {"sqlite": "INTEGER PRIMARY KEY", "postgresql": "SERIAL PRIMARY KEY"}.get(db.dialect)
+    ddl = {
+        "sqlite": "INTEGER PRIMARY KEY",
+        "postgresql": "SERIAL PRIMARY KEY",
+        "mysql": "INT AUTO_INCREMENT PRIMARY KEY",
+    }.get(db.dialect)
     if db.dialect == "duckdb":
         run_sql(db, "CREATE SEQUENCE prices_seq")
         ddl = "INTEGER PRIMARY KEY DEFAULT nextval('prices_seq')"

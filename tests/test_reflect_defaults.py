@@ -11,6 +11,7 @@ ID = {
     "sqlite": "id INTEGER PRIMARY KEY",
     "postgresql": "id SERIAL PRIMARY KEY",
     "duckdb": "id INTEGER PRIMARY KEY DEFAULT nextval('tickets_seq')",
+    "mysql": "id INTEGER AUTO_INCREMENT PRIMARY KEY",
 }
 
 

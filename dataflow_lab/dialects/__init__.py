@@ -35,6 +35,8 @@ _DIALECTS = {
     "sqlite": ("sqlite", "SQLiteDialect", "sqlite3", None, "SQLite"),
     "postgresql": ("postgres", "PostgresDialect", "asyncpg", "postgres", "PostgreSQL"),
     "postgres": ("postgres", "PostgresDialect", "asyncpg", "postgres", "PostgreSQL"),
+    "mysql": ("mysql", "MySQLDialect", "asyncmy", "mysql", "MySQL"),
+    "mariadb": ("mysql", "MySQLDialect", "asyncmy", "mysql", "MariaDB"),
     "duckdb": ("duckdb", "DuckDBDialect", "duckdb", "duckdb", "DuckDB"),
 }
 
@@ -99,7 +101,8 @@ def check_url(config: DataFlowConfig) -> str:
     if scheme not in _DIALECTS:
         raise ValidationError(
             f"Unsupported database URL '{redact_url(url)}'.",
-            hint="use sqlite:///file.db, sqlite:///:memory:, postgresql://user@host/db or duckdb:///file.duckdb.",
+            hint="use sqlite:///file.db, sqlite:///:memory:, postgresql://user@host/db, "
+            "mysql://user@host/db (or mariadb://) or duckdb:///file.duckdb.",
         )
     module, _, driver, extra, database = _DIALECTS[scheme]
     if extra is not None:
@@ -117,4 +120,6 @@ def driver_module(config: DataFlowConfig) -> str:
 def dialect_for(config: DataFlowConfig) -> Dialect:
     module = importlib.import_module(check_url(config))
     url = config.database_url.replace("postgres://", "postgresql://", 1)
+    if url.startswith("mariadb"):  # one dialect: SQLAlchemy's and asyncmy's MySQL
+        url = "mysql" + url[len("mariadb") :]
     return getattr(module, _DIALECTS[_scheme(url)][1])(config, url)

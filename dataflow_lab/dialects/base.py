@@ -256,6 +256,14 @@ class Dialect:
     def table_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def key_type(self, kind: sa.types.TypeEngine) -> sa.types.TypeEngine:
+        """The type of a column in a primary key of a scratch table (MySQL: TEXT needs a length)."""
+        return kind
+
+    def index_options(self, columns: Sequence[sa.Column]) -> dict[str, Any]:
+        """What ``sa.Index`` needs besides the columns (MySQL: a prefix length for a TEXT column)."""
+        return {}
+
     def before_create(self, table: sa.Table) -> list[str]:
         """DDL that must run before CREATE TABLE (sequences, say)."""
         return []
@@ -331,6 +339,35 @@ class Dialect:
         """``value`` as an SQL literal (DEFAULT clauses and back-fills)."""
         return f"X'{value.hex()}'"
 
+    def cast_literal(self, text: str, type_sql: str) -> str:
+        """A quoted text literal as a value of a type that has no literal of its own (JSONB...)."""
+        return f"CAST({text} AS {type_sql})"
+
+    # The ALTER TABLE statements of in-place migrations (migrations/ops.py); names are quoted.
+    # ``nullable`` and ``default`` (SQL text) are what the column keeps: MySQL restates them all.
+    def retype_sql(self, table: str, column: str, type_sql: str, using: str, nullable: bool,
+                   default: str | None) -> str:  # fmt: skip
+        return f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {type_sql} USING {using}"
+
+    def nullability_sql(self, table: str, column: str, type_sql: str, nullable: bool,
+                        default: str | None) -> str:  # fmt: skip
+        return f"ALTER TABLE {table} ALTER COLUMN {column} {'DROP' if nullable else 'SET'} NOT NULL"
+
+    def drop_constraint_sql(self, table: str, name: str) -> str:
+        return f"ALTER TABLE {table} DROP CONSTRAINT {name}"
+
+    def drop_index_sql(self, table: str, name: str) -> str:
+        return f"DROP INDEX {name}"
+
+    def index_column_sql(self, column: str, type_sql: str, *, unique: bool) -> str:
+        """A column of CREATE INDEX, of SQL type ``type_sql``."""
+        return column
+
+    def update_from_sql(self, table: str, columns: Sequence[str], source: str, match: str) -> str:
+        """UPDATE ``table``'s ``columns`` from those of the ``source`` row (aliased b) that ``match``."""
+        sets = ", ".join(f"{c} = b.{c}" for c in columns)
+        return f"UPDATE {table} SET {sets} FROM {source} b WHERE {match}"
+
     def ddl_lock_sql(self, table_name: str) -> str | None:
         """SQL that serializes schema changes to one table across processes (None: not needed)."""
         return None
@@ -393,6 +430,10 @@ class Dialect:
     def insert(self, table: sa.Table) -> Any:
         """An INSERT construct that supports ON CONFLICT for this database."""
         return sa.insert(table)
+
+    def insert_or_nothing(self, insert: Any, conflict_on: Sequence[str]) -> Any:
+        """``insert`` (of ``self.insert``) that inserts nothing, and returns no row, on a conflict."""
+        return insert.on_conflict_do_nothing(index_elements=list(conflict_on))
 
     # -- connections -----------------------------------------------------
     async def open(self) -> None:
@@ -464,6 +505,7 @@ class Dialect:
 
     # -- bulk paths (the fast path of each database overrides these) ----------
     supports_savepoints = True
+    transactional_ddl = True  # False where CREATE/ALTER commit the open transaction (MySQL)
     text_allows_nul = True  # PostgreSQL text cannot hold "\x00"
     adds_decimals_exactly = True  # False where Decimals are stored as text: `col + :v` would be a float sum
     upsert_reports_counts = False  # True when bulk_upsert returns (inserted, updated)

@@ -3,7 +3,8 @@
 Both sides of a schema diff are a ``TableShape``, so ``diff.py`` compares like
 with like. Reading runs on our own driver connections (sqlite3, asyncpg,
 DuckDB's worker thread) through the catalogue each database offers:
-``pragma_*`` on SQLite, ``pg_catalog`` on PostgreSQL, ``duckdb_*()`` on DuckDB.
+``pragma_*`` on SQLite, ``pg_catalog`` on PostgreSQL, ``duckdb_*()`` on DuckDB,
+``information_schema`` on MySQL and MariaDB (whose types ``mysql_type`` spells as declared).
 """
 
 from __future__ import annotations
@@ -223,6 +224,79 @@ async def _duckdb_names(conn: Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
+# -- MySQL and MariaDB ------------------------------------------------------------
+_MY_COLUMNS = """
+SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, DATA_TYPE
+FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s
+ORDER BY ORDINAL_POSITION"""
+
+_MY_INDEXES = """
+SELECT s.INDEX_NAME, s.NON_UNIQUE, s.COLUMN_NAME, c.CONSTRAINT_TYPE
+FROM information_schema.STATISTICS s
+LEFT JOIN information_schema.TABLE_CONSTRAINTS c ON c.TABLE_SCHEMA = s.TABLE_SCHEMA
+  AND c.TABLE_NAME = s.TABLE_NAME AND c.CONSTRAINT_NAME = s.INDEX_NAME
+WHERE s.TABLE_SCHEMA = DATABASE() AND s.TABLE_NAME = %s ORDER BY s.INDEX_NAME, s.SEQ_IN_INDEX"""
+
+# MariaDB keeps a JSON column as LONGTEXT with CHECK (json_valid(`column`)), named after it
+_MY_JSON_CHECKS = """
+SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS
+WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = %s"""
+
+
+async def _mysql_table(conn: Connection, name: str) -> TableShape | None:
+    from ..dialects.mysql import mysql_type
+
+    rows = await conn.fetch(_MY_COLUMNS, (name,))
+    if not rows:
+        return None
+    json_columns = {
+        n for n, check in await conn.fetch(_MY_JSON_CHECKS, (name,)) if "json_valid" in str(check).lower()
+    }
+    columns = {}
+    for n, raw, nullable, default, extra, kind in rows:
+        raw = _text(raw)
+        declared = "JSON" if n in json_columns or _text(kind).lower() == "json" else raw
+        default = "identity" if "auto_increment" in _text(extra).lower() else _mysql_default(default, raw)
+        columns[n] = ColumnShape(n, mysql_type(declared), nullable == "YES", raw, default)
+    pk: tuple[str, ...] = ()
+    grouped: dict[str, tuple[list[str], bool, bool]] = {}
+    for index, non_unique, column, constraint in await conn.fetch(_MY_INDEXES, (name,)):
+        cols, _, _ = grouped.setdefault(index, ([], not non_unique, constraint == "UNIQUE"))
+        cols.append(column)
+    indexes = []
+    for index, (cols, unique, constraint) in grouped.items():
+        if index == "PRIMARY":
+            pk = tuple(cols)
+        else:
+            indexes.append(IndexShape(index, tuple(cols), unique, constraint and index.startswith("uq_")))
+    return TableShape(name, columns, pk, tuple(indexes))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+def _mysql_default(value: Any, raw_type: str) -> str | None:
+    """A DEFAULT as we write it: MariaDB reports DEFAULT NULL as 'NULL', current_timestamp(6) in
+    lower case, and a boolean's true as 1."""
+    text = _text(value)
+    if value is None or text.upper() == "NULL":
+        return None
+    if text.lower().startswith("current_timestamp"):
+        return text.upper()
+    if raw_type.lower().startswith("tinyint(1)") and text in ("0", "1"):
+        return "true" if text == "1" else "false"
+    return text
+
+
+async def _mysql_names(conn: Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT TABLE_NAME FROM information_schema.TABLES "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'BASE TABLE'"
+    )
+    return [_text(r[0]) for r in rows]
+
+
 _Reader = tuple[
     Callable[[Connection, str], Awaitable[TableShape | None]], Callable[[Connection], Awaitable[list[str]]]
 ]
@@ -230,4 +304,5 @@ _READERS: dict[str, _Reader] = {
     "sqlite": (_sqlite_table, _sqlite_names),
     "postgresql": (_pg_table, _pg_names),
     "duckdb": (_duckdb_table, _duckdb_names),
+    "mysql": (_mysql_table, _mysql_names),
 }

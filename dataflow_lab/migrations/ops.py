@@ -52,9 +52,11 @@ class _Sql:
     def cast(self, expr: str, type_sql: str) -> str:
         return f"CAST({expr} AS {type_sql})"
 
-    def create_index(self, table: str, index: IndexShape) -> str:
+    def create_index(self, table: str, index: IndexShape, types: Mapping[str, str]) -> str:
+        """``types``: the SQL type of each column (an index on MySQL's TEXT takes a prefix)."""
         unique = "UNIQUE " if index.unique else ""
-        cols = ", ".join(self.q(c) for c in index.columns)
+        column = self.dialect.index_column_sql
+        cols = ", ".join(column(self.q(c), types.get(c, ""), unique=index.unique) for c in index.columns)
         return f"CREATE {unique}INDEX {self.q(index.name)} ON {self.q(table)} ({cols})"
 
 
@@ -75,7 +77,9 @@ def typed_literal(dialect: Dialect, value: object, type_: sa.types.TypeEngine) -
     except sa.exc.CompileError:  # no literal form for this type (JSONB...): cast its text
         text = sa.literal(value if isinstance(value, str) else str(value), type_=sa.Text)
         kind = type_.compile(dialect=dialect.sa_dialect)
-        return f"CAST({text.compile(dialect=dialect.sa_dialect, compile_kwargs=render)} AS {kind})"
+        return dialect.cast_literal(
+            str(text.compile(dialect=dialect.sa_dialect, compile_kwargs=render)), kind
+        )
 
 
 def create_steps(dialect: Dialect, table: sa.Table) -> list[Step]:
@@ -120,22 +124,24 @@ def table_steps(
     steps = []
     for c in changes:
         if c.kind in ("add_index", "drop_index"):
-            steps.append(_index_step(dialect, live, c))
+            steps.append(_index_step(dialect, live, c, table))
         else:
             steps.append(_column_step(sql, table, live, c, defaults))
     return steps
 
 
-def _index_step(dialect: Dialect, live: TableShape, c: Change) -> Step:
+def _index_step(dialect: Dialect, live: TableShape, c: Change, table: sa.Table) -> Step:
     sql, t = _Sql(dialect), live.name
+    types = {col.name: sql.type_of(col) for col in table.columns}
+    types.update({name: col.raw_type for name, col in live.columns.items()})
     index: IndexShape = c.new if c.kind == "add_index" else c.old  # type: ignore[assignment]
     if index.constraint and c.kind == "drop_index":  # where "drop_constraint" is in place; others rebuild
         cols = ", ".join(sql.q(x) for x in index.columns)
-        up = f"ALTER TABLE {sql.q(t)} DROP CONSTRAINT {sql.q(index.name)}"
+        up = dialect.drop_constraint_sql(sql.q(t), sql.q(index.name))
         down = f"ALTER TABLE {sql.q(t)} ADD CONSTRAINT {sql.q(index.name)} UNIQUE ({cols})"
     else:
-        create = sql.create_index(t, index)
-        drop = f"DROP INDEX {sql.q(index.name)}"
+        create = sql.create_index(t, index, types)
+        drop = dialect.drop_index_sql(sql.q(t), sql.q(index.name))
         up, down = (create, drop) if c.kind == "add_index" else (drop, create)
     return Step(t, f"{t}: {c.describe()}", (up,), (down,), slug=f"{t}_{c.kind}_{c.name}")
 
@@ -163,7 +169,9 @@ def _column_step(
         back = f"{alter} SET DEFAULT {old}" if old is not None else f"{alter} DROP DEFAULT"
         return Step(live.name, describe, (forward,), (back,), slug=name, defaults_only=True)
     if c.kind in ("drop_not_null", "set_not_null"):
-        drop, add = f"{alter} DROP NOT NULL", f"{alter} SET NOT NULL"
+        live_column: ColumnShape = c.old  # type: ignore[assignment]
+        raw, keeps = live_column.raw_type, live_column.default
+        drop, add = (sql.dialect.nullability_sql(t, col, raw, n, keeps) for n in (True, False))
         forward, back = (drop, add) if c.kind == "drop_not_null" else (add, drop)
         return Step(live.name, describe, (forward,), (back,), destructive=c.destructive, slug=name)
     return _drop_or_retype(sql, table, live, c, Step(live.name, describe, (), (), c.destructive, slug=name))
@@ -172,7 +180,6 @@ def _column_step(
 def _drop_or_retype(sql: _Sql, table: sa.Table, live: TableShape, c: Change, step: Step) -> Step:
     """Drop or retype a column in place; a destructive one saves its values first, for rollback."""
     t, col = sql.q(live.name), sql.q(c.name)
-    alter = f"ALTER TABLE {t} ALTER COLUMN {col}"
     old: ColumnShape = c.old  # type: ignore[assignment]
     backup = _backup_name(live.name) if c.destructive and live.primary_key else None
     up = [_backup_sql(sql, live, backup, [c.name])] if backup else []
@@ -181,12 +188,15 @@ def _drop_or_retype(sql: _Sql, table: sa.Table, live: TableShape, c: Change, ste
         down = [f"ALTER TABLE {t} ADD COLUMN {col} {old.raw_type}"]
     else:  # retype
         new_type = sql.type_of(table.c[c.name])
-        up.append(f"{alter} TYPE {new_type} USING {sql.cast(col, new_type)}")
-        down = [f"{alter} TYPE {old.raw_type} USING {sql.cast(col, old.raw_type)}"]
+        retype = sql.dialect.retype_sql
+        up.append(retype(t, col, new_type, sql.cast(col, new_type), old.nullable, old.default))
+        down = [retype(t, col, old.raw_type, sql.cast(col, old.raw_type), old.nullable, old.default)]
     restore, drop_backup = _restore_sql(sql, live, backup, [c.name]) if backup else ([], [])
     down += restore
     if c.kind == "drop_column" and not old.nullable:
-        down.append(f"{alter} SET NOT NULL")  # once the values are back
+        down.append(
+            sql.dialect.nullability_sql(t, col, old.raw_type, False, old.default)
+        )  # once the values are back
     return dataclasses.replace(step, up=tuple(up), down=tuple(down + drop_backup))
 
 
@@ -214,8 +224,7 @@ def _restore_sql(
     """Put saved values back with one UPDATE ... FROM (a join, not a subquery per row); drop the backup."""
     t, b = sql.q(live.name), sql.q(backup)
     match = " AND ".join(f"b.{sql.q(k)} = {t}.{sql.q(k)}" for k in live.primary_key)
-    sets = ", ".join(f"{sql.q(c)} = b.{sql.q(c)}" for c in columns)
-    return [f"UPDATE {t} SET {sets} FROM {b} b WHERE {match}"], [f"DROP TABLE {b}"]
+    return [sql.dialect.update_from_sql(t, [sql.q(c) for c in columns], b, match)], [f"DROP TABLE {b}"]
 
 
 _CREATE_TABLE = re.compile(r'^\s*CREATE\s+TABLE\s+(?:"(?:[^"]|"")*"|[^\s(]+)', re.IGNORECASE)

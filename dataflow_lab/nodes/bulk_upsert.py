@@ -91,7 +91,8 @@ class _SeenKeys:
         mt = self.node.mt
         name = f"dataflow_seen_{uuid.uuid4().hex[:16]}"
         cols = [
-            sa.Column(c, mt.table.c[c].type, primary_key=True, autoincrement=False) for c in self.conflict_on
+            sa.Column(c, mt.dialect.key_type(mt.table.c[c].type), primary_key=True, autoincrement=False)
+            for c in self.conflict_on
         ]
         table = sa.Table(name, sa.MetaData(), *cols, sa.Column("ours", sa.Integer), prefixes=["TEMPORARY"])
         await conn.execute(mt.dialect.ddl(sa.schema.CreateTable(table)))

@@ -344,7 +344,7 @@ def insert_returning(mt: ModelTable, columns: tuple[str, ...]) -> Any:
 
 def insert_or_nothing(mt: ModelTable, columns: tuple[str, ...], conflict_on: list[str]) -> Any:
     stmt = mt.dialect.insert(mt.table).values({c: sa.bindparam(c) for c in columns})
-    return stmt.on_conflict_do_nothing(index_elements=list(conflict_on)).returning(*mt.table.c)
+    return mt.dialect.insert_or_nothing(stmt, conflict_on).returning(*mt.table.c)
 
 
 def read_by_id(node: ModelNode, row_id: Any) -> tuple[str, list[Any]]:

@@ -76,7 +76,7 @@ class Upsert(ModelNode):
         conflict_on = self._conflict_on()
         insert = mt.dialect.insert(mt.table).values(mt.shown(row))
         if conflict_on is not None:
-            insert = insert.on_conflict_do_nothing(index_elements=conflict_on)
+            insert = mt.dialect.insert_or_nothing(insert, conflict_on)
         statements = [self._find_statement(p["where"]), insert.returning(*mt.table.c)]
         if p["update"]:
             statements.append(self._update_statement("<the found id>", p["update"], include_deleted=True))

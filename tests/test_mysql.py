@@ -1,0 +1,330 @@
+"""MySQL and MariaDB (dialects/mysql.py): fidelity, strictness, transient errors, the pool, the
+migration lock. Run on the server of DATAFLOW_TEST_MYSQL_URL (.ci/mysql.sh starts one)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any
+
+import pytest
+import sqlalchemy as sa
+
+from dataflow_lab import DataFlow, LocalRuntime, ValidationError, WorkflowBuilder, _loop
+from dataflow_lab.dialects.mysql import MySQLDialect, mysql_type
+from dataflow_lab.errors import DataFlowError, NodeExecutionError
+
+
+def run(db: DataFlow, node: str, params: dict[str, Any]) -> Any:
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node(node, "n", params)
+    return LocalRuntime().execute(wf.build())[0]["n"]
+
+
+def raw(db: DataFlow, sql: str) -> list[tuple]:
+    async def go() -> list[tuple]:
+        dialect = await db.database.open()
+        conn = await dialect.acquire()
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await dialect.release(conn)
+
+    return _loop.run(go())
+
+
+@pytest.fixture
+def db(my_url):
+    dataflow = DataFlow(my_url)
+    yield dataflow
+    dataflow.close()
+
+
+def test_values_round_trip_exactly_emoji_microseconds_in_utc_decimals_booleans_and_json(db):
+    @db.model
+    class Note:
+        text: str
+        at: dt.datetime
+        amount: Annotated[Decimal, 30, 10]
+        done: bool
+        meta: dict
+        key: uuid.UUID
+
+    at = dt.datetime(2024, 3, 1, 12, 30, 45, 123456, tzinfo=dt.timezone(dt.timedelta(hours=5)))
+    made = run(db, "NoteCreateNode", {"text": "🙂 naïve ß", "at": at, "amount": Decimal("12345678901234567890.0000000001"),
+               "done": False, "meta": {"a": [1, 2.5, None], "ü": "😀"}, "key": uuid.UUID(int=7)})  # fmt: skip
+    row = run(db, "NoteReadNode", {"id": made["id"]})
+    assert row["text"] == "🙂 naïve ß"
+    assert row["at"] == at and row["at"].tzinfo == dt.UTC and row["at"].hour == 7  # stored as UTC
+    assert row["amount"] == Decimal("12345678901234567890.0000000001")
+    assert row["done"] is False and type(row["done"]) is bool
+    assert row["meta"] == {"a": [1, 2.5, None], "ü": "😀"}
+    assert row["key"] == uuid.UUID(int=7)
+    assert raw(db, "SELECT at FROM notes") == [(dt.datetime(2024, 3, 1, 7, 30, 45, 123456),)]
+
+
+def test_strict_mode_refuses_a_bad_value_instead_of_truncating_it(db):
+    @db.model
+    class Item:
+        qty: int
+
+    run(db, "ItemCreateNode", {"qty": 1})
+    with pytest.raises(NodeExecutionError, match="(?i)incorrect|truncated"):
+        db.sql("UPDATE items SET qty = 'many'", write=True)
+    assert [r["qty"] for r in run(db, "ItemListNode", {})["records"]] == [1]
+
+
+def test_an_infinite_float_is_refused_naming_mysql(db):
+    @db.model
+    class Reading:
+        value: float
+
+    with pytest.raises(NodeExecutionError, match="MySQL's DOUBLE holds no infinity"):
+        run(db, "ReadingCreateNode", {"value": float("inf")})
+    assert run(db, "ReadingCountNode", {})["count"] == 0
+
+
+def test_like_and_regex_are_case_sensitive_and_ilike_folds_case(db):
+    @db.model
+    class Word:
+        text: str
+
+    run(db, "WordBulkCreateNode", {"data": [{"text": t} for t in ("Apple", "apple", "APPLE pie", "Äpfel")]})
+
+    def texts(where: dict) -> list[str]:
+        return [r["text"] for r in run(db, "WordListNode", {"filter": where})["records"]]
+
+    assert texts({"text": {"$like": "app%"}}) == ["apple"]
+    assert texts({"text": {"$ilike": "app%"}}) == ["Apple", "apple", "APPLE pie"]
+    assert texts({"text": {"$ilike": "äPF%"}}) == ["Äpfel"]
+    assert texts({"text": {"$regex": "^A"}}) == ["Apple", "APPLE pie"]
+    assert texts({"text": "apple "}) == []  # no padding: 'apple' is not 'apple '
+
+
+def test_mysql_and_mariadb_urls_pick_this_dialect(my_url):
+    for scheme in ("mariadb", "mysql+asyncmy"):
+        other = DataFlow(scheme + my_url[len("mysql") :])
+        try:
+            assert isinstance(other.database.dialect, MySQLDialect)
+        finally:
+            other.close()
+
+
+def test_reflected_and_declared_types_are_spelled_alike():
+    assert mysql_type("tinyint(1)") == mysql_type("BOOL") == "BOOLEAN"
+    assert mysql_type("bigint(20)") == mysql_type("BIGINT") == "BIGINT"
+    assert mysql_type("longtext") == mysql_type("LONGTEXT") == mysql_type("TEXT")
+    assert mysql_type("datetime(6)") == "DATETIME(6)"
+    assert mysql_type("decimal(38,18)") == mysql_type("NUMERIC(38, 18)") == "DECIMAL(38,18)"
+    assert mysql_type("varchar(255)") == "VARCHAR(255)"
+
+
+def test_a_migration_after_a_restart_sees_no_difference(my_url):
+    """Reflection normalizes MariaDB's spellings (tinyint(1), current_timestamp(6), JSON as LONGTEXT)."""
+
+    def define(db: DataFlow) -> None:
+        @db.model
+        class Thing:
+            name: str
+            flag: bool = True
+            tags: list = []  # noqa: RUF012 - a field's default, copied per row
+            amount: Decimal = Decimal("1.5")
+            at: dt.datetime | None = None
+            __dataflow__ = {"unique": ["name"], "indexes": [["flag", "name"]]}
+
+    first = DataFlow(my_url)
+    define(first)
+    run(first, "ThingCreateNode", {"name": "a"})
+    first.close()
+    again = DataFlow(my_url)
+    define(again)
+    try:
+        assert str(again.migrations.plan()) == "MigrationPlan(nothing to do)"
+    finally:
+        again.close()
+
+
+# -- transient errors -------------------------------------------------------------------------
+async def _connect(url: str) -> Any:
+    import asyncmy
+
+    parts = sa.engine.make_url(url)
+    return await asyncmy.connect(host=parts.host, port=parts.port, user=parts.username,
+                                 password=parts.password or "", database=parts.database, autocommit=True)  # fmt: skip
+
+
+async def _sql(conn: Any, sql: str) -> None:
+    async with conn.cursor() as cursor:
+        await cursor.execute(sql)
+
+
+def test_a_deadlock_and_a_lock_wait_timeout_are_transient(my_url):
+    async def scenario() -> tuple[BaseException, BaseException]:
+        a, b = await _connect(my_url), await _connect(my_url)
+        try:
+            await _sql(a, "CREATE TABLE pair (id INT PRIMARY KEY, v INT)")
+            await _sql(a, "INSERT INTO pair VALUES (1, 0), (2, 0)")
+            for conn in (a, b):
+                await _sql(conn, "SET innodb_lock_wait_timeout = 1")
+                await _sql(conn, "START TRANSACTION")
+            await _sql(a, "UPDATE pair SET v = 1 WHERE id = 1")
+            await _sql(b, "UPDATE pair SET v = 1 WHERE id = 2")
+            waiting = asyncio.ensure_future(_sql(a, "UPDATE pair SET v = 2 WHERE id = 2"))
+            await asyncio.sleep(0.2)  # a waits for b's row; b now asks for a's: a cycle
+            results = await asyncio.gather(waiting, _sql(b, "UPDATE pair SET v = 2 WHERE id = 1"),
+                                           return_exceptions=True)  # fmt: skip
+            deadlock = next(r for r in results if isinstance(r, BaseException))
+            for conn in (a, b):
+                await _sql(conn, "ROLLBACK")
+            await _sql(a, "START TRANSACTION")
+            await _sql(a, "UPDATE pair SET v = 3 WHERE id = 1")
+            try:
+                await _sql(b, "UPDATE pair SET v = 4 WHERE id = 1")
+            except Exception as exc:  # noqa: BLE001 - the error is what is tested
+                timeout: BaseException = exc
+            await _sql(a, "ROLLBACK")
+            return deadlock, timeout
+        finally:
+            a.close()
+            b.close()
+
+    deadlock, timeout = asyncio.run(scenario())
+    assert deadlock.args[0] == 1213 and MySQLDialect.transient_reason(deadlock) == "deadlock"
+    assert timeout.args[0] == 1205 and MySQLDialect.transient_reason(timeout) == "lock wait timeout"
+    assert MySQLDialect.transient_reason(ValueError("1213")) is None
+
+
+# -- the pool ---------------------------------------------------------------------------------
+def _connection_id(db: DataFlow) -> int:
+    return raw(db, "SELECT CONNECTION_ID()")[0][0]
+
+
+def test_pool_pre_ping_replaces_a_connection_the_server_dropped_at_wait_timeout(my_url):
+    db = DataFlow(my_url, pool_size=1, max_overflow=0, pool_pre_ping=True, min_connections=0)
+    try:
+
+        @db.model
+        class Item:
+            name: str
+
+        run(db, "ItemCreateNode", {"name": "before"})
+        first = _connection_id(db)
+        db.sql("SET SESSION wait_timeout = 1", write=True)  # the server drops this one when idle 1 s
+        time.sleep(2.5)
+        assert run(db, "ItemCreateNode", {"name": "after"})["name"] == "after"  # no error: pinged first
+        assert _connection_id(db) != first
+    finally:
+        db.close()
+
+
+def test_pool_recycle_opens_a_new_connection_for_an_old_one(my_url):
+    db = DataFlow(my_url, pool_size=1, max_overflow=0, pool_recycle=1, min_connections=0)
+    try:
+        first = _connection_id(db)
+        assert _connection_id(db) == first  # the same one, while young
+        time.sleep(1.5)
+        assert _connection_id(db) != first
+    finally:
+        db.close()
+
+
+# -- migrations: DDL is not transactional -------------------------------------------------------
+def test_the_migration_lock_is_a_named_lock_released_with_its_transaction(db):
+    async def go() -> list[Any]:
+        dialect = await db.database.open()
+        conn = await dialect.acquire()
+        other = await dialect.acquire()
+        try:
+            await conn.begin()
+            await conn.fetch(dialect.ddl_lock_sql("dataflow_migrations"))
+            held = (await other.fetch("SELECT IS_FREE_LOCK('dataflow_lab:dataflow_migrations')"))[0][0]
+            await conn.commit()
+            free = (await other.fetch("SELECT IS_FREE_LOCK('dataflow_lab:dataflow_migrations')"))[0][0]
+            return [held, free]
+        finally:
+            await dialect.release(conn)
+            await dialect.release(other)
+
+    assert _loop.run(go()) == [0, 1]
+
+
+def test_a_table_first_used_inside_a_transaction_block_does_not_commit_the_block(db):
+    @db.model
+    class Early:
+        name: str
+
+    @db.model
+    class Late:
+        name: str
+
+    run(db, "EarlyCreateNode", {"name": "kept"})
+    with pytest.raises(DataFlowError, match="boom"), db.transaction():
+        run(db, "EarlyCreateNode", {"name": "undone"})
+        run(db, "LateCreateNode", {"name": "undone too"})  # CREATE TABLE here would commit the block
+        raise DataFlowError("boom")
+    assert [r["name"] for r in run(db, "EarlyListNode", {})["records"]] == ["kept"]
+    assert run(db, "LateCountNode", {})["count"] == 0
+
+
+def test_a_decimal_wider_than_mysql_holds_is_refused_naming_the_field(db):
+    with pytest.raises(ValidationError, match="Wide.*'amount'.*65 digits"):
+
+        @db.model
+        class Wide:
+            amount: Annotated[Decimal, 70, 10]
+
+        db.create_tables()
+
+
+# -- bulk -------------------------------------------------------------------------------------
+def test_bulk_create_sends_multi_row_inserts_within_the_statement_budget_all_or_nothing(my_url, monkeypatch):
+    from dataflow_lab.dialects.mysql_connection import MySQLConnection
+
+    sizes: list[int] = []
+    real = MySQLConnection.execute
+
+    async def spy(self, sql, params=()):
+        if sql.startswith("INSERT INTO docs"):
+            sizes.append(len(params) // 4)  # rows in this statement (name, body, created_at, updated_at)
+        return await real(self, sql, params)
+
+    monkeypatch.setattr(MySQLConnection, "execute", spy)
+    db = DataFlow(my_url, bulk_memory_mb=1)  # statements of at most 256 KB of SQL
+    try:
+
+        @db.model
+        class Doc:
+            name: str
+            body: str
+            __dataflow__ = {"unique": ["name"]}
+
+        rows = [{"name": f"d{i}", "body": "x" * 1000} for i in range(2000)]  # about 2 MB
+        assert run(db, "DocBulkCreateNode", {"data": rows, "progress": False})["inserted"] == 2000
+        assert sum(sizes) == 2000 and len(sizes) >= 8 and max(sizes) <= 256 * 1024 // 2000
+        sizes.clear()
+        more = [{"name": f"e{i}", "body": "y" * 1000} for i in range(1999)] + [{"name": "d0", "body": "dup"}]
+        with pytest.raises(NodeExecutionError, match="(?i)duplicate"):
+            run(db, "DocBulkCreateNode", {"data": more, "progress": False})
+        assert len(sizes) >= 8  # the duplicate was in the last statement: the earlier ones are undone
+        assert run(db, "DocCountNode", {})["count"] == 2000
+    finally:
+        db.close()
+
+
+def test_bulk_upsert_counts_inserts_and_updates_exactly(db):
+    @db.model
+    class Stock:
+        sku: str
+        qty: int
+        __dataflow__ = {"unique": ["sku"]}
+
+    run(db, "StockBulkCreateNode", {"data": [{"sku": f"s{i}", "qty": 1} for i in range(10)]})
+    data = [{"sku": f"s{i}", "qty": 1 if i < 3 else 2} for i in range(15)]  # 3 unchanged, 7 changed, 5 new
+    assert run(db, "StockBulkUpsertNode", {"data": data, "conflict_on": ["sku"]}) == {
+        "inserted": 5,
+        "updated": 10,
+    }
+    assert sorted(r["qty"] for r in run(db, "StockListNode", {})["records"]) == [1] * 3 + [2] * 12
