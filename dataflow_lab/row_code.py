@@ -58,10 +58,11 @@ def row_function(
 
 
 def column_function(
-    fields: tuple[FieldCode, ...], tail: tuple[Any, ...], fresh: Callable[[], tuple[Any, ...]] | None
+    fields: tuple[FieldCode, ...], tail: tuple[Any, ...], fresh: Callable[[int], list[list[Any]]] | None
 ) -> ColumnFunction:
-    """``shape(records)`` -> one list per given field, then ``fresh()``'s columns, then a ``Same``
-    per value of ``tail``; None when any record or value misses the checks."""
+    """``shape(records)`` -> one list per given field, then ``fresh(len(records))``'s columns (the
+    values made per row, a list each), then a ``Same`` per value of ``tail``; None when any record
+    or value misses the checks."""
     make = _compiled_columns(tuple(map(_code_key, fields)), len(tail), fresh is not None)
     return make(tail, fresh, *_values(fields))
 
@@ -184,7 +185,7 @@ def _compiled_columns(keys: tuple[_Key, ...], n_tail: int, fresh: bool) -> Calla
             lines += ["        try:", f"            c{i} = {made}"]
             lines += ["        except (TypeError, ValueError, OverflowError):", "            return None"]
     columns = "".join(f"c{i}, " for i in range(len(keys)))
-    made = "*map(list, zip(*[fresh() for _ in records])), " if fresh else ""
+    made = "*fresh(len(records)), " if fresh else ""
     lines += [f"        return [{columns}{made}*tail]", "    return shape"]
     return _exec("\n".join(lines) + "\n")
 

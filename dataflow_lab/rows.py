@@ -233,6 +233,7 @@ class RowShaper:
         self._columnar = columnar  # chunks by column where every row passes (a columnar database)
         # False: encrypted fields stay staged, for the node to seal once it knows each row's id
         self._seal = mt.seal_rows if seal else _staged
+        self._seal_columns = mt.seal_columns if seal else _staged
         self._stamps = dict(stamps or {})  # managed values every row gets (tenant_id, version, deleted_at)
         self.node = node
         self.on_error = on_error
@@ -279,10 +280,15 @@ class RowShaper:
         fresh = self._fresh_values if self._made else None
         self._shape = row_function(codes, self._tail, fresh) if self._fast_ok else _all_rows_slow
         # by column first (a few C passes per column), row by row when a value misses the checks
-        self._shape_columns = column_function(codes, self._tail, fresh) if self._fast_ok and given else None
+        by_column = self._fresh_columns if self._made else None
+        self._shape_columns = (
+            column_function(codes, self._tail, by_column) if self._fast_ok and given else None
+        )
         # a Decimal's check lets NaN and Infinity through (a float's NaN is refused inline)
         self._reals = [i for i, f in enumerate(given) if f.type.name == "decimal"]
-        self._columnar = self._columnar and not self.model.encrypted and not self._reals
+        # staged encrypted fields wait for the node to seal them, row by row
+        staged = self._seal is _staged and bool(self.model.encrypted)
+        self._columnar = self._columnar and not self._reals and not staged
 
     def _code(self, f: Any) -> FieldCode:
         """What the generated code checks and converts of field ``f``."""
@@ -320,10 +326,13 @@ class RowShaper:
         """One chunk, shaped by column when every row passes (kept so for a columnar database,
         else zipped into tuples), else row by row."""
         if self._shape_columns is not None and (by_column := self._shape_columns(records)) is not None:
-            if self._columnar:
-                return Chunk(self._laid_out, None, first_index, by_column=by_column)
-            made = Chunk(self._laid_out, None, first_index, by_column=by_column).rows
-            return self._finished(made, records, first_index, [])
+            if self._reals:  # checked on the rows (the NaN a Decimal's check lets through), then sealed
+                made = Chunk(self._laid_out, None, first_index, by_column=by_column).rows
+                return self._finished(made, records, first_index, [])
+            # encrypted fields sealed a column at a time, each value bound to the id beside it
+            columns, by_column = self._seal_columns(self._laid_out, by_column)
+            chunk = Chunk(columns, None, first_index, by_column=by_column)
+            return chunk if self._columnar else Chunk(columns, chunk.rows, first_index)
         skipped: list[dict[str, Any]] = []
 
         def slow(record: Any, offset: int, rows: list[tuple[Any, ...]]) -> None:
@@ -380,6 +389,14 @@ class RowShaper:
             return (self._made[0][1](),)
         return tuple(self.mt.to_db(name, make()) for name, make in self._made)
 
+    def _fresh_columns(self, n: int) -> list[list[Any]]:
+        """``_fresh_values`` of ``n`` rows, a list per made column."""
+        if len(self._made) == 1 and self.mt.writers[self._made[0][0]] is None:  # an id made per row
+            make = self._made[0][1]
+            return [[make() for _ in range(n)]]
+        rows = [self._fresh_values() for _ in range(n)]
+        return [[row[i] for row in rows] for i in range(len(self._made))]
+
     def _slow(self, record: Any, index: int) -> tuple[Any, ...]:
         """Check one row field by field; coerce lossless values or raise naming row and field."""
         where = f"{self.node}: row {index}"
@@ -432,10 +449,9 @@ class _Required:
 _REQUIRED = _Required()
 
 
-def _staged(
-    columns: tuple[str, ...], rows: list[tuple[Any, ...]]
-) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-    return columns, rows
+def _staged(columns: tuple[str, ...], values: list[Any]) -> tuple[tuple[str, ...], list[Any]]:
+    """Rows or columns left as they are (``seal=False``: the node seals them)."""
+    return columns, values
 
 
 def _all_rows_slow(records: Sequence[Any], slow: Callable[[Any, int, list], None]) -> list[tuple[Any, ...]]:

@@ -265,23 +265,33 @@ class ModelTable:
         """Staged rows -> driver rows: each encrypted column sealed to its row's id, blind indexes appended."""
         if not self._sealed:
             return columns, rows
-        assert self.cipher is not None
-        at_id = columns.index("id")  # an encrypted model's id is made before the INSERT (model.py)
-        plan = [(columns.index(n), n, k) for n, k in self._sealed if n in columns]
-        searched = [(i, n, k) for i, n, k in plan if n in self.model.searchable]
-        # column by column (zip builds the row tuples in C): this is BulkCreate's hot path
-        ids, cipher = [r[at_id] for r in rows], self.cipher
-        plains = {i: [r[i] for r in rows] for i, _, _ in plan}
-        sealed = {i: cipher.seal_many(name, kind, ids, plains[i]) for i, name, kind in plan}
-        blinds = [cipher.blind_many(n, k, plains[i]) for i, n, k in searched]
-        out = list(
-            zip(
-                *(sealed[j] if j in sealed else [r[j] for r in rows] for j in range(len(columns))),
-                *blinds,
-                strict=True,
-            )
+        # column by column (zip builds the row tuples in C)
+        sealed_columns, by_column = self.seal_columns(
+            columns, [[r[j] for r in rows] for j in range(len(columns))]
         )
-        return (*columns, *(n + BLIND_SUFFIX for _, n, _ in searched)), out
+        return sealed_columns, list(zip(*by_column, strict=True))
+
+    def seal_columns(
+        self, columns: tuple[str, ...], by_column: list[Any]
+    ) -> tuple[tuple[str, ...], list[Any]]:
+        """``seal_rows`` of a chunk held by column (a list per column, or a ``Same`` for a column
+        with one value on every row): each encrypted column a list of ciphertexts, each sealed to the
+        id on its row, the blind index columns appended. This is BulkCreate's hot path."""
+        if not self._sealed:
+            return columns, by_column
+        assert self.cipher is not None
+        ids = by_column[columns.index("id")]  # an encrypted model's id is made before the INSERT (model.py)
+        assert isinstance(ids, list), "each row has its own id"
+        out, blinds, cipher = list(by_column), [], self.cipher
+        for name, kind in self._sealed:
+            if name not in columns:
+                continue
+            at = columns.index(name)
+            plains = by_column[at] if isinstance(by_column[at], list) else [by_column[at].value] * len(ids)
+            out[at] = cipher.seal_many(name, kind, ids, plains)  # one ciphertext per row, even of one value
+            if name in self.model.searchable:
+                blinds.append((name + BLIND_SUFFIX, cipher.blind_many(name, kind, plains)))
+        return (*columns, *(n for n, _ in blinds)), [*out, *(b for _, b in blinds)]
 
     async def ids_by_keys(
         self, conn: Connection, keys: Sequence[str], wanted: Iterable[tuple[Any, ...]]

@@ -85,6 +85,21 @@ def test_a_column_function_makes_columns_or_none_when_any_value_misses_its_check
     assert shape([*good, {"name": "c", "qty": 1, "prize": 1.0}]) is None
 
 
+def test_a_column_function_asks_fresh_for_one_list_per_made_column_of_the_chunks_rows():
+    asked: list[int] = []
+
+    def fresh(n):
+        asked.append(n)
+        return [list(range(100, 100 + n)), ["x"] * n]
+
+    shape = column_function((NAME,), ("t",), fresh)
+    assert shape([{"name": "a"}, {"name": "b"}, {"name": "c"}]) == [
+        ["a", "b", "c"], [100, 101, 102], ["x", "x", "x"], Same("t")
+    ]  # fmt: skip
+    assert shape([{"name": "a"}, {"name": 2}]) is None  # refused before anything is made
+    assert asked == [3]
+
+
 # -- through BulkCreate, on every database ------------------------------------------
 class Colour(enum.Enum):
     RED = "red"
