@@ -28,6 +28,23 @@ class Retries(RunHooks):
         self.reasons.append(reason)
 
 
+def test_a_pooled_connection_the_server_is_shutting_down_is_a_lost_connection():
+    # asyncpg's error for a statement on a connection that received the server's unsolicited
+    # FATAL (57P01, pg_ctl stop -m fast) and has not yet seen the socket close: never sent, retried
+    asyncpg = pytest.importorskip("asyncpg")
+    from dataflow_lab.dialects.postgres import PostgresDialect
+
+    dying = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert retry_reason(dying) == "connection lost"
+    assert PostgresDialect.commit_never_sent(PostgresDialect.__new__(PostgresDialect), dying)
+    busy = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (11) is in progress"
+    )
+    assert retry_reason(busy) is None  # a statement still running on it: our bug, never retried
+
+
 def test_the_default_policy_is_a_ten_second_budget_with_backoff_and_jitter():
     policy = RetryPolicy()
     assert (policy.attempts, policy.budget) == (None, 10.0)

@@ -218,6 +218,16 @@ def _uuid_out(value: Any) -> uuid.UUID:
     return value if type(value) is uuid.UUID else uuid.UUID(bytes=value.bytes)
 
 
+def _dying_connection(error: BaseException) -> bool:
+    """asyncpg's error for a statement on a connection still taking in an error nobody asked for:
+    the FATAL a server sends every idle session as it shuts down (``pg_ctl stop -m fast``, 57P01),
+    read before the socket's close. State 2 is asyncpg's PROTOCOL_ERROR_CONSUME; the statement was
+    never sent, and the connection is about to be closed."""
+    return type(error).__name__ == "InternalClientError" and "another operation (2) is in progress" in str(
+        error
+    )
+
+
 class PostgresDialect(PooledDialect):
     name = "postgresql"
     max_bind_params = 32767
@@ -388,10 +398,15 @@ class PostgresDialect(PooledDialect):
             return "connection lost"
         if type(error).__name__ == "InterfaceError" and "closed" in str(error).lower():
             return "connection lost"
+        if _dying_connection(error):
+            return "connection lost"
         return None
 
     def commit_never_sent(self, error: BaseException) -> bool:
-        # asyncpg refuses to send anything on a connection it already knows is closed
+        # asyncpg refuses to send anything on a connection it already knows is closed, or that is
+        # still taking in the server's last error (it checks its state before writing a message)
+        if _dying_connection(error):
+            return True
         return type(error).__name__ == "InterfaceError" and "connection is closed" in str(error)
 
     def ddl_lock_sql(self, table_name: str) -> str | None:
