@@ -328,3 +328,66 @@ def test_bulk_upsert_counts_inserts_and_updates_exactly(db):
         "updated": 10,
     }
     assert sorted(r["qty"] for r in run(db, "StockListNode", {})["records"]) == [1] * 3 + [2] * 12
+
+
+# -- MySQL 8: no INSERT ... RETURNING, no DELETE ... RETURNING ----------------------------------
+@pytest.mark.parametrize("consecutive_ids", [True, False], ids=["multi-row", "row-by-row"])
+def test_without_returning_as_on_mysql_8_every_write_reads_back_what_it_wrote(my_url, monkeypatch,
+                                                                              consecutive_ids):  # fmt: skip
+    """MariaDB made to take MySQL 8's path: no statement sent carries RETURNING, and the rows, ids
+    and audit images are the same as with it (ids from LAST_INSERT_ID(); row by row where InnoDB
+    may interleave ids, innodb_autoinc_lock_mode 2)."""
+    from dataflow_lab.dialects.mysql_connection import MySQLConnection
+
+    sent: list[str] = []
+    real = MySQLConnection._run
+
+    async def spy(self, sql, params):
+        sent.append(sql)
+        return await real(self, sql, params)
+
+    monkeypatch.setattr(MySQLConnection, "_run", spy)
+    db = DataFlow(my_url, min_connections=0)
+    db.database.dialect.returns = False
+    if not consecutive_ids:
+        db.database.dialect._id_step = None
+    try:
+
+        @db.model
+        class User:
+            name: str
+            age: int = 0
+            __dataflow__ = {"audit_log": True, "unique": [["name"]]}
+
+        made = run(db, "UserCreateNode", {"name": "ann", "age": 1})
+        assert run(db, "UserReadNode", {"id": made["id"]}) == made
+        found = run(db, "UserUpsertNode", {"where": {"name": "ann"}, "create": {"age": 5}, "update": {"age": 2}})
+        assert (found["record"]["id"], found["record"]["age"], found["created"]) == (made["id"], 2, False)
+        new = run(db, "UserUpsertNode", {"where": {"name": "bob"}, "create": {"age": 3}, "update": {"age": 9}})
+        assert new["created"] is True and new["record"]["age"] == 3
+        bulk = run(db, "UserBulkCreateNode", {"data": [{"name": f"u{i}", "age": i} for i in range(5)],
+                                              "return_ids": True})  # fmt: skip
+        assert bulk["inserted"] == 5 and len(set(bulk["ids"])) == 5
+        by_id = {r["id"]: r["name"] for r in run(db, "UserListNode", {})["records"]}
+        assert [by_id[i] for i in bulk["ids"]] == [f"u{i}" for i in range(5)]
+        assert run(db, "UserBulkDeleteNode", {"filter": {"age": {"$gte": 3}}}) == {"deleted": 3}
+        assert run(db, "UserDeleteNode", {"id": made["id"]})["deleted"] is True
+        assert sorted(by_id) == sorted([made["id"], new["record"]["id"], *bulk["ids"]])
+        entries = db.audit("User")
+        created = [e for e in entries if e.operation == "bulk_create"]
+        assert [(e.record_id, e.after["name"]) for e in created] == [(str(i), by_id[i]) for i in bulk["ids"]]
+        deleted = sorted(e.before["name"] for e in entries if e.operation == "bulk_delete")
+        assert deleted == ["bob", "u3", "u4"] and all(e.after is None for e in entries if "delete" in e.operation)
+        assert [r["name"] for r in run(db, "UserListNode", {})["records"]] == ["u0", "u1", "u2"]
+        assert sent and not [s for s in sent if " RETURNING " in s]
+    finally:
+        db.close()
+
+
+def test_the_server_is_told_apart_by_its_version_string():
+    from dataflow_lab.dialects.mysql import server_returns
+
+    assert server_returns("5.5.5-10.11.6-MariaDB-0+deb12u1") is True
+    assert server_returns("10.5.2-MariaDB") is True
+    assert server_returns("10.4.30-MariaDB") is False  # INSERT ... RETURNING came in 10.5
+    assert server_returns("8.0.36") is False and server_returns("8.4.0-commercial") is False

@@ -19,24 +19,45 @@ Facts:
   time with its history row written after it (see ``migrations.engine``).
 - Upsert is ``INSERT ... ON DUPLICATE KEY UPDATE``; bulk inserts are multi-row INSERTs.
 - Deadlocks (1213) and lock wait timeouts (1205) are transient: the runtime retries them.
+- The server is asked at the first connection: MariaDB runs INSERT and DELETE ... RETURNING
+  itself; on MySQL 8 they are made of what it has (mysql_returning), and its collation is
+  ``utf8mb4_0900_bin`` (NO PAD too: MySQL 8 has no ``utf8mb4_nopad_bin``).
+
+Types and converters are in ``mysql_types``, bulk writes in ``mysql_bulk``, the connection in
+``mysql_connection``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
 import re
-import uuid
-from collections.abc import Iterator, Sequence
-from decimal import Context, Decimal
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import ValidationError
-from .base import Connection, PooledDialect, normalize_type
+from .base import Connection, PooledDialect
+from .mysql_bulk import (
+    STATEMENT_BYTES,
+    flat,
+    id_steps,
+    inserted_ids,
+    on_conflict_sql,
+    statements,
+    upsert_statement,
+)
 from .mysql_connection import OR_NOTHING, MySQLConnection, errno, literal
+from .mysql_types import (
+    FROM_DB,
+    KEY_TEXT_LENGTH,
+    STORAGE,
+    TO_DB,
+    UNDECLARED_SCALE,
+    decimal_type,
+    is_text,
+    mysql_type,
+)
+
+__all__ = ["MySQLDialect", "mysql_type", "server_returns", "statements"]
 
 # MySQL's error numbers worth retrying: the whole transaction again
 _TRANSIENT_ERRNOS = {
@@ -46,8 +67,16 @@ _TRANSIENT_ERRNOS = {
 }  # fmt: skip
 
 SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
-UNDECLARED_SCALE = 18  # an undeclared Decimal is DECIMAL(38, 18), as on DuckDB
-KEY_TEXT_LENGTH = 255  # 255 utf8mb4 characters are 1,020 bytes: three fit in one key of 3,072
+COLLATION = "utf8mb4_nopad_bin"  # MariaDB's; MySQL 8's is MYSQL_COLLATION (both binary, NO PAD)
+MYSQL_COLLATION = "utf8mb4_0900_bin"
+_LIMIT = re.compile(r"LIMIT %s(?:\s*,\s*%s)?(?:\s+OFFSET %s)?")  # EXPLAIN's LIMIT takes no NULL
+_MARIADB = re.compile(r"(\d+)\.(\d+)\.\d+-MariaDB")
+
+
+def server_returns(version: str) -> bool:
+    """Whether a server of this version string runs INSERT ... RETURNING: MariaDB 10.5 and later."""
+    found = _MARIADB.search(version)  # MariaDB 10 says '5.5.5-10.11.6-MariaDB-0+deb12u1'
+    return found is not None and (int(found[1]), int(found[2])) >= (10, 5)
 
 
 def _modify(table: str, column: str, type_sql: str, nullable: bool, default: str | None) -> str:
@@ -56,163 +85,15 @@ def _modify(table: str, column: str, type_sql: str, nullable: bool, default: str
     return f"ALTER TABLE {table} MODIFY COLUMN {column} {type_sql}{tail}"
 
 
-def _is_text(kind: sa.types.TypeEngine) -> bool:
-    return isinstance(kind, sa.String) and kind.length is None  # TEXT, LONGTEXT
-
-
-def _float_in(value: Any) -> Any:
-    if isinstance(value, float) and math.isinf(value):  # (NaN: every field's check refuses it)
-        raise ValidationError(
-            f"{value!r} cannot be stored: MySQL's DOUBLE holds no infinity.",
-            hint="store None for a missing value, or a finite bound such as sys.float_info.max.",
-        )
-    return value
-
-
-def _enum_text(member: Any) -> str:
-    return str(member.value)
-
-
-def _datetime_in(value: dt.datetime) -> dt.datetime:
-    """Aware -> UTC wall time (DATETIME holds no zone); naive is taken as UTC already."""
-    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo is not None else value
-
-
-def _datetime_out(value: Any) -> Any:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
-
-
-def _json_out(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-def _uuid_out(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
-_WIDE = Context(prec=100)  # normalize() rounds to the context's precision: 28 digits by default
-
-
-def _decimal_out(value: Any) -> Decimal:
-    """An exact Decimal; an undeclared column's 18 digits of scale lose their trailing zeros."""
-    number = value if isinstance(value, Decimal) else Decimal(str(value))
-    if number.as_tuple().exponent != -UNDECLARED_SCALE:
-        return number
-    if number == number.to_integral_value():
-        return number.quantize(Decimal(1), context=_WIDE)
-    return number.normalize(_WIDE)
-
-
-def _bool_out(value: Any) -> bool:
-    return bool(value)
-
-
-def _longtext() -> sa.types.TypeEngine:
-    from sqlalchemy.dialects.mysql import LONGTEXT
-
-    return LONGTEXT()
-
-
-class _Json(sa.types.TypeDecorator):
-    """JSON whose literal (a DEFAULT) is its text: MariaDB has no CAST(... AS JSON)."""
-
-    impl = sa.JSON
-    cache_ok = True
-
-    def literal_processor(self, dialect: Any) -> Any:
-        return lambda value: "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _longblob() -> sa.types.TypeEngine:
-    from sqlalchemy.dialects.mysql import LONGBLOB
-
-    return LONGBLOB()
-
-
-_INT_WIDTH = re.compile(r"^(TINYINT|SMALLINT|MEDIUMINT|INT|INTEGER|BIGINT)\(\d+\)")
-# LONGTEXT is text without a length (VARCHAR, as normalize_type spells TEXT), LONGBLOB a BLOB
-_MYSQL_SYNONYMS = {"BOOL": "BOOLEAN", "TINYINT(1)": "BOOLEAN", "INTEGER": "INT", "REAL": "DOUBLE",
-                   "NUMERIC": "DECIMAL", "LONGTEXT": "VARCHAR", "MEDIUMTEXT": "VARCHAR",
-                   "LONGBLOB": "BLOB", "MEDIUMBLOB": "BLOB"}  # fmt: skip
-
-
-STATEMENT_BYTES = 2**20  # 1 MB statements: 8 MB ones took MariaDB longer per row (measured)
-_LIMIT = re.compile(r"LIMIT %s(?:\s*,\s*%s)?(?:\s+OFFSET %s)?")  # EXPLAIN's LIMIT takes no NULL
-
-
-def statements(
-    rows: Sequence[Sequence[Any]], n_columns: int, max_binds: int, max_bytes: int
-) -> Iterator[Sequence[Any]]:
-    """``rows`` in runs of one statement each: within the bind limit and ``max_bytes`` of SQL text,
-    as the largest of 64 rows sampled from each run counts them."""
-    most = max(1, max_binds // max(1, n_columns))
-    start = 0
-    while start < len(rows):
-        sample = rows[start : start + most : max(1, most // 64)]  # the next statement's, evenly spaced
-        per_row = max(_text_size(r) for r in sample) if sample else 1
-        count = max(1, min(most, max_bytes // max(1, per_row)))
-        yield rows[start : start + count]
-        start += count
-
-
-def _text_size(row: Sequence[Any]) -> int:
-    """About how many bytes of SQL a row's values make (escaping doubles a few characters)."""
-    return sum(len(v) * 2 + 4 if isinstance(v, str | bytes) else 28 for v in row)
-
-
-def mysql_type(spelling: str) -> str:
-    """One spelling for a MySQL column type, declared or reflected, for schema diffs.
-
-    TINYINT(1) and BOOLEAN are one; an integer's display width (BIGINT(20)) is dropped; UNSIGNED,
-    charsets and collations are not part of the type; 'longtext' with a JSON check is JSON (the
-    reader says so: MariaDB stores JSON as LONGTEXT).
-    """
-    compact = " ".join(str(spelling).upper().split())
-    compact = re.sub(r"\s+(CHARACTER SET|COLLATE)\s+\S+", "", compact).replace(" UNSIGNED", "")
-    compact = compact.replace(" ", "")
-    if compact in _MYSQL_SYNONYMS:
-        return _MYSQL_SYNONYMS[compact]
-    compact = _INT_WIDTH.sub(r"\1", compact)
-    base, paren, args = compact.partition("(")
-    base = _MYSQL_SYNONYMS.get(base, base)
-    if base == "DECIMAL" and not args:
-        args = "10,0)"
-    return normalize_type(f"{base}{paren}{args}")
-
-
 class MySQLDialect(PooledDialect):
     name = "mysql"
     max_bind_params = 65535
     warm_modules = ("asyncmy", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.mysql.asyncmy")
-    storage = {
-        "text": _longtext,
-        "integer": sa.BigInteger,
-        "float": sa.Double,
-        "boolean": sa.Boolean,
-        "datetime": lambda: __import__("sqlalchemy.dialects.mysql", fromlist=["DATETIME"]).DATETIME(fsp=6),
-        "date": sa.Date,
-        "decimal": lambda: sa.Numeric(38, 18),
-        "bytes": _longblob,
-        "uuid": lambda: sa.CHAR(36),
-        "enum": lambda: sa.String(KEY_TEXT_LENGTH),
-        "json": _Json,
-    }
-    to_db = {
-        "enum": _enum_text,
-        "float": _float_in,
-        "json": json.dumps,
-        "uuid": str,
-        "datetime": _datetime_in,
-    }
-    from_db = {
-        "boolean": _bool_out,
-        "json": _json_out,
-        "uuid": _uuid_out,
-        "datetime": _datetime_out,
-        "decimal": _decimal_out,
-    }  # (DOUBLE comes back a float, BIGINT an int: no converter)
+    storage = STORAGE
+    to_db = TO_DB
+    from_db = FROM_DB
+    returns: bool | None = None  # the server runs INSERT/DELETE ... RETURNING: asked at its first connection
+    collation = COLLATION  # the tables' and the connections' (MySQL 8: MYSQL_COLLATION), asked likewise
 
     def _sa_dialect(self) -> sa.engine.Dialect:
         from sqlalchemy.dialects.mysql.asyncmy import dialect
@@ -228,7 +109,7 @@ class MySQLDialect(PooledDialect):
         settings = [
             f"sql_mode = '{SQL_MODE}'",
             "time_zone = '+00:00'",
-            "NAMES utf8mb4 COLLATE utf8mb4_nopad_bin",
+            "NAMES utf8mb4",
         ]
         return dict(
             pool_size=self.config.pool_size,
@@ -246,7 +127,9 @@ class MySQLDialect(PooledDialect):
 
         @sa.event.listens_for(sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            self._know_server(dbapi_connection.driver_connection.get_server_info())
             cursor = dbapi_connection.cursor()
+            cursor.execute(f"SET NAMES utf8mb4 COLLATE {self.collation}")
             # READ COMMITTED, as on PostgreSQL: each statement sees what committed before it (an
             # upsert that lost a race finds the winner's row); InnoDB's default is REPEATABLE READ.
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -260,8 +143,19 @@ class MySQLDialect(PooledDialect):
             finally:
                 cursor.close()
 
+    def _know_server(self, version: str) -> None:
+        """MariaDB or MySQL, from the first connection's version string (a test may have decided)."""
+        if self.returns is None:
+            self.returns = server_returns(version)
+        if "MariaDB" not in version:
+            self.collation = MYSQL_COLLATION
+
+    def ddl(self, element: sa.schema.ExecutableDDLElement) -> str:
+        text = super().ddl(element)
+        return text if self.collation == COLLATION else text.replace(COLLATION, self.collation)
+
     def wrap(self, driver_connection: Any) -> Connection:
-        return MySQLConnection(driver_connection, self._kill)
+        return MySQLConnection(driver_connection, self._kill, returns=self.returns is not False)
 
     async def _side_connection(self) -> Any:
         """A connection of asyncmy's own, outside the pool (to KILL, to EXPLAIN)."""
@@ -312,25 +206,18 @@ class MySQLDialect(PooledDialect):
 
     def key_type(self, kind: sa.types.TypeEngine) -> sa.types.TypeEngine:
         """A primary key of TEXT needs a length (UNIQUE does not: MariaDB hashes a long one)."""
-        return sa.String(KEY_TEXT_LENGTH) if _is_text(kind) else kind
+        return sa.String(KEY_TEXT_LENGTH) if is_text(kind) else kind
 
     def index_options(self, columns: Sequence[sa.Column]) -> dict[str, Any]:
         """An index on TEXT covers its first 255 characters (a lookup reads the rest from the row)."""
-        lengths = {c.name: KEY_TEXT_LENGTH for c in columns if _is_text(c.type)}
+        lengths = {c.name: KEY_TEXT_LENGTH for c in columns if is_text(c.type)}
         return {"mysql_length": lengths} if lengths else {}
 
     def table_kwargs(self) -> dict[str, Any]:
-        return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_nopad_bin"}
+        return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": COLLATION}  # (see ddl)
 
     def decimal_type(self, model: str, field: str, digits: tuple[int, int] | None) -> sa.types.TypeEngine:
-        precision, scale = digits or (38, UNDECLARED_SCALE)
-        if precision > 65 or scale > 30:
-            raise ValidationError(
-                f"Model '{model}': field '{field}' is Decimal({precision}, {scale}); MySQL's DECIMAL "
-                "holds at most 65 digits, 30 of them after the point.",
-                hint=f"declare Annotated[Decimal, {min(precision, 65)}, {min(scale, 30)}] or fewer digits.",
-            )
-        return sa.Numeric(precision, scale)
+        return decimal_type(model, field, digits)
 
     def decimal_bounds(self, digits: tuple[int, int] | None) -> tuple[int, int] | None:
         return digits or (38, UNDECLARED_SCALE)
@@ -442,22 +329,8 @@ class MySQLDialect(PooledDialect):
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
     ) -> str:
-        """``ON DUPLICATE KEY UPDATE``: a guard keeps each column as it was unless the guard matches.
-
-        The guard is tested in every assignment before any of them changes a guarded column
-        (the guard's columns are never among those updated).
-        """
         quote = self.sa_dialect.identifier_preparer.quote
-        if not update_columns:  # DO NOTHING: assign the key to itself
-            first = quote(conflict_on[0])
-            return f"ON DUPLICATE KEY UPDATE {first} = {first}"
-        matches = " AND ".join(f"{quote(c)} <=> VALUES({quote(c)})" for c in guard)
-        sets = []
-        for c in update_columns:
-            col = quote(c)
-            new = f"{col} + 1" if table.c[c].info.get("counter") else f"VALUES({col})"
-            sets.append(f"{col} = IF({matches}, {new}, {col})" if matches else f"{col} = {new}")
-        return "ON DUPLICATE KEY UPDATE " + ", ".join(sets)
+        return on_conflict_sql(quote, table, conflict_on, update_columns, guard)
 
     def upsert_statement(
         self,
@@ -467,18 +340,8 @@ class MySQLDialect(PooledDialect):
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
     ) -> Any:
-        stmt = self.insert(table).values({c: sa.bindparam(c) for c in columns})
-        if not update_columns:
-            first = conflict_on[0]
-            return stmt.on_duplicate_key_update({first: table.c[first]})
-        sets = {}
-        for c in update_columns:
-            new = table.c[c] + 1 if table.c[c].info.get("counter") else stmt.inserted[c]
-            if guard:
-                matches = sa.and_(*(table.c[g].is_not_distinct_from(stmt.inserted[g]) for g in guard))
-                new = sa.case((matches, new), else_=table.c[c])
-            sets[c] = new
-        return stmt.on_duplicate_key_update(sets)
+        insert = self.insert(table).values({c: sa.bindparam(c) for c in columns})
+        return upsert_statement(insert, table, conflict_on, update_columns, guard)
 
     def bulk_batch_size(self, n_columns: int) -> int:
         return max(1, min(50_000, 4 * self.max_bind_params // max(1, n_columns)))
@@ -500,7 +363,20 @@ class MySQLDialect(PooledDialect):
         size = await self.statement_bytes(conn)
         for part in statements(rows, len(columns), self.max_bind_params, size):
             sql = self.multirow_insert_sql(table, columns, len(part))
-            await conn.execute(sql, [v for row in part for v in row])
+            await conn.execute(sql, flat(part))
+
+    _id_step: int | None = 0  # ids of one multi-row INSERT are this far apart (None: maybe not)
+
+    async def bulk_insert_returning_ids(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> list[Any]:
+        """Multi-row INSERTs sized as ``bulk_insert``'s; the new ids (mysql_bulk.inserted_ids)."""
+        returning = self.returns is not False
+        if not returning and self._id_step == 0:
+            self._id_step = await id_steps(conn)
+        parts = statements(rows, len(columns), self.max_bind_params, await self.statement_bytes(conn))
+        return await inserted_ids(conn, lambda n: self.multirow_insert_sql(table, columns, n), parts,
+                                  returning=returning, step=self._id_step)  # fmt: skip
 
     async def bulk_upsert(
         self,
@@ -519,5 +395,5 @@ class MySQLDialect(PooledDialect):
         size = await self.statement_bytes(conn)
         for part in statements(rows, len(columns), self.max_bind_params, size):
             sql = self.multirow_insert_sql(table, columns, len(part)) + tail
-            await conn.execute(sql, [v for row in part for v in row])
+            await conn.execute(sql, flat(part))
         return None

@@ -1,9 +1,9 @@
 """A MySQL or MariaDB connection (asyncmy), as the runtime sees it (dialects/mysql.py makes them).
 
 Autocommit mode, with transactions as plain SQL. What MySQL lacks is
-made here: UPDATE ... RETURNING (the matching rows locked, updated and read back), an INSERT that
-does nothing on a duplicate key (its error read as no row), and a named lock (GET_LOCK) held for
-one transaction, as PostgreSQL's advisory transaction lock is.
+made here: RETURNING where the server has none (mysql_returning: UPDATE always, INSERT and DELETE
+on MySQL 8), an INSERT that does nothing on a duplicate key (its error read as no row), and a named
+lock (GET_LOCK) held for one transaction, as PostgreSQL's advisory transaction lock is.
 """
 
 from __future__ import annotations
@@ -14,6 +14,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .base import Connection, QueryResult
+from .mysql_returning import (
+    DUPLICATE_KEY,
+    OR_NOTHING,
+    delete_returning,
+    errno,
+    insert_returning,
+    update_returning,
+)
 
 _ISOLATION_SQL = {
     "read_uncommitted": "READ UNCOMMITTED", "read_committed": "READ COMMITTED",
@@ -29,10 +37,13 @@ def _args(params: Sequence[Any]) -> Any:
 class MySQLConnection(Connection):
     """One asyncmy connection in autocommit mode; transactions are plain SQL."""
 
-    __slots__ = ("raw", "_in_tx", "_named_locks", "_kill", "_broken")
+    __slots__ = ("raw", "returns", "_in_tx", "_named_locks", "_kill", "_broken")
 
-    def __init__(self, raw: Any, kill: Callable[[int], Awaitable[None]] | None = None):
+    def __init__(
+        self, raw: Any, kill: Callable[[int], Awaitable[None]] | None = None, *, returns: bool = True
+    ):
         self.raw = raw  # asyncmy.Connection
+        self.returns = returns  # the server runs INSERT ... RETURNING and DELETE ... RETURNING (MariaDB)
         self._in_tx = False
         self._named_locks = False  # a GET_LOCK taken in this transaction (ddl_lock_sql)
         self._kill = kill  # ends a server thread from another connection (KILL n)
@@ -101,8 +112,13 @@ class MySQLConnection(Connection):
         return self._in_tx
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        if sql.startswith("UPDATE ") and " RETURNING " in sql:
-            return await self._update_returning(sql, params)
+        if " RETURNING " in sql:
+            if sql.startswith("UPDATE "):
+                return await update_returning(self, sql, params)
+            if not self.returns and sql.startswith("INSERT "):
+                return await insert_returning(self, sql, params)
+            if not self.returns and sql.startswith("DELETE "):
+                return await delete_returning(self, sql, params)
         if sql.startswith("SELECT GET_LOCK("):
             rows = await self._fetch(sql, params)
             if not rows or rows[0][0] != 1:
@@ -115,44 +131,19 @@ class MySQLConnection(Connection):
         try:
             cursor = await self._run(sql, params)
         except Exception as exc:
-            if sql.startswith(OR_NOTHING) and errno(exc) == _DUPLICATE_KEY:
+            if sql.startswith(OR_NOTHING) and errno(exc) == DUPLICATE_KEY:
                 return []  # MySQL undid only this statement: the transaction goes on
             raise
         rows = await cursor.fetchall()
         await cursor.close()
         return list(rows)
 
-    async def _update_returning(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
-        """UPDATE ... RETURNING, which MySQL and MariaDB lack: lock the matching rows (SELECT ...
-        FOR UPDATE), update exactly those, then read them back, all in one transaction."""
-        head, _, returned = sql.rpartition(" RETURNING ")
-        table = head[len("UPDATE ") :].split(" SET ", 1)[0]
-        sets, found, where = head.partition(" WHERE ")
-        where = where if found else "1 = 1"
-        where_params = list(params)[sets.count("%s") :]
-        key = f"{table}.id"
-        own = not self._in_tx
-        if own:
-            await self.begin()
-        try:
-            ids = [
-                r[0]
-                for r in await self.fetch(f"SELECT {key} FROM {table} WHERE {where} FOR UPDATE", where_params)
-            ]
-            rows: list[Sequence[Any]] = []
-            if ids:
-                marks = ", ".join(["%s"] * len(ids))
-                await self.execute(f"{sets} WHERE ({where}) AND {key} IN ({marks})", [*params, *ids])
-                rows = await self.fetch(
-                    f"SELECT {returned} FROM {table} WHERE {key} IN ({marks}) ORDER BY {key}", ids
-                )
-        except BaseException:
-            if own:
-                await self.rollback()
-            raise
-        if own:
-            await self.commit()
-        return rows
+    async def insert(self, sql: str, params: Sequence[Any]) -> tuple[int, int]:
+        """Run an INSERT: (LAST_INSERT_ID(), the first id it made; the rows it inserted)."""
+        cursor = await self._run(sql, params)
+        first, count = cursor.lastrowid, cursor.rowcount
+        await cursor.close()
+        return int(first or 0), int(count)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cursor = await self._run(sql, params)
@@ -202,15 +193,6 @@ class MySQLConnection(Connection):
         finally:
             await self._plain("ROLLBACK TO SAVEPOINT dataflow_read_only")
             await self._plain("RELEASE SAVEPOINT dataflow_read_only")
-
-
-OR_NOTHING = "INSERT /* dataflow:or_nothing */"  # insert_or_nothing's mark: a duplicate key is no row
-_DUPLICATE_KEY = 1062
-
-
-def errno(error: BaseException) -> int | None:
-    code = error.args[0] if error.args else None
-    return code if isinstance(code, int) else None
 
 
 def literal(name: str) -> str:
