@@ -62,6 +62,7 @@ LocalRuntime().execute(wf.build())
     [
         ("asyncpg", "postgresql://app:s3cret@db.example/app", "postgres"),
         ("duckdb", "duckdb:///:memory:", "duckdb"),
+        ("asyncmy", "mysql://app:s3cret@db.example/app", "mysql"),
     ],
 )
 def test_a_missing_driver_says_what_to_install_at_dataflow(module, url, extra):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -16,6 +18,7 @@ import sqlalchemy as sa
 from dataflow_lab import DataFlow, LocalRuntime, ValidationError, WorkflowBuilder, _loop
 from dataflow_lab.dialects.mysql import MySQLDialect, mysql_type
 from dataflow_lab.errors import DataFlowError, NodeExecutionError
+from dataflow_lab.retry import RetryPolicy
 
 
 def run(db: DataFlow, node: str, params: dict[str, Any]) -> Any:
@@ -161,40 +164,102 @@ async def _sql(conn: Any, sql: str) -> None:
         await cursor.execute(sql)
 
 
-def test_a_deadlock_and_a_lock_wait_timeout_are_transient(my_url):
-    async def scenario() -> tuple[BaseException, BaseException]:
-        a, b = await _connect(my_url), await _connect(my_url)
-        try:
-            await _sql(a, "CREATE TABLE pair (id INT PRIMARY KEY, v INT)")
-            await _sql(a, "INSERT INTO pair VALUES (1, 0), (2, 0)")
-            for conn in (a, b):
-                await _sql(conn, "SET innodb_lock_wait_timeout = 1")
-                await _sql(conn, "START TRANSACTION")
-            await _sql(a, "UPDATE pair SET v = 1 WHERE id = 1")
-            await _sql(b, "UPDATE pair SET v = 1 WHERE id = 2")
-            waiting = asyncio.ensure_future(_sql(a, "UPDATE pair SET v = 2 WHERE id = 2"))
-            await asyncio.sleep(0.2)  # a waits for b's row; b now asks for a's: a cycle
-            results = await asyncio.gather(waiting, _sql(b, "UPDATE pair SET v = 2 WHERE id = 1"),
-                                           return_exceptions=True)  # fmt: skip
-            deadlock = next(r for r in results if isinstance(r, BaseException))
-            for conn in (a, b):
-                await _sql(conn, "ROLLBACK")
-            await _sql(a, "START TRANSACTION")
-            await _sql(a, "UPDATE pair SET v = 3 WHERE id = 1")
-            try:
-                await _sql(b, "UPDATE pair SET v = 4 WHERE id = 1")
-            except Exception as exc:  # noqa: BLE001 - the error is what is tested
-                timeout: BaseException = exc
-            await _sql(a, "ROLLBACK")
-            return deadlock, timeout
-        finally:
-            a.close()
-            b.close()
+def test_only_asyncmy_errors_are_read_as_transient():
+    assert (
+        MySQLDialect.transient_reason(ValueError(1213, "Deadlock found")) is None
+    )  # the end-to-end tests below
 
-    deadlock, timeout = asyncio.run(scenario())
-    assert deadlock.args[0] == 1213 and MySQLDialect.transient_reason(deadlock) == "deadlock"
-    assert timeout.args[0] == 1205 and MySQLDialect.transient_reason(timeout) == "lock wait timeout"
-    assert MySQLDialect.transient_reason(ValueError("1213")) is None
+
+class _Retries:
+    """A hook that records why the runtime retried."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def retry(self, *, reason: str, **_: Any) -> None:
+        self.reasons.append(reason)
+
+
+def _accounts(db: DataFlow) -> None:
+    @db.model
+    class Account:
+        owner: str
+        balance: int
+
+    run(db, "AccountBulkCreateNode", {"data": [{"owner": "a", "balance": 0}, {"owner": "b", "balance": 0}]})
+
+
+def _balances(db: DataFlow) -> list[int]:
+    return [r["balance"] for r in run(db, "AccountListNode", {})["records"]]
+
+
+def test_a_deadlock_between_two_workflows_is_retried_as_a_whole_and_both_succeed(db):
+    _accounts(db)
+    spy = _Retries()
+    runtime = LocalRuntime(hooks=[spy], retry=RetryPolicy(attempts=5, base_delay=0.01))
+    barrier, calls = threading.Barrier(2), itertools.count()
+
+    def hold(x: int) -> int:
+        if next(calls) < 2:  # the first attempts: each holds one row, then asks for the other's
+            try:
+                barrier.wait(timeout=2)
+            except threading.BrokenBarrierError:
+                pass
+        return x
+
+    errors: list[BaseException] = []
+
+    def crossing(first: int, second: int, value: int) -> None:
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("AccountUpdateNode", "first", {"id": first, "fields": {"balance": value}})
+        wf.add_node(hold, "hold", {})
+        wf.add_connection("first", "balance", "hold", "x")
+        wf.add_node("AccountUpdateNode", "second", {"id": second, "fields": {"balance": value}})
+        try:
+            runtime.execute(wf.build())
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=crossing, args=(1, 2, 1)),
+        threading.Thread(target=crossing, args=(2, 1, 2)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and "deadlock" in spy.reasons
+    assert _balances(db) in ([1, 1], [2, 2])  # one whole transfer won: nothing was half-applied
+
+
+def test_a_lock_wait_timeout_is_retried_until_the_row_is_free(my_url):
+    db = DataFlow(my_url, pool_size=1, max_overflow=0, min_connections=0)
+    try:
+        _accounts(db)
+        db.sql("SET SESSION innodb_lock_wait_timeout = 1", write=True)  # the pool's one connection
+        locked, spy = threading.Event(), _Retries()
+
+        async def holder() -> None:  # another client holds row 1 for 1.3 s: longer than the wait
+            conn = await _connect(my_url)
+            try:
+                await _sql(conn, "START TRANSACTION")
+                await _sql(conn, "UPDATE accounts SET balance = -1 WHERE id = 1")
+                locked.set()
+                await asyncio.sleep(1.3)
+                await _sql(conn, "ROLLBACK")
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=asyncio.run, args=(holder(),))
+        thread.start()
+        assert locked.wait(10)
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("AccountUpdateNode", "pay", {"id": 1, "fields": {"balance": 5}})
+        LocalRuntime(hooks=[spy], retry=RetryPolicy(attempts=5, base_delay=0.01)).execute(wf.build())
+        thread.join(10)
+        assert "lock wait timeout" in spy.reasons and _balances(db) == [5, 0]
+    finally:
+        db.close()
 
 
 # -- the pool ---------------------------------------------------------------------------------
@@ -361,9 +426,13 @@ def test_without_returning_as_on_mysql_8_every_write_reads_back_what_it_wrote(my
 
         made = run(db, "UserCreateNode", {"name": "ann", "age": 1})
         assert run(db, "UserReadNode", {"id": made["id"]}) == made
-        found = run(db, "UserUpsertNode", {"where": {"name": "ann"}, "create": {"age": 5}, "update": {"age": 2}})
+        found = run(
+            db, "UserUpsertNode", {"where": {"name": "ann"}, "create": {"age": 5}, "update": {"age": 2}}
+        )
         assert (found["record"]["id"], found["record"]["age"], found["created"]) == (made["id"], 2, False)
-        new = run(db, "UserUpsertNode", {"where": {"name": "bob"}, "create": {"age": 3}, "update": {"age": 9}})
+        new = run(
+            db, "UserUpsertNode", {"where": {"name": "bob"}, "create": {"age": 3}, "update": {"age": 9}}
+        )
         assert new["created"] is True and new["record"]["age"] == 3
         bulk = run(db, "UserBulkCreateNode", {"data": [{"name": f"u{i}", "age": i} for i in range(5)],
                                               "return_ids": True})  # fmt: skip
@@ -377,7 +446,9 @@ def test_without_returning_as_on_mysql_8_every_write_reads_back_what_it_wrote(my
         created = [e for e in entries if e.operation == "bulk_create"]
         assert [(e.record_id, e.after["name"]) for e in created] == [(str(i), by_id[i]) for i in bulk["ids"]]
         deleted = sorted(e.before["name"] for e in entries if e.operation == "bulk_delete")
-        assert deleted == ["bob", "u3", "u4"] and all(e.after is None for e in entries if "delete" in e.operation)
+        assert deleted == ["bob", "u3", "u4"] and all(
+            e.after is None for e in entries if "delete" in e.operation
+        )
         assert [r["name"] for r in run(db, "UserListNode", {})["records"]] == ["u0", "u1", "u2"]
         assert sent and not [s for s in sent if " RETURNING " in s]
     finally:
@@ -391,3 +462,43 @@ def test_the_server_is_told_apart_by_its_version_string():
     assert server_returns("10.5.2-MariaDB") is True
     assert server_returns("10.4.30-MariaDB") is False  # INSERT ... RETURNING came in 10.5
     assert server_returns("8.0.36") is False and server_returns("8.4.0-commercial") is False
+
+
+def test_statements_keep_within_the_bind_limit_and_the_bytes_allowed():
+    from dataflow_lab.dialects.mysql_bulk import statements
+
+    rows = [("x" * 10, i) for i in range(1000)]  # about 2 * 10 + 4 + 28 = 52 bytes of SQL a row
+    assert [len(p) for p in statements(rows, 2, 100, 10**9)] == [50] * 20  # 100 binds: 50 rows of 2
+    by_bytes = [len(p) for p in statements(rows, 2, 10**6, 52 * 9)]
+    assert max(by_bytes) == 9 and sum(by_bytes) == 1000
+    assert [len(p) for p in statements([("y" * 10**6,)], 1, 100, 1000)] == [1]  # a row too big goes alone
+
+
+def test_a_small_max_allowed_packet_makes_smaller_statements(my_url, monkeypatch):
+    from dataflow_lab.dialects.mysql_connection import MySQLConnection
+
+    sizes: list[int] = []
+    real = MySQLConnection.execute
+
+    async def spy(self, sql, params=()):
+        if sql.startswith("INSERT INTO notes"):
+            sizes.append(len(sql) + sum(len(str(p)) for p in params))
+        return await real(self, sql, params)
+
+    monkeypatch.setattr(MySQLConnection, "execute", spy)
+    db = DataFlow(my_url, min_connections=0)
+    db.database.dialect._packet = 2**16  # as a server whose max_allowed_packet is 64 KB says
+    try:
+
+        @db.model
+        class Note:
+            text: str
+
+        assert (
+            run(db, "NoteBulkCreateNode", {"data": [{"text": "z" * 200} for _ in range(600)]})["inserted"]
+            == 600
+        )
+        assert len(sizes) >= 4 and max(sizes) <= 2**15  # half the packet: 120 KB in 32 KB statements
+        assert run(db, "NoteCountNode", {})["count"] == 600
+    finally:
+        db.close()
