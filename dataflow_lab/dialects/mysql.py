@@ -15,8 +15,9 @@ Facts:
 - Text is LONGTEXT. A UNIQUE key on it is MariaDB's long unique key (a hash of the whole value,
   10.4+), an index covers its first 255 characters; a text id is VARCHAR(255).
 - DDL is not transactional in MySQL: every CREATE/ALTER commits at once. Migrations stay safe by
-  taking a GET_LOCK lock, backing up what a destructive step drops, and applying one step at a
-  time with its history row written after it (see ``migrations.engine``).
+  taking a GET_LOCK lock, backing up what a destructive step drops, and writing the history row
+  after the last statement: a migration that failed part-way is planned again from the live
+  table, so only what is left is applied (see ``migrations.engine``).
 - Upsert is ``INSERT ... ON DUPLICATE KEY UPDATE``; bulk inserts are multi-row INSERTs.
 - Deadlocks (1213) and lock wait timeouts (1205) are transient: the runtime retries them.
 - The server is asked at the first connection: MariaDB runs INSERT and DELETE ... RETURNING
