@@ -10,8 +10,8 @@ same columns (plus the created_at/updated_at that every model carries):
 - PostgreSQL: asyncpg ``copy_records_to_table`` (upsert: COPY into a temporary table, then one
   ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``, the fastest way asyncpg has).
 - MySQL/MariaDB: asyncmy ``executemany`` of tuples in one transaction, which asyncmy sends as
-  multi-row INSERTs (upsert: ``INSERT ... ON DUPLICATE KEY UPDATE``); ``BENCH_MYSQL_RAW=load``
-  measures ``LOAD DATA LOCAL INFILE`` instead.
+  multi-row INSERTs (upsert: ``INSERT ... ON DUPLICATE KEY UPDATE``); ``BENCH_MYSQL_RAW=multirow``
+  sends explicit multi-row INSERTs of up to 1 MB instead (bench_mysql_load.py measures LOAD DATA).
 - DuckDB: a pyarrow table of typed columns (``pa.array(column, type)``: string, int64, float64,
   each column made from the dicts in one list comprehension), inserted with ``INSERT ... SELECT``
   with the timestamps as parameters, one value for every row (upsert: the same with ON CONFLICT).
@@ -330,8 +330,7 @@ def setup_duckdb(op: str, url: str, existing: int):
 def setup_mysql(op: str, url: str, existing: int):
     """asyncmy, the fastest way it has: executemany of tuples in one transaction (asyncmy rewrites it
     into multi-row INSERTs of up to 1 MB each; upsert: the same with ON DUPLICATE KEY UPDATE), or,
-    with BENCH_MYSQL_RAW=load, LOAD DATA LOCAL INFILE of a tab-separated file in /dev/shm (asyncmy
-    reads a local file; it takes no in-memory buffer)."""
+    with BENCH_MYSQL_RAW=multirow, explicit multi-row INSERTs, each within 65,535 binds and 1 MB."""
     import asyncmy
     import sqlalchemy as sa
 
@@ -340,11 +339,11 @@ def setup_mysql(op: str, url: str, existing: int):
     con = loop.run_until_complete(
         asyncmy.connect(host=parts.host, port=parts.port or 3306, user=parts.username,
                         password=parts.password or "", database=parts.database, autocommit=True,
-                        local_infile=True, charset="utf8mb4")
+                        charset="utf8mb4")
     )  # fmt: skip
     fields = columns_of(op)
     columns = [*fields, "created_at", "updated_at"]
-    load = os.environ.get("BENCH_MYSQL_RAW") == "load"
+    multirow = os.environ.get("BENCH_MYSQL_RAW") == "multirow"
 
     async def run(*statements: str) -> None:
         async with con.cursor() as cur:
@@ -373,14 +372,18 @@ def setup_mysql(op: str, url: str, existing: int):
     async def write(rows, conflict: bool) -> int:
         stamp = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         records = [(*(r[c] for c in fields), stamp, stamp) for r in rows]
+        per_row = (
+            max(1, sum(len(v) * 2 + 4 if isinstance(v, str) else 28 for v in records[0])) if records else 1
+        )
+        per_statement = max(1, min(65535 // len(columns), 2**20 // per_row))
         async with con.cursor() as cur:
             await cur.execute("START TRANSACTION")
-            if load and not conflict:
-                path = f"/dev/shm/bench_mysql_{os.getpid()}.tsv"
-                with open(path, "w", encoding="utf-8") as out:
-                    out.writelines("\t".join(map(str, r)) + "\n" for r in records)
-                await cur.execute(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE {table_of(op)} ({cols})")
-                os.unlink(path)
+            if multirow and not conflict:
+                one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+                for start in range(0, len(records), per_statement):
+                    part = records[start : start + per_statement]
+                    sql = f"INSERT INTO {table_of(op)} ({cols}) VALUES " + ", ".join([one] * len(part))
+                    await cur.execute(sql, [v for r in part for v in r])
             else:
                 await cur.executemany(upsert if conflict else insert, records)
             await cur.execute("COMMIT")

@@ -84,8 +84,11 @@ def reset_mysql(url: str, database: str) -> None:
         try:
             async with conn.cursor() as cursor:
                 await cursor.execute(f"DROP DATABASE IF EXISTS `{database}`")
+                await cursor.execute("SELECT VERSION()")
+                mariadb = "MariaDB" in (await cursor.fetchone())[0]
+                collation = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"  # MySQL 8's NO PAD one
                 await cursor.execute(
-                    f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin"
+                    f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE {collation}"
                 )
         finally:
             conn.close()

@@ -175,9 +175,11 @@ class _Retries:
 
     def __init__(self) -> None:
         self.reasons: list[str] = []
+        self.retried = threading.Event()
 
     def retry(self, *, reason: str, **_: Any) -> None:
         self.reasons.append(reason)
+        self.retried.set()
 
 
 def _accounts(db: DataFlow) -> None:
@@ -236,16 +238,16 @@ def test_a_lock_wait_timeout_is_retried_until_the_row_is_free(my_url):
     db = DataFlow(my_url, pool_size=1, max_overflow=0, min_connections=0)
     try:
         _accounts(db)
-        db.sql("SET SESSION innodb_lock_wait_timeout = 1", write=True)  # the pool's one connection
+        raw(db, "SET SESSION innodb_lock_wait_timeout = 1")  # on the pool's one connection
         locked, spy = threading.Event(), _Retries()
 
-        async def holder() -> None:  # another client holds row 1 for 1.3 s: longer than the wait
+        async def holder() -> None:  # another client holds row 1 until the runtime has retried
             conn = await _connect(my_url)
             try:
                 await _sql(conn, "START TRANSACTION")
                 await _sql(conn, "UPDATE accounts SET balance = -1 WHERE id = 1")
                 locked.set()
-                await asyncio.sleep(1.3)
+                await asyncio.to_thread(spy.retried.wait, 30)
                 await _sql(conn, "ROLLBACK")
             finally:
                 conn.close()
@@ -450,6 +452,15 @@ def test_without_returning_as_on_mysql_8_every_write_reads_back_what_it_wrote(my
             e.after is None for e in entries if "delete" in e.operation
         )
         assert [r["name"] for r in run(db, "UserListNode", {})["records"]] == ["u0", "u1", "u2"]
+
+        @db.model
+        class Tag:
+            id: str  # an id the caller gives: the row is read back by it
+            label: str
+
+        assert run(db, "TagCreateNode", {"id": "t1", "label": "x"})["label"] == "x"
+        assert run(db, "TagDeleteNode", {"id": "t1"})["deleted"] is True
+        assert run(db, "TagCountNode", {})["count"] == 0
         assert sent and not [s for s in sent if " RETURNING " in s]
     finally:
         db.close()
