@@ -89,9 +89,18 @@ def test_what_workers_write_invalidates_this_processes_cache_on_mysql(my_url, da
         assert len(Customer.list()) == 1 == len(Customer.list())  # cached
         wf = WorkflowBuilder(dataflow=db)
         wf.add_node("CustomerCreateNode", "create", {"name": "Bo"})
-        DaskRuntime(dask_client).execute(wf.build())  # the write is a worker process's
+        runtime = DaskRuntime(dask_client)
+        runtime.execute(wf.build())  # the write is a worker process's
         names = [r["name"] for r in Customer.list()]
         assert names == ["Ann", "Bo"] == [r["name"] for r in Customer.list(cache=False)]
+        reads = WorkflowBuilder(dataflow=db)
+        reads.add_node("CustomerListNode", "all", {})
+        for _ in range(3):  # on each worker, were its cache on, a List would now be kept
+            runtime.execute(reads.build())
+        Customer.create(name="Cy")  # this process's write: no worker would hear of it
+        for _ in range(3):
+            results, _ = runtime.execute(reads.build())
+            assert [r["name"] for r in results["all"]["records"]] == ["Ann", "Bo", "Cy"]
     finally:
         db.close()
 
