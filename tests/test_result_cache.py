@@ -382,6 +382,19 @@ def test_sqlite_file_sees_another_connections_write(tmp_path):
     db.close()
 
 
+@pytest.mark.parametrize("name", ["shared.db", "file:shared.db"])
+def test_two_dataflows_of_one_sqlite_file_see_each_others_writes(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # a relative name: 'file:shared.db' is opened as the pool opens it
+    first, second = DataFlow(f"sqlite:///{name}", cache=True), DataFlow(f"sqlite:///{name}", cache=True)
+    ItemA, ItemB = define(first), define(second)
+    ItemA.create(name="a", qty=1)
+    assert len(same_as_database(ItemB)) == 1
+    ItemA.create(name="b", qty=2)
+    assert [r["name"] for r in same_as_database(ItemB)] == ["a", "b"]
+    first.close()
+    second.close()
+
+
 def wait_for(predicate, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():

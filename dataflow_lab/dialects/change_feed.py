@@ -21,11 +21,13 @@ import functools
 import os
 import sqlite3
 import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:  # pragma: no cover
+    import sqlalchemy as sa
+
     from ..result_cache import ResultCache
-    from .base import Connection, Dialect
+    from .base import Connection, Dialect, PooledDialect
 
 __all__ = ["ChangeFeed", "DataVersionFeed", "OneProcessFeed", "Watch"]
 
@@ -112,13 +114,21 @@ class OneProcessFeed(ChangeFeed):
 class DataVersionFeed(ChangeFeed):
     """A SQLite file: ``PRAGMA data_version`` on a connection of the cache's own, asked before each
     cached read is served. It changes when any other connection (another process's, or this
-    pool's) has committed to the file since the last ask: then every cached result of the file goes."""
+    pool's) has committed to the file since the last ask: then every cached result of the file goes.
+    The connection comes out of the pool, so it opens the very file the pool does (a ``file:``
+    name, say, is opened as the pool opens it)."""
 
     def shared_name(self) -> str | None:
         return None  # an in-memory database is one DataFlow's own; a file has data_version
 
     async def watch_others(self, cache: ResultCache) -> Watch | None:
-        watcher = _DataVersion(_file(self.dialect))
+        dialect = cast("PooledDialect", self.dialect)
+        dialect.prepare()
+        engine = cast("sa.engine.Engine", dialect.engine)  # SQLite's is a sync one (sqlite.py)
+        handle = engine.raw_connection()
+        raw = cast("sqlite3.Connection", handle.driver_connection)
+        handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
+        watcher = _DataVersion(raw)
         cache.watching(functools.partial(watcher.check, cache))
         return watcher
 
@@ -126,9 +136,8 @@ class DataVersionFeed(ChangeFeed):
 class _DataVersion:
     """A file's ``PRAGMA data_version``, asked on one connection kept for it (any thread, one at a time)."""
 
-    def __init__(self, path: str):
-        self._raw: sqlite3.Connection | None = sqlite3.connect(path, timeout=0, check_same_thread=False,
-                                                               isolation_level=None)  # fmt: skip
+    def __init__(self, raw: sqlite3.Connection):
+        self._raw: sqlite3.Connection | None = raw
         self._lock = threading.Lock()
         self._seen = self._version()
 
