@@ -293,6 +293,10 @@ def test_the_cache_is_keyed_by_user_and_access_control_comes_first(cdb):
         Item.using(user=stranger).list()  # refused before any cached result could be served
     keys = list(cdb.database.cache._entries)
     assert any(key[2] == "vic" for key in keys)
+    hits = stats(cdb)["hits"]
+    with pytest.raises(DataFlowError):  # vic's entry is there, but this vic has no grant: refused
+        Item.using(user=AccessUser("vic", roles=["nobody"])).list()
+    assert stats(cdb)["hits"] == hits
 
 
 def test_lru_and_ttl_bound_what_is_kept(cached_backend, tmp_path):
@@ -459,7 +463,11 @@ def test_postgres_cache_turns_itself_off_when_the_channel_drops(pg_url, caplog):
     assert dashboard["entries"] == 0
     db.sql("UPDATE items SET qty = 3", write=True)
     assert Item.list()[0]["qty"] == 3  # read from the database, not a stale entry
-    assert "dataflow_cache_on" in db.metrics_text()
+    on = [line for line in db.metrics_text().splitlines() if line.startswith("dataflow_cache_on{")]
+    assert len(on) == 1 and on[0].endswith(" 0.0")  # Prometheus says it is off
+    from dataflow_lab.notebook.monitor import cache_text
+
+    assert cache_text(dashboard).startswith("result cache OFF: the LISTEN connection")
     db.close()
 
 
