@@ -137,7 +137,7 @@ class Database:
                 f"Could not open {self.dataflow!r}: {self.dialect.scrub(str(exc))}",
                 hint="check the database URL and that the server is running.",
             ) from None
-        if self._watch is None and self.cache.enabled:
+        if self._watch is None:
             await self._watch_changes()
         return self.dialect
 
@@ -145,6 +145,9 @@ class Database:
         """Start seeing other processes' writes, for the cache (once); a database that cannot turns it
         off (``Dialect.changes``: dialects/change_feed.py)."""
         self._watch = True  # asked once, even when it fails
+        self.dialect.changes.join(self.cache)  # (a plain DataFlow's writes reach the others' caches)
+        if not self.cache.enabled:
+            return
         try:
             self._watch = await self.dialect.changes.watch(self.cache)
         except Exception as exc:

@@ -102,7 +102,8 @@ class ResultCache:
 
     def share(self, name: str) -> None:
         """Other DataFlows of this process may open the same database ``name`` (a DuckDB file, which
-        no other process can): each one's writes invalidate every such cache."""
+        no other process can): each one's writes invalidate every such cache. A DataFlow without a
+        cache shares too: its writes must reach the others'."""
         with _SHARED_LOCK:
             self._siblings = _SHARED.setdefault(name, weakref.WeakSet())
             self._siblings.add(self)
@@ -177,17 +178,21 @@ class ResultCache:
     # -- invalidating -------------------------------------------------------------------------
     def invalidate(self, tables: Iterable[str]) -> None:
         """Drop the entries of ``tables`` (``ALL_TABLES``: every one) and refuse reads begun before;
-        in every cache this one ``share``s its database with, too."""
-        if self.settings is None:
+        in every cache this one ``share``s its database with, too (this one may be off: a plain
+        DataFlow's writes still reach the others)."""
+        siblings = self._siblings
+        if self.settings is None and siblings is None:
             return
         tables = set(tables)
-        if self._siblings is not None:
-            for other in list(self._siblings):
+        if siblings is not None:
+            for other in list(siblings):
                 if other is not self:
                     other._invalidate(tables)
         self._invalidate(tables)
 
     def _invalidate(self, tables: set[str]) -> None:
+        if self.settings is None:
+            return
         with self._lock:
             for table in tables:
                 if table == ALL_TABLES:

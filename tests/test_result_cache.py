@@ -570,8 +570,11 @@ def test_two_dataflows_of_one_duckdb_file_invalidate_each_other(tmp_path):
     ItemA.create(name="b", qty=2)
     assert ItemB.list() == ItemB.list(cache=False)
     assert len(ItemB.list()) == 2
-    first.close()
-    second.close()
+    plain = DataFlow(url)  # no cache of its own: its writes reach the others' all the same
+    define(plain).create(name="c", qty=3)
+    assert [r["name"] for r in same_as_database(ItemB)] == ["a", "b", "c"]
+    for db in (first, second, plain):
+        db.close()
 
 
 def test_postgres_without_auto_migrate_installs_no_trigger_and_reads_uncached(pg_url):

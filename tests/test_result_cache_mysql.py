@@ -123,8 +123,11 @@ def test_mysql_sole_writer_dataflows_of_one_process_invalidate_each_other(my_url
     assert len(same_as_database(ItemB)) == 1
     ItemA.create(name="b", qty=2)
     assert [r["name"] for r in same_as_database(ItemB)] == ["a", "b"]
-    first.close()
-    second.close()
+    plain = DataFlow(my_url)  # no cache of its own: its writes reach the others all the same
+    define(plain).create(name="c", qty=3)
+    assert [r["name"] for r in same_as_database(ItemB)] == ["a", "b", "c"]
+    for db in (first, second, plain):
+        db.close()
 
 
 def test_sole_writer_must_be_a_bool():

@@ -51,11 +51,17 @@ class ChangeFeed:
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
 
+    def join(self, cache: ResultCache) -> None:
+        """Share writes with the caches of this process's other DataFlows on the same database (when
+        nothing else tells them: ``shared_name``). Asked of every DataFlow, caching or not."""
+        name = self.shared_name()
+        if name is not None:
+            cache.share(name)
+
     async def watch(self, cache: ResultCache) -> Watch | None:
         """Start telling ``cache`` of other processes' writes, then ``cache.watching(...)``; or turn
         it off when this database cannot."""
         if self.dialect.process_local():  # no other process can write to it
-            self._share(cache)
             cache.watching()
             return None
         return await self.watch_others(cache)
@@ -64,7 +70,6 @@ class ChangeFeed:
         """A database other processes can write to, without a feed: off, unless this process is its
         sole writer (``cache={"sole_writer": True}``)."""
         if cache.settings is not None and cache.settings.sole_writer:
-            self._share(cache)
             cache.watching()
             return None
         cache.turn_off(
@@ -75,15 +80,12 @@ class ChangeFeed:
 
     def shared_name(self) -> str | None:
         """A name for the database that other DataFlows of this process may open too, so that their
-        caches invalidate together (None: this DataFlow's alone). Here: its URL, password hidden."""
+        caches invalidate together (None: nothing to share, or the feed tells them). Here: its
+        URL's driver, host, port and database (whoever logs in, with whatever options)."""
         import sqlalchemy as sa
 
-        return sa.engine.make_url(self.dialect.url).render_as_string(hide_password=True)
-
-    def _share(self, cache: ResultCache) -> None:
-        name = self.shared_name()
-        if name is not None:
-            cache.share(name)
+        url = sa.engine.make_url(self.dialect.url)
+        return f"{url.get_backend_name()}://{url.host}:{url.port}/{url.database}"
 
     async def install(self, conn: Connection, table_name: str, *, install: bool) -> bool:
         """Whether writes to ``table_name`` from any process reach ``watch`` (installing what makes
@@ -119,7 +121,7 @@ class DataVersionFeed(ChangeFeed):
     name, say, is opened as the pool opens it)."""
 
     def shared_name(self) -> str | None:
-        return None  # an in-memory database is one DataFlow's own; a file has data_version
+        return None  # an in-memory database is one DataFlow's own; data_version sees every other
 
     async def watch_others(self, cache: ResultCache) -> Watch | None:
         dialect = cast("PooledDialect", self.dialect)

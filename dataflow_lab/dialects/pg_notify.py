@@ -53,6 +53,9 @@ class NotifyFeed(ChangeFeed):
 
     quiet_sql = QUIET  # a transaction that may be PREPAREd must not NOTIFY
 
+    def shared_name(self) -> None:
+        return None  # the triggers notify every DataFlow's LISTEN connection, this process's too
+
     async def watch_others(self, cache: ResultCache) -> Listener:
         from sqlalchemy.util import greenlet_spawn
 
