@@ -10,9 +10,10 @@ It also times what a miss costs once the cache is on: a List after a write to it
 entry is gone), against the same with the cache off. And on PostgreSQL and a SQLite file, how
 long another process's write takes to reach the cache: psql's UPDATE until the notification has
 invalidated the table (PostgreSQL), and nothing to wait for on SQLite (data_version is asked
-before a cached read is served).
+before a cached read is served). MySQL (``--backends mysql``, DATAFLOW_TEST_MYSQL_URL) caches only
+as ``cache={"sole_writer": True}``: it cannot report other processes' writes.
 
-Run: python benchmarks/bench_cache.py [--backends sqlite sqlite_file duckdb postgres] [--blocks 9] [--calls 20]
+Run: python benchmarks/bench_cache.py [--backends sqlite sqlite_file duckdb postgres mysql] [--blocks 9] [--calls 20]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ ROWS = 1000
 
 
 def ours(
-    url: str | None, *, cache: bool, model: str = "Item"
+    url: str | None, *, cache: bool | dict, model: str = "Item"
 ) -> tuple[DataFlow, dict[str, Callable[[], object]]]:
     db = DataFlow(url, echo=False, cache=cache)
     fields = {"name": str, "qty": int, "price": float, "active": bool}
@@ -153,14 +154,14 @@ def main() -> int:
     os.environ.pop("DATABASE_URL", None)
     folder = tempfile.mkdtemp(prefix="bench-cache-")
     urls = {"sqlite": None, "sqlite_file": f"sqlite:///{folder}/bench.db", "duckdb": "duckdb:///:memory:",
-            "postgres": pg}  # fmt: skip
+            "postgres": pg, "mysql": os.environ.get("DATAFLOW_TEST_MYSQL_URL")}  # fmt: skip
     print(f"Repeated List of {ROWS:,} rows and Read by id, one-node workflows; ms per call (median block)")
     for backend in args.backends:
         url = urls[backend]
-        if backend == "postgres" and not url:
-            print("postgres: skipped (set DATAFLOW_TEST_POSTGRES_URL)")
+        if backend in ("postgres", "mysql") and not url:
+            print(f"{backend}: skipped (set DATAFLOW_TEST_{backend.upper()}_URL)")
             continue
-        db, fns = ours(url, cache=True)
+        db, fns = ours(url, cache={"sole_writer": True} if backend == "mysql" else True)
         plain_db, plain = ours(url, cache=False, model="PlainItem")  # its own table, cache off
         raw, close_raw = raw_list(backend, url)
         paths = {**fns, "update + list, cache off": plain["update + list"]}

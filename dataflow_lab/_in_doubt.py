@@ -145,7 +145,7 @@ async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
         await cast("TwoPhaseConnection", conn).finish_prepared(gid, commit=commit)
         if commit:  # its tables are unknown here: every cache of the database forgets everything
             db.database.cache.clear()
-            await db.database.dialect.announce_changes(conn, ["*"])
+            await db.database.dialect.changes.announce(conn, ["*"])
     finally:
         await dialect.release(conn)
 

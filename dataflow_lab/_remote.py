@@ -57,13 +57,24 @@ def dataflow_from_description(
         if db is None or db.database.closed:
             # monitoring stays off on workers (nobody reads their collectors); the models arrive with the
             # description, so nothing is reflected at start
-            db = cls(url, **{**options, "monitoring": False, "existing_schema": False})
+            db = cls(url, **_worker_options(options))
             db.database.token = token
         _REBUILT[token] = db
         while len(_REBUILT) > _KEEP:
             _REBUILT.popitem(last=False)[1].close()
         _add_missing_models(db, schemas, reflected)
         return db
+
+
+def _worker_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The original's options, for a copy in a worker process: monitoring off (nobody reads its
+    collectors), and no result cache that trusts ``sole_writer``: the original's process writes
+    too, and a database without a change feed (MySQL) would never tell the worker's cache."""
+    options = {**options, "monitoring": False, "existing_schema": False}
+    cache = options.get("cache")
+    if isinstance(cache, dict) and cache.get("sole_writer"):
+        options["cache"] = None
+    return options
 
 
 def _add_missing_models(db: Any, schemas: tuple[ModelSchema, ...], reflected: frozenset) -> None:

@@ -262,7 +262,8 @@ def _min_connections(value: object, pool_size: object) -> int:
 
 
 def cache_settings(value: object) -> CacheSettings | None:
-    """``DataFlow(cache=...)``: False/None (off), True (the defaults) or {"max_entries": n, "ttl": s}."""
+    """``DataFlow(cache=...)``: False/None (off), True (the defaults) or
+    {"max_entries": n, "ttl": s, "sole_writer": bool}."""
     if value is None or value is False:
         return None
     if value is True:
@@ -272,10 +273,11 @@ def cache_settings(value: object) -> CacheSettings | None:
     hint = 'e.g. DataFlow(cache=True) or DataFlow(cache={"max_entries": 10_000, "ttl": None}).'
     if not isinstance(value, dict):
         raise ValidationError(f"DataFlow(cache={value!r}): must be True, False or a dict.", hint=hint)
-    unknown = sorted(set(value) - {"max_entries", "ttl"})
+    known = ("max_entries", "ttl", "sole_writer")
+    unknown = sorted(set(value) - set(known))
     if unknown:
         raise ValidationError(
-            f"DataFlow(cache=...): unknown setting '{unknown[0]}'.{did_you_mean(unknown[0], ('max_entries', 'ttl'))}",
+            f"DataFlow(cache=...): unknown setting '{unknown[0]}'.{did_you_mean(unknown[0], known)}",
             hint=hint,
         )
     most, ttl = value.get("max_entries", 10_000), value.get("ttl")
@@ -287,7 +289,11 @@ def cache_settings(value: object) -> CacheSettings | None:
         raise ValidationError(
             f"DataFlow(cache=...): ttl must be a positive number of seconds or None, got {ttl!r}.", hint=hint
         )
-    return CacheSettings(max_entries=most, ttl=None if ttl is None else float(ttl))
+    sole_writer = value.get("sole_writer", False)
+    if not isinstance(sole_writer, bool):
+        raise ValidationError(f"DataFlow(cache=...): sole_writer must be True or False, got {sole_writer!r}.",
+                              hint=hint)  # fmt: skip
+    return CacheSettings(max_entries=most, ttl=None if ttl is None else float(ttl), sole_writer=sole_writer)
 
 
 MEMORY_TRACKING = ("rss", "tracemalloc")

@@ -197,6 +197,18 @@ class _DaskRun:
         self.transit = _transit(workflow, self.run_id)  # encrypted fields: payloads travel sealed
 
     def go(self) -> None:
+        try:
+            self._go()
+        finally:  # what the workers committed: this process's caches heard of it only where the
+            self._forget_written()  # database has a change feed (none on MySQL: sole_writer)
+
+    def _forget_written(self) -> None:
+        for spec in self.workflow.nodes.values():
+            cls = spec.node_class
+            if cls.writes and cls.dataflow is not None:
+                cls.dataflow.database.cache.invalidate(cls.written_tables())
+
+    def _go(self) -> None:
         for dataflow, table in self.workflow.models():  # once, here, rather than racing on every worker
             run(dataflow.database.ensure_table(table))
         failure: BaseException | None = None

@@ -137,24 +137,21 @@ class Database:
                 f"Could not open {self.dataflow!r}: {self.dialect.scrub(str(exc))}",
                 hint="check the database URL and that the server is running.",
             ) from None
-        if self._watch is None and self.cache.enabled:
+        if self._watch is None:
             await self._watch_changes()
         return self.dialect
 
     async def _watch_changes(self) -> None:
-        """Start seeing other processes' writes, for the cache (once); a database that cannot turns it off."""
+        """Start seeing other processes' writes, for the cache (once); a database that cannot turns it
+        off (``Dialect.changes``: dialects/change_feed.py)."""
         self._watch = True  # asked once, even when it fails
-        dialect = self.dialect
-        if dialect.process_local():  # no other process can write to it
-            shared = dialect.shared_in_process()
-            if shared is not None:
-                self.cache.share(shared)
-            self.cache.watching()
+        self.dialect.changes.join(self.cache)  # (a plain DataFlow's writes reach the others' caches)
+        if not self.cache.enabled:
             return
         try:
-            self._watch = await dialect.watch_changes(self.cache)
+            self._watch = await self.dialect.changes.watch(self.cache)
         except Exception as exc:
-            self.cache.turn_off(f"could not watch other processes' writes: {dialect.scrub(str(exc))}")
+            self.cache.turn_off(f"could not watch other processes' writes: {self.dialect.scrub(str(exc))}")
 
     def shut(self) -> None:
         """Refuse any further use and stop the health task (``close()`` also disposes of the pool)."""
@@ -265,7 +262,7 @@ class Database:
             if self.cache.enabled:  # PostgreSQL: the trigger that tells other processes' caches
                 ddl = self.config.auto_migrate and not self.config.existing_schema
                 ddl = ddl and table.model.name not in self.reflected  # (a reflected table gets no DDL)
-                notifies = await self.dialect.notify_changes(conn, table.model.table_name, install=ddl)
+                notifies = await self.dialect.changes.install(conn, table.model.table_name, install=ddl)
             await conn.commit()
         except BaseException:
             await conn.rollback()

@@ -114,7 +114,7 @@ class WorkflowScoped(Strategy):
     async def run(self, run: Run, parent: Scope | None) -> None:
         scope = run.scope(parent)
         scope.eager = {id(db) for db in run.written_dataflows()}
-        scope.may_prepare = self.prepares
+        scope.writes.may_prepare = self.prepares
         token = ACTIVE_SCOPE.set(scope)
         try:
             # one connection per database is shared by every node: they run one after another

@@ -10,11 +10,13 @@ It never serves a result an uncached read would not give (README: "Caching"):
   takes a ``ticket`` before it asks the database and may ``put`` its result only while the ticket
   is still current, so a result read before a commit is never kept after that commit's
   invalidation.
-- **Other processes.** The dialect says how their writes are seen (``Dialect.watch_changes``):
-  PostgreSQL's triggers notify a LISTEN connection (``dialects/pg_notify.py``), and a SQLite
-  file's ``PRAGMA data_version`` is asked before each cached read is served. An in-memory
-  SQLite or a DuckDB file is this process's alone. When a database has no such channel, or the
-  channel drops, the cache turns itself off (``turn_off``): ``stats()`` says so and why.
+- **Other processes.** The dialect's change feed says how their writes are seen
+  (``dialects/change_feed.py``): PostgreSQL's triggers notify a LISTEN connection
+  (``dialects/pg_notify.py``), and a SQLite file's ``PRAGMA data_version`` is asked before each
+  cached read is served. An in-memory SQLite or a DuckDB file is this process's alone. When a
+  database has no such channel (MySQL), or the channel drops, the cache turns itself off
+  (``turn_off``): ``stats()`` says so and why. On MySQL, ``sole_writer`` (the user's word that
+  no other process writes there) keeps it on for this process's own writes.
 
 Keys are what fully decides a result: the compiled SQL (model, filter shape, ordering, guards),
 its bound values (filter values, tenant, paging; an encrypted field's blind index, never its
@@ -49,10 +51,13 @@ _SHARED_LOCK = threading.Lock()
 @dataclass(frozen=True)
 class CacheSettings:
     """``DataFlow(cache=...)``: at most ``max_entries`` results, each kept ``ttl`` seconds (None: until
-    a write invalidates it)."""
+    a write invalidates it). ``sole_writer``: no other process or tool writes to the database, so a
+    database that cannot report their writes (MySQL) may cache, invalidated by this process's
+    writes alone (where a database can report them, they are watched all the same)."""
 
     max_entries: int = 10_000
     ttl: float | None = None
+    sole_writer: bool = False
 
 
 class ResultCache:
@@ -97,7 +102,8 @@ class ResultCache:
 
     def share(self, name: str) -> None:
         """Other DataFlows of this process may open the same database ``name`` (a DuckDB file, which
-        no other process can): each one's writes invalidate every such cache."""
+        no other process can): each one's writes invalidate every such cache. A DataFlow without a
+        cache shares too: its writes must reach the others'."""
         with _SHARED_LOCK:
             self._siblings = _SHARED.setdefault(name, weakref.WeakSet())
             self._siblings.add(self)
@@ -172,17 +178,21 @@ class ResultCache:
     # -- invalidating -------------------------------------------------------------------------
     def invalidate(self, tables: Iterable[str]) -> None:
         """Drop the entries of ``tables`` (``ALL_TABLES``: every one) and refuse reads begun before;
-        in every cache this one ``share``s its database with, too."""
-        if self.settings is None:
+        in every cache this one ``share``s its database with, too (this one may be off: a plain
+        DataFlow's writes still reach the others)."""
+        siblings = self._siblings
+        if self.settings is None and siblings is None:
             return
         tables = set(tables)
-        if self._siblings is not None:
-            for other in list(self._siblings):
+        if siblings is not None:
+            for other in list(siblings):
                 if other is not self:
                     other._invalidate(tables)
         self._invalidate(tables)
 
     def _invalidate(self, tables: set[str]) -> None:
+        if self.settings is None:
+            return
         with self._lock:
             for table in tables:
                 if table == ALL_TABLES:
@@ -225,4 +235,5 @@ class ResultCache:
             "bypassed": self.bypassed,
             "max_entries": self.settings.max_entries if self.settings is not None else None,
             "ttl": self.settings.ttl if self.settings is not None else None,
+            "sole_writer": self.settings.sole_writer if self.settings is not None else None,
         }

@@ -476,7 +476,7 @@ class Run:
             node = cls(node_id, node_params(spec, incoming, self.results, self.overrides.get(node_id)))
             scope.writing = cls.writes
             if cls.writes and cls.dataflow is not None:
-                scope.note_write(cls.dataflow, cls.written_tables())
+                scope.writes.note(cls.dataflow, cls.written_tables())
             if saga_steps is None and cls.writes:  # a nested scope without SAVEPOINT keeps an undo log
                 saga_steps = await scope.undo_log(cls.dataflow)
             return await self._within_node_timeout(scope, spec, node, saga_steps)

@@ -109,7 +109,7 @@ async def _compensate_one(runtime: Any, emit: Any, saga_step: SagaStep, run_id: 
         try:
             conn = await scope.connection(dataflow, write=True) if dataflow is not None else None
             if dataflow is not None:
-                scope.note_write(dataflow, type(saga_step.node).written_tables())
+                scope.writes.note(dataflow, type(saga_step.node).written_tables())
             await compensate(saga_step, conn)
             await scope.commit()
             return entry

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import _loop, query_count
 from .errors import ConnectionError, DataFlowError, TransactionError, ValidationError, did_you_mean
+from .scope_writes import ScopeWrites
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dialects import Connection
@@ -96,11 +97,8 @@ class Scope:
         # Set when the scope has committed or rolled back and given its connections back: a late
         # caller (a sync node's thread still running after its run was cancelled) gets none.
         self.ended = False
-        # Tables this scope wrote, by database: their cached results go when it commits (result_cache.py)
-        self.wrote: dict[int, tuple[DataFlow, set[str]]] = {}
-        # Its transactions may be PREPAREd (a two-phase run): they begin with the dialect's
-        # quiet_changes_sql, and their tables are announced to other processes' caches after the commit
-        self.may_prepare = False
+        # Tables this scope wrote, by database: their cached results go when it commits (scope_writes.py)
+        self.writes = ScopeWrites()
 
     @property
     def nested(self) -> bool:
@@ -144,34 +142,10 @@ class Scope:
             scope = scope.parent
         return False
 
-    def note_write(self, dataflow: DataFlow, tables: tuple[str, ...]) -> None:
-        """``tables`` of ``dataflow`` are written in this scope: their cached results go at its commit."""
-        self.wrote.setdefault(id(dataflow), (dataflow, set()))[1].update(tables)
-
-    def _invalidate(self, dataflow: DataFlow | None = None) -> None:
-        """After a commit (or one whose outcome is unknown): drop the cached results of what it wrote."""
-        for db, tables in self._written(dataflow):
-            db.database.cache.invalidate(tables)
-
-    def _written(self, dataflow: DataFlow | None = None) -> list[tuple[DataFlow, set[str]]]:
-        return [(db, tables) for db, tables in self.wrote.values() if dataflow is None or db is dataflow]
-
-    async def _announce(self, begun: list[_Held]) -> None:
-        """A quiet commit (may_prepare) sent no notifications: tell other processes' caches now."""
-        for held in begun:
-            if held.dataflow.database.dialect.quiet_changes_sql is None:
-                continue
-            for _, tables in self._written(held.dataflow):
-                try:
-                    await held.dataflow.database.dialect.announce_changes(held.conn, sorted(tables))
-                except Exception:  # committed: the error would mislead; other caches may lag
-                    log.warning("announcing the tables a commit changed failed on %r", held.dataflow,
-                                exc_info=True)  # fmt: skip
-
     async def _begin(self, held: _Held) -> None:
         if self.parent is None:
             await held.conn.begin(self.isolation)
-            quiet = held.dataflow.database.dialect.quiet_changes_sql if self.may_prepare else None
+            quiet = self.writes.quiet_sql(held.dataflow)
             if quiet is not None:
                 await held.conn.execute(quiet)
             self.record_event(held.dataflow, "begin", held)
@@ -239,9 +213,7 @@ class Scope:
                         self._hand_undo_to_parent(held)
                 if self.doomed is not None:
                     self.parent.doomed = self.doomed
-                for db, tables in self.wrote.values():  # its writes are now the outer transaction's
-                    self.parent.note_write(db, tuple(tables))
-                self.wrote.clear()
+                self.writes.hand_to(self.parent.writes)  # its writes are now the outer transaction's
                 return
             if self.doomed is not None:
                 await self._refuse_doomed_commit()
@@ -252,19 +224,18 @@ class Scope:
                 try:
                     await commit_two_phase(self, begun)
                 finally:
-                    self._invalidate()  # committed, or in doubt: either way the cache forgets
+                    self.writes.invalidate()  # committed, or in doubt: either way the cache forgets
             else:
                 committed: list[_Held] = []
                 for held in begun:
                     try:
                         await self._commit_one(held, committed)
                     finally:  # (a COMMIT that failed may still have happened)
-                        self._invalidate(held.dataflow)
+                        self.writes.invalidate(held.dataflow)
                     committed.append(held)
-            if self.may_prepare:
-                await self._announce(begun)
+            await self.writes.announce([(held.dataflow, held.conn) for held in begun])
         finally:
-            self.wrote.clear()  # a rollback invalidates nothing
+            self.writes.forget()  # dealt with (a failure before the commit: rolled back, nothing goes)
             await self.release()
 
     async def _commit_one(self, held: _Held, committed: list[_Held]) -> None:
@@ -308,7 +279,7 @@ class Scope:
 
     async def rollback(self) -> None:
         """Undo every begun transaction (a nested scope rolls back to its savepoints)."""
-        self.wrote.clear()  # nothing it wrote stands: no cached result goes
+        self.writes.forget()  # nothing it wrote stands: no cached result goes
         try:
             for held in self._begun():
                 try:

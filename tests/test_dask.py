@@ -77,6 +77,34 @@ def test_a_workflow_runs_on_dask_workers_against_mysql(my_url, dask_client):
         db.close()
 
 
+def test_what_workers_write_invalidates_this_processes_cache_on_mysql(my_url, dask_client):
+    db = DataFlow(my_url, cache={"sole_writer": True})  # MySQL reports no other process's writes
+    try:
+
+        @db.model
+        class Customer:
+            name: str
+
+        Customer.create(name="Ann")
+        assert len(Customer.list()) == 1 == len(Customer.list())  # cached
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node("CustomerCreateNode", "create", {"name": "Bo"})
+        runtime = DaskRuntime(dask_client)
+        runtime.execute(wf.build())  # the write is a worker process's
+        names = [r["name"] for r in Customer.list()]
+        assert names == ["Ann", "Bo"] == [r["name"] for r in Customer.list(cache=False)]
+        reads = WorkflowBuilder(dataflow=db)
+        reads.add_node("CustomerListNode", "all", {})
+        for _ in range(3):  # on each worker, were its cache on, a List would now be kept
+            runtime.execute(reads.build())
+        Customer.create(name="Cy")  # this process's write: no worker would hear of it
+        for _ in range(3):
+            results, _ = runtime.execute(reads.build())
+            assert [r["name"] for r in results["all"]["records"]] == ["Ann", "Bo", "Cy"]
+    finally:
+        db.close()
+
+
 def greet(name: str) -> dict:
     return {"greeting": f"hello {name}", "pid": os.getpid()}
 

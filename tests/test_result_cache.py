@@ -293,6 +293,10 @@ def test_the_cache_is_keyed_by_user_and_access_control_comes_first(cdb):
         Item.using(user=stranger).list()  # refused before any cached result could be served
     keys = list(cdb.database.cache._entries)
     assert any(key[2] == "vic" for key in keys)
+    hits = stats(cdb)["hits"]
+    with pytest.raises(DataFlowError):  # vic's entry is there, but this vic has no grant: refused
+        Item.using(user=AccessUser("vic", roles=["nobody"])).list()
+    assert stats(cdb)["hits"] == hits
 
 
 def test_lru_and_ttl_bound_what_is_kept(cached_backend, tmp_path):
@@ -382,6 +386,19 @@ def test_sqlite_file_sees_another_connections_write(tmp_path):
     db.close()
 
 
+@pytest.mark.parametrize("name", ["shared.db", "file:shared.db"])
+def test_two_dataflows_of_one_sqlite_file_see_each_others_writes(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # a relative name: 'file:shared.db' is opened as the pool opens it
+    first, second = DataFlow(f"sqlite:///{name}", cache=True), DataFlow(f"sqlite:///{name}", cache=True)
+    ItemA, ItemB = define(first), define(second)
+    ItemA.create(name="a", qty=1)
+    assert len(same_as_database(ItemB)) == 1
+    ItemA.create(name="b", qty=2)
+    assert [r["name"] for r in same_as_database(ItemB)] == ["a", "b"]
+    first.close()
+    second.close()
+
+
 def wait_for(predicate, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -446,7 +463,11 @@ def test_postgres_cache_turns_itself_off_when_the_channel_drops(pg_url, caplog):
     assert dashboard["entries"] == 0
     db.sql("UPDATE items SET qty = 3", write=True)
     assert Item.list()[0]["qty"] == 3  # read from the database, not a stale entry
-    assert "dataflow_cache_on" in db.metrics_text()
+    on = [line for line in db.metrics_text().splitlines() if line.startswith("dataflow_cache_on{")]
+    assert len(on) == 1 and on[0].endswith(" 0.0")  # Prometheus says it is off
+    from dataflow_lab.notebook.monitor import cache_text
+
+    assert cache_text(dashboard).startswith("result cache OFF: the LISTEN connection")
     db.close()
 
 
@@ -549,8 +570,11 @@ def test_two_dataflows_of_one_duckdb_file_invalidate_each_other(tmp_path):
     ItemA.create(name="b", qty=2)
     assert ItemB.list() == ItemB.list(cache=False)
     assert len(ItemB.list()) == 2
-    first.close()
-    second.close()
+    plain = DataFlow(url)  # no cache of its own: its writes reach the others' all the same
+    define(plain).create(name="c", qty=3)
+    assert [r["name"] for r in same_as_database(ItemB)] == ["a", "b", "c"]
+    for db in (first, second, plain):
+        db.close()
 
 
 def test_postgres_without_auto_migrate_installs_no_trigger_and_reads_uncached(pg_url):

@@ -28,14 +28,13 @@ from ..leaks import owner
 from ..query_count import count_statement, keep_statement
 from ..statement_log import StatementLog
 from .arrow_columns import Same
+from .change_feed import ChangeFeed
 from .connect_errors import generic_failure
 from .kinds import register_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.sql.compiler import SQLCompiler
-
-    from ..result_cache import ResultCache
 
 log = logging.getLogger("dataflow_lab.sql")
 
@@ -155,12 +154,6 @@ class Connection:
     async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         """``query`` with writes refused by the database itself, whatever the statement is."""
         raise NotImplementedError
-
-
-class Watch(Protocol):
-    """What ``Dialect.watch_changes`` returns: closed with the database."""
-
-    async def close(self) -> None: ...
 
 
 class DuckAttachment(NamedTuple):
@@ -297,28 +290,12 @@ class Dialect:
         in-memory one): no earlier run can have left a saga compensation or a prepared transaction."""
         return False
 
-    # -- the result cache: how other processes' writes are seen (result_cache.py) ----------------
-    def shared_in_process(self) -> str | None:
-        """For a process_local database that other DataFlows of this process may open too (a DuckDB
-        file): a name for it, so their caches invalidate together. None: this DataFlow's alone."""
-        return None
+    # how other processes' writes reach the result cache (change_feed.py); ``changes`` is the one
+    change_feed: type[ChangeFeed] = ChangeFeed
 
-    async def watch_changes(self, cache: ResultCache) -> Watch | None:
-        """Start telling ``cache`` of other processes' writes, then ``cache.watching(...)``; or turn
-        it off when this database has no way to (asked only of a database that is not process_local)."""
-        cache.turn_off(f"{self.name} has no way to see other processes' writes")
-        return None
-
-    quiet_changes_sql: str | None = None  # run first in a transaction that may be PREPAREd (see postgres)
-
-    async def announce_changes(self, conn: Connection, tables: list[str]) -> None:
-        """After a commit made with ``quiet_changes_sql``: tell other processes' caches of ``tables``."""
-
-    async def notify_changes(self, conn: Connection, table_name: str, *, install: bool) -> bool:
-        """Whether writes to ``table_name`` from any process reach ``watch_changes`` (installing what
-        makes them, inside the migration's transaction, when ``install``). Asked where the watch
-        covers only some tables (PostgreSQL's triggers)."""
-        return False
+    @functools.cached_property
+    def changes(self) -> ChangeFeed:
+        return self.change_feed(self)
 
     @classmethod
     def transient_reason(cls, error: BaseException) -> str | None:

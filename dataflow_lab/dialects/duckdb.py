@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from ..statement_log import without_values
 from ..types import DECIMAL_DEFAULT
 from .arrow_columns import arrow_source, by_column_of
 from .base import Connection, Dialect, QueryResult, statement_note
+from .change_feed import OneProcessFeed
 
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection
@@ -201,6 +201,7 @@ class DuckDBDialect(Dialect):
     serialized = True
     warm_modules = ("duckdb",)  # opening opens (and locks) the file: that stays at the first use
     warm_later = ("pyarrow",)  # the bulk path's (0.2 s): imported once the dialect is handed over
+    change_feed = OneProcessFeed  # DataFlows of this process on one file invalidate each other's caches
     max_bind_params = 65535
     storage = {
         "text": sa.Text,
@@ -251,10 +252,6 @@ class DuckDBDialect(Dialect):
 
     def starts_empty(self) -> bool:
         return self.path == ":memory:"  # each connect() to :memory: makes its own database
-
-    def shared_in_process(self) -> str | None:
-        # several DataFlows of this process may open one file (DuckDB shares its instance)
-        return None if self.path in ("", ":memory:") else os.path.realpath(self.path)
 
     # Migrations: DuckDB will not drop or retype a column an index or constraint depends on, so
     # every column change rebuilds the table.

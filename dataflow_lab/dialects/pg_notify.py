@@ -7,8 +7,9 @@ if, the writing transaction commits, whoever wrote: this process, another one, p
 DataFlow holds one connection of its own (out of its pool) that LISTENs on the channel and drops
 the named table's cached results as each notification arrives. A transaction that may be
 PREPAREd cannot NOTIFY: a two-phase run turns the trigger's notice off (``QUIET``) and announces
-the tables it wrote after its commit (``announce``); a recovered commit announces ``*``. If that connection closes, the
-cache turns itself off (``ResultCache.turn_off``) rather than serve what it can no longer check.
+the tables it wrote after its commit (``announce``); a recovered commit announces ``*``. If that
+connection closes, the cache turns itself off (``ResultCache.turn_off``) rather than serve what
+it can no longer check. ``NotifyFeed`` is PostgreSQL's ``ChangeFeed`` (change_feed.py).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from .change_feed import ChangeFeed
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..result_cache import ResultCache
-    from .base import Connection
+    from .base import Connection, PooledDialect
 
-__all__ = ["CHANNEL", "QUIET", "TRIGGER", "Listener", "announce", "install_trigger"]
+__all__ = ["CHANNEL", "QUIET", "TRIGGER", "Listener", "NotifyFeed"]
 
 log = logging.getLogger("dataflow_lab.cache")
 
@@ -45,7 +48,35 @@ _HAS_TRIGGER = "SELECT 1 FROM pg_trigger WHERE tgname = $1 AND tgrelid = to_regc
 _HAS_FUNCTION = "SELECT 1 FROM pg_proc WHERE proname = $1 AND pronamespace = current_schema()::regnamespace"
 
 
-async def install_trigger(conn: Connection, table: str, quoted: str, *, install: bool) -> bool:
+class NotifyFeed(ChangeFeed):
+    """PostgreSQL's feed: a LISTEN connection of the cache's own; a trigger on each migrated table."""
+
+    quiet_sql = QUIET  # a transaction that may be PREPAREd must not NOTIFY
+
+    def shared_name(self) -> None:
+        return None  # the triggers notify every DataFlow's LISTEN connection, this process's too
+
+    async def watch_others(self, cache: ResultCache) -> Listener:
+        from sqlalchemy.util import greenlet_spawn
+
+        dialect = cast("PooledDialect", self.dialect)
+        dialect.prepare()
+        handle = await greenlet_spawn(dialect.engine.sync_engine.raw_connection)
+        raw = handle.driver_connection
+        handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
+        return await Listener.start(raw, cache)
+
+    async def install(self, conn: Connection, table_name: str, *, install: bool) -> bool:
+        quoted = self.dialect.sa_dialect.identifier_preparer.quote(table_name)
+        return await _install_trigger(conn, table_name, quoted, install=install)
+
+    async def announce(self, conn: Connection, tables: list[str]) -> None:
+        """Tell every cache that ``tables`` changed (after a commit made quietly: QUIET); ``*``: all."""
+        for table in tables:
+            await conn.execute("SELECT pg_notify($1, $2)", [CHANNEL, table])
+
+
+async def _install_trigger(conn: Connection, table: str, quoted: str, *, install: bool) -> bool:
     """Whether ``table`` notifies its writes; installs its trigger (and the function) when ``install``.
 
     Runs in the migration's transaction. It also notifies once itself, so other processes'
@@ -64,12 +95,6 @@ async def install_trigger(conn: Connection, table: str, quoted: str, *, install:
             )
     await conn.execute("SELECT pg_notify($1, $2)", [CHANNEL, table])
     return True
-
-
-async def announce(conn: Connection, tables: list[str]) -> None:
-    """Tell every cache that ``tables`` changed (after a commit made quietly: QUIET); ``*``: all."""
-    for table in tables:
-        await conn.execute("SELECT pg_notify($1, $2)", [CHANNEL, table])
 
 
 class Listener:

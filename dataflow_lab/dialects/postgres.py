@@ -22,10 +22,9 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from ..result_cache import ResultCache
 from ..statement_log import placeholder_count
 from . import pg_notify, pg_url
-from .base import Connection, DuckAttachment, PooledDialect, QueryResult, Watch
+from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .connect_errors import postgres_failure
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
@@ -230,6 +229,7 @@ def _dying_connection(error: BaseException) -> bool:
 
 class PostgresDialect(PooledDialect):
     name = "postgresql"
+    change_feed = pg_notify.NotifyFeed  # triggers and a LISTEN connection, for the result cache
     max_bind_params = 32767
     warm_modules = ("asyncpg", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.postgresql.asyncpg")
     storage = {
@@ -286,25 +286,6 @@ class PostgresDialect(PooledDialect):
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
         return postgres_failure(exc, self.url)
-
-    # -- the result cache: triggers and one LISTEN connection (pg_notify.py) ------------------------
-    async def watch_changes(self, cache: ResultCache) -> Watch | None:
-        from sqlalchemy.util import greenlet_spawn
-
-        self.prepare()
-        handle = await greenlet_spawn(self.engine.sync_engine.raw_connection)
-        raw = handle.driver_connection
-        handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
-        return await pg_notify.Listener.start(raw, cache)
-
-    quiet_changes_sql = pg_notify.QUIET  # a transaction that may be PREPAREd must not NOTIFY
-
-    async def announce_changes(self, conn: Connection, tables: list[str]) -> None:
-        await pg_notify.announce(conn, tables)
-
-    async def notify_changes(self, conn: Connection, table_name: str, *, install: bool) -> bool:
-        quoted = self.sa_dialect.identifier_preparer.quote(table_name)
-        return await pg_notify.install_trigger(conn, table_name, quoted, install=install)
 
     def _sa_dialect(self) -> sa.engine.Dialect:
         from sqlalchemy.dialects.postgresql.asyncpg import dialect

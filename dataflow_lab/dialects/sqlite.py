@@ -17,7 +17,7 @@ Facts:
 - The driver runs in autocommit mode and dataflow_lab issues BEGIN itself, so
   DDL and reads are inside the transaction too.
 - The result cache sees other processes' writes to a file through ``PRAGMA data_version``
-  (``watch_changes``); an in-memory database is this process's alone.
+  (``change_feed.DataVersionFeed``); an in-memory database is this process's alone.
 - Statements run on the runtime's loop thread, through sqlite3 itself, not on a
   driver thread (aiosqlite): four thread hand-offs were most of a Create's time.
   See SQLiteConnection for how lock waits, time limits and long statements go.
@@ -31,7 +31,6 @@ import functools
 import json
 import os
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,8 +40,8 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 
 from ..deadlines import passed
-from ..result_cache import ResultCache
-from .base import Connection, DuckAttachment, PooledDialect, QueryResult, Watch
+from .base import Connection, DuckAttachment, PooledDialect, QueryResult
+from .change_feed import DataVersionFeed
 
 T = TypeVar("T")
 
@@ -186,40 +185,6 @@ class SQLiteConnection(Connection):
         self.raw.interrupt()
 
 
-class _DataVersion:
-    """A file's ``PRAGMA data_version``, asked on one connection kept for it (any thread, one at a time)."""
-
-    def __init__(self, path: str):
-        self._raw: sqlite3.Connection | None = sqlite3.connect(path, timeout=0, check_same_thread=False,
-                                                               isolation_level=None)  # fmt: skip
-        self._lock = threading.Lock()
-        self._seen = self._version()
-
-    def _version(self) -> int:
-        assert self._raw is not None
-        return int(self._raw.execute("PRAGMA data_version").fetchone()[0])
-
-    def check(self, cache: ResultCache) -> bool:
-        """Empty ``cache`` when the file changed since the last ask; False once the connection failed."""
-        with self._lock:
-            if self._raw is None:
-                return False
-            try:
-                version = self._version()
-            except sqlite3.Error:
-                return False
-            if version != self._seen:
-                self._seen = version
-                cache.clear()
-            return True
-
-    async def close(self) -> None:
-        with self._lock:
-            raw, self._raw = self._raw, None
-        if raw is not None:
-            raw.close()
-
-
 def _enum_text(member: Any) -> str:
     return str(member.value)
 
@@ -333,6 +298,7 @@ class SQLiteDialect(PooledDialect):
         True  # its statements are calls (SQLiteConnection): a run may stay on its caller's thread
     )
     adds_decimals_exactly = False  # Decimals are stored as text (see above)
+    change_feed = DataVersionFeed  # a file's PRAGMA data_version, for the result cache
     warm_modules = ("sqlalchemy.dialects.sqlite.pysqlite",)
     max_bind_params = MAX_BIND_PARAMS
     storage = {
@@ -386,14 +352,6 @@ class SQLiteDialect(PooledDialect):
     def starts_empty(self) -> bool:
         # Not a shared-cache "mode=memory" database: another DataFlow of the process reaches that one.
         return self.path in ("", ":memory:")
-
-    async def watch_changes(self, cache: ResultCache) -> Watch | None:
-        """A file: ``PRAGMA data_version`` on a connection of the cache's own, asked before each cached
-        read is served. It changes when any other connection (another process's, or this pool's)
-        has committed to the file since the last ask: then every cached result of the file goes."""
-        watcher = _DataVersion(self.path)
-        cache.watching(functools.partial(watcher.check, cache))
-        return watcher
 
     async def attach_to_duckdb(self, directory: str) -> DuckAttachment:
         if not self.in_memory:
