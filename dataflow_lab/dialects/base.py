@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.sql.compiler import SQLCompiler
 
     from ..result_cache import ResultCache
+    from .two_phase_sql import TwoPhaseSQL
 
 log = logging.getLogger("dataflow_lab.sql")
 
@@ -281,7 +282,8 @@ class Dialect:
         return False
 
     # -- capabilities the other layers ask about (they never branch on the name) ---------
-    supports_two_phase = False  # PREPARE TRANSACTION / COMMIT PREPARED (two_phase.py)
+    supports_two_phase = False  # PREPARE TRANSACTION / COMMIT PREPARED, or XA (two_phase.py)
+    two_phase_sql: TwoPhaseSQL | None = None  # its statements of two-phase commit, where it has them
 
     async def two_phase_enabled(self, conn: Connection) -> bool:
         """Whether the server is set up for two-phase commit (asked once per database)."""

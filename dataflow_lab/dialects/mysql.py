@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from ..errors import ValidationError
 from .base import Connection, PooledDialect, normalize_type
 from .mysql_connection import OR_NOTHING, MySQLConnection, errno, literal
+from .mysql_xa import MySQLTwoPhase, recover_allowed
 
 # MySQL's error numbers worth retrying: the whole transaction again
 _TRANSIENT_ERRNOS = {
@@ -337,6 +338,12 @@ class MySQLDialect(PooledDialect):
 
     def declared_type(self, column: sa.Column) -> str:
         return mysql_type(column.type.compile(dialect=self.sa_dialect))
+
+    supports_two_phase = True  # XA START/END/PREPARE/COMMIT, XA RECOVER (mysql_xa.py)
+    two_phase_sql = MySQLTwoPhase()
+
+    async def two_phase_enabled(self, conn: Connection) -> bool:
+        return await recover_allowed(conn)  # MySQL 8: XA RECOVER needs XA_RECOVER_ADMIN
 
     transactional_ddl = False  # every CREATE/ALTER commits at once
     supports_nulls_order = False  # MySQL has no NULLS FIRST / LAST: emulated
