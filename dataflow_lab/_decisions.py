@@ -35,7 +35,7 @@ IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE 
 def sql_of(db: DataFlow) -> TwoPhaseSQL:
     """The two-phase statements of ``db``'s database (asked only where supports_two_phase)."""
     ops = db.database.dialect.two_phase_sql
-    assert ops is not None, "supports_two_phase dialects have two_phase_sql"
+    assert isinstance(ops, TwoPhaseSQL), "supports_two_phase dialects have two_phase_sql"
     return ops
 
 

@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 import sqlalchemy as sa
+from test_faults import record
 
 from dataflow_lab import DataFlow, LocalRuntime, NotFoundError, TransactionError, WorkflowBuilder, _loop
 from dataflow_lab._decisions import key_of
@@ -170,6 +171,13 @@ def test_xa_branches_in_doubt_with_a_commit_decision_are_committed_by_recovery(
     assert sorted(outcome.values()) == ["committed", "committed"]
     assert xa_branches(mine) == []
     assert notes(mine, pg) == [1, 1]
+    record(
+        "xa: crash after the commit decision",
+        fault="MariaDB + PostgreSQL, 2PC: the process 'dies' after both PREPAREs and the commit decision",
+        injected="fault injection in two_phase.py; the prepared XA session closed, as at a process exit",
+        times=1,
+        outcome="XA RECOVER lists the branch; recover_in_doubt() commits it and the PostgreSQL half",
+    )
 
 
 def test_xa_branches_in_doubt_without_a_decision_are_rolled_back_at_start_up(two_mariadb, monkeypatch):
@@ -183,6 +191,13 @@ def test_xa_branches_in_doubt_without_a_decision_are_rolled_back_at_start_up(two
     restarted = [with_notes(url, in_doubt_grace=0) for url in urls]
     assert notes(*restarted) == [0, 0]
     assert xa_branches(restarted[0]) == [] and xa_branches(restarted[1]) == []
+    record(
+        "xa: crash before the commit decision",
+        fault="2 MariaDB databases, 2PC: the process 'dies' after both XA PREPAREs, before the decision",
+        injected="fault injection in two_phase.py; both DataFlows closed, new ones opened",
+        times=1,
+        outcome="the new process's first run rolls both branches back (presumed abort); none left",
+    )
 
 
 def test_recovery_leaves_a_young_xa_branch_alone_unless_forced(two_mariadb, monkeypatch):
@@ -216,3 +231,11 @@ def test_a_connection_lost_at_prepare_rolls_back_the_branch_already_prepared(two
     assert "nothing was committed" in raised.value.hint
     assert notes(first, second) == [0, 0]
     assert xa_branches(first) == [] and xa_branches(second) == []
+    record(
+        "xa: connection lost at PREPARE",
+        fault="2 MariaDB databases, 2PC: the 2nd session is killed just before its XA PREPARE",
+        injected="KILL <thread id> from another connection",
+        times=1,
+        outcome="InDoubtError saying nothing was committed; the 1st branch, prepared, rolled back on its "
+        "own session; no branch left",
+    )

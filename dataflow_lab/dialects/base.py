@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.sql.compiler import SQLCompiler
 
     from ..result_cache import ResultCache
-    from .two_phase_sql import TwoPhaseSQL
 
 log = logging.getLogger("dataflow_lab.sql")
 
@@ -283,7 +282,7 @@ class Dialect:
 
     # -- capabilities the other layers ask about (they never branch on the name) ---------
     supports_two_phase = False  # PREPARE TRANSACTION / COMMIT PREPARED, or XA (two_phase.py)
-    two_phase_sql: TwoPhaseSQL | None = None  # its statements of two-phase commit, where it has them
+    two_phase_sql: Any = None  # its statements of two-phase commit (a two_phase_sql.TwoPhaseSQL), if any
 
     async def two_phase_enabled(self, conn: Connection) -> bool:
         """Whether the server is set up for two-phase commit (asked once per database)."""

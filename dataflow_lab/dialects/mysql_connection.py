@@ -100,11 +100,6 @@ class MySQLConnection(Connection):
         self._in_tx = False
         await self.xa.prepare(self)
 
-    async def finish_prepared(self, gid: str, *, commit: bool) -> None:
-        from .mysql_xa import MySQLTwoPhase
-
-        await MySQLTwoPhase().finish(self, gid, commit=commit)
-
     @property
     def usable(self) -> bool:
         # a prepared XA branch binds the session: closed, never pooled, it passes to XA RECOVER

@@ -42,6 +42,9 @@ __all__ = ["Branch", "MySQLTwoPhase", "recover_allowed"]
 _PREFIX = "dataflow_lab:"
 _UNKNOWN_XID = 1397  # XAER_NOTA: no such branch, or one still bound to another session
 _NOT_IN_THAT_STATE = 1399  # XAER_RMFAIL: e.g. XA END of a branch already ended
+# XA END of a branch the server has marked rollback-only (XA_RBROLLBACK, XA_RBTIMEOUT, XA_RBDEADLOCK):
+# it is ended; XA ROLLBACK follows
+_ENDED = (_NOT_IN_THAT_STATE, 1402, 1613, 1614)
 _DUPLICATE_KEY = 1062
 _NO_PRIVILEGE = (1227, 1044, 1045, 1142)
 _BOUND_WAIT = 2.0  # seconds a closing session may take to hand its branch to recovery
@@ -95,7 +98,7 @@ async def _end(conn: Connection, gid: str) -> None:
     try:
         await conn.execute(f"XA END {xid(gid)}")
     except Exception as exc:
-        if errno(exc) != _NOT_IN_THAT_STATE:
+        if errno(exc) not in _ENDED:
             raise
 
 
