@@ -15,8 +15,8 @@ only once every participant has resolved.
 
 Gids are ``dataflow_lab:<coordinator key>:<run>:<branch>``; the coordinator key
 names the coordinator's database, so recovery on any participant knows where
-the decision lives (``<run>``: the run id, or its hash where that would not fit
-XA's 64-byte gtrid). A branch is named when its transaction begins where XA
+the decision lives (``<run>``: the start of the run id, and 8 random hex digits
+per attempt: XA's gtrid holds 64 bytes). A branch is named when its transaction begins where XA
 needs it then (MySQL: the first such database coordinates), else at commit (the
 first database begun coordinates).
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -53,7 +54,7 @@ __all__ = [
     "recover_in_doubt",
 ]
 
-_PLAIN_RUN = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_PLAIN_RUN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class InDoubtError(TransactionError):
@@ -72,9 +73,15 @@ class _SimulatedCrash(TransactionError):
 
 
 def _run_part(run_id: str) -> str:
-    """The run id in a gid: itself when short and plain, else 32 hex digits of its hash."""
+    """The run in a gid: its id (or its hash) cut to 23 characters, and 8 random hex digits.
+
+    Each attempt of a run gets its own: a retried run's XA START must not meet the xid of an
+    earlier attempt whose lost session the server has not ended yet (XAER_DUPID).
+    """
     compact = run_id.replace("-", "")
-    return compact if _PLAIN_RUN.fullmatch(compact) else hashlib.sha1(run_id.encode()).hexdigest()[:32]
+    if not _PLAIN_RUN.fullmatch(compact):
+        compact = hashlib.sha1(run_id.encode()).hexdigest()
+    return f"{compact[:23]}.{secrets.token_hex(4)}"
 
 
 async def _name(scope: Scope, held: Held) -> str:
@@ -265,7 +272,7 @@ async def _try_finish(held: Held, gid: str, *, commit: bool) -> bool:
         try:
             return await ops.finish(held.conn, gid, commit=commit)
         except Exception:  # never prepared there, or the connection broke: look from a fresh one
-            pass
+            ops.let_go(held.conn)  # (which the server lets finish it once this session has ended)
     try:
         dialect = await db.database.open()
         conn = await dialect.acquire()

@@ -239,3 +239,25 @@ def test_a_connection_lost_at_prepare_rolls_back_the_branch_already_prepared(two
         outcome="InDoubtError saying nothing was committed; the 1st branch, prepared, rolled back on its "
         "own session; no branch left",
     )
+
+
+def test_a_failed_nested_run_inside_an_xa_branch_undoes_only_its_own_writes(two_mariadb):
+    first, second = two_mariadb
+    events = Events()
+
+    async def nested(x: int) -> int:
+        inner = WorkflowBuilder()
+        inner.add_node(first.nodes["NoteCreateNode"], "c", {"text": "inner"})
+        inner.add_node(first.nodes["NoteReadNode"], "fails", {"id": 999})
+        with pytest.raises(NotFoundError):  # its savepoint, inside the XA branch, is rolled back
+            await LocalRuntime(hooks=[events]).execute_async(inner.build())
+        return x
+
+    wf = WorkflowBuilder()
+    wf.add_node(first.nodes["NoteCreateNode"], "a", {"text": "outer"})
+    wf.add_node(nested, "nested", {})
+    wf.add_connection("a", "id", "nested", "x")
+    wf.add_node(second.nodes["NoteCreateNode"], "b", {"text": "y"})
+    LocalRuntime(transaction="2pc", hooks=[events]).execute(wf.build())
+    assert ("savepoint", "mysql") in events.seen and ("prepare", "mysql") in events.seen
+    assert notes(first, second) == [1, 1]

@@ -148,15 +148,10 @@ class MySQLTwoPhase(TwoPhaseSQL):
 
     async def identity(self, conn: Connection) -> str:
         """MySQL's server_uuid, else (MariaDB has none) its hostname, port and data directory."""
-        rows = await conn.fetch(
-            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('server_uuid', 'hostname', 'port', 'datadir')"
-        )
-        found = {str(name).lower(): str(value) for name, value in rows}
-        database = (await conn.fetch("SELECT DATABASE()"))[0][0]
-        server = found.get("server_uuid") or ":".join(
-            found.get(k, "") for k in ("hostname", "port", "datadir")
-        )
-        return f"{server}/{database}"
+        server = str(conn.raw.get_server_info())  # type: ignore[attr-defined]  # asyncmy's version string
+        which = "CONCAT_WS(':', @@hostname, @@port, @@datadir)" if "MariaDB" in server else "@@server_uuid"
+        found, database = (await conn.fetch(f"SELECT {which}, DATABASE()"))[0]
+        return f"{found}/{database}"
 
     async def begin(self, conn: Connection, gid: str, isolation: str | None, key: str) -> str:
         base, _, n = gid.rpartition(":")
@@ -196,6 +191,13 @@ class MySQLTwoPhase(TwoPhaseSQL):
             if time.monotonic() >= deadline:  # still bound to a live session: leave it in doubt
                 return False
             await asyncio.sleep(0.05)  # a session closing now hands its branch over in a moment
+
+    def let_go(self, conn: Connection) -> None:
+        conn._broken = True  # type: ignore[attr-defined]  # a MySQLConnection: never pooled again
+        try:
+            conn.raw.close()  # type: ignore[attr-defined]
+        except Exception:  # closed already
+            pass
 
     async def prepared(self, conn: Connection, key: str, min_age: float) -> list[str]:
         now = time.time()

@@ -49,6 +49,10 @@ class TwoPhaseSQL:
         """Commit or roll back the prepared ``gid``; False when a live session still holds it."""
         raise NotImplementedError
 
+    def let_go(self, conn: Connection) -> None:
+        """Give up on the branch ``conn``'s session holds (bound_to_session): close the session, so
+        the server hands the branch to recovery (the pool then drops the connection)."""
+
     async def prepared(self, conn: Connection, key: str, min_age: float) -> list[str]:
         """The gids (of our prefix) this database (``key``) holds prepared ``min_age`` seconds or more."""
         raise NotImplementedError
