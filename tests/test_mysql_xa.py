@@ -261,3 +261,47 @@ def test_a_failed_nested_run_inside_an_xa_branch_undoes_only_its_own_writes(two_
     LocalRuntime(transaction="2pc", hooks=[events]).execute(wf.build())
     assert ("savepoint", "mysql") in events.seen and ("prepare", "mysql") in events.seen
     assert notes(first, second) == [1, 1]
+
+
+def test_mariadb_lets_a_user_without_super_run_xa_recover_so_two_phase_commit_is_allowed(my_url, my_url2):
+    url = sa.engine.make_url(my_url)
+    user = f"xa_{url.database}"[:32]
+
+    async def admin(*statements: str) -> None:
+        conn = await asyncmy.connect(host=url.host, port=url.port or 3306, user=url.username,
+                                     password=url.password or "")  # fmt: skip
+        try:
+            async with conn.cursor() as cursor:
+                for statement in statements:
+                    await cursor.execute(statement)
+        finally:
+            conn.close()
+
+    asyncio.run(admin(f"DROP USER IF EXISTS '{user}'@'%'", f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'",
+                      f"GRANT ALL ON `{url.database}`.* TO '{user}'@'%'"))  # fmt: skip
+    try:
+        plain = with_notes(url.set(username=user, password="pw").render_as_string(hide_password=False))
+        other = with_notes(my_url2)
+        assert _loop.run(plain.database.allows_two_phase())  # (MySQL 8 would need XA_RECOVER_ADMIN)
+        LocalRuntime(transaction="2pc").execute(both(plain, other))
+        assert notes(plain, other) == [1, 1]
+        plain.close()
+    finally:
+        asyncio.run(admin(f"DROP USER IF EXISTS '{user}'@'%'"))
+
+
+def test_two_phase_commit_is_refused_before_anything_commits_where_xa_recover_is_not_allowed(
+    two_mariadb, monkeypatch
+):
+    first, second = two_mariadb
+
+    async def refused(self, conn):  # as MySQL 8 answers a user without XA_RECOVER_ADMIN
+        return False
+
+    monkeypatch.setattr(type(second.database.dialect), "two_phase_enabled", refused)
+    assert not isinstance(_loop.run(Auto().resolve(both(first, second))), TwoPhase)
+    with pytest.raises(TransactionError, match="not enabled") as raised:
+        LocalRuntime(transaction="2pc").execute(both(first, second))
+    assert "XA_RECOVER_ADMIN" in raised.value.hint
+    assert notes(first, second) == [0, 0]
+    assert xa_branches(first) == []

@@ -19,6 +19,7 @@ Facts:
   time with its history row written after it (see ``migrations.engine``).
 - Upsert is ``INSERT ... ON DUPLICATE KEY UPDATE``; bulk inserts are multi-row INSERTs.
 - Deadlocks (1213) and lock wait timeouts (1205) are transient: the runtime retries them.
+- Two-phase commit is XA; recovery reads XA RECOVER (``mysql_xa.py``).
 """
 
 from __future__ import annotations
