@@ -48,7 +48,8 @@ def both(first: DataFlow, second: DataFlow, *, fail: bool = False):
 
 
 def xa_branches(db: DataFlow) -> list[str]:
-    """What the server's XA RECOVER lists for ``db``'s database, asked on a connection of our own."""
+    """What the server's XA RECOVER lists for ``db``'s database ('gtrid:bqual'), asked on a connection
+    of our own."""
 
     async def key() -> str:
         dialect = await db.database.open()
@@ -70,7 +71,8 @@ def xa_branches(db: DataFlow) -> list[str]:
                 rows = await cursor.fetchall()
         finally:
             conn.close()
-        return [data.decode() for _f, _g, _b, data in rows if data.decode().endswith("@" + mine)]
+        xids = [(data[:g].decode(), data[g : g + b].decode()) for _f, g, b, data in rows]
+        return [f"{gtrid}:{bqual}" for gtrid, bqual in xids if bqual.endswith("@" + mine)]
 
     return asyncio.run(recover())
 
@@ -305,3 +307,28 @@ def test_two_phase_commit_is_refused_before_anything_commits_where_xa_recover_is
     assert "XA_RECOVER_ADMIN" in raised.value.hint
     assert notes(first, second) == [0, 0]
     assert xa_branches(first) == []
+
+
+def test_recovery_never_touches_an_xa_commit_whose_coordinating_process_holds_its_lock(
+    two_mariadb, monkeypatch
+):
+    from dataflow_lab.dialects.mysql_xa import _lock_name
+
+    first, second = two_mariadb
+    crash_after_prepare(monkeypatch, first, second, decided=True)
+    base = xa_branches(first)[0].rpartition(":")[0]
+    url = sa.engine.make_url(first.url)
+
+    async def alive_elsewhere() -> dict:  # another process, still committing: it holds GET_LOCK
+        conn = await asyncmy.connect(host=url.host, port=url.port or 3306, user=url.username,
+                                     password=url.password or "", autocommit=True)  # fmt: skip
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute("SELECT GET_LOCK(%s, 5)", (_lock_name(base),))
+            return await asyncio.to_thread(first.recover_in_doubt, second, force=True)
+        finally:
+            conn.close()
+
+    assert asyncio.run(alive_elsewhere()) == {}
+    assert len(xa_branches(first)) == 1 and notes(first, second) == [0, 0]
+    assert sorted(first.recover_in_doubt(second, force=True).values()) == ["committed", "committed"]
