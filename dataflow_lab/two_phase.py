@@ -111,8 +111,9 @@ async def commit_two_phase(scope: Scope, begun: Sequence[Held]) -> None:
         if not await held.dataflow.database.allows_two_phase():
             raise TransactionError(
                 f"Two-phase commit is not enabled on {held.dataflow!r}: nothing was committed.",
-                hint="PostgreSQL: set max_prepared_transactions > 0; MySQL 8: GRANT XA_RECOVER_ADMIN "
-                "(recovery of in-doubt branches runs XA RECOVER). Or use transaction='saga'.",
+                hint="PostgreSQL: set max_prepared_transactions > 0. MySQL/MariaDB: 2PC needs MariaDB "
+                "10.5+ or MySQL 5.7.7+ (older ones drop a prepared branch at disconnect) and, on MySQL "
+                "8, GRANT XA_RECOVER_ADMIN (recovery runs XA RECOVER). Or use transaction='saga'.",
             )
     for held in begun:
         if held.branch is None:  # PostgreSQL: named now, at PREPARE

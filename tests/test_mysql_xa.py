@@ -292,6 +292,17 @@ def test_mariadb_lets_a_user_without_super_run_xa_recover_so_two_phase_commit_is
         asyncio.run(admin(f"DROP USER IF EXISTS '{user}'@'%'"))
 
 
+@pytest.mark.parametrize(
+    ("server", "keeps"),
+    [("5.5.5-10.11.19-MariaDB-0+deb12u1", True), ("11.4.2-MariaDB", True), ("5.5.5-10.4.30-MariaDB", False),
+     ("8.0.36", True), ("5.7.44-log", True), ("5.7.6", False)],
+)  # fmt: skip
+def test_two_phase_commit_needs_a_server_that_keeps_a_prepared_branch_past_its_session(server, keeps):
+    from dataflow_lab.dialects.mysql_xa import _keeps_prepared_branches
+
+    assert _keeps_prepared_branches(server) is keeps  # older ones roll it back at disconnect
+
+
 def test_two_phase_commit_is_refused_before_anything_commits_where_xa_recover_is_not_allowed(
     two_mariadb, monkeypatch
 ):

@@ -17,7 +17,8 @@ How XA differs from PostgreSQL's prepared transactions, and what is done about i
   session, then leaves the branch in doubt.
 - Savepoints work inside an XA branch (nested scopes keep theirs).
 - XA RECOVER needs the XA_RECOVER_ADMIN privilege on MySQL 8; MariaDB lets any user run it.
-  ``two_phase_enabled`` asks it, so transaction="auto" uses 2PC only where recovery can work.
+  ``two_phase_enabled`` asks it, and the server's version (older servers roll a prepared branch
+  back at disconnect), so 2PC runs only where recovery can work.
 - The liveness lock is GET_LOCK on a hash of the base (named locks end with their session);
   the decision table is InnoDB, its participants a JSON list.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -127,8 +129,19 @@ def _branch_of(gid: str) -> tuple[float, str] | None:
     return float(parts[1]), parts[2]
 
 
+def _keeps_prepared_branches(server: str) -> bool:
+    """Whether a prepared branch outlives its session on this server version (MariaDB 10.5+,
+    MySQL 5.7.7+; older ones roll it back at disconnect, so a crash would break atomicity)."""
+    version = server.removeprefix("5.5.5-")  # MariaDB's handshake prefix before 11.0
+    numbers = [int(n) for n in re.findall(r"\d+", version.split("-", 1)[0])[:3]]
+    return tuple(numbers) >= ((10, 5) if "MariaDB" in server else (5, 7, 7))
+
+
 async def recover_allowed(conn: Connection) -> bool:
-    """Whether this user may run XA RECOVER (MySQL 8: XA_RECOVER_ADMIN)."""
+    """Whether two-phase commit can be recovered here: a server that keeps prepared branches
+    past their session, and a user who may run XA RECOVER (MySQL 8: XA_RECOVER_ADMIN)."""
+    if not _keeps_prepared_branches(str(conn.raw.get_server_info())):  # type: ignore[attr-defined]
+        return False
     try:
         await conn.fetch("XA RECOVER")
     except Exception as exc:
