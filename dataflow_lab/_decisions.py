@@ -1,13 +1,16 @@
 """The decision records of two-phase commit, shared by the commit (two_phase.py) and recovery (_in_doubt.py).
 
-The coordinator's decision table, the gid prefix, the advisory-lock key of a
-live commit, and this process's commits between PREPARE and COMMIT PREPARED.
+The coordinator's decision table, the gid prefix, the key naming each database,
+and this process's commits between PREPARE and COMMIT. The statements are the
+dialect's (``dialect.two_phase_sql``: PostgreSQL's prepared transactions, MySQL's XA).
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import TYPE_CHECKING
+
+from .dialects.two_phase_sql import DECISION_TABLE, TwoPhaseSQL
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dialects import Connection
@@ -17,35 +20,35 @@ __all__ = [
     "DECISION_TABLE",
     "GID_PREFIX",
     "IN_FLIGHT",
-    "LOCK_SQL",
     "ensure_decision_table",
     "forget_decision",
     "key_of",
+    "sql_of",
 ]
 
-DECISION_TABLE = "dataflow_lab_2pc_decisions"
 GID_PREFIX = "dataflow_lab"
-_KEY_SQL = "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
-LOCK_SQL = "hashtextextended($1, 0)"
 _DECISION_KEY = (DECISION_TABLE, "2pc")  # its readiness, kept with the database's tables
 
-IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT PREPARED
+IN_FLIGHT: set[str] = set()  # this process's two-phase commits between PREPARE and COMMIT
 
 
-async def key_of(conn: Connection) -> str:
-    ident = (await conn.fetch(_KEY_SQL))[0][0]
+def sql_of(db: DataFlow) -> TwoPhaseSQL:
+    """The two-phase statements of ``db``'s database (asked only where supports_two_phase)."""
+    ops = db.database.dialect.two_phase_sql
+    assert isinstance(ops, TwoPhaseSQL), "supports_two_phase dialects have two_phase_sql"
+    return ops
+
+
+async def key_of(db: DataFlow, conn: Connection) -> str:
+    """A short name of the database ``conn`` is on, the same from any process: 16 hex digits."""
+    ident = await sql_of(db).identity(conn)
     return hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
 async def ensure_decision_table(db: DataFlow, conn: Connection) -> None:
     if db.database.is_ready(_DECISION_KEY):
         return
-    await conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {DECISION_TABLE} (gid text PRIMARY KEY, decided_at "
-        "timestamptz NOT NULL DEFAULT now(), outcome text NOT NULL DEFAULT 'commit', participants text[])"
-    )
-    for column in ("outcome text NOT NULL DEFAULT 'commit'", "participants text[]"):  # older tables
-        await conn.execute(f"ALTER TABLE {DECISION_TABLE} ADD COLUMN IF NOT EXISTS {column}")
+    await sql_of(db).create_decisions(conn)
     db.database.mark_ready(_DECISION_KEY)
 
 
@@ -56,7 +59,7 @@ async def forget_decision(db: DataFlow, conn: Connection | None, gid: str) -> No
     try:
         if conn is None:
             conn = await dialect.acquire()
-        await conn.execute(f"DELETE FROM {DECISION_TABLE} WHERE gid = $1", [gid])
+        await sql_of(db).forget(conn, gid)
     except Exception:  # recovery forgets it later, once it sees every participant resolved
         pass
     finally:

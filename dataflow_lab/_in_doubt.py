@@ -1,10 +1,10 @@
 """Recovery of two-phase commits a crash (or a lost reply) left prepared.
 
 Every participant is searched for prepared transactions with our gid prefix
-(pg_prepared_xacts), whether or not the committing process saw its PREPARE
-reply. A transaction is committed when its coordinator recorded 'commit';
+(pg_prepared_xacts; MySQL's XA RECOVER), whether or not the committing process
+saw its PREPARE reply. A transaction is committed when its coordinator recorded 'commit';
 rolled back when the decision is 'abort' or, once its coordinator is reachable
-and no longer alive (its advisory lock is free), no decision exists (presumed
+and no longer alive (its session lock is free), no decision exists (presumed
 abort: 'abort' is recorded first, so a late commit cannot race it). A
 decision row is deleted only when every participant it lists is among the
 databases searched and none of them still holds a prepared half.
@@ -12,13 +12,12 @@ databases searched and none of them still holds a prepared half.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from . import _decisions as tp  # the two-phase decision records
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dialects import Connection
-    from .dialects.base import TwoPhaseConnection
     from .interfaces import DataFlow
 
 __all__ = ["recover_in_doubt"]
@@ -41,8 +40,9 @@ class _Seen:
 async def recover_in_doubt(dataflows: list[DataFlow], *, min_age: float = 0.0) -> dict[str, str]:
     """Resolve prepared transactions left behind: {gid@url: 'committed' | 'rolled back' | 'in doubt'}.
 
-    Only transactions prepared at least ``min_age`` seconds ago are touched, and never one
-    whose coordinating process is alive (it holds the commit's advisory lock).
+    Only transactions prepared at least ``min_age`` seconds ago are touched (MySQL: begun, as XA
+    RECOVER gives no time), and never one whose coordinating process is alive (it holds the
+    commit's session lock).
     """
     seen = [await _scan(db, min_age) for db in dataflows if db.database.dialect.supports_two_phase]
     by_key = {s.key: s for s in seen}
@@ -58,7 +58,9 @@ async def recover_in_doubt(dataflows: list[DataFlow], *, min_age: float = 0.0) -
             if verdict is None:
                 outcome[f"{gid}@{s.db.url}"] = "in doubt"
                 continue
-            await _finish(s.db, gid, verdict == "commit")
+            if not await _finish(s.db, gid, verdict == "commit"):  # a live session still holds it (XA)
+                outcome[f"{gid}@{s.db.url}"] = "in doubt"
+                continue
             outcome[f"{gid}@{s.db.url}"] = "committed" if verdict == "commit" else "rolled back"
     await _forget_resolved(seen, by_key)
     return outcome
@@ -85,20 +87,18 @@ async def _presume_abort(coordinator: _Seen, base: str) -> str | None:
     db = coordinator.db
     dialect = await db.database.open()
     conn = await dialect.acquire()
+    ops = tp.sql_of(db)
     try:
-        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp.LOCK_SQL})", [base]))[0][0]:
+        if not await ops.try_lock(conn, base):
             return "alive"
         try:
             await tp.ensure_decision_table(db, conn)
-            await conn.execute(
-                f"INSERT INTO {tp.DECISION_TABLE} (gid, outcome) VALUES ($1, 'abort') ON CONFLICT DO NOTHING",
-                [base],
-            )
-            rows = await conn.fetch(f"SELECT outcome FROM {tp.DECISION_TABLE} WHERE gid = $1", [base])
-            coordinator.decisions[base] = (rows[0][0], None)
-            return rows[0][0]
+            decided = await ops.record_abort(conn, base)
+            if decided is not None:
+                coordinator.decisions[base] = (decided, None)
+            return decided
         finally:
-            await conn.fetch(f"SELECT pg_advisory_unlock({tp.LOCK_SQL})", [base])
+            await ops.unlock(conn, base)
     finally:
         await dialect.release(conn)
 
@@ -106,10 +106,11 @@ async def _presume_abort(coordinator: _Seen, base: str) -> str | None:
 async def _alive(db: DataFlow, base: str) -> bool:
     dialect = await db.database.open()
     conn = await dialect.acquire()
+    ops = tp.sql_of(db)
     try:
-        if not (await conn.fetch(f"SELECT pg_try_advisory_lock({tp.LOCK_SQL})", [base]))[0][0]:
+        if not await ops.try_lock(conn, base):
             return True
-        await conn.fetch(f"SELECT pg_advisory_unlock({tp.LOCK_SQL})", [base])
+        await ops.unlock(conn, base)
         return False
     finally:
         await dialect.release(conn)
@@ -119,42 +120,41 @@ async def _scan(db: DataFlow, min_age: float) -> _Seen:
     dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        key = await tp.key_of(conn)
-        rows = await conn.fetch(
-            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE $1 "
-            "AND prepared <= now() - make_interval(secs => $2)",
-            [f"{tp.GID_PREFIX}:%", float(min_age)],
-        )
-        return _Seen(db, key, [r[0] for r in rows], await _decisions(db, conn))
+        key = await tp.key_of(db, conn)
+        gids = await tp.sql_of(db).prepared(conn, key, min_age)
+        return _Seen(db, key, gids, await _decisions(db, conn))
     finally:
         await dialect.release(conn)
 
 
 async def _decisions(db: DataFlow, conn: Connection) -> dict[str, tuple[str, Any]]:
-    if not (await conn.fetch("SELECT to_regclass($1) IS NOT NULL", [tp.DECISION_TABLE]))[0][0]:
+    ops = tp.sql_of(db)
+    if not await ops.has_decisions(conn):
         return {}
     await tp.ensure_decision_table(db, conn)
-    rows = await conn.fetch(f"SELECT gid, outcome, participants FROM {tp.DECISION_TABLE}")
-    return {r[0]: (r[1], r[2]) for r in rows}
+    return await ops.decisions(conn)
 
 
-async def _finish(db: DataFlow, gid: str, commit: bool) -> None:
+async def _finish(db: DataFlow, gid: str, commit: bool) -> bool:
+    """Commit or roll back ``gid``; False when a live session still holds it (MySQL)."""
     dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        await cast("TwoPhaseConnection", conn).finish_prepared(gid, commit=commit)
+        if not await tp.sql_of(db).finish(conn, gid, commit=commit):
+            return False
         if commit:  # its tables are unknown here: every cache of the database forgets everything
             db.database.cache.clear()
             await db.database.dialect.changes.announce(conn, ["*"])
+        return True
     finally:
         await dialect.release(conn)
 
 
-async def _still_prepared(db: DataFlow, base: str) -> bool:
-    dialect = await db.database.open()
+async def _still_prepared(seen: _Seen, base: str) -> bool:
+    dialect = await seen.db.database.open()
     conn = await dialect.acquire()
     try:
-        return bool(await conn.fetch("SELECT 1 FROM pg_prepared_xacts WHERE gid LIKE $1", [base + ":%"]))
+        return await tp.sql_of(seen.db).any_prepared(conn, seen.key, base)
     finally:
         await dialect.release(conn)
 
@@ -169,7 +169,7 @@ async def _forget_resolved(seen: list[_Seen], by_key: dict[str, _Seen]) -> None:
             where = [w for w in found if w is not None]
             if len(where) < len(found):
                 continue  # a participant not searched may still hold its half: keep the decision
-            if any([await _still_prepared(w.db, base) for w in where]):
+            if any([await _still_prepared(w, base) for w in where]):
                 continue
             if participants is None and _parse(base)[1] is not None:
                 continue  # an 'abort' written by recovery before every half was seen: keep it

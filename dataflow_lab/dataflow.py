@@ -347,7 +347,8 @@ class DataFlow(Observability):
         return TransactionBlock(self, isolation)
 
     def recover_in_doubt(self, *others: DataFlow, force: bool = False) -> dict[str, str]:
-        """Resolve prepared (two-phase) transactions a crash left behind, on this and ``others``.
+        """Resolve prepared (two-phase) transactions a crash left behind, on this and ``others``
+        (PostgreSQL's prepared transactions, MySQL's XA branches as XA RECOVER lists them).
 
         Commits those whose decision the coordinator recorded; rolls back the rest. Like
         start-up recovery it leaves transactions younger than ``in_doubt_grace`` alone unless

@@ -93,12 +93,21 @@ class Held(Protocol):
     @property
     def conn(self) -> Connection: ...
 
+    branch: str | None  # its gid in the two-phase commit, once named
+    key: str | None  # its database's key (_decisions.key_of), once named
+
 
 class Scope(Protocol):
     """What two-phase commit asks of the scope it commits (``transactions.Scope``)."""
 
     @property
     def run_id(self) -> str: ...
+    @property
+    def isolation(self) -> str | None: ...
+
+    gid: str | None  # its two-phase commit's base gid, once its first branch is named
+    branches: list[Any]  # its Helds in the order they were named: the coordinator first
+
     def record_event(self, dataflow: DataFlow, event: str, held: Any = None) -> None: ...  # held: a Held
 
 

@@ -7,15 +7,16 @@ of a run, given the runtime's ``Run`` (``runtime.py``):
 - ``WorkflowScoped`` ("workflow"): one transaction per database for the whole
   run; any failure rolls all of them back. A failed run is retried whole.
 - ``TwoPhase`` ("2pc"): the same, committed with two-phase commit across
-  PostgreSQL databases (``two_phase.py``).
+  PostgreSQL and MySQL/MariaDB databases (``two_phase.py``; XA on MySQL).
 - ``PerNode`` ("node"): each node commits on its own (and is retried alone); a
   failure keeps earlier nodes.
 - ``Saga`` ("saga"): per node, and a failure *or a cancellation* runs the
   compensations of the committed nodes newest first (``saga.py``), shielded
   from the cancellation, which then propagates.
 - ``Auto`` ("auto", the runtimes' default): resolves, per run, to "2pc" when the
-  run touches several databases and every one is a PostgreSQL that allows
-  prepared transactions, and to "workflow" otherwise: one transaction per
+  run touches several databases and every one allows two-phase commit (a
+  PostgreSQL with prepared transactions on, a MySQL/MariaDB whose user may run
+  XA RECOVER), and to "workflow" otherwise: one transaction per
   database, whose error names the databases that committed if a later COMMIT
   fails.
 """
@@ -73,7 +74,7 @@ class TransactionMode(StrEnum):
             raise ValidationError(
                 f"Unknown transaction mode '{value}'.{did_you_mean(str(value), names)}",
                 hint=f"{owner} takes 'auto' (the default: one transaction per run, 2PC across PostgreSQL "
-                "databases), 'workflow', 'node', 'saga' or '2pc'.",
+                "and MySQL databases), 'workflow', 'node', 'saga' or '2pc'.",
             ) from None
 
     @property
@@ -188,7 +189,7 @@ async def _shielded(work: Any) -> Any:
 
 
 class Auto(Strategy):
-    """Chooses per run: several databases that all allow prepared transactions (PostgreSQL) -> "2pc";
+    """Chooses per run: several databases that all allow two-phase commit (PostgreSQL, MySQL) -> "2pc";
     otherwise "workflow" (one transaction per database: all or nothing up to the COMMITs, and a
     failed later COMMIT is reported with what committed where)."""
 

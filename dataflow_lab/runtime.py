@@ -4,9 +4,9 @@ Every run happens on the background loop (``_loop``), nodes in topological
 order. The ``transaction`` mode (a ``TransactionMode``) decides what a failure
 undoes; each mode is a strategy object in ``modes.py``:
 
-- ``"auto"`` (default): one database, or several that are not all PostgreSQL
-  allowing prepared transactions -> "workflow"; several PostgreSQL databases
-  that allow them -> "2pc".
+- ``"auto"`` (default): one database, or several that do not all allow
+  two-phase commit -> "workflow"; several that do (PostgreSQL with prepared
+  transactions, MySQL/MariaDB with XA) -> "2pc".
 - ``"workflow"``: all writes of a run to a database share one transaction; any
   failure rolls all of them back. Across databases, one COMMIT each: if a later
   one fails, the error names the databases that committed.
@@ -14,7 +14,7 @@ undoes; each mode is a strategy object in ``modes.py``:
 - ``"saga"``: each node commits on its own, and a failure (or a cancellation)
   runs the compensations of the committed nodes in reverse order (``saga.py``).
 - ``"2pc"``: one transaction per database, committed with two-phase commit
-  across PostgreSQL databases (see ``transactions.py``).
+  across PostgreSQL and MySQL/MariaDB databases (see ``transactions.py``).
 
 A run is a ``Run``: the runtime's settings, the hooks it reaches (the
 runtime's, those of every DataFlow it touches, the process-wide ones) and the

@@ -13,8 +13,9 @@ and its undo (``nodes/undo.py``), and a failed nested scope applies the undos
 inside the outer transaction, newest first. Unlike a saga's, this undo log is kept
 in memory only: the outer transaction decides whether the writes stand.
 
-With several PostgreSQL databases and ``two_phase=True``, commit is the
-two-phase protocol of ``two_phase.py``.
+With several PostgreSQL or MySQL databases and ``two_phase=True``, commit is the
+two-phase protocol of ``two_phase.py`` (a MySQL transaction of such a run begins
+as an XA branch: XA START takes its name).
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ def check_isolation(level: str | None) -> str | None:
 
 
 class _Held:
-    __slots__ = ("dataflow", "conn", "begun", "savepoint", "undo")
+    __slots__ = ("dataflow", "conn", "begun", "savepoint", "undo", "branch", "key")
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
         self.dataflow, self.conn, self.begun = dataflow, conn, False
         self.savepoint: str | None = None
+        self.branch: str | None = None  # its gid in a two-phase commit (two_phase.py), once named
+        self.key: str | None = None
         # A nested scope on a database without SAVEPOINT: its write nodes and their undos
         # (saga.SagaStep), applied on rollback. None where a real savepoint (or the transaction itself) does the undoing.
         self.undo: list[Any] | None = None
@@ -99,6 +102,8 @@ class Scope:
         self.ended = False
         # Tables this scope wrote, by database: their cached results go when it commits (scope_writes.py)
         self.writes = ScopeWrites()
+        self.gid: str | None = None  # a two-phase commit's base gid, and its branches (two_phase.py)
+        self.branches: list[_Held] = []
 
     @property
     def nested(self) -> bool:
@@ -144,7 +149,13 @@ class Scope:
 
     async def _begin(self, held: _Held) -> None:
         if self.parent is None:
-            await held.conn.begin(self.isolation)
+            ops = held.dataflow.database.dialect.two_phase_sql if self.writes.may_prepare else None
+            if ops is not None and ops.named_at_begin:
+                from .two_phase import begin_branch
+
+                await begin_branch(self, held)
+            else:
+                await held.conn.begin(self.isolation)
             quiet = self.writes.quiet_sql(held.dataflow)
             if quiet is not None:
                 await held.conn.execute(quiet)
@@ -345,8 +356,9 @@ def _partial_commit(failed: _Held, committed: list[_Held], exc: Exception) -> Tr
         f"The run committed on {done}, then COMMIT failed on {failed.dataflow!r} "
         f"({failed.dataflow.database.dialect.scrub(str(exc))}): its part {there}.",
         hint="the run is not retried (that would write the committed part twice). All or nothing "
-        "across databases needs 2PC (every database a PostgreSQL with max_prepared_transactions > 0, "
-        "which transaction='auto' then uses), or transaction='saga', which undoes committed nodes.",
+        "across databases needs 2PC (each database a PostgreSQL with max_prepared_transactions > 0 "
+        "or a MySQL/MariaDB, which transaction='auto' then uses), or transaction='saga', which "
+        "undoes committed nodes.",
     )
 
 

@@ -1,9 +1,11 @@
-"""Two-phase commit across PostgreSQL databases, and recovery of what a crash left in doubt.
+"""Two-phase commit across PostgreSQL and MySQL/MariaDB databases, and recovery of what a crash left in doubt.
 
-Commit is PREPARE TRANSACTION on every database, a decision row on the first
-(the coordinator), then COMMIT PREPARED everywhere. The coordinating process
-holds an advisory lock on the coordinator for the whole commit, so recovery in
-another process never touches a commit that is still alive.
+Commit is PREPARE on every database (PREPARE TRANSACTION; XA END + XA PREPARE),
+a decision row on the coordinator, then COMMIT everywhere (COMMIT PREPARED; XA
+COMMIT). The coordinating process holds a session lock on the coordinator for
+the whole commit (an advisory lock; GET_LOCK) and records the decision on that
+lock's connection, so recovery in another process never touches a commit that
+is still alive. The statements are the dialect's ``two_phase_sql``.
 
 Once anything is prepared the run is never retried: an error after PREPARE is
 resolved from the decision record (commit if it exists, roll back if it does
@@ -11,34 +13,48 @@ not), and if a database cannot be reached the error says what state each one
 is in. ``recover_in_doubt`` resolves the rest later. A decision row is deleted
 only once every participant has resolved.
 
-Gids are ``dataflow_lab:<coordinator key>:<run id>:<n>``; the coordinator key
-names the coordinator's database (server system identifier + database name), so
-recovery on any participant knows where the decision lives.
+Gids are ``dataflow_lab:<coordinator key>:<run>:<branch>``; the coordinator key
+names the coordinator's database, so recovery on any participant knows where
+the decision lives (``<run>``: the start of the run id, and 8 random hex digits
+per attempt: XA's gtrid holds 64 bytes). A branch is named when its transaction begins where XA
+needs it then (MySQL: the first such database coordinates), else at commit (the
+first database begun coordinates).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import secrets
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from ._decisions import (
     DECISION_TABLE,
     GID_PREFIX,
     IN_FLIGHT,
-    LOCK_SQL,
     ensure_decision_table,
     forget_decision,
     key_of,
+    sql_of,
 )
 from ._in_doubt import recover_in_doubt
 from .errors import TransactionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dialects import Connection
-    from .dialects.base import TwoPhaseConnection
     from .interfaces import DataFlow, Held, Scope
 
-__all__ = ["DECISION_TABLE", "GID_PREFIX", "InDoubtError", "commit_two_phase", "recover_in_doubt"]
+__all__ = [
+    "DECISION_TABLE",
+    "GID_PREFIX",
+    "InDoubtError",
+    "begin_branch",
+    "commit_two_phase",
+    "recover_in_doubt",
+]
+
+_PLAIN_RUN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class InDoubtError(TransactionError):
@@ -56,32 +72,70 @@ class _SimulatedCrash(TransactionError):
     """Fault injection for tests: the process 'dies' with no resolution attempted."""
 
 
+def _run_part(run_id: str) -> str:
+    """The run in a gid: its id (or its hash) cut to 23 characters, and 8 random hex digits.
+
+    Each attempt of a run gets its own: a retried run's XA START must not meet the xid of an
+    earlier attempt whose lost session the server has not ended yet (XAER_DUPID).
+    """
+    compact = run_id.replace("-", "")
+    if not _PLAIN_RUN.fullmatch(compact):
+        compact = hashlib.sha1(run_id.encode()).hexdigest()
+    return f"{compact[:23]}.{secrets.token_hex(4)}"
+
+
+async def _name(scope: Scope, held: Held) -> str:
+    """``held``'s place in the scope's commit: its key and its gid (the first named coordinates)."""
+    held.key = await key_of(held.dataflow, held.conn)
+    if scope.gid is None:
+        scope.gid = f"{GID_PREFIX}:{held.key}:{_run_part(scope.run_id)}"
+    scope.branches.append(held)
+    return f"{scope.gid}:{len(scope.branches) - 1}"
+
+
+async def begin_branch(scope: Scope, held: Held) -> None:
+    """Begin ``held``'s transaction as a named branch of the scope's commit (XA START takes its name)."""
+    gid = await _name(scope, held)
+    held.branch = await sql_of(held.dataflow).begin(held.conn, gid, scope.isolation, held.key or "")
+
+
 async def commit_two_phase(scope: Scope, begun: Sequence[Held]) -> None:
-    """PREPARE everywhere; record the decision on the coordinator; COMMIT PREPARED everywhere."""
+    """PREPARE everywhere; record the decision on the coordinator; COMMIT everywhere."""
     for held in begun:
         if not held.dataflow.database.dialect.supports_two_phase:
             raise TransactionError(
-                f"Two-phase commit needs PostgreSQL; {held.dataflow!r} cannot prepare a transaction.",
+                f"Two-phase commit needs PostgreSQL or MySQL/MariaDB (XA); {held.dataflow!r} cannot "
+                "prepare a transaction.",
                 hint="use transaction='saga' across other databases.",
             )
-    coordinator = begun[0]
-    keys = [await key_of(held.conn) for held in begun]
-    gid = f"{GID_PREFIX}:{keys[0]}:{scope.run_id}"  # the decision's name; each database prepares gid:<n>
-    alive = await _hold_liveness_lock(coordinator.dataflow, gid)
-    IN_FLIGHT.add(gid)
+        if not await held.dataflow.database.allows_two_phase():
+            raise TransactionError(
+                f"Two-phase commit is not enabled on {held.dataflow!r}: nothing was committed.",
+                hint="PostgreSQL: set max_prepared_transactions > 0. MySQL/MariaDB: 2PC needs MariaDB "
+                "10.5+ or MySQL 5.7.7+ (older ones drop a prepared branch at disconnect) and, on MySQL "
+                "8, GRANT XA_RECOVER_ADMIN (recovery runs XA RECOVER). Or use transaction='saga'.",
+            )
+    for held in begun:
+        if held.branch is None:  # PostgreSQL: named now, at PREPARE
+            held.branch = await _name(scope, held)
+    ordered = sorted(begun, key=scope.branches.index)  # the coordinator first
+    assert scope.gid is not None, "named above"
+    coordinator = ordered[0]
+    alive = await _hold_liveness_lock(coordinator.dataflow, scope.gid)
+    IN_FLIGHT.add(scope.gid)
     try:
-        await _two_phase(scope, begun, gid, keys)
+        await _two_phase(scope, ordered, scope.gid, alive)
     finally:
-        IN_FLIGHT.discard(gid)
-        await _release_liveness_lock(coordinator.dataflow, alive, gid)
+        IN_FLIGHT.discard(scope.gid)
+        await _release_liveness_lock(coordinator.dataflow, alive, scope.gid)
 
 
 async def _hold_liveness_lock(db: DataFlow, gid: str) -> Connection:
-    """A session advisory lock on the coordinator, held while this process commits ``gid``."""
+    """A session lock on the coordinator, held while this process commits ``gid``."""
     dialect = await db.database.open()
     conn = await dialect.acquire()
     try:
-        await conn.fetch(f"SELECT pg_advisory_lock({LOCK_SQL})", [gid])
+        await sql_of(db).lock(conn, gid)
     except BaseException:
         await dialect.release(conn)
         raise
@@ -90,26 +144,30 @@ async def _hold_liveness_lock(db: DataFlow, gid: str) -> Connection:
 
 async def _release_liveness_lock(db: DataFlow, conn: Connection, gid: str) -> None:
     try:
-        await conn.fetch(f"SELECT pg_advisory_unlock({LOCK_SQL})", [gid])
+        await sql_of(db).unlock(conn, gid)
     except Exception:  # a dead session has released its lock already
         pass
     finally:
         await db.database.release(conn)
 
 
-async def _two_phase(scope: Scope, begun: Sequence[Held], gid: str, keys: list[str]) -> None:
-    gids = [f"{gid}:{n}" for n in range(len(begun))]  # unique per server, as PostgreSQL requires
+def _gids(begun: Sequence[Held]) -> list[str]:
+    return [held.branch or "" for held in begun]
+
+
+async def _two_phase(scope: Scope, begun: Sequence[Held], gid: str, alive: Connection) -> None:
+    gids = _gids(begun)
     prepared: list[Held] = []
     for held, part in zip(begun, gids, strict=True):
         try:
-            await cast("TwoPhaseConnection", held.conn).prepare(part)  # checked by commit_two_phase
+            await sql_of(held.dataflow).prepare(held.conn, part)
         except Exception as exc:
             await _abort_prepare(scope, begun, gids, len(prepared), exc)
         prepared.append(held)
         scope.record_event(held.dataflow, "prepare")
     coordinator = begun[0]
-    try:
-        await _record_decision(coordinator.conn, gid, keys, coordinator.dataflow)
+    try:  # on the lock's connection: the coordinator's own may be bound to its prepared branch (XA)
+        await _record_decision(alive, gid, [h.key or "" for h in begun], coordinator.dataflow)
     except Exception as exc:
         await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=set())
         return
@@ -118,13 +176,13 @@ async def _two_phase(scope: Scope, begun: Sequence[Held], gid: str, keys: list[s
     committed: set[int] = set()
     for n, (held, part) in enumerate(zip(begun, gids, strict=True)):
         try:
-            await cast("TwoPhaseConnection", held.conn).finish_prepared(part, commit=True)
+            await sql_of(held.dataflow).finish(held.conn, part, commit=True)
         except Exception as exc:
             await _resolve_after_prepare(scope, begun, gids, gid, exc, committed=committed)
             return
         committed.add(n)
         scope.record_event(held.dataflow, "commit", held)
-    await forget_decision(coordinator.dataflow, coordinator.conn, gid)
+    await forget_decision(coordinator.dataflow, alive, gid)
 
 
 async def _abort_prepare(
@@ -133,10 +191,8 @@ async def _abort_prepare(
     """PREPARE failed on begun[done]: roll back every half (its reply may be lost: it may be prepared)."""
     states: dict[str, str] = {}
     for n, (held, part) in enumerate(zip(begun, gids, strict=True)):
-        if n < done:
-            ok = await _try_finish(held.dataflow, part, commit=False)
-        elif n == done:
-            ok = await _try_finish(held.dataflow, part, commit=False, missing_ok=True)
+        if n <= done:
+            ok = await _try_finish(held, part, commit=False)
         else:
             ok = True
             try:
@@ -146,8 +202,7 @@ async def _abort_prepare(
         states[held.dataflow.url] = "rolled back" if ok else "prepared, no decision (recovery rolls it back)"
     scrub = begun[done].dataflow.database.dialect.scrub
     raise InDoubtError(
-        f"PREPARE TRANSACTION failed on {begun[done].dataflow!r}: {scrub(str(exc))}. "
-        f"State: {_describe(states)}",
+        f"PREPARE failed on {begun[done].dataflow!r}: {scrub(str(exc))}. State: {_describe(states)}",
         states=states,
         hint="nothing was committed on any database; prepared halves without a decision are rolled "
         "back by recover_in_doubt() or at start-up.",
@@ -167,7 +222,7 @@ async def _resolve_after_prepare(
             states[url] = "committed"
         elif outcome is None:
             states[url] = "prepared, decision unknown (recover_in_doubt() resolves it)"
-        elif await _try_finish(held.dataflow, part, commit=outcome == "commit", missing_ok=True):
+        elif await _try_finish(held, part, commit=outcome == "commit"):
             states[url] = "committed" if outcome == "commit" else "rolled back"
             if outcome == "commit":
                 scope.record_event(held.dataflow, "commit", held)
@@ -200,30 +255,34 @@ async def _settle(db: DataFlow, gid: str) -> str | None:
         return None
     try:
         await ensure_decision_table(db, conn)
-        await conn.execute(
-            f"INSERT INTO {DECISION_TABLE} (gid, outcome) VALUES ($1, 'abort') ON CONFLICT DO NOTHING", [gid]
-        )
-        rows = await conn.fetch(f"SELECT outcome FROM {DECISION_TABLE} WHERE gid = $1", [gid])
-        return rows[0][0] if rows else None
+        return await sql_of(db).record_abort(conn, gid)
     except Exception:
         return None
     finally:
         await dialect.release(conn)
 
 
-async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool = True) -> bool:
-    """COMMIT/ROLLBACK PREPARED on a fresh connection; a gid no longer prepared counts as done."""
+async def _try_finish(held: Held, gid: str, *, commit: bool) -> bool:
+    """COMMIT/ROLLBACK the prepared ``gid``; one no longer prepared (or never) counts as done.
+
+    PostgreSQL: on a fresh connection. MySQL: on the session that holds the branch; where that
+    fails, on a fresh one once that session has closed.
+    """
+    db, ops = held.dataflow, sql_of(held.dataflow)
+    if ops.bound_to_session:
+        try:
+            return await ops.finish(held.conn, gid, commit=commit)
+        except Exception:  # never prepared there, or the connection broke: look from a fresh one
+            ops.let_go(held.conn)  # (which the server lets finish it once this session has ended)
     try:
         dialect = await db.database.open()
         conn = await dialect.acquire()
     except Exception:
         return False
     try:
-        rows = await conn.fetch("SELECT 1 FROM pg_prepared_xacts WHERE gid = $1", [gid])
-        if rows:
-            await cast("TwoPhaseConnection", conn).finish_prepared(gid, commit=commit)
-            return True
-        return missing_ok
+        if await ops.is_prepared(conn, gid):
+            return await ops.finish(conn, gid, commit=commit)
+        return True
     except Exception:
         return False
     finally:
@@ -232,10 +291,5 @@ async def _try_finish(db: DataFlow, gid: str, *, commit: bool, missing_ok: bool 
 
 async def _record_decision(conn: Connection, gid: str, participants: list[str], db: DataFlow) -> None:
     await ensure_decision_table(db, conn)
-    rows = await conn.fetch(
-        f"INSERT INTO {DECISION_TABLE} (gid, outcome, participants) VALUES ($1, 'commit', $2) "
-        "ON CONFLICT DO NOTHING RETURNING gid",
-        [gid, participants],
-    )
-    if not rows:
+    if not await sql_of(db).record_commit(conn, gid, participants):
         raise TransactionError(f"a decision other than 'commit' was recorded for {gid} first")

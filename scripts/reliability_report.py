@@ -44,6 +44,7 @@ GLOBS = [
     "tests/test_leaks.py",
     "tests/test_timeouts.py",
     "tests/test_retry.py",
+    "tests/test_mysql_xa.py",
 ]
 FAULT_COLUMNS = ("fault", "injected", "times", "outcome")  # a figure with these goes to "Faults injected"
 
@@ -63,6 +64,8 @@ ABOUT = {
     "backend and transaction mode: the database is left as the mode says, the connection returned.",
     "test_retry": "The retry policy: its time budget, what is transient, what the final error says, and "
     "a full pool (PoolExhaustedError).",
+    "test_mysql_xa": "Two-phase commit with XA on a real MariaDB (beside PostgreSQL or a second MariaDB "
+    "database): crashes between PREPARE and COMMIT resolved through XA RECOVER and the decision log.",
     "test_transactions": "Transaction blocks, savepoints, isolation levels, sagas, two-phase commit, retries.",
     "test_stateful": "Random Create/Read/Update/Delete/Upsert/List/Count and bulk operations, each a real "
     "workflow, compared with an in-memory reference model after every step.",

@@ -274,7 +274,8 @@ class Dialect:
         return False
 
     # -- capabilities the other layers ask about (they never branch on the name) ---------
-    supports_two_phase = False  # PREPARE TRANSACTION / COMMIT PREPARED (two_phase.py)
+    supports_two_phase = False  # PREPARE TRANSACTION / COMMIT PREPARED, or XA (two_phase.py)
+    two_phase_sql: Any = None  # its statements of two-phase commit (a two_phase_sql.TwoPhaseSQL), if any
 
     async def two_phase_enabled(self, conn: Connection) -> bool:
         """Whether the server is set up for two-phase commit (asked once per database)."""

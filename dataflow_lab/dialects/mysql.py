@@ -23,6 +23,7 @@ Facts:
 - The server is asked at the first connection: MariaDB runs INSERT and DELETE ... RETURNING
   itself; on MySQL 8 they are made of what it has (mysql_returning), and its collation is
   ``utf8mb4_0900_bin`` (NO PAD too: MySQL 8 has no ``utf8mb4_nopad_bin``).
+- Two-phase commit is XA; recovery reads XA RECOVER (``mysql_xa.py``).
 
 Types and converters are in ``mysql_types``, bulk writes in ``mysql_bulk``, the connection in
 ``mysql_connection``.
@@ -57,6 +58,7 @@ from .mysql_types import (
     is_text,
     mysql_type,
 )
+from .mysql_xa import MySQLTwoPhase, recover_allowed
 
 __all__ = ["MySQLDialect", "mysql_type", "server_returns", "statements"]
 
@@ -225,6 +227,12 @@ class MySQLDialect(PooledDialect):
 
     def declared_type(self, column: sa.Column) -> str:
         return mysql_type(column.type.compile(dialect=self.sa_dialect))
+
+    supports_two_phase = True  # XA START/END/PREPARE/COMMIT, XA RECOVER (mysql_xa.py)
+    two_phase_sql = MySQLTwoPhase()
+
+    async def two_phase_enabled(self, conn: Connection) -> bool:
+        return await recover_allowed(conn)  # MySQL 8: XA RECOVER needs XA_RECOVER_ADMIN
 
     transactional_ddl = False  # every CREATE/ALTER commits at once
     supports_nulls_order = False  # MySQL has no NULLS FIRST / LAST: emulated

@@ -37,7 +37,7 @@ def _args(params: Sequence[Any]) -> Any:
 class MySQLConnection(Connection):
     """One asyncmy connection in autocommit mode; transactions are plain SQL."""
 
-    __slots__ = ("raw", "returns", "_in_tx", "_named_locks", "_kill", "_broken")
+    __slots__ = ("raw", "returns", "_in_tx", "_named_locks", "_kill", "_broken", "xa")
 
     def __init__(
         self, raw: Any, kill: Callable[[int], Awaitable[None]] | None = None, *, returns: bool = True
@@ -48,6 +48,7 @@ class MySQLConnection(Connection):
         self._named_locks = False  # a GET_LOCK taken in this transaction (ddl_lock_sql)
         self._kill = kill  # ends a server thread from another connection (KILL n)
         self._broken = False  # a statement was cancelled mid-reply: never used again
+        self.xa: Any = None  # the XA branch (mysql_xa.Branch) its transaction is, in a two-phase run
 
     async def _cancelled(self) -> None:
         """A statement was cancelled (a time limit, Ctrl-C): the server stops it and rolls its
@@ -80,7 +81,7 @@ class MySQLConnection(Connection):
     async def begin(self, isolation: str | None = None) -> None:
         if isolation:
             await self._plain(f"SET TRANSACTION ISOLATION LEVEL {_ISOLATION_SQL[isolation]}")
-        await self._plain("START TRANSACTION")
+        await self._plain("START TRANSACTION" if self.xa is None else self.xa.start_sql)
         self._in_tx = True
 
     async def _plain(self, sql: str) -> None:
@@ -91,7 +92,7 @@ class MySQLConnection(Connection):
     async def commit(self) -> None:
         self._in_tx = False
         try:
-            await self._plain("COMMIT")
+            await (self._plain("COMMIT") if self.xa is None else self.xa.commit_one_phase(self))
         finally:
             await self._release_named_locks()
 
@@ -99,13 +100,23 @@ class MySQLConnection(Connection):
         in_tx, self._in_tx = self._in_tx, False
         try:
             if in_tx and self.usable:
-                await self._plain("ROLLBACK")
+                await (self._plain("ROLLBACK") if self.xa is None else self.xa.rollback(self))
         finally:
             await self._release_named_locks()
 
+    async def prepare(self, gid: str) -> None:
+        """XA END and XA PREPARE of the branch it began (two-phase commit: mysql_xa.py)."""
+        if self.xa is None or self.xa.gid != gid:
+            raise RuntimeError(f"this connection's transaction is not the XA branch {gid}")
+        self._in_tx = False
+        await self.xa.prepare(self)
+
     @property
     def usable(self) -> bool:
-        return bool(self.raw.connected) and not self._broken
+        # a prepared XA branch binds the session: closed, never pooled, it passes to XA RECOVER
+        return (
+            bool(self.raw.connected) and not self._broken and not (self.xa is not None and self.xa.prepared)
+        )
 
     @property
     def in_transaction(self) -> bool:

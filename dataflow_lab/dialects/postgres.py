@@ -26,6 +26,7 @@ from ..statement_log import placeholder_count
 from . import pg_notify, pg_url
 from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .connect_errors import postgres_failure
+from .pg_two_phase import PostgresTwoPhase
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
 _TRANSIENT_SQLSTATES = {
@@ -353,6 +354,7 @@ class PostgresDialect(PooledDialect):
         return unnest.render_derived(name=name)
 
     supports_two_phase = True
+    two_phase_sql = PostgresTwoPhase()
 
     async def two_phase_enabled(self, conn: Connection) -> bool:
         return int((await conn.fetch("SHOW max_prepared_transactions"))[0][0]) > 0
