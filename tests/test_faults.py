@@ -27,6 +27,10 @@ from dataflow_lab import (
 )
 from dataflow_lab.retry import RetryPolicy
 
+pytestmark = (
+    pytest.mark.exclusive
+)  # runs alone under pytest -n: it stops and restarts the suite's own PostgreSQL server
+
 FIGURES = os.environ.get("DATAFLOW_RELIABILITY_FIGURES")  # a JSON-lines file for docs/reliability.md
 
 

@@ -16,6 +16,8 @@ from test_faults import record
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder, hooks
 
+pytestmark = pytest.mark.exclusive  # runs alone under pytest -n: it counts every client backend of the server
+
 INSTANCES = 300
 
 

@@ -19,6 +19,8 @@ from test_faults_2pc import _start_cluster, _stop_cluster, admin, fresh_database
 
 from dataflow_lab import DataFlow, LocalRuntime, RunHooks, WorkflowBuilder
 
+pytestmark = pytest.mark.exclusive  # runs alone under pytest -n: it times runs through a server restart
+
 pytest.importorskip("asyncpg")
 RUNS = 12
 

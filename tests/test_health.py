@@ -15,6 +15,10 @@ from dataflow_lab import AsyncLocalRuntime, DataFlow, LocalRuntime, WorkflowBuil
 from dataflow_lab.errors import DataFlowError, ValidationError
 from dataflow_lab.health import HealthReport
 
+pytestmark = (
+    pytest.mark.exclusive
+)  # runs alone under pytest -n: it kills backends and stops servers, and times probes
+
 
 def define(db: DataFlow) -> None:
     @db.model

@@ -18,6 +18,10 @@ from dataflow_lab.leaks import LeakWarning
 from dataflow_lab.nodes import registry
 from dataflow_lab.nodes.base import Node
 
+pytestmark = (
+    pytest.mark.exclusive
+)  # runs alone under pytest -n: it counts the database's backends in pg_stat_activity
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLDING = ["sqlite_file", "duckdb", "postgres"]  # an in-memory SQLite is its connection: nothing leaks
 

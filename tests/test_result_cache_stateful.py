@@ -28,6 +28,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from dataflow_lab import DataFlow
 
+pytestmark = (
+    pytest.mark.exclusive
+)  # runs alone under pytest -n: another schema's write to a same-named table is a notification too
+
 BACKENDS = ("sqlite", "sqlite_file", "duckdb", "postgres")
 _tokens = itertools.count(1)
 
