@@ -22,6 +22,9 @@
 # Optional environment overrides:
 #   DATAFLOW_MYSQL_PORT_BASE   first port to try (default 53306)
 
+# shellcheck source=.ci/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 _MY_CI_MARKER=".dataflow_ci_mysql"
 _MY_CI_DIR="${_MY_CI_DIR:-}"
 
@@ -53,29 +56,11 @@ _my_client() {
     return 1
 }
 
-_my_os_user() {
-    if [[ "$(id -u)" -ne 0 ]]; then id -un; return 0; fi
-    if id -u mysql >/dev/null 2>&1; then printf 'mysql\n'; return 0; fi
-    if ! id -u dfl_ci >/dev/null 2>&1; then
-        _my_log "creating OS user dfl_ci"
-        useradd --system --no-create-home --shell /bin/bash dfl_ci >&2 || return 1
-    fi
-    printf 'dfl_ci\n'
-}
+_my_os_user() { _ci_os_user mysql; }
 
-_my_port_busy() {
-    python3 - "$1" <<'PY' >/dev/null 2>&1 && return 1 || return 0
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-s.close()
-PY
-}
+_my_port_busy() { ! _ci_port_free "$1"; }
 
-_my_rm_dir() {
-    local dir="$1"
-    if [[ -n "$dir" && -d "$dir" && -e "$dir/$_MY_CI_MARKER" ]]; then rm -rf -- "$dir"; fi
-}
+_my_rm_dir() { _ci_rm_marked "$1" "$_MY_CI_MARKER"; }
 
 # mysql_start: initialise a data directory, start the server, create the test databases.
 mysql_start() {
@@ -204,21 +189,6 @@ mysql_stop() {
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
-    set -euo pipefail
-    case "${1:-}" in
-        start)
-            mysql_start
-            for _v in DATAFLOW_TEST_MYSQL_URL DATAFLOW_TEST_MYSQL_URL2 DATAFLOW_TEST_MYSQL_DATA \
-                      DATAFLOW_TEST_MYSQL_PORT DATAFLOW_TEST_MYSQL_LOG DATAFLOW_REQUIRE_MYSQL; do
-                printf 'export %s=%q\n' "$_v" "${!_v}"
-            done
-            ;;
-        stop)
-            mysql_stop "${2:-}"
-            ;;
-        *)
-            printf 'usage: bash %s start | stop DATADIR\n' "$0" >&2
-            exit 2
-            ;;
-    esac
+    _ci_main mysql_start mysql_stop "DATAFLOW_TEST_MYSQL_URL DATAFLOW_TEST_MYSQL_URL2 DATAFLOW_TEST_MYSQL_DATA \
+        DATAFLOW_TEST_MYSQL_PORT DATAFLOW_TEST_MYSQL_LOG DATAFLOW_REQUIRE_MYSQL" "$@"
 fi

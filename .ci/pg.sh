@@ -30,6 +30,9 @@
 #                          /usr/lib/postgresql/*/bin, else the one of `initdb` on PATH)
 #   DATAFLOW_PG_PORT_BASE  first port to try (default 54329)
 
+# shellcheck source=.ci/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 # Marker file identifying a temp dir created by pg_start (pg_stop only deletes such dirs).
 _PG_CI_MARKER=".dataflow_ci_pg"
 _PG_CI_DIR="${_PG_CI_DIR:-}"
@@ -57,19 +60,7 @@ _pg_bindir() {
 }
 
 # OS user to run the server as (initdb/postgres refuse to run as root).
-_pg_os_user() {
-    if [[ "$(id -u)" -ne 0 ]]; then
-        id -un; return 0
-    fi
-    if id -u postgres >/dev/null 2>&1; then
-        printf 'postgres\n'; return 0
-    fi
-    if ! id -u dfl_ci >/dev/null 2>&1; then
-        _pg_log "creating OS user dfl_ci"
-        useradd --system --no-create-home --shell /bin/bash dfl_ci >&2 || return 1
-    fi
-    printf 'dfl_ci\n'
-}
+_pg_os_user() { _ci_os_user postgres; }
 
 # _pg_as USER DIR CMD ARGS...: run CMD as USER with cwd DIR (no shell re-parsing of args).
 _pg_as() {
@@ -93,13 +84,7 @@ _pg_port_busy() {
     # 0 = accepting, 1 = rejecting (e.g. starting up): a server is there.
     if [[ $rc -eq 0 || $rc -eq 1 ]]; then return 0; fi
     if command -v python3 >/dev/null 2>&1; then
-        python3 - "$port" <<'PY' >/dev/null 2>&1 && return 1 || return 0
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-s.close()
-PY
+        _ci_port_free "$port" && return 1 || return 0
     fi
     # Fallback: can we connect to it?
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
@@ -107,12 +92,7 @@ PY
 }
 
 # Remove a temp dir made by pg_start (only if it carries our marker).
-_pg_rm_dir() {
-    local dir="$1"
-    if [[ -n "$dir" && -d "$dir" && -e "$dir/$_PG_CI_MARKER" ]]; then
-        rm -rf -- "$dir"
-    fi
-}
+_pg_rm_dir() { _ci_rm_marked "$1" "$_PG_CI_MARKER"; }
 
 pg_start() {
     local bindir user dir port base tries rc initlog
@@ -271,22 +251,7 @@ pg_stop() {
 
 # Run directly: `bash .ci/pg.sh start` / `bash .ci/pg.sh stop DATADIR`.
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
-    set -euo pipefail
-    case "${1:-}" in
-        start)
-            pg_start
-            for _v in DATAFLOW_TEST_POSTGRES_URL DATAFLOW_TEST_POSTGRES_URL2 DATAFLOW_TEST_PG_DATA \
-                      DATAFLOW_TEST_PG_CTL DATAFLOW_TEST_PG_USER DATAFLOW_TEST_PG_PORT \
-                      DATAFLOW_TEST_PG_LOG DATAFLOW_REQUIRE_POSTGRES; do
-                printf 'export %s=%q\n' "$_v" "${!_v}"
-            done
-            ;;
-        stop)
-            pg_stop "${2:-}"
-            ;;
-        *)
-            printf 'usage: bash %s start | stop DATADIR\n' "$0" >&2
-            exit 2
-            ;;
-    esac
+    _ci_main pg_start pg_stop "DATAFLOW_TEST_POSTGRES_URL DATAFLOW_TEST_POSTGRES_URL2 DATAFLOW_TEST_PG_DATA \
+        DATAFLOW_TEST_PG_CTL DATAFLOW_TEST_PG_USER DATAFLOW_TEST_PG_PORT DATAFLOW_TEST_PG_LOG \
+        DATAFLOW_REQUIRE_POSTGRES" "$@"
 fi

@@ -18,6 +18,8 @@ from hypothesis import settings
 from dataflow_lab import DataFlow
 from dataflow_lab.nodes import registry
 
+pytest_plugins = ["exclusive"]  # tests/exclusive.py: server-wide tests run alone under `pytest -n`
+
 # CI (.ci/run) runs the property tests on Hypothesis's fixed examples, so a run on a fresh machine
 # is repeatable; local runs explore new random examples (DATAFLOW_FUZZ_EXAMPLES for many more).
 if os.environ.get("DATAFLOW_HYPOTHESIS_DERANDOMIZE"):

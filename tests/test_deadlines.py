@@ -8,6 +8,9 @@ import pytest
 
 from dataflow_lab.deadlines import Deadline, watching
 
+# runs alone under pytest -n: it times its limits
+pytestmark = pytest.mark.exclusive
+
 
 def test_a_passed_deadline_cancels_the_block_and_raises_timeout_error():
     async def go() -> Deadline:

@@ -27,6 +27,9 @@ from dataflow_lab import (
 )
 from dataflow_lab.retry import RetryPolicy
 
+# runs alone under pytest -n: it stops and restarts the suite's own PostgreSQL server
+pytestmark = pytest.mark.exclusive
+
 FIGURES = os.environ.get("DATAFLOW_RELIABILITY_FIGURES")  # a JSON-lines file for docs/reliability.md
 
 

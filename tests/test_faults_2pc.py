@@ -26,6 +26,9 @@ from test_faults import record
 from dataflow_lab import DataFlow, LocalRuntime, TransactionError, WorkflowBuilder
 from dataflow_lab.two_phase import InDoubtError, recover_in_doubt
 
+# runs alone under pytest -n: its fault proxies and crash timings are load-sensitive
+pytestmark = pytest.mark.exclusive
+
 asyncpg = pytest.importorskip("asyncpg")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _names = itertools.count(1)

@@ -16,6 +16,9 @@ from test_faults import record
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder, hooks
 
+# runs alone under pytest -n: it counts every client backend of the server
+pytestmark = pytest.mark.exclusive
+
 INSTANCES = 300
 
 

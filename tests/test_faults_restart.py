@@ -19,6 +19,9 @@ from test_faults_2pc import _start_cluster, _stop_cluster, admin, fresh_database
 
 from dataflow_lab import DataFlow, LocalRuntime, RunHooks, WorkflowBuilder
 
+# runs alone under pytest -n: it times runs through a server restart
+pytestmark = pytest.mark.exclusive
+
 pytest.importorskip("asyncpg")
 RUNS = 12
 

@@ -20,6 +20,9 @@ from test_faults_2pc import _start_cluster, _stop_cluster, admin, fresh_database
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
 from dataflow_lab.retry import RetryPolicy
 
+# runs alone under pytest -n: it kills a server mid-compensation and times the restart
+pytestmark = pytest.mark.exclusive
+
 RUNS = 6
 
 

@@ -15,6 +15,9 @@ from dataflow_lab import AsyncLocalRuntime, DataFlow, LocalRuntime, WorkflowBuil
 from dataflow_lab.errors import DataFlowError, ValidationError
 from dataflow_lab.health import HealthReport
 
+# runs alone under pytest -n: it kills backends and stops servers, and times probes
+pytestmark = pytest.mark.exclusive
+
 
 def define(db: DataFlow) -> None:
     @db.model

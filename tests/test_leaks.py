@@ -18,6 +18,9 @@ from dataflow_lab.leaks import LeakWarning
 from dataflow_lab.nodes import registry
 from dataflow_lab.nodes.base import Node
 
+# runs alone under pytest -n: it counts the database's backends in pg_stat_activity
+pytestmark = pytest.mark.exclusive
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLDING = ["sqlite_file", "duckdb", "postgres"]  # an in-memory SQLite is its connection: nothing leaks
 

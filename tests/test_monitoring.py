@@ -16,6 +16,9 @@ from dataflow_lab import DataFlow, DataFlowError, LocalRuntime, WorkflowBuilder,
 from dataflow_lab.anomaly import AnomalyDetector
 from dataflow_lab.monitoring import MetricsCollector
 
+# runs alone under pytest -n: its anomaly detectors time a steady load
+pytestmark = pytest.mark.exclusive
+
 EXACT_QUERIES = ("sqlite", "postgres")  # DuckDB's Arrow bulk path bypasses the counted connection
 
 

@@ -17,6 +17,9 @@ from dataflow_lab import DataFlow, LocalRuntime, NotFoundError, TransactionError
 from dataflow_lab._decisions import key_of
 from dataflow_lab.modes import Auto, TwoPhase
 
+# runs alone under pytest -n: XA RECOVER lists the whole server's branches, and it forces recovery
+pytestmark = pytest.mark.exclusive
+
 asyncmy = pytest.importorskip("asyncmy")
 
 

@@ -19,6 +19,9 @@ from dataflow_lab import DataFlow, DataFlowError, Encrypted, LocalRuntime, Valid
 from dataflow_lab.access import User as AccessUser
 from dataflow_lab.result_cache import ALL_TABLES, CacheSettings, ResultCache
 
+# runs alone under pytest -n: another schema's write to a same-named table is a notification too
+pytestmark = pytest.mark.exclusive
+
 BACKENDS = ("sqlite", "sqlite_file", "duckdb", "postgres")
 
 

@@ -19,6 +19,9 @@ import sqlalchemy as sa
 
 from dataflow_lab import DataFlow, DataFlowError, LocalRuntime, WorkflowBuilder
 
+# runs alone under pytest -n: another process's write, from the mariadb client, is part of the test
+pytestmark = pytest.mark.exclusive
+
 
 def define(db: DataFlow):
     @db.model

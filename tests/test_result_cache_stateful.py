@@ -30,6 +30,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from dataflow_lab import DataFlow
 
+# runs alone under pytest -n: another schema's write to a same-named table is a notification too
+pytestmark = pytest.mark.exclusive
+
 BACKENDS = ("sqlite", "sqlite_file", "duckdb", "postgres", "mysql")
 _tokens = itertools.count(1)
 

@@ -28,6 +28,9 @@ from dataflow_lab import (
 )
 from dataflow_lab.nodes.base import Node, Param
 
+# runs alone under pytest -n: SHOW PROCESSLIST and pg_stat_activity are server-wide, and the limits are timed
+pytestmark = pytest.mark.exclusive
+
 asyncpg = pytest.importorskip("asyncpg")
 
 MODES = ("workflow", "node", "saga", "auto")

@@ -11,6 +11,9 @@ import pytest
 
 from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
 
+# runs alone under pytest -n: its alerts time held locks
+pytestmark = pytest.mark.exclusive
+
 
 def define(db: DataFlow) -> None:
     @db.model

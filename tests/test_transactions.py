@@ -452,6 +452,7 @@ def cross_workflow(first: DataFlow, second: DataFlow, *, fail: bool = False):
     return wf.build()
 
 
+@pytest.mark.exclusive  # every prepared transaction of the server, and a forced recovery
 def test_auto_picks_two_phase_commit_across_postgres_databases_and_commits_both(pg_url, pg_url2):
     first, second = two_databases(pg_url, pg_url2)
     runtime = LocalRuntime(transaction="auto")
@@ -508,6 +509,7 @@ def crash_during_commit(monkeypatch, first, second, *, after_decision: bool) -> 
     monkeypatch.undo()
 
 
+@pytest.mark.exclusive  # every prepared transaction of the server, and a forced recovery
 def test_in_doubt_transactions_with_a_recorded_decision_are_committed_at_recovery(
     pg_url, pg_url2, monkeypatch
 ):
@@ -520,6 +522,7 @@ def test_in_doubt_transactions_with_a_recorded_decision_are_committed_at_recover
     assert both_counts(first, second) == (1, 1)
 
 
+@pytest.mark.exclusive  # every prepared transaction of the server, and a forced recovery
 def test_in_doubt_transactions_without_a_decision_are_rolled_back_at_start_up(pg_url, pg_url2, monkeypatch):
     first, second = two_databases(pg_url, pg_url2)
     crash_during_commit(monkeypatch, first, second, after_decision=False)
