@@ -21,13 +21,12 @@ import functools
 import os
 import sqlite3
 import threading
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:  # pragma: no cover
     import sqlalchemy as sa
 
     from ..result_cache import ResultCache
-    from .base import Connection, Dialect, PooledDialect
 
 __all__ = ["ChangeFeed", "DataVersionFeed", "OneProcessFeed", "Watch"]
 
@@ -35,6 +34,31 @@ NO_FEED_HINT = (
     "if no other process or tool (another app, the mysql client, DaskRuntime workers) ever writes to "
     'this database, DataFlow(cache={"sole_writer": True}) keeps it on for this process\'s own writes'
 )
+
+
+class Dialect(Protocol):
+    """What a feed asks of its database's dialect (``dialects.base.Dialect``, which imports this
+    module: a Protocol here, so that the two never import each other)."""
+
+    name: str
+    url: str
+    sa_dialect: Any
+
+    def process_local(self) -> bool: ...
+
+
+class PooledDialect(Dialect, Protocol):
+    """A dialect with a SQLAlchemy engine (``dialects.base.PooledDialect``)."""
+
+    engine: Any
+
+    def prepare(self) -> None: ...
+
+
+class Connection(Protocol):
+    """A connection a feed installs or announces on (``dialects.base.Connection``)."""
+
+    async def execute(self, sql: str, params: Any = ...) -> Any: ...
 
 
 class Watch(Protocol):

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
+from . import change_feed as feed
 from .change_feed import ChangeFeed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,11 +67,11 @@ class NotifyFeed(ChangeFeed):
         handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
         return await Listener.start(raw, cache)
 
-    async def install(self, conn: Connection, table_name: str, *, install: bool) -> bool:
+    async def install(self, conn: feed.Connection, table_name: str, *, install: bool) -> bool:
         quoted = self.dialect.sa_dialect.identifier_preparer.quote(table_name)
-        return await _install_trigger(conn, table_name, quoted, install=install)
+        return await _install_trigger(cast("Connection", conn), table_name, quoted, install=install)
 
-    async def announce(self, conn: Connection, tables: list[str]) -> None:
+    async def announce(self, conn: feed.Connection, tables: list[str]) -> None:
         """Tell every cache that ``tables`` changed (after a commit made quietly: QUIET); ``*``: all."""
         for table in tables:
             await conn.execute("SELECT pg_notify($1, $2)", [CHANNEL, table])
