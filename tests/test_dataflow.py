@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import os
 import sqlite3
 import traceback
 from typing import Optional
@@ -851,3 +852,22 @@ def test_an_error_carries_its_hint_in_its_message():
         DataFlow(pool_sise=1)
     assert info.value.hint
     assert info.value.hint in str(info.value)
+
+
+def test_a_shared_in_memory_sqlite_uri_is_shared_and_never_a_file_on_disk(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a file SQLite made of the name would land here
+    url = "sqlite:///file:dataflow_shared_test?mode=memory&cache=shared&uri=true"
+    first, second = DataFlow(url), DataFlow(url)
+    try:
+
+        @first.model
+        class Note:
+            text: str
+
+        first.sql("CREATE TABLE IF NOT EXISTS shared_probe (n INTEGER)", write=True)
+        first.sql("INSERT INTO shared_probe VALUES (7)", write=True)
+        assert second.sql("SELECT n FROM shared_probe")["n"].tolist() == [7]  # one database, two DataFlows
+        assert os.listdir(tmp_path) == []  # in memory: no file named after it
+    finally:
+        first.close()
+        second.close()

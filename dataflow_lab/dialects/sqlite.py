@@ -344,7 +344,8 @@ class SQLiteDialect(PooledDialect):
     @functools.cached_property
     def in_memory(self) -> bool:  # asked at every checkout: the URL is parsed once
         path = self.path
-        return path in ("", ":memory:") or "mode=memory" in path
+        query = sa.engine.make_url(self.url).query
+        return path in ("", ":memory:") or "mode=memory" in path or query.get("mode") == "memory"
 
     def process_local(self) -> bool:
         return self.in_memory
@@ -390,7 +391,10 @@ class SQLiteDialect(PooledDialect):
         return sa.engine.make_url(self.url).database or ":memory:"
 
     def engine_url(self) -> str:
-        return f"sqlite+pysqlite:///{self.path}"
+        # The query goes too: ``file:name?mode=memory&cache=shared&uri=true`` is a URI filename
+        # (uri=true), and without its mode it would open, or make, a file of that name on disk.
+        url = sa.engine.make_url(self.url).set(drivername="sqlite+pysqlite", database=self.path)
+        return url.render_as_string(hide_password=False)
 
     @property
     def busy_timeout(self) -> float:
