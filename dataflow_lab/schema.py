@@ -272,11 +272,12 @@ class ModelTable:
         return sealed_columns, list(zip(*by_column, strict=True))
 
     def seal_columns(
-        self, columns: tuple[str, ...], by_column: list[Any]
+        self, columns: tuple[str, ...], by_column: list[Any], *, packed: bool = False
     ) -> tuple[tuple[str, ...], list[Any]]:
         """``seal_rows`` of a chunk held by column (a list per column, or a ``Same`` for a column
         with one value on every row): each encrypted column a list of ciphertexts, each sealed to the
-        id on its row, the blind index columns appended. This is BulkCreate's hot path."""
+        id on its row, the blind index columns appended. This is BulkCreate's hot path.
+        ``packed``: the chunk goes to an Arrow bulk path, which takes an ``encryption.Packed``."""
         if not self._sealed:
             return columns, by_column
         assert self.cipher is not None
@@ -288,7 +289,8 @@ class ModelTable:
                 continue
             at = columns.index(name)
             plains = by_column[at] if isinstance(by_column[at], list) else [by_column[at].value] * len(ids)
-            out[at] = cipher.seal_many(name, kind, ids, plains)  # one ciphertext per row, even of one value
+            seal = cipher.seal_packed if packed else cipher.seal_many  # one per row, even of one value
+            out[at] = seal(name, kind, ids, plains)
             if name in self.model.searchable:
                 blinds.append((name + BLIND_SUFFIX, cipher.blind_many(name, kind, plains)))
         return (*columns, *(n for n, _ in blinds)), [*out, *(b for _, b in blinds)]

@@ -147,6 +147,27 @@ def test_bulk_create_of_many_encrypted_rows_round_trips(where):
     db.close()
 
 
+def test_seal_many_gives_each_value_its_own_nonce_and_row_in_blocks_lists_and_packed_columns():
+    from dataflow_lab.encryption import BLOCK, load_keys
+
+    cipher = Cipher(load_keys(KEY), "Patient", "patients")
+    n = BLOCK + 7  # two blocks
+    ids, values = list(range(10**12, 10**12 + n)), [f"v{i}" if i % 3 else "same" for i in range(n)]
+    listed = cipher.seal_many("ssn", "text", ids, values)
+    packed = cipher.seal_packed("ssn", "text", ids, values)
+    assert len(packed) == n and list(packed) == packed.values() and packed[n - 1] == list(packed)[-1]
+    for sealed in (listed, list(packed)):
+        assert len(set(sealed)) == n  # equal values, distinct ciphertexts: a nonce each
+        assert [cipher.open("ssn", "text", i, s) for i, s in zip(ids, sealed, strict=True)] == values
+    with pytest.raises(DecryptionError, match="copied from another row"):
+        cipher.open("ssn", "text", ids[1], packed[0])
+    gaps = cipher.seal_packed("notes", "json", [1, 2, 3], [{"a": 1}, None, {"b": 2}])
+    assert gaps[1] is None and cipher.open("notes", "json", 3, gaps[2]) == {"b": 2}  # a None: a list
+    assert (
+        cipher.seal_many("ssn", "text", [], []) == [] and len(cipher.seal_packed("ssn", "text", [], [])) == 0
+    )
+
+
 def test_a_ciphertext_copied_to_another_row_or_column_fails_to_decrypt(where):
     backend, url, tmp_path = where
     db = DataFlow(url, encryption_keys=KEY)
