@@ -354,6 +354,8 @@ class MySQLDialect(PooledDialect):
                    default: str | None) -> str:  # fmt: skip
         return _modify(table, column, type_sql, nullable, default)
 
+    retype_converts = False  # MODIFY converts by MySQL's own rules: an UPDATE converts first (ops.py)
+
     def nullability_sql(self, table: str, column: str, type_sql: str, nullable: bool,
                         default: str | None) -> str:  # fmt: skip
         return _modify(table, column, type_sql, nullable, default)
