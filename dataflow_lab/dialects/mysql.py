@@ -428,6 +428,14 @@ class MySQLDialect(PooledDialect):
             return sa.type_coerce(sa.func.avg(value) * sa.literal_column("1e0"), sa.Double)
         return super().aggregate(function, column, logical)
 
+    def rows_table(self, name: str, columns: Sequence[sa.ColumnClause], rows: list[tuple[Any, ...]]) -> Any:
+        # MariaDB takes no column names after a VALUES derived table: one SELECT per row, UNION ALL
+        selects = [
+            sa.select(*(sa.literal(v, c.type).label(c.name) for c, v in zip(columns, row, strict=True)))
+            for row in rows
+        ]
+        return (sa.union_all(*selects) if len(selects) > 1 else selects[0]).subquery(name)
+
     def insert(self, table: sa.Table) -> Any:
         from sqlalchemy.dialects.mysql import insert
 

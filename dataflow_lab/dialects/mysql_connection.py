@@ -126,10 +126,12 @@ class MySQLConnection(Connection):
         """UPDATE ... RETURNING, which MySQL and MariaDB lack: lock the matching rows (SELECT ...
         FOR UPDATE), update exactly those, then read them back, all in one transaction."""
         head, _, returned = sql.rpartition(" RETURNING ")
-        table = head[len("UPDATE ") :].split(" SET ", 1)[0]
+        # the tables: one, or (a multi-table UPDATE) the table joined to rows bound in the statement
+        tables = head[len("UPDATE ") :].split(" SET ", 1)[0]
+        table = tables.split(",", 1)[0]
         sets, found, where = head.partition(" WHERE ")
         where = where if found else "1 = 1"
-        where_params = list(params)[sets.count("%s") :]
+        where_params = [*list(params)[: tables.count("%s")], *list(params)[sets.count("%s") :]]
         key = f"{table}.id"
         own = not self._in_tx
         if own:
@@ -137,7 +139,9 @@ class MySQLConnection(Connection):
         try:
             ids = [
                 r[0]
-                for r in await self.fetch(f"SELECT {key} FROM {table} WHERE {where} FOR UPDATE", where_params)
+                for r in await self.fetch(
+                    f"SELECT {key} FROM {tables} WHERE {where} FOR UPDATE", where_params
+                )
             ]
             rows: list[Sequence[Any]] = []
             if ids:
