@@ -450,7 +450,7 @@ class ModelTable:
 
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
                            clock=clock or SystemClock(), create=create)  # fmt: skip
-        if self._sealed:
+        if self._sealed and existing_schema:  # (a migration check looked at every encrypted value)
             await refuse_plaintext_rows(conn, self)
 
     # -- migrations of encrypted columns (migrations/sealing.py) ------------------------------------

@@ -173,3 +173,33 @@ def test_a_migration_decrypts_json_and_bytes_rows_turned_plain_and_rolls_back(wh
     assert read_back(db) == EXPECTED
     assert not db.migrations.plan()
     db.close()
+
+
+def test_plaintext_another_tool_writes_after_the_sampled_rows_is_encrypted_by_a_migration(
+    tmp_path, monkeypatch
+):
+    from dataflow_lab.migrations import sealing
+
+    monkeypatch.setattr(sealing, "PROBE_ROWS", 5)  # (1,000: a plain text column's first rows are sampled)
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    db = DataFlow(url, encryption_keys=KEY)
+
+    @db.model
+    class Patient:
+        name: str
+        ssn: Encrypted[str]
+
+    one(db, "PatientBulkCreateNode", {"data": [{"name": f"p{i}", "ssn": f"S{i}"} for i in range(6)]})
+    db.close()
+    conn = sqlite3.connect(tmp_path / "late.db")
+    conn.execute("INSERT INTO patients (id, name, ssn) SELECT max(id) + 1, 'late', 'LATE-SSN' FROM patients")
+    conn.commit()
+    conn.close()
+    db = DataFlow(url, encryption_keys=KEY)
+    db.model(Patient)
+    assert db.migrations.plan().describe() == ["patients: encrypt the existing values of 'ssn'"]
+    assert one(db, "PatientListNode", {"filter": {"name": "late"}})["records"][0]["ssn"] == "LATE-SSN"
+    db.close()
+    conn = sqlite3.connect(tmp_path / "late.db")
+    assert conn.execute("SELECT count(*) FROM patients WHERE ssn NOT LIKE 'dfe1:%'").fetchone() == (0,)
+    conn.close()

@@ -34,7 +34,7 @@ from .ops import Recast, Step
 __all__ = ["DATA_STEP", "PROBE_ROWS", "data_steps", "recasts", "refuse_plaintext_rows", "rewrite_column"]
 
 DATA_STEP = "DATAFLOW_LAB"
-PROBE_ROWS = 1000  # rows a migration samples to tell a column's state (data_steps)
+PROBE_ROWS = 1000  # rows a migration samples to tell whether a plain text column was encrypted
 
 
 def _text_type(mt: Any) -> str:
@@ -67,7 +67,7 @@ async def data_steps(conn: Connection, mt: Any, live: TableShape) -> tuple[list[
             cipher is not None
             and f.type.name in ENCRYPTABLE
             and is_text
-            and await _any(conn, mt, f.name, "sealed")
+            and await _any(conn, mt, f.name, "sealed", sampled=True)
         ):
             before.append(_step(mt, "decrypt", f.name, "encrypt", destructive=True))
     return before, after
@@ -77,14 +77,16 @@ def _encryptable_fields(mt: Any) -> bool:
     return any(f.type.name in ENCRYPTABLE and not f.generated for f in mt.model.fields[1:])
 
 
-async def _any(conn: Connection, mt: Any, name: str, holding: str) -> bool:
-    """Whether one of the first ``PROBE_ROWS`` rows (by id) holding a value in column ``name``
-    holds a ``holding`` one: "value" (any), "plaintext", "sealed", or "unindexed" (no blind index).
+async def _any(conn: Connection, mt: Any, name: str, holding: str, *, sampled: bool = False) -> bool:
+    """Whether a row holding a value in column ``name`` holds a ``holding`` one: "value" (any),
+    "plaintext", "sealed", or "unindexed" (no blind index).
 
-    A migration rewrites a column whole, in one transaction, so its first values say what state it
-    is in, and this costs an index range, not a scan, at every start (``refuse_plaintext_rows``
-    still checks every row of an encrypted column: the safety net). The sample is a derived
-    table: MySQL has no LIMIT in an IN subquery."""
+    ``sampled``: among the first ``PROBE_ROWS`` rows (by id) only, an index range, not a scan: a
+    migration rewrites a column whole, so its first values say what state it is in. It serves
+    the question asked of every text column of every model at each start (was it encrypted?).
+    An encrypted column is checked whole (so ``ensure`` needs no ``refuse_plaintext_rows`` after
+    it), and a plaintext value written later by another tool is encrypted, not only refused. The sample is
+    a derived table: MySQL has no LIMIT in an IN subquery."""
     blind = name + BLIND_SUFFIX
     columns = [
         sa.column("id"),
@@ -92,7 +94,8 @@ async def _any(conn: Connection, mt: Any, name: str, holding: str) -> bool:
         *([sa.column(blind)] if holding == "unindexed" else []),
     ]
     t = sa.table(mt.table.name, *columns)
-    sample = sa.select(t).where(t.c[name].is_not(None)).order_by(t.c.id).limit(PROBE_ROWS).subquery("sample")
+    rows = sa.select(t).where(t.c[name].is_not(None))
+    sample = (rows.order_by(t.c.id).limit(PROBE_ROWS) if sampled else rows).subquery("sample")
     value = sample.c[name]
     where = {"value": None, "plaintext": sa.not_(value.startswith(PREFIX)), "sealed": value.startswith(PREFIX),
              "unindexed": sample.c[blind].is_(None) if holding == "unindexed" else None}[holding]  # fmt: skip
@@ -191,8 +194,8 @@ def _as_text(kind: str, value: Any) -> str:
 
 
 async def refuse_plaintext_rows(conn: Connection, mt: Any) -> None:
-    """An encrypted field whose column still holds plaintext (a table never migrated, as with
-    existing_schema=True): refused, never read as if it were a ciphertext."""
+    """An encrypted field whose column still holds plaintext in a table never migrated
+    (existing_schema=True): refused, never read as if it were a ciphertext."""
     t = mt.table
     for name in mt.model.encrypted:
         col = t.c[name]
