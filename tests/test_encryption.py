@@ -1012,3 +1012,21 @@ def test_the_keys_never_enter_the_config_and_json_keeps_its_key_order():
     assert KEY.split(":")[1] not in repr(db.config) and KEY.split(":")[1] not in repr(db.__reduce__())
     made = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "notes": {"b": 1, "a": 2}})
     assert list(one(db, "PatientReadNode", {"id": made["id"]})["notes"]) == ["b", "a"]
+
+
+def test_reflection_leaves_encrypted_columns_and_their_blind_index_out(tmp_path):
+    url = f"sqlite:///{tmp_path / 'sealed.db'}"
+    db = DataFlow(url, encryption_keys=KEY)
+    searchable_patients(db)
+    one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    db.close()
+    db = DataFlow(url, encryption_keys=KEY)
+    with pytest.warns(UserWarning, match="patients.ssn' holds encrypted values"):
+        assert db.reflect(["patients"]) == ["Patient"]
+    assert {f.name for f in db.models["Patient"].fields} == {"id", "name", "created_at", "updated_at"}
+    assert one(db, "PatientListNode")["records"][0]["name"] == "Ann"  # no ciphertext shown, none writable
+    db.close()
+    db = DataFlow(url, encryption_keys=KEY, safety_level="testing")
+    with pytest.raises(ValidationError, match="declare the model"):
+        db.reflect(["patients"])
+    db.close()
