@@ -44,7 +44,7 @@ class Step:
 @dataclass(frozen=True)
 class Recast:
     """How a retyped column's values convert, where a CAST would not keep them (bytes to and from
-    text, as hex: migrations/sealing.py): SQL templates of the column (``{}``) to the new type and
+    text, as hex: migrations/sealing.py): SQL templates of the column (``{0}``) to the new type and
     back, and whether the new type is the text one (MySQL converts while the column is a BLOB)."""
 
     to_new: str
