@@ -17,7 +17,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _loop, tenancy
-from .encryption import Envelope, Transit
 from .errors import EncryptionError
 from .model import ModelSchema
 from .modes import TransactionMode
@@ -25,6 +24,7 @@ from .nodes import registry
 from .retry import RetryPolicy
 from .routing import Skipped, live_connections
 from .runtime import LocalRuntime
+from .transit import Envelope, Transit
 from .workflow import Connection, NodeSpec, Workflow
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,7 +131,7 @@ def run_node(task: NodeTask, sources: tuple[str, ...], *upstream: Outcome) -> Ou
     """The task body: skip by the routing rule, or run the node in its own transaction here.
 
     A sealed task (its workflow touches encrypted fields) is opened here with this worker's key,
-    and its outcome sealed again before it leaves (``encryption.Transit``)."""
+    and its outcome sealed again before it leaves (``transit.Transit``)."""
     transit = Transit.on_worker(task.run_id) if task.sealed else None
     if transit is not None:
         task = replace(task, params=transit.open(task.params), override=transit.open(task.override))

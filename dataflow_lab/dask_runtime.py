@@ -31,7 +31,6 @@ from ._loop import run
 from ._remote import NodeTask, compensate, opened, run_node
 from .access import check_run, user_name
 from .cycles import Cycle
-from .encryption import Transit
 from .errors import ValidationError, refuse_unknown_options
 from .hooks import Fanout, Hooks, NodeRecord
 from .modes import TransactionMode
@@ -42,6 +41,7 @@ from .runtime import check_timeout, keyword_options, mark_run
 from .scheduler import iteration_ended, node_ended, not_converged
 from .tracking import Runs, RunTracker
 from .transactions import check_isolation
+from .transit import Transit
 from .workflow import Workflow, WorkflowBuilder, prepare
 
 __all__ = ["DaskRuntime"]

@@ -27,7 +27,7 @@ from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
 from .dialects import refuse_pool_options
-from .encryption import HOW_TO_MAKE_A_KEY, Cipher, Transit, load_keys
+from .encryption import HOW_TO_MAKE_A_KEY, Cipher, load_keys
 from .errors import EncryptionError, ValidationError
 from .health import HealthReport
 from .hooks import Hooks
@@ -40,6 +40,7 @@ from .observability import Observability
 from .queries import run_sql, run_sql_async, run_sql_duckdb
 from .tracking import RunTracker, check_history
 from .transactions import ACTIVE_SCOPE, TransactionBlock
+from .transit import Transit
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

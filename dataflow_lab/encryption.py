@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import itertools
 import json
+import operator
 import os
-import pickle
 import secrets
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,8 +39,8 @@ from typing import Any
 
 from .errors import DecryptionError, EncryptionError
 
-__all__ = ["ENV_KEY", "PREFIX", "Cipher", "Encrypted", "Envelope", "Marked", "Transit", "keygen", "load_keys", "marked",
-           "random_id"]  # fmt: skip
+__all__ = ["ENV_KEY", "PREFIX", "Cipher", "Encrypted", "Marked", "Packed", "keygen", "load_keys",
+           "derive_key", "marked", "random_id", "random_ids"]  # fmt: skip
 
 ENV_KEY = "DATAFLOW_ENCRYPTION_KEY"
 PREFIX = "dfe1:"  # every stored ciphertext starts with it (a plaintext left in the column does not)
@@ -70,6 +71,36 @@ class Encrypted:
         return typing.Annotated[inner, Marked(searchable=bool(flags))]
 
 
+class Packed(Sequence[str]):
+    """A column of ciphertexts laid end to end in one buffer, each ended by a newline (base64 and
+    ``PREFIX`` never hold one): ``Cipher.seal_packed``. A columnar bulk path makes an
+    Arrow string column of ``data`` without a str per value (dialects/arrow_columns.py); read as a
+    sequence, it is the ciphertexts as str (decoded once, when first asked)."""
+
+    __slots__ = ("_count", "_values", "data")
+
+    def __init__(self, data: bytes, count: int):
+        self.data, self._count = data, count
+        self._values: list[str] | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.values()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values())
+
+    def values(self) -> list[str]:
+        if self._values is None:
+            self._values = self.data.decode("ascii").split("\n")[:-1]
+        return self._values
+
+    def __repr__(self) -> str:
+        return f"<{self._count} ciphertexts, {len(self.data)} bytes>"
+
+
 def marked(annotation: object) -> Marked | None:
     """The ``Encrypted`` mark of an annotation (also inside Optional[...]); None: not marked."""
     if typing.get_origin(annotation) is typing.Annotated:
@@ -97,6 +128,11 @@ def random_id() -> int:
     overlap with a chance of about 2n / 2**63 for n rows (a unique-key error, never an overwrite).
     """
     return next(_IDS)
+
+
+def random_ids(n: int) -> list[int]:
+    """``n`` of ``random_id``, taken in one C-level pass (BulkCreate makes a chunk's at once)."""
+    return list(itertools.islice(_IDS, n))
 
 
 def keygen(key_id: str = "k1") -> str:
@@ -183,8 +219,8 @@ class Cipher:
 
         self.model, self.table = model, table
         self.current = list(keys)[-1]
-        self._aead = {k: AESGCM(_derive(v, b"dataflow_lab aes-256-gcm")) for k, v in keys.items()}
-        self._index = {k: _derive(v, b"dataflow_lab blind index") for k, v in keys.items()}
+        self._aead = {k: AESGCM(derive_key(v, b"dataflow_lab aes-256-gcm")) for k, v in keys.items()}
+        self._index = {k: derive_key(v, b"dataflow_lab blind index") for k, v in keys.items()}
         self._heads = {k: bytes([VERSION, len(k.encode())]) + k.encode() for k in keys}
 
     @property
@@ -219,30 +255,37 @@ class Cipher:
     ) -> list[str | None]:
         """``seal`` of each of ``values`` (None stays None) to the row id beside it: BulkCreate's hot loop.
 
-        The nonces are cut from one ``os.urandom`` call (the same CSPRNG, one system call per chunk
-        instead of per value), the associated data's prefix is made once and an int id appended as
-        bytes, and base64 is binascii's: about 1 µs a value, half of it AES-GCM itself.
+        Each value is still one AES-GCM call with its own nonce (about 0.6 µs, the GIL held:
+        cryptography releases it only from 2 KB up), so the rest is kept to C-level passes, a block
+        of values at a time: the nonces cut from one ``os.urandom`` call (the same CSPRNG), the
+        associated data's prefix made once and an int id appended as bytes, binascii's base64.
         """
-        key_id = key_id or self.current
-        encrypt, head = self._aead[key_id].encrypt, self._heads[key_id]
-        aad, prefix, b2a = self._aad(column, ""), PREFIX.encode(), binascii.b2a_base64
-        pool = os.urandom(NONCE * len(values))
-        nonces = [pool[i : i + NONCE] for i in range(0, len(pool), NONCE)]
-        if all(type(r) is int for r in row_ids):
-            aads = [aad + b"%d" % r for r in row_ids]  # the same bytes as str(r).encode()
-        else:
-            aads = [aad + str(r).encode() for r in row_ids]
         if None in values:  # (a None may be missing from ``values`` only: its id and nonce go unused)
             at = [i for i, v in enumerate(values) if v is not None]
             done = iter(
                 self.seal_many(column, kind, [row_ids[i] for i in at], [values[i] for i in at], key_id)
             )
             return [None if v is None else next(done) for v in values]
-        plain = map(str.encode, values) if kind == "text" else (_encode(kind, v) for v in values)
-        sealed = list(map(encrypt, nonces, plain, aads))  # the AES-GCM calls, in one C-level loop
-        return [
-            (prefix + b2a(head + n + c, newline=False)).decode() for n, c in zip(nonces, sealed, strict=True)
-        ]
+        blocks = self._blocks(column, kind, row_ids, values, key_id, packed=False)
+        return blocks[0] if len(blocks) == 1 else list(itertools.chain.from_iterable(blocks))  # (none: [])
+
+    def seal_packed(
+        self, column: str, kind: str, row_ids: Sequence[Any], values: Sequence[Any], key_id: str | None = None
+    ) -> Packed | list[str | None]:
+        """``seal_many`` as one ``Packed`` buffer, not a str per value, for a bulk path that takes
+        Arrow columns (DuckDB's); a column holding a None is a list."""
+        if None in values:
+            return self.seal_many(column, kind, row_ids, values, key_id)
+        return Packed(b"".join(self._blocks(column, kind, row_ids, values, key_id, packed=True)), len(values))
+
+    def _blocks(
+        self, column: str, kind: str, row_ids: Sequence[Any], values: Sequence[Any], key_id: str | None,
+        *, packed: bool,
+    ) -> list[Any]:  # fmt: skip
+        key_id = key_id or self.current
+        encrypt, head, aad = self._aead[key_id].encrypt, self._heads[key_id], self._aad(column, "")
+        seal = functools.partial(_seal_block, encrypt, head, aad, kind, packed)
+        return [seal(row_ids[i : i + BLOCK], values[i : i + BLOCK]) for i in range(0, len(values), BLOCK)]
 
     def blind_many(
         self, column: str, kind: str, values: Sequence[Any], key_id: str | None = None
@@ -318,81 +361,36 @@ class Cipher:
         return [self.blind(column, kind, value, k) for k in self._index]
 
 
-def _derive(key: bytes, purpose: bytes) -> bytes:
+BLOCK = 4096  # values sealed per pass of seal_many: its per-value objects stay in the CPU's caches
+
+
+def _seal_block(
+    encrypt: Callable[..., bytes], head: bytes, aad: bytes, kind: str, packed: bool,
+    row_ids: Sequence[Any], values: Sequence[Any],
+) -> Any:  # fmt: skip
+    """``Cipher.seal_many`` of one block (no None in ``values``): a list of str, or (``packed``) one
+    buffer of newline-ended ciphertexts (base64 ends each record with its newline)."""
+    pool = os.urandom(NONCE * len(values))
+    nonces = [pool[i : i + NONCE] for i in range(0, len(pool), NONCE)]
+    if set(map(type, row_ids)) == {int}:
+        aads = [aad + b"%d" % r for r in row_ids]  # the same bytes as str(r).encode()
+    else:
+        aads = [aad + str(r).encode() for r in row_ids]
+    plain = map(str.encode, values) if kind == "text" else (_encode(kind, v) for v in values)
+    sealed = map(encrypt, nonces, plain, aads)  # the AES-GCM calls, in one C-level loop
+    prefix, b2a = PREFIX.encode(), binascii.b2a_base64
+    if packed:
+        lines = b"".join(map(b2a, map(operator.add, map(head.__add__, nonces), sealed)))
+        return prefix + lines[:-1].replace(b"\n", b"\n" + prefix) + b"\n"
+    return [(prefix + b2a(head + n + c, newline=False)).decode() for n, c in zip(nonces, sealed, strict=True)]
+
+
+def derive_key(key: bytes, purpose: bytes) -> bytes:
     """A key for one purpose (HKDF-SHA256), so the cipher and the blind index never share a key."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
-
-
-# -- Dask task payloads ------------------------------------------------------------------------
-@dataclass(frozen=True, repr=False)
-class Envelope:
-    """A task payload sealed for its trip to or from a Dask worker: pickled, then AES-256-GCM."""
-
-    key_id: str
-    nonce: bytes
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"<sealed payload, {len(self.data)} bytes, key {self.key_id!r}>"
-
-
-class Transit:
-    """Seals DaskRuntime's task payloads (parameters, upstream results, saga steps) whole, so that
-    neither the scheduler, the network nor a worker's spilled memory ever holds the plaintext of an
-    encrypted field. The key is derived for this purpose from the keyring's current key; the
-    associated data binds the run id, so a payload of one run does not open in another. Workers
-    take the keyring from their environment (``DATAFLOW_ENCRYPTION_KEY``), never from the payload.
-
-    Only holders of the key can make an envelope, so unpickling an opened one runs nothing foreign.
-    """
-
-    def __init__(self, keys: Mapping[str, bytes], run_id: str):
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        self.current, self.run_id = list(keys)[-1], run_id
-        self._aead = {k: AESGCM(_derive(v, b"dataflow_lab dask transit")) for k, v in keys.items()}
-        self._aad = f"dataflow_lab/{VERSION}\x00transit\x00{run_id}".encode()
-
-    @classmethod
-    def on_worker(cls, run_id: str) -> Transit:
-        keys = load_keys(None)
-        if keys is None:
-            raise EncryptionError(
-                f"This Dask worker has no {ENV_KEY}, so it cannot open the task of run {run_id}, whose "
-                "workflow touches encrypted fields.",
-                hint=f"set {ENV_KEY} (the client's keyring) in every worker's environment.",
-            )
-        return cls(keys, run_id)
-
-    def seal(self, value: Any) -> Envelope:
-        nonce = os.urandom(NONCE)
-        data = self._aead[self.current].encrypt(nonce, pickle.dumps(value), self._aad)
-        return Envelope(self.current, nonce, data)
-
-    def open(self, value: Any) -> Any:
-        """``value`` opened (anything but an Envelope is returned as it is)."""
-        if not isinstance(value, Envelope):
-            return value
-        aead = self._aead.get(value.key_id)
-        if aead is None:
-            raise EncryptionError(
-                f"A task payload of run {self.run_id} was sealed with key '{value.key_id}', which this "
-                f"process's keyring ({', '.join(self._aead)}) does not hold.",
-                hint=f"give the client and every Dask worker the same {ENV_KEY}.",
-            )
-        from cryptography.exceptions import InvalidTag
-
-        try:
-            return pickle.loads(aead.decrypt(value.nonce, value.data, self._aad))  # noqa: S301 - authenticated
-        except InvalidTag:
-            raise EncryptionError(
-                f"A task payload of run {self.run_id} did not decrypt with key '{value.key_id}': the "
-                "client's and this worker's keys differ.",
-                hint=f"give the client and every Dask worker the same {ENV_KEY}.",
-            ) from None
 
 
 KeySource = Callable[[], Any] | Mapping[str, Any] | str | bytes | None

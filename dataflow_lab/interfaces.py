@@ -22,12 +22,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .clock import SteppingClock, SystemClock
     from .config import DataFlowConfig
     from .dialects import Connection, Dialect
-    from .encryption import Transit
     from .hooks import Hooks
     from .ledger import TransactionLedger
     from .model import ModelSchema
     from .result_cache import ResultCache
     from .schema import ModelTable
+    from .transit import Transit
 
 __all__ = ["DataFlow", "Database", "Held", "SagaStep", "Scope", "Workflow"]
 

@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from .dialects.arrow_columns import Same
+from .encryption import random_id, random_ids
 from .errors import ValidationError, did_you_mean
 from .model import MISSING
 from .row_code import FieldCode, column_function, row_function
@@ -330,7 +331,7 @@ class RowShaper:
                 made = Chunk(self._laid_out, None, first_index, by_column=by_column).rows
                 return self._finished(made, records, first_index, [])
             # encrypted fields sealed a column at a time, each value bound to the id beside it
-            columns, by_column = self._seal_columns(self._laid_out, by_column)
+            columns, by_column = self._seal_columns(self._laid_out, by_column, packed=self._columnar)
             chunk = Chunk(columns, None, first_index, by_column=by_column)
             return chunk if self._columnar else Chunk(columns, chunk.rows, first_index)
         skipped: list[dict[str, Any]] = []
@@ -393,7 +394,7 @@ class RowShaper:
         """``_fresh_values`` of ``n`` rows, a list per made column."""
         if len(self._made) == 1 and self.mt.writers[self._made[0][0]] is None:  # an id made per row
             make = self._made[0][1]
-            return [[make() for _ in range(n)]]
+            return [random_ids(n) if make is random_id else [make() for _ in range(n)]]
         rows = [self._fresh_values() for _ in range(n)]
         return [[row[i] for row in rows] for i in range(len(self._made))]
 
@@ -449,7 +450,7 @@ class _Required:
 _REQUIRED = _Required()
 
 
-def _staged(columns: tuple[str, ...], values: list[Any]) -> tuple[tuple[str, ...], list[Any]]:
+def _staged(columns: tuple[str, ...], values: list[Any], **_: Any) -> tuple[tuple[str, ...], list[Any]]:
     """Rows or columns left as they are (``seal=False``: the node seals them)."""
     return columns, values
 

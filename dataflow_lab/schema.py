@@ -11,24 +11,24 @@ from __future__ import annotations
 import base64
 import functools
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from .clock import SystemClock
 from .dialects import Connection, Dialect
-from .encryption import HOW_TO_MAKE_A_KEY, PREFIX, Cipher
-from .errors import EncryptionError, MigrationError
-from .migrations.engine import DATA_STEP, ensure_table
-from .migrations.ops import Step, typed_literal
+from .encryption import Cipher
+from .errors import EncryptionError
+from .migrations.engine import ensure_table
+from .migrations.ops import typed_literal
+from .migrations.sealing import refuse_plaintext_rows
 from .model import BLIND_SUFFIX, MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
 
 __all__ = ["ModelTable", "internal_table"]
 
 
 MAX_TEMPLATES = 1000  # compiled statements kept per table
-PROBE_ROWS = 1000  # rows a migration samples to tell a column's state (ModelTable.data_steps)
 IMAGE_LABELS = (
     "@audit",
     "@saga",
@@ -272,11 +272,12 @@ class ModelTable:
         return sealed_columns, list(zip(*by_column, strict=True))
 
     def seal_columns(
-        self, columns: tuple[str, ...], by_column: list[Any]
+        self, columns: tuple[str, ...], by_column: list[Any], *, packed: bool = False
     ) -> tuple[tuple[str, ...], list[Any]]:
         """``seal_rows`` of a chunk held by column (a list per column, or a ``Same`` for a column
         with one value on every row): each encrypted column a list of ciphertexts, each sealed to the
-        id on its row, the blind index columns appended. This is BulkCreate's hot path."""
+        id on its row, the blind index columns appended. This is BulkCreate's hot path.
+        ``packed``: the chunk goes to an Arrow bulk path, which takes an ``encryption.Packed``."""
         if not self._sealed:
             return columns, by_column
         assert self.cipher is not None
@@ -288,7 +289,8 @@ class ModelTable:
                 continue
             at = columns.index(name)
             plains = by_column[at] if isinstance(by_column[at], list) else [by_column[at].value] * len(ids)
-            out[at] = cipher.seal_many(name, kind, ids, plains)  # one ciphertext per row, even of one value
+            seal = cipher.seal_packed if packed else cipher.seal_many  # one per row, even of one value
+            out[at] = seal(name, kind, ids, plains)
             if name in self.model.searchable:
                 blinds.append((name + BLIND_SUFFIX, cipher.blind_many(name, kind, plains)))
         return (*columns, *(n for n, _ in blinds)), [*out, *(b for _, b in blinds)]
@@ -448,154 +450,16 @@ class ModelTable:
 
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
                            clock=clock or SystemClock(), create=create)  # fmt: skip
-        if self._sealed:
-            await self._refuse_plaintext_rows(conn)
+        if self._sealed and existing_schema:  # (a migration check looked at every encrypted value)
+            await refuse_plaintext_rows(conn, self)
 
-    # -- migrations of encrypted columns (migrations/engine.py runs them) --------------------------
+    # -- migrations of encrypted columns (migrations/sealing.py) ------------------------------------
     def migration_cipher(self) -> Cipher | None:
         """The model's cipher, else one from the DataFlow's keys (None: it has none)."""
         if self.cipher is None and self._spare_cipher is not None:
             self.cipher_for_migrations = self._spare_cipher()
             self._spare_cipher = None
         return self.cipher or getattr(self, "cipher_for_migrations", None)
-
-    async def data_steps(self, conn: Connection, live_columns: Collection[str]) -> list[Step]:
-        """Steps that rewrite existing rows: encrypt a column turned encrypted, decrypt one turned
-        plain (destructive: it writes plaintext, so it needs confirming), and build the blind index
-        of a field turned searchable. Each runs in Python, with the key, in the migration's
-        transaction (``rewrite_column``); their statements are ``DATAFLOW_LAB ...``, which any other
-        tool refuses rather than skipping them."""
-        t, name, steps = self.table, self.table.name, []
-        cipher = self.migration_cipher() if self.model.encrypted or self._text_fields() else None
-        for f in self.model.fields:
-            column = t.c[f.name]
-            if f.name not in live_columns or f.generated:
-                continue
-            if f.name in self.model.encrypted:
-                plain = sa.and_(column.is_not(None), sa.not_(column.startswith(PREFIX)))
-                if await self._any(conn, column, plain):
-                    if f.type.name != "text":
-                        raise MigrationError(
-                            f"Model '{self.model.name}': field '{f.name}' is declared encrypted, but table "
-                            f"'{name}' already holds unencrypted {f.type.name} values in it; a migration "
-                            "encrypts the existing rows of text (str) fields only.",
-                            hint=f"move the rows to a new encrypted model with BulkCreate, or keep "
-                            f"'{f.name}' unencrypted.",
-                        )
-                    steps.append(self._step("encrypt", f.name, "decrypt"))
-                elif f.name in self.model.searchable:
-                    blind = f.name + BLIND_SUFFIX
-                    unindexed: Any = column.is_not(None)
-                    if blind in live_columns:
-                        unindexed = sa.and_(unindexed, t.c[blind].is_(None))
-                    if await self._any(conn, column, unindexed):
-                        steps.append(self._step("index", f.name, None))
-            elif (
-                cipher is not None
-                and f.type.name == "text"
-                and await self._any(conn, column, column.startswith(PREFIX))
-            ):
-                steps.append(self._step("decrypt", f.name, "encrypt", destructive=True))
-        return steps
-
-    def _text_fields(self) -> bool:
-        return any(f.type.name == "text" and not f.generated for f in self.model.fields[1:])
-
-    async def _any(self, conn: Connection, column: Any, condition: Any) -> bool:
-        """Whether ``condition`` holds for one of the first ``PROBE_ROWS`` rows (by id) holding a
-        value in ``column``: a migration rewrites a column whole, in one transaction, so its first
-        values say what state it is in, and this costs an index range, not a scan, at every start.
-        (``ensure`` still checks every row of an encrypted column for plaintext: the safety net.)"""
-        t = self.table
-        sample = sa.select(t.c.id).where(column.is_not(None)).order_by(t.c.id).limit(PROBE_ROWS)
-        probe = sa.select(t.c.id).where(t.c.id.in_(sample), condition).limit(1)
-        return bool(await conn.fetch(*self.dialect.compile(probe)))
-
-    def _step(self, action: str, column: str, undo: str | None, *, destructive: bool = False) -> Step:
-        what = {"encrypt": "encrypt the existing values of", "decrypt": "decrypt (store as plaintext)",
-                "index": "build the blind index of"}[action]  # fmt: skip
-        statement = f"{DATA_STEP} {action.upper()} COLUMN {self.table.name}.{column}"
-        down = () if undo is None else (f"{DATA_STEP} {undo.upper()} COLUMN {self.table.name}.{column}",)
-        return Step(self.table.name, f"{self.table.name}: {what} '{column}'", (statement,), down,
-                    destructive=destructive, slug=f"{self.table.name}_{action}_{column}")  # fmt: skip
-
-    async def rewrite_column(self, conn: Connection, action: str, column: str, batch: int = 1000) -> int:
-        """Run one data step (``encrypt``, ``decrypt``, ``index``) on ``column``: its rows rewritten
-        in batches by id, in the caller's transaction (the migration's). Returns the rows rewritten."""
-        from .migrations.live import read_table
-
-        cipher = self.migration_cipher()
-        if cipher is None:
-            raise EncryptionError(
-                f"Migrating column '{column}' of table '{self.table.name}' ({action}) needs the encryption "
-                f"key, and this DataFlow has none: {HOW_TO_MAKE_A_KEY}.",
-            )
-        live = await read_table(self.dialect, conn, self.table.name)
-        blind = column + BLIND_SUFFIX
-        has_blind = live is not None and blind in live.columns
-        t = sa.table(self.table.name, sa.column("id"), sa.column(column), sa.column(blind))
-        values: dict[str, Any] = {
-            column: sa.bindparam("v"),
-            **({blind: sa.bindparam("b")} if has_blind else {}),
-        }
-        if action == "index":
-            values = {blind: sa.bindparam("b")}
-        sql, names = self.dialect.compile_named(
-            sa.update(t).values(values).where(t.c.id == sa.bindparam("i"))
-        )
-        after, done = None, 0
-        while True:
-            stmt = (
-                sa.select(t.c.id, t.c[column]).where(t.c[column].is_not(None)).order_by(t.c.id).limit(batch)
-            )
-            if after is not None:
-                stmt = stmt.where(t.c.id > sa.bindparam("after", after, type_=self.table.c.id.type))
-            rows = await conn.fetch(*self.dialect.compile(stmt))
-            if not rows:
-                return done
-            updates = []
-            new: dict[str, Any]
-            for raw_id, stored in rows:
-                row_id, sealed = self.ids_from_db([raw_id])[0], stored.startswith(PREFIX)
-                if action == "encrypt" and not sealed:
-                    new = {
-                        "v": cipher.seal(column, "text", row_id, stored),
-                        "b": cipher.blind(column, "text", stored),
-                    }
-                elif action == "decrypt" and sealed:
-                    new = {"v": cipher.open(column, "text", row_id, stored), "b": None}
-                elif action == "index" and sealed:
-                    new = {"b": cipher.blind(column, "text", cipher.open(column, "text", row_id, stored))}
-                else:
-                    continue
-                updates.append([{**new, "i": raw_id}[n] for n in names])
-            if updates:
-                await conn.executemany(sql, updates)
-            done, after = done + len(updates), rows[-1][0]
-
-    async def _refuse_plaintext_rows(self, conn: Connection) -> None:
-        """An encrypted field whose column still holds plaintext (a table never migrated, as with
-        existing_schema=True): refused, never read as if it were a ciphertext."""
-        t = self.table
-        for name, _kind in self._sealed:
-            col = t.c[name]
-            probe = sa.select(t.c.id).where(col.is_not(None), sa.not_(col.startswith(PREFIX))).limit(1)
-            if await conn.fetch(*self.dialect.compile(probe)):
-                raise MigrationError(
-                    f"Model '{self.model.name}': field '{name}' is declared encrypted, but table "
-                    f"'{t.name}' still holds unencrypted values in it.",
-                    hint="encrypt them with a migration: db.migrations.apply() (or generate a file and "
-                    "apply it), with the key set.",
-                )
-            if name not in self.model.searchable:
-                continue
-            unindexed = sa.select(t.c.id).where(col.is_not(None), t.c[name + BLIND_SUFFIX].is_(None)).limit(1)
-            if await conn.fetch(*self.dialect.compile(unindexed)):  # equality filters would miss them
-                raise MigrationError(
-                    f"Model '{self.model.name}': field '{name}' is declared searchable, but rows of table "
-                    f"'{t.name}' written before have no blind index, so equality filters would miss them.",
-                    hint="build it with a migration: db.migrations.apply() (or generate a file and apply it).",
-                )
 
 
 _INTERNAL: weakref.WeakKeyDictionary[Any, dict[type, ModelTable]] = weakref.WeakKeyDictionary()

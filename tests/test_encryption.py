@@ -1,4 +1,4 @@
-"""Encryption at rest (encryption.py): fields sealed on SQLite, DuckDB and PostgreSQL files and
+"""Encryption at rest (encryption.py): fields sealed on SQLite, DuckDB, PostgreSQL and MariaDB files and
 servers, read back with the raw drivers to see that no plaintext is stored, and every path that
 does not encrypt yet refused."""
 
@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PG_URL, SCHEMA, url_for
+from conftest import MYSQL_URL, PG_URL, SCHEMA, url_for
 
 from dataflow_lab import (
     DataFlow,
@@ -34,7 +34,9 @@ from dataflow_lab import (
 )
 from dataflow_lab.encryption import ENV_KEY, Cipher, keygen
 
-ENCRYPTED_BACKENDS = ("sqlite_file", "duckdb_file", "postgres")
+ENCRYPTED_BACKENDS = ("sqlite_file", "duckdb_file", "postgres", "mysql")
+HEAVY_BACKENDS = ("sqlite_file", "duckdb_file", "postgres")  # the 100k-row and killed-process tests: not
+# on MariaDB too (CI time), whose write paths are the same nodes' and are covered by the others
 KEY = keygen("k1")
 SECRET = "123-45-6789"
 
@@ -59,7 +61,9 @@ def patients(db):
 
 
 def raw(backend, tmp_path, sql, *, write=False):
-    """Run ``sql`` with the raw driver (sqlite3, duckdb, asyncpg), bypassing dataflow_lab."""
+    """Run ``sql`` with the raw driver (sqlite3, duckdb, asyncpg, asyncmy), bypassing dataflow_lab."""
+    if backend == "mysql":
+        return asyncio.run(mysql_rows(sql))
     if backend == "sqlite_file":
         conn = sqlite3.connect(tmp_path / "test.db")
         try:
@@ -89,8 +93,34 @@ def raw(backend, tmp_path, sql, *, write=False):
     return asyncio.run(go())
 
 
+async def mysql_rows(sql, *statements):
+    """Rows of ``sql`` on this test process's MariaDB database (asyncmy), after ``statements``."""
+    import asyncmy
+    import sqlalchemy as sa
+
+    parts = sa.engine.make_url(MYSQL_URL)
+    conn = await asyncmy.connect(host=parts.host, port=parts.port or 3306, user=parts.username,
+                                 password=parts.password or "", database=SCHEMA, autocommit=True)  # fmt: skip
+    try:
+        async with conn.cursor() as cursor:
+            for statement in (*statements, sql):
+                await cursor.execute(statement)
+            return [tuple(r) for r in await cursor.fetchall()]
+    finally:
+        conn.close()
+
+
+def quoted(backend, name):
+    return f"`{name}`" if backend == "mysql" else f'"{name}"'  # BEFORE is reserved on MariaDB
+
+
 @pytest.fixture(params=ENCRYPTED_BACKENDS)
 def where(request, tmp_path):
+    return request.param, url_for(request.param, tmp_path), tmp_path
+
+
+@pytest.fixture(params=HEAVY_BACKENDS)
+def heavy(request, tmp_path):
     return request.param, url_for(request.param, tmp_path), tmp_path
 
 
@@ -145,6 +175,27 @@ def test_bulk_create_of_many_encrypted_rows_round_trips(where):
     }
     assert one(db, "PatientReadNode", {"id": out["ids"][1234]})["ssn"] == "000001234"
     db.close()
+
+
+def test_seal_many_gives_each_value_its_own_nonce_and_row_in_blocks_lists_and_packed_columns():
+    from dataflow_lab.encryption import BLOCK, load_keys
+
+    cipher = Cipher(load_keys(KEY), "Patient", "patients")
+    n = BLOCK + 7  # two blocks
+    ids, values = list(range(10**12, 10**12 + n)), [f"v{i}" if i % 3 else "same" for i in range(n)]
+    listed = cipher.seal_many("ssn", "text", ids, values)
+    packed = cipher.seal_packed("ssn", "text", ids, values)
+    assert len(packed) == n and list(packed) == packed.values() and packed[n - 1] == list(packed)[-1]
+    for sealed in (listed, list(packed)):
+        assert len(set(sealed)) == n  # equal values, distinct ciphertexts: a nonce each
+        assert [cipher.open("ssn", "text", i, s) for i, s in zip(ids, sealed, strict=True)] == values
+    with pytest.raises(DecryptionError, match="copied from another row"):
+        cipher.open("ssn", "text", ids[1], packed[0])
+    gaps = cipher.seal_packed("notes", "json", [1, 2, 3], [{"a": 1}, None, {"b": 2}])
+    assert gaps[1] is None and cipher.open("notes", "json", 3, gaps[2]) == {"b": 2}  # a None: a list
+    assert (
+        cipher.seal_many("ssn", "text", [], []) == [] and len(cipher.seal_packed("ssn", "text", [], [])) == 0
+    )
 
 
 def test_a_ciphertext_copied_to_another_row_or_column_fails_to_decrypt(where):
@@ -228,9 +279,12 @@ def test_ranges_patterns_and_order_on_an_encrypted_field_are_refused_at_build(no
 
 def stored_bytes(backend, tmp_path, table):
     """The bytes the database keeps on disk for ``table``: the SQLite or DuckDB file (and its WAL),
-    or the PostgreSQL heap pages (read by the server after a CHECKPOINT, as superuser)."""
+    or the PostgreSQL heap pages (read by the server after a CHECKPOINT, as superuser); MariaDB's
+    rows as its driver reads them."""
     if backend in ("sqlite_file", "duckdb_file"):
         return b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("test."))
+    if backend == "mysql":  # the rows as the server hands them out (its test server keeps one shared file)
+        return repr(raw(backend, tmp_path, f"SELECT * FROM {table}")).encode()
     import asyncpg
 
     async def go():
@@ -262,7 +316,7 @@ def compacted_bytes(backend, tmp_path, table):
         conn.execute("COPY FROM DATABASE test TO copy")
         conn.close()
         return (tmp_path / "copy.duckdb").read_bytes()
-    raw(backend, tmp_path, f"VACUUM FULL {table}")
+    raw(backend, tmp_path, f"OPTIMIZE TABLE {table}" if backend == "mysql" else f"VACUUM FULL {table}")
     return stored_bytes(backend, tmp_path, table)
 
 
@@ -659,25 +713,7 @@ def test_a_migration_without_the_key_or_in_production_changes_nothing(tmp_path):
     assert SECRET.encode() not in (tmp_path / "plain.db").read_bytes()
 
 
-def test_encrypting_existing_json_rows_is_refused_and_plaintext_is_never_read_as_ciphertext(tmp_path):
-    url = f"sqlite:///{tmp_path / 'plain.db'}"
-    db = DataFlow(url)
-
-    @db.model
-    class Chart:
-        notes: dict
-
-    one(db, "ChartCreateNode", {"notes": {"dx": "influenza-B"}})
-    db.close()
-    db = DataFlow(url, encryption_keys=KEY)
-
-    @db.model
-    class Chart:  # noqa: F811
-        notes: Encrypted[dict]
-
-    with pytest.raises(MigrationError, match="text \\(str\\) fields only"):
-        one(db, "ChartListNode")
-    db.close()
+def test_plaintext_left_in_an_encrypted_column_is_refused_never_read_as_ciphertext(tmp_path):
     url = f"sqlite:///{tmp_path / 'kept.db'}"
     db = DataFlow(url)
     plain_patients(db)
@@ -795,9 +831,9 @@ print("finished", flush=True)
 """
 
 
-def test_a_rotation_killed_mid_way_resumes_and_leaves_every_row_readable(where, monkeypatch):
+def test_a_rotation_killed_mid_way_resumes_and_leaves_every_row_readable(heavy, monkeypatch):
     """A process rotating keys is killed (SIGKILL) after some batches; the next rotation resumes."""
-    backend, url, tmp_path = where
+    backend, url, tmp_path = heavy
     old, new = keygen("old"), keygen("new")
     db = DataFlow(url, encryption_keys=old)
     patients(db)
@@ -826,8 +862,8 @@ def test_a_rotation_killed_mid_way_resumes_and_leaves_every_row_readable(where, 
     db.close()
 
 
-def test_bulk_create_of_100k_encrypted_rows_stores_no_plaintext(where):
-    backend, url, tmp_path = where
+def test_bulk_create_of_100k_encrypted_rows_stores_no_plaintext(heavy):
+    backend, url, tmp_path = heavy
     db = DataFlow(url, encryption_keys=KEY, echo=False)
     patients(db)
     data = [
@@ -952,7 +988,7 @@ def test_a_saga_logs_encrypted_before_images_and_compensates_from_them(where):
     _loop.run(commit_steps_then_die())
     assert one(db, "PatientReadNode", {"id": ann["id"]})["notes"] is None
     assert db.pending_compensations() == 2
-    logged = repr(raw(backend, tmp_path, "SELECT before FROM dataflow_lab_saga_log"))
+    logged = repr(raw(backend, tmp_path, f"SELECT {quoted(backend, 'before')} FROM dataflow_lab_saga_log"))
     assert SECRET not in logged and "influenza-B" not in logged and "dfe1:" in logged
     done = db.resume_compensations(force=True)
     assert [d.status for d in done] == ["compensated", "compensated"]
@@ -976,3 +1012,21 @@ def test_the_keys_never_enter_the_config_and_json_keeps_its_key_order():
     assert KEY.split(":")[1] not in repr(db.config) and KEY.split(":")[1] not in repr(db.__reduce__())
     made = one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET, "notes": {"b": 1, "a": 2}})
     assert list(one(db, "PatientReadNode", {"id": made["id"]})["notes"]) == ["b", "a"]
+
+
+def test_reflection_leaves_encrypted_columns_and_their_blind_index_out(tmp_path):
+    url = f"sqlite:///{tmp_path / 'sealed.db'}"
+    db = DataFlow(url, encryption_keys=KEY)
+    searchable_patients(db)
+    one(db, "PatientCreateNode", {"name": "Ann", "ssn": SECRET})
+    db.close()
+    db = DataFlow(url, encryption_keys=KEY)
+    with pytest.warns(UserWarning, match="patients.ssn' holds encrypted values"):
+        assert db.reflect(["patients"]) == ["Patient"]
+    assert {f.name for f in db.models["Patient"].fields} == {"id", "name", "created_at", "updated_at"}
+    assert one(db, "PatientListNode")["records"][0]["name"] == "Ann"  # no ciphertext shown, none writable
+    db.close()
+    db = DataFlow(url, encryption_keys=KEY, safety_level="testing")
+    with pytest.raises(ValidationError, match="declare the model"):
+        db.reflect(["patients"])
+    db.close()

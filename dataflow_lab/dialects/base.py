@@ -327,6 +327,12 @@ class Dialect:
                    default: str | None) -> str:  # fmt: skip
         return f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {type_sql} USING {using}"
 
+    retype_converts = True  # retype_sql converts each value by ``using`` (MySQL's MODIFY has none)
+    # bytes as hex text and back, in SQL (templates of the value, ``{0}``; NULL stays NULL): a
+    # bytes field turned encrypted or plain is retyped through them (migrations/sealing.py)
+    hex_sql = "hex({})"
+    unhex_sql = "unhex({})"
+
     def nullability_sql(self, table: str, column: str, type_sql: str, nullable: bool,
                         default: str | None) -> str:  # fmt: skip
         return f"ALTER TABLE {table} ALTER COLUMN {column} {'DROP' if nullable else 'SET'} NOT NULL"

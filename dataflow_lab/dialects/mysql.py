@@ -250,6 +250,8 @@ class MySQLDialect(PooledDialect):
                    default: str | None) -> str:  # fmt: skip
         return _modify(table, column, type_sql, nullable, default)
 
+    retype_converts = False  # MODIFY converts by MySQL's own rules: an UPDATE converts first (ops.py)
+
     def nullability_sql(self, table: str, column: str, type_sql: str, nullable: bool,
                         default: str | None) -> str:  # fmt: skip
         return _modify(table, column, type_sql, nullable, default)
@@ -321,6 +323,14 @@ class MySQLDialect(PooledDialect):
             value = sa.cast(column, sa.Integer) if logical == "boolean" else column
             return sa.type_coerce(sa.func.avg(value) * sa.literal_column("1e0"), sa.Double)
         return super().aggregate(function, column, logical)
+
+    def rows_table(self, name: str, columns: Sequence[sa.ColumnClause], rows: list[tuple[Any, ...]]) -> Any:
+        # MariaDB takes no column names after a VALUES derived table: one SELECT per row, UNION ALL
+        selects = [
+            sa.select(*(sa.literal(v, c.type).label(c.name) for c, v in zip(columns, row, strict=True)))
+            for row in rows
+        ]
+        return (sa.union_all(*selects) if len(selects) > 1 else selects[0]).subquery(name)
 
     def insert(self, table: sa.Table) -> Any:
         from sqlalchemy.dialects.mysql import insert

@@ -51,13 +51,15 @@ def _marks(n: int) -> str:
 
 async def update_returning(conn: Any, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
     head, _, returned = sql.rpartition(" RETURNING ")
-    table = head[len("UPDATE ") :].split(" SET ", 1)[0]
+    # the tables: one, or (a multi-table UPDATE) the table joined to rows bound in the statement
+    tables = head[len("UPDATE ") :].split(" SET ", 1)[0]
+    table = tables.split(",", 1)[0]
     sets, found, where = head.partition(" WHERE ")
     where = where if found else "1 = 1"
-    where_params = list(params)[sets.count("%s") :]
+    where_params = [*list(params)[: tables.count("%s")], *list(params)[sets.count("%s") :]]
     key = f"{table}.id"
     async with _transaction(conn):
-        locked = await conn.fetch(f"SELECT {key} FROM {table} WHERE {where} FOR UPDATE", where_params)
+        locked = await conn.fetch(f"SELECT {key} FROM {tables} WHERE {where} FOR UPDATE", where_params)
         ids = [r[0] for r in locked]
         if not ids:
             return []

@@ -362,6 +362,9 @@ class PostgresDialect(PooledDialect):
     # Migrations: ALTER TABLE does every column change in place (its DDL is transactional), drops
     # a UNIQUE constraint, and sets or drops a column's DEFAULT (an added column's fill for the
     # existing rows is replaced by its own DEFAULT).
+    hex_sql = "encode({}, 'hex')"
+    unhex_sql = "decode({}, 'hex')"
+
     alters_in_place = frozenset(
         ("add_column", "drop_column", "retype", "drop_not_null", "set_not_null", "drop_constraint")
         + ("set_default", "drop_default")

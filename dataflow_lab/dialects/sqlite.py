@@ -52,6 +52,14 @@ MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _PROGRESS_STEPS = 2000
 
 
+def _unhex(text: Any) -> bytes | None:
+    """SQLite 3.41's unhex(), for older SQLite: hex text -> bytes (NULL for NULL or bad hex)."""
+    try:
+        return None if text is None else bytes.fromhex(str(text))
+    except ValueError:
+        return None
+
+
 def _busy(error: sqlite3.OperationalError) -> bool:
     text = str(error)
     return "database is locked" in text or "database is busy" in text
@@ -372,6 +380,7 @@ class SQLiteDialect(PooledDialect):
 
     # Migrations: ALTER TABLE only adds a column (nullable or defaulted, SQLite's own rule), and
     # that DEFAULT stays the column's for good; a rebuild defers foreign keys to its end.
+    hex_sql = "CASE WHEN {0} IS NULL THEN NULL ELSE hex({0}) END"  # SQLite's hex(NULL) is ''
     alters_in_place = frozenset({"add_column"})
     added_column_keeps_default = True
     # ISO 8601 text in UTC, as dt.datetime.isoformat writes ours, with six digits after the second:
@@ -440,6 +449,8 @@ class SQLiteDialect(PooledDialect):
             cursor.close()
             dbapi_connection.create_function("dataflow_decimal_key", 1, _decimal_key, deterministic=True)
             dbapi_connection.create_function("dataflow_lower", 1, _lower, deterministic=True)
+            if sqlite3.sqlite_version_info < (3, 41):  # unhex() came in 3.41 (Dialect.unhex_sql)
+                dbapi_connection.create_function("unhex", 1, _unhex, deterministic=True)
             for function, aggregate in _DECIMAL_AGGREGATES.items():
                 dbapi_connection.create_aggregate(f"dataflow_decimal_{function}", 1, aggregate)
 

@@ -33,6 +33,7 @@ from ..model import MISSING, check_value
 from .diff import diff
 from .live import model_shape, read_table
 from .ops import Step, create_steps, literal, slug, table_steps
+from .sealing import DATA_STEP, data_steps, recasts, rewrite_column
 
 __all__ = ["DATA_STEP", "HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table", "execute"]
 
@@ -144,15 +145,15 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
     live = await read_table(dialect, conn, mt.table.name)
     if live is None:
         return create_steps(dialect, mt.table)
-    changes = diff(live, model_shape(dialect, mt.table))
-    data = await mt.data_steps(conn, live.columns)  # rows to encrypt, decrypt or index (schema.py)
+    changes, casts = recasts(mt, diff(live, model_shape(dialect, mt.table)))
+    before, after = await data_steps(conn, mt, live)  # rows to decrypt, encrypt or index (sealing.py)
     if not changes:
-        return data
-    return [*await _ddl_steps(conn, mt, live, changes, backfill), *data]
+        return [*before, *after]
+    return [*before, *await _ddl_steps(conn, mt, live, changes, backfill, casts), *after]
 
 
 async def _ddl_steps(
-    conn: Connection, mt: Any, live: Any, changes: Any, backfill: Mapping[str, Any] | None
+    conn: Connection, mt: Any, live: Any, changes: Any, backfill: Mapping[str, Any] | None, casts: Any
 ) -> list[Step]:
     dialect: Dialect = mt.dialect
     added = {c.name for c in changes if c.kind == "add_column"}
@@ -169,7 +170,7 @@ async def _ddl_steps(
         count = await _row_count(conn, dialect, mt.table.name)
         if count:
             raise backfill_error(mt, required, count)
-    return table_steps(dialect, mt.table, live, changes, defaults)
+    return table_steps(dialect, mt.table, live, changes, defaults, casts)
 
 
 def backfill_value(mt: Any, f: Any, value: Any) -> Any:
@@ -219,9 +220,8 @@ async def lock(conn: Connection, dialect: Dialect) -> None:
     await conn.execute(dialect.ddl(CreateTable(_HISTORY, if_not_exists=True)))
 
 
-# A statement that rewrites a column's rows in Python, with the key (ModelTable.rewrite_column):
+# A statement that rewrites a column's rows in Python, with the key (sealing.rewrite_column):
 # ``DATAFLOW_LAB ENCRYPT COLUMN patients.ssn`` (or DECRYPT, INDEX). Any other tool refuses it.
-DATA_STEP = "DATAFLOW_LAB"
 _DATA = re.compile(r"^DATAFLOW_LAB (ENCRYPT|DECRYPT|INDEX) COLUMN (\w+)\.(\w+)$")
 
 
@@ -239,7 +239,7 @@ async def execute(conn: Connection, sql: str, tables: Mapping[str, Any]) -> None
             "the encryption key), and no model of this DataFlow has that table. Nothing was changed.",
             hint=f"define the model of table '{table}' on this DataFlow, then apply or roll back again.",
         )
-    await mt.rewrite_column(conn, action.lower(), column)
+    await rewrite_column(conn, mt, action.lower(), column)
 
 
 async def run_and_record(

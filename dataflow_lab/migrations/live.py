@@ -257,7 +257,9 @@ async def _mysql_table(conn: Connection, name: str) -> TableShape | None:
         raw = _text(raw)
         declared = "JSON" if n in json_columns or _text(kind).lower() == "json" else raw
         default = "identity" if "auto_increment" in _text(extra).lower() else _mysql_default(default, raw)
-        columns[n] = ColumnShape(n, mysql_type(declared), nullable == "YES", raw, default)
+        # a JSON column is re-created as JSON (a rollback's MODIFY), which brings its json_valid check back
+        recreated = "JSON" if declared == "JSON" else raw
+        columns[n] = ColumnShape(n, mysql_type(declared), nullable == "YES", recreated, default)
     pk: tuple[str, ...] = ()
     grouped: dict[str, tuple[list[str], bool, bool]] = {}
     for index, non_unique, column, constraint in await conn.fetch(_MY_INDEXES, (name,)):

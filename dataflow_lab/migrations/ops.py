@@ -24,7 +24,7 @@ from ..dialects import Dialect
 from .diff import Change
 from .live import ColumnShape, IndexShape, TableShape, column_default
 
-__all__ = ["Step", "create_steps", "table_steps", "typed_literal"]
+__all__ = ["Recast", "Step", "create_steps", "table_steps", "typed_literal"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,17 @@ class Step:
     down_destructive: bool = False  # down can (it drops what up created)
     slug: str = ""  # for names: "users_add_age"
     defaults_only: bool = False  # it only sets or drops server DEFAULTs (what other tools' inserts get)
+
+
+@dataclass(frozen=True)
+class Recast:
+    """How a retyped column's values convert, where a CAST would not keep them (bytes to and from
+    text, as hex: migrations/sealing.py): SQL templates of the column (``{0}``) to the new type and
+    back, and whether the new type is the text one (MySQL converts while the column is a BLOB)."""
+
+    to_new: str
+    to_old: str
+    new_is_text: bool
 
 
 class _Sql:
@@ -98,8 +109,11 @@ def table_steps(
     live: TableShape,
     changes: Sequence[Change],
     defaults: Mapping[str, str],
+    recasts: Mapping[str, Recast] | None = None,
 ) -> list[Step]:
     """Steps that apply ``changes`` to ``live`` (one rebuild when the database needs it).
+
+    ``recasts``: the columns whose retype converts their values by these expressions, not a CAST.
 
     ``defaults`` fill added columns of existing rows. SQLite keeps an ADD COLUMN's DEFAULT for
     good, so a column whose fill is not its server DEFAULT (a back-filled one-off value, such as a
@@ -118,15 +132,16 @@ def table_steps(
             return (not c.new.nullable and fill is None) or fill != default or expression  # type: ignore[union-attr]
         return c.kind not in in_place
 
+    recasts = recasts or {}
     if any(rebuilds(c) for c in changes):  # the new table has the model's constraints and indexes
-        return [_rebuild(dialect, table, live, changes, defaults)]
+        return [_rebuild(dialect, table, live, changes, defaults, recasts)]
     sql = _Sql(dialect)
     steps = []
     for c in changes:
         if c.kind in ("add_index", "drop_index"):
             steps.append(_index_step(dialect, live, c, table))
         else:
-            steps.append(_column_step(sql, table, live, c, defaults))
+            steps.append(_column_step(sql, table, live, c, defaults, recasts.get(c.name)))
     return steps
 
 
@@ -147,7 +162,12 @@ def _index_step(dialect: Dialect, live: TableShape, c: Change, table: sa.Table) 
 
 
 def _column_step(
-    sql: _Sql, table: sa.Table, live: TableShape, c: Change, defaults: Mapping[str, str]
+    sql: _Sql,
+    table: sa.Table,
+    live: TableShape,
+    c: Change,
+    defaults: Mapping[str, str],
+    recast: Recast | None,
 ) -> Step:
     t, col = sql.q(live.name), sql.q(c.name)
     alter = f"ALTER TABLE {t} ALTER COLUMN {col}"
@@ -174,10 +194,13 @@ def _column_step(
         drop, add = (sql.dialect.nullability_sql(t, col, raw, n, keeps) for n in (True, False))
         forward, back = (drop, add) if c.kind == "drop_not_null" else (add, drop)
         return Step(live.name, describe, (forward,), (back,), destructive=c.destructive, slug=name)
-    return _drop_or_retype(sql, table, live, c, Step(live.name, describe, (), (), c.destructive, slug=name))
+    step = Step(live.name, describe, (), (), c.destructive, slug=name)
+    return _drop_or_retype(sql, table, live, c, step, recast)
 
 
-def _drop_or_retype(sql: _Sql, table: sa.Table, live: TableShape, c: Change, step: Step) -> Step:
+def _drop_or_retype(
+    sql: _Sql, table: sa.Table, live: TableShape, c: Change, step: Step, recast: Recast | None = None
+) -> Step:
     """Drop or retype a column in place; a destructive one saves its values first, for rollback."""
     t, col = sql.q(live.name), sql.q(c.name)
     old: ColumnShape = c.old  # type: ignore[assignment]
@@ -186,6 +209,10 @@ def _drop_or_retype(sql: _Sql, table: sa.Table, live: TableShape, c: Change, ste
     if c.kind == "drop_column":
         up.append(f"ALTER TABLE {t} DROP COLUMN {col}")
         down = [f"ALTER TABLE {t} ADD COLUMN {col} {old.raw_type}"]
+    elif recast is not None:
+        new_type = sql.type_of(table.c[c.name])
+        up += _recast_sql(sql, t, col, new_type, recast.to_new, old, to_text=recast.new_is_text)
+        down = _recast_sql(sql, t, col, old.raw_type, recast.to_old, old, to_text=not recast.new_is_text)
     else:  # retype
         new_type = sql.type_of(table.c[c.name])
         retype = sql.dialect.retype_sql
@@ -198,6 +225,19 @@ def _drop_or_retype(sql: _Sql, table: sa.Table, live: TableShape, c: Change, ste
             sql.dialect.nullability_sql(t, col, old.raw_type, False, old.default)
         )  # once the values are back
     return dataclasses.replace(step, up=tuple(up), down=tuple(down + drop_backup))
+
+
+def _recast_sql(
+    sql: _Sql, t: str, col: str, type_sql: str, convert: str, old: ColumnShape, *, to_text: bool
+) -> list[str]:
+    """Retype ``col`` converting each value by ``convert`` (a template of the column): in the
+    ALTER's USING, or (MySQL, whose ALTER has none) by an UPDATE while the column is a BLOB."""
+    dialect = sql.dialect
+    alter = dialect.retype_sql(t, col, type_sql, convert.format(col), old.nullable, old.default)
+    if dialect.retype_converts:
+        return [alter]
+    update = f"UPDATE {t} SET {col} = {convert.format(col)}"
+    return [update, alter] if to_text else [alter, update]
 
 
 def _ddl(dialect: Dialect, element: sa.schema.ExecutableDDLElement) -> str:
@@ -236,6 +276,7 @@ def _rebuild(
     live: TableShape,
     changes: Sequence[Change],
     defaults: Mapping[str, str],
+    recasts: Mapping[str, Recast],
 ) -> Step:
     """Copy the rows into a table of the new shape (up), or of the old one (down)."""
     sql, name = _Sql(dialect), live.name
@@ -251,6 +292,8 @@ def _rebuild(
         old = live.columns.get(column.name)
         if old is None:
             copy_up.append(defaults.get(column.name) or column_default(column) or "NULL")
+        elif column.name in recasts:
+            copy_up.append(recasts[column.name].to_new.format(sql.q(column.name)))
         elif old.type != dialect.declared_type(column):
             copy_up.append(sql.cast(sql.q(column.name), sql.type_of(column)))
         else:
@@ -265,6 +308,8 @@ def _rebuild(
             copy_down.append(f"b.{sql.q(old.name)}")
         elif old.name not in table.c:
             copy_down.append("NULL")
+        elif old.name in recasts:
+            copy_down.append(recasts[old.name].to_old.format(f"{sql.q(name)}.{sql.q(old.name)}"))
         elif old.type != dialect.declared_type(table.c[old.name]):
             copy_down.append(sql.cast(f"{sql.q(name)}.{sql.q(old.name)}", old.raw_type))
         else:

@@ -14,6 +14,9 @@ Rules:
   optional: a Create or BulkCreate that omits it leaves it to the database.
 - ``created_at`` / ``updated_at`` columns, when present, are kept up to date
   like a declared model's; tables without them simply have none.
+- A text column holding dataflow_lab ciphertexts (``dfe1:...``) is left out with a warning,
+  and so is its blind index: reflection cannot tell the field's type (str, dict, bytes) to
+  decrypt it, and a write would put plaintext among the ciphertexts. Declare that model.
 - Reflected tables are never created, altered or migrated.
 """
 
@@ -25,8 +28,11 @@ import warnings
 from decimal import Decimal
 from typing import Any
 
+import sqlalchemy as sa
+
+from ..encryption import PREFIX
 from ..errors import ValidationError
-from ..model import TIMESTAMP_FIELDS, Field, ModelSchema, check_identifier
+from ..model import BLIND_SUFFIX, TIMESTAMP_FIELDS, Field, ModelSchema, check_identifier
 from ..schema import ModelTable
 from ..transactions import borrowed
 from ..types import LOGICAL_TYPES, LogicalType, decimal_type
@@ -34,6 +40,8 @@ from .engine import check_untouched
 from .live import TableShape, read_table, table_names
 
 __all__ = ["ReflectedTable", "reflect", "model_from_table"]
+
+SAMPLED = 100  # values of a text column looked at for ciphertexts (_sealed_columns)
 
 _LOGICAL: dict[str, type] = {
     **dict.fromkeys(("INTEGER", "INT", "BIGINT", "SMALLINT", "TINYINT", "INT2", "INT4", "MEDIUMINT"), int),
@@ -73,12 +81,14 @@ async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[
             if shape is None:
                 raise ValidationError(f"Table '{name}' does not exist in {db!r}.",
                                       hint=f"tables: {', '.join(available) or 'none'}.")  # fmt: skip
-            shapes.append(shape)
+            shapes.append((shape, await _sealed_columns(dialect, conn, shape)))
     added = []
-    for shape in shapes:
+    for shape, sealed in shapes:
         # safety_level testing and maximum: what would be a warning (a table skipped) is an error
         strict = tables is not None or db.config.safety.warnings_are_errors
-        schema = model_from_table(shape, strict=strict, columns_strict=db.config.safety.warnings_are_errors)
+        schema = model_from_table(
+            shape, strict=strict, columns_strict=db.config.safety.warnings_are_errors, sealed=sealed
+        )
         if schema is None:
             continue
         db.database.install(schema, ReflectedTable(schema, db.database.dialect), reflected=True)
@@ -86,13 +96,42 @@ async def reflect(db: Any, tables: list[str] | None, scope: Any = None) -> list[
     return added
 
 
+async def _sealed_columns(dialect: Any, conn: Any, shape: TableShape) -> frozenset[str]:
+    """The text columns of ``shape`` holding dataflow_lab ciphertexts (among the first
+    ``SAMPLED`` values the database returns: a migration encrypts a column whole), with their
+    blind index columns."""
+    found: set[str] = set()
+    for column in shape.columns.values():
+        if _LOGICAL.get(column.type.partition("(")[0]) is not str or column.name == "id":
+            continue
+        c = sa.column(column.name, sa.Text())
+        sample = (
+            sa.select(c).select_from(sa.table(shape.name, c)).where(c.is_not(None)).limit(SAMPLED).subquery()
+        )
+        probe = (
+            sa.select(sa.literal(1))
+            .select_from(sample)
+            .where(sample.c[column.name].startswith(PREFIX))
+            .limit(1)
+        )
+        if await conn.fetch(*dialect.compile(probe)):
+            found.update((column.name, column.name + BLIND_SUFFIX))
+    return frozenset(found & set(shape.columns))
+
+
 def model_from_table(
-    shape: TableShape, *, strict: bool = False, columns_strict: bool = False
+    shape: TableShape,
+    *,
+    strict: bool = False,
+    columns_strict: bool = False,
+    sealed: frozenset[str] = frozenset(),
 ) -> ModelSchema | None:
     """A ModelSchema for an existing table (None, with a warning, when it cannot have nodes).
 
     ``strict``: a table that cannot have nodes is an error; ``columns_strict``: so is a column
-    that would be left out of the model.
+    that would be left out of the model. ``sealed``: columns holding ciphertexts of encrypted
+    fields (and their blind indexes), which a reflected model leaves out: it cannot tell their
+    fields' types (str, dict, bytes) to decrypt them, and a write would put plaintext among them.
     """
     problem = _key_problem(shape)
     if problem:
@@ -104,13 +143,17 @@ def model_from_table(
     fields = []
     for column in shape.columns.values():
         python = _LOGICAL.get(column.type.partition("(")[0])
-        if python is None:
+        if python is None or column.name in sealed:
             problem = (f"column '{shape.name}.{column.name}' has type {column.raw_type or column.type}, "
                        "which has no logical type")  # fmt: skip
+            how = "change or drop the column"
+            if column.name in sealed:
+                problem = f"column '{shape.name}.{column.name}' holds encrypted values (or their blind index)"
+                how = "declare the model, its field Encrypted[str], Encrypted[dict] or Encrypted[bytes]"
             if columns_strict:
                 raise ValidationError(
                     f"Table '{shape.name}' cannot be reflected whole: {problem}.",
-                    hint="change or drop the column, or reflect with safety_level='development', "
+                    hint=f"{how}, or reflect with safety_level='development', "
                     "which leaves it out of the model with a warning.",
                 )
             warnings.warn(f"dataflow_lab: {problem}; it is left out of the model.", stacklevel=3)
