@@ -34,7 +34,7 @@ from ..leaks import owner
 from ..sqltext import writes
 from ..statement_log import without_values
 from ..types import DECIMAL_DEFAULT
-from .arrow_columns import arrow_source, by_column_of
+from .arrow_columns import Same, arrow_source, by_column_of
 from .base import Connection, Dialect, QueryResult, statement_note
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -524,13 +524,31 @@ class DuckDBDialect(Dialect):
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
     ) -> tuple[int, int]:
-        """Arrow view -> count the keys that exist (a join), then one INSERT ... ON CONFLICT."""
+        return await self.bulk_upsert_columns(
+            conn, table, columns, by_column_of(rows), conflict_on, update_columns, guard
+        )
+
+    async def bulk_upsert_columns(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        by_column: list[Any],
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+        guard: Sequence[str] = (),
+    ) -> tuple[int, int]:
+        """Typed Arrow columns -> count the keys that exist (a join), then one INSERT ... ON CONFLICT.
+
+        The key columns are joined on, so they are read from the view, never bound as one value."""
         keys = ", ".join(f'"{c}"' for c in conflict_on)
         action = self.on_conflict_sql(table, conflict_on, update_columns, guard)
-        keep = [columns.index(c) for c in conflict_on]  # joined on: read from the view
-        data, select, params = arrow_source(
-            [table.c[c].type for c in columns], columns, by_column_of(rows, keep)
-        )
+        n = max((len(c) for c in by_column if not isinstance(c, Same)), default=0)
+        keep = {columns.index(c) for c in conflict_on}
+        by_column = [
+            [c.value] * n if i in keep and isinstance(c, Same) else c for i, c in enumerate(by_column)
+        ]
+        data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
         cols = ", ".join(f'"{c}"' for c in columns)
         view = f"_dataflow_bulk_{id(data)}"
 
@@ -549,4 +567,4 @@ class DuckDBDialect(Dialect):
                 self.con.unregister(view)
 
         existing = await self.run(load)
-        return len(rows) - existing, existing
+        return n - existing, existing
