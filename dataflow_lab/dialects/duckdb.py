@@ -70,6 +70,13 @@ def _duckdb_keywords() -> set[str]:
     return _KEYWORDS
 
 
+# A chunk's Arrow table is read by DuckDB's replacement scan: a statement naming a table the
+# catalog lacks reads the Python variable of that name in the calling function. A view made with
+# ``register`` would keep its Arrow data alive until the transaction ends (unregister or not), so a
+# streamed BulkCreate or BulkUpsert, one transaction, would hold every chunk it loaded.
+_ARROW_ROWS = '"_dataflow_bulk_rows"'
+
+
 class DuckDBConnection(Connection):
     def __init__(self, dialect: DuckDBDialect):
         self.dialect = dialect
@@ -470,19 +477,16 @@ class DuckDBDialect(Dialect):
         statement: Callable[[str, str, str], str],
         fetch: bool = False,
     ) -> Any:
-        """Register the columns as an Arrow view and run ``statement(view, quoted columns, select
-        list)`` over it; a one-value column is a parameter of the statement (``arrow_columns``)."""
+        """Run ``statement(the Arrow table's name, quoted columns, select list)`` over the columns
+        as an Arrow table (``_ARROW_ROWS``); a one-value column is a parameter of the statement
+        (``arrow_columns``)."""
         data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
         quoted = ", ".join(f'"{c}"' for c in columns)
-        view = f"_dataflow_bulk_{id(data)}"
 
         def load() -> Any:
-            self.con.register(view, data)
-            try:
-                result = self.con.execute(statement(f'"{view}"', quoted, ", ".join(select)), params)
-                return result.fetchall() if fetch else None
-            finally:
-                self.con.unregister(view)
+            _dataflow_bulk_rows = data  # noqa: F841 - read by DuckDB by its name (_ARROW_ROWS)
+            result = self.con.execute(statement(_ARROW_ROWS, quoted, ", ".join(select)), params)
+            return result.fetchall() if fetch else None
 
         return await self.run(load)
 
@@ -550,21 +554,17 @@ class DuckDBDialect(Dialect):
         ]
         data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
         cols = ", ".join(f'"{c}"' for c in columns)
-        view = f"_dataflow_bulk_{id(data)}"
 
         def load() -> int:
-            self.con.register(view, data)
-            try:
-                (existing,) = self.con.execute(
-                    f'SELECT count(*) FROM "{table.name}" JOIN "{view}" USING ({keys})'
-                ).fetchall()[0]
-                insert = (
-                    f'INSERT INTO "{table.name}" ({cols}) SELECT {", ".join(select)} FROM "{view}" {action}'
-                )
-                self.con.execute(insert, params)
-                return int(existing)
-            finally:
-                self.con.unregister(view)
+            _dataflow_bulk_rows = data  # noqa: F841 - read by DuckDB by its name (_ARROW_ROWS)
+            (existing,) = self.con.execute(
+                f'SELECT count(*) FROM "{table.name}" JOIN {_ARROW_ROWS} USING ({keys})'
+            ).fetchall()[0]
+            insert = (
+                f'INSERT INTO "{table.name}" ({cols}) SELECT {", ".join(select)} FROM {_ARROW_ROWS} {action}'
+            )
+            self.con.execute(insert, params)
+            return int(existing)
 
         existing = await self.run(load)
         return n - existing, existing
