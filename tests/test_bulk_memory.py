@@ -116,8 +116,8 @@ def test_wide_rows_are_written_in_chunks_that_fit_the_budget(wide):
     spy = ProgressSpy()
     bulk(wide, list(wide_rows()), hooks=[spy])
     sizes = [b - a for a, b in zip([0, *spy.done], spy.done, strict=False)]
-    assert sum(sizes) == ROWS and len(sizes) > 10  # one chunk would be 10 MB
-    assert max(sizes) * WIDE * 2 <= BUDGET_MB * MB  # held twice: as records and as driver rows
+    assert sum(sizes) == ROWS and len(sizes) >= 10  # one chunk would be 10 MB
+    assert max(sizes) * WIDE <= BUDGET_MB * MB  # held as driver rows (the list's dicts are the caller's)
 
 
 def test_the_arrow_table_of_a_duckdb_chunk_fits_the_budget(tmp_path, monkeypatch):

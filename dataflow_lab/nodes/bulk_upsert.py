@@ -251,8 +251,11 @@ class BulkUpsert(BulkRows):
         keys = None if chunk.by_column is None else keys_of_column(chunk.by_column, key_index)
         if keys is None:
             keys = keys_of_rows(chunk.rows, key_index)
-        single = len(key_index) == 1
-        if len(set(keys)) == len(keys) and len(without_nulls(keys, single)) == len(keys):
+        single, distinct = len(key_index) == 1, set(keys)
+        nulls = (
+            None in distinct if single else len(without_nulls(keys, single)) < len(keys)
+        )  # a hash, not a scan
+        if len(distinct) == len(keys) and not nulls:
             start = chunk.first_index  # no key twice (the common case): the rows as they are
             return keys, list(range(start, start + len(keys)))
         unique: dict[Any, tuple[int, Hashable, tuple]] = {}

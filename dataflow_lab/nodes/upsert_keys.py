@@ -34,10 +34,10 @@ def keys_of_column(by_column: Sequence[Any], key_index: Sequence[int]) -> list[H
     return lists[0] if len(lists) == 1 else list(zip(*lists, strict=True))
 
 
-def without_nulls(keys: Sequence[Hashable], single: bool) -> list[Hashable]:
-    """``keys`` less those holding a NULL (they match no other row)."""
+def without_nulls(keys: list[Hashable], single: bool) -> list[Hashable]:
+    """``keys`` less those holding a NULL (they match no other row): ``keys`` itself when none does."""
     if single:
-        return [k for k in keys if k is not None] if None in keys else list(keys)
+        return [k for k in keys if k is not None] if None in keys else keys
     return [k for k in keys if None not in k]  # type: ignore[operator]
 
 
@@ -81,7 +81,7 @@ class SeenKeys:
         dialect, found = self.mt.dialect, dict[Hashable, bool]()
         if self.table is None:
             first = self.first
-            found.update((k, first[k]) for k in keys if k in first)
+            found.update((k, first[k]) for k in filter(first.__contains__, keys))  # the test in C
         elif self.single:  # one parameter for the chunk's keys (an array, or JSON on SQLite)
             col = self.table.c[self.conflict_on[0]]
             sql, params = dialect.compile(
