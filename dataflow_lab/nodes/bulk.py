@@ -65,6 +65,7 @@ class BulkCreate(BulkRows):
                 gone = {s["index"] for s in chunk.skipped + self.refused[refused_before:]}
                 got = iter(chunk_ids)
                 ids.extend(None if i in gone else next(got) for i in chunk.span)
+            del chunk  # let it go before the next chunk is read (rows.iter_records)
         result: dict[str, Any] = {"inserted": inserted}
         if return_ids:
             result["ids"] = ids

@@ -138,6 +138,7 @@ class BulkRows(ModelNode):
             for chunk in shaper.chunks(data, size):
                 seen = chunk.count + len(chunk.skipped)  # input rows, before the node reshapes them
                 yield chunk
+                del chunk  # let it go before the next chunk is read (rows.iter_records)
                 done += seen
                 ctx.progress(done, total)
                 if bar is not None:

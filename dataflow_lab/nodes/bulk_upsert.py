@@ -103,6 +103,7 @@ class BulkUpsert(BulkRows):
             else:
                 last = total is not None and staged.span.stop >= total
                 await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally, last=last)
+            del staged, chunk  # let them go before the next chunk is read (rows.iter_records)
         if tally.seen is not None:
             await tally.seen.close(conn)
         if tally.wrote_ids and self.model.id_field.generated and tally.inserted:

@@ -101,17 +101,22 @@ class SeenKeys:
         if self.first is None:
             self.first = marks
             return
-        if self.table is None:
+        if self.table is None:  # the second chunk: the first one's keys go to the table too
             self.table = await self._create(conn)
-            marks = {**self.first, **marks}
-            self.first = {}
-        if marks:
-            columns = [*self.conflict_on, "ours"]
-            if self.single:
-                rows = [(k, int(v)) for k, v in marks.items()]
-            else:
-                rows = [(*k, int(v)) for k, v in marks.items()]  # type: ignore[misc]
-            await self.mt.dialect.bulk_insert(conn, self.table, columns, rows)
+            first, self.first = self.first, {}
+            await self._insert(conn, first)
+        await self._insert(conn, marks)
+
+    async def _insert(self, conn: Any, marks: dict[Hashable, bool]) -> None:
+        """Write ``marks`` (key -> inserted by this node) to the table, a list per column."""
+        if not marks:
+            return
+        keys = list(marks)
+        by_key = [keys] if self.single else [list(c) for c in zip(*keys, strict=True)]
+        ours = list(map(int, marks.values()))
+        columns = [*self.conflict_on, "ours"]
+        assert self.table is not None, "made at the second chunk"
+        await self.mt.dialect.bulk_insert_columns(conn, self.table, columns, [*by_key, ours], ids=False)
 
     async def _create(self, conn: Any) -> sa.Table:
         mt = self.mt
