@@ -73,7 +73,8 @@ def _duckdb_keywords() -> set[str]:
 # A chunk's Arrow table is read by DuckDB's replacement scan: a statement naming a table the
 # catalog lacks reads the Python variable of that name in the calling function. A view made with
 # ``register`` would keep its Arrow data alive until the transaction ends (unregister or not), so a
-# streamed BulkCreate or BulkUpsert, one transaction, would hold every chunk it loaded.
+# streamed BulkCreate or BulkUpsert, one transaction, would hold every chunk it loaded. No model's
+# table takes this name: names starting with _dataflow are reserved (model.check_table_name).
 _ARROW_ROWS = '"_dataflow_bulk_rows"'
 
 
