@@ -171,6 +171,7 @@ def iter_records(
     while batch := list(itertools.islice(iterator, size)):
         sizer.measure(batch)
         yield batch
+        del batch  # not held while the next one is read: one chunk of a stream in memory, not two
         size = sizer.rows
 
 
@@ -322,6 +323,7 @@ class RowShaper:
                 self._layout(records[0])
             yield self.prepare(records, index)
             index += len(records)
+            del records  # let it go before the next chunk is read (iter_records)
 
     def prepare(self, records: Sequence[Any], first_index: int) -> Chunk:
         """One chunk, shaped by column when every row passes (kept so for a columnar database,

@@ -619,6 +619,35 @@ def test_bulk_upsert_counts_a_key_repeated_across_chunks_once_and_keeps_the_last
     }
 
 
+def test_a_duckdb_bulk_upsert_loads_each_chunk_by_column_as_shaped_and_counts_exactly(monkeypatch):
+    db = DataFlow("duckdb:///:memory:")
+    define_user(db)
+    bulk(db, "UserBulkCreateNode", {"data": user_rows(3)})
+    dialect, loaded = db.database.dialect, []
+    real_columns, real_rows = dialect.bulk_upsert_columns, dialect.bulk_upsert
+
+    async def by_column(conn, table, columns, columns_data, *rest):
+        loaded.append(dict(zip(columns, columns_data, strict=True)))
+        return await real_columns(conn, table, columns, columns_data, *rest)
+
+    async def by_row(*args):
+        loaded.append("rows")
+        return await real_rows(*args)
+
+    monkeypatch.setattr(dialect, "bulk_upsert_columns", by_column)
+    monkeypatch.setattr(dialect, "bulk_upsert", by_row)
+    data = [{"name": f"new{i}", "email": f"u{i}@example.com", "age": i} for i in range(5)]
+    result = bulk(db, "UserBulkUpsertNode", {"data": data, "conflict_on": ["email"], "batch_size": 2})
+    assert result == {"inserted": 2, "updated": 3}
+    assert len(loaded) == 3 and "rows" not in loaded  # three chunks, none made into rows
+    assert loaded[0]["email"] == ["u0@example.com", "u1@example.com"]  # the shaper's own lists
+    assert type(loaded[0]["created_at"]).__name__ == "Same"  # one parameter, not a column of copies
+    assert sorted((r["email"], r["name"]) for r in records(db)) == [
+        (f"u{i}@example.com", f"new{i}") for i in range(5)
+    ]
+    db.close()
+
+
 @pytest.mark.parametrize("batch_size", [None, 7])
 def test_bulk_upsert_counts_are_exact_over_many_chunks_of_a_generator(users, batch_size):
     bulk(users, "UserBulkCreateNode", {"data": user_rows(100)})

@@ -1012,3 +1012,31 @@ def test_create_read_update_and_count_compile_their_sql_once_per_shape(db, monke
     assert every_op(1) == [1, "user2", 41, 1]  # other values: each run's own
     assert every_op(2) == [2, "user3", 42, 1]
     assert compiled[first:] == []
+
+
+def test_filtered_bulk_update_and_bulk_delete_compile_their_sql_once_per_shape(db, monkeypatch):
+    """Each run takes its own values (filter, SET, increments) into the SQL compiled at the first."""
+    define_user(db)
+    add_users(db, 6)
+    dialect = db.database.dialect
+    compiled: list[str] = []
+    for name in ("compile", "compile_named"):
+        real = getattr(dialect, name)
+        monkeypatch.setattr(dialect, name, lambda stmt, real=real: compiled.append(str(stmt)) or real(stmt))
+
+    def every_op(n: int) -> list:
+        where = {"age": {"$gte": n}, "active": True}
+        return [
+            one(db, "UserBulkUpdateNode", {"filter": where, "fields": {"nickname": f"n{n}"}})["updated"],
+            one(db, "UserBulkUpdateNode", {"filter": {"age": n}, "fields": {"age": {"$inc": 10}}})["updated"],
+            one(db, "UserBulkDeleteNode", {"filter": {"age": 10 + n}})["deleted"],
+        ]
+
+    assert every_op(1) == [6, 1, 1]
+    first = len(compiled)
+    assert first >= 3  # each shape compiled once, at its first run
+    assert every_op(4) == [3, 1, 1]  # other values: each run's own
+    assert every_op(5) == [2, 1, 1]
+    assert compiled[first:] == []
+    rows = {r["email"]: (r["age"], r["nickname"]) for r in all_users(db)}
+    assert rows == {"u2@example.com": (2, "n1"), "u3@example.com": (3, "n1"), "u6@example.com": (6, "n5")}

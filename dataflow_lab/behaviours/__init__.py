@@ -145,6 +145,11 @@ class Behaviours:
     def upsert_guard(self, conflict_on: Sequence[str]) -> tuple[str, ...]:
         return tuple(c for b in self._having("upsert_guard") for c in b.upsert_guard(conflict_on))
 
+    @property
+    def checks_upserts(self) -> bool:
+        """Some behaviour checks a BulkUpsert's written rows (``upserted``): it needs them as rows."""
+        return bool(self._having("upserted"))
+
     def match_columns(self, table: sa.Table) -> list[Any]:
         return [c for b in self._having("match_columns") for c in b.match_columns(table)]
 

@@ -571,6 +571,22 @@ class Dialect:
         await conn.executemany(sql, rows)
         return None
 
+    async def bulk_upsert_columns(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        by_column: list[Any],
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+        guard: Sequence[str] = (),
+    ) -> tuple[int, int] | None:
+        """``bulk_upsert`` of a chunk given column by column (``rows.Chunk.by_column``). Here: made
+        rows, then ``bulk_upsert``; a columnar database (DuckDB) loads the columns as they are."""
+        n = max((len(c) for c in by_column if not isinstance(c, Same)), default=0)
+        rows = list(zip(*(c if not isinstance(c, Same) else [c.value] * n for c in by_column), strict=True))
+        return await self.bulk_upsert(conn, table, columns, rows, conflict_on, update_columns, guard)
+
     def on_conflict_sql(
         self,
         table: sa.Table,

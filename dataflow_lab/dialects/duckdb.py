@@ -33,7 +33,7 @@ from ..leaks import owner
 from ..sqltext import writes
 from ..statement_log import without_values
 from ..types import DECIMAL_DEFAULT
-from .arrow_columns import arrow_source, by_column_of
+from .arrow_columns import Same, arrow_source, by_column_of
 from .base import Connection, Dialect, QueryResult, statement_note
 from .change_feed import OneProcessFeed
 
@@ -68,6 +68,14 @@ def _duckdb_keywords() -> set[str]:
             finally:
                 con.close()
     return _KEYWORDS
+
+
+# A chunk's Arrow table is read by DuckDB's replacement scan: a statement naming a table the
+# catalog lacks reads the Python variable of that name in the calling function. A view made with
+# ``register`` would keep its Arrow data alive until the transaction ends (unregister or not), so a
+# streamed BulkCreate or BulkUpsert, one transaction, would hold every chunk it loaded. No model's
+# table takes this name: names starting with _dataflow are reserved (model.check_table_name).
+_ARROW_ROWS = '"_dataflow_bulk_rows"'
 
 
 class DuckDBConnection(Connection):
@@ -467,19 +475,16 @@ class DuckDBDialect(Dialect):
         statement: Callable[[str, str, str], str],
         fetch: bool = False,
     ) -> Any:
-        """Register the columns as an Arrow view and run ``statement(view, quoted columns, select
-        list)`` over it; a one-value column is a parameter of the statement (``arrow_columns``)."""
+        """Run ``statement(the Arrow table's name, quoted columns, select list)`` over the columns
+        as an Arrow table (``_ARROW_ROWS``); a one-value column is a parameter of the statement
+        (``arrow_columns``)."""
         data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
         quoted = ", ".join(f'"{c}"' for c in columns)
-        view = f"_dataflow_bulk_{id(data)}"
 
         def load() -> Any:
-            self.con.register(view, data)
-            try:
-                result = self.con.execute(statement(f'"{view}"', quoted, ", ".join(select)), params)
-                return result.fetchall() if fetch else None
-            finally:
-                self.con.unregister(view)
+            _dataflow_bulk_rows = data  # noqa: F841 - read by DuckDB by its name (_ARROW_ROWS)
+            result = self.con.execute(statement(_ARROW_ROWS, quoted, ", ".join(select)), params)
+            return result.fetchall() if fetch else None
 
         return await self.run(load)
 
@@ -521,29 +526,39 @@ class DuckDBDialect(Dialect):
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
     ) -> tuple[int, int]:
-        """Arrow view -> count the keys that exist (a join), then one INSERT ... ON CONFLICT."""
-        keys = ", ".join(f'"{c}"' for c in conflict_on)
-        action = self.on_conflict_sql(table, conflict_on, update_columns, guard)
-        keep = [columns.index(c) for c in conflict_on]  # joined on: read from the view
-        data, select, params = arrow_source(
-            [table.c[c].type for c in columns], columns, by_column_of(rows, keep)
+        return await self.bulk_upsert_columns(
+            conn, table, columns, by_column_of(rows), conflict_on, update_columns, guard
         )
+
+    async def bulk_upsert_columns(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        by_column: list[Any],
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+        guard: Sequence[str] = (),
+    ) -> tuple[int, int]:
+        """Typed Arrow columns -> one INSERT ... ON CONFLICT; the new rows are the table's count after
+        less its count before (a count(*) reads no rows: far cheaper than joining on the keys).
+
+        Exact: the run's transaction sees its snapshot and its own writes only, and an upsert
+        deletes nothing."""
+        action = self.on_conflict_sql(table, conflict_on, update_columns, guard)
+        n = max((len(c) for c in by_column if not isinstance(c, Same)), default=1)
+        data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
         cols = ", ".join(f'"{c}"' for c in columns)
-        view = f"_dataflow_bulk_{id(data)}"
+        count = f'SELECT count(*) FROM "{table.name}"'
 
         def load() -> int:
-            self.con.register(view, data)
-            try:
-                (existing,) = self.con.execute(
-                    f'SELECT count(*) FROM "{table.name}" JOIN "{view}" USING ({keys})'
-                ).fetchall()[0]
-                insert = (
-                    f'INSERT INTO "{table.name}" ({cols}) SELECT {", ".join(select)} FROM "{view}" {action}'
-                )
-                self.con.execute(insert, params)
-                return int(existing)
-            finally:
-                self.con.unregister(view)
+            _dataflow_bulk_rows = data  # noqa: F841 - read by DuckDB by its name (_ARROW_ROWS)
+            before = self.con.execute(count).fetchall()[0][0]
+            insert = (
+                f'INSERT INTO "{table.name}" ({cols}) SELECT {", ".join(select)} FROM {_ARROW_ROWS} {action}'
+            )
+            self.con.execute(insert, params)
+            return int(self.con.execute(count).fetchall()[0][0] - before)
 
-        existing = await self.run(load)
-        return len(rows) - existing, existing
+        inserted = await self.run(load)
+        return inserted, n - inserted

@@ -23,6 +23,7 @@ from .bulk_rows import BulkRows, common_parameters
 from .bulk_upsert import BulkUpsert
 from .increments import set_values, split
 from .model_node import ModelNode
+from .model_node import filtered as once_per_shape
 from .outputs import ID
 from .undo import RowUndo, rows_before
 
@@ -64,6 +65,7 @@ class BulkCreate(BulkRows):
                 gone = {s["index"] for s in chunk.skipped + self.refused[refused_before:]}
                 got = iter(chunk_ids)
                 ids.extend(None if i in gone else next(got) for i in chunk.span)
+            del chunk  # let it go before the next chunk is read (rows.iter_records)
         result: dict[str, Any] = {"inserted": inserted}
         if return_ids:
             result["ids"] = ids
@@ -134,11 +136,21 @@ class _FilterWrite(ModelNode):
         conditions = [c for c in (where, *self.guards(include_deleted=include_deleted)) if c is not None]
         return sa.and_(*conditions) if len(conditions) > 1 else (conditions[0] if conditions else None)
 
-    def filtered(self, stmt: Any) -> Any:
-        """``stmt`` (an UPDATE or DELETE) limited to the filter, the guards and the behaviours' checks."""
-        where = self.where_clause()
+    def filtered(self, stmt: Any, where: Any = None) -> Any:
+        """``stmt`` (an UPDATE or DELETE) limited to the filter (or ``where``, the filter as an
+        expression already made), the guards and the behaviours' checks."""
+        if where is None:
+            where = filters.to_sql(self.mt, self.params.get("filter") or {})
         checks = self.behaviours.update_where(self, self.mt.table)
-        return stmt.where(*[c for c in (where, *checks) if c is not None])
+        return stmt.where(*[c for c in (where, *self.guards(), *checks) if c is not None])
+
+    async def write_once_per_shape(
+        self, ctx: RunContext, build: Any, *key: Any, values: dict[str, Any]
+    ) -> int:
+        """Run ``build(where)``, compiled once per filter shape and ``key`` (the filter's values, the
+        behaviours' and ``values`` bound by name each run); how many rows it changed."""
+        sql, params = once_per_shape(self, self.params.get("filter") or {}, build, *key, values=values)
+        return await (await ctx.connection(self.dataflow)).execute(sql, params)
 
     async def write(self, ctx: RunContext, stmt: Any) -> int:
         """Run the statement; how many rows it changed. Images go to the behaviours that want them."""
@@ -192,10 +204,26 @@ class BulkUpdate(_FilterWrite):
         return self.filtered(stmt)
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
-        per_row = self.mt.bound_to_rows(split(self.params["fields"])[0])
+        mt, behaviours = self.mt, self.behaviours
+        plain, increments = split(self.params["fields"])
+        per_row = mt.bound_to_rows(plain)
         if per_row:
             return {"updated": await self._write_sealed(ctx, len(per_row))}
-        return {"updated": await self.write(ctx, self._statement())}
+        if behaviours.watched:
+            return {"updated": await self.write(ctx, self._statement())}
+        values = mt.db_values({**plain, **behaviours.touch_values(self, self.now())})
+        columns = tuple(values)
+
+        def build(where: Any) -> Any:
+            stmt = sa.update(mt.table).values(set_values(mt.table, columns, increments, {}))
+            extra = behaviours.update_set(mt.table)
+            return self.filtered(stmt.values(extra) if extra else stmt, where)
+
+        return {
+            "updated": await self.write_once_per_shape(
+                ctx, build, "bulk_update", columns, increments, values=values
+            )
+        }
 
     async def _write_sealed(self, ctx: RunContext, width: int) -> int:
         """Encrypted fields bind each row's id: the matching ids are read first, then each chunk of
@@ -250,7 +278,18 @@ class BulkDelete(_FilterWrite):
         return self.filtered(sa.update(self.mt.table).values(self.mt.db_values(marks)))
 
     async def run(self, ctx: RunContext) -> dict[str, int]:
-        return {"deleted": await self.write(ctx, self._statement())}
+        if self.behaviours.watched:
+            return {"deleted": await self.write(ctx, self._statement())}
+        marks, table = self.behaviours.delete_values(self, self.now()), self.mt.table
+        values = self.mt.db_values(marks or {})
+
+        def build(where: Any) -> Any:
+            if marks is None:
+                return self.filtered(sa.delete(table), where)
+            return self.filtered(sa.update(table).values({c: sa.bindparam(c) for c in values}), where)
+
+        key = None if marks is None else tuple(values)
+        return {"deleted": await self.write_once_per_shape(ctx, build, "bulk_delete", key, values=values)}
 
     # -- compensation (nodes/undo.py) -------------------------------------------------
     async def before_image(self, conn: Any) -> list[dict[str, Any]]:

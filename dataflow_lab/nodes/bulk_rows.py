@@ -138,6 +138,7 @@ class BulkRows(ModelNode):
             for chunk in shaper.chunks(data, size):
                 seen = chunk.count + len(chunk.skipped)  # input rows, before the node reshapes them
                 yield chunk
+                del chunk  # let it go before the next chunk is read (rows.iter_records)
                 done += seen
                 ctx.progress(done, total)
                 if bar is not None:
@@ -146,14 +147,16 @@ class BulkRows(ModelNode):
     def chunk_sizer(self) -> ChunkSizer:
         """Rows per chunk within the database's limit and the memory budget (``bulk_memory_mb``).
 
-        A chunk is held as the input's records (a stream's), as driver-ready rows, and in any copy
-        the database's bulk path makes (DuckDB's Arrow table).
+        A chunk is held as the input's records (a stream's, or a DataFrame's, made here; a list's
+        are the caller's, held anyway), as driver-ready rows, and in any copy the database's bulk
+        path makes (DuckDB's Arrow table).
         """
         dialect = self.mt.dialect
         cap = dialect.bulk_batch_size(len(self.model.fields))
         if self.model.encrypted:  # sealing holds a chunk's ids, plaintexts and ciphertexts at once
             cap = min(cap, dialect.sealed_chunk_rows)
-        return ChunkSizer(cap, dialect.config.bulk_memory_mb * 2**20, copies=2 + dialect.bulk_copies)
+        made = 0 if isinstance(self.params["data"], list | tuple) else 1  # records made for the chunk
+        return ChunkSizer(cap, dialect.config.bulk_memory_mb * 2**20, copies=1 + made + dialect.bulk_copies)
 
     async def write_or_skip(
         self, conn: Any, chunk: Chunk, write: Any, indexes: list[int] | None = None

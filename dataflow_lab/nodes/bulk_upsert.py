@@ -6,11 +6,8 @@ are exact on every backend (the dialect reports them where it can).
 
 from __future__ import annotations
 
-import itertools
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,85 +20,11 @@ from .base import Param, RunContext
 from .bulk_rows import BulkRows, common_parameters
 from .model_node import check_conflict_on
 from .undo import RowUndo, rows_before
+from .upsert_keys import SeenKeys, key_matches, keys_of_column, keys_of_rows, without_nulls
 
 __all__ = ["BulkUpsert"]
 
 _NULL_KEY = object()  # marks a key holding a NULL: unique to its row (see _last_wins)
-
-
-def _key_tuples(rows: list[tuple], key_index: list[int]) -> list[tuple]:
-    """Each row's key, as a tuple of its ``key_index`` values (made in C: itemgetter, zip)."""
-    if len(key_index) == 1:
-        return list(zip(map(itemgetter(key_index[0]), rows)))
-    return list(map(itemgetter(*key_index), rows))
-
-
-class _SeenKeys:
-    """The conflict_on keys earlier chunks wrote, and which of them this node inserted.
-
-    A key written again by a later chunk counts once (the last row wins), and with update_fields
-    a row this node inserted is overwritten whole; so each chunk asks which of its keys earlier
-    chunks wrote. The first chunk's keys stay in memory; from the second chunk on they all go to a
-    temporary table in the run's transaction (dropped at the end, or with a rollback), so memory
-    does not grow with the input. Keys holding a NULL are not kept: NULL equals nothing in SQL, so
-    such a row never meets another.
-    """
-
-    def __init__(self, node: BulkUpsert, conflict_on: list[str]):
-        self.node, self.conflict_on = node, conflict_on
-        self.first: dict[tuple, bool] | None = None  # the first chunk's keys -> inserted by this node
-        self.table: sa.Table | None = None
-
-    async def lookup(self, conn: Any, keys: list[tuple]) -> tuple[set[tuple], set[tuple]]:
-        """Of ``keys``: those earlier chunks wrote, and those of them this node inserted (a key
-        holding a NULL is never among them: it matches no other row)."""
-        keys = [k for k in keys if None not in k]
-        if self.first is None or not keys:
-            return set(), set()
-        found: dict[tuple, bool] = {}
-        if self.table is None:
-            found.update((k, self.first[k]) for k in keys if k in self.first)
-        elif len(self.conflict_on) == 1:  # one parameter for the chunk's keys (an array, or JSON on SQLite)
-            col = self.table.c[self.conflict_on[0]]
-            cond = self.node.mt.dialect.in_array(col, [k[0] for k in keys if None not in k])
-            sql, params = self.node.mt.dialect.compile(sa.select(col, self.table.c.ours).where(cond))
-            found.update(((r[0],), bool(r[1])) for r in await conn.fetch(sql, params))
-        else:
-            for cols, cond in self.node._key_matches(self.conflict_on, keys, self.table):
-                sql, params = self.node.mt.dialect.compile(sa.select(*cols, self.table.c.ours).where(cond))
-                found.update((tuple(r[:-1]), bool(r[-1])) for r in await conn.fetch(sql, params))
-        return set(found), {k for k, ours in found.items() if ours}
-
-    async def record(self, conn: Any, keys: list[tuple], ours: set[tuple]) -> None:
-        """Note ``keys`` as written (none of them seen before), ``ours`` among them inserted by this node."""
-        marks = {k: k in ours for k in keys if None not in k}  # a NULL key is never met again
-        if self.first is None:
-            self.first = marks
-            return
-        if self.table is None:
-            self.table = await self._create(conn)
-            marks = {**self.first, **marks}
-            self.first = {}
-        if marks:
-            columns = [*self.conflict_on, "ours"]
-            rows = [(*k, int(v)) for k, v in marks.items()]
-            await self.node.mt.dialect.bulk_insert(conn, self.table, columns, rows)
-
-    async def _create(self, conn: Any) -> sa.Table:
-        mt = self.node.mt
-        name = f"dataflow_seen_{uuid.uuid4().hex[:16]}"
-        cols = [
-            sa.Column(c, mt.dialect.key_type(mt.table.c[c].type), primary_key=True, autoincrement=False)
-            for c in self.conflict_on
-        ]
-        table = sa.Table(name, sa.MetaData(), *cols, sa.Column("ours", sa.Integer), prefixes=["TEMPORARY"])
-        await conn.execute(mt.dialect.ddl(sa.schema.CreateTable(table)))
-        return table
-
-    async def close(self, conn: Any) -> None:
-        if self.table is not None:
-            await conn.execute(self.node.mt.dialect.ddl(sa.schema.DropTable(self.table)))
-            self.table = None
 
 
 @dataclass
@@ -110,7 +33,7 @@ class _Tally:
 
     inserted: int = 0
     updated: int = 0
-    seen: _SeenKeys | None = None  # keys written by earlier chunks (and which this node inserted)
+    seen: SeenKeys | None = None  # keys written by earlier chunks (and which this node inserted)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     wrote_ids: bool = False
 
@@ -122,7 +45,7 @@ class _Plan:
     columns: tuple[str, ...]
     conflict_on: list[str]
     key_index: list[int]
-    mine: set[tuple]  # keys this node inserted in earlier chunks: overwritten whole
+    mine: set[Hashable]  # keys this node inserted in earlier chunks: overwritten whole
     update: list[str]  # what an update of an existing row changes
     overwrite: list[str]  # what an update of a row of ``mine`` changes
     guard: tuple[str, ...]  # columns an existing row must share for the upsert to change it
@@ -170,7 +93,7 @@ class BulkUpsert(BulkRows):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
-        tally, shaper = _Tally(), self.shaper(allow_id=True, seal=False)
+        tally, shaper = _Tally(), self.shaper(allow_id=True, seal=False, columnar=self._columnar())
         total = is_sized(self.params["data"])  # a list's last chunk needs not note its keys for later ones
         for staged in self.chunks(ctx, shaper):
             chunk = await self.behaviours.sealing(self, conn, staged)  # each row's id known: sealed
@@ -180,6 +103,7 @@ class BulkUpsert(BulkRows):
             else:
                 last = total is not None and staged.span.stop >= total
                 await self._upsert_chunk(ctx, conn, chunk, shaper.given, tally, last=last)
+            del staged, chunk  # let them go before the next chunk is read (rows.iter_records)
         if tally.seen is not None:
             await tally.seen.close(conn)
         if tally.wrote_ids and self.model.id_field.generated and tally.inserted:
@@ -189,8 +113,19 @@ class BulkUpsert(BulkRows):
             result["skipped"] = sorted(tally.skipped + self.refused, key=lambda s: s["index"])
         return result
 
+    def _columnar(self) -> bool:
+        """Chunks may stay by column (DuckDB's Arrow path) when nothing needs them as rows: no
+        behaviour reads or checks the written rows, and no refused chunk is retried row by row."""
+        skips_rows = self.params.get("on_error") == "skip" and self.mt.dialect.supports_savepoints
+        return not (self.behaviours.watched or self.behaviours.checks_upserts or skips_rows)
+
     async def _insert_chunk(self, ctx: RunContext, conn: Any, chunk: Chunk) -> int:
         """Insert a chunk of new rows; how many were written."""
+        if chunk.by_column is not None and self.new_ids is None:  # every row passed: one columnar load
+            await self.mt.dialect.bulk_insert_columns(
+                conn, self.mt.table, chunk.columns, chunk.by_column, ids=False
+            )
+            return chunk.count
 
         async def write(rows: list[tuple]) -> None:
             ids = await self.insert_rows(ctx, conn, chunk.columns, rows, ids=self.new_ids is not None)
@@ -227,9 +162,8 @@ class BulkUpsert(BulkRows):
         columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
         key_index = [columns.index(c) for c in conflict_on]
         if tally.seen is None:
-            tally.seen = _SeenKeys(self, conflict_on)
-        rows, indexes = self._last_wins(chunk, key_index)
-        keys = _key_tuples(rows, key_index)
+            tally.seen = SeenKeys(self.mt, conflict_on)
+        keys, indexes = self._last_wins(chunk, key_index)
         repeats, mine = await tally.seen.lookup(conn, keys)
         new_keys = [k for k in keys if k not in repeats] if repeats else keys
         plan = _Plan(
@@ -245,28 +179,38 @@ class BulkUpsert(BulkRows):
         if not self.mt.dialect.upsert_reports_counts:
             existing = await self._count_existing(conn, conflict_on, new_keys)
         counts: list[tuple[int, int] | None] = []
-        chunk.rows = rows
-        written = await self.write_or_skip(
-            conn, chunk, lambda part: self._write(ctx, conn, plan, part, counts), indexes
-        )
+        if chunk.by_column is not None and not plan.mine:  # by column, as it came: one load
+            mt = self.mt
+            counts.append(
+                await mt.dialect.bulk_upsert_columns(
+                    conn, mt.table, columns, chunk.by_column, conflict_on, plan.update, plan.guard
+                )
+            )
+            written = chunk.count
+        else:
+            written = len(
+                await self.write_or_skip(
+                    conn, chunk, lambda part: self._write(ctx, conn, plan, part, counts), indexes
+                )
+            )
         if existing is None:  # the database counted for us (PostgreSQL)
             fresh = sum(c[0] for c in counts if c)
         else:
             fresh = len(new_keys) - existing
         tally.inserted += fresh
-        tally.updated += len(written) - fresh - len(repeats)
+        tally.updated += written - fresh - len(repeats)
         tally.wrote_ids = tally.wrote_ids or "id" in columns
 
     async def _claim(
-        self, conn: Any, conflict_on: list[str], keys: list[tuple], mine: set[tuple], seen: _SeenKeys
-    ) -> set[tuple]:
+        self, conn: Any, conflict_on: list[str], keys: list[Hashable], mine: set[Hashable], seen: SeenKeys
+    ) -> set[Hashable]:
         """``mine`` (the keys of this chunk this node inserted in earlier chunks), after noting ``keys``
         (this chunk's new ones) as seen, and which of them this chunk inserts.
 
         With update_fields, such a row is overwritten whole (the last row wins), while rows
         that existed before the run get only update_fields.
         """
-        ours: set[tuple] = set()
+        ours: set[Hashable] = set()
         if self.params["update_fields"] is not None:
             before = await self._existing_keys(conn, conflict_on, keys)
             ours = {k for k in keys if k not in before}
@@ -281,7 +225,7 @@ class BulkUpsert(BulkRows):
         before = await images.rows_by_keys(mt, conn, c, part, conflict_on) if behaviours.watched else None
         own, rest = [], part
         if plan.mine:
-            keys = _key_tuples(part, plan.key_index)
+            keys = keys_of_rows(part, plan.key_index)
             own = [r for k, r in zip(keys, part, strict=True) if k in plan.mine]
             rest = [r for k, r in zip(keys, part, strict=True) if k not in plan.mine]
         if own:
@@ -300,22 +244,29 @@ class BulkUpsert(BulkRows):
             )
 
     @staticmethod
-    def _last_wins(chunk: Chunk, key_index: list[int]) -> tuple[list[tuple], list[int]]:
-        """Keep the last row of each key (with its input index).
+    def _last_wins(chunk: Chunk, key_index: list[int]) -> tuple[list[Hashable], list[int]]:
+        """Keep the last row of each key: (the kept rows' keys, their input indexes); ``chunk``
+        then holds the kept rows (made rows, where it held columns and a key came twice).
 
-        A key holding a NULL is never the same key twice: NULL equals nothing in SQL, so the unique
-        constraint lets every such row in, and each is inserted."""
-        keys = _key_tuples(chunk.rows, key_index)
-        if len(set(keys)) == len(keys) and None not in itertools.chain.from_iterable(keys):
+        A key holding a NULL is never the same key twice (see upsert_keys)."""
+        keys = None if chunk.by_column is None else keys_of_column(chunk.by_column, key_index)
+        if keys is None:
+            keys = keys_of_rows(chunk.rows, key_index)
+        single, distinct = len(key_index) == 1, set(keys)
+        nulls = (
+            None in distinct if single else len(without_nulls(keys, single)) < len(keys)
+        )  # a hash, not a scan
+        if len(distinct) == len(keys) and not nulls:
             start = chunk.first_index  # no key twice (the common case): the rows as they are
-            return chunk.rows, list(range(start, start + len(keys)))
-        unique: dict[tuple, tuple[int, tuple]] = {}
+            return keys, list(range(start, start + len(keys)))
+        unique: dict[Any, tuple[int, Hashable, tuple]] = {}
         for offset, (key, row) in enumerate(zip(keys, chunk.rows, strict=True)):
-            if None in key:
-                key = (_NULL_KEY, chunk.first_index + offset)  # its own key: never replaced
-            unique.pop(key, None)
-            unique[key] = (chunk.first_index + offset, row)
-        return [r for _, r in unique.values()], [i for i, _ in unique.values()]
+            index = chunk.first_index + offset
+            mark = (_NULL_KEY, index) if (key is None if single else None in key) else key  # type: ignore[operator]
+            unique.pop(mark, None)
+            unique[mark] = (index, key, row)
+        chunk.rows = [r for _, _, r in unique.values()]
+        return [k for _, k, _ in unique.values()], [i for i, _, _ in unique.values()]
 
     def _update_columns(
         self,
@@ -343,35 +294,23 @@ class BulkUpsert(BulkRows):
         ]
         return chosen + [c for c in columns if follows.get(c) in chosen and c not in chosen]
 
-    def _key_matches(
-        self, conflict_on: list[str], keys: list[tuple], table: sa.Table | None = None
-    ) -> Iterator[tuple[list, Any]]:
-        """(key columns, a condition matching a chunk of ``keys``), chunked to the bind limit.
-
-        ``table``: the model's table, or another holding the same key columns."""
-        mt = self.mt
-        cols = [(mt.table if table is None else table).c[c] for c in conflict_on]
-        chunk = max(1, mt.dialect.max_bind_params // (len(cols) * 2) - 1)
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            if len(cols) == 1:
-                yield cols, cols[0].in_([k[0] for k in part])
-            else:
-                yield cols, sa.or_(*[sa.and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in part])
-
-    async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> set[tuple]:
+    async def _existing_keys(self, conn: Any, conflict_on: list[str], keys: list[Hashable]) -> set[Hashable]:
         """Which of ``keys`` are in the table now (a key holding a NULL matches no row)."""
-        found: set[tuple] = set()
-        for cols, cond in self._key_matches(conflict_on, [k for k in keys if None not in k]):
-            sql, params = self.mt.dialect.compile(sa.select(*cols).where(cond))
-            found.update(tuple(r) for r in await conn.fetch(sql, params))
+        found: set[Hashable] = set()
+        mt, single = self.mt, len(conflict_on) == 1
+        for cols, cond in key_matches(
+            mt.table, conflict_on, without_nulls(keys, single), mt.dialect.max_bind_params
+        ):
+            sql, params = mt.dialect.compile(sa.select(*cols).where(cond))
+            found.update(r[0] if single else tuple(r) for r in await conn.fetch(sql, params))
         return found
 
-    async def _count_existing(self, conn: Any, conflict_on: list[str], keys: list[tuple]) -> int:
+    async def _count_existing(self, conn: Any, conflict_on: list[str], keys: list[Hashable]) -> int:
         """How many of ``keys`` the table holds: the rows the upsert will update, not insert."""
-        total, table = 0, self.mt.table
-        for _, cond in self._key_matches(conflict_on, [k for k in keys if None not in k]):
-            sql, params = self.mt.dialect.compile(sa.select(sa.func.count()).select_from(table).where(cond))
+        total, mt = 0, self.mt
+        usable = without_nulls(keys, len(conflict_on) == 1)
+        for _, cond in key_matches(mt.table, conflict_on, usable, mt.dialect.max_bind_params):
+            sql, params = mt.dialect.compile(sa.select(sa.func.count()).select_from(mt.table).where(cond))
             total += int((await conn.fetch(sql, params))[0][0])
         return total
 
