@@ -59,10 +59,11 @@ def check_isolation(level: str | None) -> str | None:
 
 
 class _Held:
-    __slots__ = ("dataflow", "conn", "begun", "savepoint", "undo")
+    __slots__ = ("dataflow", "conn", "begun", "alone", "savepoint", "undo")
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
         self.dataflow, self.conn, self.begun = dataflow, conn, False
+        self.alone = False  # its one statement commits on its own (no BEGIN, no COMMIT: Scope.alone)
         self.savepoint: str | None = None
         # A nested scope on a database without SAVEPOINT: its write nodes and their undos
         # (saga.SagaStep), applied on rollback. None where a real savepoint (or the transaction itself) does the undoing.
@@ -101,6 +102,9 @@ class Scope:
         # Its transactions may be PREPAREd (a two-phase run): they begin with the dialect's
         # quiet_changes_sql, and their tables are announced to other processes' caches after the commit
         self.may_prepare = False
+        # The run writes one statement (modes.one_statement): where the connection can keep every
+        # guarantee so (PostgreSQL), it is sent without BEGIN and COMMIT, saving two round trips
+        self.alone = False
 
     @property
     def nested(self) -> bool:
@@ -126,7 +130,11 @@ class Scope:
                 conn = await dialect.acquire()
             held = self._held[id(dataflow)] = _Held(dataflow, conn)
         if write and not held.begun:
-            await self._begin(held)
+            if self.alone and self.parent is None and held.conn.commit_alone():
+                held.begun = held.alone = True
+                self.record_event(dataflow, "begin", held)
+            else:
+                await self._begin(held)
         return held.conn
 
     def transacting(self, dataflow: DataFlow) -> bool:
@@ -268,6 +276,9 @@ class Scope:
             await self.release()
 
     async def _commit_one(self, held: _Held, committed: list[_Held]) -> None:
+        if held.alone:  # the server committed its statement (or it sent none: nothing to commit)
+            self.record_event(held.dataflow, "commit", held)
+            return
         try:
             await held.conn.commit()
         except Exception as exc:
@@ -308,10 +319,16 @@ class Scope:
 
     async def rollback(self) -> None:
         """Undo every begun transaction (a nested scope rolls back to its savepoints)."""
-        self.wrote.clear()  # nothing it wrote stands: no cached result goes
+        for held in self._begun():
+            if held.alone and held.conn.committed_alone:  # it stands (see modes.one_statement)
+                self._invalidate(held.dataflow)
+        self.wrote.clear()  # nothing else it wrote stands: no cached result goes
         try:
             for held in self._begun():
                 try:
+                    if held.alone and held.conn.committed_alone:  # never counted as undone
+                        self.record_event(held.dataflow, "commit", held)
+                        continue
                     if self.parent is None:
                         await held.conn.rollback()
                     elif held.savepoint:

@@ -125,6 +125,17 @@ class Connection:
         """True while a transaction this connection began is open (the pool never takes one back so)."""
         return False
 
+    def commit_alone(self) -> bool:
+        """Send the next statement without BEGIN, to be committed by the server as it ends, if this
+        connection can keep every guarantee of a transaction that way (PostgreSQL: pg_alone.py).
+        False: it cannot, and the caller begins a transaction as usual."""
+        return False
+
+    @property
+    def committed_alone(self) -> bool:
+        """Whether the statement ``commit_alone`` armed it for has committed."""
+        return False
+
     async def begin(self, isolation: str | None = None) -> None: ...
     async def commit(self) -> None: ...
     async def rollback(self) -> None: ...

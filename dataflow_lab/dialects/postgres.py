@@ -13,6 +13,7 @@ Facts:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -27,6 +28,7 @@ from ..statement_log import placeholder_count
 from . import pg_notify, pg_url
 from .base import Connection, DuckAttachment, PooledDialect, QueryResult, Watch
 from .connect_errors import postgres_failure
+from .pg_alone import Alone
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
 _TRANSIENT_SQLSTATES = {
@@ -45,11 +47,36 @@ _ISOLATION_SQL = {
 class PostgresConnection(Connection):
     """Transactions are plain SQL (not asyncpg's Transaction), so PREPARE TRANSACTION works too."""
 
-    __slots__ = ("raw", "_in_tx")
+    __slots__ = ("raw", "_in_tx", "_alone", "_spoiled")
 
     def __init__(self, raw: Any):
         self.raw = raw  # asyncpg.Connection
         self._in_tx = False
+        self._alone: Alone | None = None  # its next statement commits on its own (pg_alone.py)
+        self._spoiled = False  # a cancel request was sent on it: never handed out again
+
+    def commit_alone(self) -> bool:
+        """Send the next statement without BEGIN: the server commits it as it ends (pg_alone.py)."""
+        self._alone = Alone()
+        return True
+
+    @property
+    def committed_alone(self) -> bool:
+        return self._alone is not None and self._alone.committed
+
+    async def _single(self, send: Any) -> Any:
+        assert self._alone is not None
+        return await self._alone.run(
+            send, cancel=self._cancel_on_server, never_sent=never_sent, where="PostgreSQL"
+        )
+
+    async def _cancel_on_server(self) -> None:
+        """PostgreSQL's cancel request for this connection's running statement (asyncpg's own, the one
+        it sends when a query's task is cancelled, which would not let the statement's outcome be read)."""
+        self._spoiled = True
+        sent = asyncio.get_running_loop().create_future()
+        self.raw._cancel_current_command(sent)
+        await sent
 
     async def begin(self, isolation: str | None = None) -> None:
         level = f" ISOLATION LEVEL {_ISOLATION_SQL[isolation]}" if isolation else ""
@@ -75,13 +102,18 @@ class PostgresConnection(Connection):
 
     @property
     def usable(self) -> bool:
-        return not self.raw.is_closed()
+        return not self._spoiled and not self.raw.is_closed()
 
     @property
     def in_transaction(self) -> bool:
         return self._in_tx
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self._alone is not None:
+            return cast(list, await self._single(lambda: self._fetch(sql, params)))
+        return await self._fetch(sql, params)
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
         if self.note is not None:
             self.note(sql, params)
         started = time.perf_counter()
@@ -94,6 +126,11 @@ class PostgresConnection(Connection):
         return rows
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._alone is not None:
+            return cast(int, await self._single(lambda: self._execute(sql, params)))
+        return await self._execute(sql, params)
+
+    async def _execute(self, sql: str, params: Sequence[Any]) -> int:
         if self.note is not None:
             self.note(sql, params)
         started = time.perf_counter()
@@ -107,6 +144,8 @@ class PostgresConnection(Connection):
         return int(tail) if tail.isdigit() else -1
 
     async def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self._alone is not None:
+            self._alone.refuse("PostgreSQL")
         sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
         if self.note is not None:
             self.note(sql, None)
@@ -119,6 +158,8 @@ class PostgresConnection(Connection):
         self.took(sql, started)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        if self._alone is not None:
+            self._alone.refuse("PostgreSQL")
         if self.note is not None:
             self.note(sql, params)
         statement = await self.raw.prepare(sql)
@@ -128,6 +169,8 @@ class PostgresConnection(Connection):
         return QueryResult(columns, rows, int(tail) if tail.isdigit() else -1)
 
     async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
+        if self._alone is not None:
+            self._alone.refuse("PostgreSQL")
         # In a savepoint that is always rolled back, with the transaction read-only until then: the
         # server refuses writes, and the savepoint's end restores read-write for the rest of the run.
         if not self._in_tx:
@@ -145,6 +188,8 @@ class PostgresConnection(Connection):
             await self.raw.execute("RELEASE SAVEPOINT dataflow_read_only")
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self._alone is not None:
+            self._alone.refuse("PostgreSQL")
         if self.note is not None:
             self.note(sql, None)
         started = time.perf_counter()
@@ -216,6 +261,15 @@ def _datetime_out(value: Any) -> Any:
 
 def _uuid_out(value: Any) -> uuid.UUID:
     return value if type(value) is uuid.UUID else uuid.UUID(bytes=value.bytes)
+
+
+def never_sent(error: BaseException) -> bool:
+    """Whether a statement that failed with ``error`` never left: asyncpg refuses to send anything on a
+    connection it already knows is closed, or that is still taking in the server's last error (it
+    checks its state before writing a message)."""
+    if _dying_connection(error):
+        return True
+    return type(error).__name__ == "InterfaceError" and "connection is closed" in str(error)
 
 
 def _dying_connection(error: BaseException) -> bool:
@@ -403,11 +457,7 @@ class PostgresDialect(PooledDialect):
         return None
 
     def commit_never_sent(self, error: BaseException) -> bool:
-        # asyncpg refuses to send anything on a connection it already knows is closed, or that is
-        # still taking in the server's last error (it checks its state before writing a message)
-        if _dying_connection(error):
-            return True
-        return type(error).__name__ == "InterfaceError" and "connection is closed" in str(error)
+        return never_sent(error)
 
     def ddl_lock_sql(self, table_name: str) -> str | None:
         # Concurrent CREATE TABLE IF NOT EXISTS races on pg_type; one lock per table name serializes it.

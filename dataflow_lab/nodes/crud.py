@@ -54,6 +54,10 @@ class Create(ModelNode):
             for f in model.user_fields
         )
 
+    @classmethod
+    def one_statement(cls) -> bool:
+        return not cls.behaviours.watched  # the INSERT alone (an audited model writes its log too)
+
     def statements(self) -> list[Any]:
         mt = self.mt
         row = mt.new_row({**self.params, **self.stamps()})
