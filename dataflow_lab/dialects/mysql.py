@@ -185,7 +185,7 @@ def mysql_type(spelling: str) -> str:
 class MySQLDialect(PooledDialect):
     name = "mysql"
     max_bind_params = 65535
-    warm_modules = ("asyncmy", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.mysql.asyncmy")
+    warm_modules = ("asyncmy", "sqlalchemy.dialects.mysql.asyncmy")
     storage = {
         "text": _longtext,
         "integer": sa.BigInteger,

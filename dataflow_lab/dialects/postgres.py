@@ -285,7 +285,7 @@ def _dying_connection(error: BaseException) -> bool:
 class PostgresDialect(PooledDialect):
     name = "postgresql"
     max_bind_params = 32767
-    warm_modules = ("asyncpg", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.postgresql.asyncpg")
+    warm_modules = ("asyncpg", "sqlalchemy.dialects.postgresql.asyncpg")
     storage = {
         "text": sa.Text,
         "integer": sa.BigInteger,
@@ -346,7 +346,8 @@ class PostgresDialect(PooledDialect):
         from sqlalchemy.util import greenlet_spawn
 
         self.prepare()
-        handle = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+        assert self.engine is not None, "prepare() made the engine"
+        handle = await greenlet_spawn(self.engine.raw_connection)
         raw = handle.driver_connection
         handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
         return await pg_notify.Listener.start(raw, cache)
