@@ -12,7 +12,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dataflow_lab import DataFlow, LocalRuntime, NodeTimeoutError, TransactionError, WorkflowBuilder
+from dataflow_lab import (
+    ConcurrencyError,
+    DataFlow,
+    LocalRuntime,
+    NodeTimeoutError,
+    NotFoundError,
+    TransactionError,
+    WorkflowBuilder,
+)
 from dataflow_lab.dialects import postgres
 from dataflow_lab.dialects.postgres import PostgresConnection
 
@@ -94,6 +102,40 @@ def test_a_one_node_create_sends_its_insert_alone_and_it_is_committed(pg_url, se
     row = create(db, name="alone")
     assert sent == ["INSERT"]
     assert row["name"] == "alone" and count(db) == 2
+    assert db.pool_status()["checked_out"] == 0
+    db.close()
+
+
+def one(db: DataFlow, node: str, params: dict) -> Any:
+    wf = WorkflowBuilder(dataflow=db)
+    wf.add_node(node, "n", params)
+    return LocalRuntime().execute(wf.build())[0]["n"]
+
+
+def test_an_update_and_a_delete_by_id_send_their_statement_alone(pg_url, sent):
+    db = DataFlow(pg_url)
+    define(db)
+    row = create(db)
+    sent.clear()
+    assert one(db, "ParcelUpdateNode", {"id": row["id"], "fields": {"weight": 5}})["weight"] == 5
+    assert sent == ["UPDATE"]
+    sent.clear()
+    assert one(db, "ParcelDeleteNode", {"id": row["id"]})["deleted"] is True
+    assert sent == ["DELETE"] and count(db) == 0
+    db.close()
+
+
+def test_an_update_that_matches_no_row_reads_why_after_it_and_writes_nothing(pg_url, sent):
+    db = DataFlow(pg_url)
+    define(db, versioned=True)
+    row = create(db)
+    with pytest.raises(NotFoundError):
+        one(db, "ParcelUpdateNode", {"id": row["id"] + 100, "version": 1, "fields": {"weight": 5}})
+    sent.clear()
+    with pytest.raises(ConcurrencyError, match="version"):  # the version read comes after the UPDATE
+        one(db, "ParcelUpdateNode", {"id": row["id"], "version": 7, "fields": {"weight": 5}})
+    assert sent == ["UPDATE", "SELECT"]
+    assert one(db, "ParcelReadNode", {"id": row["id"]})["weight"] == 0
     assert db.pool_status()["checked_out"] == 0
     db.close()
 
@@ -223,6 +265,27 @@ def test_a_connection_that_breaks_under_the_statement_is_an_unknown_outcome_neve
     assert count(db) == 1  # (the server aborted it; the run could not know that)
     assert db.pool_status()["checked_out"] == 0
     db.close()
+
+
+def test_a_second_write_on_a_connection_whose_statement_committed_alone_is_refused_unsent():
+    from dataflow_lab.dialects.pg_alone import Alone
+
+    alone, sent_sql = Alone(), []
+
+    async def go() -> None:
+        async def send() -> str:
+            return "done"
+
+        async def cancel() -> None: ...
+
+        options = {"cancel": cancel, "never_sent": lambda e: False, "where": "PostgreSQL"}
+        assert await alone.run("INSERT INTO t VALUES (1)", send, **options) == "done"
+        assert await alone.run("SELECT 1", send, **options) == "done"  # a read after it
+        with pytest.raises(TransactionError, match="cannot take"):
+            await alone.run("UPDATE t SET x = 1", lambda: sent_sql.append(1), **options)
+
+    asyncio.run(go())
+    assert sent_sql == [] and alone.committed
 
 
 def test_the_never_sent_check_is_the_dialects(pg_url):

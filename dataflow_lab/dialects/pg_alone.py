@@ -20,8 +20,9 @@ BEGIN ... COMMIT form is kept, because its outcome is always learned before the 
   way, and the run raises the same ``TransactionError`` (never retried, so nothing is
   applied twice).
 
-A second statement on such a connection is refused before it is sent: the first one has
-committed, so the two would not be one transaction.
+After it, the connection takes reads only, each its own snapshot (an Update or Delete that
+matched no row reads why: a version conflict, or no such row). A second write is refused
+before it is sent: the first has committed, so the two would not be one transaction.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from ..errors import TransactionError
+from ..sqltext import writes
 
 __all__ = ["OUTCOME_WAIT", "Alone", "refused_by_server"]
 
@@ -70,13 +72,16 @@ class Alone:
 
     async def run(
         self,
+        sql: str,
         send: Callable[[], Awaitable[Any]],
         *,
         cancel: Callable[[], Awaitable[None]],
         never_sent: Callable[[BaseException], bool],
         where: str,
     ) -> Any:
-        """Send the statement (``send()``) and return its result once it has committed."""
+        """Send the statement ``sql`` (``send()``) and return its result once it has committed."""
+        if self.state == "committed" and not writes(sql):
+            return await send()  # a read after the write: it changes nothing
         if self.state != "armed":
             self.refuse(where)
         self.state = "sent"

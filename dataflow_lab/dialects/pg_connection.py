@@ -41,10 +41,10 @@ class PostgresConnection(Connection):
     def committed_alone(self) -> bool:
         return self._alone is not None and self._alone.committed
 
-    async def _single(self, send: Any) -> Any:
+    async def _single(self, sql: str, send: Any) -> Any:
         assert self._alone is not None
         return await self._alone.run(
-            send, cancel=self._cancel_on_server, never_sent=never_sent, where="PostgreSQL"
+            sql, send, cancel=self._cancel_on_server, never_sent=never_sent, where="PostgreSQL"
         )
 
     async def _cancel_on_server(self) -> None:
@@ -87,7 +87,7 @@ class PostgresConnection(Connection):
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self._alone is not None:
-            return cast(list, await self._single(lambda: self._fetch(sql, params)))
+            return cast(list, await self._single(sql, lambda: self._fetch(sql, params)))
         return await self._fetch(sql, params)
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
@@ -104,7 +104,7 @@ class PostgresConnection(Connection):
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if self._alone is not None:
-            return cast(int, await self._single(lambda: self._execute(sql, params)))
+            return cast(int, await self._single(sql, lambda: self._execute(sql, params)))
         return await self._execute(sql, params)
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> int:

@@ -159,6 +159,10 @@ class Update(ModelNode):
     def open_inputs(cls, supplied: Collection[str]) -> list[str]:
         return [*cls._open_id(supplied), *super().open_inputs(supplied)]
 
+    @classmethod
+    def one_statement(cls) -> bool:
+        return not cls.behaviours.watched  # the UPDATE (matching no row, it reads why: no write)
+
     def statements(self) -> list[Any]:
         return [self._update_statement(self._id_from(self.params), self.params["fields"])]
 
@@ -217,6 +221,10 @@ class Delete(ModelNode):
     @classmethod
     def open_inputs(cls, supplied: Collection[str]) -> list[str]:
         return [*cls._open_id(supplied), *super().open_inputs(supplied)]
+
+    @classmethod
+    def one_statement(cls) -> bool:
+        return not cls.behaviours.watched  # the DELETE, or a soft delete's UPDATE (as Update's)
 
     def statements(self) -> list[Any]:
         marks = self.behaviours.delete_values(self, self.now())
