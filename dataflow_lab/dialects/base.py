@@ -205,7 +205,6 @@ class Dialect:
     from_db: dict[str, Converter] = {}
     observe = 0  # monitoring: 0 off, 1 count each connection's statements, 2 count and keep their text
     warm_modules: tuple[str, ...] = ()  # what opening imports: the warm-up loads them early (_warmup.py)
-    warm_later: tuple[str, ...] = ()  # imported by the warm-up once the dialect is handed over
 
     def __init__(self, config: DataFlowConfig, url: str):
         self.config = config
