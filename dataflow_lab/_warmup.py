@@ -74,22 +74,12 @@ def _ready_dialect(config: DataFlowConfig) -> Dialect:
     for name in (*dialect.warm_modules, *_FIRST_RUN_MODULES):
         importlib.import_module(name)
     dialect.prepare()
-    if (
-        dialect.warm_later
-    ):  # what a first bulk write imports (DuckDB: pyarrow), without delaying the first run
-        names = dialect.warm_later
-        threading.Thread(
-            target=_import_names, args=(names,), name="dataflow-lab-warmup-later", daemon=True
-        ).start()
+    # No more on this thread: it once went on to import pyarrow for DuckDB's first bulk write (0.1-0.2 s
+    # of CPU), which shared the GIL with the first run (a DuckDB cold start's CPU: 500 ms with it, 387
+    # without), and in a short script could still be importing its C++ library as the interpreter
+    # exited (a cold-start process aborted once with "terminate called ... exception not rethrown").
+    # The first bulk write imports it.
     return dialect
-
-
-def _import_names(names: tuple[str, ...]) -> None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception:  # pragma: no cover - the same import fails again where it is needed, and says why
-            return
 
 
 def warm_imports() -> Warm:

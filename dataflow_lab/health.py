@@ -85,19 +85,30 @@ async def _ping_through_dialect(dialect: Any) -> None:
 
 async def _ping_engine_connection(engine: Any) -> bool:
     """True if a pooled connection answered; a dead one is invalidated (discarded) instead."""
-    conn = await engine.connect()
+    from sqlalchemy.util import greenlet_spawn  # the pool's connections are the async driver's, adapted
+
+    handle = await greenlet_spawn(engine.raw_connection)
     try:
-        await conn.exec_driver_sql("SELECT 1")
+        await greenlet_spawn(_select_one, handle)
         return True
     except Exception:
         log.info("health probe: a pooled connection is dead; discarding it", exc_info=True)
         try:
-            await conn.invalidate()
+            await greenlet_spawn(handle.invalidate)
         except Exception:  # noqa: BLE001 - the connection is gone either way
             log.debug("invalidating a dead connection failed", exc_info=True)
         return False
     finally:
-        await conn.close()
+        await greenlet_spawn(handle.close)  # back to the pool (an invalidated one is let go)
+
+
+def _select_one(handle: Any) -> None:
+    cursor = handle.cursor()
+    try:
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 async def _ping_idle(dialect: Any) -> tuple[int, int]:

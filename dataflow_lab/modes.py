@@ -116,6 +116,9 @@ class WorkflowScoped(Strategy):
         scope = run.scope(parent)
         scope.eager = {id(db) for db in run.written_dataflows()}
         scope.writes.may_prepare = self.prepares
+        scope.alone = (
+            parent is None and not self.prepares and scope.isolation is None and one_statement(run.workflow)
+        )
         token = ACTIVE_SCOPE.set(scope)
         try:
             # one connection per database is shared by every node: they run one after another
@@ -173,6 +176,18 @@ class Saga(PerNode):
             await saga_log.forget_run(run.run_id, steps)
         finally:
             saga_log.end_run(run.run_id)
+
+
+def one_statement(workflow: Workflow | None) -> bool:
+    """Whether a run of ``workflow`` writes exactly one statement: one node, run once (no cycle), that
+    says it sends one (``Node.one_statement``: a Create). Its transaction is then that statement's
+    own, which a database that can keep every guarantee so commits without BEGIN and COMMIT
+    (``Connection.commit_alone``: PostgreSQL, dialects/pg_alone.py)."""
+    if workflow is None or len(workflow.nodes) != 1 or workflow.cycles:
+        return False
+    for spec in workflow.nodes.values():
+        return spec.node_class.writes and spec.node_class.one_statement()
+    return False
 
 
 async def _shielded(work: Any) -> Any:

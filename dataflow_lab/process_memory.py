@@ -11,11 +11,18 @@ gives None otherwise. A ``MemoryProbe`` measures what one node did to memory:
 
 Both are process-wide: nodes that run at the same time (AsyncLocalRuntime's
 branches) share their figures. A run measures its nodes through a ``RunProbe``,
-which also reads the node's pool use; with "rss", a node that starts while no
-other node is running on its thread, within a millisecond of the last one's end
-(its predecessor's, or the previous run's last node's), starts from the reading
-that one ended on (one read of ``/proc`` per node instead of two: a read costs
-2-8 us inside a run, a sizeable share of a sub-millisecond node's monitoring).
+which also reads the node's pool use. With "rss", ``/proc`` is read at most once
+per node, and at most once per millisecond on a thread (a read costs 2-8 us inside
+a run, the larger part of monitoring's cost on a sub-millisecond node):
+
+- a node that starts while no other node is running on its thread, within
+  CHAIN_WITHIN (a millisecond) of the last one's end (its predecessor's, or the
+  previous run's last node's), starts from the last reading on that thread;
+- a node that ends within SAMPLE_EVERY (a millisecond) of that reading takes no
+  new one: it shows 0.0, and what it changed shows in the next node that reads
+  (the next node on its thread that ends later, when it follows within
+  CHAIN_WITHIN). A millisecond touches a few MB at most, so a node that takes or
+  gives back more always reads its own end: its figure is its own.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ __all__ = ["MemoryProbe", "RunProbe", "memory_figures", "peak_rss_bytes", "probe
 
 MB = 1024 * 1024
 CHAIN_WITHIN = 0.001  # seconds: a node starting this soon after its predecessor's end starts from its reading
+SAMPLE_EVERY = 0.001  # seconds: a node ending this soon after the last reading on its thread reads no new one
 _statm: int | None = None  # an open descriptor of /proc/self/statm, or -1 where there is none
 _page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _lock = threading.Lock()
@@ -127,12 +135,13 @@ class MemoryProbe:
 
 
 class _Chain(threading.local):
-    """What the nodes measured on one thread leave for the next: the last end reading, while no node
-    of any run on this thread is running, and when it was read."""
+    """What the nodes measured on one thread leave for the next: the last reading, while no node of
+    any run on this thread is running, when it was read, and when the last node ended."""
 
     def __init__(self) -> None:
         self.mark: int | None = None
         self.marked_at = 0.0  # time.perf_counter() of the reading
+        self.ended_at = 0.0  # time.perf_counter() at the last node's end
         self.running = 0  # nodes started and not yet ended on this thread, of every run
 
 
@@ -147,7 +156,9 @@ class RunProbe:
     CHAIN_WITHIN of the last one's end, starts from the reading that one ended on (what the runtime
     does between two nodes, or between two runs of a loop, is counted in the second); with two nodes
     in flight (an AsyncLocalRuntime's branches, or another run's), or after a longer gap (a retried
-    run's backoff), a node reads its own start. A node's start and end are on one thread.
+    run's backoff), a node reads its own start. A node that ends within SAMPLE_EVERY of the last
+    reading on its thread shares that reading as its end (the module says what that shows). A node's
+    start and end are on one thread.
     """
 
     __slots__ = ("probe", "pools")
@@ -159,13 +170,12 @@ class RunProbe:
     def start(self) -> int | None:
         chain = _CHAIN
         mark = chain.mark  # only a chaining probe leaves one
-        if (
-            mark is None
-            or not self.probe.chains
-            or chain.running
-            or time.perf_counter() - chain.marked_at > CHAIN_WITHIN
-        ):
+        if mark is None or not self.probe.chains or chain.running:
             mark = self.probe.start()
+        elif (now := time.perf_counter()) - chain.ended_at > CHAIN_WITHIN:
+            mark = self.probe.start()
+            if mark is not None:  # the reading the node's end may share (SAMPLE_EVERY)
+                chain.mark, chain.marked_at = mark, now
         chain.running += 1
         return mark
 
@@ -181,11 +191,19 @@ class RunProbe:
             return None, pool
         if not self.probe.chains:
             return self.probe.megabytes(start), pool
-        now = rss_bytes()
+        at = time.perf_counter()
+        if chain.running:  # another node is in flight on this thread: no reading is shared
+            now = rss_bytes()
+            chain.mark = None
+        elif chain.mark is not None and at - chain.marked_at < SAMPLE_EVERY:
+            now = chain.mark  # read under a millisecond ago: sampled (see the module)
+        else:
+            now = rss_bytes()
+            chain.mark, chain.marked_at = now, at
+        chain.ended_at = at
         if now is None:  # pragma: no cover - /proc went away
             chain.mark = None
             return None, pool
-        chain.mark, chain.marked_at = (None, 0.0) if chain.running else (now, time.perf_counter())
         return round((now - start) / MB, 3), pool
 
 

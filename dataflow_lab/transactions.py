@@ -61,10 +61,11 @@ def check_isolation(level: str | None) -> str | None:
 
 
 class _Held:
-    __slots__ = ("dataflow", "conn", "begun", "savepoint", "undo", "branch", "key")
+    __slots__ = ("dataflow", "conn", "begun", "alone", "savepoint", "undo", "branch", "key")
 
     def __init__(self, dataflow: DataFlow, conn: Connection):
         self.dataflow, self.conn, self.begun = dataflow, conn, False
+        self.alone = False  # its one statement commits on its own (no BEGIN, no COMMIT: Scope.alone)
         self.savepoint: str | None = None
         self.branch: str | None = None  # its gid in a two-phase commit (two_phase.py), once named
         self.key: str | None = None
@@ -104,6 +105,9 @@ class Scope:
         self.writes = ScopeWrites()
         self.gid: str | None = None  # a two-phase commit's base gid, and its branches (two_phase.py)
         self.branches: list[_Held] = []
+        # The run writes one statement (modes.one_statement): where the connection can keep every
+        # guarantee so (PostgreSQL), it is sent without BEGIN and COMMIT, saving two round trips
+        self.alone = False
 
     @property
     def nested(self) -> bool:
@@ -129,7 +133,11 @@ class Scope:
                 conn = await dialect.acquire()
             held = self._held[id(dataflow)] = _Held(dataflow, conn)
         if write and not held.begun:
-            await self._begin(held)
+            if self.alone and self.parent is None and held.conn.commit_alone():
+                held.begun = held.alone = True
+                self.record_event(dataflow, "begin", held)
+            else:
+                await self._begin(held)
         return held.conn
 
     def transacting(self, dataflow: DataFlow) -> bool:
@@ -250,6 +258,9 @@ class Scope:
             await self.release()
 
     async def _commit_one(self, held: _Held, committed: list[_Held]) -> None:
+        if held.alone:  # the server committed its statement (or it sent none: nothing to commit)
+            self.record_event(held.dataflow, "commit", held)
+            return
         try:
             await held.conn.commit()
         except Exception as exc:
@@ -290,10 +301,16 @@ class Scope:
 
     async def rollback(self) -> None:
         """Undo every begun transaction (a nested scope rolls back to its savepoints)."""
-        self.writes.forget()  # nothing it wrote stands: no cached result goes
+        for held in self._begun():
+            if held.alone and held.conn.committed_alone:  # it stands (see modes.one_statement)
+                self.writes.invalidate(held.dataflow)
+        self.writes.forget()  # nothing else it wrote stands: no cached result goes
         try:
             for held in self._begun():
                 try:
+                    if held.alone and held.conn.committed_alone:  # never counted as undone
+                        self.record_event(held.dataflow, "commit", held)
+                        continue
                     if self.parent is None:
                         await held.conn.rollback()
                     elif held.savepoint:

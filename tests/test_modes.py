@@ -88,3 +88,72 @@ def test_auto_resolves_to_two_phase_across_postgresql_databases_that_allow_it(pg
     assert type(resolved) is (TwoPhase if allowed else WorkflowScoped)
     first.close()
     second.close()
+
+
+# --------------------------------------------------------------------------- one statement, committed alone
+
+
+def _sqlite_statements(db: DataFlow) -> list[str]:
+    """The statements the SQLite file database receives (sqlite3's trace callback on every connection)."""
+    import sqlalchemy as sa
+
+    seen: list[str] = []
+    engine = db.database.dialect.engine
+    engine.dispose()  # connections made from now on are traced
+
+    @sa.event.listens_for(engine, "connect")
+    def trace(dbapi_connection, record) -> None:
+        dbapi_connection.set_trace_callback(lambda sql: seen.append(sql.split()[0].upper()))
+
+    return seen
+
+
+def test_a_one_node_write_on_sqlite_sends_its_statement_alone_and_a_refused_one_leaves_nothing(tmp_path):
+    from dataflow_lab import WorkflowBuilder
+    from dataflow_lab.modes import one_statement
+
+    db = DataFlow(f"sqlite:///{tmp_path / 'alone.db'}")
+
+    @db.model
+    class Crate:
+        __dataflow__ = {"unique": [["name"]]}
+        name: str
+        weight: int = 0
+
+    def one(node: str, params: dict) -> dict:
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node(node, "n", params)
+        built = wf.build()
+        assert one_statement(built)
+        return LocalRuntime().execute(built)[0]["n"]
+
+    first = one("CrateCreateNode", {"name": "a"})
+    seen = _sqlite_statements(db)
+    one("CrateCreateNode", {"name": "b"})
+    one("CrateUpdateNode", {"id": first["id"], "fields": {"weight": 3}})
+    assert [s for s in seen if s in ("BEGIN", "COMMIT", "INSERT", "UPDATE")] == ["INSERT", "UPDATE"]
+    with pytest.raises(Exception, match="(?i)unique"):
+        one("CrateCreateNode", {"name": "a"})  # the database refuses a second "a"
+    assert Crate.count() == 2 and db.pool_status()["checked_out"] == 0
+    db.close()
+
+
+def test_only_a_one_node_run_whose_node_sends_one_statement_commits_it_alone(db):
+    from dataflow_lab import WorkflowBuilder
+    from dataflow_lab.modes import one_statement
+
+    @db.model
+    class Crate:
+        name: str
+
+    def built(*nodes: tuple[str, dict]) -> object:
+        wf = WorkflowBuilder(dataflow=db)
+        for i, (node, params) in enumerate(nodes):
+            wf.add_node(node, f"n{i}", params)
+        return wf.build()
+
+    assert one_statement(built(("CrateCreateNode", {"name": "a"})))
+    assert one_statement(built(("CrateDeleteNode", {"id": 1})))
+    assert not one_statement(built(("CrateCreateNode", {"name": "a"}), ("CrateCreateNode", {"name": "b"})))
+    assert not one_statement(built(("CrateBulkCreateNode", {"data": [{"name": "a"}]})))
+    assert not one_statement(built(("CrateReadNode", {"id": 1})))  # writes nothing: no transaction at all

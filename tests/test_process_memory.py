@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import re
 
 import pytest
@@ -166,6 +167,7 @@ def test_a_run_s_first_node_starts_from_the_reading_the_last_run_on_its_thread_e
     from dataflow_lab import process_memory
 
     monkeypatch.setattr(process_memory, "CHAIN_WITHIN", 60.0)  # the gap between runs never matters here
+    monkeypatch.setattr(process_memory, "SAMPLE_EVERY", 0.0)  # every node reads its end (no sampling)
     reads = []
     real = process_memory.rss_bytes
     monkeypatch.setattr(process_memory, "rss_bytes", lambda: reads.append(1) or real())
@@ -190,5 +192,46 @@ def test_a_run_s_first_node_starts_from_the_reading_the_last_run_on_its_thread_e
         _, first, second = collector.node_runs
         assert abs(first.memory_usage_mb) < 5
         assert second.memory_usage_mb >= 35  # 40 MB written and kept
+    finally:
+        KEPT.clear()
+
+
+def test_quick_nodes_share_a_reading_and_their_memory_shows_in_the_next_node_that_reads(monkeypatch):
+    """At most one read of /proc per millisecond on a thread: a node ending sooner after the last
+    reading shows 0.0, and what it took is not lost: the next node that reads shows it."""
+    from dataflow_lab import process_memory
+
+    monkeypatch.setattr(process_memory, "SAMPLE_EVERY", 60.0)  # no node here ends a minute after a reading
+    monkeypatch.setattr(process_memory, "CHAIN_WITHIN", 0.0)  # the first run reads afresh (no earlier test's)
+    reads = []
+    real = process_memory.rss_bytes
+    monkeypatch.setattr(process_memory, "rss_bytes", lambda: reads.append(1) or real())
+    collector = MetricsCollector()
+    runtime = LocalRuntime(hooks=[collector])
+
+    def one(fn) -> None:
+        wf = WorkflowBuilder()
+        wf.add_node(fn, "only", {})
+        runtime.execute(wf.build())
+
+    def mapped() -> int:  # 40 MB of fresh pages, whatever the allocator kept from earlier tests
+        block = mmap.mmap(-1, 40 * 1024 * 1024)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
+        KEPT.append(block)  # type: ignore[arg-type]
+        return len(block)
+
+    try:
+        one(lambda: 1)  # takes the chain's first reading
+        monkeypatch.setattr(process_memory, "CHAIN_WITHIN", 60.0)  # the next runs start from it
+        before = len(reads)
+        one(mapped)  # inside the sampling window: no read, 0.0
+        assert len(reads) == before
+        monkeypatch.setattr(process_memory, "SAMPLE_EVERY", 0.0)  # the window has passed
+        one(lambda: 2)
+        assert len(reads) == before + 1
+        _, took, after = collector.node_runs
+        assert took.memory_usage_mb == 0.0
+        assert after.memory_usage_mb >= 35  # the 40 MB the sampled node kept, shown by the next reading
     finally:
         KEPT.clear()

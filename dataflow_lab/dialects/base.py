@@ -33,7 +33,6 @@ from .connect_errors import generic_failure
 from .kinds import register_kind
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.sql.compiler import SQLCompiler
 
 log = logging.getLogger("dataflow_lab.sql")
@@ -124,6 +123,17 @@ class Connection:
         """True while a transaction this connection began is open (the pool never takes one back so)."""
         return False
 
+    def commit_alone(self) -> bool:
+        """Send the next statement without BEGIN, to be committed by the server as it ends, if this
+        connection can keep every guarantee of a transaction that way (PostgreSQL: pg_alone.py).
+        False: it cannot, and the caller begins a transaction as usual."""
+        return False
+
+    @property
+    def committed_alone(self) -> bool:
+        """Whether the statement ``commit_alone`` armed it for has committed."""
+        return False
+
     async def begin(self, isolation: str | None = None) -> None: ...
     async def commit(self) -> None: ...
     async def rollback(self) -> None: ...
@@ -188,7 +198,6 @@ class Dialect:
     from_db: dict[str, Converter] = {}
     observe = 0  # monitoring: 0 off, 1 count each connection's statements, 2 count and keep their text
     warm_modules: tuple[str, ...] = ()  # what opening imports: the warm-up loads them early (_warmup.py)
-    warm_later: tuple[str, ...] = ()  # imported by the warm-up once the dialect is handed over
 
     def __init__(self, config: DataFlowConfig, url: str):
         self.config = config
@@ -639,11 +648,11 @@ class Dialect:
 
 
 class PooledDialect(Dialect):
-    """A dialect whose connections come from SQLAlchemy's async engine pool."""
+    """A dialect whose connections come from a SQLAlchemy engine's pool (the asyncio driver's)."""
 
     def __init__(self, config: DataFlowConfig, url: str):
         super().__init__(config, url)
-        self.engine: AsyncEngine | Any = None  # SQLite's is a sync Engine (dialects/sqlite.py)
+        self.engine: sa.engine.Engine | None = None  # its pool gives the driver's async connections
         self._serial_lock: asyncio.Lock | None = None
         # held by the thread running a run on its own loop, or by the connection out on the background loop
         self._claim = threading.Lock() if self.runs_on_any_thread else None
@@ -670,14 +679,18 @@ class PooledDialect(Dialect):
         """Create the engine (no connection yet; the first one is made at the first acquire)."""
         if self.engine is None:
             engine = self._create_engine()
-            self._install_events(getattr(engine, "sync_engine", engine))
+            self._install_events(engine)
             self.engine = engine
 
     def _create_engine(self) -> Any:
-        """The engine that owns the pool: SQLAlchemy's async engine (SQLite overrides it)."""
-        from sqlalchemy.ext.asyncio import create_async_engine
+        """The engine that owns the pool, with the driver's asyncio dialect (SQLite overrides it).
 
-        return create_async_engine(self.engine_url(), **self.engine_options())
+        What ``create_async_engine`` makes, without the ``AsyncEngine`` around it: its sync engine,
+        whose pool hands out the async driver's connections inside a greenlet (``_pool_connect``).
+        We never used the wrapper's API, and ``sqlalchemy.ext.asyncio`` imports the ORM: about
+        60 ms of a process's first run (cold start).
+        """
+        return sa.create_engine(self.engine_url(), _is_async=True, **self.engine_options())
 
     async def open(self) -> None:
         self.prepare()
@@ -751,7 +764,7 @@ class PooledDialect(Dialect):
         from sqlalchemy.util import greenlet_spawn
 
         assert self.engine is not None, "prepare() made the engine"
-        sync_engine = self.engine.sync_engine
+        sync_engine = self.engine
         try:
             return await greenlet_spawn(sync_engine.raw_connection)
         except sa.exc.TimeoutError:
@@ -837,8 +850,10 @@ class PooledDialect(Dialect):
                     self._serial_lock.release()
 
     async def dispose(self) -> None:
+        from sqlalchemy.util import greenlet_spawn
+
         if self.engine is not None:
-            await self.engine.dispose()
+            await greenlet_spawn(self.engine.dispose)  # closing the async driver's connections awaits
 
     def _idle(self) -> int | None:
         """Idle pooled connections; None for a pool that keeps no count (one static connection)."""

@@ -208,7 +208,6 @@ class DuckDBDialect(Dialect):
     name = "duckdb"
     serialized = True
     warm_modules = ("duckdb",)  # opening opens (and locks) the file: that stays at the first use
-    warm_later = ("pyarrow",)  # the bulk path's (0.2 s): imported once the dialect is handed over
     change_feed = OneProcessFeed  # DataFlows of this process on one file invalidate each other's caches
     max_bind_params = 65535
     storage = {

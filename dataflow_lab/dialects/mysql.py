@@ -91,7 +91,7 @@ def _modify(table: str, column: str, type_sql: str, nullable: bool, default: str
 class MySQLDialect(PooledDialect):
     name = "mysql"
     max_bind_params = 65535
-    warm_modules = ("asyncmy", "sqlalchemy.ext.asyncio", "sqlalchemy.dialects.mysql.asyncmy")
+    warm_modules = ("asyncmy", "sqlalchemy.dialects.mysql.asyncmy")
     storage = STORAGE
     to_db = TO_DB
     from_db = FROM_DB

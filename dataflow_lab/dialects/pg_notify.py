@@ -62,7 +62,8 @@ class NotifyFeed(ChangeFeed):
 
         dialect = cast("PooledDialect", self.dialect)
         dialect.prepare()
-        handle = await greenlet_spawn(dialect.engine.sync_engine.raw_connection)
+        assert dialect.engine is not None, "prepare() made the engine"
+        handle = await greenlet_spawn(dialect.engine.raw_connection)
         raw = handle.driver_connection
         handle.detach()  # the pool lets it go: it is the cache's for as long as the database is open
         return await Listener.start(raw, cache)

@@ -40,6 +40,8 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 
 from ..deadlines import passed
+from ..errors import TransactionError
+from ..sqltext import writes
 from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .change_feed import DataVersionFeed
 
@@ -79,13 +81,37 @@ class SQLiteConnection(Connection):
     cancelled, as before.
     """
 
-    __slots__ = ("raw", "busy_timeout", "_inline")
+    __slots__ = ("raw", "busy_timeout", "_inline", "_alone")
 
     def __init__(self, raw: sqlite3.Connection, busy_timeout: float = 30.0):
         self.raw = raw
         self.busy_timeout = busy_timeout
         self._inline: asyncio.Task | None = None  # the task whose statement runs inline now
+        self._alone: str | None = None  # "armed", then "committed": its one statement commits alone
         raw.set_progress_handler(self._progress, _PROGRESS_STEPS)
+
+    def commit_alone(self) -> bool:
+        """The next statement runs outside a transaction, which SQLite commits as it ends: its outcome
+        is always known here (it runs inline; a time limit interrupts it, which undoes it, or it
+        completes first, and the run keeps it). After it, reads only (Connection.commit_alone)."""
+        self._alone = "armed"
+        return True
+
+    @property
+    def committed_alone(self) -> bool:
+        return self._alone == "committed"
+
+    def _alone_takes(self, sql: str) -> None:
+        """Before a statement on a connection armed by commit_alone: the first goes; then reads only."""
+        if self._alone == "armed":
+            return
+        if writes(sql):
+            raise TransactionError(
+                "A second write on a SQLite connection whose run commits its one statement alone: it "
+                "would not be in one transaction with the first.",
+                hint="this is a bug in dataflow_lab (a node that declared one statement sent more); "
+                "please report it. Nothing of this statement was sent.",
+            )
 
     def _progress(self) -> int:
         task = self._inline
@@ -159,10 +185,20 @@ class SQLiteConnection(Connection):
         return result
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self._alone is not None:
+            return await self._sent_alone(sql, params, lambda: self.raw.execute(sql, params).fetchall())
         return await self._sent(sql, params, lambda: self.raw.execute(sql, params).fetchall())
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._alone is not None:
+            return await self._sent_alone(sql, params, lambda: self.raw.execute(sql, params).rowcount)
         return await self._sent(sql, params, lambda: self.raw.execute(sql, params).rowcount)
+
+    async def _sent_alone(self, sql: str, params: Sequence[Any], fn: Callable[[], T]) -> T:
+        self._alone_takes(sql)
+        result = await self._sent(sql, params, fn)
+        self._alone = "committed"  # (a statement SQLite refused, or interrupted, left nothing)
+        return result
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         def run() -> QueryResult:

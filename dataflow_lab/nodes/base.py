@@ -125,6 +125,12 @@ class Node:
         return _same_class, (cls,)
 
     @classmethod
+    def one_statement(cls) -> bool:
+        """Whether a run of this (writing) node sends exactly one statement, whatever its parameters:
+        a one-node run of it may then commit that statement on its own (``modes.one_statement``)."""
+        return False
+
+    @classmethod
     def written_tables(cls) -> tuple[str, ...]:
         """The tables a run of this (writing) node may change, whose cached results go when it
         commits; ``("*",)``: any table of its database (your own SQL)."""

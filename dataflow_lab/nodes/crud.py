@@ -54,6 +54,10 @@ class Create(ModelNode):
             for f in model.user_fields
         )
 
+    @classmethod
+    def one_statement(cls) -> bool:
+        return not cls.behaviours.watched  # the INSERT alone (an audited model writes its log too)
+
     def statements(self) -> list[Any]:
         mt = self.mt
         row = mt.new_row({**self.params, **self.stamps()})
@@ -155,6 +159,10 @@ class Update(ModelNode):
     def open_inputs(cls, supplied: Collection[str]) -> list[str]:
         return [*cls._open_id(supplied), *super().open_inputs(supplied)]
 
+    @classmethod
+    def one_statement(cls) -> bool:
+        return not cls.behaviours.watched  # the UPDATE (matching no row, it reads why: no write)
+
     def statements(self) -> list[Any]:
         return [self._update_statement(self._id_from(self.params), self.params["fields"])]
 
@@ -213,6 +221,10 @@ class Delete(ModelNode):
     @classmethod
     def open_inputs(cls, supplied: Collection[str]) -> list[str]:
         return [*cls._open_id(supplied), *super().open_inputs(supplied)]
+
+    @classmethod
+    def one_statement(cls) -> bool:
+        return not cls.behaviours.watched  # the DELETE, or a soft delete's UPDATE (as Update's)
 
     def statements(self) -> list[Any]:
         marks = self.behaviours.delete_values(self, self.now())
