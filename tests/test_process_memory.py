@@ -164,8 +164,14 @@ def test_consecutive_nodes_each_show_their_own_rss_change():
 def test_a_run_s_first_node_starts_from_the_reading_the_last_run_on_its_thread_ended_on(monkeypatch):
     """One read of /proc per node across runs too: the second run's only node reads its end alone,
     and still shows the memory it took as its own."""
-    from dataflow_lab import process_memory
+    from dataflow_lab import _loop, process_memory
 
+    async def in_flight() -> int:
+        return process_memory._CHAIN.running
+
+    # the chain counts nodes in flight per thread: one an earlier test started and never ended (on
+    # this thread or the runtime's) would turn chaining off, and this test would blame the chain
+    assert process_memory._CHAIN.running == 0 and _loop.run(in_flight()) == 0, "a node never ended"
     monkeypatch.setattr(process_memory, "CHAIN_WITHIN", 60.0)  # the gap between runs never matters here
     monkeypatch.setattr(process_memory, "SAMPLE_EVERY", 0.0)  # every node reads its end (no sampling)
     reads = []
