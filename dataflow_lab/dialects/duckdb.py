@@ -34,8 +34,9 @@ from ..sqltext import writes
 from ..statement_log import without_values
 from ..types import DECIMAL_DEFAULT
 from .arrow_columns import Same, arrow_source, by_column_of
-from .base import Connection, Dialect, QueryResult, statement_note
+from .base import Dialect
 from .change_feed import OneProcessFeed
+from .connection import Connection, QueryResult, statement_note
 
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection

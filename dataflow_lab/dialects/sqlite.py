@@ -42,8 +42,9 @@ import sqlalchemy as sa
 from ..deadlines import passed
 from ..errors import TransactionError
 from ..sqltext import writes
-from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .change_feed import DataVersionFeed
+from .connection import Connection, DuckAttachment, QueryResult
+from .pooled import PooledDialect
 
 T = TypeVar("T")
 
