@@ -1,8 +1,8 @@
 """The DDL facts a dialect gives migrations (``migrations/ops.py``, ``migrations/sealing.py``).
 
 ``MigrationSQL`` is a part of ``dialects.base.Dialect``: which column changes ALTER TABLE makes
-in place, and the ALTER / DROP / UPDATE statements of those changes. The defaults are
-PostgreSQL's spelling; a dialect overrides what its database spells otherwise.
+in place, and the ALTER / DROP / UPDATE statements of those changes. The defaults are mostly
+PostgreSQL's spelling (a bytes literal is X'..'); a dialect overrides what its database spells otherwise.
 """
 
 from __future__ import annotations
