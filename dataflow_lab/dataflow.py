@@ -39,7 +39,8 @@ from .nodes import registry
 from .observability import Observability
 from .queries import run_sql, run_sql_async, run_sql_duckdb
 from .tracking import RunTracker, check_history
-from .transactions import ACTIVE_SCOPE, TransactionBlock
+from .transaction_block import TransactionBlock
+from .transactions import ACTIVE_SCOPE
 from .transit import Transit
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -31,7 +31,7 @@ from .workflow import WorkflowBuilder
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from .dialects.base import DuckAttachment
+    from .dialects.connection import DuckAttachment
     from .workflow import Workflow
 
 __all__ = ["run_sql", "run_sql_async", "run_sql_duckdb"]

@@ -2,7 +2,7 @@
 
 A monitored database's connections call ``count_statement`` (or
 ``keep_statement``, which also keeps the SQL text: the development default)
-with each statement they send; see ``dialects.base.statement_note``. The
+with each statement they send; see ``dialects.connection.statement_note``. The
 count goes to the scope of the run in the current task (a context variable),
 so concurrent runs on one event loop never mix their counts. The runtime
 zeroes the scope's tally before each node and reports it in ``after_node``

@@ -12,7 +12,7 @@ import weakref
 import pytest
 
 from dataflow_lab import DataFlow, LocalRuntime, ValidationError, WorkflowBuilder
-from dataflow_lab.dialects import duckdb as duckdb_dialect
+from dataflow_lab.dialects import duckdb_bulk
 from dataflow_lab.rows import SAMPLE_ROWS, ChunkSizer, iter_records
 
 MB = 2**20
@@ -129,14 +129,14 @@ def test_the_arrow_table_of_a_duckdb_chunk_fits_the_budget(tmp_path, monkeypatch
         body: str
 
     sizes: list[int] = []
-    real = duckdb_dialect.arrow_source
+    real = duckdb_bulk.arrow_source
 
     def measured(types, columns, by_column):
         arrow, select, params = real(types, columns, by_column)
         sizes.append(arrow.nbytes)  # pyarrow's own memory, which tracemalloc does not see
         return arrow, select, params
 
-    monkeypatch.setattr(duckdb_dialect, "arrow_source", measured)
+    monkeypatch.setattr(duckdb_bulk, "arrow_source", measured)
     assert bulk(db, wide_rows()) == {"inserted": ROWS}
     assert len(sizes) > 10 and max(sizes) <= BUDGET_MB * MB
     db.close()
@@ -156,7 +156,7 @@ def test_a_duckdb_stream_lets_each_chunks_arrow_table_go_before_the_transaction_
 
     alive: list[int] = []
     tables: list[weakref.ref] = []
-    real = duckdb_dialect.arrow_source
+    real = duckdb_bulk.arrow_source
 
     def tracked(types, columns, by_column):
         arrow, select, params = real(types, columns, by_column)
@@ -164,7 +164,7 @@ def test_a_duckdb_stream_lets_each_chunks_arrow_table_go_before_the_transaction_
         tables.append(weakref.ref(arrow))
         return arrow, select, params
 
-    monkeypatch.setattr(duckdb_dialect, "arrow_source", tracked)
+    monkeypatch.setattr(duckdb_bulk, "arrow_source", tracked)
     rows = ({"name": f"item {i}", "qty": i} for i in range(2_000))
     workflow = WorkflowBuilder(db)
     params = {"data": rows, "batch_size": 100, **({"conflict_on": ["name"]} if "Upsert" in node else {})}

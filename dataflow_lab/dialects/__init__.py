@@ -17,7 +17,8 @@ from .kinds import register_kind, transient_reason
 from .pg_url import check_query
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import Connection, Dialect
+    from .base import Dialect
+    from .connection import Connection
 
 __all__ = [
     "Connection",

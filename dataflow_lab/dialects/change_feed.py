@@ -48,7 +48,7 @@ class Dialect(Protocol):
 
 
 class PooledDialect(Dialect, Protocol):
-    """A dialect with a SQLAlchemy engine (``dialects.base.PooledDialect``)."""
+    """A dialect with a SQLAlchemy engine (``dialects.pooled.PooledDialect``)."""
 
     engine: Any
 
@@ -56,7 +56,7 @@ class PooledDialect(Dialect, Protocol):
 
 
 class Connection(Protocol):
-    """A connection a feed installs or announces on (``dialects.base.Connection``)."""
+    """A connection a feed installs or announces on (``dialects.connection.Connection``)."""
 
     async def execute(self, sql: str, params: Any = ...) -> Any: ...
 

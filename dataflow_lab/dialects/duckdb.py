@@ -5,8 +5,9 @@ Facts:
   runs on one dedicated worker thread, and transactions are serialized.
 - SQL is compiled with duckdb-engine's dialect (qmark parameters).
 - Ids come from a sequence: ``BIGINT DEFAULT nextval('<table>_id_seq')``.
-- Bulk inserts go through a pyarrow table; DuckDB's ``executemany`` runs at
-  about 2k rows/s and is never used for bulk work.
+- Bulk inserts go through a pyarrow table (``dialects.duckdb_bulk``); DuckDB's ``executemany``
+  runs at about 2k rows/s and is never used for bulk work.
+- Statements run on that worker thread through ``dialects.duckdb_connection``.
 - Decimals are DECIMAL(p, s): the field's declared digits, else (38, 18). DuckDB
   rounds a value with more decimals, and binds a filter value it cannot hold as
   DOUBLE, so the field's check refuses such writes and filters rewrite such bounds
@@ -27,15 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..deadlines import earliest, interrupting
 from ..errors import DataFlowError, PoolExhaustedError, ValidationError
 from ..leaks import owner
-from ..sqltext import writes
 from ..statement_log import without_values
 from ..types import DECIMAL_DEFAULT
-from .arrow_columns import Same, arrow_source, by_column_of
-from .base import Connection, Dialect, QueryResult, statement_note
+from .base import Dialect
 from .change_feed import OneProcessFeed
+from .connection import Connection, statement_note
+from .duckdb_bulk import DuckDBBulk
+from .duckdb_connection import DuckDBConnection
 
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection
@@ -70,141 +71,7 @@ def _duckdb_keywords() -> set[str]:
     return _KEYWORDS
 
 
-# A chunk's Arrow table is read by DuckDB's replacement scan: a statement naming a table the
-# catalog lacks reads the Python variable of that name in the calling function. A view made with
-# ``register`` would keep its Arrow data alive until the transaction ends (unregister or not), so a
-# streamed BulkCreate or BulkUpsert, one transaction, would hold every chunk it loaded. No model's
-# table takes this name: names starting with _dataflow are reserved (model.check_table_name).
-_ARROW_ROWS = '"_dataflow_bulk_rows"'
-
-
-class DuckDBConnection(Connection):
-    def __init__(self, dialect: DuckDBDialect):
-        self.dialect = dialect
-        self._in_tx = False
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._in_tx
-
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        dialect = self.dialect
-        if dialect._claimed_by == threading.get_ident():
-            return await self._inline(fn, *args)
-        try:
-            return await dialect.run(fn, *args)
-        except asyncio.CancelledError:  # a time limit, Ctrl-C: stop the statement on the worker thread,
-            dialect.con.interrupt()  # or the rollback queued after it would wait for its end
-            raise
-
-    async def _inline(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A run on its caller's thread (the thread claimed the database) calls DuckDB there: a hand-off
-        to the worker thread and back would cost more than a one-row statement. The run's deadline
-        still stops it: the watchdog thread interrupts the statement when the deadline passes."""
-        task = asyncio.current_task()
-        assert task is not None, "a statement is sent inside a task"
-        try:
-            with interrupting(earliest(task), self.dialect.con.interrupt):
-                return fn(*args)
-        except Exception as exc:
-            if "interrupt" in type(exc).__name__.lower() or "interrupted" in str(exc).lower():
-                for _ in range(3):  # the deadline's timer fires now, and cancels this task at one of these
-                    await asyncio.sleep(0)
-            raise
-
-    async def begin(self, isolation: str | None = None) -> None:
-        # DuckDB runs snapshot isolation, and this dialect admits one writer at a time.
-        await self._run(self.dialect.con.begin)
-        self._in_tx = True
-
-    async def commit(self) -> None:
-        self._in_tx = False
-        await self._run(self.dialect.con.commit)
-
-    async def rollback(self) -> None:
-        def rollback() -> None:
-            try:
-                self.dialect.con.rollback()
-            except Exception as exc:  # no transaction is active: nothing to undo
-                if "no transaction is active" not in str(exc).lower():
-                    raise
-
-        self._in_tx = False
-        await self._run(rollback)
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        if self.note is not None:
-            self.note(sql, params)
-        return await self._timed(sql, params, lambda: self.dialect.con.execute(sql, list(params)).fetchall())
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self.note is not None:
-            self.note(sql, params)
-
-        def run() -> int:
-            result = self.dialect.con.execute(sql, list(params)).fetchall()
-            return (
-                int(result[0][0]) if result and len(result[0]) == 1 and isinstance(result[0][0], int) else -1
-            )
-
-        return await self._timed(sql, params, run)
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if self.note is not None:
-            self.note(sql, None)
-        await self._timed(sql, None, lambda: self.dialect.con.executemany(sql, [list(r) for r in rows]))
-
-    async def _timed(self, sql: str, params: Sequence[Any] | None, fn: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        try:
-            result = await self._run(fn)
-        except BaseException as exc:
-            self.took(sql, started, params, exc)
-            raise
-        self.took(sql, started, params)
-        return result
-
-    async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
-        if self.note is not None:
-            self.note(sql, params)
-
-        def run() -> QueryResult:
-            con = self.dialect.con
-            kind = _statement_kinds(con, sql)
-            cursor = con.execute(sql, list(params))
-            columns = [d[0] for d in cursor.description or ()]
-            rows = [tuple(r) for r in cursor.fetchall()]
-            if kind <= _COUNTED and columns == ["Count"] and len(rows) == 1:  # a write reports its count
-                return QueryResult([], [], int(rows[0][0]))
-            return QueryResult(columns, rows, -1)
-
-        return await self._run(run)
-
-    async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
-        # DuckDB has no read-only switch per transaction: its own parser says what the statement is.
-        kinds = await self._run(lambda: _statement_kinds(self.dialect.con, sql))
-        if not kinds <= _READ_KINDS or _explain_analyze_writes(sql):
-            raise ValidationError(
-                f"this {', '.join(sorted(kinds))} statement writes, and SQL runs read-only by default.",
-                hint="pass write=True (db.sql) or --write (%%dataflow sql) to run it in a transaction.",
-            )
-        return await self.query(sql, params)
-
-
-_READ_KINDS = frozenset({"SELECT", "EXPLAIN", "PRAGMA"})
-_COUNTED = frozenset({"INSERT", "UPDATE", "DELETE"})
-
-
-def _statement_kinds(con: Any, sql: str) -> frozenset[str]:
-    """What DuckDB's parser says each statement of ``sql`` is: 'SELECT', 'INSERT', ..."""
-    return frozenset(str(s.type).rsplit(".", 1)[-1] for s in con.extract_statements(sql))
-
-
-def _explain_analyze_writes(sql: str) -> bool:
-    return writes(sql) and sql.lstrip().lower().startswith("explain")
-
-
-class DuckDBDialect(Dialect):
+class DuckDBDialect(DuckDBBulk, Dialect):
     name = "duckdb"
     serialized = True
     warm_modules = ("duckdb",)  # opening opens (and locks) the file: that stays at the first use
@@ -458,106 +325,3 @@ class DuckDBDialect(Dialect):
     supports_savepoints = False
     runs_duckdb_sql = True
     adds_decimals_exactly = True  # DECIMAL(p, s): `col + :v` is exact (the result is checked against p, s)
-
-    bulk_copies = 1  # the Arrow table is a second copy of the chunk
-
-    def bulk_batch_size(self, n_columns: int) -> int:
-        return 100_000
-
-    columnar = True  # chunks come by column (rows.Chunk.by_column): no tuples made, none taken apart
-
-    async def _from_arrow(
-        self,
-        table: sa.Table,
-        columns: Sequence[str],
-        by_column: Sequence[Any],
-        statement: Callable[[str, str, str], str],
-        fetch: bool = False,
-    ) -> Any:
-        """Run ``statement(the Arrow table's name, quoted columns, select list)`` over the columns
-        as an Arrow table (``_ARROW_ROWS``); a one-value column is a parameter of the statement
-        (``arrow_columns``)."""
-        data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
-        quoted = ", ".join(f'"{c}"' for c in columns)
-
-        def load() -> Any:
-            _dataflow_bulk_rows = data  # noqa: F841 - read by DuckDB by its name (_ARROW_ROWS)
-            result = self.con.execute(statement(_ARROW_ROWS, quoted, ", ".join(select)), params)
-            return result.fetchall() if fetch else None
-
-        return await self.run(load)
-
-    async def bulk_insert(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> None:
-        """Arrow ingestion: about 0.9M rows/s, where executemany manages 2k."""
-        await self.bulk_insert_columns(conn, table, columns, by_column_of(rows), ids=False)
-
-    async def bulk_insert_returning_ids(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> list[Any]:
-        return await self.bulk_insert_columns(conn, table, columns, by_column_of(rows), ids=True)
-
-    async def bulk_insert_columns(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], by_column: list[Any], *, ids: bool
-    ) -> list[Any]:
-        tail = " RETURNING id" if ids else ""
-        returned = await self._from_arrow(
-            table,
-            columns,
-            by_column,
-            lambda view, cols, select: (
-                f'INSERT INTO "{table.name}" ({cols}) SELECT {select} FROM {view}{tail}'
-            ),
-            fetch=ids,
-        )
-        return sorted(r[0] for r in returned) if ids else []
-
-    upsert_reports_counts = True
-
-    async def bulk_upsert(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        conflict_on: Sequence[str],
-        update_columns: Sequence[str],
-        guard: Sequence[str] = (),
-    ) -> tuple[int, int]:
-        return await self.bulk_upsert_columns(
-            conn, table, columns, by_column_of(rows), conflict_on, update_columns, guard
-        )
-
-    async def bulk_upsert_columns(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        columns: Sequence[str],
-        by_column: list[Any],
-        conflict_on: Sequence[str],
-        update_columns: Sequence[str],
-        guard: Sequence[str] = (),
-    ) -> tuple[int, int]:
-        """Typed Arrow columns -> one INSERT ... ON CONFLICT; the new rows are the table's count after
-        less its count before (a count(*) reads no rows: far cheaper than joining on the keys).
-
-        Exact: the run's transaction sees its snapshot and its own writes only, and an upsert
-        deletes nothing."""
-        action = self.on_conflict_sql(table, conflict_on, update_columns, guard)
-        n = max((len(c) for c in by_column if not isinstance(c, Same)), default=1)
-        data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
-        cols = ", ".join(f'"{c}"' for c in columns)
-        count = f'SELECT count(*) FROM "{table.name}"'
-
-        def load() -> int:
-            _dataflow_bulk_rows = data  # noqa: F841 - read by DuckDB by its name (_ARROW_ROWS)
-            before = self.con.execute(count).fetchall()[0][0]
-            insert = (
-                f'INSERT INTO "{table.name}" ({cols}) SELECT {", ".join(select)} FROM {_ARROW_ROWS} {action}'
-            )
-            self.con.execute(insert, params)
-            return int(self.con.execute(count).fetchall()[0][0] - before)
-
-        inserted = await self.run(load)
-        return inserted, n - inserted

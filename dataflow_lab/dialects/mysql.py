@@ -37,7 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .base import Connection, PooledDialect
+from .connection import Connection
 from .mysql_bulk import (
     STATEMENT_BYTES,
     flat,
@@ -59,6 +59,7 @@ from .mysql_types import (
     mysql_type,
 )
 from .mysql_xa import MySQLTwoPhase, recover_allowed
+from .pooled import PooledDialect
 
 __all__ = ["MySQLDialect", "mysql_type", "server_returns", "statements"]
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .base import Connection, QueryResult
+from .connection import Connection, QueryResult
 from .mysql_returning import (
     DUPLICATE_KEY,
     OR_NOTHING,

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import ValidationError
-from .base import Converter, normalize_type
+from .type_names import Converter, normalize_type
 
 UNDECLARED_SCALE = 18  # an undeclared Decimal is DECIMAL(38, 18), as on DuckDB
 KEY_TEXT_LENGTH = 255  # 255 utf8mb4 characters are 1,020 bytes: three fit in one key of 3,072

@@ -36,7 +36,7 @@ from .mysql_connection import errno, literal
 from .two_phase_sql import DECISION_TABLE, TwoPhaseSQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import Connection
+    from .connection import Connection
     from .mysql_connection import MySQLConnection
 
 __all__ = ["Branch", "MySQLTwoPhase", "recover_allowed"]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from .base import Connection, QueryResult
+from .connection import Connection, QueryResult
 from .pg_alone import Alone
 
 __all__ = ["PostgresConnection", "dying_connection", "literal", "never_sent"]

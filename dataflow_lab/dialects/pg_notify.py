@@ -24,7 +24,8 @@ from .change_feed import ChangeFeed
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..result_cache import ResultCache
-    from .base import Connection, PooledDialect
+    from .connection import Connection
+    from .pooled import PooledDialect
 
 __all__ = ["CHANNEL", "QUIET", "TRIGGER", "Listener", "NotifyFeed"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .two_phase_sql import DECISION_TABLE, TwoPhaseSQL
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import Connection, TwoPhaseConnection
+    from .connection import Connection, TwoPhaseConnection
 
 __all__ = ["PostgresTwoPhase"]
 

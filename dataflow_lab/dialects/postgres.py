@@ -24,10 +24,11 @@ import sqlalchemy as sa
 
 from ..statement_log import placeholder_count
 from . import pg_notify, pg_url
-from .base import Connection, DuckAttachment, PooledDialect
 from .connect_errors import postgres_failure
+from .connection import Connection, DuckAttachment
 from .pg_connection import PostgresConnection, dying_connection, literal, never_sent
 from .pg_two_phase import PostgresTwoPhase
+from .pooled import PooledDialect
 
 # SQLSTATEs worth retrying: deadlocks and serialization failures retry the whole transaction
 _TRANSIENT_SQLSTATES = {

@@ -10,7 +10,7 @@ Facts:
   workflow of the DataFlow shares (StaticPool); two DataFlows never share it.
 - Decimals are stored as TEXT, and compared and sorted exactly through
   ``dataflow_decimal_key``, a function registered on each connection that maps
-  a decimal's text to bytes in numeric order (``_decimal_key``).
+  a decimal's text to bytes in numeric order (``sqlite_functions.decimal_key``).
 - ``case_sensitive_like`` is on, so $like matches case like the other databases;
   $ilike folds case through ``dataflow_lower``, a registered Unicode lower()
   (SQLite's own folds only ASCII), the simple mapping PostgreSQL and DuckDB use.
@@ -20,7 +20,8 @@ Facts:
   (``change_feed.DataVersionFeed``); an in-memory database is this process's alone.
 - Statements run on the runtime's loop thread, through sqlite3 itself, not on a
   driver thread (aiosqlite): four thread hand-offs were most of a Create's time.
-  See SQLiteConnection for how lock waits, time limits and long statements go.
+  See SQLiteConnection (``dialects.sqlite_connection``) for how lock waits, time limits and
+  long statements go.
 """
 
 from __future__ import annotations
@@ -33,301 +34,22 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from decimal import Decimal
-from typing import Any, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import sqlalchemy as sa
 
-from ..deadlines import passed
-from ..errors import TransactionError
-from ..sqltext import writes
-from .base import Connection, DuckAttachment, PooledDialect, QueryResult
 from .change_feed import DataVersionFeed
-
-T = TypeVar("T")
+from .connection import Connection, DuckAttachment
+from .pooled import PooledDialect
+from .sqlite_connection import SQLiteConnection
+from .sqlite_functions import DECIMAL_AGGREGATES, decimal_out, register_functions
 
 MAX_BIND_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 
-# Every this many SQLite VM steps an inline statement asks whether its task's deadline has passed.
-_PROGRESS_STEPS = 2000
-
-
-def _unhex(text: Any) -> bytes | None:
-    """SQLite 3.41's unhex(), for older SQLite: hex text -> bytes (NULL for NULL or bad hex)."""
-    try:
-        return None if text is None else bytes.fromhex(str(text))
-    except ValueError:
-        return None
-
-
-def _busy(error: sqlite3.OperationalError) -> bool:
-    text = str(error)
-    return "database is locked" in text or "database is busy" in text
-
-
-class SQLiteConnection(Connection):
-    """A sqlite3 connection, driven from the runtime's loop thread.
-
-    A statement of a node (``fetch``, ``execute``), BEGIN, COMMIT and savepoints run inline,
-    on the loop thread: they are short and SQLite has no network to wait on, and a thread
-    hand-off each would cost more than the statement. Their waits never block the loop:
-    the connection has no busy timeout, and a statement that finds the database locked is
-    tried again after an asyncio sleep, until ``busy_timeout`` seconds have passed. A run's
-    time limit stops an inline statement too: a progress handler asks, every few thousand
-    SQLite steps, whether the running task's deadline has passed, and interrupts it.
-    Long work (``executemany``, a user's SQL) runs on a worker thread, interrupted when
-    cancelled, as before.
-    """
-
-    __slots__ = ("raw", "busy_timeout", "_inline", "_alone")
-
-    def __init__(self, raw: sqlite3.Connection, busy_timeout: float = 30.0):
-        self.raw = raw
-        self.busy_timeout = busy_timeout
-        self._inline: asyncio.Task | None = None  # the task whose statement runs inline now
-        self._alone: str | None = None  # "armed", then "committed": its one statement commits alone
-        raw.set_progress_handler(self._progress, _PROGRESS_STEPS)
-
-    def commit_alone(self) -> bool:
-        """The next statement runs outside a transaction, which SQLite commits as it ends: its outcome
-        is always known here (it runs inline; a time limit interrupts it, which undoes it, or it
-        completes first, and the run keeps it). After it, reads only (Connection.commit_alone)."""
-        self._alone = "armed"
-        return True
-
-    @property
-    def committed_alone(self) -> bool:
-        return self._alone == "committed"
-
-    def _alone_takes(self, sql: str) -> None:
-        """Before a statement on a connection armed by commit_alone: the first goes; then reads only."""
-        if self._alone == "armed":
-            return
-        if writes(sql):
-            raise TransactionError(
-                "A second write on a SQLite connection whose run commits its one statement alone: it "
-                "would not be in one transaction with the first.",
-                hint="this is a bug in dataflow_lab (a node that declared one statement sent more); "
-                "please report it. Nothing of this statement was sent.",
-            )
-
-    def _progress(self) -> int:
-        task = self._inline
-        return 1 if task is not None and passed(task.get_loop(), task) else 0
-
-    async def _call(self, fn: Callable[[], T], *, inline: bool = True) -> T:
-        """``fn()``: inline or on a worker thread; tried again, after a sleep, while the database is locked."""
-        delay, deadline = 0.001, None
-        while True:
-            try:
-                if not inline:
-                    return await self._threaded(fn)
-                self._inline = asyncio.current_task()
-                try:
-                    return fn()
-                finally:
-                    self._inline = None
-            except sqlite3.OperationalError as exc:
-                if inline and str(exc) == "interrupted":  # the progress handler: the deadline's timer
-                    for _ in range(3):  # fires now, and cancels this task at one of these awaits
-                        await asyncio.sleep(0)
-                    raise
-                if not _busy(exc):
-                    raise
-                now = time.monotonic()
-                deadline = now + self.busy_timeout if deadline is None else deadline
-                if now >= deadline:
-                    raise
-                await asyncio.sleep(min(delay, deadline - now))
-                delay = min(delay * 2, 0.05)
-
-    async def _threaded(self, fn: Callable[[], T]) -> T:
-        future = asyncio.get_running_loop().run_in_executor(None, fn)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            self.raw.interrupt()  # thread-safe: the statement stops, and the ROLLBACK after it waits for that
-            await asyncio.wait([future])
-            raise
-
-    async def begin(self, isolation: str | None = None) -> None:
-        # SQLite transactions are serializable whatever level is asked for.
-        # IMMEDIATE takes the write lock now (waiting, as above, for other writers); a deferred
-        # BEGIN would fail at once with "database is locked" when its first write finds one.
-        await self._call(lambda: self.raw.execute("BEGIN IMMEDIATE"))
-
-    async def commit(self) -> None:
-        await self._call(lambda: self.raw.execute("COMMIT"))
-
-    async def rollback(self) -> None:
-        if self.raw.in_transaction:
-            self.raw.execute("ROLLBACK")  # never waits for a lock
-
-    @property
-    def in_transaction(self) -> bool:
-        return bool(self.raw.in_transaction)
-
-    async def _sent(
-        self, sql: str, params: Sequence[Any] | None, fn: Callable[[], T], *, inline: bool = True
-    ) -> T:
-        """``fn()`` sends one statement: noted (echo, counts) and timed (the slow-statement log)."""
-        if self.note is not None:
-            self.note(sql, params)
-        started = time.perf_counter()
-        try:
-            result = await self._call(fn, inline=inline)
-        except BaseException as exc:
-            self.took(sql, started, params, exc)
-            raise
-        self.took(sql, started, params)
-        return result
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        if self._alone is not None:
-            return await self._sent_alone(sql, params, lambda: self.raw.execute(sql, params).fetchall())
-        return await self._sent(sql, params, lambda: self.raw.execute(sql, params).fetchall())
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        if self._alone is not None:
-            return await self._sent_alone(sql, params, lambda: self.raw.execute(sql, params).rowcount)
-        return await self._sent(sql, params, lambda: self.raw.execute(sql, params).rowcount)
-
-    async def _sent_alone(self, sql: str, params: Sequence[Any], fn: Callable[[], T]) -> T:
-        self._alone_takes(sql)
-        result = await self._sent(sql, params, fn)
-        self._alone = "committed"  # (a statement SQLite refused, or interrupted, left nothing)
-        return result
-
-    async def query(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
-        def run() -> QueryResult:
-            cursor = self.raw.execute(sql, params)
-            try:
-                rows = [tuple(r) for r in cursor.fetchall()]
-                return QueryResult([d[0] for d in cursor.description or ()], rows, cursor.rowcount)
-            finally:
-                cursor.close()
-
-        if self.note is not None:
-            self.note(sql, params)
-        return await self._call(run, inline=False)  # a user's query may run long: not on the loop
-
-    async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
-        # query_only: SQLite itself refuses any write on this connection until it is turned off.
-        self.raw.execute("PRAGMA query_only = ON")
-        try:
-            return await self.query(sql, params)
-        finally:
-            self.raw.execute("PRAGMA query_only = OFF")
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._sent(sql, None, lambda: self.raw.executemany(sql, rows).close(), inline=False)
-
-    async def interrupt(self) -> None:
-        """Stop the statement running on a worker thread (a time limit, Ctrl-C)."""
-        self.raw.interrupt()
-
-
 def _enum_text(member: Any) -> str:
     return str(member.value)
-
-
-def _decimal_key(text: Any) -> Any:
-    """A decimal's text -> bytes whose byte order is the numbers' order, equal for equal numbers.
-
-    Layout: a sign byte (negative < zero < positive), then for the magnitude the
-    exponent of its first digit (8 bytes, offset so that byte order is numeric
-    order) and its digits without leading or trailing zeros. A negative's magnitude
-    bytes are complemented, and end in 0xFF so that a longer magnitude sorts first.
-    Text that is not a finite decimal comes back unchanged (SQLite sorts text before bytes).
-    Integers and reals (a reflected NUMERIC column's) get the key of the number they print as.
-    """
-    if isinstance(text, int | float):  # a NUMERIC column of a table made elsewhere holds numbers
-        text = repr(text)
-    if not isinstance(text, str):
-        return text
-    negative = text.startswith("-")
-    whole, _, fraction = text.lstrip("+-").partition(".")
-    if not (whole + fraction).isdigit() or not whole.isascii() or not fraction.isascii():
-        return _exotic_key(text)  # an exponent (1E+3), spaces, or not a number
-    digits = (whole + fraction).lstrip("0")
-    if not digits:
-        return b"\x02"
-    first = len(whole.lstrip("0")) - 1 if whole.lstrip("0") else len(digits) - len(fraction) - 1
-    body = (first + 2**63).to_bytes(8, "big") + digits.rstrip("0").encode()
-    if negative:
-        return b"\x01" + body.translate(_COMPLEMENT) + b"\xff"
-    return b"\x03" + body
-
-
-_COMPLEMENT = bytes(range(255, -1, -1))  # byte b -> 255 - b
-
-
-def _exotic_key(text: str) -> Any:
-    try:
-        number = Decimal(text)
-    except ArithmeticError:
-        return text
-    if not number.is_finite():
-        return text
-    sign, digits, exponent = number.as_tuple()
-    assert isinstance(exponent, int)
-    fixed = "".join(map(str, digits))
-    if exponent >= 0:
-        plain = fixed + "0" * exponent
-    else:
-        fixed = fixed.rjust(-exponent + 1, "0")
-        plain = f"{fixed[:exponent]}.{fixed[exponent:]}"
-    return _decimal_key(("-" if sign else "") + plain)
-
-
-def _decimal_out(value: Any) -> Decimal:
-    # A NUMERIC column of a table made elsewhere hands back REAL: take the number it prints as.
-    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-
-
-def _lower(text: Any) -> Any:
-    """Unicode lower case, one character to one (the simple mapping PostgreSQL's lower() uses)."""
-    if not isinstance(text, str):
-        return text
-    if "\u03a3" not in text and "\u0130" not in text:  # Σ and İ: str.lower() maps them by context / to two
-        return text.lower()
-    return "".join(ch.lower()[0] for ch in text)
-
-
-class _DecimalAggregate:
-    """sum / min / max / avg of Decimals stored as text, exactly (SQLite's own would read them as floats)."""
-
-    def __init__(self) -> None:
-        self.values: list[Decimal] = []
-
-    def step(self, text: Any) -> None:
-        if text is not None:
-            self.values.append(_decimal_out(text))
-
-
-class _DecimalSum(_DecimalAggregate):
-    def finalize(self) -> str | None:
-        return str(sum(self.values, Decimal(0))) if self.values else None
-
-
-class _DecimalMin(_DecimalAggregate):
-    def finalize(self) -> str | None:
-        return str(min(self.values)) if self.values else None
-
-
-class _DecimalMax(_DecimalAggregate):
-    def finalize(self) -> str | None:
-        return str(max(self.values)) if self.values else None
-
-
-class _DecimalAvg(_DecimalAggregate):
-    def finalize(self) -> float | None:
-        return float(sum(self.values, Decimal(0)) / len(self.values)) if self.values else None
-
-
-_DECIMAL_AGGREGATES = {"sum": _DecimalSum, "min": _DecimalMin, "max": _DecimalMax, "avg": _DecimalAvg}
 
 
 # the date a bucket starts on, from an ISO 8601 text (SQLite's date() reads its UTC offset)
@@ -371,7 +93,7 @@ class SQLiteDialect(PooledDialect):
         "boolean": bool,
         "datetime": dt.datetime.fromisoformat,
         "date": dt.date.fromisoformat,
-        "decimal": _decimal_out,
+        "decimal": decimal_out,
         "uuid": uuid.UUID,
         "json": json.loads,
     }
@@ -483,12 +205,7 @@ class SQLiteDialect(PooledDialect):
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
-            dbapi_connection.create_function("dataflow_decimal_key", 1, _decimal_key, deterministic=True)
-            dbapi_connection.create_function("dataflow_lower", 1, _lower, deterministic=True)
-            if sqlite3.sqlite_version_info < (3, 41):  # unhex() came in 3.41 (Dialect.unhex_sql)
-                dbapi_connection.create_function("unhex", 1, _unhex, deterministic=True)
-            for function, aggregate in _DECIMAL_AGGREGATES.items():
-                dbapi_connection.create_aggregate(f"dataflow_decimal_{function}", 1, aggregate)
+            register_functions(dbapi_connection)  # dataflow_decimal_key, dataflow_lower...
 
     def busy_at_connect(self, error: BaseException) -> bool:
         # A connection's first statements (PRAGMA journal_mode=WAL when the file is new) can meet
@@ -606,7 +323,7 @@ class SQLiteDialect(PooledDialect):
         return sa.func.date(column, *modifiers, type_=sa.Text)
 
     def aggregate(self, function: str, column: sa.ColumnElement | None, logical: str) -> sa.ColumnElement:
-        if logical == "decimal" and function in _DECIMAL_AGGREGATES and column is not None:
+        if logical == "decimal" and function in DECIMAL_AGGREGATES and column is not None:
             kind = sa.Double if function == "avg" else sa.Text
             return getattr(sa.func, f"dataflow_decimal_{function}")(column, type_=kind)
         return super().aggregate(function, column, logical)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import Connection
+    from .connection import Connection
 
 __all__ = ["DECISION_TABLE", "TwoPhaseSQL"]
 

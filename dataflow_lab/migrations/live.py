@@ -17,7 +17,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 
 from ..dialects import Connection, Dialect
-from ..dialects.base import normalize_type
+from ..dialects.type_names import normalize_type
 
 __all__ = [
     "ColumnShape", "IndexShape", "TableShape", "column_default", "model_shape", "read_table", "table_names"
