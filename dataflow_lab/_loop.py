@@ -217,3 +217,16 @@ def _shutdown() -> None:
 
 
 atexit.register(_shutdown)
+
+
+async def shielded(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile (again and again): what
+    must not stop half-way (a saga's compensations, learning a sent statement's outcome) finishes;
+    the caller's own cancellation is already on its way up."""
+    task = asyncio.ensure_future(work)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise

@@ -23,10 +23,10 @@ of a run, given the runtime's ``Run`` (``runtime.py``):
 
 from __future__ import annotations
 
-import asyncio
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from ._loop import shielded
 from .errors import ValidationError, did_you_mean
 from .transactions import ACTIVE_SCOPE, Scope
 
@@ -168,7 +168,7 @@ class Saga(PerNode):
         try:
             await run.walk(run.node_alone(steps), concurrency=run.concurrency)
         except BaseException as exc:
-            compensations = await _shielded(run.compensate(steps))
+            compensations = await shielded(run.compensate(steps))
             if isinstance(exc, Exception):
                 exc.compensations = compensations  # type: ignore[attr-defined]
             raise
@@ -188,19 +188,6 @@ def one_statement(workflow: Workflow | None) -> bool:
     for spec in workflow.nodes.values():
         return spec.node_class.writes and spec.node_class.one_statement()
     return False
-
-
-async def _shielded(work: Any) -> Any:
-    """Await ``work`` to its end even if the caller is cancelled meanwhile (again and again)."""
-    task = asyncio.ensure_future(work)
-    while True:
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            # cancelled again while compensating: finish undoing first; the caller's own
-            # cancellation is already on its way up
 
 
 class Auto(Strategy):

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
+from .._loop import shielded
 from ..errors import TransactionError
 from ..sqltext import writes
 
@@ -109,10 +110,10 @@ class Alone:
         """The caller was cancelled with the statement on its way: stop it on the server, learn its
         outcome, and raise the cancellation again unless it committed (then return)."""
         try:
-            await _shielded(asyncio.wait_for(cancel(), OUTCOME_WAIT))
+            await shielded(asyncio.wait_for(cancel(), OUTCOME_WAIT))
         except Exception:  # the outcome below still tells what happened
             log.warning("sending a cancel request for a statement on %s failed", where, exc_info=True)
-        done, _ = await _shielded(asyncio.wait({statement}, timeout=OUTCOME_WAIT))
+        done, _ = await shielded(asyncio.wait({statement}, timeout=OUTCOME_WAIT))
         if not done:
             statement.cancel()
             self.state = "unknown"
@@ -150,14 +151,3 @@ def _unknown(where: str, error: BaseException) -> TransactionError:
         hint="check the data before running the workflow again (it is not retried, so nothing is "
         "applied twice).",
     )
-
-
-async def _shielded(work: Awaitable[Any]) -> Any:
-    """Await ``work`` to its end even if the caller is cancelled meanwhile (again and again)."""
-    task = asyncio.ensure_future(work)
-    while True:
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                raise
