@@ -16,7 +16,6 @@ opened first, while it is still text, then retyped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -124,7 +123,7 @@ def recasts(mt: Any, changes: Sequence[Change]) -> tuple[list[Change], dict[str,
             to_text = f.name in mt.model.encrypted
             if (c.new.type == text) == to_text:  # type: ignore[union-attr]
                 casts[c.name] = Recast(hexed, unhexed, to_text) if to_text else Recast(unhexed, hexed, False)
-                c = dataclasses.replace(c, destructive=False)
+                c = c._replace(destructive=False)
         out.append(c)
     return out, casts
 
