@@ -34,7 +34,6 @@ from .hooks import Hooks
 from .leaks import open_at_exit
 from .logs import show as show_logs
 from .model import ModelSchema, parse_model
-from .monitoring import attach
 from .nodes import registry
 from .observability import Observability
 from .queries import run_sql, run_sql_async, run_sql_duckdb
@@ -74,6 +73,8 @@ class DataFlow(Observability):
         _track(self)
         self._monitor = None
         if self.config.monitoring:
+            from .monitoring import attach  # the collector's modules load only where monitoring is on
+
             self._monitor = attach(self)
         if self.config.existing_schema:
             try:
