@@ -14,14 +14,16 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..dialects import Dialect
-from .diff import Change
 from .live import ColumnShape, IndexShape, TableShape, column_default
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .diff import Change
 
 __all__ = ["Recast", "Step", "create_steps", "table_steps", "typed_literal"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -26,9 +26,11 @@ from ..dialects import Connection
 from ..encryption import ENCRYPTABLE, HOW_TO_MAKE_A_KEY, PREFIX
 from ..errors import EncryptionError, MigrationError
 from ..model import BLIND_SUFFIX
-from .diff import Change
 from .live import TableShape, read_table
 from .ops import Recast, Step
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .diff import Change
 
 __all__ = ["DATA_STEP", "PROBE_ROWS", "data_steps", "recasts", "refuse_plaintext_rows", "rewrite_column"]
 
