@@ -237,7 +237,7 @@ class PostgresDialect(PooledDialect):
         + ("set_default", "drop_default")
     )
 
-    def bytesliteral(self, value: bytes) -> str:
+    def bytes_literal(self, value: bytes) -> str:
         return f"'\\x{value.hex()}'::bytea"
 
     @classmethod
