@@ -3,6 +3,8 @@
 >>> from dataflow_lab import DataFlow, WorkflowBuilder, LocalRuntime
 """
 
+from typing import TYPE_CHECKING
+
 from .access import User
 from .dataflow import DataFlow
 from .encryption import Encrypted
@@ -32,7 +34,6 @@ from .errors import (
 )
 from .hooks import NodeRecord, RunHooks
 from .modes import TransactionMode
-from .monitoring import MetricsCollector
 from .nodes.switch import SwitchNode
 from .retry import RetryPolicy
 from .routing import RunResults, Skipped
@@ -42,7 +43,15 @@ from .workflow import Workflow, WorkflowBuilder, WorkflowInput
 __version__ = "0.1.0"
 
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .monitoring import MetricsCollector
+
+
 def __getattr__(name: str) -> object:
+    if name == "MetricsCollector":  # its modules (the anomaly detector, the views) load with monitoring
+        from .monitoring import MetricsCollector
+
+        return MetricsCollector
     if name == "DaskRuntime":  # its module is light, but keep dask's import cost off this path entirely
         from .dask_runtime import DaskRuntime
 

@@ -22,14 +22,12 @@ from __future__ import annotations
 import graphlib
 import heapq
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Cycle", "find_cycles", "plan"]
 
 
-@dataclass(frozen=True)
-class Cycle:
+class Cycle(NamedTuple):
     """One declared cycle: its closing connection, its body (in run order) and its limits."""
 
     source: str

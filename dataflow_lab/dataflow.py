@@ -34,19 +34,17 @@ from .hooks import Hooks
 from .leaks import open_at_exit
 from .logs import show as show_logs
 from .model import ModelSchema, parse_model
-from .monitoring import attach
 from .nodes import registry
 from .observability import Observability
-from .queries import run_sql, run_sql_async, run_sql_duckdb
 from .tracking import RunTracker, check_history
 from .transaction_block import TransactionBlock
 from .transactions import ACTIVE_SCOPE
-from .transit import Transit
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from .schema import ModelTable
+    from .transit import Transit
 
 __all__ = ["DataFlow"]
 
@@ -75,6 +73,8 @@ class DataFlow(Observability):
         _track(self)
         self._monitor = None
         if self.config.monitoring:
+            from .monitoring import attach  # the collector's modules load only where monitoring is on
+
             self._monitor = attach(self)
         if self.config.existing_schema:
             try:
@@ -201,6 +201,8 @@ class DataFlow(Observability):
 
     def transit(self, run_id: str) -> Transit | None:
         """What seals DaskRuntime's task payloads for run ``run_id`` (None: no key, nothing to seal)."""
+        from .transit import Transit  # only DaskRuntime seals payloads
+
         keys = load_keys(self._encryption_keys)
         return None if keys is None else Transit(keys, run_id)
 
@@ -319,6 +321,8 @@ class DataFlow(Observability):
         database attached through DuckDB's scanner: columnar speed for a GROUP BY over a
         row-store table, on committed data.
         """
+        from .queries import run_sql, run_sql_duckdb  # db.sql's modules load at its first call
+
         values = {**(params or {}), **named}
         if engine is None or engine == "database":
             return run_sql(self, query, values, write=write, user=user)
@@ -335,6 +339,8 @@ class DataFlow(Observability):
         user: Any = None, **named: Any,
     ) -> pd.DataFrame:  # fmt: skip
         """The async form of ``sql``."""
+        from .queries import run_sql_async
+
         return await run_sql_async(self, query, {**(params or {}), **named}, write=write, user=user)
 
     # -- transactions ----------------------------------------------------------

@@ -26,15 +26,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .tenancy import check_tenant
 
 __all__ = ["DECLARED", "Backfill", "Column", "Declaration", "declared_column"]
 
 
-@dataclass(frozen=True)
-class Backfill:
+class Backfill(NamedTuple):
     """A column that existing rows must be given a value for when the option is turned on."""
 
     why: str  # "each needs a <column>, or <why>."
@@ -54,8 +53,7 @@ class Column:
     backfill: Backfill | None = None  # existing rows need a value when the option is turned on
 
 
-@dataclass(frozen=True)
-class Declaration:
+class Declaration(NamedTuple):
     """What one model option declares of its model's table (see the module's docstring)."""
 
     option: str

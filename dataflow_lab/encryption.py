@@ -34,8 +34,7 @@ import os
 import secrets
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import DecryptionError, EncryptionError
 
@@ -53,8 +52,7 @@ HOW_TO_MAKE_A_KEY = (
 ENCRYPTABLE = ("text", "json", "bytes")  # the logical types a field encrypted at rest may have
 
 
-@dataclass(frozen=True)
-class Marked:
+class Marked(NamedTuple):
     """The mark ``Encrypted[T]`` puts on an annotation (``Annotated[T, Marked(searchable)]``)."""
 
     searchable: bool = False

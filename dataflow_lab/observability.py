@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import DataFlowError
-from .monitoring import detach
 from .tracking import Runs, RunTracker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,4 +97,6 @@ class Observability:
 
     def _stop_monitoring(self) -> None:
         if self._monitor is not None:
+            from .monitoring import detach
+
             detach(cast("DataFlow", self), self._monitor)

@@ -16,7 +16,7 @@ their inputs.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .workflow import Connection, Workflow
@@ -69,10 +69,12 @@ def _rebuild_results(values: dict, iterations: dict) -> RunResults:
     return results
 
 
-@dataclass
 class _Verdict:
-    live: list[Connection] = field(default_factory=list)
-    dead: dict[str, str] = field(default_factory=dict)  # input -> why
+    __slots__ = ("live", "dead")
+
+    def __init__(self) -> None:
+        self.live: list[Connection] = []
+        self.dead: dict[str, str] = {}  # input -> why
 
 
 def routers(workflow: Workflow) -> frozenset[str]:

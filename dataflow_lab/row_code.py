@@ -21,9 +21,8 @@ are passed in the function's globals, never written into its text.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from .dialects.arrow_columns import Same
 from .types import INT64
@@ -31,8 +30,7 @@ from .types import INT64
 __all__ = ["FieldCode", "Same", "column_function", "row_function"]
 
 
-@dataclass(frozen=True)
-class FieldCode:
+class FieldCode(NamedTuple):
     """What the generated code does with one given field's value."""
 
     name: str
@@ -67,8 +65,7 @@ def column_function(
     return make(tail, fresh, *_values(fields))
 
 
-@dataclass(frozen=True)
-class _Key:
+class _Key(NamedTuple):
     """What the text of the generated code depends on, for one field (the cache's key)."""
 
     name: str

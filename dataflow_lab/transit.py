@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .encryption import ENV_KEY, NONCE, VERSION, derive_key, load_keys
 from .errors import EncryptionError
@@ -14,8 +13,7 @@ from .errors import EncryptionError
 __all__ = ["Envelope", "Transit"]
 
 
-@dataclass(frozen=True, repr=False)
-class Envelope:
+class Envelope(NamedTuple):
     """A task payload sealed for its trip to or from a Dask worker: pickled, then AES-256-GCM."""
 
     key_id: str

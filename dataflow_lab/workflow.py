@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .access import check_nodes
 from .cycles import Cycle, find_cycles, plan, stable_order
@@ -77,8 +77,7 @@ class NodeSpec:
         return self.node_class.type_name
 
 
-@dataclass(frozen=True)
-class WorkflowInput:
+class WorkflowInput(NamedTuple):
     """A required input of a node that no parameter and no connection supplies: each run passes it.
 
     ``execute(workflow, parameters={node_id: {name: value}})`` gives it; a run without it is

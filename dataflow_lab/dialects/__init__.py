@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from ..config import DataFlowConfig, redact_url
 from ..errors import DataFlowError, ValidationError
 from .kinds import register_kind, transient_reason
-from .pg_url import check_query
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import Dialect
@@ -40,9 +39,6 @@ _DIALECTS = {
     "mariadb": ("mysql", "MySQLDialect", "asyncmy", "mysql", "MariaDB"),
     "duckdb": ("duckdb", "DuckDBDialect", "duckdb", "duckdb", "DuckDB"),
 }
-
-# scheme's dialect module -> a check of the URL's query, run at DataFlow() (imports nothing heavy)
-_QUERY_CHECKS = {"postgres": check_query}
 
 
 def __getattr__(name: str) -> Any:  # Connection and Dialect load SQLAlchemy: only when asked for
@@ -108,8 +104,10 @@ def check_url(config: DataFlowConfig) -> str:
     module, _, driver, extra, database = _DIALECTS[scheme]
     if extra is not None:
         require_driver(driver, database, extra)
-    if module in _QUERY_CHECKS:
-        _QUERY_CHECKS[module](url)
+    if module == "postgres":  # its URL's query, checked at DataFlow() (pg_url imports nothing heavy)
+        from .pg_url import check_query
+
+        check_query(url)
     return f"{__name__}.{module}"
 
 

@@ -20,7 +20,6 @@ from ..errors import DestructiveMigrationError, MigrationError
 from ..transactions import ACTIVE_SCOPE
 from . import engine
 from .engine import AppliedMigration, MigrationPlan
-from .files import read_directory, write_file
 
 __all__ = ["AppliedMigration", "MigrationPlan", "Migrations"]
 
@@ -76,6 +75,8 @@ class Migrations:
 
     def generate(self, directory: str | Path, *, backfill: Mapping[str, Any] | None = None) -> Path | None:
         """Write the current plan as the next numbered .sql file in ``directory`` (None: nothing to do)."""
+        from .files import write_file  # the files' module loads only where migration files are used
+
         plan = self.plan(backfill=backfill)
         if not plan:
             return None
@@ -173,6 +174,8 @@ class Migrations:
                                             tables=self._by_table())]  # fmt: skip
 
     async def _apply_files(self, conn: Any, dialect: Any, directory: Path) -> list[AppliedMigration]:
+        from .files import read_directory
+
         applied = {m.name: m for m in await engine.history(conn, dialect) if m.rolled_back_at is None}
         done = []
         for file in read_directory(directory):

@@ -14,16 +14,15 @@ import contextlib
 import datetime as dt
 import json
 import re
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from .live import ColumnShape, IndexShape, TableShape
 
 __all__ = ["Change", "default_key", "diff", "widens"]
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     kind: str  # add_column | drop_column | retype | drop_not_null | set_not_null | set_default | drop_default
     #            | add_index | drop_index
     name: str  # the column's or the index's name

@@ -30,7 +30,6 @@ from ..declarations import declared_column
 from ..dialects import Connection, Dialect
 from ..errors import BackfillRequiredError, DestructiveMigrationError, MigrationError, MigrationRequiredError
 from ..model import MISSING, check_value
-from .diff import diff
 from .live import model_shape, read_table
 from .ops import Step, create_steps, literal, slug, table_steps
 from .sealing import DATA_STEP, data_steps, recasts, rewrite_column
@@ -145,6 +144,8 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
     live = await read_table(dialect, conn, mt.table.name)
     if live is None:
         return create_steps(dialect, mt.table)
+    from .diff import diff  # a table that exists is compared with its model (a new one is only created)
+
     changes, casts = recasts(mt, diff(live, model_shape(dialect, mt.table)))
     before, after = await data_steps(conn, mt, live)  # rows to decrypt, encrypt or index (sealing.py)
     if not changes:

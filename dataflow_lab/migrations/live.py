@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 
@@ -26,8 +26,7 @@ __all__ = [
 INTERNAL_PREFIXES = ("dataflow_", "_dataflow")  # history, audit, 2PC decisions, backups
 
 
-@dataclass(frozen=True)
-class ColumnShape:
+class ColumnShape(NamedTuple):
     name: str
     type: str  # normalized, comparable across spellings ("TEXT" and "VARCHAR" are one)
     nullable: bool
@@ -35,8 +34,7 @@ class ColumnShape:
     default: str | None = None  # server default, as SQL text
 
 
-@dataclass(frozen=True)
-class IndexShape:
+class IndexShape(NamedTuple):
     name: str
     columns: tuple[str, ...]
     unique: bool

@@ -11,24 +11,24 @@ back.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..dialects import Dialect
-from .diff import Change
 from .live import ColumnShape, IndexShape, TableShape, column_default
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .diff import Change
 
 __all__ = ["Recast", "Step", "create_steps", "table_steps", "typed_literal"]
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One reversible piece of a migration."""
 
     table: str
@@ -41,8 +41,7 @@ class Step:
     defaults_only: bool = False  # it only sets or drops server DEFAULTs (what other tools' inserts get)
 
 
-@dataclass(frozen=True)
-class Recast:
+class Recast(NamedTuple):
     """How a retyped column's values convert, where a CAST would not keep them (bytes to and from
     text, as hex: migrations/sealing.py): SQL templates of the column (``{0}``) to the new type and
     back, and whether the new type is the text one (MySQL converts while the column is a BLOB)."""
@@ -224,7 +223,7 @@ def _drop_or_retype(
         down.append(
             sql.dialect.nullability_sql(t, col, old.raw_type, False, old.default)
         )  # once the values are back
-    return dataclasses.replace(step, up=tuple(up), down=tuple(down + drop_backup))
+    return step._replace(up=tuple(up), down=tuple(down + drop_backup))
 
 
 def _recast_sql(

@@ -16,10 +16,9 @@ opened first, while it is still text, then retyped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -27,9 +26,11 @@ from ..dialects import Connection
 from ..encryption import ENCRYPTABLE, HOW_TO_MAKE_A_KEY, PREFIX
 from ..errors import EncryptionError, MigrationError
 from ..model import BLIND_SUFFIX
-from .diff import Change
 from .live import TableShape, read_table
 from .ops import Recast, Step
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .diff import Change
 
 __all__ = ["DATA_STEP", "PROBE_ROWS", "data_steps", "recasts", "refuse_plaintext_rows", "rewrite_column"]
 
@@ -124,7 +125,7 @@ def recasts(mt: Any, changes: Sequence[Change]) -> tuple[list[Change], dict[str,
             to_text = f.name in mt.model.encrypted
             if (c.new.type == text) == to_text:  # type: ignore[union-attr]
                 casts[c.name] = Recast(hexed, unhexed, to_text) if to_text else Recast(unhexed, hexed, False)
-                c = dataclasses.replace(c, destructive=False)
+                c = c._replace(destructive=False)
         out.append(c)
     return out, casts
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -40,8 +39,7 @@ _KINDS = {"integer": "int", "float": "float", "decimal": "Decimal", "boolean": "
 _FORMS = "'count', ('count', field), ('count_distinct', field), ('sum' | 'avg' | 'min' | 'max', field)"
 
 
-@dataclass(frozen=True)
-class _Column:
+class _Column(NamedTuple):
     """One output column: its name, SQL expression, logical type (for having) and reader."""
 
     name: str

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from ..errors import ValidationError, did_you_mean
 from ..interfaces import DataFlow
@@ -37,8 +36,7 @@ __all__ = [
 NodeRef = tuple[Callable[..., "type[Node]"], tuple[Any, ...]]
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """One declared node parameter, for tools and widgets to introspect."""
 
     name: str

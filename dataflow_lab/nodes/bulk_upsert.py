@@ -7,8 +7,7 @@ are exact on every backend (the dialect reports them where it can).
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -27,19 +26,19 @@ __all__ = ["BulkUpsert"]
 _NULL_KEY = object()  # marks a key holding a NULL: unique to its row (see _last_wins)
 
 
-@dataclass
 class _Tally:
     """What a BulkUpsert run has counted so far."""
 
-    inserted: int = 0
-    updated: int = 0
-    seen: SeenKeys | None = None  # keys written by earlier chunks (and which this node inserted)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    wrote_ids: bool = False
+    __slots__ = ("inserted", "updated", "seen", "skipped", "wrote_ids")
+
+    def __init__(self) -> None:
+        self.inserted = self.updated = 0
+        self.seen: SeenKeys | None = None  # keys written by earlier chunks (and which this node inserted)
+        self.skipped: list[dict[str, Any]] = []
+        self.wrote_ids = False
 
 
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(NamedTuple):
     """How one chunk is upserted."""
 
     columns: tuple[str, ...]

@@ -22,9 +22,8 @@ import types
 import typing
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["ID", "ROW", "Expects", "label", "resolve", "row_type", "walk"]
 
@@ -66,8 +65,7 @@ _NEVER: dict[type, tuple[type, ...]] = {  # subclasses a check refuses all the s
 }
 
 
-@dataclass(frozen=True)
-class Expects:
+class Expects(NamedTuple):
     """What an input takes: ``types``, checked like a model field (``coerces``) or by isinstance."""
 
     types: tuple[type, ...]
