@@ -4,13 +4,13 @@ PostgreSQL and MariaDB files and servers; read back with the raw drivers to see 
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import pytest
-from conftest import PG_URL, SCHEMA, url_for
+from conftest import url_for
+from test_encryption import ENCRYPTED_BACKENDS, one, raw
 
-from dataflow_lab import DataFlow, DestructiveMigrationError, Encrypted, LocalRuntime, WorkflowBuilder
+from dataflow_lab import DataFlow, DestructiveMigrationError, Encrypted
 from dataflow_lab.encryption import keygen
 
 KEY = keygen("k1")
@@ -19,16 +19,9 @@ ROWS = [{"name": f"c{i}", "notes": {"dx": f"FLU-{i}", "seen": [i, "ICU"]}, "scan
 PLAINTEXTS = ("FLU-", "ICU", "XRAY", "58524159")  # 58524159: XRAY as hex, as the retype carries it
 
 
-@pytest.fixture(params=("sqlite_file", "duckdb_file", "postgres", "mysql"))
+@pytest.fixture(params=ENCRYPTED_BACKENDS)
 def where(request, tmp_path):
     return request.param, url_for(request.param, tmp_path), tmp_path
-
-
-def one(db, node_type, params=None):
-    workflow = WorkflowBuilder(db)
-    workflow.add_node(node_type, "node", params or {})
-    results, _ = LocalRuntime().execute(workflow.build())
-    return results["node"]
 
 
 def plain_charts(db):
@@ -49,50 +42,6 @@ def sealed_charts(db):
         scan: Encrypted[bytes] | None = None
 
     return Chart
-
-
-def raw(backend, tmp_path, sql):
-    """Rows of ``sql``, run with the raw driver (sqlite3, duckdb, asyncpg, asyncmy)."""
-    if backend == "sqlite_file":
-        conn = sqlite3.connect(tmp_path / "test.db")
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-    if backend == "duckdb_file":
-        import duckdb
-
-        conn = duckdb.connect(str(tmp_path / "test.duckdb"))
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
-    return asyncio.run(_server_rows(backend, sql))
-
-
-async def _server_rows(backend, sql):
-    if backend == "postgres":
-        import asyncpg
-
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f'SET search_path TO "{SCHEMA}"')
-            return [tuple(r) for r in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-    import asyncmy
-    import sqlalchemy as sa
-    from conftest import MYSQL_URL
-
-    parts = sa.engine.make_url(MYSQL_URL)
-    conn = await asyncmy.connect(host=parts.host, port=parts.port or 3306, user=parts.username,
-                                 password=parts.password or "", database=SCHEMA)  # fmt: skip
-    try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(sql)
-            return list(await cursor.fetchall())
-    finally:
-        conn.close()
 
 
 def stored(backend, tmp_path):
