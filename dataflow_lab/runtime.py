@@ -427,15 +427,15 @@ class Run:
                 self.cancelled_in = node_id
             raise
         finally:
-            # a started probe always ends (its thread's chain counts the nodes in flight), even when
-            # the subscriber that asked for it has left during the node
-            duration = time.perf_counter() - started
-            memory_mb, pool_usage = probe.end(memory, cls) if probe is not None else (None, None)
             if self.records is not None or emit.wants("after_node"):  # nobody listening: no call at all
+                duration = time.perf_counter() - started
+                memory_mb, pool_usage = probe.end(memory, cls) if probe is not None else (None, None)
                 node_ended(
                     emit, self.records, scope.run_id, node_id, cls, started, duration, result, error,
                     scope.queries, scope.sql, memory_mb, pool_usage,
                 )  # fmt: skip
+            elif probe is not None:  # a started probe always ends: its thread's chain counts the
+                probe.end(memory, cls)  # nodes in flight (the subscriber left during the node)
 
     def node_limit(self, spec: NodeSpec) -> float | None:
         """The seconds ``spec`` may run: its own ``timeout`` when add_node gave one, else the runtime's."""
