@@ -8,9 +8,12 @@ import textwrap
 import uuid
 
 import pyarrow as pa
+import pytest
 import sqlalchemy as sa
 
+from dataflow_lab import DataFlow, DecryptionError, Encrypted, LocalRuntime, WorkflowBuilder
 from dataflow_lab.dialects.arrow_columns import Same, arrow_source, by_column_of
+from dataflow_lab.encryption import PREFIX, Cipher, keygen, load_keys
 
 
 def test_by_column_of_merges_only_the_very_same_object_on_every_row():
@@ -78,3 +81,66 @@ def test_the_first_duckdb_bulk_create_of_a_process_does_not_import_pandas(tmp_pa
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+TEXTS = ["", "a", "ab", "é", "日本語", "x" * 100, "same", "same"]  # each length mod 3 (base64's padding)
+
+
+def test_duckdb_writes_a_packed_column_byte_for_byte_as_the_python_path_seals_it():
+    import duckdb
+
+    cipher = Cipher(load_keys(keygen("k1")), "Note", "notes")
+    ids = list(range(10**18, 10**18 + len(TEXTS)))
+    packed = cipher.seal_packed("body", "text", ids, TEXTS)
+    table, select, params = arrow_source([sa.BigInteger(), sa.Text()], ["id", "body"], [ids, packed])
+    assert table.schema.types == [pa.int64(), pa.large_binary()]  # the sealed bytes, base64 left to DuckDB
+    assert select == ['"id"', '? || to_base64("_dataflow_sealed_body")'] and params == [PREFIX]
+    arrow_rows = table  # noqa: F841 - read by DuckDB by its name
+    stored = [
+        s for (s,) in duckdb.connect().execute(f"SELECT {select[1]} FROM arrow_rows", params).fetchall()
+    ]
+    assert stored == packed.values()  # PREFIX, then base64 of head, nonce, ciphertext and tag
+    listed = cipher.seal_many("body", "text", ids, TEXTS)  # the form SQLite, PostgreSQL, MariaDB store
+    assert [(s[:9], len(s)) for s in stored] == [(s[:9], len(s)) for s in listed]  # (other nonces)
+    assert [cipher.open("body", "text", i, s) for i, s in zip(ids, stored, strict=True)] == TEXTS
+
+
+def test_an_encrypted_duckdb_bulk_create_stores_the_form_every_reader_knows(tmp_path):
+    import base64
+
+    import duckdb
+
+    key, path = keygen("k1"), tmp_path / "notes.duckdb"
+    db = DataFlow(f"duckdb:///{path}", encryption_keys=key)
+
+    @db.model
+    class Note:
+        __tablename__ = "notes"
+        body: Encrypted[str]
+        extra: Encrypted[dict] | None = None
+
+    def run(node, params):
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node(node, "n", params)
+        return LocalRuntime().execute(wf.build())[0]["n"]
+
+    data = [{"body": t, "extra": {"i": i}} for i, t in enumerate(TEXTS)]
+    ids = run("NoteBulkCreateNode", {"data": data, "return_ids": True})["ids"]
+    db.close()
+    con = duckdb.connect(str(path))
+    rows = con.execute("SELECT id, body, extra FROM notes ORDER BY id").fetchall()
+    cipher = Cipher(load_keys(key), "Note", "notes")
+    for (row_id, body, extra), text, i in zip(rows, TEXTS, range(len(TEXTS)), strict=True):
+        raw = base64.b64decode(body.removeprefix(PREFIX), validate=True)
+        assert body == PREFIX + base64.b64encode(raw).decode()  # standard base64, padded
+        assert raw[:4] == b"\x01\x02k1" and len(raw) == 4 + 12 + len(text.encode()) + 16
+        assert cipher.open("body", "text", row_id, body) == text
+        assert cipher.open("extra", "json", row_id, extra) == {"i": i}
+    con.execute(f"UPDATE notes SET body = (SELECT body FROM notes WHERE id = {ids[1]}) WHERE id = {ids[0]}")
+    con.close()
+    db = DataFlow(f"duckdb:///{path}", encryption_keys=key)
+    db.model(Note)
+    assert run("NoteReadNode", {"id": ids[2]})["body"] == TEXTS[2]
+    with pytest.raises(DecryptionError, match="copied from another row"):
+        run("NoteReadNode", {"id": ids[0]})
+    db.close()

@@ -191,6 +191,10 @@ def test_seal_many_gives_each_value_its_own_nonce_and_row_in_blocks_lists_and_pa
         assert [cipher.open("ssn", "text", i, s) for i, s in zip(ids, sealed, strict=True)] == values
     with pytest.raises(DecryptionError, match="copied from another row"):
         cipher.open("ssn", "text", ids[1], packed[0])
+    for other in ([9, 10, 11], [2**63 - 2, 2**63 - 1], [2**64, 2**64 + 1], ["a-1", "b-2"]):  # lengths, str
+        part = values[: len(other)]
+        sealed = cipher.seal_packed("ssn", "text", other, part)
+        assert [cipher.open("ssn", "text", i, s) for i, s in zip(other, sealed, strict=True)] == part
     gaps = cipher.seal_packed("notes", "json", [1, 2, 3], [{"a": 1}, None, {"b": 2}])
     assert gaps[1] is None and cipher.open("notes", "json", 3, gaps[2]) == {"b": 2}  # a None: a list
     assert (

@@ -23,7 +23,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from ..encryption import Packed
+from ..encryption import PREFIX, Packed
 
 __all__ = ["Same", "arrow_source", "by_column_of"]
 
@@ -70,6 +70,12 @@ def arrow_source(
             params.append(str(value) if isinstance(value, uuid.UUID) else value)
             select.append("?")
             continue
+        if isinstance(values, Packed):  # ciphertexts before base64: DuckDB writes their stored form
+            arrays.append(_packed(pa, values))
+            names.append(f"_dataflow_sealed_{name}")
+            params.append(PREFIX)
+            select.append(f'? || to_base64("{names[-1]}")')
+            continue
         if isinstance(values, Same):
             values = [values.value] * n
         arrays.append(_array(pa, kind, values))
@@ -83,8 +89,6 @@ def arrow_source(
 def _array(pa: Any, kind: Any, values: list[Any]) -> Any:
     import sqlalchemy as sa
 
-    if isinstance(values, Packed):
-        return _packed(pa, values)
     if isinstance(kind, sa.Uuid):
         values = [None if v is None else str(v) for v in values]
     kinds = set(map(type, values))
@@ -112,17 +116,14 @@ def _text(pa: Any, values: list[Any], nulls: bool) -> Any:
 
 
 def _packed(pa: Any, values: Packed) -> Any:
-    """An Arrow string column of newline-ended ciphertexts (encryption.Packed): the offsets from
-    where the newlines are, the data with them taken out. No str per value is made."""
+    """An Arrow binary column of the sealed values of an ``encryption.Packed``, made from its
+    buffers: no object per value."""
     import numpy as np
 
-    ends = np.flatnonzero(np.frombuffer(values.data, np.uint8) == 10)  # the newline ending each value
-    offsets = np.zeros(len(ends) + 1, np.int64)
-    offsets[1:] = ends - np.arange(len(ends))  # each value ends where its newline was, less the ones before
-    data = values.data.replace(b"\n", b"")
-    return pa.Array.from_buffers(
-        pa.large_string(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
+    offsets = np.zeros(len(values) + 1, np.int64)
+    offsets[1:] = values.ends
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(values.data)]
+    return pa.Array.from_buffers(pa.large_binary(), len(values), buffers)
 
 
 def _fixed(code: str, arrow_type: str, zero: Any) -> Any:
