@@ -31,6 +31,7 @@ tracemalloc: its peak must not grow with the input.
 The ``encrypted`` row compares BulkCreate into a model whose ``name`` is ``Encrypted[str]``
 (AES-256-GCM per value, encryption.py) with BulkCreate into the same model unencrypted (neither
 has the unique key on name, which an encrypted field cannot carry): its "raw" columns are ours, plain.
+On DuckDB the stored text's base64 is DuckDB's (``to_base64`` in the INSERT), as a user's would be.
 
 Run: python benchmarks/bench_bulk.py [--sizes 10000 100000 1000000] [--ops create upsert stream wide]
      [--wide-rows 2000] [--wide-kb 50] [--rounds 3] [--write docs/performance.md]
@@ -455,8 +456,9 @@ def encrypted_row(
 ) -> tuple[str, ...]:
     """BulkCreate with ``name`` encrypted, against the same model plain (in the "raw" columns).
 
-    The label adds the ratio of this process's CPU time (median of the rounds; DuckDB's threads
-    included, a database server's work not), steadier than wall time on a loaded machine."""
+    The label adds the ratio of this process's CPU time (each side's least over the rounds;
+    DuckDB's threads included, a database server's work not), steadier than wall time on a
+    loaded machine."""
     plains, sealed = [], []
     for i in range(rounds):
         plains.append(
