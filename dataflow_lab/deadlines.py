@@ -144,7 +144,8 @@ class interrupting:  # noqa: N801 - used as a function: `with interrupting(when,
     __slots__ = ("when", "interrupt", "key")
 
     def __init__(self, when: float | None, interrupt: Callable[[], Any]):
-        self.when, self.interrupt, self.key = when, interrupt, None
+        self.when, self.interrupt = when, interrupt
+        self.key: int | None = None
 
     def __enter__(self) -> None:
         if self.when is not None:

@@ -153,7 +153,7 @@ _THREAD = threading.local()  # .chain: this thread's _Chain (one lookup per prob
 def _chain() -> _Chain:
     """This thread's chain (made at its first node)."""
     try:
-        return _THREAD.chain  # type: ignore[no-any-return]
+        return _THREAD.chain
     except AttributeError:
         chain = _THREAD.chain = _Chain()
         return chain
