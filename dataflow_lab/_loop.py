@@ -67,8 +67,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     try:
         return future.result(timeout)
     except KeyboardInterrupt:
-        run.cancel(future)
-        run.ended.result()
+        run.cancel(future).result()
         raise
     except concurrent.futures.TimeoutError:
         future.cancel()
@@ -89,8 +88,7 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
-        run.cancel(future)
-        await asyncio.wrap_future(run.ended)  # cancelled again meanwhile: stop waiting
+        await asyncio.wrap_future(run.cancel(future))  # cancelled again meanwhile: stop waiting
         raise
 
 
@@ -152,13 +150,17 @@ def run_here(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class _Submitted:
-    """A coroutine submitted to the loop, and whether it began and ended there (loop thread only)."""
+    """A coroutine submitted to the loop, and whether it began and ended there (loop thread only).
 
-    __slots__ = ("abandoned", "began", "ended")
+    ``ended`` (a Future set once it stopped, or never began) is made only when the caller cancels:
+    a run that is never cancelled makes no second Future (and no Condition) per run.
+    """
+
+    __slots__ = ("abandoned", "began", "over", "ended")
 
     def __init__(self) -> None:
-        self.began = self.abandoned = False
-        self.ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.began = self.abandoned = self.over = False
+        self.ended: concurrent.futures.Future[None] | None = None
 
     async def settled(self, coro: Coroutine[Any, Any, T]) -> T:
         if self.abandoned:  # cancelled before it began: it never begins
@@ -170,19 +172,26 @@ class _Submitted:
         finally:
             self.end()
 
-    def cancel(self, future: concurrent.futures.Future) -> None:
-        """From the caller's thread: cancel it; ``ended`` is set once it stopped (or never began)."""
+    def cancel(self, future: concurrent.futures.Future) -> concurrent.futures.Future[None]:
+        """From the caller's thread: cancel it; the Future returned is set once it stopped (or never
+        began)."""
+        ended = self.ended = concurrent.futures.Future()  # before the loop thread can look for it
         future.cancel()
         loop().call_soon_threadsafe(self._abandon)
+        return ended
 
     def _abandon(self) -> None:
         if not self.began:
             self.abandoned = True
             self.end()
+        elif self.over:  # it ended before the cancellation reached the loop
+            self.end()
 
     def end(self) -> None:
-        if not self.ended.done():
-            self.ended.set_result(None)
+        self.over = True
+        ended = self.ended
+        if ended is not None and not ended.done():
+            ended.set_result(None)
 
 
 def _submit(coro: Coroutine[Any, Any, T]) -> tuple[concurrent.futures.Future[T], _Submitted]:

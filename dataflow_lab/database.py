@@ -120,6 +120,10 @@ class Database:
     async def open(self) -> Dialect:
         """The dialect, opened once, on the background loop (the health task starts then)."""
         self.check_open()
+        future = self._open_future
+        if future is not None and self._watch is not None and future.done() and not future.cancelled():
+            if future.exception() is None:  # opened: asked at each run's first connection, no shield
+                return self.dialect
         if self._open_future is None:
             self._open_future = asyncio.ensure_future(self.dialect.open())
 

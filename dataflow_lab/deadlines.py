@@ -13,13 +13,12 @@ says whether it was this deadline's), as with ``asyncio.timeout``. ``None``: no 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Deadline", "earliest", "interrupting", "passed", "watching"]
@@ -95,14 +94,15 @@ class _Watchdog:
     """One daemon thread that calls ``interrupt`` of work blocking a loop's thread once its time passes."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()  # add and remove take it directly (a Condition's `with` is Python)
+        self.cond = threading.Condition(self.lock)
         self.waiting: dict[int, tuple[float, Callable[[], Any]]] = {}
         self.keys = itertools.count()
         self.thread: threading.Thread | None = None
         self.wakes_at = math.inf  # when the thread wakes next: only an earlier deadline wakes it sooner
 
     def add(self, when: float, interrupt: Callable[[], Any]) -> int:
-        with self.cond:
+        with self.lock:
             key = next(self.keys)
             self.waiting[key] = (when, interrupt)
             if self.thread is None:
@@ -114,7 +114,7 @@ class _Watchdog:
         return key
 
     def remove(self, key: int) -> None:
-        with self.cond:
+        with self.lock:
             self.waiting.pop(key, None)
 
     def _watch(self) -> None:
@@ -136,18 +136,24 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-@contextlib.contextmanager
-def interrupting(when: float | None, interrupt: Callable[[], Any]) -> Iterator[None]:
+class interrupting:  # noqa: N801 - used as a function: `with interrupting(when, interrupt):`
     """Around a call that blocks this thread's loop: ``interrupt()`` from another thread at ``when``
-    (``time.monotonic()``; None: never), so that a deadline still stops it (see ``earliest``)."""
-    if when is None:
-        yield
-        return
-    key = _WATCHDOG.add(when, interrupt)
-    try:
-        yield
-    finally:
-        _WATCHDOG.remove(key)
+    (``time.monotonic()``; None: never), so that a deadline still stops it (see ``earliest``).
+    A class, not a generator: it is entered around every inline statement."""
+
+    __slots__ = ("when", "interrupt", "key")
+
+    def __init__(self, when: float | None, interrupt: Callable[[], Any]):
+        self.when, self.interrupt = when, interrupt
+        self.key: int | None = None
+
+    def __enter__(self) -> None:
+        if self.when is not None:
+            self.key = _WATCHDOG.add(self.when, self.interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.key is not None:
+            _WATCHDOG.remove(self.key)
 
 
 class Deadline:

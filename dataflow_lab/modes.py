@@ -182,7 +182,7 @@ def one_statement(workflow: Workflow | None) -> bool:
     """Whether a run of ``workflow`` writes exactly one statement: one node, run once (no cycle), that
     says it sends one (``Node.one_statement``: a Create). Its transaction is then that statement's
     own, which a database that can keep every guarantee so commits without BEGIN and COMMIT
-    (``Connection.commit_alone``: PostgreSQL, dialects/pg_alone.py)."""
+    (``Connection.commit_alone``: PostgreSQL, dialects/pg_alone.py; SQLite; DuckDB inline)."""
     if workflow is None or len(workflow.nodes) != 1 or workflow.cycles:
         return False
     for spec in workflow.nodes.values():

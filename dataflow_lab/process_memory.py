@@ -134,9 +134,11 @@ class MemoryProbe:
         return None if now is None else round((now - start) / MB, 3)
 
 
-class _Chain(threading.local):
+class _Chain:
     """What the nodes measured on one thread leave for the next: the last reading, while no node of
     any run on this thread is running, when it was read, and when the last node ended."""
+
+    __slots__ = ("mark", "marked_at", "ended_at", "running")
 
     def __init__(self) -> None:
         self.mark: int | None = None
@@ -145,7 +147,16 @@ class _Chain(threading.local):
         self.running = 0  # nodes started and not yet ended on this thread, of every run
 
 
-_CHAIN = _Chain()
+_THREAD = threading.local()  # .chain: this thread's _Chain (one lookup per probe call, then plain slots)
+
+
+def _chain() -> _Chain:
+    """This thread's chain (made at its first node)."""
+    try:
+        return _THREAD.chain
+    except AttributeError:
+        chain = _THREAD.chain = _Chain()
+        return chain
 
 
 class RunProbe:
@@ -168,7 +179,7 @@ class RunProbe:
         self.pools: dict[type, Any] = {}  # node class -> its dialect's pool_usage (None: no database)
 
     def start(self) -> int | None:
-        chain = _CHAIN
+        chain = _chain()
         mark = chain.mark  # only a chaining probe leaves one
         if mark is None or not self.probe.chains or chain.running:
             mark = self.probe.start()
@@ -180,7 +191,7 @@ class RunProbe:
         return mark
 
     def end(self, start: int | None, node_class: Any) -> tuple[float | None, str | None]:
-        chain = _CHAIN
+        chain = _chain()
         chain.running -= 1
         usage = self.pools.get(node_class, False)
         if usage is False:

@@ -106,7 +106,7 @@ class Scope:
         self.gid: str | None = None  # a two-phase commit's base gid, and its branches (two_phase.py)
         self.branches: list[_Held] = []
         # The run writes one statement (modes.one_statement): where the connection can keep every
-        # guarantee so (PostgreSQL), it is sent without BEGIN and COMMIT, saving two round trips
+        # guarantee so (PostgreSQL, SQLite, DuckDB inline), it is sent without BEGIN and COMMIT
         self.alone = False
 
     @property

@@ -129,13 +129,16 @@ class Workflow:
         return list(kept)
 
     def models(self) -> list[tuple[DataFlow, Any]]:
-        pairs: dict[tuple[int, str], tuple[DataFlow, Any]] = {}
-        for spec in self.nodes.values():
-            cls = spec.node_class
-            if cls.dataflow is not None:
-                for mt in cls.tables():
-                    pairs.setdefault((id(cls.dataflow), mt.model.name), (cls.dataflow, mt))
-        return list(pairs.values())
+        kept = self.__dict__.get("_models")  # asked at every run, as dataflows() is
+        if kept is None:
+            pairs: dict[tuple[int, str], tuple[DataFlow, Any]] = {}
+            for spec in self.nodes.values():
+                cls = spec.node_class
+                if cls.dataflow is not None:
+                    for mt in cls.tables():
+                        pairs.setdefault((id(cls.dataflow), mt.model.name), (cls.dataflow, mt))
+            kept = self.__dict__["_models"] = tuple(pairs.values())
+        return list(kept)
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self.nodes)} node(s), {len(self.connections)} connection(s)>"

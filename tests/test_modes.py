@@ -138,6 +138,71 @@ def test_a_one_node_write_on_sqlite_sends_its_statement_alone_and_a_refused_one_
     db.close()
 
 
+class _DuckCalls:
+    """A real DuckDB connection whose transaction calls and statements are recorded by their first word."""
+
+    def __init__(self, con, seen: list[str]):
+        self._con, self._seen = con, seen
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._con, name)
+        if name not in ("begin", "commit", "execute"):
+            return attr
+
+        def called(*args):
+            self._seen.append(args[0].split()[0].upper() if name == "execute" else name.upper())
+            return attr(*args)
+
+        return called
+
+
+def test_a_one_node_write_on_duckdb_on_its_callers_thread_sends_its_statement_alone(tmp_path):
+    import asyncio
+
+    from dataflow_lab import WorkflowBuilder
+
+    db = DataFlow(f"duckdb:///{tmp_path / 'alone.duckdb'}")
+
+    @db.model
+    class Crate:
+        __dataflow__ = {"unique": [["name"]]}
+        name: str
+        weight: int = 0
+
+    def built(node: str, params: dict) -> object:
+        wf = WorkflowBuilder(dataflow=db)
+        wf.add_node(node, "n", params)
+        return wf.build()
+
+    def one(node: str, params: dict) -> dict:
+        return LocalRuntime().execute(built(node, params))[0]["n"]
+
+    first = one("CrateCreateNode", {"name": "a"})
+    dialect, seen = db.database.dialect, []
+    dialect._con = _DuckCalls(dialect._con, seen)
+    one("CrateCreateNode", {"name": "b"})
+    one("CrateUpdateNode", {"id": first["id"], "fields": {"weight": 3}})
+    assert seen == ["INSERT", "UPDATE"]
+    with pytest.raises(Exception, match="(?i)duplicate key|unique"):
+        one("CrateCreateNode", {"name": "a"})  # the database refuses a second "a"
+    assert Crate.count() == 2 and db.pool_status()["checked_out"] == 0
+    seen.clear()  # on the background loop the statement runs on the worker thread: in a transaction
+    asyncio.run(AsyncLocalRuntime().execute_async(built("CrateCreateNode", {"name": "c"})))
+    assert seen == ["BEGIN", "INSERT", "COMMIT"] and Crate.count() == 3
+    dialect._con = dialect._con._con
+    db.close()
+
+
+def test_a_connection_committing_its_statement_alone_refuses_a_second_write_unsent():
+    from dataflow_lab.dialects.connection import alone_takes
+    from dataflow_lab.errors import TransactionError
+
+    alone_takes("armed", "INSERT INTO t VALUES (1)", "DuckDB")  # the first goes
+    alone_takes("committed", "SELECT * FROM t", "DuckDB")  # then reads
+    with pytest.raises(TransactionError, match="second write on a DuckDB connection"):
+        alone_takes("committed", "UPDATE t SET x = 1", "DuckDB")
+
+
 def test_only_a_one_node_run_whose_node_sends_one_statement_commits_it_alone(db):
     from dataflow_lab import WorkflowBuilder
     from dataflow_lab.modes import one_statement

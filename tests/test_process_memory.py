@@ -167,11 +167,11 @@ def test_a_run_s_first_node_starts_from_the_reading_the_last_run_on_its_thread_e
     from dataflow_lab import _loop, process_memory
 
     async def in_flight() -> int:
-        return process_memory._CHAIN.running
+        return process_memory._chain().running
 
     # the chain counts nodes in flight per thread: one an earlier test started and never ended (on
     # this thread or the runtime's) would turn chaining off, and this test would blame the chain
-    assert process_memory._CHAIN.running == 0 and _loop.run(in_flight()) == 0, "a node never ended"
+    assert process_memory._chain().running == 0 and _loop.run(in_flight()) == 0, "a node never ended"
     monkeypatch.setattr(process_memory, "CHAIN_WITHIN", 60.0)  # the gap between runs never matters here
     monkeypatch.setattr(process_memory, "SAMPLE_EVERY", 0.0)  # every node reads its end (no sampling)
     reads = []

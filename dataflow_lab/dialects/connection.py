@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from ..encryption import PREFIX as CIPHERTEXT_PREFIX
+from ..errors import TransactionError
 from ..query_count import count_statement, keep_statement
+from ..sqltext import writes
 from ..statement_log import StatementLog
 
 log = logging.getLogger("dataflow_lab.sql")
@@ -93,8 +95,8 @@ class Connection:
 
     def commit_alone(self) -> bool:
         """Send the next statement without BEGIN, to be committed by the server as it ends, if this
-        connection can keep every guarantee of a transaction that way (PostgreSQL: pg_alone.py).
-        False: it cannot, and the caller begins a transaction as usual."""
+        connection can keep every guarantee of a transaction that way (PostgreSQL: pg_alone.py;
+        SQLite; DuckDB on a claimed thread). False: it cannot, and the caller begins one as usual."""
         return False
 
     @property
@@ -132,6 +134,19 @@ class Connection:
     async def query_read_only(self, sql: str, params: Sequence[Any] = ()) -> QueryResult:
         """``query`` with writes refused by the database itself, whatever the statement is."""
         raise NotImplementedError
+
+
+def alone_takes(state: str | None, sql: str, where: str) -> None:
+    """Before a statement on an inline connection armed by ``commit_alone`` (SQLite's, DuckDB's on a
+    claimed thread), in ``state`` "armed" or "committed": the first goes; after it, reads only."""
+    if state == "armed" or not writes(sql):
+        return
+    raise TransactionError(
+        f"A second write on a {where} connection whose run commits its one statement alone: it "
+        "would not be in one transaction with the first.",
+        hint="this is a bug in dataflow_lab (a node that declared one statement sent more); "
+        "please report it. Nothing of this statement was sent.",
+    )
 
 
 class DuckAttachment(NamedTuple):

@@ -7,7 +7,8 @@ Facts:
 - Ids come from a sequence: ``BIGINT DEFAULT nextval('<table>_id_seq')``.
 - Bulk inserts go through a pyarrow table (``dialects.duckdb_bulk``); DuckDB's ``executemany``
   runs at about 2k rows/s and is never used for bulk work.
-- Statements run on that worker thread through ``dialects.duckdb_connection``.
+- Statements run on that worker thread through ``dialects.duckdb_connection``, or inline on a
+  run's claimed thread, where a one-statement run's write commits alone (no BEGIN, COMMIT).
 - Decimals are DECIMAL(p, s): the field's declared digits, else (38, 18). DuckDB
   rounds a value with more decimals, and binds a filter value it cannot hold as
   DOUBLE, so the field's check refuses such writes and filters rewrite such bounds

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..deadlines import earliest, interrupting
 from ..errors import ValidationError
 from ..sqltext import writes
-from .connection import Connection, QueryResult
+from .connection import Connection, QueryResult, alone_takes
 
 if TYPE_CHECKING:  # pragma: no cover
     from duckdb import DuckDBPyConnection
@@ -38,10 +38,26 @@ class DuckDBConnection(Connection):
     def __init__(self, dialect: DuckDBWorker):
         self.dialect = dialect
         self._in_tx = False
+        self._alone: str | None = None  # "armed", then "committed": its one statement commits alone
 
     @property
     def in_transaction(self) -> bool:
         return self._in_tx
+
+    def commit_alone(self) -> bool:
+        """On a run's claimed thread (inline), the next statement runs outside a transaction, which
+        DuckDB commits as it ends: its outcome is known at once (refused, or interrupted at a
+        deadline, it left nothing; completed, it stands and the run keeps it). After it, reads only
+        (Connection.commit_alone). On the worker thread a cancelled statement could still complete
+        after the cancellation reached the run, so there it begins a transaction as usual."""
+        if self.dialect._claimed_by != threading.get_ident():
+            return False
+        self._alone = "armed"
+        return True
+
+    @property
+    def committed_alone(self) -> bool:
+        return self._alone == "committed"
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         dialect = self.dialect
@@ -89,11 +105,18 @@ class DuckDBConnection(Connection):
         await self._run(rollback)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self._alone is not None:
+            alone_takes(self._alone, sql, "DuckDB")
         if self.note is not None:
             self.note(sql, params)
-        return await self._timed(sql, params, lambda: self.dialect.con.execute(sql, list(params)).fetchall())
+        rows = await self._timed(sql, params, lambda: self.dialect.con.execute(sql, list(params)).fetchall())
+        if self._alone is not None:
+            self._alone = "committed"  # (a statement DuckDB refused, or interrupted, left nothing)
+        return rows
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        if self._alone is not None:
+            alone_takes(self._alone, sql, "DuckDB")
         if self.note is not None:
             self.note(sql, params)
 
@@ -103,7 +126,10 @@ class DuckDBConnection(Connection):
                 int(result[0][0]) if result and len(result[0]) == 1 and isinstance(result[0][0], int) else -1
             )
 
-        return await self._timed(sql, params, run)
+        count = await self._timed(sql, params, run)
+        if self._alone is not None:
+            self._alone = "committed"
+        return count
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.note is not None:

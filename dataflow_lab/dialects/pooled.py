@@ -37,7 +37,7 @@ class PooledDialect(Dialect):
         self._claimed_by: int | None = None  # the thread that claimed it (runtime.py)
         self._checkouts: dict[int, Any] = {}
         self._owners: dict[int, tuple[str, str]] = {}  # (run id, node id) a connection is out for
-        self._capacity: str | None = None  # "/15", made at the first pool_usage()
+        self._usages: tuple[str, ...] = ()  # "0/15" ... "15/15", made at the first pool_usage()
         self.stats = {"waiting": 0, "acquired_total": 0, "failures": 0, "invalidated": 0}
 
     @property
@@ -260,13 +260,14 @@ class PooledDialect(Dialect):
         return max(0, (self._idle() or 0) - idle)
 
     def pool_usage(self) -> str:
-        capacity = self._capacity
-        if capacity is None:  # asked per node: single_connection may parse the URL, so once
+        """Connections in use / capacity, "3/15": asked per node while monitored, so the texts are
+        made once (single_connection may parse the URL)."""
+        usages, in_use = self._usages, len(self._checkouts)
+        if not usages:
             config = self.config
-            capacity = self._capacity = (
-                "/1" if self.single_connection else f"/{config.pool_size + max(0, config.max_overflow)}"
-            )
-        return f"{len(self._checkouts)}{capacity}"
+            capacity = 1 if self.single_connection else config.pool_size + max(0, config.max_overflow)
+            usages = self._usages = tuple(f"{n}/{capacity}" for n in range(capacity + 1))
+        return usages[in_use] if in_use < len(usages) else f"{in_use}/{len(usages) - 1}"
 
     def pool_status(self) -> dict[str, Any]:
         """size, checked_out, overflow, waiting, acquired_total, failures (and the pool's kind)."""

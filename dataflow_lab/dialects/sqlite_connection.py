@@ -15,9 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..deadlines import passed
-from ..errors import TransactionError
-from ..sqltext import writes
-from .connection import Connection, QueryResult
+from .connection import Connection, QueryResult, alone_takes
 
 T = TypeVar("T")
 
@@ -64,18 +62,6 @@ class SQLiteConnection(Connection):
     @property
     def committed_alone(self) -> bool:
         return self._alone == "committed"
-
-    def _alone_takes(self, sql: str) -> None:
-        """Before a statement on a connection armed by commit_alone: the first goes; then reads only."""
-        if self._alone == "armed":
-            return
-        if writes(sql):
-            raise TransactionError(
-                "A second write on a SQLite connection whose run commits its one statement alone: it "
-                "would not be in one transaction with the first.",
-                hint="this is a bug in dataflow_lab (a node that declared one statement sent more); "
-                "please report it. Nothing of this statement was sent.",
-            )
 
     def _progress(self) -> int:
         task = self._inline
@@ -159,7 +145,7 @@ class SQLiteConnection(Connection):
         return await self._sent(sql, params, lambda: self.raw.execute(sql, params).rowcount)
 
     async def _sent_alone(self, sql: str, params: Sequence[Any], fn: Callable[[], T]) -> T:
-        self._alone_takes(sql)
+        alone_takes(self._alone, sql, "SQLite")
         result = await self._sent(sql, params, fn)
         self._alone = "committed"  # (a statement SQLite refused, or interrupted, left nothing)
         return result
