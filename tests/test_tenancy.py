@@ -14,6 +14,7 @@ from dataflow_lab import (
     ValidationError,
     WorkflowBuilder,
 )
+from dataflow_lab.dialects.arrow_columns import Same
 
 
 def run(db, *steps, **execute):
@@ -212,7 +213,7 @@ def test_bulk_create_stamps_the_tenant_through_the_dialects_fast_path(db, monkey
     real_columns = dialect_cls.bulk_insert_columns
 
     async def spy_columns(self, conn, table, columns, by_column, *, ids):  # DuckDB's path: by column
-        calls.append((tuple(columns), max(len(c) for c in by_column if isinstance(c, list))))
+        calls.append((tuple(columns), max(len(c) for c in by_column if not isinstance(c, Same))))
         return await real_columns(self, conn, table, columns, by_column, ids=ids)
 
     monkeypatch.setattr(dialect_cls, "bulk_insert", spy)

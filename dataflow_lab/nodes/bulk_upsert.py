@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from ..dialects.arrow_columns import Same
 from ..errors import ValidationError
 from ..model import ModelSchema
 from ..rows import Chunk, is_dataframe, is_sized, iter_records
@@ -92,7 +93,10 @@ class BulkUpsert(BulkRows):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
-        tally, shaper = _Tally(), self.shaper(allow_id=True, seal=False, columnar=self._columnar())
+        # the node reads a chunk's keys, as lists, unless the database checks them (DuckDB)
+        keys = () if self.mt.dialect.checks_upsert_keys else self.conflict_target(self.params["conflict_on"])
+        tally = _Tally()
+        shaper = self.shaper(allow_id=True, seal=False, columnar=self._columnar(), keep=keys)
         total = is_sized(self.params["data"])  # a list's last chunk needs not note its keys for later ones
         for staged in self.chunks(ctx, shaper):
             chunk = await self.behaviours.sealing(self, conn, staged)  # each row's id known: sealed
@@ -160,6 +164,8 @@ class BulkUpsert(BulkRows):
         ``last``: no chunk follows, so its keys are not noted for later chunks to look up."""
         columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
         key_index = [columns.index(c) for c in conflict_on]
+        if last and tally.seen is None and await self._upsert_distinct(conn, chunk, key_index, given, tally):
+            return
         if tally.seen is None:
             tally.seen = SeenKeys(self.mt, conflict_on)
         keys, indexes = self._last_wins(chunk, key_index)
@@ -199,6 +205,29 @@ class BulkUpsert(BulkRows):
         tally.inserted += fresh
         tally.updated += written - fresh - len(repeats)
         tally.wrote_ids = tally.wrote_ids or "id" in columns
+
+    async def _upsert_distinct(
+        self, conn: Any, chunk: Chunk, key_index: list[int], given: tuple[str, ...], tally: _Tally
+    ) -> bool:
+        """The only chunk, by column, where the database checks its keys (``checks_upsert_keys``):
+        upserted whole when the database finds no key on two rows; False (nothing written) when
+        it finds one, or the chunk is not such a chunk (its keys are then read here)."""
+        by_column, dialect = chunk.by_column, self.mt.dialect
+        if by_column is None or not dialect.checks_upsert_keys:
+            return False
+        if any(isinstance(by_column[i], Same) for i in key_index):  # a parameter, not a column to count
+            return False
+        columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
+        update = self._update_columns(columns, conflict_on, given)
+        guard = self.behaviours.upsert_guard(conflict_on)
+        counts = await dialect.bulk_upsert_distinct(
+            conn, self.mt.table, columns, by_column, conflict_on, update, guard
+        )
+        if counts is None:
+            return False
+        tally.inserted, tally.updated = tally.inserted + counts[0], tally.updated + counts[1]
+        tally.wrote_ids = tally.wrote_ids or "id" in columns
+        return True
 
     async def _claim(
         self, conn: Any, conflict_on: list[str], keys: list[Hashable], mine: set[Hashable], seen: SeenKeys
