@@ -93,11 +93,9 @@ class BulkUpsert(BulkRows):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
-        # the node reads a chunk's keys, as lists, unless the database checks them (DuckDB)
-        keys = () if self.mt.dialect.checks_upsert_keys else self.conflict_target(self.params["conflict_on"])
-        tally = _Tally()
-        shaper = self.shaper(allow_id=True, seal=False, columnar=self._columnar(), keep=keys)
         total = is_sized(self.params["data"])  # a list's last chunk needs not note its keys for later ones
+        tally = _Tally()
+        shaper = self.shaper(allow_id=True, seal=False, columnar=self._columnar(), keep=self._kept(total))
         for staged in self.chunks(ctx, shaper):
             chunk = await self.behaviours.sealing(self, conn, staged)  # each row's id known: sealed
             tally.skipped.extend(chunk.skipped)
@@ -115,6 +113,14 @@ class BulkUpsert(BulkRows):
         if self.params.get("on_error") == "skip":
             result["skipped"] = sorted(tally.skipped + self.refused, key=lambda s: s["index"])
         return result
+
+    def _kept(self, total: int | None) -> list[str]:
+        """The key columns a chunk keeps as lists, for the node to read: all of them, unless the
+        data is one chunk (a list within the database's chunk) and the database checks its keys."""
+        dialect, keys = self.mt.dialect, self.conflict_target(self.params["conflict_on"])
+        size = self.params.get("batch_size") or dialect.bulk_batch_size(len(self.model.fields))
+        one_chunk = total is not None and total <= size
+        return [] if one_chunk and dialect.checks_upsert_keys else keys
 
     def _columnar(self) -> bool:
         """Chunks may stay by column (DuckDB's Arrow path) when nothing needs them as rows: no
