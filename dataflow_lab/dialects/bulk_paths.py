@@ -142,10 +142,12 @@ class BulkPaths:
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
+        varying: Sequence[str] = (),
     ) -> tuple[int, int] | None:
-        """``bulk_upsert_columns`` of a chunk whose key columns the database checks (they are its
-        own columns, ``column_builder``'s): (inserted, updated), or None, having written nothing,
-        when a key is on two rows. Where ``checks_upsert_keys`` is False the node checks the keys."""
+        """``bulk_upsert_columns`` of a chunk whose keys the database checks: (inserted, updated),
+        or None, having written nothing, when a key is on two rows. ``varying``: the key columns
+        that are columns of the chunk (not one value for all of it). Where ``checks_upsert_keys``
+        is False the node checks the keys."""
         raise NotImplementedError(f"{type(self).__name__} leaves the keys to the node (checks_upsert_keys)")
 
     def on_conflict_sql(

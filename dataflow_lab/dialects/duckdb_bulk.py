@@ -144,11 +144,19 @@ class DuckDBBulk(BulkPaths):
         conflict_on: Sequence[str],
         update_columns: Sequence[str],
         guard: Sequence[str] = (),
+        varying: Sequence[str] = (),
     ) -> tuple[int, int] | None:
         """DuckDB counts the chunk's distinct keys (a hash aggregate over the Arrow columns, in C++)
-        before the INSERT, in the same call on its thread: None, nothing written, when one repeats."""
+        before the INSERT, in the same call: None, nothing written, when one repeats."""
         return await self._upsert_columns(
-            conn, table, columns, by_column, conflict_on, update_columns, guard, distinct=True
+            conn,
+            table,
+            columns,
+            by_column,
+            conflict_on,
+            update_columns,
+            guard,
+            distinct=varying or conflict_on,
         )
 
     async def _upsert_columns(
@@ -161,14 +169,14 @@ class DuckDBBulk(BulkPaths):
         update_columns: Sequence[str],
         guard: Sequence[str],
         *,
-        distinct: bool = False,
+        distinct: Sequence[str] = (),
     ) -> tuple[int, int] | None:
         action = self.on_conflict_sql(table, conflict_on, update_columns, guard)
         n = max((len(c) for c in by_column if not isinstance(c, Same)), default=1)
         data, select, params = arrow_source([table.c[c].type for c in columns], columns, by_column)
         cols = ", ".join(f'"{c}"' for c in columns)
         count = f'SELECT count(*) FROM "{table.name}"'
-        repeats = _repeats_sql(conflict_on) if distinct else None
+        repeats = _repeats_sql(distinct) if distinct else None  # the keys' columns in the Arrow table
 
         def load() -> int | None:
             _dataflow_bulk_rows = data  # noqa: F841 - read by DuckDB by its name (_ARROW_ROWS)

@@ -221,13 +221,17 @@ class BulkUpsert(BulkRows):
         by_column, dialect = chunk.by_column, self.mt.dialect
         if by_column is None or not dialect.checks_upsert_keys:
             return False
-        if any(isinstance(by_column[i], Same) for i in key_index):  # a parameter, not a column to count
-            return False
         columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
+        # a one-value key column (the tenant) is a parameter, not a column: the others tell the keys apart
+        varying = [
+            c for c, i in zip(conflict_on, key_index, strict=True) if not isinstance(by_column[i], Same)
+        ]
+        if not varying:
+            return False
         update = self._update_columns(columns, conflict_on, given)
         guard = self.behaviours.upsert_guard(conflict_on)
         counts = await dialect.bulk_upsert_distinct(
-            conn, self.mt.table, columns, by_column, conflict_on, update, guard
+            conn, self.mt.table, columns, by_column, conflict_on, update, guard, varying
         )
         if counts is None:
             return False
@@ -283,9 +287,10 @@ class BulkUpsert(BulkRows):
         then holds the kept rows (made rows, where it held columns and a key came twice).
 
         A key holding a NULL is never the same key twice (see upsert_keys)."""
-        keys = None if chunk.by_column is None else keys_of_column(chunk.by_column, key_index)
-        if keys is None:
-            keys = keys_of_rows(chunk.rows, key_index)
+        by_column = chunk.by_column
+        keys = (
+            keys_of_rows(chunk.rows, key_index) if by_column is None else keys_of_column(by_column, key_index)
+        )
         single, distinct = len(key_index) == 1, set(keys)
         nulls = (
             None in distinct if single else len(without_nulls(keys, single)) < len(keys)
