@@ -7,13 +7,15 @@ is one transaction: a bad row anywhere imports nothing (unless on_error="skip").
 
 from __future__ import annotations
 
+import copy
 import csv
+import json
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import ValidationError, did_you_mean
-from .rows import parse_csv_value
+from .model import MISSING
 from .runtime import LocalRuntime
 from .workflow import WorkflowBuilder
 
@@ -78,3 +80,30 @@ def _records(model: Any, path: str | os.PathLike, delimiter: str, encoding: str)
             yield {
                 name: parse_csv_value(fields[name], text) for name, text in row.items() if name is not None
             }
+
+
+def parse_csv_value(field: Any, text: str) -> Any:
+    """A CSV cell (always text) -> the field's type.
+
+    An empty cell is missing: None for an Optional field, the default for a field with one.
+    """
+    if text == "" and field.nullable:
+        return None
+    if text == "" and field.default is not MISSING:
+        return copy.deepcopy(field.default)
+    kind = field.type.name
+    if kind == "boolean":
+        lowered = text.strip().lower()
+        if lowered in ("true", "t", "yes", "y", "1"):
+            return True
+        if lowered in ("false", "f", "no", "n", "0"):
+            return False
+        return text
+    if kind == "json":
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    if kind == "bytes":
+        return text.encode()
+    return text

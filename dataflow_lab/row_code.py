@@ -12,7 +12,9 @@ shaper's field-by-field path, which coerces a lossless value or names the row an
 checked in a few passes made in C (the set of its types, min and max of an int column, the sum
 of a float column, which is NaN when any value is), or None when any check fails, and the shaper
 shapes that chunk row by row instead. A columnar database (DuckDB) takes the columns as they
-are; for the others ``zip`` makes the tuples.
+are, each made into its own column type in the same pass where the dialect can (``FieldCode.build``:
+an Arrow array, whose build also refuses an int outside 64 bits); for the others ``zip`` makes
+the tuples.
 
 The functions are compiled from source made of names only: values (types, converters, bounds)
 are passed in the function's globals, never written into its text.
@@ -39,6 +41,10 @@ class FieldCode(NamedTuple):
     convert: Callable[[Any], Any] | None  # applied to a non-None value (the dialect's writer, a check)
     is_int: bool  # checked to fit 64 bits
     is_real: bool  # a float NaN is refused (a float column's sum is NaN when any value is)
+    # a columnar database's maker of the whole column from the checked values (DuckDB: an Arrow
+    # array, arrow_columns.column_builder); it refuses an int outside 64 bits and, given a text
+    # column holding no None, a value that is not a str (so that column's types go unchecked)
+    build: Callable[[list[Any], bool], Any] | None = None
 
 
 RowFunction = Callable[[Sequence[Any], Callable[[Any, int, list], None]], list[tuple[Any, ...]]]
@@ -75,25 +81,29 @@ class _Key(NamedTuple):
     convert: bool
     is_int: bool
     nan: bool
+    build: bool
+    typed_build: bool  # the build refuses what the type check would (a text column, no None)
 
 
 def _code_key(f: FieldCode) -> _Key:
+    built = f.build is not None
     return _Key(f.name, bool(f.types), len(f.types) > 1, f.nullable, f.convert is not None, f.is_int,
-                f.is_real and float in f.types)  # fmt: skip
+                f.is_real and float in f.types, built, built and not f.nullable and f.types == (str,))  # fmt: skip
 
 
 def _values(fields: tuple[FieldCode, ...]) -> list[Any]:
-    """T<i> (the type, or a frozenset of them), S<i> (the types, None too if nullable), C<i>."""
+    """T<i> (the type, or a frozenset of them), S<i> (the types, None too if nullable), C<i>, B<i>."""
     out: list[Any] = []
     for f in fields:
         out.append(f.types[0] if len(f.types) == 1 else frozenset(f.types))
         out.append(frozenset((*f.types, type(None)) if f.nullable else f.types))
         out.append(f.convert)
+        out.append(f.build)
     return out
 
 
 def _parameters(keys: tuple[_Key, ...]) -> str:
-    return "".join(f", T{i}, S{i}, C{i}" for i in range(len(keys)))
+    return "".join(f", T{i}, S{i}, C{i}, B{i}" for i in range(len(keys)))
 
 
 def _type_test(i: int, k: _Key) -> str:
@@ -155,22 +165,31 @@ def _compiled_columns(keys: tuple[_Key, ...], n_tail: int, fresh: bool) -> Calla
     if not all(k.checked for k in keys):
         return _exec(f"def make(tail, fresh{_parameters(keys)}):\n    return lambda records: None\n")
     lines = [f"def make(tail, fresh{_parameters(keys)}):", "    tail = [Same(v) for v in tail]"]
-    lines += ["    def shape(records):", f"        if {{*map(len, records)}} != {{{len(keys)}}}:"]
-    lines += ["            return None", "        try:"]
+    lines += ["    def shape(records):", "        try:"]  # a row without len() (not a dict): TypeError
+    # every row holds each field (or KeyError): the lengths add up to n * fields when none has more
+    lines += [
+        f"            if sum(map(len, records)) != {len(keys)} * len(records):",
+        "                return None",
+    ]
     lines += [f"            c{i} = [r[{k.name!r}] for r in records]" for i, k in enumerate(keys)]
     lines += ["        except (KeyError, TypeError):", "            return None"]
     for i, k in enumerate(keys):
+        if k.typed_build:
+            lines += ["        try:", f"            c{i} = B{i}(c{i}, False)"]
+            lines += ["        except (TypeError, ValueError, OverflowError):", "            return None"]
+            continue
         lines += [
             f"        kinds = {{*map(type, c{i})}}",
             f"        if not kinds <= S{i}:",
             "            return None",
         ]
-        if k.nullable and (k.is_int or k.nan):
+        ranged = k.is_int and not k.build  # a built column refuses an int outside 64 bits itself
+        if k.nullable and (ranged or k.nan):
             lines.append(
                 f"        present = [v for v in c{i} if v is not None] if type(None) in kinds else c{i}"
             )
         values = "present" if k.nullable else f"c{i}"
-        if k.is_int:
+        if ranged:
             lines.append(f"        if min({values}, default=0) < LO or max({values}, default=0) > HI:")
             lines.append("            return None")
         if k.nan:
@@ -180,6 +199,9 @@ def _compiled_columns(keys: tuple[_Key, ...], n_tail: int, fresh: bool) -> Calla
                 f"[None if v is None else C{i}(v) for v in c{i}]" if k.nullable else f"list(map(C{i}, c{i}))"
             )
             lines += ["        try:", f"            c{i} = {made}"]
+            lines += ["        except (TypeError, ValueError, OverflowError):", "            return None"]
+        if k.build:
+            lines += ["        try:", f"            c{i} = B{i}(c{i}, type(None) in kinds)"]
             lines += ["        except (TypeError, ValueError, OverflowError):", "            return None"]
     columns = "".join(f"c{i}, " for i in range(len(keys)))
     made = "*fresh(len(records)), " if fresh else ""

@@ -16,11 +16,8 @@ and the value's type.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import itertools
-import json
-import math
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +27,7 @@ from typing import Any
 from .dialects.arrow_columns import Same
 from .encryption import random_id, random_ids
 from .errors import ValidationError, did_you_mean
+from .frames import frame_records
 from .model import MISSING
 from .row_code import FieldCode, column_function, row_function
 
@@ -53,8 +51,9 @@ class Chunk:
     """Driver-ready rows for ``columns``; ``indexes`` are their positions in the input.
 
     A chunk shaped for a columnar database (``RowShaper(columnar=True)``) holds ``by_column``
-    instead: one list per column, or a ``Same`` for a column with one value on every row; its
-    ``rows`` are made from them when something asks for them.
+    instead: one list per column, the dialect's own column (an Arrow array: ``FieldCode.build``),
+    or a ``Same`` for a column with one value on every row; its ``rows`` are made from them when
+    something asks for them.
     """
 
     def __init__(
@@ -77,7 +76,12 @@ class Chunk:
         if self._rows is None:
             n = self.count
             made = (
-                c if not isinstance(c, Same) else itertools.repeat(c.value, n) for c in self.by_column or ()
+                itertools.repeat(c.value, n)
+                if isinstance(c, Same)
+                else c
+                if isinstance(c, list)
+                else c.to_pylist()
+                for c in self.by_column or ()
             )
             self._rows = list(zip(*made, strict=False))
         return self._rows
@@ -160,7 +164,7 @@ def iter_records(
     if is_dataframe(data):
         frame, names, missing = data, [str(c) for c in data.columns], fill or {}
         yield from _cut(
-            lambda start, stop: _frame_records(frame, names, start, stop, missing), len(data), sizer
+            lambda start, stop: frame_records(frame, names, start, stop, missing), len(data), sizer
         )
         return
     if isinstance(data, list | tuple):
@@ -186,36 +190,6 @@ def _cut(read: Callable[[int, int], Sequence[Any]], total: int, sizer: ChunkSize
         start = stop
 
 
-def _frame_records(
-    frame: Any, names: list[str], start: int, stop: int, fill: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """A DataFrame slice -> dicts of native Python values; NaN, NaT and NA become ``fill`` or None."""
-    part = frame.iloc[start:stop]
-    columns = [_native_column(part[c], fill.get(n)) for c, n in zip(part.columns, names, strict=True)]
-    return [dict(zip(names, values)) for values in zip(*columns)] if columns else []
-
-
-def _native_column(series: Any, default: Any = None) -> list[Any]:
-    """A column's native values; a missing one becomes ``default`` (a fresh copy of a dict or list)."""
-    kind = str(series.dtype)
-    missing = (lambda: copy.deepcopy(default)) if isinstance(default, dict | list) else (lambda: default)
-    if kind.startswith("datetime64"):
-        values = series.astype(object).tolist()
-        return [missing() if v is None or v != v else v.to_pydatetime() for v in values]
-    values = series.tolist()
-    if kind in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool"):
-        return values  # these dtypes cannot hold a missing value
-    return [missing() if _missing(v) else v for v in values]  # float, str, object, category, nullable
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    return type(value).__name__ in ("NAType", "NaTType")
-
-
 class RowShaper:
     """Turns records into driver tuples for one model table and one node."""
 
@@ -230,9 +204,11 @@ class RowShaper:
         stamps: Mapping[str, Any] | None = None,
         seal: bool = True,
         columnar: bool = False,
+        keep: Sequence[str] = (),
     ):
         self.mt = mt
         self._columnar = columnar  # chunks by column where every row passes (a columnar database)
+        self._keep = frozenset(keep)  # columns that stay lists in a columnar chunk (an upsert's keys)
         # False: encrypted fields stay staged, for the node to seal once it knows each row's id
         self._seal = mt.seal_rows if seal else _staged
         self._seal_columns = mt.seal_columns if seal else _staged
@@ -278,6 +254,11 @@ class RowShaper:
         self.columns = (*self._given, *made, *(f.name for f in rest), *self._times, *self._stamps)
         # When row 0 lacks a required field, every row takes the slow path (which names it).
         self._fast_ok = _REQUIRED not in self._tail
+        # a Decimal's check lets NaN and Infinity through (a float's NaN is refused inline)
+        self._reals = [i for i, f in enumerate(given) if f.type.name == "decimal"]
+        # staged encrypted fields wait for the node to seal them, row by row
+        staged = self._seal is _staged and bool(self.model.encrypted)
+        self._columnar = self._columnar and not self._reals and not staged
         codes = tuple(self._code(f) for f in given)
         fresh = self._fresh_values if self._made else None
         self._shape = row_function(codes, self._tail, fresh) if self._fast_ok else _all_rows_slow
@@ -286,17 +267,21 @@ class RowShaper:
         self._shape_columns = (
             column_function(codes, self._tail, by_column) if self._fast_ok and given else None
         )
-        # a Decimal's check lets NaN and Infinity through (a float's NaN is refused inline)
-        self._reals = [i for i, f in enumerate(given) if f.type.name == "decimal"]
-        # staged encrypted fields wait for the node to seal them, row by row
-        staged = self._seal is _staged and bool(self.model.encrypted)
-        self._columnar = self._columnar and not self._reals and not staged
 
     def _code(self, f: Any) -> FieldCode:
         """What the generated code checks and converts of field ``f``."""
         kinds = (f.type.python,) if f.type.name == "enum" else _FAST_TYPES.get(f.type.name, ())
-        is_int, is_real = f.type.name == "integer", f.type.name == "float"
-        return FieldCode(f.name, tuple(kinds), f.nullable, self._converter(f), is_int, is_real)
+        is_int, is_real, convert = f.type.name == "integer", f.type.name == "float", self._converter(f)
+        return FieldCode(
+            f.name, tuple(kinds), f.nullable, convert, is_int, is_real, self._builder(f, convert)
+        )
+
+    def _builder(self, f: Any, convert: Any) -> Any:
+        """The dialect's maker of ``f``'s whole column, in a columnar chunk, for a value written as
+        given (not an id, a kept key, an encrypted field, or a converted value)."""
+        if not self._columnar or convert is not None or f.primary_key or f.name in self._keep:
+            return None
+        return None if f.name in self.model.encrypted else self.mt.dialect.column_builder(f.type.name)
 
     def _default_db(self, f: Any) -> Any:
         if f.default is not MISSING:
@@ -462,33 +447,6 @@ def _all_rows_slow(records: Sequence[Any], slow: Callable[[Any, int, list], None
     for offset, record in enumerate(records):
         slow(record, offset, rows)
     return rows
-
-
-def parse_csv_value(field: Any, text: str) -> Any:
-    """A CSV cell (always text) -> the field's type.
-
-    An empty cell is missing: None for an Optional field, the default for a field with one.
-    """
-    if text == "" and field.nullable:
-        return None
-    if text == "" and field.default is not MISSING:
-        return copy.deepcopy(field.default)
-    kind = field.type.name
-    if kind == "boolean":
-        lowered = text.strip().lower()
-        if lowered in ("true", "t", "yes", "y", "1"):
-            return True
-        if lowered in ("false", "f", "no", "n", "0"):
-            return False
-        return text
-    if kind == "json":
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    if kind == "bytes":
-        return text.encode()
-    return text
 
 
 def is_sized(data: Any) -> int | None:

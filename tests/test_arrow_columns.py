@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from dataflow_lab import DataFlow, DecryptionError, Encrypted, LocalRuntime, WorkflowBuilder
-from dataflow_lab.dialects.arrow_columns import Same, arrow_source, by_column_of
+from dataflow_lab.dialects.arrow_columns import Same, arrow_source, by_column_of, column_builder
 from dataflow_lab.encryption import PREFIX, Cipher, keygen, load_keys
 
 
@@ -144,3 +144,17 @@ def test_an_encrypted_duckdb_bulk_create_stores_the_form_every_reader_knows(tmp_
     with pytest.raises(DecryptionError, match="copied from another row"):
         run("NoteReadNode", {"id": ids[0]})
     db.close()
+
+
+def test_a_column_builder_makes_each_kind_typed_and_refuses_what_does_not_fit():
+    text, integer, real = column_builder("text"), column_builder("integer"), column_builder("float")
+    assert column_builder("datetime") is None  # built later, by arrow_source
+    assert text(["a", "", "bc"], False).to_pylist() == ["a", "", "bc"]  # ASCII: offsets from the lengths
+    assert text(["é", "x"], False).to_pylist() == ["é", "x"]  # other text: Arrow's builder
+    assert text(["a", None], True).to_pylist() == ["a", None]
+    assert integer([1, None, -(2**63)], True).to_pylist() == [1, None, -(2**63)]
+    assert real([0.5, 2.0], False).type == pa.float64()
+    with pytest.raises(TypeError):
+        text(["a", 1], False)  # a text column holding no None checks its own types
+    with pytest.raises(OverflowError):
+        integer([1, 2**63], False)  # beyond 64 bits

@@ -640,7 +640,8 @@ def test_a_duckdb_bulk_upsert_loads_each_chunk_by_column_as_shaped_and_counts_ex
     result = bulk(db, "UserBulkUpsertNode", {"data": data, "conflict_on": ["email"], "batch_size": 2})
     assert result == {"inserted": 2, "updated": 3}
     assert len(loaded) == 3 and "rows" not in loaded  # three chunks, none made into rows
-    assert loaded[0]["email"] == ["u0@example.com", "u1@example.com"]  # the shaper's own lists
+    assert loaded[0]["email"] == ["u0@example.com", "u1@example.com"]  # the keys: lists the node reads
+    assert type(loaded[0]["age"]).__name__ == "Int64Array"  # the others: Arrow arrays, built as checked
     assert type(loaded[0]["created_at"]).__name__ == "Same"  # one parameter, not a column of copies
     assert sorted((r["email"], r["name"]) for r in records(db)) == [
         (f"u{i}@example.com", f"new{i}") for i in range(5)
@@ -783,6 +784,49 @@ def test_bulk_upsert_on_a_composite_unique_constraint_in_any_order(db):
     with pytest.raises(ValidationError, match="unique"):
         bulk(db, "ScoreBulkUpsertNode", {"data": data, "conflict_on": ["player"]})
     assert count(db, "Score") == 3
+
+
+def test_bulk_upsert_of_one_chunk_keeps_the_last_row_of_a_composite_key_given_twice(db):
+    @db.model
+    class Score:
+        player: str
+        game: str | None = None
+        points: int = 0
+
+        __dataflow__ = {"unique": [["player", "game"]]}
+
+    data = [{"player": "ann", "game": "go", "points": 1}, {"player": "ann", "game": None, "points": 2},
+            {"player": "ann", "game": None, "points": 3}, {"player": "ann", "game": "go", "points": 4},
+            {"player": "bob", "game": "go", "points": 5}]  # fmt: skip
+    result = bulk(db, "ScoreBulkUpsertNode", {"data": data, "conflict_on": ["player", "game"]})
+    assert result == {"inserted": 4, "updated": 0}  # ann/go twice: the last row; a NULL key is its own
+    got = sorted((r["player"], r["game"] or "", r["points"]) for r in records(db, "Score"))
+    assert got == [("ann", "", 2), ("ann", "", 3), ("ann", "go", 4), ("bob", "go", 5)]
+
+
+def test_a_duckdb_bulk_upsert_of_one_chunk_leaves_its_keys_to_duckdb_unless_one_repeats(monkeypatch):
+    db = DataFlow("duckdb:///:memory:")
+    define_user(db)
+    bulk(db, "UserBulkCreateNode", {"data": user_rows(3)})
+    dialect, answers = db.database.dialect, []
+    real = dialect.bulk_upsert_distinct
+
+    async def distinct(*args):
+        answers.append(await real(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(dialect, "bulk_upsert_distinct", distinct)
+    data = [{"name": f"new{i}", "email": f"u{i}@example.com", "age": i} for i in range(5)]
+    assert bulk(db, "UserBulkUpsertNode", {"data": data, "conflict_on": ["email"]}) == {
+        "inserted": 2, "updated": 3
+    }  # fmt: skip
+    twice = [*data, {"name": "last", "email": "u0@example.com", "age": 9}]
+    assert bulk(db, "UserBulkUpsertNode", {"data": twice, "conflict_on": ["email"]}) == {
+        "inserted": 0, "updated": 5
+    }  # fmt: skip
+    assert answers == [(2, 3), None]  # the repeat found by DuckDB, nothing written: the node kept the last
+    assert {r["email"]: r["name"] for r in records(db)}["u0@example.com"] == "last"
+    db.close()
 
 
 def test_bulk_upsert_conflict_on_an_unknown_field_suggests_the_right_one(users):

@@ -9,7 +9,7 @@ from typing import Optional
 import pytest
 
 from dataflow_lab import LocalRuntime, ValidationError, WorkflowBuilder
-from dataflow_lab.dialects.arrow_columns import Same
+from dataflow_lab.dialects.arrow_columns import Same, column_builder
 from dataflow_lab.row_code import FieldCode, _compiled_rows, column_function, row_function
 
 NAME = FieldCode("name", (str,), False, None, False, False)
@@ -165,3 +165,24 @@ def test_bulk_create_returns_ids_in_input_order_from_a_generated_chunk(things):
     )
     got = {r["id"]: r["name"] for r in run(things, "ThingListNode", {"limit": 100})["records"]}
     assert [got[i] for i in out["ids"]] == [str(i) for i in range(50)]
+
+
+def test_a_column_function_builds_the_dialects_columns_as_it_checks_them():
+    text, integer = column_builder("text"), column_builder("integer")
+    name, qty = NAME._replace(build=text), QTY._replace(build=integer)
+    shape = column_function((name, qty, PRICE), (), None)
+    made = shape([{"name": "a", "qty": 1, "price": 2.0}, {"name": "b", "qty": None, "price": 3.0}])
+    assert [made[0].to_pylist(), made[1].to_pylist(), made[2]] == [["a", "b"], [1, None], [2.0, 3.0]]
+    assert shape([{"name": "a", "qty": 2**63, "price": 1.0}]) is None  # the build refuses it: no min/max pass
+    assert shape([{"name": 1, "qty": 1, "price": 1.0}]) is None  # so does the text build, for its types
+    assert shape([{"name": "a", "qty": True, "price": 1.0}]) is None  # a bool is not an int here
+    assert shape([{"name": "a", "qty": 1, "price": 1.0}, 5]) is None  # not a dict: the rows name it
+
+
+def test_bulk_create_names_a_row_that_is_not_a_dict_or_does_not_fit_and_writes_nothing(things):
+    row = {"name": "a", "qty": 1, "price": 1.0, "flag": True, "colour": Colour.BLUE}
+    for bad, where in ((5, r"row 2 is int, not a dict"), (row | {"qty": 2**63}, r"row 2.*qty.*64 bits"),
+                       (row | {"name": 7}, r"row 2.*name.*str")):  # fmt: skip
+        with pytest.raises(ValidationError, match=where):
+            run(things, "ThingBulkCreateNode", {"data": [row, row, bad]})
+    assert run(things, "ThingCountNode", {})["count"] == 0

@@ -14,6 +14,7 @@ from dataflow_lab import (
     ValidationError,
     WorkflowBuilder,
 )
+from dataflow_lab.dialects.arrow_columns import Same
 
 
 def run(db, *steps, **execute):
@@ -199,6 +200,19 @@ def test_caller_supplied_ids_never_cross_tenants(db):
         assert [(r["id"], r["label"]) for r in one(db, "KeyListNode")["records"]] == [("k1", "acme's")]
 
 
+def test_a_tenants_bulk_upsert_keeps_the_last_row_of_a_repeated_name_and_leaves_the_others_rows(db):
+    seed(db)
+    data = [{"name": "a", "qty": 5}, {"name": "d", "qty": 6}, {"name": "a", "qty": 7}]
+    with db.tenant("globex"):  # one chunk; its key is (tenant, name), the tenant one value for all
+        out = one(db, "ItemBulkUpsertNode", {"data": data, "conflict_on": ["name"]})
+        assert (out["inserted"], out["updated"]) == (1, 1)
+        got = sorted((r["name"], r["qty"]) for r in one(db, "ItemListNode")["records"])
+        assert got == [("a", 7), ("c", 4), ("d", 6)]
+        out = one(db, "ItemBulkUpsertNode", {"data": data[:2], "conflict_on": ["name"]})
+        assert (out["inserted"], out["updated"]) == (0, 2)
+    assert acme_rows(db) == ACME
+
+
 def test_bulk_create_stamps_the_tenant_through_the_dialects_fast_path(db, monkeypatch):
     define_item(db)
     dialect_cls = type(db.database.dialect)
@@ -212,7 +226,7 @@ def test_bulk_create_stamps_the_tenant_through_the_dialects_fast_path(db, monkey
     real_columns = dialect_cls.bulk_insert_columns
 
     async def spy_columns(self, conn, table, columns, by_column, *, ids):  # DuckDB's path: by column
-        calls.append((tuple(columns), max(len(c) for c in by_column if isinstance(c, list))))
+        calls.append((tuple(columns), max(len(c) for c in by_column if not isinstance(c, Same))))
         return await real_columns(self, conn, table, columns, by_column, ids=ids)
 
     monkeypatch.setattr(dialect_cls, "bulk_insert", spy)

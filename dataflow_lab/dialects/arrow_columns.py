@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from operator import itemgetter
@@ -25,7 +25,7 @@ from typing import Any
 
 from ..encryption import PREFIX, Packed
 
-__all__ = ["Same", "arrow_source", "by_column_of"]
+__all__ = ["Same", "arrow_source", "by_column_of", "column_builder"]
 
 _BOUND = (str, int, float, bool, type(None), dt.datetime, dt.date, Decimal, uuid.UUID)  # as a parameter
 
@@ -50,6 +50,24 @@ def by_column_of(rows: Sequence[Sequence[Any]], keep: Sequence[int] = ()) -> lis
         if len(set(map(id, values))) == 1:
             columns[i] = Same(first)
     return columns
+
+
+def column_builder(kind: str) -> Callable[[list[Any], bool], Any] | None:
+    """How a chunk's column of logical type ``kind`` becomes its Arrow array as it is checked
+    (``row_code.column_function``), or None for a kind built later, by ``arrow_source``.
+
+    The builder takes values already of the column's Python type (``nulls``: some are None) and
+    raises OverflowError on an int outside 64 bits, so that check and the build are one pass."""
+    build = _BUILDERS.get(_KINDS.get(kind, type(None)))
+    if build is None:
+        return None
+
+    def column(values: list[Any], nulls: bool) -> Any:
+        import pyarrow as pa
+
+        return build(pa, values, nulls)
+
+    return column
 
 
 def arrow_source(
@@ -78,7 +96,7 @@ def arrow_source(
             continue
         if isinstance(values, Same):
             values = [values.value] * n
-        arrays.append(_array(pa, kind, values))
+        arrays.append(values if isinstance(values, pa.Array) else _array(pa, kind, values))
         names.append(name)
         select.append(f'"{name}"')
     if not arrays:  # every column one value: the rows come from a column of them
@@ -110,9 +128,26 @@ def _validity(pa: Any, values: list[Any]) -> tuple[Any, int]:
 def _text(pa: Any, values: list[Any], nulls: bool) -> Any:
     from pyarrow.lib import StringBuilder  # copies into Arrow's memory: no second copy on the heap
 
+    if not nulls and (joined := "".join(values)).isascii():
+        return _ascii(pa, values, joined)
+
     builder = StringBuilder()
     builder.append_values(values)
     return builder.finish()
+
+
+def _ascii(pa: Any, values: list[str], joined: str) -> Any:
+    """A string array of ASCII ``values`` (``joined``, their text end to end): one byte a
+    character, so the offsets are the running sum of the lengths (3 times as fast as a builder)."""
+    import numpy as np
+
+    wide = len(joined) >= 2**31  # past 32-bit offsets: a large_string
+    offsets = np.zeros(len(values) + 1, np.int64 if wide else np.int32)
+    np.cumsum(np.fromiter(map(len, values), offsets.dtype, len(values)), out=offsets[1:])
+    kind = pa.large_string() if wide else pa.string()
+    return pa.Array.from_buffers(
+        kind, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(joined.encode())]
+    )
 
 
 def _packed(pa: Any, values: Packed) -> Any:
@@ -147,6 +182,8 @@ def _bools(pa: Any, values: list[Any], nulls: bool) -> Any:
     data = pa.py_buffer(np.packbits(bits, bitorder="little").tobytes())
     return pa.Array.from_buffers(pa.bool_(), len(values), [validity, data], null_count=missing)
 
+
+_KINDS = {"text": str, "integer": int, "float": float, "boolean": bool}  # logical type -> Python type
 
 _BUILDERS: dict[type, Any] = {
     str: _text,

@@ -29,6 +29,11 @@ class BulkPaths:
     sealed_chunk_rows = 1_000_000  # the most rows per chunk of a model with encrypted fields
     columnar = False  # True where the bulk path takes columns (DuckDB's Arrow): chunks are shaped so
 
+    def column_builder(self, kind: str) -> Any:
+        """How a columnar chunk's column of logical type ``kind`` is made as it is checked
+        (``row_code.FieldCode.build``); None: it stays a list."""
+        return None
+
     def insert(self, table: sa.Table) -> Any:
         """An INSERT construct that supports ON CONFLICT for this database."""
         return sa.insert(table)
@@ -125,6 +130,25 @@ class BulkPaths:
         n = max((len(c) for c in by_column if not isinstance(c, Same)), default=0)
         rows = list(zip(*(c if not isinstance(c, Same) else [c.value] * n for c in by_column), strict=True))
         return await self.bulk_upsert(conn, table, columns, rows, conflict_on, update_columns, guard)
+
+    checks_upsert_keys = False  # True where bulk_upsert_distinct finds a repeated key itself (DuckDB)
+
+    async def bulk_upsert_distinct(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        by_column: list[Any],
+        conflict_on: Sequence[str],
+        update_columns: Sequence[str],
+        guard: Sequence[str] = (),
+        varying: Sequence[str] = (),
+    ) -> tuple[int, int] | None:
+        """``bulk_upsert_columns`` of a chunk whose keys the database checks: (inserted, updated),
+        or None, having written nothing, when a key is on two rows. ``varying``: the key columns
+        that are columns of the chunk (not one value for all of it). Where ``checks_upsert_keys``
+        is False the node checks the keys."""
+        raise NotImplementedError(f"{type(self).__name__} leaves the keys to the node (checks_upsert_keys)")
 
     def on_conflict_sql(
         self,

@@ -59,6 +59,12 @@ class DuckDBConnection(Connection):
     def committed_alone(self) -> bool:
         return self._alone == "committed"
 
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` where this connection runs its statements (a bulk load: ``dialects.duckdb_bulk``):
+        inline on the thread that claimed the database, else on the worker thread; a cancelled
+        one is interrupted."""
+        return await self._run(fn)
+
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         dialect = self.dialect
         if dialect._claimed_by == threading.get_ident():

@@ -8,7 +8,7 @@ transaction, so a bad row anywhere leaves the database as it was;
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .._panel import PANEL_PROGRESS
@@ -91,13 +91,16 @@ class BulkRows(ModelNode):
         super().__init__(node_id, params)
         self.refused: list[dict[str, Any]] = []  # rows the database refused, with on_error="skip"
 
-    def shaper(self, *, allow_id: bool, seal: bool = True, columnar: bool = False) -> RowShaper:
+    def shaper(
+        self, *, allow_id: bool, seal: bool = True, columnar: bool = False, keep: Sequence[str] = ()
+    ) -> RowShaper:
         """Checks and shapes ``data``; every row carries the behaviours' stamps (timestamps, tenant...).
 
         The stamps are written even where they equal a default, so that an upsert meeting an
         existing row writes them again (``Behaviour.refreshed``: a deleted row is revived).
         ``seal=False``: encrypted fields stay staged (``behaviours.sealing`` seals them).
-        ``columnar``: chunks by column, where the dialect's bulk path takes columns (DuckDB's Arrow).
+        ``columnar``: chunks by column, where the dialect's bulk path takes columns (DuckDB's Arrow);
+        ``keep``: the columns that stay lists there (the keys an upsert reads).
         """
         now = self.now()
         return RowShaper(
@@ -109,6 +112,7 @@ class BulkRows(ModelNode):
             stamps=self.stamps(now),
             seal=seal,
             columnar=columnar and self.mt.dialect.columnar,
+            keep=keep,
         )
 
     async def insert_rows(

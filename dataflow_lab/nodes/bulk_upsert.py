@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from ..dialects.arrow_columns import Same
 from ..errors import ValidationError
 from ..model import ModelSchema
 from ..rows import Chunk, is_dataframe, is_sized, iter_records
@@ -92,8 +93,9 @@ class BulkUpsert(BulkRows):
 
     async def run(self, ctx: RunContext) -> dict[str, Any]:
         conn = await ctx.connection(self.dataflow)
-        tally, shaper = _Tally(), self.shaper(allow_id=True, seal=False, columnar=self._columnar())
         total = is_sized(self.params["data"])  # a list's last chunk needs not note its keys for later ones
+        tally = _Tally()
+        shaper = self.shaper(allow_id=True, seal=False, columnar=self._columnar(), keep=self._kept(total))
         for staged in self.chunks(ctx, shaper):
             chunk = await self.behaviours.sealing(self, conn, staged)  # each row's id known: sealed
             tally.skipped.extend(chunk.skipped)
@@ -111,6 +113,14 @@ class BulkUpsert(BulkRows):
         if self.params.get("on_error") == "skip":
             result["skipped"] = sorted(tally.skipped + self.refused, key=lambda s: s["index"])
         return result
+
+    def _kept(self, total: int | None) -> list[str]:
+        """The key columns a chunk keeps as lists, for the node to read: all of them, unless the
+        data is one chunk (a list within the database's chunk) and the database checks its keys."""
+        dialect, keys = self.mt.dialect, self.conflict_target(self.params["conflict_on"])
+        size = self.params.get("batch_size") or dialect.bulk_batch_size(len(self.model.fields))
+        one_chunk = total is not None and total <= size
+        return [] if one_chunk and dialect.checks_upsert_keys else keys
 
     def _columnar(self) -> bool:
         """Chunks may stay by column (DuckDB's Arrow path) when nothing needs them as rows: no
@@ -160,6 +170,8 @@ class BulkUpsert(BulkRows):
         ``last``: no chunk follows, so its keys are not noted for later chunks to look up."""
         columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
         key_index = [columns.index(c) for c in conflict_on]
+        if last and tally.seen is None and await self._upsert_distinct(conn, chunk, key_index, given, tally):
+            return
         if tally.seen is None:
             tally.seen = SeenKeys(self.mt, conflict_on)
         keys, indexes = self._last_wins(chunk, key_index)
@@ -199,6 +211,33 @@ class BulkUpsert(BulkRows):
         tally.inserted += fresh
         tally.updated += written - fresh - len(repeats)
         tally.wrote_ids = tally.wrote_ids or "id" in columns
+
+    async def _upsert_distinct(
+        self, conn: Any, chunk: Chunk, key_index: list[int], given: tuple[str, ...], tally: _Tally
+    ) -> bool:
+        """The only chunk, by column, where the database checks its keys (``checks_upsert_keys``):
+        upserted whole when the database finds no key on two rows; False (nothing written) when
+        it finds one, or the chunk is not such a chunk (its keys are then read here)."""
+        by_column, dialect = chunk.by_column, self.mt.dialect
+        if by_column is None or not dialect.checks_upsert_keys:
+            return False
+        columns, conflict_on = chunk.columns, self.conflict_target(self.params["conflict_on"])
+        # a one-value key column (the tenant) is a parameter, not a column: the others tell the keys apart
+        varying = [
+            c for c, i in zip(conflict_on, key_index, strict=True) if not isinstance(by_column[i], Same)
+        ]
+        if not varying:
+            return False
+        update = self._update_columns(columns, conflict_on, given)
+        guard = self.behaviours.upsert_guard(conflict_on)
+        counts = await dialect.bulk_upsert_distinct(
+            conn, self.mt.table, columns, by_column, conflict_on, update, guard, varying
+        )
+        if counts is None:
+            return False
+        tally.inserted, tally.updated = tally.inserted + counts[0], tally.updated + counts[1]
+        tally.wrote_ids = tally.wrote_ids or "id" in columns
+        return True
 
     async def _claim(
         self, conn: Any, conflict_on: list[str], keys: list[Hashable], mine: set[Hashable], seen: SeenKeys
@@ -248,9 +287,10 @@ class BulkUpsert(BulkRows):
         then holds the kept rows (made rows, where it held columns and a key came twice).
 
         A key holding a NULL is never the same key twice (see upsert_keys)."""
-        keys = None if chunk.by_column is None else keys_of_column(chunk.by_column, key_index)
-        if keys is None:
-            keys = keys_of_rows(chunk.rows, key_index)
+        by_column = chunk.by_column
+        keys = (
+            keys_of_rows(chunk.rows, key_index) if by_column is None else keys_of_column(by_column, key_index)
+        )
         single, distinct = len(key_index) == 1, set(keys)
         nulls = (
             None in distinct if single else len(without_nulls(keys, single)) < len(keys)

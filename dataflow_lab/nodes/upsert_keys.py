@@ -15,6 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..dialects.arrow_columns import Same
+
 __all__ = ["SeenKeys", "key_matches", "keys_of_column", "keys_of_rows", "without_nulls"]
 
 
@@ -25,12 +27,15 @@ def keys_of_rows(rows: Sequence[Sequence[Any]], key_index: Sequence[int]) -> lis
     return list(map(itemgetter(*key_index), rows))
 
 
-def keys_of_column(by_column: Sequence[Any], key_index: Sequence[int]) -> list[Hashable] | None:
-    """Each row's key, from a chunk held by column (``rows.Chunk.by_column``), or None when a
-    key column is one value for the whole chunk (then the rows give them)."""
+def keys_of_column(by_column: Sequence[Any], key_index: Sequence[int]) -> list[Hashable]:
+    """Each row's key, from a chunk held by column (``rows.Chunk.by_column``: a list, the
+    database's own column, an Arrow array, read back as values, or a ``Same``: one value on
+    every row, such as the tenant a multi-tenant key leads with)."""
+    n = max(len(c) for c in by_column if not isinstance(c, Same))
     lists = [by_column[i] for i in key_index]
-    if not all(isinstance(c, list) for c in lists):
-        return None
+    lists = [
+        [c.value] * n if isinstance(c, Same) else c if isinstance(c, list) else c.to_pylist() for c in lists
+    ]
     return lists[0] if len(lists) == 1 else list(zip(*lists, strict=True))
 
 
