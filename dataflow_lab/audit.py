@@ -20,7 +20,6 @@ import enum
 import uuid
 from collections.abc import Coroutine, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
@@ -34,6 +33,7 @@ from .transactions import borrowed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .interfaces import DataFlow
+    from .records import AuditEntry
 
 __all__ = ["AUDIT_TABLE", "AuditEntry", "current_user", "history", "run_as"]
 
@@ -59,28 +59,6 @@ async def _acting(user: str, coro: Coroutine[Any, Any, T]) -> T:
         return await coro
     finally:
         _USER.reset(token)
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One audited write of one row."""
-
-    id: int
-    model: str
-    record_id: str
-    operation: str  # the node's operation: create, update, delete, upsert, bulk_create...
-    user: str | None
-    run_id: str | None
-    node_id: str | None
-    at: dt.datetime
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-
-    @property
-    def changes(self) -> dict[str, tuple[Any, Any]]:
-        """Fields whose value differs: field -> (before, after)."""
-        before, after = self.before or {}, self.after or {}
-        return {k: (before.get(k), after.get(k)) for k in {*before, *after} if before.get(k) != after.get(k)}
 
 
 class _AuditRecord:
@@ -244,6 +222,8 @@ async def _history(
     sql, params = table.dialect.compile(stmt)
     async with borrowed(dataflow, scope) as conn:
         rows = table.rows(await conn.fetch(sql, params))
+    from .records import AuditEntry
+
     return [
         AuditEntry(
             r["id"],
@@ -306,3 +286,11 @@ def _typed(schema: Any, values: dict[str, Any] | None) -> dict[str, Any] | None:
             except TypeError:
                 out[name] = value
     return out
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AuditEntry":  # made at the first read, in records.py
+        from .records import AuditEntry
+
+        return AuditEntry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

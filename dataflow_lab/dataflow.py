@@ -29,7 +29,6 @@ from .database import Database
 from .dialects import refuse_pool_options
 from .encryption import HOW_TO_MAKE_A_KEY, Cipher, load_keys
 from .errors import EncryptionError, ValidationError
-from .health import HealthReport
 from .hooks import Hooks
 from .leaks import open_at_exit
 from .logs import show as show_logs
@@ -43,6 +42,7 @@ from .transactions import ACTIVE_SCOPE
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from .records import HealthReport
     from .schema import ModelTable
     from .transit import Transit
 
