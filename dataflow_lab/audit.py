@@ -18,14 +18,14 @@ import base64
 import datetime as dt
 import enum
 import uuid
-from collections.abc import Coroutine, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import sqlalchemy as sa
 
 from . import _loop, tenancy
+from .access import current_user, run_as
 from .errors import ValidationError
 from .query_count import ACTIVE_SCOPE
 from .schema import ModelTable, internal_table
@@ -39,26 +39,6 @@ __all__ = ["AUDIT_TABLE", "AuditEntry", "current_user", "history", "run_as"]
 
 AUDIT_TABLE = "dataflow_audit_log"
 T = TypeVar("T")
-
-_USER: ContextVar[str | None] = ContextVar("dataflow_lab_user", default=None)
-
-
-def current_user() -> str | None:
-    """The user the running workflow acts for (``LocalRuntime(user=...)``), or None."""
-    return _USER.get()
-
-
-def run_as(user: str | None, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
-    """``coro``, to be run acting for ``user`` (None: for whoever the caller acts for)."""
-    return coro if user is None else _acting(user, coro)
-
-
-async def _acting(user: str, coro: Coroutine[Any, Any, T]) -> T:
-    token = _USER.set(user)
-    try:
-        return await coro
-    finally:
-        _USER.reset(token)
 
 
 class _AuditRecord:
@@ -110,7 +90,7 @@ async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, di
         return
     dataflow = node.dataflow
     table = audit_table(dataflow)
-    now, user, op = dataflow.clock.now(), _USER.get(), node.operation
+    now, user, op = dataflow.clock.now(), current_user(), node.operation
     run_id, node_id = getattr(ctx, "run_id", None), node.node_id
     to_db, image = [table.to_db] * len(_COLUMNS), node.mt.sealed_image
     rows = []
