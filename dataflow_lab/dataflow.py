@@ -299,7 +299,7 @@ class DataFlow(Observability):
     @property
     def migrations(self) -> Any:
         """Plan, apply, roll back and generate schema migrations (migrations/__init__.py)."""
-        from .migrations import Migrations
+        from .migrations.facade import Migrations
 
         return Migrations(self)
 
