@@ -17,7 +17,6 @@ from typing import Any
 
 from ..errors import NodeNotFoundError, ValidationError, did_you_mean
 from .base import Node, NodeOwner, node_ref, resolve_ref
-from .python import python_node
 from .switch import SwitchNode
 
 __all__ = ["NodeClasses", "NodeNamespace", "live_dataflows", "node_ref", "register", "resolve", "resolve_ref",
@@ -149,6 +148,8 @@ def resolve(node_type: Any, dataflow: NodeOwner | None = None) -> type[Node]:
     if isinstance(node_type, str):
         return _by_name(node_type, dataflow)
     if callable(node_type):
+        from .python import python_node  # loaded with the first Python node
+
         return python_node(node_type)
     raise ValidationError(f"Node type {node_type!r} is not a node name, Node class or callable.")
 
