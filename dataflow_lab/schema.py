@@ -12,17 +12,19 @@ import base64
 import functools
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from .clock import SystemClock
 from .dialects import Connection, Dialect
-from .encryption import Cipher
 from .errors import EncryptionError
 from .migrations.engine import ensure_table
 from .migrations.ops import typed_literal
 from .model import BLIND_SUFFIX, MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cipher import Cipher
 
 __all__ = ["ModelTable", "internal_table"]
 
