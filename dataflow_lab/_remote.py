@@ -139,7 +139,7 @@ def run_node(task: NodeTask, sources: tuple[str, ...], *upstream: Outcome) -> Ou
     live = live_connections(task.incoming, results, task.routers)
     if isinstance(live, str):
         return sealed(transit, Outcome(Skipped(live)))
-    from .audit import run_as
+    from .access import run_as
 
     run = tenancy.run_with(MappingProxyType(task.tenants), _run(task, tuple(live), results))
     return sealed(transit, _loop.run(run_as(task.user, run)))

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Warm", "dialect_now_or_soon", "warm_imports"]
 
 # What a first run imports besides the dialect: its table's DDL and the migration check.
-_FIRST_RUN_MODULES = ("dataflow_lab.schema", "dataflow_lab.migrations.engine", "dataflow_lab.nodes.bulk")
+_FIRST_RUN_MODULES = ("dataflow_lab.schema", "dataflow_lab.migrations.engine", "dataflow_lab.nodes.crud")
 
 
 class Warm:

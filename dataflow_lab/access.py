@@ -12,11 +12,15 @@ Operations are the node names in snake case (``create``, ``read``, ``update``,
 ``delete``, ``list``, ``count``, ``upsert``, ``bulk_create``, ``bulk_update``,
 ``bulk_delete``, ``bulk_upsert``, ``aggregate``) or a group: ``"read"`` (Read, List, Count, Aggregate),
 ``"write"`` (the eight writing nodes), ``"all"``.
+
+Who a run acts for is in a context variable while it runs (``run_as``, ``current_user``): the
+audit log's "who", and the cached reads' key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Coroutine, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,8 +37,10 @@ __all__ = [
     "check_nodes",
     "check_run",
     "check_sql",
+    "current_user",
     "grant",
     "prepare_run",
+    "run_as",
 ]
 
 T = TypeVar("T")
@@ -45,6 +51,26 @@ GROUPS = {"read": READS, "write": WRITES, "all": OPERATIONS}
 # Your own SQL (db.sql) sees past every grant, tenant and soft delete: granted only on "*", and
 # never by a group ("all" included).
 SQL_OPERATIONS = ("sql", "sql_write")
+
+_USER: ContextVar[str | None] = ContextVar("dataflow_lab_user", default=None)
+
+
+def current_user() -> str | None:
+    """The user the running workflow acts for (``LocalRuntime(user=...)``), or None."""
+    return _USER.get()
+
+
+def run_as(user: str | None, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+    """``coro``, to be run acting for ``user`` (None: for whoever the caller acts for)."""
+    return coro if user is None else _acting(user, coro)
+
+
+async def _acting(user: str, coro: Coroutine[Any, Any, T]) -> T:
+    token = _USER.set(user)
+    try:
+        return await coro
+    finally:
+        _USER.reset(token)
 
 
 @dataclass(frozen=True)
@@ -204,8 +230,6 @@ def prepare_run(workflow: Workflow, user: Any, tenant: str | None, coro: Corouti
     The run itself happens on the background loop, so the tenants are captured here (``check_run``)
     and set again around it.
     """
-    from .audit import run_as
-
     try:
         tenants = check_run(workflow, user, tenant)
     except BaseException:

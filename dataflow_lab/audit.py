@@ -18,15 +18,14 @@ import base64
 import datetime as dt
 import enum
 import uuid
-from collections.abc import Coroutine, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import sqlalchemy as sa
 
 from . import _loop, tenancy
+from .access import current_user, run_as
 from .errors import ValidationError
 from .query_count import ACTIVE_SCOPE
 from .schema import ModelTable, internal_table
@@ -34,53 +33,12 @@ from .transactions import borrowed
 
 if TYPE_CHECKING:  # pragma: no cover
     from .interfaces import DataFlow
+    from .records import AuditEntry
 
 __all__ = ["AUDIT_TABLE", "AuditEntry", "current_user", "history", "run_as"]
 
 AUDIT_TABLE = "dataflow_audit_log"
 T = TypeVar("T")
-
-_USER: ContextVar[str | None] = ContextVar("dataflow_lab_user", default=None)
-
-
-def current_user() -> str | None:
-    """The user the running workflow acts for (``LocalRuntime(user=...)``), or None."""
-    return _USER.get()
-
-
-def run_as(user: str | None, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
-    """``coro``, to be run acting for ``user`` (None: for whoever the caller acts for)."""
-    return coro if user is None else _acting(user, coro)
-
-
-async def _acting(user: str, coro: Coroutine[Any, Any, T]) -> T:
-    token = _USER.set(user)
-    try:
-        return await coro
-    finally:
-        _USER.reset(token)
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One audited write of one row."""
-
-    id: int
-    model: str
-    record_id: str
-    operation: str  # the node's operation: create, update, delete, upsert, bulk_create...
-    user: str | None
-    run_id: str | None
-    node_id: str | None
-    at: dt.datetime
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-
-    @property
-    def changes(self) -> dict[str, tuple[Any, Any]]:
-        """Fields whose value differs: field -> (before, after)."""
-        before, after = self.before or {}, self.after or {}
-        return {k: (before.get(k), after.get(k)) for k in {*before, *after} if before.get(k) != after.get(k)}
 
 
 class _AuditRecord:
@@ -132,7 +90,7 @@ async def record(node: Writer, ctx: Any, changes: Sequence[tuple[dict | None, di
         return
     dataflow = node.dataflow
     table = audit_table(dataflow)
-    now, user, op = dataflow.clock.now(), _USER.get(), node.operation
+    now, user, op = dataflow.clock.now(), current_user(), node.operation
     run_id, node_id = getattr(ctx, "run_id", None), node.node_id
     to_db, image = [table.to_db] * len(_COLUMNS), node.mt.sealed_image
     rows = []
@@ -244,6 +202,8 @@ async def _history(
     sql, params = table.dialect.compile(stmt)
     async with borrowed(dataflow, scope) as conn:
         rows = table.rows(await conn.fetch(sql, params))
+    from .records import AuditEntry
+
     return [
         AuditEntry(
             r["id"],
@@ -306,3 +266,11 @@ def _typed(schema: Any, values: dict[str, Any] | None) -> dict[str, Any] | None:
             except TypeError:
                 out[name] = value
     return out
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AuditEntry":  # made at the first read, in records.py
+        from .records import AuditEntry
+
+        return AuditEntry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

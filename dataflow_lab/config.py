@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
+from ._record import Record
 from .errors import ValidationError, did_you_mean, refuse_unknown_options
 from .result_cache import CacheSettings
 
@@ -97,8 +98,7 @@ SPEC_ALIASES = {
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-@dataclass(frozen=True)
-class SafetyLevel:
+class SafetyLevel(Record):
     """What one ``safety_level`` requires before a risky operation runs (README: "Safety levels").
 
     - ``every_row_writes``: a BulkUpdate / BulkDelete with an empty filter needs ``confirmed=True``
@@ -109,10 +109,16 @@ class SafetyLevel:
       raises instead.
     """
 
+    __slots__ = ("name", "every_row_writes", "destructive_migrations", "warnings_are_errors")
     name: str
     every_row_writes: str
     destructive_migrations: str
     warnings_are_errors: bool
+
+    def __init__(
+        self, name: str, every_row_writes: str, destructive_migrations: str, warnings_are_errors: bool
+    ):
+        self._fill(name, every_row_writes, destructive_migrations, warnings_are_errors)
 
 
 SAFETY_LEVELS = {

@@ -34,6 +34,8 @@ two-phase commits in doubt (two_phase.py) and saga compensations still owed
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any, cast
@@ -43,6 +45,7 @@ from .errors import DataFlowError
 from .health import HealthMonitor
 from .leaks import watch
 from .ledger import TransactionLedger
+from .nodes.registry import NodeClasses
 from .result_cache import ResultCache
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,12 +53,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .dialects import Connection, Dialect
     from .interfaces import DataFlow
     from .model import ModelSchema
-    from .nodes.base import Node
     from .nodes.model_node import ModelNode
 
 __all__ = ["Database"]
 
 log = logging.getLogger("dataflow_lab.transactions")
+
+# The nodes a model gets at their first lookup: (module, its tuple of operations, "Bulk" or not in the
+# node's name, the operations' op_name). Their modules are a sixth of the package's code, which a
+# first run rarely needs; test_dataflow checks these names against the modules' tuples.
+_LATER = (
+    ("dataflow_lab.nodes.bulk", "BULK_OPERATIONS", "Bulk", ("Create", "Update", "Delete", "Upsert")),
+    ("dataflow_lab.nodes.aggregate", "AGGREGATE_OPERATIONS", "", ("Aggregate",)),
+)
 
 
 class Database:
@@ -68,7 +78,7 @@ class Database:
         self.ledger = TransactionLedger()  # its transactions, counted by the scopes (ledger.py)
         self.models: dict[str, ModelSchema] = {}
         self.tables: dict[str, Any] = {}
-        self.nodes: dict[str, type[Node]] = {}
+        self.nodes = NodeClasses()  # by name; a model's bulk and Aggregate nodes are made at first lookup
         self.reflected: set[str] = set()  # models reflected from existing tables: never any DDL
         self.health = HealthMonitor(dataflow)
         self.cache = ResultCache(config.cache)  # off unless DataFlow(cache=...) (result_cache.py)
@@ -289,41 +299,55 @@ class Database:
 
     # -- registry --------------------------------------------------------------------------
     def install(self, schema: ModelSchema, table: Any, *, reflected: bool = False) -> None:
-        """Generate and register the twelve nodes of ``schema`` (replacing an older definition)."""
-        from .nodes.aggregate import AGGREGATE_OPERATIONS
-        from .nodes.bulk import BULK_OPERATIONS
+        """Generate and register the twelve nodes of ``schema`` (replacing an older definition): the
+        CRUD nodes now, the bulk and Aggregate ones at their first lookup (``_LATER``)."""
         from .nodes.crud import CRUD_OPERATIONS
 
-        for old in [n for n, c in self.nodes.items() if c.model is not None and c.model.name == schema.name]:
+        for old in self.nodes.names_of(schema.name):
             del self.nodes[old]
-        for op in (*CRUD_OPERATIONS, *BULK_OPERATIONS, *AGGREGATE_OPERATIONS):
-            bulk = "Bulk" if op in BULK_OPERATIONS else ""
-            name = f"{schema.name}{bulk}{op.op_name}Node"
-            node_cls = cast(
-                "type[ModelNode]",
-                type(
-                    name,
-                    (op,),
-                    {
-                        "type_name": name,
-                        "dataflow": self.dataflow,
-                        "model": schema,
-                        "model_name": schema.name,
-                        "mt": table,
-                        "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
-                        "__module__": "dataflow_lab.dataflow",
-                        "__doc__": f"{op.description} Generated for model {schema.name}.",
-                    },
-                ),
-            )
-            node_cls.parameters = node_cls.make_parameters(schema)
-            self.nodes[name] = node_cls
+        for op in CRUD_OPERATIONS:
+            self.nodes[f"{schema.name}{op.op_name}Node"] = self._node_class(schema, table, op, "")
+        for module, operations, bulk, names in _LATER:
+            for op_name in names:
+                make = functools.partial(
+                    self._later_class, schema, table, (module, operations), bulk, op_name
+                )
+                self.nodes.later(f"{schema.name}{bulk}{op_name}Node", schema.name, make)
         self.models[schema.name] = schema
         self.tables[schema.name] = table
         if reflected:
             self.reflected.add(schema.name)
         else:
             self.reflected.discard(schema.name)
+
+    def _later_class(
+        self, schema: ModelSchema, table: Any, where: tuple[str, str], bulk: str, op_name: str
+    ) -> type[ModelNode]:
+        module, operations = where
+        op = next(op for op in getattr(importlib.import_module(module), operations) if op.op_name == op_name)
+        return self._node_class(schema, table, op, bulk)
+
+    def _node_class(self, schema: ModelSchema, table: Any, op: type[ModelNode], bulk: str) -> type[ModelNode]:
+        name = f"{schema.name}{bulk}{op.op_name}Node"
+        node_cls = cast(
+            "type[ModelNode]",
+            type(
+                name,
+                (op,),
+                {
+                    "type_name": name,
+                    "dataflow": self.dataflow,
+                    "model": schema,
+                    "model_name": schema.name,
+                    "mt": table,
+                    "operation": f"{bulk.lower()}_{op.op_name.lower()}".lstrip("_"),
+                    "__module__": "dataflow_lab.dataflow",
+                    "__doc__": f"{op.description} Generated for model {schema.name}.",
+                },
+            ),
+        )
+        node_cls.parameters = node_cls.make_parameters(schema)
+        return node_cls
 
     # -- start-up recovery -----------------------------------------------------------------
     async def _first_use(self, scope: Any) -> None:

@@ -27,9 +27,8 @@ from .clock import clock_for
 from .config import DataFlowConfig, redact_url
 from .database import Database
 from .dialects import refuse_pool_options
-from .encryption import HOW_TO_MAKE_A_KEY, Cipher, load_keys
+from .encryption import HOW_TO_MAKE_A_KEY, load_keys
 from .errors import EncryptionError, ValidationError
-from .health import HealthReport
 from .hooks import Hooks
 from .leaks import open_at_exit
 from .logs import show as show_logs
@@ -43,6 +42,8 @@ from .transactions import ACTIVE_SCOPE
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from .cipher import Cipher
+    from .records import HealthReport
     from .schema import ModelTable
     from .transit import Transit
 
@@ -184,6 +185,8 @@ class DataFlow(Observability):
                 f"Model '{schema.name}' has encrypted fields ({', '.join(sorted(schema.encrypted))}) but "
                 f"there is no encryption key: {HOW_TO_MAKE_A_KEY}."
             )
+        from .cipher import Cipher  # loaded with the first encrypted model
+
         try:
             return Cipher(keys, schema.name, schema.table_name)
         except ImportError:
@@ -212,6 +215,8 @@ class DataFlow(Observability):
         keys = load_keys(self._encryption_keys)
         if keys is None:
             return None
+        from .cipher import Cipher
+
         try:
             return Cipher(keys, schema.name, schema.table_name)
         except ImportError:
@@ -299,7 +304,7 @@ class DataFlow(Observability):
     @property
     def migrations(self) -> Any:
         """Plan, apply, roll back and generate schema migrations (migrations/__init__.py)."""
-        from .migrations import Migrations
+        from .migrations.facade import Migrations
 
         return Migrations(self)
 

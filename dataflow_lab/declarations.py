@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ._record import Record
 from .tenancy import check_tenant
 
 __all__ = ["DECLARED", "Backfill", "Column", "Declaration", "declared_column"]
@@ -42,15 +42,25 @@ class Backfill(NamedTuple):
     check: Callable[[Any], Any]  # the value given, checked (and coerced)
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(Record):
     """A managed column: ``Field(name, LOGICAL_TYPES[python], generated=True, **options)`` (model.py)."""
 
+    __slots__ = ("name", "python", "how", "options", "backfill")
     name: str
     python: type
     how: str  # how dataflow_lab fills it: "dataflow_lab <how>", in the error that refuses a write
-    options: Mapping[str, Any] = field(default_factory=dict)  # Field's nullable, default
-    backfill: Backfill | None = None  # existing rows need a value when the option is turned on
+    options: Mapping[str, Any]  # Field's nullable, default
+    backfill: Backfill | None  # existing rows need a value when the option is turned on
+
+    def __init__(
+        self,
+        name: str,
+        python: type,
+        how: str,
+        options: Mapping[str, Any] | None = None,
+        backfill: Backfill | None = None,
+    ):
+        self._fill(name, python, how, options or {}, backfill)
 
 
 class Declaration(NamedTuple):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from ._record import Record
 from .errors import ValidationError, did_you_mean
 from .model import BLIND_SUFFIX, ModelSchema, check_value
 from .types import ANY_DECIMAL, decimal_bound
@@ -196,19 +196,26 @@ def _where(model: ModelSchema, node: str) -> str:
 # compiled once per shape: schema.ModelTable.template).
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(Record):
     """The place of one bound value in a filter's values."""
 
+    __slots__ = ("index",)
     index: int
 
+    def __init__(self, index: int):
+        object.__setattr__(self, "index", index)
 
-@dataclass(frozen=True)
-class ManySlot:
+
+class ManySlot(Record):
     """A long $in list's values, bound as one array parameter (``has_none``: it also holds None)."""
 
+    __slots__ = ("index", "has_none")
     index: int
     has_none: bool
+
+    def __init__(self, index: int, has_none: bool):
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "has_none", has_none)
 
 
 class _Unshaped(Exception):

@@ -19,56 +19,17 @@ import datetime as dt
 import logging
 import time
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import DataFlowError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .interfaces import DataFlow
+    from .records import HealthReport
 
 __all__ = ["HealthMonitor", "HealthReport"]
 
 log = logging.getLogger("dataflow_lab.health")
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """One probe's outcome: ``ok`` (every connection answered), ``degraded`` (dead connections were
-    discarded, but the database answers), ``down`` (no connection could be made or used)."""
-
-    status: str
-    latency_ms: float | None
-    error: str | None
-    checked_at: dt.datetime
-    pinged: int = 0
-    discarded: int = 0
-    last_error: str | None = None  # the latest error any probe of this database met (this one's or older)
-
-    def __repr__(self) -> str:
-        latency = "n/a" if self.latency_ms is None else f"{self.latency_ms:.1f} ms"
-        error = f", error={self.error!r}" if self.error else ""
-        return (
-            f"HealthReport({self.status}, latency={latency}, pinged={self.pinged}, "
-            f"discarded={self.discarded}, checked_at={self.checked_at.isoformat(timespec='seconds')}{error})"
-        )
-
-    def _repr_html_(self) -> str:
-        import html  # here: its entity table is no cost of opening a database
-
-        colour = {"ok": "#1a7f37", "degraded": "#9a6700", "down": "#cf222e"}.get(self.status, "#57606a")
-        rows = "".join(
-            f"<tr><th style='text-align:left'>{name}</th><td>{html.escape(str(value))}</td></tr>"
-            for name, value in (
-                ("latency", "n/a" if self.latency_ms is None else f"{self.latency_ms:.1f} ms"),
-                ("pinged", self.pinged),
-                ("discarded", self.discarded),
-                ("checked at", self.checked_at.isoformat(timespec="seconds")),
-                ("error", self.error or "none"),
-                ("last error seen", self.last_error or "none"),
-            )
-        )
-        return f"<b style='color:{colour}'>health: {self.status}</b><table>{rows}</table>"
 
 
 def _now() -> dt.datetime:
@@ -132,6 +93,8 @@ async def _ping_idle(dialect: Any) -> tuple[int, int]:
 
 
 async def probe(dialect: Any, timeout: float) -> HealthReport:
+    from .records import HealthReport
+
     start = time.perf_counter()
     try:
         if getattr(dialect, "engine", None) is not None and not dialect.serialized:
@@ -171,6 +134,8 @@ class HealthMonitor:
         try:
             dialect = await db.database.open()
         except Exception as exc:  # noqa: BLE001 - could not even open: the database is down
+            from .records import HealthReport
+
             report = HealthReport("down", None, str(exc), _now())
         else:
             report = await probe(dialect, timeout)
@@ -260,3 +225,11 @@ async def _maintain(ref: weakref.ref, interval: float | None) -> None:
             return
         first = False
         await asyncio.sleep(interval)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HealthReport":  # made at the first read, in records.py
+        from .records import HealthReport
+
+        return HealthReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

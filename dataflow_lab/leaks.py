@@ -27,11 +27,13 @@ import time
 import warnings
 import weakref
 from collections import Counter, deque
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _loop
 from .query_count import ACTIVE_SCOPE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .records import Leak
 
 __all__ = ["Leak", "LeakWarning", "after_run", "count", "open_at_exit", "owner", "recent", "watch"]
 
@@ -54,17 +56,6 @@ class LeakWarning(ResourceWarning):
     """A connection or transaction of dataflow_lab's was left behind (see leaks.py)."""
 
 
-@dataclass(frozen=True)
-class Leak:
-    """One leak: ``kind`` is "collected", "checked_out" or "open_transaction"."""
-
-    kind: str
-    message: str
-    site: str  # file:line of the DataFlow(...) call, or the node that checked the connection out
-    database: str | None  # the database's token (None: a database no longer alive)
-    at: dt.datetime
-
-
 _lock = threading.Lock()
 _recent: deque[Leak] = deque(maxlen=200)
 _counts: Counter[str | None] = Counter()  # by database token; None: DataFlows collected unclosed
@@ -73,6 +64,8 @@ _warned: set[tuple[str, str, str]] = set()
 
 def report(kind: str, message: str, *, site: str, database: str | None, about: str = "") -> None:
     """Count a leak, and warn about it unless one of its kind, site and ``about`` was warned about."""
+    from .records import Leak
+
     leak = Leak(kind, message, site, database, dt.datetime.now(dt.UTC))
     key = (kind, site, about)
     with _lock:
@@ -208,3 +201,11 @@ async def open_at_exit(dataflow: DataFlow) -> None:
                 await conn.rollback()
             except Exception:  # noqa: BLE001 - at exit: the server rolls back when the connection closes
                 log.debug("rolling back at exit failed", exc_info=True)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Leak":  # made at the first read, in records.py
+        from .records import Leak
+
+        return Leak
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -48,6 +48,8 @@ MISSING: typing.Any = _Missing()
 
 @dataclass(frozen=True)
 class Field:
+    """One field of a model: its column's name, logical type, and how a write fills it."""
+
     name: str
     type: LogicalType
     nullable: bool = False
@@ -80,6 +82,8 @@ class Field:
 
 @dataclass(frozen=True)
 class ModelSchema:
+    """A model as dataflow_lab knows it: its table, fields, keys, indexes and options (``parse_model``)."""
+
     name: str
     table_name: str
     fields: tuple[Field, ...]

@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .csv_import import import_csv
 from .errors import DataFlowError, ValidationError, did_you_mean
 from .model import ModelSchema
 from .runtime import LocalRuntime
@@ -195,6 +194,8 @@ class ModelMethods:
     def import_csv(self, path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         """Stream a CSV file (its header names the fields) into this model's table, all or nothing:
         ``Trip.import_csv("trips.csv")`` -> ``{"inserted": 480}``. Options as ``db.import_csv``'s."""
+        from .csv_import import import_csv  # loaded at the first import, not with the package
+
         options = {"runtime": self.runtime, "user": self.user, "tenant": self.tenant, **options}
         return import_csv(self.dataflow, self.model_name, path, **options)
 

@@ -12,18 +12,19 @@ import base64
 import functools
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from .clock import SystemClock
 from .dialects import Connection, Dialect
-from .encryption import Cipher
 from .errors import EncryptionError
 from .migrations.engine import ensure_table
 from .migrations.ops import typed_literal
-from .migrations.sealing import refuse_plaintext_rows
 from .model import BLIND_SUFFIX, MISSING, TIMESTAMP_FIELDS, Field, ModelSchema, check_value, parse_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .cipher import Cipher
 
 __all__ = ["ModelTable", "internal_table"]
 
@@ -451,6 +452,8 @@ class ModelTable:
         await ensure_table(conn, self, auto_migrate=auto_migrate, existing_schema=existing_schema,
                            clock=clock or SystemClock(), create=create)  # fmt: skip
         if self._sealed and existing_schema:  # (a migration check looked at every encrypted value)
+            from .migrations.sealing import refuse_plaintext_rows  # loaded for encrypted models only
+
             await refuse_plaintext_rows(conn, self)
 
     # -- migrations of encrypted columns (migrations/sealing.py) ------------------------------------

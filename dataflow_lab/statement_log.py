@@ -22,11 +22,13 @@ import logging
 import re
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _loop
 from .query_count import ACTIVE_SCOPE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .records import SlowStatement
 
 __all__ = ["SlowStatement", "StatementLog", "explainable", "placeholder_count", "without_values"]
 
@@ -56,23 +58,6 @@ def without_values(plan: str, params: Sequence[Any] | None) -> str:
         if value:
             plan = re.sub(rf"(?<![\w.])'?{re.escape(value)}'?(?![\w.])", "?", plan)
     return plan
-
-
-@dataclass(frozen=True)
-class SlowStatement:
-    """One statement that ran at least ``slow_query_threshold`` seconds."""
-
-    sql: str  # as sent: values are bound parameters, never in the text
-    seconds: float
-    at: dt.datetime  # when it ended
-    run_id: str | None
-    node_id: str | None
-    error: str | None  # the first line of its error, when it failed
-    plan: str | None  # EXPLAIN's plan (PostgreSQL, DuckDB), once explained; None meanwhile or elsewhere
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"sql": self.sql, "seconds": self.seconds, "at": self.at.isoformat(), "run_id": self.run_id,
-                "node_id": self.node_id, "error": self.error, "plan": self.plan}  # fmt: skip
 
 
 class StatementLog:
@@ -109,6 +94,8 @@ class StatementLog:
 
     def entries(self, run_id: str | None = None) -> list[SlowStatement]:
         """The slow statements kept, oldest first (only ``run_id``'s when given)."""
+        from .records import SlowStatement
+
         return [SlowStatement(*e) for e in list(self._entries) if run_id is None or e[3] == run_id]
 
     def close(self) -> None:
@@ -156,3 +143,11 @@ class StatementLog:
             for other in list(self._entries):
                 if other[0] == text and other[6] is None:
                     other[6] = plan
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SlowStatement":  # made at the first read, in records.py
+        from .records import SlowStatement
+
+        return SlowStatement
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,34 +18,21 @@ import asyncio
 import datetime as dt
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, fields
+from typing import TYPE_CHECKING, Any
 
 from .errors import DataFlowError, ValidationError
 from .hooks import RunHooks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .records import RunRecord
 
 __all__ = ["RUN_HISTORY", "RunRecord", "RunTracker", "Runs", "check_history"]
 
 RUN_HISTORY = 1000  # runs a tracker keeps (a DataFlow's: its ``run_history`` setting)
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """One run, as its tracker saw it end."""
-
-    run_id: str
-    workflow: str
-    status: str  # "success" | "error" | "cancelled"
-    started: dt.datetime
-    duration_ms: float
-    error: str | None  # the first line of the error's message
-    error_type: str | None  # its class name
-    failed_node: str | None  # the node whose error ended the run, if a node's did
-    nodes: dict[str, str]  # node id -> "success" | "error" | "cancelled" | "skipped" | "not run"
-    mode: str  # the transaction mode it ran in ("auto" resolved)
-
-
-class Runs(list[RunRecord]):
+class Runs(list["RunRecord"]):
     """Recent runs, oldest first: a list of ``RunRecord``, with ``frame()`` for a DataFrame."""
 
     def frame(self) -> Any:
@@ -56,6 +43,8 @@ class Runs(list[RunRecord]):
             raise DataFlowError(
                 "runs().frame() needs pandas.", hint="pip install 'dataflow-lab[pandas]'"
             ) from exc
+        from .records import RunRecord
+
         columns = [f.name for f in fields(RunRecord)]
         frame = pd.DataFrame.from_records([asdict(r) for r in self], columns=columns)
         return frame.astype({"duration_ms": "float64"})
@@ -156,6 +145,8 @@ def _record(
 
 
 def _view(entry: tuple) -> RunRecord:
+    from .records import RunRecord
+
     run_id, name, status, wall, duration, text, kind, failed, done, skipped, order, mode = entry
     if done is None:  # it succeeded
         nodes = dict.fromkeys(order, "success")
@@ -180,3 +171,11 @@ def _status(error: BaseException | str) -> str:
 def first_line(error: BaseException | str) -> str:
     text = str(error) or type(error).__name__
     return text.splitlines()[0][:500]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunRecord":  # made at the first read, in records.py
+        from .records import RunRecord
+
+        return RunRecord
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,8 @@ import pickle
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .encryption import ENV_KEY, NONCE, VERSION, derive_key, load_keys
+from .cipher import derive_key
+from .encryption import ENV_KEY, NONCE, VERSION, load_keys
 from .errors import EncryptionError
 
 __all__ = ["Envelope", "Transit"]

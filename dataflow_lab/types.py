@@ -276,6 +276,8 @@ def _json_list(value: object) -> list:
 
 @dataclass(frozen=True)
 class LogicalType:
+    """A field's logical type: its name, the Python type it holds, and the check a value passes."""
+
     name: str
     python: type
     check: Callable[[object], object]

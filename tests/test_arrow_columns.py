@@ -12,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from dataflow_lab import DataFlow, DecryptionError, Encrypted, LocalRuntime, WorkflowBuilder
+from dataflow_lab.cipher import Cipher
 from dataflow_lab.dialects.arrow_columns import Same, arrow_source, by_column_of, column_builder
-from dataflow_lab.encryption import PREFIX, Cipher, keygen, load_keys
+from dataflow_lab.encryption import PREFIX, keygen, load_keys
 
 
 def test_by_column_of_merges_only_the_very_same_object_on_every_row():

@@ -871,3 +871,41 @@ def test_a_shared_in_memory_sqlite_uri_is_shared_and_never_a_file_on_disk(tmp_pa
     finally:
         first.close()
         second.close()
+
+
+def test_a_model_has_its_twelve_nodes_the_bulk_and_aggregate_ones_made_at_their_first_lookup():
+    from dataflow_lab.database import _LATER
+    from dataflow_lab.nodes.aggregate import AGGREGATE_OPERATIONS
+    from dataflow_lab.nodes.bulk import BULK_OPERATIONS
+
+    later = [(operations, names) for _, operations, _, names in _LATER]
+    assert later == [  # every operation of the two modules, named in their order
+        ("BULK_OPERATIONS", tuple(op.op_name for op in BULK_OPERATIONS)),
+        ("AGGREGATE_OPERATIONS", tuple(op.op_name for op in AGGREGATE_OPERATIONS)),
+    ]
+    db = DataFlow()
+    try:
+        define_user(db)
+        crud = ["Create", "Read", "Update", "Delete", "List", "Count", "Upsert"]
+        bulk = ["BulkCreate", "BulkUpdate", "BulkDelete", "BulkUpsert", "Aggregate"]
+        assert list(db.nodes) == [f"User{op}Node" for op in [*crud, *bulk]]
+        made = db.nodes.UserBulkUpsertNode
+        assert made is db.nodes["UserBulkUpsertNode"] and made.__bases__ == (BULK_OPERATIONS[-1],)
+        assert (made.operation, made.model.name, made.dataflow) == ("bulk_upsert", "User", db)
+        assert {p.name for p in made.parameters} >= {"data", "conflict_on"}
+        rows = [{"name": "Ann", "email": "ann@example.com"}]
+        assert (
+            execute(db, lambda wf: wf.add_node("UserBulkCreateNode", "b", {"data": rows}))["b"]["inserted"]
+            == 1
+        )
+
+        @db.model
+        class User:  # defined again: its twelve nodes are replaced, made or not
+            name: str
+            email: str
+            age: int = 0
+
+        assert len(db.nodes) == 12 and db.nodes.UserBulkUpsertNode is not made
+        assert "age" in {p.name for p in db.nodes.UserCreateNode.parameters}
+    finally:
+        db.close()

@@ -32,7 +32,8 @@ from dataflow_lab import (
     WorkflowBuilder,
     WorkflowValidationError,
 )
-from dataflow_lab.encryption import ENV_KEY, Cipher, keygen
+from dataflow_lab.cipher import Cipher
+from dataflow_lab.encryption import ENV_KEY, keygen
 
 ENCRYPTED_BACKENDS = ("sqlite_file", "duckdb_file", "postgres", "mysql")
 HEAVY_BACKENDS = ("sqlite_file", "duckdb_file", "postgres")  # the 100k-row and killed-process tests: not
@@ -178,7 +179,8 @@ def test_bulk_create_of_many_encrypted_rows_round_trips(where):
 
 
 def test_seal_many_gives_each_value_its_own_nonce_and_row_in_blocks_lists_and_packed_columns():
-    from dataflow_lab.encryption import BLOCK, load_keys
+    from dataflow_lab.cipher import BLOCK
+    from dataflow_lab.encryption import load_keys
 
     cipher = Cipher(load_keys(KEY), "Patient", "patients")
     n = BLOCK + 7  # two blocks

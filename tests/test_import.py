@@ -92,3 +92,15 @@ def test_load_ext_starts_importing_what_the_first_run_needs_without_waiting_for_
         "loaded False",
         "['dataflow_lab.schema', 'sqlalchemy', 'sqlalchemy.dialects.sqlite.pysqlite']",
     ]
+
+
+def test_a_first_run_loads_none_of_the_modules_only_other_features_need():
+    # what a plain Create -> Read on SQLite never uses loads where it is used (a cold start's cost)
+    later = ("nodes.bulk", "nodes.bulk_upsert", "nodes.aggregate", "rows", "audit", "cipher", "records",
+             "migrations.facade", "migrations.sealing", "behaviours.soft_delete", "nodes.python", "csv_import")  # fmt: skip
+    code = (
+        "import sys\nfrom dataflow_lab import DataFlow\ndb = DataFlow()\n" + FIRST_RUN + "print('loaded', "
+        f"*[m for m in {later!r} if 'dataflow_lab.' + m in sys.modules])\n"
+        "print('then', db.nodes.UserBulkCreateNode.__name__, type(db.migrations).__name__)\n"
+    )
+    assert run_python(code) == ["read Ann", "loaded", "then UserBulkCreateNode Migrations"]

@@ -11,18 +11,14 @@ model, as the built-in ones do.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import weakref
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationError
-from .audit_log import AuditLog
 from .base import Behaviour, Change
-from .encrypted import Encryption
-from .multi_tenant import MultiTenant
-from .soft_delete import SoftDelete
 from .timestamps import Timestamps
-from .versioned import Versioned
 
 if TYPE_CHECKING:  # pragma: no cover
     import sqlalchemy as sa
@@ -30,11 +26,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..model import ModelSchema
     from ..nodes.base import Param
     from ..schema import ModelTable
+    from .audit_log import AuditLog
+    from .encrypted import Encryption
+    from .multi_tenant import MultiTenant
+    from .soft_delete import SoftDelete
+    from .versioned import Versioned
 
 __all__ = ["AuditLog", "Behaviour", "Behaviours", "Encryption", "MultiTenant", "SoftDelete", "Timestamps", "Versioned",
            "compose", "of"]  # fmt: skip
 
-_FLAGS = (("multi_tenant", MultiTenant), ("soft_delete", SoftDelete), ("versioned", Versioned))
+# The option behaviours' modules load with the first model that turns one on (not with every model):
+# public name -> its module.
+_OPTIONAL = {"MultiTenant": "multi_tenant", "SoftDelete": "soft_delete", "Versioned": "versioned",
+             "Encryption": "encrypted", "AuditLog": "audit_log"}  # fmt: skip
+_FLAGS = (("multi_tenant", "MultiTenant"), ("soft_delete", "SoftDelete"), ("versioned", "Versioned"))
 _TIMESTAMPS = ("created_at", "updated_at")
 _COMPOSED: weakref.WeakKeyDictionary[Any, Behaviours] = weakref.WeakKeyDictionary()
 
@@ -45,7 +50,7 @@ def compose(model: ModelSchema) -> Behaviours:
     times = tuple(n for n in _TIMESTAMPS if n in model.by_name)  # a reflected table may lack them
     if times:
         found.append(Timestamps(times))
-    found += [make() for option, make in _FLAGS if option in model.options]
+    found += [_optional(name)() for option, name in _FLAGS if option in model.options]
     for own in model.behaviours:
         if not isinstance(own, Behaviour):
             raise ValidationError(
@@ -54,10 +59,20 @@ def compose(model: ModelSchema) -> Behaviours:
             )
         found.append(own)
     if model.encrypted:  # before audit_log, whose images it encrypts (ModelTable.sealed_image)
-        found.append(Encryption(model.encrypted, model.searchable))
+        found.append(_optional("Encryption")(model.encrypted, model.searchable))
     if "audit_log" in model.options:
-        found.append(AuditLog())
+        found.append(_optional("AuditLog")())
     return Behaviours(found)
+
+
+def _optional(name: str) -> Any:
+    return getattr(importlib.import_module(f"{__name__}.{_OPTIONAL[name]}"), name)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _OPTIONAL:
+        return _optional(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")  # a submodule's name: imported
 
 
 def of(mt: ModelTable) -> Behaviours:

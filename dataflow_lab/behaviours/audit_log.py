@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .. import audit
 from .base import Behaviour, Change
 
 __all__ = ["AuditLog"]
@@ -21,7 +20,11 @@ class AuditLog(Behaviour):
 
     async def prepare(self, dataflow: Any) -> None:
         """Its writes log to the audit table, in their own transaction: made before the model's."""
+        from .. import audit  # loaded by the first model with audit_log (not with the package)
+
         await audit.ensure_table(dataflow)
 
     async def written(self, node: Any, ctx: Any, changes: Sequence[Change]) -> None:
+        from .. import audit
+
         await audit.record(node, ctx, changes)

@@ -16,12 +16,14 @@ index under every key of the ring.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationError
 from ..model import BLIND_SUFFIX
-from ..rows import Chunk
 from .base import Behaviour
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..rows import Chunk
 
 __all__ = ["Encryption"]
 
@@ -76,4 +78,6 @@ class Encryption(Behaviour):
                 for k, r in zip(row_keys, rows, strict=True)
             ]
         sealed_columns, sealed = mt.seal_rows(columns, rows)
+        from ..rows import Chunk  # loaded by the bulk write calling (not with every model)
+
         return Chunk(sealed_columns, sealed, chunk.first_index, chunk.skipped)

@@ -18,11 +18,11 @@ import datetime as dt
 import uuid
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
+from .._record import Record
 from ..encryption import PREFIX, Packed
 
 __all__ = ["Same", "arrow_source", "by_column_of", "column_builder"]
@@ -30,11 +30,14 @@ __all__ = ["Same", "arrow_source", "by_column_of", "column_builder"]
 _BOUND = (str, int, float, bool, type(None), dt.datetime, dt.date, Decimal, uuid.UUID)  # as a parameter
 
 
-@dataclass(frozen=True)
-class Same:
+class Same(Record):
     """A column holding one value on every row of a chunk (a timestamp, a stamp, a default)."""
 
+    __slots__ = ("value",)
     value: Any
+
+    def __init__(self, value: Any):
+        object.__setattr__(self, "value", value)
 
 
 def by_column_of(rows: Sequence[Sequence[Any]], keep: Sequence[int] = ()) -> list[Any]:

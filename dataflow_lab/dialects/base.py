@@ -24,7 +24,6 @@ from ..errors import ValidationError
 from ..statement_log import StatementLog
 from .bulk_paths import BulkPaths
 from .change_feed import ChangeFeed
-from .connect_errors import generic_failure
 from .connection import Connection, DuckAttachment
 from .kinds import register_kind
 from .migration_sql import MigrationSQL
@@ -290,5 +289,6 @@ class Dialect(BulkPaths, MigrationSQL):
 
     def connect_failure(self, exc: BaseException) -> tuple[str, str]:
         """(message, hint) of a failed connect, one line each; dialects name what was wrong."""
+        from .connect_errors import generic_failure  # loaded by the first failed connect
 
         return generic_failure(exc, self.scrub(self.url))

@@ -31,8 +31,7 @@ from ..dialects import Connection, Dialect
 from ..errors import BackfillRequiredError, DestructiveMigrationError, MigrationError, MigrationRequiredError
 from ..model import MISSING, check_value
 from .live import model_shape, read_table
-from .ops import Step, create_steps, literal, slug, table_steps
-from .sealing import DATA_STEP, data_steps, recasts, rewrite_column
+from .ops import DATA_STEP, Step, create_steps, literal, slug, table_steps
 
 __all__ = ["DATA_STEP", "HISTORY_TABLE", "AppliedMigration", "MigrationPlan", "ensure_table", "execute"]
 
@@ -145,6 +144,7 @@ async def table_plan(conn: Connection, mt: Any, backfill: Mapping[str, Any] | No
     if live is None:
         return create_steps(dialect, mt.table)
     from .diff import diff  # a table that exists is compared with its model (a new one is only created)
+    from .sealing import data_steps, recasts  # so are its encrypted columns
 
     changes, casts = recasts(mt, diff(live, model_shape(dialect, mt.table)))
     before, after = await data_steps(conn, mt, live)  # rows to decrypt, encrypt or index (sealing.py)
@@ -240,6 +240,8 @@ async def execute(conn: Connection, sql: str, tables: Mapping[str, Any]) -> None
             "the encryption key), and no model of this DataFlow has that table. Nothing was changed.",
             hint=f"define the model of table '{table}' on this DataFlow, then apply or roll back again.",
         )
+    from .sealing import rewrite_column
+
     await rewrite_column(conn, mt, action.lower(), column)
 
 

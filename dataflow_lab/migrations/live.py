@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 
+from .._record import Record
 from ..dialects import Connection, Dialect
 from ..dialects.type_names import normalize_type
 
@@ -42,14 +42,35 @@ class IndexShape(NamedTuple):
     sql: str | None = None  # the statement that recreates it, when the database keeps one
 
 
-@dataclass(frozen=True)
-class TableShape:
+class TableShape(Record):
+    """One table: its columns by name, primary key, indexes, the CREATE TABLE the database keeps
+    (SQLite, DuckDB), and ``extra`` facts, which equality leaves out."""
+
+    __slots__ = ("name", "columns", "primary_key", "indexes", "ddl", "extra")
     name: str
     columns: dict[str, ColumnShape]
-    primary_key: tuple[str, ...] = ()
-    indexes: tuple[IndexShape, ...] = ()
-    ddl: str | None = None  # the CREATE TABLE the database keeps (SQLite, DuckDB)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    primary_key: tuple[str, ...]
+    indexes: tuple[IndexShape, ...]
+    ddl: str | None
+    extra: dict[str, Any]
+
+    def __init__(
+        self,
+        name: str,
+        columns: dict[str, ColumnShape],
+        primary_key: tuple[str, ...] = (),
+        indexes: tuple[IndexShape, ...] = (),
+        ddl: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
+        self._fill(name, columns, primary_key, indexes, ddl, extra or {})
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool(self._values(self)[:-1] == self._values(other)[:-1])  # all but extra
+
+    __hash__ = None  # type: ignore[assignment]  # it holds dicts
 
 
 def model_shape(dialect: Dialect, table: sa.Table) -> TableShape:

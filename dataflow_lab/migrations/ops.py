@@ -25,7 +25,9 @@ from .live import ColumnShape, IndexShape, TableShape, column_default
 if TYPE_CHECKING:  # pragma: no cover
     from .diff import Change
 
-__all__ = ["Recast", "Step", "create_steps", "table_steps", "typed_literal"]
+__all__ = ["DATA_STEP", "Recast", "Step", "create_steps", "table_steps", "typed_literal"]
+
+DATA_STEP = "DATAFLOW_LAB"  # the first word of a data step's statement (sealing.py rewrites columns)
 
 
 class Step(NamedTuple):

@@ -27,14 +27,13 @@ from ..encryption import ENCRYPTABLE, HOW_TO_MAKE_A_KEY, PREFIX
 from ..errors import EncryptionError, MigrationError
 from ..model import BLIND_SUFFIX
 from .live import TableShape, read_table
-from .ops import Recast, Step
+from .ops import DATA_STEP, Recast, Step
 
 if TYPE_CHECKING:  # pragma: no cover
     from .diff import Change
 
 __all__ = ["DATA_STEP", "PROBE_ROWS", "data_steps", "recasts", "refuse_plaintext_rows", "rewrite_column"]
 
-DATA_STEP = "DATAFLOW_LAB"
 PROBE_ROWS = 1000  # rows a migration samples to tell whether a plain text column was encrypted
 
 

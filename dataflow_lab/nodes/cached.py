@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..audit import current_user
+from ..access import current_user
 from .base import Param, RunContext
 
 if TYPE_CHECKING:  # pragma: no cover

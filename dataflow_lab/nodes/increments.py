@@ -12,12 +12,12 @@ A dict/list (JSON) field stores ``{"$inc": ...}`` as its value, as before.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
+from .._record import Record
 from ..errors import ValidationError
 
 __all__ = ["Increment", "check_increment", "is_increment", "set_values", "split"]
@@ -26,11 +26,14 @@ __all__ = ["Increment", "check_increment", "is_increment", "set_values", "split"
 _TAKES: dict[type, tuple[type, ...]] = {int: (int,), float: (int, float), Decimal: (int, Decimal)}
 
 
-@dataclass(frozen=True)
-class Increment:
+class Increment(Record):
     """A checked ``{"$inc": by}``: add ``by`` to the field's stored value."""
 
+    __slots__ = ("by",)
     by: Any
+
+    def __init__(self, by: Any):
+        object.__setattr__(self, "by", by)
 
 
 def is_increment(f: Any, value: Any) -> bool:

@@ -13,7 +13,6 @@ import inspect
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ValidationError
@@ -187,13 +186,16 @@ class PythonNode(Node):
         return None if undo is None else CallableUndo(undo, result, dict(self.params))
 
 
-@dataclass
 class CallableUndo(Undo):
     """A Python node's own undo: ``undo(result=..., **params)``. The saga log cannot store it."""
 
-    fn: Callable[..., Any]
-    result: Any
-    params: dict[str, Any]
+    def __init__(self, fn: Callable[..., Any], result: Any, params: dict[str, Any]):
+        self.fn = fn
+        self.result = result
+        self.params = params
+
+    def __repr__(self) -> str:
+        return f"CallableUndo(fn={self.fn!r}, result={self.result!r}, params={self.params!r})"
 
     async def apply(self, conn: Any) -> None:
         outcome = self.fn(result=self.result, **self.params)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from ..errors import NodeNotFoundError, ValidationError, did_you_mean
 from .base import Node, NodeOwner, node_ref, resolve_ref
-from .python import python_node
 from .switch import SwitchNode
 
-__all__ = ["NodeNamespace", "live_dataflows", "node_ref", "register", "resolve", "resolve_ref", "unregister"]
+__all__ = ["NodeClasses", "NodeNamespace", "live_dataflows", "node_ref", "register", "resolve", "resolve_ref",
+           "unregister"]  # fmt: skip
 
 _LIVE: weakref.WeakValueDictionary[int, NodeOwner] = weakref.WeakValueDictionary()  # by registration
 _ORDER = itertools.count()
@@ -28,6 +28,61 @@ _ORDER = itertools.count()
 
 class UnknownNodeError(NodeNotFoundError, AttributeError):
     """``db.nodes.UserCreatNode``: an attribute lookup of a node name that this DataFlow lacks."""
+
+
+class _Later:
+    """A node class not made yet: ``make()`` makes it (``NodeClasses.later``)."""
+
+    __slots__ = ("make", "model_name")
+
+    def __init__(self, make: Callable[[], type[Node]], model_name: str):
+        self.make, self.model_name = make, model_name
+
+
+class NodeClasses(MutableMapping[str, type[Node]]):
+    """A database's generated node classes by name, in the order they were installed.
+
+    A class may be registered ``later``: it is made at its first lookup (a model's bulk and
+    Aggregate nodes, whose modules are a sixth of the package and which a first run rarely
+    uses). Every lookup, ``values()`` and ``items()`` see made classes only.
+    """
+
+    __slots__ = ("_classes",)
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Node] | _Later] = {}
+
+    def later(self, name: str, model_name: str, make: Callable[[], type[Node]]) -> None:
+        self._classes[name] = _Later(make, model_name)
+
+    def names_of(self, model_name: str) -> list[str]:
+        """The names of ``model_name``'s classes, made or not (none is made to tell)."""
+        return [
+            name
+            for name, cls in self._classes.items()
+            if (cls.model_name if isinstance(cls, _Later) else cls.model_name) == model_name
+        ]
+
+    def __getitem__(self, name: str) -> type[Node]:
+        cls = self._classes[name]
+        if isinstance(cls, _Later):
+            cls = self._classes[name] = cls.make()
+        return cls
+
+    def __setitem__(self, name: str, cls: type[Node]) -> None:
+        self._classes[name] = cls
+
+    def __delitem__(self, name: str) -> None:
+        del self._classes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
 
 
 class NodeNamespace(Mapping[str, type[Node]]):
@@ -39,7 +94,7 @@ class NodeNamespace(Mapping[str, type[Node]]):
 
     __slots__ = ("_owner", "_classes")
 
-    def __init__(self, owner: NodeOwner, classes: dict[str, type[Node]]):
+    def __init__(self, owner: NodeOwner, classes: Mapping[str, type[Node]]):
         self._owner, self._classes = owner, classes
 
     def __getitem__(self, name: str) -> type[Node]:
@@ -93,6 +148,8 @@ def resolve(node_type: Any, dataflow: NodeOwner | None = None) -> type[Node]:
     if isinstance(node_type, str):
         return _by_name(node_type, dataflow)
     if callable(node_type):
+        from .python import python_node  # loaded with the first Python node
+
         return python_node(node_type)
     raise ValidationError(f"Node type {node_type!r} is not a node name, Node class or callable.")
 
