@@ -269,4 +269,3 @@ def derive_key(key: bytes, purpose: bytes) -> bytes:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
-
