@@ -57,10 +57,26 @@ def rss_bytes() -> int | None:
             fd = _statm
     if fd >= 0:
         try:
-            return int(os.pread(fd, 128, 0).split()[1]) * _page
+            # "size resident shared ...": only the second field is parsed
+            return int(os.pread(fd, 64, 0).split(None, 2)[1]) * _page
         except (OSError, ValueError, IndexError):  # pragma: no cover - /proc went away (a fork?)
             return None
     return _psutil_rss()
+
+
+def _forget_statm() -> None:
+    """In a forked child: the inherited descriptor reads the parent's /proc entry, so open our own."""
+    global _statm
+    fd, _statm = _statm, None
+    if fd is not None and fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:  # pragma: no cover - closed already
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_statm)
 
 
 def _psutil_rss() -> int | None:  # pragma: no cover - platforms without /proc
@@ -187,7 +203,10 @@ class RunProbe:
         self.pools: dict[type, Any] = {}  # node class -> its dialect's pool_usage (None: no database)
 
     def start(self) -> int | None:
-        chain = _chain()
+        try:  # _chain(), inlined: this runs per node while monitored
+            chain = _THREAD.chain
+        except AttributeError:
+            chain = _chain()
         mark = chain.mark  # only a chaining probe leaves one
         if mark is None or not self.probe.chains or chain.running:
             mark = self.probe.start()
@@ -199,7 +218,10 @@ class RunProbe:
         return mark
 
     def end(self, start: int | None, node_class: Any) -> tuple[float | None, str | None]:
-        chain = _chain()
+        try:
+            chain = _THREAD.chain
+        except AttributeError:
+            chain = _chain()
         chain.running -= 1
         usage = self.pools.get(node_class, False)
         if usage is False:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import re
 
 import pytest
@@ -129,6 +130,28 @@ def test_rss_is_read_from_the_process():
         "tracemalloc_mb",
         "tracemalloc_peak_mb",
     }
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/statm"), reason="Linux /proc")
+def test_a_forked_child_reads_its_own_rss_not_its_parent_s():
+    rss_bytes()  # the parent opens its descriptor of /proc/self/statm first
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what it reads before and after touching 64 MB
+        try:
+            before = rss_bytes() or 0
+            grown = bytearray(64 * 1024 * 1024)
+            for i in range(0, len(grown), mmap.PAGESIZE):
+                grown[i] = 1
+            os.write(write, str((rss_bytes() or 0) - before).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    grew = int(os.read(read, 64) or b"0")
+    os.close(read)
+    os.waitpid(pid, 0)
+    # the inherited descriptor would read the parent's /proc entry, which never took the 64 MB
+    assert grew >= 48 * 1024 * 1024, f"the child read {grew} bytes more: its parent's memory"
 
 
 @pytest.mark.parametrize("tracking", ["psutil", None, ""])
