@@ -262,10 +262,14 @@ class RowShaper:
         codes = tuple(self._code(f) for f in given)
         fresh = self._fresh_values if self._made else None
         self._shape = row_function(codes, self._tail, fresh) if self._fast_ok else _all_rows_slow
-        # by column first (a few C passes per column), row by row when a value misses the checks
+        # by column first (a few C passes per column), row by row when a value misses the checks,
+        # where the chunk stays by column (a columnar database) or encrypted fields are sealed a
+        # column at a time; else the rows are made in one loop, which costs less than the columns
+        # and their zip into tuples (SQLite, 100k rows of 3 fields: ~10 ms of ~300 ms CPU)
         by_column = self._fresh_columns if self._made else None
+        by_columns = self._columnar or bool(self.model.encrypted)
         self._shape_columns = (
-            column_function(codes, self._tail, by_column) if self._fast_ok and given else None
+            column_function(codes, self._tail, by_column) if self._fast_ok and given and by_columns else None
         )
 
     def _code(self, f: Any) -> FieldCode:

@@ -172,7 +172,17 @@ class SQLiteConnection(Connection):
             self.raw.execute("PRAGMA query_only = OFF")
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._sent(sql, None, lambda: self.raw.executemany(sql, rows).close(), inline=False)
+        await self._sent(sql, None, lambda: self._threaded_many(sql, rows), inline=False)
+
+    def _threaded_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """executemany on the worker thread, without the progress handler: the handler only stops
+        inline statements (a threaded one is stopped by ``interrupt``), and calling it back into
+        Python every few thousand steps of a long executemany costs it time."""
+        self.raw.set_progress_handler(None, 0)
+        try:
+            self.raw.executemany(sql, rows).close()
+        finally:
+            self.raw.set_progress_handler(self._progress, _PROGRESS_STEPS)
 
     async def interrupt(self) -> None:
         """Stop the statement running on a worker thread (a time limit, Ctrl-C)."""
