@@ -13,6 +13,7 @@ says whether it was this deadline's), as with ``asyncio.timeout``. ``None``: no 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import math
 import threading
@@ -43,7 +44,10 @@ class _Watch:
     def _arm(self, when: float) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.timer, self.timer_at = self.loop.call_at(when, self._fire), when
+        # In a context of its own: armed from inside a run, the timer would keep that run's context
+        # (its transaction scope, hooks, collector, and so its DataFlow) alive until it fires.
+        self.timer = self.loop.call_at(when, self._fire, context=contextvars.Context())
+        self.timer_at = when
 
     def _fire(self) -> None:
         self.timer, self.timer_at = None, math.inf

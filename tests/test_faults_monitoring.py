@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
+import textwrap
 import weakref
 
 import pytest
@@ -74,6 +77,38 @@ def test_an_unclosed_monitored_dataflow_is_freed_when_dropped():
     gc.collect()
     assert ref() is None
     assert len(hooks.global_hooks) == subscribers  # its collector was on its own hooks, and went with it
+
+
+def test_the_first_run_of_a_process_leaves_nothing_holding_its_dataflow():
+    """The first deadline of a loop arms its shared timer, which once kept the run's context (its
+    scope, hooks and collector, and so the DataFlow) until it fired, 30 s later. Only a fresh
+    process's first run arms it, so the test makes one."""
+    script = textwrap.dedent(
+        """
+        import gc, weakref
+        from dataflow_lab import DataFlow, LocalRuntime, WorkflowBuilder
+
+        def first():
+            db = DataFlow(monitoring=True)
+
+            @db.model
+            class Item:
+                name: str
+
+            wf = WorkflowBuilder(dataflow=db)
+            wf.add_node("ItemCreateNode", "n", {"name": "x"})
+            LocalRuntime().execute(wf.build())
+            return weakref.ref(db)
+
+        ref = first()
+        gc.collect()
+        print("freed" if ref() is None else "alive")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split()[-1] == "freed"
 
 
 def test_hundreds_of_recreated_monitored_dataflows_free_their_connections(pg_url):
