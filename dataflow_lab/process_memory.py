@@ -236,11 +236,13 @@ class RunProbe:
             return None, pool
         if not self.probe.chains:
             return self.probe.megabytes(start), pool
+        mark = chain.mark
         if chain.running:  # another node is in flight on this thread: no reading is shared
             now = rss_bytes()
             chain.mark = None
-        elif chain.mark is not None and at - chain.marked_at < SAMPLE_EVERY:
-            now = chain.mark  # read under a millisecond ago: sampled (see the module)
+        elif mark is not None and at - chain.marked_at < SAMPLE_EVERY:
+            chain.ended_at = at  # read under a millisecond ago: sampled (see the module)
+            return (0.0 if mark == start else round((mark - start) / MB, 3)), pool
         else:
             now = rss_bytes()
             chain.mark, chain.marked_at = now, at
