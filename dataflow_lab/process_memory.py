@@ -184,8 +184,10 @@ def _chain() -> _Chain:
 
 
 class RunProbe:
-    """One run's node figures: ``start()`` before a node, ``end(start, node_class)`` after it gives
-    (memory_mb, pool_usage) as ``hooks.NodeRecord`` holds them.
+    """One run's node figures: ``start()`` before a node, ``end(start, node_class, at)`` after it
+    (``at``: the runtime's own ``time.perf_counter()`` reading at the node's end) gives
+    (memory_mb, pool_usage) as ``hooks.NodeRecord`` holds them. ``pools`` (node class -> its
+    dialect's ``pool_usage``) may be shared by every run of one workflow (``probe_for``).
 
     With a chaining probe ("rss"), a node that starts while no node is running on its thread, within
     CHAIN_WITHIN of the last one's end, starts from the reading that one ended on (what the runtime
@@ -198,9 +200,11 @@ class RunProbe:
 
     __slots__ = ("probe", "pools")
 
-    def __init__(self, probe: MemoryProbe):
+    def __init__(self, probe: MemoryProbe, pools: dict[type, Any] | None = None):
         self.probe = probe
-        self.pools: dict[type, Any] = {}  # node class -> its dialect's pool_usage (None: no database)
+        # node class -> its dialect's pool_usage (None: no database); a node class's DataFlow and
+        # its database's dialect never change, so the runs of one workflow share one
+        self.pools: dict[type, Any] = {} if pools is None else pools
 
     def start(self) -> int | None:
         try:  # _chain(), inlined: this runs per node while monitored
@@ -217,7 +221,7 @@ class RunProbe:
         chain.running += 1
         return mark
 
-    def end(self, start: int | None, node_class: Any) -> tuple[float | None, str | None]:
+    def end(self, start: int | None, node_class: Any, at: float) -> tuple[float | None, str | None]:
         try:
             chain = _THREAD.chain
         except AttributeError:
@@ -232,12 +236,13 @@ class RunProbe:
             return None, pool
         if not self.probe.chains:
             return self.probe.megabytes(start), pool
-        at = time.perf_counter()
+        mark = chain.mark
         if chain.running:  # another node is in flight on this thread: no reading is shared
             now = rss_bytes()
             chain.mark = None
-        elif chain.mark is not None and at - chain.marked_at < SAMPLE_EVERY:
-            now = chain.mark  # read under a millisecond ago: sampled (see the module)
+        elif mark is not None and at - chain.marked_at < SAMPLE_EVERY:
+            chain.ended_at = at  # read under a millisecond ago: sampled (see the module)
+            return (0.0 if mark == start else round((mark - start) / MB, 3)), pool
         else:
             now = rss_bytes()
             chain.mark, chain.marked_at = now, at
@@ -251,12 +256,12 @@ class RunProbe:
 _PROBES: dict[str, MemoryProbe] = {}
 
 
-def probe_for(kind: str | None) -> RunProbe | None:
+def probe_for(kind: str | None, pools: dict[type, Any] | None = None) -> RunProbe | None:
     """A run's probe of ``kind`` ("rss" or "tracemalloc"; None: no probe); the MemoryProbe under it
-    is one per kind per process."""
+    is one per kind per process. ``pools``: the pool lookups to share (see RunProbe)."""
     if kind is None:
         return None
     probe = _PROBES.get(kind)
     if probe is None:
         probe = _PROBES[kind] = MemoryProbe(kind)
-    return RunProbe(probe)
+    return RunProbe(probe, pools)

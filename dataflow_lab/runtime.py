@@ -215,8 +215,10 @@ class Run:
         self.records: list[NodeRecord] | None = None  # kept while someone wants after_workflow's nodes
         self.strategy: Strategy = runtime.strategy  # what "auto" resolved to, once it has
         self.cancelled_in: str | None = None  # the first node a cancellation (a timeout) reached
-        # each node's memory and pool use, measured when a subscriber asks (the MetricsCollector)
-        self.probe = probe_for(self.emit.node_figures())
+        # each node's memory and pool use, measured when a subscriber asks (the MetricsCollector);
+        # the node classes' pool lookups are kept on the workflow, for all its runs (its nodes never change)
+        pools = workflow.__dict__.setdefault("_node_pools", {}) if workflow is not None else None
+        self.probe = probe_for(self.emit.node_figures(), pools)
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} on {self.runtime!r}>"
@@ -428,14 +430,16 @@ class Run:
             raise
         finally:
             if self.records is not None or emit.wants("after_node"):  # nobody listening: no call at all
-                duration = time.perf_counter() - started
-                memory_mb, pool_usage = probe.end(memory, cls) if probe is not None else (None, None)
+                ended = time.perf_counter()  # one reading: the node's duration and its probe's end
+                memory_mb, pool_usage = probe.end(memory, cls, ended) if probe is not None else (None, None)
                 node_ended(
-                    emit, self.records, scope.run_id, node_id, cls, started, duration, result, error,
+                    emit, self.records, scope.run_id, node_id, cls, started, ended - started, result, error,
                     scope.queries, scope.sql, memory_mb, pool_usage,
                 )  # fmt: skip
             elif probe is not None:  # a started probe always ends: its thread's chain counts the
-                probe.end(memory, cls)  # nodes in flight (the subscriber left during the node)
+                probe.end(
+                    memory, cls, time.perf_counter()
+                )  # nodes in flight (the subscriber left during the node)
 
     def node_limit(self, spec: NodeSpec) -> float | None:
         """The seconds ``spec`` may run: its own ``timeout`` when add_node gave one, else the runtime's."""
